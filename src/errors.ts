@@ -1,0 +1,113 @@
+/**
+ * The one error type of hyper. Every failure the library reports is a HyperError with
+ * a coarse `kind` (what a caller can do about it), a stable `code` (what happened, safe to
+ * match on in scripts), a message for people and, where there is one, a suggestion.
+ *
+ * Exit codes are derived from `kind` in exactly one place (src/base-command.ts) and NBD
+ * errno values in exactly one place (src/nbd/errno.ts, which reads `kind` and `code`
+ * duck-typed so that src/nbd does not import this module).
+ */
+export type ErrorKind =
+  | 'invalid' // the request or input is wrong: fix it and retry
+  | 'not-found' // the thing named does not exist
+  | 'conflict' // someone else holds or changed it (lease, CAS lost, exists)
+  | 'unavailable' // the store or network failed; retrying later may work
+  | 'data' // stored bytes are damaged or missing: never silently returned
+  | 'internal'; // a bug in hyper
+
+export type ErrorCode =
+  // invalid
+  | 'INVALID_ARGUMENT'
+  | 'INVALID_URL'
+  | 'OUT_OF_RANGE'
+  | 'READ_ONLY'
+  | 'NOT_A_VOLUME'
+  | 'UNSUPPORTED_FORMAT_VERSION'
+  | 'UNSUPPORTED_STORE'
+  // not-found
+  | 'VOLUME_NOT_FOUND'
+  | 'OBJECT_NOT_FOUND'
+  | 'BUCKET_NOT_FOUND'
+  | 'CHECKPOINT_NOT_FOUND'
+  | 'SNAPSHOT_NOT_FOUND'
+  // conflict
+  | 'VOLUME_EXISTS'
+  | 'OBJECT_EXISTS'
+  | 'PRECONDITION_FAILED'
+  | 'LEASE_HELD'
+  | 'FENCED'
+  | 'SNAPSHOT_EXISTS'
+  // unavailable
+  | 'STORE_UNAVAILABLE'
+  | 'ACCESS_DENIED'
+  | 'CONDITIONAL_WRITES_UNSUPPORTED'
+  | 'ABORTED'
+  // data
+  | 'CHECKSUM_MISMATCH'
+  | 'CORRUPT_OBJECT'
+  | 'MISSING_OBJECT'
+  // internal
+  | 'INTERNAL';
+
+export interface HyperErrorOptions {
+  suggestion?: string;
+  cause?: unknown;
+  /** The object key concerned, when there is one (always set for data errors). */
+  key?: string;
+}
+
+export class HyperError extends Error {
+  override readonly name = 'HyperError';
+  readonly kind: ErrorKind;
+  readonly code: ErrorCode;
+  readonly suggestion?: string;
+  readonly key?: string;
+
+  constructor(kind: ErrorKind, code: ErrorCode, message: string, options: HyperErrorOptions = {}) {
+    super(message, options.cause === undefined ? undefined : { cause: options.cause });
+    this.kind = kind;
+    this.code = code;
+    if (options.suggestion !== undefined) this.suggestion = options.suggestion;
+    if (options.key !== undefined) this.key = options.key;
+  }
+
+  toJSON(): { kind: ErrorKind; code: ErrorCode; message: string; suggestion?: string; key?: string } {
+    return {
+      kind: this.kind,
+      code: this.code,
+      message: this.message,
+      ...(this.suggestion === undefined ? {} : { suggestion: this.suggestion }),
+      ...(this.key === undefined ? {} : { key: this.key }),
+    };
+  }
+}
+
+export function isHyperError(e: unknown, code?: ErrorCode): e is HyperError {
+  return e instanceof HyperError && (code === undefined || e.code === code);
+}
+
+/** Wrap anything thrown into a HyperError without losing it. */
+export function toHyperError(e: unknown): HyperError {
+  if (e instanceof HyperError) return e;
+  if (e instanceof Error && e.name === 'AbortError') {
+    return new HyperError('unavailable', 'ABORTED', 'The operation was interrupted.', { cause: e });
+  }
+  const message = e instanceof Error ? e.message : String(e);
+  return new HyperError('internal', 'INTERNAL', `Unexpected error: ${message}`, {
+    cause: e,
+    suggestion: 'This is a bug in hyper; please report it with the command you ran.',
+  });
+}
+
+export const invalid = (message: string, suggestion?: string): HyperError =>
+  new HyperError('invalid', 'INVALID_ARGUMENT', message, suggestion ? { suggestion } : {});
+
+export const dataError = (
+  code: 'CHECKSUM_MISMATCH' | 'CORRUPT_OBJECT' | 'MISSING_OBJECT',
+  key: string,
+  message: string,
+): HyperError =>
+  new HyperError('data', code, `${message} (object ${key})`, {
+    key,
+    suggestion: 'Run `hyper file check` on the volume; restore an earlier checkpoint if damage is confirmed.',
+  });

@@ -1,0 +1,56 @@
+/**
+ * The only place where object keys of a volume are built or parsed. Keys are relative to
+ * the volume's root (the store's URL). See FORMAT.md "Objects of a volume".
+ */
+import { HyperError } from '../errors.js';
+
+export const HEAD_KEY = 'head';
+export const LEASE_KEY = 'lease';
+export const SEGMENT_PREFIX = 'seg/';
+export const SNAPSHOT_PREFIX = 'snap/';
+export const WAL_PREFIX = 'wal/';
+
+/** Segment ids are 16 lower-case hex digits so that a listing sorts them numerically. */
+const SEG_DIGITS = 16;
+
+export function segmentKey(id: number): string {
+  if (!Number.isSafeInteger(id) || id < 1) {
+    throw new HyperError('internal', 'INTERNAL', `invalid segment id ${id}`);
+  }
+  return SEGMENT_PREFIX + id.toString(16).padStart(SEG_DIGITS, '0');
+}
+
+/** The segment id of a key under seg/, or undefined for anything else. */
+export function parseSegmentKey(key: string): number | undefined {
+  if (!key.startsWith(SEGMENT_PREFIX)) return undefined;
+  const rest = key.slice(SEGMENT_PREFIX.length);
+  if (rest.length !== SEG_DIGITS || !/^[0-9a-f]+$/.test(rest)) return undefined;
+  const id = Number.parseInt(rest, 16);
+  return Number.isSafeInteger(id) && id >= 1 ? id : undefined;
+}
+
+/** Snapshot names: 1-64 chars of letters, digits, `.`, `_`, `-`, not starting with `.` or `-`. */
+export const SNAPSHOT_NAME = /^[A-Za-z0-9_][A-Za-z0-9._-]{0,63}$/;
+
+export function snapshotKey(name: string): string {
+  if (!SNAPSHOT_NAME.test(name)) {
+    throw new HyperError('invalid', 'INVALID_ARGUMENT', `Invalid snapshot name "${name}"`, {
+      suggestion:
+        'Use 1-64 letters, digits, ".", "_" or "-", starting with a letter, digit or "_".',
+    });
+  }
+  return SNAPSHOT_PREFIX + name;
+}
+
+export function parseSnapshotKey(key: string): string | undefined {
+  if (!key.startsWith(SNAPSHOT_PREFIX)) return undefined;
+  const name = key.slice(SNAPSHOT_PREFIX.length);
+  return SNAPSHOT_NAME.test(name) ? name : undefined;
+}
+
+/** WAL objects: wal/<segment id the WAL follows>/<sequence>, both fixed-width hex. */
+export function walKey(afterSegment: number, seq: number): string {
+  return `${WAL_PREFIX}${afterSegment.toString(16).padStart(SEG_DIGITS, '0')}/${seq
+    .toString(16)
+    .padStart(SEG_DIGITS, '0')}`;
+}

@@ -1,0 +1,25 @@
+import { HyperError } from '../../errors.js';
+import type { ByteRange } from './types.js';
+
+/** Domain errors shared by every store implementation (the translation table lives in types.ts). */
+export const notFound = (root: string, key: string): HyperError =>
+  new HyperError('not-found', 'OBJECT_NOT_FOUND', `Object not found: ${root}${key}`, { key });
+
+export const objectExists = (root: string, key: string): HyperError =>
+  new HyperError('conflict', 'OBJECT_EXISTS', `Object already exists: ${root}${key}`, { key });
+
+export const preconditionFailed = (root: string, key: string): HyperError =>
+  new HyperError(
+    'conflict',
+    'PRECONDITION_FAILED',
+    `Object ${root}${key} changed since it was read (conditional write refused)`,
+    { key, suggestion: 'Another writer changed the volume; re-open it and retry.' },
+  );
+
+/** Apply an optional byte range to a whole object, clamped to its end. */
+export function sliceRange(body: Buffer, range?: ByteRange): Buffer {
+  if (!range) return body;
+  const start = Math.min(range.offset, body.length);
+  const end = Math.min(range.offset + range.length, body.length);
+  return body.subarray(start, end);
+}

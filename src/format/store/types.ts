@@ -1,0 +1,99 @@
+/**
+ * The object-store seam. A store is a flat key space rooted at a URL (`file:///dir/`,
+ * `s3://bucket/prefix/`, `mem://name/`); keys are relative to that root and use `/` as the
+ * separator. Implementations translate every failure of their backend into a HyperError
+ * (src/errors.ts) here and nowhere else:
+ *
+ *   missing key                      -> not-found  OBJECT_NOT_FOUND (key set)
+ *   create-only on an existing key   -> conflict   OBJECT_EXISTS
+ *   If-Match with a stale/absent tag -> conflict   PRECONDITION_FAILED
+ *   missing bucket / directory root  -> not-found  BUCKET_NOT_FOUND
+ *   credentials / permissions        -> unavailable ACCESS_DENIED
+ *   network, 5xx, throttling (after retries) -> unavailable STORE_UNAVAILABLE
+ *   store ignores conditional writes -> unavailable CONDITIONAL_WRITES_UNSUPPORTED
+ */
+
+export interface ObjectMeta {
+  key: string;
+  size: number;
+  /** Opaque version tag, unquoted. Changes whenever the content changes. */
+  etag: string;
+  lastModified: Date;
+}
+
+export interface GetResult {
+  body: Buffer;
+  etag: string;
+  /** Size of the whole object (not of the range returned). */
+  size: number;
+}
+
+export interface ByteRange {
+  offset: number;
+  /** Bytes wanted; a range running past the end returns what exists. */
+  length: number;
+}
+
+export interface PutOptions {
+  /** Create-only: fail with OBJECT_EXISTS if the key exists (S3 `If-None-Match: *`). */
+  ifNoneMatch?: boolean;
+  /** Compare-and-swap: fail with PRECONDITION_FAILED unless the current etag equals this. */
+  ifMatch?: string;
+  signal?: AbortSignal;
+}
+
+export interface GetOptions {
+  range?: ByteRange;
+  signal?: AbortSignal;
+}
+
+export interface ListOptions {
+  /** List keys strictly after this one. */
+  startAfter?: string;
+  /** When set, keys containing the delimiter after the prefix are rolled up into `prefixes`. */
+  delimiter?: string;
+  signal?: AbortSignal;
+}
+
+export interface ListPage {
+  objects: ObjectMeta[];
+  /** Common prefixes (with the delimiter), when a delimiter was given. */
+  prefixes: string[];
+}
+
+/** Request and byte counters kept by the counting wrapper (see counting.ts). */
+export interface StoreStats {
+  get: number;
+  put: number;
+  list: number;
+  head: number;
+  delete: number;
+  bytesIn: number;
+  bytesOut: number;
+}
+
+export interface ObjectStore {
+  /** The root URL, normalised with a trailing slash. */
+  readonly url: string;
+  get(key: string, options?: GetOptions): Promise<GetResult>;
+  /** Metadata of one key, or undefined if it does not exist. */
+  head(key: string, options?: { signal?: AbortSignal }): Promise<ObjectMeta | undefined>;
+  put(key: string, body: Buffer, options?: PutOptions): Promise<{ etag: string }>;
+  /** Every key under `prefix`, in ascending key order, page by page. */
+  list(prefix: string, options?: ListOptions): AsyncIterable<ListPage>;
+  /** Delete keys (missing keys are not an error). Batched by the implementation. */
+  delete(keys: readonly string[], options?: { signal?: AbortSignal }): Promise<void>;
+  /** A store rooted at `prefix` under this one (prefix ends with `/`). */
+  sub(prefix: string): ObjectStore;
+  /** Release connections. */
+  close(): Promise<void>;
+}
+
+/** Options every store factory understands (CLI flags and environment feed them). */
+export interface StoreOptions {
+  /** S3 endpoint URL (also AWS_ENDPOINT_URL). Implies path-style addressing. */
+  endpoint?: string;
+  region?: string;
+  /** Max attempts for retryable failures (S3). */
+  maxAttempts?: number;
+}

@@ -1,0 +1,127 @@
+/**
+ * Public shapes of the volume engine: what `serve` and every command use.
+ * All byte offsets and sizes are JavaScript numbers checked to be safe integers
+ * (volumes are limited to 2^53 - 1 bytes = 8 PiB); the engine rejects anything else.
+ */
+
+export const KiB = 1024;
+export const MiB = 1024 * KiB;
+export const GiB = 1024 * MiB;
+export const TiB = 1024 * GiB;
+
+/** Largest volume: the largest safe integer rounded down to 1 MiB. */
+export const MAX_VOLUME_SIZE = Math.floor(Number.MAX_SAFE_INTEGER / MiB) * MiB;
+export const MIN_DATA_BLOCK_SIZE = 4 * KiB;
+export const MAX_DATA_BLOCK_SIZE = 4 * MiB;
+export const MIN_META_BLOCK_SIZE = 4 * KiB;
+export const MAX_META_BLOCK_SIZE = 1 * MiB;
+export const DEFAULT_BLOCK_SIZE = 4 * KiB;
+export const DEFAULT_SEGMENT_SIZE = 32 * MiB;
+export const MIN_SEGMENT_SIZE = 1 * MiB;
+export const MAX_SEGMENT_SIZE = 4 * GiB;
+
+export interface CreateOptions {
+  /** Logical size in bytes (default 0; a multiple of 512). */
+  size?: number;
+  dataBlockSize?: number;
+  metaBlockSize?: number;
+  /** Target segment size: a flush starts when this many bytes are dirty. */
+  segmentSize?: number;
+  /** Optional WAL location (another prefix or bucket), recorded in the head. */
+  walUrl?: string;
+}
+
+/** Which checkpoint to open: a number, a named snapshot, or the last one at or before a time. */
+export type CheckpointRef =
+  | { checkpoint: number }
+  | { snapshot: string }
+  | { time: Date };
+
+export interface Logger {
+  debug(msg: string, fields?: Record<string, unknown>): void;
+  info(msg: string, fields?: Record<string, unknown>): void;
+  warn(msg: string, fields?: Record<string, unknown>): void;
+  error(msg: string, fields?: Record<string, unknown>): void;
+}
+
+export const silentLogger: Logger = {
+  debug() {},
+  info() {},
+  warn() {},
+  error() {},
+};
+
+export interface OpenOptions {
+  /** Open read-only: nothing is ever written (no lease, no roll-forward). */
+  readOnly?: boolean;
+  /** Open a past checkpoint (implies readOnly). */
+  at?: CheckpointRef;
+  /** Name recorded in the lease (default host:pid). */
+  holder?: string;
+  /** Lease time-to-live (default 30 s); renewed every third of it. */
+  leaseTtlMs?: number;
+  /** Take the lease even if another holder's lease is live (fences that holder). */
+  force?: boolean;
+  /** Bytes of index nodes kept in memory (default 64 MiB). */
+  nodeCacheBytes?: number;
+  /** Bytes of clean data blocks kept in memory (default 64 MiB). */
+  dataCacheBytes?: number;
+  /** Dirty bytes that start a flush (default: the volume's segment size). */
+  flushBytes?: number;
+  /** Dirty bytes at which writers wait for a flush (default 2 × flushBytes). */
+  maxDirtyBytes?: number;
+  /** Flush dirty data at least this often (default 5000 ms; 0 disables the timer). */
+  flushIntervalMs?: number;
+  logger?: Logger;
+  signal?: AbortSignal;
+}
+
+export interface CheckpointInfo {
+  checkpoint: number;
+  time: Date;
+}
+
+export interface LeaseInfo {
+  holder: string;
+  epoch: number;
+  expiresAt: Date;
+  /** True when the lease is held and not expired at the time of reading. */
+  live: boolean;
+}
+
+export interface VolumeInfo {
+  url: string;
+  uuid: string;
+  formatVersion: number;
+  size: number;
+  dataBlockSize: number;
+  metaBlockSize: number;
+  segmentSize: number;
+  createdAt: Date;
+  checkpoint: number;
+  checkpointTime: Date;
+  /** Data blocks that hold stored data (not holes or zeros). */
+  mappedBlocks: number;
+  readOnly: boolean;
+  walUrl?: string;
+}
+
+/** One run of blocks for NBD BLOCK_STATUS and `export`: data, or a hole that reads as zeros. */
+export interface Extent {
+  offset: number;
+  length: number;
+  /** True when no data is stored for the run (it reads as zeros). */
+  hole: boolean;
+}
+
+/** Request counters (see store/counting.ts) surfaced by stat --verbose and the benchmarks. */
+export interface EngineStats {
+  flushes: number;
+  segmentsWritten: number;
+  bytesWritten: number;
+  bytesRead: number;
+  nodeCacheHits: number;
+  nodeCacheMisses: number;
+  dataCacheHits: number;
+  dataCacheMisses: number;
+}
