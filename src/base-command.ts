@@ -1,0 +1,244 @@
+/**
+ * The base of every hyper command: the shared store flags, `--json`, opening the store for a
+ * URL argument, spinners and tables for people, SIGINT/SIGTERM as an AbortSignal, and the one
+ * place where errors become messages and exit codes (see `exitCodeFor`).
+ *
+ * Subclasses declare `static args`/`flags`, read `this.args`/`this.flags`, and return a typed
+ * result from `run()`; with `--json` oclif prints that result, otherwise the command renders
+ * it with `this.log`. Progress and spinners go to stderr, results to stdout.
+ */
+import { createInterface } from 'node:readline/promises';
+import { Command, Errors, type Interfaces } from '@oclif/core';
+import Table from 'cli-table3';
+import ora, { type Ora } from 'ora';
+import { HyperError, toHyperError } from './errors.js';
+import { originalFlagMessage, storeFlags } from './flags.js';
+import { openStore as openStoreAt, type ObjectStore } from './format/store/index.js';
+
+export type Flags<T extends typeof Command> = Interfaces.InferredFlags<
+  (typeof BaseCommand)['baseFlags'] & T['flags']
+>;
+export type Args<T extends typeof Command> = Interfaces.InferredArgs<T['args']>;
+
+/** Exit code of an interrupted command (128 + SIGINT), whatever signal stopped it. */
+export const EXIT_INTERRUPTED = 130;
+
+/**
+ * The exit code for an error — the only place it is decided (the README documents the table):
+ * 0 ok, 1 internal, 2 invalid usage/flags/arguments, 3 not found, 4 conflict,
+ * 5 store unavailable, 6 damaged or missing data, 130 interrupted.
+ */
+export function exitCodeFor(err: HyperError): number {
+  if (err.code === 'ABORTED') return EXIT_INTERRUPTED;
+  switch (err.kind) {
+    case 'invalid':
+      return 2;
+    case 'not-found':
+      return 3;
+    case 'conflict':
+      return 4;
+    case 'unavailable':
+      return 5;
+    case 'data':
+      return 6;
+    case 'internal':
+      return 1;
+  }
+}
+
+/** The JSON printed on stdout for a failure in `--json` mode. */
+export interface ErrorJson {
+  error: ReturnType<HyperError['toJSON']> & { exitCode: number };
+}
+
+/** A progress line on stderr; a no-op when stderr is not a terminal or in --json mode. */
+export interface Spinner {
+  text: string;
+  succeed(text?: string): void;
+  fail(text?: string): void;
+  stop(): void;
+}
+
+export abstract class BaseCommand<T extends typeof Command> extends Command {
+  static override enableJsonFlag = true;
+  static override baseFlags = { ...storeFlags };
+
+  protected flags!: Flags<T>;
+  protected args!: Args<T>;
+
+  private stores: ObjectStore[] = [];
+  private spinners: Ora[] = [];
+  private abortController?: AbortController;
+  private signalHandler?: (signal: NodeJS.Signals) => void;
+
+  public override async init(): Promise<void> {
+    await super.init();
+    const ctor = this.ctor as typeof BaseCommand;
+    const { args, flags } = await this.parse({
+      flags: ctor.flags,
+      baseFlags: (super.ctor as typeof BaseCommand).baseFlags,
+      enableJsonFlag: ctor.enableJsonFlag,
+      args: ctor.args,
+      strict: ctor.strict,
+    });
+    this.flags = flags as Flags<T>;
+    this.args = args as Args<T>;
+  }
+
+  /** Open the store rooted at `url` with the --endpoint/--region flags; closed when the command ends. */
+  protected async openStore(url: string): Promise<ObjectStore> {
+    const flags = this.flags as { endpoint?: string; region?: string };
+    const store = await openStoreAt(url, {
+      ...(flags.endpoint === undefined ? {} : { endpoint: flags.endpoint }),
+      ...(flags.region === undefined ? {} : { region: flags.region }),
+    });
+    this.stores.push(store);
+    return store;
+  }
+
+  /** True when a person can answer a question: stdin and stderr are terminals, not --json. */
+  protected isInteractive(): boolean {
+    return Boolean(process.stdin.isTTY && process.stderr.isTTY) && !this.jsonEnabled();
+  }
+
+  /** Ask a yes/no question on the terminal (stderr); only call when isInteractive(). */
+  protected async confirm(question: string): Promise<boolean> {
+    const rl = createInterface({ input: process.stdin, output: process.stderr });
+    try {
+      const answer = await rl.question(`${question} [y/N] `);
+      return /^y(es)?$/i.test(answer.trim());
+    } finally {
+      rl.close();
+    }
+  }
+
+  /** Start a spinner on stderr (only on a terminal and not in --json mode). */
+  protected spinner(text: string): Spinner {
+    const enabled = Boolean(process.stderr.isTTY) && !this.jsonEnabled();
+    const s = ora({ text, stream: process.stderr, isSilent: !enabled, discardStdin: false });
+    s.start();
+    this.spinners.push(s);
+    return {
+      get text() {
+        return s.text;
+      },
+      set text(t: string) {
+        s.text = t;
+      },
+      succeed: (t?: string) => void s.succeed(t),
+      fail: (t?: string) => void s.fail(t),
+      stop: () => void s.stop(),
+    };
+  }
+
+  /** A bordered table with a header row. */
+  protected table(head: string[], rows: string[][]): string {
+    const t = new Table({ head, style: { head: [], border: [] } });
+    t.push(...rows);
+    return t.toString();
+  }
+
+  /** A two-column table of labels and values. */
+  protected keyValueTable(rows: [string, string][]): string {
+    const t = new Table({ style: { head: [], border: [] } });
+    for (const [k, v] of rows) t.push({ [k]: v });
+    return t.toString();
+  }
+
+  /** Print a line on stderr unless in --json mode (notes and warnings, never results). */
+  protected note(message: string): void {
+    this.logToStderr(message);
+  }
+
+  /**
+   * An AbortSignal that fires on the first SIGINT or SIGTERM, so that a long operation can
+   * stop cleanly; a second signal exits at once with code 130.
+   */
+  protected interruptible(): AbortSignal {
+    if (this.abortController) return this.abortController.signal;
+    const ac = new AbortController();
+    const handler = (signal: NodeJS.Signals): void => {
+      if (ac.signal.aborted) {
+        process.stderr.write('\nInterrupted again: exiting now.\n');
+        process.exit(EXIT_INTERRUPTED);
+      }
+      for (const s of this.spinners) s.stop();
+      process.stderr.write(
+        `\nReceived ${signal}: stopping cleanly (press Ctrl-C again to exit at once)…\n`,
+      );
+      ac.abort(new HyperError('unavailable', 'ABORTED', `Interrupted by ${signal}.`));
+    };
+    process.on('SIGINT', handler);
+    process.on('SIGTERM', handler);
+    this.abortController = ac;
+    this.signalHandler = handler;
+    return ac.signal;
+  }
+
+  /** Throw the abort reason (an ABORTED HyperError) if the signal fired. */
+  protected static throwIfAborted(signal: AbortSignal | undefined): void {
+    if (signal?.aborted) throw toHyperError(signal.reason);
+  }
+
+  public override async catch(err: Errors.CLIError | Error): Promise<void> {
+    // this.exit() and --help/--version use ExitError: not a failure to report.
+    if (err instanceof Errors.ExitError) throw err;
+    for (const s of this.spinners) s.stop();
+    const hyper = this.toHyper(err);
+    const exitCode = exitCodeFor(hyper);
+    process.exitCode = exitCode;
+    if (this.jsonEnabled()) {
+      const body: ErrorJson = { error: { ...hyper.toJSON(), exitCode } };
+      this.logJson(body);
+      return;
+    }
+    const lines = [`Error [${hyper.code}]: ${hyper.message}`];
+    if (hyper.suggestion) lines.push(`Suggestion: ${hyper.suggestion}`);
+    if (hyper.kind === 'internal') {
+      if (process.env.HYPER_DEBUG)
+        lines.push(String((hyper.cause as Error | undefined)?.stack ?? hyper.stack));
+      else lines.push('Set HYPER_DEBUG=1 to print the stack trace.');
+    }
+    process.stderr.write(`${lines.join('\n')}\n`);
+  }
+
+  public override async finally(err: Error | undefined): Promise<void> {
+    for (const s of this.spinners) s.stop();
+    if (this.signalHandler) {
+      process.off('SIGINT', this.signalHandler);
+      process.off('SIGTERM', this.signalHandler);
+    }
+    await Promise.allSettled(this.stores.map((s) => s.close()));
+    await super.finally(err);
+  }
+
+  /** Errors of argument parsing become `invalid` HyperErrors; anything else is wrapped. */
+  private toHyper(err: Error): HyperError {
+    const flagMessage = originalFlagMessage(err);
+    if (err instanceof HyperError) {
+      if (flagMessage === undefined) return err;
+      return new HyperError(err.kind, err.code, flagMessage, {
+        ...(err.suggestion === undefined ? {} : { suggestion: err.suggestion }),
+        cause: err,
+      });
+    }
+    const help = `Run "${this.config.bin} ${this.id?.replaceAll(':', ' ') ?? ''} --help" for usage.`;
+    if (flagMessage !== undefined) {
+      return new HyperError('invalid', 'INVALID_ARGUMENT', flagMessage, {
+        suggestion: help,
+        cause: err,
+      });
+    }
+    if (err instanceof Errors.CLIError || !this.parsed) {
+      const message = err.message
+        .replace(/^Parsing (--\S+) \n\t/, '$1: ')
+        .replace(/\nSee more help with --help$/, '')
+        .trim();
+      return new HyperError('invalid', 'INVALID_ARGUMENT', message, {
+        suggestion: help,
+        cause: err,
+      });
+    }
+    return toHyperError(err);
+  }
+}

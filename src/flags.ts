@@ -1,0 +1,116 @@
+/**
+ * Flag and argument types shared by every hyper command. Sizes, durations and times each go
+ * through one parser (src/cli/units.ts), so `--size 10G` means the same everywhere and a bad
+ * value is reported the same way: the flag, the value, and the accepted forms (exit code 2).
+ */
+import { Args, Flags } from '@oclif/core';
+import {
+  DURATION_FORMS,
+  SIZE_FORMS,
+  TIME_FORMS,
+  parseDuration,
+  parseSize,
+  parseTime,
+  type DurationBounds,
+  type SizeBounds,
+} from './cli/units.js';
+import { URL_FORMS, normalizeVolumeUrl } from './cli/url.js';
+
+/**
+ * oclif rewrites the message of an error thrown by a flag parser ("Parsing --x \n\t…"). The
+ * original is kept here so that the base command can print the clean one.
+ */
+const originalMessages = new WeakMap<Error, string>();
+
+/** The message an error had before oclif decorated it, if it came from one of these flags. */
+export function originalFlagMessage(e: unknown): string | undefined {
+  return e instanceof Error ? originalMessages.get(e) : undefined;
+}
+
+function keepMessage<T>(fn: () => T): T {
+  try {
+    return fn();
+  } catch (e) {
+    if (e instanceof Error) originalMessages.set(e, e.message);
+    throw e;
+  }
+}
+
+/**
+ * A byte size: `4096`, `4K`, `4KiB`, `512KiB`, `10G`, `1.5G`, `1TiB` (powers of 1024).
+ * Options `min`, `max`, `multipleOf`, `powerOfTwo` bound it per flag.
+ */
+export const size = Flags.custom<number, SizeBounds>({
+  helpValue: '<size>',
+  parse: async (input, _ctx, opts) =>
+    keepMessage(() =>
+      parseSize(input, {
+        name: `--${opts.name}`,
+        min: opts.min,
+        max: opts.max,
+        multipleOf: opts.multipleOf,
+        powerOfTwo: opts.powerOfTwo,
+      }),
+    ),
+});
+
+/** A duration in milliseconds: `30s`, `5m`, `2h`, `7d`, `1h30m`. */
+export const duration = Flags.custom<number, DurationBounds>({
+  helpValue: '<duration>',
+  parse: async (input, _ctx, opts) =>
+    keepMessage(() =>
+      parseDuration(input, { name: `--${opts.name}`, minMs: opts.minMs, maxMs: opts.maxMs }),
+    ),
+});
+
+/** A point in time: ISO-8601 (`2026-01-31T12:00:00Z`) or a duration ago (`2h`, `7d`). */
+export const time = Flags.custom<Date>({
+  helpValue: '<time>',
+  parse: async (input, _ctx, opts) =>
+    keepMessage(() => parseTime(input, { name: `--${opts.name}` })),
+});
+
+/** Flags every command takes: where the S3-compatible store is. */
+export const storeFlags = {
+  endpoint: Flags.string({
+    summary: 'S3 endpoint URL for S3-compatible stores (MinIO, Ceph RGW, …).',
+    env: 'AWS_ENDPOINT_URL',
+    helpGroup: 'STORE',
+    helpValue: '<url>',
+    parse: async (input) =>
+      keepMessage(() => {
+        if (!/^https?:\/\/[^/\s]+/i.test(input)) {
+          throw new Error(
+            `Invalid value ${JSON.stringify(input)} for --endpoint: expected http(s)://host[:port]`,
+          );
+        }
+        return input;
+      }),
+  }),
+  region: Flags.string({
+    summary: 'S3 region (default: from the AWS configuration, else us-east-1).',
+    env: 'AWS_REGION',
+    helpGroup: 'STORE',
+    helpValue: '<region>',
+  }),
+};
+
+/** `--yes`: skip the confirmation of a destructive command (required without a terminal). */
+export const yes = Flags.boolean({
+  char: 'y',
+  summary: 'Do not ask for confirmation (required when stdin is not a terminal).',
+});
+
+/** A volume URL argument, checked against the accepted forms and given a trailing slash. */
+export const volumeUrl = Args.custom<string>({
+  description: `Volume URL: ${URL_FORMS}.`,
+  parse: async (input) => normalizeVolumeUrl(input, 'volume URL'),
+});
+
+/** A prefix URL argument (where volumes are listed). */
+export const prefixUrl = Args.custom<string>({
+  description: `Prefix URL: ${URL_FORMS}.`,
+  parse: async (input) => normalizeVolumeUrl(input, 'prefix URL'),
+});
+
+export { DURATION_FORMS, SIZE_FORMS, TIME_FORMS, URL_FORMS };
