@@ -1,0 +1,313 @@
+/**
+ * NBD framing, apart from any connection: a push parser for what clients send (client flags,
+ * options, requests with WRITE payloads) and encoders for what the server sends.
+ *
+ * The parser keeps at most one partial header (≤ 28 bytes) of its own; complete frames are
+ * parsed in place from the chunk that was pushed, and a WRITE payload that lies entirely in
+ * one chunk is handed out as a subarray of it (chunks from a socket are never reused). A
+ * payload spread over chunks is copied once into a buffer of its exact size.
+ */
+import {
+  CLIENT_FLAG_FIXED_NEWSTYLE,
+  CMD_WRITE,
+  IHAVEOPT,
+  MAX_OPTION_LENGTH,
+  OPTION_HEADER_SIZE,
+  OPTION_REPLY_HEADER_SIZE,
+  OPTION_REPLY_MAGIC,
+  REQUEST_HEADER_SIZE,
+  REQUEST_MAGIC,
+  SIMPLE_REPLY_MAGIC,
+  SIMPLE_REPLY_SIZE,
+  STRUCTURED_HEADER_SIZE,
+  STRUCTURED_REPLY_MAGIC,
+} from './protocol.js';
+
+const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
+
+/** What the parser reports. Each callback runs synchronously inside push(). */
+export interface ParserHandler {
+  onClientFlags(flags: number): void;
+  /** A complete option whose payload fits the option limit. */
+  onOption(option: number, data: Buffer): void;
+  /** An option whose payload exceeded the limit; its payload has been skipped. */
+  onOptionTooBig(option: number, length: number): void;
+  /**
+   * One request. `offset` is -1 when the 64-bit offset exceeds 2^53 - 1. `handleHi`/`handleLo`
+   * are the client's opaque 8-byte handle as two 32-bit words. `payload` is set for WRITE.
+   */
+  onRequest(
+    flags: number,
+    type: number,
+    handleHi: number,
+    handleLo: number,
+    offset: number,
+    length: number,
+    payload: Buffer | undefined,
+  ): void;
+  /** The stream cannot be resynchronised; the parser has stopped. */
+  onProtocolError(message: string): void;
+}
+
+export const enum ParserMode {
+  ClientFlags = 0,
+  Options = 1,
+  Requests = 2,
+  Stopped = 3,
+}
+
+const headerSizes = [4, OPTION_HEADER_SIZE, REQUEST_HEADER_SIZE, 0];
+
+export class NbdParser {
+  mode: ParserMode = ParserMode.ClientFlags;
+  /** Largest WRITE payload accepted; a larger one is a protocol error (cannot resync). */
+  maxPayload: number;
+  private readonly head = Buffer.allocUnsafe(32);
+  private headLen = 0;
+  // A payload being collected across chunks (WRITE data or option data).
+  private payload: Buffer | undefined;
+  private payloadFilled = 0;
+  private skipRemaining = 0;
+  private pendFlags = 0;
+  private pendType = 0;
+  private pendHi = 0;
+  private pendLo = 0;
+  private pendOffset = 0;
+  private pendLength = 0;
+
+  constructor(
+    private readonly handler: ParserHandler,
+    maxPayload: number,
+  ) {
+    this.maxPayload = maxPayload;
+  }
+
+  stop(): void {
+    this.mode = ParserMode.Stopped;
+  }
+
+  /** True between frames (nothing partial buffered). */
+  get idle(): boolean {
+    return this.headLen === 0 && this.payload === undefined && this.skipRemaining === 0;
+  }
+
+  /** Feed bytes; returns how many were consumed (all, unless the parser stopped). */
+  push(chunk: Buffer): number {
+    const end = chunk.length;
+    let off = 0;
+    while (off < end) {
+      const mode = this.mode;
+      if (mode === ParserMode.Stopped) return off;
+      if (this.payload !== undefined) {
+        const p = this.payload;
+        const n = Math.min(p.length - this.payloadFilled, end - off);
+        chunk.copy(p, this.payloadFilled, off, off + n);
+        this.payloadFilled += n;
+        off += n;
+        if (this.payloadFilled === p.length) {
+          this.payload = undefined;
+          this.deliverPayload(p);
+        }
+        continue;
+      }
+      if (this.skipRemaining > 0) {
+        const n = Math.min(this.skipRemaining, end - off);
+        this.skipRemaining -= n;
+        off += n;
+        if (this.skipRemaining === 0) this.handler.onOptionTooBig(this.pendType, this.pendLength);
+        continue;
+      }
+      const hsize = headerSizes[mode]!;
+      if (this.headLen > 0 || end - off < hsize) {
+        const n = Math.min(hsize - this.headLen, end - off);
+        chunk.copy(this.head, this.headLen, off, off + n);
+        this.headLen += n;
+        off += n;
+        if (this.headLen < hsize) return off;
+        this.headLen = 0;
+        off = this.frame(mode, this.head, 0, chunk, off);
+      } else {
+        off = this.frame(mode, chunk, off, chunk, off + hsize);
+      }
+    }
+    return off;
+  }
+
+  /** Parse one header at h[ho..]; its payload (if any) starts at chunk[off]. Returns the new offset. */
+  private frame(mode: ParserMode, h: Buffer, ho: number, chunk: Buffer, off: number): number {
+    if (mode === ParserMode.Requests) {
+      if (h.readUInt32BE(ho) !== REQUEST_MAGIC) {
+        return this.fail(`bad request magic 0x${h.readUInt32BE(ho).toString(16)}`, chunk);
+      }
+      const flags = h.readUInt16BE(ho + 4);
+      const type = h.readUInt16BE(ho + 6);
+      const hi = h.readUInt32BE(ho + 8);
+      const lo = h.readUInt32BE(ho + 12);
+      const big = h.readBigUInt64BE(ho + 16);
+      const offset = big > MAX_SAFE ? -1 : Number(big);
+      const length = h.readUInt32BE(ho + 24);
+      if (type !== CMD_WRITE) {
+        this.handler.onRequest(flags, type, hi, lo, offset, length, undefined);
+        return off;
+      }
+      if (length > this.maxPayload) {
+        return this.fail(
+          `WRITE payload of ${length} bytes exceeds the ${this.maxPayload}-byte limit`,
+          chunk,
+        );
+      }
+      if (chunk.length - off >= length) {
+        this.handler.onRequest(
+          flags,
+          type,
+          hi,
+          lo,
+          offset,
+          length,
+          chunk.subarray(off, off + length),
+        );
+        return off + length;
+      }
+      this.pendFlags = flags;
+      this.pendType = type;
+      this.pendHi = hi;
+      this.pendLo = lo;
+      this.pendOffset = offset;
+      this.pendLength = length;
+      return this.collect(length, chunk, off);
+    }
+    if (mode === ParserMode.Options) {
+      if (h.readBigUInt64BE(ho) !== IHAVEOPT) return this.fail('bad option magic', chunk);
+      const option = h.readUInt32BE(ho + 8);
+      const length = h.readUInt32BE(ho + 12);
+      if (length > MAX_OPTION_LENGTH) {
+        this.pendType = option;
+        this.pendLength = length;
+        this.skipRemaining = length;
+        return off;
+      }
+      if (chunk.length - off >= length) {
+        this.handler.onOption(option, chunk.subarray(off, off + length));
+        return off + length;
+      }
+      this.pendType = option;
+      this.pendLength = length;
+      return this.collect(length, chunk, off);
+    }
+    // Client flags.
+    this.handler.onClientFlags(h.readUInt32BE(ho));
+    return off;
+  }
+
+  private collect(length: number, chunk: Buffer, off: number): number {
+    const p = Buffer.allocUnsafe(length);
+    const n = chunk.length - off;
+    chunk.copy(p, 0, off, off + n);
+    this.payload = p;
+    this.payloadFilled = n;
+    return chunk.length;
+  }
+
+  private deliverPayload(p: Buffer): void {
+    if (this.mode === ParserMode.Requests) {
+      this.handler.onRequest(
+        this.pendFlags,
+        this.pendType,
+        this.pendHi,
+        this.pendLo,
+        this.pendOffset,
+        this.pendLength,
+        p,
+      );
+    } else {
+      this.handler.onOption(this.pendType, p);
+    }
+  }
+
+  private fail(message: string, chunk: Buffer): number {
+    this.mode = ParserMode.Stopped;
+    this.handler.onProtocolError(message);
+    return chunk.length;
+  }
+}
+
+/** True when the client flags are acceptable (fixed newstyle is required). */
+export function clientFlagsOk(flags: number): boolean {
+  return (flags & CLIENT_FLAG_FIXED_NEWSTYLE) !== 0;
+}
+
+// ---- Encoders. Each writes into `buf` at `off` and returns the offset after it. ----
+
+export function writeSimpleReply(
+  buf: Buffer,
+  off: number,
+  error: number,
+  hi: number,
+  lo: number,
+): number {
+  buf.writeUInt32BE(SIMPLE_REPLY_MAGIC, off);
+  buf.writeUInt32BE(error, off + 4);
+  buf.writeUInt32BE(hi, off + 8);
+  buf.writeUInt32BE(lo, off + 12);
+  return off + SIMPLE_REPLY_SIZE;
+}
+
+export function writeStructuredHeader(
+  buf: Buffer,
+  off: number,
+  flags: number,
+  type: number,
+  hi: number,
+  lo: number,
+  length: number,
+): number {
+  buf.writeUInt32BE(STRUCTURED_REPLY_MAGIC, off);
+  buf.writeUInt16BE(flags, off + 4);
+  buf.writeUInt16BE(type, off + 6);
+  buf.writeUInt32BE(hi, off + 8);
+  buf.writeUInt32BE(lo, off + 12);
+  buf.writeUInt32BE(length, off + 16);
+  return off + STRUCTURED_HEADER_SIZE;
+}
+
+/** An option reply with its payload, as one buffer. */
+export function encodeOptionReply(option: number, type: number, data: Buffer = EMPTY): Buffer {
+  const b = Buffer.allocUnsafe(OPTION_REPLY_HEADER_SIZE + data.length);
+  b.writeBigUInt64BE(OPTION_REPLY_MAGIC, 0);
+  b.writeUInt32BE(option, 8);
+  b.writeUInt32BE(type >>> 0, 12);
+  b.writeUInt32BE(data.length, 16);
+  data.copy(b, OPTION_REPLY_HEADER_SIZE);
+  return b;
+}
+
+export const EMPTY = Buffer.alloc(0);
+
+/** A reader over an option payload that reports malformed input instead of throwing RangeErrors. */
+export class OptionReader {
+  private pos = 0;
+  constructor(private readonly buf: Buffer) {}
+  get remaining(): number {
+    return this.buf.length - this.pos;
+  }
+  u16(): number | undefined {
+    if (this.remaining < 2) return undefined;
+    const v = this.buf.readUInt16BE(this.pos);
+    this.pos += 2;
+    return v;
+  }
+  u32(): number | undefined {
+    if (this.remaining < 4) return undefined;
+    const v = this.buf.readUInt32BE(this.pos);
+    this.pos += 4;
+    return v;
+  }
+  /** A string prefixed by a 32-bit length, at most `max` bytes. */
+  str32(max: number): string | undefined {
+    const n = this.u32();
+    if (n === undefined || n > max || n > this.remaining) return undefined;
+    const s = this.buf.toString('utf8', this.pos, this.pos + n);
+    this.pos += n;
+    return s;
+  }
+}

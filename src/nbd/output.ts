@@ -1,0 +1,99 @@
+/**
+ * Reply batching for one connection. Reply headers are written back to back into a slab, so
+ * the replies completed in one tick leave as few buffers as possible; payloads are queued by
+ * reference (never copied). Everything queued in a tick goes out in one corked burst.
+ */
+import type { Socket } from 'node:net';
+
+const SLAB_SIZE = 64 * 1024;
+
+export class Output {
+  private slab = Buffer.allocUnsafe(SLAB_SIZE);
+  private slabStart = 0;
+  private slabPos = 0;
+  private chunks: Buffer[] = [];
+  private scheduled = false;
+  private closed = false;
+  private readonly flushBound = (): void => this.flush();
+
+  constructor(private readonly socket: Socket) {}
+
+  /** Bytes queued but not yet handed to the socket, plus what the socket still buffers. */
+  get pendingBytes(): number {
+    return this.socket.writableLength;
+  }
+
+  /** Space for a header of `n` bytes (≤ 64 KiB); write it at the returned offset of `buf`, then commit(n). */
+  reserve(n: number): Buffer {
+    if (this.slabPos + n > this.slab.length) {
+      this.cut();
+      this.slab = Buffer.allocUnsafe(Math.max(SLAB_SIZE, n));
+      this.slabStart = 0;
+      this.slabPos = 0;
+    }
+    return this.slab;
+  }
+
+  get offset(): number {
+    return this.slabPos;
+  }
+
+  commit(n: number): void {
+    this.slabPos += n;
+    this.schedule();
+  }
+
+  /** Queue a payload after the headers committed so far. */
+  data(buf: Buffer): void {
+    if (buf.length === 0) return;
+    this.cut();
+    this.chunks.push(buf);
+    this.schedule();
+  }
+
+  /** Queue a complete, independent buffer (negotiation replies). */
+  raw(buf: Buffer): void {
+    this.data(buf);
+  }
+
+  private cut(): void {
+    if (this.slabPos > this.slabStart) {
+      this.chunks.push(this.slab.subarray(this.slabStart, this.slabPos));
+      this.slabStart = this.slabPos;
+    }
+  }
+
+  private schedule(): void {
+    if (!this.scheduled) {
+      this.scheduled = true;
+      process.nextTick(this.flushBound);
+    }
+  }
+
+  /** Hand everything queued to the socket now. */
+  flush(): void {
+    this.scheduled = false;
+    this.cut();
+    const chunks = this.chunks;
+    if (chunks.length === 0 || this.closed) {
+      this.chunks = [];
+      return;
+    }
+    this.chunks = [];
+    const s = this.socket;
+    if (s.destroyed) return;
+    if (chunks.length === 1) {
+      s.write(chunks[0]!);
+      return;
+    }
+    s.cork();
+    for (const c of chunks) s.write(c);
+    s.uncork();
+  }
+
+  /** Drop anything queued from now on (the socket is going away). */
+  close(): void {
+    this.closed = true;
+    this.chunks = [];
+  }
+}

@@ -1,0 +1,122 @@
+/**
+ * The NBD server: accepts connections on TCP or a unix socket and runs one Session per
+ * connection over a table of named exports.
+ */
+import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { unlink } from 'node:fs/promises';
+import { quietLogger, type NbdLogger } from './device.js';
+import { describeError } from './errno.js';
+import { ExportTable, type NbdExport } from './exports.js';
+import { DEFAULT_MAX_REQUEST } from './protocol.js';
+import { Session, type SessionLimits } from './session.js';
+
+export type { NbdExport } from './exports.js';
+
+export interface NbdServerOptions {
+  exports: Iterable<NbdExport>;
+  logger?: NbdLogger;
+  /** Largest READ/WRITE payload (default 32 MiB). */
+  maxRequest?: number;
+  /** Per-connection requests in flight before reading pauses (default 256). */
+  maxInflight?: number;
+  /** Per-connection payload bytes in flight before reading pauses (default 128 MiB). */
+  maxInflightBytes?: number;
+  /** Per-connection reply bytes buffered before reading pauses (default 32 MiB). */
+  maxOutputBytes?: number;
+}
+
+export type ListenTarget = { port?: number; host?: string } | { path: string };
+
+export class NbdServer {
+  private readonly table: ExportTable;
+  private readonly logger: NbdLogger;
+  private readonly limits: SessionLimits;
+  private readonly sessions = new Set<Session>();
+  private server: Server | undefined;
+  private nextId = 1;
+  private socketPath: string | undefined;
+
+  constructor(options: NbdServerOptions) {
+    this.table = new ExportTable(options.exports);
+    this.logger = options.logger ?? quietLogger;
+    const maxRequest = options.maxRequest ?? DEFAULT_MAX_REQUEST;
+    this.limits = {
+      maxRequest,
+      maxInflight: options.maxInflight ?? 256,
+      maxInflightBytes: Math.max(options.maxInflightBytes ?? 128 * 1024 * 1024, maxRequest),
+      maxOutputBytes: Math.max(options.maxOutputBytes ?? 32 * 1024 * 1024, maxRequest),
+    };
+  }
+
+  get connections(): number {
+    return this.sessions.size;
+  }
+
+  /** Start listening; resolves with the bound address (port or path). */
+  async listen(
+    target: ListenTarget = {},
+  ): Promise<{ port?: number; host?: string; path?: string }> {
+    if (this.server !== undefined) throw new Error('server already listening');
+    const server = createServer({ allowHalfOpen: true, noDelay: true }, (s) => this.accept(s));
+    this.server = server;
+    server.on('error', (e) => this.logger.error('nbd server error', describeError(e)));
+    await new Promise<void>((resolve, reject) => {
+      const onError = (e: Error): void => reject(e);
+      server.once('error', onError);
+      const done = (): void => {
+        server.off('error', onError);
+        resolve();
+      };
+      if ('path' in target) server.listen(target.path, done);
+      else server.listen(target.port ?? 10809, target.host ?? '127.0.0.1', done);
+    });
+    if ('path' in target) {
+      this.socketPath = target.path;
+      return { path: target.path };
+    }
+    const a = server.address() as AddressInfo;
+    return { port: a.port, host: a.address };
+  }
+
+  private accept(socket: Socket): void {
+    const id = this.nextId++;
+    try {
+      const session = new Session(socket, this.table, this.limits, this.logger, id);
+      this.sessions.add(session);
+      void session.whenClosed().then(() => this.sessions.delete(session));
+      this.logger.debug('nbd connection', { conn: id, remote: socket.remoteAddress ?? 'unix' });
+      session.start();
+    } catch (e) {
+      this.logger.error('nbd could not start a connection', { conn: id, ...describeError(e) });
+      socket.destroy();
+    }
+  }
+
+  /**
+   * Stop accepting, let every connection answer what it has in flight, and close them.
+   * Connections still open after `graceMs` are dropped.
+   */
+  async close(graceMs = 10_000): Promise<void> {
+    const server = this.server;
+    if (server === undefined) return;
+    this.server = undefined;
+    const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
+    const sessions = [...this.sessions];
+    for (const s of sessions) s.shutdown();
+    const all = Promise.all(sessions.map((s) => s.whenClosed()));
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      all,
+      new Promise<void>((resolve) => {
+        timer = setTimeout(() => {
+          for (const s of sessions) s.destroy('shutdown grace period over');
+          resolve();
+        }, graceMs);
+      }),
+    ]);
+    clearTimeout(timer);
+    await all;
+    await stopped;
+    if (this.socketPath !== undefined) await unlink(this.socketPath).catch(() => undefined);
+  }
+}

@@ -1,0 +1,207 @@
+/**
+ * A sparse in-memory BlockDevice: storage is a map of fixed-size chunks allocated on first
+ * write and dropped again when trimmed or zeroed whole, so a 1 GiB export costs nothing until
+ * written and its extents say truthfully which chunks hold data. Used by the tests and to
+ * measure the NBD transport without a storage engine behind it.
+ */
+import type {
+  BlockDevice,
+  BlockSizes,
+  DeviceCapabilities,
+  DeviceExtent,
+  WriteFlags,
+  ZeroFlags,
+} from '../device.js';
+
+export interface MemoryDeviceOptions {
+  size: number;
+  /** Allocation unit (power of two, default 64 KiB). */
+  chunkSize?: number;
+  readOnly?: boolean;
+  blockSize?: Partial<BlockSizes>;
+  capabilities?: Partial<DeviceCapabilities>;
+}
+
+export class MemoryDevice implements BlockDevice {
+  readonly size: number;
+  readonly blockSize: BlockSizes;
+  readonly capabilities: DeviceCapabilities;
+  readonly chunkSize: number;
+  private readonly chunks = new Map<number, Buffer>();
+  private zeros = Buffer.alloc(0);
+  /** Counters for tests. */
+  readonly counts = { read: 0, write: 0, flush: 0, trim: 0, zero: 0, extents: 0, cache: 0 };
+  closed = false;
+
+  constructor(o: MemoryDeviceOptions) {
+    if (!Number.isSafeInteger(o.size) || o.size < 0) throw new RangeError(`bad size ${o.size}`);
+    this.size = o.size;
+    this.chunkSize = o.chunkSize ?? 64 * 1024;
+    this.blockSize = { minimum: 1, preferred: 4096, maximum: 32 * 1024 * 1024, ...o.blockSize };
+    this.capabilities = {
+      readOnly: o.readOnly ?? false,
+      canFlush: true,
+      canFua: true,
+      canTrim: true,
+      canZero: true,
+      canFastZero: true,
+      canCache: true,
+      canMultiConn: true,
+      canBlockStatus: true,
+      ...o.capabilities,
+    };
+  }
+
+  /** Bytes of chunk storage allocated. */
+  get allocatedBytes(): number {
+    return this.chunks.size * this.chunkSize;
+  }
+
+  private zeroBuf(n: number): Buffer {
+    if (this.zeros.length < n) this.zeros = Buffer.alloc(Math.max(n, 1024 * 1024));
+    return this.zeros.subarray(0, n);
+  }
+
+  read(offset: number, length: number): Promise<Buffer> {
+    this.counts.read++;
+    return Promise.resolve(this.readSync(offset, length));
+  }
+
+  /** Synchronous read (tests compare contents with it). */
+  readSync(offset: number, length: number): Buffer {
+    this.check(offset, length);
+    const cs = this.chunkSize;
+    const first = Math.floor(offset / cs);
+    const within = offset - first * cs;
+    if (within + length <= cs) {
+      // One chunk: hand out a view of it (it is sent before the client can write again).
+      const c = this.chunks.get(first);
+      return c === undefined ? this.zeroBuf(length) : c.subarray(within, within + length);
+    }
+    const out = Buffer.allocUnsafe(length);
+    let pos = 0;
+    let idx = first;
+    let off = within;
+    while (pos < length) {
+      const n = Math.min(cs - off, length - pos);
+      const c = this.chunks.get(idx);
+      if (c === undefined) out.fill(0, pos, pos + n);
+      else c.copy(out, pos, off, off + n);
+      pos += n;
+      idx++;
+      off = 0;
+    }
+    return out;
+  }
+
+  write(offset: number, data: Buffer, _flags?: WriteFlags): Promise<void> {
+    this.counts.write++;
+    this.writeSync(offset, data);
+    return Promise.resolve();
+  }
+
+  writeSync(offset: number, data: Buffer): void {
+    this.check(offset, data.length);
+    const cs = this.chunkSize;
+    let idx = Math.floor(offset / cs);
+    let off = offset - idx * cs;
+    let pos = 0;
+    while (pos < data.length) {
+      const n = Math.min(cs - off, data.length - pos);
+      let c = this.chunks.get(idx);
+      if (c === undefined) {
+        c = n === cs ? Buffer.allocUnsafe(cs) : Buffer.alloc(cs);
+        this.chunks.set(idx, c);
+      }
+      data.copy(c, off, pos, pos + n);
+      pos += n;
+      idx++;
+      off = 0;
+    }
+  }
+
+  flush(): Promise<void> {
+    this.counts.flush++;
+    return Promise.resolve();
+  }
+
+  trim(offset: number, length: number, _flags?: WriteFlags): Promise<void> {
+    this.counts.trim++;
+    this.clear(offset, length);
+    return Promise.resolve();
+  }
+
+  zero(offset: number, length: number, _flags?: ZeroFlags): Promise<void> {
+    this.counts.zero++;
+    this.clear(offset, length);
+    return Promise.resolve();
+  }
+
+  cache(offset: number, length: number): Promise<void> {
+    this.counts.cache++;
+    this.check(offset, length);
+    return Promise.resolve();
+  }
+
+  /** Zero a range: whole chunks are dropped (become holes), partial ones are zero-filled. */
+  private clear(offset: number, length: number): void {
+    this.check(offset, length);
+    const cs = this.chunkSize;
+    let idx = Math.floor(offset / cs);
+    let off = offset - idx * cs;
+    let pos = 0;
+    while (pos < length) {
+      const n = Math.min(cs - off, length - pos);
+      const c = this.chunks.get(idx);
+      if (c !== undefined) {
+        if (n === cs) this.chunks.delete(idx);
+        else c.fill(0, off, off + n);
+      }
+      pos += n;
+      idx++;
+      off = 0;
+    }
+  }
+
+  extents(offset: number, length: number): Promise<DeviceExtent[]> {
+    this.counts.extents++;
+    this.check(offset, length);
+    const cs = this.chunkSize;
+    const end = offset + length;
+    const out: DeviceExtent[] = [];
+    let pos = offset;
+    while (pos < end) {
+      const idx = Math.floor(pos / cs);
+      const hole = !this.chunks.has(idx);
+      const next = Math.min((idx + 1) * cs, this.size);
+      const last = out[out.length - 1];
+      if (last !== undefined && last.hole === hole) last.length += next - pos;
+      else out.push({ offset: pos, length: next - pos, hole, zero: hole });
+      pos = next;
+    }
+    return Promise.resolve(out);
+  }
+
+  close(): Promise<void> {
+    this.closed = true;
+    return Promise.resolve();
+  }
+
+  private check(offset: number, length: number): void {
+    if (
+      !Number.isSafeInteger(offset) ||
+      !Number.isSafeInteger(length) ||
+      offset < 0 ||
+      length < 0 ||
+      offset + length > this.size
+    ) {
+      throw Object.assign(
+        new RangeError(`range ${offset}+${length} is outside the ${this.size}-byte device`),
+        {
+          kind: 'invalid',
+          code: 'OUT_OF_RANGE',
+        },
+      );
+    }
+  }
+}
