@@ -1,15 +1,67 @@
-// STUB — the URL-keyed factory; implementations for file:// and s3:// land in file.ts / s3.ts.
-import { HyperError } from '../../errors.js';
+/**
+ * The URL-keyed store factory. `openStore(url)` returns the store for
+ * `file:///abs/dir/`, `file://./rel/dir/`, `s3://bucket/prefix/` or `mem://name/`, wrapped
+ * as counting(retrying(backend)): retries only for S3 (the file and mem stores do not fail
+ * transiently), counting outermost so the counts are the requests hyper asked for.
+ */
+import { CountingStore } from './counting.js';
+import { FileStore } from './file.js';
 import { MemStore } from './mem.js';
+import { RetryingStore, type RetryOptions } from './retry.js';
+import { S3Store, type S3StoreOptions } from './s3.js';
 import type { ObjectStore, StoreOptions } from './types.js';
+import { parseStoreUrl } from './url.js';
 
-export type { ObjectStore, StoreOptions } from './types.js';
+export type { ObjectStore, StoreOptions, StoreStats } from './types.js';
+export { parseStoreUrl, ACCEPTED_URL_FORMS, type StoreUrl } from './url.js';
+export { CountingStore, storeStats, diffStats, emptyStats } from './counting.js';
+export { RetryingStore, type RetryOptions } from './retry.js';
+export { probeConditionalWrites } from './probe.js';
+
+export interface OpenStoreOptions
+  extends StoreOptions, Pick<S3StoreOptions, 'credentials' | 'maxSockets'> {
+  /** Keys per list page (tests use small pages to exercise pagination). */
+  pageSize?: number;
+  /** Retry policy details for S3 (maxAttempts comes from StoreOptions). */
+  retry?: Omit<RetryOptions, 'maxAttempts'>;
+}
 
 /**
- * Open the store rooted at `url`: `file:///abs/dir/`, `file://./rel/dir/`, `s3://bucket/prefix/`
- * or `mem://name/`. The returned store is wrapped with retries (s3) and request counting.
+ * Open the store rooted at `url`. Throws INVALID_URL / UNSUPPORTED_STORE for a bad URL;
+ * a missing directory or bucket is reported by the first request (BUCKET_NOT_FOUND).
  */
-export function openStore(url: string, _options: StoreOptions = {}): Promise<ObjectStore> {
-  if (url.startsWith('mem://')) return Promise.resolve(new MemStore(url));
-  return Promise.reject(new HyperError('invalid', 'UNSUPPORTED_STORE', `not implemented yet: ${url}`));
+export function openStore(url: string, options: OpenStoreOptions = {}): Promise<CountingStore> {
+  try {
+    const u = parseStoreUrl(url);
+    let store: ObjectStore;
+    switch (u.scheme) {
+      case 'mem': {
+        const m = new MemStore(u.url);
+        if (options.pageSize !== undefined) m.pageSize = options.pageSize;
+        store = m;
+        break;
+      }
+      case 'file':
+        store = new FileStore(
+          u.dir,
+          options.pageSize === undefined ? {} : { pageSize: options.pageSize },
+        );
+        break;
+      case 's3': {
+        const s3 = new S3Store(u.bucket, u.prefix, {
+          ...options,
+          // One retry policy: ours. The SDK makes a single attempt.
+          maxAttempts: 1,
+        });
+        store = new RetryingStore(s3, {
+          ...options.retry,
+          ...(options.maxAttempts === undefined ? {} : { maxAttempts: options.maxAttempts }),
+        });
+        break;
+      }
+    }
+    return Promise.resolve(new CountingStore(store));
+  } catch (e) {
+    return Promise.reject(e as Error);
+  }
 }

@@ -1,0 +1,609 @@
+/**
+ * A directory as an object store (`file:///abs/dir/`, `file://./rel/dir/`).
+ *
+ * Layout: key `a/b/c` is the file `<root>/a/b/c`. Everything the store needs for itself lives
+ * under `<root>/.hyper/` (`tmp/` for files being written, `locks/` for per-key locks); keys
+ * with a path segment starting with `.hyper` are refused, and such names never show in
+ * listings.
+ *
+ * Atomicity across processes:
+ * - every write goes to a temp file that is written and fsynced first, and only then made
+ *   visible under its key;
+ * - create-only (`ifNoneMatch`) makes it visible with `link()`, which fails with EEXIST if
+ *   the key exists: exactly one of any number of racing creators wins;
+ * - compare-and-swap (`ifMatch`), unconditional writes and deletes take a per-key lock file
+ *   (O_CREAT|O_EXCL), compare the current tag, then `rename()` over the key (atomic
+ *   replacement: readers see the old or the new file, never a mix). A lock whose holder died
+ *   on this host, or that is older than LOCK_STALE_MS, is broken (see `breakStaleLock`).
+ * - after a key's file appears or disappears, its directory is fsynced (durability).
+ *
+ * ETags: `<size>-<inode>-<mtime ns>` in hex, read from one fstat. Every write creates a new
+ * file (a new inode whose mtime is its last write), so the tag changes whenever the content
+ * changes; unlike a content hash it costs no read of the data, so ranged reads of large
+ * segments and listings stay cheap.
+ */
+import { randomBytes, createHash } from 'node:crypto';
+import { constants as fsc, type BigIntStats, type Dirent, type Stats } from 'node:fs';
+import * as fsp from 'node:fs/promises';
+import { hostname } from 'node:os';
+import { dirname, join } from 'node:path';
+import { HyperError } from '../../errors.js';
+import { notFound, objectExists, preconditionFailed } from './common.js';
+import type {
+  GetOptions,
+  GetResult,
+  ListOptions,
+  ListPage,
+  ObjectMeta,
+  ObjectStore,
+  PutOptions,
+} from './types.js';
+
+/** Name of the store's private directory under the root. */
+const PRIVATE = '.hyper';
+/** A lock older than this is considered abandoned (holders keep it for milliseconds). */
+export const LOCK_STALE_MS = 30_000;
+/** Give up waiting for a key's lock after this long. */
+const LOCK_WAIT_MS = 30_000;
+
+const HOST = hostname();
+
+interface Errno {
+  code?: string;
+}
+const errCode = (e: unknown): string | undefined => (e as Errno | null)?.code;
+
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** Compare keys as S3 does: by their UTF-8 bytes. */
+export function compareKeys(a: string, b: string): number {
+  return Buffer.compare(Buffer.from(a, 'utf8'), Buffer.from(b, 'utf8'));
+}
+
+function tagOf(st: BigIntStats): string {
+  return `${st.size.toString(16)}-${st.ino.toString(16)}-${st.mtimeNs.toString(16)}`;
+}
+
+export interface FileStoreOptions {
+  /** Objects per list page (default 1000). */
+  pageSize?: number;
+}
+
+export class FileStore implements ObjectStore {
+  readonly url: string;
+  /** Objects per list page; small values exercise pagination in tests. */
+  pageSize: number;
+  /** The directory the URL names (holds `.hyper/`). */
+  private readonly base: string;
+  /** Key prefix of this (sub) store under `base`: '' or ends with '/'. */
+  private readonly root: string;
+  private privateReady = false;
+
+  constructor(dir: string, options: FileStoreOptions & { root?: string; url?: string } = {}) {
+    this.base = dir;
+    this.root = options.root ?? '';
+    this.url = options.url ?? `file://${dir.endsWith('/') ? dir : `${dir}/`}${this.root}`;
+    this.pageSize = options.pageSize ?? 1000;
+  }
+
+  // ---- helpers ------------------------------------------------------------------------
+
+  private checkKey(key: string): string {
+    const full = this.root + key;
+    const parts = full.split('/');
+    if (
+      key === '' ||
+      full.startsWith('/') ||
+      parts.some((p) => p === '' || p === '.' || p === '..' || p.startsWith(PRIVATE)) ||
+      full.includes('\0')
+    ) {
+      throw new HyperError(
+        'invalid',
+        'INVALID_ARGUMENT',
+        `Invalid object key "${key}" for ${this.url}`,
+        {
+          key,
+          suggestion: `Keys are /-separated names without empty, "." or ".." segments or segments starting with "${PRIVATE}".`,
+        },
+      );
+    }
+    return full;
+  }
+
+  private pathOf(full: string): string {
+    return join(this.base, full);
+  }
+
+  private bucketMissing(cause?: unknown): HyperError {
+    return new HyperError(
+      'not-found',
+      'BUCKET_NOT_FOUND',
+      `Store directory ${this.base} does not exist`,
+      {
+        cause,
+        suggestion: `Create it first (mkdir -p ${this.base}) or check the URL.`,
+      },
+    );
+  }
+
+  private async baseExists(): Promise<boolean> {
+    try {
+      return (await fsp.stat(this.base)).isDirectory();
+    } catch {
+      return false;
+    }
+  }
+
+  /** Translate an fs error for `key` into a HyperError. */
+  private async translate(e: unknown, key?: string): Promise<HyperError> {
+    if (e instanceof HyperError) return e;
+    const code = errCode(e);
+    if (code === 'ENOENT' || code === 'ENOTDIR') {
+      if (!(await this.baseExists())) return this.bucketMissing(e);
+      if (key !== undefined) return notFound(this.url, key);
+    }
+    if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS') {
+      return new HyperError(
+        'unavailable',
+        'ACCESS_DENIED',
+        `Permission denied in ${this.base}: ${String((e as Error).message)}`,
+        {
+          cause: e,
+          ...(key === undefined ? {} : { key }),
+          suggestion: 'Check the ownership and permissions of the store directory.',
+        },
+      );
+    }
+    const message = e instanceof Error ? e.message : String(e);
+    return new HyperError(
+      'unavailable',
+      'STORE_UNAVAILABLE',
+      `File store ${this.base} failed: ${message}`,
+      {
+        cause: e,
+        ...(key === undefined ? {} : { key }),
+      },
+    );
+  }
+
+  private async ensurePrivate(): Promise<void> {
+    if (this.privateReady) return;
+    for (const d of [PRIVATE, `${PRIVATE}/tmp`, `${PRIVATE}/locks`]) {
+      try {
+        await fsp.mkdir(join(this.base, d));
+      } catch (e) {
+        if (errCode(e) === 'ENOENT') throw this.bucketMissing(e);
+        if (errCode(e) !== 'EEXIST') throw e;
+      }
+    }
+    this.privateReady = true;
+  }
+
+  private async fsyncDir(dir: string): Promise<void> {
+    const h = await fsp.open(dir, fsc.O_RDONLY);
+    try {
+      await h.sync();
+    } finally {
+      await h.close();
+    }
+  }
+
+  /** Create the parent directories of `full` under the base (never the base itself). */
+  private async makeParents(full: string): Promise<void> {
+    const parts = full.split('/').slice(0, -1);
+    let dir = this.base;
+    for (const p of parts) {
+      const next = join(dir, p);
+      try {
+        await fsp.mkdir(next);
+        await this.fsyncDir(dir);
+      } catch (e) {
+        if (errCode(e) === 'ENOENT') throw this.bucketMissing(e);
+        if (errCode(e) !== 'EEXIST') throw e;
+      }
+      dir = next;
+    }
+  }
+
+  /** Write `body` to a new fsynced temp file; returns its path and tag. */
+  private async writeTemp(body: Buffer): Promise<{ tmp: string; etag: string }> {
+    await this.ensurePrivate();
+    const tmp = join(this.base, PRIVATE, 'tmp', `${process.pid}-${randomBytes(8).toString('hex')}`);
+    const h = await fsp.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o644);
+    try {
+      let off = 0;
+      while (off < body.length) {
+        const { bytesWritten } = await h.write(body, off, body.length - off, off);
+        off += bytesWritten;
+      }
+      await h.sync();
+      const st = await h.stat({ bigint: true });
+      return { tmp, etag: tagOf(st) };
+    } catch (e) {
+      await fsp.rm(tmp, { force: true });
+      throw e;
+    } finally {
+      await h.close();
+    }
+  }
+
+  /** Retry `op` once after creating parent dirs when it fails with ENOENT. */
+  private async withParents<T>(full: string, op: () => Promise<T>): Promise<T> {
+    for (let i = 0; ; i++) {
+      try {
+        return await op();
+      } catch (e) {
+        if (errCode(e) !== 'ENOENT' || i >= 5) throw e;
+        await this.makeParents(full);
+      }
+    }
+  }
+
+  // ---- locks ----------------------------------------------------------------------------
+
+  private lockPath(full: string): string {
+    return join(
+      this.base,
+      PRIVATE,
+      'locks',
+      createHash('sha256').update(full).digest('hex').slice(0, 40),
+    );
+  }
+
+  private async withLock<T>(
+    full: string,
+    signal: AbortSignal | undefined,
+    fn: () => Promise<T>,
+  ): Promise<T> {
+    await this.ensurePrivate();
+    const path = this.lockPath(full);
+    const nonce = randomBytes(12).toString('hex');
+    const content = JSON.stringify({
+      host: HOST,
+      pid: process.pid,
+      nonce,
+      key: full,
+      time: Date.now(),
+    });
+    const deadline = Date.now() + LOCK_WAIT_MS;
+    let wait = 1;
+    for (;;) {
+      signal?.throwIfAborted();
+      try {
+        const h = await fsp.open(path, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o644);
+        try {
+          await h.writeFile(content);
+        } finally {
+          await h.close();
+        }
+        break;
+      } catch (e) {
+        if (errCode(e) !== 'EEXIST') throw e;
+      }
+      if (await this.breakStaleLock(path)) continue;
+      if (Date.now() > deadline) {
+        throw new HyperError(
+          'unavailable',
+          'STORE_UNAVAILABLE',
+          `Timed out waiting for the lock of ${this.url}${full}`,
+          {
+            suggestion: `If no hyper process is running, remove ${path}.`,
+          },
+        );
+      }
+      await sleep(Math.random() * wait);
+      wait = Math.min(wait * 2, 50);
+    }
+    try {
+      return await fn();
+    } finally {
+      // Release only our own lock (a lock broken as stale may have been retaken meanwhile).
+      try {
+        const cur = await fsp.readFile(path, 'utf8');
+        if (cur === content) await fsp.unlink(path);
+      } catch {
+        // already gone
+      }
+    }
+  }
+
+  /**
+   * Break an abandoned lock: its holder was a process on this host that no longer exists, or
+   * it is older than LOCK_STALE_MS. The lock is renamed aside first and checked to be the one
+   * judged stale; if a live lock was moved by a concurrent breaker, it is put back.
+   */
+  private async breakStaleLock(path: string): Promise<boolean> {
+    let text: string;
+    let st: Stats;
+    try {
+      st = await fsp.stat(path);
+      text = await fsp.readFile(path, 'utf8');
+    } catch {
+      return true; // released meanwhile: try again at once
+    }
+    let stale = Date.now() - st.mtimeMs > LOCK_STALE_MS;
+    if (!stale) {
+      try {
+        const info = JSON.parse(text) as { host?: string; pid?: number };
+        if (info.host === HOST && typeof info.pid === 'number' && info.pid !== process.pid) {
+          try {
+            process.kill(info.pid, 0);
+          } catch (e) {
+            stale = errCode(e) === 'ESRCH';
+          }
+        }
+      } catch {
+        // being written: not stale unless old
+      }
+    }
+    if (!stale) return false;
+    const aside = `${path}.stale-${randomBytes(6).toString('hex')}`;
+    try {
+      await fsp.rename(path, aside);
+    } catch {
+      return true;
+    }
+    const moved = await fsp.readFile(aside, 'utf8').catch(() => '');
+    if (moved !== text) {
+      await fsp.link(aside, path).catch(() => undefined);
+    }
+    await fsp.rm(aside, { force: true });
+    return true;
+  }
+
+  // ---- ObjectStore ----------------------------------------------------------------------
+
+  async get(key: string, options: GetOptions = {}): Promise<GetResult> {
+    const full = this.checkKey(key);
+    options.signal?.throwIfAborted();
+    let h: fsp.FileHandle;
+    try {
+      h = await fsp.open(this.pathOf(full), fsc.O_RDONLY);
+    } catch (e) {
+      throw await this.translate(e, key);
+    }
+    try {
+      const st = await h.stat({ bigint: true });
+      if (!st.isFile()) throw notFound(this.url, key);
+      const size = Number(st.size);
+      const start = Math.min(options.range?.offset ?? 0, size);
+      const end = options.range
+        ? Math.min(options.range.offset + options.range.length, size)
+        : size;
+      const body = Buffer.allocUnsafe(Math.max(0, end - start));
+      let off = 0;
+      while (off < body.length) {
+        const { bytesRead } = await h.read(body, off, body.length - off, start + off);
+        if (bytesRead === 0) break;
+        off += bytesRead;
+      }
+      return { body: off === body.length ? body : body.subarray(0, off), etag: tagOf(st), size };
+    } catch (e) {
+      throw await this.translate(e, key);
+    } finally {
+      await h.close();
+    }
+  }
+
+  async head(key: string, options: { signal?: AbortSignal } = {}): Promise<ObjectMeta | undefined> {
+    const full = this.checkKey(key);
+    options.signal?.throwIfAborted();
+    try {
+      const st = await fsp.stat(this.pathOf(full), { bigint: true });
+      if (!st.isFile()) return undefined;
+      return {
+        key,
+        size: Number(st.size),
+        etag: tagOf(st),
+        lastModified: new Date(Number(st.mtimeMs)),
+      };
+    } catch (e) {
+      const he = await this.translate(e, key);
+      if (he.code === 'OBJECT_NOT_FOUND') return undefined;
+      throw he;
+    }
+  }
+
+  async put(key: string, body: Buffer, options: PutOptions = {}): Promise<{ etag: string }> {
+    const full = this.checkKey(key);
+    options.signal?.throwIfAborted();
+    const target = this.pathOf(full);
+    let tmp: string | undefined;
+    try {
+      const w = await this.writeTemp(body);
+      tmp = w.tmp;
+      const tmpPath = w.tmp;
+      if (options.ifNoneMatch) {
+        try {
+          await this.withParents(full, () => fsp.link(tmpPath, target));
+        } catch (e) {
+          if (errCode(e) === 'EEXIST') throw objectExists(this.url, key);
+          throw e;
+        }
+        await this.fsyncDir(dirname(target));
+        return { etag: w.etag };
+      }
+      await this.withLock(full, options.signal, async () => {
+        if (options.ifMatch !== undefined) {
+          let cur: string | undefined;
+          try {
+            cur = tagOf(await fsp.stat(target, { bigint: true }));
+          } catch (e) {
+            if (errCode(e) !== 'ENOENT' && errCode(e) !== 'ENOTDIR') throw e;
+          }
+          if (cur !== options.ifMatch) throw preconditionFailed(this.url, key);
+        }
+        await this.withParents(full, () => fsp.rename(tmpPath, target));
+        tmp = undefined;
+        await this.fsyncDir(dirname(target));
+      });
+      return { etag: w.etag };
+    } catch (e) {
+      throw await this.translate(e, key);
+    } finally {
+      if (tmp !== undefined) await fsp.rm(tmp, { force: true }).catch(() => undefined);
+    }
+  }
+
+  async *list(prefix: string, options: ListOptions = {}): AsyncIterable<ListPage> {
+    const fullPrefix = this.root + prefix;
+    const startAfter =
+      options.startAfter === undefined ? undefined : this.root + options.startAfter;
+    const delimiter = options.delimiter || undefined;
+    // Walk from the deepest directory that holds every key with this prefix.
+    const slash = fullPrefix.lastIndexOf('/');
+    const dirKey = fullPrefix.slice(0, slash + 1); // '' or ends with '/'
+    const namePrefix = fullPrefix.slice(slash + 1);
+    let skipPrefix: string | undefined;
+
+    let objects: ObjectMeta[] = [];
+    let prefixes: string[] = [];
+    const strip = (k: string): string => k.slice(this.root.length);
+
+    const self = this;
+    async function* walk(
+      dk: string,
+      first: boolean,
+    ): AsyncGenerator<{ key: string; st: BigIntStats }> {
+      let entries: import('node:fs').Dirent[];
+      try {
+        entries = await fsp.readdir(join(self.base, dk), { withFileTypes: true });
+      } catch (e) {
+        const c = errCode(e);
+        if (c === 'ENOENT' || c === 'ENOTDIR') {
+          if (dk === '' || !(await self.baseExists())) throw self.bucketMissing(e);
+          return;
+        }
+        throw e;
+      }
+      const items = entries
+        .filter((d) => !d.name.startsWith(PRIVATE) && (!first || d.name.startsWith(namePrefix)))
+        .map((d) => ({ d, sortKey: dk + d.name + (d.isDirectory() ? '/' : '') }))
+        .sort((a, b) => compareKeys(a.sortKey, b.sortKey));
+      for (const { d, sortKey } of items) {
+        options.signal?.throwIfAborted();
+        if (d.isDirectory()) {
+          // Skip subtrees wholly at or before startAfter, and rolled-up prefixes.
+          if (
+            startAfter !== undefined &&
+            compareKeys(sortKey, startAfter) <= 0 &&
+            !startAfter.startsWith(sortKey)
+          ) {
+            continue;
+          }
+          if (skipPrefix !== undefined && sortKey.startsWith(skipPrefix)) continue;
+          yield* walk(sortKey, false);
+        } else if (d.isFile()) {
+          if (startAfter !== undefined && compareKeys(sortKey, startAfter) <= 0) continue;
+          if (skipPrefix !== undefined && sortKey.startsWith(skipPrefix)) continue;
+          let st: BigIntStats;
+          try {
+            st = await fsp.stat(join(self.base, sortKey), { bigint: true });
+          } catch {
+            continue; // deleted while listing
+          }
+          yield { key: sortKey, st };
+        }
+      }
+    }
+
+    try {
+      for await (const { key, st } of walk(dirKey, true)) {
+        if (delimiter) {
+          const rest = key.slice(fullPrefix.length);
+          const i = rest.indexOf(delimiter);
+          if (i >= 0) {
+            const cp = fullPrefix + rest.slice(0, i + delimiter.length);
+            if (
+              startAfter === undefined ||
+              compareKeys(cp, startAfter) > 0 ||
+              !startAfter.startsWith(cp)
+            ) {
+              prefixes.push(strip(cp));
+            }
+            skipPrefix = cp;
+            if (objects.length + prefixes.length >= this.pageSize) {
+              yield { objects, prefixes };
+              objects = [];
+              prefixes = [];
+            }
+            continue;
+          }
+        }
+        objects.push({
+          key: strip(key),
+          size: Number(st.size),
+          etag: tagOf(st),
+          lastModified: new Date(Number(st.mtimeMs)),
+        });
+        if (objects.length + prefixes.length >= this.pageSize) {
+          yield { objects, prefixes };
+          objects = [];
+          prefixes = [];
+        }
+      }
+    } catch (e) {
+      throw await this.translate(e);
+    }
+    yield { objects, prefixes };
+  }
+
+  async delete(keys: readonly string[], options: { signal?: AbortSignal } = {}): Promise<void> {
+    const fulls = keys.map((k) => this.checkKey(k));
+    if (fulls.length === 0) return;
+    if (!(await this.baseExists())) throw this.bucketMissing();
+    const dirs = new Set<string>();
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < fulls.length) {
+        const full = fulls[next++] as string;
+        await this.withLock(full, options.signal, async () => {
+          try {
+            await fsp.unlink(this.pathOf(full));
+            dirs.add(dirname(full));
+          } catch (e) {
+            const c = errCode(e);
+            if (c !== 'ENOENT' && c !== 'ENOTDIR') throw e;
+          }
+        });
+      }
+    };
+    try {
+      await Promise.all(Array.from({ length: Math.min(16, fulls.length) }, worker));
+      for (const d of dirs) {
+        await this.fsyncDir(d === '.' ? this.base : join(this.base, d)).catch(() => undefined);
+        // Remove directories left empty, so they do not show as prefixes (ENOTEMPTY is fine).
+        let cur = d;
+        while (cur !== '.' && cur !== '' && cur !== '/') {
+          try {
+            await fsp.rmdir(join(this.base, cur));
+          } catch {
+            break;
+          }
+          cur = dirname(cur);
+        }
+      }
+    } catch (e) {
+      throw await this.translate(e);
+    }
+  }
+
+  sub(prefix: string): ObjectStore {
+    if (!prefix.endsWith('/') || prefix.startsWith('/')) {
+      throw new HyperError(
+        'internal',
+        'INTERNAL',
+        `sub prefix must end with / and be relative: ${prefix}`,
+      );
+    }
+    return new FileStore(this.base, {
+      root: this.root + prefix,
+      url: this.url + prefix,
+      pageSize: this.pageSize,
+    });
+  }
+
+  close(): Promise<void> {
+    return Promise.resolve();
+  }
+}

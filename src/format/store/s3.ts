@@ -1,0 +1,549 @@
+/**
+ * S3 and S3-compatible stores (`s3://bucket/prefix/`), on AWS SDK v3. The only module (with
+ * other `s3*.ts` files) that talks to the SDK; every SDK or network failure is translated
+ * into a HyperError here (table in types.ts):
+ *
+ *   NoSuchKey / 404                          -> OBJECT_NOT_FOUND
+ *   NoSuchBucket                             -> BUCKET_NOT_FOUND
+ *   412 on create-only                       -> OBJECT_EXISTS
+ *   412 on If-Match, 409 ConditionalRequestConflict, 404 on If-Match (AWS) -> PRECONDITION_FAILED
+ *   403, InvalidAccessKeyId, SignatureDoesNotMatch -> ACCESS_DENIED
+ *   5xx, SlowDown, timeouts, refused/reset connections, DNS -> STORE_UNAVAILABLE (retried by retry.ts)
+ *   501 on a conditional PUT                 -> CONDITIONAL_WRITES_UNSUPPORTED
+ *
+ * Compatibility: AWS takes `If-Match` with the quoted ETag the SDK hands out; Ceph RGW only
+ * matches the unquoted form and answers 412 for a missing key (AWS: 404). ETags are kept
+ * unquoted everywhere in hyper. On a custom endpoint the unquoted form is tried first; if it
+ * fails with 412 the quoted form is tried once, and whichever form succeeds is remembered.
+ */
+import http from 'node:http';
+import https from 'node:https';
+import {
+  DeleteObjectsCommand,
+  GetObjectCommand,
+  HeadObjectCommand,
+  ListObjectsV2Command,
+  PutObjectCommand,
+  S3Client,
+  type S3ClientConfig,
+} from '@aws-sdk/client-s3';
+import { NodeHttpHandler } from '@smithy/node-http-handler';
+import { HyperError } from '../../errors.js';
+import { notFound, objectExists, preconditionFailed } from './common.js';
+import type {
+  GetOptions,
+  GetResult,
+  ListOptions,
+  ListPage,
+  ObjectMeta,
+  ObjectStore,
+  PutOptions,
+  StoreOptions,
+} from './types.js';
+
+export interface S3StoreOptions extends StoreOptions {
+  /** Explicit credentials (default: the SDK's standard provider chain). */
+  credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
+  /** Keys per ListObjectsV2 page (1-1000, default 1000). */
+  pageSize?: number;
+  /** Sockets per host (default 64). */
+  maxSockets?: number;
+  /** Fail a connection attempt after this long (default 5000 ms). */
+  connectionTimeoutMs?: number;
+  /** Fail a request whose socket is idle this long (default 60000 ms). */
+  requestTimeoutMs?: number;
+}
+
+type IfMatchForm = 'quoted' | 'unquoted' | 'unknown';
+
+/** State shared by a store and the stores `sub()` makes from it. */
+interface Shared {
+  client: S3Client;
+  bucket: string;
+  endpoint: string;
+  pageSize: number;
+  ifMatchForm: IfMatchForm;
+}
+
+export const unquote = (etag: string | undefined): string =>
+  (etag ?? '').replace(/^(W\/)?"(.*)"$/, '$2');
+
+interface SdkError {
+  name?: string;
+  code?: string;
+  Code?: string;
+  message?: string;
+  $metadata?: { httpStatusCode?: number };
+  $response?: { statusCode?: number };
+}
+
+const NETWORK_CODES = new Set([
+  'ECONNREFUSED',
+  'ECONNRESET',
+  'ENOTFOUND',
+  'EAI_AGAIN',
+  'ETIMEDOUT',
+  'EPIPE',
+  'EHOSTUNREACH',
+  'ENETUNREACH',
+  'ECONNABORTED',
+  'EADDRNOTAVAIL',
+  'UND_ERR_SOCKET',
+]);
+
+function causeCode(e: unknown): string | undefined {
+  let cur: unknown = e;
+  for (let i = 0; i < 5 && cur && typeof cur === 'object'; i++) {
+    const c = (cur as SdkError).code;
+    if (typeof c === 'string') return c;
+    cur = (cur as { cause?: unknown }).cause;
+  }
+  return undefined;
+}
+
+export interface TranslateContext {
+  op: 'get' | 'head' | 'put' | 'list' | 'delete';
+  endpoint: string;
+  bucket: string;
+  url: string;
+  key?: string;
+  createOnly?: boolean;
+  ifMatch?: boolean;
+}
+
+/** Map an SDK / network error to a HyperError (exported for tests). */
+export function translateS3Error(e: unknown, ctx: TranslateContext): HyperError {
+  if (e instanceof HyperError) return e;
+  const err = (e ?? {}) as SdkError;
+  const name = err.name ?? err.Code ?? '';
+  const status = err.$metadata?.httpStatusCode ?? err.$response?.statusCode;
+  const keyOpt = ctx.key === undefined ? {} : { key: ctx.key };
+  const where = ctx.key === undefined ? ctx.url : `${ctx.url}${ctx.key}`;
+  if (name === 'AbortError') {
+    return new HyperError('unavailable', 'ABORTED', 'The operation was interrupted.', {
+      cause: e,
+      ...keyOpt,
+    });
+  }
+  const netCode = causeCode(e);
+  if (
+    status === undefined &&
+    netCode !== undefined &&
+    (NETWORK_CODES.has(netCode) || netCode.startsWith('E'))
+  ) {
+    const dns = netCode === 'ENOTFOUND' || netCode === 'EAI_AGAIN';
+    return new HyperError(
+      'unavailable',
+      'STORE_UNAVAILABLE',
+      `Cannot reach the S3 endpoint ${ctx.endpoint} (${netCode}${dns ? ': host name not found' : ''})`,
+      {
+        cause: e,
+        ...keyOpt,
+        suggestion:
+          'Check that the endpoint URL (--endpoint or AWS_ENDPOINT_URL) is right and the server is running.',
+      },
+    );
+  }
+  if (name === 'TimeoutError' || name === 'RequestTimeout' || name === 'RequestTimeoutException') {
+    return new HyperError(
+      'unavailable',
+      'STORE_UNAVAILABLE',
+      `S3 request to ${ctx.endpoint} timed out (${where})`,
+      {
+        cause: e,
+        ...keyOpt,
+      },
+    );
+  }
+  if (name === 'NoSuchBucket') {
+    return new HyperError(
+      'not-found',
+      'BUCKET_NOT_FOUND',
+      `Bucket "${ctx.bucket}" does not exist at ${ctx.endpoint}`,
+      {
+        cause: e,
+        suggestion: 'Create the bucket first, or check the bucket name, region and endpoint.',
+      },
+    );
+  }
+  if (status === 412 || name === 'PreconditionFailed') {
+    return ctx.createOnly
+      ? objectExists(ctx.url, ctx.key ?? '')
+      : preconditionFailed(ctx.url, ctx.key ?? '');
+  }
+  if (status === 409 && (name === 'ConditionalRequestConflict' || ctx.createOnly || ctx.ifMatch)) {
+    return preconditionFailed(ctx.url, ctx.key ?? '');
+  }
+  if (name === 'NoSuchKey' || status === 404 || name === 'NotFound') {
+    if (ctx.ifMatch) return preconditionFailed(ctx.url, ctx.key ?? '');
+    return notFound(ctx.url, ctx.key ?? '');
+  }
+  if (
+    status === 403 ||
+    name === 'AccessDenied' ||
+    name === 'InvalidAccessKeyId' ||
+    name === 'SignatureDoesNotMatch' ||
+    name === 'ExpiredToken' ||
+    name === 'InvalidToken' ||
+    name === 'CredentialsProviderError'
+  ) {
+    return new HyperError(
+      'unavailable',
+      'ACCESS_DENIED',
+      `Access denied by ${ctx.endpoint} for ${where} (${name || status})`,
+      {
+        cause: e,
+        ...keyOpt,
+        suggestion:
+          'Check the credentials (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, AWS_PROFILE) and that they may read and write this bucket.',
+      },
+    );
+  }
+  if (status === 501 && (ctx.createOnly || ctx.ifMatch)) {
+    return new HyperError(
+      'unavailable',
+      'CONDITIONAL_WRITES_UNSUPPORTED',
+      `The S3 endpoint ${ctx.endpoint} does not implement conditional writes (If-None-Match / If-Match)`,
+      {
+        cause: e,
+        ...keyOpt,
+        suggestion: 'Use AWS S3, Ceph RGW, or another store that supports conditional PUTs.',
+      },
+    );
+  }
+  if (
+    status === undefined ||
+    status >= 500 ||
+    name === 'SlowDown' ||
+    name === 'Throttling' ||
+    status === 429
+  ) {
+    return new HyperError(
+      'unavailable',
+      'STORE_UNAVAILABLE',
+      `S3 ${ctx.op} failed at ${ctx.endpoint} for ${where}: ${name || 'error'}${status ? ` (HTTP ${status})` : ''}: ${err.message ?? ''}`,
+      { cause: e, ...keyOpt },
+    );
+  }
+  return new HyperError(
+    'internal',
+    'INTERNAL',
+    `S3 ${ctx.op} refused by ${ctx.endpoint} for ${where}: ${name} (HTTP ${status}): ${err.message ?? ''}`,
+    {
+      cause: e,
+      ...keyOpt,
+      suggestion:
+        'The store rejected a request hyper made; check that it is S3-compatible, or report this.',
+    },
+  );
+}
+
+/** Read a response body into one Buffer (preallocated when the length is known). */
+async function readBody(body: unknown, expected: number | undefined): Promise<Buffer> {
+  if (body === undefined || body === null) return Buffer.alloc(0);
+  const chunks: Buffer[] = [];
+  let out = expected !== undefined ? Buffer.allocUnsafe(expected) : undefined;
+  let off = 0;
+  for await (const c of body as AsyncIterable<Uint8Array>) {
+    const chunk = Buffer.isBuffer(c) ? c : Buffer.from(c.buffer, c.byteOffset, c.byteLength);
+    if (out && off + chunk.length <= out.length) {
+      chunk.copy(out, off);
+    } else {
+      if (out) {
+        chunks.push(out.subarray(0, off));
+        out = undefined;
+      }
+      chunks.push(chunk);
+    }
+    off += chunk.length;
+  }
+  if (out) return off === out.length ? out : out.subarray(0, off);
+  return Buffer.concat(chunks);
+}
+
+/** Endpoint from options or the environment (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL). */
+export function resolveEndpoint(options: StoreOptions): string | undefined {
+  return (
+    options.endpoint || process.env.AWS_ENDPOINT_URL_S3 || process.env.AWS_ENDPOINT_URL || undefined
+  );
+}
+
+export function createS3Client(options: S3StoreOptions): { client: S3Client; endpoint: string } {
+  const endpoint = resolveEndpoint(options);
+  const region =
+    options.region || process.env.AWS_REGION || process.env.AWS_DEFAULT_REGION || 'us-east-1';
+  const agentOptions = { keepAlive: true, maxSockets: options.maxSockets ?? 64, noDelay: true };
+  const config: S3ClientConfig = {
+    region,
+    maxAttempts: options.maxAttempts ?? 3,
+    requestHandler: new NodeHttpHandler({
+      httpAgent: new http.Agent(agentOptions),
+      httpsAgent: new https.Agent(agentOptions),
+      connectionTimeout: options.connectionTimeoutMs ?? 5000,
+      requestTimeout: options.requestTimeoutMs ?? 60_000,
+    }),
+  };
+  if (endpoint) {
+    config.endpoint = endpoint;
+    config.forcePathStyle = true;
+    // S3-compatible servers reject the SDK's newer default checksums.
+    config.requestChecksumCalculation = 'WHEN_REQUIRED';
+    config.responseChecksumValidation = 'WHEN_REQUIRED';
+  }
+  if (options.credentials) config.credentials = options.credentials;
+  return {
+    client: new S3Client(config),
+    endpoint: endpoint ?? `https://s3.${region}.amazonaws.com`,
+  };
+}
+
+export class S3Store implements ObjectStore {
+  readonly url: string;
+  private readonly shared: Shared;
+  /** '' or ends with '/'. */
+  private readonly root: string;
+  /** Only the store that created the client closes it; `sub()` stores share it. */
+  private owner = false;
+
+  constructor(bucket: string, prefix: string, options: S3StoreOptions = {}, shared?: Shared) {
+    if (shared) {
+      this.shared = shared;
+    } else {
+      const { client, endpoint } = createS3Client(options);
+      this.shared = {
+        client,
+        bucket,
+        endpoint,
+        pageSize: Math.min(1000, Math.max(1, options.pageSize ?? 1000)),
+        ifMatchForm: resolveEndpoint(options) ? 'unknown' : 'quoted',
+      };
+      this.owner = true;
+    }
+    this.root = prefix === '' || prefix.endsWith('/') ? prefix : `${prefix}/`;
+    this.url = `s3://${bucket}/${this.root}`;
+  }
+
+  /** The endpoint requests go to (for messages). */
+  get endpoint(): string {
+    return this.shared.endpoint;
+  }
+
+  private ctx(
+    op: TranslateContext['op'],
+    key?: string,
+    extra: Partial<TranslateContext> = {},
+  ): TranslateContext {
+    return {
+      op,
+      endpoint: this.shared.endpoint,
+      bucket: this.shared.bucket,
+      url: this.url,
+      ...(key === undefined ? {} : { key }),
+      ...extra,
+    };
+  }
+
+  private get client(): S3Client {
+    return this.shared.client;
+  }
+
+  async get(key: string, options: GetOptions = {}): Promise<GetResult> {
+    const range = options.range;
+    if (range && range.length <= 0) {
+      const meta = await this.head(key, options.signal ? { signal: options.signal } : {});
+      if (!meta) throw notFound(this.url, key);
+      return { body: Buffer.alloc(0), etag: meta.etag, size: meta.size };
+    }
+    try {
+      const res = await this.client.send(
+        new GetObjectCommand({
+          Bucket: this.shared.bucket,
+          Key: this.root + key,
+          ...(range ? { Range: `bytes=${range.offset}-${range.offset + range.length - 1}` } : {}),
+        }),
+        { abortSignal: options.signal },
+      );
+      const body = await readBody(res.Body, res.ContentLength);
+      let size = body.length;
+      const total = /\/(\d+)$/.exec(res.ContentRange ?? '');
+      if (total?.[1]) size = Number(total[1]);
+      else if (range) size = Math.max(size, range.offset + body.length);
+      return { body, etag: unquote(res.ETag), size };
+    } catch (e) {
+      const status = (e as SdkError).$metadata?.httpStatusCode;
+      if (range && (status === 416 || (e as SdkError).name === 'InvalidRange')) {
+        // Range starts at or past the end: nothing to return.
+        const meta = await this.head(key, options.signal ? { signal: options.signal } : {});
+        if (!meta) throw notFound(this.url, key);
+        return { body: Buffer.alloc(0), etag: meta.etag, size: meta.size };
+      }
+      throw translateS3Error(e, this.ctx('get', key));
+    }
+  }
+
+  async head(key: string, options: { signal?: AbortSignal } = {}): Promise<ObjectMeta | undefined> {
+    try {
+      const res = await this.client.send(
+        new HeadObjectCommand({ Bucket: this.shared.bucket, Key: this.root + key }),
+        {
+          abortSignal: options.signal,
+        },
+      );
+      return {
+        key,
+        size: res.ContentLength ?? 0,
+        etag: unquote(res.ETag),
+        lastModified: res.LastModified ?? new Date(0),
+      };
+    } catch (e) {
+      const he = translateS3Error(e, this.ctx('head', key));
+      if (he.code === 'OBJECT_NOT_FOUND') return undefined;
+      throw he;
+    }
+  }
+
+  private async putOnce(
+    key: string,
+    body: Buffer,
+    options: PutOptions,
+    ifMatch?: string,
+  ): Promise<{ etag: string }> {
+    const res = await this.client.send(
+      new PutObjectCommand({
+        Bucket: this.shared.bucket,
+        Key: this.root + key,
+        Body: body,
+        ContentLength: body.length,
+        ...(options.ifNoneMatch ? { IfNoneMatch: '*' } : {}),
+        ...(ifMatch !== undefined ? { IfMatch: ifMatch } : {}),
+      }),
+      { abortSignal: options.signal },
+    );
+    return { etag: unquote(res.ETag) };
+  }
+
+  async put(key: string, body: Buffer, options: PutOptions = {}): Promise<{ etag: string }> {
+    const ctx = this.ctx('put', key, {
+      createOnly: options.ifNoneMatch === true,
+      ifMatch: options.ifMatch !== undefined,
+    });
+    if (options.ifMatch === undefined) {
+      try {
+        return await this.putOnce(key, body, options);
+      } catch (e) {
+        throw translateS3Error(e, ctx);
+      }
+    }
+    const tag = unquote(options.ifMatch);
+    const form = this.shared.ifMatchForm;
+    const first = form === 'quoted' ? `"${tag}"` : tag;
+    try {
+      const r = await this.putOnce(key, body, options, first);
+      if (form === 'unknown') this.shared.ifMatchForm = 'unquoted';
+      return r;
+    } catch (e) {
+      const he = translateS3Error(e, ctx);
+      if (form !== 'unknown' || he.code !== 'PRECONDITION_FAILED') throw he;
+    }
+    // The unquoted form was refused: maybe this server wants the quoted one.
+    try {
+      const r = await this.putOnce(key, body, options, `"${tag}"`);
+      this.shared.ifMatchForm = 'quoted';
+      return r;
+    } catch (e) {
+      throw translateS3Error(e, ctx);
+    }
+  }
+
+  async *list(prefix: string, options: ListOptions = {}): AsyncIterable<ListPage> {
+    let token: string | undefined;
+    const strip = (k: string): string => k.slice(this.root.length);
+    do {
+      let res;
+      try {
+        res = await this.client.send(
+          new ListObjectsV2Command({
+            Bucket: this.shared.bucket,
+            Prefix: this.root + prefix,
+            MaxKeys: this.shared.pageSize,
+            ...(token ? { ContinuationToken: token } : {}),
+            ...(options.startAfter !== undefined && !token
+              ? { StartAfter: this.root + options.startAfter }
+              : {}),
+            ...(options.delimiter ? { Delimiter: options.delimiter } : {}),
+          }),
+          { abortSignal: options.signal },
+        );
+      } catch (e) {
+        throw translateS3Error(e, this.ctx('list', prefix));
+      }
+      const objects: ObjectMeta[] = (res.Contents ?? []).map((o) => ({
+        key: strip(o.Key ?? ''),
+        size: o.Size ?? 0,
+        etag: unquote(o.ETag),
+        lastModified: o.LastModified ?? new Date(0),
+      }));
+      const prefixes = (res.CommonPrefixes ?? []).map((p) => strip(p.Prefix ?? ''));
+      token = res.IsTruncated ? res.NextContinuationToken : undefined;
+      yield { objects, prefixes };
+    } while (token);
+  }
+
+  async delete(keys: readonly string[], options: { signal?: AbortSignal } = {}): Promise<void> {
+    const batches: string[][] = [];
+    for (let i = 0; i < keys.length; i += 1000) batches.push(keys.slice(i, i + 1000));
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < batches.length) {
+        const batch = batches[next++] as string[];
+        let res;
+        try {
+          res = await this.client.send(
+            new DeleteObjectsCommand({
+              Bucket: this.shared.bucket,
+              Delete: { Objects: batch.map((k) => ({ Key: this.root + k })), Quiet: true },
+            }),
+            { abortSignal: options.signal },
+          );
+        } catch (e) {
+          throw translateS3Error(e, this.ctx('delete', batch[0]));
+        }
+        const failed = (res.Errors ?? []).filter((x) => x.Code !== 'NoSuchKey');
+        const f = failed[0];
+        if (f) {
+          const key = (f.Key ?? '').slice(this.root.length);
+          const status = f.Code === 'AccessDenied' ? 403 : f.Code === 'SlowDown' ? 503 : 500;
+          throw translateS3Error(
+            {
+              name: f.Code ?? 'InternalError',
+              message: `${failed.length} of ${batch.length} deletes failed: ${f.Message ?? ''}`,
+              $metadata: { httpStatusCode: status },
+            },
+            this.ctx('delete', key),
+          );
+        }
+      }
+    };
+    await Promise.all(Array.from({ length: Math.min(4, batches.length) }, worker));
+  }
+
+  sub(prefix: string): ObjectStore {
+    if (!prefix.endsWith('/') || prefix.startsWith('/')) {
+      throw new HyperError(
+        'internal',
+        'INTERNAL',
+        `sub prefix must end with / and be relative: ${prefix}`,
+      );
+    }
+    return new S3Store(this.shared.bucket, this.root + prefix, {}, this.shared);
+  }
+
+  /** Release the connections (a no-op on `sub()` stores, which share their parent's). */
+  close(): Promise<void> {
+    if (this.owner) {
+      this.owner = false;
+      this.shared.client.destroy();
+    }
+    return Promise.resolve();
+  }
+}
