@@ -460,12 +460,12 @@ export class FileStore implements ObjectStore {
     let prefixes: string[] = [];
     const strip = (k: string): string => k.slice(this.root.length);
 
-    const self = this;
+    const self = this; // eslint-disable-line @typescript-eslint/no-this-alias
     async function* walk(
       dk: string,
       first: boolean,
     ): AsyncGenerator<{ key: string; st: BigIntStats }> {
-      let entries: import('node:fs').Dirent[];
+      let entries: Dirent[];
       try {
         entries = await fsp.readdir(join(self.base, dk), { withFileTypes: true });
       } catch (e) {
