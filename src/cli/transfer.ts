@@ -1,0 +1,279 @@
+/**
+ * Copying raw images into and out of volumes, for `file import` and `file export`.
+ *
+ * Both directions move large chunks (4 MiB by default) with several in flight, skip zeros at
+ * data-block granularity (import writes no all-zero blocks; export leaves holes in a sparse
+ * file), report progress, and stop taking new work when the AbortSignal fires: chunks already
+ * in flight complete, so the caller can commit (import) or discard (export) a whole state.
+ */
+import { stat, type FileHandle } from 'node:fs/promises';
+import { HyperError } from '../errors.js';
+import { MiB } from '../format/volume/types.js';
+import type { ObjectStore } from '../format/store/types.js';
+import type { OpenOptions } from '../format/volume/types.js';
+import { Volume } from '../format/volume/volume.js';
+
+export const DEFAULT_CHUNK_SIZE = 4 * MiB;
+export const DEFAULT_CONCURRENCY = 4;
+/** Extents are asked for in windows of this many bytes, so a huge sparse volume streams. */
+const EXTENT_WINDOW = 16 * 1024 * MiB;
+
+export interface TransferOptions {
+  /** Bytes per read/write request (rounded up to a multiple of the block size). */
+  chunkSize?: number;
+  /** Chunks in flight. */
+  concurrency?: number;
+  /** Zeros are detected per block of this size (the volume's data block size). */
+  blockSize: number;
+  signal?: AbortSignal;
+  /** Called after each chunk with the bytes of the image covered so far. */
+  onProgress?: (done: number, total: number) => void;
+}
+
+export interface TransferStats {
+  /** Bytes of the image covered (data and zeros). */
+  bytesDone: number;
+  /** Bytes of data actually copied (not zero). */
+  dataBytes: number;
+  /** Bytes skipped because they were zeros or holes. */
+  zeroBytes: number;
+  /** True when the signal stopped the copy before the end. */
+  interrupted: boolean;
+}
+
+/** Open a volume, run `fn`, and close it; a close failure never hides an earlier error. */
+export async function withVolume<R>(
+  store: ObjectStore,
+  options: OpenOptions,
+  fn: (volume: Volume) => Promise<R>,
+): Promise<R> {
+  const volume = await Volume.open(store, options);
+  let result: R;
+  try {
+    result = await fn(volume);
+  } catch (e) {
+    await volume.close().catch(() => undefined);
+    throw e;
+  }
+  await volume.close();
+  return result;
+}
+
+/**
+ * Run `work` on each item of `items` with at most `concurrency` in flight. Stops taking items
+ * when the signal fires or a task fails; waits for the tasks in flight; rethrows the first
+ * failure. Returns true when every item was processed.
+ */
+export async function pool<T>(
+  items: AsyncIterable<T> | Iterable<T>,
+  concurrency: number,
+  work: (item: T) => Promise<void>,
+  signal?: AbortSignal,
+): Promise<boolean> {
+  const iterator =
+    Symbol.asyncIterator in items
+      ? (items as AsyncIterable<T>)[Symbol.asyncIterator]()
+      : (items as Iterable<T>)[Symbol.iterator]();
+  let failed = false;
+  let firstError: unknown;
+  let exhausted = false;
+  const worker = async (): Promise<void> => {
+    while (!failed && !exhausted && !signal?.aborted) {
+      try {
+        const next = await iterator.next();
+        if (next.done) {
+          exhausted = true;
+          return;
+        }
+        await work(next.value);
+      } catch (e) {
+        if (!failed) firstError = e;
+        failed = true;
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, concurrency) }, () => worker()));
+  if (failed) {
+    await Promise.resolve(iterator.return?.()).catch(() => undefined);
+    throw firstError;
+  }
+  if (!exhausted) {
+    // Interrupted: was anything left? (The signal may fire just after the last item.)
+    const next = await iterator.next();
+    exhausted = next.done === true;
+    await Promise.resolve(iterator.return?.()).catch(() => undefined);
+  }
+  return exhausted;
+}
+
+/** Runs of whole blocks in `buf` that are all zeros or not, in order. */
+export function* zeroRuns(
+  buf: Buffer,
+  blockSize: number,
+): Generator<{ start: number; end: number; zero: boolean }> {
+  const zeros = zeroBuffer(blockSize);
+  let runStart = 0;
+  let runZero: boolean | undefined;
+  for (let i = 0; i < buf.length; i += blockSize) {
+    const end = Math.min(i + blockSize, buf.length);
+    const zero = buf.compare(zeros, 0, end - i, i, end) === 0;
+    if (runZero === undefined) runZero = zero;
+    else if (zero !== runZero) {
+      yield { start: runStart, end: i, zero: runZero };
+      runStart = i;
+      runZero = zero;
+    }
+  }
+  if (runZero !== undefined) yield { start: runStart, end: buf.length, zero: runZero };
+}
+
+let zeroCache = Buffer.alloc(0);
+function zeroBuffer(n: number): Buffer {
+  if (zeroCache.length < n) zeroCache = Buffer.alloc(n);
+  return zeroCache;
+}
+
+function chunkSizeFor(options: TransferOptions): number {
+  const want = options.chunkSize ?? DEFAULT_CHUNK_SIZE;
+  return Math.max(options.blockSize, Math.ceil(want / options.blockSize) * options.blockSize);
+}
+
+/**
+ * Copy `size` bytes of the image `file` to the volume from offset 0. Blocks of zeros are not
+ * written; when `zeroFill` is set (the volume may hold older data) they are zeroed with
+ * writeZeroes, which stores nothing. The last partial sector is padded with zeros.
+ * The caller flushes: everything copied before an interruption is then committed at once.
+ */
+export async function importImage(
+  file: FileHandle,
+  size: number,
+  volume: Volume,
+  options: TransferOptions & { zeroFill: boolean },
+): Promise<TransferStats> {
+  const chunk = chunkSizeFor(options);
+  const stats: TransferStats = { bytesDone: 0, dataBytes: 0, zeroBytes: 0, interrupted: false };
+  function* offsets(): Generator<number> {
+    for (let off = 0; off < size; off += chunk) yield off;
+  }
+  const complete = await pool(
+    offsets(),
+    options.concurrency ?? DEFAULT_CONCURRENCY,
+    async (off) => {
+      const len = Math.min(chunk, size - off);
+      // Pad to a whole sector; a fresh buffer per chunk, since the volume may keep it.
+      const buf = Buffer.alloc(Math.ceil(len / 512) * 512);
+      let got = 0;
+      while (got < len) {
+        const { bytesRead } = await file.read(buf, got, len - got, off + got);
+        if (bytesRead === 0) break;
+        got += bytesRead;
+      }
+      for (const run of zeroRuns(buf, options.blockSize)) {
+        const n = run.end - run.start;
+        if (run.zero) {
+          if (options.zeroFill) await volume.writeZeroes(off + run.start, n);
+          stats.zeroBytes += n;
+        } else {
+          await volume.write(off + run.start, buf.subarray(run.start, run.end));
+          stats.dataBytes += n;
+        }
+      }
+      stats.bytesDone += len;
+      options.onProgress?.(stats.bytesDone, size);
+    },
+    options.signal,
+  );
+  stats.interrupted = !complete;
+  return stats;
+}
+
+/**
+ * Copy the whole volume into `file`, which the caller has truncated to the volume size (so
+ * it is sparse): holes reported by `extents` are not read, and blocks of zeros inside data
+ * extents are not written.
+ */
+export async function exportImage(
+  volume: Volume,
+  file: FileHandle,
+  options: TransferOptions,
+): Promise<TransferStats> {
+  const size = volume.info.size;
+  const chunk = chunkSizeFor(options);
+  const stats: TransferStats = { bytesDone: 0, dataBytes: 0, zeroBytes: 0, interrupted: false };
+  const report = (n: number): void => {
+    stats.bytesDone += n;
+    options.onProgress?.(stats.bytesDone, size);
+  };
+  async function* pieces(): AsyncGenerator<{ offset: number; length: number }> {
+    for (let win = 0; win < size; win += EXTENT_WINDOW) {
+      const winLen = Math.min(EXTENT_WINDOW, size - win);
+      for (const ext of await volume.extents(win, winLen)) {
+        if (ext.hole) {
+          stats.zeroBytes += ext.length;
+          report(ext.length);
+          continue;
+        }
+        const end = ext.offset + ext.length;
+        for (let off = ext.offset; off < end; off += chunk) {
+          yield { offset: off, length: Math.min(chunk, end - off) };
+        }
+      }
+    }
+  }
+  const complete = await pool(
+    pieces(),
+    options.concurrency ?? DEFAULT_CONCURRENCY,
+    async ({ offset, length }) => {
+      const buf = await volume.read(offset, length);
+      for (const run of zeroRuns(buf, options.blockSize)) {
+        const n = run.end - run.start;
+        if (run.zero) {
+          stats.zeroBytes += n;
+          continue;
+        }
+        let written = 0;
+        while (written < n) {
+          const { bytesWritten } = await file.write(
+            buf,
+            run.start + written,
+            n - written,
+            offset + run.start + written,
+          );
+          written += bytesWritten;
+        }
+        stats.dataBytes += n;
+      }
+      report(length);
+    },
+    options.signal,
+  );
+  stats.interrupted = !complete;
+  return stats;
+}
+
+/** The size of a regular file, or a usage error naming the path. */
+export async function regularFileSize(path: string): Promise<number> {
+  let st;
+  try {
+    st = await stat(path);
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    throw new HyperError(
+      'invalid',
+      'INVALID_ARGUMENT',
+      `Cannot read image ${JSON.stringify(path)}: ${code === 'ENOENT' ? 'no such file' : String(code ?? e)}`,
+      { cause: e },
+    );
+  }
+  if (!st.isFile()) {
+    throw new HyperError(
+      'invalid',
+      'INVALID_ARGUMENT',
+      `Image ${JSON.stringify(path)} is not a regular file`,
+      {
+        suggestion: 'Give the path of a raw image file.',
+      },
+    );
+  }
+  return st.size;
+}

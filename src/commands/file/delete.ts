@@ -1,0 +1,132 @@
+import { Flags } from '@oclif/core';
+import { BaseCommand } from '../../base-command.js';
+import { bytesWithExact } from '../../cli/results.js';
+import { HyperError, isHyperError } from '../../errors.js';
+import { volumeUrl, yes } from '../../flags.js';
+import { deleteVolume, statVolume, type VolumeStat } from '../../format/volume/admin.js';
+
+export interface FileDeleteResult {
+  url: string;
+  /** False when there was no volume and --if-exists was given. */
+  deleted: boolean;
+  objectsDeleted: number;
+}
+
+export default class FileDelete extends BaseCommand<typeof FileDelete> {
+  static override summary = 'Delete a volume and every object it owns.';
+
+  static override description = `Removes all objects of the volume: segments, head, lease and snapshots, so every checkpoint is gone too. This cannot be undone.
+
+On a terminal it asks for confirmation unless --yes is given; without a terminal (scripts, CI) --yes is required. It refuses while another process holds a live lease on the volume (for example a running "hyper serve") unless --force is given. A missing volume is an error (VOLUME_NOT_FOUND, exit code 3) unless --if-exists is given.`;
+
+  static override examples = [
+    {
+      description: 'Delete a volume, asking first.',
+      command: '<%= config.bin %> <%= command.id %> file://./vols/demo/',
+    },
+    {
+      description: 'Delete from a script, succeeding if it is already gone.',
+      command: '<%= config.bin %> <%= command.id %> s3://my-bucket/vols/vm1/ --yes --if-exists',
+    },
+    {
+      description: 'Delete and print the result as JSON.',
+      command: '<%= config.bin %> <%= command.id %> file://./vols/demo/ --yes --json',
+    },
+  ];
+
+  static override args = {
+    url: volumeUrl({ required: true }),
+  };
+
+  static override flags = {
+    yes,
+    force: Flags.boolean({
+      summary: 'Delete even while another process holds a live lease on the volume.',
+    }),
+    'if-exists': Flags.boolean({
+      summary: 'Succeed without doing anything if there is no volume at the URL.',
+    }),
+  };
+
+  public async run(): Promise<FileDeleteResult> {
+    const { url } = this.args;
+    const { force } = this.flags;
+    const ifExists = this.flags['if-exists'];
+    const store = await this.openStore(url);
+    const missing = (): FileDeleteResult => {
+      this.log(`No volume at ${url}; nothing to delete.`);
+      return { url, deleted: false, objectsDeleted: 0 };
+    };
+
+    // Look first: a missing volume, a live lease and the confirmation come before any delete.
+    let st: VolumeStat | undefined;
+    try {
+      st = await statVolume(store);
+    } catch (e) {
+      if (isHyperError(e, 'VOLUME_NOT_FOUND') && ifExists) return missing();
+      // A damaged volume can still be deleted; anything else stops here.
+      if (!(e instanceof HyperError && e.kind === 'data')) throw e;
+      this.note(
+        `Warning: the volume's metadata is unreadable (${e.message}); deleting its objects anyway.`,
+      );
+    }
+    if (st?.lease?.live && !force) {
+      throw leaseHeld(url, st.lease.holder);
+    }
+
+    if (!this.flags.yes) {
+      if (!this.isInteractive()) {
+        throw new HyperError(
+          'invalid',
+          'INVALID_ARGUMENT',
+          `Refusing to delete ${url} without confirmation: stdin is not a terminal`,
+          { suggestion: 'Add --yes to confirm the deletion.' },
+        );
+      }
+      const what = st
+        ? `${bytesWithExact(st.size)}, ${st.segments} segments, ${bytesWithExact(st.storedBytes)} stored, ${st.snapshots} snapshots`
+        : 'metadata unreadable';
+      const ok = await this.confirm(`Delete volume ${url} (${what}) and all its checkpoints?`);
+      if (!ok) {
+        throw new HyperError(
+          'invalid',
+          'INVALID_ARGUMENT',
+          'Deletion not confirmed; nothing was deleted.',
+        );
+      }
+    }
+
+    const spinner = this.spinner(`Deleting ${url}`);
+    let objectsDeleted: number;
+    try {
+      ({ objectsDeleted } = await deleteVolume(store, {
+        force,
+        signal: this.interruptible(),
+        onProgress: (p) => {
+          spinner.text = `Deleting ${url}: ${p.done}${p.total === undefined ? '' : ` of ${p.total}`} ${p.unit}`;
+        },
+      }));
+    } catch (e) {
+      if (isHyperError(e, 'VOLUME_NOT_FOUND') && ifExists) return missing();
+      if (isHyperError(e, 'LEASE_HELD') && !e.suggestion) throw leaseHeld(url, undefined, e);
+      throw e;
+    } finally {
+      spinner.stop();
+    }
+    this.log(`Deleted ${url} (${objectsDeleted} objects).`);
+    return { url, deleted: true, objectsDeleted };
+  }
+}
+
+function leaseHeld(url: string, holder: string | undefined, cause?: unknown): HyperError {
+  return new HyperError(
+    'conflict',
+    'LEASE_HELD',
+    `${url} is in use${holder ? ` by ${holder}` : ''} (its lease is live)`,
+    {
+      suggestion:
+        'Stop the process using it (e.g. hyper serve) and retry, or add --force to delete it anyway.',
+      ...(cause === undefined ? {} : { cause }),
+    },
+  );
+}

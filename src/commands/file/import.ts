@@ -1,0 +1,161 @@
+import { open } from 'node:fs/promises';
+import { Args, Flags } from '@oclif/core';
+import { BaseCommand } from '../../base-command.js';
+import { bytesWithExact, iso, percent } from '../../cli/results.js';
+import { importImage, regularFileSize, withVolume } from '../../cli/transfer.js';
+import { formatBytes } from '../../cli/units.js';
+import { HyperError, isHyperError } from '../../errors.js';
+import { size, volumeUrl } from '../../flags.js';
+import { MAX_VOLUME_SIZE } from '../../format/volume/types.js';
+import { Volume } from '../../format/volume/volume.js';
+
+export interface FileImportResult {
+  image: string;
+  url: string;
+  /** Bytes of the image file. */
+  imageSize: number;
+  /** True when --create made the volume. */
+  created: boolean;
+  /** Size of the volume after the import. */
+  volumeSize: number;
+  /** Bytes of data written (blocks that are not all zeros). */
+  dataBytes: number;
+  /** Bytes of zeros that were not stored. */
+  zeroBytes: number;
+  /** The checkpoint that holds the imported data. */
+  checkpoint: number;
+  checkpointTime: string;
+  seconds: number;
+}
+
+export default class FileImport extends BaseCommand<typeof FileImport> {
+  static override summary = 'Copy a raw disk image into a volume, skipping blocks of zeros.';
+
+  static override description = `Reads the image in 4 MiB chunks with several in flight and writes it to the volume from offset 0. Blocks that are all zeros are not stored (into an existing volume they are zeroed, which stores nothing either). With --create the volume is made first, as large as the image unless --size says otherwise; without it the volume must exist and be at least as large as the image.
+
+The import ends with one flush, so the data lands as a checkpoint. Ctrl-C stops it cleanly: the chunks already written are committed as a valid checkpoint (the volume never holds a half-written state); run the import again to finish.`;
+
+  static override examples = [
+    {
+      description: 'Create a volume from a disk image.',
+      command: '<%= config.bin %> <%= command.id %> disk.img file://./vols/demo/ --create',
+    },
+    {
+      description: 'Create a 100 GiB volume and put a smaller image at its start.',
+      command:
+        '<%= config.bin %> <%= command.id %> disk.img s3://my-bucket/vols/vm1/ --create --size 100G',
+    },
+    {
+      description: 'Import into an existing volume and print the result as JSON.',
+      command: '<%= config.bin %> <%= command.id %> disk.img file://./vols/demo/ --json',
+    },
+  ];
+
+  static override args = {
+    image: Args.string({ description: 'Raw image file to read.', required: true }),
+    url: volumeUrl({ required: true }),
+  };
+
+  static override flags = {
+    create: Flags.boolean({ summary: 'Create the volume first (fails if it exists).' }),
+    size: size({
+      char: 's',
+      summary: 'With --create: volume size (default: the image size rounded up to 512 bytes).',
+      min: 0,
+      max: MAX_VOLUME_SIZE,
+      multipleOf: 512,
+      dependsOn: ['create'],
+    }),
+  };
+
+  public async run(): Promise<FileImportResult> {
+    const { image, url } = this.args;
+    const started = performance.now();
+    const imageSize = await regularFileSize(image);
+    const store = await this.openStore(url);
+
+    let created = false;
+    if (this.flags.create) {
+      const volumeSize = this.flags.size ?? Math.ceil(imageSize / 512) * 512;
+      if (volumeSize < imageSize) {
+        throw new HyperError(
+          'invalid',
+          'OUT_OF_RANGE',
+          `--size ${bytesWithExact(volumeSize)} is smaller than the image (${bytesWithExact(imageSize)})`,
+          { suggestion: 'Leave out --size to make the volume as large as the image.' },
+        );
+      }
+      await Volume.create(store, { size: volumeSize });
+      created = true;
+    }
+
+    const signal = this.interruptible();
+    const file = await open(image, 'r');
+    try {
+      const result = await withVolume(store, {}, async (volume) => {
+        const info = volume.info;
+        if (info.size < imageSize) {
+          throw new HyperError(
+            'invalid',
+            'OUT_OF_RANGE',
+            `The image (${bytesWithExact(imageSize)}) is larger than the volume (${bytesWithExact(info.size)})`,
+            {
+              suggestion: `Grow the volume first: hyper file set-len ${url} --size ${Math.ceil(imageSize / 512) * 512}`,
+            },
+          );
+        }
+        const spinner = this.spinner(`Importing ${image} into ${url}`);
+        const stats = await importImage(file, imageSize, volume, {
+          blockSize: info.dataBlockSize,
+          zeroFill: !created,
+          signal,
+          onProgress: (done, total) => {
+            spinner.text = `Importing ${image}: ${formatBytes(done)} of ${formatBytes(total)} (${percent(done, total)})`;
+          },
+        });
+        spinner.text = stats.interrupted ? 'Committing what was written…' : 'Flushing…';
+        const cp = await volume.flush();
+        spinner.stop();
+        return { stats, cp, volumeSize: info.size };
+      });
+      const { stats, cp } = result;
+      if (stats.interrupted) {
+        throw new HyperError(
+          'unavailable',
+          'ABORTED',
+          `Import interrupted after ${bytesWithExact(stats.bytesDone)} of ${bytesWithExact(imageSize)}; ` +
+            `what was written is committed as checkpoint ${cp.checkpoint}.`,
+          { suggestion: 'Run the same import again (without --create) to finish it.' },
+        );
+      }
+      const out: FileImportResult = {
+        image,
+        url,
+        imageSize,
+        created,
+        volumeSize: result.volumeSize,
+        dataBytes: stats.dataBytes,
+        zeroBytes: stats.zeroBytes,
+        checkpoint: cp.checkpoint,
+        checkpointTime: iso(cp.time),
+        seconds: (performance.now() - started) / 1000,
+      };
+      this.log(
+        `Imported ${image} (${bytesWithExact(imageSize)}) into ${url}${created ? ' (created)' : ''}: ` +
+          `${formatBytes(out.dataBytes)} of data written, ${formatBytes(out.zeroBytes)} of zeros skipped, ` +
+          `checkpoint ${out.checkpoint}, ${out.seconds.toFixed(1)} s.`,
+      );
+      return out;
+    } catch (e) {
+      if (!created && isHyperError(e, 'VOLUME_NOT_FOUND')) {
+        throw new HyperError('not-found', 'VOLUME_NOT_FOUND', e.message, {
+          suggestion: 'Add --create to create the volume from the image.',
+          cause: e,
+        });
+      }
+      throw e;
+    } finally {
+      await file.close();
+    }
+  }
+}

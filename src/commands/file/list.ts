@@ -1,0 +1,72 @@
+import { BaseCommand } from '../../base-command.js';
+import { iso } from '../../cli/results.js';
+import { formatBytes } from '../../cli/units.js';
+import { prefixUrl } from '../../flags.js';
+import { listVolumes } from '../../format/volume/admin.js';
+
+export interface VolumeListItem {
+  /** Path of the volume relative to the listed prefix, ending with `/`. */
+  name: string;
+  url: string;
+  size: number;
+  checkpoint: number;
+  checkpointTime: string;
+}
+
+export interface FileListResult {
+  url: string;
+  volumes: VolumeListItem[];
+}
+
+export default class FileList extends BaseCommand<typeof FileList> {
+  static override summary = 'List the volumes under a prefix.';
+
+  static override description = `Finds every volume at or below the prefix (a volume is a prefix holding a head object) and shows its size and latest checkpoint. Nothing is opened or written.`;
+
+  static override examples = [
+    {
+      description: 'List the volumes in a local directory.',
+      command: '<%= config.bin %> <%= command.id %> file://./vols/',
+    },
+    {
+      description: 'List the volumes of a bucket as JSON.',
+      command: '<%= config.bin %> <%= command.id %> s3://my-bucket/ --json',
+    },
+  ];
+
+  static override args = {
+    url: prefixUrl({ required: true }),
+  };
+
+  public async run(): Promise<FileListResult> {
+    const { url } = this.args;
+    const store = await this.openStore(url);
+    const listed = await listVolumes(store);
+    const result: FileListResult = {
+      url,
+      volumes: listed.map((v) => ({
+        name: v.name,
+        url: v.url,
+        size: v.size,
+        checkpoint: v.checkpoint,
+        checkpointTime: iso(v.checkpointTime),
+      })),
+    };
+    if (result.volumes.length === 0) {
+      this.log(`No volumes under ${url}.`);
+    } else {
+      this.log(
+        this.table(
+          ['NAME', 'SIZE', 'CHECKPOINT', 'CHECKPOINT TIME'],
+          result.volumes.map((v) => [
+            v.name,
+            formatBytes(v.size),
+            String(v.checkpoint),
+            v.checkpointTime,
+          ]),
+        ),
+      );
+    }
+    return result;
+  }
+}

@@ -1,0 +1,104 @@
+import { Flags } from '@oclif/core';
+import { BaseCommand } from '../../base-command.js';
+import { bytesWithExact, iso } from '../../cli/results.js';
+import { HyperError } from '../../errors.js';
+import { size, volumeUrl } from '../../flags.js';
+import { MAX_VOLUME_SIZE } from '../../format/volume/types.js';
+import { Volume } from '../../format/volume/volume.js';
+
+export interface FileSetLenResult {
+  url: string;
+  previousSize: number;
+  size: number;
+  /** The checkpoint that records the new size (unchanged when the size was already right). */
+  checkpoint: number;
+  checkpointTime: string;
+}
+
+export default class FileSetLen extends BaseCommand<typeof FileSetLen> {
+  static override summary = 'Grow or shrink a volume.';
+
+  static override description = `Sets the logical size of a volume. Growing only changes metadata: the new range reads as zeros and uses no space. Shrinking drops the data past the new end and needs --allow-shrink; growing again later shows zeros there, not the old data. The change is committed as a new checkpoint, so earlier checkpoints keep their size and data.`;
+
+  static override examples = [
+    {
+      description: 'Grow a volume to 20 GiB.',
+      command: '<%= config.bin %> <%= command.id %> file://./vols/demo/ --size 20G',
+    },
+    {
+      description: 'Shrink a volume to 1 GiB, dropping the data past the new end.',
+      command: '<%= config.bin %> <%= command.id %> file://./vols/demo/ --size 1G --allow-shrink',
+    },
+    {
+      description: 'Grow a volume and print the result as JSON.',
+      command: '<%= config.bin %> <%= command.id %> s3://my-bucket/vols/vm1/ --size 200G --json',
+    },
+  ];
+
+  static override args = {
+    url: volumeUrl({ required: true }),
+  };
+
+  static override flags = {
+    size: size({
+      char: 's',
+      summary: 'New logical size (a multiple of 512 bytes).',
+      min: 0,
+      max: MAX_VOLUME_SIZE,
+      multipleOf: 512,
+      required: true,
+    }),
+    'allow-shrink': Flags.boolean({
+      summary: 'Allow a size smaller than the current one (the data past the new end is dropped).',
+    }),
+  };
+
+  public async run(): Promise<FileSetLenResult> {
+    const { url } = this.args;
+    const target = this.flags.size;
+    const allowShrink = this.flags['allow-shrink'];
+    const store = await this.openStore(url);
+    const volume = await Volume.open(store);
+    let result: FileSetLenResult;
+    try {
+      const before = volume.info;
+      if (target < before.size && !allowShrink) {
+        throw new HyperError(
+          'invalid',
+          'INVALID_ARGUMENT',
+          `Refusing to shrink ${url} from ${bytesWithExact(before.size)} to ${bytesWithExact(target)} without --allow-shrink`,
+          {
+            suggestion:
+              'Add --allow-shrink to drop the data past the new end (earlier checkpoints keep it).',
+          },
+        );
+      }
+      if (target === before.size) {
+        result = {
+          url,
+          previousSize: before.size,
+          size: target,
+          checkpoint: before.checkpoint,
+          checkpointTime: iso(before.checkpointTime),
+        };
+      } else {
+        const cp = await volume.resize(target, { allowShrink });
+        result = {
+          url,
+          previousSize: before.size,
+          size: target,
+          checkpoint: cp.checkpoint,
+          checkpointTime: iso(cp.time),
+        };
+      }
+    } finally {
+      await volume.close();
+    }
+    this.log(
+      result.previousSize === result.size
+        ? `${url} is already ${bytesWithExact(result.size)}; nothing changed.`
+        : `Resized ${url} from ${bytesWithExact(result.previousSize)} to ${bytesWithExact(result.size)} (checkpoint ${result.checkpoint}).`,
+    );
+    return result;
+  }
+}

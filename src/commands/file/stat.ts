@@ -1,0 +1,116 @@
+import { BaseCommand } from '../../base-command.js';
+import {
+  bytesWithExact,
+  iso,
+  percent,
+  toVolumeSummary,
+  type VolumeSummary,
+} from '../../cli/results.js';
+import { formatBytes } from '../../cli/units.js';
+import { volumeUrl } from '../../flags.js';
+import { statVolume, type VolumeStat } from '../../format/volume/admin.js';
+
+export interface LeaseSummary {
+  holder: string;
+  epoch: number;
+  expiresAt: string;
+  /** True when the lease was held and not expired when read. */
+  live: boolean;
+}
+
+export interface FileStatResult extends VolumeSummary {
+  /** Data blocks that hold data (not holes or zeros). */
+  mappedBlocks: number;
+  /** Segment objects. */
+  segments: number;
+  /** Bytes of all objects of the volume on the store. */
+  storedBytes: number;
+  /** The size rounded up to whole data blocks. */
+  provisionedBytes: number;
+  /** Mapped blocks × data block size. */
+  usedBytes: number;
+  /** Named snapshots. */
+  snapshots: number;
+  /** The last lease record, or null if none was ever taken or it was released. */
+  lease: LeaseSummary | null;
+  walUrl?: string;
+}
+
+export function toStatResult(st: VolumeStat, url: string): FileStatResult {
+  return {
+    ...toVolumeSummary({ ...st, url: st.url || url }),
+    mappedBlocks: st.mappedBlocks,
+    segments: st.segments,
+    storedBytes: st.storedBytes,
+    provisionedBytes: st.provisionedBytes,
+    usedBytes: st.usedBytes,
+    snapshots: st.snapshots,
+    lease: st.lease
+      ? {
+          holder: st.lease.holder,
+          epoch: st.lease.epoch,
+          expiresAt: iso(st.lease.expiresAt),
+          live: st.lease.live,
+        }
+      : null,
+    ...(st.walUrl === undefined ? {} : { walUrl: st.walUrl }),
+  };
+}
+
+export default class FileStat extends BaseCommand<typeof FileStat> {
+  static override summary = 'Show the layout, current checkpoint, space use and lease of a volume.';
+
+  static override description = `Reads the volume's head and lease and lists its objects; it never writes, so it is safe while the volume is served. "Provisioned" is the logical size in whole data blocks, "used" the bytes of blocks that hold data, and "stored" the bytes of every object of the volume on the store (including data kept only for earlier checkpoints).`;
+
+  static override examples = [
+    {
+      description: 'Show a volume.',
+      command: '<%= config.bin %> <%= command.id %> file://./vols/demo/',
+    },
+    {
+      description: 'Print the same as JSON (dates in ISO-8601, sizes in bytes).',
+      command: '<%= config.bin %> <%= command.id %> s3://my-bucket/vols/vm1/ --json',
+    },
+  ];
+
+  static override args = {
+    url: volumeUrl({ required: true }),
+  };
+
+  public async run(): Promise<FileStatResult> {
+    const { url } = this.args;
+    const store = await this.openStore(url);
+    const result = toStatResult(await statVolume(store), url);
+    this.log(renderStat(result, (rows) => this.keyValueTable(rows)));
+    return result;
+  }
+}
+
+export function renderStat(r: FileStatResult, table: (rows: [string, string][]) => string): string {
+  const lease = r.lease
+    ? `${r.lease.live ? 'held' : 'expired'}: ${r.lease.holder}, epoch ${r.lease.epoch}, ` +
+      `${r.lease.live ? 'expires' : 'expired'} ${r.lease.expiresAt}`
+    : 'none';
+  const rows: [string, string][] = [
+    ['Volume', r.url],
+    ['UUID', r.uuid],
+    ['Format version', String(r.formatVersion)],
+    ['Size', bytesWithExact(r.size)],
+    ['Data block size', formatBytes(r.dataBlockSize)],
+    ['Metadata block size', formatBytes(r.metaBlockSize)],
+    ['Segment size', formatBytes(r.segmentSize)],
+    ['Created', r.createdAt],
+    ['Checkpoint', `${r.checkpoint} at ${r.checkpointTime}`],
+    ['Segments', String(r.segments)],
+    ['Snapshots', String(r.snapshots)],
+    ['Provisioned', bytesWithExact(r.provisionedBytes)],
+    [
+      'Used',
+      `${bytesWithExact(r.usedBytes)}, ${percent(r.usedBytes, r.provisionedBytes)} (${r.mappedBlocks} blocks)`,
+    ],
+    ['Stored', bytesWithExact(r.storedBytes)],
+    ['Lease', lease],
+  ];
+  if (r.walUrl !== undefined) rows.push(['WAL', r.walUrl]);
+  return table(rows);
+}
