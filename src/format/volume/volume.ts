@@ -1,18 +1,48 @@
-// STUB — the engine is being written; signatures are the contract.
-import { HyperError } from '../../errors.js';
+/**
+ * The volume engine: reads, writes, trims and flushes of one volume, on any ObjectStore.
+ *
+ * Data path: writes land in the `active` generation (whole blocks, bounded in bytes); a
+ * flush freezes it, applies it to the copy-on-write index, builds one segment (header with
+ * the embedded head, dirty index nodes, new data blocks), PUTs it create-only and then
+ * CASes the head — the commit point. Reads consult active, then frozen, then the index, and
+ * fetch stored blocks with coalesced, verified ranged GETs through a block cache.
+ * See FORMAT.md for the bytes and DESIGN notes there for the reasons.
+ */
+import { randomBytes } from 'node:crypto';
+import { HyperError, dataError, isHyperError } from '../../errors.js';
+import { DecodeError, crc32c } from '../codec/binary.js';
+import { decodeHead, encodeHead, type HeadRecord } from '../codec/head.js';
+import { ENTRY_SIZE, SECTOR, decodeNode, encodeNode, encodedNodeSize, nodeCapacity } from '../codec/node.js';
+import { decodeEmbeddedHead, encodeSegmentHeader } from '../codec/segment.js';
+import { BTree, Miss, Node, PENDING_SEG, type BlockPtr, newEntries, writePtr } from '../index/btree.js';
+import { LruCache } from '../index/cache.js';
+import { NodeLoader } from '../index/loader.js';
+import { HEAD_KEY, SEGMENT_PREFIX, parseSegmentKey, segmentKey } from '../keys.js';
 import type { ObjectStore } from '../store/types.js';
-import type {
-  CheckpointInfo,
-  CreateOptions,
-  EngineStats,
-  Extent,
-  OpenOptions,
-  VolumeInfo,
+import { Generation } from './dirty.js';
+import { DEFAULT_LEASE_TTL_MS, Lease, defaultHolder } from './lease.js';
+import {
+  DEFAULT_BLOCK_SIZE,
+  DEFAULT_SEGMENT_SIZE,
+  MAX_DATA_BLOCK_SIZE,
+  MAX_META_BLOCK_SIZE,
+  MAX_SEGMENT_SIZE,
+  MAX_VOLUME_SIZE,
+  MIN_DATA_BLOCK_SIZE,
+  MIN_META_BLOCK_SIZE,
+  MIN_SEGMENT_SIZE,
+  MiB,
+  silentLogger,
+  type CheckpointInfo,
+  type CreateOptions,
+  type EngineStats,
+  type Extent,
+  type Logger,
+  type OpenOptions,
+  type VolumeInfo,
 } from './types.js';
 
-const todo = (): never => {
-  throw new HyperError('internal', 'INTERNAL', 'not implemented yet');
-};
+export const FORMAT_VERSION = 1;
 
 export interface WriteOptions {
   /** Force Unit Access: durable (committed) before the promise resolves. */
@@ -24,41 +54,1013 @@ export interface ZeroOptions extends WriteOptions {
   noHole?: boolean;
 }
 
+const PENDING: BlockPtr = { seg: PENDING_SEG, off: 0, len: 0, crc: 0, codec: 0 };
+const isMiss = (r: unknown): r is Miss => r instanceof Miss;
+/** Extents answers cover at most this many blocks per call (clients ask again for the rest). */
+const MAX_EXTENT_BLOCKS = 1 << 20;
+/** Bytes fetched to read a checkpoint's embedded head from its segment. */
+const EMBEDDED_HEAD_PREFIX = 16 * 1024;
+
+function checkPow2(name: string, v: number, min: number, max: number): void {
+  if (!Number.isSafeInteger(v) || v < min || v > max || (v & (v - 1)) !== 0) {
+    throw new HyperError('invalid', 'INVALID_ARGUMENT', `${name} must be a power of two from ${min} to ${max} bytes (got ${v})`);
+  }
+}
+
+function checkSize(size: number): void {
+  if (!Number.isSafeInteger(size) || size < 0 || size > MAX_VOLUME_SIZE || size % SECTOR !== 0) {
+    throw new HyperError(
+      'invalid',
+      'INVALID_ARGUMENT',
+      `Volume size must be a multiple of 512 bytes from 0 to ${MAX_VOLUME_SIZE} (got ${size})`,
+    );
+  }
+}
+
+const log2 = (v: number): number => Math.round(Math.log2(v));
+
+/** Read and decode the head object; translate absence and damage into domain errors. */
+export async function readHead(store: ObjectStore): Promise<{ head: HeadRecord; etag: string; bytes: Buffer }> {
+  let got;
+  try {
+    got = await store.get(HEAD_KEY);
+  } catch (e) {
+    if (isHyperError(e, 'OBJECT_NOT_FOUND')) {
+      let other = false;
+      for await (const page of store.list('')) {
+        other = page.objects.length > 0 || page.prefixes.length > 0;
+        break;
+      }
+      throw other
+        ? new HyperError('invalid', 'NOT_A_VOLUME', `${store.url} holds objects but no hyper volume (no ${HEAD_KEY} object)`, {
+            suggestion: 'Check the URL: a volume URL ends at the prefix that holds `head` and `seg/`.',
+          })
+        : new HyperError('not-found', 'VOLUME_NOT_FOUND', `No volume at ${store.url}`, {
+            suggestion: 'Create it with `hyper file create URL --size SIZE`, or check the URL.',
+          });
+    }
+    throw e;
+  }
+  try {
+    return { head: decodeHead(got.body).head, etag: got.etag, bytes: got.body };
+  } catch (e) {
+    if (e instanceof DecodeError) throw dataError('CORRUPT_OBJECT', HEAD_KEY, `Volume head is damaged: ${e.message}`);
+    throw e;
+  }
+}
+
+/** The head embedded in segment `id` (a checkpoint), from a short ranged GET. */
+export async function readCheckpointHead(store: ObjectStore, id: number): Promise<HeadRecord> {
+  const key = segmentKey(id);
+  let prefix: Buffer;
+  try {
+    prefix = (await store.get(key, { range: { offset: 0, length: EMBEDDED_HEAD_PREFIX } })).body;
+  } catch (e) {
+    if (isHyperError(e, 'OBJECT_NOT_FOUND')) throw dataError('MISSING_OBJECT', key, `Segment of checkpoint ${id} is missing`);
+    throw e;
+  }
+  try {
+    return decodeEmbeddedHead(prefix);
+  } catch (e) {
+    if (!(e instanceof DecodeError)) throw e;
+    // The embedded head may be longer than the prefix: fetch exactly what it says.
+    if (prefix.length === EMBEDDED_HEAD_PREFIX && prefix.length >= 80) {
+      const need = 72 + prefix.readUInt32LE(72 + 8);
+      if (need > prefix.length && need < 64 * MiB) {
+        const full = (await store.get(key, { range: { offset: 0, length: need } })).body;
+        try {
+          return decodeEmbeddedHead(full);
+        } catch (e2) {
+          if (!(e2 instanceof DecodeError)) throw e2;
+        }
+      }
+    }
+    throw dataError('CHECKSUM_MISMATCH', key, `Segment header of checkpoint ${id} is damaged: ${e.message}`);
+  }
+}
+
 export class Volume {
+  private readonly bs: number;
+  private readonly nodeSize: number;
+  private readonly capacity: number;
+  private readonly loader: NodeLoader;
+  private tree: BTree;
+  private readonly dataCache: LruCache<string, Buffer>;
+  private active: Generation;
+  private frozen: Generation | undefined;
+  private size: number;
+  private metaDirty = false;
+  private current: Promise<CheckpointInfo> | undefined;
+  private queued: Promise<CheckpointInfo> | undefined;
+  private timer: NodeJS.Timeout | undefined;
+  /** Blocks with a read-modify-write in progress → its completion. */
+  private readonly locks = new Map<number, Promise<void>>();
+  private roomWaiters: (() => void)[] = [];
+  private fenced: HyperError | undefined;
+  private closed = false;
+  private readonly flushBytes: number;
+  private readonly maxDirty: number;
+  private readonly log: Logger;
+  private readonly zero: Buffer;
+  private readonly counters = { flushes: 0, segmentsWritten: 0, bytesWritten: 0, bytesRead: 0 };
+
+  private constructor(
+    private readonly store: ObjectStore,
+    private head: HeadRecord,
+    private headEtag: string,
+    readonly readOnly: boolean,
+    private readonly lease: Lease | undefined,
+    opts: OpenOptions,
+  ) {
+    this.bs = 2 ** head.dataBlockShift;
+    this.nodeSize = 2 ** head.metaBlockShift;
+    this.capacity = nodeCapacity(this.nodeSize);
+    this.size = head.size;
+    this.log = opts.logger ?? silentLogger;
+    this.loader = new NodeLoader(store, this.nodeSize, this.capacity, opts.nodeCacheBytes ?? 64 * MiB);
+    this.tree = new BTree(this.decodeRoot(head), this.capacity, this.loader);
+    this.dataCache = new LruCache(opts.dataCacheBytes ?? 64 * MiB);
+    this.active = new Generation(this.bs);
+    this.flushBytes = opts.flushBytes ?? head.segmentSize;
+    this.maxDirty = Math.max(opts.maxDirtyBytes ?? 2 * this.flushBytes, this.flushBytes);
+    this.zero = Buffer.alloc(this.bs);
+    const interval = opts.flushIntervalMs ?? 5000;
+    if (!readOnly && interval > 0) {
+      this.timer = setInterval(() => {
+        if (!this.active.empty && !this.current) this.background();
+      }, interval);
+      this.timer.unref();
+    }
+    lease?.startRenewal((e) => {
+      this.fenced ??= e;
+      this.log.error('lease lost; volume fenced', { error: e.message });
+    });
+  }
+
+  private decodeRoot(head: HeadRecord): Node {
+    try {
+      const d = decodeNode(head.root, 0, this.capacity);
+      if (d.level !== head.rootLevel) throw new DecodeError('root level does not match head');
+      return new Node(d.level, d.count, d.entries, false);
+    } catch (e) {
+      if (e instanceof DecodeError) throw dataError('CORRUPT_OBJECT', HEAD_KEY, `Index root is damaged: ${e.message}`);
+      throw e;
+    }
+  }
+
+  // ------------------------------------------------------------------ lifecycle
+
+  /** Create a volume: segment 1 (an empty checkpoint) then the head, both create-only. */
+  static async create(store: ObjectStore, options: CreateOptions & { signal?: AbortSignal } = {}): Promise<VolumeInfo> {
+    const size = options.size ?? 0;
+    const dataBlockSize = options.dataBlockSize ?? DEFAULT_BLOCK_SIZE;
+    const metaBlockSize = options.metaBlockSize ?? DEFAULT_BLOCK_SIZE;
+    const segmentSize = options.segmentSize ?? DEFAULT_SEGMENT_SIZE;
+    checkSize(size);
+    checkPow2('Data block size', dataBlockSize, MIN_DATA_BLOCK_SIZE, MAX_DATA_BLOCK_SIZE);
+    checkPow2('Meta block size', metaBlockSize, MIN_META_BLOCK_SIZE, MAX_META_BLOCK_SIZE);
+    if (!Number.isSafeInteger(segmentSize) || segmentSize < MIN_SEGMENT_SIZE || segmentSize > MAX_SEGMENT_SIZE) {
+      throw new HyperError('invalid', 'INVALID_ARGUMENT', `Segment size must be from ${MIN_SEGMENT_SIZE} to ${MAX_SEGMENT_SIZE} bytes`);
+    }
+    if (segmentSize < dataBlockSize) {
+      throw new HyperError('invalid', 'INVALID_ARGUMENT', 'Segment size must be at least the data block size');
+    }
+    if (await store.head(HEAD_KEY)) {
+      throw new HyperError('conflict', 'VOLUME_EXISTS', `A volume already exists at ${store.url}`, {
+        suggestion: 'Pick another URL, or delete the existing volume with `hyper file delete`.',
+      });
+    }
+    const now = Date.now();
+    const root = Buffer.alloc(encodedNodeSize(0));
+    encodeNode(root, 0, 0, 0, 1, newEntries(0));
+    const head: HeadRecord = {
+      uuid: randomBytes(16).toString('hex'),
+      createdMs: now,
+      size,
+      dataBlockShift: log2(dataBlockSize),
+      metaBlockShift: log2(metaBlockSize),
+      flags: 0,
+      segmentSize,
+      checkpoint: 1,
+      checkpointMs: now,
+      prevCheckpoint: 0,
+      lastSegment: 1,
+      epoch: 0,
+      rootLevel: 0,
+      root,
+      skipped: [],
+      ...(options.walUrl === undefined ? {} : { walUrl: options.walUrl }),
+    };
+    const headBytes = encodeHead(head);
+    const seg = buildSegment(1, now, headBytes, [], [], 0, 0, 0);
+    try {
+      await store.put(segmentKey(1), seg, { ifNoneMatch: true, ...(options.signal ? { signal: options.signal } : {}) });
+    } catch (e) {
+      if (isHyperError(e, 'OBJECT_EXISTS')) {
+        throw new HyperError('conflict', 'VOLUME_EXISTS', `${store.url} already holds volume segments`, {
+          suggestion: 'Another create may be running, or a deleted volume left objects behind: use another URL or delete it.',
+        });
+      }
+      throw e;
+    }
+    try {
+      await store.put(HEAD_KEY, headBytes, { ifNoneMatch: true });
+    } catch (e) {
+      if (isHyperError(e, 'OBJECT_EXISTS')) {
+        throw new HyperError('conflict', 'VOLUME_EXISTS', `A volume already exists at ${store.url}`);
+      }
+      throw e;
+    }
+    return infoOf(store.url, head, true);
+  }
+
+  static async open(store: ObjectStore, options: OpenOptions = {}): Promise<Volume> {
+    const cur = await readHead(store);
+    if (options.at) {
+      const id = await resolveCheckpoint(store, cur.head, options.at);
+      const head = id === cur.head.checkpoint ? cur.head : await readCheckpointHead(store, id);
+      return new Volume(store, head, '', true, undefined, options);
+    }
+    if (options.readOnly) return new Volume(store, cur.head, cur.etag, true, undefined, options);
+
+    const lease = await Lease.acquire(store, {
+      holder: options.holder ?? defaultHolder(),
+      ttlMs: options.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS,
+      force: options.force ?? false,
+      minEpoch: cur.head.epoch,
+    });
+    try {
+      // Take over the head under the new epoch: a fenced writer's next CAS now fails.
+      // Segments past lastSegment are flushes that never committed: skip their ids.
+      let { head, etag } = await readHead(store);
+      const skipped = [...head.skipped];
+      let last = head.lastSegment;
+      for await (const page of store.list(SEGMENT_PREFIX, { startAfter: segmentKey(head.lastSegment) })) {
+        for (const o of page.objects) {
+          const id = parseSegmentKey(o.key);
+          if (id !== undefined && id > head.lastSegment) {
+            skipped.push(id);
+            last = Math.max(last, id);
+          }
+        }
+      }
+      head = { ...head, epoch: lease.epoch, lastSegment: last, skipped };
+      const bytes = encodeHead(head);
+      ({ etag } = await store.put(HEAD_KEY, bytes, { ifMatch: etag }));
+      return new Volume(store, head, etag, false, lease, options);
+    } catch (e) {
+      await lease.release().catch(() => undefined);
+      if (isHyperError(e, 'PRECONDITION_FAILED')) {
+        throw new HyperError('conflict', 'LEASE_HELD', 'The volume head changed while taking the lease; another writer is active', {
+          cause: e,
+        });
+      }
+      throw e;
+    }
+  }
+
   get info(): VolumeInfo {
-    return todo();
+    const i = infoOf(this.store.url, this.head, this.readOnly);
+    i.size = this.size;
+    i.mappedBlocks = this.tree.mapped;
+    return i;
   }
-  static create(_store: ObjectStore, _options: CreateOptions & { signal?: AbortSignal } = {}): Promise<VolumeInfo> {
-    return todo();
-  }
-  static open(_store: ObjectStore, _options: OpenOptions = {}): Promise<Volume> {
-    return todo();
-  }
-  read(_offset: number, _length: number): Promise<Buffer> {
-    return todo();
-  }
-  write(_offset: number, _data: Buffer, _options: WriteOptions = {}): Promise<void> {
-    return todo();
-  }
-  writeZeroes(_offset: number, _length: number, _options: ZeroOptions = {}): Promise<void> {
-    return todo();
-  }
-  trim(_offset: number, _length: number): Promise<void> {
-    return todo();
-  }
-  flush(): Promise<CheckpointInfo> {
-    return todo();
-  }
-  resize(_size: number, _options: { allowShrink?: boolean } = {}): Promise<CheckpointInfo> {
-    return todo();
-  }
-  extents(_offset: number, _length: number): Promise<Extent[]> {
-    return todo();
-  }
+
   stats(): EngineStats {
-    return todo();
+    return {
+      ...this.counters,
+      nodeCacheHits: this.loader.hits,
+      nodeCacheMisses: this.loader.misses,
+      dataCacheHits: this.dataCache.hits,
+      dataCacheMisses: this.dataCache.misses,
+    };
   }
-  close(): Promise<void> {
-    return todo();
+
+  /** Flush, stop timers, release the lease. Idempotent. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    try {
+      if (!this.readOnly && !this.fenced) await this.flush();
+    } finally {
+      this.closed = true;
+      if (this.timer) clearInterval(this.timer);
+      this.timer = undefined;
+      if (this.lease) {
+        if (this.fenced) this.lease.stop();
+        else await this.lease.release();
+      }
+    }
   }
+
+  // ------------------------------------------------------------------ checks
+
+  private checkRange(offset: number, length: number): void {
+    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
+      throw new HyperError('invalid', 'INVALID_ARGUMENT', `Invalid range ${offset}+${length}`);
+    }
+    if (offset + length > this.size) {
+      throw new HyperError('invalid', 'OUT_OF_RANGE', `Range ${offset}+${length} is past the end of the volume (${this.size} bytes)`);
+    }
+  }
+
+  private checkWritable(): void {
+    if (this.closed) throw new HyperError('invalid', 'INVALID_ARGUMENT', 'The volume is closed');
+    if (this.readOnly) throw new HyperError('invalid', 'READ_ONLY', 'The volume is open read-only');
+    if (this.fenced) throw this.fenced;
+    if (this.lease?.lost) {
+      this.fenced = this.lease.lost;
+      throw this.fenced;
+    }
+  }
+
+  // ------------------------------------------------------------------ reads
+
+  /** What the un-flushed generations say about a block (see Generation.lookup). */
+  private dirty(lba: number): Buffer | null | undefined {
+    const a = this.active.lookup(lba);
+    if (a !== undefined || !this.frozen) return a;
+    return this.frozen.lookup(lba);
+  }
+
+  async read(offset: number, length: number): Promise<Buffer> {
+    this.checkRange(offset, length);
+    if (this.closed) throw new HyperError('invalid', 'INVALID_ARGUMENT', 'The volume is closed');
+    const out = Buffer.allocUnsafe(length);
+    if (length === 0) return out;
+    const bs = this.bs;
+    const first = Math.floor(offset / bs);
+    const last = Math.floor((offset + length - 1) / bs);
+    for (;;) {
+      const fromIndex: number[] = [];
+      for (let lba = first; lba <= last; lba++) {
+        const v = this.dirty(lba);
+        if (v === undefined) fromIndex.push(lba);
+        else copyBlock(out, offset, length, lba, bs, v);
+      }
+      if (fromIndex.length === 0) break;
+      if (await this.readFromIndex(out, offset, length, fromIndex)) break;
+      // An index entry was still being flushed: the generations have it now; go again.
+    }
+    this.counters.bytesRead += length;
+    return out;
+  }
+
+  /** Fill `out` for blocks that are not dirty. Returns false to ask for a retry. */
+  private async readFromIndex(out: Buffer, offset: number, length: number, lbas: number[]): Promise<boolean> {
+    const bs = this.bs;
+    const lo = lbas[0] as number;
+    const hi = (lbas[lbas.length - 1] as number) + 1;
+    const ptrs = new Map<number, BlockPtr>();
+    if (lbas.length === 1) {
+      const p = await this.loader.run(() => this.tree.lookup(lo), isMiss);
+      if (p) ptrs.set(lo, p);
+    } else {
+      for (const e of await this.loader.run(() => this.tree.scan(lo, hi), isMiss)) ptrs.set(e.lba, e);
+    }
+    // Group contiguous blocks of one segment into runs: one ranged GET each.
+    const runs: { seg: number; off: number; lbas: number[]; ptrs: BlockPtr[] }[] = [];
+    let run: (typeof runs)[number] | undefined;
+    for (const lba of lbas) {
+      const p = ptrs.get(lba);
+      if (!p) {
+        copyBlock(out, offset, length, lba, bs, null);
+        run = undefined;
+        continue;
+      }
+      if (p.seg === PENDING_SEG) return false;
+      const cached = this.dataCache.get(`${p.seg}:${p.off}`);
+      if (cached) {
+        copyBlock(out, offset, length, lba, bs, cached);
+        run = undefined;
+        continue;
+      }
+      const prev = run?.ptrs[run.ptrs.length - 1];
+      const prevLba = run?.lbas[run.lbas.length - 1];
+      if (run && prev && prev.seg === p.seg && prev.off + prev.len === p.off && prevLba === lba - 1) {
+        run.lbas.push(lba);
+        run.ptrs.push(p);
+      } else {
+        run = { seg: p.seg, off: p.off, lbas: [lba], ptrs: [p] };
+        runs.push(run);
+      }
+    }
+    await Promise.all(
+      runs.map(async (r) => {
+        const blocks = await this.fetchBlocks(r.seg, r.off, r.ptrs);
+        for (let k = 0; k < r.lbas.length; k++) {
+          copyBlock(out, offset, length, r.lbas[k] as number, bs, blocks[k] as Buffer);
+        }
+      }),
+    );
+    return true;
+  }
+
+  /** GET a run of stored blocks, verify each checksum, cache them. */
+  private async fetchBlocks(seg: number, off: number, ptrs: BlockPtr[]): Promise<Buffer[]> {
+    const key = segmentKey(seg);
+    const total = ptrs.reduce((s, p) => s + p.len, 0);
+    let body: Buffer;
+    try {
+      body = (await this.store.get(key, { range: { offset: off, length: total } })).body;
+    } catch (e) {
+      if (isHyperError(e, 'OBJECT_NOT_FOUND')) throw dataError('MISSING_OBJECT', key, 'A segment holding volume data is missing');
+      throw e;
+    }
+    if (body.length < total) throw dataError('CORRUPT_OBJECT', key, `Segment is truncated: blocks at ${off}+${total} not present`);
+    const out: Buffer[] = [];
+    let at = 0;
+    for (const p of ptrs) {
+      const blk = body.subarray(at, at + p.len);
+      if (p.codec !== 0) throw dataError('CORRUPT_OBJECT', key, `Unknown block codec ${p.codec}`);
+      if (crc32c(blk) !== p.crc) {
+        throw dataError('CHECKSUM_MISMATCH', key, `Data block at offset ${off + at} failed its checksum`);
+      }
+      const copy = ptrs.length === 1 ? blk : Buffer.from(blk);
+      this.dataCache.set(`${seg}:${p.off}`, copy, copy.length);
+      out.push(copy);
+      at += p.len;
+    }
+    return out;
+  }
+
+  /** The current content of one block (for read-modify-write). */
+  private async readBlock(lba: number): Promise<Buffer> {
+    const b = await this.read(lba * this.bs, Math.min(this.bs, this.size - lba * this.bs));
+    if (b.length === this.bs) return b;
+    const full = Buffer.alloc(this.bs);
+    b.copy(full);
+    return full;
+  }
+
+  /** Runs of data and holes, for NBD block status and sparse export. */
+  async extents(offset: number, length: number): Promise<Extent[]> {
+    this.checkRange(offset, length);
+    if (length === 0) return [];
+    const bs = this.bs;
+    const lo = Math.floor(offset / bs);
+    const hi = Math.min(Math.ceil((offset + length) / bs), lo + MAX_EXTENT_BLOCKS);
+    const mapped = await this.loader.run(() => this.tree.scanKeys(lo, hi), isMiss);
+    const out: Extent[] = [];
+    const end = Math.min(offset + length, hi * bs);
+    let k = 0;
+    for (let lba = lo; lba < hi; lba++) {
+      while (k < mapped.length && (mapped[k] as number) < lba) k++;
+      const d = this.dirty(lba);
+      const hole = d === undefined ? mapped[k] !== lba : d === null;
+      const a = Math.max(lba * bs, offset);
+      const b = Math.min((lba + 1) * bs, end);
+      const prev = out[out.length - 1];
+      if (prev && prev.hole === hole) prev.length = b - prev.offset;
+      else out.push({ offset: a, length: b - a, hole });
+    }
+    return out;
+  }
+
+  // ------------------------------------------------------------------ writes
+
+  async write(offset: number, data: Buffer, options: WriteOptions = {}): Promise<void> {
+    this.checkWritable();
+    this.checkRange(offset, data.length);
+    if (data.length === 0) return;
+    await this.admit();
+    const bs = this.bs;
+    const first = Math.floor(offset / bs);
+    const last = Math.floor((offset + data.length - 1) / bs);
+    await this.waitLocks(first, last);
+    const headPartial = offset % bs !== 0 || (first === last && data.length < bs);
+    const tailPartial = (offset + data.length) % bs !== 0;
+    const needFirst = headPartial && !this.active.blocks.get(first);
+    const needLast = tailPartial && last !== first && !this.active.blocks.get(last);
+    if (!needFirst && !needLast) {
+      this.applyWrite(offset, data, undefined, undefined);
+    } else {
+      await this.locked(first, last, async () => {
+        const [a, b] = await Promise.all([
+          needFirst ? this.readBlock(first) : undefined,
+          needLast ? this.readBlock(last) : undefined,
+        ]);
+        this.checkWritable();
+        this.applyWrite(offset, data, a, b);
+      });
+    }
+    this.counters.bytesWritten += data.length;
+    await this.afterWrite(options);
+  }
+
+  /** Copy `data` into whole blocks of the active generation (synchronous). */
+  private applyWrite(offset: number, data: Buffer, firstOld: Buffer | undefined, lastOld: Buffer | undefined): void {
+    const bs = this.bs;
+    const end = offset + data.length;
+    const first = Math.floor(offset / bs);
+    const last = Math.floor((end - 1) / bs);
+    for (let lba = first; lba <= last; lba++) {
+      const bStart = lba * bs;
+      const from = Math.max(offset, bStart);
+      const to = Math.min(end, bStart + bs);
+      let blk: Buffer;
+      if (to - from === bs) {
+        blk = Buffer.allocUnsafe(bs);
+        data.copy(blk, 0, from - offset, to - offset);
+      } else {
+        const cur = this.active.blocks.get(lba);
+        if (cur) blk = cur;
+        else {
+          const old = lba === first ? firstOld : lastOld;
+          blk = Buffer.allocUnsafe(bs);
+          if (old) old.copy(blk);
+          else blk.fill(0);
+        }
+        data.copy(blk, from - bStart, from - offset, to - offset);
+      }
+      this.active.set(lba, blk.equals(this.zero) ? null : blk);
+    }
+  }
+
+  /** Zero a range: whole blocks become holes; partial edges are written with zeros. */
+  async writeZeroes(offset: number, length: number, options: ZeroOptions = {}): Promise<void> {
+    this.checkWritable();
+    this.checkRange(offset, length);
+    if (length === 0) return;
+    await this.zeroRange(offset, length, true);
+    await this.afterWrite(options);
+  }
+
+  /** Discard a range: whole blocks become holes (read as zeros); partial edges are left as they are. */
+  async trim(offset: number, length: number, options: WriteOptions = {}): Promise<void> {
+    this.checkWritable();
+    this.checkRange(offset, length);
+    if (length === 0) return;
+    await this.zeroRange(offset, length, false);
+    await this.afterWrite(options);
+  }
+
+  private async zeroRange(offset: number, length: number, edges: boolean): Promise<void> {
+    const bs = this.bs;
+    const end = offset + length;
+    const lo = Math.ceil(offset / bs);
+    const hi = Math.floor(end / bs);
+    if (edges) {
+      if (offset % bs !== 0) {
+        const edgeEnd = Math.min(end, lo * bs);
+        await this.write(offset, Buffer.alloc(edgeEnd - offset));
+      }
+      if (end % bs !== 0 && hi * bs >= offset && hi >= lo) {
+        await this.write(Math.max(hi * bs, offset), Buffer.alloc(end - Math.max(hi * bs, offset)));
+      }
+    }
+    if (hi > lo) {
+      await this.waitLocks(lo, hi - 1);
+      this.active.trim(lo, hi);
+    }
+  }
+
+  async resize(size: number, options: { allowShrink?: boolean } = {}): Promise<CheckpointInfo> {
+    this.checkWritable();
+    checkSize(size);
+    if (size < this.size) {
+      if (!options.allowShrink) {
+        throw new HyperError('invalid', 'INVALID_ARGUMENT', `Shrinking from ${this.size} to ${size} bytes drops data`, {
+          suggestion: 'Pass --allow-shrink to confirm.',
+        });
+      }
+      const bs = this.bs;
+      const blockEnd = Math.ceil(size / bs) * bs;
+      // Zero the tail of the new last block so a later grow reads zeros there.
+      if (blockEnd > size) await this.write(size, Buffer.alloc(Math.min(blockEnd, this.size) - size));
+      const lo = blockEnd / bs;
+      const hi = Math.ceil(this.size / bs);
+      if (hi > lo) {
+        await this.waitLocks(lo, hi - 1);
+        this.active.trim(lo, hi);
+      }
+    }
+    if (size !== this.size) {
+      this.size = size;
+      this.metaDirty = true;
+    }
+    return this.flush();
+  }
+
+  /** Back-pressure: wait while the write-back buffer is full. */
+  private async admit(): Promise<void> {
+    while (this.active.bytes >= this.maxDirty) {
+      if (!this.current) this.background();
+      await new Promise<void>((resolve) => this.roomWaiters.push(resolve));
+      this.checkWritable();
+      if (this.lastFlushError && this.active.bytes >= this.maxDirty) {
+        const e = this.lastFlushError;
+        throw e instanceof HyperError ? e : new HyperError('unavailable', 'STORE_UNAVAILABLE', String(e));
+      }
+    }
+  }
+
+  private lastFlushError: unknown;
+
+  private async afterWrite(options: WriteOptions): Promise<void> {
+    if (options.fua) {
+      await this.flush();
+      return;
+    }
+    if (this.active.bytes >= this.flushBytes && !this.current) this.background();
+  }
+
+  /** Start a flush nobody waits for; failures are logged and retried by the next flush. */
+  private background(): void {
+    this.flush().catch((e: unknown) => {
+      this.log.warn('background flush failed', { error: e instanceof Error ? e.message : String(e) });
+    });
+  }
+
+  private async waitLocks(first: number, last: number): Promise<void> {
+    while (this.locks.size > 0) {
+      const waits: Promise<void>[] = [];
+      if (last - first < this.locks.size) {
+        for (let lba = first; lba <= last; lba++) {
+          const p = this.locks.get(lba);
+          if (p) waits.push(p);
+        }
+      } else {
+        for (const [lba, p] of this.locks) if (lba >= first && lba <= last) waits.push(p);
+      }
+      if (waits.length === 0) return;
+      await Promise.all(waits.map((p) => p.catch(() => undefined)));
+    }
+  }
+
+  /** Hold blocks [first, last] for a read-modify-write so later overlapping writes wait. */
+  private async locked(first: number, last: number, fn: () => Promise<void>): Promise<void> {
+    const p = fn();
+    const done = p.then(
+      () => undefined,
+      () => undefined,
+    );
+    for (let lba = first; lba <= last; lba++) this.locks.set(lba, done);
+    try {
+      await p;
+    } finally {
+      for (let lba = first; lba <= last; lba++) if (this.locks.get(lba) === done) this.locks.delete(lba);
+    }
+  }
+
+  // ------------------------------------------------------------------ flush
+
+  /**
+   * Commit everything written before this call. Concurrent callers share flushes: if one is
+   * running, the next one starts when it ends and serves everyone who asked meanwhile.
+   */
+  flush(): Promise<CheckpointInfo> {
+    if (this.readOnly) return Promise.resolve(this.checkpointInfo());
+    if (!this.current) return this.startFlush();
+    this.queued ??= this.current
+      .catch(() => undefined)
+      .then(() => {
+        this.queued = undefined;
+        return this.startFlush();
+      });
+    return this.queued;
+  }
+
+  private checkpointInfo(): CheckpointInfo {
+    return { checkpoint: this.head.checkpoint, time: new Date(this.head.checkpointMs) };
+  }
+
+  private startFlush(): Promise<CheckpointInfo> {
+    const p = this.doFlush().finally(() => {
+      if (this.current === p) this.current = undefined;
+      const waiters = this.roomWaiters;
+      this.roomWaiters = [];
+      for (const w of waiters) w();
+    });
+    this.current = p;
+    return p;
+  }
+
+  private async doFlush(): Promise<CheckpointInfo> {
+    this.checkWritable();
+    const gen = this.active;
+    if (gen.empty && !this.metaDirty) return this.checkpointInfo();
+    this.active = new Generation(this.bs);
+    this.frozen = gen;
+    const metaWas = this.metaDirty;
+    this.metaDirty = false;
+    try {
+      const info = await this.commit(gen);
+      this.lastFlushError = undefined;
+      return info;
+    } catch (e) {
+      // Nothing was committed: put the changes back under the newer ones and report.
+      gen.absorb(this.active);
+      this.active = gen;
+      this.metaDirty ||= metaWas;
+      this.lastFlushError = e;
+      throw e;
+    } finally {
+      this.frozen = undefined;
+    }
+  }
+
+  /** Apply `gen` to the index and write it as one segment + head CAS. */
+  private async commit(gen: Generation): Promise<CheckpointInfo> {
+    const tree = this.tree;
+    for (const [lo, hi] of gen.ranges) await this.loader.run(() => tree.deleteRange(lo, hi), isMiss);
+    const lbas = [...gen.blocks.keys()].sort((a, b) => a - b);
+    const dataLbas: number[] = [];
+    const blocks: Buffer[] = [];
+    for (const lba of lbas) {
+      const v = gen.blocks.get(lba) as Buffer | null;
+      let r = v ? tree.insert(lba, PENDING) : tree.deleteRange(lba, lba + 1);
+      if (r instanceof Miss) {
+        r = await this.loader.run(() => (v ? tree.insert(lba, PENDING) : tree.deleteRange(lba, lba + 1)), isMiss);
+      }
+      if (v) {
+        dataLbas.push(lba);
+        blocks.push(v);
+      }
+    }
+    const crcs = blocks.map((b) => crc32c(b));
+    const nodes = tree.dirtyNodes();
+
+    for (let attempt = 0; ; attempt++) {
+      this.checkWritable();
+      if (this.lease && !this.lease.validFor(2000)) await this.lease.renew();
+      const id = this.head.lastSegment + 1;
+      const now = Date.now();
+      const built = this.buildCheckpoint(id, now, nodes, dataLbas, blocks, crcs);
+      try {
+        await this.store.put(segmentKey(id), built.segment, { ifNoneMatch: true });
+      } catch (e) {
+        if (isHyperError(e, 'OBJECT_EXISTS') && attempt < 8) {
+          // A flush that never committed (ours after a lost reply, or a fenced writer's) owns
+          // this id: check we still own the volume, skip the id, try the next one.
+          await this.checkEpoch();
+          this.head = { ...this.head, lastSegment: id, skipped: [...this.head.skipped, id] };
+          continue;
+        }
+        throw e;
+      }
+      this.counters.segmentsWritten++;
+      await this.casHead(built.headBytes);
+      this.head = built.head;
+      this.counters.flushes++;
+      // Committed: the dirty nodes become clean cached nodes at their new homes.
+      for (const [node, entries] of built.patched) {
+        node.e = entries;
+        node.dirty = false;
+        node.kids = undefined;
+        if (node !== tree.root) this.loader.add(id, node.newOff, node);
+      }
+      for (let k = 0; k < blocks.length; k++) {
+        const blk = blocks[k] as Buffer;
+        this.dataCache.set(`${id}:${built.dataOffset + k * this.bs}`, blk, blk.length);
+      }
+      return this.checkpointInfo();
+    }
+  }
+
+  private async checkEpoch(): Promise<void> {
+    const { head } = await readHead(this.store);
+    if (head.epoch !== this.head.epoch) this.fence(head.epoch);
+  }
+
+  private fence(epoch: number): never {
+    this.fenced = new HyperError(
+      'conflict',
+      'FENCED',
+      `Another writer took over the volume (epoch ${epoch}, ours ${this.head.epoch}); this writer commits nothing more`,
+      { suggestion: 'Re-open the volume once the other writer is done.' },
+    );
+    this.lease?.stop();
+    throw this.fenced;
+  }
+
+  private async casHead(bytes: Buffer): Promise<void> {
+    try {
+      this.headEtag = (await this.store.put(HEAD_KEY, bytes, { ifMatch: this.headEtag })).etag;
+    } catch (e) {
+      if (!isHyperError(e, 'PRECONDITION_FAILED')) throw e;
+      // A retried CAS whose first attempt landed looks like a conflict: compare the bytes.
+      const cur = await readHead(this.store);
+      if (cur.bytes.equals(bytes)) {
+        this.headEtag = cur.etag;
+        return;
+      }
+      if (cur.head.epoch !== this.head.epoch) this.fence(cur.head.epoch);
+      // Same epoch: only this writer writes under it, so the head we see is one of our own
+      // earlier commits whose reply was lost. Ours supersedes it.
+      this.headEtag = (await this.store.put(HEAD_KEY, bytes, { ifMatch: cur.etag })).etag;
+    }
+  }
+
+  /** Lay out and encode segment `id`: header, dirty nodes (leaves first), data blocks. */
+  private buildCheckpoint(
+    id: number,
+    now: number,
+    nodes: Node[],
+    dataLbas: number[],
+    blocks: Buffer[],
+    crcs: number[],
+  ): { segment: Buffer; head: HeadRecord; headBytes: Buffer; dataOffset: number; patched: [Node, Buffer][] } {
+    const bs = this.bs;
+    const root = this.tree.root;
+    const nextHead = (rootBytes: Buffer): HeadRecord => ({
+      ...this.head,
+      size: this.size,
+      checkpoint: id,
+      checkpointMs: now,
+      prevCheckpoint: this.head.checkpoint,
+      lastSegment: id,
+      rootLevel: root.level,
+      root: rootBytes,
+    });
+    // The header's length does not depend on node offsets: size it with a provisional root.
+    const provisional = encodeHead(nextHead(Buffer.alloc(encodedNodeSize(root.n))));
+    const headerLen = segmentHeaderSize(provisional.length, dataLbas.length, nodes.length);
+    const nodesOffset = align(headerLen, SECTOR);
+    nodes.forEach((nd, k) => {
+      nd.newOff = nodesOffset + k * this.nodeSize;
+    });
+    const dataOffset = nodesOffset + nodes.length * this.nodeSize;
+    const total = dataOffset + blocks.length * bs;
+    const pending = new Map<number, number>();
+    dataLbas.forEach((lba, k) => pending.set(lba, k));
+
+    const patch = (nd: Node): Buffer => {
+      const e = newEntries(this.capacity);
+      nd.e.copy(e, 0, 0, nd.n * ENTRY_SIZE);
+      for (let i = 0; i < nd.n; i++) {
+        if (nd.level === 0) {
+          if (e.readUInt32LE(i * ENTRY_SIZE + 8) !== PENDING_SEG || e.readUInt32LE(i * ENTRY_SIZE + 12) !== 0) continue;
+          const lba = nd.key(i);
+          const k = pending.get(lba);
+          if (k === undefined) throw new HyperError('internal', 'INTERNAL', `index entry for block ${lba} has no data`);
+          const tmp = new Node(0, nd.n, e, true);
+          writePtr(tmp, i, lba, { seg: id, off: dataOffset + k * bs, len: bs, crc: crcs[k] as number, codec: 0 });
+        } else {
+          const kid = nd.kids?.[i];
+          if (!kid) continue;
+          e.writeUInt32LE(id % 2 ** 32, i * ENTRY_SIZE + 8);
+          e.writeUInt32LE(Math.floor(id / 2 ** 32), i * ENTRY_SIZE + 12);
+          e.writeUInt32LE(kid.newOff / SECTOR, i * ENTRY_SIZE + 16);
+        }
+      }
+      return e;
+    };
+
+    const segment = Buffer.allocUnsafe(total);
+    const patched: [Node, Buffer][] = [];
+    for (const nd of nodes) {
+      const e = patch(nd);
+      patched.push([nd, e]);
+      segment.fill(0, nd.newOff, nd.newOff + this.nodeSize);
+      encodeNode(segment, nd.newOff, nd.level, nd.n, id, e);
+    }
+    const rootEntries = patch(root);
+    patched.push([root, rootEntries]);
+    const rootBytes = Buffer.alloc(encodedNodeSize(root.n));
+    encodeNode(rootBytes, 0, root.level, root.n, id, rootEntries);
+    const head = nextHead(rootBytes);
+    const headBytes = encodeHead(head);
+    const header = encodeSegmentHeader({
+      segmentId: id,
+      createdMs: now,
+      nodesOffset,
+      nodeCount: nodes.length,
+      nodeSize: this.nodeSize,
+      dataOffset,
+      blockCount: blocks.length,
+      dataBlockSize: bs,
+      totalLength: total,
+      headBytes,
+      lbas: dataLbas,
+      nodes: nodes.map((nd) => ({ firstLba: nd.n > 0 ? nd.key(0) : 0, level: nd.level })),
+    });
+    if (header.length !== headerLen) throw new HyperError('internal', 'INTERNAL', 'segment header size changed while encoding');
+    header.copy(segment, 0);
+    segment.fill(0, header.length, nodesOffset);
+    for (let k = 0; k < blocks.length; k++) (blocks[k] as Buffer).copy(segment, dataOffset + k * bs);
+    return { segment, head, headBytes, dataOffset, patched };
+  }
+}
+
+// ------------------------------------------------------------------ helpers
+
+const align = (v: number, a: number): number => Math.ceil(v / a) * a;
+
+/** Bytes of a segment header envelope with these counts (see codec/segment.ts). */
+function segmentHeaderSize(headLen: number, blocks: number, nodes: number): number {
+  return 16 + 56 + 4 + headLen + blocks * 8 + nodes * 16;
+}
+
+/** A segment with no nodes and no data (the first checkpoint of a new volume). */
+function buildSegment(
+  id: number,
+  now: number,
+  headBytes: Buffer,
+  lbas: number[],
+  nodes: { firstLba: number; level: number }[],
+  nodeSize: number,
+  blockCount: number,
+  dataBlockSize: number,
+): Buffer {
+  const headerLen = segmentHeaderSize(headBytes.length, lbas.length, nodes.length);
+  const nodesOffset = align(headerLen, SECTOR);
+  return Buffer.concat([
+    encodeSegmentHeader({
+      segmentId: id,
+      createdMs: now,
+      nodesOffset,
+      nodeCount: nodes.length,
+      nodeSize,
+      dataOffset: nodesOffset,
+      blockCount,
+      dataBlockSize,
+      totalLength: nodesOffset,
+      headBytes,
+      lbas,
+      nodes,
+    }),
+    Buffer.alloc(nodesOffset - headerLen),
+  ]);
+}
+
+/** Copy the part of block `lba` (or zeros for null) that overlaps [offset, offset+length) into out. */
+function copyBlock(out: Buffer, offset: number, length: number, lba: number, bs: number, blk: Buffer | null): void {
+  const bStart = lba * bs;
+  const from = Math.max(offset, bStart);
+  const to = Math.min(offset + length, bStart + bs);
+  if (blk) blk.copy(out, from - offset, from - bStart, to - bStart);
+  else out.fill(0, from - offset, to - offset);
+}
+
+export function infoOf(url: string, head: HeadRecord, readOnly: boolean): VolumeInfo {
+  let mapped = 0;
+  try {
+    const d = decodeNode(head.root, 0, nodeCapacity(2 ** head.metaBlockShift));
+    mapped = new Node(d.level, d.count, d.entries, false).total();
+  } catch {
+    mapped = 0;
+  }
+  return {
+    url,
+    uuid: head.uuid,
+    formatVersion: FORMAT_VERSION,
+    size: head.size,
+    dataBlockSize: 2 ** head.dataBlockShift,
+    metaBlockSize: 2 ** head.metaBlockShift,
+    segmentSize: head.segmentSize,
+    createdAt: new Date(head.createdMs),
+    checkpoint: head.checkpoint,
+    checkpointTime: new Date(head.checkpointMs),
+    mappedBlocks: mapped,
+    readOnly,
+    ...(head.walUrl === undefined ? {} : { walUrl: head.walUrl }),
+  };
+}
+
+/** Committed checkpoints are segment ids ≤ head.checkpoint that are not in head.skipped. */
+export async function resolveCheckpoint(
+  store: ObjectStore,
+  head: HeadRecord,
+  ref: NonNullable<OpenOptions['at']>,
+): Promise<number> {
+  if ('checkpoint' in ref) {
+    const id = ref.checkpoint;
+    if (!Number.isSafeInteger(id) || id < 1 || id > head.checkpoint || head.skipped.includes(id)) {
+      throw new HyperError('not-found', 'CHECKPOINT_NOT_FOUND', `Checkpoint ${id} does not exist (latest is ${head.checkpoint})`, {
+        suggestion: 'List checkpoints with `hyper snapshot list`.',
+      });
+    }
+    if (id !== head.checkpoint && !(await store.head(segmentKey(id)))) {
+      throw new HyperError('not-found', 'CHECKPOINT_NOT_FOUND', `Checkpoint ${id} was removed by compaction`);
+    }
+    return id;
+  }
+  if ('time' in ref) {
+    const want = ref.time.getTime();
+    const ids: number[] = [];
+    for await (const page of store.list(SEGMENT_PREFIX)) {
+      for (const o of page.objects) {
+        const id = parseSegmentKey(o.key);
+        if (id !== undefined && id <= head.checkpoint && !head.skipped.includes(id)) ids.push(id);
+      }
+    }
+    // Binary search on the checkpoint times embedded in the segments (ascending with id).
+    let lo = 0;
+    let hi = ids.length - 1;
+    let best: number | undefined;
+    while (lo <= hi) {
+      const mid = (lo + hi) >>> 1;
+      const id = ids[mid] as number;
+      const t = id === head.checkpoint ? head.checkpointMs : (await readCheckpointHead(store, id)).checkpointMs;
+      if (t <= want) {
+        best = id;
+        lo = mid + 1;
+      } else hi = mid - 1;
+    }
+    if (best === undefined) {
+      throw new HyperError('not-found', 'CHECKPOINT_NOT_FOUND', `No checkpoint at or before ${ref.time.toISOString()}`);
+    }
+    return best;
+  }
+  throw new HyperError('invalid', 'INVALID_ARGUMENT', 'Opening a named snapshot is not supported yet');
 }

@@ -1,0 +1,144 @@
+/**
+ * Little-endian binary helpers shared by every codec. 64-bit fields are carried as
+ * JavaScript numbers only when they are safe integers: decoding a larger value is a
+ * corruption error, encoding one is a bug — no bits above 2^53 are ever lost silently.
+ */
+import { crc32c as nativeCrc32c } from '@node-rs/crc32';
+
+export class DecodeError extends Error {
+  override readonly name = 'DecodeError';
+}
+
+export function crc32c(data: Uint8Array, initial?: number): number {
+  return nativeCrc32c(data, initial) >>> 0;
+}
+
+const TWO32 = 2 ** 32;
+
+export function readU64(buf: Buffer, off: number): number {
+  const lo = buf.readUInt32LE(off);
+  const hi = buf.readUInt32LE(off + 4);
+  if (hi > 0x1fffff) throw new DecodeError(`64-bit field at ${off} exceeds 2^53`);
+  return hi * TWO32 + lo;
+}
+
+export function writeU64(buf: Buffer, off: number, v: number): void {
+  if (!Number.isSafeInteger(v) || v < 0) throw new RangeError(`not a u64-safe integer: ${v}`);
+  buf.writeUInt32LE(v % TWO32, off);
+  buf.writeUInt32LE(Math.floor(v / TWO32), off + 4);
+}
+
+/** Append-only encoder with a growable buffer. */
+export class Writer {
+  private buf: Buffer;
+  pos = 0;
+
+  constructor(initial = 256) {
+    this.buf = Buffer.alloc(initial);
+  }
+
+  private ensure(n: number): void {
+    if (this.pos + n <= this.buf.length) return;
+    let size = this.buf.length * 2;
+    while (size < this.pos + n) size *= 2;
+    const next = Buffer.alloc(size);
+    this.buf.copy(next, 0, 0, this.pos);
+    this.buf = next;
+  }
+
+  u8(v: number): this {
+    this.ensure(1);
+    this.buf.writeUInt8(v, this.pos);
+    this.pos += 1;
+    return this;
+  }
+  u16(v: number): this {
+    this.ensure(2);
+    this.buf.writeUInt16LE(v, this.pos);
+    this.pos += 2;
+    return this;
+  }
+  u32(v: number): this {
+    this.ensure(4);
+    this.buf.writeUInt32LE(v >>> 0, this.pos);
+    this.pos += 4;
+    return this;
+  }
+  u64(v: number): this {
+    this.ensure(8);
+    writeU64(this.buf, this.pos, v);
+    this.pos += 8;
+    return this;
+  }
+  bytes(b: Uint8Array): this {
+    this.ensure(b.length);
+    this.buf.set(b, this.pos);
+    this.pos += b.length;
+    return this;
+  }
+  zeros(n: number): this {
+    this.ensure(n);
+    this.buf.fill(0, this.pos, this.pos + n);
+    this.pos += n;
+    return this;
+  }
+  /** Patch a u32 written earlier. */
+  setU32(at: number, v: number): void {
+    this.buf.writeUInt32LE(v >>> 0, at);
+  }
+  finish(): Buffer {
+    return this.buf.subarray(0, this.pos);
+  }
+}
+
+/** Bounds-checked decoder: running past the end is a DecodeError, never a RangeError. */
+export class Reader {
+  pos: number;
+  constructor(
+    readonly buf: Buffer,
+    start = 0,
+    private readonly end = buf.length,
+  ) {
+    this.pos = start;
+  }
+  private need(n: number): void {
+    if (this.pos + n > this.end) {
+      throw new DecodeError(`truncated: need ${n} bytes at ${this.pos}, have ${this.end - this.pos}`);
+    }
+  }
+  u8(): number {
+    this.need(1);
+    return this.buf.readUInt8(this.pos++);
+  }
+  u16(): number {
+    this.need(2);
+    const v = this.buf.readUInt16LE(this.pos);
+    this.pos += 2;
+    return v;
+  }
+  u32(): number {
+    this.need(4);
+    const v = this.buf.readUInt32LE(this.pos);
+    this.pos += 4;
+    return v;
+  }
+  u64(): number {
+    this.need(8);
+    const v = readU64(this.buf, this.pos);
+    this.pos += 8;
+    return v;
+  }
+  bytes(n: number): Buffer {
+    this.need(n);
+    const b = this.buf.subarray(this.pos, this.pos + n);
+    this.pos += n;
+    return b;
+  }
+  skip(n: number): void {
+    this.need(n);
+    this.pos += n;
+  }
+  get remaining(): number {
+    return this.end - this.pos;
+  }
+}

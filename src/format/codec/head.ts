@@ -1,0 +1,118 @@
+/**
+ * The head record (magic "HYHD"): the complete state of one checkpoint. The `head` object
+ * holds the current one; every segment header embeds the one it commits. See FORMAT.md.
+ */
+import { DecodeError, Reader, Writer } from './binary.js';
+import { decodeEnvelope, encodeEnvelope } from './envelope.js';
+
+export const HEAD_MAGIC = 'HYHD';
+export const HEAD_VERSION = 1;
+/** Extension types with this bit set must be understood by a reader, others may be skipped. */
+export const EXT_REQUIRED = 0x8000;
+export const EXT_WAL_URL = 0x0001;
+
+export interface HeadRecord {
+  uuid: string; // 32 hex digits
+  createdMs: number;
+  size: number;
+  dataBlockShift: number;
+  metaBlockShift: number;
+  /** Feature flags; none are defined in version 1 (compression and encryption reserve bits). */
+  flags: number;
+  segmentSize: number;
+  checkpoint: number;
+  checkpointMs: number;
+  prevCheckpoint: number;
+  lastSegment: number;
+  epoch: number;
+  rootLevel: number;
+  /** The encoded root node (see node.ts), stored inline. */
+  root: Buffer;
+  /** Segment ids at or below lastSegment that are not committed checkpoints. */
+  skipped: number[];
+  walUrl?: string;
+}
+
+export function encodeHead(h: HeadRecord): Buffer {
+  const w = new Writer(512 + h.root.length);
+  const uuid = Buffer.from(h.uuid, 'hex');
+  if (uuid.length !== 16) throw new RangeError('uuid must be 16 bytes');
+  w.bytes(uuid)
+    .u64(h.createdMs)
+    .u64(h.size)
+    .u8(h.dataBlockShift)
+    .u8(h.metaBlockShift)
+    .u16(h.flags)
+    .u32(0)
+    .u64(h.segmentSize)
+    .u64(h.checkpoint)
+    .u64(h.checkpointMs)
+    .u64(h.prevCheckpoint)
+    .u64(h.lastSegment)
+    .u64(h.epoch)
+    .u8(h.rootLevel)
+    .zeros(3)
+    .u32(h.root.length)
+    .bytes(h.root)
+    .u32(h.skipped.length);
+  for (const s of h.skipped) w.u64(s);
+  const exts: [number, Buffer][] = [];
+  if (h.walUrl !== undefined) exts.push([EXT_WAL_URL, Buffer.from(h.walUrl, 'utf8')]);
+  w.u16(exts.length);
+  for (const [type, data] of exts) w.u16(type).u32(data.length).bytes(data);
+  return encodeEnvelope(HEAD_MAGIC, HEAD_VERSION, w.finish());
+}
+
+export function decodeHead(buf: Buffer, start = 0): { head: HeadRecord; length: number } {
+  const env = decodeEnvelope(buf, HEAD_MAGIC, HEAD_VERSION, start);
+  const r: Reader = env.body;
+  const uuid = r.bytes(16).toString('hex');
+  const createdMs = r.u64();
+  const size = r.u64();
+  const dataBlockShift = r.u8();
+  const metaBlockShift = r.u8();
+  const flags = r.u16();
+  r.skip(4);
+  if (flags !== 0) throw new DecodeError(`unknown head feature flags 0x${flags.toString(16)}`);
+  const segmentSize = r.u64();
+  const checkpoint = r.u64();
+  const checkpointMs = r.u64();
+  const prevCheckpoint = r.u64();
+  const lastSegment = r.u64();
+  const epoch = r.u64();
+  const rootLevel = r.u8();
+  r.skip(3);
+  const root = Buffer.from(r.bytes(r.u32()));
+  const skipped: number[] = [];
+  const nSkipped = r.u32();
+  if (nSkipped > r.remaining / 8) throw new DecodeError('skipped list longer than record');
+  for (let i = 0; i < nSkipped; i++) skipped.push(r.u64());
+  const head: HeadRecord = {
+    uuid,
+    createdMs,
+    size,
+    dataBlockShift,
+    metaBlockShift,
+    flags,
+    segmentSize,
+    checkpoint,
+    checkpointMs,
+    prevCheckpoint,
+    lastSegment,
+    epoch,
+    rootLevel,
+    root,
+    skipped,
+  };
+  const nExt = r.u16();
+  for (let i = 0; i < nExt; i++) {
+    const type = r.u16();
+    const data = r.bytes(r.u32());
+    if (type === EXT_WAL_URL) head.walUrl = data.toString('utf8');
+    else if (type & EXT_REQUIRED) throw new DecodeError(`head needs unknown extension 0x${type.toString(16)}`);
+  }
+  if (dataBlockShift < 9 || dataBlockShift > 30 || metaBlockShift < 9 || metaBlockShift > 30) {
+    throw new DecodeError('block size out of range');
+  }
+  return { head, length: env.length };
+}

@@ -1,0 +1,91 @@
+/**
+ * Index nodes of the copy-on-write B+tree (FORMAT.md "Index nodes").
+ *
+ *   0  magic   "HYND"
+ *   4  version u8 (1)
+ *   5  level   u8 (0 = leaf)
+ *   6  count   u16 entries
+ *   8  segment u64 the segment the node was written in (0 for the root inline in a head)
+ *   16 reserved 12 bytes (0)
+ *   28 crc32c  u32 over bytes [0, 28) then the entries [32, 32 + 32 × count)
+ *   32 entries, 32 bytes each; the rest of the meta block is zero padding
+ *
+ * Leaf entry:     lba u64 | segment u64 | offset u32 (512-byte units) | length u32 |
+ *                 crc32c u32 of the stored bytes | codec u16 (0 = raw) | reserved u16
+ * Internal entry: first lba u64 | segment u64 | offset u32 (512-byte units) | reserved u32 |
+ *                 mapped blocks in the subtree u64
+ */
+import { DecodeError, crc32c, readU64, writeU64 } from './binary.js';
+
+export const NODE_MAGIC = 'HYND';
+export const NODE_VERSION = 1;
+export const NODE_HEADER = 32;
+export const ENTRY_SIZE = 32;
+export const SECTOR = 512;
+
+/** Entries that fit in a node of `nodeSize` bytes. */
+export const nodeCapacity = (nodeSize: number): number => Math.floor((nodeSize - NODE_HEADER) / ENTRY_SIZE);
+
+/** A decoded node: `entries` holds `count` raw 32-byte entries (plus spare capacity). */
+export interface DecodedNode {
+  level: number;
+  count: number;
+  segment: number;
+  entries: Buffer;
+}
+
+export function encodeNode(
+  out: Buffer,
+  at: number,
+  level: number,
+  count: number,
+  segment: number,
+  entries: Buffer,
+): number {
+  const end = at + NODE_HEADER + count * ENTRY_SIZE;
+  out.write(NODE_MAGIC, at, 'ascii');
+  out.writeUInt8(NODE_VERSION, at + 4);
+  out.writeUInt8(level, at + 5);
+  out.writeUInt16LE(count, at + 6);
+  writeU64(out, at + 8, segment);
+  out.fill(0, at + 16, at + 32);
+  entries.copy(out, at + NODE_HEADER, 0, count * ENTRY_SIZE);
+  const crc = crc32c(out.subarray(at + NODE_HEADER, end), crc32c(out.subarray(at, at + 28)));
+  out.writeUInt32LE(crc, at + 28);
+  return end;
+}
+
+/** Encoded size (without padding) of a node with `count` entries. */
+export const encodedNodeSize = (count: number): number => NODE_HEADER + count * ENTRY_SIZE;
+
+/**
+ * Decode and verify a node. `capacity` entries are allocated so the node can be mutated
+ * in memory (one spare slot lets an insert overflow before a split).
+ */
+export function decodeNode(buf: Buffer, at: number, capacity: number, expectSegment?: number): DecodedNode {
+  if (buf.length - at < NODE_HEADER) throw new DecodeError('truncated index node');
+  if (buf.toString('ascii', at, at + 4) !== NODE_MAGIC) throw new DecodeError('bad index node magic');
+  const version = buf.readUInt8(at + 4);
+  if (version !== NODE_VERSION) throw new DecodeError(`unsupported index node version ${version}`);
+  const level = buf.readUInt8(at + 5);
+  const count = buf.readUInt16LE(at + 6);
+  const segment = readU64(buf, at + 8);
+  const end = at + NODE_HEADER + count * ENTRY_SIZE;
+  if (count > capacity || end > buf.length) throw new DecodeError(`index node entry count ${count} out of range`);
+  const want = buf.readUInt32LE(at + 28);
+  const got = crc32c(buf.subarray(at + NODE_HEADER, end), crc32c(buf.subarray(at, at + 28)));
+  if (want !== got) throw new DecodeError('index node checksum mismatch');
+  if (expectSegment !== undefined && segment !== expectSegment) {
+    throw new DecodeError(`index node says segment ${segment}, expected ${expectSegment}`);
+  }
+  const entries = Buffer.alloc((capacity + 1) * ENTRY_SIZE);
+  buf.copy(entries, 0, at + NODE_HEADER, end);
+  // Keys must be strictly ascending and safe integers.
+  let prev = -1;
+  for (let i = 0; i < count; i++) {
+    const k = readU64(entries, i * ENTRY_SIZE);
+    if (k <= prev) throw new DecodeError('index node keys out of order');
+    prev = k;
+  }
+  return { level, count, segment, entries };
+}

@@ -1,0 +1,122 @@
+/**
+ * Loads index nodes from segments into a bounded cache. A miss on child i of a node also
+ * fetches the run of its siblings that were written next to it in the same segment (one
+ * ranged GET), since a flush writes a parent's dirty children contiguously.
+ */
+import { HyperError, dataError, isHyperError } from '../../errors.js';
+import { DecodeError } from '../codec/binary.js';
+import { decodeNode } from '../codec/node.js';
+import { segmentKey } from '../keys.js';
+import type { ObjectStore } from '../store/types.js';
+import { type Miss, Node, type NodeSource } from './btree.js';
+import { LruCache } from './cache.js';
+
+const MAX_RUN = 64;
+
+export class NodeLoader implements NodeSource {
+  private readonly cache: LruCache<string, Node>;
+  private readonly inflight = new Map<string, Promise<void>>();
+  gets = 0;
+
+  constructor(
+    private readonly store: ObjectStore,
+    private readonly nodeSize: number,
+    private readonly capacity: number,
+    budgetBytes: number,
+  ) {
+    // Always room for a few full root-to-leaf paths, whatever the budget says.
+    this.cache = new LruCache(Math.max(budgetBytes, 256 * nodeSize));
+  }
+
+  get hits(): number {
+    return this.cache.hits;
+  }
+  get misses(): number {
+    return this.cache.misses;
+  }
+  get bytes(): number {
+    return this.cache.bytes;
+  }
+
+  cached(seg: number, off: number): Node | undefined {
+    return this.cache.get(`${seg}:${off}`);
+  }
+
+  add(seg: number, off: number, node: Node): void {
+    this.cache.set(`${seg}:${off}`, node, this.nodeSize);
+  }
+
+  /** Run a synchronous tree operation, loading whatever it misses, until it completes. */
+  async run<T>(op: () => T | Miss, isMiss: (r: T | Miss) => r is Miss): Promise<T> {
+    for (let tries = 0; ; tries++) {
+      const r = op();
+      if (!isMiss(r)) return r;
+      if (tries > 10_000) throw new HyperError('internal', 'INTERNAL', 'index node cache thrashing');
+      await this.load(r);
+    }
+  }
+
+  async load(miss: Miss): Promise<void> {
+    const p = miss.parent;
+    const i = miss.index;
+    const seg = p.seg(i);
+    const off = p.off(i);
+    const own = this.inflight.get(`${seg}:${off}`);
+    if (own) return own;
+    // Extend to contiguous siblings in the same segment that are neither dirty nor cached.
+    const usable = (j: number, expectOff: number): boolean =>
+      j >= 0 &&
+      j < p.n &&
+      !p.kids?.[j] &&
+      p.seg(j) === seg &&
+      p.off(j) === expectOff &&
+      this.cache.peek(`${seg}:${expectOff}`) === undefined &&
+      !this.inflight.has(`${seg}:${expectOff}`);
+    let first = i;
+    let last = i;
+    while (last - first + 1 < MAX_RUN && usable(first - 1, off - (i - first + 1) * this.nodeSize)) first--;
+    while (last - first + 1 < MAX_RUN && usable(last + 1, off + (last + 1 - i) * this.nodeSize)) last++;
+    const start = off - (i - first) * this.nodeSize;
+    const count = last - first + 1;
+    const level = p.level - 1;
+    const promise = this.fetch(seg, start, count, level);
+    for (let k = 0; k < count; k++) this.inflight.set(`${seg}:${start + k * this.nodeSize}`, promise);
+    try {
+      await promise;
+    } finally {
+      for (let k = 0; k < count; k++) this.inflight.delete(`${seg}:${start + k * this.nodeSize}`);
+    }
+  }
+
+  private async fetch(seg: number, start: number, count: number, level: number): Promise<void> {
+    const key = segmentKey(seg);
+    const length = count * this.nodeSize;
+    let body: Buffer;
+    try {
+      this.gets++;
+      body = (await this.store.get(key, { range: { offset: start, length } })).body;
+    } catch (e) {
+      if (isHyperError(e, 'OBJECT_NOT_FOUND')) {
+        throw dataError('MISSING_OBJECT', key, 'A segment referenced by the index is missing');
+      }
+      throw e;
+    }
+    if (body.length < length) {
+      throw dataError('CORRUPT_OBJECT', key, `Segment is truncated: index nodes at ${start}+${length} not present`);
+    }
+    for (let k = 0; k < count; k++) {
+      let node: Node;
+      try {
+        const d = decodeNode(body, k * this.nodeSize, this.capacity, seg);
+        if (d.level !== level) throw new DecodeError(`index node level ${d.level}, expected ${level}`);
+        node = new Node(d.level, d.count, d.entries, false);
+      } catch (e) {
+        if (e instanceof DecodeError) {
+          throw dataError('CHECKSUM_MISMATCH', key, `Index node at offset ${start + k * this.nodeSize} is damaged: ${e.message}`);
+        }
+        throw e;
+      }
+      this.add(seg, start + k * this.nodeSize, node);
+    }
+  }
+}

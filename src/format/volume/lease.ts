@@ -1,0 +1,175 @@
+/**
+ * The single-writer lease (FORMAT.md "Lease"). Taken with a create-only write or, when the
+ * previous holder's lease has expired (or --force), with a compare-and-swap; renewed with
+ * CAS; released by a CAS that sets its expiry to 0. Each acquisition raises the epoch, and
+ * the new holder immediately rewrites the head under that epoch, so a fenced holder's next
+ * head CAS fails and it commits nothing further.
+ */
+import { hostname } from 'node:os';
+import { HyperError, isHyperError } from '../../errors.js';
+import { DecodeError } from '../codec/binary.js';
+import { decodeLease, encodeLease, type LeaseRecord } from '../codec/lease.js';
+import { LEASE_KEY } from '../keys.js';
+import type { ObjectStore } from '../store/types.js';
+import type { LeaseInfo } from './types.js';
+
+export const DEFAULT_LEASE_TTL_MS = 30_000;
+
+export const defaultHolder = (): string => `${hostname()}:${process.pid}`;
+
+export async function readLease(
+  store: ObjectStore,
+): Promise<{ lease: LeaseRecord; etag: string } | undefined> {
+  try {
+    const { body, etag } = await store.get(LEASE_KEY);
+    try {
+      return { lease: decodeLease(body), etag };
+    } catch (e) {
+      if (e instanceof DecodeError) {
+        throw new HyperError('data', 'CORRUPT_OBJECT', `Lease object is damaged: ${e.message} (object ${LEASE_KEY})`, {
+          key: LEASE_KEY,
+          suggestion: 'Delete the lease object, or take the volume with --force.',
+        });
+      }
+      throw e;
+    }
+  } catch (e) {
+    if (isHyperError(e, 'OBJECT_NOT_FOUND')) return undefined;
+    throw e;
+  }
+}
+
+export function leaseInfo(l: LeaseRecord, now = Date.now()): LeaseInfo {
+  return { holder: l.holder, epoch: l.epoch, expiresAt: new Date(l.expiresMs), live: l.expiresMs > now };
+}
+
+export function leaseHeldError(l: LeaseRecord): HyperError {
+  return new HyperError(
+    'conflict',
+    'LEASE_HELD',
+    `The volume is in use by ${l.holder} (lease epoch ${l.epoch}, expires ${new Date(l.expiresMs).toISOString()})`,
+    {
+      suggestion:
+        'Stop that writer, wait for its lease to expire, or take over with --force (the old writer is fenced and can commit nothing more).',
+    },
+  );
+}
+
+export interface LeaseOptions {
+  holder: string;
+  ttlMs: number;
+  force: boolean;
+  /** The new epoch must exceed this (the head's epoch). */
+  minEpoch: number;
+}
+
+export class Lease {
+  private timer: NodeJS.Timeout | undefined;
+  /** Set once the lease is known lost; every later write fails with it. */
+  lost: HyperError | undefined;
+  private renewing: Promise<void> | undefined;
+
+  private constructor(
+    private readonly store: ObjectStore,
+    public record: LeaseRecord,
+    private etag: string,
+    private readonly ttlMs: number,
+  ) {}
+
+  get epoch(): number {
+    return this.record.epoch;
+  }
+
+  static async acquire(store: ObjectStore, o: LeaseOptions): Promise<Lease> {
+    for (let attempt = 0; attempt < 5; attempt++) {
+      const cur = await readLease(store);
+      const now = Date.now();
+      if (cur && cur.lease.expiresMs > now && !o.force) throw leaseHeldError(cur.lease);
+      const epoch = Math.max(cur?.lease.epoch ?? 0, o.minEpoch) + 1;
+      const record: LeaseRecord = { holder: o.holder, epoch, acquiredMs: now, expiresMs: now + o.ttlMs };
+      try {
+        const { etag } = await store.put(
+          LEASE_KEY,
+          encodeLease(record),
+          cur ? { ifMatch: cur.etag } : { ifNoneMatch: true },
+        );
+        return new Lease(store, record, etag, o.ttlMs);
+      } catch (e) {
+        // Someone else moved first: look again.
+        if (isHyperError(e, 'OBJECT_EXISTS') || isHyperError(e, 'PRECONDITION_FAILED')) continue;
+        throw e;
+      }
+    }
+    const cur = await readLease(store);
+    if (cur) throw leaseHeldError(cur.lease);
+    throw new HyperError('conflict', 'LEASE_HELD', 'Could not take the lease: it keeps changing');
+  }
+
+  /** Renew every third of the TTL; on loss, record it (the engine checks `lost`). */
+  startRenewal(onLost: (e: HyperError) => void): void {
+    const every = Math.max(250, Math.floor(this.ttlMs / 3));
+    this.timer = setInterval(() => {
+      this.renew().catch((e: unknown) => {
+        if (this.lost) onLost(this.lost);
+        else if (e instanceof HyperError && Date.now() >= this.record.expiresMs) {
+          this.lost = new HyperError('conflict', 'FENCED', `Lease expired and could not be renewed: ${e.message}`);
+          onLost(this.lost);
+        }
+      });
+    }, every);
+    this.timer.unref();
+  }
+
+  /** True when the lease is still ours for at least `marginMs`. */
+  validFor(marginMs: number): boolean {
+    return !this.lost && this.record.expiresMs - Date.now() > marginMs;
+  }
+
+  renew(): Promise<void> {
+    this.renewing ??= this.doRenew().finally(() => {
+      this.renewing = undefined;
+    });
+    return this.renewing;
+  }
+
+  private async doRenew(): Promise<void> {
+    if (this.lost) throw this.lost;
+    const now = Date.now();
+    const next: LeaseRecord = { ...this.record, expiresMs: now + this.ttlMs };
+    try {
+      const { etag } = await this.store.put(LEASE_KEY, encodeLease(next), { ifMatch: this.etag });
+      this.record = next;
+      this.etag = etag;
+    } catch (e) {
+      if (isHyperError(e, 'PRECONDITION_FAILED')) {
+        const cur = await readLease(this.store).catch(() => undefined);
+        this.lost = new HyperError(
+          'conflict',
+          'FENCED',
+          `This writer's lease was taken over${cur ? ` by ${cur.lease.holder} (epoch ${cur.lease.epoch})` : ''}; no further writes are accepted`,
+          { suggestion: 'Re-open the volume once the other writer is done.' },
+        );
+      }
+      throw this.lost ?? e;
+    }
+  }
+
+  /** Stop renewing and mark the lease released (expiry 0) if it is still ours. */
+  async release(): Promise<void> {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+    if (this.lost) return;
+    await this.renewing?.catch(() => undefined);
+    const released: LeaseRecord = { ...this.record, expiresMs: 0 };
+    try {
+      await this.store.put(LEASE_KEY, encodeLease(released), { ifMatch: this.etag });
+    } catch (e) {
+      if (!isHyperError(e, 'PRECONDITION_FAILED')) throw e;
+    }
+  }
+
+  stop(): void {
+    if (this.timer) clearInterval(this.timer);
+    this.timer = undefined;
+  }
+}

@@ -1,0 +1,240 @@
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { describe, it } from 'node:test';
+import { isHyperError } from '../../../src/errors.js';
+import { HEAD_KEY, SEGMENT_PREFIX, segmentKey } from '../../../src/format/keys.js';
+import { CountingStore } from '../../../src/format/store/counting.js';
+import { MemStore } from '../../../src/format/store/mem.js';
+import type { ObjectStore, PutOptions } from '../../../src/format/store/types.js';
+import { Volume } from '../../../src/format/volume/volume.js';
+import { KiB, MiB } from '../../../src/format/volume/types.js';
+
+/** Deterministic PRNG so that a failure replays. */
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+async function listKeys(store: ObjectStore, prefix: string): Promise<string[]> {
+  const keys: string[] = [];
+  for await (const page of store.list(prefix)) for (const o of page.objects) keys.push(o.key);
+  return keys;
+}
+
+/** A store whose next matching put fails (after or instead of reaching the inner store). */
+class FaultyStore extends CountingStore {
+  failNext: ((key: string, o?: PutOptions) => boolean) | undefined;
+  override async put(key: string, body: Buffer, options?: PutOptions): Promise<{ etag: string }> {
+    if (this.failNext?.(key, options)) {
+      this.failNext = undefined;
+      throw new Error(`injected failure on ${key}`);
+    }
+    return super.put(key, body, options);
+  }
+}
+
+describe('volume engine', () => {
+  it('matches an in-memory reference over thousands of random writes, trims, flushes and reopens', async () => {
+    const size = 48 * MiB;
+    const store = MemStore.isolated();
+    await Volume.create(store, { size, segmentSize: 1 * MiB });
+    const ref = Buffer.alloc(size);
+    const rand = rng(42);
+    // A tiny node cache forces index nodes to be evicted and loaded back from segments.
+    const open = (): Promise<Volume> =>
+      Volume.open(store, { nodeCacheBytes: 64 * KiB, dataCacheBytes: 256 * KiB, flushIntervalMs: 0, holder: 'test' });
+    let vol = await open();
+    const verify = async (): Promise<void> => {
+      const got = await vol.read(0, size);
+      assert.equal(sha(got), sha(ref), 'volume content differs from the reference');
+    };
+    for (let step = 0; step < 3000; step++) {
+      const r = rand();
+      // Mostly small writes clustered in a few hot zones, some large and some unaligned.
+      const zone = Math.floor(rand() * 4) * (size / 4);
+      const off = Math.min(size - 1, zone + Math.floor(rand() * (size / 4)));
+      if (r < 0.6) {
+        const len = Math.min(size - off, rand() < 0.8 ? 1 + Math.floor(rand() * 9000) : Math.floor(rand() * 600 * KiB) + 1);
+        const data = Buffer.alloc(len, Math.floor(rand() * 255) + 1);
+        if (rand() < 0.3) data.fill(0, 0, Math.floor(len / 2)); // partly zero
+        await vol.write(off, data);
+        data.copy(ref, off);
+      } else if (r < 0.7) {
+        const len = Math.min(size - off, Math.floor(rand() * 300 * KiB));
+        await vol.writeZeroes(off, len);
+        ref.fill(0, off, off + len);
+      } else if (r < 0.8) {
+        // trim: only whole blocks are guaranteed to read back as zeros
+        const len = Math.min(size - off, Math.floor(rand() * 2 * MiB));
+        await vol.trim(off, len);
+        const a = Math.ceil(off / 4096) * 4096;
+        const b = Math.floor((off + len) / 4096) * 4096;
+        if (b > a) ref.fill(0, a, b);
+      } else if (r < 0.9) {
+        const len = Math.min(size - off, 1 + Math.floor(rand() * 200 * KiB));
+        const got = await vol.read(off, len);
+        assert.ok(got.equals(ref.subarray(off, off + len)), `read mismatch at step ${step} off ${off} len ${len}`);
+      } else if (r < 0.97) {
+        await vol.flush();
+      } else {
+        await vol.close();
+        vol = await open();
+        await verify();
+      }
+    }
+    await verify();
+    await vol.close();
+    vol = await Volume.open(store, { readOnly: true });
+    await verify();
+    assert.ok(vol.info.mappedBlocks > 0);
+  });
+
+  it('a crash between the segment PUT and the head CAS loses nothing committed', async () => {
+    const store = new FaultyStore(MemStore.isolated());
+    await Volume.create(store, { size: 8 * MiB });
+    const a = await Volume.open(store, { flushIntervalMs: 0, leaseTtlMs: 60_000 });
+    await a.write(0, Buffer.alloc(64 * KiB, 1));
+    const committed = await a.flush();
+    await a.write(0, Buffer.alloc(64 * KiB, 2));
+    store.failNext = (key) => key === HEAD_KEY; // the segment lands, the head CAS does not
+    await assert.rejects(a.flush(), /injected/);
+    // The process "dies": no close, lease still live. A new writer must force it.
+    await assert.rejects(Volume.open(store), (e) => isHyperError(e, 'LEASE_HELD'));
+    const b = await Volume.open(store, { force: true, flushIntervalMs: 0 });
+    assert.equal(b.info.checkpoint, committed.checkpoint);
+    assert.ok((await b.read(0, 64 * KiB)).equals(Buffer.alloc(64 * KiB, 1)));
+    // The orphan segment's id is skipped; new flushes commit normally.
+    await b.write(4096, Buffer.alloc(4096, 3));
+    const next = await b.flush();
+    assert.ok(next.checkpoint > committed.checkpoint + 1);
+    await b.close();
+    const c = await Volume.open(store, { readOnly: true });
+    assert.equal((await c.read(4096, 1))[0], 3);
+    assert.equal((await c.read(0, 1))[0], 1);
+  });
+
+  it('a fenced writer commits nothing after a forced takeover', async () => {
+    const store = MemStore.isolated();
+    await Volume.create(store, { size: 4 * MiB });
+    const a = await Volume.open(store, { flushIntervalMs: 0, holder: 'writer-a' });
+    await a.write(0, Buffer.alloc(4096, 7));
+    await a.flush();
+    await assert.rejects(Volume.open(store, { holder: 'writer-b' }), (e) => isHyperError(e, 'LEASE_HELD') && /writer-a/.test(e.message));
+    const b = await Volume.open(store, { force: true, holder: 'writer-b', flushIntervalMs: 0 });
+    await a.write(8192, Buffer.alloc(4096, 9));
+    await assert.rejects(a.flush(), (e) => isHyperError(e, 'FENCED'));
+    await assert.rejects(a.write(0, Buffer.alloc(4096, 1)), (e) => isHyperError(e, 'FENCED'));
+    assert.equal((await b.read(8192, 1))[0], 0, 'the fenced write must not be visible');
+    assert.equal((await b.read(0, 1))[0], 7);
+    await b.close();
+  });
+
+  it('opens past checkpoints read-only and writes nothing doing so', async () => {
+    const store = new CountingStore(MemStore.isolated());
+    await Volume.create(store, { size: 4 * MiB });
+    const w = await Volume.open(store, { flushIntervalMs: 0 });
+    const cps: { cp: number; content: string }[] = [];
+    for (let i = 1; i <= 5; i++) {
+      await w.write((i - 1) * 4096, Buffer.alloc(4096, i));
+      const { checkpoint } = await w.flush();
+      cps.push({ cp: checkpoint, content: sha(await w.read(0, 4 * MiB)) });
+    }
+    await w.close();
+    const before = store.stats();
+    for (const { cp, content } of cps) {
+      const r = await Volume.open(store, { at: { checkpoint: cp } });
+      assert.equal(sha(await r.read(0, 4 * MiB)), content, `checkpoint ${cp}`);
+      await assert.rejects(r.write(0, Buffer.alloc(4096)), (e) => isHyperError(e, 'READ_ONLY'));
+      await r.close();
+    }
+    assert.equal(store.stats().put, before.put, 'read-only opens must not write');
+    assert.equal(store.stats().delete, before.delete);
+    await assert.rejects(Volume.open(store, { at: { checkpoint: 999 } }), (e) => isHyperError(e, 'CHECKPOINT_NOT_FOUND'));
+  });
+
+  it('reports a damaged or missing segment with its key instead of returning wrong data', async () => {
+    const mem = MemStore.isolated();
+    await Volume.create(mem, { size: 4 * MiB });
+    const w = await Volume.open(mem, { flushIntervalMs: 0 });
+    await w.write(0, Buffer.alloc(8192, 5));
+    const { checkpoint } = await w.flush();
+    await w.write(1 * MiB, Buffer.alloc(4096, 6));
+    await w.close();
+    const key = segmentKey(checkpoint);
+    mem.corrupt(key, (b) => {
+      b[b.length - 1] ^= 0xff; // last data byte of that segment
+      return b;
+    });
+    const r = await Volume.open(mem, { readOnly: true });
+    await assert.rejects(r.read(0, 8192), (e) => isHyperError(e, 'CHECKSUM_MISMATCH') && e.key === key && e.message.includes(key));
+    assert.equal((await r.read(1 * MiB, 1))[0], 6, 'other blocks still read');
+    await mem.delete([key]);
+    const r2 = await Volume.open(mem, { readOnly: true });
+    await assert.rejects(r2.read(0, 4096), (e) => isHyperError(e, 'MISSING_OBJECT') && e.key === key);
+  });
+
+  it('10,000 random 4 KiB writes then one flush take at most 5 PUTs', async () => {
+    const store = new CountingStore(MemStore.isolated());
+    await Volume.create(store, { size: 1024 * MiB });
+    const v = await Volume.open(store, { flushIntervalMs: 0 });
+    const rand = rng(7);
+    store.resetStats();
+    const block = Buffer.alloc(4096, 0xab);
+    for (let i = 0; i < 10_000; i++) await v.write(Math.floor(rand() * 262144) * 4096, block);
+    await v.flush();
+    const s = store.stats();
+    assert.ok(s.put <= 5, `PUTs: ${s.put}`);
+    await v.close();
+  });
+
+  it('sequential writes use about one PUT per segment size, and holes store nothing', async () => {
+    const store = new CountingStore(MemStore.isolated());
+    await Volume.create(store, { size: 256 * MiB, segmentSize: 8 * MiB });
+    const v = await Volume.open(store, { flushIntervalMs: 0 });
+    store.resetStats();
+    const chunk = Buffer.alloc(1 * MiB, 0x5a);
+    for (let off = 0; off < 64 * MiB; off += chunk.length) await v.write(off, chunk);
+    await v.flush();
+    const puts = store.stats().put;
+    assert.ok(puts <= 1.05 * (64 / 8) * 2 + 1, `PUTs for 64 MiB: ${puts}`); // segment + head per flush
+    const ext = await v.extents(0, 256 * MiB);
+    assert.deepEqual(
+      ext.map((e) => [e.offset, e.length, e.hole]),
+      [
+        [0, 64 * MiB, false],
+        [64 * MiB, 192 * MiB, true],
+      ],
+    );
+    await v.trim(0, 32 * MiB);
+    await v.writeZeroes(32 * MiB, 4096);
+    assert.equal((await v.extents(0, 64 * MiB))[0]?.hole, true);
+    await v.flush();
+    assert.equal(v.info.mappedBlocks, (32 * MiB - 4096) / 4096);
+    await v.close();
+  });
+
+  it('shrink drops data past the end; a later grow reads zeros there', async () => {
+    const store = MemStore.isolated();
+    await Volume.create(store, { size: 1 * MiB });
+    const v = await Volume.open(store, { flushIntervalMs: 0 });
+    await v.write(0, Buffer.alloc(1 * MiB, 0xee));
+    await v.flush();
+    await assert.rejects(v.resize(512 * KiB + 512), (e) => isHyperError(e, 'INVALID_ARGUMENT'));
+    await v.resize(512 * KiB + 512, { allowShrink: true });
+    await v.resize(2 * MiB);
+    const got = await v.read(0, 2 * MiB);
+    assert.ok(got.subarray(0, 512 * KiB + 512).equals(Buffer.alloc(512 * KiB + 512, 0xee)));
+    assert.ok(got.subarray(512 * KiB + 512).equals(Buffer.alloc(2 * MiB - 512 * KiB - 512)));
+    await v.close();
+    const segs = await listKeys(store, SEGMENT_PREFIX);
+    assert.ok(segs.length >= 4);
+  });
+});
