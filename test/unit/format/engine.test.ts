@@ -97,6 +97,41 @@ describe('volume engine', () => {
     assert.ok(vol.info.mappedBlocks > 0);
   });
 
+  it('keeps a deep index exact: 20,000 random blocks, tiny node cache, reopen, trims across subtrees', async () => {
+    const store = new CountingStore(MemStore.isolated());
+    const blocks = 262144; // 1 GiB of 4 KiB blocks
+    await Volume.create(store, { size: blocks * 4096, segmentSize: 4 * MiB });
+    const opts = { nodeCacheBytes: 16 * KiB, dataCacheBytes: 16 * KiB, flushIntervalMs: 0 };
+    let v = await Volume.open(store, opts);
+    const rand = rng(99);
+    const ref = new Map<number, number>();
+    const buf = Buffer.alloc(4096);
+    for (let i = 0; i < 20_000; i++) {
+      const lba = Math.floor(rand() * blocks);
+      const val = 1 + Math.floor(rand() * 255);
+      buf.fill(val);
+      await v.write(lba * 4096, buf);
+      ref.set(lba, val);
+    }
+    await v.close();
+    v = await Volume.open(store, opts);
+    assert.ok((v as unknown as { tree: { root: { level: number } } }).tree.root.level >= 2, 'index should be 3+ levels');
+    assert.equal(v.info.mappedBlocks, ref.size);
+    // Trim a range that spans many subtrees, then check every block.
+    await v.trim(1000 * 4096, 150_000 * 4096);
+    for (const lba of [...ref.keys()]) if (lba >= 1000 && lba < 151_000) ref.delete(lba);
+    await v.close();
+    v = await Volume.open(store, { ...opts, readOnly: true });
+    assert.equal(v.info.mappedBlocks, ref.size);
+    const probe = [...ref.keys()].slice(0, 3000);
+    for (let i = 0; i < 2000; i++) probe.push(Math.floor(rand() * blocks));
+    for (const lba of probe) {
+      const got = await v.read(lba * 4096, 4096);
+      const want = ref.get(lba) ?? 0;
+      assert.ok(got.every((b) => b === want), `block ${lba}: want ${want} got ${got[0]}`);
+    }
+  });
+
   it('a crash between the segment PUT and the head CAS loses nothing committed', async () => {
     const store = new FaultyStore(MemStore.isolated());
     await Volume.create(store, { size: 8 * MiB });
