@@ -1,24 +1,27 @@
-// STUB — signatures are the contract; implementations land with the engine.
-import { HyperError } from '../../errors.js';
+/**
+ * Volume-level operations that do not need an open engine: stat, list, delete.
+ */
+import { HyperError, isHyperError } from '../../errors.js';
+import { HEAD_KEY, LEASE_KEY, SNAPSHOT_PREFIX, WAL_PREFIX, parseSegmentKey, parseSnapshotKey } from '../keys.js';
 import type { ObjectStore } from '../store/types.js';
+import { leaseHeldError, leaseInfo, readLease } from './lease.js';
 import type { LeaseInfo, VolumeInfo } from './types.js';
-
-const todo = (): never => {
-  throw new HyperError('internal', 'INTERNAL', 'not implemented yet');
-};
+import { infoOf, readHead } from './volume.js';
 
 export interface VolumeStat extends VolumeInfo {
   /** Segment objects under seg/. */
   segments: number;
   /** Bytes of all objects of the volume (segments, head, lease, snapshots). */
   storedBytes: number;
-  /** size rounded up to blocks × data block size. */
+  /** size rounded up to whole data blocks. */
   provisionedBytes: number;
-  /** mappedBlocks × data block size. */
+  /** mappedBlocks × data block size: bytes that hold data in the current checkpoint. */
   usedBytes: number;
   lease?: LeaseInfo;
   /** Named snapshots. */
   snapshots: number;
+  /** Segment ids that hold flushes which never committed (cleaned by compaction). */
+  uncommittedSegments: number;
 }
 
 export interface ProgressEvent {
@@ -27,23 +30,90 @@ export interface ProgressEvent {
   unit: 'objects' | 'bytes';
 }
 
-/** Stat a volume without opening it for write (reads head, lease, lists objects). */
-export function statVolume(_store: ObjectStore, _options: { signal?: AbortSignal } = {}): Promise<VolumeStat> {
-  return todo();
+/** Stat a volume without opening it for write: reads head and lease, lists objects. */
+export async function statVolume(store: ObjectStore, options: { signal?: AbortSignal } = {}): Promise<VolumeStat> {
+  const { head } = await readHead(store);
+  const lease = await readLease(store);
+  let segments = 0;
+  let storedBytes = 0;
+  let snapshots = 0;
+  let uncommitted = 0;
+  const skipped = new Set(head.skipped);
+  for await (const page of store.list('', options.signal ? { signal: options.signal } : {})) {
+    for (const o of page.objects) {
+      storedBytes += o.size;
+      const id = parseSegmentKey(o.key);
+      if (id !== undefined) {
+        segments++;
+        if (skipped.has(id) || id > head.lastSegment) uncommitted++;
+      } else if (parseSnapshotKey(o.key) !== undefined) snapshots++;
+    }
+  }
+  const info = infoOf(store.url, head, true);
+  const bs = info.dataBlockSize;
+  return {
+    ...info,
+    segments,
+    storedBytes,
+    provisionedBytes: Math.ceil(info.size / bs) * bs,
+    usedBytes: info.mappedBlocks * bs,
+    ...(lease ? { lease: leaseInfo(lease.lease) } : {}),
+    snapshots,
+    uncommittedSegments: uncommitted,
+  };
 }
 
 export interface VolumeListing {
-  /** Path of the volume relative to the listed prefix, ending with `/`. */
+  /** Path of the volume relative to the listed prefix, ending with `/` ('' for the prefix itself). */
   name: string;
   url: string;
   size: number;
   checkpoint: number;
   checkpointTime: Date;
+  dataBlockSize: number;
+  /** Set when the head could not be read (damaged); the volume is still listed. */
+  error?: string;
 }
 
-/** Volumes directly or deeper under a prefix (a volume is a prefix that holds a head). */
-export function listVolumes(_store: ObjectStore, _options: { signal?: AbortSignal } = {}): Promise<VolumeListing[]> {
-  return todo();
+/**
+ * Volumes at or below a prefix: every prefix that holds a `head` object. Walks the prefix
+ * tree with delimiter listings, without descending into a volume's own seg/ and snap/.
+ */
+export async function listVolumes(store: ObjectStore, options: { signal?: AbortSignal; maxDepth?: number } = {}): Promise<VolumeListing[]> {
+  const out: VolumeListing[] = [];
+  const maxDepth = options.maxDepth ?? 8;
+  const visit = async (prefix: string, depth: number): Promise<void> => {
+    options.signal?.throwIfAborted();
+    const sub = prefix === '' ? store : store.sub(prefix);
+    const children: string[] = [];
+    let isVolume = false;
+    for await (const page of sub.list('', { delimiter: '/', ...(options.signal ? { signal: options.signal } : {}) })) {
+      for (const o of page.objects) if (o.key === HEAD_KEY) isVolume = true;
+      children.push(...page.prefixes);
+    }
+    if (isVolume) {
+      try {
+        const { head } = await readHead(sub);
+        const info = infoOf(sub.url, head, true);
+        out.push({
+          name: prefix,
+          url: sub.url,
+          size: info.size,
+          checkpoint: info.checkpoint,
+          checkpointTime: info.checkpointTime,
+          dataBlockSize: info.dataBlockSize,
+        });
+      } catch (e) {
+        if (!(e instanceof HyperError)) throw e;
+        out.push({ name: prefix, url: sub.url, size: 0, checkpoint: 0, checkpointTime: new Date(0), dataBlockSize: 0, error: e.message });
+      }
+      return;
+    }
+    if (depth >= maxDepth) return;
+    for (const c of children) await visit(prefix + c, depth + 1);
+  };
+  await visit('', 0);
+  return out.sort((a, b) => a.name.localeCompare(b.name));
 }
 
 export interface DeleteOptions {
@@ -55,7 +125,64 @@ export interface DeleteOptions {
   walStore?: ObjectStore;
 }
 
-/** Delete every object of the volume. Throws VOLUME_NOT_FOUND if there is no head. */
-export function deleteVolume(_store: ObjectStore, _options: DeleteOptions = {}): Promise<{ objectsDeleted: number }> {
-  return todo();
+const DELETE_BATCH = 1000;
+
+/**
+ * Delete every object of the volume. The head goes first, so an interrupted delete leaves a
+ * prefix that no longer opens as a volume (rerun with the same command to finish, it is
+ * idempotent); then segments, snapshots, WAL and the lease.
+ * Throws VOLUME_NOT_FOUND if there is neither a head nor any other object.
+ */
+export async function deleteVolume(store: ObjectStore, options: DeleteOptions = {}): Promise<{ objectsDeleted: number }> {
+  const signal = options.signal;
+  let headFound = true;
+  try {
+    await readHead(store);
+  } catch (e) {
+    if (isHyperError(e, 'VOLUME_NOT_FOUND')) throw e;
+    // A damaged head, or a half-deleted volume (NOT_A_VOLUME): still deletable.
+    if (!isHyperError(e, 'NOT_A_VOLUME') && !isHyperError(e, 'CORRUPT_OBJECT')) throw e;
+    headFound = false;
+  }
+  const lease = await readLease(store).catch(() => undefined);
+  if (headFound && lease && lease.lease.expiresMs > Date.now() && !options.force) throw leaseHeldError(lease.lease);
+
+  // Count first so progress has a total.
+  const keys: string[] = [];
+  for await (const page of store.list('', signal ? { signal } : {})) for (const o of page.objects) keys.push(o.key);
+  if (!headFound && !keys.every(isVolumeKey)) {
+    // Not the remains of a volume: never delete someone else's objects.
+    throw new HyperError('invalid', 'NOT_A_VOLUME', `${store.url} holds objects that are not part of a hyper volume; nothing was deleted`, {
+      suggestion: 'Check the URL: it must name the volume prefix itself.',
+    });
+  }
+  const walKeys: string[] = [];
+  if (options.walStore) {
+    for await (const page of options.walStore.list('', signal ? { signal } : {})) for (const o of page.objects) walKeys.push(o.key);
+  }
+  const total = keys.length + walKeys.length;
+  let done = 0;
+  options.onProgress?.({ done, total, unit: 'objects' });
+  // Head first (an interrupted delete is then visibly "not a volume"), lease last.
+  const order = [
+    ...keys.filter((k) => k === HEAD_KEY),
+    ...keys.filter((k) => k.startsWith(SNAPSHOT_PREFIX)),
+    ...keys.filter((k) => k !== HEAD_KEY && !k.startsWith(SNAPSHOT_PREFIX) && k !== LEASE_KEY),
+    ...keys.filter((k) => k === LEASE_KEY),
+  ];
+  const run = async (s: ObjectStore, list: string[]): Promise<void> => {
+    for (let i = 0; i < list.length; i += DELETE_BATCH) {
+      signal?.throwIfAborted();
+      const batch = list.slice(i, i + DELETE_BATCH);
+      await s.delete(batch, signal ? { signal } : {});
+      done += batch.length;
+      options.onProgress?.({ done, total, unit: 'objects' });
+    }
+  };
+  await run(store, order);
+  if (options.walStore) await run(options.walStore, walKeys);
+  return { objectsDeleted: done };
 }
+
+const isVolumeKey = (k: string): boolean =>
+  k === HEAD_KEY || k === LEASE_KEY || parseSegmentKey(k) !== undefined || parseSnapshotKey(k) !== undefined || k.startsWith(WAL_PREFIX);

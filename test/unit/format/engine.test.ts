@@ -205,7 +205,7 @@ describe('volume engine', () => {
     await w.close();
     const key = segmentKey(checkpoint);
     mem.corrupt(key, (b) => {
-      b[b.length - 1] ^= 0xff; // last data byte of that segment
+      b.writeUInt8((b.at(-1) ?? 0) ^ 0xff, b.length - 1); // last data byte of that segment
       return b;
     });
     const r = await Volume.open(mem, { readOnly: true });

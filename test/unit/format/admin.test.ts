@@ -1,0 +1,68 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { isHyperError } from '../../../src/errors.js';
+import { MemStore } from '../../../src/format/store/mem.js';
+import { deleteVolume, listVolumes, statVolume } from '../../../src/format/volume/admin.js';
+import { MiB } from '../../../src/format/volume/types.js';
+import { Volume } from '../../../src/format/volume/volume.js';
+
+async function count(store: MemStore): Promise<number> {
+  let n = 0;
+  for await (const p of store.list('')) n += p.objects.length;
+  return n;
+}
+
+describe('volume admin', () => {
+  it('stat adds up segments, stored, provisioned and used bytes and shows the lease', async () => {
+    const store = MemStore.isolated();
+    await Volume.create(store, { size: 10 * MiB });
+    const v = await Volume.open(store, { holder: 'stat-test', flushIntervalMs: 0 });
+    await v.write(0, Buffer.alloc(1 * MiB, 1));
+    await v.flush();
+    const s = await statVolume(store);
+    assert.equal(s.size, 10 * MiB);
+    assert.equal(s.provisionedBytes, 10 * MiB);
+    assert.equal(s.usedBytes, 1 * MiB);
+    assert.equal(s.segments, 2);
+    assert.equal(s.lease?.holder, 'stat-test');
+    assert.equal(s.lease?.live, true);
+    assert.ok(s.storedBytes > 1 * MiB);
+    await v.close();
+    assert.equal((await statVolume(store)).lease?.live, false);
+  });
+
+  it('lists volumes below a prefix, at any depth', async () => {
+    const root = MemStore.isolated();
+    await Volume.create(root.sub('a/'), { size: 1 * MiB });
+    await Volume.create(root.sub('team/b/'), { size: 2 * MiB });
+    await root.put('unrelated/file.txt', Buffer.from('x'));
+    const vols = await listVolumes(root);
+    assert.deepEqual(
+      vols.map((v) => [v.name, v.size]),
+      [
+        ['a/', 1 * MiB],
+        ['team/b/', 2 * MiB],
+      ],
+    );
+  });
+
+  it('delete removes every object, refuses a live lease without force, and refuses non-volumes', async () => {
+    const root = MemStore.isolated();
+    const store = root.sub('vol/') as MemStore;
+    await Volume.create(store, { size: 4 * MiB });
+    const v = await Volume.open(store, { flushIntervalMs: 0 });
+    await v.write(0, Buffer.alloc(4096, 1));
+    await v.flush();
+    await assert.rejects(deleteVolume(store), (e) => isHyperError(e, 'LEASE_HELD'));
+    const events: number[] = [];
+    const r = await deleteVolume(store, { force: true, onProgress: (e) => events.push(e.done) });
+    assert.equal(r.objectsDeleted, 4); // head, lease, 2 segments
+    assert.equal(await count(store), 0);
+    assert.equal(events.at(-1), 4);
+    await assert.rejects(deleteVolume(store), (e) => isHyperError(e, 'VOLUME_NOT_FOUND'));
+    const other = root.sub('other/') as MemStore;
+    await other.put('precious.txt', Buffer.from('keep'));
+    await assert.rejects(deleteVolume(other), (e) => isHyperError(e, 'NOT_A_VOLUME'));
+    assert.equal(await count(other), 1);
+  });
+});
