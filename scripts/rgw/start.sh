@@ -13,12 +13,26 @@
 set -euo pipefail
 
 DIR=${1:?usage: start.sh DIR [PORT]}
-PORT=${2:-${HYPER_RGW_PORT:-7480}}
+port_free() { ! (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+# The preferred port if it is free, else a random free one (so two clusters can coexist).
+pick_port() {
+  local p=$1
+  for _ in $(seq 1 50); do
+    if port_free "$p" && { [ -z "${2:-}" ] || port_free $((p + $2)); }; then
+      echo "$p"
+      return
+    fi
+    p=$((20000 + RANDOM % 20000))
+  done
+  echo "rgw/start.sh: no free port found" >&2
+  exit 1
+}
+PORT=${2:-${HYPER_RGW_PORT:-$(pick_port 7480)}}
 MEM_MB=${HYPER_RGW_MEMSTORE_MB:-6144}
 BUCKET=${HYPER_RGW_BUCKET:-hyper-test}
 ACCESS_KEY=${HYPER_RGW_ACCESS_KEY:-hyperaccess}
 SECRET_KEY=${HYPER_RGW_SECRET_KEY:-hypersecretkey0123456789}
-MON_V2=${HYPER_RGW_MON_PORT:-3300}
+MON_V2=${HYPER_RGW_MON_PORT:-$(pick_port 3300 3489)}
 MON_V1=$((MON_V2 + 3489)) # 6789 for the default 3300
 
 for tool in ceph-mon ceph-osd radosgw ceph ceph-authtool monmaptool radosgw-admin curl uuidgen; do

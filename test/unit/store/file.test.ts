@@ -1,0 +1,97 @@
+import assert from 'node:assert/strict';
+import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { FileStore } from '../../../src/format/store/file.js';
+import { openStore } from '../../../src/format/store/index.js';
+import { collect, rejectsWith, storeConformance } from '../../helpers/store-conformance.js';
+
+const base = mkdtempSync(join(tmpdir(), 'hyper-file-store-'));
+after(() => rmSync(base, { recursive: true, force: true }));
+let n = 0;
+
+storeConformance({
+  name: 'file://',
+  pageSize: 7,
+  make: () => {
+    const dir = join(base, `t${n++}`);
+    return openStore(`file://${dir}/`, { pageSize: 7 }).then(async (s) => {
+      const { mkdir } = await import('node:fs/promises');
+      await mkdir(dir);
+      return s;
+    });
+  },
+});
+
+describe('file:// specifics', () => {
+  it('a missing root directory is BUCKET_NOT_FOUND with a suggestion', async () => {
+    const s = new FileStore(join(base, 'does-not-exist'));
+    for (const op of [
+      () => s.get('k'),
+      () => s.put('k', Buffer.from('x')),
+      () => s.put('k', Buffer.from('x'), { ifNoneMatch: true }),
+      () => s.put('k', Buffer.from('x'), { ifMatch: 'abc' }),
+      () => collect(s, ''),
+      () => s.delete(['k']),
+    ]) {
+      await rejectsWith(op(), 'BUCKET_NOT_FOUND');
+    }
+    await rejectsWith(s.head('k'), 'BUCKET_NOT_FOUND');
+    try {
+      await s.get('k');
+    } catch (e) {
+      assert.match(String((e as { suggestion?: string }).suggestion), /mkdir/);
+    }
+  });
+
+  it('temp and lock files never show in listings, and keys cannot reach them', async () => {
+    const dir = join(base, 'private');
+    const { mkdir } = await import('node:fs/promises');
+    await mkdir(dir);
+    const s = new FileStore(dir);
+    await s.put('a', Buffer.from('1'));
+    await s.put('b', Buffer.from('1'), { ifNoneMatch: true });
+    const { etag } = await s.put('c', Buffer.from('1'));
+    await s.put('c', Buffer.from('2'), { ifMatch: etag });
+    assert.ok(readdirSync(dir).includes('.hyper'));
+    // A leftover temp file from a crashed writer stays invisible.
+    writeFileSync(join(dir, '.hyper', 'tmp', 'crashed'), 'junk');
+    assert.deepEqual((await collect(s, '')).keys, ['a', 'b', 'c']);
+    assert.deepEqual((await collect(s, '', { delimiter: '/' })).prefixes, []);
+    await rejectsWith(s.put('.hyper/tmp/x', Buffer.from('x')), 'INVALID_ARGUMENT');
+    await rejectsWith(s.get('../escape'), 'INVALID_ARGUMENT');
+    await rejectsWith(s.get('a//b'), 'INVALID_ARGUMENT');
+    assert.deepEqual(readdirSync(join(dir, '.hyper', 'locks')), [], 'locks are released');
+  });
+
+  it('relative file://./dir/ URLs resolve against the working directory', async () => {
+    const s = await openStore('file://./some/dir/');
+    assert.equal(s.url, `file://${process.cwd()}/some/dir/`);
+  });
+
+  it('breaks a lock left by a dead process', async () => {
+    const dir = join(base, 'stale');
+    const { mkdir } = await import('node:fs/promises');
+    await mkdir(dir);
+    const s = new FileStore(dir);
+    const { etag } = await s.put('head', Buffer.from('1'));
+    // Plant a lock for "head" held by a pid that does not exist.
+    const { createHash } = await import('node:crypto');
+    const { hostname } = await import('node:os');
+    const lock = join(
+      dir,
+      '.hyper',
+      'locks',
+      createHash('sha256').update('head').digest('hex').slice(0, 40),
+    );
+    writeFileSync(
+      lock,
+      JSON.stringify({ host: hostname(), pid: 2 ** 22 + 12345, nonce: 'x', time: Date.now() }),
+    );
+    const t0 = Date.now();
+    await s.put('head', Buffer.from('2'), { ifMatch: etag });
+    assert.ok(Date.now() - t0 < 5000);
+    assert.equal((await s.get('head')).body.toString(), '2');
+  });
+});
