@@ -233,6 +233,9 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
       const message = err.message
         .replace(/^Parsing (--\S+) \n\t/, '$1: ')
         .replace(/\nSee more help with --help$/, '')
+        .replace(/^The following errors? occurred:\n\s*/, '')
+        .replace(/\n\s+/g, '; ')
+        .replace(/Missing required flag ([\w-]+)/g, 'Missing required flag --$1')
         .trim();
       return new HyperError('invalid', 'INVALID_ARGUMENT', message, {
         suggestion: help,

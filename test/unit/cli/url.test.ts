@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { resolve } from 'node:path';
 import { describe, it } from 'node:test';
 import { normalizeVolumeUrl } from '../../../src/cli/url.js';
 import { HyperError } from '../../../src/errors.js';
@@ -8,8 +9,8 @@ describe('normalizeVolumeUrl', () => {
     const cases: [string, string][] = [
       ['file:///srv/vols/a/', 'file:///srv/vols/a/'],
       ['file:///srv/vols/a', 'file:///srv/vols/a/'],
-      ['file://./vols/demo', 'file://./vols/demo/'],
-      ['file://../up/', 'file://../up/'],
+      ['file://./vols/demo', `file://${resolve('vols/demo')}/`],
+      ['file://../up/', `file://${resolve('../up')}/`],
       ['s3://bucket/prefix/vol', 's3://bucket/prefix/vol/'],
       ['s3://bucket', 's3://bucket/'],
       ['s3://my.bucket-1/', 's3://my.bucket-1/'],
@@ -31,7 +32,7 @@ describe('normalizeVolumeUrl', () => {
         (e: unknown) =>
           e instanceof HyperError &&
           e.kind === 'invalid' &&
-          e.code === 'INVALID_URL' &&
+          (e.code === 'INVALID_URL' || e.code === 'UNSUPPORTED_STORE') &&
           (e.suggestion ?? '').includes('file:///absolute/dir/') &&
           (e.suggestion ?? '').includes('s3://bucket/prefix/'),
         input,

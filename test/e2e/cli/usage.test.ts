@@ -1,0 +1,139 @@
+/**
+ * Usage errors of the CLI: bad flags, bad URLs, missing arguments. They are reported before
+ * any store is touched, as `Error [CODE]: …` + `Suggestion: …` on stderr (or a JSON error
+ * object on stdout with --json), with exit code 2 and no stack trace.
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { hyper, hyperJson, show } from '../../helpers/cli.js';
+
+const noStack = (text: string): void =>
+  assert.doesNotMatch(text, /\n\s+at .+:\d+:\d+/, 'no stack trace');
+
+describe('hyper CLI usage errors', () => {
+  it('rejects a bad size, naming the flag and the accepted forms (exit 2)', async () => {
+    const r = await hyper(['file', 'create', 'file:///tmp/hyper-never/', '--size', '12Q']);
+    assert.equal(r.code, 2, show(r));
+    assert.match(r.stderr, /^Error \[INVALID_ARGUMENT\]: .*"12Q".*--size/m);
+    assert.match(r.stderr, /^Suggestion: .*4KiB.*10G.*1TiB/m);
+    assert.equal(r.stdout, '');
+    noStack(r.stderr);
+  });
+
+  it('reports a bad size as a JSON error object on stdout with --json', async () => {
+    const out = await hyperJson<{ error: Record<string, unknown> }>(
+      ['file', 'create', 'file:///tmp/hyper-never/', '--size', '1.1'],
+      2,
+    );
+    assert.equal(out.error.kind, 'invalid');
+    assert.equal(out.error.code, 'INVALID_ARGUMENT');
+    assert.equal(out.error.exitCode, 2);
+    assert.match(String(out.error.message), /--size.*whole number of bytes/);
+  });
+
+  it('checks block sizes against their bounds and powers of two', async () => {
+    const notPow2 = await hyper([
+      'file',
+      'create-opt',
+      'file:///tmp/hyper-never/',
+      '--data-block-size',
+      '12K',
+    ]);
+    assert.equal(notPow2.code, 2, show(notPow2));
+    assert.match(notPow2.stderr, /--data-block-size.*power of two/);
+    const tooBig = await hyper([
+      'file',
+      'create-opt',
+      'file:///tmp/hyper-never/',
+      '--data-block-size',
+      '8M',
+    ]);
+    assert.equal(tooBig.code, 2, show(tooBig));
+    assert.match(tooBig.stderr, /--data-block-size.*at most 4 MiB/);
+    const missing = await hyper(['file', 'create-opt', 'file:///tmp/hyper-never/']);
+    assert.equal(missing.code, 2, show(missing));
+    assert.match(missing.stderr, /data-block-size/);
+  });
+
+  it('rejects a bad URL, naming the accepted forms (exit 2)', async () => {
+    for (const url of ['http://example.com/vol/', 'file://host/dir/', 'mem://x/']) {
+      const r = await hyper(['file', 'stat', url]);
+      assert.equal(r.code, 2, show(r));
+      assert.match(r.stderr, /^Error \[(INVALID_URL|UNSUPPORTED_STORE)\]: Invalid volume URL/m);
+      assert.match(
+        r.stderr,
+        /file:\/\/\/absolute\/dir\/.*file:\/\/\.\/relative\/dir\/.*s3:\/\/bucket\/prefix\//,
+      );
+      noStack(r.stderr);
+    }
+  });
+
+  it('suggests the file:// URL for a bare path', async () => {
+    const r = await hyper(['file', 'stat', './vols/demo']);
+    assert.equal(r.code, 2, show(r));
+    assert.match(r.stderr, /Suggestion: Use file:\/\/\.\/vols\/demo\//);
+  });
+
+  it('treats unknown flags, missing arguments and conflicting flags as usage errors', async () => {
+    const unknown = await hyper(['file', 'stat', 'file:///tmp/hyper-never/', '--bogus']);
+    assert.equal(unknown.code, 2, show(unknown));
+    assert.match(unknown.stderr, /Error \[INVALID_ARGUMENT\]: Nonexistent flag: --bogus/);
+    const missing = await hyper(['file', 'set-len', 'file:///tmp/hyper-never/']);
+    assert.equal(missing.code, 2, show(missing));
+    assert.match(missing.stderr, /--size/);
+    const both = await hyper([
+      'file',
+      'export',
+      'file:///tmp/hyper-never/',
+      'x.img',
+      '--at',
+      '1',
+      '--snapshot',
+      's',
+    ]);
+    assert.equal(both.code, 2, show(both));
+    const sizeWithoutCreate = await hyper([
+      'file',
+      'import',
+      'x.img',
+      'file:///tmp/hyper-never/',
+      '--size',
+      '1G',
+    ]);
+    assert.equal(sizeWithoutCreate.code, 2, show(sizeWithoutCreate));
+    assert.match(sizeWithoutCreate.stderr, /--create/);
+  });
+
+  it('rejects a bad time for export --time with the accepted forms', async () => {
+    const r = await hyper([
+      'file',
+      'export',
+      'file:///tmp/hyper-never/',
+      'x.img',
+      '--time',
+      'yesterday',
+    ]);
+    assert.equal(r.code, 2, show(r));
+    assert.match(r.stderr, /--time/);
+    assert.match(r.stderr, /ISO-8601.*2h/);
+  });
+
+  it('documents every file command with examples including --json', async () => {
+    for (const cmd of [
+      'create',
+      'create-opt',
+      'set-len',
+      'stat',
+      'list',
+      'delete',
+      'import',
+      'export',
+    ]) {
+      const r = await hyper(['file', cmd, '--help']);
+      assert.equal(r.code, 0, show(r));
+      assert.match(r.stdout, /EXAMPLES/, cmd);
+      assert.match(r.stdout, /--json/, cmd);
+      assert.match(r.stdout, /--endpoint/, cmd);
+    }
+  });
+});
