@@ -2,7 +2,7 @@
  * Running the real `hyper` CLI (bin/run.js, which loads the compiled commands from dist/)
  * in a child process, as a user would. Build first: `npm run build`.
  */
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -34,7 +34,7 @@ export interface CliOptions {
   input?: string;
   timeoutMs?: number;
   /** Called once the process is running (e.g. to send it a signal). */
-  onSpawn?: (child: import('node:child_process').ChildProcess) => void;
+  onSpawn?: (child: ChildProcess) => void;
 }
 
 const SIGNALS: Record<string, number> = { SIGINT: 2, SIGKILL: 9, SIGTERM: 15 };
