@@ -1,0 +1,196 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import {
+  NbdParser,
+  ParserMode,
+  writeSimpleReply,
+  writeStructuredHeader,
+  encodeOptionReply,
+  type ParserHandler,
+} from '../../../src/nbd/codec.js';
+
+// An independent encoder of client frames, written from the spec's field tables with DataView
+// (the parser under test uses Buffer reads), so the two cannot share a mistake.
+function u32(n: number): number[] {
+  return [(n >>> 24) & 255, (n >>> 16) & 255, (n >>> 8) & 255, n & 255];
+}
+function u16(n: number): number[] {
+  return [(n >>> 8) & 255, n & 255];
+}
+function u64(n: bigint): number[] {
+  const out: number[] = [];
+  for (let i = 7; i >= 0; i--) out.push(Number((n >> BigInt(i * 8)) & 255n));
+  return out;
+}
+const IHAVEOPT = [0x49, 0x48, 0x41, 0x56, 0x45, 0x4f, 0x50, 0x54]; // "IHAVEOPT"
+function option(code: number, data: number[]): number[] {
+  return [...IHAVEOPT, ...u32(code), ...u32(data.length), ...data];
+}
+function request(
+  flags: number,
+  type: number,
+  handle: bigint,
+  offset: bigint,
+  length: number,
+  payload: number[] = [],
+): number[] {
+  return [
+    0x25,
+    0x60,
+    0x95,
+    0x13,
+    ...u16(flags),
+    ...u16(type),
+    ...u64(handle),
+    ...u64(offset),
+    ...u32(length),
+    ...payload,
+  ];
+}
+
+type Event = [string, ...unknown[]];
+function recorder(parserRef: { p?: NbdParser }): { events: Event[]; handler: ParserHandler } {
+  const events: Event[] = [];
+  const handler: ParserHandler = {
+    onClientFlags(flags) {
+      events.push(['flags', flags]);
+      parserRef.p!.mode = ParserMode.Options;
+    },
+    onOption(code, data) {
+      events.push(['option', code, [...data]]);
+      if (code === 7) parserRef.p!.mode = ParserMode.Requests; // GO switches to transmission
+    },
+    onOptionTooBig(code, length) {
+      events.push(['toobig', code, length]);
+    },
+    onRequest(flags, type, hi, lo, offset, length, payload) {
+      events.push([
+        'req',
+        flags,
+        type,
+        hi,
+        lo,
+        offset,
+        length,
+        payload === undefined ? null : [...payload],
+      ]);
+    },
+    onProtocolError(message) {
+      events.push(['error', message]);
+    },
+  };
+  return { events, handler };
+}
+
+function parseAll(bytes: number[], cuts: number[], maxPayload = 1 << 20): Event[] {
+  const ref: { p?: NbdParser } = {};
+  const { events, handler } = recorder(ref);
+  const p = new NbdParser(handler, maxPayload);
+  ref.p = p;
+  const buf = Buffer.from(bytes);
+  let prev = 0;
+  for (const c of [...cuts, buf.length]) {
+    p.push(buf.subarray(prev, c));
+    prev = c;
+  }
+  return events;
+}
+
+describe('NbdParser', () => {
+  const payload = Array.from({ length: 300 }, (_, i) => (i * 7) & 255);
+  const stream = [
+    ...u32(3),
+    ...option(8, []),
+    ...option(6, [...u32(3), 0x61, 0x62, 0x63, ...u16(1), ...u16(3)]),
+    ...option(7, [...u32(0), ...u16(0)]),
+    ...request(0, 0, 0x0102030405060708n, 4096n, 512),
+    ...request(1, 1, 0xffffffff00000001n, 2n ** 40n, payload.length, payload),
+    ...request(0, 3, 5n, 0n, 0),
+    ...request(0, 0, 6n, 2n ** 53n, 1),
+    ...request(0, 0, 7n, 2n ** 53n - 1n, 1),
+    ...request(0, 2, 8n, 0n, 0),
+  ];
+  const expected: Event[] = [
+    ['flags', 3],
+    ['option', 8, []],
+    ['option', 6, [...u32(3), 0x61, 0x62, 0x63, ...u16(1), ...u16(3)]],
+    ['option', 7, [...u32(0), ...u16(0)]],
+    ['req', 0, 0, 0x01020304, 0x05060708, 4096, 512, null],
+    ['req', 1, 1, 0xffffffff, 1, 2 ** 40, payload.length, payload],
+    ['req', 0, 3, 0, 5, 0, 0, null],
+    ['req', 0, 0, 0, 6, -1, 1, null], // beyond 2^53 - 1: flagged, not rounded
+    ['req', 0, 0, 0, 7, Number.MAX_SAFE_INTEGER, 1, null],
+    ['req', 0, 2, 0, 8, 0, 0, null],
+  ];
+
+  it('parses a whole stream pushed at once', () => {
+    assert.deepEqual(parseAll(stream, []), expected);
+  });
+
+  it('gives the same frames when split at every offset', () => {
+    for (let cut = 1; cut < stream.length; cut++) {
+      assert.deepEqual(parseAll(stream, [cut]), expected, `split at ${cut}`);
+    }
+  });
+
+  it('gives the same frames when fed one byte at a time', () => {
+    const cuts = Array.from({ length: stream.length - 1 }, (_, i) => i + 1);
+    assert.deepEqual(parseAll(stream, cuts), expected);
+  });
+
+  it('stops on a bad request magic and reports it', () => {
+    const bad = [
+      ...u32(1),
+      ...option(7, [...u32(0), ...u16(0)]),
+      0xde,
+      0xad,
+      0xbe,
+      0xef,
+      ...new Array(24).fill(0),
+      ...request(0, 0, 1n, 0n, 1),
+    ];
+    const ev = parseAll(bad, [10]);
+    assert.equal(ev.length, 3);
+    assert.equal(ev[2]![0], 'error');
+    assert.match(String(ev[2]![1]), /magic/);
+  });
+
+  it('refuses a WRITE payload above the limit without buffering it', () => {
+    const ev = parseAll(
+      [...u32(1), ...option(7, [...u32(0), ...u16(0)]), ...request(0, 1, 1n, 0n, 0xffffffff)],
+      [],
+      1 << 20,
+    );
+    assert.equal(ev.at(-1)![0], 'error');
+    assert.match(String(ev.at(-1)![1]), /exceeds/);
+  });
+
+  it('skips an oversized option payload and keeps parsing', () => {
+    const big = new Array(70_000).fill(1);
+    const ev = parseAll([...u32(1), ...option(99, big), ...option(8, [])], [5000, 40_000]);
+    assert.deepEqual(ev, [
+      ['flags', 1],
+      ['toobig', 99, 70_000],
+      ['option', 8, []],
+    ]);
+  });
+});
+
+describe('reply encoders', () => {
+  it('encode simple, structured and option replies byte for byte', () => {
+    const b = Buffer.alloc(16);
+    writeSimpleReply(b, 0, 22, 0x01020304, 0x05060708);
+    assert.deepEqual([...b], [0x67, 0x44, 0x66, 0x98, ...u32(22), 1, 2, 3, 4, 5, 6, 7, 8]);
+    const s = Buffer.alloc(20);
+    writeStructuredHeader(s, 0, 1, 5, 0, 9, 12);
+    assert.deepEqual(
+      [...s],
+      [0x66, 0x8e, 0x33, 0xef, ...u16(1), ...u16(5), ...u32(0), ...u32(9), ...u32(12)],
+    );
+    const o = encodeOptionReply(7, 0x80000003, Buffer.from('no'));
+    assert.deepEqual(
+      [...o],
+      [...u64(0x3e889045565a9n), ...u32(7), ...u32(0x80000003), ...u32(2), 0x6e, 0x6f],
+    );
+  });
+});
