@@ -18,6 +18,7 @@ import { BTree, Miss, Node, PENDING_SEG, type BlockPtr, newEntries, writePtr } f
 import { LruCache } from '../index/cache.js';
 import { NodeLoader } from '../index/loader.js';
 import { HEAD_KEY, SEGMENT_PREFIX, parseSegmentKey, segmentKey } from '../keys.js';
+import { probeConditionalWrites } from '../store/probe.js';
 import type { ObjectStore } from '../store/types.js';
 import { Generation } from './dirty.js';
 import { DEFAULT_LEASE_TTL_MS, Lease, defaultHolder } from './lease.js';
@@ -230,6 +231,8 @@ export class Volume {
         suggestion: 'Pick another URL, or delete the existing volume with `hyper file delete`.',
       });
     }
+    // A store that ignores create-only / compare-and-swap writes cannot protect a volume.
+    await probeConditionalWrites(store, options.signal ? { signal: options.signal } : {});
     const now = Date.now();
     const root = Buffer.alloc(encodedNodeSize(0));
     encodeNode(root, 0, 0, 0, 1, newEntries(0));
