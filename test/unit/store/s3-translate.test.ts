@@ -1,0 +1,78 @@
+// S3 error translation without a server: synthetic SDK-shaped errors.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { translateS3Error, unquote, type TranslateContext } from '../../../src/format/store/s3.js';
+
+const ctx: TranslateContext = {
+  op: 'put',
+  endpoint: 'http://127.0.0.1:9',
+  bucket: 'b',
+  url: 's3://b/p/',
+  key: 'k',
+};
+const sdk = (name: string, status?: number) =>
+  Object.assign(new Error(name), { name, $metadata: { httpStatusCode: status } });
+
+describe('S3 error translation', () => {
+  const cases: Array<[string, unknown, Partial<TranslateContext>, string]> = [
+    ['NoSuchKey', sdk('NoSuchKey', 404), { op: 'get' }, 'OBJECT_NOT_FOUND'],
+    ['HEAD 404', sdk('NotFound', 404), { op: 'head' }, 'OBJECT_NOT_FOUND'],
+    ['NoSuchBucket', sdk('NoSuchBucket', 404), {}, 'BUCKET_NOT_FOUND'],
+    ['412 create-only', sdk('PreconditionFailed', 412), { createOnly: true }, 'OBJECT_EXISTS'],
+    ['412 If-Match', sdk('PreconditionFailed', 412), { ifMatch: true }, 'PRECONDITION_FAILED'],
+    ['404 If-Match (AWS)', sdk('NoSuchKey', 404), { ifMatch: true }, 'PRECONDITION_FAILED'],
+    [
+      '409 conflict',
+      sdk('ConditionalRequestConflict', 409),
+      { ifMatch: true },
+      'PRECONDITION_FAILED',
+    ],
+    ['403', sdk('AccessDenied', 403), {}, 'ACCESS_DENIED'],
+    ['InvalidAccessKeyId', sdk('InvalidAccessKeyId', 403), {}, 'ACCESS_DENIED'],
+    ['SignatureDoesNotMatch', sdk('SignatureDoesNotMatch', 403), {}, 'ACCESS_DENIED'],
+    ['503 SlowDown', sdk('SlowDown', 503), {}, 'STORE_UNAVAILABLE'],
+    ['500', sdk('InternalError', 500), {}, 'STORE_UNAVAILABLE'],
+    [
+      'refused',
+      Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' }),
+      {},
+      'STORE_UNAVAILABLE',
+    ],
+    [
+      'DNS',
+      Object.assign(new Error('getaddrinfo ENOTFOUND'), { code: 'ENOTFOUND' }),
+      {},
+      'STORE_UNAVAILABLE',
+    ],
+    ['timeout', sdk('TimeoutError'), {}, 'STORE_UNAVAILABLE'],
+    [
+      '501 conditional',
+      sdk('NotImplemented', 501),
+      { createOnly: true },
+      'CONDITIONAL_WRITES_UNSUPPORTED',
+    ],
+  ];
+  for (const [name, err, extra, code] of cases) {
+    it(`${name} -> ${code}`, () => {
+      const e = translateS3Error(err, { ...ctx, ...extra });
+      assert.equal(e.code, code);
+      if (
+        code === 'STORE_UNAVAILABLE' &&
+        name !== '500' &&
+        name !== '503 SlowDown' &&
+        name !== 'timeout'
+      ) {
+        assert.ok(e.message.includes(ctx.endpoint), e.message);
+      }
+      if (['OBJECT_NOT_FOUND', 'OBJECT_EXISTS', 'PRECONDITION_FAILED'].includes(code))
+        assert.equal(e.key, 'k');
+    });
+  }
+
+  it('etags are unquoted', () => {
+    assert.equal(unquote('"abc"'), 'abc');
+    assert.equal(unquote('abc'), 'abc');
+    assert.equal(unquote('W/"abc"'), 'abc');
+    assert.equal(unquote(undefined), '');
+  });
+});
