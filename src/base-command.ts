@@ -7,13 +7,14 @@
  * result from `run()`; with `--json` oclif prints that result, otherwise the command renders
  * it with `this.log`. Progress and spinners go to stderr, results to stdout.
  */
+import { mkdir } from 'node:fs/promises';
 import { createInterface } from 'node:readline/promises';
 import { Command, Errors, type Interfaces } from '@oclif/core';
 import Table from 'cli-table3';
 import ora, { type Ora } from 'ora';
 import { HyperError, toHyperError } from './errors.js';
 import { originalFlagMessage, storeFlags } from './flags.js';
-import { openStore as openStoreAt, type ObjectStore } from './format/store/index.js';
+import { openStore as openStoreAt, parseStoreUrl, type ObjectStore } from './format/store/index.js';
 
 export type Flags<T extends typeof Command> = Interfaces.InferredFlags<
   (typeof BaseCommand)['baseFlags'] & T['flags']
@@ -85,9 +86,16 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     this.args = args as Args<T>;
   }
 
-  /** Open the store rooted at `url` with the --endpoint/--region flags; closed when the command ends. */
-  protected async openStore(url: string): Promise<ObjectStore> {
+  /**
+   * Open the store rooted at `url` with the --endpoint/--region flags; closed when the command
+   * ends. With `mkdir` (commands that create a volume) a file:// directory is created first.
+   */
+  protected async openStore(url: string, options: { mkdir?: boolean } = {}): Promise<ObjectStore> {
     const flags = this.flags as { endpoint?: string; region?: string };
+    if (options.mkdir) {
+      const parsed = parseStoreUrl(url);
+      if (parsed.scheme === 'file') await mkdir(parsed.dir, { recursive: true });
+    }
     const store = await openStoreAt(url, {
       ...(flags.endpoint === undefined ? {} : { endpoint: flags.endpoint }),
       ...(flags.region === undefined ? {} : { region: flags.region }),

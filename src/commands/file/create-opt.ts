@@ -91,7 +91,7 @@ Block sizes are powers of two: data ${formatBytes(MIN_DATA_BLOCK_SIZE)} to ${for
         { suggestion: 'Use a segment size of at least one data block, typically 8 or more.' },
       );
     }
-    const store = await this.openStore(this.args.url);
+    const store = await this.openStore(this.args.url, { mkdir: true });
     const info = await Volume.create(store, {
       size: bytes,
       dataBlockSize,

@@ -45,7 +45,7 @@ export default class FileCreate extends BaseCommand<typeof FileCreate> {
   };
 
   public async run(): Promise<FileCreateResult> {
-    const store = await this.openStore(this.args.url);
+    const store = await this.openStore(this.args.url, { mkdir: true });
     const info = await Volume.create(store, { size: this.flags.size });
     const result = toVolumeSummary({ ...info, url: info.url || this.args.url });
     this.log(`Created volume ${result.url} of ${bytesWithExact(result.size)}.`);

@@ -63,12 +63,12 @@ On a terminal it asks for confirmation unless --yes is given; without a terminal
     try {
       st = await statVolume(store);
     } catch (e) {
-      if (isHyperError(e, 'VOLUME_NOT_FOUND') && ifExists) return missing();
-      // A damaged volume can still be deleted; anything else stops here.
-      if (!(e instanceof HyperError && e.kind === 'data')) throw e;
-      this.note(
-        `Warning: the volume's metadata is unreadable (${e.message}); deleting its objects anyway.`,
-      );
+      if (isMissing(e) && ifExists) return missing();
+      // A damaged or half-deleted volume can still be deleted (deleteVolume refuses prefixes
+      // holding anything else); any other failure stops here.
+      const damaged = e instanceof HyperError && (e.kind === 'data' || e.code === 'NOT_A_VOLUME');
+      if (!damaged) throw e;
+      this.note(`Warning: ${e.message}; deleting what is left of the volume.`);
     }
     if (st?.lease?.live && !force) {
       throw leaseHeld(url, st.lease.holder);
@@ -107,7 +107,7 @@ On a terminal it asks for confirmation unless --yes is given; without a terminal
         },
       }));
     } catch (e) {
-      if (isHyperError(e, 'VOLUME_NOT_FOUND') && ifExists) return missing();
+      if (isMissing(e) && ifExists) return missing();
       if (isHyperError(e, 'LEASE_HELD') && !e.suggestion) throw leaseHeld(url, undefined, e);
       throw e;
     } finally {
@@ -130,3 +130,7 @@ function leaseHeld(url: string, holder: string | undefined, cause?: unknown): Hy
     },
   );
 }
+
+/** No volume there: nothing under the prefix, or (file://) not even the directory. */
+const isMissing = (e: unknown): boolean =>
+  isHyperError(e, 'VOLUME_NOT_FOUND') || isHyperError(e, 'BUCKET_NOT_FOUND');

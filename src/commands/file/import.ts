@@ -72,7 +72,7 @@ The import ends with one flush, so the data lands as a checkpoint. Ctrl-C stops 
     const { image, url } = this.args;
     const started = performance.now();
     const imageSize = await regularFileSize(image);
-    const store = await this.openStore(url);
+    const store = await this.openStore(url, { mkdir: this.flags.create });
 
     let created = false;
     if (this.flags.create) {
@@ -141,7 +141,7 @@ The import ends with one flush, so the data lands as a checkpoint. Ctrl-C stops 
         seconds: (performance.now() - started) / 1000,
       };
       this.log(
-        `Imported ${image} (${bytesWithExact(imageSize)}) into ${url}${created ? ' (created)' : ''}: ` +
+        `Imported ${image} (${formatBytes(imageSize)}) into ${url}${created ? ', a new volume' : ''}: ` +
           `${formatBytes(out.dataBytes)} of data written, ${formatBytes(out.zeroBytes)} of zeros skipped, ` +
           `checkpoint ${out.checkpoint}, ${out.seconds.toFixed(1)} s.`,
       );

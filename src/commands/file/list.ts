@@ -11,6 +11,8 @@ export interface VolumeListItem {
   size: number;
   checkpoint: number;
   checkpointTime: string;
+  /** Set when the volume's head could not be read (it is listed anyway). */
+  error?: string;
 }
 
 export interface FileListResult {
@@ -50,6 +52,7 @@ export default class FileList extends BaseCommand<typeof FileList> {
         size: v.size,
         checkpoint: v.checkpoint,
         checkpointTime: iso(v.checkpointTime),
+        ...(v.error === undefined ? {} : { error: v.error }),
       })),
     };
     if (result.volumes.length === 0) {

@@ -23,6 +23,8 @@ export interface FileStatResult extends VolumeSummary {
   mappedBlocks: number;
   /** Segment objects. */
   segments: number;
+  /** Segments holding flushes that never committed (removed by compaction). */
+  uncommittedSegments: number;
   /** Bytes of all objects of the volume on the store. */
   storedBytes: number;
   /** The size rounded up to whole data blocks. */
@@ -41,6 +43,7 @@ export function toStatResult(st: VolumeStat, url: string): FileStatResult {
     ...toVolumeSummary({ ...st, url: st.url || url }),
     mappedBlocks: st.mappedBlocks,
     segments: st.segments,
+    uncommittedSegments: st.uncommittedSegments,
     storedBytes: st.storedBytes,
     provisionedBytes: st.provisionedBytes,
     usedBytes: st.usedBytes,
@@ -87,10 +90,7 @@ export default class FileStat extends BaseCommand<typeof FileStat> {
 }
 
 export function renderStat(r: FileStatResult, table: (rows: [string, string][]) => string): string {
-  const lease = r.lease
-    ? `${r.lease.live ? 'held' : 'expired'}: ${r.lease.holder}, epoch ${r.lease.epoch}, ` +
-      `${r.lease.live ? 'expires' : 'expired'} ${r.lease.expiresAt}`
-    : 'none';
+  const lease = renderLease(r.lease);
   const rows: [string, string][] = [
     ['Volume', r.url],
     ['UUID', r.uuid],
@@ -101,7 +101,12 @@ export function renderStat(r: FileStatResult, table: (rows: [string, string][]) 
     ['Segment size', formatBytes(r.segmentSize)],
     ['Created', r.createdAt],
     ['Checkpoint', `${r.checkpoint} at ${r.checkpointTime}`],
-    ['Segments', String(r.segments)],
+    [
+      'Segments',
+      r.uncommittedSegments > 0
+        ? `${r.segments} (${r.uncommittedSegments} uncommitted)`
+        : String(r.segments),
+    ],
     ['Snapshots', String(r.snapshots)],
     ['Provisioned', bytesWithExact(r.provisionedBytes)],
     [
@@ -113,4 +118,13 @@ export function renderStat(r: FileStatResult, table: (rows: [string, string][]) 
   ];
   if (r.walUrl !== undefined) rows.push(['WAL', r.walUrl]);
   return table(rows);
+}
+
+function renderLease(lease: LeaseSummary | null): string {
+  if (!lease) return 'none';
+  const who = `${lease.holder}, epoch ${lease.epoch}`;
+  if (lease.live) return `held by ${who}, expires ${lease.expiresAt}`;
+  // A cleanly closed writer leaves its lease expired at the epoch (time 0).
+  if (Date.parse(lease.expiresAt) <= 0) return `free (last released by ${who})`;
+  return `free (expired ${lease.expiresAt}, was ${who})`;
 }
