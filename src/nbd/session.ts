@@ -410,8 +410,8 @@ export class Session implements ParserHandler {
     if ((flags & ~allowed) !== 0) return EINVAL;
     if (length === 0) return EINVAL;
     const isWrite = type === CMD_WRITE || type === CMD_WRITE_ZEROES;
-    if (offset < 0 || offset + length > this.size) return isWrite ? ENOSPC : EINVAL;
     if ((type === CMD_READ || type === CMD_WRITE) && length > this.maxRequest) return EOVERFLOW;
+    if (offset < 0 || offset + length > this.size) return isWrite ? ENOSPC : EINVAL;
     const m = this.minBlock;
     if (m > 1 && (offset % m !== 0 || length % m !== 0)) return EINVAL;
     return 0;
