@@ -147,8 +147,12 @@ The import ends with one flush, so the data lands as a checkpoint. Ctrl-C stops 
       );
       return out;
     } catch (e) {
-      if (!created && isHyperError(e, 'VOLUME_NOT_FOUND')) {
-        throw new HyperError('not-found', 'VOLUME_NOT_FOUND', e.message, {
+      // No volume there (for file://, not even the directory): point at --create.
+      const noVolume =
+        isHyperError(e, 'VOLUME_NOT_FOUND') ||
+        (isHyperError(e, 'BUCKET_NOT_FOUND') && url.startsWith('file://'));
+      if (!created && noVolume) {
+        throw new HyperError('not-found', 'VOLUME_NOT_FOUND', `No volume at ${url}`, {
           suggestion: 'Add --create to create the volume from the image.',
           cause: e,
         });
