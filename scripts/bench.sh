@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# Benchmarks (`npm run bench`), never part of `npm test`. Installs the system packages,
+# starts a throwaway Ceph RGW on loopback like the tests do, then runs each benchmark
+# section with `node --import tsx bench/<section>.ts`: each prints a table and writes
+# bench-results/<section>.json. RGW is stopped on exit.
+#
+#   npm run bench                  all sections that exist: store, format, nbd
+#   npm run bench -- store format  only these
+# Environment: HYPER_SKIP_INSTALL=1 (skip package install and npm ci), HYPER_BENCH_ARGS
+# (extra arguments for every section, e.g. "--reps 1").
+set -uo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+export NODE_NO_WARNINGS=${NODE_NO_WARNINGS:-1}
+
+ALL=(store format nbd)
+if [ "$#" -gt 0 ]; then sections=("$@"); else sections=("${ALL[@]}"); fi
+
+if [ "${HYPER_SKIP_INSTALL:-}" != 1 ]; then
+  bash scripts/install-deps.sh || exit 1
+  [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error || exit 1
+fi
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/hyper-bench.XXXXXX")
+RGW_DIR="$WORK/rgw"
+cleanup() {
+  bash scripts/rgw/stop.sh "$RGW_DIR"
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+HYPER_RGW_MEMSTORE_MB=${HYPER_RGW_MEMSTORE_MB:-8192} bash scripts/rgw/start.sh "$RGW_DIR" || {
+  tail -n 30 "$RGW_DIR"/log/*.log 2>/dev/null
+  exit 1
+}
+# shellcheck disable=SC1091
+. "$RGW_DIR/env"
+
+failed=()
+for s in "${sections[@]}"; do
+  f="bench/$s.ts"
+  if [ ! -f "$f" ]; then
+    echo "== $s: no $f, skipped"
+    continue
+  fi
+  echo "== bench $s"
+  # shellcheck disable=SC2086
+  if node --import tsx "$f" ${HYPER_BENCH_ARGS:-}; then
+    echo "== bench $s: ok"
+  else
+    echo "== bench $s: FAILED or missed a target"
+    failed+=("$s")
+  fi
+done
+echo "results in bench-results/"
+[ "${#failed[@]}" = 0 ] || { echo "not ok: ${failed[*]}"; exit 1; }
