@@ -177,6 +177,40 @@ export class FileStore implements ObjectStore {
       }
     }
     this.privateReady = true;
+    await this.sweepTemp();
+  }
+
+  /**
+   * Remove temp files left by writers that crashed: those of a process of this host that is
+   * gone (and older than a minute), and any older than a day.
+   */
+  private async sweepTemp(): Promise<void> {
+    const dir = join(this.base, PRIVATE, 'tmp');
+    let names: string[];
+    try {
+      names = await fsp.readdir(dir);
+    } catch {
+      return;
+    }
+    const now = Date.now();
+    for (const name of names) {
+      const pid = Number(name.split('-')[0]);
+      try {
+        const age = now - (await fsp.stat(join(dir, name))).mtimeMs;
+        let dead = false;
+        if (Number.isSafeInteger(pid) && pid > 0 && pid !== process.pid) {
+          try {
+            process.kill(pid, 0);
+          } catch (e) {
+            dead = errCode(e) === 'ESRCH';
+          }
+        }
+        if ((dead && age > 60_000) || age > 86_400_000)
+          await fsp.rm(join(dir, name), { force: true });
+      } catch {
+        // gone meanwhile
+      }
+    }
   }
 
   private async fsyncDir(dir: string): Promise<void> {
@@ -209,7 +243,16 @@ export class FileStore implements ObjectStore {
   private async writeTemp(body: Buffer): Promise<{ tmp: string; etag: string }> {
     await this.ensurePrivate();
     const tmp = join(this.base, PRIVATE, 'tmp', `${process.pid}-${randomBytes(8).toString('hex')}`);
-    const h = await fsp.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o644);
+    let h: fsp.FileHandle;
+    try {
+      h = await fsp.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o644);
+    } catch (e) {
+      if (errCode(e) !== 'ENOENT') throw e;
+      // The private directory was removed under us (or the root is gone): recreate it once.
+      this.privateReady = false;
+      await this.ensurePrivate();
+      h = await fsp.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o644);
+    }
     try {
       let off = 0;
       while (off < body.length) {
@@ -439,6 +482,15 @@ export class FileStore implements ObjectStore {
       });
       return { etag: w.etag };
     } catch (e) {
+      const c = errCode(e);
+      if (c === 'ENOTDIR' || c === 'EISDIR') {
+        throw new HyperError(
+          'invalid',
+          'INVALID_ARGUMENT',
+          `Key "${key}" clashes with another key in ${this.url}: a directory store cannot hold both "x" and "x/..."`,
+          { key, cause: e },
+        );
+      }
       throw await this.translate(e, key);
     } finally {
       if (tmp !== undefined) await fsp.rm(tmp, { force: true }).catch(() => undefined);

@@ -65,6 +65,36 @@ describe('file:// specifics', () => {
     assert.deepEqual(readdirSync(join(dir, '.hyper', 'locks')), [], 'locks are released');
   });
 
+  it('a key under an existing key is INVALID_ARGUMENT, not a crash', async () => {
+    const dir = join(base, 'clash');
+    const { mkdir } = await import('node:fs/promises');
+    await mkdir(dir);
+    const s = new FileStore(dir);
+    await s.put('a', Buffer.from('1'));
+    await rejectsWith(s.put('a/b', Buffer.from('2')), 'INVALID_ARGUMENT', 'a/b');
+    await rejectsWith(
+      s.put('a/b', Buffer.from('2'), { ifNoneMatch: true }),
+      'INVALID_ARGUMENT',
+      'a/b',
+    );
+    assert.equal(await s.head('a/b'), undefined);
+    await rejectsWith(s.get('a/b'), 'OBJECT_NOT_FOUND', 'a/b');
+  });
+
+  it('sweeps temp files of dead writers', async () => {
+    const dir = join(base, 'sweep');
+    const { mkdir, utimes } = await import('node:fs/promises');
+    await mkdir(join(dir, '.hyper', 'tmp'), { recursive: true });
+    const dead = join(dir, '.hyper', 'tmp', `${2 ** 22 + 4321}-abc`);
+    const mine = join(dir, '.hyper', 'tmp', `${process.pid}-abc`);
+    writeFileSync(dead, 'x');
+    writeFileSync(mine, 'x');
+    const old = new Date(Date.now() - 3_600_000);
+    await utimes(dead, old, old);
+    await new FileStore(dir).put('k', Buffer.from('v'));
+    assert.deepEqual(readdirSync(join(dir, '.hyper', 'tmp')), [`${process.pid}-abc`]);
+  });
+
   it('relative file://./dir/ URLs resolve against the working directory', async () => {
     const s = await openStore('file://./some/dir/');
     assert.equal(s.url, `file://${process.cwd()}/some/dir/`);

@@ -129,6 +129,24 @@ describe('retrying store', () => {
     assert.equal((await fake.get('head')).body.toString(), 'v2');
   });
 
+  it('a landed create-only PUT is recognised by its bytes when the ETag is not an MD5', async () => {
+    const { fake, store } = setup();
+    const head = fake.head.bind(fake);
+    fake.head = async (key) => {
+      const m = await head(key);
+      return m && { ...m, etag: `opaque-${m.etag}` };
+    };
+    fake.putPlan = ['land-then-fail'];
+    await store.put('seg', Buffer.from('segment'), { ifNoneMatch: true });
+    fake.putPlan = ['503'];
+    await MemStore.prototype.put.call(fake, 'other', Buffer.from('theirs!'));
+    await rejectsWith(
+      store.put('other', Buffer.from('ours!!!'), { ifNoneMatch: true }),
+      'OBJECT_EXISTS',
+      'other',
+    );
+  });
+
   it("someone else's object after a failed create-only attempt is still OBJECT_EXISTS", async () => {
     const { fake, store } = setup();
     fake.putPlan = ['503'];
