@@ -74,6 +74,9 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
 
   public override async init(): Promise<void> {
     await super.init();
+    // hyper supports Node 20 on purpose; the AWS SDK's notice about its future Node 22
+    // requirement would otherwise be printed on stderr by every S3 command.
+    process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
     const ctor = this.ctor as typeof BaseCommand;
     const { args, flags } = await this.parse({
       flags: ctor.flags,
