@@ -71,7 +71,13 @@ export class HyperError extends Error {
     if (options.key !== undefined) this.key = options.key;
   }
 
-  toJSON(): { kind: ErrorKind; code: ErrorCode; message: string; suggestion?: string; key?: string } {
+  toJSON(): {
+    kind: ErrorKind;
+    code: ErrorCode;
+    message: string;
+    suggestion?: string;
+    key?: string;
+  } {
     return {
       kind: this.kind,
       code: this.code,
@@ -109,5 +115,6 @@ export const dataError = (
 ): HyperError =>
   new HyperError('data', code, `${message} (object ${key})`, {
     key,
-    suggestion: 'Run `hyper file check` on the volume; restore an earlier checkpoint if damage is confirmed.',
+    suggestion:
+      'Run `hyper file check` on the volume; restore an earlier checkpoint if damage is confirmed.',
   });

@@ -9,6 +9,14 @@ export const LEASE_KEY = 'lease';
 export const SEGMENT_PREFIX = 'seg/';
 export const SNAPSHOT_PREFIX = 'snap/';
 export const WAL_PREFIX = 'wal/';
+/** Pins that clones hold on their parent's checkpoints: pin/<clone volume uuid>. */
+export const PIN_PREFIX = 'pin/';
+
+export function pinKey(cloneUuid: string): string {
+  if (!/^[0-9a-f]{32}$/.test(cloneUuid))
+    throw new HyperError('internal', 'INTERNAL', `invalid clone uuid ${cloneUuid}`);
+  return PIN_PREFIX + cloneUuid;
+}
 
 /** Segment ids are 16 lower-case hex digits so that a listing sorts them numerically. */
 const SEG_DIGITS = 16;

@@ -40,7 +40,13 @@ export function s3Config(): S3TestConfig | undefined {
   const accessKeyId = process.env.AWS_ACCESS_KEY_ID;
   const secretAccessKey = process.env.AWS_SECRET_ACCESS_KEY;
   if (!endpoint || !bucket || !accessKeyId || !secretAccessKey) return undefined;
-  return { endpoint, bucket, accessKeyId, secretAccessKey, region: process.env.AWS_REGION ?? 'us-east-1' };
+  return {
+    endpoint,
+    bucket,
+    accessKeyId,
+    secretAccessKey,
+    region: process.env.AWS_REGION ?? 'us-east-1',
+  };
 }
 
 export function needS3(t: TestContext): S3TestConfig | undefined {

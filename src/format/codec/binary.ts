@@ -103,7 +103,9 @@ export class Reader {
   }
   private need(n: number): void {
     if (this.pos + n > this.end) {
-      throw new DecodeError(`truncated: need ${n} bytes at ${this.pos}, have ${this.end - this.pos}`);
+      throw new DecodeError(
+        `truncated: need ${n} bytes at ${this.pos}, have ${this.end - this.pos}`,
+      );
     }
   }
   u8(): number {

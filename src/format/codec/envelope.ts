@@ -26,7 +26,9 @@ export function encodeEnvelope(magic: string, version: number, body: Uint8Array)
 export function envelopeLength(buf: Buffer, magic: string): number {
   if (buf.length < 12) throw new DecodeError('truncated record header');
   if (buf.toString('ascii', 0, 4) !== magic) {
-    throw new DecodeError(`bad magic ${JSON.stringify(buf.toString('latin1', 0, 4))}, expected ${magic}`);
+    throw new DecodeError(
+      `bad magic ${JSON.stringify(buf.toString('latin1', 0, 4))}, expected ${magic}`,
+    );
   }
   return buf.readUInt32LE(8);
 }
@@ -43,12 +45,19 @@ export interface Envelope {
  * Verify magic, supported version, length and checksum of the record at `buf[start…]`.
  * Bytes after the record are ignored (a ranged GET may have fetched more).
  */
-export function decodeEnvelope(buf: Buffer, magic: string, maxVersion: number, start = 0): Envelope {
+export function decodeEnvelope(
+  buf: Buffer,
+  magic: string,
+  maxVersion: number,
+  start = 0,
+): Envelope {
   const view = buf.subarray(start);
   const length = envelopeLength(view, magic);
   const version = view.readUInt16LE(4);
   if (version < 1 || version > maxVersion) {
-    throw new DecodeError(`unsupported ${magic} version ${version} (this hyper reads up to ${maxVersion})`);
+    throw new DecodeError(
+      `unsupported ${magic} version ${version} (this hyper reads up to ${maxVersion})`,
+    );
   }
   if (view.readUInt16LE(6) !== 0) throw new DecodeError(`unknown ${magic} flags`);
   if (length < ENVELOPE_OVERHEAD || length > view.length) {
@@ -56,6 +65,7 @@ export function decodeEnvelope(buf: Buffer, magic: string, maxVersion: number, s
   }
   const want = view.readUInt32LE(length - 4);
   const got = crc32c(view.subarray(0, length - 4));
-  if (want !== got) throw new DecodeError(`${magic} checksum mismatch (stored ${want}, computed ${got})`);
+  if (want !== got)
+    throw new DecodeError(`${magic} checksum mismatch (stored ${want}, computed ${got})`);
   return { version, body: new Reader(view, 12, length - 4), length };
 }

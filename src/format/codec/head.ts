@@ -10,6 +10,18 @@ export const HEAD_VERSION = 1;
 /** Extension types with this bit set must be understood by a reader, others may be skipped. */
 export const EXT_REQUIRED = 0x8000;
 export const EXT_WAL_URL = 0x0001;
+/** Checkpoints below `floor` are dropped by compaction except the ones listed (pinned). */
+export const EXT_HISTORY = 0x8002;
+/** The checkpoint this one restored (informational). */
+export const EXT_RESTORED_FROM = 0x0003;
+
+export interface History {
+  floor: number;
+  /** When the floor last moved (compaction's grace period counts from here). */
+  floorMs: number;
+  /** Checkpoints below the floor that are kept (named snapshots, clone parents). */
+  kept: number[];
+}
 
 export interface HeadRecord {
   uuid: string; // 32 hex digits
@@ -31,6 +43,8 @@ export interface HeadRecord {
   /** Segment ids at or below lastSegment that are not committed checkpoints. */
   skipped: number[];
   walUrl?: string;
+  history?: History;
+  restoredFrom?: number;
 }
 
 export function encodeHead(h: HeadRecord): Buffer {
@@ -58,6 +72,16 @@ export function encodeHead(h: HeadRecord): Buffer {
   for (const s of h.skipped) w.u64(s);
   const exts: [number, Buffer][] = [];
   if (h.walUrl !== undefined) exts.push([EXT_WAL_URL, Buffer.from(h.walUrl, 'utf8')]);
+  if (h.history) {
+    const hw = new Writer(24 + h.history.kept.length * 8)
+      .u64(h.history.floor)
+      .u64(h.history.floorMs)
+      .u32(h.history.kept.length);
+    for (const k of h.history.kept) hw.u64(k);
+    exts.push([EXT_HISTORY, hw.finish()]);
+  }
+  if (h.restoredFrom !== undefined)
+    exts.push([EXT_RESTORED_FROM, new Writer(8).u64(h.restoredFrom).finish()]);
   w.u16(exts.length);
   for (const [type, data] of exts) w.u16(type).u32(data.length).bytes(data);
   return encodeEnvelope(HEAD_MAGIC, HEAD_VERSION, w.finish());
@@ -109,10 +133,34 @@ export function decodeHead(buf: Buffer, start = 0): { head: HeadRecord; length: 
     const type = r.u16();
     const data = r.bytes(r.u32());
     if (type === EXT_WAL_URL) head.walUrl = data.toString('utf8');
-    else if (type & EXT_REQUIRED) throw new DecodeError(`head needs unknown extension 0x${type.toString(16)}`);
+    else if (type === EXT_HISTORY) {
+      const hr = new Reader(data);
+      const floor = hr.u64();
+      const floorMs = hr.u64();
+      const n = hr.u32();
+      if (n > hr.remaining / 8) throw new DecodeError('history list longer than extension');
+      const kept: number[] = [];
+      for (let k = 0; k < n; k++) kept.push(hr.u64());
+      head.history = { floor, floorMs, kept };
+    } else if (type === EXT_RESTORED_FROM) head.restoredFrom = new Reader(data).u64();
+    else if (type & EXT_REQUIRED)
+      throw new DecodeError(`head needs unknown extension 0x${type.toString(16)}`);
   }
+  return { head: validate(head), length: env.length };
+}
+
+function validate(head: HeadRecord): HeadRecord {
+  const { dataBlockShift, metaBlockShift } = head;
   if (dataBlockShift < 9 || dataBlockShift > 30 || metaBlockShift < 9 || metaBlockShift > 30) {
     throw new DecodeError('block size out of range');
   }
-  return { head, length: env.length };
+  return head;
+}
+
+/** Whether checkpoint `id` is committed and not dropped by compaction (its segment may still be gone). */
+export function isRetainedCheckpoint(head: HeadRecord, id: number): boolean {
+  if (!Number.isSafeInteger(id) || id < 1 || id > head.checkpoint || head.skipped.includes(id))
+    return false;
+  const h = head.history;
+  return !h || id >= h.floor || h.kept.includes(id);
 }

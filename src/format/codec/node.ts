@@ -24,7 +24,8 @@ export const ENTRY_SIZE = 32;
 export const SECTOR = 512;
 
 /** Entries that fit in a node of `nodeSize` bytes. */
-export const nodeCapacity = (nodeSize: number): number => Math.floor((nodeSize - NODE_HEADER) / ENTRY_SIZE);
+export const nodeCapacity = (nodeSize: number): number =>
+  Math.floor((nodeSize - NODE_HEADER) / ENTRY_SIZE);
 
 /** A decoded node: `entries` holds `count` raw 32-byte entries (plus spare capacity). */
 export interface DecodedNode {
@@ -62,16 +63,23 @@ export const encodedNodeSize = (count: number): number => NODE_HEADER + count * 
  * Decode and verify a node. `capacity` entries are allocated so the node can be mutated
  * in memory (one spare slot lets an insert overflow before a split).
  */
-export function decodeNode(buf: Buffer, at: number, capacity: number, expectSegment?: number): DecodedNode {
+export function decodeNode(
+  buf: Buffer,
+  at: number,
+  capacity: number,
+  expectSegment?: number,
+): DecodedNode {
   if (buf.length - at < NODE_HEADER) throw new DecodeError('truncated index node');
-  if (buf.toString('ascii', at, at + 4) !== NODE_MAGIC) throw new DecodeError('bad index node magic');
+  if (buf.toString('ascii', at, at + 4) !== NODE_MAGIC)
+    throw new DecodeError('bad index node magic');
   const version = buf.readUInt8(at + 4);
   if (version !== NODE_VERSION) throw new DecodeError(`unsupported index node version ${version}`);
   const level = buf.readUInt8(at + 5);
   const count = buf.readUInt16LE(at + 6);
   const segment = readU64(buf, at + 8);
   const end = at + NODE_HEADER + count * ENTRY_SIZE;
-  if (count > capacity || end > buf.length) throw new DecodeError(`index node entry count ${count} out of range`);
+  if (count > capacity || end > buf.length)
+    throw new DecodeError(`index node entry count ${count} out of range`);
   const want = buf.readUInt32LE(at + 28);
   const got = crc32c(buf.subarray(at + NODE_HEADER, end), crc32c(buf.subarray(at, at + 28)));
   if (want !== got) throw new DecodeError('index node checksum mismatch');

@@ -56,7 +56,8 @@ export function encodeSegmentHeader(h: Omit<SegmentHeader, 'head'>): Buffer {
 }
 
 /** Length of the header envelope, from at least its first 12 bytes. */
-export const segmentHeaderLength = (prefix: Buffer): number => envelopeLength(prefix, SEGMENT_MAGIC);
+export const segmentHeaderLength = (prefix: Buffer): number =>
+  envelopeLength(prefix, SEGMENT_MAGIC);
 
 export function decodeSegmentHeader(buf: Buffer): SegmentHeader {
   const r = decodeEnvelope(buf, SEGMENT_MAGIC, SEGMENT_VERSION).body;

@@ -20,7 +20,7 @@ export class NodeLoader implements NodeSource {
 
   constructor(
     private readonly store: ObjectStore,
-    private readonly nodeSize: number,
+    readonly nodeSize: number,
     private readonly capacity: number,
     budgetBytes: number,
   ) {
@@ -51,7 +51,8 @@ export class NodeLoader implements NodeSource {
     for (let tries = 0; ; tries++) {
       const r = op();
       if (!isMiss(r)) return r;
-      if (tries > 10_000) throw new HyperError('internal', 'INTERNAL', 'index node cache thrashing');
+      if (tries > 10_000)
+        throw new HyperError('internal', 'INTERNAL', 'index node cache thrashing');
       await this.load(r);
     }
   }
@@ -74,13 +75,16 @@ export class NodeLoader implements NodeSource {
       !this.inflight.has(`${seg}:${expectOff}`);
     let first = i;
     let last = i;
-    while (last - first + 1 < MAX_RUN && usable(first - 1, off - (i - first + 1) * this.nodeSize)) first--;
-    while (last - first + 1 < MAX_RUN && usable(last + 1, off + (last + 1 - i) * this.nodeSize)) last++;
+    while (last - first + 1 < MAX_RUN && usable(first - 1, off - (i - first + 1) * this.nodeSize))
+      first--;
+    while (last - first + 1 < MAX_RUN && usable(last + 1, off + (last + 1 - i) * this.nodeSize))
+      last++;
     const start = off - (i - first) * this.nodeSize;
     const count = last - first + 1;
     const level = p.level - 1;
     const promise = this.fetch(seg, start, count, level);
-    for (let k = 0; k < count; k++) this.inflight.set(`${seg}:${start + k * this.nodeSize}`, promise);
+    for (let k = 0; k < count; k++)
+      this.inflight.set(`${seg}:${start + k * this.nodeSize}`, promise);
     try {
       await promise;
     } finally {
@@ -102,17 +106,26 @@ export class NodeLoader implements NodeSource {
       throw e;
     }
     if (body.length < length) {
-      throw dataError('CORRUPT_OBJECT', key, `Segment is truncated: index nodes at ${start}+${length} not present`);
+      throw dataError(
+        'CORRUPT_OBJECT',
+        key,
+        `Segment is truncated: index nodes at ${start}+${length} not present`,
+      );
     }
     for (let k = 0; k < count; k++) {
       let node: Node;
       try {
         const d = decodeNode(body, k * this.nodeSize, this.capacity, seg);
-        if (d.level !== level) throw new DecodeError(`index node level ${d.level}, expected ${level}`);
+        if (d.level !== level)
+          throw new DecodeError(`index node level ${d.level}, expected ${level}`);
         node = new Node(d.level, d.count, d.entries, false);
       } catch (e) {
         if (e instanceof DecodeError) {
-          throw dataError('CHECKSUM_MISMATCH', key, `Index node at offset ${start + k * this.nodeSize} is damaged: ${e.message}`);
+          throw dataError(
+            'CHECKSUM_MISMATCH',
+            key,
+            `Index node at offset ${start + k * this.nodeSize} is damaged: ${e.message}`,
+          );
         }
         throw e;
       }

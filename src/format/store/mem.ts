@@ -62,7 +62,12 @@ export class MemStore implements ObjectStore {
   head(key: string): Promise<ObjectMeta | undefined> {
     const e = this.map.get(this.root + key);
     if (!e) return Promise.resolve(undefined);
-    return Promise.resolve({ key, size: e.body.length, etag: e.etag, lastModified: e.lastModified });
+    return Promise.resolve({
+      key,
+      size: e.body.length,
+      etag: e.etag,
+      lastModified: e.lastModified,
+    });
   }
 
   put(key: string, body: Buffer, options: PutOptions = {}): Promise<{ etag: string }> {
@@ -112,7 +117,8 @@ export class MemStore implements ObjectStore {
   }
 
   sub(prefix: string): ObjectStore {
-    if (!prefix.endsWith('/')) throw new HyperError('internal', 'INTERNAL', `sub prefix must end with /: ${prefix}`);
+    if (!prefix.endsWith('/'))
+      throw new HyperError('internal', 'INTERNAL', `sub prefix must end with /: ${prefix}`);
     const s = new MemStore(this.url + prefix, this.map, this.root + prefix);
     s.pageSize = this.pageSize;
     return s;

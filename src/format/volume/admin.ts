@@ -2,7 +2,14 @@
  * Volume-level operations that do not need an open engine: stat, list, delete.
  */
 import { HyperError, isHyperError } from '../../errors.js';
-import { HEAD_KEY, LEASE_KEY, SNAPSHOT_PREFIX, WAL_PREFIX, parseSegmentKey, parseSnapshotKey } from '../keys.js';
+import {
+  HEAD_KEY,
+  LEASE_KEY,
+  SNAPSHOT_PREFIX,
+  WAL_PREFIX,
+  parseSegmentKey,
+  parseSnapshotKey,
+} from '../keys.js';
 import type { ObjectStore } from '../store/types.js';
 import { leaseHeldError, leaseInfo, readLease } from './lease.js';
 import type { LeaseInfo, VolumeInfo } from './types.js';
@@ -31,7 +38,10 @@ export interface ProgressEvent {
 }
 
 /** Stat a volume without opening it for write: reads head and lease, lists objects. */
-export async function statVolume(store: ObjectStore, options: { signal?: AbortSignal } = {}): Promise<VolumeStat> {
+export async function statVolume(
+  store: ObjectStore,
+  options: { signal?: AbortSignal } = {},
+): Promise<VolumeStat> {
   const { head } = await readHead(store);
   const lease = await readLease(store);
   let segments = 0;
@@ -79,7 +89,10 @@ export interface VolumeListing {
  * Volumes at or below a prefix: every prefix that holds a `head` object. Walks the prefix
  * tree with delimiter listings, without descending into a volume's own seg/ and snap/.
  */
-export async function listVolumes(store: ObjectStore, options: { signal?: AbortSignal; maxDepth?: number } = {}): Promise<VolumeListing[]> {
+export async function listVolumes(
+  store: ObjectStore,
+  options: { signal?: AbortSignal; maxDepth?: number } = {},
+): Promise<VolumeListing[]> {
   const out: VolumeListing[] = [];
   const maxDepth = options.maxDepth ?? 8;
   const visit = async (prefix: string, depth: number): Promise<void> => {
@@ -87,7 +100,10 @@ export async function listVolumes(store: ObjectStore, options: { signal?: AbortS
     const sub = prefix === '' ? store : store.sub(prefix);
     const children: string[] = [];
     let isVolume = false;
-    for await (const page of sub.list('', { delimiter: '/', ...(options.signal ? { signal: options.signal } : {}) })) {
+    for await (const page of sub.list('', {
+      delimiter: '/',
+      ...(options.signal ? { signal: options.signal } : {}),
+    })) {
       for (const o of page.objects) if (o.key === HEAD_KEY) isVolume = true;
       children.push(...page.prefixes);
     }
@@ -105,7 +121,15 @@ export async function listVolumes(store: ObjectStore, options: { signal?: AbortS
         });
       } catch (e) {
         if (!(e instanceof HyperError)) throw e;
-        out.push({ name: prefix, url: sub.url, size: 0, checkpoint: 0, checkpointTime: new Date(0), dataBlockSize: 0, error: e.message });
+        out.push({
+          name: prefix,
+          url: sub.url,
+          size: 0,
+          checkpoint: 0,
+          checkpointTime: new Date(0),
+          dataBlockSize: 0,
+          error: e.message,
+        });
       }
       return;
     }
@@ -133,7 +157,10 @@ const DELETE_BATCH = 1000;
  * idempotent); then segments, snapshots, WAL and the lease.
  * Throws VOLUME_NOT_FOUND if there is neither a head nor any other object.
  */
-export async function deleteVolume(store: ObjectStore, options: DeleteOptions = {}): Promise<{ objectsDeleted: number }> {
+export async function deleteVolume(
+  store: ObjectStore,
+  options: DeleteOptions = {},
+): Promise<{ objectsDeleted: number }> {
   const signal = options.signal;
   let headFound = true;
   try {
@@ -145,20 +172,28 @@ export async function deleteVolume(store: ObjectStore, options: DeleteOptions = 
     headFound = false;
   }
   const lease = await readLease(store).catch(() => undefined);
-  if (headFound && lease && lease.lease.expiresMs > Date.now() && !options.force) throw leaseHeldError(lease.lease);
+  if (headFound && lease && lease.lease.expiresMs > Date.now() && !options.force)
+    throw leaseHeldError(lease.lease);
 
   // Count first so progress has a total.
   const keys: string[] = [];
-  for await (const page of store.list('', signal ? { signal } : {})) for (const o of page.objects) keys.push(o.key);
+  for await (const page of store.list('', signal ? { signal } : {}))
+    for (const o of page.objects) keys.push(o.key);
   if (!headFound && !keys.every(isVolumeKey)) {
     // Not the remains of a volume: never delete someone else's objects.
-    throw new HyperError('invalid', 'NOT_A_VOLUME', `${store.url} holds objects that are not part of a hyper volume; nothing was deleted`, {
-      suggestion: 'Check the URL: it must name the volume prefix itself.',
-    });
+    throw new HyperError(
+      'invalid',
+      'NOT_A_VOLUME',
+      `${store.url} holds objects that are not part of a hyper volume; nothing was deleted`,
+      {
+        suggestion: 'Check the URL: it must name the volume prefix itself.',
+      },
+    );
   }
   const walKeys: string[] = [];
   if (options.walStore) {
-    for await (const page of options.walStore.list('', signal ? { signal } : {})) for (const o of page.objects) walKeys.push(o.key);
+    for await (const page of options.walStore.list('', signal ? { signal } : {}))
+      for (const o of page.objects) walKeys.push(o.key);
   }
   const total = keys.length + walKeys.length;
   let done = 0;
@@ -185,4 +220,8 @@ export async function deleteVolume(store: ObjectStore, options: DeleteOptions = 
 }
 
 const isVolumeKey = (k: string): boolean =>
-  k === HEAD_KEY || k === LEASE_KEY || parseSegmentKey(k) !== undefined || parseSnapshotKey(k) !== undefined || k.startsWith(WAL_PREFIX);
+  k === HEAD_KEY ||
+  k === LEASE_KEY ||
+  parseSegmentKey(k) !== undefined ||
+  parseSnapshotKey(k) !== undefined ||
+  k.startsWith(WAL_PREFIX);

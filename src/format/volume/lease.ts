@@ -26,10 +26,15 @@ export async function readLease(
       return { lease: decodeLease(body), etag };
     } catch (e) {
       if (e instanceof DecodeError) {
-        throw new HyperError('data', 'CORRUPT_OBJECT', `Lease object is damaged: ${e.message} (object ${LEASE_KEY})`, {
-          key: LEASE_KEY,
-          suggestion: 'Delete the lease object, or take the volume with --force.',
-        });
+        throw new HyperError(
+          'data',
+          'CORRUPT_OBJECT',
+          `Lease object is damaged: ${e.message} (object ${LEASE_KEY})`,
+          {
+            key: LEASE_KEY,
+            suggestion: 'Delete the lease object, or take the volume with --force.',
+          },
+        );
       }
       throw e;
     }
@@ -40,7 +45,12 @@ export async function readLease(
 }
 
 export function leaseInfo(l: LeaseRecord, now = Date.now()): LeaseInfo {
-  return { holder: l.holder, epoch: l.epoch, expiresAt: new Date(l.expiresMs), live: l.expiresMs > now };
+  return {
+    holder: l.holder,
+    epoch: l.epoch,
+    expiresAt: new Date(l.expiresMs),
+    live: l.expiresMs > now,
+  };
 }
 
 export function leaseHeldError(l: LeaseRecord): HyperError {
@@ -86,7 +96,12 @@ export class Lease {
       const now = Date.now();
       if (cur && cur.lease.expiresMs > now && !o.force) throw leaseHeldError(cur.lease);
       const epoch = Math.max(cur?.lease.epoch ?? 0, o.minEpoch) + 1;
-      const record: LeaseRecord = { holder: o.holder, epoch, acquiredMs: now, expiresMs: now + o.ttlMs };
+      const record: LeaseRecord = {
+        holder: o.holder,
+        epoch,
+        acquiredMs: now,
+        expiresMs: now + o.ttlMs,
+      };
       try {
         const { etag } = await store.put(
           LEASE_KEY,
@@ -112,7 +127,11 @@ export class Lease {
       this.renew().catch((e: unknown) => {
         if (this.lost) onLost(this.lost);
         else if (e instanceof HyperError && Date.now() >= this.record.expiresMs) {
-          this.lost = new HyperError('conflict', 'FENCED', `Lease expired and could not be renewed: ${e.message}`);
+          this.lost = new HyperError(
+            'conflict',
+            'FENCED',
+            `Lease expired and could not be renewed: ${e.message}`,
+          );
           onLost(this.lost);
         }
       });

@@ -32,10 +32,7 @@ export interface CreateOptions {
 }
 
 /** Which checkpoint to open: a number, a named snapshot, or the last one at or before a time. */
-export type CheckpointRef =
-  | { checkpoint: number }
-  | { snapshot: string }
-  | { time: Date };
+export type CheckpointRef = { checkpoint: number } | { snapshot: string } | { time: Date };
 
 export interface Logger {
   debug(msg: string, fields?: Record<string, unknown>): void;

@@ -11,13 +11,29 @@
 import { randomBytes } from 'node:crypto';
 import { HyperError, dataError, isHyperError } from '../../errors.js';
 import { DecodeError, crc32c } from '../codec/binary.js';
-import { decodeHead, encodeHead, type HeadRecord } from '../codec/head.js';
-import { ENTRY_SIZE, SECTOR, decodeNode, encodeNode, encodedNodeSize, nodeCapacity } from '../codec/node.js';
+import { decodeHead, encodeHead, isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
+import {
+  ENTRY_SIZE,
+  SECTOR,
+  decodeNode,
+  encodeNode,
+  encodedNodeSize,
+  nodeCapacity,
+} from '../codec/node.js';
 import { decodeEmbeddedHead, encodeSegmentHeader } from '../codec/segment.js';
-import { BTree, Miss, Node, PENDING_SEG, type BlockPtr, newEntries, writePtr } from '../index/btree.js';
+import {
+  BTree,
+  Miss,
+  Node,
+  PENDING_SEG,
+  type BlockPtr,
+  newEntries,
+  writePtr,
+} from '../index/btree.js';
 import { LruCache } from '../index/cache.js';
 import { NodeLoader } from '../index/loader.js';
-import { HEAD_KEY, SEGMENT_PREFIX, parseSegmentKey, segmentKey } from '../keys.js';
+import { HEAD_KEY, SEGMENT_PREFIX, parseSegmentKey, segmentKey, snapshotKey } from '../keys.js';
+import { decodeSnapshot, type SnapshotRecord } from '../codec/snapshot.js';
 import { probeConditionalWrites } from '../store/probe.js';
 import type { ObjectStore } from '../store/types.js';
 import { Generation } from './dirty.js';
@@ -64,7 +80,11 @@ const EMBEDDED_HEAD_PREFIX = 16 * 1024;
 
 function checkPow2(name: string, v: number, min: number, max: number): void {
   if (!Number.isSafeInteger(v) || v < min || v > max || (v & (v - 1)) !== 0) {
-    throw new HyperError('invalid', 'INVALID_ARGUMENT', `${name} must be a power of two from ${min} to ${max} bytes (got ${v})`);
+    throw new HyperError(
+      'invalid',
+      'INVALID_ARGUMENT',
+      `${name} must be a power of two from ${min} to ${max} bytes (got ${v})`,
+    );
   }
 }
 
@@ -81,7 +101,9 @@ function checkSize(size: number): void {
 const log2 = (v: number): number => Math.round(Math.log2(v));
 
 /** Read and decode the head object; translate absence and damage into domain errors. */
-export async function readHead(store: ObjectStore): Promise<{ head: HeadRecord; etag: string; bytes: Buffer }> {
+export async function readHead(
+  store: ObjectStore,
+): Promise<{ head: HeadRecord; etag: string; bytes: Buffer }> {
   let got;
   try {
     got = await store.get(HEAD_KEY);
@@ -93,9 +115,15 @@ export async function readHead(store: ObjectStore): Promise<{ head: HeadRecord; 
         break;
       }
       throw other
-        ? new HyperError('invalid', 'NOT_A_VOLUME', `${store.url} holds objects but no hyper volume (no ${HEAD_KEY} object)`, {
-            suggestion: 'Check the URL: a volume URL ends at the prefix that holds `head` and `seg/`.',
-          })
+        ? new HyperError(
+            'invalid',
+            'NOT_A_VOLUME',
+            `${store.url} holds objects but no hyper volume (no ${HEAD_KEY} object)`,
+            {
+              suggestion:
+                'Check the URL: a volume URL ends at the prefix that holds `head` and `seg/`.',
+            },
+          )
         : new HyperError('not-found', 'VOLUME_NOT_FOUND', `No volume at ${store.url}`, {
             suggestion: 'Create it with `hyper file create URL --size SIZE`, or check the URL.',
           });
@@ -105,7 +133,8 @@ export async function readHead(store: ObjectStore): Promise<{ head: HeadRecord; 
   try {
     return { head: decodeHead(got.body).head, etag: got.etag, bytes: got.body };
   } catch (e) {
-    if (e instanceof DecodeError) throw dataError('CORRUPT_OBJECT', HEAD_KEY, `Volume head is damaged: ${e.message}`);
+    if (e instanceof DecodeError)
+      throw dataError('CORRUPT_OBJECT', HEAD_KEY, `Volume head is damaged: ${e.message}`);
     throw e;
   }
 }
@@ -117,7 +146,8 @@ export async function readCheckpointHead(store: ObjectStore, id: number): Promis
   try {
     prefix = (await store.get(key, { range: { offset: 0, length: EMBEDDED_HEAD_PREFIX } })).body;
   } catch (e) {
-    if (isHyperError(e, 'OBJECT_NOT_FOUND')) throw dataError('MISSING_OBJECT', key, `Segment of checkpoint ${id} is missing`);
+    if (isHyperError(e, 'OBJECT_NOT_FOUND'))
+      throw dataError('MISSING_OBJECT', key, `Segment of checkpoint ${id} is missing`);
     throw e;
   }
   try {
@@ -136,7 +166,11 @@ export async function readCheckpointHead(store: ObjectStore, id: number): Promis
         }
       }
     }
-    throw dataError('CHECKSUM_MISMATCH', key, `Segment header of checkpoint ${id} is damaged: ${e.message}`);
+    throw dataError(
+      'CHECKSUM_MISMATCH',
+      key,
+      `Segment header of checkpoint ${id} is damaged: ${e.message}`,
+    );
   }
 }
 
@@ -164,6 +198,8 @@ export class Volume {
   private readonly log: Logger;
   private readonly zero: Buffer;
   private readonly counters = { flushes: 0, segmentsWritten: 0, bytesWritten: 0, bytesRead: 0 };
+  /** Head fields to change at the next commit (restore, compaction history). */
+  private nextMeta: Partial<Pick<HeadRecord, 'history' | 'restoredFrom'>> = {};
 
   private constructor(
     private readonly store: ObjectStore,
@@ -178,7 +214,12 @@ export class Volume {
     this.capacity = nodeCapacity(this.nodeSize);
     this.size = head.size;
     this.log = opts.logger ?? silentLogger;
-    this.loader = new NodeLoader(store, this.nodeSize, this.capacity, opts.nodeCacheBytes ?? 64 * MiB);
+    this.loader = new NodeLoader(
+      store,
+      this.nodeSize,
+      this.capacity,
+      opts.nodeCacheBytes ?? 64 * MiB,
+    );
     this.tree = new BTree(this.decodeRoot(head), this.capacity, this.loader);
     this.dataCache = new LruCache(opts.dataCacheBytes ?? 64 * MiB);
     this.active = new Generation(this.bs);
@@ -204,7 +245,8 @@ export class Volume {
       if (d.level !== head.rootLevel) throw new DecodeError('root level does not match head');
       return new Node(d.level, d.count, d.entries, false);
     } catch (e) {
-      if (e instanceof DecodeError) throw dataError('CORRUPT_OBJECT', HEAD_KEY, `Index root is damaged: ${e.message}`);
+      if (e instanceof DecodeError)
+        throw dataError('CORRUPT_OBJECT', HEAD_KEY, `Index root is damaged: ${e.message}`);
       throw e;
     }
   }
@@ -212,7 +254,10 @@ export class Volume {
   // ------------------------------------------------------------------ lifecycle
 
   /** Create a volume: segment 1 (an empty checkpoint) then the head, both create-only. */
-  static async create(store: ObjectStore, options: CreateOptions & { signal?: AbortSignal } = {}): Promise<VolumeInfo> {
+  static async create(
+    store: ObjectStore,
+    options: CreateOptions & { signal?: AbortSignal } = {},
+  ): Promise<VolumeInfo> {
     const size = options.size ?? 0;
     const dataBlockSize = options.dataBlockSize ?? DEFAULT_BLOCK_SIZE;
     const metaBlockSize = options.metaBlockSize ?? DEFAULT_BLOCK_SIZE;
@@ -220,11 +265,23 @@ export class Volume {
     checkSize(size);
     checkPow2('Data block size', dataBlockSize, MIN_DATA_BLOCK_SIZE, MAX_DATA_BLOCK_SIZE);
     checkPow2('Meta block size', metaBlockSize, MIN_META_BLOCK_SIZE, MAX_META_BLOCK_SIZE);
-    if (!Number.isSafeInteger(segmentSize) || segmentSize < MIN_SEGMENT_SIZE || segmentSize > MAX_SEGMENT_SIZE) {
-      throw new HyperError('invalid', 'INVALID_ARGUMENT', `Segment size must be from ${MIN_SEGMENT_SIZE} to ${MAX_SEGMENT_SIZE} bytes`);
+    if (
+      !Number.isSafeInteger(segmentSize) ||
+      segmentSize < MIN_SEGMENT_SIZE ||
+      segmentSize > MAX_SEGMENT_SIZE
+    ) {
+      throw new HyperError(
+        'invalid',
+        'INVALID_ARGUMENT',
+        `Segment size must be from ${MIN_SEGMENT_SIZE} to ${MAX_SEGMENT_SIZE} bytes`,
+      );
     }
     if (segmentSize < dataBlockSize) {
-      throw new HyperError('invalid', 'INVALID_ARGUMENT', 'Segment size must be at least the data block size');
+      throw new HyperError(
+        'invalid',
+        'INVALID_ARGUMENT',
+        'Segment size must be at least the data block size',
+      );
     }
     if (await store.head(HEAD_KEY)) {
       throw new HyperError('conflict', 'VOLUME_EXISTS', `A volume already exists at ${store.url}`, {
@@ -257,12 +314,21 @@ export class Volume {
     const headBytes = encodeHead(head);
     const seg = buildSegment(1, now, headBytes, [], [], 0, 0, 0);
     try {
-      await store.put(segmentKey(1), seg, { ifNoneMatch: true, ...(options.signal ? { signal: options.signal } : {}) });
+      await store.put(segmentKey(1), seg, {
+        ifNoneMatch: true,
+        ...(options.signal ? { signal: options.signal } : {}),
+      });
     } catch (e) {
       if (isHyperError(e, 'OBJECT_EXISTS')) {
-        throw new HyperError('conflict', 'VOLUME_EXISTS', `${store.url} already holds volume segments`, {
-          suggestion: 'Another create may be running, or a deleted volume left objects behind: use another URL or delete it.',
-        });
+        throw new HyperError(
+          'conflict',
+          'VOLUME_EXISTS',
+          `${store.url} already holds volume segments`,
+          {
+            suggestion:
+              'Another create may be running, or a deleted volume left objects behind: use another URL or delete it.',
+          },
+        );
       }
       throw e;
     }
@@ -270,7 +336,11 @@ export class Volume {
       await store.put(HEAD_KEY, headBytes, { ifNoneMatch: true });
     } catch (e) {
       if (isHyperError(e, 'OBJECT_EXISTS')) {
-        throw new HyperError('conflict', 'VOLUME_EXISTS', `A volume already exists at ${store.url}`);
+        throw new HyperError(
+          'conflict',
+          'VOLUME_EXISTS',
+          `A volume already exists at ${store.url}`,
+        );
       }
       throw e;
     }
@@ -298,7 +368,9 @@ export class Volume {
       let { head, etag } = await readHead(store);
       const skipped = [...head.skipped];
       let last = head.lastSegment;
-      for await (const page of store.list(SEGMENT_PREFIX, { startAfter: segmentKey(head.lastSegment) })) {
+      for await (const page of store.list(SEGMENT_PREFIX, {
+        startAfter: segmentKey(head.lastSegment),
+      })) {
         for (const o of page.objects) {
           const id = parseSegmentKey(o.key);
           if (id !== undefined && id > head.lastSegment) {
@@ -314,9 +386,14 @@ export class Volume {
     } catch (e) {
       await lease.release().catch(() => undefined);
       if (isHyperError(e, 'PRECONDITION_FAILED')) {
-        throw new HyperError('conflict', 'LEASE_HELD', 'The volume head changed while taking the lease; another writer is active', {
-          cause: e,
-        });
+        throw new HyperError(
+          'conflict',
+          'LEASE_HELD',
+          'The volume head changed while taking the lease; another writer is active',
+          {
+            cause: e,
+          },
+        );
       }
       throw e;
     }
@@ -358,11 +435,20 @@ export class Volume {
   // ------------------------------------------------------------------ checks
 
   private checkRange(offset: number, length: number): void {
-    if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0) {
+    if (
+      !Number.isSafeInteger(offset) ||
+      !Number.isSafeInteger(length) ||
+      offset < 0 ||
+      length < 0
+    ) {
       throw new HyperError('invalid', 'INVALID_ARGUMENT', `Invalid range ${offset}+${length}`);
     }
     if (offset + length > this.size) {
-      throw new HyperError('invalid', 'OUT_OF_RANGE', `Range ${offset}+${length} is past the end of the volume (${this.size} bytes)`);
+      throw new HyperError(
+        'invalid',
+        'OUT_OF_RANGE',
+        `Range ${offset}+${length} is past the end of the volume (${this.size} bytes)`,
+      );
     }
   }
 
@@ -409,7 +495,12 @@ export class Volume {
   }
 
   /** Fill `out` for blocks that are not dirty. Returns false to ask for a retry. */
-  private async readFromIndex(out: Buffer, offset: number, length: number, lbas: number[]): Promise<boolean> {
+  private async readFromIndex(
+    out: Buffer,
+    offset: number,
+    length: number,
+    lbas: number[],
+  ): Promise<boolean> {
     const bs = this.bs;
     const lo = lbas[0] as number;
     const hi = (lbas[lbas.length - 1] as number) + 1;
@@ -418,7 +509,8 @@ export class Volume {
       const p = await this.loader.run(() => this.tree.lookup(lo), isMiss);
       if (p) ptrs.set(lo, p);
     } else {
-      for (const e of await this.loader.run(() => this.tree.scan(lo, hi), isMiss)) ptrs.set(e.lba, e);
+      for (const e of await this.loader.run(() => this.tree.scan(lo, hi), isMiss))
+        ptrs.set(e.lba, e);
     }
     // Group contiguous blocks of one segment into runs: one ranged GET each.
     const runs: { seg: number; off: number; lbas: number[]; ptrs: BlockPtr[] }[] = [];
@@ -439,7 +531,13 @@ export class Volume {
       }
       const prev = run?.ptrs[run.ptrs.length - 1];
       const prevLba = run?.lbas[run.lbas.length - 1];
-      if (run && prev && prev.seg === p.seg && prev.off + prev.len === p.off && prevLba === lba - 1) {
+      if (
+        run &&
+        prev &&
+        prev.seg === p.seg &&
+        prev.off + prev.len === p.off &&
+        prevLba === lba - 1
+      ) {
         run.lbas.push(lba);
         run.ptrs.push(p);
       } else {
@@ -466,17 +564,27 @@ export class Volume {
     try {
       body = (await this.store.get(key, { range: { offset: off, length: total } })).body;
     } catch (e) {
-      if (isHyperError(e, 'OBJECT_NOT_FOUND')) throw dataError('MISSING_OBJECT', key, 'A segment holding volume data is missing');
+      if (isHyperError(e, 'OBJECT_NOT_FOUND'))
+        throw dataError('MISSING_OBJECT', key, 'A segment holding volume data is missing');
       throw e;
     }
-    if (body.length < total) throw dataError('CORRUPT_OBJECT', key, `Segment is truncated: blocks at ${off}+${total} not present`);
+    if (body.length < total)
+      throw dataError(
+        'CORRUPT_OBJECT',
+        key,
+        `Segment is truncated: blocks at ${off}+${total} not present`,
+      );
     const out: Buffer[] = [];
     let at = 0;
     for (const p of ptrs) {
       const blk = body.subarray(at, at + p.len);
       if (p.codec !== 0) throw dataError('CORRUPT_OBJECT', key, `Unknown block codec ${p.codec}`);
       if (crc32c(blk) !== p.crc) {
-        throw dataError('CHECKSUM_MISMATCH', key, `Data block at offset ${off + at} failed its checksum`);
+        throw dataError(
+          'CHECKSUM_MISMATCH',
+          key,
+          `Data block at offset ${off + at} failed its checksum`,
+        );
       }
       const copy = ptrs.length === 1 ? blk : Buffer.from(blk);
       this.dataCache.set(`${seg}:${p.off}`, copy, copy.length);
@@ -551,7 +659,12 @@ export class Volume {
   }
 
   /** Copy `data` into whole blocks of the active generation (synchronous). */
-  private applyWrite(offset: number, data: Buffer, firstOld: Buffer | undefined, lastOld: Buffer | undefined): void {
+  private applyWrite(
+    offset: number,
+    data: Buffer,
+    firstOld: Buffer | undefined,
+    lastOld: Buffer | undefined,
+  ): void {
     const bs = this.bs;
     const end = offset + data.length;
     const first = Math.floor(offset / bs);
@@ -622,14 +735,20 @@ export class Volume {
     checkSize(size);
     if (size < this.size) {
       if (!options.allowShrink) {
-        throw new HyperError('invalid', 'INVALID_ARGUMENT', `Shrinking from ${this.size} to ${size} bytes drops data`, {
-          suggestion: 'Pass --allow-shrink to confirm.',
-        });
+        throw new HyperError(
+          'invalid',
+          'INVALID_ARGUMENT',
+          `Shrinking from ${this.size} to ${size} bytes drops data`,
+          {
+            suggestion: 'Pass --allow-shrink to confirm.',
+          },
+        );
       }
       const bs = this.bs;
       const blockEnd = Math.ceil(size / bs) * bs;
       // Zero the tail of the new last block so a later grow reads zeros there.
-      if (blockEnd > size) await this.write(size, Buffer.alloc(Math.min(blockEnd, this.size) - size));
+      if (blockEnd > size)
+        await this.write(size, Buffer.alloc(Math.min(blockEnd, this.size) - size));
       const lo = blockEnd / bs;
       const hi = Math.ceil(this.size / bs);
       if (hi > lo) {
@@ -652,7 +771,9 @@ export class Volume {
       this.checkWritable();
       if (this.lastFlushError && this.active.bytes >= this.maxDirty) {
         const e = this.lastFlushError;
-        throw e instanceof HyperError ? e : new HyperError('unavailable', 'STORE_UNAVAILABLE', String(e));
+        throw e instanceof HyperError
+          ? e
+          : new HyperError('unavailable', 'STORE_UNAVAILABLE', String(e));
       }
     }
   }
@@ -670,7 +791,9 @@ export class Volume {
   /** Start a flush nobody waits for; failures are logged and retried by the next flush. */
   private background(): void {
     this.flush().catch((e: unknown) => {
-      this.log.warn('background flush failed', { error: e instanceof Error ? e.message : String(e) });
+      this.log.warn('background flush failed', {
+        error: e instanceof Error ? e.message : String(e),
+      });
     });
   }
 
@@ -701,9 +824,64 @@ export class Volume {
     try {
       await p;
     } finally {
-      for (let lba = first; lba <= last; lba++) if (this.locks.get(lba) === done) this.locks.delete(lba);
+      for (let lba = first; lba <= last; lba++)
+        if (this.locks.get(lba) === done) this.locks.delete(lba);
     }
   }
+
+  // ------------------------------------------------------------------ history
+
+  /** The head record of the last commit (for tools; do not modify). */
+  get headRecord(): HeadRecord {
+    return this.head;
+  }
+
+  /**
+   * Make a new checkpoint whose content is checkpoint `id`'s (the index root and size are
+   * taken from it; nothing is copied). History is kept: the restore can itself be undone.
+   */
+  async restore(id: number): Promise<CheckpointInfo> {
+    this.checkWritable();
+    await this.flush();
+    if (!isRetainedCheckpoint(this.head, id)) {
+      throw new HyperError(
+        'not-found',
+        'CHECKPOINT_NOT_FOUND',
+        `Checkpoint ${id} does not exist or was dropped by compaction`,
+      );
+    }
+    const target =
+      id === this.head.checkpoint ? this.head : await readCheckpointHead(this.store, id);
+    if (!this.active.empty || this.current) {
+      throw new HyperError(
+        'conflict',
+        'PRECONDITION_FAILED',
+        'The volume was written during the restore; retry',
+      );
+    }
+    this.tree = new BTree(this.decodeRoot(target), this.capacity, this.loader);
+    this.size = target.size;
+    this.nextMeta = { ...this.nextMeta, restoredFrom: id };
+    this.metaDirty = true;
+    return this.flush();
+  }
+
+  /**
+   * Record compaction history at a new checkpoint: checkpoints below `floor` are dropped
+   * except `kept`. `floor: 'self'` puts the floor at the new checkpoint itself.
+   */
+  async setHistory(floor: number | 'self', kept: number[]): Promise<CheckpointInfo> {
+    this.checkWritable();
+    this.historyFloorSelf = floor === 'self';
+    this.nextMeta = {
+      ...this.nextMeta,
+      history: { floor: floor === 'self' ? 0 : floor, floorMs: Date.now(), kept },
+    };
+    this.metaDirty = true;
+    return this.flush();
+  }
+
+  private historyFloorSelf = false;
 
   // ------------------------------------------------------------------ flush
 
@@ -765,7 +943,8 @@ export class Volume {
   /** Apply `gen` to the index and write it as one segment + head CAS. */
   private async commit(gen: Generation): Promise<CheckpointInfo> {
     const tree = this.tree;
-    for (const [lo, hi] of gen.ranges) await this.loader.run(() => tree.deleteRange(lo, hi), isMiss);
+    for (const [lo, hi] of gen.ranges)
+      await this.loader.run(() => tree.deleteRange(lo, hi), isMiss);
     const lbas = [...gen.blocks.keys()].sort((a, b) => a - b);
     const dataLbas: number[] = [];
     const blocks: Buffer[] = [];
@@ -773,7 +952,10 @@ export class Volume {
       const v = gen.blocks.get(lba) as Buffer | null;
       let r = v ? tree.insert(lba, PENDING) : tree.deleteRange(lba, lba + 1);
       if (r instanceof Miss) {
-        r = await this.loader.run(() => (v ? tree.insert(lba, PENDING) : tree.deleteRange(lba, lba + 1)), isMiss);
+        r = await this.loader.run(
+          () => (v ? tree.insert(lba, PENDING) : tree.deleteRange(lba, lba + 1)),
+          isMiss,
+        );
       }
       if (v) {
         dataLbas.push(lba);
@@ -804,6 +986,8 @@ export class Volume {
       this.counters.segmentsWritten++;
       await this.casHead(built.headBytes);
       this.head = built.head;
+      this.nextMeta = {};
+      this.historyFloorSelf = false;
       this.counters.flushes++;
       // Committed: the dirty nodes become clean cached nodes at their new homes.
       for (const [node, entries] of built.patched) {
@@ -862,11 +1046,21 @@ export class Volume {
     dataLbas: number[],
     blocks: Buffer[],
     crcs: number[],
-  ): { segment: Buffer; head: HeadRecord; headBytes: Buffer; dataOffset: number; patched: [Node, Buffer][] } {
+  ): {
+    segment: Buffer;
+    head: HeadRecord;
+    headBytes: Buffer;
+    dataOffset: number;
+    patched: [Node, Buffer][];
+  } {
     const bs = this.bs;
     const root = this.tree.root;
+    const { restoredFrom: _previousRestore, ...base } = this.head;
+    const meta = { ...this.nextMeta };
+    if (meta.history && this.historyFloorSelf) meta.history = { ...meta.history, floor: id };
     const nextHead = (rootBytes: Buffer): HeadRecord => ({
-      ...this.head,
+      ...base,
+      ...meta,
       size: this.size,
       checkpoint: id,
       checkpointMs: now,
@@ -892,12 +1086,27 @@ export class Volume {
       nd.e.copy(e, 0, 0, nd.n * ENTRY_SIZE);
       for (let i = 0; i < nd.n; i++) {
         if (nd.level === 0) {
-          if (e.readUInt32LE(i * ENTRY_SIZE + 8) !== PENDING_SEG || e.readUInt32LE(i * ENTRY_SIZE + 12) !== 0) continue;
+          if (
+            e.readUInt32LE(i * ENTRY_SIZE + 8) !== PENDING_SEG ||
+            e.readUInt32LE(i * ENTRY_SIZE + 12) !== 0
+          )
+            continue;
           const lba = nd.key(i);
           const k = pending.get(lba);
-          if (k === undefined) throw new HyperError('internal', 'INTERNAL', `index entry for block ${lba} has no data`);
+          if (k === undefined)
+            throw new HyperError(
+              'internal',
+              'INTERNAL',
+              `index entry for block ${lba} has no data`,
+            );
           const tmp = new Node(0, nd.n, e, true);
-          writePtr(tmp, i, lba, { seg: id, off: dataOffset + k * bs, len: bs, crc: crcs[k] as number, codec: 0 });
+          writePtr(tmp, i, lba, {
+            seg: id,
+            off: dataOffset + k * bs,
+            len: bs,
+            crc: crcs[k] as number,
+            codec: 0,
+          });
         } else {
           const kid = nd.kids?.[i];
           if (!kid) continue;
@@ -937,10 +1146,12 @@ export class Volume {
       lbas: dataLbas,
       nodes: nodes.map((nd) => ({ firstLba: nd.n > 0 ? nd.key(0) : 0, level: nd.level })),
     });
-    if (header.length !== headerLen) throw new HyperError('internal', 'INTERNAL', 'segment header size changed while encoding');
+    if (header.length !== headerLen)
+      throw new HyperError('internal', 'INTERNAL', 'segment header size changed while encoding');
     header.copy(segment, 0);
     segment.fill(0, header.length, nodesOffset);
-    for (let k = 0; k < blocks.length; k++) (blocks[k] as Buffer).copy(segment, dataOffset + k * bs);
+    for (let k = 0; k < blocks.length; k++)
+      (blocks[k] as Buffer).copy(segment, dataOffset + k * bs);
     return { segment, head, headBytes, dataOffset, patched };
   }
 }
@@ -987,7 +1198,14 @@ function buildSegment(
 }
 
 /** Copy the part of block `lba` (or zeros for null) that overlaps [offset, offset+length) into out. */
-function copyBlock(out: Buffer, offset: number, length: number, lba: number, bs: number, blk: Buffer | null): void {
+function copyBlock(
+  out: Buffer,
+  offset: number,
+  length: number,
+  lba: number,
+  bs: number,
+  blk: Buffer | null,
+): void {
   const bStart = lba * bs;
   const from = Math.max(offset, bStart);
   const to = Math.min(offset + length, bStart + bs);
@@ -1020,50 +1238,99 @@ export function infoOf(url: string, head: HeadRecord, readOnly: boolean): Volume
   };
 }
 
-/** Committed checkpoints are segment ids ≤ head.checkpoint that are not in head.skipped. */
+/**
+ * The checkpoint a reference names. Committed checkpoints are segment ids ≤ head.checkpoint,
+ * not skipped, not dropped by compaction (see isRetainedCheckpoint).
+ */
 export async function resolveCheckpoint(
   store: ObjectStore,
   head: HeadRecord,
   ref: NonNullable<OpenOptions['at']>,
 ): Promise<number> {
+  if ('snapshot' in ref) {
+    const snap = await readSnapshot(store, ref.snapshot);
+    return resolveCheckpoint(store, head, { checkpoint: snap.checkpoint });
+  }
   if ('checkpoint' in ref) {
     const id = ref.checkpoint;
-    if (!Number.isSafeInteger(id) || id < 1 || id > head.checkpoint || head.skipped.includes(id)) {
-      throw new HyperError('not-found', 'CHECKPOINT_NOT_FOUND', `Checkpoint ${id} does not exist (latest is ${head.checkpoint})`, {
-        suggestion: 'List checkpoints with `hyper snapshot list`.',
-      });
+    if (!isRetainedCheckpoint(head, id)) {
+      throw new HyperError(
+        'not-found',
+        'CHECKPOINT_NOT_FOUND',
+        `Checkpoint ${id} does not exist (latest is ${head.checkpoint})`,
+        {
+          suggestion: 'List checkpoints with `hyper snapshot list`.',
+        },
+      );
     }
     if (id !== head.checkpoint && !(await store.head(segmentKey(id)))) {
-      throw new HyperError('not-found', 'CHECKPOINT_NOT_FOUND', `Checkpoint ${id} was removed by compaction`);
+      throw new HyperError(
+        'not-found',
+        'CHECKPOINT_NOT_FOUND',
+        `Checkpoint ${id} was removed by compaction`,
+      );
     }
     return id;
   }
-  if ('time' in ref) {
-    const want = ref.time.getTime();
-    const ids: number[] = [];
-    for await (const page of store.list(SEGMENT_PREFIX)) {
-      for (const o of page.objects) {
-        const id = parseSegmentKey(o.key);
-        if (id !== undefined && id <= head.checkpoint && !head.skipped.includes(id)) ids.push(id);
-      }
-    }
-    // Binary search on the checkpoint times embedded in the segments (ascending with id).
-    let lo = 0;
-    let hi = ids.length - 1;
-    let best: number | undefined;
-    while (lo <= hi) {
-      const mid = (lo + hi) >>> 1;
-      const id = ids[mid] as number;
-      const t = id === head.checkpoint ? head.checkpointMs : (await readCheckpointHead(store, id)).checkpointMs;
-      if (t <= want) {
-        best = id;
-        lo = mid + 1;
-      } else hi = mid - 1;
-    }
-    if (best === undefined) {
-      throw new HyperError('not-found', 'CHECKPOINT_NOT_FOUND', `No checkpoint at or before ${ref.time.toISOString()}`);
-    }
-    return best;
+  const want = ref.time.getTime();
+  const ids = await retainedCheckpoints(store, head);
+  // Binary search on the checkpoint times embedded in the segments (ascending with id).
+  let lo = 0;
+  let hi = ids.length - 1;
+  let best: number | undefined;
+  while (lo <= hi) {
+    const mid = (lo + hi) >>> 1;
+    const id = ids[mid] as number;
+    const t =
+      id === head.checkpoint
+        ? head.checkpointMs
+        : (await readCheckpointHead(store, id)).checkpointMs;
+    if (t <= want) {
+      best = id;
+      lo = mid + 1;
+    } else hi = mid - 1;
   }
-  throw new HyperError('invalid', 'INVALID_ARGUMENT', 'Opening a named snapshot is not supported yet');
+  if (best === undefined) {
+    throw new HyperError(
+      'not-found',
+      'CHECKPOINT_NOT_FOUND',
+      `No checkpoint at or before ${ref.time.toISOString()}`,
+    );
+  }
+  return best;
+}
+
+/** Retained checkpoint ids, ascending (one LIST of seg/). */
+export async function retainedCheckpoints(store: ObjectStore, head: HeadRecord): Promise<number[]> {
+  const ids: number[] = [];
+  for await (const page of store.list(SEGMENT_PREFIX)) {
+    for (const o of page.objects) {
+      const id = parseSegmentKey(o.key);
+      if (id !== undefined && isRetainedCheckpoint(head, id)) ids.push(id);
+    }
+  }
+  return ids;
+}
+
+/** A named snapshot record. */
+export async function readSnapshot(store: ObjectStore, name: string): Promise<SnapshotRecord> {
+  const key = snapshotKey(name);
+  let body: Buffer;
+  try {
+    body = (await store.get(key)).body;
+  } catch (e) {
+    if (isHyperError(e, 'OBJECT_NOT_FOUND')) {
+      throw new HyperError('not-found', 'SNAPSHOT_NOT_FOUND', `No snapshot named "${name}"`, {
+        suggestion: 'List snapshots with `hyper snapshot list --named`.',
+      });
+    }
+    throw e;
+  }
+  try {
+    return decodeSnapshot(body);
+  } catch (e) {
+    if (e instanceof DecodeError)
+      throw dataError('CORRUPT_OBJECT', key, `Snapshot record is damaged: ${e.message}`);
+    throw e;
+  }
 }

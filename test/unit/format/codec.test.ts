@@ -128,7 +128,10 @@ describe('codecs', () => {
     });
     assert.equal(seg.toString('ascii', 0, 4), 'HYSG');
     assert.equal(seg.toString('ascii', EMBEDDED_HEAD_OFFSET, EMBEDDED_HEAD_OFFSET + 4), 'HYHD');
-    assert.equal(decodeEmbeddedHead(seg.subarray(0, EMBEDDED_HEAD_OFFSET + headBytes.length)).checkpoint, 7);
+    assert.equal(
+      decodeEmbeddedHead(seg.subarray(0, EMBEDDED_HEAD_OFFSET + headBytes.length)).checkpoint,
+      7,
+    );
     const d = decodeSegmentHeader(seg);
     assert.deepEqual(d.lbas, [3, 4]);
     assert.deepEqual(d.nodes, [{ firstLba: 3, level: 0 }]);

@@ -50,7 +50,12 @@ describe('volume engine', () => {
     const rand = rng(42);
     // A tiny node cache forces index nodes to be evicted and loaded back from segments.
     const open = (): Promise<Volume> =>
-      Volume.open(store, { nodeCacheBytes: 64 * KiB, dataCacheBytes: 256 * KiB, flushIntervalMs: 0, holder: 'test' });
+      Volume.open(store, {
+        nodeCacheBytes: 64 * KiB,
+        dataCacheBytes: 256 * KiB,
+        flushIntervalMs: 0,
+        holder: 'test',
+      });
     let vol = await open();
     const verify = async (): Promise<void> => {
       const got = await vol.read(0, size);
@@ -62,7 +67,10 @@ describe('volume engine', () => {
       const zone = Math.floor(rand() * 4) * (size / 4);
       const off = Math.min(size - 1, zone + Math.floor(rand() * (size / 4)));
       if (r < 0.6) {
-        const len = Math.min(size - off, rand() < 0.8 ? 1 + Math.floor(rand() * 9000) : Math.floor(rand() * 600 * KiB) + 1);
+        const len = Math.min(
+          size - off,
+          rand() < 0.8 ? 1 + Math.floor(rand() * 9000) : Math.floor(rand() * 600 * KiB) + 1,
+        );
         const data = Buffer.alloc(len, Math.floor(rand() * 255) + 1);
         if (rand() < 0.3) data.fill(0, 0, Math.floor(len / 2)); // partly zero
         await vol.write(off, data);
@@ -81,7 +89,10 @@ describe('volume engine', () => {
       } else if (r < 0.9) {
         const len = Math.min(size - off, 1 + Math.floor(rand() * 200 * KiB));
         const got = await vol.read(off, len);
-        assert.ok(got.equals(ref.subarray(off, off + len)), `read mismatch at step ${step} off ${off} len ${len}`);
+        assert.ok(
+          got.equals(ref.subarray(off, off + len)),
+          `read mismatch at step ${step} off ${off} len ${len}`,
+        );
       } else if (r < 0.97) {
         await vol.flush();
       } else {
@@ -115,7 +126,10 @@ describe('volume engine', () => {
     }
     await v.close();
     v = await Volume.open(store, opts);
-    assert.ok((v as unknown as { tree: { root: { level: number } } }).tree.root.level >= 2, 'index should be 3+ levels');
+    assert.ok(
+      (v as unknown as { tree: { root: { level: number } } }).tree.root.level >= 2,
+      'index should be 3+ levels',
+    );
     assert.equal(v.info.mappedBlocks, ref.size);
     // Trim a range that spans many subtrees, then check every block.
     await v.trim(1000 * 4096, 150_000 * 4096);
@@ -128,7 +142,10 @@ describe('volume engine', () => {
     for (const lba of probe) {
       const got = await v.read(lba * 4096, 4096);
       const want = ref.get(lba) ?? 0;
-      assert.ok(got.every((b) => b === want), `block ${lba}: want ${want} got ${got[0]}`);
+      assert.ok(
+        got.every((b) => b === want),
+        `block ${lba}: want ${want} got ${got[0]}`,
+      );
     }
   });
 
@@ -162,7 +179,10 @@ describe('volume engine', () => {
     const a = await Volume.open(store, { flushIntervalMs: 0, holder: 'writer-a' });
     await a.write(0, Buffer.alloc(4096, 7));
     await a.flush();
-    await assert.rejects(Volume.open(store, { holder: 'writer-b' }), (e) => isHyperError(e, 'LEASE_HELD') && /writer-a/.test(e.message));
+    await assert.rejects(
+      Volume.open(store, { holder: 'writer-b' }),
+      (e) => isHyperError(e, 'LEASE_HELD') && /writer-a/.test(e.message),
+    );
     const b = await Volume.open(store, { force: true, holder: 'writer-b', flushIntervalMs: 0 });
     await a.write(8192, Buffer.alloc(4096, 9));
     await assert.rejects(a.flush(), (e) => isHyperError(e, 'FENCED'));
@@ -192,7 +212,9 @@ describe('volume engine', () => {
     }
     assert.equal(store.stats().put, before.put, 'read-only opens must not write');
     assert.equal(store.stats().delete, before.delete);
-    await assert.rejects(Volume.open(store, { at: { checkpoint: 999 } }), (e) => isHyperError(e, 'CHECKPOINT_NOT_FOUND'));
+    await assert.rejects(Volume.open(store, { at: { checkpoint: 999 } }), (e) =>
+      isHyperError(e, 'CHECKPOINT_NOT_FOUND'),
+    );
   });
 
   it('reports a damaged or missing segment with its key instead of returning wrong data', async () => {
@@ -209,11 +231,17 @@ describe('volume engine', () => {
       return b;
     });
     const r = await Volume.open(mem, { readOnly: true });
-    await assert.rejects(r.read(0, 8192), (e) => isHyperError(e, 'CHECKSUM_MISMATCH') && e.key === key && e.message.includes(key));
+    await assert.rejects(
+      r.read(0, 8192),
+      (e) => isHyperError(e, 'CHECKSUM_MISMATCH') && e.key === key && e.message.includes(key),
+    );
     assert.equal((await r.read(1 * MiB, 1))[0], 6, 'other blocks still read');
     await mem.delete([key]);
     const r2 = await Volume.open(mem, { readOnly: true });
-    await assert.rejects(r2.read(0, 4096), (e) => isHyperError(e, 'MISSING_OBJECT') && e.key === key);
+    await assert.rejects(
+      r2.read(0, 4096),
+      (e) => isHyperError(e, 'MISSING_OBJECT') && e.key === key,
+    );
   });
 
   it('10,000 random 4 KiB writes then one flush take at most 5 PUTs', async () => {

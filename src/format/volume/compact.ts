@@ -1,0 +1,448 @@
+/**
+ * Compaction: apply a retention policy to the checkpoint history, copy live blocks out of
+ * mostly-dead segments, and delete segments that no retained checkpoint reaches.
+ *
+ * Safety (FORMAT.md "Compaction"): every change to the volume is an ordinary commit (a
+ * rewrite of live blocks, then a head recording the new history floor), and deletions come
+ * last and only touch segments that no retained checkpoint reaches. Readers that opened a
+ * checkpoint before it was dropped are protected by a grace period: a run deletes only what
+ * was unreachable under the history as it stood at least `graceMs` ago. Interrupted at any
+ * point, the volume stays valid; a rerun finishes the job.
+ */
+import { isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
+import { ENTRY_SIZE, decodeNode, nodeCapacity } from '../codec/node.js';
+import { Miss, Node } from '../index/btree.js';
+import { NodeLoader } from '../index/loader.js';
+import { PIN_PREFIX, SEGMENT_PREFIX, parseSegmentKey, segmentKey } from '../keys.js';
+import type { ObjectStore } from '../store/types.js';
+import { listSnapshots } from './history.js';
+import { decodeSnapshot } from '../codec/snapshot.js';
+import type { Logger } from './types.js';
+import { Volume, readCheckpointHead, readHead } from './volume.js';
+
+export const DEFAULT_GRACE_MS = 10 * 60 * 1000;
+/** Segments less live than this are rewritten: keeps stored bytes within ~1.1x of live bytes. */
+export const DEFAULT_MIN_LIVE = 0.9;
+
+export interface CompactOptions {
+  /** Keep the newest N checkpoints (the new checkpoint compaction makes counts). */
+  keepLast?: number;
+  /** Keep checkpoints made within this many ms. */
+  keepWithinMs?: number;
+  /** Rewrite segments whose live fraction is below this (0 disables; default 0.9). */
+  minLive?: number;
+  /** Delete only what has been unreachable for this long (default 10 min). */
+  graceMs?: number;
+  dryRun?: boolean;
+  holder?: string;
+  force?: boolean;
+  logger?: Logger;
+  signal?: AbortSignal;
+  onProgress?: (phase: 'scan' | 'rewrite' | 'delete', done: number, total?: number) => void;
+}
+
+export interface CompactResult {
+  dryRun: boolean;
+  checkpointsBefore: number;
+  checkpointsAfter: number;
+  checkpointsDropped: number;
+  segmentsBefore: number;
+  segmentsDeleted: number;
+  /** Unreachable segments left for a later run because of the grace period. */
+  segmentsDeferred: number;
+  bytesReclaimed: number;
+  segmentsRewritten: number;
+  blocksRewritten: number;
+  bytesRewritten: number;
+  storedBytesBefore: number;
+  storedBytesAfter: number;
+  /** Bytes the current checkpoint references (data and index nodes). */
+  liveBytes: number;
+  /** The checkpoint after compaction. */
+  checkpoint: number;
+}
+
+interface SegInfo {
+  size: number;
+  lastModified: Date;
+}
+
+interface Reach {
+  segments: Set<number>;
+  /** Current checkpoint only: live bytes per segment, and what lives there. */
+  live: Map<number, number>;
+  blocks: Map<number, number[]>;
+  /** For each segment, the first lba of every leaf stored in it (touching it rewrites the node). */
+  nodeLbas: Map<number, number[]>;
+}
+
+export async function compactVolume(
+  store: ObjectStore,
+  options: CompactOptions = {},
+): Promise<CompactResult> {
+  const graceMs = options.graceMs ?? DEFAULT_GRACE_MS;
+  const minLive = options.minLive ?? DEFAULT_MIN_LIVE;
+  const signal = options.signal;
+  const progress = options.onProgress ?? (() => undefined);
+
+  const vol = options.dryRun
+    ? undefined
+    : await Volume.open(store, {
+        flushIntervalMs: 0,
+        ...(options.holder ? { holder: options.holder } : {}),
+        ...(options.force ? { force: options.force } : {}),
+        ...(options.logger ? { logger: options.logger } : {}),
+      });
+  try {
+    const oldHead = vol ? vol.headRecord : (await readHead(store)).head;
+    const nodeSize = 2 ** oldHead.metaBlockShift;
+    const loader = new NodeLoader(store, nodeSize, nodeCapacity(nodeSize), 64 * 1024 * 1024);
+    const segs = await listSegments(store);
+    const storedBytesBefore = [...segs.values()].reduce((s, x) => s + x.size, 0);
+    const retainedBefore = retained(oldHead, segs);
+
+    // 1. Walk the current checkpoint: live bytes per segment; and what older retained checkpoints reach.
+    progress('scan', 0);
+    const cur = newReach();
+    await walk(loader, rootOf(oldHead), cur, new Set(), true, signal);
+    const policy = await applyPolicy(store, oldHead, segs, options);
+    const others = newReach();
+    const othersVisited = new Set<string>();
+    for (const id of policy.keep) {
+      if (id === oldHead.checkpoint) continue;
+      others.segments.add(id);
+      await walk(
+        loader,
+        rootOf(await readCheckpointHead(store, id)),
+        others,
+        othersVisited,
+        false,
+        signal,
+      );
+    }
+    progress('scan', 1, 1);
+
+    // 2. Rewrite live blocks of mostly-dead segments that only the current checkpoint needs.
+    const candidates = [...cur.segments].filter((s) => {
+      const info = segs.get(s);
+      if (!info || others.segments.has(s) || policy.keep.has(s) || s === oldHead.checkpoint)
+        return false;
+      return (cur.live.get(s) ?? 0) / info.size < minLive;
+    });
+    let blocksRewritten = 0;
+    let bytesRewritten = 0;
+    if (vol && candidates.length > 0) {
+      const bs = 2 ** oldHead.dataBlockShift;
+      const lbas = new Set<number>();
+      for (const s of candidates) {
+        for (const l of cur.blocks.get(s) ?? []) lbas.add(l);
+        for (const l of cur.nodeLbas.get(s) ?? []) lbas.add(l);
+      }
+      const sorted = [...lbas].sort((a, b) => a - b);
+      let i = 0;
+      while (i < sorted.length) {
+        signal?.throwIfAborted();
+        let j = i + 1;
+        while (j < sorted.length && sorted[j] === (sorted[j - 1] as number) + 1 && j - i < 256) j++;
+        const lo = sorted[i] as number;
+        const count = j - i;
+        const size = vol.info.size;
+        const len = Math.min(count * bs, size - lo * bs);
+        if (len > 0) {
+          const data = await vol.read(lo * bs, len);
+          await vol.write(lo * bs, data);
+          bytesRewritten += len;
+          blocksRewritten += count;
+        }
+        i = j;
+        progress('rewrite', i, sorted.length);
+      }
+      await vol.flush();
+    }
+
+    // 3. Record the new history (dropped checkpoints) in a new checkpoint.
+    let head = vol ? vol.headRecord : oldHead;
+    if (vol) {
+      const segsMid = await listSegments(store);
+      const after = await applyPolicy(store, head, segsMid, options);
+      // Commit a new history only if it drops something: rerunning with the same policy is a no-op.
+      const drops = [...segsMid.keys()].some(
+        (id) => isRetainedCheckpoint(head, id) && !after.keep.has(id),
+      );
+      if (after.policyGiven && drops) {
+        await vol.setHistory(
+          after.floorAfterNext === 'self' ? 'self' : after.floorAfterNext,
+          after.kept,
+        );
+        head = vol.headRecord;
+      }
+    }
+
+    // 4. Delete what no retained checkpoint reaches (respecting the grace period).
+    const segsNow = vol ? await listSegments(store) : segs;
+    const now = Date.now();
+    const protectBy: HeadRecord | undefined =
+      graceMs === 0 || options.dryRun
+        ? head
+        : oldHead.history && oldHead.history.floorMs + graceMs <= now
+          ? oldHead
+          : !oldHead.history && policyIsNoop(options)
+            ? head
+            : undefined;
+    const reachAll = newReach();
+    let keepIds: number[] = [];
+    if (protectBy) {
+      // Under the history of `protectBy`, plus every checkpoint committed since.
+      const viewHead = options.dryRun ? await dryRunHead(store, head, segsNow, options) : protectBy;
+      keepIds = [...segsNow.keys()].filter(
+        (id) =>
+          id <= head.checkpoint &&
+          isRetainedCheckpoint({ ...head, history: viewHead.history } as HeadRecord, id),
+      );
+      if (!keepIds.includes(head.checkpoint)) keepIds.push(head.checkpoint);
+      const visited = new Set<string>();
+      for (const id of keepIds) {
+        reachAll.segments.add(id);
+        const h = id === head.checkpoint ? head : await readCheckpointHead(store, id);
+        await walk(loader, rootOf(h), reachAll, visited, false, signal);
+      }
+    }
+    const deletable: number[] = [];
+    let deferred = 0;
+    for (const [id, info] of segsNow) {
+      const uncommitted = id > head.lastSegment || head.skipped.includes(id);
+      if (uncommitted) {
+        if (now - info.lastModified.getTime() >= graceMs) deletable.push(id);
+        else deferred++;
+        continue;
+      }
+      if (id === head.checkpoint) continue;
+      if (!protectBy) {
+        deferred++;
+        continue;
+      }
+      if (!reachAll.segments.has(id)) deletable.push(id);
+    }
+    let bytesReclaimed = 0;
+    if (vol) {
+      for (let k = 0; k < deletable.length; k += 1000) {
+        signal?.throwIfAborted();
+        const batch = deletable.slice(k, k + 1000);
+        await store.delete(
+          batch.map((id) => segmentKey(id)),
+          signal ? { signal } : {},
+        );
+        for (const id of batch) bytesReclaimed += segsNow.get(id)?.size ?? 0;
+        progress('delete', Math.min(k + 1000, deletable.length), deletable.length);
+      }
+    } else {
+      for (const id of deletable) bytesReclaimed += segsNow.get(id)?.size ?? 0;
+    }
+    const segsAfter = vol ? await listSegments(store) : segsNow;
+    const storedAfter = vol
+      ? [...segsAfter.values()].reduce((s, x) => s + x.size, 0)
+      : storedBytesBefore - bytesReclaimed;
+    const afterHead = vol
+      ? head
+      : ({
+          ...head,
+          history: (await dryRunHead(store, head, segsNow, options)).history,
+        } as HeadRecord);
+    const deleted = new Set(vol ? deletable : []);
+    const stillRetained = (id: number): boolean =>
+      isRetainedCheckpoint(afterHead, id) && !deleted.has(id) && (segsAfter.has(id) || !vol);
+    const retainedAfter = [...segsAfter.keys()].filter(stillRetained).length;
+    const dropped = [...segs.keys()].filter(
+      (id) => isRetainedCheckpoint(oldHead, id) && !stillRetained(id),
+    ).length;
+    return {
+      dryRun: !!options.dryRun,
+      checkpointsBefore: retainedBefore,
+      checkpointsAfter: retainedAfter,
+      checkpointsDropped: dropped,
+      segmentsBefore: segs.size,
+      segmentsDeleted: vol ? deletable.length : 0,
+      segmentsDeferred: deferred,
+      bytesReclaimed,
+      segmentsRewritten: vol ? candidates.length : 0,
+      blocksRewritten,
+      bytesRewritten: vol
+        ? bytesRewritten
+        : candidates.reduce((s, c) => s + (cur.live.get(c) ?? 0), 0),
+      storedBytesBefore,
+      storedBytesAfter: storedAfter,
+      liveBytes: [...cur.live.values()].reduce((a, b) => a + b, 0),
+      checkpoint: head.checkpoint,
+    };
+  } finally {
+    await vol?.close();
+  }
+}
+
+const policyIsNoop = (o: CompactOptions): boolean =>
+  o.keepLast === undefined && o.keepWithinMs === undefined;
+
+async function dryRunHead(
+  store: ObjectStore,
+  head: HeadRecord,
+  segs: Map<number, SegInfo>,
+  o: CompactOptions,
+): Promise<HeadRecord> {
+  const p = await applyPolicy(store, head, segs, o);
+  if (!p.policyGiven) return head;
+  const floor = p.floorAfterNext === 'self' ? head.checkpoint : p.floorAfterNext;
+  return { ...head, history: { floor, floorMs: Date.now(), kept: p.kept } };
+}
+
+function retained(head: HeadRecord, segs: Map<number, SegInfo>): number {
+  let n = 0;
+  for (const id of segs.keys()) if (isRetainedCheckpoint(head, id)) n++;
+  return n;
+}
+
+async function listSegments(store: ObjectStore): Promise<Map<number, SegInfo>> {
+  const out = new Map<number, SegInfo>();
+  for await (const page of store.list(SEGMENT_PREFIX)) {
+    for (const o of page.objects) {
+      const id = parseSegmentKey(o.key);
+      if (id !== undefined) out.set(id, { size: o.size, lastModified: o.lastModified });
+    }
+  }
+  return out;
+}
+
+/** Checkpoints pinned by name or by a clone. */
+async function pinned(store: ObjectStore): Promise<Set<number>> {
+  const ids = new Set<number>();
+  for (const s of await listSnapshots(store)) ids.add(s.checkpoint);
+  for await (const page of store.list(PIN_PREFIX)) {
+    for (const o of page.objects) {
+      try {
+        ids.add(decodeSnapshot((await store.get(o.key)).body).checkpoint);
+      } catch {
+        // A damaged pin is ignored here; `file check` reports it.
+      }
+    }
+  }
+  return ids;
+}
+
+interface Policy {
+  policyGiven: boolean;
+  /** Checkpoints the policy keeps now (current included). */
+  keep: Set<number>;
+  /** The floor to record at the next commit ('self' = the new checkpoint itself). */
+  floorAfterNext: number | 'self';
+  /** Pinned checkpoints below that floor. */
+  kept: number[];
+}
+
+/**
+ * Which retained checkpoints the policy keeps. Both rules keep a suffix of the history
+ * (the newest ones), so the result is a floor plus the pinned checkpoints below it.
+ */
+async function applyPolicy(
+  store: ObjectStore,
+  head: HeadRecord,
+  segs: Map<number, SegInfo>,
+  o: CompactOptions,
+): Promise<Policy> {
+  const ids = [...segs.keys()].filter((id) => isRetainedCheckpoint(head, id)).sort((a, b) => b - a);
+  const pins = await pinned(store);
+  if (policyIsNoop(o)) {
+    return {
+      policyGiven: false,
+      keep: new Set(ids),
+      floorAfterNext: head.history?.floor ?? 1,
+      kept: head.history?.kept ?? [],
+    };
+  }
+  const keep = new Set<number>([head.checkpoint]);
+  // The commit that records the history is itself one of the kept checkpoints.
+  const keepLast = o.keepLast === undefined ? 0 : Math.max(1, o.keepLast);
+  const fromLast = ids.slice(0, Math.max(0, keepLast - 1));
+  for (const id of fromLast) keep.add(id);
+  if (o.keepWithinMs !== undefined) {
+    const since = Date.now() - o.keepWithinMs;
+    for (const id of ids) if ((segs.get(id)?.lastModified.getTime() ?? 0) >= since) keep.add(id);
+  }
+  const suffix = [...keep];
+  let floorAfterNext: number | 'self' = 'self';
+  if (keepLast !== 1 || o.keepWithinMs !== undefined) {
+    const oldest = Math.min(...suffix.filter((id) => ids.includes(id)));
+    floorAfterNext = Number.isFinite(oldest) ? oldest : 'self';
+  }
+  const floorNum = floorAfterNext === 'self' ? head.checkpoint + 1 : floorAfterNext;
+  const kept = [...pins]
+    .filter((id) => id < floorNum && isRetainedCheckpoint(head, id))
+    .sort((a, b) => a - b);
+  for (const id of kept) keep.add(id);
+  for (const id of ids) if (id >= floorNum) keep.add(id);
+  return { policyGiven: true, keep, floorAfterNext, kept };
+}
+
+function newReach(): Reach {
+  return { segments: new Set(), live: new Map(), blocks: new Map(), nodeLbas: new Map() };
+}
+
+function rootOf(h: HeadRecord): Node {
+  const cap = nodeCapacity(2 ** h.metaBlockShift);
+  const d = decodeNode(h.root, 0, cap);
+  return new Node(d.level, d.count, d.entries, false);
+}
+
+/**
+ * Walk one checkpoint's index; `visited` holds node locations already walked (shared
+ * subtrees are walked once). With `live`, also record per segment the bytes the checkpoint
+ * references there, its blocks, and for each index node stored there one mapped block under
+ * it (rewriting that block makes the node be rewritten too).
+ */
+async function walk(
+  loader: NodeLoader,
+  root: Node,
+  r: Reach,
+  visited: Set<string>,
+  live: boolean,
+  signal?: AbortSignal,
+): Promise<void> {
+  const push = (m: Map<number, number[]>, seg: number, lba: number): void => {
+    const l = m.get(seg);
+    if (l) l.push(lba);
+    else m.set(seg, [lba]);
+  };
+  const add = (seg: number, bytes: number): void => {
+    r.segments.add(seg);
+    if (live) r.live.set(seg, (r.live.get(seg) ?? 0) + bytes);
+  };
+  /** Returns the first mapped block below `nd`, if walked. */
+  const rec = async (nd: Node): Promise<number | undefined> => {
+    signal?.throwIfAborted();
+    if (nd.level === 0) {
+      for (let i = 0; i < nd.n; i++) {
+        const seg = nd.seg(i);
+        add(seg, nd.e.readUInt32LE(i * ENTRY_SIZE + 20));
+        if (live) push(r.blocks, seg, nd.key(i));
+      }
+      return nd.n > 0 ? nd.key(0) : undefined;
+    }
+    let first: number | undefined;
+    for (let i = 0; i < nd.n; i++) {
+      const seg = nd.seg(i);
+      const off = nd.off(i);
+      const key = `${seg}:${off}`;
+      if (visited.has(key)) continue;
+      visited.add(key);
+      add(seg, loader.nodeSize);
+      let child = loader.cached(seg, off);
+      while (!child) {
+        await loader.load(new Miss(nd, i));
+        child = loader.cached(seg, off);
+      }
+      const f = await rec(child);
+      if (live && f !== undefined) push(r.nodeLbas, seg, f);
+      first ??= f;
+    }
+    return first;
+  };
+  await rec(root);
+}

@@ -1,0 +1,297 @@
+/**
+ * A volume's history: checkpoints, named snapshots, restore and diff.
+ * Every request count here is independent of the volume's size.
+ */
+import { HyperError, isHyperError } from '../../errors.js';
+import { isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
+import { decodeNode, nodeCapacity } from '../codec/node.js';
+import { encodeSnapshot } from '../codec/snapshot.js';
+import { Miss, Node, type ScanEntry } from '../index/btree.js';
+import { NodeLoader } from '../index/loader.js';
+import {
+  SEGMENT_PREFIX,
+  SNAPSHOT_PREFIX,
+  parseSegmentKey,
+  parseSnapshotKey,
+  snapshotKey,
+} from '../keys.js';
+import type { ObjectStore } from '../store/types.js';
+import type { CheckpointRef, OpenOptions } from './types.js';
+import { Volume, readCheckpointHead, readHead, readSnapshot, resolveCheckpoint } from './volume.js';
+
+export interface SnapshotInfo {
+  name: string;
+  checkpoint: number;
+  createdAt: Date;
+}
+
+export interface CheckpointEntry {
+  checkpoint: number;
+  time: Date;
+  /** Bytes of the checkpoint's segment object (data and index written by that flush). */
+  bytes: number;
+  names: string[];
+  current: boolean;
+  /** Set when this checkpoint was made by a restore. */
+  restoredFrom?: number;
+}
+
+export async function listSnapshots(store: ObjectStore): Promise<SnapshotInfo[]> {
+  const names: string[] = [];
+  for await (const page of store.list(SNAPSHOT_PREFIX)) {
+    for (const o of page.objects) {
+      const n = parseSnapshotKey(o.key);
+      if (n !== undefined) names.push(n);
+    }
+  }
+  const out = await Promise.all(
+    names.map(async (name) => {
+      const r = await readSnapshot(store, name);
+      return { name, checkpoint: r.checkpoint, createdAt: new Date(r.createdMs) };
+    }),
+  );
+  return out.sort((a, b) => b.checkpoint - a.checkpoint || a.name.localeCompare(b.name));
+}
+
+/** Pin a checkpoint under a name: one GET of the head (plus one to check an older checkpoint) and one create-only PUT. */
+export async function createSnapshot(
+  store: ObjectStore,
+  name: string,
+  at?: CheckpointRef,
+): Promise<SnapshotInfo> {
+  const key = snapshotKey(name);
+  const { head } = await readHead(store);
+  const checkpoint = at ? await resolveCheckpoint(store, head, at) : head.checkpoint;
+  const createdMs = Date.now();
+  try {
+    await store.put(key, encodeSnapshot({ checkpoint, createdMs, kind: 'snapshot', note: '' }), {
+      ifNoneMatch: true,
+    });
+  } catch (e) {
+    if (isHyperError(e, 'OBJECT_EXISTS')) {
+      throw new HyperError(
+        'conflict',
+        'SNAPSHOT_EXISTS',
+        `A snapshot named "${name}" already exists`,
+        {
+          suggestion: 'Pick another name, or delete the old snapshot first.',
+        },
+      );
+    }
+    throw e;
+  }
+  return { name, checkpoint, createdAt: new Date(createdMs) };
+}
+
+/** Unpin a snapshot (its data goes at the next compaction). */
+export async function deleteSnapshot(store: ObjectStore, name: string): Promise<SnapshotInfo> {
+  const r = await readSnapshot(store, name);
+  await store.delete([snapshotKey(name)]);
+  return { name, checkpoint: r.checkpoint, createdAt: new Date(r.createdMs) };
+}
+
+export interface ListCheckpointsOptions {
+  since?: Date;
+  until?: Date;
+  limit?: number;
+  /** Only checkpoints that have a name. */
+  named?: boolean;
+}
+
+/**
+ * Retained checkpoints, newest first. One LIST of seg/ and snap/, then one short GET per
+ * checkpoint shown (for its exact time), so use `limit` on long histories.
+ */
+export async function listCheckpoints(
+  store: ObjectStore,
+  options: ListCheckpointsOptions = {},
+): Promise<CheckpointEntry[]> {
+  const { head } = await readHead(store);
+  const sizes = new Map<number, number>();
+  for await (const page of store.list(SEGMENT_PREFIX)) {
+    for (const o of page.objects) {
+      const id = parseSegmentKey(o.key);
+      if (id !== undefined && isRetainedCheckpoint(head, id)) sizes.set(id, o.size);
+    }
+  }
+  const names = new Map<number, string[]>();
+  for (const s of await listSnapshots(store))
+    names.set(s.checkpoint, [...(names.get(s.checkpoint) ?? []), s.name]);
+  let ids = [...sizes.keys()].sort((a, b) => b - a);
+  if (options.named) ids = ids.filter((id) => names.has(id));
+  const limit = options.limit ?? Number.MAX_SAFE_INTEGER;
+  const out: CheckpointEntry[] = [];
+  // Walk newest → oldest in small parallel batches until the limit or the `since` bound.
+  for (let i = 0; i < ids.length && out.length < limit; i += 16) {
+    const batch = ids.slice(i, i + 16);
+    const heads = await Promise.all(
+      batch.map((id) => (id === head.checkpoint ? head : readCheckpointHead(store, id))),
+    );
+    let older = false;
+    for (const h of heads) {
+      const time = new Date(h.checkpointMs);
+      if (options.until && time > options.until) continue;
+      if (options.since && time < options.since) {
+        older = true;
+        break;
+      }
+      out.push({
+        checkpoint: h.checkpoint,
+        time,
+        bytes: sizes.get(h.checkpoint) ?? 0,
+        names: names.get(h.checkpoint) ?? [],
+        current: h.checkpoint === head.checkpoint,
+        ...(h.restoredFrom === undefined ? {} : { restoredFrom: h.restoredFrom }),
+      });
+      if (out.length >= limit) break;
+    }
+    if (older) break;
+  }
+  return out;
+}
+
+export interface RestorePlan {
+  /** The checkpoint whose content is restored. */
+  target: number;
+  targetTime: Date;
+  /** The current checkpoint before the restore. */
+  from: number;
+  /** The new checkpoint (absent on a dry run). */
+  checkpoint?: number;
+  dryRun: boolean;
+}
+
+/** Make a new checkpoint with the content of `to`; takes the lease (refuses a live writer). */
+export async function restoreVolume(
+  store: ObjectStore,
+  to: CheckpointRef,
+  options: Pick<OpenOptions, 'holder' | 'force' | 'logger'> & { dryRun?: boolean } = {},
+): Promise<RestorePlan> {
+  const { head } = await readHead(store);
+  const target = await resolveCheckpoint(store, head, to);
+  const th = target === head.checkpoint ? head : await readCheckpointHead(store, target);
+  const plan: RestorePlan = {
+    target,
+    targetTime: new Date(th.checkpointMs),
+    from: head.checkpoint,
+    dryRun: !!options.dryRun,
+  };
+  if (options.dryRun) return plan;
+  const vol = await Volume.open(store, { ...options, flushIntervalMs: 0 });
+  try {
+    plan.from = vol.info.checkpoint;
+    plan.checkpoint = (await vol.restore(target)).checkpoint;
+  } finally {
+    await vol.close();
+  }
+  return plan;
+}
+
+export interface ChangedExtent {
+  offset: number;
+  length: number;
+  /** True when the range reads as zeros in `to` (trimmed or zeroed). */
+  zero: boolean;
+}
+
+/**
+ * The byte ranges whose content differs between two checkpoints (like `rbd diff`). Subtrees
+ * the two indexes share (same node location) are skipped without being read, so the cost
+ * follows the size of the change, not of the volume.
+ */
+export async function diffCheckpoints(
+  store: ObjectStore,
+  from: CheckpointRef,
+  to?: CheckpointRef,
+): Promise<ChangedExtent[]> {
+  const { head } = await readHead(store);
+  const a = await resolveCheckpoint(store, head, from);
+  const b = to ? await resolveCheckpoint(store, head, to) : head.checkpoint;
+  const ha = a === head.checkpoint ? head : await readCheckpointHead(store, a);
+  const hb = b === head.checkpoint ? head : await readCheckpointHead(store, b);
+  const nodeSize = 2 ** head.metaBlockShift;
+  const cap = nodeCapacity(nodeSize);
+  const loader = new NodeLoader(store, nodeSize, cap, 32 * 1024 * 1024);
+  const rootOf = (h: HeadRecord): Node => {
+    const d = decodeNode(h.root, 0, cap);
+    return new Node(d.level, d.count, d.entries, false);
+  };
+  // lba → location in `from` (ex) and in `to` (ey), for blocks under subtrees that differ.
+  const ex = new Map<number, string>();
+  const ey = new Map<number, string>();
+  const cmp = async (x: Node, y: Node): Promise<void> => {
+    if (x.level > 0 && x.level === y.level) {
+      const sameKeys =
+        x.n === y.n && Array.from({ length: x.n }, (_, i) => x.key(i) === y.key(i)).every(Boolean);
+      if (sameKeys) {
+        // Same ranges: recurse pairwise into children whose location differs.
+        for (let i = 0; i < x.n; i++) {
+          if (x.seg(i) === y.seg(i) && x.off(i) === y.off(i) && x.seg(i) !== 0) continue;
+          await cmp(await childOf(loader, x, i), await childOf(loader, y, i));
+        }
+        return;
+      }
+      // Ranges moved (splits, removals): skip children shared by location, collect the rest.
+      const loc = (nd: Node, i: number): string => `${nd.key(i)}|${nd.seg(i)}:${nd.off(i)}`;
+      const lx = new Set(Array.from({ length: x.n }, (_, i) => loc(x, i)));
+      const ly = new Set(Array.from({ length: y.n }, (_, i) => loc(y, i)));
+      for (let i = 0; i < x.n; i++)
+        if (!ly.has(loc(x, i)))
+          await collect(loader, await childOf(loader, x, i), (e) =>
+            ex.set(e.lba, `${e.seg}:${e.off}`),
+          );
+      for (let i = 0; i < y.n; i++)
+        if (!lx.has(loc(y, i)))
+          await collect(loader, await childOf(loader, y, i), (e) =>
+            ey.set(e.lba, `${e.seg}:${e.off}`),
+          );
+      return;
+    }
+    await collect(loader, x, (e) => ex.set(e.lba, `${e.seg}:${e.off}`));
+    await collect(loader, y, (e) => ey.set(e.lba, `${e.seg}:${e.off}`));
+  };
+  await cmp(rootOf(ha), rootOf(hb));
+  const changed = new Set<number>();
+  diffMaps(ex, ey, changed);
+  const bs = 2 ** head.dataBlockShift;
+  const out: ChangedExtent[] = [];
+  const size = hb.size;
+  for (const lba of [...changed].sort((p, q) => p - q)) {
+    const zero = !ey.has(lba);
+    const offset = lba * bs;
+    if (offset >= size) continue;
+    const length = Math.min(bs, size - offset);
+    const prev = out[out.length - 1];
+    if (prev && prev.offset + prev.length === offset && prev.zero === zero) prev.length += length;
+    else out.push({ offset, length, zero });
+  }
+  return out;
+}
+
+function diffMaps(x: Map<number, string>, y: Map<number, string>, changed: Set<number>): void {
+  for (const [lba, p] of x) if (y.get(lba) !== p) changed.add(lba);
+  for (const [lba, p] of y) if (x.get(lba) !== p) changed.add(lba);
+}
+
+async function childOf(loader: NodeLoader, parent: Node, i: number): Promise<Node> {
+  for (;;) {
+    const c = loader.cached(parent.seg(i), parent.off(i));
+    if (c) return c;
+    await loader.load(new Miss(parent, i));
+  }
+}
+
+/** Visit every leaf entry below `nd`. */
+export async function collect(
+  loader: NodeLoader,
+  nd: Node,
+  fn: (e: ScanEntry) => void,
+): Promise<void> {
+  if (nd.level === 0) {
+    for (let i = 0; i < nd.n; i++) {
+      fn({ lba: nd.key(i), seg: nd.seg(i), off: nd.off(i), len: 0, crc: 0, codec: 0 });
+    }
+    return;
+  }
+  for (let i = 0; i < nd.n; i++) await collect(loader, await childOf(loader, nd, i), fn);
+}

@@ -1,0 +1,326 @@
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { describe, it } from 'node:test';
+import { isHyperError } from '../../../src/errors.js';
+import { CountingStore } from '../../../src/format/store/counting.js';
+import { MemStore } from '../../../src/format/store/mem.js';
+import { compactVolume } from '../../../src/format/volume/compact.js';
+import {
+  createSnapshot,
+  deleteSnapshot,
+  diffCheckpoints,
+  listCheckpoints,
+  listSnapshots,
+  restoreVolume,
+} from '../../../src/format/volume/history.js';
+import { statVolume } from '../../../src/format/volume/admin.js';
+import { KiB, MiB } from '../../../src/format/volume/types.js';
+import { Volume } from '../../../src/format/volume/volume.js';
+
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+const SIZE = 4 * MiB;
+
+async function contentAt(store: MemStore | CountingStore, checkpoint: number): Promise<Buffer> {
+  const v = await Volume.open(store, { at: { checkpoint } });
+  try {
+    return await v.read(0, v.info.size);
+  } finally {
+    await v.close();
+  }
+}
+
+/** A volume with `rounds` checkpoints of random 64 KiB overwrites; returns each checkpoint's content. */
+async function history(
+  store: MemStore | CountingStore,
+  rounds: number,
+  seed = 1,
+): Promise<Map<number, Buffer>> {
+  await Volume.create(store, { size: SIZE, segmentSize: 1 * MiB });
+  const v = await Volume.open(store, { flushIntervalMs: 0 });
+  const ref = Buffer.alloc(SIZE);
+  const refs = new Map<number, Buffer>([[1, Buffer.alloc(SIZE)]]);
+  const rand = rng(seed);
+  for (let r = 0; r < rounds; r++) {
+    for (let k = 0; k < 8; k++) {
+      const off = Math.floor(rand() * (SIZE / (64 * KiB))) * 64 * KiB;
+      const data = Buffer.alloc(64 * KiB, 1 + Math.floor(rand() * 250));
+      await v.write(off, data);
+      data.copy(ref, off);
+    }
+    const { checkpoint } = await v.flush();
+    refs.set(checkpoint, Buffer.from(ref));
+  }
+  await v.close();
+  return refs;
+}
+
+describe('snapshots, restore, diff', () => {
+  it('creates, lists and deletes named snapshots in O(1) requests', async () => {
+    const store = new CountingStore(MemStore.isolated());
+    const refs = await history(store, 5);
+    const cps = [...refs.keys()];
+    store.resetStats();
+    const s = await createSnapshot(store, 'before-upgrade', { checkpoint: cps[2] as number });
+    const st = store.stats();
+    assert.ok(st.get + st.put + st.head + st.list <= 4, `requests: ${JSON.stringify(st)}`);
+    assert.equal(s.checkpoint, cps[2]);
+    await createSnapshot(store, 'now');
+    await assert.rejects(createSnapshot(store, 'now'), (e) => isHyperError(e, 'SNAPSHOT_EXISTS'));
+    await assert.rejects(createSnapshot(store, 'bad/name'), (e) =>
+      isHyperError(e, 'INVALID_ARGUMENT'),
+    );
+    assert.deepEqual((await listSnapshots(store)).map((x) => x.name).sort(), [
+      'before-upgrade',
+      'now',
+    ]);
+    const list = await listCheckpoints(store);
+    assert.equal(list.length, 6);
+    assert.ok(list[0]?.current);
+    assert.deepEqual(list[0]?.names, ['now']);
+    assert.deepEqual(
+      list.map((c) => c.checkpoint),
+      [...cps].sort((a, b) => b - a),
+    );
+    assert.deepEqual(
+      (await listCheckpoints(store, { named: true })).map((c) => c.checkpoint).length,
+      2,
+    );
+    assert.equal((await listCheckpoints(store, { limit: 2 })).length, 2);
+    await deleteSnapshot(store, 'now');
+    await assert.rejects(deleteSnapshot(store, 'now'), (e) =>
+      isHyperError(e, 'SNAPSHOT_NOT_FOUND'),
+    );
+  });
+
+  it('restore makes a new checkpoint with the old content, and can be undone', async () => {
+    // The same requests whatever the history length and amount of data.
+    const small = new CountingStore(MemStore.isolated());
+    await history(small, 2);
+    small.resetStats();
+    await restoreVolume(small, { checkpoint: 2 });
+    const store = new CountingStore(MemStore.isolated());
+    const refs = await history(store, 24);
+    const cps = [...refs.keys()];
+    const target = cps[2] as number;
+    const latest = cps.at(-1) as number;
+    const dry = await restoreVolume(store, { checkpoint: target }, { dryRun: true });
+    assert.equal(dry.checkpoint, undefined);
+    assert.equal((await Volume.open(store, { readOnly: true })).info.checkpoint, latest);
+    store.resetStats();
+    const r = await restoreVolume(store, { checkpoint: target });
+    const st = store.stats();
+    const ss = small.stats();
+    assert.deepEqual(
+      [st.get, st.put, st.list, st.head],
+      [ss.get, ss.put, ss.list, ss.head],
+      `restore requests: ${JSON.stringify(st)}`,
+    );
+    assert.ok(st.get + st.put + st.list + st.head <= 16);
+    assert.ok((r.checkpoint as number) > latest);
+    assert.equal(
+      sha(await contentAt(store, r.checkpoint as number)),
+      sha(refs.get(target) as Buffer),
+    );
+    // Undo: restore the checkpoint that was current before.
+    const undo = await restoreVolume(store, { checkpoint: latest });
+    assert.equal(
+      sha(await contentAt(store, undo.checkpoint as number)),
+      sha(refs.get(latest) as Buffer),
+    );
+    const list = await listCheckpoints(store, { limit: 2 });
+    assert.equal(list[0]?.restoredFrom, latest);
+    await assert.rejects(restoreVolume(store, { checkpoint: 999 }), (e) =>
+      isHyperError(e, 'CHECKPOINT_NOT_FOUND'),
+    );
+  });
+
+  it('restore by time picks the last checkpoint at or before it', async () => {
+    const store = MemStore.isolated();
+    await Volume.create(store, { size: SIZE });
+    const v = await Volume.open(store, { flushIntervalMs: 0 });
+    const times: { cp: number; t: number }[] = [];
+    for (let i = 0; i < 4; i++) {
+      await v.write(0, Buffer.alloc(4096, i + 1));
+      const c = await v.flush();
+      times.push({ cp: c.checkpoint, t: c.time.getTime() });
+      await new Promise((r) => setTimeout(r, 15));
+    }
+    await v.close();
+    const second = times[1] as { cp: number; t: number };
+    const exact = await restoreVolume(store, { time: new Date(second.t) }, { dryRun: true });
+    assert.equal(exact.target, second.cp);
+    const between = await restoreVolume(store, { time: new Date(second.t + 5) }, { dryRun: true });
+    assert.equal(between.target, second.cp);
+    await assert.rejects(restoreVolume(store, { time: new Date(0) }), (e) =>
+      isHyperError(e, 'CHECKPOINT_NOT_FOUND'),
+    );
+  });
+
+  it('diff lists exactly the blocks whose content differs', async () => {
+    const store = MemStore.isolated();
+    const refs = await history(store, 6, 3);
+    const cps = [...refs.keys()];
+    for (const [a, b] of [
+      [cps[1], cps[4]],
+      [cps[0], cps.at(-1)],
+      [cps[3], cps[4]],
+    ] as [number, number][]) {
+      const got = await diffCheckpoints(store, { checkpoint: a }, { checkpoint: b });
+      const ra = refs.get(a) as Buffer;
+      const rb = refs.get(b) as Buffer;
+      const changed = new Set<number>();
+      for (const e of got)
+        for (let o = e.offset; o < e.offset + e.length; o += 4096) changed.add(o);
+      for (let o = 0; o < SIZE; o += 4096) {
+        const differs = !ra.subarray(o, o + 4096).equals(rb.subarray(o, o + 4096));
+        if (differs)
+          assert.ok(
+            changed.has(o),
+            `block at ${o} differs between ${a} and ${b} but is not in the diff`,
+          );
+      }
+      // Nothing outside the blocks that were written between the two.
+      assert.ok(changed.size <= ((b - a) * 8 * 64 * KiB) / 4096);
+    }
+  });
+});
+
+describe('compaction', () => {
+  it('keep-last 1 drops history, keeps named snapshots exact, and brings stored bytes near live bytes', async () => {
+    const store = MemStore.isolated();
+    const refs = await history(store, 12, 5);
+    const cps = [...refs.keys()];
+    const pinnedCp = cps[4] as number;
+    await createSnapshot(store, 'keep-me', { checkpoint: pinnedCp });
+    const before = await statVolume(store);
+    const r = await compactVolume(store, { keepLast: 1, graceMs: 0 });
+    const after = await statVolume(store);
+    assert.ok(r.segmentsDeleted > 0);
+    assert.ok(r.checkpointsDropped >= 10, `dropped ${r.checkpointsDropped}`);
+    assert.ok(after.storedBytes < before.storedBytes);
+    const latest = cps.at(-1) as number;
+    // The current content and the named snapshot read back exactly.
+    const cur = await Volume.open(store, { readOnly: true });
+    assert.equal(sha(await cur.read(0, SIZE)), sha(refs.get(latest) as Buffer));
+    assert.equal(sha(await contentAt(store, pinnedCp)), sha(refs.get(pinnedCp) as Buffer));
+    // Dropped checkpoints are gone, not silently wrong.
+    await assert.rejects(Volume.open(store, { at: { checkpoint: cps[6] as number } }), (e) =>
+      isHyperError(e, 'CHECKPOINT_NOT_FOUND'),
+    );
+    const list = await listCheckpoints(store);
+    assert.ok(list.length <= 3, `left: ${list.map((c) => c.checkpoint).join(',')}`);
+    // A second run has nothing left to do.
+    const again = await compactVolume(store, { keepLast: 1, graceMs: 0 });
+    assert.equal(again.segmentsDeleted, 0);
+    // Unpin and compact: stored bytes come close to live bytes.
+    await deleteSnapshot(store, 'keep-me');
+    const fin = await compactVolume(store, { keepLast: 1, graceMs: 0 });
+    const s = await statVolume(store);
+    assert.ok(
+      s.storedBytes <= 1.15 * fin.liveBytes + 64 * KiB,
+      `stored ${s.storedBytes} live ${fin.liveBytes}`,
+    );
+    const v = await Volume.open(store, { readOnly: true });
+    assert.equal(sha(await v.read(0, SIZE)), sha(refs.get(latest) as Buffer));
+  });
+
+  it('respects the grace period and dry runs change nothing', async () => {
+    const store = new CountingStore(MemStore.isolated());
+    await history(store, 6);
+    const dry = await compactVolume(store, { keepLast: 1, dryRun: true, graceMs: 0 });
+    assert.equal(dry.dryRun, true);
+    assert.ok(dry.segmentsDeleted === 0 && dry.bytesReclaimed > 0);
+    store.resetStats();
+    await compactVolume(store, { keepLast: 1, dryRun: true });
+    assert.equal(store.stats().put + store.stats().delete, 0, 'a dry run writes nothing');
+    // Default grace: the first run records the new history but deletes nothing reachable before it.
+    const first = await compactVolume(store, { keepLast: 1 });
+    assert.equal(first.segmentsDeleted, 0);
+    assert.ok(first.segmentsDeferred > 0);
+    // Once the grace period has passed (0 here), a rerun deletes them.
+    const second = await compactVolume(store, { keepLast: 1, graceMs: 0 });
+    assert.ok(second.segmentsDeleted > 0);
+  });
+
+  it('randomized history: every retained checkpoint reads back its reference after each step', async () => {
+    const store = MemStore.isolated();
+    await Volume.create(store, { size: 2 * MiB, segmentSize: 1 * MiB });
+    const rand = rng(11);
+    const refs = new Map<number, string>();
+    let ref: Buffer = Buffer.alloc(2 * MiB);
+    let vol = await Volume.open(store, { flushIntervalMs: 0 });
+    refs.set(vol.info.checkpoint, sha(ref));
+    let names = 0;
+    const verifyRetained = async (): Promise<void> => {
+      const list = await listCheckpoints(store);
+      for (const c of list) {
+        const want = refs.get(c.checkpoint);
+        assert.ok(want, `checkpoint ${c.checkpoint} has no reference`);
+        assert.equal(sha(await contentAt(store, c.checkpoint)), want, `checkpoint ${c.checkpoint}`);
+      }
+    };
+    for (let step = 0; step < 150; step++) {
+      const r = rand();
+      if (r < 0.55) {
+        const off = Math.floor(rand() * 2 * MiB - 1);
+        const len = Math.min(2 * MiB - off, 1 + Math.floor(rand() * 40 * KiB));
+        const data = Buffer.alloc(len, 1 + Math.floor(rand() * 250));
+        await vol.write(off, data);
+        data.copy(ref, off);
+      } else if (r < 0.65) {
+        const off = Math.floor(rand() * 2 * MiB);
+        const len = Math.min(2 * MiB - off, Math.floor(rand() * 100 * KiB));
+        await vol.writeZeroes(off, len);
+        ref.fill(0, off, off + len);
+      } else if (r < 0.8) {
+        const c = await vol.flush();
+        refs.set(c.checkpoint, sha(ref));
+      } else if (r < 0.85) {
+        const c = await vol.flush();
+        refs.set(c.checkpoint, sha(ref));
+        await createSnapshot(store, `s${names++}`);
+      } else if (r < 0.92) {
+        // restore a random retained checkpoint
+        const c = await vol.flush();
+        refs.set(c.checkpoint, sha(ref));
+        await vol.close();
+        const list = await listCheckpoints(store);
+        const pick = list[Math.floor(rand() * list.length)] as { checkpoint: number };
+        const res = await restoreVolume(store, { checkpoint: pick.checkpoint });
+        ref = await contentAt(store, res.checkpoint as number);
+        assert.equal(sha(ref), refs.get(pick.checkpoint));
+        refs.set(res.checkpoint as number, sha(ref));
+        vol = await Volume.open(store, { flushIntervalMs: 0 });
+      } else {
+        const c = await vol.flush();
+        refs.set(c.checkpoint, sha(ref));
+        await vol.close();
+        const res = await compactVolume(store, {
+          keepLast: 1 + Math.floor(rand() * 4),
+          graceMs: 0,
+          minLive: rand(),
+        });
+        const v2 = await Volume.open(store, { readOnly: true });
+        assert.equal(sha(await v2.read(0, 2 * MiB)), sha(ref), 'compaction changed the content');
+        // Checkpoints compaction itself made (rewrite, history) have the current content.
+        for (let id = c.checkpoint + 1; id <= res.checkpoint; id++) refs.set(id, sha(ref));
+        await verifyRetained();
+        vol = await Volume.open(store, { flushIntervalMs: 0 });
+      }
+    }
+    const last = await vol.flush();
+    refs.set(last.checkpoint, sha(ref));
+    await vol.close();
+    await verifyRetained();
+  });
+});
