@@ -96,6 +96,11 @@ debug ms = 0
 rgw frontends = beast endpoint=127.0.0.1:$PORT tcp_nodelay=1
 rgw data = $DIR/rgw
 rgw dns name = localhost
+# Deleted objects' data goes through the gateway's garbage collector (default: 2 hours
+# later); memstore keeps it in RAM until then, so collect it at once.
+rgw gc obj min wait = 0
+rgw gc processor period = 5
+rgw gc processor max time = 5
 CONF
 
 C=(-c "$CONF")
