@@ -54,8 +54,16 @@ interface WorkloadResult {
   bytesWritten: number;
   /** The target this workload is checked against (max PUTs or GETs). */
   limit: { what: 'put' | 'get'; max: number };
+  /** Segment objects the workload created. */
+  segments?: number;
   ok: boolean;
   mibps?: number;
+}
+
+async function countSegments(store: ObjectStore): Promise<number> {
+  let n = 0;
+  for await (const page of store.list('seg/')) n += page.objects.length;
+  return n;
 }
 
 const statsOf = (s: ObjectStore): StoreStats => {
@@ -71,6 +79,7 @@ async function seq(t: BenchTarget, root: Counted): Promise<WorkloadResult[]> {
   await Volume.create(store, { size: seqBytes, dataBlockSize: BLOCK, segmentSize });
   const vol = await Volume.open(store);
   const bufs = Array.from({ length: 8 }, () => randomBytes(MiB));
+  const segsBefore = await countSegments(store);
   const before = statsOf(store);
   const { ms } = await timed(async () => {
     for (let off = 0, i = 0; off < seqBytes; off += MiB, i++)
@@ -79,6 +88,7 @@ async function seq(t: BenchTarget, root: Counted): Promise<WorkloadResult[]> {
   });
   const stats = diffStats(statsOf(store), before);
   await vol.close();
+  const segments = (await countSegments(store)) - segsBefore;
   const maxPuts = Math.floor(1.05 * (seqBytes / segmentSize) + 1);
   const out: WorkloadResult[] = [
     {
@@ -88,6 +98,7 @@ async function seq(t: BenchTarget, root: Counted): Promise<WorkloadResult[]> {
       ms,
       bytesWritten: seqBytes,
       limit: { what: 'put', max: maxPuts },
+      segments,
       ok: stats.put <= maxPuts,
       mibps: seqBytes / MiB / (ms / 1000),
     },
@@ -106,6 +117,7 @@ async function rand(t: BenchTarget, root: Counted): Promise<WorkloadResult[]> {
     () => randomInt(0, Math.min(blocks, 2 ** 47)) * BLOCK,
   );
   const data = randomBytes(BLOCK * 64);
+  const segsBefore = await countSegments(store);
   const before = statsOf(store);
   const { ms } = await timed(async () => {
     for (let i = 0; i < offsets.length; i++) {
@@ -116,6 +128,7 @@ async function rand(t: BenchTarget, root: Counted): Promise<WorkloadResult[]> {
   });
   const stats = diffStats(statsOf(store), before);
   await vol.close();
+  const segments = (await countSegments(store)) - segsBefore;
   const out: WorkloadResult[] = [
     {
       target: t.name,
@@ -124,6 +137,7 @@ async function rand(t: BenchTarget, root: Counted): Promise<WorkloadResult[]> {
       ms,
       bytesWritten: randomWrites * BLOCK,
       limit: { what: 'put', max: 5 },
+      segments,
       ok: stats.put <= 5,
       mibps: (randomWrites * BLOCK) / MiB / (ms / 1000),
     },
@@ -213,6 +227,7 @@ export async function main(): Promise<void> {
         r.target,
         r.workload,
         r.stats.put,
+        r.segments ?? '-',
         r.stats.get,
         r.stats.head,
         r.stats.list,
