@@ -125,6 +125,30 @@ export function translateS3Error(e: unknown, ctx: TranslateContext): HyperError 
       ...keyOpt,
     });
   }
+  if (name === 'CredentialsProviderError') {
+    return new HyperError(
+      'unavailable',
+      'ACCESS_DENIED',
+      `No S3 credentials found for ${ctx.url}: ${err.message ?? ''}`,
+      {
+        cause: e,
+        ...keyOpt,
+        suggestion:
+          'Set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE, or run where an instance role is available.',
+      },
+    );
+  }
+  if (name === 'PermanentRedirect' || name === 'AuthorizationHeaderMalformed' || status === 301) {
+    return new HyperError(
+      'invalid',
+      'INVALID_ARGUMENT',
+      `Bucket "${ctx.bucket}" is not in the configured region (${name || status})`,
+      {
+        cause: e,
+        suggestion: "Set the bucket's region with --region or AWS_REGION.",
+      },
+    );
+  }
   const netCode = causeCode(e);
   if (
     status === undefined &&
@@ -184,8 +208,7 @@ export function translateS3Error(e: unknown, ctx: TranslateContext): HyperError 
     name === 'InvalidAccessKeyId' ||
     name === 'SignatureDoesNotMatch' ||
     name === 'ExpiredToken' ||
-    name === 'InvalidToken' ||
-    name === 'CredentialsProviderError'
+    name === 'InvalidToken'
   ) {
     return new HyperError(
       'unavailable',
