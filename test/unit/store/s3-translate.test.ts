@@ -46,6 +46,13 @@ describe('S3 error translation', () => {
     ],
     ['timeout', sdk('TimeoutError'), {}, 'STORE_UNAVAILABLE'],
     [
+      'no credentials',
+      Object.assign(sdk('CredentialsProviderError'), { cause: { code: 'ECONNREFUSED' } }),
+      {},
+      'ACCESS_DENIED',
+    ],
+    ['wrong region', sdk('PermanentRedirect', 301), {}, 'INVALID_ARGUMENT'],
+    [
       '501 conditional',
       sdk('NotImplemented', 501),
       { createOnly: true },
