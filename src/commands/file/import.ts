@@ -107,7 +107,8 @@ The import ends with one flush, so the data lands as a checkpoint. Ctrl-C stops 
         const spinner = this.spinner(`Importing ${image} into ${url}`);
         const stats = await importImage(file, imageSize, volume, {
           blockSize: info.dataBlockSize,
-          zeroFill: !created,
+          // Zeros need writing only over existing data (a new or empty volume reads as zeros).
+          zeroFill: !created && info.mappedBlocks > 0,
           signal,
           onProgress: (done, total) => {
             spinner.text = `Importing ${image}: ${formatBytes(done)} of ${formatBytes(total)} (${percent(done, total)})`;

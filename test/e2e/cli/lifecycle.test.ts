@@ -38,6 +38,7 @@ describe('hyper file: create → stat → list → import → export → set-len
   let imagePath = '';
   let image: Buffer = Buffer.alloc(0);
   let importCheckpoint = 0;
+  let importCheckpointTime = '';
 
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'hyper-cli-life-'));
@@ -135,6 +136,7 @@ describe('hyper file: create → stat → list → import → export → set-len
     assert.equal((out.dataBytes as number) + (out.zeroBytes as number), 8 * MiB);
     assert.ok((out.zeroBytes as number) >= 3 * MiB, `zeros skipped: ${String(out.zeroBytes)}`);
     importCheckpoint = out.checkpoint as number;
+    importCheckpointTime = out.checkpointTime as string;
     const st = await hyperJson(['file', 'stat', vol]);
     assert.equal(st.usedBytes, out.dataBytes);
     assert.equal(st.checkpoint, importCheckpoint);
@@ -184,11 +186,25 @@ describe('hyper file: create → stat → list → import → export → set-len
     assert.ok(exported.subarray(4 * MiB).equals(Buffer.alloc(4 * MiB)), 'the rest reads as zeros');
   });
 
-  it('exports an earlier checkpoint with --at', async () => {
+  it('exports an earlier checkpoint with --at and --time', async () => {
     const outPath = join(dir, 'at.img');
     const out = await hyperJson(['file', 'export', vol, outPath, '--at', String(importCheckpoint)]);
     assert.equal(out.checkpoint, importCheckpoint);
     assert.equal(sha256(await readFile(outPath)), sha256(image));
+    const byTime = await hyperJson([
+      'file',
+      'export',
+      vol,
+      outPath,
+      '--overwrite',
+      '--time',
+      importCheckpointTime,
+    ]);
+    assert.equal(byTime.checkpoint, importCheckpoint);
+    assert.equal(sha256(await readFile(outPath)), sha256(image));
+    const missing = await hyper(['file', 'export', vol, join(dir, 'x.img'), '--at', '999']);
+    assert.equal(missing.code, 3, show(missing));
+    assert.match(missing.stderr, /^Error \[CHECKPOINT_NOT_FOUND\]/m);
   });
 
   it('checks import sizes and existence', async () => {
