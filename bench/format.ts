@@ -212,6 +212,7 @@ export async function main(): Promise<void> {
         'target',
         'workload',
         'PUT',
+        'segments',
         'GET',
         'HEAD',
         'LIST',
