@@ -1,0 +1,246 @@
+import { hostname } from 'node:os';
+import { Flags } from '@oclif/core';
+import { BaseCommand } from '../base-command.js';
+import { bytesWithExact } from '../cli/results.js';
+import { formatBytes, formatDuration } from '../cli/units.js';
+import { HyperError } from '../errors.js';
+import { duration, volumeUrl, yes } from '../flags.js';
+import { storeStats } from '../format/store/index.js';
+import {
+  DEFAULT_GRACE_MS,
+  DEFAULT_MIN_LIVE,
+  compactVolume,
+  type CompactResult,
+} from '../format/volume/compact.js';
+
+export interface CompactRequests {
+  get: number;
+  put: number;
+  list: number;
+  head: number;
+  delete: number;
+  total: number;
+  /** Bytes received from the store (segments and index read). */
+  bytesRead: number;
+  /** Bytes sent to the store (rewritten blocks, index, head). */
+  bytesWritten: number;
+}
+
+export interface CompactCommandResult extends CompactResult {
+  url: string;
+  /** The policy applied. */
+  keepLast?: number;
+  keepWithinMs?: number;
+  minLive: number;
+  graceMs: number;
+  /** Store requests the command made (a dry run makes only reads). */
+  requests: CompactRequests;
+  seconds: number;
+}
+
+export default class Compact extends BaseCommand<typeof Compact> {
+  static override summary = 'Drop old checkpoints and reclaim the space no kept checkpoint uses.';
+
+  static override description = `Compaction does three things, each an ordinary commit or a deletion that leaves the volume valid if it is interrupted at any point (a rerun finishes the job):
+
+1. Live blocks of segments that are mostly garbage (less than --min-live of the segment is used by the current checkpoint) are copied into new segments.
+2. The retention policy is recorded: --keep-last N keeps the newest N checkpoints (the one compaction commits counts), --keep-within keeps the checkpoints made within that duration; with both, a checkpoint either rule keeps is kept. Named snapshots and checkpoints clones start from are always kept. Without a policy no checkpoint is dropped and only unreachable data (for example from interrupted writers) is deleted.
+3. Segments that no kept checkpoint reaches are deleted, but only once they have been unreachable for the --grace period, so that readers that opened an older checkpoint (an export, a "serve --at") can finish; the rest is left for a later run and counted as deferred.
+
+Compaction takes the volume's lease like a writer: it refuses while another writer holds it (LEASE_HELD, exit code 4). A compaction killed without a chance to clean up (SIGKILL, power loss) leaves its lease until it expires (30 s): wait, or rerun with --force. Ctrl-C stops cleanly (exit code 130) and releases the lease.
+
+Dropping checkpoints cannot be undone: with --keep-last or --keep-within the command asks for confirmation on a terminal and needs --yes otherwise. --dry-run changes nothing and reports what a run would do.`;
+
+  static override examples = [
+    {
+      description:
+        'Keep only the current checkpoint (and named snapshots), reclaiming everything else now.',
+      command:
+        '<%= config.bin %> <%= command.id %> file://./vols/demo/ --keep-last 1 --grace 0s --yes',
+    },
+    {
+      description: 'Keep a week of history; see first what it would do.',
+      command:
+        '<%= config.bin %> <%= command.id %> s3://my-bucket/vols/vm1/ --keep-within 7d --dry-run',
+    },
+    {
+      description: 'Nightly compaction from cron, printing the summary as JSON.',
+      command:
+        '<%= config.bin %> <%= command.id %> s3://my-bucket/vols/vm1/ --keep-last 100 --keep-within 7d --yes --json',
+    },
+  ];
+
+  static override args = {
+    url: volumeUrl({ required: true }),
+  };
+
+  static override flags = {
+    'keep-last': Flags.integer({
+      summary: 'Keep the newest N checkpoints.',
+      min: 1,
+      helpValue: '<n>',
+    }),
+    'keep-within': duration({
+      summary: 'Keep the checkpoints made within this duration (e.g. 7d, 12h).',
+      minMs: 0,
+    }),
+    'min-live': Flags.string({
+      summary: `Rewrite segments whose live fraction is below this (0 to 1, default ${DEFAULT_MIN_LIVE}; 0 rewrites nothing).`,
+      helpValue: '<fraction>',
+    }),
+    grace: duration({
+      summary: `Delete only data unreachable for at least this long (default ${formatDuration(DEFAULT_GRACE_MS)}).`,
+      minMs: 0,
+    }),
+    'dry-run': Flags.boolean({ summary: 'Report what would be done; change nothing.' }),
+    force: Flags.boolean({
+      summary:
+        "Take the lease even if another writer holds it (that writer's unflushed writes are lost).",
+    }),
+    yes,
+  };
+
+  public async run(): Promise<CompactCommandResult> {
+    const { url } = this.args;
+    const keepLast = this.flags['keep-last'];
+    const keepWithinMs = this.flags['keep-within'];
+    const graceMs = this.flags.grace ?? DEFAULT_GRACE_MS;
+    const minLive = parseFraction(this.flags['min-live']);
+    const dryRun = this.flags['dry-run'];
+    const policy = keepLast !== undefined || keepWithinMs !== undefined;
+
+    if (policy && !dryRun && !this.flags.yes) {
+      if (!this.isInteractive()) {
+        throw new HyperError(
+          'invalid',
+          'INVALID_ARGUMENT',
+          `Refusing to drop checkpoints of ${url} without confirmation: stdin is not a terminal`,
+          { suggestion: 'Add --yes to confirm, or --dry-run to see what would be dropped.' },
+        );
+      }
+      const ok = await this.confirm(
+        `Drop the checkpoints of ${url} outside ${describePolicy(keepLast, keepWithinMs)} (named snapshots are kept)? This cannot be undone.`,
+      );
+      if (!ok) {
+        throw new HyperError('invalid', 'INVALID_ARGUMENT', 'Not confirmed; nothing was changed.');
+      }
+    }
+
+    const started = performance.now();
+    const store = await this.openStore(url);
+    const signal = this.interruptible();
+    const spinner = this.spinner(`Compacting ${url}: scanning`);
+    let r: CompactResult;
+    try {
+      r = await compactVolume(store, {
+        ...(keepLast === undefined ? {} : { keepLast }),
+        ...(keepWithinMs === undefined ? {} : { keepWithinMs }),
+        minLive,
+        graceMs,
+        dryRun,
+        force: this.flags.force,
+        holder: `hyper compact on ${hostname()}:${process.pid}`,
+        signal,
+        onProgress: (phase, done, total) => {
+          const of = total === undefined ? '' : ` ${done} of ${total}`;
+          spinner.text =
+            phase === 'scan'
+              ? `Compacting ${url}: scanning the index`
+              : phase === 'rewrite'
+                ? `Compacting ${url}: rewriting live blocks,${of} blocks`
+                : `Compacting ${url}: deleting segments,${of}`;
+        },
+      });
+    } catch (e) {
+      spinner.stop();
+      throw e;
+    }
+    spinner.stop();
+    BaseCommand.throwIfAborted(signal);
+    const s = storeStats(store);
+    const requests: CompactRequests = {
+      get: s?.get ?? 0,
+      put: s?.put ?? 0,
+      list: s?.list ?? 0,
+      head: s?.head ?? 0,
+      delete: s?.delete ?? 0,
+      total: s ? s.get + s.put + s.list + s.head + s.delete : 0,
+      bytesRead: s?.bytesIn ?? 0,
+      bytesWritten: s?.bytesOut ?? 0,
+    };
+    const result: CompactCommandResult = {
+      url,
+      ...r,
+      ...(keepLast === undefined ? {} : { keepLast }),
+      ...(keepWithinMs === undefined ? {} : { keepWithinMs }),
+      minLive,
+      graceMs,
+      requests,
+      seconds: (performance.now() - started) / 1000,
+    };
+    this.log(renderCompact(result, (rows) => this.keyValueTable(rows)));
+    return result;
+  }
+}
+
+function parseFraction(input: string | undefined): number {
+  if (input === undefined) return DEFAULT_MIN_LIVE;
+  const v = /^\s*(?:\d+(?:\.\d*)?|\.\d+)\s*$/.test(input) ? Number(input) : NaN;
+  if (!(v >= 0 && v <= 1)) {
+    throw new HyperError(
+      'invalid',
+      'INVALID_ARGUMENT',
+      `Invalid value ${JSON.stringify(input)} for --min-live: expected a fraction between 0 and 1`,
+      { suggestion: 'Use e.g. 0.9 (rewrite segments less than 90% live) or 0 (rewrite nothing).' },
+    );
+  }
+  return v;
+}
+
+function describePolicy(keepLast: number | undefined, keepWithinMs: number | undefined): string {
+  const parts: string[] = [];
+  if (keepLast !== undefined) parts.push(`the newest ${keepLast}`);
+  if (keepWithinMs !== undefined) parts.push(`those made within ${formatDuration(keepWithinMs)}`);
+  return parts.join(' and ');
+}
+
+const ratio = (a: number, b: number): string => (b > 0 ? `${(a / b).toFixed(2)}×` : '-');
+
+export function renderCompact(
+  r: CompactCommandResult,
+  table: (rows: [string, string][]) => string,
+): string {
+  const would = r.dryRun ? ' (would be)' : '';
+  const rows: [string, string][] = [
+    ['Volume', r.url],
+    ['Checkpoint', String(r.checkpoint)],
+    [
+      `Checkpoints${would}`,
+      `${r.checkpointsBefore} → ${r.checkpointsAfter} (${r.checkpointsDropped} dropped)`,
+    ],
+    [
+      `Segments${would}`,
+      `${r.segmentsBefore} before, ${r.segmentsDeleted} deleted, ${r.segmentsDeferred} deferred (grace ${formatDuration(r.graceMs)})`,
+    ],
+    [
+      `Rewritten${would}`,
+      `${r.segmentsRewritten} segments, ${r.blocksRewritten} blocks, ${bytesWithExact(r.bytesRewritten)}`,
+    ],
+    [`Reclaimed${would}`, bytesWithExact(r.bytesReclaimed)],
+    [
+      'Stored',
+      `${formatBytes(r.storedBytesBefore)} → ${formatBytes(r.storedBytesAfter)}${would} (live ${formatBytes(r.liveBytes)}; ${ratio(r.storedBytesBefore, r.liveBytes)} → ${ratio(r.storedBytesAfter, r.liveBytes)} of live)`,
+    ],
+    [
+      'Requests',
+      `${r.requests.total} (${r.requests.get} GET, ${r.requests.put} PUT, ${r.requests.list} LIST, ${r.requests.head} HEAD, ${r.requests.delete} DELETE); ${formatBytes(r.requests.bytesRead)} read, ${formatBytes(r.requests.bytesWritten)} written`,
+    ],
+    ['Time', `${r.seconds.toFixed(1)} s`],
+  ];
+  let out = table(rows);
+  if (r.dryRun) out += '\nDry run: nothing was changed.';
+  if (r.segmentsDeferred > 0 && !r.dryRun) {
+    out += `\n${r.segmentsDeferred} unreachable segment${r.segmentsDeferred === 1 ? ' is' : 's are'} kept for the grace period; a later run deletes ${r.segmentsDeferred === 1 ? 'it' : 'them'}.`;
+  }
+  return out;
+}
