@@ -123,7 +123,20 @@ export class NbdParser {
         chunk.copy(this.head, this.headLen, off, off + n);
         this.headLen += n;
         off += n;
-        if (this.headLen < hsize) return off;
+        if (this.headLen < hsize) {
+          // Refuse a bad magic as soon as it is visible rather than waiting for a full header.
+          if (
+            mode === ParserMode.Requests &&
+            this.headLen >= 4 &&
+            this.head.readUInt32BE(0) !== REQUEST_MAGIC
+          ) {
+            return this.fail(
+              `bad request magic 0x${this.head.readUInt32BE(0).toString(16)}`,
+              chunk,
+            );
+          }
+          return off;
+        }
         this.headLen = 0;
         off = this.frame(mode, this.head, 0, chunk, off);
       } else {
