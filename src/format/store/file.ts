@@ -18,11 +18,12 @@
  * - after a key's file appears or disappears, its directory is fsynced (durability).
  *
  * ETags: `<size>-<inode>-<mtime ns>` in hex, read from one fstat. Every write creates a new
- * file (a new inode whose mtime is its last write), so the tag changes whenever the content
- * changes; unlike a content hash it costs no read of the data, so ranged reads of large
- * segments and listings stay cheap.
+ * file (a new inode), its mtime carries random microseconds, and under the key's lock a new
+ * version's mtime is made later than the one it replaces, so a tag never repeats for a key
+ * even when the filesystem reuses inode numbers. Unlike a content hash it costs no read of
+ * the data, so ranged reads of large segments and listings stay cheap.
  */
-import { randomBytes, createHash } from 'node:crypto';
+import { createHash, randomBytes, randomInt } from 'node:crypto';
 import { constants as fsc, type BigIntStats, type Dirent, type Stats } from 'node:fs';
 import * as fsp from 'node:fs/promises';
 import { hostname } from 'node:os';
@@ -240,7 +241,7 @@ export class FileStore implements ObjectStore {
   }
 
   /** Write `body` to a new fsynced temp file; returns its path and tag. */
-  private async writeTemp(body: Buffer): Promise<{ tmp: string; etag: string }> {
+  private async writeTemp(body: Buffer): Promise<{ tmp: string; etag: string; mtimeNs: bigint }> {
     await this.ensurePrivate();
     const tmp = join(this.base, PRIVATE, 'tmp', `${process.pid}-${randomBytes(8).toString('hex')}`);
     let h: fsp.FileHandle;
@@ -259,9 +260,13 @@ export class FileStore implements ObjectStore {
         const { bytesWritten } = await h.write(body, off, body.length - off, off);
         off += bytesWritten;
       }
+      // Kernel timestamps advance in clock ticks: add random microseconds so that two files
+      // written in one tick (possibly on a reused inode) still get different tags.
+      const t = Date.now() / 1000 + randomInt(0, 1000) / 1e6;
+      await h.utimes(t, t);
       await h.sync();
       const st = await h.stat({ bigint: true });
-      return { tmp, etag: tagOf(st) };
+      return { tmp, etag: tagOf(st), mtimeNs: st.mtimeNs };
     } catch (e) {
       await fsp.rm(tmp, { force: true });
       throw e;
@@ -280,6 +285,24 @@ export class FileStore implements ObjectStore {
         await this.makeParents(full);
       }
     }
+  }
+
+  /** Make the temp file's mtime later than `prevNs`; returns its (new) tag. */
+  private async mtimeAfter(
+    path: string,
+    etag: string,
+    mtimeNs: bigint,
+    prevNs: bigint,
+  ): Promise<string> {
+    let ns = mtimeNs;
+    for (let i = 1; ns <= prevNs && i <= 8; i++) {
+      const t = Number(prevNs + 2000n * BigInt(i)) / 1e9;
+      await fsp.utimes(path, t, t);
+      const st = await fsp.stat(path, { bigint: true });
+      ns = st.mtimeNs;
+      etag = tagOf(st);
+    }
+    return etag;
   }
 
   // ---- locks ----------------------------------------------------------------------------
@@ -456,6 +479,7 @@ export class FileStore implements ObjectStore {
       const w = await this.writeTemp(body);
       tmp = w.tmp;
       const tmpPath = w.tmp;
+      let etag = w.etag;
       if (options.ifNoneMatch) {
         try {
           await this.withParents(full, () => fsp.link(tmpPath, target));
@@ -467,20 +491,22 @@ export class FileStore implements ObjectStore {
         return { etag: w.etag };
       }
       await this.withLock(full, options.signal, async () => {
-        if (options.ifMatch !== undefined) {
-          let cur: string | undefined;
-          try {
-            cur = tagOf(await fsp.stat(target, { bigint: true }));
-          } catch (e) {
-            if (errCode(e) !== 'ENOENT' && errCode(e) !== 'ENOTDIR') throw e;
-          }
-          if (cur !== options.ifMatch) throw preconditionFailed(this.url, key);
+        let cur: BigIntStats | undefined;
+        try {
+          cur = await fsp.stat(target, { bigint: true });
+        } catch (e) {
+          if (errCode(e) !== 'ENOENT' && errCode(e) !== 'ENOTDIR') throw e;
         }
+        if (options.ifMatch !== undefined && (!cur || tagOf(cur) !== options.ifMatch)) {
+          throw preconditionFailed(this.url, key);
+        }
+        // Versions of a key get strictly increasing mtimes, so a tag never comes back (ABA).
+        if (cur) etag = await this.mtimeAfter(tmpPath, etag, w.mtimeNs, cur.mtimeNs);
         await this.withParents(full, () => fsp.rename(tmpPath, target));
         tmp = undefined;
         await this.fsyncDir(dirname(target));
       });
-      return { etag: w.etag };
+      return { etag };
     } catch (e) {
       const c = errCode(e);
       if (c === 'ENOTDIR' || c === 'EISDIR') {

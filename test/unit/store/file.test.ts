@@ -81,6 +81,27 @@ describe('file:// specifics', () => {
     await rejectsWith(s.get('a/b'), 'OBJECT_NOT_FOUND', 'a/b');
   });
 
+  it('tags never repeat for a key, even for same-size rewrites in one clock tick', async () => {
+    const dir = join(base, 'aba');
+    const { mkdir } = await import('node:fs/promises');
+    await mkdir(dir);
+    const s = new FileStore(dir);
+    const tags = new Set<string>();
+    let { etag } = await s.put('head', Buffer.from('0'));
+    tags.add(etag);
+    for (let i = 1; i < 200; i++) {
+      ({ etag } = await s.put('head', Buffer.from(String(i % 10)), { ifMatch: etag }));
+      assert.ok(!tags.has(etag), `tag ${etag} repeated at write ${i}`);
+      tags.add(etag);
+      if (i % 50 === 0) {
+        await s.delete(['head']);
+        ({ etag } = await s.put('head', Buffer.from('x'), { ifNoneMatch: true }));
+        tags.add(etag);
+      }
+    }
+    assert.equal((await s.head('head'))?.etag, etag);
+  });
+
   it('sweeps temp files of dead writers', async () => {
     const dir = join(base, 'sweep');
     const { mkdir, utimes } = await import('node:fs/promises');
