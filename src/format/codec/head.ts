@@ -14,6 +14,22 @@ export const EXT_WAL_URL = 0x0001;
 export const EXT_HISTORY = 0x8002;
 /** The checkpoint this one restored (informational). */
 export const EXT_RESTORED_FROM = 0x0003;
+/** A clone's parents: segment ids at or below a parent's base live in that parent's store. */
+export const EXT_PARENTS = 0x8004;
+
+export interface ParentLink {
+  /** Root URL of the parent volume. */
+  url: string;
+  /** The parent's last segment id when the clone was made: ids ≤ base are the parent's. */
+  base: number;
+}
+
+export interface CloneOrigin {
+  /** The checkpoint of the nearest parent the clone started from. */
+  checkpoint: number;
+  /** Nearest parent first; bases strictly decreasing. */
+  chain: ParentLink[];
+}
 
 export interface History {
   floor: number;
@@ -45,6 +61,7 @@ export interface HeadRecord {
   walUrl?: string;
   history?: History;
   restoredFrom?: number;
+  clone?: CloneOrigin;
 }
 
 export function encodeHead(h: HeadRecord): Buffer {
@@ -79,6 +96,14 @@ export function encodeHead(h: HeadRecord): Buffer {
       .u32(h.history.kept.length);
     for (const k of h.history.kept) hw.u64(k);
     exts.push([EXT_HISTORY, hw.finish()]);
+  }
+  if (h.clone) {
+    const cw = new Writer(64).u64(h.clone.checkpoint).u16(h.clone.chain.length);
+    for (const l of h.clone.chain) {
+      const url = Buffer.from(l.url, 'utf8');
+      cw.u64(l.base).u16(url.length).bytes(url);
+    }
+    exts.push([EXT_PARENTS, cw.finish()]);
   }
   if (h.restoredFrom !== undefined)
     exts.push([EXT_RESTORED_FROM, new Writer(8).u64(h.restoredFrom).finish()]);
@@ -143,7 +168,21 @@ export function decodeHead(buf: Buffer, start = 0): { head: HeadRecord; length: 
       for (let k = 0; k < n; k++) kept.push(hr.u64());
       head.history = { floor, floorMs, kept };
     } else if (type === EXT_RESTORED_FROM) head.restoredFrom = new Reader(data).u64();
-    else if (type & EXT_REQUIRED)
+    else if (type === EXT_PARENTS) {
+      const cr = new Reader(data);
+      const checkpoint = cr.u64();
+      const n = cr.u16();
+      const chain: ParentLink[] = [];
+      for (let k = 0; k < n; k++) {
+        const base = cr.u64();
+        const url = cr.bytes(cr.u16()).toString('utf8');
+        if (chain.length > 0 && base >= (chain[chain.length - 1] as ParentLink).base) {
+          throw new DecodeError('clone parent bases out of order');
+        }
+        chain.push({ url, base });
+      }
+      head.clone = { checkpoint, chain };
+    } else if (type & EXT_REQUIRED)
       throw new DecodeError(`head needs unknown extension 0x${type.toString(16)}`);
   }
   return { head: validate(head), length: env.length };
@@ -161,6 +200,8 @@ function validate(head: HeadRecord): HeadRecord {
 export function isRetainedCheckpoint(head: HeadRecord, id: number): boolean {
   if (!Number.isSafeInteger(id) || id < 1 || id > head.checkpoint || head.skipped.includes(id))
     return false;
+  // A clone's own checkpoints start above its nearest parent's base.
+  if (head.clone && id <= (head.clone.chain[0]?.base ?? 0)) return false;
   const h = head.history;
   return !h || id >= h.floor || h.kept.includes(id);
 }

@@ -3,11 +3,11 @@
  * fetches the run of its siblings that were written next to it in the same segment (one
  * ranged GET), since a flush writes a parent's dirty children contiguously.
  */
-import { HyperError, dataError, isHyperError } from '../../errors.js';
+import { HyperError, dataError } from '../../errors.js';
 import { DecodeError } from '../codec/binary.js';
 import { decodeNode } from '../codec/node.js';
-import { segmentKey } from '../keys.js';
 import type { ObjectStore } from '../store/types.js';
+import { SegmentSource } from '../volume/segments.js';
 import { type Miss, Node, type NodeSource } from './btree.js';
 import { LruCache } from './cache.js';
 
@@ -16,14 +16,17 @@ const MAX_RUN = 64;
 export class NodeLoader implements NodeSource {
   private readonly cache: LruCache<string, Node>;
   private readonly inflight = new Map<string, Promise<void>>();
+  private readonly segments: SegmentSource;
   gets = 0;
 
   constructor(
-    private readonly store: ObjectStore,
+    storeOrSource: ObjectStore | SegmentSource,
     readonly nodeSize: number,
     private readonly capacity: number,
     budgetBytes: number,
   ) {
+    this.segments =
+      storeOrSource instanceof SegmentSource ? storeOrSource : SegmentSource.single(storeOrSource);
     // Always room for a few full root-to-leaf paths, whatever the budget says.
     this.cache = new LruCache(Math.max(budgetBytes, 256 * nodeSize));
   }
@@ -93,18 +96,10 @@ export class NodeLoader implements NodeSource {
   }
 
   private async fetch(seg: number, start: number, count: number, level: number): Promise<void> {
-    const key = segmentKey(seg);
+    const key = this.segments.keyFor(seg);
     const length = count * this.nodeSize;
-    let body: Buffer;
-    try {
-      this.gets++;
-      body = (await this.store.get(key, { range: { offset: start, length } })).body;
-    } catch (e) {
-      if (isHyperError(e, 'OBJECT_NOT_FOUND')) {
-        throw dataError('MISSING_OBJECT', key, 'A segment referenced by the index is missing');
-      }
-      throw e;
-    }
+    this.gets++;
+    const body = await this.segments.get(seg, { offset: start, length }, 'index nodes');
     if (body.length < length) {
       throw dataError(
         'CORRUPT_OBJECT',

@@ -10,8 +10,7 @@
  * point, the volume stays valid; a rerun finishes the job.
  */
 import { isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
-import { ENTRY_SIZE, decodeNode, nodeCapacity } from '../codec/node.js';
-import { Miss, Node } from '../index/btree.js';
+import { nodeCapacity } from '../codec/node.js';
 import { NodeLoader } from '../index/loader.js';
 import { PIN_PREFIX, SEGMENT_PREFIX, parseSegmentKey, segmentKey } from '../keys.js';
 import type { ObjectStore } from '../store/types.js';
@@ -19,6 +18,8 @@ import { listSnapshots } from './history.js';
 import { decodeSnapshot } from '../codec/snapshot.js';
 import type { Logger } from './types.js';
 import { Volume, readCheckpointHead, readHead } from './volume.js';
+import { newReach, rewriteBlocks, rootOf, walk } from './walk.js';
+import { SegmentSource, type OpenStoreFn } from './segments.js';
 
 export const DEFAULT_GRACE_MS = 10 * 60 * 1000;
 /** Segments less live than this are rewritten: keeps stored bytes within ~1.1x of live bytes. */
@@ -39,6 +40,7 @@ export interface CompactOptions {
   logger?: Logger;
   signal?: AbortSignal;
   onProgress?: (phase: 'scan' | 'rewrite' | 'delete', done: number, total?: number) => void;
+  openStore?: OpenStoreFn;
 }
 
 export interface CompactResult {
@@ -67,15 +69,6 @@ interface SegInfo {
   lastModified: Date;
 }
 
-interface Reach {
-  segments: Set<number>;
-  /** Current checkpoint only: live bytes per segment, and what lives there. */
-  live: Map<number, number>;
-  blocks: Map<number, number[]>;
-  /** For each segment, the first lba of every leaf stored in it (touching it rewrites the node). */
-  nodeLbas: Map<number, number[]>;
-}
-
 export async function compactVolume(
   store: ObjectStore,
   options: CompactOptions = {},
@@ -92,11 +85,13 @@ export async function compactVolume(
         ...(options.holder ? { holder: options.holder } : {}),
         ...(options.force ? { force: options.force } : {}),
         ...(options.logger ? { logger: options.logger } : {}),
+        ...(options.openStore ? { openStore: options.openStore } : {}),
       });
   try {
     const oldHead = vol ? vol.headRecord : (await readHead(store)).head;
     const nodeSize = 2 ** oldHead.metaBlockShift;
-    const loader = new NodeLoader(store, nodeSize, nodeCapacity(nodeSize), 64 * 1024 * 1024);
+    const source = await SegmentSource.forHead(store, oldHead, options.openStore);
+    const loader = new NodeLoader(source, nodeSize, nodeCapacity(nodeSize), 64 * 1024 * 1024);
     const segs = await listSegments(store);
     const storedBytesBefore = [...segs.values()].reduce((s, x) => s + x.size, 0);
     const retainedBefore = retained(oldHead, segs);
@@ -132,32 +127,12 @@ export async function compactVolume(
     let blocksRewritten = 0;
     let bytesRewritten = 0;
     if (vol && candidates.length > 0) {
-      const bs = 2 ** oldHead.dataBlockShift;
-      const lbas = new Set<number>();
-      for (const s of candidates) {
-        for (const l of cur.blocks.get(s) ?? []) lbas.add(l);
-        for (const l of cur.nodeLbas.get(s) ?? []) lbas.add(l);
-      }
-      const sorted = [...lbas].sort((a, b) => a - b);
-      let i = 0;
-      while (i < sorted.length) {
-        signal?.throwIfAborted();
-        let j = i + 1;
-        while (j < sorted.length && sorted[j] === (sorted[j - 1] as number) + 1 && j - i < 256) j++;
-        const lo = sorted[i] as number;
-        const count = j - i;
-        const size = vol.info.size;
-        const len = Math.min(count * bs, size - lo * bs);
-        if (len > 0) {
-          const data = await vol.read(lo * bs, len);
-          await vol.write(lo * bs, data);
-          bytesRewritten += len;
-          blocksRewritten += count;
-        }
-        i = j;
-        progress('rewrite', i, sorted.length);
-      }
-      await vol.flush();
+      const lbas: number[] = [];
+      for (const s of candidates)
+        lbas.push(...(cur.blocks.get(s) ?? []), ...(cur.nodeLbas.get(s) ?? []));
+      const r = await rewriteBlocks(vol, lbas, signal, (d, t) => progress('rewrite', d, t));
+      blocksRewritten = r.blocks;
+      bytesRewritten = r.bytes;
     }
 
     // 3. Record the new history (dropped checkpoints) in a new checkpoint.
@@ -379,70 +354,4 @@ async function applyPolicy(
   for (const id of kept) keep.add(id);
   for (const id of ids) if (id >= floorNum) keep.add(id);
   return { policyGiven: true, keep, floorAfterNext, kept };
-}
-
-function newReach(): Reach {
-  return { segments: new Set(), live: new Map(), blocks: new Map(), nodeLbas: new Map() };
-}
-
-function rootOf(h: HeadRecord): Node {
-  const cap = nodeCapacity(2 ** h.metaBlockShift);
-  const d = decodeNode(h.root, 0, cap);
-  return new Node(d.level, d.count, d.entries, false);
-}
-
-/**
- * Walk one checkpoint's index; `visited` holds node locations already walked (shared
- * subtrees are walked once). With `live`, also record per segment the bytes the checkpoint
- * references there, its blocks, and for each index node stored there one mapped block under
- * it (rewriting that block makes the node be rewritten too).
- */
-async function walk(
-  loader: NodeLoader,
-  root: Node,
-  r: Reach,
-  visited: Set<string>,
-  live: boolean,
-  signal?: AbortSignal,
-): Promise<void> {
-  const push = (m: Map<number, number[]>, seg: number, lba: number): void => {
-    const l = m.get(seg);
-    if (l) l.push(lba);
-    else m.set(seg, [lba]);
-  };
-  const add = (seg: number, bytes: number): void => {
-    r.segments.add(seg);
-    if (live) r.live.set(seg, (r.live.get(seg) ?? 0) + bytes);
-  };
-  /** Returns the first mapped block below `nd`, if walked. */
-  const rec = async (nd: Node): Promise<number | undefined> => {
-    signal?.throwIfAborted();
-    if (nd.level === 0) {
-      for (let i = 0; i < nd.n; i++) {
-        const seg = nd.seg(i);
-        add(seg, nd.e.readUInt32LE(i * ENTRY_SIZE + 20));
-        if (live) push(r.blocks, seg, nd.key(i));
-      }
-      return nd.n > 0 ? nd.key(0) : undefined;
-    }
-    let first: number | undefined;
-    for (let i = 0; i < nd.n; i++) {
-      const seg = nd.seg(i);
-      const off = nd.off(i);
-      const key = `${seg}:${off}`;
-      if (visited.has(key)) continue;
-      visited.add(key);
-      add(seg, loader.nodeSize);
-      let child = loader.cached(seg, off);
-      while (!child) {
-        await loader.load(new Miss(nd, i));
-        child = loader.cached(seg, off);
-      }
-      const f = await rec(child);
-      if (live && f !== undefined) push(r.nodeLbas, seg, f);
-      first ??= f;
-    }
-    return first;
-  };
-  await rec(root);
 }

@@ -8,6 +8,7 @@ import { decodeNode, nodeCapacity } from '../codec/node.js';
 import { encodeSnapshot } from '../codec/snapshot.js';
 import { Miss, Node, type ScanEntry } from '../index/btree.js';
 import { NodeLoader } from '../index/loader.js';
+import { SegmentSource } from './segments.js';
 import {
   SEGMENT_PREFIX,
   SNAPSHOT_PREFIX,
@@ -211,7 +212,12 @@ export async function diffCheckpoints(
   const hb = b === head.checkpoint ? head : await readCheckpointHead(store, b);
   const nodeSize = 2 ** head.metaBlockShift;
   const cap = nodeCapacity(nodeSize);
-  const loader = new NodeLoader(store, nodeSize, cap, 32 * 1024 * 1024);
+  const loader = new NodeLoader(
+    await SegmentSource.forHead(store, hb),
+    nodeSize,
+    cap,
+    32 * 1024 * 1024,
+  );
   const rootOf = (h: HeadRecord): Node => {
     const d = decodeNode(h.root, 0, cap);
     return new Node(d.level, d.count, d.entries, false);

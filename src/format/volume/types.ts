@@ -71,6 +71,11 @@ export interface OpenOptions {
   flushIntervalMs?: number;
   logger?: Logger;
   signal?: AbortSignal;
+  /**
+   * Opens a parent volume's store for a clone (default: `openStore(url)` with settings from
+   * the environment). The CLI passes one that applies its --endpoint / --region.
+   */
+  openStore?: (url: string) => Promise<import('../store/types.js').ObjectStore>;
 }
 
 export interface CheckpointInfo {
@@ -101,6 +106,8 @@ export interface VolumeInfo {
   mappedBlocks: number;
   readOnly: boolean;
   walUrl?: string;
+  /** For a clone: the parent volume and the checkpoint it started from. */
+  parent?: { url: string; checkpoint: number };
 }
 
 /** One run of blocks for NBD BLOCK_STATUS and `export`: data, or a hole that reads as zeros. */

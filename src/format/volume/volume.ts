@@ -37,6 +37,7 @@ import { decodeSnapshot, type SnapshotRecord } from '../codec/snapshot.js';
 import { probeConditionalWrites } from '../store/probe.js';
 import type { ObjectStore } from '../store/types.js';
 import { Generation } from './dirty.js';
+import { SegmentSource } from './segments.js';
 import { DEFAULT_LEASE_TTL_MS, Lease, defaultHolder } from './lease.js';
 import {
   DEFAULT_BLOCK_SIZE,
@@ -199,7 +200,7 @@ export class Volume {
   private readonly zero: Buffer;
   private readonly counters = { flushes: 0, segmentsWritten: 0, bytesWritten: 0, bytesRead: 0 };
   /** Head fields to change at the next commit (restore, compaction history). */
-  private nextMeta: Partial<Pick<HeadRecord, 'history' | 'restoredFrom'>> = {};
+  private nextMeta: Partial<Pick<HeadRecord, 'history' | 'restoredFrom' | 'clone'>> = {};
 
   private constructor(
     private readonly store: ObjectStore,
@@ -208,6 +209,7 @@ export class Volume {
     readonly readOnly: boolean,
     private readonly lease: Lease | undefined,
     opts: OpenOptions,
+    private readonly segments: SegmentSource,
   ) {
     this.bs = 2 ** head.dataBlockShift;
     this.nodeSize = 2 ** head.metaBlockShift;
@@ -215,7 +217,7 @@ export class Volume {
     this.size = head.size;
     this.log = opts.logger ?? silentLogger;
     this.loader = new NodeLoader(
-      store,
+      segments,
       this.nodeSize,
       this.capacity,
       opts.nodeCacheBytes ?? 64 * MiB,
@@ -312,7 +314,7 @@ export class Volume {
       ...(options.walUrl === undefined ? {} : { walUrl: options.walUrl }),
     };
     const headBytes = encodeHead(head);
-    const seg = buildSegment(1, now, headBytes, [], [], 0, 0, 0);
+    const seg = buildEmptySegment(1, now, headBytes);
     try {
       await store.put(segmentKey(1), seg, {
         ifNoneMatch: true,
@@ -349,12 +351,24 @@ export class Volume {
 
   static async open(store: ObjectStore, options: OpenOptions = {}): Promise<Volume> {
     const cur = await readHead(store);
+    const source = (h: HeadRecord): Promise<SegmentSource> =>
+      SegmentSource.forHead(store, h, options.openStore);
     if (options.at) {
       const id = await resolveCheckpoint(store, cur.head, options.at);
       const head = id === cur.head.checkpoint ? cur.head : await readCheckpointHead(store, id);
-      return new Volume(store, head, '', true, undefined, options);
+      return new Volume(store, head, '', true, undefined, options, await source(head));
     }
-    if (options.readOnly) return new Volume(store, cur.head, cur.etag, true, undefined, options);
+    if (options.readOnly) {
+      return new Volume(
+        store,
+        cur.head,
+        cur.etag,
+        true,
+        undefined,
+        options,
+        await source(cur.head),
+      );
+    }
 
     const lease = await Lease.acquire(store, {
       holder: options.holder ?? defaultHolder(),
@@ -382,7 +396,7 @@ export class Volume {
       head = { ...head, epoch: lease.epoch, lastSegment: last, skipped };
       const bytes = encodeHead(head);
       ({ etag } = await store.put(HEAD_KEY, bytes, { ifMatch: etag }));
-      return new Volume(store, head, etag, false, lease, options);
+      return new Volume(store, head, etag, false, lease, options, await source(head));
     } catch (e) {
       await lease.release().catch(() => undefined);
       if (isHyperError(e, 'PRECONDITION_FAILED')) {
@@ -425,6 +439,7 @@ export class Volume {
       this.closed = true;
       if (this.timer) clearInterval(this.timer);
       this.timer = undefined;
+      await this.segments.close().catch(() => undefined);
       if (this.lease) {
         if (this.fenced) this.lease.stop();
         else await this.lease.release();
@@ -558,16 +573,9 @@ export class Volume {
 
   /** GET a run of stored blocks, verify each checksum, cache them. */
   private async fetchBlocks(seg: number, off: number, ptrs: BlockPtr[]): Promise<Buffer[]> {
-    const key = segmentKey(seg);
+    const key = this.segments.keyFor(seg);
     const total = ptrs.reduce((s, p) => s + p.len, 0);
-    let body: Buffer;
-    try {
-      body = (await this.store.get(key, { range: { offset: off, length: total } })).body;
-    } catch (e) {
-      if (isHyperError(e, 'OBJECT_NOT_FOUND'))
-        throw dataError('MISSING_OBJECT', key, 'A segment holding volume data is missing');
-      throw e;
-    }
+    const body = await this.segments.get(seg, { offset: off, length: total }, 'volume data');
     if (body.length < total)
       throw dataError(
         'CORRUPT_OBJECT',
@@ -883,6 +891,27 @@ export class Volume {
 
   private historyFloorSelf = false;
 
+  /**
+   * Flattening's last step: a checkpoint that no longer names the parent. Older checkpoints
+   * of the clone may still read parent segments, so they are dropped (history floor here).
+   */
+  async detachFromParent(): Promise<CheckpointInfo> {
+    this.checkWritable();
+    this.historyFloorSelf = true;
+    this.nextMeta = {
+      ...this.nextMeta,
+      clone: undefined,
+      history: { floor: 0, floorMs: Date.now(), kept: [] },
+    };
+    this.metaDirty = true;
+    return this.flush();
+  }
+
+  /** Whether segment `seg` belongs to a parent volume (clones). */
+  inherited(seg: number): boolean {
+    return this.segments.inherited(seg);
+  }
+
   // ------------------------------------------------------------------ flush
 
   /**
@@ -1165,33 +1194,24 @@ function segmentHeaderSize(headLen: number, blocks: number, nodes: number): numb
   return 16 + 56 + 4 + headLen + blocks * 8 + nodes * 16;
 }
 
-/** A segment with no nodes and no data (the first checkpoint of a new volume). */
-function buildSegment(
-  id: number,
-  now: number,
-  headBytes: Buffer,
-  lbas: number[],
-  nodes: { firstLba: number; level: number }[],
-  nodeSize: number,
-  blockCount: number,
-  dataBlockSize: number,
-): Buffer {
-  const headerLen = segmentHeaderSize(headBytes.length, lbas.length, nodes.length);
+/** A segment with no nodes and no data (the first checkpoint of a new volume or clone). */
+export function buildEmptySegment(id: number, now: number, headBytes: Buffer): Buffer {
+  const headerLen = segmentHeaderSize(headBytes.length, 0, 0);
   const nodesOffset = align(headerLen, SECTOR);
   return Buffer.concat([
     encodeSegmentHeader({
       segmentId: id,
       createdMs: now,
       nodesOffset,
-      nodeCount: nodes.length,
-      nodeSize,
+      nodeCount: 0,
+      nodeSize: 0,
       dataOffset: nodesOffset,
-      blockCount,
-      dataBlockSize,
+      blockCount: 0,
+      dataBlockSize: 0,
       totalLength: nodesOffset,
       headBytes,
-      lbas,
-      nodes,
+      lbas: [],
+      nodes: [],
     }),
     Buffer.alloc(nodesOffset - headerLen),
   ]);
@@ -1235,6 +1255,9 @@ export function infoOf(url: string, head: HeadRecord, readOnly: boolean): Volume
     mappedBlocks: mapped,
     readOnly,
     ...(head.walUrl === undefined ? {} : { walUrl: head.walUrl }),
+    ...(head.clone?.chain[0]
+      ? { parent: { url: head.clone.chain[0].url, checkpoint: head.clone.checkpoint } }
+      : {}),
   };
 }
 

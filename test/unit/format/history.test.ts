@@ -4,6 +4,7 @@ import { describe, it } from 'node:test';
 import { isHyperError } from '../../../src/errors.js';
 import { CountingStore } from '../../../src/format/store/counting.js';
 import { MemStore } from '../../../src/format/store/mem.js';
+import { cloneVolume, flattenVolume } from '../../../src/format/volume/clone.js';
 import { compactVolume } from '../../../src/format/volume/compact.js';
 import {
   createSnapshot,
@@ -322,5 +323,70 @@ describe('compaction', () => {
     refs.set(last.checkpoint, sha(ref));
     await vol.close();
     await verifyRetained();
+  });
+});
+
+describe('clones', () => {
+  it('share the parent copy-on-write, survive parent compaction, and flatten', async () => {
+    const root = MemStore.isolated('mem://clones/');
+    const parent = root.sub('parent/') as MemStore;
+    const child = root.sub('child/') as MemStore;
+    const grandchild = root.sub('grandchild/') as MemStore;
+    const byUrl = new Map<string, MemStore>([
+      [parent.url, parent],
+      [child.url, child],
+    ]);
+    const openStore = (url: string): Promise<MemStore> =>
+      Promise.resolve(byUrl.get(url) as MemStore);
+    const refs = await history(parent, 6, 9);
+    const cps = [...refs.keys()];
+    const from = cps[3] as number;
+    const before = await statVolume(parent);
+    const c = await cloneVolume(parent, { checkpoint: from }, child, { openStore });
+    assert.equal(c.checkpoint, from);
+    assert.equal(c.clone.parent?.url, parent.url);
+    // No data was copied: the child holds one small segment and a head.
+    const childStat = await statVolume(child);
+    assert.equal(childStat.segments, 1);
+    assert.ok(childStat.storedBytes < 64 * KiB);
+    assert.equal((await statVolume(parent)).segments, before.segments);
+    // The clone reads the parent's checkpoint; writes on either side stay on that side.
+    let cv = await Volume.open(child, { flushIntervalMs: 0, openStore });
+    assert.equal(sha(await cv.read(0, SIZE)), sha(refs.get(from) as Buffer));
+    await cv.write(0, Buffer.alloc(64 * KiB, 0x77));
+    await cv.close();
+    const childRef = Buffer.from(refs.get(from) as Buffer);
+    childRef.fill(0x77, 0, 64 * KiB);
+    const pv = await Volume.open(parent, { flushIntervalMs: 0 });
+    await pv.write(64 * KiB, Buffer.alloc(64 * KiB, 0x99));
+    await pv.close();
+    // Compaction of the parent keeps the pinned checkpoint's data.
+    await compactVolume(parent, { keepLast: 1, graceMs: 0 });
+    cv = await Volume.open(child, { readOnly: true, openStore });
+    assert.equal(sha(await cv.read(0, SIZE)), sha(childRef));
+    // A clone of the clone reads through two parents.
+    byUrl.set(grandchild.url, grandchild);
+    await cloneVolume(child, { checkpoint: (await statVolume(child)).checkpoint }, grandchild, {
+      openStore,
+    });
+    const gv = await Volume.open(grandchild, { readOnly: true, openStore });
+    assert.equal(sha(await gv.read(0, SIZE)), sha(childRef));
+    // Flatten the grandchild, then the child: each reads the same and drops its link.
+    const fg = await flattenVolume(grandchild, { openStore });
+    assert.ok(fg.blocksCopied > 0);
+    const f = await flattenVolume(child, { openStore });
+    assert.ok(f.blocksCopied > 0);
+    assert.equal((await statVolume(child)).parent, undefined);
+    let pins = 0;
+    for await (const p of parent.list('pin/')) pins += p.objects.length;
+    assert.equal(pins, 0, 'flatten releases the pin');
+    // The parent may now drop the checkpoint entirely; the flattened child does not care.
+    await compactVolume(parent, { keepLast: 1, graceMs: 0 });
+    await compactVolume(child, { keepLast: 1, graceMs: 0, openStore });
+    byUrl.delete(parent.url);
+    cv = await Volume.open(child, { readOnly: true, openStore });
+    assert.equal(sha(await cv.read(0, SIZE)), sha(childRef));
+    const g2 = await Volume.open(grandchild, { readOnly: true, openStore });
+    assert.equal(sha(await g2.read(0, SIZE)), sha(childRef));
   });
 });

@@ -1,0 +1,178 @@
+/**
+ * Clones: a new writable volume that starts from a checkpoint of another volume and shares
+ * its segments copy-on-write (FORMAT.md "Clones"). Nothing is copied at clone time: the
+ * clone's first checkpoint uses the parent checkpoint's index root, and segment ids at or
+ * below the parent's base are read from the parent. The parent keeps the checkpoint pinned
+ * (`pin/<clone uuid>`) so its compaction never removes what the clone reads.
+ */
+import { randomBytes } from 'node:crypto';
+import { HyperError, isHyperError } from '../../errors.js';
+import { encodeHead, type HeadRecord } from '../codec/head.js';
+import { nodeCapacity } from '../codec/node.js';
+import { encodeSnapshot } from '../codec/snapshot.js';
+import { NodeLoader } from '../index/loader.js';
+import { HEAD_KEY, SNAPSHOT_PREFIX, pinKey, segmentKey } from '../keys.js';
+import { probeConditionalWrites } from '../store/probe.js';
+import type { ObjectStore } from '../store/types.js';
+import { SegmentSource, type OpenStoreFn } from './segments.js';
+import type { CheckpointRef, OpenOptions, VolumeInfo } from './types.js';
+import {
+  Volume,
+  buildEmptySegment,
+  infoOf,
+  readCheckpointHead,
+  readHead,
+  resolveCheckpoint,
+} from './volume.js';
+import { newReach, rewriteBlocks, rootOf, walk } from './walk.js';
+
+export interface CloneResult {
+  parent: string;
+  checkpoint: number;
+  clone: VolumeInfo;
+  flattened?: FlattenResult;
+}
+
+/** Create a clone of `parent` at checkpoint `from` under `child` (which must be empty). */
+export async function cloneVolume(
+  parent: ObjectStore,
+  from: CheckpointRef,
+  child: ObjectStore,
+  options: { flatten?: boolean; openStore?: OpenStoreFn; signal?: AbortSignal } = {},
+): Promise<CloneResult> {
+  const { head: ph } = await readHead(parent);
+  const checkpoint = await resolveCheckpoint(parent, ph, from);
+  const at = checkpoint === ph.checkpoint ? ph : await readCheckpointHead(parent, checkpoint);
+  if (await child.head(HEAD_KEY)) {
+    throw new HyperError('conflict', 'VOLUME_EXISTS', `A volume already exists at ${child.url}`);
+  }
+  await probeConditionalWrites(child, options.signal ? { signal: options.signal } : {});
+  const uuid = randomBytes(16).toString('hex');
+  const base = ph.lastSegment;
+  // Pin first: from here on the parent's compaction keeps the checkpoint.
+  await parent.put(
+    pinKey(uuid),
+    encodeSnapshot({ checkpoint, createdMs: Date.now(), kind: 'clone-pin', note: child.url }),
+    { ifNoneMatch: true },
+  );
+  try {
+    const now = Date.now();
+    const id = base + 1;
+    const head: HeadRecord = {
+      uuid,
+      createdMs: now,
+      size: at.size,
+      dataBlockShift: at.dataBlockShift,
+      metaBlockShift: at.metaBlockShift,
+      flags: 0,
+      segmentSize: at.segmentSize,
+      checkpoint: id,
+      checkpointMs: now,
+      prevCheckpoint: 0,
+      lastSegment: id,
+      epoch: 0,
+      rootLevel: at.rootLevel,
+      root: at.root,
+      skipped: [],
+      clone: {
+        checkpoint,
+        chain: [{ url: parent.url, base }, ...(at.clone?.chain ?? ph.clone?.chain ?? [])],
+      },
+    };
+    const headBytes = encodeHead(head);
+    await child.put(segmentKey(id), buildEmptySegment(id, now, headBytes), { ifNoneMatch: true });
+    await child.put(HEAD_KEY, headBytes, { ifNoneMatch: true });
+    const result: CloneResult = {
+      parent: parent.url,
+      checkpoint,
+      clone: infoOf(child.url, head, false),
+    };
+    if (options.flatten) {
+      result.flattened = await flattenVolume(child, {
+        ...(options.openStore ? { openStore: options.openStore } : {}),
+      });
+      result.clone = infoOf(child.url, (await readHead(child)).head, false);
+    }
+    return result;
+  } catch (e) {
+    if (!isHyperError(e, 'VOLUME_EXISTS'))
+      await parent.delete([pinKey(uuid)]).catch(() => undefined);
+    throw e;
+  }
+}
+
+export interface FlattenResult {
+  blocksCopied: number;
+  bytesCopied: number;
+  checkpoint: number;
+}
+
+/**
+ * Copy everything the clone still reads from its parents into its own segments, then commit
+ * a checkpoint without the parent link and release the parent's pin. The clone's older
+ * checkpoints (which may read parent segments) are dropped.
+ */
+export async function flattenVolume(
+  store: ObjectStore,
+  options: Pick<OpenOptions, 'holder' | 'force' | 'logger' | 'openStore'> & {
+    signal?: AbortSignal;
+    onProgress?: (done: number, total: number) => void;
+  } = {},
+): Promise<FlattenResult> {
+  const { head } = await readHead(store);
+  if (!head.clone)
+    throw new HyperError('invalid', 'INVALID_ARGUMENT', `${store.url} is not a clone`);
+  for await (const page of store.list('pin/')) {
+    if (page.objects.length > 0) {
+      throw new HyperError(
+        'conflict',
+        'PRECONDITION_FAILED',
+        'Clones of this volume still read from it through its parent',
+        {
+          suggestion: 'Flatten or delete the clones of this clone first.',
+        },
+      );
+    }
+  }
+  for await (const page of store.list(SNAPSHOT_PREFIX)) {
+    if (page.objects.length > 0) {
+      throw new HyperError(
+        'conflict',
+        'PRECONDITION_FAILED',
+        'Flattening drops the clone’s history, and it has named snapshots',
+        {
+          suggestion: 'Delete the clone’s snapshots (`hyper snapshot delete`) first.',
+        },
+      );
+    }
+  }
+  const parentUrl = head.clone.chain[0]?.url as string;
+  const vol = await Volume.open(store, { ...options, flushIntervalMs: 0 });
+  try {
+    const cur = vol.headRecord;
+    const source = await SegmentSource.forHead(store, cur, options.openStore);
+    const nodeSize = 2 ** cur.metaBlockShift;
+    const loader = new NodeLoader(source, nodeSize, nodeCapacity(nodeSize), 64 * 1024 * 1024);
+    const reach = newReach();
+    await walk(loader, rootOf(cur), reach, new Set(), true, options.signal);
+    const lbas: number[] = [];
+    for (const seg of reach.segments) {
+      if (!vol.inherited(seg)) continue;
+      lbas.push(...(reach.blocks.get(seg) ?? []), ...(reach.nodeLbas.get(seg) ?? []));
+    }
+    await source.close();
+    const copied = await rewriteBlocks(vol, lbas, options.signal, options.onProgress);
+    const { checkpoint } = await vol.detachFromParent();
+    // The parent no longer needs to keep our checkpoint.
+    const open = options.openStore ?? SegmentSource.defaultOpen;
+    const parent = await open(parentUrl);
+    try {
+      await parent.delete([pinKey(cur.uuid)]);
+    } finally {
+      await parent.close();
+    }
+    return { blocksCopied: copied.blocks, bytesCopied: copied.bytes, checkpoint };
+  } finally {
+    await vol.close();
+  }
+}

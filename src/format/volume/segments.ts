@@ -1,0 +1,82 @@
+/**
+ * Where a segment lives. A plain volume's segments are all its own; a clone's segments with
+ * ids at or below its nearest parent's base belong to that parent (or, below the next base,
+ * to the grandparent, and so on — FORMAT.md "Clones").
+ */
+import { dataError, isHyperError } from '../../errors.js';
+import type { HeadRecord } from '../codec/head.js';
+import { segmentKey } from '../keys.js';
+import { openStore } from '../store/index.js';
+import type { ByteRange, ObjectStore } from '../store/types.js';
+
+export type OpenStoreFn = (url: string) => Promise<ObjectStore>;
+
+/** Parent stores opened with the environment's settings (the CLI passes its own opener). */
+export const defaultOpenStore: OpenStoreFn = (url) => openStore(url);
+
+export class SegmentSource {
+  private constructor(
+    readonly own: ObjectStore,
+    /** Nearest parent first, bases strictly decreasing. */
+    private readonly chain: { base: number; store: ObjectStore }[],
+  ) {}
+
+  static readonly defaultOpen: OpenStoreFn = defaultOpenStore;
+
+  static single(store: ObjectStore): SegmentSource {
+    return new SegmentSource(store, []);
+  }
+
+  static async forHead(
+    own: ObjectStore,
+    head: HeadRecord,
+    open: OpenStoreFn = defaultOpenStore,
+  ): Promise<SegmentSource> {
+    const chain = await Promise.all(
+      (head.clone?.chain ?? []).map(async (l) => ({ base: l.base, store: await open(l.url) })),
+    );
+    return new SegmentSource(own, chain);
+  }
+
+  storeFor(seg: number): ObjectStore {
+    let store = this.own;
+    for (const l of this.chain) {
+      if (seg > l.base) break;
+      store = l.store;
+    }
+    return store;
+  }
+
+  /** Whether a segment id belongs to a parent volume. */
+  inherited(seg: number): boolean {
+    return this.chain.length > 0 && seg <= (this.chain[0] as { base: number }).base;
+  }
+
+  /** A ranged read of a segment; a missing object is a data error naming it. */
+  async get(seg: number, range: ByteRange, what: string): Promise<Buffer> {
+    const store = this.storeFor(seg);
+    const key = segmentKey(seg);
+    try {
+      return (await store.get(key, { range })).body;
+    } catch (e) {
+      if (isHyperError(e, 'OBJECT_NOT_FOUND')) {
+        throw dataError(
+          'MISSING_OBJECT',
+          store === this.own ? key : `${store.url}${key}`,
+          `A segment holding ${what} is missing`,
+        );
+      }
+      throw e;
+    }
+  }
+
+  /** The key to name in errors about a segment. */
+  keyFor(seg: number): string {
+    const store = this.storeFor(seg);
+    return store === this.own ? segmentKey(seg) : `${store.url}${segmentKey(seg)}`;
+  }
+
+  async close(): Promise<void> {
+    await Promise.all(this.chain.map((l) => l.store.close()));
+  }
+}

@@ -1,0 +1,119 @@
+/**
+ * Walking a checkpoint's index to learn what it references: the segments it reaches and,
+ * for the live (current) checkpoint, how many bytes of each segment it uses and which
+ * blocks and nodes live where. Used by compaction and clone flattening.
+ */
+import { ENTRY_SIZE, decodeNode, nodeCapacity } from '../codec/node.js';
+import type { HeadRecord } from '../codec/head.js';
+import { Miss, Node } from '../index/btree.js';
+import type { NodeLoader } from '../index/loader.js';
+import type { Volume } from './volume.js';
+
+export interface Reach {
+  segments: Set<number>;
+  /** Current checkpoint only: live bytes per segment, and what lives there. */
+  live: Map<number, number>;
+  blocks: Map<number, number[]>;
+  /** For each segment, the first lba of every leaf stored in it (touching it rewrites the node). */
+  nodeLbas: Map<number, number[]>;
+}
+
+export function newReach(): Reach {
+  return { segments: new Set(), live: new Map(), blocks: new Map(), nodeLbas: new Map() };
+}
+
+export function rootOf(h: HeadRecord): Node {
+  const cap = nodeCapacity(2 ** h.metaBlockShift);
+  const d = decodeNode(h.root, 0, cap);
+  return new Node(d.level, d.count, d.entries, false);
+}
+
+/**
+ * Walk one checkpoint's index; `visited` holds node locations already walked (shared
+ * subtrees are walked once). With `live`, also record per segment the bytes the checkpoint
+ * references there, its blocks, and for each index node stored there one mapped block under
+ * it (rewriting that block makes the node be rewritten too).
+ */
+export async function walk(
+  loader: NodeLoader,
+  root: Node,
+  r: Reach,
+  visited: Set<string>,
+  live: boolean,
+  signal?: AbortSignal,
+): Promise<void> {
+  const push = (m: Map<number, number[]>, seg: number, lba: number): void => {
+    const l = m.get(seg);
+    if (l) l.push(lba);
+    else m.set(seg, [lba]);
+  };
+  const add = (seg: number, bytes: number): void => {
+    r.segments.add(seg);
+    if (live) r.live.set(seg, (r.live.get(seg) ?? 0) + bytes);
+  };
+  /** Returns the first mapped block below `nd`, if walked. */
+  const rec = async (nd: Node): Promise<number | undefined> => {
+    signal?.throwIfAborted();
+    if (nd.level === 0) {
+      for (let i = 0; i < nd.n; i++) {
+        const seg = nd.seg(i);
+        add(seg, nd.e.readUInt32LE(i * ENTRY_SIZE + 20));
+        if (live) push(r.blocks, seg, nd.key(i));
+      }
+      return nd.n > 0 ? nd.key(0) : undefined;
+    }
+    let first: number | undefined;
+    for (let i = 0; i < nd.n; i++) {
+      const seg = nd.seg(i);
+      const off = nd.off(i);
+      const key = `${seg}:${off}`;
+      if (visited.has(key)) continue;
+      visited.add(key);
+      add(seg, loader.nodeSize);
+      let child = loader.cached(seg, off);
+      while (!child) {
+        await loader.load(new Miss(nd, i));
+        child = loader.cached(seg, off);
+      }
+      const f = await rec(child);
+      if (live && f !== undefined) push(r.nodeLbas, seg, f);
+      first ??= f;
+    }
+    return first;
+  };
+  await rec(root);
+}
+
+/**
+ * Copy blocks to new locations by reading them and writing the same bytes back (in runs of
+ * contiguous blocks). Rewriting one block under an index node makes the node be rewritten too.
+ */
+export async function rewriteBlocks(
+  vol: Volume,
+  lbaSet: Iterable<number>,
+  signal?: AbortSignal,
+  onProgress?: (done: number, total: number) => void,
+): Promise<{ blocks: number; bytes: number }> {
+  const bs = vol.info.dataBlockSize;
+  const sorted = [...new Set(lbaSet)].sort((a, b) => a - b);
+  let blocks = 0;
+  let bytes = 0;
+  let i = 0;
+  while (i < sorted.length) {
+    signal?.throwIfAborted();
+    let j = i + 1;
+    while (j < sorted.length && sorted[j] === (sorted[j - 1] as number) + 1 && j - i < 256) j++;
+    const lo = sorted[i] as number;
+    const len = Math.min((j - i) * bs, vol.info.size - lo * bs);
+    if (len > 0) {
+      const data = await vol.read(lo * bs, len);
+      await vol.write(lo * bs, data);
+      bytes += len;
+      blocks += j - i;
+    }
+    i = j;
+    onProgress?.(i, sorted.length);
+  }
+  await vol.flush();
+  return { blocks, bytes };
+}
