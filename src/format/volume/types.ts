@@ -1,3 +1,5 @@
+import type { ObjectStore } from '../store/types.js';
+
 /**
  * Public shapes of the volume engine: what `serve` and every command use.
  * All byte offsets and sizes are JavaScript numbers checked to be safe integers
@@ -75,7 +77,7 @@ export interface OpenOptions {
    * Opens a parent volume's store for a clone (default: `openStore(url)` with settings from
    * the environment). The CLI passes one that applies its --endpoint / --region.
    */
-  openStore?: (url: string) => Promise<import('../store/types.js').ObjectStore>;
+  openStore?: (url: string) => Promise<ObjectStore>;
 }
 
 export interface CheckpointInfo {
