@@ -292,6 +292,9 @@ export function resolveEndpoint(options: StoreOptions): string | undefined {
 }
 
 export function createS3Client(options: S3StoreOptions): { client: S3Client; endpoint: string } {
+  // hyper supports Node 20 with the SDK version it pins; the SDK's notice about future
+  // releases needing Node 22 would otherwise land on every command's stderr.
+  process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
   const endpoint = resolveEndpoint(options);
   const region =
     options.region || process.env.AWS_REGION || process.env.AWS_DEFAULT_REGION || 'us-east-1';
