@@ -14,7 +14,6 @@ import { Miss, type Node } from '../index/btree.js';
 import { NodeLoader } from '../index/loader.js';
 import {
   PIN_PREFIX,
-  SEGMENT_PREFIX,
   SNAPSHOT_PREFIX,
   parseSegmentKey,
   segmentKey,
