@@ -23,9 +23,10 @@ command -v apt-get >/dev/null || { echo "install-deps.sh: needs apt-get (Debian/
 
 missing=()
 for p in "${PKGS[@]}"; do
-  if ! dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then
-    missing+=("$p")
-  fi
+  if dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed'; then continue; fi
+  # Virtual packages (nbdfuse is provided by another package): present if the command is.
+  if command -v "$p" >/dev/null 2>&1; then continue; fi
+  missing+=("$p")
 done
 
 if [ "${#missing[@]}" = 0 ]; then
