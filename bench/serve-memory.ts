@@ -12,8 +12,10 @@ const opt = (name: string): string | undefined => {
   return i >= 0 ? args[i + 1] : undefined;
 };
 const size = Number(opt('size') ?? 1024 * 1024 * 1024);
-const chunk = Number(opt('chunk') ?? 64 * 1024);
-const device = new MemoryDevice({ size, chunkSize: chunk });
+const chunkOpt = opt('chunk');
+const device = new MemoryDevice(
+  chunkOpt === undefined ? { size } : { size, chunkSize: Number(chunkOpt) },
+);
 const server = new NbdServer({ exports: [{ name: 'mem', open: () => device }] });
 const socket = opt('socket');
 const addr =

@@ -3,9 +3,9 @@
  * options, requests with WRITE payloads) and encoders for what the server sends.
  *
  * The parser keeps at most one partial header (≤ 28 bytes) of its own; complete frames are
- * parsed in place from the chunk that was pushed, and a WRITE payload that lies entirely in
- * one chunk is handed out as a subarray of it (chunks from a socket are never reused). A
- * payload spread over chunks is copied once into a buffer of its exact size.
+ * parsed in place from the chunk that was pushed, and a WRITE payload is handed out as a
+ * subarray of the chunk (chunks from a socket are never reused), or as the list of its pieces
+ * when it spans chunks — so the payload is never copied here; the device copies it once.
  */
 import {
   CLIENT_FLAG_FIXED_NEWSTYLE,
@@ -34,7 +34,8 @@ export interface ParserHandler {
   onOptionTooBig(option: number, length: number): void;
   /**
    * One request. `offset` is -1 when the 64-bit offset exceeds 2^53 - 1. `handleHi`/`handleLo`
-   * are the client's opaque 8-byte handle as two 32-bit words. `payload` is set for WRITE.
+   * are the client's opaque 8-byte handle as two 32-bit words. `payload` is set for WRITE:
+   * one buffer, or the pieces of it in order when it arrived spread over several chunks.
    */
   onRequest(
     flags: number,
@@ -43,7 +44,7 @@ export interface ParserHandler {
     handleLo: number,
     offset: number,
     length: number,
-    payload: Buffer | undefined,
+    payload: Buffer | Buffer[] | undefined,
   ): void;
   /** The stream cannot be resynchronised; the parser has stopped. */
   onProtocolError(message: string): void;
@@ -64,9 +65,10 @@ export class NbdParser {
   maxPayload: number;
   private readonly head = Buffer.allocUnsafe(32);
   private headLen = 0;
-  // A payload being collected across chunks (WRITE data or option data).
-  private payload: Buffer | undefined;
-  private payloadFilled = 0;
+  // A payload being collected across chunks (WRITE data or option data): the pieces are
+  // subarrays of the pushed chunks, kept by reference (chunks are never reused by the socket).
+  private parts: Buffer[] | undefined;
+  private partsNeed = 0;
   private skipRemaining = 0;
   private pendFlags = 0;
   private pendType = 0;
@@ -88,7 +90,7 @@ export class NbdParser {
 
   /** True between frames (nothing partial buffered). */
   get idle(): boolean {
-    return this.headLen === 0 && this.payload === undefined && this.skipRemaining === 0;
+    return this.headLen === 0 && this.parts === undefined && this.skipRemaining === 0;
   }
 
   /** Feed bytes; returns how many were consumed (all, unless the parser stopped). */
@@ -98,15 +100,15 @@ export class NbdParser {
     while (off < end) {
       const mode = this.mode;
       if (mode === ParserMode.Stopped) return off;
-      if (this.payload !== undefined) {
-        const p = this.payload;
-        const n = Math.min(p.length - this.payloadFilled, end - off);
-        chunk.copy(p, this.payloadFilled, off, off + n);
-        this.payloadFilled += n;
+      if (this.parts !== undefined) {
+        const n = Math.min(this.partsNeed, end - off);
+        this.parts.push(chunk.subarray(off, off + n));
+        this.partsNeed -= n;
         off += n;
-        if (this.payloadFilled === p.length) {
-          this.payload = undefined;
-          this.deliverPayload(p);
+        if (this.partsNeed === 0) {
+          const parts = this.parts;
+          this.parts = undefined;
+          this.deliverPayload(parts);
         }
         continue;
       }
@@ -213,16 +215,14 @@ export class NbdParser {
   }
 
   private collect(length: number, chunk: Buffer, off: number): number {
-    const p = Buffer.allocUnsafe(length);
-    const n = chunk.length - off;
-    chunk.copy(p, 0, off, off + n);
-    this.payload = p;
-    this.payloadFilled = n;
+    this.parts = off < chunk.length ? [chunk.subarray(off)] : [];
+    this.partsNeed = length - (chunk.length - off);
     return chunk.length;
   }
 
-  private deliverPayload(p: Buffer): void {
+  private deliverPayload(parts: Buffer[]): void {
     if (this.mode === ParserMode.Requests) {
+      const p = parts.length === 1 ? parts[0]! : parts;
       this.handler.onRequest(
         this.pendFlags,
         this.pendType,
@@ -233,7 +233,7 @@ export class NbdParser {
         p,
       );
     } else {
-      this.handler.onOption(this.pendType, p);
+      this.handler.onOption(this.pendType, Buffer.concat(parts, this.pendLength));
     }
   }
 

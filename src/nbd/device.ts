@@ -63,6 +63,11 @@ export interface BlockDevice {
   read(offset: number, length: number): Promise<Buffer>;
   /** The device must copy `data` if it keeps it beyond the returned promise. */
   write(offset: number, data: Buffer, flags: WriteFlags): Promise<void>;
+  /**
+   * Optional gather write: `parts` are consecutive pieces of one write starting at `offset`.
+   * Without it the server joins the pieces (one copy) and calls write().
+   */
+  writev?(offset: number, parts: Buffer[], flags: WriteFlags): Promise<void>;
   flush(): Promise<void>;
   trim(offset: number, length: number, flags: WriteFlags): Promise<void>;
   zero(offset: number, length: number, flags: ZeroFlags): Promise<void>;

@@ -1,7 +1,9 @@
 /**
  * Reply batching for one connection. Reply headers are written back to back into a slab, so
- * the replies completed in one tick leave as few buffers as possible; payloads are queued by
- * reference (never copied). Everything queued in a tick goes out in one corked burst.
+ * the replies completed in one turn of the event loop leave as few buffers as possible;
+ * payloads are queued by reference (never copied). Everything queued before the loop's check
+ * phase goes out in one corked burst (one writev), so replies to all the requests that arrived
+ * in one poll phase share a system call.
  */
 import type { Socket } from 'node:net';
 
@@ -66,7 +68,7 @@ export class Output {
   private schedule(): void {
     if (!this.scheduled) {
       this.scheduled = true;
-      process.nextTick(this.flushBound);
+      setImmediate(this.flushBound);
     }
   }
 

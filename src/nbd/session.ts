@@ -288,7 +288,7 @@ export class Session implements ParserHandler {
     lo: number,
     offset: number,
     length: number,
-    payload: Buffer | undefined,
+    payload: Buffer | Buffer[] | undefined,
   ): void {
     if (this.closing) return;
     const err = this.validate(flags, type, offset, length);
@@ -318,7 +318,14 @@ export class Session implements ParserHandler {
           return;
         case CMD_WRITE:
           this.inflightBytes += length;
-          p = d.write(offset, payload!, { fua: (flags & CMD_FLAG_FUA) !== 0 });
+          if (!Array.isArray(payload))
+            p = d.write(offset, payload!, { fua: (flags & CMD_FLAG_FUA) !== 0 });
+          else if (d.writev !== undefined)
+            p = d.writev(offset, payload, { fua: (flags & CMD_FLAG_FUA) !== 0 });
+          else
+            p = d.write(offset, Buffer.concat(payload, length), {
+              fua: (flags & CMD_FLAG_FUA) !== 0,
+            });
           break;
         case CMD_FLUSH:
           p = d.flush();

@@ -15,7 +15,7 @@ import type {
 
 export interface MemoryDeviceOptions {
   size: number;
-  /** Allocation unit (power of two, default 64 KiB). */
+  /** Allocation unit (power of two, default 256 KiB: reads within one unit are not copied). */
   chunkSize?: number;
   readOnly?: boolean;
   blockSize?: Partial<BlockSizes>;
@@ -28,6 +28,11 @@ export class MemoryDevice implements BlockDevice {
   readonly capabilities: DeviceCapabilities;
   readonly chunkSize: number;
   private readonly chunks = new Map<number, Buffer>();
+  // Chunks are carved from large slabs (fewer, bigger allocations: far less GC pressure than
+  // one ArrayBuffer per chunk); chunks freed by trim/zero go to a free list for reuse.
+  private slab: Buffer | undefined;
+  private slabPos = 0;
+  private readonly free: Buffer[] = [];
   private zeros = Buffer.alloc(0);
   /** Counters for tests. */
   readonly counts = { read: 0, write: 0, flush: 0, trim: 0, zero: 0, extents: 0, cache: 0 };
@@ -36,7 +41,7 @@ export class MemoryDevice implements BlockDevice {
   constructor(o: MemoryDeviceOptions) {
     if (!Number.isSafeInteger(o.size) || o.size < 0) throw new RangeError(`bad size ${o.size}`);
     this.size = o.size;
-    this.chunkSize = o.chunkSize ?? 64 * 1024;
+    this.chunkSize = o.chunkSize ?? 256 * 1024;
     this.blockSize = { minimum: 1, preferred: 4096, maximum: 32 * 1024 * 1024, ...o.blockSize };
     this.capabilities = {
       readOnly: o.readOnly ?? false,
@@ -52,7 +57,7 @@ export class MemoryDevice implements BlockDevice {
     };
   }
 
-  /** Bytes of chunk storage allocated. */
+  /** Bytes of chunk storage in use (holes excluded). */
   get allocatedBytes(): number {
     return this.chunks.size * this.chunkSize;
   }
@@ -100,6 +105,18 @@ export class MemoryDevice implements BlockDevice {
     return Promise.resolve();
   }
 
+  writev(offset: number, parts: Buffer[], _flags?: WriteFlags): Promise<void> {
+    this.counts.write++;
+    let len = 0;
+    for (const p of parts) len += p.length;
+    this.check(offset, len);
+    for (const p of parts) {
+      this.writeSync(offset, p);
+      offset += p.length;
+    }
+    return Promise.resolve();
+  }
+
   writeSync(offset: number, data: Buffer): void {
     this.check(offset, data.length);
     const cs = this.chunkSize;
@@ -110,7 +127,8 @@ export class MemoryDevice implements BlockDevice {
       const n = Math.min(cs - off, data.length - pos);
       let c = this.chunks.get(idx);
       if (c === undefined) {
-        c = n === cs ? Buffer.allocUnsafe(cs) : Buffer.alloc(cs);
+        c = this.allocChunk();
+        if (n !== cs) c.fill(0);
         this.chunks.set(idx, c);
       }
       data.copy(c, off, pos, pos + n);
@@ -143,6 +161,20 @@ export class MemoryDevice implements BlockDevice {
     return Promise.resolve();
   }
 
+  /** An uninitialised chunk. */
+  private allocChunk(): Buffer {
+    const f = this.free.pop();
+    if (f !== undefined) return f;
+    const cs = this.chunkSize;
+    if (this.slab === undefined || this.slabPos + cs > this.slab.length) {
+      this.slab = Buffer.allocUnsafeSlow(Math.max(cs, Math.min(32 * 1024 * 1024, cs * 128)));
+      this.slabPos = 0;
+    }
+    const c = this.slab.subarray(this.slabPos, this.slabPos + cs);
+    this.slabPos += cs;
+    return c;
+  }
+
   /** Zero a range: whole chunks are dropped (become holes), partial ones are zero-filled. */
   private clear(offset: number, length: number): void {
     this.check(offset, length);
@@ -154,8 +186,12 @@ export class MemoryDevice implements BlockDevice {
       const n = Math.min(cs - off, length - pos);
       const c = this.chunks.get(idx);
       if (c !== undefined) {
-        if (n === cs) this.chunks.delete(idx);
-        else c.fill(0, off, off + n);
+        if (n === cs) {
+          this.chunks.delete(idx);
+          this.free.push(c);
+        } else {
+          c.fill(0, off, off + n);
+        }
       }
       pos += n;
       idx++;

@@ -72,7 +72,7 @@ function recorder(parserRef: { p?: NbdParser }): { events: Event[]; handler: Par
         lo,
         offset,
         length,
-        payload === undefined ? null : [...payload],
+        payload === undefined ? null : [...Buffer.concat([payload].flat())],
       ]);
     },
     onProtocolError(message) {
