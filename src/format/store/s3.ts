@@ -280,8 +280,13 @@ async function readBody(body: unknown, expected: number | undefined): Promise<Bu
     }
     off += chunk.length;
   }
-  if (out) return off === out.length ? out : out.subarray(0, off);
-  return Buffer.concat(chunks);
+  if (expected !== undefined && off !== expected) {
+    // The connection ended early (or sent more): the caller must not see a short body.
+    throw Object.assign(new Error(`response body had ${off} bytes, expected ${expected}`), {
+      code: 'ECONNRESET',
+    });
+  }
+  return out ?? Buffer.concat(chunks);
 }
 
 /** Endpoint from options or the environment (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL). */
