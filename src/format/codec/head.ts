@@ -14,6 +14,8 @@ export const EXT_WAL_URL = 0x0001;
 export const EXT_HISTORY = 0x8002;
 /** The checkpoint this one restored (informational). */
 export const EXT_RESTORED_FROM = 0x0003;
+/** WAL records with a sequence at or below this are covered by this checkpoint. */
+export const EXT_WAL_SEQ = 0x8005;
 /** A clone's parents: segment ids at or below a parent's base live in that parent's store. */
 export const EXT_PARENTS = 0x8004;
 
@@ -62,6 +64,7 @@ export interface HeadRecord {
   history?: History;
   restoredFrom?: number;
   clone?: CloneOrigin;
+  walSeq?: number;
 }
 
 export function encodeHead(h: HeadRecord): Buffer {
@@ -105,6 +108,7 @@ export function encodeHead(h: HeadRecord): Buffer {
     }
     exts.push([EXT_PARENTS, cw.finish()]);
   }
+  if (h.walSeq !== undefined) exts.push([EXT_WAL_SEQ, new Writer(8).u64(h.walSeq).finish()]);
   if (h.restoredFrom !== undefined)
     exts.push([EXT_RESTORED_FROM, new Writer(8).u64(h.restoredFrom).finish()]);
   w.u16(exts.length);
@@ -168,6 +172,7 @@ export function decodeHead(buf: Buffer, start = 0): { head: HeadRecord; length: 
       for (let k = 0; k < n; k++) kept.push(hr.u64());
       head.history = { floor, floorMs, kept };
     } else if (type === EXT_RESTORED_FROM) head.restoredFrom = new Reader(data).u64();
+    else if (type === EXT_WAL_SEQ) head.walSeq = new Reader(data).u64();
     else if (type === EXT_PARENTS) {
       const cr = new Reader(data);
       const checkpoint = cr.u64();

@@ -12,12 +12,7 @@ import { decodeSegmentHeader, segmentHeaderLength } from '../codec/segment.js';
 import { decodeSnapshot } from '../codec/snapshot.js';
 import { Miss, type Node } from '../index/btree.js';
 import { NodeLoader } from '../index/loader.js';
-import {
-  PIN_PREFIX,
-  SNAPSHOT_PREFIX,
-  parseSegmentKey,
-  segmentKey,
-} from '../keys.js';
+import { PIN_PREFIX, SNAPSHOT_PREFIX, parseSegmentKey, segmentKey } from '../keys.js';
 import type { ObjectStore } from '../store/types.js';
 import { readLease } from './lease.js';
 import { SegmentSource, type OpenStoreFn } from './segments.js';

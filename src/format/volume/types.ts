@@ -59,6 +59,8 @@ export interface OpenOptions {
   holder?: string;
   /** Lease time-to-live (default 30 s); renewed every third of it. */
   leaseTtlMs?: number;
+  /** Log every write to a WAL at this URL before acknowledging it (recorded in the head). */
+  walUrl?: string;
   /** Take the lease even if another holder's lease is live (fences that holder). */
   force?: boolean;
   /** Bytes of index nodes kept in memory (default 64 MiB). */

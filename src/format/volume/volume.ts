@@ -37,6 +37,8 @@ import { decodeSnapshot, type SnapshotRecord } from '../codec/snapshot.js';
 import { probeConditionalWrites } from '../store/probe.js';
 import type { ObjectStore } from '../store/types.js';
 import { Generation } from './dirty.js';
+import { WalWriter, listWal, readWal, walKeyFor } from './wal.js';
+import { encodeWal, type WalEntry } from '../codec/wal.js';
 import { SegmentSource } from './segments.js';
 import { DEFAULT_LEASE_TTL_MS, Lease, defaultHolder } from './lease.js';
 import {
@@ -200,7 +202,7 @@ export class Volume {
   private readonly zero: Buffer;
   private readonly counters = { flushes: 0, segmentsWritten: 0, bytesWritten: 0, bytesRead: 0 };
   /** Head fields to change at the next commit (restore, compaction history). */
-  private nextMeta: Partial<Pick<HeadRecord, 'history' | 'restoredFrom' | 'clone'>> = {};
+  private nextMeta: Partial<Pick<HeadRecord, 'history' | 'restoredFrom' | 'clone' | 'walSeq'>> = {};
 
   private constructor(
     private readonly store: ObjectStore,
@@ -393,10 +395,37 @@ export class Volume {
           }
         }
       }
-      head = { ...head, epoch: lease.epoch, lastSegment: last, skipped };
+      if (options.walUrl && head.walUrl && options.walUrl !== head.walUrl) {
+        throw new HyperError(
+          'invalid',
+          'INVALID_ARGUMENT',
+          `The volume logs to ${head.walUrl}, not ${options.walUrl}`,
+          {
+            suggestion:
+              'Open it with its own WAL URL (or none): it may hold writes that must be replayed first.',
+          },
+        );
+      }
+      const walUrl = options.walUrl ?? head.walUrl;
+      head = {
+        ...head,
+        epoch: lease.epoch,
+        lastSegment: last,
+        skipped,
+        ...(walUrl ? { walUrl } : {}),
+      };
       const bytes = encodeHead(head);
       ({ etag } = await store.put(HEAD_KEY, bytes, { ifMatch: etag }));
-      return new Volume(store, head, etag, false, lease, options, await source(head));
+      const vol = new Volume(store, head, etag, false, lease, options, await source(head));
+      if (walUrl) {
+        try {
+          await vol.startWal(await (options.openStore ?? SegmentSource.defaultOpen)(walUrl));
+        } catch (e) {
+          await vol.close().catch(() => undefined);
+          throw e;
+        }
+      }
+      return vol;
     } catch (e) {
       await lease.release().catch(() => undefined);
       if (isHyperError(e, 'PRECONDITION_FAILED')) {
@@ -439,6 +468,7 @@ export class Volume {
       this.closed = true;
       if (this.timer) clearInterval(this.timer);
       this.timer = undefined;
+      await this.walTrim;
       await this.segments.close().catch(() => undefined);
       if (this.lease) {
         if (this.fenced) this.lease.stop();
@@ -641,6 +671,16 @@ export class Volume {
     this.checkWritable();
     this.checkRange(offset, data.length);
     if (data.length === 0) return;
+    await this.doWrite(offset, data, { op: 'write', offset, length: data.length, data });
+    this.counters.bytesWritten += data.length;
+    await this.afterWrite(options);
+  }
+
+  /**
+   * Apply a write to the active generation; with a WAL, append `log` in the same synchronous
+   * step (so the WAL order is the order of application) and wait until it is durable.
+   */
+  private async doWrite(offset: number, data: Buffer, log?: WalEntry): Promise<void> {
     await this.admit();
     const bs = this.bs;
     const first = Math.floor(offset / bs);
@@ -652,18 +692,25 @@ export class Volume {
     const needLast = tailPartial && last !== first && !this.active.blocks.get(last);
     if (!needFirst && !needLast) {
       this.applyWrite(offset, data, undefined, undefined);
-    } else {
-      await this.locked(first, last, async () => {
-        const [a, b] = await Promise.all([
-          needFirst ? this.readBlock(first) : undefined,
-          needLast ? this.readBlock(last) : undefined,
-        ]);
-        this.checkWritable();
-        this.applyWrite(offset, data, a, b);
-      });
+      return this.logEntry(log);
     }
-    this.counters.bytesWritten += data.length;
-    await this.afterWrite(options);
+    let durable: Promise<void> | undefined;
+    await this.locked(first, last, async () => {
+      const [a, b] = await Promise.all([
+        needFirst ? this.readBlock(first) : undefined,
+        needLast ? this.readBlock(last) : undefined,
+      ]);
+      this.checkWritable();
+      this.applyWrite(offset, data, a, b);
+      durable = this.logEntry(log);
+    });
+    return durable;
+  }
+
+  /** Append to the WAL (when there is one and this is not a replay). */
+  private logEntry(entry: WalEntry | undefined): Promise<void> | undefined {
+    if (!entry || !this.wal || this.replaying) return undefined;
+    return this.wal.append(entry);
   }
 
   /** Copy `data` into whole blocks of the active generation (synchronous). */
@@ -705,7 +752,7 @@ export class Volume {
     this.checkWritable();
     this.checkRange(offset, length);
     if (length === 0) return;
-    await this.zeroRange(offset, length, true);
+    await this.zeroRange(offset, length, true, { op: 'zero', offset, length });
     await this.afterWrite(options);
   }
 
@@ -714,11 +761,16 @@ export class Volume {
     this.checkWritable();
     this.checkRange(offset, length);
     if (length === 0) return;
-    await this.zeroRange(offset, length, false);
+    await this.zeroRange(offset, length, false, { op: 'trim', offset, length });
     await this.afterWrite(options);
   }
 
-  private async zeroRange(offset: number, length: number, edges: boolean): Promise<void> {
+  private async zeroRange(
+    offset: number,
+    length: number,
+    edges: boolean,
+    log?: WalEntry,
+  ): Promise<void> {
     const bs = this.bs;
     const end = offset + length;
     const lo = Math.ceil(offset / bs);
@@ -726,16 +778,18 @@ export class Volume {
     if (edges) {
       if (offset % bs !== 0) {
         const edgeEnd = Math.min(end, lo * bs);
-        await this.write(offset, Buffer.alloc(edgeEnd - offset));
+        await this.doWrite(offset, Buffer.alloc(edgeEnd - offset));
       }
       if (end % bs !== 0 && hi * bs >= offset && hi >= lo) {
-        await this.write(Math.max(hi * bs, offset), Buffer.alloc(end - Math.max(hi * bs, offset)));
+        const from = Math.max(hi * bs, offset);
+        await this.doWrite(from, Buffer.alloc(end - from));
       }
     }
     if (hi > lo) {
       await this.waitLocks(lo, hi - 1);
       this.active.trim(lo, hi);
     }
+    await this.logEntry(log);
   }
 
   async resize(size: number, options: { allowShrink?: boolean } = {}): Promise<CheckpointInfo> {
@@ -756,7 +810,7 @@ export class Volume {
       const blockEnd = Math.ceil(size / bs) * bs;
       // Zero the tail of the new last block so a later grow reads zeros there.
       if (blockEnd > size)
-        await this.write(size, Buffer.alloc(Math.min(blockEnd, this.size) - size));
+        await this.doWrite(size, Buffer.alloc(Math.min(blockEnd, this.size) - size));
       const lo = blockEnd / bs;
       const hi = Math.ceil(this.size / bs);
       if (hi > lo) {
@@ -789,7 +843,8 @@ export class Volume {
   private lastFlushError: unknown;
 
   private async afterWrite(options: WriteOptions): Promise<void> {
-    if (options.fua) {
+    // With a WAL every acknowledged write is already durable: FUA needs nothing more.
+    if (options.fua && !this.wal) {
       await this.flush();
       return;
     }
@@ -836,6 +891,102 @@ export class Volume {
         if (this.locks.get(lba) === done) this.locks.delete(lba);
     }
   }
+
+  // ------------------------------------------------------------------ durability
+
+  /**
+   * A durability barrier for everything acknowledged so far (NBD FLUSH): with a WAL it is
+   * already durable (wait for batches in flight); without, commit a checkpoint.
+   */
+  async sync(): Promise<void> {
+    if (this.wal) {
+      if (this.fenced) throw this.fenced;
+      await this.wal.sync();
+      if (this.wal.fenced) throw (this.fenced = this.wal.fenced);
+      return;
+    }
+    await this.flush();
+  }
+
+  /** Whether acknowledged writes are logged before their reply. */
+  get hasWal(): boolean {
+    return this.wal !== undefined;
+  }
+
+  /**
+   * Replay what the WAL holds beyond the head's checkpoint, claim the next sequence number
+   * (fencing any older writer), then start logging. Called once by `open` for writers.
+   */
+  private async startWal(walStore: ObjectStore): Promise<void> {
+    const uuid = this.head.uuid;
+    let applied = this.head.walSeq ?? 0;
+    let replayed = 0;
+    const replayFrom = async (): Promise<number> => {
+      const seqs = (await listWal(walStore, uuid)).filter((q) => q > applied);
+      this.replaying = true;
+      try {
+        for (const q of seqs) {
+          const rec = await readWal(walStore, uuid, q);
+          for (const e of rec.entries) {
+            if (e.op === 'write') await this.doWrite(e.offset, e.data as Buffer);
+            else if (e.op === 'zero') await this.zeroRange(e.offset, e.length, true);
+            else if (e.op === 'trim') await this.zeroRange(e.offset, e.length, false);
+            else if (e.op === 'resize') this.size = e.length;
+            replayed++;
+          }
+          applied = q;
+        }
+      } finally {
+        this.replaying = false;
+      }
+      return seqs.length > 0 ? (seqs[seqs.length - 1] as number) : applied;
+    };
+    let last = await replayFrom();
+    for (let attempt = 0; ; attempt++) {
+      const fence = Math.max(last, this.head.walSeq ?? 0) + 1;
+      try {
+        await walStore.put(
+          walKeyFor(uuid, fence),
+          encodeWal({ uuid, epoch: this.head.epoch, seq: fence, entries: [] }),
+          {
+            ifNoneMatch: true,
+          },
+        );
+        this.wal = new WalWriter(walStore, uuid, this.head.epoch, fence);
+        break;
+      } catch (e) {
+        // A writer we are taking over from logged one more batch: replay it too.
+        if (!isHyperError(e, 'OBJECT_EXISTS') || attempt > 100) throw e;
+        last = await replayFrom();
+      }
+    }
+    this.walTrimmed = this.head.walSeq ?? 0;
+    if (replayed > 0) {
+      this.log.info('replayed WAL', { entries: replayed });
+      await this.flush();
+    } else this.trimWal();
+  }
+
+  /**
+   * Delete WAL objects the last commit covers (in the background) — all but the newest one,
+   * which must stay: its sequence number is what fences an older writer.
+   */
+  private trimWal(): void {
+    const wal = this.wal;
+    const upTo = Math.min(this.head.walSeq ?? 0, wal ? wal.lastDurable - 1 : 0);
+    if (!wal || upTo <= this.walTrimmed) return;
+    const from = this.walTrimmed + 1;
+    this.walTrimmed = upTo;
+    const keys: string[] = [];
+    for (let q = from; q <= upTo && keys.length < 100_000; q++) keys.push(walKeyFor(wal.uuid, q));
+    this.walTrim = (this.walTrim ?? Promise.resolve())
+      .then(() => wal.store.delete(keys))
+      .catch((e: unknown) =>
+        this.log.warn('WAL cleanup failed', { error: e instanceof Error ? e.message : String(e) }),
+      );
+  }
+
+  private walTrim: Promise<void> | undefined;
 
   // ------------------------------------------------------------------ history
 
@@ -890,6 +1041,9 @@ export class Volume {
   }
 
   private historyFloorSelf = false;
+  private wal: WalWriter | undefined;
+  private replaying = false;
+  private walTrimmed = 0;
 
   /**
    * Flattening's last step: a checkpoint that no longer names the parent. Older checkpoints
@@ -951,11 +1105,15 @@ export class Volume {
     if (gen.empty && !this.metaDirty) return this.checkpointInfo();
     this.active = new Generation(this.bs);
     this.frozen = gen;
+    // Durable WAL batches hold only writes applied to `gen`: this checkpoint covers them.
+    // (A batch still in flight is replayed after a crash; replaying a covered write is harmless.)
+    if (this.wal) this.nextMeta = { ...this.nextMeta, walSeq: this.wal.lastDurable };
     const metaWas = this.metaDirty;
     this.metaDirty = false;
     try {
       const info = await this.commit(gen);
       this.lastFlushError = undefined;
+      this.trimWal();
       return info;
     } catch (e) {
       // Nothing was committed: put the changes back under the newer ones and report.

@@ -1,0 +1,67 @@
+/**
+ * Write-ahead log records (magic "HYWL"): one object per group commit.
+ *   volume uuid 16 | epoch u64 | sequence u64 | entry count u32 |
+ *   entries: op u8 (1 write, 2 write-zeroes, 3 trim, 4 resize) | 7 reserved |
+ *            offset u64 | length u64 | data (length bytes, writes only)
+ * A record with no entries is a fence: the writer that takes a volume over claims the next
+ * sequence number with it, so an older writer's next WAL write fails.
+ */
+import { DecodeError, Writer } from './binary.js';
+import { decodeEnvelope, encodeEnvelope } from './envelope.js';
+
+export const WAL_MAGIC = 'HYWL';
+export const WAL_VERSION = 1;
+
+export type WalOp = 'write' | 'zero' | 'trim' | 'resize';
+const OPS: WalOp[] = ['write', 'zero', 'trim', 'resize'];
+
+export interface WalEntry {
+  op: WalOp;
+  offset: number;
+  /** Bytes affected (for resize: the new size; offset unused). */
+  length: number;
+  data?: Buffer;
+}
+
+export interface WalRecord {
+  uuid: string;
+  epoch: number;
+  seq: number;
+  entries: WalEntry[];
+}
+
+export function encodeWal(r: WalRecord): Buffer {
+  const dataBytes = r.entries.reduce((s, e) => s + (e.data?.length ?? 0), 0);
+  const w = new Writer(64 + r.entries.length * 24 + dataBytes);
+  w.bytes(Buffer.from(r.uuid, 'hex')).u64(r.epoch).u64(r.seq).u32(r.entries.length);
+  for (const e of r.entries) {
+    w.u8(OPS.indexOf(e.op) + 1)
+      .zeros(7)
+      .u64(e.offset)
+      .u64(e.length);
+    if (e.op === 'write') w.bytes(e.data as Buffer);
+  }
+  return encodeEnvelope(WAL_MAGIC, WAL_VERSION, w.finish());
+}
+
+export function decodeWal(buf: Buffer): WalRecord {
+  const r = decodeEnvelope(buf, WAL_MAGIC, WAL_VERSION).body;
+  const uuid = r.bytes(16).toString('hex');
+  const epoch = r.u64();
+  const seq = r.u64();
+  const n = r.u32();
+  const entries: WalEntry[] = [];
+  for (let i = 0; i < n; i++) {
+    const op = OPS[r.u8() - 1];
+    if (!op) throw new DecodeError('unknown WAL operation');
+    r.skip(7);
+    const offset = r.u64();
+    const length = r.u64();
+    entries.push(
+      op === 'write'
+        ? { op, offset, length, data: Buffer.from(r.bytes(length)) }
+        : { op, offset, length },
+    );
+  }
+  return { uuid, epoch, seq, entries };
+}
