@@ -125,7 +125,10 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
 
   /** Start a spinner on stderr (only on a terminal and not in --json mode). */
   protected spinner(text: string): Spinner {
-    const enabled = Boolean(process.stderr.isTTY) && !this.jsonEnabled();
+    // A pseudo-terminal of width 0 (e.g. under `script` without a window size) would make
+    // the spinner's line counting divide by zero; treat it as no terminal.
+    const enabled =
+      Boolean(process.stderr.isTTY) && (process.stderr.columns ?? 0) > 0 && !this.jsonEnabled();
     const s = ora({ text, stream: process.stderr, isSilent: !enabled, discardStdin: false });
     s.start();
     this.spinners.push(s);

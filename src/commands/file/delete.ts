@@ -1,6 +1,6 @@
 import { Flags } from '@oclif/core';
 import { BaseCommand } from '../../base-command.js';
-import { bytesWithExact } from '../../cli/results.js';
+import { formatBytes } from '../../cli/units.js';
 import { HyperError, isHyperError } from '../../errors.js';
 import { volumeUrl, yes } from '../../flags.js';
 import { deleteVolume, statVolume, type VolumeStat } from '../../format/volume/admin.js';
@@ -84,7 +84,8 @@ On a terminal it asks for confirmation unless --yes is given; without a terminal
         );
       }
       const what = st
-        ? `${bytesWithExact(st.size)}, ${st.segments} segments, ${bytesWithExact(st.storedBytes)} stored, ${st.snapshots} snapshots`
+        ? `${formatBytes(st.size)}, ${plural(st.segments, 'segment')}, ${formatBytes(st.storedBytes)} stored, ` +
+          plural(st.snapshots, 'named snapshot')
         : 'metadata unreadable';
       const ok = await this.confirm(`Delete volume ${url} (${what}) and all its checkpoints?`);
       if (!ok) {
@@ -134,3 +135,5 @@ function leaseHeld(url: string, holder: string | undefined, cause?: unknown): Hy
 /** No volume there: nothing under the prefix, or (file://) not even the directory. */
 const isMissing = (e: unknown): boolean =>
   isHyperError(e, 'VOLUME_NOT_FOUND') || isHyperError(e, 'BUCKET_NOT_FOUND');
+
+const plural = (n: number, word: string): string => `${n} ${word}${n === 1 ? '' : 's'}`;

@@ -1,0 +1,112 @@
+/**
+ * The CLI next to a live writer, and on a terminal: a volume held open by another process
+ * (here the test process itself) can be read and exported but not resized, imported into or
+ * deleted without --force (exit 4, LEASE_HELD); on a pseudo-terminal `file delete` asks and
+ * honours the answer.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { openStore } from '../../../src/format/store/index.js';
+import { Volume } from '../../../src/format/volume/volume.js';
+import { fileUrl, hyper, hyperJson, runJs, show, tempDir } from '../../helpers/cli.js';
+import { needTools } from '../../helpers/env.js';
+
+const MiB = 1024 * 1024;
+
+interface ErrorOut {
+  error: { kind: string; code: string; suggestion?: string; exitCode: number };
+}
+
+describe('hyper file next to a live writer', () => {
+  it('refuses to resize, import or delete a volume another process holds, unless --force', async (t) => {
+    const dir = await tempDir(t);
+    const url = fileUrl(join(dir, 'vol'));
+    const imagePath = join(dir, 'disk.img');
+    await writeFile(imagePath, randomBytes(MiB));
+    await hyperJson(['file', 'import', imagePath, url, '--create']);
+
+    const store = await openStore(url);
+    const writer = await Volume.open(store, { holder: 'test-writer', leaseTtlMs: 60_000 });
+    t.after(async () => {
+      await writer.close().catch(() => undefined);
+      await store.close();
+    });
+
+    const st = await hyperJson<{ lease: { holder: string; live: boolean } | null }>([
+      'file',
+      'stat',
+      url,
+    ]);
+    assert.equal(st.lease?.holder, 'test-writer');
+    assert.equal(st.lease?.live, true);
+
+    const setLen = await hyperJson<ErrorOut>(['file', 'set-len', url, '--size', '2M'], 4);
+    assert.equal(setLen.error.code, 'LEASE_HELD');
+    const imported = await hyper(['file', 'import', imagePath, url]);
+    assert.equal(imported.code, 4, show(imported));
+
+    const exported = await hyper(['file', 'export', url, join(dir, 'out.img')]);
+    assert.equal(exported.code, 0, `read-only export works beside the writer: ${show(exported)}`);
+
+    const del = await hyper(['file', 'delete', url, '--yes']);
+    assert.equal(del.code, 4, show(del));
+    assert.match(del.stderr, /^Error \[LEASE_HELD\]: .*test-writer/m);
+    assert.match(del.stderr, /--force/);
+    const forced = await hyperJson(['file', 'delete', url, '--yes', '--force']);
+    assert.equal(forced.deleted, true);
+  });
+});
+
+/** Run `hyper …args` on a pseudo-terminal (util-linux `script`), typing `answer`. */
+function onTerminal(args: string[], answer: string): Promise<{ code: number; output: string }> {
+  const quoted = [process.execPath, runJs, ...args]
+    .map((a) => `'${a.replaceAll("'", "'\\''")}'`)
+    .join(' ');
+  return new Promise((resolve, reject) => {
+    const child = spawn('script', ['-qec', `stty cols 100 rows 30; ${quoted}`, '/dev/null'], {
+      stdio: ['pipe', 'pipe', 'pipe'],
+      env: { ...process.env, NO_COLOR: '1' },
+    });
+    let output = '';
+    child.stdout.setEncoding('utf8').on('data', (d: string) => (output += d));
+    child.stderr.setEncoding('utf8').on('data', (d: string) => (output += d));
+    const timer = setTimeout(() => child.kill('SIGKILL'), 30_000);
+    child.on('error', reject);
+    child.on('close', (code) => {
+      clearTimeout(timer);
+      resolve({ code: code ?? -1, output });
+    });
+    // Answer once the question is on the screen.
+    const ask = setInterval(() => {
+      if (output.includes('[y/N]')) {
+        clearInterval(ask);
+        child.stdin.end(`${answer}\n`);
+      }
+    }, 20);
+    child.on('close', () => clearInterval(ask));
+  });
+}
+
+describe('hyper file delete on a terminal', () => {
+  it('asks before deleting and honours the answer', async (t) => {
+    if (!needTools(t, 'script', 'stty')) return;
+    const dir = await tempDir(t);
+    const url = fileUrl(join(dir, 'vol'));
+    await hyperJson(['file', 'create', url, '--size', '1M']);
+
+    const no = await onTerminal(['file', 'delete', url], 'n');
+    assert.equal(no.code, 2, no.output);
+    assert.match(no.output, /Delete volume .* and all its checkpoints\? \[y\/N\]/);
+    assert.match(no.output, /nothing was deleted/);
+    assert.equal((await hyper(['file', 'stat', url])).code, 0, 'still there');
+
+    const yes = await onTerminal(['file', 'delete', url], 'y');
+    assert.equal(yes.code, 0, yes.output);
+    assert.match(yes.output, /Deleted /);
+    assert.equal((await hyper(['file', 'stat', url])).code, 3, 'gone');
+  });
+});
