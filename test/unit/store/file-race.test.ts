@@ -1,7 +1,7 @@
 // Cross-process atomicity of the file store: child processes race on one key.
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdtempSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -12,13 +12,20 @@ const child = fileURLToPath(new URL('./race-child.ts', import.meta.url));
 const base = mkdtempSync(join(tmpdir(), 'hyper-file-race-'));
 after(() => rmSync(base, { recursive: true, force: true }));
 
-function run(args: string[]): Promise<string> {
+function run(args: string[], onReady?: () => void): Promise<string> {
   return new Promise((resolve, reject) => {
     const p = spawn(process.execPath, ['--import', 'tsx', child, ...args], {
       stdio: ['ignore', 'pipe', 'inherit'],
     });
     let out = '';
-    p.stdout.on('data', (d: Buffer) => (out += d.toString()));
+    p.stdout.on('data', (d: Buffer) => {
+      out += d.toString();
+      if (onReady && out.startsWith('ready\n')) {
+        out = out.slice('ready\n'.length);
+        onReady();
+        onReady = undefined;
+      }
+    });
     p.on('error', reject);
     p.on('close', (code) =>
       code === 0 ? resolve(out.trim()) : reject(new Error(`child exited ${code}: ${out}`)),
@@ -27,17 +34,23 @@ function run(args: string[]): Promise<string> {
 }
 
 describe('file:// across processes', () => {
-  it('create-only: exactly one of 6 processes wins', { timeout: 120_000 }, async () => {
+  it('create-only: exactly one of 8 processes wins', { timeout: 120_000 }, async () => {
     for (let round = 0; round < 2; round++) {
       const dir = join(base, `create${round}`);
       const { mkdir } = await import('node:fs/promises');
       await mkdir(dir);
-      const start = String(Date.now() + 2500); // after every child has loaded
+      const go = join(base, `go${round}`);
+      const children = 8;
+      let ready = 0;
       const outs = await Promise.all(
-        Array.from({ length: 6 }, (_, i) => run([dir, 'create', String(i), start])),
+        Array.from({ length: children }, (_, i) =>
+          run([dir, 'create', String(i), go], () => {
+            if (++ready === children) writeFileSync(go, '');
+          }),
+        ),
       );
       assert.equal(outs.filter((o) => o === 'won').length, 1, outs.join(','));
-      assert.equal(outs.filter((o) => o === 'lost').length, 5, outs.join(','));
+      assert.equal(outs.filter((o) => o === 'lost').length, children - 1, outs.join(','));
       const winner = (await new FileStore(dir).get('race')).body.toString();
       assert.match(winner, /^child \d$/);
     }

@@ -6,9 +6,10 @@ const [dir, mode, id, iterations] = process.argv.slice(2) as [string, string, st
 const store = new FileStore(dir);
 
 if (mode === 'create') {
-  // Wait for the start signal so that every child writes at about the same time.
-  const start = Number(iterations);
-  while (Date.now() < start) await new Promise((r) => setTimeout(r, 1));
+  // Say we are loaded, then wait for the start file so that every child writes at once.
+  const { existsSync } = await import('node:fs');
+  process.stdout.write('ready\n');
+  while (!existsSync(iterations)) await new Promise((r) => setTimeout(r, 1));
   try {
     await store.put('race', Buffer.from(`child ${id}`), { ifNoneMatch: true });
     process.stdout.write('won\n');
