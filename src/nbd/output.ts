@@ -14,6 +14,8 @@ export class Output {
   private slabStart = 0;
   private slabPos = 0;
   private chunks: Buffer[] = [];
+  /** Payload bytes queued and not yet handed to the socket. */
+  queuedBytes = 0;
   private scheduled = false;
   private closed = false;
   private readonly flushBound = (): void => this.flush();
@@ -50,6 +52,7 @@ export class Output {
     if (buf.length === 0) return;
     this.cut();
     this.chunks.push(buf);
+    this.queuedBytes += buf.length;
     this.schedule();
   }
 
@@ -77,6 +80,7 @@ export class Output {
     this.scheduled = false;
     this.cut();
     const chunks = this.chunks;
+    this.queuedBytes = 0;
     if (chunks.length === 0 || this.closed) {
       this.chunks = [];
       return;

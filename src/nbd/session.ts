@@ -82,7 +82,10 @@ export class Session implements ParserHandler {
   private readonly out: Output;
   private readonly negotiation: Negotiation;
   private noZeroes = false;
-  private held: Buffer | undefined; // bytes received while an option was being processed
+  // Bytes received but not parsed yet: while an option is being processed, or while the
+  // session is throttled (too much in flight or too many reply bytes queued).
+  private held: Buffer | undefined;
+  private throttled = false;
   private negotiating = false;
 
   // Transmission state, set at GO / EXPORT_NAME.
@@ -125,7 +128,7 @@ export class Session implements ParserHandler {
     s.on('drain', () => {
       if (this.outputFull) {
         this.outputFull = false;
-        this.flow();
+        this.release();
       }
     });
     s.on('error', (e) =>
@@ -167,32 +170,63 @@ export class Session implements ParserHandler {
 
   private onData(chunk: Buffer): void {
     if (this.held !== undefined) {
-      // An option is being processed: keep the bytes for later (negotiation only).
+      // Only reachable with data already buffered by the socket when it was paused.
       this.held = Buffer.concat([this.held, chunk]);
       return;
     }
     try {
       const used = this.parser.push(chunk);
-      if (used < chunk.length && this.negotiating) this.held = chunk.subarray(used);
+      if (used < chunk.length && (this.negotiating || this.throttled))
+        this.held = chunk.subarray(used);
     } catch (e) {
       this.logger.error('nbd internal error while parsing', { conn: this.id, ...describeError(e) });
       this.destroy('internal error');
     }
   }
 
+  /** Pause or resume reading during negotiation (one option at a time). */
   private flow(): void {
-    const stop =
-      this.negotiating ||
-      this.outputFull ||
-      this.inflight >= this.limits.maxInflight ||
-      this.inflightBytes >= this.limits.maxInflightBytes;
-    if (stop && !this.paused) {
+    if (this.negotiating && !this.paused) {
       this.paused = true;
       this.socket.pause();
-    } else if (!stop && this.paused) {
+    } else if (!this.negotiating && this.paused) {
       this.paused = false;
       this.socket.resume();
     }
+  }
+
+  /** Stop parsing requests (mid-chunk if need be) and reading from the socket. */
+  private throttle(): void {
+    if (this.throttled || this.parser.mode !== ParserMode.Requests) return;
+    this.throttled = true;
+    this.parser.mode = ParserMode.Stopped;
+    this.socket.pause();
+  }
+
+  /** Resume once in-flight work has fallen to half the limits and the socket has drained. */
+  private release(): void {
+    if (!this.throttled || this.closing || this.closed) return;
+    if (
+      this.outputFull ||
+      this.inflight > this.limits.maxInflight >> 1 ||
+      this.inflightBytes > this.limits.maxInflightBytes / 2
+    ) {
+      return;
+    }
+    this.throttled = false;
+    this.parser.mode = ParserMode.Requests;
+    const held = this.held;
+    this.held = undefined;
+    if (held !== undefined) this.onData(held);
+    if (!this.throttled) this.socket.resume();
+  }
+
+  private overLimits(): boolean {
+    return (
+      this.outputFull ||
+      this.inflight >= this.limits.maxInflight ||
+      this.inflightBytes >= this.limits.maxInflightBytes
+    );
   }
 
   onProtocolError(message: string): void {
@@ -314,7 +348,7 @@ export class Session implements ParserHandler {
             (buf) => this.readDone(hi, lo, offset, length, buf),
             (e: unknown) => this.failed(type, hi, lo, length, e),
           );
-          this.flow();
+          if (this.overLimits()) this.throttle();
           return;
         case CMD_WRITE:
           this.inflightBytes += length;
@@ -350,7 +384,7 @@ export class Session implements ParserHandler {
               this.extentsDone(hi, lo, offset, length, (flags & CMD_FLAG_REQ_ONE) !== 0, ext),
             (e: unknown) => this.failed(type, hi, lo, 0, e),
           );
-          this.flow();
+          if (this.overLimits()) this.throttle();
           return;
         case CMD_DISC:
           this.finish('client sent DISC');
@@ -371,7 +405,7 @@ export class Session implements ParserHandler {
       () => this.done(hi, lo, bytes),
       (e: unknown) => this.failed(type, hi, lo, bytes, e),
     );
-    this.flow();
+    if (this.overLimits()) this.throttle();
   }
 
   /** 0 when the request may be dispatched, else the errno to answer with. */
@@ -575,8 +609,12 @@ export class Session implements ParserHandler {
       if (this.inflight === 0) this.endNow();
       return;
     }
-    if (this.socket.writableLength > this.limits.maxOutputBytes) this.outputFull = true;
-    if (this.paused || this.outputFull) this.flow();
+    if (this.socket.writableLength + this.out.queuedBytes > this.limits.maxOutputBytes) {
+      this.outputFull = true;
+      this.throttle();
+    } else if (this.throttled) {
+      this.release();
+    }
   }
 
   // ---- closing ----

@@ -1,0 +1,170 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import type { BlockDevice, DeviceExtent, WriteFlags, ZeroFlags } from '../../../src/nbd/device.js';
+import { MemoryDevice } from '../../../src/nbd/testing/memory-device.js';
+import { deviceExport, startServer } from '../../helpers/nbd.js';
+import { RawClient, req } from './raw-client.js';
+
+const MiB = 1024 * 1024;
+const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** A device whose reads take `delayFor(offset)` ms and return fresh copies; failures on demand. */
+class TestDevice implements BlockDevice {
+  readonly inner: MemoryDevice;
+  delayFor: (offset: number) => number = () => 0;
+  failWith: ((offset: number) => unknown) | undefined;
+  constructor(size: number) {
+    this.inner = new MemoryDevice({ size });
+  }
+  get size(): number {
+    return this.inner.size;
+  }
+  get blockSize() {
+    return this.inner.blockSize;
+  }
+  get capabilities() {
+    return this.inner.capabilities;
+  }
+  async read(offset: number, length: number): Promise<Buffer> {
+    const d = this.delayFor(offset);
+    if (d > 0) await sleep(d);
+    const f = this.failWith?.(offset);
+    if (f !== undefined) throw f;
+    return Buffer.from(await this.inner.read(offset, length));
+  }
+  async write(offset: number, data: Buffer, flags: WriteFlags): Promise<void> {
+    const f = this.failWith?.(offset);
+    if (f !== undefined) throw f;
+    return this.inner.write(offset, data, flags);
+  }
+  flush(): Promise<void> {
+    return this.inner.flush();
+  }
+  trim(offset: number, length: number, flags: WriteFlags): Promise<void> {
+    return this.inner.trim(offset, length, flags);
+  }
+  zero(offset: number, length: number, flags: ZeroFlags): Promise<void> {
+    return this.inner.zero(offset, length, flags);
+  }
+  extents(offset: number, length: number): Promise<DeviceExtent[]> {
+    return this.inner.extents(offset, length);
+  }
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}
+
+describe('transmission', () => {
+  it('answers requests as they complete, not in the order sent', async () => {
+    const dev = new TestDevice(16 * MiB);
+    dev.inner.writeSync(0, Buffer.alloc(4096, 0xaa));
+    dev.inner.writeSync(MiB, Buffer.alloc(4096, 0xbb));
+    dev.delayFor = (o) => (o === 0 ? 300 : 0);
+    const s = await startServer([deviceExport('d', dev)]);
+    const c = await RawClient.open(s.port!);
+    try {
+      await c.handshake();
+      await c.go();
+      c.send(Buffer.concat([req(0, 1n, 0n, 4096), req(0, 2n, BigInt(MiB), 4096)]));
+      const first = await c.simpleReply();
+      assert.deepEqual(first, { error: 0, handle: 2n });
+      assert.ok((await c.read(4096)).every((b) => b === 0xbb));
+      const second = await c.simpleReply();
+      assert.deepEqual(second, { error: 0, handle: 1n });
+      assert.ok((await c.read(4096)).every((b) => b === 0xaa));
+    } finally {
+      c.close();
+      await s.close();
+    }
+  });
+
+  it('maps device errors to errno and logs the message with the object key', async () => {
+    const dev = new TestDevice(16 * MiB);
+    dev.failWith = (o) => {
+      if (o === 0)
+        return Object.assign(new Error('checksum mismatch in vol/seg/00000007'), {
+          kind: 'data',
+          code: 'CHECKSUM_MISMATCH',
+          key: 'vol/seg/00000007',
+        });
+      if (o === 4096)
+        return Object.assign(new Error('lease lost'), { kind: 'conflict', code: 'FENCED' });
+      if (o === 8192) return new TypeError('bug');
+      return undefined;
+    };
+    const s = await startServer([deviceExport('d', dev)]);
+    const c = await RawClient.open(s.port!);
+    try {
+      await c.handshake();
+      await c.go();
+      c.send(req(0, 1n, 0n, 512));
+      assert.deepEqual(await c.simpleReply(), { error: 5, handle: 1n }); // EIO
+      c.send(req(1, 2n, 4096n, 512, 0, Buffer.alloc(512)));
+      assert.deepEqual(await c.simpleReply(), { error: 1, handle: 2n }); // EPERM
+      c.send(req(0, 3n, 8192n, 512));
+      assert.deepEqual(await c.simpleReply(), { error: 5, handle: 3n });
+      c.send(req(0, 4n, 12288n, 512));
+      assert.deepEqual(await c.simpleReply(), { error: 0, handle: 4n });
+      await c.read(512);
+      const failed = s.logs.filter((l) => l.msg === 'nbd request failed');
+      assert.equal(failed.length, 3);
+      assert.equal(failed[0]!.fields!.key, 'vol/seg/00000007');
+      assert.equal(failed[0]!.fields!.code, 'CHECKSUM_MISMATCH');
+      assert.equal(failed[0]!.fields!.errno, 'EIO');
+    } finally {
+      c.close();
+      await s.close();
+    }
+  });
+
+  it('stops reading from a client that does not read its replies (bounded memory)', async () => {
+    const dev = new TestDevice(64 * MiB);
+    const s = await startServer([deviceExport('d', dev)], {
+      maxOutputBytes: 8 * MiB,
+      maxInflightBytes: 8 * MiB,
+    });
+    const c = await RawClient.open(s.port!);
+    try {
+      await c.handshake();
+      await c.go();
+      c.sock.pause(); // stop reading replies
+      const n = 1500; // 1.5 GiB of replies requested
+      const before = process.memoryUsage().arrayBuffers;
+      const batch: Buffer[] = [];
+      for (let i = 0; i < n; i++) batch.push(req(0, BigInt(i), BigInt((i % 63) * MiB), MiB));
+      c.send(Buffer.concat(batch));
+      await sleep(1500);
+      const grown = process.memoryUsage().arrayBuffers - before;
+      assert.ok(grown < 200 * MiB, `server buffered ${Math.round(grown / MiB)} MiB`);
+      assert.ok(dev.inner.counts.read < n, `all ${n} reads were dispatched without back-pressure`);
+      c.sock.resume();
+      for (let i = 0; i < n; i++) {
+        const r = await c.simpleReply();
+        assert.equal(r.error, 0);
+        await c.read(MiB, 20_000);
+      }
+      assert.equal(dev.inner.counts.read, n);
+    } finally {
+      c.close();
+      await s.close();
+    }
+  });
+
+  it('close() answers what is in flight, then refuses new connections', async () => {
+    const dev = new TestDevice(16 * MiB);
+    dev.inner.writeSync(0, Buffer.alloc(512, 0x42));
+    dev.delayFor = () => 400;
+    const s = await startServer([deviceExport('d', dev)]);
+    const c = await RawClient.open(s.port!);
+    await c.handshake();
+    await c.go();
+    c.send(req(0, 9n, 0n, 512));
+    await sleep(50);
+    const closing = s.server.close(5000);
+    assert.deepEqual(await c.simpleReply(), { error: 0, handle: 9n });
+    assert.ok((await c.read(512)).every((b) => b === 0x42));
+    assert.ok(await c.waitClosed());
+    await closing;
+    await assert.rejects(RawClient.open(s.port!));
+  });
+});
