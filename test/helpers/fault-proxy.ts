@@ -1,0 +1,158 @@
+/**
+ * An HTTP proxy on loopback between hyper and an S3 server that injects faults at chosen
+ * rates: latency, 503 SlowDown, 500 InternalError, connection resets (before the request
+ * reaches the server, or after it was applied), and truncated response bodies. A seeded PRNG
+ * makes runs repeatable; `down` makes every request fail until it is cleared.
+ */
+import {
+  request,
+  createServer,
+  type IncomingMessage,
+  type Server,
+  type ServerResponse,
+} from 'node:http';
+import type { AddressInfo } from 'node:net';
+
+export interface FaultRates {
+  latencyMs?: number;
+  /** Probability of adding `latencyMs` to a request. */
+  slow?: number;
+  slowDown?: number;
+  internalError?: number;
+  resetBefore?: number;
+  resetAfter?: number;
+  truncate?: number;
+}
+
+export interface FaultCounts {
+  requests: number;
+  slow: number;
+  slowDown: number;
+  internalError: number;
+  resetBefore: number;
+  resetAfter: number;
+  truncate: number;
+  downRefused: number;
+}
+
+export class FaultProxy {
+  private server: Server | undefined;
+  rates: FaultRates = {};
+  /** When true every request gets a 503 (the store is "down"). */
+  down = false;
+  readonly counts: FaultCounts = {
+    requests: 0,
+    slow: 0,
+    slowDown: 0,
+    internalError: 0,
+    resetBefore: 0,
+    resetAfter: 0,
+    truncate: 0,
+    downRefused: 0,
+  };
+  private seed: number;
+
+  constructor(
+    private readonly target: URL,
+    seed = 1,
+  ) {
+    this.seed = seed >>> 0;
+  }
+
+  private rand(): number {
+    this.seed = (this.seed + 0x6d2b79f5) >>> 0;
+    let t = this.seed;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  }
+
+  private hit(p: number | undefined): boolean {
+    return p !== undefined && p > 0 && this.rand() < p;
+  }
+
+  async start(): Promise<string> {
+    this.server = createServer((req, res) => void this.handle(req, res));
+    await new Promise<void>((resolve) => this.server?.listen(0, '127.0.0.1', resolve));
+    const { port } = this.server.address() as AddressInfo;
+    return `http://127.0.0.1:${port}`;
+  }
+
+  async stop(): Promise<void> {
+    this.server?.closeAllConnections();
+    await new Promise<void>((resolve) => this.server?.close(() => resolve()));
+  }
+
+  private s3Error(res: ServerResponse, status: number, code: string): void {
+    const body = `<?xml version="1.0" encoding="UTF-8"?><Error><Code>${code}</Code><Message>injected</Message></Error>`;
+    res.writeHead(status, {
+      'content-type': 'application/xml',
+      'content-length': Buffer.byteLength(body),
+    });
+    res.end(body);
+  }
+
+  private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
+    this.counts.requests++;
+    const chunks: Buffer[] = [];
+    for await (const c of req) chunks.push(c as Buffer);
+    const body = Buffer.concat(chunks);
+    if (this.down) {
+      this.counts.downRefused++;
+      this.s3Error(res, 503, 'ServiceUnavailable');
+      return;
+    }
+    const r = this.rates;
+    if (this.hit(r.slow)) {
+      this.counts.slow++;
+      await new Promise((resolve) => setTimeout(resolve, r.latencyMs ?? 50));
+    }
+    if (this.hit(r.slowDown)) {
+      this.counts.slowDown++;
+      return this.s3Error(res, 503, 'SlowDown');
+    }
+    if (this.hit(r.internalError)) {
+      this.counts.internalError++;
+      return this.s3Error(res, 500, 'InternalError');
+    }
+    if (this.hit(r.resetBefore)) {
+      this.counts.resetBefore++;
+      req.socket.destroy();
+      return;
+    }
+    const resetAfter = this.hit(r.resetAfter);
+    const truncate = !resetAfter && this.hit(r.truncate);
+    const upstream = request(
+      {
+        host: this.target.hostname,
+        port: this.target.port,
+        method: req.method,
+        path: req.url,
+        headers: req.headers,
+      },
+      (up) => {
+        const parts: Buffer[] = [];
+        up.on('data', (c: Buffer) => parts.push(c));
+        up.on('end', () => {
+          const payload = Buffer.concat(parts);
+          if (resetAfter) {
+            this.counts.resetAfter++;
+            req.socket.destroy();
+            return;
+          }
+          if (truncate && payload.length > 1) {
+            this.counts.truncate++;
+            res.writeHead(up.statusCode ?? 500, up.headers);
+            res.write(payload.subarray(0, payload.length >> 1));
+            req.socket.destroy();
+            return;
+          }
+          res.writeHead(up.statusCode ?? 500, up.headers);
+          res.end(payload);
+        });
+      },
+    );
+    upstream.on('error', () => req.socket.destroy());
+    upstream.end(body);
+  }
+}
