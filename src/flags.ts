@@ -15,6 +15,8 @@ import {
   type SizeBounds,
 } from './cli/units.js';
 import { URL_FORMS, normalizeVolumeUrl } from './cli/url.js';
+import { CHECKPOINT_REF_FORMS, parseCheckpointRef } from './cli/checkpoint-ref.js';
+import type { CheckpointRef } from './format/volume/types.js';
 
 /**
  * oclif rewrites the message of an error thrown by a flag parser ("Parsing --x \n\t…"). The
@@ -70,6 +72,16 @@ export const time = Flags.custom<Date>({
     keepMessage(() => parseTime(input, { name: `--${opts.name}` })),
 });
 
+/**
+ * A checkpoint reference: a number (`42`), a snapshot name (`before-upgrade`), an ISO-8601
+ * time or a duration ago (`2h`); `checkpoint:`, `snapshot:` or `time:` make it explicit.
+ */
+export const checkpointRef = Flags.custom<CheckpointRef>({
+  helpValue: '<checkpoint|snapshot|time>',
+  parse: async (input, _ctx, opts) =>
+    keepMessage(() => parseCheckpointRef(input, { name: `--${opts.name}` })),
+});
+
 /** Flags every command takes: where the S3-compatible store is. */
 export const storeFlags = {
   endpoint: Flags.string({
@@ -113,4 +125,4 @@ export const prefixUrl = Args.custom<string>({
   parse: async (input) => normalizeVolumeUrl(input, 'prefix URL'),
 });
 
-export { DURATION_FORMS, SIZE_FORMS, TIME_FORMS, URL_FORMS };
+export { CHECKPOINT_REF_FORMS, DURATION_FORMS, SIZE_FORMS, TIME_FORMS, URL_FORMS };

@@ -6,14 +6,16 @@ import { bytesWithExact, iso, percent } from '../../cli/results.js';
 import { exportImage, withVolume } from '../../cli/transfer.js';
 import { formatBytes } from '../../cli/units.js';
 import { HyperError } from '../../errors.js';
-import { time, volumeUrl } from '../../flags.js';
-import type { CheckpointRef } from '../../format/volume/types.js';
+import { CHECKPOINT_REF_FORMS, checkpointRef, volumeUrl } from '../../flags.js';
+import { checkpointRefJson, type CheckpointRefJson } from '../../cli/checkpoint-ref.js';
 
 export interface FileExportResult {
   url: string;
   image: string;
   /** Bytes of the image (the volume size). */
   size: number;
+  /** The reference given with --at, if any. */
+  at?: CheckpointRefJson;
   /** The checkpoint exported. */
   checkpoint: number;
   checkpointTime: string;
@@ -29,7 +31,7 @@ export default class FileExport extends BaseCommand<typeof FileExport> {
 
   static override description = `Writes the volume's contents to a raw image as large as the volume. Only the data extents are read; holes and blocks of zeros are left as holes, so the image is a sparse file. The volume is opened read-only: nothing is written to the store, and a running "hyper serve" of the same volume is not disturbed.
 
-By default the latest checkpoint is exported; --at, --snapshot or --time choose an earlier one. The image is written under a temporary name and renamed when complete, so an interrupted or failed export (Ctrl-C included) leaves no partial image behind.`;
+By default the current checkpoint is exported; --at chooses an earlier one by number, snapshot name or time. The image is written under a temporary name and renamed when complete, so an interrupted or failed export (Ctrl-C included) leaves no partial image behind.`;
 
   static override examples = [
     {
@@ -39,7 +41,12 @@ By default the latest checkpoint is exported; --at, --snapshot or --time choose 
     {
       description: 'Export the volume as it was two hours ago, replacing an older export.',
       command:
-        '<%= config.bin %> <%= command.id %> s3://my-bucket/vols/vm1/ vm1.img --time 2h --overwrite',
+        '<%= config.bin %> <%= command.id %> s3://my-bucket/vols/vm1/ vm1.img --at 2h --overwrite',
+    },
+    {
+      description: 'Export the checkpoint pinned by a named snapshot.',
+      command:
+        '<%= config.bin %> <%= command.id %> file://./vols/demo/ before-upgrade.img --at before-upgrade',
     },
     {
       description: 'Export checkpoint 42 and print the result as JSON.',
@@ -53,21 +60,9 @@ By default the latest checkpoint is exported; --at, --snapshot or --time choose 
   };
 
   static override flags = {
-    at: Flags.integer({
-      summary: 'Export this checkpoint number.',
-      min: 0,
-      exclusive: ['snapshot', 'time'],
-      helpValue: '<checkpoint>',
-    }),
-    snapshot: Flags.string({
-      summary: 'Export the checkpoint pinned by this named snapshot.',
-      exclusive: ['at', 'time'],
-      helpValue: '<name>',
-    }),
-    time: time({
-      summary:
-        'Export the last checkpoint at or before this time (ISO-8601, or e.g. 2h for two hours ago).',
-      exclusive: ['at', 'snapshot'],
+    at: checkpointRef({
+      summary: 'Export this checkpoint instead of the current one.',
+      description: `Accepts ${CHECKPOINT_REF_FORMS}. A time means the last checkpoint made at or before it.`,
     }),
     overwrite: Flags.boolean({ summary: 'Replace the image file if it exists.' }),
   };
@@ -75,14 +70,7 @@ By default the latest checkpoint is exported; --at, --snapshot or --time choose 
   public async run(): Promise<FileExportResult> {
     const { url, image } = this.args;
     const started = performance.now();
-    const at: CheckpointRef | undefined =
-      this.flags.at !== undefined
-        ? { checkpoint: this.flags.at }
-        : this.flags.snapshot !== undefined
-          ? { snapshot: this.flags.snapshot }
-          : this.flags.time !== undefined
-            ? { time: this.flags.time }
-            : undefined;
+    const { at } = this.flags;
 
     const existing = await lstat(image).catch(() => undefined);
     if (existing && !existing.isFile()) {
@@ -152,6 +140,7 @@ By default the latest checkpoint is exported; --at, --snapshot or --time choose 
       url,
       image,
       size: result.info.size,
+      ...(at === undefined ? {} : { at: checkpointRefJson(at) }),
       checkpoint: result.info.checkpoint,
       checkpointTime: iso(result.info.checkpointTime),
       dataBytes: result.stats.dataBytes,

@@ -186,7 +186,7 @@ describe('hyper file: create → stat → list → import → export → set-len
     assert.ok(exported.subarray(4 * MiB).equals(Buffer.alloc(4 * MiB)), 'the rest reads as zeros');
   });
 
-  it('exports an earlier checkpoint with --at and --time', async () => {
+  it('exports an earlier checkpoint with --at (by number and by time)', async () => {
     const outPath = join(dir, 'at.img');
     const out = await hyperJson(['file', 'export', vol, outPath, '--at', String(importCheckpoint)]);
     assert.equal(out.checkpoint, importCheckpoint);
@@ -197,7 +197,7 @@ describe('hyper file: create → stat → list → import → export → set-len
       vol,
       outPath,
       '--overwrite',
-      '--time',
+      '--at',
       importCheckpointTime,
     ]);
     assert.equal(byTime.checkpoint, importCheckpoint);

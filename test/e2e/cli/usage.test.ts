@@ -81,17 +81,16 @@ describe('hyper CLI usage errors', () => {
     const missing = await hyper(['file', 'set-len', 'file:///tmp/hyper-never/']);
     assert.equal(missing.code, 2, show(missing));
     assert.match(missing.stderr, /--size/);
-    const both = await hyper([
+    const badRef = await hyper([
       'file',
       'export',
       'file:///tmp/hyper-never/',
       'x.img',
       '--at',
-      '1',
-      '--snapshot',
-      's',
+      'no spaces!',
     ]);
-    assert.equal(both.code, 2, show(both));
+    assert.equal(badRef.code, 2, show(badRef));
+    assert.match(badRef.stderr, /--at/);
     const sizeWithoutCreate = await hyper([
       'file',
       'import',
@@ -104,17 +103,17 @@ describe('hyper CLI usage errors', () => {
     assert.match(sizeWithoutCreate.stderr, /--create/);
   });
 
-  it('rejects a bad time for export --time with the accepted forms', async () => {
+  it('rejects a bad checkpoint reference for export --at with the accepted forms', async () => {
     const r = await hyper([
       'file',
       'export',
       'file:///tmp/hyper-never/',
       'x.img',
-      '--time',
-      'yesterday',
+      '--at',
+      '2026-02-31',
     ]);
     assert.equal(r.code, 2, show(r));
-    assert.match(r.stderr, /--time/);
+    assert.match(r.stderr, /"2026-02-31" for --at/);
     assert.match(r.stderr, /ISO-8601.*2h/);
   });
 
