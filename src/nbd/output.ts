@@ -18,7 +18,14 @@ export class Output {
   queuedBytes = 0;
   private scheduled = false;
   private closed = false;
-  private readonly flushBound = (): void => this.flush();
+  private urgent = false;
+  private readonly flushBound = (): void => {
+    if (this.scheduled) this.flush();
+  };
+  private readonly flushUrgent = (): void => {
+    this.urgent = false;
+    this.flush();
+  };
 
   constructor(private readonly socket: Socket) {}
 
@@ -72,6 +79,18 @@ export class Output {
     if (!this.scheduled) {
       this.scheduled = true;
       setImmediate(this.flushBound);
+    }
+  }
+
+  /**
+   * Send what is queued as soon as the current callback and its microtasks are done, rather
+   * than at the end of the event-loop turn: for replies to large requests, where a streaming
+   * client waits on each reply and batching gains nothing.
+   */
+  soon(): void {
+    if (!this.urgent) {
+      this.urgent = true;
+      process.nextTick(this.flushUrgent);
     }
   }
 

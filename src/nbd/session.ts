@@ -72,6 +72,8 @@ export interface SessionLimits {
   maxOutputBytes: number;
 }
 
+/** Replies to requests at least this large are sent at once instead of batched per loop turn. */
+const URGENT_BYTES = 64 * 1024;
 /** Most BLOCK_STATUS descriptors in one reply. */
 const MAX_EXTENTS = 65536;
 const U32_MAX = 0xffffffff;
@@ -478,12 +480,14 @@ export class Session implements ParserHandler {
       b.writeUInt32BE(offset >>> 0, o + 24);
       out.commit(STRUCTURED_HEADER_SIZE + 8);
       out.data(buf);
+      if (length >= URGENT_BYTES) out.soon();
     } else {
       const out = this.out;
       const b = out.reserve(SIMPLE_REPLY_SIZE);
       writeSimpleReply(b, out.offset, 0, hi, lo);
       out.commit(SIMPLE_REPLY_SIZE);
       out.data(buf);
+      if (length >= URGENT_BYTES) out.soon();
     }
     this.afterReply();
   }
@@ -496,6 +500,7 @@ export class Session implements ParserHandler {
     const b = out.reserve(SIMPLE_REPLY_SIZE);
     writeSimpleReply(b, out.offset, 0, hi, lo);
     out.commit(SIMPLE_REPLY_SIZE);
+    if (bytes >= URGENT_BYTES) out.soon();
     this.afterReply();
   }
 

@@ -116,6 +116,7 @@ export function run(
       clearTimeout(timer);
       resolve({ code, stdout, stderr });
     });
+    child.stdin.on('error', () => undefined); // a child that exits without reading stdin
     child.stdin.end(options.input ?? '');
   });
 }
