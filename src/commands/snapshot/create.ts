@@ -4,11 +4,10 @@ import {
   CHECKPOINT_REF_FORMS,
   checkpointRefJson,
   describeCheckpointRef,
-  parseCheckpointRef,
   type CheckpointRefJson,
 } from '../../cli/checkpoint-ref.js';
 import { iso } from '../../cli/results.js';
-import { volumeUrl } from '../../flags.js';
+import { checkpointRef, volumeUrl } from '../../flags.js';
 import { storeStats } from '../../format/store/index.js';
 import { createSnapshot } from '../../format/volume/history.js';
 
@@ -58,17 +57,15 @@ Creating a snapshot copies no data and takes a fixed, small number of requests w
       required: true,
       helpValue: '<name>',
     }),
-    at: Flags.string({
+    at: checkpointRef({
       summary: 'Pin this checkpoint instead of the current one.',
       description: `Accepts ${CHECKPOINT_REF_FORMS}.`,
-      helpValue: '<checkpoint|snapshot|time>',
     }),
   };
 
   public async run(): Promise<SnapshotCreateResult> {
     const { url } = this.args;
-    const at =
-      this.flags.at === undefined ? undefined : parseCheckpointRef(this.flags.at, { name: '--at' });
+    const at = this.flags.at;
     const store = await this.openStore(url);
     const snap = await createSnapshot(store, this.flags.name, at);
     const result: SnapshotCreateResult = {

@@ -1,14 +1,12 @@
-import { Flags } from '@oclif/core';
 import { BaseCommand } from '../../base-command.js';
 import {
   CHECKPOINT_REF_FORMS,
   checkpointRefJson,
-  parseCheckpointRef,
   type CheckpointRefJson,
 } from '../../cli/checkpoint-ref.js';
 import { bytesWithExact } from '../../cli/results.js';
 import { formatBytes } from '../../cli/units.js';
-import { volumeUrl } from '../../flags.js';
+import { checkpointRef, volumeUrl } from '../../flags.js';
 import { diffCheckpoints, type ChangedExtent } from '../../format/volume/history.js';
 import { readHead, resolveCheckpoint } from '../../format/volume/volume.js';
 
@@ -49,24 +47,20 @@ export default class SnapshotDiff extends BaseCommand<typeof SnapshotDiff> {
   };
 
   static override flags = {
-    from: Flags.string({
+    from: checkpointRef({
       summary: 'The older checkpoint: a number, a snapshot name, or a time.',
       description: `Accepts ${CHECKPOINT_REF_FORMS}.`,
       required: true,
-      helpValue: '<checkpoint|snapshot|time>',
     }),
-    to: Flags.string({
+    to: checkpointRef({
       summary: 'The newer checkpoint (default: the current one).',
       description: `Accepts ${CHECKPOINT_REF_FORMS}.`,
-      helpValue: '<checkpoint|snapshot|time>',
     }),
   };
 
   public async run(): Promise<SnapshotDiffResult> {
     const { url } = this.args;
-    const from = parseCheckpointRef(this.flags.from, { name: '--from' });
-    const to =
-      this.flags.to === undefined ? undefined : parseCheckpointRef(this.flags.to, { name: '--to' });
+    const { from, to } = this.flags;
     const store = await this.openStore(url);
     const { head } = await readHead(store);
     const a = await resolveCheckpoint(store, head, from);

@@ -5,11 +5,10 @@ import {
   CHECKPOINT_REF_FORMS,
   checkpointRefJson,
   describeCheckpointRef,
-  parseCheckpointRef,
   type CheckpointRefJson,
 } from '../../cli/checkpoint-ref.js';
 import { iso } from '../../cli/results.js';
-import { volumeUrl } from '../../flags.js';
+import { checkpointRef, volumeUrl } from '../../flags.js';
 import { restoreVolume } from '../../format/volume/history.js';
 import { requestCount } from './create.js';
 
@@ -58,11 +57,10 @@ The restore takes the volume's lease: it refuses while another writer (for examp
   };
 
   static override flags = {
-    to: Flags.string({
+    to: checkpointRef({
       summary: 'The checkpoint to restore: a number, a snapshot name, or a time.',
       description: `Accepts ${CHECKPOINT_REF_FORMS}.`,
       required: true,
-      helpValue: '<checkpoint|snapshot|time>',
     }),
     'dry-run': Flags.boolean({ summary: 'Resolve --to and show the plan; change nothing.' }),
     force: Flags.boolean({
@@ -73,7 +71,7 @@ The restore takes the volume's lease: it refuses while another writer (for examp
 
   public async run(): Promise<SnapshotRestoreResult> {
     const { url } = this.args;
-    const to = parseCheckpointRef(this.flags.to, { name: '--to' });
+    const { to } = this.flags;
     const dryRun = this.flags['dry-run'];
     const store = await this.openStore(url);
     const plan = await restoreVolume(store, to, {
