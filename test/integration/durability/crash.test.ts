@@ -1,0 +1,204 @@
+/**
+ * Crash trials: `hyper serve` runs as a child process while a libnbd writer records which
+ * writes an acknowledged FLUSH (or FUA) covered; the server is SIGKILLed at a random moment,
+ * restarted (taking the dead server's lease with --force), and every block is read back:
+ * each must hold its last durable write or a later write of that block — never an older
+ * value, another block's data or a torn mix. HYPER_CRASH_TRIALS sets the count (CI: 20).
+ */
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { dirname, join } from 'node:path';
+import { describe, it } from 'node:test';
+import { fileURLToPath } from 'node:url';
+import { needTools } from '../../helpers/env.js';
+import { runJs } from '../../helpers/cli.js';
+
+const here = dirname(fileURLToPath(import.meta.url));
+const writerPy = join(here, 'crash-writer.py');
+const BLOCKS = 2048;
+const TRIALS = Number(process.env.HYPER_CRASH_TRIALS ?? 20);
+
+function rng(seed: number): () => number {
+  let s = seed >>> 0;
+  return () => {
+    s = (s + 0x6d2b79f5) >>> 0;
+    let t = s;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+}
+
+interface Server {
+  child: ChildProcess;
+  uri: string;
+  stderr: () => string;
+}
+
+async function serve(args: string[]): Promise<Server> {
+  const child = spawn(process.execPath, [runJs, 'serve', ...args, '--port', '0', '--print-uri'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, NO_COLOR: '1' },
+  });
+  let err = '';
+  child.stderr?.setEncoding('utf8').on('data', (d: string) => (err += d));
+  const uri = await new Promise<string>((resolve, reject) => {
+    let out = '';
+    const timer = setTimeout(() => reject(new Error(`serve did not start: ${err}`)), 20_000);
+    child.stdout?.setEncoding('utf8').on('data', (d: string) => {
+      out += d;
+      const line = out.split('\n').find((l) => l.startsWith('nbd://'));
+      if (line) {
+        clearTimeout(timer);
+        resolve(line.trim());
+      }
+    });
+    child.on('exit', (code) => {
+      clearTimeout(timer);
+      reject(new Error(`serve exited with ${code}: ${err}`));
+    });
+  });
+  return { child, uri, stderr: () => err };
+}
+
+function run(
+  cmd: string,
+  args: string[],
+): Promise<{ code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const c = spawn(cmd, args, { stdio: ['ignore', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    c.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+    c.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+    c.on('exit', (code) => resolve({ code: code ?? 128, stdout, stderr }));
+  });
+}
+
+async function kill(s: Server): Promise<void> {
+  if (s.child.exitCode !== null) return;
+  const gone = new Promise((resolve) => s.child.once('exit', resolve));
+  s.child.kill('SIGKILL');
+  await gone;
+}
+
+/** Per block: every write (n) in order, and the newest durable one. */
+function analyse(log: string): {
+  writes: Map<number, number[]>;
+  durable: Map<number, number>;
+  flushes: number;
+} {
+  const writes = new Map<number, number[]>();
+  const blockOf = new Map<number, number>();
+  let lastFlush = 0;
+  let flushes = 0;
+  const fua = new Set<number>();
+  for (const line of log.split('\n')) {
+    const [kind, a, b] = line.split(' ');
+    if (kind === 'W') {
+      const n = Number(a);
+      const blk = Number(b);
+      blockOf.set(n, blk);
+      writes.set(blk, [...(writes.get(blk) ?? []), n]);
+    } else if (kind === 'F') {
+      lastFlush = Number(a);
+      flushes++;
+    } else if (kind === 'U') fua.add(Number(a));
+  }
+  const durable = new Map<number, number>();
+  for (const [blk, ns] of writes) {
+    const d = ns.filter((n) => n <= lastFlush || fua.has(n));
+    if (d.length > 0) durable.set(blk, Math.max(...d));
+  }
+  return { writes, durable, flushes };
+}
+
+describe('crash trials: SIGKILL of hyper serve', () => {
+  for (const wal of [false, true]) {
+    it(`loses no acknowledged flush${wal ? ' (with a WAL)' : ''} over ${TRIALS / 2} trials`, async (t) => {
+      if (!needTools(t, '/usr/bin/python3', 'nbdcopy')) return;
+      const dir = await mkdtemp(join(tmpdir(), 'hyper-crash-'));
+      t.after(() => rm(dir, { recursive: true, force: true }));
+      const url = `file://${dir}/vol/`;
+      const walArgs = wal ? ['--wal-url', `file://${dir}/wal/`] : [];
+      const rand = rng(wal ? 202 : 101);
+      // Per block: the newest write known durable, and every write ever made (numbers are global).
+      const floor = new Map<number, number>();
+      const everWritten = new Map<number, Set<number>>();
+      let next = 0;
+      let totalFlushes = 0;
+      let server = await serve([url, '--create', '--size', `${BLOCKS * 4096}`, ...walArgs]);
+      for (let trial = 0; trial < TRIALS / 2; trial++) {
+        const args = [
+          writerPy,
+          server.uri,
+          String(BLOCKS),
+          String(trial + (wal ? 1000 : 0)),
+          '--start',
+          String(next),
+        ];
+        args.push(
+          '--flush-every',
+          String(2 + Math.floor(rand() * 12)),
+          '--fua-every',
+          wal ? '5' : '0',
+        );
+        const writer = spawn('/usr/bin/python3', args, { stdio: ['ignore', 'pipe', 'pipe'] });
+        let log = '';
+        writer.stdout.setEncoding('utf8').on('data', (d: string) => (log += d));
+        const writerDone = new Promise((resolve) => writer.once('exit', resolve));
+        await new Promise((r) => setTimeout(r, 200 + rand() * 900));
+        await kill(server);
+        await writerDone;
+        const { writes, durable, flushes } = analyse(log);
+        totalFlushes += flushes;
+        for (const [blk, ns] of writes) {
+          const set = everWritten.get(blk) ?? new Set<number>();
+          for (const n of ns) set.add(n);
+          everWritten.set(blk, set);
+          next = Math.max(next, ...ns);
+        }
+        for (const [blk, n] of durable) floor.set(blk, n);
+        // Restart (the dead server's lease is still live) and read everything back.
+        server = await serve([url, '--force', ...walArgs]);
+        const img = join(dir, 'img');
+        const copy = await run('nbdcopy', [server.uri, img]);
+        assert.equal(copy.code, 0, copy.stderr);
+        const bytes = await readFile(img);
+        for (let blk = 0; blk < BLOCKS; blk++) {
+          const chunk = bytes.subarray(blk * 4096, (blk + 1) * 4096);
+          const want = floor.get(blk);
+          if (chunk.every((x) => x === 0)) {
+            assert.equal(
+              want,
+              undefined,
+              `trial ${trial}: block ${blk} lost its acknowledged write ${want}`,
+            );
+            continue;
+          }
+          const n = Number(chunk.readBigUInt64LE(0));
+          const b = Number(chunk.readBigUInt64LE(8));
+          const pattern = Buffer.concat(Array.from({ length: 256 }, () => chunk.subarray(0, 16)));
+          assert.ok(chunk.equals(pattern), `trial ${trial}: block ${blk} is torn`);
+          assert.equal(b, blk, `trial ${trial}: block ${blk} holds block ${b}'s data`);
+          assert.ok(
+            everWritten.get(blk)?.has(n),
+            `trial ${trial}: block ${blk} holds write ${n}, never made to it`,
+          );
+          if (want !== undefined) {
+            assert.ok(
+              n >= want,
+              `trial ${trial}: block ${blk} went back from acknowledged write ${want} to ${n}`,
+            );
+          }
+          // What was read back after the restart is durable from now on.
+          floor.set(blk, n);
+        }
+      }
+      await kill(server);
+      assert.ok(totalFlushes > TRIALS, `the writers acknowledged ${totalFlushes} flushes`);
+    });
+  }
+});
