@@ -23,6 +23,8 @@ export interface NbdServerOptions {
   maxInflightBytes?: number;
   /** Per-connection reply bytes buffered before reading pauses (default 32 MiB). */
   maxOutputBytes?: number;
+  /** Time a client has to finish negotiation before it is dropped (default 30 s; 0: none). */
+  negotiationTimeoutMs?: number;
 }
 
 export type ListenTarget = { port?: number; host?: string } | { path: string };
@@ -45,6 +47,7 @@ export class NbdServer {
       maxInflight: options.maxInflight ?? 256,
       maxInflightBytes: Math.max(options.maxInflightBytes ?? 128 * 1024 * 1024, maxRequest),
       maxOutputBytes: Math.max(options.maxOutputBytes ?? 32 * 1024 * 1024, maxRequest),
+      negotiationTimeoutMs: options.negotiationTimeoutMs ?? 30_000,
     };
   }
 

@@ -70,6 +70,8 @@ export interface SessionLimits {
   maxInflightBytes: number;
   /** Reply bytes buffered in the socket before it stops reading. */
   maxOutputBytes: number;
+  /** A client must finish negotiating within this many ms (0: no limit). */
+  negotiationTimeoutMs: number;
 }
 
 /** Replies to requests at least this large are sent at once instead of batched per loop turn. */
@@ -100,6 +102,7 @@ export class Session implements ParserHandler {
   private allocation = false;
   private readOnly = false;
 
+  private negotiationTimer: NodeJS.Timeout | undefined;
   private inflight = 0;
   private inflightBytes = 0;
   private paused = false;
@@ -125,6 +128,13 @@ export class Session implements ParserHandler {
 
   start(): void {
     const s = this.socket;
+    if (this.limits.negotiationTimeoutMs > 0) {
+      this.negotiationTimer = setTimeout(() => {
+        this.logger.warn('nbd negotiation timed out', { conn: this.id });
+        this.destroy('negotiation timed out');
+      }, this.limits.negotiationTimeoutMs);
+      this.negotiationTimer.unref();
+    }
     s.setNoDelay(true);
     s.on('data', (chunk: Buffer) => this.onData(chunk));
     s.on('drain', () => {
@@ -295,6 +305,7 @@ export class Session implements ParserHandler {
   }
 
   private enter(sel: Selected): void {
+    clearTimeout(this.negotiationTimer);
     const d = sel.device;
     this.device = d;
     this.exportName = sel.export.name;
@@ -646,6 +657,7 @@ export class Session implements ParserHandler {
   private onClose(): void {
     if (this.closed) return;
     this.closed = true;
+    clearTimeout(this.negotiationTimer);
     this.parser.stop();
     this.out.close();
     for (const w of this.closeWaiters.splice(0)) w();

@@ -156,3 +156,23 @@ describe('malformed byte streams', () => {
     assert.ok(s.logs.some((l) => l.level === 'warn' && /protocol error/.test(l.msg)));
   });
 });
+
+describe('negotiation timeout', () => {
+  it('drops a client that connects and never negotiates, and only that one', async () => {
+    const s = await startServer([memoryExport('d', { size: MiB })], { negotiationTimeoutMs: 300 });
+    try {
+      const idle = await RawClient.open(s.port!);
+      await idle.read(18);
+      const good = await RawClient.open(s.port!);
+      await good.handshake();
+      assert.equal(await good.go(), MiB);
+      assert.ok(await idle.waitClosed(3000), 'idle client dropped');
+      await new Promise((r) => setTimeout(r, 400));
+      good.send(req(0, 1n, 0n, 512));
+      assert.deepEqual(await good.simpleReply(), { error: 0, handle: 1n });
+      good.close();
+    } finally {
+      await s.close();
+    }
+  });
+});
