@@ -93,7 +93,7 @@ export const storeFlags = {
       keepMessage(() => {
         if (!/^https?:\/\/[^/\s]+/i.test(input)) {
           throw new Error(
-            `Invalid value ${JSON.stringify(input)} for --endpoint: expected http(s)://host[:port]`,
+            `Invalid value ${JSON.stringify(input)} for --endpoint (or AWS_ENDPOINT_URL): expected http(s)://host[:port]`,
           );
         }
         return input;

@@ -76,10 +76,11 @@ On a terminal it asks for confirmation unless --yes is given; without a terminal
 
     if (!this.flags.yes) {
       if (!this.isInteractive()) {
+        const why = this.jsonEnabled() ? 'with --json' : 'stdin is not a terminal';
         throw new HyperError(
           'invalid',
           'INVALID_ARGUMENT',
-          `Refusing to delete ${url} without confirmation: stdin is not a terminal`,
+          `Refusing to delete ${url} without confirmation: ${why}`,
           { suggestion: 'Add --yes to confirm the deletion.' },
         );
       }
