@@ -100,7 +100,7 @@ export const storeFlags = {
       }),
   }),
   region: Flags.string({
-    summary: 'S3 region (default: from the AWS configuration, else us-east-1).',
+    summary: 'S3 region (default: AWS_DEFAULT_REGION, else us-east-1).',
     env: 'AWS_REGION',
     helpGroup: 'STORE',
     helpValue: '<region>',
