@@ -1,0 +1,90 @@
+import { hostname } from 'node:os';
+import { Flags } from '@oclif/core';
+import { BaseCommand } from '../../base-command.js';
+import { bytesWithExact } from '../../cli/results.js';
+import { HyperError } from '../../errors.js';
+import { volumeUrl } from '../../flags.js';
+import { flattenVolume } from '../../format/volume/clone.js';
+import { readHead } from '../../format/volume/volume.js';
+
+export interface SnapshotFlattenResult {
+  url: string;
+  /** The parent the clone read from before. */
+  parent: string;
+  /** The parent checkpoint it started from (no longer pinned). */
+  parentCheckpoint: number;
+  blocksCopied: number;
+  bytesCopied: number;
+  /** The clone's checkpoint after flattening. */
+  checkpoint: number;
+}
+
+export default class SnapshotFlatten extends BaseCommand<typeof SnapshotFlatten> {
+  static override summary = 'Make a clone independent of its parent.';
+
+  static override description = `Copies every block the clone still reads from its parent (and the parent's parents) into the clone's own segments, commits a checkpoint that no longer names the parent, and releases the parent's pin, so that the parent's compaction can drop that checkpoint and the parent can be deleted. The clone's checkpoints from before the flatten are dropped (they read parent data).
+
+It takes the clone's lease: it refuses while another writer holds it (LEASE_HELD, exit code 4) unless --force. It refuses a volume that is not a clone (exit code 2), and a clone that has named snapshots or clones of its own (exit code 4): delete or flatten those first. Interrupted, the clone stays a valid clone; run it again.`;
+
+  static override examples = [
+    {
+      description: 'Flatten a clone.',
+      command: '<%= config.bin %> <%= command.id %> file://./vols/vm7/',
+    },
+    {
+      description: 'Flatten a clone on S3 and print the result as JSON.',
+      command: '<%= config.bin %> <%= command.id %> s3://my-bucket/vols/vm1-copy/ --json',
+    },
+  ];
+
+  static override args = {
+    url: volumeUrl({ required: true }),
+  };
+
+  static override flags = {
+    force: Flags.boolean({
+      summary:
+        "Take the lease even if another writer holds it (that writer's unflushed writes are lost).",
+    }),
+  };
+
+  public async run(): Promise<SnapshotFlattenResult> {
+    const { url } = this.args;
+    const store = await this.openStore(url);
+    const { head } = await readHead(store);
+    const parent = head.clone?.chain[0]?.url;
+    if (!head.clone || parent === undefined) {
+      throw new HyperError('invalid', 'INVALID_ARGUMENT', `${url} is not a clone`, {
+        suggestion: 'Only volumes made by "hyper snapshot clone" have a parent to detach from.',
+      });
+    }
+    const spinner = this.spinner(`Flattening ${url}`);
+    let r;
+    try {
+      r = await flattenVolume(store, {
+        force: this.flags.force,
+        holder: `hyper snapshot flatten on ${hostname()}:${process.pid}`,
+        openStore: (u) => this.openStore(u),
+        signal: this.interruptible(),
+        onProgress: (done, total) => {
+          spinner.text = `Flattening ${url}: ${done} of ${total} blocks copied`;
+        },
+      });
+    } finally {
+      spinner.stop();
+    }
+    const result: SnapshotFlattenResult = {
+      url,
+      parent,
+      parentCheckpoint: head.clone.checkpoint,
+      blocksCopied: r.blocksCopied,
+      bytesCopied: r.bytesCopied,
+      checkpoint: r.checkpoint,
+    };
+    this.log(
+      `Flattened ${url}: copied ${bytesWithExact(result.bytesCopied)} (${result.blocksCopied} blocks) from ${parent}; ` +
+        `checkpoint ${result.checkpoint} no longer reads from it, and its checkpoint ${result.parentCheckpoint} is unpinned.`,
+    );
+    return result;
+  }
+}
