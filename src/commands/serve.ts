@@ -1,5 +1,7 @@
 import { Flags } from '@oclif/core';
+import { readFile } from 'node:fs/promises';
 import { hostname } from 'node:os';
+import { join } from 'node:path';
 import { BaseCommand } from '../base-command.js';
 import {
   CHECKPOINT_REF_FORMS,
@@ -110,6 +112,17 @@ export default class Serve extends BaseCommand<typeof Serve> {
     'print-uri': Flags.boolean({
       summary: 'Print the NBD URI of each export on stdout once listening.',
     }),
+    'tls-certificates': Flags.string({
+      summary: 'Offer TLS (STARTTLS) with server-cert.pem and server-key.pem from this directory.',
+      helpValue: '<dir>',
+    }),
+    tls: Flags.string({
+      summary:
+        'With --tls-certificates: "on" offers TLS, "require" refuses clients that do not use it.',
+      options: ['on', 'require'],
+      default: 'on',
+      dependsOn: ['tls-certificates'],
+    }),
     force: Flags.boolean({
       summary:
         'Take the lease even if another writer holds it (that writer is fenced and can commit nothing more).',
@@ -203,15 +216,36 @@ export default class Serve extends BaseCommand<typeof Serve> {
       }
     }
 
-    const server = new NbdServer({ exports, logger });
+    let tls: { cert: Buffer; key: Buffer; require: boolean } | undefined;
+    const certDir = flags['tls-certificates'];
+    if (certDir !== undefined) {
+      try {
+        tls = {
+          cert: await readFile(join(certDir, 'server-cert.pem')),
+          key: await readFile(join(certDir, 'server-key.pem')),
+          require: flags.tls === 'require',
+        };
+      } catch (e) {
+        throw new HyperError(
+          'invalid',
+          'INVALID_ARGUMENT',
+          `Cannot read the TLS certificate or key in ${certDir}: ${(e as Error).message}`,
+          {
+            suggestion: 'The directory must hold server-cert.pem and server-key.pem (PEM).',
+          },
+        );
+      }
+    }
+    const server = new NbdServer({ exports, logger, ...(tls === undefined ? {} : { tls }) });
     const addr =
       flags.socket !== undefined
         ? await server.listen({ path: flags.socket })
         : await server.listen({ port: flags.port, host: flags.bind });
+    const scheme = tls?.require ? 'nbds' : 'nbd';
     const uriFor = (name: string): string =>
       addr.path !== undefined
-        ? `nbd+unix:///${encodeURIComponent(name)}?socket=${addr.path}`
-        : `nbd://${addr.host?.includes(':') ? `[${addr.host}]` : addr.host}:${addr.port}/${encodeURIComponent(name)}`;
+        ? `${scheme}+unix:///${encodeURIComponent(name)}?socket=${addr.path}`
+        : `${scheme}://${addr.host?.includes(':') ? `[${addr.host}]` : addr.host}:${addr.port}/${encodeURIComponent(name)}`;
     const uris = exports.map((e) => uriFor(e.name));
     if (flags['print-uri']) {
       for (const u of uris)

@@ -26,10 +26,12 @@ import {
   OPT_LIST,
   OPT_LIST_META_CONTEXT,
   OPT_SET_META_CONTEXT,
+  OPT_STARTTLS,
   OPT_STRUCTURED_REPLY,
   REP_ACK,
   REP_ERR_INVALID,
   REP_ERR_POLICY,
+  REP_ERR_TLS_REQD,
   REP_ERR_TOO_BIG,
   REP_ERR_UNKNOWN,
   REP_ERR_UNSUP,
@@ -54,12 +56,16 @@ export interface Selected {
 export type Outcome =
   | { kind: 'continue'; replies: Buffer[] }
   | { kind: 'go'; replies: Buffer[]; selected: Selected }
-  | { kind: 'close'; replies: Buffer[]; reason: string };
+  | { kind: 'close'; replies: Buffer[]; reason: string }
+  /** Send the replies in clear, then run a TLS handshake on the connection. */
+  | { kind: 'starttls'; replies: Buffer[] };
 
 export interface NegotiationOptions {
   exports: ExportTable;
   maxRequest: number;
   logger: NbdLogger;
+  /** STARTTLS is offered when set; with `require`, nothing but STARTTLS/ABORT before it. */
+  tls?: { require: boolean };
 }
 
 const utf8 = (s: string): Buffer => Buffer.from(s, 'utf8');
@@ -70,6 +76,8 @@ export class Negotiation {
   private allocationFor: string | undefined;
   /** The client asked for NO_ZEROES (no padding after EXPORT_NAME's reply). */
   noZeroes = false;
+  /** The connection runs over TLS (after STARTTLS). */
+  tlsActive = false;
 
   constructor(private readonly o: NegotiationOptions) {}
 
@@ -82,7 +90,27 @@ export class Negotiation {
       });
       return { kind: 'continue', replies: [encodeOptionReply(option, type, utf8(msg))] };
     };
+    const tls = this.o.tls;
+    if (
+      tls !== undefined &&
+      tls.require &&
+      !this.tlsActive &&
+      option !== OPT_STARTTLS &&
+      option !== OPT_ABORT
+    ) {
+      if (option === OPT_EXPORT_NAME)
+        return { kind: 'close', replies: [], reason: 'TLS is required' };
+      return err(REP_ERR_TLS_REQD, 'this server requires TLS: use STARTTLS first');
+    }
     switch (option) {
+      case OPT_STARTTLS:
+        if (tls === undefined) return err(REP_ERR_UNSUP, 'TLS is not configured on this server');
+        if (this.tlsActive) return err(REP_ERR_INVALID, 'TLS is already active');
+        if (data.length !== 0) return err(REP_ERR_INVALID, 'STARTTLS takes no data');
+        // Nothing negotiated in clear survives the upgrade.
+        this.structured = false;
+        this.allocationFor = undefined;
+        return { kind: 'starttls', replies: [encodeOptionReply(option, REP_ACK)] };
       case OPT_EXPORT_NAME:
         return this.exportName(data);
       case OPT_ABORT:

@@ -27,7 +27,12 @@ export class Output {
     this.flush();
   };
 
-  constructor(private readonly socket: Socket) {}
+  constructor(private socket: Socket) {}
+
+  /** Write to another socket from now on (the TLS socket after STARTTLS). */
+  setSocket(socket: Socket): void {
+    this.socket = socket;
+  }
 
   /** Bytes queued but not yet handed to the socket, plus what the socket still buffers. */
   get pendingBytes(): number {

@@ -4,11 +4,12 @@
  */
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { unlink } from 'node:fs/promises';
+import { createSecureContext } from 'node:tls';
 import { quietLogger, type NbdLogger } from './device.js';
 import { describeError } from './errno.js';
 import { ExportTable, type NbdExport } from './exports.js';
 import { DEFAULT_MAX_REQUEST } from './protocol.js';
-import { Session, type SessionLimits } from './session.js';
+import { Session, type SessionLimits, type SessionTls } from './session.js';
 
 export type { NbdExport } from './exports.js';
 
@@ -25,6 +26,11 @@ export interface NbdServerOptions {
   maxOutputBytes?: number;
   /** Time a client has to finish negotiation before it is dropped (default 30 s; 0: none). */
   negotiationTimeoutMs?: number;
+  /**
+   * Offer STARTTLS with this certificate and key (PEM); with `require`, clients must use it
+   * before anything else.
+   */
+  tls?: { cert: string | Buffer; key: string | Buffer; require?: boolean };
 }
 
 export type ListenTarget = { port?: number; host?: string } | { path: string };
@@ -37,10 +43,18 @@ export class NbdServer {
   private server: Server | undefined;
   private nextId = 1;
   private socketPath: string | undefined;
+  private readonly tls: SessionTls | undefined;
 
   constructor(options: NbdServerOptions) {
     this.table = new ExportTable(options.exports);
     this.logger = options.logger ?? quietLogger;
+    this.tls =
+      options.tls === undefined
+        ? undefined
+        : {
+            context: createSecureContext({ cert: options.tls.cert, key: options.tls.key }),
+            require: options.tls.require === true,
+          };
     const maxRequest = options.maxRequest ?? DEFAULT_MAX_REQUEST;
     this.limits = {
       maxRequest,
@@ -84,7 +98,7 @@ export class NbdServer {
   private accept(socket: Socket): void {
     const id = this.nextId++;
     try {
-      const session = new Session(socket, this.table, this.limits, this.logger, id);
+      const session = new Session(socket, this.table, this.limits, this.logger, id, this.tls);
       this.sessions.add(session);
       void session.whenClosed().then(() => this.sessions.delete(session));
       this.logger.debug('nbd connection', { conn: id, remote: socket.remoteAddress ?? 'unix' });

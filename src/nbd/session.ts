@@ -6,6 +6,7 @@
  * exception that reaches the server or another connection.
  */
 import type { Socket } from 'node:net';
+import { TLSSocket, type SecureContext } from 'node:tls';
 import {
   NbdParser,
   ParserMode,
@@ -61,6 +62,11 @@ import {
 } from './protocol.js';
 import { Output } from './output.js';
 
+export interface SessionTls {
+  context: SecureContext;
+  require: boolean;
+}
+
 export interface SessionLimits {
   /** Largest READ/WRITE payload (advertised as maximum block size). */
   maxRequest: number;
@@ -112,18 +118,56 @@ export class Session implements ParserHandler {
   private readonly closeWaiters: (() => void)[] = [];
   exportName: string | undefined;
 
+  private socket: Socket;
+  private readonly tls: SessionTls | undefined;
+
   constructor(
-    private readonly socket: Socket,
+    socket: Socket,
     exports: ExportTable,
     private readonly limits: SessionLimits,
     private readonly logger: NbdLogger,
     id: number,
+    tls?: SessionTls,
   ) {
     this.id = id;
+    this.socket = socket;
+    this.tls = tls;
     this.maxRequest = limits.maxRequest;
     this.parser = new NbdParser(this, limits.maxRequest);
     this.out = new Output(socket);
-    this.negotiation = new Negotiation({ exports, maxRequest: limits.maxRequest, logger });
+    this.negotiation = new Negotiation({
+      exports,
+      maxRequest: limits.maxRequest,
+      logger,
+      ...(tls === undefined ? {} : { tls: { require: tls.require } }),
+    });
+  }
+
+  private readonly onDataBound = (chunk: Buffer): void => this.onData(chunk);
+  private readonly onDrain = (): void => {
+    if (this.outputFull) {
+      this.outputFull = false;
+      this.release();
+    }
+  };
+  private readonly onError = (e: Error): void =>
+    this.logger.debug('nbd connection error', { conn: this.id, error: e.message });
+  private readonly onCloseBound = (): void => this.onClose();
+  private readonly onEnd = (): void => this.finish('client closed the connection');
+
+  private bind(s: Socket): void {
+    s.on('data', this.onDataBound);
+    s.on('drain', this.onDrain);
+    s.on('error', this.onError);
+    s.on('close', this.onCloseBound);
+    s.on('end', this.onEnd);
+  }
+
+  private unbind(s: Socket): void {
+    s.off('data', this.onDataBound);
+    s.off('drain', this.onDrain);
+    s.off('close', this.onCloseBound);
+    s.off('end', this.onEnd);
   }
 
   start(): void {
@@ -136,18 +180,7 @@ export class Session implements ParserHandler {
       this.negotiationTimer.unref();
     }
     s.setNoDelay(true);
-    s.on('data', (chunk: Buffer) => this.onData(chunk));
-    s.on('drain', () => {
-      if (this.outputFull) {
-        this.outputFull = false;
-        this.release();
-      }
-    });
-    s.on('error', (e) =>
-      this.logger.debug('nbd connection error', { conn: this.id, error: e.message }),
-    );
-    s.on('close', () => this.onClose());
-    s.on('end', () => this.finish('client closed the connection'));
+    this.bind(s);
     const greet = Buffer.allocUnsafe(18);
     greet.writeBigUInt64BE(NBDMAGIC, 0);
     greet.writeBigUInt64BE(IHAVEOPT, 8);
@@ -295,6 +328,10 @@ export class Session implements ParserHandler {
       this.socket.end();
       return;
     }
+    if (outcome.kind === 'starttls') {
+      this.upgrade();
+      return;
+    }
     if (outcome.kind === 'go') this.enter(outcome.selected);
     else this.parser.mode = ParserMode.Options;
     this.negotiating = false;
@@ -302,6 +339,29 @@ export class Session implements ParserHandler {
     this.held = undefined;
     if (held !== undefined) this.onData(held);
     this.flow();
+  }
+
+  /** Run the TLS handshake over the connection, then go on negotiating inside TLS. */
+  private upgrade(): void {
+    const raw = this.socket;
+    this.out.flush(); // the ACK leaves in clear, before the handshake starts
+    this.unbind(raw);
+    if (this.held !== undefined) {
+      // The client must wait for the ACK before starting TLS.
+      this.onProtocolError('data sent between STARTTLS and the TLS handshake');
+      return;
+    }
+    const secure = new TLSSocket(raw, { isServer: true, secureContext: this.tls!.context });
+    this.socket = secure;
+    this.out.setSocket(secure);
+    this.paused = false;
+    this.bind(secure);
+    secure.once('secure', () => {
+      this.negotiation.tlsActive = true;
+      this.logger.debug('nbd TLS established', { conn: this.id, protocol: secure.getProtocol() });
+      this.parser.mode = ParserMode.Options;
+      this.negotiating = false;
+    });
   }
 
   private enter(sel: Selected): void {
