@@ -8,6 +8,8 @@
  *          MiB/s next to raw PUT MiB/s of segment-sized objects
  *   rand   10,000 random 4 KiB writes over a 1 TiB volume, then one flush: PUTs (target ≤ 5)
  *   open   open the volume read-only and read one block: GETs (target ≤ 5, no full index load)
+ *   flush  one 4 KiB write + flush, 10 times: PUTs per flush (target ≤ 2 round trips) and the
+ *          median flush time, next to the raw 4 KiB PUT time
  * Request counts come from the counting store wrapper (src/format/store/counting.ts).
  * Prints a table and writes bench-results/format.json.
  *
@@ -32,6 +34,7 @@ import {
   GiB,
   KiB,
   measurePut,
+  median,
   MiB,
   table,
   timed,
@@ -143,7 +146,33 @@ async function rand(t: BenchTarget, root: Counted): Promise<WorkloadResult[]> {
     },
   ];
   out.push(await openAndRead(t, store, 'open 1 TiB volume, read 1 block', offsets[0] as number));
+  out.push(await flushLatency(t, store));
   return out;
+}
+
+/** Durable flush of one small write: PUTs per flush (target ≤ 2 round trips) and latency. */
+async function flushLatency(t: BenchTarget, store: ObjectStore): Promise<WorkloadResult> {
+  const vol = await Volume.open(store, { flushIntervalMs: 0 });
+  const block = randomBytes(BLOCK);
+  const flushes = 10;
+  const times: number[] = [];
+  const before = statsOf(store);
+  for (let i = 0; i < flushes; i++) {
+    await vol.write(i * BLOCK, block);
+    times.push((await timed(() => vol.flush())).ms);
+  }
+  const stats = diffStats(statsOf(store), before);
+  await vol.close();
+  const perFlush = stats.put / flushes;
+  return {
+    target: t.name,
+    workload: `4 KiB write + flush, x${flushes} (per flush)`,
+    stats: { ...stats, put: perFlush, get: stats.get / flushes },
+    ms: median(times),
+    bytesWritten: 0,
+    limit: { what: 'put', max: 2 },
+    ok: perFlush <= 2,
+  };
 }
 
 async function openAndRead(
@@ -188,6 +217,9 @@ export async function main(): Promise<void> {
         });
         await clearPrefix(root, `raw-${concurrency}/`);
       }
+      const small = await measurePut(root, 'raw-small/', BLOCK, 50, 1);
+      raw.push({ target: t.name, size: BLOCK, concurrency: 1, ...small });
+      await clearPrefix(root, 'raw-small/');
       for (const w of [seq, rand]) {
         const r = await w(t, root);
         for (const x of r)
@@ -204,7 +236,8 @@ export async function main(): Promise<void> {
     }
   }
   const rawOf = (target: string, c: number): number =>
-    raw.find((r) => r.target === target && r.concurrency === c)?.mibps ?? NaN;
+    raw.find((r) => r.target === target && r.size === segmentSize && r.concurrency === c)?.mibps ??
+    NaN;
   console.log(`\nVolume format on the object store (segment size ${segmentSize / MiB} MiB)\n`);
   console.log(
     table(
@@ -219,6 +252,7 @@ export async function main(): Promise<void> {
         'limit',
         'ok',
         'up/written',
+        'ms',
         'MiB/s',
         'raw PUT c1',
         'raw PUT c4',
@@ -235,6 +269,7 @@ export async function main(): Promise<void> {
         `${r.limit.what.toUpperCase()} ≤ ${r.limit.max}`,
         r.ok ? 'yes' : 'NO',
         r.bytesWritten ? r.stats.bytesOut / r.bytesWritten : '-',
+        r.ms,
         r.mibps ?? '-',
         r.mibps ? rawOf(r.target, 1) : '-',
         r.mibps ? rawOf(r.target, 4) : '-',
@@ -249,6 +284,11 @@ export async function main(): Promise<void> {
     raw,
     workloads: results,
   });
+  for (const r of raw.filter((x) => x.size === BLOCK)) {
+    console.log(
+      `raw 4 KiB PUT on ${r.target}: ${(r.ms / r.count).toFixed(2)} ms each (concurrency 1)`,
+    );
+  }
   console.log(`\nwrote ${file}`);
   if (results.some((r) => !r.ok)) process.exitCode = 1;
 }
