@@ -1,0 +1,181 @@
+/**
+ * Through `hyper serve` and real NBD clients: a damaged or missing segment makes reads of the
+ * blocks it holds fail with EIO and a log line naming the object (other blocks still read);
+ * two writers never both write a volume — the second serve is refused naming the holder, and a
+ * forced takeover fences the first, which then acknowledges nothing more. On file:// and RGW.
+ */
+import assert from 'node:assert/strict';
+import { spawn, type ChildProcess } from 'node:child_process';
+import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { openStore } from '../../../src/format/store/index.js';
+import { Volume } from '../../../src/format/volume/volume.js';
+import { runJs } from '../../helpers/cli.js';
+import { needS3, needTools, type S3TestConfig } from '../../helpers/env.js';
+import { run } from '../../helpers/nbd.js';
+import { emptyStore, ensureBucket, s3Options, uniqueS3Url } from '../../helpers/s3.js';
+
+const MiB = 1024 * 1024;
+
+interface Served {
+  child: ChildProcess;
+  uri: string;
+  stderr: () => string;
+  exit: Promise<number>;
+}
+
+function serve(args: string[], env: Record<string, string> = {}): Promise<Served> {
+  const child = spawn(process.execPath, [runJs, 'serve', ...args, '--port', '0', '--print-uri'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, NO_COLOR: '1', ...env },
+  });
+  let err = '';
+  child.stderr?.setEncoding('utf8').on('data', (d: string) => (err += d));
+  const exit = new Promise<number>((resolve) => child.once('exit', (code) => resolve(code ?? 128)));
+  return new Promise((resolve, reject) => {
+    let out = '';
+    child.stdout?.setEncoding('utf8').on('data', (d: string) => {
+      out += d;
+      const line = out.split('\n').find((l) => l.startsWith('nbd://'));
+      if (line) resolve({ child, uri: line.trim(), stderr: () => err, exit });
+    });
+    void exit.then((code) =>
+      reject(Object.assign(new Error(`serve exited ${code}: ${err}`), { code, stderr: err })),
+    );
+  });
+}
+
+async function stop(s: Served): Promise<void> {
+  if (s.child.exitCode === null) s.child.kill('SIGTERM');
+  await s.exit;
+}
+
+const qemuIo = (uri: string, ...cmds: string[]) =>
+  run('qemu-io', ['-f', 'raw', ...cmds.flatMap((c) => ['-c', c]), uri]);
+/** qemu-io on a read-only export (it opens read-write unless told). */
+const qemuIoRo = (uri: string, ...cmds: string[]) =>
+  run('qemu-io', ['-r', '-f', 'raw', ...cmds.flatMap((c) => ['-c', c]), uri]);
+
+async function twoWriters(
+  url: string,
+  env: Record<string, string>,
+  extra: string[],
+): Promise<void> {
+  const a = await serve([url, '--create', '--size', '16M', ...extra], env);
+  try {
+    assert.equal((await qemuIo(a.uri, 'write -P 0x11 0 64k')).code, 0);
+    // A second writer is refused, and says who holds the volume.
+    const refused = await serve([url, ...extra], env).then(
+      async (b) => {
+        await stop(b);
+        return undefined;
+      },
+      (e: { code: number; stderr: string }) => e,
+    );
+    assert.ok(refused, 'a second writable serve must be refused');
+    assert.equal(refused.code, 4, refused.stderr);
+    assert.match(refused.stderr, /LEASE_HELD/);
+    assert.match(refused.stderr, new RegExp(`:${a.child.pid}`));
+    // A forced takeover fences the first server: it acknowledges no further write.
+    const b = await serve([url, '--force', ...extra], env);
+    try {
+      assert.equal(
+        (await qemuIo(b.uri, 'read -P 0x11 0 64k')).code,
+        0,
+        'the takeover sees committed data',
+      );
+      const late = await qemuIo(a.uri, 'write -P 0x22 1M 64k', 'flush');
+      assert.notEqual(late.code, 0, `the fenced server acknowledged a write: ${late.stdout}`);
+      assert.equal((await qemuIo(b.uri, 'write -P 0x33 2M 64k', 'flush')).code, 0);
+      const check = await qemuIo(b.uri, 'read -P 0 1M 64k', 'read -P 0x33 2M 64k');
+      assert.equal(check.code, 0, check.stdout + check.stderr);
+    } finally {
+      await stop(b);
+    }
+  } finally {
+    await stop(a);
+  }
+}
+
+describe('serve: damage and two writers', () => {
+  it('reads of damaged or missing segments fail with EIO naming the object; others still read', async (t) => {
+    if (!needTools(t, 'qemu-io')) return;
+    const dir = await mkdtemp(join(tmpdir(), 'hyper-damage-'));
+    t.after(() => rm(dir, { recursive: true, force: true }));
+    const url = `file://${dir}/vol/`;
+    await mkdir(join(dir, 'vol'));
+    const store = await openStore(url);
+    await Volume.create(store, { size: 16 * MiB });
+    const v = await Volume.open(store, { flushIntervalMs: 0 });
+    await v.write(0, Buffer.alloc(1 * MiB, 0xa1));
+    await v.flush();
+    await v.write(4 * MiB, Buffer.alloc(1 * MiB, 0xb2));
+    await v.flush();
+    await v.close();
+    const segs = (await readdir(join(dir, 'vol', 'seg'))).sort();
+    const [first, second] = segs.slice(-2) as [string, string];
+    const path = join(dir, 'vol', 'seg', second);
+    const bytes = await readFile(path);
+    bytes.writeUInt8((bytes.at(-4096) ?? 0) ^ 0xff, bytes.length - 4096);
+    await writeFile(path, bytes);
+    const s = await serve([url, '--read-only']);
+    try {
+      const bad = await qemuIoRo(s.uri, 'read -P 0xb2 4M 1M');
+      assert.notEqual(bad.code, 0);
+      assert.match(bad.stdout + bad.stderr, /Input\/output error/);
+      assert.ok(
+        s.stderr().includes(`seg/${second}`),
+        `no log line names seg/${second}:\n${s.stderr()}`,
+      );
+      assert.equal(
+        (await qemuIoRo(s.uri, 'read -P 0xa1 0 1M')).code,
+        0,
+        'blocks of other segments still read',
+      );
+    } finally {
+      await stop(s);
+    }
+    await rm(join(dir, 'vol', 'seg', first));
+    const s2 = await serve([url, '--read-only']);
+    try {
+      const gone = await qemuIoRo(s2.uri, 'read 0 64k');
+      assert.notEqual(gone.code, 0);
+      assert.ok(s2.stderr().includes(`seg/${first}`), s2.stderr());
+    } finally {
+      await stop(s2);
+    }
+    const check = await run(process.execPath, [runJs, 'file', 'check', url, '--deep']);
+    assert.equal(check.code, 6);
+    assert.ok(
+      check.stdout.includes(`seg/${first}`) && check.stdout.includes(`seg/${second}`),
+      check.stdout,
+    );
+  });
+
+  it('two writers on file://: refused, then fenced by a forced takeover', async (t) => {
+    if (!needTools(t, 'qemu-io')) return;
+    const dir = await mkdtemp(join(tmpdir(), 'hyper-two-'));
+    t.after(() => rm(dir, { recursive: true, force: true }));
+    await twoWriters(`file://${dir}/vol/`, {}, []);
+  });
+
+  it('two writers on RGW: refused, then fenced by a forced takeover', async (t) => {
+    if (!needTools(t, 'qemu-io')) return;
+    const cfg = needS3(t) as S3TestConfig | undefined;
+    if (!cfg) return;
+    await ensureBucket(cfg);
+    const url = uniqueS3Url(cfg, 'two-writers');
+    t.after(async () => emptyStore(await openStore(url, s3Options(cfg))));
+    await twoWriters(
+      url,
+      {
+        AWS_ACCESS_KEY_ID: cfg.accessKeyId,
+        AWS_SECRET_ACCESS_KEY: cfg.secretAccessKey,
+        AWS_REGION: cfg.region,
+      },
+      ['--endpoint', cfg.endpoint],
+    );
+  });
+});
