@@ -1,0 +1,137 @@
+/**
+ * `hyper snapshot clone` and `hyper snapshot flatten` through the real CLI: a clone reads
+ * the parent checkpoint's content, its writes stay its own, the parent's compaction keeps the
+ * cloned checkpoint while the clone depends on it and drops it once the clone is flattened.
+ */
+import assert from 'node:assert/strict';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import type { CompactCommandResult } from '../../../src/commands/compact.js';
+import type { SnapshotCloneResult } from '../../../src/commands/snapshot/clone.js';
+import type { SnapshotFlattenResult } from '../../../src/commands/snapshot/flatten.js';
+import type { SnapshotListResult } from '../../../src/commands/snapshot/list.js';
+import { openStore } from '../../../src/format/store/index.js';
+import { Volume } from '../../../src/format/volume/volume.js';
+import { fileUrl, hyper, hyperJson, show, tempDir } from '../../helpers/cli.js';
+import { exportSha, objectsOnDisk, randomBuffer, rng, sha256, shaAt, sum } from './helpers.js';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const SIZE = 4 * MiB;
+
+interface ErrorOut {
+  error: { code: string; message: string };
+}
+
+describe('hyper snapshot clone / flatten', () => {
+  it('clones a checkpoint copy-on-write; compaction keeps it until the clone is flattened', async (t) => {
+    const dir = await tempDir(t, 'hyper-clone-');
+    const parent = fileUrl(join(dir, 'parent'));
+    const child = fileUrl(join(dir, 'child'));
+    const out = join(dir, 'out.img');
+    // The parent's content, read through the library (the CLI export is tested on the clone).
+    const parentSha = async (): Promise<string> => {
+      const s = await openStore(parent);
+      try {
+        return await shaAt(s);
+      } finally {
+        await s.close();
+      }
+    };
+    const rand = rng(17);
+    const a = randomBuffer(rand, SIZE);
+    const b = randomBuffer(rand, SIZE);
+    await writeFile(join(dir, 'a.img'), a);
+    await writeFile(join(dir, 'b.img'), b);
+    const ia = await hyperJson<{ checkpoint: number }>([
+      'file',
+      'import',
+      join(dir, 'a.img'),
+      parent,
+      '--create',
+    ]);
+    await hyperJson(['snapshot', 'create', parent, '--name', 'gold']);
+    await hyperJson(['file', 'import', join(dir, 'b.img'), parent]);
+
+    const c = await hyperJson<SnapshotCloneResult>([
+      'snapshot',
+      'clone',
+      parent,
+      '--from',
+      'gold',
+      child,
+    ]);
+    assert.equal(c.checkpoint, ia.checkpoint);
+    assert.deepEqual(c.from, { snapshot: 'gold' });
+    assert.equal(c.clone.url, child);
+    assert.equal(c.clone.size, SIZE);
+    assert.equal(c.flattened, undefined);
+    // Nothing is copied: the clone holds a head and an empty first segment.
+    assert.ok(sum(await objectsOnDisk(join(dir, 'child'))) < 16 * KiB);
+    assert.equal(await exportSha(child, out), sha256(a));
+
+    // The clone's writes are its own.
+    const patch = randomBuffer(rand, 64 * KiB);
+    const store = await openStore(child);
+    const v = await Volume.open(store, { flushIntervalMs: 0 });
+    await v.write(MiB, patch);
+    await v.flush();
+    await v.close();
+    await store.close();
+    const expectedChild = Buffer.from(a);
+    patch.copy(expectedChild, MiB);
+    assert.equal(await exportSha(child, out), sha256(expectedChild));
+    assert.equal(await parentSha(), sha256(b));
+
+    // An existing volume is not overwritten.
+    const exists = await hyperJson<ErrorOut>(['snapshot', 'clone', parent, child], 4);
+    assert.equal(exists.error.code, 'VOLUME_EXISTS');
+
+    // Unpin the snapshot: now only the clone keeps the parent's checkpoint.
+    await hyperJson(['snapshot', 'delete', parent, 'gold']);
+    const compact = ['compact', parent, '--keep-last', '1', '--grace', '0s', '--yes'];
+    const r1 = await hyperJson<CompactCommandResult>(compact);
+    assert.ok(r1.checkpointsDropped > 0);
+    const l1 = await hyperJson<SnapshotListResult>(['snapshot', 'list', parent]);
+    assert.ok(
+      l1.checkpoints.some((x) => x.checkpoint === ia.checkpoint),
+      `checkpoint ${ia.checkpoint} kept for the clone: ${JSON.stringify(l1.checkpoints)}`,
+    );
+    assert.equal(await exportSha(child, out), sha256(expectedChild));
+    assert.equal(await parentSha(), sha256(b));
+
+    // Flatten: the clone copies what it read from the parent and releases the pin.
+    const f = await hyperJson<SnapshotFlattenResult>(['snapshot', 'flatten', child]);
+    assert.equal(f.parent, parent);
+    assert.equal(f.parentCheckpoint, ia.checkpoint);
+    assert.equal(f.bytesCopied, SIZE - 64 * KiB);
+    const again = await hyper(['snapshot', 'flatten', child]);
+    assert.equal(again.code, 2, show(again));
+    assert.match(again.stderr, /is not a clone/);
+
+    const r2 = await hyperJson<CompactCommandResult>(compact);
+    assert.ok(r2.segmentsDeleted > 0 && r2.bytesReclaimed >= SIZE, JSON.stringify(r2));
+    const l2 = await hyperJson<SnapshotListResult>(['snapshot', 'list', parent]);
+    assert.deepEqual(
+      l2.checkpoints.map((x) => x.checkpoint),
+      [r2.checkpoint],
+    );
+    assert.equal(await exportSha(child, out), sha256(expectedChild));
+    assert.equal(await parentSha(), sha256(b));
+
+    // --flatten at once: an independent copy of the current checkpoint.
+    const copy = fileUrl(join(dir, 'copy'));
+    const cf = await hyperJson<SnapshotCloneResult>([
+      'snapshot',
+      'clone',
+      parent,
+      copy,
+      '--flatten',
+    ]);
+    assert.equal(cf.flattened?.bytesCopied, SIZE);
+    assert.equal(await exportSha(copy, out), sha256(b));
+    const notClone = await hyperJson<ErrorOut>(['snapshot', 'flatten', copy], 2);
+    assert.match(notClone.error.message, /is not a clone/);
+  });
+});
