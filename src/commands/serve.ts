@@ -120,7 +120,6 @@ export default class Serve extends BaseCommand<typeof Serve> {
       summary:
         'With --tls-certificates: "on" offers TLS, "require" refuses clients that do not use it.',
       options: ['on', 'require'],
-      default: 'on',
       dependsOn: ['tls-certificates'],
     }),
     force: Flags.boolean({

@@ -228,3 +228,66 @@ describe(
     });
   },
 );
+
+describe(
+  'hyper serve with TLS',
+  {
+    skip:
+      !existsSync(join(root, 'dist', 'commands', 'serve.js')) && 'dist/ not built (npm run build)',
+  },
+  () => {
+    it('--tls require: nbds:// clients work, plain ones are refused', async (t) => {
+      if (!needTools(t, 'nbdinfo', 'openssl')) return;
+      const dir = await mkdtemp(join(tmpdir(), 'hyper-serve-tls-'));
+      try {
+        const certs = join(dir, 'certs');
+        const client = join(dir, 'client');
+        await run('mkdir', ['-p', certs, client]);
+        const gen = await run('openssl', [
+          'req',
+          '-x509',
+          '-newkey',
+          'rsa:2048',
+          '-nodes',
+          '-days',
+          '2',
+          '-subj',
+          '/CN=127.0.0.1',
+          '-addext',
+          'subjectAltName=IP:127.0.0.1',
+          '-keyout',
+          join(certs, 'server-key.pem'),
+          '-out',
+          join(certs, 'server-cert.pem'),
+        ]);
+        assert.equal(gen.code, 0, gen.stderr);
+        await writeFile(
+          join(client, 'ca-cert.pem'),
+          await readFile(join(certs, 'server-cert.pem')),
+        );
+        const s = await serve([
+          `file://${dir}/v/`,
+          '--create',
+          '--size',
+          '8M',
+          '--tls-certificates',
+          certs,
+          '--tls',
+          'require',
+        ]);
+        try {
+          assert.match(s.uris[0]!, /^nbds:\/\//);
+          const ok = await run('nbdinfo', ['--size', `${s.uris[0]!}?tls-certificates=${client}`]);
+          assert.equal(ok.code, 0, ok.stderr);
+          assert.equal(ok.stdout.trim(), String(8 * MiB));
+          const plain = await run('nbdinfo', ['--size', s.uris[0]!.replace(/^nbds:/, 'nbd:')]);
+          assert.notEqual(plain.code, 0);
+        } finally {
+          assert.equal(await s.stop(), 0);
+        }
+      } finally {
+        await rm(dir, { recursive: true, force: true });
+      }
+    });
+  },
+);
