@@ -257,8 +257,8 @@ export default class Serve extends BaseCommand<typeof Serve> {
       },
     );
 
-    // Run until SIGINT/SIGTERM (the base command turns them into this abort signal) or until
-    // a writable volume loses its lease.
+    // Run until SIGINT/SIGTERM (the base command turns them into this abort signal). A volume
+    // whose lease is lost keeps being served, but its writes fail (EPERM) and are logged.
     const stopped = await new Promise<string>((resolve) => {
       if (signal.aborted) resolve('interrupted');
       signal.addEventListener('abort', () => resolve('interrupted'), { once: true });
