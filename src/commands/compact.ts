@@ -156,7 +156,6 @@ Dropping checkpoints cannot be undone: with --keep-last or --keep-within the com
       throw e;
     }
     spinner.stop();
-    BaseCommand.throwIfAborted(signal);
     const s = storeStats(store);
     const requests: CompactRequests = {
       get: s?.get ?? 0,

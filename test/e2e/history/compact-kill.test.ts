@@ -275,7 +275,7 @@ function assertCompacted(r: CompactCommandResult, st: { storedBytes: number }, w
   );
 }
 
-describe('hyper compact killed with SIGKILL at random points', () => {
+describe('hyper compact interrupted (SIGKILL at random points, SIGINT)', () => {
   it('leaves a valid volume every time, and a rerun finishes the job (file://)', async (t) => {
     const what0 = `seed ${SEED}`;
     const dir = await tempDir(t, 'hyper-compact-');
@@ -364,6 +364,47 @@ describe('hyper compact killed with SIGKILL at random points', () => {
     // The test means something only if runs were really cut short mid-way.
     assert.ok(killed >= trials - 1, `${what0}: only ${killed} of ${trials} runs were killed`);
     assert.ok(refusals >= 2, `${what0}: only ${refusals} kills left a lease (none mid-way?)`);
+  });
+
+  it('stops cleanly on SIGINT (exit 130), releasing the lease', async (t) => {
+    const dir = await tempDir(t, 'hyper-compact-int-');
+    const volDir = join(dir, 'vol');
+    await mkdir(volDir);
+    const store = await openStore(fileUrl(volDir));
+    let expected: Expected;
+    try {
+      expected = await buildHistory(store, 16 * MiB, 3, SEED + 7);
+    } finally {
+      await store.close();
+    }
+    const target = fileTarget(volDir);
+    const before = new Set(await target.segments());
+    let stop = false;
+    const run = await hyper(compactArgs(target), {
+      onSpawn: (child) => {
+        void (async () => {
+          // Interrupt once the rewrite has written its first segment.
+          while (!stop) {
+            const now = await target.segments();
+            if (now.some((n) => !before.has(n))) {
+              child.kill('SIGINT');
+              return;
+            }
+            await sleep(2);
+          }
+        })();
+      },
+    });
+    stop = true;
+    assert.equal(run.code, 130, show(run));
+    assert.match(run.stderr, /Received SIGINT: stopping cleanly/);
+    const err = JSON.parse(run.stdout) as { error: { code: string } };
+    assert.equal(err.error.code, 'ABORTED');
+    await verify(target, expected, join(dir, 'out.img'), 'after SIGINT');
+    // The lease was released: a rerun needs no --force.
+    const again = await hyperJson<CompactCommandResult>(compactArgs(target).slice(0, -1));
+    assert.ok(again.storedBytesAfter <= 1.15 * again.liveBytes + OVERHEAD);
+    await verify(target, expected, join(dir, 'out.img'), 'after the rerun', false);
   });
 
   it('the same on S3 (RGW)', async (t) => {
