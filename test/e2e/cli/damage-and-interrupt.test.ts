@@ -121,4 +121,48 @@ describe('hyper file: damaged data and interruption', () => {
     assert.equal(copied * 4096, st.usedBytes);
     if (r.code === 0) assert.equal(copied * 4096, size);
   });
+
+  it('stops an export cleanly on SIGINT, leaving no image behind', async (t) => {
+    const dir = await tempDir(t);
+    const volDir = join(dir, 'vol');
+    const imagePath = join(dir, 'big.img');
+    const fh = await open(imagePath, 'w');
+    for (let off = 0; off < 256 * MiB; off += 4 * MiB)
+      await fh.write(randomBytes(4 * MiB), 0, 4 * MiB, off);
+    await fh.close();
+    await hyperJson(['file', 'import', imagePath, fileUrl(volDir), '--create'], 0, {
+      timeoutMs: 120_000,
+    });
+
+    const out = join(dir, 'out.img');
+    const r = await hyper(['file', 'export', fileUrl(volDir), out], {
+      timeoutMs: 120_000,
+      // Interrupt once the temporary image holds some data.
+      onSpawn: (child) => {
+        void (async () => {
+          for (let i = 0; i < 3000 && child.exitCode === null; i++) {
+            const partial = (await readdir(dir)).find((n) => n.endsWith('.partial'));
+            const used = partial
+              ? await stat(join(dir, partial)).then(
+                  (s) => s.blocks * 512,
+                  () => 0,
+                )
+              : 0;
+            if (used > 8 * MiB) break;
+            await sleep(5);
+          }
+          child.kill('SIGINT');
+        })();
+      },
+    });
+    const left = (await readdir(dir)).sort();
+    if (r.code === 0) {
+      t.diagnostic('the export finished before SIGINT arrived');
+      assert.deepEqual(left, ['big.img', 'out.img', 'vol']);
+    } else {
+      assert.equal(r.code, 130, show(r));
+      assert.match(r.stderr, /^Error \[ABORTED\]: Export interrupted .* no image was written/m);
+      assert.deepEqual(left, ['big.img', 'vol'], 'neither the image nor a temporary file is left');
+    }
+  });
 });
