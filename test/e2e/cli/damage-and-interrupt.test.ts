@@ -122,6 +122,47 @@ describe('hyper file: damaged data and interruption', () => {
     if (r.code === 0) assert.equal(copied * 4096, size);
   });
 
+  it('exits at once on a second SIGINT, leaving the last committed checkpoint', async (t) => {
+    const dir = await tempDir(t);
+    const volDir = join(dir, 'vol');
+    const imagePath = join(dir, 'big.img');
+    const fh = await open(imagePath, 'w');
+    for (let off = 0; off < 256 * MiB; off += 4 * MiB)
+      await fh.write(randomBytes(4 * MiB), 0, 4 * MiB, off);
+    await fh.close();
+
+    const r = await hyper(['file', 'import', imagePath, fileUrl(volDir), '--create'], {
+      timeoutMs: 120_000,
+      onSpawn: (child) => {
+        void (async () => {
+          for (let i = 0; i < 3000 && child.exitCode === null; i++) {
+            const segs = await readdir(join(volDir, 'seg')).catch(() => []);
+            if (segs.length >= 2) break;
+            await sleep(10);
+          }
+          child.kill('SIGINT');
+          await sleep(20);
+          child.kill('SIGINT');
+        })();
+      },
+    });
+    if (r.code === 0) {
+      t.diagnostic('the import finished before the signals arrived');
+      return;
+    }
+    assert.equal(r.code, 130, show(r));
+    // The writer died holding its lease, but a read-only export needs none: the volume reads
+    // as its last committed checkpoint, a prefix of whole blocks.
+    const out = join(dir, 'out.img');
+    await hyperJson(['file', 'export', fileUrl(volDir), out], 0, { timeoutMs: 120_000 });
+    const [a, b] = [await readFile(imagePath), await readFile(out)];
+    const zero = Buffer.alloc(4096);
+    for (let off = 0; off < b.length; off += 4096) {
+      const got = b.subarray(off, off + 4096);
+      assert.ok(got.equals(a.subarray(off, off + 4096)) || got.equals(zero), `block ${off / 4096}`);
+    }
+  });
+
   it('stops an export cleanly on SIGINT, leaving no image behind', async (t) => {
     const dir = await tempDir(t);
     const volDir = join(dir, 'vol');
