@@ -152,10 +152,14 @@ export async function benchTargets(section: string): Promise<BenchTarget[]> {
   const run = `${section}-${Date.now().toString(36)}`;
   const out: BenchTarget[] = [];
   if (want.includes('file')) {
-    const base = existsSync('/dev/shm') ? '/dev/shm' : join(process.cwd(), '.tmp');
+    // scripts/bench.sh points HYPER_BENCH_DIR at a tmpfs directory it removes at exit.
+    const base =
+      process.env.HYPER_BENCH_DIR ??
+      (existsSync('/dev/shm') ? '/dev/shm' : join(process.cwd(), '.tmp'));
     const dir = join(base, `hyper-bench-${run}`);
     await mkdir(dir, { recursive: true });
-    out.push({ name: existsSync('/dev/shm') ? 'file (tmpfs)' : 'file', url: `file://${dir}/` });
+    const tmpfs = base.startsWith('/dev/shm');
+    out.push({ name: tmpfs ? 'file (tmpfs)' : 'file', url: `file://${dir}/` });
   }
   const endpoint = process.env.HYPER_TEST_S3_ENDPOINT;
   const bucket = process.env.HYPER_TEST_S3_BUCKET;

@@ -7,7 +7,8 @@
 #   npm run bench                  every section (bench/*.ts but lib.ts and serve-*.ts)
 #   npm run bench -- store format  only these
 # Environment: HYPER_SKIP_INSTALL=1 (skip package install and npm ci), HYPER_BENCH_ARGS
-# (extra arguments for every section, e.g. "--reps 1").
+# (extra arguments for every section, e.g. "--reps 1"). Sections get the S3 variables of
+# the tests (HYPER_TEST_S3_ENDPOINT, ...) and HYPER_BENCH_DIR for their file:// targets.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export NODE_NO_WARNINGS=${NODE_NO_WARNINGS:-1}
@@ -33,9 +34,17 @@ fi
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/hyper-bench.XXXXXX")
 RGW_DIR="$WORK/rgw"
+# file:// targets of the sections live here (tmpfs when there is one), removed at exit.
+if [ -d /dev/shm ]; then
+  HYPER_BENCH_DIR=$(mktemp -d /dev/shm/hyper-bench.XXXXXX)
+else
+  HYPER_BENCH_DIR="$WORK/files"
+  mkdir -p "$HYPER_BENCH_DIR"
+fi
+export HYPER_BENCH_DIR
 cleanup() {
   bash scripts/rgw/stop.sh "$RGW_DIR"
-  rm -rf "$WORK"
+  rm -rf "$WORK" "$HYPER_BENCH_DIR"
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
