@@ -112,11 +112,27 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     return Boolean(process.stdin.isTTY && process.stderr.isTTY) && !this.jsonEnabled();
   }
 
-  /** Ask a yes/no question on the terminal (stderr); only call when isInteractive(). */
+  /**
+   * Ask a yes/no question on the terminal (stderr); only call when isInteractive(). End of
+   * input counts as "no"; Ctrl-C at the prompt is an interruption (exit code 130).
+   */
   protected async confirm(question: string): Promise<boolean> {
     const rl = createInterface({ input: process.stdin, output: process.stderr });
     try {
-      const answer = await rl.question(`${question} [y/N] `);
+      const answer = await new Promise<string>((resolve, reject) => {
+        rl.on('SIGINT', () => {
+          process.stderr.write('\n');
+          reject(
+            new HyperError(
+              'unavailable',
+              'ABORTED',
+              'Interrupted at the prompt; nothing was changed.',
+            ),
+          );
+        });
+        rl.on('close', () => resolve(''));
+        rl.question(`${question} [y/N] `).then(resolve, reject);
+      });
       return /^y(es)?$/i.test(answer.trim());
     } finally {
       rl.close();

@@ -61,7 +61,7 @@ describe('hyper file next to a live writer', () => {
   });
 });
 
-/** Run `hyper …args` on a pseudo-terminal (util-linux `script`), typing `answer`. */
+/** Run `hyper …args` on a pseudo-terminal (util-linux `script`), typing `answer` at the prompt. */
 function onTerminal(args: string[], answer: string): Promise<{ code: number; output: string }> {
   const quoted = [process.execPath, runJs, ...args]
     .map((a) => `'${a.replaceAll("'", "'\\''")}'`)
@@ -84,7 +84,7 @@ function onTerminal(args: string[], answer: string): Promise<{ code: number; out
     const ask = setInterval(() => {
       if (output.includes('[y/N]')) {
         clearInterval(ask);
-        child.stdin.end(`${answer}\n`);
+        child.stdin.end(answer);
       }
     }, 20);
     child.on('close', () => clearInterval(ask));
@@ -98,13 +98,18 @@ describe('hyper file delete on a terminal', () => {
     const url = fileUrl(join(dir, 'vol'));
     await hyperJson(['file', 'create', url, '--size', '1M']);
 
-    const no = await onTerminal(['file', 'delete', url], 'n');
+    const no = await onTerminal(['file', 'delete', url], 'n\n');
     assert.equal(no.code, 2, no.output);
     assert.match(no.output, /Delete volume .* and all its checkpoints\? \[y\/N\]/);
     assert.match(no.output, /nothing was deleted/);
     assert.equal((await hyper(['file', 'stat', url])).code, 0, 'still there');
 
-    const yes = await onTerminal(['file', 'delete', url], 'y');
+    const ctrlC = await onTerminal(['file', 'delete', url], '\x03');
+    assert.equal(ctrlC.code, 130, ctrlC.output);
+    assert.match(ctrlC.output, /Error \[ABORTED\]: Interrupted at the prompt; nothing was changed/);
+    assert.equal((await hyper(['file', 'stat', url])).code, 0, 'still there after Ctrl-C');
+
+    const yes = await onTerminal(['file', 'delete', url], 'y\n');
     assert.equal(yes.code, 0, yes.output);
     assert.match(yes.output, /Deleted /);
     assert.equal((await hyper(['file', 'stat', url])).code, 3, 'gone');
