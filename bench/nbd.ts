@@ -240,28 +240,37 @@ async function main(): Promise<void> {
     const results: Record<string, Record<Metric, number[]>> = {};
     let port = 20000 + Math.floor(Math.random() * 20000);
     const chosen = peers.filter((p) => only.includes(p.name) || p.name === 'hyper-volume');
+    // Every peer runs side by side: in each repetition all servers are started, then each
+    // workload runs on every peer in turn (the order rotates per repetition), so that a
+    // change in machine load hits all peers alike.
     for (let rep = 0; rep < reps; rep++) {
-      for (const peer of chosen) {
-        const r = (results[peer.name] ??= {
-          copyWrite: [],
-          copyRead: [],
-          randread: [],
-          randwrite: [],
-        });
-        const pdir = join(dir, `${peer.name}-${rep}`);
-        await mkdir(pdir);
-        const { proc, uri } = await peer.start(port++, pdir);
-        try {
-          r.copyWrite.push(sizeMiB / timeIt('nbdcopy', [src, uri]));
-          r.copyRead.push(sizeMiB / timeIt('nbdcopy', [uri, 'null:']));
-          r.randread.push(fio(uri, 'randread'));
-          r.randwrite.push(fio(uri, 'randwrite'));
-          process.stderr.write(
-            `${peer.name} rep ${rep + 1}: ${metrics.map((m) => `${m}=${Math.round(r[m].at(-1)!)}`).join(' ')}\n`,
-          );
-        } finally {
-          await stop(proc);
-          await rm(pdir, { recursive: true, force: true });
+      const order = chosen.map((_, k) => chosen[(k + rep) % chosen.length]!);
+      const running: { name: string; proc: ChildProcess; uri: string; pdir: string }[] = [];
+      try {
+        for (const peer of order) {
+          results[peer.name] ??= { copyWrite: [], copyRead: [], randread: [], randwrite: [] };
+          const pdir = join(dir, `${peer.name}-${rep}`);
+          await mkdir(pdir);
+          const { proc, uri } = await peer.start(port++, pdir);
+          running.push({ name: peer.name, proc, uri, pdir });
+        }
+        const runs: Record<Metric, (uri: string) => number> = {
+          copyWrite: (uri) => sizeMiB / timeIt('nbdcopy', [src, uri]),
+          copyRead: (uri) => sizeMiB / timeIt('nbdcopy', [uri, 'null:']),
+          randread: (uri) => fio(uri, 'randread'),
+          randwrite: (uri) => fio(uri, 'randwrite'),
+        };
+        for (const m of metrics) {
+          for (const p of running) {
+            const v = runs[m](p.uri);
+            results[p.name]![m].push(v);
+            process.stderr.write(`rep ${rep + 1} ${m} ${p.name}: ${Math.round(v)}\n`);
+          }
+        }
+      } finally {
+        for (const p of running) {
+          await stop(p.proc);
+          await rm(p.pdir, { recursive: true, force: true });
         }
       }
     }
