@@ -118,7 +118,7 @@ export default class Serve extends BaseCommand<typeof Serve> {
     }),
     tls: Flags.string({
       summary:
-        'With --tls-certificates: "on" offers TLS, "require" refuses clients that do not use it.',
+        'With --tls-certificates: "on" (the default) offers TLS, "require" refuses clients that do not use it.',
       options: ['on', 'require'],
       dependsOn: ['tls-certificates'],
     }),
