@@ -6,7 +6,8 @@
  * Prints a table with ratios to each peer and writes bench-results/nbd.json.
  *
  *   node --import tsx bench/nbd.ts [--reps N] [--size-mib N] [--runtime S] [--only hyper,nbdkit,qemu-nbd]
- *                                  [--volume]   (also serve a file:// volume on tmpfs via bin/run.js serve)
+ *                                  [--volume]   (also serve a file:// volume on tmpfs via bin/run.js serve;
+ *                                                needs `npm run build` first)
  */
 import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
