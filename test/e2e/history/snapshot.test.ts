@@ -245,6 +245,22 @@ describe('hyper snapshot', () => {
     const j = await hyperJson<ErrorOut>(['snapshot', 'diff', url, '--from', 'bad name'], 2);
     assert.equal(j.error.code, 'INVALID_ARGUMENT');
     assert.match(j.error.message, /for --from/);
+    // compact: a policy that keeps everything drops nothing; dropping history needs --yes
+    // without a terminal; a bad --min-live is a usage error. None of it changes the volume.
+    const keepAll = await hyperJson<{ checkpointsDropped: number; dryRun: boolean }>([
+      'compact',
+      url,
+      '--keep-within',
+      '1h',
+      '--dry-run',
+    ]);
+    assert.deepEqual(keepAll, { ...keepAll, checkpointsDropped: 0, dryRun: true });
+    const noYes = await hyper(['compact', url, '--keep-last', '1']);
+    assert.equal(noYes.code, 2, show(noYes));
+    assert.match(noYes.stderr, /without confirmation.*\n.*--yes/);
+    const badLive = await hyper(['compact', url, '--min-live', '2', '--dry-run']);
+    assert.equal(badLive.code, 2, show(badLive));
+    assert.match(badLive.stderr, /--min-live/);
     // A missing volume: exit 3.
     const nov = await hyper(['snapshot', 'list', fileUrl(join(dir, 'nothing'))]);
     assert.equal(nov.code, 3, show(nov));
