@@ -240,38 +240,42 @@ async function main(): Promise<void> {
 
     const results: Record<string, Record<Metric, number[]>> = {};
     let port = 20000 + Math.floor(Math.random() * 20000);
-    const chosen = peers.filter((p) => only.includes(p.name) || p.name === 'hyper-volume');
-    // Every peer runs side by side: in each repetition all servers are started, then each
-    // workload runs on every peer in turn (the order rotates per repetition), so that a
-    // change in machine load hits all peers alike.
+    const runs: Record<Metric, (uri: string) => number> = {
+      copyWrite: (uri) => sizeMiB / timeIt('nbdcopy', [src, uri]),
+      copyRead: (uri) => sizeMiB / timeIt('nbdcopy', [uri, 'null:']),
+      randread: (uri) => fio(uri, 'randread'),
+      randwrite: (uri) => fio(uri, 'randwrite'),
+    };
+    // The transport peers run side by side: in each repetition all of them are started, then
+    // each workload runs on every peer in turn (the order rotates per repetition), so that a
+    // change in machine load hits all peers alike. The volume row runs alone afterwards: its
+    // background flushes would otherwise disturb whichever peer runs next.
+    const sideBySide = peers.filter((p) => only.includes(p.name) && p.name !== 'hyper-volume');
+    const alone = peers.filter((p) => p.name === 'hyper-volume');
     for (let rep = 0; rep < reps; rep++) {
-      const order = chosen.map((_, k) => chosen[(k + rep) % chosen.length]!);
-      const running: { name: string; proc: ChildProcess; uri: string; pdir: string }[] = [];
-      try {
-        for (const peer of order) {
-          results[peer.name] ??= { copyWrite: [], copyRead: [], randread: [], randwrite: [] };
-          const pdir = join(dir, `${peer.name}-${rep}`);
-          await mkdir(pdir);
-          const { proc, uri } = await peer.start(port++, pdir);
-          running.push({ name: peer.name, proc, uri, pdir });
-        }
-        const runs: Record<Metric, (uri: string) => number> = {
-          copyWrite: (uri) => sizeMiB / timeIt('nbdcopy', [src, uri]),
-          copyRead: (uri) => sizeMiB / timeIt('nbdcopy', [uri, 'null:']),
-          randread: (uri) => fio(uri, 'randread'),
-          randwrite: (uri) => fio(uri, 'randwrite'),
-        };
-        for (const m of metrics) {
-          for (const p of running) {
-            const v = runs[m](p.uri);
-            results[p.name]![m].push(v);
-            process.stderr.write(`rep ${rep + 1} ${m} ${p.name}: ${Math.round(v)}\n`);
+      const order = sideBySide.map((_, k) => sideBySide[(k + rep) % sideBySide.length]!);
+      for (const group of [order, ...alone.map((p) => [p])]) {
+        const running: { name: string; proc: ChildProcess; uri: string; pdir: string }[] = [];
+        try {
+          for (const peer of group) {
+            results[peer.name] ??= { copyWrite: [], copyRead: [], randread: [], randwrite: [] };
+            const pdir = join(dir, `${peer.name}-${rep}`);
+            await mkdir(pdir);
+            const { proc, uri } = await peer.start(port++, pdir);
+            running.push({ name: peer.name, proc, uri, pdir });
           }
-        }
-      } finally {
-        for (const p of running) {
-          await stop(p.proc);
-          await rm(p.pdir, { recursive: true, force: true });
+          for (const m of metrics) {
+            for (const p of running) {
+              const v = runs[m](p.uri);
+              results[p.name]![m].push(v);
+              process.stderr.write(`rep ${rep + 1} ${m} ${p.name}: ${Math.round(v)}\n`);
+            }
+          }
+        } finally {
+          for (const p of running) {
+            await stop(p.proc);
+            await rm(p.pdir, { recursive: true, force: true });
+          }
         }
       }
     }
