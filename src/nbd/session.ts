@@ -410,13 +410,20 @@ export class Session implements ParserHandler {
       this.replyError(type, hi, lo, err, `${commandName(type)} refused: ${errnoName(err)}`);
       return;
     }
+    if (type === CMD_DISC) {
+      this.finish('client sent DISC');
+      return;
+    }
     const d = this.device!;
+    // Counted before the device is called, so that every path below (including a device
+    // that throws synchronously) gives back exactly what it took.
+    const bytes = type === CMD_WRITE || type === CMD_READ ? length : 0;
+    this.inflight++;
+    this.inflightBytes += bytes;
     let p: Promise<unknown>;
     try {
       switch (type) {
         case CMD_READ:
-          this.inflightBytes += length;
-          this.inflight++;
           d.read(offset, length).then(
             (buf) => this.readDone(hi, lo, offset, length, buf),
             (e: unknown) => this.failed(type, hi, lo, length, e),
@@ -424,7 +431,6 @@ export class Session implements ParserHandler {
           if (this.overLimits()) this.throttle();
           return;
         case CMD_WRITE:
-          this.inflightBytes += length;
           if (!Array.isArray(payload))
             p = d.write(offset, payload!, { fua: (flags & CMD_FLAG_FUA) !== 0 });
           else if (d.writev !== undefined)
@@ -451,7 +457,6 @@ export class Session implements ParserHandler {
           p = d.cache!(offset, length);
           break;
         case CMD_BLOCK_STATUS:
-          this.inflight++;
           d.extents(offset, length).then(
             (ext) =>
               this.extentsDone(hi, lo, offset, length, (flags & CMD_FLAG_REQ_ONE) !== 0, ext),
@@ -459,21 +464,15 @@ export class Session implements ParserHandler {
           );
           if (this.overLimits()) this.throttle();
           return;
-        case CMD_DISC:
-          this.finish('client sent DISC');
-          return;
         default:
-          this.replyError(type, hi, lo, EINVAL, 'unknown command');
-          return;
+          // Unreachable: validate() refuses unknown commands.
+          throw new Error(`unknown command ${type}`);
       }
     } catch (e) {
       // A device that throws synchronously instead of rejecting.
-      this.inflight++;
-      this.failed(type, hi, lo, type === CMD_WRITE || type === CMD_READ ? length : 0, e);
+      this.failed(type, hi, lo, bytes, e);
       return;
     }
-    this.inflight++;
-    const bytes = type === CMD_WRITE ? length : 0;
     p.then(
       () => this.done(hi, lo, bytes),
       (e: unknown) => this.failed(type, hi, lo, bytes, e),

@@ -167,4 +167,41 @@ describe('transmission', () => {
     await closing;
     await assert.rejects(RawClient.open(s.port!));
   });
+  it('a device that throws synchronously gets an error reply and leaks nothing', async () => {
+    const inner = new MemoryDevice({ size: MiB });
+    const dev: BlockDevice = {
+      size: inner.size,
+      blockSize: inner.blockSize,
+      capabilities: inner.capabilities,
+      read: () => {
+        throw Object.assign(new Error('sync failure'), { kind: 'invalid', code: 'OUT_OF_RANGE' });
+      },
+      write: () => {
+        throw new Error('sync write failure');
+      },
+      flush: () => inner.flush(),
+      trim: (o, l, f) => inner.trim(o, l, f),
+      zero: (o, l, f) => inner.zero(o, l, f),
+      extents: () => {
+        throw new Error('sync extents failure');
+      },
+      close: () => inner.close(),
+    };
+    const s = await startServer([deviceExport('d', dev)]);
+    const c = await RawClient.open(s.port!);
+    try {
+      await c.handshake();
+      await c.go();
+      c.send(req(0, 1n, 0n, 512));
+      assert.deepEqual(await c.simpleReply(), { error: 22, handle: 1n });
+      c.send(req(1, 2n, 0n, 512, 0, Buffer.alloc(512)));
+      assert.deepEqual(await c.simpleReply(), { error: 5, handle: 2n });
+      // DISC closes at once only if nothing is counted as still in flight.
+      c.send(req(2, 3n, 0n, 0));
+      assert.ok(await c.waitClosed(2000), 'closed after DISC');
+    } finally {
+      c.close();
+      await s.close();
+    }
+  });
 });
