@@ -18,8 +18,25 @@ export class Generation {
   readonly ranges: [number, number][] = [];
   /** Bytes of block data held. */
   bytes = 0;
+  /** Blocks are carved from slabs that live and die with the generation (few large allocations). */
+  private slab: Buffer | undefined;
+  private slabUsed = 0;
+  private readonly slabSize: number;
 
-  constructor(private readonly blockSize: number) {}
+  constructor(private readonly blockSize: number) {
+    this.slabSize = Math.max(blockSize, 1024 * 1024);
+  }
+
+  /** A fresh, uninitialised block buffer for this generation. */
+  alloc(): Buffer {
+    if (!this.slab || this.slabUsed + this.blockSize > this.slab.length) {
+      this.slab = Buffer.allocUnsafeSlow(this.slabSize);
+      this.slabUsed = 0;
+    }
+    const b = this.slab.subarray(this.slabUsed, this.slabUsed + this.blockSize);
+    this.slabUsed += this.blockSize;
+    return b;
+  }
 
   get empty(): boolean {
     return this.blocks.size === 0 && this.ranges.length === 0;

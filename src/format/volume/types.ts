@@ -63,13 +63,13 @@ export interface OpenOptions {
   walUrl?: string;
   /** Take the lease even if another holder's lease is live (fences that holder). */
   force?: boolean;
-  /** Bytes of index nodes kept in memory (default 64 MiB). */
+  /** Bytes of index nodes kept in memory (default 32 MiB). */
   nodeCacheBytes?: number;
-  /** Bytes of clean data blocks kept in memory (default 64 MiB). */
+  /** Bytes of clean data blocks kept in memory (default 32 MiB). */
   dataCacheBytes?: number;
   /** Dirty bytes that start a flush (default: the volume's segment size). */
   flushBytes?: number;
-  /** Dirty bytes at which writers wait for a flush (default 2 × flushBytes). */
+  /** Dirty bytes at which writers wait for a flush (default 1.5 × flushBytes). */
   maxDirtyBytes?: number;
   /** Flush dirty data at least this often (default 5000 ms; 0 disables the timer). */
   flushIntervalMs?: number;

@@ -14,6 +14,7 @@ import { DecodeError, crc32c } from '../codec/binary.js';
 import { decodeHead, encodeHead, isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
 import {
   ENTRY_SIZE,
+  NODE_HEADER,
   SECTOR,
   decodeNode,
   encodeNode,
@@ -21,15 +22,7 @@ import {
   nodeCapacity,
 } from '../codec/node.js';
 import { decodeEmbeddedHead, encodeSegmentHeader } from '../codec/segment.js';
-import {
-  BTree,
-  Miss,
-  Node,
-  PENDING_SEG,
-  type BlockPtr,
-  newEntries,
-  writePtr,
-} from '../index/btree.js';
+import { BTree, Miss, Node, PENDING_SEG, type BlockPtr, newEntries } from '../index/btree.js';
 import { LruCache } from '../index/cache.js';
 import { NodeLoader } from '../index/loader.js';
 import { HEAD_KEY, SEGMENT_PREFIX, parseSegmentKey, segmentKey, snapshotKey } from '../keys.js';
@@ -222,18 +215,24 @@ export class Volume {
       segments,
       this.nodeSize,
       this.capacity,
-      opts.nodeCacheBytes ?? 64 * MiB,
+      opts.nodeCacheBytes ?? 32 * MiB,
     );
     this.tree = new BTree(this.decodeRoot(head), this.capacity, this.loader);
-    this.dataCache = new LruCache(opts.dataCacheBytes ?? 64 * MiB);
+    this.dataCache = new LruCache(opts.dataCacheBytes ?? 32 * MiB);
     this.active = new Generation(this.bs);
     this.flushBytes = opts.flushBytes ?? head.segmentSize;
-    this.maxDirty = Math.max(opts.maxDirtyBytes ?? 2 * this.flushBytes, this.flushBytes);
+    this.maxDirty = Math.max(opts.maxDirtyBytes ?? 1.5 * this.flushBytes, this.flushBytes);
     this.zero = Buffer.alloc(this.bs);
     const interval = opts.flushIntervalMs ?? 5000;
     if (!readOnly && interval > 0) {
       this.timer = setInterval(() => {
-        if (!this.active.empty && !this.current) this.background();
+        if ((!this.active.empty || this.headBehind) && !this.current) {
+          this.flush().catch((e: unknown) =>
+            this.log.warn('timed flush failed', {
+              error: e instanceof Error ? e.message : String(e),
+            }),
+          );
+        }
       }, interval);
       this.timer.unref();
     }
@@ -728,16 +727,17 @@ export class Volume {
       const bStart = lba * bs;
       const from = Math.max(offset, bStart);
       const to = Math.min(end, bStart + bs);
+      // A block already in the active generation is updated in place (reads copy out of it).
+      const cur = this.active.blocks.get(lba);
       let blk: Buffer;
       if (to - from === bs) {
-        blk = Buffer.allocUnsafe(bs);
+        blk = cur ?? this.active.alloc();
         data.copy(blk, 0, from - offset, to - offset);
       } else {
-        const cur = this.active.blocks.get(lba);
         if (cur) blk = cur;
         else {
           const old = lba === first ? firstOld : lastOld;
-          blk = Buffer.allocUnsafe(bs);
+          blk = this.active.alloc();
           if (old) old.copy(blk);
           else blk.fill(0);
         }
@@ -851,9 +851,14 @@ export class Volume {
     if (this.active.bytes >= this.flushBytes && !this.current) this.background();
   }
 
-  /** Start a flush nobody waits for; failures are logged and retried by the next flush. */
+  /**
+   * Write the dirty data out as a segment because the write-back buffer is full. Nobody asked
+   * for durability, so the head CAS waits for the next flush/FUA/timer/close (one PUT per
+   * segment while streaming, not two). Failures are logged and retried by the next flush.
+   */
   private background(): void {
-    this.flush().catch((e: unknown) => {
+    if (this.current) return;
+    this.startFlush(false).catch((e: unknown) => {
       this.log.warn('background flush failed', {
         error: e instanceof Error ? e.message : String(e),
       });
@@ -961,6 +966,7 @@ export class Volume {
       }
     }
     this.walTrimmed = this.head.walSeq ?? 0;
+    this.committedWalSeq = this.head.walSeq ?? 0;
     if (replayed > 0) {
       this.log.info('replayed WAL', { entries: replayed });
       await this.flush();
@@ -973,7 +979,7 @@ export class Volume {
    */
   private trimWal(): void {
     const wal = this.wal;
-    const upTo = Math.min(this.head.walSeq ?? 0, wal ? wal.lastDurable - 1 : 0);
+    const upTo = Math.min(this.committedWalSeq, wal ? wal.lastDurable - 1 : 0);
     if (!wal || upTo <= this.walTrimmed) return;
     const from = this.walTrimmed + 1;
     this.walTrimmed = upTo;
@@ -1074,12 +1080,12 @@ export class Volume {
    */
   flush(): Promise<CheckpointInfo> {
     if (this.readOnly) return Promise.resolve(this.checkpointInfo());
-    if (!this.current) return this.startFlush();
+    if (!this.current) return this.startFlush(true);
     this.queued ??= this.current
       .catch(() => undefined)
       .then(() => {
         this.queued = undefined;
-        return this.startFlush();
+        return this.startFlush(true);
       });
     return this.queued;
   }
@@ -1088,8 +1094,8 @@ export class Volume {
     return { checkpoint: this.head.checkpoint, time: new Date(this.head.checkpointMs) };
   }
 
-  private startFlush(): Promise<CheckpointInfo> {
-    const p = this.doFlush().finally(() => {
+  private startFlush(commitHead: boolean): Promise<CheckpointInfo> {
+    const p = this.doFlush(commitHead).finally(() => {
       if (this.current === p) this.current = undefined;
       const waiters = this.roomWaiters;
       this.roomWaiters = [];
@@ -1099,10 +1105,17 @@ export class Volume {
     return p;
   }
 
-  private async doFlush(): Promise<CheckpointInfo> {
+  private async doFlush(commitHead: boolean): Promise<CheckpointInfo> {
     this.checkWritable();
     const gen = this.active;
-    if (gen.empty && !this.metaDirty) return this.checkpointInfo();
+    if (gen.empty && !this.metaDirty) {
+      // Segments written by background flushes still wait for their head: one CAS commits them.
+      if (commitHead && this.headBehind) {
+        await this.casHead(encodeHead(this.head));
+        this.headCommitted();
+      }
+      return this.checkpointInfo();
+    }
     this.active = new Generation(this.bs);
     this.frozen = gen;
     // Durable WAL batches hold only writes applied to `gen`: this checkpoint covers them.
@@ -1111,9 +1124,8 @@ export class Volume {
     const metaWas = this.metaDirty;
     this.metaDirty = false;
     try {
-      const info = await this.commit(gen);
+      const info = await this.commit(gen, commitHead);
       this.lastFlushError = undefined;
-      this.trimWal();
       return info;
     } catch (e) {
       // Nothing was committed: put the changes back under the newer ones and report.
@@ -1127,8 +1139,19 @@ export class Volume {
     }
   }
 
-  /** Apply `gen` to the index and write it as one segment + head CAS. */
-  private async commit(gen: Generation): Promise<CheckpointInfo> {
+  /** The head object now names this.head: WAL records it covers can go. */
+  private headCommitted(): void {
+    this.headBehind = false;
+    this.committedWalSeq = this.head.walSeq ?? this.committedWalSeq;
+    this.trimWal();
+  }
+
+  /** True after a background flush wrote a segment whose head is not committed yet. */
+  private headBehind = false;
+  private committedWalSeq = 0;
+
+  /** Apply `gen` to the index and write it as one segment, then (if asked) CAS the head. */
+  private async commit(gen: Generation, commitHead: boolean): Promise<CheckpointInfo> {
     const tree = this.tree;
     for (const [lo, hi] of gen.ranges)
       await this.loader.run(() => tree.deleteRange(lo, hi), isMiss);
@@ -1158,6 +1181,16 @@ export class Volume {
       const id = this.head.lastSegment + 1;
       const now = Date.now();
       const built = this.buildCheckpoint(id, now, nodes, dataLbas, blocks, crcs);
+      // The frozen blocks now also live in the segment buffer (immutable from here on): serve
+      // reads from there and let the per-block buffers go, so a flush holds its data once.
+      for (let k = 0; k < blocks.length; k++) {
+        const view = built.segment.subarray(
+          built.dataOffset + k * this.bs,
+          built.dataOffset + (k + 1) * this.bs,
+        );
+        blocks[k] = view;
+        gen.blocks.set(dataLbas[k] as number, view);
+      }
       try {
         await this.store.put(segmentKey(id), built.segment, { ifNoneMatch: true });
       } catch (e) {
@@ -1171,22 +1204,26 @@ export class Volume {
         throw e;
       }
       this.counters.segmentsWritten++;
-      await this.casHead(built.headBytes);
+      if (commitHead) await this.casHead(built.headBytes);
       this.head = built.head;
+      if (commitHead) this.headCommitted();
+      else this.headBehind = true;
       this.nextMeta = {};
       this.historyFloorSelf = false;
       this.counters.flushes++;
-      // Committed: the dirty nodes become clean cached nodes at their new homes.
-      for (const [node, entries] of built.patched) {
-        node.e = entries;
+      // Committed: the dirty nodes become clean cached nodes at their new homes, with the
+      // entries exactly as written (taken back from the segment).
+      for (const node of nodes) {
+        const at = node.newOff + NODE_HEADER;
+        built.segment.copy(node.e, 0, at, at + node.n * ENTRY_SIZE);
         node.dirty = false;
         node.kids = undefined;
-        if (node !== tree.root) this.loader.add(id, node.newOff, node);
+        this.loader.add(id, node.newOff, node);
       }
-      for (let k = 0; k < blocks.length; k++) {
-        const blk = blocks[k] as Buffer;
-        this.dataCache.set(`${id}:${built.dataOffset + k * this.bs}`, blk, blk.length);
-      }
+      const root = tree.root;
+      built.rootEntries.copy(root.e, 0);
+      root.dirty = false;
+      root.kids = undefined;
       return this.checkpointInfo();
     }
   }
@@ -1238,7 +1275,7 @@ export class Volume {
     head: HeadRecord;
     headBytes: Buffer;
     dataOffset: number;
-    patched: [Node, Buffer][];
+    rootEntries: Buffer;
   } {
     const bs = this.bs;
     const root = this.tree.root;
@@ -1268,53 +1305,50 @@ export class Volume {
     const pending = new Map<number, number>();
     dataLbas.forEach((lba, k) => pending.set(lba, k));
 
-    const patch = (nd: Node): Buffer => {
-      const e = newEntries(this.capacity);
-      nd.e.copy(e, 0, 0, nd.n * ENTRY_SIZE);
+    /** Fill in the locations this flush assigns (pending blocks, dirty children) in `e`. */
+    const patch = (nd: Node, e: Buffer): void => {
       for (let i = 0; i < nd.n; i++) {
+        const o = i * ENTRY_SIZE;
         if (nd.level === 0) {
-          if (
-            e.readUInt32LE(i * ENTRY_SIZE + 8) !== PENDING_SEG ||
-            e.readUInt32LE(i * ENTRY_SIZE + 12) !== 0
-          )
-            continue;
+          if (e.readUInt32LE(o + 8) !== PENDING_SEG || e.readUInt32LE(o + 12) !== 0) continue;
           const lba = nd.key(i);
           const k = pending.get(lba);
-          if (k === undefined)
+          if (k === undefined) {
             throw new HyperError(
               'internal',
               'INTERNAL',
               `index entry for block ${lba} has no data`,
             );
-          const tmp = new Node(0, nd.n, e, true);
-          writePtr(tmp, i, lba, {
-            seg: id,
-            off: dataOffset + k * bs,
-            len: bs,
-            crc: crcs[k] as number,
-            codec: 0,
-          });
+          }
+          e.writeUInt32LE(id % 2 ** 32, o + 8);
+          e.writeUInt32LE(Math.floor(id / 2 ** 32), o + 12);
+          e.writeUInt32LE((dataOffset + k * bs) / SECTOR, o + 16);
+          e.writeUInt32LE(bs, o + 20);
+          e.writeUInt32LE((crcs[k] as number) >>> 0, o + 24);
+          e.writeUInt32LE(0, o + 28);
         } else {
           const kid = nd.kids?.[i];
           if (!kid) continue;
-          e.writeUInt32LE(id % 2 ** 32, i * ENTRY_SIZE + 8);
-          e.writeUInt32LE(Math.floor(id / 2 ** 32), i * ENTRY_SIZE + 12);
-          e.writeUInt32LE(kid.newOff / SECTOR, i * ENTRY_SIZE + 16);
+          e.writeUInt32LE(id % 2 ** 32, o + 8);
+          e.writeUInt32LE(Math.floor(id / 2 ** 32), o + 12);
+          e.writeUInt32LE(kid.newOff / SECTOR, o + 16);
         }
       }
-      return e;
     };
 
+    // Nodes are encoded straight into the segment (entries copied, then patched in place);
+    // the in-memory nodes change only once the commit has landed (see commit()).
     const segment = Buffer.allocUnsafe(total);
-    const patched: [Node, Buffer][] = [];
     for (const nd of nodes) {
-      const e = patch(nd);
-      patched.push([nd, e]);
+      const at = nd.newOff + NODE_HEADER;
       segment.fill(0, nd.newOff, nd.newOff + this.nodeSize);
+      nd.e.copy(segment, at, 0, nd.n * ENTRY_SIZE);
+      const e = segment.subarray(at, at + nd.n * ENTRY_SIZE);
+      patch(nd, e);
       encodeNode(segment, nd.newOff, nd.level, nd.n, id, e);
     }
-    const rootEntries = patch(root);
-    patched.push([root, rootEntries]);
+    const rootEntries = Buffer.from(root.e.subarray(0, root.n * ENTRY_SIZE));
+    patch(root, rootEntries);
     const rootBytes = Buffer.alloc(encodedNodeSize(root.n));
     encodeNode(rootBytes, 0, root.level, root.n, id, rootEntries);
     const head = nextHead(rootBytes);
@@ -1339,7 +1373,7 @@ export class Volume {
     segment.fill(0, header.length, nodesOffset);
     for (let k = 0; k < blocks.length; k++)
       (blocks[k] as Buffer).copy(segment, dataOffset + k * bs);
-    return { segment, head, headBytes, dataOffset, patched };
+    return { segment, head, headBytes, dataOffset, rootEntries };
   }
 }
 

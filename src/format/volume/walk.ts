@@ -93,27 +93,37 @@ export async function rewriteBlocks(
   lbaSet: Iterable<number>,
   signal?: AbortSignal,
   onProgress?: (done: number, total: number) => void,
+  concurrency = 8,
 ): Promise<{ blocks: number; bytes: number }> {
   const bs = vol.info.dataBlockSize;
   const sorted = [...new Set(lbaSet)].sort((a, b) => a - b);
-  let blocks = 0;
-  let bytes = 0;
-  let i = 0;
-  while (i < sorted.length) {
-    signal?.throwIfAborted();
+  // Runs of contiguous blocks (at most 256 each).
+  const runs: [number, number][] = [];
+  for (let i = 0; i < sorted.length;) {
     let j = i + 1;
     while (j < sorted.length && sorted[j] === (sorted[j - 1] as number) + 1 && j - i < 256) j++;
-    const lo = sorted[i] as number;
-    const len = Math.min((j - i) * bs, vol.info.size - lo * bs);
-    if (len > 0) {
+    runs.push([sorted[i] as number, j - i]);
+    i = j;
+  }
+  let blocks = 0;
+  let bytes = 0;
+  let next = 0;
+  // Several runs in flight: on an object store each read is a round trip. Runs are disjoint,
+  // so their order does not matter.
+  const worker = async (): Promise<void> => {
+    while (next < runs.length) {
+      signal?.throwIfAborted();
+      const [lo, count] = runs[next++] as [number, number];
+      const len = Math.min(count * bs, vol.info.size - lo * bs);
+      if (len <= 0) continue;
       const data = await vol.read(lo * bs, len);
       await vol.write(lo * bs, data);
       bytes += len;
-      blocks += j - i;
+      blocks += count;
+      onProgress?.(blocks, sorted.length);
     }
-    i = j;
-    onProgress?.(i, sorted.length);
-  }
+  };
+  await Promise.all(Array.from({ length: Math.max(1, concurrency) }, worker));
   await vol.flush();
   return { blocks, bytes };
 }
