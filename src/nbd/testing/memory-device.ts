@@ -109,30 +109,45 @@ export class MemoryDevice implements BlockDevice {
     this.counts.write++;
     let len = 0;
     for (const p of parts) len += p.length;
-    this.check(offset, len);
-    for (const p of parts) {
-      this.writeSync(offset, p);
-      offset += p.length;
-    }
+    this.writeParts(offset, parts, len);
     return Promise.resolve();
   }
 
   writeSync(offset: number, data: Buffer): void {
-    this.check(offset, data.length);
+    this.writeParts(offset, [data], data.length);
+  }
+
+  /** Copy consecutive pieces in; a new chunk is zero-filled only where the write misses it. */
+  private writeParts(offset: number, parts: Buffer[], length: number): void {
+    this.check(offset, length);
     const cs = this.chunkSize;
     let idx = Math.floor(offset / cs);
     let off = offset - idx * cs;
-    let pos = 0;
-    while (pos < data.length) {
-      const n = Math.min(cs - off, data.length - pos);
+    let left = length;
+    let pi = 0;
+    let po = 0;
+    while (left > 0) {
+      const n = Math.min(cs - off, left);
       let c = this.chunks.get(idx);
       if (c === undefined) {
         c = this.allocChunk();
-        if (n !== cs) c.fill(0);
+        if (off > 0) c.fill(0, 0, off);
+        if (off + n < cs) c.fill(0, off + n, cs);
         this.chunks.set(idx, c);
       }
-      data.copy(c, off, pos, pos + n);
-      pos += n;
+      let k = 0;
+      while (k < n) {
+        const p = parts[pi]!;
+        const m = Math.min(p.length - po, n - k);
+        p.copy(c, off + k, po, po + m);
+        k += m;
+        po += m;
+        if (po === p.length) {
+          pi++;
+          po = 0;
+        }
+      }
+      left -= n;
       idx++;
       off = 0;
     }
