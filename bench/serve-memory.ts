@@ -13,8 +13,9 @@ const opt = (name: string): string | undefined => {
 };
 const size = Number(opt('size') ?? 1024 * 1024 * 1024);
 const chunkOpt = opt('chunk');
+const prefault = !args.includes('--no-prefault');
 const device = new MemoryDevice(
-  chunkOpt === undefined ? { size } : { size, chunkSize: Number(chunkOpt) },
+  chunkOpt === undefined ? { size, prefault } : { size, prefault, chunkSize: Number(chunkOpt) },
 );
 const server = new NbdServer({ exports: [{ name: 'mem', open: () => device }] });
 const socket = opt('socket');

@@ -39,4 +39,22 @@ describe('MemoryDevice', () => {
       (e: { code?: string }) => e.code === 'OUT_OF_RANGE',
     );
   });
+  it('with prefault on, slabs prepared on the helper thread hold what is written', async () => {
+    const d = new MemoryDevice({ size: 256 * 1024 * 1024, prefault: true });
+    try {
+      for (let round = 0; round < 3; round++) {
+        for (let o = 0; o < 128 * 1024 * 1024; o += 4 * 1024 * 1024) {
+          await d.write(o, Buffer.alloc(4 * 1024 * 1024, (o >>> 22) + round), { fua: false });
+        }
+        await new Promise((r) => setTimeout(r, 20)); // let prepared slabs arrive
+      }
+      for (let o = 0; o < 128 * 1024 * 1024; o += 4 * 1024 * 1024) {
+        const b = await d.read(o + 4096, 4096);
+        assert.ok(b.every((x) => x === (o >>> 22) + 2));
+      }
+      assert.equal(d.allocatedBytes, 128 * 1024 * 1024);
+    } finally {
+      await d.close();
+    }
+  });
 });
