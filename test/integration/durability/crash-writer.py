@@ -2,6 +2,7 @@
 
 Writes 4 KiB blocks at random offsets, each filled with a unique pattern (write number and
 block number), and flushes every few writes. It prints one line per event, flushed at once:
+  I <n> <block>   write n to block is about to be sent (it may land even if never acknowledged)
   W <n> <block>   write n to block was acknowledged
   F <n>           a flush acknowledged after write n: writes 1..n must survive any crash
 It runs until the server goes away (killed) or it has done --max writes.
@@ -33,6 +34,8 @@ def main():
             b = rng.randrange(blocks)
             data = struct.pack("<QQ", n, b) * 256
             fua = fua_every > 0 and (n - start) % fua_every == 0
+            out.write(f"I {n} {b}\n")
+            out.flush()
             h.pwrite(data, b * 4096, nbd.CMD_FLAG_FUA if fua else 0)
             out.write(f"W {n} {b}\n")
             if fua:

@@ -85,30 +85,36 @@ async function kill(s: Server): Promise<void> {
 }
 
 /** Per block: every write (n) in order, and the newest durable one. */
+/**
+ * Per block: every write that may be in the volume (sent, acknowledged or not), and the newest
+ * write that an acknowledged FLUSH (or its own FUA) made durable.
+ */
 function analyse(log: string): {
   writes: Map<number, number[]>;
   durable: Map<number, number>;
   flushes: number;
 } {
   const writes = new Map<number, number[]>();
-  const blockOf = new Map<number, number>();
+  const acked = new Map<number, number[]>();
   let lastFlush = 0;
   let flushes = 0;
   const fua = new Set<number>();
+  const add = (m: Map<number, number[]>, blk: number, n: number): void => {
+    const l = m.get(blk);
+    if (l) l.push(n);
+    else m.set(blk, [n]);
+  };
   for (const line of log.split('\n')) {
     const [kind, a, b] = line.split(' ');
-    if (kind === 'W') {
-      const n = Number(a);
-      const blk = Number(b);
-      blockOf.set(n, blk);
-      writes.set(blk, [...(writes.get(blk) ?? []), n]);
-    } else if (kind === 'F') {
+    if (kind === 'I') add(writes, Number(b), Number(a));
+    else if (kind === 'W') add(acked, Number(b), Number(a));
+    else if (kind === 'F') {
       lastFlush = Number(a);
       flushes++;
     } else if (kind === 'U') fua.add(Number(a));
   }
   const durable = new Map<number, number>();
-  for (const [blk, ns] of writes) {
+  for (const [blk, ns] of acked) {
     const d = ns.filter((n) => n <= lastFlush || fua.has(n));
     if (d.length > 0) durable.set(blk, Math.max(...d));
   }
