@@ -9,7 +9,10 @@ export default tseslint.config(
   ...tseslint.configs.recommended,
   {
     rules: {
-      '@typescript-eslint/no-unused-vars': ['error', { argsIgnorePattern: '^_', varsIgnorePattern: '^_' }],
+      '@typescript-eslint/no-unused-vars': [
+        'error',
+        { argsIgnorePattern: '^_', varsIgnorePattern: '^_' },
+      ],
       '@typescript-eslint/consistent-type-imports': 'error',
     },
   },
@@ -17,21 +20,41 @@ export default tseslint.config(
   {
     files: ['src/format/**/*.ts'],
     rules: restrict([
-      { group: ['**/nbd/**', '**/commands/**', '@oclif/*', 'ora', 'cli-table3'], message: 'src/format is a library: no CLI or NBD imports.' },
-      { group: ['@aws-sdk/*', '@smithy/*'], message: 'Only src/format/store/s3*.ts talks to the AWS SDK.' },
+      {
+        group: ['**/nbd/**', '**/commands/**', '@oclif/*', 'ora', 'cli-table3'],
+        message: 'src/format is a library: no CLI or NBD imports.',
+      },
+      {
+        group: ['@aws-sdk/*', '@smithy/*'],
+        message: 'Only src/format/store/s3*.ts talks to the AWS SDK.',
+      },
     ]),
   },
   {
     files: ['src/format/store/s3*.ts'],
     rules: restrict([
-      { group: ['**/nbd/**', '**/commands/**', '@oclif/*', 'ora', 'cli-table3'], message: 'src/format is a library: no CLI or NBD imports.' },
+      {
+        group: ['**/nbd/**', '**/commands/**', '@oclif/*', 'ora', 'cli-table3'],
+        message: 'src/format is a library: no CLI or NBD imports.',
+      },
     ]),
   },
   // The NBD server depends only on node:* and its own BlockDevice seam.
   {
     files: ['src/nbd/**/*.ts'],
     rules: restrict([
-      { group: ['**/format/**', '**/commands/**', '**/errors.js', '@oclif/*', 'ora', 'cli-table3', '@aws-sdk/*'], message: 'src/nbd talks to volumes only through its BlockDevice interface.' },
+      {
+        group: [
+          '**/format/**',
+          '**/commands/**',
+          '**/errors.js',
+          '@oclif/*',
+          'ora',
+          'cli-table3',
+          '@aws-sdk/*',
+        ],
+        message: 'src/nbd talks to volumes only through its BlockDevice interface.',
+      },
     ]),
   },
   {
