@@ -2,21 +2,10 @@ import { Flags } from '@oclif/core';
 import { BaseCommand } from '../../base-command.js';
 import { formatBytes } from '../../cli/units.js';
 import { volumeUrl } from '../../flags.js';
-import { checkVolume, type CheckProblem } from '../../format/volume/check.js';
+import { checkVolume, type CheckResult } from '../../format/volume/check.js';
 
-export interface FileCheckResult {
-  url: string;
-  /** False when any object is missing or damaged (then the exit code is 6). */
-  clean: boolean;
-  deep: boolean;
-  checkpoint: number;
-  checkpointsChecked: number;
-  segments: number;
-  nodesChecked: number;
-  blocksChecked: number;
-  bytesVerified: number;
-  problems: CheckProblem[];
-}
+/** The result printed with --json: the library's check report (`clean` false → exit code 6). */
+export type FileCheckResult = CheckResult;
 
 /** Exit code of `file check` on a damaged volume: the "data" code of the exit-code table. */
 export const EXIT_DAMAGED = 6;
@@ -57,7 +46,6 @@ export default class FileCheck extends BaseCommand<typeof FileCheck> {
       },
     });
     spinner.stop();
-    const result: FileCheckResult = { ...r };
     if (!r.clean) process.exitCode = EXIT_DAMAGED;
     const damage = r.problems.filter(
       (p) => p.kind === 'missing' || p.kind === 'corrupt' || p.kind === 'dangling',
@@ -81,6 +69,6 @@ export default class FileCheck extends BaseCommand<typeof FileCheck> {
       );
     }
     this.log(lines.join('\n'));
-    return result;
+    return r;
   }
 }

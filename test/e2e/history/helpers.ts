@@ -9,18 +9,7 @@ import { join, relative } from 'node:path';
 import type { ObjectStore } from '../../../src/format/store/types.js';
 import { Volume } from '../../../src/format/volume/volume.js';
 import { hyper, show, type CliOptions } from '../../helpers/cli.js';
-
-/** mulberry32: a small seeded generator, so a failing run can be repeated (print the seed). */
-export function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+export { rng } from '../../helpers/rng.js';
 
 /** Pseudo-random bytes from a generator (fast enough for a few MiB). */
 export function randomBuffer(rand: () => number, length: number): Buffer {

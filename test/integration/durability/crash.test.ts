@@ -14,22 +14,12 @@ import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { needTools } from '../../helpers/env.js';
 import { runJs } from '../../helpers/cli.js';
+import { rng } from '../../helpers/rng.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const writerPy = join(here, 'crash-writer.py');
 const BLOCKS = 2048;
 const TRIALS = Number(process.env.HYPER_CRASH_TRIALS ?? 20);
-
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 interface Server {
   child: ChildProcess;

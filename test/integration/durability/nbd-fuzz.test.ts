@@ -12,20 +12,10 @@ import { describe, it } from 'node:test';
 import { needTools } from '../../helpers/env.js';
 import { memoryExport, run, startServer } from '../../helpers/nbd.js';
 import { RawClient, goData, optionFrame, req, u32 } from '../nbd/raw-client.js';
+import { rng } from '../../helpers/rng.js';
 
 const SECONDS = Number(process.env.HYPER_FUZZ_SECONDS ?? 8);
 const MiB = 1024 * 1024;
-
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 /** One hostile connection, chosen by `kind`; never throws. */
 async function attack(port: number, rand: () => number): Promise<void> {

@@ -15,19 +15,9 @@ import { Volume } from '../../../src/format/volume/volume.js';
 import { needS3, s3Config } from '../../helpers/env.js';
 import { FaultProxy } from '../../helpers/fault-proxy.js';
 import { emptyStore, ensureBucket, s3Options, uniqueS3Url } from '../../helpers/s3.js';
+import { rng } from '../../helpers/rng.js';
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
-
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 
 describe('S3 fault injection (Ceph RGW behind a faulty proxy)', () => {
   let proxy: FaultProxy | undefined;

@@ -8,18 +8,7 @@ import { MemStore } from '../../../src/format/store/mem.js';
 import type { ObjectStore, PutOptions } from '../../../src/format/store/types.js';
 import { Volume } from '../../../src/format/volume/volume.js';
 import { KiB, MiB } from '../../../src/format/volume/types.js';
-
-/** Deterministic PRNG so that a failure replays. */
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
+import { rng } from '../../helpers/rng.js';
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 

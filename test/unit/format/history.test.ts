@@ -17,17 +17,8 @@ import {
 import { statVolume } from '../../../src/format/volume/admin.js';
 import { KiB, MiB } from '../../../src/format/volume/types.js';
 import { Volume } from '../../../src/format/volume/volume.js';
+import { rng } from '../../helpers/rng.js';
 
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
-}
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 const SIZE = 4 * MiB;
 
