@@ -181,8 +181,12 @@ export class Volume {
   private frozen: Generation | undefined;
   private size: number;
   private metaDirty = false;
-  private current: Promise<CheckpointInfo> | undefined;
-  private queued: Promise<CheckpointInfo> | undefined;
+  /** Flushes run one at a time, in order: each waits for the previous one (see enqueue). */
+  private flushTail: Promise<unknown> = Promise.resolve();
+  /** Flushes enqueued and not finished. */
+  private flushesPending = 0;
+  /** A commit that is queued but has not started: later flush() calls can share it. */
+  private nextCommit: Promise<CheckpointInfo> | undefined;
   private timer: NodeJS.Timeout | undefined;
   /** Blocks with a read-modify-write in progress → its completion. */
   private readonly locks = new Map<number, Promise<void>>();
@@ -226,7 +230,7 @@ export class Volume {
     const interval = opts.flushIntervalMs ?? 5000;
     if (!readOnly && interval > 0) {
       this.timer = setInterval(() => {
-        if ((!this.active.empty || this.headBehind) && !this.current) {
+        if ((!this.active.empty || this.headBehind) && !this.flushBusy) {
           this.flush().catch((e: unknown) =>
             this.log.warn('timed flush failed', {
               error: e instanceof Error ? e.message : String(e),
@@ -828,7 +832,7 @@ export class Volume {
   /** Back-pressure: wait while the write-back buffer is full. */
   private async admit(): Promise<void> {
     while (this.active.bytes >= this.maxDirty) {
-      if (!this.current) this.background();
+      this.background();
       await new Promise<void>((resolve) => this.roomWaiters.push(resolve));
       this.checkWritable();
       if (this.lastFlushError && this.active.bytes >= this.maxDirty) {
@@ -848,7 +852,7 @@ export class Volume {
       await this.flush();
       return;
     }
-    if (this.active.bytes >= this.flushBytes && !this.current) this.background();
+    if (this.active.bytes >= this.flushBytes) this.background();
   }
 
   /**
@@ -857,8 +861,8 @@ export class Volume {
    * segment while streaming, not two). Failures are logged and retried by the next flush.
    */
   private background(): void {
-    if (this.current) return;
-    this.startFlush(false).catch((e: unknown) => {
+    if (this.flushBusy) return;
+    this.enqueue(false).catch((e: unknown) => {
       this.log.warn('background flush failed', {
         error: e instanceof Error ? e.message : String(e),
       });
@@ -1017,7 +1021,7 @@ export class Volume {
     }
     const target =
       id === this.head.checkpoint ? this.head : await readCheckpointHead(this.store, id);
-    if (!this.active.empty || this.current) {
+    if (!this.active.empty || this.flushBusy) {
       throw new HyperError(
         'conflict',
         'PRECONDITION_FAILED',
@@ -1075,33 +1079,43 @@ export class Volume {
   // ------------------------------------------------------------------ flush
 
   /**
-   * Commit everything written before this call. Concurrent callers share flushes: if one is
-   * running, the next one starts when it ends and serves everyone who asked meanwhile.
+   * Commit everything written before this call. Flushes run strictly one after another; a
+   * call made while a commit is queued but not started shares it (that commit freezes the
+   * writes when it starts, so it covers this caller's too).
    */
   flush(): Promise<CheckpointInfo> {
     if (this.readOnly) return Promise.resolve(this.checkpointInfo());
-    if (!this.current) return this.startFlush(true);
-    this.queued ??= this.current
-      .catch(() => undefined)
-      .then(() => {
-        this.queued = undefined;
-        return this.startFlush(true);
-      });
-    return this.queued;
+    if (this.nextCommit) return this.nextCommit;
+    const p: Promise<CheckpointInfo> = this.enqueue(true, () => {
+      if (this.nextCommit === p) this.nextCommit = undefined;
+    });
+    this.nextCommit = p;
+    return p;
+  }
+
+  private get flushBusy(): boolean {
+    return this.flushesPending > 0;
   }
 
   private checkpointInfo(): CheckpointInfo {
     return { checkpoint: this.head.checkpoint, time: new Date(this.head.checkpointMs) };
   }
 
-  private startFlush(commitHead: boolean): Promise<CheckpointInfo> {
-    const p = this.doFlush(commitHead).finally(() => {
-      if (this.current === p) this.current = undefined;
-      const waiters = this.roomWaiters;
-      this.roomWaiters = [];
-      for (const w of waiters) w();
+  /** Run a flush after every flush enqueued before it (never two at once). */
+  private enqueue(commitHead: boolean, onStart?: () => void): Promise<CheckpointInfo> {
+    this.flushesPending++;
+    const p = this.flushTail.then(() => {
+      onStart?.();
+      return this.doFlush(commitHead);
     });
-    this.current = p;
+    this.flushTail = p
+      .catch(() => undefined)
+      .finally(() => {
+        this.flushesPending--;
+        const waiters = this.roomWaiters;
+        this.roomWaiters = [];
+        for (const w of waiters) w();
+      });
     return p;
   }
 

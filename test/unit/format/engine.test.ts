@@ -138,6 +138,38 @@ describe('volume engine', () => {
     }
   });
 
+  it('never runs two flushes at once under concurrent writers, background flushes and flush calls', async () => {
+    const store = MemStore.isolated();
+    const size = 8 * MiB;
+    await Volume.create(store, { size, segmentSize: 1 * MiB });
+    // A tiny write-back buffer: writers keep waiting for room while flushes finish and start.
+    const v = await Volume.open(store, {
+      flushIntervalMs: 0,
+      flushBytes: 64 * KiB,
+      maxDirtyBytes: 96 * KiB,
+    });
+    const ref = Buffer.alloc(size);
+    const rand = rng(5);
+    const writers = 24;
+    const flushes: Promise<unknown>[] = [];
+    await Promise.all(
+      Array.from({ length: writers }, async (_, w) => {
+        for (let i = 0; i < 60; i++) {
+          // Each writer owns the blocks ≡ w (mod writers), so the final content is defined.
+          const blk = (Math.floor(rand() * Math.floor(size / 4096 / writers)) * writers + w) * 4096;
+          const data = Buffer.alloc(4096, 1 + ((w * 7 + i) % 250));
+          await v.write(blk, data);
+          data.copy(ref, blk);
+          if (rand() < 0.15) flushes.push(v.flush());
+        }
+      }),
+    );
+    await Promise.all(flushes);
+    await v.close();
+    const r = await Volume.open(store, { readOnly: true });
+    assert.equal(sha(await r.read(0, size)), sha(ref));
+  });
+
   it('a crash between the segment PUT and the head CAS loses nothing committed', async () => {
     const store = new FaultyStore(MemStore.isolated());
     await Volume.create(store, { size: 8 * MiB });
