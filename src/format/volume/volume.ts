@@ -1104,18 +1104,19 @@ export class Volume {
   /** Run a flush after every flush enqueued before it (never two at once). */
   private enqueue(commitHead: boolean, onStart?: () => void): Promise<CheckpointInfo> {
     this.flushesPending++;
-    const p = this.flushTail.then(() => {
+    const p = this.flushTail.then(async () => {
       onStart?.();
-      return this.doFlush(commitHead);
-    });
-    this.flushTail = p
-      .catch(() => undefined)
-      .finally(() => {
+      try {
+        return await this.doFlush(commitHead);
+      } finally {
+        // Before the caller resumes: it may start the next operation right away.
         this.flushesPending--;
         const waiters = this.roomWaiters;
         this.roomWaiters = [];
         for (const w of waiters) w();
-      });
+      }
+    });
+    this.flushTail = p.catch(() => undefined);
     return p;
   }
 
