@@ -132,6 +132,10 @@ export default class Serve extends BaseCommand<typeof Serve> {
       summary:
         'Take the lease even if another writer holds it (that writer is fenced and can commit nothing more).',
     }),
+    foreground: Flags.boolean({
+      summary:
+        'Stay in the foreground and log to stderr. This is what serve always does; the flag is accepted for nbdkit/qemu-nbd habits (run it under systemd or `&` to background it).',
+    }),
     verbose: Flags.boolean({
       char: 'v',
       summary: 'Log every connection and refused request (debug) on stderr.',
