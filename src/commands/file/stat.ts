@@ -8,7 +8,8 @@ import {
 } from '../../cli/results.js';
 import { formatBytes } from '../../cli/units.js';
 import { volumeUrl } from '../../flags.js';
-import { statVolume, type VolumeStat } from '../../format/volume/admin.js';
+import { statVolume, type SpaceUsage, type VolumeStat } from '../../format/volume/admin.js';
+import { Flags } from '@oclif/core';
 
 export interface LeaseSummary {
   holder: string;
@@ -36,6 +37,15 @@ export interface FileStatResult extends VolumeSummary {
   /** The last lease record, or null if none was ever taken or it was released. */
   lease: LeaseSummary | null;
   walUrl?: string;
+  /** Checkpoints that can be opened, restored or cloned. */
+  checkpoints: number;
+  oldestCheckpoint?: number;
+  /** Checkpoints of this volume that clones start from. */
+  clonePins: number;
+  /** For a clone: the parent volume and its checkpoint. */
+  parent?: { url: string; checkpoint: number };
+  /** With --space: live (current checkpoint), history-only and garbage bytes. */
+  space?: SpaceUsage;
 }
 
 export function toStatResult(st: VolumeStat, url: string): FileStatResult {
@@ -57,6 +67,11 @@ export function toStatResult(st: VolumeStat, url: string): FileStatResult {
         }
       : null,
     ...(st.walUrl === undefined ? {} : { walUrl: st.walUrl }),
+    checkpoints: st.checkpoints,
+    ...(st.oldestCheckpoint === undefined ? {} : { oldestCheckpoint: st.oldestCheckpoint }),
+    clonePins: st.clonePins,
+    ...(st.parent === undefined ? {} : { parent: st.parent }),
+    ...(st.space === undefined ? {} : { space: st.space }),
   };
 }
 
@@ -80,10 +95,24 @@ export default class FileStat extends BaseCommand<typeof FileStat> {
     url: volumeUrl({ required: true }),
   };
 
+  static override flags = {
+    space: Flags.boolean({
+      summary:
+        'Also split stored bytes into live (the current checkpoint), history (only older checkpoints) and garbage (what compaction reclaims); reads the retained indexes.',
+    }),
+  };
+
   public async run(): Promise<FileStatResult> {
     const { url } = this.args;
     const store = await this.openStore(url);
-    const result = toStatResult(await statVolume(store), url);
+    const spinner = this.flags.space ? this.spinner('Walking the retained indexes…') : undefined;
+    const st = await statVolume(store, {
+      space: this.flags.space,
+      openStore: (u) => this.openStore(u),
+      signal: this.interruptible(),
+    });
+    spinner?.stop();
+    const result = toStatResult(st, url);
     this.log(renderStat(result, (rows) => this.keyValueTable(rows)));
     return result;
   }
@@ -107,7 +136,18 @@ export function renderStat(r: FileStatResult, table: (rows: [string, string][]) 
         ? `${r.segments} (${r.uncommittedSegments} uncommitted)`
         : String(r.segments),
     ],
-    ['Snapshots', String(r.snapshots)],
+    [
+      'Checkpoints',
+      r.oldestCheckpoint === undefined
+        ? String(r.checkpoints)
+        : `${r.checkpoints} (oldest ${r.oldestCheckpoint})`,
+    ],
+    [
+      'Snapshots',
+      r.clonePins > 0
+        ? `${r.snapshots} (and ${r.clonePins} pinned by clones)`
+        : String(r.snapshots),
+    ],
     ['Provisioned', bytesWithExact(r.provisionedBytes)],
     [
       'Used',
@@ -117,6 +157,18 @@ export function renderStat(r: FileStatResult, table: (rows: [string, string][]) 
     ['Lease', lease],
   ];
   if (r.walUrl !== undefined) rows.push(['WAL', r.walUrl]);
+  if (r.parent !== undefined)
+    rows.push(['Clone of', `${r.parent.url} at checkpoint ${r.parent.checkpoint}`]);
+  if (r.space !== undefined) {
+    const sp = r.space;
+    rows.push(['Live', bytesWithExact(sp.liveBytes)]);
+    rows.push(['History only', bytesWithExact(sp.historyBytes)]);
+    rows.push([
+      'Garbage',
+      `${bytesWithExact(sp.garbageBytes)}${sp.garbageBytes > 0.15 * r.storedBytes ? ' (run `hyper compact`)' : ''}`,
+    ]);
+    if (sp.inheritedBytes > 0) rows.push(['Read from parent', bytesWithExact(sp.inheritedBytes)]);
+  }
   return table(rows);
 }
 

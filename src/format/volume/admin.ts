@@ -4,6 +4,7 @@
 import { HyperError, isHyperError } from '../../errors.js';
 import {
   HEAD_KEY,
+  PIN_PREFIX,
   LEASE_KEY,
   SNAPSHOT_PREFIX,
   WAL_PREFIX,
@@ -13,7 +14,12 @@ import {
 import type { ObjectStore } from '../store/types.js';
 import { leaseHeldError, leaseInfo, readLease } from './lease.js';
 import type { LeaseInfo, VolumeInfo } from './types.js';
-import { infoOf, readHead } from './volume.js';
+import { infoOf, readCheckpointHead, readHead } from './volume.js';
+import { isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
+import { nodeCapacity } from '../codec/node.js';
+import { NodeLoader } from '../index/loader.js';
+import { SegmentSource, type OpenStoreFn } from './segments.js';
+import { newReach, rootOf, walk } from './walk.js';
 
 export interface VolumeStat extends VolumeInfo {
   /** Segment objects under seg/. */
@@ -29,6 +35,25 @@ export interface VolumeStat extends VolumeInfo {
   snapshots: number;
   /** Segment ids that hold flushes which never committed (cleaned by compaction). */
   uncommittedSegments: number;
+  /** Checkpoints that can be opened, restored or cloned (compaction keeps them). */
+  checkpoints: number;
+  /** The oldest of them. */
+  oldestCheckpoint?: number;
+  /** Checkpoints of this volume that clones start from (pinned). */
+  clonePins: number;
+  /** With `space`: where the stored bytes go (needs a walk of the retained indexes). */
+  space?: SpaceUsage;
+}
+
+export interface SpaceUsage {
+  /** Bytes the current checkpoint references: its data blocks and index nodes. */
+  liveBytes: number;
+  /** Bytes of segments only older retained checkpoints need (history). */
+  historyBytes: number;
+  /** Bytes of segments no retained checkpoint reaches (compaction reclaims them). */
+  garbageBytes: number;
+  /** Bytes of live data read from parent volumes (clones). */
+  inheritedBytes: number;
 }
 
 export interface ProgressEvent {
@@ -40,7 +65,7 @@ export interface ProgressEvent {
 /** Stat a volume without opening it for write: reads head and lease, lists objects. */
 export async function statVolume(
   store: ObjectStore,
-  options: { signal?: AbortSignal } = {},
+  options: { signal?: AbortSignal; space?: boolean; openStore?: OpenStoreFn } = {},
 ): Promise<VolumeStat> {
   const { head } = await readHead(store);
   const lease = await readLease(store);
@@ -48,6 +73,9 @@ export async function statVolume(
   let storedBytes = 0;
   let snapshots = 0;
   let uncommitted = 0;
+  let clonePins = 0;
+  const retained: number[] = [];
+  const segSizes = new Map<number, number>();
   const skipped = new Set(head.skipped);
   for await (const page of store.list('', options.signal ? { signal: options.signal } : {})) {
     for (const o of page.objects) {
@@ -55,8 +83,11 @@ export async function statVolume(
       const id = parseSegmentKey(o.key);
       if (id !== undefined) {
         segments++;
+        segSizes.set(id, o.size);
         if (skipped.has(id) || id > head.lastSegment) uncommitted++;
+        else if (isRetainedCheckpoint(head, id)) retained.push(id);
       } else if (parseSnapshotKey(o.key) !== undefined) snapshots++;
+      else if (o.key.startsWith(PIN_PREFIX)) clonePins++;
     }
   }
   const info = infoOf(store.url, head, true);
@@ -70,7 +101,55 @@ export async function statVolume(
     ...(lease ? { lease: leaseInfo(lease.lease) } : {}),
     snapshots,
     uncommittedSegments: uncommitted,
+    checkpoints: retained.length,
+    ...(retained.length > 0 ? { oldestCheckpoint: Math.min(...retained) } : {}),
+    clonePins,
+    ...(options.space ? { space: await spaceUsage(store, head, retained, segSizes, options) } : {}),
   };
+}
+
+/** Walk the retained indexes: what is live now, what only history needs, what is garbage. */
+async function spaceUsage(
+  store: ObjectStore,
+  head: HeadRecord,
+  retained: number[],
+  segSizes: Map<number, number>,
+  options: { signal?: AbortSignal; openStore?: OpenStoreFn },
+): Promise<SpaceUsage> {
+  const source = await SegmentSource.forHead(store, head, options.openStore);
+  const nodeSize = 2 ** head.metaBlockShift;
+  const loader = new NodeLoader(source, nodeSize, nodeCapacity(nodeSize), 32 * 1024 * 1024);
+  try {
+    const cur = newReach();
+    await walk(loader, rootOf(head), cur, new Set(), true, options.signal);
+    const all = newReach();
+    const visited = new Set<string>();
+    for (const id of retained) {
+      all.segments.add(id);
+      const h = id === head.checkpoint ? head : await readCheckpointHead(store, id);
+      await walk(loader, rootOf(h), all, visited, false, options.signal);
+    }
+    let liveBytes = 0;
+    let inheritedBytes = 0;
+    for (const [seg, bytes] of cur.live) {
+      if (source.inherited(seg)) inheritedBytes += bytes;
+      else liveBytes += bytes;
+    }
+    let reachable = 0;
+    let stored = 0;
+    for (const [id, size] of segSizes) {
+      stored += size;
+      if (all.segments.has(id) || id === head.checkpoint) reachable += size;
+    }
+    return {
+      liveBytes,
+      historyBytes: Math.max(0, reachable - liveBytes),
+      garbageBytes: stored - reachable,
+      inheritedBytes,
+    };
+  } finally {
+    await source.close();
+  }
 }
 
 export interface VolumeListing {
