@@ -333,21 +333,27 @@ export class FileStore implements ObjectStore {
     });
     const deadline = Date.now() + LOCK_WAIT_MS;
     let wait = 1;
+    // The lock appears with its owner already in it (written to a temp file, then linked into
+    // place), so a process killed while taking it never leaves an ownerless lock behind.
+    const draft = `${path}.${nonce}`;
+    await fsp.writeFile(draft, content);
     for (;;) {
-      signal?.throwIfAborted();
+      if (signal?.aborted) {
+        await fsp.unlink(draft).catch(() => undefined);
+        signal.throwIfAborted();
+      }
       try {
-        const h = await fsp.open(path, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o644);
-        try {
-          await h.writeFile(content);
-        } finally {
-          await h.close();
-        }
+        await fsp.link(draft, path);
         break;
       } catch (e) {
-        if (errCode(e) !== 'EEXIST') throw e;
+        if (errCode(e) !== 'EEXIST') {
+          await fsp.unlink(draft).catch(() => undefined);
+          throw e;
+        }
       }
       if (await this.breakStaleLock(path)) continue;
       if (Date.now() > deadline) {
+        await fsp.unlink(draft).catch(() => undefined);
         throw new HyperError(
           'unavailable',
           'STORE_UNAVAILABLE',
@@ -360,6 +366,7 @@ export class FileStore implements ObjectStore {
       await sleep(Math.random() * wait);
       wait = Math.min(wait * 2, 50);
     }
+    await fsp.unlink(draft).catch(() => undefined);
     try {
       return await fn();
     } finally {

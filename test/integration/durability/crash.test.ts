@@ -36,7 +36,7 @@ async function serve(args: string[]): Promise<Server> {
   child.stderr?.setEncoding('utf8').on('data', (d: string) => (err += d));
   const uri = await new Promise<string>((resolve, reject) => {
     let out = '';
-    const timer = setTimeout(() => reject(new Error(`serve did not start: ${err}`)), 20_000);
+    const timer = setTimeout(() => reject(new Error(`serve did not start: ${err}`)), 45_000);
     child.stdout?.setEncoding('utf8').on('data', (d: string) => {
       out += d;
       const line = out.split('\n').find((l) => l.startsWith('nbd://'));
