@@ -6,52 +6,20 @@
  * value, another block's data or a torn mix. HYPER_CRASH_TRIALS sets the count (CI: 20).
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { needTools } from '../../helpers/env.js';
-import { runJs } from '../../helpers/cli.js';
+import { serve, stopServe } from '../../helpers/serve.js';
 import { rng } from '../../helpers/rng.js';
 
 const here = dirname(fileURLToPath(import.meta.url));
 const writerPy = join(here, 'crash-writer.py');
 const BLOCKS = 2048;
 const TRIALS = Number(process.env.HYPER_CRASH_TRIALS ?? 20);
-
-interface Server {
-  child: ChildProcess;
-  uri: string;
-  stderr: () => string;
-}
-
-async function serve(args: string[]): Promise<Server> {
-  const child = spawn(process.execPath, [runJs, 'serve', ...args, '--port', '0', '--print-uri'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, NO_COLOR: '1' },
-  });
-  let err = '';
-  child.stderr?.setEncoding('utf8').on('data', (d: string) => (err += d));
-  const uri = await new Promise<string>((resolve, reject) => {
-    let out = '';
-    const timer = setTimeout(() => reject(new Error(`serve did not start: ${err}`)), 45_000);
-    child.stdout?.setEncoding('utf8').on('data', (d: string) => {
-      out += d;
-      const line = out.split('\n').find((l) => l.startsWith('nbd://'));
-      if (line) {
-        clearTimeout(timer);
-        resolve(line.trim());
-      }
-    });
-    child.on('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`serve exited with ${code}: ${err}`));
-    });
-  });
-  return { child, uri, stderr: () => err };
-}
 
 function run(
   cmd: string,
@@ -65,13 +33,6 @@ function run(
     c.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
     c.on('exit', (code) => resolve({ code: code ?? 128, stdout, stderr }));
   });
-}
-
-async function kill(s: Server): Promise<void> {
-  if (s.child.exitCode !== null) return;
-  const gone = new Promise((resolve) => s.child.once('exit', resolve));
-  s.child.kill('SIGKILL');
-  await gone;
 }
 
 /** Per block: every write (n) in order, and the newest durable one. */
@@ -146,7 +107,7 @@ describe('crash trials: SIGKILL of hyper serve', () => {
         writer.stdout.setEncoding('utf8').on('data', (d: string) => (log += d));
         const writerDone = new Promise((resolve) => writer.once('exit', resolve));
         await new Promise((r) => setTimeout(r, 200 + rand() * 900));
-        await kill(server);
+        await stopServe(server, 'SIGKILL');
         await writerDone;
         const { writes, durable, flushes } = analyse(log);
         totalFlushes += flushes;
@@ -193,7 +154,7 @@ describe('crash trials: SIGKILL of hyper serve', () => {
           floor.set(blk, n);
         }
       }
-      await kill(server);
+      await stopServe(server, 'SIGKILL');
       assert.ok(totalFlushes > TRIALS, `the writers acknowledged ${totalFlushes} flushes`);
     });
   }

@@ -5,7 +5,6 @@
  * forced takeover fences the first, which then acknowledges nothing more. On file:// and RGW.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -15,42 +14,10 @@ import { Volume } from '../../../src/format/volume/volume.js';
 import { runJs } from '../../helpers/cli.js';
 import { needS3, needTools, type S3TestConfig } from '../../helpers/env.js';
 import { run } from '../../helpers/nbd.js';
+import { serve, stopServe } from '../../helpers/serve.js';
 import { emptyStore, ensureBucket, s3Options, uniqueS3Url } from '../../helpers/s3.js';
 
 const MiB = 1024 * 1024;
-
-interface Served {
-  child: ChildProcess;
-  uri: string;
-  stderr: () => string;
-  exit: Promise<number>;
-}
-
-function serve(args: string[], env: Record<string, string> = {}): Promise<Served> {
-  const child = spawn(process.execPath, [runJs, 'serve', ...args, '--port', '0', '--print-uri'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, NO_COLOR: '1', ...env },
-  });
-  let err = '';
-  child.stderr?.setEncoding('utf8').on('data', (d: string) => (err += d));
-  const exit = new Promise<number>((resolve) => child.once('exit', (code) => resolve(code ?? 128)));
-  return new Promise((resolve, reject) => {
-    let out = '';
-    child.stdout?.setEncoding('utf8').on('data', (d: string) => {
-      out += d;
-      const line = out.split('\n').find((l) => l.startsWith('nbd://'));
-      if (line) resolve({ child, uri: line.trim(), stderr: () => err, exit });
-    });
-    void exit.then((code) =>
-      reject(Object.assign(new Error(`serve exited ${code}: ${err}`), { code, stderr: err })),
-    );
-  });
-}
-
-async function stop(s: Served): Promise<void> {
-  if (s.child.exitCode === null) s.child.kill('SIGTERM');
-  await s.exit;
-}
 
 const qemuIo = (uri: string, ...cmds: string[]) =>
   run('qemu-io', ['-f', 'raw', ...cmds.flatMap((c) => ['-c', c]), uri]);
@@ -63,13 +30,13 @@ async function twoWriters(
   env: Record<string, string>,
   extra: string[],
 ): Promise<void> {
-  const a = await serve([url, '--create', '--size', '16M', ...extra], env);
+  const a = await serve([url, '--create', '--size', '16M', ...extra], { env });
   try {
     assert.equal((await qemuIo(a.uri, 'write -P 0x11 0 64k')).code, 0);
     // A second writer is refused, and says who holds the volume.
-    const refused = await serve([url, ...extra], env).then(
+    const refused = await serve([url, ...extra], { env }).then(
       async (b) => {
-        await stop(b);
+        await stopServe(b);
         return undefined;
       },
       (e: { code: number; stderr: string }) => e,
@@ -79,7 +46,7 @@ async function twoWriters(
     assert.match(refused.stderr, /LEASE_HELD/);
     assert.match(refused.stderr, new RegExp(`:${a.child.pid}`));
     // A forced takeover fences the first server: it acknowledges no further write.
-    const b = await serve([url, '--force', ...extra], env);
+    const b = await serve([url, '--force', ...extra], { env });
     try {
       assert.equal(
         (await qemuIo(b.uri, 'read -P 0x11 0 64k')).code,
@@ -92,10 +59,10 @@ async function twoWriters(
       const check = await qemuIo(b.uri, 'read -P 0 1M 64k', 'read -P 0x33 2M 64k');
       assert.equal(check.code, 0, check.stdout + check.stderr);
     } finally {
-      await stop(b);
+      await stopServe(b);
     }
   } finally {
-    await stop(a);
+    await stopServe(a);
   }
 }
 
@@ -135,7 +102,7 @@ describe('serve: damage and two writers', () => {
         'blocks of other segments still read',
       );
     } finally {
-      await stop(s);
+      await stopServe(s);
     }
     await rm(join(dir, 'vol', 'seg', first));
     const s2 = await serve([url, '--read-only']);
@@ -144,7 +111,7 @@ describe('serve: damage and two writers', () => {
       assert.notEqual(gone.code, 0);
       assert.ok(s2.stderr().includes(`seg/${first}`), s2.stderr());
     } finally {
-      await stop(s2);
+      await stopServe(s2);
     }
     const check = await run(process.execPath, [runJs, 'file', 'check', url, '--deep']);
     assert.equal(check.code, 6);

@@ -4,46 +4,15 @@
  * data again from the volume, and qemu-img compares the export with a copy made by nbdcopy.
  */
 import assert from 'node:assert/strict';
-import { spawn, type ChildProcess } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import { openStore } from '../../../src/format/store/index.js';
-import { runJs } from '../../helpers/cli.js';
 import { needS3, needTools, type S3TestConfig } from '../../helpers/env.js';
 import { run } from '../../helpers/nbd.js';
+import { serve, stopServe } from '../../helpers/serve.js';
 import { emptyStore, ensureBucket, s3Options, uniqueS3Url } from '../../helpers/s3.js';
-
-interface Served {
-  child: ChildProcess;
-  uri: string;
-  exit: Promise<number>;
-}
-
-function serve(args: string[], env: Record<string, string>): Promise<Served> {
-  const child = spawn(process.execPath, [runJs, 'serve', ...args, '--port', '0', '--print-uri'], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, NO_COLOR: '1', ...env },
-  });
-  let err = '';
-  child.stderr?.setEncoding('utf8').on('data', (d: string) => (err += d));
-  const exit = new Promise<number>((resolve) => child.once('exit', (c) => resolve(c ?? 128)));
-  return new Promise((resolve, reject) => {
-    let out = '';
-    child.stdout?.setEncoding('utf8').on('data', (d: string) => {
-      out += d;
-      const line = out.split('\n').find((l) => l.startsWith('nbd://'));
-      if (line) resolve({ child, uri: line.trim(), exit });
-    });
-    void exit.then((c) => reject(new Error(`serve exited ${c}: ${err}`)));
-  });
-}
-
-async function stop(s: Served): Promise<number> {
-  if (s.child.exitCode === null) s.child.kill('SIGTERM');
-  return s.exit;
-}
 
 const fio = (uri: string, extra: string[]) =>
   run(
@@ -73,16 +42,16 @@ async function interop(
 ): Promise<void> {
   const dir = await mkdtemp(join(tmpdir(), 'hyper-interop-'));
   t.after(() => rm(dir, { recursive: true, force: true }));
-  let s = await serve([url, '--create', '--size', '64M', ...args], env);
+  let s = await serve([url, '--create', '--size', '64M', ...args], { env });
   try {
     const w = await fio(s.uri, []);
     assert.equal(w.code, 0, w.stdout + w.stderr);
     assert.doesNotMatch(w.stdout + w.stderr, /verify: bad|crc32c: verify failed/);
   } finally {
-    assert.equal(await stop(s), 0, 'serve exits 0 on SIGTERM after flushing');
+    assert.equal(await stopServe(s), 0, 'serve exits 0 on SIGTERM after flushing');
   }
   // A fresh server reads the same data back from the volume.
-  s = await serve([url, ...args], env);
+  s = await serve([url, ...args], { env });
   try {
     const v = await fio(s.uri, ['--verify_only']);
     assert.equal(v.code, 0, v.stdout + v.stderr);
@@ -98,7 +67,7 @@ async function interop(
     assert.equal(map.code, 0, map.stderr);
     assert.match(map.stdout, /data/);
   } finally {
-    await stop(s);
+    await stopServe(s);
   }
 }
 

@@ -1,0 +1,64 @@
+/**
+ * `hyper serve` as a child process (the real bin/run.js), started on a free port with
+ * --print-uri: resolves once it prints its URI, rejects (with its exit code and stderr) if it
+ * exits first or does not start in time.
+ */
+import { spawn, type ChildProcess } from 'node:child_process';
+import { runJs } from './cli.js';
+
+export interface Served {
+  child: ChildProcess;
+  /** The first export's URI. */
+  uri: string;
+  stderr: () => string;
+  /** Resolves with the exit code (128 + signal number when killed). */
+  exit: Promise<number>;
+}
+
+export interface ServeError extends Error {
+  code: number;
+  stderr: string;
+}
+
+export function serve(
+  args: string[],
+  options: { env?: Record<string, string>; timeoutMs?: number } = {},
+): Promise<Served> {
+  const child = spawn(process.execPath, [runJs, 'serve', ...args, '--port', '0', '--print-uri'], {
+    stdio: ['ignore', 'pipe', 'pipe'],
+    env: { ...process.env, NO_COLOR: '1', ...options.env },
+  });
+  let err = '';
+  child.stderr?.setEncoding('utf8').on('data', (d: string) => (err += d));
+  const exit = new Promise<number>((resolve) =>
+    child.once('exit', (code, signal) => resolve(code ?? (signal === 'SIGKILL' ? 137 : 128))),
+  );
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => {
+      child.kill('SIGKILL');
+      reject(Object.assign(new Error(`serve did not start: ${err}`), { code: -1, stderr: err }));
+    }, options.timeoutMs ?? 45_000);
+    let out = '';
+    child.stdout?.setEncoding('utf8').on('data', (d: string) => {
+      out += d;
+      const line = out.split('\n').find((l) => l.startsWith('nbd'));
+      if (line) {
+        clearTimeout(timer);
+        resolve({ child, uri: line.trim(), stderr: () => err, exit });
+      }
+    });
+    void exit.then((code) => {
+      clearTimeout(timer);
+      reject(Object.assign(new Error(`serve exited ${code}: ${err}`), { code, stderr: err }));
+    });
+  });
+}
+
+/** Stop a server (SIGTERM: drain, flush, release; SIGKILL: a crash) and return its exit code. */
+export async function stopServe(
+  s: Served,
+  signal: 'SIGTERM' | 'SIGKILL' = 'SIGTERM',
+): Promise<number> {
+  if (s.child.exitCode === null && s.child.signalCode === null) s.child.kill(signal);
+  return s.exit;
+}
