@@ -6,12 +6,33 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { open, readFile, readdir, stat, writeFile } from 'node:fs/promises';
+import type { ChildProcess } from 'node:child_process';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { fileUrl, hyper, hyperJson, show, tempDir } from '../../helpers/cli.js';
 
 const MiB = 1024 * 1024;
+
+/**
+ * An onSpawn hook for `file import`: once a data segment beyond the initial one exists (the
+ * import is under way), send SIGINT, `times` times 20 ms apart.
+ */
+function interruptOnceWriting(volDir: string, times = 1): (child: ChildProcess) => void {
+  return (child) => {
+    void (async () => {
+      for (let i = 0; i < 3000 && child.exitCode === null; i++) {
+        const segs = await readdir(join(volDir, 'seg')).catch(() => []);
+        if (segs.length >= 2) break;
+        await sleep(10);
+      }
+      for (let n = 0; n < times; n++) {
+        if (n > 0) await sleep(20);
+        child.kill('SIGINT');
+      }
+    })();
+  };
+}
 
 interface ErrorOut {
   error: { kind: string; code: string; message: string; key?: string; exitCode: number };
@@ -83,16 +104,7 @@ describe('hyper file: damaged data and interruption', () => {
     const r = await hyper(['file', 'import', imagePath, fileUrl(volDir), '--create'], {
       timeoutMs: 120_000,
       // Interrupt once the import is under way: a data segment beyond the initial one exists.
-      onSpawn: (child) => {
-        void (async () => {
-          for (let i = 0; i < 3000 && child.exitCode === null; i++) {
-            const segs = await readdir(join(volDir, 'seg')).catch(() => []);
-            if (segs.length >= 2) break;
-            await sleep(10);
-          }
-          child.kill('SIGINT');
-        })();
-      },
+      onSpawn: interruptOnceWriting(volDir),
     });
     if (r.code === 0) {
       t.diagnostic('the import finished before SIGINT arrived; checking the volume anyway');
@@ -133,18 +145,7 @@ describe('hyper file: damaged data and interruption', () => {
 
     const r = await hyper(['file', 'import', imagePath, fileUrl(volDir), '--create'], {
       timeoutMs: 120_000,
-      onSpawn: (child) => {
-        void (async () => {
-          for (let i = 0; i < 3000 && child.exitCode === null; i++) {
-            const segs = await readdir(join(volDir, 'seg')).catch(() => []);
-            if (segs.length >= 2) break;
-            await sleep(10);
-          }
-          child.kill('SIGINT');
-          await sleep(20);
-          child.kill('SIGINT');
-        })();
-      },
+      onSpawn: interruptOnceWriting(volDir, 2),
     });
     if (r.code === 0) {
       t.diagnostic('the import finished before the signals arrived');

@@ -13,6 +13,7 @@ import { after, before, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { needTools } from '../../helpers/env.js';
 import { run } from '../../helpers/nbd.js';
+import { selfSignedCert } from '../../helpers/tls.js';
 
 const root = resolve(dirname(fileURLToPath(import.meta.url)), '../../..');
 const runJs = join(root, 'bin', 'run.js');
@@ -242,29 +243,7 @@ describe(
       try {
         const certs = join(dir, 'certs');
         const client = join(dir, 'client');
-        await run('mkdir', ['-p', certs, client]);
-        const gen = await run('openssl', [
-          'req',
-          '-x509',
-          '-newkey',
-          'rsa:2048',
-          '-nodes',
-          '-days',
-          '2',
-          '-subj',
-          '/CN=127.0.0.1',
-          '-addext',
-          'subjectAltName=IP:127.0.0.1',
-          '-keyout',
-          join(certs, 'server-key.pem'),
-          '-out',
-          join(certs, 'server-cert.pem'),
-        ]);
-        assert.equal(gen.code, 0, gen.stderr);
-        await writeFile(
-          join(client, 'ca-cert.pem'),
-          await readFile(join(certs, 'server-cert.pem')),
-        );
+        await selfSignedCert(certs, client);
         const s = await serve([
           `file://${dir}/v/`,
           '--create',

@@ -1,10 +1,11 @@
 import assert from 'node:assert/strict';
-import { mkdir, mkdtemp, readFile, rm } from 'node:fs/promises';
+import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { needTools } from '../../helpers/env.js';
 import { memoryExport, nbdsh, run, startServer, type RunningServer } from '../../helpers/nbd.js';
+import { selfSignedCert } from '../../helpers/tls.js';
 
 const MiB = 1024 * 1024;
 
@@ -14,29 +15,9 @@ describe('STARTTLS', () => {
   let key: Buffer;
   before(async () => {
     dir = await mkdtemp(join(tmpdir(), 'hyper-nbd-tls-'));
-    await mkdir(join(dir, 'client'));
-    const r = await run('openssl', [
-      'req',
-      '-x509',
-      '-newkey',
-      'rsa:2048',
-      '-nodes',
-      '-days',
-      '2',
-      '-subj',
-      '/CN=127.0.0.1',
-      '-addext',
-      'subjectAltName=IP:127.0.0.1,DNS:localhost',
-      '-keyout',
-      join(dir, 'server-key.pem'),
-      '-out',
-      join(dir, 'server-cert.pem'),
-    ]);
-    assert.equal(r.code, 0, r.stderr);
+    await selfSignedCert(dir, join(dir, 'client'));
     cert = await readFile(join(dir, 'server-cert.pem'));
     key = await readFile(join(dir, 'server-key.pem'));
-    // The client trusts the self-signed server certificate as its CA.
-    await run('cp', [join(dir, 'server-cert.pem'), join(dir, 'client', 'ca-cert.pem')]);
   });
   after(() => rm(dir, { recursive: true, force: true }));
 
