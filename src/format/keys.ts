@@ -1,6 +1,7 @@
 /**
- * The only place where object keys of a volume are built or parsed. Keys are relative to
- * the volume's root (the store's URL). See FORMAT.md "Objects of a volume".
+ * The only place where object keys are built or parsed: a volume's keys, relative to the
+ * volume's root (the store's URL), and the WAL's keys, relative to the WAL store's URL.
+ * See FORMAT.md "Objects of a volume".
  */
 import { HyperError } from '../errors.js';
 
@@ -8,6 +9,10 @@ export const HEAD_KEY = 'head';
 export const LEASE_KEY = 'lease';
 export const SEGMENT_PREFIX = 'seg/';
 export const SNAPSHOT_PREFIX = 'snap/';
+/**
+ * A WAL kept inside the volume's own prefix (`--wal-url <volume>/wal/`) lives under here;
+ * a half-deleted volume may still hold such keys, and deleting it removes them.
+ */
 export const WAL_PREFIX = 'wal/';
 /** Pins that clones hold on their parent's checkpoints: pin/<clone volume uuid>. */
 export const PIN_PREFIX = 'pin/';
@@ -56,9 +61,22 @@ export function parseSnapshotKey(key: string): string | undefined {
   return SNAPSHOT_NAME.test(name) ? name : undefined;
 }
 
-/** WAL objects: wal/<segment id the WAL follows>/<sequence>, both fixed-width hex. */
-export function walKey(afterSegment: number, seq: number): string {
-  return `${WAL_PREFIX}${afterSegment.toString(16).padStart(SEG_DIGITS, '0')}/${seq
-    .toString(16)
-    .padStart(SEG_DIGITS, '0')}`;
+/** WAL records of one volume, in the WAL store: `<volume uuid>/<sequence, 16 hex>`. */
+export const walPrefix = (uuid: string): string => `${uuid}/`;
+
+export function walKey(uuid: string, seq: number): string {
+  if (!Number.isSafeInteger(seq) || seq < 1) {
+    throw new HyperError('internal', 'INTERNAL', `invalid WAL sequence ${seq}`);
+  }
+  return walPrefix(uuid) + seq.toString(16).padStart(SEG_DIGITS, '0');
+}
+
+/** The sequence number of one of `uuid`'s WAL keys, or undefined for anything else. */
+export function parseWalKey(uuid: string, key: string): number | undefined {
+  const prefix = walPrefix(uuid);
+  if (!key.startsWith(prefix)) return undefined;
+  const rest = key.slice(prefix.length);
+  if (rest.length !== SEG_DIGITS || !/^[0-9a-f]+$/.test(rest)) return undefined;
+  const seq = Number.parseInt(rest, 16);
+  return Number.isSafeInteger(seq) && seq >= 1 ? seq : undefined;
 }

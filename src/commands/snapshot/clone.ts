@@ -11,7 +11,7 @@ import { normalizeVolumeUrl } from '../../cli/url.js';
 import { checkpointRef, volumeUrl } from '../../flags.js';
 import { cloneVolume } from '../../format/volume/clone.js';
 import type { CheckpointRef } from '../../format/volume/types.js';
-import { readHead } from '../../format/volume/volume.js';
+import { readHead } from '../../format/volume/heads.js';
 import { requestCount } from './create.js';
 
 export interface SnapshotCloneResult {

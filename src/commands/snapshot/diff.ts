@@ -8,7 +8,7 @@ import { bytesWithExact } from '../../cli/results.js';
 import { formatBytes } from '../../cli/units.js';
 import { checkpointRef, volumeUrl } from '../../flags.js';
 import { diffCheckpoints, type ChangedExtent } from '../../format/volume/history.js';
-import { readHead, resolveCheckpoint } from '../../format/volume/volume.js';
+import { readHead, resolveCheckpoint } from '../../format/volume/heads.js';
 
 export interface SnapshotDiffResult {
   url: string;

@@ -5,7 +5,7 @@ import { bytesWithExact } from '../../cli/results.js';
 import { HyperError } from '../../errors.js';
 import { volumeUrl } from '../../flags.js';
 import { flattenVolume } from '../../format/volume/clone.js';
-import { readHead } from '../../format/volume/volume.js';
+import { readHead } from '../../format/volume/heads.js';
 
 export interface SnapshotFlattenResult {
   url: string;

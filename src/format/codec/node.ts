@@ -97,3 +97,91 @@ export function decodeNode(
   }
   return { level, count, segment, entries };
 }
+
+// ---------------------------------------------------------------- entries
+// Every read or write of an entry's fields goes through these, so the layout above is the
+// only place that knows the byte offsets.
+
+/** Where one logical block is stored. `seg` 0 means "in the flush being built" (pending). */
+export interface BlockPtr {
+  seg: number;
+  /** Byte offset in the segment object (stored in 512-byte units). */
+  off: number;
+  len: number;
+  crc: number;
+  codec: number;
+}
+
+/** The segment id of an entry that points into the flush being built. */
+export const PENDING_SEG = 0;
+
+export const entryKey = (entries: Buffer, i: number): number => readU64(entries, i * ENTRY_SIZE);
+
+export const entrySegment = (entries: Buffer, i: number): number =>
+  readU64(entries, i * ENTRY_SIZE + 8);
+
+/** Byte offset of the entry's target in its segment. */
+export const entryOffset = (entries: Buffer, i: number): number =>
+  entries.readUInt32LE(i * ENTRY_SIZE + 16) * SECTOR;
+
+/** Leaf entries: stored length of the block. */
+export const leafLength = (entries: Buffer, i: number): number =>
+  entries.readUInt32LE(i * ENTRY_SIZE + 20);
+
+/** Internal entries: mapped blocks in the child's subtree. */
+export const childBlocks = (entries: Buffer, i: number): number =>
+  readU64(entries, i * ENTRY_SIZE + 24);
+
+export function readLeaf(entries: Buffer, i: number): BlockPtr {
+  const o = i * ENTRY_SIZE;
+  return {
+    seg: readU64(entries, o + 8),
+    off: entries.readUInt32LE(o + 16) * SECTOR,
+    len: entries.readUInt32LE(o + 20),
+    crc: entries.readUInt32LE(o + 24),
+    codec: entries.readUInt16LE(o + 28),
+  };
+}
+
+export function writeLeaf(entries: Buffer, i: number, lba: number, p: BlockPtr): void {
+  writeU64(entries, i * ENTRY_SIZE, lba);
+  setLeafLocation(entries, i, p);
+}
+
+/** Fill in where a leaf's block is stored (a flush does this for pending entries). */
+export function setLeafLocation(entries: Buffer, i: number, p: BlockPtr): void {
+  const o = i * ENTRY_SIZE;
+  writeU64(entries, o + 8, p.seg);
+  entries.writeUInt32LE(p.off / SECTOR, o + 16);
+  entries.writeUInt32LE(p.len, o + 20);
+  entries.writeUInt32LE(p.crc >>> 0, o + 24);
+  entries.writeUInt16LE(p.codec, o + 28);
+  entries.writeUInt16LE(0, o + 30);
+}
+
+/** True for a leaf entry whose block is in the flush being built. */
+export const leafIsPending = (entries: Buffer, i: number): boolean =>
+  entrySegment(entries, i) === PENDING_SEG;
+
+/** An internal entry for a child whose location is not known yet (it is dirty). */
+export function writeChild(entries: Buffer, i: number, key: number, blocks: number): void {
+  const o = i * ENTRY_SIZE;
+  writeU64(entries, o, key);
+  writeU64(entries, o + 8, PENDING_SEG);
+  entries.writeUInt32LE(0, o + 16);
+  entries.writeUInt32LE(0, o + 20);
+  writeU64(entries, o + 24, blocks);
+}
+
+/** Fill in where a child node was written (a flush does this for dirty children). */
+export function setChildLocation(entries: Buffer, i: number, seg: number, off: number): void {
+  const o = i * ENTRY_SIZE;
+  writeU64(entries, o + 8, seg);
+  entries.writeUInt32LE(off / SECTOR, o + 16);
+}
+
+export const setEntryKey = (entries: Buffer, i: number, key: number): void =>
+  writeU64(entries, i * ENTRY_SIZE, key);
+
+export const setChildBlocks = (entries: Buffer, i: number, blocks: number): void =>
+  writeU64(entries, i * ENTRY_SIZE + 24, blocks);

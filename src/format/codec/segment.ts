@@ -13,7 +13,7 @@
  * wants a checkpoint's head fetches a short prefix of the segment.
  */
 import { DecodeError, Writer } from './binary.js';
-import { decodeEnvelope, encodeEnvelope, envelopeLength } from './envelope.js';
+import { ENVELOPE_OVERHEAD, decodeEnvelope, encodeEnvelope, envelopeLength } from './envelope.js';
 import { decodeHead, type HeadRecord } from './head.js';
 
 export const SEGMENT_MAGIC = 'HYSG';
@@ -35,6 +35,19 @@ export interface SegmentHeader {
   headBytes: Buffer;
   lbas: number[];
   nodes: { firstLba: number; level: number }[];
+}
+
+/** Bytes of the header envelope for these counts (the layout above, framed). */
+export const segmentHeaderSize = (headLen: number, blocks: number, nodes: number): number =>
+  ENVELOPE_OVERHEAD + 56 + 4 + headLen + blocks * 8 + nodes * 16;
+
+/**
+ * Where the embedded head ends, read from a prefix that holds at least the head's own
+ * envelope header (EMBEDDED_HEAD_OFFSET + 12 bytes): how much to fetch to decode it.
+ */
+export function embeddedHeadEnd(prefix: Buffer): number {
+  if (prefix.length < EMBEDDED_HEAD_OFFSET + 12) throw new DecodeError('truncated segment header');
+  return EMBEDDED_HEAD_OFFSET + prefix.readUInt32LE(EMBEDDED_HEAD_OFFSET + 8);
 }
 
 export function encodeSegmentHeader(h: Omit<SegmentHeader, 'head'>): Buffer {

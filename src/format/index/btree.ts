@@ -11,49 +11,63 @@
  * Separator rule: internal entry i covers lbas [key_i, key_{i+1}); key_i is ≤ every lba in
  * child i. The last child's range ends at the parent's own upper bound.
  */
-import { ENTRY_SIZE, SECTOR } from '../codec/node.js';
-import { readU64, writeU64 } from '../codec/binary.js';
+import {
+  ENTRY_SIZE,
+  childBlocks,
+  entryKey,
+  entryOffset,
+  entrySegment,
+  readLeaf,
+  setChildBlocks,
+  setEntryKey,
+  writeChild,
+  writeLeaf,
+  type BlockPtr,
+} from '../codec/node.js';
+
+export { PENDING_SEG, type BlockPtr } from '../codec/node.js';
 
 export class Node {
-  /** Dirty children of an internal node, by entry index (clean ones are found by pointer). */
-  kids: (Node | undefined)[] | undefined;
-  /** Offset assigned while a flush encodes this node (bytes into the new segment). */
-  newOff = 0;
+  /** Dirty children of an internal node, by entry index (clean ones are found by location). */
+  children: (Node | undefined)[] | undefined;
 
   constructor(
     public level: number,
-    public n: number,
-    public e: Buffer,
+    /** Entries in use. */
+    public length: number,
+    /** The raw 32-byte entries (codec/node.ts), with room for one more than the capacity. */
+    public entries: Buffer,
+    /** Owned by this tree until the next flush writes it (clean nodes are shared and never modified). */
     public dirty: boolean,
   ) {
-    this.kids = level > 0 && dirty ? [] : undefined;
+    this.children = level > 0 && dirty ? [] : undefined;
   }
 
   key(i: number): number {
-    return readU64(this.e, i * ENTRY_SIZE);
+    return entryKey(this.entries, i);
   }
   seg(i: number): number {
-    return readU64(this.e, i * ENTRY_SIZE + 8);
+    return entrySegment(this.entries, i);
   }
-  /** Offset in bytes (stored in 512-byte units). */
+  /** Offset in bytes of the entry's target in its segment. */
   off(i: number): number {
-    return this.e.readUInt32LE(i * ENTRY_SIZE + 16) * SECTOR;
+    return entryOffset(this.entries, i);
   }
-  /** Internal: mapped blocks below entry i. */
-  count(i: number): number {
-    return readU64(this.e, i * ENTRY_SIZE + 24);
+  /** Internal nodes: mapped blocks below entry i. */
+  blocksBelow(i: number): number {
+    return childBlocks(this.entries, i);
   }
   /** Mapped blocks in this subtree. */
   total(): number {
-    if (this.level === 0) return this.n;
+    if (this.level === 0) return this.length;
     let t = 0;
-    for (let i = 0; i < this.n; i++) t += this.count(i);
+    for (let i = 0; i < this.length; i++) t += this.blocksBelow(i);
     return t;
   }
   /** Index of the last entry with key ≤ lba, or -1. */
   lastLE(lba: number): number {
     let lo = 0;
-    let hi = this.n;
+    let hi = this.length;
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
       if (this.key(mid) <= lba) lo = mid + 1;
@@ -64,7 +78,7 @@ export class Node {
   /** Index of the first entry with key ≥ lba. */
   lowerBound(lba: number): number {
     let lo = 0;
-    let hi = this.n;
+    let hi = this.length;
     while (lo < hi) {
       const mid = (lo + hi) >>> 1;
       if (this.key(mid) < lba) lo = mid + 1;
@@ -72,16 +86,6 @@ export class Node {
     }
     return lo;
   }
-}
-
-/** A leaf value: where one logical block is stored. `seg` 0 means "in the flush being built". */
-export interface BlockPtr {
-  seg: number;
-  /** Byte offset in the segment object. */
-  off: number;
-  len: number;
-  crc: number;
-  codec: number;
 }
 
 export interface ScanEntry extends BlockPtr {
@@ -100,8 +104,6 @@ export interface NodeSource {
   /** A clean node by location, if it is in memory. */
   cached(seg: number, off: number): Node | undefined;
 }
-
-export const PENDING_SEG = 0;
 
 export function newEntries(capacity: number): Buffer {
   return Buffer.alloc((capacity + 1) * ENTRY_SIZE);
@@ -124,7 +126,7 @@ export class BTree {
   }
 
   child(parent: Node, i: number): Node | Miss {
-    const k = parent.kids?.[i];
+    const k = parent.children?.[i];
     if (k) return k;
     return this.source.cached(parent.seg(i), parent.off(i)) ?? new Miss(parent, i);
   }
@@ -141,8 +143,8 @@ export class BTree {
       nd = c;
     }
     const i = nd.lowerBound(lba);
-    if (i >= nd.n || nd.key(i) !== lba) return undefined;
-    return readPtr(nd, i);
+    if (i >= nd.length || nd.key(i) !== lba) return undefined;
+    return readLeaf(nd.entries, i);
   }
 
   /** Every mapped block with lo ≤ lba < hi, ascending. */
@@ -154,17 +156,17 @@ export class BTree {
 
   private scanRec(nd: Node, lo: number, hi: number, out: ScanEntry[]): Miss | undefined {
     if (nd.level === 0) {
-      for (let i = nd.lowerBound(lo); i < nd.n; i++) {
+      for (let i = nd.lowerBound(lo); i < nd.length; i++) {
         const lba = nd.key(i);
         if (lba >= hi) break;
-        const p = readPtr(nd, i) as ScanEntry;
+        const p = readLeaf(nd.entries, i) as ScanEntry;
         p.lba = lba;
         out.push(p);
       }
       return undefined;
     }
-    for (let i = Math.max(0, nd.lastLE(lo)); i < nd.n && nd.key(i) < hi; i++) {
-      if (nd.count(i) === 0) continue;
+    for (let i = Math.max(0, nd.lastLE(lo)); i < nd.length && nd.key(i) < hi; i++) {
+      if (nd.blocksBelow(i) === 0) continue;
       const c = this.child(nd, i);
       if (c instanceof Miss) return c;
       const m = this.scanRec(c, lo, hi, out);
@@ -182,19 +184,19 @@ export class BTree {
     if (lo <= lower && upper <= hi) return nd.total();
     if (nd.level === 0) {
       let c = 0;
-      for (let i = nd.lowerBound(lo); i < nd.n && nd.key(i) < hi; i++) c++;
+      for (let i = nd.lowerBound(lo); i < nd.length && nd.key(i) < hi; i++) c++;
       return c;
     }
     let total = 0;
-    for (let i = Math.max(0, nd.lastLE(lo)); i < nd.n && nd.key(i) < hi; i++) {
+    for (let i = Math.max(0, nd.lastLE(lo)); i < nd.length && nd.key(i) < hi; i++) {
       const a = Math.max(nd.key(i), lower);
-      const b = i + 1 < nd.n ? nd.key(i + 1) : upper;
+      const b = i + 1 < nd.length ? nd.key(i + 1) : upper;
       if (b <= lo) continue;
       if (lo <= a && b <= hi) {
-        total += nd.count(i);
+        total += nd.blocksBelow(i);
         continue;
       }
-      if (nd.count(i) === 0) continue;
+      if (nd.blocksBelow(i) === 0) continue;
       const c = this.child(nd, i);
       if (c instanceof Miss) return c;
       const r = this.countRec(c, lo, hi, a, b);
@@ -225,21 +227,21 @@ export class BTree {
     const leaf = path[path.length - 1] as Node;
     const pos = leaf.lowerBound(lba);
     let delta = 0;
-    if (pos < leaf.n && leaf.key(pos) === lba) {
-      writePtr(leaf, pos, lba, p);
+    if (pos < leaf.length && leaf.key(pos) === lba) {
+      writeLeaf(leaf.entries, pos, lba, p);
     } else {
-      leaf.e.copyWithin((pos + 1) * ENTRY_SIZE, pos * ENTRY_SIZE, leaf.n * ENTRY_SIZE);
-      writePtr(leaf, pos, lba, p);
-      leaf.n++;
+      leaf.entries.copyWithin((pos + 1) * ENTRY_SIZE, pos * ENTRY_SIZE, leaf.length * ENTRY_SIZE);
+      writeLeaf(leaf.entries, pos, lba, p);
+      leaf.length++;
       delta = 1;
     }
     for (let d = path.length - 2; d >= 0; d--) {
       const parent = path[d] as Node;
       const i = idx[d] as number;
-      if (delta) addCount(parent, i, delta);
-      if (lba < parent.key(i)) writeU64(parent.e, i * ENTRY_SIZE, lba);
+      if (delta) addBlocks(parent, i, delta);
+      if (lba < parent.key(i)) setEntryKey(parent.entries, i, lba);
     }
-    if (leaf.n > this.capacity) this.splitUp(path, idx, pos === leaf.n - 1);
+    if (leaf.length > this.capacity) this.splitUp(path, idx, pos === leaf.length - 1);
     return delta;
   }
 
@@ -254,9 +256,9 @@ export class BTree {
     // Shrink the root while it has a single child that is in memory.
     for (;;) {
       const r = this.root;
-      if (r.level > 0 && r.n === 0) {
+      if (r.level > 0 && r.length === 0) {
         this.root = new Node(0, 0, newEntries(this.capacity), true);
-      } else if (r.level > 0 && r.n === 1) {
+      } else if (r.level > 0 && r.length === 1) {
         const c = this.child(r, 0);
         if (c instanceof Miss) break;
         this.root = c.dirty ? c : cloneNode(c, this.capacity);
@@ -269,28 +271,28 @@ export class BTree {
     if (nd.level === 0) {
       const a = nd.lowerBound(lo);
       let b = a;
-      while (b < nd.n && nd.key(b) < hi) b++;
+      while (b < nd.length && nd.key(b) < hi) b++;
       if (b > a) {
-        nd.e.copyWithin(a * ENTRY_SIZE, b * ENTRY_SIZE, nd.n * ENTRY_SIZE);
-        nd.n -= b - a;
+        nd.entries.copyWithin(a * ENTRY_SIZE, b * ENTRY_SIZE, nd.length * ENTRY_SIZE);
+        nd.length -= b - a;
       }
       return b - a;
     }
     let removed = 0;
     let i = Math.max(0, nd.lastLE(lo));
-    while (i < nd.n && nd.key(i) < hi) {
+    while (i < nd.length && nd.key(i) < hi) {
       const a = Math.max(nd.key(i), lower);
-      const b = i + 1 < nd.n ? nd.key(i + 1) : upper;
+      const b = i + 1 < nd.length ? nd.key(i + 1) : upper;
       if (b <= lo) {
         i++;
         continue;
       }
       if (lo <= a && b <= hi) {
-        removed += nd.count(i);
+        removed += nd.blocksBelow(i);
         removeEntry(nd, i);
         continue;
       }
-      const cnt = nd.count(i);
+      const cnt = nd.blocksBelow(i);
       if (cnt === 0) {
         i++;
         continue;
@@ -298,11 +300,11 @@ export class BTree {
       const c = this.child(nd, i);
       if (c instanceof Miss) throw new Error('btree: boundary node not loaded');
       const w = c.dirty ? c : cloneNode(c, this.capacity);
-      (nd.kids as (Node | undefined)[])[i] = w;
+      (nd.children as (Node | undefined)[])[i] = w;
       const r = this.delRec(w, lo, hi, a, b);
       removed += r;
-      addCount(nd, i, -r);
-      if (w.n === 0) {
+      addBlocks(nd, i, -r);
+      if (w.length === 0) {
         removeEntry(nd, i);
         continue;
       }
@@ -322,7 +324,7 @@ export class BTree {
       if (nd.dirty) continue;
       const w = cloneNode(nd, this.capacity);
       const parent = path[d - 1] as Node;
-      (parent.kids as (Node | undefined)[])[idx[d - 1] as number] = w;
+      (parent.children as (Node | undefined)[])[idx[d - 1] as number] = w;
       path[d] = w;
     }
   }
@@ -331,34 +333,38 @@ export class BTree {
   private splitUp(path: Node[], idx: number[], append: boolean): void {
     for (let d = path.length - 1; d >= 0; d--) {
       const nd = path[d] as Node;
-      if (nd.n <= this.capacity) return;
+      if (nd.length <= this.capacity) return;
       // Appends keep the left node full (sequential writes pack nodes densely).
-      const at = append ? this.capacity : nd.n >>> 1;
-      const right = new Node(nd.level, nd.n - at, newEntries(this.capacity), true);
-      nd.e.copy(right.e, 0, at * ENTRY_SIZE, nd.n * ENTRY_SIZE);
+      const at = append ? this.capacity : nd.length >>> 1;
+      const right = new Node(nd.level, nd.length - at, newEntries(this.capacity), true);
+      nd.entries.copy(right.entries, 0, at * ENTRY_SIZE, nd.length * ENTRY_SIZE);
       if (nd.level > 0) {
-        const kids = nd.kids as (Node | undefined)[];
-        right.kids = kids.slice(at, nd.n);
-        kids.length = at;
+        const children = nd.children as (Node | undefined)[];
+        right.children = children.slice(at, nd.length);
+        children.length = at;
       }
-      nd.n = at;
+      nd.length = at;
       if (d === 0) {
         const root = new Node(nd.level + 1, 2, newEntries(this.capacity), true);
-        writeChild(root, 0, nd.key(0), nd.total());
-        writeChild(root, 1, right.key(0), right.total());
-        root.kids = [nd, right];
+        writeChild(root.entries, 0, nd.key(0), nd.total());
+        writeChild(root.entries, 1, right.key(0), right.total());
+        root.children = [nd, right];
         this.root = root;
         return;
       }
       const parent = path[d - 1] as Node;
       const i = idx[d - 1] as number;
-      const kids = parent.kids as (Node | undefined)[];
-      if (kids.length < i + 1) kids.length = i + 1;
-      parent.e.copyWithin((i + 2) * ENTRY_SIZE, (i + 1) * ENTRY_SIZE, parent.n * ENTRY_SIZE);
-      kids.splice(i + 1, 0, right);
-      parent.n++;
-      writeChild(parent, i, parent.key(i), nd.total());
-      writeChild(parent, i + 1, right.key(0), right.total());
+      const children = parent.children as (Node | undefined)[];
+      if (children.length < i + 1) children.length = i + 1;
+      parent.entries.copyWithin(
+        (i + 2) * ENTRY_SIZE,
+        (i + 1) * ENTRY_SIZE,
+        parent.length * ENTRY_SIZE,
+      );
+      children.splice(i + 1, 0, right);
+      parent.length++;
+      writeChild(parent.entries, i, parent.key(i), nd.total());
+      writeChild(parent.entries, i + 1, right.key(0), right.total());
     }
   }
 
@@ -370,9 +376,9 @@ export class BTree {
   dirtyNodes(): Node[] {
     const byLevel: Node[][] = [];
     const walk = (nd: Node): void => {
-      if (!nd.kids) return;
-      for (let i = 0; i < nd.n; i++) {
-        const k = nd.kids[i];
+      if (!nd.children) return;
+      for (let i = 0; i < nd.length; i++) {
+        const k = nd.children[i];
         if (k) {
           (byLevel[k.level] ??= []).push(k);
           walk(k);
@@ -388,15 +394,15 @@ export class BTree {
     const out: number[] = [];
     const rec = (nd: Node): Miss | undefined => {
       if (nd.level === 0) {
-        for (let i = nd.lowerBound(lo); i < nd.n; i++) {
+        for (let i = nd.lowerBound(lo); i < nd.length; i++) {
           const lba = nd.key(i);
           if (lba >= hi) break;
           out.push(lba);
         }
         return undefined;
       }
-      for (let i = Math.max(0, nd.lastLE(lo)); i < nd.n && nd.key(i) < hi; i++) {
-        if (nd.count(i) === 0) continue;
+      for (let i = Math.max(0, nd.lastLE(lo)); i < nd.length && nd.key(i) < hi; i++) {
+        if (nd.blocksBelow(i) === 0) continue;
         const c = this.child(nd, i);
         if (c instanceof Miss) return c;
         const m = rec(c);
@@ -408,52 +414,20 @@ export class BTree {
   }
 }
 
-export function readPtr(nd: Node, i: number): BlockPtr {
-  const o = i * ENTRY_SIZE;
-  return {
-    seg: readU64(nd.e, o + 8),
-    off: nd.e.readUInt32LE(o + 16) * SECTOR,
-    len: nd.e.readUInt32LE(o + 20),
-    crc: nd.e.readUInt32LE(o + 24),
-    codec: nd.e.readUInt16LE(o + 28),
-  };
-}
-
-export function writePtr(nd: Node, i: number, lba: number, p: BlockPtr): void {
-  const o = i * ENTRY_SIZE;
-  writeU64(nd.e, o, lba);
-  writeU64(nd.e, o + 8, p.seg);
-  nd.e.writeUInt32LE(p.off / SECTOR, o + 16);
-  nd.e.writeUInt32LE(p.len, o + 20);
-  nd.e.writeUInt32LE(p.crc >>> 0, o + 24);
-  nd.e.writeUInt16LE(p.codec, o + 28);
-  nd.e.writeUInt16LE(0, o + 30);
-}
-
-/** Internal entry for a dirty child (its location is filled in when a flush writes it). */
-function writeChild(nd: Node, i: number, key: number, count: number): void {
-  const o = i * ENTRY_SIZE;
-  writeU64(nd.e, o, key);
-  writeU64(nd.e, o + 8, 0);
-  nd.e.writeUInt32LE(0, o + 16);
-  nd.e.writeUInt32LE(0, o + 20);
-  writeU64(nd.e, o + 24, count);
-}
-
-function addCount(nd: Node, i: number, delta: number): void {
-  writeU64(nd.e, i * ENTRY_SIZE + 24, nd.count(i) + delta);
+function addBlocks(nd: Node, i: number, delta: number): void {
+  setChildBlocks(nd.entries, i, nd.blocksBelow(i) + delta);
 }
 
 function removeEntry(nd: Node, i: number): void {
-  nd.e.copyWithin(i * ENTRY_SIZE, (i + 1) * ENTRY_SIZE, nd.n * ENTRY_SIZE);
-  nd.kids?.splice(i, 1);
-  nd.n--;
+  nd.entries.copyWithin(i * ENTRY_SIZE, (i + 1) * ENTRY_SIZE, nd.length * ENTRY_SIZE);
+  nd.children?.splice(i, 1);
+  nd.length--;
 }
 
 export function cloneNode(nd: Node, capacity: number): Node {
   const e = newEntries(capacity);
-  nd.e.copy(e, 0, 0, nd.n * ENTRY_SIZE);
-  const c = new Node(nd.level, nd.n, e, true);
-  if (nd.level > 0) c.kids = nd.kids ? nd.kids.slice() : [];
+  nd.entries.copy(e, 0, 0, nd.length * ENTRY_SIZE);
+  const c = new Node(nd.level, nd.length, e, true);
+  if (nd.level > 0) c.children = nd.children ? nd.children.slice() : [];
   return c;
 }

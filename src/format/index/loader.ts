@@ -8,7 +8,7 @@ import { DecodeError } from '../codec/binary.js';
 import { decodeNode } from '../codec/node.js';
 import type { ObjectStore } from '../store/types.js';
 import { SegmentSource } from '../volume/segments.js';
-import { type Miss, Node, type NodeSource } from './btree.js';
+import { Miss, Node, type NodeSource } from './btree.js';
 import { LruCache } from './cache.js';
 
 const MAX_RUN = 64;
@@ -50,10 +50,10 @@ export class NodeLoader implements NodeSource {
   }
 
   /** Run a synchronous tree operation, loading whatever it misses, until it completes. */
-  async run<T>(op: () => T | Miss, isMiss: (r: T | Miss) => r is Miss): Promise<T> {
+  async run<T>(op: () => T | Miss): Promise<T> {
     for (let tries = 0; ; tries++) {
       const r = op();
-      if (!isMiss(r)) return r;
+      if (!(r instanceof Miss)) return r;
       if (tries > 10_000)
         throw new HyperError('internal', 'INTERNAL', 'index node cache thrashing');
       await this.load(r);
@@ -70,8 +70,8 @@ export class NodeLoader implements NodeSource {
     // Extend to contiguous siblings in the same segment that are neither dirty nor cached.
     const usable = (j: number, expectOff: number): boolean =>
       j >= 0 &&
-      j < p.n &&
-      !p.kids?.[j] &&
+      j < p.length &&
+      !p.children?.[j] &&
       p.seg(j) === seg &&
       p.off(j) === expectOff &&
       this.cache.peek(`${seg}:${expectOff}`) === undefined &&

@@ -14,12 +14,12 @@ import {
 import type { ObjectStore } from '../store/types.js';
 import { leaseHeldError, leaseInfo, readLease } from './lease.js';
 import type { LeaseInfo, VolumeInfo } from './types.js';
-import { infoOf, readCheckpointHead, readHead } from './volume.js';
+import { headAt, infoOf, readHead, rootOf } from './heads.js';
 import { isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
 import { nodeCapacity } from '../codec/node.js';
 import { NodeLoader } from '../index/loader.js';
 import { SegmentSource, type OpenStoreFn } from './segments.js';
-import { newReach, rootOf, walk } from './walk.js';
+import { newReach, walk } from './walk.js';
 
 export interface VolumeStat extends VolumeInfo {
   /** Segment objects under seg/. */
@@ -126,7 +126,7 @@ async function spaceUsage(
     const visited = new Set<string>();
     for (const id of retained) {
       all.segments.add(id);
-      const h = id === head.checkpoint ? head : await readCheckpointHead(store, id);
+      const h = await headAt(store, head, id);
       await walk(loader, rootOf(h), all, visited, false, options.signal);
     }
     let liveBytes = 0;

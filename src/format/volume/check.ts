@@ -7,7 +7,7 @@
 import { isHyperError } from '../../errors.js';
 import { DecodeError, crc32c } from '../codec/binary.js';
 import { isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
-import { nodeCapacity } from '../codec/node.js';
+import { nodeCapacity, readLeaf } from '../codec/node.js';
 import { decodeSegmentHeader, segmentHeaderLength } from '../codec/segment.js';
 import { decodeSnapshot } from '../codec/snapshot.js';
 import { Miss, type Node } from '../index/btree.js';
@@ -16,8 +16,7 @@ import { PIN_PREFIX, SNAPSHOT_PREFIX, parseSegmentKey, segmentKey } from '../key
 import type { ObjectStore } from '../store/types.js';
 import { readLease } from './lease.js';
 import { SegmentSource, type OpenStoreFn } from './segments.js';
-import { readHead } from './volume.js';
-import { rootOf } from './walk.js';
+import { readHead, rootOf } from './heads.js';
 
 export type ProblemKind = 'missing' | 'corrupt' | 'dangling' | 'orphan' | 'uncommitted';
 
@@ -165,21 +164,19 @@ export async function checkVolume(
   const walkNode = async (nd: Node): Promise<void> => {
     options.signal?.throwIfAborted();
     if (nd.level === 0) {
-      for (let i = 0; i < nd.n; i++) {
+      for (let i = 0; i < nd.length; i++) {
         const seg = nd.seg(i);
         reached.add(seg);
         if (options.deep) {
           let m = blocks.get(seg);
           if (!m) blocks.set(seg, (m = new Map()));
-          m.set(nd.off(i), {
-            len: nd.e.readUInt32LE(i * 32 + 20),
-            crc: nd.e.readUInt32LE(i * 32 + 24),
-          });
+          const { len, crc } = readLeaf(nd.entries, i);
+          m.set(nd.off(i), { len, crc });
         }
       }
       return;
     }
-    for (let i = 0; i < nd.n; i++) {
+    for (let i = 0; i < nd.length; i++) {
       const seg = nd.seg(i);
       const off = nd.off(i);
       const id = `${seg}:${off}`;

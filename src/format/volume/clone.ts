@@ -16,15 +16,10 @@ import { probeConditionalWrites } from '../store/probe.js';
 import type { ObjectStore } from '../store/types.js';
 import { SegmentSource, type OpenStoreFn } from './segments.js';
 import type { CheckpointRef, OpenOptions, VolumeInfo } from './types.js';
-import {
-  Volume,
-  buildEmptySegment,
-  infoOf,
-  readCheckpointHead,
-  readHead,
-  resolveCheckpoint,
-} from './volume.js';
-import { newReach, rewriteBlocks, rootOf, walk } from './walk.js';
+import { headAt, infoOf, readHead, resolveCheckpoint, rootOf } from './heads.js';
+import { buildEmptySegment } from './segment-builder.js';
+import { Volume } from './volume.js';
+import { newReach, rewriteBlocks, walk } from './walk.js';
 
 export interface CloneResult {
   parent: string;
@@ -42,7 +37,7 @@ export async function cloneVolume(
 ): Promise<CloneResult> {
   const { head: ph } = await readHead(parent);
   const checkpoint = await resolveCheckpoint(parent, ph, from);
-  const at = checkpoint === ph.checkpoint ? ph : await readCheckpointHead(parent, checkpoint);
+  const at = await headAt(parent, ph, checkpoint);
   if (await child.head(HEAD_KEY)) {
     throw new HyperError('conflict', 'VOLUME_EXISTS', `A volume already exists at ${child.url}`);
   }

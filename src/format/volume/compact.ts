@@ -17,8 +17,9 @@ import type { ObjectStore } from '../store/types.js';
 import { listSnapshots } from './history.js';
 import { decodeSnapshot } from '../codec/snapshot.js';
 import type { Logger } from './types.js';
-import { Volume, readCheckpointHead, readHead } from './volume.js';
-import { newReach, rewriteBlocks, rootOf, walk } from './walk.js';
+import { headAt, readHead, rootOf } from './heads.js';
+import { Volume } from './volume.js';
+import { newReach, rewriteBlocks, walk } from './walk.js';
 import { SegmentSource, type OpenStoreFn } from './segments.js';
 
 export const DEFAULT_GRACE_MS = 10 * 60 * 1000;
@@ -108,7 +109,7 @@ export async function compactVolume(
       others.segments.add(id);
       await walk(
         loader,
-        rootOf(await readCheckpointHead(store, id)),
+        rootOf(await headAt(store, oldHead, id)),
         others,
         othersVisited,
         false,
@@ -178,7 +179,7 @@ export async function compactVolume(
       const visited = new Set<string>();
       for (const id of keepIds) {
         reachAll.segments.add(id);
-        const h = id === head.checkpoint ? head : await readCheckpointHead(store, id);
+        const h = await headAt(store, head, id);
         await walk(loader, rootOf(h), reachAll, visited, false, signal);
       }
     }

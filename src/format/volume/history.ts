@@ -3,10 +3,10 @@
  * Every request count here is independent of the volume's size.
  */
 import { HyperError, isHyperError } from '../../errors.js';
-import { isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
-import { decodeNode, nodeCapacity } from '../codec/node.js';
+import { isRetainedCheckpoint } from '../codec/head.js';
+import { nodeCapacity } from '../codec/node.js';
 import { encodeSnapshot } from '../codec/snapshot.js';
-import { Miss, Node, type ScanEntry } from '../index/btree.js';
+import { Miss, type Node, type ScanEntry } from '../index/btree.js';
 import { NodeLoader } from '../index/loader.js';
 import { SegmentSource } from './segments.js';
 import {
@@ -18,7 +18,8 @@ import {
 } from '../keys.js';
 import type { ObjectStore } from '../store/types.js';
 import type { CheckpointRef, OpenOptions } from './types.js';
-import { Volume, readCheckpointHead, readHead, readSnapshot, resolveCheckpoint } from './volume.js';
+import { headAt, readHead, readSnapshot, resolveCheckpoint, rootOf } from './heads.js';
+import { Volume } from './volume.js';
 
 export interface SnapshotInfo {
   name: string;
@@ -125,9 +126,7 @@ export async function listCheckpoints(
   // Walk newest → oldest in small parallel batches until the limit or the `since` bound.
   for (let i = 0; i < ids.length && out.length < limit; i += 16) {
     const batch = ids.slice(i, i + 16);
-    const heads = await Promise.all(
-      batch.map((id) => (id === head.checkpoint ? head : readCheckpointHead(store, id))),
-    );
+    const heads = await Promise.all(batch.map((id) => headAt(store, head, id)));
     let older = false;
     for (const h of heads) {
       const time = new Date(h.checkpointMs);
@@ -170,7 +169,7 @@ export async function restoreVolume(
 ): Promise<RestorePlan> {
   const { head } = await readHead(store);
   const target = await resolveCheckpoint(store, head, to);
-  const th = target === head.checkpoint ? head : await readCheckpointHead(store, target);
+  const th = await headAt(store, head, target);
   const plan: RestorePlan = {
     target,
     targetTime: new Date(th.checkpointMs),
@@ -208,8 +207,8 @@ export async function diffCheckpoints(
   const { head } = await readHead(store);
   const a = await resolveCheckpoint(store, head, from);
   const b = to ? await resolveCheckpoint(store, head, to) : head.checkpoint;
-  const ha = a === head.checkpoint ? head : await readCheckpointHead(store, a);
-  const hb = b === head.checkpoint ? head : await readCheckpointHead(store, b);
+  const ha = await headAt(store, head, a);
+  const hb = await headAt(store, head, b);
   const nodeSize = 2 ** head.metaBlockShift;
   const cap = nodeCapacity(nodeSize);
   const loader = new NodeLoader(
@@ -218,20 +217,17 @@ export async function diffCheckpoints(
     cap,
     32 * 1024 * 1024,
   );
-  const rootOf = (h: HeadRecord): Node => {
-    const d = decodeNode(h.root, 0, cap);
-    return new Node(d.level, d.count, d.entries, false);
-  };
   // lba → location in `from` (ex) and in `to` (ey), for blocks under subtrees that differ.
   const ex = new Map<number, string>();
   const ey = new Map<number, string>();
   const cmp = async (x: Node, y: Node): Promise<void> => {
     if (x.level > 0 && x.level === y.level) {
       const sameKeys =
-        x.n === y.n && Array.from({ length: x.n }, (_, i) => x.key(i) === y.key(i)).every(Boolean);
+        x.length === y.length &&
+        Array.from({ length: x.length }, (_, i) => x.key(i) === y.key(i)).every(Boolean);
       if (sameKeys) {
         // Same ranges: recurse pairwise into children whose location differs.
-        for (let i = 0; i < x.n; i++) {
+        for (let i = 0; i < x.length; i++) {
           if (x.seg(i) === y.seg(i) && x.off(i) === y.off(i) && x.seg(i) !== 0) continue;
           await cmp(await childOf(loader, x, i), await childOf(loader, y, i));
         }
@@ -239,14 +235,14 @@ export async function diffCheckpoints(
       }
       // Ranges moved (splits, removals): skip children shared by location, collect the rest.
       const loc = (nd: Node, i: number): string => `${nd.key(i)}|${nd.seg(i)}:${nd.off(i)}`;
-      const lx = new Set(Array.from({ length: x.n }, (_, i) => loc(x, i)));
-      const ly = new Set(Array.from({ length: y.n }, (_, i) => loc(y, i)));
-      for (let i = 0; i < x.n; i++)
+      const lx = new Set(Array.from({ length: x.length }, (_, i) => loc(x, i)));
+      const ly = new Set(Array.from({ length: y.length }, (_, i) => loc(y, i)));
+      for (let i = 0; i < x.length; i++)
         if (!ly.has(loc(x, i)))
           await collect(loader, await childOf(loader, x, i), (e) =>
             ex.set(e.lba, `${e.seg}:${e.off}`),
           );
-      for (let i = 0; i < y.n; i++)
+      for (let i = 0; i < y.length; i++)
         if (!lx.has(loc(y, i)))
           await collect(loader, await childOf(loader, y, i), (e) =>
             ey.set(e.lba, `${e.seg}:${e.off}`),
@@ -294,10 +290,10 @@ export async function collect(
   fn: (e: ScanEntry) => void,
 ): Promise<void> {
   if (nd.level === 0) {
-    for (let i = 0; i < nd.n; i++) {
+    for (let i = 0; i < nd.length; i++) {
       fn({ lba: nd.key(i), seg: nd.seg(i), off: nd.off(i), len: 0, crc: 0, codec: 0 });
     }
     return;
   }
-  for (let i = 0; i < nd.n; i++) await collect(loader, await childOf(loader, nd, i), fn);
+  for (let i = 0; i < nd.length; i++) await collect(loader, await childOf(loader, nd, i), fn);
 }

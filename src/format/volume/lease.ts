@@ -11,7 +11,7 @@ import { DecodeError } from '../codec/binary.js';
 import { decodeLease, encodeLease, type LeaseRecord } from '../codec/lease.js';
 import { LEASE_KEY } from '../keys.js';
 import type { ObjectStore } from '../store/types.js';
-import type { LeaseInfo } from './types.js';
+import { CONFLICT_RETRIES, type LeaseInfo } from './types.js';
 
 export const DEFAULT_LEASE_TTL_MS = 30_000;
 
@@ -91,7 +91,7 @@ export class Lease {
   }
 
   static async acquire(store: ObjectStore, o: LeaseOptions): Promise<Lease> {
-    for (let attempt = 0; attempt < 5; attempt++) {
+    for (let attempt = 0; attempt < CONFLICT_RETRIES; attempt++) {
       const cur = await readLease(store);
       const now = Date.now();
       if (cur && cur.lease.expiresMs > now && !o.force) throw leaseHeldError(cur.lease);

@@ -22,6 +22,12 @@ export const DEFAULT_SEGMENT_SIZE = 32 * MiB;
 export const MIN_SEGMENT_SIZE = 1 * MiB;
 export const MAX_SEGMENT_SIZE = 4 * GiB;
 
+/**
+ * How often a conditional write (segment id, head, lease, WAL sequence) is retried after
+ * losing a race before giving up with the conflict: one bound for all of them.
+ */
+export const CONFLICT_RETRIES = 16;
+
 export interface CreateOptions {
   /** Logical size in bytes (default 0; a multiple of 512). */
   size?: number;
@@ -122,7 +128,7 @@ export interface Extent {
   hole: boolean;
 }
 
-/** Request counters (see store/counting.ts) surfaced by stat --verbose and the benchmarks. */
+/** Engine counters (request counts come from store/counting.ts), for `serve` logs and the benchmarks. */
 export interface EngineStats {
   flushes: number;
   segmentsWritten: number;

@@ -2,32 +2,28 @@
  * The write-ahead log: every acknowledged write is durable in a WAL object before its reply,
  * so acknowledging a write (or an NBD FLUSH) costs one small PUT instead of a segment and a
  * head CAS. Concurrent writes share one object (group commit): while a batch is in flight,
- * new entries gather for the next one. Objects are `<volume uuid>/<seq 16 hex>` in the WAL
- * store, written create-only with a gap-free sequence, which also fences: a writer that takes
- * the volume over claims the next sequence number, so an older writer's next batch fails.
+ * new entries gather for the next one. Records are written create-only with a gap-free
+ * sequence (keys.ts `walKey`), which also fences: a writer that takes the volume over claims
+ * the next sequence number, so an older writer's next batch fails.
+ *
+ * A `WalSession` is one writer's use of the log: replay what the head does not cover (in
+ * order, refusing gaps), claim the fence, append, and delete records once a committed
+ * checkpoint covers them.
  */
 import { HyperError, dataError, isHyperError } from '../../errors.js';
 import { DecodeError } from '../codec/binary.js';
 import { decodeWal, encodeWal, type WalEntry, type WalRecord } from '../codec/wal.js';
+import { parseWalKey, walKey, walPrefix } from '../keys.js';
 import type { ObjectStore } from '../store/types.js';
+import { CONFLICT_RETRIES, type Logger } from './types.js';
 
-const SEQ_DIGITS = 16;
-
-export const walKeyFor = (uuid: string, seq: number): string =>
-  `${uuid}/${seq.toString(16).padStart(SEQ_DIGITS, '0')}`;
-
-function parseWalKey(uuid: string, key: string): number | undefined {
-  const prefix = `${uuid}/`;
-  if (!key.startsWith(prefix)) return undefined;
-  const rest = key.slice(prefix.length);
-  if (rest.length !== SEQ_DIGITS || !/^[0-9a-f]+$/.test(rest)) return undefined;
-  return Number.parseInt(rest, 16);
-}
+/** Keys per DeleteObjects request when trimming. */
+const DELETE_BATCH = 1000;
 
 /** WAL sequence numbers present for a volume, ascending. */
 export async function listWal(store: ObjectStore, uuid: string): Promise<number[]> {
   const seqs: number[] = [];
-  for await (const page of store.list(`${uuid}/`)) {
+  for await (const page of store.list(walPrefix(uuid))) {
     for (const o of page.objects) {
       const s = parseWalKey(uuid, o.key);
       if (s !== undefined) seqs.push(s);
@@ -37,8 +33,15 @@ export async function listWal(store: ObjectStore, uuid: string): Promise<number[
 }
 
 export async function readWal(store: ObjectStore, uuid: string, seq: number): Promise<WalRecord> {
-  const key = walKeyFor(uuid, seq);
-  const { body } = await store.get(key);
+  const key = walKey(uuid, seq);
+  let body: Buffer;
+  try {
+    body = (await store.get(key)).body;
+  } catch (e) {
+    if (isHyperError(e, 'OBJECT_NOT_FOUND'))
+      throw dataError('MISSING_OBJECT', `${store.url}${key}`, `WAL record ${seq} is missing`);
+    throw e;
+  }
   try {
     const r = decodeWal(body);
     if (r.uuid !== uuid || r.seq !== seq)
@@ -55,9 +58,16 @@ export async function readWal(store: ObjectStore, uuid: string, seq: number): Pr
   }
 }
 
-interface Pending {
+const walFenced = (): HyperError =>
+  new HyperError(
+    'conflict',
+    'FENCED',
+    'Another writer took over the volume (its WAL claimed the next sequence); this writer accepts no more writes',
+    { suggestion: 'Re-open the volume once the other writer is done.' },
+  );
+
+interface Batch {
   entries: WalEntry[];
-  bytes: number;
   waiters: { resolve: () => void; reject: (e: unknown) => void }[];
 }
 
@@ -69,11 +79,10 @@ interface Pending {
 export class WalWriter {
   /** The highest sequence known durable. */
   lastDurable: number;
-  private pending: Pending | undefined;
+  private pending: Batch | undefined;
   private inFlight: Promise<void> | undefined;
   /** Set when another writer claimed a sequence: nothing more is accepted. */
   fenced: HyperError | undefined;
-  puts = 0;
 
   constructor(
     readonly store: ObjectStore,
@@ -88,9 +97,8 @@ export class WalWriter {
   append(entry: WalEntry): Promise<void> {
     if (this.fenced) return Promise.reject(this.fenced);
     return new Promise((resolve, reject) => {
-      const p = (this.pending ??= { entries: [], bytes: 0, waiters: [] });
+      const p = (this.pending ??= { entries: [], waiters: [] });
       p.entries.push(entry);
-      p.bytes += entry.data?.length ?? 0;
       p.waiters.push({ resolve, reject });
       if (!this.inFlight) this.send();
     });
@@ -123,38 +131,134 @@ export class WalWriter {
       });
   }
 
-  private async put(batch: Pending): Promise<void> {
+  private async put(batch: Batch): Promise<void> {
     if (this.fenced) throw this.fenced;
     for (let attempt = 0; ; attempt++) {
       const seq = this.lastDurable + 1;
-      const key = walKeyFor(this.uuid, seq);
+      const record = { uuid: this.uuid, epoch: this.epoch, seq, entries: batch.entries };
       try {
-        await this.store.put(
-          key,
-          encodeWal({ uuid: this.uuid, epoch: this.epoch, seq, entries: batch.entries }),
-          {
-            ifNoneMatch: true,
-          },
-        );
-        this.puts++;
+        await this.store.put(walKey(this.uuid, seq), encodeWal(record), { ifNoneMatch: true });
         this.lastDurable = seq;
         return;
       } catch (e) {
-        if (!isHyperError(e, 'OBJECT_EXISTS') || attempt > 3) throw e;
+        if (!isHyperError(e, 'OBJECT_EXISTS') || attempt >= CONFLICT_RETRIES) throw e;
         const there = await readWal(this.store, this.uuid, seq).catch(() => undefined);
         if (there && there.epoch === this.epoch) {
           // Our own earlier batch landed although its PUT reported failure: move past it.
           this.lastDurable = seq;
           continue;
         }
-        this.fenced ??= new HyperError(
-          'conflict',
-          'FENCED',
-          'Another writer took over the volume (its WAL claimed the next sequence); this writer accepts no more writes',
-          { suggestion: 'Re-open the volume once the other writer is done.' },
-        );
+        this.fenced ??= walFenced();
         throw this.fenced;
       }
     }
+  }
+}
+
+/** Applies one replayed entry to the engine (without logging it again). */
+export type ReplayFn = (entry: WalEntry) => Promise<void>;
+
+export class WalSession {
+  /** Records at or below this are deleted (or being deleted). */
+  private trimmedTo: number;
+  private trimming: Promise<void> = Promise.resolve();
+
+  private constructor(
+    readonly writer: WalWriter,
+    covered: number,
+    private readonly log: Logger,
+  ) {
+    this.trimmedTo = covered;
+  }
+
+  /**
+   * Replay every record the head does not cover (`covered` = the head's WAL sequence), claim
+   * the next sequence number (fencing any older writer), and return the session with the
+   * number of entries replayed. Records must follow `covered` without a gap: a missing one
+   * fails the open naming its sequence, never opens with acknowledged writes missing.
+   */
+  static async start(
+    store: ObjectStore,
+    uuid: string,
+    epoch: number,
+    covered: number,
+    replay: ReplayFn,
+    log: Logger,
+  ): Promise<{ session: WalSession; replayed: number }> {
+    let applied = covered;
+    let replayed = 0;
+    let stale: number[] = [];
+    const replayNew = async (): Promise<void> => {
+      const all = await listWal(store, uuid);
+      stale = all.filter((q) => q <= covered);
+      for (const q of all.filter((s) => s > applied)) {
+        if (q !== applied + 1) {
+          throw dataError(
+            'MISSING_OBJECT',
+            `${store.url}${walKey(uuid, applied + 1)}`,
+            `WAL record ${applied + 1} is missing (the log jumps from ${applied} to ${q}): acknowledged writes would be lost`,
+          );
+        }
+        const rec = await readWal(store, uuid, q);
+        for (const e of rec.entries) {
+          await replay(e);
+          replayed++;
+        }
+        applied = q;
+      }
+    };
+    await replayNew();
+    for (let attempt = 0; ; attempt++) {
+      const fence = applied + 1;
+      try {
+        await store.put(walKey(uuid, fence), encodeWal({ uuid, epoch, seq: fence, entries: [] }), {
+          ifNoneMatch: true,
+        });
+        const session = new WalSession(new WalWriter(store, uuid, epoch, fence), covered, log);
+        // Records the head already covered are needed neither for replay nor as a fence now.
+        session.delete(stale);
+        return { session, replayed };
+      } catch (e) {
+        // A writer we are taking over from logged one more batch: replay it too.
+        if (!isHyperError(e, 'OBJECT_EXISTS') || attempt >= CONFLICT_RETRIES) throw e;
+        await replayNew();
+      }
+    }
+  }
+
+  get fenced(): HyperError | undefined {
+    return this.writer.fenced;
+  }
+
+  /**
+   * A committed checkpoint covers records up to `seq`: delete them in the background — all
+   * but the newest durable one, which must stay: its sequence is what fences an older writer.
+   */
+  covered(seq: number): void {
+    const upTo = Math.min(seq, this.writer.lastDurable - 1);
+    if (upTo <= this.trimmedTo) return;
+    const from = this.trimmedTo + 1;
+    this.trimmedTo = upTo;
+    const seqs: number[] = [];
+    for (let q = from; q <= upTo; q++) seqs.push(q);
+    this.delete(seqs);
+  }
+
+  private delete(seqs: number[]): void {
+    if (seqs.length === 0) return;
+    const { store, uuid } = this.writer;
+    this.trimming = this.trimming.then(async () => {
+      try {
+        for (let i = 0; i < seqs.length; i += DELETE_BATCH)
+          await store.delete(seqs.slice(i, i + DELETE_BATCH).map((q) => walKey(uuid, q)));
+      } catch (e) {
+        this.log.warn('WAL cleanup failed', { error: e instanceof Error ? e.message : String(e) });
+      }
+    });
+  }
+
+  /** Wait for background deletes. */
+  close(): Promise<void> {
+    return this.trimming;
   }
 }

@@ -3,9 +3,8 @@
  * for the live (current) checkpoint, how many bytes of each segment it uses and which
  * blocks and nodes live where. Used by compaction and clone flattening.
  */
-import { ENTRY_SIZE, decodeNode, nodeCapacity } from '../codec/node.js';
-import type { HeadRecord } from '../codec/head.js';
-import { Miss, Node } from '../index/btree.js';
+import { leafLength } from '../codec/node.js';
+import { Miss, type Node } from '../index/btree.js';
 import type { NodeLoader } from '../index/loader.js';
 import type { Volume } from './volume.js';
 
@@ -20,12 +19,6 @@ export interface Reach {
 
 export function newReach(): Reach {
   return { segments: new Set(), live: new Map(), blocks: new Map(), nodeLbas: new Map() };
-}
-
-export function rootOf(h: HeadRecord): Node {
-  const cap = nodeCapacity(2 ** h.metaBlockShift);
-  const d = decodeNode(h.root, 0, cap);
-  return new Node(d.level, d.count, d.entries, false);
 }
 
 /**
@@ -55,15 +48,15 @@ export async function walk(
   const rec = async (nd: Node): Promise<number | undefined> => {
     signal?.throwIfAborted();
     if (nd.level === 0) {
-      for (let i = 0; i < nd.n; i++) {
+      for (let i = 0; i < nd.length; i++) {
         const seg = nd.seg(i);
-        add(seg, nd.e.readUInt32LE(i * ENTRY_SIZE + 20));
+        add(seg, leafLength(nd.entries, i));
         if (live) push(r.blocks, seg, nd.key(i));
       }
-      return nd.n > 0 ? nd.key(0) : undefined;
+      return nd.length > 0 ? nd.key(0) : undefined;
     }
     let first: number | undefined;
-    for (let i = 0; i < nd.n; i++) {
+    for (let i = 0; i < nd.length; i++) {
       const seg = nd.seg(i);
       const off = nd.off(i);
       const key = `${seg}:${off}`;

@@ -1,0 +1,243 @@
+/**
+ * Reading a volume's metadata without opening it: the head, the head embedded in any
+ * checkpoint's segment, named snapshots, and which checkpoint a reference names. Every
+ * admin operation, the engine and the commands read heads through this file.
+ */
+import { HyperError, dataError, isHyperError } from '../../errors.js';
+import { DecodeError } from '../codec/binary.js';
+import { decodeHead, isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
+import { decodeNode, nodeCapacity } from '../codec/node.js';
+import { decodeEmbeddedHead, embeddedHeadEnd } from '../codec/segment.js';
+import { decodeSnapshot, type SnapshotRecord } from '../codec/snapshot.js';
+import { Node } from '../index/btree.js';
+import { HEAD_KEY, SEGMENT_PREFIX, parseSegmentKey, segmentKey, snapshotKey } from '../keys.js';
+import type { ObjectStore } from '../store/types.js';
+import { MiB, type CheckpointRef, type VolumeInfo } from './types.js';
+
+export const FORMAT_VERSION = 1;
+
+/** Bytes fetched to read a checkpoint's embedded head (enough for almost every head). */
+const EMBEDDED_HEAD_PREFIX = 16 * 1024;
+
+export interface HeadObject {
+  head: HeadRecord;
+  /** The ETag to compare-and-swap against. */
+  etag: string;
+  /** The encoded record as stored (a retried CAS compares bytes to learn whether it landed). */
+  bytes: Buffer;
+}
+
+/** Read and decode the head object; absence and damage become domain errors. */
+export async function readHead(store: ObjectStore): Promise<HeadObject> {
+  let got;
+  try {
+    got = await store.get(HEAD_KEY);
+  } catch (e) {
+    if (isHyperError(e, 'OBJECT_NOT_FOUND')) throw await noHeadError(store);
+    throw e;
+  }
+  try {
+    return { head: decodeHead(got.body).head, etag: got.etag, bytes: got.body };
+  } catch (e) {
+    if (e instanceof DecodeError)
+      throw dataError('CORRUPT_OBJECT', HEAD_KEY, `Volume head is damaged: ${e.message}`);
+    throw e;
+  }
+}
+
+/** No head: either nothing is there (VOLUME_NOT_FOUND) or something else is (NOT_A_VOLUME). */
+async function noHeadError(store: ObjectStore): Promise<HyperError> {
+  let other = false;
+  for await (const page of store.list('')) {
+    other = page.objects.length > 0 || page.prefixes.length > 0;
+    break;
+  }
+  return other
+    ? new HyperError(
+        'invalid',
+        'NOT_A_VOLUME',
+        `${store.url} holds objects but no hyper volume (no ${HEAD_KEY} object)`,
+        {
+          suggestion:
+            'Check the URL: a volume URL ends at the prefix that holds `head` and `seg/`.',
+        },
+      )
+    : new HyperError('not-found', 'VOLUME_NOT_FOUND', `No volume at ${store.url}`, {
+        suggestion: 'Create it with `hyper file create URL --size SIZE`, or check the URL.',
+      });
+}
+
+/** The head embedded in segment `id` (a checkpoint), from a short ranged GET. */
+export async function readCheckpointHead(store: ObjectStore, id: number): Promise<HeadRecord> {
+  const key = segmentKey(id);
+  let prefix: Buffer;
+  try {
+    prefix = (await store.get(key, { range: { offset: 0, length: EMBEDDED_HEAD_PREFIX } })).body;
+  } catch (e) {
+    if (isHyperError(e, 'OBJECT_NOT_FOUND'))
+      throw dataError('MISSING_OBJECT', key, `Segment of checkpoint ${id} is missing`);
+    throw e;
+  }
+  try {
+    return decodeEmbeddedHead(prefix);
+  } catch (e) {
+    if (!(e instanceof DecodeError)) throw e;
+    // The embedded head may be longer than the prefix: fetch exactly what it says.
+    if (prefix.length === EMBEDDED_HEAD_PREFIX) {
+      const need = embeddedHeadEnd(prefix);
+      if (need > prefix.length && need < 64 * MiB) {
+        const full = (await store.get(key, { range: { offset: 0, length: need } })).body;
+        try {
+          return decodeEmbeddedHead(full);
+        } catch (e2) {
+          if (!(e2 instanceof DecodeError)) throw e2;
+        }
+      }
+    }
+    throw dataError(
+      'CHECKSUM_MISMATCH',
+      key,
+      `Segment header of checkpoint ${id} is damaged: ${e.message}`,
+    );
+  }
+}
+
+/** The head of checkpoint `id`: `current` itself when it is that checkpoint, else its segment's. */
+export function headAt(store: ObjectStore, current: HeadRecord, id: number): Promise<HeadRecord> {
+  return id === current.checkpoint ? Promise.resolve(current) : readCheckpointHead(store, id);
+}
+
+/** The index root stored inline in a head, verified. */
+export function rootOf(head: HeadRecord): Node {
+  try {
+    const d = decodeNode(head.root, 0, nodeCapacity(2 ** head.metaBlockShift));
+    if (d.level !== head.rootLevel) throw new DecodeError('root level does not match head');
+    return new Node(d.level, d.count, d.entries, false);
+  } catch (e) {
+    if (e instanceof DecodeError)
+      throw dataError('CORRUPT_OBJECT', HEAD_KEY, `Index root is damaged: ${e.message}`);
+    throw e;
+  }
+}
+
+/** A named snapshot record. */
+export async function readSnapshot(store: ObjectStore, name: string): Promise<SnapshotRecord> {
+  const key = snapshotKey(name);
+  let body: Buffer;
+  try {
+    body = (await store.get(key)).body;
+  } catch (e) {
+    if (isHyperError(e, 'OBJECT_NOT_FOUND')) {
+      throw new HyperError('not-found', 'SNAPSHOT_NOT_FOUND', `No snapshot named "${name}"`, {
+        suggestion: 'List snapshots with `hyper snapshot list --named`.',
+      });
+    }
+    throw e;
+  }
+  try {
+    return decodeSnapshot(body);
+  } catch (e) {
+    if (e instanceof DecodeError)
+      throw dataError('CORRUPT_OBJECT', key, `Snapshot record is damaged: ${e.message}`);
+    throw e;
+  }
+}
+
+/**
+ * The checkpoint a reference names. Committed checkpoints are segment ids ≤ head.checkpoint,
+ * not skipped, not dropped by compaction (see isRetainedCheckpoint).
+ */
+export async function resolveCheckpoint(
+  store: ObjectStore,
+  head: HeadRecord,
+  ref: CheckpointRef,
+): Promise<number> {
+  if ('snapshot' in ref) {
+    const snap = await readSnapshot(store, ref.snapshot);
+    return resolveCheckpoint(store, head, { checkpoint: snap.checkpoint });
+  }
+  if ('checkpoint' in ref) {
+    const id = ref.checkpoint;
+    if (!isRetainedCheckpoint(head, id)) {
+      throw new HyperError(
+        'not-found',
+        'CHECKPOINT_NOT_FOUND',
+        `Checkpoint ${id} does not exist (latest is ${head.checkpoint})`,
+        {
+          suggestion: 'List checkpoints with `hyper snapshot list`.',
+        },
+      );
+    }
+    if (id !== head.checkpoint && !(await store.head(segmentKey(id)))) {
+      throw new HyperError(
+        'not-found',
+        'CHECKPOINT_NOT_FOUND',
+        `Checkpoint ${id} was removed by compaction`,
+      );
+    }
+    return id;
+  }
+  const want = ref.time.getTime();
+  const ids = await retainedCheckpoints(store, head);
+  // Binary search on the checkpoint times embedded in the segments (ascending with id).
+  let lo = 0;
+  let hi = ids.length - 1;
+  let best: number | undefined;
+  while (lo <= hi) {
+    const mid = (lo + hi) >>> 1;
+    const id = ids[mid] as number;
+    const t = (await headAt(store, head, id)).checkpointMs;
+    if (t <= want) {
+      best = id;
+      lo = mid + 1;
+    } else hi = mid - 1;
+  }
+  if (best === undefined) {
+    throw new HyperError(
+      'not-found',
+      'CHECKPOINT_NOT_FOUND',
+      `No checkpoint at or before ${ref.time.toISOString()}`,
+    );
+  }
+  return best;
+}
+
+/** Retained checkpoint ids, ascending (one LIST of seg/). */
+export async function retainedCheckpoints(store: ObjectStore, head: HeadRecord): Promise<number[]> {
+  const ids: number[] = [];
+  for await (const page of store.list(SEGMENT_PREFIX)) {
+    for (const o of page.objects) {
+      const id = parseSegmentKey(o.key);
+      if (id !== undefined && isRetainedCheckpoint(head, id)) ids.push(id);
+    }
+  }
+  return ids;
+}
+
+/** What a head says about its volume, in the shape commands and `serve` show. */
+export function infoOf(url: string, head: HeadRecord, readOnly: boolean): VolumeInfo {
+  let mapped = 0;
+  try {
+    mapped = rootOf(head).total();
+  } catch {
+    mapped = 0;
+  }
+  return {
+    url,
+    uuid: head.uuid,
+    formatVersion: FORMAT_VERSION,
+    size: head.size,
+    dataBlockSize: 2 ** head.dataBlockShift,
+    metaBlockSize: 2 ** head.metaBlockShift,
+    segmentSize: head.segmentSize,
+    createdAt: new Date(head.createdMs),
+    checkpoint: head.checkpoint,
+    checkpointTime: new Date(head.checkpointMs),
+    mappedBlocks: mapped,
+    readOnly,
+    ...(head.walUrl === undefined ? {} : { walUrl: head.walUrl }),
+    ...(head.clone?.chain[0]
+      ? { parent: { url: head.clone.chain[0].url, checkpoint: head.clone.checkpoint } }
+      : {}),
+  };
+}

@@ -1,0 +1,157 @@
+/**
+ * Laying out one checkpoint segment (FORMAT.md "Segments"): the header with the embedded
+ * head, the dirty index nodes (leaves first, so siblings sit together), then the data
+ * blocks. Pure: it reads the dirty tree and writes only into the new buffers, so a failed
+ * PUT leaves the in-memory index exactly as it was and the flush can be retried.
+ */
+import { encodeHead, type HeadRecord } from '../codec/head.js';
+import {
+  ENTRY_SIZE,
+  NODE_HEADER,
+  SECTOR,
+  encodeNode,
+  encodedNodeSize,
+  leafIsPending,
+  setChildLocation,
+  setLeafLocation,
+} from '../codec/node.js';
+import { encodeSegmentHeader, segmentHeaderSize } from '../codec/segment.js';
+import { HyperError } from '../../errors.js';
+import type { Node } from '../index/btree.js';
+
+/** What goes into a checkpoint segment. */
+export interface CheckpointInput {
+  id: number;
+  nowMs: number;
+  /** The new head, except its index root (the builder encodes the root in place). */
+  head: Omit<HeadRecord, 'root' | 'rootLevel'>;
+  root: Node;
+  /** Dirty nodes below the root, in the order they are written (BTree.dirtyNodes()). */
+  nodes: Node[];
+  nodeSize: number;
+  blockSize: number;
+  /** Logical block of each new data block, ascending, and the blocks with their CRC32C. */
+  lbas: number[];
+  blocks: Buffer[];
+  crcs: number[];
+}
+
+export interface BuiltCheckpoint {
+  segment: Buffer;
+  head: HeadRecord;
+  headBytes: Buffer;
+  /** Offset of the first data block in the segment (blocks follow in `lbas` order). */
+  dataOffset: number;
+  /** Offset assigned to each of `nodes`, in the same order. */
+  nodeOffsets: number[];
+  /** The root's entries with this segment's locations filled in. */
+  rootEntries: Buffer;
+}
+
+const align = (v: number, a: number): number => Math.ceil(v / a) * a;
+
+export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
+  const { id, nodes, nodeSize, blockSize: bs, root } = c;
+  const withRoot = (rootBytes: Buffer): HeadRecord => ({
+    ...c.head,
+    rootLevel: root.level,
+    root: rootBytes,
+  });
+  // The header's length does not depend on node offsets: size it with a provisional root.
+  const provisional = encodeHead(withRoot(Buffer.alloc(encodedNodeSize(root.length))));
+  const headerLen = segmentHeaderSize(provisional.length, c.lbas.length, nodes.length);
+  const nodesOffset = align(headerLen, SECTOR);
+  const nodeOffsets = nodes.map((_, k) => nodesOffset + k * nodeSize);
+  // Children find their new offset through this map while their parents are encoded.
+  const offsetOf = new Map<Node, number>();
+  nodes.forEach((nd, k) => offsetOf.set(nd, nodeOffsets[k] as number));
+  const dataOffset = nodesOffset + nodes.length * nodeSize;
+  const total = dataOffset + c.blocks.length * bs;
+  const slot = new Map<number, number>();
+  c.lbas.forEach((lba, k) => slot.set(lba, k));
+
+  /** Fill in the locations this segment assigns (pending blocks, dirty children) in `e`. */
+  const locate = (nd: Node, e: Buffer): void => {
+    for (let i = 0; i < nd.length; i++) {
+      if (nd.level === 0) {
+        if (!leafIsPending(e, i)) continue;
+        const lba = nd.key(i);
+        const k = slot.get(lba);
+        if (k === undefined)
+          throw new HyperError('internal', 'INTERNAL', `index entry for block ${lba} has no data`);
+        setLeafLocation(e, i, {
+          seg: id,
+          off: dataOffset + k * bs,
+          len: bs,
+          crc: c.crcs[k] as number,
+          codec: 0,
+        });
+      } else {
+        const child = nd.children?.[i];
+        if (child) setChildLocation(e, i, id, offsetOf.get(child) as number);
+      }
+    }
+  };
+
+  // Nodes are encoded straight into the segment (entries copied, then located in place);
+  // the in-memory nodes change only once the commit has landed (see Volume's flush).
+  const segment = Buffer.allocUnsafe(total);
+  nodes.forEach((nd, k) => {
+    const at = nodeOffsets[k] as number;
+    segment.fill(0, at, at + nodeSize);
+    nd.entries.copy(segment, at + NODE_HEADER, 0, nd.length * ENTRY_SIZE);
+    const e = segment.subarray(at + NODE_HEADER, at + NODE_HEADER + nd.length * ENTRY_SIZE);
+    locate(nd, e);
+    encodeNode(segment, at, nd.level, nd.length, id, e);
+  });
+  const rootEntries = Buffer.from(root.entries.subarray(0, root.length * ENTRY_SIZE));
+  locate(root, rootEntries);
+  const rootBytes = Buffer.alloc(encodedNodeSize(root.length));
+  encodeNode(rootBytes, 0, root.level, root.length, id, rootEntries);
+  const head = withRoot(rootBytes);
+  const headBytes = encodeHead(head);
+  const header = encodeSegmentHeader({
+    segmentId: id,
+    createdMs: c.nowMs,
+    nodesOffset,
+    nodeCount: nodes.length,
+    nodeSize,
+    dataOffset,
+    blockCount: c.blocks.length,
+    dataBlockSize: bs,
+    totalLength: total,
+    headBytes,
+    lbas: c.lbas,
+    nodes: nodes.map((nd) => ({ firstLba: nd.length > 0 ? nd.key(0) : 0, level: nd.level })),
+  });
+  if (header.length !== headerLen)
+    throw new HyperError('internal', 'INTERNAL', 'segment header size changed while encoding');
+  header.copy(segment, 0);
+  segment.fill(0, header.length, nodesOffset);
+  for (let k = 0; k < c.blocks.length; k++)
+    (c.blocks[k] as Buffer).copy(segment, dataOffset + k * bs);
+  return { segment, head, headBytes, dataOffset, nodeOffsets, rootEntries };
+}
+
+/** A segment with no nodes and no data (the first checkpoint of a new volume or clone). */
+export function buildEmptySegment(id: number, nowMs: number, headBytes: Buffer): Buffer {
+  const headerLen = segmentHeaderSize(headBytes.length, 0, 0);
+  const nodesOffset = align(headerLen, SECTOR);
+  return Buffer.concat([
+    encodeSegmentHeader({
+      segmentId: id,
+      createdMs: nowMs,
+      nodesOffset,
+      nodeCount: 0,
+      nodeSize: 0,
+      dataOffset: nodesOffset,
+      blockCount: 0,
+      dataBlockSize: 0,
+      totalLength: nodesOffset,
+      headBytes,
+      lbas: [],
+      nodes: [],
+    }),
+    Buffer.alloc(nodesOffset - headerLen),
+  ]);
+}
