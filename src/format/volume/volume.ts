@@ -6,6 +6,7 @@
  *   create.ts          creating a volume
  *   write-buffer.ts    un-flushed writes (generations), block locks, back-pressure
  *   reader.ts          reads through the buffer and the index, coalesced verified GETs
+ *   flush.ts           one flush: index update, segment, node adoption
  *   segment-builder.ts laying out a checkpoint segment (pure)
  *   commit.ts          the one committer: lease, epoch, segment PUT, head CAS, fencing
  *   wal.ts             the write-ahead log session
@@ -14,12 +15,10 @@
  * segment, PUTs it create-only and CASes the head (the commit point); see FORMAT.md.
  */
 import { HyperError } from '../../errors.js';
-import { crc32c } from '../codec/binary.js';
-import type { HeadRecord } from '../codec/head.js';
-import { isRetainedCheckpoint } from '../codec/head.js';
-import { ENTRY_SIZE, NODE_HEADER, PENDING_SEG, nodeCapacity } from '../codec/node.js';
+import { isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
+import { nodeCapacity } from '../codec/node.js';
 import type { WalEntry } from '../codec/wal.js';
-import { BTree, Miss } from '../index/btree.js';
+import { BTree } from '../index/btree.js';
 import { NodeLoader } from '../index/loader.js';
 import type { ObjectStore } from '../store/types.js';
 import { Committer, SerialQueue } from './commit.js';
@@ -27,7 +26,7 @@ import { checkVolumeSize, createVolume } from './create.js';
 import { headAt, infoOf, readHead, resolveCheckpoint, rootOf } from './heads.js';
 import { DEFAULT_LEASE_TTL_MS, defaultHolder } from './lease.js';
 import { Reader } from './reader.js';
-import { buildCheckpoint, type BuiltCheckpoint } from './segment-builder.js';
+import { adoptNodes, nextHead, writeCheckpoint, type MetadataPatch } from './flush.js';
 import { SegmentSource } from './segments.js';
 import {
   MiB,
@@ -40,8 +39,8 @@ import {
   type OpenOptions,
   type VolumeInfo,
 } from './types.js';
-import { WalSession } from './wal.js';
-import { WriteBuffer, type Generation } from './write-buffer.js';
+import { WalSession, withWalUrl } from './wal.js';
+import { WriteBuffer } from './write-buffer.js';
 
 export interface WriteOptions {
   /** Force Unit Access: durable (committed) before the promise resolves. */
@@ -51,16 +50,6 @@ export interface WriteOptions {
 export interface ZeroOptions extends WriteOptions {
   /** Keep storage allocated (NBD NO_HOLE): hyper stores zeros as holes anyway, so reads are identical. */
   noHole?: boolean;
-}
-
-/** Changes to the head that the next checkpoint records besides its content. */
-interface MetadataPatch {
-  /** Compaction history: checkpoints below `floor` are dropped except `kept`. */
-  history?: { floor: number | 'self'; floorMs: number; kept: number[] };
-  /** This checkpoint restores that one. */
-  restoredFrom?: number;
-  /** The volume no longer reads from a parent (flatten). */
-  detach?: true;
 }
 
 /** What a flush is asked to do: commit a checkpoint, or only write a segment for room. */
@@ -177,21 +166,9 @@ export class Volume {
       minEpoch: cur.head.epoch,
     };
     const log = options.logger ?? silentLogger;
-    const committer = await Committer.takeOver(store, lease, log, (head) => {
-      if (options.walUrl && head.walUrl && options.walUrl !== head.walUrl) {
-        throw new HyperError(
-          'invalid',
-          'INVALID_ARGUMENT',
-          `The volume logs to ${head.walUrl}, not ${options.walUrl}`,
-          {
-            suggestion:
-              'Open it with its own WAL URL (or none): it may hold writes that must be replayed first.',
-          },
-        );
-      }
-      const walUrl = options.walUrl ?? head.walUrl;
-      return walUrl ? { ...head, walUrl } : head;
-    });
+    const committer = await Committer.takeOver(store, lease, log, (head) =>
+      withWalUrl(head, options.walUrl),
+    );
     let vol: Volume | undefined;
     try {
       vol = new Volume(
@@ -556,7 +533,22 @@ export class Volume {
     const patch = this.pendingMeta ?? {};
     this.pendingMeta = undefined;
     try {
-      await this.writeCheckpoint(committer, gen, patch, walSeq, kind);
+      const built = await writeCheckpoint({
+        committer,
+        tree: this.tree,
+        loader: this.loader,
+        gen,
+        head: (id, nowMs) =>
+          nextHead(committer.head, { id, nowMs, size: this.size, patch, walSeq }),
+        blockSize: this.bs,
+      });
+      this.counters.segmentsWritten++;
+      if (kind === 'checkpoint') {
+        await committer.publish(built);
+        this.headCommitted();
+      } else committer.written(built);
+      this.counters.flushes++;
+      adoptNodes(built, this.tree, this.loader);
       this.lastFlushError = undefined;
       this.buffer.unfreeze(true);
       return this.checkpointInfo();
@@ -575,116 +567,5 @@ export class Volume {
   private headCommitted(): void {
     const seq = this.headRecord.walSeq;
     if (seq !== undefined) this.wal?.covered(seq);
-  }
-
-  /** Apply `gen` to the index, write it as one segment, and (for a checkpoint) commit it. */
-  private async writeCheckpoint(
-    committer: Committer,
-    gen: Generation,
-    patch: MetadataPatch,
-    walSeq: number | undefined,
-    kind: FlushKind,
-  ): Promise<void> {
-    const tree = this.tree;
-    for (const [lo, hi] of gen.ranges) await this.loader.run(() => tree.deleteRange(lo, hi));
-    const lbas = [...gen.blocks.keys()].sort((a, b) => a - b);
-    const dataLbas: number[] = [];
-    const blocks: Buffer[] = [];
-    const pending = { seg: PENDING_SEG, off: 0, len: 0, crc: 0, codec: 0 };
-    for (const lba of lbas) {
-      const v = gen.blocks.get(lba) as Buffer | null;
-      const change = (): number | Miss =>
-        v ? tree.insert(lba, pending) : tree.deleteRange(lba, lba + 1);
-      const r = change();
-      if (r instanceof Miss) await this.loader.run(change);
-      if (v) {
-        dataLbas.push(lba);
-        blocks.push(v);
-      }
-    }
-    const crcs = blocks.map((b) => crc32c(b));
-    const nodes = tree.dirtyNodes();
-    const built = await committer.writeSegment((id) => {
-      const nowMs = Date.now();
-      const { restoredFrom: _previousRestore, ...base } = committer.head;
-      const out = buildCheckpoint({
-        id,
-        nowMs,
-        head: {
-          ...base,
-          ...(walSeq === undefined ? {} : { walSeq }),
-          ...(patch.history
-            ? {
-                history: {
-                  floor: patch.history.floor === 'self' ? id : patch.history.floor,
-                  floorMs: patch.history.floorMs,
-                  kept: patch.history.kept,
-                },
-              }
-            : {}),
-          ...(patch.restoredFrom === undefined ? {} : { restoredFrom: patch.restoredFrom }),
-          ...(patch.detach ? { clone: undefined } : {}),
-          size: this.size,
-          checkpoint: id,
-          checkpointMs: nowMs,
-          prevCheckpoint: committer.head.checkpoint,
-          lastSegment: id,
-        },
-        root: tree.root,
-        nodes,
-        nodeSize: this.loader.nodeSize,
-        blockSize: this.bs,
-        lbas: dataLbas,
-        blocks,
-        crcs,
-      });
-      this.serveFrozenFrom(out, gen, dataLbas, blocks);
-      return out;
-    });
-    this.counters.segmentsWritten++;
-    if (kind === 'checkpoint') {
-      await committer.publish(built);
-      this.headCommitted();
-    } else committer.written(built);
-    this.counters.flushes++;
-    this.adoptNodes(built, nodes);
-  }
-
-  /**
-   * The frozen blocks now also live in the segment buffer (immutable from here on): serve
-   * reads from there and let the per-block buffers go, so a flush holds its data once.
-   */
-  private serveFrozenFrom(
-    built: BuiltCheckpoint,
-    gen: Generation,
-    dataLbas: number[],
-    blocks: Buffer[],
-  ): void {
-    for (let k = 0; k < blocks.length; k++) {
-      const at = built.dataOffset + k * this.bs;
-      const view = built.segment.subarray(at, at + this.bs);
-      blocks[k] = view;
-      gen.blocks.set(dataLbas[k] as number, view);
-    }
-  }
-
-  /**
-   * Committed: the dirty nodes become clean cached nodes at their new homes, with the
-   * entries exactly as written (taken back from the segment).
-   */
-  private adoptNodes(built: BuiltCheckpoint, nodes: ReturnType<BTree['dirtyNodes']>): void {
-    const id = built.head.checkpoint;
-    nodes.forEach((node, k) => {
-      const off = built.nodeOffsets[k] as number;
-      const at = off + NODE_HEADER;
-      built.segment.copy(node.entries, 0, at, at + node.length * ENTRY_SIZE);
-      node.dirty = false;
-      node.children = undefined;
-      this.loader.add(id, off, node);
-    });
-    const root = this.tree.root;
-    built.rootEntries.copy(root.entries, 0);
-    root.dirty = false;
-    root.children = undefined;
   }
 }

@@ -12,10 +12,32 @@
  */
 import { HyperError, dataError, isHyperError } from '../../errors.js';
 import { DecodeError } from '../codec/binary.js';
+import type { HeadRecord } from '../codec/head.js';
 import { decodeWal, encodeWal, type WalEntry, type WalRecord } from '../codec/wal.js';
 import { parseWalKey, walKey, walPrefix } from '../keys.js';
 import type { ObjectStore } from '../store/types.js';
 import { CONFLICT_RETRIES, type Logger } from './types.js';
+
+/**
+ * The head a writer opening with `requested` (its --wal-url, if any) commits: a volume that
+ * logs somewhere keeps logging there; it cannot be opened with another log, which would skip
+ * the writes still waiting in its own.
+ */
+export function withWalUrl(head: HeadRecord, requested: string | undefined): HeadRecord {
+  if (requested && head.walUrl && requested !== head.walUrl) {
+    throw new HyperError(
+      'invalid',
+      'INVALID_ARGUMENT',
+      `The volume logs to ${head.walUrl}, not ${requested}`,
+      {
+        suggestion:
+          'Open it with its own WAL URL (or none): it may hold writes that must be replayed first.',
+      },
+    );
+  }
+  const walUrl = requested ?? head.walUrl;
+  return walUrl ? { ...head, walUrl } : head;
+}
 
 /** Keys per DeleteObjects request when trimming. */
 const DELETE_BATCH = 1000;

@@ -1,0 +1,139 @@
+/**
+ * The body of one flush: apply a frozen generation to the copy-on-write index, lay it out as
+ * one segment and PUT it through the committer; once committed, the dirty index nodes become
+ * clean cached nodes at their new homes. The façade (volume.ts) decides when to flush and
+ * whether the head is CASed right away.
+ */
+import { crc32c } from '../codec/binary.js';
+import type { HeadRecord } from '../codec/head.js';
+import { ENTRY_SIZE, NODE_HEADER, PENDING_SEG } from '../codec/node.js';
+import { type BTree, Miss, type Node } from '../index/btree.js';
+import type { NodeLoader } from '../index/loader.js';
+import type { Committer } from './commit.js';
+import { buildCheckpoint, type BuiltCheckpoint } from './segment-builder.js';
+import type { Generation } from './write-buffer.js';
+
+/** A checkpoint's head, except its index root (the segment builder fills that in). */
+export type NextHead = Omit<HeadRecord, 'root' | 'rootLevel'>;
+
+export interface FlushInput {
+  committer: Committer;
+  tree: BTree;
+  loader: NodeLoader;
+  /** The frozen generation to write. */
+  gen: Generation;
+  /** The head of the checkpoint written as segment `id`. */
+  head: (id: number, nowMs: number) => NextHead;
+  blockSize: number;
+}
+
+/** Changes to the head that the next checkpoint records besides its content. */
+export interface MetadataPatch {
+  /** Compaction history: checkpoints below `floor` are dropped except `kept`. */
+  history?: { floor: number | 'self'; floorMs: number; kept: number[] };
+  /** This checkpoint restores that one. */
+  restoredFrom?: number;
+  /** The volume no longer reads from a parent (flatten). */
+  detach?: true;
+}
+
+/** The head of checkpoint `id`, written after `prev` with `patch` applied. */
+export function nextHead(
+  prev: HeadRecord,
+  c: { id: number; nowMs: number; size: number; patch: MetadataPatch; walSeq: number | undefined },
+): NextHead {
+  // A restore marks only its own checkpoint; history and everything else carry over.
+  const { restoredFrom: _previousRestore, ...base } = prev;
+  const { history, restoredFrom, detach } = c.patch;
+  return {
+    ...base,
+    ...(c.walSeq === undefined ? {} : { walSeq: c.walSeq }),
+    ...(history
+      ? {
+          history: {
+            floor: history.floor === 'self' ? c.id : history.floor,
+            floorMs: history.floorMs,
+            kept: history.kept,
+          },
+        }
+      : {}),
+    ...(restoredFrom === undefined ? {} : { restoredFrom }),
+    ...(detach ? { clone: undefined } : {}),
+    size: c.size,
+    checkpoint: c.id,
+    checkpointMs: c.nowMs,
+    prevCheckpoint: prev.checkpoint,
+    lastSegment: c.id,
+  };
+}
+
+const PENDING = { seg: PENDING_SEG, off: 0, len: 0, crc: 0, codec: 0 };
+
+/** Apply `gen` to the index and write it as one segment (not yet committed). */
+export async function writeCheckpoint(f: FlushInput): Promise<BuiltCheckpoint & { nodes: Node[] }> {
+  const { tree, loader, gen } = f;
+  for (const [lo, hi] of gen.ranges) await loader.run(() => tree.deleteRange(lo, hi));
+  const lbas: number[] = [];
+  const blocks: Buffer[] = [];
+  for (const lba of [...gen.blocks.keys()].sort((a, b) => a - b)) {
+    const v = gen.blocks.get(lba) as Buffer | null;
+    const change = (): number | Miss =>
+      v ? tree.insert(lba, PENDING) : tree.deleteRange(lba, lba + 1);
+    if (change() instanceof Miss) await loader.run(change);
+    if (v) {
+      lbas.push(lba);
+      blocks.push(v);
+    }
+  }
+  const crcs = blocks.map((b) => crc32c(b));
+  const nodes = tree.dirtyNodes();
+  const built = await f.committer.writeSegment((id) => {
+    const nowMs = Date.now();
+    const out = buildCheckpoint({
+      id,
+      nowMs,
+      head: f.head(id, nowMs),
+      root: tree.root,
+      nodes,
+      nodeSize: loader.nodeSize,
+      blockSize: f.blockSize,
+      lbas,
+      blocks,
+      crcs,
+    });
+    // The frozen blocks now also live in the segment buffer (immutable from here on): serve
+    // reads from there and let the per-block buffers go, so a flush holds its data once.
+    for (let k = 0; k < blocks.length; k++) {
+      const at = out.dataOffset + k * f.blockSize;
+      const view = out.segment.subarray(at, at + f.blockSize);
+      blocks[k] = view;
+      gen.blocks.set(lbas[k] as number, view);
+    }
+    return out;
+  });
+  return { ...built, nodes };
+}
+
+/**
+ * The checkpoint is written: its dirty nodes become clean cached nodes at their new homes,
+ * with the entries exactly as written (taken back from the segment).
+ */
+export function adoptNodes(
+  built: BuiltCheckpoint & { nodes: Node[] },
+  tree: BTree,
+  loader: NodeLoader,
+): void {
+  const id = built.head.checkpoint;
+  built.nodes.forEach((node, k) => {
+    const off = built.nodeOffsets[k] as number;
+    const at = off + NODE_HEADER;
+    built.segment.copy(node.entries, 0, at, at + node.length * ENTRY_SIZE);
+    node.dirty = false;
+    node.children = undefined;
+    loader.add(id, off, node);
+  });
+  const root = tree.root;
+  built.rootEntries.copy(root.entries, 0);
+  root.dirty = false;
+  root.children = undefined;
+}
