@@ -104,21 +104,30 @@ export class BlockLocks {
     return this.held.size;
   }
 
-  /** Wait until no block in [first, last] is held. */
-  async wait(first: number, last: number): Promise<void> {
-    while (this.held.size > 0) {
-      const waits: Promise<void>[] = [];
-      if (last - first < this.held.size) {
-        for (let lba = first; lba <= last; lba++) {
-          const p = this.held.get(lba);
-          if (p) waits.push(p);
-        }
-      } else {
-        for (const [lba, p] of this.held) if (lba >= first && lba <= last) waits.push(p);
+  /**
+   * undefined when no block in [first, last] is held, else a promise that settles when the
+   * current holders are done. After such a wait another change may have taken the blocks in
+   * the meantime, so callers loop until it answers undefined and then act (and `hold`)
+   * without awaiting anything in between: checking and holding must be one synchronous step.
+   */
+  untilFree(first: number, last: number): Promise<void> | undefined {
+    const waits = this.holders(first, last);
+    if (waits.length === 0) return undefined;
+    return Promise.all(waits).then(() => undefined);
+  }
+
+  private holders(first: number, last: number): Promise<void>[] {
+    const waits: Promise<void>[] = [];
+    if (this.held.size === 0) return waits;
+    if (last - first < this.held.size) {
+      for (let lba = first; lba <= last; lba++) {
+        const p = this.held.get(lba);
+        if (p) waits.push(p);
       }
-      if (waits.length === 0) return;
-      await Promise.all(waits);
+    } else {
+      for (const [lba, p] of this.held) if (lba >= first && lba <= last) waits.push(p);
     }
+    return waits;
   }
 
   /** Hold [first, last] while `fn` runs. The blocks are held before this returns its promise. */
@@ -188,7 +197,10 @@ export class WriteBuffer {
     await this.waitForRoom();
     const first = Math.floor(offset / this.bs);
     const last = Math.floor((offset + data.length - 1) / this.bs);
-    await this.locks.wait(first, last);
+    for (let busy = this.locks.untilFree(first, last); busy;) {
+      await busy;
+      busy = this.locks.untilFree(first, last);
+    }
     await this.apply(first, last, this.edgesToRead(offset, data.length), log, (old) =>
       this.copyIn(offset, data, old),
     );
@@ -212,7 +224,10 @@ export class WriteBuffer {
       if (hi > lo) this.active.trim(lo, hi);
     };
     if (edges === 'keep' || (offset % bs === 0 && end % bs === 0)) {
-      if (hi > lo) await this.locks.wait(lo, hi - 1);
+      for (let busy = hi > lo ? this.locks.untilFree(lo, hi - 1) : undefined; busy;) {
+        await busy;
+        busy = this.locks.untilFree(lo, hi - 1);
+      }
       trimWhole();
       await log?.();
       return;
@@ -220,7 +235,10 @@ export class WriteBuffer {
     await this.waitForRoom();
     const first = Math.floor(offset / bs);
     const last = Math.floor((end - 1) / bs);
-    await this.locks.wait(first, last);
+    for (let busy = this.locks.untilFree(first, last); busy;) {
+      await busy;
+      busy = this.locks.untilFree(first, last);
+    }
     // Edges, then whole blocks, applied and logged as one step (log order = apply order).
     await this.apply(first, last, this.edgesToRead(offset, length), log, (old) => {
       if (offset % bs !== 0) {

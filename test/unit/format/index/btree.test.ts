@@ -1,0 +1,161 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { nodeCapacity, type BlockPtr } from '../../../../src/format/codec/node.js';
+import { BTree, Miss, type Node } from '../../../../src/format/index/btree.js';
+import { NodeLoader } from '../../../../src/format/index/loader.js';
+import { MemStore } from '../../../../src/format/store/mem.js';
+import { segmentKey } from '../../../../src/format/keys.js';
+import { buildCheckpoint } from '../../../../src/format/volume/segment-builder.js';
+import { adoptNodes } from '../../../../src/format/volume/flush.js';
+import { rng } from '../../../helpers/rng.js';
+
+const NODE = 4096;
+const CAP = nodeCapacity(NODE);
+const noNodes = { cached: (): Node | undefined => undefined };
+
+const ptr = (lba: number, salt: number): BlockPtr => ({
+  seg: 7 + (salt % 3),
+  off: ((lba * 8 + salt) % 65536) * 512,
+  len: 4096,
+  crc: (lba * 2654435761 + salt) >>> 0,
+  codec: 0,
+});
+
+/** Every structural rule of the tree, checked over a fully in-memory (dirty) tree. */
+function checkShape(t: BTree): number {
+  const rec = (
+    nd: Node,
+    lower: number,
+    upper: number,
+    depth: number,
+    leafDepth: number[],
+  ): number => {
+    for (let i = 1; i < nd.length; i++) assert.ok(nd.key(i - 1) < nd.key(i), 'keys ascend');
+    for (let i = 0; i < nd.length; i++) {
+      assert.ok(nd.key(i) >= lower && nd.key(i) < upper, 'keys inside the parent range');
+    }
+    assert.ok(nd.length <= CAP, 'no node over capacity');
+    if (nd.level === 0) {
+      leafDepth.push(depth);
+      return nd.length;
+    }
+    let total = 0;
+    for (let i = 0; i < nd.length; i++) {
+      const child = t.child(nd, i);
+      assert.ok(!(child instanceof Miss), 'dirty tree is all in memory');
+      assert.equal(child.level, nd.level - 1);
+      const hi = i + 1 < nd.length ? nd.key(i + 1) : upper;
+      const n = rec(child, nd.key(i), hi, depth + 1, leafDepth);
+      assert.equal(nd.blocksBelow(i), n, 'child counts equal subtree sizes');
+      if (child.length > 0) assert.ok(child.key(0) >= nd.key(i), 'separator ≤ first key of child');
+      total += n;
+    }
+    return total;
+  };
+  const depths: number[] = [];
+  const n = rec(t.root, 0, Number.MAX_SAFE_INTEGER, 0, depths);
+  assert.equal(new Set(depths).size <= 1, true, 'all leaves at one depth');
+  return n;
+}
+
+describe('B+tree', () => {
+  it('matches a map model over random inserts and range deletes, keeping its shape', () => {
+    const t = BTree.empty(CAP, noNodes);
+    const model = new Map<number, BlockPtr>();
+    const rand = rng(11);
+    for (let step = 0; step < 30_000; step++) {
+      const r = rand();
+      if (r < 0.8) {
+        // Clustered and scattered keys: both sequential appends and random splits.
+        const lba = rand() < 0.5 ? Math.floor(rand() * 200_000) : step * 3;
+        const p = ptr(lba, step);
+        const added = t.insert(lba, p);
+        assert.equal(added, model.has(lba) ? 0 : 1);
+        model.set(lba, p);
+      } else {
+        const lo = Math.floor(rand() * 200_000);
+        const hi = lo + 1 + Math.floor(rand() * (rand() < 0.1 ? 20_000 : 50));
+        let expect = 0;
+        for (const k of [...model.keys()]) if (k >= lo && k < hi && model.delete(k)) expect++;
+        assert.equal(t.deleteRange(lo, hi), expect);
+      }
+      if (step % 5000 === 0) assert.equal(checkShape(t), model.size);
+    }
+    assert.equal(checkShape(t), model.size);
+    assert.equal(t.mapped, model.size);
+    const keys = [...model.keys()].sort((a, b) => a - b);
+    assert.deepEqual(t.scanKeys(0, Number.MAX_SAFE_INTEGER), keys);
+    for (let i = 0; i < 2000; i++) {
+      const lba = Math.floor(rand() * 200_000);
+      assert.deepEqual(t.lookup(lba), model.get(lba));
+    }
+    const lo = 50_000;
+    const hi = 90_000;
+    const scan = t.scan(lo, hi);
+    assert.ok(!(scan instanceof Miss));
+    assert.deepEqual(
+      scan.map((e) => e.lba),
+      keys.filter((k) => k >= lo && k < hi),
+    );
+    assert.equal(t.countRange(lo, hi), keys.filter((k) => k >= lo && k < hi).length);
+  });
+
+  it('answers Miss (changing nothing) for a node not in memory, and loads it from its segment', async () => {
+    // Build a multi-level tree, write it as a segment, then reopen it from the root alone.
+    const store = MemStore.isolated();
+    const t = BTree.empty(CAP, noNodes);
+    const model = new Map<number, BlockPtr>();
+    for (let lba = 0; lba < 3 * CAP * CAP; lba += 2) {
+      const p = { seg: 1, off: 0, len: 4096, crc: lba, codec: 0 };
+      t.insert(lba, p);
+      model.set(lba, p);
+    }
+    assert.ok(t.root.level >= 2, 'three levels');
+    const nodes = t.dirtyNodes();
+    const built = buildCheckpoint({
+      id: 2,
+      nowMs: 1,
+      head: {
+        uuid: '0'.repeat(32),
+        createdMs: 1,
+        size: 1 << 30,
+        dataBlockShift: 12,
+        metaBlockShift: 12,
+        flags: 0,
+        segmentSize: 1 << 25,
+        checkpoint: 2,
+        checkpointMs: 1,
+        prevCheckpoint: 1,
+        lastSegment: 2,
+        epoch: 1,
+        skipped: [],
+      },
+      root: t.root,
+      nodes,
+      nodeSize: NODE,
+      blockSize: 4096,
+      lbas: [],
+      blocks: [],
+      crcs: [],
+    });
+    await store.put(segmentKey(2), built.segment);
+    const loader = new NodeLoader(store, NODE, CAP, 256 * NODE);
+    adoptNodes({ ...built, nodes: [] }, t, loader);
+    const { rootOf } = await import('../../../../src/format/volume/heads.js');
+    const reopened = new BTree(rootOf(built.head), CAP, loader);
+    const miss = reopened.lookup(CAP * 10);
+    assert.ok(miss instanceof Miss, 'a node not in memory is a Miss');
+    assert.equal(reopened.mapped, model.size, 'counts come from the root alone');
+    for (const lba of [0, 2, 1270, 16_130, 3 * CAP * CAP - 1]) {
+      assert.deepEqual(await loader.run(() => reopened.lookup(lba)), model.get(lba));
+      assert.equal(await loader.run(() => reopened.lookup(lba + 1)), undefined);
+    }
+    // A copy-on-write insert leaves the loaded (clean, shared) nodes untouched.
+    const before = loader.cached(reopened.root.seg(0), reopened.root.off(0));
+    const snapshot = before ? Buffer.from(before.entries) : undefined;
+    await loader.run(() => reopened.insert(1, { seg: 3, off: 512, len: 4096, crc: 1, codec: 0 }));
+    if (before && snapshot) assert.deepEqual(before.entries, snapshot, 'clean node unchanged');
+    assert.equal(reopened.mapped, model.size + 1);
+    assert.ok(loader.gets > 0 && loader.gets < 20, `few ranged GETs: ${loader.gets}`);
+  });
+});

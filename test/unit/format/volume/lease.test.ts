@@ -1,0 +1,85 @@
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { isHyperError } from '../../../../src/errors.js';
+import { decodeLease } from '../../../../src/format/codec/lease.js';
+import { LEASE_KEY } from '../../../../src/format/keys.js';
+import { MemStore } from '../../../../src/format/store/mem.js';
+import { Lease, readLease } from '../../../../src/format/volume/lease.js';
+
+const opts = (holder: string, extra: Partial<Parameters<typeof Lease.acquire>[1]> = {}) => ({
+  holder,
+  ttlMs: 60_000,
+  force: false,
+  minEpoch: 0,
+  ...extra,
+});
+
+describe('lease', () => {
+  it('is taken create-only, refused while live, and raises the epoch on every acquisition', async () => {
+    const store = MemStore.isolated();
+    const a = await Lease.acquire(store, opts('a', { minEpoch: 4 }));
+    assert.equal(a.epoch, 5, 'above the epoch the head has seen');
+    await assert.rejects(Lease.acquire(store, opts('b')), (e) => {
+      assert.ok(isHyperError(e, 'LEASE_HELD'));
+      assert.match(e.message, /in use by a \(lease epoch 5/);
+      return true;
+    });
+    await a.release();
+    const stored = decodeLease((await store.get(LEASE_KEY)).body);
+    assert.equal(stored.expiresMs, 0, 'released: expired, epoch kept');
+    assert.equal(stored.epoch, 5);
+    const b = await Lease.acquire(store, opts('b'));
+    assert.equal(b.epoch, 6);
+    await b.release();
+  });
+
+  it('force takes a live lease; the old holder learns it at its next renewal and stays fenced', async () => {
+    const store = MemStore.isolated();
+    const a = await Lease.acquire(store, opts('a'));
+    const b = await Lease.acquire(store, opts('b', { force: true }));
+    assert.equal(b.epoch, a.epoch + 1);
+    await assert.rejects(
+      a.renew(),
+      (e) => isHyperError(e, 'FENCED') && /taken over by b/.test(e.message),
+    );
+    assert.ok(a.lost);
+    assert.equal(a.validFor(0), false);
+    await a.release(); // a lost lease is not released (it is not ours to release)
+    assert.equal((await readLease(store))?.lease.holder, 'b');
+    await b.renew();
+    assert.ok(b.validFor(30_000));
+    await b.release();
+  });
+
+  it('an expired lease is free for the next writer without --force', async () => {
+    const store = MemStore.isolated();
+    const a = await Lease.acquire(store, opts('a', { ttlMs: 1 }));
+    await new Promise((r) => setTimeout(r, 10));
+    const b = await Lease.acquire(store, opts('b'));
+    assert.equal(b.epoch, a.epoch + 1);
+    a.stop();
+    await b.release();
+  });
+
+  it('two concurrent acquisitions: exactly one wins', async () => {
+    const store = MemStore.isolated();
+    const results = await Promise.allSettled(
+      Array.from({ length: 8 }, (_, i) => Lease.acquire(store, opts(`w${i}`))),
+    );
+    const won = results.filter((r) => r.status === 'fulfilled');
+    assert.equal(won.length, 1);
+    for (const r of results)
+      if (r.status === 'rejected') assert.ok(isHyperError(r.reason, 'LEASE_HELD'));
+    await (won[0] as PromiseFulfilledResult<Lease>).value.release();
+  });
+
+  it('a damaged lease record is a data error naming its key', async () => {
+    const store = MemStore.isolated();
+    await store.put(LEASE_KEY, Buffer.from('not a lease'));
+    await assert.rejects(readLease(store), (e) => {
+      assert.ok(isHyperError(e, 'CORRUPT_OBJECT'));
+      assert.match(e.message, /lease/);
+      return true;
+    });
+  });
+});
