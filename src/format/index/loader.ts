@@ -6,27 +6,33 @@
 import { HyperError, dataError } from '../../errors.js';
 import { DecodeError } from '../codec/binary.js';
 import { decodeNode } from '../codec/node.js';
-import type { ObjectStore } from '../store/types.js';
-import { SegmentSource } from '../volume/segments.js';
+import { nodeCapacity } from '../codec/node.js';
+import type { ByteRange } from '../store/types.js';
 import { Miss, Node, type NodeSource } from './btree.js';
 import { LruCache } from './cache.js';
 
 const MAX_RUN = 64;
 
+/** Where the loader reads segments from (volume/segments.ts: a volume and its parents). */
+export interface SegmentReader {
+  /** A ranged read of segment `seg`; a missing object is a data error naming `what`. */
+  get(seg: number, range: ByteRange, what: string): Promise<Buffer>;
+  /** The key to name in errors about segment `seg`. */
+  keyFor(seg: number): string;
+}
+
 export class NodeLoader implements NodeSource {
   private readonly cache: LruCache<string, Node>;
   private readonly inflight = new Map<string, Promise<void>>();
-  private readonly segments: SegmentSource;
+  private readonly capacity: number;
   gets = 0;
 
   constructor(
-    storeOrSource: ObjectStore | SegmentSource,
+    private readonly segments: SegmentReader,
     readonly nodeSize: number,
-    private readonly capacity: number,
     budgetBytes: number,
   ) {
-    this.segments =
-      storeOrSource instanceof SegmentSource ? storeOrSource : SegmentSource.single(storeOrSource);
+    this.capacity = nodeCapacity(nodeSize);
     // Always room for a few full root-to-leaf paths, whatever the budget says.
     this.cache = new LruCache(Math.max(budgetBytes, 256 * nodeSize));
   }

@@ -16,7 +16,6 @@ import { leaseHeldError, leaseInfo, readLease } from './lease.js';
 import type { LeaseInfo, VolumeInfo } from './types.js';
 import { headAt, infoOf, readHead, rootOf } from './heads.js';
 import { isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
-import { nodeCapacity } from '../codec/node.js';
 import { NodeLoader } from '../index/loader.js';
 import { SegmentSource, type OpenStoreFn } from './segments.js';
 import { newReach, walk } from './walk.js';
@@ -118,16 +117,16 @@ async function spaceUsage(
 ): Promise<SpaceUsage> {
   const source = await SegmentSource.forHead(store, head, options.openStore);
   const nodeSize = 2 ** head.metaBlockShift;
-  const loader = new NodeLoader(source, nodeSize, nodeCapacity(nodeSize), 32 * 1024 * 1024);
+  const loader = new NodeLoader(source, nodeSize, 32 * 1024 * 1024);
   try {
     const cur = newReach();
-    await walk(loader, rootOf(head), cur, new Set(), true, options.signal);
+    await walk(loader, rootOf(head), cur, { live: true, signal: options.signal });
     const all = newReach();
     const visited = new Set<string>();
     for (const id of retained) {
       all.segments.add(id);
       const h = await headAt(store, head, id);
-      await walk(loader, rootOf(h), all, visited, false, options.signal);
+      await walk(loader, rootOf(h), all, { visited, signal: options.signal });
     }
     let liveBytes = 0;
     let inheritedBytes = 0;

@@ -7,7 +7,7 @@
 import { isHyperError } from '../../errors.js';
 import { DecodeError, crc32c } from '../codec/binary.js';
 import { isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
-import { nodeCapacity, readLeaf } from '../codec/node.js';
+import { readLeaf } from '../codec/node.js';
 import { decodeSegmentHeader, segmentHeaderLength } from '../codec/segment.js';
 import { decodeSnapshot } from '../codec/snapshot.js';
 import { Miss, type Node } from '../index/btree.js';
@@ -155,7 +155,7 @@ export async function checkVolume(
   // Every index node the retained checkpoints reach (each shared node once).
   const source = await SegmentSource.forHead(store, head, options.openStore);
   const nodeSize = 2 ** head.metaBlockShift;
-  const loader = new NodeLoader(source, nodeSize, nodeCapacity(nodeSize), 16 * 1024 * 1024);
+  const loader = new NodeLoader(source, nodeSize, 16 * 1024 * 1024);
   const reached = new Set<number>(heads.keys());
   const visited = new Set<string>();
   const blocks = new Map<number, Map<number, { len: number; crc: number }>>();

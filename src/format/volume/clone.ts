@@ -8,7 +8,6 @@
 import { randomBytes } from 'node:crypto';
 import { HyperError, isHyperError } from '../../errors.js';
 import { encodeHead, type HeadRecord } from '../codec/head.js';
-import { nodeCapacity } from '../codec/node.js';
 import { encodeSnapshot } from '../codec/snapshot.js';
 import { NodeLoader } from '../index/loader.js';
 import { HEAD_KEY, SNAPSHOT_PREFIX, pinKey, segmentKey } from '../keys.js';
@@ -147,9 +146,9 @@ export async function flattenVolume(
     const cur = vol.headRecord;
     const source = await SegmentSource.forHead(store, cur, options.openStore);
     const nodeSize = 2 ** cur.metaBlockShift;
-    const loader = new NodeLoader(source, nodeSize, nodeCapacity(nodeSize), 64 * 1024 * 1024);
+    const loader = new NodeLoader(source, nodeSize, 64 * 1024 * 1024);
     const reach = newReach();
-    await walk(loader, rootOf(cur), reach, new Set(), true, options.signal);
+    await walk(loader, rootOf(cur), reach, { live: true, signal: options.signal });
     const lbas: number[] = [];
     for (const seg of reach.segments) {
       if (!vol.inherited(seg)) continue;

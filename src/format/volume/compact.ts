@@ -10,7 +10,6 @@
  * point, the volume stays valid; a rerun finishes the job.
  */
 import { isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
-import { nodeCapacity } from '../codec/node.js';
 import { NodeLoader } from '../index/loader.js';
 import { PIN_PREFIX, SEGMENT_PREFIX, parseSegmentKey, segmentKey } from '../keys.js';
 import type { ObjectStore } from '../store/types.js';
@@ -92,7 +91,7 @@ export async function compactVolume(
     const oldHead = vol ? vol.headRecord : (await readHead(store)).head;
     const nodeSize = 2 ** oldHead.metaBlockShift;
     const source = await SegmentSource.forHead(store, oldHead, options.openStore);
-    const loader = new NodeLoader(source, nodeSize, nodeCapacity(nodeSize), 64 * 1024 * 1024);
+    const loader = new NodeLoader(source, nodeSize, 64 * 1024 * 1024);
     const segs = await listSegments(store);
     const storedBytesBefore = [...segs.values()].reduce((s, x) => s + x.size, 0);
     const retainedBefore = retained(oldHead, segs);
@@ -100,21 +99,17 @@ export async function compactVolume(
     // 1. Walk the current checkpoint: live bytes per segment; and what older retained checkpoints reach.
     progress('scan', 0);
     const cur = newReach();
-    await walk(loader, rootOf(oldHead), cur, new Set(), true, signal);
+    await walk(loader, rootOf(oldHead), cur, { live: true, signal });
     const policy = await applyPolicy(store, oldHead, segs, options);
     const others = newReach();
     const othersVisited = new Set<string>();
     for (const id of policy.keep) {
       if (id === oldHead.checkpoint) continue;
       others.segments.add(id);
-      await walk(
-        loader,
-        rootOf(await headAt(store, oldHead, id)),
-        others,
-        othersVisited,
-        false,
+      await walk(loader, rootOf(await headAt(store, oldHead, id)), others, {
+        visited: othersVisited,
         signal,
-      );
+      });
     }
     progress('scan', 1, 1);
 
@@ -180,7 +175,7 @@ export async function compactVolume(
       for (const id of keepIds) {
         reachAll.segments.add(id);
         const h = await headAt(store, head, id);
-        await walk(loader, rootOf(h), reachAll, visited, false, signal);
+        await walk(loader, rootOf(h), reachAll, { visited, signal });
       }
     }
     const deletable: number[] = [];

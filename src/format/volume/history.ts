@@ -4,7 +4,7 @@
  */
 import { HyperError, isHyperError } from '../../errors.js';
 import { isRetainedCheckpoint } from '../codec/head.js';
-import { nodeCapacity } from '../codec/node.js';
+
 import { encodeSnapshot } from '../codec/snapshot.js';
 import { Miss, type Node, type ScanEntry } from '../index/btree.js';
 import { NodeLoader } from '../index/loader.js';
@@ -210,13 +210,7 @@ export async function diffCheckpoints(
   const ha = await headAt(store, head, a);
   const hb = await headAt(store, head, b);
   const nodeSize = 2 ** head.metaBlockShift;
-  const cap = nodeCapacity(nodeSize);
-  const loader = new NodeLoader(
-    await SegmentSource.forHead(store, hb),
-    nodeSize,
-    cap,
-    32 * 1024 * 1024,
-  );
+  const loader = new NodeLoader(await SegmentSource.forHead(store, hb), nodeSize, 32 * 1024 * 1024);
   // lba → location in `from` (ex) and in `to` (ey), for blocks under subtrees that differ.
   const ex = new Map<number, string>();
   const ey = new Map<number, string>();

@@ -88,12 +88,7 @@ export class Volume {
     const nodeSize = 2 ** head.metaBlockShift;
     this.size = head.size;
     this.log = opts.logger ?? silentLogger;
-    this.loader = new NodeLoader(
-      segments,
-      nodeSize,
-      nodeCapacity(nodeSize),
-      opts.nodeCacheBytes ?? 32 * MiB,
-    );
+    this.loader = new NodeLoader(segments, nodeSize, opts.nodeCacheBytes ?? 32 * MiB);
     this.tree = new BTree(rootOf(head), nodeCapacity(nodeSize), this.loader);
     this.flushBytes = opts.flushBytes ?? head.segmentSize;
     this.buffer = new WriteBuffer({

@@ -27,13 +27,19 @@ export function newReach(): Reach {
  * references there, its blocks, and for each index node stored there one mapped block under
  * it (rewriting that block makes the node be rewritten too).
  */
+export interface WalkOptions {
+  /** Node locations already walked (shared subtrees are walked once across calls). */
+  visited?: Set<string>;
+  /** The current checkpoint: also record live bytes, blocks and nodes per segment. */
+  live?: boolean;
+  signal?: AbortSignal;
+}
+
 export async function walk(
   loader: NodeLoader,
   root: Node,
   r: Reach,
-  visited: Set<string>,
-  live: boolean,
-  signal?: AbortSignal,
+  { visited = new Set(), live = false, signal }: WalkOptions = {},
 ): Promise<void> {
   const push = (m: Map<number, number[]>, seg: number, lba: number): void => {
     const l = m.get(seg);

@@ -7,6 +7,7 @@ import { MemStore } from '../../../../src/format/store/mem.js';
 import { segmentKey } from '../../../../src/format/keys.js';
 import { buildCheckpoint } from '../../../../src/format/volume/segment-builder.js';
 import { adoptNodes } from '../../../../src/format/volume/flush.js';
+import { SegmentSource } from '../../../../src/format/volume/segments.js';
 import { rng } from '../../../helpers/rng.js';
 
 const NODE = 4096;
@@ -139,7 +140,7 @@ describe('B+tree', () => {
       crcs: [],
     });
     await store.put(segmentKey(2), built.segment);
-    const loader = new NodeLoader(store, NODE, CAP, 256 * NODE);
+    const loader = new NodeLoader(SegmentSource.single(store), NODE, 256 * NODE);
     adoptNodes({ ...built, nodes: [] }, t, loader);
     const { rootOf } = await import('../../../../src/format/volume/heads.js');
     const reopened = new BTree(rootOf(built.head), CAP, loader);
