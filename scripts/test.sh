@@ -5,8 +5,10 @@
 #   3. a throwaway Ceph RGW on loopback (scripts/rgw/start.sh), stopped on exit
 #   4. every test under test/unit, test/integration and test/e2e, once, with one runner,
 #      HYPER_REQUIRE_TOOLS=1 (a missing tool or S3 endpoint fails instead of skipping)
-# A failing build/typecheck/lint step is reported and fails the run, but the tests still
-# run so one broken step does not hide the rest. Exit status: 0 only if everything passed.
+# A failing build stops the run before the tests (they would run against a stale or partial
+# dist/). A failing typecheck or lint step is reported and fails the run, but the tests still
+# run so that one broken step does not hide the rest. Exit status: 0 only if everything passed.
+# The test layout and the variables the tests read: test/README.md.
 # Environment: HYPER_TEST_CONCURRENCY (default 2), HYPER_TEST_TIMEOUT_MS (per test file,
 # default 900000), HYPER_SKIP_INSTALL=1 (skip step 1 and npm ci), HYPER_RGW_PORT.
 set -uo pipefail
@@ -32,7 +34,10 @@ if [ "${HYPER_SKIP_INSTALL:-}" != 1 ]; then
   step "install system packages" bash scripts/install-deps.sh || { echo "cannot continue without packages"; exit 1; }
   step "npm ci" npm ci --no-audit --no-fund --loglevel=error || { echo "cannot continue without node_modules"; exit 1; }
 fi
-step "build" npm run -s build || true
+if ! step "build" npm run -s build; then
+  echo "FAILED: build. Not running the tests: they would run against a stale or partial dist/."
+  exit 1
+fi
 step "typecheck" npm run -s typecheck || true
 step "lint" npm run -s lint || true
 

@@ -15,7 +15,7 @@ export const runJs = join(repoRoot, 'bin', 'run.js');
 
 if (!existsSync(join(repoRoot, 'dist', 'commands', 'file', 'create.js'))) {
   throw new Error(
-    'dist/ is missing the compiled commands: run `npm run build` before the CLI tests',
+    'dist/ is missing the compiled commands: run `npm run build` before the CLI and serve tests',
   );
 }
 

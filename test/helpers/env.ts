@@ -1,7 +1,8 @@
 /**
  * What the integration tests need from the machine, and one rule for when it is missing:
- * with HYPER_REQUIRE_TOOLS=1 (set by scripts/test.sh, so always in CI) a missing tool or
- * S3 endpoint is a test failure; otherwise the test is skipped with the reason.
+ * with HYPER_REQUIRE_TOOLS=1 (set by scripts/test.sh, so always in CI) a missing tool, S3
+ * endpoint or other prerequisite (root, /dev/fuse) is a test failure; otherwise the test is
+ * skipped with the reason. (A missing build, dist/, always fails: see helpers/cli.ts.)
  */
 import { spawnSync } from 'node:child_process';
 import type { TestContext } from 'node:test';
@@ -13,16 +14,28 @@ export function haveTool(name: string): boolean {
 }
 
 /**
+ * The rule itself: returns true when `ok`; otherwise throws `reason` when prerequisites are
+ * required, and returns false after marking the test skipped when they are not.
+ * Use: `if (!needPrerequisite(t, process.getuid?.() === 0, 'needs root')) return;`
+ */
+export function needPrerequisite(t: TestContext, ok: boolean, reason: string): boolean {
+  if (ok) return true;
+  if (requireTools) throw new Error(`${reason} (HYPER_REQUIRE_TOOLS=1)`);
+  t.skip(reason);
+  return false;
+}
+
+/**
  * Returns false (after marking the test skipped) when a tool is missing and tools are not
  * required; throws when they are required. Use: `if (!needTools(t, 'nbdinfo')) return;`
  */
 export function needTools(t: TestContext, ...names: string[]): boolean {
   const missing = names.filter((n) => !haveTool(n));
-  if (missing.length === 0) return true;
-  const msg = `missing tools: ${missing.join(', ')} (run the README test command to install them)`;
-  if (requireTools) throw new Error(msg);
-  t.skip(msg);
-  return false;
+  return needPrerequisite(
+    t,
+    missing.length === 0,
+    `missing tools: ${missing.join(', ')} (run the README test command to install them)`,
+  );
 }
 
 export interface S3TestConfig {
@@ -52,8 +65,10 @@ export function s3Config(): S3TestConfig | undefined {
 export function needS3(t: TestContext): S3TestConfig | undefined {
   const cfg = s3Config();
   if (cfg) return cfg;
-  const msg = 'no S3 endpoint (HYPER_TEST_S3_ENDPOINT etc.; scripts/test.sh starts Ceph RGW)';
-  if (requireTools) throw new Error(msg);
-  t.skip(msg);
+  needPrerequisite(
+    t,
+    false,
+    'no S3 endpoint (HYPER_TEST_S3_ENDPOINT etc.; scripts/test.sh starts Ceph RGW)',
+  );
   return undefined;
 }

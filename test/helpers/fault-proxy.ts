@@ -12,6 +12,9 @@ import {
   type ServerResponse,
 } from 'node:http';
 import type { AddressInfo } from 'node:net';
+import { after, before } from 'node:test';
+import { s3Config } from './env.js';
+import { ensureBucket } from './s3.js';
 
 export interface FaultRates {
   latencyMs?: number;
@@ -155,4 +158,33 @@ export class FaultProxy {
     upstream.on('error', () => req.socket.destroy());
     upstream.end(body);
   }
+}
+
+export interface RunningFaultProxy {
+  proxy: FaultProxy;
+  /** The proxy's URL: give it to hyper as the S3 endpoint. */
+  endpoint: string;
+}
+
+/**
+ * The shared setup of the fault tests: call inside a describe() to have a FaultProxy (seeded
+ * with `seed`) in front of the test S3 endpoint, the bucket created, started before the
+ * suite's tests and stopped after them. Returns a getter for the tests, which throws if the
+ * proxy is not running. Without an S3 endpoint nothing starts; each test calls needS3 first,
+ * which fails under HYPER_REQUIRE_TOOLS=1 and skips otherwise.
+ */
+export function s3FaultProxy(seed: number): () => RunningFaultProxy {
+  const cfg = s3Config();
+  let running: RunningFaultProxy | undefined;
+  before(async () => {
+    if (!cfg) return;
+    await ensureBucket(cfg);
+    const proxy = new FaultProxy(new URL(cfg.endpoint), seed);
+    running = { proxy, endpoint: await proxy.start() };
+  });
+  after(async () => running?.proxy.stop());
+  return () => {
+    if (!running) throw new Error('the fault proxy in front of S3 is not running');
+    return running;
+  };
 }

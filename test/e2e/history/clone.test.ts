@@ -14,7 +14,15 @@ import type { SnapshotListResult } from '../../../src/commands/snapshot/list.js'
 import { openStore } from '../../../src/format/store/index.js';
 import { Volume } from '../../../src/format/volume/volume.js';
 import { fileUrl, hyper, hyperJson, show, tempDir } from '../../helpers/cli.js';
-import { exportSha, objectsOnDisk, randomBuffer, rng, sha256, shaAt, sum } from './helpers.js';
+import {
+  exportSha,
+  objectsOnDisk,
+  randomBuffer,
+  rng,
+  sha256,
+  shaAt,
+  sum,
+} from '../../helpers/volume-content.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;

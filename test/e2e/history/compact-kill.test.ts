@@ -38,7 +38,7 @@ import {
   shaAt,
   sum,
   tempFiles,
-} from './helpers.js';
+} from '../../helpers/volume-content.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;

@@ -16,7 +16,13 @@ import type { SnapshotDeleteResult } from '../../../src/commands/snapshot/delete
 import type { SnapshotDiffResult } from '../../../src/commands/snapshot/diff.js';
 import type { SnapshotListResult } from '../../../src/commands/snapshot/list.js';
 import type { SnapshotRestoreResult } from '../../../src/commands/snapshot/restore.js';
-import { exportSha, objectsOnDisk, randomBuffer, rng, sha256 } from './helpers.js';
+import {
+  exportSha,
+  objectsOnDisk,
+  randomBuffer,
+  rng,
+  sha256,
+} from '../../helpers/volume-content.js';
 
 const KiB = 1024;
 const MiB = 1024 * KiB;

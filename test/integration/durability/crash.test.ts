@@ -9,15 +9,14 @@ import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { dirname, join } from 'node:path';
+import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
 import { needTools } from '../../helpers/env.js';
 import { serve, stopServe } from '../../helpers/serve.js';
 import { rng } from '../../helpers/rng.js';
 
-const here = dirname(fileURLToPath(import.meta.url));
-const writerPy = join(here, 'crash-writer.py');
+const writerPy = fileURLToPath(new URL('../../helpers/crash-writer.py', import.meta.url));
 const BLOCKS = 2048;
 const TRIALS = Number(process.env.HYPER_CRASH_TRIALS ?? 20);
 

@@ -11,7 +11,7 @@ import { randomBytes } from 'node:crypto';
 import { describe, it } from 'node:test';
 import { needTools } from '../../helpers/env.js';
 import { memoryExport, run, startServer } from '../../helpers/nbd.js';
-import { RawClient, goData, optionFrame, req, u32 } from '../nbd/raw-client.js';
+import { RawClient, goData, optionFrame, req, u32 } from '../../helpers/raw-nbd-client.js';
 import { rng } from '../../helpers/rng.js';
 
 const SECONDS = Number(process.env.HYPER_FUZZ_SECONDS ?? 8);

@@ -6,46 +6,35 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { after, before, describe, it } from 'node:test';
+import { describe, it } from 'node:test';
 import { isHyperError } from '../../../src/errors.js';
 import { openStore } from '../../../src/format/store/index.js';
 import { MiB } from '../../../src/format/volume/types.js';
 import { checkVolume } from '../../../src/format/volume/check.js';
 import { Volume } from '../../../src/format/volume/volume.js';
-import { needS3, s3Config } from '../../helpers/env.js';
-import { FaultProxy } from '../../helpers/fault-proxy.js';
-import { emptyStore, ensureBucket, s3Options, uniqueS3Url } from '../../helpers/s3.js';
+import { needS3, type S3TestConfig } from '../../helpers/env.js';
+import { s3FaultProxy } from '../../helpers/fault-proxy.js';
+import { emptyStore, s3Options, uniqueS3Url } from '../../helpers/s3.js';
 import { rng } from '../../helpers/rng.js';
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
 describe('S3 fault injection (Ceph RGW behind a faulty proxy)', () => {
-  let proxy: FaultProxy | undefined;
-  let endpoint = '';
-  const cfg = s3Config();
+  const faulty = s3FaultProxy(7);
 
-  before(async () => {
-    if (!cfg) return;
-    await ensureBucket(cfg);
-    proxy = new FaultProxy(new URL(cfg.endpoint), 7);
-    endpoint = await proxy.start();
-  });
-  after(async () => {
-    await proxy?.stop();
-  });
-
-  const open = (url: string) =>
+  const open = (cfg: S3TestConfig, url: string) =>
     openStore(url, {
-      ...s3Options(cfg as NonNullable<typeof cfg>, { endpoint }),
+      ...s3Options(cfg, { endpoint: faulty().endpoint }),
       retry: { baseDelayMs: 5, maxDelayMs: 100 },
       maxAttempts: 8,
     });
 
   it('a verified workload completes with correct data at 5% faults', async (t) => {
     const c = needS3(t);
-    if (!c || !proxy) return;
+    if (!c) return;
+    const { proxy } = faulty();
     const url = uniqueS3Url(c, 'faults');
-    const store = await open(url);
+    const store = await open(c, url);
     const size = 32 * MiB;
     proxy.rates = {};
     await Volume.create(store, { size, segmentSize: 1 * MiB });
@@ -102,9 +91,10 @@ describe('S3 fault injection (Ceph RGW behind a faulty proxy)', () => {
 
   it('with the store down, operations fail after bounded retries and recover when it returns', async (t) => {
     const c = needS3(t);
-    if (!c || !proxy) return;
+    if (!c) return;
+    const { proxy } = faulty();
     const url = uniqueS3Url(c, 'down');
-    const store = await open(url);
+    const store = await open(c, url);
     proxy.rates = {};
     proxy.down = false;
     await Volume.create(store, { size: 8 * MiB });

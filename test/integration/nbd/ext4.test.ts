@@ -6,7 +6,7 @@ import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { needTools } from '../../helpers/env.js';
+import { needPrerequisite, needTools } from '../../helpers/env.js';
 import { memoryExport, run, startServer } from '../../helpers/nbd.js';
 
 const MiB = 1024 * 1024;
@@ -65,10 +65,14 @@ describe('ext4 on an export through nbdfuse and a loop device', () => {
       )
     )
       return;
-    if (process.getuid?.() !== 0 || !existsSync('/dev/fuse')) {
-      t.skip('needs root and /dev/fuse');
+    if (
+      !needPrerequisite(
+        t,
+        process.getuid?.() === 0 && existsSync('/dev/fuse'),
+        'needs root and /dev/fuse (loop devices, mount)',
+      )
+    )
       return;
-    }
     const s = await startServer([memoryExport('fs', { size: 256 * MiB })]);
     const work = await mkdtemp(join(tmpdir(), 'hyper-nbd-ext4-'));
     const mnt = join(work, 'mnt');

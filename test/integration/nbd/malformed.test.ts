@@ -3,7 +3,7 @@ import { randomBytes } from 'node:crypto';
 import { after, before, describe, it } from 'node:test';
 import { needTools } from '../../helpers/env.js';
 import { memoryExport, run, startServer, type RunningServer } from '../../helpers/nbd.js';
-import { RawClient, goData, optionFrame, req, u32 } from './raw-client.js';
+import { RawClient, goData, optionFrame, req, u32 } from '../../helpers/raw-nbd-client.js';
 
 const MiB = 1024 * 1024;
 

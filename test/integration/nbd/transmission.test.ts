@@ -3,7 +3,7 @@ import { describe, it } from 'node:test';
 import type { BlockDevice, DeviceExtent, WriteFlags, ZeroFlags } from '../../../src/nbd/device.js';
 import { MemoryDevice } from '../../../src/nbd/testing/memory-device.js';
 import { deviceExport, startServer } from '../../helpers/nbd.js';
-import { RawClient, req } from './raw-client.js';
+import { RawClient, req } from '../../helpers/raw-nbd-client.js';
 
 const MiB = 1024 * 1024;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));

@@ -1,10 +1,10 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { HyperError, isHyperError } from '../../../src/errors.js';
-import { MemStore } from '../../../src/format/store/mem.js';
-import { RetryingStore } from '../../../src/format/store/retry.js';
-import type { ObjectStore, PutOptions } from '../../../src/format/store/types.js';
-import { collect, rejectsWith } from '../../helpers/store-conformance.js';
+import { HyperError, isHyperError } from '../../../../src/errors.js';
+import { MemStore } from '../../../../src/format/store/mem.js';
+import { RetryingStore } from '../../../../src/format/store/retry.js';
+import type { ObjectStore, PutOptions } from '../../../../src/format/store/types.js';
+import { collect, rejectsWith } from '../../../helpers/store-conformance.js';
 
 const unavailable = (what: string): HyperError =>
   new HyperError('unavailable', 'STORE_UNAVAILABLE', `fake: ${what}`);

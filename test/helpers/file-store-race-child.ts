@@ -1,6 +1,6 @@
-// Child process for file-race.test.ts: races create-only or CAS increments on one key.
-import { isHyperError } from '../../../src/errors.js';
-import { FileStore } from '../../../src/format/store/file.js';
+// Child process for test/unit/format/store/file-race.test.ts: races create-only or CAS increments on one key.
+import { isHyperError } from '../../src/errors.js';
+import { FileStore } from '../../src/format/store/file.js';
 
 const [dir, mode, id, iterations] = process.argv.slice(2) as [string, string, string, string];
 const store = new FileStore(dir);

@@ -1,12 +1,12 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { HEAD_KEY, segmentKey } from '../../../src/format/keys.js';
-import { CountingStore } from '../../../src/format/store/counting.js';
-import { MemStore } from '../../../src/format/store/mem.js';
-import { checkVolume } from '../../../src/format/volume/check.js';
-import { createSnapshot } from '../../../src/format/volume/history.js';
-import { KiB, MiB } from '../../../src/format/volume/types.js';
-import { Volume } from '../../../src/format/volume/volume.js';
+import { HEAD_KEY, segmentKey } from '../../../../src/format/keys.js';
+import { CountingStore } from '../../../../src/format/store/counting.js';
+import { MemStore } from '../../../../src/format/store/mem.js';
+import { checkVolume } from '../../../../src/format/volume/check.js';
+import { createSnapshot } from '../../../../src/format/volume/history.js';
+import { KiB, MiB } from '../../../../src/format/volume/types.js';
+import { Volume } from '../../../../src/format/volume/volume.js';
 
 /** A volume whose index has internal nodes: 4,000 scattered blocks over 3 checkpoints. */
 async function build(mem: MemStore): Promise<number[]> {

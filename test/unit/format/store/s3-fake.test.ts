@@ -4,8 +4,8 @@ import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { after, before, describe, it } from 'node:test';
-import { openStore } from '../../../src/format/store/index.js';
-import { rejectsWith } from '../../helpers/store-conformance.js';
+import { openStore } from '../../../../src/format/store/index.js';
+import { rejectsWith } from '../../../helpers/store-conformance.js';
 
 type Reply = { status: number; code?: string; etag?: string; body?: Buffer };
 let script: Array<(req: IncomingMessage, body: Buffer) => Reply> = [];

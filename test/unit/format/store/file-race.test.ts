@@ -6,9 +6,9 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { fileURLToPath } from 'node:url';
-import { FileStore } from '../../../src/format/store/file.js';
+import { FileStore } from '../../../../src/format/store/file.js';
 
-const child = fileURLToPath(new URL('./race-child.ts', import.meta.url));
+const child = fileURLToPath(new URL('../../../helpers/file-store-race-child.ts', import.meta.url));
 const base = mkdtempSync(join(tmpdir(), 'hyper-file-race-'));
 after(() => rmSync(base, { recursive: true, force: true }));
 

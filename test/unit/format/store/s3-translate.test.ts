@@ -1,7 +1,11 @@
 // S3 error translation without a server: synthetic SDK-shaped errors.
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { translateS3Error, unquote, type TranslateContext } from '../../../src/format/store/s3.js';
+import {
+  translateS3Error,
+  unquote,
+  type TranslateContext,
+} from '../../../../src/format/store/s3.js';
 
 const ctx: TranslateContext = {
   op: 'put',

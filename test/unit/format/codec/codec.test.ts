@@ -4,18 +4,18 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { DecodeError, crc32c, readU64, writeU64 } from '../../../src/format/codec/binary.js';
-import { decodeEnvelope, encodeEnvelope } from '../../../src/format/codec/envelope.js';
-import { decodeHead, encodeHead, type HeadRecord } from '../../../src/format/codec/head.js';
-import { decodeLease, encodeLease } from '../../../src/format/codec/lease.js';
-import { decodeNode, encodeNode, encodedNodeSize } from '../../../src/format/codec/node.js';
+import { DecodeError, crc32c, readU64, writeU64 } from '../../../../src/format/codec/binary.js';
+import { decodeEnvelope, encodeEnvelope } from '../../../../src/format/codec/envelope.js';
+import { decodeHead, encodeHead, type HeadRecord } from '../../../../src/format/codec/head.js';
+import { decodeLease, encodeLease } from '../../../../src/format/codec/lease.js';
+import { decodeNode, encodeNode, encodedNodeSize } from '../../../../src/format/codec/node.js';
 import {
   EMBEDDED_HEAD_OFFSET,
   decodeEmbeddedHead,
   decodeSegmentHeader,
   encodeSegmentHeader,
-} from '../../../src/format/codec/segment.js';
-import { parseSegmentKey, segmentKey, snapshotKey } from '../../../src/format/keys.js';
+} from '../../../../src/format/codec/segment.js';
+import { parseSegmentKey, segmentKey, snapshotKey } from '../../../../src/format/keys.js';
 
 const hex = (b: Buffer): string => b.toString('hex');
 

@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { isHyperError } from '../../../src/errors.js';
-import { MemStore } from '../../../src/format/store/mem.js';
-import { deleteVolume, listVolumes, statVolume } from '../../../src/format/volume/admin.js';
-import { compactVolume } from '../../../src/format/volume/compact.js';
-import { MiB } from '../../../src/format/volume/types.js';
-import { Volume } from '../../../src/format/volume/volume.js';
+import { isHyperError } from '../../../../src/errors.js';
+import { MemStore } from '../../../../src/format/store/mem.js';
+import { deleteVolume, listVolumes, statVolume } from '../../../../src/format/volume/admin.js';
+import { compactVolume } from '../../../../src/format/volume/compact.js';
+import { MiB } from '../../../../src/format/volume/types.js';
+import { Volume } from '../../../../src/format/volume/volume.js';
 
 async function count(store: MemStore): Promise<number> {
   let n = 0;

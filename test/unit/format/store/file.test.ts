@@ -3,9 +3,9 @@ import { mkdtempSync, readdirSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
-import { FileStore } from '../../../src/format/store/file.js';
-import { openStore } from '../../../src/format/store/index.js';
-import { collect, rejectsWith, storeConformance } from '../../helpers/store-conformance.js';
+import { FileStore } from '../../../../src/format/store/file.js';
+import { openStore } from '../../../../src/format/store/index.js';
+import { collect, rejectsWith, storeConformance } from '../../../helpers/store-conformance.js';
 
 const base = mkdtempSync(join(tmpdir(), 'hyper-file-store-'));
 after(() => rmSync(base, { recursive: true, force: true }));

@@ -1,13 +1,13 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { describe, it } from 'node:test';
-import { isHyperError } from '../../../src/errors.js';
-import { CountingStore } from '../../../src/format/store/counting.js';
-import { MemStore } from '../../../src/format/store/mem.js';
-import type { ObjectStore, PutOptions } from '../../../src/format/store/types.js';
-import { KiB, MiB } from '../../../src/format/volume/types.js';
-import { Volume } from '../../../src/format/volume/volume.js';
-import { listWal } from '../../../src/format/volume/wal.js';
+import { isHyperError } from '../../../../src/errors.js';
+import { CountingStore } from '../../../../src/format/store/counting.js';
+import { MemStore } from '../../../../src/format/store/mem.js';
+import type { ObjectStore, PutOptions } from '../../../../src/format/store/types.js';
+import { KiB, MiB } from '../../../../src/format/volume/types.js';
+import { Volume } from '../../../../src/format/volume/volume.js';
+import { listWal } from '../../../../src/format/volume/wal.js';
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 

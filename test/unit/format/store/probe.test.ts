@@ -1,9 +1,9 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { MemStore } from '../../../src/format/store/mem.js';
-import { probeConditionalWrites } from '../../../src/format/store/probe.js';
-import type { PutOptions } from '../../../src/format/store/types.js';
-import { collect, rejectsWith } from '../../helpers/store-conformance.js';
+import { MemStore } from '../../../../src/format/store/mem.js';
+import { probeConditionalWrites } from '../../../../src/format/store/probe.js';
+import type { PutOptions } from '../../../../src/format/store/types.js';
+import { collect, rejectsWith } from '../../../helpers/store-conformance.js';
 
 /** A store like s3rver: conditions are ignored and every PUT overwrites. */
 class IgnoresConditions extends MemStore {

@@ -1,15 +1,16 @@
 /**
- * Helpers of the history e2e tests: seeded randomness, sha256 of exports made by the real
- * CLI, and what a file:// volume holds on disk.
+ * What a volume holds, for the history e2e tests (test/e2e/history/): seeded random data,
+ * sha256 of exports made by the real CLI or of checkpoints read through the library, and the
+ * objects and temp files a file:// volume has on disk.
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { readFile, readdir, rm, stat } from 'node:fs/promises';
 import { join, relative } from 'node:path';
-import type { ObjectStore } from '../../../src/format/store/types.js';
-import { Volume } from '../../../src/format/volume/volume.js';
-import { hyper, show, type CliOptions } from '../../helpers/cli.js';
-export { rng } from '../../helpers/rng.js';
+import type { ObjectStore } from '../../src/format/store/types.js';
+import { Volume } from '../../src/format/volume/volume.js';
+import { hyper, show, type CliOptions } from './cli.js';
+export { rng } from './rng.js';
 
 /** Pseudo-random bytes from a generator (fast enough for a few MiB). */
 export function randomBuffer(rand: () => number, length: number): Buffer {

@@ -1,11 +1,11 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { describe, it } from 'node:test';
-import { isHyperError } from '../../../src/errors.js';
-import { CountingStore } from '../../../src/format/store/counting.js';
-import { MemStore } from '../../../src/format/store/mem.js';
-import { cloneVolume, flattenVolume } from '../../../src/format/volume/clone.js';
-import { compactVolume } from '../../../src/format/volume/compact.js';
+import { isHyperError } from '../../../../src/errors.js';
+import { CountingStore } from '../../../../src/format/store/counting.js';
+import { MemStore } from '../../../../src/format/store/mem.js';
+import { cloneVolume, flattenVolume } from '../../../../src/format/volume/clone.js';
+import { compactVolume } from '../../../../src/format/volume/compact.js';
 import {
   createSnapshot,
   deleteSnapshot,
@@ -13,11 +13,11 @@ import {
   listCheckpoints,
   listSnapshots,
   restoreVolume,
-} from '../../../src/format/volume/history.js';
-import { statVolume } from '../../../src/format/volume/admin.js';
-import { KiB, MiB } from '../../../src/format/volume/types.js';
-import { Volume } from '../../../src/format/volume/volume.js';
-import { rng } from '../../helpers/rng.js';
+} from '../../../../src/format/volume/history.js';
+import { statVolume } from '../../../../src/format/volume/admin.js';
+import { KiB, MiB } from '../../../../src/format/volume/types.js';
+import { Volume } from '../../../../src/format/volume/volume.js';
+import { rng } from '../../../helpers/rng.js';
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 const SIZE = 4 * MiB;

@@ -1,5 +1,5 @@
-import { MemStore } from '../../../src/format/store/mem.js';
-import { storeConformance } from '../../helpers/store-conformance.js';
+import { MemStore } from '../../../../src/format/store/mem.js';
+import { storeConformance } from '../../../helpers/store-conformance.js';
 
 storeConformance({
   name: 'mem://',
