@@ -63,16 +63,17 @@ function recorder(parserRef: { p?: NbdParser }): { events: Event[]; handler: Par
     onOptionTooBig(code, length) {
       events.push(['toobig', code, length]);
     },
-    onRequest(flags, type, hi, lo, offset, length, payload) {
+    onRequest(r) {
+      // The parser reuses `r`: record its fields, not the object.
       events.push([
         'req',
-        flags,
-        type,
-        hi,
-        lo,
-        offset,
-        length,
-        payload === undefined ? null : [...Buffer.concat([payload].flat())],
+        r.flags,
+        r.type,
+        r.handleHigh,
+        r.handleLow,
+        r.offset,
+        r.length,
+        r.payload === undefined ? null : [...Buffer.concat([r.payload].flat())],
       ]);
     },
     onProtocolError(message) {
