@@ -26,7 +26,8 @@ import {
   STRUCTURED_REPLY_MAGIC,
 } from './protocol.js';
 
-const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
+// A 64-bit offset is a safe integer exactly when its high word is below 2^21.
+const MAX_SAFE_HIGH_WORD = 0x1fffff;
 
 /**
  * One transmission request as the client sent it. The parser owns a single instance and
@@ -184,12 +185,14 @@ export class NbdParser {
       const r = this.request;
       const type = h.readUInt16BE(ho + 6);
       const length = h.readUInt32BE(ho + 24);
-      const big = h.readBigUInt64BE(ho + 16);
+      // The offset as two words rather than readBigUInt64BE: no bigint per request.
+      const offsetHigh = h.readUInt32BE(ho + 16);
       r.type = type;
       r.flags = h.readUInt16BE(ho + 4);
       r.handleHigh = h.readUInt32BE(ho + 8);
       r.handleLow = h.readUInt32BE(ho + 12);
-      r.offset = big > MAX_SAFE ? -1 : Number(big);
+      r.offset =
+        offsetHigh <= MAX_SAFE_HIGH_WORD ? offsetHigh * 0x100000000 + h.readUInt32BE(ho + 20) : -1;
       r.length = length;
       if (type !== CMD_WRITE) {
         r.payload = undefined;
