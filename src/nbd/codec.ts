@@ -15,6 +15,9 @@ import {
   OPTION_HEADER_SIZE,
   OPTION_REPLY_HEADER_SIZE,
   OPTION_REPLY_MAGIC,
+  REPLY_FLAG_DONE,
+  REPLY_TYPE_ERROR,
+  REPLY_TYPE_OFFSET_DATA,
   REQUEST_HEADER_SIZE,
   REQUEST_MAGIC,
   SIMPLE_REPLY_MAGIC,
@@ -23,7 +26,36 @@ import {
   STRUCTURED_REPLY_MAGIC,
 } from './protocol.js';
 
-const MAX_SAFE = BigInt(Number.MAX_SAFE_INTEGER);
+// A 64-bit offset is a safe integer exactly when its high word is below 2^21.
+const MAX_SAFE_HIGH_WORD = 0x1fffff;
+
+/**
+ * One transmission request as the client sent it. The parser owns a single instance and
+ * fills it in again for every request (no allocation per request on the hot path): a handler
+ * reads the fields it needs during onRequest() and must not keep the object.
+ */
+export interface NbdRequest {
+  /** NBD_CMD_* as sent: any 16-bit value, possibly a command this server does not know. */
+  readonly type: number;
+  /** NBD_CMD_FLAG_* bits as sent. */
+  readonly flags: number;
+  /**
+   * The client's opaque 8-byte handle, echoed unchanged in the reply. Kept as its two
+   * big-endian 32-bit halves rather than a bigint: reading and writing those allocates nothing.
+   */
+  readonly handleHigh: number;
+  readonly handleLow: number;
+  /** Byte offset; -1 when the 64-bit offset exceeds 2^53 - 1 (never rounded). */
+  readonly offset: number;
+  readonly length: number;
+  /**
+   * WRITE data: one buffer (a view of the socket chunk), or the pieces of it in order when it
+   * arrived spread over several chunks. Undefined for every other command.
+   */
+  readonly payload: Buffer | Buffer[] | undefined;
+}
+
+type MutableRequest = { -readonly [K in keyof NbdRequest]: NbdRequest[K] };
 
 /** What the parser reports. Each callback runs synchronously inside push(). */
 export interface ParserHandler {
@@ -32,20 +64,8 @@ export interface ParserHandler {
   onOption(option: number, data: Buffer): void;
   /** An option whose payload exceeded the limit; its payload has been skipped. */
   onOptionTooBig(option: number, length: number): void;
-  /**
-   * One request. `offset` is -1 when the 64-bit offset exceeds 2^53 - 1. `handleHi`/`handleLo`
-   * are the client's opaque 8-byte handle as two 32-bit words. `payload` is set for WRITE:
-   * one buffer, or the pieces of it in order when it arrived spread over several chunks.
-   */
-  onRequest(
-    flags: number,
-    type: number,
-    handleHi: number,
-    handleLo: number,
-    offset: number,
-    length: number,
-    payload: Buffer | Buffer[] | undefined,
-  ): void;
+  /** One request, WRITE payload included; `request` is reused for the next one. */
+  onRequest(request: NbdRequest): void;
   /** The stream cannot be resynchronised; the parser has stopped. */
   onProtocolError(message: string): void;
 }
@@ -70,12 +90,19 @@ export class NbdParser {
   private parts: Buffer[] | undefined;
   private partsNeed = 0;
   private skipRemaining = 0;
-  private pendFlags = 0;
-  private pendType = 0;
-  private pendHi = 0;
-  private pendLo = 0;
-  private pendOffset = 0;
-  private pendLength = 0;
+  // The option whose payload is being collected or skipped.
+  private pendOption = 0;
+  private pendOptionLength = 0;
+  // The request being delivered, or (for a WRITE whose payload spans chunks) collected.
+  private readonly request: MutableRequest = {
+    type: 0,
+    flags: 0,
+    handleHigh: 0,
+    handleLow: 0,
+    offset: 0,
+    length: 0,
+    payload: undefined,
+  };
 
   constructor(
     private readonly handler: ParserHandler,
@@ -116,7 +143,8 @@ export class NbdParser {
         const n = Math.min(this.skipRemaining, end - off);
         this.skipRemaining -= n;
         off += n;
-        if (this.skipRemaining === 0) this.handler.onOptionTooBig(this.pendType, this.pendLength);
+        if (this.skipRemaining === 0)
+          this.handler.onOptionTooBig(this.pendOption, this.pendOptionLength);
         continue;
       }
       const hsize = headerSizes[mode]!;
@@ -154,15 +182,21 @@ export class NbdParser {
       if (h.readUInt32BE(ho) !== REQUEST_MAGIC) {
         return this.fail(`bad request magic 0x${h.readUInt32BE(ho).toString(16)}`, chunk);
       }
-      const flags = h.readUInt16BE(ho + 4);
+      const r = this.request;
       const type = h.readUInt16BE(ho + 6);
-      const hi = h.readUInt32BE(ho + 8);
-      const lo = h.readUInt32BE(ho + 12);
-      const big = h.readBigUInt64BE(ho + 16);
-      const offset = big > MAX_SAFE ? -1 : Number(big);
       const length = h.readUInt32BE(ho + 24);
+      // The offset as two words rather than readBigUInt64BE: no bigint per request.
+      const offsetHigh = h.readUInt32BE(ho + 16);
+      r.type = type;
+      r.flags = h.readUInt16BE(ho + 4);
+      r.handleHigh = h.readUInt32BE(ho + 8);
+      r.handleLow = h.readUInt32BE(ho + 12);
+      r.offset =
+        offsetHigh <= MAX_SAFE_HIGH_WORD ? offsetHigh * 0x100000000 + h.readUInt32BE(ho + 20) : -1;
+      r.length = length;
       if (type !== CMD_WRITE) {
-        this.handler.onRequest(flags, type, hi, lo, offset, length, undefined);
+        r.payload = undefined;
+        this.handler.onRequest(r);
         return off;
       }
       if (length > this.maxPayload) {
@@ -172,32 +206,21 @@ export class NbdParser {
         );
       }
       if (chunk.length - off >= length) {
-        this.handler.onRequest(
-          flags,
-          type,
-          hi,
-          lo,
-          offset,
-          length,
-          chunk.subarray(off, off + length),
-        );
+        r.payload = chunk.subarray(off, off + length);
+        this.handler.onRequest(r);
+        r.payload = undefined; // do not keep the chunk alive until the next request
         return off + length;
       }
-      this.pendFlags = flags;
-      this.pendType = type;
-      this.pendHi = hi;
-      this.pendLo = lo;
-      this.pendOffset = offset;
-      this.pendLength = length;
+      // The header stays in `request` until the rest of the payload arrives.
       return this.collect(length, chunk, off);
     }
     if (mode === ParserMode.Options) {
       if (h.readBigUInt64BE(ho) !== IHAVEOPT) return this.fail('bad option magic', chunk);
       const option = h.readUInt32BE(ho + 8);
       const length = h.readUInt32BE(ho + 12);
+      this.pendOption = option;
+      this.pendOptionLength = length;
       if (length > MAX_OPTION_LENGTH) {
-        this.pendType = option;
-        this.pendLength = length;
         this.skipRemaining = length;
         return off;
       }
@@ -205,8 +228,6 @@ export class NbdParser {
         this.handler.onOption(option, chunk.subarray(off, off + length));
         return off + length;
       }
-      this.pendType = option;
-      this.pendLength = length;
       return this.collect(length, chunk, off);
     }
     // Client flags.
@@ -222,18 +243,12 @@ export class NbdParser {
 
   private deliverPayload(parts: Buffer[]): void {
     if (this.mode === ParserMode.Requests) {
-      const p = parts.length === 1 ? parts[0]! : parts;
-      this.handler.onRequest(
-        this.pendFlags,
-        this.pendType,
-        this.pendHi,
-        this.pendLo,
-        this.pendOffset,
-        this.pendLength,
-        p,
-      );
+      const r = this.request;
+      r.payload = parts.length === 1 ? parts[0]! : parts;
+      this.handler.onRequest(r);
+      r.payload = undefined;
     } else {
-      this.handler.onOption(this.pendType, Buffer.concat(parts, this.pendLength));
+      this.handler.onOption(this.pendOption, Buffer.concat(parts, this.pendOptionLength));
     }
   }
 
@@ -255,13 +270,13 @@ export function writeSimpleReply(
   buf: Buffer,
   off: number,
   error: number,
-  hi: number,
-  lo: number,
+  handleHigh: number,
+  handleLow: number,
 ): number {
   buf.writeUInt32BE(SIMPLE_REPLY_MAGIC, off);
   buf.writeUInt32BE(error, off + 4);
-  buf.writeUInt32BE(hi, off + 8);
-  buf.writeUInt32BE(lo, off + 12);
+  buf.writeUInt32BE(handleHigh, off + 8);
+  buf.writeUInt32BE(handleLow, off + 12);
   return off + SIMPLE_REPLY_SIZE;
 }
 
@@ -270,17 +285,91 @@ export function writeStructuredHeader(
   off: number,
   flags: number,
   type: number,
-  hi: number,
-  lo: number,
+  handleHigh: number,
+  handleLow: number,
   length: number,
 ): number {
   buf.writeUInt32BE(STRUCTURED_REPLY_MAGIC, off);
   buf.writeUInt16BE(flags, off + 4);
   buf.writeUInt16BE(type, off + 6);
-  buf.writeUInt32BE(hi, off + 8);
-  buf.writeUInt32BE(lo, off + 12);
+  buf.writeUInt32BE(handleHigh, off + 8);
+  buf.writeUInt32BE(handleLow, off + 12);
   buf.writeUInt32BE(length, off + 16);
   return off + STRUCTURED_HEADER_SIZE;
+}
+
+/** What precedes the data of an OFFSET_DATA chunk: the structured header and the offset. */
+export const OFFSET_DATA_HEADER_SIZE = STRUCTURED_HEADER_SIZE + 8;
+
+/** The header of a final OFFSET_DATA chunk carrying `dataLength` bytes read at `offset`. */
+export function writeOffsetDataHeader(
+  buf: Buffer,
+  off: number,
+  handleHigh: number,
+  handleLow: number,
+  offset: number,
+  dataLength: number,
+): number {
+  writeStructuredHeader(
+    buf,
+    off,
+    REPLY_FLAG_DONE,
+    REPLY_TYPE_OFFSET_DATA,
+    handleHigh,
+    handleLow,
+    dataLength + 8,
+  );
+  // A safe integer as two 32-bit words (no bigint on the read path).
+  buf.writeUInt32BE(Math.floor(offset / 0x100000000), off + 20);
+  buf.writeUInt32BE(offset >>> 0, off + 24);
+  return off + OFFSET_DATA_HEADER_SIZE;
+}
+
+/** Size of a final ERROR chunk whose message is `messageLength` bytes. */
+export const errorChunkSize = (messageLength: number): number =>
+  STRUCTURED_HEADER_SIZE + 6 + messageLength;
+
+/** A final ERROR chunk: errno, then the message (at most 64 KiB - 1, the caller's to bound). */
+export function writeErrorChunk(
+  buf: Buffer,
+  off: number,
+  handleHigh: number,
+  handleLow: number,
+  errno: number,
+  message: Buffer,
+): number {
+  writeStructuredHeader(
+    buf,
+    off,
+    REPLY_FLAG_DONE,
+    REPLY_TYPE_ERROR,
+    handleHigh,
+    handleLow,
+    6 + message.length,
+  );
+  buf.writeUInt32BE(errno, off + STRUCTURED_HEADER_SIZE);
+  buf.writeUInt16BE(message.length, off + STRUCTURED_HEADER_SIZE + 4);
+  message.copy(buf, off + STRUCTURED_HEADER_SIZE + 6);
+  return off + errorChunkSize(message.length);
+}
+
+/**
+ * The payload of a BLOCK_STATUS chunk: the metadata context id, then one (length, state)
+ * descriptor per run.
+ */
+export function encodeBlockStatusBody(
+  contextId: number,
+  lengths: readonly number[],
+  states: readonly number[],
+): Buffer {
+  const n = lengths.length;
+  const body = Buffer.allocUnsafe(4 + 8 * n);
+  body.writeUInt32BE(contextId, 0);
+  for (let i = 0; i < n; i++) {
+    body.writeUInt32BE(lengths[i]!, 4 + 8 * i);
+    body.writeUInt32BE(states[i]!, 8 + 8 * i);
+  }
+  return body;
 }
 
 /** An option reply with its payload, as one buffer. */

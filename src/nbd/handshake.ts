@@ -1,9 +1,10 @@
 /**
- * Option haggling (fixed newstyle). Pure request → replies logic: the session feeds one
- * complete option at a time and sends what comes back; the outcome tells it whether to go on
- * negotiating, enter transmission with a device, or close.
+ * The handshake (fixed newstyle): the server's greeting, the client's flags, then option
+ * haggling. Pure request → replies logic: the session sends the greeting, hands over the
+ * client flags, then feeds one complete option at a time and sends what comes back; the
+ * outcome tells it whether to go on negotiating, enter transmission with a device, or close.
  */
-import { OptionReader, encodeOptionReply } from './codec.js';
+import { OptionReader, clientFlagsOk, encodeOptionReply } from './codec.js';
 import type { BlockDevice, NbdLogger } from './device.js';
 import { describeError } from './errno.js';
 import {
@@ -13,12 +14,18 @@ import {
   type NbdExport,
 } from './exports.js';
 import {
+  CLIENT_FLAG_NO_ZEROES,
+  FLAG_FIXED_NEWSTYLE,
+  FLAG_NO_ZEROES,
+  IHAVEOPT,
   INFO_BLOCK_SIZE,
   INFO_DESCRIPTION,
   INFO_EXPORT,
   INFO_NAME,
+  KNOWN_CLIENT_FLAGS,
   MAX_STRING_LENGTH,
   META_BASE_ALLOCATION,
+  NBDMAGIC,
   OPT_ABORT,
   OPT_EXPORT_NAME,
   OPT_GO,
@@ -75,11 +82,31 @@ export class Negotiation {
   /** Export name base:allocation was selected for, if any. */
   private allocationFor: string | undefined;
   /** The client asked for NO_ZEROES (no padding after EXPORT_NAME's reply). */
-  noZeroes = false;
+  private noZeroes = false;
   /** The connection runs over TLS (after STARTTLS). */
   tlsActive = false;
 
   constructor(private readonly o: NegotiationOptions) {}
+
+  /** The first bytes the server sends: magics and handshake flags. */
+  greeting(): Buffer {
+    const b = Buffer.allocUnsafe(18);
+    b.writeBigUInt64BE(NBDMAGIC, 0);
+    b.writeBigUInt64BE(IHAVEOPT, 8);
+    b.writeUInt16BE(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES, 16);
+    return b;
+  }
+
+  /**
+   * The client's 32-bit flags. Undefined when accepted; otherwise why the connection must be
+   * closed (the fixed newstyle protocol has no way to refuse them).
+   */
+  clientFlags(flags: number): string | undefined {
+    if (!clientFlagsOk(flags) || (flags & ~KNOWN_CLIENT_FLAGS) !== 0)
+      return `unsupported client flags 0x${flags.toString(16)}`;
+    this.noZeroes = (flags & CLIENT_FLAG_NO_ZEROES) !== 0;
+    return undefined;
+  }
 
   async handle(option: number, data: Buffer): Promise<Outcome> {
     const err = (type: number, msg: string): Outcome => {

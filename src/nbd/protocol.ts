@@ -85,6 +85,18 @@ export const CMD_WRITE_ZEROES = 6;
 export const CMD_BLOCK_STATUS = 7;
 export const CMD_RESIZE = 8;
 
+/** Commands served by calling the device: every command this server implements but DISC. */
+export type DeviceCommand =
+  | typeof CMD_READ
+  | typeof CMD_WRITE
+  | typeof CMD_FLUSH
+  | typeof CMD_TRIM
+  | typeof CMD_CACHE
+  | typeof CMD_WRITE_ZEROES
+  | typeof CMD_BLOCK_STATUS;
+/** Commands this server implements. A request's type is any 16-bit value until checked. */
+export type Command = DeviceCommand | typeof CMD_DISC;
+
 // Command flags (16 bits).
 export const CMD_FLAG_FUA = 1 << 0;
 export const CMD_FLAG_NO_HOLE = 1 << 1;

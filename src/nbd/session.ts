@@ -1,18 +1,25 @@
 /**
- * One client connection: the handshake, option haggling (delegated to Negotiation) and then
- * transmission. Requests are validated, dispatched to the device at once and answered when
- * they complete, in any order. Every failure is contained here: a misbehaving client gets an
- * error reply or, when the stream cannot be resynchronised, a closed connection — never an
- * exception that reaches the server or another connection.
+ * One client connection: the handshake (decided by Negotiation, handshake.ts) and then
+ * transmission. Each request is judged by decide() (transmission.ts) and, unless refused,
+ * dispatched to the device at once and answered when it completes, in any order. This file
+ * owns what is about the connection: reading, back-pressure, replies on the wire, STARTTLS,
+ * closing. Every failure is contained here: a misbehaving client gets an error reply or, when
+ * the stream cannot be resynchronised, a closed connection — never an exception that reaches
+ * the server or another connection.
  */
 import type { Socket } from 'node:net';
 import { TLSSocket, type SecureContext } from 'node:tls';
 import {
   NbdParser,
+  OFFSET_DATA_HEADER_SIZE,
   ParserMode,
-  clientFlagsOk,
+  encodeBlockStatusBody,
+  errorChunkSize,
+  writeErrorChunk,
+  writeOffsetDataHeader,
   writeSimpleReply,
   writeStructuredHeader,
+  type NbdRequest,
   type ParserHandler,
 } from './codec.js';
 import type { BlockDevice, DeviceExtent, NbdLogger } from './device.js';
@@ -20,11 +27,8 @@ import { describeError, toErrno } from './errno.js';
 import { effectiveBlockSizes, type ExportTable } from './exports.js';
 import { BASE_ALLOCATION_ID, Negotiation, type Outcome, type Selected } from './handshake.js';
 import {
-  CLIENT_FLAG_NO_ZEROES,
   CMD_BLOCK_STATUS,
   CMD_CACHE,
-  CMD_DISC,
-  CMD_FLAG_DF,
   CMD_FLAG_FAST_ZERO,
   CMD_FLAG_FUA,
   CMD_FLAG_NO_HOLE,
@@ -34,33 +38,20 @@ import {
   CMD_TRIM,
   CMD_WRITE,
   CMD_WRITE_ZEROES,
-  EINVAL,
-  ENOSPC,
-  EOVERFLOW,
-  EPERM,
-  FLAG_FIXED_NEWSTYLE,
-  FLAG_NO_ZEROES,
-  IHAVEOPT,
-  KNOWN_CLIENT_FLAGS,
-  NBDMAGIC,
   REPLY_FLAG_DONE,
   REPLY_TYPE_BLOCK_STATUS,
-  REPLY_TYPE_ERROR,
-  REPLY_TYPE_OFFSET_DATA,
   SIMPLE_REPLY_SIZE,
-  STATE_HOLE,
-  STATE_ZERO,
   STRUCTURED_HEADER_SIZE,
-  TF_SEND_CACHE,
-  TF_SEND_FAST_ZERO,
-  TF_SEND_FLUSH,
-  TF_SEND_FUA,
-  TF_SEND_TRIM,
-  TF_SEND_WRITE_ZEROES,
   commandName,
   errnoName,
 } from './protocol.js';
 import { Output } from './output.js';
+import {
+  blockStatusDescriptors,
+  decide,
+  structuredError,
+  type TransmissionState,
+} from './transmission.js';
 
 export interface SessionTls {
   context: SecureContext;
@@ -82,31 +73,21 @@ export interface SessionLimits {
 
 /** Replies to requests at least this large are sent at once instead of batched per loop turn. */
 const URGENT_BYTES = 64 * 1024;
-/** Most BLOCK_STATUS descriptors in one reply. */
-const MAX_EXTENTS = 65536;
-const U32_MAX = 0xffffffff;
 
 export class Session implements ParserHandler {
   readonly id: number;
   private readonly parser: NbdParser;
   private readonly out: Output;
   private readonly negotiation: Negotiation;
-  private noZeroes = false;
   // Bytes received but not parsed yet: while an option is being processed, or while the
   // session is throttled (too much in flight or too many reply bytes queued).
   private held: Buffer | undefined;
   private throttled = false;
   private negotiating = false;
 
-  // Transmission state, set at GO / EXPORT_NAME.
+  // Set at GO / EXPORT_NAME; the parser delivers no request before that.
   private device: BlockDevice | undefined;
-  private size = 0;
-  private minBlock = 1;
-  private maxRequest: number;
-  private tflags = 0;
-  private structured = false;
-  private allocation = false;
-  private readOnly = false;
+  private transmission: TransmissionState | undefined;
 
   private negotiationTimer: NodeJS.Timeout | undefined;
   private inflight = 0;
@@ -132,7 +113,6 @@ export class Session implements ParserHandler {
     this.id = id;
     this.socket = socket;
     this.tls = tls;
-    this.maxRequest = limits.maxRequest;
     this.parser = new NbdParser(this, limits.maxRequest);
     this.out = new Output(socket);
     this.negotiation = new Negotiation({
@@ -181,11 +161,7 @@ export class Session implements ParserHandler {
     }
     s.setNoDelay(true);
     this.bind(s);
-    const greet = Buffer.allocUnsafe(18);
-    greet.writeBigUInt64BE(NBDMAGIC, 0);
-    greet.writeBigUInt64BE(IHAVEOPT, 8);
-    greet.writeUInt16BE(FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES, 16);
-    this.out.raw(greet);
+    this.out.raw(this.negotiation.greeting());
   }
 
   /** Resolves once the connection is closed. */
@@ -285,12 +261,11 @@ export class Session implements ParserHandler {
   // ---- negotiation ----
 
   onClientFlags(flags: number): void {
-    if (!clientFlagsOk(flags) || (flags & ~KNOWN_CLIENT_FLAGS) !== 0) {
-      this.onProtocolError(`unsupported client flags 0x${flags.toString(16)}`);
+    const refused = this.negotiation.clientFlags(flags);
+    if (refused !== undefined) {
+      this.onProtocolError(refused);
       return;
     }
-    this.noZeroes = (flags & CLIENT_FLAG_NO_ZEROES) !== 0;
-    this.negotiation.noZeroes = this.noZeroes;
     this.parser.mode = ParserMode.Options;
   }
 
@@ -369,15 +344,17 @@ export class Session implements ParserHandler {
     const d = sel.device;
     this.device = d;
     this.exportName = sel.export.name;
-    this.size = d.size;
     const bs = effectiveBlockSizes(d, this.limits.maxRequest);
-    this.minBlock = bs.minimum;
-    this.maxRequest = bs.maximum;
+    this.transmission = {
+      size: d.size,
+      transmissionFlags: sel.flags,
+      readOnly: d.capabilities.readOnly,
+      structuredReplies: sel.structured,
+      blockStatus: sel.allocation && d.capabilities.canBlockStatus,
+      minimumBlockSize: bs.minimum,
+      maximumBlockSize: bs.maximum,
+    };
     this.parser.maxPayload = bs.maximum;
-    this.tflags = sel.flags;
-    this.structured = sel.structured;
-    this.allocation = sel.allocation && d.capabilities.canBlockStatus;
-    this.readOnly = d.capabilities.readOnly;
     this.parser.mode = ParserMode.Requests;
     this.logger.debug('nbd transmission', {
       conn: this.id,
@@ -388,29 +365,31 @@ export class Session implements ParserHandler {
 
   // ---- transmission ----
 
-  onRequest(
-    flags: number,
-    type: number,
-    hi: number,
-    lo: number,
-    offset: number,
-    length: number,
-    payload: Buffer | Buffer[] | undefined,
-  ): void {
+  onRequest(request: NbdRequest): void {
     if (this.closing) return;
-    const err = this.validate(flags, type, offset, length);
-    if (err !== 0) {
+    // The parser reuses `request` for the next one: completions capture plain numbers.
+    const { type, flags, handleHigh, handleLow, offset, length } = request;
+    const decision = decide(this.transmission!, request);
+    if (decision.action === 'refuse') {
+      const errno = decision.errno;
       this.logger.debug('nbd request refused', {
         conn: this.id,
         command: commandName(type),
         offset,
         length,
-        errno: errnoName(err),
+        errno: errnoName(errno),
+        reason: decision.reason,
       });
-      this.replyError(type, hi, lo, err, `${commandName(type)} refused: ${errnoName(err)}`);
+      this.replyError(
+        type,
+        handleHigh,
+        handleLow,
+        errno,
+        `${commandName(type)} refused: ${errnoName(errno)}`,
+      );
       return;
     }
-    if (type === CMD_DISC) {
+    if (decision.action === 'disconnect') {
       this.finish('client sent DISC');
       return;
     }
@@ -422,24 +401,22 @@ export class Session implements ParserHandler {
     this.inflightBytes += bytes;
     let p: Promise<unknown>;
     try {
-      switch (type) {
+      switch (decision.command) {
         case CMD_READ:
           d.read(offset, length).then(
-            (buf) => this.readDone(hi, lo, offset, length, buf),
-            (e: unknown) => this.failed(type, hi, lo, length, e),
+            (buf) => this.readDone(handleHigh, handleLow, offset, length, buf),
+            (e: unknown) => this.failed(type, handleHigh, handleLow, length, e),
           );
           if (this.overLimits()) this.throttle();
           return;
-        case CMD_WRITE:
-          if (!Array.isArray(payload))
-            p = d.write(offset, payload!, { fua: (flags & CMD_FLAG_FUA) !== 0 });
-          else if (d.writev !== undefined)
-            p = d.writev(offset, payload, { fua: (flags & CMD_FLAG_FUA) !== 0 });
-          else
-            p = d.write(offset, Buffer.concat(payload, length), {
-              fua: (flags & CMD_FLAG_FUA) !== 0,
-            });
+        case CMD_WRITE: {
+          const payload = request.payload!;
+          const fua = (flags & CMD_FLAG_FUA) !== 0;
+          if (!Array.isArray(payload)) p = d.write(offset, payload, { fua });
+          else if (d.writev !== undefined) p = d.writev(offset, payload, { fua });
+          else p = d.write(offset, Buffer.concat(payload, length), { fua });
           break;
+        }
         case CMD_FLUSH:
           p = d.flush();
           break;
@@ -454,177 +431,106 @@ export class Session implements ParserHandler {
           });
           break;
         case CMD_CACHE:
+          // Advertised only when the device has cache() (see transmissionFlags).
           p = d.cache!(offset, length);
           break;
         case CMD_BLOCK_STATUS:
           d.extents(offset, length).then(
             (ext) =>
-              this.extentsDone(hi, lo, offset, length, (flags & CMD_FLAG_REQ_ONE) !== 0, ext),
-            (e: unknown) => this.failed(type, hi, lo, 0, e),
+              this.extentsDone(
+                handleHigh,
+                handleLow,
+                offset,
+                length,
+                (flags & CMD_FLAG_REQ_ONE) !== 0,
+                ext,
+              ),
+            (e: unknown) => this.failed(type, handleHigh, handleLow, 0, e),
           );
           if (this.overLimits()) this.throttle();
           return;
-        default:
-          // Unreachable: validate() refuses unknown commands.
-          throw new Error(`unknown command ${type}`);
       }
     } catch (e) {
       // A device that throws synchronously instead of rejecting.
-      this.failed(type, hi, lo, bytes, e);
+      this.failed(type, handleHigh, handleLow, bytes, e);
       return;
     }
     p.then(
-      () => this.done(hi, lo, bytes),
-      (e: unknown) => this.failed(type, hi, lo, bytes, e),
+      () => this.done(handleHigh, handleLow, bytes),
+      (e: unknown) => this.failed(type, handleHigh, handleLow, bytes, e),
     );
     if (this.overLimits()) this.throttle();
   }
 
-  /** 0 when the request may be dispatched, else the errno to answer with. */
-  private validate(flags: number, type: number, offset: number, length: number): number {
-    const tf = this.tflags;
-    let allowed = 0;
-    switch (type) {
-      case CMD_READ:
-        if (this.structured) allowed = CMD_FLAG_DF;
-        break;
-      case CMD_WRITE:
-        if (this.readOnly) return EPERM;
-        if (tf & TF_SEND_FUA) allowed = CMD_FLAG_FUA;
-        break;
-      case CMD_TRIM:
-        if (this.readOnly) return EPERM;
-        if (!(tf & TF_SEND_TRIM)) return EINVAL;
-        if (tf & TF_SEND_FUA) allowed = CMD_FLAG_FUA;
-        break;
-      case CMD_WRITE_ZEROES:
-        if (this.readOnly) return EPERM;
-        if (!(tf & TF_SEND_WRITE_ZEROES)) return EINVAL;
-        allowed = CMD_FLAG_NO_HOLE;
-        if (tf & TF_SEND_FUA) allowed |= CMD_FLAG_FUA;
-        if (tf & TF_SEND_FAST_ZERO) allowed |= CMD_FLAG_FAST_ZERO;
-        break;
-      case CMD_FLUSH:
-        if (!(tf & TF_SEND_FLUSH)) return EINVAL;
-        if (flags !== 0 || offset !== 0 || length !== 0) return EINVAL;
-        return 0;
-      case CMD_CACHE:
-        if (!(tf & TF_SEND_CACHE)) return EINVAL;
-        break;
-      case CMD_BLOCK_STATUS:
-        if (!this.allocation) return EINVAL;
-        allowed = CMD_FLAG_REQ_ONE;
-        break;
-      case CMD_DISC:
-        return 0;
-      default:
-        return EINVAL;
-    }
-    if ((flags & ~allowed) !== 0) return EINVAL;
-    if (length === 0) return EINVAL;
-    const isWrite = type === CMD_WRITE || type === CMD_WRITE_ZEROES;
-    if ((type === CMD_READ || type === CMD_WRITE) && length > this.maxRequest) return EOVERFLOW;
-    if (offset < 0 || offset + length > this.size) return isWrite ? ENOSPC : EINVAL;
-    const m = this.minBlock;
-    if (m > 1 && (offset % m !== 0 || length % m !== 0)) return EINVAL;
-    return 0;
-  }
-
-  private readDone(hi: number, lo: number, offset: number, length: number, buf: Buffer): void {
+  private readDone(
+    handleHigh: number,
+    handleLow: number,
+    offset: number,
+    length: number,
+    buf: Buffer,
+  ): void {
     this.inflight--;
     this.inflightBytes -= length;
     if (this.closed) return;
     if (buf.length !== length) {
       this.failedReply(
         CMD_READ,
-        hi,
-        lo,
+        handleHigh,
+        handleLow,
         new Error(`device returned ${buf.length} bytes for a ${length}-byte read`),
       );
-    } else if (this.structured) {
-      const out = this.out;
-      const b = out.reserve(STRUCTURED_HEADER_SIZE + 8);
-      const o = out.offset;
-      writeStructuredHeader(b, o, REPLY_FLAG_DONE, REPLY_TYPE_OFFSET_DATA, hi, lo, length + 8);
-      b.writeUInt32BE(Math.floor(offset / 0x100000000), o + 20);
-      b.writeUInt32BE(offset >>> 0, o + 24);
-      out.commit(STRUCTURED_HEADER_SIZE + 8);
-      out.data(buf);
-      if (length >= URGENT_BYTES) out.soon();
     } else {
       const out = this.out;
-      const b = out.reserve(SIMPLE_REPLY_SIZE);
-      writeSimpleReply(b, out.offset, 0, hi, lo);
-      out.commit(SIMPLE_REPLY_SIZE);
+      if (this.transmission!.structuredReplies) {
+        const b = out.reserve(OFFSET_DATA_HEADER_SIZE);
+        writeOffsetDataHeader(b, out.offset, handleHigh, handleLow, offset, length);
+        out.commit(OFFSET_DATA_HEADER_SIZE);
+      } else {
+        const b = out.reserve(SIMPLE_REPLY_SIZE);
+        writeSimpleReply(b, out.offset, 0, handleHigh, handleLow);
+        out.commit(SIMPLE_REPLY_SIZE);
+      }
       out.data(buf);
       if (length >= URGENT_BYTES) out.soon();
     }
     this.afterReply();
   }
 
-  private done(hi: number, lo: number, bytes: number): void {
+  private done(handleHigh: number, handleLow: number, bytes: number): void {
     this.inflight--;
     this.inflightBytes -= bytes;
     if (this.closed) return;
     const out = this.out;
     const b = out.reserve(SIMPLE_REPLY_SIZE);
-    writeSimpleReply(b, out.offset, 0, hi, lo);
+    writeSimpleReply(b, out.offset, 0, handleHigh, handleLow);
     out.commit(SIMPLE_REPLY_SIZE);
     if (bytes >= URGENT_BYTES) out.soon();
     this.afterReply();
   }
 
   private extentsDone(
-    hi: number,
-    lo: number,
+    handleHigh: number,
+    handleLow: number,
     offset: number,
     length: number,
-    one: boolean,
+    reqOne: boolean,
     ext: DeviceExtent[],
   ): void {
     this.inflight--;
     if (this.closed) return;
-    // Clamp to the request, merge equal neighbours, cap descriptor lengths at 32 bits.
-    const end = offset + length;
-    const lens: number[] = [];
-    const states: number[] = [];
-    let pos = offset;
-    for (const e of ext) {
-      if (e.offset !== pos || e.length <= 0) break;
-      let len = Math.min(e.offset + e.length, end) - pos;
-      if (len <= 0) break;
-      const state = (e.hole ? STATE_HOLE : 0) | (e.zero || e.hole ? STATE_ZERO : 0);
-      const last = lens.length - 1;
-      if (last >= 0 && states[last] === state && lens[last]! + len <= U32_MAX) {
-        lens[last]! += len;
-      } else {
-        while (len > 0) {
-          const piece = Math.min(len, U32_MAX - (U32_MAX % this.minBlock));
-          lens.push(piece);
-          states.push(state);
-          len -= piece;
-        }
-      }
-      pos = e.offset + e.length;
-      if (pos >= end || lens.length >= MAX_EXTENTS) break;
-    }
-    if (lens.length === 0) {
+    const minimum = this.transmission!.minimumBlockSize;
+    const descriptors = blockStatusDescriptors(ext, offset, length, minimum, reqOne);
+    if (descriptors === undefined) {
       this.failedReply(
         CMD_BLOCK_STATUS,
-        hi,
-        lo,
+        handleHigh,
+        handleLow,
         new Error('device returned no extent for the requested offset'),
       );
       this.afterReply();
       return;
     }
-    const n = one ? 1 : Math.min(lens.length, MAX_EXTENTS);
-    const body = Buffer.allocUnsafe(4 + 8 * n);
-    body.writeUInt32BE(BASE_ALLOCATION_ID, 0);
-    for (let i = 0; i < n; i++) {
-      body.writeUInt32BE(lens[i]!, 4 + 8 * i);
-      body.writeUInt32BE(states[i]!, 8 + 8 * i);
-    }
+    const body = encodeBlockStatusBody(BASE_ALLOCATION_ID, descriptors.lengths, descriptors.states);
     const out = this.out;
     const b = out.reserve(STRUCTURED_HEADER_SIZE);
     writeStructuredHeader(
@@ -632,8 +538,8 @@ export class Session implements ParserHandler {
       out.offset,
       REPLY_FLAG_DONE,
       REPLY_TYPE_BLOCK_STATUS,
-      hi,
-      lo,
+      handleHigh,
+      handleLow,
       body.length,
     );
     out.commit(STRUCTURED_HEADER_SIZE);
@@ -641,15 +547,21 @@ export class Session implements ParserHandler {
     this.afterReply();
   }
 
-  private failed(type: number, hi: number, lo: number, bytes: number, e: unknown): void {
+  private failed(
+    type: number,
+    handleHigh: number,
+    handleLow: number,
+    bytes: number,
+    e: unknown,
+  ): void {
     this.inflight--;
     this.inflightBytes -= bytes;
     if (this.closed) return;
-    this.failedReply(type, hi, lo, e);
+    this.failedReply(type, handleHigh, handleLow, e);
     this.afterReply();
   }
 
-  private failedReply(type: number, hi: number, lo: number, e: unknown): void {
+  private failedReply(type: number, handleHigh: number, handleLow: number, e: unknown): void {
     const errno = toErrno(e, type === CMD_WRITE || type === CMD_WRITE_ZEROES);
     const fields = describeError(e);
     this.logger.warn('nbd request failed', {
@@ -658,23 +570,26 @@ export class Session implements ParserHandler {
       errno: errnoName(errno),
       ...fields,
     });
-    this.replyError(type, hi, lo, errno, String(fields.error));
+    this.replyError(type, handleHigh, handleLow, errno, String(fields.error));
   }
 
-  private replyError(type: number, hi: number, lo: number, errno: number, message: string): void {
+  private replyError(
+    type: number,
+    handleHigh: number,
+    handleLow: number,
+    errno: number,
+    message: string,
+  ): void {
     const out = this.out;
-    if (this.structured && (type === CMD_READ || type === CMD_BLOCK_STATUS)) {
+    if (structuredError(this.transmission!, type)) {
       const msg = Buffer.from(message.slice(0, 1024), 'utf8');
-      const b = out.reserve(STRUCTURED_HEADER_SIZE + 6 + msg.length);
-      const o = out.offset;
-      writeStructuredHeader(b, o, REPLY_FLAG_DONE, REPLY_TYPE_ERROR, hi, lo, 6 + msg.length);
-      b.writeUInt32BE(errno, o + 20);
-      b.writeUInt16BE(msg.length, o + 24);
-      msg.copy(b, o + 26);
-      out.commit(STRUCTURED_HEADER_SIZE + 6 + msg.length);
+      const size = errorChunkSize(msg.length);
+      const b = out.reserve(size);
+      writeErrorChunk(b, out.offset, handleHigh, handleLow, errno, msg);
+      out.commit(size);
     } else {
       const b = out.reserve(SIMPLE_REPLY_SIZE);
-      writeSimpleReply(b, out.offset, errno, hi, lo);
+      writeSimpleReply(b, out.offset, errno, handleHigh, handleLow);
       out.commit(SIMPLE_REPLY_SIZE);
     }
   }

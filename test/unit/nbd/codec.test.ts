@@ -63,16 +63,17 @@ function recorder(parserRef: { p?: NbdParser }): { events: Event[]; handler: Par
     onOptionTooBig(code, length) {
       events.push(['toobig', code, length]);
     },
-    onRequest(flags, type, hi, lo, offset, length, payload) {
+    onRequest(r) {
+      // The parser reuses `r`: record its fields, not the object.
       events.push([
         'req',
-        flags,
-        type,
-        hi,
-        lo,
-        offset,
-        length,
-        payload === undefined ? null : [...Buffer.concat([payload].flat())],
+        r.flags,
+        r.type,
+        r.handleHigh,
+        r.handleLow,
+        r.offset,
+        r.length,
+        r.payload === undefined ? null : [...Buffer.concat([r.payload].flat())],
       ]);
     },
     onProtocolError(message) {
@@ -108,6 +109,8 @@ describe('NbdParser', () => {
     ...request(0, 3, 5n, 0n, 0),
     ...request(0, 0, 6n, 2n ** 53n, 1),
     ...request(0, 0, 7n, 2n ** 53n - 1n, 1),
+    ...request(0, 0, 9n, 2n ** 64n - 1n, 1),
+    ...request(0, 0, 10n, 2n ** 32n + 5n, 1),
     ...request(0, 2, 8n, 0n, 0),
   ];
   const expected: Event[] = [
@@ -120,6 +123,8 @@ describe('NbdParser', () => {
     ['req', 0, 3, 0, 5, 0, 0, null],
     ['req', 0, 0, 0, 6, -1, 1, null], // beyond 2^53 - 1: flagged, not rounded
     ['req', 0, 0, 0, 7, Number.MAX_SAFE_INTEGER, 1, null],
+    ['req', 0, 0, 0, 9, -1, 1, null],
+    ['req', 0, 0, 0, 10, 2 ** 32 + 5, 1, null],
     ['req', 0, 2, 0, 8, 0, 0, null],
   ];
 
