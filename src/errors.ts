@@ -37,6 +37,7 @@ export type ErrorCode =
   | 'LEASE_HELD'
   | 'FENCED'
   | 'SNAPSHOT_EXISTS'
+  | 'HAS_CLONES'
   // unavailable
   | 'STORE_UNAVAILABLE'
   | 'ACCESS_DENIED'

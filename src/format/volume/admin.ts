@@ -12,6 +12,7 @@ import {
   parseSnapshotKey,
 } from '../keys.js';
 import type { ObjectStore } from '../store/types.js';
+import { decodeSnapshot } from '../codec/snapshot.js';
 import { leaseHeldError, leaseInfo, readLease } from './lease.js';
 import type { LeaseInfo, VolumeInfo } from './types.js';
 import { headAt, infoOf, readHead, rootOf } from './heads.js';
@@ -252,6 +253,20 @@ export async function deleteVolume(
   const lease = await readLease(store).catch(() => undefined);
   if (headFound && lease && lease.lease.expiresMs > Date.now() && !options.force)
     throw leaseHeldError(lease.lease);
+  if (!options.force) {
+    const clones = await listClones(store);
+    if (clones.length > 0) {
+      throw new HyperError(
+        'conflict',
+        'HAS_CLONES',
+        `${store.url} has ${clones.length} clone${clones.length === 1 ? '' : 's'} that read${clones.length === 1 ? 's' : ''} data from it: ${clones.join(', ')}`,
+        {
+          suggestion:
+            'Flatten the clones (`hyper snapshot flatten CLONE_URL`) or delete them first; --force deletes anyway and breaks them.',
+        },
+      );
+    }
+  }
 
   // Count first so progress has a total.
   const keys: string[] = [];
@@ -295,6 +310,22 @@ export async function deleteVolume(
   await run(store, order);
   if (options.walStore) await run(options.walStore, walKeys);
   return { objectsDeleted: done };
+}
+
+/** The clones that read from this volume: the URLs their pins record (or the pin keys). */
+export async function listClones(store: ObjectStore): Promise<string[]> {
+  const out: string[] = [];
+  for await (const page of store.list(PIN_PREFIX)) {
+    for (const o of page.objects) {
+      try {
+        out.push(decodeSnapshot((await store.get(o.key)).body).note || o.key);
+      } catch (e) {
+        if (isHyperError(e, 'OBJECT_NOT_FOUND')) continue; // unpinned meanwhile
+        out.push(o.key);
+      }
+    }
+  }
+  return out;
 }
 
 const isVolumeKey = (k: string): boolean =>

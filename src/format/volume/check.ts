@@ -217,6 +217,18 @@ export async function checkVolume(
     options.onProgress?.('index', ++done, heads.size);
   }
 
+  // A clone reads blocks from its parents' segments: each of those must still exist (one
+  // HEAD each; --deep also reads them).
+  for (const seg of [...reached].sort((a, b) => a - b)) {
+    if (!source.inherited(seg)) continue;
+    const key = source.keyFor(seg);
+    if (reportedKeys.has(`${key}|MISSING_OBJECT`)) continue;
+    if (!(await source.exists(seg))) {
+      reportedKeys.add(`${key}|MISSING_OBJECT`);
+      problem('missing', key, `A parent volume's segment that this clone reads is missing`);
+    }
+  }
+
   // Data blocks (deep): one ranged GET per run of adjacent blocks.
   let blocksChecked = 0;
   let bytesVerified = 0;

@@ -6,7 +6,7 @@
  * (`pin/<clone uuid>`) so its compaction never removes what the clone reads.
  */
 import { randomBytes } from 'node:crypto';
-import { HyperError, isHyperError } from '../../errors.js';
+import { HyperError, isHyperError, toHyperError } from '../../errors.js';
 import { encodeHead, type HeadRecord } from '../codec/head.js';
 import { encodeSnapshot } from '../codec/snapshot.js';
 import { NodeLoader } from '../index/loader.js';
@@ -18,6 +18,7 @@ import type { CheckpointRef, OpenOptions, VolumeInfo } from './types.js';
 import { headAt, infoOf, readHead, resolveCheckpoint, rootOf } from './heads.js';
 import { buildEmptySegment } from './segment-builder.js';
 import { Volume } from './volume.js';
+import { confirmPinned } from './history.js';
 import { newReach, rewriteBlocks, walk } from './walk.js';
 
 export interface CloneResult {
@@ -43,12 +44,15 @@ export async function cloneVolume(
   await probeConditionalWrites(child, options.signal ? { signal: options.signal } : {});
   const uuid = randomBytes(16).toString('hex');
   const base = ph.lastSegment;
-  // Pin first: from here on the parent's compaction keeps the checkpoint.
+  // Pin first: from here on the parent's compaction keeps the checkpoint (or, if one was
+  // dropping it at this very moment, confirmPinned finds out and removes the pin).
   await parent.put(
     pinKey(uuid),
     encodeSnapshot({ checkpoint, createdMs: Date.now(), kind: 'clone-pin', note: child.url }),
     { ifNoneMatch: true },
   );
+  await confirmPinned(parent, checkpoint, pinKey(uuid));
+  let created = false;
   try {
     const now = Date.now();
     const id = base + 1;
@@ -76,6 +80,7 @@ export async function cloneVolume(
     const headBytes = encodeHead(head);
     await child.put(segmentKey(id), buildEmptySegment(id, now, headBytes), { ifNoneMatch: true });
     await child.put(HEAD_KEY, headBytes, { ifNoneMatch: true });
+    created = true;
     const result: CloneResult = {
       parent: parent.url,
       checkpoint,
@@ -89,9 +94,36 @@ export async function cloneVolume(
     }
     return result;
   } catch (e) {
-    if (!isHyperError(e, 'VOLUME_EXISTS'))
+    // Before the clone's head exists nothing reads through the pin: take it back. After, the
+    // clone exists and reads from the parent (a flatten that failed): the pin must stay.
+    if (!created && !(await cloneHeadIsOurs(child, uuid))) {
       await parent.delete([pinKey(uuid)]).catch(() => undefined);
-    throw e;
+      throw e;
+    }
+    if (!options.flatten) throw e;
+    const he = toHyperError(e);
+    throw new HyperError(
+      he.kind,
+      he.code,
+      `The clone ${child.url} was created, but flattening it failed: ${he.message}`,
+      {
+        suggestion: `The clone is usable and still reads from its parent; run \`hyper snapshot flatten ${child.url}\` to finish.`,
+        cause: e,
+      },
+    );
+  }
+}
+
+/**
+ * Whether the clone's head that a failed step may or may not have written exists and is
+ * ours. Unknown (the store cannot tell us) counts as yes: a pin kept in doubt costs space,
+ * a pin dropped in error costs the clone its data.
+ */
+async function cloneHeadIsOurs(child: ObjectStore, uuid: string): Promise<boolean> {
+  try {
+    return (await readHead(child)).head.uuid === uuid;
+  } catch (e) {
+    return !(isHyperError(e, 'VOLUME_NOT_FOUND') || isHyperError(e, 'NOT_A_VOLUME'));
   }
 }
 

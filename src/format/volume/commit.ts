@@ -13,7 +13,7 @@
  * Taking a volume over (open for write) also commits here, and the head's epoch only ever
  * increases. See FORMAT.md "Commit protocol" and "Lease".
  */
-import { HyperError, isHyperError } from '../../errors.js';
+import { HyperError, isHyperError, toHyperError } from '../../errors.js';
 import { encodeHead, type HeadRecord } from '../codec/head.js';
 import { HEAD_KEY, SEGMENT_PREFIX, parseSegmentKey, segmentKey } from '../keys.js';
 import type { ObjectStore } from '../store/types.js';
@@ -111,6 +111,24 @@ export class Committer {
 
   get isFenced(): boolean {
     return this.fenced !== undefined || this.lease.lost !== undefined;
+  }
+
+  /**
+   * Prove that this writer still owns the volume right now: renew the lease (a CAS: it fails
+   * if anyone took the lease since) and check that the head is still under our epoch. For
+   * work that must not outlive its ownership, such as compaction's deletes.
+   */
+  async confirm(): Promise<void> {
+    this.check();
+    try {
+      await this.lease.renew();
+    } catch (e) {
+      // Lost: fenced for good. Anything else (the store failing): this attempt fails.
+      if (this.lease.lost) throw this.fence(this.lease.lost);
+      throw toHyperError(e);
+    }
+    const cur = await readHead(this.store);
+    if (cur.head.epoch !== this.head.epoch) throw this.fencedBy(cur.head.epoch);
   }
 
   /** Record a fence found elsewhere (the WAL's sequence claimed by another writer). */

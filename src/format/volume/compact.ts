@@ -9,6 +9,8 @@
  * was unreachable under the history as it stood at least `graceMs` ago. Interrupted at any
  * point, the volume stays valid; a rerun finishes the job.
  */
+import { HyperError, dataError, isHyperError, toHyperError } from '../../errors.js';
+import { DecodeError } from '../codec/binary.js';
 import { isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
 import { NodeLoader } from '../index/loader.js';
 import { PIN_PREFIX, SEGMENT_PREFIX, parseSegmentKey, segmentKey } from '../keys.js';
@@ -149,7 +151,24 @@ export async function compactVolume(
       }
     }
 
-    // 4. Delete what no retained checkpoint reaches (respecting the grace period).
+    // Named snapshots and clone pins as they are now, after the history commit. One made
+    // while this run decided its policy may name a checkpoint the commit just dropped: keep
+    // it after all, in one more commit (its creator checks the head after writing its record,
+    // so either it sees the drop and gives up, or this read sees its record).
+    const referenced = vol ? await pinned(store) : new Set<number>();
+    if (vol && head.history) {
+      const lost = [...referenced].filter(
+        (id) => isRetainedCheckpoint(oldHead, id) && !isRetainedCheckpoint(head, id),
+      );
+      if (lost.length > 0) {
+        const kept = [...new Set([...head.history.kept, ...lost])].sort((a, b) => a - b);
+        await vol.setHistory(head.history.floor, kept);
+        head = vol.headRecord;
+      }
+    }
+
+    // 4. Delete what no retained checkpoint, named snapshot or clone pin reaches (respecting
+    // the grace period), decided from a listing made after the history commits.
     const segsNow = vol ? await listSegments(store) : segs;
     const now = Date.now();
     const protectBy: HeadRecord | undefined =
@@ -171,6 +190,7 @@ export async function compactVolume(
           isRetainedCheckpoint({ ...head, history: viewHead.history } as HeadRecord, id),
       );
       if (!keepIds.includes(head.checkpoint)) keepIds.push(head.checkpoint);
+      for (const id of referenced) if (segsNow.has(id) && !keepIds.includes(id)) keepIds.push(id);
       const visited = new Set<string>();
       for (const id of keepIds) {
         reachAll.segments.add(id);
@@ -182,6 +202,8 @@ export async function compactVolume(
     let deferred = 0;
     for (const [id, info] of segsNow) {
       const uncommitted = id > head.lastSegment || head.skipped.includes(id);
+      // A segment above everything this run has seen may be a new writer's: off-limits.
+      if (id > head.lastSegment && !segs.has(id)) continue;
       if (uncommitted) {
         if (now - info.lastModified.getTime() >= graceMs) deletable.push(id);
         else deferred++;
@@ -198,6 +220,9 @@ export async function compactVolume(
     if (vol) {
       for (let k = 0; k < deletable.length; k += 1000) {
         signal?.throwIfAborted();
+        // Still the writer, still under our epoch, right before each batch: a takeover since
+        // the listing fences this run (FENCED) and nothing more is deleted.
+        await vol.confirmWriter();
         const batch = deletable.slice(k, k + 1000);
         await store.delete(
           batch.map((id) => segmentKey(id)),
@@ -282,16 +307,38 @@ async function listSegments(store: ObjectStore): Promise<Map<number, SegInfo>> {
   return out;
 }
 
-/** Checkpoints pinned by name or by a clone. */
+/**
+ * Checkpoints pinned by name or by a clone. A record that cannot be read (damaged, access
+ * denied, store down) aborts the compaction naming its key: a pin in doubt is never taken
+ * for absent. One that vanished between the listing and the read was deleted: not a pin.
+ */
 async function pinned(store: ObjectStore): Promise<Set<number>> {
   const ids = new Set<number>();
   for (const s of await listSnapshots(store)) ids.add(s.checkpoint);
   for await (const page of store.list(PIN_PREFIX)) {
     for (const o of page.objects) {
+      let body: Buffer;
       try {
-        ids.add(decodeSnapshot((await store.get(o.key)).body).checkpoint);
-      } catch {
-        // A damaged pin is ignored here; `file check` reports it.
+        body = (await store.get(o.key)).body;
+      } catch (e) {
+        if (isHyperError(e, 'OBJECT_NOT_FOUND')) continue;
+        const he = toHyperError(e);
+        throw new HyperError(
+          he.kind,
+          he.code,
+          `Cannot read clone pin ${o.key}: ${he.message}; compaction stopped, nothing was deleted`,
+          { key: o.key, suggestion: 'Fix access to the store and run compaction again.', cause: e },
+        );
+      }
+      try {
+        ids.add(decodeSnapshot(body).checkpoint);
+      } catch (e) {
+        if (!(e instanceof DecodeError)) throw e;
+        throw dataError(
+          'CORRUPT_OBJECT',
+          o.key,
+          `Clone pin is damaged (${e.message}); compaction stopped, nothing was deleted`,
+        );
       }
     }
   }

@@ -82,7 +82,32 @@ export async function createSnapshot(
     }
     throw e;
   }
+  await confirmPinned(store, checkpoint, key);
   return { name, checkpoint, createdAt: new Date(createdMs) };
+}
+
+/**
+ * After writing a record that pins `checkpoint` (a snapshot or a clone pin): check that a
+ * compaction running meanwhile did not drop the checkpoint before it could see the record.
+ * Compaction reads pins after its history commit, so if the head still retains the
+ * checkpoint now, the record is seen; if not, the record is removed and the caller fails.
+ */
+export async function confirmPinned(
+  store: ObjectStore,
+  checkpoint: number,
+  recordKey: string,
+): Promise<void> {
+  // A retained checkpoint's segment is never deleted: compaction commits a history that
+  // drops a checkpoint before it deletes anything of it.
+  const { head } = await readHead(store);
+  if (isRetainedCheckpoint(head, checkpoint)) return;
+  await store.delete([recordKey]).catch(() => undefined);
+  throw new HyperError(
+    'not-found',
+    'CHECKPOINT_NOT_FOUND',
+    `Checkpoint ${checkpoint} was dropped by a compaction that ran at the same time`,
+    { suggestion: 'Pick a checkpoint that `hyper snapshot list` still shows.' },
+  );
 }
 
 /** Unpin a snapshot (its data goes at the next compaction). */

@@ -70,6 +70,11 @@ export class SegmentSource {
     }
   }
 
+  /** Whether the segment object exists (one HEAD request). */
+  async exists(seg: number): Promise<boolean> {
+    return (await this.storeFor(seg).head(segmentKey(seg))) !== undefined;
+  }
+
   /** The key to name in errors about a segment. */
   keyFor(seg: number): string {
     const store = this.storeFor(seg);

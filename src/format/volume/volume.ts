@@ -472,6 +472,15 @@ export class Volume {
     return this.flush();
   }
 
+  /**
+   * Prove this writer still owns the volume (lease renewed by CAS, head still under our
+   * epoch); throws FENCED otherwise. Deleters call it right before each delete batch.
+   */
+  confirmWriter(): Promise<void> {
+    this.checkWritable();
+    return (this.committer as Committer).confirm();
+  }
+
   /** Whether segment `seg` belongs to a parent volume (clones). */
   inherited(seg: number): boolean {
     return this.segments.inherited(seg);
