@@ -240,18 +240,7 @@ export async function deleteVolume(
   options: DeleteOptions = {},
 ): Promise<{ objectsDeleted: number }> {
   const signal = options.signal;
-  let headFound = true;
-  try {
-    await readHead(store);
-  } catch (e) {
-    if (isHyperError(e, 'VOLUME_NOT_FOUND')) throw e;
-    // A damaged head, or a half-deleted volume (NOT_A_VOLUME): still deletable.
-    if (!isHyperError(e, 'NOT_A_VOLUME') && !isHyperError(e, 'CORRUPT_OBJECT')) throw e;
-    headFound = false;
-  }
-  const lease = await readLease(store).catch(() => undefined);
-  if (headFound && lease && lease.lease.expiresMs > Date.now() && !options.force)
-    throw leaseHeldError(lease.lease);
+  const { headFound } = await checkDeletable(store, options);
 
   // Count first so progress has a total.
   const keys: string[] = [];
@@ -295,6 +284,31 @@ export async function deleteVolume(
   await run(store, order);
   if (options.walStore) await run(options.walStore, walKeys);
   return { objectsDeleted: done };
+}
+
+/**
+ * The check `deleteVolume` makes before deleting anything: LEASE_HELD while another process
+ * holds a live lease, unless `force`; VOLUME_NOT_FOUND when there is no volume. A caller that
+ * asks for confirmation runs it before asking, too. `headFound` is false for a damaged or
+ * half-deleted volume, which has no lease to respect and can still be deleted.
+ */
+export async function checkDeletable(
+  store: ObjectStore,
+  options: { force?: boolean } = {},
+): Promise<{ headFound: boolean }> {
+  let headFound = true;
+  try {
+    await readHead(store);
+  } catch (e) {
+    if (isHyperError(e, 'VOLUME_NOT_FOUND')) throw e;
+    // A damaged head, or a half-deleted volume (NOT_A_VOLUME): still deletable.
+    if (!isHyperError(e, 'NOT_A_VOLUME') && !isHyperError(e, 'CORRUPT_OBJECT')) throw e;
+    headFound = false;
+  }
+  const lease = await readLease(store).catch(() => undefined);
+  if (headFound && lease && lease.lease.expiresMs > Date.now() && !options.force)
+    throw leaseHeldError(lease.lease);
+  return { headFound };
 }
 
 const isVolumeKey = (k: string): boolean =>
