@@ -11,6 +11,11 @@ const notSdk = {
   message: 'Only src/format/store/s3*.ts talks to the AWS SDK.',
 };
 
+const commandsAreNotLibraries = {
+  group: ['**/commands/**'],
+  message: 'Only oclif loads commands: move what is shared into a library module.',
+};
+
 export default tseslint.config(
   { ignores: ['dist/**', 'node_modules/**', '.tmp/**', 'bench-results/**'] },
   js.configs.recommended,
@@ -23,6 +28,23 @@ export default tseslint.config(
       ],
       '@typescript-eslint/consistent-type-imports': 'error',
     },
+  },
+  // oclif loads src/commands/ by directory; nothing under src/ imports a command, commands
+  // included (what two commands share is a library: src/cli, src/serve, src/format). Tests may
+  // import a command's result type. The blocks below repeat the rule in their own lists.
+  {
+    files: ['src/**/*.ts'],
+    ignores: ['src/commands/**'],
+    rules: restrict([commandsAreNotLibraries]),
+  },
+  {
+    files: ['src/commands/*.ts'],
+    rules: restrict([{ regex: '^\\./', message: commandsAreNotLibraries.message }]),
+  },
+  {
+    files: ['src/commands/*/*.ts'],
+    // ./x.js and ../x.js are commands; ../../x.js is src/.
+    rules: restrict([{ regex: '^\\.\\.?/(?!\\.\\./)', message: commandsAreNotLibraries.message }]),
   },
   // Layering: the format library never reaches the CLI, the NBD server or CLI libraries;
   // inside it, codecs are pure, the index knows no engine, and stores know nothing above them.
@@ -89,6 +111,26 @@ export default tseslint.config(
         ],
         message: 'src/nbd talks to volumes only through its BlockDevice interface.',
       },
+    ]),
+  },
+  // The serving library: volumes (src/format) over NBD (src/nbd), for the serve command and
+  // anything else that serves volumes; it never reaches the CLI.
+  {
+    files: ['src/serve/**/*.ts'],
+    rules: restrict([
+      {
+        group: [
+          '**/commands/**',
+          '**/cli/**',
+          '**/base-command.js',
+          '**/flags.js',
+          '@oclif/*',
+          'ora',
+          'cli-table3',
+        ],
+        message: 'src/serve is a library: it uses src/format, src/nbd and src/errors.ts, no CLI.',
+      },
+      notSdk,
     ]),
   },
   {

@@ -45,4 +45,4 @@ export type {
 // NBD: a server over any BlockDevice, and the adapter that serves a Volume.
 export { NbdServer, type NbdExport, type NbdServerOptions } from './nbd/server.js';
 export type { BlockDevice } from './nbd/device.js';
-export { VolumeDevice } from './volume-device.js';
+export { VolumeDevice } from './serve/volume-device.js';

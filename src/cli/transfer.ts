@@ -5,13 +5,20 @@
  * data-block granularity (import writes no all-zero blocks; export leaves holes in a sparse
  * file), report progress, and stop taking new work when the AbortSignal fires: chunks already
  * in flight complete, so the caller can commit (import) or discard (export) a whole state.
+ * `exportToImageFile` is a whole export: the image appears complete and synced, or not at all.
  */
-import { stat, type FileHandle } from 'node:fs/promises';
+import { lstat, open, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { basename, dirname, join } from 'node:path';
 import { HyperError } from '../errors.js';
-import { MiB } from '../format/volume/types.js';
 import type { ObjectStore } from '../format/store/types.js';
-import type { OpenOptions } from '../format/volume/types.js';
+import {
+  MiB,
+  type CheckpointRef,
+  type OpenOptions,
+  type VolumeInfo,
+} from '../format/volume/types.js';
 import { Volume } from '../format/volume/volume.js';
+import { bytesWithExact } from './results.js';
 
 export const DEFAULT_CHUNK_SIZE = 4 * MiB;
 export const DEFAULT_CONCURRENCY = 4;
@@ -249,6 +256,84 @@ export async function exportImage(
   );
   stats.interrupted = !complete;
   return stats;
+}
+
+/** Refuse a `path` that is not a regular file, or that exists unless `overwrite` is set. */
+async function checkImageTarget(
+  path: string,
+  options: { overwrite?: boolean } = {},
+): Promise<void> {
+  const existing = await lstat(path).catch(() => undefined);
+  if (existing && !existing.isFile()) {
+    throw new HyperError(
+      'invalid',
+      'INVALID_ARGUMENT',
+      `${JSON.stringify(path)} exists and is not a regular file`,
+      {
+        suggestion: 'Export to a regular file path.',
+      },
+    );
+  }
+  if (existing && !options.overwrite) {
+    throw new HyperError(
+      'conflict',
+      'OBJECT_EXISTS',
+      `The image file ${JSON.stringify(path)} already exists`,
+      {
+        suggestion: 'Add --overwrite to replace it, or choose another path.',
+      },
+    );
+  }
+}
+
+export interface ExportFileOptions extends Omit<TransferOptions, 'blockSize'> {
+  /** Export this checkpoint instead of the current one. */
+  at?: CheckpointRef;
+  /** Replace an existing image file. */
+  overwrite?: boolean;
+}
+
+/**
+ * Export the volume in `store` (opened read-only: no lease, nothing written) to the sparse raw
+ * image `path`, as large as the volume. `path` is checked before the volume is opened. The
+ * image is written under a temporary name in the same directory, synced to disk and renamed
+ * over `path` only when complete, so a failed or interrupted export (ABORTED) leaves no
+ * partial file, and an image it would replace intact.
+ */
+export async function exportToImageFile(
+  store: ObjectStore,
+  path: string,
+  options: ExportFileOptions = {},
+): Promise<{ info: VolumeInfo; stats: TransferStats }> {
+  const { at, overwrite, ...transfer } = options;
+  await checkImageTarget(path, { overwrite });
+  return withVolume(store, { readOnly: true, ...(at ? { at } : {}) }, async (volume) => {
+    const info = volume.info;
+    const temp = join(dirname(path), `.${basename(path)}.hyper-${process.pid}.partial`);
+    const file = await open(temp, 'wx');
+    let done = false;
+    try {
+      await file.truncate(info.size);
+      const stats = await exportImage(volume, file, { ...transfer, blockSize: info.dataBlockSize });
+      if (stats.interrupted) {
+        throw new HyperError(
+          'unavailable',
+          'ABORTED',
+          `Export interrupted after ${bytesWithExact(stats.bytesDone)} of ${bytesWithExact(info.size)}; no image was written.`,
+        );
+      }
+      await file.sync();
+      await file.close();
+      await rename(temp, path);
+      done = true;
+      return { info, stats };
+    } finally {
+      if (!done) {
+        await file.close().catch(() => undefined);
+        await unlink(temp).catch(() => undefined);
+      }
+    }
+  });
 }
 
 /** The size of a regular file, or a usage error naming the path. */

@@ -5,7 +5,7 @@ import { bytesWithExact } from '../cli/results.js';
 import { formatBytes, formatDuration } from '../cli/units.js';
 import { HyperError } from '../errors.js';
 import { duration, volumeUrl, yes } from '../flags.js';
-import { storeStats } from '../format/store/index.js';
+import { storeStats, totalRequests } from '../format/store/index.js';
 import {
   DEFAULT_GRACE_MS,
   DEFAULT_MIN_LIVE,
@@ -163,7 +163,7 @@ Dropping checkpoints cannot be undone: with --keep-last or --keep-within the com
       list: s?.list ?? 0,
       head: s?.head ?? 0,
       delete: s?.delete ?? 0,
-      total: s ? s.get + s.put + s.list + s.head + s.delete : 0,
+      total: s ? totalRequests(s) : 0,
       bytesRead: s?.bytesIn ?? 0,
       bytesWritten: s?.bytesOut ?? 0,
     };

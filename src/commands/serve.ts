@@ -1,7 +1,4 @@
 import { Flags } from '@oclif/core';
-import { readFile } from 'node:fs/promises';
-import { hostname } from 'node:os';
-import { join } from 'node:path';
 import { BaseCommand } from '../base-command.js';
 import {
   CHECKPOINT_REF_FORMS,
@@ -9,15 +6,10 @@ import {
   parseCheckpointRef,
   type CheckpointRefJson,
 } from '../cli/checkpoint-ref.js';
-import { HyperError, toHyperError } from '../errors.js';
 import { size, volumeUrl } from '../flags.js';
-import type { ObjectStore } from '../format/store/index.js';
-import { listVolumes } from '../format/volume/admin.js';
-import { MAX_VOLUME_SIZE, type CheckpointRef, type Logger } from '../format/volume/types.js';
-import { Volume } from '../format/volume/volume.js';
-import type { NbdLogger } from '../nbd/device.js';
-import { NbdServer, type NbdExport } from '../nbd/server.js';
-import { VolumeDevice } from '../volume-device.js';
+import { MAX_VOLUME_SIZE } from '../format/volume/types.js';
+import { lineLogger } from '../serve/logger.js';
+import { VolumeServer, type ServeOptions } from '../serve/server.js';
 
 export interface ServeResult {
   /** URIs clients connect to, one per export. */
@@ -26,25 +18,6 @@ export interface ServeResult {
   at?: CheckpointRefJson;
   /** Why the server stopped. */
   stopped: string;
-}
-
-/** Log lines on stderr: `2026-…Z info message {"field":…}`. */
-function stderrLogger(verbose: boolean): Logger & NbdLogger {
-  const line =
-    (level: string) =>
-    (msg: string, fields?: Record<string, unknown>): void => {
-      const f =
-        fields === undefined || Object.keys(fields).length === 0
-          ? ''
-          : ` ${JSON.stringify(fields)}`;
-      process.stderr.write(`${new Date().toISOString()} ${level} ${msg}${f}\n`);
-    };
-  return {
-    debug: verbose ? line('debug') : () => undefined,
-    info: line('info'),
-    warn: line('warn'),
-    error: line('error'),
-  };
 }
 
 export default class Serve extends BaseCommand<typeof Serve> {
@@ -145,162 +118,47 @@ export default class Serve extends BaseCommand<typeof Serve> {
   public async run(): Promise<ServeResult> {
     const { url } = this.args;
     const flags = this.flags;
-    const logger = stderrLogger(flags.verbose);
-    const at: CheckpointRef | undefined =
-      flags.at === undefined ? undefined : parseCheckpointRef(flags.at, { name: '--at' });
-    const readOnly = flags['read-only'] || at !== undefined;
-    if (flags.create && (readOnly || at !== undefined)) {
-      throw new HyperError(
-        'invalid',
-        'INVALID_ARGUMENT',
-        '--create cannot be combined with --read-only or --at',
-      );
-    }
+    const at = flags.at === undefined ? undefined : parseCheckpointRef(flags.at, { name: '--at' });
     const signal = this.interruptible();
-    const store = await this.openStore(url, { mkdir: flags.create });
-    if (flags.create) {
-      try {
-        await Volume.create(store, { size: flags.size, signal });
-        logger.info('created volume', { url, size: flags.size });
-      } catch (e) {
-        if (!(e instanceof HyperError && e.code === 'VOLUME_EXISTS')) throw e;
-      }
-    }
-
-    // A local WAL directory is created like the volume's own (--create).
-    if (flags['wal-url'] !== undefined) await this.openStore(flags['wal-url'], { mkdir: true });
-    const holder = `hyper-serve@${hostname()}:${process.pid}`;
-    const openOptions = {
-      readOnly,
-      holder,
-      logger,
-      signal,
+    const options: ServeOptions = {
+      url,
+      openStore: (u, o) => this.openStore(u, o),
+      readOnly: flags['read-only'],
       force: flags.force,
+      listen:
+        flags.socket === undefined
+          ? { port: flags.port, host: flags.bind }
+          : { path: flags.socket },
+      logger: lineLogger({
+        level: flags.verbose ? 'debug' : 'info',
+        write: (line) => process.stderr.write(line),
+      }),
+      signal,
       ...(at === undefined ? {} : { at }),
+      ...(flags.create ? { create: { size: flags.size } } : {}),
       ...(flags['wal-url'] === undefined ? {} : { walUrl: flags['wal-url'] }),
-      // Parent volumes of clones and the WAL are opened with the same --endpoint/--region.
-      openStore: (u: string) => this.openStore(u),
+      ...(flags['tls-certificates'] === undefined
+        ? {}
+        : { tls: { certificates: flags['tls-certificates'], require: flags.tls === 'require' } }),
     };
-    const opened = new Map<string, VolumeDevice>();
-    const openVolume = async (name: string, sub: ObjectStore): Promise<VolumeDevice> => {
-      const volume = await Volume.open(sub, openOptions);
-      const dev = new VolumeDevice(volume, { readOnly });
-      opened.set(name, dev);
-      return dev;
-    };
-
-    // A volume URL serves one export; a prefix serves every volume found below it.
-    const listing = await listVolumes(store, { signal });
-    const exports: NbdExport[] = [];
-    const described: ServeResult['exports'] = [];
-    const single = listing.length === 1 && listing[0]!.name === '';
-    if (listing.length === 0) {
-      throw new HyperError('not-found', 'VOLUME_NOT_FOUND', `No volume at or below ${url}`, {
-        suggestion:
-          'Create one with "hyper file create", or pass --create --size to serve a new one.',
-      });
-    }
-    if (single) {
-      const name = url.replace(/\/+$/, '').split('/').pop() ?? '';
-      const dev = await openVolume(name, store); // eagerly: the lease is taken (or refused) now
-      exports.push({ name, description: url, open: () => dev });
-      described.push({ name, url, readOnly: dev.capabilities.readOnly });
-    } else {
-      for (const v of listing) {
-        if (v.error !== undefined) {
-          logger.warn('skipping a volume that cannot be read', { url: v.url, error: v.error });
-          continue;
-        }
-        const name = v.name.replace(/\/+$/, '');
-        let pending: Promise<VolumeDevice> | undefined;
-        // Opened on first use (and kept): serving a prefix of many volumes takes no lease
-        // on the ones nobody connects to.
-        exports.push({
-          name,
-          description: v.url,
-          open: () => {
-            pending ??= openVolume(name, store.sub(v.name)).catch((e: unknown) => {
-              pending = undefined;
-              throw e;
-            });
-            return pending;
-          },
-        });
-        described.push({ name, url: v.url, readOnly });
-      }
-    }
-
-    let tls: { cert: Buffer; key: Buffer; require: boolean } | undefined;
-    const certDir = flags['tls-certificates'];
-    if (certDir !== undefined) {
-      try {
-        tls = {
-          cert: await readFile(join(certDir, 'server-cert.pem')),
-          key: await readFile(join(certDir, 'server-key.pem')),
-          require: flags.tls === 'require',
-        };
-      } catch (e) {
-        throw new HyperError(
-          'invalid',
-          'INVALID_ARGUMENT',
-          `Cannot read the TLS certificate or key in ${certDir}: ${(e as Error).message}`,
-          {
-            suggestion: 'The directory must hold server-cert.pem and server-key.pem (PEM).',
-          },
-        );
-      }
-    }
-    const server = new NbdServer({ exports, logger, ...(tls === undefined ? {} : { tls }) });
-    const addr =
-      flags.socket !== undefined
-        ? await server.listen({ path: flags.socket })
-        : await server.listen({ port: flags.port, host: flags.bind });
-    const scheme = tls?.require ? 'nbds' : 'nbd';
-    const uriFor = (name: string): string =>
-      addr.path !== undefined
-        ? `${scheme}+unix:///${encodeURIComponent(name)}?socket=${addr.path}`
-        : `${scheme}://${addr.host?.includes(':') ? `[${addr.host}]` : addr.host}:${addr.port}/${encodeURIComponent(name)}`;
-    const uris = exports.map((e) => uriFor(e.name));
+    const server = new VolumeServer(options);
+    await server.start();
     if (flags['print-uri']) {
-      for (const u of uris)
+      for (const u of server.uris)
         process.stdout.write(this.jsonEnabled() ? `${JSON.stringify({ uri: u })}\n` : `${u}\n`);
     }
-    logger.info(
-      `serving ${exports.length} export${exports.length === 1 ? '' : 's'} ${readOnly ? 'read-only' : 'read-write'}`,
-      {
-        uris,
-      },
-    );
 
-    // Run until SIGINT/SIGTERM (the base command turns them into this abort signal). A volume
-    // whose lease is lost keeps being served, but its writes fail (EPERM) and are logged.
+    // Run until SIGINT/SIGTERM (the base command turns them into this abort signal).
     const stopped = await new Promise<string>((resolve) => {
       if (signal.aborted) resolve('interrupted');
       signal.addEventListener('abort', () => resolve('interrupted'), { once: true });
     });
-    logger.info('stopping: finishing requests in flight', { connections: server.connections });
-    await server.close(10_000);
-    let failure: unknown;
-    for (const [name, dev] of opened) {
-      try {
-        await dev.flush();
-        await dev.close();
-        logger.info('closed export', { export: name });
-      } catch (e) {
-        logger.error('could not flush and close an export', {
-          export: name,
-          error: toHyperError(e).message,
-        });
-        failure ??= e;
-      }
-    }
-    if (failure !== undefined) throw toHyperError(failure);
-    const result: ServeResult = {
-      uris,
-      exports: described,
+    await server.close();
+    return {
+      uris: server.uris,
+      exports: server.exports,
       stopped,
       ...(at === undefined ? {} : { at: checkpointRefJson(at) }),
     };
-    return result;
   }
 }

@@ -1,6 +1,6 @@
 /**
  * The BlockDevice seam: everything the NBD server knows about what it exports. The volume
- * engine is adapted to it in src/volume-device.ts; src/nbd/testing/memory-device.ts is a
+ * engine is adapted to it in src/serve/volume-device.ts; src/nbd/testing/memory-device.ts is a
  * sparse in-memory implementation for tests and transport benchmarks.
  *
  * The server validates every request (range, alignment, flags, read-only) before calling a

@@ -24,16 +24,26 @@ export interface NbdExport {
   open(): BlockDevice | Promise<BlockDevice>;
 }
 
-/** Export lookup: exact name, or "" for the only export when there is just one. */
+/**
+ * Export lookup: exact name, or "" for the only export when there is just one. A server given
+ * a table (rather than a list) reads it live, so exports added or removed later are seen by
+ * the next negotiation; connections already transmitting keep their device.
+ */
 export class ExportTable {
   private readonly byName = new Map<string, NbdExport>();
 
-  constructor(exports: Iterable<NbdExport>) {
-    for (const e of exports) {
-      if (this.byName.has(e.name))
-        throw new Error(`duplicate export name ${JSON.stringify(e.name)}`);
-      this.byName.set(e.name, e);
-    }
+  constructor(exports: Iterable<NbdExport> = []) {
+    for (const e of exports) this.add(e);
+  }
+
+  add(e: NbdExport): void {
+    if (this.byName.has(e.name)) throw new Error(`duplicate export name ${JSON.stringify(e.name)}`);
+    this.byName.set(e.name, e);
+  }
+
+  /** Stop offering an export; true if it was there. */
+  remove(name: string): boolean {
+    return this.byName.delete(name);
   }
 
   get size(): number {

@@ -11,10 +11,11 @@ import { ExportTable, type NbdExport } from './exports.js';
 import { DEFAULT_MAX_REQUEST } from './protocol.js';
 import { Session, type SessionLimits, type SessionTls } from './session.js';
 
-export type { NbdExport } from './exports.js';
+export { ExportTable, type NbdExport } from './exports.js';
 
 export interface NbdServerOptions {
-  exports: Iterable<NbdExport>;
+  /** A fixed list, or a table the owner may change while the server runs. */
+  exports: Iterable<NbdExport> | ExportTable;
   logger?: NbdLogger;
   /** Largest READ/WRITE payload (default 32 MiB). */
   maxRequest?: number;
@@ -46,7 +47,8 @@ export class NbdServer {
   private readonly tls: SessionTls | undefined;
 
   constructor(options: NbdServerOptions) {
-    this.table = new ExportTable(options.exports);
+    this.table =
+      options.exports instanceof ExportTable ? options.exports : new ExportTable(options.exports);
     this.logger = options.logger ?? quietLogger;
     this.tls =
       options.tls === undefined

@@ -3,7 +3,12 @@ import { BaseCommand } from '../../base-command.js';
 import { formatBytes } from '../../cli/units.js';
 import { HyperError, isHyperError } from '../../errors.js';
 import { volumeUrl, yes } from '../../flags.js';
-import { deleteVolume, statVolume, type VolumeStat } from '../../format/volume/admin.js';
+import {
+  checkDeletable,
+  deleteVolume,
+  statVolume,
+  type VolumeStat,
+} from '../../format/volume/admin.js';
 
 export interface FileDeleteResult {
   url: string;
@@ -70,8 +75,14 @@ On a terminal it asks for confirmation unless --yes is given; without a terminal
       if (!damaged) throw e;
       this.note(`Warning: ${e.message}; deleting what is left of the volume.`);
     }
-    if (st?.lease?.live && !force) {
-      throw leaseHeld(url, st.lease.holder);
+    // The library decides whether the volume may be deleted; this command words the refusal.
+    const leaseHeld = (e: unknown): unknown =>
+      isHyperError(e, 'LEASE_HELD') ? leaseHeldError(url, st?.lease?.holder, e) : e;
+    try {
+      await checkDeletable(store, { force });
+    } catch (e) {
+      if (isMissing(e) && ifExists) return missing();
+      throw leaseHeld(e);
     }
 
     if (!this.flags.yes) {
@@ -86,7 +97,8 @@ On a terminal it asks for confirmation unless --yes is given; without a terminal
       }
       const what = st
         ? `${formatBytes(st.size)}, ${plural(st.segments, 'segment')}, ${formatBytes(st.storedBytes)} stored, ` +
-          plural(st.snapshots, 'named snapshot')
+          plural(st.snapshots, 'named snapshot') +
+          (st.clonePins > 0 ? `; ${plural(st.clonePins, 'clone')} still read from it` : '')
         : 'metadata unreadable';
       const ok = await this.confirm(`Delete volume ${url} (${what}) and all its checkpoints?`);
       if (!ok) {
@@ -110,8 +122,7 @@ On a terminal it asks for confirmation unless --yes is given; without a terminal
       }));
     } catch (e) {
       if (isMissing(e) && ifExists) return missing();
-      if (isHyperError(e, 'LEASE_HELD') && !e.suggestion) throw leaseHeld(url, undefined, e);
-      throw e;
+      throw leaseHeld(e);
     } finally {
       spinner.stop();
     }
@@ -120,7 +131,8 @@ On a terminal it asks for confirmation unless --yes is given; without a terminal
   }
 }
 
-function leaseHeld(url: string, holder: string | undefined, cause?: unknown): HyperError {
+/** LEASE_HELD as this command words it: what holds the volume, and how to proceed. */
+function leaseHeldError(url: string, holder: string | undefined, cause: unknown): HyperError {
   return new HyperError(
     'conflict',
     'LEASE_HELD',
@@ -128,7 +140,7 @@ function leaseHeld(url: string, holder: string | undefined, cause?: unknown): Hy
     {
       suggestion:
         'Stop the process using it (e.g. hyper serve) and retry, or add --force to delete it anyway.',
-      ...(cause === undefined ? {} : { cause }),
+      cause,
     },
   );
 }

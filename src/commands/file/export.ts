@@ -1,11 +1,8 @@
-import { lstat, open, rename, unlink } from 'node:fs/promises';
-import { basename, dirname, join } from 'node:path';
 import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../../base-command.js';
 import { bytesWithExact, iso, percent } from '../../cli/results.js';
-import { exportImage, withVolume } from '../../cli/transfer.js';
+import { exportToImageFile } from '../../cli/transfer.js';
 import { formatBytes } from '../../cli/units.js';
-import { HyperError } from '../../errors.js';
 import { CHECKPOINT_REF_FORMS, checkpointRef, volumeUrl } from '../../flags.js';
 import { checkpointRefJson, type CheckpointRefJson } from '../../cli/checkpoint-ref.js';
 
@@ -71,70 +68,17 @@ By default the current checkpoint is exported; --at chooses an earlier one by nu
     const { url, image } = this.args;
     const started = performance.now();
     const { at } = this.flags;
-
-    const existing = await lstat(image).catch(() => undefined);
-    if (existing && !existing.isFile()) {
-      throw new HyperError(
-        'invalid',
-        'INVALID_ARGUMENT',
-        `${JSON.stringify(image)} exists and is not a regular file`,
-        {
-          suggestion: 'Export to a regular file path.',
-        },
-      );
-    }
-    if (existing && !this.flags.overwrite) {
-      throw new HyperError(
-        'conflict',
-        'OBJECT_EXISTS',
-        `The image file ${JSON.stringify(image)} already exists`,
-        {
-          suggestion: 'Add --overwrite to replace it, or choose another path.',
-        },
-      );
-    }
-
     const store = await this.openStore(url);
-    const signal = this.interruptible();
-    const result = await withVolume(
-      store,
-      { readOnly: true, ...(at ? { at } : {}) },
-      async (volume) => {
-        const info = volume.info;
-        const temp = join(dirname(image), `.${basename(image)}.hyper-${process.pid}.partial`);
-        const file = await open(temp, 'wx');
-        let done = false;
-        try {
-          await file.truncate(info.size);
-          const spinner = this.spinner(`Exporting ${url}`);
-          const stats = await exportImage(volume, file, {
-            blockSize: info.dataBlockSize,
-            signal,
-            onProgress: (n, total) => {
-              spinner.text = `Exporting to ${image}: ${formatBytes(n)} of ${formatBytes(total)} (${percent(n, total)})`;
-            },
-          });
-          spinner.stop();
-          if (stats.interrupted) {
-            throw new HyperError(
-              'unavailable',
-              'ABORTED',
-              `Export interrupted after ${bytesWithExact(stats.bytesDone)} of ${bytesWithExact(info.size)}; no image was written.`,
-            );
-          }
-          await file.sync();
-          await file.close();
-          await rename(temp, image);
-          done = true;
-          return { info, stats };
-        } finally {
-          if (!done) {
-            await file.close().catch(() => undefined);
-            await unlink(temp).catch(() => undefined);
-          }
-        }
+    const spinner = this.spinner(`Exporting ${url}`); // stopped on failure by the base command
+    const result = await exportToImageFile(store, image, {
+      overwrite: this.flags.overwrite,
+      signal: this.interruptible(),
+      ...(at ? { at } : {}),
+      onProgress: (n, total) => {
+        spinner.text = `Exporting to ${image}: ${formatBytes(n)} of ${formatBytes(total)} (${percent(n, total)})`;
       },
-    );
+    });
+    spinner.stop();
 
     const out: FileExportResult = {
       url,

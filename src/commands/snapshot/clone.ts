@@ -9,10 +9,10 @@ import {
 import { bytesWithExact, toVolumeSummary, type VolumeSummary } from '../../cli/results.js';
 import { normalizeVolumeUrl } from '../../cli/url.js';
 import { checkpointRef, volumeUrl } from '../../flags.js';
+import { requestCount } from '../../format/store/index.js';
 import { cloneVolume } from '../../format/volume/clone.js';
 import type { CheckpointRef } from '../../format/volume/types.js';
 import { readHead } from '../../format/volume/heads.js';
-import { requestCount } from './create.js';
 
 export interface SnapshotCloneResult {
   /** The parent volume. */

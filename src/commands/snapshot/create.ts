@@ -8,7 +8,7 @@ import {
 } from '../../cli/checkpoint-ref.js';
 import { iso } from '../../cli/results.js';
 import { checkpointRef, volumeUrl } from '../../flags.js';
-import { storeStats } from '../../format/store/index.js';
+import { requestCount } from '../../format/store/index.js';
 import { createSnapshot } from '../../format/volume/history.js';
 
 export interface SnapshotCreateResult {
@@ -82,10 +82,4 @@ Creating a snapshot copies no data and takes a fixed, small number of requests w
     );
     return result;
   }
-}
-
-/** Requests made so far through a store opened by `openStore` (0 if it does not count). */
-export function requestCount(store: Parameters<typeof storeStats>[0]): number {
-  const s = storeStats(store);
-  return s ? s.get + s.put + s.list + s.head + s.delete : 0;
 }

@@ -9,8 +9,8 @@ import {
 } from '../../cli/checkpoint-ref.js';
 import { iso } from '../../cli/results.js';
 import { checkpointRef, volumeUrl } from '../../flags.js';
+import { requestCount } from '../../format/store/index.js';
 import { restoreVolume } from '../../format/volume/history.js';
-import { requestCount } from './create.js';
 
 export interface SnapshotRestoreResult {
   url: string;

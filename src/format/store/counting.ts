@@ -2,7 +2,8 @@
  * Request and byte counters around any store. `openStore` puts this wrapper outermost, so the
  * counts are the requests the engine asked for (one per call; a list counts one per page, a
  * delete one per 1000 keys, as S3 bills them). Retries below it are not counted again.
- * `stat --verbose` and the benchmarks read them with `storeStats()`.
+ * The commands that report their requests (compact, snapshot) and the benchmarks read them with
+ * `storeStats()` or `requestCount()`.
  */
 import type {
   GetOptions,
@@ -93,6 +94,17 @@ export class CountingStore implements ObjectStore {
 /** The counters of a store opened by `openStore` (undefined for an unwrapped store). */
 export function storeStats(store: ObjectStore): StoreStats | undefined {
   return store instanceof CountingStore ? store.stats() : undefined;
+}
+
+/** Requests of every kind in a counter snapshot. */
+export function totalRequests(s: StoreStats): number {
+  return s.get + s.put + s.list + s.head + s.delete;
+}
+
+/** Requests made so far through a store opened by `openStore` (0 if it does not count). */
+export function requestCount(store: ObjectStore): number {
+  const s = storeStats(store);
+  return s === undefined ? 0 : totalRequests(s);
 }
 
 /** Difference of two counter snapshots (`after - before`). */

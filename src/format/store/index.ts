@@ -14,7 +14,14 @@ import { parseStoreUrl } from './url.js';
 
 export type { ObjectStore, StoreOptions, StoreStats } from './types.js';
 export { parseStoreUrl, ACCEPTED_URL_FORMS, type StoreUrl } from './url.js';
-export { CountingStore, storeStats, diffStats, emptyStats } from './counting.js';
+export {
+  CountingStore,
+  storeStats,
+  diffStats,
+  emptyStats,
+  requestCount,
+  totalRequests,
+} from './counting.js';
 export { RetryingStore, type RetryOptions } from './retry.js';
 export { probeConditionalWrites } from './probe.js';
 

@@ -241,32 +241,7 @@ export async function deleteVolume(
   options: DeleteOptions = {},
 ): Promise<{ objectsDeleted: number }> {
   const signal = options.signal;
-  let headFound = true;
-  try {
-    await readHead(store);
-  } catch (e) {
-    if (isHyperError(e, 'VOLUME_NOT_FOUND')) throw e;
-    // A damaged head, or a half-deleted volume (NOT_A_VOLUME): still deletable.
-    if (!isHyperError(e, 'NOT_A_VOLUME') && !isHyperError(e, 'CORRUPT_OBJECT')) throw e;
-    headFound = false;
-  }
-  const lease = await readLease(store).catch(() => undefined);
-  if (headFound && lease && lease.lease.expiresMs > Date.now() && !options.force)
-    throw leaseHeldError(lease.lease);
-  if (!options.force) {
-    const clones = await listClones(store);
-    if (clones.length > 0) {
-      throw new HyperError(
-        'conflict',
-        'HAS_CLONES',
-        `${store.url} has ${clones.length} clone${clones.length === 1 ? '' : 's'} that read${clones.length === 1 ? 's' : ''} data from it: ${clones.join(', ')}`,
-        {
-          suggestion:
-            'Flatten the clones (`hyper snapshot flatten CLONE_URL`) or delete them first; --force deletes anyway and breaks them.',
-        },
-      );
-    }
-  }
+  const { headFound } = await checkDeletable(store, options);
 
   // Count first so progress has a total.
   const keys: string[] = [];
@@ -326,6 +301,46 @@ export async function listClones(store: ObjectStore): Promise<string[]> {
     }
   }
   return out;
+}
+
+/**
+ * The check `deleteVolume` makes before deleting anything: LEASE_HELD while another process
+ * holds a live lease and HAS_CLONES while clones read from it, unless `force`; VOLUME_NOT_FOUND
+ * when there is no volume. A caller that
+ * asks for confirmation runs it before asking, too. `headFound` is false for a damaged or
+ * half-deleted volume, which has no lease to respect and can still be deleted.
+ */
+export async function checkDeletable(
+  store: ObjectStore,
+  options: { force?: boolean } = {},
+): Promise<{ headFound: boolean }> {
+  let headFound = true;
+  try {
+    await readHead(store);
+  } catch (e) {
+    if (isHyperError(e, 'VOLUME_NOT_FOUND')) throw e;
+    // A damaged head, or a half-deleted volume (NOT_A_VOLUME): still deletable.
+    if (!isHyperError(e, 'NOT_A_VOLUME') && !isHyperError(e, 'CORRUPT_OBJECT')) throw e;
+    headFound = false;
+  }
+  const lease = await readLease(store).catch(() => undefined);
+  if (headFound && lease && lease.lease.expiresMs > Date.now() && !options.force)
+    throw leaseHeldError(lease.lease);
+  if (!options.force) {
+    const clones = await listClones(store);
+    if (clones.length > 0) {
+      throw new HyperError(
+        'conflict',
+        'HAS_CLONES',
+        `${store.url} has ${clones.length} clone${clones.length === 1 ? '' : 's'} that read${clones.length === 1 ? 's' : ''} data from it: ${clones.join(', ')}`,
+        {
+          suggestion:
+            'Flatten the clones (`hyper snapshot flatten CLONE_URL`) or delete them first; --force deletes anyway and breaks them.',
+        },
+      );
+    }
+  }
+  return { headFound };
 }
 
 const isVolumeKey = (k: string): boolean =>

@@ -97,4 +97,20 @@ describe('export table', () => {
       /duplicate/,
     );
   });
+
+  it('follows exports added and removed later', () => {
+    const t = new ExportTable();
+    assert.equal(t.lookup(''), undefined);
+    t.add({ name: 'a', open: () => dev });
+    assert.equal(t.lookup('')?.name, 'a');
+    t.add({ name: 'b', open: () => dev });
+    assert.throws(() => t.add({ name: 'b', open: () => dev }), /duplicate/);
+    assert.deepEqual(
+      t.list().map((e) => e.name),
+      ['a', 'b'],
+    );
+    assert.equal(t.remove('a'), true);
+    assert.equal(t.remove('a'), false);
+    assert.equal(t.lookup('')?.name, 'b');
+  });
 });

@@ -1,6 +1,6 @@
 /**
- * The volume engine as an NBD BlockDevice: the one place where src/nbd meets src/format.
- * One open Volume is shared by every connection to its export, so a FLUSH on any connection
+ * The volume engine as an NBD BlockDevice: the adapter through which src/serve hands volumes
+ * to src/nbd (which knows only its BlockDevice interface). One open Volume is shared by every connection to its export, so a FLUSH on any connection
  * covers writes completed on all of them (multi-conn is safe).
  */
 import type {
@@ -10,8 +10,8 @@ import type {
   DeviceExtent,
   WriteFlags,
   ZeroFlags,
-} from './nbd/device.js';
-import type { Volume } from './format/volume/volume.js';
+} from '../nbd/device.js';
+import type { Volume } from '../format/volume/volume.js';
 
 /** Sector alignment asked of clients; the engine read-modify-writes partial data blocks. */
 const MIN_BLOCK = 512;

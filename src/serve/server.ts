@@ -1,0 +1,251 @@
+/**
+ * Serving volumes over NBD: the library behind `hyper serve`, usable by anything that runs
+ * volumes as block devices (a daemon mapping and unmapping them at runtime included).
+ *
+ * `start()` builds the export table from a URL, binds the listener and returns; `close()`
+ * stops accepting, lets connections answer what they have in flight (bounded by `drainMs`),
+ * then flushes and closes every opened volume, which releases its lease. A volume whose
+ * lease is lost while served stays exported, but its writes fail (EPERM to the client).
+ */
+import { hostname } from 'node:os';
+import { HyperError } from '../errors.js';
+import type { ObjectStore } from '../format/store/index.js';
+import { listVolumes } from '../format/volume/admin.js';
+import {
+  silentLogger,
+  type CheckpointRef,
+  type CreateOptions,
+  type OpenOptions,
+} from '../format/volume/types.js';
+import { Volume } from '../format/volume/volume.js';
+import { NbdServer, type ListenTarget } from '../nbd/server.js';
+import { ExportTable, VolumeExport, type ExportDescription } from './exports.js';
+import type { ServeLogger } from './logger.js';
+import { loadTlsCertificates, type TlsCredentials } from './tls.js';
+import { nbdUri, type ListenAddress } from './uri.js';
+import { VolumeDevice } from './volume-device.js';
+
+export type { ListenTarget } from '../nbd/server.js';
+
+/** Opens the store at a URL; `mkdir` creates a file:// directory first. */
+export type StoreOpener = (url: string, options?: { mkdir?: boolean }) => Promise<ObjectStore>;
+
+export interface ServeOptions {
+  /**
+   * A volume URL (one export, named by the last segment of its path) or a prefix URL (one
+   * export per volume below it, named by its path below the prefix).
+   */
+  url: string;
+  /**
+   * Opens the store for `url`, for a WAL and for the parents of clones. The stores it returns
+   * stay open until its owner closes them (the CLI does when the command ends).
+   */
+  openStore: StoreOpener;
+  /** Create the volume at `url` with these settings first if there is none. */
+  create?: CreateOptions;
+  /** Serve without taking leases; nothing is written. */
+  readOnly?: boolean;
+  /** Serve this past checkpoint of each volume (read-only). */
+  at?: CheckpointRef;
+  /** Log every write to a write-ahead log at this URL (a local directory is created). */
+  walUrl?: string;
+  /** Take leases even from a live holder (who is fenced). */
+  force?: boolean;
+  /** Name recorded in the leases (default `hyper-serve@host:pid`). */
+  holder?: string;
+  /** TCP host and port (port 0 picks a free one), or a unix socket path. */
+  listen: ListenTarget;
+  /** Offer STARTTLS with server-cert.pem and server-key.pem from `certificates`. */
+  tls?: { certificates: string; require?: boolean };
+  logger?: ServeLogger;
+  /** Aborts start-up and the opening of volumes. */
+  signal?: AbortSignal;
+  /** How long `close()` lets connections finish requests in flight (default 10 s). */
+  drainMs?: number;
+}
+
+export class VolumeServer {
+  private readonly table = new ExportTable();
+  private readonly logger: ServeLogger;
+  private readonly readOnly: boolean;
+  private nbd: NbdServer | undefined;
+  private address: ListenAddress | undefined;
+  private tls: TlsCredentials | undefined;
+  private closing: Promise<void> | undefined;
+
+  constructor(private readonly options: ServeOptions) {
+    this.logger = options.logger ?? silentLogger;
+    this.readOnly = options.readOnly === true || options.at !== undefined;
+    this.checkCreate(options.create);
+  }
+
+  /**
+   * Build the exports and listen. A volume URL is opened now, so its lease is taken (or
+   * refused) before anything listens; the volumes below a prefix are opened when a client
+   * first asks for them, and then kept. On failure everything opened is closed again.
+   */
+  async start(): Promise<void> {
+    if (this.nbd !== undefined || this.closing !== undefined) {
+      throw new HyperError('invalid', 'INVALID_ARGUMENT', 'The server was already started');
+    }
+    const o = this.options;
+    try {
+      if (o.tls !== undefined) {
+        this.tls = await loadTlsCertificates(o.tls.certificates, { require: o.tls.require });
+      }
+      await this.addExports(o.url, o.create === undefined ? {} : { create: o.create });
+      const nbd = new NbdServer({
+        exports: this.table.nbd,
+        logger: this.logger,
+        ...(this.tls === undefined ? {} : { tls: this.tls }),
+      });
+      this.nbd = nbd;
+      this.address = await nbd.listen(o.listen);
+    } catch (e) {
+      await this.nbd?.close(0);
+      await this.table.closeAll(this.logger);
+      this.nbd = undefined;
+      throw e;
+    }
+    const n = this.table.size;
+    this.logger.info(
+      `serving ${n} export${n === 1 ? '' : 's'} ${this.readOnly ? 'read-only' : 'read-write'}`,
+      { uris: this.uris },
+    );
+  }
+
+  /** The exports, as described to clients and people. */
+  get exports(): ExportDescription[] {
+    return this.table.list().map((e) => e.describe());
+  }
+
+  /** The NBD URI of each export, in table order (empty before `start()`). */
+  get uris(): string[] {
+    const address = this.address;
+    if (address === undefined) return [];
+    const tlsRequired = this.tls?.require === true;
+    return this.table.list().map((e) => nbdUri(address, e.name, { tlsRequired }));
+  }
+
+  /** Open client connections. */
+  get connections(): number {
+    return this.nbd?.connections ?? 0;
+  }
+
+  /**
+   * Stop: no new connections, requests in flight answered (connections still open after
+   * `drainMs` are dropped), then every opened volume flushed and closed, each even if
+   * another fails. Throws the first failure; the rest are logged.
+   */
+  close(): Promise<void> {
+    this.closing ??= this.shutdown();
+    return this.closing;
+  }
+
+  private async shutdown(): Promise<void> {
+    const nbd = this.nbd;
+    if (nbd !== undefined) {
+      this.logger.info('stopping: finishing requests in flight', { connections: nbd.connections });
+      await nbd.close(this.options.drainMs ?? 10_000);
+    }
+    const failures = await this.table.closeAll(this.logger);
+    if (failures.length > 0) throw failures[0]!.error;
+  }
+
+  /**
+   * Export the volume at `url`, or every volume below it; with `create`, create the volume
+   * first if there is none. Called by `start()`; after it, the new exports are offered from
+   * the next negotiation on.
+   */
+  async addExports(url: string, options: { create?: CreateOptions } = {}): Promise<void> {
+    const o = this.options;
+    const { create } = options;
+    this.checkCreate(create);
+    const signal = o.signal;
+    const store = await o.openStore(url, { mkdir: create !== undefined });
+    if (create !== undefined) {
+      try {
+        await Volume.create(store, { ...create, ...(signal ? { signal } : {}) });
+        this.logger.info('created volume', { url, size: create.size });
+      } catch (e) {
+        if (!(e instanceof HyperError && e.code === 'VOLUME_EXISTS')) throw e;
+      }
+    }
+    // A local WAL directory is created like the volume's own.
+    if (o.walUrl !== undefined) await o.openStore(o.walUrl, { mkdir: true });
+
+    const listing = await listVolumes(store, signal ? { signal } : {});
+    if (listing.length === 0) {
+      throw new HyperError('not-found', 'VOLUME_NOT_FOUND', `No volume at or below ${url}`, {
+        suggestion:
+          'Create one with "hyper file create", or pass --create --size to serve a new one.',
+      });
+    }
+    if (listing.length === 1 && listing[0]!.name === '') {
+      const name = url.replace(/\/+$/, '').split('/').pop() ?? '';
+      const device = await this.openDevice(store);
+      try {
+        this.table.add(VolumeExport.opened(name, url, device));
+      } catch (e) {
+        await device.close().catch(() => undefined);
+        throw e;
+      }
+      return;
+    }
+    for (const v of listing) {
+      if (v.error !== undefined) {
+        this.logger.warn('skipping a volume that cannot be read', { url: v.url, error: v.error });
+        continue;
+      }
+      const sub = store.sub(v.name);
+      // Not opened until a client asks: serving a prefix of many volumes takes no lease on
+      // the ones nobody connects to.
+      this.table.add(
+        new VolumeExport(
+          v.name.replace(/\/+$/, ''),
+          v.url,
+          () => this.openDevice(sub),
+          this.readOnly,
+        ),
+      );
+    }
+  }
+
+  /**
+   * Stop offering an export and close its volume, if it was opened (flushed, lease released).
+   * Connections still using it get errors from then on. False if there was no such export.
+   */
+  async removeExport(name: string): Promise<boolean> {
+    const e = this.table.remove(name);
+    if (e === undefined) return false;
+    await e.close();
+    return true;
+  }
+
+  private checkCreate(create: CreateOptions | undefined): void {
+    if (create !== undefined && this.readOnly) {
+      throw new HyperError(
+        'invalid',
+        'INVALID_ARGUMENT',
+        '--create cannot be combined with --read-only or --at',
+      );
+    }
+  }
+
+  private async openDevice(store: ObjectStore): Promise<VolumeDevice> {
+    const o = this.options;
+    const options: OpenOptions = {
+      readOnly: this.readOnly,
+      holder: o.holder ?? `hyper-serve@${hostname()}:${process.pid}`,
+      logger: this.logger,
+      force: o.force === true,
+      ...(o.signal === undefined ? {} : { signal: o.signal }),
+      ...(o.at === undefined ? {} : { at: o.at }),
+      ...(o.walUrl === undefined ? {} : { walUrl: o.walUrl }),
+      // Parent volumes of clones and the WAL are opened like the volume's own store.
+      openStore: (u: string) => o.openStore(u),
+    };
+    const volume = await Volume.open(store, options);
+    return new VolumeDevice(volume, { readOnly: this.readOnly });
+  }
+}
