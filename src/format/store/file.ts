@@ -179,6 +179,32 @@ export class FileStore implements ObjectStore {
     }
     this.privateReady = true;
     await this.sweepTemp();
+    await this.sweepLockLeftovers();
+  }
+
+  /**
+   * Remove what killed lock takers leave in locks/: drafts (`<lock>.<nonce>`, written before
+   * linking) and locks renamed aside while being broken (`<lock>.stale-<random>`). Only
+   * those older than LOCK_STALE_MS: a younger one may belong to a taker at work.
+   */
+  private async sweepLockLeftovers(): Promise<void> {
+    const dir = join(this.base, PRIVATE, 'locks');
+    let names: string[];
+    try {
+      names = await fsp.readdir(dir);
+    } catch {
+      return;
+    }
+    const now = Date.now();
+    for (const name of names) {
+      if (!name.includes('.')) continue; // a lock itself: judged by breakStaleLock
+      try {
+        if (now - (await fsp.stat(join(dir, name))).mtimeMs > LOCK_STALE_MS)
+          await fsp.rm(join(dir, name), { force: true });
+      } catch {
+        // gone meanwhile
+      }
+    }
   }
 
   /**
@@ -337,10 +363,16 @@ export class FileStore implements ObjectStore {
     // place), so a process killed while taking it never leaves an ownerless lock behind.
     const draft = `${path}.${nonce}`;
     await fsp.writeFile(draft, content);
-    for (;;) {
+    for (let attempt = 0; ; attempt++) {
       if (signal?.aborted) {
         await fsp.unlink(draft).catch(() => undefined);
         signal.throwIfAborted();
+      }
+      // A lock's age is its file's mtime, and the link below shares the draft's inode: after
+      // waiting, refresh it so the lock is born now and not stale on arrival.
+      if (attempt > 0) {
+        const now = new Date();
+        await fsp.utimes(draft, now, now);
       }
       try {
         await fsp.link(draft, path);

@@ -20,27 +20,33 @@ export const defaultHolder = (): string => `${hostname()}:${process.pid}`;
 export async function readLease(
   store: ObjectStore,
 ): Promise<{ lease: LeaseRecord; etag: string } | undefined> {
+  const got = await readLeaseObject(store);
+  if (got?.damaged) throw got.damaged;
+  return got as { lease: LeaseRecord; etag: string } | undefined;
+}
+
+/** The lease object as stored: decoded, or damaged (with the ETag to replace it by CAS). */
+async function readLeaseObject(
+  store: ObjectStore,
+): Promise<{ lease?: LeaseRecord; etag: string; damaged?: HyperError } | undefined> {
+  let got;
   try {
-    const { body, etag } = await store.get(LEASE_KEY);
-    try {
-      return { lease: decodeLease(body), etag };
-    } catch (e) {
-      if (e instanceof DecodeError) {
-        throw new HyperError(
-          'data',
-          'CORRUPT_OBJECT',
-          `Lease object is damaged: ${e.message} (object ${LEASE_KEY})`,
-          {
-            key: LEASE_KEY,
-            suggestion: 'Delete the lease object, or take the volume with --force.',
-          },
-        );
-      }
-      throw e;
-    }
+    got = await store.get(LEASE_KEY);
   } catch (e) {
     if (isHyperError(e, 'OBJECT_NOT_FOUND')) return undefined;
     throw e;
+  }
+  try {
+    return { lease: decodeLease(got.body), etag: got.etag };
+  } catch (e) {
+    if (!(e instanceof DecodeError)) throw e;
+    const damaged = new HyperError(
+      'data',
+      'CORRUPT_OBJECT',
+      `Lease object is damaged: ${e.message} (object ${LEASE_KEY})`,
+      { key: LEASE_KEY, suggestion: 'Take the volume over with --force (it replaces the lease).' },
+    );
+    return { etag: got.etag, damaged };
   }
 }
 
@@ -92,10 +98,13 @@ export class Lease {
 
   static async acquire(store: ObjectStore, o: LeaseOptions): Promise<Lease> {
     for (let attempt = 0; attempt < CONFLICT_RETRIES; attempt++) {
-      const cur = await readLease(store);
+      const cur = await readLeaseObject(store);
+      // A damaged lease hides its holder and expiry: only --force replaces it. The epoch then
+      // comes from the head, which every holder that ever committed has raised to its own.
+      if (cur?.damaged && !o.force) throw cur.damaged;
       const now = Date.now();
-      if (cur && cur.lease.expiresMs > now && !o.force) throw leaseHeldError(cur.lease);
-      const epoch = Math.max(cur?.lease.epoch ?? 0, o.minEpoch) + 1;
+      if (cur?.lease && cur.lease.expiresMs > now && !o.force) throw leaseHeldError(cur.lease);
+      const epoch = Math.max(cur?.lease?.epoch ?? 0, o.minEpoch) + 1;
       const record: LeaseRecord = {
         holder: o.holder,
         epoch,

@@ -48,7 +48,7 @@ async function interop(
     assert.equal(w.code, 0, w.stdout + w.stderr);
     assert.doesNotMatch(w.stdout + w.stderr, /verify: bad|crc32c: verify failed/);
   } finally {
-    assert.equal(await stopServe(s), 0, 'serve exits 0 on SIGTERM after flushing');
+    assert.equal(await stopServe(s), 0, `serve exits 0 on SIGTERM after flushing: ${s.stderr()}`);
   }
   // A fresh server reads the same data back from the volume.
   s = await serve([url, ...args], { env });

@@ -83,3 +83,17 @@ describe('lease', () => {
     });
   });
 });
+
+describe('lease damage', () => {
+  it('a damaged lease refuses a plain acquire but --force replaces it with a higher epoch', async () => {
+    const store = MemStore.isolated();
+    await store.put(LEASE_KEY, Buffer.from('garbage'));
+    await assert.rejects(Lease.acquire(store, opts('a', { minEpoch: 7 })), (e) =>
+      isHyperError(e, 'CORRUPT_OBJECT'),
+    );
+    const l = await Lease.acquire(store, opts('a', { minEpoch: 7, force: true }));
+    assert.equal(l.epoch, 8, 'above the head epoch');
+    assert.equal((await readLease(store))?.lease.holder, 'a');
+    await l.release();
+  });
+});
