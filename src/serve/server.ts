@@ -7,7 +7,7 @@
  * then flushes and closes every opened volume, which releases its lease. A volume whose
  * lease is lost while served stays exported, but its writes fail (EPERM to the client).
  */
-import { hostname } from 'node:os';
+import { processHolder } from '../format/volume/lease.js';
 import { HyperError } from '../errors.js';
 import type { ObjectStore } from '../format/store/index.js';
 import { listVolumes } from '../format/volume/admin.js';
@@ -236,7 +236,7 @@ export class VolumeServer {
     const o = this.options;
     const options: OpenOptions = {
       readOnly: this.readOnly,
-      holder: o.holder ?? `hyper-serve@${hostname()}:${process.pid}`,
+      holder: o.holder ?? processHolder('hyper-serve'),
       logger: this.logger,
       force: o.force === true,
       ...(o.signal === undefined ? {} : { signal: o.signal }),

@@ -41,10 +41,7 @@ export class Committer {
     private readonly log: Logger,
   ) {
     this.head = head;
-    lease.startRenewal((e) => {
-      this.fenced ??= e;
-      this.log.error('lease lost; volume fenced', { error: e.message });
-    });
+    lease.startRenewal((e) => this.fence(e));
   }
 
   /**
@@ -103,10 +100,7 @@ export class Committer {
   /** Throws when this writer can commit nothing more (fenced, or its lease was lost). */
   check(): void {
     if (this.fenced) throw this.fenced;
-    if (this.lease.lost) {
-      this.fenced = this.lease.lost;
-      throw this.fenced;
-    }
+    if (this.lease.lost) throw this.fence(this.lease.lost);
   }
 
   get isFenced(): boolean {
@@ -133,7 +127,13 @@ export class Committer {
 
   /** Record a fence found elsewhere (the WAL's sequence claimed by another writer). */
   fence(e: HyperError): HyperError {
-    this.fenced ??= e;
+    if (!this.fenced) {
+      this.fenced = e;
+      // Once: from here on the volume is read-only for this writer.
+      this.log.error('lease lost: another writer took the volume over; writes now fail', {
+        error: e.message,
+      });
+    }
     this.lease.stop();
     return this.fenced;
   }

@@ -5,6 +5,7 @@
  * the new holder immediately rewrites the head under that epoch, so a fenced holder's next
  * head CAS fails and it commits nothing further.
  */
+import { readFileSync, readlinkSync } from 'node:fs';
 import { hostname } from 'node:os';
 import { HyperError, isHyperError } from '../../errors.js';
 import { DecodeError } from '../codec/binary.js';
@@ -15,7 +16,53 @@ import { CONFLICT_RETRIES, type LeaseInfo } from './types.js';
 
 export const DEFAULT_LEASE_TTL_MS = 30_000;
 
-export const defaultHolder = (): string => `${hostname()}:${process.pid}`;
+/**
+ * What makes a holder's process identifiable on its own machine: its PID namespace and the
+ * kernel's boot id (Linux). Two containers may share a host name and a PID but never both of
+ * these; elsewhere it is empty and a holder is never judged dead (only expiry frees it).
+ */
+const processIdentity = ((): string => {
+  try {
+    const ns = /\[(\d+)\]/.exec(readlinkSync('/proc/self/ns/pid'))?.[1];
+    const boot = readFileSync('/proc/sys/kernel/random/boot_id', 'utf8').trim().slice(0, 8);
+    return ns && /^[0-9a-f]{8}$/.test(boot) ? `${ns}.${boot}` : '';
+  } catch {
+    return '';
+  }
+})();
+
+/**
+ * The lease holder name for this process: `name@host:pid`, followed by `#` and the process
+ * identity when there is one. The part after `#` is for machines (see `holderIsDeadLocal`);
+ * people are shown the rest (`displayHolder`).
+ */
+export const processHolder = (name?: string): string =>
+  `${name ? `${name}@` : ''}${hostname()}:${process.pid}${processIdentity ? `#${processIdentity}` : ''}`;
+
+export const defaultHolder = (): string => processHolder();
+
+/** A holder as people read it (without the machine-readable identity). */
+export const displayHolder = (holder: string): string =>
+  holder.replace(/#[0-9]+\.[0-9a-f]{8}$/, '');
+
+/**
+ * True only when the holder is provably a process of this machine (same host name, PID
+ * namespace and boot) that no longer exists: its lease is free although not expired, so a
+ * restart after a crash needs neither --force nor a wait. Anything unsure is false.
+ */
+export function holderIsDeadLocal(holder: string): boolean {
+  const m = /(?:^|@)([^@]+):(\d+)#([0-9]+\.[0-9a-f]{8})$/.exec(holder);
+  if (!m || !processIdentity) return false;
+  const [, host, pidText, identity] = m;
+  const pid = Number(pidText);
+  if (host !== hostname() || identity !== processIdentity || pid === process.pid) return false;
+  try {
+    process.kill(pid, 0);
+    return false;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'ESRCH';
+  }
+}
 
 export async function readLease(
   store: ObjectStore,
@@ -52,7 +99,7 @@ async function readLeaseObject(
 
 export function leaseInfo(l: LeaseRecord, now = Date.now()): LeaseInfo {
   return {
-    holder: l.holder,
+    holder: displayHolder(l.holder),
     epoch: l.epoch,
     expiresAt: new Date(l.expiresMs),
     live: l.expiresMs > now,
@@ -63,7 +110,7 @@ export function leaseHeldError(l: LeaseRecord): HyperError {
   return new HyperError(
     'conflict',
     'LEASE_HELD',
-    `The volume is in use by ${l.holder} (lease epoch ${l.epoch}, expires ${new Date(l.expiresMs).toISOString()})`,
+    `The volume is in use by ${displayHolder(l.holder)} (lease epoch ${l.epoch}, expires ${new Date(l.expiresMs).toISOString()})`,
     {
       suggestion:
         'Stop that writer, wait for its lease to expire, or take over with --force (the old writer is fenced and can commit nothing more).',
@@ -103,7 +150,11 @@ export class Lease {
       // comes from the head, which every holder that ever committed has raised to its own.
       if (cur?.damaged && !o.force) throw cur.damaged;
       const now = Date.now();
-      if (cur?.lease && cur.lease.expiresMs > now && !o.force) throw leaseHeldError(cur.lease);
+      const live =
+        cur?.lease !== undefined &&
+        cur.lease.expiresMs > now &&
+        !holderIsDeadLocal(cur.lease.holder);
+      if (live && !o.force) throw leaseHeldError(cur.lease as LeaseRecord);
       const epoch = Math.max(cur?.lease?.epoch ?? 0, o.minEpoch) + 1;
       const record: LeaseRecord = {
         holder: o.holder,
@@ -174,7 +225,7 @@ export class Lease {
         this.lost = new HyperError(
           'conflict',
           'FENCED',
-          `This writer's lease was taken over${cur ? ` by ${cur.lease.holder} (epoch ${cur.lease.epoch})` : ''}; no further writes are accepted`,
+          `This writer's lease was taken over${cur ? ` by ${displayHolder(cur.lease.holder)} (epoch ${cur.lease.epoch})` : ''}; no further writes are accepted`,
           { suggestion: 'Re-open the volume once the other writer is done.' },
         );
       }

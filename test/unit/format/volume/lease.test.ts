@@ -97,3 +97,44 @@ describe('lease damage', () => {
     await l.release();
   });
 });
+
+describe('lease holders on this machine', () => {
+  it('a live lease whose holder is a dead process of this machine is free; a live process keeps it', async () => {
+    const { spawn, spawnSync } = await import('node:child_process');
+    const { hostname } = await import('node:os');
+    const { processHolder, displayHolder } = await import('../../../../src/format/volume/lease.js');
+    const identity = processHolder('x').split('#')[1];
+    assert.ok(identity, 'Linux gives this process an identity (pid namespace and boot id)');
+    const holderFor = (pid: number): string => `hyper-serve@${hostname()}:${pid}#${identity}`;
+
+    const store = MemStore.isolated();
+    const dead = spawnSync('true').pid as number;
+    const a = await Lease.acquire(store, opts(holderFor(dead)));
+    a.stop();
+    const b = await Lease.acquire(store, opts('restarted'));
+    assert.equal(b.epoch, a.epoch + 1, 'taken without --force');
+    await b.release();
+
+    const sleeper = spawn('sleep', ['30']);
+    try {
+      const c = await Lease.acquire(store, opts(holderFor(sleeper.pid as number)));
+      c.stop();
+      await assert.rejects(Lease.acquire(store, opts('other')), (e) => {
+        assert.ok(isHyperError(e, 'LEASE_HELD'));
+        assert.ok(e.message.includes(`hyper-serve@${hostname()}:${sleeper.pid} `));
+        assert.ok(!e.message.includes('#'), 'people see the holder without its identity');
+        return true;
+      });
+    } finally {
+      sleeper.kill();
+    }
+    assert.equal(displayHolder(holderFor(1)), `hyper-serve@${hostname()}:1`);
+    // Another machine's holder (or one without identity) is never judged dead.
+    const d = await Lease.acquire(
+      store,
+      opts(`hyper-serve@elsewhere:${dead}#${identity}`, { force: true }),
+    );
+    d.stop();
+    await assert.rejects(Lease.acquire(store, opts('other')), (e) => isHyperError(e, 'LEASE_HELD'));
+  });
+});
