@@ -66,6 +66,10 @@ The import ends with one flush, so the data lands as a checkpoint. Ctrl-C stops 
       multipleOf: 512,
       dependsOn: ['create'],
     }),
+    force: Flags.boolean({
+      summary:
+        'Take the lease even if another writer holds it (that writer is fenced and can commit nothing more).',
+    }),
   };
 
   public async run(): Promise<FileImportResult> {
@@ -92,7 +96,7 @@ The import ends with one flush, so the data lands as a checkpoint. Ctrl-C stops 
     const signal = this.interruptible();
     const file = await open(image, 'r');
     try {
-      const result = await withVolume(store, {}, async (volume) => {
+      const result = await withVolume(store, { force: this.flags.force }, async (volume) => {
         const info = volume.info;
         if (info.size < imageSize) {
           throw new HyperError(

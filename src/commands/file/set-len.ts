@@ -51,6 +51,10 @@ export default class FileSetLen extends BaseCommand<typeof FileSetLen> {
     'allow-shrink': Flags.boolean({
       summary: 'Allow a size smaller than the current one (the data past the new end is dropped).',
     }),
+    force: Flags.boolean({
+      summary:
+        'Take the lease even if another writer holds it (that writer is fenced and can commit nothing more).',
+    }),
   };
 
   public async run(): Promise<FileSetLenResult> {
@@ -58,7 +62,7 @@ export default class FileSetLen extends BaseCommand<typeof FileSetLen> {
     const target = this.flags.size;
     const allowShrink = this.flags['allow-shrink'];
     const store = await this.openStore(url);
-    const volume = await Volume.open(store);
+    const volume = await Volume.open(store, { force: this.flags.force });
     let result: FileSetLenResult;
     try {
       const before = volume.info;

@@ -48,6 +48,28 @@ describe('hyper file next to a live writer', () => {
     assert.equal(setLen.error.code, 'LEASE_HELD');
     const imported = await hyper(['file', 'import', imagePath, url]);
     assert.equal(imported.code, 4, show(imported));
+    assert.match(imported.stderr, /--force/, 'the suggestion names a flag the command has');
+
+    // --force takes the lease over (the writer is fenced), then hands it back to a new writer.
+    const grown = await hyperJson<{ size: number }>([
+      'file',
+      'set-len',
+      url,
+      '--size',
+      '3M',
+      '--force',
+    ]);
+    assert.equal(grown.size, 3 * MiB);
+    await assert.rejects(async () => {
+      await writer.write(0, Buffer.alloc(4096, 1));
+      await writer.flush();
+    }, /FENCED|taken over|took over/);
+    await writer.close().catch(() => undefined);
+    const again = await hyper(['file', 'import', imagePath, url, '--force']);
+    assert.equal(again.code, 0, show(again));
+    // A live writer again, for the refusals below.
+    const writer2 = await Volume.open(store, { holder: 'test-writer', leaseTtlMs: 60_000 });
+    t.after(() => writer2.close().catch(() => undefined));
 
     const exported = await hyper(['file', 'export', url, join(dir, 'out.img')]);
     assert.equal(exported.code, 0, `read-only export works beside the writer: ${show(exported)}`);
