@@ -101,6 +101,11 @@ export default class Serve extends BaseCommand<typeof Serve> {
       helpValue: '<url>',
       exclusive: ['read-only', 'at'],
     }),
+    wait: Flags.boolean({
+      summary:
+        'If another writer holds the lease, wait until it is released or expires instead of failing.',
+      exclusive: ['force', 'read-only', 'at'],
+    }),
     force: Flags.boolean({
       summary:
         'Take the lease even if another writer holds it (that writer is fenced and can commit nothing more).',
@@ -125,6 +130,7 @@ export default class Serve extends BaseCommand<typeof Serve> {
       openStore: (u, o) => this.openStore(u, o),
       readOnly: flags['read-only'],
       force: flags.force,
+      waitForLease: flags.wait,
       listen:
         flags.socket === undefined
           ? { port: flags.port, host: flags.bind }

@@ -8,7 +8,8 @@
  * lease is lost while served stays exported, but its writes fail (EPERM to the client).
  */
 import { processHolder } from '../format/volume/lease.js';
-import { HyperError } from '../errors.js';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { HyperError, isHyperError } from '../errors.js';
 import type { ObjectStore } from '../format/store/index.js';
 import { listVolumes } from '../format/volume/admin.js';
 import {
@@ -51,6 +52,8 @@ export interface ServeOptions {
   walUrl?: string;
   /** Take leases even from a live holder (who is fenced). */
   force?: boolean;
+  /** While another writer holds a volume's lease, wait for it to be released or expire. */
+  waitForLease?: boolean;
   /** Name recorded in the leases (default `hyper-serve@host:pid`). */
   holder?: string;
   /** TCP host and port (port 0 picks a free one), or a unix socket path. */
@@ -245,7 +248,16 @@ export class VolumeServer {
       // Parent volumes of clones and the WAL are opened like the volume's own store.
       openStore: (u: string) => o.openStore(u),
     };
-    const volume = await Volume.open(store, options);
-    return new VolumeDevice(volume, { readOnly: this.readOnly });
+    for (let logged = false; ;) {
+      try {
+        const volume = await Volume.open(store, options);
+        return new VolumeDevice(volume, { readOnly: this.readOnly });
+      } catch (e) {
+        if (!o.waitForLease || !isHyperError(e, 'LEASE_HELD')) throw e;
+        if (!logged) this.logger.info('waiting for the lease', { url: store.url, why: e.message });
+        logged = true;
+        await sleep(1000, undefined, o.signal ? { signal: o.signal } : {});
+      }
+    }
   }
 }
