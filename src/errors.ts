@@ -24,6 +24,11 @@ export type ErrorCode =
   | 'NOT_A_VOLUME'
   | 'UNSUPPORTED_FORMAT_VERSION'
   | 'UNSUPPORTED_STORE'
+  | 'ADDRESS_IN_USE'
+  | 'ADDRESS_NOT_AVAILABLE'
+  | 'PATH_NOT_FOUND'
+  | 'PERMISSION_DENIED'
+  | 'FILE_TOO_LARGE'
   // not-found
   | 'VOLUME_NOT_FOUND'
   | 'OBJECT_NOT_FOUND'
@@ -43,6 +48,7 @@ export type ErrorCode =
   | 'ACCESS_DENIED'
   | 'CONDITIONAL_WRITES_UNSUPPORTED'
   | 'ABORTED'
+  | 'NO_SPACE'
   // data
   | 'CHECKSUM_MISMATCH'
   | 'CORRUPT_OBJECT'
@@ -99,11 +105,81 @@ export function toHyperError(e: unknown): HyperError {
   if (e instanceof Error && e.name === 'AbortError') {
     return new HyperError('unavailable', 'ABORTED', 'The operation was interrupted.', { cause: e });
   }
+  const system = systemError(e);
+  if (system) return system;
   const message = e instanceof Error ? e.message : String(e);
   return new HyperError('internal', 'INTERNAL', `Unexpected error: ${message}`, {
     cause: e,
     suggestion: 'This is a bug in hyper; please report it with the command you ran.',
   });
+}
+
+/**
+ * Ordinary system errors (a port in use, a missing directory, a full disk…) are the user's
+ * to fix, not bugs: each gets a code and a suggestion. Undefined for anything else.
+ */
+function systemError(e: unknown): HyperError | undefined {
+  if (!(e instanceof Error)) return undefined;
+  const err = e as NodeJS.ErrnoException & { address?: string; port?: number };
+  const port = err.port !== undefined && err.port > 0 ? `:${err.port}` : '';
+  const where = err.path ?? (err.address ? `${err.address}${port}` : '');
+  const on = where ? ` (${where})` : '';
+  const make = (
+    kind: ErrorKind,
+    code: ErrorCode,
+    message: string,
+    suggestion: string,
+  ): HyperError => new HyperError(kind, code, message, { cause: e, suggestion });
+  switch (err.code) {
+    case 'EADDRINUSE':
+      return make(
+        'invalid',
+        'ADDRESS_IN_USE',
+        `The address is already in use${on}`,
+        'Pick another --port (--port 0 picks a free one) or --socket, or stop the process using it.',
+      );
+    case 'EADDRNOTAVAIL':
+      return make(
+        'invalid',
+        'ADDRESS_NOT_AVAILABLE',
+        `The address is not one of this machine's${on}`,
+        'Pass --bind an address of this machine (127.0.0.1, 0.0.0.0, ::1 or an interface address).',
+      );
+    case 'ENOENT':
+    case 'ENOTDIR':
+      return make(
+        'invalid',
+        'PATH_NOT_FOUND',
+        `No such file or directory${on}`,
+        'Check the path; create the missing directory first (mkdir -p).',
+      );
+    case 'EACCES':
+    case 'EPERM':
+    case 'EROFS':
+      return make(
+        'invalid',
+        'PERMISSION_DENIED',
+        `Permission denied${on}`,
+        'Check that the directory exists and that you may write there, or pick another path.',
+      );
+    case 'EFBIG':
+      return make(
+        'invalid',
+        'FILE_TOO_LARGE',
+        `The file would be larger than the filesystem allows${on}`,
+        'Write to a filesystem that supports files this large, or to a block device.',
+      );
+    case 'ENOSPC':
+    case 'EDQUOT':
+      return make(
+        'unavailable',
+        'NO_SPACE',
+        `No space left on the device${on}`,
+        'Free some space or pick another target, then run the command again.',
+      );
+    default:
+      return undefined;
+  }
 }
 
 export const invalid = (message: string, suggestion?: string): HyperError =>
