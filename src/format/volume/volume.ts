@@ -339,24 +339,13 @@ export class Volume {
           { suggestion: 'Pass --allow-shrink to confirm.' },
         );
       }
-      await this.dropTail(size);
+      await this.buffer.truncate(this.size, size);
     }
     if (size !== this.size) {
       this.size = size;
       this.pendingMeta ??= {};
     }
     return this.flush();
-  }
-
-  /** Before shrinking to `size`: zero the rest of the new last block, unmap the blocks past it. */
-  private async dropTail(size: number): Promise<void> {
-    const bs = this.bs;
-    const blockEnd = Math.ceil(size / bs) * bs;
-    // Zero the tail of the new last block so a later grow reads zeros there.
-    if (blockEnd > size)
-      await this.buffer.write(size, Buffer.alloc(Math.min(blockEnd, this.size) - size));
-    const end = Math.ceil(this.size / bs) * bs;
-    if (end > blockEnd) await this.buffer.zero(blockEnd, end - blockEnd, 'keep');
   }
 
   private async afterWrite(options: WriteOptions): Promise<void> {

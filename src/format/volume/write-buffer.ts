@@ -253,6 +253,18 @@ export class WriteBuffer {
     });
   }
 
+  /**
+   * Shrinking a volume of `from` bytes to `to`: zero the rest of the new last block (a later
+   * grow reads zeros there) and unmap the blocks past it.
+   */
+  async truncate(from: number, to: number): Promise<void> {
+    const bs = this.bs;
+    const blockEnd = Math.ceil(to / bs) * bs;
+    if (blockEnd > to) await this.write(to, Buffer.alloc(Math.min(blockEnd, from) - to));
+    const end = Math.ceil(from / bs) * bs;
+    if (end > blockEnd) await this.zero(blockEnd, end - blockEnd, 'keep');
+  }
+
   /** Move the active generation to frozen (a flush writes it); writes go to a new one. */
   freeze(): Generation {
     const gen = this.active;
