@@ -1,0 +1,1855 @@
+/**
+ * A seeded, model-based concurrency ("chaos") harness for the volume engine.
+ *
+ * One run ("seed") drives a live writer (an engine Volume open for write) with random writes,
+ * write-zeroes, trims and flushes, and starts admin operations concurrently with it
+ * (snapshots, clones with and without flatten, restores, compactions, forced takeovers,
+ * kills, clone deletes, ...). Every store request of every actor goes through a
+ * `ChaosStore`: a wrapper that waits for its turn in a discrete-event scheduler (`Sim`: each
+ * request takes a random virtual latency, heavy-tailed, so one actor may stall while others
+ * make many requests), then may fail before it is applied or after it was applied (the
+ * request lands but the caller gets an error), on any key, at seeded rates.
+ *
+ * A reference model tracks what must hold, and after every step that changed the store the
+ * harness checks, with the scheduler paused and through fault-free stores:
+ *   (a) the head reads a content that some commit may legitimately have produced (the last
+ *       acknowledged flush, or an operation still in flight / whose outcome is unknown);
+ *   (b) every acknowledged snapshot and every pin of an existing clone names a retained
+ *       checkpoint that reads exactly its reference content;
+ *   (c) every clone that exists reads exactly the parent checkpoint it was made from (clones
+ *       are not written by the harness) and still has its pin while it reads from the parent;
+ *   (d) `checkVolume(deep)` finds nothing missing or corrupt in the volume and each clone
+ *       (dangling records only count when the record is one the model requires);
+ *   (e) the head epoch never decreases (checked on every head PUT and every observation);
+ *   (f) at most one actor writes heads under any one epoch.
+ * Operations that fail are fine; unexpected errors (not a HyperError, or kind 'internal')
+ * are violations.
+ *
+ * Determinism: with the in-memory store and virtual time, a run is a pure function of its
+ * seed. During a run Date.now, Math.random and crypto.randomBytes are replaced by seeded
+ * versions (restored afterwards), and every actor only advances through the scheduler.
+ * With a real S3 backend (`virtualTime: false`) the harness still works, but timing is real
+ * and a seed does not replay exactly.
+ */
+import { createHash } from 'node:crypto';
+import type * as nodeCrypto from 'node:crypto';
+import { createRequire, syncBuiltinESMExports } from 'node:module';
+import { writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { HyperError, isHyperError } from '../../src/errors.js';
+import { decodeHead, isRetainedCheckpoint, type HeadRecord } from '../../src/format/codec/head.js';
+import { decodeSnapshot } from '../../src/format/codec/snapshot.js';
+import {
+  HEAD_KEY,
+  PIN_PREFIX,
+  SEGMENT_PREFIX,
+  SNAPSHOT_PREFIX,
+  parseSegmentKey,
+  pinKey,
+  snapshotKey,
+} from '../../src/format/keys.js';
+import { RetryingStore } from '../../src/format/store/retry.js';
+import type {
+  GetOptions,
+  GetResult,
+  ListOptions,
+  ListPage,
+  ObjectMeta,
+  ObjectStore,
+  PutOptions,
+} from '../../src/format/store/types.js';
+import { deleteVolume } from '../../src/format/volume/admin.js';
+import { checkVolume } from '../../src/format/volume/check.js';
+import { cloneVolume, flattenVolume } from '../../src/format/volume/clone.js';
+import { compactVolume, type CompactOptions } from '../../src/format/volume/compact.js';
+import { readHead } from '../../src/format/volume/heads.js';
+import { createSnapshot, deleteSnapshot, restoreVolume } from '../../src/format/volume/history.js';
+import { KiB, MiB } from '../../src/format/volume/types.js';
+import { Volume } from '../../src/format/volume/volume.js';
+import { rng } from './rng.js';
+
+// ------------------------------------------------------------------ small utilities
+
+export const digest = (b: Buffer): string =>
+  createHash('sha256').update(b).digest('hex').slice(0, 16);
+
+const errText = (e: unknown): string =>
+  isHyperError(e) ? `${e.code}` : e instanceof Error ? `${e.name}: ${e.message}` : String(e);
+
+/** An error the engine should never produce, whatever the store does. */
+const unexpected = (e: unknown): boolean => !isHyperError(e) || e.kind === 'internal';
+
+const injected = (what: string): HyperError =>
+  new HyperError('unavailable', 'STORE_UNAVAILABLE', `injected fault: ${what}`);
+
+// ------------------------------------------------------------------ actors and the scheduler
+
+/** Anything that issues store requests: a writer, one admin operation, the setup. */
+export interface Actor {
+  name: string;
+  /** Requests of this actor get faults injected. */
+  faults: boolean;
+  /** Killed: its further requests fail; requests already queued may or may not land. */
+  dead: boolean;
+  /** Requests queued in the scheduler and not yet released. */
+  pending: number;
+}
+
+interface Waiter {
+  ready: number;
+  seq: number;
+  release: () => void;
+}
+
+/**
+ * The scheduler. Virtual mode: a discrete-event simulation; every request (and every "think
+ * time" of the driver) is an event at now + latency, and events are released one at a time,
+ * earliest first, only once every actor is blocked (from a setImmediate callback: the
+ * in-memory store resolves through microtasks only), so the interleaving is a function of
+ * the seed. Real mode (S3): requests wait real (scaled) latencies; `pause` also waits for
+ * requests already in flight.
+ */
+export class Sim {
+  now: number;
+  private queue: Waiter[] = [];
+  private seq = 0;
+  private pumpQueued = false;
+  private paused = false;
+  private inflight = 0;
+  private drained: (() => void)[] = [];
+  private resumed: (() => void)[] = [];
+
+  constructor(
+    readonly virtual: boolean,
+    start: number,
+  ) {
+    this.now = start;
+  }
+
+  wait(actor: Actor, ms: number): Promise<void> {
+    if (!this.virtual) return this.realWait(actor, ms);
+    actor.pending++;
+    return new Promise((resolve) => {
+      this.queue.push({
+        ready: this.now + ms,
+        seq: this.seq++,
+        release: () => {
+          actor.pending--;
+          resolve();
+        },
+      });
+      this.schedule();
+    });
+  }
+
+  private async realWait(actor: Actor, ms: number): Promise<void> {
+    actor.pending++;
+    try {
+      // Real latencies are scaled down: the backend adds its own.
+      await new Promise((r) => setTimeout(r, Math.min(ms / 20, 250)));
+      while (this.paused) await new Promise<void>((r) => this.resumed.push(r));
+    } finally {
+      actor.pending--;
+    }
+  }
+
+  /** Virtual time passes (leases and grace periods expire). */
+  advance(ms: number): void {
+    if (this.virtual) this.now += ms;
+  }
+
+  private schedule(): void {
+    if (this.pumpQueued || this.paused) return;
+    this.pumpQueued = true;
+    setImmediate(() => this.pump());
+  }
+
+  private pump(): void {
+    this.pumpQueued = false;
+    if (this.paused || this.queue.length === 0) return;
+    let best = 0;
+    for (let i = 1; i < this.queue.length; i++) {
+      const a = this.queue[i] as Waiter;
+      const b = this.queue[best] as Waiter;
+      if (a.ready < b.ready || (a.ready === b.ready && a.seq < b.seq)) best = i;
+    }
+    const w = this.queue.splice(best, 1)[0] as Waiter;
+    this.now = Math.max(this.now, w.ready);
+    w.release();
+    if (this.queue.length > 0) this.schedule();
+  }
+
+  /** A request passed its gate and is running against the backend (real mode bookkeeping). */
+  begin(): void {
+    this.inflight++;
+  }
+
+  end(): void {
+    this.inflight--;
+    if (this.inflight === 0) for (const d of this.drained.splice(0)) d();
+  }
+
+  /** Stop releasing requests (and wait for those in flight): the checks see a still store. */
+  async pause(): Promise<void> {
+    this.paused = true;
+    while (this.inflight > 0) await new Promise<void>((r) => this.drained.push(r));
+  }
+
+  resume(): void {
+    this.paused = false;
+    for (const r of this.resumed.splice(0)) r();
+    if (this.queue.length > 0) this.schedule();
+  }
+
+  /** Wait until nothing is queued any more (the end of a run). */
+  async drain(): Promise<void> {
+    while (this.queue.length > 0 || this.inflight > 0)
+      await new Promise<void>((r) => setImmediate(r));
+  }
+
+  /** Nothing is queued: in virtual mode nothing can make progress any more. */
+  get idle(): boolean {
+    return this.queue.length === 0 && !this.paused;
+  }
+
+  /** Resolves `p`, or rejects if the run stalls (deadlock) while waiting for it. */
+  watch<T>(p: Promise<T>, what: string): Promise<T> {
+    let done = false;
+    const settled = p.finally(() => {
+      done = true;
+    });
+    const dog = new Promise<never>((_, reject) => {
+      if (this.virtual) {
+        let idleTicks = 0;
+        const tick = (): void => {
+          if (done) return;
+          idleTicks = this.idle ? idleTicks + 1 : 0;
+          if (idleTicks > 20) {
+            reject(new Error(`stalled: ${what} never completes and nothing else can run`));
+            return;
+          }
+          setImmediate(tick);
+        };
+        setImmediate(tick);
+      } else {
+        const t = setTimeout(
+          () => reject(new Error(`stalled: ${what} did not complete in 180 s`)),
+          180_000,
+        );
+        t.unref();
+        void settled.finally(() => clearTimeout(t)).catch(() => undefined);
+      }
+    });
+    return Promise.race([settled, dog]);
+  }
+}
+
+// ------------------------------------------------------------------ the fault-injecting store
+
+export interface FaultRates {
+  /** Probability that a request fails before reaching the store. */
+  before: number;
+  /** Probability that a request is applied but the caller gets an error. */
+  after: number;
+}
+
+export interface ChaosCounters {
+  requests: number;
+  faultsBefore: number;
+  faultsAfter: number;
+  killedRequests: number;
+}
+
+/**
+ * State shared by every ChaosStore of one run: the scheduler, the fault RNG and rates, the
+ * write observers behind invariants (e) and (f), virtual modification times.
+ */
+export class World {
+  readonly counters: ChaosCounters = {
+    requests: 0,
+    faultsBefore: 0,
+    faultsAfter: 0,
+    killedRequests: 0,
+  };
+  /** Applied mutations (puts and deletes): the checks skip when nothing changed. */
+  mutations = 0;
+  readonly violations: string[] = [];
+  private readonly mtimes = new Map<string, number>();
+  private readonly heads = new Map<string, { epoch: number; owners: Map<number, string> }>();
+
+  constructor(
+    readonly sim: Sim,
+    readonly rand: () => number,
+    public rates: FaultRates,
+    readonly log: (line: string) => void,
+  ) {}
+
+  violation(msg: string): void {
+    this.violations.push(msg);
+    this.log(`VIOLATION ${msg}`);
+  }
+
+  /** Request latency in virtual ms: mostly short, sometimes long, rarely a long stall. */
+  latency(): number {
+    const r = this.rand();
+    const base = 1 + this.rand() * 12;
+    if (r < 0.01) return 2000 + this.rand() * 20_000;
+    if (r < 0.09) return base * (10 + this.rand() * 150);
+    return base;
+  }
+
+  /** Requests starting with this ("get pin/", "put head", ...) fail `factor` times as often. */
+  hot: { prefix: string; factor: number } | undefined;
+
+  fault(actor: Actor, what: string): 'none' | 'before' | 'after' {
+    this.counters.requests++;
+    if (!actor.faults) return 'none';
+    const k = this.hot && what.startsWith(this.hot.prefix) ? this.hot.factor : 1;
+    const r = this.rand() / k;
+    if (r < this.rates.before) {
+      this.counters.faultsBefore++;
+      this.log(`  ! ${actor.name} ${what}: fails before`);
+      return 'before';
+    }
+    if (r < this.rates.before + this.rates.after) {
+      this.counters.faultsAfter++;
+      this.log(`  ! ${actor.name} ${what}: lands, then fails`);
+      return 'after';
+    }
+    return 'none';
+  }
+
+  mtime(url: string, key: string): number | undefined {
+    return this.mtimes.get(url + key);
+  }
+
+  /** A request changed the store. */
+  applied(actor: Actor, op: 'put' | 'delete', url: string, key: string, body?: Buffer): void {
+    this.mutations++;
+    if (op === 'put') {
+      if (this.sim.virtual) this.mtimes.set(url + key, this.sim.now);
+      if (key === HEAD_KEY && body) this.headWritten(actor, url, body);
+    } else this.mtimes.delete(url + key);
+  }
+
+  /** Invariants (e) and (f), on every head that lands. */
+  private headWritten(actor: Actor, url: string, body: Buffer): void {
+    let h: HeadRecord;
+    try {
+      h = decodeHead(body).head;
+    } catch (e) {
+      this.violation(`${actor.name} wrote an undecodable head to ${url}: ${errText(e)}`);
+      return;
+    }
+    let st = this.heads.get(url);
+    if (!st) this.heads.set(url, (st = { epoch: -1, owners: new Map() }));
+    if (h.epoch < st.epoch)
+      this.violation(
+        `(e) head of ${url} went back from epoch ${st.epoch} to ${h.epoch} (written by ${actor.name}, checkpoint ${h.checkpoint})`,
+      );
+    st.epoch = Math.max(st.epoch, h.epoch);
+    const owner = st.owners.get(h.epoch);
+    if (owner === undefined) st.owners.set(h.epoch, actor.name);
+    else if (owner !== actor.name)
+      this.violation(
+        `(f) ${actor.name} wrote a head of ${url} under epoch ${h.epoch}, which belongs to ${owner}`,
+      );
+  }
+}
+
+/**
+ * One actor's view of a store: every request waits for its turn, may fail before or after
+ * it is applied, and is observed by the World. Lists are paginated into separate requests
+ * (each page sees the store as it is then, like S3's continuation). `close` is a no-op: the
+ * backend is shared by all views.
+ */
+export class ChaosStore implements ObjectStore {
+  readonly url: string;
+
+  constructor(
+    private readonly world: World,
+    private readonly inner: ObjectStore,
+    readonly actor: Actor,
+    private readonly pageSize: number,
+  ) {
+    this.url = inner.url;
+  }
+
+  private async turn(what: string): Promise<'none' | 'before' | 'after'> {
+    const w = this.world;
+    if (this.actor.dead) {
+      w.counters.killedRequests++;
+      throw injected(`${this.actor.name} was killed`);
+    }
+    await w.sim.wait(this.actor, w.latency());
+    if (this.actor.dead) {
+      // The process died with this request on the wire: it may or may not land.
+      w.counters.killedRequests++;
+      return w.rand() < 0.5 ? 'before' : 'after';
+    }
+    return w.fault(this.actor, what);
+  }
+
+  private async run<T>(what: string, fn: () => Promise<T>, onApplied?: (r: T) => void): Promise<T> {
+    const f = await this.turn(what);
+    if (f === 'before') throw injected(`${what} (not applied)`);
+    this.world.sim.begin();
+    let r: T;
+    try {
+      r = await fn();
+    } finally {
+      this.world.sim.end();
+    }
+    onApplied?.(r);
+    if (f === 'after') throw injected(`${what} (applied)`);
+    return r;
+  }
+
+  private fixMeta(m: ObjectMeta): ObjectMeta {
+    const t = this.world.mtime(this.url, m.key);
+    return t === undefined ? m : { ...m, lastModified: new Date(t) };
+  }
+
+  get(key: string, options?: GetOptions): Promise<GetResult> {
+    return this.run(`get ${key}`, () => this.inner.get(key, options));
+  }
+
+  async head(key: string, options?: { signal?: AbortSignal }): Promise<ObjectMeta | undefined> {
+    const m = await this.run(`head ${key}`, () => this.inner.head(key, options));
+    return m && this.fixMeta(m);
+  }
+
+  put(key: string, body: Buffer, options?: PutOptions): Promise<{ etag: string }> {
+    return this.run(
+      `put ${key}`,
+      () => this.inner.put(key, body, options),
+      () => this.world.applied(this.actor, 'put', this.url, key, body),
+    );
+  }
+
+  async *list(prefix: string, options: ListOptions = {}): AsyncIterable<ListPage> {
+    if (options.delimiter) {
+      // Not paginated here (only listVolumes uses delimiters): one request.
+      const pages: ListPage[] = [];
+      await this.run(`list ${prefix}`, async () => {
+        for await (const p of this.inner.list(prefix, options)) pages.push(p);
+      });
+      yield* pages;
+      return;
+    }
+    let after = options.startAfter;
+    for (;;) {
+      const page = await this.run(`list ${prefix}${after ? ` after ${after}` : ''}`, async () => {
+        const objects: ObjectMeta[] = [];
+        for await (const p of this.inner.list(prefix, {
+          ...(after === undefined ? {} : { startAfter: after }),
+          ...(options.signal ? { signal: options.signal } : {}),
+        })) {
+          for (const o of p.objects) {
+            if (objects.length > this.pageSize) break;
+            objects.push(o);
+          }
+          if (objects.length > this.pageSize) break;
+        }
+        return objects;
+      });
+      const more = page.length > this.pageSize;
+      const objects = page.slice(0, this.pageSize).map((m) => this.fixMeta(m));
+      yield { objects, prefixes: [] };
+      if (!more) return;
+      after = objects[objects.length - 1]?.key;
+    }
+  }
+
+  async delete(keys: readonly string[], options?: { signal?: AbortSignal }): Promise<void> {
+    const what = `delete ${keys.length === 1 ? keys[0] : `${keys.length} keys (${keys[0]}..)`}`;
+    const f = await this.turn(what);
+    if (f === 'before') throw injected(`${what} (not applied)`);
+    // A failed batch delete may have removed any prefix of the batch.
+    const n = f === 'after' ? Math.floor(this.world.rand() * (keys.length + 1)) : keys.length;
+    const done = keys.slice(0, n);
+    this.world.sim.begin();
+    try {
+      if (done.length > 0) await this.inner.delete(done, options);
+    } finally {
+      this.world.sim.end();
+    }
+    for (const k of done) this.world.applied(this.actor, 'delete', this.url, k);
+    if (f === 'after') throw injected(`${what} (${n} applied)`);
+  }
+
+  sub(prefix: string): ObjectStore {
+    return new ChaosStore(this.world, this.inner.sub(prefix), this.actor, this.pageSize);
+  }
+
+  close(): Promise<void> {
+    return Promise.resolve();
+  }
+}
+
+// ------------------------------------------------------------------ determinism patches
+
+const cjsCrypto = createRequire(import.meta.url)('node:crypto') as typeof nodeCrypto;
+
+/**
+ * Replace Date.now (virtual clock), Math.random and crypto.randomBytes (seeded) while `fn`
+ * runs, so that a run replays from its seed. Restored afterwards, even on failure.
+ */
+async function deterministic<T>(seed: number, sim: Sim, fn: () => Promise<T>): Promise<T> {
+  const realNow = Date.now;
+  const realRandom = Math.random;
+  const realBytes = cjsCrypto.randomBytes;
+  const ids = rng(seed ^ 0x5bd1e995);
+  const math = rng(seed ^ 0x27d4eb2f);
+  Date.now = () => Math.floor(sim.now);
+  Math.random = math;
+  const fakeBytes = (n: number): Buffer => {
+    const b = Buffer.alloc(n);
+    for (let i = 0; i < n; i++) b[i] = Math.floor(ids() * 256);
+    return b;
+  };
+  (cjsCrypto as { randomBytes: unknown }).randomBytes = fakeBytes;
+  syncBuiltinESMExports();
+  try {
+    return await fn();
+  } finally {
+    Date.now = realNow;
+    Math.random = realRandom;
+    (cjsCrypto as { randomBytes: unknown }).randomBytes = realBytes;
+    syncBuiltinESMExports();
+  }
+}
+
+// ------------------------------------------------------------------ the run
+
+export interface ChaosBackend {
+  /** Root of the run: the volume and its clones live under it (actors' requests). */
+  actorRoot: ObjectStore;
+  /** The same key space without injected faults (the checks read through it). */
+  checkRoot: ObjectStore;
+  /** Virtual time and a deterministic scheduler (in-memory backends only). */
+  virtualTime: boolean;
+  /** Release the backend (delete what the run left, close clients). */
+  dispose?: () => Promise<void>;
+}
+
+export interface ChaosOptions {
+  seed: number;
+  /** Driver steps (default: 120 to 260, chosen by the seed). */
+  steps?: number;
+  /** Fault rates (default: chosen by the seed, 0 to 6% of requests). */
+  rates?: FaultRates;
+  /** Operation names to leave out (see OPS), e.g. ['deleteParent']. */
+  exclude?: string[];
+  /** Lines of the op log printed with a failure (the full log is written to a file). */
+  tailLines?: number;
+}
+
+export interface ChaosTotals {
+  seeds: number;
+  steps: number;
+  operations: number;
+  opsFailed: number;
+  requests: number;
+  faultsBefore: number;
+  faultsAfter: number;
+  takeovers: number;
+  kills: number;
+  checks: number;
+  violations: number;
+}
+
+export interface ChaosResult {
+  seed: number;
+  totals: ChaosTotals;
+  violations: string[];
+  /** The op log (always kept; printed on failure). */
+  log: string[];
+  /** Where the full log was written, when the run failed. */
+  logFile?: string;
+}
+
+/** Operations the driver draws from, with their weights. */
+export const OPS: Record<string, number> = {
+  write: 30,
+  zero: 4,
+  trim: 4,
+  read: 5,
+  flush: 12,
+  writerRestore: 1,
+  snapshot: 5,
+  snapshotDelete: 2.5,
+  clone: 4,
+  cloneDelete: 0.6,
+  flatten: 1.2,
+  cloneCompact: 1,
+  compact: 6,
+  restore: 2,
+  takeover: 1.5,
+  kill: 1.5,
+  killAdmin: 1,
+  time: 1,
+  settle: 3,
+  deleteParent: 0.6,
+  damagePin: 0.4,
+};
+
+const VOLUME_SIZE = 1 * MiB;
+const BS = 4 * KiB;
+/** Writers' leases: long enough that no renewal timer fires during a run. */
+const WRITER_LEASE_MS = 30 * 60_000;
+
+interface Writer {
+  vol: Volume;
+  actor: Actor;
+  model: Buffer;
+  epoch: number;
+  /** The content of its newest commit (at open: the head it took over). */
+  committed: string;
+}
+
+interface Contribution {
+  sha: string;
+  actor: Actor;
+  active: boolean;
+  what: string;
+}
+
+interface SnapModel {
+  state: 'creating' | 'ack' | 'failed' | 'deleting' | 'deleted';
+  checkpoint?: number;
+}
+
+interface CloneModel {
+  prefix: string;
+  url: string;
+  origin: number;
+  sha: string;
+  state: 'creating' | 'ack' | 'failed' | 'deleting' | 'deleted';
+  busy: number;
+  /** The harness overwrote its pin with garbage (bit rot): compaction must still keep it. */
+  pinDamaged?: boolean;
+}
+
+interface Inflight {
+  id: number;
+  name: string;
+  actor: Actor;
+  promise: Promise<void>;
+  settled: boolean;
+}
+
+class Run {
+  readonly sim: Sim;
+  readonly world: World;
+  readonly log: string[] = [];
+  private readonly rand: () => number;
+  private readonly totals: ChaosTotals;
+  private step = 0;
+  private actors = 0;
+  private writer: Writer | undefined;
+  private readonly contributions: Contribution[] = [];
+  /** Contents the head may read now (collapsed at every observation). */
+  private allowed = new Set<string>();
+  /** Every content the head could ever have had (learned checkpoints must be one of them). */
+  private readonly everAllowed = new Set<string>();
+  /** Checkpoint of the main volume → its content. */
+  private readonly refs = new Map<number, string>();
+  private readonly snaps = new Map<string, SnapModel>();
+  private readonly clones = new Map<string, CloneModel>();
+  private readonly inflight = new Map<number, Inflight>();
+  /** Records the harness damaged on purpose (check reports them; that is expected). */
+  private readonly damaged = new Set<string>();
+  private maxEpoch = 0;
+  private modelVersion = 0;
+  private checkedAt = { mutations: -1, model: -1 };
+  private nSnap = 0;
+  private nClone = 0;
+  private nIds = 0;
+  private stopped = false;
+  private readonly pageSize: number;
+  private readonly flushBytes: () => number;
+  private readonly weights: [string, number][];
+  private readonly mainUrl: string;
+
+  constructor(
+    readonly backend: ChaosBackend,
+    readonly o: ChaosOptions,
+  ) {
+    const seed = o.seed;
+    this.rand = rng(seed);
+    this.sim = new Sim(backend.virtualTime, Date.UTC(2030, 0, 1));
+    const pick = this.rand();
+    const rates: FaultRates = o.rates ?? {
+      before: pick < 0.15 ? 0 : pick < 0.5 ? 0.003 : pick < 0.8 ? 0.01 : 0.03,
+      after: pick < 0.15 ? 0 : pick < 0.5 ? 0.002 : pick < 0.8 ? 0.006 : 0.02,
+    };
+    this.world = new World(this.sim, rng(seed ^ 0x9e3779b9), rates, (l) => this.note(l));
+    if (this.rand() < 0.5) {
+      const hotSpots = [
+        `get ${PIN_PREFIX}`,
+        `get ${PIN_PREFIX}`,
+        `put ${PIN_PREFIX}`,
+        `list `,
+        `get ${SNAPSHOT_PREFIX}`,
+        `put ${HEAD_KEY}`,
+        `get ${HEAD_KEY}`,
+        `put lease`,
+        `put ${SEGMENT_PREFIX}`,
+        `get ${SEGMENT_PREFIX}`,
+        `delete `,
+      ];
+      const prefix = hotSpots[Math.floor(this.rand() * hotSpots.length)] as string;
+      this.world.hot = { prefix, factor: this.rand() < 0.5 ? 8 : 20 };
+    }
+    this.pageSize = [2, 5, 17, 1000][Math.floor(this.rand() * 4)] as number;
+    const fb = [32, 64, 128, 512][Math.floor(this.rand() * 4)] as number;
+    this.flushBytes = () => fb * KiB;
+    this.mainUrl = `${backend.checkRoot.url}main/`;
+    const exclude = new Set(o.exclude ?? []);
+    this.weights = Object.entries(OPS).filter(([n]) => !exclude.has(n));
+    this.totals = {
+      seeds: 1,
+      steps: 0,
+      operations: 0,
+      opsFailed: 0,
+      requests: 0,
+      faultsBefore: 0,
+      faultsAfter: 0,
+      takeovers: 0,
+      kills: 0,
+      checks: 0,
+      violations: 0,
+    };
+    const hot = this.world.hot;
+    this.note(
+      `seed ${seed}: faults before ${rates.before} after ${rates.after}${hot ? ` (x${hot.factor} on '${hot.prefix}')` : ''}, list page ${this.pageSize}, flushBytes ${fb} KiB`,
+    );
+  }
+
+  private note(line: string): void {
+    const t = ((this.sim.now - Date.UTC(2030, 0, 1)) / 1000).toFixed(3);
+    this.log.push(`${String(this.step).padStart(4)} ${t.padStart(9)}s ${line}`);
+  }
+
+  private violation(msg: string): void {
+    this.world.violation(msg);
+  }
+
+  // -------------------------------------------------------------- stores
+
+  private actor(kind: string, faults = true): Actor {
+    const a = { name: `${kind}${++this.actors}`, faults, dead: false, pending: 0 };
+    this.allActors.push(a);
+    return a;
+  }
+
+  private readonly allActors: Actor[] = [];
+
+  private rel(url: string): string {
+    const root = this.backend.checkRoot.url;
+    if (!url.startsWith(root)) throw new Error(`${url} is not under the run's root ${root}`);
+    return url.slice(root.length);
+  }
+
+  /** `actor`'s view of the volume at `url` (prefixes under the run's root). */
+  private view(actor: Actor, url: string): ObjectStore {
+    const rel = this.rel(url);
+    const base = rel === '' ? this.backend.actorRoot : this.backend.actorRoot.sub(rel);
+    const chaos = new ChaosStore(this.world, base, actor, this.pageSize);
+    if (this.retries === 0) return chaos;
+    return new RetryingStore(chaos, {
+      maxAttempts: this.retries,
+      baseDelayMs: 20,
+      maxDelayMs: 500,
+      sleep: (ms) => this.sim.wait(actor, ms),
+    });
+  }
+  /** Attempts per request (0: no retry layer; chosen per seed). */
+  private retries = 0;
+
+  private opener(actor: Actor): (url: string) => Promise<ObjectStore> {
+    return (url) => Promise.resolve(this.view(actor, url));
+  }
+
+  private raw(url: string): ObjectStore {
+    const rel = this.rel(url);
+    return rel === '' ? this.backend.checkRoot : this.backend.checkRoot.sub(rel);
+  }
+
+  private readonly rawOpen = (url: string): Promise<ObjectStore> => Promise.resolve(this.raw(url));
+
+  // -------------------------------------------------------------- model helpers
+
+  private allow(sha: string): void {
+    this.allowed.add(sha);
+    this.everAllowed.add(sha);
+  }
+
+  private contribute(sha: string, actor: Actor, what: string): Contribution {
+    const c = { sha, actor, active: true, what };
+    this.contributions.push(c);
+    this.allow(sha);
+    this.modelVersion++;
+    return c;
+  }
+
+  /** Checkpoint `c` of the main volume reads `sha`: the first time, it must be a possible content. */
+  private learn(c: number, sha: string, how: string): void {
+    const known = this.refs.get(c);
+    if (known !== undefined) {
+      if (known !== sha)
+        this.violation(`checkpoint ${c} reads ${sha} (${how}), but it held ${known} before`);
+      return;
+    }
+    if (!this.everAllowed.has(sha))
+      this.violation(
+        `checkpoint ${c} reads ${sha} (${how}), a content no commit could have produced`,
+      );
+    this.refs.set(c, sha);
+  }
+
+  private pickFrom<T>(xs: readonly T[]): T | undefined {
+    return xs.length === 0 ? undefined : xs[Math.floor(this.rand() * xs.length)];
+  }
+
+  /** Retained checkpoints of the main volume whose content the model knows (read without faults). */
+  private async knownRetained(): Promise<number[]> {
+    const raw = this.raw(this.mainUrl);
+    const { head } = await readHead(raw);
+    const out: number[] = [];
+    for await (const p of raw.list(SEGMENT_PREFIX))
+      for (const o of p.objects) {
+        const id = parseSegmentKey(o.key);
+        if (id !== undefined && isRetainedCheckpoint(head, id) && this.refs.has(id)) out.push(id);
+      }
+    return out;
+  }
+
+  private async atomically<T>(fn: () => Promise<T>): Promise<T> {
+    await this.sim.pause();
+    try {
+      return await fn();
+    } finally {
+      this.sim.resume();
+    }
+  }
+
+  /** Read a whole volume (or one checkpoint of it) through fault-free stores. */
+  private async content(
+    url: string,
+    at?: number,
+  ): Promise<{ ok: true; buf: Buffer; sha: string } | { ok: false; error: string }> {
+    let v: Volume | undefined;
+    try {
+      v = await Volume.open(this.raw(url), {
+        ...(at === undefined ? { readOnly: true } : { at: { checkpoint: at } }),
+        openStore: this.rawOpen,
+      });
+      const buf = await v.read(0, v.info.size);
+      return { ok: true, buf, sha: digest(buf) };
+    } catch (e) {
+      return { ok: false, error: errText(e) };
+    } finally {
+      await v?.close().catch(() => undefined);
+    }
+  }
+
+  // -------------------------------------------------------------- operations
+
+  /** Classify an operation's failure: clean, or a violation (an unexpected error). */
+  private failed(name: string, e: unknown): void {
+    this.totals.opsFailed++;
+    this.note(`${name} -> failed ${errText(e)}`);
+    if (unexpected(e)) {
+      const stack = e instanceof Error ? (e.stack ?? '').split('\n').slice(0, 6).join(' | ') : '';
+      this.violation(`${name} failed with an unexpected error: ${errText(e)} ${stack}`);
+    }
+  }
+
+  /** Start an admin operation concurrently with the writer. */
+  private launch(
+    name: string,
+    actor: Actor,
+    body: () => Promise<string>,
+    after?: () => void,
+  ): void {
+    const id = ++this.nIds;
+    this.totals.operations++;
+    this.note(`${actor.name} ${name} started`);
+    const entry: Inflight = {
+      id,
+      name: `${actor.name} ${name}`,
+      actor,
+      promise: Promise.resolve(),
+      settled: false,
+    };
+    entry.promise = (async () => {
+      try {
+        const r = await body();
+        this.note(`${actor.name} ${name} -> ok ${r}`);
+      } catch (e) {
+        this.failed(`${actor.name} ${name}`, e);
+      } finally {
+        entry.settled = true;
+        this.inflight.delete(id);
+        this.modelVersion++;
+        after?.();
+      }
+    })();
+    this.inflight.set(id, entry);
+  }
+
+  private async openWriter(force: boolean): Promise<void> {
+    const actor = this.actor('W');
+    this.totals.operations++;
+    if (force) this.totals.takeovers++;
+    const store = this.view(actor, this.mainUrl);
+    let vol: Volume;
+    try {
+      vol = await this.sim.watch(
+        Volume.open(store, {
+          holder: actor.name,
+          force,
+          flushIntervalMs: 0,
+          leaseTtlMs: WRITER_LEASE_MS,
+          flushBytes: this.flushBytes(),
+          nodeCacheBytes: 64 * KiB,
+          dataCacheBytes: this.rand() < 0.5 ? 0 : 256 * KiB,
+          openStore: this.opener(actor),
+        }),
+        `${actor.name} open`,
+      );
+    } catch (e) {
+      this.failed(`${actor.name} open${force ? ' --force' : ''}`, e);
+      return;
+    }
+    // Atomically (nothing else runs): what the new writer starts from.
+    const accepted = await this.atomically(async () => {
+      const epoch = vol.headRecord.epoch;
+      const { head } = await readHead(this.raw(this.mainUrl));
+      if (head.epoch !== epoch) {
+        // Nothing else ran since the open returned, except with real timing (S3).
+        if (this.sim.virtual)
+          this.violation(
+            `${actor.name} opened under epoch ${epoch} but the head is at epoch ${head.epoch}`,
+          );
+        this.note(`${actor.name} open -> taken over at once (epoch ${head.epoch})`);
+        return false;
+      }
+      const c = await this.content(this.mainUrl);
+      if (!c.ok) {
+        this.violation(
+          `the head of the volume ${actor.name} just took over is unreadable: ${c.error}`,
+        );
+        return false;
+      }
+      if (!this.allowed.has(c.sha))
+        this.violation(
+          `${actor.name} took over a head (checkpoint ${head.checkpoint}) reading ${c.sha}, not a content any commit produced (allowed ${[...this.allowed].join(',')})`,
+        );
+      this.learn(head.checkpoint, c.sha, `head taken over by ${actor.name}`);
+      this.writer = { vol, actor, model: c.buf, epoch, committed: c.sha };
+      this.note(
+        `${actor.name} open${force ? ' --force' : ''} -> ok epoch ${epoch} checkpoint ${head.checkpoint} content ${c.sha}`,
+      );
+      return true;
+    });
+    // (Nothing is buffered: closing commits nothing.)
+    if (!accepted) await this.sim.watch(vol.close(), `${actor.name} close`).catch(() => undefined);
+  }
+
+  /** Drop the writer after a failure: close it (it flushes nothing if fenced). */
+  private async dropWriter(why: string): Promise<void> {
+    const w = this.writer;
+    if (!w) return;
+    this.writer = undefined;
+    // If it is not fenced, close() commits its writes: allow that content.
+    const c = this.contribute(digest(w.model), w.actor, `${w.actor.name} close`);
+    try {
+      await this.sim.watch(w.vol.close(), `${w.actor.name} close`);
+      this.note(`${w.actor.name} closed (${why})`);
+    } catch (e) {
+      this.note(`${w.actor.name} close (${why}) -> failed ${errText(e)}`);
+      if (unexpected(e)) this.violation(`${w.actor.name} close failed unexpectedly: ${errText(e)}`);
+    } finally {
+      c.active = false;
+    }
+  }
+
+  /** Kill the writer: no flush, no release; its requests stop (some in flight may land). */
+  private kill(w: Writer): void {
+    this.totals.kills++;
+    w.actor.dead = true;
+    this.note(`${w.actor.name} killed`);
+    // Stops its timers; every request fails at once (the actor is dead).
+    void w.vol.close().catch(() => undefined);
+  }
+
+  private async writerOp(kind: 'write' | 'zero' | 'trim'): Promise<void> {
+    const w = this.writer as Writer;
+    const r = this.rand();
+    const aligned = this.rand() < 0.5;
+    let off = Math.floor(this.rand() * VOLUME_SIZE);
+    let len =
+      r < 0.7 ? 1 + Math.floor(this.rand() * 16 * KiB) : 1 + Math.floor(this.rand() * 160 * KiB);
+    if (aligned) {
+      off = Math.floor(off / BS) * BS;
+      len = Math.max(BS, Math.ceil(len / BS) * BS);
+    }
+    len = Math.min(len, VOLUME_SIZE - off);
+    if (len <= 0) return;
+    let data: Buffer | undefined;
+    if (kind === 'write') {
+      data = Buffer.alloc(len, 1 + Math.floor(this.rand() * 255));
+      for (let i = 0; i + 4 <= len; i += 509) data.writeUInt32LE((this.step * 7919 + i) >>> 0, i);
+    }
+    const what = `${w.actor.name} ${kind} ${off}+${len}`;
+    this.totals.operations++;
+    // A failed change may be partly applied (NBD semantics): repeat it until it succeeds,
+    // or give the writer up.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        const p =
+          kind === 'write'
+            ? w.vol.write(off, data as Buffer)
+            : kind === 'zero'
+              ? w.vol.writeZeroes(off, len)
+              : w.vol.trim(off, len);
+        await this.sim.watch(p, what);
+        break;
+      } catch (e) {
+        this.failed(what, e);
+        if (isHyperError(e, 'FENCED') || attempt >= 4) {
+          // Its content in that range is unknown now: the writer goes.
+          this.kill(w);
+          this.writer = undefined;
+          return;
+        }
+      }
+    }
+    if (kind === 'write') (data as Buffer).copy(w.model, off);
+    else if (kind === 'zero') w.model.fill(0, off, off + len);
+    else {
+      // A trim zeroes whole blocks only; partial edges keep their content.
+      const a = Math.ceil(off / BS) * BS;
+      const b = Math.floor((off + len) / BS) * BS;
+      if (b > a) w.model.fill(0, a, b);
+    }
+    if (this.rand() < 0.1) this.note(`${what} ok`);
+  }
+
+  private async readOp(): Promise<void> {
+    const w = this.writer as Writer;
+    const off = Math.floor(this.rand() * VOLUME_SIZE);
+    const len = Math.min(VOLUME_SIZE - off, 1 + Math.floor(this.rand() * 128 * KiB));
+    const what = `${w.actor.name} read ${off}+${len}`;
+    this.totals.operations++;
+    try {
+      const got = await this.sim.watch(w.vol.read(off, len), what);
+      if (!got.equals(w.model.subarray(off, off + len))) {
+        let i = 0;
+        while (i < len && got[i] === w.model[off + i]) i++;
+        this.violation(
+          `${what} returned data that differs from the writer's own writes (first at ${off + i})`,
+        );
+      }
+    } catch (e) {
+      this.failed(what, e);
+      if (isHyperError(e) && e.kind === 'data') {
+        // Only a writer that was taken over may lose what it reads (grace 0 compactions).
+        const { head } = await readHead(this.raw(this.mainUrl));
+        if (head.epoch === w.epoch)
+          this.violation(`${what}: data error while this writer still owns the volume`);
+      }
+    }
+  }
+
+  private async flushOp(): Promise<void> {
+    const w = this.writer as Writer;
+    const sha = digest(w.model);
+    const what = `${w.actor.name} flush`;
+    this.totals.operations++;
+    const c = this.contribute(sha, w.actor, what);
+    try {
+      const { head: before } = await readHead(this.raw(this.mainUrl));
+      const r = await this.sim.watch(w.vol.flush(), what);
+      this.note(`${what} -> ok checkpoint ${r.checkpoint} content ${sha}`);
+      // (With nothing new to commit a flush succeeds without writing: that is fine.)
+      if (before.epoch > w.epoch && sha !== w.committed)
+        this.violation(
+          `${what} succeeded although the volume was taken over (head epoch ${before.epoch}, writer ${w.epoch})`,
+        );
+      this.learn(r.checkpoint, sha, what);
+      w.committed = sha;
+    } catch (e) {
+      this.failed(what, e);
+      if (isHyperError(e, 'FENCED')) await this.dropWriter('fenced');
+    } finally {
+      c.active = false;
+    }
+  }
+
+  private async writerRestoreOp(): Promise<void> {
+    const w = this.writer as Writer;
+    const target = this.pickFrom(await this.knownRetained());
+    if (target === undefined) return;
+    const t = await this.atomically(() => this.content(this.mainUrl, target));
+    if (!t.ok) return;
+    const what = `${w.actor.name} restore ${target}`;
+    this.totals.operations++;
+    const cur = this.contribute(digest(w.model), w.actor, what);
+    const tc = this.contribute(t.sha, w.actor, what);
+    try {
+      const r = await this.sim.watch(w.vol.restore(target), what);
+      this.note(`${what} -> ok checkpoint ${r.checkpoint} content ${t.sha}`);
+      w.model = t.buf;
+      w.committed = t.sha;
+      this.learn(r.checkpoint, t.sha, what);
+    } catch (e) {
+      this.failed(what, e);
+      // Whether the writer's index was switched is unknown: give it up.
+      if (isHyperError(e, 'FENCED')) await this.dropWriter('fenced');
+      else {
+        this.kill(w);
+        this.writer = undefined;
+      }
+    } finally {
+      cur.active = false;
+      tc.active = false;
+    }
+  }
+
+  private async snapshotOp(): Promise<void> {
+    const name = `s${++this.nSnap}`;
+    const actor = this.actor('snap');
+    const atPast = this.rand() < 0.5;
+    const at = atPast ? this.pickFrom(await this.knownRetained()) : undefined;
+    const m: SnapModel = { state: 'creating' };
+    this.snaps.set(name, m);
+    this.launch(
+      `snapshot create ${name}${at === undefined ? '' : ` at ${at}`}`,
+      actor,
+      async () => {
+        try {
+          const r = await createSnapshot(
+            this.view(actor, this.mainUrl),
+            name,
+            at === undefined ? undefined : { checkpoint: at },
+          );
+          m.state = 'ack';
+          m.checkpoint = r.checkpoint;
+          return `checkpoint ${r.checkpoint}`;
+        } catch (e) {
+          m.state = 'failed';
+          throw e;
+        }
+      },
+    );
+  }
+
+  private snapshotDeleteOp(): void {
+    const acked = [...this.snaps].filter(([, s]) => s.state === 'ack');
+    const pick = this.pickFrom(acked);
+    if (!pick) return;
+    const [name, m] = pick;
+    m.state = 'deleting';
+    const actor = this.actor('unsnap');
+    this.launch(`snapshot delete ${name}`, actor, async () => {
+      try {
+        await deleteSnapshot(this.view(actor, this.mainUrl), name);
+        m.state = 'deleted';
+        return '';
+      } catch (e) {
+        m.state = 'failed';
+        throw e;
+      }
+    });
+  }
+
+  private async cloneOp(): Promise<void> {
+    const from = this.pickFrom(await this.knownRetained());
+    if (from === undefined) return;
+    const sha = this.refs.get(from) as string;
+    const prefix = `c${++this.nClone}/`;
+    const url = `${this.backend.checkRoot.url}${prefix}`;
+    const flatten = this.rand() < 0.35;
+    const m: CloneModel = { prefix, url, origin: from, sha, state: 'creating', busy: 1 };
+    this.clones.set(url, m);
+    const actor = this.actor('clone');
+    this.launch(
+      `clone ${prefix} from ${from}${flatten ? ' --flatten' : ''}`,
+      actor,
+      async () => {
+        try {
+          const r = await cloneVolume(
+            this.view(actor, this.mainUrl),
+            { checkpoint: from },
+            this.view(actor, url),
+            { flatten, openStore: this.opener(actor) },
+          );
+          m.state = 'ack';
+          return `checkpoint ${r.checkpoint}`;
+        } catch (e) {
+          m.state = 'failed';
+          throw e;
+        }
+      },
+      () => {
+        m.busy--;
+      },
+    );
+  }
+
+  /** A clone that exists now (its head is readable without faults). */
+  private async existingClone(): Promise<{ m: CloneModel; head: HeadRecord } | undefined> {
+    const live: { m: CloneModel; head: HeadRecord }[] = [];
+    for (const m of this.clones.values()) {
+      if (m.state === 'creating' || m.state === 'deleted' || m.state === 'deleting') continue;
+      try {
+        live.push({ m, head: (await readHead(this.raw(m.url))).head });
+      } catch {
+        // not a volume (any more)
+      }
+    }
+    return this.pickFrom(live);
+  }
+
+  private async cloneAdminOp(kind: 'cloneDelete' | 'flatten' | 'cloneCompact'): Promise<void> {
+    const c = await this.existingClone();
+    if (!c) return;
+    const { m } = c;
+    if (kind === 'flatten' && !c.head.clone) return;
+    const actor = this.actor(kind);
+    const store = this.view(actor, m.url);
+    const force = this.rand() < 0.5;
+    m.busy++;
+    const done = (): void => {
+      m.busy--;
+    };
+    if (kind === 'cloneDelete') {
+      if (m.busy > 1) {
+        m.busy--;
+        return;
+      }
+      const prev = m.state;
+      m.state = 'deleting';
+      this.launch(
+        `delete clone ${m.prefix}`,
+        actor,
+        async () => {
+          try {
+            await deleteVolume(store, { force: true });
+            m.state = 'deleted';
+            return '';
+          } catch (e) {
+            m.state = prev === 'ack' ? 'failed' : prev;
+            throw e;
+          }
+        },
+        done,
+      );
+    } else if (kind === 'flatten') {
+      this.launch(
+        `flatten ${m.prefix}${force ? ' --force' : ''}`,
+        actor,
+        async () => {
+          const r = await flattenVolume(store, {
+            holder: actor.name,
+            force,
+            openStore: this.opener(actor),
+          });
+          return `checkpoint ${r.checkpoint}, ${r.blocksCopied} blocks copied`;
+        },
+        done,
+      );
+    } else {
+      const graceMs = this.rand() < 0.6 ? 0 : undefined;
+      this.launch(
+        `compact clone ${m.prefix} keep-last 1 grace ${graceMs ?? 'default'}${force ? ' --force' : ''}`,
+        actor,
+        async () => {
+          const r = await compactVolume(store, {
+            keepLast: 1,
+            ...(graceMs === undefined ? {} : { graceMs }),
+            force,
+            holder: actor.name,
+            openStore: this.opener(actor),
+          });
+          return `checkpoint ${r.checkpoint}, ${r.segmentsDeleted} segments deleted`;
+        },
+        done,
+      );
+    }
+  }
+
+  private compactOp(): void {
+    const actor = this.actor('compact');
+    const o: CompactOptions = { holder: actor.name, openStore: this.opener(actor) };
+    const p = this.rand();
+    if (p < 0.6) o.keepLast = 1 + Math.floor(this.rand() * 4);
+    else if (p < 0.85) o.keepWithinMs = Math.floor(this.rand() * 120_000);
+    if (this.rand() < 0.6) o.graceMs = 0;
+    o.minLive = this.rand() < 0.3 ? 0 : this.rand();
+    o.force = this.rand() < 0.7;
+    if (o.force) this.totals.takeovers++;
+    const desc = [
+      o.keepLast !== undefined ? `keep-last ${o.keepLast}` : '',
+      o.keepWithinMs !== undefined ? `keep-within ${o.keepWithinMs}ms` : '',
+      `grace ${o.graceMs ?? 'default'}`,
+      `min-live ${o.minLive.toFixed(2)}`,
+      o.force ? '--force' : '',
+    ]
+      .filter(Boolean)
+      .join(' ');
+    this.launch(`compact ${desc}`, actor, async () => {
+      const r = await compactVolume(this.view(actor, this.mainUrl), o);
+      return `checkpoint ${r.checkpoint}, ${r.checkpointsDropped} dropped, ${r.segmentsDeleted} deleted, ${r.segmentsRewritten} rewritten`;
+    });
+  }
+
+  private async restoreOp(): Promise<void> {
+    const target = this.pickFrom(await this.knownRetained());
+    if (target === undefined) return;
+    const sha = this.refs.get(target) as string;
+    const actor = this.actor('restore');
+    this.totals.takeovers++;
+    const c = this.contribute(sha, actor, `restore ${target}`);
+    this.launch(
+      `restore ${target} --force`,
+      actor,
+      async () => {
+        const r = await restoreVolume(
+          this.view(actor, this.mainUrl),
+          { checkpoint: target },
+          { force: true, holder: actor.name },
+        );
+        if (r.checkpoint !== undefined) this.learn(r.checkpoint, sha, `restore ${target}`);
+        return `checkpoint ${r.checkpoint} content ${sha}`;
+      },
+      () => {
+        c.active = false;
+      },
+    );
+  }
+
+  /** A second writer forces its way in; the old one must then be unable to commit. */
+  private async takeoverOp(): Promise<void> {
+    const old = this.writer as Writer;
+    this.writer = undefined;
+    await this.openWriter(true);
+    const fresh = this.writer as Writer | undefined;
+    // Probe the old writer: a change and a flush.
+    const { head } = await readHead(this.raw(this.mainUrl));
+    const takenOver = head.epoch > old.epoch;
+    const c = this.contribute(digest(old.model), old.actor, `${old.actor.name} probe`);
+    let c2: Contribution | undefined;
+    try {
+      await this.sim.watch(old.vol.write(0, Buffer.alloc(BS, 0xee)), `${old.actor.name} probe`);
+      Buffer.alloc(BS, 0xee).copy(old.model, 0);
+      c2 = this.contribute(digest(old.model), old.actor, `${old.actor.name} probe`);
+      await this.sim.watch(old.vol.flush(), `${old.actor.name} probe flush`);
+      this.note(`${old.actor.name} probe flush -> ok`);
+      if (takenOver && digest(old.model) !== old.committed)
+        this.violation(
+          `${old.actor.name} committed after ${fresh?.actor.name ?? 'a new writer'} took the volume over (head epoch ${head.epoch} > ${old.epoch})`,
+        );
+    } catch (e) {
+      this.note(`${old.actor.name} probe -> failed ${errText(e)}`);
+      if (unexpected(e)) this.violation(`${old.actor.name} probe: unexpected ${errText(e)}`);
+    }
+    // (If the takeover did not land, closing the old writer commits its probe.)
+    await this.sim.watch(old.vol.close(), `${old.actor.name} close`).catch(() => undefined);
+    c.active = false;
+    if (c2) c2.active = false;
+    if (!fresh) return;
+    this.writer = fresh;
+  }
+
+  private killAdminOp(): void {
+    const pick = this.pickFrom([...this.inflight.values()].filter((i) => !i.actor.dead));
+    if (!pick) return;
+    this.totals.kills++;
+    pick.actor.dead = true;
+    this.note(`${pick.name} killed`);
+  }
+
+  /** Scenario 8: deleting a volume that clones read from must be refused. */
+  private async deleteParentOp(): Promise<void> {
+    if ([...this.clones.values()].some((m) => m.busy > 0)) return;
+    const c = await this.existingClone();
+    if (!c || !c.head.clone) return;
+    if (!(await this.raw(this.mainUrl).head(pinKey(c.head.uuid)))) return;
+    // The writer steps aside (a clean close releases the lease).
+    await this.dropWriter('making way for delete');
+    const actor = this.actor('delete');
+    this.totals.operations++;
+    this.note(`${actor.name} delete volume (clone ${c.m.prefix} reads from it)`);
+    try {
+      await this.sim.watch(deleteVolume(this.view(actor, this.mainUrl)), 'delete volume');
+      this.violation(
+        `deleteVolume deleted the volume although clone ${c.m.prefix} reads from it (pin ${pinKey(c.head.uuid)})`,
+      );
+      this.stopped = true;
+    } catch (e) {
+      this.failed(`${actor.name} delete volume`, e);
+    }
+  }
+
+  /** Bit rot: a clone's pin record becomes unreadable. Compaction must not take it as absent. */
+  private async damagePinOp(): Promise<void> {
+    const c = await this.existingClone();
+    if (!c || !c.head.clone || c.m.pinDamaged) return;
+    const key = pinKey(c.head.uuid);
+    const raw = this.raw(this.mainUrl);
+    if (!(await raw.head(key))) return;
+    await raw.put(key, Buffer.from('rotten pin record'));
+    c.m.pinDamaged = true;
+    this.damaged.add(key);
+    this.world.mutations++;
+    this.note(`damaged ${key} (pin of clone ${c.m.prefix} at checkpoint ${c.m.origin})`);
+  }
+
+  private async settle(): Promise<void> {
+    const all = [...this.inflight.values()].map((i) => i.promise);
+    if (all.length === 0) return;
+    this.note(`settle ${all.length} operation(s)`);
+    await this.sim.watch(Promise.all(all), 'settle');
+  }
+
+  private draw(): string {
+    const total = this.weights.reduce((s, [, w]) => s + w, 0);
+    let r = this.rand() * total;
+    for (const [n, w] of this.weights) {
+      r -= w;
+      if (r < 0) return n;
+    }
+    return 'write';
+  }
+
+  private async doStep(): Promise<void> {
+    // Think time: other actors progress meanwhile.
+    await this.sim.wait(this.driver, this.rand() * 30);
+    const op = this.draw();
+    const writerOps = [
+      'write',
+      'zero',
+      'trim',
+      'read',
+      'flush',
+      'writerRestore',
+      'takeover',
+      'kill',
+    ];
+    if (!this.writer && writerOps.includes(op)) {
+      await this.openWriter(this.rand() < 0.4);
+      return;
+    }
+    const admin = this.inflight.size;
+    switch (op) {
+      case 'write':
+      case 'zero':
+      case 'trim':
+        return this.writerOp(op);
+      case 'read':
+        return this.readOp();
+      case 'flush':
+        return this.flushOp();
+      case 'writerRestore':
+        return this.writerRestoreOp();
+      case 'takeover':
+        return this.takeoverOp();
+      case 'kill': {
+        const w = this.writer as Writer;
+        this.writer = undefined;
+        this.kill(w);
+        return;
+      }
+      case 'killAdmin':
+        return this.killAdminOp();
+      case 'time':
+        if (this.sim.virtual) {
+          const ms = this.rand() < 0.5 ? 40 * 60_000 : 11 * 60_000;
+          this.sim.advance(ms);
+          this.note(`time passes: ${ms / 60_000} min`);
+        }
+        return;
+      case 'settle':
+        return this.settle();
+      case 'deleteParent':
+        return this.deleteParentOp();
+      case 'damagePin':
+        return this.damagePinOp();
+    }
+    if (admin >= 4) return;
+    switch (op) {
+      case 'snapshot':
+        return this.snapshotOp();
+      case 'snapshotDelete':
+        return this.snapshotDeleteOp();
+      case 'clone':
+        return this.cloneOp();
+      case 'cloneDelete':
+      case 'flatten':
+      case 'cloneCompact':
+        return this.cloneAdminOp(op);
+      case 'compact':
+        return this.compactOp();
+      case 'restore':
+        return this.restoreOp();
+    }
+  }
+
+  private readonly driver: Actor = { name: 'driver', faults: false, dead: false, pending: 0 };
+
+  // -------------------------------------------------------------- invariants
+
+  private async check(force = false): Promise<void> {
+    if (
+      !force &&
+      this.checkedAt.mutations === this.world.mutations &&
+      this.checkedAt.model === this.modelVersion
+    )
+      return;
+    await this.atomically(async () => {
+      this.totals.checks++;
+      await this.checkNow();
+      this.checkedAt = { mutations: this.world.mutations, model: this.modelVersion };
+    });
+  }
+
+  private async checkNow(): Promise<void> {
+    const raw = this.raw(this.mainUrl);
+    let head: HeadRecord;
+    try {
+      head = (await readHead(raw)).head;
+    } catch (e) {
+      this.violation(`the volume's head is unreadable: ${errText(e)}`);
+      this.stopped = true;
+      return;
+    }
+    // (e)
+    if (head.epoch < this.maxEpoch)
+      this.violation(`(e) head epoch went back from ${this.maxEpoch} to ${head.epoch}`);
+    this.maxEpoch = Math.max(this.maxEpoch, head.epoch);
+
+    // (a) the head reads a possible content.
+    const cur = await this.content(this.mainUrl);
+    if (!cur.ok)
+      this.violation(`(a) the head (checkpoint ${head.checkpoint}) is unreadable: ${cur.error}`);
+    else {
+      if (!this.allowed.has(cur.sha))
+        this.violation(
+          `(a) the head (checkpoint ${head.checkpoint}) reads ${cur.sha}; possible contents: ${[...this.allowed].join(', ')}`,
+        );
+      this.learn(head.checkpoint, cur.sha, 'head');
+      const live = this.contributions.filter(
+        (c) => c.active || (c.actor.dead && c.actor.pending > 0),
+      );
+      this.contributions.splice(0, this.contributions.length, ...live);
+      this.allowed = new Set([cur.sha, ...live.map((c) => c.sha)]);
+    }
+
+    // Records in the volume: snapshots and pins.
+    const records = new Map<string, number | string>();
+    for (const prefix of [SNAPSHOT_PREFIX, PIN_PREFIX])
+      for await (const p of raw.list(prefix))
+        for (const o of p.objects) {
+          try {
+            records.set(o.key, decodeSnapshot((await raw.get(o.key)).body).checkpoint);
+          } catch (e) {
+            records.set(o.key, errText(e));
+          }
+        }
+    const segs = new Set<number>();
+    for await (const p of raw.list(SEGMENT_PREFIX))
+      for (const o of p.objects) {
+        const id = parseSegmentKey(o.key);
+        if (id !== undefined) segs.add(id);
+      }
+    /** key → checkpoint the model requires to stay retained and exact. */
+    const required = new Map<string, { checkpoint: number; sha?: string; why: string }>();
+    for (const [name, s] of this.snaps) {
+      if (s.state !== 'ack') continue;
+      const key = snapshotKey(name);
+      const rec = records.get(key);
+      if (rec === undefined) this.violation(`(b) acknowledged snapshot ${name} disappeared`);
+      else if (typeof rec === 'string')
+        this.violation(`(b) snapshot ${name} is unreadable: ${rec}`);
+      else if (rec !== s.checkpoint)
+        this.violation(`(b) snapshot ${name} names ${rec}, created at ${s.checkpoint}`);
+      else required.set(key, { checkpoint: rec, why: `snapshot ${name}` });
+    }
+
+    // (c) clones.
+    for (const m of this.clones.values()) {
+      const craw = this.raw(m.url);
+      let ch: HeadRecord;
+      try {
+        ch = (await readHead(craw)).head;
+      } catch (e) {
+        if (m.state === 'ack')
+          this.violation(`(c) clone ${m.prefix} (acknowledged) is gone: ${errText(e)}`);
+        continue;
+      }
+      if (ch.clone) {
+        const pin = pinKey(ch.uuid);
+        const rec = records.get(pin);
+        if (ch.clone.chain[0]?.url !== this.mainUrl || ch.clone.checkpoint !== m.origin)
+          this.violation(
+            `(c) clone ${m.prefix} names parent ${ch.clone.chain[0]?.url} at ${ch.clone.checkpoint}`,
+          );
+        if (rec === undefined)
+          this.violation(
+            `(c) clone ${m.prefix} (${m.state}) reads from checkpoint ${m.origin} of its parent but its pin ${pin} is gone`,
+          );
+        else if (typeof rec === 'string') {
+          if (m.pinDamaged)
+            required.set(pin, {
+              checkpoint: m.origin,
+              sha: m.sha,
+              why: `damaged pin of clone ${m.prefix}`,
+            });
+          else this.violation(`(c) pin ${pin} is unreadable: ${rec}`);
+        } else if (rec !== m.origin)
+          this.violation(
+            `(c) pin ${pin} names checkpoint ${rec}, the clone starts from ${m.origin}`,
+          );
+        else required.set(pin, { checkpoint: rec, sha: m.sha, why: `pin of clone ${m.prefix}` });
+      }
+      const cc = await this.content(m.url);
+      if (!cc.ok) this.violation(`(c) clone ${m.prefix} (${m.state}) is unreadable: ${cc.error}`);
+      else if (cc.sha !== m.sha)
+        this.violation(
+          `(c) clone ${m.prefix} (${m.state}) reads ${cc.sha}, but checkpoint ${m.origin} it was made from reads ${m.sha}`,
+        );
+      const chk = await checkVolume(craw, { deep: true, openStore: this.rawOpen });
+      for (const p of chk.problems)
+        if (p.kind === 'missing' || p.kind === 'corrupt')
+          this.violation(`(d) clone ${m.prefix} (${m.state}): ${p.kind} ${p.key}: ${p.message}`);
+    }
+
+    // (b) required checkpoints are retained and exact.
+    const verified = new Map<number, string>();
+    for (const [key, r] of required) {
+      const c = r.checkpoint;
+      if (!isRetainedCheckpoint(head, c) || !segs.has(c)) {
+        this.violation(
+          `(b) checkpoint ${c} named by ${r.why} (${key}) is no longer retained (floor ${head.history?.floor}, kept ${head.history?.kept.join(',')}, segment ${segs.has(c) ? 'present' : 'gone'})`,
+        );
+        continue;
+      }
+      let sha = verified.get(c);
+      if (sha === undefined) {
+        const got = await this.content(this.mainUrl, c);
+        if (!got.ok) {
+          this.violation(`(b) checkpoint ${c} named by ${r.why} is unreadable: ${got.error}`);
+          continue;
+        }
+        sha = got.sha;
+        verified.set(c, sha);
+        this.learn(c, sha, r.why);
+      }
+      if (r.sha !== undefined && r.sha !== sha)
+        this.violation(`(b) checkpoint ${c} named by ${r.why} reads ${sha}, expected ${r.sha}`);
+    }
+
+    // (d) the volume itself.
+    const chk = await checkVolume(raw, { deep: true, openStore: this.rawOpen });
+    for (const p of chk.problems) {
+      if (p.kind === 'corrupt' && this.damaged.has(p.key)) continue;
+      if (p.kind === 'missing' || p.kind === 'corrupt')
+        this.violation(`(d) ${p.kind} ${p.key}: ${p.message}`);
+      else if (p.kind === 'dangling' && required.has(p.key))
+        this.violation(`(d) dangling ${p.key}: ${p.message}`);
+    }
+  }
+
+  // -------------------------------------------------------------- the run
+
+  async run(): Promise<ChaosResult> {
+    const steps = this.o.steps ?? 120 + Math.floor(this.rand() * 140);
+    this.retries = this.rand() < 0.5 ? 2 + Math.floor(this.rand() * 3) : 0;
+    this.note(
+      `${steps} steps, ${this.retries ? `${this.retries} attempts per request` : 'no retries'}`,
+    );
+    const setup = this.actor('setup', false);
+    await Volume.create(this.view(setup, this.mainUrl), {
+      size: VOLUME_SIZE,
+      dataBlockSize: BS,
+      segmentSize: 1 * MiB,
+    });
+    const zero = digest(Buffer.alloc(VOLUME_SIZE));
+    this.allow(zero);
+    this.refs.set(1, zero);
+    await this.openWriter(false);
+    try {
+      for (this.step = 1; this.step <= steps && !this.stopped; this.step++) {
+        this.totals.steps++;
+        await this.doStep();
+        await this.check();
+        if (this.world.violations.length > 0) break;
+      }
+      if (this.world.violations.length === 0 && !this.stopped) {
+        // Wind down: every operation ends, faults stop, the writer closes, a last full check.
+        this.note('wind down');
+        await this.settle();
+        this.world.rates = { before: 0, after: 0 };
+        if (this.writer) {
+          const w = this.writer;
+          await this.flushOp();
+          if (this.writer === w) await this.dropWriter('end of run');
+        }
+        await this.settle();
+        await this.check(true);
+      }
+    } catch (e) {
+      this.violation(`harness: ${e instanceof Error ? (e.stack ?? e.message) : String(e)}`);
+    } finally {
+      // Stop everything still running (timers included).
+      if (this.writer) this.kill(this.writer);
+      for (const a of this.allActors) a.dead = true;
+      this.sim.resume();
+      // Nothing of this run may still run during the next one (it would consume that run's
+      // random numbers): dead actors fail fast, so this ends.
+      await this.sim
+        .watch(Promise.allSettled([...this.inflight.values()].map((i) => i.promise)), 'shutdown')
+        .catch(() => undefined);
+      await this.sim.drain();
+    }
+    const c = this.world.counters;
+    this.totals.requests = c.requests;
+    this.totals.faultsBefore = c.faultsBefore;
+    this.totals.faultsAfter = c.faultsAfter;
+    this.totals.violations = this.world.violations.length;
+    this.note(`end: ${JSON.stringify(this.totals)}`);
+    return {
+      seed: this.o.seed,
+      totals: this.totals,
+      violations: [...this.world.violations],
+      log: this.log,
+    };
+  }
+}
+
+/** One seeded run against `backend`. */
+export async function runChaos(backend: ChaosBackend, o: ChaosOptions): Promise<ChaosResult> {
+  const run = new Run(backend, o);
+  const result = backend.virtualTime
+    ? await deterministic(o.seed, run.sim, () => run.run())
+    : await run.run();
+  if (result.violations.length > 0 || process.env.HYPER_CHAOS_LOG === '1') {
+    const file = join(tmpdir(), `hyper-chaos-seed-${o.seed}.log`);
+    try {
+      writeFileSync(file, `${result.log.join('\n')}\n`);
+      result.logFile = file;
+    } catch {
+      // the tail printed with the failure still helps
+    }
+  }
+  return result;
+}
+
+export function addTotals(a: ChaosTotals, b: ChaosTotals): ChaosTotals {
+  const out = { ...a };
+  for (const k of Object.keys(b) as (keyof ChaosTotals)[]) out[k] += b[k];
+  return out;
+}
+
+export const emptyTotals = (): ChaosTotals => ({
+  seeds: 0,
+  steps: 0,
+  operations: 0,
+  opsFailed: 0,
+  requests: 0,
+  faultsBefore: 0,
+  faultsAfter: 0,
+  takeovers: 0,
+  kills: 0,
+  checks: 0,
+  violations: 0,
+});
+
+/** The report of a failed run: seed, how to replay, the violations and the op log's tail. */
+export function describeFailure(r: ChaosResult, replay: string, tail = 150): string {
+  return [
+    `chaos seed ${r.seed} found ${r.violations.length} violation(s); replay with ${replay}`,
+    ...r.violations.map((v) => `  - ${v}`),
+    `op log (last ${Math.min(tail, r.log.length)} of ${r.log.length} lines${r.logFile ? `; full log: ${r.logFile}` : ''}):`,
+    ...r.log.slice(-tail),
+  ].join('\n');
+}
+
+export interface BudgetOptions {
+  /** Seconds to spend (real time); at least one seed runs. */
+  seconds: number;
+  /** Run only this seed. */
+  seed?: number;
+  firstSeed?: number;
+  /** Keep running seeds after a failure (to survey which seeds fail). */
+  keepGoing?: boolean;
+  exclude?: string[];
+  steps?: number;
+  rates?: FaultRates;
+  makeBackend: (seed: number) => Promise<ChaosBackend>;
+  onResult?: (r: ChaosResult) => void;
+}
+
+/** Run seeds one after another within a time budget; returns totals and the failed runs. */
+export async function runChaosBudget(
+  o: BudgetOptions,
+): Promise<{ totals: ChaosTotals; failures: ChaosResult[]; seeds: number[] }> {
+  let totals = emptyTotals();
+  const failures: ChaosResult[] = [];
+  const seeds: number[] = [];
+  const t0 = performance.now();
+  for (let seed = o.seed ?? o.firstSeed ?? 1; ; seed++) {
+    const backend = await o.makeBackend(seed);
+    let r: ChaosResult;
+    try {
+      r = await runChaos(backend, {
+        seed,
+        ...(o.exclude ? { exclude: o.exclude } : {}),
+        ...(o.steps ? { steps: o.steps } : {}),
+        ...(o.rates ? { rates: o.rates } : {}),
+      });
+    } finally {
+      await backend.dispose?.();
+    }
+    seeds.push(seed);
+    totals = addTotals(totals, r.totals);
+    o.onResult?.(r);
+    if (r.violations.length > 0) {
+      failures.push(r);
+      if (!o.keepGoing) break;
+    }
+    if (o.seed !== undefined || performance.now() - t0 >= o.seconds * 1000) break;
+  }
+  return { totals, failures, seeds };
+}
+
+/** HYPER_CHAOS_* settings from the environment. */
+export function chaosEnv(defaultSeconds: number): {
+  seconds: number;
+  seed?: number;
+  firstSeed?: number;
+  keepGoing: boolean;
+  exclude: string[];
+  steps?: number;
+} {
+  const env = process.env;
+  const num = (v: string | undefined): number | undefined =>
+    v === undefined || v === '' ? undefined : Number(v);
+  const seed = num(env.HYPER_CHAOS_SEED);
+  const firstSeed = num(env.HYPER_CHAOS_FIRST_SEED);
+  const steps = num(env.HYPER_CHAOS_STEPS);
+  return {
+    seconds: num(env.HYPER_CHAOS_SECONDS) ?? defaultSeconds,
+    ...(seed === undefined ? {} : { seed }),
+    ...(firstSeed === undefined ? {} : { firstSeed }),
+    keepGoing: env.HYPER_CHAOS_KEEP_GOING === '1',
+    exclude: (env.HYPER_CHAOS_EXCLUDE ?? '').split(',').filter(Boolean),
+    ...(steps === undefined ? {} : { steps }),
+  };
+}

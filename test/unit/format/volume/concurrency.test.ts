@@ -1,0 +1,523 @@
+/**
+ * Forced schedules of known data-loss races between compaction, clones, snapshots, takeovers
+ * and deletes (the chaos harness, test/helpers/chaos.ts, finds them at random; these replay
+ * each one exactly). A `ScriptedStore` runs another operation, or fails, at a chosen request
+ * of the operation under test, e.g. "when compaction lists seg/ after committing its history,
+ * let a forced writer take over and commit first".
+ *
+ * Each test asserts the outcome a user is promised, whatever the fix: the operations may fail,
+ * but nothing acknowledged is lost and the volumes check clean afterwards.
+ *
+ *   1  compaction deletes a segment committed by a writer that took over while it ran
+ *   2  an unreadable clone pin (store error, damaged record) counts as absent
+ *   3  a failed clone (--flatten) removes the pin of a clone that still reads from its parent
+ *   4  a pin or snapshot created while compaction runs is ignored by it
+ *   8  deleting a volume destroys the clones that read from it
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { HyperError } from '../../../../src/errors.js';
+import { decodeHead } from '../../../../src/format/codec/head.js';
+import { HEAD_KEY, PIN_PREFIX, SEGMENT_PREFIX, pinKey } from '../../../../src/format/keys.js';
+import { MemStore } from '../../../../src/format/store/mem.js';
+import type {
+  GetOptions,
+  GetResult,
+  ListOptions,
+  ListPage,
+  ObjectMeta,
+  ObjectStore,
+  PutOptions,
+} from '../../../../src/format/store/types.js';
+import { deleteVolume } from '../../../../src/format/volume/admin.js';
+import { checkVolume } from '../../../../src/format/volume/check.js';
+import { cloneVolume } from '../../../../src/format/volume/clone.js';
+import { compactVolume } from '../../../../src/format/volume/compact.js';
+import { readHead } from '../../../../src/format/volume/heads.js';
+import { createSnapshot } from '../../../../src/format/volume/history.js';
+import { KiB, MiB } from '../../../../src/format/volume/types.js';
+import { Volume } from '../../../../src/format/volume/volume.js';
+
+// ------------------------------------------------------------------ the scripted store
+
+type Op = 'get' | 'head' | 'put' | 'list' | 'delete';
+
+interface Req {
+  op: Op;
+  /** The key (the prefix for a list, the first key for a delete). */
+  key: string;
+  body?: Buffer;
+  options?: PutOptions;
+}
+
+interface Step {
+  when: (r: Req) => boolean;
+  /** Run this before the request is applied (another operation, "meanwhile"). */
+  run?: () => Promise<void>;
+  /** Fail the request before it is applied, or after (it lands, the caller gets an error). */
+  fail?: 'before' | 'after';
+  /** How many matching requests this step acts on (default 1). */
+  times?: number;
+  hits: number;
+}
+
+interface Script {
+  steps: Step[];
+  /** Called after every applied request (to follow the operation's progress). */
+  seen?: (r: Req) => void;
+}
+
+const step = (s: Omit<Step, 'hits'>): Step => ({ ...s, hits: 0 });
+
+const unavailable = (r: Req): HyperError =>
+  new HyperError('unavailable', 'STORE_UNAVAILABLE', `scripted failure: ${r.op} ${r.key}`);
+
+class ScriptedStore implements ObjectStore {
+  readonly url: string;
+
+  constructor(
+    private readonly inner: ObjectStore,
+    private readonly script: Script,
+  ) {
+    this.url = inner.url;
+  }
+
+  private async at(r: Req): Promise<'before' | 'after' | undefined> {
+    for (const s of this.script.steps) {
+      if (s.hits >= (s.times ?? 1) || !s.when(r)) continue;
+      s.hits++;
+      if (s.run) await s.run();
+      if (s.fail) return s.fail;
+    }
+    return undefined;
+  }
+
+  private async do<T>(r: Req, fn: () => Promise<T>): Promise<T> {
+    const f = await this.at(r);
+    if (f === 'before') throw unavailable(r);
+    const out = await fn();
+    this.script.seen?.(r);
+    if (f === 'after') throw unavailable(r);
+    return out;
+  }
+
+  get(key: string, options?: GetOptions): Promise<GetResult> {
+    return this.do({ op: 'get', key }, () => this.inner.get(key, options));
+  }
+
+  head(key: string, options?: { signal?: AbortSignal }): Promise<ObjectMeta | undefined> {
+    return this.do({ op: 'head', key }, () => this.inner.head(key, options));
+  }
+
+  put(key: string, body: Buffer, options?: PutOptions): Promise<{ etag: string }> {
+    return this.do({ op: 'put', key, body, ...(options ? { options } : {}) }, () =>
+      this.inner.put(key, body, options),
+    );
+  }
+
+  async *list(prefix: string, options?: ListOptions): AsyncIterable<ListPage> {
+    const pages = await this.do({ op: 'list', key: prefix }, async () => {
+      const out: ListPage[] = [];
+      for await (const p of this.inner.list(prefix, options)) out.push(p);
+      return out;
+    });
+    yield* pages;
+  }
+
+  delete(keys: readonly string[], options?: { signal?: AbortSignal }): Promise<void> {
+    return this.do({ op: 'delete', key: keys[0] ?? '' }, () => this.inner.delete(keys, options));
+  }
+
+  sub(prefix: string): ObjectStore {
+    return new ScriptedStore(this.inner.sub(prefix), this.script);
+  }
+
+  close(): Promise<void> {
+    return Promise.resolve();
+  }
+}
+
+/** A head PUT that records compaction history (compaction's "drop these checkpoints" commit). */
+const historyCommit = (r: Req): boolean => {
+  if (r.op !== 'put' || r.key !== HEAD_KEY || !r.body) return false;
+  try {
+    return decodeHead(r.body).head.history !== undefined;
+  } catch {
+    return false;
+  }
+};
+
+// ------------------------------------------------------------------ volumes and content
+
+const SIZE = 2 * MiB;
+const CHUNK = 64 * KiB;
+
+interface World {
+  root: MemStore;
+  parent: ObjectStore;
+  openStore: (url: string) => Promise<ObjectStore>;
+  /** Content of every checkpoint made by `history`. */
+  refs: Map<number, Buffer>;
+}
+
+/** A parent volume with `rounds` checkpoints, each overwriting its own chunks. */
+async function world(rounds = 6): Promise<World> {
+  const root = MemStore.isolated('mem://concurrency/');
+  const parent = root.sub('parent/');
+  const openStore = (url: string): Promise<ObjectStore> =>
+    Promise.resolve(root.sub(url.slice(root.url.length)));
+  await Volume.create(parent, { size: SIZE, segmentSize: 1 * MiB });
+  const v = await Volume.open(parent, { flushIntervalMs: 0 });
+  const ref = Buffer.alloc(SIZE);
+  const refs = new Map<number, Buffer>([[1, Buffer.alloc(SIZE)]]);
+  for (let r = 0; r < rounds; r++) {
+    // Each round rewrites chunk 0 (so older checkpoints need their own segments) and one more.
+    for (const off of [0, (r + 1) * CHUNK]) {
+      const data = Buffer.alloc(CHUNK, 1 + r * 13 + off / CHUNK);
+      await v.write(off, data);
+      data.copy(ref, off);
+    }
+    refs.set((await v.flush()).checkpoint, Buffer.from(ref));
+  }
+  await v.close();
+  return { root, parent, openStore, refs };
+}
+
+async function readAll(
+  store: ObjectStore,
+  w: World,
+  at?: { checkpoint: number } | { snapshot: string },
+): Promise<Buffer> {
+  const v = await Volume.open(store, {
+    ...(at ? { at } : { readOnly: true }),
+    openStore: w.openStore,
+  });
+  try {
+    return await v.read(0, v.info.size);
+  } finally {
+    await v.close();
+  }
+}
+
+/** The store holds a volume (a readable head). */
+async function exists(store: ObjectStore): Promise<boolean> {
+  try {
+    await readHead(store);
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/** No missing, corrupt or dangling objects (except the keys in `damaged`). */
+async function assertClean(store: ObjectStore, w: World, damaged: string[] = []): Promise<void> {
+  const r = await checkVolume(store, { deep: true, openStore: w.openStore });
+  const bad = r.problems.filter(
+    (p) =>
+      (p.kind === 'missing' || p.kind === 'corrupt' || p.kind === 'dangling') &&
+      !(p.kind === 'corrupt' && damaged.includes(p.key)),
+  );
+  assert.deepEqual(bad, [], `${store.url} is damaged: ${JSON.stringify(bad, null, 1)}`);
+}
+
+async function pins(store: ObjectStore): Promise<string[]> {
+  const keys: string[] = [];
+  for await (const p of store.list(PIN_PREFIX)) for (const o of p.objects) keys.push(o.key);
+  return keys;
+}
+
+/** Run `p` and keep its outcome (these races may make an operation fail: that is allowed). */
+async function settle<T>(
+  p: Promise<T>,
+): Promise<{ ok: true; value: T } | { ok: false; error: unknown }> {
+  try {
+    return { ok: true, value: await p };
+  } catch (error) {
+    return { ok: false, error };
+  }
+}
+
+const same = (got: Buffer, want: Buffer, what: string): void =>
+  assert.ok(got.equals(want), `${what}: content differs`);
+
+// ------------------------------------------------------------------ the schedules
+
+describe('concurrency: compaction against a takeover (scenario 1)', () => {
+  it('a writer that takes over while compaction runs keeps the checkpoint it commits', async () => {
+    const w = await world();
+    // Compaction commits its history, then (before it lists seg/ to decide what to delete)
+    // a forced writer takes the volume over and commits a new checkpoint.
+    let committed = false;
+    let b: Buffer | undefined;
+    const script: Script = {
+      seen: (r) => {
+        if (historyCommit(r)) committed = true;
+      },
+      steps: [
+        step({
+          when: (r) => committed && r.op === 'list' && r.key === SEGMENT_PREFIX,
+          run: async () => {
+            const v = await Volume.open(w.parent, { force: true, flushIntervalMs: 0 });
+            b = Buffer.alloc(CHUNK, 0xb1);
+            await v.write(10 * CHUNK, b);
+            await v.flush();
+            await v.close();
+          },
+        }),
+      ],
+    };
+    await settle(compactVolume(new ScriptedStore(w.parent, script), { keepLast: 1, graceMs: 0 }));
+    assert.ok(b, 'the takeover did not run in the window (schedule not reproduced)');
+    const want = Buffer.from(w.refs.get(Math.max(...w.refs.keys())) as Buffer);
+    b.copy(want, 10 * CHUNK);
+    same(await readAll(w.parent, w), want, 'the head after the takeover');
+    await assertClean(w.parent, w);
+  });
+
+  it('a writer that takes over right before compaction deletes keeps its checkpoint', async () => {
+    const w = await world();
+    let b: Buffer | undefined;
+    const script: Script = {
+      steps: [
+        step({
+          when: (r) => r.op === 'delete' && r.key.startsWith(SEGMENT_PREFIX),
+          run: async () => {
+            const v = await Volume.open(w.parent, { force: true, flushIntervalMs: 0 });
+            b = Buffer.alloc(CHUNK, 0xb2);
+            await v.write(10 * CHUNK, b);
+            await v.flush();
+            await v.close();
+          },
+        }),
+      ],
+    };
+    await settle(compactVolume(new ScriptedStore(w.parent, script), { keepLast: 1, graceMs: 0 }));
+    assert.ok(b, 'compaction deleted nothing (schedule not reproduced)');
+    const want = Buffer.from(w.refs.get(Math.max(...w.refs.keys())) as Buffer);
+    b.copy(want, 10 * CHUNK);
+    same(await readAll(w.parent, w), want, 'the head after the takeover');
+    await assertClean(w.parent, w);
+  });
+});
+
+describe('concurrency: unreadable clone pins (scenario 2)', () => {
+  const pinned = 2;
+
+  it('a pin that cannot be read (store error) keeps its checkpoint', async () => {
+    const w = await world();
+    const child = w.root.sub('child/');
+    await cloneVolume(w.parent, { checkpoint: pinned }, child, { openStore: w.openStore });
+    const script: Script = {
+      steps: [
+        step({
+          when: (r) => r.op === 'get' && r.key.startsWith(PIN_PREFIX),
+          fail: 'before',
+          times: Infinity,
+        }),
+      ],
+    };
+    await settle(compactVolume(new ScriptedStore(w.parent, script), { keepLast: 1, graceMs: 0 }));
+    assert.ok((script.steps[0] as Step).hits > 0, 'compaction never read the pin');
+    same(await readAll(child, w), w.refs.get(pinned) as Buffer, 'the clone');
+    same(
+      await readAll(w.parent, w, { checkpoint: pinned }),
+      w.refs.get(pinned) as Buffer,
+      `the parent's pinned checkpoint ${pinned}`,
+    );
+    await assertClean(child, w);
+    await assertClean(w.parent, w);
+  });
+
+  it('a damaged pin record keeps its checkpoint', async () => {
+    const w = await world();
+    const child = w.root.sub('child/');
+    await cloneVolume(w.parent, { checkpoint: pinned }, child, { openStore: w.openStore });
+    const [pin] = await pins(w.parent);
+    assert.ok(pin);
+    await w.parent.put(pin, Buffer.from('this is not a pin record'));
+    await settle(compactVolume(w.parent, { keepLast: 1, graceMs: 0 }));
+    same(await readAll(child, w), w.refs.get(pinned) as Buffer, 'the clone');
+    same(
+      await readAll(w.parent, w, { checkpoint: pinned }),
+      w.refs.get(pinned) as Buffer,
+      `the parent's pinned checkpoint ${pinned}`,
+    );
+    await assertClean(child, w);
+    await assertClean(w.parent, w, [pin]);
+  });
+});
+
+describe('concurrency: failed clones keep their pins (scenario 3)', () => {
+  const from = 2;
+
+  /** After a failed clone: if the child exists and reads from the parent, it keeps working. */
+  async function assertChildSafe(w: World, child: ObjectStore): Promise<void> {
+    if (!(await exists(child))) return;
+    const { head } = await readHead(child);
+    if (head.clone)
+      assert.deepEqual(
+        await pins(w.parent),
+        [pinKey(head.uuid)],
+        'the child reads from the parent but the parent no longer pins it',
+      );
+    // The parent drops everything it can; the child must not notice.
+    await compactVolume(w.parent, { keepLast: 1, graceMs: 0 });
+    same(await readAll(child, w), w.refs.get(from) as Buffer, 'the child');
+    await assertClean(child, w);
+    await assertClean(w.parent, w);
+  }
+
+  it('clone --flatten that fails while copying leaves a working clone', async () => {
+    const w = await world();
+    // The clone's own first segment lands; flattening's copy then fails.
+    let segPuts = 0;
+    const child = new ScriptedStore(w.root.sub('child/'), {
+      steps: [
+        step({
+          when: (r) => r.op === 'put' && r.key.startsWith(SEGMENT_PREFIX) && ++segPuts > 1,
+          fail: 'before',
+          times: Infinity,
+        }),
+      ],
+    });
+    const r = await settle(
+      cloneVolume(w.parent, { checkpoint: from }, child, { flatten: true, openStore: w.openStore }),
+    );
+    assert.equal(r.ok, false, 'the scripted failure did not make the clone fail');
+    assert.ok(await exists(child), 'the child volume was not created (schedule not reproduced)');
+    await assertChildSafe(w, w.root.sub('child/'));
+  });
+
+  it('a clone whose head lands but reports failure keeps its pin', async () => {
+    const w = await world();
+    const child = new ScriptedStore(w.root.sub('child/'), {
+      steps: [step({ when: (r) => r.op === 'put' && r.key === HEAD_KEY, fail: 'after' })],
+    });
+    const r = await settle(
+      cloneVolume(w.parent, { checkpoint: from }, child, { openStore: w.openStore }),
+    );
+    assert.equal(r.ok, false, 'the scripted failure did not make the clone fail');
+    await assertChildSafe(w, w.root.sub('child/'));
+  });
+});
+
+describe('concurrency: pins and snapshots made while compaction runs (scenario 4)', () => {
+  const at = 3;
+
+  it('a snapshot created after compaction listed the pins keeps its checkpoint', async () => {
+    const w = await world();
+    let snap: Awaited<ReturnType<typeof settle>> | undefined;
+    const script: Script = {
+      steps: [
+        step({
+          when: historyCommit,
+          run: async () => {
+            snap = await settle(createSnapshot(w.parent, 'late', { checkpoint: at }));
+          },
+        }),
+      ],
+    };
+    await settle(compactVolume(new ScriptedStore(w.parent, script), { keepLast: 1, graceMs: 0 }));
+    assert.ok(snap, 'compaction committed no history (schedule not reproduced)');
+    if (snap.ok)
+      same(
+        await readAll(w.parent, w, { snapshot: 'late' }),
+        w.refs.get(at) as Buffer,
+        'snapshot "late"',
+      );
+    await assertClean(w.parent, w);
+  });
+
+  it('a clone made after compaction listed the pins keeps reading its checkpoint', async () => {
+    const w = await world();
+    const child = w.root.sub('child/');
+    let made: Awaited<ReturnType<typeof settle>> | undefined;
+    const script: Script = {
+      steps: [
+        step({
+          when: historyCommit,
+          run: async () => {
+            made = await settle(
+              cloneVolume(w.parent, { checkpoint: at }, child, { openStore: w.openStore }),
+            );
+          },
+        }),
+      ],
+    };
+    await settle(compactVolume(new ScriptedStore(w.parent, script), { keepLast: 1, graceMs: 0 }));
+    assert.ok(made, 'compaction committed no history (schedule not reproduced)');
+    if (made.ok || (await exists(child))) {
+      same(await readAll(child, w), w.refs.get(at) as Buffer, 'the clone');
+      await assertClean(child, w);
+    }
+    await assertClean(w.parent, w);
+  });
+
+  it('a snapshot whose record lands after a whole compaction ran keeps its checkpoint', async () => {
+    const w = await world();
+    // createSnapshot resolves the checkpoint, then (before its record is written) a
+    // compaction runs from start to end and drops it. Found by the chaos harness.
+    let compacted = false;
+    const snapStore = new ScriptedStore(w.parent, {
+      steps: [
+        step({
+          when: (r) => r.op === 'put' && r.key.startsWith('snap/'),
+          run: async () => {
+            await compactVolume(w.parent, { keepLast: 1 });
+            compacted = true;
+          },
+        }),
+      ],
+    });
+    const snap = await settle(createSnapshot(snapStore, 'slow', { checkpoint: at }));
+    assert.ok(compacted, 'the compaction did not run (schedule not reproduced)');
+    if (snap.ok)
+      same(
+        await readAll(w.parent, w, { snapshot: 'slow' }),
+        w.refs.get(at) as Buffer,
+        'snapshot "slow"',
+      );
+    await assertClean(w.parent, w);
+  });
+
+  it('a clone whose pin lands after a whole compaction ran keeps reading its checkpoint', async () => {
+    const w = await world();
+    const child = w.root.sub('child/');
+    let compacted = false;
+    const parentView = new ScriptedStore(w.parent, {
+      steps: [
+        step({
+          when: (r) => r.op === 'put' && r.key.startsWith(PIN_PREFIX),
+          run: async () => {
+            await compactVolume(w.parent, { keepLast: 1 });
+            compacted = true;
+          },
+        }),
+      ],
+    });
+    const made = await settle(
+      cloneVolume(parentView, { checkpoint: at }, child, { openStore: w.openStore }),
+    );
+    assert.ok(compacted, 'the compaction did not run (schedule not reproduced)');
+    if (made.ok || (await exists(child))) {
+      // Whatever compaction runs next must not take the clone's data away.
+      await compactVolume(w.parent, { keepLast: 1, graceMs: 0 });
+      same(await readAll(child, w), w.refs.get(at) as Buffer, 'the clone');
+      await assertClean(child, w);
+    }
+    await assertClean(w.parent, w);
+  });
+});
+
+describe('concurrency: deleting a volume that clones read from (scenario 8)', () => {
+  it('is refused, and the clone keeps working', async () => {
+    const w = await world();
+    const child = w.root.sub('child/');
+    await cloneVolume(w.parent, { checkpoint: 2 }, child, { openStore: w.openStore });
+    const r = await settle(deleteVolume(w.parent));
+    assert.equal(r.ok, false, 'deleteVolume deleted a volume that a clone reads from');
+    assert.ok(await exists(w.parent), 'the parent is gone');
+    same(await readAll(child, w), w.refs.get(2) as Buffer, 'the clone');
+    await assertClean(child, w);
+  });
+});
