@@ -94,3 +94,30 @@ describe('write-ahead log', () => {
     await b.close();
   });
 });
+
+describe('write-ahead log replay', () => {
+  it('refuses a gap in the log (naming the missing record) instead of opening without acknowledged writes', async () => {
+    const { vol, wal, openStore } = setup();
+    await Volume.create(vol, { size: 4 * MiB });
+    const a = await Volume.open(vol, { walUrl: wal.url, openStore, flushIntervalMs: 0 });
+    // Three batches, acknowledged one after another (one record each).
+    for (let i = 0; i < 3; i++) await a.write(i * 4096, Buffer.alloc(4096, i + 1));
+    const uuid = a.info.uuid;
+    const seqs = await listWal(wal, uuid);
+    assert.ok(seqs.length >= 4, `fence and three records: ${seqs}`);
+    // Crash, and the middle record is lost.
+    const middle = seqs[seqs.length - 2] as number;
+    const { walKey } = await import('../../../../src/format/keys.js');
+    await wal.delete([walKey(uuid, middle)]);
+    await assert.rejects(Volume.open(vol, { force: true, openStore, flushIntervalMs: 0 }), (e) => {
+      assert.ok(isHyperError(e, 'MISSING_OBJECT'), String(e));
+      assert.match(e.message, new RegExp(`WAL record ${middle} is missing`));
+      assert.ok(e.key?.endsWith(walKey(uuid, middle)), e.key);
+      return true;
+    });
+    // Nothing was committed on the way: the head still holds none of the three writes.
+    const c = await Volume.open(vol, { readOnly: true });
+    assert.deepEqual(await c.read(0, 3 * 4096), Buffer.alloc(3 * 4096));
+    await c.close();
+  });
+});
