@@ -185,34 +185,35 @@ export class FileStore implements ObjectStore {
   /**
    * Remove what killed lock takers leave in locks/: drafts (`<lock>.<nonce>`, written before
    * linking) and locks renamed aside while being broken (`<lock>.stale-<random>`). Only
-   * those older than LOCK_STALE_MS: a younger one may belong to a taker at work.
+   * those older than LOCK_STALE_MS: a younger one may belong to a taker at work. (A lock
+   * itself has no dot in its name and is judged by breakStaleLock.)
    */
-  private async sweepLockLeftovers(): Promise<void> {
-    const dir = join(this.base, PRIVATE, 'locks');
-    let names: string[];
-    try {
-      names = await fsp.readdir(dir);
-    } catch {
-      return;
-    }
-    const now = Date.now();
-    for (const name of names) {
-      if (!name.includes('.')) continue; // a lock itself: judged by breakStaleLock
-      try {
-        if (now - (await fsp.stat(join(dir, name))).mtimeMs > LOCK_STALE_MS)
-          await fsp.rm(join(dir, name), { force: true });
-      } catch {
-        // gone meanwhile
-      }
-    }
+  private sweepLockLeftovers(): Promise<void> {
+    return this.sweep('locks', (name, age) => name.includes('.') && age > LOCK_STALE_MS);
   }
 
   /**
    * Remove temp files left by writers that crashed: those of a process of this host that is
    * gone (and older than a minute), and any older than a day.
    */
-  private async sweepTemp(): Promise<void> {
-    const dir = join(this.base, PRIVATE, 'tmp');
+  private sweepTemp(): Promise<void> {
+    return this.sweep('tmp', (name, age) => {
+      const pid = Number(name.split('-')[0]);
+      let dead = false;
+      if (Number.isSafeInteger(pid) && pid > 0 && pid !== process.pid) {
+        try {
+          process.kill(pid, 0);
+        } catch (e) {
+          dead = errCode(e) === 'ESRCH';
+        }
+      }
+      return (dead && age > 60_000) || age > 86_400_000;
+    });
+  }
+
+  /** Remove the files of a private subdirectory for which `drop(name, age in ms)` says so. */
+  private async sweep(sub: string, drop: (name: string, ageMs: number) => boolean): Promise<void> {
+    const dir = join(this.base, PRIVATE, sub);
     let names: string[];
     try {
       names = await fsp.readdir(dir);
@@ -221,18 +222,8 @@ export class FileStore implements ObjectStore {
     }
     const now = Date.now();
     for (const name of names) {
-      const pid = Number(name.split('-')[0]);
       try {
-        const age = now - (await fsp.stat(join(dir, name))).mtimeMs;
-        let dead = false;
-        if (Number.isSafeInteger(pid) && pid > 0 && pid !== process.pid) {
-          try {
-            process.kill(pid, 0);
-          } catch (e) {
-            dead = errCode(e) === 'ESRCH';
-          }
-        }
-        if ((dead && age > 60_000) || age > 86_400_000)
+        if (drop(name, now - (await fsp.stat(join(dir, name))).mtimeMs))
           await fsp.rm(join(dir, name), { force: true });
       } catch {
         // gone meanwhile
