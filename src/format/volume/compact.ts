@@ -152,13 +152,19 @@ export async function compactVolume(
     }
 
     // Named snapshots and clone pins as they are now, after the history commit. One made
-    // while this run decided its policy may name a checkpoint the commit just dropped: keep
-    // it after all, in one more commit (its creator checks the head after writing its record,
-    // so either it sees the drop and gives up, or this read sees its record).
+    // while this run (or an earlier run that died right after its commit) decided its policy
+    // may name a checkpoint the commit dropped: keep it after all, in one more commit (its
+    // creator checks the head after writing its record, so either it saw the drop and gave
+    // up, or its record is here). Its segment is still there: only compaction deletes, and
+    // it deletes nothing before this point.
     const referenced = vol ? await pinned(store) : new Set<number>();
     if (vol && head.history) {
       const lost = [...referenced].filter(
-        (id) => isRetainedCheckpoint(oldHead, id) && !isRetainedCheckpoint(head, id),
+        (id) =>
+          segs.has(id) &&
+          id <= head.lastSegment &&
+          !head.skipped.includes(id) &&
+          !isRetainedCheckpoint(head, id),
       );
       if (lost.length > 0) {
         const kept = [...new Set([...head.history.kept, ...lost])].sort((a, b) => a - b);
