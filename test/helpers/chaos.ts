@@ -63,7 +63,7 @@ import { deleteVolume } from '../../src/format/volume/admin.js';
 import { checkVolume } from '../../src/format/volume/check.js';
 import { cloneVolume, flattenVolume } from '../../src/format/volume/clone.js';
 import { compactVolume, type CompactOptions } from '../../src/format/volume/compact.js';
-import { readHead } from '../../src/format/volume/heads.js';
+import { readCheckpointHead, readHead } from '../../src/format/volume/heads.js';
 import { createSnapshot, deleteSnapshot, restoreVolume } from '../../src/format/volume/history.js';
 import { KiB, MiB } from '../../src/format/volume/types.js';
 import { Volume } from '../../src/format/volume/volume.js';
@@ -75,7 +75,11 @@ export const digest = (b: Buffer): string =>
   createHash('sha256').update(b).digest('hex').slice(0, 16);
 
 const errText = (e: unknown): string =>
-  isHyperError(e) ? `${e.code}` : e instanceof Error ? `${e.name}: ${e.message}` : String(e);
+  isHyperError(e)
+    ? `${e.code}${e.key ? ` ${e.key}` : ''}`
+    : e instanceof Error
+      ? `${e.name}: ${e.message}`
+      : String(e);
 
 /** An error the engine should never produce, whatever the store does. */
 const unexpected = (e: unknown): boolean => !isHyperError(e) || e.kind === 'internal';
@@ -662,6 +666,8 @@ class Run {
   /** Records the harness damaged on purpose (check reports them; that is expected). */
   private readonly damaged = new Set<string>();
   private maxEpoch = 0;
+  /** Checkpoint → "time/root digest" of the head that committed it. */
+  private readonly stamps = new Map<number, string>();
   private modelVersion = 0;
   private checkedAt = { mutations: -1, model: -1 };
   private nSnap = 0;
@@ -1037,7 +1043,7 @@ class Run {
       const b = Math.floor((off + len) / BS) * BS;
       if (b > a) w.model.fill(0, a, b);
     }
-    if (this.rand() < 0.1) this.note(`${what} ok`);
+    this.note(`${what} ok`);
   }
 
   private async readOp(): Promise<void> {
@@ -1568,6 +1574,22 @@ class Run {
         const id = parseSegmentKey(o.key);
         if (id !== undefined) segs.add(id);
       }
+    // A committed checkpoint's segment never changes: its embedded head must stay the one
+    // first seen in the head object (a deleted id written again by a stale writer would not).
+    const stamp = (h: HeadRecord): string => `${h.checkpointMs}/${digest(h.root)}`;
+    if (!this.stamps.has(head.checkpoint)) this.stamps.set(head.checkpoint, stamp(head));
+    for (const [c, want] of this.stamps) {
+      if (!segs.has(c) || !isRetainedCheckpoint(head, c)) continue;
+      try {
+        const got = stamp(await readCheckpointHead(raw, c));
+        if (got !== want)
+          this.violation(
+            `(d) seg/${c} no longer holds checkpoint ${c} as committed (embedded head ${got}, committed ${want}): the id was written again`,
+          );
+      } catch (e) {
+        this.violation(`(d) the segment of retained checkpoint ${c} is unreadable: ${errText(e)}`);
+      }
+    }
     /** key → checkpoint the model requires to stay retained and exact. */
     const required = new Map<string, { checkpoint: number; sha?: string; why: string }>();
     for (const [name, s] of this.snaps) {

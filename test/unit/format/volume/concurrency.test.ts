@@ -453,6 +453,43 @@ describe('concurrency: pins and snapshots made while compaction runs (scenario 4
     await assertClean(w.parent, w);
   });
 
+  it('a snapshot made as compaction commits its history survives the compaction dying right after', async () => {
+    const w = await world();
+    // The snapshot is written (and confirmed against the head) just before the history
+    // commit that drops its checkpoint lands; then every request of the compaction fails, so
+    // it never gets to read the snapshots again. A later compaction must put it right.
+    let committed = false;
+    let snap: Awaited<ReturnType<typeof settle>> | undefined;
+    const script: Script = {
+      seen: (r) => {
+        if (historyCommit(r)) committed = true;
+      },
+      steps: [
+        step({
+          when: historyCommit,
+          run: async () => {
+            snap = await settle(createSnapshot(w.parent, 'late', { checkpoint: at }));
+          },
+        }),
+        step({ when: () => committed, fail: 'before', times: Infinity }),
+      ],
+    };
+    const first = await settle(
+      compactVolume(new ScriptedStore(w.parent, script), { keepLast: 1, graceMs: 0 }),
+    );
+    assert.ok(snap && committed, 'compaction committed no history (schedule not reproduced)');
+    assert.equal(first.ok, false, 'the compaction did not die after its history commit');
+    // The compaction is rerun (its lease was not released: take over).
+    await compactVolume(w.parent, { keepLast: 1, graceMs: 0, force: true });
+    if (snap.ok)
+      same(
+        await readAll(w.parent, w, { snapshot: 'late' }),
+        w.refs.get(at) as Buffer,
+        'snapshot "late"',
+      );
+    await assertClean(w.parent, w);
+  });
+
   it('a snapshot whose record lands after a whole compaction ran keeps its checkpoint', async () => {
     const w = await world();
     // createSnapshot resolves the checkpoint, then (before its record is written) a
