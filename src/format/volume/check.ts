@@ -140,6 +140,14 @@ export async function checkVolume(
         throw new DecodeError(`header names segment ${h.segmentId}`);
       if (h.totalLength !== segs.get(id))
         throw new DecodeError(`object is ${segs.get(id)} bytes, header says ${h.totalLength}`);
+      // The current checkpoint's segment must be the one the head names (same time, same
+      // index root): a segment deleted and written again under its id is another checkpoint.
+      if (
+        id === head.checkpoint &&
+        (h.head.checkpointMs !== head.checkpointMs || !h.head.root.equals(head.root))
+      ) {
+        throw new DecodeError('it holds another checkpoint than the one the head names');
+      }
       heads.set(id, id === head.checkpoint ? head : h.head);
     } catch (e) {
       if (e instanceof DecodeError)
