@@ -715,19 +715,7 @@ class Run {
     this.mainUrl = `${backend.checkRoot.url}main/`;
     const exclude = new Set(o.exclude ?? []);
     this.weights = Object.entries(OPS).filter(([n]) => !exclude.has(n));
-    this.totals = {
-      seeds: 1,
-      steps: 0,
-      operations: 0,
-      opsFailed: 0,
-      requests: 0,
-      faultsBefore: 0,
-      faultsAfter: 0,
-      takeovers: 0,
-      kills: 0,
-      checks: 0,
-      violations: 0,
-    };
+    this.totals = { ...emptyTotals(), seeds: 1 };
     const hot = this.world.hot;
     this.note(
       `seed ${seed}: faults before ${rates.before} after ${rates.after}${hot ? ` (x${hot.factor} on '${hot.prefix}')` : ''}, list page ${this.pageSize}, flushBytes ${fb} KiB`,

@@ -242,6 +242,16 @@ const same = (got: Buffer, want: Buffer, what: string): void =>
 
 // ------------------------------------------------------------------ the schedules
 
+/** Another writer takes the volume over (--force) and commits one chunk of `fill` at chunk 10. */
+async function takeOverAndWrite(store: ObjectStore, fill: number): Promise<Buffer> {
+  const v = await Volume.open(store, { force: true, flushIntervalMs: 0 });
+  const data = Buffer.alloc(CHUNK, fill);
+  await v.write(10 * CHUNK, data);
+  await v.flush();
+  await v.close();
+  return data;
+}
+
 describe('concurrency: compaction against a takeover (scenario 1)', () => {
   it('a writer that takes over while compaction runs keeps the checkpoint it commits', async () => {
     const w = await world();
@@ -257,11 +267,7 @@ describe('concurrency: compaction against a takeover (scenario 1)', () => {
         step({
           when: (r) => committed && r.op === 'list' && r.key === SEGMENT_PREFIX,
           run: async () => {
-            const v = await Volume.open(w.parent, { force: true, flushIntervalMs: 0 });
-            b = Buffer.alloc(CHUNK, 0xb1);
-            await v.write(10 * CHUNK, b);
-            await v.flush();
-            await v.close();
+            b = await takeOverAndWrite(w.parent, 0xb1);
           },
         }),
       ],
@@ -282,11 +288,7 @@ describe('concurrency: compaction against a takeover (scenario 1)', () => {
         step({
           when: (r) => r.op === 'delete' && r.key.startsWith(SEGMENT_PREFIX),
           run: async () => {
-            const v = await Volume.open(w.parent, { force: true, flushIntervalMs: 0 });
-            b = Buffer.alloc(CHUNK, 0xb2);
-            await v.write(10 * CHUNK, b);
-            await v.flush();
-            await v.close();
+            b = await takeOverAndWrite(w.parent, 0xb2);
           },
         }),
       ],
