@@ -69,9 +69,12 @@ export function formatJsonLogLine(
 ): string {
   const o: Record<string, unknown> = { time: time.toISOString(), level, msg };
   if (fields !== undefined) {
-    for (const [k, v] of Object.entries(fields)) {
-      let key = k;
-      while (RESERVED.has(key) || (key !== k && key in o)) key = `_${key}`;
+    const entries = Object.entries(fields);
+    for (const [k, v] of entries) if (!RESERVED.has(k)) o[k] = v;
+    for (const [k, v] of entries) {
+      if (!RESERVED.has(k)) continue;
+      let key = `_${k}`;
+      while (key in o) key = `_${key}`;
       o[key] = v;
     }
   }

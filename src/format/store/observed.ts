@@ -158,12 +158,18 @@ export class ObservedStore implements ObjectStore {
     const it = context.run(this.observer, () =>
       this.inner.list(prefix, options)[Symbol.asyncIterator](),
     );
-    for (;;) {
-      const page = await this.run(
-        'LIST',
-        () => 0,
-        () => it.next(),
-      );
+    // One LIST request per page, as S3 bills them: the end of the listing is known from the
+    // last page, so asking for the next one costs nothing (unless there was no page at all).
+    for (let pages = 0; ; pages++) {
+      const t0 = performance.now();
+      let page: IteratorResult<ListPage>;
+      try {
+        page = await context.run(this.observer, () => it.next());
+      } catch (e) {
+        this.report('LIST', 0, t0, e);
+        throw e;
+      }
+      if (page.done !== true || pages === 0) this.report('LIST', 0, t0, undefined);
       if (page.done === true) return;
       yield page.value;
     }
