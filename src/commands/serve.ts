@@ -163,6 +163,16 @@ export default class Serve extends BaseCommand<typeof Serve> {
     const { url } = this.args;
     const flags = this.flags;
     const at = flags.at === undefined ? undefined : parseCheckpointRef(flags.at, { name: '--at' });
+    const logger = lineLogger({
+      level: flags.verbose ? 'debug' : (flags['log-level'] as LogLevel),
+      format: flags['log-format'] as LogFormat,
+      write: (line) => process.stderr.write(line),
+    });
+    // Signals are told of in the log's own format (a JSON log stays one object per line).
+    this.interruptNotice = (sig, again) =>
+      again
+        ? logger.warn('interrupted again: exiting now', { signal: sig })
+        : logger.info('stopping cleanly (a second signal exits at once)', { signal: sig });
     const signal = this.interruptible();
     const options: ServeOptions = {
       url,
@@ -174,11 +184,7 @@ export default class Serve extends BaseCommand<typeof Serve> {
         flags.socket === undefined
           ? { port: flags.port, host: flags.bind }
           : { path: flags.socket },
-      logger: lineLogger({
-        level: flags.verbose ? 'debug' : (flags['log-level'] as LogLevel),
-        format: flags['log-format'] as LogFormat,
-        write: (line) => process.stderr.write(line),
-      }),
+      logger,
       ...(flags['metrics-port'] === undefined
         ? {}
         : { metricsListen: { port: flags['metrics-port'], host: flags['metrics-bind'] } }),
