@@ -14,7 +14,6 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { openStore } from '../../../src/format/store/index.js';
-import { hyper } from '../../helpers/cli.js';
 import { needS3, needTools } from '../../helpers/env.js';
 import { s3FaultProxy } from '../../helpers/fault-proxy.js';
 import { nbdsh, run } from '../../helpers/nbd.js';
