@@ -152,8 +152,7 @@ export default class Serve extends BaseCommand<typeof Serve> {
       max: 65535,
     }),
     'metrics-bind': Flags.string({
-      summary: 'Address the metrics endpoint listens on.',
-      default: '127.0.0.1',
+      summary: 'Address the metrics endpoint listens on (default 127.0.0.1).',
       helpValue: '<address>',
       dependsOn: ['metrics-port'],
     }),
@@ -187,7 +186,12 @@ export default class Serve extends BaseCommand<typeof Serve> {
       logger,
       ...(flags['metrics-port'] === undefined
         ? {}
-        : { metricsListen: { port: flags['metrics-port'], host: flags['metrics-bind'] } }),
+        : {
+            metricsListen: {
+              port: flags['metrics-port'],
+              host: flags['metrics-bind'] ?? '127.0.0.1',
+            },
+          }),
       signal,
       ...(at === undefined ? {} : { at }),
       ...(flags.create ? { create: { size: flags.size } } : {}),
