@@ -104,6 +104,11 @@ export interface Spinner {
 export abstract class BaseCommand<T extends typeof Command> extends Command {
   static override enableJsonFlag = true;
   static override baseFlags = { ...storeFlags, ...outputFlags };
+  /**
+   * True for a command whose --json output is JSON Lines (several documents, one per line,
+   * written by the command itself): an error is then printed on one line too.
+   */
+  static jsonLines = false;
 
   protected flags!: Flags<T>;
   protected args!: Args<T>;
@@ -315,7 +320,8 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     const exitCode = exitCodeFor(hyper);
     process.exitCode = exitCode;
     if (this.jsonEnabled()) {
-      process.stdout.write(`${JSON.stringify(errorJson(hyper, exitCode), null, 2)}\n`);
+      const indent = (this.ctor as typeof BaseCommand).jsonLines ? 0 : 2;
+      process.stdout.write(`${JSON.stringify(errorJson(hyper, exitCode), null, indent)}\n`);
       return;
     }
     const lines = [errorText(hyper, this.colorFor(process.stderr))];

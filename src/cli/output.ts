@@ -115,16 +115,26 @@ export function closest(input: string, candidates: Iterable<string>, max = 3): s
 }
 
 /** `Did you mean X?` / `Did you mean X or Y?`, or undefined without candidates. */
-export function didYouMean(matches: string[], quote = (s: string): string => s): string | undefined {
+export function didYouMean(
+  matches: string[],
+  quote = (s: string): string => s,
+): string | undefined {
   if (matches.length === 0) return undefined;
   const q = matches.map(quote);
   const list = q.length === 1 ? q[0] : `${q.slice(0, -1).join(', ')} or ${q.at(-1)}`;
   return `Did you mean ${list}?`;
 }
 
+// eslint-disable-next-line no-control-regex
+const SGR_SEQUENCE = /\u001b\[[0-9;]*m/g;
+
 const visibleLength = (s: string): number =>
-  // eslint-disable-next-line no-control-regex
-  Math.max(...s.replace(/\u001b\[[0-9;]*m/g, '').split('\n').map((l) => [...l].length));
+  Math.max(
+    ...s
+      .replace(SGR_SEQUENCE, '')
+      .split('\n')
+      .map((l) => [...l].length),
+  );
 
 /**
  * Column widths (cli-table3 `colWidths`, padding included) that make a bordered table at most

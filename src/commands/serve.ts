@@ -4,21 +4,14 @@ import {
   CHECKPOINT_REF_FORMS,
   checkpointRefJson,
   parseCheckpointRef,
-  type CheckpointRefJson,
 } from '../cli/checkpoint-ref.js';
+import type { ServeListening, ServeResult } from '../cli/vocabulary.js';
 import { size, volumeUrl } from '../flags.js';
 import { MAX_VOLUME_SIZE } from '../format/volume/types.js';
 import { lineLogger } from '../serve/logger.js';
 import { VolumeServer, type ServeOptions } from '../serve/server.js';
 
-export interface ServeResult {
-  /** URIs clients connect to, one per export. */
-  uris: string[];
-  exports: { name: string; url: string; readOnly: boolean }[];
-  at?: CheckpointRefJson;
-  /** Why the server stopped. */
-  stopped: string;
-}
+export type { ServeListening, ServeResult };
 
 export default class Serve extends BaseCommand<typeof Serve> {
   static override summary = 'Serve volumes over NBD (Network Block Device).';
@@ -45,6 +38,11 @@ export default class Serve extends BaseCommand<typeof Serve> {
       command: '<%= config.bin %> <%= command.id %> s3://bucket/vols/ --port 0 --print-uri --json',
     },
   ];
+
+  static override jsonLines = true;
+
+  /** serve writes its JSON Lines itself (see run); oclif must not print the result again. */
+  public override logJson(): void {}
 
   static override args = {
     url: volumeUrl({ required: true }),
@@ -149,22 +147,36 @@ export default class Serve extends BaseCommand<typeof Serve> {
     };
     const server = new VolumeServer(options);
     await server.start();
-    if (flags['print-uri']) {
-      for (const u of server.uris)
-        process.stdout.write(this.jsonEnabled() ? `${JSON.stringify({ uri: u })}\n` : `${u}\n`);
+    const atJson = at === undefined ? null : checkpointRefJson(at);
+    const exportsJson = (): ServeResult['exports'] =>
+      server.exports.map((e) => ({ name: e.name, url: e.url, readOnly: e.readOnly }));
+    // --json: JSON Lines on stdout, one `listening` line now and one `stopped` line at the end.
+    if (this.jsonEnabled()) {
+      const listening: ServeListening = {
+        event: 'listening',
+        uris: server.uris,
+        exports: exportsJson(),
+        at: atJson,
+      };
+      process.stdout.write(`${JSON.stringify(listening)}\n`);
+    } else if (flags['print-uri']) {
+      for (const u of server.uris) process.stdout.write(`${u}\n`);
     }
 
     // Run until SIGINT/SIGTERM (the base command turns them into this abort signal).
-    const stopped = await new Promise<string>((resolve) => {
+    const reason = await new Promise<'interrupted'>((resolve) => {
       if (signal.aborted) resolve('interrupted');
       signal.addEventListener('abort', () => resolve('interrupted'), { once: true });
     });
     await server.close();
-    return {
+    const result: ServeResult = {
+      event: 'stopped',
       uris: server.uris,
-      exports: server.exports,
-      stopped,
-      ...(at === undefined ? {} : { at: checkpointRefJson(at) }),
+      exports: exportsJson(),
+      at: atJson,
+      reason,
     };
+    if (this.jsonEnabled()) process.stdout.write(`${JSON.stringify(result)}\n`);
+    return result;
   }
 }
