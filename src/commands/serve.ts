@@ -16,7 +16,7 @@ export type { ServeListening, ServeResult };
 export default class Serve extends BaseCommand<typeof Serve> {
   static override summary = 'Serve volumes over NBD (Network Block Device).';
 
-  static override description = `Serves the volume at the URL as an NBD export, or every volume below a prefix URL as one export each (named by its path below the prefix). A writable export takes the volume's lease, so a second writer fails naming the holder; --read-only and --at serve without a lease, and any number of hosts can serve the same past checkpoint. Runs in the foreground and logs to stderr; on SIGINT or SIGTERM it stops accepting connections, answers requests in flight, flushes and releases the lease.`;
+  static override description = `Serves the volume at the URL as an NBD export, or every volume below a prefix URL as one export each (named by its path below the prefix). A writable export takes the volume's lease, so a second writer fails naming the holder; --read-only and --at serve without a lease, and any number of hosts can serve the same past checkpoint. Runs in the foreground and logs to stderr. With --json, stdout is JSON Lines: a {"event":"listening",…} line once listening and a {"event":"stopped",…} line at the end. On SIGINT or SIGTERM it stops accepting connections, answers requests in flight, flushes and releases the lease.`;
 
   static override examples = [
     {
