@@ -4,8 +4,8 @@ import {
   CHECKPOINT_REF_FORMS,
   checkpointRefJson,
   parseCheckpointRef,
-  type CheckpointRefJson,
 } from '../cli/checkpoint-ref.js';
+import type { ServeListening, ServeResult } from '../cli/vocabulary.js';
 import { size, volumeUrl } from '../flags.js';
 import { MAX_VOLUME_SIZE } from '../format/volume/types.js';
 import {
@@ -17,21 +17,12 @@ import {
 } from '../serve/logger.js';
 import { VolumeServer, type ServeOptions } from '../serve/server.js';
 
-export interface ServeResult {
-  /** URIs clients connect to, one per export. */
-  uris: string[];
-  exports: { name: string; url: string; readOnly: boolean }[];
-  at?: CheckpointRefJson;
-  /** Where metrics were served (--metrics-port). */
-  metrics?: string;
-  /** Why the server stopped. */
-  stopped: string;
-}
+export type { ServeListening, ServeResult };
 
 export default class Serve extends BaseCommand<typeof Serve> {
   static override summary = 'Serve volumes over NBD (Network Block Device).';
 
-  static override description = `Serves the volume at the URL as an NBD export, or every volume below a prefix URL as one export each (named by its path below the prefix). A writable export takes the volume's lease, so a second writer fails naming the holder; --read-only and --at serve without a lease, and any number of hosts can serve the same past checkpoint. Runs in the foreground and logs to stderr; on SIGINT or SIGTERM it stops accepting connections, answers requests in flight, flushes and releases the lease.`;
+  static override description = `Serves the volume at the URL as an NBD export, or every volume below a prefix URL as one export each (named by its path below the prefix). A writable export takes the volume's lease, so a second writer fails naming the holder; --read-only and --at serve without a lease, and any number of hosts can serve the same past checkpoint. Runs in the foreground and logs to stderr. With --json, stdout is JSON Lines: a {"event":"listening",…} line once listening and a {"event":"stopped",…} line at the end. On SIGINT or SIGTERM it stops accepting connections, answers requests in flight, flushes and releases the lease.`;
 
   static override examples = [
     {
@@ -59,6 +50,11 @@ export default class Serve extends BaseCommand<typeof Serve> {
       command: '<%= config.bin %> <%= command.id %> s3://bucket/vols/ --port 0 --print-uri --json',
     },
   ];
+
+  static override jsonLines = true;
+
+  /** serve writes its JSON Lines itself (see run); oclif must not print the result again. */
+  public override logJson(): void {}
 
   static override args = {
     url: volumeUrl({ required: true }),
@@ -202,27 +198,40 @@ export default class Serve extends BaseCommand<typeof Serve> {
     };
     const server = new VolumeServer(options);
     await server.start();
-    if (flags['print-uri']) {
-      for (const u of server.uris)
-        process.stdout.write(this.jsonEnabled() ? `${JSON.stringify({ uri: u })}\n` : `${u}\n`);
-      const m = server.metricsAddress?.url;
-      if (m !== undefined)
-        process.stdout.write(this.jsonEnabled() ? `${JSON.stringify({ metrics: m })}\n` : `${m}\n`);
+    const atJson = at === undefined ? null : checkpointRefJson(at);
+    const metricsUrl = server.metricsAddress?.url ?? null;
+    const exportsJson = (): ServeResult['exports'] =>
+      server.exports.map((e) => ({ name: e.name, url: e.url, readOnly: e.readOnly }));
+    // --json: JSON Lines on stdout, one `listening` line now and one `stopped` line at the end.
+    if (this.jsonEnabled()) {
+      const listening: ServeListening = {
+        event: 'listening',
+        uris: server.uris,
+        exports: exportsJson(),
+        at: atJson,
+        metricsUrl,
+      };
+      process.stdout.write(`${JSON.stringify(listening)}\n`);
+    } else if (flags['print-uri']) {
+      for (const u of server.uris) process.stdout.write(`${u}\n`);
+      if (metricsUrl !== null) process.stdout.write(`${metricsUrl}\n`);
     }
 
     // Run until SIGINT/SIGTERM (the base command turns them into this abort signal).
-    const stopped = await new Promise<string>((resolve) => {
+    const reason = await new Promise<'interrupted'>((resolve) => {
       if (signal.aborted) resolve('interrupted');
       signal.addEventListener('abort', () => resolve('interrupted'), { once: true });
     });
-    const metrics = server.metricsAddress?.url;
     await server.close();
-    return {
-      ...(metrics === undefined ? {} : { metrics }),
+    const result: ServeResult = {
+      event: 'stopped',
+      metricsUrl,
       uris: server.uris,
-      exports: server.exports,
-      stopped,
-      ...(at === undefined ? {} : { at: checkpointRefJson(at) }),
+      exports: exportsJson(),
+      at: atJson,
+      reason,
     };
+    if (this.jsonEnabled()) process.stdout.write(`${JSON.stringify(result)}\n`);
+    return result;
   }
 }
