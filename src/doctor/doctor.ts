@@ -236,9 +236,7 @@ async function checkConditionalWrites(
           check('conditional-create', title, 'ok', 'a second create-only PUT was refused (412)'),
         );
       } else {
-        out.push(
-          check('conditional-create', title, 'fail', `${err.code}: ${err.message}`, UNSAFE),
-        );
+        out.push(check('conditional-create', title, 'fail', `${err.code}: ${err.message}`, UNSAFE));
       }
     }
 

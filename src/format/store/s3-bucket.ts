@@ -15,7 +15,6 @@ import {
   GetObjectLockConfigurationCommand,
   GetPublicAccessBlockCommand,
   type LifecycleRule as SdkLifecycleRule,
-  type S3Client,
 } from '@aws-sdk/client-s3';
 import {
   GetPublicAccessBlockCommand as GetAccountPublicAccessBlockCommand,
