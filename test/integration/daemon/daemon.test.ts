@@ -100,12 +100,10 @@ describe('hyper daemon on RGW', () => {
 
     // Live traffic on 'a' for the whole of what follows.
     let fioDone = false;
-    const fio = run('fio', fioArgs(uriA, ['--rate_iops=400']), { timeoutMs: 240_000 }).then(
-      (r) => {
-        fioDone = true;
-        return r;
-      },
-    );
+    const fio = run('fio', fioArgs(uriA, ['--rate_iops=400']), { timeoutMs: 240_000 }).then((r) => {
+      fioDone = true;
+      return r;
+    });
     await new Promise((r) => setTimeout(r, 1000));
     assert.equal(fioDone, false, 'fio is running');
 
