@@ -170,16 +170,23 @@ export class Daemon implements ControlHandler {
       mode: o.controlMode ?? (o.controlGid === undefined ? 0o600 : 0o660),
       ...(o.controlGid === undefined ? {} : { gid: o.controlGid }),
     });
+    const server = new VolumeServer({
+      openStore: (u, opts) => o.openStore(u, opts ?? {}),
+      listen: o.listen,
+      logger: this.logger,
+      holder: this.holder,
+      drainMs: o.drainMs ?? 10_000,
+    });
+    this.server = server;
+    // The remembered exports are mapped before the NBD socket accepts: under socket
+    // activation a client may already be waiting for one of them.
+    for (const e of state.exports) {
+      const { source, ...spec } = e;
+      await this.mapEntry(spec, source, { keepOnFailure: true }).catch(() => undefined);
+    }
+    if (config !== undefined) await this.reconcile(config.exports);
     try {
-      const server = new VolumeServer({
-        openStore: (u, opts) => o.openStore(u, opts ?? {}),
-        listen: o.listen,
-        logger: this.logger,
-        holder: this.holder,
-        drainMs: o.drainMs ?? 10_000,
-      });
       await server.start();
-      this.server = server;
       if (o.metricsPort !== undefined && o.metrics !== undefined) {
         this.metrics = await o.metrics.start({
           port: o.metricsPort,
@@ -188,20 +195,16 @@ export class Daemon implements ControlHandler {
       }
     } catch (e) {
       await this.control.close();
-      await this.server?.close().catch(() => undefined);
+      await server.close().catch(() => undefined);
+      await Promise.allSettled([...this.entries.values()].map((x) => this.closeStores(x)));
       throw e;
     }
-    for (const e of state.exports) {
-      const { source, ...spec } = e;
-      await this.mapEntry(spec, source, { keepOnFailure: true }).catch(() => undefined);
-    }
-    if (config !== undefined) await this.reconcile(config.exports);
     await this.persist();
     this.sampler = setInterval(() => this.sample(), SAMPLE_MS);
     this.sampler.unref();
     this.logger.info('daemon ready', {
       control: o.controlSocket,
-      listen: this.server.listenAddress,
+      listen: server.listenAddress,
       exports: this.entries.size,
     });
     await o.notifier?.notify('--ready', `--status=serving ${this.mappedCount()} export(s)`);

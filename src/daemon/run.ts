@@ -58,16 +58,27 @@ export async function runDaemon(o: RunDaemonOptions): Promise<DaemonStatus> {
   };
   if (inherited !== undefined) o.logger.info('socket activated', { ...inherited });
   const daemon = new Daemon(options);
-  await daemon.start();
+  // Handled from the start (SIGHUP would otherwise end the process); the config is read at
+  // start anyway, so a SIGHUP before the daemon is ready has nothing to do.
+  let ready = false;
   const onHup = (): void => {
+    if (!ready) {
+      o.logger.info('SIGHUP while starting: the config is being read anyway');
+      return;
+    }
     o.logger.info('SIGHUP: reloading the config');
-    daemon
-      .reload()
-      .catch((e: unknown) =>
-        o.logger.error('reload failed; nothing changed', { error: (e as Error).message }),
-      );
+    daemon.reload().catch((e: unknown) =>
+      o.logger.error('reload failed; nothing changed', { error: (e as Error).message }),
+    );
   };
   process.on('SIGHUP', onHup);
+  try {
+    await daemon.start();
+  } catch (e) {
+    process.off('SIGHUP', onHup);
+    throw e;
+  }
+  ready = true;
   try {
     o.onReady?.(daemon.info());
     await new Promise<void>((resolve) => {
