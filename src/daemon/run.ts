@@ -67,9 +67,11 @@ export async function runDaemon(o: RunDaemonOptions): Promise<DaemonStatus> {
       return;
     }
     o.logger.info('SIGHUP: reloading the config');
-    daemon.reload().catch((e: unknown) =>
-      o.logger.error('reload failed; nothing changed', { error: (e as Error).message }),
-    );
+    daemon
+      .reload()
+      .catch((e: unknown) =>
+        o.logger.error('reload failed; nothing changed', { error: (e as Error).message }),
+      );
   };
   process.on('SIGHUP', onHup);
   try {
