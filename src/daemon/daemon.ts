@@ -157,6 +157,7 @@ export class Daemon implements ControlHandler {
    * the exports of the state file and the config file, then tell systemd it is ready. A
    * mapping that fails at start is logged and kept as `failed` (listed by `hyper ls`, tried
    * again on reload), so that a store down at boot does not make the daemon forget it.
+   * Call `notifyReady()` next.
    */
   async start(): Promise<void> {
     const o = this.options;
@@ -207,7 +208,19 @@ export class Daemon implements ControlHandler {
       listen: server.listenAddress,
       exports: this.entries.size,
     });
-    await o.notifier?.notify('--ready', `--status=serving ${this.mappedCount()} export(s)`);
+  }
+
+  /**
+   * Tell systemd the daemon is ready (READY=1). Separate from `start()` so that the caller
+   * can install what must be in place first (the SIGHUP handler).
+   */
+  notifyReady(): Promise<void> {
+    return (
+      this.options.notifier?.notify(
+        '--ready',
+        `--status=serving ${this.mappedCount()} export(s)`,
+      ) ?? Promise.resolve()
+    );
   }
 
   /** Map a volume (the control API's POST /v1/exports). */

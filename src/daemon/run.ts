@@ -81,6 +81,7 @@ export async function runDaemon(o: RunDaemonOptions): Promise<DaemonStatus> {
     throw e;
   }
   ready = true;
+  await daemon.notifyReady();
   try {
     o.onReady?.(daemon.info());
     await new Promise<void>((resolve) => {
