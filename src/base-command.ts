@@ -175,6 +175,12 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     return t.toString();
   }
 
+  /**
+   * Tells of a SIGINT/SIGTERM instead of the plain stderr lines (`again`: the second one,
+   * which exits at once). Commands that log structured lines set it (serve).
+   */
+  protected interruptNotice: ((signal: NodeJS.Signals, again: boolean) => void) | undefined;
+
   /** Print a line on stderr unless in --json mode (notes and warnings, never results). */
   protected note(message: string): void {
     this.logToStderr(message);
@@ -188,14 +194,18 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     if (this.abortController) return this.abortController.signal;
     const ac = new AbortController();
     const handler = (signal: NodeJS.Signals): void => {
+      const notice = this.interruptNotice;
       if (ac.signal.aborted) {
-        process.stderr.write('\nInterrupted again: exiting now.\n');
+        if (notice) notice(signal, true);
+        else process.stderr.write('\nInterrupted again: exiting now.\n');
         process.exit(EXIT_INTERRUPTED);
       }
       for (const s of this.spinners) s.stop();
-      process.stderr.write(
-        `\nReceived ${signal}: stopping cleanly (press Ctrl-C again to exit at once)…\n`,
-      );
+      if (notice) notice(signal, false);
+      else
+        process.stderr.write(
+          `\nReceived ${signal}: stopping cleanly (press Ctrl-C again to exit at once)…\n`,
+        );
       ac.abort(new HyperError('unavailable', 'ABORTED', `Interrupted by ${signal}.`));
     };
     process.on('SIGINT', handler);

@@ -57,9 +57,15 @@ export default class DaemonCommand extends BaseCommand<typeof DaemonCommand> {
       exclusive: ['port', 'bind'],
     }),
     'metrics-port': Flags.integer({
-      summary: 'Serve Prometheus metrics over HTTP on this port.',
+      summary: 'Serve Prometheus metrics (GET /metrics) and GET /healthz over HTTP on this port.',
       min: 0,
       max: 65535,
+    }),
+    'metrics-bind': Flags.string({
+      summary: 'Address of the metrics endpoint (it has no authentication).',
+      default: '127.0.0.1',
+      helpValue: '<address>',
+      dependsOn: ['metrics-port'],
     }),
     drain: duration({
       summary: 'How long unmap and shutdown let clients finish their requests in flight.',
@@ -90,7 +96,9 @@ export default class DaemonCommand extends BaseCommand<typeof DaemonCommand> {
       version: this.config.version,
       ...(flags.config === undefined ? {} : { configFile: flags.config }),
       ...(flags['control-group'] === undefined ? {} : { controlGroup: flags['control-group'] }),
-      ...(flags['metrics-port'] === undefined ? {} : { metricsPort: flags['metrics-port'] }),
+      ...(flags['metrics-port'] === undefined
+        ? {}
+        : { metricsPort: flags['metrics-port'], metricsHost: flags['metrics-bind'] }),
       ...(flags.endpoint === undefined ? {} : { endpoint: flags.endpoint }),
       ...(flags.region === undefined ? {} : { region: flags.region }),
     });

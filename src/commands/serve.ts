@@ -8,7 +8,13 @@ import {
 } from '../cli/checkpoint-ref.js';
 import { size, volumeUrl } from '../flags.js';
 import { MAX_VOLUME_SIZE } from '../format/volume/types.js';
-import { lineLogger } from '../serve/logger.js';
+import {
+  LOG_FORMATS,
+  LOG_LEVELS,
+  lineLogger,
+  type LogFormat,
+  type LogLevel,
+} from '../serve/logger.js';
 import { VolumeServer, type ServeOptions } from '../serve/server.js';
 
 export interface ServeResult {
@@ -16,6 +22,8 @@ export interface ServeResult {
   uris: string[];
   exports: { name: string; url: string; readOnly: boolean }[];
   at?: CheckpointRefJson;
+  /** Where metrics were served (--metrics-port). */
+  metrics?: string;
   /** Why the server stopped. */
   stopped: string;
 }
@@ -39,6 +47,12 @@ export default class Serve extends BaseCommand<typeof Serve> {
     {
       description: "Serve yesterday's state read-only and print the URI.",
       command: '<%= config.bin %> <%= command.id %> file:///srv/vols/db/ --at 1d --print-uri',
+    },
+    {
+      description:
+        'Expose Prometheus metrics on port 9810 and log JSON lines (one per event, with a connection id).',
+      command:
+        '<%= config.bin %> <%= command.id %> file:///srv/vols/db/ --metrics-port 9810 --log-format json',
     },
     {
       description: 'Serve every volume under a prefix; print the result as JSON when stopped.',
@@ -116,7 +130,31 @@ export default class Serve extends BaseCommand<typeof Serve> {
     }),
     verbose: Flags.boolean({
       char: 'v',
-      summary: 'Log every connection and refused request (debug) on stderr.',
+      summary:
+        'Log every connection and refused request (debug) on stderr; same as --log-level debug.',
+      exclusive: ['log-level'],
+    }),
+    'log-level': Flags.string({
+      summary: 'Least severe log lines written to stderr.',
+      options: [...LOG_LEVELS],
+      default: 'info',
+    }),
+    'log-format': Flags.string({
+      summary:
+        'Log lines as "text" (time level message {fields}) or "json" (one object per line: time, level, msg and the fields; conn is the connection id).',
+      options: [...LOG_FORMATS],
+      default: 'text',
+    }),
+    'metrics-port': Flags.integer({
+      summary:
+        'Serve Prometheus metrics (GET /metrics) and a health check (GET /healthz) on this TCP port (0 picks a free one; the URL is logged, and printed with --print-uri).',
+      min: 0,
+      max: 65535,
+    }),
+    'metrics-bind': Flags.string({
+      summary: 'Address the metrics endpoint listens on (default 127.0.0.1).',
+      helpValue: '<address>',
+      dependsOn: ['metrics-port'],
     }),
   };
 
@@ -124,6 +162,16 @@ export default class Serve extends BaseCommand<typeof Serve> {
     const { url } = this.args;
     const flags = this.flags;
     const at = flags.at === undefined ? undefined : parseCheckpointRef(flags.at, { name: '--at' });
+    const logger = lineLogger({
+      level: flags.verbose ? 'debug' : (flags['log-level'] as LogLevel),
+      format: flags['log-format'] as LogFormat,
+      write: (line) => process.stderr.write(line),
+    });
+    // Signals are told of in the log's own format (a JSON log stays one object per line).
+    this.interruptNotice = (sig, again) =>
+      again
+        ? logger.warn('interrupted again: exiting now', { signal: sig })
+        : logger.info('stopping cleanly (a second signal exits at once)', { signal: sig });
     const signal = this.interruptible();
     const options: ServeOptions = {
       url,
@@ -135,10 +183,15 @@ export default class Serve extends BaseCommand<typeof Serve> {
         flags.socket === undefined
           ? { port: flags.port, host: flags.bind }
           : { path: flags.socket },
-      logger: lineLogger({
-        level: flags.verbose ? 'debug' : 'info',
-        write: (line) => process.stderr.write(line),
-      }),
+      logger,
+      ...(flags['metrics-port'] === undefined
+        ? {}
+        : {
+            metricsListen: {
+              port: flags['metrics-port'],
+              host: flags['metrics-bind'] ?? '127.0.0.1',
+            },
+          }),
       signal,
       ...(at === undefined ? {} : { at }),
       ...(flags.create ? { create: { size: flags.size } } : {}),
@@ -152,6 +205,9 @@ export default class Serve extends BaseCommand<typeof Serve> {
     if (flags['print-uri']) {
       for (const u of server.uris)
         process.stdout.write(this.jsonEnabled() ? `${JSON.stringify({ uri: u })}\n` : `${u}\n`);
+      const m = server.metricsAddress?.url;
+      if (m !== undefined)
+        process.stdout.write(this.jsonEnabled() ? `${JSON.stringify({ metrics: m })}\n` : `${m}\n`);
     }
 
     // Run until SIGINT/SIGTERM (the base command turns them into this abort signal).
@@ -159,8 +215,10 @@ export default class Serve extends BaseCommand<typeof Serve> {
       if (signal.aborted) resolve('interrupted');
       signal.addEventListener('abort', () => resolve('interrupted'), { once: true });
     });
+    const metrics = server.metricsAddress?.url;
     await server.close();
     return {
+      ...(metrics === undefined ? {} : { metrics }),
       uris: server.uris,
       exports: server.exports,
       stopped,

@@ -27,14 +27,6 @@ export type DaemonStoreOpener = (
   options: { endpoint?: string; region?: string; mkdir?: boolean },
 ) => Promise<ObjectStore>;
 
-/**
- * A metrics exporter the daemon starts with `--metrics-port` (Prometheus text over HTTP).
- * The daemon only starts and stops it; what it measures it observes itself.
- */
-export interface MetricsHook {
-  start(options: { port: number; host?: string }): Promise<{ close(): Promise<void> }>;
-}
-
 export interface DaemonOptions {
   /** The control socket path (created; a stale one is replaced). */
   controlSocket: string;
@@ -52,8 +44,9 @@ export interface DaemonOptions {
   logger?: ServeLogger;
   /** How long unmap and shutdown let connections finish requests in flight (default 10 s). */
   drainMs?: number;
-  metrics?: MetricsHook;
+  /** Serve Prometheus metrics (GET /metrics, /healthz) on this port (see src/metrics). */
   metricsPort?: number;
+  /** Address of the metrics endpoint (default 127.0.0.1). */
   metricsHost?: string;
   notifier?: Notifier;
   /** Version reported on the control API. */
@@ -133,7 +126,6 @@ export class Daemon implements ControlHandler {
   private readonly entries = new Map<string, Entry>();
   private server: VolumeServer | undefined;
   private control: ControlServer | undefined;
-  private metrics: { close(): Promise<void> } | undefined;
   private sampler: NodeJS.Timeout | undefined;
   private startedAt = new Date();
   private stopping: Promise<void> | undefined;
@@ -142,14 +134,6 @@ export class Daemon implements ControlHandler {
 
   constructor(private readonly options: DaemonOptions) {
     this.logger = options.logger ?? silentLogger;
-    if (options.metricsPort !== undefined && options.metrics === undefined) {
-      throw new HyperError(
-        'invalid',
-        'INVALID_ARGUMENT',
-        '--metrics-port: this build of hyper has no metrics exporter',
-        { suggestion: 'Leave out --metrics-port.' },
-      );
-    }
   }
 
   /**
@@ -177,6 +161,14 @@ export class Daemon implements ControlHandler {
       logger: this.logger,
       holder: this.holder,
       drainMs: o.drainMs ?? 10_000,
+      ...(o.metricsPort === undefined
+        ? {}
+        : {
+            metricsListen: {
+              port: o.metricsPort,
+              ...(o.metricsHost === undefined ? {} : { host: o.metricsHost }),
+            },
+          }),
     });
     this.server = server;
     // The remembered exports are mapped before the NBD socket accepts: under socket
@@ -188,12 +180,6 @@ export class Daemon implements ControlHandler {
     if (config !== undefined) await this.reconcile(config.exports);
     try {
       await server.start();
-      if (o.metricsPort !== undefined && o.metrics !== undefined) {
-        this.metrics = await o.metrics.start({
-          port: o.metricsPort,
-          ...(o.metricsHost === undefined ? {} : { host: o.metricsHost }),
-        });
-      }
     } catch (e) {
       await this.control.close();
       await server.close().catch(() => undefined);
@@ -377,7 +363,6 @@ export class Daemon implements ControlHandler {
       failure = e;
     }
     await Promise.allSettled([...this.entries.values()].map((e) => this.closeStores(e)));
-    await this.metrics?.close().catch(() => undefined);
     await this.control?.close();
     await this.saving;
     if (failure !== undefined) throw toHyperError(failure);

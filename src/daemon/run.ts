@@ -8,7 +8,7 @@ import { HyperError } from '../errors.js';
 import { openStore, parseStoreUrl, type ObjectStore } from '../format/store/index.js';
 import type { ServeLogger } from '../serve/logger.js';
 import type { ListenTarget } from '../serve/server.js';
-import { Daemon, type DaemonOptions, type DaemonStatus, type MetricsHook } from './daemon.js';
+import { Daemon, type DaemonOptions, type DaemonStatus } from './daemon.js';
 import { inheritedSockets, systemdNotifier } from './systemd.js';
 
 export interface RunDaemonOptions {
@@ -22,7 +22,7 @@ export interface RunDaemonOptions {
   endpoint?: string;
   region?: string;
   metricsPort?: number;
-  metrics?: MetricsHook;
+  metricsHost?: string;
   drainMs?: number;
   logger: ServeLogger;
   version?: string;
@@ -52,7 +52,7 @@ export async function runDaemon(o: RunDaemonOptions): Promise<DaemonStatus> {
     ...(gid === undefined ? {} : { controlGid: gid }),
     ...(o.configFile === undefined ? {} : { configFile: o.configFile }),
     ...(o.metricsPort === undefined ? {} : { metricsPort: o.metricsPort }),
-    ...(o.metrics === undefined ? {} : { metrics: o.metrics }),
+    ...(o.metricsHost === undefined ? {} : { metricsHost: o.metricsHost }),
     ...(o.drainMs === undefined ? {} : { drainMs: o.drainMs }),
     ...(o.version === undefined ? {} : { version: o.version }),
   };
