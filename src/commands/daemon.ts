@@ -62,8 +62,7 @@ export default class DaemonCommand extends BaseCommand<typeof DaemonCommand> {
       max: 65535,
     }),
     'metrics-bind': Flags.string({
-      summary: 'Address of the metrics endpoint (it has no authentication).',
-      default: '127.0.0.1',
+      summary: 'Address of the metrics endpoint (default 127.0.0.1; it has no authentication).',
       helpValue: '<address>',
       dependsOn: ['metrics-port'],
     }),
@@ -98,7 +97,10 @@ export default class DaemonCommand extends BaseCommand<typeof DaemonCommand> {
       ...(flags['control-group'] === undefined ? {} : { controlGroup: flags['control-group'] }),
       ...(flags['metrics-port'] === undefined
         ? {}
-        : { metricsPort: flags['metrics-port'], metricsHost: flags['metrics-bind'] }),
+        : {
+            metricsPort: flags['metrics-port'],
+            ...(flags['metrics-bind'] === undefined ? {} : { metricsHost: flags['metrics-bind'] }),
+          }),
       ...(flags.endpoint === undefined ? {} : { endpoint: flags.endpoint }),
       ...(flags.region === undefined ? {} : { region: flags.region }),
     });
