@@ -17,6 +17,7 @@ import {
 import { URL_FORMS, normalizeVolumeUrl } from './cli/url.js';
 import { CHECKPOINT_REF_FORMS, parseCheckpointRef } from './cli/checkpoint-ref.js';
 import type { CheckpointRef } from './format/volume/types.js';
+import { defaultControlSocket } from './daemon/paths.js';
 
 /**
  * oclif rewrites the message of an error thrown by a flag parser ("Parsing --x \n\t…"). The
@@ -106,6 +107,15 @@ export const storeFlags = {
     helpValue: '<region>',
   }),
 };
+
+/** `--control-socket`: where the daemon's control API listens (`hyper daemon`, `map`, …). */
+export const controlSocket = Flags.string({
+  summary:
+    'Control socket of the daemon (default: $HYPER_CONTROL_SOCKET, $RUNTIME_DIRECTORY/control.sock under systemd, /run/hyper/control.sock as root, else $XDG_RUNTIME_DIR/hyper/control.sock).',
+  helpValue: '<path>',
+  env: 'HYPER_CONTROL_SOCKET',
+  default: async () => defaultControlSocket(),
+});
 
 /** `--yes`: skip the confirmation of a destructive command (required without a terminal). */
 export const yes = Flags.boolean({
