@@ -6,7 +6,7 @@ import { spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { createWriteStream, existsSync, readFileSync } from 'node:fs';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, rm, writeFile } from 'node:fs/promises';
 import { createServer, type AddressInfo } from 'node:net';
 import { cpus, totalmem } from 'node:os';
 import { join } from 'node:path';
@@ -618,4 +618,118 @@ export async function startDelayProxy(
   );
   const port = Number(l.line.split(' ')[1]);
   return { port, pid: l.pid, stop: () => stopProc(l.proc, 5000) };
+}
+
+// ---------------------------------------------------------------------------------------
+// Local NBD peers side by side (the nbd and local sections): nbdcopy write and read of the
+// whole export, fio 4k randread and randwrite at QD16.
+
+export interface LocalPeer {
+  name: string;
+  /** Start the server on a fresh target under `dir` (removed afterwards). */
+  start(dir: string): Promise<NbdServer>;
+}
+export type LocalMetric = 'copyWrite' | 'copyRead' | 'randread' | 'randwrite';
+export const LOCAL_METRICS: LocalMetric[] = ['copyWrite', 'copyRead', 'randread', 'randwrite'];
+export const localLabels = (sizeMiB: number): Record<LocalMetric, string> => ({
+  copyWrite: `nbdcopy ${sizeMiB} MiB write (MiB/s)`,
+  copyRead: `nbdcopy ${sizeMiB} MiB read (MiB/s)`,
+  randread: 'fio 4k randread QD16 (IOPS)',
+  randwrite: 'fio 4k randwrite QD16 (IOPS)',
+});
+export type LocalSamples = Record<string, Record<LocalMetric, number[]> & { cpuSeconds: number[] }>;
+
+/**
+ * Run the four workloads on every peer, `reps` times; the peer order rotates per repetition.
+ * `groups` lists which peers are up at the same time: each group is started, every workload
+ * runs on each of its peers in turn, then the group is stopped (a peer that does background
+ * work, like a volume flushing, goes in a group of its own). The write reads `src` (random
+ * data of the export's size) and, with `flush`, ends with an NBD FLUSH. A peer that fails is
+ * recorded in `errors` and the others go on.
+ */
+export async function runLocalMatrix(opts: {
+  section: string;
+  groups: LocalPeer[][];
+  reps: number;
+  size: number;
+  runtime: number;
+  src: string;
+  dir: string;
+  flush?: boolean;
+}): Promise<{ samples: LocalSamples; errors: string[] }> {
+  const samples: LocalSamples = {};
+  const errors: string[] = [];
+  const runs: Record<LocalMetric, (uri: string) => Promise<number>> = {
+    copyWrite: (uri) => nbdcopy(opts.src, uri, opts.size, { flush: opts.flush ?? false }),
+    copyRead: (uri) => nbdcopy(uri, 'null:', opts.size),
+    randread: async (uri) =>
+      (await fio(uri, { rw: 'randread', size: opts.size, runtime: opts.runtime, rampTime: 1 }))
+        .iops,
+    randwrite: async (uri) =>
+      (await fio(uri, { rw: 'randwrite', size: opts.size, runtime: opts.runtime, rampTime: 1 }))
+        .iops,
+  };
+  for (let rep = 0; rep < opts.reps; rep++) {
+    const groups = opts.groups.map((_, k) => opts.groups[(k + rep) % opts.groups.length]!);
+    for (const g of groups) {
+      const group = g.map((_, k) => g[(k + rep) % g.length]!);
+      const running: Array<{ peer: LocalPeer; srv: NbdServer; pdir: string; cpu0: number }> = [];
+      try {
+        for (const peer of group) {
+          samples[peer.name] ??= {
+            copyWrite: [],
+            copyRead: [],
+            randread: [],
+            randwrite: [],
+            cpuSeconds: [],
+          };
+          const pdir = join(opts.dir, `${peer.name}-${rep}`);
+          await mkdir(pdir, { recursive: true });
+          try {
+            const srv = await peer.start(pdir);
+            running.push({ peer, srv, pdir, cpu0: cpuSeconds(srv.pids) });
+          } catch (e) {
+            errors.push(`${peer.name} rep ${rep + 1}: ${(e as Error).message}`);
+            console.error(`[${opts.section}] ${peer.name} did not start: ${(e as Error).message}`);
+          }
+        }
+        for (const m of LOCAL_METRICS) {
+          for (const p of running) {
+            try {
+              const v = await runs[m](p.srv.uri);
+              samples[p.peer.name]![m].push(v);
+              console.error(`[${opts.section}] rep ${rep + 1} ${m} ${p.peer.name}: ${fmt(v)}`);
+            } catch (e) {
+              errors.push(`${p.peer.name} rep ${rep + 1} ${m}: ${(e as Error).message}`);
+              console.error(`[${opts.section}] ${p.peer.name} ${m}: ${(e as Error).message}`);
+            }
+          }
+        }
+        for (const p of running)
+          samples[p.peer.name]!.cpuSeconds.push(cpuSeconds(p.srv.pids) - p.cpu0);
+      } finally {
+        for (const p of running) {
+          await p.srv.stop();
+          await rm(p.pdir, { recursive: true, force: true });
+        }
+      }
+    }
+  }
+  return { samples, errors };
+}
+
+/** Medians of each metric (NaN where a peer has no sample). */
+export function localMedians(
+  samples: LocalSamples,
+): Record<string, Record<LocalMetric | 'cpuSeconds', number>> {
+  const out: Record<string, Record<LocalMetric | 'cpuSeconds', number>> = {};
+  for (const [name, r] of Object.entries(samples))
+    out[name] = {
+      copyWrite: median(r.copyWrite),
+      copyRead: median(r.copyRead),
+      randread: median(r.randread),
+      randwrite: median(r.randwrite),
+      cpuSeconds: median(r.cpuSeconds),
+    };
+  return out;
 }

@@ -21,7 +21,7 @@
  * Prints tables with ratios against the best peer and raw, checks the targets, and writes
  * bench-results/s3.json. Exit status 1 when a target is missed.
  *
- *   node --import tsx bench/s3.ts [--reps 3] [--delays 0,20] [--runtime 8] [--size-mib 256]
+ *   node --import tsx bench/s3.ts [--reps 3] [--delays 0,20] [--runtime 5] [--size-mib 256]
  *                                 [--only hyper,hyper-cache,s3backer,nbdkit-64k,nbdkit-1m,raw]
  * Needs `npm run build`, HYPER_TEST_S3_* and HYPER_RGW_DIR (scripts/rgw/start.sh's env file).
  */
@@ -64,7 +64,7 @@ import {
 
 const reps = Number(arg('reps', '3'));
 const delays = arg('delays', '0,20').split(',').map(Number);
-const runtime = Number(arg('runtime', '8'));
+const runtime = Number(arg('runtime', '5'));
 const sizeMiB = Number(arg('size-mib', '256'));
 const ALL = ['hyper', 'hyper-cache', 's3backer', 'nbdkit-64k', 'nbdkit-1m', 'raw'];
 const only = arg('only', ALL.join(',')).split(',');
