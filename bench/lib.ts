@@ -203,7 +203,10 @@ let hooked = false;
 function hookExit(): void {
   if (hooked) return;
   hooked = true;
+  // Children first (a FUSE daemon must be gone before its mount point is detached and its
+  // directory removed), then the hooks.
   const killAll = (): void => {
+    for (const c of children) if (c.pid !== undefined) safeKill(c.pid, 'SIGKILL');
     for (const h of exitHooks.splice(0)) {
       try {
         h();
@@ -211,7 +214,6 @@ function hookExit(): void {
         // best effort at exit
       }
     }
-    for (const c of children) if (c.pid !== undefined) safeKill(c.pid, 'SIGKILL');
   };
   process.on('exit', killAll);
   for (const sig of ['SIGINT', 'SIGTERM'] as const)
