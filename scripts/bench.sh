@@ -31,6 +31,8 @@ if [ "${HYPER_SKIP_INSTALL:-}" != 1 ]; then
   bash scripts/install-deps.sh || exit 1
   [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error || exit 1
 fi
+# The s3, local, startup and nbd --volume sections run the CLI (bin/run.js runs dist/).
+npm run -s build || exit 1
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/hyper-bench.XXXXXX")
 RGW_DIR="$WORK/rgw"
