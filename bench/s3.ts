@@ -26,6 +26,7 @@
  * Needs `npm run build`, HYPER_TEST_S3_* and HYPER_RGW_DIR (scripts/rgw/start.sh's env file).
  */
 import { spawnSync } from 'node:child_process';
+import { once } from 'node:events';
 import { existsSync } from 'node:fs';
 import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
@@ -216,9 +217,11 @@ const s3backer: Peer = {
     const unmount = async (): Promise<void> => {
       if (fuse.proc.exitCode === null && fuse.proc.signalCode === null) {
         // Unmounting makes s3backer write its dirty blocks, then exit.
+        const gone = once(fuse.proc, 'exit').catch(() => undefined);
         await run('fusermount', ['-u', mnt]);
         const t = setTimeout(() => void stopProc(fuse.proc, 5000), 600_000);
-        await new Promise((res) => fuse.proc.once('exit', res));
+        // (it may have exited already: `once` was attached before the unmount)
+        if (fuse.proc.exitCode === null && fuse.proc.signalCode === null) await gone;
         clearTimeout(t);
       }
       await run('fusermount', ['-u', '-z', mnt]);
