@@ -26,7 +26,7 @@ import { checkVolumeSize, createVolume } from './create.js';
 import { headAt, infoOf, readHead, resolveCheckpoint, rootOf } from './heads.js';
 import { DEFAULT_LEASE_TTL_MS, defaultHolder } from './lease.js';
 import { Reader } from './reader.js';
-import { adoptNodes, nextHead, writeCheckpoint, type MetadataPatch } from './flush.js';
+import { adoptNodes, buildSegment, nextHead, type MetadataPatch } from './flush.js';
 import { SegmentSource } from './segments.js';
 import {
   MiB,
@@ -40,7 +40,7 @@ import {
   type VolumeInfo,
 } from './types.js';
 import { WalSession, withWalUrl } from './wal.js';
-import { WriteBuffer } from './write-buffer.js';
+import { WriteBuffer, type Generation } from './write-buffer.js';
 
 export interface WriteOptions {
   /** Force Unit Access: durable (committed) before the promise resolves. */
@@ -55,6 +55,28 @@ export interface ZeroOptions extends WriteOptions {
 /** What a flush is asked to do: commit a checkpoint, or only write a segment for room. */
 type FlushKind = 'checkpoint' | 'segment';
 
+/** Segment PUTs in flight at once by default (pipelined flushes). */
+export const DEFAULT_FLUSH_PIPELINE = 4;
+
+/** One segment built and written in the background, oldest first in `Volume.stages`. */
+interface Stage {
+  built: Awaited<ReturnType<typeof buildSegment>>;
+  /** The frozen generation it holds: serves reads until the segment is durable. */
+  gen: Generation;
+  /** Head changes it records (put back if it fails). */
+  patch: MetadataPatch;
+  /** The checkpoint whose index it was built on (the index goes back there if it fails). */
+  base: HeadRecord;
+  state: 'flying' | 'landed' | 'failed';
+  error?: unknown;
+  /** Settles (never rejects) once the PUT is done. */
+  done: Promise<void>;
+}
+
+function errorText(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
 export class Volume {
   private readonly bs: number;
   private readonly loader: NodeLoader;
@@ -65,6 +87,15 @@ export class Volume {
   /** Head changes waiting for the next checkpoint (undefined: none). */
   private pendingMeta: MetadataPatch | undefined;
   private readonly flushes: SerialQueue<CheckpointInfo>;
+  /** Segments built and in flight or landed out of order, oldest first. */
+  private stages: Stage[] = [];
+  /** Segment PUTs allowed in flight at once. */
+  private readonly pipeline: number;
+  /**
+   * The checkpoint whose index root is the newest clean state of `tree` (every node in a
+   * segment, durable or in flight): what the next segment records as its base.
+   */
+  private cleanHead: HeadRecord;
   private lastFlushError: unknown;
   private timer: NodeJS.Timeout | undefined;
   private wal: WalSession | undefined;
@@ -90,10 +121,16 @@ export class Volume {
     this.log = opts.logger ?? silentLogger;
     this.loader = new NodeLoader(segments, nodeSize, opts.nodeCacheBytes ?? 32 * MiB);
     this.tree = new BTree(rootOf(head), nodeCapacity(nodeSize), this.loader);
+    this.cleanHead = head;
     this.flushBytes = opts.flushBytes ?? head.segmentSize;
+    this.pipeline = Math.max(1, Math.floor(opts.flushPipeline ?? DEFAULT_FLUSH_PIPELINE));
     this.buffer = new WriteBuffer({
       blockSize: this.bs,
-      maxDirtyBytes: Math.max(opts.maxDirtyBytes ?? 1.5 * this.flushBytes, this.flushBytes),
+      // Everything buffered counts, segments in flight included.
+      maxDirtyBytes: Math.max(
+        opts.maxDirtyBytes ?? (this.pipeline + 1.5) * this.flushBytes,
+        2 * this.flushBytes,
+      ),
       readBlock: (lba) => this.readBlock(lba),
       checkWritable: () => this.checkWritable(),
       flushForRoom: () => this.flushForRoom(),
@@ -111,7 +148,8 @@ export class Volume {
     const interval = opts.flushIntervalMs ?? 5000;
     if (!readOnly && interval > 0) {
       this.timer = setInterval(() => {
-        const dirty = !this.buffer.active.empty || this.committer?.headPending;
+        const dirty =
+          !this.buffer.active.empty || this.committer?.headPending || this.stages.length > 0;
         if (dirty && !this.flushes.busy) {
           this.flush().catch((e: unknown) =>
             this.log.warn('timed flush failed', {
@@ -217,6 +255,7 @@ export class Volume {
       this.closed = true;
       if (this.timer) clearInterval(this.timer);
       this.timer = undefined;
+      await this.settle();
       await this.wal?.close();
       await this.segments.close().catch(() => undefined);
       await this.committer?.release();
@@ -228,6 +267,7 @@ export class Volume {
     this.closed = true;
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
+    await this.settle();
     await this.wal?.close();
     await this.segments.close().catch(() => undefined);
   }
@@ -423,7 +463,7 @@ export class Volume {
       );
     }
     const target = await headAt(this.store, head, id);
-    if (!this.buffer.active.empty || this.flushes.busy) {
+    if (!this.buffer.active.empty || this.flushes.busy || this.stages.length > 0) {
       throw new HyperError(
         'conflict',
         'PRECONDITION_FAILED',
@@ -431,6 +471,7 @@ export class Volume {
       );
     }
     this.tree = new BTree(rootOf(target), this.tree.capacity, this.loader);
+    this.cleanHead = target;
     this.size = target.size;
     return this.commitMetadata({ restoredFrom: id });
   }
@@ -480,7 +521,8 @@ export class Volume {
   /**
    * Commit everything written before this call. Flushes run strictly one after another; a
    * call made while a commit is queued but not started shares it (that commit freezes the
-   * writes when it starts, so it covers this caller's too).
+   * writes when it starts, so it covers this caller's too). It waits for every segment in
+   * flight, then CASes the head once.
    */
   flush(): Promise<CheckpointInfo> {
     if (!this.committer) return Promise.resolve(this.checkpointInfo());
@@ -490,10 +532,15 @@ export class Volume {
   /**
    * The write-back buffer is full: write it out as a segment. Nobody asked for durability,
    * so the head CAS waits for the next flush/FUA/timer/close (one PUT per segment while
-   * streaming, not two). Failures are logged; the next flush retries.
+   * streaming, not two). The PUT runs in the background (up to `pipeline` at once) while the
+   * next segment fills. Failures are logged; the next flush retries.
    */
   private flushForRoom(): void {
     if (this.flushes.busy) return;
+    const failed = this.stages.some((s) => s.state === 'failed');
+    const full = this.buffer.dirtyBytes >= this.flushBytes;
+    // A smaller buffer waits for a segment in flight to land (that wakes the writers).
+    if (!failed && !full && (this.stages.length > 0 || this.buffer.active.empty)) return;
     this.flushes
       .run(() => this.flushOnce('segment'))
       .catch((e: unknown) => {
@@ -511,49 +558,143 @@ export class Volume {
   private async flushOnce(kind: FlushKind): Promise<CheckpointInfo> {
     this.checkWritable();
     const committer = this.committer as Committer;
-    if (this.buffer.active.empty && !this.pendingMeta) {
-      // Segments written for room still wait for their head: one CAS commits them.
-      if (kind === 'checkpoint' && committer.headPending) {
-        await committer.publishPending();
-        this.headCommitted();
+    // A segment that failed earlier: take its changes (and everything built on it) back,
+    // then write them again.
+    await this.recover();
+    if (kind === 'segment') {
+      while (this.stages.length >= this.pipeline) {
+        await (this.stages[0] as Stage).done;
+        if (await this.recover()) throw this.lastFlushError;
       }
+      if (!this.buffer.active.empty || this.pendingMeta) await this.startSegment(committer);
       return this.checkpointInfo();
     }
+    if (!this.buffer.active.empty || this.pendingMeta) await this.startSegment(committer);
+    await Promise.all(this.stages.map((s) => s.done));
+    if (this.rollBackFailed()) throw this.lastFlushError;
+    // Every segment is durable: one CAS commits them all (the commit point).
+    if (committer.headPending) {
+      await committer.publishPending();
+      this.headCommitted();
+    }
+    return this.checkpointInfo();
+  }
+
+  /**
+   * Freeze the buffer, build the next segment on the index and start its PUT in the
+   * background. The index adopts the segment's nodes right away, so the next segment is
+   * built on this one; the frozen generation keeps serving reads until the PUT lands.
+   */
+  private async startSegment(committer: Committer): Promise<void> {
+    await committer.prepare();
     const gen = this.buffer.freeze();
     // Durable WAL batches hold only writes applied to `gen`: this checkpoint covers them.
     // (A batch still in flight is replayed after a crash; replaying a covered write is harmless.)
     const walSeq = this.wal?.writer.lastDurable;
     const patch = this.pendingMeta ?? {};
     this.pendingMeta = undefined;
+    const base = this.cleanHead;
+    let built: Awaited<ReturnType<typeof buildSegment>>;
     try {
-      const built = await writeCheckpoint({
-        committer,
+      built = await buildSegment({
         tree: this.tree,
         loader: this.loader,
         gen,
+        id: () => committer.nextId(),
         head: (id, nowMs) =>
-          nextHead(committer.head, { id, nowMs, size: this.size, patch, walSeq }),
+          nextHead(committer.tip, { id, nowMs, size: this.size, patch, walSeq }),
         blockSize: this.bs,
       });
-      this.counters.segmentsWritten++;
-      if (kind === 'checkpoint') {
-        await committer.publish(built);
-        this.headCommitted();
-      } else committer.written(built);
-      this.counters.flushes++;
-      adoptNodes(built, this.tree, this.loader);
-      this.lastFlushError = undefined;
-      this.buffer.unfreeze(true);
-      return this.checkpointInfo();
     } catch (e) {
-      // Nothing was committed: the changes go back under the newer ones, the patch too.
-      this.buffer.unfreeze(false);
+      // Nothing was built: the changes go back under the newer ones, the patch too.
+      this.buffer.putBack([gen]);
       // (Read through a cast: TypeScript does not see that the await above may have set it.)
       const newer = this.pendingMeta as MetadataPatch | undefined;
       this.pendingMeta = { ...patch, ...newer };
       this.lastFlushError = e;
       throw e;
     }
+    committer.built(built);
+    adoptNodes(built, this.tree, this.loader);
+    this.cleanHead = built.head;
+    const id = built.head.checkpoint;
+    this.segments.hold(id, built.segment);
+    const stage: Stage = { built, gen, patch, base, state: 'flying', done: Promise.resolve() };
+    stage.done = committer.putSegment(built).then(
+      () => {
+        stage.state = 'landed';
+        this.advance();
+      },
+      (e: unknown) => {
+        stage.state = 'failed';
+        stage.error = e;
+        // Writers waiting for room learn of it (and start the flush that rolls back).
+        this.buffer.roomMade();
+      },
+    );
+    this.stages.push(stage);
+  }
+
+  /** Segments landed in order become the committer's head; their buffers go. */
+  private advance(): void {
+    const committer = this.committer as Committer;
+    let moved = false;
+    while (this.stages[0]?.state === 'landed') {
+      const s = this.stages.shift() as Stage;
+      committer.landed(s.built.head);
+      this.buffer.release(s.gen);
+      this.segments.landed(s.built.head.checkpoint);
+      this.counters.segmentsWritten++;
+      this.counters.flushes++;
+      moved = true;
+    }
+    if (moved) {
+      this.lastFlushError = undefined;
+      this.buffer.roomMade();
+    }
+  }
+
+  /**
+   * If a segment PUT failed, and once every PUT in flight has settled: that segment and every
+   * later one are abandoned (their ids skipped; what landed of them is an orphan compaction
+   * removes), the index goes back to the state before the failed one, and their changes go
+   * back into the buffer under the newer ones. Returns whether it rolled back (the failure is
+   * in lastFlushError). Runs only inside the flush queue, with every stage settled.
+   */
+  private rollBackFailed(): boolean {
+    if (!this.stages.some((s) => s.state === 'failed')) return false;
+    if (this.stages.some((s) => s.state === 'flying')) return false;
+    this.advance();
+    const failed = this.stages;
+    this.stages = [];
+    const committer = this.committer as Committer;
+    const first = failed[0] as Stage;
+    committer.abandon(failed.map((s) => s.built.head.checkpoint));
+    this.tree = new BTree(rootOf(first.base), this.tree.capacity, this.loader);
+    this.cleanHead = first.base;
+    this.buffer.putBack(failed.map((s) => s.gen));
+    let patch: MetadataPatch | undefined;
+    for (const s of failed) if (Object.keys(s.patch).length > 0) patch = { ...patch, ...s.patch };
+    if (patch || this.pendingMeta) this.pendingMeta = { ...patch, ...this.pendingMeta };
+    this.lastFlushError = failed.find((s) => s.state === 'failed')?.error;
+    this.log.warn('segment write failed; its changes are back in the write buffer', {
+      segments: failed.map((s) => s.built.head.checkpoint).join(','),
+      error: errorText(this.lastFlushError),
+    });
+    this.buffer.roomMade();
+    return true;
+  }
+
+  /** When a segment PUT failed: wait for the others in flight, then roll back. */
+  private async recover(): Promise<boolean> {
+    if (!this.stages.some((s) => s.state === 'failed')) return false;
+    await this.settle();
+    return this.rollBackFailed();
+  }
+
+  /** Wait until no segment PUT is in flight (close, discard). */
+  private async settle(): Promise<void> {
+    await Promise.all(this.stages.map((s) => s.done));
   }
 
   /** The head object names the newest checkpoint: WAL records it covers can go. */

@@ -169,7 +169,11 @@ export type ApplyLog = () => Promise<void> | undefined;
 
 export class WriteBuffer {
   active: Generation;
-  frozen: Generation | undefined;
+  /**
+   * Generations being written (segments in flight), oldest first. Each stays here until its
+   * segment is durable, so reads are served from it meanwhile.
+   */
+  frozen: Generation[] = [];
   readonly locks = new BlockLocks();
   private readonly bs: number;
   private readonly zeroBlock: Buffer;
@@ -181,15 +185,32 @@ export class WriteBuffer {
     this.active = new Generation(o.blockSize);
   }
 
-  /** What the un-flushed generations say about a block (active first, then frozen). */
+  /** What the un-flushed generations say about a block (active first, then frozen, newest first). */
   lookup(lba: number): BufferedBlock {
     const a = this.active.lookup(lba);
-    if (a !== undefined || !this.frozen) return a;
-    return this.frozen.lookup(lba);
+    if (a !== undefined) return a;
+    for (let k = this.frozen.length - 1; k >= 0; k--) {
+      const v = (this.frozen[k] as Generation).lookup(lba);
+      if (v !== undefined) return v;
+    }
+    return undefined;
   }
 
+  /** Bytes written since the last flush started (the flush trigger). */
   get dirtyBytes(): number {
     return this.active.bytes;
+  }
+
+  /** Bytes held by generations whose segments are still in flight. */
+  get frozenBytes(): number {
+    let n = 0;
+    for (const g of this.frozen) n += g.bytes;
+    return n;
+  }
+
+  /** Everything the buffer holds: what back-pressure bounds by maxDirtyBytes. */
+  get heldBytes(): number {
+    return this.active.bytes + this.frozenBytes;
   }
 
   /** Write `data` at `offset` (any alignment). */
@@ -269,19 +290,32 @@ export class WriteBuffer {
   freeze(): Generation {
     const gen = this.active;
     this.active = new Generation(this.bs);
-    this.frozen = gen;
+    this.frozen.push(gen);
     return gen;
   }
 
-  /** The frozen generation is in the index now (committed) or was put back (failed). */
-  unfreeze(committed: boolean): void {
-    const gen = this.frozen;
-    this.frozen = undefined;
-    if (!committed && gen) {
-      // Nothing was committed: put the changes back under the newer ones.
-      gen.absorb(this.active);
-      this.active = gen;
-    }
+  /** The oldest frozen generation's segment is durable: the index serves its blocks now. */
+  release(gen: Generation): void {
+    const k = this.frozen.indexOf(gen);
+    if (k >= 0) this.frozen.splice(k, 1);
+  }
+
+  /**
+   * Nothing of `gens` (frozen generations, oldest first) was committed: put their changes
+   * back under the newer ones (the later frozen generations and the active one).
+   */
+  putBack(gens: Generation[]): void {
+    if (gens.length === 0) return;
+    const back = new Set(gens);
+    const keep = this.frozen.filter((g) => !back.has(g));
+    // Only a suffix of the frozen list can be put back: older writes stay under newer ones.
+    if (keep.some((g) => this.frozen.indexOf(g) > this.frozen.indexOf(gens[0] as Generation)))
+      throw new Error('WriteBuffer.putBack: not a suffix of the frozen generations');
+    const merged = gens[0] as Generation;
+    for (const g of gens.slice(1)) merged.absorb(g);
+    merged.absorb(this.active);
+    this.active = merged;
+    this.frozen = keep;
   }
 
   /** Wake writers waiting for room (after every flush, successful or not). */
@@ -291,14 +325,14 @@ export class WriteBuffer {
     for (const w of waiters) w();
   }
 
-  /** Back-pressure: wait while the buffer is full. */
+  /** Back-pressure: wait while the buffer (segments in flight included) is full. */
   private async waitForRoom(): Promise<void> {
-    while (this.active.bytes >= this.o.maxDirtyBytes) {
+    while (this.heldBytes >= this.o.maxDirtyBytes) {
       this.o.flushForRoom();
       await new Promise<void>((resolve) => this.roomWaiters.push(resolve));
       this.o.checkWritable();
       const failure = this.o.lastFlushError();
-      if (failure && this.active.bytes >= this.o.maxDirtyBytes) {
+      if (failure && this.heldBytes >= this.o.maxDirtyBytes) {
         throw failure instanceof HyperError
           ? failure
           : new HyperError('unavailable', 'STORE_UNAVAILABLE', String(failure));

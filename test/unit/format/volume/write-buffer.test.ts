@@ -117,7 +117,7 @@ describe('write buffer', () => {
     const gen = buf.freeze();
     assert.equal(gen.bytes, 4 * BS);
     assert.ok(buf.lookup(0), 'frozen blocks still read');
-    buf.unfreeze(true);
+    buf.release(gen);
     buf.roomMade();
     await p;
     assert.equal(done, true);
@@ -128,11 +128,41 @@ describe('write buffer', () => {
     const { buf } = setup(8);
     await buf.write(0, Buffer.alloc(BS, 1));
     await buf.write(BS, Buffer.alloc(BS, 1));
-    buf.freeze();
+    const gen = buf.freeze();
     await buf.write(BS, Buffer.alloc(BS, 2)); // newer than the frozen one
-    buf.unfreeze(false);
+    buf.putBack([gen]);
     assert.equal((buf.lookup(0) as Buffer)[0], 1);
     assert.equal((buf.lookup(1) as Buffer)[0], 2, 'the newer write wins');
     assert.equal(buf.dirtyBytes, 2 * BS);
+  });
+
+  it('serves several frozen generations newest first and puts a failed suffix back in order', async () => {
+    const { buf } = setup(64);
+    await buf.write(0, Buffer.alloc(BS, 1));
+    const g1 = buf.freeze();
+    await buf.write(0, Buffer.alloc(BS, 2));
+    await buf.write(BS, Buffer.alloc(BS, 2));
+    const g2 = buf.freeze();
+    await buf.zero(BS, BS, 'keep');
+    await buf.write(2 * BS, Buffer.alloc(BS, 3));
+    const g3 = buf.freeze();
+    await buf.write(3 * BS, Buffer.alloc(BS, 4));
+    assert.equal((buf.lookup(0) as Buffer)[0], 2, 'newest frozen generation wins');
+    assert.equal(buf.lookup(1), null, 'a trim in a newer generation hides an older write');
+    assert.equal(buf.frozenBytes, 4 * BS);
+    assert.equal(buf.heldBytes, 5 * BS);
+    // g1 landed; g2 and g3 failed: they come back under the active generation, in order.
+    buf.release(g1);
+    buf.putBack([g2, g3]);
+    assert.equal(buf.frozen.length, 0);
+    assert.equal((buf.lookup(0) as Buffer)[0], 2);
+    assert.equal(buf.lookup(1), null);
+    assert.equal((buf.lookup(2) as Buffer)[0], 3);
+    assert.equal((buf.lookup(3) as Buffer)[0], 4);
+    assert.throws(() => {
+      const a = buf.freeze();
+      buf.freeze();
+      buf.putBack([a]);
+    }, /suffix/);
   });
 });
