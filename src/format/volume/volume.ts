@@ -601,8 +601,7 @@ export class Volume {
         loader: this.loader,
         gen,
         id: () => committer.nextId(),
-        head: (id, nowMs) =>
-          nextHead(committer.tip, { id, nowMs, size: this.size, patch, walSeq }),
+        head: (id, nowMs) => nextHead(committer.tip, { id, nowMs, size: this.size, patch, walSeq }),
         blockSize: this.bs,
       });
     } catch (e) {
