@@ -14,7 +14,7 @@
  * A flush freezes the write buffer, applies it to the copy-on-write index, builds one
  * segment, PUTs it create-only and CASes the head (the commit point); see FORMAT.md.
  */
-import { HyperError } from '../../errors.js';
+import { HyperError, isHyperError } from '../../errors.js';
 import { isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
 import { nodeCapacity } from '../codec/node.js';
 import type { WalEntry } from '../codec/wal.js';
@@ -29,6 +29,7 @@ import { Reader } from './reader.js';
 import { adoptNodes, buildSegment, nextHead, type MetadataPatch } from './flush.js';
 import { SegmentSource } from './segments.js';
 import {
+  CONFLICT_RETRIES,
   MiB,
   silentLogger,
   type CheckpointInfo,
@@ -569,9 +570,15 @@ export class Volume {
       if (!this.buffer.active.empty || this.pendingMeta) await this.startSegment(committer);
       return this.checkpointInfo();
     }
-    if (!this.buffer.active.empty || this.pendingMeta) await this.startSegment(committer);
-    await Promise.all(this.stages.map((s) => s.done));
-    if (this.rollBackFailed()) throw this.lastFlushError;
+    for (let attempt = 0; ; attempt++) {
+      if (!this.buffer.active.empty || this.pendingMeta) await this.startSegment(committer);
+      await this.settle();
+      if (!this.rollBackFailed()) break;
+      // A segment id taken by an old writer's leftover (its PUT landed after our takeover
+      // listed the segments): the ids are skipped now, write again under new ones.
+      if (!isHyperError(this.lastFlushError, 'OBJECT_EXISTS') || attempt >= CONFLICT_RETRIES)
+        throw this.lastFlushError;
+    }
     // Every segment is durable: one CAS commits them all (the commit point).
     if (committer.headPending) {
       await committer.publishPending();
