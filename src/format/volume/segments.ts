@@ -78,7 +78,8 @@ export class SegmentSource {
     const store = this.storeFor(seg);
     const key = segmentKey(seg);
     try {
-      return (await store.get(key, { range })).body;
+      // Segments are write-once: a store may keep them open between reads.
+      return (await store.get(key, { range, immutable: true })).body;
     } catch (e) {
       if (isHyperError(e, 'OBJECT_NOT_FOUND')) {
         throw dataError(

@@ -76,8 +76,8 @@ export interface OpenOptions {
   /** Dirty bytes that start a flush (default: the volume's segment size). */
   flushBytes?: number;
   /**
-   * Buffered bytes, segments in flight included, at which writers wait for a flush
-   * (default (flushPipeline + 1.5) × flushBytes; at least 2 × flushBytes).
+   * Buffered bytes, segments in flight included (data and index nodes), at which writers
+   * wait for a flush (default 4 × flushBytes; at least 2 × flushBytes).
    */
   maxDirtyBytes?: number;
   /**

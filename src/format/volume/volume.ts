@@ -41,7 +41,7 @@ import {
   type VolumeInfo,
 } from './types.js';
 import { WalSession, withWalUrl } from './wal.js';
-import { WriteBuffer, type Generation } from './write-buffer.js';
+import { WriteBuffer, dataLength, type Data, type Generation } from './write-buffer.js';
 
 export interface WriteOptions {
   /** Force Unit Access: durable (committed) before the promise resolves. */
@@ -58,6 +58,13 @@ type FlushKind = 'checkpoint' | 'segment';
 
 /** Segment PUTs in flight at once by default (pipelined flushes). */
 export const DEFAULT_FLUSH_PIPELINE = 4;
+
+/**
+ * Default bound of everything the write buffer holds, in segments (flushBytes): the filling
+ * one plus segments in flight. Sequential writes keep about three PUTs in flight; random
+ * writes, whose segments carry as many index nodes as data, about one.
+ */
+export const DEFAULT_MAX_DIRTY_SEGMENTS = 4;
 
 /** One segment built and written in the background, oldest first in `Volume.stages`. */
 interface Stage {
@@ -127,9 +134,9 @@ export class Volume {
     this.pipeline = Math.max(1, Math.floor(opts.flushPipeline ?? DEFAULT_FLUSH_PIPELINE));
     this.buffer = new WriteBuffer({
       blockSize: this.bs,
-      // Everything buffered counts, segments in flight included.
+      // Everything buffered counts, segments in flight included (with their index nodes).
       maxDirtyBytes: Math.max(
-        opts.maxDirtyBytes ?? (this.pipeline + 1.5) * this.flushBytes,
+        opts.maxDirtyBytes ?? DEFAULT_MAX_DIRTY_SEGMENTS * this.flushBytes,
         2 * this.flushBytes,
       ),
       readBlock: (lba) => this.readBlock(lba),
@@ -331,16 +338,24 @@ export class Volume {
 
   // ------------------------------------------------------------------ writes
 
-  async write(offset: number, data: Buffer, options: WriteOptions = {}): Promise<void> {
+  /** Write `data` (one buffer, or the pieces of one, e.g. an NBD payload as it arrived). */
+  async write(offset: number, data: Data, options: WriteOptions = {}): Promise<void> {
     this.checkWritable();
-    this.checkRange(offset, data.length);
-    if (data.length === 0) return;
-    await this.buffer.write(
-      offset,
-      data,
-      this.logged({ op: 'write', offset, length: data.length, data }),
-    );
-    this.counters.bytesWritten += data.length;
+    const length = dataLength(data);
+    this.checkRange(offset, length);
+    if (length === 0) return;
+    const wal = this.wal;
+    const log = wal
+      ? () =>
+          wal.writer.append({
+            op: 'write',
+            offset,
+            length,
+            data: Buffer.isBuffer(data) ? data : Buffer.concat(data, length),
+          })
+      : undefined;
+    await this.buffer.write(offset, data, log);
+    this.counters.bytesWritten += length;
     await this.afterWrite(options);
   }
 
@@ -621,6 +636,7 @@ export class Volume {
       throw e;
     }
     committer.built(built);
+    gen.segmentBytes = built.segment.length;
     adoptNodes(built, this.tree, this.loader);
     this.cleanHead = built.head;
     const id = built.head.checkpoint;

@@ -8,6 +8,36 @@
  */
 import { HyperError } from '../../errors.js';
 
+/** Written bytes: one buffer, or the pieces of one (an NBD payload as it arrived). */
+export type Data = Buffer | readonly Buffer[];
+
+export function dataLength(d: Data): number {
+  if (Buffer.isBuffer(d)) return d.length;
+  let n = 0;
+  for (const p of d) n += p.length;
+  return n;
+}
+
+/**
+ * copy(dst, at, from, to): bytes [from, to) of `d` into dst[at..]. Calls must come with
+ * increasing `from` (a cursor walks the pieces once).
+ */
+function copier(d: Data): (dst: Buffer, at: number, from: number, to: number) => void {
+  if (Buffer.isBuffer(d)) return (dst, at, from, to) => void d.copy(dst, at, from, to);
+  let k = 0;
+  let base = 0;
+  return (dst, at, from, to) => {
+    while (k < d.length && base + (d[k] as Buffer).length <= from)
+      base += (d[k++] as Buffer).length;
+    for (let i = k, b = base; i < d.length && b < to; b += (d[i++] as Buffer).length) {
+      const p = d[i] as Buffer;
+      const s = Math.max(from, b);
+      const e = Math.min(to, b + p.length);
+      if (e > s) p.copy(dst, at + (s - from), s - b, e - b);
+    }
+  };
+}
+
 /** Trims of at most this many blocks are kept per block; larger ones as ranges. */
 const SMALL_TRIM = 1024;
 
@@ -31,6 +61,11 @@ export class Generation {
   readonly ranges: [number, number][] = [];
   /** Bytes of block data held. */
   bytes = 0;
+  /**
+   * Once frozen and laid out as a segment: the segment's size (its blocks now live in it,
+   * with the index nodes), which is what it holds until the segment is durable.
+   */
+  segmentBytes = 0;
   /** Blocks are carved from slabs that live and die with the generation (few large allocations). */
   private slab: Buffer | undefined;
   private slabUsed = 0;
@@ -204,7 +239,7 @@ export class WriteBuffer {
   /** Bytes held by generations whose segments are still in flight. */
   get frozenBytes(): number {
     let n = 0;
-    for (const g of this.frozen) n += g.bytes;
+    for (const g of this.frozen) n += Math.max(g.bytes, g.segmentBytes);
     return n;
   }
 
@@ -214,15 +249,16 @@ export class WriteBuffer {
   }
 
   /** Write `data` at `offset` (any alignment). */
-  async write(offset: number, data: Buffer, log?: ApplyLog): Promise<void> {
+  async write(offset: number, data: Data, log?: ApplyLog): Promise<void> {
     await this.waitForRoom();
+    const length = dataLength(data);
     const first = Math.floor(offset / this.bs);
-    const last = Math.floor((offset + data.length - 1) / this.bs);
+    const last = Math.floor((offset + length - 1) / this.bs);
     for (let busy = this.locks.untilFree(first, last); busy;) {
       await busy;
       busy = this.locks.untilFree(first, last);
     }
-    await this.apply(first, last, this.edgesToRead(offset, data.length), log, (old) =>
+    await this.apply(first, last, this.edgesToRead(offset, length), log, (old) =>
       this.copyIn(offset, data, old),
     );
   }
@@ -385,9 +421,10 @@ export class WriteBuffer {
   }
 
   /** Copy `data` into whole blocks of the active generation (synchronous). */
-  private copyIn(offset: number, data: Buffer, old: Map<number, Buffer>): void {
+  private copyIn(offset: number, data: Data, old: Map<number, Buffer>): void {
+    const copy = copier(data);
     const bs = this.bs;
-    const end = offset + data.length;
+    const end = offset + dataLength(data);
     const first = Math.floor(offset / bs);
     const last = Math.floor((end - 1) / bs);
     for (let lba = first; lba <= last; lba++) {
@@ -399,7 +436,7 @@ export class WriteBuffer {
       let blk: Buffer;
       if (to - from === bs) {
         blk = cur ?? this.active.alloc();
-        data.copy(blk, 0, from - offset, to - offset);
+        copy(blk, 0, from - offset, to - offset);
       } else {
         if (cur) blk = cur;
         else {
@@ -408,7 +445,7 @@ export class WriteBuffer {
           if (before) before.copy(blk);
           else blk.fill(0);
         }
-        data.copy(blk, from - bStart, from - offset, to - offset);
+        copy(blk, from - bStart, from - offset, to - offset);
       }
       this.active.set(lba, blk.equals(this.zeroBlock) ? null : blk);
     }

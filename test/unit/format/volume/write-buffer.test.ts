@@ -42,6 +42,30 @@ function setup(blocks: number, maxDirtyBytes = 1 << 30) {
 }
 
 describe('write buffer', () => {
+  it('writes a payload given in pieces exactly like the joined buffer', async () => {
+    const rand = rng(7);
+    const a = setup(64);
+    const b = setup(64);
+    const model = Buffer.alloc(64 * BS);
+    for (let i = 0; i < 300; i++) {
+      const off = Math.floor(rand() * 60 * BS);
+      const len = 1 + Math.floor(rand() * Math.min(64 * BS - off, 5 * BS));
+      const data = Buffer.alloc(len);
+      for (let k = 0; k < len; k++) data[k] = Math.floor(rand() * 256);
+      // Cut it at random points (pieces of any size, some empty).
+      const parts: Buffer[] = [];
+      for (let at = 0; at < len; ) {
+        const n = Math.min(len - at, Math.floor(rand() * 3 * BS));
+        parts.push(data.subarray(at, at + n));
+        at += n;
+      }
+      await Promise.all([a.buf.write(off, data), b.buf.write(off, parts)]);
+      data.copy(model, off);
+    }
+    assert.ok(a.image().equals(model));
+    assert.ok(b.image().equals(model));
+  });
+
   it('matches a byte model over random unaligned writes, write-zeroes and trims', async () => {
     const blocks = 64;
     const { buf, stored, image } = setup(blocks);
