@@ -130,7 +130,7 @@ export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
   segment.fill(0, header.length, nodesOffset);
   // Blocks that sit back to back in memory (sequential writes fill slabs in order) are
   // copied as one run.
-  for (let k = 0; k < c.blocks.length; ) {
+  for (let k = 0; k < c.blocks.length;) {
     const b = c.blocks[k] as Buffer;
     let n = 1;
     for (; k + n < c.blocks.length; n++) {

@@ -54,7 +54,7 @@ describe('write buffer', () => {
       for (let k = 0; k < len; k++) data[k] = Math.floor(rand() * 256);
       // Cut it at random points (pieces of any size, some empty).
       const parts: Buffer[] = [];
-      for (let at = 0; at < len; ) {
+      for (let at = 0; at < len;) {
         const n = Math.min(len - at, Math.floor(rand() * 3 * BS));
         parts.push(data.subarray(at, at + n));
         at += n;
