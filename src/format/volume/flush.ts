@@ -110,6 +110,8 @@ export async function buildSegment(
     const at = out.dataOffset + k * f.blockSize;
     gen.blocks.set(lbas[k] as number, out.segment.subarray(at, at + f.blockSize));
   }
+  // Nothing refers to the generation's slabs any more (readers copy out synchronously).
+  gen.recycleSlabs();
   return { ...out, nodes };
 }
 

@@ -77,7 +77,7 @@ export interface OpenOptions {
   flushBytes?: number;
   /**
    * Buffered bytes, segments in flight included (data and index nodes), at which writers
-   * wait for a flush (default 4 × flushBytes; at least 2 × flushBytes).
+   * wait for a flush (default 3 × flushBytes; at least 2 × flushBytes).
    */
   maxDirtyBytes?: number;
   /**

@@ -61,10 +61,11 @@ export const DEFAULT_FLUSH_PIPELINE = 4;
 
 /**
  * Default bound of everything the write buffer holds, in segments (flushBytes): the filling
- * one plus segments in flight. Sequential writes keep about three PUTs in flight; random
- * writes, whose segments carry as many index nodes as data, about one.
+ * one plus segments in flight. Sequential writes keep about two PUTs in flight; random
+ * writes over a large volume, whose segments carry about as many bytes of index nodes as of
+ * data, about one (memory stays bounded: see README "Tuning").
  */
-export const DEFAULT_MAX_DIRTY_SEGMENTS = 4;
+export const DEFAULT_MAX_DIRTY_SEGMENTS = 3;
 
 /** One segment built and written in the background, oldest first in `Volume.stages`. */
 interface Stage {

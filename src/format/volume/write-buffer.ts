@@ -66,19 +66,25 @@ export class Generation {
    * with the index nodes), which is what it holds until the segment is durable.
    */
   segmentBytes = 0;
-  /** Blocks are carved from slabs that live and die with the generation (few large allocations). */
+  /**
+   * Blocks are carved from slabs (few large allocations) that live with the generation until
+   * its blocks move into a segment; then they go back to the pool for the next generations
+   * (no fresh memory to fault in for every segment, no dead slabs waiting for the GC).
+   */
   private slab: Buffer | undefined;
   private slabUsed = 0;
-  private readonly slabSize: number;
+  private readonly slabs: Buffer[] = [];
 
-  constructor(private readonly blockSize: number) {
-    this.slabSize = Math.max(blockSize, 1024 * 1024);
-  }
+  constructor(
+    private readonly blockSize: number,
+    private readonly pool: SlabPool = new SlabPool(blockSize, 0),
+  ) {}
 
   /** A fresh, uninitialised block buffer for this generation. */
   alloc(): Buffer {
     if (!this.slab || this.slabUsed + this.blockSize > this.slab.length) {
-      this.slab = Buffer.allocUnsafeSlow(this.slabSize);
+      this.slab = this.pool.take();
+      this.slabs.push(this.slab);
       this.slabUsed = 0;
     }
     const b = this.slab.subarray(this.slabUsed, this.slabUsed + this.blockSize);
@@ -88,6 +94,16 @@ export class Generation {
 
   get empty(): boolean {
     return this.blocks.size === 0 && this.ranges.length === 0;
+  }
+
+  /**
+   * Every block now lives elsewhere (copied into a segment, `blocks` pointing there): the
+   * slabs go back to the pool. Only once nothing refers to them any more.
+   */
+  recycleSlabs(): void {
+    for (const b of this.slabs) this.pool.give(b);
+    this.slabs.length = 0;
+    this.slab = undefined;
   }
 
   lookup(lba: number): BufferedBlock {
@@ -128,6 +144,27 @@ export class Generation {
   absorb(newer: Generation): void {
     for (const [lo, hi] of newer.ranges) this.trim(lo, hi);
     for (const [lba, v] of newer.blocks) this.set(lba, v);
+  }
+}
+
+/** Slabs of block buffers kept for reuse, up to a limit. */
+export class SlabPool {
+  private readonly free: Buffer[] = [];
+  readonly slabSize: number;
+
+  constructor(
+    blockSize: number,
+    private readonly limit: number,
+  ) {
+    this.slabSize = Math.max(blockSize, 1024 * 1024);
+  }
+
+  take(): Buffer {
+    return this.free.pop() ?? Buffer.allocUnsafeSlow(this.slabSize);
+  }
+
+  give(b: Buffer): void {
+    if (this.free.length < this.limit && b.length === this.slabSize) this.free.push(b);
   }
 }
 
@@ -213,11 +250,15 @@ export class WriteBuffer {
   private readonly bs: number;
   private readonly zeroBlock: Buffer;
   private roomWaiters: (() => void)[] = [];
+  private readonly pool: SlabPool;
 
   constructor(private readonly o: WriteBufferOptions) {
     this.bs = o.blockSize;
     this.zeroBlock = Buffer.alloc(o.blockSize);
-    this.active = new Generation(o.blockSize);
+    // Up to one segment's worth of slabs (a third of the bound) waits for reuse.
+    const pool = new SlabPool(o.blockSize, 0);
+    this.pool = new SlabPool(o.blockSize, Math.ceil(o.maxDirtyBytes / 3 / pool.slabSize));
+    this.active = new Generation(o.blockSize, this.pool);
   }
 
   /** What the un-flushed generations say about a block (active first, then frozen, newest first). */
@@ -325,7 +366,7 @@ export class WriteBuffer {
   /** Move the active generation to frozen (a flush writes it); writes go to a new one. */
   freeze(): Generation {
     const gen = this.active;
-    this.active = new Generation(this.bs);
+    this.active = new Generation(this.bs, this.pool);
     this.frozen.push(gen);
     return gen;
   }

@@ -143,6 +143,7 @@ function open(store: PipeStore, extra: Parameters<typeof Volume.open>[1] = {}): 
     flushIntervalMs: 0,
     flushBytes: SEG,
     flushPipeline: 3,
+    maxDirtyBytes: 5 * SEG, // three segments in flight and the next one filling
     nodeCacheBytes: 0, // index nodes of segments in flight must come from memory
     dataCacheBytes: 0,
     leaseTtlMs: 60_000,
@@ -281,7 +282,7 @@ describe('pipelined flushes', () => {
       const pipeline = 1 + Math.floor(rand() * 4);
       const opts = {
         flushPipeline: pipeline,
-        ...(rand() < 0.5 ? { maxDirtyBytes: 2 * SEG } : {}),
+        maxDirtyBytes: rand() < 0.5 ? 2 * SEG : 6 * SEG,
       };
       let vol = await open(store, opts);
       const model = Buffer.alloc(size);
