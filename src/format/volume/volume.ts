@@ -100,6 +100,8 @@ export class Volume {
   private stages: Stage[] = [];
   /** Segment PUTs allowed in flight at once. */
   private readonly pipeline: number;
+  /** Bytes of header and index nodes per byte of data in the last large segment. */
+  private nodeRatio = 0;
   /**
    * The checkpoint whose index root is the newest clean state of `tree` (every node in a
    * segment, durable or in flight): what the next segment records as its base.
@@ -411,7 +413,16 @@ export class Volume {
       await this.flush();
       return;
     }
-    if (this.buffer.dirtyBytes >= this.flushBytes) this.flushForRoom();
+    if (this.segmentEstimate() >= this.flushBytes) this.flushForRoom();
+  }
+
+  /**
+   * The size the buffered writes would take as a segment: their data plus index nodes, at
+   * the ratio the last segment had (random writes over a large volume change about one leaf
+   * per block, so their segments carry as many bytes of nodes as of data).
+   */
+  private segmentEstimate(): number {
+    return this.buffer.dirtyBytes * (1 + this.nodeRatio);
   }
 
   // ------------------------------------------------------------------ durability
@@ -555,7 +566,7 @@ export class Volume {
   private flushForRoom(): void {
     if (this.flushes.busy) return;
     const failed = this.stages.some((s) => s.state === 'failed');
-    const full = this.buffer.dirtyBytes >= this.flushBytes;
+    const full = this.segmentEstimate() >= this.flushBytes;
     // A smaller buffer waits for a segment in flight to land (that wakes the writers).
     if (!failed && !full && (this.stages.length > 0 || this.buffer.active.empty)) return;
     this.flushes
@@ -638,6 +649,8 @@ export class Volume {
     }
     committer.built(built);
     gen.segmentBytes = built.segment.length;
+    const data = built.segment.length - built.dataOffset;
+    if (data >= this.flushBytes / 4) this.nodeRatio = Math.min(1, built.dataOffset / data);
     adoptNodes(built, this.tree, this.loader);
     this.cleanHead = built.head;
     const id = built.head.checkpoint;
