@@ -289,6 +289,11 @@ export class WriteBuffer {
     return this.active.bytes + this.frozenBytes;
   }
 
+  /** Buffered bytes (segments in flight included) at which writers wait for room. */
+  get maxDirtyBytes(): number {
+    return this.o.maxDirtyBytes;
+  }
+
   /** Write `data` at `offset` (any alignment). */
   async write(offset: number, data: Data, log?: ApplyLog): Promise<void> {
     await this.waitForRoom();
