@@ -383,7 +383,9 @@ describe('pipelined flushes', () => {
       const ro = await Volume.open(store, { readOnly: true, nodeCacheBytes: 0 });
       assert.equal(sha(await ro.read(0, size)), sha(model), `seed ${seed}: final content`);
       assert.deepEqual(store.violations, []);
-      assert.ok(pipeline === 1 || store.maxInFlight > 1, `seed ${seed}: nothing was pipelined`);
+      // (With a bound of two segments, one in flight and one filling already fill it.)
+      if (pipeline > 1 && opts.maxDirtyBytes > 2 * SEG)
+        assert.ok(store.maxInFlight > 1, `seed ${seed}: nothing was pipelined`);
     });
   }
 });
