@@ -75,8 +75,16 @@ export interface OpenOptions {
   dataCacheBytes?: number;
   /** Dirty bytes that start a flush (default: the volume's segment size). */
   flushBytes?: number;
-  /** Dirty bytes at which writers wait for a flush (default 1.5 × flushBytes). */
+  /**
+   * Buffered bytes, segments in flight included (data and index nodes), at which writers
+   * wait for a flush (default 3 × flushBytes; at least 2 × flushBytes).
+   */
   maxDirtyBytes?: number;
+  /**
+   * Segment PUTs in flight at once while the next segment fills (default 4). Heads are
+   * still committed in order and name only durable segments.
+   */
+  flushPipeline?: number;
   /** Flush dirty data at least this often (default 5000 ms; 0 disables the timer). */
   flushIntervalMs?: number;
   logger?: Logger;
