@@ -7,6 +7,7 @@
  * then flushes and closes every opened volume, which releases its lease. A volume whose
  * lease is lost while served stays exported, but its writes fail (EPERM to the client).
  */
+import { join } from 'node:path';
 import { processHolder } from '../format/volume/lease.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { HyperError, isHyperError } from '../errors.js';
@@ -65,6 +66,14 @@ export interface ServeOptions {
   signal?: AbortSignal;
   /** How long `close()` lets connections finish requests in flight (default 10 s). */
   drainMs?: number;
+  /**
+   * Keep blocks read from the store in a cache on local disk: `dir` for a volume URL, one
+   * subdirectory per volume (its path below the prefix) when serving a prefix; `sizeBytes`
+   * per volume. `reuse` (default) keeps a cache of the same volume across restarts.
+   */
+  diskCache?: { dir: string; sizeBytes: number; mode?: 'reuse' | 'recreate' };
+  /** Bytes of clean data blocks each volume keeps in memory (default 32 MiB). */
+  memoryCacheBytes?: number;
 }
 
 export class VolumeServer {
@@ -186,7 +195,7 @@ export class VolumeServer {
     }
     if (listing.length === 1 && listing[0]!.name === '') {
       const name = url.replace(/\/+$/, '').split('/').pop() ?? '';
-      const device = await this.openDevice(store);
+      const device = await this.openDevice(store, '');
       try {
         this.table.add(VolumeExport.opened(name, url, device));
       } catch (e) {
@@ -207,7 +216,7 @@ export class VolumeServer {
         new VolumeExport(
           v.name.replace(/\/+$/, ''),
           v.url,
-          () => this.openDevice(sub),
+          () => this.openDevice(sub, v.name),
           this.readOnly,
         ),
       );
@@ -235,8 +244,10 @@ export class VolumeServer {
     }
   }
 
-  private async openDevice(store: ObjectStore): Promise<VolumeDevice> {
+  /** Open a volume; `name` is its path below a served prefix ('' for a volume URL). */
+  private async openDevice(store: ObjectStore, name: string): Promise<VolumeDevice> {
     const o = this.options;
+    const cache = o.diskCache;
     const options: OpenOptions = {
       readOnly: this.readOnly,
       holder: o.holder ?? processHolder('hyper-serve'),
@@ -247,6 +258,10 @@ export class VolumeServer {
       ...(o.walUrl === undefined ? {} : { walUrl: o.walUrl }),
       // Parent volumes of clones and the WAL are opened like the volume's own store.
       openStore: (u: string) => o.openStore(u),
+      ...(o.memoryCacheBytes === undefined ? {} : { dataCacheBytes: o.memoryCacheBytes }),
+      ...(cache === undefined
+        ? {}
+        : { diskCache: { ...cache, dir: name === '' ? cache.dir : join(cache.dir, name) } }),
     };
     for (let logged = false; ;) {
       try {
