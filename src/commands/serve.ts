@@ -135,6 +135,11 @@ export default class Serve extends BaseCommand<typeof Serve> {
       default: 32 * MiB,
       min: 0,
     }),
+    'read-ahead': size({
+      summary:
+        'Largest read-ahead window for sequential reads (default 16M for S3 and 0 for file:// volumes; 0 turns it off; bounded by half of --memory-cache).',
+      min: 0,
+    }),
     verbose: Flags.boolean({
       char: 'v',
       summary: 'Log every connection and refused request (debug) on stderr.',
@@ -162,6 +167,7 @@ export default class Serve extends BaseCommand<typeof Serve> {
       }),
       signal,
       memoryCacheBytes: flags['memory-cache'],
+      ...(flags['read-ahead'] === undefined ? {} : { readAheadBytes: flags['read-ahead'] }),
       ...(flags['cache-dir'] === undefined
         ? {}
         : {

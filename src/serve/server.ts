@@ -74,6 +74,8 @@ export interface ServeOptions {
   diskCache?: { dir: string; sizeBytes: number; mode?: 'reuse' | 'recreate' };
   /** Bytes of clean data blocks each volume keeps in memory (default 32 MiB). */
   memoryCacheBytes?: number;
+  /** Largest read-ahead window of sequential reads (default 16 MiB; 0 turns it off). */
+  readAheadBytes?: number;
 }
 
 export class VolumeServer {
@@ -259,6 +261,7 @@ export class VolumeServer {
       // Parent volumes of clones and the WAL are opened like the volume's own store.
       openStore: (u: string) => o.openStore(u),
       ...(o.memoryCacheBytes === undefined ? {} : { dataCacheBytes: o.memoryCacheBytes }),
+      ...(o.readAheadBytes === undefined ? {} : { readAheadBytes: o.readAheadBytes }),
       ...(cache === undefined
         ? {}
         : { diskCache: { ...cache, dir: name === '' ? cache.dir : join(cache.dir, name) } }),

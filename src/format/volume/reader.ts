@@ -36,6 +36,7 @@ const MAX_EXTENT_BLOCKS = 1 << 20;
 const STREAMS = 8;
 
 export const DEFAULT_READ_AHEAD = 16 * MiB;
+/** Read-around for stores where a request costs a round trip (0 for file:// and mem://). */
 export const DEFAULT_READ_AROUND = 64 * KiB;
 export const DEFAULT_READ_PART = 2 * MiB;
 export const DEFAULT_MAX_GETS = 16;
@@ -93,6 +94,8 @@ interface Run {
   /** lba of each block (for read-around extras: -1, not copied out). */
   lbas: number[];
   ptrs: BlockPtr[];
+  /** Fetched by read-ahead. */
+  ahead?: boolean;
 }
 
 interface Stream {
@@ -137,12 +140,16 @@ export class Reader {
   ) {
     this.dataCache = new LruCache(tuning.memoryBytes);
     this.memoryBytes = tuning.memoryBytes;
+    // On a local store there is no latency to hide: read-ahead and read-around only cost CPU
+    // there (measured on tmpfs), so they are off unless asked for.
+    const local = /^(file|mem):/.test(segments.own.url);
     // Read-ahead only pays while its blocks stay in memory until they are read.
     this.readAhead = Math.min(
-      tuning.readAheadBytes ?? DEFAULT_READ_AHEAD,
+      tuning.readAheadBytes ?? (local ? 0 : DEFAULT_READ_AHEAD),
       Math.floor(tuning.memoryBytes / 2),
     );
-    this.readAround = tuning.memoryBytes > 0 ? (tuning.readAroundBytes ?? DEFAULT_READ_AROUND) : 0;
+    this.readAround =
+      tuning.memoryBytes > 0 ? (tuning.readAroundBytes ?? (local ? 0 : DEFAULT_READ_AROUND)) : 0;
     this.partBytes = Math.max(bs, tuning.partBytes ?? DEFAULT_READ_PART);
     this.gets = new Semaphore(Math.max(1, tuning.maxGets ?? DEFAULT_MAX_GETS));
   }
@@ -182,14 +189,16 @@ export class Reader {
     const hi = (lbas[lbas.length - 1] as number) + 1;
     let entries: ScanEntry[];
     if (lbas.length === 1) {
-      const p = await this.loader.run(() => tree.lookup(lo));
-      entries = p ? [{ ...p, lba: lo }] : [];
+      let p = tree.lookup(lo);
+      if (p instanceof Miss) p = await this.loader.run(() => tree.lookup(lo));
+      if (p) (p as ScanEntry).lba = lo;
+      entries = p ? [p as ScanEntry] : [];
     } else {
       entries = await this.loader.run(() => tree.scan(lo, hi));
     }
     // Group contiguous blocks of one segment into runs: one ranged GET each.
     const runs: Run[] = [];
-    let waits: Promise<void>[] | undefined;
+    let waits: { promises: Set<Promise<void>>; blocks: { lba: number; p: BlockPtr }[] } | undefined;
     let run: Run | undefined;
     let k = 0;
     for (const lba of lbas) {
@@ -215,7 +224,8 @@ export class Reader {
       const pending = this.inflight.get(key);
       if (pending) {
         // Being fetched (read-ahead): wait for it rather than GET it twice.
-        (waits ??= []).push(this.afterInflight(pending, out, offset, length, lba, p));
+        (waits ??= { promises: new Set(), blocks: [] }).promises.add(pending);
+        waits.blocks.push({ lba, p });
         run = undefined;
         continue;
       }
@@ -233,32 +243,38 @@ export class Reader {
         runs.push(run);
       }
     }
-    const jobs: Promise<void>[] = waits ?? [];
+    const jobs: Promise<void>[] = [];
+    if (waits) jobs.push(this.afterInflight(waits.promises, waits.blocks, out, offset, length));
     for (const r of runs) jobs.push(this.fetchInto(r, out, offset, length, tree));
     if (jobs.length === 1) await jobs[0];
     else if (jobs.length > 1) await Promise.all(jobs);
     return true;
   }
 
-  /** A block some other fetch is getting: copy it once there (or fetch it if it is gone). */
+  /** Blocks other fetches are getting: copy them once there (fetch those that are gone). */
   private async afterInflight(
-    pending: Promise<void>,
+    pending: Set<Promise<void>>,
+    blocks: { lba: number; p: BlockPtr }[],
     out: Buffer,
     offset: number,
     length: number,
-    lba: number,
-    p: BlockPtr,
   ): Promise<void> {
-    await pending.catch(() => undefined);
-    const key = blockKey(p.seg, p.off);
-    const blk = this.dataCache.get(key);
-    if (blk) {
-      this.usedSpeculative(key);
-      copyBlock(out, offset, length, lba, this.bs, blk);
-      return;
+    await Promise.all([...pending].map((q) => q.catch(() => undefined)));
+    const again: Promise<void>[] = [];
+    for (const { lba, p } of blocks) {
+      const key = blockKey(p.seg, p.off);
+      const blk = this.dataCache.get(key);
+      if (blk) {
+        if (this.speculative.size > 0) this.usedSpeculative(key);
+        copyBlock(out, offset, length, lba, this.bs, blk);
+        continue;
+      }
+      const r: Run = { seg: p.seg, off: p.off, len: p.len, lbas: [lba], ptrs: [p] };
+      again.push(
+        this.fetchRun(r).then(([b]) => copyBlock(out, offset, length, lba, this.bs, b as Buffer)),
+      );
     }
-    const [b] = await this.fetchRun({ seg: p.seg, off: p.off, len: p.len, lbas: [lba], ptrs: [p] });
-    copyBlock(out, offset, length, lba, this.bs, b as Buffer);
+    if (again.length > 0) await Promise.all(again);
   }
 
   private usedSpeculative(key: number): void {
@@ -461,6 +477,7 @@ export class Reader {
         );
       const out: Buffer[] = [];
       const single = to - from === 1;
+      const around = r.lbas.includes(-1);
       const disk = toDisk && this.disk && this.disk.cacheable(seg) ? this.disk : undefined;
       const store = disk ? disk.storeOf(seg) : 0;
       let at = 0;
@@ -475,8 +492,10 @@ export class Reader {
             `Data block at offset ${off + at} failed its checksum`,
           );
         }
-        // A copy per block: a cached block must not keep a whole part's body alive.
-        const copy = single ? blk : Buffer.from(blk);
+        // Blocks read now or soon (this read, read-ahead) share the part's body, which goes
+        // when they do; the blocks of a read-around GET are copied: a few of them staying in
+        // the cache must not pin the whole body.
+        const copy = single || !around ? blk : Buffer.from(blk);
         this.dataCache.set(blockKey(seg, p.off), copy, copy.length);
         disk?.cache.put(store, seg, p.off, copy);
         out.push(copy);
@@ -485,6 +504,10 @@ export class Reader {
       return out;
     } finally {
       for (const k of keys) this.inflight.delete(k);
+      if (r.ahead) {
+        for (const k of keys) this.speculative.set(k, 1);
+        this.trimSpeculative();
+      }
       settle();
     }
   }
@@ -524,7 +547,11 @@ export class Reader {
     if (end > s.next) s.next = end;
     s.hits++;
     if (s.hits < 2) return;
-    s.window = Math.min(s.window * 2, this.readAhead);
+    // Streams prefetching at once share the budget (it must fit in the memory cache).
+    let active = 0;
+    for (const c of this.streams) if (c.hits >= 2 && this.useClock - c.used < 64) active++;
+    const cap = Math.max(this.partBytes, Math.floor(this.readAhead / Math.max(1, active)));
+    s.window = Math.min(s.window * 2, cap);
     const target = s.next + s.window;
     // Top up once a quarter of the window is used.
     if (target - s.prefetched < s.window / 4) return;
@@ -567,7 +594,7 @@ export class Reader {
         run.ptrs.push(p);
         run.len += p.len;
       } else {
-        run = { seg: p.seg, off: p.off, len: p.len, lbas: [p.lba], ptrs: [p] };
+        run = { seg: p.seg, off: p.off, len: p.len, lbas: [p.lba], ptrs: [p], ahead: true };
         runs.push(run);
       }
     }
@@ -575,8 +602,6 @@ export class Reader {
       runs.map(async (r) => {
         const blocks = await this.fetchRun(r);
         this.counters.prefetched += blocks.length;
-        for (const p of r.ptrs) this.speculative.set(blockKey(p.seg, p.off), 1);
-        this.trimSpeculative();
       }),
     );
   }
