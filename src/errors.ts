@@ -29,6 +29,8 @@ export type ErrorCode =
   | 'PATH_NOT_FOUND'
   | 'PERMISSION_DENIED'
   | 'FILE_TOO_LARGE'
+  | 'UNKNOWN_COMMAND'
+  | 'UNKNOWN_FLAG'
   // not-found
   | 'VOLUME_NOT_FOUND'
   | 'OBJECT_NOT_FOUND'

@@ -1,24 +1,11 @@
 import { BaseCommand } from '../../base-command.js';
-import { iso } from '../../cli/results.js';
+import { isoOrNull } from '../../cli/results.js';
+import type { FileListResult, VolumeListItem } from '../../cli/vocabulary.js';
 import { formatBytes } from '../../cli/units.js';
 import { prefixUrl } from '../../flags.js';
 import { listVolumes } from '../../format/volume/admin.js';
 
-export interface VolumeListItem {
-  /** Path of the volume relative to the listed prefix, ending with `/`. */
-  name: string;
-  url: string;
-  size: number;
-  checkpoint: number;
-  checkpointTime: string;
-  /** Set when the volume's head could not be read (it is listed anyway). */
-  error?: string;
-}
-
-export interface FileListResult {
-  url: string;
-  volumes: VolumeListItem[];
-}
+export type { FileListResult, VolumeListItem };
 
 export default class FileList extends BaseCommand<typeof FileList> {
   static override summary = 'List the volumes under a prefix.';
@@ -46,14 +33,26 @@ export default class FileList extends BaseCommand<typeof FileList> {
     const listed = await listVolumes(store);
     const result: FileListResult = {
       url,
-      volumes: listed.map((v) => ({
-        name: v.name,
-        url: v.url,
-        size: v.size,
-        checkpoint: v.checkpoint,
-        checkpointTime: iso(v.checkpointTime),
-        ...(v.error === undefined ? {} : { error: v.error }),
-      })),
+      volumes: listed.map((v): VolumeListItem =>
+        v.error === undefined
+          ? {
+              name: v.name,
+              url: v.url,
+              size: v.size,
+              checkpoint: v.checkpoint,
+              checkpointTime: isoOrNull(v.checkpointTime),
+              error: null,
+            }
+          : // An unreadable head has no size or checkpoint to show.
+            {
+              name: v.name,
+              url: v.url,
+              size: null,
+              checkpoint: null,
+              checkpointTime: null,
+              error: v.error,
+            },
+      ),
     };
     if (result.volumes.length === 0) {
       this.log(`No volumes under ${url}.`);
@@ -61,12 +60,11 @@ export default class FileList extends BaseCommand<typeof FileList> {
       this.log(
         this.table(
           ['NAME', 'SIZE', 'CHECKPOINT', 'CHECKPOINT TIME'],
-          result.volumes.map((v) => [
-            v.name,
-            formatBytes(v.size),
-            String(v.checkpoint),
-            v.checkpointTime,
-          ]),
+          result.volumes.map((v) =>
+            v.error === null
+              ? [v.name, formatBytes(v.size ?? 0), String(v.checkpoint), v.checkpointTime ?? '-']
+              : [v.name, '-', '-', `unreadable: ${v.error}`],
+          ),
         ),
       );
     }

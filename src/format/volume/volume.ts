@@ -34,6 +34,7 @@ import {
   silentLogger,
   type CheckpointInfo,
   type CreateOptions,
+  type EngineObserver,
   type EngineStats,
   type Extent,
   type Logger,
@@ -76,6 +77,9 @@ export class Volume {
   /** Own segments with ids up to this one, except `committedSkipped`, are committed. */
   private committedLast: number;
   private committedSkipped: Set<number>;
+  private readonly observer: EngineObserver | undefined;
+  /** The checkpoint the head object names (a segment written for room is not one yet). */
+  private committed: { checkpoint: number; ms: number };
 
   private constructor(
     private readonly store: ObjectStore,
@@ -95,6 +99,8 @@ export class Volume {
     const nodeSize = 2 ** head.metaBlockShift;
     this.size = head.size;
     this.log = opts.logger ?? silentLogger;
+    this.observer = opts.observer;
+    this.committed = { checkpoint: head.checkpoint, ms: head.checkpointMs };
     const tier = this.diskTier();
     this.loader = new NodeLoader(segments, nodeSize, opts.nodeCacheBytes ?? 32 * MiB, tier?.nodes);
     this.tree = new BTree(rootOf(head), nodeCapacity(nodeSize), this.loader);
@@ -230,6 +236,11 @@ export class Volume {
       prefetchHits: r.prefetchHits,
       readAroundBlocks: r.readAround,
       readAroundHits: r.readAroundHits,
+      dirtyBytes: this.buffer.dirtyBytes,
+      maxDirtyBytes: this.buffer.maxDirtyBytes,
+      checkpoint: this.committed.checkpoint,
+      checkpointMs: this.committed.ms,
+      ...(this.committer ? { lease: this.committer.leaseState } : {}),
     };
   }
 
@@ -564,12 +575,42 @@ export class Volume {
   }
 
   private async flushOnce(kind: FlushKind): Promise<CheckpointInfo> {
+    const flushed = this.observer?.flushed;
+    // Only flushes with something to write are timed (an idle FLUSH is not one).
+    const idle = this.buffer.active.empty && !this.pendingMeta && !this.committer?.headPending;
+    if (flushed === undefined || idle) return this.flushOnceUnobserved(kind);
+    const t0 = performance.now();
+    let ok = false;
+    try {
+      const r = await this.flushOnceUnobserved(kind);
+      ok = true;
+      return r;
+    } finally {
+      notify(() => flushed({ kind, seconds: (performance.now() - t0) / 1000, ok }));
+    }
+  }
+
+  /** The head CAS, timed for the observer. */
+  private async commit(publish: () => Promise<void>): Promise<void> {
+    const committed = this.observer?.committed;
+    if (committed === undefined) return publish();
+    const t0 = performance.now();
+    let ok = false;
+    try {
+      await publish();
+      ok = true;
+    } finally {
+      notify(() => committed({ seconds: (performance.now() - t0) / 1000, ok }));
+    }
+  }
+
+  private async flushOnceUnobserved(kind: FlushKind): Promise<CheckpointInfo> {
     this.checkWritable();
     const committer = this.committer as Committer;
     if (this.buffer.active.empty && !this.pendingMeta) {
       // Segments written for room still wait for their head: one CAS commits them.
       if (kind === 'checkpoint' && committer.headPending) {
-        await committer.publishPending();
+        await this.commit(() => committer.publishPending());
         this.headCommitted();
       }
       return this.checkpointInfo();
@@ -592,7 +633,7 @@ export class Volume {
       });
       this.counters.segmentsWritten++;
       if (kind === 'checkpoint') {
-        await committer.publish(built);
+        await this.commit(() => committer.publish(built));
         this.headCommitted();
       } else committer.written(built);
       this.counters.flushes++;
@@ -613,9 +654,11 @@ export class Volume {
 
   /** The head object names the newest checkpoint: WAL records it covers can go. */
   private headCommitted(): void {
-    this.committedLast = this.headRecord.lastSegment;
-    this.committedSkipped = new Set(this.headRecord.skipped);
-    const seq = this.headRecord.walSeq;
+    const head = this.headRecord;
+    this.committed = { checkpoint: head.checkpoint, ms: head.checkpointMs };
+    this.committedLast = head.lastSegment;
+    this.committedSkipped = new Set(head.skipped);
+    const seq = head.walSeq;
     if (seq !== undefined) this.wal?.covered(seq);
   }
 }
@@ -642,5 +685,14 @@ async function openDiskCache(
   } catch (e) {
     await cache.close();
     throw e;
+  }
+}
+
+/** Run an observer callback; it never changes the outcome of what it observes. */
+function notify(f: () => void): void {
+  try {
+    f();
+  } catch {
+    // ignored
   }
 }
