@@ -53,6 +53,21 @@ export class SegmentSource {
     return store;
   }
 
+  /** Every store segments are read from: the volume's own first, then its parents, nearest first. */
+  get stores(): ObjectStore[] {
+    return [this.own, ...this.chain.map((l) => l.store)];
+  }
+
+  /** Index in `stores` of the store segment `seg` lives in. */
+  storeIndex(seg: number): number {
+    let i = 0;
+    for (let k = 0; k < this.chain.length; k++) {
+      if (seg > (this.chain[k] as { base: number }).base) break;
+      i = k + 1;
+    }
+    return i;
+  }
+
   /** Whether a segment id belongs to a parent volume. */
   inherited(seg: number): boolean {
     return this.chain.length > 0 && seg <= (this.chain[0] as { base: number }).base;

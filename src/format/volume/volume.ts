@@ -18,14 +18,15 @@ import { HyperError, isHyperError } from '../../errors.js';
 import { isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
 import { nodeCapacity } from '../codec/node.js';
 import type { WalEntry } from '../codec/wal.js';
+import { DiskCache } from '../cache/disk-cache.js';
 import { BTree } from '../index/btree.js';
-import { NodeLoader } from '../index/loader.js';
+import { NodeLoader, type NodeDiskTier } from '../index/loader.js';
 import type { ObjectStore } from '../store/types.js';
 import { Committer, SerialQueue } from './commit.js';
 import { checkVolumeSize, createVolume } from './create.js';
 import { headAt, infoOf, readHead, resolveCheckpoint, rootOf } from './heads.js';
 import { DEFAULT_LEASE_TTL_MS, defaultHolder } from './lease.js';
-import { Reader } from './reader.js';
+import { Reader, type DiskTier } from './reader.js';
 import { adoptNodes, buildSegment, nextHead, type MetadataPatch } from './flush.js';
 import { SegmentSource } from './segments.js';
 import {
@@ -115,6 +116,9 @@ export class Volume {
   private readonly flushBytes: number;
   private readonly log: Logger;
   private readonly counters = { flushes: 0, segmentsWritten: 0, bytesWritten: 0, bytesRead: 0 };
+  /** Own segments with ids up to this one, except `committedSkipped`, are committed. */
+  private committedLast: number;
+  private committedSkipped: Set<number>;
   private readonly observer: EngineObserver | undefined;
   /** The checkpoint the head object names (a segment written for room is not one yet). */
   private committed: { checkpoint: number; ms: number };
@@ -128,15 +132,19 @@ export class Volume {
     private readonly committer: Committer | undefined,
     opts: OpenOptions,
     private readonly segments: SegmentSource,
+    private readonly disk?: { cache: DiskCache; storeIds: number[] },
   ) {
     const head = openedHead;
+    this.committedLast = head.lastSegment;
+    this.committedSkipped = new Set(head.skipped);
     this.bs = 2 ** head.dataBlockShift;
     const nodeSize = 2 ** head.metaBlockShift;
     this.size = head.size;
     this.log = opts.logger ?? silentLogger;
     this.observer = opts.observer;
     this.committed = { checkpoint: head.checkpoint, ms: head.checkpointMs };
-    this.loader = new NodeLoader(segments, nodeSize, opts.nodeCacheBytes ?? 32 * MiB);
+    const tier = this.diskTier();
+    this.loader = new NodeLoader(segments, nodeSize, opts.nodeCacheBytes ?? 32 * MiB, tier?.nodes);
     this.tree = new BTree(rootOf(head), nodeCapacity(nodeSize), this.loader);
     this.cleanHead = head;
     this.flushBytes = opts.flushBytes ?? head.segmentSize;
@@ -160,7 +168,14 @@ export class Volume {
       this.loader,
       segments,
       this.bs,
-      opts.dataCacheBytes ?? 32 * MiB,
+      {
+        memoryBytes: opts.dataCacheBytes ?? 32 * MiB,
+        ...(opts.readAheadBytes === undefined ? {} : { readAheadBytes: opts.readAheadBytes }),
+        ...(opts.readAroundBytes === undefined ? {} : { readAroundBytes: opts.readAroundBytes }),
+        ...(opts.readPartBytes === undefined ? {} : { partBytes: opts.readPartBytes }),
+        ...(opts.maxReadGets === undefined ? {} : { maxGets: opts.maxReadGets }),
+      },
+      tier?.data,
     );
     const interval = opts.flushIntervalMs ?? 5000;
     if (!readOnly && interval > 0) {
@@ -197,16 +212,19 @@ export class Volume {
     const cur = await readHead(store);
     const source = (h: HeadRecord): Promise<SegmentSource> =>
       SegmentSource.forHead(store, h, options.openStore);
-    if (options.at) {
-      const head = await headAt(
-        store,
-        cur.head,
-        await resolveCheckpoint(store, cur.head, options.at),
-      );
-      return new Volume(store, head, true, undefined, options, await source(head));
+    if (options.at || options.readOnly) {
+      const head = options.at
+        ? await headAt(store, cur.head, await resolveCheckpoint(store, cur.head, options.at))
+        : cur.head;
+      const src = await source(head);
+      const disk = await openDiskCache(options, head, src);
+      try {
+        return new Volume(store, head, true, undefined, options, src, disk);
+      } catch (e) {
+        await disk?.cache.close();
+        throw e;
+      }
     }
-    if (options.readOnly)
-      return new Volume(store, cur.head, true, undefined, options, await source(cur.head));
 
     options.signal?.throwIfAborted();
     const lease = {
@@ -220,22 +238,19 @@ export class Volume {
       withWalUrl(head, options.walUrl),
     );
     let vol: Volume | undefined;
+    let disk: { cache: DiskCache; storeIds: number[] } | undefined;
     try {
-      vol = new Volume(
-        store,
-        committer.head,
-        false,
-        committer,
-        options,
-        await source(committer.head),
-      );
+      const src = await source(committer.head);
+      disk = await openDiskCache(options, committer.head, src);
+      vol = new Volume(store, committer.head, false, committer, options, src, disk);
       const walUrl = committer.head.walUrl;
       if (walUrl)
         await vol.startWal(await (options.openStore ?? SegmentSource.defaultOpen)(walUrl));
       return vol;
     } catch (e) {
       // Nothing is flushed on the way out: a failed replay must not commit half of the log.
-      await vol?.discard();
+      if (vol) await vol.discard();
+      else await disk?.cache.close();
       await committer.release().catch(() => undefined);
       throw e;
     }
@@ -254,18 +269,56 @@ export class Volume {
   }
 
   stats(): EngineStats {
+    const r = this.reader.counters;
+    const d = this.disk?.cache.stats();
     return {
       ...this.counters,
       nodeCacheHits: this.loader.hits,
       nodeCacheMisses: this.loader.misses,
       dataCacheHits: this.reader.dataCache.hits,
       dataCacheMisses: this.reader.dataCache.misses,
+      dataGets: r.gets,
+      diskCacheHits: d?.hits ?? 0,
+      diskCacheMisses: d?.misses ?? 0,
+      diskCacheDropped: d?.dropped ?? 0,
+      prefetchedBlocks: r.prefetched,
+      prefetchHits: r.prefetchHits,
+      readAroundBlocks: r.readAround,
+      readAroundHits: r.readAroundHits,
       // Everything buffered, segments in flight included: what maxDirtyBytes bounds.
       dirtyBytes: this.buffer.heldBytes,
       maxDirtyBytes: this.buffer.maxDirtyBytes,
       checkpoint: this.committed.checkpoint,
       checkpointMs: this.committed.ms,
       ...(this.committer ? { lease: this.committer.leaseState } : {}),
+    };
+  }
+
+  /** The disk cache's own counters (undefined without one). */
+  diskCacheStats(): ReturnType<DiskCache['stats']> | undefined {
+    return this.disk?.cache.stats();
+  }
+
+  /**
+   * What the reader and the node loader use of the disk cache. Only blocks of committed
+   * segments go there (disk-cache.ts explains why that makes every key immutable).
+   */
+  private diskTier(): { data: DiskTier; nodes: NodeDiskTier } | undefined {
+    const disk = this.disk;
+    if (!disk) return undefined;
+    const storeOf = (seg: number): number => disk.storeIds[this.segments.storeIndex(seg)] as number;
+    const cacheable = (seg: number): boolean =>
+      this.segments.inherited(seg) ||
+      (seg <= this.committedLast && !this.committedSkipped.has(seg));
+    return {
+      data: { cache: disk.cache, storeOf, cacheable },
+      nodes: {
+        get: (seg, off, length) => disk.cache.get(storeOf(seg), seg, off, length),
+        put: (seg, off, bytes) => {
+          if (cacheable(seg)) disk.cache.put(storeOf(seg), seg, off, bytes);
+        },
+        invalidate: (seg, off) => disk.cache.invalidate(storeOf(seg), seg, off),
+      },
     };
   }
 
@@ -281,6 +334,7 @@ export class Volume {
       await this.settle();
       await this.wal?.close();
       await this.segments.close().catch(() => undefined);
+      await this.disk?.cache.close().catch(() => undefined);
       await this.committer?.release();
     }
   }
@@ -293,6 +347,7 @@ export class Volume {
     await this.settle();
     await this.wal?.close();
     await this.segments.close().catch(() => undefined);
+    await this.disk?.cache.close().catch(() => undefined);
   }
 
   // ------------------------------------------------------------------ checks
@@ -788,8 +843,35 @@ export class Volume {
   private headCommitted(): void {
     const head = this.headRecord;
     this.committed = { checkpoint: head.checkpoint, ms: head.checkpointMs };
+    this.committedLast = head.lastSegment;
+    this.committedSkipped = new Set(head.skipped);
     const seq = head.walSeq;
     if (seq !== undefined) this.wal?.covered(seq);
+  }
+}
+
+/** The disk cache asked for by `options`, with the numbers of the stores segments come from. */
+async function openDiskCache(
+  options: OpenOptions,
+  head: HeadRecord,
+  source: SegmentSource,
+): Promise<{ cache: DiskCache; storeIds: number[] } | undefined> {
+  const o = options.diskCache;
+  if (!o) return undefined;
+  const cache = await DiskCache.open({
+    dir: o.dir,
+    sizeBytes: o.sizeBytes,
+    mode: o.mode ?? 'reuse',
+    identity: head.uuid,
+    slotSize: Math.max(2 ** head.dataBlockShift, 2 ** head.metaBlockShift),
+  });
+  try {
+    const storeIds: number[] = [];
+    for (const s of source.stores) storeIds.push(await cache.storeId(s.url));
+    return { cache, storeIds };
+  } catch (e) {
+    await cache.close();
+    throw e;
   }
 }
 

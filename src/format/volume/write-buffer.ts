@@ -422,7 +422,7 @@ export class WriteBuffer {
     }
   }
 
-  /** Blocks of [offset, offset+length) that are partly covered and not already buffered. */
+  /** Blocks of [offset, offset+length) that are partly covered (read unless in the active generation). */
   private edgesToRead(offset: number, length: number): number[] {
     const bs = this.bs;
     const first = Math.floor(offset / bs);
@@ -430,8 +430,8 @@ export class WriteBuffer {
     const headPartial = offset % bs !== 0 || (first === last && length < bs);
     const tailPartial = (offset + length) % bs !== 0;
     const out: number[] = [];
-    if (headPartial && !this.active.blocks.get(first)) out.push(first);
-    if (tailPartial && last !== first && !this.active.blocks.get(last)) out.push(last);
+    if (headPartial) out.push(first);
+    if (tailPartial && last !== first) out.push(last);
     return out;
   }
 
@@ -446,7 +446,9 @@ export class WriteBuffer {
     log: ApplyLog | undefined,
     change: (old: Map<number, Buffer>) => void,
   ): Promise<void> {
-    if (toRead.length === 0) {
+    const missing = (old: Map<number, Buffer>): number[] =>
+      toRead.filter((lba) => !this.active.blocks.get(lba) && !old.has(lba));
+    if (missing(new Map()).length === 0) {
       change(new Map());
       await log?.();
       return;
@@ -454,11 +456,15 @@ export class WriteBuffer {
     let durable: Promise<void> | undefined;
     await this.locks.hold(first, last, async () => {
       const old = new Map<number, Buffer>();
-      await Promise.all(
-        toRead.map(async (lba) => {
-          old.set(lba, await this.o.readBlock(lba));
-        }),
-      );
+      // Until no edge is missing in the same step as the change: a flush may have frozen an
+      // edge block that was in the active generation while another edge was being read.
+      for (let need = missing(old); need.length > 0; need = missing(old)) {
+        await Promise.all(
+          need.map(async (lba) => {
+            old.set(lba, await this.o.readBlock(lba));
+          }),
+        );
+      }
       this.o.checkWritable();
       change(old);
       durable = log?.();
