@@ -7,7 +7,7 @@
  * result from `run()`; with `--json` oclif prints that result, otherwise the command renders
  * it with `this.log`. Progress and spinners go to stderr, results to stdout.
  */
-import { mkdir } from 'node:fs/promises';
+import { mkdir, stat } from 'node:fs/promises';
 import { createInterface } from 'node:readline/promises';
 import { Command, Errors, type Interfaces } from '@oclif/core';
 import Table from 'cli-table3';
@@ -92,12 +92,22 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
   /**
    * Open the store rooted at `url` with the --endpoint/--region flags; closed when the command
    * ends. With `mkdir` (commands that create a volume) a file:// directory is created first.
+   * Otherwise a file:// directory that does not exist is no volume: VOLUME_NOT_FOUND at once
+   * (creating the directory would not help), unless `prefix` (a listing: BUCKET_NOT_FOUND).
    */
-  protected async openStore(url: string, options: { mkdir?: boolean } = {}): Promise<ObjectStore> {
+  protected async openStore(
+    url: string,
+    options: { mkdir?: boolean; prefix?: boolean } = {},
+  ): Promise<ObjectStore> {
     const flags = this.flags as { endpoint?: string; region?: string };
-    if (options.mkdir) {
-      const parsed = parseStoreUrl(url);
-      if (parsed.scheme === 'file') await mkdir(parsed.dir, { recursive: true });
+    const parsed = parseStoreUrl(url);
+    if (parsed.scheme === 'file') {
+      if (options.mkdir) await mkdir(parsed.dir, { recursive: true });
+      else if (!options.prefix && !(await isDirectory(parsed.dir))) {
+        throw new HyperError('not-found', 'VOLUME_NOT_FOUND', `No volume at ${parsed.url}`, {
+          suggestion: `Create it with \`hyper file create ${parsed.url} --size SIZE\` (the directory ${parsed.dir} does not exist yet), or check the URL.`,
+        });
+      }
     }
     const store = await openStoreAt(url, {
       ...(flags.endpoint === undefined ? {} : { endpoint: flags.endpoint }),
@@ -273,5 +283,13 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
       });
     }
     return toHyperError(err);
+  }
+}
+
+async function isDirectory(path: string): Promise<boolean> {
+  try {
+    return (await stat(path)).isDirectory();
+  } catch {
+    return false;
   }
 }

@@ -4,6 +4,7 @@
  * value is reported the same way: the flag, the value, and the accepted forms (exit code 2).
  */
 import { Args, Flags } from '@oclif/core';
+import { HyperError } from './errors.js';
 import {
   DURATION_FORMS,
   SIZE_FORMS,
@@ -54,6 +55,33 @@ export const size = Flags.custom<number, SizeBounds>({
         powerOfTwo: opts.powerOfTwo,
       }),
     ),
+});
+
+/** A size that may be relative: `10G` (absolute), `+1G` (grow by), `-1G` (shrink by). */
+export interface SizeChange {
+  /** `+` or `-` for a change relative to the current size; absent for an absolute size. */
+  sign?: '+' | '-';
+  bytes: number;
+}
+
+/**
+ * A size flag that also takes `+<size>` / `-<size>` (relative to the current size). The bounds
+ * apply to the number after the sign; the command checks the resulting size.
+ */
+export const sizeChange = Flags.custom<SizeChange, SizeBounds>({
+  helpValue: '[+|-]<size>',
+  parse: async (input, _ctx, opts) =>
+    keepMessage(() => {
+      const m = /^\s*([+-])\s*(.*)$/.exec(input);
+      const bytes = parseSize(m ? m[2]! : input, {
+        name: `--${opts.name}`,
+        min: opts.min,
+        max: opts.max,
+        multipleOf: opts.multipleOf,
+        powerOfTwo: opts.powerOfTwo,
+      });
+      return m ? { sign: m[1] as '+' | '-', bytes } : { bytes };
+    }),
 });
 
 /** A duration in milliseconds: `30s`, `5m`, `2h`, `7d`, `1h30m`. */
@@ -126,3 +154,67 @@ export const prefixUrl = Args.custom<string>({
 });
 
 export { CHECKPOINT_REF_FORMS, DURATION_FORMS, SIZE_FORMS, TIME_FORMS, URL_FORMS };
+
+/**
+ * The --size of a new volume, which must be given (as `rbd create` and `qemu-img create`
+ * require): a usage error with an example otherwise. `--size 0` is accepted.
+ */
+export function requireSize(size: number | undefined, command: string, url: string): number {
+  if (size !== undefined) return size;
+  throw new HyperError(
+    'invalid',
+    'INVALID_ARGUMENT',
+    `Missing required flag --size for ${command}`,
+    {
+      suggestion: `Give the volume's size, e.g. \`hyper ${command} ${url} --size 10G\` (volumes are thin: the size costs nothing until written; grow it later with \`hyper file set-len --size +SIZE\`).`,
+    },
+  );
+}
+
+/**
+ * The snapshot name of `snapshot create|delete URL NAME`, also accepted (deprecated) as
+ * `--name NAME`. When `creating`, a name that `--at`/`--to` would read as a checkpoint number
+ * or a time (`42`, `2h`, `2026-01-31`) is refused: it could only be reached as `snapshot:NAME`.
+ */
+export function snapshotNameArg(
+  arg: string | undefined,
+  flag: string | undefined,
+  command: string,
+  url: string,
+  options: { creating?: boolean } = {},
+): string {
+  if (arg !== undefined && flag !== undefined && arg !== flag) {
+    throw new HyperError(
+      'invalid',
+      'INVALID_ARGUMENT',
+      `Two snapshot names given: ${JSON.stringify(arg)} (argument) and ${JSON.stringify(flag)} (--name)`,
+      { suggestion: `Give the name once, as the argument: hyper snapshot ${command} ${url} NAME` },
+    );
+  }
+  const name = arg ?? flag;
+  if (name === undefined) {
+    throw new HyperError('invalid', 'INVALID_ARGUMENT', `Missing the snapshot name`, {
+      suggestion: `Give it after the URL: hyper snapshot ${command} ${url} NAME`,
+    });
+  }
+  if (options.creating) {
+    let ref: CheckpointRef | undefined;
+    try {
+      ref = parseCheckpointRef(name);
+    } catch {
+      ref = undefined; // not a valid name: the store layer reports it with the rules
+    }
+    if (ref !== undefined && !('snapshot' in ref && ref.snapshot === name)) {
+      const what = 'checkpoint' in ref ? 'a checkpoint number' : 'a time';
+      throw new HyperError(
+        'invalid',
+        'INVALID_ARGUMENT',
+        `Invalid snapshot name ${JSON.stringify(name)}: --at and --to would read it as ${what}`,
+        {
+          suggestion: `Start the name with a letter, e.g. ${JSON.stringify(`v${name}`)} or ${JSON.stringify(`snap-${name}`)}.`,
+        },
+      );
+    }
+  }
+  return name;
+}

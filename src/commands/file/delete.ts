@@ -18,6 +18,8 @@ export interface FileDeleteResult {
 }
 
 export default class FileDelete extends BaseCommand<typeof FileDelete> {
+  static override aliases = ['file:rm'];
+
   static override summary = 'Delete a volume and every object it owns.';
 
   static override description = `Removes all objects of the volume: segments, head, lease and snapshots, so every checkpoint is gone too. This cannot be undone.

@@ -21,6 +21,8 @@ export interface FileListResult {
 }
 
 export default class FileList extends BaseCommand<typeof FileList> {
+  static override aliases = ['file:ls'];
+
   static override summary = 'List the volumes under a prefix.';
 
   static override description = `Finds every volume at or below the prefix (a volume is a prefix holding a head object) and shows its size and latest checkpoint. Nothing is opened or written.`;
@@ -42,7 +44,7 @@ export default class FileList extends BaseCommand<typeof FileList> {
 
   public async run(): Promise<FileListResult> {
     const { url } = this.args;
-    const store = await this.openStore(url);
+    const store = await this.openStore(url, { prefix: true });
     const listed = await listVolumes(store);
     const result: FileListResult = {
       url,

@@ -76,6 +76,8 @@ export function toStatResult(st: VolumeStat, url: string): FileStatResult {
 }
 
 export default class FileStat extends BaseCommand<typeof FileStat> {
+  static override aliases = ['file:info'];
+
   static override summary = 'Show the layout, current checkpoint, space use and lease of a volume.';
 
   static override description = `Reads the volume's head and lease and lists its objects; it never writes, so it is safe while the volume is served. "Provisioned" is the logical size in whole data blocks, "used" the bytes of blocks that hold data, and "stored" the bytes of every object of the volume on the store (including data kept only for earlier checkpoints).`;
