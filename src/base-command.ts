@@ -13,6 +13,16 @@ import { Command, Errors, type Interfaces } from '@oclif/core';
 import Table from 'cli-table3';
 import ora, { type Ora } from 'ora';
 import { HyperError, toHyperError } from './errors.js';
+import {
+  argvWithDefaults,
+  defaultFlagsFor,
+  loadConfig,
+  resolveSettings,
+  type DefaultFlag,
+  type FlagShape,
+  type LoadedConfig,
+  type ResolvedSettings,
+} from './cli/config.js';
 import { originalFlagMessage, storeFlags } from './flags.js';
 import { openStore as openStoreAt, parseStoreUrl, type ObjectStore } from './format/store/index.js';
 
@@ -67,6 +77,13 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
   protected flags!: Flags<T>;
   protected args!: Args<T>;
 
+  /** The configuration file, the resolved store settings and the default flags applied. */
+  protected hyperConfig!: {
+    loaded: LoadedConfig;
+    settings: ResolvedSettings;
+    defaults: DefaultFlag[];
+  };
+
   private stores: ObjectStore[] = [];
   private spinners: Ora[] = [];
   private abortController?: AbortController;
@@ -78,14 +95,50 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     // requirement would otherwise be printed on stderr by every S3 command.
     process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
     const ctor = this.ctor as typeof BaseCommand;
-    const { args, flags } = await this.parse({
-      flags: ctor.flags,
-      baseFlags: (super.ctor as typeof BaseCommand).baseFlags,
-      enableJsonFlag: ctor.enableJsonFlag,
-      args: ctor.args,
-      strict: ctor.strict,
-    });
+    // The configuration file: store settings and default flags (flag > env > file).
+    const loaded = await loadConfig();
+    const settings = resolveSettings(loaded, { ...profileInArgv(this.argv) });
+    const allFlags = { ...(super.ctor as typeof BaseCommand).baseFlags, ...ctor.flags };
+    const shapes: Record<string, FlagShape> = {};
+    for (const [name, f] of Object.entries(allFlags)) {
+      const def = f as {
+        type: 'boolean' | 'option';
+        char?: string;
+        aliases?: string[];
+        allowNo?: boolean;
+      };
+      shapes[name] = {
+        type: def.type,
+        ...(def.char === undefined ? {} : { char: def.char }),
+        ...(def.aliases === undefined ? {} : { aliases: def.aliases }),
+        ...(def.allowNo === undefined ? {} : { allowNo: def.allowNo }),
+      };
+    }
+    if (ctor.enableJsonFlag) shapes.json = { type: 'boolean' };
+    const id = this.id ?? ctor.id ?? '';
+    const defaults = defaultFlagsFor(loaded, settings, id, ctor.aliases ?? []);
+    const withDefaults = argvWithDefaults(this.argv, defaults, shapes, id, loaded.path);
+    const { args, flags } = await this.parse(
+      {
+        flags: ctor.flags,
+        baseFlags: (super.ctor as typeof BaseCommand).baseFlags,
+        enableJsonFlag: ctor.enableJsonFlag,
+        args: ctor.args,
+        strict: ctor.strict,
+      },
+      withDefaults.argv,
+    );
     this.flags = flags as Flags<T>;
+    const given = flags as { endpoint?: string; region?: string; profile?: string };
+    this.hyperConfig = {
+      loaded,
+      settings: resolveSettings(loaded, {
+        ...(given.endpoint === undefined ? {} : { endpoint: given.endpoint }),
+        ...(given.region === undefined ? {} : { region: given.region }),
+        ...(given.profile === undefined ? {} : { profile: given.profile }),
+      }),
+      defaults: withDefaults.applied,
+    };
     this.args = args as Args<T>;
   }
 
@@ -99,7 +152,7 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     url: string,
     options: { mkdir?: boolean; prefix?: boolean } = {},
   ): Promise<ObjectStore> {
-    const flags = this.flags as { endpoint?: string; region?: string };
+    const { settings } = this.hyperConfig;
     const parsed = parseStoreUrl(url);
     if (parsed.scheme === 'file') {
       if (options.mkdir) await mkdir(parsed.dir, { recursive: true });
@@ -110,8 +163,9 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
       }
     }
     const store = await openStoreAt(url, {
-      ...(flags.endpoint === undefined ? {} : { endpoint: flags.endpoint }),
-      ...(flags.region === undefined ? {} : { region: flags.region }),
+      ...(settings.endpoint.value === null ? {} : { endpoint: settings.endpoint.value }),
+      ...(settings.region.value === null ? {} : { region: settings.region.value }),
+      ...(settings.awsProfile.value === null ? {} : { profile: settings.awsProfile.value }),
     });
     this.stores.push(store);
     return store;
@@ -292,4 +346,15 @@ async function isDirectory(path: string): Promise<boolean> {
   } catch {
     return false;
   }
+}
+
+/** `--profile NAME` / `--profile=NAME` from the raw command line (before parsing). */
+function profileInArgv(argv: string[]): { profile?: string } {
+  for (let i = 0; i < argv.length; i++) {
+    const t = argv[i]!;
+    if (t === '--') break;
+    if (t === '--profile' && i + 1 < argv.length) return { profile: argv[i + 1]! };
+    if (t.startsWith('--profile=')) return { profile: t.slice('--profile='.length) };
+  }
+  return {};
 }

@@ -29,6 +29,7 @@ export type ErrorCode =
   | 'PATH_NOT_FOUND'
   | 'PERMISSION_DENIED'
   | 'FILE_TOO_LARGE'
+  | 'INVALID_CONFIG'
   // not-found
   | 'VOLUME_NOT_FOUND'
   | 'OBJECT_NOT_FOUND'

@@ -110,28 +110,37 @@ export const checkpointRef = Flags.custom<CheckpointRef>({
     keepMessage(() => parseCheckpointRef(input, { name: `--${opts.name}` })),
 });
 
-/** Flags every command takes: where the S3-compatible store is. */
+/**
+ * Flags every command takes: where the S3-compatible store is. The environment and the
+ * configuration file are read by src/cli/config.ts (flag > environment > file), not by oclif,
+ * so that `hyper config show` can tell where each value came from.
+ */
 export const storeFlags = {
   endpoint: Flags.string({
-    summary: 'S3 endpoint URL for S3-compatible stores (MinIO, Ceph RGW, …).',
-    env: 'AWS_ENDPOINT_URL',
+    summary:
+      'S3 endpoint URL for S3-compatible stores (MinIO, Ceph RGW, …); env: AWS_ENDPOINT_URL.',
     helpGroup: 'STORE',
     helpValue: '<url>',
     parse: async (input) =>
       keepMessage(() => {
         if (!/^https?:\/\/[^/\s]+/i.test(input)) {
           throw new Error(
-            `Invalid value ${JSON.stringify(input)} for --endpoint (or AWS_ENDPOINT_URL): expected http(s)://host[:port]`,
+            `Invalid value ${JSON.stringify(input)} for --endpoint: expected http(s)://host[:port]`,
           );
         }
         return input;
       }),
   }),
   region: Flags.string({
-    summary: 'S3 region (default: AWS_DEFAULT_REGION, else us-east-1).',
-    env: 'AWS_REGION',
+    summary: 'S3 region; env: AWS_REGION, AWS_DEFAULT_REGION (default us-east-1).',
     helpGroup: 'STORE',
     helpValue: '<region>',
+  }),
+  profile: Flags.string({
+    summary:
+      'Profile: a section of the hyper config file, or else an AWS shared-config profile; env: HYPER_PROFILE.',
+    helpGroup: 'STORE',
+    helpValue: '<name>',
   }),
 };
 

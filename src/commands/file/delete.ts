@@ -59,11 +59,17 @@ On a terminal it asks for confirmation unless --yes is given; without a terminal
     const { url } = this.args;
     const { force } = this.flags;
     const ifExists = this.flags['if-exists'];
-    const store = await this.openStore(url);
     const missing = (): FileDeleteResult => {
       this.log(`No volume at ${url}; nothing to delete.`);
       return { url, deleted: false, objectsDeleted: 0 };
     };
+    let store;
+    try {
+      store = await this.openStore(url);
+    } catch (e) {
+      if (isMissing(e) && ifExists) return missing();
+      throw e;
+    }
 
     // Look first: a missing volume, a live lease and the confirmation come before any delete.
     let st: VolumeStat | undefined;

@@ -26,7 +26,7 @@ export { RetryingStore, type RetryOptions } from './retry.js';
 export { probeConditionalWrites } from './probe.js';
 
 export interface OpenStoreOptions
-  extends StoreOptions, Pick<S3StoreOptions, 'credentials' | 'maxSockets'> {
+  extends StoreOptions, Pick<S3StoreOptions, 'credentials' | 'maxSockets' | 'profile'> {
   /** Keys per list page (tests use small pages to exercise pagination). */
   pageSize?: number;
   /** Retry policy details for S3 (maxAttempts comes from StoreOptions). */
