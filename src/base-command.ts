@@ -24,6 +24,7 @@ import {
   type ResolvedSettings,
 } from './cli/config.js';
 import { originalFlagMessage, storeFlags } from './flags.js';
+import { ProgressReporter } from './cli/progress.js';
 import { openStore as openStoreAt, parseStoreUrl, type ObjectStore } from './format/store/index.js';
 
 export type Flags<T extends typeof Command> = Interfaces.InferredFlags<
@@ -223,6 +224,27 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
       fail: (t?: string) => void s.fail(t),
       stop: () => void s.stop(),
     };
+  }
+
+  /**
+   * Progress of a long operation, on stderr: the text of `spinner` on a terminal, or with
+   * --progress (commands that have it) a plain line every few seconds on a non-terminal.
+   */
+  protected progress(spinner: Spinner): ProgressReporter {
+    const forced = (this.flags as { progress?: boolean }).progress === true;
+    const tty = Boolean(process.stderr.isTTY) && (process.stderr.columns ?? 0) > 0;
+    const interval = Number(process.env.HYPER_PROGRESS_INTERVAL);
+    return new ProgressReporter({
+      spinnerText: (text) => {
+        spinner.text = text;
+      },
+      ...(forced && (!tty || this.jsonEnabled())
+        ? {
+            line: (text: string) => process.stderr.write(`${text}\n`),
+            ...(Number.isFinite(interval) && interval >= 0 ? { intervalMs: interval } : {}),
+          }
+        : {}),
+    });
   }
 
   /** A bordered table with a header row. */

@@ -144,6 +144,12 @@ export const storeFlags = {
   }),
 };
 
+/** `--progress`: periodic progress lines on stderr even when it is not a terminal. */
+export const progress = Flags.boolean({
+  summary:
+    'Print progress lines on stderr every few seconds even when it is not a terminal (CI logs).',
+});
+
 /** `--yes`: skip the confirmation of a destructive command (required without a terminal). */
 export const yes = Flags.boolean({
   char: 'y',

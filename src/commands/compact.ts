@@ -4,7 +4,7 @@ import { BaseCommand } from '../base-command.js';
 import { bytesWithExact } from '../cli/results.js';
 import { formatBytes, formatDuration } from '../cli/units.js';
 import { HyperError } from '../errors.js';
-import { duration, volumeUrl, yes } from '../flags.js';
+import { duration, progress, volumeUrl, yes } from '../flags.js';
 import { storeStats, totalRequests } from '../format/store/index.js';
 import {
   DEFAULT_GRACE_MS,
@@ -98,6 +98,7 @@ Dropping checkpoints cannot be undone: with --keep-last or --keep-within the com
         "Take the lease even if another writer holds it (that writer's unflushed writes are lost).",
     }),
     yes,
+    progress,
   };
 
   public async run(): Promise<CompactCommandResult> {
@@ -130,6 +131,7 @@ Dropping checkpoints cannot be undone: with --keep-last or --keep-within the com
     const store = await this.openStore(url);
     const signal = this.interruptible();
     const spinner = this.spinner(`Compacting ${url}: scanning`);
+    const report = this.progress(spinner);
     let r: CompactResult;
     try {
       r = await compactVolume(store, {
@@ -142,19 +144,22 @@ Dropping checkpoints cannot be undone: with --keep-last or --keep-within the com
         holder: `hyper compact on ${hostname()}:${process.pid}`,
         signal,
         onProgress: (phase, done, total) => {
-          const of = total === undefined ? '' : ` ${done} of ${total}`;
-          spinner.text =
-            phase === 'scan'
-              ? `Compacting ${url}: scanning the index`
-              : phase === 'rewrite'
-                ? `Compacting ${url}: rewriting live blocks,${of} blocks`
-                : `Compacting ${url}: deleting segments,${of}`;
+          const sample = { done, ...(total === undefined ? {} : { total }) };
+          if (phase === 'scan') report.status(`Compacting ${url}: scanning the index`);
+          else if (phase === 'rewrite')
+            report.update(`Compacting ${url}: rewriting live blocks`, {
+              ...sample,
+              unit: 'blocks',
+            });
+          else
+            report.update(`Compacting ${url}: deleting segments`, { ...sample, unit: 'segments' });
         },
       });
     } catch (e) {
       spinner.stop();
       throw e;
     }
+    report.finish();
     spinner.stop();
     const s = storeStats(store);
     const requests: CompactRequests = {

@@ -2,7 +2,7 @@ import { Flags } from '@oclif/core';
 import { BaseCommand } from '../../base-command.js';
 import { formatBytes } from '../../cli/units.js';
 import { HyperError, isHyperError } from '../../errors.js';
-import { volumeUrl, yes } from '../../flags.js';
+import { volumeUrl, progress, yes } from '../../flags.js';
 import {
   checkDeletable,
   deleteVolume,
@@ -47,6 +47,7 @@ On a terminal it asks for confirmation unless --yes is given; without a terminal
 
   static override flags = {
     yes,
+    progress,
     force: Flags.boolean({
       summary: 'Delete even while another process holds a live lease on the volume.',
     }),
@@ -119,13 +120,18 @@ On a terminal it asks for confirmation unless --yes is given; without a terminal
     }
 
     const spinner = this.spinner(`Deleting ${url}`);
+    const report = this.progress(spinner);
     let objectsDeleted: number;
     try {
       ({ objectsDeleted } = await deleteVolume(store, {
         force,
         signal: this.interruptible(),
         onProgress: (p) => {
-          spinner.text = `Deleting ${url}: ${p.done}${p.total === undefined ? '' : ` of ${p.total}`} ${p.unit}`;
+          report.update(`Deleting ${url}`, {
+            done: p.done,
+            ...(p.total === undefined ? {} : { total: p.total }),
+            unit: p.unit,
+          });
         },
       }));
     } catch (e) {
@@ -134,6 +140,7 @@ On a terminal it asks for confirmation unless --yes is given; without a terminal
     } finally {
       spinner.stop();
     }
+    report.finish();
     this.log(`Deleted ${url} (${objectsDeleted} objects).`);
     return { url, deleted: true, objectsDeleted };
   }

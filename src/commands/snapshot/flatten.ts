@@ -3,7 +3,7 @@ import { Flags } from '@oclif/core';
 import { BaseCommand } from '../../base-command.js';
 import { bytesWithExact } from '../../cli/results.js';
 import { HyperError } from '../../errors.js';
-import { volumeUrl } from '../../flags.js';
+import { progress, volumeUrl } from '../../flags.js';
 import { flattenVolume } from '../../format/volume/clone.js';
 import { readHead } from '../../format/volume/heads.js';
 
@@ -46,6 +46,7 @@ It takes the clone's lease: it refuses while another writer holds it (LEASE_HELD
       summary:
         "Take the lease even if another writer holds it (that writer's unflushed writes are lost).",
     }),
+    progress,
   };
 
   public async run(): Promise<SnapshotFlattenResult> {
@@ -59,6 +60,7 @@ It takes the clone's lease: it refuses while another writer holds it (LEASE_HELD
       });
     }
     const spinner = this.spinner(`Flattening ${url}`);
+    const report = this.progress(spinner);
     let r;
     try {
       r = await flattenVolume(store, {
@@ -67,12 +69,13 @@ It takes the clone's lease: it refuses while another writer holds it (LEASE_HELD
         openStore: (u) => this.openStore(u),
         signal: this.interruptible(),
         onProgress: (done, total) => {
-          spinner.text = `Flattening ${url}: ${done} of ${total} blocks copied`;
+          report.update(`Flattening ${url}: copying blocks`, { done, total, unit: 'blocks' });
         },
       });
     } finally {
       spinner.stop();
     }
+    report.finish();
     const result: SnapshotFlattenResult = {
       url,
       parent,
