@@ -62,13 +62,13 @@ export default class FileList extends BaseCommand<typeof FileList> {
     } else {
       this.log(
         this.table(
-          ['NAME', 'SIZE', 'CHECKPOINT', 'CHECKPOINT TIME'],
-          result.volumes.map((v) => [
-            v.name,
-            formatBytes(v.size),
-            String(v.checkpoint),
-            v.checkpointTime,
-          ]),
+          ['NAME', 'SIZE', 'CHECKPOINT', 'CHECKPOINT TIME', 'STATUS'],
+          result.volumes.map((v) =>
+            v.error === undefined
+              ? [v.name, formatBytes(v.size), String(v.checkpoint), v.checkpointTime, 'ok']
+              : // A head that cannot be read has no size or time: say why instead of 0 B, 1970.
+                [v.name, '-', '-', '-', v.error],
+          ),
         ),
       );
     }

@@ -1,3 +1,4 @@
+import { DEFAULT_GRACE_MS } from '../../format/volume/compact.js';
 import { BaseCommand } from '../../base-command.js';
 import {
   bytesWithExact,
@@ -6,7 +7,7 @@ import {
   toVolumeSummary,
   type VolumeSummary,
 } from '../../cli/results.js';
-import { formatBytes } from '../../cli/units.js';
+import { formatDuration, formatBytes } from '../../cli/units.js';
 import { volumeUrl } from '../../flags.js';
 import { statVolume, type SpaceUsage, type VolumeStat } from '../../format/volume/admin.js';
 import { Flags } from '@oclif/core';
@@ -167,7 +168,7 @@ export function renderStat(r: FileStatResult, table: (rows: [string, string][]) 
     rows.push(['History only', bytesWithExact(sp.historyBytes)]);
     rows.push([
       'Garbage',
-      `${bytesWithExact(sp.garbageBytes)}${sp.garbageBytes > 0.15 * r.storedBytes ? ' (run `hyper compact`)' : ''}`,
+      `${bytesWithExact(sp.garbageBytes)}${sp.garbageBytes > 0.15 * r.storedBytes ? ` (run \`hyper compact\`: it deletes what has been unreachable for its --grace period, ${formatDuration(DEFAULT_GRACE_MS)} by default; --grace 0s deletes it now if no reader still uses older checkpoints)` : ''}`,
     ]);
     if (sp.inheritedBytes > 0) rows.push(['Read from parent', bytesWithExact(sp.inheritedBytes)]);
   }

@@ -21,9 +21,11 @@ export interface SnapshotRestoreResult {
   targetTime: string;
   /** The current checkpoint before the restore (restore to it to undo). */
   from: number;
-  /** The new checkpoint holding the restored content; absent on a dry run. */
+  /** The new checkpoint holding the restored content; absent on a dry run or when unchanged. */
   checkpoint?: number;
   dryRun: boolean;
+  /** True when --to named the current state: nothing was committed. */
+  unchanged: boolean;
   /** Store requests the command made. */
   requests: number;
 }
@@ -87,11 +89,20 @@ The restore takes the volume's lease: it refuses while another writer (for examp
       from: plan.from,
       ...(plan.checkpoint === undefined ? {} : { checkpoint: plan.checkpoint }),
       dryRun: plan.dryRun,
+      unchanged: plan.unchanged,
       requests: requestCount(store),
     };
     const what = `checkpoint ${result.target} (${result.targetTime})`;
     const via = 'checkpoint' in to ? '' : `, ${describeCheckpointRef(to)}`;
-    if (result.dryRun) {
+    if (result.unchanged) {
+      const future =
+        'time' in to && to.time.getTime() > Date.now()
+          ? ` (${to.time.toISOString()} is in the future)`
+          : '';
+      this.log(
+        `${url} is already at ${what}${via}, its current state${future}: nothing to restore, nothing changed.`,
+      );
+    } else if (result.dryRun) {
       this.log(
         `Dry run: would restore ${url} to ${what}${via}, from current checkpoint ${result.from}. Nothing changed.`,
       );
