@@ -95,6 +95,11 @@ export default tseslint.config(
       },
     ]),
   },
+  // hyper doctor's checks: a library over src/format/store (the SDK stays in s3*.ts), no CLI.
+  {
+    files: ['src/doctor/**/*.ts'],
+    rules: restrict([commandsAreNotLibraries, notSdk, notCli]),
+  },
   // The NBD server depends only on node:* and its own BlockDevice seam.
   {
     files: ['src/nbd/**/*.ts'],

@@ -9,9 +9,26 @@
  */
 import { mkdir, stat } from 'node:fs/promises';
 import { createInterface } from 'node:readline/promises';
-import { Command, Errors, type Interfaces } from '@oclif/core';
-import Table from 'cli-table3';
+import { Command, Errors, Flags as OclifFlags, type Interfaces } from '@oclif/core';
 import ora, { type Ora } from 'ora';
+import {
+  OUTPUT_FORMATS,
+  boxTable,
+  closest,
+  colorEnabled,
+  defaultFormat,
+  didYouMean,
+  errorJson,
+  errorText,
+  formatInArgv,
+  jsonInArgv,
+  paint,
+  plainFields,
+  plainTable,
+  type OutputFormat,
+  type Style,
+} from './cli/output.js';
+import type { ErrorJson } from './cli/vocabulary.js';
 import { HyperError, toHyperError } from './errors.js';
 import {
   argvWithDefaults,
@@ -32,7 +49,10 @@ export type Flags<T extends typeof Command> = Interfaces.InferredFlags<
 >;
 export type Args<T extends typeof Command> = Interfaces.InferredArgs<T['args']>;
 
-/** Exit code of an interrupted command (128 + SIGINT), whatever signal stopped it. */
+/**
+ * Exit code of an interrupted command (128 + SIGINT), whatever signal stopped it; also of a
+ * confirmation answered "no" (`Aborted.`): the user stopped it, nothing was changed.
+ */
 export const EXIT_INTERRUPTED = 130;
 
 /**
@@ -58,10 +78,31 @@ export function exitCodeFor(err: HyperError): number {
   }
 }
 
-/** The JSON printed on stdout for a failure in `--json` mode. */
-export interface ErrorJson {
-  error: ReturnType<HyperError['toJSON']> & { exitCode: number };
-}
+/** The JSON printed on stdout for a failure in `--json` mode (see src/cli/vocabulary.ts). */
+export type { ErrorJson };
+
+/**
+ * Flags every command takes besides the store flags: how the result is shown. `--json` is
+ * oclif's (enableJsonFlag); `--format json` means the same.
+ */
+export const outputFlags = {
+  format: OclifFlags.string({
+    summary: 'Output format (default: table on a terminal, plain otherwise; json = --json).',
+    options: [...OUTPUT_FORMATS],
+    helpGroup: 'OUTPUT',
+  }),
+  quiet: OclifFlags.boolean({
+    char: 'q',
+    summary: 'Print no result, progress or notes; only errors (and --json output).',
+    helpGroup: 'OUTPUT',
+  }),
+  color: OclifFlags.boolean({
+    summary: 'Colour output on a terminal (--no-color, or NO_COLOR=1, turns it off).',
+    allowNo: true,
+    default: true,
+    helpGroup: 'OUTPUT',
+  }),
+};
 
 /** A progress line on stderr; a no-op when stderr is not a terminal or in --json mode. */
 export interface Spinner {
@@ -73,7 +114,12 @@ export interface Spinner {
 
 export abstract class BaseCommand<T extends typeof Command> extends Command {
   static override enableJsonFlag = true;
-  static override baseFlags = { ...storeFlags };
+  static override baseFlags = { ...storeFlags, ...outputFlags };
+  /**
+   * True for a command whose --json output is JSON Lines (several documents, one per line,
+   * written by the command itself): an error is then printed on one line too.
+   */
+  static jsonLines = false;
 
   protected flags!: Flags<T>;
   protected args!: Args<T>;
@@ -172,6 +218,41 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     return store;
   }
 
+  /** True with --json or --format json (also before the flags are parsed, for errors). */
+  public override jsonEnabled(): boolean {
+    return super.jsonEnabled() || jsonInArgv(this.argv);
+  }
+
+  /** The output format: --format, --json, else table on a terminal and plain otherwise. */
+  protected get format(): OutputFormat {
+    if (this.jsonEnabled()) return 'json';
+    const given = formatInArgv(this.argv);
+    if (given === 'table' || given === 'plain') return given;
+    return defaultFormat(process.stdout.isTTY);
+  }
+
+  /** --quiet: no result text, progress or notes (errors and --json output still print). */
+  protected get quiet(): boolean {
+    const parsed = (this.flags as { quiet?: boolean } | undefined)?.quiet;
+    return parsed ?? (this.argv.includes('--quiet') || this.argv.includes('-q'));
+  }
+
+  /** Colour for stdout (results) or stderr (errors, notes). */
+  protected colorFor(stream: NodeJS.WriteStream): boolean {
+    return colorEnabled(stream.isTTY, this.argv);
+  }
+
+  /** Text in a style when stdout is coloured. */
+  protected paint(style: Style, text: string): string {
+    return paint(this.colorFor(process.stdout), style, text);
+  }
+
+  /** Results for people go through here: nothing with --json or --quiet. */
+  public override log(message = '', ...args: unknown[]): void {
+    if (this.quiet) return;
+    super.log(message, ...args);
+  }
+
   /** True when a person can answer a question: stdin and stderr are terminals, not --json. */
   protected isInteractive(): boolean {
     return Boolean(process.stdin.isTTY && process.stderr.isTTY) && !this.jsonEnabled();
@@ -204,12 +285,25 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     }
   }
 
+  /**
+   * Ask, and stop unless the answer is yes: `Aborted.` on stderr and exit code 130
+   * (EXIT_INTERRUPTED), as after Ctrl-C at the prompt; nothing was changed.
+   */
+  protected async confirmOrAbort(question: string): Promise<void> {
+    if (await this.confirm(question)) return;
+    process.stderr.write('Aborted.\n');
+    this.exit(EXIT_INTERRUPTED);
+  }
+
   /** Start a spinner on stderr (only on a terminal and not in --json mode). */
   protected spinner(text: string): Spinner {
     // A pseudo-terminal of width 0 (e.g. under `script` without a window size) would make
     // the spinner's line counting divide by zero; treat it as no terminal.
     const enabled =
-      Boolean(process.stderr.isTTY) && (process.stderr.columns ?? 0) > 0 && !this.jsonEnabled();
+      Boolean(process.stderr.isTTY) &&
+      (process.stderr.columns ?? 0) > 0 &&
+      !this.jsonEnabled() &&
+      !this.quiet;
     const s = ora({ text, stream: process.stderr, isSilent: !enabled, discardStdin: false });
     s.start();
     this.spinners.push(s);
@@ -247,22 +341,36 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     });
   }
 
-  /** A bordered table with a header row. */
+  /** Width a table may take: the terminal's, else 80 columns. */
+  private tableWidth(): number {
+    const cols = process.stdout.isTTY ? (process.stdout.columns ?? 0) : 0;
+    return cols > 0 ? cols : 80;
+  }
+
+  /**
+   * Rows with a header: a bordered table that fits the terminal (80 columns when not a
+   * terminal) in the table format, a header line and tab-separated lines in the plain one.
+   */
   protected table(head: string[], rows: string[][]): string {
-    const t = new Table({ head, style: { head: [], border: [] } });
-    t.push(...rows);
-    return t.toString();
+    if (this.format === 'plain') return plainTable(head, rows);
+    return boxTable(head, rows, this.tableWidth(), this.colorFor(process.stdout));
   }
 
-  /** A two-column table of labels and values. */
+  /** Labels and values: a two-column table, or `label: value` lines in the plain format. */
   protected keyValueTable(rows: [string, string][]): string {
-    const t = new Table({ style: { head: [], border: [] } });
-    for (const [k, v] of rows) t.push({ [k]: v });
-    return t.toString();
+    if (this.format === 'plain') return plainFields(rows);
+    return boxTable(undefined, rows, this.tableWidth(), false);
   }
 
-  /** Print a line on stderr unless in --json mode (notes and warnings, never results). */
+  /**
+   * Tells of a SIGINT/SIGTERM instead of the plain stderr lines (`again`: the second one,
+   * which exits at once). Commands that log structured lines set it (serve).
+   */
+  protected interruptNotice: ((signal: NodeJS.Signals, again: boolean) => void) | undefined;
+
+  /** Print a line on stderr unless --json or --quiet (notes and warnings, never results). */
   protected note(message: string): void {
+    if (this.quiet) return;
     this.logToStderr(message);
   }
 
@@ -274,14 +382,18 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     if (this.abortController) return this.abortController.signal;
     const ac = new AbortController();
     const handler = (signal: NodeJS.Signals): void => {
+      const notice = this.interruptNotice;
       if (ac.signal.aborted) {
-        process.stderr.write('\nInterrupted again: exiting now.\n');
+        if (notice) notice(signal, true);
+        else process.stderr.write('\nInterrupted again: exiting now.\n');
         process.exit(EXIT_INTERRUPTED);
       }
       for (const s of this.spinners) s.stop();
-      process.stderr.write(
-        `\nReceived ${signal}: stopping cleanly (press Ctrl-C again to exit at once)…\n`,
-      );
+      if (notice) notice(signal, false);
+      else
+        process.stderr.write(
+          `\nReceived ${signal}: stopping cleanly (press Ctrl-C again to exit at once)…\n`,
+        );
       ac.abort(new HyperError('unavailable', 'ABORTED', `Interrupted by ${signal}.`));
     };
     process.on('SIGINT', handler);
@@ -304,12 +416,11 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     const exitCode = exitCodeFor(hyper);
     process.exitCode = exitCode;
     if (this.jsonEnabled()) {
-      const body: ErrorJson = { error: { ...hyper.toJSON(), exitCode } };
-      this.logJson(body);
+      const indent = (this.ctor as typeof BaseCommand).jsonLines ? 0 : 2;
+      process.stdout.write(`${JSON.stringify(errorJson(hyper, exitCode), null, indent)}\n`);
       return;
     }
-    const lines = [`Error [${hyper.code}]: ${hyper.message}`];
-    if (hyper.suggestion) lines.push(`Suggestion: ${hyper.suggestion}`);
+    const lines = [errorText(hyper, this.colorFor(process.stderr))];
     if (hyper.kind === 'internal') {
       if (process.env.HYPER_DEBUG)
         lines.push(String((hyper.cause as Error | undefined)?.stack ?? hyper.stack));
@@ -339,6 +450,8 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
       });
     }
     const help = `Run "${this.config.bin} ${this.id?.replaceAll(':', ' ') ?? ''} --help" for usage.`;
+    const unknown = this.unknownFlag(err, help);
+    if (unknown) return unknown;
     if (flagMessage !== undefined) {
       return new HyperError('invalid', 'INVALID_ARGUMENT', flagMessage, {
         suggestion: help,
@@ -359,6 +472,33 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
       });
     }
     return toHyperError(err);
+  }
+
+  /** An unknown flag (oclif's "Nonexistent flag"): UNKNOWN_FLAG, with the closest flags. */
+  private unknownFlag(err: Error, help: string): HyperError | undefined {
+    const m = /^Nonexistent flags?: (.+?)(?:\n|$)/.exec(err.message);
+    if (!m) return undefined;
+    const given = (m[1] ?? '').split(/,\s*/).filter(Boolean);
+    const ctor = this.ctor as typeof BaseCommand;
+    const defs = { ...ctor.baseFlags, ...ctor.flags } as Record<
+      string,
+      { char?: string; allowNo?: boolean }
+    >;
+    const names = ['json', 'help'];
+    for (const [name, def] of Object.entries(defs)) {
+      names.push(name);
+      if (def.allowNo) names.push(`no-${name}`);
+    }
+    const first = given[0] ?? '';
+    const bare = first.replace(/^--?/, '').replace(/=.*$/, '');
+    const matches = closest(bare, names).map((n) => `--${n}`);
+    const hint = didYouMean(matches);
+    return new HyperError(
+      'invalid',
+      'UNKNOWN_FLAG',
+      `Unknown flag${given.length > 1 ? 's' : ''} ${given.join(', ')} for "${this.config.bin} ${this.id?.replaceAll(':', ' ') ?? ''}"`,
+      { suggestion: hint ? `${hint} ${help}` : help, cause: err },
+    );
   }
 }
 

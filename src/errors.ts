@@ -30,6 +30,8 @@ export type ErrorCode =
   | 'PERMISSION_DENIED'
   | 'FILE_TOO_LARGE'
   | 'INVALID_CONFIG'
+  | 'UNKNOWN_COMMAND'
+  | 'UNKNOWN_FLAG'
   // not-found
   | 'VOLUME_NOT_FOUND'
   | 'OBJECT_NOT_FOUND'

@@ -1,22 +1,15 @@
 /**
- * Result shapes shared by several commands, as printed with --json (dates as ISO-8601
- * strings, sizes in bytes), and their renderings for people.
+ * Building the --json results described in src/cli/vocabulary.ts (its rules: bytes as
+ * integers, `…Seconds` rounded to milliseconds, ISO-8601 times, null for absent, `…Count` for
+ * counts, `requests` as RequestStats), and small renderings for people. No zod here: the
+ * schemas are for tests and are not loaded when a command runs.
  */
+import { storeStats, type ObjectStore } from '../format/store/index.js';
 import type { VolumeInfo } from '../format/volume/types.js';
 import { formatBytes } from './units.js';
+import type { RequestStats, VolumeSummary } from './vocabulary.js';
 
-export interface VolumeSummary {
-  url: string;
-  uuid: string;
-  formatVersion: number;
-  size: number;
-  dataBlockSize: number;
-  metaBlockSize: number;
-  segmentSize: number;
-  createdAt: string;
-  checkpoint: number;
-  checkpointTime: string;
-}
+export type { VolumeSummary } from './vocabulary.js';
 
 export function toVolumeSummary(info: VolumeInfo): VolumeSummary {
   return {
@@ -33,6 +26,43 @@ export function toVolumeSummary(info: VolumeInfo): VolumeSummary {
   };
 }
 
+/** The requests made through the given stores (0 for stores that do not count). */
+export function requestStats(...stores: ObjectStore[]): RequestStats {
+  const r: RequestStats = {
+    totalCount: 0,
+    getCount: 0,
+    putCount: 0,
+    listCount: 0,
+    headCount: 0,
+    deleteCount: 0,
+    receivedBytes: 0,
+    sentBytes: 0,
+  };
+  for (const store of stores) {
+    const s = storeStats(store);
+    if (!s) continue;
+    r.getCount += s.get;
+    r.putCount += s.put;
+    r.listCount += s.list;
+    r.headCount += s.head;
+    r.deleteCount += s.delete;
+    r.totalCount += s.get + s.put + s.list + s.head + s.delete;
+    r.receivedBytes += s.bytesIn;
+    r.sentBytes += s.bytesOut;
+  }
+  return r;
+}
+
+/** A duration in milliseconds as the vocabulary's seconds (rounded to milliseconds). */
+export function toSeconds(ms: number): number {
+  return Math.round(ms) / 1000;
+}
+
+/** Seconds elapsed since `startedMs` (a `performance.now()` reading), rounded to ms. */
+export function secondsSince(startedMs: number): number {
+  return toSeconds(performance.now() - startedMs);
+}
+
 /** A size for people: `10 GiB (10737418240 bytes)`, or just `512 B`. */
 export function bytesWithExact(n: number): string {
   const human = formatBytes(n);
@@ -41,6 +71,13 @@ export function bytesWithExact(n: number): string {
 
 export function iso(d: Date | string): string {
   return typeof d === 'string' ? d : d.toISOString();
+}
+
+/** ISO-8601, or null for no time (undefined, or the epoch a cleared record holds). */
+export function isoOrNull(d: Date | string | undefined | null): string | null {
+  if (d === undefined || d === null) return null;
+  const t = typeof d === 'string' ? Date.parse(d) : d.getTime();
+  return Number.isFinite(t) && t > 0 ? iso(d) : null;
 }
 
 export function percent(part: number, whole: number): string {

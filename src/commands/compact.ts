@@ -1,11 +1,11 @@
 import { hostname } from 'node:os';
 import { Flags } from '@oclif/core';
 import { BaseCommand } from '../base-command.js';
-import { bytesWithExact } from '../cli/results.js';
+import { bytesWithExact, requestStats, secondsSince, toSeconds } from '../cli/results.js';
+import type { CompactCommandResult } from '../cli/vocabulary.js';
 import { formatBytes, formatDuration } from '../cli/units.js';
 import { HyperError } from '../errors.js';
 import { duration, progress, volumeUrl, yes } from '../flags.js';
-import { storeStats, totalRequests } from '../format/store/index.js';
 import {
   DEFAULT_GRACE_MS,
   DEFAULT_MIN_LIVE,
@@ -13,30 +13,7 @@ import {
   type CompactResult,
 } from '../format/volume/compact.js';
 
-export interface CompactRequests {
-  get: number;
-  put: number;
-  list: number;
-  head: number;
-  delete: number;
-  total: number;
-  /** Bytes received from the store (segments and index read). */
-  bytesRead: number;
-  /** Bytes sent to the store (rewritten blocks, index, head). */
-  bytesWritten: number;
-}
-
-export interface CompactCommandResult extends CompactResult {
-  url: string;
-  /** The policy applied. */
-  keepLast?: number;
-  keepWithinMs?: number;
-  minLive: number;
-  graceMs: number;
-  /** Store requests the command made (a dry run makes only reads). */
-  requests: CompactRequests;
-  seconds: number;
-}
+export type { CompactCommandResult };
 
 export default class Compact extends BaseCommand<typeof Compact> {
   static override summary = 'Drop old checkpoints and reclaim the space no kept checkpoint uses.';
@@ -119,12 +96,9 @@ Dropping checkpoints cannot be undone: with --keep-last or --keep-within the com
           { suggestion: 'Add --yes to confirm, or --dry-run to see what would be dropped.' },
         );
       }
-      const ok = await this.confirm(
+      await this.confirmOrAbort(
         `Drop the checkpoints of ${url} outside ${describePolicy(keepLast, keepWithinMs)} (named snapshots are kept)? This cannot be undone.`,
       );
-      if (!ok) {
-        throw new HyperError('invalid', 'INVALID_ARGUMENT', 'Not confirmed; nothing was changed.');
-      }
     }
 
     const started = performance.now();
@@ -161,26 +135,29 @@ Dropping checkpoints cannot be undone: with --keep-last or --keep-within the com
     }
     report.finish();
     spinner.stop();
-    const s = storeStats(store);
-    const requests: CompactRequests = {
-      get: s?.get ?? 0,
-      put: s?.put ?? 0,
-      list: s?.list ?? 0,
-      head: s?.head ?? 0,
-      delete: s?.delete ?? 0,
-      total: s ? totalRequests(s) : 0,
-      bytesRead: s?.bytesIn ?? 0,
-      bytesWritten: s?.bytesOut ?? 0,
-    };
     const result: CompactCommandResult = {
       url,
-      ...r,
-      ...(keepLast === undefined ? {} : { keepLast }),
-      ...(keepWithinMs === undefined ? {} : { keepWithinMs }),
+      dryRun: r.dryRun,
+      checkpointCountBefore: r.checkpointsBefore,
+      checkpointCountAfter: r.checkpointsAfter,
+      droppedCheckpointCount: r.checkpointsDropped,
+      segmentCountBefore: r.segmentsBefore,
+      deletedSegmentCount: r.segmentsDeleted,
+      deferredSegmentCount: r.segmentsDeferred,
+      reclaimedBytes: r.bytesReclaimed,
+      rewrittenSegmentCount: r.segmentsRewritten,
+      rewrittenBlockCount: r.blocksRewritten,
+      rewrittenBytes: r.bytesRewritten,
+      storedBytesBefore: r.storedBytesBefore,
+      storedBytesAfter: r.storedBytesAfter,
+      liveBytes: r.liveBytes,
+      checkpoint: r.checkpoint,
+      keepLast: keepLast ?? null,
+      keepWithinSeconds: keepWithinMs === undefined ? null : toSeconds(keepWithinMs),
       minLive,
-      graceMs,
-      requests,
-      seconds: (performance.now() - started) / 1000,
+      graceSeconds: toSeconds(graceMs),
+      requests: requestStats(store),
+      elapsedSeconds: secondsSince(started),
     };
     this.log(renderCompact(result, (rows) => this.keyValueTable(rows)));
     return result;
@@ -220,31 +197,32 @@ export function renderCompact(
     ['Checkpoint', String(r.checkpoint)],
     [
       `Checkpoints${would}`,
-      `${r.checkpointsBefore} → ${r.checkpointsAfter} (${r.checkpointsDropped} dropped)`,
+      `${r.checkpointCountBefore} → ${r.checkpointCountAfter} (${r.droppedCheckpointCount} dropped)`,
     ],
     [
       `Segments${would}`,
-      `${r.segmentsBefore} before, ${r.segmentsDeleted} deleted, ${r.segmentsDeferred} deferred (grace ${formatDuration(r.graceMs)})`,
+      `${r.segmentCountBefore} before, ${r.deletedSegmentCount} deleted, ${r.deferredSegmentCount} deferred (grace ${formatDuration(r.graceSeconds * 1000)})`,
     ],
     [
       `Rewritten${would}`,
-      `${r.segmentsRewritten} segments, ${r.blocksRewritten} blocks, ${bytesWithExact(r.bytesRewritten)}`,
+      `${r.rewrittenSegmentCount} segments, ${r.rewrittenBlockCount} blocks, ${bytesWithExact(r.rewrittenBytes)}`,
     ],
-    [`Reclaimed${would}`, bytesWithExact(r.bytesReclaimed)],
+    [`Reclaimed${would}`, bytesWithExact(r.reclaimedBytes)],
     [
       'Stored',
       `${formatBytes(r.storedBytesBefore)} → ${formatBytes(r.storedBytesAfter)}${would} (live ${formatBytes(r.liveBytes)}; ${ratio(r.storedBytesBefore, r.liveBytes)} → ${ratio(r.storedBytesAfter, r.liveBytes)} of live)`,
     ],
     [
       'Requests',
-      `${r.requests.total} (${r.requests.get} GET, ${r.requests.put} PUT, ${r.requests.list} LIST, ${r.requests.head} HEAD, ${r.requests.delete} DELETE); ${formatBytes(r.requests.bytesRead)} read, ${formatBytes(r.requests.bytesWritten)} written`,
+      `${r.requests.totalCount} (${r.requests.getCount} GET, ${r.requests.putCount} PUT, ${r.requests.listCount} LIST, ${r.requests.headCount} HEAD, ${r.requests.deleteCount} DELETE); ${formatBytes(r.requests.receivedBytes)} read, ${formatBytes(r.requests.sentBytes)} written`,
     ],
-    ['Time', `${r.seconds.toFixed(1)} s`],
+    ['Time', `${r.elapsedSeconds.toFixed(1)} s`],
   ];
   let out = table(rows);
   if (r.dryRun) out += '\nDry run: nothing was changed.';
-  if (r.segmentsDeferred > 0 && !r.dryRun) {
-    out += `\n${r.segmentsDeferred} unreachable segment${r.segmentsDeferred === 1 ? ' is' : 's are'} kept for the grace period; a later run deletes ${r.segmentsDeferred === 1 ? 'it' : 'them'}.`;
+  const deferred = r.deferredSegmentCount;
+  if (deferred > 0 && !r.dryRun) {
+    out += `\n${deferred} unreachable segment${deferred === 1 ? ' is' : 's are'} kept for the grace period; a later run deletes ${deferred === 1 ? 'it' : 'them'}.`;
   }
   return out;
 }

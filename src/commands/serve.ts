@@ -4,26 +4,25 @@ import {
   CHECKPOINT_REF_FORMS,
   checkpointRefJson,
   parseCheckpointRef,
-  type CheckpointRefJson,
 } from '../cli/checkpoint-ref.js';
+import type { ServeListening, ServeResult } from '../cli/vocabulary.js';
 import { size, volumeUrl } from '../flags.js';
 import { MAX_VOLUME_SIZE } from '../format/volume/types.js';
-import { lineLogger } from '../serve/logger.js';
+import {
+  LOG_FORMATS,
+  LOG_LEVELS,
+  lineLogger,
+  type LogFormat,
+  type LogLevel,
+} from '../serve/logger.js';
 import { VolumeServer, type ServeOptions } from '../serve/server.js';
 
-export interface ServeResult {
-  /** URIs clients connect to, one per export. */
-  uris: string[];
-  exports: { name: string; url: string; readOnly: boolean }[];
-  at?: CheckpointRefJson;
-  /** Why the server stopped. */
-  stopped: string;
-}
+export type { ServeListening, ServeResult };
 
 export default class Serve extends BaseCommand<typeof Serve> {
   static override summary = 'Serve volumes over NBD (Network Block Device).';
 
-  static override description = `Serves the volume at the URL as an NBD export, or every volume below a prefix URL as one export each (named by its path below the prefix). A writable export takes the volume's lease, so a second writer fails naming the holder; --read-only and --at serve without a lease, and any number of hosts can serve the same past checkpoint. Runs in the foreground and logs to stderr; on SIGINT or SIGTERM it stops accepting connections, answers requests in flight, flushes and releases the lease.`;
+  static override description = `Serves the volume at the URL as an NBD export, or every volume below a prefix URL as one export each (named by its path below the prefix). A writable export takes the volume's lease, so a second writer fails naming the holder; --read-only and --at serve without a lease, and any number of hosts can serve the same past checkpoint. Runs in the foreground and logs to stderr. With --json, stdout is JSON Lines: a {"event":"listening",…} line once listening and a {"event":"stopped",…} line at the end. On SIGINT or SIGTERM it stops accepting connections, answers requests in flight, flushes and releases the lease.`;
 
   static override examples = [
     {
@@ -41,10 +40,21 @@ export default class Serve extends BaseCommand<typeof Serve> {
       command: '<%= config.bin %> <%= command.id %> file:///srv/vols/db/ --at 1d --print-uri',
     },
     {
+      description:
+        'Expose Prometheus metrics on port 9810 and log JSON lines (one per event, with a connection id).',
+      command:
+        '<%= config.bin %> <%= command.id %> file:///srv/vols/db/ --metrics-port 9810 --log-format json',
+    },
+    {
       description: 'Serve every volume under a prefix; print the result as JSON when stopped.',
       command: '<%= config.bin %> <%= command.id %> s3://bucket/vols/ --port 0 --print-uri --json',
     },
   ];
+
+  static override jsonLines = true;
+
+  /** serve writes its JSON Lines itself (see run); oclif must not print the result again. */
+  public override logJson(): void {}
 
   static override args = {
     url: volumeUrl({ required: true }),
@@ -116,7 +126,31 @@ export default class Serve extends BaseCommand<typeof Serve> {
     }),
     verbose: Flags.boolean({
       char: 'v',
-      summary: 'Log every connection and refused request (debug) on stderr.',
+      summary:
+        'Log every connection and refused request (debug) on stderr; same as --log-level debug.',
+      exclusive: ['log-level'],
+    }),
+    'log-level': Flags.string({
+      summary: 'Least severe log lines written to stderr.',
+      options: [...LOG_LEVELS],
+      default: 'info',
+    }),
+    'log-format': Flags.string({
+      summary:
+        'Log lines as "text" (time level message {fields}) or "json" (one object per line: time, level, msg and the fields; conn is the connection id).',
+      options: [...LOG_FORMATS],
+      default: 'text',
+    }),
+    'metrics-port': Flags.integer({
+      summary:
+        'Serve Prometheus metrics (GET /metrics) and a health check (GET /healthz) on this TCP port (0 picks a free one; the URL is logged, and printed with --print-uri).',
+      min: 0,
+      max: 65535,
+    }),
+    'metrics-bind': Flags.string({
+      summary: 'Address the metrics endpoint listens on (default 127.0.0.1).',
+      helpValue: '<address>',
+      dependsOn: ['metrics-port'],
     }),
   };
 
@@ -124,6 +158,16 @@ export default class Serve extends BaseCommand<typeof Serve> {
     const { url } = this.args;
     const flags = this.flags;
     const at = flags.at === undefined ? undefined : parseCheckpointRef(flags.at, { name: '--at' });
+    const logger = lineLogger({
+      level: flags.verbose ? 'debug' : (flags['log-level'] as LogLevel),
+      format: flags['log-format'] as LogFormat,
+      write: (line) => process.stderr.write(line),
+    });
+    // Signals are told of in the log's own format (a JSON log stays one object per line).
+    this.interruptNotice = (sig, again) =>
+      again
+        ? logger.warn('interrupted again: exiting now', { signal: sig })
+        : logger.info('stopping cleanly (a second signal exits at once)', { signal: sig });
     const signal = this.interruptible();
     const options: ServeOptions = {
       url,
@@ -135,10 +179,15 @@ export default class Serve extends BaseCommand<typeof Serve> {
         flags.socket === undefined
           ? { port: flags.port, host: flags.bind }
           : { path: flags.socket },
-      logger: lineLogger({
-        level: flags.verbose ? 'debug' : 'info',
-        write: (line) => process.stderr.write(line),
-      }),
+      logger,
+      ...(flags['metrics-port'] === undefined
+        ? {}
+        : {
+            metricsListen: {
+              port: flags['metrics-port'],
+              host: flags['metrics-bind'] ?? '127.0.0.1',
+            },
+          }),
       signal,
       ...(at === undefined ? {} : { at }),
       ...(flags.create ? { create: { size: flags.size } } : {}),
@@ -149,22 +198,40 @@ export default class Serve extends BaseCommand<typeof Serve> {
     };
     const server = new VolumeServer(options);
     await server.start();
-    if (flags['print-uri']) {
-      for (const u of server.uris)
-        process.stdout.write(this.jsonEnabled() ? `${JSON.stringify({ uri: u })}\n` : `${u}\n`);
+    const atJson = at === undefined ? null : checkpointRefJson(at);
+    const metricsUrl = server.metricsAddress?.url ?? null;
+    const exportsJson = (): ServeResult['exports'] =>
+      server.exports.map((e) => ({ name: e.name, url: e.url, readOnly: e.readOnly }));
+    // --json: JSON Lines on stdout, one `listening` line now and one `stopped` line at the end.
+    if (this.jsonEnabled()) {
+      const listening: ServeListening = {
+        event: 'listening',
+        uris: server.uris,
+        exports: exportsJson(),
+        at: atJson,
+        metricsUrl,
+      };
+      process.stdout.write(`${JSON.stringify(listening)}\n`);
+    } else if (flags['print-uri']) {
+      for (const u of server.uris) process.stdout.write(`${u}\n`);
+      if (metricsUrl !== null) process.stdout.write(`${metricsUrl}\n`);
     }
 
     // Run until SIGINT/SIGTERM (the base command turns them into this abort signal).
-    const stopped = await new Promise<string>((resolve) => {
+    const reason = await new Promise<'interrupted'>((resolve) => {
       if (signal.aborted) resolve('interrupted');
       signal.addEventListener('abort', () => resolve('interrupted'), { once: true });
     });
     await server.close();
-    return {
+    const result: ServeResult = {
+      event: 'stopped',
+      metricsUrl,
       uris: server.uris,
-      exports: server.exports,
-      stopped,
-      ...(at === undefined ? {} : { at: checkpointRefJson(at) }),
+      exports: exportsJson(),
+      at: atJson,
+      reason,
     };
+    if (this.jsonEnabled()) process.stdout.write(`${JSON.stringify(result)}\n`);
+    return result;
   }
 }

@@ -80,3 +80,16 @@ export function parseWalKey(uuid: string, key: string): number | undefined {
   const seq = Number.parseInt(rest, 16);
   return Number.isSafeInteger(seq) && seq >= 1 ? seq : undefined;
 }
+
+/**
+ * `hyper doctor`'s temporary objects, under the prefix it checks:
+ * `.hyper-doctor-<run id>/<name>`. Deleted when the run ends; a leftover (a killed run) is
+ * not part of any volume and may be deleted by hand.
+ */
+export const DOCTOR_PREFIX = '.hyper-doctor-';
+
+export function doctorKey(runId: string, name: string): string {
+  if (!/^[0-9a-f]{8,32}$/.test(runId) || !/^[a-z0-9-]+$/.test(name))
+    throw new HyperError('internal', 'INTERNAL', `invalid doctor key ${runId}/${name}`);
+  return `${DOCTOR_PREFIX}${runId}/${name}`;
+}

@@ -4,14 +4,17 @@
  */
 import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
 import { unlink } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
 import { createSecureContext } from 'node:tls';
 import { quietLogger, type NbdLogger } from './device.js';
 import { describeError } from './errno.js';
 import { ExportTable, type NbdExport } from './exports.js';
+import type { NbdObserver } from './observer.js';
 import { DEFAULT_MAX_REQUEST } from './protocol.js';
 import { Session, type SessionLimits, type SessionTls } from './session.js';
 
 export { ExportTable, type NbdExport } from './exports.js';
+export type { NbdObserver, NbdRequestEvent } from './observer.js';
 
 export interface NbdServerOptions {
   /** A fixed list, or a table the owner may change while the server runs. */
@@ -32,6 +35,8 @@ export interface NbdServerOptions {
    * before anything else.
    */
   tls?: { cert: string | Buffer; key: string | Buffer; require?: boolean };
+  /** Told about connections and every answered request (for metrics). */
+  observer?: NbdObserver;
 }
 
 export type ListenTarget = { port?: number; host?: string } | { path: string };
@@ -43,6 +48,12 @@ export class NbdServer {
   private readonly sessions = new Set<Session>();
   private server: Server | undefined;
   private nextId = 1;
+  /**
+   * Connection ids are `<prefix>-<n>`: the random prefix tells apart the connections of two
+   * servers (or of one server before and after a restart) in the same logs.
+   */
+  private readonly idPrefix = randomBytes(3).toString('hex');
+  private readonly observer: NbdObserver | undefined;
   private socketPath: string | undefined;
   private readonly tls: SessionTls | undefined;
 
@@ -50,6 +61,7 @@ export class NbdServer {
     this.table =
       options.exports instanceof ExportTable ? options.exports : new ExportTable(options.exports);
     this.logger = options.logger ?? quietLogger;
+    this.observer = options.observer;
     this.tls =
       options.tls === undefined
         ? undefined
@@ -98,12 +110,26 @@ export class NbdServer {
   }
 
   private accept(socket: Socket): void {
-    const id = this.nextId++;
+    const id = `${this.idPrefix}-${this.nextId++}`;
+    const remote = socket.remoteAddress ?? 'unix';
     try {
-      const session = new Session(socket, this.table, this.limits, this.logger, id, this.tls);
+      const session = new Session(
+        socket,
+        this.table,
+        this.limits,
+        this.logger,
+        id,
+        this.tls,
+        this.observer,
+      );
       this.sessions.add(session);
       void session.whenClosed().then(() => this.sessions.delete(session));
-      this.logger.debug('nbd connection', { conn: id, remote: socket.remoteAddress ?? 'unix' });
+      this.logger.debug('nbd connection', { conn: id, remote });
+      try {
+        this.observer?.accepted?.(id, remote);
+      } catch {
+        // An observer never breaks a connection.
+      }
       session.start();
     } catch (e) {
       this.logger.error('nbd could not start a connection', { conn: id, ...describeError(e) });

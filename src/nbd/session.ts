@@ -24,6 +24,7 @@ import {
 } from './codec.js';
 import type { BlockDevice, DeviceExtent, NbdLogger } from './device.js';
 import { describeError, toErrno } from './errno.js';
+import { withFields, type NbdObserver } from './observer.js';
 import { effectiveBlockSizes, type ExportTable } from './exports.js';
 import { BASE_ALLOCATION_ID, Negotiation, type Outcome, type Selected } from './handshake.js';
 import {
@@ -38,6 +39,7 @@ import {
   CMD_TRIM,
   CMD_WRITE,
   CMD_WRITE_ZEROES,
+  EIO,
   REPLY_FLAG_DONE,
   REPLY_TYPE_BLOCK_STATUS,
   SIMPLE_REPLY_SIZE,
@@ -75,7 +77,9 @@ export interface SessionLimits {
 const URGENT_BYTES = 64 * 1024;
 
 export class Session implements ParserHandler {
-  readonly id: number;
+  /** Correlation id: in every log line and observer event about this connection. */
+  readonly id: string;
+  private readonly logger: NbdLogger;
   private readonly parser: NbdParser;
   private readonly out: Output;
   private readonly negotiation: Negotiation;
@@ -106,11 +110,13 @@ export class Session implements ParserHandler {
     socket: Socket,
     exports: ExportTable,
     private readonly limits: SessionLimits,
-    private readonly logger: NbdLogger,
-    id: number,
+    logger: NbdLogger,
+    id: string,
     tls?: SessionTls,
+    private readonly observer?: NbdObserver,
   ) {
     this.id = id;
+    this.logger = withFields(logger, { conn: id });
     this.socket = socket;
     this.tls = tls;
     this.parser = new NbdParser(this, limits.maxRequest);
@@ -118,7 +124,7 @@ export class Session implements ParserHandler {
     this.negotiation = new Negotiation({
       exports,
       maxRequest: limits.maxRequest,
-      logger,
+      logger: this.logger,
       ...(tls === undefined ? {} : { tls: { require: tls.require } }),
     });
   }
@@ -131,7 +137,7 @@ export class Session implements ParserHandler {
     }
   };
   private readonly onError = (e: Error): void =>
-    this.logger.debug('nbd connection error', { conn: this.id, error: e.message });
+    this.logger.debug('nbd connection error', { error: e.message });
   private readonly onCloseBound = (): void => this.onClose();
   private readonly onEnd = (): void => this.finish('client closed the connection');
 
@@ -154,7 +160,7 @@ export class Session implements ParserHandler {
     const s = this.socket;
     if (this.limits.negotiationTimeoutMs > 0) {
       this.negotiationTimer = setTimeout(() => {
-        this.logger.warn('nbd negotiation timed out', { conn: this.id });
+        this.logger.warn('nbd negotiation timed out', {});
         this.destroy('negotiation timed out');
       }, this.limits.negotiationTimeoutMs);
       this.negotiationTimer.unref();
@@ -181,7 +187,7 @@ export class Session implements ParserHandler {
 
   destroy(reason: string): void {
     if (this.closed) return;
-    this.logger.debug('nbd connection dropped', { conn: this.id, reason });
+    this.logger.debug('nbd connection dropped', { reason });
     this.parser.stop();
     this.out.close();
     this.socket.destroy();
@@ -200,7 +206,7 @@ export class Session implements ParserHandler {
       if (used < chunk.length && (this.negotiating || this.throttled))
         this.held = chunk.subarray(used);
     } catch (e) {
-      this.logger.error('nbd internal error while parsing', { conn: this.id, ...describeError(e) });
+      this.logger.error('nbd internal error while parsing', { ...describeError(e) });
       this.destroy('internal error');
     }
   }
@@ -251,7 +257,7 @@ export class Session implements ParserHandler {
   }
 
   onProtocolError(message: string): void {
-    this.logger.warn('nbd protocol error, closing connection', { conn: this.id, error: message });
+    this.logger.warn('nbd protocol error, closing connection', { error: message });
     this.parser.stop();
     this.out.flush();
     this.socket.end();
@@ -286,7 +292,6 @@ export class Session implements ParserHandler {
       (outcome) => this.afterOption(outcome),
       (e: unknown) => {
         this.logger.error('nbd internal error in negotiation', {
-          conn: this.id,
           ...describeError(e),
         });
         this.destroy('internal error');
@@ -298,7 +303,7 @@ export class Session implements ParserHandler {
     if (this.closed) return;
     for (const r of outcome.replies) this.out.raw(r);
     if (outcome.kind === 'close') {
-      this.logger.debug('nbd negotiation ended', { conn: this.id, reason: outcome.reason });
+      this.logger.debug('nbd negotiation ended', { reason: outcome.reason });
       this.out.flush();
       this.socket.end();
       return;
@@ -333,7 +338,7 @@ export class Session implements ParserHandler {
     this.bind(secure);
     secure.once('secure', () => {
       this.negotiation.tlsActive = true;
-      this.logger.debug('nbd TLS established', { conn: this.id, protocol: secure.getProtocol() });
+      this.logger.debug('nbd TLS established', { protocol: secure.getProtocol() });
       this.parser.mode = ParserMode.Options;
       this.negotiating = false;
     });
@@ -356,8 +361,9 @@ export class Session implements ParserHandler {
     };
     this.parser.maxPayload = bs.maximum;
     this.parser.mode = ParserMode.Requests;
+    if (this.observer?.transmitting)
+      this.notify(() => this.observer!.transmitting!(this.id, sel.export.name));
     this.logger.debug('nbd transmission', {
-      conn: this.id,
       export: sel.export.name,
       structured: sel.structured,
     });
@@ -373,13 +379,13 @@ export class Session implements ParserHandler {
     if (decision.action === 'refuse') {
       const errno = decision.errno;
       this.logger.debug('nbd request refused', {
-        conn: this.id,
         command: commandName(type),
         offset,
         length,
         errno: errnoName(errno),
         reason: decision.reason,
       });
+      if (this.observer?.request) this.observed(type, length, -1, errnoName(errno));
       this.replyError(
         type,
         handleHigh,
@@ -397,6 +403,8 @@ export class Session implements ParserHandler {
     // Counted before the device is called, so that every path below (including a device
     // that throws synchronously) gives back exactly what it took.
     const bytes = type === CMD_WRITE || type === CMD_READ ? length : 0;
+    // Start time for the observer (-1: nobody observes, nothing is measured).
+    const t0 = this.observer?.request ? performance.now() : -1;
     this.inflight++;
     this.inflightBytes += bytes;
     let p: Promise<unknown>;
@@ -404,8 +412,8 @@ export class Session implements ParserHandler {
       switch (decision.command) {
         case CMD_READ:
           d.read(offset, length).then(
-            (buf) => this.readDone(handleHigh, handleLow, offset, length, buf),
-            (e: unknown) => this.failed(type, handleHigh, handleLow, length, e),
+            (buf) => this.readDone(handleHigh, handleLow, offset, length, buf, t0),
+            (e: unknown) => this.failed(type, handleHigh, handleLow, length, e, t0, length),
           );
           if (this.overLimits()) this.throttle();
           return;
@@ -444,20 +452,24 @@ export class Session implements ParserHandler {
                 length,
                 (flags & CMD_FLAG_REQ_ONE) !== 0,
                 ext,
+                t0,
               ),
-            (e: unknown) => this.failed(type, handleHigh, handleLow, 0, e),
+            (e: unknown) => this.failed(type, handleHigh, handleLow, 0, e, t0, length),
           );
           if (this.overLimits()) this.throttle();
           return;
       }
     } catch (e) {
       // A device that throws synchronously instead of rejecting.
-      this.failed(type, handleHigh, handleLow, bytes, e);
+      this.failed(type, handleHigh, handleLow, bytes, e, t0, length);
       return;
     }
     p.then(
-      () => this.done(handleHigh, handleLow, bytes),
-      (e: unknown) => this.failed(type, handleHigh, handleLow, bytes, e),
+      () => {
+        if (t0 >= 0) this.observed(type, length, t0, undefined);
+        this.done(handleHigh, handleLow, bytes);
+      },
+      (e: unknown) => this.failed(type, handleHigh, handleLow, bytes, e, t0, length),
     );
     if (this.overLimits()) this.throttle();
   }
@@ -468,9 +480,12 @@ export class Session implements ParserHandler {
     offset: number,
     length: number,
     buf: Buffer,
+    t0: number,
   ): void {
     this.inflight--;
     this.inflightBytes -= length;
+    if (t0 >= 0)
+      this.observed(CMD_READ, length, t0, buf.length === length ? undefined : errnoName(EIO));
     if (this.closed) return;
     if (buf.length !== length) {
       this.failedReply(
@@ -515,8 +530,10 @@ export class Session implements ParserHandler {
     length: number,
     reqOne: boolean,
     ext: DeviceExtent[],
+    t0: number,
   ): void {
     this.inflight--;
+    if (t0 >= 0) this.observed(CMD_BLOCK_STATUS, length, t0, undefined);
     if (this.closed) return;
     const minimum = this.transmission!.minimumBlockSize;
     const descriptors = blockStatusDescriptors(ext, offset, length, minimum, reqOne);
@@ -553,9 +570,15 @@ export class Session implements ParserHandler {
     handleLow: number,
     bytes: number,
     e: unknown,
+    t0 = -1,
+    length = 0,
   ): void {
     this.inflight--;
     this.inflightBytes -= bytes;
+    if (t0 >= 0) {
+      const errno = toErrno(e, type === CMD_WRITE || type === CMD_WRITE_ZEROES);
+      this.observed(type, length, t0, errnoName(errno));
+    }
     if (this.closed) return;
     this.failedReply(type, handleHigh, handleLow, e);
     this.afterReply();
@@ -565,7 +588,6 @@ export class Session implements ParserHandler {
     const errno = toErrno(e, type === CMD_WRITE || type === CMD_WRITE_ZEROES);
     const fields = describeError(e);
     this.logger.warn('nbd request failed', {
-      conn: this.id,
       command: commandName(type),
       errno: errnoName(errno),
       ...fields,
@@ -607,6 +629,35 @@ export class Session implements ParserHandler {
     }
   }
 
+  // ---- observing ----
+
+  /** Report one answered request; `t0` < 0: refused before dispatch (no duration). */
+  private observed(type: number, length: number, t0: number, errno: string | undefined): void {
+    const request = this.observer?.request;
+    if (request === undefined) return;
+    const seconds = t0 < 0 ? undefined : (performance.now() - t0) / 1000;
+    const exportName = this.exportName ?? '';
+    this.notify(() =>
+      request.call(this.observer, {
+        conn: this.id,
+        export: exportName,
+        command: commandName(type),
+        bytes: type === CMD_FLUSH ? 0 : length,
+        seconds,
+        errno,
+      }),
+    );
+  }
+
+  /** Run an observer callback; what it throws is logged, never let through. */
+  private notify(f: () => void): void {
+    try {
+      f();
+    } catch (e) {
+      this.logger.debug('nbd observer failed', describeError(e));
+    }
+  }
+
   // ---- closing ----
 
   /** Stop reading; close once every request in flight has been answered. */
@@ -614,7 +665,6 @@ export class Session implements ParserHandler {
     if (this.closing || this.closed) return;
     this.closing = true;
     this.logger.debug('nbd connection finishing', {
-      conn: this.id,
       reason,
       inflight: this.inflight,
     });
@@ -632,6 +682,11 @@ export class Session implements ParserHandler {
     if (this.closed) return;
     this.closed = true;
     clearTimeout(this.negotiationTimer);
+    this.logger.debug(
+      'nbd connection closed',
+      this.exportName === undefined ? {} : { export: this.exportName },
+    );
+    if (this.observer?.closed) this.notify(() => this.observer!.closed!(this.id, this.exportName));
     this.parser.stop();
     this.out.close();
     for (const w of this.closeWaiters.splice(0)) w();

@@ -10,7 +10,8 @@
 import { processHolder } from '../format/volume/lease.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { HyperError, isHyperError } from '../errors.js';
-import type { ObjectStore } from '../format/store/index.js';
+import { observeStore, type ObjectStore } from '../format/store/index.js';
+import type { HyperMetrics, MetricsServer } from '../metrics/index.js';
 import { listVolumes } from '../format/volume/admin.js';
 import {
   silentLogger,
@@ -65,6 +66,17 @@ export interface ServeOptions {
   signal?: AbortSignal;
   /** How long `close()` lets connections finish requests in flight (default 10 s). */
   drainMs?: number;
+  /**
+   * Record Prometheus metrics here: NBD requests, each export's store requests and volume
+   * state (see src/metrics). A daemon passes one instance to all its servers.
+   */
+  metrics?: HyperMetrics;
+  /**
+   * Serve the metrics over HTTP (GET /metrics, GET /healthz) on this address (port 0 picks a
+   * free one; host default 127.0.0.1), from `start()` until `close()`. Creates `metrics` when
+   * none is given.
+   */
+  metricsListen?: { port: number; host?: string };
 }
 
 export class VolumeServer {
@@ -75,9 +87,14 @@ export class VolumeServer {
   private address: ListenAddress | undefined;
   private tls: TlsCredentials | undefined;
   private closing: Promise<void> | undefined;
+  private metrics: HyperMetrics | undefined;
+  private metricsServer: MetricsServer | undefined;
+  /** Opened volumes by export name (for the health check). */
+  private readonly opened = new Map<string, Volume>();
 
   constructor(private readonly options: ServeOptions) {
     this.logger = options.logger ?? silentLogger;
+    this.metrics = options.metrics;
     this.readOnly = options.readOnly === true || options.at !== undefined;
     this.checkCreate(options.create);
   }
@@ -96,15 +113,29 @@ export class VolumeServer {
       if (o.tls !== undefined) {
         this.tls = await loadTlsCertificates(o.tls.certificates, { require: o.tls.require });
       }
+      // Loaded only when asked for: prom-client costs start-up time nothing else needs.
+      const m = o.metricsListen === undefined ? undefined : await import('../metrics/index.js');
+      if (m !== undefined) this.metrics ??= m.createMetrics();
       await this.addExports(o.url, o.create === undefined ? {} : { create: o.create });
       const nbd = new NbdServer({
         exports: this.table.nbd,
         logger: this.logger,
         ...(this.tls === undefined ? {} : { tls: this.tls }),
+        ...(this.metrics === undefined ? {} : { observer: this.metrics.nbd }),
       });
       this.nbd = nbd;
       this.address = await nbd.listen(o.listen);
+      if (m !== undefined && o.metricsListen !== undefined) {
+        this.metricsServer = await m.startMetricsServer({
+          ...o.metricsListen,
+          registry: this.metrics!.registry,
+          health: () => this.health(),
+        });
+        this.logger.info('serving metrics', { url: this.metricsServer.url });
+      }
     } catch (e) {
+      await this.metricsServer?.close();
+      this.metricsServer = undefined;
       await this.nbd?.close(0);
       await this.table.closeAll(this.logger);
       this.nbd = undefined;
@@ -130,6 +161,25 @@ export class VolumeServer {
     return this.table.list().map((e) => nbdUri(address, e.name, { tlsRequired }));
   }
 
+  /** Where GET /metrics is served (`metricsListen`), once started. */
+  get metricsAddress(): { host: string; port: number; url: string } | undefined {
+    const s = this.metricsServer;
+    return s === undefined ? undefined : { host: s.host, port: s.port, url: s.url };
+  }
+
+  /**
+   * Undefined when healthy; otherwise why not (GET /healthz answers 503 with it): the server
+   * is stopping, or a writable export lost its lease (its writes fail).
+   */
+  health(): string | undefined {
+    if (this.closing !== undefined) return 'stopping';
+    const lost = [...this.opened]
+      .filter(([, v]) => v.stats().lease?.lost === true)
+      .map(([name]) => name);
+    if (lost.length > 0) return `lease lost (writes fail) on: ${lost.join(', ')}`;
+    return undefined;
+  }
+
   /** Open client connections. */
   get connections(): number {
     return this.nbd?.connections ?? 0;
@@ -152,6 +202,7 @@ export class VolumeServer {
       await nbd.close(this.options.drainMs ?? 10_000);
     }
     const failures = await this.table.closeAll(this.logger);
+    await this.metricsServer?.close();
     if (failures.length > 0) throw failures[0]!.error;
   }
 
@@ -186,7 +237,7 @@ export class VolumeServer {
     }
     if (listing.length === 1 && listing[0]!.name === '') {
       const name = url.replace(/\/+$/, '').split('/').pop() ?? '';
-      const device = await this.openDevice(store);
+      const device = await this.openDevice(store, name);
       try {
         this.table.add(VolumeExport.opened(name, url, device));
       } catch (e) {
@@ -201,15 +252,11 @@ export class VolumeServer {
         continue;
       }
       const sub = store.sub(v.name);
+      const name = v.name.replace(/\/+$/, '');
       // Not opened until a client asks: serving a prefix of many volumes takes no lease on
       // the ones nobody connects to.
       this.table.add(
-        new VolumeExport(
-          v.name.replace(/\/+$/, ''),
-          v.url,
-          () => this.openDevice(sub),
-          this.readOnly,
-        ),
+        new VolumeExport(name, v.url, () => this.openDevice(sub, name), this.readOnly),
       );
     }
   }
@@ -235,8 +282,14 @@ export class VolumeServer {
     }
   }
 
-  private async openDevice(store: ObjectStore): Promise<VolumeDevice> {
+  private async openDevice(unobserved: ObjectStore, name: string): Promise<VolumeDevice> {
     const o = this.options;
+    const m = this.metrics;
+    // With metrics, every store request for this export (its parents' and WAL's included)
+    // is counted under its name.
+    const observed = (s: ObjectStore): ObjectStore =>
+      m === undefined ? s : observeStore(s, m.storeObserver(name, s.url));
+    const store = observed(unobserved);
     const options: OpenOptions = {
       readOnly: this.readOnly,
       holder: o.holder ?? processHolder('hyper-serve'),
@@ -246,12 +299,21 @@ export class VolumeServer {
       ...(o.at === undefined ? {} : { at: o.at }),
       ...(o.walUrl === undefined ? {} : { walUrl: o.walUrl }),
       // Parent volumes of clones and the WAL are opened like the volume's own store.
-      openStore: (u: string) => o.openStore(u),
+      openStore: async (u: string) => observed(await o.openStore(u)),
+      ...(m === undefined ? {} : { observer: m.engineObserver(name) }),
     };
     for (let logged = false; ;) {
       try {
         const volume = await Volume.open(store, options);
-        return new VolumeDevice(volume, { readOnly: this.readOnly });
+        const untrack = m?.trackVolume(name, volume);
+        this.opened.set(name, volume);
+        return new VolumeDevice(volume, {
+          readOnly: this.readOnly,
+          onClose: () => {
+            untrack?.();
+            if (this.opened.get(name) === volume) this.opened.delete(name);
+          },
+        });
       } catch (e) {
         if (!o.waitForLease || !isHyperError(e, 'LEASE_HELD')) throw e;
         if (!logged) this.logger.info('waiting for the lease', { url: store.url, why: e.message });

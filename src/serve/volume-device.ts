@@ -23,7 +23,7 @@ export class VolumeDevice implements BlockDevice {
 
   constructor(
     readonly volume: Volume,
-    options: { readOnly?: boolean } = {},
+    private readonly options: { readOnly?: boolean; onClose?: () => void } = {},
   ) {
     const info = volume.info;
     const readOnly = options.readOnly === true || info.readOnly;
@@ -75,7 +75,11 @@ export class VolumeDevice implements BlockDevice {
     return ext.map((e) => ({ offset: e.offset, length: e.length, hole: e.hole, zero: e.hole }));
   }
 
-  close(): Promise<void> {
-    return this.volume.close();
+  async close(): Promise<void> {
+    try {
+      await this.volume.close();
+    } finally {
+      this.options.onClose?.();
+    }
   }
 }

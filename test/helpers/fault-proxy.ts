@@ -3,6 +3,8 @@
  * rates: latency, 503 SlowDown, 500 InternalError, connection resets (before the request
  * reaches the server, or after it was applied), and truncated response bodies. A seeded PRNG
  * makes runs repeatable; `down` makes every request fail until it is cleared.
+ * `ignoreConditionalWrites` turns the server behind it into a store that ignores
+ * If-None-Match and If-Match on PUT (the headers are removed and the request signed again).
  */
 import {
   request,
@@ -11,7 +13,9 @@ import {
   type Server,
   type ServerResponse,
 } from 'node:http';
+import { createHash, createHmac, type Hash, type Hmac } from 'node:crypto';
 import type { AddressInfo } from 'node:net';
+import { SignatureV4 } from '@smithy/signature-v4';
 import { after, before } from 'node:test';
 import { s3Config } from './env.js';
 import { ensureBucket } from './s3.js';
@@ -36,6 +40,41 @@ export interface FaultCounts {
   resetAfter: number;
   truncate: number;
   downRefused: number;
+  /** Conditional PUTs forwarded without their If-None-Match / If-Match header. */
+  conditionalStripped: number;
+}
+
+export interface SigningCredentials {
+  accessKeyId: string;
+  secretAccessKey: string;
+  region: string;
+}
+
+/** SHA-256 (or its HMAC with a key) in the shape the SigV4 signer takes. */
+class Sha256 {
+  private hash: Hash | Hmac;
+  constructor(private readonly secret?: string | ArrayBuffer | ArrayBufferView) {
+    this.hash = this.fresh();
+  }
+  private fresh(): Hash | Hmac {
+    if (this.secret === undefined) return createHash('sha256');
+    const key =
+      typeof this.secret === 'string'
+        ? this.secret
+        : ArrayBuffer.isView(this.secret)
+          ? Buffer.from(this.secret.buffer, this.secret.byteOffset, this.secret.byteLength)
+          : Buffer.from(this.secret);
+    return createHmac('sha256', key);
+  }
+  update(data: string | Uint8Array): void {
+    this.hash.update(data);
+  }
+  digest(): Promise<Uint8Array> {
+    return Promise.resolve(new Uint8Array(this.hash.digest()));
+  }
+  reset(): void {
+    this.hash = this.fresh();
+  }
 }
 
 export class FaultProxy {
@@ -43,6 +82,12 @@ export class FaultProxy {
   rates: FaultRates = {};
   /** When true every request gets a 503 (the store is "down"). */
   down = false;
+  /**
+   * When set, PUTs lose their If-None-Match / If-Match headers on the way (and are signed
+   * again with these credentials, as the headers are part of the signature): the server
+   * then overwrites unconditionally, like a store that ignores conditional writes.
+   */
+  ignoreConditionalWrites: SigningCredentials | undefined;
   readonly counts: FaultCounts = {
     requests: 0,
     slow: 0,
@@ -52,6 +97,7 @@ export class FaultProxy {
     resetAfter: 0,
     truncate: 0,
     downRefused: 0,
+    conditionalStripped: 0,
   };
   private seed: number;
 
@@ -125,13 +171,21 @@ export class FaultProxy {
     }
     const resetAfter = this.hit(r.resetAfter);
     const truncate = !resetAfter && this.hit(r.truncate);
+    let headers = req.headers;
+    const conditional =
+      req.method === 'PUT' &&
+      (headers['if-none-match'] !== undefined || headers['if-match'] !== undefined);
+    if (conditional && this.ignoreConditionalWrites) {
+      this.counts.conditionalStripped++;
+      headers = await resign(req, this.ignoreConditionalWrites);
+    }
     const upstream = request(
       {
         host: this.target.hostname,
         port: this.target.port,
         method: req.method,
         path: req.url,
-        headers: req.headers,
+        headers,
       },
       (up) => {
         const parts: Buffer[] = [];
@@ -158,6 +212,39 @@ export class FaultProxy {
     upstream.on('error', () => req.socket.destroy());
     upstream.end(body);
   }
+}
+
+/** The request's headers without If-None-Match / If-Match, with a new SigV4 signature. */
+async function resign(
+  req: IncomingMessage,
+  creds: SigningCredentials,
+): Promise<Record<string, string>> {
+  const url = new URL(req.url ?? '/', 'http://placeholder');
+  const headers: Record<string, string> = {};
+  for (const [k, v] of Object.entries(req.headers)) {
+    if (v === undefined || k === 'authorization' || k === 'if-none-match' || k === 'if-match')
+      continue;
+    headers[k] = Array.isArray(v) ? v.join(',') : v;
+  }
+  const query: Record<string, string> = {};
+  for (const [k, v] of url.searchParams) query[k] = v;
+  const signer = new SignatureV4({
+    credentials: { accessKeyId: creds.accessKeyId, secretAccessKey: creds.secretAccessKey },
+    region: creds.region,
+    service: 's3',
+    sha256: Sha256,
+    // The path is already escaped as S3 expects (what the S3 client signs too).
+    uriEscapePath: false,
+  });
+  const signed = await signer.sign({
+    method: req.method ?? 'PUT',
+    protocol: 'http:',
+    hostname: 'placeholder',
+    path: url.pathname,
+    query,
+    headers,
+  });
+  return signed.headers;
 }
 
 export interface RunningFaultProxy {

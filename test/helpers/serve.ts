@@ -10,6 +10,8 @@ export interface Served {
   child: ChildProcess;
   /** The first export's URI. */
   uri: string;
+  /** With --metrics-port: the metrics URL serve printed after the export URIs. */
+  metrics?: string;
   stderr: () => string;
   /** Resolves with the exit code (128 + signal number when killed). */
   exit: Promise<number>;
@@ -41,10 +43,18 @@ export function serve(
     let out = '';
     child.stdout?.setEncoding('utf8').on('data', (d: string) => {
       out += d;
-      const line = out.split('\n').find((l) => l.startsWith('nbd'));
-      if (line) {
+      const lines = out.split('\n');
+      const line = lines.find((l) => l.startsWith('nbd'));
+      const metrics = lines.find((l) => /^http:\/\/\S+\/metrics$/.test(l));
+      if (line && (metrics !== undefined || !args.includes('--metrics-port'))) {
         clearTimeout(timer);
-        resolve({ child, uri: line.trim(), stderr: () => err, exit });
+        resolve({
+          child,
+          uri: line.trim(),
+          ...(metrics === undefined ? {} : { metrics }),
+          stderr: () => err,
+          exit,
+        });
       }
     });
     void exit.then((code) => {

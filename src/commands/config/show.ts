@@ -1,32 +1,10 @@
 import { BaseCommand } from '../../base-command.js';
 import type { Setting } from '../../cli/config.js';
+import type { ConfigShowResult } from '../../cli/vocabulary.js';
 
-export interface ConfigSettingJson {
-  value: string | null;
-  /** flag, env, profile (a profile section of the file), file, or default. */
-  source: Setting['source'];
-  /** The flag, environment variable or file entry it was read from; null for a default. */
-  from: string | null;
-}
+export type { ConfigShowResult };
 
-export interface ConfigShowResult {
-  configFile: string;
-  configFileExists: boolean;
-  profile: ConfigSettingJson;
-  /** True when the profile is a section of the configuration file. */
-  profileInFile: boolean;
-  awsProfile: ConfigSettingJson;
-  endpoint: ConfigSettingJson;
-  region: ConfigSettingJson;
-  /** Default flags the file sets for the command named by --command (or every command). */
-  defaults: {
-    command: string;
-    flag: string;
-    value: string | number | boolean;
-    source: string;
-    from: string;
-  }[];
-}
+type ConfigSettingJson = ConfigShowResult['profile'];
 
 export default class ConfigShow extends BaseCommand<typeof ConfigShow> {
   static override summary = 'Show the store settings in effect and where each comes from.';

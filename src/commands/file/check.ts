@@ -2,10 +2,26 @@ import { Flags } from '@oclif/core';
 import { BaseCommand } from '../../base-command.js';
 import { formatBytes } from '../../cli/units.js';
 import { progress, volumeUrl } from '../../flags.js';
+import type { FileCheckResult } from '../../cli/vocabulary.js';
 import { checkVolume, type CheckResult } from '../../format/volume/check.js';
 
-/** The result printed with --json: the library's check report (`clean` false → exit code 6). */
-export type FileCheckResult = CheckResult;
+export type { FileCheckResult };
+
+/** The --json result: the library's check report in the JSON vocabulary. */
+export function toCheckResult(r: CheckResult): FileCheckResult {
+  return {
+    url: r.url,
+    clean: r.clean,
+    deep: r.deep,
+    checkpoint: r.checkpoint,
+    checkedCheckpointCount: r.checkpointsChecked,
+    segmentCount: r.segments,
+    checkedNodeCount: r.nodesChecked,
+    checkedBlockCount: r.blocksChecked,
+    verifiedBytes: r.bytesVerified,
+    problems: r.problems.map((p) => ({ kind: p.kind, key: p.key, message: p.message })),
+  };
+}
 
 /** Exit code of `file check` on a damaged volume: the "data" code of the exit-code table. */
 export const EXIT_DAMAGED = 6;
@@ -60,7 +76,7 @@ export default class FileCheck extends BaseCommand<typeof FileCheck> {
       (p) => p.kind === 'missing' || p.kind === 'corrupt' || p.kind === 'dangling',
     );
     const lines = [
-      `${r.clean ? 'Clean' : 'DAMAGED'}: ${r.url} at checkpoint ${r.checkpoint}`,
+      `${r.clean ? this.paint('green', 'Clean') : this.paint('red', 'DAMAGED')}: ${r.url} at checkpoint ${r.checkpoint}`,
       `Checked ${r.checkpointsChecked} checkpoint(s), ${r.segments} segment(s), ${r.nodesChecked} index node(s)` +
         (r.deep ? `, ${r.blocksChecked} data block(s) (${formatBytes(r.bytesVerified)})` : ''),
     ];
@@ -78,6 +94,6 @@ export default class FileCheck extends BaseCommand<typeof FileCheck> {
       );
     }
     this.log(lines.join('\n'));
-    return r;
+    return toCheckResult(r);
   }
 }

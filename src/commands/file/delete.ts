@@ -2,7 +2,8 @@ import { Flags } from '@oclif/core';
 import { BaseCommand } from '../../base-command.js';
 import { formatBytes } from '../../cli/units.js';
 import { HyperError, isHyperError } from '../../errors.js';
-import { volumeUrl, progress, yes } from '../../flags.js';
+import { progress, volumeUrl, yes } from '../../flags.js';
+import type { FileDeleteResult } from '../../cli/vocabulary.js';
 import {
   checkDeletable,
   deleteVolume,
@@ -10,12 +11,7 @@ import {
   type VolumeStat,
 } from '../../format/volume/admin.js';
 
-export interface FileDeleteResult {
-  url: string;
-  /** False when there was no volume and --if-exists was given. */
-  deleted: boolean;
-  objectsDeleted: number;
-}
+export type { FileDeleteResult };
 
 export default class FileDelete extends BaseCommand<typeof FileDelete> {
   static override aliases = ['file:rm'];
@@ -62,7 +58,7 @@ On a terminal it asks for confirmation unless --yes is given; without a terminal
     const ifExists = this.flags['if-exists'];
     const missing = (): FileDeleteResult => {
       this.log(`No volume at ${url}; nothing to delete.`);
-      return { url, deleted: false, objectsDeleted: 0 };
+      return { url, deleted: false, deletedObjectCount: 0 };
     };
     let store;
     try {
@@ -109,14 +105,7 @@ On a terminal it asks for confirmation unless --yes is given; without a terminal
           plural(st.snapshots, 'named snapshot') +
           (st.clonePins > 0 ? `; ${plural(st.clonePins, 'clone')} still read from it` : '')
         : 'metadata unreadable';
-      const ok = await this.confirm(`Delete volume ${url} (${what}) and all its checkpoints?`);
-      if (!ok) {
-        throw new HyperError(
-          'invalid',
-          'INVALID_ARGUMENT',
-          'Deletion not confirmed; nothing was deleted.',
-        );
-      }
+      await this.confirmOrAbort(`Delete volume ${url} (${what}) and all its checkpoints?`);
     }
 
     const spinner = this.spinner(`Deleting ${url}`);
@@ -142,7 +131,7 @@ On a terminal it asks for confirmation unless --yes is given; without a terminal
     }
     report.finish();
     this.log(`Deleted ${url} (${objectsDeleted} objects).`);
-    return { url, deleted: true, objectsDeleted };
+    return { url, deleted: true, deletedObjectCount: objectsDeleted };
   }
 }
 

@@ -1,28 +1,14 @@
 import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../../base-command.js';
-import { bytesWithExact, iso } from '../../cli/results.js';
+import { bytesWithExact, iso, secondsSince } from '../../cli/results.js';
+import type { FileExportResult } from '../../cli/vocabulary.js';
 import { exportStream, exportToImageFile, withVolume } from '../../cli/transfer.js';
 import { HyperError } from '../../errors.js';
 import { formatBytes } from '../../cli/units.js';
 import { CHECKPOINT_REF_FORMS, checkpointRef, progress, volumeUrl } from '../../flags.js';
-import { checkpointRefJson, type CheckpointRefJson } from '../../cli/checkpoint-ref.js';
+import { checkpointRefJson } from '../../cli/checkpoint-ref.js';
 
-export interface FileExportResult {
-  url: string;
-  image: string;
-  /** Bytes of the image (the volume size). */
-  size: number;
-  /** The reference given with --at, if any. */
-  at?: CheckpointRefJson;
-  /** The checkpoint exported. */
-  checkpoint: number;
-  checkpointTime: string;
-  /** Bytes of data written to the image. */
-  dataBytes: number;
-  /** Bytes left as holes in the (sparse) image. */
-  zeroBytes: number;
-  seconds: number;
-}
+export type { FileExportResult };
 
 export default class FileExport extends BaseCommand<typeof FileExport> {
   static override summary = 'Copy a volume, or one of its checkpoints, to a sparse raw image file.';
@@ -130,17 +116,17 @@ By default the current checkpoint is exported; --at chooses an earlier one by nu
       url,
       image,
       size: result.info.size,
-      ...(at === undefined ? {} : { at: checkpointRefJson(at) }),
+      at: at === undefined ? null : checkpointRefJson(at),
       checkpoint: result.info.checkpoint,
       checkpointTime: iso(result.info.checkpointTime),
       dataBytes: result.stats.dataBytes,
       zeroBytes: result.stats.zeroBytes,
-      seconds: (performance.now() - started) / 1000,
+      elapsedSeconds: secondsSince(started),
     };
     (toStdout ? (m: string) => this.note(m) : (m: string) => this.log(m))(
       `Exported ${url} checkpoint ${out.checkpoint} (${out.checkpointTime}) to ${toStdout ? 'stdout' : image}: ` +
         `${bytesWithExact(out.size)}, ${formatBytes(out.dataBytes)} of data, ${formatBytes(out.zeroBytes)} ${toStdout ? 'of zeros' : 'left sparse'}, ` +
-        `${out.seconds.toFixed(1)} s.`,
+        `${out.elapsedSeconds.toFixed(1)} s.`,
     );
     return out;
   }

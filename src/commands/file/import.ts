@@ -1,7 +1,8 @@
 import { open } from 'node:fs/promises';
 import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../../base-command.js';
-import { bytesWithExact, iso } from '../../cli/results.js';
+import { bytesWithExact, iso, secondsSince } from '../../cli/results.js';
+import type { FileImportResult } from '../../cli/vocabulary.js';
 import {
   imageSize as readImageSize,
   importImage,
@@ -14,24 +15,7 @@ import { progress, size, volumeUrl } from '../../flags.js';
 import { MAX_VOLUME_SIZE } from '../../format/volume/types.js';
 import { Volume } from '../../format/volume/volume.js';
 
-export interface FileImportResult {
-  image: string;
-  url: string;
-  /** Bytes of the image (file, block device, or what stdin carried). */
-  imageSize: number;
-  /** True when --create made the volume. */
-  created: boolean;
-  /** Size of the volume after the import. */
-  volumeSize: number;
-  /** Bytes of data written (blocks that are not all zeros). */
-  dataBytes: number;
-  /** Bytes of zeros that were not stored. */
-  zeroBytes: number;
-  /** The checkpoint that holds the imported data. */
-  checkpoint: number;
-  checkpointTime: string;
-  seconds: number;
-}
+export type { FileImportResult };
 
 export default class FileImport extends BaseCommand<typeof FileImport> {
   static override summary = 'Copy a raw disk image into a volume, skipping blocks of zeros.';
@@ -184,12 +168,12 @@ Data is committed as it goes: every segment's worth of writes (32 MiB by default
         zeroBytes: stats.zeroBytes,
         checkpoint: cp.checkpoint,
         checkpointTime: iso(cp.time),
-        seconds: (performance.now() - started) / 1000,
+        elapsedSeconds: secondsSince(started),
       };
       this.log(
         `Imported ${stdin ? 'stdin' : image} (${formatBytes(imageSize)}) into ${url}${created ? ', a new volume' : ''}: ` +
           `${formatBytes(out.dataBytes)} of data written, ${formatBytes(out.zeroBytes)} of zeros skipped, ` +
-          `checkpoint ${out.checkpoint}, ${out.seconds.toFixed(1)} s.`,
+          `checkpoint ${out.checkpoint}, ${out.elapsedSeconds.toFixed(1)} s.`,
       );
       return out;
     } catch (e) {

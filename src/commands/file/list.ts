@@ -1,24 +1,11 @@
 import { BaseCommand } from '../../base-command.js';
-import { iso } from '../../cli/results.js';
+import { isoOrNull } from '../../cli/results.js';
+import type { FileListResult, VolumeListItem } from '../../cli/vocabulary.js';
 import { formatBytes } from '../../cli/units.js';
 import { prefixUrl } from '../../flags.js';
 import { listVolumes } from '../../format/volume/admin.js';
 
-export interface VolumeListItem {
-  /** Path of the volume relative to the listed prefix, ending with `/`. */
-  name: string;
-  url: string;
-  size: number;
-  checkpoint: number;
-  checkpointTime: string;
-  /** Set when the volume's head could not be read (it is listed anyway). */
-  error?: string;
-}
-
-export interface FileListResult {
-  url: string;
-  volumes: VolumeListItem[];
-}
+export type { FileListResult, VolumeListItem };
 
 export default class FileList extends BaseCommand<typeof FileList> {
   static override aliases = ['file:ls'];
@@ -48,14 +35,26 @@ export default class FileList extends BaseCommand<typeof FileList> {
     const listed = await listVolumes(store);
     const result: FileListResult = {
       url,
-      volumes: listed.map((v) => ({
-        name: v.name,
-        url: v.url,
-        size: v.size,
-        checkpoint: v.checkpoint,
-        checkpointTime: iso(v.checkpointTime),
-        ...(v.error === undefined ? {} : { error: v.error }),
-      })),
+      volumes: listed.map((v): VolumeListItem =>
+        v.error === undefined
+          ? {
+              name: v.name,
+              url: v.url,
+              size: v.size,
+              checkpoint: v.checkpoint,
+              checkpointTime: isoOrNull(v.checkpointTime),
+              error: null,
+            }
+          : // An unreadable head has no size or checkpoint to show.
+            {
+              name: v.name,
+              url: v.url,
+              size: null,
+              checkpoint: null,
+              checkpointTime: null,
+              error: v.error,
+            },
+      ),
     };
     if (result.volumes.length === 0) {
       this.log(`No volumes under ${url}.`);
@@ -64,8 +63,14 @@ export default class FileList extends BaseCommand<typeof FileList> {
         this.table(
           ['NAME', 'SIZE', 'CHECKPOINT', 'CHECKPOINT TIME', 'STATUS'],
           result.volumes.map((v) =>
-            v.error === undefined
-              ? [v.name, formatBytes(v.size), String(v.checkpoint), v.checkpointTime, 'ok']
+            v.error === null
+              ? [
+                  v.name,
+                  formatBytes(v.size ?? 0),
+                  String(v.checkpoint),
+                  v.checkpointTime ?? '-',
+                  'ok',
+                ]
               : // A head that cannot be read has no size or time: say why instead of 0 B, 1970.
                 [v.name, '-', '-', '-', v.error],
           ),

@@ -1,20 +1,14 @@
 import { Flags } from '@oclif/core';
 import { BaseCommand } from '../../base-command.js';
 import { bytesWithExact, iso } from '../../cli/results.js';
+import type { FileSetLenResult } from '../../cli/vocabulary.js';
 import { HyperError } from '../../errors.js';
 import { sizeChange, volumeUrl } from '../../flags.js';
 import { MAX_VOLUME_SIZE } from '../../format/volume/types.js';
 import { Volume } from '../../format/volume/volume.js';
 import type { SizeChange } from '../../flags.js';
 
-export interface FileSetLenResult {
-  url: string;
-  previousSize: number;
-  size: number;
-  /** The checkpoint that records the new size (unchanged when the size was already right). */
-  checkpoint: number;
-  checkpointTime: string;
-}
+export type { FileSetLenResult };
 
 export default class FileSetLen extends BaseCommand<typeof FileSetLen> {
   static override aliases = ['file:resize'];

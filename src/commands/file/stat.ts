@@ -1,78 +1,49 @@
 import { DEFAULT_GRACE_MS } from '../../format/volume/compact.js';
 import { BaseCommand } from '../../base-command.js';
-import {
-  bytesWithExact,
-  iso,
-  percent,
-  toVolumeSummary,
-  type VolumeSummary,
-} from '../../cli/results.js';
+import { bytesWithExact, isoOrNull, percent, toVolumeSummary } from '../../cli/results.js';
+import type { FileStatResult, LeaseSummary } from '../../cli/vocabulary.js';
 import { formatDuration, formatBytes } from '../../cli/units.js';
 import { volumeUrl } from '../../flags.js';
-import { statVolume, type SpaceUsage, type VolumeStat } from '../../format/volume/admin.js';
+import { statVolume, type VolumeStat } from '../../format/volume/admin.js';
 import { Flags } from '@oclif/core';
 
-export interface LeaseSummary {
-  holder: string;
-  epoch: number;
-  expiresAt: string;
-  /** True when the lease was held and not expired when read. */
-  live: boolean;
-}
-
-export interface FileStatResult extends VolumeSummary {
-  /** Data blocks that hold data (not holes or zeros). */
-  mappedBlocks: number;
-  /** Segment objects. */
-  segments: number;
-  /** Segments holding flushes that never committed (removed by compaction). */
-  uncommittedSegments: number;
-  /** Bytes of all objects of the volume on the store. */
-  storedBytes: number;
-  /** The size rounded up to whole data blocks. */
-  provisionedBytes: number;
-  /** Mapped blocks × data block size. */
-  usedBytes: number;
-  /** Named snapshots. */
-  snapshots: number;
-  /** The last lease record, or null if none was ever taken or it was released. */
-  lease: LeaseSummary | null;
-  walUrl?: string;
-  /** Checkpoints that can be opened, restored or cloned. */
-  checkpoints: number;
-  oldestCheckpoint?: number;
-  /** Checkpoints of this volume that clones start from. */
-  clonePins: number;
-  /** For a clone: the parent volume and its checkpoint. */
-  parent?: { url: string; checkpoint: number };
-  /** With --space: live (current checkpoint), history-only and garbage bytes. */
-  space?: SpaceUsage;
-}
+export type { FileStatResult, LeaseSummary };
 
 export function toStatResult(st: VolumeStat, url: string): FileStatResult {
   return {
     ...toVolumeSummary({ ...st, url: st.url || url }),
-    mappedBlocks: st.mappedBlocks,
-    segments: st.segments,
-    uncommittedSegments: st.uncommittedSegments,
+    mappedBlockCount: st.mappedBlocks,
+    segmentCount: st.segments,
+    uncommittedSegmentCount: st.uncommittedSegments,
     storedBytes: st.storedBytes,
     provisionedBytes: st.provisionedBytes,
     usedBytes: st.usedBytes,
-    snapshots: st.snapshots,
-    lease: st.lease
+    snapshotCount: st.snapshots,
+    lease: st.lease ? toLeaseSummary(st.lease) : null,
+    walUrl: st.walUrl ?? null,
+    checkpointCount: st.checkpoints,
+    oldestCheckpoint: st.oldestCheckpoint ?? null,
+    clonePinCount: st.clonePins,
+    parent: st.parent ? { url: st.parent.url, checkpoint: st.parent.checkpoint } : null,
+    space: st.space
       ? {
-          holder: st.lease.holder,
-          epoch: st.lease.epoch,
-          expiresAt: iso(st.lease.expiresAt),
-          live: st.lease.live,
+          liveBytes: st.space.liveBytes,
+          historyBytes: st.space.historyBytes,
+          garbageBytes: st.space.garbageBytes,
+          inheritedBytes: st.space.inheritedBytes,
         }
       : null,
-    ...(st.walUrl === undefined ? {} : { walUrl: st.walUrl }),
-    checkpoints: st.checkpoints,
-    ...(st.oldestCheckpoint === undefined ? {} : { oldestCheckpoint: st.oldestCheckpoint }),
-    clonePins: st.clonePins,
-    ...(st.parent === undefined ? {} : { parent: st.parent }),
-    ...(st.space === undefined ? {} : { space: st.space }),
+  };
+}
+
+/** A cleanly closed writer leaves its lease expired at the epoch (time 0): "released". */
+function toLeaseSummary(lease: NonNullable<VolumeStat['lease']>): LeaseSummary {
+  const expiresAt = isoOrNull(lease.expiresAt);
+  return {
+    holder: lease.holder,
+    epoch: lease.epoch,
+    state: lease.live ? 'live' : expiresAt === null ? 'released' : 'expired',
+    expiresAt,
   };
 }
 
@@ -135,34 +106,34 @@ export function renderStat(r: FileStatResult, table: (rows: [string, string][]) 
     ['Checkpoint', `${r.checkpoint} at ${r.checkpointTime}`],
     [
       'Segments',
-      r.uncommittedSegments > 0
-        ? `${r.segments} (${r.uncommittedSegments} uncommitted)`
-        : String(r.segments),
+      r.uncommittedSegmentCount > 0
+        ? `${r.segmentCount} (${r.uncommittedSegmentCount} uncommitted)`
+        : String(r.segmentCount),
     ],
     [
       'Checkpoints',
-      r.oldestCheckpoint === undefined
-        ? String(r.checkpoints)
-        : `${r.checkpoints} (oldest ${r.oldestCheckpoint})`,
+      r.oldestCheckpoint === null
+        ? String(r.checkpointCount)
+        : `${r.checkpointCount} (oldest ${r.oldestCheckpoint})`,
     ],
     [
       'Snapshots',
-      r.clonePins > 0
-        ? `${r.snapshots} (and ${r.clonePins} pinned by clones)`
-        : String(r.snapshots),
+      r.clonePinCount > 0
+        ? `${r.snapshotCount} (and ${r.clonePinCount} pinned by clones)`
+        : String(r.snapshotCount),
     ],
     ['Provisioned', bytesWithExact(r.provisionedBytes)],
     [
       'Used',
-      `${bytesWithExact(r.usedBytes)}, ${percent(r.usedBytes, r.provisionedBytes)} (${r.mappedBlocks} blocks)`,
+      `${bytesWithExact(r.usedBytes)}, ${percent(r.usedBytes, r.provisionedBytes)} (${r.mappedBlockCount} blocks)`,
     ],
     ['Stored', bytesWithExact(r.storedBytes)],
     ['Lease', lease],
   ];
-  if (r.walUrl !== undefined) rows.push(['WAL', r.walUrl]);
-  if (r.parent !== undefined)
+  if (r.walUrl !== null) rows.push(['WAL', r.walUrl]);
+  if (r.parent !== null)
     rows.push(['Clone of', `${r.parent.url} at checkpoint ${r.parent.checkpoint}`]);
-  if (r.space !== undefined) {
+  if (r.space !== null) {
     const sp = r.space;
     rows.push(['Live', bytesWithExact(sp.liveBytes)]);
     rows.push(['History only', bytesWithExact(sp.historyBytes)]);
@@ -178,8 +149,7 @@ export function renderStat(r: FileStatResult, table: (rows: [string, string][]) 
 function renderLease(lease: LeaseSummary | null): string {
   if (!lease) return 'none';
   const who = `${lease.holder}, epoch ${lease.epoch}`;
-  if (lease.live) return `held by ${who}, expires ${lease.expiresAt}`;
-  // A cleanly closed writer leaves its lease expired at the epoch (time 0).
-  if (Date.parse(lease.expiresAt) <= 0) return `free (last released by ${who})`;
+  if (lease.state === 'live') return `held by ${who}, expires ${lease.expiresAt}`;
+  if (lease.state === 'released') return `free (last released by ${who})`;
   return `free (expired ${lease.expiresAt}, was ${who})`;
 }

@@ -4,29 +4,16 @@ import {
   CHECKPOINT_REF_FORMS,
   checkpointRefJson,
   describeCheckpointRef,
-  type CheckpointRefJson,
 } from '../../cli/checkpoint-ref.js';
-import { bytesWithExact, toVolumeSummary, type VolumeSummary } from '../../cli/results.js';
+import { bytesWithExact, requestStats, toVolumeSummary } from '../../cli/results.js';
+import type { SnapshotCloneResult } from '../../cli/vocabulary.js';
 import { normalizeVolumeUrl } from '../../cli/url.js';
 import { checkpointRef, volumeUrl } from '../../flags.js';
-import { requestCount } from '../../format/store/index.js';
 import { cloneVolume } from '../../format/volume/clone.js';
 import type { CheckpointRef } from '../../format/volume/types.js';
 import { readHead } from '../../format/volume/heads.js';
 
-export interface SnapshotCloneResult {
-  /** The parent volume. */
-  url: string;
-  /** What --from asked for (the current checkpoint when not given). */
-  from: CheckpointRefJson;
-  /** The parent checkpoint the clone starts from (pinned in the parent until flattened). */
-  checkpoint: number;
-  clone: VolumeSummary;
-  /** With --flatten: what was copied from the parent. */
-  flattened?: { blocksCopied: number; bytesCopied: number; checkpoint: number };
-  /** Store requests the command made (parent and clone). */
-  requests: number;
-}
+export type { SnapshotCloneResult };
 
 export default class SnapshotClone extends BaseCommand<typeof SnapshotClone> {
   static override summary = 'Make a new volume that starts from a checkpoint of another.';
@@ -98,22 +85,20 @@ export default class SnapshotClone extends BaseCommand<typeof SnapshotClone> {
       from: from ? checkpointRefJson(from) : { checkpoint: r.checkpoint },
       checkpoint: r.checkpoint,
       clone: toVolumeSummary(r.clone),
-      ...(r.flattened
+      flattened: r.flattened
         ? {
-            flattened: {
-              blocksCopied: r.flattened.blocksCopied,
-              bytesCopied: r.flattened.bytesCopied,
-              checkpoint: r.flattened.checkpoint,
-            },
+            copiedBlockCount: r.flattened.blocksCopied,
+            copiedBytes: r.flattened.bytesCopied,
+            checkpoint: r.flattened.checkpoint,
           }
-        : {}),
-      requests: requestCount(parent) + requestCount(child),
+        : null,
+      requests: requestStats(parent, child),
     };
     const via = from && !('checkpoint' in from) ? ` (${describeCheckpointRef(from)})` : '';
     this.log(
       `Cloned ${url} checkpoint ${result.checkpoint}${via} into ${newUrl} (${bytesWithExact(result.clone.size)}).` +
         (result.flattened
-          ? ` Flattened: copied ${bytesWithExact(result.flattened.bytesCopied)}; the clone no longer reads from ${url}.`
+          ? ` Flattened: copied ${bytesWithExact(result.flattened.copiedBytes)}; the clone no longer reads from ${url}.`
           : ` It reads unchanged data from ${url}, which keeps checkpoint ${result.checkpoint} pinned until the clone is flattened or deleted.`),
     );
     return result;

@@ -4,24 +4,13 @@ import {
   CHECKPOINT_REF_FORMS,
   checkpointRefJson,
   describeCheckpointRef,
-  type CheckpointRefJson,
 } from '../../cli/checkpoint-ref.js';
-import { iso } from '../../cli/results.js';
+import { iso, requestStats } from '../../cli/results.js';
+import type { SnapshotCreateResult } from '../../cli/vocabulary.js';
 import { checkpointRef, snapshotNameArg, volumeUrl } from '../../flags.js';
-import { requestCount } from '../../format/store/index.js';
 import { createSnapshot } from '../../format/volume/history.js';
 
-export interface SnapshotCreateResult {
-  url: string;
-  name: string;
-  /** The checkpoint the snapshot pins. */
-  checkpoint: number;
-  createdAt: string;
-  /** What --at asked for, when given. */
-  at?: CheckpointRefJson;
-  /** Store requests the command made. */
-  requests: number;
-}
+export type { SnapshotCreateResult };
 
 export default class SnapshotCreate extends BaseCommand<typeof SnapshotCreate> {
   static override summary = 'Pin a checkpoint under a name.';
@@ -76,8 +65,8 @@ Creating a snapshot copies no data and takes a fixed, small number of requests w
       name: snap.name,
       checkpoint: snap.checkpoint,
       createdAt: iso(snap.createdAt),
-      ...(at ? { at: checkpointRefJson(at) } : {}),
-      requests: requestCount(store),
+      at: at ? checkpointRefJson(at) : null,
+      requests: requestStats(store),
     };
     this.log(
       `Created snapshot "${result.name}" of ${url} at checkpoint ${result.checkpoint}` +

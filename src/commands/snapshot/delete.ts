@@ -1,16 +1,11 @@
 import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../../base-command.js';
 import { iso } from '../../cli/results.js';
+import type { SnapshotDeleteResult } from '../../cli/vocabulary.js';
 import { snapshotNameArg, volumeUrl } from '../../flags.js';
 import { deleteSnapshot } from '../../format/volume/history.js';
 
-export interface SnapshotDeleteResult {
-  url: string;
-  name: string;
-  /** The checkpoint the snapshot pinned. */
-  checkpoint: number;
-  createdAt: string;
-}
+export type { SnapshotDeleteResult };
 
 export default class SnapshotDelete extends BaseCommand<typeof SnapshotDelete> {
   static override summary = 'Remove a named snapshot (unpin its checkpoint).';

@@ -1,27 +1,13 @@
 import { BaseCommand } from '../../base-command.js';
-import {
-  CHECKPOINT_REF_FORMS,
-  checkpointRefJson,
-  type CheckpointRefJson,
-} from '../../cli/checkpoint-ref.js';
+import { CHECKPOINT_REF_FORMS, checkpointRefJson } from '../../cli/checkpoint-ref.js';
+import type { SnapshotDiffResult } from '../../cli/vocabulary.js';
 import { bytesWithExact } from '../../cli/results.js';
 import { formatBytes } from '../../cli/units.js';
 import { checkpointRef, volumeUrl } from '../../flags.js';
-import { diffCheckpoints, type ChangedExtent } from '../../format/volume/history.js';
+import { diffCheckpoints } from '../../format/volume/history.js';
 import { readHead, resolveCheckpoint } from '../../format/volume/heads.js';
 
-export interface SnapshotDiffResult {
-  url: string;
-  from: CheckpointRefJson;
-  to: CheckpointRefJson;
-  /** The checkpoints compared. */
-  fromCheckpoint: number;
-  toCheckpoint: number;
-  /** Byte ranges whose content differs, ascending; `zero` when the range reads as zeros in --to. */
-  extents: ChangedExtent[];
-  /** Sum of the extents' lengths. */
-  changedBytes: number;
-}
+export type { SnapshotDiffResult };
 
 export default class SnapshotDiff extends BaseCommand<typeof SnapshotDiff> {
   static override summary = 'Show the byte ranges that changed between two checkpoints.';
@@ -72,7 +58,7 @@ export default class SnapshotDiff extends BaseCommand<typeof SnapshotDiff> {
       to: to ? checkpointRefJson(to) : { checkpoint: b },
       fromCheckpoint: a,
       toCheckpoint: b,
-      extents,
+      extents: extents.map((e) => ({ offset: e.offset, length: e.length, zero: e.zero })),
       changedBytes: extents.reduce((s, e) => s + e.length, 0),
     };
     if (extents.length === 0) {

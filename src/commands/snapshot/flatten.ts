@@ -2,22 +2,13 @@ import { hostname } from 'node:os';
 import { Flags } from '@oclif/core';
 import { BaseCommand } from '../../base-command.js';
 import { bytesWithExact } from '../../cli/results.js';
+import type { SnapshotFlattenResult } from '../../cli/vocabulary.js';
 import { HyperError } from '../../errors.js';
 import { progress, volumeUrl } from '../../flags.js';
 import { flattenVolume } from '../../format/volume/clone.js';
 import { readHead } from '../../format/volume/heads.js';
 
-export interface SnapshotFlattenResult {
-  url: string;
-  /** The parent the clone read from before. */
-  parent: string;
-  /** The parent checkpoint it started from (no longer pinned). */
-  parentCheckpoint: number;
-  blocksCopied: number;
-  bytesCopied: number;
-  /** The clone's checkpoint after flattening. */
-  checkpoint: number;
-}
+export type { SnapshotFlattenResult };
 
 export default class SnapshotFlatten extends BaseCommand<typeof SnapshotFlatten> {
   static override summary = 'Make a clone independent of its parent.';
@@ -78,15 +69,14 @@ It takes the clone's lease: it refuses while another writer holds it (LEASE_HELD
     report.finish();
     const result: SnapshotFlattenResult = {
       url,
-      parent,
-      parentCheckpoint: head.clone.checkpoint,
-      blocksCopied: r.blocksCopied,
-      bytesCopied: r.bytesCopied,
+      parent: { url: parent, checkpoint: head.clone.checkpoint },
+      copiedBlockCount: r.blocksCopied,
+      copiedBytes: r.bytesCopied,
       checkpoint: r.checkpoint,
     };
     this.log(
-      `Flattened ${url}: copied ${bytesWithExact(result.bytesCopied)} (${result.blocksCopied} blocks) from ${parent}; ` +
-        `checkpoint ${result.checkpoint} no longer reads from it, and its checkpoint ${result.parentCheckpoint} is unpinned.`,
+      `Flattened ${url}: copied ${bytesWithExact(result.copiedBytes)} (${result.copiedBlockCount} blocks) from ${parent}; ` +
+        `checkpoint ${result.checkpoint} no longer reads from it, and its checkpoint ${result.parent.checkpoint} is unpinned.`,
     );
     return result;
   }

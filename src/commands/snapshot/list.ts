@@ -1,27 +1,12 @@
 import { Flags } from '@oclif/core';
 import { BaseCommand } from '../../base-command.js';
 import { iso } from '../../cli/results.js';
+import type { SnapshotListItem, SnapshotListResult } from '../../cli/vocabulary.js';
 import { formatBytes } from '../../cli/units.js';
 import { time, volumeUrl } from '../../flags.js';
 import { listCheckpoints } from '../../format/volume/history.js';
 
-export interface SnapshotListItem {
-  checkpoint: number;
-  time: string;
-  /** Names of the snapshots that pin this checkpoint (empty if none). */
-  names: string[];
-  /** Bytes of the segment the checkpoint's flush wrote (data and index). */
-  bytes: number;
-  /** True for the volume's current checkpoint. */
-  current: boolean;
-  /** Set when this checkpoint was made by a restore: the checkpoint it restored. */
-  restoredFrom?: number;
-}
-
-export interface SnapshotListResult {
-  url: string;
-  checkpoints: SnapshotListItem[];
-}
+export type { SnapshotListItem, SnapshotListResult };
 
 export default class SnapshotList extends BaseCommand<typeof SnapshotList> {
   static override summary = 'List the checkpoints of a volume, newest first, with their names.';
@@ -79,9 +64,9 @@ export default class SnapshotList extends BaseCommand<typeof SnapshotList> {
         checkpoint: e.checkpoint,
         time: iso(e.time),
         names: e.names,
-        bytes: e.bytes,
+        writtenBytes: e.bytes,
         current: e.current,
-        ...(e.restoredFrom === undefined ? {} : { restoredFrom: e.restoredFrom }),
+        restoredFrom: e.restoredFrom ?? null,
       })),
     };
     if (result.checkpoints.length === 0) {
@@ -94,7 +79,7 @@ export default class SnapshotList extends BaseCommand<typeof SnapshotList> {
             String(c.checkpoint),
             c.time,
             c.names.join(', '),
-            formatBytes(c.bytes),
+            formatBytes(c.writtenBytes),
             noteOf(c),
           ]),
         ),
@@ -107,6 +92,6 @@ export default class SnapshotList extends BaseCommand<typeof SnapshotList> {
 function noteOf(c: SnapshotListItem): string {
   const notes: string[] = [];
   if (c.current) notes.push('current');
-  if (c.restoredFrom !== undefined) notes.push(`restored from ${c.restoredFrom}`);
+  if (c.restoredFrom !== null) notes.push(`restored from ${c.restoredFrom}`);
   return notes.join(', ');
 }

@@ -5,30 +5,13 @@ import {
   CHECKPOINT_REF_FORMS,
   checkpointRefJson,
   describeCheckpointRef,
-  type CheckpointRefJson,
 } from '../../cli/checkpoint-ref.js';
-import { iso } from '../../cli/results.js';
+import { iso, requestStats } from '../../cli/results.js';
+import type { SnapshotRestoreResult } from '../../cli/vocabulary.js';
 import { checkpointRef, volumeUrl } from '../../flags.js';
-import { requestCount } from '../../format/store/index.js';
 import { restoreVolume } from '../../format/volume/history.js';
 
-export interface SnapshotRestoreResult {
-  url: string;
-  /** What --to asked for. */
-  to: CheckpointRefJson;
-  /** The checkpoint whose content was restored. */
-  target: number;
-  targetTime: string;
-  /** The current checkpoint before the restore (restore to it to undo). */
-  from: number;
-  /** The new checkpoint holding the restored content; absent on a dry run or when unchanged. */
-  checkpoint?: number;
-  dryRun: boolean;
-  /** True when --to named the current state: nothing was committed. */
-  unchanged: boolean;
-  /** Store requests the command made. */
-  requests: number;
-}
+export type { SnapshotRestoreResult };
 
 export default class SnapshotRestore extends BaseCommand<typeof SnapshotRestore> {
   static override summary = 'Bring a volume back to an earlier checkpoint (undoable).';
@@ -84,15 +67,15 @@ The restore takes the volume's lease: it refuses while another writer (for examp
     const result: SnapshotRestoreResult = {
       url,
       to: checkpointRefJson(to),
-      target: plan.target,
+      targetCheckpoint: plan.target,
       targetTime: iso(plan.targetTime),
-      from: plan.from,
-      ...(plan.checkpoint === undefined ? {} : { checkpoint: plan.checkpoint }),
+      previousCheckpoint: plan.from,
+      checkpoint: plan.checkpoint ?? null,
       dryRun: plan.dryRun,
       unchanged: plan.unchanged,
-      requests: requestCount(store),
+      requests: requestStats(store),
     };
-    const what = `checkpoint ${result.target} (${result.targetTime})`;
+    const what = `checkpoint ${result.targetCheckpoint} (${result.targetTime})`;
     const via = 'checkpoint' in to ? '' : `, ${describeCheckpointRef(to)}`;
     if (result.unchanged) {
       const future =
@@ -104,12 +87,12 @@ The restore takes the volume's lease: it refuses while another writer (for examp
       );
     } else if (result.dryRun) {
       this.log(
-        `Dry run: would restore ${url} to ${what}${via}, from current checkpoint ${result.from}. Nothing changed.`,
+        `Dry run: would restore ${url} to ${what}${via}, from current checkpoint ${result.previousCheckpoint}. Nothing changed.`,
       );
     } else {
       this.log(
         `Restored ${url} to ${what}${via} as new checkpoint ${result.checkpoint}.\n` +
-          `To undo: ${this.config.bin} snapshot restore ${url} --to ${result.from}`,
+          `To undo: ${this.config.bin} snapshot restore ${url} --to ${result.previousCheckpoint}`,
       );
     }
     return result;

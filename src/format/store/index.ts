@@ -24,6 +24,15 @@ export {
 } from './counting.js';
 export { RetryingStore, type RetryOptions } from './retry.js';
 export { probeConditionalWrites } from './probe.js';
+export {
+  ObservedStore,
+  observeStore,
+  storeLabel,
+  type StoreObserver,
+  type StoreOp,
+  type StoreRequestEvent,
+  type StoreRetryEvent,
+} from './observed.js';
 
 export interface OpenStoreOptions
   extends StoreOptions, Pick<S3StoreOptions, 'credentials' | 'maxSockets' | 'profile'> {

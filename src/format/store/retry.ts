@@ -16,6 +16,7 @@
  */
 import { createHash } from 'node:crypto';
 import { isHyperError, type HyperError } from '../../errors.js';
+import { reportRetry } from './observed.js';
 import type {
   GetOptions,
   GetResult,
@@ -104,6 +105,7 @@ export class RetryingStore implements ObjectStore {
           delayMs,
           error: e as HyperError,
         });
+        reportRetry(op, e, attempt);
         await this.sleep(delayMs, signal);
       }
     }
@@ -187,6 +189,7 @@ export class RetryingStore implements ObjectStore {
           delayMs,
           error: e as HyperError,
         });
+        reportRetry('list', e, attempt);
         attempt++;
         await this.sleep(delayMs, options.signal);
       }

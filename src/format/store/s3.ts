@@ -298,13 +298,24 @@ export function resolveEndpoint(options: StoreOptions): string | undefined {
   );
 }
 
-export function createS3Client(options: S3StoreOptions): { client: S3Client; endpoint: string } {
-  // hyper supports Node 20 with the SDK version it pins; the SDK's notice about future
-  // releases needing Node 22 would otherwise land on every command's stderr.
+/** Region from options or the environment (AWS_REGION, AWS_DEFAULT_REGION), else us-east-1. */
+export function resolveRegion(options: StoreOptions): string {
+  return options.region || process.env.AWS_REGION || process.env.AWS_DEFAULT_REGION || 'us-east-1';
+}
+
+/**
+ * Keep the SDK's notice that its releases after January 2027 need Node 22 off hyper's stderr
+ * (README "Install" says which Node versions hyper supports and why). The SDK reads this
+ * documented switch when a client is constructed; a value the user set is left alone.
+ */
+export function quietSdkNodeVersionNotice(): void {
   process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
+}
+
+export function createS3Client(options: S3StoreOptions): { client: S3Client; endpoint: string } {
+  quietSdkNodeVersionNotice();
   const endpoint = resolveEndpoint(options);
-  const region =
-    options.region || process.env.AWS_REGION || process.env.AWS_DEFAULT_REGION || 'us-east-1';
+  const region = resolveRegion(options);
   const agentOptions = { keepAlive: true, maxSockets: options.maxSockets ?? 64, noDelay: true };
   const config: S3ClientConfig = {
     region,

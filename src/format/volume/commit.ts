@@ -103,6 +103,11 @@ export class Committer {
     if (this.lease.lost) throw this.fence(this.lease.lost);
   }
 
+  /** The lease as last renewed (for metrics and status). */
+  get leaseState(): { epoch: number; expiresMs: number; lost: boolean } {
+    return { epoch: this.lease.epoch, expiresMs: this.lease.record.expiresMs, lost: this.isFenced };
+  }
+
   get isFenced(): boolean {
     return this.fenced !== undefined || this.lease.lost !== undefined;
   }

@@ -112,7 +112,14 @@ export async function confirmPinned(
 
 /** Unpin a snapshot (its data goes at the next compaction). */
 export async function deleteSnapshot(store: ObjectStore, name: string): Promise<SnapshotInfo> {
-  const r = await readSnapshot(store, name);
+  let r;
+  try {
+    r = await readSnapshot(store, name);
+  } catch (e) {
+    // No such snapshot because there is no volume at all: say that (VOLUME_NOT_FOUND).
+    if (isHyperError(e, 'SNAPSHOT_NOT_FOUND')) await readHead(store);
+    throw e;
+  }
   await store.delete([snapshotKey(name)]);
   return { name, checkpoint: r.checkpoint, createdAt: new Date(r.createdMs) };
 }

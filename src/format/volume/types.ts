@@ -80,6 +80,8 @@ export interface OpenOptions {
   /** Flush dirty data at least this often (default 5000 ms; 0 disables the timer). */
   flushIntervalMs?: number;
   logger?: Logger;
+  /** Told about every flush and commit (for metrics). */
+  observer?: EngineObserver;
   signal?: AbortSignal;
   /**
    * Opens a parent volume's store for a clone (default: `openStore(url)` with settings from
@@ -138,4 +140,22 @@ export interface EngineStats {
   nodeCacheMisses: number;
   dataCacheHits: number;
   dataCacheMisses: number;
+  /** Bytes written but not yet in a segment, and the level at which writers wait. */
+  dirtyBytes: number;
+  maxDirtyBytes: number;
+  /** The newest checkpoint the head names (committed), and its time. */
+  checkpoint: number;
+  checkpointMs: number;
+  /** Writers only: the lease (`lost`: taken over or fenced; writes fail). */
+  lease?: { epoch: number; expiresMs: number; lost: boolean };
+}
+
+/**
+ * Callbacks about the engine's durability work (for metrics); they must be cheap and must not
+ * throw. A flush of kind 'segment' writes a segment for room (its head CAS waits); one of
+ * kind 'checkpoint' also commits it. A commit is the head CAS itself.
+ */
+export interface EngineObserver {
+  flushed?(event: { kind: 'checkpoint' | 'segment'; seconds: number; ok: boolean }): void;
+  committed?(event: { seconds: number; ok: boolean }): void;
 }

@@ -33,6 +33,7 @@ import {
   silentLogger,
   type CheckpointInfo,
   type CreateOptions,
+  type EngineObserver,
   type EngineStats,
   type Extent,
   type Logger,
@@ -72,6 +73,9 @@ export class Volume {
   private readonly flushBytes: number;
   private readonly log: Logger;
   private readonly counters = { flushes: 0, segmentsWritten: 0, bytesWritten: 0, bytesRead: 0 };
+  private readonly observer: EngineObserver | undefined;
+  /** The checkpoint the head object names (a segment written for room is not one yet). */
+  private committed: { checkpoint: number; ms: number };
 
   private constructor(
     private readonly store: ObjectStore,
@@ -88,6 +92,8 @@ export class Volume {
     const nodeSize = 2 ** head.metaBlockShift;
     this.size = head.size;
     this.log = opts.logger ?? silentLogger;
+    this.observer = opts.observer;
+    this.committed = { checkpoint: head.checkpoint, ms: head.checkpointMs };
     this.loader = new NodeLoader(segments, nodeSize, opts.nodeCacheBytes ?? 32 * MiB);
     this.tree = new BTree(rootOf(head), nodeCapacity(nodeSize), this.loader);
     this.flushBytes = opts.flushBytes ?? head.segmentSize;
@@ -205,6 +211,11 @@ export class Volume {
       nodeCacheMisses: this.loader.misses,
       dataCacheHits: this.reader.dataCache.hits,
       dataCacheMisses: this.reader.dataCache.misses,
+      dirtyBytes: this.buffer.dirtyBytes,
+      maxDirtyBytes: this.buffer.maxDirtyBytes,
+      checkpoint: this.committed.checkpoint,
+      checkpointMs: this.committed.ms,
+      ...(this.committer ? { lease: this.committer.leaseState } : {}),
     };
   }
 
@@ -509,12 +520,42 @@ export class Volume {
   }
 
   private async flushOnce(kind: FlushKind): Promise<CheckpointInfo> {
+    const flushed = this.observer?.flushed;
+    // Only flushes with something to write are timed (an idle FLUSH is not one).
+    const idle = this.buffer.active.empty && !this.pendingMeta && !this.committer?.headPending;
+    if (flushed === undefined || idle) return this.flushOnceUnobserved(kind);
+    const t0 = performance.now();
+    let ok = false;
+    try {
+      const r = await this.flushOnceUnobserved(kind);
+      ok = true;
+      return r;
+    } finally {
+      notify(() => flushed({ kind, seconds: (performance.now() - t0) / 1000, ok }));
+    }
+  }
+
+  /** The head CAS, timed for the observer. */
+  private async commit(publish: () => Promise<void>): Promise<void> {
+    const committed = this.observer?.committed;
+    if (committed === undefined) return publish();
+    const t0 = performance.now();
+    let ok = false;
+    try {
+      await publish();
+      ok = true;
+    } finally {
+      notify(() => committed({ seconds: (performance.now() - t0) / 1000, ok }));
+    }
+  }
+
+  private async flushOnceUnobserved(kind: FlushKind): Promise<CheckpointInfo> {
     this.checkWritable();
     const committer = this.committer as Committer;
     if (this.buffer.active.empty && !this.pendingMeta) {
       // Segments written for room still wait for their head: one CAS commits them.
       if (kind === 'checkpoint' && committer.headPending) {
-        await committer.publishPending();
+        await this.commit(() => committer.publishPending());
         this.headCommitted();
       }
       return this.checkpointInfo();
@@ -537,7 +578,7 @@ export class Volume {
       });
       this.counters.segmentsWritten++;
       if (kind === 'checkpoint') {
-        await committer.publish(built);
+        await this.commit(() => committer.publish(built));
         this.headCommitted();
       } else committer.written(built);
       this.counters.flushes++;
@@ -558,7 +599,18 @@ export class Volume {
 
   /** The head object names the newest checkpoint: WAL records it covers can go. */
   private headCommitted(): void {
-    const seq = this.headRecord.walSeq;
+    const head = this.headRecord;
+    this.committed = { checkpoint: head.checkpoint, ms: head.checkpointMs };
+    const seq = head.walSeq;
     if (seq !== undefined) this.wal?.covered(seq);
+  }
+}
+
+/** Run an observer callback; it never changes the outcome of what it observes. */
+function notify(f: () => void): void {
+  try {
+    f();
+  } catch {
+    // ignored
   }
 }

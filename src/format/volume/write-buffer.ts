@@ -192,6 +192,11 @@ export class WriteBuffer {
     return this.active.bytes;
   }
 
+  /** Dirty bytes at which writers wait for room. */
+  get maxDirtyBytes(): number {
+    return this.o.maxDirtyBytes;
+  }
+
   /** Write `data` at `offset` (any alignment). */
   async write(offset: number, data: Buffer, log?: ApplyLog): Promise<void> {
     await this.waitForRoom();

@@ -17,11 +17,11 @@ describe('hyper file check', () => {
     assert.equal(clean.code, 0, clean.stderr);
     const ok = JSON.parse(clean.stdout) as {
       clean: boolean;
-      blocksChecked: number;
+      checkedBlockCount: number;
       problems: unknown[];
     };
     assert.equal(ok.clean, true);
-    assert.equal(ok.blocksChecked, 1024, 'both checkpoints’ blocks are verified');
+    assert.equal(ok.checkedBlockCount, 1024, 'both checkpoints’ blocks are verified');
 
     const segs = (await readdir(join(dir, 'vol', 'seg'))).sort();
     const last = segs.at(-1) as string;

@@ -219,15 +219,23 @@ describe('configuration file', () => {
     });
     assert.equal(given.size, 4 * MiB);
     // compact: the profile's grace (0s) overrides the file's (1h); min-live from the file.
-    const c = await hyperJson<{ graceMs: number; minLive: number }>(['compact', url], 0, { env });
-    assert.deepEqual([c.graceMs, c.minLive], [0, 0.5]);
-    const c2 = await hyperJson<{ graceMs: number }>(['compact', url, '--grace', '5m'], 0, { env });
-    assert.equal(c2.graceMs, 300_000);
-    // Without the profile section (another profile), the file's own default applies.
-    const c3 = await hyperJson<{ graceMs: number }>(['compact', url, '--profile', 'other'], 0, {
+    const c = await hyperJson<{ graceSeconds: number; minLive: number }>(['compact', url], 0, {
       env,
     });
-    assert.equal(c3.graceMs, 3_600_000);
+    assert.deepEqual([c.graceSeconds, c.minLive], [0, 0.5]);
+    const c2 = await hyperJson<{ graceSeconds: number }>(['compact', url, '--grace', '5m'], 0, {
+      env,
+    });
+    assert.equal(c2.graceSeconds, 300);
+    // Without the profile section (another profile), the file's own default applies.
+    const c3 = await hyperJson<{ graceSeconds: number }>(
+      ['compact', url, '--profile', 'other'],
+      0,
+      {
+        env,
+      },
+    );
+    assert.equal(c3.graceSeconds, 3600);
   });
 
   it('refuses an invalid configuration file, naming the file and the problem (exit 2)', async (t) => {

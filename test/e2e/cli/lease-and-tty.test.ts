@@ -36,13 +36,13 @@ describe('hyper file next to a live writer', () => {
       await store.close();
     });
 
-    const st = await hyperJson<{ lease: { holder: string; live: boolean } | null }>([
+    const st = await hyperJson<{ lease: { holder: string; state: string } | null }>([
       'file',
       'stat',
       url,
     ]);
     assert.equal(st.lease?.holder, 'test-writer');
-    assert.equal(st.lease?.live, true);
+    assert.equal(st.lease?.state, 'live');
 
     const setLen = await hyperJson<ErrorOut>(['file', 'set-len', url, '--size', '2M'], 4);
     assert.equal(setLen.error.code, 'LEASE_HELD');
@@ -121,15 +121,21 @@ describe('hyper file delete on a terminal', () => {
     await hyperJson(['file', 'create', url, '--size', '1M']);
 
     const no = await onTerminal(['file', 'delete', url], 'n\n');
-    assert.equal(no.code, 2, no.output);
+    assert.equal(no.code, 130, `"n" aborts with exit code 130: ${no.output}`);
     assert.match(no.output, /Delete volume .* and all its checkpoints\? \[y\/N\]/);
-    assert.match(no.output, /nothing was deleted/);
+    assert.match(no.output, /^Aborted\.\r?$/m);
+    assert.doesNotMatch(no.output, /Error|INVALID_ARGUMENT/);
     assert.equal((await hyper(['file', 'stat', url])).code, 0, 'still there');
 
     const ctrlC = await onTerminal(['file', 'delete', url], '\x03');
     assert.equal(ctrlC.code, 130, ctrlC.output);
     assert.match(ctrlC.output, /Error \[ABORTED\]: Interrupted at the prompt; nothing was changed/);
     assert.equal((await hyper(['file', 'stat', url])).code, 0, 'still there after Ctrl-C');
+
+    const noCompact = await onTerminal(['compact', url, '--keep-last', '1'], 'n\n');
+    assert.equal(noCompact.code, 130, noCompact.output);
+    assert.match(noCompact.output, /^Aborted\.\r?$/m);
+    assert.doesNotMatch(noCompact.output, /Error/);
 
     const yes = await onTerminal(['file', 'delete', url], 'y\n');
     assert.equal(yes.code, 0, yes.output);

@@ -88,9 +88,9 @@ describe('hyper file: create → stat → list → import → export → set-len
       'uuid',
       'formatVersion',
       'checkpoint',
-      'segments',
+      'segmentCount',
       'storedBytes',
-      'mappedBlocks',
+      'mappedBlockCount',
     ]) {
       assert.ok(k in st, `stat has ${k}`);
     }
@@ -242,7 +242,7 @@ describe('hyper file: create → stat → list → import → export → set-len
   it('deletes with --yes, then reports VOLUME_NOT_FOUND (exit 3) unless --if-exists', async () => {
     const out = await hyperJson(['file', 'delete', vol, '--yes']);
     assert.equal(out.deleted, true);
-    assert.ok((out.objectsDeleted as number) >= 3);
+    assert.ok((out.deletedObjectCount as number) >= 3);
     const gone = await hyperJson<ErrorOut>(['file', 'stat', vol], 3);
     assert.equal(gone.error.code, 'VOLUME_NOT_FOUND');
 

@@ -100,7 +100,7 @@ describe('hyper snapshot clone / flatten', () => {
     await hyperJson(['snapshot', 'delete', parent, 'gold']);
     const compact = ['compact', parent, '--keep-last', '1', '--grace', '0s', '--yes'];
     const r1 = await hyperJson<CompactCommandResult>(compact);
-    assert.ok(r1.checkpointsDropped > 0);
+    assert.ok(r1.droppedCheckpointCount > 0);
     const l1 = await hyperJson<SnapshotListResult>(['snapshot', 'list', parent]);
     assert.ok(
       l1.checkpoints.some((x) => x.checkpoint === ia.checkpoint),
@@ -112,14 +112,14 @@ describe('hyper snapshot clone / flatten', () => {
     // Flatten: the clone copies what it read from the parent and releases the pin.
     const f = await hyperJson<SnapshotFlattenResult>(['snapshot', 'flatten', child]);
     assert.equal(f.parent, parent);
-    assert.equal(f.parentCheckpoint, ia.checkpoint);
-    assert.equal(f.bytesCopied, SIZE - 64 * KiB);
+    assert.equal(f.parent.checkpoint, ia.checkpoint);
+    assert.equal(f.copiedBytes, SIZE - 64 * KiB);
     const again = await hyper(['snapshot', 'flatten', child]);
     assert.equal(again.code, 2, show(again));
     assert.match(again.stderr, /is not a clone/);
 
     const r2 = await hyperJson<CompactCommandResult>(compact);
-    assert.ok(r2.segmentsDeleted > 0 && r2.bytesReclaimed >= SIZE, JSON.stringify(r2));
+    assert.ok(r2.deletedSegmentCount > 0 && r2.reclaimedBytes >= SIZE, JSON.stringify(r2));
     const l2 = await hyperJson<SnapshotListResult>(['snapshot', 'list', parent]);
     assert.deepEqual(
       l2.checkpoints.map((x) => x.checkpoint),
@@ -137,7 +137,7 @@ describe('hyper snapshot clone / flatten', () => {
       copy,
       '--flatten',
     ]);
-    assert.equal(cf.flattened?.bytesCopied, SIZE);
+    assert.equal(cf.flattened?.copiedBytes, SIZE);
     assert.equal(await exportSha(copy, out), sha256(b));
     const notClone = await hyperJson<ErrorOut>(['snapshot', 'flatten', copy], 2);
     assert.match(notClone.error.message, /is not a clone/);

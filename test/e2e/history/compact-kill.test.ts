@@ -154,9 +154,9 @@ async function verify(
   image: string,
   what: string,
   cli = true,
-): Promise<{ storedBytes: number; segments: number }> {
+): Promise<{ storedBytes: number }> {
   const store = await target.open();
-  let st: { storedBytes: number; segments: number };
+  let st: FileStatResult | Awaited<ReturnType<typeof statVolume>>;
   try {
     const current = cli ? await exportSha(target.url, image, target.cliArgs) : await shaAt(store);
     assert.equal(current, expected.current, `${what}: current content`);
@@ -172,7 +172,7 @@ async function verify(
   const objects = await target.objects();
   assert.equal(st.storedBytes, sum(objects), `${what}: stat's stored bytes = the objects' sizes`);
   assert.equal(
-    st.segments,
+    'segmentCount' in st ? st.segmentCount : st.segments,
     [...objects.keys()].filter((k) => k.startsWith('seg/')).length,
     `${what}: segments`,
   );
@@ -303,32 +303,32 @@ describe('hyper compact interrupted (SIGKILL at random points, SIGINT)', () => {
       '--dry-run',
     ]);
     assert.equal(dry.dryRun, true);
-    assert.equal(dry.requests.put + dry.requests.delete, 0);
+    assert.equal(dry.requests.putCount + dry.requests.deleteCount, 0);
     assert.deepEqual(await objectsOnDisk(join(dir, 'full')), fullObjects);
     const t0 = performance.now();
     const fullRun = await hyper(compactArgs(full));
     const fullMs = performance.now() - t0;
     assert.equal(fullRun.code, 0, show(fullRun));
     const r = JSON.parse(fullRun.stdout) as CompactCommandResult;
-    assert.ok(r.checkpointsDropped > 0, `dropped: ${r.checkpointsDropped}`);
+    assert.ok(r.droppedCheckpointCount > 0, `dropped: ${r.droppedCheckpointCount}`);
     // (The real run also drops the checkpoint that was current, superseded by its own commit;
     // the dry run counts that one as kept.)
     assert.ok(
-      r.checkpointsDropped - dry.checkpointsDropped >= 0 &&
-        r.checkpointsDropped - dry.checkpointsDropped <= 1,
-      `dry run predicted ${dry.checkpointsDropped} dropped, the run dropped ${r.checkpointsDropped}`,
+      r.droppedCheckpointCount - dry.droppedCheckpointCount >= 0 &&
+        r.droppedCheckpointCount - dry.droppedCheckpointCount <= 1,
+      `dry run predicted ${dry.droppedCheckpointCount} dropped, the run dropped ${r.droppedCheckpointCount}`,
     );
-    assert.ok(r.segmentsRewritten > 0, `rewritten: ${r.segmentsRewritten}`);
-    assert.ok(r.segmentsDeleted > 0 && r.bytesReclaimed > 0);
+    assert.ok(r.rewrittenSegmentCount > 0, `rewritten: ${r.rewrittenSegmentCount}`);
+    assert.ok(r.deletedSegmentCount > 0 && r.reclaimedBytes > 0);
     const segBytes = [...(await objectsOnDisk(base))].filter(([k]) => k.startsWith('seg/'));
     assert.equal(r.storedBytesBefore, sum(new Map(segBytes)), 'stored before = segment bytes');
-    assert.ok(r.requests.total > 0 && r.requests.delete > 0 && r.requests.put > 0);
+    assert.ok(r.requests.totalCount > 0 && r.requests.deleteCount > 0 && r.requests.putCount > 0);
     const afterFull = await verify(full, expected, image, `${what0}, after a full run`);
     assertCompacted(r, afterFull, `${what0}, full run`);
     assert.ok(afterFull.storedBytes < before.storedBytes / 2, 'most of the history is gone');
     const created = (await readdir(join(dir, 'full', 'seg'))).filter((n) => !baseSegs.has(n));
     t.diagnostic(
-      `full run: ${Math.round(fullMs)} ms, ${r.segmentsRewritten} segments rewritten into ${created.length}, ${r.segmentsDeleted} deleted, stored ${r.storedBytesBefore} -> ${r.storedBytesAfter}, live ${r.liveBytes}`,
+      `full run: ${Math.round(fullMs)} ms, ${r.rewrittenSegmentCount} segments rewritten into ${created.length}, ${r.deletedSegmentCount} deleted, stored ${r.storedBytesBefore} -> ${r.storedBytesAfter}, live ${r.liveBytes}`,
     );
     // Rerunning a finished compaction keeps it within bounds (it may still tidy a few
     // segments the first run's own index writes left under --min-live) and grows nothing.
@@ -352,7 +352,7 @@ describe('hyper compact interrupted (SIGKILL at random points, SIGINT)', () => {
               }
             : {
                 kind: 'deleted',
-                segments: 1 + Math.floor(rand() * Math.max(1, r.segmentsDeleted / 2)),
+                segments: 1 + Math.floor(rand() * Math.max(1, r.deletedSegmentCount / 2)),
               };
       const what = `${what0}, trial ${i}, kill ${describePlan(plan)}`;
       const trialDir = join(dir, `t${i}`);
@@ -373,7 +373,7 @@ describe('hyper compact interrupted (SIGKILL at random points, SIGINT)', () => {
         assert.ok(f.startsWith(`${run.pid}-`), `${what}: temp file ${f} not the killed run's`);
       }
       t.diagnostic(
-        `${what}: exit ${run.code}, rerun ${refused ? 'refused, then --force' : 'ran'}: dropped ${result.checkpointsDropped}, deleted ${result.segmentsDeleted}, rewrote ${result.segmentsRewritten}`,
+        `${what}: exit ${run.code}, rerun ${refused ? 'refused, then --force' : 'ran'}: dropped ${result.droppedCheckpointCount}, deleted ${result.deletedSegmentCount}, rewrote ${result.rewrittenSegmentCount}`,
       );
     }
     // The test means something only if runs were really cut short mid-way (a timed kill may
@@ -453,7 +453,7 @@ describe('hyper compact interrupted (SIGKILL at random points, SIGINT)', () => {
       const st = await verify(target, expected, image, `${what}, after the rerun`, false);
       assertCompacted(result, st, what);
       t.diagnostic(
-        `${what}: exit ${run.code}, rerun ${refused ? 'refused, then --force' : 'ran'}: dropped ${result.checkpointsDropped}, deleted ${result.segmentsDeleted}, rewrote ${result.segmentsRewritten}`,
+        `${what}: exit ${run.code}, rerun ${refused ? 'refused, then --force' : 'ran'}: dropped ${result.droppedCheckpointCount}, deleted ${result.deletedSegmentCount}, rewrote ${result.rewrittenSegmentCount}`,
       );
     }
     assert.ok(killed >= 1, `s3, seed ${SEED}: no run was killed mid-way`);

@@ -13,22 +13,21 @@ import { fileUrl, hyper, hyperJson, show, tempDir } from '../../helpers/cli.js';
 const MiB = 1024 * 1024;
 
 interface Compact {
-  checkpointsBefore: number;
-  checkpointsAfter: number;
-  checkpointsDropped: number;
-  segmentsDeleted: number;
-  segmentsDeferred: number;
-  bytesReclaimed: number;
-  storedBytesAfter: number;
+  checkpointCountBefore: number;
+  checkpointCountAfter: number;
+  droppedCheckpointCount: number;
+  deletedSegmentCount: number;
+  deferredSegmentCount: number;
+  reclaimedBytes: number;
 }
 
 const figures = (c: Compact): unknown[] => [
-  c.checkpointsBefore,
-  c.checkpointsAfter,
-  c.checkpointsDropped,
-  c.segmentsDeleted,
-  c.segmentsDeferred,
-  c.bytesReclaimed,
+  c.checkpointCountBefore,
+  c.checkpointCountAfter,
+  c.droppedCheckpointCount,
+  c.deletedSegmentCount,
+  c.deferredSegmentCount,
+  c.reclaimedBytes,
 ];
 
 /** A volume with several checkpoints, each overwriting the same 1 MiB. */
@@ -58,10 +57,10 @@ describe('compact --dry-run', () => {
       '--dry-run',
     ]);
     assert.equal(dry.dryRun, true);
-    assert.equal(dry.bytesReclaimed, 0);
+    assert.equal(dry.reclaimedBytes, 0);
     const real = await hyperJson<Compact>(['compact', url, ...policy, '--grace', '1h', '--yes']);
     assert.deepEqual(figures(dry), figures(real));
-    assert.ok(real.segmentsDeferred > 0);
+    assert.ok(real.deferredSegmentCount > 0);
     // With --grace 0s: dry run and real run agree, and bytes really go.
     const dry0 = await hyperJson<Compact>([
       'compact',
@@ -73,10 +72,10 @@ describe('compact --dry-run', () => {
     ]);
     const real0 = await hyperJson<Compact>(['compact', url, ...policy, '--grace', '0s', '--yes']);
     assert.deepEqual(
-      [dry0.segmentsDeleted, dry0.segmentsDeferred, dry0.bytesReclaimed],
-      [real0.segmentsDeleted, real0.segmentsDeferred, real0.bytesReclaimed],
+      [dry0.deletedSegmentCount, dry0.deferredSegmentCount, dry0.reclaimedBytes],
+      [real0.deletedSegmentCount, real0.deferredSegmentCount, real0.reclaimedBytes],
     );
-    assert.ok(real0.segmentsDeleted > 0 && real0.bytesReclaimed > 0);
+    assert.ok(real0.deletedSegmentCount > 0 && real0.reclaimedBytes > 0);
   });
 
   it('names the grace period in stat --space', async (t) => {
@@ -115,7 +114,7 @@ describe('snapshot restore reports', () => {
       const r = await hyper(['snapshot', 'restore', url, '--to', to]);
       assert.equal(r.code, 0, show(r));
       assert.match(r.stdout, /its current state.*nothing changed/);
-      const j = await hyperJson<{ unchanged: boolean; checkpoint?: number }>([
+      const j = await hyperJson<{ unchanged: boolean; checkpoint: number | null }>([
         'snapshot',
         'restore',
         url,
@@ -123,7 +122,7 @@ describe('snapshot restore reports', () => {
         to,
       ]);
       assert.equal(j.unchanged, true);
-      assert.equal(j.checkpoint, undefined);
+      assert.equal(j.checkpoint, null);
     }
     const after = await hyperJson<{ checkpoint: number }>(['file', 'stat', url]);
     assert.equal(after.checkpoint, before.checkpoint);

@@ -56,7 +56,10 @@ describe('hyper snapshot', () => {
     assert.equal(snapA.checkpoint, cpA);
     assert.equal(snapA.url, url);
     assert.ok(!Number.isNaN(Date.parse(snapA.createdAt)));
-    assert.ok(snapA.requests > 0 && snapA.requests <= 3, `requests: ${snapA.requests}`);
+    assert.ok(
+      snapA.requests.totalCount > 0 && snapA.requests.totalCount <= 3,
+      `requests: ${snapA.requests.totalCount}`,
+    );
     // A second snapshot of the same checkpoint, made by number.
     const snapA2 = await hyperJson<SnapshotCreateResult>([
       'snapshot',
@@ -101,7 +104,10 @@ describe('hyper snapshot', () => {
     assert.equal(list.checkpoints.filter((c) => c.current).length, 1);
     const entryA = list.checkpoints.find((c) => c.checkpoint === cpA);
     assert.deepEqual(entryA?.names.sort(), ['a', 'a-too']);
-    assert.ok((entryA?.bytes ?? 0) >= SIZE, `checkpoint A wrote the image: ${entryA?.bytes}`);
+    assert.ok(
+      (entryA?.writtenBytes ?? 0) >= SIZE,
+      `checkpoint A wrote the image: ${entryA?.writtenBytes}`,
+    );
     assert.equal(list.checkpoints[0]?.time, ib.checkpointTime);
     const named = await hyperJson<SnapshotListResult>(['snapshot', 'list', url, '--named']);
     assert.deepEqual(
@@ -142,15 +148,18 @@ describe('hyper snapshot', () => {
       `${ago}ms`,
     ]);
     assert.ok('time' in r0.to && Date.parse(r0.to.time) < Date.parse(ib.checkpointTime));
-    assert.equal(r0.target, cpA);
-    assert.equal(r0.from, cpB);
+    assert.equal(r0.targetCheckpoint, cpA);
+    assert.equal(r0.previousCheckpoint, cpB);
     assert.equal(r0.dryRun, false);
-    assert.ok(r0.checkpoint !== undefined && r0.checkpoint > cpB);
-    assert.ok(r0.requests > 0 && r0.requests <= 20, `restore requests: ${r0.requests}`);
+    assert.ok(r0.checkpoint !== null && r0.checkpoint > cpB);
+    assert.ok(
+      r0.requests.totalCount > 0 && r0.requests.totalCount <= 20,
+      `restore requests: ${r0.requests.totalCount}`,
+    );
     assert.equal(await exportSha(url, out), sha256(a));
 
     // Undo: restore to the checkpoint the restore started from (by number).
-    const undo = await hyper(['snapshot', 'restore', url, '--to', String(r0.from)]);
+    const undo = await hyper(['snapshot', 'restore', url, '--to', String(r0.previousCheckpoint)]);
     assert.equal(undo.code, 0, show(undo));
     assert.match(undo.stdout, new RegExp(`Restored .* to checkpoint ${cpB} `));
     assert.match(undo.stdout, /To undo: hyper snapshot restore .* --to \d+/);
@@ -159,8 +168,8 @@ describe('hyper snapshot', () => {
     // Restore by name; the new checkpoint has A's content; the list marks it.
     const r1 = await hyperJson<SnapshotRestoreResult>(['snapshot', 'restore', url, '--to', 'a']);
     assert.deepEqual(r1.to, { snapshot: 'a' });
-    assert.equal(r1.target, cpA);
-    assert.ok(r1.checkpoint !== undefined && r1.from < r1.checkpoint);
+    assert.equal(r1.targetCheckpoint, cpA);
+    assert.ok(r1.checkpoint !== null && r1.previousCheckpoint < r1.checkpoint);
     assert.equal(await exportSha(url, out), sha256(a));
     const after = await hyperJson<SnapshotListResult>(['snapshot', 'list', url, '--limit', '1']);
     assert.equal(after.checkpoints[0]?.checkpoint, r1.checkpoint);
@@ -175,7 +184,7 @@ describe('hyper snapshot', () => {
       '--to',
       `time:${ib.checkpointTime}`,
     ]);
-    assert.equal(r3.target, cpB);
+    assert.equal(r3.targetCheckpoint, cpB);
     assert.deepEqual(r3.to, { time: ib.checkpointTime });
     assert.equal(await exportSha(url, out), sha256(b));
     const r4 = await hyperJson<SnapshotRestoreResult>([
@@ -185,7 +194,7 @@ describe('hyper snapshot', () => {
       '--to',
       ia.checkpointTime,
     ]);
-    assert.equal(r4.target, cpA);
+    assert.equal(r4.targetCheckpoint, cpA);
     assert.equal(await exportSha(url, out), sha256(a));
 
     // delete: unpins; the checkpoint stays restorable by number; a second delete is exit 3.
@@ -371,7 +380,7 @@ describe('hyper snapshot', () => {
       String(ia.checkpoint),
       '--force',
     ]);
-    assert.equal(forced.target, ia.checkpoint);
+    assert.equal(forced.targetCheckpoint, ia.checkpoint);
     assert.equal(await exportSha(url, join(dir, 'out.img')), sha256(a));
     // The fenced writer can commit nothing more. Its lease renewal may already have noticed
     // the takeover (then the write itself is refused), or the flush finds out.

@@ -32,4 +32,41 @@ describe('lineLogger', () => {
     assert.deepEqual(seen('debug'), ['debug', 'info', 'warn', 'error']);
     assert.deepEqual(seen('error'), ['error']);
   });
+
+  it('writes one JSON object per line with --log-format json: time, level, msg, then the fields', () => {
+    const lines: string[] = [];
+    const log = lineLogger({ write: (l) => lines.push(l), now: () => at, format: 'json' });
+    log.info('serving 1 export read-write', { uris: ['nbd://127.0.0.1:10809/v'] });
+    log.warn('nbd request failed', { conn: 'ab12cd-3', errno: 'EIO', size: 10n });
+    log.debug('dropped'); // below the default level
+    log.error('clash', { msg: 'a field named msg', level: 1, _level: 2, time: 'x' });
+    assert.equal(lines.length, 3);
+    assert.ok(lines.every((l) => l.endsWith('}\n') && !l.slice(0, -1).includes('\n')));
+    const parsed = lines.map((l) => JSON.parse(l) as Record<string, unknown>);
+    assert.deepEqual(parsed[0], {
+      time: '2026-01-31T12:00:00.000Z',
+      level: 'info',
+      msg: 'serving 1 export read-write',
+      uris: ['nbd://127.0.0.1:10809/v'],
+    });
+    assert.deepEqual(parsed[1], {
+      time: '2026-01-31T12:00:00.000Z',
+      level: 'warn',
+      msg: 'nbd request failed',
+      conn: 'ab12cd-3',
+      errno: 'EIO',
+      size: '10',
+    });
+    // Fields never overwrite time, level or msg.
+    assert.deepEqual(parsed[2], {
+      time: '2026-01-31T12:00:00.000Z',
+      level: 'error',
+      msg: 'clash',
+      _msg: 'a field named msg',
+      __level: 1,
+      _level: 2,
+      _time: 'x',
+    });
+    assert.deepEqual(Object.keys(parsed[0]!).slice(0, 3), ['time', 'level', 'msg']);
+  });
 });

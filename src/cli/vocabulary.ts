@@ -1,0 +1,419 @@
+/**
+ * The JSON vocabulary of hyper: the shape of every command's `--json` output, as zod schemas
+ * (exported so that tests validate each command against its schema) and the TypeScript types
+ * the commands return. Commands import only the types (`import type`), so this module and zod
+ * are not loaded at run time.
+ *
+ * Rules (the README's "Conventions" section says the same for users):
+ *
+ * 1. Bytes are integers. A field holding a number of bytes is named `size`, `…Size` (the size
+ *    of a thing: `dataBlockSize`, `imageSize`), `…Bytes` (an amount of data: `storedBytes`,
+ *    `copiedBytes`, optionally followed by `Before`/`After`), or is the `offset`/`length` of a
+ *    byte range. No other field is in bytes, and no byte field has another name.
+ * 2. Durations are seconds, named `…Seconds`, rounded to milliseconds (at most 3 decimals).
+ * 3. Times are ISO-8601 UTC strings with milliseconds (`2026-01-31T12:00:00.000Z`), named
+ *    `time`, `…Time` or `…At`.
+ * 4. Absent is `null`: every field of a shape is always present; a value that does not apply
+ *    or is unknown is `null` (never an omitted field, never 0 or a 1970 date).
+ * 5. Counts are integers named `…Count` (`segmentCount`, `deletedObjectCount`, optionally
+ *    followed by `Before`/`After`). A plural name (`checkpoints`, `volumes`, `extents`,
+ *    `problems`, `uris`) is always an array of items.
+ * 6. `checkpoint` is always a checkpoint number; `…Checkpoint` too. A checkpoint reference as
+ *    the user gave it (`--at`, `--from`, `--to`) is one of `{ "checkpoint": 42 }`,
+ *    `{ "snapshot": "name" }` or `{ "time": "<ISO-8601>" }`.
+ * 7. `requests` is always the `RequestStats` object (requests the command made to the store).
+ * 8. `url` is the volume (or prefix) URL the command acted on; other URLs are `…Url` or an
+ *    object with a `url` (`parent`, `clone`).
+ * 9. A failure is `{ "error": ErrorBody }` on stdout with the exit code of the error table.
+ *
+ * A command prints exactly one JSON document on stdout, except `serve`, which prints JSON
+ * Lines: one `{"event":"listening",…}` line once it listens and one `{"event":"stopped",…}`
+ * line when it stops (or an error document instead).
+ */
+import { z } from 'zod';
+
+const int = z.number().int();
+const count = int.min(0);
+const bytes = int.min(0);
+const checkpointNumber = int.min(0);
+/** An ISO-8601 UTC time with milliseconds. */
+const isoTime = z.iso.datetime({ precision: 3 });
+/** Seconds rounded to milliseconds. */
+const seconds = z
+  .number()
+  .min(0)
+  .refine((v) => Math.abs(v * 1000 - Math.round(v * 1000)) < 1e-6, 'at most 3 decimals');
+
+export const checkpointRefSchema = z.union([
+  z.strictObject({ checkpoint: checkpointNumber }),
+  z.strictObject({ snapshot: z.string() }),
+  z.strictObject({ time: isoTime }),
+]);
+
+export const requestStatsSchema = z.strictObject({
+  totalCount: count,
+  getCount: count,
+  putCount: count,
+  listCount: count,
+  headCount: count,
+  deleteCount: count,
+  /** Bytes received from the store. */
+  receivedBytes: bytes,
+  /** Bytes sent to the store. */
+  sentBytes: bytes,
+});
+
+export const volumeSummarySchema = z.strictObject({
+  url: z.string(),
+  uuid: z.string(),
+  formatVersion: int,
+  size: bytes,
+  dataBlockSize: bytes,
+  metaBlockSize: bytes,
+  segmentSize: bytes,
+  createdAt: isoTime,
+  checkpoint: checkpointNumber,
+  checkpointTime: isoTime,
+});
+
+export const errorBodySchema = z.strictObject({
+  kind: z.enum(['invalid', 'not-found', 'conflict', 'unavailable', 'data', 'internal']),
+  code: z.string().regex(/^[A-Z][A-Z0-9_]*$/),
+  message: z.string(),
+  suggestion: z.string().nullable(),
+  /** The object found damaged or missing (data errors), else null. */
+  key: z.string().nullable(),
+  exitCode: int,
+});
+export const errorJsonSchema = z.strictObject({ error: errorBodySchema });
+
+// file …
+
+export const fileCreateSchema = volumeSummarySchema;
+export const fileCreateOptSchema = volumeSummarySchema;
+
+export const fileSetLenSchema = z.strictObject({
+  url: z.string(),
+  previousSize: bytes,
+  size: bytes,
+  /** The checkpoint recording the new size (the current one when nothing changed). */
+  checkpoint: checkpointNumber,
+  checkpointTime: isoTime,
+});
+
+export const leaseSchema = z.strictObject({
+  holder: z.string(),
+  epoch: int,
+  /** live: held and not expired; expired: its holder stopped renewing; released: given back. */
+  state: z.enum(['live', 'expired', 'released']),
+  /** When a live or expired lease expires/expired; null for a released lease. */
+  expiresAt: isoTime.nullable(),
+});
+
+export const spaceUsageSchema = z.strictObject({
+  liveBytes: bytes,
+  historyBytes: bytes,
+  garbageBytes: bytes,
+  inheritedBytes: bytes,
+});
+
+export const fileStatSchema = volumeSummarySchema.extend({
+  mappedBlockCount: count,
+  segmentCount: count,
+  uncommittedSegmentCount: count,
+  storedBytes: bytes,
+  provisionedBytes: bytes,
+  usedBytes: bytes,
+  snapshotCount: count,
+  /** The last lease record, or null if no lease was ever taken. */
+  lease: leaseSchema.nullable(),
+  walUrl: z.string().nullable(),
+  /** Checkpoints that can be opened, restored or cloned. */
+  checkpointCount: count,
+  oldestCheckpoint: checkpointNumber.nullable(),
+  clonePinCount: count,
+  parent: z.strictObject({ url: z.string(), checkpoint: checkpointNumber }).nullable(),
+  /** With --space, else null. */
+  space: spaceUsageSchema.nullable(),
+});
+
+export const fileListSchema = z.strictObject({
+  url: z.string(),
+  volumes: z.array(
+    z.strictObject({
+      /** Path relative to the listed prefix, ending with `/`. */
+      name: z.string(),
+      url: z.string(),
+      /** Null when the head could not be read (see `error`). */
+      size: bytes.nullable(),
+      checkpoint: checkpointNumber.nullable(),
+      checkpointTime: isoTime.nullable(),
+      error: z.string().nullable(),
+    }),
+  ),
+});
+
+export const fileImportSchema = z.strictObject({
+  image: z.string(),
+  url: z.string(),
+  imageSize: bytes,
+  created: z.boolean(),
+  volumeSize: bytes,
+  dataBytes: bytes,
+  zeroBytes: bytes,
+  checkpoint: checkpointNumber,
+  checkpointTime: isoTime,
+  elapsedSeconds: seconds,
+});
+
+export const fileExportSchema = z.strictObject({
+  url: z.string(),
+  image: z.string(),
+  size: bytes,
+  at: checkpointRefSchema.nullable(),
+  checkpoint: checkpointNumber,
+  checkpointTime: isoTime,
+  dataBytes: bytes,
+  zeroBytes: bytes,
+  elapsedSeconds: seconds,
+});
+
+export const fileDeleteSchema = z.strictObject({
+  url: z.string(),
+  /** False when there was no volume and --if-exists was given. */
+  deleted: z.boolean(),
+  deletedObjectCount: count,
+});
+
+export const fileCheckSchema = z.strictObject({
+  url: z.string(),
+  clean: z.boolean(),
+  deep: z.boolean(),
+  checkpoint: checkpointNumber,
+  checkedCheckpointCount: count,
+  segmentCount: count,
+  checkedNodeCount: count,
+  checkedBlockCount: count,
+  verifiedBytes: bytes,
+  problems: z.array(
+    z.strictObject({
+      kind: z.enum(['missing', 'corrupt', 'dangling', 'orphan', 'uncommitted']),
+      key: z.string(),
+      message: z.string(),
+    }),
+  ),
+});
+
+// snapshot …
+
+export const snapshotListSchema = z.strictObject({
+  url: z.string(),
+  checkpoints: z.array(
+    z.strictObject({
+      checkpoint: checkpointNumber,
+      time: isoTime,
+      names: z.array(z.string()),
+      /** Bytes of the segment the checkpoint's flush wrote. */
+      writtenBytes: bytes,
+      current: z.boolean(),
+      restoredFrom: checkpointNumber.nullable(),
+    }),
+  ),
+});
+
+export const snapshotCreateSchema = z.strictObject({
+  url: z.string(),
+  name: z.string(),
+  checkpoint: checkpointNumber,
+  createdAt: isoTime,
+  at: checkpointRefSchema.nullable(),
+  requests: requestStatsSchema,
+});
+
+export const snapshotDeleteSchema = z.strictObject({
+  url: z.string(),
+  name: z.string(),
+  checkpoint: checkpointNumber,
+  createdAt: isoTime,
+});
+
+export const snapshotDiffSchema = z.strictObject({
+  url: z.string(),
+  from: checkpointRefSchema,
+  to: checkpointRefSchema,
+  fromCheckpoint: checkpointNumber,
+  toCheckpoint: checkpointNumber,
+  extents: z.array(z.strictObject({ offset: bytes, length: bytes, zero: z.boolean() })),
+  changedBytes: bytes,
+});
+
+export const snapshotRestoreSchema = z.strictObject({
+  url: z.string(),
+  to: checkpointRefSchema,
+  targetCheckpoint: checkpointNumber,
+  targetTime: isoTime,
+  /** The current checkpoint before the restore (restore to it to undo). */
+  previousCheckpoint: checkpointNumber,
+  /** The new checkpoint; null on a dry run, and when nothing changed. */
+  checkpoint: checkpointNumber.nullable(),
+  dryRun: z.boolean(),
+  /** True when --to named the current state (or a time at or after it): nothing committed. */
+  unchanged: z.boolean(),
+  requests: requestStatsSchema,
+});
+
+export const snapshotCloneSchema = z.strictObject({
+  url: z.string(),
+  from: checkpointRefSchema,
+  checkpoint: checkpointNumber,
+  clone: volumeSummarySchema,
+  flattened: z
+    .strictObject({ copiedBlockCount: count, copiedBytes: bytes, checkpoint: checkpointNumber })
+    .nullable(),
+  requests: requestStatsSchema,
+});
+
+export const snapshotFlattenSchema = z.strictObject({
+  url: z.string(),
+  /** The parent the clone read from, and the checkpoint it started from (now unpinned). */
+  parent: z.strictObject({ url: z.string(), checkpoint: checkpointNumber }),
+  copiedBlockCount: count,
+  copiedBytes: bytes,
+  checkpoint: checkpointNumber,
+});
+
+// compact, serve
+
+export const compactSchema = z.strictObject({
+  url: z.string(),
+  dryRun: z.boolean(),
+  checkpointCountBefore: count,
+  checkpointCountAfter: count,
+  droppedCheckpointCount: count,
+  segmentCountBefore: count,
+  deletedSegmentCount: count,
+  /** Unreachable segments left for a later run because of the grace period. */
+  deferredSegmentCount: count,
+  reclaimedBytes: bytes,
+  rewrittenSegmentCount: count,
+  rewrittenBlockCount: count,
+  rewrittenBytes: bytes,
+  storedBytesBefore: bytes,
+  storedBytesAfter: bytes,
+  liveBytes: bytes,
+  checkpoint: checkpointNumber,
+  keepLast: count.nullable(),
+  keepWithinSeconds: seconds.nullable(),
+  minLive: z.number().min(0).max(1),
+  graceSeconds: seconds,
+  requests: requestStatsSchema,
+  elapsedSeconds: seconds,
+});
+
+const serveExport = z.strictObject({ name: z.string(), url: z.string(), readOnly: z.boolean() });
+
+export const serveListeningSchema = z.strictObject({
+  event: z.literal('listening'),
+  uris: z.array(z.string()),
+  exports: z.array(serveExport),
+  at: checkpointRefSchema.nullable(),
+  /** Where Prometheus metrics are served (--metrics-port), else null. */
+  metricsUrl: z.string().nullable(),
+});
+
+export const serveStoppedSchema = z.strictObject({
+  event: z.literal('stopped'),
+  uris: z.array(z.string()),
+  exports: z.array(serveExport),
+  at: checkpointRefSchema.nullable(),
+  metricsUrl: z.string().nullable(),
+  /** Why the server stopped. */
+  reason: z.enum(['interrupted']),
+});
+
+const settingSchema = z.strictObject({
+  value: z.string().nullable(),
+  /** flag, env, profile (the selected profile's section of the file), file, or default. */
+  source: z.enum(['flag', 'env', 'profile', 'file', 'default']),
+  /** The flag, environment variable or file entry it was read from; null for a default. */
+  from: z.string().nullable(),
+});
+
+export const configShowSchema = z.strictObject({
+  configFile: z.string(),
+  configFileExists: z.boolean(),
+  profile: settingSchema,
+  /** True when the profile is a section of the configuration file. */
+  profileInFile: z.boolean(),
+  awsProfile: settingSchema,
+  endpoint: settingSchema,
+  region: settingSchema,
+  /** Default flags the file sets, per command. */
+  defaults: z.array(
+    z.strictObject({
+      command: z.string(),
+      flag: z.string(),
+      value: z.union([z.string(), z.number(), z.boolean()]),
+      source: z.string(),
+      from: z.string(),
+    }),
+  ),
+});
+
+export type ConfigShowResult = z.infer<typeof configShowSchema>;
+
+/**
+ * The schema of each command's --json result (for `serve`, of its final line), by oclif
+ * command id. A new command adds itself here; the test that walks all commands fails for a
+ * command missing from this table.
+ */
+export const resultSchemas = {
+  'file:create': fileCreateSchema,
+  'file:create-opt': fileCreateOptSchema,
+  'file:set-len': fileSetLenSchema,
+  'file:stat': fileStatSchema,
+  'file:list': fileListSchema,
+  'file:import': fileImportSchema,
+  'file:export': fileExportSchema,
+  'file:delete': fileDeleteSchema,
+  'file:check': fileCheckSchema,
+  'snapshot:list': snapshotListSchema,
+  'snapshot:create': snapshotCreateSchema,
+  'snapshot:delete': snapshotDeleteSchema,
+  'snapshot:diff': snapshotDiffSchema,
+  'snapshot:restore': snapshotRestoreSchema,
+  'snapshot:clone': snapshotCloneSchema,
+  'snapshot:flatten': snapshotFlattenSchema,
+  compact: compactSchema,
+  'config:show': configShowSchema,
+  serve: serveStoppedSchema,
+} as const satisfies Record<string, z.ZodType>;
+
+export type CheckpointRefJson = z.infer<typeof checkpointRefSchema>;
+export type RequestStats = z.infer<typeof requestStatsSchema>;
+export type VolumeSummary = z.infer<typeof volumeSummarySchema>;
+export type ErrorBody = z.infer<typeof errorBodySchema>;
+export type ErrorJson = z.infer<typeof errorJsonSchema>;
+export type LeaseSummary = z.infer<typeof leaseSchema>;
+export type SpaceUsageJson = z.infer<typeof spaceUsageSchema>;
+export type FileCreateResult = z.infer<typeof fileCreateSchema>;
+export type FileCreateOptResult = z.infer<typeof fileCreateOptSchema>;
+export type FileSetLenResult = z.infer<typeof fileSetLenSchema>;
+export type FileStatResult = z.infer<typeof fileStatSchema>;
+export type FileListResult = z.infer<typeof fileListSchema>;
+export type VolumeListItem = FileListResult['volumes'][number];
+export type FileImportResult = z.infer<typeof fileImportSchema>;
+export type FileExportResult = z.infer<typeof fileExportSchema>;
+export type FileDeleteResult = z.infer<typeof fileDeleteSchema>;
+export type FileCheckResult = z.infer<typeof fileCheckSchema>;
+export type SnapshotListResult = z.infer<typeof snapshotListSchema>;
+export type SnapshotListItem = SnapshotListResult['checkpoints'][number];
+export type SnapshotCreateResult = z.infer<typeof snapshotCreateSchema>;
+export type SnapshotDeleteResult = z.infer<typeof snapshotDeleteSchema>;
+export type SnapshotDiffResult = z.infer<typeof snapshotDiffSchema>;
+export type SnapshotRestoreResult = z.infer<typeof snapshotRestoreSchema>;
+export type SnapshotCloneResult = z.infer<typeof snapshotCloneSchema>;
+export type SnapshotFlattenResult = z.infer<typeof snapshotFlattenSchema>;
+export type CompactCommandResult = z.infer<typeof compactSchema>;
+export type ServeListening = z.infer<typeof serveListeningSchema>;
+export type ServeResult = z.infer<typeof serveStoppedSchema>;
