@@ -38,6 +38,7 @@ export type ErrorCode =
   | 'BUCKET_NOT_FOUND'
   | 'CHECKPOINT_NOT_FOUND'
   | 'SNAPSHOT_NOT_FOUND'
+  | 'EXPORT_NOT_FOUND'
   // conflict
   | 'VOLUME_EXISTS'
   | 'OBJECT_EXISTS'
@@ -46,12 +47,15 @@ export type ErrorCode =
   | 'FENCED'
   | 'SNAPSHOT_EXISTS'
   | 'HAS_CLONES'
+  | 'EXPORT_EXISTS'
+  | 'DAEMON_RUNNING'
   // unavailable
   | 'STORE_UNAVAILABLE'
   | 'ACCESS_DENIED'
   | 'CONDITIONAL_WRITES_UNSUPPORTED'
   | 'ABORTED'
   | 'NO_SPACE'
+  | 'DAEMON_NOT_RUNNING'
   // data
   | 'CHECKSUM_MISMATCH'
   | 'CORRUPT_OBJECT'

@@ -18,6 +18,7 @@ import {
 import { URL_FORMS, normalizeVolumeUrl } from './cli/url.js';
 import { CHECKPOINT_REF_FORMS, parseCheckpointRef } from './cli/checkpoint-ref.js';
 import type { CheckpointRef } from './format/volume/types.js';
+import { defaultControlSocket } from './daemon/paths.js';
 
 /**
  * oclif rewrites the message of an error thrown by a flag parser ("Parsing --x \n\t…"). The
@@ -148,6 +149,15 @@ export const storeFlags = {
 export const progress = Flags.boolean({
   summary:
     'Print progress lines on stderr every few seconds even when it is not a terminal (CI logs).',
+});
+
+/** `--control-socket`: where the daemon's control API listens (`hyper daemon`, `map`, …). */
+export const controlSocket = Flags.string({
+  summary:
+    'Control socket of the daemon (default: $HYPER_CONTROL_SOCKET, $RUNTIME_DIRECTORY/control.sock under systemd, /run/hyper/control.sock as root, else $XDG_RUNTIME_DIR/hyper/control.sock).',
+  helpValue: '<path>',
+  env: 'HYPER_CONTROL_SOCKET',
+  default: async () => defaultControlSocket(),
 });
 
 /** `--yes`: skip the confirmation of a destructive command (required without a terminal). */

@@ -362,6 +362,39 @@ export const configShowSchema = z.strictObject({
 
 export type ConfigShowResult = z.infer<typeof configShowSchema>;
 
+const doctorStatus = z.enum(['ok', 'warn', 'fail', 'skip']);
+
+export const doctorSchema = z.strictObject({
+  url: z.string(),
+  endpoint: z.string(),
+  region: z.string(),
+  /** The worst status of any check ('skip' counts as ok). */
+  status: z.enum(['ok', 'warn', 'fail']),
+  checks: z.array(
+    z.strictObject({
+      id: z.string(),
+      title: z.string(),
+      status: doctorStatus,
+      detail: z.string(),
+      suggestion: z.string().nullable(),
+    }),
+  ),
+  performance: z.array(
+    z.strictObject({
+      op: z.enum(['put', 'get']),
+      sizeBytes: bytes,
+      samples: z.number().int(),
+      p50Seconds: z.number().nonnegative(),
+      maxSeconds: z.number().nonnegative(),
+      bytesPerSecond: z.number().int().nonnegative(),
+    }),
+  ),
+  okCount: z.number().int(),
+  warnCount: z.number().int(),
+  failCount: z.number().int(),
+  skipCount: z.number().int(),
+});
+
 /**
  * The schema of each command's --json result (for `serve`, of its final line), by oclif
  * command id. A new command adds itself here; the test that walks all commands fails for a
@@ -386,6 +419,7 @@ export const resultSchemas = {
   'snapshot:flatten': snapshotFlattenSchema,
   compact: compactSchema,
   'config:show': configShowSchema,
+  doctor: doctorSchema,
   serve: serveStoppedSchema,
 } as const satisfies Record<string, z.ZodType>;
 

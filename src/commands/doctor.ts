@@ -1,7 +1,7 @@
 import { Flags } from '@oclif/core';
 import { BaseCommand } from '../base-command.js';
 import { prefixUrl } from '../flags.js';
-import { runDoctor, type DoctorCheck, type DoctorReport } from '../doctor/doctor.js';
+import { msOf, runDoctor, type DoctorCheck, type DoctorReport } from '../doctor/doctor.js';
 
 /** The result printed with --json. */
 export type DoctorResult = DoctorReport;
@@ -98,7 +98,7 @@ Exit code 0: every check passed (or was skipped); 7: warnings; 8: failures, do n
         report.checks.map((c) => [
           wrap(c.title, 18),
           MARK[c.status],
-          wrap(c.suggestion ? `${c.detail}. ${c.suggestion}` : c.detail, 46),
+          wrap(c.suggestion !== null ? `${c.detail}. ${c.suggestion}` : c.detail, 46),
         ]),
       ),
     );
@@ -109,14 +109,14 @@ Exit code 0: every check passed (or was skipped); 7: warnings; 8: failures, do n
           report.performance.map((p) => [
             p.op.toUpperCase(),
             size(p.sizeBytes),
-            `${p.p50Ms} ms`,
-            `${p.maxMs} ms`,
+            `${msOf(p.p50Seconds)} ms`,
+            `${msOf(p.maxSeconds)} ms`,
             `${(p.bytesPerSecond / (1 << 20)).toFixed(1)} MiB/s`,
           ]),
         ),
       );
     }
-    const { ok, warn, fail, skip } = report.counts;
+    const { okCount: ok, warnCount: warn, failCount: fail, skipCount: skip } = report;
     const verdict =
       report.status === 'fail'
         ? 'UNSAFE: do not keep volumes here'

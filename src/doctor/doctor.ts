@@ -37,16 +37,17 @@ export interface DoctorCheck {
   title: string;
   status: CheckStatus;
   detail: string;
-  suggestion?: string;
+  /** What to do about a warning or failure; null when there is nothing to do. */
+  suggestion: string | null;
 }
 
 export interface DoctorTiming {
   op: 'put' | 'get';
   sizeBytes: number;
   samples: number;
-  /** Median and slowest request, in milliseconds (rounded to 0.1 ms). */
-  p50Ms: number;
-  maxMs: number;
+  /** Median and slowest request, in seconds (rounded to 0.1 ms). */
+  p50Seconds: number;
+  maxSeconds: number;
   /** Bytes per second at the median latency. */
   bytesPerSecond: number;
 }
@@ -59,7 +60,10 @@ export interface DoctorReport {
   status: 'ok' | 'warn' | 'fail';
   checks: DoctorCheck[];
   performance: DoctorTiming[];
-  counts: Record<CheckStatus, number>;
+  okCount: number;
+  warnCount: number;
+  failCount: number;
+  skipCount: number;
 }
 
 export interface DoctorOptions {
@@ -84,13 +88,16 @@ export function worstStatus(checks: readonly DoctorCheck[]): DoctorReport['statu
   return 'ok';
 }
 
+/** Seconds as milliseconds for messages (0.1 ms precision). */
+export const msOf = (s: number): number => Math.round(s * 10_000) / 10;
+
 const check = (
   id: string,
   title: string,
   status: CheckStatus,
   detail: string,
   suggestion?: string,
-): DoctorCheck => ({ id, title, status, detail, ...(suggestion ? { suggestion } : {}) });
+): DoctorCheck => ({ id, title, status, detail, suggestion: suggestion ?? null });
 
 /** Run every check against `url` (an s3:// prefix). Throws only for a bad URL or an abort. */
 export async function runDoctor(url: string, options: DoctorOptions = {}): Promise<DoctorReport> {
@@ -143,7 +150,10 @@ export async function runDoctor(url: string, options: DoctorOptions = {}): Promi
     status: worstStatus(checks),
     checks,
     performance: performanceRows,
-    counts,
+    okCount: counts.ok,
+    warnCount: counts.warn,
+    failCount: counts.fail,
+    skipCount: counts.skip,
   };
 }
 
@@ -357,8 +367,8 @@ async function measure(
           op,
           sizeBytes: size,
           samples,
-          p50Ms: round1(p50),
-          maxMs: round1(Math.max(...ms)),
+          p50Seconds: round1(p50) / 1000,
+          maxSeconds: round1(Math.max(...ms)) / 1000,
           bytesPerSecond: Math.round(size / (Math.max(p50, 0.001) / 1000)),
         });
       }
@@ -374,8 +384,8 @@ async function measure(
   const smallest = Math.min(...rows.map((r) => r.sizeBytes));
   const largest = Math.max(...rows.map((r) => r.sizeBytes));
   for (const r of rows) {
-    if (r.sizeBytes === smallest && r.p50Ms > SLOW_SMALL_MS)
-      slow.push(`${r.op.toUpperCase()} of ${r.sizeBytes} B takes ${r.p50Ms} ms`);
+    if (r.sizeBytes === smallest && r.p50Seconds * 1000 > SLOW_SMALL_MS)
+      slow.push(`${r.op.toUpperCase()} of ${r.sizeBytes} B takes ${msOf(r.p50Seconds)} ms`);
     if (r.sizeBytes === largest && largest >= 1 << 20 && r.bytesPerSecond < SLOW_BYTES_PER_SECOND)
       slow.push(
         `${r.op.toUpperCase()} of ${r.sizeBytes >> 20} MiB runs at ${(r.bytesPerSecond / (1 << 20)).toFixed(1)} MiB/s`,
@@ -383,7 +393,7 @@ async function measure(
   }
   const summary = rows
     .filter((r) => r.sizeBytes === smallest || r.sizeBytes === largest)
-    .map((r) => `${r.op.toUpperCase()} ${label(r.sizeBytes)} ${r.p50Ms} ms`)
+    .map((r) => `${r.op.toUpperCase()} ${label(r.sizeBytes)} ${msOf(r.p50Seconds)} ms`)
     .join(', ');
   return {
     check:

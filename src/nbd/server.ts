@@ -39,7 +39,11 @@ export interface NbdServerOptions {
   observer?: NbdObserver;
 }
 
-export type ListenTarget = { port?: number; host?: string } | { path: string };
+/**
+ * A TCP host and port, a unix socket path, or an already listening socket handed over by a
+ * service manager (socket activation: `fd` is the inherited file descriptor).
+ */
+export type ListenTarget = { port?: number; host?: string } | { path: string } | { fd: number };
 
 export class NbdServer {
   private readonly table: ExportTable;
@@ -99,14 +103,18 @@ export class NbdServer {
         resolve();
       };
       if ('path' in target) server.listen(target.path, done);
+      else if ('fd' in target) server.listen({ fd: target.fd }, done);
       else server.listen(target.port ?? 10809, target.host ?? '127.0.0.1', done);
     });
     if ('path' in target) {
       this.socketPath = target.path;
       return { path: target.path };
     }
-    const a = server.address() as AddressInfo;
-    return { port: a.port, host: a.address };
+    // An inherited socket is a unix socket (address: its path) or a TCP one; its file is
+    // the service manager's, so it is not removed on close.
+    const a = server.address() as AddressInfo | string | null;
+    if (typeof a === 'string') return { path: a };
+    return { port: a?.port ?? 0, host: a?.address ?? '' };
   }
 
   private accept(socket: Socket): void {
@@ -137,6 +145,42 @@ export class NbdServer {
     }
   }
 
+  /** Open connections that selected the export `name` (those still negotiating excluded). */
+  connectionsTo(name: string): number {
+    let n = 0;
+    for (const s of this.sessions) if (s.exportName === name) n++;
+    return n;
+  }
+
+  /**
+   * Gracefully end the connections using the export `name` (remove it from the table first,
+   * so that no new one selects it): each reads nothing more, answers the requests it has in
+   * flight, then closes. Connections still open after `graceMs` are dropped. Resolves with
+   * the number of connections ended.
+   */
+  async closeExportConnections(name: string, graceMs = 10_000): Promise<number> {
+    const sessions = [...this.sessions].filter((s) => s.exportName === name);
+    await this.endSessions(sessions, graceMs, 'export removed');
+    return sessions.length;
+  }
+
+  private async endSessions(sessions: Session[], graceMs: number, reason: string): Promise<void> {
+    for (const s of sessions) s.shutdown(reason);
+    const all = Promise.all(sessions.map((s) => s.whenClosed()));
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      all,
+      new Promise<void>((resolve) => {
+        timer = setTimeout(() => {
+          for (const s of sessions) s.destroy(`${reason}: grace period over`);
+          resolve();
+        }, graceMs);
+      }),
+    ]);
+    clearTimeout(timer);
+    await all;
+  }
+
   /**
    * Stop accepting, let every connection answer what it has in flight, and close them.
    * Connections still open after `graceMs` are dropped.
@@ -146,21 +190,7 @@ export class NbdServer {
     if (server === undefined) return;
     this.server = undefined;
     const stopped = new Promise<void>((resolve) => server.close(() => resolve()));
-    const sessions = [...this.sessions];
-    for (const s of sessions) s.shutdown();
-    const all = Promise.all(sessions.map((s) => s.whenClosed()));
-    let timer: NodeJS.Timeout | undefined;
-    await Promise.race([
-      all,
-      new Promise<void>((resolve) => {
-        timer = setTimeout(() => {
-          for (const s of sessions) s.destroy('shutdown grace period over');
-          resolve();
-        }, graceMs);
-      }),
-    ]);
-    clearTimeout(timer);
-    await all;
+    await this.endSessions([...this.sessions], graceMs, 'server shutting down');
     await stopped;
     if (this.socketPath !== undefined) await unlink(this.socketPath).catch(() => undefined);
   }

@@ -52,6 +52,11 @@ export class VolumeExport implements NbdExport {
     return this.url;
   }
 
+  /** The device, once opened (and until closed). */
+  get openedDevice(): VolumeDevice | undefined {
+    return this.device;
+  }
+
   describe(): ExportDescription {
     return { name: this.name, url: this.url, readOnly: this.describedReadOnly };
   }

@@ -35,9 +35,10 @@ export type StoreOpener = (url: string, options?: { mkdir?: boolean }) => Promis
 export interface ServeOptions {
   /**
    * A volume URL (one export, named by the last segment of its path) or a prefix URL (one
-   * export per volume below it, named by its path below the prefix).
+   * export per volume below it, named by its path below the prefix). Without it the server
+   * starts with no exports (add them with `addExports`).
    */
-  url: string;
+  url?: string;
   /**
    * Opens the store for `url`, for a WAL and for the parents of clones. The stores it returns
    * stay open until its owner closes them (the CLI does when the command ends).
@@ -57,7 +58,10 @@ export interface ServeOptions {
   waitForLease?: boolean;
   /** Name recorded in the leases (default `hyper-serve@host:pid`). */
   holder?: string;
-  /** TCP host and port (port 0 picks a free one), or a unix socket path. */
+  /**
+   * TCP host and port (port 0 picks a free one), a unix socket path, or an inherited
+   * listening socket (`{ fd }`, socket activation).
+   */
   listen: ListenTarget;
   /** Offer STARTTLS with server-cert.pem and server-key.pem from `certificates`. */
   tls?: { certificates: string; require?: boolean };
@@ -78,6 +82,33 @@ export interface ServeOptions {
    */
   metricsListen?: { port: number; host?: string };
 }
+
+/**
+ * Per-call settings of `addExports`; what is left out comes from the server's options (a
+ * daemon maps each volume with its own).
+ */
+export interface AddExportOptions {
+  /** Create the volume at the URL with these settings first if there is none. */
+  create?: CreateOptions;
+  /**
+   * Export the one volume at the URL under this name (a prefix URL is refused with
+   * NOT_A_VOLUME). Default: a volume is named by the last segment of its path.
+   */
+  name?: string;
+  readOnly?: boolean;
+  at?: CheckpointRef;
+  walUrl?: string;
+  force?: boolean;
+  waitForLease?: boolean;
+  openStore?: StoreOpener;
+  signal?: AbortSignal;
+}
+
+/** An export's settings once the call's and the server's options are merged. */
+type ExportSettings = Omit<AddExportOptions, 'create' | 'name'> & {
+  openStore: StoreOpener;
+  readOnly: boolean;
+};
 
 export class VolumeServer {
   private readonly table = new ExportTable();
@@ -116,7 +147,9 @@ export class VolumeServer {
       // Loaded only when asked for: prom-client costs start-up time nothing else needs.
       const m = o.metricsListen === undefined ? undefined : await import('../metrics/index.js');
       if (m !== undefined) this.metrics ??= m.createMetrics();
-      await this.addExports(o.url, o.create === undefined ? {} : { create: o.create });
+      if (o.url !== undefined) {
+        await this.addExports(o.url, o.create === undefined ? {} : { create: o.create });
+      }
       const nbd = new NbdServer({
         exports: this.table.nbd,
         logger: this.logger,
@@ -209,14 +242,26 @@ export class VolumeServer {
   /**
    * Export the volume at `url`, or every volume below it; with `create`, create the volume
    * first if there is none. Called by `start()`; after it, the new exports are offered from
-   * the next negotiation on.
+   * the next negotiation on. Settings left out of `options` come from the server's.
    */
-  async addExports(url: string, options: { create?: CreateOptions } = {}): Promise<void> {
+  async addExports(url: string, options: AddExportOptions = {}): Promise<void> {
     const o = this.options;
     const { create } = options;
-    this.checkCreate(create);
-    const signal = o.signal;
-    const store = await o.openStore(url, { mkdir: create !== undefined });
+    const pick = <K extends keyof AddExportOptions & keyof ServeOptions>(k: K) =>
+      options[k] ?? o[k];
+    const at = pick('at');
+    const settings: ExportSettings = {
+      readOnly: at !== undefined || (options.readOnly ?? this.readOnly),
+      openStore: options.openStore ?? o.openStore,
+      ...(at === undefined ? {} : { at }),
+      ...(pick('walUrl') === undefined ? {} : { walUrl: pick('walUrl') }),
+      ...(pick('force') === undefined ? {} : { force: pick('force') }),
+      ...(pick('waitForLease') === undefined ? {} : { waitForLease: pick('waitForLease') }),
+      ...(pick('signal') === undefined ? {} : { signal: pick('signal') }),
+    };
+    this.checkCreate(create, settings.readOnly);
+    const signal = settings.signal;
+    const store = await settings.openStore(url, { mkdir: create !== undefined });
     if (create !== undefined) {
       try {
         await Volume.create(store, { ...create, ...(signal ? { signal } : {}) });
@@ -226,7 +271,7 @@ export class VolumeServer {
       }
     }
     // A local WAL directory is created like the volume's own.
-    if (o.walUrl !== undefined) await o.openStore(o.walUrl, { mkdir: true });
+    if (settings.walUrl !== undefined) await settings.openStore(settings.walUrl, { mkdir: true });
 
     const listing = await listVolumes(store, signal ? { signal } : {});
     if (listing.length === 0) {
@@ -235,9 +280,28 @@ export class VolumeServer {
           'Create one with "hyper file create", or pass --create --size to serve a new one.',
       });
     }
-    if (listing.length === 1 && listing[0]!.name === '') {
-      const name = url.replace(/\/+$/, '').split('/').pop() ?? '';
-      const device = await this.openDevice(store, name);
+    const single = listing.length === 1 && listing[0]!.name === '';
+    if (options.name !== undefined && !single) {
+      throw new HyperError(
+        'invalid',
+        'NOT_A_VOLUME',
+        `${url} is not a volume but a prefix holding ${listing.length} volume(s)`,
+        { suggestion: 'Give the URL of one volume (see "hyper file list").' },
+      );
+    }
+    if (single) {
+      const name = options.name ?? url.replace(/\/+$/, '').split('/').pop() ?? '';
+      if (this.table.get(name) !== undefined) {
+        throw new HyperError(
+          'conflict',
+          'EXPORT_EXISTS',
+          `An export named ${JSON.stringify(name)} exists`,
+          {
+            suggestion: 'Pick another name, or remove that export first.',
+          },
+        );
+      }
+      const device = await this.openDevice(store, name, settings);
       try {
         this.table.add(VolumeExport.opened(name, url, device));
       } catch (e) {
@@ -256,24 +320,55 @@ export class VolumeServer {
       // Not opened until a client asks: serving a prefix of many volumes takes no lease on
       // the ones nobody connects to.
       this.table.add(
-        new VolumeExport(name, v.url, () => this.openDevice(sub, name), this.readOnly),
+        new VolumeExport(
+          name,
+          v.url,
+          () => this.openDevice(sub, name, settings),
+          settings.readOnly,
+        ),
       );
     }
   }
 
   /**
-   * Stop offering an export and close its volume, if it was opened (flushed, lease released).
-   * Connections still using it get errors from then on. False if there was no such export.
+   * Stop offering an export, end the connections using it (each answers the requests it has
+   * in flight, then closes; those still open after `drainMs`, default the server's, are
+   * dropped), then close its volume if it was opened (flushed, lease released). False if
+   * there was no such export. If the final flush fails the export stays removed and the
+   * error is thrown.
    */
-  async removeExport(name: string): Promise<boolean> {
+  async removeExport(name: string, options: { drainMs?: number } = {}): Promise<boolean> {
     const e = this.table.remove(name);
     if (e === undefined) return false;
+    await this.nbd?.closeExportConnections(name, options.drainMs ?? this.options.drainMs ?? 10_000);
     await e.close();
     return true;
   }
 
-  private checkCreate(create: CreateOptions | undefined): void {
-    if (create !== undefined && this.readOnly) {
+  /** The export named `name`, if there is one. */
+  getExport(name: string): VolumeExport | undefined {
+    return this.table.get(name);
+  }
+
+  /** Connections that selected the export `name`. */
+  connectionsTo(name: string): number {
+    return this.nbd?.connectionsTo(name) ?? 0;
+  }
+
+  /** The address listened on (undefined before `start()`). */
+  get listenAddress(): ListenAddress | undefined {
+    return this.address;
+  }
+
+  /** The NBD URI of the export `name` (undefined before `start()`). */
+  uriOf(name: string): string | undefined {
+    const address = this.address;
+    if (address === undefined) return undefined;
+    return nbdUri(address, name, { tlsRequired: this.tls?.require === true });
+  }
+
+  private checkCreate(create: CreateOptions | undefined, readOnly = this.readOnly): void {
+    if (create !== undefined && readOnly) {
       throw new HyperError(
         'invalid',
         'INVALID_ARGUMENT',
@@ -282,7 +377,11 @@ export class VolumeServer {
     }
   }
 
-  private async openDevice(unobserved: ObjectStore, name: string): Promise<VolumeDevice> {
+  private async openDevice(
+    unobserved: ObjectStore,
+    name: string,
+    s: ExportSettings,
+  ): Promise<VolumeDevice> {
     const o = this.options;
     const m = this.metrics;
     // With metrics, every store request for this export (its parents' and WAL's included)
@@ -291,15 +390,15 @@ export class VolumeServer {
       m === undefined ? s : observeStore(s, m.storeObserver(name, s.url));
     const store = observed(unobserved);
     const options: OpenOptions = {
-      readOnly: this.readOnly,
+      readOnly: s.readOnly,
       holder: o.holder ?? processHolder('hyper-serve'),
       logger: this.logger,
-      force: o.force === true,
-      ...(o.signal === undefined ? {} : { signal: o.signal }),
-      ...(o.at === undefined ? {} : { at: o.at }),
-      ...(o.walUrl === undefined ? {} : { walUrl: o.walUrl }),
+      force: s.force === true,
+      ...(s.signal === undefined ? {} : { signal: s.signal }),
+      ...(s.at === undefined ? {} : { at: s.at }),
+      ...(s.walUrl === undefined ? {} : { walUrl: s.walUrl }),
       // Parent volumes of clones and the WAL are opened like the volume's own store.
-      openStore: async (u: string) => observed(await o.openStore(u)),
+      openStore: async (u: string) => observed(await s.openStore(u)),
       ...(m === undefined ? {} : { observer: m.engineObserver(name) }),
     };
     for (let logged = false; ;) {
@@ -308,17 +407,17 @@ export class VolumeServer {
         const untrack = m?.trackVolume(name, volume);
         this.opened.set(name, volume);
         return new VolumeDevice(volume, {
-          readOnly: this.readOnly,
+          readOnly: s.readOnly,
           onClose: () => {
             untrack?.();
             if (this.opened.get(name) === volume) this.opened.delete(name);
           },
         });
       } catch (e) {
-        if (!o.waitForLease || !isHyperError(e, 'LEASE_HELD')) throw e;
+        if (!s.waitForLease || !isHyperError(e, 'LEASE_HELD')) throw e;
         if (!logged) this.logger.info('waiting for the lease', { url: store.url, why: e.message });
         logged = true;
-        await sleep(1000, undefined, o.signal ? { signal: o.signal } : {});
+        await sleep(1000, undefined, s.signal ? { signal: s.signal } : {});
       }
     }
   }

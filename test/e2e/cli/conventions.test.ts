@@ -26,7 +26,7 @@ import { openStore } from '../../../src/format/store/index.js';
 import { cloneVolume } from '../../../src/format/volume/clone.js';
 import { createSnapshot } from '../../../src/format/volume/history.js';
 import { Volume } from '../../../src/format/volume/volume.js';
-import { needTools } from '../../helpers/env.js';
+import { needTools, s3Config } from '../../helpers/env.js';
 import { fileUrl, hyper, repoRoot, runJs, show, tempDir } from '../../helpers/cli.js';
 
 const MiB = 1024 * 1024;
@@ -165,6 +165,21 @@ const INVOCATIONS: Record<string, Invocation> = {
     missing: (_f, url) => [url, '--dry-run'],
     leased: (_f, url) => [url, '--keep-last', '1', '--yes'],
   },
+  doctor: {
+    // The one command that needs an S3 endpoint: the test RGW (scripts/test.sh starts it).
+    ok: async () => {
+      const s3 = s3Config();
+      if (!s3) throw new Error('doctor needs HYPER_TEST_S3_ENDPOINT (the test RGW)');
+      return [`s3://${s3.bucket}/conventions-doctor/`, '--endpoint', s3.endpoint, '--samples', '1'];
+    },
+    missing: null,
+    leased: null,
+  },
+  'config:show': {
+    ok: async () => [],
+    missing: null,
+    leased: null,
+  },
   serve: {
     ok: async (f) => [await f.volume('serve'), '--port', '0'],
     missing: (_f, url) => [url, '--port', '0'],
@@ -301,7 +316,9 @@ describe('every command follows the conventions', () => {
         continue;
       }
       const r = await hyper([...words, ...args, '--json']);
-      assert.equal(r.code, 0, `${c.id}: ${show(r)}`);
+      // doctor exits 7 when the bucket works with warnings (a slow run may warn on latency).
+      const okCodes = c.id === 'doctor' ? [0, 7] : [0];
+      assert.ok(okCodes.includes(r.code), `${c.id}: ${show(r)}`);
       parseWith(schema, r.stdout, c.id);
     }
   });

@@ -36,7 +36,7 @@ const Report = z
           title: z.string().min(1),
           status: Status,
           detail: z.string().min(1),
-          suggestion: z.string().min(1).optional(),
+          suggestion: z.string().min(1).nullable(),
         })
         .strict(),
     ),
@@ -46,13 +46,16 @@ const Report = z
           op: z.enum(['put', 'get']),
           sizeBytes: z.number().int().positive(),
           samples: z.number().int().positive(),
-          p50Ms: z.number().nonnegative(),
-          maxMs: z.number().nonnegative(),
+          p50Seconds: z.number().nonnegative(),
+          maxSeconds: z.number().nonnegative(),
           bytesPerSecond: z.number().int().positive(),
         })
         .strict(),
     ),
-    counts: z.object({ ok: z.number(), warn: z.number(), fail: z.number(), skip: z.number() }),
+    okCount: z.number().int(),
+    warnCount: z.number().int(),
+    failCount: z.number().int(),
+    skipCount: z.number().int(),
   })
   .strict();
 type Report = z.infer<typeof Report>;
@@ -100,7 +103,15 @@ async function doctor(args: string[]): Promise<{ report: Report; stderr: string;
   assert.equal(r.code, EXIT[report.status], show(r));
   const counted = { ok: 0, warn: 0, fail: 0, skip: 0 };
   for (const c of report.checks) counted[c.status]++;
-  assert.deepEqual(report.counts, counted);
+  assert.deepEqual(
+    {
+      ok: report.okCount,
+      warn: report.warnCount,
+      fail: report.failCount,
+      skip: report.skipCount,
+    },
+    counted,
+  );
   return { report, stderr: r.stderr, code: r.code };
 }
 

@@ -1,0 +1,109 @@
+import { Flags } from '@oclif/core';
+import { BaseCommand } from '../base-command.js';
+import { controlSocket, duration } from '../flags.js';
+import type { DaemonStatus } from '../daemon/daemon.js';
+import { defaultStateFile } from '../daemon/paths.js';
+import { runDaemon } from '../daemon/run.js';
+import { lineLogger } from '../serve/logger.js';
+
+export default class DaemonCommand extends BaseCommand<typeof DaemonCommand> {
+  static override summary = 'Run the NBD daemon: exports mapped and unmapped at runtime.';
+
+  static override description = `Serves NBD exports like "hyper serve", but its exports are added and removed while it runs, with "hyper map", "hyper unmap" and "hyper ls" over a control socket (HTTP+JSON on a unix socket; its file mode decides who may use it). The exports are remembered in a state file, so a restart maps them again; --config lists exports too, re-read on SIGHUP (systemctl reload). SIGINT/SIGTERM stop accepting connections, answer requests in flight, flush and release every lease. Under systemd it reports readiness (Type=notify) and takes sockets passed by socket activation (LISTEN_FDS, names "nbd" and "control").`;
+
+  static override examples = [
+    {
+      description: 'Run a daemon on the default port and control socket, then map a volume.',
+      command:
+        '<%= config.bin %> <%= command.id %> &\n<%= config.bin %> map s3://bucket/vols/vm1/ --endpoint http://127.0.0.1:7480',
+    },
+    {
+      description:
+        'Run with a config file, a group allowed to use the control socket, and a state file.',
+      command:
+        '<%= config.bin %> <%= command.id %> --config /etc/hyper/daemon.json --control-group hyper --state-file /var/lib/hyper/daemon.json',
+    },
+  ];
+
+  static override flags = {
+    config: Flags.string({
+      summary: 'JSON file listing exports to map (re-read on SIGHUP).',
+      helpValue: '<file>',
+    }),
+    'control-socket': controlSocket,
+    'control-group': Flags.string({
+      summary: 'Give the control socket this group and mode 0660 (default: mode 0600).',
+      helpValue: '<group>',
+    }),
+    'state-file': Flags.string({
+      summary:
+        'Where the export table is kept across restarts (default: $STATE_DIRECTORY/daemon.json under systemd, /var/lib/hyper/daemon.json as root, else ~/.local/state/hyper/daemon.json).',
+      helpValue: '<file>',
+    }),
+    port: Flags.integer({
+      summary: 'TCP port to listen on for NBD (0 picks a free one).',
+      default: 10809,
+      min: 0,
+      max: 65535,
+    }),
+    bind: Flags.string({
+      summary: 'Address to listen on for NBD.',
+      default: '127.0.0.1',
+      helpValue: '<address>',
+    }),
+    socket: Flags.string({
+      summary: 'Listen for NBD on this unix socket instead of TCP.',
+      helpValue: '<path>',
+      exclusive: ['port', 'bind'],
+    }),
+    'metrics-port': Flags.integer({
+      summary: 'Serve Prometheus metrics (GET /metrics) and GET /healthz over HTTP on this port.',
+      min: 0,
+      max: 65535,
+    }),
+    'metrics-bind': Flags.string({
+      summary: 'Address of the metrics endpoint (default 127.0.0.1; it has no authentication).',
+      helpValue: '<address>',
+      dependsOn: ['metrics-port'],
+    }),
+    drain: duration({
+      summary: 'How long unmap and shutdown let clients finish their requests in flight.',
+      default: 10_000,
+    }),
+    verbose: Flags.boolean({
+      char: 'v',
+      summary: 'Log every connection and refused request (debug) on stderr.',
+    }),
+  };
+
+  public async run(): Promise<DaemonStatus & { stopped: string }> {
+    const flags = this.flags;
+    const signal = this.interruptible();
+    const status = await runDaemon({
+      controlSocket: flags['control-socket'],
+      stateFile: flags['state-file'] ?? defaultStateFile(),
+      listen:
+        flags.socket === undefined
+          ? { port: flags.port, host: flags.bind }
+          : { path: flags.socket },
+      logger: lineLogger({
+        level: flags.verbose ? 'debug' : 'info',
+        write: (line) => process.stderr.write(line),
+      }),
+      signal,
+      drainMs: flags.drain,
+      version: this.config.version,
+      ...(flags.config === undefined ? {} : { configFile: flags.config }),
+      ...(flags['control-group'] === undefined ? {} : { controlGroup: flags['control-group'] }),
+      ...(flags['metrics-port'] === undefined
+        ? {}
+        : {
+            metricsPort: flags['metrics-port'],
+            ...(flags['metrics-bind'] === undefined ? {} : { metricsHost: flags['metrics-bind'] }),
+          }),
+      ...(flags.endpoint === undefined ? {} : { endpoint: flags.endpoint }),
+      ...(flags.region === undefined ? {} : { region: flags.region }),
+    });
+    return { ...status, stopped: 'interrupted' };
+  }
+}

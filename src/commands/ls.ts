@@ -1,0 +1,61 @@
+import { BaseCommand } from '../base-command.js';
+import { formatBytes, formatDuration } from '../cli/units.js';
+import { controlSocket } from '../flags.js';
+import { ControlClient } from '../daemon/control.js';
+import type { DaemonStatus, ExportStatus } from '../daemon/daemon.js';
+
+export interface LsResult {
+  daemon: DaemonStatus;
+  exports: ExportStatus[];
+}
+
+export default class Ls extends BaseCommand<typeof Ls> {
+  static override summary = "List the running daemon's exports.";
+
+  static override description = `One row per export: name, state, URI, connected clients, the lease (holder and epoch) of a writable export, bytes written but not yet committed (dirty), the age of the last checkpoint, and read/write rates over the last 5-10 s. A mapping that failed at start or reload is listed with its error.`;
+
+  static override examples = [
+    { description: 'List the exports.', command: '<%= config.bin %> <%= command.id %>' },
+    {
+      description: 'As JSON, from a daemon on another socket.',
+      command:
+        '<%= config.bin %> <%= command.id %> --json --control-socket /run/hyper/control.sock',
+    },
+  ];
+
+  static override flags = { 'control-socket': controlSocket };
+
+  public async run(): Promise<LsResult> {
+    const client = new ControlClient(this.flags['control-socket']);
+    const daemon = await client.get<DaemonStatus>('/v1/daemon');
+    const { exports } = await client.get<{ exports: ExportStatus[] }>('/v1/exports');
+    if (exports.length === 0) {
+      this.log('No exports. Add one with "hyper map URL".');
+    } else {
+      const rate = (n: number | undefined) => (n === undefined ? '' : `${formatBytes(n)}/s`);
+      this.log(
+        this.table(
+          ['name', 'state', 'uri', 'clients', 'lease', 'dirty', 'checkpoint age', 'read', 'write'],
+          exports.map((e) => [
+            e.name,
+            e.state === 'failed'
+              ? `failed: ${e.error?.code ?? ''}`
+              : e.readOnly
+                ? `${e.state} (ro)`
+                : e.state,
+            e.uri ?? e.url,
+            String(e.clients),
+            e.lease === undefined ? '-' : `${e.lease.holder} epoch ${e.lease.epoch}`,
+            e.dirtyBytes === undefined ? '' : formatBytes(e.dirtyBytes),
+            e.checkpointAgeSeconds === undefined
+              ? ''
+              : formatDuration(e.checkpointAgeSeconds * 1000),
+            rate(e.readBytesPerSecond),
+            rate(e.writeBytesPerSecond),
+          ]),
+        ),
+      );
+    }
+    return { daemon, exports };
+  }
+}

@@ -1,0 +1,605 @@
+/**
+ * `hyper daemon`: one long-running NBD server whose exports are mapped and unmapped at
+ * runtime through a control socket, remembered in a state file across restarts, and
+ * (optionally) listed in a config file re-read on SIGHUP.
+ *
+ * Built on the serving library (`VolumeServer`): each mapping is one `addExports` call with
+ * its own settings (read-only, --at, WAL, store endpoint), each unmapping one
+ * `removeExport` (connections using it answer their requests in flight and are closed,
+ * then the volume is flushed and its lease released). A failure concerns one request:
+ * the daemon and its other exports keep serving.
+ */
+import { HyperError, toHyperError } from '../errors.js';
+import type { ObjectStore } from '../format/store/index.js';
+import { displayHolder, processHolder } from '../format/volume/lease.js';
+import { silentLogger, type CheckpointRef } from '../format/volume/types.js';
+import type { ServeLogger } from '../serve/logger.js';
+import { VolumeServer, type ListenTarget } from '../serve/server.js';
+import { ControlServer, type ControlHandler } from './control.js';
+import { loadConfig } from './config.js';
+import { mapRequest, nameOfUrl, parseOr, type ExportSpec, type StateEntry } from './schema.js';
+import { loadState, saveState } from './state.js';
+import type { Notifier } from './systemd.js';
+
+/** Opens a store for an export (S3 endpoint and region as the mapping asked). */
+export type DaemonStoreOpener = (
+  url: string,
+  options: { endpoint?: string; region?: string; mkdir?: boolean },
+) => Promise<ObjectStore>;
+
+export interface DaemonOptions {
+  /** The control socket path (created; a stale one is replaced). */
+  controlSocket: string;
+  /** An inherited listening control socket (socket activation) instead of binding the path. */
+  controlFd?: number;
+  /** File mode of the control socket (default 0600; 0660 with a group). */
+  controlMode?: number;
+  /** Group id given the control socket (its members may use it with mode 0660). */
+  controlGid?: number;
+  /** Where NBD clients connect (TCP, unix socket, or an inherited socket). */
+  listen: ListenTarget;
+  stateFile: string;
+  configFile?: string;
+  openStore: DaemonStoreOpener;
+  logger?: ServeLogger;
+  /** How long unmap and shutdown let connections finish requests in flight (default 10 s). */
+  drainMs?: number;
+  /** Serve Prometheus metrics (GET /metrics, /healthz) on this port (see src/metrics). */
+  metricsPort?: number;
+  /** Address of the metrics endpoint (default 127.0.0.1). */
+  metricsHost?: string;
+  notifier?: Notifier;
+  /** Version reported on the control API. */
+  version?: string;
+}
+
+export type ExportState = 'mapping' | 'mapped' | 'unmapping' | 'failed';
+
+/** One export as `hyper ls` shows it. */
+export interface ExportStatus {
+  name: string;
+  url: string;
+  /** Where the mapping came from: the control API (`hyper map`) or the config file. */
+  source: 'control' | 'config';
+  state: ExportState;
+  uri?: string;
+  readOnly: boolean;
+  at?: ExportSpec['at'];
+  walUrl?: string;
+  /** NBD connections using the export. */
+  clients: number;
+  /** The writer's lease (writable exports). */
+  lease?: { holder: string; epoch: number };
+  size?: number;
+  /** Written but not yet committed in a checkpoint. */
+  dirtyBytes?: number;
+  checkpoint?: number;
+  checkpointTime?: string;
+  checkpointAgeSeconds?: number;
+  readBytesPerSecond?: number;
+  writeBytesPerSecond?: number;
+  /** Why a mapping failed (state `failed`; `hyper unmap` forgets it). */
+  error?: ReturnType<HyperError['toJSON']>;
+}
+
+export interface DaemonStatus {
+  pid: number;
+  version?: string;
+  startedAt: string;
+  controlSocket: string;
+  stateFile: string;
+  configFile?: string;
+  listen: { port?: number; host?: string; path?: string };
+  exports: number;
+  clients: number;
+}
+
+export interface UnmapResult {
+  name: string;
+  url: string;
+  /** Connections ended (gracefully unless --force). */
+  disconnected: number;
+  /** False when a failed mapping was only forgotten. */
+  wasMapped: boolean;
+}
+
+interface Sample {
+  t: number;
+  read: number;
+  written: number;
+}
+
+interface Entry {
+  spec: ExportSpec;
+  source: 'control' | 'config';
+  state: ExportState;
+  error?: HyperError;
+  stores: ObjectStore[];
+  samples: Sample[];
+}
+
+const SAMPLE_MS = 5000;
+
+export class Daemon implements ControlHandler {
+  private readonly logger: ServeLogger;
+  private readonly holder = processHolder('hyper-daemon');
+  private readonly entries = new Map<string, Entry>();
+  private server: VolumeServer | undefined;
+  private control: ControlServer | undefined;
+  private sampler: NodeJS.Timeout | undefined;
+  private startedAt = new Date();
+  private stopping: Promise<void> | undefined;
+  private saving: Promise<void> = Promise.resolve();
+  private reloading: Promise<unknown> | undefined;
+
+  constructor(private readonly options: DaemonOptions) {
+    this.logger = options.logger ?? silentLogger;
+  }
+
+  /**
+   * Bind the control socket (refused if another daemon is live on it), listen for NBD, map
+   * the exports of the state file and the config file, then tell systemd it is ready. A
+   * mapping that fails at start is logged and kept as `failed` (listed by `hyper ls`, tried
+   * again on reload), so that a store down at boot does not make the daemon forget it.
+   * Call `notifyReady()` next.
+   */
+  async start(): Promise<void> {
+    const o = this.options;
+    const state = await loadState(o.stateFile);
+    const config = o.configFile === undefined ? undefined : await loadConfig(o.configFile);
+    this.startedAt = new Date();
+    this.control = new ControlServer(this, { logger: this.logger });
+    await this.control.listen({
+      path: o.controlSocket,
+      ...(o.controlFd === undefined ? {} : { fd: o.controlFd }),
+      mode: o.controlMode ?? (o.controlGid === undefined ? 0o600 : 0o660),
+      ...(o.controlGid === undefined ? {} : { gid: o.controlGid }),
+    });
+    const server = new VolumeServer({
+      openStore: (u, opts) => o.openStore(u, opts ?? {}),
+      listen: o.listen,
+      logger: this.logger,
+      holder: this.holder,
+      drainMs: o.drainMs ?? 10_000,
+      ...(o.metricsPort === undefined
+        ? {}
+        : {
+            metricsListen: {
+              port: o.metricsPort,
+              ...(o.metricsHost === undefined ? {} : { host: o.metricsHost }),
+            },
+          }),
+    });
+    this.server = server;
+    // The remembered exports are mapped before the NBD socket accepts: under socket
+    // activation a client may already be waiting for one of them.
+    for (const e of state.exports) {
+      const { source, ...spec } = e;
+      await this.mapEntry(spec, source, { keepOnFailure: true }).catch(() => undefined);
+    }
+    if (config !== undefined) await this.reconcile(config.exports);
+    try {
+      await server.start();
+    } catch (e) {
+      await this.control.close();
+      await server.close().catch(() => undefined);
+      await Promise.allSettled([...this.entries.values()].map((x) => this.closeStores(x)));
+      throw e;
+    }
+    await this.persist();
+    this.sampler = setInterval(() => this.sample(), SAMPLE_MS);
+    this.sampler.unref();
+    this.logger.info('daemon ready', {
+      control: o.controlSocket,
+      listen: server.listenAddress,
+      exports: this.entries.size,
+    });
+  }
+
+  /**
+   * Tell systemd the daemon is ready (READY=1). Separate from `start()` so that the caller
+   * can install what must be in place first (the SIGHUP handler).
+   */
+  notifyReady(): Promise<void> {
+    return (
+      this.options.notifier?.notify(
+        '--ready',
+        `--status=serving ${this.mappedCount()} export(s)`,
+      ) ?? Promise.resolve()
+    );
+  }
+
+  /** Map a volume (the control API's POST /v1/exports). */
+  async map(request: unknown, signal?: AbortSignal): Promise<ExportStatus> {
+    const r = parseOr(mapRequest, request, 'map request');
+    const { force, wait, ...rest } = r;
+    const spec: ExportSpec = { ...rest, name: r.name ?? nameOfUrl(r.url) };
+    if (spec.name === '' || !/^[A-Za-z0-9._~-]/.test(spec.name)) {
+      throw new HyperError('invalid', 'INVALID_ARGUMENT', `Cannot name an export after ${r.url}`, {
+        suggestion: 'Pass --name.',
+      });
+    }
+    await this.mapEntry(spec, 'control', {
+      keepOnFailure: false,
+      ...(force === undefined ? {} : { force }),
+      ...(wait === undefined ? {} : { wait }),
+      ...(signal === undefined ? {} : { signal }),
+    });
+    await this.persist();
+    return this.status(spec.name);
+  }
+
+  /**
+   * Unmap (DELETE /v1/exports/NAME): flush while still serving (a failure leaves the export
+   * mapped), stop offering it, end its connections after their requests in flight, flush
+   * again, close the volume and release the lease. `force` skips the first flush and drops
+   * the connections at once instead of letting them finish.
+   */
+  async unmap(name: string, options: { force?: boolean } = {}): Promise<UnmapResult> {
+    const entry = this.entries.get(name);
+    if (entry === undefined) throw exportNotFound(name);
+    if (entry.state === 'mapping' || entry.state === 'unmapping') {
+      throw new HyperError(
+        'conflict',
+        'PRECONDITION_FAILED',
+        `The export ${JSON.stringify(name)} is being ${entry.state === 'mapping' ? 'mapped' : 'unmapped'}`,
+        { suggestion: 'Try again once that has finished (see "hyper ls").' },
+      );
+    }
+    const server = this.server!;
+    const exp = server.getExport(name);
+    if (entry.state === 'failed' || exp === undefined) {
+      this.entries.delete(name);
+      await this.closeStores(entry);
+      await this.persist();
+      return { name, url: entry.spec.url, disconnected: 0, wasMapped: false };
+    }
+    entry.state = 'unmapping';
+    const device = exp.openedDevice;
+    try {
+      if (!options.force) await device?.flush();
+    } catch (e) {
+      entry.state = 'mapped';
+      const err = toHyperError(e);
+      throw new HyperError(
+        err.kind,
+        err.code,
+        `Could not flush ${name}; it stays mapped: ${err.message}`,
+        {
+          suggestion: err.suggestion ?? 'Retry once the store is back, or unmap with --force.',
+          cause: err,
+        },
+      );
+    }
+    const disconnected = server.connectionsTo(name);
+    this.logger.info('unmapping', { export: name, connections: disconnected });
+    try {
+      await server.removeExport(name, options.force ? { drainMs: 0 } : {});
+    } catch (e) {
+      // Gone from clients, but the last flush failed: keep it listed as failed.
+      entry.state = 'failed';
+      entry.error = toHyperError(e);
+      this.logger.error('unmap: the final flush failed', {
+        export: name,
+        error: entry.error.message,
+      });
+      throw entry.error;
+    }
+    this.entries.delete(name);
+    await this.closeStores(entry);
+    await this.persist();
+    this.logger.info('unmapped', { export: name, url: entry.spec.url });
+    return { name, url: entry.spec.url, disconnected, wasMapped: true };
+  }
+
+  /** Every export, in name order (GET /v1/exports). */
+  list(): ExportStatus[] {
+    return [...this.entries.keys()].sort().map((n) => this.status(n));
+  }
+
+  info(): DaemonStatus {
+    const o = this.options;
+    return {
+      pid: process.pid,
+      ...(o.version === undefined ? {} : { version: o.version }),
+      startedAt: this.startedAt.toISOString(),
+      controlSocket: o.controlSocket,
+      stateFile: o.stateFile,
+      ...(o.configFile === undefined ? {} : { configFile: o.configFile }),
+      listen: this.server?.listenAddress ?? {},
+      exports: this.mappedCount(),
+      clients: this.server?.connections ?? 0,
+    };
+  }
+
+  /**
+   * Re-read the config file (SIGHUP, `systemctl reload`, POST /v1/reload): map what it
+   * lists that is not mapped (and retry its failed mappings), unmap what came from it and
+   * is no longer listed; mappings made with `hyper map` are left alone. A config that does
+   * not parse changes nothing.
+   */
+  reload(): Promise<{ mapped: string[]; unmapped: string[]; failed: string[] }> {
+    const run = async () => {
+      const file = this.options.configFile;
+      if (file === undefined) return { mapped: [], unmapped: [], failed: [] };
+      await this.options.notifier?.notify('RELOADING=1');
+      try {
+        const config = await loadConfig(file);
+        const r = await this.reconcile(config.exports);
+        await this.persist();
+        this.logger.info('reloaded the config', { file, ...r });
+        return r;
+      } finally {
+        await this.options.notifier?.notify(
+          '--ready',
+          `--status=serving ${this.mappedCount()} export(s)`,
+        );
+      }
+    };
+    // One reload at a time; a reload asked for meanwhile runs after it.
+    const next = (this.reloading ?? Promise.resolve()).catch(() => undefined).then(run);
+    this.reloading = next;
+    return next;
+  }
+
+  /**
+   * Stop: no new connections, requests in flight answered, every volume flushed and its lease
+   * released, then the control socket closed. The state file is kept, so the next start maps
+   * the same exports.
+   */
+  stop(): Promise<void> {
+    this.stopping ??= this.shutdown();
+    return this.stopping;
+  }
+
+  private async shutdown(): Promise<void> {
+    await this.options.notifier?.notify('STOPPING=1', '--status=stopping: draining connections');
+    clearInterval(this.sampler);
+    this.logger.info('stopping the daemon', { exports: this.mappedCount() });
+    let failure: unknown;
+    try {
+      await this.server?.close();
+    } catch (e) {
+      failure = e;
+    }
+    await Promise.allSettled([...this.entries.values()].map((e) => this.closeStores(e)));
+    await this.control?.close();
+    await this.saving;
+    if (failure !== undefined) throw toHyperError(failure);
+  }
+
+  // ---------------------------------------------------------------- internals
+
+  private async mapEntry(
+    spec: ExportSpec,
+    source: 'control' | 'config',
+    how: { keepOnFailure: boolean; force?: boolean; wait?: boolean; signal?: AbortSignal },
+  ): Promise<void> {
+    if (this.stopping !== undefined) {
+      throw new HyperError('unavailable', 'ABORTED', 'The daemon is stopping');
+    }
+    const existing = this.entries.get(spec.name);
+    if (existing !== undefined && existing.state !== 'failed') {
+      throw new HyperError(
+        'conflict',
+        'EXPORT_EXISTS',
+        `An export named ${JSON.stringify(spec.name)} is already mapped (${existing.spec.url})`,
+        { suggestion: 'Pick another name with --name, or unmap it first ("hyper unmap NAME").' },
+      );
+    }
+    const writable = !(spec.readOnly === true || spec.at !== undefined);
+    if (writable) {
+      for (const [name, e] of this.entries) {
+        if (name === spec.name || e.state === 'failed') continue;
+        const other = !(e.spec.readOnly === true || e.spec.at !== undefined);
+        if (other && sameVolume(e.spec, spec)) {
+          throw new HyperError(
+            'conflict',
+            'EXPORT_EXISTS',
+            `${spec.url} is already mapped read-write as ${JSON.stringify(name)}`,
+            { suggestion: 'Use that export, or map this one with --read-only or --at.' },
+          );
+        }
+      }
+    }
+    if (existing !== undefined) await this.closeStores(existing);
+    const entry: Entry = { spec, source, state: 'mapping', stores: [], samples: [] };
+    this.entries.set(spec.name, entry);
+    const opener = async (u: string, o?: { mkdir?: boolean }): Promise<ObjectStore> => {
+      const store = await this.options.openStore(u, {
+        ...(spec.endpoint === undefined ? {} : { endpoint: spec.endpoint }),
+        ...(spec.region === undefined ? {} : { region: spec.region }),
+        ...(o?.mkdir ? { mkdir: true } : {}),
+      });
+      entry.stores.push(store);
+      return store;
+    };
+    const at = spec.at === undefined ? undefined : checkpointRef(spec.at);
+    try {
+      await this.server!.addExports(spec.url, {
+        name: spec.name,
+        openStore: opener,
+        readOnly: spec.readOnly === true || at !== undefined,
+        ...(at === undefined ? {} : { at }),
+        ...(spec.walUrl === undefined ? {} : { walUrl: spec.walUrl }),
+        force: how.force === true,
+        waitForLease: how.wait === true,
+        ...(how.signal === undefined ? {} : { signal: how.signal }),
+      });
+      entry.state = 'mapped';
+      delete entry.error;
+      this.sampleEntry(entry);
+      this.logger.info('mapped', { export: spec.name, url: spec.url, source });
+    } catch (e) {
+      const err = toHyperError(e);
+      await this.closeStores(entry);
+      if (!how.keepOnFailure) {
+        // A request's mapping that failed leaves nothing behind.
+        this.entries.delete(spec.name);
+      } else {
+        // At start or reload: keep it (listed as failed, retried on reload).
+        entry.state = 'failed';
+        entry.error = err;
+        this.logger.error('could not map an export', {
+          export: spec.name,
+          url: spec.url,
+          code: err.code,
+          error: err.message,
+        });
+      }
+      throw err;
+    }
+  }
+
+  private async reconcile(
+    wanted: { url: string; name?: string | undefined }[],
+  ): Promise<{ mapped: string[]; unmapped: string[]; failed: string[] }> {
+    const r = { mapped: [] as string[], unmapped: [] as string[], failed: [] as string[] };
+    const specs = new Map<string, ExportSpec>();
+    for (const w of wanted) {
+      const spec = { ...w, name: w.name ?? nameOfUrl(w.url) } as ExportSpec;
+      specs.set(spec.name, spec);
+    }
+    for (const [name, e] of [...this.entries]) {
+      if (e.source !== 'config' || specs.has(name)) continue;
+      try {
+        await this.unmap(name);
+        r.unmapped.push(name);
+      } catch (err) {
+        this.logger.error('reload: could not unmap', {
+          export: name,
+          error: toHyperError(err).message,
+        });
+        r.failed.push(name);
+      }
+    }
+    for (const [name, spec] of specs) {
+      const e = this.entries.get(name);
+      if (e !== undefined && e.state !== 'failed') {
+        if (e.source === 'control') {
+          this.logger.warn('reload: the config names an export mapped by hand; leaving it', {
+            export: name,
+          });
+        }
+        continue;
+      }
+      if (e !== undefined && e.source === 'control') continue;
+      try {
+        await this.mapEntry(spec, 'config', { keepOnFailure: true });
+        r.mapped.push(name);
+      } catch {
+        r.failed.push(name);
+      }
+    }
+    return r;
+  }
+
+  private status(name: string): ExportStatus {
+    const e = this.entries.get(name);
+    if (e === undefined) throw exportNotFound(name);
+    const s = e.spec;
+    const server = this.server;
+    const readOnly = s.readOnly === true || s.at !== undefined;
+    const out: ExportStatus = {
+      name,
+      url: s.url,
+      source: e.source,
+      state: e.state,
+      readOnly,
+      ...(s.at === undefined ? {} : { at: s.at }),
+      ...(s.walUrl === undefined ? {} : { walUrl: s.walUrl }),
+      clients: server?.connectionsTo(name) ?? 0,
+      ...(e.error === undefined ? {} : { error: e.error.toJSON() }),
+    };
+    const uri = server?.uriOf(name);
+    if (uri !== undefined && e.state !== 'failed') out.uri = uri;
+    const device = server?.getExport(name)?.openedDevice;
+    if (device !== undefined) {
+      const v = device.volume;
+      const info = v.info;
+      const now = Date.now();
+      out.size = info.size;
+      out.checkpoint = info.checkpoint;
+      out.checkpointTime = info.checkpointTime.toISOString();
+      out.checkpointAgeSeconds = Math.max(
+        0,
+        Math.round((now - info.checkpointTime.getTime()) / 1000),
+      );
+      out.dirtyBytes = v.dirtyBytes;
+      if (!readOnly) out.lease = { holder: displayHolder(this.holder), epoch: v.headRecord.epoch };
+      const st = v.stats();
+      const base = e.samples[0];
+      if (base !== undefined && now - base.t >= 500) {
+        const dt = (now - base.t) / 1000;
+        out.readBytesPerSecond = Math.round((st.bytesRead - base.read) / dt);
+        out.writeBytesPerSecond = Math.round((st.bytesWritten - base.written) / dt);
+      } else {
+        out.readBytesPerSecond = 0;
+        out.writeBytesPerSecond = 0;
+      }
+    }
+    return out;
+  }
+
+  private sample(): void {
+    for (const e of this.entries.values()) this.sampleEntry(e);
+  }
+
+  /** Keep the last two samples; rates are taken over the older one (5–10 s ago). */
+  private sampleEntry(e: Entry): void {
+    const v = this.server?.getExport(e.spec.name)?.openedDevice?.volume;
+    if (v === undefined) return;
+    const st = v.stats();
+    e.samples.push({ t: Date.now(), read: st.bytesRead, written: st.bytesWritten });
+    if (e.samples.length > 2) e.samples.shift();
+  }
+
+  private mappedCount(): number {
+    let n = 0;
+    for (const e of this.entries.values()) if (e.state === 'mapped') n++;
+    return n;
+  }
+
+  private async closeStores(e: Entry): Promise<void> {
+    const stores = e.stores.splice(0);
+    await Promise.allSettled(stores.map((s) => s.close()));
+  }
+
+  /** Write the state file; writes are queued so that the last one wins. */
+  private persist(): Promise<void> {
+    const exports: StateEntry[] = [...this.entries.values()]
+      .filter((e) => e.state !== 'unmapping')
+      .map((e) => ({ ...e.spec, source: e.source }));
+    const next = this.saving
+      .catch(() => undefined)
+      .then(() => saveState(this.options.stateFile, { version: 1, exports }));
+    this.saving = next.catch((e: unknown) =>
+      this.logger.error('could not write the state file', {
+        file: this.options.stateFile,
+        error: toHyperError(e).message,
+      }),
+    );
+    return next;
+  }
+}
+
+function exportNotFound(name: string): HyperError {
+  return new HyperError(
+    'not-found',
+    'EXPORT_NOT_FOUND',
+    `No export named ${JSON.stringify(name)}`,
+    {
+      suggestion: 'List the exports with "hyper ls".',
+    },
+  );
+}
+
+function sameVolume(a: ExportSpec, b: ExportSpec): boolean {
+  const norm = (u: string) => u.replace(/\/+$/, '');
+  return norm(a.url) === norm(b.url) && (a.endpoint ?? '') === (b.endpoint ?? '');
+}
+
+function checkpointRef(at: NonNullable<ExportSpec['at']>): CheckpointRef {
+  if ('time' in at) return { time: new Date(at.time) };
+  return at;
+}

@@ -1,0 +1,327 @@
+/**
+ * The daemon in-process on file:// volumes: the control API (map, unmap, ls, reload), its
+ * refusals (each leaves the daemon and its other exports serving), the control socket's
+ * mode and takeover rules, the state file across restarts, and config reconciliation.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { request } from 'node:http';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it, type TestContext } from 'node:test';
+import { ControlClient, MAX_CONTROL_BODY } from '../../../src/daemon/control.js';
+import { Daemon, type ExportStatus, type UnmapResult } from '../../../src/daemon/daemon.js';
+import { openDaemonStore } from '../../../src/daemon/run.js';
+import { isHyperError, type ErrorCode } from '../../../src/errors.js';
+import { openStore } from '../../../src/format/store/index.js';
+import { Volume } from '../../../src/format/volume/volume.js';
+
+interface Setup {
+  dir: string;
+  sock: string;
+  state: string;
+  url: (name: string) => string;
+  client: ControlClient;
+  start: (extra?: { configFile?: string }) => Promise<Daemon>;
+}
+
+async function setup(t: TestContext, volumes: string[]): Promise<Setup> {
+  const dir = await mkdtemp(join(tmpdir(), 'hyper-daemon-'));
+  const daemons: Daemon[] = [];
+  t.after(async () => {
+    for (const d of daemons) await d.stop().catch(() => undefined);
+    await rm(dir, { recursive: true, force: true });
+  });
+  const url = (name: string) => `file://${dir}/vols/${name}/`;
+  for (const v of volumes) {
+    await mkdir(join(dir, 'vols', v), { recursive: true });
+    const s = await openStore(url(v));
+    await Volume.create(s, { size: 4 * 1024 * 1024 });
+    await s.close();
+  }
+  const sock = join(dir, 'run', 'control.sock');
+  const state = join(dir, 'state.json');
+  const start = async (extra: { configFile?: string } = {}) => {
+    const d = new Daemon({
+      controlSocket: sock,
+      listen: { port: 0, host: '127.0.0.1' },
+      stateFile: state,
+      openStore: openDaemonStore,
+      drainMs: 2000,
+      ...extra,
+    });
+    await d.start();
+    daemons.push(d);
+    return d;
+  };
+  return { dir, sock, state, url, client: new ControlClient(sock), start };
+}
+
+const rejectsWith = (p: Promise<unknown>, code: ErrorCode, re?: RegExp) =>
+  assert.rejects(p, (e) => {
+    assert.ok(isHyperError(e), String(e));
+    assert.equal(e.code, code, e.message);
+    if (re) assert.match(e.message, re);
+    return true;
+  });
+
+/** A raw request on the control socket: status and parsed body. */
+function raw(
+  sock: string,
+  method: string,
+  path: string,
+  body?: string | Buffer,
+): Promise<{ status: number; json: { error?: { code: string; kind: string } } }> {
+  return new Promise((resolve, reject) => {
+    const req = request({ socketPath: sock, method, path }, (res) => {
+      let text = '';
+      res.setEncoding('utf8').on('data', (d: string) => (text += d));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, json: JSON.parse(text) }));
+    });
+    req.on('error', reject);
+    req.end(body);
+  });
+}
+
+describe('hyper daemon (in-process)', () => {
+  it('maps, lists and unmaps; the socket is 0600 and the state file follows', async (t) => {
+    const s = await setup(t, ['a', 'b']);
+    await s.start();
+    assert.equal((await stat(s.sock)).mode & 0o777, 0o600);
+    const a = await s.client.post<ExportStatus>('/v1/exports', { url: s.url('a') });
+    assert.equal(a.name, 'a');
+    assert.equal(a.state, 'mapped');
+    assert.match(a.uri ?? '', /^nbd:\/\/127\.0\.0\.1:\d+\/a$/);
+    assert.equal(a.lease?.epoch !== undefined && a.lease.epoch >= 1, true);
+    const b = await s.client.post<ExportStatus>('/v1/exports', {
+      url: s.url('b'),
+      name: 'bee',
+      readOnly: true,
+    });
+    assert.equal(b.readOnly, true);
+    assert.equal(b.lease, undefined);
+    const { exports } = await s.client.get<{ exports: ExportStatus[] }>('/v1/exports');
+    assert.deepEqual(
+      exports.map((e) => [e.name, e.state, e.clients, e.dirtyBytes]),
+      [
+        ['a', 'mapped', 0, 0],
+        ['bee', 'mapped', 0, 0],
+      ],
+    );
+    const st = JSON.parse(await readFile(s.state, 'utf8'));
+    assert.deepEqual(
+      st.exports.map((e: { name: string }) => e.name),
+      ['a', 'bee'],
+    );
+    const r = await s.client.delete<UnmapResult>('/v1/exports/a');
+    assert.deepEqual(r, { name: 'a', url: s.url('a'), disconnected: 0, wasMapped: true });
+    // The lease was released: another writer opens the volume at once.
+    const store = await openStore(s.url('a'));
+    const v = await Volume.open(store, { holder: 'other' });
+    await v.close();
+    await store.close();
+    const st2 = JSON.parse(await readFile(s.state, 'utf8'));
+    assert.deepEqual(
+      st2.exports.map((e: { name: string }) => e.name),
+      ['bee'],
+    );
+  });
+
+  it('refuses bad requests with a code while the other exports keep serving', async (t) => {
+    const s = await setup(t, ['a', 'held', 'p/x', 'p/y']);
+    const d = await s.start();
+    await s.client.post('/v1/exports', { url: s.url('a') });
+    const cases: [() => Promise<unknown>, ErrorCode, RegExp?][] = [
+      [() => s.client.post('/v1/exports', { url: s.url('missing') }), 'BUCKET_NOT_FOUND'],
+      [() => s.client.post('/v1/exports', { url: s.url('a') }), 'EXPORT_EXISTS', /already mapped/],
+      [
+        () => s.client.post('/v1/exports', { url: s.url('a'), name: 'a2' }),
+        'EXPORT_EXISTS',
+        /read-write as "a"/,
+      ],
+      [() => s.client.post('/v1/exports', { url: s.url('p'), name: 'p' }), 'NOT_A_VOLUME'],
+      [
+        () => s.client.post('/v1/exports', { url: s.url('held'), name: 'x/../y' }),
+        'INVALID_ARGUMENT',
+        /name/,
+      ],
+      [
+        () => s.client.post('/v1/exports', { url: s.url('held'), bogus: 1 }),
+        'INVALID_ARGUMENT',
+        /bogus|Unrecognized/i,
+      ],
+      [() => s.client.post('/v1/exports', { name: 'n' }), 'INVALID_ARGUMENT', /url/],
+      [
+        () => s.client.post('/v1/exports', { url: s.url('held'), at: { time: 'yesterday' } }),
+        'INVALID_ARGUMENT',
+        /at/,
+      ],
+      [() => s.client.delete('/v1/exports/nope'), 'EXPORT_NOT_FOUND'],
+      [() => s.client.get('/v1/exports/nope'), 'EXPORT_NOT_FOUND'],
+      [() => s.client.call('PUT', '/v1/exports'), 'INVALID_ARGUMENT', /No route/],
+      [() => s.client.delete('/v1/exports/a?force=maybe'), 'INVALID_ARGUMENT'],
+    ];
+    // An empty directory is no volume.
+    await mkdir(join(s.dir, 'vols', 'empty'));
+    cases.push([() => s.client.post('/v1/exports', { url: s.url('empty') }), 'VOLUME_NOT_FOUND']);
+    // A volume another process holds.
+    const store = await openStore(s.url('held'));
+    const holder = await Volume.open(store, {
+      holder: 'someone-else',
+      leaseTtlMs: 60_000,
+      flushIntervalMs: 0,
+    });
+    t.after(async () => {
+      await holder.close().catch(() => undefined);
+      await store.close();
+    });
+    cases.push([
+      () => s.client.post('/v1/exports', { url: s.url('held') }),
+      'LEASE_HELD',
+      /someone-else/,
+    ]);
+    for (const [p, code, re] of cases) await rejectsWith(p(), code, re);
+
+    const bad = await raw(s.sock, 'POST', '/v1/exports', '{"url":');
+    assert.equal(bad.status, 400);
+    assert.equal(bad.json.error?.code, 'INVALID_ARGUMENT');
+    const big = await raw(s.sock, 'POST', '/v1/exports', Buffer.alloc(MAX_CONTROL_BODY + 1, 0x20));
+    assert.equal(big.status, 413);
+    assert.equal(big.json.error?.code, 'INVALID_ARGUMENT');
+    const notFound = await raw(s.sock, 'DELETE', '/v1/exports/nope');
+    assert.equal(notFound.status, 404);
+    const conflict = await raw(
+      s.sock,
+      'POST',
+      '/v1/exports',
+      JSON.stringify({ url: s.url('held') }),
+    );
+    assert.equal(conflict.status, 409);
+
+    // Nothing was left behind, and 'a' is still mapped and writable.
+    const { exports } = await s.client.get<{ exports: ExportStatus[] }>('/v1/exports');
+    assert.deepEqual(
+      exports.map((e) => [e.name, e.state]),
+      [['a', 'mapped']],
+    );
+    assert.equal(d.info().exports, 1);
+    const st = JSON.parse(await readFile(s.state, 'utf8'));
+    assert.deepEqual(
+      st.exports.map((e: { name: string }) => e.name),
+      ['a'],
+    );
+  });
+
+  it('refuses a control socket a live daemon answers on, replaces a stale one', async (t) => {
+    const s = await setup(t, []);
+    await s.start();
+    await rejectsWith(s.start(), 'DAEMON_RUNNING', /already running/);
+    // The first one is unaffected.
+    assert.equal((await s.client.get<{ pid: number }>('/v1/daemon')).pid, process.pid);
+
+    // A stale socket: its listener was killed, the file stayed.
+    const stale = join(s.dir, 'stale.sock');
+    const child = spawn(process.execPath, [
+      '-e',
+      `require('net').createServer().listen(${JSON.stringify(stale)}, () => console.log('up'))`,
+    ]);
+    await new Promise<void>((resolve) => child.stdout.once('data', () => resolve()));
+    child.kill('SIGKILL');
+    await new Promise((r) => child.once('exit', r));
+    assert.equal((await stat(stale)).isSocket(), true);
+    const d2 = new Daemon({
+      controlSocket: stale,
+      listen: { port: 0 },
+      stateFile: join(s.dir, 'state2.json'),
+      openStore: openDaemonStore,
+    });
+    await d2.start();
+    t.after(() => d2.stop());
+    assert.equal(
+      (await new ControlClient(stale).get<{ exports: number }>('/v1/daemon')).exports,
+      0,
+    );
+
+    // A client with no daemon.
+    await rejectsWith(
+      new ControlClient(join(s.dir, 'none.sock')).get('/v1/daemon'),
+      'DAEMON_NOT_RUNNING',
+    );
+  });
+
+  it('maps the same exports again after a restart; a mapping that fails is kept as failed', async (t) => {
+    const s = await setup(t, ['a', 'b']);
+    const d1 = await s.start();
+    await s.client.post('/v1/exports', { url: s.url('a') });
+    await s.client.post('/v1/exports', { url: s.url('b'), name: 'b-at-0', at: { checkpoint: 1 } });
+    await d1.stop();
+    await rm(join(s.dir, 'vols', 'b'), { recursive: true });
+    await s.start();
+    const { exports } = await s.client.get<{ exports: ExportStatus[] }>('/v1/exports');
+    assert.deepEqual(
+      exports.map((e) => [e.name, e.state, e.error?.code]),
+      [
+        ['a', 'mapped', undefined],
+        ['b-at-0', 'failed', 'BUCKET_NOT_FOUND'],
+      ],
+    );
+    // Still remembered until unmapped.
+    const st = JSON.parse(await readFile(s.state, 'utf8'));
+    assert.equal(st.exports.length, 2);
+    const r = await s.client.delete<UnmapResult>('/v1/exports/b-at-0');
+    assert.equal(r.wasMapped, false);
+    const st2 = JSON.parse(await readFile(s.state, 'utf8'));
+    assert.deepEqual(
+      st2.exports.map((e: { name: string }) => e.name),
+      ['a'],
+    );
+  });
+
+  it('reconciles the config on reload: adds, keeps, removes only what came from it', async (t) => {
+    const s = await setup(t, ['a', 'b', 'c', 'd']);
+    const config = join(s.dir, 'daemon.json');
+    await writeFile(
+      config,
+      JSON.stringify({ exports: [{ url: s.url('a') }, { url: s.url('b') }] }),
+    );
+    const d = await s.start({ configFile: config });
+    await s.client.post('/v1/exports', { url: s.url('c') });
+    const before = await s.client.get<{ exports: ExportStatus[] }>('/v1/exports');
+    assert.deepEqual(
+      before.exports.map((e) => [e.name, e.source]),
+      [
+        ['a', 'config'],
+        ['b', 'config'],
+        ['c', 'control'],
+      ],
+    );
+    await writeFile(
+      config,
+      JSON.stringify({
+        exports: [{ url: s.url('b') }, { url: s.url('c') }, { url: s.url('d'), readOnly: true }],
+      }),
+    );
+    const r = await s.client.post<{ mapped: string[]; unmapped: string[]; failed: string[] }>(
+      '/v1/reload',
+      {},
+    );
+    assert.deepEqual(r, { mapped: ['d'], unmapped: ['a'], failed: [] });
+    const after = await s.client.get<{ exports: ExportStatus[] }>('/v1/exports');
+    assert.deepEqual(
+      after.exports.map((e) => [e.name, e.source, e.readOnly]),
+      [
+        ['b', 'config', false],
+        ['c', 'control', false],
+        ['d', 'config', true],
+      ],
+    );
+    // A config that does not parse changes nothing.
+    await writeFile(config, '{"exports": [');
+    await rejectsWith(d.reload(), 'INVALID_ARGUMENT', /not JSON/);
+    assert.equal(
+      (await s.client.get<{ exports: ExportStatus[] }>('/v1/exports')).exports.length,
+      3,
+    );
+  });
+});
