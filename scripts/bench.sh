@@ -4,7 +4,7 @@
 # section with `node --import tsx bench/<section>.ts`: each prints a table and writes
 # bench-results/<section>.json. RGW is stopped on exit.
 #
-#   npm run bench                  every section (bench/*.ts but lib.ts and serve-*.ts)
+#   npm run bench                  every section (bench/*.ts but lib.ts, delay-proxy.ts, serve-*.ts)
 #   npm run bench -- store format  only these
 # Environment: HYPER_SKIP_INSTALL=1 (skip package install and npm ci), HYPER_BENCH_ARGS
 # (extra arguments for every section, e.g. "--reps 1"). Sections get the S3 variables of
@@ -13,14 +13,14 @@ set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 export NODE_NO_WARNINGS=${NODE_NO_WARNINGS:-1}
 
-# Every bench/*.ts is a section except shared code: lib.ts and serve-*.ts (processes the
-# sections start). The store baseline runs first, then format, then the rest by name.
+# Every bench/*.ts is a section except shared code: lib.ts, delay-proxy.ts and serve-*.ts
+# (processes the sections start). The store baseline runs first, then format, then the rest by name.
 all_sections() {
   local f name
   for name in store format; do [ -f "bench/$name.ts" ] && echo "$name"; done
   for f in bench/*.ts; do
     name=$(basename "$f" .ts)
-    case "$name" in lib | serve-* | store | format) continue ;; esac
+    case "$name" in lib | delay-proxy | serve-* | store | format) continue ;; esac
     echo "$name"
   done
 }
@@ -31,6 +31,8 @@ if [ "${HYPER_SKIP_INSTALL:-}" != 1 ]; then
   bash scripts/install-deps.sh || exit 1
   [ -d node_modules ] || npm ci --no-audit --no-fund --loglevel=error || exit 1
 fi
+# The s3, local, startup and nbd --volume sections run the CLI (bin/run.js runs dist/).
+npm run -s build || exit 1
 
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/hyper-bench.XXXXXX")
 RGW_DIR="$WORK/rgw"

@@ -4,13 +4,13 @@
 # what is missing.
 #   Ceph RGW (the S3 server of the tests): ceph-mon ceph-osd radosgw ceph-common
 #   NBD tools: libnbd-bin python3-libnbd nbdkit qemu-utils fio nbdfuse fuse3 e2fsprogs
-#   Benchmark peer: nbdkit-plugin-python python3-boto3
+#   Benchmark peers: nbdkit-plugin-python python3-boto3 (nbdkit's S3 plugin), s3backer
 set -euo pipefail
 
 PKGS=(
   ceph-mon ceph-osd radosgw ceph-common
   libnbd-bin python3-libnbd nbdkit qemu-utils fio nbdfuse fuse3 e2fsprogs
-  nbdkit-plugin-python python3-boto3
+  nbdkit-plugin-python python3-boto3 s3backer
   curl uuid-runtime ca-certificates
 )
 

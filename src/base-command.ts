@@ -7,7 +7,7 @@
  * result from `run()`; with `--json` oclif prints that result, otherwise the command renders
  * it with `this.log`. Progress and spinners go to stderr, results to stdout.
  */
-import { mkdir } from 'node:fs/promises';
+import { mkdir, stat } from 'node:fs/promises';
 import { createInterface } from 'node:readline/promises';
 import { Command, Errors, Flags as OclifFlags, type Interfaces } from '@oclif/core';
 import ora, { type Ora } from 'ora';
@@ -30,7 +30,18 @@ import {
 } from './cli/output.js';
 import type { ErrorJson } from './cli/vocabulary.js';
 import { HyperError, toHyperError } from './errors.js';
+import {
+  argvWithDefaults,
+  defaultFlagsFor,
+  loadConfig,
+  resolveSettings,
+  type DefaultFlag,
+  type FlagShape,
+  type LoadedConfig,
+  type ResolvedSettings,
+} from './cli/config.js';
 import { originalFlagMessage, storeFlags } from './flags.js';
+import { ProgressReporter } from './cli/progress.js';
 import { openStore as openStoreAt, parseStoreUrl, type ObjectStore } from './format/store/index.js';
 
 export type Flags<T extends typeof Command> = Interfaces.InferredFlags<
@@ -113,6 +124,13 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
   protected flags!: Flags<T>;
   protected args!: Args<T>;
 
+  /** The configuration file, the resolved store settings and the default flags applied. */
+  protected hyperConfig!: {
+    loaded: LoadedConfig;
+    settings: ResolvedSettings;
+    defaults: DefaultFlag[];
+  };
+
   private stores: ObjectStore[] = [];
   private spinners: Ora[] = [];
   private abortController?: AbortController;
@@ -124,30 +142,77 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     // requirement would otherwise be printed on stderr by every S3 command.
     process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
     const ctor = this.ctor as typeof BaseCommand;
-    const { args, flags } = await this.parse({
-      flags: ctor.flags,
-      baseFlags: (super.ctor as typeof BaseCommand).baseFlags,
-      enableJsonFlag: ctor.enableJsonFlag,
-      args: ctor.args,
-      strict: ctor.strict,
-    });
+    // The configuration file: store settings and default flags (flag > env > file).
+    const loaded = await loadConfig();
+    const settings = resolveSettings(loaded, { ...profileInArgv(this.argv) });
+    const allFlags = { ...(super.ctor as typeof BaseCommand).baseFlags, ...ctor.flags };
+    const shapes: Record<string, FlagShape> = {};
+    for (const [name, f] of Object.entries(allFlags)) {
+      const def = f as {
+        type: 'boolean' | 'option';
+        char?: string;
+        aliases?: string[];
+        allowNo?: boolean;
+      };
+      shapes[name] = {
+        type: def.type,
+        ...(def.char === undefined ? {} : { char: def.char }),
+        ...(def.aliases === undefined ? {} : { aliases: def.aliases }),
+        ...(def.allowNo === undefined ? {} : { allowNo: def.allowNo }),
+      };
+    }
+    if (ctor.enableJsonFlag) shapes.json = { type: 'boolean' };
+    const id = this.id ?? ctor.id ?? '';
+    const defaults = defaultFlagsFor(loaded, settings, id, ctor.aliases ?? []);
+    const withDefaults = argvWithDefaults(this.argv, defaults, shapes, id, loaded.path);
+    const { args, flags } = await this.parse(
+      {
+        flags: ctor.flags,
+        baseFlags: (super.ctor as typeof BaseCommand).baseFlags,
+        enableJsonFlag: ctor.enableJsonFlag,
+        args: ctor.args,
+        strict: ctor.strict,
+      },
+      withDefaults.argv,
+    );
     this.flags = flags as Flags<T>;
+    const given = flags as { endpoint?: string; region?: string; profile?: string };
+    this.hyperConfig = {
+      loaded,
+      settings: resolveSettings(loaded, {
+        ...(given.endpoint === undefined ? {} : { endpoint: given.endpoint }),
+        ...(given.region === undefined ? {} : { region: given.region }),
+        ...(given.profile === undefined ? {} : { profile: given.profile }),
+      }),
+      defaults: withDefaults.applied,
+    };
     this.args = args as Args<T>;
   }
 
   /**
    * Open the store rooted at `url` with the --endpoint/--region flags; closed when the command
    * ends. With `mkdir` (commands that create a volume) a file:// directory is created first.
+   * Otherwise a file:// directory that does not exist is no volume: VOLUME_NOT_FOUND at once
+   * (creating the directory would not help), unless `prefix` (a listing: BUCKET_NOT_FOUND).
    */
-  protected async openStore(url: string, options: { mkdir?: boolean } = {}): Promise<ObjectStore> {
-    const flags = this.flags as { endpoint?: string; region?: string };
-    if (options.mkdir) {
-      const parsed = parseStoreUrl(url);
-      if (parsed.scheme === 'file') await mkdir(parsed.dir, { recursive: true });
+  protected async openStore(
+    url: string,
+    options: { mkdir?: boolean; prefix?: boolean } = {},
+  ): Promise<ObjectStore> {
+    const { settings } = this.hyperConfig;
+    const parsed = parseStoreUrl(url);
+    if (parsed.scheme === 'file') {
+      if (options.mkdir) await mkdir(parsed.dir, { recursive: true });
+      else if (!options.prefix && !(await isDirectory(parsed.dir))) {
+        throw new HyperError('not-found', 'VOLUME_NOT_FOUND', `No volume at ${parsed.url}`, {
+          suggestion: `Create it with \`hyper file create ${parsed.url} --size SIZE\` (the directory ${parsed.dir} does not exist yet), or check the URL.`,
+        });
+      }
     }
     const store = await openStoreAt(url, {
-      ...(flags.endpoint === undefined ? {} : { endpoint: flags.endpoint }),
-      ...(flags.region === undefined ? {} : { region: flags.region }),
+      ...(settings.endpoint.value === null ? {} : { endpoint: settings.endpoint.value }),
+      ...(settings.region.value === null ? {} : { region: settings.region.value }),
+      ...(settings.awsProfile.value === null ? {} : { profile: settings.awsProfile.value }),
     });
     this.stores.push(store);
     return store;
@@ -253,6 +318,27 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
       fail: (t?: string) => void s.fail(t),
       stop: () => void s.stop(),
     };
+  }
+
+  /**
+   * Progress of a long operation, on stderr: the text of `spinner` on a terminal, or with
+   * --progress (commands that have it) a plain line every few seconds on a non-terminal.
+   */
+  protected progress(spinner: Spinner): ProgressReporter {
+    const forced = (this.flags as { progress?: boolean }).progress === true;
+    const tty = Boolean(process.stderr.isTTY) && (process.stderr.columns ?? 0) > 0;
+    const interval = Number(process.env.HYPER_PROGRESS_INTERVAL);
+    return new ProgressReporter({
+      spinnerText: (text) => {
+        spinner.text = text;
+      },
+      ...(forced && (!tty || this.jsonEnabled())
+        ? {
+            line: (text: string) => process.stderr.write(`${text}\n`),
+            ...(Number.isFinite(interval) && interval >= 0 ? { intervalMs: interval } : {}),
+          }
+        : {}),
+    });
   }
 
   /** Width a table may take: the terminal's, else 80 columns. */
@@ -414,4 +500,23 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
       { suggestion: hint ? `${hint} ${help}` : help, cause: err },
     );
   }
+}
+
+async function isDirectory(path: string): Promise<boolean> {
+  try {
+    return (await stat(path)).isDirectory();
+  } catch {
+    return false;
+  }
+}
+
+/** `--profile NAME` / `--profile=NAME` from the raw command line (before parsing). */
+function profileInArgv(argv: string[]): { profile?: string } {
+  for (let i = 0; i < argv.length; i++) {
+    const t = argv[i]!;
+    if (t === '--') break;
+    if (t === '--profile' && i + 1 < argv.length) return { profile: argv[i + 1]! };
+    if (t.startsWith('--profile=')) return { profile: t.slice('--profile='.length) };
+  }
+  return {};
 }

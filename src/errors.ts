@@ -29,6 +29,7 @@ export type ErrorCode =
   | 'PATH_NOT_FOUND'
   | 'PERMISSION_DENIED'
   | 'FILE_TOO_LARGE'
+  | 'INVALID_CONFIG'
   | 'UNKNOWN_COMMAND'
   | 'UNKNOWN_FLAG'
   // not-found

@@ -4,6 +4,7 @@
  * value is reported the same way: the flag, the value, and the accepted forms (exit code 2).
  */
 import { Args, Flags } from '@oclif/core';
+import { HyperError } from './errors.js';
 import {
   DURATION_FORMS,
   SIZE_FORMS,
@@ -57,6 +58,33 @@ export const size = Flags.custom<number, SizeBounds>({
     ),
 });
 
+/** A size that may be relative: `10G` (absolute), `+1G` (grow by), `-1G` (shrink by). */
+export interface SizeChange {
+  /** `+` or `-` for a change relative to the current size; absent for an absolute size. */
+  sign?: '+' | '-';
+  bytes: number;
+}
+
+/**
+ * A size flag that also takes `+<size>` / `-<size>` (relative to the current size). The bounds
+ * apply to the number after the sign; the command checks the resulting size.
+ */
+export const sizeChange = Flags.custom<SizeChange, SizeBounds>({
+  helpValue: '[+|-]<size>',
+  parse: async (input, _ctx, opts) =>
+    keepMessage(() => {
+      const m = /^\s*([+-])\s*(.*)$/.exec(input);
+      const bytes = parseSize(m ? m[2]! : input, {
+        name: `--${opts.name}`,
+        min: opts.min,
+        max: opts.max,
+        multipleOf: opts.multipleOf,
+        powerOfTwo: opts.powerOfTwo,
+      });
+      return m ? { sign: m[1] as '+' | '-', bytes } : { bytes };
+    }),
+});
+
 /** A duration in milliseconds: `30s`, `5m`, `2h`, `7d`, `1h30m`. */
 export const duration = Flags.custom<number, DurationBounds>({
   helpValue: '<duration>',
@@ -83,30 +111,45 @@ export const checkpointRef = Flags.custom<CheckpointRef>({
     keepMessage(() => parseCheckpointRef(input, { name: `--${opts.name}` })),
 });
 
-/** Flags every command takes: where the S3-compatible store is. */
+/**
+ * Flags every command takes: where the S3-compatible store is. The environment and the
+ * configuration file are read by src/cli/config.ts (flag > environment > file), not by oclif,
+ * so that `hyper config show` can tell where each value came from.
+ */
 export const storeFlags = {
   endpoint: Flags.string({
-    summary: 'S3 endpoint URL for S3-compatible stores (MinIO, Ceph RGW, …).',
-    env: 'AWS_ENDPOINT_URL',
+    summary:
+      'S3 endpoint URL for S3-compatible stores (MinIO, Ceph RGW, …); env: AWS_ENDPOINT_URL.',
     helpGroup: 'STORE',
     helpValue: '<url>',
     parse: async (input) =>
       keepMessage(() => {
         if (!/^https?:\/\/[^/\s]+/i.test(input)) {
           throw new Error(
-            `Invalid value ${JSON.stringify(input)} for --endpoint (or AWS_ENDPOINT_URL): expected http(s)://host[:port]`,
+            `Invalid value ${JSON.stringify(input)} for --endpoint: expected http(s)://host[:port]`,
           );
         }
         return input;
       }),
   }),
   region: Flags.string({
-    summary: 'S3 region (default: AWS_DEFAULT_REGION, else us-east-1).',
-    env: 'AWS_REGION',
+    summary: 'S3 region; env: AWS_REGION, AWS_DEFAULT_REGION (default us-east-1).',
     helpGroup: 'STORE',
     helpValue: '<region>',
   }),
+  profile: Flags.string({
+    summary:
+      'Profile: a section of the hyper config file, or else an AWS shared-config profile; env: HYPER_PROFILE.',
+    helpGroup: 'STORE',
+    helpValue: '<name>',
+  }),
 };
+
+/** `--progress`: periodic progress lines on stderr even when it is not a terminal. */
+export const progress = Flags.boolean({
+  summary:
+    'Print progress lines on stderr every few seconds even when it is not a terminal (CI logs).',
+});
 
 /** `--control-socket`: where the daemon's control API listens (`hyper daemon`, `map`, …). */
 export const controlSocket = Flags.string({
@@ -136,3 +179,67 @@ export const prefixUrl = Args.custom<string>({
 });
 
 export { CHECKPOINT_REF_FORMS, DURATION_FORMS, SIZE_FORMS, TIME_FORMS, URL_FORMS };
+
+/**
+ * The --size of a new volume, which must be given (as `rbd create` and `qemu-img create`
+ * require): a usage error with an example otherwise. `--size 0` is accepted.
+ */
+export function requireSize(size: number | undefined, command: string, url: string): number {
+  if (size !== undefined) return size;
+  throw new HyperError(
+    'invalid',
+    'INVALID_ARGUMENT',
+    `Missing required flag --size for ${command}`,
+    {
+      suggestion: `Give the volume's size, e.g. \`hyper ${command} ${url} --size 10G\` (volumes are thin: the size costs nothing until written; grow it later with \`hyper file set-len --size +SIZE\`).`,
+    },
+  );
+}
+
+/**
+ * The snapshot name of `snapshot create|delete URL NAME`, also accepted (deprecated) as
+ * `--name NAME`. When `creating`, a name that `--at`/`--to` would read as a checkpoint number
+ * or a time (`42`, `2h`, `2026-01-31`) is refused: it could only be reached as `snapshot:NAME`.
+ */
+export function snapshotNameArg(
+  arg: string | undefined,
+  flag: string | undefined,
+  command: string,
+  url: string,
+  options: { creating?: boolean } = {},
+): string {
+  if (arg !== undefined && flag !== undefined && arg !== flag) {
+    throw new HyperError(
+      'invalid',
+      'INVALID_ARGUMENT',
+      `Two snapshot names given: ${JSON.stringify(arg)} (argument) and ${JSON.stringify(flag)} (--name)`,
+      { suggestion: `Give the name once, as the argument: hyper snapshot ${command} ${url} NAME` },
+    );
+  }
+  const name = arg ?? flag;
+  if (name === undefined) {
+    throw new HyperError('invalid', 'INVALID_ARGUMENT', `Missing the snapshot name`, {
+      suggestion: `Give it after the URL: hyper snapshot ${command} ${url} NAME`,
+    });
+  }
+  if (options.creating) {
+    let ref: CheckpointRef | undefined;
+    try {
+      ref = parseCheckpointRef(name);
+    } catch {
+      ref = undefined; // not a valid name: the store layer reports it with the rules
+    }
+    if (ref !== undefined && !('snapshot' in ref && ref.snapshot === name)) {
+      const what = 'checkpoint' in ref ? 'a checkpoint number' : 'a time';
+      throw new HyperError(
+        'invalid',
+        'INVALID_ARGUMENT',
+        `Invalid snapshot name ${JSON.stringify(name)}: --at and --to would read it as ${what}`,
+        {
+          suggestion: `Start the name with a letter, e.g. ${JSON.stringify(`v${name}`)} or ${JSON.stringify(`snap-${name}`)}.`,
+        },
+      );
+    }
+  }
+  return name;
+}

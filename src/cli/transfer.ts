@@ -7,7 +7,9 @@
  * in flight complete, so the caller can commit (import) or discard (export) a whole state.
  * `exportToImageFile` is a whole export: the image appears complete and synced, or not at all.
  */
-import { lstat, open, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { execFile } from 'node:child_process';
+import { lstat, open, readFile, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
+import { promisify } from 'node:util';
 import { basename, dirname, join } from 'node:path';
 import { HyperError } from '../errors.js';
 import type { ObjectStore } from '../format/store/types.js';
@@ -19,6 +21,8 @@ import {
 } from '../format/volume/types.js';
 import { Volume } from '../format/volume/volume.js';
 import { bytesWithExact } from './results.js';
+
+const execFileAsync = promisify(execFile);
 
 export const DEFAULT_CHUNK_SIZE = 4 * MiB;
 export const DEFAULT_CONCURRENCY = 4;
@@ -202,7 +206,7 @@ export async function importImage(
 export async function exportImage(
   volume: Volume,
   file: FileHandle,
-  options: TransferOptions,
+  options: TransferOptions & { writeZeros?: boolean },
 ): Promise<TransferStats> {
   const size = volume.info.size;
   const chunk = chunkSizeFor(options);
@@ -215,7 +219,7 @@ export async function exportImage(
     for (let win = 0; win < size; win += EXTENT_WINDOW) {
       const winLen = Math.min(EXTENT_WINDOW, size - win);
       for (const ext of await volume.extents(win, winLen)) {
-        if (ext.hole) {
+        if (ext.hole && !options.writeZeros) {
           stats.zeroBytes += ext.length;
           report(ext.length);
           continue;
@@ -236,7 +240,10 @@ export async function exportImage(
         const n = run.end - run.start;
         if (run.zero) {
           stats.zeroBytes += n;
-          continue;
+          // A device (not a fresh sparse file) may hold old data there: overwrite it.
+          if (!options.writeZeros) continue;
+        } else {
+          stats.dataBytes += n;
         }
         let written = 0;
         while (written < n) {
@@ -248,7 +255,6 @@ export async function exportImage(
           );
           written += bytesWritten;
         }
-        stats.dataBytes += n;
       }
       report(length);
     },
@@ -263,8 +269,20 @@ async function checkImageTarget(
   path: string,
   options: { overwrite?: boolean } = {},
 ): Promise<void> {
-  const existing = await lstat(path).catch(() => undefined);
-  if (existing && !existing.isFile()) {
+  const existing = await stat(path).catch(() => undefined);
+  if (existing?.isBlockDevice()) {
+    if (!options.overwrite) {
+      throw new HyperError(
+        'conflict',
+        'OBJECT_EXISTS',
+        `${JSON.stringify(path)} is a block device: exporting overwrites its contents`,
+        { suggestion: 'Add --overwrite to write the volume onto the device.' },
+      );
+    }
+    return;
+  }
+  const link = await lstat(path).catch(() => undefined);
+  if (link && !link.isFile()) {
     throw new HyperError(
       'invalid',
       'INVALID_ARGUMENT',
@@ -307,8 +325,39 @@ export async function exportToImageFile(
 ): Promise<{ info: VolumeInfo; stats: TransferStats }> {
   const { at, overwrite, ...transfer } = options;
   await checkImageTarget(path, { overwrite });
+  const device = await blockDeviceSize(path);
   return withVolume(store, { readOnly: true, ...(at ? { at } : {}) }, async (volume) => {
     const info = volume.info;
+    if (device !== undefined) {
+      // A block device is written in place (no temporary file, no rename), zeros included.
+      if (device < info.size) {
+        throw new HyperError(
+          'invalid',
+          'OUT_OF_RANGE',
+          `The device ${path} (${bytesWithExact(device)}) is smaller than the volume (${bytesWithExact(info.size)})`,
+          { suggestion: 'Export to a device at least as large as the volume, or to a file.' },
+        );
+      }
+      const dev = await open(path, 'r+');
+      try {
+        const stats = await exportImage(volume, dev, {
+          ...transfer,
+          blockSize: info.dataBlockSize,
+          writeZeros: true,
+        });
+        if (stats.interrupted) {
+          throw new HyperError(
+            'unavailable',
+            'ABORTED',
+            `Export interrupted after ${bytesWithExact(stats.bytesDone)} of ${bytesWithExact(info.size)}; the device ${path} holds a partial copy.`,
+          );
+        }
+        await dev.sync();
+        return { info, stats };
+      } finally {
+        await dev.close();
+      }
+    }
     const temp = join(dirname(path), `.${basename(path)}.hyper-${process.pid}.partial`);
     const file = await open(temp, 'wx');
     let done = false;
@@ -336,8 +385,12 @@ export async function exportToImageFile(
   });
 }
 
-/** The size of a regular file, or a usage error naming the path. */
-export async function regularFileSize(path: string): Promise<number> {
+/**
+ * The size of an image to import: a regular file's size, or a block device's (from
+ * /sys/dev/block/MAJ:MIN/size, else `blockdev --getsize64`). Anything else is a usage error
+ * naming the path.
+ */
+export async function imageSize(path: string): Promise<number> {
   let st;
   try {
     st = await stat(path);
@@ -350,15 +403,191 @@ export async function regularFileSize(path: string): Promise<number> {
       { cause: e },
     );
   }
+  if (st.isBlockDevice()) return (await blockDeviceSize(path))!;
   if (!st.isFile()) {
     throw new HyperError(
       'invalid',
       'INVALID_ARGUMENT',
-      `Image ${JSON.stringify(path)} is not a regular file`,
+      `Image ${JSON.stringify(path)} is not a regular file or a block device`,
       {
-        suggestion: 'Give the path of a raw image file.',
+        suggestion: 'Give the path of a raw image file or a block device, or - for stdin.',
       },
     );
   }
   return st.size;
+}
+
+/** @deprecated kept for callers of the old name: see imageSize. */
+export const regularFileSize = imageSize;
+
+/**
+ * The size in bytes of the block device at `path`, or undefined when it is not one. Node has
+ * no ioctl (BLKGETSIZE64) and no lseek(SEEK_END): the kernel's sysfs entry gives the size in
+ * 512-byte sectors; `blockdev --getsize64` is the fallback.
+ */
+export async function blockDeviceSize(path: string): Promise<number | undefined> {
+  const st = await stat(path).catch(() => undefined);
+  if (!st?.isBlockDevice()) return undefined;
+  const rdev = st.rdev;
+  const major = Math.floor(rdev / 256) & 0xfff;
+  const minor = (rdev & 0xff) | ((Math.floor(rdev / 4096) & ~0xff) >>> 0);
+  try {
+    const sectors = Number(
+      (await readFile(`/sys/dev/block/${major}:${minor}/size`, 'utf8')).trim(),
+    );
+    if (Number.isSafeInteger(sectors) && sectors >= 0) return sectors * 512;
+  } catch {
+    // no sysfs (a container without it): ask blockdev
+  }
+  try {
+    const { stdout } = await execFileAsync('blockdev', ['--getsize64', path]);
+    const n = Number(stdout.trim());
+    if (Number.isSafeInteger(n) && n >= 0) return n;
+  } catch (e) {
+    throw new HyperError(
+      'invalid',
+      'INVALID_ARGUMENT',
+      `Cannot tell the size of the block device ${path}: ${(e as Error).message}`,
+      {
+        suggestion: 'Run as a user who may read the device, or copy it to an image file first.',
+        cause: e,
+      },
+    );
+  }
+  throw new HyperError(
+    'invalid',
+    'INVALID_ARGUMENT',
+    `Cannot tell the size of the block device ${path}`,
+  );
+}
+
+/**
+ * Copy a stream (stdin) to the volume from offset 0, at most `limit` bytes (the volume size;
+ * more is OUT_OF_RANGE). Chunks are read in order and written with several in flight; zeros
+ * are skipped as by importImage. Returns the stats; `bytesDone` is the stream's length.
+ */
+export async function importStream(
+  input: AsyncIterable<Buffer | string>,
+  limit: number,
+  volume: Volume,
+  options: TransferOptions & { zeroFill: boolean },
+): Promise<TransferStats> {
+  const chunk = chunkSizeFor(options);
+  const stats: TransferStats = { bytesDone: 0, dataBytes: 0, zeroBytes: 0, interrupted: false };
+  async function* chunks(): AsyncGenerator<{ off: number; buf: Buffer; len: number }> {
+    let parts: Buffer[] = [];
+    let have = 0;
+    let off = 0;
+    const emit = (len: number): { off: number; buf: Buffer; len: number } => {
+      const all = Buffer.concat(parts, have);
+      // Pad to a whole sector; a fresh buffer per chunk, since the volume may keep it.
+      const buf = Buffer.alloc(Math.ceil(len / 512) * 512);
+      all.copy(buf, 0, 0, len);
+      parts = len < have ? [all.subarray(len)] : [];
+      have -= len;
+      const at = off;
+      off += len;
+      if (at + len > limit) {
+        throw new HyperError(
+          'invalid',
+          'OUT_OF_RANGE',
+          `The input is larger than the volume (${bytesWithExact(limit)})`,
+          {
+            suggestion:
+              'Grow the volume first (hyper file set-len URL --size SIZE), or give a larger --size with --create.',
+          },
+        );
+      }
+      return { off: at, buf, len };
+    };
+    for await (const piece of input) {
+      const b = typeof piece === 'string' ? Buffer.from(piece) : piece;
+      parts.push(b);
+      have += b.length;
+      while (have >= chunk) yield emit(chunk);
+    }
+    if (have > 0) yield emit(have);
+  }
+  const complete = await pool(
+    chunks(),
+    options.concurrency ?? DEFAULT_CONCURRENCY,
+    async ({ off, buf, len }) => {
+      for (const run of zeroRuns(buf, options.blockSize)) {
+        const n = run.end - run.start;
+        if (run.zero) {
+          if (options.zeroFill) await volume.writeZeroes(off + run.start, n);
+          stats.zeroBytes += n;
+        } else {
+          await volume.write(off + run.start, buf.subarray(run.start, run.end));
+          stats.dataBytes += n;
+        }
+      }
+      stats.bytesDone += len;
+      options.onProgress?.(stats.bytesDone, limit);
+    },
+    options.signal,
+  );
+  stats.interrupted = !complete;
+  return stats;
+}
+
+/**
+ * Write the whole volume to a stream (stdout) in order: reads run ahead with several in
+ * flight, writes wait for the stream to drain. Holes are written as zeros (a stream has no
+ * holes). The caller opens the volume read-only.
+ */
+export async function exportStream(
+  volume: Volume,
+  output: NodeJS.WritableStream,
+  options: TransferOptions,
+): Promise<TransferStats> {
+  const size = volume.info.size;
+  const chunk = chunkSizeFor(options);
+  const depth = Math.max(1, options.concurrency ?? DEFAULT_CONCURRENCY);
+  const stats: TransferStats = { bytesDone: 0, dataBytes: 0, zeroBytes: 0, interrupted: false };
+  const queue: Promise<Buffer>[] = [];
+  let next = 0;
+  const fill = (): void => {
+    while (queue.length < depth && next < size) {
+      const len = Math.min(chunk, size - next);
+      const p = volume.read(next, len);
+      p.catch(() => undefined); // awaited in order below
+      queue.push(p);
+      next += len;
+    }
+  };
+  const write = (buf: Buffer): Promise<void> =>
+    new Promise((resolve, reject) => {
+      const onError = (e: Error): void => reject(e);
+      output.once('error', onError);
+      const ok = output.write(buf, (e) => {
+        output.off('error', onError);
+        if (e) reject(e);
+        else if (ok) resolve();
+      });
+      if (!ok) {
+        output.once('drain', () => {
+          output.off('error', onError);
+          resolve();
+        });
+      }
+    });
+  fill();
+  while (queue.length > 0) {
+    if (options.signal?.aborted) {
+      stats.interrupted = true;
+      await Promise.allSettled(queue);
+      break;
+    }
+    const buf = await queue.shift()!;
+    fill();
+    for (const run of zeroRuns(buf, options.blockSize)) {
+      if (run.zero) stats.zeroBytes += run.end - run.start;
+      else stats.dataBytes += run.end - run.start;
+    }
+    await write(buf);
+    stats.bytesDone += buf.length;
+    options.onProgress?.(stats.bytesDone, size);
+  }
+  return stats;
 }

@@ -254,9 +254,11 @@ export const snapshotRestoreSchema = z.strictObject({
   targetTime: isoTime,
   /** The current checkpoint before the restore (restore to it to undo). */
   previousCheckpoint: checkpointNumber,
-  /** The new checkpoint; null on a dry run. */
+  /** The new checkpoint; null on a dry run, and when nothing changed. */
   checkpoint: checkpointNumber.nullable(),
   dryRun: z.boolean(),
+  /** True when --to named the current state (or a time at or after it): nothing committed. */
+  unchanged: z.boolean(),
   requests: requestStatsSchema,
 });
 
@@ -417,6 +419,37 @@ export const daemonStoppedSchema = lsSchema.extend({
   reason: z.enum(['interrupted']),
 });
 
+const settingSchema = z.strictObject({
+  value: z.string().nullable(),
+  /** flag, env, profile (the selected profile's section of the file), file, or default. */
+  source: z.enum(['flag', 'env', 'profile', 'file', 'default']),
+  /** The flag, environment variable or file entry it was read from; null for a default. */
+  from: z.string().nullable(),
+});
+
+export const configShowSchema = z.strictObject({
+  configFile: z.string(),
+  configFileExists: z.boolean(),
+  profile: settingSchema,
+  /** True when the profile is a section of the configuration file. */
+  profileInFile: z.boolean(),
+  awsProfile: settingSchema,
+  endpoint: settingSchema,
+  region: settingSchema,
+  /** Default flags the file sets, per command. */
+  defaults: z.array(
+    z.strictObject({
+      command: z.string(),
+      flag: z.string(),
+      value: z.union([z.string(), z.number(), z.boolean()]),
+      source: z.string(),
+      from: z.string(),
+    }),
+  ),
+});
+
+export type ConfigShowResult = z.infer<typeof configShowSchema>;
+
 const doctorStatus = z.enum(['ok', 'warn', 'fail', 'skip']);
 
 export const doctorSchema = z.strictObject({
@@ -473,6 +506,7 @@ export const resultSchemas = {
   'snapshot:clone': snapshotCloneSchema,
   'snapshot:flatten': snapshotFlattenSchema,
   compact: compactSchema,
+  'config:show': configShowSchema,
   doctor: doctorSchema,
   serve: serveStoppedSchema,
   daemon: daemonStoppedSchema,

@@ -5,7 +5,7 @@ import { bytesWithExact, requestStats, secondsSince, toSeconds } from '../cli/re
 import type { CompactCommandResult } from '../cli/vocabulary.js';
 import { formatBytes, formatDuration } from '../cli/units.js';
 import { HyperError } from '../errors.js';
-import { duration, volumeUrl, yes } from '../flags.js';
+import { duration, progress, volumeUrl, yes } from '../flags.js';
 import {
   DEFAULT_GRACE_MS,
   DEFAULT_MIN_LIVE,
@@ -75,6 +75,7 @@ Dropping checkpoints cannot be undone: with --keep-last or --keep-within the com
         "Take the lease even if another writer holds it (that writer's unflushed writes are lost).",
     }),
     yes,
+    progress,
   };
 
   public async run(): Promise<CompactCommandResult> {
@@ -104,6 +105,7 @@ Dropping checkpoints cannot be undone: with --keep-last or --keep-within the com
     const store = await this.openStore(url);
     const signal = this.interruptible();
     const spinner = this.spinner(`Compacting ${url}: scanning`);
+    const report = this.progress(spinner);
     let r: CompactResult;
     try {
       r = await compactVolume(store, {
@@ -116,19 +118,22 @@ Dropping checkpoints cannot be undone: with --keep-last or --keep-within the com
         holder: `hyper compact on ${hostname()}:${process.pid}`,
         signal,
         onProgress: (phase, done, total) => {
-          const of = total === undefined ? '' : ` ${done} of ${total}`;
-          spinner.text =
-            phase === 'scan'
-              ? `Compacting ${url}: scanning the index`
-              : phase === 'rewrite'
-                ? `Compacting ${url}: rewriting live blocks,${of} blocks`
-                : `Compacting ${url}: deleting segments,${of}`;
+          const sample = { done, ...(total === undefined ? {} : { total }) };
+          if (phase === 'scan') report.status(`Compacting ${url}: scanning the index`);
+          else if (phase === 'rewrite')
+            report.update(`Compacting ${url}: rewriting live blocks`, {
+              ...sample,
+              unit: 'blocks',
+            });
+          else
+            report.update(`Compacting ${url}: deleting segments`, { ...sample, unit: 'segments' });
         },
       });
     } catch (e) {
       spinner.stop();
       throw e;
     }
+    report.finish();
     spinner.stop();
     const result: CompactCommandResult = {
       url,

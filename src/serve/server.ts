@@ -7,6 +7,7 @@
  * then flushes and closes every opened volume, which releases its lease. A volume whose
  * lease is lost while served stays exported, but its writes fail (EPERM to the client).
  */
+import { join } from 'node:path';
 import { processHolder } from '../format/volume/lease.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { HyperError, isHyperError } from '../errors.js';
@@ -70,6 +71,16 @@ export interface ServeOptions {
   signal?: AbortSignal;
   /** How long `close()` lets connections finish requests in flight (default 10 s). */
   drainMs?: number;
+  /**
+   * Keep blocks read from the store in a cache on local disk: `dir` for a volume URL, one
+   * subdirectory per volume (its path below the prefix) when serving a prefix; `sizeBytes`
+   * per volume. `reuse` (default) keeps a cache of the same volume across restarts.
+   */
+  diskCache?: { dir: string; sizeBytes: number; mode?: 'reuse' | 'recreate' };
+  /** Bytes of clean data blocks each volume keeps in memory (default 32 MiB). */
+  memoryCacheBytes?: number;
+  /** Largest read-ahead window of sequential reads (default 16 MiB; 0 turns it off). */
+  readAheadBytes?: number;
   /**
    * Record Prometheus metrics here: NBD requests, each export's store requests and volume
    * state (see src/metrics). A daemon passes one instance to all its servers.
@@ -301,7 +312,7 @@ export class VolumeServer {
           },
         );
       }
-      const device = await this.openDevice(store, name, settings);
+      const device = await this.openDevice(store, name, settings, '');
       try {
         this.table.add(VolumeExport.opened(name, url, device));
       } catch (e) {
@@ -323,7 +334,7 @@ export class VolumeServer {
         new VolumeExport(
           name,
           v.url,
-          () => this.openDevice(sub, name, settings),
+          () => this.openDevice(sub, name, settings, v.name),
           settings.readOnly,
         ),
       );
@@ -377,12 +388,18 @@ export class VolumeServer {
     }
   }
 
+  /**
+   * Open a volume exported as `name`; `cacheSub` is its path below a served prefix ('' for a
+   * volume URL): its disk cache directory below --cache-dir.
+   */
   private async openDevice(
     unobserved: ObjectStore,
     name: string,
     s: ExportSettings,
+    cacheSub: string,
   ): Promise<VolumeDevice> {
     const o = this.options;
+    const cache = o.diskCache;
     const m = this.metrics;
     // With metrics, every store request for this export (its parents' and WAL's included)
     // is counted under its name.
@@ -400,6 +417,13 @@ export class VolumeServer {
       // Parent volumes of clones and the WAL are opened like the volume's own store.
       openStore: async (u: string) => observed(await s.openStore(u)),
       ...(m === undefined ? {} : { observer: m.engineObserver(name) }),
+      ...(o.memoryCacheBytes === undefined ? {} : { dataCacheBytes: o.memoryCacheBytes }),
+      ...(o.readAheadBytes === undefined ? {} : { readAheadBytes: o.readAheadBytes }),
+      ...(cache === undefined
+        ? {}
+        : {
+            diskCache: { ...cache, dir: cacheSub === '' ? cache.dir : join(cache.dir, cacheSub) },
+          }),
     };
     for (let logged = false; ;) {
       try {

@@ -57,6 +57,11 @@ export class VolumeDevice implements BlockDevice {
     return this.volume.write(offset, data, { fua: flags.fua });
   }
 
+  /** A payload that arrived in pieces is copied into the write buffer once, not joined first. */
+  writev(offset: number, parts: Buffer[], flags: WriteFlags): Promise<void> {
+    return this.volume.write(offset, parts, { fua: flags.fua });
+  }
+
   async flush(): Promise<void> {
     if (this.capabilities.readOnly) return;
     await this.volume.sync();

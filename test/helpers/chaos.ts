@@ -21,7 +21,9 @@
  *   (d) `checkVolume(deep)` finds nothing missing or corrupt in the volume and each clone
  *       (dangling records only count when the record is one the model requires);
  *   (e) the head epoch never decreases (checked on every head PUT and every observation);
- *   (f) at most one actor writes heads under any one epoch.
+ *   (f) at most one actor writes heads under any one epoch;
+ *   (g) every head that lands names only segments that exist: its checkpoint and every
+ *       checkpoint since the volume's previous head (pipelined segment PUTs).
  * Operations that fail are fine; unexpected errors (not a HyperError, or kind 'internal')
  * are violations.
  *
@@ -39,6 +41,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { HyperError, isHyperError } from '../../src/errors.js';
 import { decodeHead, isRetainedCheckpoint, type HeadRecord } from '../../src/format/codec/head.js';
+import { decodeEmbeddedHead } from '../../src/format/codec/segment.js';
 import { decodeSnapshot } from '../../src/format/codec/snapshot.js';
 import {
   HEAD_KEY,
@@ -47,6 +50,7 @@ import {
   SNAPSHOT_PREFIX,
   parseSegmentKey,
   pinKey,
+  segmentKey,
   snapshotKey,
 } from '../../src/format/keys.js';
 import { RetryingStore } from '../../src/format/store/retry.js';
@@ -263,6 +267,8 @@ export interface ChaosCounters {
   faultsBefore: number;
   faultsAfter: number;
   killedRequests: number;
+  /** Segment PUTs started while another of the same actor was in flight (pipelining). */
+  overlappedSegmentPuts: number;
 }
 
 /**
@@ -275,12 +281,23 @@ export class World {
     faultsBefore: 0,
     faultsAfter: 0,
     killedRequests: 0,
+    overlappedSegmentPuts: 0,
   };
+  /** Segment PUTs in flight per actor. */
+  readonly segmentPuts = new Map<Actor, number>();
   /** Applied mutations (puts and deletes): the checks skip when nothing changed. */
   mutations = 0;
   readonly violations: string[] = [];
   private readonly mtimes = new Map<string, number>();
-  private readonly heads = new Map<string, { epoch: number; owners: Map<number, string> }>();
+  private readonly heads = new Map<
+    string,
+    { epoch: number; owners: Map<number, string>; checkpoint?: number }
+  >();
+  /**
+   * Segment objects that exist (url + key), from the puts and deletes applied, with the
+   * previous checkpoint their embedded head names.
+   */
+  private readonly segments = new Map<string, number>();
 
   constructor(
     readonly sim: Sim,
@@ -333,8 +350,43 @@ export class World {
     this.mutations++;
     if (op === 'put') {
       if (this.sim.virtual) this.mtimes.set(url + key, this.sim.now);
+      if (key.startsWith(SEGMENT_PREFIX) && body) {
+        let prev = -1;
+        try {
+          prev = decodeEmbeddedHead(body).prevCheckpoint;
+        } catch {
+          // Not a decodable segment: it names nothing (the checks report damage).
+        }
+        this.segments.set(url + key, prev);
+      }
       if (key === HEAD_KEY && body) this.headWritten(actor, url, body);
-    } else this.mtimes.delete(url + key);
+    } else {
+      this.mtimes.delete(url + key);
+      this.segments.delete(url + key);
+      const st = key === HEAD_KEY ? this.heads.get(url) : undefined;
+      if (st) st.checkpoint = undefined;
+    }
+  }
+
+  /**
+   * Invariant (g): a head names only segments that exist: its checkpoint, and every
+   * checkpoint between it and the volume's previous head along the chain of previous
+   * checkpoints (segments written for room, possibly several in flight at once, are
+   * committed by one later head CAS).
+   */
+  private namesOnlyDurable(actor: Actor, url: string, h: HeadRecord, since?: number): void {
+    const base = h.clone?.chain[0]?.base ?? 0;
+    for (let id = h.checkpoint; id > base && (since === undefined || id > since);) {
+      const prev = this.segments.get(url + segmentKey(id));
+      if (prev === undefined) {
+        this.violation(
+          `(g) ${actor.name} wrote a head of ${url} (checkpoint ${h.checkpoint}, epoch ${h.epoch}) whose chain names segment ${id}, which does not exist`,
+        );
+        return;
+      }
+      if (since === undefined || prev < 0 || prev >= id) return;
+      id = prev;
+    }
   }
 
   /** Invariants (e) and (f), on every head that lands. */
@@ -348,6 +400,8 @@ export class World {
     }
     let st = this.heads.get(url);
     if (!st) this.heads.set(url, (st = { epoch: -1, owners: new Map() }));
+    this.namesOnlyDurable(actor, url, h, st.checkpoint);
+    st.checkpoint = h.checkpoint;
     if (h.epoch < st.epoch)
       this.violation(
         `(e) head of ${url} went back from epoch ${st.epoch} to ${h.epoch} (written by ${actor.name}, checkpoint ${h.checkpoint})`,
@@ -424,12 +478,23 @@ export class ChaosStore implements ObjectStore {
     return m && this.fixMeta(m);
   }
 
-  put(key: string, body: Buffer, options?: PutOptions): Promise<{ etag: string }> {
-    return this.run(
-      `put ${key}`,
-      () => this.inner.put(key, body, options),
-      () => this.world.applied(this.actor, 'put', this.url, key, body),
-    );
+  async put(key: string, body: Buffer, options?: PutOptions): Promise<{ etag: string }> {
+    const w = this.world;
+    const seg = key.startsWith(SEGMENT_PREFIX);
+    const flying = w.segmentPuts.get(this.actor) ?? 0;
+    if (seg) {
+      if (flying > 0) w.counters.overlappedSegmentPuts++;
+      w.segmentPuts.set(this.actor, flying + 1);
+    }
+    try {
+      return await this.run(
+        `put ${key}`,
+        () => this.inner.put(key, body, options),
+        () => w.applied(this.actor, 'put', this.url, key, body),
+      );
+    } finally {
+      if (seg) w.segmentPuts.set(this.actor, (w.segmentPuts.get(this.actor) ?? 1) - 1);
+    }
   }
 
   async *list(prefix: string, options: ListOptions = {}): AsyncIterable<ListPage> {
@@ -562,6 +627,8 @@ export interface ChaosTotals {
   kills: number;
   checks: number;
   violations: number;
+  /** Segment PUTs that overlapped another of the same writer (pipelined flushes). */
+  overlappedSegmentPuts: number;
 }
 
 export interface ChaosResult {
@@ -579,6 +646,7 @@ export const OPS: Record<string, number> = {
   write: 30,
   zero: 4,
   trim: 4,
+  stream: 3,
   read: 5,
   flush: 12,
   writerRestore: 1,
@@ -676,6 +744,8 @@ class Run {
   private stopped = false;
   private readonly pageSize: number;
   private readonly flushBytes: () => number;
+  private readonly pipeline: number;
+  private readonly maxDirty: number | undefined;
   private readonly weights: [string, number][];
   private readonly mainUrl: string;
 
@@ -712,13 +782,16 @@ class Run {
     this.pageSize = [2, 5, 17, 1000][Math.floor(this.rand() * 4)] as number;
     const fb = [32, 64, 128, 512][Math.floor(this.rand() * 4)] as number;
     this.flushBytes = () => fb * KiB;
+    // Segment PUTs in flight at once, and how much the buffer may hold with them.
+    this.pipeline = [1, 2, 4, 8][Math.floor(this.rand() * 4)] as number;
+    this.maxDirty = this.rand() < 0.5 ? 2 * fb * KiB : undefined;
     this.mainUrl = `${backend.checkRoot.url}main/`;
     const exclude = new Set(o.exclude ?? []);
     this.weights = Object.entries(OPS).filter(([n]) => !exclude.has(n));
     this.totals = { ...emptyTotals(), seeds: 1 };
     const hot = this.world.hot;
     this.note(
-      `seed ${seed}: faults before ${rates.before} after ${rates.after}${hot ? ` (x${hot.factor} on '${hot.prefix}')` : ''}, list page ${this.pageSize}, flushBytes ${fb} KiB`,
+      `seed ${seed}: faults before ${rates.before} after ${rates.after}${hot ? ` (x${hot.factor} on '${hot.prefix}')` : ''}, list page ${this.pageSize}, flushBytes ${fb} KiB, pipeline ${this.pipeline}${this.maxDirty ? `, maxDirty ${this.maxDirty / KiB} KiB` : ''}`,
     );
   }
 
@@ -909,6 +982,8 @@ class Run {
           flushIntervalMs: 0,
           leaseTtlMs: WRITER_LEASE_MS,
           flushBytes: this.flushBytes(),
+          flushPipeline: this.pipeline,
+          ...(this.maxDirty === undefined ? {} : { maxDirtyBytes: this.maxDirty }),
           nodeCacheBytes: 64 * KiB,
           dataCacheBytes: this.rand() < 0.5 ? 0 : 256 * KiB,
           openStore: this.opener(actor),
@@ -981,7 +1056,23 @@ class Run {
     void w.vol.close().catch(() => undefined);
   }
 
-  private async writerOp(kind: 'write' | 'zero' | 'trim'): Promise<void> {
+  /**
+   * A sequential stream: several segments' worth of consecutive writes, one after another
+   * without a flush, so that segment PUTs pile up in the pipeline (and writers wait for room).
+   */
+  private async streamOp(): Promise<void> {
+    const chunk = 64 * KiB;
+    const total = Math.min(VOLUME_SIZE, (2 + Math.floor(this.rand() * 5)) * this.flushBytes());
+    let off = Math.floor((this.rand() * (VOLUME_SIZE - total)) / BS) * BS;
+    const end = off + total;
+    for (; off < end && this.writer; off += chunk)
+      await this.writerOp('write', { off, len: Math.min(chunk, end - off) });
+  }
+
+  private async writerOp(
+    kind: 'write' | 'zero' | 'trim',
+    at?: { off: number; len: number },
+  ): Promise<void> {
     const w = this.writer as Writer;
     const r = this.rand();
     const aligned = this.rand() < 0.5;
@@ -992,6 +1083,7 @@ class Run {
       off = Math.floor(off / BS) * BS;
       len = Math.max(BS, Math.ceil(len / BS) * BS);
     }
+    if (at) ({ off, len } = at);
     len = Math.min(len, VOLUME_SIZE - off);
     if (len <= 0) return;
     let data: Buffer | undefined;
@@ -1430,6 +1522,7 @@ class Run {
       'write',
       'zero',
       'trim',
+      'stream',
       'read',
       'flush',
       'writerRestore',
@@ -1446,6 +1539,8 @@ class Run {
       case 'zero':
       case 'trim':
         return this.writerOp(op);
+      case 'stream':
+        return this.streamOp();
       case 'read':
         return this.readOp();
       case 'flush':
@@ -1732,6 +1827,7 @@ class Run {
     this.totals.requests = c.requests;
     this.totals.faultsBefore = c.faultsBefore;
     this.totals.faultsAfter = c.faultsAfter;
+    this.totals.overlappedSegmentPuts = c.overlappedSegmentPuts;
     this.totals.violations = this.world.violations.length;
     this.note(`end: ${JSON.stringify(this.totals)}`);
     return {
@@ -1779,6 +1875,7 @@ export const emptyTotals = (): ChaosTotals => ({
   kills: 0,
   checks: 0,
   violations: 0,
+  overlappedSegmentPuts: 0,
 });
 
 /** The report of a failed run: seed, how to replay, the violations and the op log's tail. */

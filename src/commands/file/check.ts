@@ -1,7 +1,7 @@
 import { Flags } from '@oclif/core';
 import { BaseCommand } from '../../base-command.js';
 import { formatBytes } from '../../cli/units.js';
-import { volumeUrl } from '../../flags.js';
+import { progress, volumeUrl } from '../../flags.js';
 import type { FileCheckResult } from '../../cli/vocabulary.js';
 import { checkVolume, type CheckResult } from '../../format/volume/check.js';
 
@@ -46,21 +46,30 @@ export default class FileCheck extends BaseCommand<typeof FileCheck> {
 
   static override flags = {
     deep: Flags.boolean({ description: 'Also read and verify every data block.', default: false }),
+    progress,
   };
 
   public async run(): Promise<FileCheckResult> {
     const { url } = this.args;
     const store = await this.openStore(url);
     const spinner = this.spinner('Checking…');
+    const report = this.progress(spinner);
     const signal = this.interruptible();
     const r = await checkVolume(store, {
       deep: this.flags.deep,
       signal,
       openStore: (u) => this.openStore(u),
       onProgress: (phase, done, total) => {
-        spinner.text = `Checking ${phase}: ${done}${total === undefined ? '' : ` / ${total}`}`;
+        const unit =
+          phase === 'headers' ? 'checkpoints' : phase === 'index' ? 'indexes' : 'segments';
+        report.update(`Checking ${phase}`, {
+          done,
+          ...(total === undefined ? {} : { total }),
+          unit,
+        });
       },
     });
+    report.finish();
     spinner.stop();
     if (!r.clean) process.exitCode = EXIT_DAMAGED;
     const damage = r.problems.filter(

@@ -2,7 +2,7 @@ import { BaseCommand } from '../../base-command.js';
 import { bytesWithExact, toVolumeSummary, type VolumeSummary } from '../../cli/results.js';
 import { formatBytes } from '../../cli/units.js';
 import { HyperError } from '../../errors.js';
-import { size, volumeUrl } from '../../flags.js';
+import { requireSize, size, volumeUrl } from '../../flags.js';
 import {
   DEFAULT_BLOCK_SIZE,
   DEFAULT_SEGMENT_SIZE,
@@ -63,11 +63,10 @@ Block sizes are powers of two: data ${formatBytes(MIN_DATA_BLOCK_SIZE)} to ${for
     }),
     size: size({
       char: 's',
-      summary: 'Logical size of the volume (a multiple of 512 bytes).',
+      summary: 'Logical size of the volume, required (a multiple of 512 bytes).',
       min: 0,
       max: MAX_VOLUME_SIZE,
       multipleOf: 512,
-      default: 0,
     }),
     'segment-size': size({
       summary: 'Target segment (object) size.',
@@ -79,7 +78,7 @@ Block sizes are powers of two: data ${formatBytes(MIN_DATA_BLOCK_SIZE)} to ${for
   };
 
   public async run(): Promise<FileCreateOptResult> {
-    const { size: bytes } = this.flags;
+    const bytes = requireSize(this.flags.size, 'file create-opt', this.args.url);
     const dataBlockSize = this.flags['data-block-size'];
     const metaBlockSize = this.flags['meta-block-size'];
     const segmentSize = this.flags['segment-size'];

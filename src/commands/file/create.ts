@@ -1,6 +1,6 @@
 import { BaseCommand } from '../../base-command.js';
 import { bytesWithExact, toVolumeSummary, type VolumeSummary } from '../../cli/results.js';
-import { size, volumeUrl } from '../../flags.js';
+import { requireSize, size, volumeUrl } from '../../flags.js';
 import { MAX_VOLUME_SIZE } from '../../format/volume/types.js';
 import { Volume } from '../../format/volume/volume.js';
 
@@ -36,17 +36,17 @@ export default class FileCreate extends BaseCommand<typeof FileCreate> {
     size: size({
       char: 's',
       summary:
-        'Logical size of the volume (a multiple of 512 bytes; grow it later with "file set-len").',
+        'Logical size of the volume, required (a multiple of 512 bytes; grow it later with "file set-len").',
       min: 0,
       max: MAX_VOLUME_SIZE,
       multipleOf: 512,
-      default: 0,
     }),
   };
 
   public async run(): Promise<FileCreateResult> {
+    const bytes = requireSize(this.flags.size, 'file create', this.args.url);
     const store = await this.openStore(this.args.url, { mkdir: true });
-    const info = await Volume.create(store, { size: this.flags.size });
+    const info = await Volume.create(store, { size: bytes });
     const result = toVolumeSummary({ ...info, url: info.url || this.args.url });
     this.log(`Created volume ${result.url} of ${bytesWithExact(result.size)}.`);
     return result;

@@ -2,7 +2,7 @@ import { Flags } from '@oclif/core';
 import { BaseCommand } from '../../base-command.js';
 import { formatBytes } from '../../cli/units.js';
 import { HyperError, isHyperError } from '../../errors.js';
-import { volumeUrl, yes } from '../../flags.js';
+import { progress, volumeUrl, yes } from '../../flags.js';
 import type { FileDeleteResult } from '../../cli/vocabulary.js';
 import {
   checkDeletable,
@@ -14,6 +14,8 @@ import {
 export type { FileDeleteResult };
 
 export default class FileDelete extends BaseCommand<typeof FileDelete> {
+  static override aliases = ['file:rm'];
+
   static override summary = 'Delete a volume and every object it owns.';
 
   static override description = `Removes all objects of the volume: segments, head, lease and snapshots, so every checkpoint is gone too. This cannot be undone.
@@ -41,6 +43,7 @@ On a terminal it asks for confirmation unless --yes is given; without a terminal
 
   static override flags = {
     yes,
+    progress,
     force: Flags.boolean({
       summary: 'Delete even while another process holds a live lease on the volume.',
     }),
@@ -53,11 +56,17 @@ On a terminal it asks for confirmation unless --yes is given; without a terminal
     const { url } = this.args;
     const { force } = this.flags;
     const ifExists = this.flags['if-exists'];
-    const store = await this.openStore(url);
     const missing = (): FileDeleteResult => {
       this.log(`No volume at ${url}; nothing to delete.`);
       return { url, deleted: false, deletedObjectCount: 0 };
     };
+    let store;
+    try {
+      store = await this.openStore(url);
+    } catch (e) {
+      if (isMissing(e) && ifExists) return missing();
+      throw e;
+    }
 
     // Look first: a missing volume, a live lease and the confirmation come before any delete.
     let st: VolumeStat | undefined;
@@ -100,13 +109,18 @@ On a terminal it asks for confirmation unless --yes is given; without a terminal
     }
 
     const spinner = this.spinner(`Deleting ${url}`);
+    const report = this.progress(spinner);
     let objectsDeleted: number;
     try {
       ({ objectsDeleted } = await deleteVolume(store, {
         force,
         signal: this.interruptible(),
         onProgress: (p) => {
-          spinner.text = `Deleting ${url}: ${p.done}${p.total === undefined ? '' : ` of ${p.total}`} ${p.unit}`;
+          report.update(`Deleting ${url}`, {
+            done: p.done,
+            ...(p.total === undefined ? {} : { total: p.total }),
+            unit: p.unit,
+          });
         },
       }));
     } catch (e) {
@@ -115,6 +129,7 @@ On a terminal it asks for confirmation unless --yes is given; without a terminal
     } finally {
       spinner.stop();
     }
+    report.finish();
     this.log(`Deleted ${url} (${objectsDeleted} objects).`);
     return { url, deleted: true, deletedObjectCount: objectsDeleted };
   }

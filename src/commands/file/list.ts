@@ -8,6 +8,8 @@ import { listVolumes } from '../../format/volume/admin.js';
 export type { FileListResult, VolumeListItem };
 
 export default class FileList extends BaseCommand<typeof FileList> {
+  static override aliases = ['file:ls'];
+
   static override summary = 'List the volumes under a prefix.';
 
   static override description = `Finds every volume at or below the prefix (a volume is a prefix holding a head object) and shows its size and latest checkpoint. Nothing is opened or written.`;
@@ -29,7 +31,7 @@ export default class FileList extends BaseCommand<typeof FileList> {
 
   public async run(): Promise<FileListResult> {
     const { url } = this.args;
-    const store = await this.openStore(url);
+    const store = await this.openStore(url, { prefix: true });
     const listed = await listVolumes(store);
     const result: FileListResult = {
       url,
@@ -59,11 +61,18 @@ export default class FileList extends BaseCommand<typeof FileList> {
     } else {
       this.log(
         this.table(
-          ['NAME', 'SIZE', 'CHECKPOINT', 'CHECKPOINT TIME'],
+          ['NAME', 'SIZE', 'CHECKPOINT', 'CHECKPOINT TIME', 'STATUS'],
           result.volumes.map((v) =>
             v.error === null
-              ? [v.name, formatBytes(v.size ?? 0), String(v.checkpoint), v.checkpointTime ?? '-']
-              : [v.name, '-', '-', `unreadable: ${v.error}`],
+              ? [
+                  v.name,
+                  formatBytes(v.size ?? 0),
+                  String(v.checkpoint),
+                  v.checkpointTime ?? '-',
+                  'ok',
+                ]
+              : // A head that cannot be read has no size or time: say why instead of 0 B, 1970.
+                [v.name, '-', '-', '-', v.error],
           ),
         ),
       );

@@ -1,7 +1,8 @@
+import { DEFAULT_GRACE_MS } from '../../format/volume/compact.js';
 import { BaseCommand } from '../../base-command.js';
 import { bytesWithExact, isoOrNull, percent, toVolumeSummary } from '../../cli/results.js';
 import type { FileStatResult, LeaseSummary } from '../../cli/vocabulary.js';
-import { formatBytes } from '../../cli/units.js';
+import { formatDuration, formatBytes } from '../../cli/units.js';
 import { volumeUrl } from '../../flags.js';
 import { statVolume, type VolumeStat } from '../../format/volume/admin.js';
 import { Flags } from '@oclif/core';
@@ -47,6 +48,8 @@ function toLeaseSummary(lease: NonNullable<VolumeStat['lease']>): LeaseSummary {
 }
 
 export default class FileStat extends BaseCommand<typeof FileStat> {
+  static override aliases = ['file:info'];
+
   static override summary = 'Show the layout, current checkpoint, space use and lease of a volume.';
 
   static override description = `Reads the volume's head and lease and lists its objects; it never writes, so it is safe while the volume is served. "Provisioned" is the logical size in whole data blocks, "used" the bytes of blocks that hold data, and "stored" the bytes of every object of the volume on the store (including data kept only for earlier checkpoints).`;
@@ -136,7 +139,7 @@ export function renderStat(r: FileStatResult, table: (rows: [string, string][]) 
     rows.push(['History only', bytesWithExact(sp.historyBytes)]);
     rows.push([
       'Garbage',
-      `${bytesWithExact(sp.garbageBytes)}${sp.garbageBytes > 0.15 * r.storedBytes ? ' (run `hyper compact`)' : ''}`,
+      `${bytesWithExact(sp.garbageBytes)}${sp.garbageBytes > 0.15 * r.storedBytes ? ` (run \`hyper compact\`: it deletes what has been unreachable for its --grace period, ${formatDuration(DEFAULT_GRACE_MS)} by default; --grace 0s deletes it now if no reader still uses older checkpoints)` : ''}`,
     ]);
     if (sp.inheritedBytes > 0) rows.push(['Read from parent', bytesWithExact(sp.inheritedBytes)]);
   }

@@ -1,4 +1,4 @@
-import { Flags } from '@oclif/core';
+import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../../base-command.js';
 import {
   CHECKPOINT_REF_FORMS,
@@ -7,7 +7,7 @@ import {
 } from '../../cli/checkpoint-ref.js';
 import { iso, requestStats } from '../../cli/results.js';
 import type { SnapshotCreateResult } from '../../cli/vocabulary.js';
-import { checkpointRef, volumeUrl } from '../../flags.js';
+import { checkpointRef, snapshotNameArg, volumeUrl } from '../../flags.js';
 import { createSnapshot } from '../../format/volume/history.js';
 
 export type { SnapshotCreateResult };
@@ -17,34 +17,34 @@ export default class SnapshotCreate extends BaseCommand<typeof SnapshotCreate> {
 
   static override description = `Every checkpoint of a volume can be restored or read as long as compaction keeps it; a named snapshot pins one so that compaction always keeps it, whatever the retention policy. By default the current checkpoint is pinned; --at pins an earlier one.
 
-Creating a snapshot copies no data and takes a fixed, small number of requests whatever the size of the volume. It does not take the lease, so it is safe while the volume is served: the snapshot pins the last committed checkpoint (data not yet flushed by a running writer is not in it). Names are 1-64 letters, digits, ".", "_" or "-"; an existing name is refused (exit code 4).`;
+Creating a snapshot copies no data and takes a fixed, small number of requests whatever the size of the volume. It does not take the lease, so it is safe while the volume is served: the snapshot pins the last committed checkpoint (data not yet flushed by a running writer is not in it). Names are 1-64 letters, digits, ".", "_" or "-"; a name that would read as a checkpoint number or a time (\`42\`, \`2h\`) is refused, and so is an existing name (exit code 4). The name is the second argument, as in "snapshot delete"; the older form --name NAME still works but is deprecated.`;
 
   static override examples = [
     {
       description: 'Pin the current checkpoint.',
-      command: '<%= config.bin %> <%= command.id %> file://./vols/demo/ --name before-upgrade',
+      command: '<%= config.bin %> <%= command.id %> file://./vols/demo/ before-upgrade',
     },
     {
       description: 'Pin the volume as it was two hours ago.',
-      command:
-        '<%= config.bin %> <%= command.id %> s3://my-bucket/vols/vm1/ --name last-good --at 2h',
+      command: '<%= config.bin %> <%= command.id %> s3://my-bucket/vols/vm1/ last-good --at 2h',
     },
     {
       description: 'Pin checkpoint 42 and print the result as JSON.',
-      command: '<%= config.bin %> <%= command.id %> file://./vols/demo/ --name cp42 --at 42 --json',
+      command: '<%= config.bin %> <%= command.id %> file://./vols/demo/ cp42 --at 42 --json',
     },
   ];
 
   static override args = {
     url: volumeUrl({ required: true }),
+    name: Args.string({ description: 'Name of the snapshot.' }),
   };
 
   static override flags = {
     name: Flags.string({
       char: 'n',
-      summary: 'Name of the snapshot.',
-      required: true,
+      summary: 'Name of the snapshot (deprecated: give it as the second argument).',
       helpValue: '<name>',
+      deprecated: { message: 'give the name as the second argument: snapshot create URL NAME' },
     }),
     at: checkpointRef({
       summary: 'Pin this checkpoint instead of the current one.',
@@ -55,8 +55,11 @@ Creating a snapshot copies no data and takes a fixed, small number of requests w
   public async run(): Promise<SnapshotCreateResult> {
     const { url } = this.args;
     const at = this.flags.at;
+    const name = snapshotNameArg(this.args.name, this.flags.name, 'create', url, {
+      creating: true,
+    });
     const store = await this.openStore(url);
-    const snap = await createSnapshot(store, this.flags.name, at);
+    const snap = await createSnapshot(store, name, at);
     const result: SnapshotCreateResult = {
       url,
       name: snap.name,

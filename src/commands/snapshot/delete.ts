@@ -1,8 +1,8 @@
-import { Args } from '@oclif/core';
+import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../../base-command.js';
 import { iso } from '../../cli/results.js';
 import type { SnapshotDeleteResult } from '../../cli/vocabulary.js';
-import { volumeUrl } from '../../flags.js';
+import { snapshotNameArg, volumeUrl } from '../../flags.js';
 import { deleteSnapshot } from '../../format/volume/history.js';
 
 export type { SnapshotDeleteResult };
@@ -25,11 +25,21 @@ export default class SnapshotDelete extends BaseCommand<typeof SnapshotDelete> {
 
   static override args = {
     url: volumeUrl({ required: true }),
-    name: Args.string({ description: 'Name of the snapshot to remove.', required: true }),
+    name: Args.string({ description: 'Name of the snapshot to remove.' }),
+  };
+
+  static override flags = {
+    name: Flags.string({
+      char: 'n',
+      summary: 'Name of the snapshot (deprecated: give it as the second argument).',
+      helpValue: '<name>',
+      deprecated: { message: 'give the name as the second argument: snapshot delete URL NAME' },
+    }),
   };
 
   public async run(): Promise<SnapshotDeleteResult> {
-    const { url, name } = this.args;
+    const { url } = this.args;
+    const name = snapshotNameArg(this.args.name, this.flags.name, 'delete', url);
     const store = await this.openStore(url);
     const snap = await deleteSnapshot(store, name);
     const result: SnapshotDeleteResult = {

@@ -4,7 +4,7 @@ import { BaseCommand } from '../../base-command.js';
 import { bytesWithExact } from '../../cli/results.js';
 import type { SnapshotFlattenResult } from '../../cli/vocabulary.js';
 import { HyperError } from '../../errors.js';
-import { volumeUrl } from '../../flags.js';
+import { progress, volumeUrl } from '../../flags.js';
 import { flattenVolume } from '../../format/volume/clone.js';
 import { readHead } from '../../format/volume/heads.js';
 
@@ -37,6 +37,7 @@ It takes the clone's lease: it refuses while another writer holds it (LEASE_HELD
       summary:
         "Take the lease even if another writer holds it (that writer's unflushed writes are lost).",
     }),
+    progress,
   };
 
   public async run(): Promise<SnapshotFlattenResult> {
@@ -50,6 +51,7 @@ It takes the clone's lease: it refuses while another writer holds it (LEASE_HELD
       });
     }
     const spinner = this.spinner(`Flattening ${url}`);
+    const report = this.progress(spinner);
     let r;
     try {
       r = await flattenVolume(store, {
@@ -58,12 +60,13 @@ It takes the clone's lease: it refuses while another writer holds it (LEASE_HELD
         openStore: (u) => this.openStore(u),
         signal: this.interruptible(),
         onProgress: (done, total) => {
-          spinner.text = `Flattening ${url}: ${done} of ${total} blocks copied`;
+          report.update(`Flattening ${url}: copying blocks`, { done, total, unit: 'blocks' });
         },
       });
     } finally {
       spinner.stop();
     }
+    report.finish();
     const result: SnapshotFlattenResult = {
       url,
       parent: { url: parent, checkpoint: head.clone.checkpoint },

@@ -72,11 +72,20 @@ The restore takes the volume's lease: it refuses while another writer (for examp
       previousCheckpoint: plan.from,
       checkpoint: plan.checkpoint ?? null,
       dryRun: plan.dryRun,
+      unchanged: plan.unchanged,
       requests: requestStats(store),
     };
     const what = `checkpoint ${result.targetCheckpoint} (${result.targetTime})`;
     const via = 'checkpoint' in to ? '' : `, ${describeCheckpointRef(to)}`;
-    if (result.dryRun) {
+    if (result.unchanged) {
+      const future =
+        'time' in to && to.time.getTime() > Date.now()
+          ? ` (${to.time.toISOString()} is in the future)`
+          : '';
+      this.log(
+        `${url} is already at ${what}${via}, its current state${future}: nothing to restore, nothing changed.`,
+      );
+    } else if (result.dryRun) {
       this.log(
         `Dry run: would restore ${url} to ${what}${via}, from current checkpoint ${result.previousCheckpoint}. Nothing changed.`,
       );

@@ -13,6 +13,15 @@ import { LruCache } from './cache.js';
 
 const MAX_RUN = 64;
 
+/** A disk cache for index nodes (cache/disk-cache.ts through the volume). */
+export interface NodeDiskTier {
+  get(seg: number, off: number, length: number): Promise<Buffer | undefined>;
+  /** Cache a node's bytes (only if its segment is committed). */
+  put(seg: number, off: number, bytes: Buffer): void;
+  /** The entry failed to decode: never serve it again. */
+  invalidate(seg: number, off: number): void;
+}
+
 /** Where the loader reads segments from (volume/segments.ts: a volume and its parents). */
 export interface SegmentReader {
   /** A ranged read of segment `seg`; a missing object is a data error naming `what`. */
@@ -26,11 +35,13 @@ export class NodeLoader implements NodeSource {
   private readonly inflight = new Map<string, Promise<void>>();
   private readonly capacity: number;
   gets = 0;
+  diskHits = 0;
 
   constructor(
     private readonly segments: SegmentReader,
     readonly nodeSize: number,
     budgetBytes: number,
+    private readonly disk?: NodeDiskTier,
   ) {
     this.capacity = nodeCapacity(nodeSize);
     // Always room for a few full root-to-leaf paths, whatever the budget says.
@@ -73,6 +84,7 @@ export class NodeLoader implements NodeSource {
     const off = p.off(i);
     const own = this.inflight.get(`${seg}:${off}`);
     if (own) return own;
+    if (this.disk && (await this.fromDisk(seg, off, p.level - 1))) return;
     // Extend to contiguous siblings in the same segment that are neither dirty nor cached.
     const usable = (j: number, expectOff: number): boolean =>
       j >= 0 &&
@@ -98,6 +110,25 @@ export class NodeLoader implements NodeSource {
       await promise;
     } finally {
       for (let k = 0; k < count; k++) this.inflight.delete(`${seg}:${start + k * this.nodeSize}`);
+    }
+  }
+
+  /** The node from the disk cache, decoded and checked; false if it is not there or bad. */
+  private async fromDisk(seg: number, off: number, level: number): Promise<boolean> {
+    const disk = this.disk as NodeDiskTier;
+    const b = await disk.get(seg, off, this.nodeSize);
+    if (!b) return false;
+    try {
+      const d = decodeNode(b, 0, this.capacity, seg);
+      if (d.level !== level) throw new DecodeError('level');
+      if (this.cache.peek(`${seg}:${off}`) === undefined)
+        this.add(seg, off, new Node(d.level, d.count, d.entries, false));
+      this.diskHits++;
+      return true;
+    } catch (e) {
+      if (!(e instanceof DecodeError)) throw e;
+      disk.invalidate(seg, off);
+      return false;
     }
   }
 
@@ -131,6 +162,11 @@ export class NodeLoader implements NodeSource {
         throw e;
       }
       this.add(seg, start + k * this.nodeSize, node);
+      this.disk?.put(
+        seg,
+        start + k * this.nodeSize,
+        Buffer.from(body.subarray(k * this.nodeSize, (k + 1) * this.nodeSize)),
+      );
     }
   }
 }

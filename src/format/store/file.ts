@@ -70,6 +70,9 @@ export interface FileStoreOptions {
   pageSize?: number;
 }
 
+/** Write-once objects kept open per store (file descriptors). */
+const KEPT_HANDLES = 64;
+
 export class FileStore implements ObjectStore {
   readonly url: string;
   /** Objects per list page; small values exercise pagination in tests. */
@@ -79,6 +82,14 @@ export class FileStore implements ObjectStore {
   /** Key prefix of this (sub) store under `base`: '' or ends with '/'. */
   private readonly root: string;
   private privateReady = false;
+  /**
+   * Write-once objects kept open between ranged reads (`immutable` gets), least recently
+   * used first: one pread per read instead of open, fstat, read and close.
+   */
+  private readonly handles = new Map<
+    string,
+    Promise<{ h: fsp.FileHandle; size: number; etag: string }>
+  >();
 
   constructor(dir: string, options: FileStoreOptions & { root?: string; url?: string } = {}) {
     this.base = dir;
@@ -449,9 +460,82 @@ export class FileStore implements ObjectStore {
 
   // ---- ObjectStore ----------------------------------------------------------------------
 
+  /** An open handle on a write-once object, kept for later reads (see `handles`). */
+  private openKept(full: string): Promise<{ h: fsp.FileHandle; size: number; etag: string }> {
+    let p = this.handles.get(full);
+    if (p) {
+      // Most recently used last.
+      this.handles.delete(full);
+      this.handles.set(full, p);
+      return p;
+    }
+    p = (async () => {
+      const h = await fsp.open(this.pathOf(full), fsc.O_RDONLY);
+      try {
+        const st = await h.stat({ bigint: true });
+        if (!st.isFile()) throw Object.assign(new Error('not a file'), { code: 'ENOENT' });
+        return { h, size: Number(st.size), etag: tagOf(st) };
+      } catch (e) {
+        await h.close();
+        throw e;
+      }
+    })();
+    this.handles.set(full, p);
+    p.catch(() => {
+      if (this.handles.get(full) === p) this.handles.delete(full);
+    });
+    while (this.handles.size > KEPT_HANDLES) {
+      const [oldest, op] = this.handles.entries().next().value as [
+        string,
+        Promise<{ h: fsp.FileHandle }>,
+      ];
+      this.handles.delete(oldest);
+      // A read in flight on it finishes first (FileHandle.close waits for it).
+      void op.then((o) => o.h.close()).catch(() => undefined);
+    }
+    return p;
+  }
+
+  private forget(full: string): void {
+    const p = this.handles.get(full);
+    if (!p) return;
+    this.handles.delete(full);
+    void p.then((o) => o.h.close()).catch(() => undefined);
+  }
+
   async get(key: string, options: GetOptions = {}): Promise<GetResult> {
     const full = this.checkKey(key);
     options.signal?.throwIfAborted();
+    if (options.immutable) {
+      let kept: { h: fsp.FileHandle; size: number; etag: string };
+      try {
+        kept = await this.openKept(full);
+      } catch (e) {
+        throw await this.translate(e, key);
+      }
+      const { size } = kept;
+      const start = Math.min(options.range?.offset ?? 0, size);
+      const end = options.range
+        ? Math.min(options.range.offset + options.range.length, size)
+        : size;
+      const body = Buffer.allocUnsafe(Math.max(0, end - start));
+      try {
+        let off = 0;
+        while (off < body.length) {
+          const { bytesRead } = await kept.h.read(body, off, body.length - off, start + off);
+          if (bytesRead === 0) break;
+          off += bytesRead;
+        }
+        return {
+          body: off === body.length ? body : body.subarray(0, off),
+          etag: kept.etag,
+          size,
+        };
+      } catch (e) {
+        this.forget(full);
+        throw await this.translate(e, key);
+      }
+    }
     let h: fsp.FileHandle;
     try {
       h = await fsp.open(this.pathOf(full), fsc.O_RDONLY);
@@ -665,6 +749,7 @@ export class FileStore implements ObjectStore {
     const worker = async (): Promise<void> => {
       while (next < fulls.length) {
         const full = fulls[next++] as string;
+        this.forget(full);
         await this.withLock(full, options.signal, async () => {
           try {
             await fsp.unlink(this.pathOf(full));
@@ -711,7 +796,9 @@ export class FileStore implements ObjectStore {
     });
   }
 
-  close(): Promise<void> {
-    return Promise.resolve();
+  async close(): Promise<void> {
+    const kept = [...this.handles.values()];
+    this.handles.clear();
+    await Promise.all(kept.map((p) => p.then((o) => o.h.close()).catch(() => undefined)));
   }
 }

@@ -44,6 +44,8 @@ import type {
 export interface S3StoreOptions extends StoreOptions {
   /** Explicit credentials (default: the SDK's standard provider chain). */
   credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
+  /** AWS shared-config profile for credentials (default: AWS_PROFILE, else the default chain). */
+  profile?: string;
   /** Keys per ListObjectsV2 page (1-1000, default 1000). */
   pageSize?: number;
   /** Sockets per host (default 64). */
@@ -333,6 +335,7 @@ export function createS3Client(options: S3StoreOptions): { client: S3Client; end
     config.responseChecksumValidation = 'WHEN_REQUIRED';
   }
   if (options.credentials) config.credentials = options.credentials;
+  else if (options.profile) config.profile = options.profile;
   return {
     client: new S3Client(config),
     endpoint: endpoint ?? `https://s3.${region}.amazonaws.com`,

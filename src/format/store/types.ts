@@ -45,6 +45,11 @@ export interface PutOptions {
 export interface GetOptions {
   range?: ByteRange;
   signal?: AbortSignal;
+  /**
+   * The object is write-once (a segment): whatever this key held when first read is what it
+   * holds for as long as the caller reads it. A store may keep it open between reads.
+   */
+  immutable?: boolean;
 }
 
 export interface ListOptions {

@@ -26,8 +26,16 @@ import { CONFLICT_RETRIES, type Logger } from './types.js';
 const LEASE_MARGIN_MS = 2000;
 
 export class Committer {
-  /** The newest checkpoint this writer wrote (committed, or written with its CAS pending). */
+  /**
+   * The newest checkpoint this writer wrote whose segment, and every segment before it, is
+   * durable (committed, or written with its CAS pending). Only this head is ever CASed.
+   */
   head: HeadRecord;
+  /**
+   * The newest checkpoint built, its segment possibly still in flight (pipelined flushes):
+   * the next segment id and the previous checkpoint of the next build come from here.
+   */
+  tip: HeadRecord;
   /** A segment was written for room (no durability asked); its head CAS waits. */
   headPending = false;
   /** Set once this writer may commit nothing more; every later operation fails with it. */
@@ -41,6 +49,7 @@ export class Committer {
     private readonly log: Logger,
   ) {
     this.head = head;
+    this.tip = head;
     lease.startRenewal((e) => this.fence(e));
   }
 
@@ -170,25 +179,90 @@ export class Committer {
     if (cur.head.checkpoint >= id) {
       // Our own commit of `id` landed though its CAS reported failure: it is committed.
       this.head = cur.head;
+      this.tip = cur.head;
       this.etag = cur.etag;
       this.headPending = false;
       return;
     }
     // A flush that never committed (ours after a lost reply): skip its id.
     this.head = { ...this.head, lastSegment: id, skipped: [...this.head.skipped, id] };
+    this.tip = this.head;
   }
 
   /** The segment of `built` is written; CAS the head to it: the commit point. */
   async publish(built: BuiltCheckpoint): Promise<void> {
     await this.cas(built.headBytes);
     this.head = built.head;
+    this.tip = built.head;
     this.headPending = false;
   }
 
   /** The segment of `built` is written; its head waits for the next publish. */
   written(built: BuiltCheckpoint): void {
-    this.head = built.head;
+    this.landed(built.head);
+    this.tip = built.head;
+  }
+
+  // ---------------------------------------------------------------- pipelined segments
+  //
+  // Several segments may be in flight at once. Each is built on top of the previous one
+  // (`tip`), PUT create-only in the background, and becomes `head` only once it and every
+  // segment before it are durable (`landed`, in id order). A failed PUT abandons it and every
+  // later one (`abandon`): their ids are skipped, whatever landed of them is an orphan.
+
+  /** Before building a segment: still the writer, and the lease outlives the PUT's start. */
+  async prepare(): Promise<void> {
+    this.check();
+    if (!this.lease.validFor(LEASE_MARGIN_MS)) await this.lease.renew();
+    this.check();
+  }
+
+  /** The id of the next segment to build. */
+  nextId(): number {
+    return this.tip.lastSegment + 1;
+  }
+
+  /** Segment `built` is built (its PUT about to start): the next one builds on it. */
+  built(built: BuiltCheckpoint): void {
+    this.tip = built.head;
+  }
+
+  /**
+   * PUT a built segment create-only. The id was never used by this writer before; if it is
+   * taken all the same, it is either our own request that landed though its reply was lost
+   * (same bytes: done), or another writer's (fenced if the head moved to another epoch, else
+   * an old writer's leftover: this segment fails and its id is skipped).
+   */
+  async putSegment(built: BuiltCheckpoint): Promise<void> {
+    const id = built.head.checkpoint;
+    try {
+      await this.store.put(segmentKey(id), built.segment, { ifNoneMatch: true });
+    } catch (e) {
+      if (!isHyperError(e, 'OBJECT_EXISTS')) throw e;
+      const cur = await readHead(this.store);
+      if (cur.head.epoch !== this.head.epoch) throw this.fencedBy(cur.head.epoch);
+      const n = Math.min(built.segment.length, 64 * 1024);
+      const got = await this.store.get(segmentKey(id), { range: { offset: 0, length: n } });
+      if (got.body.equals(built.segment.subarray(0, n))) return;
+      throw e;
+    }
+  }
+
+  /** The segment of checkpoint `head` and every one before it are durable. */
+  landed(head: HeadRecord): void {
+    this.head = head;
     this.headPending = true;
+  }
+
+  /**
+   * Segments `ids` (in flight, all settled) will never be committed: skip their ids and
+   * build the next segment on `head` again.
+   */
+  abandon(ids: number[]): void {
+    if (ids.length === 0) return;
+    const last = Math.max(this.tip.lastSegment, ...ids);
+    this.head = { ...this.head, lastSegment: last, skipped: [...this.head.skipped, ...ids] };
+    this.tip = this.head;
   }
 
   /** CAS the head to the newest written checkpoint if that is still pending. */

@@ -1,15 +1,14 @@
 /**
- * The body of one flush: apply a frozen generation to the copy-on-write index, lay it out as
- * one segment and PUT it through the committer; once committed, the dirty index nodes become
- * clean cached nodes at their new homes. The façade (volume.ts) decides when to flush and
- * whether the head is CASed right away.
+ * The body of one flush: apply a frozen generation to the copy-on-write index and lay it out
+ * as one segment; the dirty index nodes then become clean cached nodes at their new homes, so
+ * the next segment can be built on this one while its PUT is in flight. The façade
+ * (volume.ts) runs the pipeline: when to flush, the PUTs, and when the head is CASed.
  */
 import { crc32c } from '../codec/binary.js';
 import type { HeadRecord } from '../codec/head.js';
 import { ENTRY_SIZE, NODE_HEADER, PENDING_SEG } from '../codec/node.js';
 import { type BTree, Miss, type Node } from '../index/btree.js';
 import type { NodeLoader } from '../index/loader.js';
-import type { Committer } from './commit.js';
 import { buildCheckpoint, type BuiltCheckpoint } from './segment-builder.js';
 import type { Generation } from './write-buffer.js';
 
@@ -17,7 +16,6 @@ import type { Generation } from './write-buffer.js';
 export type NextHead = Omit<HeadRecord, 'root' | 'rootLevel'>;
 
 export interface FlushInput {
-  committer: Committer;
   tree: BTree;
   loader: NodeLoader;
   /** The frozen generation to write. */
@@ -69,8 +67,14 @@ export function nextHead(
 
 const PENDING = { seg: PENDING_SEG, off: 0, len: 0, crc: 0, codec: 0 };
 
-/** Apply `gen` to the index and write it as one segment (not yet committed). */
-export async function writeCheckpoint(f: FlushInput): Promise<BuiltCheckpoint & { nodes: Node[] }> {
+/**
+ * Apply `gen` to the index and lay it out as segment `id` (not yet written). From here on the
+ * frozen blocks live in the segment buffer (immutable): the generation serves reads from
+ * there, so a flush holds its data once.
+ */
+export async function buildSegment(
+  f: FlushInput & { id: () => number },
+): Promise<BuiltCheckpoint & { nodes: Node[] }> {
   const { tree, loader, gen } = f;
   for (const [lo, hi] of gen.ranges) await loader.run(() => tree.deleteRange(lo, hi));
   const lbas: number[] = [];
@@ -87,31 +91,28 @@ export async function writeCheckpoint(f: FlushInput): Promise<BuiltCheckpoint & 
   }
   const crcs = blocks.map((b) => crc32c(b));
   const nodes = tree.dirtyNodes();
-  const built = await f.committer.writeSegment((id) => {
-    const nowMs = Date.now();
-    const out = buildCheckpoint({
-      id,
-      nowMs,
-      head: f.head(id, nowMs),
-      root: tree.root,
-      nodes,
-      nodeSize: loader.nodeSize,
-      blockSize: f.blockSize,
-      lbas,
-      blocks,
-      crcs,
-    });
-    // The frozen blocks now also live in the segment buffer (immutable from here on): serve
-    // reads from there and let the per-block buffers go, so a flush holds its data once.
-    for (let k = 0; k < blocks.length; k++) {
-      const at = out.dataOffset + k * f.blockSize;
-      const view = out.segment.subarray(at, at + f.blockSize);
-      blocks[k] = view;
-      gen.blocks.set(lbas[k] as number, view);
-    }
-    return out;
+  // The id is taken only now, after the last await: builds run one at a time.
+  const id = f.id();
+  const nowMs = Date.now();
+  const out = buildCheckpoint({
+    id,
+    nowMs,
+    head: f.head(id, nowMs),
+    root: tree.root,
+    nodes,
+    nodeSize: loader.nodeSize,
+    blockSize: f.blockSize,
+    lbas,
+    blocks,
+    crcs,
   });
-  return { ...built, nodes };
+  for (let k = 0; k < blocks.length; k++) {
+    const at = out.dataOffset + k * f.blockSize;
+    gen.blocks.set(lbas[k] as number, out.segment.subarray(at, at + f.blockSize));
+  }
+  // Nothing refers to the generation's slabs any more (readers copy out synchronously).
+  gen.recycleSlabs();
+  return { ...out, nodes };
 }
 
 /**

@@ -158,21 +158,27 @@ export async function resolveCheckpoint(
   }
   if ('checkpoint' in ref) {
     const id = ref.checkpoint;
-    if (!isRetainedCheckpoint(head, id)) {
+    if (id > head.checkpoint) {
       throw new HyperError(
         'not-found',
         'CHECKPOINT_NOT_FOUND',
-        `Checkpoint ${id} does not exist (latest is ${head.checkpoint})`,
-        {
-          suggestion: 'List checkpoints with `hyper snapshot list`.',
-        },
+        `Checkpoint ${id} does not exist yet (the current checkpoint is ${head.checkpoint})`,
+        { suggestion: 'List checkpoints with `hyper snapshot list`.' },
       );
     }
-    if (id !== head.checkpoint && !(await store.head(segmentKey(id)))) {
+    const gone =
+      !isRetainedCheckpoint(head, id) ||
+      (id !== head.checkpoint && !(await store.head(segmentKey(id))));
+    if (gone) {
+      const never = head.skipped.includes(id);
+      const kept = await keptRange(store, head);
       throw new HyperError(
         'not-found',
         'CHECKPOINT_NOT_FOUND',
-        `Checkpoint ${id} was removed by compaction`,
+        never
+          ? `Checkpoint ${id} was never committed (its flush did not complete); ${kept}`
+          : `Checkpoint ${id} was compacted away; ${kept}`,
+        { suggestion: 'List the kept checkpoints with `hyper snapshot list`.' },
       );
     }
     return id;
@@ -196,10 +202,26 @@ export async function resolveCheckpoint(
     throw new HyperError(
       'not-found',
       'CHECKPOINT_NOT_FOUND',
-      `No checkpoint at or before ${ref.time.toISOString()}`,
+      `No checkpoint at or before ${ref.time.toISOString()}; ${await keptRange(store, head)}`,
+      { suggestion: 'List the kept checkpoints and their times with `hyper snapshot list`.' },
     );
   }
   return best;
+}
+
+/** `the kept checkpoints are 12-40 (7 of them, from 2026-…Z)`, for messages. */
+async function keptRange(store: ObjectStore, head: HeadRecord): Promise<string> {
+  const ids = await retainedCheckpoints(store, head).catch(() => [head.checkpoint]);
+  if (!ids.includes(head.checkpoint)) ids.push(head.checkpoint);
+  ids.sort((a, b) => a - b);
+  const first = ids[0]!;
+  const since = await headAt(store, head, first).then(
+    (h) => ` since ${new Date(h.checkpointMs).toISOString()}`,
+    () => '',
+  );
+  return ids.length === 1
+    ? `only checkpoint ${first} is kept${since}`
+    : `checkpoints ${first} to ${head.checkpoint} are kept (${ids.length} of them${since ? `,${since}` : ''})`;
 }
 
 /** Retained checkpoint ids, ascending (one LIST of seg/). */

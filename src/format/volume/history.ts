@@ -188,9 +188,11 @@ export interface RestorePlan {
   targetTime: Date;
   /** The current checkpoint before the restore. */
   from: number;
-  /** The new checkpoint (absent on a dry run). */
+  /** The new checkpoint (absent on a dry run, and when nothing changed). */
   checkpoint?: number;
   dryRun: boolean;
+  /** True when the target is the current checkpoint: nothing is (or would be) committed. */
+  unchanged: boolean;
 }
 
 /** Make a new checkpoint with the content of `to`; takes the lease (refuses a live writer). */
@@ -207,12 +209,16 @@ export async function restoreVolume(
     targetTime: new Date(th.checkpointMs),
     from: head.checkpoint,
     dryRun: !!options.dryRun,
+    unchanged: target === head.checkpoint,
   };
-  if (options.dryRun) return plan;
+  // Restoring the current state (a time at or after the latest checkpoint, its number)
+  // commits nothing.
+  if (options.dryRun || plan.unchanged) return plan;
   const vol = await Volume.open(store, { ...options, flushIntervalMs: 0 });
   try {
     plan.from = vol.info.checkpoint;
-    plan.checkpoint = (await vol.restore(target)).checkpoint;
+    plan.unchanged = plan.from === target;
+    if (!plan.unchanged) plan.checkpoint = (await vol.restore(target)).checkpoint;
   } finally {
     await vol.close();
   }

@@ -1,21 +1,45 @@
 /**
  * The read path: blocks still in the write buffer are served from there; the rest are looked
- * up in the index and fetched from their segments, contiguous blocks of one segment with one
- * ranged GET, every block verified against the CRC32C in its index entry, through a bounded
- * cache of clean blocks. Also answers block status (extents of data and holes).
+ * up in the index and come from, in order: the memory cache of clean blocks, a block being
+ * fetched already (read-ahead), the disk cache (cache/disk-cache.ts), the store. Contiguous
+ * blocks of one segment are fetched with one ranged GET, large runs split into parts fetched
+ * in parallel (at most `maxGets` GETs in flight per volume); every block is verified against
+ * the CRC32C of its index entry wherever it came from.
+ *
+ * Read-ahead: a table of recent sequential streams (several, so that interleaved readers
+ * such as nbdcopy's connections each count as one). A read continuing a stream twice starts
+ * prefetching past its end with a window that doubles on every continuation up to
+ * `readAheadBytes`; a read that continues no stream starts a new one (the oldest is
+ * forgotten), so a broken pattern stops the prefetching. Prefetched blocks go to the memory
+ * cache (and the disk cache): the window is bounded by half of the memory cache.
+ *
+ * Read-around: a random read that must go to the store also fetches, in the same GET, the
+ * blocks of neighbouring addresses stored right next to it in the same segment (up to
+ * `readAroundBytes` in all), when the index nodes saying so are in memory already.
+ *
+ * Also answers block status (extents of data and holes).
  */
 import { dataError } from '../../errors.js';
+import type { DiskCache } from '../cache/disk-cache.js';
 import { crc32c } from '../codec/binary.js';
 import { PENDING_SEG, type BlockPtr } from '../codec/node.js';
-import type { BTree } from '../index/btree.js';
+import { Miss, type BTree, type ScanEntry } from '../index/btree.js';
 import { LruCache } from '../index/cache.js';
 import type { NodeLoader } from '../index/loader.js';
 import type { SegmentSource } from './segments.js';
-import type { Extent } from './types.js';
+import { KiB, MiB, type Extent } from './types.js';
 import type { BufferedBlock } from './write-buffer.js';
 
 /** Extents answers cover at most this many blocks per call (clients ask again for the rest). */
 const MAX_EXTENT_BLOCKS = 1 << 20;
+/** Sequential streams remembered for read-ahead. */
+const STREAMS = 8;
+
+export const DEFAULT_READ_AHEAD = 16 * MiB;
+/** Read-around for stores where a request costs a round trip (0 for file:// and mem://). */
+export const DEFAULT_READ_AROUND = 64 * KiB;
+export const DEFAULT_READ_PART = 2 * MiB;
+export const DEFAULT_MAX_GETS = 16;
 
 /** What the reader reads through: the engine's current index and write buffer. */
 export interface ReadView {
@@ -25,42 +49,127 @@ export interface ReadView {
   buffered(lba: number): BufferedBlock;
 }
 
+/** The disk cache as the reader uses it: which blocks may go there, under which store. */
+export interface DiskTier {
+  cache: DiskCache;
+  /** The cache's number of the store segment `seg` lives in. */
+  storeOf(seg: number): number;
+  /** Whether segment `seg` is committed (its id can never name other bytes). */
+  cacheable(seg: number): boolean;
+}
+
+export interface ReadTuning {
+  /** Bytes of clean data blocks kept in memory. */
+  memoryBytes: number;
+  /** Largest read-ahead window (0: no read-ahead). */
+  readAheadBytes?: number;
+  /** Bytes a random read's GET may grow to with neighbouring blocks (0: none). */
+  readAroundBytes?: number;
+  /** Runs longer than this are fetched as several GETs in parallel. */
+  partBytes?: number;
+  /** GETs in flight at most (demand reads and read-ahead together). */
+  maxGets?: number;
+}
+
+export interface ReadCounters {
+  /** Ranged GETs of data blocks. */
+  gets: number;
+  diskHits: number;
+  /** Blocks fetched by read-ahead. */
+  prefetched: number;
+  /** Reads of blocks that read-ahead had fetched (first read of each). */
+  prefetchHits: number;
+  /** Blocks fetched by read-around beyond what was asked. */
+  readAround: number;
+  /** Read-around blocks read later (first read of each). */
+  readAroundHits: number;
+}
+
 /** A run of blocks stored back to back in one segment: one ranged GET. */
 interface Run {
   seg: number;
   off: number;
+  /** Total bytes. */
+  len: number;
+  /** lba of each block (for read-around extras: -1, not copied out). */
   lbas: number[];
   ptrs: BlockPtr[];
+  /** Fetched by read-ahead. */
+  ahead?: boolean;
 }
 
+interface Stream {
+  next: number;
+  prefetched: number;
+  window: number;
+  hits: number;
+  used: number;
+}
+
+/** Memory cache key of a stored block: segment id and offset (a multiple of 512 below 4 GiB). */
+const blockKey = (seg: number, off: number): number => seg * 8388608 + off / 512;
+
 export class Reader {
-  readonly dataCache: LruCache<string, Buffer>;
+  readonly dataCache: LruCache<number, Buffer>;
+  readonly counters: ReadCounters = {
+    gets: 0,
+    diskHits: 0,
+    prefetched: 0,
+    prefetchHits: 0,
+    readAround: 0,
+    readAroundHits: 0,
+  };
+  private readonly inflight = new Map<number, Promise<void>>();
+  /** Blocks fetched ahead of a read and not read yet: 1 read-ahead, 2 read-around. */
+  private readonly speculative = new Map<number, number>();
+  private readonly streams: Stream[] = [];
+  private useClock = 0;
+  private readonly readAhead: number;
+  private readonly readAround: number;
+  private readonly partBytes: number;
+  private readonly gets: Semaphore;
+  private readonly memoryBytes: number;
 
   constructor(
     private readonly view: ReadView,
     private readonly loader: NodeLoader,
     private readonly segments: SegmentSource,
     private readonly bs: number,
-    dataCacheBytes: number,
+    tuning: ReadTuning,
+    private readonly disk?: DiskTier,
   ) {
-    this.dataCache = new LruCache(dataCacheBytes);
+    this.dataCache = new LruCache(tuning.memoryBytes);
+    this.memoryBytes = tuning.memoryBytes;
+    // On a local store there is no latency to hide: read-ahead and read-around only cost CPU
+    // there (measured on tmpfs), so they are off unless asked for.
+    const local = /^(file|mem):/.test(segments.own.url);
+    // Read-ahead only pays while its blocks stay in memory until they are read.
+    this.readAhead = Math.min(
+      tuning.readAheadBytes ?? (local ? 0 : DEFAULT_READ_AHEAD),
+      Math.floor(tuning.memoryBytes / 2),
+    );
+    this.readAround =
+      tuning.memoryBytes > 0 ? (tuning.readAroundBytes ?? (local ? 0 : DEFAULT_READ_AROUND)) : 0;
+    this.partBytes = Math.max(bs, tuning.partBytes ?? DEFAULT_READ_PART);
+    this.gets = new Semaphore(Math.max(1, tuning.maxGets ?? DEFAULT_MAX_GETS));
   }
 
   /** Read [offset, offset+length) (the caller checked the range). */
   async read(offset: number, length: number): Promise<Buffer> {
     const out = Buffer.allocUnsafe(length);
     if (length === 0) return out;
+    if (this.readAhead > 0) this.observe(offset, length);
     const bs = this.bs;
     const first = Math.floor(offset / bs);
     const last = Math.floor((offset + length - 1) / bs);
     for (;;) {
-      const fromIndex: number[] = [];
+      let fromIndex: number[] | undefined;
       for (let lba = first; lba <= last; lba++) {
         const v = this.view.buffered(lba);
-        if (v === undefined) fromIndex.push(lba);
+        if (v === undefined) (fromIndex ??= []).push(lba);
         else copyBlock(out, offset, length, lba, bs, v);
       }
-      if (fromIndex.length === 0) break;
+      if (fromIndex === undefined) break;
       if (await this.readFromIndex(out, offset, length, fromIndex)) break;
       // An index entry was still being flushed: the buffer has it now; go again.
     }
@@ -78,86 +187,433 @@ export class Reader {
     const tree = this.view.tree();
     const lo = lbas[0] as number;
     const hi = (lbas[lbas.length - 1] as number) + 1;
-    const ptrs = new Map<number, BlockPtr>();
+    let entries: ScanEntry[];
     if (lbas.length === 1) {
-      const p = await this.loader.run(() => tree.lookup(lo));
-      if (p) ptrs.set(lo, p);
+      let p = tree.lookup(lo);
+      if (p instanceof Miss) p = await this.loader.run(() => tree.lookup(lo));
+      if (p) (p as ScanEntry).lba = lo;
+      entries = p ? [p as ScanEntry] : [];
     } else {
-      for (const e of await this.loader.run(() => tree.scan(lo, hi))) ptrs.set(e.lba, e);
+      entries = await this.loader.run(() => tree.scan(lo, hi));
     }
     // Group contiguous blocks of one segment into runs: one ranged GET each.
     const runs: Run[] = [];
+    let waits: { promises: Set<Promise<void>>; blocks: { lba: number; p: BlockPtr }[] } | undefined;
     let run: Run | undefined;
+    let k = 0;
     for (const lba of lbas) {
-      const p = ptrs.get(lba);
+      while (k < entries.length && (entries[k] as ScanEntry).lba < lba) k++;
+      const p =
+        k < entries.length && (entries[k] as ScanEntry).lba === lba
+          ? (entries[k] as ScanEntry)
+          : undefined;
       if (!p) {
         copyBlock(out, offset, length, lba, bs, null);
         run = undefined;
         continue;
       }
       if (p.seg === PENDING_SEG) return false;
-      const cached = this.dataCache.get(`${p.seg}:${p.off}`);
+      const key = blockKey(p.seg, p.off);
+      const cached = this.dataCache.get(key);
       if (cached) {
+        if (this.speculative.size > 0) this.usedSpeculative(key);
         copyBlock(out, offset, length, lba, bs, cached);
         run = undefined;
         continue;
       }
-      const prev = run?.ptrs[run.ptrs.length - 1];
-      const prevLba = run?.lbas[run.lbas.length - 1];
+      const pending = this.inflight.get(key);
+      if (pending) {
+        // Being fetched (read-ahead): wait for it rather than GET it twice.
+        (waits ??= { promises: new Set(), blocks: [] }).promises.add(pending);
+        waits.blocks.push({ lba, p });
+        run = undefined;
+        continue;
+      }
       if (
         run &&
-        prev &&
-        prev.seg === p.seg &&
-        prev.off + prev.len === p.off &&
-        prevLba === lba - 1
+        run.seg === p.seg &&
+        run.off + run.len === p.off &&
+        run.lbas[run.lbas.length - 1] === lba - 1
       ) {
         run.lbas.push(lba);
         run.ptrs.push(p);
+        run.len += p.len;
       } else {
-        run = { seg: p.seg, off: p.off, lbas: [lba], ptrs: [p] };
+        run = { seg: p.seg, off: p.off, len: p.len, lbas: [lba], ptrs: [p] };
+        runs.push(run);
+      }
+    }
+    const jobs: Promise<void>[] = [];
+    if (waits) jobs.push(this.afterInflight(waits.promises, waits.blocks, out, offset, length));
+    for (const r of runs) jobs.push(this.fetchInto(r, out, offset, length, tree));
+    if (jobs.length === 1) await jobs[0];
+    else if (jobs.length > 1) await Promise.all(jobs);
+    return true;
+  }
+
+  /** Blocks other fetches are getting: copy them once there (fetch those that are gone). */
+  private async afterInflight(
+    pending: Set<Promise<void>>,
+    blocks: { lba: number; p: BlockPtr }[],
+    out: Buffer,
+    offset: number,
+    length: number,
+  ): Promise<void> {
+    await Promise.all([...pending].map((q) => q.catch(() => undefined)));
+    const again: Promise<void>[] = [];
+    for (const { lba, p } of blocks) {
+      const key = blockKey(p.seg, p.off);
+      const blk = this.dataCache.get(key);
+      if (blk) {
+        if (this.speculative.size > 0) this.usedSpeculative(key);
+        copyBlock(out, offset, length, lba, this.bs, blk);
+        continue;
+      }
+      const r: Run = { seg: p.seg, off: p.off, len: p.len, lbas: [lba], ptrs: [p] };
+      again.push(
+        this.fetchRun(r).then(([b]) => copyBlock(out, offset, length, lba, this.bs, b as Buffer)),
+      );
+    }
+    if (again.length > 0) await Promise.all(again);
+  }
+
+  private usedSpeculative(key: number): void {
+    const kind = this.speculative.get(key);
+    if (kind === undefined) return;
+    this.speculative.delete(key);
+    if (kind === 1) this.counters.prefetchHits++;
+    else this.counters.readAroundHits++;
+  }
+
+  /** Fetch a run (disk cache, then the store) and copy it into `out`. */
+  private async fetchInto(
+    r: Run,
+    out: Buffer,
+    offset: number,
+    length: number,
+    tree: BTree,
+  ): Promise<void> {
+    if (this.readAround > r.len && r.lbas.length < 8) this.extendAround(r, tree);
+    const blocks = await this.fetchRun(r);
+    for (let k = 0; k < r.lbas.length; k++) {
+      const lba = r.lbas[k] as number;
+      if (lba >= 0) copyBlock(out, offset, length, lba, this.bs, blocks[k] as Buffer);
+    }
+  }
+
+  /**
+   * Grow a short run with the blocks of the addresses around it that sit right before or
+   * after it in the same segment, not cached and not being fetched, as far as the index
+   * nodes in memory tell (nothing is loaded for this).
+   */
+  private extendAround(r: Run, tree: BTree): void {
+    const bs = this.bs;
+    const span = Math.floor(this.readAround / bs);
+    const lo = Math.max(0, (r.lbas[0] as number) - span);
+    const hi = (r.lbas[r.lbas.length - 1] as number) + 1 + span;
+    const found = tree.scan(lo, hi);
+    if (found instanceof Miss) return;
+    const firstLba = r.lbas[0] as number;
+    const lastLba = r.lbas[r.lbas.length - 1] as number;
+    let at = found.findIndex((e) => e.lba === firstLba);
+    const end = found.findIndex((e) => e.lba === lastLba);
+    if (at < 0 || end < 0) return;
+    const free = (e: ScanEntry): boolean => {
+      const key = blockKey(e.seg, e.off);
+      return (
+        this.dataCache.peek(key) === undefined &&
+        !this.inflight.has(key) &&
+        this.view.buffered(e.lba) === undefined
+      );
+    };
+    const before: ScanEntry[] = [];
+    let off = r.off;
+    let len = r.len;
+    let prevLba = firstLba;
+    for (let i = at - 1; i >= 0; i--) {
+      const e = found[i] as ScanEntry;
+      if (
+        e.lba !== prevLba - 1 ||
+        e.seg !== r.seg ||
+        e.off + e.len !== off ||
+        len + e.len > this.readAround ||
+        !free(e)
+      )
+        break;
+      before.push(e);
+      off = e.off;
+      len += e.len;
+      prevLba = e.lba;
+    }
+    const after: ScanEntry[] = [];
+    let endOff = r.off + r.len;
+    let nextLba = lastLba + 1;
+    for (let i = end + 1; i < found.length; i++) {
+      const e = found[i] as ScanEntry;
+      if (
+        e.lba !== nextLba ||
+        e.seg !== r.seg ||
+        e.off !== endOff ||
+        len + e.len > this.readAround ||
+        !free(e)
+      )
+        break;
+      after.push(e);
+      endOff += e.len;
+      len += e.len;
+      nextLba++;
+    }
+    if (before.length === 0 && after.length === 0) return;
+    before.reverse();
+    at = before.length;
+    r.lbas = [...before.map(() => -1), ...r.lbas, ...after.map(() => -1)];
+    r.ptrs = [...before, ...r.ptrs, ...after];
+    r.off = off;
+    r.len = len;
+    this.counters.readAround += before.length + after.length;
+    for (const e of before) this.speculative.set(blockKey(e.seg, e.off), 2);
+    for (const e of after) this.speculative.set(blockKey(e.seg, e.off), 2);
+    this.trimSpeculative();
+  }
+
+  /**
+   * The blocks of a run, each verified: from the disk cache where it has them, the rest
+   * from the store in parts of at most `partBytes`, GETs in parallel. Every block fetched
+   * goes to the memory cache (and the disk cache, for committed segments).
+   */
+  private async fetchRun(r: Run): Promise<Buffer[]> {
+    const out: Buffer[] = new Array<Buffer>(r.ptrs.length);
+    // Parts: consecutive blocks not served by the disk cache, at most partBytes each.
+    const parts: { from: number; to: number; len: number }[] = [];
+    const diskReads: Promise<void>[] = [];
+    const disk = this.disk;
+    const store = disk ? disk.storeOf(r.seg) : 0;
+    let part: { from: number; to: number; len: number } | undefined;
+    for (let k = 0; k < r.ptrs.length; k++) {
+      const p = r.ptrs[k] as BlockPtr;
+      if (disk && disk.cache.has(store, p.seg, p.off)) {
+        part = undefined;
+        diskReads.push(
+          disk.cache.get(store, p.seg, p.off, p.len, p.crc).then(async (b) => {
+            if (b && p.codec === 0) {
+              this.counters.diskHits++;
+              this.dataCache.set(blockKey(p.seg, p.off), b, b.length);
+              out[k] = b;
+            } else {
+              out[k] = (
+                await this.getParts(r, [{ from: k, to: k + 1, len: p.len }], true)
+              )[0] as Buffer;
+            }
+          }),
+        );
+        continue;
+      }
+      if (part && part.len + p.len <= this.partBytes) {
+        part.to = k + 1;
+        part.len += p.len;
+      } else {
+        part = { from: k, to: k + 1, len: p.len };
+        parts.push(part);
+      }
+    }
+    const fetched = parts.length > 0 ? this.getParts(r, parts, true) : undefined;
+    if (diskReads.length > 0) await Promise.all(diskReads);
+    if (fetched) {
+      const blocks = await fetched;
+      let i = 0;
+      for (const pt of parts) for (let k = pt.from; k < pt.to; k++) out[k] = blocks[i++] as Buffer;
+    }
+    return out;
+  }
+
+  /** GET `parts` of run `r` (indices into its blocks), verified, in parallel. */
+  private async getParts(
+    r: Run,
+    parts: { from: number; to: number; len: number }[],
+    toDisk: boolean,
+  ): Promise<Buffer[]> {
+    const results = await Promise.all(
+      parts.map((pt) => this.getPart(r, pt.from, pt.to, pt.len, toDisk)),
+    );
+    return results.length === 1 ? (results[0] as Buffer[]) : results.flat();
+  }
+
+  private async getPart(
+    r: Run,
+    from: number,
+    to: number,
+    total: number,
+    toDisk: boolean,
+  ): Promise<Buffer[]> {
+    const first = r.ptrs[from] as BlockPtr;
+    const seg = r.seg;
+    const off = first.off;
+    const keys: number[] = [];
+    let settle!: () => void;
+    const done = new Promise<void>((res) => (settle = res));
+    for (let k = from; k < to; k++) {
+      const p = r.ptrs[k] as BlockPtr;
+      const key = blockKey(p.seg, p.off);
+      if (!this.inflight.has(key)) {
+        this.inflight.set(key, done);
+        keys.push(key);
+      }
+    }
+    try {
+      await this.gets.acquire();
+      let body: Buffer;
+      try {
+        this.counters.gets++;
+        body = await this.segments.get(seg, { offset: off, length: total }, 'volume data');
+      } finally {
+        this.gets.release();
+      }
+      const key = this.segments.keyFor(seg);
+      if (body.length < total)
+        throw dataError(
+          'CORRUPT_OBJECT',
+          key,
+          `Segment is truncated: blocks at ${off}+${total} not present`,
+        );
+      const out: Buffer[] = [];
+      const single = to - from === 1;
+      const around = r.lbas.includes(-1);
+      const disk = toDisk && this.disk && this.disk.cacheable(seg) ? this.disk : undefined;
+      const store = disk ? disk.storeOf(seg) : 0;
+      let at = 0;
+      for (let k = from; k < to; k++) {
+        const p = r.ptrs[k] as BlockPtr;
+        const blk = body.subarray(at, at + p.len);
+        if (p.codec !== 0) throw dataError('CORRUPT_OBJECT', key, `Unknown block codec ${p.codec}`);
+        if (crc32c(blk) !== p.crc) {
+          throw dataError(
+            'CHECKSUM_MISMATCH',
+            key,
+            `Data block at offset ${off + at} failed its checksum`,
+          );
+        }
+        // Blocks read now or soon (this read, read-ahead) share the part's body, which goes
+        // when they do; the blocks of a read-around GET are copied: a few of them staying in
+        // the cache must not pin the whole body.
+        const copy = single || !around ? blk : Buffer.from(blk);
+        this.dataCache.set(blockKey(seg, p.off), copy, copy.length);
+        disk?.cache.put(store, seg, p.off, copy);
+        out.push(copy);
+        at += p.len;
+      }
+      return out;
+    } finally {
+      for (const k of keys) this.inflight.delete(k);
+      if (r.ahead) {
+        for (const k of keys) this.speculative.set(k, 1);
+        this.trimSpeculative();
+      }
+      settle();
+    }
+  }
+
+  // ------------------------------------------------------------------ read-ahead
+
+  /** Note a read; continue or start a stream, and prefetch past a stream that continues. */
+  private observe(offset: number, length: number): void {
+    const end = offset + length;
+    this.useClock++;
+    let s: Stream | undefined;
+    for (const c of this.streams) {
+      const slack = Math.max(c.window, 1 * MiB);
+      if (offset >= c.next - slack && offset <= c.next + slack) {
+        s = c;
+        break;
+      }
+    }
+    if (!s) {
+      const fresh: Stream = {
+        next: end,
+        prefetched: end,
+        window: Math.max(4 * length, 256 * KiB),
+        hits: 0,
+        used: this.useClock,
+      };
+      if (this.streams.length < STREAMS) this.streams.push(fresh);
+      else {
+        let old = 0;
+        for (let i = 1; i < this.streams.length; i++)
+          if ((this.streams[i] as Stream).used < (this.streams[old] as Stream).used) old = i;
+        this.streams[old] = fresh;
+      }
+      return;
+    }
+    s.used = this.useClock;
+    if (end > s.next) s.next = end;
+    s.hits++;
+    if (s.hits < 2) return;
+    // Streams prefetching at once share the budget (it must fit in the memory cache).
+    let active = 0;
+    for (const c of this.streams) if (c.hits >= 2 && this.useClock - c.used < 64) active++;
+    const cap = Math.max(this.partBytes, Math.floor(this.readAhead / Math.max(1, active)));
+    s.window = Math.min(s.window * 2, cap);
+    const target = s.next + s.window;
+    // Top up once a quarter of the window is used.
+    if (target - s.prefetched < s.window / 4) return;
+    const from = Math.max(s.prefetched, s.next);
+    s.prefetched = target;
+    this.prefetch(from, target);
+  }
+
+  /** Fetch [from, to) into the caches in the background, part by part. */
+  private prefetch(from: number, to: number): void {
+    const bs = this.bs;
+    const step = this.partBytes;
+    for (let a = Math.floor(from / bs) * bs; a < to; a += step) {
+      const b = Math.min(to, a + step);
+      this.prefetchRange(a, b).catch(() => undefined);
+    }
+  }
+
+  private async prefetchRange(from: number, to: number): Promise<void> {
+    const bs = this.bs;
+    const lo = Math.floor(from / bs);
+    const hi = Math.ceil(to / bs);
+    const tree = this.view.tree();
+    const entries = await this.loader.run(() => tree.scan(lo, hi));
+    const runs: Run[] = [];
+    let run: Run | undefined;
+    for (const p of entries) {
+      const key = blockKey(p.seg, p.off);
+      if (
+        p.seg === PENDING_SEG ||
+        this.dataCache.peek(key) !== undefined ||
+        this.inflight.has(key) ||
+        this.view.buffered(p.lba) !== undefined
+      ) {
+        run = undefined;
+        continue;
+      }
+      if (run && run.seg === p.seg && run.off + run.len === p.off) {
+        run.lbas.push(p.lba);
+        run.ptrs.push(p);
+        run.len += p.len;
+      } else {
+        run = { seg: p.seg, off: p.off, len: p.len, lbas: [p.lba], ptrs: [p], ahead: true };
         runs.push(run);
       }
     }
     await Promise.all(
       runs.map(async (r) => {
         const blocks = await this.fetchRun(r);
-        for (let k = 0; k < r.lbas.length; k++) {
-          copyBlock(out, offset, length, r.lbas[k] as number, bs, blocks[k] as Buffer);
-        }
+        this.counters.prefetched += blocks.length;
       }),
     );
-    return true;
   }
 
-  /** GET a run of stored blocks, verify each checksum, cache them. */
-  private async fetchRun({ seg, off, ptrs }: Run): Promise<Buffer[]> {
-    const key = this.segments.keyFor(seg);
-    const total = ptrs.reduce((s, p) => s + p.len, 0);
-    const body = await this.segments.get(seg, { offset: off, length: total }, 'volume data');
-    if (body.length < total)
-      throw dataError(
-        'CORRUPT_OBJECT',
-        key,
-        `Segment is truncated: blocks at ${off}+${total} not present`,
-      );
-    const out: Buffer[] = [];
-    let at = 0;
-    for (const p of ptrs) {
-      const blk = body.subarray(at, at + p.len);
-      if (p.codec !== 0) throw dataError('CORRUPT_OBJECT', key, `Unknown block codec ${p.codec}`);
-      if (crc32c(blk) !== p.crc) {
-        throw dataError(
-          'CHECKSUM_MISMATCH',
-          key,
-          `Data block at offset ${off + at} failed its checksum`,
-        );
-      }
-      const copy = ptrs.length === 1 ? blk : Buffer.from(blk);
-      this.dataCache.set(`${seg}:${p.off}`, copy, copy.length);
-      out.push(copy);
-      at += p.len;
+  private trimSpeculative(): void {
+    // Bounded: entries of blocks never read are forgotten oldest first.
+    const max = Math.max(1024, Math.floor((2 * this.memoryBytes) / this.bs));
+    while (this.speculative.size > max) {
+      const first = this.speculative.keys().next();
+      if (first.done) break;
+      this.speculative.delete(first.value);
     }
-    return out;
   }
 
   /** Runs of data and holes in [offset, offset+length) (the caller checked the range). */
@@ -182,6 +638,27 @@ export class Reader {
       else out.push({ offset: a, length: b - a, hole });
     }
     return out;
+  }
+}
+
+/** A counting semaphore (FIFO). */
+class Semaphore {
+  private free: number;
+  private readonly waiting: (() => void)[] = [];
+  constructor(n: number) {
+    this.free = n;
+  }
+  acquire(): Promise<void> | void {
+    if (this.free > 0) {
+      this.free--;
+      return;
+    }
+    return new Promise((r) => this.waiting.push(r));
+  }
+  release(): void {
+    const next = this.waiting.shift();
+    if (next) next();
+    else this.free++;
   }
 }
 

@@ -128,8 +128,19 @@ export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
     throw new HyperError('internal', 'INTERNAL', 'segment header size changed while encoding');
   header.copy(segment, 0);
   segment.fill(0, header.length, nodesOffset);
-  for (let k = 0; k < c.blocks.length; k++)
-    (c.blocks[k] as Buffer).copy(segment, dataOffset + k * bs);
+  // Blocks that sit back to back in memory (sequential writes fill slabs in order) are
+  // copied as one run.
+  for (let k = 0; k < c.blocks.length;) {
+    const b = c.blocks[k] as Buffer;
+    let n = 1;
+    for (; k + n < c.blocks.length; n++) {
+      const nb = c.blocks[k + n] as Buffer;
+      if (nb.buffer !== b.buffer || nb.byteOffset !== b.byteOffset + n * bs) break;
+    }
+    const run = n === 1 ? b : Buffer.from(b.buffer, b.byteOffset, n * bs);
+    run.copy(segment, dataOffset + k * bs);
+    k += n;
+  }
   return { segment, head, headBytes, dataOffset, nodeOffsets, rootEntries };
 }
 

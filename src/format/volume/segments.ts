@@ -15,6 +15,12 @@ export type OpenStoreFn = (url: string) => Promise<ObjectStore>;
 export const defaultOpenStore: OpenStoreFn = (url) => openStore(url);
 
 export class SegmentSource {
+  /**
+   * Segments of this writer whose PUT may still be in flight: reads of them (index nodes
+   * evicted from the cache) are served from memory until the store has them.
+   */
+  private readonly inFlight = new Map<number, Buffer>();
+
   private constructor(
     readonly own: ObjectStore,
     /** Nearest parent first, bases strictly decreasing. */
@@ -47,17 +53,48 @@ export class SegmentSource {
     return store;
   }
 
+  /** Every store segments are read from: the volume's own first, then its parents, nearest first. */
+  get stores(): ObjectStore[] {
+    return [this.own, ...this.chain.map((l) => l.store)];
+  }
+
+  /** Index in `stores` of the store segment `seg` lives in. */
+  storeIndex(seg: number): number {
+    let i = 0;
+    for (let k = 0; k < this.chain.length; k++) {
+      if (seg > (this.chain[k] as { base: number }).base) break;
+      i = k + 1;
+    }
+    return i;
+  }
+
   /** Whether a segment id belongs to a parent volume. */
   inherited(seg: number): boolean {
     return this.chain.length > 0 && seg <= (this.chain[0] as { base: number }).base;
   }
 
+  /** Serve segment `seg` from `bytes` until `landed(seg)`. */
+  hold(seg: number, bytes: Buffer): void {
+    this.inFlight.set(seg, bytes);
+  }
+
+  /** Segments up to `seg` are durable (or abandoned and no longer referenced). */
+  landed(seg: number): void {
+    for (const id of this.inFlight.keys()) if (id <= seg) this.inFlight.delete(id);
+  }
+
   /** A ranged read of a segment; a missing object is a data error naming it. */
   async get(seg: number, range: ByteRange, what: string): Promise<Buffer> {
+    const held = this.inFlight.get(seg);
+    if (held) {
+      const start = Math.min(range.offset, held.length);
+      return Buffer.from(held.subarray(start, Math.min(held.length, start + range.length)));
+    }
     const store = this.storeFor(seg);
     const key = segmentKey(seg);
     try {
-      return (await store.get(key, { range })).body;
+      // Segments are write-once: a store may keep them open between reads.
+      return (await store.get(key, { range, immutable: true })).body;
     } catch (e) {
       if (isHyperError(e, 'OBJECT_NOT_FOUND')) {
         throw dataError(

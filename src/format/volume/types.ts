@@ -73,10 +73,32 @@ export interface OpenOptions {
   nodeCacheBytes?: number;
   /** Bytes of clean data blocks kept in memory (default 32 MiB). */
   dataCacheBytes?: number;
+  /**
+   * Keep data blocks and index nodes read from the store in a cache on local disk
+   * (cache/disk-cache.ts), reused by the next open of the same volume unless `mode` is
+   * `recreate`. One directory per volume.
+   */
+  diskCache?: { dir: string; sizeBytes: number; mode?: 'reuse' | 'recreate' };
+  /** Largest read-ahead window for sequential reads (default 16 MiB; 0 disables). */
+  readAheadBytes?: number;
+  /** A random read's GET may take neighbouring blocks up to this many bytes (default 64 KiB; 0 disables). */
+  readAroundBytes?: number;
+  /** Large reads are split into GETs of this size, fetched in parallel (default 2 MiB). */
+  readPartBytes?: number;
+  /** Data GETs in flight at most per volume (default 16). */
+  maxReadGets?: number;
   /** Dirty bytes that start a flush (default: the volume's segment size). */
   flushBytes?: number;
-  /** Dirty bytes at which writers wait for a flush (default 1.5 × flushBytes). */
+  /**
+   * Buffered bytes, segments in flight included (data and index nodes), at which writers
+   * wait for a flush (default 3 × flushBytes; at least 2 × flushBytes).
+   */
   maxDirtyBytes?: number;
+  /**
+   * Segment PUTs in flight at once while the next segment fills (default 4). Heads are
+   * still committed in order and name only durable segments.
+   */
+  flushPipeline?: number;
   /** Flush dirty data at least this often (default 5000 ms; 0 disables the timer). */
   flushIntervalMs?: number;
   logger?: Logger;
@@ -140,6 +162,19 @@ export interface EngineStats {
   nodeCacheMisses: number;
   dataCacheHits: number;
   dataCacheMisses: number;
+  /** Ranged GETs of data blocks (read path only). */
+  dataGets: number;
+  /** Data blocks and index nodes served by the disk cache. */
+  diskCacheHits: number;
+  diskCacheMisses: number;
+  /** Disk cache entries dropped because their bytes failed a check. */
+  diskCacheDropped: number;
+  /** Blocks fetched by read-ahead, and how many of them were read afterwards. */
+  prefetchedBlocks: number;
+  prefetchHits: number;
+  /** Blocks fetched by read-around, and how many of them were read afterwards. */
+  readAroundBlocks: number;
+  readAroundHits: number;
   /** Bytes written but not yet in a segment, and the level at which writers wait. */
   dirtyBytes: number;
   maxDirtyBytes: number;

@@ -14,21 +14,23 @@
  * A flush freezes the write buffer, applies it to the copy-on-write index, builds one
  * segment, PUTs it create-only and CASes the head (the commit point); see FORMAT.md.
  */
-import { HyperError } from '../../errors.js';
+import { HyperError, isHyperError } from '../../errors.js';
 import { isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
 import { nodeCapacity } from '../codec/node.js';
 import type { WalEntry } from '../codec/wal.js';
+import { DiskCache } from '../cache/disk-cache.js';
 import { BTree } from '../index/btree.js';
-import { NodeLoader } from '../index/loader.js';
+import { NodeLoader, type NodeDiskTier } from '../index/loader.js';
 import type { ObjectStore } from '../store/types.js';
 import { Committer, SerialQueue } from './commit.js';
 import { checkVolumeSize, createVolume } from './create.js';
 import { headAt, infoOf, readHead, resolveCheckpoint, rootOf } from './heads.js';
 import { DEFAULT_LEASE_TTL_MS, defaultHolder } from './lease.js';
-import { Reader } from './reader.js';
-import { adoptNodes, nextHead, writeCheckpoint, type MetadataPatch } from './flush.js';
+import { Reader, type DiskTier } from './reader.js';
+import { adoptNodes, buildSegment, nextHead, type MetadataPatch } from './flush.js';
 import { SegmentSource } from './segments.js';
 import {
+  CONFLICT_RETRIES,
   MiB,
   silentLogger,
   type CheckpointInfo,
@@ -41,7 +43,7 @@ import {
   type VolumeInfo,
 } from './types.js';
 import { WalSession, withWalUrl } from './wal.js';
-import { WriteBuffer } from './write-buffer.js';
+import { WriteBuffer, dataLength, type Data, type Generation } from './write-buffer.js';
 
 export interface WriteOptions {
   /** Force Unit Access: durable (committed) before the promise resolves. */
@@ -56,6 +58,36 @@ export interface ZeroOptions extends WriteOptions {
 /** What a flush is asked to do: commit a checkpoint, or only write a segment for room. */
 type FlushKind = 'checkpoint' | 'segment';
 
+/** Segment PUTs in flight at once by default (pipelined flushes). */
+export const DEFAULT_FLUSH_PIPELINE = 4;
+
+/**
+ * Default bound of everything the write buffer holds, in segments (flushBytes): the filling
+ * one plus segments in flight. Sequential writes keep about two PUTs in flight; random
+ * writes over a large volume, whose segments carry about as many bytes of index nodes as of
+ * data, about one (memory stays bounded: see README "Tuning").
+ */
+export const DEFAULT_MAX_DIRTY_SEGMENTS = 3;
+
+/** One segment built and written in the background, oldest first in `Volume.stages`. */
+interface Stage {
+  built: Awaited<ReturnType<typeof buildSegment>>;
+  /** The frozen generation it holds: serves reads until the segment is durable. */
+  gen: Generation;
+  /** Head changes it records (put back if it fails). */
+  patch: MetadataPatch;
+  /** The checkpoint whose index it was built on (the index goes back there if it fails). */
+  base: HeadRecord;
+  state: 'flying' | 'landed' | 'failed';
+  error?: unknown;
+  /** Settles (never rejects) once the PUT is done. */
+  done: Promise<void>;
+}
+
+function errorText(e: unknown): string {
+  return e instanceof Error ? e.message : String(e);
+}
+
 export class Volume {
   private readonly bs: number;
   private readonly loader: NodeLoader;
@@ -66,6 +98,17 @@ export class Volume {
   /** Head changes waiting for the next checkpoint (undefined: none). */
   private pendingMeta: MetadataPatch | undefined;
   private readonly flushes: SerialQueue<CheckpointInfo>;
+  /** Segments built and in flight or landed out of order, oldest first. */
+  private stages: Stage[] = [];
+  /** Segment PUTs allowed in flight at once. */
+  private readonly pipeline: number;
+  /** Bytes of header and index nodes per byte of data in the last large segment. */
+  private nodeRatio = 0;
+  /**
+   * The checkpoint whose index root is the newest clean state of `tree` (every node in a
+   * segment, durable or in flight): what the next segment records as its base.
+   */
+  private cleanHead: HeadRecord;
   private lastFlushError: unknown;
   private timer: NodeJS.Timeout | undefined;
   private wal: WalSession | undefined;
@@ -73,6 +116,9 @@ export class Volume {
   private readonly flushBytes: number;
   private readonly log: Logger;
   private readonly counters = { flushes: 0, segmentsWritten: 0, bytesWritten: 0, bytesRead: 0 };
+  /** Own segments with ids up to this one, except `committedSkipped`, are committed. */
+  private committedLast: number;
+  private committedSkipped: Set<number>;
   private readonly observer: EngineObserver | undefined;
   /** The checkpoint the head object names (a segment written for room is not one yet). */
   private committed: { checkpoint: number; ms: number };
@@ -86,20 +132,30 @@ export class Volume {
     private readonly committer: Committer | undefined,
     opts: OpenOptions,
     private readonly segments: SegmentSource,
+    private readonly disk?: { cache: DiskCache; storeIds: number[] },
   ) {
     const head = openedHead;
+    this.committedLast = head.lastSegment;
+    this.committedSkipped = new Set(head.skipped);
     this.bs = 2 ** head.dataBlockShift;
     const nodeSize = 2 ** head.metaBlockShift;
     this.size = head.size;
     this.log = opts.logger ?? silentLogger;
     this.observer = opts.observer;
     this.committed = { checkpoint: head.checkpoint, ms: head.checkpointMs };
-    this.loader = new NodeLoader(segments, nodeSize, opts.nodeCacheBytes ?? 32 * MiB);
+    const tier = this.diskTier();
+    this.loader = new NodeLoader(segments, nodeSize, opts.nodeCacheBytes ?? 32 * MiB, tier?.nodes);
     this.tree = new BTree(rootOf(head), nodeCapacity(nodeSize), this.loader);
+    this.cleanHead = head;
     this.flushBytes = opts.flushBytes ?? head.segmentSize;
+    this.pipeline = Math.max(1, Math.floor(opts.flushPipeline ?? DEFAULT_FLUSH_PIPELINE));
     this.buffer = new WriteBuffer({
       blockSize: this.bs,
-      maxDirtyBytes: Math.max(opts.maxDirtyBytes ?? 1.5 * this.flushBytes, this.flushBytes),
+      // Everything buffered counts, segments in flight included (with their index nodes).
+      maxDirtyBytes: Math.max(
+        opts.maxDirtyBytes ?? DEFAULT_MAX_DIRTY_SEGMENTS * this.flushBytes,
+        2 * this.flushBytes,
+      ),
       readBlock: (lba) => this.readBlock(lba),
       checkWritable: () => this.checkWritable(),
       flushForRoom: () => this.flushForRoom(),
@@ -112,12 +168,20 @@ export class Volume {
       this.loader,
       segments,
       this.bs,
-      opts.dataCacheBytes ?? 32 * MiB,
+      {
+        memoryBytes: opts.dataCacheBytes ?? 32 * MiB,
+        ...(opts.readAheadBytes === undefined ? {} : { readAheadBytes: opts.readAheadBytes }),
+        ...(opts.readAroundBytes === undefined ? {} : { readAroundBytes: opts.readAroundBytes }),
+        ...(opts.readPartBytes === undefined ? {} : { partBytes: opts.readPartBytes }),
+        ...(opts.maxReadGets === undefined ? {} : { maxGets: opts.maxReadGets }),
+      },
+      tier?.data,
     );
     const interval = opts.flushIntervalMs ?? 5000;
     if (!readOnly && interval > 0) {
       this.timer = setInterval(() => {
-        const dirty = !this.buffer.active.empty || this.committer?.headPending;
+        const dirty =
+          !this.buffer.active.empty || this.committer?.headPending || this.stages.length > 0;
         if (dirty && !this.flushes.busy) {
           this.flush().catch((e: unknown) =>
             this.log.warn('timed flush failed', {
@@ -148,16 +212,19 @@ export class Volume {
     const cur = await readHead(store);
     const source = (h: HeadRecord): Promise<SegmentSource> =>
       SegmentSource.forHead(store, h, options.openStore);
-    if (options.at) {
-      const head = await headAt(
-        store,
-        cur.head,
-        await resolveCheckpoint(store, cur.head, options.at),
-      );
-      return new Volume(store, head, true, undefined, options, await source(head));
+    if (options.at || options.readOnly) {
+      const head = options.at
+        ? await headAt(store, cur.head, await resolveCheckpoint(store, cur.head, options.at))
+        : cur.head;
+      const src = await source(head);
+      const disk = await openDiskCache(options, head, src);
+      try {
+        return new Volume(store, head, true, undefined, options, src, disk);
+      } catch (e) {
+        await disk?.cache.close();
+        throw e;
+      }
     }
-    if (options.readOnly)
-      return new Volume(store, cur.head, true, undefined, options, await source(cur.head));
 
     options.signal?.throwIfAborted();
     const lease = {
@@ -171,22 +238,19 @@ export class Volume {
       withWalUrl(head, options.walUrl),
     );
     let vol: Volume | undefined;
+    let disk: { cache: DiskCache; storeIds: number[] } | undefined;
     try {
-      vol = new Volume(
-        store,
-        committer.head,
-        false,
-        committer,
-        options,
-        await source(committer.head),
-      );
+      const src = await source(committer.head);
+      disk = await openDiskCache(options, committer.head, src);
+      vol = new Volume(store, committer.head, false, committer, options, src, disk);
       const walUrl = committer.head.walUrl;
       if (walUrl)
         await vol.startWal(await (options.openStore ?? SegmentSource.defaultOpen)(walUrl));
       return vol;
     } catch (e) {
       // Nothing is flushed on the way out: a failed replay must not commit half of the log.
-      await vol?.discard();
+      if (vol) await vol.discard();
+      else await disk?.cache.close();
       await committer.release().catch(() => undefined);
       throw e;
     }
@@ -205,17 +269,56 @@ export class Volume {
   }
 
   stats(): EngineStats {
+    const r = this.reader.counters;
+    const d = this.disk?.cache.stats();
     return {
       ...this.counters,
       nodeCacheHits: this.loader.hits,
       nodeCacheMisses: this.loader.misses,
       dataCacheHits: this.reader.dataCache.hits,
       dataCacheMisses: this.reader.dataCache.misses,
-      dirtyBytes: this.buffer.dirtyBytes,
+      dataGets: r.gets,
+      diskCacheHits: d?.hits ?? 0,
+      diskCacheMisses: d?.misses ?? 0,
+      diskCacheDropped: d?.dropped ?? 0,
+      prefetchedBlocks: r.prefetched,
+      prefetchHits: r.prefetchHits,
+      readAroundBlocks: r.readAround,
+      readAroundHits: r.readAroundHits,
+      // Everything buffered, segments in flight included: what maxDirtyBytes bounds.
+      dirtyBytes: this.buffer.heldBytes,
       maxDirtyBytes: this.buffer.maxDirtyBytes,
       checkpoint: this.committed.checkpoint,
       checkpointMs: this.committed.ms,
       ...(this.committer ? { lease: this.committer.leaseState } : {}),
+    };
+  }
+
+  /** The disk cache's own counters (undefined without one). */
+  diskCacheStats(): ReturnType<DiskCache['stats']> | undefined {
+    return this.disk?.cache.stats();
+  }
+
+  /**
+   * What the reader and the node loader use of the disk cache. Only blocks of committed
+   * segments go there (disk-cache.ts explains why that makes every key immutable).
+   */
+  private diskTier(): { data: DiskTier; nodes: NodeDiskTier } | undefined {
+    const disk = this.disk;
+    if (!disk) return undefined;
+    const storeOf = (seg: number): number => disk.storeIds[this.segments.storeIndex(seg)] as number;
+    const cacheable = (seg: number): boolean =>
+      this.segments.inherited(seg) ||
+      (seg <= this.committedLast && !this.committedSkipped.has(seg));
+    return {
+      data: { cache: disk.cache, storeOf, cacheable },
+      nodes: {
+        get: (seg, off, length) => disk.cache.get(storeOf(seg), seg, off, length),
+        put: (seg, off, bytes) => {
+          if (cacheable(seg)) disk.cache.put(storeOf(seg), seg, off, bytes);
+        },
+        invalidate: (seg, off) => disk.cache.invalidate(storeOf(seg), seg, off),
+      },
     };
   }
 
@@ -228,8 +331,10 @@ export class Volume {
       this.closed = true;
       if (this.timer) clearInterval(this.timer);
       this.timer = undefined;
+      await this.settle();
       await this.wal?.close();
       await this.segments.close().catch(() => undefined);
+      await this.disk?.cache.close().catch(() => undefined);
       await this.committer?.release();
     }
   }
@@ -239,8 +344,10 @@ export class Volume {
     this.closed = true;
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
+    await this.settle();
     await this.wal?.close();
     await this.segments.close().catch(() => undefined);
+    await this.disk?.cache.close().catch(() => undefined);
   }
 
   // ------------------------------------------------------------------ checks
@@ -301,16 +408,24 @@ export class Volume {
 
   // ------------------------------------------------------------------ writes
 
-  async write(offset: number, data: Buffer, options: WriteOptions = {}): Promise<void> {
+  /** Write `data` (one buffer, or the pieces of one, e.g. an NBD payload as it arrived). */
+  async write(offset: number, data: Data, options: WriteOptions = {}): Promise<void> {
     this.checkWritable();
-    this.checkRange(offset, data.length);
-    if (data.length === 0) return;
-    await this.buffer.write(
-      offset,
-      data,
-      this.logged({ op: 'write', offset, length: data.length, data }),
-    );
-    this.counters.bytesWritten += data.length;
+    const length = dataLength(data);
+    this.checkRange(offset, length);
+    if (length === 0) return;
+    const wal = this.wal;
+    const log = wal
+      ? () =>
+          wal.writer.append({
+            op: 'write',
+            offset,
+            length,
+            data: Buffer.isBuffer(data) ? data : Buffer.concat(data, length),
+          })
+      : undefined;
+    await this.buffer.write(offset, data, log);
+    this.counters.bytesWritten += length;
     await this.afterWrite(options);
   }
 
@@ -365,7 +480,16 @@ export class Volume {
       await this.flush();
       return;
     }
-    if (this.buffer.dirtyBytes >= this.flushBytes) this.flushForRoom();
+    if (this.segmentEstimate() >= this.flushBytes) this.flushForRoom();
+  }
+
+  /**
+   * The size the buffered writes would take as a segment: their data plus index nodes, at
+   * the ratio the last segment had (random writes over a large volume change about one leaf
+   * per block, so their segments carry as many bytes of nodes as of data).
+   */
+  private segmentEstimate(): number {
+    return this.buffer.dirtyBytes * (1 + this.nodeRatio);
   }
 
   // ------------------------------------------------------------------ durability
@@ -439,7 +563,7 @@ export class Volume {
       );
     }
     const target = await headAt(this.store, head, id);
-    if (!this.buffer.active.empty || this.flushes.busy) {
+    if (!this.buffer.active.empty || this.flushes.busy || this.stages.length > 0) {
       throw new HyperError(
         'conflict',
         'PRECONDITION_FAILED',
@@ -447,6 +571,7 @@ export class Volume {
       );
     }
     this.tree = new BTree(rootOf(target), this.tree.capacity, this.loader);
+    this.cleanHead = target;
     this.size = target.size;
     return this.commitMetadata({ restoredFrom: id });
   }
@@ -496,7 +621,8 @@ export class Volume {
   /**
    * Commit everything written before this call. Flushes run strictly one after another; a
    * call made while a commit is queued but not started shares it (that commit freezes the
-   * writes when it starts, so it covers this caller's too).
+   * writes when it starts, so it covers this caller's too). It waits for every segment in
+   * flight, then CASes the head once.
    */
   flush(): Promise<CheckpointInfo> {
     if (!this.committer) return Promise.resolve(this.checkpointInfo());
@@ -506,10 +632,15 @@ export class Volume {
   /**
    * The write-back buffer is full: write it out as a segment. Nobody asked for durability,
    * so the head CAS waits for the next flush/FUA/timer/close (one PUT per segment while
-   * streaming, not two). Failures are logged; the next flush retries.
+   * streaming, not two). The PUT runs in the background (up to `pipeline` at once) while the
+   * next segment fills. Failures are logged; the next flush retries.
    */
   private flushForRoom(): void {
     if (this.flushes.busy) return;
+    const failed = this.stages.some((s) => s.state === 'failed');
+    const full = this.segmentEstimate() >= this.flushBytes;
+    // A smaller buffer waits for a segment in flight to land (that wakes the writers).
+    if (!failed && !full && (this.stages.length > 0 || this.buffer.active.empty)) return;
     this.flushes
       .run(() => this.flushOnce('segment'))
       .catch((e: unknown) => {
@@ -527,7 +658,11 @@ export class Volume {
   private async flushOnce(kind: FlushKind): Promise<CheckpointInfo> {
     const flushed = this.observer?.flushed;
     // Only flushes with something to write are timed (an idle FLUSH is not one).
-    const idle = this.buffer.active.empty && !this.pendingMeta && !this.committer?.headPending;
+    const idle =
+      this.buffer.active.empty &&
+      !this.pendingMeta &&
+      !this.committer?.headPending &&
+      this.stages.length === 0;
     if (flushed === undefined || idle) return this.flushOnceUnobserved(kind);
     const t0 = performance.now();
     let ok = false;
@@ -557,57 +692,186 @@ export class Volume {
   private async flushOnceUnobserved(kind: FlushKind): Promise<CheckpointInfo> {
     this.checkWritable();
     const committer = this.committer as Committer;
-    if (this.buffer.active.empty && !this.pendingMeta) {
-      // Segments written for room still wait for their head: one CAS commits them.
-      if (kind === 'checkpoint' && committer.headPending) {
-        await this.commit(() => committer.publishPending());
-        this.headCommitted();
+    // A segment that failed earlier: take its changes (and everything built on it) back,
+    // then write them again.
+    await this.recover();
+    if (kind === 'segment') {
+      while (this.stages.length >= this.pipeline) {
+        await (this.stages[0] as Stage).done;
+        if (await this.recover()) throw this.lastFlushError;
       }
+      if (!this.buffer.active.empty || this.pendingMeta) await this.startSegment(committer);
       return this.checkpointInfo();
     }
+    for (let attempt = 0; ; attempt++) {
+      if (!this.buffer.active.empty || this.pendingMeta) await this.startSegment(committer);
+      await this.settle();
+      if (!this.rollBackFailed()) break;
+      // A segment id taken by an old writer's leftover (its PUT landed after our takeover
+      // listed the segments): the ids are skipped now, write again under new ones.
+      if (!isHyperError(this.lastFlushError, 'OBJECT_EXISTS') || attempt >= CONFLICT_RETRIES)
+        throw this.lastFlushError;
+    }
+    // Every segment is durable: one CAS commits them all (the commit point).
+    if (committer.headPending) {
+      await this.commit(() => committer.publishPending());
+      this.headCommitted();
+    }
+    return this.checkpointInfo();
+  }
+
+  /**
+   * Freeze the buffer, build the next segment on the index and start its PUT in the
+   * background. The index adopts the segment's nodes right away, so the next segment is
+   * built on this one; the frozen generation keeps serving reads until the PUT lands.
+   */
+  private async startSegment(committer: Committer): Promise<void> {
+    await committer.prepare();
     const gen = this.buffer.freeze();
     // Durable WAL batches hold only writes applied to `gen`: this checkpoint covers them.
     // (A batch still in flight is replayed after a crash; replaying a covered write is harmless.)
     const walSeq = this.wal?.writer.lastDurable;
     const patch = this.pendingMeta ?? {};
     this.pendingMeta = undefined;
+    const base = this.cleanHead;
+    let built: Awaited<ReturnType<typeof buildSegment>>;
     try {
-      const built = await writeCheckpoint({
-        committer,
+      built = await buildSegment({
         tree: this.tree,
         loader: this.loader,
         gen,
-        head: (id, nowMs) =>
-          nextHead(committer.head, { id, nowMs, size: this.size, patch, walSeq }),
+        id: () => committer.nextId(),
+        head: (id, nowMs) => nextHead(committer.tip, { id, nowMs, size: this.size, patch, walSeq }),
         blockSize: this.bs,
       });
-      this.counters.segmentsWritten++;
-      if (kind === 'checkpoint') {
-        await this.commit(() => committer.publish(built));
-        this.headCommitted();
-      } else committer.written(built);
-      this.counters.flushes++;
-      adoptNodes(built, this.tree, this.loader);
-      this.lastFlushError = undefined;
-      this.buffer.unfreeze(true);
-      return this.checkpointInfo();
     } catch (e) {
-      // Nothing was committed: the changes go back under the newer ones, the patch too.
-      this.buffer.unfreeze(false);
+      // Nothing was built: the changes go back under the newer ones, the patch too.
+      this.buffer.putBack([gen]);
       // (Read through a cast: TypeScript does not see that the await above may have set it.)
       const newer = this.pendingMeta as MetadataPatch | undefined;
       this.pendingMeta = { ...patch, ...newer };
       this.lastFlushError = e;
       throw e;
     }
+    committer.built(built);
+    gen.segmentBytes = built.segment.length;
+    const data = built.segment.length - built.dataOffset;
+    if (data >= this.flushBytes / 4) this.nodeRatio = Math.min(1, built.dataOffset / data);
+    adoptNodes(built, this.tree, this.loader);
+    this.cleanHead = built.head;
+    const id = built.head.checkpoint;
+    this.segments.hold(id, built.segment);
+    const stage: Stage = { built, gen, patch, base, state: 'flying', done: Promise.resolve() };
+    stage.done = committer.putSegment(built).then(
+      () => {
+        stage.state = 'landed';
+        this.advance();
+      },
+      (e: unknown) => {
+        stage.state = 'failed';
+        stage.error = e;
+        // Writers waiting for room learn of it (and start the flush that rolls back).
+        this.buffer.roomMade();
+      },
+    );
+    this.stages.push(stage);
+  }
+
+  /** Segments landed in order become the committer's head; their buffers go. */
+  private advance(): void {
+    const committer = this.committer as Committer;
+    let moved = false;
+    while (this.stages[0]?.state === 'landed') {
+      const s = this.stages.shift() as Stage;
+      committer.landed(s.built.head);
+      this.buffer.release(s.gen);
+      this.segments.landed(s.built.head.checkpoint);
+      this.counters.segmentsWritten++;
+      this.counters.flushes++;
+      moved = true;
+    }
+    if (moved) {
+      this.lastFlushError = undefined;
+      this.buffer.roomMade();
+    }
+  }
+
+  /**
+   * If a segment PUT failed, and once every PUT in flight has settled: that segment and every
+   * later one are abandoned (their ids skipped; what landed of them is an orphan compaction
+   * removes), the index goes back to the state before the failed one, and their changes go
+   * back into the buffer under the newer ones. Returns whether it rolled back (the failure is
+   * in lastFlushError). Runs only inside the flush queue, with every stage settled.
+   */
+  private rollBackFailed(): boolean {
+    if (!this.stages.some((s) => s.state === 'failed')) return false;
+    if (this.stages.some((s) => s.state === 'flying')) return false;
+    this.advance();
+    const failed = this.stages;
+    this.stages = [];
+    const committer = this.committer as Committer;
+    const first = failed[0] as Stage;
+    committer.abandon(failed.map((s) => s.built.head.checkpoint));
+    this.tree = new BTree(rootOf(first.base), this.tree.capacity, this.loader);
+    this.cleanHead = first.base;
+    this.buffer.putBack(failed.map((s) => s.gen));
+    let patch: MetadataPatch | undefined;
+    for (const s of failed) if (Object.keys(s.patch).length > 0) patch = { ...patch, ...s.patch };
+    if (patch || this.pendingMeta) this.pendingMeta = { ...patch, ...this.pendingMeta };
+    this.lastFlushError = failed.find((s) => s.state === 'failed')?.error;
+    this.log.warn('segment write failed; its changes are back in the write buffer', {
+      segments: failed.map((s) => s.built.head.checkpoint).join(','),
+      error: errorText(this.lastFlushError),
+    });
+    this.buffer.roomMade();
+    return true;
+  }
+
+  /** When a segment PUT failed: wait for the others in flight, then roll back. */
+  private async recover(): Promise<boolean> {
+    if (!this.stages.some((s) => s.state === 'failed')) return false;
+    await this.settle();
+    return this.rollBackFailed();
+  }
+
+  /** Wait until no segment PUT is in flight (close, discard). */
+  private async settle(): Promise<void> {
+    await Promise.all(this.stages.map((s) => s.done));
   }
 
   /** The head object names the newest checkpoint: WAL records it covers can go. */
   private headCommitted(): void {
     const head = this.headRecord;
     this.committed = { checkpoint: head.checkpoint, ms: head.checkpointMs };
+    this.committedLast = head.lastSegment;
+    this.committedSkipped = new Set(head.skipped);
     const seq = head.walSeq;
     if (seq !== undefined) this.wal?.covered(seq);
+  }
+}
+
+/** The disk cache asked for by `options`, with the numbers of the stores segments come from. */
+async function openDiskCache(
+  options: OpenOptions,
+  head: HeadRecord,
+  source: SegmentSource,
+): Promise<{ cache: DiskCache; storeIds: number[] } | undefined> {
+  const o = options.diskCache;
+  if (!o) return undefined;
+  const cache = await DiskCache.open({
+    dir: o.dir,
+    sizeBytes: o.sizeBytes,
+    mode: o.mode ?? 'reuse',
+    identity: head.uuid,
+    slotSize: Math.max(2 ** head.dataBlockShift, 2 ** head.metaBlockShift),
+  });
+  try {
+    const storeIds: number[] = [];
+    for (const s of source.stores) storeIds.push(await cache.storeId(s.url));
+    return { cache, storeIds };
+  } catch (e) {
+    await cache.close();
+    throw e;
   }
 }
 

@@ -8,6 +8,36 @@
  */
 import { HyperError } from '../../errors.js';
 
+/** Written bytes: one buffer, or the pieces of one (an NBD payload as it arrived). */
+export type Data = Buffer | readonly Buffer[];
+
+export function dataLength(d: Data): number {
+  if (Buffer.isBuffer(d)) return d.length;
+  let n = 0;
+  for (const p of d) n += p.length;
+  return n;
+}
+
+/**
+ * copy(dst, at, from, to): bytes [from, to) of `d` into dst[at..]. Calls must come with
+ * increasing `from` (a cursor walks the pieces once).
+ */
+function copier(d: Data): (dst: Buffer, at: number, from: number, to: number) => void {
+  if (Buffer.isBuffer(d)) return (dst, at, from, to) => void d.copy(dst, at, from, to);
+  let k = 0;
+  let base = 0;
+  return (dst, at, from, to) => {
+    while (k < d.length && base + (d[k] as Buffer).length <= from)
+      base += (d[k++] as Buffer).length;
+    for (let i = k, b = base; i < d.length && b < to; b += (d[i++] as Buffer).length) {
+      const p = d[i] as Buffer;
+      const s = Math.max(from, b);
+      const e = Math.min(to, b + p.length);
+      if (e > s) p.copy(dst, at + (s - from), s - b, e - b);
+    }
+  };
+}
+
 /** Trims of at most this many blocks are kept per block; larger ones as ranges. */
 const SMALL_TRIM = 1024;
 
@@ -31,19 +61,30 @@ export class Generation {
   readonly ranges: [number, number][] = [];
   /** Bytes of block data held. */
   bytes = 0;
-  /** Blocks are carved from slabs that live and die with the generation (few large allocations). */
+  /**
+   * Once frozen and laid out as a segment: the segment's size (its blocks now live in it,
+   * with the index nodes), which is what it holds until the segment is durable.
+   */
+  segmentBytes = 0;
+  /**
+   * Blocks are carved from slabs (few large allocations) that live with the generation until
+   * its blocks move into a segment; then they go back to the pool for the next generations
+   * (no fresh memory to fault in for every segment, no dead slabs waiting for the GC).
+   */
   private slab: Buffer | undefined;
   private slabUsed = 0;
-  private readonly slabSize: number;
+  private readonly slabs: Buffer[] = [];
 
-  constructor(private readonly blockSize: number) {
-    this.slabSize = Math.max(blockSize, 1024 * 1024);
-  }
+  constructor(
+    private readonly blockSize: number,
+    private readonly pool: SlabPool = new SlabPool(blockSize, 0),
+  ) {}
 
   /** A fresh, uninitialised block buffer for this generation. */
   alloc(): Buffer {
     if (!this.slab || this.slabUsed + this.blockSize > this.slab.length) {
-      this.slab = Buffer.allocUnsafeSlow(this.slabSize);
+      this.slab = this.pool.take();
+      this.slabs.push(this.slab);
       this.slabUsed = 0;
     }
     const b = this.slab.subarray(this.slabUsed, this.slabUsed + this.blockSize);
@@ -53,6 +94,16 @@ export class Generation {
 
   get empty(): boolean {
     return this.blocks.size === 0 && this.ranges.length === 0;
+  }
+
+  /**
+   * Every block now lives elsewhere (copied into a segment, `blocks` pointing there): the
+   * slabs go back to the pool. Only once nothing refers to them any more.
+   */
+  recycleSlabs(): void {
+    for (const b of this.slabs) this.pool.give(b);
+    this.slabs.length = 0;
+    this.slab = undefined;
   }
 
   lookup(lba: number): BufferedBlock {
@@ -93,6 +144,27 @@ export class Generation {
   absorb(newer: Generation): void {
     for (const [lo, hi] of newer.ranges) this.trim(lo, hi);
     for (const [lba, v] of newer.blocks) this.set(lba, v);
+  }
+}
+
+/** Slabs of block buffers kept for reuse, up to a limit. */
+export class SlabPool {
+  private readonly free: Buffer[] = [];
+  readonly slabSize: number;
+
+  constructor(
+    blockSize: number,
+    private readonly limit: number,
+  ) {
+    this.slabSize = Math.max(blockSize, 1024 * 1024);
+  }
+
+  take(): Buffer {
+    return this.free.pop() ?? Buffer.allocUnsafeSlow(this.slabSize);
+  }
+
+  give(b: Buffer): void {
+    if (this.free.length < this.limit && b.length === this.slabSize) this.free.push(b);
   }
 }
 
@@ -169,44 +241,70 @@ export type ApplyLog = () => Promise<void> | undefined;
 
 export class WriteBuffer {
   active: Generation;
-  frozen: Generation | undefined;
+  /**
+   * Generations being written (segments in flight), oldest first. Each stays here until its
+   * segment is durable, so reads are served from it meanwhile.
+   */
+  frozen: Generation[] = [];
   readonly locks = new BlockLocks();
   private readonly bs: number;
   private readonly zeroBlock: Buffer;
   private roomWaiters: (() => void)[] = [];
+  private readonly pool: SlabPool;
 
   constructor(private readonly o: WriteBufferOptions) {
     this.bs = o.blockSize;
     this.zeroBlock = Buffer.alloc(o.blockSize);
-    this.active = new Generation(o.blockSize);
+    // Up to one segment's worth of slabs (a third of the bound) waits for reuse.
+    const pool = new SlabPool(o.blockSize, 0);
+    this.pool = new SlabPool(o.blockSize, Math.ceil(o.maxDirtyBytes / 3 / pool.slabSize));
+    this.active = new Generation(o.blockSize, this.pool);
   }
 
-  /** What the un-flushed generations say about a block (active first, then frozen). */
+  /** What the un-flushed generations say about a block (active first, then frozen, newest first). */
   lookup(lba: number): BufferedBlock {
     const a = this.active.lookup(lba);
-    if (a !== undefined || !this.frozen) return a;
-    return this.frozen.lookup(lba);
+    if (a !== undefined) return a;
+    for (let k = this.frozen.length - 1; k >= 0; k--) {
+      const v = (this.frozen[k] as Generation).lookup(lba);
+      if (v !== undefined) return v;
+    }
+    return undefined;
   }
 
+  /** Bytes written since the last flush started (the flush trigger). */
   get dirtyBytes(): number {
     return this.active.bytes;
   }
 
-  /** Dirty bytes at which writers wait for room. */
+  /** Bytes held by generations whose segments are still in flight. */
+  get frozenBytes(): number {
+    let n = 0;
+    for (const g of this.frozen) n += Math.max(g.bytes, g.segmentBytes);
+    return n;
+  }
+
+  /** Everything the buffer holds: what back-pressure bounds by maxDirtyBytes. */
+  get heldBytes(): number {
+    return this.active.bytes + this.frozenBytes;
+  }
+
+  /** Buffered bytes (segments in flight included) at which writers wait for room. */
   get maxDirtyBytes(): number {
     return this.o.maxDirtyBytes;
   }
 
   /** Write `data` at `offset` (any alignment). */
-  async write(offset: number, data: Buffer, log?: ApplyLog): Promise<void> {
+  async write(offset: number, data: Data, log?: ApplyLog): Promise<void> {
     await this.waitForRoom();
+    const length = dataLength(data);
     const first = Math.floor(offset / this.bs);
-    const last = Math.floor((offset + data.length - 1) / this.bs);
+    const last = Math.floor((offset + length - 1) / this.bs);
     for (let busy = this.locks.untilFree(first, last); busy;) {
       await busy;
       busy = this.locks.untilFree(first, last);
     }
-    await this.apply(first, last, this.edgesToRead(offset, data.length), log, (old) =>
+    await this.apply(first, last, this.edgesToRead(offset, length), log, (old) =>
       this.copyIn(offset, data, old),
     );
   }
@@ -273,20 +371,33 @@ export class WriteBuffer {
   /** Move the active generation to frozen (a flush writes it); writes go to a new one. */
   freeze(): Generation {
     const gen = this.active;
-    this.active = new Generation(this.bs);
-    this.frozen = gen;
+    this.active = new Generation(this.bs, this.pool);
+    this.frozen.push(gen);
     return gen;
   }
 
-  /** The frozen generation is in the index now (committed) or was put back (failed). */
-  unfreeze(committed: boolean): void {
-    const gen = this.frozen;
-    this.frozen = undefined;
-    if (!committed && gen) {
-      // Nothing was committed: put the changes back under the newer ones.
-      gen.absorb(this.active);
-      this.active = gen;
-    }
+  /** The oldest frozen generation's segment is durable: the index serves its blocks now. */
+  release(gen: Generation): void {
+    const k = this.frozen.indexOf(gen);
+    if (k >= 0) this.frozen.splice(k, 1);
+  }
+
+  /**
+   * Nothing of `gens` (frozen generations, oldest first) was committed: put their changes
+   * back under the newer ones (the later frozen generations and the active one).
+   */
+  putBack(gens: Generation[]): void {
+    if (gens.length === 0) return;
+    const back = new Set(gens);
+    const keep = this.frozen.filter((g) => !back.has(g));
+    // Only a suffix of the frozen list can be put back: older writes stay under newer ones.
+    if (keep.some((g) => this.frozen.indexOf(g) > this.frozen.indexOf(gens[0] as Generation)))
+      throw new Error('WriteBuffer.putBack: not a suffix of the frozen generations');
+    const merged = gens[0] as Generation;
+    for (const g of gens.slice(1)) merged.absorb(g);
+    merged.absorb(this.active);
+    this.active = merged;
+    this.frozen = keep;
   }
 
   /** Wake writers waiting for room (after every flush, successful or not). */
@@ -296,14 +407,14 @@ export class WriteBuffer {
     for (const w of waiters) w();
   }
 
-  /** Back-pressure: wait while the buffer is full. */
+  /** Back-pressure: wait while the buffer (segments in flight included) is full. */
   private async waitForRoom(): Promise<void> {
-    while (this.active.bytes >= this.o.maxDirtyBytes) {
+    while (this.heldBytes >= this.o.maxDirtyBytes) {
       this.o.flushForRoom();
       await new Promise<void>((resolve) => this.roomWaiters.push(resolve));
       this.o.checkWritable();
       const failure = this.o.lastFlushError();
-      if (failure && this.active.bytes >= this.o.maxDirtyBytes) {
+      if (failure && this.heldBytes >= this.o.maxDirtyBytes) {
         throw failure instanceof HyperError
           ? failure
           : new HyperError('unavailable', 'STORE_UNAVAILABLE', String(failure));
@@ -311,7 +422,7 @@ export class WriteBuffer {
     }
   }
 
-  /** Blocks of [offset, offset+length) that are partly covered and not already buffered. */
+  /** Blocks of [offset, offset+length) that are partly covered (read unless in the active generation). */
   private edgesToRead(offset: number, length: number): number[] {
     const bs = this.bs;
     const first = Math.floor(offset / bs);
@@ -319,8 +430,8 @@ export class WriteBuffer {
     const headPartial = offset % bs !== 0 || (first === last && length < bs);
     const tailPartial = (offset + length) % bs !== 0;
     const out: number[] = [];
-    if (headPartial && !this.active.blocks.get(first)) out.push(first);
-    if (tailPartial && last !== first && !this.active.blocks.get(last)) out.push(last);
+    if (headPartial) out.push(first);
+    if (tailPartial && last !== first) out.push(last);
     return out;
   }
 
@@ -335,7 +446,9 @@ export class WriteBuffer {
     log: ApplyLog | undefined,
     change: (old: Map<number, Buffer>) => void,
   ): Promise<void> {
-    if (toRead.length === 0) {
+    const missing = (old: Map<number, Buffer>): number[] =>
+      toRead.filter((lba) => !this.active.blocks.get(lba) && !old.has(lba));
+    if (missing(new Map()).length === 0) {
       change(new Map());
       await log?.();
       return;
@@ -343,11 +456,15 @@ export class WriteBuffer {
     let durable: Promise<void> | undefined;
     await this.locks.hold(first, last, async () => {
       const old = new Map<number, Buffer>();
-      await Promise.all(
-        toRead.map(async (lba) => {
-          old.set(lba, await this.o.readBlock(lba));
-        }),
-      );
+      // Until no edge is missing in the same step as the change: a flush may have frozen an
+      // edge block that was in the active generation while another edge was being read.
+      for (let need = missing(old); need.length > 0; need = missing(old)) {
+        await Promise.all(
+          need.map(async (lba) => {
+            old.set(lba, await this.o.readBlock(lba));
+          }),
+        );
+      }
       this.o.checkWritable();
       change(old);
       durable = log?.();
@@ -356,9 +473,10 @@ export class WriteBuffer {
   }
 
   /** Copy `data` into whole blocks of the active generation (synchronous). */
-  private copyIn(offset: number, data: Buffer, old: Map<number, Buffer>): void {
+  private copyIn(offset: number, data: Data, old: Map<number, Buffer>): void {
+    const copy = copier(data);
     const bs = this.bs;
-    const end = offset + data.length;
+    const end = offset + dataLength(data);
     const first = Math.floor(offset / bs);
     const last = Math.floor((end - 1) / bs);
     for (let lba = first; lba <= last; lba++) {
@@ -370,7 +488,7 @@ export class WriteBuffer {
       let blk: Buffer;
       if (to - from === bs) {
         blk = cur ?? this.active.alloc();
-        data.copy(blk, 0, from - offset, to - offset);
+        copy(blk, 0, from - offset, to - offset);
       } else {
         if (cur) blk = cur;
         else {
@@ -379,7 +497,7 @@ export class WriteBuffer {
           if (before) before.copy(blk);
           else blk.fill(0);
         }
-        data.copy(blk, from - bStart, from - offset, to - offset);
+        copy(blk, from - bStart, from - offset, to - offset);
       }
       this.active.set(lba, blk.equals(this.zeroBlock) ? null : blk);
     }

@@ -191,6 +191,11 @@ const INVOCATIONS: Record<string, Invocation> = {
     missing: null,
     leased: null,
   },
+  'config:show': {
+    ok: async () => [],
+    missing: null,
+    leased: null,
+  },
   serve: {
     ok: async (f) => [await f.volume('serve'), '--port', '0'],
     missing: (_f, url) => [url, '--port', '0'],

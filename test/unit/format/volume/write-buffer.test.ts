@@ -42,6 +42,30 @@ function setup(blocks: number, maxDirtyBytes = 1 << 30) {
 }
 
 describe('write buffer', () => {
+  it('writes a payload given in pieces exactly like the joined buffer', async () => {
+    const rand = rng(7);
+    const a = setup(64);
+    const b = setup(64);
+    const model = Buffer.alloc(64 * BS);
+    for (let i = 0; i < 300; i++) {
+      const off = Math.floor(rand() * 60 * BS);
+      const len = 1 + Math.floor(rand() * Math.min(64 * BS - off, 5 * BS));
+      const data = Buffer.alloc(len);
+      for (let k = 0; k < len; k++) data[k] = Math.floor(rand() * 256);
+      // Cut it at random points (pieces of any size, some empty).
+      const parts: Buffer[] = [];
+      for (let at = 0; at < len;) {
+        const n = Math.min(len - at, Math.floor(rand() * 3 * BS));
+        parts.push(data.subarray(at, at + n));
+        at += n;
+      }
+      await Promise.all([a.buf.write(off, data), b.buf.write(off, parts)]);
+      data.copy(model, off);
+    }
+    assert.ok(a.image().equals(model));
+    assert.ok(b.image().equals(model));
+  });
+
   it('matches a byte model over random unaligned writes, write-zeroes and trims', async () => {
     const blocks = 64;
     const { buf, stored, image } = setup(blocks);
@@ -117,7 +141,7 @@ describe('write buffer', () => {
     const gen = buf.freeze();
     assert.equal(gen.bytes, 4 * BS);
     assert.ok(buf.lookup(0), 'frozen blocks still read');
-    buf.unfreeze(true);
+    buf.release(gen);
     buf.roomMade();
     await p;
     assert.equal(done, true);
@@ -128,11 +152,41 @@ describe('write buffer', () => {
     const { buf } = setup(8);
     await buf.write(0, Buffer.alloc(BS, 1));
     await buf.write(BS, Buffer.alloc(BS, 1));
-    buf.freeze();
+    const gen = buf.freeze();
     await buf.write(BS, Buffer.alloc(BS, 2)); // newer than the frozen one
-    buf.unfreeze(false);
+    buf.putBack([gen]);
     assert.equal((buf.lookup(0) as Buffer)[0], 1);
     assert.equal((buf.lookup(1) as Buffer)[0], 2, 'the newer write wins');
     assert.equal(buf.dirtyBytes, 2 * BS);
+  });
+
+  it('serves several frozen generations newest first and puts a failed suffix back in order', async () => {
+    const { buf } = setup(64);
+    await buf.write(0, Buffer.alloc(BS, 1));
+    const g1 = buf.freeze();
+    await buf.write(0, Buffer.alloc(BS, 2));
+    await buf.write(BS, Buffer.alloc(BS, 2));
+    const g2 = buf.freeze();
+    await buf.zero(BS, BS, 'keep');
+    await buf.write(2 * BS, Buffer.alloc(BS, 3));
+    const g3 = buf.freeze();
+    await buf.write(3 * BS, Buffer.alloc(BS, 4));
+    assert.equal((buf.lookup(0) as Buffer)[0], 2, 'newest frozen generation wins');
+    assert.equal(buf.lookup(1), null, 'a trim in a newer generation hides an older write');
+    assert.equal(buf.frozenBytes, 4 * BS);
+    assert.equal(buf.heldBytes, 5 * BS);
+    // g1 landed; g2 and g3 failed: they come back under the active generation, in order.
+    buf.release(g1);
+    buf.putBack([g2, g3]);
+    assert.equal(buf.frozen.length, 0);
+    assert.equal((buf.lookup(0) as Buffer)[0], 2);
+    assert.equal(buf.lookup(1), null);
+    assert.equal((buf.lookup(2) as Buffer)[0], 3);
+    assert.equal((buf.lookup(3) as Buffer)[0], 4);
+    assert.throws(() => {
+      const a = buf.freeze();
+      buf.freeze();
+      buf.putBack([a]);
+    }, /suffix/);
   });
 });

@@ -1,0 +1,354 @@
+/**
+ * The configuration file and where each store setting comes from.
+ *
+ * `~/.config/hyper/config.json` (or `$XDG_CONFIG_HOME/hyper/config.json`, or the file named by
+ * `HYPER_CONFIG`) holds the store settings (endpoint, region, AWS profile), named profiles of
+ * them, and default flags per command. Every setting is resolved with one precedence:
+ * command-line flag > environment variable > the selected profile in the file > the top of the
+ * file > built-in default; `hyper config show` prints each with its source.
+ *
+ * Profiles work like the aws CLI's `--profile`: `--profile NAME` (or `HYPER_PROFILE`, or
+ * `"profile"` in the file) selects the section `profiles.NAME` of this file when there is one
+ * (its endpoint, region, AWS profile and defaults apply), and otherwise the AWS shared-config
+ * profile NAME (`~/.aws/config`, `~/.aws/credentials`) for credentials, as `aws --profile NAME`
+ * would.
+ */
+import { readFile } from 'node:fs/promises';
+import { homedir } from 'node:os';
+import { join, resolve } from 'node:path';
+import { z } from 'zod';
+import { HyperError } from '../errors.js';
+
+const ENDPOINT_RE = /^https?:\/\/[^/\s]+/i;
+
+const endpoint = z
+  .string()
+  .regex(ENDPOINT_RE, 'expected http(s)://host[:port]')
+  .describe('S3 endpoint URL');
+const region = z.string().min(1);
+const awsProfile = z.string().min(1);
+const flagValue = z.union([z.string(), z.number(), z.boolean()]);
+/** Command id (`compact`, `file import`, `*` for every command) → flag name → value. */
+const defaults = z.record(z.string().min(1), z.record(z.string().min(1), flagValue));
+
+const profileSchema = z.strictObject({
+  endpoint: endpoint.optional(),
+  region: region.optional(),
+  awsProfile: awsProfile.optional(),
+  defaults: defaults.optional(),
+});
+
+export const configSchema = z.strictObject({
+  /** The profile used when neither --profile nor HYPER_PROFILE names one. */
+  profile: z.string().min(1).optional(),
+  endpoint: endpoint.optional(),
+  region: region.optional(),
+  awsProfile: awsProfile.optional(),
+  defaults: defaults.optional(),
+  profiles: z.record(z.string().min(1), profileSchema).optional(),
+});
+
+export type ConfigFile = z.infer<typeof configSchema>;
+export type ProfileSection = z.infer<typeof profileSchema>;
+
+/** Where a setting's value came from. */
+export type SettingSource = 'flag' | 'env' | 'profile' | 'file' | 'default';
+
+export interface Setting {
+  value: string | null;
+  source: SettingSource;
+  /** The flag, variable or file entry the value was read from (e.g. `AWS_REGION`). */
+  from: string | null;
+}
+
+export interface LoadedConfig {
+  /** The path looked at (absolute). */
+  path: string;
+  /** True when the file exists (an absent file is an empty configuration). */
+  exists: boolean;
+  config: ConfigFile;
+}
+
+/** The path of the configuration file: HYPER_CONFIG, else the XDG location. */
+export function configPath(env: NodeJS.ProcessEnv = process.env): string {
+  if (env.HYPER_CONFIG) return resolve(env.HYPER_CONFIG);
+  const base = env.XDG_CONFIG_HOME || join(homedir(), '.config');
+  return join(base, 'hyper', 'config.json');
+}
+
+function invalid(path: string, why: string): HyperError {
+  return new HyperError('invalid', 'INVALID_CONFIG', `Invalid configuration file ${path}: ${why}`, {
+    suggestion: `Fix or move the file (\`hyper config show\` prints what applies; HYPER_CONFIG names another file).`,
+  });
+}
+
+/**
+ * Read and validate the configuration file. A missing file at the default location is an
+ * empty configuration; a file named by HYPER_CONFIG must exist. Invalid JSON or content is
+ * INVALID_CONFIG (exit code 2), naming the file and the first problem.
+ */
+export async function loadConfig(env: NodeJS.ProcessEnv = process.env): Promise<LoadedConfig> {
+  const path = configPath(env);
+  let text: string;
+  try {
+    text = await readFile(path, 'utf8');
+  } catch (e) {
+    const code = (e as NodeJS.ErrnoException).code;
+    if ((code === 'ENOENT' || code === 'ENOTDIR') && !env.HYPER_CONFIG) {
+      return { path, exists: false, config: {} };
+    }
+    throw invalid(
+      path,
+      code === 'ENOENT' ? 'no such file (named by HYPER_CONFIG)' : `cannot read it (${code ?? e})`,
+    );
+  }
+  let json: unknown;
+  try {
+    json = JSON.parse(text);
+  } catch (e) {
+    throw invalid(path, `not valid JSON (${(e as Error).message})`);
+  }
+  const parsed = configSchema.safeParse(json);
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]!;
+    const where = issue.path.length > 0 ? issue.path.map(String).join('.') : '(top level)';
+    throw invalid(path, `${where}: ${issue.message}`);
+  }
+  for (const [section, d] of defaultSections(parsed.data)) {
+    for (const [command, flags] of Object.entries(d)) {
+      for (const flag of Object.keys(flags)) {
+        if (RESERVED_FLAGS.has(flag)) {
+          throw invalid(
+            path,
+            `${section}.${command}.${flag}: "${flag}" is a store setting, not a default flag (set "${flag}" ${section === 'defaults' ? 'at the top of the file' : 'in the profile'})`,
+          );
+        }
+      }
+    }
+  }
+  return { path, exists: true, config: parsed.data };
+}
+
+/** Settings that are not default flags (they have their own place in the file). */
+const RESERVED_FLAGS = new Set(['endpoint', 'region', 'profile']);
+
+function defaultSections(c: ConfigFile): [string, NonNullable<ConfigFile['defaults']>][] {
+  const out: [string, NonNullable<ConfigFile['defaults']>][] = [];
+  if (c.defaults) out.push(['defaults', c.defaults]);
+  for (const [name, p] of Object.entries(c.profiles ?? {})) {
+    if (p.defaults) out.push([`profiles.${name}.defaults`, p.defaults]);
+  }
+  return out;
+}
+
+export interface ResolvedSettings {
+  configPath: string;
+  configExists: boolean;
+  /** The profile selected (a section of the file, or an AWS profile name). */
+  profile: Setting;
+  /** True when the profile names a section of the configuration file. */
+  profileInFile: boolean;
+  /** The AWS shared-config profile used for credentials (null: the SDK's default chain). */
+  awsProfile: Setting;
+  endpoint: Setting;
+  region: Setting;
+}
+
+const none = (source: SettingSource = 'default'): Setting => ({
+  value: null,
+  source,
+  from: null,
+});
+
+/**
+ * Resolve the store settings: flag > environment > selected profile > top of the file >
+ * default. `flags` holds only what was given on the command line.
+ */
+export function resolveSettings(
+  loaded: LoadedConfig,
+  flags: { endpoint?: string; region?: string; profile?: string },
+  env: NodeJS.ProcessEnv = process.env,
+): ResolvedSettings {
+  const c = loaded.config;
+  const file = (key: string): string => `${loaded.path}: ${key}`;
+
+  let profile: Setting = none();
+  if (flags.profile !== undefined)
+    profile = { value: flags.profile, source: 'flag', from: '--profile' };
+  else if (env.HYPER_PROFILE)
+    profile = { value: env.HYPER_PROFILE, source: 'env', from: 'HYPER_PROFILE' };
+  else if (c.profile !== undefined)
+    profile = { value: c.profile, source: 'file', from: file('profile') };
+
+  const section: ProfileSection | undefined =
+    profile.value === null ? undefined : c.profiles?.[profile.value];
+  if (profile.value !== null && section === undefined && profile.source === 'file') {
+    // The file's default profile must be one of its own sections or an AWS profile: both fine.
+  }
+  const sectionKey = (key: string): string => file(`profiles.${profile.value}.${key}`);
+
+  const pick = (
+    key: 'endpoint' | 'region',
+    flagValue: string | undefined,
+    envNames: string[],
+  ): Setting => {
+    if (flagValue !== undefined) return { value: flagValue, source: 'flag', from: `--${key}` };
+    for (const name of envNames) {
+      const v = env[name];
+      if (v) return { value: v, source: 'env', from: name };
+    }
+    const fromSection = section?.[key];
+    if (fromSection !== undefined)
+      return { value: fromSection, source: 'profile', from: sectionKey(key) };
+    const top = c[key];
+    if (top !== undefined) return { value: top, source: 'file', from: file(key) };
+    return none();
+  };
+
+  const endpointSetting = pick('endpoint', flags.endpoint, [
+    'AWS_ENDPOINT_URL_S3',
+    'AWS_ENDPOINT_URL',
+  ]);
+  if (endpointSetting.value !== null && !ENDPOINT_RE.test(endpointSetting.value)) {
+    throw new HyperError(
+      'invalid',
+      'INVALID_ARGUMENT',
+      `Invalid value ${JSON.stringify(endpointSetting.value)} for ${endpointSetting.from}: expected http(s)://host[:port]`,
+      { suggestion: 'Give the endpoint as a URL, e.g. --endpoint http://127.0.0.1:7480.' },
+    );
+  }
+  let regionSetting = pick('region', flags.region, ['AWS_REGION', 'AWS_DEFAULT_REGION']);
+  if (regionSetting.value === null)
+    regionSetting = { value: 'us-east-1', source: 'default', from: null };
+
+  // The AWS profile for credentials: the section's awsProfile; a profile that is no section of
+  // this file is an AWS profile itself (as with `aws --profile`); else the file's awsProfile;
+  // else AWS_PROFILE, which the SDK reads itself.
+  let aws: Setting = none();
+  if (section?.awsProfile !== undefined)
+    aws = { value: section.awsProfile, source: 'profile', from: sectionKey('awsProfile') };
+  else if (profile.value !== null && section === undefined)
+    aws = { value: profile.value, source: profile.source, from: profile.from };
+  else if (c.awsProfile !== undefined)
+    aws = { value: c.awsProfile, source: 'file', from: file('awsProfile') };
+  else if (env.AWS_PROFILE) aws = { value: env.AWS_PROFILE, source: 'env', from: 'AWS_PROFILE' };
+
+  return {
+    configPath: loaded.path,
+    configExists: loaded.exists,
+    profile,
+    profileInFile: section !== undefined,
+    awsProfile: aws,
+    endpoint: endpointSetting,
+    region: regionSetting,
+  };
+}
+
+/** A default flag from the configuration file, for one command. */
+export interface DefaultFlag {
+  flag: string;
+  value: string | number | boolean;
+  /** `defaults.<command>` or `profiles.<name>.defaults.<command>`, with the file's path. */
+  from: string;
+  source: 'file' | 'profile';
+}
+
+/** Normalise a command id as written in the file: `file import`, `file:import`. */
+function commandKey(id: string): string {
+  return id.trim().replace(/\s+/g, ':');
+}
+
+/**
+ * The default flags the file sets for command `id`: `*` first, then the command's own, then
+ * the selected profile's (each later one overrides a flag of an earlier one).
+ */
+export function defaultFlagsFor(
+  loaded: LoadedConfig,
+  settings: ResolvedSettings,
+  id: string,
+  aliases: string[] = [],
+): DefaultFlag[] {
+  const ids = new Set([id, ...aliases].map(commandKey));
+  const out = new Map<string, DefaultFlag>();
+  const add = (d: ConfigFile['defaults'], source: 'file' | 'profile', prefix: string): void => {
+    if (!d) return;
+    const entries = Object.entries(d);
+    for (const pass of ['*', 'command'] as const) {
+      for (const [command, flags] of entries) {
+        const key = commandKey(command);
+        if (pass === '*' ? key !== '*' : !ids.has(key)) continue;
+        for (const [flag, value] of Object.entries(flags)) {
+          out.set(flag, {
+            flag,
+            value,
+            from: `${loaded.path}: ${prefix}.${command}.${flag}`,
+            source,
+          });
+        }
+      }
+    }
+  };
+  add(loaded.config.defaults, 'file', 'defaults');
+  const name = settings.profile.value;
+  if (name !== null && settings.profileInFile) {
+    add(loaded.config.profiles?.[name]?.defaults, 'profile', `profiles.${name}.defaults`);
+  }
+  return [...out.values()];
+}
+
+/** What the parser needs to know about a command's flags. */
+export interface FlagShape {
+  type: 'boolean' | 'option';
+  char?: string;
+  aliases?: string[];
+  allowNo?: boolean;
+}
+
+/**
+ * The command line with the file's default flags added for flags that `argv` does not give
+ * (a flag on the command line always wins). A default for a flag the command does not have is
+ * an INVALID_CONFIG error, except under `*` (it applies where the flag exists).
+ */
+export function argvWithDefaults(
+  argv: string[],
+  defaultsList: DefaultFlag[],
+  commandFlags: Record<string, FlagShape>,
+  commandId: string,
+  configFile: string,
+): { argv: string[]; applied: DefaultFlag[] } {
+  const end = argv.indexOf('--');
+  const head = end === -1 ? argv : argv.slice(0, end);
+  const tail = end === -1 ? [] : argv.slice(end);
+  const added: string[] = [];
+  const applied: DefaultFlag[] = [];
+  for (const d of defaultsList) {
+    const shape = commandFlags[d.flag];
+    if (!shape) {
+      if (/\.\*\.[^.]+$/.test(d.from)) continue;
+      throw invalid(
+        configFile,
+        `${d.from.slice(configFile.length + 2)}: "hyper ${commandId.replaceAll(':', ' ')}" has no flag --${d.flag}`,
+      );
+    }
+    const names = [`--${d.flag}`, ...(shape.aliases ?? []).map((a) => `--${a}`)];
+    if (shape.allowNo) names.push(`--no-${d.flag}`);
+    const given = head.some(
+      (t) =>
+        names.some((n) => t === n || t.startsWith(`${n}=`)) ||
+        (shape.char !== undefined && new RegExp(`^-[^-]*${shape.char}`).test(t)),
+    );
+    if (given) continue;
+    if (shape.type === 'boolean') {
+      if (d.value === true || d.value === 'true') added.push(`--${d.flag}`);
+      else if ((d.value === false || d.value === 'false') && shape.allowNo)
+        added.push(`--no-${d.flag}`);
+      else if (d.value !== false && d.value !== 'false') {
+        throw invalid(configFile, `${d.from.slice(configFile.length + 2)}: expected true or false`);
+      } else continue;
+    } else {
+      added.push(`--${d.flag}=${String(d.value)}`);
+    }
+    applied.push(d);
+  }
+  return { argv: [...head, ...added, ...tail], applied };
+}

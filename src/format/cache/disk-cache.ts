@@ -1,0 +1,454 @@
+/**
+ * A local disk cache of immutable store data: data blocks and index nodes of segments,
+ * bounded by a byte size, reused across restarts.
+ *
+ * Layout of the cache directory (nothing else is touched in it):
+ *
+ *   manifest.json  format version, the volume uuid, the slot size and count, and the store
+ *                  URLs entries refer to by number (the volume's own store, clone parents)
+ *   slots.dat      `slots` fixed slots of `slotSize` bytes: the cached bytes
+ *   slots.idx      `slots` 32-byte entry headers, slot i at i × 32:
+ *                    0  magic "HYCE"      4  store u16     6  reserved u16
+ *                    8  segment u64       16 offset u32 (512-byte units)
+ *                    20 length u32        24 crc32c u32 of the cached bytes
+ *                    28 crc32c u32 of header bytes [0, 28)
+ *   lock           the pid of the process using the cache
+ *
+ * Two files whatever the size (no inode per entry), written with plain positional writes
+ * and never fsynced: the cache holds nothing that is not in the store. Every entry carries
+ * the CRC32C of its bytes, and every read checks them, so a torn write (a kill -9 or power
+ * loss between the two writes of an entry, a slot reused while a read was in flight) makes
+ * a miss, never a wrong answer: the entry is dropped and the caller fetches from the store.
+ * The caller checks again what it knows (the block CRC of the index entry, or the index
+ * node's own checksum and segment id) and drops the entry when that fails.
+ *
+ * Keys are (store, segment id, offset). Segments are written once, create-only, and a
+ * committed segment's id is never used again: a head's `lastSegment` only grows, and ids at
+ * or below it that did not commit are listed in `skipped`. The one way an id can name other
+ * bytes later is a flush that never committed (an orphan past the committed head), deleted
+ * by compaction and written again under its id. The engine therefore only puts blocks of
+ * committed segments here (volume.ts `cacheable`): what it caches can never change under
+ * its key, restore, compaction and takeover included. Keying on the writer's epoch as well
+ * would need the segment header for every block read; the committed-only rule and the CRC
+ * check of every hit make it unnecessary.
+ *
+ * Eviction is S3-FIFO (s3fifo.ts): one scan does not flush the hot set. Writes go through a
+ * bounded queue in the background: a read never waits for the cache to be written, and when
+ * the disk is slower than the store, entries are dropped instead of queued without end.
+ *
+ * Memory: about 50 bytes per slot (130 MiB for 10 GiB of 4 KiB blocks) for the key table.
+ */
+import { mkdir, open, readFile, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
+import { join } from 'node:path';
+import { HyperError, toHyperError } from '../../errors.js';
+import { crc32c, readU64, writeU64 } from '../codec/binary.js';
+import { SlotPolicy } from './s3fifo.js';
+
+export const CACHE_FORMAT = 1;
+const HEADER = 32;
+const MAGIC = 0x45435948; // "HYCE" little-endian
+const MANIFEST = 'manifest.json';
+const DATA = 'slots.dat';
+const INDEX = 'slots.idx';
+const LOCK = 'lock';
+/** Room kept for the manifest and lock file in the size budget. */
+const RESERVED = 64 * 1024;
+/** Bytes of entries waiting to be written before new ones are dropped. */
+const MAX_QUEUED_BYTES = 64 * 1024 * 1024;
+const MIN_SLOTS = 16;
+
+export type CacheMode = 'reuse' | 'recreate';
+
+export interface DiskCacheOptions {
+  dir: string;
+  /** Bytes the cache's files may take on disk, in total. */
+  sizeBytes: number;
+  /** `reuse` (default) keeps a cache of the same volume; `recreate` starts empty. */
+  mode?: CacheMode;
+  /** The volume uuid: a cache of another volume is never used (it is recreated). */
+  identity: string;
+  /** Bytes per slot: the largest entry (the data block or index node size). */
+  slotSize: number;
+}
+
+export interface DiskCacheStats {
+  hits: number;
+  misses: number;
+  /** Entries dropped because their bytes failed a check. */
+  dropped: number;
+  /** Entries written. */
+  writes: number;
+  /** Entries not cached because the write queue was full. */
+  skipped: number;
+  entries: number;
+  slots: number;
+  /** Entries found valid when the cache was opened. */
+  reused: number;
+}
+
+interface Manifest {
+  format: number;
+  volume: string;
+  slotSize: number;
+  slots: number;
+  stores: string[];
+}
+
+interface Job {
+  slot: number;
+  gen: number;
+  header: Buffer;
+  body: Buffer;
+}
+
+export class DiskCache {
+  private readonly policy: SlotPolicy;
+  private readonly gen: Uint32Array;
+  private readonly crc: Uint32Array;
+  private readonly len: Uint32Array;
+  /** 1 while the slot's entry is queued or being written (not readable yet). */
+  private readonly pending: Uint8Array;
+  private readonly queue: Job[] = [];
+  private queuedBytes = 0;
+  private writing: Promise<void> | undefined;
+  private closed = false;
+  private readonly counters = { hits: 0, misses: 0, dropped: 0, writes: 0, skipped: 0, reused: 0 };
+
+  private constructor(
+    readonly dir: string,
+    private readonly manifest: Manifest,
+    private readonly data: FileHandle,
+    private readonly index: FileHandle,
+  ) {
+    const n = manifest.slots;
+    this.policy = new SlotPolicy(n);
+    this.gen = new Uint32Array(n);
+    this.crc = new Uint32Array(n);
+    this.len = new Uint32Array(n);
+    this.pending = new Uint8Array(n);
+  }
+
+  /** Slots a cache of `sizeBytes` holds at `slotSize` bytes each. */
+  static slotsFor(sizeBytes: number, slotSize: number): number {
+    return Math.floor((sizeBytes - RESERVED) / (slotSize + HEADER));
+  }
+
+  /**
+   * Open (or create) the cache in `dir`. With `reuse`, a cache of the same volume and slot
+   * size keeps its valid entries; anything else starts empty. Fails if another live process
+   * uses the directory.
+   */
+  static async open(o: DiskCacheOptions): Promise<DiskCache> {
+    const slots = DiskCache.slotsFor(o.sizeBytes, o.slotSize);
+    if (slots < MIN_SLOTS) {
+      throw new HyperError(
+        'invalid',
+        'INVALID_ARGUMENT',
+        `A disk cache of ${o.sizeBytes} bytes is too small for ${o.slotSize}-byte blocks`,
+        {
+          suggestion: `Give --cache-size at least ${MIN_SLOTS * (o.slotSize + HEADER) + RESERVED} bytes.`,
+        },
+      );
+    }
+    let locked = false;
+    try {
+      await mkdir(o.dir, { recursive: true });
+      await takeLock(o.dir);
+      locked = true;
+      const old = o.mode === 'recreate' ? undefined : await readManifest(o.dir);
+      const keep =
+        old !== undefined &&
+        old.format === CACHE_FORMAT &&
+        old.volume === o.identity &&
+        old.slotSize === o.slotSize;
+      if (!keep) {
+        await rm(join(o.dir, DATA), { force: true });
+        await rm(join(o.dir, INDEX), { force: true });
+      }
+      const manifest: Manifest = {
+        format: CACHE_FORMAT,
+        volume: o.identity,
+        slotSize: o.slotSize,
+        slots,
+        stores: keep ? old.stores : [],
+      };
+      await writeManifest(o.dir, manifest);
+      const data = await openRw(join(o.dir, DATA));
+      const index = await openRw(join(o.dir, INDEX));
+      // A smaller cache than last time: drop the slots past the end.
+      await data.truncate(Math.min((await data.stat()).size, slots * o.slotSize));
+      await index.truncate(Math.min((await index.stat()).size, slots * HEADER));
+      const cache = new DiskCache(o.dir, manifest, data, index);
+      if (keep) await cache.load();
+      return cache;
+    } catch (e) {
+      if (locked) await rm(join(o.dir, LOCK), { force: true }).catch(() => undefined);
+      if (e instanceof HyperError) throw e;
+      throw toHyperError(e);
+    }
+  }
+
+  get slotSize(): number {
+    return this.manifest.slotSize;
+  }
+
+  /** The number entries name `url` by (the store list is kept in the manifest). */
+  async storeId(url: string): Promise<number> {
+    const i = this.manifest.stores.indexOf(url);
+    if (i >= 0) return i;
+    if (this.manifest.stores.length >= 0xffff)
+      throw new HyperError('internal', 'INTERNAL', 'too many stores in one disk cache');
+    this.manifest.stores.push(url);
+    await writeManifest(this.dir, this.manifest);
+    return this.manifest.stores.length - 1;
+  }
+
+  stats(): DiskCacheStats {
+    return { ...this.counters, entries: this.policy.used, slots: this.policy.slots };
+  }
+
+  /** Whether the cache may have the entry (no I/O, no counting). */
+  has(store: number, seg: number, off: number): boolean {
+    const s = this.policy.find(store, seg, off);
+    return s >= 0 && this.pending[s] === 0;
+  }
+
+  /**
+   * The cached bytes of (store, seg, off), `length` bytes long, or undefined. With `crc`,
+   * the bytes must also have that CRC32C (the index entry's); an entry failing any check
+   * is dropped.
+   */
+  async get(
+    store: number,
+    seg: number,
+    off: number,
+    length: number,
+    crc?: number,
+  ): Promise<Buffer | undefined> {
+    const s = this.policy.find(store, seg, off);
+    if (s < 0 || this.pending[s] !== 0 || this.closed) {
+      this.counters.misses++;
+      return undefined;
+    }
+    if (this.len[s] !== length) {
+      this.drop(s);
+      this.counters.misses++;
+      return undefined;
+    }
+    this.policy.touch(s);
+    const g = this.gen[s] as number;
+    const buf = Buffer.allocUnsafe(length);
+    let n: number;
+    try {
+      n = (await this.data.read(buf, 0, length, s * this.manifest.slotSize)).bytesRead;
+    } catch {
+      n = -1;
+    }
+    // Reused while we read: not ours any more (and not a damaged entry).
+    if (this.gen[s] !== g) {
+      this.counters.misses++;
+      return undefined;
+    }
+    const got = n === length ? crc32c(buf) : -1;
+    if (got !== this.crc[s] || (crc !== undefined && got !== crc)) {
+      this.drop(s);
+      this.counters.misses++;
+      return undefined;
+    }
+    this.counters.hits++;
+    return buf;
+  }
+
+  /** Drop an entry whose bytes the caller found bad. */
+  invalidate(store: number, seg: number, off: number): void {
+    const s = this.policy.find(store, seg, off);
+    if (s >= 0) this.drop(s);
+  }
+
+  /**
+   * Cache `bytes` as (store, seg, off) in the background. The buffer must not change
+   * afterwards. Entries larger than a slot, and entries arriving while the write queue is
+   * full, are not cached.
+   */
+  put(store: number, seg: number, off: number, bytes: Buffer): void {
+    if (this.closed || bytes.length > this.manifest.slotSize || bytes.length === 0) return;
+    if (off % 512 !== 0 || off / 512 > 0xffffffff) return;
+    if (this.policy.find(store, seg, off) >= 0) return;
+    if (this.queuedBytes + bytes.length > MAX_QUEUED_BYTES) {
+      this.counters.skipped++;
+      return;
+    }
+    const s = this.policy.insert(store, seg, off, (victim) => this.evicted(victim));
+    const g = (this.gen[s] = ((this.gen[s] as number) + 1) >>> 0);
+    const crc = crc32c(bytes);
+    this.crc[s] = crc;
+    this.len[s] = bytes.length;
+    this.pending[s] = 1;
+    const header = Buffer.alloc(HEADER);
+    header.writeUInt32LE(MAGIC, 0);
+    header.writeUInt16LE(store, 4);
+    writeU64(header, 8, seg);
+    header.writeUInt32LE(off / 512, 16);
+    header.writeUInt32LE(bytes.length, 20);
+    header.writeUInt32LE(crc, 24);
+    header.writeUInt32LE(crc32c(header.subarray(0, 28)), 28);
+    this.queue.push({ slot: s, gen: g, header, body: bytes });
+    this.queuedBytes += bytes.length;
+    this.writing ??= this.drain();
+  }
+
+  /** Wait until every queued entry is written (tests, close). */
+  async settle(): Promise<void> {
+    while (this.writing) await this.writing;
+  }
+
+  /** Write what is queued, then close the files and release the directory. */
+  async close(): Promise<void> {
+    if (this.closed) return;
+    await this.settle();
+    this.closed = true;
+    await this.data.close().catch(() => undefined);
+    await this.index.close().catch(() => undefined);
+    await rm(join(this.dir, LOCK), { force: true }).catch(() => undefined);
+  }
+
+  private evicted(slot: number): void {
+    this.gen[slot] = ((this.gen[slot] as number) + 1) >>> 0;
+    this.pending[slot] = 0;
+  }
+
+  private drop(slot: number): void {
+    this.counters.dropped++;
+    this.gen[slot] = ((this.gen[slot] as number) + 1) >>> 0;
+    this.pending[slot] = 0;
+    this.policy.remove(slot);
+  }
+
+  private async drain(): Promise<void> {
+    try {
+      while (this.queue.length > 0) {
+        const batch = this.queue.splice(0, 64);
+        await Promise.all(batch.map((j) => this.writeJob(j)));
+      }
+    } finally {
+      this.writing = undefined;
+    }
+  }
+
+  private async writeJob(j: Job): Promise<void> {
+    try {
+      if (this.gen[j.slot] !== j.gen) return; // evicted before it was written
+      const ss = this.manifest.slotSize;
+      await this.data.write(j.body, 0, j.body.length, j.slot * ss);
+      await this.index.write(j.header, 0, HEADER, j.slot * HEADER);
+      if (this.gen[j.slot] === j.gen) {
+        this.pending[j.slot] = 0;
+        this.counters.writes++;
+      }
+    } catch {
+      // A full or failing disk: the entry is simply not cached.
+      if (this.gen[j.slot] === j.gen) this.drop(j.slot);
+    } finally {
+      this.queuedBytes -= j.body.length;
+    }
+  }
+
+  /** Read every slot header and keep the entries whose header checks out. */
+  private async load(): Promise<void> {
+    const n = this.manifest.slots;
+    const stores = this.manifest.stores.length;
+    const chunkSlots = 65536;
+    const buf = Buffer.allocUnsafe(chunkSlots * HEADER);
+    for (let first = 0; first < n; first += chunkSlots) {
+      const want = Math.min(chunkSlots, n - first) * HEADER;
+      const { bytesRead } = await this.index.read(buf, 0, want, first * HEADER);
+      if (bytesRead <= 0) break;
+      for (let k = 0; k + HEADER <= bytesRead; k += HEADER) {
+        if (buf.readUInt32LE(k) !== MAGIC) continue;
+        if (crc32c(buf.subarray(k, k + 28)) !== buf.readUInt32LE(k + 28)) continue;
+        const store = buf.readUInt16LE(k + 4);
+        const length = buf.readUInt32LE(k + 20);
+        if (store >= stores || length === 0 || length > this.manifest.slotSize) continue;
+        let seg: number;
+        try {
+          seg = readU64(buf, k + 8);
+        } catch {
+          continue;
+        }
+        const slot = first + k / HEADER;
+        if (!this.policy.restore(slot, store, seg, buf.readUInt32LE(k + 16) * 512)) continue;
+        this.crc[slot] = buf.readUInt32LE(k + 24);
+        this.len[slot] = length;
+        this.counters.reused++;
+      }
+      if (bytesRead < want) break;
+    }
+  }
+}
+
+async function openRw(path: string): Promise<FileHandle> {
+  try {
+    return await open(path, 'r+');
+  } catch (e) {
+    if ((e as NodeJS.ErrnoException).code !== 'ENOENT') throw e;
+    return open(path, 'w+');
+  }
+}
+
+async function readManifest(dir: string): Promise<Manifest | undefined> {
+  try {
+    const m = JSON.parse(await readFile(join(dir, MANIFEST), 'utf8')) as Partial<Manifest>;
+    if (
+      typeof m.format !== 'number' ||
+      typeof m.volume !== 'string' ||
+      typeof m.slotSize !== 'number' ||
+      typeof m.slots !== 'number' ||
+      !Array.isArray(m.stores) ||
+      !m.stores.every((s) => typeof s === 'string')
+    )
+      return undefined;
+    return m as Manifest;
+  } catch {
+    return undefined;
+  }
+}
+
+async function writeManifest(dir: string, m: Manifest): Promise<void> {
+  const tmp = join(dir, `${MANIFEST}.${process.pid}.tmp`);
+  await writeFile(tmp, `${JSON.stringify(m)}\n`);
+  await rename(tmp, join(dir, MANIFEST));
+}
+
+/** One process per cache directory: a lock file naming a live pid other than ours refuses. */
+async function takeLock(dir: string): Promise<void> {
+  const path = join(dir, LOCK);
+  for (let tries = 0; tries < 3; tries++) {
+    try {
+      await writeFile(path, `${process.pid}\n`, { flag: 'wx' });
+      return;
+    } catch (e) {
+      if ((e as NodeJS.ErrnoException).code !== 'EEXIST') throw e;
+    }
+    const pid = Number.parseInt(await readFile(path, 'utf8').catch(() => ''), 10);
+    if (Number.isSafeInteger(pid) && pid > 0 && pid !== process.pid && alive(pid)) {
+      throw new HyperError(
+        'conflict',
+        'LEASE_HELD',
+        `The cache directory ${dir} is in use by process ${pid}`,
+        { suggestion: 'Give each served volume its own --cache-dir.' },
+      );
+    }
+    // Left by a process that is gone (or by us): take it over.
+    await rm(path, { force: true });
+  }
+  throw new HyperError('conflict', 'LEASE_HELD', `Could not lock the cache directory ${dir}`);
+}
+
+function alive(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (e) {
+    return (e as NodeJS.ErrnoException).code === 'EPERM';
+  }
+}

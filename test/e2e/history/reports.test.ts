@@ -1,0 +1,146 @@
+/**
+ * Accurate reports: `compact --dry-run` reports what the real run then does (grace period
+ * included); `snapshot restore` to a compacted, a future or the current checkpoint says what
+ * is kept or that nothing changed; `file list` says why a volume's head cannot be read.
+ */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { fileUrl, hyper, hyperJson, show, tempDir } from '../../helpers/cli.js';
+
+const MiB = 1024 * 1024;
+
+interface Compact {
+  checkpointCountBefore: number;
+  checkpointCountAfter: number;
+  droppedCheckpointCount: number;
+  deletedSegmentCount: number;
+  deferredSegmentCount: number;
+  reclaimedBytes: number;
+}
+
+const figures = (c: Compact): unknown[] => [
+  c.checkpointCountBefore,
+  c.checkpointCountAfter,
+  c.droppedCheckpointCount,
+  c.deletedSegmentCount,
+  c.deferredSegmentCount,
+  c.reclaimedBytes,
+];
+
+/** A volume with several checkpoints, each overwriting the same 1 MiB. */
+async function history(dir: string, n: number): Promise<string> {
+  const url = fileUrl(join(dir, 'v'));
+  await hyperJson(['file', 'create', url, '--size', '4M']);
+  for (let i = 0; i < n; i++) {
+    const img = join(dir, `i${i}.img`);
+    await writeFile(img, randomBytes(MiB));
+    await hyperJson(['file', 'import', img, url]);
+  }
+  return url;
+}
+
+describe('compact --dry-run', () => {
+  it('reports with the grace period exactly what the real run then does', async (t) => {
+    const dir = await tempDir(t);
+    const url = await history(dir, 4);
+    const policy = ['--keep-last', '1', '--min-live', '0'];
+    // The history has no floor yet: with a grace period nothing committed may go.
+    const dry = await hyperJson<Compact & { dryRun: boolean }>([
+      'compact',
+      url,
+      ...policy,
+      '--grace',
+      '1h',
+      '--dry-run',
+    ]);
+    assert.equal(dry.dryRun, true);
+    assert.equal(dry.reclaimedBytes, 0);
+    const real = await hyperJson<Compact>(['compact', url, ...policy, '--grace', '1h', '--yes']);
+    assert.deepEqual(figures(dry), figures(real));
+    assert.ok(real.deferredSegmentCount > 0);
+    // With --grace 0s: dry run and real run agree, and bytes really go.
+    const dry0 = await hyperJson<Compact>([
+      'compact',
+      url,
+      ...policy,
+      '--grace',
+      '0s',
+      '--dry-run',
+    ]);
+    const real0 = await hyperJson<Compact>(['compact', url, ...policy, '--grace', '0s', '--yes']);
+    assert.deepEqual(
+      [dry0.deletedSegmentCount, dry0.deferredSegmentCount, dry0.reclaimedBytes],
+      [real0.deletedSegmentCount, real0.deferredSegmentCount, real0.reclaimedBytes],
+    );
+    assert.ok(real0.deletedSegmentCount > 0 && real0.reclaimedBytes > 0);
+  });
+
+  it('names the grace period in stat --space', async (t) => {
+    const dir = await tempDir(t);
+    const url = await history(dir, 3);
+    // Dropped history whose segments are kept for the grace period: garbage.
+    await hyperJson(['compact', url, '--keep-last', '1', '--grace', '1h', '--yes']);
+    const r = await hyper(['file', 'stat', url, '--space']);
+    assert.equal(r.code, 0, show(r));
+    assert.match(r.stdout, /--grace period, 10m by default/);
+  });
+});
+
+describe('snapshot restore reports', () => {
+  it('says a compacted checkpoint is gone and which are kept; the current state changes nothing', async (t) => {
+    const dir = await tempDir(t);
+    const url = await history(dir, 3); // checkpoints 1 (create), 2, 3, 4
+    await hyperJson(['compact', url, '--keep-last', '2', '--grace', '0s', '--yes']);
+    const gone = await hyperJson<{ error: { code: string; message: string } }>(
+      ['snapshot', 'restore', url, '--to', '2'],
+      3,
+    );
+    assert.equal(gone.error.code, 'CHECKPOINT_NOT_FOUND');
+    assert.match(
+      gone.error.message,
+      /^Checkpoint 2 was compacted away; checkpoints \d+ to \d+ are kept/,
+    );
+    const future = await hyperJson<{ error: { message: string } }>(
+      ['snapshot', 'restore', url, '--to', '99'],
+      3,
+    );
+    assert.match(future.error.message, /does not exist yet \(the current checkpoint is \d+\)/);
+
+    const before = await hyperJson<{ checkpoint: number }>(['file', 'stat', url]);
+    for (const to of ['2099-01-01T00:00:00Z', String(before.checkpoint)]) {
+      const r = await hyper(['snapshot', 'restore', url, '--to', to]);
+      assert.equal(r.code, 0, show(r));
+      assert.match(r.stdout, /its current state.*nothing changed/);
+      const j = await hyperJson<{ unchanged: boolean; checkpoint: number | null }>([
+        'snapshot',
+        'restore',
+        url,
+        '--to',
+        to,
+      ]);
+      assert.equal(j.unchanged, true);
+      assert.equal(j.checkpoint, null);
+    }
+    const after = await hyperJson<{ checkpoint: number }>(['file', 'stat', url]);
+    assert.equal(after.checkpoint, before.checkpoint);
+  });
+});
+
+describe('file list status', () => {
+  it('shows why a volume cannot be read instead of 0 B and 1970', async (t) => {
+    const dir = await tempDir(t);
+    await hyperJson(['file', 'create', fileUrl(join(dir, 'good')), '--size', '1M']);
+    await hyperJson(['file', 'create', fileUrl(join(dir, 'bad')), '--size', '1M']);
+    await writeFile(join(dir, 'bad', 'head'), 'garbage');
+    const r = await hyper(['file', 'list', fileUrl(dir)]);
+    assert.equal(r.code, 0, show(r));
+    assert.match(r.stdout, /STATUS/);
+    // Not a terminal: the plain format, tab-separated.
+    assert.match(r.stdout, /^bad\/\t-\t-\t-\tVolume head is damaged/m);
+    assert.match(r.stdout, /^good\/\t1 MiB\t.*\tok$/m);
+    assert.doesNotMatch(r.stdout, /1970/);
+  });
+});

@@ -1,0 +1,334 @@
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { open } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { SEGMENT_PREFIX } from '../../../../src/format/keys.js';
+import { CountingStore } from '../../../../src/format/store/counting.js';
+import { MemStore } from '../../../../src/format/store/mem.js';
+import type { GetOptions, GetResult } from '../../../../src/format/store/types.js';
+import { compactVolume } from '../../../../src/format/volume/compact.js';
+import { KiB, MiB, type OpenOptions } from '../../../../src/format/volume/types.js';
+import { Volume } from '../../../../src/format/volume/volume.js';
+import { rng } from '../../../helpers/rng.js';
+
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+const root = mkdtempSync(join(tmpdir(), 'hyper-reader-'));
+after(() => rmSync(root, { recursive: true, force: true }));
+let dirs = 0;
+const freshDir = (): string => join(root, `d${dirs++}`);
+
+/** Counts segment GETs, how many run at once, and fails them on demand. */
+class WatchedStore extends CountingStore {
+  segmentGets = 0;
+  inFlight = 0;
+  maxInFlight = 0;
+  failSegments = false;
+  override async get(key: string, options?: GetOptions): Promise<GetResult> {
+    if (!key.startsWith(SEGMENT_PREFIX)) return super.get(key, options);
+    if (this.failSegments) throw new Error(`segment GET refused in this test: ${key}`);
+    this.segmentGets++;
+    this.inFlight++;
+    this.maxInFlight = Math.max(this.maxInFlight, this.inFlight);
+    try {
+      await new Promise((r) => setImmediate(r));
+      return await super.get(key, options);
+    } finally {
+      this.inFlight--;
+    }
+  }
+  reset(): void {
+    this.segmentGets = 0;
+    this.maxInFlight = 0;
+  }
+}
+
+function pattern(len: number, seed: number): Buffer {
+  const r = rng(seed);
+  const b = Buffer.allocUnsafe(len);
+  for (let i = 0; i < len; i += 4) b.writeUInt32LE((r() * 2 ** 32) >>> 0, i);
+  return b;
+}
+
+async function filled(
+  size: number,
+  segmentSize = 4 * MiB,
+): Promise<{ store: WatchedStore; ref: Buffer }> {
+  const store = new WatchedStore(MemStore.isolated());
+  await Volume.create(store, { size, segmentSize });
+  const v = await Volume.open(store, { flushIntervalMs: 0 });
+  const ref = pattern(size, 1);
+  for (let o = 0; o < size; o += 1 * MiB) await v.write(o, ref.subarray(o, o + 1 * MiB));
+  await v.close();
+  return { store, ref };
+}
+
+describe('reader: read-ahead, parallel GETs, read-around', () => {
+  it('reads a sequential stream with fewer, larger GETs and the same bytes', async () => {
+    const size = 32 * MiB;
+    const { store, ref } = await filled(size);
+    const counts: Record<string, number> = {};
+    for (const ahead of [0, 16 * MiB]) {
+      const v = await Volume.open(store, {
+        readOnly: true,
+        readAheadBytes: ahead,
+        readAroundBytes: 0,
+      });
+      store.reset();
+      const parts: Buffer[] = [];
+      for (let o = 0; o < size; o += 256 * KiB) parts.push(await v.read(o, 256 * KiB));
+      assert.equal(sha(Buffer.concat(parts)), sha(ref), `bytes with read-ahead ${ahead}`);
+      counts[String(ahead)] = store.segmentGets;
+      if (ahead > 0) {
+        const s = v.stats();
+        assert.ok(
+          s.prefetchedBlocks > 0 && s.prefetchHits > 0.8 * s.prefetchedBlocks,
+          JSON.stringify(s),
+        );
+      }
+      await v.close();
+    }
+    // (GETs of index nodes and reads crossing a segment's end add a few.)
+    assert.ok((counts['0'] as number) >= 128, 'without read-ahead: a GET per 256 KiB read');
+    assert.ok(
+      (counts[String(16 * MiB)] as number) <= (counts['0'] as number) / 2.5,
+      `with read-ahead: ${counts[String(16 * MiB)]} GETs`,
+    );
+  });
+
+  it('splits a large read into parallel GETs, capped per volume', async () => {
+    const size = 16 * MiB;
+    const { store, ref } = await filled(size, 16 * MiB);
+    const v = await Volume.open(store, {
+      readOnly: true,
+      readPartBytes: 1 * MiB,
+      maxReadGets: 4,
+      readAheadBytes: 0,
+    });
+    store.reset();
+    const got = await v.read(0, size);
+    assert.equal(sha(got), sha(ref));
+    assert.ok(store.segmentGets >= 16 && store.segmentGets <= 18, `GETs: ${store.segmentGets}`);
+    assert.ok(store.maxInFlight > 1 && store.maxInFlight <= 4, `in flight: ${store.maxInFlight}`);
+    await v.close();
+  });
+
+  it('fetches the neighbours of a random read in the same GET and serves them later', async () => {
+    const size = 8 * MiB;
+    const { store, ref } = await filled(size);
+    const v = await Volume.open(store, {
+      readOnly: true,
+      readAheadBytes: 0,
+      readAroundBytes: 64 * KiB,
+    });
+    // Load the index first so that read-around knows the neighbours.
+    await v.extents(0, size);
+    store.reset();
+    const r = rng(3);
+    for (let i = 0; i < 400; i++) {
+      const o = Math.floor(r() * (size / 4096)) * 4096;
+      assert.equal(sha(await v.read(o, 4096)), sha(ref.subarray(o, o + 4096)));
+    }
+    const s = v.stats();
+    assert.ok(s.readAroundBlocks > 0 && s.readAroundHits > 0, JSON.stringify(s));
+    assert.ok(store.segmentGets < 300, `GETs: ${store.segmentGets}`);
+    await v.close();
+  });
+
+  it('matches a model under random reads, writes, trims and flushes running concurrently', async () => {
+    for (const seed of [11, 12, 13]) {
+      const size = 4 * MiB;
+      const bs = 4 * KiB;
+      const store = new WatchedStore(MemStore.isolated());
+      await Volume.create(store, { size, segmentSize: 1 * MiB });
+      const opts: OpenOptions = {
+        flushIntervalMs: 0,
+        dataCacheBytes: 256 * KiB,
+        nodeCacheBytes: 16 * KiB,
+        readAheadBytes: 128 * KiB,
+        readAroundBytes: 64 * KiB,
+        readPartBytes: 64 * KiB,
+        maxReadGets: 3,
+        diskCache: { dir: freshDir(), sizeBytes: 2 * MiB },
+      };
+      let v = await Volume.open(store, opts);
+      const model = Buffer.alloc(size);
+      const r = rng(seed);
+      for (let batch = 0; batch < 60; batch++) {
+        const busy: [number, number][] = [];
+        const overlaps = (a: number, b: number): boolean => busy.some(([x, y]) => a < y && x < b);
+        const ops: Promise<unknown>[] = [];
+        const checks: (() => void)[] = [];
+        for (let k = 0; k < 12; k++) {
+          const len = (1 + Math.floor(r() * 48)) * 512;
+          const off = Math.floor(r() * ((size - len) / 512)) * 512;
+          const roll = r();
+          if (roll < 0.35 && !overlaps(off, off + len)) {
+            const data = pattern(len, seed * 1000 + batch * 16 + k);
+            data.copy(model, off);
+            busy.push([off, off + len]);
+            ops.push(v.write(off, data));
+          } else if (roll < 0.4 && !overlaps(off, off + len)) {
+            model.fill(
+              0,
+              Math.ceil(off / bs) * bs,
+              Math.max(Math.ceil(off / bs) * bs, Math.floor((off + len) / bs) * bs),
+            );
+            busy.push([off, off + len]);
+            ops.push(v.trim(off, len));
+          } else if (roll < 0.45) {
+            ops.push(v.flush());
+          } else {
+            // A sequential sweep now and then, to drive read-ahead.
+            const sweep = r() < 0.2;
+            const n = sweep ? 8 : 1;
+            for (let j = 0; j < n; j++) {
+              const o = off + j * len;
+              if (o + len > size || overlaps(o, o + len)) break;
+              const want = Buffer.from(model.subarray(o, o + len));
+              ops.push(
+                v.read(o, len).then((got) => {
+                  checks.push(() =>
+                    assert.equal(
+                      sha(got),
+                      sha(want),
+                      `seed ${seed} batch ${batch}: read ${o}+${len}`,
+                    ),
+                  );
+                }),
+              );
+              busy.push([o, o + len]);
+            }
+          }
+        }
+        await Promise.all(ops);
+        for (const c of checks) c();
+        if (batch % 20 === 19) {
+          await v.close();
+          v = await Volume.open(store, opts);
+        }
+      }
+      assert.equal(sha(await v.read(0, size)), sha(model), `seed ${seed}: final content`);
+      await v.close();
+    }
+  });
+});
+
+describe('volume with a disk cache', () => {
+  function dirBytes(dir: string): number {
+    return readdirSync(dir).reduce((s, f) => s + statSync(join(dir, f)).size, 0);
+  }
+
+  it('serves reads after a reopen from the cache alone, with the same bytes', async () => {
+    const size = 4 * MiB;
+    const { store, ref } = await filled(size);
+    const dir = freshDir();
+    const cacheSize = 8 * MiB;
+    const opts: OpenOptions = { readOnly: true, diskCache: { dir, sizeBytes: cacheSize } };
+    let v = await Volume.open(store, opts);
+    assert.equal(sha(await v.read(0, size)), sha(ref));
+    await v.close();
+    assert.ok(dirBytes(dir) <= cacheSize);
+    store.failSegments = true;
+    v = await Volume.open(store, opts);
+    for (let o = 0; o < size; o += 64 * KiB)
+      assert.equal(sha(await v.read(o, 64 * KiB)), sha(ref.subarray(o, o + 64 * KiB)));
+    assert.ok(v.stats().diskCacheHits > 0);
+    await v.close();
+    // recreate: empty, so the refused GETs show.
+    await assert.rejects(async () => {
+      const w = await Volume.open(store, {
+        ...opts,
+        diskCache: { dir, sizeBytes: cacheSize, mode: 'recreate' },
+      });
+      try {
+        await w.read(0, 4096);
+      } finally {
+        await w.close();
+      }
+    }, /refused/);
+  });
+
+  it('refetches a corrupted cache file and never exceeds its size', async () => {
+    const size = 4 * MiB;
+    const { store, ref } = await filled(size);
+    const dir = freshDir();
+    const cacheSize = 1 * MiB;
+    const opts: OpenOptions = { readOnly: true, diskCache: { dir, sizeBytes: cacheSize } };
+    let v = await Volume.open(store, opts);
+    assert.equal(sha(await v.read(0, size)), sha(ref));
+    await v.close();
+    assert.ok(dirBytes(dir) <= cacheSize, `${dirBytes(dir)} > ${cacheSize}`);
+    // Scribble over the whole data file.
+    const f = await open(join(dir, 'slots.dat'), 'r+');
+    const len = (await f.stat()).size;
+    await f.write(Buffer.alloc(len, 0x5a), 0, len, 0);
+    await f.close();
+    v = await Volume.open(store, opts);
+    store.reset();
+    assert.equal(sha(await v.read(0, size)), sha(ref));
+    assert.ok(v.stats().diskCacheDropped > 0);
+    assert.ok(store.segmentGets > 0);
+    await v.close();
+    assert.ok(dirBytes(dir) <= cacheSize);
+  });
+
+  it('never serves stale bytes across restore, compaction and takeover', async () => {
+    const size = 2 * MiB;
+    const store = new WatchedStore(MemStore.isolated());
+    await Volume.create(store, { size, segmentSize: 1 * MiB });
+    const dir = freshDir();
+    const opts: OpenOptions = {
+      flushIntervalMs: 0,
+      dataCacheBytes: 64 * KiB,
+      nodeCacheBytes: 16 * KiB,
+      diskCache: { dir, sizeBytes: 4 * MiB },
+    };
+    const r = rng(99);
+    const model = Buffer.alloc(size);
+    const snapshots = new Map<number, Buffer>();
+    for (let round = 0; round < 8; round++) {
+      const v = await Volume.open(store, opts);
+      // Everything read through the cache equals the model (cache filled by earlier rounds).
+      assert.equal(sha(await v.read(0, size)), sha(model), `round ${round}: content on open`);
+      for (let k = 0; k < 40; k++) {
+        const len = (1 + Math.floor(r() * 16)) * 4096;
+        const off = Math.floor(r() * ((size - len) / 4096)) * 4096;
+        const data = pattern(len, round * 100 + k);
+        data.copy(model, off);
+        await v.write(off, data);
+        if (k % 10 === 9) snapshots.set((await v.flush()).checkpoint, Buffer.from(model));
+        if (k % 7 === 0) assert.equal(sha(await v.read(off, len)), sha(data));
+      }
+      const cp = (await v.flush()).checkpoint;
+      snapshots.set(cp, Buffer.from(model));
+      if (round % 3 === 1) {
+        // Restore an older checkpoint: the cache holds blocks of both.
+        const ids = [...snapshots.keys()].filter((c) => c < cp);
+        const back = ids[Math.floor(r() * ids.length)] as number;
+        await v.restore(back);
+        (snapshots.get(back) as Buffer).copy(model);
+        snapshots.set((await v.flush()).checkpoint, Buffer.from(model));
+      }
+      if (round % 4 === 2) {
+        // A takeover: another writer fences this one mid-session.
+        const other = await Volume.open(store, { ...opts, diskCache: undefined, force: true });
+        const data = pattern(64 * KiB, 7000 + round);
+        data.copy(model, 128 * KiB);
+        await other.write(128 * KiB, data);
+        await other.close();
+        await v.close().catch(() => undefined);
+      } else await v.close();
+      if (round % 2 === 1) {
+        await compactVolume(store, { keepLast: 1, graceMs: 0 });
+        snapshots.clear();
+      }
+    }
+    const v = await Volume.open(store, { ...opts, readOnly: true });
+    assert.equal(sha(await v.read(0, size)), sha(model), 'final content');
+    assert.ok(v.stats().diskCacheHits > 0, 'the cache was used');
+    await v.close();
+  });
+});
