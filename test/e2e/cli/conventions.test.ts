@@ -280,10 +280,15 @@ after(async () => {
   await rm(shared.dir, { recursive: true, force: true });
 });
 
-/** hyper's own commands (not those of the help and autocomplete plugins). */
+/**
+ * hyper's own commands (not those of the help and autocomplete plugins), each once: oclif
+ * lists a command again under each of its aliases (`file info` for `file stat`).
+ */
 async function ownCommands(): Promise<Config['commands']> {
   const config = await Config.load(repoRoot);
-  return config.commands.filter((c) => c.pluginName === config.name && !c.hidden);
+  return config.commands.filter(
+    (c) => c.pluginName === config.name && !c.hidden && !(c.aliases ?? []).includes(c.id),
+  );
 }
 
 async function fixture(dir: string): Promise<Fixture> {
