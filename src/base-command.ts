@@ -87,8 +87,10 @@ export type { ErrorJson };
  */
 export const outputFlags = {
   format: OclifFlags.string({
-    summary: 'Output format (default: table on a terminal, plain otherwise; json = --json).',
+    summary:
+      'Output format (default: table on a terminal, plain otherwise; json = --json). Env: HYPER_FORMAT.',
     options: [...OUTPUT_FORMATS],
+    env: 'HYPER_FORMAT',
     helpGroup: 'OUTPUT',
   }),
   quiet: OclifFlags.boolean({

@@ -48,7 +48,10 @@ export function hyper(args: string[], options: CliOptions = {}): Promise<CliResu
   delete env.HYPER_CONFIG;
   delete env.HYPER_PROFILE;
   env.XDG_CONFIG_HOME = '/nonexistent/hyper-test-config';
+  // Most tests read the table format; a test of the non-terminal default passes HYPER_FORMAT ''.
+  env.HYPER_FORMAT = 'table';
   Object.assign(env, options.env);
+  if (env.HYPER_FORMAT === '') delete env.HYPER_FORMAT;
   return new Promise((resolvePromise, reject) => {
     const child = spawn(process.execPath, [runJs, ...args], {
       cwd: options.cwd ?? repoRoot,

@@ -157,7 +157,7 @@ export async function compactVolume(
     // creator checks the head after writing its record, so either it saw the drop and gave
     // up, or its record is here). Its segment is still there: only compaction deletes, and
     // it deletes nothing before this point.
-    const referenced = await pinned(store);
+    const referenced = vol ? await pinned(store) : new Set<number>();
     if (vol && head.history) {
       const lost = [...referenced].filter(
         (id) =>
@@ -177,27 +177,19 @@ export async function compactVolume(
     // the grace period), decided from a listing made after the history commits.
     const segsNow = vol ? await listSegments(store) : segs;
     const now = Date.now();
-    // Which history decides what may go: the one this run commits ('new'), the one in force
-    // at least the grace period ago ('old'), or none yet (everything unreachable is deferred).
-    // A dry run decides exactly as the real run would: the grace period applies to it too.
-    const view: 'new' | 'old' | undefined =
-      graceMs === 0
-        ? 'new'
-        : oldHead.history && oldHead.history.floorMs + graceMs <= now
-          ? 'old'
-          : !oldHead.history && policyIsNoop(options)
-            ? 'new'
-            : undefined;
     const protectBy: HeadRecord | undefined =
-      view === 'new' ? head : view === 'old' ? oldHead : undefined;
+      graceMs === 0 || options.dryRun
+        ? head
+        : oldHead.history && oldHead.history.floorMs + graceMs <= now
+          ? oldHead
+          : !oldHead.history && policyIsNoop(options)
+            ? head
+            : undefined;
     const reachAll = newReach();
     let keepIds: number[] = [];
     if (protectBy) {
       // Under the history of `protectBy`, plus every checkpoint committed since.
-      const viewHead =
-        options.dryRun && view === 'new'
-          ? await dryRunHead(store, head, segsNow, options)
-          : protectBy;
+      const viewHead = options.dryRun ? await dryRunHead(store, head, segsNow, options) : protectBy;
       keepIds = [...segsNow.keys()].filter(
         (id) =>
           id <= head.checkpoint &&
@@ -212,12 +204,6 @@ export async function compactVolume(
         await walk(loader, rootOf(h), reachAll, { visited, signal });
       }
     }
-    // A dry run accounts for the history commit the real run would make: one more checkpoint,
-    // after which the current one is an ordinary older checkpoint.
-    const wouldCommit =
-      !vol &&
-      policy.policyGiven &&
-      [...segs.keys()].some((id) => isRetainedCheckpoint(oldHead, id) && !policy.keep.has(id));
     const deletable: number[] = [];
     let deferred = 0;
     for (const [id, info] of segsNow) {
@@ -229,7 +215,7 @@ export async function compactVolume(
         else deferred++;
         continue;
       }
-      if (id === head.checkpoint && !wouldCommit) continue;
+      if (id === head.checkpoint) continue;
       if (!protectBy) {
         deferred++;
         continue;
@@ -267,8 +253,7 @@ export async function compactVolume(
     const deleted = new Set(vol ? deletable : []);
     const stillRetained = (id: number): boolean =>
       isRetainedCheckpoint(afterHead, id) && !deleted.has(id) && (segsAfter.has(id) || !vol);
-    const retainedAfter =
-      [...segsAfter.keys()].filter(stillRetained).length + (wouldCommit ? 1 : 0);
+    const retainedAfter = [...segsAfter.keys()].filter(stillRetained).length;
     const dropped = [...segs.keys()].filter(
       (id) => isRetainedCheckpoint(oldHead, id) && !stillRetained(id),
     ).length;
@@ -278,8 +263,7 @@ export async function compactVolume(
       checkpointsAfter: retainedAfter,
       checkpointsDropped: dropped,
       segmentsBefore: segs.size,
-      // In a dry run: the segments the real run would delete.
-      segmentsDeleted: deletable.length,
+      segmentsDeleted: vol ? deletable.length : 0,
       segmentsDeferred: deferred,
       bytesReclaimed,
       segmentsRewritten: vol ? candidates.length : 0,
@@ -308,8 +292,7 @@ async function dryRunHead(
 ): Promise<HeadRecord> {
   const p = await applyPolicy(store, head, segs, o);
   if (!p.policyGiven) return head;
-  // 'self': the commit the real run makes, one past the current checkpoint.
-  const floor = p.floorAfterNext === 'self' ? head.checkpoint + 1 : p.floorAfterNext;
+  const floor = p.floorAfterNext === 'self' ? head.checkpoint : p.floorAfterNext;
   return { ...head, history: { floor, floorMs: Date.now(), kept: p.kept } };
 }
 

@@ -524,11 +524,12 @@ describe('output formats', () => {
     const f = await fixture(dir);
     const url = await f.volume('volume-with-a-long-name-for-the-table-width-test');
 
-    const plain = await hyper(['file', 'stat', url]);
+    const noTerm = { env: { HYPER_FORMAT: '' } };
+    const plain = await hyper(['file', 'stat', url], noTerm);
     assert.equal(plain.code, 0, show(plain));
     assert.match(plain.stdout, /^Size: 1 MiB \(1048576 bytes\)$/m);
     assert.doesNotMatch(plain.stdout, /[│┌─]/);
-    const plainList = await hyper(['snapshot', 'list', url]);
+    const plainList = await hyper(['snapshot', 'list', url], noTerm);
     assert.match(plainList.stdout, /^Checkpoint\tTime\tName\tWritten\tNote$/m);
 
     for (const args of [

@@ -210,7 +210,7 @@ describe('hyper file: create → stat → list → import → export → set-len
   it('checks import sizes and existence', async () => {
     const missing = await hyper(['file', 'import', imagePath, `${vols}nope/`]);
     assert.equal(missing.code, 3, show(missing));
-    assert.match(missing.stderr, /--create/);
+    assert.match(missing.stderr, /hyper file create/);
     const small = `${vols}small/`;
     await hyperJson(['file', 'create', small, '--size', '1M']);
     const tooBig = await hyper(['file', 'import', imagePath, small]);

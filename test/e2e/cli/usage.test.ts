@@ -77,7 +77,7 @@ describe('hyper CLI usage errors', () => {
   it('treats unknown flags, missing arguments and conflicting flags as usage errors', async () => {
     const unknown = await hyper(['file', 'stat', 'file:///tmp/hyper-never/', '--bogus']);
     assert.equal(unknown.code, 2, show(unknown));
-    assert.match(unknown.stderr, /Error \[INVALID_ARGUMENT\]: Nonexistent flag: --bogus/);
+    assert.match(unknown.stderr, /Error \[UNKNOWN_FLAG\]: Unknown flag --bogus/);
     const missing = await hyper(['file', 'set-len', 'file:///tmp/hyper-never/']);
     assert.equal(missing.code, 2, show(missing));
     assert.match(missing.stderr, /--size/);

@@ -262,14 +262,14 @@ describe('hyper snapshot', () => {
     assert.match(j.error.message, /for --from/);
     // compact: a policy that keeps everything drops nothing; dropping history needs --yes
     // without a terminal; a bad --min-live is a usage error. None of it changes the volume.
-    const keepAll = await hyperJson<{ checkpointsDropped: number; dryRun: boolean }>([
+    const keepAll = await hyperJson<{ droppedCheckpointCount: number; dryRun: boolean }>([
       'compact',
       url,
       '--keep-within',
       '1h',
       '--dry-run',
     ]);
-    assert.deepEqual(keepAll, { ...keepAll, checkpointsDropped: 0, dryRun: true });
+    assert.deepEqual(keepAll, { ...keepAll, droppedCheckpointCount: 0, dryRun: true });
     const noYes = await hyper(['compact', url, '--keep-last', '1']);
     assert.equal(noYes.code, 2, show(noYes));
     assert.match(noYes.stderr, /without confirmation.*\n.*--yes/);
