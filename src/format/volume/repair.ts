@@ -20,7 +20,7 @@ import { Miss, type Node } from '../index/btree.js';
 import { NodeLoader } from '../index/loader.js';
 import { HEAD_KEY, SEGMENT_PREFIX, parseSegmentKey, segmentKey } from '../keys.js';
 import type { ObjectStore } from '../store/types.js';
-import { leaseHeldError, readLease } from './lease.js';
+import { holderIsDeadLocal, leaseHeldError, readLease } from './lease.js';
 import { rootOf } from './heads.js';
 import { SegmentSource, type OpenStoreFn } from './segments.js';
 
@@ -63,7 +63,8 @@ export async function repairHead(
       // A damaged lease holds nothing.
       if (!(isHyperError(e) && e.kind === 'data')) throw e;
     }
-    if (lease && lease.lease.expiresMs > now()) throw leaseHeldError(lease.lease);
+    if (lease && lease.lease.expiresMs > now() && !holderIsDeadLocal(lease.lease.holder))
+      throw leaseHeldError(lease.lease);
   }
 
   // The head as it is.
