@@ -26,9 +26,9 @@
  *    object with a `url` (`parent`, `clone`).
  * 9. A failure is `{ "error": ErrorBody }` on stdout with the exit code of the error table.
  *
- * A command prints exactly one JSON document on stdout, except `serve`, which prints JSON
- * Lines: one `{"event":"listening",…}` line once it listens and one `{"event":"stopped",…}`
- * line when it stops (or an error document instead).
+ * A command prints exactly one JSON document on stdout, except `serve` and `daemon`, which
+ * print JSON Lines: one `{"event":"listening",…}` line once they listen and one
+ * `{"event":"stopped",…}` line when they stop (or an error document instead).
  */
 import { z } from 'zod';
 
@@ -348,6 +348,94 @@ export const serveStoppedSchema = z.strictObject({
   reason: z.enum(['interrupted']),
 });
 
+// daemon, map, unmap, ls
+
+/** Why a mapping failed: an error body without an exit code (the daemon has no exit code). */
+export const exportErrorSchema = z.strictObject({
+  kind: errorBodySchema.shape.kind,
+  code: errorBodySchema.shape.code,
+  message: z.string(),
+  suggestion: z.string().nullable(),
+  key: z.string().nullable(),
+});
+
+/** One export of the daemon (`hyper map`, each item of `hyper ls`). */
+export const exportStatusSchema = z.strictObject({
+  name: z.string(),
+  url: z.string(),
+  /** Where the mapping came from: `hyper map` (control) or the --config file. */
+  source: z.enum(['control', 'config']),
+  state: z.enum(['mapping', 'mapped', 'unmapping', 'failed']),
+  /** The NBD URI clients connect to; null unless mapped. */
+  uri: z.string().nullable(),
+  /** True for --read-only and --at exports (no lease). */
+  readOnly: z.boolean(),
+  at: checkpointRefSchema.nullable(),
+  walUrl: z.string().nullable(),
+  /** NBD connections using the export. */
+  clientCount: count,
+  /** The daemon's lease on the volume (writable, open exports), else null. */
+  lease: z.strictObject({ holder: z.string(), epoch: int }).nullable(),
+  /** The fields below are null while the volume is not open (mapping, failed). */
+  size: bytes.nullable(),
+  /** Written but not yet committed in a checkpoint. */
+  dirtyBytes: bytes.nullable(),
+  checkpoint: checkpointNumber.nullable(),
+  checkpointTime: isoTime.nullable(),
+  checkpointAgeSeconds: seconds.nullable(),
+  /** Bytes per second read and written by clients over the last 5-10 s. */
+  readBytesPerSecond: int.min(0).nullable(),
+  writeBytesPerSecond: int.min(0).nullable(),
+  /** Why the mapping failed (state `failed`), else null. */
+  error: exportErrorSchema.nullable(),
+});
+
+/** The daemon itself (`GET /v1/daemon`, `daemon` of `hyper ls`). */
+export const daemonStatusSchema = z.strictObject({
+  pid: int.min(1),
+  version: z.string().nullable(),
+  startedAt: isoTime,
+  controlSocket: z.string(),
+  stateFile: z.string(),
+  configFile: z.string().nullable(),
+  /** Where NBD clients connect: a TCP host and port, or a unix socket path. */
+  listen: z.strictObject({
+    host: z.string().nullable(),
+    port: int.min(0).max(65535).nullable(),
+    path: z.string().nullable(),
+  }),
+  /** Where Prometheus metrics are served (--metrics-port), else null. */
+  metricsUrl: z.string().nullable(),
+  /** Exports mapped and served (not counting failed ones). */
+  exportCount: count,
+  clientCount: count,
+});
+
+export const lsSchema = z.strictObject({
+  daemon: daemonStatusSchema,
+  exports: z.array(exportStatusSchema),
+});
+
+export const mapSchema = exportStatusSchema;
+
+export const unmapSchema = z.strictObject({
+  name: z.string(),
+  url: z.string(),
+  /** Client connections ended (after their requests in flight unless --force). */
+  disconnectedClientCount: count,
+  /** False when a failed mapping was only forgotten. */
+  wasMapped: z.boolean(),
+});
+
+/** `hyper daemon --json`, first line: what `hyper ls --json` shows, once the daemon is ready. */
+export const daemonListeningSchema = lsSchema.extend({ event: z.literal('listening') });
+
+/** `hyper daemon --json`, last line: the daemon and its exports just before it stopped. */
+export const daemonStoppedSchema = lsSchema.extend({
+  event: z.literal('stopped'),
+  reason: z.enum(['interrupted']),
+});
+
 const settingSchema = z.strictObject({
   value: z.string().nullable(),
   /** flag, env, profile (the selected profile's section of the file), file, or default. */
@@ -413,7 +501,7 @@ export const doctorSchema = z.strictObject({
 });
 
 /**
- * The schema of each command's --json result (for `serve`, of its final line), by oclif
+ * The schema of each command's --json result (for `serve` and `daemon`, of its final line), by oclif
  * command id. A new command adds itself here; the test that walks all commands fails for a
  * command missing from this table.
  */
@@ -439,6 +527,10 @@ export const resultSchemas = {
   'config:show': configShowSchema,
   doctor: doctorSchema,
   serve: serveStoppedSchema,
+  daemon: daemonStoppedSchema,
+  map: mapSchema,
+  unmap: unmapSchema,
+  ls: lsSchema,
 } as const satisfies Record<string, z.ZodType>;
 
 export type CheckpointRefJson = z.infer<typeof checkpointRefSchema>;
@@ -470,3 +562,11 @@ export type SnapshotFlattenResult = z.infer<typeof snapshotFlattenSchema>;
 export type CompactCommandResult = z.infer<typeof compactSchema>;
 export type ServeListening = z.infer<typeof serveListeningSchema>;
 export type ServeResult = z.infer<typeof serveStoppedSchema>;
+export type ExportErrorJson = z.infer<typeof exportErrorSchema>;
+export type ExportStatus = z.infer<typeof exportStatusSchema>;
+export type DaemonStatus = z.infer<typeof daemonStatusSchema>;
+export type LsResult = z.infer<typeof lsSchema>;
+export type MapResult = z.infer<typeof mapSchema>;
+export type UnmapResult = z.infer<typeof unmapSchema>;
+export type DaemonListening = z.infer<typeof daemonListeningSchema>;
+export type DaemonResult = z.infer<typeof daemonStoppedSchema>;

@@ -1,7 +1,7 @@
 import { Flags } from '@oclif/core';
 import { BaseCommand } from '../base-command.js';
 import { controlSocket, duration } from '../flags.js';
-import type { DaemonStatus } from '../daemon/daemon.js';
+import type { DaemonListening, DaemonResult } from '../cli/vocabulary.js';
 import { defaultStateFile } from '../daemon/paths.js';
 import { runDaemon } from '../daemon/run.js';
 import { lineLogger } from '../serve/logger.js';
@@ -9,7 +9,7 @@ import { lineLogger } from '../serve/logger.js';
 export default class DaemonCommand extends BaseCommand<typeof DaemonCommand> {
   static override summary = 'Run the NBD daemon: exports mapped and unmapped at runtime.';
 
-  static override description = `Serves NBD exports like "hyper serve", but its exports are added and removed while it runs, with "hyper map", "hyper unmap" and "hyper ls" over a control socket (HTTP+JSON on a unix socket; its file mode decides who may use it). The exports are remembered in a state file, so a restart maps them again; --config lists exports too, re-read on SIGHUP (systemctl reload). SIGINT/SIGTERM stop accepting connections, answer requests in flight, flush and release every lease. Under systemd it reports readiness (Type=notify) and takes sockets passed by socket activation (LISTEN_FDS, names "nbd" and "control").`;
+  static override description = `Serves NBD exports like "hyper serve", but its exports are added and removed while it runs, with "hyper map", "hyper unmap" and "hyper ls" over a control socket (HTTP+JSON on a unix socket; its file mode decides who may use it). The exports are remembered in a state file, so a restart maps them again; --config lists exports too, re-read on SIGHUP (systemctl reload). SIGINT/SIGTERM stop accepting connections, answer requests in flight, flush and release every lease. Under systemd it reports readiness (Type=notify) and takes sockets passed by socket activation (LISTEN_FDS, names "nbd" and "control"). With --json, stdout is JSON Lines: a {"event":"listening",…} line once ready (the daemon and its exports, as "hyper ls --json" shows them) and a {"event":"stopped",…} line at the end.`;
 
   static override examples = [
     {
@@ -24,6 +24,11 @@ export default class DaemonCommand extends BaseCommand<typeof DaemonCommand> {
         '<%= config.bin %> <%= command.id %> --config /etc/hyper/daemon.json --control-group hyper --state-file /var/lib/hyper/daemon.json',
     },
   ];
+
+  static override jsonLines = true;
+
+  /** daemon writes its JSON Lines itself (see run); oclif must not print the result again. */
+  public override logJson(): void {}
 
   static override flags = {
     config: Flags.string({
@@ -76,10 +81,11 @@ export default class DaemonCommand extends BaseCommand<typeof DaemonCommand> {
     }),
   };
 
-  public async run(): Promise<DaemonStatus & { stopped: string }> {
+  public async run(): Promise<DaemonResult> {
     const flags = this.flags;
     const signal = this.interruptible();
-    const status = await runDaemon({
+    const json = this.jsonEnabled();
+    const last = await runDaemon({
       controlSocket: flags['control-socket'],
       stateFile: flags['state-file'] ?? defaultStateFile(),
       listen:
@@ -91,6 +97,12 @@ export default class DaemonCommand extends BaseCommand<typeof DaemonCommand> {
         write: (line) => process.stderr.write(line),
       }),
       signal,
+      // --json: JSON Lines on stdout, one `listening` line now and one `stopped` line at the end.
+      onReady: (ready) => {
+        if (!json) return;
+        const listening: DaemonListening = { event: 'listening', ...ready };
+        process.stdout.write(`${JSON.stringify(listening)}\n`);
+      },
       drainMs: flags.drain,
       version: this.config.version,
       ...(flags.config === undefined ? {} : { configFile: flags.config }),
@@ -104,6 +116,8 @@ export default class DaemonCommand extends BaseCommand<typeof DaemonCommand> {
       ...(flags.endpoint === undefined ? {} : { endpoint: flags.endpoint }),
       ...(flags.region === undefined ? {} : { region: flags.region }),
     });
-    return { ...status, stopped: 'interrupted' };
+    const result: DaemonResult = { event: 'stopped', ...last, reason: 'interrupted' };
+    if (json) process.stdout.write(`${JSON.stringify(result)}\n`);
+    return result;
   }
 }

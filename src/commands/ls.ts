@@ -2,12 +2,9 @@ import { BaseCommand } from '../base-command.js';
 import { formatBytes, formatDuration } from '../cli/units.js';
 import { controlSocket } from '../flags.js';
 import { ControlClient } from '../daemon/control.js';
-import type { DaemonStatus, ExportStatus } from '../daemon/daemon.js';
+import type { DaemonStatus, ExportStatus, LsResult } from '../cli/vocabulary.js';
 
-export interface LsResult {
-  daemon: DaemonStatus;
-  exports: ExportStatus[];
-}
+export type { LsResult };
 
 export default class Ls extends BaseCommand<typeof Ls> {
   static override summary = "List the running daemon's exports.";
@@ -32,7 +29,7 @@ export default class Ls extends BaseCommand<typeof Ls> {
     if (exports.length === 0) {
       this.log('No exports. Add one with "hyper map URL".');
     } else {
-      const rate = (n: number | undefined) => (n === undefined ? '' : `${formatBytes(n)}/s`);
+      const rate = (n: number | null) => (n === null ? '' : `${formatBytes(n)}/s`);
       this.log(
         this.table(
           ['name', 'state', 'uri', 'clients', 'lease', 'dirty', 'checkpoint age', 'read', 'write'],
@@ -44,12 +41,10 @@ export default class Ls extends BaseCommand<typeof Ls> {
                 ? `${e.state} (ro)`
                 : e.state,
             e.uri ?? e.url,
-            String(e.clients),
-            e.lease === undefined ? '-' : `${e.lease.holder} epoch ${e.lease.epoch}`,
-            e.dirtyBytes === undefined ? '' : formatBytes(e.dirtyBytes),
-            e.checkpointAgeSeconds === undefined
-              ? ''
-              : formatDuration(e.checkpointAgeSeconds * 1000),
+            String(e.clientCount),
+            e.lease === null ? '-' : `${e.lease.holder} epoch ${e.lease.epoch}`,
+            e.dirtyBytes === null ? '' : formatBytes(e.dirtyBytes),
+            e.checkpointAgeSeconds === null ? '' : formatDuration(e.checkpointAgeSeconds * 1000),
             rate(e.readBytesPerSecond),
             rate(e.writeBytesPerSecond),
           ]),

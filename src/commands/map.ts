@@ -8,7 +8,7 @@ import {
 import { normalizeVolumeUrl } from '../cli/url.js';
 import { controlSocket, volumeUrl } from '../flags.js';
 import { ControlClient } from '../daemon/control.js';
-import type { ExportStatus } from '../daemon/daemon.js';
+import type { MapResult } from '../cli/vocabulary.js';
 import type { MapRequest } from '../daemon/schema.js';
 
 export default class MapCommand extends BaseCommand<typeof MapCommand> {
@@ -57,7 +57,7 @@ export default class MapCommand extends BaseCommand<typeof MapCommand> {
     'control-socket': controlSocket,
   };
 
-  public async run(): Promise<ExportStatus> {
+  public async run(): Promise<MapResult> {
     const { url } = this.args;
     const f = this.flags;
     const at = f.at === undefined ? undefined : parseCheckpointRef(f.at, { name: '--at' });
@@ -75,7 +75,7 @@ export default class MapCommand extends BaseCommand<typeof MapCommand> {
       ...(f.wait ? { wait: true } : {}),
     };
     const client = new ControlClient(f['control-socket']);
-    const result = await client.post<ExportStatus>('/v1/exports', request, this.interruptible());
+    const result = await client.post<MapResult>('/v1/exports', request, this.interruptible());
     this.log(result.uri ?? result.name);
     return result;
   }

@@ -2,7 +2,7 @@ import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../base-command.js';
 import { controlSocket } from '../flags.js';
 import { ControlClient } from '../daemon/control.js';
-import type { UnmapResult } from '../daemon/daemon.js';
+import type { UnmapResult } from '../cli/vocabulary.js';
 
 export default class Unmap extends BaseCommand<typeof Unmap> {
   static override summary = 'Remove an export from the running daemon.';
@@ -36,7 +36,7 @@ export default class Unmap extends BaseCommand<typeof Unmap> {
     );
     this.log(
       r.wasMapped
-        ? `Unmapped ${r.name} (${r.url}); ${r.disconnected} client(s) disconnected.`
+        ? `Unmapped ${r.name} (${r.url}); ${r.disconnectedClientCount} client(s) disconnected.`
         : `Forgot the failed mapping ${r.name} (${r.url}).`,
     );
     return r;

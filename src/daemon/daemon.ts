@@ -9,6 +9,12 @@
  * then the volume is flushed and its lease released). A failure concerns one request:
  * the daemon and its other exports keep serving.
  */
+import type {
+  DaemonStatus,
+  ExportErrorJson,
+  ExportStatus,
+  UnmapResult,
+} from '../cli/vocabulary.js';
 import { HyperError, toHyperError } from '../errors.js';
 import type { ObjectStore } from '../format/store/index.js';
 import { displayHolder, processHolder } from '../format/volume/lease.js';
@@ -55,53 +61,8 @@ export interface DaemonOptions {
 
 export type ExportState = 'mapping' | 'mapped' | 'unmapping' | 'failed';
 
-/** One export as `hyper ls` shows it. */
-export interface ExportStatus {
-  name: string;
-  url: string;
-  /** Where the mapping came from: the control API (`hyper map`) or the config file. */
-  source: 'control' | 'config';
-  state: ExportState;
-  uri?: string;
-  readOnly: boolean;
-  at?: ExportSpec['at'];
-  walUrl?: string;
-  /** NBD connections using the export. */
-  clients: number;
-  /** The writer's lease (writable exports). */
-  lease?: { holder: string; epoch: number };
-  size?: number;
-  /** Written but not yet committed in a checkpoint. */
-  dirtyBytes?: number;
-  checkpoint?: number;
-  checkpointTime?: string;
-  checkpointAgeSeconds?: number;
-  readBytesPerSecond?: number;
-  writeBytesPerSecond?: number;
-  /** Why a mapping failed (state `failed`; `hyper unmap` forgets it). */
-  error?: ReturnType<HyperError['toJSON']>;
-}
-
-export interface DaemonStatus {
-  pid: number;
-  version?: string;
-  startedAt: string;
-  controlSocket: string;
-  stateFile: string;
-  configFile?: string;
-  listen: { port?: number; host?: string; path?: string };
-  exports: number;
-  clients: number;
-}
-
-export interface UnmapResult {
-  name: string;
-  url: string;
-  /** Connections ended (gracefully unless --force). */
-  disconnected: number;
-  /** False when a failed mapping was only forgotten. */
-  wasMapped: boolean;
-}
+/** One export as `hyper ls` shows it, the daemon, an unmapping: see src/cli/vocabulary.ts. */
+export type { DaemonStatus, ExportStatus, UnmapResult };
 
 interface Sample {
   t: number;
@@ -252,7 +213,7 @@ export class Daemon implements ControlHandler {
       this.entries.delete(name);
       await this.closeStores(entry);
       await this.persist();
-      return { name, url: entry.spec.url, disconnected: 0, wasMapped: false };
+      return { name, url: entry.spec.url, disconnectedClientCount: 0, wasMapped: false };
     }
     entry.state = 'unmapping';
     const device = exp.openedDevice;
@@ -289,7 +250,7 @@ export class Daemon implements ControlHandler {
     await this.closeStores(entry);
     await this.persist();
     this.logger.info('unmapped', { export: name, url: entry.spec.url });
-    return { name, url: entry.spec.url, disconnected, wasMapped: true };
+    return { name, url: entry.spec.url, disconnectedClientCount: disconnected, wasMapped: true };
   }
 
   /** Every export, in name order (GET /v1/exports). */
@@ -299,16 +260,22 @@ export class Daemon implements ControlHandler {
 
   info(): DaemonStatus {
     const o = this.options;
+    const listen = this.server?.listenAddress;
     return {
       pid: process.pid,
-      ...(o.version === undefined ? {} : { version: o.version }),
+      version: o.version ?? null,
       startedAt: this.startedAt.toISOString(),
       controlSocket: o.controlSocket,
       stateFile: o.stateFile,
-      ...(o.configFile === undefined ? {} : { configFile: o.configFile }),
-      listen: this.server?.listenAddress ?? {},
-      exports: this.mappedCount(),
-      clients: this.server?.connections ?? 0,
+      configFile: o.configFile ?? null,
+      listen: {
+        host: listen?.host ?? null,
+        port: listen?.port ?? null,
+        path: listen?.path ?? null,
+      },
+      metricsUrl: this.server?.metricsAddress?.url ?? null,
+      exportCount: this.mappedCount(),
+      clientCount: this.server?.connections ?? 0,
     };
   }
 
@@ -500,19 +467,33 @@ export class Daemon implements ControlHandler {
     const s = e.spec;
     const server = this.server;
     const readOnly = s.readOnly === true || s.at !== undefined;
+    const uri = e.state === 'failed' ? undefined : server?.uriOf(name);
     const out: ExportStatus = {
       name,
       url: s.url,
       source: e.source,
       state: e.state,
+      uri: uri ?? null,
       readOnly,
-      ...(s.at === undefined ? {} : { at: s.at }),
-      ...(s.walUrl === undefined ? {} : { walUrl: s.walUrl }),
-      clients: server?.connectionsTo(name) ?? 0,
-      ...(e.error === undefined ? {} : { error: e.error.toJSON() }),
+      // A time from a config file may carry an offset: shown in UTC like every time.
+      at:
+        s.at === undefined
+          ? null
+          : 'time' in s.at
+            ? { time: new Date(s.at.time).toISOString() }
+            : s.at,
+      walUrl: s.walUrl ?? null,
+      clientCount: server?.connectionsTo(name) ?? 0,
+      lease: null,
+      size: null,
+      dirtyBytes: null,
+      checkpoint: null,
+      checkpointTime: null,
+      checkpointAgeSeconds: null,
+      readBytesPerSecond: null,
+      writeBytesPerSecond: null,
+      error: e.error === undefined ? null : exportErrorJson(e.error),
     };
-    const uri = server?.uriOf(name);
-    if (uri !== undefined && e.state !== 'failed') out.uri = uri;
     const device = server?.getExport(name)?.openedDevice;
     if (device !== undefined) {
       const v = device.volume;
@@ -521,18 +502,16 @@ export class Daemon implements ControlHandler {
       out.size = info.size;
       out.checkpoint = info.checkpoint;
       out.checkpointTime = info.checkpointTime.toISOString();
-      out.checkpointAgeSeconds = Math.max(
-        0,
-        Math.round((now - info.checkpointTime.getTime()) / 1000),
-      );
+      out.checkpointAgeSeconds =
+        Math.max(0, Math.round(now - info.checkpointTime.getTime())) / 1000;
       out.dirtyBytes = v.dirtyBytes;
       if (!readOnly) out.lease = { holder: displayHolder(this.holder), epoch: v.headRecord.epoch };
       const st = v.stats();
       const base = e.samples[0];
       if (base !== undefined && now - base.t >= 500) {
         const dt = (now - base.t) / 1000;
-        out.readBytesPerSecond = Math.round((st.bytesRead - base.read) / dt);
-        out.writeBytesPerSecond = Math.round((st.bytesWritten - base.written) / dt);
+        out.readBytesPerSecond = Math.max(0, Math.round((st.bytesRead - base.read) / dt));
+        out.writeBytesPerSecond = Math.max(0, Math.round((st.bytesWritten - base.written) / dt));
       } else {
         out.readBytesPerSecond = 0;
         out.writeBytesPerSecond = 0;
@@ -602,4 +581,15 @@ function sameVolume(a: ExportSpec, b: ExportSpec): boolean {
 function checkpointRef(at: NonNullable<ExportSpec['at']>): CheckpointRef {
   if ('time' in at) return { time: new Date(at.time) };
   return at;
+}
+
+/** A mapping's error as JSON (`error` of an export): absent parts are null. */
+function exportErrorJson(e: HyperError): ExportErrorJson {
+  return {
+    kind: e.kind,
+    code: e.code,
+    message: e.message,
+    suggestion: e.suggestion ?? null,
+    key: e.key ?? null,
+  };
 }

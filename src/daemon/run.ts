@@ -8,7 +8,8 @@ import { HyperError } from '../errors.js';
 import { openStore, parseStoreUrl, type ObjectStore } from '../format/store/index.js';
 import type { ServeLogger } from '../serve/logger.js';
 import type { ListenTarget } from '../serve/server.js';
-import { Daemon, type DaemonOptions, type DaemonStatus } from './daemon.js';
+import type { LsResult } from '../cli/vocabulary.js';
+import { Daemon, type DaemonOptions } from './daemon.js';
 import { inheritedSockets, systemdNotifier } from './systemd.js';
 
 export interface RunDaemonOptions {
@@ -28,12 +29,15 @@ export interface RunDaemonOptions {
   version?: string;
   /** Aborted on SIGINT/SIGTERM: the daemon stops. */
   signal: AbortSignal;
-  /** Called once the daemon is ready (listening, exports mapped). */
-  onReady?: (status: DaemonStatus) => void;
+  /** Called once the daemon is ready (listening, remembered exports mapped). */
+  onReady?: (status: LsResult) => void;
 }
 
-/** Run until `signal` aborts; resolves with the daemon's last status once it has stopped. */
-export async function runDaemon(o: RunDaemonOptions): Promise<DaemonStatus> {
+/**
+ * Run until `signal` aborts; resolves once the daemon has stopped, with the daemon and its
+ * exports as they were just before it stopped.
+ */
+export async function runDaemon(o: RunDaemonOptions): Promise<LsResult> {
   const inherited = inheritedSockets();
   const gid = o.controlGroup === undefined ? undefined : await groupId(o.controlGroup);
   const options: DaemonOptions = {
@@ -83,7 +87,7 @@ export async function runDaemon(o: RunDaemonOptions): Promise<DaemonStatus> {
   ready = true;
   await daemon.notifyReady();
   try {
-    o.onReady?.(daemon.info());
+    o.onReady?.({ daemon: daemon.info(), exports: daemon.list() });
     await new Promise<void>((resolve) => {
       if (o.signal.aborted) resolve();
       o.signal.addEventListener('abort', () => resolve(), { once: true });
@@ -91,7 +95,7 @@ export async function runDaemon(o: RunDaemonOptions): Promise<DaemonStatus> {
   } finally {
     process.off('SIGHUP', onHup);
   }
-  const last = daemon.info();
+  const last = { daemon: daemon.info(), exports: daemon.list() };
   await daemon.stop();
   return last;
 }

@@ -44,6 +44,10 @@ export function hyper(args: string[], options: CliOptions = {}): Promise<CliResu
   const env: NodeJS.ProcessEnv = { ...process.env, FORCE_COLOR: '0', NO_COLOR: '1' };
   delete env.AWS_ENDPOINT_URL;
   delete env.AWS_REGION;
+  // No configuration file of the machine's: a test that wants one passes HYPER_CONFIG.
+  delete env.HYPER_CONFIG;
+  delete env.HYPER_PROFILE;
+  env.XDG_CONFIG_HOME = '/nonexistent/hyper-test-config';
   Object.assign(env, options.env);
   return new Promise((resolvePromise, reject) => {
     const child = spawn(process.execPath, [runJs, ...args], {

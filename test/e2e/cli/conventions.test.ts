@@ -5,29 +5,34 @@
  * in src/cli/vocabulary.ts, that a mistyped flag gives UNKNOWN_FLAG with a suggestion naming
  * one of its flags, that a missing volume gives VOLUME_NOT_FOUND, and that a volume whose lease
  * another process holds gives LEASE_HELD. A command missing from INVOCATIONS (or from
- * `resultSchemas`) fails: add it there.
+ * `resultSchemas`) fails: add it there. `serve` and `daemon` run until stopped (JSON Lines);
+ * `map`, `unmap` and `ls` talk to one daemon started for this file.
  *
  * Also: unknown commands (did you mean), `hyper help`, `-h`, colour and NO_COLOR, plain output
  * when stdout is not a terminal, --format, --quiet, and tables within 80 columns.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { mkdir, writeFile } from 'node:fs/promises';
+import { mkdir, mkdtemp, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { describe, it } from 'node:test';
+import { after, describe, it } from 'node:test';
 import { Config } from '@oclif/core';
 import type { z } from 'zod';
 import {
+  daemonListeningSchema,
   resultSchemas,
   serveListeningSchema,
   errorJsonSchema,
 } from '../../../src/cli/vocabulary.js';
+import { ControlClient } from '../../../src/daemon/control.js';
 import { openStore } from '../../../src/format/store/index.js';
 import { cloneVolume } from '../../../src/format/volume/clone.js';
 import { createSnapshot } from '../../../src/format/volume/history.js';
 import { Volume } from '../../../src/format/volume/volume.js';
 import { needTools, s3Config } from '../../helpers/env.js';
 import { fileUrl, hyper, repoRoot, runJs, show, tempDir } from '../../helpers/cli.js';
+import { startDaemon, type RunningDaemon } from '../../helpers/daemon.js';
 
 const MiB = 1024 * 1024;
 
@@ -67,6 +72,8 @@ interface Fixture {
   clone(name: string): Promise<string>;
   /** A raw image of 256 KiB. */
   image: string;
+  /** The control socket of the daemon that map, unmap and ls use (shared by all tests). */
+  controlSocket: string;
 }
 
 interface Invocation {
@@ -76,6 +83,15 @@ interface Invocation {
   missing: ((f: Fixture, url: string) => string[]) | null;
   /** Arguments for a volume whose lease is held (LEASE_HELD), or null: takes no lease. */
   leased: ((f: Fixture, url: string) => string[]) | null;
+}
+
+/** Export names unique across the tests (they share one daemon). */
+let exportNumber = 0;
+const exportName = (what: string): string => `${what}-${++exportNumber}`;
+
+/** Map the volume at `url` in the shared daemon (through the control API, not the CLI). */
+async function mapInDaemon(f: Fixture, url: string, name: string): Promise<void> {
+  await new ControlClient(f.controlSocket).post('/v1/exports', { url, name });
 }
 
 /** One successful invocation per command id, and how it meets a missing or leased volume. */
@@ -190,21 +206,105 @@ const INVOCATIONS: Record<string, Invocation> = {
     missing: (_f, url) => [url, '--port', '0'],
     leased: (_f, url) => [url, '--port', '0'],
   },
+  daemon: {
+    // Its own control socket and state file; a config file maps one export at start.
+    ok: async (f) => {
+      const config = join(f.dir, 'daemon-config.json');
+      const url = await f.volume('daemon-vol');
+      await writeFile(config, JSON.stringify({ exports: [{ url, name: 'daemon-vol' }] }));
+      return [
+        '--control-socket',
+        join(f.dir, 'daemon.sock'),
+        '--state-file',
+        join(f.dir, 'daemon-state.json'),
+        '--config',
+        config,
+        '--port',
+        '0',
+      ];
+    },
+    missing: null,
+    leased: null,
+  },
+  map: {
+    ok: async (f) => {
+      const name = exportName('map');
+      return [await f.volume(name), '--name', name, '--control-socket', f.controlSocket];
+    },
+    missing: (f, url) => [
+      url,
+      '--name',
+      exportName('missing'),
+      '--control-socket',
+      f.controlSocket,
+    ],
+    leased: (f, url) => [url, '--name', exportName('leased'), '--control-socket', f.controlSocket],
+  },
+  unmap: {
+    ok: async (f) => {
+      const name = exportName('unmap');
+      await mapInDaemon(f, await f.volume(name), name);
+      return [name, '--control-socket', f.controlSocket];
+    },
+    missing: null, // takes an export name, not a volume URL (EXPORT_NOT_FOUND)
+    leased: null,
+  },
+  ls: {
+    ok: async (f) => {
+      // At least one mapped export, so that its fields are checked too.
+      const name = exportName('ls');
+      await mapInDaemon(f, await f.volume(name), name);
+      return ['--control-socket', f.controlSocket];
+    },
+    missing: null,
+    leased: null,
+  },
 };
 
-/** hyper's own commands (not those of the help and autocomplete plugins). */
+/** The daemon of map, unmap and ls: started on first use, stopped after the tests. */
+let shared: { dir: string; daemon: Promise<RunningDaemon> } | undefined;
+function sharedDaemon(): Promise<RunningDaemon> {
+  if (shared === undefined) {
+    const dir = join(tmpdir(), `hyper-conv-daemon-${process.pid}`);
+    shared = {
+      dir,
+      daemon: mkdtemp(`${dir}-`).then((d) => {
+        shared!.dir = d;
+        return startDaemon(['--port', '0', '--state-file', join(d, 'state.json')], {
+          controlSocket: join(d, 'control.sock'),
+        });
+      }),
+    };
+  }
+  return shared.daemon;
+}
+after(async () => {
+  if (shared === undefined) return;
+  const d = await shared.daemon.catch(() => undefined);
+  await d?.stop();
+  await rm(shared.dir, { recursive: true, force: true });
+});
+
+/**
+ * hyper's own commands (not those of the help and autocomplete plugins), each once: oclif
+ * lists a command again under each of its aliases (`file info` for `file stat`).
+ */
 async function ownCommands(): Promise<Config['commands']> {
   const config = await Config.load(repoRoot);
-  return config.commands.filter((c) => c.pluginName === config.name && !c.hidden);
+  return config.commands.filter(
+    (c) => c.pluginName === config.name && !c.hidden && !(c.aliases ?? []).includes(c.id),
+  );
 }
 
 async function fixture(dir: string): Promise<Fixture> {
   await mkdir(dir, { recursive: true });
   const image = join(dir, 'image.raw');
   await writeFile(image, Buffer.alloc(256 * 1024, 7));
+  const daemon = await sharedDaemon();
   const f: Fixture = {
     dir,
     image,
+    controlSocket: daemon.controlSocket,
     async volume(name) {
       await mkdir(join(dir, name));
       const url = fileUrl(join(dir, name));
@@ -225,10 +325,17 @@ async function fixture(dir: string): Promise<Fixture> {
 /** A flag name one letter off (`--size` → `--sizq`). */
 const misspell = (name: string): string => `${name.slice(0, -1)}${name.endsWith('q') ? 'z' : 'q'}`;
 
-/** Run `hyper serve … --json` until it listens, stop it with SIGINT, return its stdout lines. */
-function serveJson(args: string[]): Promise<{ code: number; lines: string[]; stderr: string }> {
+/**
+ * Run `hyper serve|daemon … --json` until it prints its `listening` line, stop it with
+ * `signal`, return its stdout lines.
+ */
+function untilStopped(
+  command: 'serve' | 'daemon',
+  args: string[],
+  signal: NodeJS.Signals,
+): Promise<{ code: number; lines: string[]; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [runJs, 'serve', ...args, '--json'], {
+    const child = spawn(process.execPath, [runJs, command, ...args, '--json'], {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, NO_COLOR: '1' },
     });
@@ -237,7 +344,7 @@ function serveJson(args: string[]): Promise<{ code: number; lines: string[]; std
     const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
     child.stdout.setEncoding('utf8').on('data', (d: string) => {
       out += d;
-      if (out.includes('"listening"') && out.endsWith('\n')) child.kill('SIGINT');
+      if (out.includes('"listening"') && out.endsWith('\n')) child.kill(signal);
     });
     child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
     child.on('error', reject);
@@ -311,8 +418,22 @@ describe('every command follows the conventions', () => {
       if (!inv || !schema) continue; // reported by the first test
       const words = c.id.split(':');
       const args = await inv.ok(f);
+      if (c.id === 'daemon') {
+        const s = await untilStopped('daemon', args, 'SIGTERM');
+        assert.equal(s.code, 0, `daemon: ${s.stderr}`);
+        assert.equal(s.lines.length, 2, `daemon --json prints two lines: ${s.lines.join('\n')}`);
+        const listening = parseWith(daemonListeningSchema, s.lines[0]!, 'daemon listening');
+        assert.deepEqual(
+          listening.exports.map((e) => [e.name, e.state, e.source]),
+          [['daemon-vol', 'mapped', 'config']],
+        );
+        assert.match(listening.exports[0]!.uri ?? '', /^nbd:\/\/127\.0\.0\.1:\d+\/daemon-vol$/);
+        const stopped = parseWith(schema, s.lines[1]!, 'daemon stopped') as { reason: string };
+        assert.equal(stopped.reason, 'interrupted');
+        continue;
+      }
       if (c.id === 'serve') {
-        const s = await serveJson(args);
+        const s = await untilStopped('serve', args, 'SIGINT');
         assert.equal(s.code, 0, `serve: ${s.stderr}`);
         assert.equal(s.lines.length, 2, `serve --json prints two lines: ${s.lines.join('\n')}`);
         const listening = parseWith(serveListeningSchema, s.lines[0]!, 'serve listening');

@@ -11,6 +11,7 @@ import { request } from 'node:http';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import { lsSchema } from '../../../src/cli/vocabulary.js';
 import { openStore } from '../../../src/format/store/index.js';
 import { Volume } from '../../../src/format/volume/volume.js';
 import { fileUrl, show, tempDir } from '../../helpers/cli.js';
@@ -139,26 +140,19 @@ describe('hyper daemon on RGW', () => {
 
     const ls = await d1.ctl(['ls', '--json']);
     assert.equal(ls.code, 0, show(ls));
-    const listed = JSON.parse(ls.stdout) as {
-      daemon: { exports: number; clients: number };
-      exports: {
-        name: string;
-        clients: number;
-        lease?: { epoch: number };
-        checkpointAgeSeconds?: number;
-        dirtyBytes?: number;
-      }[];
-    };
+    const listed = lsSchema.parse(JSON.parse(ls.stdout));
     assert.deepEqual(
       listed.exports.map((e) => e.name),
       ['a', 'b'],
     );
     const a = listed.exports[0]!;
-    assert.ok(a.clients >= 1, 'fio is connected to a');
-    assert.ok(a.lease !== undefined && a.lease.epoch >= 1);
+    assert.ok(a.clientCount >= 1, 'fio is connected to a');
+    assert.ok(a.lease !== null && a.lease.epoch >= 1);
     assert.equal(typeof a.checkpointAgeSeconds, 'number');
     assert.equal(typeof a.dirtyBytes, 'number');
-    const table = await d1.ctl(['ls']);
+    assert.equal(listed.daemon.exportCount, 2);
+    assert.ok(listed.daemon.clientCount >= 1);
+    const table = await d1.ctl(['ls', '--format', 'table']);
     assert.match(table.stdout, /│ a +│ mapped/);
 
     // Refusals: each a code and exit code; the daemon keeps serving.
@@ -204,10 +198,8 @@ describe('hyper daemon on RGW', () => {
     const notMapped = await d1.ctl(['unmap', 'b', '--json']);
     assert.equal(notMapped.code, 3, show(notMapped));
     assert.equal(fioDone, false, `fio ran all along: ${fioErr}`);
-    const connected = JSON.parse((await d1.ctl(['ls', '--json'])).stdout) as {
-      exports: { name: string; clients: number; writeBytesPerSecond: number }[];
-    };
-    assert.equal(connected.exports[0]!.clients, 1);
+    const connected = lsSchema.parse(JSON.parse((await d1.ctl(['ls', '--json'])).stdout));
+    assert.equal(connected.exports[0]!.clientCount, 1);
     fio.kill('SIGINT');
     await fioExit;
     assert.doesNotMatch(fioErr, /verify|error/i, fioErr);

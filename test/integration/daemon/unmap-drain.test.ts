@@ -104,7 +104,7 @@ describe('hyper unmap with a connected client', () => {
       });
       void exited.then(() => reject(new Error(`nbdsh exited early: ${err}`)));
     });
-    assert.equal(daemon.list()[0]!.clients, 1);
+    assert.equal(daemon.list()[0]!.clientCount, 1);
     const started = Date.now();
     const unmapping = daemon.unmap('vol');
     child.stdin.write('go\n');
@@ -121,7 +121,7 @@ describe('hyper unmap with a connected client', () => {
     assert.deepEqual(r.done, Array(8).fill(true), 'every read in flight was answered');
     assert.deepEqual(r.good, Array(8).fill(true), 'with the bytes written');
     assert.equal(r.after, 'refused', 'then the connection was closed');
-    assert.deepEqual(result, { name: 'vol', url, disconnected: 1, wasMapped: true });
+    assert.deepEqual(result, { name: 'vol', url, disconnectedClientCount: 1, wasMapped: true });
     assert.ok(took >= GET_DELAY_MS - 100, `the unmap waited for the reads (${took} ms)`);
     assert.deepEqual(daemon.list(), []);
     // The lease was released: another writer opens the volume at once.

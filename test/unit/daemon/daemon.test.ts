@@ -11,6 +11,12 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import { ControlClient, MAX_CONTROL_BODY } from '../../../src/daemon/control.js';
+import {
+  exportStatusSchema,
+  lsSchema,
+  unmapSchema,
+  type DaemonStatus,
+} from '../../../src/cli/vocabulary.js';
 import { Daemon, type ExportStatus, type UnmapResult } from '../../../src/daemon/daemon.js';
 import { openDaemonStore } from '../../../src/daemon/run.js';
 import { isHyperError, type ErrorCode } from '../../../src/errors.js';
@@ -100,22 +106,30 @@ describe('hyper daemon (in-process)', () => {
       readOnly: true,
     });
     assert.equal(b.readOnly, true);
-    assert.equal(b.lease, undefined);
+    assert.equal(b.lease, null);
     const { exports } = await s.client.get<{ exports: ExportStatus[] }>('/v1/exports');
     assert.deepEqual(
-      exports.map((e) => [e.name, e.state, e.clients, e.dirtyBytes]),
+      exports.map((e) => [e.name, e.state, e.clientCount, e.dirtyBytes]),
       [
         ['a', 'mapped', 0, 0],
         ['bee', 'mapped', 0, 0],
       ],
     );
+    // Every field of the JSON vocabulary is present, a mapped export's too.
+    lsSchema.parse({ daemon: await s.client.get('/v1/daemon'), exports });
     const st = JSON.parse(await readFile(s.state, 'utf8'));
     assert.deepEqual(
       st.exports.map((e: { name: string }) => e.name),
       ['a', 'bee'],
     );
     const r = await s.client.delete<UnmapResult>('/v1/exports/a');
-    assert.deepEqual(r, { name: 'a', url: s.url('a'), disconnected: 0, wasMapped: true });
+    assert.deepEqual(r, {
+      name: 'a',
+      url: s.url('a'),
+      disconnectedClientCount: 0,
+      wasMapped: true,
+    });
+    unmapSchema.parse(r);
     // The lease was released: another writer opens the volume at once.
     const store = await openStore(s.url('a'));
     const v = await Volume.open(store, { holder: 'other' });
@@ -205,7 +219,7 @@ describe('hyper daemon (in-process)', () => {
       exports.map((e) => [e.name, e.state]),
       [['a', 'mapped']],
     );
-    assert.equal(d.info().exports, 1);
+    assert.equal(d.info().exportCount, 1);
     const st = JSON.parse(await readFile(s.state, 'utf8'));
     assert.deepEqual(
       st.exports.map((e: { name: string }) => e.name),
@@ -238,10 +252,7 @@ describe('hyper daemon (in-process)', () => {
     });
     await d2.start();
     t.after(() => d2.stop());
-    assert.equal(
-      (await new ControlClient(stale).get<{ exports: number }>('/v1/daemon')).exports,
-      0,
-    );
+    assert.equal((await new ControlClient(stale).get<DaemonStatus>('/v1/daemon')).exportCount, 0);
 
     // A client with no daemon.
     await rejectsWith(
@@ -266,6 +277,11 @@ describe('hyper daemon (in-process)', () => {
         ['b-at-0', 'failed', 'BUCKET_NOT_FOUND'],
       ],
     );
+    // A failed export: its error as JSON, the fields of an open volume null.
+    const failed = exportStatusSchema.parse(exports[1]);
+    assert.equal(failed.uri, null);
+    assert.equal(failed.size, null);
+    assert.deepEqual(failed.at, { checkpoint: 1 });
     // Still remembered until unmapped.
     const st = JSON.parse(await readFile(s.state, 'utf8'));
     assert.equal(st.exports.length, 2);
