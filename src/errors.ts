@@ -196,9 +196,9 @@ export const dataError = (
   code: 'CHECKSUM_MISMATCH' | 'CORRUPT_OBJECT' | 'MISSING_OBJECT',
   key: string,
   message: string,
-): HyperError =>
-  new HyperError('data', code, `${message} (object ${key})`, {
-    key,
-    suggestion:
-      'Run `hyper file check` on the volume; restore an earlier checkpoint if damage is confirmed.',
-  });
+  suggestion = CHECK_DEEP_SUGGESTION,
+): HyperError => new HyperError('data', code, `${message} (object ${key})`, { key, suggestion });
+
+/** Where a damaged object leads: the deep check names every damaged object and a checkpoint to restore. */
+export const CHECK_DEEP_SUGGESTION =
+  'Run `hyper file check --deep` on this volume: it lists every damaged object and names the newest checkpoint that does not use them, to restore with `hyper snapshot restore --to N`.';

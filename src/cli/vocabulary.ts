@@ -202,6 +202,23 @@ export const fileCheckSchema = z.strictObject({
       message: z.string(),
     }),
   ),
+  /** With damage: the newest retained checkpoint that uses none of the damaged objects. */
+  restoreCheckpoint: checkpointNumber.nullable(),
+});
+
+export const fileRepairSchema = z.strictObject({
+  url: z.string(),
+  /** The head as found. */
+  head: z.enum(['intact', 'damaged', 'missing']),
+  /** The rebuilt head was written (--apply on a damaged or missing head). */
+  applied: z.boolean(),
+  /** The checkpoint the rebuilt head commits (the current one when the head is intact). */
+  checkpoint: checkpointNumber.nullable(),
+  checkpointTime: isoTime.nullable(),
+  /** The segment whose embedded head is used (null when the head is intact). */
+  segmentKey: z.string().nullable(),
+  /** Newer segments that did not verify, newest first. */
+  skippedSegments: z.array(z.strictObject({ key: z.string(), message: z.string() })),
 });
 
 // snapshot …
@@ -498,6 +515,7 @@ export const resultSchemas = {
   'file:export': fileExportSchema,
   'file:delete': fileDeleteSchema,
   'file:check': fileCheckSchema,
+  'file:repair': fileRepairSchema,
   'snapshot:list': snapshotListSchema,
   'snapshot:create': snapshotCreateSchema,
   'snapshot:delete': snapshotDeleteSchema,
@@ -532,6 +550,7 @@ export type FileImportResult = z.infer<typeof fileImportSchema>;
 export type FileExportResult = z.infer<typeof fileExportSchema>;
 export type FileDeleteResult = z.infer<typeof fileDeleteSchema>;
 export type FileCheckResult = z.infer<typeof fileCheckSchema>;
+export type FileRepairResult = z.infer<typeof fileRepairSchema>;
 export type SnapshotListResult = z.infer<typeof snapshotListSchema>;
 export type SnapshotListItem = SnapshotListResult['checkpoints'][number];
 export type SnapshotCreateResult = z.infer<typeof snapshotCreateSchema>;

@@ -20,7 +20,19 @@ export function toCheckResult(r: CheckResult): FileCheckResult {
     checkedBlockCount: r.blocksChecked,
     verifiedBytes: r.bytesVerified,
     problems: r.problems.map((p) => ({ kind: p.kind, key: p.key, message: p.message })),
+    restoreCheckpoint: r.restoreCheckpoint,
   };
+}
+
+/** What to do about damage: the checkpoint to restore, if a retained one is intact. */
+export function restoreAdvice(r: CheckResult): string {
+  if (r.problems.some((p) => p.key === 'head' && (p.kind === 'corrupt' || p.kind === 'missing')))
+    return `The head is damaged: rebuild it with \`hyper file repair ${r.url}\` (a dry run; add --apply).`;
+  if (r.restoreCheckpoint === null)
+    return 'No retained checkpoint is free of the damaged objects: restore the data from a backup, or export what still reads.';
+  if (r.restoreCheckpoint === r.checkpoint)
+    return `The current checkpoint ${r.checkpoint} does not use the damaged objects: only older checkpoints are affected.`;
+  return `Checkpoint ${r.restoreCheckpoint} is the newest that does not use the damaged objects: restore it with \`hyper snapshot restore ${r.url} --to ${r.restoreCheckpoint}\`.`;
 }
 
 /** Exit code of `file check` on a damaged volume: the "data" code of the exit-code table. */
@@ -88,11 +100,7 @@ export default class FileCheck extends BaseCommand<typeof FileCheck> {
         ),
       );
     }
-    if (damage.length > 0) {
-      lines.push(
-        'Restore an earlier checkpoint (`hyper snapshot restore`) if the damage reaches the current one.',
-      );
-    }
+    if (damage.length > 0) lines.push(restoreAdvice(r));
     this.log(lines.join('\n'));
     return toCheckResult(r);
   }

@@ -17,6 +17,7 @@ import type { ObjectStore } from '../store/types.js';
 import { readLease } from './lease.js';
 import { SegmentSource, type OpenStoreFn } from './segments.js';
 import { readHead, rootOf } from './heads.js';
+import { newReach, walk } from './walk.js';
 
 export type ProblemKind = 'missing' | 'corrupt' | 'dangling' | 'orphan' | 'uncommitted';
 
@@ -38,6 +39,12 @@ export interface CheckResult {
   blocksChecked: number;
   bytesVerified: number;
   problems: CheckProblem[];
+  /**
+   * With damage: the newest retained checkpoint whose index reaches none of the damaged or
+   * missing segments (a target for `hyper snapshot restore --to N`), or null if none does
+   * (or the head itself is damaged). Null on a clean volume.
+   */
+  restoreCheckpoint: number | null;
 }
 
 export interface CheckOptions {
@@ -75,6 +82,7 @@ export async function checkVolume(
         blocksChecked: 0,
         bytesVerified: 0,
         problems,
+        restoreCheckpoint: null,
       };
     }
     throw e;
@@ -278,6 +286,40 @@ export async function checkVolume(
       options.onProgress?.('data', ++segDone, blocks.size);
     }
   }
+  // The newest checkpoint that reaches none of the damaged segments: walk each checkpoint's
+  // index on its own, newest first (the nodes are cached from the walk above), until one
+  // does not reach them.
+  let restoreCheckpoint: number | null = null;
+  const damaged = new Set<number>();
+  for (const p of problems) {
+    if (p.kind !== 'missing' && p.kind !== 'corrupt') continue;
+    const id = parseSegmentKey(p.key);
+    if (id !== undefined && !source.inherited(id)) damaged.add(id);
+    else if (id === undefined) {
+      // A parent's segment (a clone): find its id among the segments reached.
+      for (const seg of reached) if (source.keyFor(seg) === p.key) damaged.add(seg);
+    }
+  }
+  if (damaged.size > 0) {
+    const ids = [...heads.keys()].sort((a, b) => b - a);
+    for (const id of ids) {
+      options.signal?.throwIfAborted();
+      if (damaged.has(id)) continue;
+      const reach = newReach();
+      try {
+        await walk(loader, rootOf(heads.get(id) as HeadRecord), reach, {
+          ...(options.signal ? { signal: options.signal } : {}),
+        });
+      } catch (e) {
+        if (e instanceof DecodeError || (isHyperError(e) && e.kind === 'data')) continue;
+        throw e;
+      }
+      if (![...reach.segments].some((seg) => damaged.has(seg))) {
+        restoreCheckpoint = id;
+        break;
+      }
+    }
+  }
   await source.close();
 
   // Segments nothing retained reaches: garbage for compaction, not damage.
@@ -306,5 +348,6 @@ export async function checkVolume(
     blocksChecked,
     bytesVerified,
     problems,
+    restoreCheckpoint,
   };
 }

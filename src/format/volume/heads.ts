@@ -27,6 +27,10 @@ export interface HeadObject {
   bytes: Buffer;
 }
 
+/** Where a damaged or missing head leads. */
+export const REPAIR_SUGGESTION =
+  'Run `hyper file repair` on this volume: it rebuilds the head from the newest intact checkpoint (a dry run unless --apply).';
+
 /** Read and decode the head object; absence and damage become domain errors. */
 export async function readHead(store: ObjectStore): Promise<HeadObject> {
   let got;
@@ -40,7 +44,12 @@ export async function readHead(store: ObjectStore): Promise<HeadObject> {
     return { head: decodeHead(got.body).head, etag: got.etag, bytes: got.body };
   } catch (e) {
     if (e instanceof DecodeError)
-      throw dataError('CORRUPT_OBJECT', HEAD_KEY, `Volume head is damaged: ${e.message}`);
+      throw dataError(
+        'CORRUPT_OBJECT',
+        HEAD_KEY,
+        `Volume head is damaged: ${e.message}`,
+        REPAIR_SUGGESTION,
+      );
     throw e;
   }
 }

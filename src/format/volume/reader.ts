@@ -486,10 +486,16 @@ export class Reader {
         const blk = body.subarray(at, at + p.len);
         if (p.codec !== 0) throw dataError('CORRUPT_OBJECT', key, `Unknown block codec ${p.codec}`);
         if (crc32c(blk) !== p.crc) {
+          // Name the volume range the block holds (read-around extras carry their lba).
+          const lba = (r.lbas[k] ?? -1) >= 0 ? (r.lbas[k] as number) : (p as { lba?: number }).lba;
+          const range =
+            lba === undefined
+              ? 'Data block'
+              : `Data block of volume bytes ${lba * this.bs}..${(lba + 1) * this.bs} (block ${lba})`;
           throw dataError(
             'CHECKSUM_MISMATCH',
             key,
-            `Data block at offset ${off + at} failed its checksum`,
+            `${range} failed its checksum at segment offset ${off + at}`,
           );
         }
         // Blocks read now or soon (this read, read-ahead) share the part's body, which goes

@@ -141,6 +141,11 @@ const INVOCATIONS: Record<string, Invocation> = {
     missing: (_f, url) => [url],
     leased: null,
   },
+  'file:repair': {
+    ok: async (f) => [await f.volume('repair')],
+    missing: (_f, url) => [url],
+    leased: (_f, url) => [url, '--apply'],
+  },
   'snapshot:list': {
     ok: async (f) => [await f.volume('snapshot-list')],
     missing: (_f, url) => [url],

@@ -1,0 +1,240 @@
+/**
+ * `file repair`: rebuild a damaged or missing `head` object from the head embedded in the
+ * newest intact checkpoint segment. Every segment carries the head it committed (see
+ * codec/segment.ts), so the newest segment that verifies — its header checksum, every index
+ * node its checkpoint reaches, the data blocks it holds, and the presence of every segment
+ * its index uses — is the last state known to be whole. Newer segments that fail are
+ * skipped (and named); a flush that never committed is also a candidate: its data was
+ * written completely, so adopting it loses nothing a reader ever saw.
+ *
+ * The head is written by a create-only PUT when it is missing and by a compare-and-swap on
+ * the damaged object's ETag when it is there: a writer that commits meanwhile wins, and the
+ * repair fails rather than overwrite it. A live lease refuses the repair unless forced.
+ */
+import { HyperError, isHyperError } from '../../errors.js';
+import { DecodeError, crc32c } from '../codec/binary.js';
+import { decodeHead, type HeadRecord } from '../codec/head.js';
+import { readLeaf } from '../codec/node.js';
+import { decodeSegmentHeader } from '../codec/segment.js';
+import { Miss, type Node } from '../index/btree.js';
+import { NodeLoader } from '../index/loader.js';
+import { HEAD_KEY, SEGMENT_PREFIX, parseSegmentKey, segmentKey } from '../keys.js';
+import type { ObjectStore } from '../store/types.js';
+import { holderIsDeadLocal, leaseHeldError, readLease } from './lease.js';
+import { rootOf } from './heads.js';
+import { SegmentSource, type OpenStoreFn } from './segments.js';
+
+export type HeadState = 'intact' | 'damaged' | 'missing';
+
+export interface RepairResult {
+  url: string;
+  /** The head as found. */
+  head: HeadState;
+  /** The head was written (only with `apply`, and only when it was damaged or missing). */
+  applied: boolean;
+  /** The checkpoint the rebuilt head commits (the current one when the head is intact). */
+  checkpoint: number | null;
+  checkpointTime: Date | null;
+  /** The segment whose embedded head was used. */
+  segmentKey: string | null;
+  /** Newer segments that did not verify, newest first, and why. */
+  skipped: { key: string; message: string }[];
+}
+
+export interface RepairOptions {
+  apply?: boolean;
+  /** Write even though a live lease is held. */
+  force?: boolean;
+  openStore?: OpenStoreFn;
+  signal?: AbortSignal;
+  now?: () => number;
+}
+
+export async function repairHead(
+  store: ObjectStore,
+  options: RepairOptions = {},
+): Promise<RepairResult> {
+  const now = options.now ?? Date.now;
+  if (options.apply && !options.force) {
+    let lease;
+    try {
+      lease = await readLease(store);
+    } catch (e) {
+      // A damaged lease holds nothing.
+      if (!(isHyperError(e) && e.kind === 'data')) throw e;
+    }
+    if (lease && lease.lease.expiresMs > now() && !holderIsDeadLocal(lease.lease.holder))
+      throw leaseHeldError(lease.lease);
+  }
+
+  // The head as it is.
+  let state: HeadState;
+  let etag: string | undefined;
+  try {
+    const got = await store.get(HEAD_KEY);
+    etag = got.etag;
+    try {
+      const { head } = decodeHead(got.body);
+      return {
+        url: store.url,
+        head: 'intact',
+        applied: false,
+        checkpoint: head.checkpoint,
+        checkpointTime: new Date(head.checkpointMs),
+        segmentKey: null,
+        skipped: [],
+      };
+    } catch (e) {
+      if (!(e instanceof DecodeError)) throw e;
+      state = 'damaged';
+    }
+  } catch (e) {
+    if (!isHyperError(e, 'OBJECT_NOT_FOUND')) throw e;
+    state = 'missing';
+  }
+
+  // Segments, newest first.
+  const ids: number[] = [];
+  const sizes = new Map<number, number>();
+  for await (const page of store.list(SEGMENT_PREFIX)) {
+    for (const o of page.objects) {
+      const id = parseSegmentKey(o.key);
+      if (id !== undefined) {
+        ids.push(id);
+        sizes.set(id, o.size);
+      }
+    }
+  }
+  if (ids.length === 0) {
+    if (state === 'missing')
+      throw new HyperError('not-found', 'VOLUME_NOT_FOUND', `No volume at ${store.url}`, {
+        suggestion: 'Check the URL: a volume URL ends at the prefix that holds `head` and `seg/`.',
+      });
+    throw noIntactSegment(store.url);
+  }
+  ids.sort((a, b) => b - a);
+  const skipped: { key: string; message: string }[] = [];
+  for (const id of ids) {
+    options.signal?.throwIfAborted();
+    const key = segmentKey(id);
+    let found;
+    try {
+      found = await verifySegment(store, id, sizes, options.openStore);
+    } catch (e) {
+      const damage =
+        e instanceof DecodeError
+          ? e.message
+          : isHyperError(e) && e.kind === 'data'
+            ? e.message
+            : undefined;
+      if (damage === undefined) throw e;
+      skipped.push({ key, message: damage });
+      continue;
+    }
+    const result: RepairResult = {
+      url: store.url,
+      head: state,
+      applied: false,
+      checkpoint: found.head.checkpoint,
+      checkpointTime: new Date(found.head.checkpointMs),
+      segmentKey: key,
+      skipped,
+    };
+    if (!options.apply) return result;
+    try {
+      if (state === 'missing') await store.put(HEAD_KEY, found.bytes, { ifNoneMatch: true });
+      else await store.put(HEAD_KEY, found.bytes, { ifMatch: etag as string });
+    } catch (e) {
+      if (isHyperError(e, 'OBJECT_EXISTS') || isHyperError(e, 'PRECONDITION_FAILED')) {
+        throw new HyperError(
+          'conflict',
+          'PRECONDITION_FAILED',
+          'The head changed while it was being repaired (another writer committed)',
+          {
+            suggestion:
+              'Run `hyper file check` on the volume, then repair again if it is still damaged.',
+          },
+        );
+      }
+      throw e;
+    }
+    return { ...result, applied: true };
+  }
+  throw noIntactSegment(store.url, skipped.length);
+}
+
+function noIntactSegment(url: string, tried = 0): HyperError {
+  return new HyperError(
+    'data',
+    'CORRUPT_OBJECT',
+    `The head of ${url} cannot be rebuilt: no intact checkpoint segment${tried ? ` (${tried} tried)` : ''}`,
+    {
+      key: HEAD_KEY,
+      suggestion: 'Restore the volume from a backup (`hyper file import`) into a new volume.',
+    },
+  );
+}
+
+/**
+ * Segment `id` read whole and verified: its header, the index its embedded head reaches
+ * (every node's checksum, every segment it uses present) and the data blocks it stores.
+ */
+async function verifySegment(
+  store: ObjectStore,
+  id: number,
+  sizes: Map<number, number>,
+  openStore?: OpenStoreFn,
+): Promise<{ head: HeadRecord; bytes: Buffer }> {
+  const body = (await store.get(segmentKey(id))).body;
+  const h = decodeSegmentHeader(body);
+  if (h.segmentId !== id) throw new DecodeError(`header names segment ${h.segmentId}`);
+  if (h.head.checkpoint !== id)
+    throw new DecodeError(`it embeds the head of checkpoint ${h.head.checkpoint}`);
+  if (h.totalLength !== body.length)
+    throw new DecodeError(`object is ${body.length} bytes, header says ${h.totalLength}`);
+  const head = h.head;
+  const root = rootOf(head);
+  const source = await SegmentSource.forHead(store, head, openStore);
+  try {
+    const loader = new NodeLoader(source, 2 ** head.metaBlockShift, 16 * 1024 * 1024);
+    const reached = new Set<number>();
+    const visited = new Set<string>();
+    const rec = async (nd: Node): Promise<void> => {
+      if (nd.level === 0) {
+        for (let i = 0; i < nd.length; i++) {
+          const p = readLeaf(nd.entries, i);
+          reached.add(p.seg);
+          if (p.seg !== id) continue;
+          const blk = body.subarray(p.off, p.off + p.len);
+          if (blk.length !== p.len || crc32c(blk) !== p.crc)
+            throw new DecodeError(`the data block at segment offset ${p.off} fails its checksum`);
+        }
+        return;
+      }
+      for (let i = 0; i < nd.length; i++) {
+        const seg = nd.seg(i);
+        const off = nd.off(i);
+        if (visited.has(`${seg}:${off}`)) continue;
+        visited.add(`${seg}:${off}`);
+        reached.add(seg);
+        let child = loader.cached(seg, off);
+        while (!child) {
+          await loader.load(new Miss(nd, i));
+          child = loader.cached(seg, off);
+        }
+        await rec(child);
+      }
+    };
+    await rec(root);
+    for (const seg of reached) {
+      const present = source.inherited(seg) ? await source.exists(seg) : sizes.has(seg);
+      if (!present)
+        throw new DecodeError(
+          `its checkpoint uses segment ${source.keyFor(seg)}, which is missing`,
+        );
+    }
+  } finally {
+    await source.close(); // the parents' stores only
+  }
+  return { head, bytes: h.headBytes };
+}
