@@ -12,24 +12,6 @@ import { fileUrl, hyper, hyperJson, show, tempDir } from '../../helpers/cli.js';
 
 const MiB = 1024 * 1024;
 
-interface Compact {
-  checkpointCountBefore: number;
-  checkpointCountAfter: number;
-  droppedCheckpointCount: number;
-  deletedSegmentCount: number;
-  deferredSegmentCount: number;
-  reclaimedBytes: number;
-}
-
-const figures = (c: Compact): unknown[] => [
-  c.checkpointCountBefore,
-  c.checkpointCountAfter,
-  c.droppedCheckpointCount,
-  c.deletedSegmentCount,
-  c.deferredSegmentCount,
-  c.reclaimedBytes,
-];
-
 /** A volume with several checkpoints, each overwriting the same 1 MiB. */
 async function history(dir: string, n: number): Promise<string> {
   const url = fileUrl(join(dir, 'v'));
