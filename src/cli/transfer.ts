@@ -179,16 +179,7 @@ export async function importImage(
         if (bytesRead === 0) break;
         got += bytesRead;
       }
-      for (const run of zeroRuns(buf, options.blockSize)) {
-        const n = run.end - run.start;
-        if (run.zero) {
-          if (options.zeroFill) await volume.writeZeroes(off + run.start, n);
-          stats.zeroBytes += n;
-        } else {
-          await volume.write(off + run.start, buf.subarray(run.start, run.end));
-          stats.dataBytes += n;
-        }
-      }
+      await writeChunk(volume, off, buf, options, stats);
       stats.bytesDone += len;
       options.onProgress?.(stats.bytesDone, size);
     },
@@ -196,6 +187,29 @@ export async function importImage(
   );
   stats.interrupted = !complete;
   return stats;
+}
+
+/**
+ * Write one chunk of an image into the volume: runs of zero blocks are skipped (or written
+ * as zeroes with `zeroFill`), the rest written as data; counted in `stats`.
+ */
+async function writeChunk(
+  volume: Volume,
+  off: number,
+  buf: Buffer,
+  options: TransferOptions & { zeroFill: boolean },
+  stats: TransferStats,
+): Promise<void> {
+  for (const run of zeroRuns(buf, options.blockSize)) {
+    const n = run.end - run.start;
+    if (run.zero) {
+      if (options.zeroFill) await volume.writeZeroes(off + run.start, n);
+      stats.zeroBytes += n;
+    } else {
+      await volume.write(off + run.start, buf.subarray(run.start, run.end));
+      stats.dataBytes += n;
+    }
+  }
 }
 
 /**
@@ -512,16 +526,7 @@ export async function importStream(
     chunks(),
     options.concurrency ?? DEFAULT_CONCURRENCY,
     async ({ off, buf, len }) => {
-      for (const run of zeroRuns(buf, options.blockSize)) {
-        const n = run.end - run.start;
-        if (run.zero) {
-          if (options.zeroFill) await volume.writeZeroes(off + run.start, n);
-          stats.zeroBytes += n;
-        } else {
-          await volume.write(off + run.start, buf.subarray(run.start, run.end));
-          stats.dataBytes += n;
-        }
-      }
+      await writeChunk(volume, off, buf, options, stats);
       stats.bytesDone += len;
       options.onProgress?.(stats.bytesDone, limit);
     },
