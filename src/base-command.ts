@@ -228,7 +228,7 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
   /** The output format: --format, --json, else table on a terminal and plain otherwise. */
   protected get format(): OutputFormat {
     if (this.jsonEnabled()) return 'json';
-    const given = formatInArgv(this.argv);
+    const given = formatInArgv(this.argv) ?? process.env.HYPER_FORMAT;
     if (given === 'table' || given === 'plain') return given;
     return defaultFormat(process.stdout.isTTY);
   }

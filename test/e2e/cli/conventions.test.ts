@@ -341,10 +341,16 @@ function untilStopped(
     });
     let out = '';
     let err = '';
+    let signalled = false;
     const timer = setTimeout(() => child.kill('SIGKILL'), 60_000);
     child.stdout.setEncoding('utf8').on('data', (d: string) => {
       out += d;
-      if (out.includes('"listening"') && out.endsWith('\n')) child.kill(signal);
+      // One signal only: a second one (on the "stopped" line) would hit a process that has
+      // already put back the default handler, and kill it.
+      if (!signalled && out.includes('"listening"') && out.endsWith('\n')) {
+        signalled = true;
+        child.kill(signal);
+      }
     });
     child.stderr.setEncoding('utf8').on('data', (d: string) => (err += d));
     child.on('error', reject);
