@@ -74,7 +74,7 @@ describe('hyper snapshot clone / flatten', () => {
     assert.deepEqual(c.from, { snapshot: 'gold' });
     assert.equal(c.clone.url, child);
     assert.equal(c.clone.size, SIZE);
-    assert.equal(c.flattened, undefined);
+    assert.equal(c.flattened, null);
     // Nothing is copied: the clone holds a head and an empty first segment.
     assert.ok(sum(await objectsOnDisk(join(dir, 'child'))) < 16 * KiB);
     assert.equal(await exportSha(child, out), sha256(a));
