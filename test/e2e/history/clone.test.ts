@@ -111,7 +111,7 @@ describe('hyper snapshot clone / flatten', () => {
 
     // Flatten: the clone copies what it read from the parent and releases the pin.
     const f = await hyperJson<SnapshotFlattenResult>(['snapshot', 'flatten', child]);
-    assert.equal(f.parent, parent);
+    assert.equal(f.parent.url, parent);
     assert.equal(f.parent.checkpoint, ia.checkpoint);
     assert.equal(f.copiedBytes, SIZE - 64 * KiB);
     const again = await hyper(['snapshot', 'flatten', child]);

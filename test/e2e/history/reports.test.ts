@@ -30,7 +30,7 @@ describe('compact --dry-run', () => {
     const url = await history(dir, 3);
     // Dropped history whose segments are kept for the grace period: garbage.
     await hyperJson(['compact', url, '--keep-last', '1', '--grace', '1h', '--yes']);
-    const r = await hyper(['file', 'stat', url, '--space']);
+    const r = await hyper(['file', 'stat', url, '--space'], { env: { HYPER_FORMAT: '' } });
     assert.equal(r.code, 0, show(r));
     assert.match(r.stdout, /--grace period, 10m by default/);
   });
