@@ -209,16 +209,15 @@ export async function restoreVolume(
     targetTime: new Date(th.checkpointMs),
     from: head.checkpoint,
     dryRun: !!options.dryRun,
-    unchanged: target === head.checkpoint,
+    unchanged: false,
   };
   // Restoring the current state (a time at or after the latest checkpoint, its number)
   // commits nothing.
-  if (options.dryRun || plan.unchanged) return plan;
+  if (options.dryRun) return plan;
   const vol = await Volume.open(store, { ...options, flushIntervalMs: 0 });
   try {
     plan.from = vol.info.checkpoint;
-    plan.unchanged = plan.from === target;
-    if (!plan.unchanged) plan.checkpoint = (await vol.restore(target)).checkpoint;
+    plan.checkpoint = (await vol.restore(target)).checkpoint;
   } finally {
     await vol.close();
   }
