@@ -55,8 +55,8 @@ export class Committer {
 
   /**
    * Take the lease, then take the head over under the new epoch: a fenced writer's next CAS
-   * fails. Segments past the head's lastSegment are flushes that never committed: their ids
-   * are recorded as skipped. `adjust` may change the head on the way (e.g. its WAL URL).
+   * fails. Segments past the head's lastSegment are flushes that never committed: every id
+   * up to the highest one listed is recorded as skipped. `adjust` may change the head on the way (e.g. its WAL URL).
    */
   static async takeOver(
     store: ObjectStore,
@@ -76,19 +76,20 @@ export class Committer {
           { suggestion: 'Retry once the other writer is done.' },
         );
       }
-      const skipped = [...head.skipped];
       let last = head.lastSegment;
       for await (const page of store.list(SEGMENT_PREFIX, {
         startAfter: segmentKey(head.lastSegment),
       })) {
         for (const o of page.objects) {
           const id = parseSegmentKey(o.key);
-          if (id !== undefined && id > head.lastSegment) {
-            skipped.push(id);
-            last = Math.max(last, id);
-          }
+          if (id !== undefined && id > head.lastSegment) last = Math.max(last, id);
         }
       }
+      // Every id past the head's lastSegment is uncommitted, listed or not: an old writer's
+      // pipelined PUT below the highest listed id may still land after this listing, and
+      // it must never pass for a checkpoint. Ids above `last` are claimed by create-only PUTs.
+      const skipped = [...head.skipped];
+      for (let id = head.lastSegment + 1; id <= last; id++) skipped.push(id);
       const next = { ...adjust(head), epoch: held.epoch, lastSegment: last, skipped };
       const put = await store.put(HEAD_KEY, encodeHead(next), { ifMatch: etag });
       return new Committer(store, next, put.etag, held, log);

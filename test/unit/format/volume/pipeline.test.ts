@@ -16,6 +16,7 @@ import {
   segmentKey,
 } from '../../../../src/format/keys.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
+import { checkVolume } from '../../../../src/format/volume/check.js';
 import type { GetOptions, GetResult, PutOptions } from '../../../../src/format/store/types.js';
 import { KiB } from '../../../../src/format/volume/types.js';
 import { Volume } from '../../../../src/format/volume/volume.js';
@@ -271,6 +272,46 @@ describe('pipelined flushes', () => {
     await other.flush();
     await other.close();
     await vol.close().catch(() => undefined);
+    assert.deepEqual(store.violations, []);
+  });
+
+  it("an old writer's PUT that lands after a takeover, below the highest id listed, is never a checkpoint", async () => {
+    const store = await setup();
+    const vol = await open(store);
+    await vol.write(0, fill(SEG, 1));
+    const committed = await vol.flush();
+    store.held = true;
+    for (let k = 1; k < 4; k++) {
+      await vol.write(k * SEG, fill(SEG, 60 + k));
+      await tick();
+    }
+    await tick(5);
+    const held = store.heldIds();
+    assert.equal(held.length, 3);
+    // Out of order: the last lands before the takeover lists, the first two only after.
+    store.release(held[2] as number);
+    await tick(5);
+    store.held = false;
+    const other = await open(store, { force: true });
+    for (const id of held.slice(0, 2)) store.release(id);
+    await tick(5);
+    assert.deepEqual(
+      store.segmentIds().filter((id) => id > committed.checkpoint),
+      held,
+      'every PUT of the old pipeline landed',
+    );
+    for (const id of held) assert.ok(store.storedHead().skipped.includes(id), `${id} is skipped`);
+    await other.write(0, fill(SEG, 78));
+    const info = await other.flush();
+    assert.ok(info.checkpoint > (held[2] as number));
+    await other.close();
+    await vol.close().catch(() => undefined);
+    const r = await checkVolume(store, { deep: true });
+    assert.deepEqual(
+      r.problems.map((p) => `${p.kind} ${p.key}`),
+      held.map((id) => `uncommitted ${segmentKey(id)}`),
+      'the orphans are uncommitted, none passes for a retained checkpoint',
+    );
     assert.deepEqual(store.violations, []);
   });
 
