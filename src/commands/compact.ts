@@ -221,8 +221,9 @@ export function renderCompact(
   let out = table(rows);
   if (r.dryRun) out += '\nDry run: nothing was changed.';
   const deferred = r.deferredSegmentCount;
-  if (deferred > 0 && !r.dryRun) {
-    out += `\n${deferred} unreachable segment${deferred === 1 ? ' is' : 's are'} kept for the grace period; a later run deletes ${deferred === 1 ? 'it' : 'them'}.`;
+  if (deferred > 0) {
+    const verb = r.dryRun ? ' would be' : deferred === 1 ? ' is' : ' are';
+    out += `\n${deferred} unreachable segment${deferred === 1 ? '' : 's'}${verb} kept for the grace period; a later run deletes ${deferred === 1 ? 'it' : 'them'}.`;
   }
   return out;
 }

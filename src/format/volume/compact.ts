@@ -135,6 +135,7 @@ export async function compactVolume(
 
     // 3. Record the new history (dropped checkpoints) in a new checkpoint.
     let head = vol ? vol.headRecord : oldHead;
+    let historyCommitted = false;
     if (vol) {
       const segsMid = await listSegments(store);
       const after = await applyPolicy(store, head, segsMid, options);
@@ -147,6 +148,7 @@ export async function compactVolume(
           after.floorAfterNext === 'self' ? 'self' : after.floorAfterNext,
           after.kept,
         );
+        historyCommitted = true;
         head = vol.headRecord;
       }
     }
@@ -157,52 +159,85 @@ export async function compactVolume(
     // creator checks the head after writing its record, so either it saw the drop and gave
     // up, or its record is here). Its segment is still there: only compaction deletes, and
     // it deletes nothing before this point.
-    const referenced = vol ? await pinned(store) : new Set<number>();
-    if (vol && head.history) {
-      const lost = [...referenced].filter(
-        (id) =>
-          segs.has(id) &&
-          id <= head.lastSegment &&
-          !head.skipped.includes(id) &&
-          !isRetainedCheckpoint(head, id),
-      );
-      if (lost.length > 0) {
-        const kept = [...new Set([...head.history.kept, ...lost])].sort((a, b) => a - b);
-        await vol.setHistory(head.history.floor, kept);
-        head = vol.headRecord;
+    let referenced = new Set<number>();
+    try {
+      referenced = await pinned(store);
+      if (vol && head.history) {
+        const lost = [...referenced].filter(
+          (id) =>
+            segs.has(id) &&
+            id <= head.lastSegment &&
+            !head.skipped.includes(id) &&
+            !isRetainedCheckpoint(head, id),
+        );
+        if (lost.length > 0) {
+          const kept = [...new Set([...head.history.kept, ...lost])].sort((a, b) => a - b);
+          await vol.setHistory(head.history.floor, kept);
+          head = vol.headRecord;
+        }
       }
+    } catch (e) {
+      if (!historyCommitted) throw e;
+      // The new history is committed but the records made meanwhile could not be read (or
+      // kept): one of them may name a checkpoint it dropped. Its segment stays (this run
+      // deletes nothing now) and the next run keeps it again before deleting anything.
+      const he = toHyperError(e);
+      throw new HyperError(
+        he.kind,
+        he.code,
+        `${he.message}. The new history (checkpoint ${head.checkpoint}) is committed; a snapshot or clone made during this run may name a checkpoint it dropped until compaction runs again`,
+        {
+          ...(he.key ? { key: he.key } : {}),
+          suggestion:
+            'Run hyper compact on the volume again once the store answers: it keeps such checkpoints before deleting anything.',
+          cause: e,
+        },
+      );
     }
 
     // 4. Delete what no retained checkpoint, named snapshot or clone pin reaches (respecting
     // the grace period), decided from a listing made after the history commits.
     const segsNow = vol ? await listSegments(store) : segs;
     const now = Date.now();
+    // What the run ends with: the committed head, or for a dry run the head it would commit
+    // (the rewrite counted as one checkpoint, then the history commit).
+    const plan = vol
+      ? { head, virtual: [] as number[] }
+      : await plannedHead(store, head, segsNow, options, candidates.length > 0);
+    const base = plan.head;
     const protectBy: HeadRecord | undefined =
-      graceMs === 0 || options.dryRun
-        ? head
+      graceMs === 0
+        ? base
         : oldHead.history && oldHead.history.floorMs + graceMs <= now
           ? oldHead
           : !oldHead.history && policyIsNoop(options)
-            ? head
+            ? base
             : undefined;
+    // Reachability under the protecting history; without one (grace period not over), under
+    // the new history, only to count what is deferred.
+    const view = protectBy ?? base;
     const reachAll = newReach();
-    let keepIds: number[] = [];
-    if (protectBy) {
-      // Under the history of `protectBy`, plus every checkpoint committed since.
-      const viewHead = options.dryRun ? await dryRunHead(store, head, segsNow, options) : protectBy;
-      keepIds = [...segsNow.keys()].filter(
-        (id) =>
-          id <= head.checkpoint &&
-          isRetainedCheckpoint({ ...head, history: viewHead.history } as HeadRecord, id),
-      );
-      if (!keepIds.includes(head.checkpoint)) keepIds.push(head.checkpoint);
-      for (const id of referenced) if (segsNow.has(id) && !keepIds.includes(id)) keepIds.push(id);
-      const visited = new Set<string>();
-      for (const id of keepIds) {
-        reachAll.segments.add(id);
-        const h = await headAt(store, head, id);
-        await walk(loader, rootOf(h), reachAll, { visited, signal });
-      }
+    const keepIds = [...segsNow.keys()].filter(
+      (id) =>
+        id <= base.checkpoint &&
+        isRetainedCheckpoint({ ...base, history: view.history } as HeadRecord, id),
+    );
+    if (segsNow.has(base.checkpoint) && !keepIds.includes(base.checkpoint))
+      keepIds.push(base.checkpoint);
+    for (const id of referenced) if (segsNow.has(id) && !keepIds.includes(id)) keepIds.push(id);
+    const visited = new Set<string>();
+    for (const id of keepIds) {
+      reachAll.segments.add(id);
+      const h = await headAt(store, head, id);
+      await walk(loader, rootOf(h), reachAll, { visited, signal });
+    }
+    if (!segsNow.has(base.checkpoint)) {
+      // Dry run: the checkpoint to be committed reads what the current one reads, except the
+      // blocks the rewrite moves out of the candidates.
+      const next = newReach();
+      await walk(loader, rootOf(head), next, { signal });
+      const moved = new Set(candidates);
+      for (const id of next.segments) if (!moved.has(id)) reachAll.segments.add(id);
     }
     const deletable: number[] = [];
     let deferred = 0;
@@ -215,12 +250,9 @@ export async function compactVolume(
         else deferred++;
         continue;
       }
-      if (id === head.checkpoint) continue;
-      if (!protectBy) {
-        deferred++;
-        continue;
-      }
-      if (!reachAll.segments.has(id)) deletable.push(id);
+      if (id === base.checkpoint || reachAll.segments.has(id)) continue;
+      if (protectBy) deletable.push(id);
+      else deferred++;
     }
     let bytesReclaimed = 0;
     if (vol) {
@@ -244,16 +276,11 @@ export async function compactVolume(
     const storedAfter = vol
       ? [...segsAfter.values()].reduce((s, x) => s + x.size, 0)
       : storedBytesBefore - bytesReclaimed;
-    const afterHead = vol
-      ? head
-      : ({
-          ...head,
-          history: (await dryRunHead(store, head, segsNow, options)).history,
-        } as HeadRecord);
-    const deleted = new Set(vol ? deletable : []);
+    const afterHead = vol ? head : base;
+    const deleted = new Set(deletable);
     const stillRetained = (id: number): boolean =>
-      isRetainedCheckpoint(afterHead, id) && !deleted.has(id) && (segsAfter.has(id) || !vol);
-    const retainedAfter = [...segsAfter.keys()].filter(stillRetained).length;
+      isRetainedCheckpoint(afterHead, id) && !deleted.has(id);
+    const retainedAfter = [...segsAfter.keys(), ...plan.virtual].filter(stillRetained).length;
     const dropped = [...segs.keys()].filter(
       (id) => isRetainedCheckpoint(oldHead, id) && !stillRetained(id),
     ).length;
@@ -263,10 +290,10 @@ export async function compactVolume(
       checkpointsAfter: retainedAfter,
       checkpointsDropped: dropped,
       segmentsBefore: segs.size,
-      segmentsDeleted: vol ? deletable.length : 0,
+      segmentsDeleted: deletable.length,
       segmentsDeferred: deferred,
       bytesReclaimed,
-      segmentsRewritten: vol ? candidates.length : 0,
+      segmentsRewritten: candidates.length,
       blocksRewritten,
       bytesRewritten: vol
         ? bytesRewritten
@@ -284,16 +311,36 @@ export async function compactVolume(
 const policyIsNoop = (o: CompactOptions): boolean =>
   o.keepLast === undefined && o.keepWithinMs === undefined;
 
-async function dryRunHead(
+/**
+ * For a dry run: the head the real run would end with, and the ids of the checkpoints it
+ * would commit. A rewrite counts as one checkpoint (it may take several segments), then the
+ * history is committed if the policy drops anything, as the real run decides it.
+ */
+async function plannedHead(
   store: ObjectStore,
   head: HeadRecord,
   segs: Map<number, SegInfo>,
   o: CompactOptions,
-): Promise<HeadRecord> {
-  const p = await applyPolicy(store, head, segs, o);
-  if (!p.policyGiven) return head;
-  const floor = p.floorAfterNext === 'self' ? head.checkpoint : p.floorAfterNext;
-  return { ...head, history: { floor, floorMs: Date.now(), kept: p.kept } };
+  rewrites: boolean,
+): Promise<{ head: HeadRecord; virtual: number[] }> {
+  let h = head;
+  let s = segs;
+  const virtual: number[] = [];
+  const commit = (history?: HeadRecord['history']): void => {
+    const id = h.lastSegment + 1;
+    h = { ...h, checkpoint: id, lastSegment: id, ...(history ? { history } : {}) };
+    s = new Map(s).set(id, { size: 0, lastModified: new Date() });
+    virtual.push(id);
+  };
+  if (rewrites) commit();
+  const p = await applyPolicy(store, h, s, o);
+  const drops = [...s.keys()].some((id) => isRetainedCheckpoint(h, id) && !p.keep.has(id));
+  if (p.policyGiven && drops) {
+    const next = h.lastSegment + 1;
+    const floor = p.floorAfterNext === 'self' ? next : p.floorAfterNext;
+    commit({ floor, floorMs: Date.now(), kept: p.kept });
+  }
+  return { head: h, virtual };
 }
 
 function retained(head: HeadRecord, segs: Map<number, SegInfo>): number {

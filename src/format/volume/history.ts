@@ -209,15 +209,16 @@ export async function restoreVolume(
     targetTime: new Date(th.checkpointMs),
     from: head.checkpoint,
     dryRun: !!options.dryRun,
-    unchanged: false,
+    unchanged: target === head.checkpoint,
   };
   // Restoring the current state (a time at or after the latest checkpoint, its number)
   // commits nothing.
-  if (options.dryRun) return plan;
+  if (options.dryRun || plan.unchanged) return plan;
   const vol = await Volume.open(store, { ...options, flushIntervalMs: 0 });
   try {
     plan.from = vol.info.checkpoint;
-    plan.checkpoint = (await vol.restore(target)).checkpoint;
+    plan.unchanged = plan.from === target;
+    if (!plan.unchanged) plan.checkpoint = (await vol.restore(target)).checkpoint;
   } finally {
     await vol.close();
   }

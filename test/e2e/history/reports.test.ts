@@ -25,6 +25,31 @@ async function history(dir: string, n: number): Promise<string> {
 }
 
 describe('compact --dry-run', () => {
+  it('reports what the real run then does, under the grace period and without it', async (t) => {
+    const dir = await tempDir(t);
+    const url = await history(dir, 3);
+    type R = {
+      deletedSegmentCount: number;
+      deferredSegmentCount: number;
+      reclaimedBytes: number;
+      checkpointCountAfter: number;
+    };
+    const fields = (r: R) => ({
+      deleted: r.deletedSegmentCount,
+      deferred: r.deferredSegmentCount,
+      reclaimed: r.reclaimedBytes,
+      after: r.checkpointCountAfter,
+    });
+    for (const grace of [[], ['--grace', '0s']]) {
+      const args = ['compact', url, '--keep-last', '1', ...grace];
+      const dry = await hyperJson<R>([...args, '--dry-run']);
+      const real = await hyperJson<R>([...args, '--yes']);
+      assert.deepEqual(fields(dry), fields(real), grace.join(' ') || 'default grace');
+      if (grace.length === 0) assert.ok(real.deferredSegmentCount > 0 && real.reclaimedBytes === 0);
+      else assert.ok(real.deletedSegmentCount > 0 && real.reclaimedBytes > 0);
+    }
+  });
+
   it('names the grace period in stat --space', async (t) => {
     const dir = await tempDir(t);
     const url = await history(dir, 3);
@@ -37,7 +62,7 @@ describe('compact --dry-run', () => {
 });
 
 describe('snapshot restore reports', () => {
-  it('says a compacted checkpoint is gone and which are kept', async (t) => {
+  it('says a compacted checkpoint is gone and which are kept; the current state changes nothing', async (t) => {
     const dir = await tempDir(t);
     const url = await history(dir, 3); // checkpoints 1 (create), 2, 3, 4
     await hyperJson(['compact', url, '--keep-last', '2', '--grace', '0s', '--yes']);
@@ -55,6 +80,24 @@ describe('snapshot restore reports', () => {
       3,
     );
     assert.match(future.error.message, /does not exist yet \(the current checkpoint is \d+\)/);
+
+    const before = await hyperJson<{ checkpoint: number }>(['file', 'stat', url]);
+    for (const to of ['2099-01-01T00:00:00Z', String(before.checkpoint)]) {
+      const r = await hyper(['snapshot', 'restore', url, '--to', to]);
+      assert.equal(r.code, 0, show(r));
+      assert.match(r.stdout, /its current state.*nothing changed/);
+      const j = await hyperJson<{ unchanged: boolean; checkpoint: number | null }>([
+        'snapshot',
+        'restore',
+        url,
+        '--to',
+        to,
+      ]);
+      assert.equal(j.unchanged, true);
+      assert.equal(j.checkpoint, null);
+    }
+    const after = await hyperJson<{ checkpoint: number }>(['file', 'stat', url]);
+    assert.equal(after.checkpoint, before.checkpoint);
   });
 });
 
