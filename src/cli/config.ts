@@ -13,11 +13,11 @@
  * profile NAME (`~/.aws/config`, `~/.aws/credentials`) for credentials, as `aws --profile NAME`
  * would.
  */
-import { readFile } from 'node:fs/promises';
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { z } from 'zod';
 import { HyperError } from '../errors.js';
+import { readJsonFile } from '../json-file.js';
 
 const ENDPOINT_RE = /^https?:\/\/[^/\s]+/i;
 
@@ -89,32 +89,14 @@ function invalid(path: string, why: string): HyperError {
  */
 export async function loadConfig(env: NodeJS.ProcessEnv = process.env): Promise<LoadedConfig> {
   const path = configPath(env);
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    if ((code === 'ENOENT' || code === 'ENOTDIR') && !env.HYPER_CONFIG) {
-      return { path, exists: false, config: {} };
-    }
-    throw invalid(
-      path,
-      code === 'ENOENT' ? 'no such file (named by HYPER_CONFIG)' : `cannot read it (${code ?? e})`,
-    );
+  const config = await readJsonFile(path, configSchema, (problem) => invalid(path, problem), {
+    missingOk: true,
+  });
+  if (!config) {
+    if (env.HYPER_CONFIG) throw invalid(path, 'no such file (named by HYPER_CONFIG)');
+    return { path, exists: false, config: {} };
   }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (e) {
-    throw invalid(path, `not valid JSON (${(e as Error).message})`);
-  }
-  const parsed = configSchema.safeParse(json);
-  if (!parsed.success) {
-    const issue = parsed.error.issues[0]!;
-    const where = issue.path.length > 0 ? issue.path.map(String).join('.') : '(top level)';
-    throw invalid(path, `${where}: ${issue.message}`);
-  }
-  for (const [section, d] of defaultSections(parsed.data)) {
+  for (const [section, d] of defaultSections(config)) {
     for (const [command, flags] of Object.entries(d)) {
       for (const flag of Object.keys(flags)) {
         if (RESERVED_FLAGS.has(flag)) {
@@ -126,7 +108,7 @@ export async function loadConfig(env: NodeJS.ProcessEnv = process.env): Promise<
       }
     }
   }
-  return { path, exists: true, config: parsed.data };
+  return { path, exists: true, config };
 }
 
 /** Settings that are not default flags (they have their own place in the file). */

@@ -5,6 +5,7 @@
  */
 import { z } from 'zod';
 import { HyperError } from '../errors.js';
+import { zodProblems } from '../json-file.js';
 
 /** Export names: what NBD clients ask for (`nbd://host/NAME`); no slashes at the ends. */
 const exportName = z
@@ -62,11 +63,7 @@ export type ConfigFile = z.infer<typeof configFile>;
 export function parseOr<T>(schema: z.ZodType<T>, value: unknown, what: string): T {
   const r = schema.safeParse(value);
   if (r.success) return r.data;
-  const problems = r.error.issues
-    .slice(0, 5)
-    .map((i) => `${i.path.length > 0 ? i.path.join('.') : '(top level)'}: ${i.message}`)
-    .join('; ');
-  throw new HyperError('invalid', 'INVALID_ARGUMENT', `Invalid ${what}: ${problems}`);
+  throw new HyperError('invalid', 'INVALID_ARGUMENT', `Invalid ${what}: ${zodProblems(r.error)}`);
 }
 
 /** The default export name of a volume URL: the last segment of its path. */

@@ -5,43 +5,26 @@
  * old or the new table, never a torn one.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, readFile, rename, rm } from 'node:fs/promises';
+import { mkdir, open, rename, rm } from 'node:fs/promises';
 import { dirname, join, basename } from 'node:path';
 import { HyperError, toHyperError } from '../errors.js';
-import { parseOr, stateFile, type StateFile } from './schema.js';
+import { readJsonFile } from '../json-file.js';
+import { stateFile, type StateFile } from './schema.js';
 
 export const EMPTY_STATE: StateFile = { version: 1, exports: [] };
 
 /** The state in `path`; the empty state when there is no file yet. */
 export async function loadState(path: string): Promise<StateFile> {
-  let text: string;
-  try {
-    text = await readFile(path, 'utf8');
-  } catch (e) {
-    if ((e as NodeJS.ErrnoException).code === 'ENOENT') return { version: 1, exports: [] };
-    throw toHyperError(e);
-  }
-  let json: unknown;
-  try {
-    json = JSON.parse(text);
-  } catch (e) {
-    throw new HyperError(
-      'invalid',
-      'INVALID_ARGUMENT',
-      `The state file ${path} is not JSON: ${(e as Error).message}`,
-      {
+  const state = await readJsonFile(
+    path,
+    stateFile,
+    (problem) =>
+      new HyperError('invalid', 'INVALID_ARGUMENT', `Invalid state file ${path}: ${problem}`, {
         suggestion: `Fix or remove ${path} (it only lists the exports to map again at start).`,
-      },
-    );
-  }
-  try {
-    return parseOr(stateFile, json, `state file ${path}`);
-  } catch (e) {
-    const err = toHyperError(e);
-    throw new HyperError(err.kind, err.code, err.message, {
-      suggestion: `Fix or remove ${path} (it only lists the exports to map again at start).`,
-    });
-  }
+      }),
+    { missingOk: true },
+  );
+  return state ?? { version: 1, exports: [] };
 }
 
 /** Replace the state in `path` atomically (the directory is created if missing). */

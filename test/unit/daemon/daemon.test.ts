@@ -334,7 +334,7 @@ describe('hyper daemon (in-process)', () => {
     );
     // A config that does not parse changes nothing.
     await writeFile(config, '{"exports": [');
-    await rejectsWith(d.reload(), 'INVALID_ARGUMENT', /not JSON/);
+    await rejectsWith(d.reload(), 'INVALID_ARGUMENT', /not valid JSON/);
     assert.equal(
       (await s.client.get<{ exports: ExportStatus[] }>('/v1/exports')).exports.length,
       3,

@@ -47,7 +47,7 @@ describe('daemon state file', () => {
     await writeFile(path, '{"version":1,"exports":[');
     await assert.rejects(
       loadState(path),
-      (e) => isHyperError(e, 'INVALID_ARGUMENT') && /not JSON/.test(e.message),
+      (e) => isHyperError(e, 'INVALID_ARGUMENT') && /not valid JSON/.test(e.message),
     );
     await writeFile(
       path,

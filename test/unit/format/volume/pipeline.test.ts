@@ -159,6 +159,29 @@ const fill = (n: number, seed: number): Buffer => {
   return b;
 };
 
+/**
+ * A writer that committed one segment, then wrote three more whose PUTs are all held in
+ * flight (fill seeds `seed + 1..3`).
+ */
+async function committedThenHeld(seed: number): Promise<{
+  store: PipeStore;
+  vol: Volume;
+  committed: { checkpoint: number };
+  held: number[];
+}> {
+  const store = await setup();
+  const vol = await open(store);
+  await vol.write(0, fill(SEG, 1));
+  const committed = await vol.flush();
+  store.held = true;
+  for (let k = 1; k < 4; k++) {
+    await vol.write(k * SEG, fill(SEG, seed + k));
+    await tick();
+  }
+  await tick(5);
+  return { store, vol, committed, held: store.heldIds() };
+}
+
 describe('pipelined flushes', () => {
   it('keeps several segment PUTs in flight, reads them from memory, and commits only durable ones', async () => {
     const store = await setup();
@@ -245,17 +268,7 @@ describe('pipelined flushes', () => {
   });
 
   it('a fenced writer commits nothing of its pipeline; the new writer reads the last commit', async () => {
-    const store = await setup();
-    const vol = await open(store);
-    await vol.write(0, fill(SEG, 1));
-    const committed = await vol.flush();
-    store.held = true;
-    for (let k = 1; k < 4; k++) {
-      await vol.write(k * SEG, fill(SEG, 40 + k));
-      await tick();
-    }
-    await tick(5);
-    const held = store.heldIds();
+    const { store, vol, committed, held } = await committedThenHeld(40);
     assert.ok(held.length >= 2);
     // Another writer takes over while those PUTs are in flight; then they land.
     store.held = false;
@@ -276,17 +289,7 @@ describe('pipelined flushes', () => {
   });
 
   it("an old writer's PUT that lands after a takeover, below the highest id listed, is never a checkpoint", async () => {
-    const store = await setup();
-    const vol = await open(store);
-    await vol.write(0, fill(SEG, 1));
-    const committed = await vol.flush();
-    store.held = true;
-    for (let k = 1; k < 4; k++) {
-      await vol.write(k * SEG, fill(SEG, 60 + k));
-      await tick();
-    }
-    await tick(5);
-    const held = store.heldIds();
+    const { store, vol, committed, held } = await committedThenHeld(60);
     assert.equal(held.length, 3);
     // Out of order: the last lands before the takeover lists, the first two only after.
     store.release(held[2] as number);
