@@ -432,6 +432,25 @@ function notRead<T>(id: string, title: string, p: Probe<T>): DoctorCheck | undef
   return undefined;
 }
 
+/** The status line of a check, for a judge that knows only the verdict. */
+type Verdict = (status: CheckStatus, detail: string, suggestion?: string) => DoctorCheck;
+
+/**
+ * The check of one probed bucket setting: skipped or warned about when it could not be read,
+ * else what `judge` makes of its value.
+ */
+function probed<T>(
+  id: string,
+  title: string,
+  p: Probe<T>,
+  judge: (value: T, verdict: Verdict) => DoctorCheck,
+): DoctorCheck {
+  if (p.state !== 'ok') return notRead(id, title, p) as DoctorCheck;
+  return judge(p.value, (status, detail, suggestion) =>
+    check(id, title, status, detail, suggestion),
+  );
+}
+
 /** Does a lifecycle rule limited to `rulePrefix` reach objects under the volume prefix? */
 const reaches = (rulePrefix: string, prefix: string): boolean =>
   prefix.startsWith(rulePrefix) || rulePrefix.startsWith(prefix);
@@ -500,33 +519,23 @@ function publicAccessCheck(
   title: string,
   p: Probe<PublicAccessBlock | null>,
 ): DoctorCheck {
-  const bad = notRead(id, title, p);
-  if (bad || p.state !== 'ok') return bad as DoctorCheck;
-  const v = p.value;
-  if (v === null) {
-    return check(
-      id,
-      title,
-      'warn',
-      'no Block Public Access configuration: a policy or ACL could make volumes public',
-      'Enable all four Block Public Access settings (aws s3api put-public-access-block).',
-    );
-  }
-  const off = Object.entries(v)
-    .filter(([, on]) => !on)
-    .map(([k]) => k);
-  return off.length === 0
-    ? check(id, title, 'ok', 'all four settings on')
-    : check(
-        id,
-        title,
+  return probed(id, title, p, (v, verdict) => {
+    if (v === null)
+      return verdict(
         'warn',
-        `off: ${off.join(', ')}`,
-        'Enable all four Block Public Access settings.',
+        'no Block Public Access configuration: a policy or ACL could make volumes public',
+        'Enable all four Block Public Access settings (aws s3api put-public-access-block).',
       );
+    const off = Object.entries(v)
+      .filter(([, on]) => !on)
+      .map(([k]) => k);
+    return off.length === 0
+      ? verdict('ok', 'all four settings on')
+      : verdict('warn', `off: ${off.join(', ')}`, 'Enable all four Block Public Access settings.');
+  });
 }
 
-function bucketChecks(
+export function bucketChecks(
   b: BucketSettings,
   prefix: string,
   target: { region: string; custom: boolean },
@@ -535,42 +544,24 @@ function bucketChecks(
   const out: DoctorCheck[] = [];
 
   // Region: on AWS the bucket's region must be the one requests are signed for.
-  {
-    const id = 'region';
-    const title = 'Region';
-    const bad = notRead(id, title, b.location);
-    if (bad) out.push(bad);
-    else if (b.location.state === 'ok') {
-      const loc = b.location.value;
+  out.push(
+    probed('region', 'Region', b.location, (loc, verdict) => {
       // AWS answers '' for us-east-1 and 'EU' for the oldest eu-west-1 buckets.
       const region = loc === '' ? 'us-east-1' : loc === 'EU' ? 'eu-west-1' : loc;
       if (target.custom)
-        out.push(
-          check(id, title, 'ok', `bucket location "${loc}" (requests use ${target.region})`),
-        );
-      else if (region === target.region) out.push(check(id, title, 'ok', region));
-      else
-        out.push(
-          check(
-            id,
-            title,
-            'warn',
-            `the bucket is in ${region}, requests are signed for ${target.region}`,
-            `Use --region ${region} (or AWS_REGION).`,
-          ),
-        );
-    }
-  }
+        return verdict('ok', `bucket location "${loc}" (requests use ${target.region})`);
+      if (region === target.region) return verdict('ok', region);
+      return verdict(
+        'warn',
+        `the bucket is in ${region}, requests are signed for ${target.region}`,
+        `Use --region ${region} (or AWS_REGION).`,
+      );
+    }),
+  );
 
-  // Versioning.
-  let versioning: 'enabled' | 'suspended' | 'off' | undefined;
-  {
-    const id = 'versioning';
-    const title = 'Versioning';
-    const bad = notRead(id, title, b.versioning);
-    if (bad) out.push(bad);
-    else if (b.versioning.state === 'ok') {
-      versioning = b.versioning.value;
+  const versioning = b.versioning.state === 'ok' ? b.versioning.value : undefined;
+  out.push(
+    probed('versioning', 'Versioning', b.versioning, (v, verdict) => {
       const expires =
         b.lifecycle.state === 'ok' &&
         b.lifecycle.value.some(
@@ -580,63 +571,36 @@ function bucketChecks(
             r.noncurrentExpirationDays !== undefined &&
             prefix.startsWith(r.prefix),
         );
-      if (versioning === 'off') out.push(check(id, title, 'ok', 'off'));
-      else if (expires)
-        out.push(
-          check(
-            id,
-            title,
-            'ok',
-            `${versioning}; a lifecycle rule expires noncurrent versions under the prefix`,
-          ),
-        );
-      else
-        out.push(
-          check(
-            id,
-            title,
-            'warn',
-            `${versioning}: segments that compaction or delete remove stay stored (and billed) as noncurrent versions`,
-            'Add a lifecycle rule with NoncurrentVersionExpiration for the volume prefix, or use a bucket without versioning.',
-          ),
-        );
-    }
-  }
+      if (v === 'off') return verdict('ok', 'off');
+      if (expires)
+        return verdict('ok', `${v}; a lifecycle rule expires noncurrent versions under the prefix`);
+      return verdict(
+        'warn',
+        `${v}: segments that compaction or delete remove stay stored (and billed) as noncurrent versions`,
+        'Add a lifecycle rule with NoncurrentVersionExpiration for the volume prefix, or use a bucket without versioning.',
+      );
+    }),
+  );
 
-  // Lifecycle rules.
-  {
-    const bad = notRead('lifecycle', 'Lifecycle rules', b.lifecycle);
-    if (bad) out.push(bad);
-    else if (b.lifecycle.state === 'ok')
-      out.push(lifecycleCheck(b.lifecycle.value, prefix, versioning));
-  }
+  out.push(
+    probed('lifecycle', 'Lifecycle rules', b.lifecycle, (rules) =>
+      lifecycleCheck(rules, prefix, versioning),
+    ),
+  );
 
-  // Object lock.
-  {
-    const id = 'object-lock';
-    const title = 'Object lock';
-    const bad = notRead(id, title, b.objectLock);
-    if (bad) out.push(bad);
-    else if (b.objectLock.state === 'ok') {
-      const l = b.objectLock.value;
-      if (!l || !l.enabled) out.push(check(id, title, 'ok', 'off'));
-      else if (!l.defaultRetention)
-        out.push(check(id, title, 'ok', 'enabled, no default retention'));
-      else {
-        const r = l.defaultRetention;
-        const period = r.days !== undefined ? `${r.days} days` : `${r.years ?? '?'} years`;
-        out.push(
-          check(
-            id,
-            title,
-            'warn',
-            `default retention ${r.mode} for ${period}: every segment written stays stored that long, whatever compaction deletes`,
-            'Keep volumes in a bucket without default retention; protect them with snapshots instead.',
-          ),
-        );
-      }
-    }
-  }
+  out.push(
+    probed('object-lock', 'Object lock', b.objectLock, (l, verdict) => {
+      if (!l || !l.enabled) return verdict('ok', 'off');
+      if (!l.defaultRetention) return verdict('ok', 'enabled, no default retention');
+      const r = l.defaultRetention;
+      const period = r.days !== undefined ? `${r.days} days` : `${r.years ?? '?'} years`;
+      return verdict(
+        'warn',
+        `default retention ${r.mode} for ${period}: every segment written stays stored that long, whatever compaction deletes`,
+        'Keep volumes in a bucket without default retention; protect them with snapshots instead.',
+      );
+    }),
+  );
 
   out.push(
     publicAccessCheck(
@@ -646,28 +610,17 @@ function bucketChecks(
     ),
   );
 
-  // Bucket policy.
-  {
-    const id = 'bucket-policy-public';
-    const title = 'Bucket policy';
-    const bad = notRead(id, title, b.policyStatus);
-    if (bad) out.push(bad);
-    else if (b.policyStatus.state === 'ok') {
-      const v = b.policyStatus.value;
-      if (v === null) out.push(check(id, title, 'ok', 'no bucket policy'));
-      else if (!v.isPublic) out.push(check(id, title, 'ok', 'not public'));
-      else
-        out.push(
-          check(
-            id,
-            title,
-            'fail',
-            'the bucket policy makes the bucket public: anyone may read the volumes',
-            'Remove the public statements from the bucket policy and enable Block Public Access.',
-          ),
-        );
-    }
-  }
+  out.push(
+    probed('bucket-policy-public', 'Bucket policy', b.policyStatus, (v, verdict) => {
+      if (v === null) return verdict('ok', 'no bucket policy');
+      if (!v.isPublic) return verdict('ok', 'not public');
+      return verdict(
+        'fail',
+        'the bucket policy makes the bucket public: anyone may read the volumes',
+        'Remove the public statements from the bucket policy and enable Block Public Access.',
+      );
+    }),
+  );
 
   // Account-level Block Public Access (S3 Control needs the account id).
   if (b.accountPublicAccessBlock === undefined || accountId === undefined) {
