@@ -89,13 +89,45 @@ export interface ReadCounters {
 interface Run {
   seg: number;
   off: number;
-  /** Total bytes. */
+  /** Bytes from `off` to the end of the last block (gaps between blocks included). */
   len: number;
   /** lba of each block (for read-around extras: -1, not copied out). */
   lbas: number[];
   ptrs: BlockPtr[];
   /** Fetched by read-ahead. */
   ahead?: boolean;
+}
+
+/**
+ * Dead bytes a run may skip between two of its blocks: fetching them costs less than another
+ * request. Blocks of one segment that a read needs sit in LBA order; between them are blocks
+ * of other addresses or overwritten since.
+ */
+export const RUN_GAP = 32 * KiB;
+
+/**
+ * Groups the blocks a read needs into runs: blocks of one segment at ascending offsets, at
+ * most RUN_GAP apart, become one ranged GET — also when the addresses between them live in
+ * other segments (random writes spread a range over many segments).
+ */
+class Runs {
+  readonly list: Run[] = [];
+  private readonly open = new Map<number, Run>();
+
+  add(lba: number, p: BlockPtr, ahead?: boolean): void {
+    const run = this.open.get(p.seg);
+    const end = run ? run.off + run.len : 0;
+    if (run && p.off >= end && p.off - end <= RUN_GAP) {
+      run.lbas.push(lba);
+      run.ptrs.push(p);
+      run.len = p.off + p.len - run.off;
+      return;
+    }
+    const r: Run = { seg: p.seg, off: p.off, len: p.len, lbas: [lba], ptrs: [p] };
+    if (ahead) r.ahead = true;
+    this.list.push(r);
+    this.open.set(p.seg, r);
+  }
 }
 
 interface Stream {
@@ -196,10 +228,9 @@ export class Reader {
     } else {
       entries = await this.loader.run(() => tree.scan(lo, hi));
     }
-    // Group contiguous blocks of one segment into runs: one ranged GET each.
-    const runs: Run[] = [];
+    // Group the blocks of each segment into runs: one ranged GET each.
+    const runs = new Runs();
     let waits: { promises: Set<Promise<void>>; blocks: { lba: number; p: BlockPtr }[] } | undefined;
-    let run: Run | undefined;
     let k = 0;
     for (const lba of lbas) {
       while (k < entries.length && (entries[k] as ScanEntry).lba < lba) k++;
@@ -209,7 +240,6 @@ export class Reader {
           : undefined;
       if (!p) {
         copyBlock(out, offset, length, lba, bs, null);
-        run = undefined;
         continue;
       }
       if (p.seg === PENDING_SEG) return false;
@@ -218,7 +248,6 @@ export class Reader {
       if (cached) {
         if (this.speculative.size > 0) this.usedSpeculative(key);
         copyBlock(out, offset, length, lba, bs, cached);
-        run = undefined;
         continue;
       }
       const pending = this.inflight.get(key);
@@ -226,26 +255,13 @@ export class Reader {
         // Being fetched (read-ahead): wait for it rather than GET it twice.
         (waits ??= { promises: new Set(), blocks: [] }).promises.add(pending);
         waits.blocks.push({ lba, p });
-        run = undefined;
         continue;
       }
-      if (
-        run &&
-        run.seg === p.seg &&
-        run.off + run.len === p.off &&
-        run.lbas[run.lbas.length - 1] === lba - 1
-      ) {
-        run.lbas.push(lba);
-        run.ptrs.push(p);
-        run.len += p.len;
-      } else {
-        run = { seg: p.seg, off: p.off, len: p.len, lbas: [lba], ptrs: [p] };
-        runs.push(run);
-      }
+      runs.add(lba, p);
     }
     const jobs: Promise<void>[] = [];
     if (waits) jobs.push(this.afterInflight(waits.promises, waits.blocks, out, offset, length));
-    for (const r of runs) jobs.push(this.fetchInto(r, out, offset, length, tree));
+    for (const r of runs.list) jobs.push(this.fetchInto(r, out, offset, length, tree));
     if (jobs.length === 1) await jobs[0];
     else if (jobs.length > 1) await Promise.all(jobs);
     return true;
@@ -408,9 +424,10 @@ export class Reader {
         );
         continue;
       }
-      if (part && part.len + p.len <= this.partBytes) {
+      const span = part ? p.off + p.len - (r.ptrs[part.from] as BlockPtr).off : 0;
+      if (part && span <= this.partBytes) {
         part.to = k + 1;
-        part.len += p.len;
+        part.len = span;
       } else {
         part = { from: k, to: k + 1, len: p.len };
         parts.push(part);
@@ -480,9 +497,9 @@ export class Reader {
       const around = r.lbas.includes(-1);
       const disk = toDisk && this.disk && this.disk.cacheable(seg) ? this.disk : undefined;
       const store = disk ? disk.storeOf(seg) : 0;
-      let at = 0;
       for (let k = from; k < to; k++) {
         const p = r.ptrs[k] as BlockPtr;
+        const at = p.off - off;
         const blk = body.subarray(at, at + p.len);
         if (p.codec !== 0) throw dataError('CORRUPT_OBJECT', key, `Unknown block codec ${p.codec}`);
         if (crc32c(blk) !== p.crc) {
@@ -505,7 +522,6 @@ export class Reader {
         this.dataCache.set(blockKey(seg, p.off), copy, copy.length);
         disk?.cache.put(store, seg, p.off, copy);
         out.push(copy);
-        at += p.len;
       }
       return out;
     } finally {
@@ -582,8 +598,7 @@ export class Reader {
     const hi = Math.ceil(to / bs);
     const tree = this.view.tree();
     const entries = await this.loader.run(() => tree.scan(lo, hi));
-    const runs: Run[] = [];
-    let run: Run | undefined;
+    const runs = new Runs();
     for (const p of entries) {
       const key = blockKey(p.seg, p.off);
       if (
@@ -591,21 +606,12 @@ export class Reader {
         this.dataCache.peek(key) !== undefined ||
         this.inflight.has(key) ||
         this.view.buffered(p.lba) !== undefined
-      ) {
-        run = undefined;
+      )
         continue;
-      }
-      if (run && run.seg === p.seg && run.off + run.len === p.off) {
-        run.lbas.push(p.lba);
-        run.ptrs.push(p);
-        run.len += p.len;
-      } else {
-        run = { seg: p.seg, off: p.off, len: p.len, lbas: [p.lba], ptrs: [p], ahead: true };
-        runs.push(run);
-      }
+      runs.add(p.lba, p, true);
     }
     await Promise.all(
-      runs.map(async (r) => {
+      runs.list.map(async (r) => {
         const blocks = await this.fetchRun(r);
         this.counters.prefetched += blocks.length;
       }),

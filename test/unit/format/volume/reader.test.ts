@@ -137,6 +137,33 @@ describe('reader: read-ahead, parallel GETs, read-around', () => {
     await v.close();
   });
 
+  it('reads a range that random writes spread over many segments with a GET per segment', async () => {
+    const size = 4 * MiB;
+    const { store, ref } = await filled(size);
+    const w = await Volume.open(store, { flushIntervalMs: 0 });
+    // Four rounds of random 4 KiB writes, each its own segment: a 1 MiB range then has its
+    // blocks in five segments, interleaved by address.
+    const r = rng(7);
+    for (let round = 0; round < 4; round++) {
+      for (let i = 0; i < 300; i++) {
+        const o = Math.floor(r() * (size / 4096)) * 4096;
+        const b = pattern(4096, 100 + round * 1000 + i);
+        await w.write(o, b);
+        b.copy(ref, o);
+      }
+      await w.flush();
+    }
+    await w.close();
+    const v = await Volume.open(store, { readOnly: true, readAheadBytes: 0, readAroundBytes: 0 });
+    await v.extents(0, size); // index nodes first: only data GETs are counted below
+    store.reset();
+    assert.equal(sha(await v.read(1 * MiB, 1 * MiB)), sha(ref.subarray(1 * MiB, 2 * MiB)));
+    // 256 blocks from five segments; a GET per run of adjacent blocks would take ~150.
+    assert.ok(store.segmentGets <= 10, `GETs: ${store.segmentGets}`);
+    assert.equal(sha(await v.read(0, size)), sha(ref));
+    await v.close();
+  });
+
   it('matches a model under random reads, writes, trims and flushes running concurrently', async () => {
     for (const seed of [11, 12, 13]) {
       const size = 4 * MiB;
