@@ -454,7 +454,10 @@ export interface FioJob {
   numjobs?: number;
   fsync?: number;
   size: number;
+  /** Seconds: the run's length, or with `ios` its limit. */
   runtime: number;
+  /** A fixed number of I/Os instead of a timed run (a second pass then repeats the first). */
+  ios?: number;
   rampTime?: number;
 }
 
@@ -484,7 +487,7 @@ export async function fio(uri: string, job: FioJob): Promise<FioResult> {
     '--group_reporting',
     `--size=${job.size}`,
     `--runtime=${job.runtime}`,
-    '--time_based',
+    ...(job.ios ? [`--number_ios=${job.ios}`, '--randrepeat=1'] : ['--time_based']),
     ...(job.rampTime ? [`--ramp_time=${job.rampTime}`] : []),
     ...(job.fsync ? [`--fsync=${job.fsync}`] : []),
     '--percentile_list=50:99',
