@@ -23,6 +23,38 @@ export interface FlushInput {
   /** The head of the checkpoint written as segment `id`. */
   head: (id: number, nowMs: number) => NextHead;
   blockSize: number;
+  /** Buffers for the segment (see SegmentBuffers). */
+  buffers?: SegmentBuffers;
+}
+
+/**
+ * Recycled buffers for segments: a segment of tens of MiB written into fresh memory pays a
+ * page fault per 4 KiB page on the copy (costly in a VM, where it was most of a sequential
+ * write's CPU time). A segment's buffer comes back once its PUT has landed and nothing reads
+ * from it any more (the frozen generation it served is released); a segment whose PUT failed
+ * keeps its buffer (its blocks go back into the write buffer from there).
+ */
+export class SegmentBuffers {
+  private readonly free: ArrayBuffer[] = [];
+
+  /** At most `keep` buffers wait for reuse. */
+  constructor(private readonly keep: number) {}
+
+  take(bytes: number): Buffer {
+    // Any free buffer large enough; smaller ones are dropped (segments grow to a steady size).
+    while (this.free.length > 0) {
+      const ab = this.free.pop() as ArrayBuffer;
+      if (ab.byteLength >= bytes) return Buffer.from(ab, 0, bytes);
+    }
+    // Room to grow a little, so that the next segment, slightly larger, fits too.
+    return Buffer.from(new ArrayBuffer(Math.ceil((bytes * 1.125) / 65536) * 65536), 0, bytes);
+  }
+
+  give(segment: Buffer): void {
+    const ab = segment.buffer;
+    if (!(ab instanceof ArrayBuffer) || segment.byteOffset !== 0) return;
+    if (this.free.length < this.keep && !this.free.includes(ab)) this.free.push(ab);
+  }
 }
 
 /** Changes to the head that the next checkpoint records besides its content. */
@@ -105,6 +137,7 @@ export async function buildSegment(
     lbas,
     blocks,
     crcs,
+    ...(f.buffers ? { alloc: (n: number) => (f.buffers as SegmentBuffers).take(n) } : {}),
   });
   for (let k = 0; k < blocks.length; k++) {
     const at = out.dataOffset + k * f.blockSize;

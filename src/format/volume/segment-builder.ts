@@ -34,6 +34,8 @@ export interface CheckpointInput {
   lbas: number[];
   blocks: Buffer[];
   crcs: number[];
+  /** Where the segment's bytes go (a recycled buffer); a fresh one by default. */
+  alloc?: (bytes: number) => Buffer;
 }
 
 export interface BuiltCheckpoint {
@@ -95,7 +97,7 @@ export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
 
   // Nodes are encoded straight into the segment (entries copied, then located in place);
   // the in-memory nodes change only once the commit has landed (see Volume's flush).
-  const segment = Buffer.allocUnsafe(total);
+  const segment = c.alloc ? c.alloc(total) : Buffer.allocUnsafe(total);
   nodes.forEach((nd, k) => {
     const at = nodeOffsets[k] as number;
     segment.fill(0, at, at + nodeSize);

@@ -27,7 +27,7 @@ import { checkVolumeSize, createVolume } from './create.js';
 import { headAt, infoOf, readHead, resolveCheckpoint, rootOf } from './heads.js';
 import { DEFAULT_LEASE_TTL_MS, defaultHolder } from './lease.js';
 import { Reader, type DiskTier } from './reader.js';
-import { adoptNodes, buildSegment, nextHead, type MetadataPatch } from './flush.js';
+import { adoptNodes, buildSegment, nextHead, SegmentBuffers, type MetadataPatch } from './flush.js';
 import { SegmentSource } from './segments.js';
 import {
   CONFLICT_RETRIES,
@@ -93,6 +93,8 @@ export class Volume {
   private readonly loader: NodeLoader;
   private tree: BTree;
   private readonly buffer: WriteBuffer;
+  /** Buffers of landed segments, for the next ones. */
+  private readonly segmentBuffers: SegmentBuffers;
   private readonly reader: Reader;
   private size: number;
   /** Head changes waiting for the next checkpoint (undefined: none). */
@@ -149,6 +151,7 @@ export class Volume {
     this.cleanHead = head;
     this.flushBytes = opts.flushBytes ?? head.segmentSize;
     this.pipeline = Math.max(1, Math.floor(opts.flushPipeline ?? DEFAULT_FLUSH_PIPELINE));
+    this.segmentBuffers = new SegmentBuffers(2);
     this.buffer = new WriteBuffer({
       blockSize: this.bs,
       // Everything buffered counts, segments in flight included (with their index nodes).
@@ -743,6 +746,7 @@ export class Volume {
         id: () => committer.nextId(),
         head: (id, nowMs) => nextHead(committer.tip, { id, nowMs, size: this.size, patch, walSeq }),
         blockSize: this.bs,
+        buffers: this.segmentBuffers,
       });
     } catch (e) {
       // Nothing was built: the changes go back under the newer ones, the patch too.
@@ -786,6 +790,8 @@ export class Volume {
       committer.landed(s.built.head);
       this.buffer.release(s.gen);
       this.segments.landed(s.built.head.checkpoint);
+      // Nothing reads from the segment's buffer any more: the next segment may reuse it.
+      this.segmentBuffers.give(s.built.segment);
       this.counters.segmentsWritten++;
       this.counters.flushes++;
       moved = true;
