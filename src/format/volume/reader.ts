@@ -518,7 +518,7 @@ export class Reader {
         // Blocks read now or soon (this read, read-ahead) share the part's body, which goes
         // when they do; the blocks of a read-around GET are copied: a few of them staying in
         // the cache must not pin the whole body.
-        const copy = single || !around ? blk : Buffer.from(blk);
+        const copy = single || !around ? blk : copyOf(blk);
         this.dataCache.set(blockKey(seg, p.off), copy, copy.length);
         disk?.cache.put(store, seg, p.off, copy);
         out.push(copy);
@@ -688,4 +688,11 @@ function copyBlock(
   const to = Math.min(offset + length, bStart + bs);
   if (blk) blk.copy(out, from - offset, from - bStart, to - bStart);
   else out.fill(0, from - offset, to - offset);
+}
+
+/** A copy of `b` in memory of its own (Buffer.from(buffer) takes a slower generic path). */
+function copyOf(b: Buffer): Buffer {
+  const c = Buffer.allocUnsafeSlow(b.length);
+  b.copy(c);
+  return c;
 }
