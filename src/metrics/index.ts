@@ -33,9 +33,22 @@ export interface VolumeSource {
   stats(): EngineStats;
 }
 
+/** Where an export's stored bytes go (compaction debt): a listing and a walk of the indexes. */
+export interface SpaceSample {
+  storedBytes: number;
+  liveBytes: number;
+  historyBytes: number;
+  garbageBytes: number;
+}
+
 export interface MetricsOptions {
   /** Also export prom-client's process and Node.js metrics (process_*, nodejs_*; default true). */
   processMetrics?: boolean;
+  /**
+   * How old the space sample of an export may get before a scrape starts a new one (it runs
+   * in the background; the scrape reports the last one). Default 10 minutes.
+   */
+  spaceIntervalMs?: number;
   /** Clock for ages and expiries, in ms (tests). */
   now?: () => number;
 }
@@ -63,6 +76,13 @@ const ENGINE_BUCKETS = [0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
 interface Tracked {
   exportName: string;
   source: VolumeSource;
+  /** Measures compaction debt (optional); its last result and when it was taken. */
+  space?: {
+    probe: () => Promise<SpaceSample>;
+    last?: SpaceSample;
+    atMs: number;
+    running: boolean;
+  };
   /** Counter values already added to the cache and segment counters. */
   seen: {
     nodeHits: number;
@@ -106,8 +126,11 @@ export class HyperMetrics {
   /** The NBD server's observer (pass it as `observer` to NbdServer). */
   readonly nbd: NbdObserver;
 
+  private readonly spaceIntervalMs: number;
+
   constructor(options: MetricsOptions = {}) {
     this.now = options.now ?? Date.now;
+    this.spaceIntervalMs = options.spaceIntervalMs ?? 10 * 60 * 1000;
     const r = this.registry;
     const counter = <L extends string>(c: CounterConfiguration<L>): Counter<L> =>
       new Counter({ ...c, registers: [r] });
@@ -263,6 +286,37 @@ export class HyperMetrics {
         }
       });
     };
+    // Compaction debt, from the last space sample (a newer one starts when it is stale).
+    const perSpace = (name: string, help: string, value: (x: SpaceSample) => number): void => {
+      gauge(name, help, ['export'], (g) => {
+        g.reset();
+        for (const t of this.volumes) {
+          this.refreshSpace(t);
+          const x = t.space?.last;
+          if (x !== undefined) g.set({ export: t.exportName }, value(x));
+        }
+      });
+    };
+    perSpace(
+      'hyper_volume_garbage_bytes',
+      'Compaction debt: stored bytes no retained checkpoint reaches (what `hyper compact` deletes once the grace period is over).',
+      (x) => x.garbageBytes,
+    );
+    perSpace(
+      'hyper_volume_stored_bytes',
+      'Bytes the volume stores (all its objects).',
+      (x) => x.storedBytes,
+    );
+    perSpace(
+      'hyper_volume_live_bytes',
+      'Bytes the current checkpoint reads from its own segments.',
+      (x) => x.liveBytes,
+    );
+    perSpace(
+      'hyper_volume_history_bytes',
+      'Bytes only older retained checkpoints (history, snapshots, clone origins) need.',
+      (x) => x.historyBytes,
+    );
     perVolume(
       'hyper_volume_dirty_bytes',
       'Bytes written but not yet in a segment.',
@@ -358,11 +412,16 @@ export class HyperMetrics {
    * Export the state of an open volume (dirty bytes, lease, checkpoint age, caches) under
    * `exportName` until the returned function is called (when the volume is closed).
    */
-  trackVolume(exportName: string, source: VolumeSource): () => void {
+  trackVolume(
+    exportName: string,
+    source: VolumeSource,
+    space?: () => Promise<SpaceSample>,
+  ): () => void {
     const s = source.stats();
     const t: Tracked = {
       exportName,
       source,
+      ...(space ? { space: { probe: space, atMs: 0, running: false } } : {}),
       seen: {
         nodeHits: s.nodeCacheHits,
         nodeMisses: s.nodeCacheMisses,
@@ -381,6 +440,26 @@ export class HyperMetrics {
   /** The registry's text exposition (what GET /metrics returns). */
   text(): Promise<string> {
     return this.registry.metrics();
+  }
+
+  /** Start a new space sample of `t` in the background when the last one is stale. */
+  private refreshSpace(t: Tracked): void {
+    const sp = t.space;
+    if (!sp || sp.running || (sp.last !== undefined && this.now() - sp.atMs < this.spaceIntervalMs))
+      return;
+    sp.running = true;
+    sp.probe().then(
+      (x) => {
+        sp.last = x;
+        sp.atMs = this.now();
+        sp.running = false;
+      },
+      () => {
+        // Try again at a later scrape (the store may be down); the last sample stays.
+        sp.atMs = this.now();
+        sp.running = false;
+      },
+    );
   }
 
   /** Add what the engine's own counters gained since the last look. */

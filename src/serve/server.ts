@@ -13,7 +13,7 @@ import { setTimeout as sleep } from 'node:timers/promises';
 import { HyperError, isHyperError } from '../errors.js';
 import { observeStore, type ObjectStore } from '../format/store/index.js';
 import type { HyperMetrics, MetricsServer } from '../metrics/index.js';
-import { listVolumes } from '../format/volume/admin.js';
+import { listVolumes, statVolume } from '../format/volume/admin.js';
 import {
   silentLogger,
   type CheckpointRef,
@@ -428,7 +428,18 @@ export class VolumeServer {
     for (let logged = false; ;) {
       try {
         const volume = await Volume.open(store, options);
-        const untrack = m?.trackVolume(name, volume);
+        const untrack = m?.trackVolume(name, volume, async () => {
+          // Compaction debt: a listing and a walk of the retained indexes (at most every few
+          // minutes, in the background of a scrape).
+          const st = await statVolume(store, { space: true, openStore: options.openStore });
+          const sp = st.space as NonNullable<typeof st.space>;
+          return {
+            storedBytes: st.storedBytes,
+            liveBytes: sp.liveBytes,
+            historyBytes: sp.historyBytes,
+            garbageBytes: sp.garbageBytes,
+          };
+        });
         this.opened.set(name, volume);
         return new VolumeDevice(volume, {
           readOnly: s.readOnly,

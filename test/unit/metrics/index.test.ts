@@ -259,6 +259,45 @@ describe('metrics', () => {
     assert.equal(value(e, 'hyper_volume_dirty_bytes', { export: 'ro' }), 0);
   });
 
+  it('reports compaction debt from a space sample taken in the background, at most once per interval', async () => {
+    let now = 1_000_000;
+    const m = createMetrics({ processMetrics: false, now: () => now, spaceIntervalMs: 60_000 });
+    let probes = 0;
+    let garbage = 4096;
+    const probe = async () => {
+      probes++;
+      return {
+        storedBytes: 10 * garbage,
+        liveBytes: 6 * garbage,
+        historyBytes: 3 * garbage,
+        garbageBytes: garbage,
+      };
+    };
+    m.trackVolume('vm1', { readOnly: false, stats: () => stats() }, probe);
+    m.trackVolume('nodebt', { readOnly: false, stats: () => stats() });
+    const vm1 = { export: 'vm1' };
+    // The first scrape starts the sample; it shows from the next one.
+    let e = parseExposition(await m.text());
+    assert.equal(select(e, 'hyper_volume_garbage_bytes').length, 0);
+    await new Promise((r) => setImmediate(r));
+    e = parseExposition(await m.text());
+    assert.equal(value(e, 'hyper_volume_garbage_bytes', vm1), 4096);
+    assert.equal(value(e, 'hyper_volume_stored_bytes', vm1), 40960);
+    assert.equal(value(e, 'hyper_volume_live_bytes', vm1), 24576);
+    assert.equal(value(e, 'hyper_volume_history_bytes', vm1), 12288);
+    assert.equal(select(e, 'hyper_volume_garbage_bytes', { export: 'nodebt' }).length, 0);
+    assert.equal(probes, 1, 'one sample within the interval');
+    // Stale: the next scrape reports the old sample and starts a new one.
+    garbage = 8192;
+    now += 61_000;
+    e = parseExposition(await m.text());
+    assert.equal(value(e, 'hyper_volume_garbage_bytes', vm1), 4096);
+    await new Promise((r) => setImmediate(r));
+    e = parseExposition(await m.text());
+    assert.equal(value(e, 'hyper_volume_garbage_bytes', vm1), 8192);
+    assert.equal(probes, 2);
+  });
+
   it('keeps two instances apart and adds process metrics unless told not to', async () => {
     const a = createMetrics();
     const b = createMetrics({ processMetrics: false });
