@@ -151,7 +151,7 @@ export class Volume {
     this.cleanHead = head;
     this.flushBytes = opts.flushBytes ?? head.segmentSize;
     this.pipeline = Math.max(1, Math.floor(opts.flushPipeline ?? DEFAULT_FLUSH_PIPELINE));
-    this.segmentBuffers = new SegmentBuffers(2);
+    this.segmentBuffers = new SegmentBuffers(1);
     this.buffer = new WriteBuffer({
       blockSize: this.bs,
       // Everything buffered counts, segments in flight included (with their index nodes).
