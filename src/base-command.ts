@@ -10,7 +10,6 @@
 import { mkdir, stat } from 'node:fs/promises';
 import { createInterface } from 'node:readline/promises';
 import { Command, Errors, Flags as OclifFlags, type Interfaces } from '@oclif/core';
-import ora, { type Ora } from 'ora';
 import {
   OUTPUT_FORMATS,
   boxTable,
@@ -42,6 +41,7 @@ import {
 } from './cli/config.js';
 import { originalFlagMessage, storeFlags } from './flags.js';
 import { ProgressReporter } from './cli/progress.js';
+import { startSpinner, type Spinner } from './cli/spinner.js';
 import { openStore as openStoreAt, parseStoreUrl, type ObjectStore } from './format/store/index.js';
 
 export type Flags<T extends typeof Command> = Interfaces.InferredFlags<
@@ -107,12 +107,7 @@ export const outputFlags = {
 };
 
 /** A progress line on stderr; a no-op when stderr is not a terminal or in --json mode. */
-export interface Spinner {
-  text: string;
-  succeed(text?: string): void;
-  fail(text?: string): void;
-  stop(): void;
-}
+export type { Spinner };
 
 export abstract class BaseCommand<T extends typeof Command> extends Command {
   static override enableJsonFlag = true;
@@ -134,7 +129,7 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
   };
 
   private stores: ObjectStore[] = [];
-  private spinners: Ora[] = [];
+  private spinners: Spinner[] = [];
   private abortController?: AbortController;
   private signalHandler?: (signal: NodeJS.Signals) => void;
 
@@ -306,20 +301,9 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
       (process.stderr.columns ?? 0) > 0 &&
       !this.jsonEnabled() &&
       !this.quiet;
-    const s = ora({ text, stream: process.stderr, isSilent: !enabled, discardStdin: false });
-    s.start();
+    const s = startSpinner(text, enabled);
     this.spinners.push(s);
-    return {
-      get text() {
-        return s.text;
-      },
-      set text(t: string) {
-        s.text = t;
-      },
-      succeed: (t?: string) => void s.succeed(t),
-      fail: (t?: string) => void s.fail(t),
-      stop: () => void s.stop(),
-    };
+    return s;
   }
 
   /**

@@ -22,7 +22,8 @@ export function zodProblems(error: z.ZodError, max = 5): string {
  */
 export async function readJsonFile<T>(
   path: string,
-  schema: z.ZodType<T>,
+  /** The schema, or how to load it (only once the file exists). */
+  schema: z.ZodType<T> | (() => Promise<z.ZodType<T>>),
   invalid: (problem: string) => HyperError,
   options: { missingOk?: boolean } = {},
 ): Promise<T | undefined> {
@@ -40,7 +41,7 @@ export async function readJsonFile<T>(
   } catch (e) {
     throw invalid(`not valid JSON (${(e as Error).message})`);
   }
-  const r = schema.safeParse(json);
+  const r = (typeof schema === 'function' ? await schema() : schema).safeParse(json);
   if (!r.success) throw invalid(zodProblems(r.error));
   return r.data;
 }

@@ -15,41 +15,14 @@
  */
 import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
-import { z } from 'zod';
 import { HyperError } from '../errors.js';
 import { readJsonFile } from '../json-file.js';
+import type { ConfigFile, ProfileSection } from './config-schema.js';
 
-const ENDPOINT_RE = /^https?:\/\/[^/\s]+/i;
+export type { ConfigFile, ProfileSection };
 
-const endpoint = z
-  .string()
-  .regex(ENDPOINT_RE, 'expected http(s)://host[:port]')
-  .describe('S3 endpoint URL');
-const region = z.string().min(1);
-const awsProfile = z.string().min(1);
-const flagValue = z.union([z.string(), z.number(), z.boolean()]);
-/** Command id (`compact`, `file import`, `*` for every command) → flag name → value. */
-const defaults = z.record(z.string().min(1), z.record(z.string().min(1), flagValue));
-
-const profileSchema = z.strictObject({
-  endpoint: endpoint.optional(),
-  region: region.optional(),
-  awsProfile: awsProfile.optional(),
-  defaults: defaults.optional(),
-});
-
-export const configSchema = z.strictObject({
-  /** The profile used when neither --profile nor HYPER_PROFILE names one. */
-  profile: z.string().min(1).optional(),
-  endpoint: endpoint.optional(),
-  region: region.optional(),
-  awsProfile: awsProfile.optional(),
-  defaults: defaults.optional(),
-  profiles: z.record(z.string().min(1), profileSchema).optional(),
-});
-
-export type ConfigFile = z.infer<typeof configSchema>;
-export type ProfileSection = z.infer<typeof profileSchema>;
+/** An S3 endpoint URL (the schema checks the file's with it too). */
+export const ENDPOINT_RE = /^https?:\/\/[^/\s]+/i;
 
 /** Where a setting's value came from. */
 export type SettingSource = 'flag' | 'env' | 'profile' | 'file' | 'default';
@@ -89,7 +62,8 @@ function invalid(path: string, why: string): HyperError {
  */
 export async function loadConfig(env: NodeJS.ProcessEnv = process.env): Promise<LoadedConfig> {
   const path = configPath(env);
-  const config = await readJsonFile(path, configSchema, (problem) => invalid(path, problem), {
+  const schema = async () => (await import('./config-schema.js')).configSchema;
+  const config = await readJsonFile(path, schema, (problem) => invalid(path, problem), {
     missingOk: true,
   });
   if (!config) {

@@ -1,0 +1,36 @@
+/**
+ * The configuration file's schema (zod). Its own module so that zod is loaded only when a
+ * configuration file exists (it costs ~0.1 s of start-up).
+ */
+import { z } from 'zod';
+import { ENDPOINT_RE } from './config.js';
+
+const endpoint = z
+  .string()
+  .regex(ENDPOINT_RE, 'expected http(s)://host[:port]')
+  .describe('S3 endpoint URL');
+const region = z.string().min(1);
+const awsProfile = z.string().min(1);
+const flagValue = z.union([z.string(), z.number(), z.boolean()]);
+/** Command id (`compact`, `file import`, `*` for every command) → flag name → value. */
+const defaults = z.record(z.string().min(1), z.record(z.string().min(1), flagValue));
+
+const profileSchema = z.strictObject({
+  endpoint: endpoint.optional(),
+  region: region.optional(),
+  awsProfile: awsProfile.optional(),
+  defaults: defaults.optional(),
+});
+
+export const configSchema = z.strictObject({
+  /** The profile used when neither --profile nor HYPER_PROFILE names one. */
+  profile: z.string().min(1).optional(),
+  endpoint: endpoint.optional(),
+  region: region.optional(),
+  awsProfile: awsProfile.optional(),
+  defaults: defaults.optional(),
+  profiles: z.record(z.string().min(1), profileSchema).optional(),
+});
+
+export type ConfigFile = z.infer<typeof configSchema>;
+export type ProfileSection = z.infer<typeof profileSchema>;
