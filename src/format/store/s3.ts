@@ -20,7 +20,6 @@ import http from 'node:http';
 import https from 'node:https';
 import {
   DeleteObjectsCommand,
-  GetObjectCommand,
   HeadObjectCommand,
   ListObjectsV2Command,
   PutObjectCommand,
@@ -29,6 +28,7 @@ import {
 } from '@aws-sdk/client-s3';
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { HyperError } from '../../errors.js';
+import { LeanGet } from './s3-get.js';
 import { notFound, objectExists, preconditionFailed } from './common.js';
 import type {
   GetOptions,
@@ -61,6 +61,8 @@ type IfMatchForm = 'quoted' | 'unquoted' | 'unknown';
 /** State shared by a store and the stores `sub()` makes from it. */
 interface Shared {
   client: S3Client;
+  /** GETs without the SDK's middleware (the read hot path). */
+  lean: LeanGet;
   bucket: string;
   endpoint: string;
   pageSize: number;
@@ -263,34 +265,6 @@ export function translateS3Error(e: unknown, ctx: TranslateContext): HyperError 
   );
 }
 
-/** Read a response body into one Buffer (preallocated when the length is known). */
-async function readBody(body: unknown, expected: number | undefined): Promise<Buffer> {
-  if (body === undefined || body === null) return Buffer.alloc(0);
-  const chunks: Buffer[] = [];
-  let out = expected !== undefined ? Buffer.allocUnsafe(expected) : undefined;
-  let off = 0;
-  for await (const c of body as AsyncIterable<Uint8Array>) {
-    const chunk = Buffer.isBuffer(c) ? c : Buffer.from(c.buffer, c.byteOffset, c.byteLength);
-    if (out && off + chunk.length <= out.length) {
-      chunk.copy(out, off);
-    } else {
-      if (out) {
-        chunks.push(out.subarray(0, off));
-        out = undefined;
-      }
-      chunks.push(chunk);
-    }
-    off += chunk.length;
-  }
-  if (expected !== undefined && off !== expected) {
-    // The connection ended early (or sent more): the caller must not see a short body.
-    throw Object.assign(new Error(`response body had ${off} bytes, expected ${expected}`), {
-      code: 'ECONNRESET',
-    });
-  }
-  return out ?? Buffer.concat(chunks);
-}
-
 /** Endpoint from options or the environment (AWS_ENDPOINT_URL_S3, AWS_ENDPOINT_URL). */
 export function resolveEndpoint(options: StoreOptions): string | undefined {
   return (
@@ -312,17 +286,22 @@ export function quietSdkNodeVersionNotice(): void {
   process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 }
 
-export function createS3Client(options: S3StoreOptions): { client: S3Client; endpoint: string } {
+export function createS3Client(options: S3StoreOptions): {
+  client: S3Client;
+  endpoint: string;
+  agents: { http: http.Agent; https: https.Agent };
+} {
   quietSdkNodeVersionNotice();
   const endpoint = resolveEndpoint(options);
   const region = resolveRegion(options);
   const agentOptions = { keepAlive: true, maxSockets: options.maxSockets ?? 64, noDelay: true };
+  const agents = { http: new http.Agent(agentOptions), https: new https.Agent(agentOptions) };
   const config: S3ClientConfig = {
     region,
     maxAttempts: options.maxAttempts ?? 3,
     requestHandler: new NodeHttpHandler({
-      httpAgent: new http.Agent(agentOptions),
-      httpsAgent: new https.Agent(agentOptions),
+      httpAgent: agents.http,
+      httpsAgent: agents.https,
       connectionTimeout: options.connectionTimeoutMs ?? 5000,
       requestTimeout: options.requestTimeoutMs ?? 60_000,
     }),
@@ -339,6 +318,7 @@ export function createS3Client(options: S3StoreOptions): { client: S3Client; end
   return {
     client: new S3Client(config),
     endpoint: endpoint ?? `https://s3.${region}.amazonaws.com`,
+    agents,
   };
 }
 
@@ -354,9 +334,18 @@ export class S3Store implements ObjectStore {
     if (shared) {
       this.shared = shared;
     } else {
-      const { client, endpoint } = createS3Client(options);
+      const { client, endpoint, agents } = createS3Client(options);
       this.shared = {
         client,
+        lean: new LeanGet({
+          client,
+          bucket,
+          region: resolveRegion(options),
+          endpoint: resolveEndpoint(options),
+          agents,
+          connectionTimeoutMs: options.connectionTimeoutMs ?? 5000,
+          requestTimeoutMs: options.requestTimeoutMs ?? 60_000,
+        }),
         bucket,
         endpoint,
         pageSize: Math.min(1000, Math.max(1, options.pageSize ?? 1000)),
@@ -400,20 +389,13 @@ export class S3Store implements ObjectStore {
       return { body: Buffer.alloc(0), etag: meta.etag, size: meta.size };
     }
     try {
-      const res = await this.client.send(
-        new GetObjectCommand({
-          Bucket: this.shared.bucket,
-          Key: this.root + key,
-          ...(range ? { Range: `bytes=${range.offset}-${range.offset + range.length - 1}` } : {}),
-        }),
-        { abortSignal: options.signal },
-      );
-      const body = await readBody(res.Body, res.ContentLength);
+      const res = await this.shared.lean.get(this.root + key, range, options.signal);
+      const body = res.body;
       let size = body.length;
-      const total = /\/(\d+)$/.exec(res.ContentRange ?? '');
+      const total = /\/(\d+)$/.exec(res.contentRange ?? '');
       if (total?.[1]) size = Number(total[1]);
       else if (range) size = Math.max(size, range.offset + body.length);
-      return { body, etag: unquote(res.ETag), size };
+      return { body, etag: unquote(res.etag), size };
     } catch (e) {
       const status = (e as SdkError).$metadata?.httpStatusCode;
       if (range && (status === 416 || (e as SdkError).name === 'InvalidRange')) {

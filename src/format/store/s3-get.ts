@@ -1,0 +1,189 @@
+/**
+ * GET of an object or a byte range without the SDK's middleware stack: the hot path of every
+ * read that misses the caches. The request is signed with the SDK's own SigV4 signer
+ * (@smithy/signature-v4) and hash, with the credentials the client resolved, and sent with
+ * node:http(s) on the client's agents. Measured against RGW on loopback, 64 KiB ranged GETs at
+ * concurrency 16: 0.5–0.7 ms of CPU each instead of 1.3–2.3 ms through `client.send`.
+ *
+ * Failures are thrown in the shapes the SDK uses (an error named by the S3 error code, with
+ * `$metadata.httpStatusCode`; connection errors with their `code`), so the store translates
+ * them in its one place (translateS3Error) and RetryingStore retries them as before.
+ */
+import http from 'node:http';
+import https from 'node:https';
+import { SignatureV4 } from '@smithy/signature-v4';
+import type { S3Client } from '@aws-sdk/client-s3';
+import type { ByteRange } from './types.js';
+
+/** SHA-256 of the empty body: a GET's payload hash. */
+const EMPTY_SHA256 = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855';
+
+export interface LeanGetOptions {
+  client: S3Client;
+  bucket: string;
+  region: string;
+  /** A custom endpoint (path-style addressing), or undefined for AWS S3. */
+  endpoint: string | undefined;
+  agents: { http: http.Agent; https: https.Agent };
+  connectionTimeoutMs: number;
+  requestTimeoutMs: number;
+}
+
+export interface LeanGetResult {
+  body: Buffer;
+  etag: string | undefined;
+  contentRange: string | undefined;
+}
+
+type Signer = Pick<SignatureV4, 'sign'>;
+
+export class LeanGet {
+  private signer: Signer | undefined;
+  private readonly base: URL;
+  /** Path prefix before the key: `/bucket/` (path-style) or `/` (virtual-hosted). */
+  private readonly pathPrefix: string;
+
+  constructor(private readonly o: LeanGetOptions) {
+    const b = o.bucket;
+    if (o.endpoint) {
+      this.base = new URL(o.endpoint);
+      this.pathPrefix = `${this.base.pathname.replace(/\/$/, '')}/${encodeURIComponent(b)}/`;
+    } else if (b.includes('.')) {
+      // Dots break the wildcard certificate of virtual-hosted names: path-style.
+      this.base = new URL(`https://s3.${o.region}.amazonaws.com`);
+      this.pathPrefix = `/${encodeURIComponent(b)}/`;
+    } else {
+      this.base = new URL(`https://${b}.s3.${o.region}.amazonaws.com`);
+      this.pathPrefix = '/';
+    }
+  }
+
+  private signerOf(): Signer {
+    this.signer ??= new SignatureV4({
+      credentials: this.o.client.config.credentials,
+      region: this.o.region,
+      service: 's3',
+      sha256: this.o.client.config.sha256,
+      // S3 signs the path as sent (no second encoding).
+      uriEscapePath: false,
+      applyChecksum: false,
+    });
+    return this.signer;
+  }
+
+  async get(
+    key: string,
+    range: ByteRange | undefined,
+    signal?: AbortSignal,
+  ): Promise<LeanGetResult> {
+    const path = this.pathPrefix + key.split('/').map(encodeURIComponent).join('/');
+    const tls = this.base.protocol === 'https:';
+    const headers: Record<string, string> = {
+      host: this.base.host,
+      'x-amz-content-sha256': EMPTY_SHA256,
+    };
+    if (range) headers.range = `bytes=${range.offset}-${range.offset + range.length - 1}`;
+    const signed = await this.signerOf().sign({
+      method: 'GET',
+      protocol: this.base.protocol,
+      hostname: this.base.hostname,
+      ...(this.base.port ? { port: Number(this.base.port) } : {}),
+      path,
+      query: {},
+      headers,
+    });
+    signal?.throwIfAborted();
+    return new Promise<LeanGetResult>((resolve, reject) => {
+      const req = (tls ? https : http).request({
+        method: 'GET',
+        protocol: this.base.protocol,
+        hostname: this.base.hostname,
+        port: this.base.port || (tls ? 443 : 80),
+        path,
+        headers: signed.headers,
+        agent: tls ? this.o.agents.https : this.o.agents.http,
+        ...(signal ? { signal } : {}),
+      });
+      // Connecting and going quiet are both bounded, like the SDK's handler was.
+      const connectTimer = setTimeout(
+        () => req.destroy(coded('ETIMEDOUT', 'connection timed out')),
+        this.o.connectionTimeoutMs,
+      );
+      req.on('socket', (s) => {
+        if (!s.connecting) clearTimeout(connectTimer);
+        else s.once('connect', () => clearTimeout(connectTimer));
+      });
+      req.setTimeout(this.o.requestTimeoutMs, () =>
+        req.destroy(coded('ETIMEDOUT', 'request timed out')),
+      );
+      req.on('error', (e) => {
+        clearTimeout(connectTimer);
+        reject(e);
+      });
+      req.on('response', (res) => {
+        clearTimeout(connectTimer);
+        const status = res.statusCode ?? 0;
+        const expected = Number(res.headers['content-length'] ?? Number.NaN);
+        const chunks: Buffer[] = [];
+        let got = 0;
+        let out =
+          status < 300 && Number.isSafeInteger(expected) ? Buffer.allocUnsafe(expected) : undefined;
+        res.on('data', (c: Buffer) => {
+          if (out && got + c.length <= out.length) c.copy(out, got);
+          else {
+            if (out) {
+              chunks.push(out.subarray(0, got));
+              out = undefined;
+            }
+            chunks.push(c);
+          }
+          got += c.length;
+        });
+        res.on('error', reject);
+        res.on('end', () => {
+          if (!res.complete || (Number.isSafeInteger(expected) && got !== expected)) {
+            // The connection ended early: the caller must never see a short body.
+            reject(coded('ECONNRESET', `response body had ${got} bytes, expected ${expected}`));
+            return;
+          }
+          const body = out ?? Buffer.concat(chunks);
+          if (status >= 300) {
+            reject(s3Error(status, body, res.headers));
+            return;
+          }
+          const etag = res.headers.etag;
+          const cr = res.headers['content-range'];
+          resolve({ body, etag, contentRange: cr });
+        });
+      });
+      req.end();
+    });
+  }
+}
+
+function coded(code: string, message: string): Error {
+  return Object.assign(new Error(message), { code });
+}
+
+/** An S3 error response in the SDK's shape: named by its code, with the HTTP status. */
+function s3Error(status: number, body: Buffer, headers: http.IncomingHttpHeaders): Error {
+  const text = body.toString('utf8', 0, Math.min(body.length, 4096));
+  const code =
+    /<Code>([^<]+)<\/Code>/.exec(text)?.[1] ??
+    (status === 404
+      ? 'NotFound'
+      : status === 403
+        ? 'Forbidden'
+        : status === 416
+          ? 'InvalidRange'
+          : `Http${status}`);
+  const message = /<Message>([^<]*)<\/Message>/.exec(text)?.[1] ?? `HTTP ${status}`;
+  return Object.assign(new Error(message), {
+    name: code,
+    Code: code,
+    $metadata: {
+      httpStatusCode: status,
+      requestId: headers['x-amz-request-id'],
+    },
+  });
+}
