@@ -63,3 +63,70 @@ export class LruCache<K, V> {
     return this.map.size;
   }
 }
+
+/**
+ * A memory cache for data blocks in two parts: blocks a read asked for live in the main LRU;
+ * blocks fetched on speculation (read-around neighbours) wait in a smaller probation LRU and move to the main part when a read asks for them. Speculation then never
+ * evicts the blocks reads keep coming back to: a random read's 64 KiB of neighbours would
+ * otherwise push sixteen times its own size through the cache.
+ */
+export class DataCache<K> {
+  private readonly main: LruCache<K, Buffer>;
+  private readonly probation: LruCache<K, Buffer>;
+
+  constructor(budget: number) {
+    const side = Math.floor(budget / 4);
+    this.main = new LruCache(budget - side);
+    this.probation = new LruCache(side);
+  }
+
+  get hits(): number {
+    return this.main.hits + this.probation.hits;
+  }
+
+  /** Misses of the whole cache (a block in neither part). */
+  get misses(): number {
+    return this.probation.misses;
+  }
+
+  get(k: K): Buffer | undefined {
+    const v = this.main.peek(k);
+    if (v !== undefined) return this.main.get(k);
+    const p = this.probation.get(k);
+    if (p === undefined) return undefined;
+    this.probation.delete(k);
+    this.main.set(k, p, p.length);
+    return p;
+  }
+
+  peek(k: K): Buffer | undefined {
+    return this.main.peek(k) ?? this.probation.peek(k);
+  }
+
+  /** Keep `v`; `speculative` when no read asked for it (yet). */
+  set(k: K, v: Buffer, size: number, speculative = false): void {
+    if (speculative && this.main.peek(k) === undefined) this.probation.set(k, v, size);
+    else {
+      this.probation.delete(k);
+      this.main.set(k, v, size);
+    }
+  }
+
+  delete(k: K): void {
+    this.main.delete(k);
+    this.probation.delete(k);
+  }
+
+  clear(): void {
+    this.main.clear();
+    this.probation.clear();
+  }
+
+  get bytes(): number {
+    return this.main.bytes + this.probation.bytes;
+  }
+
+  get size(): number {
+    return this.main.size + this.probation.size;
+  }
+}

@@ -24,7 +24,7 @@ import type { DiskCache } from '../cache/disk-cache.js';
 import { crc32c } from '../codec/binary.js';
 import { PENDING_SEG, type BlockPtr } from '../codec/node.js';
 import { Miss, type BTree, type ScanEntry } from '../index/btree.js';
-import { LruCache } from '../index/cache.js';
+import { DataCache } from '../index/cache.js';
 import type { NodeLoader } from '../index/loader.js';
 import type { SegmentSource } from './segments.js';
 import { KiB, MiB, type Extent } from './types.js';
@@ -142,7 +142,7 @@ interface Stream {
 const blockKey = (seg: number, off: number): number => seg * 8388608 + off / 512;
 
 export class Reader {
-  readonly dataCache: LruCache<number, Buffer>;
+  readonly dataCache: DataCache<number>;
   readonly counters: ReadCounters = {
     gets: 0,
     diskHits: 0,
@@ -170,7 +170,7 @@ export class Reader {
     tuning: ReadTuning,
     private readonly disk?: DiskTier,
   ) {
-    this.dataCache = new LruCache(tuning.memoryBytes);
+    this.dataCache = new DataCache(tuning.memoryBytes);
     this.memoryBytes = tuning.memoryBytes;
     // On a local store there is no latency to hide: read-ahead and read-around only cost CPU
     // there (measured on tmpfs), so they are off unless asked for.
@@ -519,7 +519,8 @@ export class Reader {
         // when they do; the blocks of a read-around GET are copied: a few of them staying in
         // the cache must not pin the whole body.
         const copy = single || !around ? blk : copyOf(blk);
-        this.dataCache.set(blockKey(seg, p.off), copy, copy.length);
+        // Read-around neighbours wait in probation; read-ahead blocks are read soon: main.
+        this.dataCache.set(blockKey(seg, p.off), copy, copy.length, r.lbas[k] === -1);
         disk?.cache.put(store, seg, p.off, copy);
         out.push(copy);
       }
