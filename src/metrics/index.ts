@@ -287,16 +287,12 @@ export class HyperMetrics {
       });
     };
     // Compaction debt, from the last space sample (a newer one starts when it is stale).
-    const perSpace = (name: string, help: string, value: (x: SpaceSample) => number): void => {
-      gauge(name, help, ['export'], (g) => {
-        g.reset();
-        for (const t of this.volumes) {
-          this.refreshSpace(t);
-          const x = t.space?.last;
-          if (x !== undefined) g.set({ export: t.exportName }, value(x));
-        }
+    const perSpace = (name: string, help: string, value: (x: SpaceSample) => number): void =>
+      perVolume(name, help, (_s, t) => {
+        this.refreshSpace(t);
+        const x = t.space?.last;
+        return x === undefined ? undefined : value(x);
       });
-    };
     perSpace(
       'hyper_volume_garbage_bytes',
       'Compaction debt: stored bytes no retained checkpoint reaches (what `hyper compact` deletes once the grace period is over).',
