@@ -21,7 +21,6 @@ const EMPTY_SHA256 = 'e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b78
 export interface LeanGetOptions {
   client: S3Client;
   bucket: string;
-  region: string;
   /** A custom endpoint (path-style addressing), or undefined for AWS S3. */
   endpoint: string | undefined;
   agents: { http: http.Agent; https: https.Agent };
@@ -35,40 +34,54 @@ export interface LeanGetResult {
   contentRange: string | undefined;
 }
 
-type Signer = Pick<SignatureV4, 'sign'>;
+interface Target {
+  base: URL;
+  /** Path prefix before the key: `/bucket/` (path-style) or `/` (virtual-hosted). */
+  pathPrefix: string;
+  signer: Pick<SignatureV4, 'sign'>;
+}
 
 export class LeanGet {
-  private signer: Signer | undefined;
-  private readonly base: URL;
-  /** Path prefix before the key: `/bucket/` (path-style) or `/` (virtual-hosted). */
-  private readonly pathPrefix: string;
+  private target: Promise<Target> | undefined;
 
-  constructor(private readonly o: LeanGetOptions) {
-    const b = o.bucket;
-    if (o.endpoint) {
-      this.base = new URL(o.endpoint);
-      this.pathPrefix = `${this.base.pathname.replace(/\/$/, '')}/${encodeURIComponent(b)}/`;
-    } else if (b.includes('.')) {
-      // Dots break the wildcard certificate of virtual-hosted names: path-style.
-      this.base = new URL(`https://s3.${o.region}.amazonaws.com`);
-      this.pathPrefix = `/${encodeURIComponent(b)}/`;
-    } else {
-      this.base = new URL(`https://${b}.s3.${o.region}.amazonaws.com`);
-      this.pathPrefix = '/';
-    }
-  }
+  constructor(private readonly o: LeanGetOptions) {}
 
-  private signerOf(): Signer {
-    this.signer ??= new SignatureV4({
-      credentials: this.o.client.config.credentials,
-      region: this.o.region,
-      service: 's3',
-      sha256: this.o.client.config.sha256,
-      // S3 signs the path as sent (no second encoding).
-      uriEscapePath: false,
-      applyChecksum: false,
+  /**
+   * Where requests go and how they are signed, with the region the client resolved (options,
+   * environment or the shared config file).
+   */
+  private targetOf(): Promise<Target> {
+    if (this.target) return this.target;
+    const t = (async (): Promise<Target> => {
+      const { client, bucket: b, endpoint } = this.o;
+      const region = await client.config.region();
+      const signer = new SignatureV4({
+        credentials: client.config.credentials,
+        region,
+        service: 's3',
+        sha256: client.config.sha256,
+        // S3 signs the path as sent (no second encoding).
+        uriEscapePath: false,
+        applyChecksum: false,
+      });
+      if (endpoint) {
+        const base = new URL(endpoint);
+        const pathPrefix = `${base.pathname.replace(/\/$/, '')}/${encodeURIComponent(b)}/`;
+        return { base, pathPrefix, signer };
+      }
+      // Dots break the wildcard certificate of virtual-hosted names: path-style for those.
+      if (b.includes('.')) {
+        const base = new URL(`https://s3.${region}.amazonaws.com`);
+        return { base, pathPrefix: `/${encodeURIComponent(b)}/`, signer };
+      }
+      return { base: new URL(`https://${b}.s3.${region}.amazonaws.com`), pathPrefix: '/', signer };
+    })();
+    this.target = t;
+    // A region provider that failed is asked again next time.
+    t.catch(() => {
+      if (this.target === t) this.target = undefined;
     });
-    return this.signer;
+    return t;
   }
 
   async get(
@@ -76,18 +89,19 @@ export class LeanGet {
     range: ByteRange | undefined,
     signal?: AbortSignal,
   ): Promise<LeanGetResult> {
-    const path = this.pathPrefix + key.split('/').map(encodeURIComponent).join('/');
-    const tls = this.base.protocol === 'https:';
+    const { base, pathPrefix, signer } = await this.targetOf();
+    const path = pathPrefix + key.split('/').map(encodeURIComponent).join('/');
+    const tls = base.protocol === 'https:';
     const headers: Record<string, string> = {
-      host: this.base.host,
+      host: base.host,
       'x-amz-content-sha256': EMPTY_SHA256,
     };
     if (range) headers.range = `bytes=${range.offset}-${range.offset + range.length - 1}`;
-    const signed = await this.signerOf().sign({
+    const signed = await signer.sign({
       method: 'GET',
-      protocol: this.base.protocol,
-      hostname: this.base.hostname,
-      ...(this.base.port ? { port: Number(this.base.port) } : {}),
+      protocol: base.protocol,
+      hostname: base.hostname,
+      ...(base.port ? { port: Number(base.port) } : {}),
       path,
       query: {},
       headers,
@@ -96,9 +110,9 @@ export class LeanGet {
     return new Promise<LeanGetResult>((resolve, reject) => {
       const req = (tls ? https : http).request({
         method: 'GET',
-        protocol: this.base.protocol,
-        hostname: this.base.hostname,
-        port: this.base.port || (tls ? 443 : 80),
+        protocol: base.protocol,
+        hostname: base.hostname,
+        port: base.port || (tls ? 443 : 80),
         path,
         headers: signed.headers,
         agent: tls ? this.o.agents.https : this.o.agents.http,

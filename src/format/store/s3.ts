@@ -340,7 +340,6 @@ export class S3Store implements ObjectStore {
         lean: new LeanGet({
           client,
           bucket,
-          region: resolveRegion(options),
           endpoint: resolveEndpoint(options),
           agents,
           connectionTimeoutMs: options.connectionTimeoutMs ?? 5000,
