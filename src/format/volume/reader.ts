@@ -334,10 +334,14 @@ export class Reader {
     let at = found.findIndex((e) => e.lba === firstLba);
     const end = found.findIndex((e) => e.lba === lastLba);
     if (at < 0 || end < 0) return;
+    // Neighbours the disk cache holds are cheap to read when asked for: not fetched now.
+    const disk = this.disk;
+    const diskStore = disk ? disk.storeOf(r.seg) : 0;
     const free = (e: ScanEntry): boolean => {
       const key = blockKey(e.seg, e.off);
       return (
         this.dataCache.peek(key) === undefined &&
+        !(disk && disk.cache.has(diskStore, e.seg, e.off)) &&
         !this.inflight.has(key) &&
         this.view.buffered(e.lba) === undefined
       );
@@ -413,7 +417,7 @@ export class Reader {
           disk.cache.get(store, p.seg, p.off, p.len, p.crc).then(async (b) => {
             if (b && p.codec === 0) {
               this.counters.diskHits++;
-              this.dataCache.set(blockKey(p.seg, p.off), b, b.length);
+              this.dataCache.set(blockKey(p.seg, p.off), b, b.length, r.lbas[k] === -1);
               out[k] = b;
             } else {
               out[k] = (
