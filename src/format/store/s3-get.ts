@@ -90,7 +90,7 @@ export class LeanGet {
     signal?: AbortSignal,
   ): Promise<LeanGetResult> {
     const { base, pathPrefix, signer } = await this.targetOf();
-    const path = pathPrefix + key.split('/').map(encodeURIComponent).join('/');
+    const path = pathPrefix + key.split('/').map(uriEncode).join('/');
     const tls = base.protocol === 'https:';
     const headers: Record<string, string> = {
       host: base.host,
@@ -173,6 +173,14 @@ export class LeanGet {
       req.end();
     });
   }
+}
+
+/** One path segment as SigV4 encodes it: everything but A-Z a-z 0-9 - _ . ~ is %XX. */
+function uriEncode(segment: string): string {
+  return encodeURIComponent(segment).replace(
+    /[!'()*]/g,
+    (c) => `%${c.charCodeAt(0).toString(16).toUpperCase()}`,
+  );
 }
 
 function coded(code: string, message: string): Error {

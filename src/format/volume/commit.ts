@@ -13,7 +13,7 @@
  * Taking a volume over (open for write) also commits here, and the head's epoch only ever
  * increases. See FORMAT.md "Commit protocol" and "Lease".
  */
-import { HyperError, isHyperError, toHyperError } from '../../errors.js';
+import { HyperError, dataError, isHyperError, toHyperError } from '../../errors.js';
 import { encodeHead, type HeadRecord } from '../codec/head.js';
 import { HEAD_KEY, SEGMENT_PREFIX, parseSegmentKey, segmentKey } from '../keys.js';
 import type { ObjectStore } from '../store/types.js';
@@ -21,6 +21,12 @@ import { readHead } from './heads.js';
 import { Lease, type LeaseOptions } from './lease.js';
 import type { BuiltCheckpoint } from './segment-builder.js';
 import { CONFLICT_RETRIES, type Logger } from './types.js';
+
+/**
+ * Segment ids a takeover may find past the head (all recorded as skipped). Pipelined writers
+ * leave a few; more means a stray object under `seg/`.
+ */
+const MAX_SKIPPED_AT_TAKEOVER = 65_536;
 
 /** Renew the lease before a commit when less than this is left of it. */
 const LEASE_MARGIN_MS = 2000;
@@ -88,6 +94,14 @@ export class Committer {
       // Every id past the head's lastSegment is uncommitted, listed or not: an old writer's
       // pipelined PUT below the highest listed id may still land after this listing, and
       // it must never pass for a checkpoint. Ids above `last` are claimed by create-only PUTs.
+      if (last - head.lastSegment > MAX_SKIPPED_AT_TAKEOVER) {
+        // No writer leaves that many segments past the head: an object that only looks like one.
+        throw dataError(
+          'CORRUPT_OBJECT',
+          segmentKey(last),
+          `${segmentKey(last)} is ${last - head.lastSegment} ids past the volume's last segment (${head.lastSegment}); it is not a segment this volume wrote`,
+        );
+      }
       const skipped = [...head.skipped];
       for (let id = head.lastSegment + 1; id <= last; id++) skipped.push(id);
       const next = { ...adjust(head), epoch: held.epoch, lastSegment: last, skipped };

@@ -71,6 +71,22 @@ describe('committer', () => {
     await c.release();
   });
 
+  it('skips every id up to the highest stray one, and refuses an object far past the head', async () => {
+    const store = await volume();
+    // An old pipeline: ids 3 and 5 landed before the takeover listed, 2 and 4 may land later.
+    for (const id of [3, 5]) await store.put(segmentKey(id), Buffer.from('never committed'));
+    const c = await Committer.takeOver(store, lease('a', 0), silentLogger);
+    assert.deepEqual(c.head.skipped, [2, 3, 4, 5]);
+    await c.release();
+    await store.put(segmentKey(2 ** 40), Buffer.from('not ours'));
+    await assert.rejects(
+      Committer.takeOver(store, lease('b', 0), silentLogger),
+      (e) => isHyperError(e, 'CORRUPT_OBJECT') && e.key === segmentKey(2 ** 40),
+    );
+    const head = (await readHead(store)).head;
+    assert.equal(head.skipped.length, 4, 'the head is unchanged');
+  });
+
   it('a takeover fences the old writer: its next commit fails and the epoch never goes down', async () => {
     const store = await volume();
     const a = await Committer.takeOver(store, lease('a', 0), silentLogger);
