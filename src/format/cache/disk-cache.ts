@@ -8,7 +8,7 @@
  *                  URLs entries refer to by number (the volume's own store, clone parents)
  *   slots.dat      `slots` fixed slots of `slotSize` bytes: the cached bytes
  *   slots.idx      `slots` 32-byte entry headers, slot i at i × 32:
- *                    0  magic "HYCE"      4  store u16     6  reserved u16
+ *                    0  magic "HYCE"      4  store u16     6  offset within the sector u16
  *                    8  segment u64       16 offset u32 (512-byte units)
  *                    20 length u32        24 crc32c u32 of the cached bytes
  *                    28 crc32c u32 of header bytes [0, 28)
@@ -272,7 +272,7 @@ export class DiskCache {
    */
   put(store: number, seg: number, off: number, bytes: Buffer): void {
     if (this.closed || bytes.length > this.manifest.slotSize || bytes.length === 0) return;
-    if (off % 512 !== 0 || off / 512 > 0xffffffff) return;
+    if (off / 512 > 0xffffffff) return;
     if (this.policy.find(store, seg, off) >= 0) return;
     if (this.queuedBytes + bytes.length > MAX_QUEUED_BYTES) {
       this.counters.skipped++;
@@ -287,8 +287,9 @@ export class DiskCache {
     const header = Buffer.alloc(HEADER);
     header.writeUInt32LE(MAGIC, 0);
     header.writeUInt16LE(store, 4);
+    header.writeUInt16LE(off % 512, 6);
     writeU64(header, 8, seg);
-    header.writeUInt32LE(off / 512, 16);
+    header.writeUInt32LE(Math.floor(off / 512), 16);
     header.writeUInt32LE(bytes.length, 20);
     header.writeUInt32LE(crc, 24);
     header.writeUInt32LE(crc32c(header.subarray(0, 28)), 28);
@@ -376,7 +377,8 @@ export class DiskCache {
           continue;
         }
         const slot = first + k / HEADER;
-        if (!this.policy.restore(slot, store, seg, buf.readUInt32LE(k + 16) * 512)) continue;
+        const off = buf.readUInt32LE(k + 16) * 512 + (buf.readUInt16LE(k + 6) & 511);
+        if (!this.policy.restore(slot, store, seg, off)) continue;
         this.crc[slot] = buf.readUInt32LE(k + 24);
         this.len[slot] = length;
         this.counters.reused++;

@@ -248,7 +248,7 @@ class Ring {
 function hash(store: number, seg: number, off: number): number {
   const lo = (seg >>> 0) ^ Math.imul(store, 0x27d4eb2d);
   const hi = Math.floor(seg / 4294967296);
-  const o = Math.floor(off / 512);
+  const o = Math.floor(off / 512) ^ Math.imul(off % 512, 0x165667b1);
   let h = Math.imul(lo ^ 0x9e3779b9, 0x85ebca6b);
   h ^= Math.imul(o ^ (hi << 16), 0xc2b2ae35);
   h ^= h >>> 15;

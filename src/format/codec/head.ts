@@ -6,7 +6,14 @@ import { DecodeError, Reader, Writer } from './binary.js';
 import { decodeEnvelope, encodeEnvelope } from './envelope.js';
 
 export const HEAD_MAGIC = 'HYHD';
-export const HEAD_VERSION = 1;
+/**
+ * Version 2 adds feature flags. A head with no flag set is written as version 1, so tools
+ * that know only version 1 keep reading volumes that use no version 2 feature.
+ */
+export const HEAD_VERSION = 2;
+/** Leaf entries may use block codecs other than raw, at byte (not sector) offsets. */
+export const FEATURE_CODECS = 0x0001;
+const KNOWN_FEATURES = FEATURE_CODECS;
 /** Extension types with this bit set must be understood by a reader, others may be skipped. */
 export const EXT_REQUIRED = 0x8000;
 export const EXT_WAL_URL = 0x0001;
@@ -18,6 +25,8 @@ export const EXT_RESTORED_FROM = 0x0003;
 export const EXT_WAL_SEQ = 0x8005;
 /** A clone's parents: segment ids at or below a parent's base live in that parent's store. */
 export const EXT_PARENTS = 0x8004;
+/** How new blocks are stored: compression u8 (a block codec, 0 = none) | 3 reserved bytes. */
+export const EXT_CODECS = 0x8006;
 
 export interface ParentLink {
   /** Root URL of the parent volume. */
@@ -47,7 +56,7 @@ export interface HeadRecord {
   size: number;
   dataBlockShift: number;
   metaBlockShift: number;
-  /** Feature flags; none are defined in version 1 (compression and encryption reserve bits). */
+  /** Feature flags (FEATURE_*); none in a version 1 record. */
   flags: number;
   segmentSize: number;
   checkpoint: number;
@@ -65,6 +74,8 @@ export interface HeadRecord {
   restoredFrom?: number;
   clone?: CloneOrigin;
   walSeq?: number;
+  /** The block codec new blocks are compressed with (FEATURE_CODECS volumes). */
+  compression?: number;
 }
 
 export function encodeHead(h: HeadRecord): Buffer {
@@ -111,9 +122,12 @@ export function encodeHead(h: HeadRecord): Buffer {
   if (h.walSeq !== undefined) exts.push([EXT_WAL_SEQ, new Writer(8).u64(h.walSeq).finish()]);
   if (h.restoredFrom !== undefined)
     exts.push([EXT_RESTORED_FROM, new Writer(8).u64(h.restoredFrom).finish()]);
+  if (h.compression !== undefined)
+    exts.push([EXT_CODECS, new Writer(4).u8(h.compression).zeros(3).finish()]);
   w.u16(exts.length);
   for (const [type, data] of exts) w.u16(type).u32(data.length).bytes(data);
-  return encodeEnvelope(HEAD_MAGIC, HEAD_VERSION, w.finish());
+  if (h.flags & ~KNOWN_FEATURES) throw new RangeError(`unknown feature flags ${h.flags}`);
+  return encodeEnvelope(HEAD_MAGIC, h.flags === 0 ? 1 : HEAD_VERSION, w.finish());
 }
 
 export function decodeHead(buf: Buffer, start = 0): { head: HeadRecord; length: number } {
@@ -126,7 +140,8 @@ export function decodeHead(buf: Buffer, start = 0): { head: HeadRecord; length: 
   const metaBlockShift = r.u8();
   const flags = r.u16();
   r.skip(4);
-  if (flags !== 0) throw new DecodeError(`unknown head feature flags 0x${flags.toString(16)}`);
+  if (env.version === 1 ? flags !== 0 : (flags & ~KNOWN_FEATURES) !== 0)
+    throw new DecodeError(`unknown head feature flags 0x${flags.toString(16)}`);
   const segmentSize = r.u64();
   const checkpoint = r.u64();
   const checkpointMs = r.u64();
@@ -187,7 +202,8 @@ export function decodeHead(buf: Buffer, start = 0): { head: HeadRecord; length: 
         chain.push({ url, base });
       }
       head.clone = { checkpoint, chain };
-    } else if (type & EXT_REQUIRED)
+    } else if (type === EXT_CODECS) head.compression = new Reader(data).u8();
+    else if (type & EXT_REQUIRED)
       throw new DecodeError(`head needs unknown extension 0x${type.toString(16)}`);
   }
   return { head: validate(head), length: env.length };
@@ -197,6 +213,12 @@ function validate(head: HeadRecord): HeadRecord {
   const { dataBlockShift, metaBlockShift } = head;
   if (dataBlockShift < 9 || dataBlockShift > 30 || metaBlockShift < 9 || metaBlockShift > 30) {
     throw new DecodeError('block size out of range');
+  }
+  if (head.compression !== undefined) {
+    // Codecs this reader knows (codec/block.ts); a volume asking for another is refused.
+    if (head.compression > 2) throw new DecodeError(`unknown compression ${head.compression}`);
+    if (!(head.flags & FEATURE_CODECS))
+      throw new DecodeError('compression without the codecs flag');
   }
   return head;
 }

@@ -11,7 +11,8 @@
  *   32 entries, 32 bytes each; the rest of the meta block is zero padding
  *
  * Leaf entry:     lba u64 | segment u64 | offset u32 (512-byte units) | length u32 |
- *                 crc32c u32 of the stored bytes | codec u16 (0 = raw) | reserved u16
+ *                 crc32c u32 of the stored bytes | codec u16 (0 = raw) | byte u16
+ *                 (low 9 bits: byte offset within that sector; 0 in volumes without codecs)
  * Internal entry: first lba u64 | segment u64 | offset u32 (512-byte units) | reserved u32 |
  *                 mapped blocks in the subtree u64
  */
@@ -132,11 +133,16 @@ export const leafLength = (entries: Buffer, i: number): number =>
 export const childBlocks = (entries: Buffer, i: number): number =>
   readU64(entries, i * ENTRY_SIZE + 24);
 
+/** Leaf entries: byte offset of the stored block in its segment (sector plus byte within). */
+export const leafOffset = (entries: Buffer, i: number): number =>
+  entries.readUInt32LE(i * ENTRY_SIZE + 16) * SECTOR +
+  (entries.readUInt16LE(i * ENTRY_SIZE + 30) & (SECTOR - 1));
+
 export function readLeaf(entries: Buffer, i: number): BlockPtr {
   const o = i * ENTRY_SIZE;
   return {
     seg: readU64(entries, o + 8),
-    off: entries.readUInt32LE(o + 16) * SECTOR,
+    off: leafOffset(entries, i),
     len: entries.readUInt32LE(o + 20),
     crc: entries.readUInt32LE(o + 24),
     codec: entries.readUInt16LE(o + 28),
@@ -151,12 +157,13 @@ export function writeLeaf(entries: Buffer, i: number, lba: number, p: BlockPtr):
 /** Fill in where a leaf's block is stored (a flush does this for pending entries). */
 export function setLeafLocation(entries: Buffer, i: number, p: BlockPtr): void {
   const o = i * ENTRY_SIZE;
+  const within = p.off % SECTOR;
   writeU64(entries, o + 8, p.seg);
-  entries.writeUInt32LE(p.off / SECTOR, o + 16);
+  entries.writeUInt32LE((p.off - within) / SECTOR, o + 16);
   entries.writeUInt32LE(p.len, o + 20);
   entries.writeUInt32LE(p.crc >>> 0, o + 24);
   entries.writeUInt16LE(p.codec, o + 28);
-  entries.writeUInt16LE(0, o + 30);
+  entries.writeUInt16LE(within, o + 30);
 }
 
 /** True for a leaf entry whose block is in the flush being built. */

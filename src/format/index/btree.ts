@@ -16,6 +16,7 @@ import {
   childBlocks,
   entryKey,
   entryOffset,
+  leafOffset,
   entrySegment,
   readLeaf,
   setChildBlocks,
@@ -51,7 +52,7 @@ export class Node {
   }
   /** Offset in bytes of the entry's target in its segment. */
   off(i: number): number {
-    return entryOffset(this.entries, i);
+    return this.level === 0 ? leafOffset(this.entries, i) : entryOffset(this.entries, i);
   }
   /** Internal nodes: mapped blocks below entry i. */
   blocksBelow(i: number): number {

@@ -7,6 +7,7 @@
 import { isHyperError } from '../../errors.js';
 import { DecodeError, crc32c } from '../codec/binary.js';
 import { isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
+import { decodeBlock } from '../codec/block.js';
 import { readLeaf } from '../codec/node.js';
 import { decodeSegmentHeader, segmentHeaderLength } from '../codec/segment.js';
 import { decodeSnapshot } from '../codec/snapshot.js';
@@ -174,7 +175,7 @@ export async function checkVolume(
   const loader = new NodeLoader(source, nodeSize, 16 * 1024 * 1024);
   const reached = new Set<number>(heads.keys());
   const visited = new Set<string>();
-  const blocks = new Map<number, Map<number, { len: number; crc: number }>>();
+  const blocks = new Map<number, Map<number, { len: number; crc: number; codec: number }>>();
   let nodesChecked = 0;
   const reportedKeys = new Set<string>();
   const walkNode = async (nd: Node): Promise<void> => {
@@ -186,8 +187,8 @@ export async function checkVolume(
         if (options.deep) {
           let m = blocks.get(seg);
           if (!m) blocks.set(seg, (m = new Map()));
-          const { len, crc } = readLeaf(nd.entries, i);
-          m.set(nd.off(i), { len, crc });
+          const { len, crc, codec } = readLeaf(nd.entries, i);
+          m.set(nd.off(i), { len, crc, codec });
         }
       }
       return;
@@ -246,6 +247,7 @@ export async function checkVolume(
   }
 
   // Data blocks (deep): one ranged GET per run of adjacent blocks.
+  const bs = 2 ** head.dataBlockShift;
   let blocksChecked = 0;
   let bytesVerified = 0;
   if (options.deep) {
@@ -268,11 +270,13 @@ export async function checkVolume(
           const body = await source.get(seg, { offset: start, length: end - start }, 'volume data');
           for (let k = i; k < j; k++) {
             const off = offs[k] as number;
-            const b = m.get(off) as { len: number; crc: number };
+            const b = m.get(off) as { len: number; crc: number; codec: number };
             const blk = body.subarray(off - start, off - start + b.len);
             blocksChecked++;
             bytesVerified += blk.length;
             if (blk.length !== b.len || crc32c(blk) !== b.crc) bad++;
+            // A compressed block must also decompress to the block it was.
+            else if (b.codec !== 0 && !(await decodes(blk, b.codec, bs))) bad++;
           }
         } catch (e) {
           if (isHyperError(e, 'MISSING_OBJECT')) {
@@ -350,4 +354,14 @@ export async function checkVolume(
     problems,
     restoreCheckpoint,
   };
+}
+
+async function decodes(stored: Buffer, codec: number, blockSize: number): Promise<boolean> {
+  try {
+    await decodeBlock(stored, codec, blockSize);
+    return true;
+  } catch (e) {
+    if (e instanceof DecodeError) return false;
+    throw e;
+  }
 }

@@ -62,7 +62,9 @@ export async function cloneVolume(
       size: at.size,
       dataBlockShift: at.dataBlockShift,
       metaBlockShift: at.metaBlockShift,
-      flags: 0,
+      // Blocks are read from the parents' segments as stored there: the clone keeps their codecs.
+      flags: at.flags,
+      ...(at.compression === undefined ? {} : { compression: at.compression }),
       segmentSize: at.segmentSize,
       checkpoint: id,
       checkpointMs: now,

@@ -5,7 +5,8 @@
  */
 import { randomBytes } from 'node:crypto';
 import { HyperError, isHyperError } from '../../errors.js';
-import { encodeHead, type HeadRecord } from '../codec/head.js';
+import { CODEC_RAW, compressionCodec } from '../codec/block.js';
+import { FEATURE_CODECS, encodeHead, type HeadRecord } from '../codec/head.js';
 import { SECTOR, encodeNode, encodedNodeSize } from '../codec/node.js';
 import { newEntries } from '../index/btree.js';
 import { HEAD_KEY, segmentKey } from '../keys.js';
@@ -60,6 +61,7 @@ export async function createVolume(
   const metaBlockSize = options.metaBlockSize ?? DEFAULT_BLOCK_SIZE;
   const segmentSize = options.segmentSize ?? DEFAULT_SEGMENT_SIZE;
   checkVolumeSize(size);
+  const compression = compressionCodec(options.compression ?? 'none');
   checkPow2('Data block size', dataBlockSize, MIN_DATA_BLOCK_SIZE, MAX_DATA_BLOCK_SIZE);
   checkPow2('Meta block size', metaBlockSize, MIN_META_BLOCK_SIZE, MAX_META_BLOCK_SIZE);
   if (
@@ -92,7 +94,7 @@ export async function createVolume(
     size,
     dataBlockShift: log2(dataBlockSize),
     metaBlockShift: log2(metaBlockSize),
-    flags: 0,
+    ...(compression === CODEC_RAW ? { flags: 0 } : { flags: FEATURE_CODECS, compression }),
     segmentSize,
     checkpoint: 1,
     checkpointMs: now,

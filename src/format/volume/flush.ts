@@ -5,6 +5,7 @@
  * (volume.ts) runs the pipeline: when to flush, the PUTs, and when the head is CASed.
  */
 import { crc32c } from '../codec/binary.js';
+import { encodeBlock } from '../codec/block.js';
 import type { HeadRecord } from '../codec/head.js';
 import { ENTRY_SIZE, NODE_HEADER, PENDING_SEG } from '../codec/node.js';
 import { type BTree, Miss, type Node } from '../index/btree.js';
@@ -23,6 +24,12 @@ export interface FlushInput {
   /** The head of the checkpoint written as segment `id`. */
   head: (id: number, nowMs: number) => NextHead;
   blockSize: number;
+  /**
+   * Volumes with block codecs (FEATURE_CODECS): the compression of new blocks. Blocks are
+   * then packed at byte offsets, and the generation keeps its plain blocks until the segment
+   * lands (the segment holds them compressed).
+   */
+  compression?: number;
   /** Buffers for the segment (see SegmentBuffers). */
   buffers?: SegmentBuffers;
 }
@@ -121,7 +128,16 @@ export async function buildSegment(
       blocks.push(v);
     }
   }
-  const crcs = blocks.map((b) => crc32c(b));
+  let codecs: number[] | undefined;
+  let stored = blocks;
+  if (f.compression !== undefined) {
+    const codec = f.compression;
+    // Compression runs on the thread pool, every block at once.
+    const enc = await Promise.all(blocks.map((b) => encodeBlock(b, codec)));
+    stored = enc.map((e) => e.bytes);
+    codecs = enc.map((e) => e.codec);
+  }
+  const crcs = stored.map((b) => crc32c(b));
   const nodes = tree.dirtyNodes();
   // The id is taken only now, after the last await: builds run one at a time.
   const id = f.id();
@@ -135,10 +151,12 @@ export async function buildSegment(
     nodeSize: loader.nodeSize,
     blockSize: f.blockSize,
     lbas,
-    blocks,
+    blocks: stored,
     crcs,
+    ...(codecs ? { codecs } : {}),
     ...(f.buffers ? { alloc: (n: number) => (f.buffers as SegmentBuffers).take(n) } : {}),
   });
+  if (codecs) return { ...out, nodes };
   for (let k = 0; k < blocks.length; k++) {
     const at = out.dataOffset + k * f.blockSize;
     gen.blocks.set(lbas[k] as number, out.segment.subarray(at, at + f.blockSize));

@@ -5,7 +5,13 @@
  */
 import { HyperError, dataError, isHyperError } from '../../errors.js';
 import { DecodeError } from '../codec/binary.js';
-import { decodeHead, isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
+import { compressionOf } from '../codec/block.js';
+import {
+  FEATURE_CODECS,
+  decodeHead,
+  isRetainedCheckpoint,
+  type HeadRecord,
+} from '../codec/head.js';
 import { decodeNode, nodeCapacity } from '../codec/node.js';
 import { decodeEmbeddedHead, embeddedHeadEnd } from '../codec/segment.js';
 import { decodeSnapshot, type SnapshotRecord } from '../codec/snapshot.js';
@@ -14,7 +20,8 @@ import { HEAD_KEY, SEGMENT_PREFIX, parseSegmentKey, segmentKey, snapshotKey } fr
 import type { ObjectStore } from '../store/types.js';
 import { MiB, type CheckpointRef, type VolumeInfo } from './types.js';
 
-export const FORMAT_VERSION = 1;
+/** The newest format version this hyper writes (FORMAT.md). */
+export const FORMAT_VERSION = 2;
 
 /** Bytes fetched to read a checkpoint's embedded head (enough for almost every head). */
 const EMBEDDED_HEAD_PREFIX = 16 * 1024;
@@ -256,7 +263,7 @@ export function infoOf(url: string, head: HeadRecord, readOnly: boolean): Volume
   return {
     url,
     uuid: head.uuid,
-    formatVersion: FORMAT_VERSION,
+    formatVersion: head.flags === 0 ? 1 : FORMAT_VERSION,
     size: head.size,
     dataBlockSize: 2 ** head.dataBlockShift,
     metaBlockSize: 2 ** head.metaBlockShift,
@@ -266,6 +273,7 @@ export function infoOf(url: string, head: HeadRecord, readOnly: boolean): Volume
     checkpointTime: new Date(head.checkpointMs),
     mappedBlocks: mapped,
     readOnly,
+    compression: compressionOf(head.flags & FEATURE_CODECS ? (head.compression ?? 0) : 0),
     ...(head.walUrl === undefined ? {} : { walUrl: head.walUrl }),
     ...(head.clone?.chain[0]
       ? { parent: { url: head.clone.chain[0].url, checkpoint: head.clone.checkpoint } }

@@ -22,6 +22,7 @@
 import { dataError } from '../../errors.js';
 import type { DiskCache } from '../cache/disk-cache.js';
 import { crc32c } from '../codec/binary.js';
+import { decodeBlock } from '../codec/block.js';
 import { PENDING_SEG, type BlockPtr } from '../codec/node.js';
 import { Miss, type BTree, type ScanEntry } from '../index/btree.js';
 import { DataCache } from '../index/cache.js';
@@ -138,11 +139,16 @@ interface Stream {
   used: number;
 }
 
-/** Memory cache key of a stored block: segment id and offset (a multiple of 512 below 4 GiB). */
-const blockKey = (seg: number, off: number): number => seg * 8388608 + off / 512;
+/**
+ * Memory cache key of a stored block: segment id and byte offset (below 4 GiB). A number
+ * while it stays exact (segment ids below 2^21), a string past that.
+ */
+type BlockKey = number | string;
+const blockKey = (seg: number, off: number): BlockKey =>
+  seg < 2097152 ? seg * 4294967296 + off : `${seg}:${off}`;
 
 export class Reader {
-  readonly dataCache: DataCache<number>;
+  readonly dataCache: DataCache<BlockKey>;
   readonly counters: ReadCounters = {
     gets: 0,
     diskHits: 0,
@@ -151,9 +157,9 @@ export class Reader {
     readAround: 0,
     readAroundHits: 0,
   };
-  private readonly inflight = new Map<number, Promise<void>>();
+  private readonly inflight = new Map<BlockKey, Promise<void>>();
   /** Blocks fetched ahead of a read and not read yet: 1 read-ahead, 2 read-around. */
-  private readonly speculative = new Map<number, number>();
+  private readonly speculative = new Map<BlockKey, number>();
   private readonly streams: Stream[] = [];
   private useClock = 0;
   private readonly readAhead: number;
@@ -293,7 +299,7 @@ export class Reader {
     if (again.length > 0) await Promise.all(again);
   }
 
-  private usedSpeculative(key: number): void {
+  private usedSpeculative(key: BlockKey): void {
     const kind = this.speculative.get(key);
     if (kind === undefined) return;
     this.speculative.delete(key);
@@ -414,8 +420,9 @@ export class Reader {
       if (disk && disk.cache.has(store, p.seg, p.off)) {
         part = undefined;
         diskReads.push(
-          disk.cache.get(store, p.seg, p.off, p.len, p.crc).then(async (b) => {
-            if (b && p.codec === 0) {
+          disk.cache.get(store, p.seg, p.off, p.len, p.crc).then(async (hit) => {
+            const b = hit && (await this.decode(hit, p).catch(() => undefined));
+            if (b) {
               this.counters.diskHits++;
               this.dataCache.set(blockKey(p.seg, p.off), b, b.length, r.lbas[k] === -1);
               out[k] = b;
@@ -469,7 +476,7 @@ export class Reader {
     const first = r.ptrs[from] as BlockPtr;
     const seg = r.seg;
     const off = first.off;
-    const keys: number[] = [];
+    const keys: BlockKey[] = [];
     let settle!: () => void;
     const done = new Promise<void>((res) => (settle = res));
     for (let k = from; k < to; k++) {
@@ -501,11 +508,11 @@ export class Reader {
       const around = r.lbas.includes(-1);
       const disk = toDisk && this.disk && this.disk.cacheable(seg) ? this.disk : undefined;
       const store = disk ? disk.storeOf(seg) : 0;
+      let decoding: Promise<void>[] | undefined;
       for (let k = from; k < to; k++) {
         const p = r.ptrs[k] as BlockPtr;
         const at = p.off - off;
         const blk = body.subarray(at, at + p.len);
-        if (p.codec !== 0) throw dataError('CORRUPT_OBJECT', key, `Unknown block codec ${p.codec}`);
         if (crc32c(blk) !== p.crc) {
           // Name the volume range the block holds (read-around extras carry their lba).
           const lba = (r.lbas[k] ?? -1) >= 0 ? (r.lbas[k] as number) : (p as { lba?: number }).lba;
@@ -519,6 +526,20 @@ export class Reader {
             `${range} failed its checksum at segment offset ${off + at}`,
           );
         }
+        if (p.codec !== 0) {
+          // Stored bytes go to the disk cache; the plain block, decoded off the event loop,
+          // to memory (a buffer of its own).
+          const i = out.length;
+          out.push(blk);
+          disk?.cache.put(store, seg, p.off, copyOf(blk));
+          (decoding ??= []).push(
+            this.decode(blk, p, key).then((plain) => {
+              out[i] = plain;
+              this.dataCache.set(blockKey(seg, p.off), plain, plain.length, r.lbas[k] === -1);
+            }),
+          );
+          continue;
+        }
         // Blocks read now or soon (this read, read-ahead) share the part's body, which goes
         // when they do; the blocks of a read-around GET are copied: a few of them staying in
         // the cache must not pin the whole body.
@@ -528,6 +549,7 @@ export class Reader {
         disk?.cache.put(store, seg, p.off, copy);
         out.push(copy);
       }
+      if (decoding) await Promise.all(decoding);
       return out;
     } finally {
       for (const k of keys) this.inflight.delete(k);
@@ -536,6 +558,20 @@ export class Reader {
         this.trimSpeculative();
       }
       settle();
+    }
+  }
+
+  /** The plain block of stored bytes that passed their CRC (raw blocks are their own). */
+  private async decode(stored: Buffer, p: BlockPtr, key?: string): Promise<Buffer> {
+    if (p.codec === 0 && stored.length === this.bs) return stored;
+    try {
+      return await decodeBlock(stored, p.codec, this.bs);
+    } catch (e) {
+      throw dataError(
+        'CORRUPT_OBJECT',
+        key ?? this.segments.keyFor(p.seg),
+        `Data block at segment offset ${p.off}: ${e instanceof Error ? e.message : String(e)}`,
+      );
     }
   }
 

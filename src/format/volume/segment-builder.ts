@@ -30,10 +30,19 @@ export interface CheckpointInput {
   nodes: Node[];
   nodeSize: number;
   blockSize: number;
-  /** Logical block of each new data block, ascending, and the blocks with their CRC32C. */
+  /**
+   * Logical block of each new data block, ascending, and the blocks as stored with the
+   * CRC32C of their stored bytes.
+   */
   lbas: number[];
   blocks: Buffer[];
   crcs: number[];
+  /**
+   * The codec of each stored block (volumes with FEATURE_CODECS): blocks are then packed
+   * back to back at byte offsets. Without it every block is raw, one data block long, at
+   * sector-aligned offsets (FORMAT.md version 1).
+   */
+  codecs?: number[];
   /** Where the segment's bytes go (a recycled buffer); a fresh one by default. */
   alloc?: (bytes: number) => Buffer;
 }
@@ -42,7 +51,7 @@ export interface BuiltCheckpoint {
   segment: Buffer;
   head: HeadRecord;
   headBytes: Buffer;
-  /** Offset of the first data block in the segment (blocks follow in `lbas` order). */
+  /** Offset of the first data block in the segment (blocks follow in `lbas` order, packed). */
   dataOffset: number;
   /** Offset assigned to each of `nodes`, in the same order. */
   nodeOffsets: number[];
@@ -68,7 +77,15 @@ export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
   const offsetOf = new Map<Node, number>();
   nodes.forEach((nd, k) => offsetOf.set(nd, nodeOffsets[k] as number));
   const dataOffset = nodesOffset + nodes.length * nodeSize;
-  const total = dataOffset + c.blocks.length * bs;
+  const codecs = c.codecs;
+  const blockOffsets: number[] = [];
+  let total = dataOffset;
+  for (const b of c.blocks) {
+    if (!codecs && b.length !== bs)
+      throw new HyperError('internal', 'INTERNAL', 'raw block of the wrong size');
+    blockOffsets.push(total);
+    total += b.length;
+  }
   const slot = new Map<number, number>();
   c.lbas.forEach((lba, k) => slot.set(lba, k));
 
@@ -83,10 +100,10 @@ export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
           throw new HyperError('internal', 'INTERNAL', `index entry for block ${lba} has no data`);
         setLeafLocation(e, i, {
           seg: id,
-          off: dataOffset + k * bs,
-          len: bs,
+          off: blockOffsets[k] as number,
+          len: (c.blocks[k] as Buffer).length,
           crc: c.crcs[k] as number,
-          codec: 0,
+          codec: codecs ? (codecs[k] as number) : 0,
         });
       } else {
         const child = nd.children?.[i];
@@ -135,12 +152,14 @@ export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
   for (let k = 0; k < c.blocks.length;) {
     const b = c.blocks[k] as Buffer;
     let n = 1;
+    let len = b.length;
     for (; k + n < c.blocks.length; n++) {
       const nb = c.blocks[k + n] as Buffer;
-      if (nb.buffer !== b.buffer || nb.byteOffset !== b.byteOffset + n * bs) break;
+      if (nb.buffer !== b.buffer || nb.byteOffset !== b.byteOffset + len) break;
+      len += nb.length;
     }
-    const run = n === 1 ? b : Buffer.from(b.buffer, b.byteOffset, n * bs);
-    run.copy(segment, dataOffset + k * bs);
+    const run = n === 1 ? b : Buffer.from(b.buffer, b.byteOffset, len);
+    run.copy(segment, blockOffsets[k] as number);
     k += n;
   }
   return { segment, head, headBytes, dataOffset, nodeOffsets, rootEntries };

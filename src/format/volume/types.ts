@@ -1,3 +1,4 @@
+import type { Compression } from '../codec/block.js';
 import type { ObjectStore } from '../store/types.js';
 
 /**
@@ -37,6 +38,11 @@ export interface CreateOptions {
   segmentSize?: number;
   /** Optional WAL location (another prefix or bucket), recorded in the head. */
   walUrl?: string;
+  /**
+   * Compression of new blocks. Any value but 'none' makes a format version 2 volume (block
+   * codecs); 'none' or absent keeps version 1, readable by every hyper.
+   */
+  compression?: Compression;
 }
 
 /** Which checkpoint to open: a number, a named snapshot, or the last one at or before a time. */
@@ -139,6 +145,8 @@ export interface VolumeInfo {
   /** Data blocks that hold stored data (not holes or zeros). */
   mappedBlocks: number;
   readOnly: boolean;
+  /** Compression of new blocks ('none' for version 1 volumes). */
+  compression: Compression;
   walUrl?: string;
   /** For a clone: the parent volume and the checkpoint it started from. */
   parent?: { url: string; checkpoint: number };

@@ -15,7 +15,7 @@
  * segment, PUTs it create-only and CASes the head (the commit point); see FORMAT.md.
  */
 import { HyperError, isHyperError } from '../../errors.js';
-import { isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
+import { FEATURE_CODECS, isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
 import { nodeCapacity } from '../codec/node.js';
 import type { WalEntry } from '../codec/wal.js';
 import { DiskCache } from '../cache/disk-cache.js';
@@ -90,6 +90,8 @@ function errorText(e: unknown): string {
 
 export class Volume {
   private readonly bs: number;
+  /** Volumes with block codecs: the compression of new blocks (undefined: version 1 layout). */
+  private readonly compression: number | undefined;
   private readonly loader: NodeLoader;
   private tree: BTree;
   private readonly buffer: WriteBuffer;
@@ -140,6 +142,7 @@ export class Volume {
     this.committedLast = head.lastSegment;
     this.committedSkipped = new Set(head.skipped);
     this.bs = 2 ** head.dataBlockShift;
+    this.compression = head.flags & FEATURE_CODECS ? (head.compression ?? 0) : undefined;
     const nodeSize = 2 ** head.metaBlockShift;
     this.size = head.size;
     this.log = opts.logger ?? silentLogger;
@@ -746,6 +749,7 @@ export class Volume {
         id: () => committer.nextId(),
         head: (id, nowMs) => nextHead(committer.tip, { id, nowMs, size: this.size, patch, walSeq }),
         blockSize: this.bs,
+        ...(this.compression === undefined ? {} : { compression: this.compression }),
         buffers: this.segmentBuffers,
       });
     } catch (e) {
@@ -758,7 +762,8 @@ export class Volume {
       throw e;
     }
     committer.built(built);
-    gen.segmentBytes = built.segment.length;
+    // With codecs the generation keeps its plain blocks next to the segment until it lands.
+    gen.segmentBytes = built.segment.length + (this.compression === undefined ? 0 : gen.bytes);
     const data = built.segment.length - built.dataOffset;
     if (data >= this.flushBytes / 4) this.nodeRatio = Math.min(1, built.dataOffset / data);
     adoptNodes(built, this.tree, this.loader);
@@ -789,6 +794,8 @@ export class Volume {
       const s = this.stages.shift() as Stage;
       committer.landed(s.built.head);
       this.buffer.release(s.gen);
+      // (Blocks of a volume with codecs stayed in the generation's slabs until now.)
+      s.gen.recycleSlabs();
       this.segments.landed(s.built.head.checkpoint);
       // Nothing reads from the segment's buffer any more: the next segment may reuse it.
       this.segmentBuffers.give(s.built.segment);
