@@ -17,7 +17,8 @@ import {
 } from './cli/units.js';
 import { URL_FORMS, normalizeVolumeUrl } from './cli/url.js';
 import { CHECKPOINT_REF_FORMS, parseCheckpointRef } from './cli/checkpoint-ref.js';
-import type { CheckpointRef } from './format/volume/types.js';
+import { COMPRESSIONS } from './format/codec/block.js';
+import { DEFAULT_COMPRESSION, type CheckpointRef } from './format/volume/types.js';
 import { defaultControlSocket } from './daemon/paths.js';
 
 /**
@@ -146,6 +147,15 @@ export const storeFlags = {
 };
 
 /** `--progress`: periodic progress lines on stderr even when it is not a terminal. */
+/** How new blocks of a volume being created are stored (FORMAT.md "Block codecs"). */
+export const compression = Flags.string({
+  summary: 'Compression of data blocks: zstd, lz4 or none.',
+  description:
+    'A block is stored compressed only when that saves at least 512 bytes. zstd stores less, lz4 costs less CPU. Any value but none makes a format version 2 volume, which hyper versions without block codecs refuse to open.',
+  options: [...COMPRESSIONS],
+  default: DEFAULT_COMPRESSION,
+});
+
 export const progress = Flags.boolean({
   summary:
     'Print progress lines on stderr every few seconds even when it is not a terminal (CI logs).',

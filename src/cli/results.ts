@@ -16,6 +16,7 @@ export function toVolumeSummary(info: VolumeInfo): VolumeSummary {
     url: info.url,
     uuid: info.uuid,
     formatVersion: info.formatVersion,
+    compression: info.compression,
     size: info.size,
     dataBlockSize: info.dataBlockSize,
     metaBlockSize: info.metaBlockSize,

@@ -67,6 +67,8 @@ export const volumeSummarySchema = z.strictObject({
   url: z.string(),
   uuid: z.string(),
   formatVersion: int,
+  /** How new data blocks are stored: none, zstd or lz4. */
+  compression: z.enum(['none', 'zstd', 'lz4']),
   size: bytes,
   dataBlockSize: bytes,
   metaBlockSize: bytes,

@@ -7,7 +7,8 @@ import {
 } from '../cli/checkpoint-ref.js';
 import type { ServeListening, ServeResult } from '../cli/vocabulary.js';
 import { size, volumeUrl } from '../flags.js';
-import { GiB, MAX_VOLUME_SIZE, MiB } from '../format/volume/types.js';
+import { COMPRESSIONS, type Compression } from '../format/codec/block.js';
+import { DEFAULT_COMPRESSION, GiB, MAX_VOLUME_SIZE, MiB } from '../format/volume/types.js';
 import {
   LOG_FORMATS,
   LOG_LEVELS,
@@ -91,6 +92,11 @@ export default class Serve extends BaseCommand<typeof Serve> {
       min: 512,
       max: MAX_VOLUME_SIZE,
       multipleOf: 512,
+    }),
+    compression: Flags.string({
+      summary: `Compression of a volume created by --create: zstd, lz4 or none (default ${DEFAULT_COMPRESSION}).`,
+      options: [...COMPRESSIONS],
+      dependsOn: ['create'],
     }),
     'print-uri': Flags.boolean({
       summary: 'Print the NBD URI of each export on stdout once listening.',
@@ -227,7 +233,14 @@ export default class Serve extends BaseCommand<typeof Serve> {
             },
           }),
       ...(at === undefined ? {} : { at }),
-      ...(flags.create ? { create: { size: flags.size } } : {}),
+      ...(flags.create
+        ? {
+            create: {
+              size: flags.size,
+              ...(flags.compression ? { compression: flags.compression as Compression } : {}),
+            },
+          }
+        : {}),
       ...(flags['wal-url'] === undefined ? {} : { walUrl: flags['wal-url'] }),
       ...(flags['tls-certificates'] === undefined
         ? {}

@@ -2,7 +2,7 @@ import { BaseCommand } from '../../base-command.js';
 import { bytesWithExact, toVolumeSummary, type VolumeSummary } from '../../cli/results.js';
 import { formatBytes } from '../../cli/units.js';
 import { HyperError } from '../../errors.js';
-import { requireSize, size, volumeUrl } from '../../flags.js';
+import { compression, requireSize, size, volumeUrl } from '../../flags.js';
 import {
   DEFAULT_BLOCK_SIZE,
   DEFAULT_SEGMENT_SIZE,
@@ -14,6 +14,7 @@ import {
   MIN_META_BLOCK_SIZE,
   MIN_SEGMENT_SIZE,
 } from '../../format/volume/types.js';
+import type { Compression } from '../../format/codec/block.js';
 import { Volume } from '../../format/volume/volume.js';
 
 export type FileCreateOptResult = VolumeSummary;
@@ -46,6 +47,7 @@ Block sizes are powers of two: data ${formatBytes(MIN_DATA_BLOCK_SIZE)} to ${for
   };
 
   static override flags = {
+    compression,
     'data-block-size': size({
       summary: 'Data block size (power of two).',
       min: MIN_DATA_BLOCK_SIZE,
@@ -96,12 +98,13 @@ Block sizes are powers of two: data ${formatBytes(MIN_DATA_BLOCK_SIZE)} to ${for
       dataBlockSize,
       metaBlockSize,
       segmentSize,
+      compression: this.flags.compression as Compression,
     });
     const result = toVolumeSummary({ ...info, url: info.url || this.args.url });
     this.log(
       `Created volume ${result.url} of ${bytesWithExact(result.size)} ` +
         `(data blocks ${formatBytes(result.dataBlockSize)}, metadata blocks ${formatBytes(result.metaBlockSize)}, ` +
-        `segments ${formatBytes(result.segmentSize)}).`,
+        `segments ${formatBytes(result.segmentSize)}, compression ${result.compression}).`,
     );
     return result;
   }

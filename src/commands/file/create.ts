@@ -1,7 +1,8 @@
 import { BaseCommand } from '../../base-command.js';
 import { bytesWithExact, toVolumeSummary, type VolumeSummary } from '../../cli/results.js';
-import { requireSize, size, volumeUrl } from '../../flags.js';
+import { compression, requireSize, size, volumeUrl } from '../../flags.js';
 import { MAX_VOLUME_SIZE } from '../../format/volume/types.js';
+import type { Compression } from '../../format/codec/block.js';
 import { Volume } from '../../format/volume/volume.js';
 
 export type FileCreateResult = VolumeSummary;
@@ -33,6 +34,7 @@ export default class FileCreate extends BaseCommand<typeof FileCreate> {
   };
 
   static override flags = {
+    compression,
     size: size({
       char: 's',
       summary:
@@ -46,9 +48,13 @@ export default class FileCreate extends BaseCommand<typeof FileCreate> {
   public async run(): Promise<FileCreateResult> {
     const bytes = requireSize(this.flags.size, 'file create', this.args.url);
     const store = await this.openStore(this.args.url, { mkdir: true });
-    const info = await Volume.create(store, { size: bytes });
+    const info = await Volume.create(store, {
+      size: bytes,
+      compression: this.flags.compression as Compression,
+    });
     const result = toVolumeSummary({ ...info, url: info.url || this.args.url });
-    this.log(`Created volume ${result.url} of ${bytesWithExact(result.size)}.`);
+    const codec = result.compression === 'none' ? '' : ` (${result.compression} compression)`;
+    this.log(`Created volume ${result.url} of ${bytesWithExact(result.size)}${codec}.`);
     return result;
   }
 }

@@ -98,6 +98,7 @@ export function renderStat(r: FileStatResult, table: (rows: [string, string][]) 
     ['Volume', r.url],
     ['UUID', r.uuid],
     ['Format version', String(r.formatVersion)],
+    ['Compression', r.compression],
     ['Size', bytesWithExact(r.size)],
     ['Data block size', formatBytes(r.dataBlockSize)],
     ['Metadata block size', formatBytes(r.metaBlockSize)],

@@ -20,6 +20,8 @@ export const MIN_META_BLOCK_SIZE = 4 * KiB;
 export const MAX_META_BLOCK_SIZE = 1 * MiB;
 export const DEFAULT_BLOCK_SIZE = 4 * KiB;
 export const DEFAULT_SEGMENT_SIZE = 32 * MiB;
+/** Compression of new volumes (README "Compression" gives the measurements behind it). */
+export const DEFAULT_COMPRESSION: Compression = 'none';
 export const MIN_SEGMENT_SIZE = 1 * MiB;
 export const MAX_SEGMENT_SIZE = 4 * GiB;
 

@@ -75,7 +75,11 @@ describe('hyper file: create → stat → list → import → export → set-len
       '64M',
       '--size',
       '1T',
+      '--compression',
+      'zstd',
     ]);
+    assert.equal(out.compression, 'zstd');
+    assert.equal(out.formatVersion, 2);
     assert.equal(out.dataBlockSize, 512 * 1024);
     assert.equal(out.metaBlockSize, 8192);
     assert.equal(out.segmentSize, 64 * MiB);
@@ -106,6 +110,7 @@ describe('hyper file: create → stat → list → import → export → set-len
     assert.equal(human.code, 0, show(human));
     assert.match(human.stdout, /Size\s+│ 8 MiB \(8388608 bytes\)/);
     assert.match(human.stdout, /Provisioned/);
+    assert.match(human.stdout, /Compression\s+│ none/);
     assert.match(human.stdout, /Lease/);
   });
 
