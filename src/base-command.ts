@@ -40,6 +40,7 @@ import {
   type ResolvedSettings,
 } from './cli/config.js';
 import { originalFlagMessage, storeFlags } from './flags.js';
+import { keyById, loadKeyFile } from './format/keyring.js';
 import { ProgressReporter } from './cli/progress.js';
 import { startSpinner, type Spinner } from './cli/spinner.js';
 import { openStore as openStoreAt, parseStoreUrl, type ObjectStore } from './format/store/index.js';
@@ -184,6 +185,24 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
       defaults: withDefaults.applied,
     };
     this.args = args as Args<T>;
+    // The key of encrypted volumes (flag > env), held for every volume this command opens.
+    const keyFile = (flags as { 'key-file'?: string })['key-file'] ?? process.env.HYPER_KEY_FILE;
+    if (keyFile) this.keyId = await loadKeyFile(keyFile);
+  }
+
+  /** The id of the key loaded from --key-file / HYPER_KEY_FILE, if any. */
+  protected keyId: string | undefined;
+
+  /** Create options for --encryption (the key loaded from --key-file / HYPER_KEY_FILE). */
+  protected encryptionOptions(cipher: string): { encryption?: 'aes-256-gcm'; key?: Buffer } {
+    if (cipher === 'none') return {};
+    const key = this.volumeKey;
+    return { encryption: 'aes-256-gcm', ...(key ? { key } : {}) };
+  }
+
+  /** The key loaded from --key-file / HYPER_KEY_FILE (for creating an encrypted volume). */
+  protected get volumeKey(): Buffer | undefined {
+    return this.keyId === undefined ? undefined : keyById(this.keyId);
   }
 
   /**

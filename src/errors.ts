@@ -32,6 +32,8 @@ export type ErrorCode =
   | 'INVALID_CONFIG'
   | 'UNKNOWN_COMMAND'
   | 'UNKNOWN_FLAG'
+  | 'KEY_REQUIRED'
+  | 'WRONG_KEY'
   // not-found
   | 'VOLUME_NOT_FOUND'
   | 'OBJECT_NOT_FOUND'

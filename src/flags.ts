@@ -18,6 +18,7 @@ import {
 import { URL_FORMS, normalizeVolumeUrl } from './cli/url.js';
 import { CHECKPOINT_REF_FORMS, parseCheckpointRef } from './cli/checkpoint-ref.js';
 import { COMPRESSIONS } from './format/codec/block.js';
+import { CIPHERS } from './format/codec/seal.js';
 import { DEFAULT_COMPRESSION, type CheckpointRef } from './format/volume/types.js';
 import { defaultControlSocket } from './daemon/paths.js';
 
@@ -144,6 +145,12 @@ export const storeFlags = {
     helpGroup: 'STORE',
     helpValue: '<name>',
   }),
+  'key-file': Flags.string({
+    summary:
+      'Key of encrypted volumes: a file of 32 raw bytes, 64 hex digits or base64; env: HYPER_KEY_FILE.',
+    helpGroup: 'STORE',
+    helpValue: '<path>',
+  }),
 };
 
 /** `--progress`: periodic progress lines on stderr even when it is not a terminal. */
@@ -154,6 +161,15 @@ export const compression = Flags.string({
     'A block is stored compressed only when that saves at least 512 bytes. zstd stores less, lz4 costs less CPU. Any value but none makes a format version 2 volume, which hyper versions without block codecs refuse to open.',
   options: [...COMPRESSIONS],
   default: DEFAULT_COMPRESSION,
+});
+
+/** Client-side encryption of a volume being created (FORMAT.md "Encryption"). */
+export const encryption = Flags.string({
+  summary: 'Encrypt data blocks and index nodes with the key of --key-file: aes-256-gcm or none.',
+  description:
+    'Authenticated encryption on this host before anything is sent; the volume records the key id, never the key. Makes a format version 2 volume.',
+  options: ['none', ...CIPHERS],
+  default: 'none',
 });
 
 export const progress = Flags.boolean({

@@ -17,6 +17,8 @@ export function toVolumeSummary(info: VolumeInfo): VolumeSummary {
     uuid: info.uuid,
     formatVersion: info.formatVersion,
     compression: info.compression,
+    encryption: info.encryption,
+    keyId: info.keyId ?? null,
     size: info.size,
     dataBlockSize: info.dataBlockSize,
     metaBlockSize: info.metaBlockSize,

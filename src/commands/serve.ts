@@ -8,6 +8,7 @@ import {
 import type { ServeListening, ServeResult } from '../cli/vocabulary.js';
 import { size, volumeUrl } from '../flags.js';
 import { COMPRESSIONS, type Compression } from '../format/codec/block.js';
+import { CIPHERS } from '../format/codec/seal.js';
 import { DEFAULT_COMPRESSION, GiB, MAX_VOLUME_SIZE, MiB } from '../format/volume/types.js';
 import {
   LOG_FORMATS,
@@ -96,6 +97,11 @@ export default class Serve extends BaseCommand<typeof Serve> {
     compression: Flags.string({
       summary: `Compression of a volume created by --create: zstd, lz4 or none (default ${DEFAULT_COMPRESSION}).`,
       options: [...COMPRESSIONS],
+      dependsOn: ['create'],
+    }),
+    encryption: Flags.string({
+      summary: 'Encrypt a volume created by --create with the key of --key-file: aes-256-gcm.',
+      options: [...CIPHERS],
       dependsOn: ['create'],
     }),
     'print-uri': Flags.boolean({
@@ -238,6 +244,7 @@ export default class Serve extends BaseCommand<typeof Serve> {
             create: {
               size: flags.size,
               ...(flags.compression ? { compression: flags.compression as Compression } : {}),
+              ...(flags.encryption ? this.encryptionOptions(flags.encryption) : {}),
             },
           }
         : {}),

@@ -2,7 +2,7 @@ import { BaseCommand } from '../../base-command.js';
 import { bytesWithExact, toVolumeSummary, type VolumeSummary } from '../../cli/results.js';
 import { formatBytes } from '../../cli/units.js';
 import { HyperError } from '../../errors.js';
-import { compression, requireSize, size, volumeUrl } from '../../flags.js';
+import { compression, encryption, requireSize, size, volumeUrl } from '../../flags.js';
 import {
   DEFAULT_BLOCK_SIZE,
   DEFAULT_SEGMENT_SIZE,
@@ -48,6 +48,7 @@ Block sizes are powers of two: data ${formatBytes(MIN_DATA_BLOCK_SIZE)} to ${for
 
   static override flags = {
     compression,
+    encryption,
     'data-block-size': size({
       summary: 'Data block size (power of two).',
       min: MIN_DATA_BLOCK_SIZE,
@@ -99,12 +100,14 @@ Block sizes are powers of two: data ${formatBytes(MIN_DATA_BLOCK_SIZE)} to ${for
       metaBlockSize,
       segmentSize,
       compression: this.flags.compression as Compression,
+      ...this.encryptionOptions(this.flags.encryption),
     });
     const result = toVolumeSummary({ ...info, url: info.url || this.args.url });
     this.log(
       `Created volume ${result.url} of ${bytesWithExact(result.size)} ` +
         `(data blocks ${formatBytes(result.dataBlockSize)}, metadata blocks ${formatBytes(result.metaBlockSize)}, ` +
-        `segments ${formatBytes(result.segmentSize)}, compression ${result.compression}).`,
+        `segments ${formatBytes(result.segmentSize)}, compression ${result.compression}, ` +
+        `encryption ${result.keyId === null ? 'none' : `${result.encryption} with key ${result.keyId}`}).`,
     );
     return result;
   }

@@ -1,6 +1,6 @@
 import { BaseCommand } from '../../base-command.js';
 import { bytesWithExact, toVolumeSummary, type VolumeSummary } from '../../cli/results.js';
-import { compression, requireSize, size, volumeUrl } from '../../flags.js';
+import { compression, encryption, requireSize, size, volumeUrl } from '../../flags.js';
 import { MAX_VOLUME_SIZE } from '../../format/volume/types.js';
 import type { Compression } from '../../format/codec/block.js';
 import { Volume } from '../../format/volume/volume.js';
@@ -35,6 +35,7 @@ export default class FileCreate extends BaseCommand<typeof FileCreate> {
 
   static override flags = {
     compression,
+    encryption,
     size: size({
       char: 's',
       summary:
@@ -51,9 +52,14 @@ export default class FileCreate extends BaseCommand<typeof FileCreate> {
     const info = await Volume.create(store, {
       size: bytes,
       compression: this.flags.compression as Compression,
+      ...this.encryptionOptions(this.flags.encryption),
     });
     const result = toVolumeSummary({ ...info, url: info.url || this.args.url });
-    const codec = result.compression === 'none' ? '' : ` (${result.compression} compression)`;
+    const features = [
+      ...(result.compression === 'none' ? [] : [`${result.compression} compression`]),
+      ...(result.keyId === null ? [] : [`${result.encryption} with key ${result.keyId}`]),
+    ];
+    const codec = features.length > 0 ? ` (${features.join(', ')})` : '';
     this.log(`Created volume ${result.url} of ${bytesWithExact(result.size)}${codec}.`);
     return result;
   }

@@ -99,6 +99,7 @@ export function renderStat(r: FileStatResult, table: (rows: [string, string][]) 
     ['UUID', r.uuid],
     ['Format version', String(r.formatVersion)],
     ['Compression', r.compression],
+    ['Encryption', r.keyId === null ? r.encryption : `${r.encryption} (key ${r.keyId})`],
     ['Size', bytesWithExact(r.size)],
     ['Data block size', formatBytes(r.dataBlockSize)],
     ['Metadata block size', formatBytes(r.metaBlockSize)],

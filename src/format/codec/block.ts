@@ -22,6 +22,8 @@ import { DecodeError, crc32c } from './binary.js';
 export const CODEC_RAW = 0;
 export const CODEC_ZSTD = 1;
 export const CODEC_LZ4 = 2;
+/** The bits of a leaf entry's codec that name its compression (others: codec/seal.ts). */
+export const CODEC_COMPRESSION = 0xff;
 
 /** Compression of new blocks, as a volume records it. */
 export type Compression = 'none' | 'zstd' | 'lz4';

@@ -4,6 +4,7 @@
  */
 import { DecodeError, Reader, Writer } from './binary.js';
 import { decodeEnvelope, encodeEnvelope } from './envelope.js';
+import type { SealParams } from './seal.js';
 
 export const HEAD_MAGIC = 'HYHD';
 /**
@@ -13,7 +14,9 @@ export const HEAD_MAGIC = 'HYHD';
 export const HEAD_VERSION = 2;
 /** Leaf entries may use block codecs other than raw, at byte (not sector) offsets. */
 export const FEATURE_CODECS = 0x0001;
-const KNOWN_FEATURES = FEATURE_CODECS;
+/** Data blocks and index nodes are sealed (encrypted and authenticated; codec/seal.ts). */
+export const FEATURE_SEALED = 0x0002;
+const KNOWN_FEATURES = FEATURE_CODECS | FEATURE_SEALED;
 /** Extension types with this bit set must be understood by a reader, others may be skipped. */
 export const EXT_REQUIRED = 0x8000;
 export const EXT_WAL_URL = 0x0001;
@@ -27,6 +30,8 @@ export const EXT_WAL_SEQ = 0x8005;
 export const EXT_PARENTS = 0x8004;
 /** How new blocks are stored: compression u8 (a block codec, 0 = none) | 3 reserved bytes. */
 export const EXT_CODECS = 0x8006;
+/** Sealing: cipher u8 | 3 reserved bytes | key id 8 bytes | salt 16 bytes. */
+export const EXT_SEAL = 0x8007;
 
 export interface ParentLink {
   /** Root URL of the parent volume. */
@@ -76,6 +81,8 @@ export interface HeadRecord {
   walSeq?: number;
   /** The block codec new blocks are compressed with (FEATURE_CODECS volumes). */
   compression?: number;
+  /** FEATURE_SEALED volumes: how blocks and nodes are sealed (never the key itself). */
+  seal?: SealParams;
 }
 
 export function encodeHead(h: HeadRecord): Buffer {
@@ -124,6 +131,10 @@ export function encodeHead(h: HeadRecord): Buffer {
     exts.push([EXT_RESTORED_FROM, new Writer(8).u64(h.restoredFrom).finish()]);
   if (h.compression !== undefined)
     exts.push([EXT_CODECS, new Writer(4).u8(h.compression).zeros(3).finish()]);
+  if (h.seal) {
+    const sw = new Writer(28).u8(h.seal.cipher).zeros(3).bytes(Buffer.from(h.seal.keyId, 'hex'));
+    exts.push([EXT_SEAL, sw.bytes(h.seal.salt).finish()]);
+  }
   w.u16(exts.length);
   for (const [type, data] of exts) w.u16(type).u32(data.length).bytes(data);
   if (h.flags & ~KNOWN_FEATURES) throw new RangeError(`unknown feature flags ${h.flags}`);
@@ -203,7 +214,13 @@ export function decodeHead(buf: Buffer, start = 0): { head: HeadRecord; length: 
       }
       head.clone = { checkpoint, chain };
     } else if (type === EXT_CODECS) head.compression = new Reader(data).u8();
-    else if (type & EXT_REQUIRED)
+    else if (type === EXT_SEAL) {
+      const sr = new Reader(data);
+      const cipher = sr.u8();
+      sr.skip(3);
+      const keyId = Buffer.from(sr.bytes(8)).toString('hex');
+      head.seal = { cipher, keyId, salt: Buffer.from(sr.bytes(16)) };
+    } else if (type & EXT_REQUIRED)
       throw new DecodeError(`head needs unknown extension 0x${type.toString(16)}`);
   }
   return { head: validate(head), length: env.length };
@@ -220,6 +237,10 @@ function validate(head: HeadRecord): HeadRecord {
     if (!(head.flags & FEATURE_CODECS))
       throw new DecodeError('compression without the codecs flag');
   }
+  if (!head.seal !== !(head.flags & FEATURE_SEALED))
+    throw new DecodeError('the sealed flag and the seal extension disagree');
+  if (head.seal && head.seal.cipher !== 1)
+    throw new DecodeError(`unknown cipher ${head.seal.cipher}`);
   return head;
 }
 

@@ -7,6 +7,7 @@ import { HyperError, dataError } from '../../errors.js';
 import { DecodeError } from '../codec/binary.js';
 import { decodeNode } from '../codec/node.js';
 import { nodeCapacity } from '../codec/node.js';
+import { SEAL_OVERHEAD, type Sealer } from '../codec/seal.js';
 import type { ByteRange } from '../store/types.js';
 import { Miss, Node, type NodeSource } from './btree.js';
 import { LruCache } from './cache.js';
@@ -28,6 +29,8 @@ export interface SegmentReader {
   get(seg: number, range: ByteRange, what: string): Promise<Buffer>;
   /** The key to name in errors about segment `seg`. */
   keyFor(seg: number): string;
+  /** Encrypted volumes: nodes are sealed (codec/seal.ts). */
+  readonly sealer?: Sealer | undefined;
 }
 
 export class NodeLoader implements NodeSource {
@@ -43,7 +46,7 @@ export class NodeLoader implements NodeSource {
     budgetBytes: number,
     private readonly disk?: NodeDiskTier,
   ) {
-    this.capacity = nodeCapacity(nodeSize);
+    this.capacity = nodeCapacity(nodeSize - (segments.sealer ? SEAL_OVERHEAD : 0));
     // Always room for a few full root-to-leaf paths, whatever the budget says.
     this.cache = new LruCache(Math.max(budgetBytes, 256 * nodeSize));
   }
@@ -119,7 +122,7 @@ export class NodeLoader implements NodeSource {
     const b = await disk.get(seg, off, this.nodeSize);
     if (!b) return false;
     try {
-      const d = decodeNode(b, 0, this.capacity, seg);
+      const d = decodeNode(this.unseal(b, seg, off), 0, this.capacity, seg);
       if (d.level !== level) throw new DecodeError('level');
       if (this.cache.peek(`${seg}:${off}`) === undefined)
         this.add(seg, off, new Node(d.level, d.count, d.entries, false));
@@ -130,6 +133,12 @@ export class NodeLoader implements NodeSource {
       disk.invalidate(seg, off);
       return false;
     }
+  }
+
+  /** A sealed node's plain bytes (the node's own bytes on volumes that are not encrypted). */
+  private unseal(bytes: Buffer, seg: number, off: number): Buffer {
+    const sealer = this.segments.sealer;
+    return sealer ? sealer.open(bytes, sealer.nodeAd(seg, off)) : bytes;
   }
 
   private async fetch(seg: number, start: number, count: number, level: number): Promise<void> {
@@ -147,7 +156,15 @@ export class NodeLoader implements NodeSource {
     for (let k = 0; k < count; k++) {
       let node: Node;
       try {
-        const d = decodeNode(body, k * this.nodeSize, this.capacity, seg);
+        const at = k * this.nodeSize;
+        const d = this.segments.sealer
+          ? decodeNode(
+              this.unseal(body.subarray(at, at + this.nodeSize), seg, start + at),
+              0,
+              this.capacity,
+              seg,
+            )
+          : decodeNode(body, at, this.capacity, seg);
         if (d.level !== level)
           throw new DecodeError(`index node level ${d.level}, expected ${level}`);
         node = new Node(d.level, d.count, d.entries, false);

@@ -7,7 +7,8 @@
 import { isHyperError } from '../../errors.js';
 import { DecodeError, crc32c } from '../codec/binary.js';
 import { isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
-import { decodeBlock } from '../codec/block.js';
+import { CODEC_COMPRESSION, decodeBlock } from '../codec/block.js';
+import { CODEC_SEALED, type Sealer } from '../codec/seal.js';
 import { readLeaf } from '../codec/node.js';
 import { decodeSegmentHeader, segmentHeaderLength } from '../codec/segment.js';
 import { decodeSnapshot } from '../codec/snapshot.js';
@@ -175,7 +176,7 @@ export async function checkVolume(
   const loader = new NodeLoader(source, nodeSize, 16 * 1024 * 1024);
   const reached = new Set<number>(heads.keys());
   const visited = new Set<string>();
-  const blocks = new Map<number, Map<number, { len: number; crc: number; codec: number }>>();
+  const blocks = new Map<number, Map<number, StoredEntry>>();
   let nodesChecked = 0;
   const reportedKeys = new Set<string>();
   const walkNode = async (nd: Node): Promise<void> => {
@@ -188,7 +189,7 @@ export async function checkVolume(
           let m = blocks.get(seg);
           if (!m) blocks.set(seg, (m = new Map()));
           const { len, crc, codec } = readLeaf(nd.entries, i);
-          m.set(nd.off(i), { len, crc, codec });
+          m.set(nd.off(i), { len, crc, codec, lba: nd.key(i) });
         }
       }
       return;
@@ -270,13 +271,13 @@ export async function checkVolume(
           const body = await source.get(seg, { offset: start, length: end - start }, 'volume data');
           for (let k = i; k < j; k++) {
             const off = offs[k] as number;
-            const b = m.get(off) as { len: number; crc: number; codec: number };
+            const b = m.get(off) as StoredEntry;
             const blk = body.subarray(off - start, off - start + b.len);
             blocksChecked++;
             bytesVerified += blk.length;
             if (blk.length !== b.len || crc32c(blk) !== b.crc) bad++;
-            // A compressed block must also decompress to the block it was.
-            else if (b.codec !== 0 && !(await decodes(blk, b.codec, bs))) bad++;
+            // A sealed block must open (its tag), a compressed one decompress to its block.
+            else if (b.codec !== 0 && !(await decodes(blk, b, bs, source.sealer))) bad++;
           }
         } catch (e) {
           if (isHyperError(e, 'MISSING_OBJECT')) {
@@ -356,9 +357,26 @@ export async function checkVolume(
   };
 }
 
-async function decodes(stored: Buffer, codec: number, blockSize: number): Promise<boolean> {
+interface StoredEntry {
+  len: number;
+  crc: number;
+  codec: number;
+  lba: number;
+}
+
+async function decodes(
+  stored: Buffer,
+  b: StoredEntry,
+  blockSize: number,
+  sealer: Sealer | undefined,
+): Promise<boolean> {
   try {
-    await decodeBlock(stored, codec, blockSize);
+    let inner = stored;
+    if (b.codec & CODEC_SEALED) {
+      if (!sealer) return false;
+      inner = sealer.open(stored, sealer.blockAd(b.lba, b.codec));
+    }
+    await decodeBlock(inner, b.codec & CODEC_COMPRESSION, blockSize);
     return true;
   } catch (e) {
     if (e instanceof DecodeError) return false;

@@ -65,6 +65,8 @@ export async function cloneVolume(
       // Blocks are read from the parents' segments as stored there: the clone keeps their codecs.
       flags: at.flags,
       ...(at.compression === undefined ? {} : { compression: at.compression }),
+      // …and their seal: the same key and salt open the parent's blocks.
+      ...(at.seal ? { seal: at.seal } : {}),
       segmentSize: at.segmentSize,
       checkpoint: id,
       checkpointMs: now,

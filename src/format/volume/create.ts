@@ -6,7 +6,9 @@
 import { randomBytes } from 'node:crypto';
 import { HyperError, isHyperError } from '../../errors.js';
 import { CODEC_RAW, compressionCodec } from '../codec/block.js';
-import { FEATURE_CODECS, encodeHead, type HeadRecord } from '../codec/head.js';
+import { FEATURE_CODECS, FEATURE_SEALED, encodeHead, type HeadRecord } from '../codec/head.js';
+import { newSealParams, type SealParams } from '../codec/seal.js';
+import { addKey } from '../keyring.js';
 import { SECTOR, encodeNode, encodedNodeSize } from '../codec/node.js';
 import { newEntries } from '../index/btree.js';
 import { HEAD_KEY, segmentKey } from '../keys.js';
@@ -62,6 +64,7 @@ export async function createVolume(
   const segmentSize = options.segmentSize ?? DEFAULT_SEGMENT_SIZE;
   checkVolumeSize(size);
   const compression = compressionCodec(options.compression ?? 'none');
+  const seal = sealParams(options);
   checkPow2('Data block size', dataBlockSize, MIN_DATA_BLOCK_SIZE, MAX_DATA_BLOCK_SIZE);
   checkPow2('Meta block size', metaBlockSize, MIN_META_BLOCK_SIZE, MAX_META_BLOCK_SIZE);
   if (
@@ -94,7 +97,11 @@ export async function createVolume(
     size,
     dataBlockShift: log2(dataBlockSize),
     metaBlockShift: log2(metaBlockSize),
-    ...(compression === CODEC_RAW ? { flags: 0 } : { flags: FEATURE_CODECS, compression }),
+    // Sealed blocks are longer than a data block: sealing needs the codecs' packed layout.
+    ...(compression === CODEC_RAW && !seal
+      ? { flags: 0 }
+      : { flags: FEATURE_CODECS | (seal ? FEATURE_SEALED : 0), compression }),
+    ...(seal ? { seal } : {}),
     segmentSize,
     checkpoint: 1,
     checkpointMs: now,
@@ -133,6 +140,30 @@ export async function createVolume(
     throw e;
   }
   return infoOf(store.url, head, true);
+}
+
+/** The seal parameters of a volume created with encryption (its key is held from now on). */
+function sealParams(options: CreateOptions): SealParams | undefined {
+  if (options.encryption === undefined) {
+    if (options.key)
+      throw new HyperError('invalid', 'INVALID_ARGUMENT', 'A key was given without encryption', {
+        suggestion: 'Add --encryption aes-256-gcm, or leave the key out.',
+      });
+    return undefined;
+  }
+  if (options.encryption !== 'aes-256-gcm')
+    throw new HyperError(
+      'invalid',
+      'INVALID_ARGUMENT',
+      `Unknown cipher ${String(options.encryption)}`,
+    );
+  if (!options.key)
+    throw new HyperError('invalid', 'KEY_REQUIRED', 'An encrypted volume needs a key', {
+      suggestion:
+        'Make one (head -c 32 /dev/urandom > volume.key) and pass --key-file volume.key or set HYPER_KEY_FILE.',
+    });
+  addKey(options.key);
+  return newSealParams(options.key);
 }
 
 function volumeExists(store: ObjectStore, suggest = true): HyperError {

@@ -6,6 +6,7 @@
  */
 import { crc32c } from '../codec/binary.js';
 import { encodeBlock } from '../codec/block.js';
+import { CODEC_SEALED, type Sealer } from '../codec/seal.js';
 import type { HeadRecord } from '../codec/head.js';
 import { ENTRY_SIZE, NODE_HEADER, PENDING_SEG } from '../codec/node.js';
 import { type BTree, Miss, type Node } from '../index/btree.js';
@@ -30,6 +31,8 @@ export interface FlushInput {
    * lands (the segment holds them compressed).
    */
   compression?: number;
+  /** Encrypted volumes: seals blocks and nodes (compress, then seal). */
+  sealer?: Sealer;
   /** Buffers for the segment (see SegmentBuffers). */
   buffers?: SegmentBuffers;
 }
@@ -137,11 +140,21 @@ export async function buildSegment(
     stored = enc.map((e) => e.bytes);
     codecs = enc.map((e) => e.codec);
   }
-  const crcs = stored.map((b) => crc32c(b));
   const nodes = tree.dirtyNodes();
   // The id is taken only now, after the last await: builds run one at a time.
   const id = f.id();
   const nowMs = Date.now();
+  const sealer = f.sealer;
+  if (sealer && codecs) {
+    // Block k is sealed under nonce counter k, bound to its address and codec.
+    for (let k = 0; k < stored.length; k++) {
+      const codec = (codecs[k] as number) | CODEC_SEALED;
+      codecs[k] = codec;
+      const ad = sealer.blockAd(lbas[k] as number, codec);
+      stored[k] = sealer.seal(stored[k] as Buffer, sealer.nonce(id, k), ad);
+    }
+  }
+  const crcs = stored.map((b) => crc32c(b));
   const out = buildCheckpoint({
     id,
     nowMs,
@@ -154,6 +167,7 @@ export async function buildSegment(
     blocks: stored,
     crcs,
     ...(codecs ? { codecs } : {}),
+    ...(sealer ? { sealer } : {}),
     ...(f.buffers ? { alloc: (n: number) => (f.buffers as SegmentBuffers).take(n) } : {}),
   });
   if (codecs) return { ...out, nodes };
@@ -178,8 +192,11 @@ export function adoptNodes(
   const id = built.head.checkpoint;
   built.nodes.forEach((node, k) => {
     const off = built.nodeOffsets[k] as number;
-    const at = off + NODE_HEADER;
-    built.segment.copy(node.entries, 0, at, at + node.length * ENTRY_SIZE);
+    // (Sealed nodes: their plain encoding, kept by the builder.)
+    const plain = built.plainNodes?.[k];
+    const src = plain ?? built.segment;
+    const at = (plain ? 0 : off) + NODE_HEADER;
+    src.copy(node.entries, 0, at, at + node.length * ENTRY_SIZE);
     node.dirty = false;
     node.children = undefined;
     loader.add(id, off, node);

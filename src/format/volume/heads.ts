@@ -13,6 +13,7 @@ import {
   type HeadRecord,
 } from '../codec/head.js';
 import { decodeNode, nodeCapacity } from '../codec/node.js';
+import { SEAL_OVERHEAD } from '../codec/seal.js';
 import { decodeEmbeddedHead, embeddedHeadEnd } from '../codec/segment.js';
 import { decodeSnapshot, type SnapshotRecord } from '../codec/snapshot.js';
 import { Node } from '../index/btree.js';
@@ -123,10 +124,14 @@ export function headAt(store: ObjectStore, current: HeadRecord, id: number): Pro
   return id === current.checkpoint ? Promise.resolve(current) : readCheckpointHead(store, id);
 }
 
+/** Entries per index node of this volume (a sealed node gives room to its nonce and tag). */
+export const nodeCapacityOf = (head: HeadRecord): number =>
+  nodeCapacity(2 ** head.metaBlockShift - (head.seal ? SEAL_OVERHEAD : 0));
+
 /** The index root stored inline in a head, verified. */
 export function rootOf(head: HeadRecord): Node {
   try {
-    const d = decodeNode(head.root, 0, nodeCapacity(2 ** head.metaBlockShift));
+    const d = decodeNode(head.root, 0, nodeCapacityOf(head));
     if (d.level !== head.rootLevel) throw new DecodeError('root level does not match head');
     return new Node(d.level, d.count, d.entries, false);
   } catch (e) {
@@ -274,6 +279,8 @@ export function infoOf(url: string, head: HeadRecord, readOnly: boolean): Volume
     mappedBlocks: mapped,
     readOnly,
     compression: compressionOf(head.flags & FEATURE_CODECS ? (head.compression ?? 0) : 0),
+    encryption: head.seal ? 'aes-256-gcm' : 'none',
+    ...(head.seal ? { keyId: head.seal.keyId } : {}),
     ...(head.walUrl === undefined ? {} : { walUrl: head.walUrl }),
     ...(head.clone?.chain[0]
       ? { parent: { url: head.clone.chain[0].url, checkpoint: head.clone.checkpoint } }

@@ -21,8 +21,9 @@
  */
 import { dataError } from '../../errors.js';
 import type { DiskCache } from '../cache/disk-cache.js';
-import { crc32c } from '../codec/binary.js';
-import { decodeBlock } from '../codec/block.js';
+import { DecodeError, crc32c } from '../codec/binary.js';
+import { CODEC_COMPRESSION, decodeBlock } from '../codec/block.js';
+import { CODEC_SEALED } from '../codec/seal.js';
 import { PENDING_SEG, type BlockPtr } from '../codec/node.js';
 import { Miss, type BTree, type ScanEntry } from '../index/btree.js';
 import { DataCache } from '../index/cache.js';
@@ -421,7 +422,8 @@ export class Reader {
         part = undefined;
         diskReads.push(
           disk.cache.get(store, p.seg, p.off, p.len, p.crc).then(async (hit) => {
-            const b = hit && (await this.decode(hit, p).catch(() => undefined));
+            const lba = lbaOf(r, k);
+            const b = hit && (await this.decode(hit, p, lba).catch(() => undefined));
             if (b) {
               this.counters.diskHits++;
               this.dataCache.set(blockKey(p.seg, p.off), b, b.length, r.lbas[k] === -1);
@@ -533,7 +535,7 @@ export class Reader {
           out.push(blk);
           disk?.cache.put(store, seg, p.off, copyOf(blk));
           (decoding ??= []).push(
-            this.decode(blk, p, key).then((plain) => {
+            this.decode(blk, p, lbaOf(r, k), key).then((plain) => {
               out[i] = plain;
               this.dataCache.set(blockKey(seg, p.off), plain, plain.length, r.lbas[k] === -1);
             }),
@@ -561,11 +563,20 @@ export class Reader {
     }
   }
 
-  /** The plain block of stored bytes that passed their CRC (raw blocks are their own). */
-  private async decode(stored: Buffer, p: BlockPtr, key?: string): Promise<Buffer> {
+  /**
+   * The plain block of stored bytes that passed their CRC (raw blocks are their own): opened
+   * if sealed (bound to `lba`), then decompressed.
+   */
+  private async decode(stored: Buffer, p: BlockPtr, lba: number, key?: string): Promise<Buffer> {
     if (p.codec === 0 && stored.length === this.bs) return stored;
     try {
-      return await decodeBlock(stored, p.codec, this.bs);
+      let inner = stored;
+      if (p.codec & CODEC_SEALED) {
+        const sealer = this.segments.sealer;
+        if (!sealer) throw new DecodeError('sealed block in a volume without a key');
+        inner = sealer.open(stored, sealer.blockAd(lba, p.codec));
+      }
+      return await decodeBlock(inner, p.codec & CODEC_COMPRESSION, this.bs);
     } catch (e) {
       throw dataError(
         'CORRUPT_OBJECT',
@@ -692,6 +703,12 @@ export class Reader {
     }
     return out;
   }
+}
+
+/** The address of block k of a run (read-around extras carry it in their entry). */
+function lbaOf(r: Run, k: number): number {
+  const lba = r.lbas[k] as number;
+  return lba >= 0 ? lba : ((r.ptrs[k] as ScanEntry).lba ?? -1);
 }
 
 /** A counting semaphore (FIFO). */

@@ -15,6 +15,7 @@ import {
   setChildLocation,
   setLeafLocation,
 } from '../codec/node.js';
+import { SEAL_OVERHEAD, type Sealer } from '../codec/seal.js';
 import { encodeSegmentHeader, segmentHeaderSize } from '../codec/segment.js';
 import { HyperError } from '../../errors.js';
 import type { Node } from '../index/btree.js';
@@ -43,6 +44,11 @@ export interface CheckpointInput {
    * sector-aligned offsets (FORMAT.md version 1).
    */
   codecs?: number[];
+  /**
+   * Encrypted volumes: index nodes are sealed here (the blocks come sealed already, with
+   * nonce counters below `blocks.length`; nodes take the ones after).
+   */
+  sealer?: Sealer;
   /** Where the segment's bytes go (a recycled buffer); a fresh one by default. */
   alloc?: (bytes: number) => Buffer;
 }
@@ -57,6 +63,8 @@ export interface BuiltCheckpoint {
   nodeOffsets: number[];
   /** The root's entries with this segment's locations filled in. */
   rootEntries: Buffer;
+  /** Encrypted volumes: each node's plain encoding (the segment holds them sealed). */
+  plainNodes?: Buffer[];
 }
 
 const align = (v: number, a: number): number => Math.ceil(v / a) * a;
@@ -115,13 +123,23 @@ export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
   // Nodes are encoded straight into the segment (entries copied, then located in place);
   // the in-memory nodes change only once the commit has landed (see Volume's flush).
   const segment = c.alloc ? c.alloc(total) : Buffer.allocUnsafe(total);
+  const sealer = c.sealer;
+  const plainNodes: Buffer[] = [];
   nodes.forEach((nd, k) => {
     const at = nodeOffsets[k] as number;
-    segment.fill(0, at, at + nodeSize);
-    nd.entries.copy(segment, at + NODE_HEADER, 0, nd.length * ENTRY_SIZE);
-    const e = segment.subarray(at + NODE_HEADER, at + NODE_HEADER + nd.length * ENTRY_SIZE);
+    // A sealed node is encoded on its own first, then sealed into its place.
+    const dst = sealer ? Buffer.alloc(nodeSize - SEAL_OVERHEAD) : segment;
+    const base = sealer ? 0 : at;
+    if (!sealer) segment.fill(0, at, at + nodeSize);
+    nd.entries.copy(dst, base + NODE_HEADER, 0, nd.length * ENTRY_SIZE);
+    const e = dst.subarray(base + NODE_HEADER, base + NODE_HEADER + nd.length * ENTRY_SIZE);
     locate(nd, e);
-    encodeNode(segment, at, nd.level, nd.length, id, e);
+    encodeNode(dst, base, nd.level, nd.length, id, e);
+    if (sealer) {
+      const nonce = sealer.nonce(id, c.blocks.length + k);
+      sealer.seal(dst, nonce, sealer.nodeAd(id, at), segment, at);
+      plainNodes.push(dst);
+    }
   });
   const rootEntries = Buffer.from(root.entries.subarray(0, root.length * ENTRY_SIZE));
   locate(root, rootEntries);
@@ -162,7 +180,15 @@ export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
     run.copy(segment, blockOffsets[k] as number);
     k += n;
   }
-  return { segment, head, headBytes, dataOffset, nodeOffsets, rootEntries };
+  return {
+    segment,
+    head,
+    headBytes,
+    dataOffset,
+    nodeOffsets,
+    rootEntries,
+    ...(sealer ? { plainNodes } : {}),
+  };
 }
 
 /** A segment with no nodes and no data (the first checkpoint of a new volume or clone). */

@@ -5,6 +5,8 @@
  */
 import { dataError, isHyperError } from '../../errors.js';
 import type { HeadRecord } from '../codec/head.js';
+import type { Sealer } from '../codec/seal.js';
+import { sealerFor } from '../keyring.js';
 import { segmentKey } from '../keys.js';
 import { openStore } from '../store/index.js';
 import type { ByteRange, ObjectStore } from '../store/types.js';
@@ -25,6 +27,8 @@ export class SegmentSource {
     readonly own: ObjectStore,
     /** Nearest parent first, bases strictly decreasing. */
     private readonly chain: { base: number; store: ObjectStore }[],
+    /** Encrypted volumes: seals and opens blocks and nodes (one writer session each). */
+    readonly sealer?: Sealer,
   ) {}
 
   static readonly defaultOpen: OpenStoreFn = defaultOpenStore;
@@ -38,10 +42,12 @@ export class SegmentSource {
     head: HeadRecord,
     open: OpenStoreFn = defaultOpenStore,
   ): Promise<SegmentSource> {
+    // Before any parent store is opened: a missing key fails first.
+    const sealer = sealerFor(own.url, head);
     const chain = await Promise.all(
       (head.clone?.chain ?? []).map(async (l) => ({ base: l.base, store: await open(l.url) })),
     );
-    return new SegmentSource(own, chain);
+    return new SegmentSource(own, chain, sealer);
   }
 
   storeFor(seg: number): ObjectStore {

@@ -1,4 +1,5 @@
 import type { Compression } from '../codec/block.js';
+import type { Cipher } from '../codec/seal.js';
 import type { ObjectStore } from '../store/types.js';
 
 /**
@@ -45,6 +46,12 @@ export interface CreateOptions {
    * codecs); 'none' or absent keeps version 1, readable by every hyper.
    */
   compression?: Compression;
+  /**
+   * Encrypt data blocks and index nodes (client-side, authenticated) with `key` (32 bytes;
+   * the volume records its id, never the key). Makes a format version 2 volume.
+   */
+  encryption?: Cipher;
+  key?: Buffer;
 }
 
 /** Which checkpoint to open: a number, a named snapshot, or the last one at or before a time. */
@@ -149,6 +156,10 @@ export interface VolumeInfo {
   readOnly: boolean;
   /** Compression of new blocks ('none' for version 1 volumes). */
   compression: Compression;
+  /** Client-side encryption of blocks and index nodes. */
+  encryption: 'none' | Cipher;
+  /** Encrypted volumes: the id of their key (codec/seal.ts keyIdOf). */
+  keyId?: string;
   walUrl?: string;
   /** For a clone: the parent volume and the checkpoint it started from. */
   parent?: { url: string; checkpoint: number };

@@ -16,7 +16,6 @@
  */
 import { HyperError, isHyperError } from '../../errors.js';
 import { FEATURE_CODECS, isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
-import { nodeCapacity } from '../codec/node.js';
 import type { WalEntry } from '../codec/wal.js';
 import { DiskCache } from '../cache/disk-cache.js';
 import { BTree } from '../index/btree.js';
@@ -24,7 +23,8 @@ import { NodeLoader, type NodeDiskTier } from '../index/loader.js';
 import type { ObjectStore } from '../store/types.js';
 import { Committer, SerialQueue } from './commit.js';
 import { checkVolumeSize, createVolume } from './create.js';
-import { headAt, infoOf, readHead, resolveCheckpoint, rootOf } from './heads.js';
+import { sealerFor } from '../keyring.js';
+import { headAt, infoOf, nodeCapacityOf, readHead, resolveCheckpoint, rootOf } from './heads.js';
 import { DEFAULT_LEASE_TTL_MS, defaultHolder } from './lease.js';
 import { Reader, type DiskTier } from './reader.js';
 import { adoptNodes, buildSegment, nextHead, SegmentBuffers, type MetadataPatch } from './flush.js';
@@ -150,7 +150,7 @@ export class Volume {
     this.committed = { checkpoint: head.checkpoint, ms: head.checkpointMs };
     const tier = this.diskTier();
     this.loader = new NodeLoader(segments, nodeSize, opts.nodeCacheBytes ?? 32 * MiB, tier?.nodes);
-    this.tree = new BTree(rootOf(head), nodeCapacity(nodeSize), this.loader);
+    this.tree = new BTree(rootOf(head), nodeCapacityOf(head), this.loader);
     this.cleanHead = head;
     this.flushBytes = opts.flushBytes ?? head.segmentSize;
     this.pipeline = Math.max(1, Math.floor(opts.flushPipeline ?? DEFAULT_FLUSH_PIPELINE));
@@ -216,6 +216,8 @@ export class Volume {
    */
   static async open(store: ObjectStore, options: OpenOptions = {}): Promise<Volume> {
     const cur = await readHead(store);
+    // An encrypted volume's key is checked before anything is taken over.
+    sealerFor(store.url, cur.head);
     const source = (h: HeadRecord): Promise<SegmentSource> =>
       SegmentSource.forHead(store, h, options.openStore);
     if (options.at || options.readOnly) {
@@ -750,6 +752,7 @@ export class Volume {
         head: (id, nowMs) => nextHead(committer.tip, { id, nowMs, size: this.size, patch, walSeq }),
         blockSize: this.bs,
         ...(this.compression === undefined ? {} : { compression: this.compression }),
+        ...(this.segments.sealer ? { sealer: this.segments.sealer } : {}),
         buffers: this.segmentBuffers,
       });
     } catch (e) {

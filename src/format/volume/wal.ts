@@ -36,6 +36,18 @@ export function withWalUrl(head: HeadRecord, requested: string | undefined): Hea
     );
   }
   const walUrl = requested ?? head.walUrl;
+  if (walUrl && head.seal) {
+    // WAL records carry written data as it is: they would hold an encrypted volume's data
+    // in the clear.
+    throw new HyperError(
+      'invalid',
+      'INVALID_ARGUMENT',
+      'Encrypted volumes cannot log to a WAL yet',
+      {
+        suggestion: 'Serve the volume without --wal-url (client FLUSH then commits a checkpoint).',
+      },
+    );
+  }
   return walUrl ? { ...head, walUrl } : head;
 }
 

@@ -4,7 +4,8 @@
  * data again from the volume, and qemu-img compares the export with a copy made by nbdcopy.
  */
 import assert from 'node:assert/strict';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { randomBytes } from 'node:crypto';
+import { mkdtemp, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
@@ -49,7 +50,9 @@ async function interop(
   const dir = await mkdtemp(join(tmpdir(), 'hyper-interop-'));
   t.after(() => rm(dir, { recursive: true, force: true }));
   let s = await serve([url, '--create', '--size', '64M', ...args], { env });
-  const again = args.filter((a, i) => a !== '--compression' && args[i - 1] !== '--compression');
+  // (Options of --create are not repeated for the second server.)
+  const once = new Set(['--compression', '--encryption']);
+  const again = args.filter((a, i) => !once.has(a) && !once.has(args[i - 1] as string));
   try {
     const w = await fio(s.uri, fioArgs);
     assert.equal(w.code, 0, w.stdout + w.stderr);
@@ -105,12 +108,18 @@ describe('real clients on hyper volumes', () => {
     await ensureBucket(cfg);
     const url = uniqueS3Url(cfg, 'interop');
     t.after(async () => emptyStore(await openStore(url, s3Options(cfg))));
-    // zstd on RGW: the compressed blocks go through ranged GETs at byte offsets.
+    // zstd and encryption on RGW: sealed compressed blocks through ranged GETs at byte offsets.
+    const dir = await mkdtemp(join(tmpdir(), 'hyper-interop-key-'));
+    t.after(() => rm(dir, { recursive: true, force: true }));
+    const keyFile = join(dir, 'volume.key');
+    await writeFile(keyFile, randomBytes(32));
+    const create = ['--compression', 'zstd', '--encryption', 'aes-256-gcm'];
     await interop(
       t,
       url,
-      ['--endpoint', cfg.endpoint, '--compression', 'zstd'],
+      ['--endpoint', cfg.endpoint, ...create],
       {
+        HYPER_KEY_FILE: keyFile,
         AWS_ACCESS_KEY_ID: cfg.accessKeyId,
         AWS_SECRET_ACCESS_KEY: cfg.secretAccessKey,
         AWS_REGION: cfg.region,

@@ -3,12 +3,33 @@
  * must bump the record's version (FORMAT.md "Versioning").
  */
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { describe, it } from 'node:test';
 import { DecodeError, crc32c, readU64, writeU64 } from '../../../../src/format/codec/binary.js';
 import { decodeEnvelope, encodeEnvelope } from '../../../../src/format/codec/envelope.js';
-import { decodeHead, encodeHead, type HeadRecord } from '../../../../src/format/codec/head.js';
+import {
+  CODEC_LZ4,
+  CODEC_RAW,
+  CODEC_ZSTD,
+  decodeBlock,
+  encodeBlock,
+} from '../../../../src/format/codec/block.js';
+import {
+  FEATURE_CODECS,
+  FEATURE_SEALED,
+  decodeHead,
+  encodeHead,
+  type HeadRecord,
+} from '../../../../src/format/codec/head.js';
+import { Sealer, keyIdOf } from '../../../../src/format/codec/seal.js';
 import { decodeLease, encodeLease } from '../../../../src/format/codec/lease.js';
-import { decodeNode, encodeNode, encodedNodeSize } from '../../../../src/format/codec/node.js';
+import {
+  decodeNode,
+  encodeNode,
+  encodedNodeSize,
+  readLeaf,
+  writeLeaf,
+} from '../../../../src/format/codec/node.js';
 import {
   EMBEDDED_HEAD_OFFSET,
   decodeEmbeddedHead,
@@ -150,5 +171,149 @@ describe('codecs', () => {
     assert.equal(parseSegmentKey(segmentKey(2 ** 40)), 2 ** 40);
     assert.equal(parseSegmentKey('seg/xyz'), undefined);
     assert.throws(() => snapshotKey('../x'), /Invalid snapshot name/);
+  });
+});
+
+describe('version 2 layouts: block codecs and sealing', () => {
+  const base: HeadRecord = {
+    uuid: '00112233445566778899aabbccddeeff',
+    createdMs: 1_700_000_000_000,
+    size: 2 ** 30,
+    dataBlockShift: 12,
+    metaBlockShift: 12,
+    flags: 0,
+    segmentSize: 32 * 2 ** 20,
+    checkpoint: 1,
+    checkpointMs: 1_700_000_000_000,
+    prevCheckpoint: 0,
+    lastSegment: 1,
+    epoch: 0,
+    rootLevel: 0,
+    root: Buffer.alloc(0),
+    skipped: [],
+  };
+  const seal = { cipher: 1, keyId: '0102030405060708', salt: Buffer.alloc(16, 0x5a) };
+
+  it('head: version 1 without features, version 2 with them; extensions pinned', () => {
+    assert.equal(encodeHead(base).readUInt16LE(4), 1);
+    const h = { ...base, flags: FEATURE_CODECS | FEATURE_SEALED, compression: 1, seal };
+    const b = encodeHead(h);
+    assert.equal(b.readUInt16LE(4), 2, 'record version');
+    assert.equal(b.readUInt16LE(46), 3, 'feature flags');
+    // The two extensions, last in the body: type u16 | length u32 | data.
+    const tail = hex(b.subarray(b.length - 4 - (6 + 4) - (6 + 28), b.length - 4));
+    assert.equal(
+      tail,
+      '0680' +
+        '04000000' +
+        '01000000' +
+        '0780' +
+        '1c000000' +
+        '01000000' +
+        '0102030405060708' +
+        '5a'.repeat(16),
+    );
+    const back = decodeHead(b).head;
+    assert.equal(back.compression, 1);
+    assert.deepEqual(
+      { ...back.seal, salt: hex(back.seal?.salt as Buffer) },
+      { ...seal, salt: '5a'.repeat(16) },
+    );
+    // A version 1 record may not carry feature flags; a version 2 one no unknown flag.
+    const v1 = Buffer.from(b);
+    v1.writeUInt16LE(1, 4);
+    const body = (x: Buffer): Buffer => x.subarray(12, x.length - 4);
+    assert.throws(() => decodeHead(encodeEnvelope('HYHD', 1, body(v1))), /feature flags/);
+    const unknown = Buffer.from(b);
+    unknown.writeUInt16LE(0x0010 | 3, 46);
+    assert.throws(() => decodeHead(encodeEnvelope('HYHD', 2, body(unknown))), /feature flags/);
+    // The seal extension without its flag (or the flag without it) is refused.
+    const noFlag = encodeHead({ ...h, flags: FEATURE_CODECS, seal: undefined });
+    assert.equal(decodeHead(noFlag).head.seal, undefined);
+    const flagOnly = Buffer.from(noFlag);
+    flagOnly.writeUInt16LE(3, 46);
+    assert.throws(() => decodeHead(encodeEnvelope('HYHD', 2, body(flagOnly))), /sealed flag/);
+  });
+
+  it('leaf entry: byte offset within the sector in its last u16, codec before it', () => {
+    const e = Buffer.alloc(32);
+    writeLeaf(e, 0, 5, { seg: 9, off: 4096 + 300, len: 1234, crc: 0xdeadbeef, codec: 0x101 });
+    assert.equal(
+      hex(e),
+      '0500000000000000' +
+        '0900000000000000' +
+        '08000000' +
+        'd2040000' +
+        'efbeadde' +
+        '0101' +
+        '2c01',
+    );
+    assert.deepEqual(readLeaf(e, 0), {
+      seg: 9,
+      off: 4396,
+      len: 1234,
+      crc: 0xdeadbeef,
+      codec: 0x101,
+    });
+    // A version 1 entry (last u16 zero) reads as before.
+    writeLeaf(e, 0, 5, { seg: 9, off: 8192, len: 4096, crc: 1, codec: 0 });
+    assert.equal(e.readUInt16LE(30), 0);
+    assert.equal(readLeaf(e, 0).off, 8192);
+  });
+
+  it('compressed envelope: crc32c of the plain block, then the frame', async () => {
+    const plain = Buffer.alloc(4096, 'abcd');
+    const z = await encodeBlock(plain, CODEC_ZSTD);
+    assert.equal(z.codec, CODEC_ZSTD);
+    assert.equal(z.bytes.readUInt32LE(0), crc32c(plain));
+    assert.equal(hex(z.bytes.subarray(4, 8)), '28b52ffd', 'a zstd frame follows');
+    assert.ok(z.bytes.length <= 4096 - 512);
+    assert.ok((await decodeBlock(z.bytes, CODEC_ZSTD, 4096)).equals(plain));
+    const l = await encodeBlock(plain, CODEC_LZ4);
+    assert.equal(l.bytes.readUInt32LE(0), crc32c(plain));
+    assert.ok((await decodeBlock(l.bytes, CODEC_LZ4, 4096)).equals(plain));
+    // Random bytes do not save a sector: stored raw.
+    const random = randomBytes(4096);
+    assert.equal((await encodeBlock(random, CODEC_ZSTD)).codec, CODEC_RAW);
+    // A frame that decompresses to other bytes (its plain CRC differs) is refused.
+    const bad = Buffer.from(z.bytes);
+    bad.writeUInt32LE(crc32c(plain) ^ 1, 0);
+    await assert.rejects(decodeBlock(bad, CODEC_ZSTD, 4096), /CRC/);
+    await assert.rejects(decodeBlock(z.bytes, CODEC_ZSTD, 8192), /expected 8192/);
+  });
+
+  it('sealed object: nonce | AES-256-GCM ciphertext | tag, bound to its place — pinned', () => {
+    const key = Buffer.alloc(32, 7);
+    assert.equal(keyIdOf(key), keyIdOf(Buffer.alloc(32, 7)));
+    assert.match(keyIdOf(key), /^[0-9a-f]{16}$/);
+    const s = new Sealer(key, { ...seal, keyId: keyIdOf(key) });
+    const nonce = s.nonce(0x0102030405, 0x0a0b0c);
+    assert.equal(hex(nonce.subarray(4)), '0504030201' + '0c0b0a', 'segment u40 | counter u24');
+    assert.equal(
+      hex(s.blockAd(3, 0x101)),
+      hex(Buffer.from('HYBK')) + '5a'.repeat(16) + '0300000000000000' + '0101',
+    );
+    assert.equal(
+      hex(s.nodeAd(9, 4096)),
+      hex(Buffer.from('HYND')) + '5a'.repeat(16) + '0900000000000000' + '0010000000000000',
+    );
+    const fixedNonce = Buffer.from('000102030405060708090a0b', 'hex');
+    const sealed = s.seal(Buffer.from('hyper'), fixedNonce, s.blockAd(3, 0x100));
+    assert.equal(sealed.length, 5 + 28);
+    assert.equal(hex(sealed.subarray(0, 12)), hex(fixedNonce));
+    // AES-256-GCM under HKDF-SHA256(key, salt, "hyper seal v1") is deterministic for a nonce.
+    const again = new Sealer(key, { ...seal, keyId: keyIdOf(key) });
+    assert.equal(
+      hex(again.seal(Buffer.from('hyper'), fixedNonce, s.blockAd(3, 0x100))),
+      hex(sealed),
+    );
+    assert.equal(s.open(sealed, s.blockAd(3, 0x100)).toString(), 'hyper');
+    assert.throws(() => s.open(sealed, s.blockAd(4, 0x100)), /authentication/);
+    assert.throws(() => s.open(sealed, s.blockAd(3, 0x101)), /authentication/);
+    const other = new Sealer(key, { ...seal, salt: Buffer.alloc(16, 1) });
+    assert.throws(() => other.open(sealed, other.blockAd(3, 0x100)), /authentication/);
+    const flipped = Buffer.from(sealed);
+    flipped[14] = (flipped[14] as number) ^ 1;
+    assert.throws(() => s.open(flipped, s.blockAd(3, 0x100)), /authentication/);
   });
 });

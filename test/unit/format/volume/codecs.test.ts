@@ -8,10 +8,19 @@ import { createHash } from 'node:crypto';
 import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, describe, it } from 'node:test';
+import { after, afterEach, describe, it } from 'node:test';
 import { isHyperError } from '../../../../src/errors.js';
 import { CODEC_RAW, CODEC_ZSTD, type Compression } from '../../../../src/format/codec/block.js';
-import { readLeaf } from '../../../../src/format/codec/node.js';
+import { crc32c } from '../../../../src/format/codec/binary.js';
+import { encodeHead, type HeadRecord } from '../../../../src/format/codec/head.js';
+import {
+  encodeNode,
+  encodedNodeSize,
+  readLeaf,
+  writeLeaf,
+} from '../../../../src/format/codec/node.js';
+import { decodeSegmentHeader } from '../../../../src/format/codec/segment.js';
+import { addKey, clearKeys } from '../../../../src/format/keyring.js';
 import { segmentKey } from '../../../../src/format/keys.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
 import { statVolume } from '../../../../src/format/volume/admin.js';
@@ -19,6 +28,7 @@ import { checkVolume } from '../../../../src/format/volume/check.js';
 import { cloneVolume } from '../../../../src/format/volume/clone.js';
 import { compactVolume } from '../../../../src/format/volume/compact.js';
 import { readHead, rootOf } from '../../../../src/format/volume/heads.js';
+import { readLease } from '../../../../src/format/volume/lease.js';
 import { KiB, MiB } from '../../../../src/format/volume/types.js';
 import { Volume } from '../../../../src/format/volume/volume.js';
 import { rng } from '../../../helpers/rng.js';
@@ -43,12 +53,28 @@ function chunk(kind: number, len: number, seed: number): Buffer {
 
 const stored = async (store: MemStore): Promise<number> => (await statVolume(store)).storedBytes;
 
+const KEY = Buffer.alloc(32, 0x42);
+const sealed = { encryption: 'aes-256-gcm' as const, key: KEY };
+
 describe('block codecs', () => {
-  for (const compression of ['zstd', 'lz4', 'none'] as Compression[]) {
-    it(`${compression}: random writes, trims and reopens read back as the model`, async () => {
+  const combos: [Compression, boolean][] = [
+    ['zstd', false],
+    ['lz4', false],
+    ['none', false],
+    ['none', true],
+    ['zstd', true],
+  ];
+  for (const [compression, encrypted] of combos) {
+    const name = `${compression}${encrypted ? ' + aes-256-gcm' : ''}`;
+    it(`${name}: random writes, zeroes and reopens read back as the model`, async () => {
       const size = 4 * MiB;
       const store = MemStore.isolated();
-      await Volume.create(store, { size, compression, segmentSize: 1 * MiB });
+      await Volume.create(store, {
+        size,
+        compression,
+        segmentSize: 1 * MiB,
+        ...(encrypted ? sealed : {}),
+      });
       const model = Buffer.alloc(size);
       const r = rng(compression.length * 7 + 1);
       let v = await Volume.open(store, { flushIntervalMs: 0 });
@@ -75,7 +101,8 @@ describe('block codecs', () => {
       v = await Volume.open(store, { readOnly: true });
       assert.equal(sha(await v.read(0, size)), sha(model), 'whole volume after reopening');
       assert.equal(v.info.compression, compression);
-      assert.equal(v.info.formatVersion, compression === 'none' ? 1 : 2);
+      assert.equal(v.info.encryption, encrypted ? 'aes-256-gcm' : 'none');
+      assert.equal(v.info.formatVersion, compression === 'none' && !encrypted ? 1 : 2);
       await v.close();
       const c = await checkVolume(store, { deep: true });
       assert.equal(c.clean, true, JSON.stringify(c.problems));
@@ -194,5 +221,173 @@ describe('block codecs', () => {
     const c = await checkVolume(store, { deep: true });
     assert.equal(c.clean, false);
     assert.equal(c.problems[0]?.key, key);
+  });
+});
+
+describe('encryption', () => {
+  /** A small encrypted volume whose blocks are all in the head's root leaf. */
+  async function small(
+    blocks: Buffer[],
+    url = 'mem://enc/',
+    key = KEY,
+  ): Promise<{ store: MemStore; head: HeadRecord }> {
+    const store = MemStore.isolated(url);
+    await Volume.create(store, { size: 1 * MiB, encryption: 'aes-256-gcm', key });
+    const v = await Volume.open(store, { flushIntervalMs: 0 });
+    await v.write(0, Buffer.concat(blocks));
+    await v.close();
+    return { store, head: (await readHead(store)).head };
+  }
+
+  /** Point leaf i of the head's root at new stored bytes (with their CRC), as an attacker could. */
+  async function forge(
+    store: MemStore,
+    head: HeadRecord,
+    i: number,
+    bytes: Buffer,
+    key: string,
+  ): Promise<void> {
+    const root = rootOf(head);
+    const p = readLeaf(root.entries, i);
+    const seg = Buffer.from((await store.get(key)).body);
+    bytes.copy(seg, p.off);
+    await store.put(key, seg);
+    writeLeaf(root.entries, i, root.key(i), { ...p, crc: crc32c(bytes), len: bytes.length });
+    const rootBytes = Buffer.alloc(encodedNodeSize(root.length));
+    encodeNode(rootBytes, 0, 0, root.length, head.checkpoint, root.entries);
+    await store.put('head', encodeHead({ ...head, root: rootBytes }));
+  }
+
+  afterEach(() => {
+    clearKeys();
+    addKey(KEY);
+  });
+
+  it('stores no plaintext: neither data nor index bytes appear in the bucket', async () => {
+    const secret = Buffer.alloc(4096, 'the quick brown fox ');
+    const store = MemStore.isolated();
+    await Volume.create(store, { size: 256 * MiB, segmentSize: 1 * MiB, ...sealed });
+    const v = await Volume.open(store, { flushIntervalMs: 0 });
+    // Enough scattered blocks for index nodes of their own in segments.
+    for (let i = 0; i < 600; i++) await v.write(i * 97 * 4096, secret);
+    await v.close();
+    for await (const page of store.list('seg/')) {
+      for (const o of page.objects) {
+        const body = (await store.get(o.key)).body;
+        assert.equal(body.indexOf('quick brown'), -1, `${o.key} holds plaintext`);
+        // (The index root lives in the head, embedded in the segment header, in the clear.)
+        const nodes = decodeSegmentHeader(body).nodesOffset;
+        assert.equal(body.indexOf('HYND', nodes), -1, `${o.key} holds a plain index node`);
+      }
+    }
+    const ro = await Volume.open(store, { readOnly: true });
+    assert.equal(sha(await ro.read(599 * 97 * 4096, 4096)), sha(secret));
+    await ro.close();
+  });
+
+  it('a missing or wrong key is an error naming the volume and key id, and changes nothing', async () => {
+    const { store, head } = await small([chunk(0, 4096, 1)]);
+    const before = (await store.get('head')).body;
+    const lease = (await readLease(store))?.lease.epoch;
+    clearKeys();
+    for (const readOnly of [true, false]) {
+      await assert.rejects(Volume.open(store, { readOnly }), (e: unknown) => {
+        assert.ok(isHyperError(e, 'KEY_REQUIRED'), String(e));
+        assert.match((e as Error).message, new RegExp(`mem://enc/.*${head.seal?.keyId}`));
+        return true;
+      });
+    }
+    addKey(Buffer.alloc(32, 1));
+    await assert.rejects(Volume.open(store), (e: unknown) => {
+      assert.ok(isHyperError(e, 'WRONG_KEY'), String(e));
+      assert.match((e as Error).message, new RegExp(head.seal?.keyId as string));
+      return true;
+    });
+    await assert.rejects(checkVolume(store, { deep: true }), /KEY_REQUIRED|WRONG_KEY|encrypted/);
+    assert.ok((await store.get('head')).body.equals(before), 'the head is untouched');
+    assert.equal((await readLease(store))?.lease.epoch, lease, 'no lease was taken');
+  });
+
+  it('detects a flipped bit, a block moved to another address and a segment of another volume', async () => {
+    // Flipped bit, with the CRC in the index recomputed: the tag catches it.
+    let { store, head } = await small([chunk(1, 4096, 1), chunk(1, 4096, 2)]);
+    const key = segmentKey(readLeaf(rootOf(head).entries, 0).seg);
+    const p0 = readLeaf(rootOf(head).entries, 0);
+    const stored0 = Buffer.from((await store.get(key)).body.subarray(p0.off, p0.off + p0.len));
+    const flipped = Buffer.from(stored0);
+    flipped[100] = (flipped[100] as number) ^ 1;
+    await forge(store, head, 0, flipped, key);
+    const expectCorrupt = async (s: MemStore, off: number): Promise<void> => {
+      const ro = await Volume.open(s, { readOnly: true });
+      await assert.rejects(ro.read(off, 4096), (e: unknown) => {
+        assert.ok(isHyperError(e, 'CORRUPT_OBJECT'), String(e));
+        assert.equal((e as { key?: string }).key, key);
+        assert.match((e as Error).message, /authentication/);
+        return true;
+      });
+      await ro.close();
+      const c = await checkVolume(s, { deep: true });
+      assert.equal(c.clean, false);
+      assert.equal(c.problems[0]?.key, key);
+    };
+    await expectCorrupt(store, 0);
+
+    // Block 0's sealed bytes copied to block 1's place (index entry made to match).
+    ({ store, head } = await small([chunk(1, 4096, 1), chunk(1, 4096, 2)]));
+    const q0 = readLeaf(rootOf(head).entries, 0);
+    const b0 = Buffer.from((await store.get(key)).body.subarray(q0.off, q0.off + q0.len));
+    await forge(store, head, 1, b0, key);
+    await expectCorrupt(store, 4096);
+
+    // Another volume under the same key, same layout: its segment and index copied over.
+    const mine = await small([chunk(1, 4096, 3)], 'mem://enc-a/');
+    const theirs = await small([chunk(1, 4096, 3)], 'mem://enc-b/');
+    await mine.store.put(key, (await theirs.store.get(key)).body);
+    await mine.store.put('head', encodeHead({ ...mine.head, root: theirs.head.root }));
+    await expectCorrupt(mine.store, 0);
+  });
+
+  it('clones, compaction and restore work on encrypted volumes', async () => {
+    const store = MemStore.isolated('mem://enc-parent/');
+    await Volume.create(store, {
+      size: 4 * MiB,
+      segmentSize: 1 * MiB,
+      compression: 'zstd',
+      ...sealed,
+    });
+    const model = Buffer.alloc(4 * MiB);
+    const v = await Volume.open(store, { flushIntervalMs: 0 });
+    for (let i = 0; i < 5; i++) {
+      const data = chunk(i % 2, 1 * MiB, i);
+      await v.write((i % 4) * MiB, data);
+      data.copy(model, (i % 4) * MiB);
+      await v.flush();
+    }
+    await v.close();
+    assert.ok((await compactVolume(store, { keepLast: 1, graceMs: 0 })).segmentsDeleted > 0);
+    const child = MemStore.isolated('mem://enc-child/');
+    const cur = (await readHead(store)).head;
+    await cloneVolume(store, { checkpoint: cur.checkpoint }, child, {
+      openStore: async () => store,
+    });
+    const c = await Volume.open(child, { flushIntervalMs: 0, openStore: async () => store });
+    assert.equal(c.info.encryption, 'aes-256-gcm');
+    await c.write(0, chunk(0, 8192, 7));
+    chunk(0, 8192, 7).copy(model, 0);
+    assert.equal(sha(await c.read(0, 4 * MiB)), sha(model));
+    await c.close();
+    const chk = await checkVolume(child, { deep: true, openStore: async () => store });
+    assert.equal(chk.clean, true, JSON.stringify(chk.problems));
+  });
+
+  it('refuses a WAL, a key without encryption and encryption without a key', async () => {
+    const store = MemStore.isolated();
+    await assert.rejects(
+      Volume.create(store, { size: 1 * MiB, encryption: 'aes-256-gcm' }),
+      (e: unknown) => isHyperError(e, 'KEY_REQUIRED'),
+    );
+    await assert.rejects(Volume.create(store, { size: 1 * MiB, key: KEY }), /without encryption/);
+    await Volume.create(store, { size: 1 * MiB, ...sealed });
+    await assert.rejects(Volume.open(store, { walUrl: 'mem://enc-wal/' }), /WAL/);
   });
 });
