@@ -459,6 +459,8 @@ export interface FioJob {
   /** A fixed number of I/Os instead of a timed run (a second pass then repeats the first). */
   ios?: number;
   rampTime?: number;
+  /** More fio options (e.g. how compressible its buffers are). */
+  extra?: string[];
 }
 
 interface FioSide {
@@ -490,6 +492,7 @@ export async function fio(uri: string, job: FioJob): Promise<FioResult> {
     ...(job.ios ? [`--number_ios=${job.ios}`, '--randrepeat=1'] : ['--time_based']),
     ...(job.rampTime ? [`--ramp_time=${job.rampTime}`] : []),
     ...(job.fsync ? [`--fsync=${job.fsync}`] : []),
+    ...(job.extra ?? []),
     '--percentile_list=50:99',
     '--output-format=json',
   ];
@@ -536,7 +539,7 @@ export interface NbdServer {
  */
 export async function startHyper(
   url: string,
-  opts: { createSize?: number; extra?: string[]; store?: string[] } = {},
+  opts: { createSize?: number; create?: string[]; extra?: string[]; store?: string[] } = {},
 ): Promise<NbdServer> {
   const store = opts.store ?? [];
   if (opts.createSize !== undefined)
@@ -547,6 +550,7 @@ export async function startHyper(
       url,
       '--size',
       String(opts.createSize),
+      ...(opts.create ?? []),
       ...store,
     ]);
   const l = await launch(
