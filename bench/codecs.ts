@@ -1,6 +1,7 @@
 /**
  * Block codecs side by side on one RGW: hyper volumes created with each codec (none, lz4,
- * zstd, aes-256-gcm, zstd + aes-256-gcm), in turns per repetition, medians of --reps:
+ * zstd, xchacha20-poly1305, aes-256-gcm, zstd + xchacha20-poly1305), in turns per
+ * repetition, medians of --reps:
  *   - a realistic image built on the spot: ext4 (mkfs.ext4 -d, no mount) holding a source
  *     tree (this repository's node_modules), binaries (/usr/bin, /usr/lib) and a SQLite
  *     database; and random data of the same size
@@ -15,7 +16,7 @@
  * bench-results/codecs.json.
  *
  *   node --import tsx bench/codecs.ts [--reps 3] [--image-mib 256] [--runtime 10]
- *                                     [--only none,lz4,zstd,aes,zstd-aes]
+ *                                     [--only none,lz4,zstd,xchacha,aes,zstd-xchacha]
  * Needs `npm run build`, HYPER_TEST_S3_ENDPOINT/_BUCKET (npm run bench starts RGW).
  */
 import { spawnSync } from 'node:child_process';
@@ -44,7 +45,7 @@ import {
 const reps = Number(arg('reps', '3'));
 const imageMiB = Number(arg('image-mib', '256'));
 const runtime = Number(arg('runtime', '10'));
-const only = arg('only', 'none,lz4,zstd,aes,zstd-aes').split(',');
+const only = arg('only', 'none,lz4,zstd,xchacha,aes,zstd-xchacha').split(',');
 const endpoint = process.env.HYPER_TEST_S3_ENDPOINT;
 const bucket = process.env.HYPER_TEST_S3_BUCKET;
 
@@ -56,8 +57,9 @@ const CODECS: Codec[] = [
   { name: 'none', create: [] },
   { name: 'lz4', create: ['--compression', 'lz4'] },
   { name: 'zstd', create: ['--compression', 'zstd'] },
+  { name: 'xchacha', create: ['--encryption', 'xchacha20-poly1305'] },
   { name: 'aes', create: ['--encryption', 'aes-256-gcm'] },
-  { name: 'zstd-aes', create: ['--compression', 'zstd', '--encryption', 'aes-256-gcm'] },
+  { name: 'zstd-xchacha', create: ['--compression', 'zstd', '--encryption', 'xchacha20-poly1305'] },
 ].filter((c) => only.includes(c.name));
 
 type Metric =

@@ -40,6 +40,7 @@ import {
   type ResolvedSettings,
 } from './cli/config.js';
 import { originalFlagMessage, storeFlags } from './flags.js';
+import type { Cipher } from './format/codec/seal.js';
 import { keyById, loadKeyFile } from './format/keyring.js';
 import { ProgressReporter } from './cli/progress.js';
 import { startSpinner, type Spinner } from './cli/spinner.js';
@@ -194,10 +195,10 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
   protected keyId: string | undefined;
 
   /** Create options for --encryption (the key loaded from --key-file / HYPER_KEY_FILE). */
-  protected encryptionOptions(cipher: string): { encryption?: 'aes-256-gcm'; key?: Buffer } {
+  protected encryptionOptions(cipher: string): { encryption?: Cipher; key?: Buffer } {
     if (cipher === 'none') return {};
     const key = this.volumeKey;
-    return { encryption: 'aes-256-gcm', ...(key ? { key } : {}) };
+    return { encryption: cipher as Cipher, ...(key ? { key } : {}) };
   }
 
   /** The key loaded from --key-file / HYPER_KEY_FILE (for creating an encrypted volume). */

@@ -165,9 +165,10 @@ export const compression = Flags.string({
 
 /** Client-side encryption of a volume being created (FORMAT.md "Encryption"). */
 export const encryption = Flags.string({
-  summary: 'Encrypt data blocks and index nodes with the key of --key-file: aes-256-gcm or none.',
+  summary:
+    'Encrypt data blocks and index nodes with the key of --key-file: xchacha20-poly1305, aes-256-gcm or none.',
   description:
-    'Authenticated encryption on this host before anything is sent; the volume records the key id, never the key. Makes a format version 2 volume.',
+    'Authenticated encryption on this host before anything is sent; the volume records the key id, never the key. xchacha20-poly1305 costs about a quarter of the CPU of aes-256-gcm here; choose AES where it is required. Makes a format version 2 volume.',
   options: ['none', ...CIPHERS],
   default: 'none',
 });

@@ -69,8 +69,8 @@ export const volumeSummarySchema = z.strictObject({
   formatVersion: int,
   /** How new data blocks are stored: none, zstd or lz4. */
   compression: z.enum(['none', 'zstd', 'lz4']),
-  /** Client-side encryption of blocks and index nodes: none or aes-256-gcm. */
-  encryption: z.enum(['none', 'aes-256-gcm']),
+  /** Client-side encryption of blocks and index nodes: none, xchacha20-poly1305 or aes-256-gcm. */
+  encryption: z.enum(['none', 'xchacha20-poly1305', 'aes-256-gcm']),
   /** The id of an encrypted volume's key (never the key), else null. */
   keyId: z.string().nullable(),
   size: bytes,

@@ -100,7 +100,7 @@ export default class Serve extends BaseCommand<typeof Serve> {
       dependsOn: ['create'],
     }),
     encryption: Flags.string({
-      summary: 'Encrypt a volume created by --create with the key of --key-file: aes-256-gcm.',
+      summary: `Encrypt a volume created by --create with the key of --key-file: ${CIPHERS.join(' or ')}.`,
       options: [...CIPHERS],
       dependsOn: ['create'],
     }),

@@ -1818,13 +1818,13 @@ class Run {
     // Every fourth seed runs on a compressed, encrypted volume (packed, sealed blocks and
     // sealed index nodes under the same concurrency).
     const codecs = this.o.seed % 4 === 3;
-    if (codecs) this.note('zstd + aes-256-gcm volume');
+    if (codecs) this.note('zstd + xchacha20-poly1305 volume');
     await Volume.create(this.view(setup, this.mainUrl), {
       size: VOLUME_SIZE,
       dataBlockSize: BS,
       segmentSize: 1 * MiB,
       ...(codecs
-        ? { compression: 'zstd', encryption: 'aes-256-gcm', key: Buffer.alloc(32, 0x6b) }
+        ? { compression: 'zstd', encryption: 'xchacha20-poly1305', key: Buffer.alloc(32, 0x6b) }
         : {}),
     });
     const zero = digest(Buffer.alloc(VOLUME_SIZE));

@@ -30,7 +30,7 @@ export const EXT_WAL_SEQ = 0x8005;
 export const EXT_PARENTS = 0x8004;
 /** How new blocks are stored: compression u8 (a block codec, 0 = none) | 3 reserved bytes. */
 export const EXT_CODECS = 0x8006;
-/** Sealing: cipher u8 | 3 reserved bytes | key id 8 bytes | salt 16 bytes. */
+/** Sealing: cipher u8 (1 AES-256-GCM, 2 XChaCha20-Poly1305) | 3 reserved | key id 8 | salt 16. */
 export const EXT_SEAL = 0x8007;
 
 export interface ParentLink {
@@ -239,7 +239,7 @@ function validate(head: HeadRecord): HeadRecord {
   }
   if (!head.seal !== !(head.flags & FEATURE_SEALED))
     throw new DecodeError('the sealed flag and the seal extension disagree');
-  if (head.seal && head.seal.cipher !== 1)
+  if (head.seal && head.seal.cipher !== 1 && head.seal.cipher !== 2)
     throw new DecodeError(`unknown cipher ${head.seal.cipher}`);
   return head;
 }

@@ -7,7 +7,7 @@ import { HyperError, dataError } from '../../errors.js';
 import { DecodeError } from '../codec/binary.js';
 import { decodeNode } from '../codec/node.js';
 import { nodeCapacity } from '../codec/node.js';
-import { SEAL_OVERHEAD, type Sealer } from '../codec/seal.js';
+import type { Sealer } from '../codec/seal.js';
 import type { ByteRange } from '../store/types.js';
 import { Miss, Node, type NodeSource } from './btree.js';
 import { LruCache } from './cache.js';
@@ -46,7 +46,7 @@ export class NodeLoader implements NodeSource {
     budgetBytes: number,
     private readonly disk?: NodeDiskTier,
   ) {
-    this.capacity = nodeCapacity(nodeSize - (segments.sealer ? SEAL_OVERHEAD : 0));
+    this.capacity = nodeCapacity(nodeSize - (segments.sealer?.overhead ?? 0));
     // Always room for a few full root-to-leaf paths, whatever the budget says.
     this.cache = new LruCache(Math.max(budgetBytes, 256 * nodeSize));
   }

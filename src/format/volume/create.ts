@@ -7,7 +7,7 @@ import { randomBytes } from 'node:crypto';
 import { HyperError, isHyperError } from '../../errors.js';
 import { CODEC_RAW, compressionCodec } from '../codec/block.js';
 import { FEATURE_CODECS, FEATURE_SEALED, encodeHead, type HeadRecord } from '../codec/head.js';
-import { newSealParams, type SealParams } from '../codec/seal.js';
+import { CIPHERS, newSealParams, type SealParams } from '../codec/seal.js';
 import { addKey } from '../keyring.js';
 import { SECTOR, encodeNode, encodedNodeSize } from '../codec/node.js';
 import { newEntries } from '../index/btree.js';
@@ -151,11 +151,12 @@ function sealParams(options: CreateOptions): SealParams | undefined {
       });
     return undefined;
   }
-  if (options.encryption !== 'aes-256-gcm')
+  if (!CIPHERS.includes(options.encryption))
     throw new HyperError(
       'invalid',
       'INVALID_ARGUMENT',
       `Unknown cipher ${String(options.encryption)}`,
+      { suggestion: `Use one of ${CIPHERS.join(', ')}.` },
     );
   if (!options.key)
     throw new HyperError('invalid', 'KEY_REQUIRED', 'An encrypted volume needs a key', {
@@ -163,7 +164,7 @@ function sealParams(options: CreateOptions): SealParams | undefined {
         'Make one (head -c 32 /dev/urandom > volume.key) and pass --key-file volume.key or set HYPER_KEY_FILE.',
     });
   addKey(options.key);
-  return newSealParams(options.key);
+  return newSealParams(options.key, options.encryption);
 }
 
 function volumeExists(store: ObjectStore, suggest = true): HyperError {

@@ -5,7 +5,7 @@
  * (volume.ts) runs the pipeline: when to flush, the PUTs, and when the head is CASed.
  */
 import { crc32c } from '../codec/binary.js';
-import { encodeBlock } from '../codec/block.js';
+import { CODEC_RAW, encodeBlock, type StoredBlock } from '../codec/block.js';
 import { CODEC_SEALED, type Sealer } from '../codec/seal.js';
 import type { HeadRecord } from '../codec/head.js';
 import { ENTRY_SIZE, NODE_HEADER, PENDING_SEG } from '../codec/node.js';
@@ -31,6 +31,8 @@ export interface FlushInput {
    * lands (the segment holds them compressed).
    */
   compression?: number;
+  /** Recent compression outcomes (data that does not compress is mostly not tried). */
+  compressibility?: Compressibility;
   /** Encrypted volumes: seals blocks and nodes (compress, then seal). */
   sealer?: Sealer;
   /** Buffers for the segment (see SegmentBuffers). */
@@ -65,6 +67,60 @@ export class SegmentBuffers {
     if (!(ab instanceof ArrayBuffer) || segment.byteOffset !== 0) return;
     if (this.free.length < this.keep && !this.free.includes(ab)) this.free.push(ab);
   }
+}
+
+/**
+ * Early abort for data that does not compress (already compressed or encrypted files,
+ * random data): after MISSES blocks in a row saved nothing, only the first block of every
+ * PROBE is tried (the others are stored raw) until one saves again. A switch back to
+ * compressible data costs at most PROBE blocks stored raw.
+ */
+export class Compressibility {
+  static readonly MISSES = 64;
+  static readonly PROBE = 16;
+  private misses = 0;
+  private skips = 0;
+
+  /** Only probing: blocks go in groups of PROBE, the first one tried. */
+  get probing(): boolean {
+    return this.misses >= Compressibility.MISSES;
+  }
+
+  shouldTry(): boolean {
+    if (!this.probing) return true;
+    return this.skips++ % Compressibility.PROBE === 0;
+  }
+
+  record(saved: boolean): void {
+    this.misses = saved ? 0 : this.misses + 1;
+    if (saved) this.skips = 0;
+  }
+}
+
+/** Blocks per batch of compressions (in parallel on the thread pool). */
+const COMPRESS_BATCH = 256;
+
+async function compressAll(
+  blocks: Buffer[],
+  codec: number,
+  c: Compressibility = new Compressibility(),
+): Promise<StoredBlock[]> {
+  const out: StoredBlock[] = [];
+  for (let i = 0; i < blocks.length;) {
+    // While probing, a batch is one probe group: its outcome decides the next one.
+    const n = c.probing ? Compressibility.PROBE : COMPRESS_BATCH;
+    const batch = blocks.slice(i, i + n);
+    i += batch.length;
+    const tried = batch.map(() => codec !== CODEC_RAW && c.shouldTry());
+    const enc = await Promise.all(
+      batch.map((b, k) => (tried[k] ? encodeBlock(b, codec) : { bytes: b, codec: CODEC_RAW })),
+    );
+    enc.forEach((e, k) => {
+      if (tried[k]) c.record(e.codec !== CODEC_RAW);
+      out.push(e);
+    });
+  }
+  return out;
 }
 
 /** Changes to the head that the next checkpoint records besides its content. */
@@ -134,9 +190,7 @@ export async function buildSegment(
   let codecs: number[] | undefined;
   let stored = blocks;
   if (f.compression !== undefined) {
-    const codec = f.compression;
-    // Compression runs on the thread pool, every block at once.
-    const enc = await Promise.all(blocks.map((b) => encodeBlock(b, codec)));
+    const enc = await compressAll(blocks, f.compression, f.compressibility);
     stored = enc.map((e) => e.bytes);
     codecs = enc.map((e) => e.codec);
   }

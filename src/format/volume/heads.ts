@@ -13,7 +13,7 @@ import {
   type HeadRecord,
 } from '../codec/head.js';
 import { decodeNode, nodeCapacity } from '../codec/node.js';
-import { SEAL_OVERHEAD } from '../codec/seal.js';
+import { cipherName, sealOverhead } from '../codec/seal.js';
 import { decodeEmbeddedHead, embeddedHeadEnd } from '../codec/segment.js';
 import { decodeSnapshot, type SnapshotRecord } from '../codec/snapshot.js';
 import { Node } from '../index/btree.js';
@@ -126,7 +126,7 @@ export function headAt(store: ObjectStore, current: HeadRecord, id: number): Pro
 
 /** Entries per index node of this volume (a sealed node gives room to its nonce and tag). */
 export const nodeCapacityOf = (head: HeadRecord): number =>
-  nodeCapacity(2 ** head.metaBlockShift - (head.seal ? SEAL_OVERHEAD : 0));
+  nodeCapacity(2 ** head.metaBlockShift - (head.seal ? sealOverhead(head.seal.cipher) : 0));
 
 /** The index root stored inline in a head, verified. */
 export function rootOf(head: HeadRecord): Node {
@@ -279,7 +279,7 @@ export function infoOf(url: string, head: HeadRecord, readOnly: boolean): Volume
     mappedBlocks: mapped,
     readOnly,
     compression: compressionOf(head.flags & FEATURE_CODECS ? (head.compression ?? 0) : 0),
-    encryption: head.seal ? 'aes-256-gcm' : 'none',
+    encryption: head.seal ? cipherName(head.seal.cipher) : 'none',
     ...(head.seal ? { keyId: head.seal.keyId } : {}),
     ...(head.walUrl === undefined ? {} : { walUrl: head.walUrl }),
     ...(head.clone?.chain[0]

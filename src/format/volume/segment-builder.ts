@@ -15,7 +15,7 @@ import {
   setChildLocation,
   setLeafLocation,
 } from '../codec/node.js';
-import { SEAL_OVERHEAD, type Sealer } from '../codec/seal.js';
+import type { Sealer } from '../codec/seal.js';
 import { encodeSegmentHeader, segmentHeaderSize } from '../codec/segment.js';
 import { HyperError } from '../../errors.js';
 import type { Node } from '../index/btree.js';
@@ -128,7 +128,7 @@ export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
   nodes.forEach((nd, k) => {
     const at = nodeOffsets[k] as number;
     // A sealed node is encoded on its own first, then sealed into its place.
-    const dst = sealer ? Buffer.alloc(nodeSize - SEAL_OVERHEAD) : segment;
+    const dst = sealer ? Buffer.alloc(nodeSize - sealer.overhead) : segment;
     const base = sealer ? 0 : at;
     if (!sealer) segment.fill(0, at, at + nodeSize);
     nd.entries.copy(dst, base + NODE_HEADER, 0, nd.length * ENTRY_SIZE);

@@ -27,7 +27,14 @@ import { sealerFor } from '../keyring.js';
 import { headAt, infoOf, nodeCapacityOf, readHead, resolveCheckpoint, rootOf } from './heads.js';
 import { DEFAULT_LEASE_TTL_MS, defaultHolder } from './lease.js';
 import { Reader, type DiskTier } from './reader.js';
-import { adoptNodes, buildSegment, nextHead, SegmentBuffers, type MetadataPatch } from './flush.js';
+import {
+  adoptNodes,
+  buildSegment,
+  Compressibility,
+  nextHead,
+  SegmentBuffers,
+  type MetadataPatch,
+} from './flush.js';
 import { SegmentSource } from './segments.js';
 import {
   CONFLICT_RETRIES,
@@ -92,6 +99,7 @@ export class Volume {
   private readonly bs: number;
   /** Volumes with block codecs: the compression of new blocks (undefined: version 1 layout). */
   private readonly compression: number | undefined;
+  private readonly compressibility = new Compressibility();
   private readonly loader: NodeLoader;
   private tree: BTree;
   private readonly buffer: WriteBuffer;
@@ -751,7 +759,9 @@ export class Volume {
         id: () => committer.nextId(),
         head: (id, nowMs) => nextHead(committer.tip, { id, nowMs, size: this.size, patch, walSeq }),
         blockSize: this.bs,
-        ...(this.compression === undefined ? {} : { compression: this.compression }),
+        ...(this.compression === undefined
+          ? {}
+          : { compression: this.compression, compressibility: this.compressibility }),
         ...(this.segments.sealer ? { sealer: this.segments.sealer } : {}),
         buffers: this.segmentBuffers,
       });

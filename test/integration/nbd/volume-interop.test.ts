@@ -113,7 +113,7 @@ describe('real clients on hyper volumes', () => {
     t.after(() => rm(dir, { recursive: true, force: true }));
     const keyFile = join(dir, 'volume.key');
     await writeFile(keyFile, randomBytes(32));
-    const create = ['--compression', 'zstd', '--encryption', 'aes-256-gcm'];
+    const create = ['--compression', 'zstd', '--encryption', 'xchacha20-poly1305'];
     await interop(
       t,
       url,

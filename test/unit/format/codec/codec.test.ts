@@ -300,6 +300,8 @@ describe('version 2 layouts: block codecs and sealing', () => {
     const fixedNonce = Buffer.from('000102030405060708090a0b', 'hex');
     const sealed = s.seal(Buffer.from('hyper'), fixedNonce, s.blockAd(3, 0x100));
     assert.equal(sealed.length, 5 + 28);
+    assert.equal(keyIdOf(key), '4fe8cfed62f6d021');
+    assert.equal(hex(sealed.subarray(12)), '556c111bcc' + '86040145a19f611ec91ee9a046391ce7');
     assert.equal(hex(sealed.subarray(0, 12)), hex(fixedNonce));
     // AES-256-GCM under HKDF-SHA256(key, salt, "hyper seal v1") is deterministic for a nonce.
     const again = new Sealer(key, { ...seal, keyId: keyIdOf(key) });
@@ -314,6 +316,31 @@ describe('version 2 layouts: block codecs and sealing', () => {
     assert.throws(() => other.open(sealed, other.blockAd(3, 0x100)), /authentication/);
     const flipped = Buffer.from(sealed);
     flipped[14] = (flipped[14] as number) ^ 1;
+    assert.throws(() => s.open(flipped, s.blockAd(3, 0x100)), /authentication/);
+  });
+
+  it('XChaCha20-Poly1305: 24-byte nonce (16 session bytes), 40 bytes of overhead — pinned', () => {
+    const key = Buffer.alloc(32, 7);
+    const params = { cipher: 2, keyId: keyIdOf(key), salt: Buffer.alloc(16, 0x5a) };
+    const s = new Sealer(key, params);
+    assert.equal(s.overhead, 40);
+    const nonce = s.nonce(0x0102030405, 0x0a0b0c);
+    assert.equal(nonce.length, 24);
+    assert.equal(hex(nonce.subarray(16)), '0504030201' + '0c0b0a');
+    const fixed = Buffer.from('000102030405060708090a0b0c0d0e0f1011121314151617', 'hex');
+    const sealed = s.seal(Buffer.from('hyper'), fixed, s.blockAd(3, 0x100));
+    assert.equal(sealed.length, 5 + 40);
+    assert.equal(hex(sealed.subarray(24)), '94a7795307' + '9cc0e6f26b82023bc4f2963815444b5e');
+    assert.equal(hex(sealed.subarray(0, 24)), hex(fixed));
+    const again = new Sealer(key, params);
+    assert.equal(hex(again.seal(Buffer.from('hyper'), fixed, s.blockAd(3, 0x100))), hex(sealed));
+    assert.equal(s.open(sealed, s.blockAd(3, 0x100)).toString(), 'hyper');
+    assert.throws(() => s.open(sealed, s.blockAd(4, 0x100)), /authentication/);
+    // The same key, nonce and data under AES-256-GCM seal differently (the cipher is recorded).
+    const aes = new Sealer(key, { ...params, cipher: 1 });
+    assert.throws(() => aes.open(sealed, aes.blockAd(3, 0x100)), /authentication/);
+    const flipped = Buffer.from(sealed);
+    flipped[30] = (flipped[30] as number) ^ 1;
     assert.throws(() => s.open(flipped, s.blockAd(3, 0x100)), /authentication/);
   });
 });

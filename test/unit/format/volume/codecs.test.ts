@@ -11,6 +11,7 @@ import { join } from 'node:path';
 import { after, afterEach, describe, it } from 'node:test';
 import { isHyperError } from '../../../../src/errors.js';
 import { CODEC_RAW, CODEC_ZSTD, type Compression } from '../../../../src/format/codec/block.js';
+import type { Cipher } from '../../../../src/format/codec/seal.js';
 import { crc32c } from '../../../../src/format/codec/binary.js';
 import { encodeHead, type HeadRecord } from '../../../../src/format/codec/head.js';
 import {
@@ -30,6 +31,7 @@ import { compactVolume } from '../../../../src/format/volume/compact.js';
 import { readHead, rootOf } from '../../../../src/format/volume/heads.js';
 import { readLease } from '../../../../src/format/volume/lease.js';
 import { KiB, MiB } from '../../../../src/format/volume/types.js';
+import { Compressibility } from '../../../../src/format/volume/flush.js';
 import { Volume } from '../../../../src/format/volume/volume.js';
 import { rng } from '../../../helpers/rng.js';
 
@@ -54,18 +56,20 @@ function chunk(kind: number, len: number, seed: number): Buffer {
 const stored = async (store: MemStore): Promise<number> => (await statVolume(store)).storedBytes;
 
 const KEY = Buffer.alloc(32, 0x42);
-const sealed = { encryption: 'aes-256-gcm' as const, key: KEY };
+const sealed = { encryption: 'xchacha20-poly1305' as const, key: KEY };
 
 describe('block codecs', () => {
-  const combos: [Compression, boolean][] = [
-    ['zstd', false],
-    ['lz4', false],
-    ['none', false],
-    ['none', true],
-    ['zstd', true],
+  const combos: [Compression, Cipher | undefined][] = [
+    ['zstd', undefined],
+    ['lz4', undefined],
+    ['none', undefined],
+    ['none', 'xchacha20-poly1305'],
+    ['zstd', 'xchacha20-poly1305'],
+    ['none', 'aes-256-gcm'],
+    ['lz4', 'aes-256-gcm'],
   ];
   for (const [compression, encrypted] of combos) {
-    const name = `${compression}${encrypted ? ' + aes-256-gcm' : ''}`;
+    const name = `${compression}${encrypted ? ` + ${encrypted}` : ''}`;
     it(`${name}: random writes, zeroes and reopens read back as the model`, async () => {
       const size = 4 * MiB;
       const store = MemStore.isolated();
@@ -73,7 +77,7 @@ describe('block codecs', () => {
         size,
         compression,
         segmentSize: 1 * MiB,
-        ...(encrypted ? sealed : {}),
+        ...(encrypted ? { encryption: encrypted, key: KEY } : {}),
       });
       const model = Buffer.alloc(size);
       const r = rng(compression.length * 7 + 1);
@@ -101,7 +105,7 @@ describe('block codecs', () => {
       v = await Volume.open(store, { readOnly: true });
       assert.equal(sha(await v.read(0, size)), sha(model), 'whole volume after reopening');
       assert.equal(v.info.compression, compression);
-      assert.equal(v.info.encryption, encrypted ? 'aes-256-gcm' : 'none');
+      assert.equal(v.info.encryption, encrypted ?? 'none');
       assert.equal(v.info.formatVersion, compression === 'none' && !encrypted ? 1 : 2);
       await v.close();
       const c = await checkVolume(store, { deep: true });
@@ -232,7 +236,7 @@ describe('encryption', () => {
     key = KEY,
   ): Promise<{ store: MemStore; head: HeadRecord }> {
     const store = MemStore.isolated(url);
-    await Volume.create(store, { size: 1 * MiB, encryption: 'aes-256-gcm', key });
+    await Volume.create(store, { size: 1 * MiB, ...sealed, key });
     const v = await Volume.open(store, { flushIntervalMs: 0 });
     await v.write(0, Buffer.concat(blocks));
     await v.close();
@@ -371,7 +375,7 @@ describe('encryption', () => {
       openStore: async () => store,
     });
     const c = await Volume.open(child, { flushIntervalMs: 0, openStore: async () => store });
-    assert.equal(c.info.encryption, 'aes-256-gcm');
+    assert.equal(c.info.encryption, 'xchacha20-poly1305');
     await c.write(0, chunk(0, 8192, 7));
     chunk(0, 8192, 7).copy(model, 0);
     assert.equal(sha(await c.read(0, 4 * MiB)), sha(model));
@@ -389,5 +393,54 @@ describe('encryption', () => {
     await assert.rejects(Volume.create(store, { size: 1 * MiB, key: KEY }), /without encryption/);
     await Volume.create(store, { size: 1 * MiB, ...sealed });
     await assert.rejects(Volume.open(store, { walUrl: 'mem://enc-wal/' }), /WAL/);
+  });
+});
+
+describe('early abort of compression', () => {
+  it('stops trying on data that does not compress and starts again when it does', () => {
+    const c = new Compressibility();
+    let tried = 0;
+    for (let i = 0; i < 1000; i++) {
+      if (!c.shouldTry()) continue;
+      tried++;
+      c.record(false);
+    }
+    // 64 tries, then one in 16.
+    assert.ok(tried >= 64 && tried <= 64 + Math.ceil(936 / 16) + 1, `tried ${tried}`);
+    let until = 0;
+    while (!c.shouldTry()) until++;
+    assert.ok(until < 16);
+    c.record(true);
+    for (let i = 0; i < 100; i++) assert.equal(c.shouldTry(), true, 'compressible again');
+  });
+
+  it('text written after random data is stored compressed', async () => {
+    const store = MemStore.isolated();
+    await Volume.create(store, { size: 8 * MiB, compression: 'zstd' });
+    const v = await Volume.open(store, { flushIntervalMs: 0 });
+    await v.write(0, chunk(1, 2 * MiB, 1));
+    await v.flush();
+    const afterRandom = await stored(store);
+    await v.write(2 * MiB, chunk(0, 2 * MiB, 2));
+    await v.close();
+    const text = (await stored(store)) - afterRandom;
+    // The same text in a volume that never saw random data.
+    const fresh = MemStore.isolated('mem://codecs-fresh/');
+    await Volume.create(fresh, { size: 8 * MiB, compression: 'zstd' });
+    const empty = await stored(fresh);
+    const f = await Volume.open(fresh, { flushIntervalMs: 0 });
+    await f.write(2 * MiB, chunk(0, 2 * MiB, 2));
+    await f.close();
+    const baseline = (await stored(fresh)) - empty;
+    assert.ok(baseline < 1.5 * MiB, `text compresses (${baseline} bytes)`);
+    // At most one probe interval of blocks stored raw after the switch.
+    assert.ok(
+      text <= baseline + Compressibility.PROBE * 4096,
+      `text after random data: ${text} bytes, alone ${baseline}`,
+    );
+    const ro = await Volume.open(store, { readOnly: true });
+    assert.equal(sha(await ro.read(0, 2 * MiB)), sha(chunk(1, 2 * MiB, 1)));
+    assert.equal(sha(await ro.read(2 * MiB, 2 * MiB)), sha(chunk(0, 2 * MiB, 2)));
+    await ro.close();
   });
 });
