@@ -110,21 +110,23 @@ export class Sealer {
     return n;
   }
 
+  /** Associated data of a data block: "HYBK" | salt | lba u64 | codec u16. */
   blockAd(lba: number, codec: number): Buffer {
-    const ad = Buffer.alloc(4 + SALT_BYTES + 10);
-    ad.write('HYBK', 0, 'ascii');
-    this.salt.copy(ad, 4);
-    ad.writeUIntLE(lba, 4 + SALT_BYTES, 6);
-    ad.writeUInt16LE(codec, 4 + SALT_BYTES + 8);
-    return ad;
+    return this.ad('HYBK', lba, codec, 2);
   }
 
+  /** Associated data of an index node: "HYND" | salt | segment id u64 | offset u64. */
   nodeAd(segment: number, offset: number): Buffer {
-    const ad = Buffer.alloc(4 + SALT_BYTES + 16);
-    ad.write('HYND', 0, 'ascii');
+    return this.ad('HYND', segment, offset, 8);
+  }
+
+  private ad(magic: string, first: number, second: number, secondBytes: 2 | 8): Buffer {
+    const at = 4 + SALT_BYTES;
+    const ad = Buffer.alloc(at + 8 + secondBytes);
+    ad.write(magic, 0, 'ascii');
     this.salt.copy(ad, 4);
-    ad.writeUIntLE(segment, 4 + SALT_BYTES, 6);
-    ad.writeUIntLE(offset, 4 + SALT_BYTES + 8, 6);
+    ad.writeUIntLE(first, at, 6);
+    ad.writeUIntLE(second, at + 8, Math.min(secondBytes, 6));
     return ad;
   }
 
