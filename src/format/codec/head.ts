@@ -239,6 +239,9 @@ function validate(head: HeadRecord): HeadRecord {
   }
   if (!head.seal !== !(head.flags & FEATURE_SEALED))
     throw new DecodeError('the sealed flag and the seal extension disagree');
+  // Sealed blocks are longer than a data block: they need the codecs' packed layout.
+  if (head.flags & FEATURE_SEALED && !(head.flags & FEATURE_CODECS))
+    throw new DecodeError('the sealed flag without the codecs flag');
   if (head.seal && head.seal.cipher !== 1 && head.seal.cipher !== 2)
     throw new DecodeError(`unknown cipher ${head.seal.cipher}`);
   return head;

@@ -570,6 +570,8 @@ export class Reader {
   private async decode(stored: Buffer, p: BlockPtr, lba: number, key?: string): Promise<Buffer> {
     if (p.codec === 0 && stored.length === this.bs) return stored;
     try {
+      if (p.codec & ~(CODEC_SEALED | CODEC_COMPRESSION))
+        throw new DecodeError(`unknown block codec 0x${p.codec.toString(16)}`);
       let inner = stored;
       if (p.codec & CODEC_SEALED) {
         const sealer = this.segments.sealer;
