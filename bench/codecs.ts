@@ -28,6 +28,7 @@ import { openStore } from '../src/format/store/index.js';
 import {
   MiB,
   arg,
+  clearPrefix,
   cpuSeconds,
   fio,
   haveTool,
@@ -192,6 +193,7 @@ async function main(): Promise<void> {
   const dir = await mkdtemp(join(base, 'hyper-bench-codecs-'));
   const removeAtExit = onExit(() => spawnSync('rm', ['-rf', dir]));
   const runId = `codecs-${Date.now().toString(36)}`;
+  const runStore = await openStore(`s3://${bucket}/${runId}/`, { endpoint });
   try {
     const image = await buildImage(dir, imageMiB);
     const random = join(dir, 'random.img');
@@ -261,6 +263,10 @@ async function main(): Promise<void> {
           errors.push(`${c.name} rep ${rep + 1}: ${(e as Error).message}`);
           console.error(`[codecs] ${c.name}: ${(e as Error).message}`);
           await srv?.stop();
+        } finally {
+          // RGW keeps its data in RAM (memstore): each run's volumes go once measured.
+          await clearPrefix(runStore, `${c.name}-${rep}/`);
+          await clearPrefix(runStore, `${c.name}-${rep}-random/`);
         }
       }
     }
@@ -336,6 +342,8 @@ async function main(): Promise<void> {
     console.log(`\nwrote ${file}`);
     if (errors.length > 0 || checks.some((c) => c.ok === false)) process.exitCode = 1;
   } finally {
+    await clearPrefix(runStore, '').catch(() => undefined);
+    await runStore.close();
     await rm(dir, { recursive: true, force: true });
     removeAtExit();
   }

@@ -187,11 +187,18 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     };
     this.args = args as Args<T>;
     // The key of encrypted volumes (flag > env), held for every volume this command opens.
-    const keyFile = (flags as { 'key-file'?: string })['key-file'] ?? process.env.HYPER_KEY_FILE;
-    if (keyFile) this.keyId = await loadKeyFile(keyFile);
+    // Several keys (a daemon serving volumes of several keys): the flag repeated, or paths
+    // separated by ':' in the variable. A new volume gets the first.
+    const keyFiles =
+      (flags as { 'key-file'?: string[] })['key-file'] ??
+      (process.env.HYPER_KEY_FILE ?? '').split(':').filter((p) => p !== '');
+    for (const path of keyFiles) {
+      const id = await loadKeyFile(path);
+      this.keyId ??= id;
+    }
   }
 
-  /** The id of the key loaded from --key-file / HYPER_KEY_FILE, if any. */
+  /** The id of the (first) key loaded from --key-file / HYPER_KEY_FILE, if any. */
   protected keyId: string | undefined;
 
   /** Create options for --encryption (the key loaded from --key-file / HYPER_KEY_FILE). */

@@ -147,7 +147,8 @@ export const storeFlags = {
   }),
   'key-file': Flags.string({
     summary:
-      'Key of encrypted volumes: a file of 32 raw bytes, 64 hex digits or base64; env: HYPER_KEY_FILE.',
+      'Key of encrypted volumes: a file of 32 raw bytes, 64 hex digits or base64; repeat for several keys; env: HYPER_KEY_FILE (paths separated by ":").',
+    multiple: true,
     helpGroup: 'STORE',
     helpValue: '<path>',
   }),

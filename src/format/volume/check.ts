@@ -287,7 +287,12 @@ export async function checkVolume(
         }
         i = j;
       }
-      if (bad > 0) problem('corrupt', key, `${bad} data block(s) in ${key} fail their checksum`);
+      if (bad > 0)
+        problem(
+          'corrupt',
+          key,
+          `${bad} data block(s) in ${key} fail their checksum (or do not open or decompress)`,
+        );
       options.onProgress?.('data', ++segDone, blocks.size);
     }
   }

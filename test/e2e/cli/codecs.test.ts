@@ -88,6 +88,23 @@ describe('hyper file with --compression and --encryption', () => {
     const wrong = await hyper(['file', 'export', vol, out, '--key-file', otherKey]);
     assert.equal(wrong.code, 2, show(wrong));
     assert.match(wrong.stderr, /^Error \[WRONG_KEY\]/m);
+    // Several keys: the volume finds its own by id (flag repeated, or a list in the variable).
+    const both = await hyper([
+      'file',
+      'export',
+      vol,
+      out,
+      '--overwrite',
+      '--key-file',
+      otherKey,
+      '--key-file',
+      keyFile,
+    ]);
+    assert.equal(both.code, 0, show(both));
+    const listed = await hyper(['file', 'check', vol], {
+      env: { HYPER_KEY_FILE: `${otherKey}:${keyFile}` },
+    });
+    assert.equal(listed.code, 0, show(listed));
     const bad = join(dir, 'bad.key');
     await writeFile(bad, 'not a key\n');
     const badKey = await hyper(['file', 'export', vol, out, '--key-file', bad]);
