@@ -148,14 +148,18 @@ export class Sealer {
     return dst;
   }
 
-  /** The plaintext of a sealed object; DecodeError if it was not sealed here, for this place. */
-  open(sealed: Buffer, ad: Buffer): Buffer {
+  /**
+   * The plaintext of a sealed object (in `into` when given and the cipher can write there);
+   * DecodeError if it was not sealed here, for this place.
+   */
+  open(sealed: Buffer, ad: Buffer, into?: Buffer): Buffer {
     if (sealed.length < this.overhead) throw new DecodeError('sealed object too short');
     const nonce = sealed.subarray(0, this.nonceLen);
     const fail = (): DecodeError =>
       new DecodeError('authentication tag mismatch (damaged, moved or from another volume)');
     if (this.cipher === CIPHER_XCHACHA20_POLY1305) {
-      const plain = Buffer.allocUnsafe(sealed.length - this.overhead);
+      const len = sealed.length - this.overhead;
+      const plain = into && into.length >= len ? into.subarray(0, len) : Buffer.allocUnsafe(len);
       try {
         sodium.crypto_aead_xchacha20poly1305_ietf_decrypt(
           plain,

@@ -6,7 +6,7 @@
  */
 import { crc32c } from '../codec/binary.js';
 import { CODEC_RAW, encodeBlock, type StoredBlock } from '../codec/block.js';
-import { CODEC_SEALED, type Sealer } from '../codec/seal.js';
+import type { Sealer } from '../codec/seal.js';
 import type { HeadRecord } from '../codec/head.js';
 import { ENTRY_SIZE, NODE_HEADER, PENDING_SEG } from '../codec/node.js';
 import { type BTree, Miss, type Node } from '../index/btree.js';
@@ -199,16 +199,8 @@ export async function buildSegment(
   const id = f.id();
   const nowMs = Date.now();
   const sealer = f.sealer;
-  if (sealer && codecs) {
-    // Block k is sealed under nonce counter k, bound to its address and codec.
-    for (let k = 0; k < stored.length; k++) {
-      const codec = (codecs[k] as number) | CODEC_SEALED;
-      codecs[k] = codec;
-      const ad = sealer.blockAd(lbas[k] as number, codec);
-      stored[k] = sealer.seal(stored[k] as Buffer, sealer.nonce(id, k), ad);
-    }
-  }
-  const crcs = stored.map((b) => crc32c(b));
+  // (Sealed blocks are sealed into the segment by the builder, which takes their CRCs.)
+  const crcs = sealer ? undefined : stored.map((b) => crc32c(b));
   const out = buildCheckpoint({
     id,
     nowMs,
@@ -219,7 +211,7 @@ export async function buildSegment(
     blockSize: f.blockSize,
     lbas,
     blocks: stored,
-    crcs,
+    ...(crcs ? { crcs } : {}),
     ...(codecs ? { codecs } : {}),
     ...(sealer ? { sealer } : {}),
     ...(f.buffers ? { alloc: (n: number) => (f.buffers as SegmentBuffers).take(n) } : {}),

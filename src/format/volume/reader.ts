@@ -166,6 +166,8 @@ export class Reader {
   private readonly readAhead: number;
   private readonly readAround: number;
   private readonly partBytes: number;
+  /** Bytes of segment one GET may span (partBytes of data as stored). */
+  private readonly partSpan: number;
   private readonly gets: Semaphore;
   private readonly memoryBytes: number;
 
@@ -190,6 +192,9 @@ export class Reader {
     this.readAround =
       tuning.memoryBytes > 0 ? (tuning.readAroundBytes ?? (local ? 0 : DEFAULT_READ_AROUND)) : 0;
     this.partBytes = Math.max(bs, tuning.partBytes ?? DEFAULT_READ_PART);
+    // Sealed blocks are longer than the data they hold: a part of partBytes of data may span
+    // that much more of the segment (else every part would split in two GETs).
+    this.partSpan = this.partBytes + (this.partBytes / bs) * (segments.sealer?.overhead ?? 0);
     this.gets = new Semaphore(Math.max(1, tuning.maxGets ?? DEFAULT_MAX_GETS));
   }
 
@@ -438,7 +443,7 @@ export class Reader {
         continue;
       }
       const span = part ? p.off + p.len - (r.ptrs[part.from] as BlockPtr).off : 0;
-      if (part && span <= this.partBytes) {
+      if (part && span <= this.partSpan) {
         part.to = k + 1;
         part.len = span;
       } else {
@@ -511,6 +516,9 @@ export class Reader {
       const disk = toDisk && this.disk && this.disk.cacheable(seg) ? this.disk : undefined;
       const store = disk ? disk.storeOf(seg) : 0;
       let decoding: Promise<void>[] | undefined;
+      // Sealed raw blocks read now or soon open into one buffer for the part (as raw blocks
+      // share the part's body); read-around extras get buffers of their own.
+      let slab: Buffer | undefined;
       for (let k = from; k < to; k++) {
         const p = r.ptrs[k] as BlockPtr;
         const at = p.off - off;
@@ -534,8 +542,13 @@ export class Reader {
           const i = out.length;
           out.push(blk);
           disk?.cache.put(store, seg, p.off, copyOf(blk));
+          let into: Buffer | undefined;
+          if (p.codec === CODEC_SEALED && !around) {
+            slab ??= Buffer.allocUnsafeSlow((to - from) * this.bs);
+            into = slab.subarray((k - from) * this.bs, (k - from + 1) * this.bs);
+          }
           (decoding ??= []).push(
-            this.decode(blk, p, lbaOf(r, k), key).then((plain) => {
+            this.decode(blk, p, lbaOf(r, k), key, into).then((plain) => {
               out[i] = plain;
               this.dataCache.set(blockKey(seg, p.off), plain, plain.length, r.lbas[k] === -1);
             }),
@@ -567,7 +580,13 @@ export class Reader {
    * The plain block of stored bytes that passed their CRC (raw blocks are their own): opened
    * if sealed (bound to `lba`), then decompressed.
    */
-  private async decode(stored: Buffer, p: BlockPtr, lba: number, key?: string): Promise<Buffer> {
+  private async decode(
+    stored: Buffer,
+    p: BlockPtr,
+    lba: number,
+    key?: string,
+    into?: Buffer,
+  ): Promise<Buffer> {
     if (p.codec === 0 && stored.length === this.bs) return stored;
     try {
       if (p.codec & ~(CODEC_SEALED | CODEC_COMPRESSION))
@@ -576,7 +595,7 @@ export class Reader {
       if (p.codec & CODEC_SEALED) {
         const sealer = this.segments.sealer;
         if (!sealer) throw new DecodeError('sealed block in a volume without a key');
-        inner = sealer.open(stored, sealer.blockAd(lba, p.codec));
+        inner = sealer.open(stored, sealer.blockAd(lba, p.codec), into);
       }
       return await decodeBlock(inner, p.codec & CODEC_COMPRESSION, this.bs);
     } catch (e) {

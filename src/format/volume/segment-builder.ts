@@ -15,7 +15,8 @@ import {
   setChildLocation,
   setLeafLocation,
 } from '../codec/node.js';
-import type { Sealer } from '../codec/seal.js';
+import { crc32c } from '../codec/binary.js';
+import { CODEC_SEALED, type Sealer } from '../codec/seal.js';
 import { encodeSegmentHeader, segmentHeaderSize } from '../codec/segment.js';
 import { HyperError } from '../../errors.js';
 import type { Node } from '../index/btree.js';
@@ -32,12 +33,12 @@ export interface CheckpointInput {
   nodeSize: number;
   blockSize: number;
   /**
-   * Logical block of each new data block, ascending, and the blocks as stored with the
-   * CRC32C of their stored bytes.
+   * Logical block of each new data block, ascending, and the blocks as stored (before
+   * sealing) with the CRC32C of their stored bytes (computed here for sealed blocks).
    */
   lbas: number[];
   blocks: Buffer[];
-  crcs: number[];
+  crcs?: number[];
   /**
    * The codec of each stored block (volumes with FEATURE_CODECS): blocks are then packed
    * back to back at byte offsets. Without it every block is raw, one data block long, at
@@ -45,8 +46,8 @@ export interface CheckpointInput {
    */
   codecs?: number[];
   /**
-   * Encrypted volumes: index nodes are sealed here (the blocks come sealed already, with
-   * nonce counters below `blocks.length`; nodes take the ones after).
+   * Encrypted volumes: blocks and index nodes are sealed here, straight into the segment
+   * (block k under nonce counter k, nodes under the counters after the blocks).
    */
   sealer?: Sealer;
   /** Where the segment's bytes go (a recycled buffer); a fresh one by default. */
@@ -85,14 +86,21 @@ export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
   const offsetOf = new Map<Node, number>();
   nodes.forEach((nd, k) => offsetOf.set(nd, nodeOffsets[k] as number));
   const dataOffset = nodesOffset + nodes.length * nodeSize;
-  const codecs = c.codecs;
+  const sealer = c.sealer;
+  if (sealer && !c.codecs)
+    throw new HyperError('internal', 'INTERNAL', 'sealed blocks need the codecs layout');
+  // (Sealing marks each block's codec: a copy, the caller's list stays as it was.)
+  const codecs = c.codecs && sealer ? c.codecs.map((x) => x | CODEC_SEALED) : c.codecs;
+  const extra = sealer ? sealer.overhead : 0;
   const blockOffsets: number[] = [];
+  const lens: number[] = [];
   let total = dataOffset;
   for (const b of c.blocks) {
     if (!codecs && b.length !== bs)
       throw new HyperError('internal', 'INTERNAL', 'raw block of the wrong size');
     blockOffsets.push(total);
-    total += b.length;
+    lens.push(b.length + extra);
+    total += b.length + extra;
   }
   const slot = new Map<number, number>();
   c.lbas.forEach((lba, k) => slot.set(lba, k));
@@ -109,8 +117,8 @@ export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
         setLeafLocation(e, i, {
           seg: id,
           off: blockOffsets[k] as number,
-          len: (c.blocks[k] as Buffer).length,
-          crc: c.crcs[k] as number,
+          len: lens[k] as number,
+          crc: crcs[k] as number,
           codec: codecs ? (codecs[k] as number) : 0,
         });
       } else {
@@ -123,7 +131,10 @@ export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
   // Nodes are encoded straight into the segment (entries copied, then located in place);
   // the in-memory nodes change only once the commit has landed (see Volume's flush).
   const segment = c.alloc ? c.alloc(total) : Buffer.allocUnsafe(total);
-  const sealer = c.sealer;
+  // Data first: the entries located below name each block's CRC.
+  const crcs = sealer
+    ? sealBlocks(c, sealer, codecs as number[], segment, blockOffsets, lens)
+    : copyBlocks(c, segment, blockOffsets);
   const plainNodes: Buffer[] = [];
   nodes.forEach((nd, k) => {
     const at = nodeOffsets[k] as number;
@@ -165,8 +176,23 @@ export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
     throw new HyperError('internal', 'INTERNAL', 'segment header size changed while encoding');
   header.copy(segment, 0);
   segment.fill(0, header.length, nodesOffset);
-  // Blocks that sit back to back in memory (sequential writes fill slabs in order) are
-  // copied as one run.
+  return {
+    segment,
+    head,
+    headBytes,
+    dataOffset,
+    nodeOffsets,
+    rootEntries,
+    ...(sealer ? { plainNodes } : {}),
+  };
+}
+
+/**
+ * Copy the blocks into the segment; blocks that sit back to back in memory (sequential
+ * writes fill slabs in order) are copied as one run. Returns the CRCs given.
+ */
+function copyBlocks(c: CheckpointInput, segment: Buffer, offsets: number[]): number[] {
+  if (!c.crcs) throw new HyperError('internal', 'INTERNAL', 'block CRCs missing');
   for (let k = 0; k < c.blocks.length;) {
     const b = c.blocks[k] as Buffer;
     let n = 1;
@@ -177,18 +203,29 @@ export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
       len += nb.length;
     }
     const run = n === 1 ? b : Buffer.from(b.buffer, b.byteOffset, len);
-    run.copy(segment, blockOffsets[k] as number);
+    run.copy(segment, offsets[k] as number);
     k += n;
   }
-  return {
-    segment,
-    head,
-    headBytes,
-    dataOffset,
-    nodeOffsets,
-    rootEntries,
-    ...(sealer ? { plainNodes } : {}),
-  };
+  return c.crcs;
+}
+
+/** Seal each block into its place in the segment, bound to its address and codec; their CRCs. */
+function sealBlocks(
+  c: CheckpointInput,
+  sealer: Sealer,
+  codecs: number[],
+  segment: Buffer,
+  offsets: number[],
+  lens: number[],
+): number[] {
+  const crcs: number[] = [];
+  for (let k = 0; k < c.blocks.length; k++) {
+    const at = offsets[k] as number;
+    const ad = sealer.blockAd(c.lbas[k] as number, codecs[k] as number);
+    sealer.seal(c.blocks[k] as Buffer, sealer.nonce(c.id, k), ad, segment, at);
+    crcs.push(crc32c(segment.subarray(at, at + (lens[k] as number))));
+  }
+  return crcs;
 }
 
 /** A segment with no nodes and no data (the first checkpoint of a new volume or clone). */
