@@ -243,7 +243,7 @@ export default class Serve extends BaseCommand<typeof Serve> {
         ? {
             create: {
               size: flags.size,
-              ...(flags.compression ? { compression: flags.compression as Compression } : {}),
+              compression: (flags.compression ?? DEFAULT_COMPRESSION) as Compression,
               ...(flags.encryption ? this.encryptionOptions(flags.encryption) : {}),
             },
           }

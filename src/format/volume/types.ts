@@ -21,8 +21,12 @@ export const MIN_META_BLOCK_SIZE = 4 * KiB;
 export const MAX_META_BLOCK_SIZE = 1 * MiB;
 export const DEFAULT_BLOCK_SIZE = 4 * KiB;
 export const DEFAULT_SEGMENT_SIZE = 32 * MiB;
-/** Compression of new volumes (README "Compression" gives the measurements behind it). */
-export const DEFAULT_COMPRESSION: Compression = 'none';
+/**
+ * Compression of volumes the CLI creates (README "Compression and encryption" gives the
+ * measurements behind it: lz4 stores about half of a typical image for 0.8-1x the raw
+ * codec's throughput). The library's createVolume writes raw blocks unless asked.
+ */
+export const DEFAULT_COMPRESSION: Compression = 'lz4';
 export const MIN_SEGMENT_SIZE = 1 * MiB;
 export const MAX_SEGMENT_SIZE = 4 * GiB;
 

@@ -110,7 +110,7 @@ describe('hyper file: create → stat → list → import → export → set-len
     assert.equal(human.code, 0, show(human));
     assert.match(human.stdout, /Size\s+│ 8 MiB \(8388608 bytes\)/);
     assert.match(human.stdout, /Provisioned/);
-    assert.match(human.stdout, /Compression\s+│ none/);
+    assert.match(human.stdout, /Compression\s+│ lz4/);
     assert.match(human.stdout, /Lease/);
   });
 
