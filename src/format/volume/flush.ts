@@ -172,7 +172,7 @@ const PENDING = { seg: PENDING_SEG, off: 0, len: 0, crc: 0, codec: 0 };
  */
 export async function buildSegment(
   f: FlushInput & { id: () => number },
-): Promise<BuiltCheckpoint & { nodes: Node[] }> {
+): Promise<BuiltCheckpoint & { nodes: Node[]; keptPlain: boolean }> {
   const { tree, loader, gen } = f;
   for (const [lo, hi] of gen.ranges) await loader.run(() => tree.deleteRange(lo, hi));
   const lbas: number[] = [];
@@ -216,14 +216,20 @@ export async function buildSegment(
     ...(sealer ? { sealer } : {}),
     ...(f.buffers ? { alloc: (n: number) => (f.buffers as SegmentBuffers).take(n) } : {}),
   });
-  if (codecs) return { ...out, nodes };
+  // From here on the generation serves the blocks stored raw from the segment (immutable);
+  // compressed or sealed ones stay in its slabs until the segment lands.
+  let kept = false;
   for (let k = 0; k < blocks.length; k++) {
-    const at = out.dataOffset + k * f.blockSize;
+    if (out.codecs && out.codecs[k] !== CODEC_RAW) {
+      kept = true;
+      continue;
+    }
+    const at = out.blockOffsets[k] as number;
     gen.blocks.set(lbas[k] as number, out.segment.subarray(at, at + f.blockSize));
   }
   // Nothing refers to the generation's slabs any more (readers copy out synchronously).
-  gen.recycleSlabs();
-  return { ...out, nodes };
+  if (!kept) gen.recycleSlabs();
+  return { ...out, nodes, keptPlain: kept };
 }
 
 /**

@@ -66,6 +66,9 @@ export interface BuiltCheckpoint {
   rootEntries: Buffer;
   /** Encrypted volumes: each node's plain encoding (the segment holds them sealed). */
   plainNodes?: Buffer[];
+  /** Offset of each data block in the segment, and (codec volumes) the codec it got. */
+  blockOffsets: number[];
+  codecs?: number[];
 }
 
 const align = (v: number, a: number): number => Math.ceil(v / a) * a;
@@ -184,6 +187,8 @@ export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
     nodeOffsets,
     rootEntries,
     ...(sealer ? { plainNodes } : {}),
+    blockOffsets,
+    ...(codecs ? { codecs } : {}),
   };
 }
 

@@ -775,8 +775,8 @@ export class Volume {
       throw e;
     }
     committer.built(built);
-    // With codecs the generation keeps its plain blocks next to the segment until it lands.
-    gen.segmentBytes = built.segment.length + (this.compression === undefined ? 0 : gen.bytes);
+    // Compressed or sealed blocks stay in the generation next to the segment until it lands.
+    gen.segmentBytes = built.segment.length + (built.keptPlain ? gen.bytes : 0);
     const data = built.segment.length - built.dataOffset;
     if (data >= this.flushBytes / 4) this.nodeRatio = Math.min(1, built.dataOffset / data);
     adoptNodes(built, this.tree, this.loader);
