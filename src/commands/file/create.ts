@@ -11,7 +11,7 @@ export default class FileCreate extends BaseCommand<typeof FileCreate> {
   static override summary =
     'Create an empty volume with the default 4 KiB data and metadata blocks.';
 
-  static override description = `Creates a thin-provisioned volume at the URL: no space is used until data is written, so the size can be generous. Data and metadata blocks are 4 KiB and segments 32 MiB; use "file create-opt" to choose other block or segment sizes. Fails with VOLUME_EXISTS if a volume is already there.`;
+  static override description = `Creates a thin-provisioned volume at the URL: no space is used until data is written, so the size can be generous. Data and metadata blocks are 4 KiB and segments 32 MiB; use "file create-opt" to choose other block or segment sizes. Blocks are stored lz4-compressed when that saves space (--compression), and can be encrypted on this host (--encryption with --key-file). Fails with VOLUME_EXISTS if a volume is already there.`;
 
   static override examples = [
     {
@@ -22,6 +22,11 @@ export default class FileCreate extends BaseCommand<typeof FileCreate> {
       description: 'Create a volume in an S3 bucket on an S3-compatible store.',
       command:
         '<%= config.bin %> <%= command.id %> s3://my-bucket/vols/vm1/ --size 100G --endpoint http://127.0.0.1:7480',
+    },
+    {
+      description: 'An encrypted, zstd-compressed volume (the key: 32 random bytes in a file).',
+      command:
+        '<%= config.bin %> <%= command.id %> s3://my-bucket/vols/vm2/ --size 40G --compression zstd --encryption xchacha20-poly1305 --key-file /etc/hyper/vm2.key',
     },
     {
       description: 'Create a volume and print the result as JSON.',
