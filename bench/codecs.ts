@@ -55,11 +55,12 @@ interface Codec {
   create: string[];
 }
 const CODECS: Codec[] = [
-  { name: 'none', create: [] },
+  // (Every peer names its compression: the CLI's default is not the raw codec.)
+  { name: 'none', create: ['--compression', 'none'] },
   { name: 'lz4', create: ['--compression', 'lz4'] },
   { name: 'zstd', create: ['--compression', 'zstd'] },
-  { name: 'xchacha', create: ['--encryption', 'xchacha20-poly1305'] },
-  { name: 'aes', create: ['--encryption', 'aes-256-gcm'] },
+  { name: 'xchacha', create: ['--compression', 'none', '--encryption', 'xchacha20-poly1305'] },
+  { name: 'aes', create: ['--compression', 'none', '--encryption', 'aes-256-gcm'] },
   { name: 'zstd-xchacha', create: ['--compression', 'zstd', '--encryption', 'xchacha20-poly1305'] },
 ].filter((c) => only.includes(c.name));
 
