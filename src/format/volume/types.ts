@@ -23,7 +23,7 @@ export const DEFAULT_BLOCK_SIZE = 4 * KiB;
 export const DEFAULT_SEGMENT_SIZE = 32 * MiB;
 /**
  * Compression of volumes the CLI creates (README "Compression and encryption" gives the
- * measurements behind it: lz4 stores about half of a typical image for 0.8-1x the raw
+ * measurements behind it: lz4 stores about half of a typical image for 0.75-1x the raw
  * codec's throughput). The library's createVolume writes raw blocks unless asked.
  */
 export const DEFAULT_COMPRESSION: Compression = 'lz4';
