@@ -16,8 +16,10 @@
  * objects in it (data blocks first, then index nodes). A writer session never builds two
  * segments under one id (a failed segment's id is skipped, never reused), so within a session
  * every nonce is new; two sessions share nonces only if they draw the same random session and
- * build the same segment id (a writer taking over from a zombie, a clone and its parent), and
- * even then the losing segment's create-only PUT fails, so at most one of them is ever stored.
+ * build the same segment id. A writer taking over from a zombie: the losing segment's
+ * create-only PUT fails, so at most one of them is ever stored. A clone and its parent: both
+ * are stored, under the same key and salt; XChaCha's 16 random session bytes make a
+ * collision out of reach, AES-GCM's 4 leave 2^-32 per pair of sessions (FORMAT.md).
  *
  * Associated data binds each object to its place:
  *   data block: "HYBK" | salt | lba u64 | codec u16   — a block moved to another address,
