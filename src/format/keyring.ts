@@ -87,7 +87,7 @@ export function sealerFor(url: string, head: HeadRecord): Sealer | undefined {
   throw new HyperError(
     'invalid',
     'WRONG_KEY',
-    `Volume ${url} is encrypted with key ${seal.keyId}, not with the key loaded (${[...keys.keys()].join(', ')})`,
+    `Volume ${url} is encrypted with key ${seal.keyId}, not with ${keys.size === 1 ? 'the key' : 'any of the keys'} loaded (${[...keys.keys()].join(', ')})`,
     { suggestion: 'Pass the key file the volume was created with (--key-file or HYPER_KEY_FILE).' },
   );
 }
