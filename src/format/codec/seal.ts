@@ -31,6 +31,7 @@
 import { createCipheriv, createDecipheriv, createHmac, hkdfSync, randomBytes } from 'node:crypto';
 import sodium from 'sodium-native';
 import { DecodeError } from './binary.js';
+import { CODEC_COMPRESSION, decodeBlock } from './block.js';
 
 export const CIPHER_AES_256_GCM = 1;
 export const CIPHER_XCHACHA20_POLY1305 = 2;
@@ -77,6 +78,29 @@ export interface SealParams {
 
 export function newSealParams(key: Buffer, cipher: Cipher): SealParams {
   return { cipher: cipherId(cipher), keyId: keyIdOf(key), salt: randomBytes(SALT_BYTES) };
+}
+
+/**
+ * The plain block of stored bytes that passed their CRC: opened if sealed (bound to `lba`;
+ * into `into` when given), then decompressed and checked. DecodeError when the codec is
+ * unknown, a sealed block comes without a sealer, or any check fails.
+ */
+export async function openStoredBlock(
+  stored: Buffer,
+  codec: number,
+  lba: number,
+  blockSize: number,
+  sealer: Sealer | undefined,
+  into?: Buffer,
+): Promise<Buffer> {
+  if (codec & ~(CODEC_SEALED | CODEC_COMPRESSION))
+    throw new DecodeError(`unknown block codec 0x${codec.toString(16)}`);
+  let inner = stored;
+  if (codec & CODEC_SEALED) {
+    if (!sealer) throw new DecodeError('sealed block in a volume without a key');
+    inner = sealer.open(stored, sealer.blockAd(lba, codec), into);
+  }
+  return decodeBlock(inner, codec & CODEC_COMPRESSION, blockSize);
 }
 
 /** Seals and opens the blocks and nodes of one volume (and its clones). */

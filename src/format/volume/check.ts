@@ -7,8 +7,7 @@
 import { isHyperError } from '../../errors.js';
 import { DecodeError, crc32c } from '../codec/binary.js';
 import { isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
-import { CODEC_COMPRESSION, decodeBlock } from '../codec/block.js';
-import { CODEC_SEALED, type Sealer } from '../codec/seal.js';
+import { openStoredBlock, type Sealer } from '../codec/seal.js';
 import { readLeaf } from '../codec/node.js';
 import { decodeSegmentHeader, segmentHeaderLength } from '../codec/segment.js';
 import { decodeSnapshot } from '../codec/snapshot.js';
@@ -376,12 +375,7 @@ async function decodes(
   sealer: Sealer | undefined,
 ): Promise<boolean> {
   try {
-    let inner = stored;
-    if (b.codec & CODEC_SEALED) {
-      if (!sealer) return false;
-      inner = sealer.open(stored, sealer.blockAd(b.lba, b.codec));
-    }
-    await decodeBlock(inner, b.codec & CODEC_COMPRESSION, blockSize);
+    await openStoredBlock(stored, b.codec, b.lba, blockSize, sealer);
     return true;
   } catch (e) {
     if (e instanceof DecodeError) return false;

@@ -21,9 +21,8 @@
  */
 import { dataError } from '../../errors.js';
 import type { DiskCache } from '../cache/disk-cache.js';
-import { DecodeError, crc32c } from '../codec/binary.js';
-import { CODEC_COMPRESSION, decodeBlock } from '../codec/block.js';
-import { CODEC_SEALED } from '../codec/seal.js';
+import { crc32c } from '../codec/binary.js';
+import { CODEC_SEALED, openStoredBlock } from '../codec/seal.js';
 import { PENDING_SEG, type BlockPtr } from '../codec/node.js';
 import { Miss, type BTree, type ScanEntry } from '../index/btree.js';
 import { DataCache } from '../index/cache.js';
@@ -589,15 +588,7 @@ export class Reader {
   ): Promise<Buffer> {
     if (p.codec === 0 && stored.length === this.bs) return stored;
     try {
-      if (p.codec & ~(CODEC_SEALED | CODEC_COMPRESSION))
-        throw new DecodeError(`unknown block codec 0x${p.codec.toString(16)}`);
-      let inner = stored;
-      if (p.codec & CODEC_SEALED) {
-        const sealer = this.segments.sealer;
-        if (!sealer) throw new DecodeError('sealed block in a volume without a key');
-        inner = sealer.open(stored, sealer.blockAd(lba, p.codec), into);
-      }
-      return await decodeBlock(inner, p.codec & CODEC_COMPRESSION, this.bs);
+      return await openStoredBlock(stored, p.codec, lba, this.bs, this.segments.sealer, into);
     } catch (e) {
       throw dataError(
         'CORRUPT_OBJECT',
