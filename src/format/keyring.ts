@@ -72,7 +72,7 @@ export function sealerFor(url: string, head: HeadRecord): Sealer | undefined {
   const seal = head.seal;
   if (!seal) return undefined;
   const key = keys.get(seal.keyId);
-  if (key) return new Sealer(key, seal);
+  if (key) return new Sealer(key, seal, !!head.dedup);
   if (keys.size === 0) {
     throw new HyperError(
       'invalid',

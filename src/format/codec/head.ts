@@ -16,7 +16,9 @@ export const HEAD_VERSION = 2;
 export const FEATURE_CODECS = 0x0001;
 /** Data blocks and index nodes are sealed (encrypted and authenticated; codec/seal.ts). */
 export const FEATURE_SEALED = 0x0002;
-const KNOWN_FEATURES = FEATURE_CODECS | FEATURE_SEALED;
+/** Blocks of equal content are stored once, found through a content-hash index (codec/dedup.ts). */
+export const FEATURE_DEDUP = 0x0004;
+const KNOWN_FEATURES = FEATURE_CODECS | FEATURE_SEALED | FEATURE_DEDUP;
 /** Extension types with this bit set must be understood by a reader, others may be skipped. */
 export const EXT_REQUIRED = 0x8000;
 export const EXT_WAL_URL = 0x0001;
@@ -32,6 +34,16 @@ export const EXT_PARENTS = 0x8004;
 export const EXT_CODECS = 0x8006;
 /** Sealing: cipher u8 (1 AES-256-GCM, 2 XChaCha20-Poly1305) | 3 reserved | key id 8 | salt 16. */
 export const EXT_SEAL = 0x8007;
+/** Deduplication: hash u8 (1 BLAKE2b-256) | index root level u8 | 2 reserved | root length u32 | root. */
+export const EXT_DEDUP = 0x8008;
+
+/** The content-hash index of a deduplicating volume (FEATURE_DEDUP). */
+export interface DedupIndex {
+  hash: number;
+  rootLevel: number;
+  /** The encoded root node of the index (see node.ts), stored inline like the block index's. */
+  root: Buffer;
+}
 
 export interface ParentLink {
   /** Root URL of the parent volume. */
@@ -83,10 +95,12 @@ export interface HeadRecord {
   compression?: number;
   /** FEATURE_SEALED volumes: how blocks and nodes are sealed (never the key itself). */
   seal?: SealParams;
+  /** FEATURE_DEDUP volumes: the content-hash index. */
+  dedup?: DedupIndex;
 }
 
 export function encodeHead(h: HeadRecord): Buffer {
-  const w = new Writer(512 + h.root.length);
+  const w = new Writer(512 + h.root.length + (h.dedup?.root.length ?? 0));
   const uuid = Buffer.from(h.uuid, 'hex');
   if (uuid.length !== 16) throw new RangeError('uuid must be 16 bytes');
   w.bytes(uuid)
@@ -134,6 +148,10 @@ export function encodeHead(h: HeadRecord): Buffer {
   if (h.seal) {
     const sw = new Writer(28).u8(h.seal.cipher).zeros(3).bytes(Buffer.from(h.seal.keyId, 'hex'));
     exts.push([EXT_SEAL, sw.bytes(h.seal.salt).finish()]);
+  }
+  if (h.dedup) {
+    const dw = new Writer(8 + h.dedup.root.length).u8(h.dedup.hash).u8(h.dedup.rootLevel);
+    exts.push([EXT_DEDUP, dw.zeros(2).u32(h.dedup.root.length).bytes(h.dedup.root).finish()]);
   }
   w.u16(exts.length);
   for (const [type, data] of exts) w.u16(type).u32(data.length).bytes(data);
@@ -220,6 +238,12 @@ export function decodeHead(buf: Buffer, start = 0): { head: HeadRecord; length: 
       sr.skip(3);
       const keyId = Buffer.from(sr.bytes(8)).toString('hex');
       head.seal = { cipher, keyId, salt: Buffer.from(sr.bytes(16)) };
+    } else if (type === EXT_DEDUP) {
+      const dr = new Reader(data);
+      const hash = dr.u8();
+      const rootLevel = dr.u8();
+      dr.skip(2);
+      head.dedup = { hash, rootLevel, root: Buffer.from(dr.bytes(dr.u32())) };
     } else if (type & EXT_REQUIRED)
       throw new DecodeError(`head needs unknown extension 0x${type.toString(16)}`);
   }
@@ -244,6 +268,12 @@ function validate(head: HeadRecord): HeadRecord {
     throw new DecodeError('the sealed flag without the codecs flag');
   if (head.seal && head.seal.cipher !== 1 && head.seal.cipher !== 2)
     throw new DecodeError(`unknown cipher ${head.seal.cipher}`);
+  if (!head.dedup !== !(head.flags & FEATURE_DEDUP))
+    throw new DecodeError('the dedup flag and the dedup extension disagree');
+  if (head.flags & FEATURE_DEDUP && !(head.flags & FEATURE_CODECS))
+    throw new DecodeError('the dedup flag without the codecs flag');
+  if (head.dedup && head.dedup.hash !== 1)
+    throw new DecodeError(`unknown dedup hash ${head.dedup.hash}`);
   return head;
 }
 

@@ -23,7 +23,9 @@
  *
  * Associated data binds each object to its place:
  *   data block: "HYBK" | salt | lba u64 | codec u16   — a block moved to another address,
- *               or relabelled with another codec, fails;
+ *               or relabelled with another codec, fails; in deduplicating volumes (one
+ *               stored block, many lbas) "HYBL" | salt | segment id u64 | offset u64 |
+ *               codec u16 — a block moved anywhere fails;
  *   index node: "HYND" | salt | segment id u64 | offset u64 — a node moved anywhere fails.
  * The plaintext of a data block is its stored form without encryption (raw, or the
  * compressed envelope: compress, then encrypt).
@@ -80,15 +82,23 @@ export function newSealParams(key: Buffer, cipher: Cipher): SealParams {
   return { cipher: cipherId(cipher), keyId: keyIdOf(key), salt: randomBytes(SALT_BYTES) };
 }
 
+/** Where a stored block is: the lba it is read for, and its place in a segment. */
+export interface BlockPlace {
+  lba: number;
+  seg: number;
+  /** Byte offset in the segment. */
+  off: number;
+}
+
 /**
- * The plain block of stored bytes that passed their CRC: opened if sealed (bound to `lba`;
- * into `into` when given), then decompressed and checked. DecodeError when the codec is
- * unknown, a sealed block comes without a sealer, or any check fails.
+ * The plain block of stored bytes that passed their CRC: opened if sealed (bound to its
+ * place; into `into` when given), then decompressed and checked. DecodeError when the codec
+ * is unknown, a sealed block comes without a sealer, or any check fails.
  */
 export async function openStoredBlock(
   stored: Buffer,
   codec: number,
-  lba: number,
+  at: BlockPlace,
   blockSize: number,
   sealer: Sealer | undefined,
   into?: Buffer,
@@ -98,7 +108,7 @@ export async function openStoredBlock(
   let inner = stored;
   if (codec & CODEC_SEALED) {
     if (!sealer) throw new DecodeError('sealed block in a volume without a key');
-    inner = sealer.open(stored, sealer.blockAd(lba, codec), into);
+    inner = sealer.open(stored, sealer.blockAd(at, codec), into);
   }
   return decodeBlock(inner, codec & CODEC_COMPRESSION, blockSize);
 }
@@ -114,7 +124,15 @@ export class Sealer {
   /** This writer session's nonce prefix. */
   private readonly session: Buffer;
 
-  constructor(volumeKey: Buffer, params: SealParams) {
+  /** Deduplicating volumes: the key of the keyed content hash (codec/dedup.ts). */
+  readonly dedupKey: Buffer;
+
+  constructor(
+    volumeKey: Buffer,
+    params: SealParams,
+    /** Blocks are bound to their place in a segment, not to an lba (deduplicating volumes). */
+    private readonly byLocation = false,
+  ) {
     if (volumeKey.length !== KEY_BYTES) throw new RangeError('volume keys are 32 bytes');
     cipherName(params.cipher);
     this.cipher = params.cipher;
@@ -123,6 +141,9 @@ export class Sealer {
     this.session = randomBytes(this.nonceLen - 8);
     this.salt = params.salt;
     this.key = Buffer.from(hkdfSync('sha256', volumeKey, params.salt, 'hyper seal v1', KEY_BYTES));
+    this.dedupKey = Buffer.from(
+      hkdfSync('sha256', volumeKey, params.salt, 'hyper dedup v1', KEY_BYTES),
+    );
   }
 
   nonce(segment: number, counter: number): Buffer {
@@ -136,23 +157,30 @@ export class Sealer {
     return n;
   }
 
-  /** Associated data of a data block: "HYBK" | salt | lba u64 | codec u16. */
-  blockAd(lba: number, codec: number): Buffer {
-    return this.ad('HYBK', lba, codec, 2);
+  /**
+   * Associated data of a data block: "HYBK" | salt | lba u64 | codec u16; in deduplicating
+   * volumes, where one stored block serves many addresses, "HYBL" | salt | segment id u64 |
+   * byte offset u64 | codec u16 (its place in the segment).
+   */
+  blockAd(at: BlockPlace, codec: number): Buffer {
+    if (!this.byLocation) return this.ad('HYBK', [at.lba, 8], [codec, 2]);
+    return this.ad('HYBL', [at.seg, 8], [at.off, 8], [codec, 2]);
   }
 
   /** Associated data of an index node: "HYND" | salt | segment id u64 | offset u64. */
   nodeAd(segment: number, offset: number): Buffer {
-    return this.ad('HYND', segment, offset, 8);
+    return this.ad('HYND', [segment, 8], [offset, 8]);
   }
 
-  private ad(magic: string, first: number, second: number, secondBytes: 2 | 8): Buffer {
-    const at = 4 + SALT_BYTES;
-    const ad = Buffer.alloc(at + 8 + secondBytes);
+  private ad(magic: string, ...fields: [number, 2 | 8][]): Buffer {
+    let at = 4 + SALT_BYTES;
+    const ad = Buffer.alloc(at + fields.reduce((n, [, w]) => n + w, 0));
     ad.write(magic, 0, 'ascii');
     this.salt.copy(ad, 4);
-    ad.writeUIntLE(first, at, 6);
-    ad.writeUIntLE(second, at + 8, Math.min(secondBytes, 6));
+    for (const [v, w] of fields) {
+      ad.writeUIntLE(v, at, Math.min(w, 6));
+      at += w;
+    }
     return ad;
   }
 

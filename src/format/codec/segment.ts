@@ -34,7 +34,14 @@ export interface SegmentHeader {
   head: HeadRecord;
   headBytes: Buffer;
   lbas: number[];
-  nodes: { firstLba: number; level: number }[];
+  /** Per node: its first key, its level, and whether it belongs to the dedup index. */
+  nodes: SegmentNode[];
+}
+
+export interface SegmentNode {
+  firstLba: number;
+  level: number;
+  dedup?: boolean;
 }
 
 /** Bytes of the header envelope for these counts (the layout above, framed). */
@@ -64,7 +71,11 @@ export function encodeSegmentHeader(h: Omit<SegmentHeader, 'head'>): Buffer {
     .u32(h.headBytes.length)
     .bytes(h.headBytes);
   for (const lba of h.lbas) w.u64(lba);
-  for (const n of h.nodes) w.u64(n.firstLba).u8(n.level).zeros(7);
+  for (const n of h.nodes)
+    w.u64(n.firstLba)
+      .u8(n.level)
+      .u8(n.dedup ? 1 : 0)
+      .zeros(6);
   return encodeEnvelope(SEGMENT_MAGIC, SEGMENT_VERSION, w.finish());
 }
 
@@ -89,12 +100,13 @@ export function decodeSegmentHeader(buf: Buffer): SegmentHeader {
   if (blockCount > r.remaining / 8) throw new DecodeError('lba table longer than header');
   const lbas: number[] = new Array<number>(blockCount);
   for (let i = 0; i < blockCount; i++) lbas[i] = r.u64();
-  const nodes: { firstLba: number; level: number }[] = [];
+  const nodes: SegmentNode[] = [];
   for (let i = 0; i < nodeCount; i++) {
     const firstLba = r.u64();
     const level = r.u8();
-    r.skip(7);
-    nodes.push({ firstLba, level });
+    const index = r.u8();
+    r.skip(6);
+    nodes.push(index === 1 ? { firstLba, level, dedup: true } : { firstLba, level });
   }
   return {
     segmentId,

@@ -135,17 +135,23 @@ export class BTree {
   // ---------------------------------------------------------------- reads
 
   lookup(lba: number): BlockPtr | undefined | Miss {
+    const f = this.find(lba);
+    return f instanceof Miss || !f ? f : readLeaf(f[0].entries, f[1]);
+  }
+
+  /** The leaf and entry index holding `key`. */
+  private find(key: number): [Node, number] | undefined | Miss {
     let nd = this.root;
     while (nd.level > 0) {
-      const i = nd.lastLE(lba);
+      const i = nd.lastLE(key);
       if (i < 0) return undefined;
       const c = this.child(nd, i);
       if (c instanceof Miss) return c;
       nd = c;
     }
-    const i = nd.lowerBound(lba);
-    if (i >= nd.length || nd.key(i) !== lba) return undefined;
-    return readLeaf(nd.entries, i);
+    const i = nd.lowerBound(key);
+    if (i >= nd.length || nd.key(i) !== key) return undefined;
+    return [nd, i];
   }
 
   /** Every mapped block with lo ≤ lba < hi, ascending. */
@@ -211,6 +217,26 @@ export class BTree {
 
   /** Map `lba` to `p`. Returns 1 if the block was unmapped before, 0 if replaced. */
   insert(lba: number, p: BlockPtr): number | Miss {
+    return this.put(lba, (e, i) => writeLeaf(e, i, lba, p));
+  }
+
+  /**
+   * The raw 32-byte leaf entry under `key` (a view into the node: copy before any change to
+   * the tree), for trees whose leaves are not block pointers (the dedup index).
+   */
+  lookupEntry(key: number): Buffer | undefined | Miss {
+    const f = this.find(key);
+    if (f instanceof Miss || !f) return f;
+    return f[0].entries.subarray(f[1] * ENTRY_SIZE, (f[1] + 1) * ENTRY_SIZE);
+  }
+
+  /** Set the leaf entry under `key` to `entry` (32 bytes starting with the key). */
+  putEntry(key: number, entry: Buffer): number | Miss {
+    return this.put(key, (e, i) => entry.copy(e, i * ENTRY_SIZE, 0, ENTRY_SIZE));
+  }
+
+  /** Insert or replace the leaf entry under `lba`, written by `write`. */
+  private put(lba: number, write: (entries: Buffer, i: number) => void): number | Miss {
     // Find the whole path before changing anything.
     const path: Node[] = [];
     const idx: number[] = [];
@@ -229,10 +255,10 @@ export class BTree {
     const pos = leaf.lowerBound(lba);
     let delta = 0;
     if (pos < leaf.length && leaf.key(pos) === lba) {
-      writeLeaf(leaf.entries, pos, lba, p);
+      write(leaf.entries, pos);
     } else {
       leaf.entries.copyWithin((pos + 1) * ENTRY_SIZE, pos * ENTRY_SIZE, leaf.length * ENTRY_SIZE);
-      writeLeaf(leaf.entries, pos, lba, p);
+      write(leaf.entries, pos);
       leaf.length++;
       delta = 1;
     }

@@ -15,7 +15,7 @@ import type { ObjectStore } from '../store/types.js';
 import { decodeSnapshot } from '../codec/snapshot.js';
 import { leaseHeldError, leaseInfo, readLease } from './lease.js';
 import type { LeaseInfo, VolumeInfo } from './types.js';
-import { headAt, infoOf, readHead, rootOf } from './heads.js';
+import { headAt, infoOf, readHead } from './heads.js';
 import { isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
 import { NodeLoader } from '../index/loader.js';
 import { SegmentSource, type OpenStoreFn } from './segments.js';
@@ -121,13 +121,13 @@ async function spaceUsage(
   const loader = new NodeLoader(source, nodeSize, 32 * 1024 * 1024);
   try {
     const cur = newReach();
-    await walk(loader, rootOf(head), cur, { live: true, signal: options.signal });
+    await walk(loader, head, cur, { live: true, signal: options.signal });
     const all = newReach();
     const visited = new Set<string>();
     for (const id of retained) {
       all.segments.add(id);
       const h = await headAt(store, head, id);
-      await walk(loader, rootOf(h), all, { visited, signal: options.signal });
+      await walk(loader, h, all, { visited, signal: options.signal });
     }
     let liveBytes = 0;
     let inheritedBytes = 0;

@@ -7,8 +7,9 @@
 import { isHyperError } from '../../errors.js';
 import { DecodeError, crc32c } from '../codec/binary.js';
 import { isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
-import { openStoredBlock, type Sealer } from '../codec/seal.js';
-import { readLeaf } from '../codec/node.js';
+import { openStoredBlock, type BlockPlace, type Sealer } from '../codec/seal.js';
+import { ENTRY_SIZE, readLeaf } from '../codec/node.js';
+import { ContentHasher, hashMatches, hashPrefix } from '../codec/dedup.js';
 import { decodeSegmentHeader, segmentHeaderLength } from '../codec/segment.js';
 import { decodeSnapshot } from '../codec/snapshot.js';
 import { Miss, type Node } from '../index/btree.js';
@@ -17,7 +18,7 @@ import { PIN_PREFIX, SNAPSHOT_PREFIX, parseSegmentKey, segmentKey } from '../key
 import type { ObjectStore } from '../store/types.js';
 import { readLease } from './lease.js';
 import { SegmentSource, type OpenStoreFn } from './segments.js';
-import { readHead, rootOf } from './heads.js';
+import { dedupRootOf, readHead, rootOf } from './heads.js';
 import { newReach, walk } from './walk.js';
 
 export type ProblemKind = 'missing' | 'corrupt' | 'dangling' | 'orphan' | 'uncommitted';
@@ -178,17 +179,28 @@ export async function checkVolume(
   const blocks = new Map<number, Map<number, StoredEntry>>();
   let nodesChecked = 0;
   const reportedKeys = new Set<string>();
-  const walkNode = async (nd: Node): Promise<void> => {
+  /** `content`: the content index of a deduplicating volume (codec/dedup.ts). */
+  const walkNode = async (nd: Node, content = false): Promise<void> => {
     options.signal?.throwIfAborted();
     if (nd.level === 0) {
       for (let i = 0; i < nd.length; i++) {
+        const key = nd.key(i);
+        // (Hash entries, at odd keys, point nowhere.)
+        if (content && key % 2 === 1) continue;
         const seg = nd.seg(i);
         reached.add(seg);
         if (options.deep) {
           let m = blocks.get(seg);
           if (!m) blocks.set(seg, (m = new Map()));
+          const off = nd.off(i);
           const { len, crc, codec } = readLeaf(nd.entries, i);
-          m.set(nd.off(i), { len, crc, codec, lba: nd.key(i) });
+          const b = m.get(off) ?? { len, crc, codec, lba: content ? 0 : key, seg, off };
+          // The content the index says is there, when its hash entry sits in the same leaf.
+          if (content && i + 1 < nd.length && nd.key(i + 1) === key + 1) {
+            const at = (i + 1) * ENTRY_SIZE;
+            b.hash = { prefix: key / 2, entry: Buffer.from(nd.entries.subarray(at, at + 32)) };
+          }
+          m.set(off, b);
         }
       }
       return;
@@ -216,13 +228,15 @@ export async function checkVolume(
         continue;
       }
       nodesChecked++;
-      await walkNode(child);
+      await walkNode(child, content);
     }
   };
   done = 0;
   for (const h of heads.values()) {
     try {
       await walkNode(rootOf(h));
+      const content = dedupRootOf(h);
+      if (content) await walkNode(content, true);
     } catch (e) {
       if (!(e instanceof DecodeError)) throw e;
       problem(
@@ -248,6 +262,7 @@ export async function checkVolume(
 
   // Data blocks (deep): one ranged GET per run of adjacent blocks.
   const bs = 2 ** head.dataBlockShift;
+  const hasher = new ContentHasher(source.sealer?.dedupKey);
   let blocksChecked = 0;
   let bytesVerified = 0;
   if (options.deep) {
@@ -257,6 +272,7 @@ export async function checkVolume(
       const key = source.keyFor(seg);
       const offs = [...m.keys()].sort((a, b) => a - b);
       let bad = 0;
+      let mismatched = 0;
       let missing = false;
       for (let i = 0; i < offs.length && !missing;) {
         let j = i + 1;
@@ -275,8 +291,16 @@ export async function checkVolume(
             blocksChecked++;
             bytesVerified += blk.length;
             if (blk.length !== b.len || crc32c(blk) !== b.crc) bad++;
-            // A sealed block must open (its tag), a compressed one decompress to its block.
-            else if (b.codec !== 0 && !(await decodes(blk, b, bs, source.sealer))) bad++;
+            else if (b.codec !== 0 || b.hash) {
+              // A sealed block must open (its tag), a compressed one decompress to its block,
+              // and one the content index names must have that content.
+              const plain = await decodes(blk, b, bs, source.sealer);
+              if (!plain) bad++;
+              else if (b.hash && !hashAgrees(hasher.hash(plain), b.hash)) {
+                mismatched++;
+                bad++;
+              }
+            }
           }
         } catch (e) {
           if (isHyperError(e, 'MISSING_OBJECT')) {
@@ -290,7 +314,9 @@ export async function checkVolume(
         problem(
           'corrupt',
           key,
-          `${bad} data block(s) in ${key} fail their checksum (or do not open or decompress)`,
+          mismatched > 0
+            ? `${bad} data block(s) in ${key} fail their checksum, do not open or decompress, or (${mismatched} of them) hold other content than the dedup index says`
+            : `${bad} data block(s) in ${key} fail their checksum (or do not open or decompress)`,
         );
       options.onProgress?.('data', ++segDone, blocks.size);
     }
@@ -316,7 +342,7 @@ export async function checkVolume(
       if (damaged.has(id)) continue;
       const reach = newReach();
       try {
-        await walk(loader, rootOf(heads.get(id) as HeadRecord), reach, {
+        await walk(loader, heads.get(id) as HeadRecord, reach, {
           ...(options.signal ? { signal: options.signal } : {}),
         });
       } catch (e) {
@@ -361,24 +387,28 @@ export async function checkVolume(
   };
 }
 
-interface StoredEntry {
+interface StoredEntry extends BlockPlace {
   len: number;
   crc: number;
   codec: number;
-  lba: number;
+  /** Deduplicating volumes: the content hash the content index records for this block. */
+  hash?: { prefix: number; entry: Buffer };
 }
 
+/** The plain block, or undefined if it does not open or decompress. */
 async function decodes(
   stored: Buffer,
   b: StoredEntry,
   blockSize: number,
   sealer: Sealer | undefined,
-): Promise<boolean> {
+): Promise<Buffer | undefined> {
   try {
-    await openStoredBlock(stored, b.codec, b.lba, blockSize, sealer);
-    return true;
+    return await openStoredBlock(stored, b.codec, b, blockSize, sealer);
   } catch (e) {
-    if (e instanceof DecodeError) return false;
+    if (e instanceof DecodeError) return undefined;
     throw e;
   }
 }
+
+const hashAgrees = (hash: Buffer, want: { prefix: number; entry: Buffer }): boolean =>
+  hashPrefix(hash) === want.prefix && hashMatches(want.entry, hash);

@@ -15,7 +15,7 @@ import { probeConditionalWrites } from '../store/probe.js';
 import type { ObjectStore } from '../store/types.js';
 import { SegmentSource, type OpenStoreFn } from './segments.js';
 import type { CheckpointRef, OpenOptions, VolumeInfo } from './types.js';
-import { headAt, infoOf, readHead, resolveCheckpoint, rootOf } from './heads.js';
+import { headAt, infoOf, readHead, resolveCheckpoint } from './heads.js';
 import { buildEmptySegment } from './segment-builder.js';
 import { Volume } from './volume.js';
 import { confirmPinned } from './history.js';
@@ -67,6 +67,8 @@ export async function cloneVolume(
       ...(at.compression === undefined ? {} : { compression: at.compression }),
       // …and their seal: the same key and salt open the parent's blocks.
       ...(at.seal ? { seal: at.seal } : {}),
+      // …and their content index: equal blocks written to the clone share the parent's.
+      ...(at.dedup ? { dedup: at.dedup } : {}),
       segmentSize: at.segmentSize,
       checkpoint: id,
       checkpointMs: now,
@@ -184,12 +186,17 @@ export async function flattenVolume(
     const nodeSize = 2 ** cur.metaBlockShift;
     const loader = new NodeLoader(source, nodeSize, 64 * 1024 * 1024);
     const reach = newReach();
-    await walk(loader, rootOf(cur), reach, { live: true, signal: options.signal });
+    await walk(loader, cur, reach, { live: true, signal: options.signal });
     const lbas: number[] = [];
-    for (const seg of reach.segments) {
-      if (!vol.inherited(seg)) continue;
+    const inherited = [...reach.segments].filter((seg) => vol.inherited(seg));
+    for (const seg of inherited)
       lbas.push(...(reach.blocks.get(seg) ?? []), ...(reach.nodeLbas.get(seg) ?? []));
-    }
+    // Deduplicating volumes: the content index lets go of the parents' blocks (those copied
+    // get entries at their new places) and its nodes stored there are written anew.
+    vol.patchDedup({
+      forget: inherited.flatMap((seg) => reach.dedupKeys.get(seg) ?? []),
+      touch: inherited.flatMap((seg) => reach.dedupNodeKeys.get(seg) ?? []),
+    });
     await source.close();
     const copied = await rewriteBlocks(vol, lbas, options.signal, options.onProgress);
     const { checkpoint } = await vol.detachFromParent();

@@ -18,7 +18,7 @@ import type { ObjectStore } from '../store/types.js';
 import { listSnapshots } from './history.js';
 import { decodeSnapshot } from '../codec/snapshot.js';
 import type { Logger } from './types.js';
-import { headAt, readHead, rootOf } from './heads.js';
+import { headAt, readHead } from './heads.js';
 import { Volume } from './volume.js';
 import { newReach, rewriteBlocks, walk } from './walk.js';
 import { SegmentSource, type OpenStoreFn } from './segments.js';
@@ -101,14 +101,14 @@ export async function compactVolume(
     // 1. Walk the current checkpoint: live bytes per segment; and what older retained checkpoints reach.
     progress('scan', 0);
     const cur = newReach();
-    await walk(loader, rootOf(oldHead), cur, { live: true, signal });
+    await walk(loader, oldHead, cur, { live: true, signal });
     const policy = await applyPolicy(store, oldHead, segs, options);
     const others = newReach();
     const othersVisited = new Set<string>();
     for (const id of policy.keep) {
       if (id === oldHead.checkpoint) continue;
       others.segments.add(id);
-      await walk(loader, rootOf(await headAt(store, oldHead, id)), others, {
+      await walk(loader, await headAt(store, oldHead, id), others, {
         visited: othersVisited,
         signal,
       });
@@ -128,6 +128,13 @@ export async function compactVolume(
       const lbas: number[] = [];
       for (const s of candidates)
         lbas.push(...(cur.blocks.get(s) ?? []), ...(cur.nodeLbas.get(s) ?? []));
+      // Deduplicating volumes: the content index lets go of these segments first (blocks
+      // written back get entries at their new places; blocks no lba reads any more are
+      // forgotten with them), and its nodes stored there are written anew.
+      vol.patchDedup({
+        forget: candidates.flatMap((s) => cur.dedupKeys.get(s) ?? []),
+        touch: candidates.flatMap((s) => cur.dedupNodeKeys.get(s) ?? []),
+      });
       const r = await rewriteBlocks(vol, lbas, signal, (d, t) => progress('rewrite', d, t));
       blocksRewritten = r.blocks;
       bytesRewritten = r.bytes;
@@ -229,13 +236,13 @@ export async function compactVolume(
     for (const id of keepIds) {
       reachAll.segments.add(id);
       const h = await headAt(store, head, id);
-      await walk(loader, rootOf(h), reachAll, { visited, signal });
+      await walk(loader, h, reachAll, { visited, signal });
     }
     if (!segsNow.has(base.checkpoint)) {
       // Dry run: the checkpoint to be committed reads what the current one reads, except the
       // blocks the rewrite moves out of the candidates.
       const next = newReach();
-      await walk(loader, rootOf(head), next, { signal });
+      await walk(loader, head, next, { signal });
       const moved = new Set(candidates);
       for (const id of next.segments) if (!moved.has(id)) reachAll.segments.add(id);
     }

@@ -6,7 +6,14 @@
 import { randomBytes } from 'node:crypto';
 import { HyperError, isHyperError } from '../../errors.js';
 import { CODEC_RAW, compressionCodec } from '../codec/block.js';
-import { FEATURE_CODECS, FEATURE_SEALED, encodeHead, type HeadRecord } from '../codec/head.js';
+import {
+  FEATURE_CODECS,
+  FEATURE_DEDUP,
+  FEATURE_SEALED,
+  encodeHead,
+  type HeadRecord,
+} from '../codec/head.js';
+import { DEDUP_HASH_BLAKE2B_256 } from '../codec/dedup.js';
 import { CIPHERS, newSealParams, type SealParams } from '../codec/seal.js';
 import { addKey } from '../keyring.js';
 import { SECTOR, encodeNode, encodedNodeSize } from '../codec/node.js';
@@ -98,10 +105,16 @@ export async function createVolume(
     dataBlockShift: log2(dataBlockSize),
     metaBlockShift: log2(metaBlockSize),
     // Sealed blocks are longer than a data block: sealing needs the codecs' packed layout.
-    ...(compression === CODEC_RAW && !seal
+    ...(compression === CODEC_RAW && !seal && !options.dedup
       ? { flags: 0 }
-      : { flags: FEATURE_CODECS | (seal ? FEATURE_SEALED : 0), compression }),
+      : {
+          flags: FEATURE_CODECS | (seal ? FEATURE_SEALED : 0) | (options.dedup ? FEATURE_DEDUP : 0),
+          compression,
+        }),
     ...(seal ? { seal } : {}),
+    ...(options.dedup
+      ? { dedup: { hash: DEDUP_HASH_BLAKE2B_256, rootLevel: 0, root: Buffer.from(root) } }
+      : {}),
     segmentSize,
     checkpoint: 1,
     checkpointMs: now,

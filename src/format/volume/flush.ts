@@ -9,7 +9,14 @@ import { CODEC_RAW, encodeBlock, type StoredBlock } from '../codec/block.js';
 import type { Sealer } from '../codec/seal.js';
 import type { HeadRecord } from '../codec/head.js';
 import { ENTRY_SIZE, NODE_HEADER, PENDING_SEG } from '../codec/node.js';
-import { type BTree, Miss, type Node } from '../index/btree.js';
+import { type BTree, type BlockPtr, Miss, type Node } from '../index/btree.js';
+import {
+  type ContentHasher,
+  hashEntry,
+  hashMatches,
+  hashPrefix,
+  pointerKey,
+} from '../codec/dedup.js';
 import type { NodeLoader } from '../index/loader.js';
 import { buildCheckpoint, type BuiltCheckpoint } from './segment-builder.js';
 import type { Generation } from './write-buffer.js';
@@ -37,6 +44,31 @@ export interface FlushInput {
   sealer?: Sealer;
   /** Buffers for the segment (see SegmentBuffers). */
   buffers?: SegmentBuffers;
+  /** Deduplicating volumes: the content-hash index and the changes asked of it. */
+  dedup?: { tree: BTree; hasher: ContentHasher; patch?: DedupPatch | undefined };
+}
+
+/**
+ * Changes to the content-hash index besides those writes make (compaction, flatten): applied
+ * at the start of the next segment, before its blocks are looked up.
+ */
+export interface DedupPatch {
+  /** Drop every entry (flatten: the index may point into the parents). */
+  clear?: boolean;
+  /** Drop the entries of these hash prefixes (their blocks are being moved or are dead). */
+  forget?: number[];
+  /** Rewrite the index nodes holding these keys (their segment is being emptied). */
+  touch?: number[];
+}
+
+/** Two patches as one, `b` applied after `a`. */
+export function mergeDedupPatches(a?: DedupPatch, b?: DedupPatch): DedupPatch | undefined {
+  if (!a || !b) return a ?? b;
+  return {
+    ...(a.clear || b.clear ? { clear: true } : {}),
+    forget: [...(a.forget ?? []), ...(b.forget ?? [])],
+    touch: [...(a.touch ?? []), ...(b.touch ?? [])],
+  };
 }
 
 /**
@@ -131,6 +163,15 @@ export interface MetadataPatch {
   restoredFrom?: number;
   /** The volume no longer reads from a parent (flatten). */
   detach?: true;
+  /** Changes to the content-hash index (deduplicating volumes). */
+  dedup?: DedupPatch;
+}
+
+/** Two patches as one, `b` applied after `a` (dedup changes accumulate). */
+export function mergePatches(a: MetadataPatch | undefined, b: MetadataPatch | undefined) {
+  if (!a || !b) return a ?? b;
+  const dedup = mergeDedupPatches(a.dedup, b.dedup);
+  return { ...a, ...b, ...(dedup ? { dedup } : {}) };
 }
 
 /** The head of checkpoint `id`, written after `prev` with `patch` applied. */
@@ -140,7 +181,7 @@ export function nextHead(
 ): NextHead {
   // A restore marks only its own checkpoint; history and everything else carry over.
   const { restoredFrom: _previousRestore, ...base } = prev;
-  const { history, restoredFrom, detach } = c.patch;
+  const { history, restoredFrom, detach, dedup: _dedup } = c.patch;
   return {
     ...base,
     ...(c.walSeq === undefined ? {} : { walSeq: c.walSeq }),
@@ -177,12 +218,16 @@ export async function buildSegment(
   for (const [lo, hi] of gen.ranges) await loader.run(() => tree.deleteRange(lo, hi));
   const lbas: number[] = [];
   const blocks: Buffer[] = [];
-  for (const lba of [...gen.blocks.keys()].sort((a, b) => a - b)) {
+  const sorted = [...gen.blocks.keys()].sort((a, b) => a - b);
+  const dd = f.dedup ? await dedupPlan(f.dedup, loader, gen, sorted) : undefined;
+  for (const lba of sorted) {
     const v = gen.blocks.get(lba) as Buffer | null;
+    // A block whose content is stored already points there, and stores nothing.
+    const found = dd?.found.get(lba);
     const change = (): number | Miss =>
-      v ? tree.insert(lba, PENDING) : tree.deleteRange(lba, lba + 1);
+      v ? tree.insert(lba, found ?? PENDING) : tree.deleteRange(lba, lba + 1);
     if (change() instanceof Miss) await loader.run(change);
-    if (v) {
+    if (v && !found && !dd?.aliases.has(lba)) {
       lbas.push(lba);
       blocks.push(v);
     }
@@ -195,6 +240,7 @@ export async function buildSegment(
     codecs = enc.map((e) => e.codec);
   }
   const nodes = tree.dirtyNodes();
+  const dedupNodes = f.dedup ? f.dedup.tree.dirtyNodes() : [];
   // The id is taken only now, after the last await: builds run one at a time.
   const id = f.id();
   const nowMs = Date.now();
@@ -207,6 +253,16 @@ export async function buildSegment(
     head: f.head(id, nowMs),
     root: tree.root,
     nodes,
+    ...(f.dedup && dd
+      ? {
+          dedup: {
+            root: f.dedup.tree.root,
+            nodes: dedupNodes,
+            slots: slotsOf(dd.owners, lbas),
+          },
+          aliases: dd.aliases,
+        }
+      : {}),
     nodeSize: loader.nodeSize,
     blockSize: f.blockSize,
     lbas,
@@ -217,8 +273,9 @@ export async function buildSegment(
     ...(f.buffers ? { alloc: (n: number) => (f.buffers as SegmentBuffers).take(n) } : {}),
   });
   // From here on the generation serves the blocks stored raw from the segment (immutable);
-  // compressed or sealed ones stay in its slabs until the segment lands.
-  let kept = false;
+  // compressed or sealed ones stay in its slabs until the segment lands, and so do those
+  // that stored nothing of their own (deduplicated).
+  let kept = !!dd && (dd.found.size > 0 || dd.aliases.size > 0);
   for (let k = 0; k < blocks.length; k++) {
     if (out.codecs && out.codecs[k] !== CODEC_RAW) {
       kept = true;
@@ -229,7 +286,116 @@ export async function buildSegment(
   }
   // Nothing refers to the generation's slabs any more (readers copy out synchronously).
   if (!kept) gen.recycleSlabs();
-  return { ...out, nodes, keptPlain: kept };
+  return { ...out, nodes: [...nodes, ...dedupNodes], keptPlain: kept };
+}
+
+/** Pointer key → position in `lbas` of the block it points at. */
+function slotsOf(owners: Map<number, number>, lbas: number[]): Map<number, number> {
+  const at = new Map<number, number>();
+  lbas.forEach((lba, k) => at.set(lba, k));
+  return new Map([...owners].map(([key, lba]) => [key, at.get(lba) as number]));
+}
+
+/** Blocks looked up in the content-hash index per batch (their nodes are loaded in parallel). */
+const DEDUP_BATCH = 512;
+/** Index nodes loaded at once while looking a batch up. */
+const DEDUP_LOADS = 16;
+
+interface DedupPlanned {
+  /** Blocks whose content is stored already: where. */
+  found: Map<number, BlockPtr>;
+  /** Blocks whose content another block of this flush stores: lba → that block's lba. */
+  aliases: Map<number, number>;
+  /** Pending pointer entries of the index: key → the lba whose block they point at. */
+  owners: Map<number, number>;
+}
+
+/**
+ * Look every block of the generation up in the content-hash index (after applying the
+ * patch): contents it knows are not stored again, new ones get index entries pointing at
+ * the block this segment stores (pending until the builder lays it out).
+ */
+async function dedupPlan(
+  d: NonNullable<FlushInput['dedup']>,
+  loader: NodeLoader,
+  gen: Generation,
+  sorted: number[],
+): Promise<DedupPlanned> {
+  const { tree } = d;
+  const p = d.patch;
+  if (p?.clear) await loader.run(() => tree.deleteRange(0, Number.MAX_SAFE_INTEGER));
+  await prefetch(tree, loader, [...(p?.forget ?? []).map(pointerKey), ...(p?.touch ?? [])]);
+  for (const x of p?.forget ?? []) {
+    const k = pointerKey(x);
+    await loader.run(() => tree.deleteRange(k, k + 2));
+  }
+  for (const k of p?.touch ?? []) {
+    // Writing an entry back as it is makes its path dirty: the next segment rewrites it.
+    const e = await loader.run(() => tree.lookupEntry(k));
+    if (e) {
+      const copy = Buffer.from(e);
+      await loader.run(() => tree.putEntry(k, copy));
+    }
+  }
+  const out: DedupPlanned = { found: new Map(), aliases: new Map(), owners: new Map() };
+  const ownerOf = new Map<number, number>();
+  for (let i = 0; i < sorted.length; i += DEDUP_BATCH) {
+    const batch: [number, Buffer][] = [];
+    for (const lba of sorted.slice(i, i + DEDUP_BATCH)) {
+      const v = gen.blocks.get(lba);
+      if (v) batch.push([lba, d.hasher.hash(v)]);
+    }
+    // Load what the batch's lookups need, many nodes at once, then look up without waiting.
+    await prefetch(
+      tree,
+      loader,
+      batch.map(([, h]) => pointerKey(hashPrefix(h))),
+    );
+    for (const [lba, hash] of batch) {
+      const x = hashPrefix(hash);
+      const k = pointerKey(x);
+      const tail = await loader.run(() => tree.lookupEntry(k + 1));
+      if (tail) {
+        if (!hashMatches(tail, hash)) continue; // another content with the same prefix
+        const owner = ownerOf.get(x);
+        if (owner !== undefined) {
+          out.aliases.set(lba, owner);
+          continue;
+        }
+        const ptr = await loader.run(() => tree.lookup(k));
+        if (ptr) {
+          if (ptr.seg !== PENDING_SEG) out.found.set(lba, ptr);
+          continue;
+        }
+      }
+      await loader.run(() => tree.insert(k, PENDING));
+      const entry = hashEntry(hash, x);
+      await loader.run(() => tree.putEntry(k + 1, entry));
+      ownerOf.set(x, lba);
+      out.owners.set(k, lba);
+    }
+    // Hashing is CPU work on the event loop: let other requests in between batches.
+    await new Promise((r) => setImmediate(r));
+  }
+  return out;
+}
+
+/** Load the index nodes that looking up `keys` needs, several at once. */
+async function prefetch(tree: BTree, loader: NodeLoader, keys: number[]): Promise<void> {
+  for (let round = 0; round < 16; round++) {
+    const misses = new Map<string, Miss>();
+    for (const k of keys) {
+      const r = tree.lookupEntry(k);
+      if (r instanceof Miss) misses.set(`${r.parent.seg(r.index)}:${r.parent.off(r.index)}`, r);
+    }
+    if (misses.size === 0) return;
+    const queue = [...misses.values()];
+    await Promise.all(
+      Array.from({ length: Math.min(DEDUP_LOADS, queue.length) }, async () => {
+        for (let m = queue.pop(); m; m = queue.pop()) await loader.load(m);
+      }),
+    );
+  }
 }
 
 /**
@@ -240,6 +406,7 @@ export function adoptNodes(
   built: BuiltCheckpoint & { nodes: Node[] },
   tree: BTree,
   loader: NodeLoader,
+  dedupTree?: BTree,
 ): void {
   const id = built.head.checkpoint;
   built.nodes.forEach((node, k) => {
@@ -253,8 +420,11 @@ export function adoptNodes(
     node.children = undefined;
     loader.add(id, off, node);
   });
-  const root = tree.root;
-  built.rootEntries.copy(root.entries, 0);
-  root.dirty = false;
-  root.children = undefined;
+  const settle = (root: Node, entries: Buffer): void => {
+    entries.copy(root.entries, 0);
+    root.dirty = false;
+    root.children = undefined;
+  };
+  settle(tree.root, built.rootEntries);
+  if (dedupTree && built.dedupRootEntries) settle(dedupTree.root, built.dedupRootEntries);
 }

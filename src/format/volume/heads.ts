@@ -130,13 +130,23 @@ export const nodeCapacityOf = (head: HeadRecord): number =>
 
 /** The index root stored inline in a head, verified. */
 export function rootOf(head: HeadRecord): Node {
+  return inlineRoot(head, head.root, head.rootLevel, 'Index root');
+}
+
+/** The content-hash index's root of a deduplicating volume (codec/dedup.ts), verified. */
+export function dedupRootOf(head: HeadRecord): Node | undefined {
+  const d = head.dedup;
+  return d ? inlineRoot(head, d.root, d.rootLevel, 'Dedup index root') : undefined;
+}
+
+function inlineRoot(head: HeadRecord, bytes: Buffer, level: number, what: string): Node {
   try {
-    const d = decodeNode(head.root, 0, nodeCapacityOf(head));
-    if (d.level !== head.rootLevel) throw new DecodeError('root level does not match head');
+    const d = decodeNode(bytes, 0, nodeCapacityOf(head));
+    if (d.level !== level) throw new DecodeError('root level does not match head');
     return new Node(d.level, d.count, d.entries, false);
   } catch (e) {
     if (e instanceof DecodeError)
-      throw dataError('CORRUPT_OBJECT', HEAD_KEY, `Index root is damaged: ${e.message}`);
+      throw dataError('CORRUPT_OBJECT', HEAD_KEY, `${what} is damaged: ${e.message}`);
     throw e;
   }
 }
@@ -260,8 +270,11 @@ export async function retainedCheckpoints(store: ObjectStore, head: HeadRecord):
 /** What a head says about its volume, in the shape commands and `serve` show. */
 export function infoOf(url: string, head: HeadRecord, readOnly: boolean): VolumeInfo {
   let mapped = 0;
+  let dedupBlocks = 0;
   try {
     mapped = rootOf(head).total();
+    // (Two index entries per distinct block: codec/dedup.ts.)
+    dedupBlocks = (dedupRootOf(head)?.total() ?? 0) / 2;
   } catch {
     mapped = 0;
   }
@@ -281,6 +294,8 @@ export function infoOf(url: string, head: HeadRecord, readOnly: boolean): Volume
     compression: compressionOf(head.flags & FEATURE_CODECS ? (head.compression ?? 0) : 0),
     encryption: head.seal ? cipherName(head.seal.cipher) : 'none',
     ...(head.seal ? { keyId: head.seal.keyId } : {}),
+    dedup: !!head.dedup,
+    ...(head.dedup ? { dedupBlocks } : {}),
     ...(head.walUrl === undefined ? {} : { walUrl: head.walUrl }),
     ...(head.clone?.chain[0]
       ? { parent: { url: head.clone.chain[0].url, checkpoint: head.clone.checkpoint } }

@@ -588,7 +588,14 @@ export class Reader {
   ): Promise<Buffer> {
     if (p.codec === 0 && stored.length === this.bs) return stored;
     try {
-      return await openStoredBlock(stored, p.codec, lba, this.bs, this.segments.sealer, into);
+      return await openStoredBlock(
+        stored,
+        p.codec,
+        { lba, seg: p.seg, off: p.off },
+        this.bs,
+        this.segments.sealer,
+        into,
+      );
     } catch (e) {
       throw dataError(
         'CORRUPT_OBJECT',

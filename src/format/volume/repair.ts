@@ -21,7 +21,7 @@ import { NodeLoader } from '../index/loader.js';
 import { HEAD_KEY, SEGMENT_PREFIX, parseSegmentKey, segmentKey } from '../keys.js';
 import type { ObjectStore } from '../store/types.js';
 import { holderIsDeadLocal, leaseHeldError, readLease } from './lease.js';
-import { rootOf } from './heads.js';
+import { dedupRootOf, rootOf } from './heads.js';
 import { SegmentSource, type OpenStoreFn } from './segments.js';
 
 export type HeadState = 'intact' | 'damaged' | 'missing';
@@ -199,9 +199,11 @@ async function verifySegment(
     const loader = new NodeLoader(source, 2 ** head.metaBlockShift, 16 * 1024 * 1024);
     const reached = new Set<number>();
     const visited = new Set<string>();
-    const rec = async (nd: Node): Promise<void> => {
+    /** `content`: the content index, whose hash entries (odd keys) point nowhere. */
+    const rec = async (nd: Node, content: boolean): Promise<void> => {
       if (nd.level === 0) {
         for (let i = 0; i < nd.length; i++) {
+          if (content && nd.key(i) % 2 === 1) continue;
           const p = readLeaf(nd.entries, i);
           reached.add(p.seg);
           if (p.seg !== id) continue;
@@ -222,10 +224,12 @@ async function verifySegment(
           await loader.load(new Miss(nd, i));
           child = loader.cached(seg, off);
         }
-        await rec(child);
+        await rec(child, content);
       }
     };
-    await rec(root);
+    await rec(root, false);
+    const content = dedupRootOf(head);
+    if (content) await rec(content, true);
     for (const seg of reached) {
       const present = source.inherited(seg) ? await source.exists(seg) : sizes.has(seg);
       if (!present)

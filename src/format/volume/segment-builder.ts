@@ -30,6 +30,17 @@ export interface CheckpointInput {
   root: Node;
   /** Dirty nodes below the root, in the order they are written (BTree.dirtyNodes()). */
   nodes: Node[];
+  /**
+   * Deduplicating volumes: the content-hash index (its dirty nodes follow the block index's)
+   * and where its pending entries point: the position in `lbas` of the block stored for each
+   * pending pointer key.
+   */
+  dedup?: { root: Node; nodes: Node[]; slots: Map<number, number> };
+  /**
+   * Blocks that store nothing of their own: a pending entry for lba `a` points at the block
+   * stored for lba `b` (equal content written twice in one flush).
+   */
+  aliases?: Map<number, number>;
   nodeSize: number;
   blockSize: number;
   /**
@@ -64,6 +75,8 @@ export interface BuiltCheckpoint {
   nodeOffsets: number[];
   /** The root's entries with this segment's locations filled in. */
   rootEntries: Buffer;
+  /** Deduplicating volumes: the same for the content-hash index's root. */
+  dedupRootEntries?: Buffer;
   /** Encrypted volumes: each node's plain encoding (the segment holds them sealed). */
   plainNodes?: Buffer[];
   /** Offset of each data block in the segment, and (codec volumes) the codec it got. */
@@ -74,14 +87,26 @@ export interface BuiltCheckpoint {
 const align = (v: number, a: number): number => Math.ceil(v / a) * a;
 
 export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
-  const { id, nodes, nodeSize, blockSize: bs, root } = c;
-  const withRoot = (rootBytes: Buffer): HeadRecord => ({
+  const { id, nodeSize, blockSize: bs, root } = c;
+  const dedup = c.dedup;
+  // Every node written here: the block index's, then the dedup index's.
+  const nodes = dedup ? [...c.nodes, ...dedup.nodes] : c.nodes;
+  const isDedup = (k: number): boolean => k >= c.nodes.length;
+  const withRoots = (rootBytes: Buffer, dedupBytes?: Buffer): HeadRecord => ({
     ...c.head,
     rootLevel: root.level,
     root: rootBytes,
+    ...(dedup && c.head.dedup && dedupBytes
+      ? { dedup: { ...c.head.dedup, rootLevel: dedup.root.level, root: dedupBytes } }
+      : {}),
   });
-  // The header's length does not depend on node offsets: size it with a provisional root.
-  const provisional = encodeHead(withRoot(Buffer.alloc(encodedNodeSize(root.length))));
+  // The header's length does not depend on node offsets: size it with provisional roots.
+  const provisional = encodeHead(
+    withRoots(
+      Buffer.alloc(encodedNodeSize(root.length)),
+      dedup ? Buffer.alloc(encodedNodeSize(dedup.root.length)) : undefined,
+    ),
+  );
   const headerLen = segmentHeaderSize(provisional.length, c.lbas.length, nodes.length);
   const nodesOffset = align(headerLen, SECTOR);
   const nodeOffsets = nodes.map((_, k) => nodesOffset + k * nodeSize);
@@ -107,16 +132,22 @@ export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
   }
   const slot = new Map<number, number>();
   c.lbas.forEach((lba, k) => slot.set(lba, k));
+  for (const [a, b] of c.aliases ?? []) slot.set(a, slot.get(b) as number);
 
   /** Fill in the locations this segment assigns (pending blocks, dirty children) in `e`. */
-  const locate = (nd: Node, e: Buffer): void => {
+  const locate = (nd: Node, e: Buffer, inDedup: boolean): void => {
     for (let i = 0; i < nd.length; i++) {
       if (nd.level === 0) {
-        if (!leafIsPending(e, i)) continue;
-        const lba = nd.key(i);
-        const k = slot.get(lba);
+        const key = nd.key(i);
+        // (Dedup index: only pointer entries, at even keys, are block pointers.)
+        if ((inDedup && key % 2 === 1) || !leafIsPending(e, i)) continue;
+        const k = inDedup ? dedup?.slots.get(key) : slot.get(key);
         if (k === undefined)
-          throw new HyperError('internal', 'INTERNAL', `index entry for block ${lba} has no data`);
+          throw new HyperError(
+            'internal',
+            'INTERNAL',
+            `${inDedup ? 'dedup index' : 'index'} entry ${key} has no data`,
+          );
         setLeafLocation(e, i, {
           seg: id,
           off: blockOffsets[k] as number,
@@ -147,7 +178,7 @@ export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
     if (!sealer) segment.fill(0, at, at + nodeSize);
     nd.entries.copy(dst, base + NODE_HEADER, 0, nd.length * ENTRY_SIZE);
     const e = dst.subarray(base + NODE_HEADER, base + NODE_HEADER + nd.length * ENTRY_SIZE);
-    locate(nd, e);
+    locate(nd, e, isDedup(k));
     encodeNode(dst, base, nd.level, nd.length, id, e);
     if (sealer) {
       const nonce = sealer.nonce(id, c.blocks.length + k);
@@ -155,11 +186,16 @@ export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
       plainNodes.push(dst);
     }
   });
-  const rootEntries = Buffer.from(root.entries.subarray(0, root.length * ENTRY_SIZE));
-  locate(root, rootEntries);
-  const rootBytes = Buffer.alloc(encodedNodeSize(root.length));
-  encodeNode(rootBytes, 0, root.level, root.length, id, rootEntries);
-  const head = withRoot(rootBytes);
+  const encodeRoot = (r: Node, inDedup: boolean): [Buffer, Buffer] => {
+    const entries = Buffer.from(r.entries.subarray(0, r.length * ENTRY_SIZE));
+    locate(r, entries, inDedup);
+    const bytes = Buffer.alloc(encodedNodeSize(r.length));
+    encodeNode(bytes, 0, r.level, r.length, id, entries);
+    return [entries, bytes];
+  };
+  const [rootEntries, rootBytes] = encodeRoot(root, false);
+  const dedupRoot = dedup ? encodeRoot(dedup.root, true) : undefined;
+  const head = withRoots(rootBytes, dedupRoot?.[1]);
   const headBytes = encodeHead(head);
   const header = encodeSegmentHeader({
     segmentId: id,
@@ -173,7 +209,11 @@ export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
     totalLength: total,
     headBytes,
     lbas: c.lbas,
-    nodes: nodes.map((nd) => ({ firstLba: nd.length > 0 ? nd.key(0) : 0, level: nd.level })),
+    nodes: nodes.map((nd, k) => ({
+      firstLba: nd.length > 0 ? nd.key(0) : 0,
+      level: nd.level,
+      ...(isDedup(k) ? { dedup: true } : {}),
+    })),
   });
   if (header.length !== headerLen)
     throw new HyperError('internal', 'INTERNAL', 'segment header size changed while encoding');
@@ -186,6 +226,7 @@ export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
     dataOffset,
     nodeOffsets,
     rootEntries,
+    ...(dedupRoot ? { dedupRootEntries: dedupRoot[0] } : {}),
     ...(sealer ? { plainNodes } : {}),
     blockOffsets,
     ...(codecs ? { codecs } : {}),
@@ -226,7 +267,10 @@ function sealBlocks(
   const crcs: number[] = [];
   for (let k = 0; k < c.blocks.length; k++) {
     const at = offsets[k] as number;
-    const ad = sealer.blockAd(c.lbas[k] as number, codecs[k] as number);
+    const ad = sealer.blockAd(
+      { lba: c.lbas[k] as number, seg: c.id, off: at },
+      codecs[k] as number,
+    );
     sealer.seal(c.blocks[k] as Buffer, sealer.nonce(c.id, k), ad, segment, at);
     crcs.push(crc32c(segment.subarray(at, at + (lens[k] as number))));
   }

@@ -56,6 +56,11 @@ export interface CreateOptions {
    */
   encryption?: Cipher;
   key?: Buffer;
+  /**
+   * Store blocks of equal content once (FORMAT.md "Deduplication"): a content-hash index in
+   * the volume. Makes a format version 2 volume.
+   */
+  dedup?: boolean;
 }
 
 /** Which checkpoint to open: a number, a named snapshot, or the last one at or before a time. */
@@ -164,6 +169,10 @@ export interface VolumeInfo {
   encryption: 'none' | Cipher;
   /** Encrypted volumes: the id of their key (codec/seal.ts keyIdOf). */
   keyId?: string;
+  /** Blocks of equal content are stored once (FORMAT.md "Deduplication"). */
+  dedup: boolean;
+  /** Deduplicating volumes: distinct stored blocks the content-hash index knows. */
+  dedupBlocks?: number;
   walUrl?: string;
   /** For a clone: the parent volume and the checkpoint it started from. */
   parent?: { url: string; checkpoint: number };

@@ -24,7 +24,16 @@ import type { ObjectStore } from '../store/types.js';
 import { Committer, SerialQueue } from './commit.js';
 import { checkVolumeSize, createVolume } from './create.js';
 import { sealerFor } from '../keyring.js';
-import { headAt, infoOf, nodeCapacityOf, readHead, resolveCheckpoint, rootOf } from './heads.js';
+import {
+  dedupRootOf,
+  headAt,
+  infoOf,
+  nodeCapacityOf,
+  readHead,
+  resolveCheckpoint,
+  rootOf,
+} from './heads.js';
+import { ContentHasher } from '../codec/dedup.js';
 import { DEFAULT_LEASE_TTL_MS, defaultHolder } from './lease.js';
 import { Reader, type DiskTier } from './reader.js';
 import {
@@ -34,6 +43,8 @@ import {
   nextHead,
   SegmentBuffers,
   type MetadataPatch,
+  mergePatches,
+  type DedupPatch,
 } from './flush.js';
 import { SegmentSource } from './segments.js';
 import {
@@ -102,6 +113,8 @@ export class Volume {
   private readonly compressibility = new Compressibility();
   private readonly loader: NodeLoader;
   private tree: BTree;
+  /** Deduplicating volumes: the content-hash index (codec/dedup.ts) and its hash. */
+  private dedup: { tree: BTree; hasher: ContentHasher } | undefined;
   private readonly buffer: WriteBuffer;
   /** Buffers of landed segments, for the next ones. */
   private readonly segmentBuffers: SegmentBuffers;
@@ -159,6 +172,13 @@ export class Volume {
     const tier = this.diskTier();
     this.loader = new NodeLoader(segments, nodeSize, opts.nodeCacheBytes ?? 32 * MiB, tier?.nodes);
     this.tree = new BTree(rootOf(head), nodeCapacityOf(head), this.loader);
+    const dedupRoot = dedupRootOf(head);
+    this.dedup = dedupRoot
+      ? {
+          tree: new BTree(dedupRoot, nodeCapacityOf(head), this.loader),
+          hasher: new ContentHasher(segments.sealer?.dedupKey),
+        }
+      : undefined;
     this.cleanHead = head;
     this.flushBytes = opts.flushBytes ?? head.segmentSize;
     this.pipeline = Math.max(1, Math.floor(opts.flushPipeline ?? DEFAULT_FLUSH_PIPELINE));
@@ -281,6 +301,7 @@ export class Volume {
     const i = infoOf(this.store.url, this.headRecord, this.readOnly);
     i.size = this.size;
     i.mappedBlocks = this.tree.mapped;
+    if (this.dedup) i.dedupBlocks = this.dedup.tree.mapped / 2;
     return i;
   }
 
@@ -586,8 +607,7 @@ export class Volume {
         'The volume was written during the restore; retry',
       );
     }
-    this.tree = new BTree(rootOf(target), this.tree.capacity, this.loader);
-    this.cleanHead = target;
+    this.resetTrees(target);
     this.size = target.size;
     return this.commitMetadata({ restoredFrom: id });
   }
@@ -611,10 +631,28 @@ export class Volume {
     });
   }
 
+  /**
+   * Deduplicating volumes: change the content-hash index at the next segment (compaction
+   * and flatten, before they rewrite blocks; see flush.ts DedupPatch). Nothing is flushed.
+   */
+  patchDedup(change: DedupPatch): void {
+    this.checkWritable();
+    if (!this.dedup) return;
+    this.pendingMeta = mergePatches(this.pendingMeta, { dedup: change });
+  }
+
+  /** The trees as `head` has them (a rollback, a restore). */
+  private resetTrees(head: HeadRecord): void {
+    this.tree = new BTree(rootOf(head), this.tree.capacity, this.loader);
+    const d = this.dedup;
+    if (d) d.tree = new BTree(dedupRootOf(head) ?? rootOf(head), d.tree.capacity, this.loader);
+    this.cleanHead = head;
+  }
+
   /** Commit a checkpoint that records `patch` (with whatever else is dirty). */
   private commitMetadata(patch: MetadataPatch): Promise<CheckpointInfo> {
     this.checkWritable();
-    this.pendingMeta = { ...this.pendingMeta, ...patch };
+    this.pendingMeta = mergePatches(this.pendingMeta, patch);
     return this.flush();
   }
 
@@ -763,6 +801,7 @@ export class Volume {
           ? {}
           : { compression: this.compression, compressibility: this.compressibility }),
         ...(this.segments.sealer ? { sealer: this.segments.sealer } : {}),
+        ...(this.dedup ? { dedup: { ...this.dedup, patch: patch.dedup } } : {}),
         buffers: this.segmentBuffers,
       });
     } catch (e) {
@@ -770,7 +809,9 @@ export class Volume {
       this.buffer.putBack([gen]);
       // (Read through a cast: TypeScript does not see that the await above may have set it.)
       const newer = this.pendingMeta as MetadataPatch | undefined;
-      this.pendingMeta = { ...patch, ...newer };
+      this.pendingMeta = mergePatches(patch, newer) ?? {};
+      // The build may have changed the index before it failed: back to the last one built.
+      this.resetTrees(this.cleanHead);
       this.lastFlushError = e;
       throw e;
     }
@@ -779,7 +820,7 @@ export class Volume {
     gen.segmentBytes = built.segment.length + (built.keptPlain ? gen.bytes : 0);
     const data = built.segment.length - built.dataOffset;
     if (data >= this.flushBytes / 4) this.nodeRatio = Math.min(1, built.dataOffset / data);
-    adoptNodes(built, this.tree, this.loader);
+    adoptNodes(built, this.tree, this.loader, this.dedup?.tree);
     this.cleanHead = built.head;
     const id = built.head.checkpoint;
     this.segments.hold(id, built.segment);
@@ -838,12 +879,12 @@ export class Volume {
     const committer = this.committer as Committer;
     const first = failed[0] as Stage;
     committer.abandon(failed.map((s) => s.built.head.checkpoint));
-    this.tree = new BTree(rootOf(first.base), this.tree.capacity, this.loader);
-    this.cleanHead = first.base;
+    this.resetTrees(first.base);
     this.buffer.putBack(failed.map((s) => s.gen));
     let patch: MetadataPatch | undefined;
-    for (const s of failed) if (Object.keys(s.patch).length > 0) patch = { ...patch, ...s.patch };
-    if (patch || this.pendingMeta) this.pendingMeta = { ...patch, ...this.pendingMeta };
+    for (const s of failed)
+      if (Object.keys(s.patch).length > 0) patch = mergePatches(patch, s.patch);
+    this.pendingMeta = mergePatches(patch, this.pendingMeta);
     this.lastFlushError = failed.find((s) => s.state === 'failed')?.error;
     this.log.warn('segment write failed; its changes are back in the write buffer', {
       segments: failed.map((s) => s.built.head.checkpoint).join(','),

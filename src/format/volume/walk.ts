@@ -6,6 +6,8 @@
 import { leafLength } from '../codec/node.js';
 import { Miss, type Node } from '../index/btree.js';
 import type { NodeLoader } from '../index/loader.js';
+import type { HeadRecord } from '../codec/head.js';
+import { dedupRootOf, rootOf } from './heads.js';
 import type { Volume } from './volume.js';
 
 export interface Reach {
@@ -15,10 +17,23 @@ export interface Reach {
   blocks: Map<number, number[]>;
   /** For each segment, the first lba of every leaf stored in it (touching it rewrites the node). */
   nodeLbas: Map<number, number[]>;
+  /**
+   * Deduplicating volumes, current checkpoint: per segment, the hash prefixes of the content
+   * index's entries pointing there, and one index key under each of its nodes stored there.
+   */
+  dedupKeys: Map<number, number[]>;
+  dedupNodeKeys: Map<number, number[]>;
 }
 
 export function newReach(): Reach {
-  return { segments: new Set(), live: new Map(), blocks: new Map(), nodeLbas: new Map() };
+  return {
+    segments: new Set(),
+    live: new Map(),
+    blocks: new Map(),
+    nodeLbas: new Map(),
+    dedupKeys: new Map(),
+    dedupNodeKeys: new Map(),
+  };
 }
 
 /**
@@ -32,15 +47,49 @@ export interface WalkOptions {
   visited?: Set<string>;
   /** The current checkpoint: also record live bytes, blocks and nodes per segment. */
   live?: boolean;
+  /**
+   * The tree is a deduplicating volume's content index (codec/dedup.ts): its pointers reach
+   * segments, but only the block index makes bytes live (a block only the content index
+   * still names is garbage: compaction drops the entry and the block with it).
+   */
+  content?: boolean;
+  /** Blocks may be shared by several lbas (deduplicating volumes): count each place once. */
+  shared?: boolean;
   signal?: AbortSignal;
 }
 
+/**
+ * Walk a checkpoint: its block index and, on deduplicating volumes, its content index (whose
+ * pointers keep segments reachable too).
+ */
 export async function walk(
+  loader: NodeLoader,
+  head: HeadRecord,
+  r: Reach,
+  options: Omit<WalkOptions, 'content' | 'shared'> = {},
+): Promise<void> {
+  const visited = options.visited ?? new Set<string>();
+  const content = dedupRootOf(head);
+  await walkTree(loader, rootOf(head), r, { ...options, visited, shared: !!content });
+  if (content) await walkTree(loader, content, r, { ...options, visited, content: true });
+}
+
+async function walkTree(
   loader: NodeLoader,
   root: Node,
   r: Reach,
-  { visited = new Set(), live = false, signal }: WalkOptions = {},
+  { visited = new Set(), live = false, content = false, shared = false, signal }: WalkOptions = {},
 ): Promise<void> {
+  const seen = new Map<number, Set<number>>();
+  /** Whether a block place is counted the first time (always, unless blocks are shared). */
+  const firstTime = (seg: number, off: number): boolean => {
+    if (!shared) return true;
+    let m = seen.get(seg);
+    if (!m) seen.set(seg, (m = new Set()));
+    if (m.has(off)) return false;
+    m.add(off);
+    return true;
+  };
   const push = (m: Map<number, number[]>, seg: number, lba: number): void => {
     const l = m.get(seg);
     if (l) l.push(lba);
@@ -55,9 +104,17 @@ export async function walk(
     signal?.throwIfAborted();
     if (nd.level === 0) {
       for (let i = 0; i < nd.length; i++) {
+        const key = nd.key(i);
+        if (content) {
+          // Pointer entries at even keys; each is followed by its hash entry.
+          if (key % 2 === 1) continue;
+          r.segments.add(nd.seg(i));
+          if (live) push(r.dedupKeys, nd.seg(i), key / 2);
+          continue;
+        }
         const seg = nd.seg(i);
-        add(seg, leafLength(nd.entries, i));
-        if (live) push(r.blocks, seg, nd.key(i));
+        add(seg, firstTime(seg, nd.off(i)) ? leafLength(nd.entries, i) : 0);
+        if (live) push(r.blocks, seg, key);
       }
       return nd.length > 0 ? nd.key(0) : undefined;
     }
@@ -75,7 +132,10 @@ export async function walk(
         child = loader.cached(seg, off);
       }
       const f = await rec(child);
-      if (live && f !== undefined) push(r.nodeLbas, seg, f);
+      if (live && f !== undefined) {
+        if (content) push(r.dedupNodeKeys, seg, f);
+        else push(r.nodeLbas, seg, f);
+      }
       first ??= f;
     }
     return first;

@@ -290,7 +290,7 @@ describe('version 2 layouts: block codecs and sealing', () => {
     const nonce = s.nonce(0x0102030405, 0x0a0b0c);
     assert.equal(hex(nonce.subarray(4)), '0504030201' + '0c0b0a', 'segment u40 | counter u24');
     assert.equal(
-      hex(s.blockAd(3, 0x101)),
+      hex(s.blockAd({ lba: 3, seg: 0, off: 0 }, 0x101)),
       hex(Buffer.from('HYBK')) + '5a'.repeat(16) + '0300000000000000' + '0101',
     );
     assert.equal(
@@ -298,7 +298,11 @@ describe('version 2 layouts: block codecs and sealing', () => {
       hex(Buffer.from('HYND')) + '5a'.repeat(16) + '0900000000000000' + '0010000000000000',
     );
     const fixedNonce = Buffer.from('000102030405060708090a0b', 'hex');
-    const sealed = s.seal(Buffer.from('hyper'), fixedNonce, s.blockAd(3, 0x100));
+    const sealed = s.seal(
+      Buffer.from('hyper'),
+      fixedNonce,
+      s.blockAd({ lba: 3, seg: 0, off: 0 }, 0x100),
+    );
     assert.equal(sealed.length, 5 + 28);
     assert.equal(keyIdOf(key), '4fe8cfed62f6d021');
     assert.equal(hex(sealed.subarray(12)), '556c111bcc' + '86040145a19f611ec91ee9a046391ce7');
@@ -306,17 +310,31 @@ describe('version 2 layouts: block codecs and sealing', () => {
     // AES-256-GCM under HKDF-SHA256(key, salt, "hyper seal v1") is deterministic for a nonce.
     const again = new Sealer(key, { ...seal, keyId: keyIdOf(key) });
     assert.equal(
-      hex(again.seal(Buffer.from('hyper'), fixedNonce, s.blockAd(3, 0x100))),
+      hex(
+        again.seal(Buffer.from('hyper'), fixedNonce, s.blockAd({ lba: 3, seg: 0, off: 0 }, 0x100)),
+      ),
       hex(sealed),
     );
-    assert.equal(s.open(sealed, s.blockAd(3, 0x100)).toString(), 'hyper');
-    assert.throws(() => s.open(sealed, s.blockAd(4, 0x100)), /authentication/);
-    assert.throws(() => s.open(sealed, s.blockAd(3, 0x101)), /authentication/);
+    assert.equal(s.open(sealed, s.blockAd({ lba: 3, seg: 0, off: 0 }, 0x100)).toString(), 'hyper');
+    assert.throws(
+      () => s.open(sealed, s.blockAd({ lba: 4, seg: 0, off: 0 }, 0x100)),
+      /authentication/,
+    );
+    assert.throws(
+      () => s.open(sealed, s.blockAd({ lba: 3, seg: 0, off: 0 }, 0x101)),
+      /authentication/,
+    );
     const other = new Sealer(key, { ...seal, salt: Buffer.alloc(16, 1) });
-    assert.throws(() => other.open(sealed, other.blockAd(3, 0x100)), /authentication/);
+    assert.throws(
+      () => other.open(sealed, other.blockAd({ lba: 3, seg: 0, off: 0 }, 0x100)),
+      /authentication/,
+    );
     const flipped = Buffer.from(sealed);
     flipped[14] = (flipped[14] as number) ^ 1;
-    assert.throws(() => s.open(flipped, s.blockAd(3, 0x100)), /authentication/);
+    assert.throws(
+      () => s.open(flipped, s.blockAd({ lba: 3, seg: 0, off: 0 }, 0x100)),
+      /authentication/,
+    );
   });
 
   it('XChaCha20-Poly1305: 24-byte nonce (16 session bytes), 40 bytes of overhead — pinned', () => {
@@ -328,19 +346,35 @@ describe('version 2 layouts: block codecs and sealing', () => {
     assert.equal(nonce.length, 24);
     assert.equal(hex(nonce.subarray(16)), '0504030201' + '0c0b0a');
     const fixed = Buffer.from('000102030405060708090a0b0c0d0e0f1011121314151617', 'hex');
-    const sealed = s.seal(Buffer.from('hyper'), fixed, s.blockAd(3, 0x100));
+    const sealed = s.seal(
+      Buffer.from('hyper'),
+      fixed,
+      s.blockAd({ lba: 3, seg: 0, off: 0 }, 0x100),
+    );
     assert.equal(sealed.length, 5 + 40);
     assert.equal(hex(sealed.subarray(24)), '94a7795307' + '9cc0e6f26b82023bc4f2963815444b5e');
     assert.equal(hex(sealed.subarray(0, 24)), hex(fixed));
     const again = new Sealer(key, params);
-    assert.equal(hex(again.seal(Buffer.from('hyper'), fixed, s.blockAd(3, 0x100))), hex(sealed));
-    assert.equal(s.open(sealed, s.blockAd(3, 0x100)).toString(), 'hyper');
-    assert.throws(() => s.open(sealed, s.blockAd(4, 0x100)), /authentication/);
+    assert.equal(
+      hex(again.seal(Buffer.from('hyper'), fixed, s.blockAd({ lba: 3, seg: 0, off: 0 }, 0x100))),
+      hex(sealed),
+    );
+    assert.equal(s.open(sealed, s.blockAd({ lba: 3, seg: 0, off: 0 }, 0x100)).toString(), 'hyper');
+    assert.throws(
+      () => s.open(sealed, s.blockAd({ lba: 4, seg: 0, off: 0 }, 0x100)),
+      /authentication/,
+    );
     // The same key, nonce and data under AES-256-GCM seal differently (the cipher is recorded).
     const aes = new Sealer(key, { ...params, cipher: 1 });
-    assert.throws(() => aes.open(sealed, aes.blockAd(3, 0x100)), /authentication/);
+    assert.throws(
+      () => aes.open(sealed, aes.blockAd({ lba: 3, seg: 0, off: 0 }, 0x100)),
+      /authentication/,
+    );
     const flipped = Buffer.from(sealed);
     flipped[30] = (flipped[30] as number) ^ 1;
-    assert.throws(() => s.open(flipped, s.blockAd(3, 0x100)), /authentication/);
+    assert.throws(
+      () => s.open(flipped, s.blockAd({ lba: 3, seg: 0, off: 0 }, 0x100)),
+      /authentication/,
+    );
   });
 });
