@@ -174,6 +174,13 @@ export const encryption = Flags.string({
   default: 'none',
 });
 
+/** Deduplication of a volume being created (FORMAT.md "Deduplication"). */
+export const dedup = Flags.boolean({
+  summary: 'Store blocks of equal content once (a content-hash index in the volume).',
+  description:
+    'Each new block is hashed (BLAKE2b-256, keyed by the volume key when encrypted) and looked up in an index kept in the volume itself, loaded piecewise like the block index; a block already stored is referenced again instead of stored. Costs CPU and index writes on every flush; pays off for many similar VM images, backups and copies. Makes a format version 2 volume.',
+});
+
 export const progress = Flags.boolean({
   summary:
     'Print progress lines on stderr every few seconds even when it is not a terminal (CI logs).',

@@ -19,6 +19,7 @@ export function toVolumeSummary(info: VolumeInfo): VolumeSummary {
     compression: info.compression,
     encryption: info.encryption,
     keyId: info.keyId ?? null,
+    dedup: info.dedup,
     size: info.size,
     dataBlockSize: info.dataBlockSize,
     metaBlockSize: info.metaBlockSize,

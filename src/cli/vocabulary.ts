@@ -73,6 +73,8 @@ export const volumeSummarySchema = z.strictObject({
   encryption: z.enum(['none', 'xchacha20-poly1305', 'aes-256-gcm']),
   /** The id of an encrypted volume's key (never the key), else null. */
   keyId: z.string().nullable(),
+  /** Blocks of equal content are stored once (a content-hash index in the volume). */
+  dedup: z.boolean(),
   size: bytes,
   dataBlockSize: bytes,
   metaBlockSize: bytes,
@@ -125,6 +127,8 @@ export const spaceUsageSchema = z.strictObject({
 
 export const fileStatSchema = volumeSummarySchema.extend({
   mappedBlockCount: count,
+  /** Deduplicating volumes: distinct stored blocks the content index knows, else null. */
+  distinctBlockCount: count.nullable(),
   segmentCount: count,
   uncommittedSegmentCount: count,
   storedBytes: bytes,

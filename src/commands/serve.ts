@@ -104,6 +104,10 @@ export default class Serve extends BaseCommand<typeof Serve> {
       options: [...CIPHERS],
       dependsOn: ['create'],
     }),
+    dedup: Flags.boolean({
+      summary: 'Deduplicate a volume created by --create (store blocks of equal content once).',
+      dependsOn: ['create'],
+    }),
     'print-uri': Flags.boolean({
       summary: 'Print the NBD URI of each export on stdout once listening.',
     }),
@@ -245,6 +249,7 @@ export default class Serve extends BaseCommand<typeof Serve> {
               size: flags.size,
               compression: (flags.compression ?? DEFAULT_COMPRESSION) as Compression,
               ...(flags.encryption ? this.encryptionOptions(flags.encryption) : {}),
+              ...(flags.dedup ? { dedup: true } : {}),
             },
           }
         : {}),

@@ -850,6 +850,8 @@ class Run {
   }
   /** Attempts per request (0: no retry layer; chosen per seed). */
   private retries = 0;
+  /** The volume deduplicates (and writes repeat a few contents). */
+  private dedup = false;
 
   private opener(actor: Actor): (url: string) => Promise<ObjectStore> {
     return (url) => Promise.resolve(this.view(actor, url));
@@ -1103,8 +1105,11 @@ class Run {
     if (len <= 0) return;
     let data: Buffer | undefined;
     if (kind === 'write') {
-      data = Buffer.alloc(len, 1 + Math.floor(this.rand() * 255));
-      for (let i = 0; i + 4 <= len; i += 509) data.writeUInt32LE((this.step * 7919 + i) >>> 0, i);
+      // (Deduplicating volumes: mostly one of four fills, so that blocks repeat.)
+      const fill = this.dedup ? 1 + Math.floor(this.rand() * 4) : 1 + Math.floor(this.rand() * 255);
+      data = Buffer.alloc(len, fill);
+      if (!this.dedup || this.rand() < 0.25)
+        for (let i = 0; i + 4 <= len; i += 509) data.writeUInt32LE((this.step * 7919 + i) >>> 0, i);
     }
     const what = `${w.actor.name} ${kind} ${off}+${len}`;
     this.totals.operations++;
@@ -1816,9 +1821,14 @@ class Run {
     );
     const setup = this.actor('setup', false);
     // Every fourth seed runs on a compressed, encrypted volume (packed, sealed blocks and
-    // sealed index nodes under the same concurrency).
+    // sealed index nodes under the same concurrency), every other one of those deduplicating
+    // too; and another fourth on a deduplicating lz4 volume, written with few distinct
+    // contents so that blocks repeat (the content index under takeovers, failed PUTs and
+    // compaction).
     const codecs = this.o.seed % 4 === 3;
+    this.dedup = this.o.seed % 4 === 1 || this.o.seed % 8 === 7;
     if (codecs) this.note('zstd + xchacha20-poly1305 volume');
+    if (this.dedup) this.note('deduplicating volume');
     await Volume.create(this.view(setup, this.mainUrl), {
       size: VOLUME_SIZE,
       dataBlockSize: BS,
@@ -1826,6 +1836,7 @@ class Run {
       ...(codecs
         ? { compression: 'zstd', encryption: 'xchacha20-poly1305', key: Buffer.alloc(32, 0x6b) }
         : {}),
+      ...(this.dedup ? { dedup: true, ...(codecs ? {} : { compression: 'lz4' }) } : {}),
     });
     const zero = digest(Buffer.alloc(VOLUME_SIZE));
     this.allow(zero);

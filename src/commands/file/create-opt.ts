@@ -2,7 +2,7 @@ import { BaseCommand } from '../../base-command.js';
 import { bytesWithExact, toVolumeSummary, type VolumeSummary } from '../../cli/results.js';
 import { formatBytes } from '../../cli/units.js';
 import { HyperError } from '../../errors.js';
-import { compression, encryption, requireSize, size, volumeUrl } from '../../flags.js';
+import { compression, dedup, encryption, requireSize, size, volumeUrl } from '../../flags.js';
 import {
   DEFAULT_BLOCK_SIZE,
   DEFAULT_SEGMENT_SIZE,
@@ -49,6 +49,7 @@ Block sizes are powers of two: data ${formatBytes(MIN_DATA_BLOCK_SIZE)} to ${for
   static override flags = {
     compression,
     encryption,
+    dedup,
     'data-block-size': size({
       summary: 'Data block size (power of two).',
       min: MIN_DATA_BLOCK_SIZE,
@@ -101,13 +102,15 @@ Block sizes are powers of two: data ${formatBytes(MIN_DATA_BLOCK_SIZE)} to ${for
       segmentSize,
       compression: this.flags.compression as Compression,
       ...this.encryptionOptions(this.flags.encryption),
+      ...(this.flags.dedup ? { dedup: true } : {}),
     });
     const result = toVolumeSummary({ ...info, url: info.url || this.args.url });
     this.log(
       `Created volume ${result.url} of ${bytesWithExact(result.size)} ` +
         `(data blocks ${formatBytes(result.dataBlockSize)}, metadata blocks ${formatBytes(result.metaBlockSize)}, ` +
         `segments ${formatBytes(result.segmentSize)}, compression ${result.compression}, ` +
-        `encryption ${result.keyId === null ? 'none' : `${result.encryption} with key ${result.keyId}`}).`,
+        `encryption ${result.keyId === null ? 'none' : `${result.encryption} with key ${result.keyId}`}` +
+        `${result.dedup ? ', deduplicated' : ''}).`,
     );
     return result;
   }

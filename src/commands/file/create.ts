@@ -1,6 +1,6 @@
 import { BaseCommand } from '../../base-command.js';
 import { bytesWithExact, toVolumeSummary, type VolumeSummary } from '../../cli/results.js';
-import { compression, encryption, requireSize, size, volumeUrl } from '../../flags.js';
+import { compression, dedup, encryption, requireSize, size, volumeUrl } from '../../flags.js';
 import { MAX_VOLUME_SIZE } from '../../format/volume/types.js';
 import type { Compression } from '../../format/codec/block.js';
 import { Volume } from '../../format/volume/volume.js';
@@ -41,6 +41,7 @@ export default class FileCreate extends BaseCommand<typeof FileCreate> {
   static override flags = {
     compression,
     encryption,
+    dedup,
     size: size({
       char: 's',
       summary:
@@ -58,11 +59,13 @@ export default class FileCreate extends BaseCommand<typeof FileCreate> {
       size: bytes,
       compression: this.flags.compression as Compression,
       ...this.encryptionOptions(this.flags.encryption),
+      ...(this.flags.dedup ? { dedup: true } : {}),
     });
     const result = toVolumeSummary({ ...info, url: info.url || this.args.url });
     const features = [
       ...(result.compression === 'none' ? [] : [`${result.compression} compression`]),
       ...(result.keyId === null ? [] : [`${result.encryption} with key ${result.keyId}`]),
+      ...(result.dedup ? ['deduplicated'] : []),
     ];
     const codec = features.length > 0 ? ` (${features.join(', ')})` : '';
     this.log(`Created volume ${result.url} of ${bytesWithExact(result.size)}${codec}.`);

@@ -13,6 +13,7 @@ export function toStatResult(st: VolumeStat, url: string): FileStatResult {
   return {
     ...toVolumeSummary({ ...st, url: st.url || url }),
     mappedBlockCount: st.mappedBlocks,
+    distinctBlockCount: st.dedupBlocks ?? null,
     segmentCount: st.segments,
     uncommittedSegmentCount: st.uncommittedSegments,
     storedBytes: st.storedBytes,
@@ -100,6 +101,12 @@ export function renderStat(r: FileStatResult, table: (rows: [string, string][]) 
     ['Format version', String(r.formatVersion)],
     ['Compression', r.compression],
     ['Encryption', r.keyId === null ? r.encryption : `${r.encryption} (key ${r.keyId})`],
+    [
+      'Deduplication',
+      r.distinctBlockCount === null
+        ? 'off'
+        : `on (${r.distinctBlockCount} distinct blocks indexed for ${r.mappedBlockCount} mapped)`,
+    ],
     ['Size', bytesWithExact(r.size)],
     ['Data block size', formatBytes(r.dataBlockSize)],
     ['Metadata block size', formatBytes(r.metaBlockSize)],
