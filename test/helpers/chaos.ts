@@ -1392,7 +1392,15 @@ class Run {
 
   private compactOp(): void {
     const actor = this.actor('compact');
-    const o: CompactOptions = { holder: actor.name, openStore: this.opener(actor) };
+    const say =
+      (level: string) =>
+      (msg: string, fields?: Record<string, unknown>): void =>
+        this.note(`${actor.name} ${level} ${msg} ${fields ? JSON.stringify(fields) : ''}`);
+    const o: CompactOptions = {
+      holder: actor.name,
+      openStore: this.opener(actor),
+      logger: { debug: say('debug'), info: say('info'), warn: say('warn'), error: say('error') },
+    };
     const p = this.rand();
     if (p < 0.6) o.keepLast = 1 + Math.floor(this.rand() * 4);
     else if (p < 0.85) o.keepWithinMs = Math.floor(this.rand() * 120_000);

@@ -262,6 +262,12 @@ export async function compactVolume(
       else deferred++;
     }
     let bytesReclaimed = 0;
+    options.logger?.debug('compaction decided', {
+      checkpoint: base.checkpoint,
+      reachedFrom: keepIds.sort((a, b) => a - b).join(','),
+      deletable: deletable.join(','),
+      deferred,
+    });
     if (vol) {
       for (let k = 0; k < deletable.length; k += 1000) {
         signal?.throwIfAborted();

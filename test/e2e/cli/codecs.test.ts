@@ -132,4 +132,32 @@ describe('hyper file with --compression and --encryption', () => {
     ]);
     assert.equal(bogus.code, 2, show(bogus));
   });
+  it('--dedup stores a repeated megabyte once and reads it back where each copy was', async () => {
+    const dd = `${fileUrl(join(dir, 'vols'))}dedup/`;
+    const created = await hyperJson(['file', 'create', dd, '--size', '8M', '--dedup']);
+    assert.equal(created.dedup, true);
+    assert.equal(created.formatVersion, 2);
+    const mib = randomBytes(1 << 20);
+    const twice = Buffer.concat([mib, Buffer.alloc(1 << 20), mib, mib]);
+    const path = join(dir, 'twice.img');
+    await writeFile(path, twice);
+    const imp = await hyper(['file', 'import', path, dd]);
+    assert.equal(imp.code, 0, show(imp));
+    const st = await hyperJson(['file', 'stat', dd]);
+    assert.equal(st.mappedBlockCount, 768);
+    assert.equal(st.distinctBlockCount, 256);
+    // Three copies of a random megabyte: one stored, plus index nodes.
+    assert.ok((st.storedBytes as number) < 1.2 * 2 ** 20, `stored ${String(st.storedBytes)}`);
+    const text = await hyper(['file', 'stat', dd]);
+    assert.match(
+      text.stdout,
+      /Deduplication\s+│ on \(256 distinct blocks indexed for 768 mapped\)/,
+    );
+    const out = join(dir, 'twice.out');
+    const exp = await hyper(['file', 'export', dd, out]);
+    assert.equal(exp.code, 0, show(exp));
+    assert.equal(sha256((await readFile(out)).subarray(0, twice.length)), sha256(twice));
+    const chk = await hyperJson(['file', 'check', dd, '--deep']);
+    assert.equal(chk.clean, true, JSON.stringify(chk));
+  });
 });

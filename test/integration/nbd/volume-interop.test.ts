@@ -52,7 +52,9 @@ async function interop(
   let s = await serve([url, '--create', '--size', '64M', ...args], { env });
   // (Options of --create are not repeated for the second server.)
   const once = new Set(['--compression', '--encryption']);
-  const again = args.filter((a, i) => !once.has(a) && !once.has(args[i - 1] as string));
+  const again = args.filter(
+    (a, i) => a !== '--dedup' && !once.has(a) && !once.has(args[i - 1] as string),
+  );
   try {
     const w = await fio(s.uri, fioArgs);
     assert.equal(w.code, 0, w.stdout + w.stderr);
@@ -101,6 +103,41 @@ describe('real clients on hyper volumes', () => {
     assert.ok(st.storedBytes < 24 * MiB, `stored ${st.storedBytes}`);
   });
 
+  it('file:// with --dedup: an image of repeated megabytes goes in through nbdcopy, stored once', async (t) => {
+    if (!needTools(t, 'nbdcopy', 'qemu-img')) return;
+    const dir = await mkdtemp(join(tmpdir(), 'hyper-interop-dedup-'));
+    t.after(() => rm(dir, { recursive: true, force: true }));
+    const url = `file://${dir}/vol/`;
+    const mib = randomBytes(1 * MiB);
+    // 16 copies of one random megabyte, every other one shifted by a block (same blocks).
+    const parts: Buffer[] = [];
+    for (let k = 0; k < 16; k++)
+      parts.push(k % 2 ? Buffer.concat([mib.subarray(4096), mib.subarray(0, 4096)]) : mib);
+    const img = join(dir, 'in.img');
+    await writeFile(img, Buffer.concat(parts));
+    let s = await serve([url, '--create', '--size', '16M', '--dedup']);
+    try {
+      const w = await run('nbdcopy', [img, s.uri], { timeoutMs: 120_000 });
+      assert.equal(w.code, 0, w.stderr);
+    } finally {
+      assert.equal(await stopServe(s), 0, s.stderr());
+    }
+    s = await serve([url]);
+    try {
+      const cmp = await run('qemu-img', ['compare', '-f', 'raw', '-F', 'raw', img, s.uri], {
+        timeoutMs: 120_000,
+      });
+      assert.equal(cmp.code, 0, cmp.stdout + cmp.stderr);
+    } finally {
+      await stopServe(s);
+    }
+    const st = await statVolume(await openStore(url));
+    assert.equal(st.dedup, true);
+    assert.equal(st.mappedBlocks, 4096);
+    assert.equal(st.dedupBlocks, 256);
+    assert.ok(st.storedBytes < 1.5 * MiB, `stored ${st.storedBytes} for 16 MiB written`);
+  });
+
   it('RGW: fio verify, restart, verify again, qemu-img compare', async (t) => {
     if (!needTools(t, 'fio', 'nbdcopy', 'qemu-img', 'nbdinfo')) return;
     const cfg = needS3(t) as S3TestConfig | undefined;
@@ -108,12 +145,13 @@ describe('real clients on hyper volumes', () => {
     await ensureBucket(cfg);
     const url = uniqueS3Url(cfg, 'interop');
     t.after(async () => emptyStore(await openStore(url, s3Options(cfg))));
-    // zstd and encryption on RGW: sealed compressed blocks through ranged GETs at byte offsets.
+    // zstd, encryption and dedup on RGW: sealed compressed blocks through ranged GETs at byte
+    // offsets, each new one looked up in the content index.
     const dir = await mkdtemp(join(tmpdir(), 'hyper-interop-key-'));
     t.after(() => rm(dir, { recursive: true, force: true }));
     const keyFile = join(dir, 'volume.key');
     await writeFile(keyFile, randomBytes(32));
-    const create = ['--compression', 'zstd', '--encryption', 'xchacha20-poly1305'];
+    const create = ['--compression', 'zstd', '--encryption', 'xchacha20-poly1305', '--dedup'];
     await interop(
       t,
       url,
