@@ -454,7 +454,9 @@ async function applyPolicy(
   let floorAfterNext: number | 'self' = 'self';
   if (keepLast !== 1 || o.keepWithinMs !== undefined) {
     const oldest = Math.min(...suffix.filter((id) => ids.includes(id)));
-    floorAfterNext = Number.isFinite(oldest) ? oldest : 'self';
+    // The floor never moves down: a checkpoint below it that only a pin kept may be among
+    // the newest N, but those the floor dropped stay dropped (their segments may be gone).
+    floorAfterNext = Number.isFinite(oldest) ? Math.max(oldest, head.history?.floor ?? 0) : 'self';
   }
   const floorNum = floorAfterNext === 'self' ? head.checkpoint + 1 : floorAfterNext;
   const kept = [...pins]

@@ -230,6 +230,33 @@ describe('compaction', () => {
     assert.equal(sha(await v.read(0, SIZE)), sha(refs.get(latest) as Buffer));
   });
 
+  it('keep-last N never brings back checkpoints an earlier run dropped (the floor only rises)', async () => {
+    const store = MemStore.isolated();
+    const refs = await history(store, 10, 7);
+    const cps = [...refs.keys()];
+    // Named snapshots low in the history; keep-last 2 drops everything between them and the top
+    // (segments that later checkpoints still read stay).
+    await createSnapshot(store, 'old', { checkpoint: cps[3] as number });
+    await createSnapshot(store, 'older', { checkpoint: cps[1] as number });
+    await compactVolume(store, { keepLast: 2, graceMs: 0 });
+    const kept = (await listCheckpoints(store)).map((c) => c.checkpoint);
+    const floor = Math.min(...kept.filter((c) => c > (cps[3] as number)));
+    // One snapshot goes, so the next run commits; keep-last 4 counts the other among the
+    // newest four. The floor must not follow it down: the checkpoints it dropped (whose
+    // segments may be deleted, or kept only for newer checkpoints' blocks) stay dropped.
+    await deleteSnapshot(store, 'older');
+    const r = await compactVolume(store, { keepLast: 4, graceMs: 0 });
+    assert.equal(r.checkpointsDropped, 1, JSON.stringify(r));
+    const after = (await listCheckpoints(store)).map((c) => c.checkpoint);
+    for (const id of after)
+      assert.ok(
+        id === cps[3] || id >= floor,
+        `checkpoint ${id} came back (before ${kept.join(',')}, now ${after.join(',')})`,
+      );
+    for (const id of after)
+      if (refs.has(id)) assert.equal(sha(await contentAt(store, id)), sha(refs.get(id) as Buffer));
+  });
+
   it('respects the grace period and dry runs change nothing', async () => {
     const store = new CountingStore(MemStore.isolated());
     await history(store, 6);
