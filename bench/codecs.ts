@@ -1,7 +1,7 @@
 /**
  * Block codecs side by side on one RGW: hyper volumes created with each codec (none, lz4,
- * zstd, xchacha20-poly1305, aes-256-gcm, zstd + xchacha20-poly1305), in turns per
- * repetition, medians of --reps:
+ * zstd, xchacha20-poly1305, aes-256-gcm, zstd + xchacha20-poly1305, and deduplicating: raw,
+ * lz4, zstd + xchacha), in turns per repetition, medians of --reps:
  *   - a realistic image built on the spot: ext4 (mkfs.ext4 -d, no mount) holding a source
  *     tree (this repository's node_modules), binaries (/usr/bin, /usr/lib) and a SQLite
  *     database; and random data of the same size
@@ -9,6 +9,8 @@
  *     stored bytes (every object of the volume) against the image's data bytes and against
  *     the raw codec
  *   - nbdcopy read of the volume after a server restart (cold)
+ *   - the same image written again into the same volume at another offset: extra stored
+ *     bytes (deduplication's target: <= 5% of the first copy) and its write throughput
  *   - fio 4k randwrite and randread QD16 on the realistic volume (fio buffers that compress
  *     about as well as the image does), and the server's CPU seconds per GiB moved
  * Targets (issue "Blocks that cost less"): zstd stores <= 0.6x the raw codec on the realistic
@@ -16,7 +18,7 @@
  * bench-results/codecs.json.
  *
  *   node --import tsx bench/codecs.ts [--reps 3] [--image-mib 256] [--runtime 10]
- *                                     [--only none,lz4,zstd,xchacha,aes,zstd-xchacha]
+ *     [--only none,lz4,zstd,xchacha,aes,zstd-xchacha,dedup,lz4-dedup,zstd-xchacha-dedup]
  * Needs `npm run build`, HYPER_TEST_S3_ENDPOINT/_BUCKET (npm run bench starts RGW).
  */
 import { spawnSync } from 'node:child_process';
@@ -46,7 +48,10 @@ import {
 const reps = Number(arg('reps', '3'));
 const imageMiB = Number(arg('image-mib', '256'));
 const runtime = Number(arg('runtime', '10'));
-const only = arg('only', 'none,lz4,zstd,xchacha,aes,zstd-xchacha').split(',');
+const only = arg(
+  'only',
+  'none,lz4,zstd,xchacha,aes,zstd-xchacha,dedup,lz4-dedup,zstd-xchacha-dedup',
+).split(',');
 const endpoint = process.env.HYPER_TEST_S3_ENDPOINT;
 const bucket = process.env.HYPER_TEST_S3_BUCKET;
 
@@ -62,12 +67,22 @@ const CODECS: Codec[] = [
   { name: 'xchacha', create: ['--compression', 'none', '--encryption', 'xchacha20-poly1305'] },
   { name: 'aes', create: ['--compression', 'none', '--encryption', 'aes-256-gcm'] },
   { name: 'zstd-xchacha', create: ['--compression', 'zstd', '--encryption', 'xchacha20-poly1305'] },
+  { name: 'dedup', create: ['--compression', 'none', '--dedup'] },
+  { name: 'lz4-dedup', create: ['--compression', 'lz4', '--dedup'] },
+  {
+    name: 'zstd-xchacha-dedup',
+    create: ['--compression', 'zstd', '--encryption', 'xchacha20-poly1305', '--dedup'],
+  },
 ].filter((c) => only.includes(c.name));
+/** Codecs that deduplicate (their second copy of the image should cost almost nothing). */
+const DEDUP = new Set(['dedup', 'lz4-dedup', 'zstd-xchacha-dedup']);
 
 type Metric =
   | 'imageStored'
   | 'imageWrite'
   | 'imageRead'
+  | 'secondStored'
+  | 'secondWrite'
   | 'randomStored'
   | 'randomWrite'
   | 'randwrite'
@@ -77,6 +92,8 @@ const LABELS: Record<Metric, string> = {
   imageStored: 'realistic image: stored MiB',
   imageWrite: 'realistic image: nbdcopy write (MiB/s)',
   imageRead: 'realistic image: nbdcopy read, cold (MiB/s)',
+  secondStored: 'the image again, at another offset: extra stored MiB',
+  secondWrite: 'the image again: write (MiB/s)',
   randomStored: 'random data: stored MiB',
   randomWrite: 'random data: nbdcopy write (MiB/s)',
   randwrite: 'fio 4k randwrite QD16 (IOPS)',
@@ -85,7 +102,33 @@ const LABELS: Record<Metric, string> = {
 };
 const METRICS = Object.keys(LABELS) as Metric[];
 /** Metrics where more is better (the others: less). */
-const HIGHER: Metric[] = ['imageWrite', 'imageRead', 'randomWrite', 'randwrite', 'randread'];
+const HIGHER: Metric[] = [
+  'imageWrite',
+  'imageRead',
+  'secondWrite',
+  'randomWrite',
+  'randwrite',
+  'randread',
+];
+
+/**
+ * Write the non-zero 4 MiB pieces of `path` at `offset` of the export (nbdcopy has no
+ * offset), then FLUSH; MiB/s of the image's data bytes.
+ */
+async function writeAt(uri: string, path: string, offset: number, bytes: number): Promise<number> {
+  const script = [
+    `f = open(${JSON.stringify(path)}, 'rb')`,
+    `off = ${offset}`,
+    'while True:',
+    '    b = f.read(4 << 20)',
+    '    if not b: break',
+    '    if b.count(0) != len(b): h.pwrite(b, off)',
+    '    off += len(b)',
+    'h.flush()',
+  ].join('\n');
+  const r = await runOk('nbdsh', ['-u', uri, '-c', script], { timeoutMs: 1_800_000 });
+  return bytes / MiB / (r.ms / 1000);
+}
 
 /** Files of a directory tree up to `budget` bytes, largest directories first. */
 function pickFiles(dirs: string[], budget: number): string[] {
@@ -235,7 +278,8 @@ async function main(): Promise<void> {
           };
           const start = async (u: string, create: boolean): Promise<NbdServer> =>
             startHyper(u, {
-              ...(create ? { createSize: imageMiB * MiB, create: c.create } : {}),
+              // Room for the image twice (the second copy at imageMiB).
+              ...(create ? { createSize: 2 * imageMiB * MiB, create: c.create } : {}),
               store: storeFlags,
             });
           const stop = async (): Promise<void> => {
@@ -249,6 +293,10 @@ async function main(): Promise<void> {
           put('imageStored', (await storedBytes(url)) / MiB);
           srv = await start(url, false);
           put('imageRead', await copy(srv.uri, 'null:', image.dataBytes, false));
+          // The same image again behind the first: with dedup it stores (almost) nothing.
+          const first = await storedBytes(url);
+          put('secondWrite', await writeAt(srv.uri, image.path, imageMiB * MiB, image.dataBytes));
+          put('secondStored', ((await storedBytes(url)) - first) / MiB);
           // fio's buffers: about as compressible as the image (fio writes verify-free data).
           const fioExtra = ['--buffer_compress_percentage=50', '--refill_buffers'];
           const job = { size: imageMiB * MiB, runtime, rampTime: 1, extra: fioExtra };
@@ -307,6 +355,15 @@ async function main(): Promise<void> {
         ratio: zstd / raw.imageStored,
         ok: zstd / raw.imageStored <= 0.6,
       });
+    for (const n of names.filter((x) => DEDUP.has(x))) {
+      const m = med[n];
+      if (!m) continue;
+      checks.push({
+        target: `${n}: a second copy of the image stores <= 5% of the first`,
+        ratio: m.secondStored / m.imageStored,
+        ok: m.secondStored / m.imageStored <= 0.05,
+      });
+    }
     for (const n of names.filter((x) => x !== 'none')) {
       for (const m of HIGHER) {
         const a = med[n]?.[m];
