@@ -126,7 +126,11 @@ async function writeAt(uri: string, path: string, offset: number, bytes: number)
     '    off += len(b)',
     'h.flush()',
   ].join('\n');
-  const r = await runOk('nbdsh', ['-u', uri, '-c', script], { timeoutMs: 1_800_000 });
+  // (nbdsh needs the system python, whose nbd module it imports: /usr/bin first on PATH.)
+  const r = await runOk('nbdsh', ['-u', uri, '-c', script], {
+    timeoutMs: 1_800_000,
+    env: { ...process.env, PATH: `/usr/bin:${process.env.PATH ?? ''}` },
+  });
   return bytes / MiB / (r.ms / 1000);
 }
 

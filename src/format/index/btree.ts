@@ -230,6 +230,20 @@ export class BTree {
     return f[0].entries.subarray(f[1] * ENTRY_SIZE, (f[1] + 1) * ENTRY_SIZE);
   }
 
+  /**
+   * The node an insert of `key` would miss, if any (its whole path is otherwise in memory):
+   * a caller that must change several keys at once makes sure none of them can miss first.
+   */
+  reach(key: number): Miss | undefined {
+    let nd = this.root;
+    while (nd.level > 0) {
+      const c = this.child(nd, Math.max(0, nd.lastLE(key)));
+      if (c instanceof Miss) return c;
+      nd = c;
+    }
+    return undefined;
+  }
+
   /** Set the leaf entry under `key` to `entry` (32 bytes starting with the key). */
   putEntry(key: number, entry: Buffer): number | Miss {
     return this.put(key, (e, i) => entry.copy(e, i * ENTRY_SIZE, 0, ENTRY_SIZE));

@@ -4,6 +4,7 @@
  * the next segment can be built on this one while its PUT is in flight. The façade
  * (volume.ts) runs the pipeline: when to flush, the PUTs, and when the head is CASed.
  */
+import { HyperError } from '../../errors.js';
 import { crc32c } from '../codec/binary.js';
 import { CODEC_RAW, encodeBlock, type StoredBlock } from '../codec/block.js';
 import type { Sealer } from '../codec/seal.js';
@@ -345,39 +346,68 @@ async function dedupPlan(
       const v = gen.blocks.get(lba);
       if (v) batch.push([lba, d.hasher.hash(v)]);
     }
-    // Load what the batch's lookups need, many nodes at once, then look up without waiting.
-    await prefetch(
-      tree,
-      loader,
-      batch.map(([, h]) => pointerKey(hashPrefix(h))),
-    );
-    for (const [lba, hash] of batch) {
-      const x = hashPrefix(hash);
-      const k = pointerKey(x);
-      const tail = await loader.run(() => tree.lookupEntry(k + 1));
-      if (tail) {
-        if (!hashMatches(tail, hash)) continue; // another content with the same prefix
-        const owner = ownerOf.get(x);
-        if (owner !== undefined) {
-          out.aliases.set(lba, owner);
-          continue;
-        }
-        const ptr = await loader.run(() => tree.lookup(k));
-        if (ptr) {
-          if (ptr.seg !== PENDING_SEG) out.found.set(lba, ptr);
-          continue;
-        }
+    // Each block is planned synchronously when the nodes it needs are in memory; the others
+    // wait while the nodes they miss load, many at once, and go again (so a batch costs a
+    // few rounds of parallel GETs, not one GET per block).
+    let pending = batch;
+    while (pending.length > 0) {
+      const misses = new Map<string, Miss>();
+      const later: [number, Buffer][] = [];
+      for (const item of pending) {
+        const m = planBlock(tree, item[0], item[1], ownerOf, out);
+        if (!m) continue;
+        misses.set(`${m.parent.seg(m.index)}:${m.parent.off(m.index)}`, m);
+        later.push(item);
       }
-      await loader.run(() => tree.insert(k, PENDING));
-      const entry = hashEntry(hash, x);
-      await loader.run(() => tree.putEntry(k + 1, entry));
-      ownerOf.set(x, lba);
-      out.owners.set(k, lba);
+      await loadAll(loader, [...misses.values()]);
+      pending = later;
     }
     // Hashing is CPU work on the event loop: let other requests in between batches.
     await new Promise((r) => setImmediate(r));
   }
   return out;
+}
+
+/**
+ * Look one block's content up and record the outcome in `out` (found, alias, or a new owner
+ * with its two index entries added); or, having changed nothing, the node it misses.
+ */
+function planBlock(
+  tree: BTree,
+  lba: number,
+  hash: Buffer,
+  ownerOf: Map<number, number>,
+  out: DedupPlanned,
+): Miss | undefined {
+  const x = hashPrefix(hash);
+  const k = pointerKey(x);
+  const tail = tree.lookupEntry(k + 1);
+  if (tail instanceof Miss) return tail;
+  // (The pointer entry sits next to its hash entry: normally in the same leaf.)
+  const ptr = tree.lookup(k);
+  if (ptr instanceof Miss) return ptr;
+  if (tail) {
+    if (!hashMatches(tail, hash)) return undefined; // another content with the same prefix
+    const owner = ownerOf.get(x);
+    if (owner !== undefined) {
+      out.aliases.set(lba, owner);
+      return undefined;
+    }
+    if (ptr) {
+      if (ptr.seg !== PENDING_SEG) out.found.set(lba, ptr);
+      return undefined;
+    }
+  }
+  // Both entries go in together: first make sure neither insert can miss a node.
+  const m = tree.reach(k) ?? tree.reach(k + 1);
+  if (m) return m;
+  const a = tree.insert(k, PENDING);
+  const b = tree.putEntry(k + 1, hashEntry(hash, x));
+  if (a instanceof Miss || b instanceof Miss)
+    throw new HyperError('internal', 'INTERNAL', 'content index node evicted while planning');
+  ownerOf.set(x, lba);
+  out.owners.set(k, lba);
+  return undefined;
 }
 
 /** Load the index nodes that looking up `keys` needs, several at once. */
@@ -389,13 +419,18 @@ async function prefetch(tree: BTree, loader: NodeLoader, keys: number[]): Promis
       if (r instanceof Miss) misses.set(`${r.parent.seg(r.index)}:${r.parent.off(r.index)}`, r);
     }
     if (misses.size === 0) return;
-    const queue = [...misses.values()];
-    await Promise.all(
-      Array.from({ length: Math.min(DEDUP_LOADS, queue.length) }, async () => {
-        for (let m = queue.pop(); m; m = queue.pop()) await loader.load(m);
-      }),
-    );
+    await loadAll(loader, [...misses.values()]);
   }
+}
+
+/** Load these missed nodes, DEDUP_LOADS at a time. */
+async function loadAll(loader: NodeLoader, misses: Miss[]): Promise<void> {
+  const queue = misses.slice();
+  await Promise.all(
+    Array.from({ length: Math.min(DEDUP_LOADS, queue.length) }, async () => {
+      for (let m = queue.pop(); m; m = queue.pop()) await loader.load(m);
+    }),
+  );
 }
 
 /**
