@@ -17,11 +17,20 @@ import {
 import {
   FEATURE_CODECS,
   FEATURE_SEALED,
+  FEATURE_DEDUP,
   decodeHead,
   encodeHead,
   type HeadRecord,
 } from '../../../../src/format/codec/head.js';
 import { Sealer, keyIdOf } from '../../../../src/format/codec/seal.js';
+import {
+  ContentHasher,
+  DEDUP_HASH_BLAKE2B_256,
+  hashEntry,
+  hashMatches,
+  hashPrefix,
+  pointerKey,
+} from '../../../../src/format/codec/dedup.js';
 import { decodeLease, encodeLease } from '../../../../src/format/codec/lease.js';
 import {
   decodeNode,
@@ -375,6 +384,62 @@ describe('version 2 layouts: block codecs and sealing', () => {
     assert.throws(
       () => s.open(flipped, s.blockAd({ lba: 3, seg: 0, off: 0 }, 0x100)),
       /authentication/,
+    );
+  });
+  it('dedup: head extension 0x8008, the two index entries of a hash, HYBL binding — pinned', () => {
+    const root = Buffer.alloc(encodedNodeSize(0));
+    encodeNode(root, 0, 0, 0, 1, Buffer.alloc(0));
+    const h = {
+      ...base,
+      flags: FEATURE_CODECS | FEATURE_DEDUP,
+      compression: 0,
+      dedup: { hash: DEDUP_HASH_BLAKE2B_256, rootLevel: 0, root },
+    };
+    const b = encodeHead(h);
+    assert.equal(b.readUInt16LE(46), 5, 'feature flags: codecs | dedup');
+    const ext = b.subarray(b.length - 4 - (6 + 8 + root.length), b.length - 4);
+    assert.equal(hex(ext.subarray(0, 14)), '0880' + '28000000' + '01' + '00' + '0000' + '20000000');
+    assert.ok(ext.subarray(14).equals(root));
+    const back = decodeHead(b).head;
+    assert.equal(back.dedup?.hash, 1);
+    assert.ok(back.dedup?.root.equals(root));
+    // The flag without the extension (or the reverse), or dedup without codecs: refused.
+    const body = (x: Buffer): Buffer => x.subarray(12, x.length - 4);
+    const noExt = encodeHead({ ...h, dedup: undefined, flags: FEATURE_CODECS });
+    const flagOnly = Buffer.from(noExt);
+    flagOnly.writeUInt16LE(5, 46);
+    assert.throws(() => decodeHead(encodeEnvelope('HYHD', 2, body(flagOnly))), /dedup flag/);
+    // A hash's prefix: its first 52 bits, little-endian; pointer key 2p, hash entry 2p + 1
+    // holding bytes 8..31.
+    const hash = Buffer.from(
+      '0102030405061f08' + '1112131415161718' + '2122232425262728' + '3132333435363738',
+      'hex',
+    );
+    const p = hashPrefix(hash);
+    assert.equal(p, 0x0f060504030201);
+    assert.equal(pointerKey(p), 2 * p);
+    const e = hashEntry(hash);
+    assert.equal(readU64(e, 0), 2 * p + 1);
+    assert.equal(hex(e.subarray(8)), hex(hash.subarray(8)));
+    assert.ok(hashMatches(e, hash));
+    const other = Buffer.from(hash);
+    other[31] = 0;
+    assert.ok(!hashMatches(e, other));
+    // BLAKE2b-256: unkeyed for plain volumes, keyed (the volume's dedup key) when sealed.
+    assert.equal(
+      hex(new ContentHasher().hash(Buffer.from('abc'))),
+      'bddd813c634239723171ef3fee98579b94964e3bb1cb3e427262c8c068d52319',
+    );
+    assert.notEqual(
+      hex(new ContentHasher(Buffer.alloc(32, 1)).hash(Buffer.from('abc'))),
+      hex(new ContentHasher().hash(Buffer.from('abc'))),
+    );
+    // Sealed blocks of deduplicating volumes are bound to their place in the segment.
+    const key = Buffer.alloc(32, 7);
+    const s = new Sealer(key, { ...seal, keyId: keyIdOf(key) }, true);
+    assert.equal(
+      hex(s.blockAd({ lba: 3, seg: 9, off: 4196 }, 0x101)),
+      hex(Buffer.from('HYBL')) + '5a'.repeat(16) + '0900000000000000' + '6410000000000000' + '0101',
     );
   });
 });

@@ -12,6 +12,7 @@ import { encodeHead } from '../../../../src/format/codec/head.js';
 import { ENTRY_SIZE, encodeNode, encodedNodeSize } from '../../../../src/format/codec/node.js';
 import type { Cipher } from '../../../../src/format/codec/seal.js';
 import { HEAD_KEY, segmentKey } from '../../../../src/format/keys.js';
+import { CountingStore } from '../../../../src/format/store/counting.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
 import { statVolume } from '../../../../src/format/volume/admin.js';
 import { checkVolume } from '../../../../src/format/volume/check.js';
@@ -318,5 +319,37 @@ describe('deduplication', () => {
       c.problems.some((p) => /other content than the dedup index says/.test(p.message)),
       JSON.stringify(c.problems),
     );
+  });
+  it('the content index loads lazily: a read never touches it, a write loads one path', async () => {
+    const store = new CountingStore(MemStore.isolated());
+    await Volume.create(store, { size: 256 * MiB, dedup: true, compression: 'none' });
+    let v = await Volume.open(store, { flushIntervalMs: 0 });
+    // 20,000 distinct blocks: 40,000 index entries, a content index three levels deep.
+    for (let k = 0; k < 20; k++) await v.write(k * 4 * MiB, uniqueBlocks(1000, 100 + k));
+    await v.close();
+    const { head } = await readHead(store);
+    assert.equal(dedupRootOf(head)?.level, 2, 'a three-level content index');
+    store.resetStats();
+    const ro = await Volume.open(store, { readOnly: true });
+    assert.equal(sha(await ro.read(4 * MiB, BS)), sha(uniqueBlocks(1000, 101).subarray(0, BS)));
+    await ro.close();
+    // The head, the block index below its root (two nodes), the block: as without dedup.
+    const readGets = store.stats().get;
+    assert.ok(readGets <= 5, `a read costs ${readGets} GETs`);
+    store.resetStats();
+    v = await Volume.open(store, { flushIntervalMs: 0 });
+    const before = store.stats().get;
+    await v.write(200 * MiB, uniqueBlocks(1, 9)); // new content
+    await v.write(201 * MiB, uniqueBlocks(1000, 105).subarray(0, BS)); // known content
+    await v.flush();
+    const gets = store.stats().get - before;
+    await v.close();
+    // Two paths below the root of each index (two nodes each), nothing more.
+    assert.ok(gets <= 8, `two writes cost ${gets} GETs`);
+    const after = (await readHead(store)).head;
+    const ro2 = await Volume.open(store, { readOnly: true });
+    assert.equal(ro2.info.dedupBlocks, 20_001);
+    await ro2.close();
+    assert.ok(after.checkpoint > head.checkpoint);
   });
 });
