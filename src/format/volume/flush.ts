@@ -46,7 +46,18 @@ export interface FlushInput {
   /** Buffers for the segment (see SegmentBuffers). */
   buffers?: SegmentBuffers;
   /** Deduplicating volumes: the content-hash index and the changes asked of it. */
-  dedup?: { tree: BTree; hasher: ContentHasher; patch?: DedupPatch | undefined };
+  dedup?: {
+    tree: BTree;
+    hasher: ContentHasher;
+    patch?: DedupPatch | undefined;
+    /**
+     * Write the content index's changed nodes into this segment only once they take this
+     * many bytes (or a patch asks for it): the index is a cache of where contents are, so a
+     * checkpoint may carry an older one, and leaves that collect many new entries before they
+     * are written cost one node write for all of them instead of one per flush.
+     */
+    deferBytes: number;
+  };
 }
 
 /**
@@ -241,7 +252,12 @@ export async function buildSegment(
     codecs = enc.map((e) => e.codec);
   }
   const nodes = tree.dirtyNodes();
-  const dedupNodes = f.dedup ? f.dedup.tree.dirtyNodes() : [];
+  const dirtyContent = f.dedup ? f.dedup.tree.dirtyNodes() : [];
+  const writeContent =
+    !!f.dedup &&
+    (f.dedup.patch !== undefined ||
+      (dirtyContent.length + 1) * loader.nodeSize >= f.dedup.deferBytes);
+  const dedupNodes = writeContent ? dirtyContent : [];
   // The id is taken only now, after the last await: builds run one at a time.
   const id = f.id();
   const nowMs = Date.now();
@@ -254,16 +270,10 @@ export async function buildSegment(
     head: f.head(id, nowMs),
     root: tree.root,
     nodes,
-    ...(f.dedup && dd
-      ? {
-          dedup: {
-            root: f.dedup.tree.root,
-            nodes: dedupNodes,
-            slots: slotsOf(dd.owners, lbas),
-          },
-          aliases: dd.aliases,
-        }
+    ...(f.dedup && dd && writeContent
+      ? { dedup: { root: f.dedup.tree.root, nodes: dedupNodes, slots: slotsOf(dd.owners, lbas) } }
       : {}),
+    ...(dd ? { aliases: dd.aliases } : {}),
     nodeSize: loader.nodeSize,
     blockSize: f.blockSize,
     lbas,
@@ -273,6 +283,22 @@ export async function buildSegment(
     ...(sealer ? { sealer } : {}),
     ...(f.buffers ? { alloc: (n: number) => (f.buffers as SegmentBuffers).take(n) } : {}),
   });
+  // A content index kept back: its new entries learn where their blocks went, in memory
+  // (their paths are dirty, nothing to load).
+  if (f.dedup && dd && !writeContent) {
+    const at = slotsOf(dd.owners, lbas);
+    for (const [key, k] of at) {
+      const r = f.dedup.tree.insert(key, {
+        seg: id,
+        off: out.blockOffsets[k] as number,
+        len: out.blockLengths[k] as number,
+        crc: out.blockCrcs[k] as number,
+        codec: out.codecs ? (out.codecs[k] as number) : CODEC_RAW,
+      });
+      if (r instanceof Miss)
+        throw new HyperError('internal', 'INTERNAL', 'content index entry not in memory');
+    }
+  }
   // From here on the generation serves the blocks stored raw from the segment (immutable);
   // compressed or sealed ones stay in its slabs until the segment lands, and so do those
   // that stored nothing of their own (deduplicated).

@@ -79,8 +79,10 @@ export interface BuiltCheckpoint {
   dedupRootEntries?: Buffer;
   /** Encrypted volumes: each node's plain encoding (the segment holds them sealed). */
   plainNodes?: Buffer[];
-  /** Offset of each data block in the segment, and (codec volumes) the codec it got. */
+  /** Offset, stored length and CRC32C of each data block in the segment, and (codec volumes) the codec it got. */
   blockOffsets: number[];
+  blockLengths: number[];
+  blockCrcs: number[];
   codecs?: number[];
 }
 
@@ -229,6 +231,8 @@ export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
     ...(dedupRoot ? { dedupRootEntries: dedupRoot[0] } : {}),
     ...(sealer ? { plainNodes } : {}),
     blockOffsets,
+    blockLengths: lens,
+    blockCrcs: crcs,
     ...(codecs ? { codecs } : {}),
   };
 }

@@ -8,6 +8,8 @@ import type { ObjectStore } from '../store/types.js';
  * (volumes are limited to 2^53 - 1 bytes = 8 PiB); the engine rejects anything else.
  */
 
+/** See OpenOptions.dedupDeferBytes. */
+export const DEFAULT_DEDUP_DEFER_BYTES = 16 * 1024 * 1024;
 export const KiB = 1024;
 export const MiB = 1024 * KiB;
 export const GiB = 1024 * MiB;
@@ -95,6 +97,11 @@ export interface OpenOptions {
   force?: boolean;
   /** Bytes of index nodes kept in memory (default 32 MiB). */
   nodeCacheBytes?: number;
+  /**
+   * Deduplicating volumes: changed content-index nodes are kept in memory and written with a
+   * segment once they take this many bytes (default 16 MiB), or when the volume closes.
+   */
+  dedupDeferBytes?: number;
   /** Bytes of clean data blocks kept in memory (default 32 MiB). */
   dataCacheBytes?: number;
   /**

@@ -51,6 +51,7 @@ import {
   CONFLICT_RETRIES,
   MiB,
   silentLogger,
+  DEFAULT_DEDUP_DEFER_BYTES,
   type CheckpointInfo,
   type CreateOptions,
   type EngineObserver,
@@ -115,6 +116,8 @@ export class Volume {
   private tree: BTree;
   /** Deduplicating volumes: the content-hash index (codec/dedup.ts) and its hash. */
   private dedup: { tree: BTree; hasher: ContentHasher } | undefined;
+  /** Changed content-index nodes are written once they take this many bytes (flush.ts). */
+  private readonly dedupDeferBytes: number;
   private readonly buffer: WriteBuffer;
   /** Buffers of landed segments, for the next ones. */
   private readonly segmentBuffers: SegmentBuffers;
@@ -138,6 +141,8 @@ export class Volume {
   private timer: NodeJS.Timeout | undefined;
   private wal: WalSession | undefined;
   private closed = false;
+  /** close() is flushing: nothing is kept back any more. */
+  private closing = false;
   private readonly flushBytes: number;
   private readonly log: Logger;
   private readonly counters = { flushes: 0, segmentsWritten: 0, bytesWritten: 0, bytesRead: 0 };
@@ -179,6 +184,7 @@ export class Volume {
           hasher: new ContentHasher(segments.sealer?.dedupKey),
         }
       : undefined;
+    this.dedupDeferBytes = opts.dedupDeferBytes ?? DEFAULT_DEDUP_DEFER_BYTES;
     this.cleanHead = head;
     this.flushBytes = opts.flushBytes ?? head.segmentSize;
     this.pipeline = Math.max(1, Math.floor(opts.flushPipeline ?? DEFAULT_FLUSH_PIPELINE));
@@ -363,7 +369,16 @@ export class Volume {
   async close(): Promise<void> {
     if (this.closed) return;
     try {
-      if (this.committer && !this.committer.isFenced) await this.flush();
+      if (this.committer && !this.committer.isFenced) {
+        // Content-index changes kept back (flush.ts) are written now, for the next session:
+        // the last segments carry every change, and one more is made if none is left to.
+        this.closing = true;
+        await this.flush();
+        if (this.dedup?.tree.root.dirty) {
+          this.pendingMeta = mergePatches(this.pendingMeta, { dedup: {} });
+          await this.flush();
+        }
+      }
     } finally {
       this.closed = true;
       if (this.timer) clearInterval(this.timer);
@@ -801,7 +816,15 @@ export class Volume {
           ? {}
           : { compression: this.compression, compressibility: this.compressibility }),
         ...(this.segments.sealer ? { sealer: this.segments.sealer } : {}),
-        ...(this.dedup ? { dedup: { ...this.dedup, patch: patch.dedup } } : {}),
+        ...(this.dedup
+          ? {
+              dedup: {
+                ...this.dedup,
+                patch: patch.dedup,
+                deferBytes: this.closing ? 0 : this.dedupDeferBytes,
+              },
+            }
+          : {}),
         buffers: this.segmentBuffers,
       });
     } catch (e) {

@@ -352,4 +352,40 @@ describe('deduplication', () => {
     await ro2.close();
     assert.ok(after.checkpoint > head.checkpoint);
   });
+  it('content-index changes wait in memory until they fill their budget or the volume closes; a writer that dies loses only them', async () => {
+    const store = MemStore.isolated();
+    await Volume.create(store, { size: 16 * MiB, dedup: true, compression: 'none' });
+    const a = uniqueBlocks(256, 21);
+    const w = await Volume.open(store, { flushIntervalMs: 0, leaseTtlMs: 60_000 });
+    await w.write(0, a);
+    await w.flush();
+    // Committed data, the content index as it was (kept back: far below 16 MiB of nodes).
+    assert.equal(dedupRootOf((await readHead(store)).head)?.length, 0);
+    const afterFirst = await stored(store);
+    // Within the session the index knows the blocks: a copy costs no data.
+    await w.write(4 * MiB, a);
+    await w.flush();
+    assert.ok((await stored(store)) - afterFirst < 64 * KiB);
+    // The writer dies (no close). The next one does not know those contents: it stores them
+    // again, and everything reads back.
+    const v = await Volume.open(store, { flushIntervalMs: 0, force: true });
+    assert.equal(v.info.dedupBlocks, 0);
+    const before = await stored(store);
+    await v.write(8 * MiB, a);
+    await v.close();
+    assert.ok((await stored(store)) - before >= 1 * MiB, 'stored again');
+    const ro = await Volume.open(store, { readOnly: true, dataCacheBytes: 0 });
+    for (const off of [0, 4 * MiB, 8 * MiB]) assert.equal(sha(await ro.read(off, 1 * MiB)), sha(a));
+    assert.equal(ro.info.dedupBlocks, 256, 'written at close');
+    await ro.close();
+    assert.equal((await checkVolume(store, { deep: true })).clean, true);
+    // A small budget writes the index with the segment that fills it.
+    const s2 = MemStore.isolated();
+    await Volume.create(s2, { size: 16 * MiB, dedup: true, compression: 'none' });
+    const x = await Volume.open(s2, { flushIntervalMs: 0, dedupDeferBytes: 4096 });
+    await x.write(0, a);
+    await x.flush();
+    assert.ok(((await readHead(s2)).head.dedup?.root.length ?? 0) > 64);
+    await x.close();
+  });
 });
