@@ -372,21 +372,19 @@ async function dedupPlan(
       const v = gen.blocks.get(lba);
       if (v) batch.push([lba, d.hasher.hash(v)]);
     }
-    // Each block is planned synchronously when the nodes it needs are in memory; the others
-    // wait while the nodes they miss load, many at once, and go again (so a batch costs a
-    // few rounds of parallel GETs, not one GET per block).
-    let pending = batch;
-    while (pending.length > 0) {
-      const misses = new Map<string, Miss>();
-      const later: [number, Buffer][] = [];
-      for (const item of pending) {
-        const m = planBlock(tree, item[0], item[1], ownerOf, out);
-        if (!m) continue;
-        misses.set(`${m.parent.seg(m.index)}:${m.parent.off(m.index)}`, m);
-        later.push(item);
+    // Load the nodes the batch needs first, many at once, while nothing changes (a miss
+    // names a child of an in-memory node by position: valid only until the next change).
+    // Then plan each block in order; a node evicted since is loaded on the spot.
+    await prefetch(
+      tree,
+      loader,
+      batch.map(([, h]) => pointerKey(hashPrefix(h))),
+    );
+    for (const [lba, hash] of batch) {
+      for (let m = planBlock(tree, lba, hash, ownerOf, out); m;) {
+        await loader.load(m);
+        m = planBlock(tree, lba, hash, ownerOf, out);
       }
-      await loadAll(loader, [...misses.values()]);
-      pending = later;
     }
     // Hashing is CPU work on the event loop: let other requests in between batches.
     await new Promise((r) => setImmediate(r));
@@ -436,13 +434,14 @@ function planBlock(
   return undefined;
 }
 
-/** Load the index nodes that looking up `keys` needs, several at once. */
+/** Load the index nodes that changing pointer keys `keys` (and the hash entries after them) needs, several at once. */
 async function prefetch(tree: BTree, loader: NodeLoader, keys: number[]): Promise<void> {
   for (let round = 0; round < 16; round++) {
     const misses = new Map<string, Miss>();
     for (const k of keys) {
-      const r = tree.lookupEntry(k);
-      if (r instanceof Miss) misses.set(`${r.parent.seg(r.index)}:${r.parent.off(r.index)}`, r);
+      // (The paths an insert of the pointer and of the hash entry would take.)
+      const r = tree.reach(k) ?? tree.reach(k + 1);
+      if (r) misses.set(`${r.parent.seg(r.index)}:${r.parent.off(r.index)}`, r);
     }
     if (misses.size === 0) return;
     await loadAll(loader, [...misses.values()]);

@@ -388,4 +388,34 @@ describe('deduplication', () => {
     assert.ok(((await readHead(s2)).head.dedup?.root.length ?? 0) > 64);
     await x.close();
   });
+  it('a content index far larger than the node cache: lookups and inserts load what they miss', async () => {
+    const store = MemStore.isolated();
+    await Volume.create(store, { size: 256 * MiB, dedup: true, compression: 'lz4' });
+    const chunks = Array.from({ length: 24 }, (_, k) => uniqueBlocks(1024, 300 + k)); // 96 MiB
+    const model = new Map<number, Buffer>();
+    const r = rng(77);
+    for (let session = 0; session < 3; session++) {
+      // A node cache of 256 nodes (the minimum) for an index of about 1,000 leaves.
+      const v = await Volume.open(store, {
+        flushIntervalMs: 0,
+        nodeCacheBytes: 0,
+        dedupDeferBytes: session === 1 ? 64 * KiB : 16 * MiB,
+      });
+      for (let n = 0; n < 12; n++) {
+        const c = Math.floor(r() * chunks.length);
+        const at = Math.floor(r() * 60) * 4 * MiB;
+        await v.write(at, chunks[c] as Buffer);
+        model.set(at, chunks[c] as Buffer);
+        if (n % 4 === 3) await v.flush();
+      }
+      await v.close();
+    }
+    const ro = await Volume.open(store, { readOnly: true, dataCacheBytes: 0 });
+    for (const [at, c] of model) assert.equal(sha(await ro.read(at, 4 * MiB)), sha(c), `at ${at}`);
+    const distinct = new Set([...model.values()]).size;
+    assert.ok((ro.info.dedupBlocks ?? 0) >= distinct * 1024, `${ro.info.dedupBlocks} indexed`);
+    await ro.close();
+    const c = await checkVolume(store, { deep: true });
+    assert.equal(c.clean, true, JSON.stringify(c.problems));
+  });
 });
