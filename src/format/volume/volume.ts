@@ -624,7 +624,8 @@ export class Volume {
     }
     this.resetTrees(target);
     this.size = target.size;
-    return this.commitMetadata({ restoredFrom: id });
+    // (Deduplicating volumes: the restored checkpoint's content index goes with it.)
+    return this.commitMetadata({ restoredFrom: id, ...(this.dedup ? { dedup: {} } : {}) });
   }
 
   /**

@@ -418,4 +418,31 @@ describe('deduplication', () => {
     const c = await checkVolume(store, { deep: true });
     assert.equal(c.clean, true, JSON.stringify(c.problems));
   });
+  it('restore brings the checkpoint’s content index back with its content', async () => {
+    const store = MemStore.isolated();
+    await Volume.create(store, { size: 8 * MiB, dedup: true, compression: 'none' });
+    const a = uniqueBlocks(64, 31);
+    const b = uniqueBlocks(64, 32);
+    let v = await Volume.open(store, { flushIntervalMs: 0 });
+    await v.write(0, a);
+    await v.close();
+    const first = (await readHead(store)).head;
+    v = await Volume.open(store, { flushIntervalMs: 0 });
+    await v.write(0, b);
+    await v.close();
+    v = await Volume.open(store, { flushIntervalMs: 0 });
+    await v.restore(first.checkpoint);
+    assert.equal(v.info.dedupBlocks, 64);
+    await v.close();
+    const head = (await readHead(store)).head;
+    const entries = (h: typeof head): Buffer => {
+      const r = dedupRootOf(h);
+      return Buffer.from(r?.entries.subarray(0, r.length * ENTRY_SIZE) ?? []);
+    };
+    assert.ok(entries(head).equals(entries(first)), 'the restored content index');
+    const ro = await Volume.open(store, { readOnly: true, dataCacheBytes: 0 });
+    assert.equal(sha(await ro.read(0, 64 * BS)), sha(a));
+    await ro.close();
+    assert.equal((await checkVolume(store, { deep: true })).clean, true);
+  });
 });
