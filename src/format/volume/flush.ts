@@ -62,11 +62,10 @@ export interface FlushInput {
 
 /**
  * Changes to the content-hash index besides those writes make (compaction, flatten): applied
- * at the start of the next segment, before its blocks are looked up.
+ * at the start of the next segment, before its blocks are looked up. Any patch, even an empty
+ * one (close, restore), makes that segment write the index's changed nodes.
  */
 export interface DedupPatch {
-  /** Drop every entry (flatten: the index may point into the parents). */
-  clear?: boolean;
   /** Drop the entries of these hash prefixes (their blocks are being moved or are dead). */
   forget?: number[];
   /** Rewrite the index nodes holding these keys (their segment is being emptied). */
@@ -77,7 +76,6 @@ export interface DedupPatch {
 export function mergeDedupPatches(a?: DedupPatch, b?: DedupPatch): DedupPatch | undefined {
   if (!a || !b) return a ?? b;
   return {
-    ...(a.clear || b.clear ? { clear: true } : {}),
     forget: [...(a.forget ?? []), ...(b.forget ?? [])],
     touch: [...(a.touch ?? []), ...(b.touch ?? [])],
   };
@@ -350,7 +348,6 @@ async function dedupPlan(
 ): Promise<DedupPlanned> {
   const { tree } = d;
   const p = d.patch;
-  if (p?.clear) await loader.run(() => tree.deleteRange(0, Number.MAX_SAFE_INTEGER));
   await prefetch(tree, loader, [...(p?.forget ?? []).map(pointerKey), ...(p?.touch ?? [])]);
   for (const x of p?.forget ?? []) {
     const k = pointerKey(x);
