@@ -15,7 +15,7 @@
  * stored as it is.
  */
 import sodium from 'sodium-native';
-import { readU64, writeU64 } from './binary.js';
+import { writeU64 } from './binary.js';
 
 /** The hash recorded in the head's dedup extension. */
 export const DEDUP_HASH_BLAKE2B_256 = 1;
@@ -42,11 +42,14 @@ export function hashEntry(hash: Buffer, p = hashPrefix(hash)): Buffer {
 export const hashMatches = (entry: Buffer, hash: Buffer): boolean =>
   entry.compare(hash, TAIL_AT, HASH_BYTES, TAIL_AT, HASH_BYTES) === 0;
 
-/** The pointer key an index entry belongs to, and whether it is the pointer entry itself. */
-export function entryRole(entries: Buffer, i: number): { p: number; pointer: boolean } {
-  const k = readU64(entries, i * 32);
-  return { p: Math.floor(k / 2), pointer: k % 2 === 0 };
-}
+/** Whether an index key is a hash entry's (odd: it points nowhere) rather than a pointer's. */
+export const isHashKey = (key: number): boolean => key % 2 === 1;
+
+/** The hash prefix an index key (pointer or hash entry) belongs to. */
+export const prefixOfKey = (key: number): number => Math.floor(key / 2);
+
+/** Distinct contents indexed by a content index of `entries` entries (two per content). */
+export const contentsIndexed = (entries: number): number => entries / 2;
 
 /** Content hashes of plain blocks, keyed on encrypted volumes. */
 export class ContentHasher {

@@ -125,7 +125,7 @@ export class Sealer {
   private readonly session: Buffer;
 
   /** Deduplicating volumes: the key of the keyed content hash (codec/dedup.ts). */
-  readonly dedupKey: Buffer;
+  readonly dedupKey: Buffer | undefined;
 
   constructor(
     volumeKey: Buffer,
@@ -141,9 +141,10 @@ export class Sealer {
     this.session = randomBytes(this.nonceLen - 8);
     this.salt = params.salt;
     this.key = Buffer.from(hkdfSync('sha256', volumeKey, params.salt, 'hyper seal v1', KEY_BYTES));
-    this.dedupKey = Buffer.from(
-      hkdfSync('sha256', volumeKey, params.salt, 'hyper dedup v1', KEY_BYTES),
-    );
+    // (Only deduplicating volumes hash contents: others skip the derivation.)
+    this.dedupKey = byLocation
+      ? Buffer.from(hkdfSync('sha256', volumeKey, params.salt, 'hyper dedup v1', KEY_BYTES))
+      : undefined;
   }
 
   nonce(segment: number, counter: number): Buffer {

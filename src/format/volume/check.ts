@@ -9,7 +9,7 @@ import { DecodeError, crc32c } from '../codec/binary.js';
 import { isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
 import { openStoredBlock, type BlockPlace, type Sealer } from '../codec/seal.js';
 import { ENTRY_SIZE, readLeaf } from '../codec/node.js';
-import { ContentHasher, hashMatches, hashPrefix } from '../codec/dedup.js';
+import { ContentHasher, hashMatches, hashPrefix, isHashKey, prefixOfKey } from '../codec/dedup.js';
 import { decodeSegmentHeader, segmentHeaderLength } from '../codec/segment.js';
 import { decodeSnapshot } from '../codec/snapshot.js';
 import { Miss, type Node } from '../index/btree.js';
@@ -186,7 +186,7 @@ export async function checkVolume(
       for (let i = 0; i < nd.length; i++) {
         const key = nd.key(i);
         // (Hash entries, at odd keys, point nowhere.)
-        if (content && key % 2 === 1) continue;
+        if (content && isHashKey(key)) continue;
         const seg = nd.seg(i);
         reached.add(seg);
         if (options.deep) {
@@ -198,7 +198,10 @@ export async function checkVolume(
           // The content the index says is there, when its hash entry sits in the same leaf.
           if (content && i + 1 < nd.length && nd.key(i + 1) === key + 1) {
             const at = (i + 1) * ENTRY_SIZE;
-            b.hash = { prefix: key / 2, entry: Buffer.from(nd.entries.subarray(at, at + 32)) };
+            b.hash = {
+              prefix: prefixOfKey(key),
+              entry: Buffer.from(nd.entries.subarray(at, at + 32)),
+            };
           }
           m.set(off, b);
         }

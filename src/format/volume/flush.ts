@@ -73,7 +73,7 @@ export interface DedupPatch {
 }
 
 /** Two patches as one, `b` applied after `a`. */
-export function mergeDedupPatches(a?: DedupPatch, b?: DedupPatch): DedupPatch | undefined {
+function mergeDedupPatches(a?: DedupPatch, b?: DedupPatch): DedupPatch | undefined {
   if (!a || !b) return a ?? b;
   return {
     forget: [...(a.forget ?? []), ...(b.forget ?? [])],

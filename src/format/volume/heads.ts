@@ -12,6 +12,7 @@ import {
   isRetainedCheckpoint,
   type HeadRecord,
 } from '../codec/head.js';
+import { contentsIndexed } from '../codec/dedup.js';
 import { decodeNode, nodeCapacity } from '../codec/node.js';
 import { cipherName, sealOverhead } from '../codec/seal.js';
 import { decodeEmbeddedHead, embeddedHeadEnd } from '../codec/segment.js';
@@ -273,8 +274,7 @@ export function infoOf(url: string, head: HeadRecord, readOnly: boolean): Volume
   let dedupBlocks = 0;
   try {
     mapped = rootOf(head).total();
-    // (Two index entries per distinct block: codec/dedup.ts.)
-    dedupBlocks = (dedupRootOf(head)?.total() ?? 0) / 2;
+    dedupBlocks = contentsIndexed(dedupRootOf(head)?.total() ?? 0);
   } catch {
     mapped = 0;
   }

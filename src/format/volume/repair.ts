@@ -21,6 +21,7 @@ import { NodeLoader } from '../index/loader.js';
 import { HEAD_KEY, SEGMENT_PREFIX, parseSegmentKey, segmentKey } from '../keys.js';
 import type { ObjectStore } from '../store/types.js';
 import { holderIsDeadLocal, leaseHeldError, readLease } from './lease.js';
+import { isHashKey } from '../codec/dedup.js';
 import { dedupRootOf, rootOf } from './heads.js';
 import { SegmentSource, type OpenStoreFn } from './segments.js';
 
@@ -203,7 +204,7 @@ async function verifySegment(
     const rec = async (nd: Node, content: boolean): Promise<void> => {
       if (nd.level === 0) {
         for (let i = 0; i < nd.length; i++) {
-          if (content && nd.key(i) % 2 === 1) continue;
+          if (content && isHashKey(nd.key(i))) continue;
           const p = readLeaf(nd.entries, i);
           reached.add(p.seg);
           if (p.seg !== id) continue;

@@ -17,6 +17,7 @@ import {
 } from '../codec/node.js';
 import { crc32c } from '../codec/binary.js';
 import { CODEC_SEALED, type Sealer } from '../codec/seal.js';
+import { isHashKey } from '../codec/dedup.js';
 import { encodeSegmentHeader, segmentHeaderSize } from '../codec/segment.js';
 import { HyperError } from '../../errors.js';
 import type { Node } from '../index/btree.js';
@@ -142,7 +143,7 @@ export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
       if (nd.level === 0) {
         const key = nd.key(i);
         // (Dedup index: only pointer entries, at even keys, are block pointers.)
-        if ((inDedup && key % 2 === 1) || !leafIsPending(e, i)) continue;
+        if ((inDedup && isHashKey(key)) || !leafIsPending(e, i)) continue;
         const k = inDedup ? dedup?.slots.get(key) : slot.get(key);
         if (k === undefined)
           throw new HyperError(

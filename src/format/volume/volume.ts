@@ -33,7 +33,7 @@ import {
   resolveCheckpoint,
   rootOf,
 } from './heads.js';
-import { ContentHasher } from '../codec/dedup.js';
+import { ContentHasher, contentsIndexed } from '../codec/dedup.js';
 import { DEFAULT_LEASE_TTL_MS, defaultHolder } from './lease.js';
 import { Reader, type DiskTier } from './reader.js';
 import {
@@ -307,7 +307,7 @@ export class Volume {
     const i = infoOf(this.store.url, this.headRecord, this.readOnly);
     i.size = this.size;
     i.mappedBlocks = this.tree.mapped;
-    if (this.dedup) i.dedupBlocks = this.dedup.tree.mapped / 2;
+    if (this.dedup) i.dedupBlocks = contentsIndexed(this.dedup.tree.mapped);
     return i;
   }
 

@@ -7,6 +7,7 @@ import { leafLength } from '../codec/node.js';
 import { Miss, type Node } from '../index/btree.js';
 import type { NodeLoader } from '../index/loader.js';
 import type { HeadRecord } from '../codec/head.js';
+import { isHashKey, prefixOfKey } from '../codec/dedup.js';
 import { dedupRootOf, rootOf } from './heads.js';
 import type { Volume } from './volume.js';
 
@@ -106,10 +107,10 @@ async function walkTree(
       for (let i = 0; i < nd.length; i++) {
         const key = nd.key(i);
         if (content) {
-          // Pointer entries at even keys; each is followed by its hash entry.
-          if (key % 2 === 1) continue;
+          // Pointer entries only; each is followed by its hash entry.
+          if (isHashKey(key)) continue;
           r.segments.add(nd.seg(i));
-          if (live) push(r.dedupKeys, nd.seg(i), key / 2);
+          if (live) push(r.dedupKeys, nd.seg(i), prefixOfKey(key));
           continue;
         }
         const seg = nd.seg(i);

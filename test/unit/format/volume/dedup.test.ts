@@ -46,6 +46,13 @@ function uniqueBlocks(count: number, seed: number): Buffer {
 
 const stored = async (store: MemStore): Promise<number> => (await statVolume(store)).storedBytes;
 
+/** `file check --deep` finds nothing wrong (every block, tag and content-index hash). */
+async function assertDeepClean(store: MemStore): Promise<Awaited<ReturnType<typeof checkVolume>>> {
+  const c = await checkVolume(store, { deep: true });
+  assert.equal(c.clean, true, JSON.stringify(c.problems));
+  return c;
+}
+
 describe('deduplication', () => {
   const combos: [Compression, Cipher | undefined][] = [
     ['none', undefined],
@@ -134,8 +141,7 @@ describe('deduplication', () => {
           `${ro.info.dedupBlocks} index entries for ${distinct.size} distinct blocks`,
         );
         await ro.close();
-        const c = await checkVolume(store, { deep: true });
-        assert.equal(c.clean, true, JSON.stringify(c.problems));
+        const c = await assertDeepClean(store);
         assert.ok(c.blocksChecked > 0);
       });
     }
@@ -200,8 +206,7 @@ describe('deduplication', () => {
     const ro = await Volume.open(store, { readOnly: true, dataCacheBytes: 0 });
     assert.equal(sha(await ro.read(4 * MiB, 1 * MiB)), sha(a));
     await ro.close();
-    const check = await checkVolume(store, { deep: true });
-    assert.equal(check.clean, true, JSON.stringify(check.problems));
+    await assertDeepClean(store);
   });
 
   it('a segment PUT that fails leaves no index entry behind; the retry stores the block', async () => {
@@ -228,7 +233,7 @@ describe('deduplication', () => {
     assert.equal(sha(await ro.read(1 * MiB, 4 * BS)), sha(a));
     assert.equal(ro.info.dedupBlocks, 4);
     await ro.close();
-    assert.equal((await checkVolume(store, { deep: true })).clean, true);
+    await assertDeepClean(store);
   });
 
   it('clones share the parent’s blocks; flattening moves them and the index lets go', async () => {
@@ -261,8 +266,7 @@ describe('deduplication', () => {
     assert.equal(sha(await ro.read(2 * MiB, 512 * KiB)), sha(a));
     assert.equal(ro.info.dedupBlocks, 128, 'stored once in the clone');
     await ro.close();
-    const c = await checkVolume(child, { deep: true });
-    assert.equal(c.clean, true, JSON.stringify(c.problems));
+    await assertDeepClean(child);
   });
 
   it('sealed blocks are bound to their place: one moved within its segment fails with the key named', async () => {
@@ -303,7 +307,7 @@ describe('deduplication', () => {
     const v = await Volume.open(store, { flushIntervalMs: 0 });
     await v.write(0, uniqueBlocks(3, 6));
     await v.close();
-    assert.equal((await checkVolume(store, { deep: true })).clean, true);
+    await assertDeepClean(store);
     // Change one hash entry's bytes in the inline root and rewrite a valid head around it.
     const { head } = await readHead(store);
     const root = dedupRootOf(head);
@@ -378,7 +382,7 @@ describe('deduplication', () => {
     for (const off of [0, 4 * MiB, 8 * MiB]) assert.equal(sha(await ro.read(off, 1 * MiB)), sha(a));
     assert.equal(ro.info.dedupBlocks, 256, 'written at close');
     await ro.close();
-    assert.equal((await checkVolume(store, { deep: true })).clean, true);
+    await assertDeepClean(store);
     // A small budget writes the index with the segment that fills it.
     const s2 = MemStore.isolated();
     await Volume.create(s2, { size: 16 * MiB, dedup: true, compression: 'none' });
@@ -415,8 +419,7 @@ describe('deduplication', () => {
     const distinct = new Set([...model.values()]).size;
     assert.ok((ro.info.dedupBlocks ?? 0) >= distinct * 1024, `${ro.info.dedupBlocks} indexed`);
     await ro.close();
-    const c = await checkVolume(store, { deep: true });
-    assert.equal(c.clean, true, JSON.stringify(c.problems));
+    await assertDeepClean(store);
   });
   it('restore brings the checkpoint’s content index back with its content', async () => {
     const store = MemStore.isolated();
@@ -443,6 +446,6 @@ describe('deduplication', () => {
     const ro = await Volume.open(store, { readOnly: true, dataCacheBytes: 0 });
     assert.equal(sha(await ro.read(0, 64 * BS)), sha(a));
     await ro.close();
-    assert.equal((await checkVolume(store, { deep: true })).clean, true);
+    await assertDeepClean(store);
   });
 });
