@@ -34,6 +34,7 @@ export type ErrorCode =
   | 'UNKNOWN_FLAG'
   | 'KEY_REQUIRED'
   | 'WRONG_KEY'
+  | 'NOT_A_PRIMARY'
   // not-found
   | 'VOLUME_NOT_FOUND'
   | 'OBJECT_NOT_FOUND'
@@ -51,6 +52,9 @@ export type ErrorCode =
   | 'HAS_CLONES'
   | 'EXPORT_EXISTS'
   | 'DAEMON_RUNNING'
+  | 'PRIMARY_EXISTS'
+  | 'PRIMARY_IN_USE'
+  | 'REPLICA_MISMATCH'
   // unavailable
   | 'STORE_UNAVAILABLE'
   | 'ACCESS_DENIED'
@@ -62,6 +66,7 @@ export type ErrorCode =
   | 'CHECKSUM_MISMATCH'
   | 'CORRUPT_OBJECT'
   | 'MISSING_OBJECT'
+  | 'REPLICA_DIVERGED'
   // internal
   | 'INTERNAL';
 

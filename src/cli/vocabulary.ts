@@ -188,6 +188,64 @@ export const fileExportSchema = z.strictObject({
   elapsedSeconds: seconds,
 });
 
+/** The identity of a diff stream (its header): the source volume and the two checkpoints. */
+const diffHeaderFields = {
+  /** The uuid of the volume the diff was exported from. */
+  sourceUuid: z.string(),
+  fromCheckpoint: checkpointNumber,
+  fromSize: bytes,
+  fromTime: isoTime,
+  toCheckpoint: checkpointNumber,
+  toSize: bytes,
+  toTime: isoTime,
+  /** The source volume's data block size. */
+  dataBlockSize: bytes,
+  dataRecordCount: count,
+  zeroRecordCount: count,
+  /** Bytes of data the stream carries. */
+  dataBytes: bytes,
+  /** Bytes of ranges that read as zeros in the to-checkpoint. */
+  zeroBytes: bytes,
+  /** Bytes of the whole stream. */
+  streamBytes: bytes,
+};
+
+export const fileExportDiffSchema = z.strictObject({
+  url: z.string(),
+  /** The file written, or `-` for stdout (never with --json). */
+  file: z.string(),
+  from: checkpointRefSchema,
+  to: checkpointRefSchema,
+  ...diffHeaderFields,
+  elapsedSeconds: seconds,
+});
+
+export const fileImportDiffSchema = z.strictObject({
+  /** The diff read, or `-` for stdin. */
+  file: z.string(),
+  url: z.string(),
+  ...diffHeaderFields,
+  /** What showed the target holds the from-checkpoint: its marker snapshot, or --assume-base. */
+  base: z.enum(['marker', 'assumed']),
+  /** The marker snapshot that proved the base, else null. */
+  baseSnapshot: z.string().nullable(),
+  /** The target's checkpoint and size before the import. */
+  previousCheckpoint: checkpointNumber,
+  previousSize: bytes,
+  /** The target's checkpoint holding the to-checkpoint's content; null on a dry run. */
+  checkpoint: checkpointNumber.nullable(),
+  checkpointTime: isoTime.nullable(),
+  size: bytes,
+  /** The marker snapshot naming that checkpoint; null on a dry run. */
+  snapshot: z.string().nullable(),
+  /** The marker the import started from, deleted; null when there was none. */
+  removedSnapshot: z.string().nullable(),
+  /** The stream (stdin or a pipe) was copied to a temporary file before being applied. */
+  spooled: z.boolean(),
+  dryRun: z.boolean(),
+  elapsedSeconds: seconds,
+});
+
 export const fileDeleteSchema = z.strictObject({
   url: z.string(),
   /** False when there was no volume and --if-exists was given. */
@@ -358,6 +416,114 @@ export const serveStoppedSchema = z.strictObject({
   reason: z.enum(['interrupted']),
 });
 
+// replica …
+
+const replicaMode = z.enum(['logging', 'forward-part', 'forward-full', 'reverse-full']);
+
+/** `hyper replica format --json`. */
+export const replicaFormatSchema = z.strictObject({
+  uuid: z.string(),
+  file: z.string(),
+  deviceSize: count,
+  regionSize: count,
+  /** The replica volume's URL (<replica prefix>/<uuid>/). */
+  replicaUrl: z.string(),
+  mode: z.enum(['logging', 'forward-full']),
+});
+
+/** The replicator's state (`hyper replica status --json`, GET /v1/replica). */
+export const replicaStatusSchema = z.strictObject({
+  uuid: z.string(),
+  mode: replicaMode,
+  deviceSize: count,
+  regionSize: count,
+  replicaUrl: z.string(),
+  /** Whether a replicator serves the primary now (false: read from the primary's header). */
+  live: z.boolean(),
+  replica: z.strictObject({
+    connected: z.boolean(),
+    error: z.string().nullable(),
+    checkpoint: count,
+    lastConsistentCheckpoint: count,
+    lastConsistentTime: z.string().nullable(),
+  }),
+  lag: z.strictObject({
+    bytes: count,
+    ios: count,
+    seconds: z.number().min(0),
+    p50Seconds: z.number().min(0),
+    p99Seconds: z.number().min(0),
+  }),
+  pool: z.strictObject({ bytes: count, limit: count, overflows: count }),
+  dirtyRegions: count,
+  regions: count,
+  resync: z.strictObject({ pending: count, copied: count, total: count }).nullable(),
+  restore: z
+    .strictObject({ from: count, restored: count, total: count, lazy: z.boolean() })
+    .nullable(),
+  shipped: z.strictObject({
+    bytes: count,
+    ios: count,
+    checkpoints: count,
+    bytesPerSecond: z.number().min(0),
+  }),
+});
+
+/** `hyper replica resync --json`. */
+export const replicaResyncSchema = z.strictObject({
+  /** Regions that will be copied. */
+  regions: count,
+  full: z.boolean(),
+  /** False: recorded in the primary's header for the next `replica serve`. */
+  live: z.boolean(),
+});
+
+/** `hyper replica check --json`. */
+export const replicaCheckSchema = z.strictObject({
+  uuid: z.string(),
+  file: z.string(),
+  replicaUrl: z.string(),
+  checkpoint: count,
+  consistent: z.boolean(),
+  mode: replicaMode,
+  served: z.boolean(),
+  regions: count,
+  matching: count,
+  differing: z.array(
+    z.strictObject({ region: count, offset: count, length: count, dirty: z.boolean() }),
+  ),
+  diverged: count,
+});
+
+/** `hyper replica restore --json`. */
+export const replicaRestoreSchema = z.strictObject({
+  uuid: z.string(),
+  file: z.string(),
+  checkpoint: count,
+  replicaCheckpoint: count,
+  lazy: z.boolean(),
+  restoredRegions: count,
+  regions: count,
+  resumed: z.boolean(),
+});
+
+/** `hyper replica serve --json`: a `listening` line, then a `stopped` line. */
+export const replicaServeListeningSchema = z.strictObject({
+  event: z.literal('listening'),
+  uri: z.string(),
+  uuid: z.string(),
+  mode: replicaMode,
+  controlSocket: z.string().nullable(),
+});
+
+export const replicaServeStoppedSchema = z.strictObject({
+  event: z.literal('stopped'),
+  uri: z.string(),
+  uuid: z.string(),
+  reason: z.enum(['interrupted']),
+  status: replicaStatusSchema,
+});
+
 // daemon, map, unmap, ls
 
 /** Why a mapping failed: an error body without an exit code (the daemon has no exit code). */
@@ -523,6 +689,8 @@ export const resultSchemas = {
   'file:list': fileListSchema,
   'file:import': fileImportSchema,
   'file:export': fileExportSchema,
+  'file:export-diff': fileExportDiffSchema,
+  'file:import-diff': fileImportDiffSchema,
   'file:delete': fileDeleteSchema,
   'file:check': fileCheckSchema,
   'file:repair': fileRepairSchema,
@@ -541,6 +709,12 @@ export const resultSchemas = {
   map: mapSchema,
   unmap: unmapSchema,
   ls: lsSchema,
+  'replica:format': replicaFormatSchema,
+  'replica:serve': replicaServeStoppedSchema,
+  'replica:status': replicaStatusSchema,
+  'replica:resync': replicaResyncSchema,
+  'replica:check': replicaCheckSchema,
+  'replica:restore': replicaRestoreSchema,
 } as const satisfies Record<string, z.ZodType>;
 
 export type CheckpointRefJson = z.infer<typeof checkpointRefSchema>;
@@ -558,6 +732,8 @@ export type FileListResult = z.infer<typeof fileListSchema>;
 export type VolumeListItem = FileListResult['volumes'][number];
 export type FileImportResult = z.infer<typeof fileImportSchema>;
 export type FileExportResult = z.infer<typeof fileExportSchema>;
+export type FileExportDiffResult = z.infer<typeof fileExportDiffSchema>;
+export type FileImportDiffResult = z.infer<typeof fileImportDiffSchema>;
 export type FileDeleteResult = z.infer<typeof fileDeleteSchema>;
 export type FileCheckResult = z.infer<typeof fileCheckSchema>;
 export type FileRepairResult = z.infer<typeof fileRepairSchema>;
@@ -576,6 +752,13 @@ export type ExportErrorJson = z.infer<typeof exportErrorSchema>;
 export type ExportStatus = z.infer<typeof exportStatusSchema>;
 export type DaemonStatus = z.infer<typeof daemonStatusSchema>;
 export type LsResult = z.infer<typeof lsSchema>;
+export type ReplicaFormatResult = z.infer<typeof replicaFormatSchema>;
+export type ReplicaStatusResult = z.infer<typeof replicaStatusSchema>;
+export type ReplicaResyncResult = z.infer<typeof replicaResyncSchema>;
+export type ReplicaCheckResult = z.infer<typeof replicaCheckSchema>;
+export type ReplicaRestoreResult = z.infer<typeof replicaRestoreSchema>;
+export type ReplicaServeListening = z.infer<typeof replicaServeListeningSchema>;
+export type ReplicaServeResult = z.infer<typeof replicaServeStoppedSchema>;
 export type MapResult = z.infer<typeof mapSchema>;
 export type UnmapResult = z.infer<typeof unmapSchema>;
 export type DaemonListening = z.infer<typeof daemonListeningSchema>;

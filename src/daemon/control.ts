@@ -50,16 +50,29 @@ const STATUS: Record<ErrorKind, number> = {
   internal: 500,
 };
 
+/**
+ * Routes of another control API served the same way (the replicator's): the answer to a
+ * request, or undefined when no route matches.
+ */
+export type ControlRoutes = (
+  method: string,
+  url: URL,
+  body: () => Promise<unknown>,
+  signal: AbortSignal,
+) => Promise<{ status: number; body: unknown } | undefined>;
+
 export class ControlServer {
   private readonly server: Server;
   private readonly logger: ServeLogger;
   private path: string | undefined;
+  private readonly what: string;
 
   constructor(
-    private readonly handler: ControlHandler,
-    options: { logger?: ServeLogger } = {},
+    private readonly handler: ControlHandler | ControlRoutes,
+    options: { logger?: ServeLogger; what?: string } = {},
   ) {
     this.logger = options.logger ?? silentLogger;
+    this.what = options.what ?? 'hyper daemon';
     this.server = createServer({ requestTimeout: 0 }, (req, res) => void this.handle(req, res));
   }
 
@@ -80,7 +93,7 @@ export class ControlServer {
       await this.bindPath(o.path);
     } catch (e) {
       if ((e as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw toHyperError(e);
-      await replaceStale(o.path);
+      await replaceStale(o.path, this.what);
       await this.bindPath(o.path).catch((err: unknown) => {
         throw toHyperError(err);
       });
@@ -158,6 +171,11 @@ export class ControlServer {
     const method = req.method ?? 'GET';
     const p = url.pathname;
     const h = this.handler;
+    if (typeof h === 'function') {
+      const answer = await h(method, url, () => readJson(req), signal);
+      if (answer !== undefined) return answer;
+      throw new HyperError('invalid', 'INVALID_ARGUMENT', `No route ${method} ${p}`);
+    }
     if (p === '/v1/daemon' && method === 'GET') return ok(h.info());
     if (p === '/v1/exports' && method === 'GET') return ok({ exports: h.list() });
     if (p === '/v1/exports' && method === 'POST') {
@@ -247,7 +265,7 @@ async function readJson(req: IncomingMessage): Promise<unknown> {
 }
 
 /** EADDRINUSE on `path`: a live daemon is an error; a socket file nobody listens on goes. */
-async function replaceStale(path: string): Promise<void> {
+async function replaceStale(path: string, what: string): Promise<void> {
   const st = await lstat(path).catch(() => undefined);
   if (st !== undefined && !st.isSocket()) {
     throw new HyperError('invalid', 'ADDRESS_IN_USE', `${path} exists and is not a socket`, {
@@ -266,10 +284,12 @@ async function replaceStale(path: string): Promise<void> {
     throw new HyperError(
       'conflict',
       'DAEMON_RUNNING',
-      `A hyper daemon is already running on the control socket ${path}`,
+      `A ${what} is already running on the control socket ${path}`,
       {
         suggestion:
-          'Use that daemon ("hyper ls", "hyper map"), stop it first, or pass another --control-socket.',
+          what === 'hyper daemon'
+            ? 'Use that daemon ("hyper ls", "hyper map"), stop it first, or pass another --control-socket.'
+            : 'Stop it first, or pass another --control-socket.',
       },
     );
   }
@@ -278,7 +298,10 @@ async function replaceStale(path: string): Promise<void> {
 
 /** A client of the control API (what `hyper map`, `unmap` and `ls` use). */
 export class ControlClient {
-  constructor(private readonly socketPath: string) {}
+  constructor(
+    private readonly socketPath: string,
+    private readonly notRunning?: (path: string, cause: Error) => HyperError,
+  ) {}
 
   get<T>(path: string, signal?: AbortSignal): Promise<T> {
     return this.call<T>('GET', path, undefined, signal);
@@ -339,6 +362,7 @@ export class ControlClient {
   private connectionError(e: Error): HyperError {
     const code = (e as NodeJS.ErrnoException).code;
     if (code === 'ENOENT' || code === 'ECONNREFUSED' || code === 'ENOTDIR') {
+      if (this.notRunning) return this.notRunning(this.socketPath, e);
       return new HyperError(
         'unavailable',
         'DAEMON_NOT_RUNNING',

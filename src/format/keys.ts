@@ -16,6 +16,14 @@ export const SNAPSHOT_PREFIX = 'snap/';
 export const WAL_PREFIX = 'wal/';
 /** Pins that clones hold on their parent's checkpoints: pin/<clone volume uuid>. */
 export const PIN_PREFIX = 'pin/';
+/**
+ * A replication replica's manifest (src/replica/manifest.ts): which device it mirrors and
+ * which of its checkpoints are not crash-consistent images.
+ */
+export const REPLICA_KEY = 'replica';
+
+/** The replica volume of primary `uuid`, relative to the replica prefix. */
+export const replicaVolumePrefix = (uuid: string): string => `${uuid}/`;
 
 export function pinKey(cloneUuid: string): string {
   if (!/^[0-9a-f]{32}$/.test(cloneUuid))

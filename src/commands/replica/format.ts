@@ -1,0 +1,78 @@
+import { Flags } from '@oclif/core';
+import { BaseCommand } from '../../base-command.js';
+import type { ReplicaFormatResult } from '../../cli/vocabulary.js';
+import { formatBytes } from '../../cli/units.js';
+import { compression, size } from '../../flags.js';
+import type { Compression } from '../../format/codec/block.js';
+import { MAX_VOLUME_SIZE } from '../../format/volume/types.js';
+import { DEFAULT_REGION_SIZE, formatPrimary } from '../../replica/admin.js';
+import { primaryFile } from '../../replica/flags.js';
+
+export default class ReplicaFormat extends BaseCommand<typeof ReplicaFormat> {
+  static override summary =
+    'Make a file or block device a replication primary with a replica on S3.';
+
+  static override description = `Writes a small header (uuid, device size, region size, replica URL, state and the dirty-region bitmap) in the first 1 MiB of the primary, creates the replica volume at <replica prefix>/<uuid>/ and prints the uuid. The exported device is the --device-size bytes after the header. A file that does not exist is created (sparse) and needs no first copy; an existing file or device is copied to the replica region by region when "replica serve" first runs. A primary that already has a header is refused (PRIMARY_EXISTS) unless --force; one smaller than 1 MiB + --device-size is refused (OUT_OF_RANGE). Nothing is written when refused.`;
+
+  static override examples = [
+    {
+      description: 'A 4 GiB primary on an NVMe partition, replicated to a bucket.',
+      command:
+        '<%= config.bin %> <%= command.id %> --file /dev/nvme1n1 --device-size 4G --replica s3://bkt/replicas/',
+    },
+    {
+      description: 'A file primary with 4 MiB regions; the result as JSON.',
+      command:
+        '<%= config.bin %> <%= command.id %> --file /srv/primary.img --device-size 10G --replica file:///srv/replicas/ --region-size 4M --json',
+    },
+  ];
+
+  static override flags = {
+    file: primaryFile,
+    'device-size': size({
+      summary: 'Size of the exported device.',
+      required: true,
+      min: 512,
+      max: MAX_VOLUME_SIZE,
+    }),
+    replica: Flags.string({
+      summary: 'Prefix URL under which the replica volume is created (named by the uuid).',
+      helpValue: '<url>',
+      required: true,
+    }),
+    'region-size': size({
+      summary: 'Unit of resync and of the dirty bitmap (a power of two, at least 64K).',
+      default: DEFAULT_REGION_SIZE,
+    }),
+    'data-block-size': size({
+      summary: 'Data block size of the replica volume.',
+      default: 4096,
+      min: 512,
+      max: 1024 * 1024,
+    }),
+    compression,
+    force: Flags.boolean({
+      summary:
+        'Format a primary that already has a header (its data is kept and copied to a new replica).',
+    }),
+  };
+
+  public async run(): Promise<ReplicaFormatResult> {
+    const f = this.flags;
+    const r = await formatPrimary({
+      file: f.file,
+      deviceSize: f['device-size'],
+      replicaPrefix: f.replica,
+      regionSize: f['region-size'],
+      dataBlockSize: f['data-block-size'],
+      force: f.force,
+      ...(f.compression ? { create: { compression: f.compression as Compression } } : {}),
+      openStore: (u, o) => this.openStore(u, o),
+    });
+    this.log(r.uuid);
+    this.note(
+      `Formatted ${r.file} (${formatBytes(r.deviceSize)} device, ${formatBytes(r.regionSize)} regions); replica ${r.replicaUrl}${r.mode === 'forward-full' ? '; the first "replica serve" copies every region' : ''}.`,
+    );
+    return r;
+  }
+}

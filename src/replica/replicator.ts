@@ -1,0 +1,1047 @@
+/**
+ * The replicator: a local primary served at local-disk speed, every change shipped in order
+ * and asynchronously to a replica volume (README "Replication").
+ *
+ * One ordered stream carries what the replica must apply: writes, zeroes, region copies and
+ * flush points, each with a sequence number. The shipper applies the stream to the replica
+ * volume in order and commits a checkpoint at every flush point it reaches (flush points that
+ * queue up behind one another are committed once, at the last), and at least every
+ * `commitIntervalMs`. So each replica checkpoint holds a prefix of the stream.
+ *
+ * The dirty bitmap in the primary header is a superset of the regions where the primary may
+ * differ from the replica's newest checkpoint: a region's bit is durable before its first
+ * write reaches the primary, and is cleared only once every change to it is in a committed
+ * checkpoint. After a crash of the replicator the set bits are resynced; nothing else is.
+ *
+ * Resync: regions whose changes are not in the stream (the pool overflowed, the replica
+ * failed, or after a crash) are `needCopy`. A resync pass switches the stream on again and
+ * appends a copy of each such region, read while no write to it is in flight, so writes after
+ * the copy follow it in the stream. Checkpoints committed before the pass's last copy mix
+ * regions of different times: the manifest records them as inconsistent before the first one
+ * is committed, and the last consistent checkpoint stays restorable and named in status.
+ *
+ * Reverse (restore --lazy): regions whose unrestored bit is set are copied from the replica
+ * checkpoint `restoreFrom` on first use (a read, or before a write) and by a background pass;
+ * an unrestored bit is cleared durably before any write to its region is accepted.
+ */
+import { setTimeout as sleep } from 'node:timers/promises';
+import { HyperError, toHyperError } from '../errors.js';
+import {
+  bitCount,
+  bitGet,
+  bitSet,
+  regionCount,
+  type PrimaryHeader,
+  type ReplicaMode,
+} from '../format/codec/primary.js';
+import type { ObjectStore } from '../format/store/index.js';
+import { silentLogger, type CheckpointInfo, type Logger } from '../format/volume/types.js';
+import type { Volume } from '../format/volume/volume.js';
+import { readManifest, writeManifest, type ReplicaManifest } from './manifest.js';
+import type { PrimaryFile } from './primary.js';
+
+export const DEFAULT_POOL_BYTES = 512 * 1024 * 1024;
+export const DEFAULT_RECOVER_CONCURRENCY = 4;
+const ZERO_CHUNK = 1024 * 1024;
+
+type Entry =
+  | { kind: 'write'; seq: number; at: number; offset: number; data: Buffer }
+  | { kind: 'zero'; seq: number; at: number; offset: number; length: number; trim: boolean }
+  | { kind: 'copy'; seq: number; at: number; region: number; data: Buffer }
+  | { kind: 'flush'; seq: number; at: number };
+
+const entryBytes = (e: Entry): number =>
+  e.kind === 'write' || e.kind === 'copy' ? e.data.length + 64 : 64;
+
+export interface ReplicatorOptions {
+  primary: PrimaryFile;
+  header: PrimaryHeader;
+  /** The replica volume's store (for the manifest). */
+  replicaStore: ObjectStore;
+  /** Open the replica volume for writing (takes its lease). */
+  openReplica: () => Promise<Volume>;
+  /** Open the replica read-only at a checkpoint (lazy restore's source). */
+  openReplicaAt: (checkpoint: number) => Promise<Volume>;
+  /** Name recorded as the primary's owner while served. */
+  owner: string;
+  poolBytes?: number;
+  recoverConcurrency?: number;
+  /** Commit a replica checkpoint at least this often while changes wait (default 1 s). */
+  commitIntervalMs?: number;
+  /** A region stays dirty this long after its last write before its bit is cleared (2 s). */
+  clearDelayMs?: number;
+  /** First wait before reopening a failed replica (doubles up to 30 s; default 500 ms). */
+  retryMs?: number;
+  logger?: Logger;
+}
+
+export interface ReplicaStatus {
+  uuid: string;
+  mode: ReplicaMode;
+  deviceSize: number;
+  regionSize: number;
+  replicaUrl: string;
+  live: boolean;
+  replica: {
+    connected: boolean;
+    error: string | null;
+    checkpoint: number;
+    lastConsistentCheckpoint: number;
+    lastConsistentTime: string | null;
+  };
+  lag: { bytes: number; ios: number; seconds: number; p50Seconds: number; p99Seconds: number };
+  pool: { bytes: number; limit: number; overflows: number };
+  dirtyRegions: number;
+  regions: number;
+  resync: { pending: number; copied: number; total: number } | null;
+  restore: { from: number; restored: number; total: number; lazy: boolean } | null;
+  shipped: { bytes: number; ios: number; checkpoints: number; bytesPerSecond: number };
+}
+
+/** A latch that resolves waiters when `wake()` is called (or their timeout passes). */
+class Signal {
+  private waiters = new Set<() => void>();
+  wait(ms?: number): Promise<void> {
+    return new Promise((resolve) => {
+      let t: NodeJS.Timeout | undefined;
+      const done = (): void => {
+        if (t !== undefined) clearTimeout(t);
+        this.waiters.delete(done);
+        resolve();
+      };
+      if (ms !== undefined) t = setTimeout(done, ms);
+      this.waiters.add(done);
+    });
+  }
+  wake(): void {
+    const w = [...this.waiters];
+    this.waiters.clear();
+    for (const f of w) f();
+  }
+}
+
+export class Replicator {
+  readonly regions: number;
+  readonly regionSize: number;
+  readonly size: number;
+  private readonly primary: PrimaryFile;
+  private header: PrimaryHeader;
+  private readonly log: Logger;
+  private readonly poolLimit: number;
+  private readonly recoverConcurrency: number;
+  private readonly commitIntervalMs: number;
+  private readonly clearDelayMs: number;
+  private readonly retryMs: number;
+
+  // Dirty bitmap (in memory; `header.dirty` is the persisted copy) and its bookkeeping.
+  private readonly dirty: Buffer;
+  private readonly unrestored: Buffer;
+  private readonly busy: Int32Array;
+  private readonly lastSeq: Float64Array;
+  private readonly lastWriteMs: Float64Array;
+  private readonly setVersion: Float64Array;
+  private readonly idle = new Map<number, () => void>();
+  private readonly gates = new Map<number, Promise<void>>();
+
+  // Header persistence: `wanted` versions of the bitmaps, `durable` written and synced.
+  private wanted = 0;
+  private durable = 0;
+  private persisting: Promise<void> | undefined;
+  private persistError: HyperError | undefined;
+
+  // The stream.
+  private queue: Entry[] = [];
+  private queueHead = 0;
+  private queueBytes = 0;
+  private nextSeq = 1;
+  private queueing = false;
+  private appliedSeq = 0;
+  private committedSeq = 0;
+  private lastCommitMs = Date.now();
+  private readonly needCopy = new Set<number>();
+  private readonly passPending = new Set<number>();
+  private passTotal = 0;
+  private passCopied = 0;
+  private passAbort = false;
+  private fullPass = false;
+  private consistentAfter = Infinity;
+  private manifestOpen = false;
+  private manifest: ReplicaManifest | undefined;
+
+  // The replica.
+  private volume: Volume | undefined;
+  private replicaError: string | null = null;
+  private replicaCheckpoint: number;
+  private lastConsistent: number;
+  private lastConsistentTime: Date | undefined;
+  private overflows = 0;
+  private shippedBytes = 0;
+  private shippedIos = 0;
+  private commits = 0;
+  private readonly lagSamples: number[] = [];
+  private readonly rate: { t: number; bytes: number }[] = [];
+
+  // Reverse.
+  private view: Volume | undefined;
+  private readonly restoring = new Map<number, Promise<void>>();
+  private restoreSlots: number;
+  private readonly restoreSlotFree = new Signal();
+  private restoredCount = 0;
+
+  private readonly work = new Signal();
+  private readonly drained = new Signal();
+  /** Woken only when closing (backoff waits). */
+  private readonly stopping = new Signal();
+  private closing = false;
+  private closed = false;
+  private loops: Promise<void>[] = [];
+  private readonly wasClean: boolean;
+  /** Header fields this process owns (the header's copy follows them on each write). */
+  private owner = '';
+  private clean = false;
+
+  constructor(private readonly o: ReplicatorOptions) {
+    this.primary = o.primary;
+    this.header = { ...o.header };
+    this.size = o.header.deviceSize;
+    this.regionSize = o.header.regionSize;
+    this.regions = regionCount(this.size, this.regionSize);
+    this.log = o.logger ?? silentLogger;
+    this.poolLimit = Math.max(o.poolBytes ?? DEFAULT_POOL_BYTES, 2 * this.regionSize);
+    this.recoverConcurrency = Math.max(1, o.recoverConcurrency ?? DEFAULT_RECOVER_CONCURRENCY);
+    this.restoreSlots = this.recoverConcurrency;
+    this.commitIntervalMs = o.commitIntervalMs ?? 1000;
+    this.clearDelayMs = o.clearDelayMs ?? 2000;
+    this.retryMs = o.retryMs ?? 500;
+    this.dirty = Buffer.from(o.header.dirty);
+    this.unrestored =
+      o.header.mode === 'reverse-full' && o.header.unrestored.length > 0
+        ? Buffer.from(o.header.unrestored)
+        : Buffer.alloc(this.dirty.length);
+    this.restoredCount = this.regions - bitCount(this.unrestored, this.regions);
+    this.busy = new Int32Array(this.regions);
+    this.lastSeq = new Float64Array(this.regions);
+    this.lastWriteMs = new Float64Array(this.regions);
+    this.setVersion = new Float64Array(this.regions);
+    this.replicaCheckpoint = o.header.replicaCheckpoint;
+    this.lastConsistent = o.header.lastConsistent;
+    if (o.header.mode === 'forward-full') {
+      this.fullPass = true;
+      for (let r = 0; r < this.regions; r++) this.needCopy.add(r);
+    } else {
+      for (let r = 0; r < this.regions; r++) if (bitGet(this.dirty, r)) this.needCopy.add(r);
+    }
+    this.queueing = this.needCopy.size === 0;
+    this.consistentAfter = this.queueing ? 0 : Infinity;
+    this.wasClean = o.header.clean;
+  }
+
+  // ------------------------------------------------------------------ lifecycle
+
+  /** Claim the primary, connect to the replica and start shipping. */
+  async start(): Promise<void> {
+    this.owner = this.o.owner;
+    await this.persist();
+    await this.connect(true);
+    if (this.unrestoredLeft() > 0) {
+      this.view = await this.o.openReplicaAt(this.header.restoreFrom);
+      this.loops.push(this.restoreLoop());
+    }
+    this.loops.push(this.shipLoop(), this.resyncLoop());
+  }
+
+  /**
+   * Stop: ship what is queued (for at most `drainMs`), commit it, clear what is clean and
+   * release the primary and the replica's lease.
+   */
+  async close(drainMs = 30_000): Promise<void> {
+    if (this.closed) return;
+    this.closing = true;
+    this.stopping.wake();
+    const deadline = Date.now() + drainMs;
+    while (
+      this.volume !== undefined &&
+      (this.queueBytes > 0 || this.queueHead < this.queue.length || this.passPending.size > 0) &&
+      Date.now() < deadline
+    ) {
+      this.work.wake();
+      await sleep(25);
+    }
+    this.closed = true;
+    this.work.wake();
+    this.restoreSlotFree.wake();
+    await Promise.allSettled(this.loops);
+    if (this.volume !== undefined) {
+      try {
+        if (this.queueHead >= this.queue.length) await this.commit();
+      } catch (e) {
+        this.log.warn('final replica commit failed', { error: (e as Error).message });
+      }
+      await this.volume.close().catch(() => undefined);
+      this.volume = undefined;
+    }
+    await this.view?.close().catch(() => undefined);
+    this.clearBits(true);
+    this.owner = '';
+    this.clean = this.needCopy.size === 0 && this.passPending.size === 0;
+    await this.persist().catch((e: unknown) =>
+      this.log.error('could not write the primary header', { error: (e as Error).message }),
+    );
+    await this.primary.close();
+  }
+
+  /**
+   * Stop at once, as a killed process would: no header write, no replica commit, nothing
+   * drained (fault injection in tests; the owner must also cut the replica's store off).
+   */
+  async crash(): Promise<void> {
+    this.closed = true;
+    this.persistError = new HyperError('unavailable', 'ABORTED', 'The replicator was stopped');
+    this.stopping.wake();
+    this.work.wake();
+    this.drained.wake();
+    this.restoreSlotFree.wake();
+    await this.primary.close();
+  }
+
+  // ------------------------------------------------------------------ device I/O
+
+  async read(offset: number, length: number): Promise<Buffer> {
+    this.checkOpen();
+    if (this.unrestoredLeft() > 0) await this.ensureRestored(offset, length);
+    return this.primary.read(offset, length);
+  }
+
+  async write(offset: number, data: Buffer, fua = false): Promise<void> {
+    await this.change(
+      offset,
+      data.length,
+      () => this.primary.write(offset, data),
+      (seq, at) => ({
+        kind: 'write',
+        seq,
+        at,
+        offset,
+        data: Buffer.from(data),
+      }),
+    );
+    if (fua) await this.primary.sync();
+  }
+
+  async zero(offset: number, length: number, trim: boolean, fua = false): Promise<void> {
+    await this.change(
+      offset,
+      length,
+      async () => {
+        const chunk = Buffer.alloc(Math.min(ZERO_CHUNK, length));
+        for (let done = 0; done < length; done += chunk.length) {
+          await this.primary.write(
+            offset + done,
+            chunk.subarray(0, Math.min(chunk.length, length - done)),
+          );
+        }
+      },
+      (seq, at) => ({ kind: 'zero', seq, at, offset, length, trim }),
+    );
+    if (fua) await this.primary.sync();
+  }
+
+  /** A client FLUSH: durable on the primary, then a flush point in the stream. */
+  async flush(): Promise<void> {
+    this.checkOpen();
+    await this.primary.sync();
+    if (this.queueing) this.enqueue({ kind: 'flush', seq: this.nextSeq++, at: Date.now() });
+  }
+
+  private async change(
+    offset: number,
+    length: number,
+    apply: () => Promise<void>,
+    entry: (seq: number, at: number) => Entry,
+  ): Promise<void> {
+    this.checkOpen();
+    const first = Math.floor(offset / this.regionSize);
+    const last = Math.floor((offset + length - 1) / this.regionSize);
+    if (this.unrestoredLeft() > 0) await this.ensureRestored(offset, length);
+    for (let r = first; r <= last; r++) {
+      for (let g = this.gates.get(r); g !== undefined; g = this.gates.get(r)) await g;
+      this.busy[r]!++;
+    }
+    try {
+      await this.markDirty(first, last);
+      await apply();
+    } catch (e) {
+      this.release(first, last);
+      throw e;
+    }
+    const now = Date.now();
+    if (this.queueing) {
+      const e = entry(this.nextSeq++, now);
+      for (let r = first; r <= last; r++) this.lastSeq[r] = e.seq;
+      this.enqueue(e);
+    } else {
+      for (let r = first; r <= last; r++) this.needCopy.add(r);
+      this.work.wake();
+    }
+    for (let r = first; r <= last; r++) this.lastWriteMs[r] = now;
+    this.release(first, last);
+  }
+
+  private release(first: number, last: number): void {
+    for (let r = first; r <= last; r++) {
+      if (--this.busy[r]! === 0) {
+        const w = this.idle.get(r);
+        if (w !== undefined) {
+          this.idle.delete(r);
+          w();
+        }
+      }
+    }
+  }
+
+  private checkOpen(): void {
+    if (this.closed) {
+      throw new HyperError('unavailable', 'ABORTED', 'The replicated device is closing');
+    }
+    if (this.persistError) throw this.persistError;
+  }
+
+  // ------------------------------------------------------------------ the dirty bitmap
+
+  /** Set the regions' bits and wait until they are durable in the primary header. */
+  private async markDirty(first: number, last: number): Promise<void> {
+    let need = 0;
+    for (let r = first; r <= last; r++) {
+      if (!bitGet(this.dirty, r)) {
+        bitSet(this.dirty, r, true);
+        this.setVersion[r] = this.wanted + 1;
+        need = this.wanted + 1;
+      } else if (this.setVersion[r]! > this.durable) {
+        need = Math.max(need, this.setVersion[r]!);
+      }
+    }
+    if (need > this.wanted) this.wanted = need;
+    if (need > this.durable) await this.persist(need);
+  }
+
+  /**
+   * Write the header with the current bitmaps and state, coalescing concurrent callers; resolves
+   * once version `need` (default: everything so far) is durable.
+   */
+  private async persist(need?: number): Promise<void> {
+    if (need === undefined) need = ++this.wanted;
+    while (this.durable < need) {
+      if (this.persistError) throw this.persistError;
+      if (this.persisting) {
+        await this.persisting.catch(() => undefined);
+        continue;
+      }
+      const version = this.wanted;
+      const next: PrimaryHeader = {
+        ...this.header,
+        seq: this.header.seq + 1,
+        owner: this.owner,
+        clean: this.clean,
+        mode: this.mode,
+        lastConsistent: this.lastConsistent,
+        replicaCheckpoint: this.replicaCheckpoint,
+        dirty: Buffer.from(this.dirty),
+        unrestored: this.unrestoredLeft() > 0 ? Buffer.from(this.unrestored) : Buffer.alloc(0),
+        ...(this.unrestoredLeft() > 0 ? {} : { lazy: false, restoreFrom: 0 }),
+      };
+      this.persisting = this.primary.writeHeader(next).then(
+        () => {
+          this.header = next;
+          this.durable = Math.max(this.durable, version);
+        },
+        (e: unknown) => {
+          this.persistError = toHyperError(e);
+          this.log.error('could not write the primary header', {
+            error: this.persistError.message,
+          });
+          throw this.persistError;
+        },
+      );
+      try {
+        await this.persisting;
+      } finally {
+        this.persisting = undefined;
+      }
+    }
+  }
+
+  /**
+   * Clear the bits of regions whose every change is committed on the replica (and, unless
+   * `now`, that were not written for clearDelayMs), then persist in the background.
+   */
+  private clearBits(now = false): void {
+    const t = Date.now();
+    let cleared = 0;
+    for (let r = 0; r < this.regions; r++) {
+      if (!bitGet(this.dirty, r)) continue;
+      if (this.needCopy.has(r) || this.passPending.has(r) || this.busy[r]! > 0 || this.gates.has(r))
+        continue;
+      if (this.lastSeq[r]! > this.committedSeq) continue;
+      if (!now && t - this.lastWriteMs[r]! < this.clearDelayMs) continue;
+      if (this.volume === undefined && !now) continue;
+      bitSet(this.dirty, r, false);
+      cleared++;
+    }
+    if (cleared > 0 && !this.closed) void this.persist().catch(() => undefined);
+  }
+
+  // ------------------------------------------------------------------ the stream
+
+  private enqueue(e: Entry): void {
+    this.queue.push(e);
+    this.queueBytes += entryBytes(e);
+    if (this.queueBytes > this.poolLimit && e.kind !== 'copy') {
+      this.overflows++;
+      this.log.warn('replication pool overflowed: resyncing by region', {
+        poolBytes: this.poolLimit,
+      });
+      this.dropStream();
+    }
+    this.work.wake();
+  }
+
+  /**
+   * The pool is full (or the replica failed): forget the queued changes and resync their
+   * regions instead. Their bits are set, so a crash before the resync loses nothing either.
+   */
+  private dropStream(): void {
+    for (let i = this.queueHead; i < this.queue.length; i++) {
+      const e = this.queue[i]!;
+      for (const r of this.regionsOf(e)) this.needCopy.add(r);
+    }
+    for (const r of this.passPending) this.needCopy.add(r);
+    this.passPending.clear();
+    this.passAbort = true;
+    this.queue = [];
+    this.queueHead = 0;
+    this.queueBytes = 0;
+    this.queueing = false;
+    this.consistentAfter = Infinity;
+    this.work.wake();
+  }
+
+  private regionsOf(e: Entry): number[] {
+    if (e.kind === 'flush') return [];
+    if (e.kind === 'copy') return [e.region];
+    const len = e.kind === 'write' ? e.data.length : e.length;
+    const out: number[] = [];
+    for (
+      let r = Math.floor(e.offset / this.regionSize);
+      r <= Math.floor((e.offset + len - 1) / this.regionSize);
+      r++
+    )
+      out.push(r);
+    return out;
+  }
+
+  /** Apply the stream to the replica, in order. */
+  private async shipLoop(): Promise<void> {
+    while (!this.closed) {
+      if (this.volume === undefined) {
+        await this.work.wait(1000);
+        continue;
+      }
+      if (this.queueHead >= this.queue.length) {
+        this.drained.wake();
+        const wait = this.appliedSeq > this.committedSeq ? this.commitIntervalMs : 1000;
+        await this.work.wait(wait);
+        if (
+          this.volume !== undefined &&
+          this.appliedSeq > this.committedSeq &&
+          Date.now() - this.lastCommitMs >= this.commitIntervalMs
+        ) {
+          await this.guard(() => this.commit());
+        }
+        if (!this.closed) this.clearBits();
+        continue;
+      }
+      const e = this.queue[this.queueHead]!;
+      const ok = await this.guard(() => this.apply(e));
+      if (!ok) continue;
+      // The entry may have been dropped meanwhile (an overflow empties the queue).
+      if (this.queue[this.queueHead] === e) {
+        this.queueHead++;
+        this.queueBytes -= entryBytes(e);
+        if (this.queueHead > 4096 && this.queueHead * 2 > this.queue.length) {
+          this.queue = this.queue.slice(this.queueHead);
+          this.queueHead = 0;
+        }
+      }
+      if (
+        Date.now() - this.lastCommitMs >= this.commitIntervalMs &&
+        this.appliedSeq > this.committedSeq
+      ) {
+        await this.guard(() => this.commit());
+      }
+    }
+  }
+
+  private async apply(e: Entry): Promise<void> {
+    const v = this.volume!;
+    // After a drop, the replica mixes times until the resync's last copy: record that first.
+    if (this.consistentAfter === Infinity && !this.manifestOpen) await this.openInconsistentRange();
+    switch (e.kind) {
+      case 'write':
+        await v.write(e.offset, e.data);
+        this.shippedBytes += e.data.length;
+        break;
+      case 'zero':
+        // The primary reads zeros after a trim as well, so the replica must too (a volume's
+        // trim may leave partial blocks as they were).
+        await v.writeZeroes(e.offset, e.length);
+        break;
+      case 'copy':
+        await v.write(e.region * this.regionSize, e.data);
+        this.shippedBytes += e.data.length;
+        break;
+      case 'flush': {
+        this.appliedSeq = e.seq;
+        // Flush points queued behind this one are committed together, at the last.
+        let later = false;
+        for (let i = this.queueHead + 1; i < this.queue.length && !later; i++)
+          later = this.queue[i]!.kind === 'flush';
+        if (!later) await this.commit();
+        break;
+      }
+    }
+    this.shippedIos++;
+    this.appliedSeq = e.seq;
+    this.rate.push({
+      t: Date.now(),
+      bytes: e.kind === 'write' || e.kind === 'copy' ? e.data.length : 0,
+    });
+    if (this.rate.length > 20000) this.rate.splice(0, 10000);
+  }
+
+  /** Commit what the replica volume holds; everything applied so far is then durable there. */
+  private async commit(): Promise<void> {
+    const v = this.volume!;
+    const covered = this.appliedSeq;
+    const oldest = this.oldestUncommittedAt();
+    const info: CheckpointInfo = await v.flush();
+    this.lastCommitMs = Date.now();
+    if (covered > this.committedSeq) this.commits++;
+    this.committedSeq = Math.max(this.committedSeq, covered);
+    if (oldest !== undefined) this.lagSample((this.lastCommitMs - oldest) / 1000);
+    this.replicaCheckpoint = info.checkpoint;
+    if (covered >= this.consistentAfter) {
+      this.lastConsistent = info.checkpoint;
+      this.lastConsistentTime = info.time;
+      if (this.manifestOpen) await this.closeInconsistentRange(info.checkpoint);
+      if (this.fullPass) this.fullPass = false;
+    }
+    this.clearBits();
+    void this.persist().catch(() => undefined);
+  }
+
+  private oldestUncommittedAt(): number | undefined {
+    // Entries applied since the last commit: the first after committedSeq still in memory is
+    // gone from the queue, so the time of the last commit bounds it.
+    return this.appliedSeq > this.committedSeq ? this.lastCommitMs : undefined;
+  }
+
+  private lagSample(s: number): void {
+    this.lagSamples.push(s);
+    if (this.lagSamples.length > 4096) this.lagSamples.splice(0, 2048);
+  }
+
+  /** Run a replica operation; on failure drop the replica and resync once it is back. */
+  private async guard(op: () => Promise<void>): Promise<boolean> {
+    try {
+      await op();
+      return true;
+    } catch (e) {
+      if (this.closed && this.volume === undefined) return false;
+      await this.fail(toHyperError(e));
+      return false;
+    }
+  }
+
+  private async fail(err: HyperError): Promise<void> {
+    this.replicaError = `${err.code}: ${err.message}`;
+    this.log.warn('replica failed: primary continues, changed regions will be resynced', {
+      error: err.message,
+      code: err.code,
+    });
+    const v = this.volume;
+    this.volume = undefined;
+    // Whatever the replica may not have committed is resynced.
+    this.dropStream();
+    for (let r = 0; r < this.regions; r++) {
+      if (bitGet(this.dirty, r) && (this.lastSeq[r]! > this.committedSeq || this.busy[r]! > 0))
+        this.needCopy.add(r);
+    }
+    this.appliedSeq = this.committedSeq;
+    this.manifestOpen = false;
+    void this.persist().catch(() => undefined);
+    await v?.close().catch(() => undefined);
+    if (!this.closing) void this.connect(false);
+  }
+
+  /** Open the replica, retrying with backoff unless `once` (start-up reports its error). */
+  private async connect(once: boolean): Promise<void> {
+    let wait = this.retryMs;
+    for (;;) {
+      try {
+        const v = await this.o.openReplica();
+        try {
+          await this.checkReplica(v);
+        } catch (e) {
+          await v.close().catch(() => undefined);
+          throw e;
+        }
+        this.volume = v;
+        this.replicaError = null;
+        this.lastCommitMs = Date.now();
+        this.work.wake();
+        return;
+      } catch (e) {
+        const err = toHyperError(e);
+        if (once || err.kind === 'invalid' || err.kind === 'data' || err.code === 'FENCED')
+          throw err;
+        this.replicaError = `${err.code}: ${err.message}`;
+        if (this.closing || this.closed) return;
+        this.log.warn('replica unavailable, retrying', { error: err.message, retryInMs: wait });
+        await this.stopping.wait(wait);
+        if (this.closing || this.closed) return;
+        wait = Math.min(wait * 2, 30_000);
+      }
+    }
+  }
+
+  /** The replica is this primary's, the size agrees, and nobody else moved it. */
+  private async checkReplica(v: Volume): Promise<void> {
+    const m = await readManifest(this.o.replicaStore);
+    if (m === undefined || m.uuid !== this.header.uuid) {
+      throw new HyperError(
+        'conflict',
+        'REPLICA_MISMATCH',
+        m === undefined
+          ? `${v.info.url} has no replica manifest: it is not the replica of primary ${this.header.uuid}`
+          : `${v.info.url} holds the replica of device ${m.uuid}, not of this primary (${this.header.uuid})`,
+        {
+          suggestion:
+            'Check --replica and --uuid; format the primary again to start a new replica.',
+        },
+      );
+    }
+    if (v.info.size !== this.size) {
+      throw new HyperError(
+        'conflict',
+        'REPLICA_MISMATCH',
+        `The replica ${v.info.url} is ${v.info.size} bytes, the primary ${this.size}`,
+        {
+          suggestion: 'The replica was resized by hand: resize it back with "hyper file set-len".',
+        },
+      );
+    }
+    this.manifest = m;
+    this.manifestOpen = m.inconsistent.some((r) => r.to === null);
+    const head = v.info.checkpoint;
+    const known = this.replicaCheckpoint;
+    // A clean stop recorded the replica's head; anything else means someone else wrote it.
+    const moved = this.wasClean ? head !== known : head < known;
+    if (known > 0 && moved && !this.fullPass) {
+      this.log.warn('the replica changed behind the replicator: full resync', {
+        recorded: known,
+        found: head,
+      });
+      this.resync(true);
+    }
+    if (this.lastConsistent === 0 && !this.manifestOpen && this.needCopy.size === 0) {
+      this.lastConsistent = head;
+    }
+    if (this.lastConsistent > 0) this.lastConsistentTime ??= v.info.checkpointTime;
+  }
+
+  private async openInconsistentRange(): Promise<void> {
+    const m = this.manifest!;
+    const from = this.volume!.info.checkpoint + 1;
+    this.manifest = { ...m, inconsistent: [...m.inconsistent, { from, to: null }] };
+    await writeManifest(this.o.replicaStore, this.manifest);
+    this.manifestOpen = true;
+  }
+
+  private async closeInconsistentRange(consistent: number): Promise<void> {
+    const m = this.manifest!;
+    this.manifest = {
+      ...m,
+      inconsistent: m.inconsistent.map((r) =>
+        r.to === null ? { from: r.from, to: consistent } : r,
+      ),
+    };
+    await writeManifest(this.o.replicaStore, this.manifest);
+    this.manifestOpen = false;
+  }
+
+  // ------------------------------------------------------------------ resync
+
+  /** Resync the dirty regions (or, with `full`, every region) by copying them. */
+  resync(full = false): { regions: number } {
+    this.checkOpen();
+    for (let r = 0; r < this.regions; r++) if (full || bitGet(this.dirty, r)) this.needCopy.add(r);
+    if (full) this.fullPass = true;
+    this.consistentAfter = Infinity;
+    this.work.wake();
+    return { regions: this.needCopy.size };
+  }
+
+  private async resyncLoop(): Promise<void> {
+    while (!this.closed) {
+      if (this.needCopy.size === 0 || this.volume === undefined || this.closing) {
+        await this.work.wait(1000);
+        continue;
+      }
+      // A pass: switch the stream on, then append a copy of each region.
+      const pass = [...this.needCopy].sort((a, b) => a - b);
+      this.needCopy.clear();
+      for (const r of pass) {
+        bitSet(this.dirty, r, true);
+        this.passPending.add(r);
+      }
+      this.passAbort = false;
+      this.passTotal = pass.length;
+      this.passCopied = 0;
+      this.queueing = true;
+      this.consistentAfter = Infinity;
+      this.log.info('resync pass', { regions: pass.length, full: this.fullPass });
+      // Bits of regions to copy are durable before their copy can be committed.
+      await this.persist().catch(() => undefined);
+      let lastSeq = 0;
+      for (const r of pass) {
+        if (this.passAbort || this.closed) break;
+        while (
+          this.queueBytes + this.regionSize > this.poolLimit &&
+          !this.passAbort &&
+          !this.closed
+        ) {
+          await this.drained.wait(100);
+        }
+        if (this.passAbort || this.closed) break;
+        if (this.unrestoredLeft() > 0) await this.ensureRestored(r * this.regionSize, 1);
+        lastSeq = await this.copyRegion(r);
+        this.passCopied++;
+      }
+      if (!this.passAbort && !this.closed) {
+        this.consistentAfter = lastSeq === 0 ? this.nextSeq - 1 : lastSeq;
+        if (this.passPending.size > 0)
+          this.log.warn('resync pass left regions', { regions: this.passPending.size });
+        this.log.info('resync pass queued', { regions: pass.length });
+      }
+      this.work.wake();
+    }
+  }
+
+  /** Read region r while no write to it is in flight and append its copy to the stream. */
+  private async copyRegion(r: number): Promise<number> {
+    let open!: () => void;
+    const gate = new Promise<void>((resolve) => (open = resolve));
+    for (let g = this.gates.get(r); g !== undefined; g = this.gates.get(r)) await g;
+    this.gates.set(r, gate);
+    try {
+      if (this.busy[r]! > 0) await new Promise<void>((resolve) => this.idle.set(r, resolve));
+      const start = r * this.regionSize;
+      const data = await this.primary.read(start, Math.min(this.regionSize, this.size - start));
+      if (!this.passPending.has(r)) return 0; // an overflow handed it back to needCopy
+      const seq = this.nextSeq++;
+      this.lastSeq[r] = seq;
+      this.passPending.delete(r);
+      if (isZero(data)) {
+        this.enqueue({
+          kind: 'zero',
+          seq,
+          at: Date.now(),
+          offset: start,
+          length: data.length,
+          trim: false,
+        });
+      } else {
+        this.enqueue({ kind: 'copy', seq, at: Date.now(), region: r, data });
+      }
+      return seq;
+    } finally {
+      this.gates.delete(r);
+      open();
+    }
+  }
+
+  // ------------------------------------------------------------------ reverse
+
+  private unrestoredLeft(): number {
+    return this.regions - this.restoredCount;
+  }
+
+  private async ensureRestored(offset: number, length: number): Promise<void> {
+    const first = Math.floor(offset / this.regionSize);
+    const last = Math.floor((offset + length - 1) / this.regionSize);
+    const waits: Promise<void>[] = [];
+    for (let r = first; r <= last; r++)
+      if (bitGet(this.unrestored, r)) waits.push(this.restoreRegion(r, true));
+    await Promise.all(waits);
+  }
+
+  private restoreRegion(r: number, urgent: boolean): Promise<void> {
+    let p = this.restoring.get(r);
+    if (p === undefined) {
+      p = this.restoreRegionOnce(r, urgent).finally(() => this.restoring.delete(r));
+      this.restoring.set(r, p);
+    }
+    return p;
+  }
+
+  private async restoreRegionOnce(r: number, urgent: boolean): Promise<void> {
+    // Foreground requests may borrow a slot beyond the limit; the background pass may not.
+    while (!urgent && this.restoreSlots <= 0 && !this.closed) await this.restoreSlotFree.wait(500);
+    this.restoreSlots--;
+    try {
+      if (!bitGet(this.unrestored, r)) return;
+      const start = r * this.regionSize;
+      const data = await this.view!.read(start, Math.min(this.regionSize, this.size - start));
+      await this.primary.write(start, data);
+      await this.primary.sync();
+      bitSet(this.unrestored, r, false);
+      this.restoredCount++;
+      await this.persist();
+    } finally {
+      this.restoreSlots++;
+      this.restoreSlotFree.wake();
+    }
+  }
+
+  private async restoreLoop(): Promise<void> {
+    const inflight = new Set<Promise<void>>();
+    for (let r = 0; r < this.regions && !this.closed; r++) {
+      if (!bitGet(this.unrestored, r)) continue;
+      while (inflight.size >= this.recoverConcurrency && !this.closed) await Promise.race(inflight);
+      const p: Promise<void> = this.restoreRegion(r, false)
+        .catch((e: unknown) =>
+          this.log.error('lazy restore of a region failed', {
+            region: r,
+            error: (e as Error).message,
+          }),
+        )
+        .finally(() => inflight.delete(p));
+      inflight.add(p);
+    }
+    await Promise.allSettled(inflight);
+    if (this.unrestoredLeft() === 0 && !this.closed) {
+      this.log.info('restore complete', { from: this.header.restoreFrom });
+      await this.persist().catch(() => undefined);
+      await this.view?.close().catch(() => undefined);
+      this.view = undefined;
+    }
+  }
+
+  // ------------------------------------------------------------------ status
+
+  get mode(): ReplicaMode {
+    if (this.unrestoredLeft() > 0) return 'reverse-full';
+    if (this.fullPass) return 'forward-full';
+    if (
+      this.needCopy.size > 0 ||
+      this.passPending.size > 0 ||
+      this.committedSeq < this.consistentAfter
+    )
+      return 'forward-part';
+    return 'logging';
+  }
+
+  status(): ReplicaStatus {
+    const now = Date.now();
+    let lagBytes = 0;
+    let lagIos = 0;
+    let oldest: number | undefined;
+    for (let i = this.queueHead; i < this.queue.length; i++) {
+      const e = this.queue[i]!;
+      lagBytes += e.kind === 'write' || e.kind === 'copy' ? e.data.length : 0;
+      lagIos++;
+      oldest ??= e.at;
+    }
+    if (this.appliedSeq > this.committedSeq) oldest = Math.min(oldest ?? now, this.lastCommitMs);
+    const sorted = [...this.lagSamples].sort((a, b) => a - b);
+    const pct = (p: number): number =>
+      sorted.length === 0 ? 0 : sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]!;
+    const recent = this.rate.filter((x) => now - x.t <= 10_000);
+    const span = recent.length > 0 ? Math.max(1, now - recent[0]!.t) / 1000 : 1;
+    const pendingCopy = this.needCopy.size + this.passPending.size;
+    return {
+      uuid: this.header.uuid,
+      mode: this.mode,
+      deviceSize: this.size,
+      regionSize: this.regionSize,
+      replicaUrl: this.header.replicaUrl,
+      live: true,
+      replica: {
+        connected: this.volume !== undefined,
+        error: this.replicaError,
+        checkpoint: this.replicaCheckpoint,
+        lastConsistentCheckpoint: this.lastConsistent,
+        lastConsistentTime: this.lastConsistentTime?.toISOString() ?? null,
+      },
+      lag: {
+        bytes: lagBytes,
+        ios: lagIos,
+        seconds: oldest === undefined ? 0 : (now - oldest) / 1000,
+        p50Seconds: pct(0.5),
+        p99Seconds: pct(0.99),
+      },
+      pool: { bytes: this.queueBytes, limit: this.poolLimit, overflows: this.overflows },
+      dirtyRegions: bitCount(this.dirty, this.regions),
+      regions: this.regions,
+      resync:
+        pendingCopy > 0 || this.mode !== 'logging'
+          ? { pending: pendingCopy, copied: this.passCopied, total: this.passTotal }
+          : null,
+      restore:
+        this.unrestoredLeft() > 0
+          ? {
+              from: this.header.restoreFrom,
+              restored: this.restoredCount,
+              total: this.regions,
+              lazy: this.header.lazy,
+            }
+          : null,
+      shipped: {
+        bytes: this.shippedBytes,
+        ios: this.shippedIos,
+        checkpoints: this.commits,
+        bytesPerSecond: recent.reduce((s, x) => s + x.bytes, 0) / span,
+      },
+    };
+  }
+
+  /** Wait until everything queued so far is committed on the replica (tests, `status --wait`). */
+  async settle(timeoutMs = 60_000): Promise<boolean> {
+    const target = this.nextSeq - 1;
+    const deadline = Date.now() + timeoutMs;
+    while (Date.now() < deadline) {
+      if (this.mode === 'logging' && this.committedSeq >= target && this.needCopy.size === 0)
+        return true;
+      this.work.wake();
+      // A timer, not the drained signal: two loops waking each other would starve I/O.
+      await sleep(25);
+      if (
+        this.volume !== undefined &&
+        this.queueHead >= this.queue.length &&
+        this.appliedSeq > this.committedSeq
+      ) {
+        await this.guard(() => this.commit());
+      }
+    }
+    return false;
+  }
+}
+
+const ZEROS = Buffer.alloc(64 * 1024);
+function isZero(b: Buffer): boolean {
+  for (let i = 0; i < b.length; i += ZEROS.length) {
+    const n = Math.min(ZEROS.length, b.length - i);
+    if (!b.subarray(i, i + n).equals(ZEROS.subarray(0, n))) return false;
+  }
+  return true;
+}

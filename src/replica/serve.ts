@@ -1,0 +1,182 @@
+/**
+ * Serving a replicated primary: the library behind `hyper replica serve`. `start()` opens the
+ * primary (refusing one another replicator holds), connects the replicator to the replica
+ * volume (taking its lease), exports the primary over NBD and, with `controlSocket`, answers
+ * the control API:
+ *
+ *   GET  /v1/replica          ReplicaStatus
+ *   POST /v1/replica/resync   { full?: boolean } → { regions }
+ *
+ * `close()` stops accepting, lets connections finish, ships what is queued and releases the
+ * primary and the lease.
+ */
+import { HyperError } from '../errors.js';
+import { processHolder, readLease } from '../format/volume/lease.js';
+import { silentLogger } from '../format/volume/types.js';
+import { Volume } from '../format/volume/volume.js';
+import { ControlClient, ControlServer, type ControlRoutes } from '../daemon/control.js';
+import { NbdServer, type ListenTarget } from '../nbd/server.js';
+import type { ServeLogger } from '../serve/logger.js';
+import { nbdUri, type ListenAddress } from '../serve/uri.js';
+import { openPrimary, openReplicaStore, type StoreOpener } from './admin.js';
+import { ReplicaDevice } from './device.js';
+import { Replicator, type ReplicaStatus } from './replicator.js';
+
+export interface ReplicaServeOptions {
+  file: string;
+  /** The primary's uuid; undefined serves whatever primary the file is. */
+  uuid: string | undefined;
+  openStore: StoreOpener;
+  listen: ListenTarget;
+  controlSocket?: string;
+  poolBytes?: number;
+  recoverConcurrency?: number;
+  commitIntervalMs?: number;
+  /** Take the primary and the replica's lease even from a live holder. */
+  force?: boolean;
+  /** Open options of the replica volume (tuning). */
+  flushPipeline?: number;
+  logger?: ServeLogger;
+  drainMs?: number;
+}
+
+export const EXPORT_NAME = 'primary';
+
+export class ReplicaServer {
+  private replicator: Replicator | undefined;
+  private nbd: NbdServer | undefined;
+  private control: ControlServer | undefined;
+  private address: ListenAddress | undefined;
+  private readonly logger: ServeLogger;
+
+  constructor(private readonly o: ReplicaServeOptions) {
+    this.logger = o.logger ?? silentLogger;
+  }
+
+  async start(): Promise<void> {
+    const o = this.o;
+    const { primary, header } = await openPrimary(o.file, o.uuid, { force: o.force === true });
+    const holder = processHolder('hyper-replica');
+    try {
+      const { store } = await openReplicaStore(header.replicaUrl, header.uuid, o.openStore);
+      const replicator = new Replicator({
+        primary,
+        header,
+        replicaStore: store,
+        owner: holder,
+        // The replicator's own lease (left live by a failed close) is taken back at once.
+        openReplica: async () =>
+          Volume.open(store, {
+            holder,
+            force:
+              o.force === true ||
+              (await readLease(store).catch(() => undefined))?.lease.holder === holder,
+            flushIntervalMs: 0,
+            logger: this.logger,
+            ...(o.flushPipeline === undefined ? {} : { flushPipeline: o.flushPipeline }),
+          }),
+        openReplicaAt: (checkpoint) => Volume.open(store, { at: { checkpoint } }),
+        logger: this.logger,
+        ...(o.poolBytes === undefined ? {} : { poolBytes: o.poolBytes }),
+        ...(o.recoverConcurrency === undefined ? {} : { recoverConcurrency: o.recoverConcurrency }),
+        ...(o.commitIntervalMs === undefined ? {} : { commitIntervalMs: o.commitIntervalMs }),
+      });
+      this.replicator = replicator;
+      await replicator.start();
+      const device = new ReplicaDevice(replicator, header.dataBlockSize);
+      this.nbd = new NbdServer({
+        exports: [
+          {
+            name: EXPORT_NAME,
+            description: `hyper replica primary ${header.uuid}`,
+            open: () => device,
+          },
+        ],
+        logger: this.logger,
+      });
+      this.address = await this.nbd.listen(o.listen);
+      if (o.controlSocket !== undefined) {
+        this.control = new ControlServer(this.routes(), {
+          logger: this.logger,
+          what: 'hyper replicator',
+        });
+        await this.control.listen({ path: o.controlSocket });
+      }
+    } catch (e) {
+      await this.close().catch(() => undefined);
+      if (this.replicator === undefined) await primary.close();
+      throw e;
+    }
+    this.logger.info('serving the primary', {
+      uri: this.uri,
+      uuid: header.uuid,
+      mode: this.replicator.mode,
+    });
+  }
+
+  get uri(): string {
+    if (this.address === undefined) return '';
+    return nbdUri(this.address, EXPORT_NAME);
+  }
+
+  status(): ReplicaStatus {
+    if (this.replicator === undefined) {
+      throw new HyperError('unavailable', 'ABORTED', 'The replicator is not running');
+    }
+    return this.replicator.status();
+  }
+
+  /** Wait until every change so far is committed on the replica (tests and benchmarks). */
+  settle(timeoutMs?: number): Promise<boolean> {
+    return this.replicator?.settle(timeoutMs) ?? Promise.resolve(false);
+  }
+
+  private routes(): ControlRoutes {
+    return async (method, url, body) => {
+      const p = url.pathname;
+      if (p === '/v1/replica' && method === 'GET') return { status: 200, body: this.status() };
+      if (p === '/v1/replica/resync' && method === 'POST') {
+        const b = (await body()) as { full?: unknown } | null;
+        if (
+          b !== null &&
+          typeof b === 'object' &&
+          b.full !== undefined &&
+          typeof b.full !== 'boolean'
+        ) {
+          throw new HyperError('invalid', 'INVALID_ARGUMENT', 'full must be true or false');
+        }
+        return { status: 200, body: this.replicator!.resync(b?.full === true) };
+      }
+      if (p === '/v1/replica/settle' && method === 'POST') {
+        return { status: 200, body: { settled: await this.settle() } };
+      }
+      return undefined;
+    };
+  }
+
+  async close(): Promise<void> {
+    await this.control?.close();
+    this.control = undefined;
+    await this.nbd?.close(this.o.drainMs ?? 10_000);
+    this.nbd = undefined;
+    await this.replicator?.close();
+  }
+}
+
+/** The control client of a replicator (its "not running" error names the right command). */
+export function replicaClient(socket: string): ControlClient {
+  return new ControlClient(
+    socket,
+    (path, cause) =>
+      new HyperError(
+        'unavailable',
+        'DAEMON_NOT_RUNNING',
+        `No hyper replica serve is listening on ${path}`,
+        {
+          cause,
+          suggestion:
+            'Start "hyper replica serve --control-socket PATH", or pass the socket it listens on.',
+        },
+      ),
+  );
+}

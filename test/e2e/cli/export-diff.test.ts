@@ -1,0 +1,282 @@
+/**
+ * `hyper file export-diff` / `hyper file import-diff` through the real CLI on file:// volumes:
+ * a chain of diffs (random writes, zeroed and trimmed ranges, a grow and a shrink) applied to a
+ * copy of the base reproduces every checkpoint byte for byte (sha256 of `file export`), through
+ * files and through a stdout → stdin pipe; a wrong base, a truncated stream and a flipped byte
+ * are refused with their exit codes and leave the target as it was.
+ */
+import assert from 'node:assert/strict';
+import { execFile } from 'node:child_process';
+import { readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { promisify } from 'node:util';
+import {
+  fileExportDiffSchema,
+  fileImportDiffSchema,
+  errorJsonSchema,
+} from '../../../src/cli/vocabulary.js';
+import { openStore } from '../../../src/format/store/index.js';
+import { Volume } from '../../../src/format/volume/volume.js';
+import { fileUrl, hyper, hyperJson, runJs, show, tempDir } from '../../helpers/cli.js';
+import { exportSha, objectsOnDisk, randomBuffer, rng } from '../../helpers/volume-content.js';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const execFileAsync = promisify(execFile);
+
+/** One round of changes to the volume at `url`, committed: returns the new checkpoint. */
+async function changeRound(url: string, rand: () => number, round: number): Promise<number> {
+  const store = await openStore(url);
+  try {
+    const v = await Volume.open(store, { flushIntervalMs: 0 });
+    try {
+      if (round === 1) await v.resize(v.info.size + 2 * MiB);
+      if (round === 3) await v.resize(v.info.size - 3 * MiB, { allowShrink: true });
+      const size = v.info.size;
+      for (let k = 0; k < 16; k++) {
+        const off = Math.floor(rand() * (size - 300 * KiB));
+        const len = 512 + Math.floor(rand() * 250 * KiB);
+        const pick = rand();
+        if (pick < 0.6) await v.write(off, randomBuffer(rand, len));
+        else if (pick < 0.8) await v.writeZeroes(off, len);
+        else await v.trim(off, len);
+      }
+      return (await v.flush()).checkpoint;
+    } finally {
+      await v.close();
+    }
+  } finally {
+    await store.close();
+  }
+}
+
+async function headCheckpoint(url: string): Promise<number> {
+  return (await hyperJson<{ checkpoint: number }>(['file', 'stat', url])).checkpoint;
+}
+
+describe('hyper file export-diff / import-diff', () => {
+  it('a chain of diffs reproduces every checkpoint; bad diffs and wrong bases are refused', async (t) => {
+    const dir = await tempDir(t, 'hyper-diff-e2e-');
+    const src = fileUrl(join(dir, 'src'));
+    const dst = fileUrl(join(dir, 'dst'));
+    const rand = rng(2024);
+
+    // The source: 8 MiB with data, its first checkpoint named "base".
+    const created = await hyper(['file', 'create', src, '--size', '8M']);
+    assert.equal(created.code, 0, show(created));
+    const first = await changeRound(src, rand, 0);
+    assert.equal((await hyper(['snapshot', 'create', src, 'base'])).code, 0);
+
+    // The target starts as a copy of "base" made with export + import.
+    const baseImg = join(dir, 'base.img');
+    await exportSha(src, baseImg, ['--at', 'base']);
+    const imp = await hyper(['file', 'import', baseImg, dst, '--create']);
+    assert.equal(imp.code, 0, show(imp));
+
+    const cps = [first];
+    for (let round = 1; round <= 4; round++) cps.push(await changeRound(src, rand, round));
+    const want = new Map<number, string>();
+    for (const cp of cps)
+      want.set(cp, await exportSha(src, join(dir, `src-${cp}.img`), ['--at', String(cp)]));
+
+    // Without --assume-base the first diff is refused: nothing shows what the copy holds.
+    const d1 = join(dir, 'd1.diff');
+    const exp1 = await hyperJson([
+      'file',
+      'export-diff',
+      src,
+      '--from',
+      'base',
+      '--to',
+      String(cps[1]),
+      d1,
+    ]);
+    const e1 = fileExportDiffSchema.parse(exp1);
+    assert.equal(e1.fromCheckpoint, first);
+    assert.equal(e1.toCheckpoint, cps[1]);
+    assert.equal(e1.toSize, 10 * MiB);
+    assert.deepEqual(e1.from, { snapshot: 'base' });
+    assert.equal(e1.streamBytes, (await readFile(d1)).length);
+    const noBase = await hyper(['file', 'import-diff', d1, dst, '--json']);
+    assert.equal(noBase.code, 4, show(noBase));
+    assert.equal(
+      errorJsonSchema.parse(JSON.parse(noBase.stdout)).error.code,
+      'PRECONDITION_FAILED',
+    );
+    assert.match(noBase.stdout, /--assume-base/);
+
+    // The chain: files for the first diffs, a pipe (stdout → stdin) for one of them.
+    for (let i = 1; i < cps.length; i++) {
+      const from = cps[i - 1] as number;
+      const to = cps[i] as number;
+      if (i === 3) {
+        const { stdout, stderr } = await execFileAsync(
+          'sh',
+          [
+            '-c',
+            `"${process.execPath}" "${runJs}" file export-diff "${src}" --from ${from} --to ${to} - | "${process.execPath}" "${runJs}" file import-diff - "${dst}" --json`,
+          ],
+          { env: { ...process.env, NO_COLOR: '1' } },
+        );
+        const r = fileImportDiffSchema.parse(JSON.parse(stdout));
+        assert.equal(r.spooled, true);
+        assert.equal(r.file, '-');
+        assert.match(stderr, /Exported the changes of .* to stdout/);
+      } else {
+        const d = join(dir, `d${i}.diff`);
+        if (i > 1) {
+          const e = await hyper([
+            'file',
+            'export-diff',
+            src,
+            '--from',
+            String(from),
+            '--to',
+            String(to),
+            d,
+          ]);
+          assert.equal(e.code, 0, show(e));
+          assert.match(e.stdout, new RegExp(`from checkpoint ${from} to checkpoint ${to}`));
+        }
+        const r = fileImportDiffSchema.parse(
+          await hyperJson(['file', 'import-diff', d, dst, ...(i === 1 ? ['--assume-base'] : [])]),
+        );
+        assert.equal(r.base, i === 1 ? 'assumed' : 'marker');
+        assert.equal(r.spooled, false);
+        assert.equal(r.snapshot, `diff-${r.sourceUuid.slice(0, 8)}-${to}`);
+        if (i > 1) assert.equal(r.removedSnapshot, `diff-${r.sourceUuid.slice(0, 8)}-${from}`);
+      }
+      const got = await exportSha(dst, join(dir, `dst-${to}.img`));
+      assert.equal(got, want.get(to), `the target holds checkpoint ${to} after diff ${i}`);
+    }
+
+    // The next diff, made while the target is at the last checkpoint.
+    const last = cps.at(-1) as number;
+    await changeRound(src, rand, 5);
+    const next = join(dir, 'next.diff');
+    assert.equal((await hyper(['file', 'export-diff', src, '--from', String(last), next])).code, 0);
+    const bytes = await readFile(next);
+
+    const unchanged = async (
+      what: string,
+      args: string[],
+      code: number,
+      errorCode: string,
+      message: RegExp,
+    ) => {
+      const cp = await headCheckpoint(dst);
+      const objects = await objectsOnDisk(join(dir, 'dst'));
+      const r = await hyper([...args, '--json']);
+      assert.equal(r.code, code, `${what}: ${show(r)}`);
+      const e = errorJsonSchema.parse(JSON.parse(r.stdout));
+      assert.equal(e.error.code, errorCode, `${what}: ${e.error.message}`);
+      assert.match(e.error.message, message, what);
+      assert.equal(await headCheckpoint(dst), cp, `${what}: the target's checkpoint`);
+      assert.deepEqual(
+        await objectsOnDisk(join(dir, 'dst')),
+        objects,
+        `${what}: the target's objects`,
+      );
+    };
+
+    // Wrong base: a diff the target has already gone past.
+    await unchanged(
+      'wrong base',
+      ['file', 'import-diff', d1, dst],
+      4,
+      'PRECONDITION_FAILED',
+      /Wrong base/,
+    );
+    // Truncated, anywhere.
+    for (const cut of [10, 96 + 40, bytes.length - 1]) {
+      const p = join(dir, `cut-${cut}.diff`);
+      await writeFile(p, bytes.subarray(0, cut));
+      await unchanged(
+        `cut at ${cut}`,
+        ['file', 'import-diff', p, dst],
+        6,
+        'CORRUPT_OBJECT',
+        /truncated/,
+      );
+    }
+    // A flipped byte in a record's data: named by the record's offset in the stream.
+    const flipped = Buffer.from(bytes);
+    const at = 96 + 32 + 100;
+    flipped[at] = (flipped[at] as number) ^ 0x20;
+    const fp = join(dir, 'flipped.diff');
+    await writeFile(fp, flipped);
+    await unchanged(
+      'flipped',
+      ['file', 'import-diff', fp, dst],
+      6,
+      'CHECKSUM_MISMATCH',
+      /record at byte 96 .*fails its checksum/,
+    );
+    // An unknown version.
+    const v7 = Buffer.from(bytes);
+    v7.writeUInt16LE(7, 4);
+    const vp = join(dir, 'v7.diff');
+    await writeFile(vp, v7);
+    await unchanged(
+      'version',
+      ['file', 'import-diff', vp, dst],
+      2,
+      'UNSUPPORTED_FORMAT_VERSION',
+      /version 7/,
+    );
+    // Not a diff at all.
+    await unchanged(
+      'an image',
+      ['file', 'import-diff', baseImg, dst],
+      2,
+      'INVALID_ARGUMENT',
+      /Not a hyper diff stream/,
+    );
+
+    // Another writer holds the target's lease: refused once the stream has been verified.
+    const store = await openStore(dst);
+    const writer = await Volume.open(store, { holder: 'test-writer', leaseTtlMs: 120_000 });
+    try {
+      const held = await hyper(['file', 'import-diff', next, dst, '--json']);
+      assert.equal(held.code, 4, show(held));
+      const e = errorJsonSchema.parse(JSON.parse(held.stdout));
+      assert.equal(e.error.code, 'LEASE_HELD');
+      assert.match(e.error.message, /test-writer/);
+    } finally {
+      await writer.close();
+      await store.close();
+    }
+
+    // --dry-run checks without writing; then the real import applies it.
+    await unchanged(
+      'dry run of a wrong base',
+      ['file', 'import-diff', d1, dst, '--dry-run'],
+      4,
+      'PRECONDITION_FAILED',
+      /Wrong base/,
+    );
+    const cp = await headCheckpoint(dst);
+    const dry = fileImportDiffSchema.parse(
+      await hyperJson(['file', 'import-diff', next, dst, '--dry-run']),
+    );
+    assert.equal(dry.dryRun, true);
+    assert.equal(dry.checkpoint, null);
+    assert.equal(await headCheckpoint(dst), cp);
+    const ok = fileImportDiffSchema.parse(await hyperJson(['file', 'import-diff', next, dst]));
+    assert.equal(ok.base, 'marker');
+    assert.equal(
+      await exportSha(dst, join(dir, 'dst-final.img')),
+      await exportSha(src, join(dir, 'src-final.img')),
+    );
+
+    // stdout carries the diff: --json is refused there.
+    const json = await hyper(['file', 'export-diff', src, '--from', 'base', '-', '--json']);
+    assert.equal(json.code, 2, show(json));
+    assert.match(json.stdout, /stdout carries the diff/);
+    // An existing file is kept unless --overwrite.
+    const again = await hyper(['file', 'export-diff', src, '--from', 'base', next]);
+    assert.equal(again.code, 4, show(again));
+    assert.deepEqual(await readFile(next), bytes);
+  });
+});

@@ -1,0 +1,418 @@
+/**
+ * The replicator against a model, with seeded random workloads on a file primary and a
+ * mem:// replica: after it settles the replica equals the primary and the model; every
+ * replica checkpoint outside the manifest's inconsistent ranges equals the model at some
+ * point of the write order (a prefix); a replica outage, a pool overflow and a crash of the
+ * replicator each end in an equal replica without a full resync when the bitmap is valid.
+ */
+import assert from 'node:assert/strict';
+import { createHash } from 'node:crypto';
+import { mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, describe, it } from 'node:test';
+import { HyperError } from '../../../src/errors.js';
+import { PRIMARY_DATA_OFFSET } from '../../../src/format/codec/primary.js';
+import { MemStore } from '../../../src/format/store/mem.js';
+import type { ObjectStore } from '../../../src/format/store/index.js';
+import { readHead } from '../../../src/format/volume/heads.js';
+import { Volume } from '../../../src/format/volume/volume.js';
+import {
+  checkPrimary,
+  formatPrimary,
+  openPrimary,
+  openReplicaStore,
+  restorePrimary,
+} from '../../../src/replica/admin.js';
+import { readManifest, isInconsistent } from '../../../src/replica/manifest.js';
+import { PrimaryFile } from '../../../src/replica/primary.js';
+import { Replicator } from '../../../src/replica/replicator.js';
+import { rng } from '../../helpers/rng.js';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+const DEVICE = 2 * MiB;
+const REGION = 64 * KiB;
+
+/** A store that can be cut off: every request fails while `down`. */
+class OutageStore implements ObjectStore {
+  down = false;
+  constructor(private readonly inner: ObjectStore) {}
+  get url(): string {
+    return this.inner.url;
+  }
+  private check(): void {
+    if (this.down) throw new HyperError('unavailable', 'STORE_UNAVAILABLE', 'outage (test)');
+  }
+  async get(...a: Parameters<ObjectStore['get']>) {
+    this.check();
+    return this.inner.get(...a);
+  }
+  async head(...a: Parameters<ObjectStore['head']>) {
+    this.check();
+    return this.inner.head(...a);
+  }
+  async put(...a: Parameters<ObjectStore['put']>) {
+    this.check();
+    return this.inner.put(...a);
+  }
+  async *list(...a: Parameters<ObjectStore['list']>) {
+    this.check();
+    yield* this.inner.list(...a);
+  }
+  async delete(...a: Parameters<ObjectStore['delete']>) {
+    this.check();
+    return this.inner.delete(...a);
+  }
+  sub(prefix: string): ObjectStore {
+    return new OutageStore(this.inner.sub(prefix));
+  }
+  close(): Promise<void> {
+    return Promise.resolve();
+  }
+}
+
+const dir = await mkdtemp(join(tmpdir(), 'hyper-replica-'));
+after(() => rm(dir, { recursive: true, force: true }));
+
+let n = 0;
+async function setup(): Promise<{ file: string; uuid: string; prefix: string }> {
+  const file = join(dir, `p${++n}.img`);
+  const prefix = `mem://replica-test-${n}/r/`;
+  const r = await formatPrimary({
+    file,
+    deviceSize: DEVICE,
+    replicaPrefix: prefix,
+    regionSize: REGION,
+    openStore: (u) => Promise.resolve(new MemStore(u)),
+  });
+  return { file, uuid: r.uuid, prefix };
+}
+
+const open = (u: string): Promise<ObjectStore> => Promise.resolve(new MemStore(u));
+
+async function start(
+  s: { file: string; uuid: string; prefix: string },
+  o: { poolBytes?: number; holder?: string; force?: boolean } = {},
+): Promise<{ rep: Replicator; store: OutageStore }> {
+  const { primary, header } = await openPrimary(s.file, s.uuid, { force: o.force === true });
+  const inner = (await openReplicaStore(header.replicaUrl, s.uuid, open)).store;
+  const store = new OutageStore(inner);
+  const holder = o.holder ?? 'test-a';
+  const rep = new Replicator({
+    primary,
+    header,
+    replicaStore: store,
+    owner: holder,
+    openReplica: () => Volume.open(store, { holder, force: true, flushIntervalMs: 0 }),
+    openReplicaAt: (checkpoint) => Volume.open(store, { at: { checkpoint } }),
+    poolBytes: o.poolBytes ?? 64 * MiB,
+    commitIntervalMs: 20,
+    clearDelayMs: 0,
+    retryMs: 20,
+  });
+  await rep.start();
+  return { rep, store };
+}
+
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+async function replicaContent(prefix: string, uuid: string, checkpoint?: number): Promise<Buffer> {
+  const { store } = await openReplicaStore(prefix, uuid, open);
+  const v = await Volume.open(
+    store,
+    checkpoint === undefined ? { readOnly: true } : { at: { checkpoint } },
+  );
+  try {
+    return await v.read(0, DEVICE);
+  } finally {
+    await v.close();
+  }
+}
+
+async function primaryContent(file: string): Promise<Buffer> {
+  const p = await PrimaryFile.open(file, { readOnly: true });
+  try {
+    return await p.read(0, DEVICE);
+  } finally {
+    await p.close();
+  }
+}
+
+/** The model: device bytes, with a fingerprint after every operation. */
+class Model {
+  readonly bytes = Buffer.alloc(DEVICE);
+  readonly seen = new Set<string>([sha(Buffer.alloc(DEVICE))]);
+  apply(offset: number, data: Buffer | null, length: number): void {
+    if (data) data.copy(this.bytes, offset);
+    else this.bytes.fill(0, offset, offset + length);
+    this.seen.add(sha(this.bytes));
+  }
+}
+
+async function randomOps(
+  rep: Replicator,
+  model: Model,
+  seed: number,
+  count: number,
+  during?: (i: number) => Promise<void> | void,
+): Promise<void> {
+  const r = rng(seed);
+  for (let i = 0; i < count; i++) {
+    await during?.(i);
+    const x = r();
+    const offset = Math.floor((r() * DEVICE) / 512) * 512;
+    const length = Math.min(DEVICE - offset, (1 + Math.floor(r() * 128)) * 512);
+    if (x < 0.7) {
+      const data = Buffer.alloc(length, (i % 251) + 1);
+      data.writeUInt32LE(seed + i, 0);
+      await rep.write(offset, data);
+      model.apply(offset, data, length);
+    } else if (x < 0.8) {
+      await rep.zero(offset, length, r() < 0.5);
+      model.apply(offset, null, length);
+    } else {
+      await rep.flush();
+    }
+  }
+}
+
+/** Every checkpoint the manifest calls consistent equals the model at some point. */
+async function assertPrefixes(s: { prefix: string; uuid: string }, model: Model): Promise<number> {
+  const { store } = await openReplicaStore(s.prefix, s.uuid, open);
+  const manifest = (await readManifest(store))!;
+  const { head } = await readHead(store);
+  let checked = 0;
+  for (let c = 1; c <= head.checkpoint; c++) {
+    if (isInconsistent(manifest, c)) continue;
+    let content: Buffer;
+    try {
+      content = await replicaContent(s.prefix, s.uuid, c);
+    } catch {
+      continue; // not retained
+    }
+    assert.ok(model.seen.has(sha(content)), `checkpoint ${c} is not a prefix of the write order`);
+    checked++;
+  }
+  return checked;
+}
+
+describe('replicator', () => {
+  for (const seed of [1, 2, 3]) {
+    it(`logging: the replica follows the write order and settles equal (seed ${seed})`, async () => {
+      const s = await setup();
+      const { rep } = await start(s);
+      assert.equal(rep.mode, 'logging');
+      const model = new Model();
+      await randomOps(rep, model, seed, 200);
+      assert.ok(await rep.settle(10_000));
+      assert.equal(rep.status().mode, 'logging');
+      await rep.close();
+      assert.equal(sha(await primaryContent(s.file)), sha(model.bytes));
+      assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(model.bytes));
+      const checked = await assertPrefixes(s, model);
+      assert.ok(checked > 3, `only ${checked} checkpoints`);
+      // A clean stop leaves nothing dirty and the next start has nothing to copy.
+      const again = await start(s);
+      assert.equal(again.rep.mode, 'logging');
+      assert.equal(again.rep.status().dirtyRegions, 0);
+      await again.rep.close();
+    });
+  }
+
+  it('pool overflow: forward-part, then resynced by region and logging again', async () => {
+    const s = await setup();
+    const { rep, store } = await start(s, { poolBytes: 256 * KiB });
+    const model = new Model();
+    // Hold the shipper back so that the pool fills.
+    store.down = true;
+    await randomOps(rep, model, 7, 150);
+    assert.ok(rep.status().pool.overflows + (rep.status().replica.connected ? 0 : 1) > 0);
+    assert.equal(rep.mode, 'forward-part');
+    store.down = false;
+    assert.ok(await rep.settle(20_000), JSON.stringify(rep.status()));
+    await randomOps(rep, model, 8, 50);
+    assert.ok(await rep.settle(20_000));
+    const st = rep.status();
+    assert.equal(st.mode, 'logging');
+    assert.ok(st.replica.lastConsistentCheckpoint > 0);
+    await rep.close();
+    assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(model.bytes));
+    await assertPrefixes(s, model);
+    const { store: st2 } = await openReplicaStore(s.prefix, s.uuid, open);
+    const m = (await readManifest(st2))!;
+    assert.ok(m.inconsistent.length > 0 && m.inconsistent.every((x) => x.to !== null));
+  });
+
+  it('replica outage: writes continue at local speed, then catch up', async () => {
+    const s = await setup();
+    const { rep, store } = await start(s, { poolBytes: 1 * MiB });
+    const model = new Model();
+    await randomOps(rep, model, 11, 60, (i) => {
+      if (i === 20) store.down = true;
+    });
+    assert.notEqual(rep.status().mode, 'logging');
+    store.down = false;
+    assert.ok(await rep.settle(20_000), JSON.stringify(rep.status()));
+    await rep.close();
+    assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(model.bytes));
+    await assertPrefixes(s, model);
+  });
+
+  it('crash of the replicator: the bitmap resyncs what changed, not everything', async () => {
+    const s = await setup();
+    const first = await start(s, { holder: 'test-crash-1' });
+    const model = new Model();
+    await randomOps(first.rep, model, 21, 100);
+    assert.ok(await first.rep.settle(10_000));
+    // A few more writes into two regions, then kill -9 before they are shipped.
+    first.store.down = true;
+    const a = Buffer.alloc(8192, 0xaa);
+    await first.rep.write(5 * REGION + 4096, a);
+    model.apply(5 * REGION + 4096, a, a.length);
+    await first.rep.write(20 * REGION, a);
+    model.apply(20 * REGION, a, a.length);
+    await first.rep.crash();
+    const second = await start(s, { holder: 'test-crash-2', force: true });
+    const st = second.rep.status();
+    assert.notEqual(st.mode, 'forward-full');
+    assert.ok(
+      st.dirtyRegions >= 2 && st.dirtyRegions < DEVICE / REGION,
+      `dirty ${st.dirtyRegions}`,
+    );
+    assert.ok(await second.rep.settle(10_000));
+    assert.ok(second.rep.status().resync === null);
+    await second.rep.close();
+    assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(model.bytes));
+    assert.equal(sha(await primaryContent(s.file)), sha(model.bytes));
+    const check = await checkPrimary({ file: s.file, uuid: s.uuid, openStore: open });
+    assert.equal(check.differing.length, 0);
+  });
+
+  it('concurrent writes to one region and a resync never lose a write', async () => {
+    const s = await setup();
+    const { rep } = await start(s, { poolBytes: 128 * KiB });
+    const model = new Model();
+    const r = rng(99);
+    for (let round = 0; round < 20; round++) {
+      const ops: Promise<void>[] = [];
+      const writes: [number, Buffer][] = [];
+      for (let k = 0; k < 8; k++) {
+        // Disjoint 4 KiB slots so that the model does not depend on the interleaving.
+        const offset = (round * 8 + k) * 4096 + Math.floor(r() * 2) * REGION * 8;
+        const data = Buffer.alloc(4096, (round * 8 + k) % 255 || 1);
+        writes.push([offset % DEVICE, data]);
+        ops.push(rep.write(offset % DEVICE, data));
+      }
+      if (round % 5 === 0) rep.resync(round === 10);
+      await Promise.all(ops);
+      for (const [o, d] of writes) model.apply(o, d, d.length);
+    }
+    assert.ok(await rep.settle(20_000), JSON.stringify(rep.status()));
+    await rep.close();
+    assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(model.bytes));
+  });
+
+  it('restore: full and lazy, to a fresh primary, by checkpoint', async () => {
+    const s = await setup();
+    const { rep } = await start(s);
+    const model = new Model();
+    await randomOps(rep, model, 31, 80);
+    assert.ok(await rep.settle(10_000));
+    const wanted = Buffer.from(model.bytes);
+    const cp = rep.status().replica.checkpoint;
+    await randomOps(rep, model, 32, 40);
+    assert.ok(await rep.settle(10_000));
+    await rep.close();
+
+    // Full restore onto a new file.
+    const fresh = join(dir, `fresh-${n}.img`);
+    const res = await restorePrimary({
+      file: fresh,
+      uuid: s.uuid,
+      to: { checkpoint: cp },
+      replicaPrefix: s.prefix,
+      openStore: open,
+    });
+    assert.equal(res.checkpoint, cp);
+    assert.equal(sha(await primaryContent(fresh)), sha(wanted));
+    // The replica was rolled back with it: the restored primary serves in logging mode.
+    const again = await start({ ...s, file: fresh });
+    assert.equal(again.rep.mode, 'logging');
+    await again.rep.close();
+    assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(wanted));
+
+    // Lazy restore of the original primary to the same checkpoint; reads before the background pass.
+    const lazy = await restorePrimary({
+      file: s.file,
+      uuid: s.uuid,
+      to: { checkpoint: cp },
+      lazy: true,
+      openStore: open,
+    });
+    assert.equal(lazy.lazy, true);
+    const served = await start(s);
+    assert.equal(served.rep.mode, 'reverse-full');
+    const got = await served.rep.read(7 * REGION, REGION);
+    assert.ok(got.equals(wanted.subarray(7 * REGION, 8 * REGION)));
+    const w = Buffer.alloc(4096, 0x5c);
+    await served.rep.write(9 * REGION + 512, w);
+    w.copy(wanted, 9 * REGION + 512);
+    assert.ok(await served.rep.settle(20_000), JSON.stringify(served.rep.status()));
+    await served.rep.close();
+    assert.equal(sha(await primaryContent(s.file)), sha(wanted));
+    assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(wanted));
+  });
+
+  it('refuses bad input and loses nothing', async () => {
+    const s = await setup();
+    await assert.rejects(
+      formatPrimary({
+        file: s.file,
+        deviceSize: DEVICE,
+        replicaPrefix: s.prefix,
+        regionSize: REGION,
+        openStore: open,
+      }),
+      (e: HyperError) => e.code === 'PRIMARY_EXISTS',
+    );
+    await assert.rejects(
+      openPrimary(s.file, '00000000-0000-4000-8000-000000000000'),
+      (e: HyperError) => e.code === 'INVALID_ARGUMENT',
+    );
+    const small = join(dir, 'small.img');
+    const p = await PrimaryFile.open(small, { createSize: PRIMARY_DATA_OFFSET + 4096 });
+    await p.close();
+    await assert.rejects(
+      formatPrimary({
+        file: small,
+        deviceSize: DEVICE,
+        replicaPrefix: s.prefix,
+        regionSize: REGION,
+        openStore: open,
+      }),
+      (e: HyperError) => e.code === 'OUT_OF_RANGE',
+    );
+    const { rep } = await start(s);
+    await assert.rejects(
+      openPrimary(s.file, s.uuid),
+      (e: HyperError) => e.code === 'PRIMARY_IN_USE',
+    );
+    await assert.rejects(
+      restorePrimary({ file: s.file, uuid: s.uuid, to: { checkpoint: 1 }, openStore: open }),
+      (e: HyperError) => e.code === 'PRIMARY_IN_USE',
+    );
+    await rep.close();
+    const other = await setup();
+    await assert.rejects(
+      restorePrimary({
+        file: join(dir, 'x.img'),
+        uuid: s.uuid,
+        to: { checkpoint: 1 },
+        replicaPrefix: other.prefix,
+        openStore: open,
+      }),
+      (e: HyperError) => e.code === 'VOLUME_NOT_FOUND',
+    );
+  });
+});
