@@ -21,6 +21,7 @@ import { Config } from '@oclif/core';
 import type { z } from 'zod';
 import {
   daemonListeningSchema,
+  replicaServeListeningSchema,
   resultSchemas,
   serveListeningSchema,
   errorJsonSchema,
@@ -92,6 +93,41 @@ const exportName = (what: string): string => `${what}-${++exportNumber}`;
 /** Map the volume at `url` in the shared daemon (through the control API, not the CLI). */
 async function mapInDaemon(f: Fixture, url: string, name: string): Promise<void> {
   await new ControlClient(f.controlSocket).post('/v1/exports', { url, name });
+}
+
+/** A diff of a fresh volume from snap1, at <dir>/conventions.diff. */
+async function diffOf(f: Fixture): Promise<string> {
+  const path = join(f.dir, 'conventions.diff');
+  const r = await hyper([
+    'file',
+    'export-diff',
+    await f.volume(exportName('diff-source')),
+    '--from',
+    'snap1',
+    path,
+    '--overwrite',
+  ]);
+  assert.equal(r.code, 0, show(r));
+  return path;
+}
+
+/** A freshly formatted replication primary (a new file) with its replica below <dir>. */
+async function primaryOf(f: Fixture, name: string): Promise<{ file: string; uuid: string }> {
+  const file = join(f.dir, `${name}.primary`);
+  const r = await hyper([
+    'replica',
+    'format',
+    '--file',
+    file,
+    '--device-size',
+    '4M',
+    '--region-size',
+    '1M',
+    '--replica',
+    fileUrl(join(f.dir, 'replicas')),
+  ]);
+  assert.equal(r.code, 0, show(r));
+  return { file, uuid: r.stdout.trim() };
 }
 
 /** One successful invocation per command id, and how it meets a missing or leased volume. */
@@ -249,6 +285,73 @@ const INVOCATIONS: Record<string, Invocation> = {
     missing: null, // takes an export name, not a volume URL (EXPORT_NOT_FOUND)
     leased: null,
   },
+  'file:export-diff': {
+    ok: async (f) => [await f.volume('export-diff'), '--from', 'snap1', join(f.dir, 'export.diff')],
+    missing: (f, url) => [url, '--from', '1', join(f.dir, 'missing.diff')],
+    leased: null,
+  },
+  'file:import-diff': {
+    ok: async (f) => [await diffOf(f), await f.volume('import-diff'), '--assume-base'],
+    missing: (f, url) => [join(f.dir, 'conventions.diff'), url],
+    leased: null, // needs a diff file: export-diff.test.ts covers LEASE_HELD
+  },
+  'replica:format': {
+    ok: async (f) => [
+      '--file',
+      join(f.dir, `format-${++exportNumber}.primary`),
+      '--device-size',
+      '4M',
+      '--region-size',
+      '1M',
+      '--replica',
+      fileUrl(join(f.dir, 'replicas')),
+    ],
+    missing: null,
+    leased: null,
+  },
+  'replica:serve': {
+    ok: async (f) => {
+      const p = await primaryOf(f, exportName('serve'));
+      return ['--file', p.file, '--uuid', p.uuid, '--port', '0'];
+    },
+    missing: null,
+    leased: null,
+  },
+  'replica:status': {
+    ok: async (f) => ['--file', (await primaryOf(f, exportName('status'))).file],
+    missing: null,
+    leased: null,
+  },
+  'replica:resync': {
+    ok: async (f) => ['--file', (await primaryOf(f, exportName('resync'))).file, '--full'],
+    missing: null,
+    leased: null,
+  },
+  'replica:check': {
+    ok: async (f) => {
+      const p = await primaryOf(f, exportName('check'));
+      return ['--file', p.file, '--uuid', p.uuid];
+    },
+    missing: null,
+    leased: null,
+  },
+  'replica:restore': {
+    ok: async (f) => {
+      const p = await primaryOf(f, exportName('restore'));
+      return ['--file', p.file, '--uuid', p.uuid, '--to', '1'];
+    },
+    missing: (f, url) => [
+      '--file',
+      join(f.dir, `missing-${++exportNumber}.primary`),
+      '--uuid',
+      '00000000-0000-4000-8000-000000000000',
+      '--replica',
+      url,
+      '--to',
+      '1',
+    ],
+    leased: null,
+  },
   ls: {
     ok: async (f) => {
       // At least one mapped export, so that its fields are checked too.
@@ -330,12 +433,12 @@ const misspell = (name: string): string => `${name.slice(0, -1)}${name.endsWith(
  * `signal`, return its stdout lines.
  */
 function untilStopped(
-  command: 'serve' | 'daemon',
+  command: 'serve' | 'daemon' | 'replica:serve',
   args: string[],
   signal: NodeJS.Signals,
 ): Promise<{ code: number; lines: string[]; stderr: string }> {
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [runJs, command, ...args, '--json'], {
+    const child = spawn(process.execPath, [runJs, ...command.split(':'), ...args, '--json'], {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env, NO_COLOR: '1' },
     });
@@ -436,6 +539,19 @@ describe('every command follows the conventions', () => {
         assert.match(listening.exports[0]!.uri ?? '', /^nbd:\/\/127\.0\.0\.1:\d+\/daemon-vol$/);
         const stopped = parseWith(schema, s.lines[1]!, 'daemon stopped') as { reason: string };
         assert.equal(stopped.reason, 'interrupted');
+        continue;
+      }
+      if (c.id === 'replica:serve') {
+        const s = await untilStopped('replica:serve', args, 'SIGINT');
+        assert.equal(s.code, 0, `replica serve: ${s.stderr}`);
+        assert.equal(
+          s.lines.length,
+          2,
+          `replica serve --json prints two lines: ${s.lines.join('\n')}`,
+        );
+        const listening = parseWith(replicaServeListeningSchema, s.lines[0]!, 'replica listening');
+        assert.match(listening.uri, /^nbd:\/\/127\.0\.0\.1:\d+\/primary$/);
+        parseWith(schema, s.lines[1]!, 'replica serve stopped');
         continue;
       }
       if (c.id === 'serve') {
