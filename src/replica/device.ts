@@ -27,7 +27,9 @@ export class ReplicaDevice implements BlockDevice {
     canFastZero: false,
     canCache: false,
     canMultiConn: true,
-    canBlockStatus: false,
+    // base:allocation is granted in the handshake before the device is known: answer it (all
+    // data, see extents) so that clients using block status (nbdcopy) can read.
+    canBlockStatus: true,
   };
 
   constructor(

@@ -158,6 +158,8 @@ export class Replicator {
   private appliedSeq = 0;
   private committedSeq = 0;
   private lastCommitMs = Date.now();
+  /** When the oldest change applied to the replica but not yet committed was made. */
+  private pendingSince: number | undefined;
   private readonly needCopy = new Set<number>();
   private readonly passPending = new Set<number>();
   private passTotal = 0;
@@ -583,6 +585,7 @@ export class Replicator {
 
   private async apply(e: Entry): Promise<void> {
     const v = this.volume!;
+    this.pendingSince ??= e.at;
     // After a drop, the replica mixes times until the resync's last copy: record that first.
     if (this.consistentAfter === Infinity && !this.manifestOpen) await this.openInconsistentRange();
     switch (e.kind) {
@@ -622,7 +625,8 @@ export class Replicator {
   private async commit(): Promise<void> {
     const v = this.volume!;
     const covered = this.appliedSeq;
-    const oldest = this.oldestUncommittedAt();
+    const oldest = this.pendingSince;
+    this.pendingSince = undefined;
     const info: CheckpointInfo = await v.flush();
     this.lastCommitMs = Date.now();
     if (covered > this.committedSeq) this.commits++;
@@ -637,12 +641,6 @@ export class Replicator {
     }
     this.clearBits();
     void this.persist().catch(() => undefined);
-  }
-
-  private oldestUncommittedAt(): number | undefined {
-    // Entries applied since the last commit: the first after committedSeq still in memory is
-    // gone from the queue, so the time of the last commit bounds it.
-    return this.appliedSeq > this.committedSeq ? this.lastCommitMs : undefined;
   }
 
   private lagSample(s: number): void {
@@ -677,6 +675,7 @@ export class Replicator {
         this.needCopy.add(r);
     }
     this.appliedSeq = this.committedSeq;
+    this.pendingSince = undefined;
     this.manifestOpen = false;
     void this.persist().catch(() => undefined);
     await v?.close().catch(() => undefined);
@@ -962,7 +961,7 @@ export class Replicator {
       lagIos++;
       oldest ??= e.at;
     }
-    if (this.appliedSeq > this.committedSeq) oldest = Math.min(oldest ?? now, this.lastCommitMs);
+    if (this.pendingSince !== undefined) oldest = Math.min(oldest ?? now, this.pendingSince);
     const sorted = [...this.lagSamples].sort((a, b) => a - b);
     const pct = (p: number): number =>
       sorted.length === 0 ? 0 : sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]!;
