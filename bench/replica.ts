@@ -106,7 +106,10 @@ function fsType(path: string): string {
       const [, dir, type] = line.split(' ');
       if (dir === undefined || type === undefined) continue;
       const d = dir.replace(/\\040/g, ' ');
-      if ((path === d || path.startsWith(d.endsWith('/') ? d : `${d}/`)) && d.length >= best.dir.length)
+      if (
+        (path === d || path.startsWith(d.endsWith('/') ? d : `${d}/`)) &&
+        d.length >= best.dir.length
+      )
         best = { dir: d, type };
     }
     return best.type;
@@ -146,7 +149,12 @@ const counterDelta = (
 ): RgwCounters | undefined =>
   a === undefined || b === undefined
     ? undefined
-    : { req: b.req - a.req, put: b.put - a.put, putBytes: b.putBytes - a.putBytes, get: b.get - a.get };
+    : {
+        req: b.req - a.req,
+        put: b.put - a.put,
+        putBytes: b.putBytes - a.putBytes,
+        get: b.get - a.get,
+      };
 
 /** A python3 that has libnbd's module (nbdsh's), for the first read; else qemu-io. */
 const nbdPython = ['/usr/bin/python3', 'python3'].find(
@@ -372,8 +380,7 @@ async function runWorkload(
   } else {
     s.cpuSeconds = cpuSeconds(srv.pids) - cpu0;
   }
-  if (s.drainSeconds !== undefined)
-    s.atRestMiBps = written / MiB / (s.seconds + s.drainSeconds);
+  if (s.drainSeconds !== undefined) s.atRestMiBps = written / MiB / (s.seconds + s.drainSeconds);
   const d = counterDelta(req0, peer === 'qemu-nbd' ? undefined : await rgwCounters());
   if (d !== undefined && written > 0) {
     s.requestsPerGiB = d.req / (written / GiB);
@@ -390,6 +397,9 @@ interface RestoreSample {
   fillMiB: number;
   fillSeconds: number;
   fillSettleSeconds: number;
+  /** What the replicator shipped for the fill (more than written when the pool overflowed). */
+  fillShippedMiB?: number;
+  fillOverflows?: number;
   fullSeconds?: number;
   fullAllocatedGiB?: number;
   lazyCommandSeconds?: number;
@@ -447,8 +457,10 @@ async function runRestore(ctx: Ctx, rep: number): Promise<RestoreSample> {
     if (!(await settle(srv.control as ControlClient))) throw new Error('fill did not settle');
     out.fillSeconds = (t1 - t0) / 1000;
     out.fillSettleSeconds = (performance.now() - t1) / 1000;
-    checkpoint = (await (srv.control as ControlClient).get<ReplicaStatus>('/v1/replica')).replica
-      .checkpoint;
+    const st = await (srv.control as ControlClient).get<ReplicaStatus>('/v1/replica');
+    checkpoint = st.replica.checkpoint;
+    out.fillShippedMiB = st.shipped.bytes / MiB;
+    out.fillOverflows = st.pool.overflows;
   } finally {
     await srv.stop();
   }
@@ -567,7 +579,13 @@ async function main(): Promise<void> {
             const store = await openStore(`s3://${bucket}/`, { endpoint: ep });
             const prefix = `${runId}/put-${delay}-${rep}/`;
             try {
-              const p = await measurePut(store, prefix, 4 * MiB, Math.max(16, size / (4 * MiB)), 16);
+              const p = await measurePut(
+                store,
+                prefix,
+                4 * MiB,
+                Math.max(16, size / (4 * MiB)),
+                16,
+              );
               puts[key]!.push({ mibps: p.mibps, opsPerSec: p.opsPerSec });
               console.error(
                 `[replica] ${key} rep ${rep + 1} RGW PUT 4 MiB x16: ${fmt(p.mibps)} MiB/s (${elapsed()})`,
@@ -702,7 +720,12 @@ async function main(): Promise<void> {
                 ['  (p99 ms)', ...PEERS.map((p) => cell(v(p, w, 'p99Ms'))), '', ''],
               ]
             : []),
-          [`  server CPU s`, ...PEERS.map((p) => cell(v(p, w, 'cpuSeconds'))), '', ''],
+          [
+            '  server CPU s (replica: until settled)',
+            ...PEERS.map((p) => cell(v(p, w, 'cpuSeconds'))),
+            '',
+            '',
+          ],
         ]),
       ),
     );
@@ -766,7 +789,8 @@ async function main(): Promise<void> {
     if (restores[key]?.length === 0) continue;
     console.log(
       `== ${key}: restore of a ${restoreGiB} GiB device (${fmt(r.fillMiB ?? NaN)} MiB of random data, 1 MiB every 4 MiB; ` +
-        `filled in ${fmt(r.fillSeconds ?? NaN)} s + ${fmt(r.fillSettleSeconds ?? NaN)} s to settle) onto a fresh file\n`,
+        `written through replica serve in ${fmt(r.fillSeconds ?? NaN)} s + ${fmt(r.fillSettleSeconds ?? NaN)} s to settle, ` +
+        `${fmt(r.fillShippedMiB ?? NaN)} MiB shipped, ${fmt(r.fillOverflows ?? NaN)} pool overflows), restored onto a fresh file\n`,
     );
     const ttfr = r.timeToFirstReadSeconds;
     console.log(

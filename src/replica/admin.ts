@@ -32,7 +32,7 @@ import {
   type ReplicaManifest,
 } from './manifest.js';
 import { PrimaryFile } from './primary.js';
-import type { ReplicaStatus } from './replicator.js';
+import { writeUnlessZeroAlready, type ReplicaStatus } from './replicator.js';
 
 export type StoreOpener = (url: string, options?: { mkdir?: boolean }) => Promise<ObjectStore>;
 
@@ -582,7 +582,7 @@ async function copyBack(
         const r = todo[next++]!;
         const off = r * manifest.regionSize;
         const data = await view.read(off, Math.min(manifest.regionSize, manifest.deviceSize - off));
-        await primary.write(off, data);
+        await writeUnlessZeroAlready(primary, off, data);
         bitSet(unrestored, r, false);
         done++;
         o.onProgress?.(done, regions);

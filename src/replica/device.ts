@@ -56,7 +56,8 @@ export class ReplicaDevice implements BlockDevice {
   }
 
   writev(offset: number, parts: Buffer[], flags: WriteFlags): Promise<void> {
-    return this.replicator.write(offset, Buffer.concat(parts), flags.fua);
+    // The joined buffer is ours: the stream keeps it without another copy.
+    return this.replicator.write(offset, Buffer.concat(parts), flags.fua, true);
   }
 
   flush(): Promise<void> {

@@ -158,6 +158,8 @@ export class Replicator {
   private appliedSeq = 0;
   private committedSeq = 0;
   private lastCommitMs = Date.now();
+  private committing: Promise<unknown> | undefined;
+  private commitAgain = false;
   /** When the oldest change applied to the replica but not yet committed was made. */
   private pendingSince: number | undefined;
   private readonly needCopy = new Set<number>();
@@ -169,6 +171,7 @@ export class Replicator {
   private consistentAfter = Infinity;
   private manifestOpen = false;
   private manifest: ReplicaManifest | undefined;
+  private manifestChain: Promise<void> = Promise.resolve();
 
   // The replica.
   private volume: Volume | undefined;
@@ -275,7 +278,9 @@ export class Replicator {
     await Promise.allSettled(this.loops);
     if (this.volume !== undefined) {
       try {
-        if (this.queueHead >= this.queue.length) await this.commit();
+        while (this.committing !== undefined) await this.committing;
+        if (this.queueHead >= this.queue.length && this.appliedSeq > this.committedSeq)
+          await this.commit();
       } catch (e) {
         this.log.warn('final replica commit failed', { error: (e as Error).message });
       }
@@ -314,7 +319,8 @@ export class Replicator {
     return this.primary.read(offset, length);
   }
 
-  async write(offset: number, data: Buffer, fua = false): Promise<void> {
+  /** `owned`: the caller gives `data` up (no copy is made for the stream). */
+  async write(offset: number, data: Buffer, fua = false, owned = false): Promise<void> {
     await this.change(
       offset,
       data.length,
@@ -324,7 +330,7 @@ export class Replicator {
         seq,
         at,
         offset,
-        data: Buffer.from(data),
+        data: owned ? data : Buffer.from(data),
       }),
     );
     if (fua) await this.primary.sync();
@@ -557,7 +563,7 @@ export class Replicator {
           this.appliedSeq > this.committedSeq &&
           Date.now() - this.lastCommitMs >= this.commitIntervalMs
         ) {
-          await this.guard(() => this.commit());
+          this.requestCommit();
         }
         if (!this.closed) this.clearBits();
         continue;
@@ -578,8 +584,39 @@ export class Replicator {
         Date.now() - this.lastCommitMs >= this.commitIntervalMs &&
         this.appliedSeq > this.committedSeq
       ) {
-        await this.guard(() => this.commit());
+        this.requestCommit();
       }
+    }
+  }
+
+  /**
+   * Commit in the background while the stream goes on being applied (a commit waits for the
+   * segment uploads in flight: shipping must not stop for it). One commit at a time; a request
+   * during one starts another when it ends.
+   */
+  private requestCommit(): void {
+    if (this.committing !== undefined) {
+      this.commitAgain = true;
+      return;
+    }
+    const v = this.volume;
+    if (v === undefined) return;
+    this.lastCommitMs = Date.now();
+    this.committing = this.guard(() => this.commit(), v).then(() => {
+      this.committing = undefined;
+      if (this.commitAgain) {
+        this.commitAgain = false;
+        if (this.volume !== undefined && this.appliedSeq > this.committedSeq) this.requestCommit();
+      }
+    });
+  }
+
+  /** Wait for the commit in flight, then commit what is applied (settle, close). */
+  private async commitNow(): Promise<void> {
+    while (this.committing !== undefined) await this.committing;
+    if (this.volume !== undefined && this.appliedSeq > this.committedSeq) {
+      this.requestCommit();
+      await this.committing;
     }
   }
 
@@ -608,7 +645,7 @@ export class Replicator {
         let later = false;
         for (let i = this.queueHead + 1; i < this.queue.length && !later; i++)
           later = this.queue[i]!.kind === 'flush';
-        if (!later) await this.commit();
+        if (!later) this.requestCommit();
         break;
       }
     }
@@ -649,12 +686,13 @@ export class Replicator {
   }
 
   /** Run a replica operation; on failure drop the replica and resync once it is back. */
-  private async guard(op: () => Promise<void>): Promise<boolean> {
+  private async guard(op: () => Promise<void>, v = this.volume): Promise<boolean> {
     try {
       await op();
       return true;
     } catch (e) {
-      if (this.closed && this.volume === undefined) return false;
+      // A failure of a replica already given up (or of none) was handled then.
+      if (v === undefined || this.volume !== v) return false;
       await this.fail(toHyperError(e));
       return false;
     }
@@ -758,24 +796,37 @@ export class Replicator {
     if (this.lastConsistent > 0) this.lastConsistentTime ??= v.info.checkpointTime;
   }
 
+  /**
+   * Open an inconsistent range at the checkpoint after the volume's current one (a commit in
+   * flight lands in it: conservative). Manifest updates run one at a time, each on the latest.
+   */
   private async openInconsistentRange(): Promise<void> {
-    const m = this.manifest!;
     const from = this.volume!.info.checkpoint + 1;
-    this.manifest = { ...m, inconsistent: [...m.inconsistent, { from, to: null }] };
-    await writeManifest(this.o.replicaStore, this.manifest);
     this.manifestOpen = true;
+    await this.updateManifest((m) => ({
+      ...m,
+      inconsistent: [...m.inconsistent, { from, to: null }],
+    }));
   }
 
+  /** Checkpoint `consistent` is a consistent image: close the open ranges that start at or before it. */
   private async closeInconsistentRange(consistent: number): Promise<void> {
-    const m = this.manifest!;
-    this.manifest = {
+    await this.updateManifest((m) => ({
       ...m,
       inconsistent: m.inconsistent.map((r) =>
-        r.to === null ? { from: r.from, to: consistent } : r,
+        r.to === null && r.from <= consistent ? { from: r.from, to: consistent } : r,
       ),
-    };
-    await writeManifest(this.o.replicaStore, this.manifest);
-    this.manifestOpen = false;
+    }));
+  }
+
+  private updateManifest(change: (m: ReplicaManifest) => ReplicaManifest): Promise<void> {
+    const run = this.manifestChain.then(async () => {
+      this.manifest = change(this.manifest!);
+      this.manifestOpen = this.manifest.inconsistent.some((r) => r.to === null);
+      await writeManifest(this.o.replicaStore, this.manifest);
+    });
+    this.manifestChain = run.catch(() => undefined);
+    return run;
   }
 
   // ------------------------------------------------------------------ resync
@@ -815,7 +866,8 @@ export class Replicator {
       for (const r of pass) {
         if (this.passAbort || this.closed) break;
         while (
-          this.queueBytes + this.regionSize > this.poolLimit &&
+          // Copies leave half of the pool to client writes, which would overflow it otherwise.
+          this.queueBytes + this.regionSize > this.poolLimit / 2 &&
           !this.passAbort &&
           !this.closed
         ) {
@@ -901,7 +953,7 @@ export class Replicator {
       if (!bitGet(this.unrestored, r)) return;
       const start = r * this.regionSize;
       const data = await this.view!.read(start, Math.min(this.regionSize, this.size - start));
-      await this.primary.write(start, data);
+      await writeUnlessZeroAlready(this.primary, start, data);
       await this.primary.sync();
       bitSet(this.unrestored, r, false);
       this.restoredCount++;
@@ -913,23 +965,39 @@ export class Replicator {
   }
 
   private async restoreLoop(): Promise<void> {
-    const inflight = new Set<Promise<void>>();
-    for (let r = 0; r < this.regions && !this.closed; r++) {
-      if (!bitGet(this.unrestored, r)) continue;
-      while (inflight.size >= this.recoverConcurrency && !this.closed) await Promise.race(inflight);
-      const p: Promise<void> = this.restoreRegion(r, false)
-        .catch((e: unknown) =>
-          this.log.error('lazy restore of a region failed', {
-            region: r,
-            error: (e as Error).message,
-          }),
-        )
-        .finally(() => inflight.delete(p));
-      inflight.add(p);
+    // Passes until every region is restored: a region that failed (the replica unreachable)
+    // is retried by the next pass, after a backoff, instead of waiting for a client to read it.
+    const from = this.header.restoreFrom; // the header's is reset once the last region is in
+    let wait = this.retryMs;
+    for (let pass = 0; this.unrestoredLeft() > 0 && !this.closed; pass++) {
+      if (pass > 0) {
+        this.log.warn('lazy restore: retrying the regions that failed', {
+          regions: this.unrestoredLeft(),
+          retryInMs: wait,
+        });
+        await this.stopping.wait(wait);
+        if (this.closed) break;
+        wait = Math.min(wait * 2, 30_000);
+      }
+      const inflight = new Set<Promise<void>>();
+      for (let r = 0; r < this.regions && !this.closed; r++) {
+        if (!bitGet(this.unrestored, r)) continue;
+        while (inflight.size >= this.recoverConcurrency && !this.closed)
+          await Promise.race(inflight);
+        const p: Promise<void> = this.restoreRegion(r, false)
+          .catch((e: unknown) =>
+            this.log.error('lazy restore of a region failed', {
+              region: r,
+              error: (e as Error).message,
+            }),
+          )
+          .finally(() => inflight.delete(p));
+        inflight.add(p);
+      }
+      await Promise.allSettled(inflight);
     }
-    await Promise.allSettled(inflight);
     if (this.unrestoredLeft() === 0 && !this.closed) {
-      this.log.info('restore complete', { from: this.header.restoreFrom });
+      this.log.info('restore complete', { from });
       await this.persist().catch(() => undefined);
       await this.view?.close().catch(() => undefined);
       this.view = undefined;
@@ -1024,20 +1092,27 @@ export class Replicator {
       this.work.wake();
       // A timer, not the drained signal: two loops waking each other would starve I/O.
       await sleep(25);
-      if (
-        this.volume !== undefined &&
-        this.queueHead >= this.queue.length &&
-        this.appliedSeq > this.committedSeq
-      ) {
-        await this.guard(() => this.commit());
-      }
+      if (this.volume !== undefined && this.queueHead >= this.queue.length) await this.commitNow();
     }
     return false;
   }
 }
 
+/**
+ * Restore `data` to the primary at `offset`, skipping a zero region the primary already
+ * reads as zeros (a fresh sparse file stays sparse).
+ */
+export async function writeUnlessZeroAlready(
+  primary: PrimaryFile,
+  offset: number,
+  data: Buffer,
+): Promise<void> {
+  if (isZero(data) && isZero(await primary.read(offset, data.length))) return;
+  await primary.write(offset, data);
+}
+
 const ZEROS = Buffer.alloc(64 * 1024);
-function isZero(b: Buffer): boolean {
+export function isZero(b: Buffer): boolean {
   for (let i = 0; i < b.length; i += ZEROS.length) {
     const n = Math.min(ZEROS.length, b.length - i);
     if (!b.subarray(i, i + n).equals(ZEROS.subarray(0, n))) return false;
