@@ -276,15 +276,17 @@ export class Replicator {
     this.work.wake();
     this.restoreSlotFree.wake();
     await Promise.allSettled(this.loops);
-    if (this.volume !== undefined) {
+    while (this.committing !== undefined) await this.committing;
+    // (A commit that failed meanwhile gave the volume up: there is nothing left to commit.)
+    const v = this.volume;
+    if (v !== undefined) {
       try {
-        while (this.committing !== undefined) await this.committing;
         if (this.queueHead >= this.queue.length && this.appliedSeq > this.committedSeq)
           await this.commit();
       } catch (e) {
         this.log.warn('final replica commit failed', { error: (e as Error).message });
       }
-      await this.volume.close().catch(() => undefined);
+      await v.close().catch(() => undefined);
       this.volume = undefined;
     }
     await this.view?.close().catch(() => undefined);
