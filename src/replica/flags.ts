@@ -16,3 +16,16 @@ export const replicaControlSocket = Flags.string({
   summary: 'Control socket of a running "hyper replica serve".',
   helpValue: '<path>',
 });
+
+/** status and resync: ask a running replicator (--control-socket) or read the header (--file). */
+export const liveOrFile = {
+  'control-socket': Flags.string({
+    summary: 'Control socket of a running "hyper replica serve".',
+    helpValue: '<path>',
+    exactlyOne: ['control-socket', 'file'],
+  }),
+  file: Flags.string({
+    summary: "Use this primary's header instead (not being served).",
+    helpValue: '<path>',
+  }),
+};

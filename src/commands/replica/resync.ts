@@ -2,7 +2,7 @@ import { Flags } from '@oclif/core';
 import { BaseCommand } from '../../base-command.js';
 import type { ReplicaResyncResult } from '../../cli/vocabulary.js';
 import { markResync } from '../../replica/admin.js';
-import { primaryUuid } from '../../replica/flags.js';
+import { liveOrFile, primaryUuid } from '../../replica/flags.js';
 import { replicaClient } from '../../replica/serve.js';
 
 export default class ReplicaResync extends BaseCommand<typeof ReplicaResync> {
@@ -24,15 +24,7 @@ export default class ReplicaResync extends BaseCommand<typeof ReplicaResync> {
   ];
 
   static override flags = {
-    'control-socket': Flags.string({
-      summary: 'Control socket of a running "hyper replica serve".',
-      helpValue: '<path>',
-      exactlyOne: ['control-socket', 'file'],
-    }),
-    file: Flags.string({
-      summary: "Record the resync in this primary's header (not served now).",
-      helpValue: '<path>',
-    }),
+    ...liveOrFile,
     uuid: primaryUuid,
     full: Flags.boolean({ summary: 'Copy every region, not only the dirty ones.' }),
   };

@@ -3,8 +3,7 @@ import type { ReplicaStatusResult } from '../../cli/vocabulary.js';
 import { formatBytes } from '../../cli/units.js';
 import { offlineStatus, openPrimary } from '../../replica/admin.js';
 import { replicaClient } from '../../replica/serve.js';
-import { primaryUuid } from '../../replica/flags.js';
-import { Flags } from '@oclif/core';
+import { liveOrFile, primaryUuid } from '../../replica/flags.js';
 
 export default class ReplicaStatus extends BaseCommand<typeof ReplicaStatus> {
   static override summary = "Show a replicated primary's mode, lag and resync or restore progress.";
@@ -23,15 +22,7 @@ export default class ReplicaStatus extends BaseCommand<typeof ReplicaStatus> {
   ];
 
   static override flags = {
-    'control-socket': Flags.string({
-      summary: 'Control socket of a running "hyper replica serve".',
-      helpValue: '<path>',
-      exactlyOne: ['control-socket', 'file'],
-    }),
-    file: Flags.string({
-      summary: "Read the status from this primary's header instead.",
-      helpValue: '<path>',
-    }),
+    ...liveOrFile,
     uuid: primaryUuid,
   };
 
