@@ -44,7 +44,12 @@ import type { Cipher } from './format/codec/seal.js';
 import { keyById, loadKeyFile } from './format/keyring.js';
 import { ProgressReporter } from './cli/progress.js';
 import { startSpinner, type Spinner } from './cli/spinner.js';
-import { openStore as openStoreAt, parseStoreUrl, type ObjectStore } from './format/store/index.js';
+import {
+  openStore as openStoreAt,
+  parseStoreUrl,
+  type ObjectStore,
+  type OpenStoreOptions,
+} from './format/store/index.js';
 
 export type Flags<T extends typeof Command> = Interfaces.InferredFlags<
   (typeof BaseCommand)['baseFlags'] & T['flags']
@@ -223,7 +228,6 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     url: string,
     options: { mkdir?: boolean; prefix?: boolean } = {},
   ): Promise<ObjectStore> {
-    const { settings } = this.hyperConfig;
     const parsed = parseStoreUrl(url);
     if (parsed.scheme === 'file') {
       if (options.mkdir) await mkdir(parsed.dir, { recursive: true });
@@ -233,13 +237,19 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
         });
       }
     }
-    const store = await openStoreAt(url, {
+    const store = await openStoreAt(url, this.storeOptions());
+    this.stores.push(store);
+    return store;
+  }
+
+  /** The options openStore opens stores with (what a worker thread needs to open its own). */
+  protected storeOptions(): OpenStoreOptions {
+    const { settings } = this.hyperConfig;
+    return {
       ...(settings.endpoint.value === null ? {} : { endpoint: settings.endpoint.value }),
       ...(settings.region.value === null ? {} : { region: settings.region.value }),
       ...(settings.awsProfile.value === null ? {} : { profile: settings.awsProfile.value }),
-    });
-    this.stores.push(store);
-    return store;
+    };
   }
 
   /** True with --json or --format json (also before the flags are parsed, for errors). */

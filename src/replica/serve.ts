@@ -11,6 +11,7 @@
  * primary and the lease.
  */
 import { HyperError } from '../errors.js';
+import type { OpenStoreOptions } from '../format/store/index.js';
 import { processHolder, readLease } from '../format/volume/lease.js';
 import { silentLogger } from '../format/volume/types.js';
 import { Volume } from '../format/volume/volume.js';
@@ -20,13 +21,19 @@ import type { ServeLogger } from '../serve/logger.js';
 import { nbdUri, type ListenAddress } from '../serve/uri.js';
 import { openPrimary, openReplicaStore, type StoreOpener } from './admin.js';
 import { ReplicaDevice } from './device.js';
-import { Replicator, type ReplicaStatus } from './replicator.js';
+import { DEFAULT_POOL_BYTES, Replicator, type ReplicaStatus } from './replicator.js';
+import { WorkerTarget } from './shipper.js';
 
 export interface ReplicaServeOptions {
   file: string;
   /** The primary's uuid; undefined serves whatever primary the file is. */
   uuid: string | undefined;
   openStore: StoreOpener;
+  /**
+   * Run the replica volume in a worker thread that opens its store with these options
+   * (shipper.ts says why); without them it runs in this thread (tests, mem://).
+   */
+  workerStoreOptions?: OpenStoreOptions;
   listen: ListenTarget;
   controlSocket?: string;
   poolBytes?: number;
@@ -64,17 +71,32 @@ export class ReplicaServer {
         header,
         replicaStore: store,
         owner: holder,
-        // The replicator's own lease (left live by a failed close) is taken back at once.
-        openReplica: async () =>
-          Volume.open(store, {
+        openReplica: async () => {
+          // The replicator's own lease (left live by a failed close) is taken back at once.
+          const force =
+            o.force === true ||
+            (await readLease(store).catch(() => undefined))?.lease.holder === holder;
+          const pipeline = o.flushPipeline === undefined ? {} : { flushPipeline: o.flushPipeline };
+          // (A mem:// store lives in this process only: no worker can open it.)
+          if (o.workerStoreOptions !== undefined && !store.url.startsWith('mem:')) {
+            return WorkerTarget.open(
+              { url: store.url, storeOptions: o.workerStoreOptions, holder, force, ...pipeline },
+              this.logger,
+              // What the worker holds counts against the pool: a small pool, a small window.
+              Math.min(
+                64 * 1024 * 1024,
+                Math.max(1024 * 1024, (o.poolBytes ?? DEFAULT_POOL_BYTES) / 4),
+              ),
+            );
+          }
+          return Volume.open(store, {
             holder,
-            force:
-              o.force === true ||
-              (await readLease(store).catch(() => undefined))?.lease.holder === holder,
+            force,
             flushIntervalMs: 0,
             logger: this.logger,
-            ...(o.flushPipeline === undefined ? {} : { flushPipeline: o.flushPipeline }),
-          }),
+            ...pipeline,
+          });
+        },
         openReplicaAt: (checkpoint) => Volume.open(store, { at: { checkpoint } }),
         logger: this.logger,
         ...(o.poolBytes === undefined ? {} : { poolBytes: o.poolBytes }),

@@ -98,6 +98,7 @@ export default class ReplicaServe extends BaseCommand<typeof ReplicaServe> {
       file: f.file,
       uuid: f.uuid,
       openStore: (u, o) => this.openStore(u, o),
+      workerStoreOptions: this.storeOptions(),
       listen: f.socket === undefined ? { port: f.port, host: f.bind } : { path: f.socket },
       poolBytes: f['pool-size'],
       recoverConcurrency: f['recover-concurrency'],
