@@ -16,7 +16,7 @@
  * so a checkpoint reported by flush() holds every change sent before it.
  */
 import { Worker } from 'node:worker_threads';
-import { HyperError, toHyperError, type ErrorCode, type ErrorKind } from '../errors.js';
+import { HyperError, toHyperError } from '../errors.js';
 import type { OpenStoreOptions } from '../format/store/index.js';
 import type { CheckpointInfo, Logger } from '../format/volume/types.js';
 
@@ -44,13 +44,7 @@ export interface WorkerTargetSpec {
   flushPipeline?: number;
 }
 
-export type SerializedError = {
-  kind: ErrorKind;
-  code: ErrorCode;
-  message: string;
-  suggestion?: string;
-  key?: string;
-};
+export type SerializedError = ReturnType<HyperError['toJSON']>;
 
 /**
  * A batch of changes, packed so that posting it clones nothing: `ops` holds (kind, offset,
@@ -85,14 +79,7 @@ export type FromWorker =
   | { t: 'log'; level: keyof Logger; msg: string; fields?: Record<string, unknown> };
 
 export function serializeError(e: unknown): SerializedError {
-  const h = toHyperError(e);
-  return {
-    kind: h.kind,
-    code: h.code,
-    message: h.message,
-    ...(h.suggestion === undefined ? {} : { suggestion: h.suggestion }),
-    ...(h.key === undefined ? {} : { key: h.key }),
-  };
+  return toHyperError(e).toJSON();
 }
 
 function reviveError(s: SerializedError): HyperError {
