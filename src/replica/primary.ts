@@ -3,17 +3,7 @@
  * PRIMARY_DATA_OFFSET bytes hold the metadata slots (codec/primary.ts) and whose exported
  * device follows. Reads and writes go through one file handle; `sync()` is fdatasync.
  */
-import { constants, type Stats } from 'node:fs';
-import { read, write, writeSync } from 'node:fs';
-
-/**
- * Writes up to this size go to the page cache in the event loop (pwrite without a thread
- * hop): a buffered 4 KiB write takes ~4 µs, handing it to libuv's thread pool and back ~30 µs
- * of this thread's time on a busy machine (fio 4k randwrite QD16 on tmpfs: 25k IOPS through
- * the pool, 68k in the loop). Reads stay asynchronous: a read may miss the cache and wait
- * for the device. Durability is fdatasync at FLUSH/FUA either way.
- */
-const SYNC_WRITE_MAX = 64 * 1024;
+import { constants, read, write, writeSync, type Stats } from 'node:fs';
 import { open, readFile, stat, type FileHandle } from 'node:fs/promises';
 import { HyperError, toHyperError } from '../errors.js';
 import {
@@ -23,6 +13,15 @@ import {
   pickPrimaryHeader,
   type PrimaryHeader,
 } from '../format/codec/primary.js';
+
+/**
+ * Writes up to this size go to the page cache in the event loop (pwrite without a thread
+ * hop): a buffered 4 KiB write takes ~4 µs, handing it to libuv's thread pool and back ~30 µs
+ * of this thread's time on a busy machine (fio 4k randwrite QD16 on tmpfs: 25k IOPS through
+ * the pool, 68k in the loop). Reads stay asynchronous: a read may miss the cache and wait
+ * for the device. Durability is fdatasync at FLUSH/FUA either way.
+ */
+const SYNC_WRITE_MAX = 64 * 1024;
 
 /** Bytes of a file, or of a block device (from sysfs: Node cannot ask the kernel directly). */
 async function capacity(path: string, st: Stats): Promise<number> {
