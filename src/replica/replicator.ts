@@ -1133,17 +1133,31 @@ export class Replicator {
   }
 }
 
+/** The granularity at which a restore tells zeros from data (one page, one data block). */
+export const RESTORE_BLOCK = 4096;
+
 /**
- * Restore `data` to the primary at `offset`, skipping a zero region the primary already
- * reads as zeros (a fresh sparse file stays sparse).
+ * Restore `data` to the primary at `offset`, block by block: runs holding data are written;
+ * all-zero runs are written only where the primary does not already read as zeros, so a
+ * fresh sparse file stays sparse inside regions that hold data too, and a resumed restore
+ * does not rewrite the zeros it already has.
  */
 export async function writeUnlessZeroAlready(
   primary: PrimaryFile,
   offset: number,
   data: Buffer,
 ): Promise<void> {
-  if (isZero(data) && isZero(await primary.read(offset, data.length))) return;
-  await primary.write(offset, data);
+  for (let i = 0; i < data.length;) {
+    const zero = isZero(data.subarray(i, i + RESTORE_BLOCK));
+    let j = i + RESTORE_BLOCK;
+    while (j < data.length && isZero(data.subarray(j, j + RESTORE_BLOCK)) === zero)
+      j += RESTORE_BLOCK;
+    j = Math.min(j, data.length);
+    const run = data.subarray(i, j);
+    if (!zero || !isZero(await primary.read(offset + i, run.length)))
+      await primary.write(offset + i, run);
+    i = j;
+  }
 }
 
 const ZEROS = Buffer.alloc(64 * 1024);

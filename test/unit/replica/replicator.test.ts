@@ -7,7 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdtemp, rm } from 'node:fs/promises';
+import { mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -411,6 +411,41 @@ describe('replicator', () => {
     await served.rep.close();
     assert.equal(sha(await primaryContent(s.file)), sha(wanted));
     assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(wanted));
+  });
+
+  it('restore keeps a fresh primary sparse inside regions that hold data', async () => {
+    const s = await setup();
+    const { rep } = await start(s);
+    const wanted = Buffer.alloc(DEVICE);
+    // 4 KiB of data in each of 8 regions; the other 60 KiB of each region are zeros.
+    for (let r = 0; r < 8; r++) {
+      const data = Buffer.alloc(4096, r + 1);
+      await rep.write(r * 3 * REGION + 8192, data);
+      data.copy(wanted, r * 3 * REGION + 8192);
+    }
+    assert.ok(await rep.settle(10_000));
+    const checkpoint = rep.status().replica.checkpoint;
+    await rep.close();
+    for (const lazy of [false, true]) {
+      const fresh = join(dir, `sparse-${n}-${lazy}.img`);
+      await restorePrimary({
+        file: fresh,
+        uuid: s.uuid,
+        to: { checkpoint },
+        lazy,
+        replicaPrefix: s.prefix,
+        openStore: open,
+      });
+      if (lazy) {
+        const served = await start({ ...s, file: fresh });
+        assert.ok(await served.rep.settle(20_000), JSON.stringify(served.rep.status()));
+        await served.rep.close();
+      }
+      assert.equal(sha(await primaryContent(fresh)), sha(wanted));
+      // Allocated: the header area and the 8 data blocks (8 whole regions would be 512 KiB).
+      const data = (await stat(fresh)).blocks * 512 - PRIMARY_DATA_OFFSET;
+      assert.ok(data <= 8 * 8192, `${data} bytes allocated past the header`);
+    }
   });
 
   it('refuses bad input and loses nothing', async () => {
