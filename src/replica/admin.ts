@@ -28,7 +28,7 @@ import {
   consistentAtOrBefore,
   isInconsistent,
   readManifest,
-  writeManifest,
+  createManifest,
   type ReplicaManifest,
 } from './manifest.js';
 import { PrimaryFile } from './primary.js';
@@ -250,7 +250,7 @@ export async function formatPrimary(o: FormatOptions): Promise<FormatResult> {
       createdAt: new Date().toISOString(),
       inconsistent: [],
     };
-    await writeManifest(store, manifest);
+    await createManifest(store, manifest);
     // A file this command created reads as zeros, like the new replica: nothing to copy.
     const fresh = !existed;
     const first: PrimaryHeader = fresh

@@ -7,6 +7,9 @@
  *
  * Only the replicator (holding the volume's lease) writes it; it is written before the first
  * checkpoint of an inconsistent range can be committed and again once the range is closed.
+ * Writes are fenced like the head: each records the writer's lease epoch and is a
+ * compare-and-swap on the manifest's ETag, so a replicator whose lease was taken over (a
+ * newer epoch stamped the manifest) fails with FENCED instead of overwriting it.
  */
 import { z } from 'zod';
 import { HyperError, isHyperError } from '../errors.js';
@@ -20,6 +23,8 @@ const manifestSchema = z.strictObject({
   regionSize: z.number().int().positive(),
   dataBlockSize: z.number().int().positive(),
   createdAt: z.string(),
+  /** Lease epoch of the replicator that wrote it last (absent: written at format). */
+  writerEpoch: z.number().int().nonnegative().optional(),
   /** Checkpoints `from` ≤ c < `to` (`to` null: still open) may mix regions of different times. */
   inconsistent: z.array(
     z.strictObject({
@@ -32,9 +37,20 @@ const manifestSchema = z.strictObject({
 export type ReplicaManifest = z.infer<typeof manifestSchema>;
 
 export async function readManifest(store: ObjectStore): Promise<ReplicaManifest | undefined> {
+  return (await readTagged(store))?.manifest;
+}
+
+/** The manifest and the ETag a compare-and-swap of it needs. */
+export interface TaggedManifest {
+  manifest: ReplicaManifest;
+  etag: string;
+}
+
+export async function readTagged(store: ObjectStore): Promise<TaggedManifest | undefined> {
   let body: Buffer;
+  let etag: string;
   try {
-    ({ body } = await store.get(REPLICA_KEY));
+    ({ body, etag } = await store.get(REPLICA_KEY));
   } catch (e) {
     if (isHyperError(e) && e.code === 'OBJECT_NOT_FOUND') return undefined;
     throw e;
@@ -58,11 +74,59 @@ export async function readManifest(store: ObjectStore): Promise<ReplicaManifest 
       },
     );
   }
-  return parsed.data;
+  return { manifest: parsed.data, etag };
 }
 
-export async function writeManifest(store: ObjectStore, m: ReplicaManifest): Promise<void> {
-  await store.put(REPLICA_KEY, Buffer.from(`${JSON.stringify(m, null, 2)}\n`));
+const encode = (m: ReplicaManifest): Buffer => Buffer.from(`${JSON.stringify(m, null, 2)}\n`);
+
+/** Write a new replica's manifest (create-only: a key that exists is OBJECT_EXISTS). */
+export async function createManifest(store: ObjectStore, m: ReplicaManifest): Promise<void> {
+  await store.put(REPLICA_KEY, encode(m), { ifNoneMatch: true });
+}
+
+/**
+ * Apply `change` to the manifest as the writer of lease epoch `epoch` and write it by
+ * compare-and-swap, starting from `known` (a copy read earlier) or a fresh read. A lost race
+ * re-reads and applies `change` to what won; a manifest stamped by a newer epoch is FENCED.
+ */
+export async function updateManifest(
+  store: ObjectStore,
+  epoch: number,
+  change: (m: ReplicaManifest) => ReplicaManifest,
+  known?: TaggedManifest,
+): Promise<TaggedManifest> {
+  let cur = known ?? (await readTagged(store));
+  for (let attempt = 1; ; attempt++) {
+    if (cur === undefined) {
+      throw new HyperError(
+        'conflict',
+        'REPLICA_MISMATCH',
+        `The replica manifest ${store.url}${REPLICA_KEY} was deleted while the replicator ran`,
+        { key: REPLICA_KEY, suggestion: 'Format the primary again to start a new replica.' },
+      );
+    }
+    const theirs = cur.manifest.writerEpoch ?? 0;
+    if (theirs > epoch) {
+      throw new HyperError(
+        'conflict',
+        'FENCED',
+        `Another replicator (lease epoch ${theirs}, ours ${epoch}) took the replica ${store.url} over`,
+        {
+          key: REPLICA_KEY,
+          suggestion:
+            'Only one "hyper replica serve" may ship to a replica: stop the other one, or start this one again with --force to take it back.',
+        },
+      );
+    }
+    const next: ReplicaManifest = { ...change(cur.manifest), writerEpoch: epoch };
+    try {
+      const { etag } = await store.put(REPLICA_KEY, encode(next), { ifMatch: cur.etag });
+      return { manifest: next, etag };
+    } catch (e) {
+      if (!isHyperError(e) || e.code !== 'PRECONDITION_FAILED' || attempt >= 8) throw e;
+      cur = await readTagged(store);
+    }
+  }
 }
 
 /** True when checkpoint `c` falls in one of the manifest's inconsistent ranges. */

@@ -37,7 +37,12 @@ import {
 import type { ObjectStore } from '../format/store/index.js';
 import { silentLogger, type CheckpointInfo, type Logger } from '../format/volume/types.js';
 import type { Volume } from '../format/volume/volume.js';
-import { readManifest, writeManifest, type ReplicaManifest } from './manifest.js';
+import {
+  readTagged,
+  updateManifest,
+  type ReplicaManifest,
+  type TaggedManifest,
+} from './manifest.js';
 import type { PrimaryFile } from './primary.js';
 import type { ReplicaTarget } from './shipper.js';
 
@@ -196,7 +201,11 @@ export class Replicator {
   private fullPass = false;
   private consistentAfter = Infinity;
   private manifestOpen = false;
-  private manifest: ReplicaManifest | undefined;
+  private manifest: TaggedManifest | undefined;
+  /** A connect (or its retry loop) is running. */
+  private connecting = false;
+  private connectRun: Promise<void> = Promise.resolve();
+  private crashed = false;
   private manifestChain: Promise<void> = Promise.resolve();
 
   // The replica.
@@ -303,6 +312,8 @@ export class Replicator {
     this.work.wake();
     this.restoreSlotFree.wake();
     await Promise.allSettled(this.loops);
+    // A replica being opened is closed by the connect itself once it sees `closed`.
+    await this.connectRun;
     while (this.committing !== undefined) await this.committing;
     // (A commit that failed meanwhile gave the volume up: there is nothing left to commit.)
     const v = this.volume;
@@ -332,6 +343,10 @@ export class Replicator {
    */
   async crash(): Promise<void> {
     this.closed = true;
+    this.crashed = true;
+    this.stopping.wake();
+    // An open in flight dies with the process too (it kills what it opened).
+    await this.connectRun;
     await this.volume?.kill?.();
     this.persistError = new HyperError('unavailable', 'ABORTED', 'The replicator was stopped');
     this.stopping.wake();
@@ -756,7 +771,16 @@ export class Replicator {
   }
 
   /** Open the replica, retrying with backoff unless `once` (start-up reports its error). */
-  private async connect(once: boolean): Promise<void> {
+  private connect(once: boolean): Promise<void> {
+    this.connecting = true;
+    const run = this.connectLoop(once).finally(() => {
+      this.connecting = false;
+    });
+    this.connectRun = run.catch(() => undefined);
+    return run;
+  }
+
+  private async connectLoop(once: boolean): Promise<void> {
     let wait = this.retryMs;
     for (;;) {
       try {
@@ -767,6 +791,11 @@ export class Replicator {
           await v.close().catch(() => undefined);
           throw e;
         }
+        if (this.closed) {
+          // Stopped while opening: a crash leaves the replica as a killed process would.
+          await (this.crashed && v.kill ? v.kill() : v.close()).catch(() => undefined);
+          return;
+        }
         this.volume = v;
         this.replicaError = null;
         this.lastCommitMs = Date.now();
@@ -774,9 +803,18 @@ export class Replicator {
         return;
       } catch (e) {
         const err = toHyperError(e);
-        if (once || err.kind === 'invalid' || err.kind === 'data' || err.code === 'FENCED')
-          throw err;
+        const fatal = err.kind === 'invalid' || err.kind === 'data' || err.code === 'FENCED';
+        if (once) throw err;
         this.replicaError = `${err.code}: ${err.message}`;
+        if (fatal) {
+          // Retrying cannot help (another replicator owns the replica, or it is not this
+          // primary's): the primary goes on alone, status shows why, resync tries again.
+          this.log.error('replica given up: primary continues, changes are tracked by region', {
+            error: err.message,
+            code: err.code,
+          });
+          return;
+        }
         if (this.closing || this.closed) return;
         this.log.warn('replica unavailable, retrying', { error: err.message, retryInMs: wait });
         await this.stopping.wait(wait);
@@ -788,7 +826,8 @@ export class Replicator {
 
   /** The replica is this primary's, the size agrees, and nobody else moved it. */
   private async checkReplica(v: ReplicaTarget): Promise<void> {
-    const m = await readManifest(this.o.replicaStore);
+    const tagged = await readTagged(this.o.replicaStore);
+    const m = tagged?.manifest;
     if (m === undefined || m.uuid !== this.header.uuid) {
       throw new HyperError(
         'conflict',
@@ -812,7 +851,14 @@ export class Replicator {
         },
       );
     }
-    this.manifest = m;
+    // Stamp the manifest with this lease's epoch: a replicator it took over from can no
+    // longer change it (its next write is FENCED).
+    this.manifest = await updateManifest(
+      this.o.replicaStore,
+      v.info.writerEpoch ?? 0,
+      (x) => x,
+      tagged,
+    );
     this.manifestOpen = m.inconsistent.some((r) => r.to === null);
     const head = v.info.checkpoint;
     const known = this.replicaCheckpoint;
@@ -855,10 +901,11 @@ export class Replicator {
   }
 
   private updateManifest(change: (m: ReplicaManifest) => ReplicaManifest): Promise<void> {
+    const epoch = this.volume?.info.writerEpoch ?? 0;
     const run = this.manifestChain.then(async () => {
-      this.manifest = change(this.manifest!);
-      this.manifestOpen = this.manifest.inconsistent.some((r) => r.to === null);
-      await writeManifest(this.o.replicaStore, this.manifest);
+      this.manifestOpen = change(this.manifest!.manifest).inconsistent.some((r) => r.to === null);
+      this.manifest = await updateManifest(this.o.replicaStore, epoch, change, this.manifest);
+      this.manifestOpen = this.manifest.manifest.inconsistent.some((r) => r.to === null);
     });
     this.manifestChain = run.catch(() => undefined);
     return run;
@@ -872,6 +919,8 @@ export class Replicator {
     for (let r = 0; r < this.regions; r++) if (full || bitGet(this.dirty, r)) this.needCopy.add(r);
     if (full) this.fullPass = true;
     this.consistentAfter = Infinity;
+    // A replica given up for good (FENCED, say) is tried again when asked to.
+    if (this.volume === undefined && !this.connecting && !this.closing) void this.connect(false);
     this.work.wake();
     return { regions: this.needCopy.size };
   }

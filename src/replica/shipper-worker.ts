@@ -76,6 +76,7 @@ async function handle(m: ToWorker): Promise<void> {
             size: i.size,
             checkpoint: i.checkpoint,
             checkpointTime: i.checkpointTime,
+            ...(i.writerEpoch === undefined ? {} : { writerEpoch: i.writerEpoch }),
           },
         });
       } catch (e) {

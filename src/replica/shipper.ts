@@ -22,7 +22,14 @@ import type { CheckpointInfo, Logger } from '../format/volume/types.js';
 
 /** What the replicator needs of the replica volume. `Volume` is one. */
 export interface ReplicaTarget {
-  readonly info: { url: string; size: number; checkpoint: number; checkpointTime: Date };
+  readonly info: {
+    url: string;
+    size: number;
+    checkpoint: number;
+    checkpointTime: Date;
+    /** The lease epoch the replica is written under (fences the replica's manifest). */
+    writerEpoch?: number;
+  };
   write(offset: number, data: Buffer): Promise<void>;
   writeZeroes(offset: number, length: number): Promise<void>;
   flush(): Promise<CheckpointInfo>;

@@ -71,54 +71,69 @@ export class Committer {
     adjust: (head: HeadRecord) => HeadRecord = (h) => h,
   ): Promise<Committer> {
     const held = await Lease.acquire(store, lease);
-    try {
-      const { head, etag } = await readHead(store);
-      if (head.epoch >= held.epoch) {
-        // Someone took the volume over between our reads: our epoch would not be newer.
-        throw new HyperError(
-          'conflict',
-          'LEASE_HELD',
-          `Another writer took the volume over meanwhile (head epoch ${head.epoch}, ours ${held.epoch})`,
-          { suggestion: 'Retry once the other writer is done.' },
-        );
-      }
-      let last = head.lastSegment;
-      for await (const page of store.list(SEGMENT_PREFIX, {
-        startAfter: segmentKey(head.lastSegment),
-      })) {
-        for (const o of page.objects) {
-          const id = parseSegmentKey(o.key);
-          if (id !== undefined && id > head.lastSegment) last = Math.max(last, id);
+    // A writer that lost the lease may still land a head CAS it had in flight (after a
+    // kill, a crash or a takeover): take the head over from that one too, a few times.
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await Committer.takeHead(store, held, log, adjust);
+      } catch (e) {
+        if (isHyperError(e, 'PRECONDITION_FAILED') && attempt < 4) continue;
+        await held.release().catch(() => undefined);
+        if (isHyperError(e, 'PRECONDITION_FAILED')) {
+          throw new HyperError(
+            'conflict',
+            'LEASE_HELD',
+            'The volume head changed while taking the lease; another writer is active',
+            { cause: e },
+          );
         }
+        throw e;
       }
-      // Every id past the head's lastSegment is uncommitted, listed or not: an old writer's
-      // pipelined PUT below the highest listed id may still land after this listing, and
-      // it must never pass for a checkpoint. Ids above `last` are claimed by create-only PUTs.
-      if (last - head.lastSegment > MAX_SKIPPED_AT_TAKEOVER) {
-        // No writer leaves that many segments past the head: an object that only looks like one.
-        throw dataError(
-          'CORRUPT_OBJECT',
-          segmentKey(last),
-          `${segmentKey(last)} is ${last - head.lastSegment} ids past the volume's last segment (${head.lastSegment}); it is not a segment this volume wrote`,
-        );
-      }
-      const skipped = [...head.skipped];
-      for (let id = head.lastSegment + 1; id <= last; id++) skipped.push(id);
-      const next = { ...adjust(head), epoch: held.epoch, lastSegment: last, skipped };
-      const put = await store.put(HEAD_KEY, encodeHead(next), { ifMatch: etag });
-      return new Committer(store, next, put.etag, held, log);
-    } catch (e) {
-      await held.release().catch(() => undefined);
-      if (isHyperError(e, 'PRECONDITION_FAILED')) {
-        throw new HyperError(
-          'conflict',
-          'LEASE_HELD',
-          'The volume head changed while taking the lease; another writer is active',
-          { cause: e },
-        );
-      }
-      throw e;
     }
+  }
+
+  /** Take the head over under `held`'s epoch (one try: a head that moved is PRECONDITION_FAILED). */
+  private static async takeHead(
+    store: ObjectStore,
+    held: Lease,
+    log: Logger,
+    adjust: (head: HeadRecord) => HeadRecord,
+  ): Promise<Committer> {
+    const { head, etag } = await readHead(store);
+    if (head.epoch >= held.epoch) {
+      // Someone took the volume over between our reads: our epoch would not be newer.
+      throw new HyperError(
+        'conflict',
+        'LEASE_HELD',
+        `Another writer took the volume over meanwhile (head epoch ${head.epoch}, ours ${held.epoch})`,
+        { suggestion: 'Retry once the other writer is done.' },
+      );
+    }
+    let last = head.lastSegment;
+    for await (const page of store.list(SEGMENT_PREFIX, {
+      startAfter: segmentKey(head.lastSegment),
+    })) {
+      for (const o of page.objects) {
+        const id = parseSegmentKey(o.key);
+        if (id !== undefined && id > head.lastSegment) last = Math.max(last, id);
+      }
+    }
+    // Every id past the head's lastSegment is uncommitted, listed or not: an old writer's
+    // pipelined PUT below the highest listed id may still land after this listing, and
+    // it must never pass for a checkpoint. Ids above `last` are claimed by create-only PUTs.
+    if (last - head.lastSegment > MAX_SKIPPED_AT_TAKEOVER) {
+      // No writer leaves that many segments past the head: an object that only looks like one.
+      throw dataError(
+        'CORRUPT_OBJECT',
+        segmentKey(last),
+        `${segmentKey(last)} is ${last - head.lastSegment} ids past the volume's last segment (${head.lastSegment}); it is not a segment this volume wrote`,
+      );
+    }
+    const skipped = [...head.skipped];
+    for (let id = head.lastSegment + 1; id <= last; id++) skipped.push(id);
+    const next = { ...adjust(head), epoch: held.epoch, lastSegment: last, skipped };
+    const put = await store.put(HEAD_KEY, encodeHead(next), { ifMatch: etag });
+    return new Committer(store, next, put.etag, held, log);
   }
 
   /** Throws when this writer can commit nothing more (fenced, or its lease was lost). */

@@ -183,6 +183,8 @@ export interface VolumeInfo {
   walUrl?: string;
   /** For a clone: the parent volume and the checkpoint it started from. */
   parent?: { url: string; checkpoint: number };
+  /** Opened for writing: the lease epoch this writer commits under. */
+  writerEpoch?: number;
 }
 
 /** One run of blocks for NBD BLOCK_STATUS and `export`: data, or a hole that reads as zeros. */

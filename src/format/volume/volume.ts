@@ -308,6 +308,7 @@ export class Volume {
     i.size = this.size;
     i.mappedBlocks = this.tree.mapped;
     if (this.dedup) i.dedupBlocks = contentsIndexed(this.dedup.tree.mapped);
+    if (this.committer) i.writerEpoch = this.committer.head.epoch;
     return i;
   }
 

@@ -7,7 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdtemp, rm, stat } from 'node:fs/promises';
+import { copyFile as copyFile_, mkdtemp, rm, stat } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -93,18 +93,25 @@ const open = (u: string): Promise<ObjectStore> => Promise.resolve(new MemStore(u
 
 async function start(
   s: { file: string; uuid: string; prefix: string },
-  o: { poolBytes?: number; holder?: string; force?: boolean } = {},
+  o: { poolBytes?: number; holder?: string; force?: boolean; takeReplica?: 'always' | 'once' } = {},
 ): Promise<{ rep: Replicator; store: OutageStore }> {
   const { primary, header } = await openPrimary(s.file, s.uuid, { force: o.force === true });
   const inner = (await openReplicaStore(header.replicaUrl, s.uuid, open)).store;
   const store = new OutageStore(inner);
   const holder = o.holder ?? 'test-a';
+  // 'once': the replica's lease is taken by force at start only, later reconnects wait for it
+  // (what `replica serve` does without --force).
+  let force = true;
   const rep = new Replicator({
     primary,
     header,
     replicaStore: store,
     owner: holder,
-    openReplica: () => Volume.open(store, { holder, force: true, flushIntervalMs: 0 }),
+    openReplica: () => {
+      const v = Volume.open(store, { holder, force, flushIntervalMs: 0 });
+      if (o.takeReplica === 'once') force = false;
+      return v;
+    },
     openReplicaAt: (checkpoint) => Volume.open(store, { at: { checkpoint } }),
     poolBytes: o.poolBytes ?? 64 * MiB,
     commitIntervalMs: 20,
@@ -336,6 +343,54 @@ describe('replicator', () => {
     assert.equal(sha(await primaryContent(s.file)), sha(model.bytes));
     const check = await checkPrimary({ file: s.file, uuid: s.uuid, openStore: open });
     assert.equal(check.differing.length, 0);
+  });
+
+  it('a replicator taken over is fenced: it changes neither the replica nor its manifest', async () => {
+    const s = await setup();
+    const a = await start(s, { holder: 'takeover-a', takeReplica: 'once' });
+    const model = new Model();
+    await randomOps(a.rep, model, 31, 60);
+    assert.ok(await a.rep.settle(10_000));
+    const { store } = await openReplicaStore(s.prefix, s.uuid, open);
+    const epochA = (await readManifest(store))!.writerEpoch!;
+    assert.equal(epochA, (await readHead(store)).head.epoch);
+
+    // Host B takes over with a copy of the primary (a failover), by force.
+    const copyFile = `${s.file}.b`;
+    await copyFile_(s.file, copyFile);
+    const b = await start(
+      { ...s, file: copyFile },
+      { holder: 'takeover-b', force: true, takeReplica: 'once' },
+    );
+    const epochB = (await readManifest(store))!.writerEpoch!;
+    assert.ok(epochB > epochA, `B stamped epoch ${epochB}, A had ${epochA}`);
+    const modelB = new Model();
+    model.bytes.copy(modelB.bytes);
+
+    // A does not know yet: a full resync opens an inconsistent range in the manifest first
+    // (refused: B stamped it), then A goes on writing and asks for resyncs; B writes too.
+    a.rep.resync(true);
+    const deadline = Date.now() + 10_000;
+    while (a.rep.status().replica.connected && Date.now() < deadline) await a.rep.flush();
+    const lost = new Model();
+    model.bytes.copy(lost.bytes);
+    await randomOps(a.rep, lost, 32, 60, (i) => {
+      if (i % 20 === 10) a.rep.resync(i === 30);
+    });
+    await randomOps(b.rep, modelB, 33, 60);
+    assert.ok(await b.rep.settle(10_000), JSON.stringify(b.rep.status()));
+    const st = a.rep.status();
+    assert.equal(st.replica.connected, false);
+    assert.match(st.replica.error ?? '', /FENCED|LEASE_HELD/);
+    // A is still a working primary on its own.
+    assert.equal(sha(await primaryContent(s.file)), sha(lost.bytes));
+
+    // The manifest still carries B's epoch, and the replica is B's data only.
+    assert.equal((await readManifest(store))!.writerEpoch, epochB);
+    await b.rep.close();
+    assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(modelB.bytes));
+    await a.rep.close();
+    assert.equal((await readManifest(store))!.writerEpoch, epochB);
   });
 
   it('concurrent writes to one region and a resync never lose a write', async () => {
