@@ -214,7 +214,8 @@ export const fileExportDiffSchema = z.strictObject({
   url: z.string(),
   /** The file written, or `-` for stdout (never with --json). */
   file: z.string(),
-  from: checkpointRefSchema,
+  /** null: a full stream (no --from; its fromCheckpoint is 0). */
+  from: checkpointRefSchema.nullable(),
   to: checkpointRefSchema,
   ...diffHeaderFields,
   elapsedSeconds: seconds,
@@ -225,8 +226,8 @@ export const fileImportDiffSchema = z.strictObject({
   file: z.string(),
   url: z.string(),
   ...diffHeaderFields,
-  /** What showed the target holds the from-checkpoint: its marker snapshot, or --assume-base. */
-  base: z.enum(['marker', 'assumed']),
+  /** What showed the target holds the from-checkpoint: its marker snapshot, --assume-base, or (a full stream) a target without data. */
+  base: z.enum(['marker', 'assumed', 'empty']),
   /** The marker snapshot that proved the base, else null. */
   baseSnapshot: z.string().nullable(),
   /** The target's checkpoint and size before the import. */

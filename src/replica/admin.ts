@@ -4,6 +4,7 @@
  * restore while serving), and compare a primary with its replica region by region.
  */
 import { createHash } from 'node:crypto';
+import { unlink } from 'node:fs/promises';
 import { HyperError, isHyperError } from '../errors.js';
 import {
   MAX_REGIONS,
@@ -274,8 +275,16 @@ export async function formatPrimary(o: FormatOptions): Promise<FormatResult> {
       replicaUrl: url,
       mode: fresh ? 'logging' : 'forward-full',
     };
+  } catch (e) {
+    // A file this command created holds nothing yet: a failed format (store unreachable,
+    // say) leaves no half-made primary behind, so a retry also starts from a new file.
+    if (!existed) {
+      await primary.close().catch(() => undefined);
+      await unlink(o.file).catch(() => undefined);
+    }
+    throw e;
   } finally {
-    await primary.close();
+    await primary.close().catch(() => undefined);
   }
 }
 

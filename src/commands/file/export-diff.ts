@@ -54,15 +54,20 @@ function diffFields(
 
 export default class FileExportDiff extends BaseCommand<typeof FileExportDiff> {
   static override summary =
-    'Write the blocks that changed between two checkpoints as a diff stream, for import-diff.';
+    'Write the blocks that changed between two checkpoints (or all of one) as a diff stream, for import-diff.';
 
   static override description = `Writes a diff stream: a header naming the volume (its uuid), the --from and --to checkpoints and their sizes, then one record per changed range (its bytes, or only the range when it reads as zeros in --to), then an end record with the counts and a SHA-256 of the whole stream. Every record carries its own CRC32C. Only the changed ranges are read (as "hyper snapshot diff" lists them), from --to opened read-only, in chunks of at most 4 MiB: nothing is written to the store, and memory stays bounded whatever the size of the change.
 
-Apply the stream to a copy of the volume with "hyper file import-diff". --from and --to take ${CHECKPOINT_REF_FORMS}; --to defaults to the current checkpoint.
+Apply the stream to a copy of the volume with "hyper file import-diff". --from and --to take ${CHECKPOINT_REF_FORMS}; --to defaults to the current checkpoint. Without --from the stream is full: from checkpoint 0 (an empty volume), it holds every mapped block of --to and applies to a volume that holds no data, which starts a chain of diffs without --assume-base.
 
 The file is written under a temporary name and renamed when complete, so a failed or interrupted export leaves nothing behind; "-" writes the stream to stdout (the summary goes to stderr, and --json is refused).`;
 
   static override examples = [
+    {
+      description:
+        'All of the current checkpoint, to start a copy that later diffs keep up to date.',
+      command: '<%= config.bin %> <%= command.id %> file://./vols/demo/ demo-full.diff',
+    },
     {
       description: 'The changes since the snapshot "monday", to a file.',
       command:
@@ -95,9 +100,9 @@ The file is written under a temporary name and renamed when complete, so a faile
 
   static override flags = {
     from: checkpointRef({
-      summary: 'The older checkpoint: the state the target of import-diff must hold.',
+      summary:
+        'The older checkpoint: the state the target of import-diff must hold (default: nothing, a full stream).',
       description: `Accepts ${CHECKPOINT_REF_FORMS}.`,
-      required: true,
     }),
     to: checkpointRef({
       summary: 'The newer checkpoint (default: the current one).',
@@ -136,7 +141,7 @@ The file is written under a temporary name and renamed when complete, so a faile
     const progress = this.progress(spinner);
     const label = `Exporting changes to ${toStdout ? 'stdout' : file}`;
     const signal = this.interruptible();
-    const options = { from, ...(to ? { to } : {}), signal };
+    const options = { ...(from ? { from } : {}), ...(to ? { to } : {}), signal };
     const onProgress = (p: { done: number; total?: number }): void =>
       progress.update(label, {
         done: p.done,
@@ -167,13 +172,13 @@ The file is written under a temporary name and renamed when complete, so a faile
     const out: FileExportDiffResult = {
       url,
       file,
-      from: checkpointRefJson(from),
+      from: from ? checkpointRefJson(from) : null,
       to: to ? checkpointRefJson(to) : { checkpoint: result.header.toCheckpoint },
       ...diffFields(result),
       elapsedSeconds: secondsSince(started),
     };
     (toStdout ? (m: string) => this.note(m) : (m: string) => this.log(m))(
-      `Exported the changes of ${url} from checkpoint ${out.fromCheckpoint} to checkpoint ${out.toCheckpoint} to ${toStdout ? 'stdout' : file}: ` +
+      `Exported ${out.from === null ? `all of checkpoint ${out.toCheckpoint} of ${url} (a full stream)` : `the changes of ${url} from checkpoint ${out.fromCheckpoint} to checkpoint ${out.toCheckpoint}`} to ${toStdout ? 'stdout' : file}: ` +
         `${out.dataRecordCount} data record${out.dataRecordCount === 1 ? '' : 's'} (${formatBytes(out.dataBytes)}), ` +
         `${out.zeroRecordCount} zero record${out.zeroRecordCount === 1 ? '' : 's'} (${formatBytes(out.zeroBytes)}), ` +
         `${bytesWithExact(out.streamBytes)} in all, ${out.elapsedSeconds.toFixed(1)} s.`,

@@ -42,7 +42,7 @@ import type { HeadRecord } from '../codec/head.js';
 import { decodeSnapshot, encodeSnapshot } from '../codec/snapshot.js';
 import { SNAPSHOT_PREFIX, parseSnapshotKey, snapshotKey } from '../keys.js';
 import type { ObjectStore } from '../store/types.js';
-import { headAt, readHead, resolveCheckpoint } from './heads.js';
+import { headAt, readHead, resolveCheckpoint, rootOf } from './heads.js';
 import { confirmPinned, diffCheckpoints, type ChangedExtent } from './history.js';
 import { MAX_VOLUME_SIZE, MiB, type CheckpointRef, type OpenOptions } from './types.js';
 import { Volume } from './volume.js';
@@ -67,7 +67,8 @@ export interface DiffProgress {
 export type DiffProgressFn = (p: DiffProgress) => void;
 
 export interface ExportDiffOptions {
-  from: CheckpointRef;
+  /** Default: from nothing (checkpoint 0, size 0): a full stream, for an empty target. */
+  from?: CheckpointRef;
   /** Default: the current checkpoint. */
   to?: CheckpointRef;
   /** Stops after the record in progress; the stream then has no end record (interrupted). */
@@ -95,15 +96,21 @@ export async function exportDiff(
   progress?: DiffProgressFn,
 ): Promise<ExportDiffResult> {
   const { head } = await readHead(store);
-  const a = await resolveCheckpoint(store, head, options.from);
+  // Without `from`, the stream starts from nothing (checkpoint 0, size 0): all of `to`.
+  const a = options.from ? await resolveCheckpoint(store, head, options.from) : 0;
   const b = options.to ? await resolveCheckpoint(store, head, options.to) : head.checkpoint;
-  const [ha, hb] = await Promise.all([headAt(store, head, a), headAt(store, head, b)]);
-  const extents = await diffCheckpoints(store, { checkpoint: a }, { checkpoint: b });
+  const [ha, hb] = await Promise.all([
+    a === 0 ? undefined : headAt(store, head, a),
+    headAt(store, head, b),
+  ]);
+  const extents = await diffCheckpoints(store, a === 0 ? null : { checkpoint: a }, {
+    checkpoint: b,
+  });
   const header: DiffHeader = {
     sourceUuid: head.uuid,
     fromCheckpoint: a,
-    fromSize: ha.size,
-    fromTimeMs: ha.checkpointMs,
+    fromSize: ha?.size ?? 0,
+    fromTimeMs: ha?.checkpointMs ?? 0,
     toCheckpoint: b,
     toSize: hb.size,
     toTimeMs: hb.checkpointMs,
@@ -499,7 +506,10 @@ async function putMarker(
 }
 
 export type BaseProof =
-  { kind: 'marker'; marker: DiffMarker } | { kind: 'assumed'; marker?: undefined };
+  | { kind: 'marker'; marker: DiffMarker }
+  | { kind: 'assumed'; marker?: undefined }
+  /** A full stream (from checkpoint 0) onto a volume that maps no block. */
+  | { kind: 'empty'; marker?: undefined };
 
 interface BaseCheck {
   assumeBase?: boolean;
@@ -587,6 +597,15 @@ export async function checkBase(
   }
   const refuse = (message: string, suggestion: string): HyperError =>
     new HyperError('conflict', 'PRECONDITION_FAILED', message, { suggestion });
+  if (from === 0) {
+    // A full stream: its base is a volume of zeros, whatever its size (import resizes it).
+    const mapped = rootOf(head).total();
+    if (mapped === 0) return { kind: 'empty' };
+    throw refuse(
+      `Wrong base: this diff holds all of checkpoint ${header.toCheckpoint} of source volume ${src} (exported without --from) and applies only to a volume that holds no data, but ${url} maps ${mapped} block${mapped === 1 ? '' : 's'}`,
+      `Import it into a new volume (hyper file create TARGET --size ${header.toSize}; import-diff sets the size), or export the diff --from the checkpoint that ${url} holds.`,
+    );
+  }
   const markers = await listMarkers(store, src);
   const exact = markers.find((m) => m.sourceCheckpoint === from);
   if (

@@ -235,17 +235,18 @@ export interface ChangedExtent {
 /**
  * The byte ranges whose content differs between two checkpoints (like `rbd diff`). Subtrees
  * the two indexes share (same node location) are skipped without being read, so the cost
- * follows the size of the change, not of the volume.
+ * follows the size of the change, not of the volume. `from` null: from an empty volume (every
+ * mapped block of `to`).
  */
 export async function diffCheckpoints(
   store: ObjectStore,
-  from: CheckpointRef,
+  from: CheckpointRef | null,
   to?: CheckpointRef,
 ): Promise<ChangedExtent[]> {
   const { head } = await readHead(store);
-  const a = await resolveCheckpoint(store, head, from);
   const b = to ? await resolveCheckpoint(store, head, to) : head.checkpoint;
-  const ha = await headAt(store, head, a);
+  const ha =
+    from === null ? null : await headAt(store, head, await resolveCheckpoint(store, head, from));
   const hb = await headAt(store, head, b);
   const nodeSize = 2 ** head.metaBlockShift;
   const loader = new NodeLoader(await SegmentSource.forHead(store, hb), nodeSize, 32 * 1024 * 1024);
@@ -284,7 +285,9 @@ export async function diffCheckpoints(
     await collect(loader, x, (e) => ex.set(e.lba, `${e.seg}:${e.off}`));
     await collect(loader, y, (e) => ey.set(e.lba, `${e.seg}:${e.off}`));
   };
-  await cmp(rootOf(ha), rootOf(hb));
+  // From nothing (null): every mapped block of `to` is a change.
+  if (ha === null) await collect(loader, rootOf(hb), (e) => ey.set(e.lba, `${e.seg}:${e.off}`));
+  else await cmp(rootOf(ha), rootOf(hb));
   const changed = new Set<number>();
   diffMaps(ex, ey, changed);
   const bs = 2 ** head.dataBlockShift;

@@ -279,4 +279,53 @@ describe('hyper file export-diff / import-diff', () => {
     assert.equal(again.code, 4, show(again));
     assert.deepEqual(await readFile(next), bytes);
   });
+
+  it('a full stream (no --from) piped into a new volume starts a chain without --assume-base', async (t) => {
+    const dir = await tempDir(t, 'hyper-diff-full-');
+    const src = fileUrl(join(dir, 'src'));
+    const dst = fileUrl(join(dir, 'dst'));
+    const rand = rng(77);
+    assert.equal((await hyper(['file', 'create', src, '--size', '8M'])).code, 0);
+    const cp1 = await changeRound(src, rand, 0);
+    const cp2 = await changeRound(src, rand, 1); // grows to 10 MiB
+    // A new, smaller volume: the import sets its size.
+    assert.equal((await hyper(['file', 'create', dst, '--size', '1M'])).code, 0);
+    const { stdout, stderr } = await execFileAsync(
+      'sh',
+      [
+        '-c',
+        `"${process.execPath}" "${runJs}" file export-diff "${src}" --to ${cp1} - | "${process.execPath}" "${runJs}" file import-diff - "${dst}" --json`,
+      ],
+      { env: { ...process.env, NO_COLOR: '1' } },
+    );
+    assert.match(stderr, new RegExp(`Exported all of checkpoint ${cp1} of .* \\(a full stream\\)`));
+    const r = fileImportDiffSchema.parse(JSON.parse(stdout));
+    assert.equal(r.base, 'empty');
+    assert.equal(r.fromCheckpoint, 0);
+    assert.equal(r.zeroRecordCount, 0);
+    assert.equal(r.size, 8 * MiB);
+    assert.equal(
+      await exportSha(dst, join(dir, 'dst-1.img')),
+      await exportSha(src, join(dir, 'src-1.img'), ['--at', String(cp1)]),
+    );
+    // The JSON of a full export says so: from is null.
+    const full = join(dir, 'full.diff');
+    const e = fileExportDiffSchema.parse(await hyperJson(['file', 'export-diff', src, full]));
+    assert.equal(e.from, null);
+    assert.equal(e.fromCheckpoint, 0);
+    assert.equal(e.toCheckpoint, cp2);
+    // Next: an ordinary diff, proved by the marker; the full stream again is refused (exit 4).
+    const d = join(dir, 'd.diff');
+    const ex = await hyper(['file', 'export-diff', src, '--from', String(cp1), d]);
+    assert.equal(ex.code, 0, show(ex));
+    const next = fileImportDiffSchema.parse(await hyperJson(['file', 'import-diff', d, dst]));
+    assert.equal(next.base, 'marker');
+    assert.equal(
+      await exportSha(dst, join(dir, 'dst-2.img')),
+      await exportSha(src, join(dir, 'src-2.img')),
+    );
+    const refused = await hyper(['file', 'import-diff', full, dst, '--json']);
+    assert.equal(refused.code, 4, show(refused));
+    assert.match(refused.stdout, /holds no data/);
+  });
 });

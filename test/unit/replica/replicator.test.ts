@@ -7,7 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { copyFile as copyFile_, mkdtemp, rm, stat } from 'node:fs/promises';
+import { copyFile as copyFile_, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -553,5 +553,41 @@ describe('replicator', () => {
       }),
       (e: HyperError) => e.code === 'VOLUME_NOT_FOUND',
     );
+  });
+
+  it('a format that fails leaves no file behind, and the retry needs no first copy', async () => {
+    const file = join(dir, 'unreachable.img');
+    const unreachable = (): Promise<ObjectStore> =>
+      Promise.reject(new HyperError('unavailable', 'STORE_UNAVAILABLE', 'refused (test)'));
+    await assert.rejects(
+      formatPrimary({
+        file,
+        deviceSize: DEVICE,
+        replicaPrefix: 'mem://unreachable/r/',
+        openStore: unreachable,
+      }),
+      (e: HyperError) => e.code === 'STORE_UNAVAILABLE',
+    );
+    await assert.rejects(stat(file), { code: 'ENOENT' });
+    const r = await formatPrimary({
+      file,
+      deviceSize: DEVICE,
+      replicaPrefix: 'mem://unreachable/r/',
+      openStore: open,
+    });
+    assert.equal(r.mode, 'logging');
+    // A file that was there before is kept, whatever the failure.
+    const kept = join(dir, 'kept.img');
+    await writeFile(kept, Buffer.alloc(DEVICE * 2, 7));
+    await assert.rejects(
+      formatPrimary({
+        file: kept,
+        deviceSize: DEVICE,
+        replicaPrefix: 'mem://x/',
+        openStore: unreachable,
+      }),
+      (e: HyperError) => e.code === 'STORE_UNAVAILABLE',
+    );
+    assert.equal((await stat(kept)).size, DEVICE * 2);
   });
 });

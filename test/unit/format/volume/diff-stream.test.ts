@@ -40,11 +40,15 @@ async function contentAt(store: ObjectStore, checkpoint?: number): Promise<Buffe
   }
 }
 
-async function diffBytes(store: ObjectStore, from: number, to?: number): Promise<Buffer> {
+/** The diff stream from `from` (null: a full stream) to `to` (default: the current checkpoint). */
+async function diffBytes(store: ObjectStore, from: number | null, to?: number): Promise<Buffer> {
   const parts: Buffer[] = [];
   const r = await exportDiff(
     store,
-    { from: { checkpoint: from }, ...(to === undefined ? {} : { to: { checkpoint: to } }) },
+    {
+      ...(from === null ? {} : { from: { checkpoint: from } }),
+      ...(to === undefined ? {} : { to: { checkpoint: to } }),
+    },
     async (b) => {
       parts.push(Buffer.from(b));
     },
@@ -157,6 +161,54 @@ describe('export-diff / import-diff (library)', () => {
       assert.match(e.message, new RegExp(`holds checkpoint ${cps.at(-1)} of source volume`));
       return true;
     });
+  });
+
+  it('a full stream (no from) starts a chain on an empty volume of any size; a volume with data refuses it', async () => {
+    const src = MemStore.isolated('mem://full-src/');
+    const cps = await sourceHistory(src, 6, 23);
+    const mid = cps[2] as number;
+    const full = await diffBytes(src, null, mid);
+    // Only mapped blocks travel: no zero records, data no larger than the volume.
+    const dst = MemStore.isolated('mem://full-dst/');
+    await Volume.create(dst, { size: 1 * MiB, dataBlockSize: 16 * KiB });
+    const before = await snapshotOf(dst);
+    const dry = await importDiff(streamOf(full, 5), dst, { dryRun: true });
+    assert.equal(dry.base.kind, 'empty');
+    assert.equal(dry.header.fromCheckpoint, 0);
+    assert.equal(dry.header.fromSize, 0);
+    assert.equal(dry.zeroRecordCount, 0);
+    assert.deepEqual(await snapshotOf(dst), before);
+    const r = await importDiff(streamOf(full, 6), dst);
+    assert.equal(r.base.kind, 'empty');
+    assert.equal(r.snapshot, markerName(r.header.sourceUuid, mid));
+    assert.equal(sha(await contentAt(dst)), sha(await contentAt(src, mid)));
+    // The chain goes on with ordinary diffs, proved by the marker the full stream left.
+    for (let i = 2; i + 1 < cps.length; i++) {
+      const next = await importDiff(
+        streamOf(await diffBytes(src, cps[i] as number, cps[i + 1])),
+        dst,
+      );
+      assert.equal(next.base.kind, 'marker');
+      assert.equal(sha(await contentAt(dst)), sha(await contentAt(src, cps[i + 1])));
+    }
+    // A volume that holds data (even one block) is not an empty base: nothing is written.
+    const busy = MemStore.isolated('mem://full-busy/');
+    await Volume.create(busy, { size: 8 * MiB });
+    const v = await Volume.open(busy, { flushIntervalMs: 0 });
+    await v.write(4096, Buffer.alloc(512, 9));
+    await v.close();
+    const kept = await snapshotOf(busy);
+    await assert.rejects(importDiff(streamOf(full), busy), (e) => {
+      assert.ok(isHyperError(e, 'PRECONDITION_FAILED'), String(e));
+      assert.match(e.message, /exported without --from/);
+      assert.match(e.suggestion ?? '', /new volume/);
+      return true;
+    });
+    assert.deepEqual(await snapshotOf(busy), kept);
+    // Applying the full stream again to the copy is refused too (it holds data now).
+    await assert.rejects(importDiff(streamOf(full), dst), (e) =>
+      isHyperError(e, 'PRECONDITION_FAILED'),
+    );
   });
 
   it('reads a diff file twice without spooling; --dry-run writes nothing', async (t) => {
