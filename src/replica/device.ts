@@ -56,8 +56,7 @@ export class ReplicaDevice implements BlockDevice {
   }
 
   writev(offset: number, parts: Buffer[], flags: WriteFlags): Promise<void> {
-    // The joined buffer is ours: the stream keeps it without another copy.
-    return this.replicator.write(offset, Buffer.concat(parts), flags.fua, true);
+    return this.replicator.writeParts(offset, parts, flags.fua);
   }
 
   flush(): Promise<void> {

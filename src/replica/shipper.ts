@@ -34,6 +34,8 @@ export interface ReplicaTarget {
   writeZeroes(offset: number, length: number): Promise<void>;
   flush(): Promise<CheckpointInfo>;
   close(): Promise<void>;
+  /** write() has copied `data` when it resolves: the caller may reuse the buffer then. */
+  readonly copiesData?: boolean;
   /** Bytes of changes sent but not yet applied (they count against the replicator's pool). */
   readonly heldBytes?: number;
   /** Stop at once, as a killed process would (nothing more reaches the store). */
@@ -117,6 +119,8 @@ const BATCH_BYTES = 4 * 1024 * 1024;
 /** The replica volume in a worker thread. */
 export class WorkerTarget implements ReplicaTarget {
   info: ReplicaTarget['info'];
+  /** add() copies every change into the batch before it resolves. */
+  readonly copiesData = true;
   private ops = new Float64Array(3 * 1024);
   private count = 0;
   private data: Buffer | undefined;

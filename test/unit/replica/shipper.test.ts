@@ -156,10 +156,18 @@ describe('replica shipper worker', () => {
     const r = rng(11);
     const ops = async (rep: Replicator, count: number, seed: number): Promise<void> => {
       for (let i = 0; i < count; i++) {
+        // Every third write is gathered (NBD writev) and large: its buffer is recycled once
+        // the worker has copied it, so a later write reusing it too early would show.
+        const gathered = i % 3 === 0;
         const offset = Math.floor(r() * (SIZE / 4096)) * 4096;
-        const length = Math.min(SIZE - offset, (1 + Math.floor(r() * 16)) * 4096);
+        const blocks = gathered ? 16 + Math.floor(r() * 48) : 1 + Math.floor(r() * 16);
+        const length = Math.min(SIZE - offset, blocks * 4096);
         const data = Buffer.alloc(length, ((seed + i) % 250) + 1);
-        await rep.write(offset, data);
+        data.writeUInt32LE(seed * 100_000 + i, 0);
+        if (gathered) {
+          const cut = Math.floor(length / 3);
+          await rep.writeParts(offset, [data.subarray(0, cut), data.subarray(cut)]);
+        } else await rep.write(offset, data);
         data.copy(model, offset);
         if (i % 40 === 39) await rep.flush();
       }
