@@ -818,7 +818,8 @@ export class Replicator {
     this.manifestOpen = false;
     void this.persist().catch(() => undefined);
     await v?.close().catch(() => undefined);
-    if (!this.closing) void this.connect(false);
+    // (After a crash, nothing may reopen the replica: a new writer may be taking it over.)
+    if (!this.closing && !this.closed) void this.connect(false);
   }
 
   /** Open the replica, retrying with backoff unless `once` (start-up reports its error). */
@@ -834,6 +835,7 @@ export class Replicator {
   private async connectLoop(once: boolean): Promise<void> {
     let wait = this.retryMs;
     for (;;) {
+      if (this.closed) return;
       try {
         const v = await this.o.openReplica();
         try {

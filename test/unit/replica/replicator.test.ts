@@ -52,7 +52,14 @@ class OutageStore implements ObjectStore {
     this.check();
     return this.inner.head(...a);
   }
+  /** While set, every put waits for it first (then fails if `down` by then). */
+  hold: Promise<void> | undefined;
+  heldPuts = 0;
   async put(...a: Parameters<ObjectStore['put']>) {
+    if (this.hold) {
+      this.heldPuts++;
+      await this.hold;
+    }
     this.check();
     return this.inner.put(...a);
   }
@@ -94,7 +101,7 @@ const open = (u: string): Promise<ObjectStore> => Promise.resolve(new MemStore(u
 async function start(
   s: { file: string; uuid: string; prefix: string },
   o: { poolBytes?: number; holder?: string; force?: boolean; takeReplica?: 'always' | 'once' } = {},
-): Promise<{ rep: Replicator; store: OutageStore }> {
+): Promise<{ rep: Replicator; store: OutageStore; opens: () => number }> {
   const { primary, header } = await openPrimary(s.file, s.uuid, { force: o.force === true });
   const inner = (await openReplicaStore(header.replicaUrl, s.uuid, open)).store;
   const store = new OutageStore(inner);
@@ -102,12 +109,14 @@ async function start(
   // 'once': the replica's lease is taken by force at start only, later reconnects wait for it
   // (what `replica serve` does without --force).
   let force = true;
+  let opens = 0;
   const rep = new Replicator({
     primary,
     header,
     replicaStore: store,
     owner: holder,
     openReplica: () => {
+      opens++;
       const v = Volume.open(store, { holder, force, flushIntervalMs: 0 });
       if (o.takeReplica === 'once') force = false;
       return v;
@@ -119,7 +128,7 @@ async function start(
     retryMs: 20,
   });
   await rep.start();
-  return { rep, store };
+  return { rep, store, opens: () => opens };
 }
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
@@ -329,6 +338,12 @@ describe('replicator', () => {
     await first.rep.write(20 * REGION, a);
     model.apply(20 * REGION, a, a.length);
     await first.rep.crash();
+    // A killed replicator reopens nothing (its failing writes must not start a reconnect that
+    // would take the replica back from the next one).
+    const opened = first.opens();
+    first.store.down = false;
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(first.opens(), opened, 'the crashed replicator reopened the replica');
     const second = await start(s, { holder: 'test-crash-2', force: true });
     const st = second.rep.status();
     assert.notEqual(st.mode, 'forward-full');
@@ -391,6 +406,33 @@ describe('replicator', () => {
     assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(modelB.bytes));
     await a.rep.close();
     assert.equal((await readManifest(store))!.writerEpoch, epochB);
+  });
+
+  it('a replica commit failing after a crash reopens nothing', async () => {
+    const s = await setup();
+    const { rep, store, opens } = await start(s, { holder: 'crash-commit' });
+    const model = new Model();
+    await randomOps(rep, model, 41, 40);
+    assert.ok(await rep.settle(10_000));
+    // A commit in flight at the moment of the crash (its segment PUT held back)...
+    let release!: () => void;
+    store.hold = new Promise<void>((r) => (release = r));
+    await rep.write(3 * REGION, Buffer.alloc(8192, 0x5a));
+    await rep.flush();
+    const deadline = Date.now() + 5000;
+    while (store.heldPuts === 0 && Date.now() < deadline)
+      await new Promise((r) => setTimeout(r, 5));
+    assert.ok(store.heldPuts > 0, 'no replica write was held');
+    await rep.crash();
+    const opened = opens();
+    // ...then fails: the dead replicator must not reconnect (and take the replica back).
+    store.down = true;
+    release();
+    await new Promise((r) => setTimeout(r, 300));
+    store.down = false;
+    store.hold = undefined;
+    await new Promise((r) => setTimeout(r, 200));
+    assert.equal(opens(), opened, 'the crashed replicator reopened the replica');
   });
 
   it('concurrent writes to one region and a resync never lose a write', async () => {
