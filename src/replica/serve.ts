@@ -66,16 +66,20 @@ export class ReplicaServer {
     const holder = processHolder('hyper-replica');
     try {
       const { store } = await openReplicaStore(header.replicaUrl, header.uuid, o.openStore);
+      let forceAtStart = o.force === true;
       const replicator = new Replicator({
         primary,
         header,
         replicaStore: store,
         owner: holder,
         openReplica: async () => {
-          // The replicator's own lease (left live by a failed close) is taken back at once.
+          // --force takes the replica over at start only: a reconnect after another replicator
+          // took it over must not take it back. The replicator's own lease (left live by a
+          // failed close) is taken back at once.
           const force =
-            o.force === true ||
+            forceAtStart ||
             (await readLease(store).catch(() => undefined))?.lease.holder === holder;
+          forceAtStart = false;
           const pipeline = o.flushPipeline === undefined ? {} : { flushPipeline: o.flushPipeline };
           // (A mem:// store lives in this process only: no worker can open it.)
           if (o.workerStoreOptions !== undefined && !store.url.startsWith('mem:')) {
