@@ -11,6 +11,7 @@
  * last pass gets another round. So a sequential scan of blocks read once passes through the
  * small queue and never pushes the hot set out of the main queue.
  */
+import { OldestKey } from '../index/cache.js';
 
 const EMPTY = -1;
 
@@ -31,6 +32,7 @@ export class SlotPolicy {
   private freeCount: number;
   private readonly smallTarget: number;
   private readonly ghost = new Set<number>();
+  private readonly ghostOldest = new OldestKey(() => this.ghost.values());
   private readonly ghostMax: number;
   used = 0;
 
@@ -160,8 +162,8 @@ export class SlotPolicy {
         const g = ghostKey(this.store[s] as number, this.seg[s] as number, this.off[s] as number);
         this.ghost.add(g);
         if (this.ghost.size > this.ghostMax) {
-          const first = this.ghost.values().next();
-          if (!first.done) this.ghost.delete(first.value);
+          const first = this.ghostOldest.take();
+          if (first !== undefined) this.ghost.delete(first);
         }
         return this.take(s);
       }

@@ -1,6 +1,40 @@
+/**
+ * The oldest key of a Map or Set (insertion order) in amortized constant time, for FIFO and LRU
+ * eviction. `map.keys().next()` starts at the front of V8's hash table and steps over every slot
+ * deleted since the table was last rebuilt, so evicting from the front that way costs time in
+ * proportion to the size (3 µs per insert in a cache of 8,192 blocks). One iterator kept across
+ * calls does not step over them again. The language defines that an iterator skips entries
+ * deleted before it reaches them and visits entries added after it was made, so it always
+ * yields the oldest key still there, provided every key it yields is deleted (or deleted and
+ * added again, which moves it to the end).
+ */
+export class OldestKey<K> {
+  private it: Iterator<K> | undefined;
+
+  constructor(private readonly keys: () => Iterator<K>) {}
+
+  /** The oldest key, which the caller deletes; undefined when the collection is empty. */
+  take(): K | undefined {
+    for (let fresh = 0; fresh < 2; fresh++) {
+      this.it ??= this.keys();
+      const r = this.it.next();
+      if (r.done !== true) return r.value;
+      // A finished iterator stays finished: entries added since need a new one.
+      this.it = undefined;
+    }
+    return undefined;
+  }
+
+  /** Start again from the front (after the collection was cleared). */
+  reset(): void {
+    this.it = undefined;
+  }
+}
+
 /** A least-recently-used map bounded by a byte budget. */
 export class LruCache<K, V> {
   private readonly map = new Map<K, { v: V; size: number }>();
+  private readonly oldest = new OldestKey(() => this.map.keys());
   private used = 0;
   hits = 0;
   misses = 0;
@@ -35,10 +69,10 @@ export class LruCache<K, V> {
     this.map.set(k, { v, size });
     this.used += size;
     while (this.used > this.budget) {
-      const first = this.map.keys().next();
-      if (first.done) break;
-      const e = this.map.get(first.value);
-      this.map.delete(first.value);
+      const k = this.oldest.take();
+      if (k === undefined) break;
+      const e = this.map.get(k);
+      this.map.delete(k);
       if (e) this.used -= e.size;
     }
   }
@@ -53,6 +87,7 @@ export class LruCache<K, V> {
 
   clear(): void {
     this.map.clear();
+    this.oldest.reset();
     this.used = 0;
   }
 

@@ -518,7 +518,12 @@ export class FileStore implements ObjectStore {
       const end = options.range
         ? Math.min(options.range.offset + options.range.length, size)
         : size;
-      const body = Buffer.allocUnsafe(Math.max(0, end - start));
+      const want = Math.max(0, end - start);
+      const into = options.into;
+      const body =
+        into !== undefined && into.length >= want
+          ? into.subarray(0, want)
+          : Buffer.allocUnsafe(want);
       try {
         let off = 0;
         while (off < body.length) {

@@ -50,6 +50,12 @@ export interface GetOptions {
    * holds for as long as the caller reads it. A store may keep it open between reads.
    */
   immutable?: boolean;
+  /**
+   * Memory for the body, as long as the range: a store may read the body into it and return
+   * it (or a shorter start of it) as the body, which spares a copy. Stores may ignore it, so
+   * a caller checks whether the body it got is this memory.
+   */
+  into?: Buffer;
 }
 
 export interface ListOptions {

@@ -25,7 +25,7 @@ import { crc32c } from '../codec/binary.js';
 import { CODEC_SEALED, openStoredBlock } from '../codec/seal.js';
 import { PENDING_SEG, type BlockPtr } from '../codec/node.js';
 import { Miss, type BTree, type ScanEntry } from '../index/btree.js';
-import { DataCache } from '../index/cache.js';
+import { DataCache, OldestKey } from '../index/cache.js';
 import type { NodeLoader } from '../index/loader.js';
 import type { SegmentSource } from './segments.js';
 import { KiB, MiB, type Extent } from './types.js';
@@ -41,6 +41,12 @@ export const DEFAULT_READ_AHEAD = 16 * MiB;
 export const DEFAULT_READ_AROUND = 64 * KiB;
 export const DEFAULT_READ_PART = 2 * MiB;
 export const DEFAULT_MAX_GETS = 16;
+/**
+ * Reads of at least this many bytes from a local store leave the memory cache alone: the page
+ * cache serves a re-read for one pread, while caching them would cost CPU per block and push
+ * out the blocks random reads come back to.
+ */
+export const BULK_READ = 64 * KiB;
 
 /** What the reader reads through: the engine's current index and write buffer. */
 export interface ReadView {
@@ -97,6 +103,13 @@ interface Run {
   ptrs: BlockPtr[];
   /** Fetched by read-ahead. */
   ahead?: boolean;
+  /** Not kept in the memory cache (a bulk read from a local store). */
+  transient?: boolean;
+  /**
+   * Where the run's blocks go in the read's output when they fill it back to back (raw
+   * blocks of consecutive addresses, stored back to back): the store reads them there.
+   */
+  dest?: Buffer;
 }
 
 /**
@@ -160,6 +173,7 @@ export class Reader {
   private readonly inflight = new Map<BlockKey, Promise<void>>();
   /** Blocks fetched ahead of a read and not read yet: 1 read-ahead, 2 read-around. */
   private readonly speculative = new Map<BlockKey, number>();
+  private readonly oldestSpeculative = new OldestKey(() => this.speculative.keys());
   private readonly streams: Stream[] = [];
   private useClock = 0;
   private readonly readAhead: number;
@@ -169,6 +183,8 @@ export class Reader {
   private readonly partSpan: number;
   private readonly gets: Semaphore;
   private readonly memoryBytes: number;
+  /** The store is local (file://, mem://): no latency to hide, a re-read costs a pread. */
+  private readonly local: boolean;
 
   constructor(
     private readonly view: ReadView,
@@ -183,6 +199,7 @@ export class Reader {
     // On a local store there is no latency to hide: read-ahead and read-around only cost CPU
     // there (measured on tmpfs), so they are off unless asked for.
     const local = /^(file|mem):/.test(segments.own.url);
+    this.local = local;
     // Read-ahead only pays while its blocks stay in memory until they are read.
     this.readAhead = Math.min(
       tuning.readAheadBytes ?? (local ? 0 : DEFAULT_READ_AHEAD),
@@ -272,7 +289,11 @@ export class Reader {
     }
     const jobs: Promise<void>[] = [];
     if (waits) jobs.push(this.afterInflight(waits.promises, waits.blocks, out, offset, length));
-    for (const r of runs.list) jobs.push(this.fetchInto(r, out, offset, length, tree));
+    const bulk = this.local && length >= BULK_READ;
+    for (const r of runs.list) {
+      if (bulk) r.transient = true;
+      jobs.push(this.fetchInto(r, out, offset, length, tree));
+    }
     if (jobs.length === 1) await jobs[0];
     else if (jobs.length > 1) await Promise.all(jobs);
     return true;
@@ -320,7 +341,10 @@ export class Reader {
     length: number,
     tree: BTree,
   ): Promise<void> {
-    if (this.readAround > r.len && r.lbas.length < 8) this.extendAround(r, tree);
+    if (r.transient) {
+      const dest = denseDest(r, out, offset, length, this.bs);
+      if (dest) r.dest = dest;
+    } else if (this.readAround > r.len && r.lbas.length < 8) this.extendAround(r, tree);
     const blocks = await this.fetchRun(r);
     for (let k = 0; k < r.lbas.length; k++) {
       const lba = r.lbas[k] as number;
@@ -450,7 +474,7 @@ export class Reader {
         parts.push(part);
       }
     }
-    const fetched = parts.length > 0 ? this.getParts(r, parts, true) : undefined;
+    const fetched = parts.length > 0 ? this.getParts(r, parts, true, r.dest) : undefined;
     if (diskReads.length > 0) await Promise.all(diskReads);
     if (fetched) {
       const blocks = await fetched;
@@ -460,14 +484,21 @@ export class Reader {
     return out;
   }
 
-  /** GET `parts` of run `r` (indices into its blocks), verified, in parallel. */
+  /**
+   * GET `parts` of run `r` (indices into its blocks), verified, in parallel; a dense run's
+   * parts are read into their place in `dest` (block k of the run at k * bs).
+   */
   private async getParts(
     r: Run,
     parts: { from: number; to: number; len: number }[],
     toDisk: boolean,
+    dest?: Buffer,
   ): Promise<Buffer[]> {
+    const bs = this.bs;
     const results = await Promise.all(
-      parts.map((pt) => this.getPart(r, pt.from, pt.to, pt.len, toDisk)),
+      parts.map((pt) =>
+        this.getPart(r, pt.from, pt.to, pt.len, toDisk, dest?.subarray(pt.from * bs, pt.to * bs)),
+      ),
     );
     return results.length === 1 ? (results[0] as Buffer[]) : results.flat();
   }
@@ -478,14 +509,18 @@ export class Reader {
     to: number,
     total: number,
     toDisk: boolean,
+    dest?: Buffer,
   ): Promise<Buffer[]> {
     const first = r.ptrs[from] as BlockPtr;
     const seg = r.seg;
     const off = first.off;
+    const keep = r.transient !== true;
     const keys: BlockKey[] = [];
     let settle!: () => void;
     const done = new Promise<void>((res) => (settle = res));
-    for (let k = from; k < to; k++) {
+    // Blocks that will not be cached are not announced: a read waiting for them would not
+    // find them in the cache anyway.
+    for (let k = from; keep && k < to; k++) {
       const p = r.ptrs[k] as BlockPtr;
       const key = blockKey(p.seg, p.off);
       if (!this.inflight.has(key)) {
@@ -498,7 +533,7 @@ export class Reader {
       let body: Buffer;
       try {
         this.counters.gets++;
-        body = await this.segments.get(seg, { offset: off, length: total }, 'volume data');
+        body = await this.segments.get(seg, { offset: off, length: total }, 'volume data', dest);
       } finally {
         this.gets.release();
       }
@@ -549,7 +584,8 @@ export class Reader {
           (decoding ??= []).push(
             this.decode(blk, p, lbaOf(r, k), key, into).then((plain) => {
               out[i] = plain;
-              this.dataCache.set(blockKey(seg, p.off), plain, plain.length, r.lbas[k] === -1);
+              if (keep)
+                this.dataCache.set(blockKey(seg, p.off), plain, plain.length, r.lbas[k] === -1);
             }),
           );
           continue;
@@ -559,7 +595,7 @@ export class Reader {
         // the cache must not pin the whole body.
         const copy = single || !around ? blk : copyOf(blk);
         // Read-around neighbours wait in probation; read-ahead blocks are read soon: main.
-        this.dataCache.set(blockKey(seg, p.off), copy, copy.length, r.lbas[k] === -1);
+        if (keep) this.dataCache.set(blockKey(seg, p.off), copy, copy.length, r.lbas[k] === -1);
         disk?.cache.put(store, seg, p.off, copy);
         out.push(copy);
       }
@@ -693,9 +729,9 @@ export class Reader {
     // Bounded: entries of blocks never read are forgotten oldest first.
     const max = Math.max(1024, Math.floor((2 * this.memoryBytes) / this.bs));
     while (this.speculative.size > max) {
-      const first = this.speculative.keys().next();
-      if (first.done) break;
-      this.speculative.delete(first.value);
+      const first = this.oldestSpeculative.take();
+      if (first === undefined) break;
+      this.speculative.delete(first);
     }
   }
 
@@ -763,8 +799,35 @@ function copyBlock(
   const bStart = lba * bs;
   const from = Math.max(offset, bStart);
   const to = Math.min(offset + length, bStart + bs);
+  // A block the store read into its place in `out` (a dense run) is there already.
+  if (blk && blk.buffer === out.buffer && blk.byteOffset === out.byteOffset + bStart - offset)
+    return;
   if (blk) blk.copy(out, from - offset, from - bStart, to - bStart);
   else out.fill(0, from - offset, to - offset);
+}
+
+/**
+ * The part of a read's output `out` (of [offset, offset+length)) that run `r` fills on its
+ * own, when its blocks are raw, of consecutive addresses inside the read, and stored back to
+ * back: the store may then read them straight there.
+ */
+function denseDest(
+  r: Run,
+  out: Buffer,
+  offset: number,
+  length: number,
+  bs: number,
+): Buffer | undefined {
+  const first = r.lbas[0] as number;
+  const n = r.ptrs.length;
+  if (first * bs < offset || (first + n) * bs > offset + length) return undefined;
+  let at = r.off;
+  for (let k = 0; k < n; k++) {
+    const p = r.ptrs[k] as BlockPtr;
+    if (p.codec !== 0 || p.len !== bs || p.off !== at || r.lbas[k] !== first + k) return undefined;
+    at += bs;
+  }
+  return out.subarray(first * bs - offset, (first + n) * bs - offset);
 }
 
 /** A copy of `b` in memory of its own (Buffer.from(buffer) takes a slower generic path). */

@@ -89,8 +89,11 @@ export class SegmentSource {
     for (const id of this.inFlight.keys()) if (id <= seg) this.inFlight.delete(id);
   }
 
-  /** A ranged read of a segment; a missing object is a data error naming it. */
-  async get(seg: number, range: ByteRange, what: string): Promise<Buffer> {
+  /**
+   * A ranged read of a segment; a missing object is a data error naming it. `into` as in
+   * GetOptions: the body may or may not be that memory.
+   */
+  async get(seg: number, range: ByteRange, what: string, into?: Buffer): Promise<Buffer> {
     const held = this.inFlight.get(seg);
     if (held) {
       const start = Math.min(range.offset, held.length);
@@ -100,7 +103,9 @@ export class SegmentSource {
     const key = segmentKey(seg);
     try {
       // Segments are write-once: a store may keep them open between reads.
-      return (await store.get(key, { range, immutable: true })).body;
+      return (
+        await store.get(key, into ? { range, immutable: true, into } : { range, immutable: true })
+      ).body;
     } catch (e) {
       if (isHyperError(e, 'OBJECT_NOT_FOUND')) {
         throw dataError(

@@ -1,12 +1,13 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
+import { mkdirSync, mkdtempSync, readdirSync, rmSync, statSync } from 'node:fs';
 import { open } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { SEGMENT_PREFIX } from '../../../../src/format/keys.js';
 import { CountingStore } from '../../../../src/format/store/counting.js';
+import { FileStore } from '../../../../src/format/store/file.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
 import type { GetOptions, GetResult } from '../../../../src/format/store/types.js';
 import { compactVolume } from '../../../../src/format/volume/compact.js';
@@ -23,6 +24,8 @@ const freshDir = (): string => join(root, `d${dirs++}`);
 /** Counts segment GETs, how many run at once, and fails them on demand. */
 class WatchedStore extends CountingStore {
   segmentGets = 0;
+  /** Segment GETs asked to read into the caller's memory. */
+  intoGets = 0;
   inFlight = 0;
   maxInFlight = 0;
   failSegments = false;
@@ -30,6 +33,7 @@ class WatchedStore extends CountingStore {
     if (!key.startsWith(SEGMENT_PREFIX)) return super.get(key, options);
     if (this.failSegments) throw new Error(`segment GET refused in this test: ${key}`);
     this.segmentGets++;
+    if (options?.into) this.intoGets++;
     this.inFlight++;
     this.maxInFlight = Math.max(this.maxInFlight, this.inFlight);
     try {
@@ -240,6 +244,108 @@ describe('reader: read-ahead, parallel GETs, read-around', () => {
       assert.equal(sha(await v.read(0, size)), sha(model), `seed ${seed}: final content`);
       await v.close();
     }
+  });
+});
+
+describe('reader: bulk reads from a local store', () => {
+  it('reads raw runs straight into the output, uncached, and matches a model under writes', async () => {
+    for (const seed of [21, 22]) {
+      const size = 8 * MiB;
+      const dir = freshDir();
+      mkdirSync(dir);
+      const store = new WatchedStore(new FileStore(dir));
+      await Volume.create(store, { size, segmentSize: 1 * MiB, compression: 'none' });
+      // Parts of 64 KiB: a run is read in several GETs, each into its own place.
+      const opts: OpenOptions = {
+        flushIntervalMs: 0,
+        dataCacheBytes: 1 * MiB,
+        readPartBytes: 64 * KiB,
+      };
+      const v = await Volume.open(store, opts);
+      const model = Buffer.alloc(size);
+      const r = rng(seed);
+      for (let batch = 0; batch < 40; batch++) {
+        const busy: [number, number][] = [];
+        const overlaps = (a: number, b: number): boolean => busy.some(([x, y]) => a < y && x < b);
+        const ops: Promise<unknown>[] = [];
+        const checks: (() => void)[] = [];
+        for (let k = 0; k < 10; k++) {
+          // Sizes around the bulk threshold, offsets on 512-byte sectors: blocks cut at both
+          // ends, and runs of blocks from several segments and the write buffer.
+          const len = (1 + Math.floor(r() * 1024)) * 512;
+          const off = Math.floor(r() * ((size - len) / 512)) * 512;
+          const roll = r();
+          if (roll < 0.3 && !overlaps(off, off + len)) {
+            const data = pattern(len, seed * 1000 + batch * 16 + k);
+            data.copy(model, off);
+            busy.push([off, off + len]);
+            ops.push(v.write(off, data));
+          } else if (roll < 0.35) {
+            ops.push(v.flush());
+          } else if (!overlaps(off, off + len)) {
+            const want = Buffer.from(model.subarray(off, off + len));
+            busy.push([off, off + len]);
+            ops.push(
+              v.read(off, len).then((got) => {
+                checks.push(() =>
+                  assert.equal(
+                    sha(got),
+                    sha(want),
+                    `seed ${seed} batch ${batch}: read ${off}+${len}`,
+                  ),
+                );
+              }),
+            );
+          }
+        }
+        await Promise.all(ops);
+        for (const c of checks) c();
+      }
+      const block = pattern(4096, seed);
+      block.copy(model, 4096);
+      await v.write(4096, block);
+      await v.close();
+      const ro = await Volume.open(store, { ...opts, readOnly: true });
+      store.intoGets = 0;
+      assert.equal(sha(await ro.read(0, size)), sha(model), `seed ${seed}: final content`);
+      assert.ok(store.intoGets > 0, 'runs of raw blocks were read into the output');
+      // The bulk read left nothing in the memory cache: a block read again is a miss. A
+      // small read is kept.
+      await ro.read(4096, 4096);
+      assert.equal(ro.stats().dataCacheHits, 0, 'the bulk read was not cached');
+      await ro.read(4096, 4096);
+      assert.equal(ro.stats().dataCacheHits, 1, 'the small read was cached');
+      await ro.close();
+    }
+  });
+
+  it('reports a damaged block of a bulk read with its key and returns no data', async () => {
+    const dir = freshDir();
+    mkdirSync(dir);
+    const store = new FileStore(dir);
+    await Volume.create(store, { size: 4 * MiB, segmentSize: 4 * MiB, compression: 'none' });
+    const v = await Volume.open(store, { flushIntervalMs: 0 });
+    await v.write(0, pattern(1 * MiB, 5));
+    await v.close();
+    // Flip one byte in the middle of the data (past the segment's header).
+    const segDir = join(dir, SEGMENT_PREFIX);
+    const seg = readdirSync(segDir).sort(
+      (a, b) => statSync(join(segDir, b)).size - statSync(join(segDir, a)).size,
+    )[0] as string;
+    const path = join(segDir, seg);
+    const h = await open(path, 'r+');
+    const b = Buffer.alloc(1);
+    await h.read(b, 0, 1, 512 * KiB);
+    b[0] = (b[0] as number) ^ 0xff;
+    await h.write(b, 0, 1, 512 * KiB);
+    await h.close();
+    const ro = await Volume.open(store, { readOnly: true });
+    await assert.rejects(ro.read(0, 1 * MiB), (e: Error & { code?: string }) => {
+      assert.equal(e.code, 'CHECKSUM_MISMATCH');
+      assert.match(e.message, new RegExp(seg));
+      return true;
+    });
+    await ro.close();
   });
 });
 
