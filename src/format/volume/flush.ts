@@ -149,18 +149,22 @@ async function compressAll(
 ): Promise<StoredBlock[]> {
   const out: StoredBlock[] = [];
   for (let i = 0; i < blocks.length;) {
-    // While probing, a batch is one probe group: its outcome decides the next one.
-    const n = c.probing ? Compressibility.PROBE : COMPRESS_BATCH;
-    const batch = blocks.slice(i, i + n);
+    // While probing, a batch holds COMPRESS_BATCH / PROBE probe groups, their probes run
+    // together: a probe that saves makes the next batch try every block (so a switch back
+    // to compressible data stores at most a batch raw). One wait per batch, not per group:
+    // a wait per group of 16 blocks cost more than the probes on incompressible data.
+    const batch = blocks.slice(i, i + COMPRESS_BATCH);
     i += batch.length;
     const tried = batch.map(() => codec !== CODEC_RAW && c.shouldTry());
-    const enc = await Promise.all(
-      batch.map((b, k) => (tried[k] ? encodeBlock(b, codec) : { bytes: b, codec: CODEC_RAW })),
-    );
-    enc.forEach((e, k) => {
-      if (tried[k]) c.record(e.codec !== CODEC_RAW);
-      out.push(e);
-    });
+    const pending = batch.map((b, k) => (tried[k] ? encodeBlock(b, codec) : undefined));
+    const enc: (StoredBlock | undefined)[] = tried.includes(true) ? await Promise.all(pending) : [];
+    for (let k = 0; k < batch.length; k++) {
+      const e = enc[k];
+      if (e) {
+        c.record(e.codec !== CODEC_RAW);
+        out.push(e);
+      } else out.push({ bytes: batch[k] as Buffer, codec: CODEC_RAW });
+    }
   }
   return out;
 }
