@@ -50,6 +50,8 @@ export const ZSTD_LEVEL = 3;
 interface Compressor {
   compress(b: Buffer): Promise<Buffer>;
   decompress(b: Buffer): Promise<Buffer>;
+  /** On this thread (lz4 only: a few microseconds for a block). */
+  compressSync?(b: Buffer): Buffer;
 }
 
 const loaded = new Map<number, Promise<Compressor>>();
@@ -66,6 +68,7 @@ function compressor(codec: number): Promise<Compressor> {
       c = import('lz4-napi').then((l) => ({
         compress: (b: Buffer) => l.compress(b),
         decompress: (b: Buffer) => l.uncompress(b),
+        compressSync: (b: Buffer) => l.compressSync(b),
       }));
     } else {
       return Promise.reject(new DecodeError(`unknown block codec ${codec}`));
@@ -95,6 +98,17 @@ export async function encodeBlock(plain: Buffer, codec: number): Promise<StoredB
   out.writeUInt32LE(crc32c(plain), 0);
   packed.copy(out, COMPRESSED_HEADER);
   return { bytes: out, codec };
+}
+
+/**
+ * A quick test, on this thread, of whether a block would compress: whether lz4 saves at least
+ * MIN_SAVING bytes on it. Used to notice data that compresses again after a run that did not
+ * (see Compressibility), whatever the volume's codec: zstd saves at least as much as lz4.
+ */
+export async function compressionProbe(): Promise<(plain: Buffer) => boolean> {
+  const c = await compressor(CODEC_LZ4);
+  const sync = c.compressSync as (b: Buffer) => Buffer;
+  return (plain) => COMPRESSED_HEADER + sync(plain).length <= plain.length - MIN_SAVING;
 }
 
 /**

@@ -6,7 +6,7 @@
  */
 import { HyperError } from '../../errors.js';
 import { crc32c } from '../codec/binary.js';
-import { CODEC_RAW, encodeBlock, type StoredBlock } from '../codec/block.js';
+import { CODEC_RAW, compressionProbe, encodeBlock, type StoredBlock } from '../codec/block.js';
 import type { Sealer } from '../codec/seal.js';
 import type { HeadRecord } from '../codec/head.js';
 import { ENTRY_SIZE, NODE_HEADER, PENDING_SEG } from '../codec/node.js';
@@ -114,8 +114,9 @@ export class SegmentBuffers {
 /**
  * Early abort for data that does not compress (already compressed or encrypted files,
  * random data): after MISSES blocks in a row saved nothing, only the first block of every
- * PROBE is tried (the others are stored raw) until one saves again. A switch back to
- * compressible data costs at most PROBE blocks stored raw.
+ * PROBE is tried, with a quick lz4 test (compressionProbe), and the others are stored raw,
+ * until one saves again. A switch back to compressible data costs at most PROBE blocks
+ * stored raw.
  */
 export class Compressibility {
   static readonly MISSES = 64;
@@ -148,23 +149,38 @@ async function compressAll(
   c: Compressibility = new Compressibility(),
 ): Promise<StoredBlock[]> {
   const out: StoredBlock[] = [];
+  if (codec === CODEC_RAW) {
+    for (const b of blocks) out.push({ bytes: b, codec: CODEC_RAW });
+    return out;
+  }
+  const probe = await compressionProbe();
   for (let i = 0; i < blocks.length;) {
-    // While probing, a batch holds COMPRESS_BATCH / PROBE probe groups, their probes run
-    // together: a probe that saves makes the next batch try every block (so a switch back
-    // to compressible data stores at most a batch raw). One wait per batch, not per group:
-    // a wait per group of 16 blocks cost more than the probes on incompressible data.
     const batch = blocks.slice(i, i + COMPRESS_BATCH);
     i += batch.length;
-    const tried = batch.map(() => codec !== CODEC_RAW && c.shouldTry());
-    const pending = batch.map((b, k) => (tried[k] ? encodeBlock(b, codec) : undefined));
-    const enc: (StoredBlock | undefined)[] = tried.includes(true) ? await Promise.all(pending) : [];
-    for (let k = 0; k < batch.length; k++) {
-      const e = enc[k];
-      if (e) {
-        c.record(e.codec !== CODEC_RAW);
-        out.push(e);
-      } else out.push({ bytes: batch[k] as Buffer, codec: CODEC_RAW });
+    const tried: boolean[] = [];
+    const pending: (StoredBlock | Promise<StoredBlock>)[] = [];
+    for (const b of batch) {
+      if (c.probing) {
+        // Probing is decided here, block by block, with a quick lz4 test on this thread:
+        // waiting for probes on the thread pool (every 16 blocks) held up the segment
+        // build, and with it the writers, for a fifth of a sequential write.
+        const probed = c.shouldTry();
+        const saves = probed && probe(b);
+        if (probed) c.record(saves);
+        tried.push(false);
+        pending.push(saves ? encodeBlock(b, codec) : { bytes: b, codec: CODEC_RAW });
+      } else {
+        tried.push(true);
+        pending.push(encodeBlock(b, codec));
+      }
     }
+    const enc = pending.some((p) => p instanceof Promise)
+      ? await Promise.all(pending)
+      : (pending as StoredBlock[]);
+    enc.forEach((e, k) => {
+      if (tried[k]) c.record(e.codec !== CODEC_RAW);
+      out.push(e);
+    });
   }
   return out;
 }
