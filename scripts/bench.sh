@@ -51,7 +51,7 @@ cleanup() {
 trap cleanup EXIT
 trap 'exit 130' INT TERM
 
-HYPER_RGW_MEMSTORE_MB=${HYPER_RGW_MEMSTORE_MB:-8192} bash scripts/rgw/start.sh "$RGW_DIR" || {
+HYPER_RGW_MEMSTORE_MB=${HYPER_RGW_MEMSTORE_MB:-12288} bash scripts/rgw/start.sh "$RGW_DIR" || {
   tail -n 30 "$RGW_DIR"/log/*.log 2>/dev/null
   exit 1
 }
