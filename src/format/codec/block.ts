@@ -103,7 +103,8 @@ export async function encodeBlock(plain: Buffer, codec: number): Promise<StoredB
 /**
  * A quick test, on this thread, of whether a block would compress: whether lz4 saves at least
  * MIN_SAVING bytes on it. Used to notice data that compresses again after a run that did not
- * (see Compressibility), whatever the volume's codec: zstd saves at least as much as lz4.
+ * (see Compressibility), whatever the volume's codec: where lz4 saves, zstd saves too (it is
+ * then tried on the block itself).
  */
 export async function compressionProbe(): Promise<(plain: Buffer) => boolean> {
   const c = await compressor(CODEC_LZ4);
