@@ -342,6 +342,7 @@ export class S3Store implements ObjectStore {
           bucket,
           endpoint: resolveEndpoint(options),
           agents,
+          maxSockets: options.maxSockets ?? 64,
           connectionTimeoutMs: options.connectionTimeoutMs ?? 5000,
           requestTimeoutMs: options.requestTimeoutMs ?? 60_000,
         }),
@@ -388,7 +389,7 @@ export class S3Store implements ObjectStore {
       return { body: Buffer.alloc(0), etag: meta.etag, size: meta.size };
     }
     try {
-      const res = await this.shared.lean.get(this.root + key, range, options.signal);
+      const res = await this.shared.lean.get(this.root + key, range, options.signal, options.into);
       const body = res.body;
       let size = body.length;
       const total = /\/(\d+)$/.exec(res.contentRange ?? '');
@@ -568,6 +569,7 @@ export class S3Store implements ObjectStore {
   close(): Promise<void> {
     if (this.owner) {
       this.owner = false;
+      this.shared.lean.close();
       this.shared.client.destroy();
     }
     return Promise.resolve();
