@@ -61,6 +61,11 @@ export interface BlockDevice {
   readonly capabilities: DeviceCapabilities;
   /** Resolves to exactly `length` bytes. The buffer may be kept by the caller until sent. */
   read(offset: number, length: number): Promise<Buffer>;
+  /**
+   * Optional scatter read: pieces holding exactly `length` bytes from `offset`, in order. The
+   * server sends them by reference, so they must not change until sent.
+   */
+  readv?(offset: number, length: number): Promise<Buffer[]>;
   /** The device must copy `data` if it keeps it beyond the returned promise. */
   write(offset: number, data: Buffer, flags: WriteFlags): Promise<void>;
   /**

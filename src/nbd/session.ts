@@ -411,7 +411,7 @@ export class Session implements ParserHandler {
     try {
       switch (decision.command) {
         case CMD_READ:
-          d.read(offset, length).then(
+          (d.readv ? d.readv(offset, length) : d.read(offset, length)).then(
             (buf) => this.readDone(handleHigh, handleLow, offset, length, buf, t0),
             (e: unknown) => this.failed(type, handleHigh, handleLow, length, e, t0, length),
           );
@@ -479,20 +479,22 @@ export class Session implements ParserHandler {
     handleLow: number,
     offset: number,
     length: number,
-    buf: Buffer,
+    buf: Buffer | Buffer[],
     t0: number,
   ): void {
     this.inflight--;
     this.inflightBytes -= length;
-    if (t0 >= 0)
-      this.observed(CMD_READ, length, t0, buf.length === length ? undefined : errnoName(EIO));
+    let got = 0;
+    if (Array.isArray(buf)) for (const b of buf) got += b.length;
+    else got = buf.length;
+    if (t0 >= 0) this.observed(CMD_READ, length, t0, got === length ? undefined : errnoName(EIO));
     if (this.closed) return;
-    if (buf.length !== length) {
+    if (got !== length) {
       this.failedReply(
         CMD_READ,
         handleHigh,
         handleLow,
-        new Error(`device returned ${buf.length} bytes for a ${length}-byte read`),
+        new Error(`device returned ${got} bytes for a ${length}-byte read`),
       );
     } else {
       const out = this.out;
@@ -505,7 +507,8 @@ export class Session implements ParserHandler {
         writeSimpleReply(b, out.offset, 0, handleHigh, handleLow);
         out.commit(SIMPLE_REPLY_SIZE);
       }
-      out.data(buf);
+      if (Array.isArray(buf)) for (const b of buf) out.data(b);
+      else out.data(buf);
       if (length >= URGENT_BYTES) out.soon();
     }
     this.afterReply();

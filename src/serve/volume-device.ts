@@ -53,6 +53,10 @@ export class VolumeDevice implements BlockDevice {
     return this.volume.read(offset, length);
   }
 
+  readv(offset: number, length: number): Promise<Buffer[]> {
+    return this.volume.readv(offset, length);
+  }
+
   write(offset: number, data: Buffer, flags: WriteFlags): Promise<void> {
     return this.volume.write(offset, data, { fua: flags.fua });
   }

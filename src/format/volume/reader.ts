@@ -10,8 +10,11 @@
  * such as nbdcopy's connections each count as one). A read continuing a stream twice starts
  * prefetching past its end with a window that doubles on every continuation up to
  * `readAheadBytes`; a read that continues no stream starts a new one (the oldest is
- * forgotten), so a broken pattern stops the prefetching. Prefetched blocks go to the memory
- * cache (and the disk cache): the window is bounded by half of the memory cache.
+ * forgotten), so a broken pattern stops the prefetching. The window is bounded by half of
+ * the memory cache. A prefetched run of raw blocks stored back to back (what sequential
+ * writes leave) is kept whole as a verified part outside the memory cache until its blocks
+ * are read (at most the window plus the parts in flight); reads copy straight out of it.
+ * Other prefetched blocks go to the memory cache. Both go to the disk cache.
  *
  * Read-around: a random read that must go to the store also fetches, in the same GET, the
  * blocks of neighbouring addresses stored right next to it in the same segment (up to
@@ -144,6 +147,25 @@ class Runs {
   }
 }
 
+/**
+ * A part of a read-ahead run: raw blocks of one segment, back to back, fetched with one GET
+ * and verified whole. Reads copy their blocks out of it; it goes once each block was read
+ * (or when newer parts need the room).
+ */
+interface AheadPart {
+  seg: number;
+  off: number;
+  end: number;
+  /** The verified bytes, once they arrived. */
+  body: Buffer | undefined;
+  /** Settles when the GET is over (the part then has its body, or is gone). */
+  ready: Promise<void>;
+  /** CRC32C of each block (block k at off + k * bs). */
+  crcs: Uint32Array;
+  /** Blocks not read yet. */
+  left: number;
+}
+
 interface Stream {
   next: number;
   prefetched: number;
@@ -175,6 +197,11 @@ export class Reader {
   private readonly speculative = new Map<BlockKey, number>();
   private readonly oldestSpeculative = new OldestKey(() => this.speculative.keys());
   private readonly streams: Stream[] = [];
+  /** Read-ahead parts by segment, and all of them oldest first. */
+  private readonly ahead = new Map<number, AheadPart[]>();
+  private readonly aheadOrder: AheadPart[] = [];
+  private aheadBytes = 0;
+  private readonly aheadBudget: number;
   private useClock = 0;
   private readonly readAhead: number;
   private readonly readAround: number;
@@ -211,14 +238,81 @@ export class Reader {
     // Sealed blocks are longer than the data they hold: a part of partBytes of data may span
     // that much more of the segment (else every part would split in two GETs).
     this.partSpan = this.partBytes + (this.partBytes / bs) * (segments.sealer?.overhead ?? 0);
-    this.gets = new Semaphore(Math.max(1, tuning.maxGets ?? DEFAULT_MAX_GETS));
+    const maxGets = Math.max(1, tuning.maxGets ?? DEFAULT_MAX_GETS);
+    this.gets = new Semaphore(maxGets);
+    // The window, plus room for the parts in flight so that none is dropped before it lands.
+    this.aheadBudget = this.readAhead + maxGets * this.partBytes;
   }
 
   /** Read [offset, offset+length) (the caller checked the range). */
   async read(offset: number, length: number): Promise<Buffer> {
+    if (this.readAhead > 0 && length > 0) this.observe(offset, length);
+    return this.fill(offset, length);
+  }
+
+  /**
+   * Read [offset, offset+length) as pieces in order, which the caller may keep but must not
+   * change: when every block of the range is in parts read ahead, the pieces are those parts'
+   * bytes (no copy); otherwise one buffer, as read() gives.
+   */
+  async readv(offset: number, length: number): Promise<Buffer[]> {
+    if (this.readAhead > 0 && length > 0) this.observe(offset, length);
+    const pieces = this.aheadOrder.length > 0 ? await this.aheadPieces(offset, length) : undefined;
+    return pieces ?? [await this.fill(offset, length)];
+  }
+
+  /**
+   * The pieces of read-ahead parts that hold a whole-block range (waiting for parts still in
+   * flight), or undefined when some block is elsewhere: buffered, a hole, not read ahead.
+   */
+  private async aheadPieces(offset: number, length: number): Promise<Buffer[] | undefined> {
+    const bs = this.bs;
+    if (length === 0 || offset % bs !== 0 || length % bs !== 0) return undefined;
+    const lo = offset / bs;
+    const n = length / bs;
+    for (let i = 0; i < n; i++) if (this.view.buffered(lo + i) !== undefined) return undefined;
+    const tree = this.view.tree();
+    const entries = await this.loader.run(() => tree.scan(lo, lo + n));
+    if (entries.length !== n) return undefined;
+    const parts: AheadPart[] = [];
+    let pending: Set<Promise<void>> | undefined;
+    for (let i = 0; i < n; i++) {
+      const p = entries[i] as ScanEntry;
+      if (p.lba !== lo + i || p.seg === PENDING_SEG) return undefined;
+      const a = this.findAhead(p);
+      if (!a) return undefined;
+      if (!a.body) (pending ??= new Set()).add(a.ready);
+      parts.push(a);
+    }
+    // (A part dropped for room meanwhile still holds the right bytes: segments never change.)
+    if (pending) {
+      await Promise.all(pending);
+      if (parts.some((a) => a.body === undefined)) return undefined;
+    }
+    const out: Buffer[] = [];
+    let body: Buffer | undefined;
+    let from = 0;
+    let to = 0;
+    for (let i = 0; i < n; i++) {
+      const a = parts[i] as AheadPart;
+      const at = (entries[i] as ScanEntry).off - a.off;
+      if (a.body === body && at === to) to += bs;
+      else {
+        if (body) out.push(body.subarray(from, to));
+        body = a.body;
+        from = at;
+        to = at + bs;
+      }
+      this.counters.prefetchHits++;
+      if (--a.left <= 0) this.dropAhead(a);
+    }
+    if (body) out.push(body.subarray(from, to));
+    return out;
+  }
+
+  private async fill(offset: number, length: number): Promise<Buffer> {
     const out = Buffer.allocUnsafe(length);
     if (length === 0) return out;
-    if (this.readAhead > 0) this.observe(offset, length);
     const bs = this.bs;
     const first = Math.floor(offset / bs);
     const last = Math.floor((offset + length - 1) / bs);
@@ -271,6 +365,17 @@ export class Reader {
         continue;
       }
       if (p.seg === PENDING_SEG) return false;
+      if (this.aheadOrder.length > 0) {
+        const a = this.findAhead(p);
+        if (a) {
+          if (a.body) this.copyAhead(a, p, out, offset, length, lba);
+          else {
+            (waits ??= { promises: new Set(), blocks: [] }).promises.add(a.ready);
+            waits.blocks.push({ lba, p });
+          }
+          continue;
+        }
+      }
       const key = blockKey(p.seg, p.off);
       const cached = this.dataCache.get(key);
       if (cached) {
@@ -310,6 +415,11 @@ export class Reader {
     await Promise.all([...pending].map((q) => q.catch(() => undefined)));
     const again: Promise<void>[] = [];
     for (const { lba, p } of blocks) {
+      const a = this.aheadOrder.length > 0 ? this.findAhead(p) : undefined;
+      if (a?.body) {
+        this.copyAhead(a, p, out, offset, length, lba);
+        continue;
+      }
       const key = blockKey(p.seg, p.off);
       const blk = this.dataCache.get(key);
       if (blk) {
@@ -375,6 +485,7 @@ export class Reader {
     const free = (e: ScanEntry): boolean => {
       const key = blockKey(e.seg, e.off);
       return (
+        (this.aheadOrder.length === 0 || this.findAhead(e) === undefined) &&
         this.dataCache.peek(key) === undefined &&
         !(disk && disk.cache.has(diskStore, e.seg, e.off)) &&
         !this.inflight.has(key) &&
@@ -710,6 +821,7 @@ export class Reader {
       const key = blockKey(p.seg, p.off);
       if (
         p.seg === PENDING_SEG ||
+        (this.aheadOrder.length > 0 && this.findAhead(p) !== undefined) ||
         this.dataCache.peek(key) !== undefined ||
         this.inflight.has(key) ||
         this.view.buffered(p.lba) !== undefined
@@ -719,10 +831,137 @@ export class Reader {
     }
     await Promise.all(
       runs.list.map(async (r) => {
+        if (this.keepsWhole(r)) {
+          await this.fetchAhead(r);
+          return;
+        }
         const blocks = await this.fetchRun(r);
         this.counters.prefetched += blocks.length;
       }),
     );
+  }
+
+  /**
+   * Whether a read-ahead run is kept as whole parts: raw blocks stored back to back, none of
+   * them in the disk cache (those are read from there, block by block).
+   */
+  private keepsWhole(r: Run): boolean {
+    const bs = this.bs;
+    const disk = this.disk;
+    const store = disk ? disk.storeOf(r.seg) : 0;
+    let at = r.off;
+    for (const p of r.ptrs) {
+      if (p.codec !== 0 || p.len !== bs || p.off !== at) return false;
+      if (disk && disk.cache.has(store, p.seg, p.off)) return false;
+      at += bs;
+    }
+    return true;
+  }
+
+  /** Fetch a dense raw run as parts of at most partBytes, GETs in parallel. */
+  private async fetchAhead(r: Run): Promise<void> {
+    const per = Math.max(1, Math.floor(this.partBytes / this.bs));
+    const jobs: Promise<void>[] = [];
+    for (let k = 0; k < r.ptrs.length; k += per)
+      jobs.push(this.fetchPart(r.seg, r.ptrs.slice(k, k + per)));
+    await Promise.all(jobs);
+  }
+
+  /**
+   * One read-ahead part: announced before its GET (reads of its blocks wait for it), verified
+   * whole when it lands. A failed or damaged part is dropped: reads then fetch the blocks
+   * themselves, and report what they find.
+   */
+  private async fetchPart(seg: number, ptrs: BlockPtr[]): Promise<void> {
+    const bs = this.bs;
+    const off = (ptrs[0] as BlockPtr).off;
+    const len = ptrs.length * bs;
+    let settle!: () => void;
+    const a: AheadPart = {
+      seg,
+      off,
+      end: off + len,
+      body: undefined,
+      ready: new Promise<void>((res) => (settle = res)),
+      crcs: Uint32Array.from(ptrs, (p) => p.crc),
+      left: ptrs.length,
+    };
+    this.addAhead(a);
+    try {
+      await this.gets.acquire();
+      let body: Buffer;
+      try {
+        this.counters.gets++;
+        body = await this.segments.get(seg, { offset: off, length: len }, 'volume data');
+      } finally {
+        this.gets.release();
+      }
+      if (body.length < len) throw new Error('short');
+      for (let k = 0; k < ptrs.length; k++)
+        if (crc32c(body.subarray(k * bs, (k + 1) * bs)) !== a.crcs[k]) throw new Error('crc');
+      // (A part dropped meanwhile to make room stays dropped.)
+      if (!this.aheadOrder.includes(a)) return;
+      a.body = body;
+      this.counters.prefetched += ptrs.length;
+      const disk = this.disk && this.disk.cacheable(seg) ? this.disk : undefined;
+      if (disk) {
+        const store = disk.storeOf(seg);
+        for (let k = 0; k < ptrs.length; k++)
+          disk.cache.put(store, seg, off + k * bs, body.subarray(k * bs, (k + 1) * bs));
+      }
+    } catch {
+      this.dropAhead(a);
+    } finally {
+      settle();
+    }
+  }
+
+  /** The read-ahead part holding block `p` as verified (raw, at a block boundary, same CRC). */
+  private findAhead(p: BlockPtr): AheadPart | undefined {
+    const list = this.ahead.get(p.seg);
+    if (!list || p.codec !== 0 || p.len !== this.bs) return undefined;
+    for (const a of list) {
+      if (p.off < a.off || p.off + p.len > a.end) continue;
+      const k = (p.off - a.off) / this.bs;
+      return Number.isInteger(k) && a.crcs[k] === p.crc ? a : undefined;
+    }
+    return undefined;
+  }
+
+  /** Copy block `p` out of read-ahead part `a`; the part goes once all its blocks were read. */
+  private copyAhead(
+    a: AheadPart,
+    p: BlockPtr,
+    out: Buffer,
+    offset: number,
+    length: number,
+    lba: number,
+  ): void {
+    const at = p.off - a.off;
+    copyBlock(out, offset, length, lba, this.bs, (a.body as Buffer).subarray(at, at + p.len));
+    this.counters.prefetchHits++;
+    if (--a.left <= 0) this.dropAhead(a);
+  }
+
+  private addAhead(a: AheadPart): void {
+    const list = this.ahead.get(a.seg);
+    if (list) list.push(a);
+    else this.ahead.set(a.seg, [a]);
+    this.aheadOrder.push(a);
+    this.aheadBytes += a.end - a.off;
+    // Oldest first (the budget leaves room for the parts in flight).
+    while (this.aheadBytes > this.aheadBudget && this.aheadOrder.length > 1)
+      this.dropAhead(this.aheadOrder[0] as AheadPart);
+  }
+
+  private dropAhead(a: AheadPart): void {
+    const i = this.aheadOrder.indexOf(a);
+    if (i < 0) return;
+    this.aheadOrder.splice(i, 1);
+    this.aheadBytes -= a.end - a.off;
+    const list = this.ahead.get(a.seg) as AheadPart[];
+    list.splice(list.indexOf(a), 1);
+    if (list.length === 0) this.ahead.delete(a.seg);
   }
 
   private trimSpeculative(): void {

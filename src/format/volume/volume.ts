@@ -444,6 +444,18 @@ export class Volume {
     return out;
   }
 
+  /**
+   * Like read(), as pieces in order that the caller must not change (blocks read ahead are
+   * handed out without a copy; reader.ts).
+   */
+  async readv(offset: number, length: number): Promise<Buffer[]> {
+    this.checkRange(offset, length);
+    this.checkOpen();
+    const out = await this.reader.readv(offset, length);
+    this.counters.bytesRead += length;
+    return out;
+  }
+
   /** The current content of one block (for read-modify-write). */
   private async readBlock(lba: number): Promise<Buffer> {
     const b = await this.read(lba * this.bs, Math.min(this.bs, this.size - lba * this.bs));

@@ -78,6 +78,56 @@ describe('transmission', () => {
     }
   });
 
+  it('sends the pieces of a scatter read in order; a wrong total is an error reply', async () => {
+    const dev = new TestDevice(4 * MiB);
+    const ref = Buffer.alloc(4 * MiB);
+    for (let i = 0; i < ref.length; i += 4) ref.writeUInt32LE((i * 2654435761) >>> 0, i);
+    dev.inner.writeSync(0, ref);
+    let seed = 7;
+    const next = (): number => (seed = (seed * 1103515245 + 12345) % 2147483648) / 2147483648;
+    const scatter = dev as TestDevice & { readv(o: number, l: number): Promise<Buffer[]> };
+    scatter.readv = async (offset: number, length: number) => {
+      if (length === 4096 * 3) return [ref.subarray(offset, offset + 100)];
+      const pieces: Buffer[] = [];
+      for (let at = 0; at < length;) {
+        const n = Math.min(length - at, 1 + Math.floor(next() * 70000));
+        pieces.push(ref.subarray(offset + at, offset + at + n));
+        at += n;
+      }
+      await sleep(Math.floor(next() * 3));
+      return pieces;
+    };
+    const s = await startServer([deviceExport('d', dev)]);
+    const c = await RawClient.open(s.port!);
+    try {
+      await c.handshake();
+      await c.go();
+      const reads = Array.from({ length: 20 }, (_, k) => ({
+        handle: BigInt(k + 1),
+        offset: Math.floor(next() * 1000) * 4096,
+        length: (1 + Math.floor(next() * 64)) * 4096,
+      })).filter((r) => r.length !== 4096 * 3);
+      for (const r of reads) c.send(req(0, r.handle, BigInt(r.offset), r.length));
+      for (let k = 0; k < reads.length; k++) {
+        const reply = await c.simpleReply();
+        assert.equal(reply.error, 0);
+        const r = reads.find((x) => x.handle === reply.handle)!;
+        const got = await c.read(r.length);
+        assert.ok(got.equals(ref.subarray(r.offset, r.offset + r.length)), `read ${r.handle}`);
+      }
+      // Pieces that do not add up to the length asked: EIO, and the connection goes on.
+      c.send(req(0, 99n, 0n, 4096 * 3));
+      const bad = await c.simpleReply();
+      assert.deepEqual(bad, { error: 5, handle: 99n });
+      c.send(req(0, 100n, 4096n, 4096));
+      assert.deepEqual(await c.simpleReply(), { error: 0, handle: 100n });
+      assert.ok((await c.read(4096)).equals(ref.subarray(4096, 8192)));
+    } finally {
+      c.close();
+      await s.close();
+    }
+  });
+
   it('maps device errors to errno and logs the message with the object key', async () => {
     const dev = new TestDevice(16 * MiB);
     dev.failWith = (o) => {

@@ -102,6 +102,102 @@ describe('reader: read-ahead, parallel GETs, read-around', () => {
     );
   });
 
+  it('reads ahead in whole verified parts; a damaged one is reported by the read that needs it', async () => {
+    const dir = freshDir();
+    mkdirSync(dir);
+    const store = new WatchedStore(new FileStore(dir));
+    await Volume.create(store, { size: 4 * MiB, segmentSize: 4 * MiB, compression: 'none' });
+    const w = await Volume.open(store, { flushIntervalMs: 0 });
+    const ref = pattern(4 * MiB, 9);
+    await w.write(0, ref);
+    await w.close();
+    const segDir = join(dir, SEGMENT_PREFIX);
+    const seg = readdirSync(segDir).sort(
+      (a, b) => statSync(join(segDir, b)).size - statSync(join(segDir, a)).size,
+    )[0] as string;
+    const opts: OpenOptions = {
+      readOnly: true,
+      readAheadBytes: 1 * MiB,
+      readPartBytes: 256 * KiB,
+      readAroundBytes: 0,
+    };
+    // Intact: every 64 KiB read matches, most of them served by the parts read ahead.
+    const ok = await Volume.open(store, opts);
+    store.reset();
+    for (let o = 0; o < 4 * MiB; o += 64 * KiB)
+      assert.ok((await ok.read(o, 64 * KiB)).equals(ref.subarray(o, o + 64 * KiB)), `at ${o}`);
+    const s = ok.stats();
+    assert.ok(s.prefetchHits >= (0.8 * (4 * MiB)) / (4 * KiB), JSON.stringify(s));
+    assert.ok(store.segmentGets <= 24, `${store.segmentGets} GETs of 256 KiB parts or less`);
+    await ok.close();
+    // Damage one byte of a block in the second half of the data.
+    const path = join(segDir, seg);
+    const size = statSync(path).size;
+    const h = await open(path, 'r+');
+    const b = Buffer.alloc(1);
+    await h.read(b, 0, 1, size - 1 * MiB);
+    b[0] = (b[0] as number) ^ 0xff;
+    await h.write(b, 0, 1, size - 1 * MiB);
+    await h.close();
+    const ro = await Volume.open(store, opts);
+    let failed = -1;
+    for (let o = 0; o < 4 * MiB; o += 64 * KiB) {
+      try {
+        const got = await ro.read(o, 64 * KiB);
+        assert.ok(got.equals(ref.subarray(o, o + 64 * KiB)), `intact bytes at ${o}`);
+      } catch (e) {
+        assert.equal((e as { code?: string }).code, 'CHECKSUM_MISMATCH');
+        assert.match((e as Error).message, new RegExp(seg));
+        assert.equal(failed, -1, 'one read fails');
+        failed = o;
+      }
+    }
+    // The damaged byte is 1 MiB before the segment's end: in the last MiB of the volume.
+    assert.ok(failed >= 3 * MiB - 64 * KiB && failed < 4 * MiB, `the read at ${failed} failed`);
+    await ro.close();
+  });
+
+  it('hands out blocks read ahead as pieces that later writes do not change', async () => {
+    const size = 8 * MiB;
+    const { store, ref } = await filled(size);
+    const v = await Volume.open(store, {
+      flushIntervalMs: 0,
+      readAheadBytes: 2 * MiB,
+      readPartBytes: 512 * KiB,
+      readAroundBytes: 0,
+    });
+    const kept: { at: number; pieces: Buffer[] }[] = [];
+    let pieces = 0;
+    for (let o = 0; o < size; o += 256 * KiB) {
+      const p = await v.readv(o, 256 * KiB);
+      pieces += p.length;
+      kept.push({ at: o, pieces: p });
+      assert.ok(Buffer.concat(p).equals(ref.subarray(o, o + 256 * KiB)), `at ${o}`);
+    }
+    // Most reads after the first few are one or two slices of a part, not a copy: reads
+    // next to each other then share the part's memory.
+    assert.ok(pieces < 2 * kept.length, `${pieces} pieces for ${kept.length} reads`);
+    let shared = 0;
+    for (let i = 1; i < kept.length; i++)
+      if (kept[i]!.pieces[0]!.buffer === kept[i - 1]!.pieces.at(-1)!.buffer) shared++;
+    assert.ok(shared >= kept.length / 4, `${shared} of ${kept.length} reads share a part`);
+    assert.ok(v.stats().prefetchHits > 0.8 * (size / (4 * KiB)), JSON.stringify(v.stats()));
+    // Overwrite everything and flush: the pieces handed out still hold what was read.
+    for (let o = 0; o < size; o += 1 * MiB) await v.write(o, pattern(1 * MiB, 77 + o));
+    await v.flush();
+    for (const k of kept)
+      assert.ok(
+        Buffer.concat(k.pieces).equals(ref.subarray(k.at, k.at + 256 * KiB)),
+        `pieces of ${k.at} unchanged`,
+      );
+    // A read that is not whole blocks, or of buffered blocks, comes back as one buffer.
+    await v.write(0, Buffer.alloc(4096, 1));
+    const one = await v.readv(0, 8192);
+    assert.equal(one.length, 1);
+    assert.ok(one[0]!.subarray(0, 4096).every((b) => b === 1));
+    await v.close();
+  });
+
   it('splits a large read into parallel GETs, capped per volume', async () => {
     const size = 16 * MiB;
     const { store, ref } = await filled(size, 16 * MiB);
@@ -219,8 +315,11 @@ describe('reader: read-ahead, parallel GETs, read-around', () => {
               const o = off + j * len;
               if (o + len > size || overlaps(o, o + len)) break;
               const want = Buffer.from(model.subarray(o, o + len));
+              // Half of the reads as pieces (blocks read ahead are handed out uncopied).
+              const read =
+                r() < 0.5 ? v.read(o, len) : v.readv(o, len).then((p) => Buffer.concat(p));
               ops.push(
-                v.read(o, len).then((got) => {
+                read.then((got) => {
                   checks.push(() =>
                     assert.equal(
                       sha(got),
