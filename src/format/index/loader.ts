@@ -17,6 +17,8 @@ const MAX_RUN = 64;
 /** A disk cache for index nodes (cache/disk-cache.ts through the volume). */
 export interface NodeDiskTier {
   get(seg: number, off: number, length: number): Promise<Buffer | undefined>;
+  /** Whether the cache may have the node (no I/O). */
+  has(seg: number, off: number): boolean;
   /** Cache a node's bytes (only if its segment is committed). */
   put(seg: number, off: number, bytes: Buffer): void;
   /** The entry failed to decode: never serve it again. */
@@ -87,8 +89,39 @@ export class NodeLoader implements NodeSource {
     const off = p.off(i);
     const own = this.inflight.get(`${seg}:${off}`);
     if (own) return own;
-    if (this.disk && (await this.fromDisk(seg, off, p.level - 1))) return;
-    // Extend to contiguous siblings in the same segment that are neither dirty nor cached.
+    if (this.disk) {
+      // The node and the siblings next to it, from the disk cache at once (a scan over a cold
+      // tree would otherwise start again after every node).
+      const run = this.siblingRun(p, i);
+      const hits = await Promise.all(
+        Array.from({ length: run.count }, (_, k) => {
+          const at = run.start + k * this.nodeSize;
+          return k === i - run.first || this.disk?.has(seg, at) === true
+            ? this.fromDisk(seg, at, p.level - 1)
+            : false;
+        }),
+      );
+      if (hits[i - run.first]) return;
+    }
+    const { start, count } = this.siblingRun(p, i);
+    const level = p.level - 1;
+    const promise = this.fetch(seg, start, count, level);
+    for (let k = 0; k < count; k++)
+      this.inflight.set(`${seg}:${start + k * this.nodeSize}`, promise);
+    try {
+      await promise;
+    } finally {
+      for (let k = 0; k < count; k++) this.inflight.delete(`${seg}:${start + k * this.nodeSize}`);
+    }
+  }
+
+  /**
+   * Child i of `p` and its contiguous siblings in the same segment that are neither dirty nor
+   * cached nor being loaded (at most MAX_RUN): one ranged GET.
+   */
+  private siblingRun(p: Node, i: number): { first: number; start: number; count: number } {
+    const seg = p.seg(i);
+    const off = p.off(i);
     const usable = (j: number, expectOff: number): boolean =>
       j >= 0 &&
       j < p.length &&
@@ -103,17 +136,7 @@ export class NodeLoader implements NodeSource {
       first--;
     while (last - first + 1 < MAX_RUN && usable(last + 1, off + (last + 1 - i) * this.nodeSize))
       last++;
-    const start = off - (i - first) * this.nodeSize;
-    const count = last - first + 1;
-    const level = p.level - 1;
-    const promise = this.fetch(seg, start, count, level);
-    for (let k = 0; k < count; k++)
-      this.inflight.set(`${seg}:${start + k * this.nodeSize}`, promise);
-    try {
-      await promise;
-    } finally {
-      for (let k = 0; k < count; k++) this.inflight.delete(`${seg}:${start + k * this.nodeSize}`);
-    }
+    return { first, start: off - (i - first) * this.nodeSize, count: last - first + 1 };
   }
 
   /** The node from the disk cache, decoded and checked; false if it is not there or bad. */

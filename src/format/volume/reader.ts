@@ -14,7 +14,8 @@
  * the memory cache. A prefetched run of raw blocks stored back to back (what sequential
  * writes leave) is kept whole as a verified part outside the memory cache until its blocks
  * are read (at most the window plus the parts in flight); reads copy straight out of it.
- * Other prefetched blocks go to the memory cache. Both go to the disk cache.
+ * Such a part is read from the disk cache when it holds all of its blocks, else from the
+ * store (and then goes to the disk cache). Other prefetched blocks go to the memory cache.
  *
  * Read-around: a random read that must go to the store also fetches, in the same GET, the
  * blocks of neighbouring addresses stored right next to it in the same segment (up to
@@ -413,7 +414,9 @@ export class Reader {
     length: number,
   ): Promise<void> {
     await Promise.all([...pending].map((q) => q.catch(() => undefined)));
-    const again: Promise<void>[] = [];
+    // Blocks gone meanwhile (a failed fetch, evicted before this read got to them): fetched
+    // again, grouped into runs like any read's.
+    let again: Runs | undefined;
     for (const { lba, p } of blocks) {
       const a = this.aheadOrder.length > 0 ? this.findAhead(p) : undefined;
       if (a?.body) {
@@ -427,12 +430,16 @@ export class Reader {
         copyBlock(out, offset, length, lba, this.bs, blk);
         continue;
       }
-      const r: Run = { seg: p.seg, off: p.off, len: p.len, lbas: [lba], ptrs: [p] };
-      again.push(
-        this.fetchRun(r).then(([b]) => copyBlock(out, offset, length, lba, this.bs, b as Buffer)),
-      );
+      (again ??= new Runs()).add(lba, p);
     }
-    if (again.length > 0) await Promise.all(again);
+    if (!again) return;
+    await Promise.all(
+      again.list.map(async (r) => {
+        const got = await this.fetchRun(r);
+        for (let k = 0; k < r.lbas.length; k++)
+          copyBlock(out, offset, length, r.lbas[k] as number, this.bs, got[k] as Buffer);
+      }),
+    );
   }
 
   private usedSpeculative(key: BlockKey): void {
@@ -842,17 +849,16 @@ export class Reader {
   }
 
   /**
-   * Whether a read-ahead run is kept as whole parts: raw blocks stored back to back, none of
-   * them in the disk cache (those are read from there, block by block).
+   * Whether a read-ahead run is kept as whole parts: raw blocks stored back to back. A part
+   * comes from the disk cache when it holds every block (in one pread per stretch of
+   * consecutive slots), else from the store: a few cached blocks are fetched again rather
+   * than cutting the run into a GET per gap between them.
    */
   private keepsWhole(r: Run): boolean {
     const bs = this.bs;
-    const disk = this.disk;
-    const store = disk ? disk.storeOf(r.seg) : 0;
     let at = r.off;
     for (const p of r.ptrs) {
       if (p.codec !== 0 || p.len !== bs || p.off !== at) return false;
-      if (disk && disk.cache.has(store, p.seg, p.off)) return false;
       at += bs;
     }
     return true;
@@ -888,6 +894,16 @@ export class Reader {
     };
     this.addAhead(a);
     try {
+      // Every block in the disk cache (checked there against these CRCs): read from it.
+      const disk = this.disk && this.disk.cacheable(seg) ? this.disk : undefined;
+      if (disk) {
+        const body = Buffer.allocUnsafe(len);
+        if (await disk.cache.readRun(disk.storeOf(seg), seg, off, bs, a.crcs, body)) {
+          this.counters.diskHits += ptrs.length;
+          if (this.aheadOrder.includes(a)) a.body = body;
+          return;
+        }
+      }
       await this.gets.acquire();
       let body: Buffer;
       try {
@@ -903,7 +919,6 @@ export class Reader {
       if (!this.aheadOrder.includes(a)) return;
       a.body = body;
       this.counters.prefetched += ptrs.length;
-      const disk = this.disk && this.disk.cacheable(seg) ? this.disk : undefined;
       if (disk) {
         const store = disk.storeOf(seg);
         for (let k = 0; k < ptrs.length; k++)

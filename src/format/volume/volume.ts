@@ -358,6 +358,7 @@ export class Volume {
       data: { cache: disk.cache, storeOf, cacheable },
       nodes: {
         get: (seg, off, length) => disk.cache.get(storeOf(seg), seg, off, length),
+        has: (seg, off) => disk.cache.has(storeOf(seg), seg, off),
         put: (seg, off, bytes) => {
           if (cacheable(seg)) disk.cache.put(storeOf(seg), seg, off, bytes);
         },

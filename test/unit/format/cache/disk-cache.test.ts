@@ -207,6 +207,47 @@ describe('disk cache', () => {
     await c.close();
   });
 
+  it('reads a run of blocks in consecutive slots at once, checked like single reads', async () => {
+    const dir = freshDir();
+    let { c, store } = await openCache(dir, 64);
+    const want = Buffer.concat(Array.from({ length: 16 }, (_, k) => blockFor(9, k * BS, BS)));
+    const crcs = Uint32Array.from({ length: 16 }, (_, k) => crc32c(blockFor(9, k * BS, BS)));
+    // Slots 0-7 and then 20-27: two stretches of consecutive slots.
+    for (let k = 0; k < 8; k++) c.put(store, 9, k * BS, blockFor(9, k * BS, BS));
+    for (let k = 0; k < 12; k++) c.put(store, 1, k * BS, blockFor(1, k * BS, BS));
+    for (let k = 8; k < 16; k++) c.put(store, 9, k * BS, blockFor(9, k * BS, BS));
+    await c.settle();
+    const into = Buffer.alloc(16 * BS);
+    assert.equal(await c.readRun(store, 9, 0, BS, crcs, into), true);
+    assert.ok(into.equals(want));
+    assert.equal(c.stats().hits, 16);
+    // A block not cached, or a CRC other than the index's: nothing served.
+    assert.equal(await c.readRun(store, 9, BS, BS, crcs, Buffer.alloc(16 * BS)), false);
+    const wrong = Uint32Array.from(crcs);
+    wrong[3] = (wrong[3] as number) ^ 1;
+    assert.equal(await c.readRun(store, 9, 0, BS, wrong, Buffer.alloc(16 * BS)), false);
+    assert.equal(c.stats().dropped, 1, 'the entry that failed the check is dropped');
+    assert.equal(c.has(store, 9, 3 * BS), false);
+    await c.close();
+    // Damaged bytes on disk: the run is refused and the damaged entry dropped.
+    ({ c, store } = await openCache(dir, 64));
+    const data = await open(join(dir, 'slots.dat'), 'r+');
+    // Slot 22 holds block 10 of segment 9 (slots 8-19 went to segment 1).
+    await data.write(Buffer.from([0xde, 0xad]), 0, 2, 22 * BS + 7);
+    await data.close();
+    const run = crcs.subarray(8, 12);
+    const s9 = c.has(store, 9, 8 * BS);
+    assert.equal(s9, true);
+    const before = c.stats().dropped;
+    assert.equal(await c.readRun(store, 9, 8 * BS, BS, run, Buffer.alloc(4 * BS)), false);
+    assert.equal(c.stats().dropped, before + 1);
+    assert.equal(
+      await c.readRun(store, 9, 12 * BS, BS, crcs.subarray(12), Buffer.alloc(4 * BS)),
+      true,
+    );
+    await c.close();
+  });
+
   it('is usable after the process writing it is killed (kill -9)', async () => {
     const dir = freshDir();
     const slots = 256;

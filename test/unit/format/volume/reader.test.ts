@@ -483,6 +483,36 @@ describe('volume with a disk cache', () => {
     }, /refused/);
   });
 
+  it('reads ahead from the disk cache in whole runs when it holds them', async () => {
+    const size = 4 * MiB;
+    const { store, ref } = await filled(size);
+    const opts: OpenOptions = {
+      readOnly: true,
+      readAheadBytes: 1 * MiB,
+      readPartBytes: 256 * KiB,
+      readAroundBytes: 0,
+      diskCache: { dir: freshDir(), sizeBytes: 16 * MiB },
+    };
+    const pass = async (): Promise<ReturnType<Volume['stats']>> => {
+      const v = await Volume.open(store, opts);
+      for (let o = 0; o < size; o += 64 * KiB) {
+        const got = Buffer.concat(await v.readv(o, 64 * KiB));
+        assert.ok(got.equals(ref.subarray(o, o + 64 * KiB)), `at ${o}`);
+      }
+      const s = v.stats();
+      await v.close();
+      return s;
+    };
+    const first = await pass();
+    assert.ok(first.prefetchHits > 0.8 * (size / (4 * KiB)), JSON.stringify(first));
+    // Second pass with every segment GET refused: the parts come from the disk cache.
+    store.failSegments = true;
+    const second = await pass();
+    assert.ok(second.prefetchHits > 0.8 * (size / (4 * KiB)), JSON.stringify(second));
+    assert.ok(second.diskCacheHits >= 0.9 * (size / (4 * KiB)), JSON.stringify(second));
+    assert.equal(second.dataGets, 0);
+  });
+
   it('refetches a corrupted cache file and never exceeds its size', async () => {
     const size = 4 * MiB;
     const { store, ref } = await filled(size);
