@@ -91,6 +91,17 @@ export class LruCache<K, V> {
     this.used = 0;
   }
 
+  /** Evict the least recently used entries until at most `bytes` are used. */
+  trimTo(bytes: number): void {
+    while (this.used > bytes) {
+      const k = this.oldest.take();
+      if (k === undefined) break;
+      const e = this.map.get(k);
+      this.map.delete(k);
+      if (e) this.used -= e.size;
+    }
+  }
+
   get bytes(): number {
     return this.used;
   }
@@ -101,18 +112,29 @@ export class LruCache<K, V> {
 
 /**
  * A memory cache for data blocks in two parts: blocks a read asked for live in the main LRU;
- * blocks fetched on speculation (read-around neighbours) wait in a smaller probation LRU and move to the main part when a read asks for them. Speculation then never
- * evicts the blocks reads keep coming back to: a random read's 64 KiB of neighbours would
- * otherwise push sixteen times its own size through the cache.
+ * blocks fetched on speculation (read-around neighbours) wait in a probation LRU and move to
+ * the main part when a read asks for them. Speculation then never evicts the blocks reads
+ * keep coming back to: a random read's 64 KiB of neighbours would otherwise push sixteen
+ * times its own size through the cache. Probation has a quarter of the budget, and also uses
+ * what the main part leaves free (given back as the main part grows): a cold random read
+ * keeps four times as many neighbours, which later reads find.
  */
 export class DataCache<K> {
   private readonly main: LruCache<K, Buffer>;
   private readonly probation: LruCache<K, Buffer>;
+  /** Probation's own share; the rest of what it holds is room the main part does not use. */
+  private readonly side: number;
 
-  constructor(budget: number) {
+  constructor(private readonly budget: number) {
     const side = Math.floor(budget / 4);
+    this.side = side;
     this.main = new LruCache(budget - side);
-    this.probation = new LruCache(side);
+    this.probation = new LruCache(budget);
+  }
+
+  /** What probation may hold now: its share, or all the main part leaves free. */
+  private probationRoom(): number {
+    return Math.max(this.side, this.budget - this.main.bytes);
   }
 
   get hits(): number {
@@ -131,6 +153,7 @@ export class DataCache<K> {
     if (p === undefined) return undefined;
     this.probation.delete(k);
     this.main.set(k, p, p.length);
+    this.probation.trimTo(this.probationRoom());
     return p;
   }
 
@@ -140,11 +163,14 @@ export class DataCache<K> {
 
   /** Keep `v`; `speculative` when no read asked for it (yet). */
   set(k: K, v: Buffer, size: number, speculative = false): void {
-    if (speculative && this.main.peek(k) === undefined) this.probation.set(k, v, size);
-    else {
+    if (speculative && this.main.peek(k) === undefined) {
+      if (size > this.side) return;
+      this.probation.set(k, v, size);
+    } else {
       this.probation.delete(k);
       this.main.set(k, v, size);
     }
+    this.probation.trimTo(this.probationRoom());
   }
 
   delete(k: K): void {
