@@ -68,13 +68,7 @@ export class LruCache<K, V> {
     }
     this.map.set(k, { v, size });
     this.used += size;
-    while (this.used > this.budget) {
-      const k = this.oldest.take();
-      if (k === undefined) break;
-      const e = this.map.get(k);
-      this.map.delete(k);
-      if (e) this.used -= e.size;
-    }
+    this.trimTo(this.budget);
   }
 
   delete(k: K): void {
