@@ -258,7 +258,7 @@ export class Reader {
    */
   async readv(offset: number, length: number): Promise<Buffer[]> {
     if (this.readAhead > 0 && length > 0) this.observe(offset, length);
-    const pieces = this.aheadOrder.length > 0 ? await this.aheadPieces(offset, length) : undefined;
+    const pieces = this.ahead.size > 0 ? await this.aheadPieces(offset, length) : undefined;
     return pieces ?? [await this.fill(offset, length)];
   }
 
@@ -366,16 +366,14 @@ export class Reader {
         continue;
       }
       if (p.seg === PENDING_SEG) return false;
-      if (this.aheadOrder.length > 0) {
-        const a = this.findAhead(p);
-        if (a) {
-          if (a.body) this.copyAhead(a, p, out, offset, length, lba);
-          else {
-            (waits ??= { promises: new Set(), blocks: [] }).promises.add(a.ready);
-            waits.blocks.push({ lba, p });
-          }
-          continue;
+      const a = this.findAhead(p);
+      if (a) {
+        if (a.body) this.copyAhead(a, p, out, offset, length, lba);
+        else {
+          (waits ??= { promises: new Set(), blocks: [] }).promises.add(a.ready);
+          waits.blocks.push({ lba, p });
         }
+        continue;
       }
       const key = blockKey(p.seg, p.off);
       const cached = this.dataCache.get(key);
@@ -418,7 +416,7 @@ export class Reader {
     // again, grouped into runs like any read's.
     let again: Runs | undefined;
     for (const { lba, p } of blocks) {
-      const a = this.aheadOrder.length > 0 ? this.findAhead(p) : undefined;
+      const a = this.findAhead(p);
       if (a?.body) {
         this.copyAhead(a, p, out, offset, length, lba);
         continue;
@@ -492,7 +490,7 @@ export class Reader {
     const free = (e: ScanEntry): boolean => {
       const key = blockKey(e.seg, e.off);
       return (
-        (this.aheadOrder.length === 0 || this.findAhead(e) === undefined) &&
+        this.findAhead(e) === undefined &&
         this.dataCache.peek(key) === undefined &&
         !(disk && disk.cache.has(diskStore, e.seg, e.off)) &&
         !this.inflight.has(key) &&
@@ -828,7 +826,7 @@ export class Reader {
       const key = blockKey(p.seg, p.off);
       if (
         p.seg === PENDING_SEG ||
-        (this.aheadOrder.length > 0 && this.findAhead(p) !== undefined) ||
+        this.findAhead(p) !== undefined ||
         this.dataCache.peek(key) !== undefined ||
         this.inflight.has(key) ||
         this.view.buffered(p.lba) !== undefined
@@ -855,13 +853,7 @@ export class Reader {
    * than cutting the run into a GET per gap between them.
    */
   private keepsWhole(r: Run): boolean {
-    const bs = this.bs;
-    let at = r.off;
-    for (const p of r.ptrs) {
-      if (p.codec !== 0 || p.len !== bs || p.off !== at) return false;
-      at += bs;
-    }
-    return true;
+    return rawBackToBack(r, this.bs);
   }
 
   /** Fetch a dense raw run as parts of at most partBytes, GETs in parallel. */
@@ -1075,13 +1067,19 @@ function denseDest(
   const first = r.lbas[0] as number;
   const n = r.ptrs.length;
   if (first * bs < offset || (first + n) * bs > offset + length) return undefined;
+  if (!rawBackToBack(r, bs)) return undefined;
+  for (let k = 0; k < n; k++) if (r.lbas[k] !== first + k) return undefined;
+  return out.subarray(first * bs - offset, (first + n) * bs - offset);
+}
+
+/** Whether a run's blocks are all raw, one block long each, stored back to back. */
+function rawBackToBack(r: Run, bs: number): boolean {
   let at = r.off;
-  for (let k = 0; k < n; k++) {
-    const p = r.ptrs[k] as BlockPtr;
-    if (p.codec !== 0 || p.len !== bs || p.off !== at || r.lbas[k] !== first + k) return undefined;
+  for (const p of r.ptrs) {
+    if (p.codec !== 0 || p.len !== bs || p.off !== at) return false;
     at += bs;
   }
-  return out.subarray(first * bs - offset, (first + n) * bs - offset);
+  return true;
 }
 
 /** A copy of `b` in memory of its own (Buffer.from(buffer) takes a slower generic path). */
