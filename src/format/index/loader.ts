@@ -39,6 +39,8 @@ export class NodeLoader implements NodeSource {
   private readonly cache: LruCache<string, Node>;
   private readonly inflight = new Map<string, Promise<void>>();
   private readonly capacity: number;
+  /** Nodes the cache holds at most. */
+  readonly cacheNodes: number;
   gets = 0;
   diskHits = 0;
 
@@ -50,7 +52,8 @@ export class NodeLoader implements NodeSource {
   ) {
     this.capacity = nodeCapacity(nodeSize - (segments.sealer?.overhead ?? 0));
     // Always room for a few full root-to-leaf paths, whatever the budget says.
-    this.cache = new LruCache(Math.max(budgetBytes, 256 * nodeSize));
+    this.cacheNodes = Math.floor(Math.max(budgetBytes, 256 * nodeSize) / nodeSize);
+    this.cache = new LruCache(this.cacheNodes * nodeSize);
   }
 
   get hits(): number {

@@ -91,8 +91,14 @@ function mergeDedupPatches(a?: DedupPatch, b?: DedupPatch): DedupPatch | undefin
 export class SegmentBuffers {
   private readonly free: ArrayBuffer[] = [];
 
-  /** At most `keep` buffers wait for reuse. */
-  constructor(private readonly keep: number) {}
+  /**
+   * At most `keep` buffers wait for reuse, none larger than `largest` bytes (an outsized
+   * segment's buffer goes back to the allocator instead of staying resident).
+   */
+  constructor(
+    private readonly keep: number,
+    private readonly largest = Infinity,
+  ) {}
 
   take(bytes: number): Buffer {
     // Any free buffer large enough; smaller ones are dropped (segments grow to a steady size).
@@ -107,6 +113,7 @@ export class SegmentBuffers {
   give(segment: Buffer): void {
     const ab = segment.buffer;
     if (!(ab instanceof ArrayBuffer) || segment.byteOffset !== 0) return;
+    if (ab.byteLength > this.largest) return;
     if (this.free.length < this.keep && !this.free.includes(ab)) this.free.push(ab);
   }
 }
@@ -250,16 +257,27 @@ export async function buildSegment(
   const blocks: Buffer[] = [];
   const sorted = [...gen.blocks.keys()].sort((a, b) => a - b);
   const dd = f.dedup ? await dedupPlan(f.dedup, loader, gen, sorted) : undefined;
-  for (const lba of sorted) {
-    const v = gen.blocks.get(lba) as Buffer | null;
-    // A block whose content is stored already points there, and stores nothing.
-    const found = dd?.found.get(lba);
-    const change = (): number | Miss =>
-      v ? tree.insert(lba, found ?? PENDING) : tree.deleteRange(lba, lba + 1);
-    if (change() instanceof Miss) await loader.run(change);
-    if (v && !found && !dd?.aliases.has(lba)) {
-      lbas.push(lba);
-      blocks.push(v);
+  const step = Math.max(
+    INDEX_BATCH.min,
+    Math.min(INDEX_BATCH.max, Math.floor(loader.cacheNodes / 4)),
+  );
+  for (let at = 0; at < sorted.length; at += step) {
+    const batch = sorted.slice(at, at + step);
+    // The leaves (and nodes above them) the batch changes, loaded many at once first: random
+    // writes over a large volume miss a leaf for most blocks, and one load at a time costs
+    // a store round trip each.
+    await prefetch(tree, loader, batch);
+    for (const lba of batch) {
+      const v = gen.blocks.get(lba) as Buffer | null;
+      // A block whose content is stored already points there, and stores nothing.
+      const found = dd?.found.get(lba);
+      const change = (): number | Miss =>
+        v ? tree.insert(lba, found ?? PENDING) : tree.deleteRange(lba, lba + 1);
+      if (change() instanceof Miss) await loader.run(change);
+      if (v && !found && !dd?.aliases.has(lba)) {
+        lbas.push(lba);
+        blocks.push(v);
+      }
     }
   }
   let codecs: number[] | undefined;
@@ -343,8 +361,14 @@ function slotsOf(owners: Map<number, number>, lbas: number[]): Map<number, numbe
 
 /** Blocks looked up in the content-hash index per batch (their nodes are loaded in parallel). */
 const DEDUP_BATCH = 512;
-/** Index nodes loaded at once while looking a batch up. */
-const DEDUP_LOADS = 16;
+/**
+ * Blocks applied to the block index per batch (their nodes are loaded in parallel first): a
+ * quarter of what the node cache holds (so the batch's leaves stay cached until it is
+ * applied), within these bounds.
+ */
+const INDEX_BATCH = { min: 64, max: 2048 };
+/** Index nodes loaded at once ahead of a batch. */
+const PREFETCH_LOADS = 16;
 
 interface DedupPlanned {
   /** Blocks whose content is stored already: where. */
@@ -368,7 +392,7 @@ async function dedupPlan(
 ): Promise<DedupPlanned> {
   const { tree } = d;
   const p = d.patch;
-  await prefetch(tree, loader, [...(p?.forget ?? []).map(pointerKey), ...(p?.touch ?? [])]);
+  await prefetch(tree, loader, [...(p?.forget ?? []).map(pointerKey), ...(p?.touch ?? [])], true);
   for (const x of p?.forget ?? []) {
     const k = pointerKey(x);
     await loader.run(() => tree.deleteRange(k, k + 2));
@@ -396,6 +420,7 @@ async function dedupPlan(
       tree,
       loader,
       batch.map(([, h]) => pointerKey(hashPrefix(h))),
+      true,
     );
     for (const [lba, hash] of batch) {
       for (let m = planBlock(tree, lba, hash, ownerOf, out); m;) {
@@ -451,13 +476,21 @@ function planBlock(
   return undefined;
 }
 
-/** Load the index nodes that changing pointer keys `keys` (and the hash entries after them) needs, several at once. */
-async function prefetch(tree: BTree, loader: NodeLoader, keys: number[]): Promise<void> {
+/**
+ * Load the index nodes that changing keys `keys` needs (with `pairs`, the key after each too:
+ * a dedup pointer and its hash entry), several at once. Best effort: a node evicted again
+ * before its change is loaded then.
+ */
+async function prefetch(
+  tree: BTree,
+  loader: NodeLoader,
+  keys: number[],
+  pairs = false,
+): Promise<void> {
   for (let round = 0; round < 16; round++) {
     const misses = new Map<string, Miss>();
     for (const k of keys) {
-      // (The paths an insert of the pointer and of the hash entry would take.)
-      const r = tree.reach(k) ?? tree.reach(k + 1);
+      const r = tree.reach(k) ?? (pairs ? tree.reach(k + 1) : undefined);
       if (r) misses.set(`${r.parent.seg(r.index)}:${r.parent.off(r.index)}`, r);
     }
     if (misses.size === 0) return;
@@ -465,11 +498,11 @@ async function prefetch(tree: BTree, loader: NodeLoader, keys: number[]): Promis
   }
 }
 
-/** Load these missed nodes, DEDUP_LOADS at a time. */
+/** Load these missed nodes, PREFETCH_LOADS at a time. */
 async function loadAll(loader: NodeLoader, misses: Miss[]): Promise<void> {
   const queue = misses.slice();
   await Promise.all(
-    Array.from({ length: Math.min(DEDUP_LOADS, queue.length) }, async () => {
+    Array.from({ length: Math.min(PREFETCH_LOADS, queue.length) }, async () => {
       for (let m = queue.pop(); m; m = queue.pop()) await loader.load(m);
     }),
   );

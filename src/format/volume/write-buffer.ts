@@ -272,9 +272,21 @@ export class WriteBuffer {
     return undefined;
   }
 
-  /** Bytes written since the last flush started (the flush trigger). */
+  /**
+   * Bytes of index nodes a segment carries per byte of data, as the last full segment had
+   * (random writes over a large volume change about one leaf per block, so their segments can
+   * carry several times as many bytes of nodes as of data). Set by the flush.
+   */
+  nodeRatio = 0;
+
+  /** Bytes written since the last flush started. */
   get dirtyBytes(): number {
     return this.active.bytes;
+  }
+
+  /** The size the active generation would take as a segment: data plus index nodes. */
+  get activeEstimate(): number {
+    return this.active.bytes * (1 + this.nodeRatio);
   }
 
   /** Bytes held by generations whose segments are still in flight. */
@@ -284,9 +296,12 @@ export class WriteBuffer {
     return n;
   }
 
-  /** Everything the buffer holds: what back-pressure bounds by maxDirtyBytes. */
+  /**
+   * Everything the buffer holds, the active generation counted as the segment it will be:
+   * what back-pressure bounds by maxDirtyBytes.
+   */
   get heldBytes(): number {
-    return this.active.bytes + this.frozenBytes;
+    return this.activeEstimate + this.frozenBytes;
   }
 
   /** Buffered bytes (segments in flight included) at which writers wait for room. */

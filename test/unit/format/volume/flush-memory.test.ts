@@ -1,0 +1,136 @@
+/**
+ * What a flush holds and loads: index nodes a batch of changes needs are loaded several at a
+ * time (not one store round trip per missed leaf), the write buffer counts the index nodes
+ * its blocks will bring when it bounds memory, and an outsized segment buffer is not kept.
+ */
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { parseSegmentKey } from '../../../../src/format/keys.js';
+import { MemStore } from '../../../../src/format/store/mem.js';
+import type { GetOptions, GetResult } from '../../../../src/format/store/types.js';
+import { SegmentBuffers } from '../../../../src/format/volume/flush.js';
+import { KiB, MiB } from '../../../../src/format/volume/types.js';
+import { Volume } from '../../../../src/format/volume/volume.js';
+import { WriteBuffer } from '../../../../src/format/volume/write-buffer.js';
+import { rng } from '../../../helpers/rng.js';
+
+const BS = 4 * KiB;
+const tick = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+
+/** A mem store whose ranged segment GETs take a little time, counting how many overlap. */
+class SlowGets extends MemStore {
+  slow = false;
+  inFlight = 0;
+  maxInFlight = 0;
+  gets = 0;
+
+  override async get(key: string, options?: GetOptions): Promise<GetResult> {
+    if (!this.slow || parseSegmentKey(key) === undefined || !options?.range)
+      return super.get(key, options);
+    this.gets++;
+    this.inFlight++;
+    this.maxInFlight = Math.max(this.maxInFlight, this.inFlight);
+    try {
+      await tick(2);
+      return await super.get(key, options);
+    } finally {
+      this.inFlight--;
+    }
+  }
+
+  /** Count (and slow down) the segment GETs from now on. */
+  watch(): void {
+    this.slow = true;
+    this.gets = 0;
+    this.maxInFlight = 0;
+  }
+}
+
+const block = (lba: number, gen: number): Buffer => {
+  const b = Buffer.alloc(BS, ((lba * 7 + gen) % 251) | 1);
+  b.writeUInt32LE(lba, 0);
+  b.writeUInt32LE(gen, 4);
+  return b;
+};
+
+describe('flush memory and index loads', () => {
+  it('loads the leaves a flush changes several at a time, and the result reads back exactly', async () => {
+    const store = new SlowGets('mem://flush-loads/');
+    const size = 64 * 1024 * BS; // 256 MiB: 65,536 blocks
+    await Volume.create(store, { size, segmentSize: MiB });
+    const model = new Map<number, number>();
+    const r = rng(11);
+    const opts = { flushIntervalMs: 0, nodeCacheBytes: 0, dataCacheBytes: 0, leaseTtlMs: 60_000 };
+    // Random blocks over the whole volume, in many small segments: the leaves end up spread
+    // over several segments.
+    let v = await Volume.open(store, opts);
+    for (let i = 0; i < 3000; i++) {
+      const lba = Math.floor(r() * 65_536);
+      model.set(lba, 1);
+      await v.write(lba * BS, block(lba, 1));
+    }
+    await v.close();
+    // A fresh open knows only the root: a flush of random writes misses most leaves.
+    v = await Volume.open(store, opts);
+    store.watch();
+    for (let i = 0; i < 400; i++) {
+      const lba = Math.floor(r() * 65_536);
+      model.set(lba, 2);
+      await v.write(lba * BS, block(lba, 2));
+    }
+    await v.flush();
+    assert.ok(store.gets >= 2, `the flush loaded index nodes (${store.gets} GETs)`);
+    assert.ok(
+      store.maxInFlight >= 2,
+      `index nodes were loaded one at a time (${store.gets} GETs, at most ${store.maxInFlight} at once)`,
+    );
+    await v.close();
+    store.slow = false;
+    v = await Volume.open(store, { ...opts, readOnly: true });
+    for (const [lba, gen] of model) {
+      const got = await v.read(lba * BS, BS);
+      assert.ok(got.equals(block(lba, gen)), `block ${lba}`);
+    }
+    const hole = await v.read(0, BS);
+    assert.ok(model.has(0) || hole.equals(Buffer.alloc(BS)));
+    await v.close();
+  });
+
+  it('counts the index nodes the active blocks will bring when it bounds what the buffer holds', async () => {
+    let asked = 0;
+    const buf = new WriteBuffer({
+      blockSize: BS,
+      maxDirtyBytes: 8 * BS,
+      readBlock: () => Promise.resolve(Buffer.alloc(BS)),
+      checkWritable: () => undefined,
+      flushForRoom: () => asked++,
+      lastFlushError: () => undefined,
+    });
+    buf.nodeRatio = 1;
+    for (let lba = 0; lba < 4; lba++) await buf.write(lba * BS, block(lba, 1));
+    assert.equal(buf.dirtyBytes, 4 * BS);
+    assert.equal(buf.activeEstimate, 8 * BS);
+    assert.equal(buf.heldBytes, 8 * BS);
+    // Four blocks and their nodes fill the bound: the fifth waits for room.
+    let done = false;
+    const fifth = buf.write(4 * BS, block(4, 1)).then(() => (done = true));
+    await tick(5);
+    assert.equal(done, false);
+    assert.ok(asked > 0, 'a flush was asked for');
+    buf.freeze();
+    buf.release(buf.frozen[0] as never);
+    buf.roomMade();
+    await fifth;
+    assert.equal(buf.dirtyBytes, BS);
+  });
+
+  it('keeps a segment buffer for reuse only up to its largest size', () => {
+    const pool = new SegmentBuffers(1, 2 * MiB);
+    const big = pool.take(3 * MiB);
+    pool.give(big);
+    const next = pool.take(MiB);
+    assert.notEqual(next.buffer, big.buffer, 'an outsized buffer is not kept');
+    pool.give(next);
+    assert.equal(pool.take(MiB).buffer, next.buffer, 'a buffer within the size is reused');
+  });
+});
