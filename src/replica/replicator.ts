@@ -25,7 +25,7 @@
  * an unrestored bit is cleared durably before any write to its region is accepted.
  */
 import { setTimeout as sleep } from 'node:timers/promises';
-import { HyperError, toHyperError } from '../errors.js';
+import { HyperError, isHyperError, toHyperError } from '../errors.js';
 import {
   bitCount,
   bitGet,
@@ -35,6 +35,8 @@ import {
   type ReplicaMode,
 } from '../format/codec/primary.js';
 import type { ObjectStore } from '../format/store/index.js';
+import { readCheckpointHead } from '../format/volume/heads.js';
+import { diffCheckpoints, type ChangedExtent } from '../format/volume/history.js';
 import { silentLogger, type CheckpointInfo, type Logger } from '../format/volume/types.js';
 import type { Volume } from '../format/volume/volume.js';
 import {
@@ -266,7 +268,6 @@ export class Replicator {
   private closing = false;
   private closed = false;
   private loops: Promise<void>[] = [];
-  private readonly wasClean: boolean;
   /** Header fields this process owns (the header's copy follows them on each write). */
   private owner = '';
   private clean = false;
@@ -304,7 +305,6 @@ export class Replicator {
     }
     this.queueing = this.needCopy.size === 0;
     this.consistentAfter = this.queueing ? 0 : Infinity;
-    this.wasClean = o.header.clean;
   }
 
   // ------------------------------------------------------------------ lifecycle
@@ -915,19 +915,72 @@ export class Replicator {
     this.manifestOpen = m.inconsistent.some((r) => r.to === null);
     const head = v.info.checkpoint;
     const known = this.replicaCheckpoint;
-    // A clean stop recorded the replica's head; anything else means someone else wrote it.
-    const moved = this.wasClean ? head !== known : head < known;
-    if (known > 0 && moved && !this.fullPass) {
-      this.log.warn('the replica changed behind the replicator: full resync', {
-        recorded: known,
-        found: head,
-      });
-      this.resync(true);
-    }
+    if (known > 0 && head !== known && !this.fullPass) await this.reconcile(known, head);
     if (this.lastConsistent === 0 && !this.manifestOpen && this.needCopy.size === 0) {
       this.lastConsistent = head;
     }
     if (this.lastConsistent > 0) this.lastConsistentTime ??= v.info.checkpointTime;
+  }
+
+  /**
+   * The replica's head is not checkpoint `known`, the last one this primary's replicator
+   * committed. Checkpoints after it under the same lease epoch were its own (a commit in flight
+   * at a crash or an outage) or, on a primary copied during a failover, those of the replicator
+   * it was copied from: the regions they changed are copied again, so the replica becomes this
+   * primary's image and never a mix of two. A checkpoint under another epoch that changed
+   * content was shipped by another replicator from another primary (split brain): refused
+   * (FENCED, fatal) until a full resync is asked for; one that changed none (a compaction run
+   * while the replicator was away) is fine. A replica older than `known`, a history that does
+   * not lead back to it or cannot be read: a full resync.
+   */
+  private async reconcile(known: number, head: number): Promise<void> {
+    const store = this.o.replicaStore;
+    let changed: ChangedExtent[];
+    try {
+      if (head < known) throw new Error(`the replica is at checkpoint ${head}, before ${known}`);
+      const ours = await readCheckpointHead(store, known);
+      for (let c = head; c > known;) {
+        const h = await readCheckpointHead(store, c);
+        if (h.epoch !== ours.epoch) {
+          const moved = await diffCheckpoints(
+            store,
+            { checkpoint: h.prevCheckpoint },
+            { checkpoint: c },
+          );
+          if (moved.length > 0) throw diverged(store.url, known, ours.epoch, c, h.epoch);
+        }
+        if (h.prevCheckpoint >= c) throw new Error(`checkpoint ${c} has no earlier one`);
+        c = h.prevCheckpoint;
+        if (c < known) throw new Error(`the history from ${head} does not pass ${known}`);
+      }
+      changed = await diffCheckpoints(store, { checkpoint: known }, { checkpoint: head });
+    } catch (e) {
+      if (isHyperError(e, 'FENCED')) throw e;
+      this.log.warn('the replica changed behind the replicator: full resync', {
+        recorded: known,
+        found: head,
+        error: e instanceof Error ? e.message : String(e),
+      });
+      this.resync(true);
+      return;
+    }
+    const regions = new Set<number>();
+    for (const x of changed) {
+      const last = Math.min(
+        this.regions - 1,
+        Math.floor((x.offset + x.length - 1) / this.regionSize),
+      );
+      for (let r = Math.floor(x.offset / this.regionSize); r <= last; r++) regions.add(r);
+    }
+    if (regions.size === 0) return;
+    this.log.info('the replica has commits after the last one recorded: copying their regions', {
+      recorded: known,
+      found: head,
+      regions: regions.size,
+    });
+    for (const r of regions) this.needCopy.add(r);
+    this.consistentAfter = Infinity;
+    this.work.wake();
   }
 
   /**
@@ -1269,4 +1322,17 @@ export function isZero(b: Buffer): boolean {
     if (!b.subarray(i, i + n).equals(ZEROS.subarray(0, n))) return false;
   }
   return true;
+}
+
+/** Another replicator changed the replica after this primary's last commit (split brain). */
+function diverged(url: string, known: number, ours: number, c: number, theirs: number): HyperError {
+  return new HyperError(
+    'conflict',
+    'FENCED',
+    `Another replicator shipped to the replica ${url} after this primary's last commit (checkpoint ${known}, lease epoch ${ours}; checkpoint ${c}, epoch ${theirs}): the two primaries diverged`,
+    {
+      suggestion:
+        'Keep the primary whose data is wanted. To make this one the source again, run "hyper replica resync --full" (every region is copied over the other\'s); otherwise stop this replicator.',
+    },
+  );
 }

@@ -15,7 +15,9 @@ import { HyperError } from '../../../src/errors.js';
 import { PRIMARY_DATA_OFFSET } from '../../../src/format/codec/primary.js';
 import { MemStore } from '../../../src/format/store/mem.js';
 import type { ObjectStore } from '../../../src/format/store/index.js';
+import { compactVolume } from '../../../src/format/volume/compact.js';
 import { readHead } from '../../../src/format/volume/heads.js';
+import { readLease } from '../../../src/format/volume/lease.js';
 import { Volume } from '../../../src/format/volume/volume.js';
 import {
   checkPrimary,
@@ -107,19 +109,22 @@ async function start(
   const store = new OutageStore(inner);
   const holder = o.holder ?? 'test-a';
   // 'once': the replica's lease is taken by force at start only, later reconnects wait for it
-  // (what `replica serve` does without --force).
-  let force = true;
+  // unless it is this replicator's own (what `replica serve` does without --force).
+  let forceAtStart = true;
   let opens = 0;
   const rep = new Replicator({
     primary,
     header,
     replicaStore: store,
     owner: holder,
-    openReplica: () => {
+    openReplica: async () => {
       opens++;
-      const v = Volume.open(store, { holder, force, flushIntervalMs: 0 });
-      if (o.takeReplica === 'once') force = false;
-      return v;
+      const force =
+        o.takeReplica !== 'once' ||
+        forceAtStart ||
+        (await readLease(store).catch(() => undefined))?.lease.holder === holder;
+      forceAtStart = false;
+      return Volume.open(store, { holder, force, flushIntervalMs: 0 });
     },
     openReplicaAt: (checkpoint) => Volume.open(store, { at: { checkpoint } }),
     poolBytes: o.poolBytes ?? 64 * MiB,
@@ -406,6 +411,113 @@ describe('replicator', () => {
     assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(modelB.bytes));
     await a.rep.close();
     assert.equal((await readManifest(store))!.writerEpoch, epochB);
+  });
+
+  for (const seed of SEEDS) {
+    it(`failover and split brain under faults: the replica is always one primary's image (seed ${seed})`, async () => {
+      const s = await setup();
+      const r = rng(seed * 104_729);
+      const a = await start(s, { holder: `split-a-${seed}`, takeReplica: 'once' });
+      const modelA = new Model();
+      await randomOps(a.rep, modelA, seed + 500, 30 + Math.floor(r() * 40), () => {
+        if (r() < 0.05) a.store.down = !a.store.down;
+      });
+      a.store.down = false;
+      // Failover: B starts by force from a copy of A's primary taken while A runs (not
+      // settled: the replica may hold commits of A the copy's bitmap no longer names).
+      const fileB = `${s.file}.b`;
+      await copyFile_(s.file, fileB);
+      const b = await start(
+        { ...s, file: fileB },
+        { holder: `split-b-${seed}`, force: true, takeReplica: 'once' },
+      );
+      const modelB = new Model();
+      modelA.bytes.copy(modelB.bytes);
+      // A goes on as a primary of its own (split brain): none of its writes may reach the
+      // replica, even once B stops and frees the replica's lease.
+      const lost = new Model();
+      modelA.bytes.copy(lost.bytes);
+      const { store: plain } = await openReplicaStore(s.prefix, s.uuid, open);
+      let epoch = (await readManifest(plain))!.writerEpoch ?? 0;
+      let bRunning = true;
+      for (let i = 0; i < 90; i++) {
+        const x = r();
+        if (x < 0.05) a.store.down = !a.store.down;
+        else if (x < 0.1 && bRunning) b.store.down = !b.store.down;
+        else if (x < 0.12 && bRunning && i > 45) {
+          b.store.down = false;
+          assert.ok(await b.rep.settle(10_000), JSON.stringify(b.rep.status()));
+          await b.rep.close();
+          bRunning = false;
+        } else if (x < 0.16) a.rep.resync(false);
+        else if (x < 0.55) await randomOps(a.rep, lost, 20_000 + seed * 1000 + i, 1);
+        else if (bRunning) await randomOps(b.rep, modelB, 40_000 + seed * 1000 + i, 1);
+        if (i % 10 === 9) {
+          const now = (await readManifest(plain))!.writerEpoch ?? 0;
+          assert.ok(now >= epoch, `manifest epoch went back from ${epoch} to ${now}`);
+          epoch = now;
+        }
+      }
+      a.store.down = false;
+      if (bRunning) {
+        b.store.down = false;
+        assert.ok(await b.rep.settle(10_000), JSON.stringify(b.rep.status()));
+        await b.rep.close();
+      }
+      // B is gone and its lease free: A asked for an incremental resync finds that another
+      // replicator shipped after its last commit, and refuses.
+      a.rep.resync(false);
+      const deadline = Date.now() + 20_000;
+      while (!/diverged/.test(a.rep.status().replica.error ?? '') && Date.now() < deadline) {
+        await new Promise((res) => setTimeout(res, 20));
+      }
+      const st = a.rep.status();
+      assert.equal(st.replica.connected, false, JSON.stringify(st));
+      assert.match(st.replica.error ?? '', /FENCED.*diverged/);
+      assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(modelB.bytes));
+      assert.equal(sha(await primaryContent(s.file)), sha(lost.bytes));
+      // The operator keeps A's data: a full resync makes the replica A's image.
+      a.rep.resync(true);
+      assert.ok(await a.rep.settle(20_000), JSON.stringify(a.rep.status()));
+      const until = Date.now() + 20_000;
+      while (a.rep.status().mode !== 'logging' && Date.now() < until) await a.rep.flush();
+      assert.equal(a.rep.status().mode, 'logging');
+      await a.rep.close();
+      assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(lost.bytes));
+      // Every checkpoint called consistent is one primary's state, never a mix of the two.
+      const all = new Model();
+      for (const m of [modelA, modelB, lost]) for (const h of m.seen) all.seen.add(h);
+      const checked = await assertPrefixes(s, all);
+      assert.ok(checked > 0, `only ${checked} checkpoints checked`);
+    });
+  }
+
+  it('a compaction of the replica while the replicator was stopped changes nothing it ships', async () => {
+    const s = await setup();
+    const first = await start(s, { holder: 'compact-1' });
+    const model = new Model();
+    await randomOps(first.rep, model, 51, 80);
+    assert.ok(await first.rep.settle(10_000));
+    await first.rep.close();
+    const { store } = await openReplicaStore(s.prefix, s.uuid, open);
+    const before = (await readHead(store)).head;
+    // Compaction commits a checkpoint of its own (another lease epoch, same content).
+    await compactVolume(store, { graceMs: 0, minLive: 1, keepLast: 3, holder: 'compactor' });
+    const after = (await readHead(store)).head;
+    assert.ok(
+      after.checkpoint > before.checkpoint && after.epoch > before.epoch,
+      JSON.stringify([before.checkpoint, before.epoch, after.checkpoint, after.epoch]),
+    );
+    const again = await start(s, { holder: 'compact-2', takeReplica: 'once' });
+    const st = again.rep.status();
+    assert.equal(st.mode, 'logging', JSON.stringify(st));
+    assert.equal(st.replica.error, null);
+    assert.equal(st.dirtyRegions, 0);
+    await randomOps(again.rep, model, 52, 40);
+    assert.ok(await again.rep.settle(10_000));
+    assert.equal(again.rep.status().replica.error, null);
+    await again.rep.close();
+    assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(model.bytes));
   });
 
   it('a replica commit failing after a crash reopens nothing', async () => {
