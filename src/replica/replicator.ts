@@ -243,6 +243,8 @@ export class Replicator {
   private volume: ReplicaTarget | undefined;
   private replicaError: string | null = null;
   private replicaCheckpoint: number;
+  /** The replica lease epoch this primary's replicator last connected under (header field). */
+  private replicaEpoch: number;
   private lastConsistent: number;
   private lastConsistentTime: Date | undefined;
   private overflows = 0;
@@ -296,6 +298,7 @@ export class Replicator {
     this.lastWriteMs = new Float64Array(this.regions);
     this.setVersion = new Float64Array(this.regions);
     this.replicaCheckpoint = o.header.replicaCheckpoint;
+    this.replicaEpoch = o.header.replicaEpoch;
     this.lastConsistent = o.header.lastConsistent;
     if (o.header.mode === 'forward-full') {
       this.fullPass = true;
@@ -546,6 +549,7 @@ export class Replicator {
         mode: this.mode,
         lastConsistent: this.lastConsistent,
         replicaCheckpoint: this.replicaCheckpoint,
+        replicaEpoch: this.replicaEpoch,
         dirty: Buffer.from(this.dirty),
         unrestored: this.unrestoredLeft() > 0 ? Buffer.from(this.unrestored) : Buffer.alloc(0),
         ...(this.unrestoredLeft() > 0 ? {} : { lazy: false, restoreFrom: 0 }),
@@ -840,6 +844,13 @@ export class Replicator {
         const v = await this.o.openReplica();
         try {
           await this.checkReplica(v);
+          // The epoch is durable before anything commits under it: after a crash, the next
+          // replicator knows those checkpoints for this primary's own.
+          const epoch = v.info.writerEpoch ?? 0;
+          if (epoch !== this.replicaEpoch) {
+            this.replicaEpoch = epoch;
+            await this.persist();
+          }
         } catch (e) {
           await v.close().catch(() => undefined);
           throw e;
@@ -927,10 +938,11 @@ export class Replicator {
    * committed. Checkpoints after it under the same lease epoch were its own (a commit in flight
    * at a crash or an outage) or, on a primary copied during a failover, those of the replicator
    * it was copied from: the regions they changed are copied again, so the replica becomes this
-   * primary's image and never a mix of two. A checkpoint under another epoch that changed
-   * content was shipped by another replicator from another primary (split brain): refused
-   * (FENCED, fatal) until a full resync is asked for; one that changed none (a compaction run
-   * while the replicator was away) is fine. A replica older than `known`, a history that does
+   * primary's image and never a mix of two. So are those under the epoch the header records
+   * (the replicator writes it before its first commit under it: one killed during that commit).
+   * A checkpoint under any other epoch that changed content was shipped by another replicator
+   * from another primary (split brain): refused (FENCED, fatal) until a full resync is asked
+   * for. One that changed nothing (a compaction run while the replicator was away) is fine. A replica older than `known`, a history that does
    * not lead back to it or cannot be read: a full resync.
    */
   private async reconcile(known: number, head: number): Promise<void> {
@@ -941,7 +953,7 @@ export class Replicator {
       const ours = await readCheckpointHead(store, known);
       for (let c = head; c > known;) {
         const h = await readCheckpointHead(store, c);
-        if (h.epoch !== ours.epoch) {
+        if (h.epoch !== ours.epoch && h.epoch !== this.replicaEpoch) {
           const moved = await diffCheckpoints(
             store,
             { checkpoint: h.prevCheckpoint },
@@ -964,14 +976,7 @@ export class Replicator {
       this.resync(true);
       return;
     }
-    const regions = new Set<number>();
-    for (const x of changed) {
-      const last = Math.min(
-        this.regions - 1,
-        Math.floor((x.offset + x.length - 1) / this.regionSize),
-      );
-      for (let r = Math.floor(x.offset / this.regionSize); r <= last; r++) regions.add(r);
-    }
+    const regions = this.regionsOfExtents(changed);
     if (regions.size === 0) return;
     this.log.info('the replica has commits after the last one recorded: copying their regions', {
       recorded: known,
@@ -981,6 +986,19 @@ export class Replicator {
     for (const r of regions) this.needCopy.add(r);
     this.consistentAfter = Infinity;
     this.work.wake();
+  }
+
+  /** The regions these extents touch. */
+  private regionsOfExtents(extents: ChangedExtent[]): Set<number> {
+    const regions = new Set<number>();
+    for (const x of extents) {
+      const last = Math.min(
+        this.regions - 1,
+        Math.floor((x.offset + x.length - 1) / this.regionSize),
+      );
+      for (let r = Math.floor(x.offset / this.regionSize); r <= last; r++) regions.add(r);
+    }
+    return regions;
   }
 
   /**

@@ -53,6 +53,12 @@ export interface PrimaryHeader {
   owner: string;
   dirty: Buffer;
   unrestored: Buffer;
+  /**
+   * The replica volume's lease epoch this primary's replicator last connected under, written
+   * before its first commit under it (0: none recorded): its checkpoints are told apart from
+   * another replicator's by it.
+   */
+  replicaEpoch: number;
 }
 
 export function regionCount(deviceSize: number, regionSize: number): number {
@@ -94,6 +100,7 @@ export function newPrimaryHeader(o: {
     owner: '',
     dirty: fullBitmap(regions),
     unrestored: Buffer.alloc(0),
+    replicaEpoch: 0,
   };
 }
 
@@ -122,6 +129,7 @@ export function encodePrimaryHeader(h: PrimaryHeader): Buffer {
   text(w, h.replicaUrl, 'the replica URL');
   text(w, h.owner, 'the owner');
   w.u32(h.dirty.length).bytes(h.dirty).u32(h.unrestored.length).bytes(h.unrestored);
+  w.u64(h.replicaEpoch);
   const env = encodeEnvelope(PRIMARY_MAGIC, PRIMARY_VERSION, w.finish());
   if (env.length > PRIMARY_SLOT_BYTES) throw new RangeError('primary header over its slot');
   const out = Buffer.alloc(PRIMARY_SLOT_BYTES);
@@ -150,6 +158,8 @@ export function decodePrimaryHeader(slot: Buffer): PrimaryHeader {
   const owner = r.bytes(r.u16()).toString('utf8');
   const dirty = Buffer.from(r.bytes(r.u32()));
   const unrestored = Buffer.from(r.bytes(r.u32()));
+  // (Added after the first headers were written: absent there, which reads as 0.)
+  const replicaEpoch = r.remaining >= 8 ? r.u64() : 0;
   const regions = regionCount(deviceSize, regionSize);
   if (regionSize === 0 || dirty.length !== bitmapBytes(regions)) {
     throw new DecodeError('primary header bitmap does not match its size');
@@ -174,6 +184,7 @@ export function decodePrimaryHeader(slot: Buffer): PrimaryHeader {
     owner,
     dirty,
     unrestored,
+    replicaEpoch,
   };
 }
 

@@ -520,6 +520,37 @@ describe('replicator', () => {
     assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(model.bytes));
   });
 
+  it('a crash that loses the record of its own commits: their regions are copied again, no split brain', async () => {
+    const s = await setup();
+    const first = await start(s, { holder: 'own-1' });
+    const model = new Model();
+    await randomOps(first.rep, model, 61, 60);
+    assert.ok(await first.rep.settle(10_000));
+    await first.rep.close();
+    // The next replicator connects under a new lease epoch (recorded in the header before its
+    // first commit); then its header writes after that are lost, as if it died right after
+    // its replica commits landed.
+    const second = await start(s, { holder: 'own-2', force: true });
+    const { readFile: read, writeFile: write } = await import('node:fs/promises');
+    const headerAtConnect = (await read(s.file)).subarray(0, PRIMARY_DATA_OFFSET);
+    await randomOps(second.rep, model, 62, 60);
+    assert.ok(await second.rep.settle(10_000));
+    await second.rep.crash();
+    const file = await read(s.file);
+    headerAtConnect.copy(file, 0);
+    await write(s.file, file);
+    const third = await start(s, { holder: 'own-3', force: true });
+    const st = third.rep.status();
+    assert.equal(st.replica.error, null, JSON.stringify(st));
+    assert.notEqual(st.mode, 'forward-full');
+    assert.ok(await third.rep.settle(10_000), JSON.stringify(third.rep.status()));
+    const until = Date.now() + 10_000;
+    while (third.rep.status().mode !== 'logging' && Date.now() < until) await third.rep.flush();
+    await third.rep.close();
+    assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(model.bytes));
+    await assertPrefixes(s, model);
+  });
+
   it('a replica commit failing after a crash reopens nothing', async () => {
     const s = await setup();
     const { rep, store, opens } = await start(s, { holder: 'crash-commit' });
