@@ -638,14 +638,14 @@ export class Replicator {
   private regionsOf(e: Entry): number[] {
     if (e.kind === 'flush') return [];
     if (e.kind === 'copy') return [e.region];
-    const len = e.kind === 'write' ? e.data.length : e.length;
+    return this.regionsIn(e.offset, e.kind === 'write' ? e.data.length : e.length);
+  }
+
+  /** The regions bytes [offset, offset + length) touch. */
+  private regionsIn(offset: number, length: number): number[] {
     const out: number[] = [];
-    for (
-      let r = Math.floor(e.offset / this.regionSize);
-      r <= Math.floor((e.offset + len - 1) / this.regionSize);
-      r++
-    )
-      out.push(r);
+    const last = Math.floor((offset + length - 1) / this.regionSize);
+    for (let r = Math.floor(offset / this.regionSize); r <= last; r++) out.push(r);
     return out;
   }
 
@@ -976,7 +976,7 @@ export class Replicator {
       this.resync(true);
       return;
     }
-    const regions = this.regionsOfExtents(changed);
+    const regions = new Set(changed.flatMap((x) => this.regionsIn(x.offset, x.length)));
     if (regions.size === 0) return;
     this.log.info('the replica has commits after the last one recorded: copying their regions', {
       recorded: known,
@@ -986,19 +986,6 @@ export class Replicator {
     for (const r of regions) this.needCopy.add(r);
     this.consistentAfter = Infinity;
     this.work.wake();
-  }
-
-  /** The regions these extents touch. */
-  private regionsOfExtents(extents: ChangedExtent[]): Set<number> {
-    const regions = new Set<number>();
-    for (const x of extents) {
-      const last = Math.min(
-        this.regions - 1,
-        Math.floor((x.offset + x.length - 1) / this.regionSize),
-      );
-      for (let r = Math.floor(x.offset / this.regionSize); r <= last; r++) regions.add(r);
-    }
-    return regions;
   }
 
   /**

@@ -7,7 +7,7 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { copyFile as copyFile_, mkdtemp, rm, stat, writeFile } from 'node:fs/promises';
+import { copyFile as copyFile_, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
@@ -197,6 +197,21 @@ async function randomOps(
       await rep.flush();
     }
   }
+}
+
+/** A replicator ships `count` random operations, settles and stops cleanly: the model. */
+async function shipAndStop(
+  s: { file: string; uuid: string; prefix: string },
+  holder: string,
+  seed: number,
+  count: number,
+): Promise<Model> {
+  const { rep } = await start(s, { holder });
+  const model = new Model();
+  await randomOps(rep, model, seed, count);
+  assert.ok(await rep.settle(10_000));
+  await rep.close();
+  return model;
 }
 
 /** Every checkpoint the manifest calls consistent equals the model at some point. */
@@ -494,11 +509,7 @@ describe('replicator', () => {
 
   it('a compaction of the replica while the replicator was stopped changes nothing it ships', async () => {
     const s = await setup();
-    const first = await start(s, { holder: 'compact-1' });
-    const model = new Model();
-    await randomOps(first.rep, model, 51, 80);
-    assert.ok(await first.rep.settle(10_000));
-    await first.rep.close();
+    const model = await shipAndStop(s, 'compact-1', 51, 80);
     const { store } = await openReplicaStore(s.prefix, s.uuid, open);
     const before = (await readHead(store)).head;
     // Compaction commits a checkpoint of its own (another lease epoch, same content).
@@ -522,23 +533,18 @@ describe('replicator', () => {
 
   it('a crash that loses the record of its own commits: their regions are copied again, no split brain', async () => {
     const s = await setup();
-    const first = await start(s, { holder: 'own-1' });
-    const model = new Model();
-    await randomOps(first.rep, model, 61, 60);
-    assert.ok(await first.rep.settle(10_000));
-    await first.rep.close();
+    const model = await shipAndStop(s, 'own-1', 61, 60);
     // The next replicator connects under a new lease epoch (recorded in the header before its
     // first commit); then its header writes after that are lost, as if it died right after
     // its replica commits landed.
     const second = await start(s, { holder: 'own-2', force: true });
-    const { readFile: read, writeFile: write } = await import('node:fs/promises');
-    const headerAtConnect = (await read(s.file)).subarray(0, PRIMARY_DATA_OFFSET);
+    const headerAtConnect = (await readFile(s.file)).subarray(0, PRIMARY_DATA_OFFSET);
     await randomOps(second.rep, model, 62, 60);
     assert.ok(await second.rep.settle(10_000));
     await second.rep.crash();
-    const file = await read(s.file);
+    const file = await readFile(s.file);
     headerAtConnect.copy(file, 0);
-    await write(s.file, file);
+    await writeFile(s.file, file);
     const third = await start(s, { holder: 'own-3', force: true });
     const st = third.rep.status();
     assert.equal(st.replica.error, null, JSON.stringify(st));
