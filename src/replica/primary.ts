@@ -3,7 +3,7 @@
  * PRIMARY_DATA_OFFSET bytes hold the metadata slots (codec/primary.ts) and whose exported
  * device follows. Reads and writes go through one file handle; `sync()` is fdatasync.
  */
-import { constants, read, write, writeSync, type Stats } from 'node:fs';
+import { constants, write, writeSync, type Stats } from 'node:fs';
 import { open, readFile, stat, type FileHandle } from 'node:fs/promises';
 import { HyperError, toHyperError } from '../errors.js';
 import {
@@ -13,13 +13,15 @@ import {
   pickPrimaryHeader,
   type PrimaryHeader,
 } from '../format/codec/primary.js';
+import { Preader } from '../format/store/pread.js';
 
 /**
  * Writes up to this size go to the page cache in the event loop (pwrite without a thread
  * hop): a buffered 4 KiB write takes ~4 µs, handing it to libuv's thread pool and back ~30 µs
  * of this thread's time on a busy machine (fio 4k randwrite QD16 on tmpfs: 25k IOPS through
- * the pool, 68k in the loop). Reads stay asynchronous: a read may miss the cache and wait
- * for the device. Durability is fdatasync at FLUSH/FUA either way.
+ * the pool, 68k in the loop). Reads go in the loop only while the page cache serves them
+ * (see Preader): a read may miss the cache and wait for the device. Durability is fdatasync
+ * at FLUSH/FUA either way.
  */
 const SYNC_WRITE_MAX = 64 * 1024;
 
@@ -49,6 +51,9 @@ export class PrimaryFile {
     readonly capacity: number,
     readonly isBlockDevice: boolean,
   ) {}
+
+  /** Reads: in the loop while the page cache serves them, else on the thread pool. */
+  private readonly preader = new Preader();
 
   /**
    * Open `path` for reading and writing. With `createSize`, a missing file is created as a
@@ -149,12 +154,15 @@ export class PrimaryFile {
     await this.fh.close().catch(() => undefined);
   }
 
-  // The callback API rather than FileHandle's promises: for the 4 KiB writes of a busy client
-  // it costs a third of the CPU (FileHandle.write: ~46k writes/s on one core, fs.write ~138k).
   private async readFully(buf: Buffer, position: number): Promise<void> {
     let done = 0;
     while (done < buf.length) {
-      const n = await this.io('read', buf, done, position);
+      let n: number;
+      try {
+        n = await this.preader.read(this.fh.fd, buf, done, buf.length - done, position + done);
+      } catch (e) {
+        throw toHyperError(e);
+      }
       if (n === 0) {
         // Past the end of a sparse file that was never extended: zeros.
         buf.fill(0, done);
@@ -166,17 +174,18 @@ export class PrimaryFile {
 
   private async writeFully(buf: Buffer, position: number): Promise<void> {
     let done = 0;
-    while (done < buf.length) done += await this.io('write', buf, done, position);
+    while (done < buf.length) done += await this.io(buf, done, position);
   }
 
-  private io(op: 'read' | 'write', buf: Buffer, done: number, position: number): Promise<number> {
+  // The callback API rather than FileHandle's promises: for the 4 KiB writes of a busy client
+  // it costs a third of the CPU (FileHandle.write: ~46k writes/s on one core, fs.write ~138k).
+  private io(buf: Buffer, done: number, position: number): Promise<number> {
     return new Promise<number>((resolve, reject) => {
       const cb = (e: NodeJS.ErrnoException | null, n: number): void => {
         if (e) reject(toHyperError(e));
         else resolve(n);
       };
-      if (op === 'read') read(this.fh.fd, buf, done, buf.length - done, position + done, cb);
-      else write(this.fh.fd, buf, done, buf.length - done, position + done, cb);
+      write(this.fh.fd, buf, done, buf.length - done, position + done, cb);
     });
   }
 }

@@ -38,12 +38,12 @@
  *
  * Memory: about 50 bytes per slot (130 MiB for 10 GiB of 4 KiB blocks) for the key table.
  */
-import { read as fsRead } from 'node:fs';
 import { mkdir, open, readFile, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { HyperError, toHyperError } from '../../errors.js';
 import { crc32c, readU64, writeU64 } from '../codec/binary.js';
 import { SlotPolicy } from './s3fifo.js';
+import { Preader } from '../store/pread.js';
 
 export const CACHE_FORMAT = 1;
 const HEADER = 32;
@@ -115,6 +115,7 @@ export class DiskCache {
   private closed = false;
   /** Slot reads in flight, and who waits for them to end (close). */
   private reads = 0;
+  private readonly preader = new Preader();
   private readsDone: (() => void) | undefined;
   private readonly counters = { hits: 0, misses: 0, dropped: 0, writes: 0, skipped: 0, reused: 0 };
 
@@ -321,19 +322,20 @@ export class DiskCache {
   }
 
   /**
-   * Read `buf.length` bytes from slot `s` on (bytes read, -1 on error) with a callback
-   * `fs.read` on the file's descriptor: a third of FileHandle.read's main-thread time, which a
-   * read served from the cache pays per entry. Reads are counted so that close() waits for
+   * Read `buf.length` bytes from slot `s` on (bytes read, -1 on error) on the file's
+   * descriptor, in the event loop while the page cache serves the file (see Preader): a read
+   * served from the cache pays this per entry. Reads are counted so that close() waits for
    * them before the descriptor can be closed (and reused for another file).
    */
   private readSlots(buf: Buffer, s: number): Promise<number> {
     this.reads++;
-    return new Promise<number>((resolve) => {
-      fsRead(this.data.fd, buf, 0, buf.length, s * this.manifest.slotSize, (err, n) => {
-        resolve(err ? -1 : n);
-        if (--this.reads === 0) this.readsDone?.();
-      });
-    });
+    const done = (n: number): number => {
+      if (--this.reads === 0) this.readsDone?.();
+      return n;
+    };
+    return this.preader
+      .read(this.data.fd, buf, 0, buf.length, s * this.manifest.slotSize)
+      .then(done, () => done(-1));
   }
 
   /** Drop an entry whose bytes the caller found bad. */

@@ -1,0 +1,109 @@
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { closeSync, openSync, writeFileSync } from 'node:fs';
+import { mkdir, mkdtemp, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { after, before, describe, it } from 'node:test';
+import { FileStore } from '../../../../src/format/store/file.js';
+import { LOOP_READ_MAX, Preader } from '../../../../src/format/store/pread.js';
+
+/** A clock that moves `step` ms each time it is read: a timed read takes that long. */
+function clock(step: { ms: number }) {
+  let t = 1000;
+  return {
+    now: () => {
+      t += step.ms;
+      return t;
+    },
+    advance: (ms: number) => (t += ms),
+  };
+}
+
+describe('Preader: small reads in the loop while they are fast', () => {
+  let dir: string;
+  let path: string;
+  let fd: number;
+  const data = randomBytes(256 * 1024);
+
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), 'hyper-pread-'));
+    path = join(dir, 'f');
+    writeFileSync(path, data);
+    fd = openSync(path, 'r');
+  });
+  after(async () => {
+    closeSync(fd);
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  it('reads the right bytes in the loop and on the pool (large reads)', async () => {
+    const p = new Preader();
+    const small = Buffer.alloc(4096);
+    assert.equal(await p.read(fd, small, 0, 4096, 12_288), 4096);
+    assert.deepEqual(small, data.subarray(12_288, 16_384));
+    const big = Buffer.alloc(LOOP_READ_MAX + 4096);
+    assert.equal(await p.read(fd, big, 0, big.length, 4096), big.length);
+    assert.deepEqual(big, data.subarray(4096, 4096 + big.length));
+    // Past the end: a short read, as pread gives.
+    assert.equal(await p.read(fd, small, 0, 4096, data.length - 100), 100);
+    assert.deepEqual(p.counters, { loop: 2, pool: 1, backoffs: 0 });
+  });
+
+  it('sends reads to the pool after a window with many slow reads, then tries the loop again', async () => {
+    const step = { ms: 0.001 };
+    const c = clock(step);
+    const p = new Preader({ now: c.now, slowMs: 0.05, window: 64, slowLimit: 16, backoffMs: 2000 });
+    const buf = Buffer.alloc(4096);
+    // A burst of preemption (15 slow reads in a window) keeps the reads in the loop.
+    for (let round = 0; round < 3; round++)
+      for (let i = 0; i < 64; i++) {
+        step.ms = i < 15 ? 0.5 : 0.001;
+        await p.read(fd, buf, 0, 4096, 0);
+      }
+    assert.deepEqual(p.counters, { loop: 192, pool: 0, backoffs: 0 });
+    // A device: every read is slow. The 16th sends the reads to the pool.
+    step.ms = 0.1;
+    for (let i = 0; i < 16; i++) await p.read(fd, buf, 0, 4096, 4096);
+    assert.equal(p.counters.backoffs, 1);
+    for (let i = 0; i < 10; i++) {
+      assert.equal(await p.read(fd, buf, 0, 4096, 8192), 4096);
+      assert.deepEqual(buf, data.subarray(8192, 12_288));
+    }
+    assert.equal(p.counters.pool, 10);
+    assert.equal(p.counters.loop, 208);
+    // After the back-off, the loop is tried again; fast reads stay there.
+    c.advance(2001);
+    step.ms = 0.001;
+    for (let i = 0; i < 100; i++) await p.read(fd, buf, 0, 4096, 0);
+    assert.deepEqual(p.counters, { loop: 308, pool: 10, backoffs: 1 });
+  });
+
+  it('rejects with the system error in either mode', async () => {
+    const p = new Preader();
+    const dirFd = openSync(dir, 'r');
+    try {
+      await assert.rejects(p.read(dirFd, Buffer.alloc(16), 0, 16, 0), { code: 'EISDIR' });
+      const big = Buffer.alloc(LOOP_READ_MAX + 1);
+      await assert.rejects(p.read(dirFd, big, 0, big.length, 0), { code: 'EISDIR' });
+    } finally {
+      closeSync(dirFd);
+    }
+  });
+
+  it('serves a file store’s ranged reads of write-once objects', async () => {
+    await mkdir(join(dir, 'store'));
+    const store = new FileStore(join(dir, 'store'));
+    await store.put('seg', data);
+    const sub = store.sub('x/');
+    await sub.put('o', data.subarray(0, 8192));
+    const got = await store.get('seg', { range: { offset: 4096, length: 4096 }, immutable: true });
+    assert.deepEqual(got.body, data.subarray(4096, 8192));
+    const got2 = await sub.get('o', { range: { offset: 100, length: 50 }, immutable: true });
+    assert.deepEqual(got2.body, data.subarray(100, 150));
+    // One policy for the store and its sub-stores.
+    assert.equal(store.preader.counters.loop, 2);
+    await store.close();
+    await (sub as FileStore).close();
+  });
+});
