@@ -263,17 +263,25 @@ export async function buildSegment(
   );
   for (let at = 0; at < sorted.length; at += step) {
     const batch = sorted.slice(at, at + step);
-    // The leaves (and nodes above them) the batch changes, loaded many at once first: random
-    // writes over a large volume miss a leaf for most blocks, and one load at a time costs
-    // a store round trip each.
-    await prefetch(tree, loader, batch);
-    for (const lba of batch) {
+    let prefetched = false;
+    for (let i = 0; i < batch.length; i++) {
+      const lba = batch[i] as number;
       const v = gen.blocks.get(lba) as Buffer | null;
       // A block whose content is stored already points there, and stores nothing.
       const found = dd?.found.get(lba);
       const change = (): number | Miss =>
         v ? tree.insert(lba, found ?? PENDING) : tree.deleteRange(lba, lba + 1);
-      if (change() instanceof Miss) await loader.run(change);
+      if (change() instanceof Miss) {
+        // The first miss of a batch loads the leaves (and nodes above them) the rest of it
+        // changes, many at once: random writes over a large volume miss a leaf for most
+        // blocks, and one load at a time costs a store round trip each. (A batch whose nodes
+        // are all in memory, as a sequential write's are, skips that walk.)
+        if (!prefetched) {
+          prefetched = true;
+          await prefetch(tree, loader, batch.slice(i));
+        }
+        if (change() instanceof Miss) await loader.run(change);
+      }
       if (v && !found && !dd?.aliases.has(lba)) {
         lbas.push(lba);
         blocks.push(v);
