@@ -168,7 +168,11 @@ export function setLeafLocation(entries: Buffer, i: number, p: BlockPtr): void {
 
 /** True for a leaf entry whose block is in the flush being built. */
 export const leafIsPending = (entries: Buffer, i: number): boolean =>
-  entrySegment(entries, i) === PENDING_SEG;
+  // (PENDING_SEG is 0: both words of the segment id are zero; no 64-bit decode needed.)
+  entries.readUInt32LE(i * ENTRY_SIZE + 8) === 0 && entries.readUInt32LE(i * ENTRY_SIZE + 12) === 0;
+// (Fails to compile if PENDING_SEG ever stops being 0.)
+const PENDING_IS_ZERO: 0 = PENDING_SEG;
+void PENDING_IS_ZERO;
 
 /** An internal entry for a child whose location is not known yet (it is dirty). */
 export function writeChild(entries: Buffer, i: number, key: number, blocks: number): void {

@@ -141,9 +141,11 @@ export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
   const locate = (nd: Node, e: Buffer, inDedup: boolean): void => {
     for (let i = 0; i < nd.length; i++) {
       if (nd.level === 0) {
+        // (Most entries of a dirty leaf point elsewhere: test that before decoding the key.)
+        if (!leafIsPending(e, i)) continue;
         const key = nd.key(i);
         // (Dedup index: only pointer entries, at even keys, are block pointers.)
-        if ((inDedup && isHashKey(key)) || !leafIsPending(e, i)) continue;
+        if (inDedup && isHashKey(key)) continue;
         const k = inDedup ? dedup?.slots.get(key) : slot.get(key);
         if (k === undefined)
           throw new HyperError(
