@@ -35,9 +35,21 @@ export interface SegmentReader {
   readonly sealer?: Sealer | undefined;
 }
 
+/** A node's cache key: the node at byte `off` of segment `seg`. */
+type NodeKey = number | string;
+
+/**
+ * One number while it fits in 53 bits (segment ids below 2^21, offsets below 2^32: every
+ * volume for a long time), else a string. A lookup on every step down the tree took a
+ * string concatenation and a string hash before.
+ */
+function nodeKey(seg: number, off: number): NodeKey {
+  return seg < 0x200000 && off < 0x100000000 ? seg * 0x100000000 + off : `${seg}:${off}`;
+}
+
 export class NodeLoader implements NodeSource {
-  private readonly cache: LruCache<string, Node>;
-  private readonly inflight = new Map<string, Promise<void>>();
+  private readonly cache: LruCache<NodeKey, Node>;
+  private readonly inflight = new Map<NodeKey, Promise<void>>();
   private readonly capacity: number;
   /** Nodes the cache holds at most. */
   readonly cacheNodes: number;
@@ -67,11 +79,11 @@ export class NodeLoader implements NodeSource {
   }
 
   cached(seg: number, off: number): Node | undefined {
-    return this.cache.get(`${seg}:${off}`);
+    return this.cache.get(nodeKey(seg, off));
   }
 
   add(seg: number, off: number, node: Node): void {
-    this.cache.set(`${seg}:${off}`, node, this.nodeSize);
+    this.cache.set(nodeKey(seg, off), node, this.nodeSize);
   }
 
   /** Run a synchronous tree operation, loading whatever it misses, until it completes. */
@@ -90,7 +102,7 @@ export class NodeLoader implements NodeSource {
     const i = miss.index;
     const seg = p.seg(i);
     const off = p.off(i);
-    const own = this.inflight.get(`${seg}:${off}`);
+    const own = this.inflight.get(nodeKey(seg, off));
     if (own) return own;
     if (this.disk) {
       // The node and the siblings next to it, from the disk cache at once (a scan over a cold
@@ -110,11 +122,11 @@ export class NodeLoader implements NodeSource {
     const level = p.level - 1;
     const promise = this.fetch(seg, start, count, level);
     for (let k = 0; k < count; k++)
-      this.inflight.set(`${seg}:${start + k * this.nodeSize}`, promise);
+      this.inflight.set(nodeKey(seg, start + k * this.nodeSize), promise);
     try {
       await promise;
     } finally {
-      for (let k = 0; k < count; k++) this.inflight.delete(`${seg}:${start + k * this.nodeSize}`);
+      for (let k = 0; k < count; k++) this.inflight.delete(nodeKey(seg, start + k * this.nodeSize));
     }
   }
 
@@ -131,8 +143,8 @@ export class NodeLoader implements NodeSource {
       !p.children?.[j] &&
       p.seg(j) === seg &&
       p.off(j) === expectOff &&
-      this.cache.peek(`${seg}:${expectOff}`) === undefined &&
-      !this.inflight.has(`${seg}:${expectOff}`);
+      this.cache.peek(nodeKey(seg, expectOff)) === undefined &&
+      !this.inflight.has(nodeKey(seg, expectOff));
     let first = i;
     let last = i;
     while (last - first + 1 < MAX_RUN && usable(first - 1, off - (i - first + 1) * this.nodeSize))
@@ -150,7 +162,7 @@ export class NodeLoader implements NodeSource {
     try {
       const d = decodeNode(this.unseal(b, seg, off), 0, this.capacity, seg);
       if (d.level !== level) throw new DecodeError('level');
-      if (this.cache.peek(`${seg}:${off}`) === undefined)
+      if (this.cache.peek(nodeKey(seg, off)) === undefined)
         this.add(seg, off, new Node(d.level, d.count, d.entries, false));
       this.diskHits++;
       return true;

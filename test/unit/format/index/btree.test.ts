@@ -160,3 +160,32 @@ describe('B+tree', () => {
     assert.ok(loader.gets > 0 && loader.gets < 20, `few ranged GETs: ${loader.gets}`);
   });
 });
+
+describe('node loader cache keys', () => {
+  it('keeps nodes apart on both sides of the numeric key range', () => {
+    const loader = new NodeLoader(SegmentSource.single(MemStore.isolated()), NODE, 256 * NODE);
+    const node = (tag: number): Node => {
+      const t = BTree.empty(CAP, noNodes);
+      t.insert(tag, ptr(tag, 0));
+      return t.root;
+    };
+    // (segment, offset) pairs whose keys would meet if the key were seg * 2^32 + off unchecked,
+    // and segments past 2^21 (keys as strings).
+    const places: [number, number][] = [
+      [1, 2 ** 32],
+      [2, 0],
+      [2, 2 ** 32 - NODE],
+      [3, 0],
+      [2 ** 21 - 1, 2 ** 32 - NODE],
+      [2 ** 21, 0],
+      [2 ** 21, NODE],
+      [2 ** 40, 0],
+    ];
+    places.forEach(([seg, off], k) => loader.add(seg, off, node(k)));
+    places.forEach(([seg, off], k) =>
+      assert.equal(loader.cached(seg, off)?.key(0), k, `node at ${seg}:${off}`),
+    );
+    assert.equal(loader.cached(1, 0), undefined);
+    assert.equal(loader.cached(2 ** 21 + 1, 0), undefined);
+  });
+});
