@@ -66,6 +66,12 @@ export interface BlockDevice {
    * server sends them by reference, so they must not change until sent.
    */
   readv?(offset: number, length: number): Promise<Buffer[]>;
+  /**
+   * Optional: a buffer (or readv piece) a read returned has been sent: the socket is done
+   * with it. Called once per buffer per read; the device may use the memory of a buffer it
+   * lent for that read again (and ignores the others).
+   */
+  release?(buf: Buffer): void;
   /** The device must copy `data` if it keeps it beyond the returned promise. */
   write(offset: number, data: Buffer, flags: WriteFlags): Promise<void>;
   /**

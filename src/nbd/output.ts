@@ -14,6 +14,8 @@ export class Output {
   private slabStart = 0;
   private slabPos = 0;
   private chunks: Buffer[] = [];
+  /** Called once the socket is done with the chunk at the same index (payloads only). */
+  private sentHooks: (((b: Buffer) => void) | undefined)[] = [];
   /** Payload bytes queued and not yet handed to the socket. */
   queuedBytes = 0;
   private scheduled = false;
@@ -59,10 +61,14 @@ export class Output {
     this.schedule();
   }
 
-  /** Queue a payload after the headers committed so far. */
-  data(buf: Buffer): void {
+  /**
+   * Queue a payload after the headers committed so far; `sent(buf)` runs once the socket is
+   * done with it (written, or the write failed), not when the connection drops it unsent.
+   */
+  data(buf: Buffer, sent?: (b: Buffer) => void): void {
     if (buf.length === 0) return;
     this.cut();
+    if (sent) this.sentHooks[this.chunks.length] = sent;
     this.chunks.push(buf);
     this.queuedBytes += buf.length;
     this.schedule();
@@ -104,20 +110,23 @@ export class Output {
     this.scheduled = false;
     this.cut();
     const chunks = this.chunks;
+    const hooks = this.sentHooks;
     this.queuedBytes = 0;
     if (chunks.length === 0 || this.closed) {
       this.chunks = [];
+      this.sentHooks = [];
       return;
     }
     this.chunks = [];
+    this.sentHooks = [];
     const s = this.socket;
     if (s.destroyed) return;
     if (chunks.length === 1) {
-      s.write(chunks[0]!);
+      write(s, chunks[0]!, hooks[0]);
       return;
     }
     s.cork();
-    for (const c of chunks) s.write(c);
+    for (let i = 0; i < chunks.length; i++) write(s, chunks[i]!, hooks[i]);
     s.uncork();
   }
 
@@ -125,5 +134,11 @@ export class Output {
   close(): void {
     this.closed = true;
     this.chunks = [];
+    this.sentHooks = [];
   }
+}
+
+function write(s: Socket, c: Buffer, sent: ((b: Buffer) => void) | undefined): void {
+  if (sent) s.write(c, () => sent(c));
+  else s.write(c);
 }

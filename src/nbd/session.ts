@@ -474,6 +474,9 @@ export class Session implements ParserHandler {
     if (this.overLimits()) this.throttle();
   }
 
+  /** Give a sent read buffer back to the device (see BlockDevice.release). */
+  private readonly releaseRead = (b: Buffer): void => this.device?.release?.(b);
+
   private readDone(
     handleHigh: number,
     handleLow: number,
@@ -507,8 +510,9 @@ export class Session implements ParserHandler {
         writeSimpleReply(b, out.offset, 0, handleHigh, handleLow);
         out.commit(SIMPLE_REPLY_SIZE);
       }
-      if (Array.isArray(buf)) for (const b of buf) out.data(b);
-      else out.data(buf);
+      const sent = this.device?.release ? this.releaseRead : undefined;
+      if (Array.isArray(buf)) for (const b of buf) out.data(b, sent);
+      else out.data(buf, sent);
       if (length >= URGENT_BYTES) out.soon();
     }
     this.afterReply();

@@ -53,6 +53,10 @@ export class VolumeDevice implements BlockDevice {
     return this.volume.read(offset, length);
   }
 
+  release(buf: Buffer): void {
+    this.volume.release(buf);
+  }
+
   readv(offset: number, length: number): Promise<Buffer[]> {
     return this.volume.readv(offset, length);
   }

@@ -463,6 +463,14 @@ export class Volume {
     return out;
   }
 
+  /**
+   * A buffer read() or readv() returned was sent and is no longer used: the reader may use
+   * its memory for a later read (only buffers it lent for that; others are ignored).
+   */
+  release(buf: Buffer): void {
+    this.reader.release(buf);
+  }
+
   /** The current content of one block (for read-modify-write). */
   private async readBlock(lba: number): Promise<Buffer> {
     const b = await this.read(lba * this.bs, Math.min(this.bs, this.size - lba * this.bs));

@@ -128,6 +128,61 @@ describe('transmission', () => {
     }
   });
 
+  it('gives a read buffer back to the device only once the socket is done with it', async () => {
+    const dev = new TestDevice(64 * MiB);
+    const ref = Buffer.alloc(64 * MiB);
+    for (let i = 0; i < ref.length; i += 4) ref.writeUInt32LE((i * 2654435761) >>> 0, i);
+    dev.inner.writeSync(0, ref);
+    // The device scribbles over a buffer as soon as it is given back: a buffer given back
+    // before its bytes left would reach the client scribbled.
+    const lent = new Set<Buffer>();
+    let released = 0;
+    const lending = dev as TestDevice & {
+      readv(o: number, l: number): Promise<Buffer[]>;
+      release(b: Buffer): void;
+    };
+    lending.readv = async (offset: number, length: number) => {
+      const b = Buffer.from(ref.subarray(offset, offset + length));
+      lent.add(b);
+      // Half the reads in two pieces: each piece is given back on its own.
+      if ((offset / MiB) % 2 === 0) return [b];
+      const h = length / 2;
+      const a = b.subarray(0, h);
+      const z = b.subarray(h);
+      lent.delete(b);
+      lent.add(a);
+      lent.add(z);
+      return [a, z];
+    };
+    lending.release = (b: Buffer) => {
+      assert.ok(lent.delete(b), 'each buffer is given back once');
+      released++;
+      b.fill(0xee);
+    };
+    const s = await startServer([deviceExport('d', dev)]);
+    const c = await RawClient.open(s.port!);
+    try {
+      await c.handshake();
+      await c.go();
+      // 64 reads of 1 MiB at once: far more than the socket buffers, so replies queue.
+      for (let k = 0; k < 64; k++) c.send(req(0, BigInt(k + 1), BigInt(k * MiB), MiB));
+      for (let k = 0; k < 64; k++) {
+        const reply = await c.simpleReply();
+        assert.equal(reply.error, 0);
+        const at = Number(reply.handle - 1n) * MiB;
+        const got = await c.read(MiB);
+        assert.ok(got.equals(ref.subarray(at, at + MiB)), `read of ${at}: bytes changed`);
+        if (k % 8 === 0) await sleep(5);
+      }
+      for (let i = 0; i < 50 && released < 96; i++) await sleep(10);
+      assert.equal(released, 96, '32 whole buffers and 32 pairs of pieces given back');
+      assert.equal(lent.size, 0);
+    } finally {
+      c.close();
+      await s.close();
+    }
+  });
+
   it('maps device errors to errno and logs the message with the object key', async () => {
     const dev = new TestDevice(16 * MiB);
     dev.failWith = (o) => {

@@ -418,6 +418,78 @@ describe('reader: bulk reads from a local store', () => {
     }
   });
 
+  it('lends the buffers of bulk reads and reuses one only once it is given back', async () => {
+    for (const seed of [31, 32]) {
+      const size = 8 * MiB;
+      const dir = freshDir();
+      mkdirSync(dir);
+      const store = new FileStore(dir);
+      await Volume.create(store, { size, segmentSize: 1 * MiB, compression: 'none' });
+      const v = await Volume.open(store, { flushIntervalMs: 0, dataCacheBytes: 1 * MiB });
+      const model = Buffer.alloc(size);
+      const r = rng(seed);
+      // Buffers being "sent" (as by the NBD server): they must not change until given back.
+      const held: { buf: Buffer; sum: string; what: string }[] = [];
+      const giveBack = (k: number): void => {
+        const h = held.splice(k, 1)[0] as (typeof held)[number];
+        assert.equal(sha(h.buf), h.sum, `seed ${seed}: ${h.what} changed while lent`);
+        v.release(h.buf);
+      };
+      const seen = new WeakSet<Buffer>();
+      let reused = 0;
+      const lengths = [4 * KiB, 64 * KiB, 128 * KiB, 100 * KiB + 512, 256 * KiB];
+      for (let batch = 0; batch < 60; batch++) {
+        const busy: [number, number][] = [];
+        const overlaps = (a: number, b: number): boolean => busy.some(([x, y]) => a < y && x < b);
+        const ops: Promise<unknown>[] = [];
+        for (let k = 0; k < 12; k++) {
+          const len = lengths[Math.floor(r() * lengths.length)] as number;
+          const off = Math.floor(r() * ((size - len) / 512)) * 512;
+          const roll = r();
+          if (overlaps(off, off + len)) continue;
+          busy.push([off, off + len]);
+          if (roll < 0.3) {
+            const data = pattern(len, seed * 1000 + batch * 16 + k);
+            data.copy(model, off);
+            ops.push(v.write(off, data));
+          } else if (roll < 0.35) {
+            ops.push(v.flush());
+          } else {
+            const want = sha(model.subarray(off, off + len));
+            const what = `batch ${batch} read ${off}+${len}`;
+            ops.push(
+              v.read(off, len).then((got) => {
+                assert.equal(sha(got), want, `seed ${seed}: ${what}`);
+                if (seen.has(got)) reused++;
+                seen.add(got);
+                held.push({ buf: got, sum: want, what });
+              }),
+            );
+          }
+        }
+        await Promise.all(ops);
+        // Give back a random part of what is held; the rest stays lent across batches.
+        for (let i = held.length - 1; i >= 0; i--) if (r() < 0.6) giveBack(i);
+      }
+      while (held.length > 0) giveBack(held.length - 1);
+      assert.ok(reused > 20, `seed ${seed}: buffers given back were used again (${reused})`);
+      // A small read's buffer is not lent: giving it back changes nothing.
+      const small = await v.read(0, 4 * KiB);
+      v.release(small);
+      assert.notEqual(await v.read(0, 4 * KiB), small);
+      // A buffer given back twice serves one read, not two at once.
+      const a = await v.read(0, 64 * KiB);
+      v.release(a);
+      v.release(a);
+      const b = await v.read(64 * KiB, 64 * KiB);
+      const c = await v.read(128 * KiB, 64 * KiB);
+      assert.equal(b, a);
+      assert.notEqual(c, a);
+      assert.deepEqual(c, model.subarray(128 * KiB, 192 * KiB));
+      await v.close();
+    }
+  });
+
   it('reports a damaged block of a bulk read with its key and returns no data', async () => {
     const dir = freshDir();
     mkdirSync(dir);
