@@ -487,6 +487,7 @@ describe('reader: bulk reads from a local store', () => {
       assert.notEqual(c, a);
       assert.deepEqual(c, model.subarray(128 * KiB, 192 * KiB));
       await v.close();
+      await store.close();
     }
   });
 
