@@ -6,7 +6,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, before, describe, it } from 'node:test';
 import { FileStore } from '../../../../src/format/store/file.js';
-import { LOOP_READ_MAX, Preader } from '../../../../src/format/store/pread.js';
+import { LOOP_READ_MAX, LOOP_STREAK, Preader } from '../../../../src/format/store/pread.js';
 import { rng } from '../../../helpers/rng.js';
 
 /** A clock that moves `step` ms each time it is read: a timed read takes that long. */
@@ -78,6 +78,25 @@ describe('Preader: small reads in the loop while they are fast', () => {
     step.ms = 0.001;
     for (let i = 0; i < 100; i++) await p.read(fd, buf, 0, 4096, 0);
     assert.deepEqual(p.counters, { loop: 308, pool: 10, backoffs: 1 });
+  });
+
+  it('lets the event loop turn during a long run of reads in the loop', async () => {
+    const p = new Preader();
+    let turned = false;
+    setImmediate(() => (turned = true));
+    const order: boolean[] = [];
+    const buf = Buffer.alloc(4096);
+    await Promise.all(
+      Array.from({ length: LOOP_STREAK + 4 }, (_, k) =>
+        p.read(fd, buf, 0, 4096, k * 4096).then(() => order.push(turned)),
+      ),
+    );
+    // The first LOOP_STREAK resolve at once; the rest after the loop has turned.
+    assert.deepEqual(order, [
+      ...Array<boolean>(LOOP_STREAK).fill(false),
+      ...Array<boolean>(4).fill(true),
+    ]);
+    assert.equal(p.counters.loop, LOOP_STREAK + 4);
   });
 
   it('rejects with the system error in either mode', async () => {
