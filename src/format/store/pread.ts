@@ -20,7 +20,7 @@ export const LOOP_READ_MAX = 64 * 1024;
  * Reads in the loop within one turn of the event loop before the next ones wait a turn. A
  * flush loading hundreds of index nodes at once held the loop in one long run of
  * microtasks: `serve` of a 1 TiB volume under random writes peaked 20–70 MiB higher (the
- * garbage collector's tasks wait for the loop too); with this bound, 15–20 MiB.
+ * garbage collector's tasks wait for the loop too); with this bound, 10–30 MiB.
  */
 export const LOOP_STREAK = 4;
 
