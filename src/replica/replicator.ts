@@ -942,8 +942,9 @@ export class Replicator {
    * (the replicator writes it before its first commit under it: one killed during that commit).
    * A checkpoint under any other epoch that changed content was shipped by another replicator
    * from another primary (split brain): refused (FENCED, fatal) until a full resync is asked
-   * for. One that changed nothing (a compaction run while the replicator was away) is fine. A replica older than `known`, a history that does
-   * not lead back to it or cannot be read: a full resync.
+   * for. One that changed nothing (a compaction run while the replicator was away) is fine.
+   * A replica older than `known`, a history that does not lead back to it or cannot be read:
+   * a full resync.
    */
   private async reconcile(known: number, head: number): Promise<void> {
     const store = this.o.replicaStore;

@@ -73,8 +73,8 @@ export class Preader {
     this.t = { ...DEFAULTS, ...tuning };
   }
 
-  /** Whether a read of `length` bytes would run in the loop now. */
-  inLoop(length: number): boolean {
+  /** Whether a read of `length` bytes runs in the loop now. */
+  private inLoop(length: number): boolean {
     if (length > LOOP_READ_MAX) return false;
     if (this.poolUntil === 0) return true;
     if (this.t.now() < this.poolUntil) return false;

@@ -336,6 +336,11 @@ export class Reader {
     this.spareBytes += buf.length;
   }
 
+  /** A bulk read: of a local store, BULK_READ or more (its blocks are not cached). */
+  private bulk(length: number): boolean {
+    return this.local && length >= BULK_READ;
+  }
+
   private takeSpare(length: number): Buffer | undefined {
     const list = this.spare.get(length);
     const b = list?.pop();
@@ -348,7 +353,7 @@ export class Reader {
   private async fill(offset: number, length: number): Promise<Buffer> {
     // Bulk reads of a local store put none of their blocks in a cache (readFromIndex): their
     // buffer may be lent and come back. (A disk cache would write the blocks out later.)
-    const lend = this.local && length >= BULK_READ && this.disk === undefined;
+    const lend = this.bulk(length) && this.disk === undefined;
     const out = (lend ? this.takeSpare(length) : undefined) ?? Buffer.allocUnsafe(length);
     if (length === 0) return out;
     const bs = this.bs;
@@ -431,7 +436,7 @@ export class Reader {
     }
     const jobs: Promise<void>[] = [];
     if (waits) jobs.push(this.afterInflight(waits.promises, waits.blocks, out, offset, length));
-    const bulk = this.local && length >= BULK_READ;
+    const bulk = this.bulk(length);
     for (const r of runs.list) {
       if (bulk) r.transient = true;
       jobs.push(this.fetchInto(r, out, offset, length, tree));
