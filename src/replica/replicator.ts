@@ -81,6 +81,12 @@ export interface ReplicatorOptions {
   clearDelayMs?: number;
   /** First wait before reopening a failed replica (doubles up to 30 s; default 500 ms). */
   retryMs?: number;
+  /**
+   * Started to take the replica over (`--force`, a failover): at the first connect,
+   * checkpoints another replicator shipped after this primary's last commit are overwritten
+   * (the regions they changed are copied again) instead of refused as a split brain.
+   */
+  takeOver?: boolean;
   logger?: Logger;
 }
 
@@ -237,6 +243,15 @@ export class Replicator {
   private connecting = false;
   private connectRun: Promise<void> = Promise.resolve();
   private crashed = false;
+  /**
+   * The next connect overwrites checkpoints another replicator shipped after this primary's
+   * last commit instead of refusing them (the operator chose this primary): set by
+   * ReplicatorOptions.takeOver, or by a full resync asked for once the two primaries were
+   * reported diverged; cleared once a connect succeeds.
+   */
+  private overwriteOthers: boolean;
+  /** The last connect was refused because another primary's replicator shipped meanwhile. */
+  private diverged = false;
   private manifestChain: Promise<void> = Promise.resolve();
 
   // The replica.
@@ -287,6 +302,7 @@ export class Replicator {
     this.commitIntervalMs = o.commitIntervalMs ?? 1000;
     this.clearDelayMs = o.clearDelayMs ?? 2000;
     this.retryMs = o.retryMs ?? 500;
+    this.overwriteOthers = o.takeOver === true;
     this.dirty = Buffer.from(o.header.dirty);
     this.unrestored =
       o.header.mode === 'reverse-full' && o.header.unrestored.length > 0
@@ -843,11 +859,12 @@ export class Replicator {
       try {
         const v = await this.o.openReplica();
         try {
-          await this.checkReplica(v);
+          const moved = await this.checkReplica(v);
           // The epoch is durable before anything commits under it: after a crash, the next
-          // replicator knows those checkpoints for this primary's own.
+          // replicator knows those checkpoints for this primary's own. So is a baseline moved
+          // past checkpoints whose regions are to be copied again (with their bits).
           const epoch = v.info.writerEpoch ?? 0;
-          if (epoch !== this.replicaEpoch) {
+          if (epoch !== this.replicaEpoch || moved) {
             this.replicaEpoch = epoch;
             await this.persist();
           }
@@ -861,6 +878,8 @@ export class Replicator {
           return;
         }
         this.volume = v;
+        this.overwriteOthers = false;
+        this.diverged = false;
         this.replicaError = null;
         this.lastCommitMs = Date.now();
         this.work.wake();
@@ -888,8 +907,12 @@ export class Replicator {
     }
   }
 
-  /** The replica is this primary's, the size agrees, and nobody else moved it. */
-  private async checkReplica(v: ReplicaTarget): Promise<void> {
+  /**
+   * The replica is this primary's, the size agrees, and nobody else moved it. True when the
+   * baseline (the replica checkpoint this primary's state is known against) moved to the
+   * replica's head: the regions changed since are marked to be copied again.
+   */
+  private async checkReplica(v: ReplicaTarget): Promise<boolean> {
     const tagged = await readTagged(this.o.replicaStore);
     const m = tagged?.manifest;
     if (m === undefined || m.uuid !== this.header.uuid) {
@@ -915,6 +938,14 @@ export class Replicator {
         },
       );
     }
+    // What the replica holds beyond this primary's last commit is judged first: a replicator
+    // refused as diverged must not stamp the manifest either.
+    const head = v.info.checkpoint;
+    const known = this.replicaCheckpoint;
+    const recopy =
+      known > 0 && head !== known && !(this.fullPass && this.overwriteOthers)
+        ? await this.reconcile(known, head)
+        : undefined;
     // Stamp the manifest with this lease's epoch: a replicator it took over from can no
     // longer change it (its next write is FENCED).
     this.manifest = await updateManifest(
@@ -924,13 +955,25 @@ export class Replicator {
       tagged,
     );
     this.manifestOpen = m.inconsistent.some((r) => r.to === null);
-    const head = v.info.checkpoint;
-    const known = this.replicaCheckpoint;
-    if (known > 0 && head !== known && !this.fullPass) await this.reconcile(known, head);
+    let moved = false;
+    if (recopy === 'full') this.resync(true);
+    else if (recopy !== undefined) {
+      // From now on the checkpoints up to the head are accounted for: the next reconnect
+      // judges only what comes after (under this replicator's epochs, or another's).
+      for (const r of recopy) {
+        this.needCopy.add(r);
+        bitSet(this.dirty, r, true);
+      }
+      if (recopy.size > 0) this.consistentAfter = Infinity;
+      this.replicaCheckpoint = head;
+      moved = true;
+      this.work.wake();
+    }
     if (this.lastConsistent === 0 && !this.manifestOpen && this.needCopy.size === 0) {
       this.lastConsistent = head;
     }
     if (this.lastConsistent > 0) this.lastConsistentTime ??= v.info.checkpointTime;
+    return moved;
   }
 
   /**
@@ -941,32 +984,45 @@ export class Replicator {
    * primary's image and never a mix of two. So are those under the epoch the header records
    * (the replicator writes it before its first commit under it: one killed during that commit).
    * A checkpoint under any other epoch that changed content was shipped by another replicator
-   * from another primary (split brain): refused (FENCED, fatal) until a full resync is asked
-   * for. One that changed nothing (a compaction run while the replicator was away) is fine.
+   * from another primary (split brain): refused (FENCED, fatal; a full pass asked for earlier
+   * does not change that), unless the operator chose this primary (`overwriteOthers`: a
+   * takeover at start, or a full resync asked for after this refusal), and then its regions
+   * are copied again like the others. One that changed nothing (a compaction run while the
+   * replicator was away) is fine.
    * A replica older than `known`, a history that does not lead back to it or cannot be read:
-   * a full resync.
+   * a full resync. Returns the regions to copy again, or 'full'; the caller acts on it once
+   * the manifest carries this replicator's epoch.
    */
-  private async reconcile(known: number, head: number): Promise<void> {
+  private async reconcile(known: number, head: number): Promise<Set<number> | 'full'> {
     const store = this.o.replicaStore;
     let changed: ChangedExtent[];
+    let foreign = 0;
     try {
       if (head < known) throw new Error(`the replica is at checkpoint ${head}, before ${known}`);
       const ours = await readCheckpointHead(store, known);
       for (let c = head; c > known;) {
         const h = await readCheckpointHead(store, c);
-        if (h.epoch !== ours.epoch && h.epoch !== this.replicaEpoch) {
+        if (h.epoch !== ours.epoch && h.epoch !== this.replicaEpoch && this.overwriteOthers)
+          foreign++;
+        else if (h.epoch !== ours.epoch && h.epoch !== this.replicaEpoch) {
           const moved = await diffCheckpoints(
             store,
             { checkpoint: h.prevCheckpoint },
             { checkpoint: c },
           );
-          if (moved.length > 0) throw diverged(store.url, known, ours.epoch, c, h.epoch);
+          if (moved.length > 0) {
+            this.diverged = true;
+            throw diverged(store.url, known, ours.epoch, c, h.epoch);
+          }
         }
         if (h.prevCheckpoint >= c) throw new Error(`checkpoint ${c} has no earlier one`);
         c = h.prevCheckpoint;
         if (c < known) throw new Error(`the history from ${head} does not pass ${known}`);
       }
-      changed = await diffCheckpoints(store, { checkpoint: known }, { checkpoint: head });
+      // (A full pass copies every region anyway.)
+      changed = this.fullPass
+        ? []
+        : await diffCheckpoints(store, { checkpoint: known }, { checkpoint: head });
     } catch (e) {
       if (isHyperError(e, 'FENCED')) throw e;
       this.log.warn('the replica changed behind the replicator: full resync', {
@@ -974,19 +1030,18 @@ export class Replicator {
         found: head,
         error: e instanceof Error ? e.message : String(e),
       });
-      this.resync(true);
-      return;
+      return 'full';
     }
     const regions = new Set(changed.flatMap((x) => this.regionsIn(x.offset, x.length)));
-    if (regions.size === 0) return;
+    if (regions.size === 0) return regions;
     this.log.info('the replica has commits after the last one recorded: copying their regions', {
       recorded: known,
       found: head,
       regions: regions.size,
+      // Checkpoints of another replicator, overwritten because this one took the replica over.
+      ...(foreign > 0 ? { takenOver: foreign } : {}),
     });
-    for (const r of regions) this.needCopy.add(r);
-    this.consistentAfter = Infinity;
-    this.work.wake();
+    return regions;
   }
 
   /**
@@ -1030,6 +1085,8 @@ export class Replicator {
     this.checkOpen();
     for (let r = 0; r < this.regions; r++) if (full || bitGet(this.dirty, r)) this.needCopy.add(r);
     if (full) this.fullPass = true;
+    // The operator keeps this primary's data over the other's (see the diverged error).
+    if (full && this.diverged) this.overwriteOthers = true;
     this.consistentAfter = Infinity;
     // A replica given up for good (FENCED, say) is tried again when asked to.
     if (this.volume === undefined && !this.connecting && !this.closing) void this.connect(false);

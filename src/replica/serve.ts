@@ -12,7 +12,7 @@
  */
 import { HyperError } from '../errors.js';
 import type { OpenStoreOptions } from '../format/store/index.js';
-import { processHolder, readLease } from '../format/volume/lease.js';
+import { processHolder } from '../format/volume/lease.js';
 import { silentLogger } from '../format/volume/types.js';
 import { Volume } from '../format/volume/volume.js';
 import { ControlClient, ControlServer, type ControlRoutes } from '../daemon/control.js';
@@ -75,16 +75,23 @@ export class ReplicaServer {
         openReplica: async () => {
           // --force takes the replica over at start only: a reconnect after another replicator
           // took it over must not take it back. The replicator's own lease (left live by a
-          // failed close) is taken back at once.
-          const force =
-            forceAtStart ||
-            (await readLease(store).catch(() => undefined))?.lease.holder === holder;
+          // failed close) is taken back at once, checked in the lease's compare-and-swap: a
+          // takeover between a look at the lease and the take would be undone otherwise.
+          const force = forceAtStart;
+          const reclaim = true;
           forceAtStart = false;
           const pipeline = o.flushPipeline === undefined ? {} : { flushPipeline: o.flushPipeline };
           // (A mem:// store lives in this process only: no worker can open it.)
           if (o.workerStoreOptions !== undefined && !store.url.startsWith('mem:')) {
             return WorkerTarget.open(
-              { url: store.url, storeOptions: o.workerStoreOptions, holder, force, ...pipeline },
+              {
+                url: store.url,
+                storeOptions: o.workerStoreOptions,
+                holder,
+                force,
+                reclaim,
+                ...pipeline,
+              },
               this.logger,
               // What the worker holds counts against the pool: a small pool, a small window.
               Math.min(
@@ -96,12 +103,14 @@ export class ReplicaServer {
           return Volume.open(store, {
             holder,
             force,
+            reclaim,
             flushIntervalMs: 0,
             logger: this.logger,
             ...pipeline,
           });
         },
         openReplicaAt: (checkpoint) => Volume.open(store, { at: { checkpoint } }),
+        takeOver: o.force === true,
         logger: this.logger,
         ...(o.poolBytes === undefined ? {} : { poolBytes: o.poolBytes }),
         ...(o.recoverConcurrency === undefined ? {} : { recoverConcurrency: o.recoverConcurrency }),

@@ -64,6 +64,7 @@ async function handle(m: ToWorker): Promise<void> {
         volume = await Volume.open(store, {
           holder: m.spec.holder,
           force: m.spec.force,
+          reclaim: m.spec.reclaim === true,
           flushIntervalMs: 0,
           logger,
           ...(m.spec.flushPipeline === undefined ? {} : { flushPipeline: m.spec.flushPipeline }),

@@ -50,6 +50,8 @@ export interface WorkerTargetSpec {
   holder: string;
   /** Take the lease from a live holder. */
   force: boolean;
+  /** Take the lease back if it is this holder's own. */
+  reclaim?: boolean;
   flushPipeline?: number;
 }
 

@@ -65,7 +65,7 @@ export default class ReplicaServe extends BaseCommand<typeof ReplicaServe> {
     }),
     force: Flags.boolean({
       summary:
-        "Serve even if the header names another live replicator, and take the replica's lease from its holder (at start only: once taken over, this replicator does not take it back).",
+        "Serve even if the header names another live replicator, and take the replica's lease from its holder, overwriting what it shipped after this primary's last commit (at start only: once taken over, this replicator does not take it back).",
     }),
     'print-uri': Flags.boolean({ summary: 'Print the NBD URI on stdout once listening.' }),
     'log-level': Flags.string({

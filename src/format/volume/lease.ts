@@ -122,6 +122,12 @@ export interface LeaseOptions {
   holder: string;
   ttlMs: number;
   force: boolean;
+  /**
+   * Take a live lease back when its holder is this one (a reconnect of a holder whose earlier
+   * open was given up). The holder is checked on the record the compare-and-swap replaces, so
+   * a takeover by another holder in between is never undone.
+   */
+  reclaim?: boolean;
   /** The new epoch must exceed this (the head's epoch). */
   minEpoch: number;
 }
@@ -154,7 +160,8 @@ export class Lease {
         cur?.lease !== undefined &&
         cur.lease.expiresMs > now &&
         !holderIsDeadLocal(cur.lease.holder);
-      if (live && !o.force) throw leaseHeldError(cur.lease as LeaseRecord);
+      const own = o.reclaim === true && cur?.lease?.holder === o.holder;
+      if (live && !o.force && !own) throw leaseHeldError(cur.lease as LeaseRecord);
       const epoch = Math.max(cur?.lease?.epoch ?? 0, o.minEpoch) + 1;
       const record: LeaseRecord = {
         holder: o.holder,

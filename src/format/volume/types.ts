@@ -95,6 +95,8 @@ export interface OpenOptions {
   walUrl?: string;
   /** Take the lease even if another holder's lease is live (fences that holder). */
   force?: boolean;
+  /** Take a live lease back if it is this holder's own (see LeaseOptions.reclaim). */
+  reclaim?: boolean;
   /** Bytes of index nodes kept in memory (default 32 MiB). */
   nodeCacheBytes?: number;
   /**

@@ -279,6 +279,7 @@ export class Volume {
       holder: options.holder ?? defaultHolder(),
       ttlMs: options.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS,
       force: options.force ?? false,
+      reclaim: options.reclaim ?? false,
       minEpoch: cur.head.epoch,
     };
     const log = options.logger ?? silentLogger;

@@ -10,14 +10,13 @@ import { createHash } from 'node:crypto';
 import { copyFile as copyFile_, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import { after, describe, it } from 'node:test';
+import { after, afterEach, describe, it } from 'node:test';
 import { HyperError } from '../../../src/errors.js';
 import { PRIMARY_DATA_OFFSET } from '../../../src/format/codec/primary.js';
 import { MemStore } from '../../../src/format/store/mem.js';
 import type { ObjectStore } from '../../../src/format/store/index.js';
 import { compactVolume } from '../../../src/format/volume/compact.js';
 import { readHead } from '../../../src/format/volume/heads.js';
-import { readLease } from '../../../src/format/volume/lease.js';
 import { Volume } from '../../../src/format/volume/volume.js';
 import {
   checkPrimary,
@@ -100,6 +99,15 @@ async function setup(): Promise<{ file: string; uuid: string; prefix: string }> 
 
 const open = (u: string): Promise<ObjectStore> => Promise.resolve(new MemStore(u));
 
+/**
+ * Every replicator a test started is stopped after it, as a killed process would be: one left
+ * running by a failed assertion would keep the file's event loop alive until its timeout.
+ */
+const started: Replicator[] = [];
+afterEach(async () => {
+  for (const rep of started.splice(0)) await rep.crash();
+});
+
 async function start(
   s: { file: string; uuid: string; prefix: string },
   o: { poolBytes?: number; holder?: string; force?: boolean; takeReplica?: 'always' | 'once' } = {},
@@ -109,7 +117,7 @@ async function start(
   const store = new OutageStore(inner);
   const holder = o.holder ?? 'test-a';
   // 'once': the replica's lease is taken by force at start only, later reconnects wait for it
-  // unless it is this replicator's own (what `replica serve` does without --force).
+  // unless it is this replicator's own (what `replica serve` does).
   let forceAtStart = true;
   let opens = 0;
   const rep = new Replicator({
@@ -119,19 +127,18 @@ async function start(
     owner: holder,
     openReplica: async () => {
       opens++;
-      const force =
-        o.takeReplica !== 'once' ||
-        forceAtStart ||
-        (await readLease(store).catch(() => undefined))?.lease.holder === holder;
+      const force = o.takeReplica !== 'once' || forceAtStart;
       forceAtStart = false;
-      return Volume.open(store, { holder, force, flushIntervalMs: 0 });
+      return Volume.open(store, { holder, force, reclaim: true, flushIntervalMs: 0 });
     },
     openReplicaAt: (checkpoint) => Volume.open(store, { at: { checkpoint } }),
+    takeOver: o.force === true,
     poolBytes: o.poolBytes ?? 64 * MiB,
     commitIntervalMs: 20,
     clearDelayMs: 0,
     retryMs: 20,
   });
+  started.push(rep);
   await rep.start();
   return { rep, store, opens: () => opens };
 }
@@ -424,6 +431,15 @@ describe('replicator', () => {
     assert.equal((await readManifest(store))!.writerEpoch, epochB);
     await b.rep.close();
     assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(modelB.bytes));
+    // B's lease is free: A (its full resync asked for before it knew) finds that the primaries
+    // diverged and changes nothing, not even the manifest.
+    a.rep.resync(false);
+    const until = Date.now() + 20_000;
+    while (!/diverged/.test(a.rep.status().replica.error ?? '') && Date.now() < until)
+      await new Promise((res) => setTimeout(res, 20));
+    assert.match(a.rep.status().replica.error ?? '', /FENCED.*diverged/);
+    assert.equal((await readManifest(store))!.writerEpoch, epochB);
+    assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(modelB.bytes));
     await a.rep.close();
     assert.equal((await readManifest(store))!.writerEpoch, epochB);
   });
@@ -506,6 +522,54 @@ describe('replicator', () => {
       assert.ok(checked > 0, `only ${checked} checkpoints checked`);
     });
   }
+
+  it('a failover copy taken before the old replicator reconnected under a new epoch: the forced start overwrites its later commits', async () => {
+    const s = await setup();
+    const a = await start(s, { holder: 'late-a', takeReplica: 'once' });
+    const modelA = new Model();
+    await randomOps(a.rep, modelA, 71, 40);
+    assert.ok(await a.rep.settle(10_000));
+    const { store: plain } = await openReplicaStore(s.prefix, s.uuid, open);
+    const epochAtCopy = (await readHead(plain)).head.epoch;
+    const fileB = `${s.file}.b`;
+    await copyFile_(s.file, fileB);
+    const modelB = new Model();
+    modelA.bytes.copy(modelB.bytes);
+    // A loses the replica, takes its own lease back under a new epoch and commits more: the
+    // copy's header names neither that epoch nor those checkpoints.
+    a.store.down = true;
+    await randomOps(a.rep, modelA, 72, 10);
+    let until = Date.now() + 10_000;
+    while (a.rep.status().replica.connected && Date.now() < until) await a.rep.flush();
+    a.store.down = false;
+    await randomOps(a.rep, modelA, 73, 20);
+    assert.ok(await a.rep.settle(10_000), JSON.stringify(a.rep.status()));
+    assert.ok((await readHead(plain)).head.epoch > epochAtCopy, 'A reconnected under a new epoch');
+
+    // B, started by force from the copy, takes the replica over and makes it its own image.
+    const b = await start(
+      { ...s, file: fileB },
+      { holder: 'late-b', force: true, takeReplica: 'once' },
+    );
+    assert.equal(b.rep.status().replica.error, null, JSON.stringify(b.rep.status()));
+    await randomOps(b.rep, modelB, 74, 30);
+    assert.ok(await b.rep.settle(10_000), JSON.stringify(b.rep.status()));
+    until = Date.now() + 10_000;
+    while (b.rep.status().mode !== 'logging' && Date.now() < until) await b.rep.flush();
+    assert.equal(b.rep.status().mode, 'logging');
+    await b.rep.close();
+    assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(modelB.bytes));
+    // A stays fenced: a restart without force refuses (the primaries diverged).
+    await randomOps(a.rep, modelA, 75, 5);
+    a.rep.resync(false);
+    until = Date.now() + 10_000;
+    while (!/FENCED/.test(a.rep.status().replica.error ?? '') && Date.now() < until)
+      await new Promise((res) => setTimeout(res, 20));
+    assert.match(a.rep.status().replica.error ?? '', /FENCED/);
+    await a.rep.close();
+    assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(modelB.bytes));
+    assert.equal(sha(await primaryContent(s.file)), sha(modelA.bytes));
+  });
 
   it('a compaction of the replica while the replicator was stopped changes nothing it ships', async () => {
     const s = await setup();

@@ -3,6 +3,7 @@ import { describe, it } from 'node:test';
 import { isHyperError } from '../../../../src/errors.js';
 import { decodeLease } from '../../../../src/format/codec/lease.js';
 import { LEASE_KEY } from '../../../../src/format/keys.js';
+import type { ObjectStore } from '../../../../src/format/store/index.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
 import { Lease, readLease } from '../../../../src/format/volume/lease.js';
 
@@ -71,6 +72,39 @@ describe('lease', () => {
     for (const r of results)
       if (r.status === 'rejected') assert.ok(isHyperError(r.reason, 'LEASE_HELD'));
     await (won[0] as PromiseFulfilledResult<Lease>).value.release();
+  });
+
+  it("reclaim takes back the holder's own live lease only, and never undoes a takeover made meanwhile", async () => {
+    const store = MemStore.isolated();
+    const a = await Lease.acquire(store, opts('a'));
+    a.stop();
+    // Its own lease, still live (a failed close left it): taken back without force.
+    const again = await Lease.acquire(store, opts('a', { reclaim: true }));
+    assert.equal(again.epoch, a.epoch + 1);
+    again.stop();
+    await assert.rejects(Lease.acquire(store, opts('c', { reclaim: true })), (e) =>
+      isHyperError(e, 'LEASE_HELD'),
+    );
+    // B takes the lease over by force between a's look at the lease and a's write: the
+    // compare-and-swap fails, a looks again, sees B's lease and is refused.
+    let interpose: (() => Promise<unknown>) | undefined = () =>
+      Lease.acquire(store, opts('b', { force: true }));
+    const racing: ObjectStore = Object.assign(Object.create(store) as ObjectStore, {
+      put: async (...args: Parameters<ObjectStore['put']>) => {
+        const run = interpose;
+        interpose = undefined;
+        if (run) await run();
+        return store.put(...args);
+      },
+    });
+    await assert.rejects(Lease.acquire(racing, opts('a', { reclaim: true })), (e) => {
+      assert.ok(isHyperError(e, 'LEASE_HELD'));
+      assert.match(e.message, /in use by b/);
+      return true;
+    });
+    const now = await readLease(store);
+    assert.equal(now?.lease.holder, 'b');
+    assert.equal(now?.lease.epoch, again.epoch + 1);
   });
 
   it('a damaged lease record is a data error naming its key', async () => {
