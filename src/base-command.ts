@@ -42,6 +42,7 @@ import {
 import { originalFlagMessage, storeFlags } from './flags.js';
 import type { Cipher } from './format/codec/seal.js';
 import { keyById, loadKeyFile } from './format/keyring.js';
+import { parsePayloadSigning } from './format/store/common.js';
 import { ProgressReporter } from './cli/progress.js';
 import { startSpinner, type Spinner } from './cli/spinner.js';
 import {
@@ -249,6 +250,10 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
       ...(settings.endpoint.value === null ? {} : { endpoint: settings.endpoint.value }),
       ...(settings.region.value === null ? {} : { region: settings.region.value }),
       ...(settings.awsProfile.value === null ? {} : { profile: settings.awsProfile.value }),
+      payloadSigning: parsePayloadSigning(
+        settings.payloadSigning.value ?? 'auto',
+        settings.payloadSigning.from ?? 'payloadSigning',
+      ),
     };
   }
 

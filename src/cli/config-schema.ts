@@ -11,6 +11,8 @@ const endpoint = z
   .describe('S3 endpoint URL');
 const region = z.string().min(1);
 const awsProfile = z.string().min(1);
+/** Whether S3 PUT bodies are signed (StoreOptions.payloadSigning). */
+const payloadSigning = z.enum(['auto', 'on', 'off']);
 const flagValue = z.union([z.string(), z.number(), z.boolean()]);
 /** Command id (`compact`, `file import`, `*` for every command) → flag name → value. */
 const defaults = z.record(z.string().min(1), z.record(z.string().min(1), flagValue));
@@ -19,6 +21,7 @@ const profileSchema = z.strictObject({
   endpoint: endpoint.optional(),
   region: region.optional(),
   awsProfile: awsProfile.optional(),
+  payloadSigning: payloadSigning.optional(),
   defaults: defaults.optional(),
 });
 
@@ -28,6 +31,7 @@ export const configSchema = z.strictObject({
   endpoint: endpoint.optional(),
   region: region.optional(),
   awsProfile: awsProfile.optional(),
+  payloadSigning: payloadSigning.optional(),
   defaults: defaults.optional(),
   profiles: z.record(z.string().min(1), profileSchema).optional(),
 });

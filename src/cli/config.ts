@@ -17,6 +17,7 @@ import { homedir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { HyperError } from '../errors.js';
 import { readJsonFile } from '../json-file.js';
+import { PAYLOAD_SIGNING_ENV, parsePayloadSigning } from '../format/store/common.js';
 import type { ConfigFile, ProfileSection } from './config-schema.js';
 
 export type { ConfigFile, ProfileSection };
@@ -86,7 +87,7 @@ export async function loadConfig(env: NodeJS.ProcessEnv = process.env): Promise<
 }
 
 /** Settings that are not default flags (they have their own place in the file). */
-const RESERVED_FLAGS = new Set(['endpoint', 'region', 'profile']);
+const RESERVED_FLAGS = new Set(['endpoint', 'region', 'profile', 'payloadSigning']);
 
 function defaultSections(c: ConfigFile): [string, NonNullable<ConfigFile['defaults']>][] {
   const out: [string, NonNullable<ConfigFile['defaults']>][] = [];
@@ -108,6 +109,8 @@ export interface ResolvedSettings {
   awsProfile: Setting;
   endpoint: Setting;
   region: Setting;
+  /** Whether S3 PUT bodies are signed: auto, on or off (see StoreOptions.payloadSigning). */
+  payloadSigning: Setting;
 }
 
 const none = (source: SettingSource = 'default'): Setting => ({
@@ -144,7 +147,7 @@ export function resolveSettings(
   const sectionKey = (key: string): string => file(`profiles.${profile.value}.${key}`);
 
   const pick = (
-    key: 'endpoint' | 'region',
+    key: 'endpoint' | 'region' | 'payloadSigning',
     flagValue: string | undefined,
     envNames: string[],
   ): Setting => {
@@ -173,6 +176,10 @@ export function resolveSettings(
       { suggestion: 'Give the endpoint as a URL, e.g. --endpoint http://127.0.0.1:7480.' },
     );
   }
+  let payloadSigning = pick('payloadSigning', undefined, [PAYLOAD_SIGNING_ENV]);
+  if (payloadSigning.value === null)
+    payloadSigning = { value: 'auto', source: 'default', from: null };
+  else parsePayloadSigning(payloadSigning.value, payloadSigning.from ?? 'payloadSigning');
   let regionSetting = pick('region', flags.region, ['AWS_REGION', 'AWS_DEFAULT_REGION']);
   if (regionSetting.value === null)
     regionSetting = { value: 'us-east-1', source: 'default', from: null };
@@ -197,6 +204,7 @@ export function resolveSettings(
     awsProfile: aws,
     endpoint: endpointSetting,
     region: regionSetting,
+    payloadSigning,
   };
 }
 

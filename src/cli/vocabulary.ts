@@ -630,6 +630,8 @@ export const configShowSchema = z.strictObject({
   awsProfile: settingSchema,
   endpoint: settingSchema,
   region: settingSchema,
+  /** Whether S3 PUT bodies are signed: auto (over http only), on, off. */
+  payloadSigning: settingSchema,
   /** Default flags the file sets, per command. */
   defaults: z.array(
     z.strictObject({

@@ -88,6 +88,8 @@ export class FaultProxy {
    * then overwrites unconditionally, like a store that ignores conditional writes.
    */
   ignoreConditionalWrites: SigningCredentials | undefined;
+  /** Sees each request (method, headers) as it arrives. */
+  onRequest: ((req: IncomingMessage) => void) | undefined;
   readonly counts: FaultCounts = {
     requests: 0,
     slow: 0,
@@ -143,6 +145,7 @@ export class FaultProxy {
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     this.counts.requests++;
+    this.onRequest?.(req);
     const chunks: Buffer[] = [];
     for await (const c of req) chunks.push(c as Buffer);
     const body = Buffer.concat(chunks);

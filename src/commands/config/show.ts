@@ -77,6 +77,7 @@ The file is ~/.config/hyper/config.json ($XDG_CONFIG_HOME/hyper/config.json), or
       awsProfile: json(settings.awsProfile),
       endpoint: json(settings.endpoint),
       region: json(settings.region),
+      payloadSigning: json(settings.payloadSigning),
       defaults,
     };
     const show = (s: ConfigSettingJson): string => (s.value === null ? '(none)' : s.value);
@@ -92,6 +93,7 @@ The file is ~/.config/hyper/config.json ($XDG_CONFIG_HOME/hyper/config.json), or
       ['aws profile', show(result.awsProfile), src(result.awsProfile)],
       ['endpoint', show(result.endpoint), src(result.endpoint)],
       ['region', show(result.region), src(result.region)],
+      ['payload signing', show(result.payloadSigning), src(result.payloadSigning)],
     ];
     const lines = rows.map(([k, v, s]) => `${k}: ${v}${s ? `  [${s}]` : ''}`);
     for (const d of defaults) {

@@ -1,5 +1,5 @@
 import { HyperError } from '../../errors.js';
-import type { ByteRange } from './types.js';
+import { PAYLOAD_SIGNING_VALUES, type ByteRange, type PayloadSigning } from './types.js';
 
 /** Domain errors shared by every store implementation (the translation table lives in types.ts). */
 export const notFound = (root: string, key: string): HyperError =>
@@ -22,4 +22,21 @@ export function sliceRange(body: Buffer, range?: ByteRange): Buffer {
   const start = Math.min(range.offset, body.length);
   const end = Math.min(range.offset + range.length, body.length);
   return body.subarray(start, end);
+}
+
+/** The environment variable that sets payload signing when no option does. */
+export const PAYLOAD_SIGNING_ENV = 'HYPER_S3_PAYLOAD_SIGNING';
+
+/** A payload-signing value (from an option, the environment or a file), checked. */
+export function parsePayloadSigning(value: string, from: string): PayloadSigning {
+  const v = value.toLowerCase();
+  if ((PAYLOAD_SIGNING_VALUES as readonly string[]).includes(v)) return v as PayloadSigning;
+  throw new HyperError(
+    'invalid',
+    'INVALID_ARGUMENT',
+    `Invalid value ${JSON.stringify(value)} for ${from}: expected ${PAYLOAD_SIGNING_VALUES.join(', ')}`,
+    {
+      suggestion: `Set ${from} to auto (sign PUT bodies over http only), on or off.`,
+    },
+  );
 }

@@ -29,7 +29,13 @@ import {
 import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { HyperError } from '../../errors.js';
 import { LeanGet } from './s3-get.js';
-import { notFound, objectExists, preconditionFailed } from './common.js';
+import {
+  notFound,
+  objectExists,
+  PAYLOAD_SIGNING_ENV,
+  parsePayloadSigning,
+  preconditionFailed,
+} from './common.js';
 import type {
   GetOptions,
   GetResult,
@@ -278,6 +284,21 @@ export function resolveRegion(options: StoreOptions): string {
 }
 
 /**
+ * Whether PUT bodies are hashed into the signature at `endpoint`. SigV4 signs a SHA-256 of
+ * the body: hyper's CPU and the server's (which checks it) for every byte written, half of
+ * the client's CPU per uploaded GiB on an RGW at loopback. Over HTTPS, TLS already guards
+ * the body, so `auto` leaves it out there (UNSIGNED-PAYLOAD, as the aws CLI does for
+ * uploads); over HTTP the hash is the only guard against a body changed in transit.
+ */
+export function signsPayload(options: StoreOptions, endpoint: string): boolean {
+  const env = process.env[PAYLOAD_SIGNING_ENV];
+  const mode =
+    options.payloadSigning ?? (env ? parsePayloadSigning(env, PAYLOAD_SIGNING_ENV) : 'auto');
+  if (mode === 'auto') return !/^https:/i.test(endpoint);
+  return mode === 'on';
+}
+
+/**
  * Keep the SDK's notice that its releases after January 2027 need Node 22 off hyper's stderr
  * (README "Install" says which Node versions hyper supports and why). The SDK reads this
  * documented switch when a client is constructed; a value the user set is left alone.
@@ -315,11 +336,21 @@ export function createS3Client(options: S3StoreOptions): {
   }
   if (options.credentials) config.credentials = options.credentials;
   else if (options.profile) config.profile = options.profile;
-  return {
-    client: new S3Client(config),
-    endpoint: endpoint ?? `https://s3.${region}.amazonaws.com`,
-    agents,
-  };
+  const url = endpoint ?? `https://s3.${region}.amazonaws.com`;
+  const client = new S3Client(config);
+  if (!signsPayload(options, url)) {
+    // The signer takes a payload hash already in the headers as it is.
+    client.middlewareStack.add(
+      (next, context) => (args) => {
+        const req = args.request as { headers?: Record<string, string> } | undefined;
+        if (context.commandName === 'PutObjectCommand' && req?.headers !== undefined)
+          req.headers['x-amz-content-sha256'] = 'UNSIGNED-PAYLOAD';
+        return next(args);
+      },
+      { step: 'build', name: 'hyperUnsignedPayload' },
+    );
+  }
+  return { client, endpoint: url, agents };
 }
 
 export class S3Store implements ObjectStore {

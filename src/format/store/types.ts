@@ -100,11 +100,21 @@ export interface ObjectStore {
   close(): Promise<void>;
 }
 
+/**
+ * Whether an S3 PUT's body is hashed into its SigV4 signature: `on` always, `off` never
+ * (UNSIGNED-PAYLOAD), `auto` (the default) only over plain HTTP, where nothing else guards
+ * the body in transit; over HTTPS, TLS does.
+ */
+export type PayloadSigning = 'auto' | 'on' | 'off';
+export const PAYLOAD_SIGNING_VALUES: readonly PayloadSigning[] = ['auto', 'on', 'off'];
+
 /** Options every store factory understands (CLI flags and environment feed them). */
 export interface StoreOptions {
   /** S3 endpoint URL (also AWS_ENDPOINT_URL). Implies path-style addressing. */
   endpoint?: string;
   region?: string;
+  /** S3 payload signing (also HYPER_S3_PAYLOAD_SIGNING; default auto). */
+  payloadSigning?: PayloadSigning;
   /** Max attempts for retryable failures (S3). */
   maxAttempts?: number;
 }

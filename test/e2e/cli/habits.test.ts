@@ -157,8 +157,13 @@ describe('configuration file', () => {
         profile: 'lab',
         region: 'eu-west-1',
         endpoint: 'http://127.0.0.1:1',
+        payloadSigning: 'on',
         profiles: {
-          lab: { endpoint: 'http://127.0.0.1:7480', defaults: { compact: { grace: '0s' } } },
+          lab: {
+            endpoint: 'http://127.0.0.1:7480',
+            payloadSigning: 'off',
+            defaults: { compact: { grace: '0s' } },
+          },
         },
         defaults: { compact: { grace: '1h', 'min-live': '0.5' }, 'file create': { size: '2M' } },
       }),
@@ -169,6 +174,7 @@ describe('configuration file', () => {
       profile: { value: string; source: string };
       endpoint: { value: string; source: string; from: string };
       region: { value: string; source: string; from: string };
+      payloadSigning: { value: string; source: string; from: string | null };
       awsProfile: { value: string | null };
     };
     const shown = await hyperJson<Shown>(['config', 'show'], 0, { env });
@@ -180,6 +186,7 @@ describe('configuration file', () => {
     );
     assert.equal(shown.endpoint.from, `${cfg}: profiles.lab.endpoint`);
     assert.deepEqual([shown.region.value, shown.region.source], ['eu-west-1', 'file']);
+    assert.deepEqual([shown.payloadSigning.value, shown.payloadSigning.source], ['off', 'profile']);
     // A profile that is a section of the file does not imply an AWS profile.
     assert.equal(shown.awsProfile.value, null);
 
@@ -187,6 +194,26 @@ describe('configuration file', () => {
       env: { ...env, AWS_REGION: 'ap-south-1', AWS_ENDPOINT_URL: 'http://10.0.0.1:9000' },
     });
     assert.deepEqual([envWins.region.value, envWins.region.source], ['ap-south-1', 'env']);
+    const signEnv = await hyperJson<Shown>(['config', 'show'], 0, {
+      env: { ...env, HYPER_S3_PAYLOAD_SIGNING: 'auto' },
+    });
+    assert.deepEqual(
+      [signEnv.payloadSigning.value, signEnv.payloadSigning.from],
+      ['auto', 'HYPER_S3_PAYLOAD_SIGNING'],
+    );
+    const badSign = await hyperJson<ErrorOut>(['config', 'show'], 2, {
+      env: { ...env, HYPER_S3_PAYLOAD_SIGNING: 'maybe' },
+    });
+    assert.equal(badSign.error.code, 'INVALID_ARGUMENT');
+    assert.match(badSign.error.message, /HYPER_S3_PAYLOAD_SIGNING: expected auto, on, off/);
+    await writeFile(join(dir, 'empty.json'), '{}');
+    const noFile = await hyperJson<Shown>(['config', 'show'], 0, {
+      env: { HYPER_CONFIG: join(dir, 'empty.json') },
+    });
+    assert.deepEqual(
+      [noFile.payloadSigning.value, noFile.payloadSigning.source],
+      ['auto', 'default'],
+    );
     assert.deepEqual(
       [envWins.endpoint.value, envWins.endpoint.from],
       ['http://10.0.0.1:9000', 'AWS_ENDPOINT_URL'],
@@ -201,6 +228,7 @@ describe('configuration file', () => {
     // --profile naming no section: an AWS profile, top-level settings apply.
     const aws = await hyperJson<Shown>(['config', 'show', '--profile', 'prod'], 0, { env });
     assert.equal(aws.awsProfile.value, 'prod');
+    assert.deepEqual([aws.payloadSigning.value, aws.payloadSigning.source], ['on', 'file']);
     assert.deepEqual([aws.endpoint.value, aws.endpoint.source], ['http://127.0.0.1:1', 'file']);
     const text = await hyper(['config', 'show'], { env });
     assert.match(
@@ -247,6 +275,7 @@ describe('configuration file', () => {
       ['{ "endpoint": ', /not valid JSON/],
       ['{ "endpoint": "localhost:7480" }', /endpoint: expected http\(s\):\/\/host/],
       ['{ "regoin": "x" }', /regoin/],
+      ['{ "payloadSigning": "sometimes" }', /payloadSigning/],
       ['{ "defaults": { "file stat": { "bogus": 1 } } }', /"hyper file stat" has no flag --bogus/],
       ['{ "defaults": { "file stat": { "endpoint": "http://x:1" } } }', /store setting/],
     ];

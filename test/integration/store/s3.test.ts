@@ -3,8 +3,11 @@
 import assert from 'node:assert/strict';
 import { createServer } from 'node:net';
 import { describe, it } from 'node:test';
+import { createHash } from 'node:crypto';
 import { isHyperError } from '../../../src/errors.js';
 import { openStore } from '../../../src/format/store/index.js';
+import { signsPayload } from '../../../src/format/store/s3.js';
+import { FaultProxy } from '../../helpers/fault-proxy.js';
 import { needS3, s3Config } from '../../helpers/env.js';
 import {
   emptyStore,
@@ -110,6 +113,56 @@ if (!cfg) {
       });
       await rejectsWith(s.head('k'), 'STORE_UNAVAILABLE');
       await s.close();
+    });
+  });
+
+  describe('s3:// payload signing', () => {
+    it('PUT bodies are signed over http by default and unsigned with off; RGW takes both, conditional or not', async () => {
+      await ensureBucket(cfg);
+      const proxy = new FaultProxy(new URL(cfg.endpoint));
+      const endpoint = await proxy.start();
+      const seen: string[] = [];
+      proxy.onRequest = (req) => {
+        if (req.method === 'PUT') seen.push(String(req.headers['x-amz-content-sha256']));
+      };
+      try {
+        const url = uniqueS3Url(cfg, 'payload-signing');
+        const body = Buffer.alloc(256 * 1024);
+        for (let i = 0; i < body.length; i += 4) body.writeUInt32LE((i * 2654435761) >>> 0, i);
+        const sha = createHash('sha256').update(body).digest('hex');
+        for (const mode of ['auto', 'off', 'on'] as const) {
+          seen.length = 0;
+          const s = await openStore(url, { ...s3Options(cfg), endpoint, payloadSigning: mode });
+          const { etag } = await s.put(`${mode}/k`, body, { ifNoneMatch: true });
+          await s.put(`${mode}/k`, body, { ifMatch: etag });
+          await rejectsWith(s.put(`${mode}/k`, body, { ifNoneMatch: true }), 'OBJECT_EXISTS');
+          await s.put(`${mode}/plain`, body);
+          for (const key of ['k', 'plain'])
+            assert.ok((await s.get(`${mode}/${key}`)).body.equals(body), `${mode}/${key}`);
+          assert.ok(seen.length >= 4, `${mode}: ${seen.length} PUTs seen`);
+          const want = mode === 'off' ? 'UNSIGNED-PAYLOAD' : sha;
+          assert.deepEqual(new Set(seen), new Set([want]), mode);
+          await s.close();
+        }
+        // The aws CLI's habit over TLS, and the variable that sets it when no option does.
+        assert.equal(signsPayload({}, 'https://s3.eu-west-1.amazonaws.com'), false);
+        assert.equal(signsPayload({}, 'http://127.0.0.1:7480'), true);
+        assert.equal(signsPayload({ payloadSigning: 'on' }, 'https://x'), true);
+        process.env.HYPER_S3_PAYLOAD_SIGNING = 'off';
+        try {
+          assert.equal(signsPayload({}, 'http://127.0.0.1:7480'), false);
+          process.env.HYPER_S3_PAYLOAD_SIGNING = 'sometimes';
+          assert.throws(
+            () => signsPayload({}, 'http://127.0.0.1:7480'),
+            (e) =>
+              isHyperError(e, 'INVALID_ARGUMENT') && /HYPER_S3_PAYLOAD_SIGNING/.test(e.message),
+          );
+        } finally {
+          delete process.env.HYPER_S3_PAYLOAD_SIGNING;
+        }
+      } finally {
+        await proxy.stop();
+      }
     });
   });
 }
