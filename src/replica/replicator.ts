@@ -1395,7 +1395,7 @@ function diverged(url: string, known: number, ours: number, c: number, theirs: n
     `Another replicator shipped to the replica ${url} after this primary's last commit (checkpoint ${known}, lease epoch ${ours}; checkpoint ${c}, epoch ${theirs}): the two primaries diverged`,
     {
       suggestion:
-        'Keep the primary whose data is wanted. To make this one the source again, run "hyper replica resync --full" (every region is copied over the other\'s); otherwise stop this replicator.',
+        'Keep the primary whose data is wanted. To make this one the source again, run "hyper replica resync --full" against its running replicator, or start it with "hyper replica serve --force" (the other\'s changes are copied over); otherwise stop this replicator.',
     },
   );
 }
