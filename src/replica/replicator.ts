@@ -939,13 +939,16 @@ export class Replicator {
       );
     }
     // What the replica holds beyond this primary's last commit is judged first: a replicator
-    // refused as diverged must not stamp the manifest either.
+    // refused as diverged must not stamp the manifest either. (A full pass that overwrites
+    // the others copies every region: nothing to judge, but the baseline moves all the same,
+    // so that a reconnect before its first commit does not find the others' checkpoints.)
     const head = v.info.checkpoint;
     const known = this.replicaCheckpoint;
-    const recopy =
-      known > 0 && head !== known && !(this.fullPass && this.overwriteOthers)
-        ? await this.reconcile(known, head)
-        : undefined;
+    let recopy: Set<number> | 'full' | undefined;
+    if (known > 0 && head !== known) {
+      recopy =
+        this.fullPass && this.overwriteOthers ? new Set() : await this.reconcile(known, head);
+    }
     // Stamp the manifest with this lease's epoch: a replicator it took over from can no
     // longer change it (its next write is FENCED).
     this.manifest = await updateManifest(

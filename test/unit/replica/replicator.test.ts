@@ -13,6 +13,7 @@ import { join } from 'node:path';
 import { after, afterEach, describe, it } from 'node:test';
 import { HyperError } from '../../../src/errors.js';
 import { PRIMARY_DATA_OFFSET } from '../../../src/format/codec/primary.js';
+import { SEGMENT_PREFIX } from '../../../src/format/keys.js';
 import { MemStore } from '../../../src/format/store/mem.js';
 import type { ObjectStore } from '../../../src/format/store/index.js';
 import { compactVolume } from '../../../src/format/volume/compact.js';
@@ -56,12 +57,16 @@ class OutageStore implements ObjectStore {
   /** While set, every put waits for it first (then fails if `down` by then). */
   hold: Promise<void> | undefined;
   heldPuts = 0;
+  /** While set, segment PUTs fail (no commit can land; the lease, head and manifest can). */
+  failSegments = false;
   async put(...a: Parameters<ObjectStore['put']>) {
     if (this.hold) {
       this.heldPuts++;
       await this.hold;
     }
     this.check();
+    if (this.failSegments && a[0].startsWith(SEGMENT_PREFIX))
+      throw new HyperError('unavailable', 'STORE_UNAVAILABLE', 'segment PUT refused (test)');
     return this.inner.put(...a);
   }
   async *list(...a: Parameters<ObjectStore['list']>) {
@@ -569,6 +574,46 @@ describe('replicator', () => {
     await a.rep.close();
     assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(modelB.bytes));
     assert.equal(sha(await primaryContent(s.file)), sha(modelA.bytes));
+  });
+
+  it('the full resync that keeps a diverged primary survives an outage before its first commit', async () => {
+    const s = await setup();
+    const a = await start(s, { holder: 'keep-a', takeReplica: 'once' });
+    const modelA = new Model();
+    await randomOps(a.rep, modelA, 81, 30);
+    assert.ok(await a.rep.settle(10_000));
+    const fileB = `${s.file}.b`;
+    await copyFile_(s.file, fileB);
+    const b = await start(
+      { ...s, file: fileB },
+      { holder: 'keep-b', force: true, takeReplica: 'once' },
+    );
+    const modelB = new Model();
+    modelA.bytes.copy(modelB.bytes);
+    await randomOps(b.rep, modelB, 82, 30);
+    assert.ok(await b.rep.settle(10_000), JSON.stringify(b.rep.status()));
+    await b.rep.close();
+    await randomOps(a.rep, modelA, 83, 10);
+    a.rep.resync(false);
+    let until = Date.now() + 20_000;
+    while (!/diverged/.test(a.rep.status().replica.error ?? '') && Date.now() < until)
+      await new Promise((res) => setTimeout(res, 20));
+    assert.match(a.rep.status().replica.error ?? '', /FENCED.*diverged/);
+    // The operator keeps A: the full resync connects, then its first commit fails (segment
+    // PUTs refused) and the replicator reconnects, which must not find B's checkpoints anew.
+    a.store.failSegments = true;
+    a.rep.resync(true);
+    until = Date.now() + 20_000;
+    while (!/segment PUT refused/.test(a.rep.status().replica.error ?? '') && Date.now() < until)
+      await new Promise((res) => setTimeout(res, 10));
+    assert.match(a.rep.status().replica.error ?? '', /segment PUT refused/);
+    a.store.failSegments = false;
+    assert.ok(await a.rep.settle(20_000), JSON.stringify(a.rep.status()));
+    until = Date.now() + 20_000;
+    while (a.rep.status().mode !== 'logging' && Date.now() < until) await a.rep.flush();
+    assert.equal(a.rep.status().mode, 'logging', JSON.stringify(a.rep.status()));
+    await a.rep.close();
+    assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(modelA.bytes));
   });
 
   it('a compaction of the replica while the replicator was stopped changes nothing it ships', async () => {
