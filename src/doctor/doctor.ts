@@ -7,6 +7,8 @@
  *   key fails, a compare-and-swap (If-Match) with the current ETag succeeds and with a stale
  *   ETag or on a missing key fails. A store that ignores them lets two writers both commit a
  *   head: hyper's single-writer guarantee and its crash consistency depend on them;
+ * - payload signing: whether PUT bodies are hashed into their signatures, and whether that
+ *   leaves them unguarded (unsigned over plain HTTP);
  * - latency and throughput of PUT and GET per object size;
  * - bucket settings that cost or lose data: versioning (deleted segments stay stored as
  *   noncurrent versions), lifecycle rules that expire or transition objects under the prefix
@@ -22,6 +24,7 @@ import { performance } from 'node:perf_hooks';
 import { HyperError, toHyperError } from '../errors.js';
 import { doctorKey } from '../format/keys.js';
 import { openStore, parseStoreUrl, type ObjectStore } from '../format/store/index.js';
+import type { PayloadSigning } from '../format/store/types.js';
 import type {
   BucketSettings,
   LifecycleRule,
@@ -70,6 +73,8 @@ export interface DoctorOptions {
   endpoint?: string;
   region?: string;
   credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
+  /** S3 payload signing (StoreOptions.payloadSigning; default: the environment, else auto). */
+  payloadSigning?: PayloadSigning;
   /** AWS account id, for the account-level Block Public Access check. */
   accountId?: string;
   /** Requests per operation and size in the latency test (0 skips it; default 3). */
@@ -109,11 +114,13 @@ export async function runDoctor(url: string, options: DoctorOptions = {}): Promi
   }
   // The S3-only modules load the AWS SDK: imported here, not at start-up.
   const { readBucketSettings, s3Target } = await import('../format/store/s3-bucket.js');
+  const { signsPayload } = await import('../format/store/s3.js');
   const target = s3Target(options);
   const storeOptions = {
     ...(options.endpoint === undefined ? {} : { endpoint: options.endpoint }),
     ...(options.region === undefined ? {} : { region: options.region }),
     ...(options.credentials === undefined ? {} : { credentials: options.credentials }),
+    ...(options.payloadSigning === undefined ? {} : { payloadSigning: options.payloadSigning }),
   };
   const store = await openStore(url, storeOptions);
   const checks: DoctorCheck[] = [];
@@ -128,6 +135,9 @@ export async function runDoctor(url: string, options: DoctorOptions = {}): Promi
     } else {
       const runId = randomBytes(8).toString('hex');
       checks.push(...(await checkConditionalWrites(store, runId, options.signal)));
+      checks.push(
+        payloadSigningCheck(signsPayload(storeOptions, target.endpoint), target.endpoint),
+      );
       const perf = await measure(store, runId, options);
       checks.push(perf.check);
       performanceRows.push(...perf.rows);
@@ -160,6 +170,7 @@ export async function runDoctor(url: string, options: DoctorOptions = {}): Promi
 const LATER_CHECKS: [string, string][] = [
   ['conditional-create', 'Create-only writes (If-None-Match)'],
   ['conditional-cas', 'Compare-and-swap (If-Match)'],
+  ['payload-signing', 'Payload signing'],
   ['performance', 'Latency and throughput'],
   ['region', 'Region'],
   ['versioning', 'Versioning'],
@@ -416,6 +427,47 @@ const label = (n: number): string =>
     : n >= 1024 && n % 1024 === 0
       ? `${n >> 10} KiB`
       : `${n} B`;
+
+/**
+ * Whether PUT bodies are hashed into their signatures (the PUTs of the checks above were sent
+ * this way, so a store refusing UNSIGNED-PAYLOAD failed them): unsigned over plain HTTP warns,
+ * as nothing then guards a body in transit.
+ */
+function payloadSigningCheck(signs: boolean, endpoint: string): DoctorCheck {
+  const title = 'Payload signing';
+  const tls = /^https:/i.test(endpoint);
+  if (signs && !tls) {
+    return check(
+      'payload-signing',
+      title,
+      'ok',
+      'PUT bodies are signed (plain HTTP: the signature guards them)',
+    );
+  }
+  if (!signs && tls) {
+    return check(
+      'payload-signing',
+      title,
+      'ok',
+      'PUT bodies are not signed: TLS guards them in transit',
+    );
+  }
+  if (signs) {
+    return check(
+      'payload-signing',
+      title,
+      'ok',
+      'PUT bodies are signed over TLS as well (a SHA-256 of every byte written, here and on the server)',
+    );
+  }
+  return check(
+    'payload-signing',
+    title,
+    'warn',
+    'PUT bodies are sent unsigned over plain HTTP: a body changed in transit would be stored as it is',
+    'Use an https:// endpoint, or leave HYPER_S3_PAYLOAD_SIGNING (payloadSigning in the configuration file) at auto unless the link is trusted.',
+  );
+}
 
 /** A probe that the endpoint does not support, or that failed: a skip or a warning. */
 function notRead<T>(id: string, title: string, p: Probe<T>): DoctorCheck | undefined {

@@ -65,6 +65,7 @@ const IDS = [
   'access',
   'conditional-create',
   'conditional-cas',
+  'payload-signing',
   'performance',
   'region',
   'versioning',
@@ -97,8 +98,11 @@ async function keysUnder(cfg: S3TestConfig, bucket: string, prefix: string): Pro
 }
 
 /** Run `hyper doctor … --json`, check the schema and that the exit code follows the status. */
-async function doctor(args: string[]): Promise<{ report: Report; stderr: string; code: number }> {
-  const r = await hyper(['doctor', ...args, '--json'], { timeoutMs: 120_000 });
+async function doctor(
+  args: string[],
+  env: Record<string, string> = {},
+): Promise<{ report: Report; stderr: string; code: number }> {
+  const r = await hyper(['doctor', ...args, '--json'], { timeoutMs: 120_000, env });
   const report = Report.parse(JSON.parse(r.stdout));
   assert.equal(r.code, EXIT[report.status], show(r));
   const counted = { ok: 0, warn: 0, fail: 0, skip: 0 };
@@ -155,6 +159,9 @@ describe('hyper doctor', () => {
     for (const id of ['access', 'conditional-create', 'conditional-cas', 'versioning'])
       assert.equal(byId(report, id).status, 'ok', JSON.stringify(byId(report, id)));
     assert.equal(byId(report, 'lifecycle').detail, 'none');
+    // Plain HTTP: PUT bodies signed by default.
+    assert.equal(byId(report, 'payload-signing').status, 'ok');
+    assert.match(byId(report, 'payload-signing').detail, /are signed/);
     assert.equal(byId(report, 'object-lock').status, 'ok');
     assert.notEqual(byId(report, 'bucket-policy-public').status, 'fail');
     // RGW has no S3 Control API: reported, not failed.
@@ -174,6 +181,24 @@ describe('hyper doctor', () => {
     assert.equal(stderr, '');
   });
 
+  it('warns when PUT bodies go unsigned over plain HTTP, and those PUTs still pass the checks', async (t) => {
+    const s3 = needS3(t);
+    if (!s3) return;
+    await ensureBucket(s3);
+    const prefix = uniquePrefix('doctor-unsigned');
+    const { report } = await doctor(
+      [`s3://${s3.bucket}/${prefix}`, '--endpoint', s3.endpoint, '--samples', '0'],
+      { HYPER_S3_PAYLOAD_SIGNING: 'off' },
+    );
+    for (const id of ['conditional-create', 'conditional-cas'])
+      assert.equal(byId(report, id).status, 'ok', JSON.stringify(byId(report, id)));
+    const signing = byId(report, 'payload-signing');
+    assert.equal(signing.status, 'warn');
+    assert.match(signing.detail, /unsigned over plain HTTP/);
+    assert.match(signing.suggestion ?? '', /https/);
+    assert.notEqual(report.status, 'ok');
+    assert.deepEqual(await keysUnder(s3, s3.bucket, prefix), []);
+  });
   it('reports a store that ignores conditional writes as unsafe (exit 8), as JSON and as a table', async (t) => {
     const s3 = needS3(t);
     if (!s3) return;
