@@ -564,7 +564,7 @@ describe('replicator', () => {
     assert.equal(b.rep.status().mode, 'logging');
     await b.rep.close();
     assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(modelB.bytes));
-    // A stays fenced: a restart without force refuses (the primaries diverged).
+    // A stays fenced: its reconnect (no force) is refused, the primaries diverged.
     await randomOps(a.rep, modelA, 75, 5);
     a.rep.resync(false);
     until = Date.now() + 10_000;
