@@ -1005,9 +1005,9 @@ export class Replicator {
       const ours = await readCheckpointHead(store, known);
       for (let c = head; c > known;) {
         const h = await readCheckpointHead(store, c);
-        if (h.epoch !== ours.epoch && h.epoch !== this.replicaEpoch && this.overwriteOthers)
-          foreign++;
-        else if (h.epoch !== ours.epoch && h.epoch !== this.replicaEpoch) {
+        const others = h.epoch !== ours.epoch && h.epoch !== this.replicaEpoch;
+        if (others && this.overwriteOthers) foreign++;
+        else if (others) {
           const moved = await diffCheckpoints(
             store,
             { checkpoint: h.prevCheckpoint },

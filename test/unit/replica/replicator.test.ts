@@ -148,6 +148,30 @@ async function start(
   return { rep, store, opens: () => opens };
 }
 
+/** A failover: a copy of the primary (taken now, while its replicator may run) served by force. */
+async function failover(
+  s: { file: string; uuid: string; prefix: string },
+  holder: string,
+): ReturnType<typeof start> {
+  const file = `${s.file}.b`;
+  await copyFile_(s.file, file);
+  return start({ ...s, file }, { holder, force: true, takeReplica: 'once' });
+}
+
+const sleep = (ms: number): Promise<void> => new Promise((res) => setTimeout(res, ms));
+
+/** Wait (at most `ms`) until the replicator reports an error matching `re`. */
+async function untilError(rep: Replicator, re: RegExp, ms = 20_000): Promise<void> {
+  const until = Date.now() + ms;
+  while (!re.test(rep.status().replica.error ?? '') && Date.now() < until) await sleep(20);
+}
+
+/** Flush (at most `ms`) until the replicator is back in logging mode. */
+async function untilLogging(rep: Replicator, ms = 20_000): Promise<void> {
+  const until = Date.now() + ms;
+  while (rep.status().mode !== 'logging' && Date.now() < until) await rep.flush();
+}
+
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
 async function replicaContent(prefix: string, uuid: string, checkpoint?: number): Promise<Buffer> {
@@ -403,12 +427,7 @@ describe('replicator', () => {
     assert.equal(epochA, (await readHead(store)).head.epoch);
 
     // Host B takes over with a copy of the primary (a failover), by force.
-    const copyFile = `${s.file}.b`;
-    await copyFile_(s.file, copyFile);
-    const b = await start(
-      { ...s, file: copyFile },
-      { holder: 'takeover-b', force: true, takeReplica: 'once' },
-    );
+    const b = await failover(s, 'takeover-b');
     const epochB = (await readManifest(store))!.writerEpoch!;
     assert.ok(epochB > epochA, `B stamped epoch ${epochB}, A had ${epochA}`);
     const modelB = new Model();
@@ -439,9 +458,7 @@ describe('replicator', () => {
     // B's lease is free: A (its full resync asked for before it knew) finds that the primaries
     // diverged and changes nothing, not even the manifest.
     a.rep.resync(false);
-    const until = Date.now() + 20_000;
-    while (!/diverged/.test(a.rep.status().replica.error ?? '') && Date.now() < until)
-      await new Promise((res) => setTimeout(res, 20));
+    await untilError(a.rep, /diverged/);
     assert.match(a.rep.status().replica.error ?? '', /FENCED.*diverged/);
     assert.equal((await readManifest(store))!.writerEpoch, epochB);
     assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(modelB.bytes));
@@ -461,12 +478,7 @@ describe('replicator', () => {
       a.store.down = false;
       // Failover: B starts by force from a copy of A's primary taken while A runs (not
       // settled: the replica may hold commits of A the copy's bitmap no longer names).
-      const fileB = `${s.file}.b`;
-      await copyFile_(s.file, fileB);
-      const b = await start(
-        { ...s, file: fileB },
-        { holder: `split-b-${seed}`, force: true, takeReplica: 'once' },
-      );
+      const b = await failover(s, `split-b-${seed}`);
       const modelB = new Model();
       modelA.bytes.copy(modelB.bytes);
       // A goes on as a primary of its own (split brain): none of its writes may reach the
@@ -503,10 +515,7 @@ describe('replicator', () => {
       // B is gone and its lease free: A asked for an incremental resync finds that another
       // replicator shipped after its last commit, and refuses.
       a.rep.resync(false);
-      const deadline = Date.now() + 20_000;
-      while (!/diverged/.test(a.rep.status().replica.error ?? '') && Date.now() < deadline) {
-        await new Promise((res) => setTimeout(res, 20));
-      }
+      await untilError(a.rep, /diverged/);
       const st = a.rep.status();
       assert.equal(st.replica.connected, false, JSON.stringify(st));
       assert.match(st.replica.error ?? '', /FENCED.*diverged/);
@@ -515,8 +524,7 @@ describe('replicator', () => {
       // The operator keeps A's data: a full resync makes the replica A's image.
       a.rep.resync(true);
       assert.ok(await a.rep.settle(20_000), JSON.stringify(a.rep.status()));
-      const until = Date.now() + 20_000;
-      while (a.rep.status().mode !== 'logging' && Date.now() < until) await a.rep.flush();
+      await untilLogging(a.rep);
       assert.equal(a.rep.status().mode, 'logging');
       await a.rep.close();
       assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(lost.bytes));
@@ -544,7 +552,7 @@ describe('replicator', () => {
     // copy's header names neither that epoch nor those checkpoints.
     a.store.down = true;
     await randomOps(a.rep, modelA, 72, 10);
-    let until = Date.now() + 10_000;
+    const until = Date.now() + 10_000;
     while (a.rep.status().replica.connected && Date.now() < until) await a.rep.flush();
     a.store.down = false;
     await randomOps(a.rep, modelA, 73, 20);
@@ -559,17 +567,14 @@ describe('replicator', () => {
     assert.equal(b.rep.status().replica.error, null, JSON.stringify(b.rep.status()));
     await randomOps(b.rep, modelB, 74, 30);
     assert.ok(await b.rep.settle(10_000), JSON.stringify(b.rep.status()));
-    until = Date.now() + 10_000;
-    while (b.rep.status().mode !== 'logging' && Date.now() < until) await b.rep.flush();
+    await untilLogging(b.rep, 10_000);
     assert.equal(b.rep.status().mode, 'logging');
     await b.rep.close();
     assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(modelB.bytes));
     // A stays fenced: its reconnect (no force) is refused, the primaries diverged.
     await randomOps(a.rep, modelA, 75, 5);
     a.rep.resync(false);
-    until = Date.now() + 10_000;
-    while (!/FENCED/.test(a.rep.status().replica.error ?? '') && Date.now() < until)
-      await new Promise((res) => setTimeout(res, 20));
+    await untilError(a.rep, /FENCED/, 10_000);
     assert.match(a.rep.status().replica.error ?? '', /FENCED/);
     await a.rep.close();
     assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(modelB.bytes));
@@ -582,12 +587,7 @@ describe('replicator', () => {
     const modelA = new Model();
     await randomOps(a.rep, modelA, 81, 30);
     assert.ok(await a.rep.settle(10_000));
-    const fileB = `${s.file}.b`;
-    await copyFile_(s.file, fileB);
-    const b = await start(
-      { ...s, file: fileB },
-      { holder: 'keep-b', force: true, takeReplica: 'once' },
-    );
+    const b = await failover(s, 'keep-b');
     const modelB = new Model();
     modelA.bytes.copy(modelB.bytes);
     await randomOps(b.rep, modelB, 82, 30);
@@ -595,22 +595,17 @@ describe('replicator', () => {
     await b.rep.close();
     await randomOps(a.rep, modelA, 83, 10);
     a.rep.resync(false);
-    let until = Date.now() + 20_000;
-    while (!/diverged/.test(a.rep.status().replica.error ?? '') && Date.now() < until)
-      await new Promise((res) => setTimeout(res, 20));
+    await untilError(a.rep, /diverged/);
     assert.match(a.rep.status().replica.error ?? '', /FENCED.*diverged/);
     // The operator keeps A: the full resync connects, then its first commit fails (segment
     // PUTs refused) and the replicator reconnects, which must not find B's checkpoints anew.
     a.store.failSegments = true;
     a.rep.resync(true);
-    until = Date.now() + 20_000;
-    while (!/segment PUT refused/.test(a.rep.status().replica.error ?? '') && Date.now() < until)
-      await new Promise((res) => setTimeout(res, 10));
+    await untilError(a.rep, /segment PUT refused/);
     assert.match(a.rep.status().replica.error ?? '', /segment PUT refused/);
     a.store.failSegments = false;
     assert.ok(await a.rep.settle(20_000), JSON.stringify(a.rep.status()));
-    until = Date.now() + 20_000;
-    while (a.rep.status().mode !== 'logging' && Date.now() < until) await a.rep.flush();
+    await untilLogging(a.rep);
     assert.equal(a.rep.status().mode, 'logging', JSON.stringify(a.rep.status()));
     await a.rep.close();
     assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(modelA.bytes));
@@ -659,8 +654,7 @@ describe('replicator', () => {
     assert.equal(st.replica.error, null, JSON.stringify(st));
     assert.notEqual(st.mode, 'forward-full');
     assert.ok(await third.rep.settle(10_000), JSON.stringify(third.rep.status()));
-    const until = Date.now() + 10_000;
-    while (third.rep.status().mode !== 'logging' && Date.now() < until) await third.rep.flush();
+    await untilLogging(third.rep, 10_000);
     await third.rep.close();
     assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(model.bytes));
     await assertPrefixes(s, model);
