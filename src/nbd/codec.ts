@@ -3,9 +3,14 @@
  * options, requests with WRITE payloads) and encoders for what the server sends.
  *
  * The parser keeps at most one partial header (≤ 28 bytes) of its own; complete frames are
- * parsed in place from the chunk that was pushed, and a WRITE payload is handed out as a
- * subarray of the chunk (chunks from a socket are never reused), or as the list of its pieces
- * when it spans chunks — so the payload is never copied here; the device copies it once.
+ * parsed in place from the chunk that was pushed. What happens to a WRITE payload depends on
+ * where the chunks come from:
+ * - chunks of their own ('data' events: never reused by the socket): the payload is handed
+ *   out as a subarray of the chunk, or as the list of its pieces when it spans chunks, never
+ *   copied here (the device copies it once);
+ * - `borrowed` chunks (views of memory the socket reads into again, input.ts): the payload is
+ *   copied into a buffer from handler.payloadBuffer(), and the rest of a large one is read
+ *   straight into that buffer (readTarget(), filled()): nothing is kept by reference.
  */
 import {
   CLIENT_FLAG_FIXED_NEWSTYLE,
@@ -49,8 +54,9 @@ export interface NbdRequest {
   readonly offset: number;
   readonly length: number;
   /**
-   * WRITE data: one buffer (a view of the socket chunk), or the pieces of it in order when it
-   * arrived spread over several chunks. Undefined for every other command.
+   * WRITE data: one buffer (a view of the socket chunk, or with borrowed chunks always a
+   * buffer from payloadBuffer()), or the pieces of it in order when it arrived spread over
+   * several chunks of their own. Undefined for every other command.
    */
   readonly payload: Buffer | Buffer[] | undefined;
 }
@@ -66,6 +72,8 @@ export interface ParserHandler {
   onOptionTooBig(option: number, length: number): void;
   /** One request, WRITE payload included; `request` is reused for the next one. */
   onRequest(request: NbdRequest): void;
+  /** Memory for a WRITE payload of `length` bytes (borrowed chunks only). */
+  payloadBuffer(length: number): Buffer;
   /** The stream cannot be resynchronised; the parser has stopped. */
   onProtocolError(message: string): void;
 }
@@ -79,6 +87,9 @@ export const enum ParserMode {
 
 const headerSizes = [4, OPTION_HEADER_SIZE, REQUEST_HEADER_SIZE, 0];
 
+/** The rest of a payload is read straight into place when at least this long. */
+const DIRECT_READ_MIN = 32 * 1024;
+
 export class NbdParser {
   mode: ParserMode = ParserMode.ClientFlags;
   /** Largest WRITE payload accepted; a larger one is a protocol error (cannot resync). */
@@ -89,6 +100,11 @@ export class NbdParser {
   // subarrays of the pushed chunks, kept by reference (chunks are never reused by the socket).
   private parts: Buffer[] | undefined;
   private partsNeed = 0;
+  /** Chunks are views of memory that is read into again: keep nothing by reference. */
+  borrowed = false;
+  // With borrowed chunks, the payload being collected, and how much of it has arrived.
+  private dest: Buffer | undefined;
+  private destHave = 0;
   private skipRemaining = 0;
   // The option whose payload is being collected or skipped.
   private pendOption = 0;
@@ -117,7 +133,43 @@ export class NbdParser {
 
   /** True between frames (nothing partial buffered). */
   get idle(): boolean {
-    return this.headLen === 0 && this.parts === undefined && this.skipRemaining === 0;
+    return (
+      this.headLen === 0 &&
+      this.parts === undefined &&
+      this.dest === undefined &&
+      this.skipRemaining === 0
+    );
+  }
+
+  /**
+   * With borrowed chunks: memory the next read may go straight into (the rest of a large
+   * payload being collected), or undefined for the caller's own buffer, whose bytes it then
+   * push()es.
+   */
+  readTarget(): Buffer | undefined {
+    const dest = this.dest;
+    if (dest === undefined || this.mode === ParserMode.Stopped) return undefined;
+    return dest.length - this.destHave >= DIRECT_READ_MIN
+      ? dest.subarray(this.destHave)
+      : undefined;
+  }
+
+  /** `n` bytes were read into the memory readTarget() returned. */
+  filled(n: number): void {
+    this.destHave += n;
+    this.drain();
+  }
+
+  /**
+   * Deliver a payload that arrived while the parser was stopped (read straight into place).
+   * Whoever sets `mode` back from Stopped calls this.
+   */
+  drain(): void {
+    const dest = this.dest;
+    if (dest === undefined || this.destHave < dest.length || this.mode === ParserMode.Stopped)
+      return;
+    this.dest = undefined;
+    this.deliver(dest);
   }
 
   /** Feed bytes; returns how many were consumed (all, unless the parser stopped). */
@@ -127,6 +179,14 @@ export class NbdParser {
     while (off < end) {
       const mode = this.mode;
       if (mode === ParserMode.Stopped) return off;
+      if (this.dest !== undefined) {
+        const n = Math.min(this.dest.length - this.destHave, end - off);
+        chunk.copy(this.dest, this.destHave, off, off + n);
+        this.destHave += n;
+        off += n;
+        this.drain();
+        continue;
+      }
       if (this.parts !== undefined) {
         const n = Math.min(this.partsNeed, end - off);
         this.parts.push(chunk.subarray(off, off + n));
@@ -135,7 +195,7 @@ export class NbdParser {
         if (this.partsNeed === 0) {
           const parts = this.parts;
           this.parts = undefined;
-          this.deliverPayload(parts);
+          this.deliver(parts.length === 1 ? parts[0]! : parts);
         }
         continue;
       }
@@ -206,7 +266,13 @@ export class NbdParser {
         );
       }
       if (chunk.length - off >= length) {
-        r.payload = chunk.subarray(off, off + length);
+        if (this.borrowed) {
+          const p = this.handler.payloadBuffer(length);
+          chunk.copy(p, 0, off, off + length);
+          r.payload = p;
+        } else {
+          r.payload = chunk.subarray(off, off + length);
+        }
         this.handler.onRequest(r);
         r.payload = undefined; // do not keep the chunk alive until the next request
         return off + length;
@@ -225,7 +291,8 @@ export class NbdParser {
         return off;
       }
       if (chunk.length - off >= length) {
-        this.handler.onOption(option, chunk.subarray(off, off + length));
+        const data = chunk.subarray(off, off + length);
+        this.handler.onOption(option, this.borrowed ? Buffer.from(data) : data);
         return off + length;
       }
       return this.collect(length, chunk, off);
@@ -236,19 +303,29 @@ export class NbdParser {
   }
 
   private collect(length: number, chunk: Buffer, off: number): number {
+    if (this.borrowed) {
+      const dest =
+        this.mode === ParserMode.Requests
+          ? this.handler.payloadBuffer(length)
+          : Buffer.allocUnsafe(length);
+      this.destHave = chunk.copy(dest, 0, off);
+      this.dest = dest;
+      return chunk.length;
+    }
     this.parts = off < chunk.length ? [chunk.subarray(off)] : [];
     this.partsNeed = length - (chunk.length - off);
     return chunk.length;
   }
 
-  private deliverPayload(parts: Buffer[]): void {
+  private deliver(payload: Buffer | Buffer[]): void {
     if (this.mode === ParserMode.Requests) {
       const r = this.request;
-      r.payload = parts.length === 1 ? parts[0]! : parts;
+      r.payload = payload;
       this.handler.onRequest(r);
       r.payload = undefined;
     } else {
-      this.handler.onOption(this.pendOption, Buffer.concat(parts, this.pendOptionLength));
+      const data = Array.isArray(payload) ? Buffer.concat(payload, this.pendOptionLength) : payload;
+      this.handler.onOption(this.pendOption, data);
     }
   }
 

@@ -75,6 +75,15 @@ export interface BlockDevice {
   /** The device must copy `data` if it keeps it beyond the returned promise. */
   write(offset: number, data: Buffer, flags: WriteFlags): Promise<void>;
   /**
+   * Optional, together with writeOwned(): memory for the payload of a WRITE of `length` bytes
+   * about to arrive. The server reads the payload into it and hands it to writeOwned() (or
+   * drops it, when the request is refused). Lets a device that keeps what is written (a
+   * replication queue) take payloads without copying them.
+   */
+  payloadBuffer?(length: number): Buffer;
+  /** write(), with `data` from payloadBuffer(): it is the device's now, never touched again. */
+  writeOwned?(offset: number, data: Buffer, flags: WriteFlags): Promise<void>;
+  /**
    * Optional gather write: `parts` are consecutive pieces of one write starting at `offset`.
    * Without it the server joins the pieces (one copy) and calls write().
    */

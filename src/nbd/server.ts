@@ -92,7 +92,10 @@ export class NbdServer {
     target: ListenTarget = {},
   ): Promise<{ port?: number; host?: string; path?: string }> {
     if (this.server !== undefined) throw new Error('server already listening');
-    const server = createServer({ allowHalfOpen: true, noDelay: true }, (s) => this.accept(s));
+    // Accepted paused: a session moves the socket's handle before anything is read (input.ts).
+    const server = createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: true }, (s) =>
+      this.accept(s),
+    );
     this.server = server;
     server.on('error', (e) => this.logger.error('nbd server error', describeError(e)));
     await new Promise<void>((resolve, reject) => {

@@ -25,6 +25,7 @@ import {
 import type { BlockDevice, DeviceExtent, NbdLogger } from './device.js';
 import { describeError, toErrno } from './errno.js';
 import { withFields, type NbdObserver } from './observer.js';
+import { adopt, RecycledBuffers, type ReadTarget } from './input.js';
 import { effectiveBlockSizes, type ExportTable } from './exports.js';
 import { BASE_ALLOCATION_ID, Negotiation, type Outcome, type Selected } from './handshake.js';
 import {
@@ -76,6 +77,12 @@ export interface SessionLimits {
 /** Replies to requests at least this large are sent at once instead of batched per loop turn. */
 const URGENT_BYTES = 64 * 1024;
 
+/** Memory of the socket reads that are not read straight into a payload (input.ts). */
+const SCRATCH_BYTES = 64 * 1024;
+/** Payload buffers kept for the next writes, per connection (devices that copy what they get). */
+const RECYCLED_MIN = 64 * 1024;
+const RECYCLED_BYTES = 16 * 1024 * 1024;
+
 export class Session implements ParserHandler {
   /** Correlation id: in every log line and observer event about this connection. */
   readonly id: string;
@@ -105,6 +112,11 @@ export class Session implements ParserHandler {
 
   private socket: Socket;
   private readonly tls: SessionTls | undefined;
+  // Reading into memory of the session's choosing (input.ts): the scratch buffer, and the
+  // payload buffers written to devices that copy what they are given.
+  private borrowed = false;
+  private scratch: Buffer | undefined;
+  private recycled: RecycledBuffers | undefined;
 
   constructor(
     socket: Socket,
@@ -156,7 +168,21 @@ export class Session implements ParserHandler {
     s.off('end', this.onEnd);
   }
 
+  /**
+   * Begin with the greeting. `accepted` sockets come paused from the server: one for a
+   * server without TLS has its handle moved to a socket that reads into the session's memory
+   * (input.ts); otherwise, or when that cannot be done, it is read through 'data' events.
+   */
   start(): void {
+    if (this.tls === undefined) {
+      const adopted = adopt(this.socket, this.readTarget);
+      if (adopted !== undefined) {
+        this.socket = adopted;
+        this.out.setSocket(adopted);
+        this.borrowed = true;
+        this.parser.borrowed = true;
+      }
+    }
     const s = this.socket;
     if (this.limits.negotiationTimeoutMs > 0) {
       this.negotiationTimer = setTimeout(() => {
@@ -167,7 +193,26 @@ export class Session implements ParserHandler {
     }
     s.setNoDelay(true);
     this.bind(s);
+    if (!this.borrowed) s.resume();
     this.out.raw(this.negotiation.greeting());
+  }
+
+  private readonly readTarget: ReadTarget = {
+    next: () =>
+      this.parser.readTarget() ?? (this.scratch ??= Buffer.allocUnsafeSlow(SCRATCH_BYTES)),
+    read: (n, buf) => {
+      if (buf === this.scratch) this.onData(buf.subarray(0, n));
+      else this.parser.filled(n);
+    },
+  };
+
+  /** Memory for a WRITE payload (borrowed reads): the device's own if it keeps payloads. */
+  payloadBuffer(length: number): Buffer {
+    const d = this.device;
+    if (d?.payloadBuffer !== undefined && d.writeOwned !== undefined)
+      return d.payloadBuffer(length);
+    this.recycled ??= new RecycledBuffers(RECYCLED_MIN, RECYCLED_BYTES);
+    return this.recycled.take(length);
   }
 
   /** Resolves once the connection is closed. */
@@ -203,8 +248,10 @@ export class Session implements ParserHandler {
     }
     try {
       const used = this.parser.push(chunk);
-      if (used < chunk.length && (this.negotiating || this.throttled))
-        this.held = chunk.subarray(used);
+      if (used < chunk.length && (this.negotiating || this.throttled)) {
+        // A borrowed chunk's memory is read into again: keep a copy.
+        this.held = this.borrowed ? Buffer.from(chunk.subarray(used)) : chunk.subarray(used);
+      }
     } catch (e) {
       this.logger.error('nbd internal error while parsing', { ...describeError(e) });
       this.destroy('internal error');
@@ -242,6 +289,7 @@ export class Session implements ParserHandler {
     }
     this.throttled = false;
     this.parser.mode = ParserMode.Requests;
+    this.parser.drain();
     const held = this.held;
     this.held = undefined;
     if (held !== undefined) this.onData(held);
@@ -314,6 +362,7 @@ export class Session implements ParserHandler {
     }
     if (outcome.kind === 'go') this.enter(outcome.selected);
     else this.parser.mode = ParserMode.Options;
+    this.parser.drain();
     this.negotiating = false;
     const held = this.held;
     this.held = undefined;
@@ -420,7 +469,8 @@ export class Session implements ParserHandler {
         case CMD_WRITE: {
           const payload = request.payload!;
           const fua = (flags & CMD_FLAG_FUA) !== 0;
-          if (!Array.isArray(payload)) p = d.write(offset, payload, { fua });
+          if (this.borrowed) p = this.writeBorrowed(d, offset, payload as Buffer, fua);
+          else if (!Array.isArray(payload)) p = d.write(offset, payload, { fua });
           else if (d.writev !== undefined) p = d.writev(offset, payload, { fua });
           else p = d.write(offset, Buffer.concat(payload, length), { fua });
           break;
@@ -472,6 +522,19 @@ export class Session implements ParserHandler {
       (e: unknown) => this.failed(type, handleHigh, handleLow, bytes, e, t0, length),
     );
     if (this.overLimits()) this.throttle();
+  }
+
+  /**
+   * A WRITE whose payload the session read into memory of its choosing: handed over to a
+   * device that keeps payloads, otherwise recycled once the device's write has settled.
+   */
+  private writeBorrowed(d: BlockDevice, offset: number, data: Buffer, fua: boolean): Promise<void> {
+    if (d.payloadBuffer !== undefined && d.writeOwned !== undefined)
+      return d.writeOwned(offset, data, { fua });
+    const recycled = this.recycled;
+    const p = d.write(offset, data, { fua });
+    if (recycled === undefined || data.length < recycled.min) return p;
+    return p.finally(() => recycled.give(data));
   }
 
   /** Give a sent read buffer back to the device (see BlockDevice.release). */

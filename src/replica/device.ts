@@ -55,6 +55,15 @@ export class ReplicaDevice implements BlockDevice {
     return this.replicator.write(offset, data, flags.fua);
   }
 
+  /** Payloads go straight into the replication stream's memory (no copy for the queue). */
+  payloadBuffer(length: number): Buffer {
+    return this.replicator.payloadBuffer(length);
+  }
+
+  writeOwned(offset: number, data: Buffer, flags: WriteFlags): Promise<void> {
+    return this.replicator.writeOwned(offset, data, flags.fua);
+  }
+
   writev(offset: number, parts: Buffer[], flags: WriteFlags): Promise<void> {
     return this.replicator.writeParts(offset, parts, flags.fua);
   }

@@ -45,6 +45,7 @@ import {
   type ReplicaManifest,
   type TaggedManifest,
 } from './manifest.js';
+import { RecycledBuffers } from '../nbd/input.js';
 import type { PrimaryFile } from './primary.js';
 import type { ReplicaTarget } from './shipper.js';
 
@@ -125,47 +126,27 @@ class CopySlabs {
   private slab: Buffer | undefined;
   private used = 0;
 
-  copy(src: Buffer): Buffer {
-    if (src.length > CopySlabs.SLAB / 8) return Buffer.from(src);
-    if (this.slab === undefined || this.used + src.length > this.slab.length) {
+  /** Memory for a copy of `length` bytes, to be filled by the caller. */
+  take(length: number): Buffer {
+    if (length > CopySlabs.SLAB / 8) return Buffer.allocUnsafeSlow(length);
+    if (this.slab === undefined || this.used + length > this.slab.length) {
       this.slab = Buffer.allocUnsafeSlow(CopySlabs.SLAB);
       this.used = 0;
     }
-    const out = this.slab.subarray(this.used, this.used + src.length);
-    src.copy(out);
+    const out = this.slab.subarray(this.used, this.used + length);
     // Keep copies 8-byte aligned.
-    this.used += (src.length + 7) & ~7;
+    this.used += (length + 7) & ~7;
     return out;
   }
 }
 
 /**
- * Buffers for large gathered writes, handed back once the replica target has copied them: a
- * fresh 256 KiB Buffer per NBD write costs page faults and GC (Buffer.concat took a sixth of
- * the serving thread in a sequential write), a reused one only the copy. Kept by exact length
- * (clients repeat a few request sizes), at most POOL_BYTES in all.
+ * Buffers for large writes, handed back once the replica target has copied them: a fresh
+ * 256 KiB Buffer per NBD write costs page faults and GC (Buffer.concat took a sixth of the
+ * serving thread in a sequential write), a reused one only the copy.
  */
-class RecycledBuffers {
-  static readonly MIN = 64 * 1024;
-  private static readonly POOL_BYTES = 64 * 1024 * 1024;
-  private readonly free = new Map<number, Buffer[]>();
-  private bytes = 0;
-
-  take(length: number): Buffer {
-    const b = this.free.get(length)?.pop();
-    if (b === undefined) return Buffer.allocUnsafeSlow(length);
-    this.bytes -= length;
-    return b;
-  }
-
-  give(b: Buffer): void {
-    if (this.bytes + b.length > RecycledBuffers.POOL_BYTES) return;
-    let list = this.free.get(b.length);
-    if (list === undefined) this.free.set(b.length, (list = []));
-    list.push(b);
-    this.bytes += b.length;
-  }
-}
+const RECYCLED_MIN = 64 * 1024;
+const RECYCLED_BYTES = 64 * 1024 * 1024;
 
 class Signal {
   private waiters = new Set<() => void>();
@@ -277,7 +258,7 @@ export class Replicator {
   private restoredCount = 0;
 
   private readonly copies = new CopySlabs();
-  private readonly recycled = new RecycledBuffers();
+  private readonly recycled = new RecycledBuffers(RECYCLED_MIN, RECYCLED_BYTES);
   private readonly work = new Signal();
   private readonly drained = new Signal();
   /** Woken only when closing (backoff waits). */
@@ -413,39 +394,46 @@ export class Replicator {
     return this.primary.read(offset, length);
   }
 
-  /** `owned`: the caller gives `data` up (no copy is made for the stream). */
-  async write(offset: number, data: Buffer, fua = false, owned = false): Promise<void> {
-    await this.change(
+  /** A write; the stream keeps a copy of `data`. */
+  write(offset: number, data: Buffer, fua = false): Promise<void> {
+    const copy = this.payloadBuffer(data.length);
+    data.copy(copy);
+    return this.writeOwned(offset, copy, fua);
+  }
+
+  /**
+   * Memory for the data of a write that will be handed over by writeOwned(): a recycled
+   * buffer when large, a piece of a slab when small.
+   */
+  payloadBuffer(length: number): Buffer {
+    return length >= RECYCLED_MIN ? this.recycled.take(length) : this.copies.take(length);
+  }
+
+  /** A write of `data` from payloadBuffer(), which the stream keeps without a copy. */
+  async writeOwned(offset: number, data: Buffer, fua = false): Promise<void> {
+    const recycle = data.length >= RECYCLED_MIN;
+    const queued = await this.change(
       offset,
       data.length,
       () => this.primary.write(offset, data),
-      (seq, at) => ({
-        kind: 'write',
-        seq,
-        at,
-        offset,
-        data: owned ? data : this.copies.copy(data),
-      }),
+      (seq, at) =>
+        recycle
+          ? { kind: 'write', seq, at, offset, data, recycle: true }
+          : { kind: 'write', seq, at, offset, data },
     );
+    // Resyncing by region: the stream did not take it, and the primary has it.
+    if (!queued && recycle) this.recycled.give(data);
     if (fua) await this.primary.sync();
   }
 
-  /** A gathered write (`parts` are consecutive), copied once into a recycled buffer. */
-  async writeParts(offset: number, parts: Buffer[], fua = false): Promise<void> {
+  /** A gathered write (`parts` are consecutive), copied once into the stream's memory. */
+  writeParts(offset: number, parts: Buffer[], fua = false): Promise<void> {
     let length = 0;
     for (const p of parts) length += p.length;
-    if (length < RecycledBuffers.MIN)
-      return this.write(offset, Buffer.concat(parts, length), fua, true);
-    const data = this.recycled.take(length);
+    const data = this.payloadBuffer(length);
     let at = 0;
     for (const p of parts) at += p.copy(data, at);
-    await this.change(
-      offset,
-      length,
-      () => this.primary.write(offset, data),
-      (seq, t) => ({ kind: 'write', seq, at: t, offset, data, recycle: true }),
-    );
-    if (fua) await this.primary.sync();
+    return this.writeOwned(offset, data, fua);
   }
 
   async zero(offset: number, length: number, trim: boolean, fua = false): Promise<void> {
@@ -478,7 +466,7 @@ export class Replicator {
     length: number,
     apply: () => Promise<void>,
     entry: (seq: number, at: number) => Entry,
-  ): Promise<void> {
+  ): Promise<boolean> {
     this.checkOpen();
     const first = Math.floor(offset / this.regionSize);
     const last = Math.floor((offset + length - 1) / this.regionSize);
@@ -495,7 +483,8 @@ export class Replicator {
       throw e;
     }
     const now = Date.now();
-    if (this.queueing) {
+    const queued = this.queueing;
+    if (queued) {
       const e = entry(this.nextSeq++, now);
       for (let r = first; r <= last; r++) this.lastSeq[r] = e.seq;
       this.enqueue(e);
@@ -505,6 +494,7 @@ export class Replicator {
     }
     for (let r = first; r <= last; r++) this.lastWriteMs[r] = now;
     this.release(first, last);
+    return queued;
   }
 
   private release(first: number, last: number): void {

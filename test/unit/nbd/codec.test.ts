@@ -79,6 +79,9 @@ function recorder(parserRef: { p?: NbdParser }): { events: Event[]; handler: Par
     onProtocolError(message) {
       events.push(['error', message]);
     },
+    payloadBuffer(length) {
+      return Buffer.alloc(length);
+    },
   };
   return { events, handler };
 }
@@ -178,6 +181,132 @@ describe('NbdParser', () => {
       ['toobig', 99, 70_000],
       ['option', 8, []],
     ]);
+  });
+});
+
+/** A small seeded generator (mulberry32), so a failing split can be replayed. */
+function rng(seed: number): (n: number) => number {
+  let a = seed >>> 0;
+  return (n) => {
+    a = (a + 0x6d2b79f5) >>> 0;
+    let t = a;
+    t = Math.imul(t ^ (t >>> 15), t | 1);
+    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
+    return Math.floor((((t ^ (t >>> 14)) >>> 0) / 4294967296) * n);
+  };
+}
+
+describe('NbdParser with borrowed chunks', () => {
+  // Writes of many sizes, some large enough to be read straight into place.
+  const sizes = [1, 300, 4096, 32 * 1024 - 1, 32 * 1024 + 1, 100_000, 1 << 20, 65_536, 7];
+  const payloads = sizes.map((n, i) =>
+    Buffer.from(Array.from({ length: n }, (_, j) => (j * 31 + i) & 255)),
+  );
+  const stream = Buffer.from([
+    ...u32(1),
+    ...option(6, [...u32(3), 0x61, 0x62, 0x63, ...u16(0)]),
+    ...option(7, [...u32(0), ...u16(0)]),
+    ...payloads.flatMap((p, i) => [
+      ...request(0, 0, BigInt(i), 0n, 512),
+      ...request(0, 1, BigInt(i), BigInt(i) * 4096n, p.length, [...p]),
+    ]),
+    ...request(0, 2, 99n, 0n, 0),
+  ]);
+
+  /**
+   * Feed the stream the way input.ts reads a socket: each read goes into the parser's read
+   * target when it has one, else into one scratch buffer that is overwritten after every
+   * push. Read sizes are random. Payloads are checked only at the end, so one kept by
+   * reference into the scratch buffer would show as garbage.
+   */
+  function feed(seed: number): { events: [string, ...unknown[]][]; handed: Set<Buffer> } {
+    const rand = rng(seed);
+    const scratch = Buffer.alloc(64 * 1024);
+    const events: [string, ...unknown[]][] = [];
+    const handed = new Set<Buffer>();
+    const kept: Buffer[] = [];
+    const handler: ParserHandler = {
+      onClientFlags: () => (parser.mode = ParserMode.Options),
+      onOption(code, data) {
+        kept.push(data);
+        events.push(['option', code, kept.length - 1]);
+        if (code === 7) parser.mode = ParserMode.Requests;
+      },
+      onOptionTooBig: () => assert.fail('no option is too big'),
+      onRequest(r) {
+        let payload = -1;
+        if (r.payload !== undefined) {
+          assert.ok(!Array.isArray(r.payload), 'a borrowed payload is one buffer');
+          kept.push(r.payload);
+          payload = kept.length - 1;
+        }
+        events.push(['req', r.type, r.handleLow, r.length, payload]);
+      },
+      onProtocolError: (m) => assert.fail(m),
+      payloadBuffer(length) {
+        const b = Buffer.alloc(length, 0xee);
+        handed.add(b);
+        return b;
+      },
+    };
+    const parser = new NbdParser(handler, 1 << 20);
+    parser.borrowed = true;
+    let at = 0;
+    while (at < stream.length) {
+      const direct = parser.readTarget();
+      const into = direct ?? scratch;
+      const n = Math.min(stream.length - at, 1 + rand(rand(2) === 0 ? 64 : into.length));
+      stream.copy(into, 0, at, at + n);
+      at += n;
+      if (direct !== undefined) {
+        parser.filled(n);
+      } else {
+        assert.equal(parser.push(scratch.subarray(0, n)), n);
+        scratch.fill(0x55);
+      }
+    }
+    return {
+      events: events.map((e) =>
+        e.at(-1) === -1 ? e.slice(0, -1) : [...e.slice(0, -1), [...kept[e.at(-1) as number]!]],
+      ) as [string, ...unknown[]][],
+      handed,
+    };
+  }
+
+  it('delivers every payload intact in memory it asked for, whatever the read sizes', () => {
+    const expected = [
+      ['option', 6, [...u32(3), 0x61, 0x62, 0x63, ...u16(0)]],
+      ['option', 7, [...u32(0), ...u16(0)]],
+      ...payloads.flatMap((p, i) => [
+        ['req', 0, i, 512],
+        ['req', 1, i, p.length, [...p]],
+      ]),
+      ['req', 2, 99, 0],
+    ];
+    for (let seed = 1; seed <= 12; seed++) {
+      const { events, handed } = feed(seed);
+      assert.deepEqual(events, expected, `seed ${seed}`);
+      assert.equal(handed.size, payloads.length, `seed ${seed}: one payload buffer per WRITE`);
+    }
+  });
+
+  it('reads the rest of a large payload straight into it, and small ones not', () => {
+    const handler = {
+      ...recorder({}).handler,
+      onRequest: () => undefined,
+      payloadBuffer: (n: number) => Buffer.alloc(n),
+    };
+    const parser = new NbdParser(handler, 1 << 20);
+    parser.borrowed = true;
+    parser.mode = ParserMode.Requests;
+    const head = Buffer.from(request(0, 1, 1n, 0n, 100_000));
+    parser.push(Buffer.concat([head, Buffer.alloc(1000, 1)]));
+    const target = parser.readTarget();
+    assert.equal(target?.length, 99_000);
+    parser.filled(99_000 - 20_000);
+    assert.equal(parser.readTarget(), undefined, 'under 32 KiB left: read into scratch');
+    parser.push(Buffer.alloc(20_000, 2));
+    assert.ok(parser.idle);
   });
 });
 

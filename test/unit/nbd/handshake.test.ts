@@ -157,6 +157,7 @@ async function drive(
   const run: Run = { sent: Buffer.alloc(0), end: 'open', negotiation };
   let pending: { code: number; data: Buffer } | undefined;
   const handler: ParserHandler = {
+    payloadBuffer: (length) => Buffer.alloc(length),
     onClientFlags(flags) {
       const refused = negotiation.clientFlags(flags);
       if (refused === undefined) {
