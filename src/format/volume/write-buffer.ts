@@ -487,34 +487,70 @@ export class WriteBuffer {
     await durable;
   }
 
-  /** Copy `data` into whole blocks of the active generation (synchronous). */
+  /**
+   * Copy `data` into whole blocks of the active generation (synchronous). Whole blocks that
+   * sit next to each other in memory (new blocks are carved from a slab in order) take one
+   * copy per run, not one per block: a copy call costs ~2 µs whatever its length, more
+   * than copying the 4 KiB itself.
+   */
   private copyIn(offset: number, data: Data, old: Map<number, Buffer>): void {
     const copy = copier(data);
     const bs = this.bs;
     const end = offset + dataLength(data);
     const first = Math.floor(offset / bs);
     const last = Math.floor((end - 1) / bs);
+    // The run of whole blocks waiting to be copied: its first block, source offset, length.
+    let run: Buffer | undefined;
+    let runFrom = 0;
+    let runLen = 0;
+    const whole: Buffer[] = [];
+    const flushRun = (): void => {
+      if (run === undefined) return;
+      const dst = runLen === bs ? run : Buffer.from(run.buffer, run.byteOffset, runLen);
+      copy(dst, 0, runFrom - offset, runFrom - offset + runLen);
+      run = undefined;
+    };
     for (let lba = first; lba <= last; lba++) {
       const bStart = lba * bs;
       const from = Math.max(offset, bStart);
       const to = Math.min(end, bStart + bs);
       // A block already in the active generation is updated in place (reads copy out of it).
       const cur = this.active.blocks.get(lba);
-      let blk: Buffer;
       if (to - from === bs) {
-        blk = cur ?? this.active.alloc();
-        copy(blk, 0, from - offset, to - offset);
-      } else {
-        if (cur) blk = cur;
-        else {
-          const before = old.get(lba);
-          blk = this.active.alloc();
-          if (before) before.copy(blk);
-          else blk.fill(0);
+        const blk = cur ?? this.active.alloc();
+        whole.push(blk);
+        if (
+          run !== undefined &&
+          blk.buffer === run.buffer &&
+          blk.byteOffset === run.byteOffset + runLen
+        ) {
+          runLen += bs;
+        } else {
+          flushRun();
+          run = blk;
+          runFrom = from;
+          runLen = bs;
         }
-        copy(blk, from - bStart, from - offset, to - offset);
+        continue;
       }
+      flushRun();
+      let blk: Buffer;
+      if (cur) blk = cur;
+      else {
+        const before = old.get(lba);
+        blk = this.active.alloc();
+        if (before) before.copy(blk);
+        else blk.fill(0);
+      }
+      copy(blk, from - bStart, from - offset, to - offset);
       this.active.set(lba, blk.equals(this.zeroBlock) ? null : blk);
+    }
+    flushRun();
+    // Whole blocks are set once copied: the first whole block is `first` or the one after it.
+    const firstWhole = offset % bs === 0 ? first : first + 1;
+    for (let k = 0; k < whole.length; k++) {
+      const blk = whole[k] as Buffer;
+      this.active.set(firstWhole + k, blk.equals(this.zeroBlock) ? null : blk);
     }
   }
 }

@@ -49,7 +49,7 @@ describe('write buffer', () => {
     const model = Buffer.alloc(64 * BS);
     for (let i = 0; i < 300; i++) {
       const off = Math.floor(rand() * 60 * BS);
-      const len = 1 + Math.floor(rand() * Math.min(64 * BS - off, 5 * BS));
+      const len = 1 + Math.floor(rand() * Math.min(64 * BS - off, 20 * BS));
       const data = Buffer.alloc(len);
       for (let k = 0; k < len; k++) data[k] = Math.floor(rand() * 256);
       // Cut it at random points (pieces of any size, some empty).
