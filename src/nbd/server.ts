@@ -135,13 +135,17 @@ export class NbdServer {
       );
       this.sessions.add(session);
       void session.whenClosed().then(() => this.sessions.delete(session));
-      this.logger.debug('nbd connection', { conn: id, remote });
       try {
         this.observer?.accepted?.(id, remote);
       } catch {
         // An observer never breaks a connection.
       }
       session.start();
+      this.logger.debug('nbd connection', {
+        conn: id,
+        remote,
+        reads: session.readsInPlace ? 'in place' : 'data events',
+      });
     } catch (e) {
       this.logger.error('nbd could not start a connection', { conn: id, ...describeError(e) });
       socket.destroy();

@@ -215,6 +215,11 @@ export class Session implements ParserHandler {
     return this.recycled.take(length);
   }
 
+  /** Reads go into memory the session picks (input.ts), not through 'data' events. */
+  get readsInPlace(): boolean {
+    return this.borrowed;
+  }
+
   /** Resolves once the connection is closed. */
   whenClosed(): Promise<void> {
     if (this.closed) return Promise.resolve();

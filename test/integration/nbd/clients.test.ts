@@ -77,6 +77,10 @@ for (const unix of [false, true]) {
       const out = await run('nbdcopy', [s.uriFor('disk'), back], { timeoutMs: 120_000 });
       assert.equal(out.code, 0, out.stderr);
       assert.equal(await sha256(back), await sha256(src));
+      // Both went through reads into memory the server picks (input.ts), not 'data' events.
+      const conns = s.logs.filter((l) => l.msg === 'nbd connection');
+      assert.ok(conns.length >= 2, `${conns.length} connections logged`);
+      for (const c of conns) assert.equal(c.fields?.reads, 'in place', JSON.stringify(c));
       const cmp = await run(
         'qemu-img',
         ['compare', '-f', 'raw', '-F', 'raw', src, s.uriFor('disk')],

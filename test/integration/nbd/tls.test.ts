@@ -57,6 +57,10 @@ print("ok")
           assert.equal(plain.code, 0, plain.stderr);
           assert.equal(plain.stdout.trim(), String(16 * MiB));
         }
+        // A server with a certificate reads through 'data' events (TLS reads the socket).
+        const conns = s.logs.filter((l) => l.msg === 'nbd connection');
+        assert.ok(conns.length >= 3);
+        for (const c of conns) assert.equal(c.fields?.reads, 'data events', JSON.stringify(c));
       } finally {
         await s.close();
       }

@@ -8,6 +8,7 @@ import {
   encodeOptionReply,
   type ParserHandler,
 } from '../../../src/nbd/codec.js';
+import { rng } from '../../helpers/rng.js';
 
 // An independent encoder of client frames, written from the spec's field tables with DataView
 // (the parser under test uses Buffer reads), so the two cannot share a mistake.
@@ -184,18 +185,6 @@ describe('NbdParser', () => {
   });
 });
 
-/** A small seeded generator (mulberry32), so a failing split can be replayed. */
-function rng(seed: number): (n: number) => number {
-  let a = seed >>> 0;
-  return (n) => {
-    a = (a + 0x6d2b79f5) >>> 0;
-    let t = a;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return Math.floor((((t ^ (t >>> 14)) >>> 0) / 4294967296) * n);
-  };
-}
-
 describe('NbdParser with borrowed chunks', () => {
   // Writes of many sizes, some large enough to be read straight into place.
   const sizes = [1, 300, 4096, 32 * 1024 - 1, 32 * 1024 + 1, 100_000, 1 << 20, 65_536, 7];
@@ -220,7 +209,8 @@ describe('NbdParser with borrowed chunks', () => {
    * reference into the scratch buffer would show as garbage.
    */
   function feed(seed: number): { events: [string, ...unknown[]][]; handed: Set<Buffer> } {
-    const rand = rng(seed);
+    const next = rng(seed);
+    const rand = (n: number): number => Math.floor(next() * n);
     const scratch = Buffer.alloc(64 * 1024);
     const events: [string, ...unknown[]][] = [];
     const handed = new Set<Buffer>();
