@@ -136,8 +136,9 @@ describe('Preader: small reads in the loop while they are fast', () => {
       const rand = rng(seed);
       const root = join(dir, `evict-${mode}`);
       await mkdir(root);
-      // Pool: every read counts as slow, so after the first one they all go to the pool.
-      const preader = new Preader(mode === 'pool' ? { slowMs: -1, slowLimit: 1 } : {});
+      // Pool: every read counts as slow, so after the first one they all go to the pool. Loop:
+      // none does (a loaded machine must not send them to the pool and fail the count below).
+      const preader = new Preader(mode === 'pool' ? { slowMs: -1, slowLimit: 1 } : { slowMs: 1e9 });
       const store = new FileStore(root, { preader });
       const objects = Array.from({ length: 100 }, (_, k) =>
         randomBytes(16 * 1024 + Math.floor(rand() * 200 * 1024) + k),
