@@ -78,7 +78,6 @@ export class ReplicaServer {
           // failed close) is taken back at once, checked in the lease's compare-and-swap: a
           // takeover between a look at the lease and the take would be undone otherwise.
           const force = forceAtStart;
-          const reclaim = true;
           forceAtStart = false;
           const pipeline = o.flushPipeline === undefined ? {} : { flushPipeline: o.flushPipeline };
           // (A mem:// store lives in this process only: no worker can open it.)
@@ -89,7 +88,7 @@ export class ReplicaServer {
                 storeOptions: o.workerStoreOptions,
                 holder,
                 force,
-                reclaim,
+                reclaim: true,
                 ...pipeline,
               },
               this.logger,
@@ -103,7 +102,7 @@ export class ReplicaServer {
           return Volume.open(store, {
             holder,
             force,
-            reclaim,
+            reclaim: true,
             flushIntervalMs: 0,
             logger: this.logger,
             ...pipeline,

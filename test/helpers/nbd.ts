@@ -6,9 +6,56 @@ import { spawn } from 'node:child_process';
 import { mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import type { BlockDevice, NbdLogger } from '../../src/nbd/device.js';
+import type {
+  BlockDevice,
+  DeviceExtent,
+  NbdLogger,
+  WriteFlags,
+  ZeroFlags,
+} from '../../src/nbd/device.js';
 import { NbdServer, type NbdExport, type NbdServerOptions } from '../../src/nbd/server.js';
 import { MemoryDevice, type MemoryDeviceOptions } from '../../src/nbd/testing/memory-device.js';
+
+/**
+ * A BlockDevice that passes every call to an in-memory device (`inner`, for setting bytes
+ * and reading counters): tests subclass it and override the calls they make slow or fail.
+ */
+export class WrappedMemoryDevice implements BlockDevice {
+  readonly inner: MemoryDevice;
+  constructor(size: number) {
+    this.inner = new MemoryDevice({ size });
+  }
+  get size(): number {
+    return this.inner.size;
+  }
+  get blockSize(): BlockDevice['blockSize'] {
+    return this.inner.blockSize;
+  }
+  get capabilities(): BlockDevice['capabilities'] {
+    return this.inner.capabilities;
+  }
+  read(offset: number, length: number): Promise<Buffer> {
+    return this.inner.read(offset, length);
+  }
+  write(offset: number, data: Buffer, flags: WriteFlags): Promise<void> {
+    return this.inner.write(offset, data, flags);
+  }
+  flush(): Promise<void> {
+    return this.inner.flush();
+  }
+  trim(offset: number, length: number, flags: WriteFlags): Promise<void> {
+    return this.inner.trim(offset, length, flags);
+  }
+  zero(offset: number, length: number, flags: ZeroFlags): Promise<void> {
+    return this.inner.zero(offset, length, flags);
+  }
+  extents(offset: number, length: number): Promise<DeviceExtent[]> {
+    return this.inner.extents(offset, length);
+  }
+  close(): Promise<void> {
+    return this.inner.close();
+  }
+}
 
 export interface RunningServer {
   server: NbdServer;

@@ -13,9 +13,8 @@
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, it } from 'node:test';
-import type { BlockDevice, DeviceExtent, WriteFlags, ZeroFlags } from '../../../src/nbd/device.js';
-import { MemoryDevice } from '../../../src/nbd/testing/memory-device.js';
-import { deviceExport, startServer } from '../../helpers/nbd.js';
+import type { WriteFlags } from '../../../src/nbd/device.js';
+import { WrappedMemoryDevice, deviceExport, startServer } from '../../helpers/nbd.js';
 import { RawClient, req } from '../../helpers/raw-nbd-client.js';
 import { rng } from '../../helpers/rng.js';
 
@@ -27,43 +26,18 @@ const CMD_WRITE = 1;
 const CMD_FLUSH = 3;
 
 /** A memory device whose writes land after a random delay (the payload must stay intact). */
-class SlowDevice implements BlockDevice {
-  readonly inner: MemoryDevice;
-  readonly size: number;
-  readonly blockSize;
-  readonly capabilities;
+class SlowDevice extends WrappedMemoryDevice {
   constructor(
     size: number,
     private readonly rand: () => number,
   ) {
-    this.inner = new MemoryDevice({ size });
-    this.size = size;
-    this.blockSize = this.inner.blockSize;
-    this.capabilities = this.inner.capabilities;
+    super(size);
   }
-  read(offset: number, length: number): Promise<Buffer> {
-    return this.inner.read(offset, length);
-  }
-  async write(offset: number, data: Buffer, flags: WriteFlags): Promise<void> {
+  override async write(offset: number, data: Buffer, flags: WriteFlags): Promise<void> {
     const r = this.rand();
     if (r < 0.3) await sleep(Math.floor(r * 10));
     else if (r < 0.7) await new Promise((res) => setImmediate(res));
     return this.inner.write(offset, data, flags);
-  }
-  flush(): Promise<void> {
-    return this.inner.flush();
-  }
-  trim(offset: number, length: number, flags: WriteFlags): Promise<void> {
-    return this.inner.trim(offset, length, flags);
-  }
-  zero(offset: number, length: number, flags: ZeroFlags): Promise<void> {
-    return this.inner.zero(offset, length, flags);
-  }
-  extents(offset: number, length: number): Promise<DeviceExtent[]> {
-    return this.inner.extents(offset, length);
-  }
-  close(): Promise<void> {
-    return Promise.resolve();
   }
 }
 

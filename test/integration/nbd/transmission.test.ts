@@ -1,56 +1,28 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import type { BlockDevice, DeviceExtent, WriteFlags, ZeroFlags } from '../../../src/nbd/device.js';
+import type { BlockDevice, WriteFlags } from '../../../src/nbd/device.js';
 import { MemoryDevice } from '../../../src/nbd/testing/memory-device.js';
-import { deviceExport, startServer } from '../../helpers/nbd.js';
+import { WrappedMemoryDevice, deviceExport, startServer } from '../../helpers/nbd.js';
 import { RawClient, req } from '../../helpers/raw-nbd-client.js';
 
 const MiB = 1024 * 1024;
 const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
 
 /** A device whose reads take `delayFor(offset)` ms and return fresh copies; failures on demand. */
-class TestDevice implements BlockDevice {
-  readonly inner: MemoryDevice;
+class TestDevice extends WrappedMemoryDevice {
   delayFor: (offset: number) => number = () => 0;
   failWith: ((offset: number) => unknown) | undefined;
-  constructor(size: number) {
-    this.inner = new MemoryDevice({ size });
-  }
-  get size(): number {
-    return this.inner.size;
-  }
-  get blockSize() {
-    return this.inner.blockSize;
-  }
-  get capabilities() {
-    return this.inner.capabilities;
-  }
-  async read(offset: number, length: number): Promise<Buffer> {
+  override async read(offset: number, length: number): Promise<Buffer> {
     const d = this.delayFor(offset);
     if (d > 0) await sleep(d);
     const f = this.failWith?.(offset);
     if (f !== undefined) throw f;
     return Buffer.from(await this.inner.read(offset, length));
   }
-  async write(offset: number, data: Buffer, flags: WriteFlags): Promise<void> {
+  override async write(offset: number, data: Buffer, flags: WriteFlags): Promise<void> {
     const f = this.failWith?.(offset);
     if (f !== undefined) throw f;
     return this.inner.write(offset, data, flags);
-  }
-  flush(): Promise<void> {
-    return this.inner.flush();
-  }
-  trim(offset: number, length: number, flags: WriteFlags): Promise<void> {
-    return this.inner.trim(offset, length, flags);
-  }
-  zero(offset: number, length: number, flags: ZeroFlags): Promise<void> {
-    return this.inner.zero(offset, length, flags);
-  }
-  extents(offset: number, length: number): Promise<DeviceExtent[]> {
-    return this.inner.extents(offset, length);
-  }
-  close(): Promise<void> {
-    return this.inner.close();
   }
 }
 
