@@ -64,6 +64,7 @@ import type {
   ListPage,
   ObjectMeta,
   ObjectStore,
+  PutBody,
   PutOptions,
 } from '../../src/format/store/types.js';
 import { deleteVolume } from '../../src/format/volume/admin.js';
@@ -75,6 +76,7 @@ import { createSnapshot, deleteSnapshot, restoreVolume } from '../../src/format/
 import { KiB, MiB } from '../../src/format/volume/types.js';
 import { Volume } from '../../src/format/volume/volume.js';
 import { rng } from './rng.js';
+import { joinBody } from '../../src/format/store/common.js';
 
 // ------------------------------------------------------------------ small utilities
 
@@ -485,7 +487,7 @@ export class ChaosStore implements ObjectStore {
     return m && this.fixMeta(m);
   }
 
-  async put(key: string, body: Buffer, options?: PutOptions): Promise<{ etag: string }> {
+  async put(key: string, body: PutBody, options?: PutOptions): Promise<{ etag: string }> {
     const w = this.world;
     const seg = key.startsWith(SEGMENT_PREFIX);
     const flying = w.segmentPuts.get(this.actor) ?? 0;
@@ -497,7 +499,7 @@ export class ChaosStore implements ObjectStore {
       return await this.run(
         `put ${key}`,
         () => this.inner.put(key, body, options),
-        () => w.applied(this.actor, 'put', this.url, key, body),
+        () => w.applied(this.actor, 'put', this.url, key, joinBody(body)),
       );
     } finally {
       if (seg) w.segmentPuts.set(this.actor, (w.segmentPuts.get(this.actor) ?? 1) - 1);

@@ -1,5 +1,10 @@
 import { HyperError } from '../../errors.js';
-import { PAYLOAD_SIGNING_VALUES, type ByteRange, type PayloadSigning } from './types.js';
+import {
+  PAYLOAD_SIGNING_VALUES,
+  type ByteRange,
+  type PayloadSigning,
+  type PutBody,
+} from './types.js';
 
 /** Domain errors shared by every store implementation (the translation table lives in types.ts). */
 export const notFound = (root: string, key: string): HyperError =>
@@ -22,6 +27,39 @@ export function sliceRange(body: Buffer, range?: ByteRange): Buffer {
   const start = Math.min(range.offset, body.length);
   const end = Math.min(range.offset + range.length, body.length);
   return body.subarray(start, end);
+}
+
+/** The pieces of a PUT's body, in order. */
+export function bodyParts(body: PutBody): readonly Buffer[] {
+  return Buffer.isBuffer(body) ? [body] : body;
+}
+
+/** Bytes a PUT stores. */
+export function bodyLength(body: PutBody): number {
+  if (Buffer.isBuffer(body)) return body.length;
+  let n = 0;
+  for (const p of body) n += p.length;
+  return n;
+}
+
+/** A PUT's body as one buffer (itself when it is one; a copy of the pieces otherwise). */
+export function joinBody(body: PutBody): Buffer {
+  if (Buffer.isBuffer(body)) return body;
+  return body.length === 1 ? (body[0] as Buffer) : Buffer.concat(body);
+}
+
+/** A copy of bytes [start, end) of a PUT's body (clamped to its end). */
+export function sliceBody(body: PutBody, start: number, end: number): Buffer {
+  const out = Buffer.allocUnsafe(Math.max(0, Math.min(end, bodyLength(body)) - start));
+  let at = 0; // offset of the current piece in the body
+  let n = 0;
+  for (const p of bodyParts(body)) {
+    if (n === out.length) break;
+    const from = Math.max(start + n - at, 0);
+    if (from < p.length) n += p.copy(out, n, from, Math.min(p.length, from + out.length - n));
+    at += p.length;
+  }
+  return out;
 }
 
 /** The environment variable that sets payload signing when no option does. */

@@ -12,9 +12,11 @@ import type {
   ListPage,
   ObjectMeta,
   ObjectStore,
+  PutBody,
   PutOptions,
   StoreStats,
 } from './types.js';
+import { bodyLength } from './common.js';
 
 export const emptyStats = (): StoreStats => ({
   get: 0,
@@ -61,9 +63,9 @@ export class CountingStore implements ObjectStore {
     return this.inner.head(key, options);
   }
 
-  put(key: string, body: Buffer, options?: PutOptions): Promise<{ etag: string }> {
+  put(key: string, body: PutBody, options?: PutOptions): Promise<{ etag: string }> {
     this.counters.put++;
-    this.counters.bytesOut += body.length;
+    this.counters.bytesOut += bodyLength(body);
     return this.inner.put(key, body, options);
   }
 

@@ -29,7 +29,7 @@ import * as fsp from 'node:fs/promises';
 import { hostname } from 'node:os';
 import { dirname, join } from 'node:path';
 import { HyperError } from '../../errors.js';
-import { notFound, objectExists, preconditionFailed } from './common.js';
+import { bodyParts, notFound, objectExists, preconditionFailed } from './common.js';
 import { Preader } from './pread.js';
 import type {
   GetOptions,
@@ -38,6 +38,7 @@ import type {
   ListPage,
   ObjectMeta,
   ObjectStore,
+  PutBody,
   PutOptions,
 } from './types.js';
 
@@ -272,7 +273,7 @@ export class FileStore implements ObjectStore {
   }
 
   /** Write `body` to a new fsynced temp file; returns its path and tag. */
-  private async writeTemp(body: Buffer): Promise<{ tmp: string; etag: string; mtimeNs: bigint }> {
+  private async writeTemp(body: PutBody): Promise<{ tmp: string; etag: string; mtimeNs: bigint }> {
     await this.ensurePrivate();
     const tmp = join(this.base, PRIVATE, 'tmp', `${process.pid}-${randomBytes(8).toString('hex')}`);
     let h: fsp.FileHandle;
@@ -286,10 +287,19 @@ export class FileStore implements ObjectStore {
       h = await fsp.open(tmp, fsc.O_WRONLY | fsc.O_CREAT | fsc.O_EXCL, 0o644);
     }
     try {
+      // Pieces go in one gather write (writev) each round; a short write resumes where it
+      // stopped.
+      let rest = bodyParts(body).filter((p) => p.length > 0);
       let off = 0;
-      while (off < body.length) {
-        const { bytesWritten } = await h.write(body, off, body.length - off, off);
+      while (rest.length > 0) {
+        const { bytesWritten } = await h.writev(rest, off);
         off += bytesWritten;
+        let n = bytesWritten;
+        let k = 0;
+        while (k < rest.length && n >= (rest[k] as Buffer).length)
+          n -= (rest[k++] as Buffer).length;
+        rest = rest.slice(k);
+        if (n > 0) rest[0] = (rest[0] as Buffer).subarray(n);
       }
       // Kernel timestamps advance in clock ticks: add random microseconds so that two files
       // written in one tick (possibly on a reused inode) still get different tags.
@@ -595,7 +605,7 @@ export class FileStore implements ObjectStore {
     }
   }
 
-  async put(key: string, body: Buffer, options: PutOptions = {}): Promise<{ etag: string }> {
+  async put(key: string, body: PutBody, options: PutOptions = {}): Promise<{ etag: string }> {
     const full = this.checkKey(key);
     options.signal?.throwIfAborted();
     const target = this.pathOf(full);

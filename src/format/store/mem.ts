@@ -7,6 +7,7 @@ import type {
   ListPage,
   ObjectMeta,
   ObjectStore,
+  PutBody,
   PutOptions,
 } from './types.js';
 import { notFound, objectExists, preconditionFailed, sliceRange } from './common.js';
@@ -70,15 +71,17 @@ export class MemStore implements ObjectStore {
     });
   }
 
-  put(key: string, body: Buffer, options: PutOptions = {}): Promise<{ etag: string }> {
+  put(key: string, body: PutBody, options: PutOptions = {}): Promise<{ etag: string }> {
     const full = this.root + key;
     const cur = this.map.get(full);
     if (options.ifNoneMatch && cur) return Promise.reject(objectExists(this.url, key));
     if (options.ifMatch !== undefined && (!cur || cur.etag !== options.ifMatch)) {
       return Promise.reject(preconditionFailed(this.url, key));
     }
-    const etag = createHash('md5').update(body).digest('hex');
-    this.map.set(full, { body: Buffer.from(body), etag, lastModified: new Date() });
+    // (A copy: the caller may reuse its buffers once the PUT has landed.)
+    const copy = Buffer.isBuffer(body) ? Buffer.from(body) : Buffer.concat(body);
+    const etag = createHash('md5').update(copy).digest('hex');
+    this.map.set(full, { body: copy, etag, lastModified: new Date() });
     return Promise.resolve({ etag });
   }
 

@@ -20,8 +20,10 @@ import type {
   ListPage,
   ObjectMeta,
   ObjectStore,
+  PutBody,
   PutOptions,
 } from './types.js';
+import { bodyLength } from './common.js';
 import { parseStoreUrl } from './url.js';
 
 /** Request kinds as S3 names them. A LIST is one page; a DELETE one batch call. */
@@ -146,10 +148,10 @@ export class ObservedStore implements ObjectStore {
     );
   }
 
-  put(key: string, body: Buffer, options?: PutOptions): Promise<{ etag: string }> {
+  put(key: string, body: PutBody, options?: PutOptions): Promise<{ etag: string }> {
     return this.run(
       'PUT',
-      () => body.length,
+      () => bodyLength(body),
       () => this.inner.put(key, body, options),
     );
   }

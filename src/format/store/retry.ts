@@ -24,8 +24,10 @@ import type {
   ListPage,
   ObjectMeta,
   ObjectStore,
+  PutBody,
   PutOptions,
 } from './types.js';
+import { bodyLength, bodyParts, joinBody } from './common.js';
 
 export interface RetryOptions {
   /** Total attempts, first included (default 6). */
@@ -119,7 +121,7 @@ export class RetryingStore implements ObjectStore {
     return this.run('head', key, options?.signal, () => this.inner.head(key, options));
   }
 
-  async put(key: string, body: Buffer, options: PutOptions = {}): Promise<{ etag: string }> {
+  async put(key: string, body: PutBody, options: PutOptions = {}): Promise<{ etag: string }> {
     const conditional = options.ifNoneMatch === true || options.ifMatch !== undefined;
     let mayHaveLanded = false;
     return this.run('put', key, options.signal, async () => {
@@ -135,14 +137,16 @@ export class RetryingStore implements ObjectStore {
           mayHaveLanded &&
           (isHyperError(e, 'OBJECT_EXISTS') || isHyperError(e, 'PRECONDITION_FAILED'))
         ) {
-          const md5 = createHash('md5').update(body).digest('hex');
+          const hash = createHash('md5');
+          for (const p of bodyParts(body)) hash.update(p);
+          const md5 = hash.digest('hex');
           const signal = options.signal ? { signal: options.signal } : {};
           const meta = await this.inner.head(key, signal);
-          if (meta && meta.size === body.length) {
+          if (meta && meta.size === bodyLength(body)) {
             if (meta.etag === md5) return { etag: meta.etag };
             // ETag is not an MD5 here (e.g. SSE-KMS, or the file store): compare the bytes.
             const cur = await this.inner.get(key, signal);
-            if (cur.body.equals(body)) return { etag: cur.etag };
+            if (cur.body.equals(joinBody(body))) return { etag: cur.etag };
           }
         }
         throw e;

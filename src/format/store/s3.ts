@@ -16,8 +16,10 @@
  * unquoted everywhere in hyper. On a custom endpoint the unquoted form is tried first; if it
  * fails with 412 the quoted form is tried once, and whichever form succeeds is remembered.
  */
+import { createHash } from 'node:crypto';
 import http from 'node:http';
 import https from 'node:https';
+import { Readable } from 'node:stream';
 import {
   DeleteObjectsCommand,
   HeadObjectCommand,
@@ -30,6 +32,8 @@ import { NodeHttpHandler } from '@smithy/node-http-handler';
 import { HyperError } from '../../errors.js';
 import { LeanGet } from './s3-get.js';
 import {
+  bodyLength,
+  joinBody,
   notFound,
   objectExists,
   PAYLOAD_SIGNING_ENV,
@@ -43,6 +47,7 @@ import type {
   ListPage,
   ObjectMeta,
   ObjectStore,
+  PutBody,
   PutOptions,
   StoreOptions,
 } from './types.js';
@@ -73,6 +78,34 @@ interface Shared {
   endpoint: string;
   pageSize: number;
   ifMatchForm: IfMatchForm;
+  /** PUT bodies in pieces are streamed as they are (see PiecesBody); else joined first. */
+  streamsPieces: boolean;
+  /** Whether PUT bodies are hashed into the signature (signsPayload). */
+  signs: boolean;
+}
+
+/**
+ * A PUT body in pieces (a segment whose blocks stay in the write buffer's memory), streamed
+ * piece by piece: the socket takes each from where it lies, with no copy into one buffer.
+ * The SDK's signer hashes only bodies held in one buffer, so a signed one carries its
+ * SHA-256, hashed piece by piece, for the build step to put in the header.
+ */
+class PiecesBody extends Readable {
+  private next = 0;
+
+  constructor(
+    private readonly pieces: readonly Buffer[],
+    readonly sha256: string | undefined,
+  ) {
+    super();
+  }
+
+  override _read(): void {
+    // Everything at once: the pieces are in memory already; the pipe into the request
+    // honours the socket's backpressure from there.
+    while (this.next < this.pieces.length) this.push(this.pieces[this.next++]);
+    this.push(null);
+  }
 }
 
 export const unquote = (etag: string | undefined): string =>
@@ -311,6 +344,7 @@ export function createS3Client(options: S3StoreOptions): {
   client: S3Client;
   endpoint: string;
   agents: { http: http.Agent; https: https.Agent };
+  signs: boolean;
 } {
   quietSdkNodeVersionNotice();
   const endpoint = resolveEndpoint(options);
@@ -338,19 +372,22 @@ export function createS3Client(options: S3StoreOptions): {
   else if (options.profile) config.profile = options.profile;
   const url = endpoint ?? `https://s3.${region}.amazonaws.com`;
   const client = new S3Client(config);
-  if (!signsPayload(options, url)) {
-    // The signer takes a payload hash already in the headers as it is.
-    client.middlewareStack.add(
-      (next, context) => (args) => {
-        const req = args.request as { headers?: Record<string, string> } | undefined;
-        if (context.commandName === 'PutObjectCommand' && req?.headers !== undefined)
-          req.headers['x-amz-content-sha256'] = 'UNSIGNED-PAYLOAD';
-        return next(args);
-      },
-      { step: 'build', name: 'hyperUnsignedPayload' },
-    );
-  }
-  return { client, endpoint: url, agents };
+  const signs = signsPayload(options, url);
+  // The signer takes a payload hash already in the headers as it is: UNSIGNED-PAYLOAD, or
+  // the hash of a body in pieces.
+  client.middlewareStack.add(
+    (next, context) => (args) => {
+      const req = args.request as { headers?: Record<string, string>; body?: unknown } | undefined;
+      if (context.commandName === 'PutObjectCommand' && req?.headers !== undefined) {
+        const hash = req.body instanceof PiecesBody ? req.body.sha256 : undefined;
+        if (hash !== undefined) req.headers['x-amz-content-sha256'] = hash;
+        else if (!signs) req.headers['x-amz-content-sha256'] = 'UNSIGNED-PAYLOAD';
+      }
+      return next(args);
+    },
+    { step: 'build', name: 'hyperPayloadHash' },
+  );
+  return { client, endpoint: url, agents, signs };
 }
 
 export class S3Store implements ObjectStore {
@@ -365,7 +402,7 @@ export class S3Store implements ObjectStore {
     if (shared) {
       this.shared = shared;
     } else {
-      const { client, endpoint, agents } = createS3Client(options);
+      const { client, endpoint, agents, signs } = createS3Client(options);
       this.shared = {
         client,
         lean: new LeanGet({
@@ -381,6 +418,11 @@ export class S3Store implements ObjectStore {
         endpoint,
         pageSize: Math.min(1000, Math.max(1, options.pageSize ?? 1000)),
         ifMatchForm: resolveEndpoint(options) ? 'unknown' : 'quoted',
+        // On AWS the SDK adds a checksum to every PUT (its default), and to a streamed body
+        // by re-encoding it (aws-chunked with a trailer): pieces are joined there instead.
+        // Custom endpoints take no added checksum (createS3Client), so bodies go as they are.
+        streamsPieces: resolveEndpoint(options) !== undefined,
+        signs,
       };
       this.owner = true;
     }
@@ -460,18 +502,32 @@ export class S3Store implements ObjectStore {
     }
   }
 
+  /** What the SDK sends for `body`: one buffer, or its pieces streamed (PiecesBody). */
+  private sdkBody(body: PutBody): Buffer | PiecesBody {
+    if (Buffer.isBuffer(body)) return body;
+    if (body.length === 1 || !this.shared.streamsPieces) return joinBody(body);
+    let sha256: string | undefined;
+    if (this.shared.signs) {
+      const h = createHash('sha256');
+      for (const p of body) h.update(p);
+      sha256 = h.digest('hex');
+    }
+    return new PiecesBody(body, sha256);
+  }
+
   private async putOnce(
     key: string,
-    body: Buffer,
+    body: PutBody,
     options: PutOptions,
     ifMatch?: string,
   ): Promise<{ etag: string }> {
+    // (A fresh stream per attempt: each try sends the pieces from the start.)
     const res = await this.client.send(
       new PutObjectCommand({
         Bucket: this.shared.bucket,
         Key: this.root + key,
-        Body: body,
-        ContentLength: body.length,
+        Body: this.sdkBody(body),
+        ContentLength: bodyLength(body),
         ...(options.ifNoneMatch ? { IfNoneMatch: '*' } : {}),
         ...(ifMatch !== undefined ? { IfMatch: ifMatch } : {}),
       }),
@@ -480,7 +536,7 @@ export class S3Store implements ObjectStore {
     return { etag: unquote(res.ETag) };
   }
 
-  async put(key: string, body: Buffer, options: PutOptions = {}): Promise<{ etag: string }> {
+  async put(key: string, body: PutBody, options: PutOptions = {}): Promise<{ etag: string }> {
     const ctx = this.ctx('put', key, {
       createOnly: options.ifNoneMatch === true,
       ifMatch: options.ifMatch !== undefined,

@@ -34,6 +34,12 @@ export interface ByteRange {
   length: number;
 }
 
+/**
+ * What a PUT stores: one buffer, or pieces stored back to back (a gather write: a segment
+ * whose blocks stay where the write buffer holds them). Stores must not keep the pieces.
+ */
+export type PutBody = Buffer | readonly Buffer[];
+
 export interface PutOptions {
   /** Create-only: fail with OBJECT_EXISTS if the key exists (S3 `If-None-Match: *`). */
   ifNoneMatch?: boolean;
@@ -89,7 +95,7 @@ export interface ObjectStore {
   get(key: string, options?: GetOptions): Promise<GetResult>;
   /** Metadata of one key, or undefined if it does not exist. */
   head(key: string, options?: { signal?: AbortSignal }): Promise<ObjectMeta | undefined>;
-  put(key: string, body: Buffer, options?: PutOptions): Promise<{ etag: string }>;
+  put(key: string, body: PutBody, options?: PutOptions): Promise<{ etag: string }>;
   /** Every key under `prefix`, in ascending key order, page by page. */
   list(prefix: string, options?: ListOptions): AsyncIterable<ListPage>;
   /** Delete keys (missing keys are not an error). Batched by the implementation. */

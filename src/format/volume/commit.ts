@@ -17,6 +17,7 @@ import { HyperError, dataError, isHyperError, toHyperError } from '../../errors.
 import { encodeHead, type HeadRecord } from '../codec/head.js';
 import { HEAD_KEY, SEGMENT_PREFIX, parseSegmentKey, segmentKey } from '../keys.js';
 import type { ObjectStore } from '../store/types.js';
+import { sliceBody } from '../store/common.js';
 import { readHead } from './heads.js';
 import { Lease, type LeaseOptions } from './lease.js';
 import type { BuiltCheckpoint } from './segment-builder.js';
@@ -193,7 +194,7 @@ export class Committer {
       const id = this.head.lastSegment + 1;
       const built = build(id);
       try {
-        await this.store.put(segmentKey(id), built.segment, { ifNoneMatch: true });
+        await this.store.put(segmentKey(id), built.parts, { ifNoneMatch: true });
         return built;
       } catch (e) {
         if (!isHyperError(e, 'OBJECT_EXISTS') || attempt >= CONFLICT_RETRIES) throw e;
@@ -266,14 +267,15 @@ export class Committer {
   async putSegment(built: BuiltCheckpoint): Promise<void> {
     const id = built.head.checkpoint;
     try {
-      await this.store.put(segmentKey(id), built.segment, { ifNoneMatch: true });
+      await this.store.put(segmentKey(id), built.parts, { ifNoneMatch: true });
     } catch (e) {
       if (!isHyperError(e, 'OBJECT_EXISTS')) throw e;
       const cur = await readHead(this.store);
       if (cur.head.epoch !== this.head.epoch) throw this.fencedBy(cur.head.epoch);
-      const n = Math.min(built.segment.length, 64 * 1024);
+      // (The first 64 KiB: the header, which names this checkpoint's head, and what follows.)
+      const n = Math.min(built.length, 64 * 1024);
       const got = await this.store.get(segmentKey(id), { range: { offset: 0, length: n } });
-      if (got.body.equals(built.segment.subarray(0, n))) return;
+      if (got.body.equals(sliceBody(built.parts, 0, n))) return;
       throw e;
     }
   }

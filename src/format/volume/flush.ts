@@ -343,17 +343,17 @@ export async function buildSegment(
         throw new HyperError('internal', 'INTERNAL', 'content index entry not in memory');
     }
   }
-  // From here on the generation serves the blocks stored raw from the segment (immutable);
-  // compressed or sealed ones stay in its slabs until the segment lands, and so do those
-  // that stored nothing of their own (deduplicated).
-  let kept = !!dd && (dd.found.size > 0 || dd.aliases.size > 0);
+  // From here on the generation serves the blocks stored raw that the segment's buffer holds
+  // (immutable); compressed or sealed ones stay in its slabs until the segment lands, and so
+  // do those that stored nothing of their own (deduplicated) and the runs the segment's PUT
+  // gathers from the slabs.
+  let kept = out.gathered || (!!dd && (dd.found.size > 0 || dd.aliases.size > 0));
   for (let k = 0; k < blocks.length; k++) {
     if (out.codecs && out.codecs[k] !== CODEC_RAW) {
       kept = true;
       continue;
     }
-    const at = out.blockOffsets[k] as number;
-    gen.blocks.set(lbas[k] as number, out.segment.subarray(at, at + f.blockSize));
+    gen.blocks.set(lbas[k] as number, out.stored[k] as Buffer);
   }
   // Nothing refers to the generation's slabs any more (readers copy out synchronously).
   if (!kept) gen.recycleSlabs();
@@ -531,7 +531,7 @@ export function adoptNodes(
     const off = built.nodeOffsets[k] as number;
     // (Sealed nodes: their plain encoding, kept by the builder.)
     const plain = built.plainNodes?.[k];
-    const src = plain ?? built.segment;
+    const src = plain ?? built.buffer;
     const at = (plain ? 0 : off) + NODE_HEADER;
     src.copy(node.entries, 0, at, at + node.length * ENTRY_SIZE);
     node.dirty = false;

@@ -3,6 +3,11 @@
  * head, the dirty index nodes (leaves first, so siblings sit together), then the data
  * blocks. Pure: it reads the dirty tree and writes only into the new buffers, so a failed
  * PUT leaves the in-memory index exactly as it was and the flush can be retried.
+ *
+ * The segment comes out in pieces for a gather write: one buffer with the header, the nodes
+ * and the blocks copied after them, and, between its parts, long runs of blocks that stay
+ * where the caller holds them (a sequential write's blocks lie in order in the write
+ * buffer's slabs; copying tens of MiB per segment was most of a local write's CPU time).
  */
 import { encodeHead, type HeadRecord } from '../codec/head.js';
 import {
@@ -67,7 +72,22 @@ export interface CheckpointInput {
 }
 
 export interface BuiltCheckpoint {
-  segment: Buffer;
+  /**
+   * The segment's bytes, in order, to be stored back to back: parts of `buffer` and runs of
+   * the caller's blocks (which must not change until the segment has landed).
+   */
+  parts: Buffer[];
+  /** The segment's length. */
+  length: number;
+  /**
+   * The buffer from `alloc`: the header and nodes at their segment offsets (up to
+   * `dataOffset`), then the blocks that were copied.
+   */
+  buffer: Buffer;
+  /** Where each stored block's bytes lie: in `buffer`, or the caller's own buffer. */
+  stored: Buffer[];
+  /** Whether some part is the caller's memory (else `buffer` holds the whole segment). */
+  gathered: boolean;
   head: HeadRecord;
   headBytes: Buffer;
   /** Offset of the first data block in the segment (blocks follow in `lbas` order, packed). */
@@ -169,11 +189,22 @@ export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
 
   // Nodes are encoded straight into the segment (entries copied, then located in place);
   // the in-memory nodes change only once the commit has landed (see Volume's flush).
-  const segment = c.alloc ? c.alloc(total) : Buffer.allocUnsafe(total);
   // Data first: the entries located below name each block's CRC.
-  const crcs = sealer
-    ? sealBlocks(c, sealer, codecs as number[], segment, blockOffsets, lens)
-    : copyBlocks(c, segment, blockOffsets);
+  const runs = sealer ? [] : blockRuns(c.blocks);
+  let kept = 0;
+  for (const r of runs) if (r.keep) kept += r.bytes.length;
+  const segment = c.alloc ? c.alloc(total - kept) : Buffer.allocUnsafe(total - kept);
+  let parts: Buffer[] = [segment];
+  let stored: Buffer[];
+  let crcs: number[];
+  if (sealer) {
+    crcs = sealBlocks(c, sealer, codecs as number[], segment, blockOffsets, lens);
+    stored = blockOffsets.map((at, k) => segment.subarray(at, at + (lens[k] as number)));
+  } else {
+    if (!c.crcs) throw new HyperError('internal', 'INTERNAL', 'block CRCs missing');
+    crcs = c.crcs;
+    ({ parts, stored } = layBlocks(c.blocks, runs, segment, dataOffset));
+  }
   const plainNodes: Buffer[] = [];
   nodes.forEach((nd, k) => {
     const at = nodeOffsets[k] as number;
@@ -225,7 +256,11 @@ export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
   header.copy(segment, 0);
   segment.fill(0, header.length, nodesOffset);
   return {
-    segment,
+    parts,
+    length: total,
+    buffer: segment,
+    stored,
+    gathered: kept > 0,
     head,
     headBytes,
     dataOffset,
@@ -241,25 +276,73 @@ export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
 }
 
 /**
- * Copy the blocks into the segment; blocks that sit back to back in memory (sequential
- * writes fill slabs in order) are copied as one run. Returns the CRCs given.
+ * Runs of at least this many bytes of blocks lying back to back in memory stay where they
+ * are (gathered by the PUT); shorter ones are copied, as a piece per block would cost the
+ * store more (a syscall vector entry, a socket write) than the copy.
  */
-function copyBlocks(c: CheckpointInput, segment: Buffer, offsets: number[]): number[] {
-  if (!c.crcs) throw new HyperError('internal', 'INTERNAL', 'block CRCs missing');
-  for (let k = 0; k < c.blocks.length;) {
-    const b = c.blocks[k] as Buffer;
+export const GATHER_MIN = 64 * 1024;
+
+interface Run {
+  /** Index of the run's first block. */
+  first: number;
+  count: number;
+  /** The run's bytes: the caller's memory. */
+  bytes: Buffer;
+  /** Stored by reference (long enough), not copied. */
+  keep: boolean;
+}
+
+/** The blocks as runs that sit back to back in memory (sequential writes fill slabs in order). */
+function blockRuns(blocks: Buffer[]): Run[] {
+  const runs: Run[] = [];
+  for (let k = 0; k < blocks.length;) {
+    const b = blocks[k] as Buffer;
     let n = 1;
     let len = b.length;
-    for (; k + n < c.blocks.length; n++) {
-      const nb = c.blocks[k + n] as Buffer;
+    for (; k + n < blocks.length; n++) {
+      const nb = blocks[k + n] as Buffer;
       if (nb.buffer !== b.buffer || nb.byteOffset !== b.byteOffset + len) break;
       len += nb.length;
     }
-    const run = n === 1 ? b : Buffer.from(b.buffer, b.byteOffset, len);
-    run.copy(segment, offsets[k] as number);
+    const bytes = n === 1 ? b : Buffer.from(b.buffer, b.byteOffset, len);
+    runs.push({ first: k, count: n, bytes, keep: len >= GATHER_MIN });
     k += n;
   }
-  return c.crcs;
+  return runs;
+}
+
+/**
+ * Lay the blocks out after the nodes: short runs copied into `segment` (from `dataOffset`
+ * on, in order), long ones left where they are. Returns the segment's parts in order and
+ * where each block's stored bytes lie.
+ */
+function layBlocks(
+  blocks: Buffer[],
+  runs: Run[],
+  segment: Buffer,
+  dataOffset: number,
+): { parts: Buffer[]; stored: Buffer[] } {
+  const parts: Buffer[] = [];
+  const stored: Buffer[] = new Array<Buffer>(blocks.length);
+  let from = 0; // start of the segment buffer's current part
+  let at = dataOffset; // where the next copied byte goes in the segment buffer
+  for (const r of runs) {
+    if (r.keep) {
+      if (at > from) parts.push(segment.subarray(from, at));
+      parts.push(r.bytes);
+      from = at;
+      for (let k = r.first; k < r.first + r.count; k++) stored[k] = blocks[k] as Buffer;
+      continue;
+    }
+    r.bytes.copy(segment, at);
+    for (let k = r.first; k < r.first + r.count; k++) {
+      const len = (blocks[k] as Buffer).length;
+      stored[k] = segment.subarray(at, at + len);
+      at += len;
+    }
+  }
+  if (at > from || parts.length === 0) parts.push(segment.subarray(from, at));
+  return { parts, stored };
 }
 
 /** Seal each block into its place in the segment, bound to its address and codec; their CRCs. */

@@ -8,6 +8,7 @@ import type { HeadRecord } from '../codec/head.js';
 import type { Sealer } from '../codec/seal.js';
 import { sealerFor } from '../keyring.js';
 import { segmentKey } from '../keys.js';
+import { sliceBody } from '../store/common.js';
 import { openStore } from '../store/index.js';
 import type { ByteRange, ObjectStore } from '../store/types.js';
 
@@ -21,7 +22,7 @@ export class SegmentSource {
    * Segments of this writer whose PUT may still be in flight: reads of them (index nodes
    * evicted from the cache) are served from memory until the store has them.
    */
-  private readonly inFlight = new Map<number, Buffer>();
+  private readonly inFlight = new Map<number, readonly Buffer[]>();
 
   private constructor(
     readonly own: ObjectStore,
@@ -79,9 +80,9 @@ export class SegmentSource {
     return this.chain.length > 0 && seg <= (this.chain[0] as { base: number }).base;
   }
 
-  /** Serve segment `seg` from `bytes` until `landed(seg)`. */
-  hold(seg: number, bytes: Buffer): void {
-    this.inFlight.set(seg, bytes);
+  /** Serve segment `seg` from its `parts` (as PUT) until `landed(seg)`. */
+  hold(seg: number, parts: readonly Buffer[]): void {
+    this.inFlight.set(seg, parts);
   }
 
   /** Segments up to `seg` are durable (or abandoned and no longer referenced). */
@@ -90,15 +91,20 @@ export class SegmentSource {
   }
 
   /**
+   * Segments `ids` will never be committed: let go of their parts (the write buffer reuses
+   * the memory the parts lie in once their blocks are written again).
+   */
+  abandoned(ids: readonly number[]): void {
+    for (const id of ids) this.inFlight.delete(id);
+  }
+
+  /**
    * A ranged read of a segment; a missing object is a data error naming it. `into` as in
    * GetOptions: the body may or may not be that memory.
    */
   async get(seg: number, range: ByteRange, what: string, into?: Buffer): Promise<Buffer> {
     const held = this.inFlight.get(seg);
-    if (held) {
-      const start = Math.min(range.offset, held.length);
-      return Buffer.from(held.subarray(start, Math.min(held.length, start + range.length)));
-    }
+    if (held) return sliceBody(held, range.offset, range.offset + range.length);
     const store = this.storeFor(seg);
     const key = segmentKey(seg);
     try {

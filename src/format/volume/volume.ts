@@ -866,7 +866,7 @@ export class Volume {
     }
     committer.built(built);
     // Compressed or sealed blocks stay in the generation next to the segment until it lands.
-    gen.segmentBytes = built.segment.length + (built.keptPlain ? gen.bytes : 0);
+    gen.segmentBytes = built.buffer.length + (built.keptPlain ? gen.bytes : 0);
     // Bytes of header and nodes per byte of blocks buffered (what the estimate multiplies;
     // compressed or deduplicated blocks count whole). Learned from segments the estimate
     // expected to be at least half full, not from a small checkpoint whose nodes weigh more;
@@ -876,7 +876,7 @@ export class Volume {
     adoptNodes(built, this.tree, this.loader, this.dedup?.tree);
     this.cleanHead = built.head;
     const id = built.head.checkpoint;
-    this.segments.hold(id, built.segment);
+    this.segments.hold(id, built.parts);
     const stage: Stage = { built, gen, patch, base, state: 'flying', done: Promise.resolve() };
     stage.done = committer.putSegment(built).then(
       () => {
@@ -905,7 +905,7 @@ export class Volume {
       s.gen.recycleSlabs();
       this.segments.landed(s.built.head.checkpoint);
       // Nothing reads from the segment's buffer any more: the next segment may reuse it.
-      this.segmentBuffers.give(s.built.segment);
+      this.segmentBuffers.give(s.built.buffer);
       this.counters.segmentsWritten++;
       this.counters.flushes++;
       moved = true;
@@ -932,6 +932,7 @@ export class Volume {
     const committer = this.committer as Committer;
     const first = failed[0] as Stage;
     committer.abandon(failed.map((s) => s.built.head.checkpoint));
+    this.segments.abandoned(failed.map((s) => s.built.head.checkpoint));
     this.resetTrees(first.base);
     this.buffer.putBack(failed.map((s) => s.gen));
     let patch: MetadataPatch | undefined;

@@ -137,9 +137,14 @@ if (!cfg) {
           await s.put(`${mode}/k`, body, { ifMatch: etag });
           await rejectsWith(s.put(`${mode}/k`, body, { ifNoneMatch: true }), 'OBJECT_EXISTS');
           await s.put(`${mode}/plain`, body);
-          for (const key of ['k', 'plain'])
+          // A body in pieces is streamed; a signed one carries the hash of all its pieces.
+          const pieces = [0, 1, 4096, 70_000, 200_000, body.length].map((end, k, a) =>
+            body.subarray(k === 0 ? 0 : (a[k - 1] as number), end),
+          );
+          await s.put(`${mode}/pieces`, pieces, { ifNoneMatch: true });
+          for (const key of ['k', 'plain', 'pieces'])
             assert.ok((await s.get(`${mode}/${key}`)).body.equals(body), `${mode}/${key}`);
-          assert.ok(seen.length >= 4, `${mode}: ${seen.length} PUTs seen`);
+          assert.ok(seen.length >= 5, `${mode}: ${seen.length} PUTs seen`);
           const want = mode === 'off' ? 'UNSIGNED-PAYLOAD' : sha;
           assert.deepEqual(new Set(seen), new Set([want]), mode);
           await s.close();

@@ -139,7 +139,7 @@ describe('B+tree', () => {
       blocks: [],
       crcs: [],
     });
-    await store.put(segmentKey(2), built.segment);
+    await store.put(segmentKey(2), built.parts);
     const loader = new NodeLoader(SegmentSource.single(store), NODE, 256 * NODE);
     adoptNodes({ ...built, nodes: [] }, t, loader);
     const { rootOf } = await import('../../../../src/format/volume/heads.js');

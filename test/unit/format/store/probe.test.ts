@@ -2,7 +2,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { MemStore } from '../../../../src/format/store/mem.js';
 import { probeConditionalWrites } from '../../../../src/format/store/probe.js';
-import type { PutOptions } from '../../../../src/format/store/types.js';
+import type { PutBody, PutOptions } from '../../../../src/format/store/types.js';
 import { collect, rejectsWith } from '../../../helpers/store-conformance.js';
 
 /** A store like s3rver: conditions are ignored and every PUT overwrites. */
@@ -10,7 +10,7 @@ class IgnoresConditions extends MemStore {
   constructor(private readonly ignore: 'ifNoneMatch' | 'ifMatch') {
     super('mem://careless/', new Map());
   }
-  override put(key: string, body: Buffer, options: PutOptions = {}): Promise<{ etag: string }> {
+  override put(key: string, body: PutBody, options: PutOptions = {}): Promise<{ etag: string }> {
     const { [this.ignore]: _dropped, ...rest } = options;
     return super.put(key, body, rest);
   }

@@ -3,7 +3,7 @@ import { describe, it } from 'node:test';
 import { HyperError, isHyperError } from '../../../../src/errors.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
 import { RetryingStore } from '../../../../src/format/store/retry.js';
-import type { ObjectStore, PutOptions } from '../../../../src/format/store/types.js';
+import type { ObjectStore, PutBody, PutOptions } from '../../../../src/format/store/types.js';
 import { collect, rejectsWith } from '../../../helpers/store-conformance.js';
 
 const unavailable = (what: string): HyperError =>
@@ -17,7 +17,7 @@ class FlakyStore extends MemStore {
   puts = 0;
   gets = 0;
 
-  override put(key: string, body: Buffer, options: PutOptions = {}): Promise<{ etag: string }> {
+  override put(key: string, body: PutBody, options: PutOptions = {}): Promise<{ etag: string }> {
     this.puts++;
     const step = this.putPlan.shift() ?? 'ok';
     if (step === '503') return Promise.reject(unavailable('503 SlowDown'));

@@ -4,7 +4,7 @@ import { isHyperError } from '../../../../src/errors.js';
 import { HEAD_KEY, segmentKey } from '../../../../src/format/keys.js';
 import { CountingStore } from '../../../../src/format/store/counting.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
-import type { PutOptions } from '../../../../src/format/store/types.js';
+import type { PutBody, PutOptions } from '../../../../src/format/store/types.js';
 import { Committer, SerialQueue } from '../../../../src/format/volume/commit.js';
 import { createVolume } from '../../../../src/format/volume/create.js';
 import { nextHead } from '../../../../src/format/volume/flush.js';
@@ -15,7 +15,7 @@ import { buildCheckpoint } from '../../../../src/format/volume/segment-builder.j
 /** A store whose next head PUT lands and then reports failure (a lost reply). */
 class LostReplyStore extends CountingStore {
   loseNextHeadReply = false;
-  override async put(key: string, body: Buffer, o?: PutOptions): Promise<{ etag: string }> {
+  override async put(key: string, body: PutBody, o?: PutOptions): Promise<{ etag: string }> {
     const r = await super.put(key, body, o);
     if (key === HEAD_KEY && this.loseNextHeadReply) {
       this.loseNextHeadReply = false;

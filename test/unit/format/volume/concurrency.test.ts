@@ -27,6 +27,7 @@ import type {
   ListPage,
   ObjectMeta,
   ObjectStore,
+  PutBody,
   PutOptions,
 } from '../../../../src/format/store/types.js';
 import { deleteVolume } from '../../../../src/format/volume/admin.js';
@@ -37,6 +38,7 @@ import { readHead } from '../../../../src/format/volume/heads.js';
 import { createSnapshot } from '../../../../src/format/volume/history.js';
 import { KiB, MiB } from '../../../../src/format/volume/types.js';
 import { Volume } from '../../../../src/format/volume/volume.js';
+import { joinBody } from '../../../../src/format/store/common.js';
 
 // ------------------------------------------------------------------ the scripted store
 
@@ -109,8 +111,8 @@ class ScriptedStore implements ObjectStore {
     return this.do({ op: 'head', key }, () => this.inner.head(key, options));
   }
 
-  put(key: string, body: Buffer, options?: PutOptions): Promise<{ etag: string }> {
-    return this.do({ op: 'put', key, body, ...(options ? { options } : {}) }, () =>
+  put(key: string, body: PutBody, options?: PutOptions): Promise<{ etag: string }> {
+    return this.do({ op: 'put', key, body: joinBody(body), ...(options ? { options } : {}) }, () =>
       this.inner.put(key, body, options),
     );
   }

@@ -5,6 +5,7 @@ import { decodeLease } from '../../../../src/format/codec/lease.js';
 import { LEASE_KEY } from '../../../../src/format/keys.js';
 import type { ObjectStore } from '../../../../src/format/store/index.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
+import { joinBody } from '../../../../src/format/store/common.js';
 import { Lease, readLease } from '../../../../src/format/volume/lease.js';
 import type { LeaseRecord } from '../../../../src/format/codec/lease.js';
 import { rng } from '../../../helpers/rng.js';
@@ -198,7 +199,7 @@ describe('lease holders on this machine', () => {
           const p = inner.put(...args);
           // MemStore decides at once: callbacks run in landing order.
           void p.then(
-            () => landed.push(decodeLease(args[1])),
+            () => landed.push(decodeLease(joinBody(args[1]))),
             () => undefined,
           );
           const r = await p;

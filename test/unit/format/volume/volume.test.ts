@@ -5,7 +5,7 @@ import { isHyperError } from '../../../../src/errors.js';
 import { HEAD_KEY, SEGMENT_PREFIX, segmentKey } from '../../../../src/format/keys.js';
 import { CountingStore } from '../../../../src/format/store/counting.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
-import type { ObjectStore, PutOptions } from '../../../../src/format/store/types.js';
+import type { ObjectStore, PutBody, PutOptions } from '../../../../src/format/store/types.js';
 import { Volume } from '../../../../src/format/volume/volume.js';
 import { KiB, MiB } from '../../../../src/format/volume/types.js';
 import { rng } from '../../../helpers/rng.js';
@@ -21,7 +21,7 @@ async function listKeys(store: ObjectStore, prefix: string): Promise<string[]> {
 /** A store whose next matching put fails (after or instead of reaching the inner store). */
 class FaultyStore extends CountingStore {
   failNext: ((key: string, o?: PutOptions) => boolean) | undefined;
-  override async put(key: string, body: Buffer, options?: PutOptions): Promise<{ etag: string }> {
+  override async put(key: string, body: PutBody, options?: PutOptions): Promise<{ etag: string }> {
     if (this.failNext?.(key, options)) {
       this.failNext = undefined;
       throw new Error(`injected failure on ${key}`);

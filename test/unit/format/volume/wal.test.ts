@@ -4,7 +4,7 @@ import { describe, it } from 'node:test';
 import { isHyperError } from '../../../../src/errors.js';
 import { CountingStore } from '../../../../src/format/store/counting.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
-import type { ObjectStore, PutOptions } from '../../../../src/format/store/types.js';
+import type { ObjectStore, PutBody, PutOptions } from '../../../../src/format/store/types.js';
 import { KiB, MiB } from '../../../../src/format/volume/types.js';
 import { Volume } from '../../../../src/format/volume/volume.js';
 import { listWal } from '../../../../src/format/volume/wal.js';
@@ -13,7 +13,7 @@ const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
 class Flaky extends CountingStore {
   fail = false;
-  override put(key: string, body: Buffer, o?: PutOptions): Promise<{ etag: string }> {
+  override put(key: string, body: PutBody, o?: PutOptions): Promise<{ etag: string }> {
     if (this.fail) return Promise.reject(new Error('store down'));
     return super.put(key, body, o);
   }

@@ -1,0 +1,173 @@
+// The segment builder's gather layout: long runs of blocks stay in the caller's memory as
+// parts of the segment, short ones are copied after the nodes. Seeded layouts of blocks in
+// slabs (runs of every length, scattered blocks); the parts stored back to back must be the
+// segment an all-copied build makes, byte for byte, and every block must be found through
+// the index at the offset, length and CRC it names.
+import assert from 'node:assert/strict';
+import { describe, it } from 'node:test';
+import { crc32c } from '../../../../src/format/codec/binary.js';
+import { nodeCapacity, PENDING_SEG } from '../../../../src/format/codec/node.js';
+import { BTree, type Node } from '../../../../src/format/index/btree.js';
+import { NodeLoader } from '../../../../src/format/index/loader.js';
+import { segmentKey } from '../../../../src/format/keys.js';
+import { MemStore } from '../../../../src/format/store/mem.js';
+import { rootOf } from '../../../../src/format/volume/heads.js';
+import {
+  buildCheckpoint,
+  GATHER_MIN,
+  type CheckpointInput,
+} from '../../../../src/format/volume/segment-builder.js';
+import { SegmentSource } from '../../../../src/format/volume/segments.js';
+import { rng } from '../../../helpers/rng.js';
+
+const NODE = 4096;
+const BS = 4096;
+const CAP = nodeCapacity(NODE);
+const SLAB = 1024 * 1024;
+const noNodes = { cached: (): Node | undefined => undefined };
+
+/** The bytes of block `lba` (a pattern no other block shares). */
+function content(lba: number): Buffer {
+  const b = Buffer.alloc(BS);
+  for (let i = 0; i < BS; i += 4) b.writeUInt32LE(((lba + 1) * 2654435761 + i) >>> 0, i);
+  return b;
+}
+
+/**
+ * `count` blocks at ascending lbas, placed in slabs the way a write buffer may hold them:
+ * runs in order within a slab (sequential writes), single blocks anywhere (random ones).
+ */
+function layout(seed: number, count: number): { lbas: number[]; blocks: Buffer[] } {
+  const r = rng(seed);
+  const slabs: Buffer[] = [];
+  let slab = Buffer.alloc(SLAB);
+  slabs.push(slab);
+  let used = 0;
+  const take = (): Buffer => {
+    if (used + BS > SLAB) {
+      slab = Buffer.alloc(SLAB);
+      slabs.push(slab);
+      used = 0;
+    }
+    used += BS;
+    return slab.subarray(used - BS, used);
+  };
+  const lbas: number[] = [];
+  const blocks: Buffer[] = [];
+  let lba = Math.floor(r() * 1000);
+  while (lbas.length < count) {
+    // A run of 1 to 48 blocks (some past GATHER_MIN), then a gap or not.
+    const n = Math.min(count - lbas.length, 1 + Math.floor(r() ** 2 * 48));
+    const scattered = r() < 0.3;
+    for (let k = 0; k < n; k++) {
+      // A scattered block skips a slot: it touches no neighbour in memory.
+      if (scattered) take();
+      const b = take();
+      content(lba).copy(b);
+      lbas.push(lba);
+      blocks.push(b);
+      lba++;
+    }
+    lba += r() < 0.5 ? 0 : 1 + Math.floor(r() * 300);
+  }
+  return { lbas, blocks };
+}
+
+function input(lbas: number[], blocks: Buffer[]): CheckpointInput {
+  const t = BTree.empty(CAP, noNodes);
+  for (const lba of lbas) t.insert(lba, { seg: PENDING_SEG, off: 0, len: 0, crc: 0, codec: 0 });
+  return {
+    id: 7,
+    nowMs: 1_700_000_000_000,
+    head: {
+      uuid: '0'.repeat(32),
+      createdMs: 1,
+      size: 1 << 30,
+      dataBlockShift: 12,
+      metaBlockShift: 12,
+      flags: 0,
+      segmentSize: 1 << 25,
+      checkpoint: 7,
+      checkpointMs: 1,
+      prevCheckpoint: 6,
+      lastSegment: 7,
+      epoch: 1,
+      skipped: [],
+    },
+    root: t.root,
+    nodes: t.dirtyNodes(),
+    nodeSize: NODE,
+    blockSize: BS,
+    lbas,
+    blocks,
+    crcs: blocks.map((b) => crc32c(b)),
+  };
+}
+
+describe('segment builder: gather layout', () => {
+  for (const seed of [1, 2, 3, 4, 5, 6, 7, 8]) {
+    it(`seed ${seed}: the parts are the all-copied segment, and every block is where its entry says`, async () => {
+      const { lbas, blocks } = layout(seed, 200 + seed * 150);
+      const built = buildCheckpoint(input(lbas, blocks));
+      // The same blocks, each in memory of its own: nothing to gather, all copied.
+      const copied = buildCheckpoint(
+        input(
+          lbas,
+          blocks.map((b) => Buffer.from(b)),
+        ),
+      );
+      assert.equal(copied.gathered, false);
+      assert.equal(copied.parts.length, 1);
+      const joined = Buffer.concat(built.parts);
+      assert.equal(joined.length, built.length);
+      assert.ok(joined.equals(copied.parts[0] as Buffer), 'same segment bytes');
+
+      // Parts are either the segment buffer's, or runs of the caller's blocks long enough.
+      const callers = new Set(blocks.map((b) => b.buffer));
+      let kept = 0;
+      for (const p of built.parts) {
+        if (p.buffer === built.buffer.buffer) continue;
+        assert.ok(callers.has(p.buffer), 'a part in memory of neither');
+        assert.ok(p.length >= GATHER_MIN, `kept run of ${p.length} bytes`);
+        kept += p.length;
+      }
+      assert.equal(built.gathered, kept > 0);
+      assert.ok(kept > 0, 'the layout has runs to gather');
+      assert.equal(built.buffer.length, built.length - kept);
+      // Each block as stored (what the write buffer serves until the segment lands).
+      built.stored.forEach((b, k) => assert.ok(b.equals(content(lbas[k] as number)), `block ${k}`));
+
+      // Read back through the index, from the store: offsets, lengths and CRCs.
+      const store = MemStore.isolated();
+      await store.put(segmentKey(7), built.parts);
+      const loader = new NodeLoader(SegmentSource.single(store), NODE, 1024 * NODE);
+      const tree = new BTree(rootOf(built.head), CAP, loader);
+      const body = (await store.get(segmentKey(7))).body;
+      for (const [k, lba] of lbas.entries()) {
+        const p = await loader.run(() => tree.lookup(lba));
+        assert.ok(p && p.seg === 7, `lba ${lba} mapped into the segment`);
+        const bytes = body.subarray(p.off, p.off + p.len);
+        assert.ok(bytes.equals(content(lba)), `lba ${lba} bytes`);
+        assert.equal(p.crc, crc32c(bytes));
+        assert.equal(p.off, built.blockOffsets[k]);
+      }
+    });
+  }
+
+  it('a segment of one long run: the header part, then the run itself', () => {
+    const slab = Buffer.alloc(SLAB);
+    const lbas = Array.from({ length: 64 }, (_, k) => 100 + k);
+    const blocks = lbas.map((lba, k) => {
+      const b = slab.subarray(k * BS, (k + 1) * BS);
+      content(lba).copy(b);
+      return b;
+    });
+    const built = buildCheckpoint(input(lbas, blocks));
+    assert.equal(built.parts.length, 2);
+    assert.equal(built.parts[0]?.length, built.dataOffset);
+    assert.equal(built.parts[1]?.buffer, slab.buffer);
+    assert.equal(built.parts[1]?.length, 64 * BS);
+    assert.equal(built.buffer.length, built.dataOffset);
+    assert.equal(built.stored[5], blocks[5], 'blocks stay where they were');
+  });
+});
