@@ -255,7 +255,7 @@ export async function buildSegment(
   for (const [lo, hi] of gen.ranges) await loader.run(() => tree.deleteRange(lo, hi));
   const lbas: number[] = [];
   const blocks: Buffer[] = [];
-  const sorted = [...gen.blocks.keys()].sort((a, b) => a - b);
+  const sorted = ascending([...gen.blocks.keys()]);
   const dd = f.dedup ? await dedupPlan(f.dedup, loader, gen, sorted) : undefined;
   const step = Math.max(
     INDEX_BATCH.min,
@@ -358,6 +358,18 @@ export async function buildSegment(
   // Nothing refers to the generation's slabs any more (readers copy out synchronously).
   if (!kept) gen.recycleSlabs();
   return { ...out, nodes: [...nodes, ...dedupNodes], keptPlain: kept };
+}
+
+/**
+ * `keys` in ascending order. A sequential write's blocks arrive in order (a Map keeps
+ * insertion order), so most generations need no sort; the others sort as a typed array
+ * (numeric, without a comparator call per comparison).
+ */
+export function ascending(keys: number[]): number[] {
+  for (let i = 1; i < keys.length; i++)
+    if ((keys[i] as number) < (keys[i - 1] as number))
+      return Array.from(Float64Array.from(keys).sort());
+  return keys;
 }
 
 /** Pointer key → position in `lbas` of the block it points at. */

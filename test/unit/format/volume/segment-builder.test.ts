@@ -17,6 +17,7 @@ import {
   GATHER_MIN,
   type CheckpointInput,
 } from '../../../../src/format/volume/segment-builder.js';
+import { ascending } from '../../../../src/format/volume/flush.js';
 import { SegmentSource } from '../../../../src/format/volume/segments.js';
 import { rng } from '../../../helpers/rng.js';
 
@@ -169,5 +170,20 @@ describe('segment builder: gather layout', () => {
     assert.equal(built.parts[1]?.length, 64 * BS);
     assert.equal(built.buffer.length, built.dataOffset);
     assert.equal(built.stored[5], blocks[5], 'blocks stay where they were');
+  });
+});
+
+describe('ascending: the order blocks are laid out in', () => {
+  it('sorts numerically (large lbas included) and returns ordered keys as they are', () => {
+    const r = rng(11);
+    for (let n = 0; n < 200; n++) {
+      const keys = Array.from({ length: Math.floor(r() * 50) }, () =>
+        Math.floor(r() * 2 ** (r() < 0.5 ? 12 : 50)),
+      );
+      const want = [...keys].sort((a, b) => a - b);
+      assert.deepEqual(ascending(keys), want);
+      const inOrder = [...want];
+      assert.equal(ascending(inOrder), inOrder, 'no copy when already in order');
+    }
   });
 });
