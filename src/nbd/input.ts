@@ -83,6 +83,11 @@ export class RecycledBuffers {
     private readonly maxBytes: number,
   ) {}
 
+  /** Bytes waiting for reuse. */
+  get held(): number {
+    return this.bytes;
+  }
+
   take(length: number): Buffer {
     if (length < this.min) return Buffer.allocUnsafe(length);
     const b = this.free.get(length)?.pop();

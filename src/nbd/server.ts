@@ -9,6 +9,7 @@ import { createSecureContext } from 'node:tls';
 import { quietLogger, type NbdLogger } from './device.js';
 import { describeError } from './errno.js';
 import { ExportTable, type NbdExport } from './exports.js';
+import { RecycledBuffers } from './input.js';
 import type { NbdObserver } from './observer.js';
 import { DEFAULT_MAX_REQUEST } from './protocol.js';
 import { Session, type SessionLimits, type SessionTls } from './session.js';
@@ -50,6 +51,12 @@ export class NbdServer {
   private readonly logger: NbdLogger;
   private readonly limits: SessionLimits;
   private readonly sessions = new Set<Session>();
+  /**
+   * WRITE payload buffers kept for reuse, shared by every connection: one bound for the
+   * server whatever the number of connections (nbdcopy opens four), and nothing left with
+   * connections that closed.
+   */
+  private readonly recycled = new RecycledBuffers(64 * 1024, 32 * 1024 * 1024);
   private server: Server | undefined;
   private nextId = 1;
   /**
@@ -81,6 +88,11 @@ export class NbdServer {
       maxOutputBytes: Math.max(options.maxOutputBytes ?? 32 * 1024 * 1024, maxRequest),
       negotiationTimeoutMs: options.negotiationTimeoutMs ?? 30_000,
     };
+  }
+
+  /** Bytes of WRITE payload buffers the server keeps for reuse (bounded, whatever the connections). */
+  get recycledBytes(): number {
+    return this.recycled.held;
   }
 
   get connections(): number {
@@ -132,6 +144,7 @@ export class NbdServer {
         id,
         this.tls,
         this.observer,
+        this.recycled,
       );
       this.sessions.add(session);
       void session.whenClosed().then(() => this.sessions.delete(session));

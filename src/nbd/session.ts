@@ -79,7 +79,10 @@ const URGENT_BYTES = 64 * 1024;
 
 /** Memory of the socket reads that are not read straight into a payload (input.ts). */
 const SCRATCH_BYTES = 64 * 1024;
-/** Payload buffers kept for the next writes, per connection (devices that copy what they get). */
+/**
+ * Payload buffers kept for the next writes (devices that copy what they get), for a session
+ * that was given no pool: a server shares one among its connections.
+ */
 const RECYCLED_MIN = 64 * 1024;
 const RECYCLED_BYTES = 16 * 1024 * 1024;
 
@@ -117,6 +120,7 @@ export class Session implements ParserHandler {
   private borrowed = false;
   private scratch: Buffer | undefined;
   private recycled: RecycledBuffers | undefined;
+  private destroyTimer: NodeJS.Timeout | undefined;
 
   constructor(
     socket: Socket,
@@ -126,7 +130,10 @@ export class Session implements ParserHandler {
     id: string,
     tls?: SessionTls,
     private readonly observer?: NbdObserver,
+    /** Where WRITE payload buffers are recycled (the server's, shared by its connections). */
+    recycled?: RecycledBuffers,
   ) {
+    this.recycled = recycled;
     this.id = id;
     this.logger = withFields(logger, { conn: id });
     this.socket = socket;
@@ -314,7 +321,18 @@ export class Session implements ParserHandler {
     this.parser.stop();
     this.out.flush();
     this.socket.end();
-    setTimeout(() => this.socket.destroy(), 2000).unref();
+    this.destroyAfter(2000);
+  }
+
+  /**
+   * Destroy the socket if it has not closed `ms` from now (a client that never ends its
+   * side). The timer goes with the close: it would otherwise keep the session, and the
+   * memory it refers to, alive that long.
+   */
+  private destroyAfter(ms: number): void {
+    clearTimeout(this.destroyTimer);
+    this.destroyTimer = setTimeout(() => this.socket.destroy(), ms);
+    this.destroyTimer.unref();
   }
 
   // ---- negotiation ----
@@ -750,13 +768,14 @@ export class Session implements ParserHandler {
   private endNow(): void {
     this.out.flush();
     this.socket.end();
-    setTimeout(() => this.socket.destroy(), 5000).unref();
+    this.destroyAfter(5000);
   }
 
   private onClose(): void {
     if (this.closed) return;
     this.closed = true;
     clearTimeout(this.negotiationTimer);
+    clearTimeout(this.destroyTimer);
     this.logger.debug(
       'nbd connection closed',
       this.exportName === undefined ? {} : { export: this.exportName },

@@ -68,8 +68,10 @@ export class Generation {
   segmentBytes = 0;
   /**
    * Blocks are carved from slabs (few large allocations) that live with the generation until
-   * its blocks move into a segment; then they go back to the pool for the next generations
-   * (no fresh memory to fault in for every segment, no dead slabs waiting for the GC).
+   * nothing reads them any more: once the blocks are copied into a segment's buffer, or, when
+   * the segment's PUT gathers runs of them from the slabs, once it has landed. Then they go
+   * back to the pool for the next generations (no fresh memory to fault in for every
+   * segment, no dead slabs waiting for the GC).
    */
   private slab: Buffer | undefined;
   private slabUsed = 0;
@@ -255,9 +257,12 @@ export class WriteBuffer {
   constructor(private readonly o: WriteBufferOptions) {
     this.bs = o.blockSize;
     this.zeroBlock = Buffer.alloc(o.blockSize);
-    // Up to one segment's worth of slabs (a third of the bound) waits for reuse.
+    // Up to the bound's worth of slabs waits for reuse: segments in flight keep the slabs of
+    // the runs their PUT gathers until they land, then give them all back at once. A smaller
+    // pool dropped most of them and the next generations allocated new ones: garbage of
+    // ~100 MiB per 256 MiB written, resident until the GC got to it.
     const pool = new SlabPool(o.blockSize, 0);
-    this.pool = new SlabPool(o.blockSize, Math.ceil(o.maxDirtyBytes / 3 / pool.slabSize));
+    this.pool = new SlabPool(o.blockSize, Math.ceil(o.maxDirtyBytes / pool.slabSize));
     this.active = new Generation(o.blockSize, this.pool);
   }
 

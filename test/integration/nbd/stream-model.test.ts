@@ -13,6 +13,8 @@
 import assert from 'node:assert/strict';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { describe, it } from 'node:test';
+import { setFlagsFromString } from 'node:v8';
+import { runInNewContext } from 'node:vm';
 import type { WriteFlags } from '../../../src/nbd/device.js';
 import { WrappedMemoryDevice, deviceExport, startServer } from '../../helpers/nbd.js';
 import { RawClient, req } from '../../helpers/raw-nbd-client.js';
@@ -23,6 +25,7 @@ const MiB = 1024 * KiB;
 const SIZE = 16 * MiB;
 const CMD_READ = 0;
 const CMD_WRITE = 1;
+const CMD_DISC = 2;
 const CMD_FLUSH = 3;
 
 /** A memory device whose writes land after a random delay (the payload must stay intact). */
@@ -181,4 +184,68 @@ describe('pipelined writes against a byte model', () => {
         assert.ok(data.equals(copy), 'a handed-over payload changed');
     });
   }
+});
+
+describe('connections that end leave nothing behind', () => {
+  it('payload buffers are one bounded pool for the server; a closed connection keeps no timer', async () => {
+    setFlagsFromString('--expose-gc');
+    const gc = runInNewContext('gc') as () => void;
+    /** The server's sessions while connected (weakly: they must go once closed). */
+    const ended: WeakRef<object>[] = [];
+    const sessions = (): Set<object> => (s.server as unknown as { sessions: Set<object> }).sessions;
+    const device = new SlowDevice(SIZE, rng(7));
+    const s = await startServer([deviceExport('m', device)]);
+    try {
+      const model = Buffer.alloc(SIZE);
+      // Rounds of four connections at once (as nbdcopy opens), each writing its own quarter
+      // in 1 MiB and 256 KiB pieces, then ending with DISC.
+      for (let round = 0; round < 3; round++) {
+        await Promise.all(
+          [0, 1, 2, 3].map(async (q) => {
+            const c = await RawClient.open(s.port!);
+            await c.handshake();
+            assert.equal(await c.go('m'), SIZE);
+            for (const x of sessions())
+              if (!ended.some((w) => w.deref() === x)) ended.push(new WeakRef(x));
+            const sent = new Map<bigint, Sent>();
+            const frames: Buffer[] = [];
+            let handle = 1n;
+            for (let off = (q * SIZE) / 4; off < ((q + 1) * SIZE) / 4;) {
+              const length = (off / MiB) % 2 === 0 ? MiB : 256 * KiB;
+              const payload = Buffer.alloc(length, (round * 4 + q + off / (256 * KiB)) & 0xff);
+              payload.copy(model, off);
+              frames.push(req(CMD_WRITE, handle, BigInt(off), length, 0, payload));
+              sent.set(handle++, { type: CMD_WRITE, length });
+              off += length;
+            }
+            c.send(Buffer.concat(frames));
+            await replies(c, sent);
+            c.send(req(CMD_DISC, handle, 0n, 0));
+            assert.ok(await c.waitClosed(), 'the server ends the connection after DISC');
+          }),
+        );
+        for (let i = 0; i < 100 && s.server.connections > 0; i++) await sleep(10);
+        assert.equal(s.server.connections, 0);
+        // Nothing keeps an ended connection's session (a timer used to, for 5 s more).
+        // (gc() after a turn of the loop: deref() keeps its target alive until the turn ends.)
+        for (let i = 0; i < 20; i++) {
+          await sleep(10);
+          gc();
+          if (ended.every((w) => w.deref() === undefined)) break;
+        }
+        assert.ok(
+          ended.every((w) => w.deref() === undefined),
+          `round ${round}: sessions of closed connections still reachable`,
+        );
+        ended.length = 0;
+        assert.ok(s.server.recycledBytes > 0, 'payload buffers were recycled');
+        assert.ok(s.server.recycledBytes <= 32 * MiB, `${s.server.recycledBytes} bytes kept`);
+      }
+      const got = Buffer.alloc(SIZE);
+      await device.read(0, SIZE).then((b) => b.copy(got));
+      assert.ok(got.equals(model), 'every write landed intact');
+    } finally {
+      await s.close();
+    }
+  });
 });
