@@ -330,9 +330,9 @@ export function storeConformance(target: ConformanceTarget): void {
       const body = Buffer.alloc(3 * 1024 * 1024 + 517);
       for (let i = 0; i + 4 <= body.length; i += 4) body.writeUInt32LE((i * 2654435761) >>> 0, i);
       // Uneven pieces, an empty one among them, and many small ones (a gather write of a
-      // segment: its header buffer, runs of blocks, copied blocks).
+      // segment: its header buffer, runs of blocks, copied blocks), more than a writev takes.
       const cuts = [0, 1, 1, 4096, 70_000, 1_000_000, 1_000_512];
-      for (let at = 1_000_512; at < 2_000_000; at += 4096) cuts.push(at);
+      for (let at = 1_000_512; at < 2_000_000; at += 512) cuts.push(at);
       cuts.push(body.length);
       const pieces = cuts.slice(1).map((end, k) => body.subarray(cuts[k] as number, end));
       const { etag } = await s.put('pieces', pieces, { ifNoneMatch: true });
