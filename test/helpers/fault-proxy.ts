@@ -29,6 +29,8 @@ export interface FaultRates {
   resetBefore?: number;
   resetAfter?: number;
   truncate?: number;
+  /** Probability of resetting a PUT's connection once part of its body has arrived. */
+  resetDuring?: number;
 }
 
 export interface FaultCounts {
@@ -39,6 +41,7 @@ export interface FaultCounts {
   resetBefore: number;
   resetAfter: number;
   truncate: number;
+  resetDuring: number;
   downRefused: number;
   /** Conditional PUTs forwarded without their If-None-Match / If-Match header. */
   conditionalStripped: number;
@@ -98,6 +101,7 @@ export class FaultProxy {
     resetBefore: 0,
     resetAfter: 0,
     truncate: 0,
+    resetDuring: 0,
     downRefused: 0,
     conditionalStripped: 0,
   };
@@ -147,7 +151,17 @@ export class FaultProxy {
     this.counts.requests++;
     this.onRequest?.(req);
     const chunks: Buffer[] = [];
-    for await (const c of req) chunks.push(c as Buffer);
+    // (Cut after the first chunk of a body of several: the client was still sending.)
+    const cut = req.method === 'PUT' && this.hit(this.rates.resetDuring);
+    for await (const c of req) {
+      chunks.push(c as Buffer);
+      const length = Number(req.headers['content-length'] ?? 0);
+      if (cut && chunks.length === 1 && (c as Buffer).length < length) {
+        this.counts.resetDuring++;
+        req.socket.destroy();
+        return;
+      }
+    }
     const body = Buffer.concat(chunks);
     if (this.down) {
       this.counts.downRefused++;

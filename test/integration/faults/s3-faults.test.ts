@@ -46,6 +46,9 @@ describe('S3 fault injection (Ceph RGW behind a faulty proxy)', () => {
       resetBefore: 0.01,
       resetAfter: 0.005,
       truncate: 0.005,
+      // Segment PUTs stream their pieces (runs of blocks gathered from the write buffer):
+      // a connection cut mid-body must be retried from the first piece.
+      resetDuring: 0.05,
     };
     const ref = Buffer.alloc(size);
     const rand = rng(3);
@@ -83,6 +86,7 @@ describe('S3 fault injection (Ceph RGW behind a faulty proxy)', () => {
       proxy.counts.resetAfter +
       proxy.counts.truncate;
     assert.ok(injected >= 5, `faults injected: ${JSON.stringify(proxy.counts)}`);
+    assert.ok(proxy.counts.resetDuring >= 1, `PUTs cut mid-body: ${JSON.stringify(proxy.counts)}`);
     proxy.rates = {};
     const check = await checkVolume(store, { deep: true });
     assert.equal(check.clean, true, JSON.stringify(check.problems));
