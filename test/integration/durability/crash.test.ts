@@ -102,6 +102,9 @@ describe('crash trials: SIGKILL of hyper serve', () => {
           '--fua-every',
           wal ? '5' : '0',
         );
+        // Every other trial writes runs of up to 32 blocks (128 KiB) per request: segments
+        // then store long runs straight from the write buffer's memory (gather writes).
+        if (trial % 2 === 1) args.push('--run-max', '32');
         const writer = spawn('/usr/bin/python3', args, { stdio: ['ignore', 'pipe', 'pipe'] });
         let log = '';
         writer.stdout.setEncoding('utf8').on('data', (d: string) => (log += d));
