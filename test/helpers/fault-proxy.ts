@@ -29,8 +29,11 @@ export interface FaultRates {
   resetBefore?: number;
   resetAfter?: number;
   truncate?: number;
-  /** Probability of resetting a PUT's connection once part of its body has arrived. */
-  resetDuring?: number;
+  /**
+   * Reset every Nth PUT whose body comes in more than one piece, once its first piece has
+   * arrived (a count, not a probability: such PUTs are few, and each test needs some).
+   */
+  resetDuringEvery?: number;
 }
 
 export interface FaultCounts {
@@ -106,6 +109,8 @@ export class FaultProxy {
     conditionalStripped: 0,
   };
   private seed: number;
+  /** PUTs seen whose body came in more than one piece (resetDuringEvery). */
+  private longPuts = 0;
 
   constructor(
     private readonly target: URL,
@@ -151,15 +156,17 @@ export class FaultProxy {
     this.counts.requests++;
     this.onRequest?.(req);
     const chunks: Buffer[] = [];
-    // (Cut after the first chunk of a body of several: the client was still sending.)
-    const cut = req.method === 'PUT' && this.hit(this.rates.resetDuring);
+    const every = req.method === 'PUT' ? this.rates.resetDuringEvery : undefined;
     for await (const c of req) {
       chunks.push(c as Buffer);
+      // (Cut after the first chunk of a body of several: the client is still sending.)
       const length = Number(req.headers['content-length'] ?? 0);
-      if (cut && chunks.length === 1 && (c as Buffer).length < length) {
-        this.counts.resetDuring++;
-        req.socket.destroy();
-        return;
+      if (every !== undefined && chunks.length === 1 && (c as Buffer).length < length) {
+        if (++this.longPuts % every === 0) {
+          this.counts.resetDuring++;
+          req.socket.destroy();
+          return;
+        }
       }
     }
     const body = Buffer.concat(chunks);

@@ -340,6 +340,14 @@ export function quietSdkNodeVersionNotice(): void {
   process.env.AWS_SDK_JS_NODE_VERSION_SUPPORT_WARNING_DISABLED ??= 'true';
 }
 
+const SILENT_LOGGER = {
+  trace: (): void => undefined,
+  debug: (): void => undefined,
+  info: (): void => undefined,
+  warn: (): void => undefined,
+  error: (): void => undefined,
+};
+
 export function createS3Client(options: S3StoreOptions): {
   client: S3Client;
   endpoint: string;
@@ -370,6 +378,9 @@ export function createS3Client(options: S3StoreOptions): {
   }
   if (options.credentials) config.credentials = options.credentials;
   else if (options.profile) config.profile = options.profile;
+  // The SDK's own lines stay off hyper's output (without a logger it warns on the console,
+  // e.g. whenever a streamed PUT fails): every failure reaches the caller as a HyperError.
+  config.logger = SILENT_LOGGER;
   const url = endpoint ?? `https://s3.${region}.amazonaws.com`;
   const client = new S3Client(config);
   const signs = signsPayload(options, url);

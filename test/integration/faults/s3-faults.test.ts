@@ -48,7 +48,7 @@ describe('S3 fault injection (Ceph RGW behind a faulty proxy)', () => {
       truncate: 0.005,
       // Segment PUTs stream their pieces (runs of blocks gathered from the write buffer):
       // a connection cut mid-body must be retried from the first piece.
-      resetDuring: 0.05,
+      resetDuringEvery: 4,
     };
     const ref = Buffer.alloc(size);
     const rand = rng(3);
