@@ -902,7 +902,7 @@ export class Volume {
       committer.landed(s.built.head);
       this.buffer.release(s.gen);
       // (Blocks of a volume with codecs stayed in the generation's slabs until now.)
-      s.gen.recycleSlabs();
+      s.gen.recycleSlabs(s.built.gathered);
       this.segments.landed(s.built.head.checkpoint);
       // Nothing reads from the segment's buffer any more: the next segment may reuse it.
       this.segmentBuffers.give(s.built.buffer);

@@ -99,11 +99,12 @@ export class Generation {
   }
 
   /**
-   * Every block now lives elsewhere (copied into a segment, `blocks` pointing there): the
-   * slabs go back to the pool. Only once nothing refers to them any more.
+   * Every block now lives elsewhere (copied into a segment, `blocks` pointing there), or the
+   * segment whose PUT gathered them from the slabs has landed (`gathered`): the slabs go back
+   * to the pool. Only once nothing refers to them any more.
    */
-  recycleSlabs(): void {
-    for (const b of this.slabs) this.pool.give(b);
+  recycleSlabs(gathered = false): void {
+    for (const b of this.slabs) this.pool.give(b, gathered);
     this.slabs.length = 0;
     this.slab = undefined;
   }
@@ -149,7 +150,16 @@ export class Generation {
   }
 }
 
-/** Slabs of block buffers kept for reuse, up to a limit. */
+/**
+ * Slabs of block buffers kept for reuse, up to a limit. Slabs a segment gathered from come
+ * back only once it lands, a whole generation's at once and often several generations'
+ * together, while the generations filling meanwhile took new ones: those are kept up to a
+ * larger bound (`gatheredLimit`, the write buffer's), as the next generations need as many
+ * again. A slab dropped instead is garbage, and its replacement is fresh memory whose every
+ * page faults on the first copy (the replica's worker spent twice as long in its write
+ * buffer's copy). The surplus drains once writes stop gathering: generations take slabs
+ * from the pool first, and those that did not gather give back only up to `limit`.
+ */
 export class SlabPool {
   private readonly free: Buffer[] = [];
   readonly slabSize: number;
@@ -157,6 +167,7 @@ export class SlabPool {
   constructor(
     blockSize: number,
     private readonly limit: number,
+    private readonly gatheredLimit = limit,
   ) {
     this.slabSize = Math.max(blockSize, 1024 * 1024);
   }
@@ -165,8 +176,15 @@ export class SlabPool {
     return this.free.pop() ?? Buffer.allocUnsafeSlow(this.slabSize);
   }
 
-  give(b: Buffer): void {
-    if (this.free.length < this.limit && b.length === this.slabSize) this.free.push(b);
+  /** `gathered`: a slab a landed segment gathered from (kept up to the larger bound). */
+  give(b: Buffer, gathered = false): void {
+    if (b.length !== this.slabSize) return;
+    if (this.free.length < (gathered ? this.gatheredLimit : this.limit)) this.free.push(b);
+  }
+
+  /** Slabs waiting for reuse. */
+  get size(): number {
+    return this.free.length;
   }
 }
 
@@ -257,13 +275,16 @@ export class WriteBuffer {
   constructor(private readonly o: WriteBufferOptions) {
     this.bs = o.blockSize;
     this.zeroBlock = Buffer.alloc(o.blockSize);
-    // Up to one segment's worth of slabs (a third of the bound) waits for reuse. (Segments in
-    // flight give back the slabs their PUT gathered from only once they land, several at
-    // once, and the pool then drops some. A pool as large as the bound kept them, but it
-    // also kept the peak of random writes resident: 357 MiB instead of 313 on the memory
-    // bench, for no measurable gain on sequential ones.)
+    // Up to one segment's worth of slabs (a third of the bound) waits for reuse, and up to the
+    // bound's worth of slabs that landed segments gathered from (see SlabPool). (A pool as
+    // large as the bound for every slab kept the peak of random writes resident: 357 MiB
+    // instead of 313 on the memory bench.)
     const pool = new SlabPool(o.blockSize, 0);
-    this.pool = new SlabPool(o.blockSize, Math.ceil(o.maxDirtyBytes / 3 / pool.slabSize));
+    this.pool = new SlabPool(
+      o.blockSize,
+      Math.ceil(o.maxDirtyBytes / 3 / pool.slabSize),
+      Math.ceil(o.maxDirtyBytes / pool.slabSize),
+    );
     this.active = new Generation(o.blockSize, this.pool);
   }
 

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { WriteBuffer } from '../../../../src/format/volume/write-buffer.js';
+import { SlabPool, WriteBuffer } from '../../../../src/format/volume/write-buffer.js';
 import { rng } from '../../../helpers/rng.js';
 
 const BS = 4096;
@@ -188,5 +188,28 @@ describe('write buffer', () => {
       buf.freeze();
       buf.putBack([a]);
     }, /suffix/);
+  });
+});
+
+describe('SlabPool', () => {
+  it('keeps slabs up to its limit, and those of landed gathered segments up to the larger one', () => {
+    const pool = new SlabPool(4096, 2, 5);
+    const slabs = Array.from({ length: 8 }, () => pool.take());
+    assert.equal(slabs[0]?.length, 1024 * 1024);
+    for (const s of slabs.slice(0, 4)) pool.give(s);
+    assert.equal(pool.size, 2, 'plain slabs: up to the limit');
+    for (const s of slabs.slice(4)) pool.give(s, true);
+    assert.equal(pool.size, 5, 'gathered slabs: up to the larger limit');
+    pool.give(Buffer.alloc(4096), true);
+    assert.equal(pool.size, 5, 'a buffer of another size is not a slab');
+    // Taken again first; what plain generations give back drains the surplus.
+    const again = [pool.take(), pool.take(), pool.take()];
+    assert.ok(
+      again.every((s) => slabs.includes(s)),
+      'reused, not new',
+    );
+    assert.equal(pool.size, 2);
+    for (const s of again) pool.give(s);
+    assert.equal(pool.size, 2, 'nothing kept above the limit from plain generations');
   });
 });
