@@ -68,6 +68,9 @@ export function adopt(accepted: Socket, target: ReadTarget): Socket | undefined 
   return socket;
 }
 
+/** WRITE payloads shorter than this are not recycled (a fresh small buffer costs little). */
+export const RECYCLED_MIN = 64 * 1024;
+
 /**
  * Payload memory for devices that do not keep what they are given: a buffer goes back once
  * the device's write has settled. Kept by exact length (clients repeat a few request sizes),

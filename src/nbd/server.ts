@@ -9,7 +9,7 @@ import { createSecureContext } from 'node:tls';
 import { quietLogger, type NbdLogger } from './device.js';
 import { describeError } from './errno.js';
 import { ExportTable, type NbdExport } from './exports.js';
-import { RecycledBuffers } from './input.js';
+import { RECYCLED_MIN, RecycledBuffers } from './input.js';
 import type { NbdObserver } from './observer.js';
 import { DEFAULT_MAX_REQUEST } from './protocol.js';
 import { Session, type SessionLimits, type SessionTls } from './session.js';
@@ -56,7 +56,7 @@ export class NbdServer {
    * server whatever the number of connections (nbdcopy opens four), and nothing left with
    * connections that closed.
    */
-  private readonly recycled = new RecycledBuffers(64 * 1024, 32 * 1024 * 1024);
+  private readonly recycled = new RecycledBuffers(RECYCLED_MIN, 32 * 1024 * 1024);
   private server: Server | undefined;
   private nextId = 1;
   /**

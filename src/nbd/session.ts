@@ -25,7 +25,7 @@ import {
 import type { BlockDevice, DeviceExtent, NbdLogger } from './device.js';
 import { describeError, toErrno } from './errno.js';
 import { withFields, type NbdObserver } from './observer.js';
-import { adopt, RecycledBuffers, type ReadTarget } from './input.js';
+import { adopt, RECYCLED_MIN, RecycledBuffers, type ReadTarget } from './input.js';
 import { effectiveBlockSizes, type ExportTable } from './exports.js';
 import { BASE_ALLOCATION_ID, Negotiation, type Outcome, type Selected } from './handshake.js';
 import {
@@ -83,7 +83,6 @@ const SCRATCH_BYTES = 64 * 1024;
  * Payload buffers kept for the next writes (devices that copy what they get), for a session
  * that was given no pool: a server shares one among its connections.
  */
-const RECYCLED_MIN = 64 * 1024;
 const RECYCLED_BYTES = 16 * 1024 * 1024;
 
 export class Session implements ParserHandler {

@@ -352,7 +352,13 @@ export function createS3Client(options: S3StoreOptions): {
   client: S3Client;
   endpoint: string;
   agents: { http: http.Agent; https: https.Agent };
+  /** Whether PUT bodies are hashed into the signature (signsPayload). */
   signs: boolean;
+  /**
+   * Whether a PUT body may be streamed as it is: not where the SDK adds its default checksum
+   * (AWS), which re-encodes a streamed body (aws-chunked with a trailer).
+   */
+  streams: boolean;
 } {
   quietSdkNodeVersionNotice();
   const endpoint = resolveEndpoint(options);
@@ -398,7 +404,8 @@ export function createS3Client(options: S3StoreOptions): {
     },
     { step: 'build', name: 'hyperPayloadHash' },
   );
-  return { client, endpoint: url, agents, signs };
+  // (Custom endpoints get no added checksum, above.)
+  return { client, endpoint: url, agents, signs, streams: endpoint !== undefined };
 }
 
 export class S3Store implements ObjectStore {
@@ -413,7 +420,7 @@ export class S3Store implements ObjectStore {
     if (shared) {
       this.shared = shared;
     } else {
-      const { client, endpoint, agents, signs } = createS3Client(options);
+      const { client, endpoint, agents, signs, streams } = createS3Client(options);
       this.shared = {
         client,
         lean: new LeanGet({
@@ -429,10 +436,7 @@ export class S3Store implements ObjectStore {
         endpoint,
         pageSize: Math.min(1000, Math.max(1, options.pageSize ?? 1000)),
         ifMatchForm: resolveEndpoint(options) ? 'unknown' : 'quoted',
-        // On AWS the SDK adds a checksum to every PUT (its default), and to a streamed body
-        // by re-encoding it (aws-chunked with a trailer): pieces are joined there instead.
-        // Custom endpoints take no added checksum (createS3Client), so bodies go as they are.
-        streamsPieces: resolveEndpoint(options) !== undefined,
+        streamsPieces: streams,
         signs,
       };
       this.owner = true;

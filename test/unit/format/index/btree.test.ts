@@ -9,6 +9,7 @@ import { buildCheckpoint } from '../../../../src/format/volume/segment-builder.j
 import { adoptNodes } from '../../../../src/format/volume/flush.js';
 import { SegmentSource } from '../../../../src/format/volume/segments.js';
 import { rng } from '../../../helpers/rng.js';
+import { headFor } from '../../../helpers/checkpoint.js';
 
 const NODE = 4096;
 const CAP = nodeCapacity(NODE);
@@ -116,21 +117,7 @@ describe('B+tree', () => {
     const built = buildCheckpoint({
       id: 2,
       nowMs: 1,
-      head: {
-        uuid: '0'.repeat(32),
-        createdMs: 1,
-        size: 1 << 30,
-        dataBlockShift: 12,
-        metaBlockShift: 12,
-        flags: 0,
-        segmentSize: 1 << 25,
-        checkpoint: 2,
-        checkpointMs: 1,
-        prevCheckpoint: 1,
-        lastSegment: 2,
-        epoch: 1,
-        skipped: [],
-      },
+      head: headFor(2),
       root: t.root,
       nodes,
       nodeSize: NODE,

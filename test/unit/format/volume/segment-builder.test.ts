@@ -20,6 +20,7 @@ import {
 import { ascending } from '../../../../src/format/volume/flush.js';
 import { SegmentSource } from '../../../../src/format/volume/segments.js';
 import { rng } from '../../../helpers/rng.js';
+import { headFor } from '../../../helpers/checkpoint.js';
 
 const NODE = 4096;
 const BS = 4096;
@@ -80,21 +81,7 @@ function input(lbas: number[], blocks: Buffer[]): CheckpointInput {
   return {
     id: 7,
     nowMs: 1_700_000_000_000,
-    head: {
-      uuid: '0'.repeat(32),
-      createdMs: 1,
-      size: 1 << 30,
-      dataBlockShift: 12,
-      metaBlockShift: 12,
-      flags: 0,
-      segmentSize: 1 << 25,
-      checkpoint: 7,
-      checkpointMs: 1,
-      prevCheckpoint: 6,
-      lastSegment: 7,
-      epoch: 1,
-      skipped: [],
-    },
+    head: headFor(7),
     root: t.root,
     nodes: t.dirtyNodes(),
     nodeSize: NODE,
