@@ -118,6 +118,27 @@ export const PENDING_SEG = 0;
 
 export const entryKey = (entries: Buffer, i: number): number => readU64(entries, i * ENTRY_SIZE);
 
+/** This machine stores 32-bit words little-endian, as the format does. */
+const LITTLE_ENDIAN = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1;
+
+/**
+ * The entries as 32-bit words, for `wordsKey`: undefined where a view cannot read them in
+ * place (a big-endian machine, or memory not on a 4-byte boundary).
+ */
+export function entryWords(entries: Buffer): Uint32Array | undefined {
+  if (!LITTLE_ENDIAN || entries.byteOffset % 4 !== 0 || entries.length % 4 !== 0) return undefined;
+  return new Uint32Array(entries.buffer, entries.byteOffset, entries.length / 4);
+}
+
+/**
+ * entryKey read through `entryWords` (a binary search reads a dozen keys per node, and
+ * readU64 costs two bounds-checked reads and a range check each). Keys in memory are safe
+ * integers: decodeNode checked them and setEntryKey writes only those.
+ */
+export const wordsKey = (words: Uint32Array, i: number): number =>
+  (words[i * (ENTRY_SIZE / 4) + 1] as number) * 4294967296 +
+  (words[i * (ENTRY_SIZE / 4)] as number);
+
 export const entrySegment = (entries: Buffer, i: number): number =>
   readU64(entries, i * ENTRY_SIZE + 8);
 

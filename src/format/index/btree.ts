@@ -16,11 +16,13 @@ import {
   childBlocks,
   entryKey,
   entryOffset,
+  entryWords,
   leafOffset,
   entrySegment,
   readLeaf,
   setChildBlocks,
   setEntryKey,
+  wordsKey,
   writeChild,
   writeLeaf,
   type BlockPtr,
@@ -31,21 +33,25 @@ export { PENDING_SEG, type BlockPtr } from '../codec/node.js';
 export class Node {
   /** Dirty children of an internal node, by entry index (clean ones are found by location). */
   children: (Node | undefined)[] | undefined;
+  /** `entries` as 32-bit words (the same memory), when they can be read so. */
+  private readonly words: Uint32Array | undefined;
 
   constructor(
     public level: number,
     /** Entries in use. */
     public length: number,
     /** The raw 32-byte entries (codec/node.ts), with room for one more than the capacity. */
-    public entries: Buffer,
+    public readonly entries: Buffer,
     /** Owned by this tree until the next flush writes it (clean nodes are shared and never modified). */
     public dirty: boolean,
   ) {
     this.children = level > 0 && dirty ? [] : undefined;
+    this.words = entryWords(entries);
   }
 
   key(i: number): number {
-    return entryKey(this.entries, i);
+    const w = this.words;
+    return w ? wordsKey(w, i) : entryKey(this.entries, i);
   }
   seg(i: number): number {
     return entrySegment(this.entries, i);

@@ -74,6 +74,14 @@ export interface FileStoreOptions {
   preader?: Preader;
 }
 
+/**
+ * Keys every check accepts: /-separated names of letters, digits, `_`, `-` and `.`, none
+ * starting with `.` (so none is empty, `.`, `..` or private).
+ */
+const PLAIN_KEY = /^[A-Za-z0-9_-][A-Za-z0-9_.-]*(?:\/[A-Za-z0-9_-][A-Za-z0-9_.-]*)*$/;
+/** A store's root prefix that keeps a plain key plain ('' or plain names each ending in /). */
+const PLAIN_ROOT = /^(?:[A-Za-z0-9_-][A-Za-z0-9_.-]*\/)*$/;
+
 /** Write-once objects kept open per store (file descriptors). */
 const KEPT_HANDLES = 64;
 
@@ -85,6 +93,8 @@ export class FileStore implements ObjectStore {
   private readonly base: string;
   /** Key prefix of this (sub) store under `base`: '' or ends with '/'. */
   private readonly root: string;
+  /** `root` is '' or plain names (checkKey's quick test then holds for the whole key). */
+  private readonly rootPlain: boolean;
   private privateReady = false;
   /**
    * Write-once objects kept open between ranged reads (`immutable` gets), least recently
@@ -97,6 +107,7 @@ export class FileStore implements ObjectStore {
   constructor(dir: string, options: FileStoreOptions & { root?: string; url?: string } = {}) {
     this.base = dir;
     this.root = options.root ?? '';
+    this.rootPlain = PLAIN_ROOT.test(this.root);
     this.url = options.url ?? `file://${dir.endsWith('/') ? dir : `${dir}/`}${this.root}`;
     this.pageSize = options.pageSize ?? 1000;
     this.preader = options.preader ?? new Preader();
@@ -105,6 +116,8 @@ export class FileStore implements ObjectStore {
   // ---- helpers ------------------------------------------------------------------------
 
   private checkKey(key: string): string {
+    // Names the format uses (seg/…, head, …) pass the quick test; anything else the full one.
+    if (this.rootPlain && PLAIN_KEY.test(key)) return this.root + key;
     const full = this.root + key;
     const parts = full.split('/');
     if (

@@ -1,7 +1,15 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { nodeCapacity, type BlockPtr } from '../../../../src/format/codec/node.js';
-import { BTree, Miss, type Node } from '../../../../src/format/index/btree.js';
+import {
+  ENTRY_SIZE,
+  entryKey,
+  entryWords,
+  nodeCapacity,
+  setEntryKey,
+  wordsKey,
+  type BlockPtr,
+} from '../../../../src/format/codec/node.js';
+import { BTree, Miss, Node } from '../../../../src/format/index/btree.js';
 import { NodeLoader } from '../../../../src/format/index/loader.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
 import { segmentKey } from '../../../../src/format/keys.js';
@@ -174,5 +182,42 @@ describe('node loader cache keys', () => {
     );
     assert.equal(loader.cached(1, 0), undefined);
     assert.equal(loader.cached(2 ** 21 + 1, 0), undefined);
+  });
+});
+
+describe('entry keys read as 32-bit words', () => {
+  it('reads every key as entryKey does, up to 2^53, and falls back on unaligned memory', () => {
+    const r = rng(91);
+    const n = 64;
+    const keys = Array.from({ length: n }, (_, i) =>
+      i === n - 1 ? Number.MAX_SAFE_INTEGER : Math.floor(r() * 2 ** (i % 54)),
+    ).sort((a, b) => a - b);
+    const aligned = Buffer.alloc(n * ENTRY_SIZE);
+    keys.forEach((k, i) => setEntryKey(aligned, i, k));
+    const words = entryWords(aligned);
+    assert.ok(words, 'a buffer of its own is read in place');
+    keys.forEach((k, i) => {
+      assert.equal(wordsKey(words, i), k);
+      assert.equal(entryKey(aligned, i), k);
+    });
+    // The same entries one byte into a larger buffer: no view; a node reads them as before.
+    const odd = Buffer.alloc(n * ENTRY_SIZE + 1).subarray(1);
+    aligned.copy(odd);
+    assert.equal(entryWords(odd), undefined);
+    const nodes = [new Node(0, n, aligned, false), new Node(0, n, odd, false)];
+    for (const nd of nodes) {
+      keys.forEach((k, i) => assert.equal(nd.key(i), k));
+      for (let t = 0; t < 200; t++) {
+        const probe = Math.floor(r() * 2 ** 53);
+        const le = keys.findLastIndex((k) => k <= probe);
+        const lb = keys.findIndex((k) => k >= probe);
+        assert.equal(nd.lastLE(probe), le);
+        assert.equal(nd.lowerBound(probe), lb < 0 ? n : lb);
+      }
+    }
+    // A key written after the view was made is read through it (the same memory).
+    setEntryKey(aligned, 3, keys[3] as number);
+    setEntryKey(aligned, 0, 0);
+    assert.equal((nodes[0] as Node).key(0), 0);
   });
 });

@@ -62,6 +62,16 @@ describe('file:// specifics', () => {
     await rejectsWith(s.put('.hyper/tmp/x', Buffer.from('x')), 'INVALID_ARGUMENT');
     await rejectsWith(s.get('../escape'), 'INVALID_ARGUMENT');
     await rejectsWith(s.get('a//b'), 'INVALID_ARGUMENT');
+    for (const bad of ['a/../b', 'a/./b', 'a/.hyper/x', '/a', 'a/', 'a\0b', '']) {
+      await rejectsWith(s.get(bad), 'INVALID_ARGUMENT');
+      await rejectsWith(s.sub('p/').get(bad), 'INVALID_ARGUMENT');
+    }
+    // Names with dots inside, dashes and underscores are ordinary keys.
+    await s.put('seg/0000000000000001', Buffer.from('s'));
+    await s.put('v-1_a/x.y..z', Buffer.from('d'));
+    assert.equal((await s.get('v-1_a/x.y..z')).body.toString(), 'd');
+    assert.equal((await s.sub('v-1_a/').get('x.y..z')).body.toString(), 'd');
+    assert.equal((await s.get('seg/0000000000000001', { immutable: true })).body.toString(), 's');
     assert.deepEqual(readdirSync(join(dir, '.hyper', 'locks')), [], 'locks are released');
   });
 
