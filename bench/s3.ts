@@ -2,6 +2,9 @@
  * Block devices on an object store, side by side on the RGW of the run (scripts/bench.sh):
  *   hyper        `bin/run.js serve` of an s3:// volume, default flags
  *   hyper-cache  the same with `--cache-dir` (n/a when `serve --help` does not list it)
+ *   hyper-wal    the same with `--wal-url` on the same store (a write is durable once logged)
+ *   hyper-walf   the same with `--wal-ack flush` too (writes logged at FLUSH)
+ *                (the WAL peers run only the write workloads: randwrite, durable)
  *   s3backer     FUSE file (64K blocks, 32 MiB block cache) served by `qemu-nbd -t -e 16`
  *   nbdkit-64k   nbdkit's S3 plugin, 64 KiB objects
  *   nbdkit-1m    nbdkit's S3 plugin, 1 MiB objects
@@ -22,7 +25,8 @@
  * bench-results/s3.json. Exit status 1 when a target is missed.
  *
  *   node --import tsx bench/s3.ts [--reps 3] [--delays 0,20] [--runtime 5] [--size-mib 256] [--randread-ios 2000]
- *                                 [--only hyper,hyper-cache,s3backer,nbdkit-64k,nbdkit-1m,raw]
+ *                                 [--only hyper,hyper-cache,hyper-wal,s3backer,nbdkit-64k,nbdkit-1m,raw]
+ *                                 [--workloads seq-write,…,durable]   (default: all)
  * Needs `npm run build`, HYPER_TEST_S3_* and HYPER_RGW_DIR (scripts/rgw/start.sh's env file).
  */
 import { spawnSync } from 'node:child_process';
@@ -67,11 +71,22 @@ const reps = Number(arg('reps', '3'));
 const delays = arg('delays', '0,20').split(',').map(Number);
 const runtime = Number(arg('runtime', '5'));
 const sizeMiB = Number(arg('size-mib', '256'));
-const ALL = ['hyper', 'hyper-cache', 's3backer', 'nbdkit-64k', 'nbdkit-1m', 'raw'];
+const ALL = [
+  'hyper',
+  'hyper-cache',
+  'hyper-wal',
+  'hyper-walf',
+  's3backer',
+  'nbdkit-64k',
+  'nbdkit-1m',
+  'raw',
+];
 const only = arg('only', ALL.join(',')).split(',');
 const size = sizeMiB * MiB;
 /** Reads of each random-read pass. */
 const RANDREAD_IOS = Number(arg('randread-ios', '2000'));
+/** --workloads: the workloads to run (the raw peer's seq-write, seq-read and durable too). */
+const selectedArg = arg('workloads', '');
 
 const endpoint = process.env.HYPER_TEST_S3_ENDPOINT;
 const bucket = process.env.HYPER_TEST_S3_BUCKET;
@@ -96,6 +111,12 @@ const WORKLOADS: Workload[] = [
   'hyperfile',
   'durable',
 ];
+const selected: Workload[] = selectedArg
+  ? selectedArg.split(',').map((w) => {
+      if (!WORKLOADS.includes(w as Workload)) throw new Error(`--workloads: unknown ${w}`);
+      return w as Workload;
+    })
+  : WORKLOADS;
 /** The unit of each workload's value; `ms` is a latency (lower is better). */
 const UNIT: Record<Workload, 'MiB/s' | 'IOPS' | 'ms'> = {
   'seq-write': 'MiB/s',
@@ -141,6 +162,8 @@ interface Ctx {
 
 interface Peer {
   name: string;
+  /** The workloads this peer runs (default: all). */
+  workloads?: Workload[];
   /** Why the peer cannot run here, or undefined. */
   unavailable(): Promise<string | undefined>;
   start(ctx: Ctx, first: boolean): Promise<NbdServer>;
@@ -167,20 +190,33 @@ async function rgwRequests(): Promise<number | undefined> {
 
 const volumeUrl = (ctx: Ctx): string => `s3://${bucket}/${ctx.prefix}`;
 
-function hyperPeer(name: string, withCache: boolean): Peer {
+function hyperPeer(name: string, variant?: 'cache' | 'wal' | 'walf'): Peer {
   return {
     name,
+    ...(variant === 'wal' || variant === 'walf'
+      ? { workloads: ['randwrite', 'durable'] satisfies Workload[] }
+      : {}),
     async unavailable() {
       if (!existsSync('dist/commands')) return 'not built (npm run build)';
-      if (withCache && !(await hyperServeHas('cache-dir')))
+      if (variant === 'cache' && !(await hyperServeHas('cache-dir')))
         return 'n/a: serve has no --cache-dir in this build';
       return undefined;
     },
     async start(ctx, first) {
+      const extra =
+        variant === 'cache'
+          ? ['--cache-dir', join(ctx.dir, 'cache')]
+          : variant === 'wal' || variant === 'walf'
+            ? [
+                '--wal-url',
+                `${volumeUrl(ctx)}wal/`,
+                ...(variant === 'walf' ? ['--wal-ack', 'flush'] : []),
+              ]
+            : [];
       return startHyper(volumeUrl(ctx), {
         ...(first ? { createSize: size } : {}),
         store: ['--endpoint', ctx.endpoint],
-        extra: withCache ? ['--cache-dir', join(ctx.dir, 'cache')] : [],
+        extra,
       });
     },
   };
@@ -339,6 +375,10 @@ const fioJobs: Record<Exclude<Workload, 'seq-write' | 'seq-read'>, FioJob> = {
   durable: { rw: 'randwrite', bs: '4k', iodepth: 1, fsync: 1, size, runtime },
 };
 
+/** Whether `peer` runs workload `w` in this run (--workloads, and the peer's own list). */
+const runs = (peer: Peer, w: Workload): boolean =>
+  selected.includes(w) && (peer.workloads?.includes(w) ?? true);
+
 /** Run one workload with request and CPU accounting around it. */
 async function measure(pids: () => number[], body: () => Promise<Sample>): Promise<Sample> {
   const req0 = await rgwRequests();
@@ -364,6 +404,7 @@ async function runNbdPeer(peer: Peer, ctx: Ctx, src: string, record: Record1): P
   };
   const pids = (): number[] => srv.pids;
   const step = async (w: Workload, body: () => Promise<Sample>): Promise<void> => {
+    if (!runs(peer, w)) return;
     try {
       const s = await measure(pids, body);
       record(w, s);
@@ -383,12 +424,12 @@ async function runNbdPeer(peer: Peer, ctx: Ctx, src: string, record: Record1): P
       const toRestMiBps = mibps(size, performance.now() - t0);
       return { value, bytes: size, cpuSeconds: cpu, toRestMiBps };
     });
-    await restart();
+    if (runs(peer, 'seq-write')) await restart();
     await step('seq-read', async () => ({
       value: await nbdcopy(srv.uri, 'null:', size),
       bytes: size,
     }));
-    await restart();
+    if (runs(peer, 'seq-read')) await restart();
     for (const w of ['randread-cold', 'randread-warm', 'randwrite', 'hyperfile'] as const) {
       await step(w, async () => {
         const r = await fio(srv.uri, fioJobs[w]);
@@ -423,6 +464,7 @@ async function runRaw(ctx: Ctx, record: Record1): Promise<void> {
     return (u.user + u.system) / 1e6;
   };
   const go = async (w: Workload, fn: () => Promise<Sample>): Promise<void> => {
+    if (!selected.includes(w)) return;
     try {
       const req0 = await rgwRequests();
       const cpu0 = self();
@@ -529,8 +571,10 @@ async function main(): Promise<void> {
   const cleanStore = await openStore(`s3://${bucket}/`, { endpoint });
 
   const peers: Peer[] = [
-    hyperPeer('hyper', false),
-    hyperPeer('hyper-cache', true),
+    hyperPeer('hyper'),
+    hyperPeer('hyper-cache', 'cache'),
+    hyperPeer('hyper-wal', 'wal'),
+    hyperPeer('hyper-walf', 'walf'),
     s3backer,
     nbdkitPeer('nbdkit-64k', '64K', () => work),
     nbdkitPeer('nbdkit-1m', '1M', () => work),
@@ -741,18 +785,27 @@ async function main(): Promise<void> {
       adv('randwrite', v('hyper', 'randwrite'), br?.value),
       50,
     );
-    // durable: p50 <= 2 store round trips (raw 4 KiB PUT at concurrency 1).
+    // durable: p50 <= 2 store round trips (raw 4 KiB PUT at concurrency 1), without a WAL
+    // (segment PUT + head CAS) and with one (a WAL PUT).
     const rtt = v('raw', 'durable');
-    const p50 = v('hyper', 'durable');
-    checks.push({
-      delay: key,
-      target: `durable p50 <= 2 round trips (2 x ${rtt === undefined ? '-' : fmt(rtt)} ms)`,
-      measured:
-        p50 === undefined || rtt === undefined
-          ? '-'
-          : `${fmt(p50)} ms = ${(p50 / rtt).toFixed(2)} RT`,
-      ok: p50 === undefined || rtt === undefined ? undefined : p50 <= 2 * rtt,
-    });
+    const how: Record<string, string> = {
+      hyper: '',
+      'hyper-wal': ' with --wal-url',
+      'hyper-walf': ' with --wal-ack flush',
+    };
+    for (const who of Object.keys(how)) {
+      const p50 = v(who, 'durable');
+      if (who !== 'hyper' && p50 === undefined) continue;
+      checks.push({
+        delay: key,
+        target: `durable p50${how[who] ?? ''} <= 2 round trips (2 x ${rtt === undefined ? '-' : fmt(rtt)} ms)`,
+        measured:
+          p50 === undefined || rtt === undefined
+            ? '-'
+            : `${fmt(p50)} ms = ${(p50 / rtt).toFixed(2)} RT`,
+        ok: p50 === undefined || rtt === undefined ? undefined : p50 <= 2 * rtt,
+      });
+    }
   }
   console.log('\nTargets\n');
   console.log(

@@ -46,6 +46,12 @@ export default class MapCommand extends BaseCommand<typeof MapCommand> {
       helpValue: '<url>',
       exclusive: ['read-only', 'at'],
     }),
+    'wal-ack': Flags.string({
+      summary:
+        'With a WAL: "write" (the default) logs each write before its reply; "flush" logs writes at the next FLUSH or FUA write.',
+      options: ['write', 'flush'],
+      exclusive: ['read-only', 'at'],
+    }),
     force: Flags.boolean({
       summary: 'Take the lease even if another writer holds it (that writer is fenced).',
       exclusive: ['read-only', 'at'],
@@ -69,6 +75,7 @@ export default class MapCommand extends BaseCommand<typeof MapCommand> {
       ...(f['wal-url'] === undefined
         ? {}
         : { walUrl: normalizeVolumeUrl(f['wal-url'], 'WAL URL') }),
+      ...(f['wal-ack'] === undefined ? {} : { walAck: f['wal-ack'] as 'write' | 'flush' }),
       ...(f.endpoint === undefined ? {} : { endpoint: f.endpoint }),
       ...(f.region === undefined ? {} : { region: f.region }),
       ...(f.force ? { force: true } : {}),

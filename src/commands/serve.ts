@@ -127,6 +127,12 @@ export default class Serve extends BaseCommand<typeof Serve> {
       helpValue: '<url>',
       exclusive: ['read-only', 'at'],
     }),
+    'wal-ack': Flags.string({
+      summary:
+        'With a WAL: "write" (the default) logs each write before its reply; "flush" acknowledges writes from memory and logs them at the next FLUSH or FUA write (one small PUT per FLUSH).',
+      options: ['write', 'flush'],
+      exclusive: ['read-only', 'at'],
+    }),
     wait: Flags.boolean({
       summary:
         'If another writer holds the lease, wait until it is released or expires instead of failing.',
@@ -254,6 +260,7 @@ export default class Serve extends BaseCommand<typeof Serve> {
           }
         : {}),
       ...(flags['wal-url'] === undefined ? {} : { walUrl: flags['wal-url'] }),
+      ...(flags['wal-ack'] === undefined ? {} : { walAck: flags['wal-ack'] as 'write' | 'flush' }),
       ...(flags['tls-certificates'] === undefined
         ? {}
         : { tls: { certificates: flags['tls-certificates'], require: flags.tls === 'require' } }),

@@ -6,8 +6,8 @@
  *   GET    /v1/daemon               the daemon: pid, version, listen address, counts
  *   GET    /v1/exports              { exports: [ExportStatus…] }
  *   GET    /v1/exports/NAME         one ExportStatus
- *   POST   /v1/exports              map: { url, name?, readOnly?, at?, walUrl?, endpoint?,
- *                                   region?, force?, wait? } → 201 ExportStatus
+ *   POST   /v1/exports              map: { url, name?, readOnly?, at?, walUrl?, walAck?,
+ *                                   endpoint?, region?, force?, wait? } → 201 ExportStatus
  *   DELETE /v1/exports/NAME[?force=true]   unmap → UnmapResult
  *   POST   /v1/reload               re-read the config file (as SIGHUP)
  *

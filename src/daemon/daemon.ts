@@ -389,6 +389,7 @@ export class Daemon implements ControlHandler {
         readOnly: spec.readOnly === true || at !== undefined,
         ...(at === undefined ? {} : { at }),
         ...(spec.walUrl === undefined ? {} : { walUrl: spec.walUrl }),
+        ...(spec.walAck === undefined ? {} : { walAck: spec.walAck }),
         force: how.force === true,
         waitForLease: how.wait === true,
         ...(how.signal === undefined ? {} : { signal: how.signal }),

@@ -31,6 +31,8 @@ export const exportSpec = z.strictObject({
   readOnly: z.boolean().optional(),
   at: checkpointRefJson.optional(),
   walUrl: url.optional(),
+  /** When writes are logged (OpenOptions.walAck). */
+  walAck: z.enum(['write', 'flush']).optional(),
   endpoint: url.optional(),
   region: z.string().min(1).max(64).optional(),
 });

@@ -53,6 +53,8 @@ export interface ServeOptions {
   at?: CheckpointRef;
   /** Log every write to a write-ahead log at this URL (a local directory is created). */
   walUrl?: string;
+  /** When writes are logged: before each reply (default) or at FLUSH (OpenOptions.walAck). */
+  walAck?: 'write' | 'flush';
   /** Take leases even from a live holder (who is fenced). */
   force?: boolean;
   /** While another writer holds a volume's lease, wait for it to be released or expire. */
@@ -109,6 +111,7 @@ export interface AddExportOptions {
   readOnly?: boolean;
   at?: CheckpointRef;
   walUrl?: string;
+  walAck?: 'write' | 'flush';
   force?: boolean;
   waitForLease?: boolean;
   openStore?: StoreOpener;
@@ -266,6 +269,7 @@ export class VolumeServer {
       openStore: options.openStore ?? o.openStore,
       ...(at === undefined ? {} : { at }),
       ...(pick('walUrl') === undefined ? {} : { walUrl: pick('walUrl') }),
+      ...(pick('walAck') === undefined ? {} : { walAck: pick('walAck') }),
       ...(pick('force') === undefined ? {} : { force: pick('force') }),
       ...(pick('waitForLease') === undefined ? {} : { waitForLease: pick('waitForLease') }),
       ...(pick('signal') === undefined ? {} : { signal: pick('signal') }),
@@ -414,6 +418,7 @@ export class VolumeServer {
       ...(s.signal === undefined ? {} : { signal: s.signal }),
       ...(s.at === undefined ? {} : { at: s.at }),
       ...(s.walUrl === undefined ? {} : { walUrl: s.walUrl }),
+      ...(s.walAck === undefined ? {} : { walAck: s.walAck }),
       // Parent volumes of clones and the WAL are opened like the volume's own store.
       openStore: async (u: string) => observed(await s.openStore(u)),
       ...(m === undefined ? {} : { observer: m.engineObserver(name) }),

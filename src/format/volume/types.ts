@@ -93,6 +93,12 @@ export interface OpenOptions {
   leaseTtlMs?: number;
   /** Log every write to a WAL at this URL before acknowledging it (recorded in the head). */
   walUrl?: string;
+  /**
+   * With a WAL: `write` (default) logs each write before its reply; `flush` acknowledges
+   * writes from memory, as without a WAL, and makes them durable at the next FLUSH (or FUA
+   * write) with one WAL PUT instead of a segment and a head CAS.
+   */
+  walAck?: 'write' | 'flush';
   /** Take the lease even if another holder's lease is live (fences that holder). */
   force?: boolean;
   /** Take a live lease back if it is this holder's own (see LeaseOptions.reclaim). */

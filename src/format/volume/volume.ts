@@ -62,7 +62,7 @@ import {
   type VolumeInfo,
 } from './types.js';
 import { WalSession, withWalUrl } from './wal.js';
-import { WriteBuffer, dataLength, type Data, type Generation } from './write-buffer.js';
+import { WriteBuffer, copyData, dataLength, type Data, type Generation } from './write-buffer.js';
 
 export interface WriteOptions {
   /** Force Unit Access: durable (committed) before the promise resolves. */
@@ -294,7 +294,10 @@ export class Volume {
       vol = new Volume(store, committer.head, false, committer, options, src, disk);
       const walUrl = committer.head.walUrl;
       if (walUrl)
-        await vol.startWal(await (options.openStore ?? SegmentSource.defaultOpen)(walUrl));
+        await vol.startWal(
+          await (options.openStore ?? SegmentSource.defaultOpen)(walUrl),
+          options.walAck === 'flush',
+        );
       return vol;
     } catch (e) {
       // Nothing is flushed on the way out: a failed replay must not commit half of the log.
@@ -496,15 +499,19 @@ export class Volume {
     this.checkRange(offset, length);
     if (length === 0) return;
     const wal = this.wal;
-    const log = wal
-      ? () =>
-          wal.writer.append({
-            op: 'write',
-            offset,
-            length,
-            data: Buffer.isBuffer(data) ? data : Buffer.concat(data, length),
-          })
-      : undefined;
+    const log = !wal
+      ? undefined
+      : wal.writer.deferred
+        ? // Kept past the reply: a copy (the caller may reuse its buffers once acknowledged).
+          () =>
+            wal.writer.record({ op: 'write', offset, length, data: copyData(data, length) }, length)
+        : () =>
+            wal.writer.append({
+              op: 'write',
+              offset,
+              length,
+              data: Buffer.isBuffer(data) ? data : Buffer.concat(data, length),
+            });
     await this.buffer.write(offset, data, log);
     this.counters.bytesWritten += length;
     await this.afterWrite(options);
@@ -529,9 +536,10 @@ export class Volume {
   }
 
   /** The WAL append for a change, called in the step that applies it (log order = apply order). */
-  private logged(entry: WalEntry): (() => Promise<void>) | undefined {
+  private logged(entry: WalEntry): (() => Promise<void> | undefined) | undefined {
     const wal = this.wal;
-    return wal ? () => wal.writer.append(entry) : undefined;
+    if (!wal) return undefined;
+    return wal.writer.deferred ? () => wal.writer.record(entry, 0) : () => wal.writer.append(entry);
   }
 
   async resize(size: number, options: { allowShrink?: boolean } = {}): Promise<CheckpointInfo> {
@@ -556,10 +564,14 @@ export class Volume {
   }
 
   private async afterWrite(options: WriteOptions): Promise<void> {
-    // With a WAL every acknowledged write is already durable: FUA needs nothing more.
-    if (options.fua && !this.wal) {
-      await this.flush();
-      return;
+    // With a WAL that logs each write, an acknowledged write is durable: FUA needs nothing
+    // more; one that logs at FLUSH logs now.
+    if (options.fua) {
+      if (!this.wal) {
+        await this.flush();
+        return;
+      }
+      if (this.wal.writer.deferred) await this.sync();
     }
     if (this.segmentEstimate() >= this.flushBytes) this.flushForRoom();
   }
@@ -593,11 +605,11 @@ export class Volume {
 
   /** Whether acknowledged writes are logged before their reply. */
   get hasWal(): boolean {
-    return this.wal !== undefined;
+    return this.wal !== undefined && !this.wal.writer.deferred;
   }
 
   /** Replay what the WAL holds beyond the head, claim its fence, then log. Writers only. */
-  private async startWal(walStore: ObjectStore): Promise<void> {
+  private async startWal(walStore: ObjectStore, deferred: boolean): Promise<void> {
     const head = this.headRecord;
     const { session, replayed } = await WalSession.start(
       walStore,
@@ -606,6 +618,7 @@ export class Volume {
       head.walSeq ?? 0,
       (e) => this.replay(e),
       this.log,
+      deferred,
     );
     this.wal = session;
     if (replayed > 0) {

@@ -103,7 +103,16 @@ const walFenced = (): HyperError =>
 interface Batch {
   entries: WalEntry[];
   waiters: { resolve: () => void; reject: (e: unknown) => void }[];
+  /** Bytes of written data the entries carry. */
+  bytes: number;
 }
+
+/**
+ * When writes are logged at FLUSH (`record`): data waiting for the next batch that starts a
+ * batch in the background, and the amount at which writers wait for a batch to land.
+ */
+export const WAL_DEFER_BYTES = 4 * 1024 * 1024;
+export const WAL_DEFER_MAX = 64 * 1024 * 1024;
 
 /**
  * Appends batches with a gap-free sequence: one batch in flight at a time; a failed PUT is
@@ -114,7 +123,10 @@ export class WalWriter {
   /** The highest sequence known durable. */
   lastDurable: number;
   private pending: Batch | undefined;
-  private inFlight: Promise<void> | undefined;
+  /** The batch being stored; settles with its error, or undefined once it landed. */
+  private inFlight: Promise<unknown> | undefined;
+  /** Bytes of data in the pending batch and the one in flight (recorded entries). */
+  private heldBytes = 0;
   /** Set when another writer claimed a sequence: nothing more is accepted. */
   fenced: HyperError | undefined;
 
@@ -123,26 +135,51 @@ export class WalWriter {
     readonly uuid: string,
     private readonly epoch: number,
     lastSeq: number,
+    /**
+     * Entries are recorded (`record`) and made durable by `sync` (NBD FLUSH), not each before
+     * its write's reply: a batch that fails keeps its entries for the next one.
+     */
+    readonly deferred = false,
   ) {
     this.lastDurable = lastSeq;
+  }
+
+  /**
+   * Keep `entry` (its data the caller's to keep unchanged) for the next batch, which `sync`
+   * sends. A batch starts in the background once WAL_DEFER_BYTES wait; past WAL_DEFER_MAX
+   * held, the returned promise (to wait for) settles when the batch in flight does.
+   */
+  record(entry: WalEntry, bytes: number): Promise<void> | undefined {
+    if (this.fenced) return Promise.reject(this.fenced);
+    const p = (this.pending ??= { entries: [], waiters: [], bytes: 0 });
+    p.entries.push(entry);
+    p.bytes += bytes;
+    this.heldBytes += bytes;
+    if (!this.inFlight && p.bytes >= WAL_DEFER_BYTES) this.send();
+    if (this.heldBytes < WAL_DEFER_MAX || !this.inFlight) return undefined;
+    return this.inFlight.then(() => undefined);
   }
 
   /** Resolves once the entry is durable in the WAL. */
   append(entry: WalEntry): Promise<void> {
     if (this.fenced) return Promise.reject(this.fenced);
     return new Promise((resolve, reject) => {
-      const p = (this.pending ??= { entries: [], waiters: [] });
+      const p = (this.pending ??= { entries: [], waiters: [], bytes: 0 });
       p.entries.push(entry);
       p.waiters.push({ resolve, reject });
       if (!this.inFlight) this.send();
     });
   }
 
-  /** Wait until everything appended so far is durable (or failed). */
+  /**
+   * Wait until everything appended so far is durable (or failed). Deferred entries must all
+   * be durable: a batch that fails is the error of this call (its entries wait for the next).
+   */
   async sync(): Promise<void> {
     while (this.inFlight || this.pending) {
       if (!this.inFlight) this.send();
-      await this.inFlight;
+      const failed = await this.inFlight;
+      if (failed !== undefined && this.deferred) throw this.fenced ?? failed;
     }
   }
 
@@ -153,15 +190,27 @@ export class WalWriter {
     this.inFlight = this.put(batch)
       .then(
         () => {
+          this.heldBytes -= batch.bytes;
           for (const w of batch.waiters) w.resolve();
+          return undefined;
         },
         (e: unknown) => {
           for (const w of batch.waiters) w.reject(this.fenced ?? e);
+          if (this.deferred && !this.fenced) {
+            // Acknowledged writes: their entries go first in the next batch (order kept).
+            const next = this.pending;
+            batch.entries.push(...(next?.entries ?? []));
+            batch.bytes += next?.bytes ?? 0;
+            this.pending = { entries: batch.entries, waiters: [], bytes: batch.bytes };
+          } else this.heldBytes -= batch.bytes;
+          return e;
         },
       )
-      .finally(() => {
+      .then((failed) => {
         this.inFlight = undefined;
-        if (this.pending) this.send();
+        // (Deferred entries of a failed batch wait for the next sync or record.)
+        if (this.pending && !(failed !== undefined && this.deferred)) this.send();
+        return failed;
       });
   }
 
@@ -218,6 +267,7 @@ export class WalSession {
     covered: number,
     replay: ReplayFn,
     log: Logger,
+    deferred = false,
   ): Promise<{ session: WalSession; replayed: number }> {
     let applied = covered;
     let replayed = 0;
@@ -248,7 +298,11 @@ export class WalSession {
         await store.put(walKey(uuid, fence), encodeWal({ uuid, epoch, seq: fence, entries: [] }), {
           ifNoneMatch: true,
         });
-        const session = new WalSession(new WalWriter(store, uuid, epoch, fence), covered, log);
+        const session = new WalSession(
+          new WalWriter(store, uuid, epoch, fence, deferred),
+          covered,
+          log,
+        );
         // Records the head already covered are needed neither for replay nor as a fence now.
         session.delete(stale);
         return { session, replayed };

@@ -11,6 +11,17 @@ import { HyperError } from '../../errors.js';
 /** Written bytes: one buffer, or the pieces of one (an NBD payload as it arrived). */
 export type Data = Buffer | readonly Buffer[];
 
+/** `d` as one buffer of its own (a copy, also of a single buffer). */
+export function copyData(d: Data, length = dataLength(d)): Buffer {
+  const out = Buffer.allocUnsafe(length);
+  if (Buffer.isBuffer(d)) d.copy(out);
+  else {
+    let at = 0;
+    for (const b of d) at += b.copy(out, at);
+  }
+  return out;
+}
+
 export function dataLength(d: Data): number {
   if (Buffer.isBuffer(d)) return d.length;
   let n = 0;

@@ -73,14 +73,22 @@ function analyse(log: string): {
 }
 
 describe('crash trials: SIGKILL of hyper serve', () => {
-  for (const wal of [false, true]) {
-    it(`loses no acknowledged flush${wal ? ' (with a WAL)' : ''} over ${TRIALS / 2} trials`, async (t) => {
+  // Without a WAL; with one that logs each write before its reply; with one that logs at FLUSH.
+  for (const mode of ['none', 'wal', 'wal-at-flush'] as const) {
+    const wal = mode !== 'none';
+    const label = {
+      none: '',
+      wal: ' (with a WAL)',
+      'wal-at-flush': ' (with a WAL written at FLUSH)',
+    };
+    it(`loses no acknowledged flush${label[mode]} over ${TRIALS / 2} trials`, async (t) => {
       if (!needTools(t, '/usr/bin/python3', 'nbdcopy')) return;
       const dir = await mkdtemp(join(tmpdir(), 'hyper-crash-'));
       t.after(() => rm(dir, { recursive: true, force: true }));
       const url = `file://${dir}/vol/`;
       const walArgs = wal ? ['--wal-url', `file://${dir}/wal/`] : [];
-      const rand = rng(wal ? 202 : 101);
+      if (mode === 'wal-at-flush') walArgs.push('--wal-ack', 'flush');
+      const rand = rng({ none: 101, wal: 202, 'wal-at-flush': 303 }[mode]);
       // Per block: the newest write known durable, and every write ever made (numbers are global).
       const floor = new Map<number, number>();
       const everWritten = new Map<number, Set<number>>();
@@ -92,7 +100,7 @@ describe('crash trials: SIGKILL of hyper serve', () => {
           writerPy,
           server.uri,
           String(BLOCKS),
-          String(trial + (wal ? 1000 : 0)),
+          String(trial + { none: 0, wal: 1000, 'wal-at-flush': 2000 }[mode]),
           '--start',
           String(next),
         ];

@@ -142,6 +142,26 @@ describe('hyper daemon (in-process)', () => {
     );
   });
 
+  it('maps with a WAL written at FLUSH and keeps that in its state', async (t) => {
+    const s = await setup(t, ['w']);
+    await s.start();
+    await mkdir(join(s.dir, 'wal'));
+    const walUrl = `file://${s.dir}/wal/`;
+    const w = await s.client.post<ExportStatus>('/v1/exports', {
+      url: s.url('w'),
+      walUrl,
+      walAck: 'flush',
+    });
+    assert.equal(w.state, 'mapped');
+    assert.equal(w.walUrl, walUrl);
+    const st = JSON.parse(await readFile(s.state, 'utf8'));
+    assert.deepEqual(
+      st.exports.map((e: { walUrl?: string; walAck?: string }) => [e.walUrl, e.walAck]),
+      [[walUrl, 'flush']],
+    );
+    await s.client.delete('/v1/exports/w');
+  });
+
   it('refuses bad requests with a code while the other exports keep serving', async (t) => {
     const s = await setup(t, ['a', 'held', 'p/x', 'p/y']);
     const d = await s.start();
@@ -166,6 +186,11 @@ describe('hyper daemon (in-process)', () => {
         /bogus|Unrecognized/i,
       ],
       [() => s.client.post('/v1/exports', { name: 'n' }), 'INVALID_ARGUMENT', /url/],
+      [
+        () => s.client.post('/v1/exports', { url: s.url('held'), walAck: 'sometimes' }),
+        'INVALID_ARGUMENT',
+        /walAck/,
+      ],
       [
         () => s.client.post('/v1/exports', { url: s.url('held'), at: { time: 'yesterday' } }),
         'INVALID_ARGUMENT',
