@@ -62,7 +62,7 @@ import {
   type VolumeInfo,
 } from './types.js';
 import { WalSession, withWalUrl } from './wal.js';
-import { WriteBuffer, copyData, dataLength, type Data, type Generation } from './write-buffer.js';
+import { WriteBuffer, dataLength, type Data, type Generation } from './write-buffer.js';
 
 export interface WriteOptions {
   /** Force Unit Access: durable (committed) before the promise resolves. */
@@ -502,9 +502,8 @@ export class Volume {
     const log = !wal
       ? undefined
       : wal.writer.deferred
-        ? // Kept past the reply: a copy (the caller may reuse its buffers once acknowledged).
-          () =>
-            wal.writer.record({ op: 'write', offset, length, data: copyData(data, length) }, length)
+        ? // record() copies the data: the caller may reuse its buffers once acknowledged.
+          () => wal.writer.record({ op: 'write', offset, length }, data)
         : () =>
             wal.writer.append({
               op: 'write',
@@ -539,7 +538,7 @@ export class Volume {
   private logged(entry: WalEntry): (() => Promise<void> | undefined) | undefined {
     const wal = this.wal;
     if (!wal) return undefined;
-    return wal.writer.deferred ? () => wal.writer.record(entry, 0) : () => wal.writer.append(entry);
+    return wal.writer.deferred ? () => wal.writer.record(entry) : () => wal.writer.append(entry);
   }
 
   async resize(size: number, options: { allowShrink?: boolean } = {}): Promise<CheckpointInfo> {
