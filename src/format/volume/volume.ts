@@ -275,6 +275,14 @@ export class Volume {
     }
 
     options.signal?.throwIfAborted();
+    if (options.walAck === 'flush' && !(options.walUrl ?? cur.head.walUrl)) {
+      throw new HyperError(
+        'invalid',
+        'INVALID_ARGUMENT',
+        'Writes can be logged at FLUSH only to a WAL, and this volume has none',
+        { suggestion: 'Pass --wal-url <url> as well (it is recorded in the volume).' },
+      );
+    }
     const lease = {
       holder: options.holder ?? defaultHolder(),
       ttlMs: options.leaseTtlMs ?? DEFAULT_LEASE_TTL_MS,

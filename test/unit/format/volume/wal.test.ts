@@ -131,6 +131,19 @@ describe('write-ahead log, writes logged at FLUSH (walAck flush)', () => {
     await b.close();
   });
 
+  it('refuses to log at FLUSH without a WAL, taking no lease', async () => {
+    const { vol } = setup();
+    await Volume.create(vol, { size: 4 * MiB });
+    await assert.rejects(Volume.open(vol, { walAck: 'flush', flushIntervalMs: 0 }), (e) => {
+      assert.ok(isHyperError(e, 'INVALID_ARGUMENT'), String(e));
+      assert.match(String(e), /WAL/);
+      return true;
+    });
+    // Nothing was taken: another writer opens without --force.
+    const v = await Volume.open(vol, { flushIntervalMs: 0 });
+    await v.close();
+  });
+
   it('keeps acknowledged writes of a failed WAL PUT for the next FLUSH, which must succeed first', async () => {
     const { vol, wal, openStore } = setup();
     await Volume.create(vol, { size: 4 * MiB });
