@@ -282,8 +282,8 @@ export class Reader {
    * Block `lba` for readv() without a copy, when it is a stored block in the memory cache or
    * one GET gets it alone (no read-around to add): the cache's buffer, or the fetched one, is
    * the reply (of a local store: a reused one). A 4 KiB random read of a local volume
-   * otherwise took two fresh buffers and a copy. Undefined where the general path must decide (buffered, a hole, not in
-   * memory down the index, read ahead, being fetched).
+   * otherwise took two fresh buffers and a copy. Undefined where the general path must
+   * decide (buffered, a hole, not in memory down the index, read ahead, being fetched).
    */
   private lone(lba: number): Buffer | Promise<Buffer> | undefined {
     if (this.view.buffered(lba) !== undefined) return undefined;
@@ -307,7 +307,7 @@ export class Reader {
       r.transient = true;
       r.dest = out;
       return this.fetchRun(r).then(([b]) => {
-        // (A segment still in flight is read from its parts, not into `out`.)
+        // (mem:// and a segment still in flight hand out their own bytes, not `out`.)
         if (b && (b.buffer !== out.buffer || b.byteOffset !== out.byteOffset)) b.copy(out);
         this.lent.add(out);
         return out;

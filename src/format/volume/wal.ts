@@ -16,7 +16,7 @@ import type { HeadRecord } from '../codec/head.js';
 import { decodeWal, encodeWal, type WalEntry, type WalRecord } from '../codec/wal.js';
 import { parseWalKey, walKey, walPrefix } from '../keys.js';
 import type { ObjectStore } from '../store/types.js';
-import { copyData, type Data } from './write-buffer.js';
+import { copyData, copyDataInto, type Data } from './write-buffer.js';
 import { CONFLICT_RETRIES, type Logger } from './types.js';
 
 /**
@@ -187,11 +187,7 @@ export class WalWriter {
       p.slabs.push(this.slab);
     }
     const out = this.slab.subarray(this.slabAt, this.slabAt + length);
-    if (Buffer.isBuffer(data)) data.copy(out);
-    else {
-      let at = 0;
-      for (const b of data) at += b.copy(out, at);
-    }
+    copyDataInto(data, out);
     this.slabAt += length;
     return out;
   }

@@ -11,14 +11,19 @@ import { HyperError } from '../../errors.js';
 /** Written bytes: one buffer, or the pieces of one (an NBD payload as it arrived). */
 export type Data = Buffer | readonly Buffer[];
 
-/** `d` as one buffer of its own (a copy, also of a single buffer). */
-export function copyData(d: Data, length = dataLength(d)): Buffer {
-  const out = Buffer.allocUnsafe(length);
+/** Copy `d` to the start of `out` (which has room for it). */
+export function copyDataInto(d: Data, out: Buffer): void {
   if (Buffer.isBuffer(d)) d.copy(out);
   else {
     let at = 0;
     for (const b of d) at += b.copy(out, at);
   }
+}
+
+/** `d` as one buffer of its own (a copy, also of a single buffer). */
+export function copyData(d: Data, length = dataLength(d)): Buffer {
+  const out = Buffer.allocUnsafe(length);
+  copyDataInto(d, out);
   return out;
 }
 
