@@ -601,7 +601,13 @@ export class Volume {
       return;
     }
     this.committer?.check();
-    await wal.writer.sync();
+    try {
+      await wal.writer.sync();
+    } catch (e) {
+      // (Writes logged at FLUSH learn of a takeover here.)
+      if (wal.fenced) throw this.committer?.fence(wal.fenced) ?? wal.fenced;
+      throw e;
+    }
     if (wal.fenced) throw this.committer?.fence(wal.fenced) ?? wal.fenced;
   }
 

@@ -166,6 +166,12 @@ describe('write-ahead log, writes logged at FLUSH (walAck flush)', () => {
     // The old writer learns of the takeover at its next FLUSH; its write never gets in.
     await a.write(12288, Buffer.alloc(4096, 4));
     await assert.rejects(a.sync(), (e) => isHyperError(e, 'FENCED'));
+    // From then on the old writer is fenced for everything: writes, and checkpoints, which
+    // it no longer even tries to write.
+    await assert.rejects(a.write(16384, Buffer.alloc(4096, 5)), (e) => isHyperError(e, 'FENCED'));
+    const puts = vol.stats().put;
+    await assert.rejects(a.flush(), (e) => isHyperError(e, 'FENCED'));
+    assert.equal(vol.stats().put, puts, 'no segment or head PUT from the fenced writer');
     assert.equal((await b.read(12288, 1))[0], 0);
     await b.close();
   });
