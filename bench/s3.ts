@@ -25,7 +25,7 @@
  * bench-results/s3.json. Exit status 1 when a target is missed.
  *
  *   node --import tsx bench/s3.ts [--reps 3] [--delays 0,20] [--runtime 5] [--size-mib 256] [--randread-ios 2000]
- *                                 [--only hyper,hyper-cache,hyper-wal,s3backer,nbdkit-64k,nbdkit-1m,raw]
+ *                                 [--only hyper,hyper-cache,hyper-wal,hyper-walf,s3backer,nbdkit-64k,nbdkit-1m,raw]
  *                                 [--workloads seq-write,…,durable]   (default: all)
  * Needs `npm run build`, HYPER_TEST_S3_* and HYPER_RGW_DIR (scripts/rgw/start.sh's env file).
  */
@@ -117,6 +117,10 @@ const selected: Workload[] = selectedArg
       return w as Workload;
     })
   : WORKLOADS;
+// The reads and the mixed profile read what the sequential write put there.
+for (const w of ['seq-read', 'randread-cold', 'randread-warm', 'hyperfile'] as const)
+  if (selected.includes(w) && !selected.includes('seq-write'))
+    throw new Error(`--workloads: ${w} needs seq-write (it fills the export)`);
 /** The unit of each workload's value; `ms` is a latency (lower is better). */
 const UNIT: Record<Workload, 'MiB/s' | 'IOPS' | 'ms'> = {
   'seq-write': 'MiB/s',
