@@ -506,19 +506,7 @@ export class Volume {
     const length = dataLength(data);
     this.checkRange(offset, length);
     if (length === 0) return;
-    const wal = this.wal;
-    const log = !wal
-      ? undefined
-      : wal.writer.deferred
-        ? // record() copies the data: the caller may reuse its buffers once acknowledged.
-          () => wal.writer.record({ op: 'write', offset, length }, data)
-        : () =>
-            wal.writer.append({
-              op: 'write',
-              offset,
-              length,
-              data: Buffer.isBuffer(data) ? data : Buffer.concat(data, length),
-            });
+    const log = this.logged({ op: 'write', offset, length }, data);
     await this.buffer.write(offset, data, log);
     this.counters.bytesWritten += length;
     await this.afterWrite(options);
@@ -542,11 +530,21 @@ export class Volume {
     await this.afterWrite(options);
   }
 
-  /** The WAL append for a change, called in the step that applies it (log order = apply order). */
-  private logged(entry: WalEntry): (() => Promise<void> | undefined) | undefined {
+  /**
+   * The WAL append for a change (with the written `data`), called in the step that applies it
+   * (log order = apply order).
+   */
+  private logged(entry: WalEntry, data?: Data): (() => Promise<void> | undefined) | undefined {
     const wal = this.wal;
     if (!wal) return undefined;
-    return wal.writer.deferred ? () => wal.writer.record(entry) : () => wal.writer.append(entry);
+    // record() copies the data: the caller may reuse its buffers once acknowledged.
+    if (wal.writer.deferred) return () => wal.writer.record(entry, data);
+    return () =>
+      wal.writer.append(
+        data === undefined
+          ? entry
+          : { ...entry, data: Buffer.isBuffer(data) ? data : Buffer.concat(data, entry.length) },
+      );
   }
 
   async resize(size: number, options: { allowShrink?: boolean } = {}): Promise<CheckpointInfo> {
@@ -601,13 +599,10 @@ export class Volume {
       return;
     }
     this.committer?.check();
-    try {
-      await wal.writer.sync();
-    } catch (e) {
-      // (Writes logged at FLUSH learn of a takeover here.)
-      if (wal.fenced) throw this.committer?.fence(wal.fenced) ?? wal.fenced;
-      throw e;
-    }
+    // (Writes logged at FLUSH learn of a takeover here: the sync fails, fenced.)
+    await wal.writer.sync().catch((e: unknown) => {
+      if (!wal.fenced) throw e;
+    });
     if (wal.fenced) throw this.committer?.fence(wal.fenced) ?? wal.fenced;
   }
 

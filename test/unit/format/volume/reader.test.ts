@@ -74,6 +74,31 @@ async function filled(
   return { store, ref };
 }
 
+/**
+ * A file:// volume whose first MiB was written in one segment, then one byte of that data
+ * flipped in place (past the segment's header): the store and the segment's key.
+ */
+async function damagedVolume(): Promise<{ store: FileStore; seg: string }> {
+  const dir = freshDir();
+  mkdirSync(dir);
+  const store = new FileStore(dir);
+  await Volume.create(store, { size: 4 * MiB, segmentSize: 4 * MiB, compression: 'none' });
+  const v = await Volume.open(store, { flushIntervalMs: 0 });
+  await v.write(0, pattern(1 * MiB, 5));
+  await v.close();
+  const segDir = join(dir, SEGMENT_PREFIX);
+  const seg = readdirSync(segDir).sort(
+    (a, b) => statSync(join(segDir, b)).size - statSync(join(segDir, a)).size,
+  )[0] as string;
+  const h = await open(join(segDir, seg), 'r+');
+  const b = Buffer.alloc(1);
+  await h.read(b, 0, 1, 512 * KiB);
+  b[0] = (b[0] as number) ^ 0xff;
+  await h.write(b, 0, 1, 512 * KiB);
+  await h.close();
+  return { store, seg };
+}
+
 describe('reader: read-ahead, parallel GETs, read-around', () => {
   it('reads a sequential stream with fewer, larger GETs and the same bytes', async () => {
     const size = 32 * MiB;
@@ -497,25 +522,7 @@ describe('reader: bulk reads from a local store', () => {
   });
 
   it('reports a damaged block of a bulk read with its key and returns no data', async () => {
-    const dir = freshDir();
-    mkdirSync(dir);
-    const store = new FileStore(dir);
-    await Volume.create(store, { size: 4 * MiB, segmentSize: 4 * MiB, compression: 'none' });
-    const v = await Volume.open(store, { flushIntervalMs: 0 });
-    await v.write(0, pattern(1 * MiB, 5));
-    await v.close();
-    // Flip one byte in the middle of the data (past the segment's header).
-    const segDir = join(dir, SEGMENT_PREFIX);
-    const seg = readdirSync(segDir).sort(
-      (a, b) => statSync(join(segDir, b)).size - statSync(join(segDir, a)).size,
-    )[0] as string;
-    const path = join(segDir, seg);
-    const h = await open(path, 'r+');
-    const b = Buffer.alloc(1);
-    await h.read(b, 0, 1, 512 * KiB);
-    b[0] = (b[0] as number) ^ 0xff;
-    await h.write(b, 0, 1, 512 * KiB);
-    await h.close();
+    const { store, seg } = await damagedVolume();
     const ro = await Volume.open(store, { readOnly: true });
     await assert.rejects(ro.read(0, 1 * MiB), (e: Error & { code?: string }) => {
       assert.equal(e.code, 'CHECKSUM_MISMATCH');
@@ -656,23 +663,7 @@ describe('reader: lone blocks of readv', () => {
   });
 
   it('reports a damaged lone block with its key and returns no data', async () => {
-    const dir = freshDir();
-    mkdirSync(dir);
-    const store = new FileStore(dir);
-    await Volume.create(store, { size: 4 * MiB, segmentSize: 4 * MiB, compression: 'none' });
-    const v = await Volume.open(store, { flushIntervalMs: 0 });
-    await v.write(0, pattern(1 * MiB, 5));
-    await v.close();
-    const segDir = join(dir, SEGMENT_PREFIX);
-    const seg = readdirSync(segDir).sort(
-      (a, b) => statSync(join(segDir, b)).size - statSync(join(segDir, a)).size,
-    )[0] as string;
-    const h = await open(join(segDir, seg), 'r+');
-    const b = Buffer.alloc(1);
-    await h.read(b, 0, 1, 512 * KiB);
-    b[0] = (b[0] as number) ^ 0xff;
-    await h.write(b, 0, 1, 512 * KiB);
-    await h.close();
+    const { store, seg } = await damagedVolume();
     const ro = await Volume.open(store, { readOnly: true });
     // Some block of the first MiB holds the flipped byte: reading each alone finds it.
     let failed = 0;
