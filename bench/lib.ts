@@ -553,9 +553,10 @@ export async function startHyper(
       ...(opts.create ?? []),
       ...store,
     ]);
+  // Run as a user runs it: bin/run.js itself, so its shebang's node flags apply.
   const l = await launch(
-    'node',
-    ['bin/run.js', 'serve', url, '--port', '0', '--print-uri', ...store, ...(opts.extra ?? [])],
+    'bin/run.js',
+    ['serve', url, '--port', '0', '--print-uri', ...store, ...(opts.extra ?? [])],
     { ready: /^nbd:\/\// },
   );
   const uri = l.line.trim();

@@ -37,18 +37,9 @@ async function main(): Promise<void> {
   const dir = join(base, `hyper-bench-memory-${Date.now().toString(36)}`);
   await mkdir(dir, { recursive: true });
   const serve = spawn(
-    process.execPath,
-    [
-      'bin/run.js',
-      'serve',
-      `file://${dir}/vol/`,
-      '--create',
-      '--size',
-      size,
-      '--port',
-      '0',
-      '--print-uri',
-    ],
+    // bin/run.js itself, as a user runs `hyper`: its shebang sets node's flags.
+    'bin/run.js',
+    ['serve', `file://${dir}/vol/`, '--create', '--size', size, '--port', '0', '--print-uri'],
     {
       stdio: ['ignore', 'pipe', 'inherit'],
     },

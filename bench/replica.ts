@@ -230,9 +230,8 @@ async function formatPrimary(
 
 async function serveReplica(file: string, uuid: string, sock: string, ep: string): Promise<Server> {
   const l = await launch(
-    'node',
+    'bin/run.js', // itself, as a user runs `hyper` (its shebang sets node's flags)
     [
-      'bin/run.js',
       'replica',
       'serve',
       '--file',
