@@ -24,11 +24,23 @@ export interface ServeError extends Error {
 
 export function serve(
   args: string[],
-  options: { env?: Record<string, string>; timeoutMs?: number } = {},
+  options: {
+    env?: Record<string, string>;
+    timeoutMs?: number;
+    /** Run this `hyper` executable (an installed one) instead of `node bin/run.js`. */
+    bin?: string;
+    cwd?: string;
+    /** Only `env`, not this process's environment too. */
+    cleanEnv?: boolean;
+  } = {},
 ): Promise<Served> {
-  const child = spawn(process.execPath, [runJs, 'serve', ...args, '--port', '0', '--print-uri'], {
+  const argv = ['serve', ...args, '--port', '0', '--print-uri'];
+  const child = spawn(options.bin ?? process.execPath, options.bin ? argv : [runJs, ...argv], {
     stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, NO_COLOR: '1', ...options.env },
+    env: options.cleanEnv
+      ? { NO_COLOR: '1', ...options.env }
+      : { ...process.env, NO_COLOR: '1', ...options.env },
+    ...(options.cwd === undefined ? {} : { cwd: options.cwd }),
   });
   let err = '';
   child.stderr?.setEncoding('utf8').on('data', (d: string) => (err += d));

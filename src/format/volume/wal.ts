@@ -235,15 +235,12 @@ export class WalWriter {
           for (const w of batch.waiters) w.reject(this.fenced ?? e);
           if (this.deferred && !this.fenced) {
             // Acknowledged writes: their entries go first in the next batch (order kept).
-            const next = this.pending;
-            batch.entries.push(...(next?.entries ?? []));
-            batch.bytes += next?.bytes ?? 0;
-            batch.slabs.push(...(next?.slabs ?? []));
+            const next = this.pending ?? newBatch();
             this.pending = {
-              entries: batch.entries,
+              entries: [...batch.entries, ...next.entries],
               waiters: [],
-              bytes: batch.bytes,
-              slabs: batch.slabs,
+              bytes: batch.bytes + next.bytes,
+              slabs: [...batch.slabs, ...next.slabs],
             };
           } else this.heldBytes -= batch.bytes;
           return e;

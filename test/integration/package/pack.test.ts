@@ -8,7 +8,7 @@
  * install takes dependencies from the npm cache when it has them (`--prefer-offline`).
  */
 import assert from 'node:assert/strict';
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { existsSync } from 'node:fs';
 import { mkdtemp, readFile, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -17,6 +17,7 @@ import { describe, it } from 'node:test';
 import { promisify } from 'node:util';
 import { repoRoot } from '../../helpers/cli.js';
 import { needTools } from '../../helpers/env.js';
+import { serve, stopServe } from '../../helpers/serve.js';
 
 const run = promisify(execFile);
 
@@ -85,26 +86,12 @@ describe('npm package', () => {
 
     // The installed command runs Node with the flags of bin/run.js's first line: `serve`'s
     // resident memory depends on the smaller young generation (README, "Memory").
-    const serve = spawn(bin, ['serve', vol, '--port', '0', '--print-uri'], {
-      cwd: dir,
-      env,
-      stdio: ['ignore', 'pipe', 'ignore'],
-    });
-    t.after(() => serve.kill('SIGKILL'));
-    const uri = await new Promise<string>((resolve, reject) => {
-      let out = '';
-      serve.stdout.on('data', (d: Buffer) => {
-        out += d.toString();
-        const line = out.split('\n').find((l) => l.startsWith('nbd://'));
-        if (line) resolve(line);
-      });
-      serve.on('exit', (code) => reject(new Error(`hyper serve exited with ${code}`)));
-    });
-    assert.match(uri, /^nbd:\/\/127\.0\.0\.1:\d+\/demo$/);
-    const argv = (await readFile(`/proc/${serve.pid}/cmdline`, 'utf8')).split('\0');
+    const served = await serve([vol], { bin, cwd: dir, env, cleanEnv: true });
+    t.after(() => stopServe(served, 'SIGKILL'));
+    assert.match(served.uri, /^nbd:\/\/127\.0\.0\.1:\d+\/demo$/);
+    const argv = (await readFile(`/proc/${served.child.pid}/cmdline`, 'utf8')).split('\0');
     assert.ok(argv.includes('--max-semi-space-size=4'), `node runs as: ${argv.join(' ')}`);
-    serve.kill('SIGTERM');
-    assert.equal(await new Promise((r) => serve.once('exit', r)), 0);
+    assert.equal(await stopServe(served), 0);
 
     // The Node version this runs on is one the package declares.
     const major = Number(process.versions.node.split('.')[0]);
