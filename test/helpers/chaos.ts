@@ -733,6 +733,13 @@ class Run {
   private readonly contributions: Contribution[] = [];
   /** Contents the head may read now (collapsed at every observation). */
   private allowed = new Set<string>();
+  /**
+   * The writer's contents after each change since its last acknowledged flush, in order. A
+   * segment written for room commits too once it lands (the chain, FORMAT.md "Commit
+   * protocol"), so any of them may become the volume's content, each only after the ones
+   * before it; a dead writer's PUTs in flight may still land, until the next writer's fence.
+   */
+  private chained: string[] = [];
   /** Every content the head could ever have had (learned checkpoints must be one of them). */
   private readonly everAllowed = new Set<string>();
   /** Checkpoint of the main volume → its content. */
@@ -867,6 +874,17 @@ class Run {
   private readonly rawOpen = (url: string): Promise<ObjectStore> => Promise.resolve(this.raw(url));
 
   // -------------------------------------------------------------- model helpers
+
+  /** Whether the volume may read `sha` now: a commit's content, or a change's on the chain. */
+  private possible(sha: string): boolean {
+    return this.allowed.has(sha) || this.chained.includes(sha);
+  }
+
+  /** The volume was seen reading `sha`: the chain has moved past every change before it. */
+  private seen(sha: string): void {
+    const k = this.chained.indexOf(sha);
+    if (k > 0) this.chained.splice(0, k);
+  }
 
   private allow(sha: string): void {
     this.allowed.add(sha);
@@ -1033,10 +1051,13 @@ class Run {
         );
         return false;
       }
-      if (!this.allowed.has(c.sha))
+      if (!this.possible(c.sha))
         this.violation(
-          `${actor.name} took over a head (checkpoint ${head.checkpoint}) reading ${c.sha}, not a content any commit produced (allowed ${[...this.allowed].join(',')})`,
+          `${actor.name} took over a head (checkpoint ${head.checkpoint}) reading ${c.sha}, not a content any commit produced (allowed ${[...this.allowed, ...this.chained].join(',')})`,
         );
+      // Past its fence, nothing of an earlier writer can land on the chain any more.
+      this.allow(c.sha);
+      this.chained = [];
       this.learn(head.checkpoint, c.sha, `head taken over by ${actor.name}`);
       this.writer = { vol, actor, model: c.buf, epoch, committed: c.sha };
       this.note(
@@ -1115,6 +1136,19 @@ class Run {
     }
     const what = `${w.actor.name} ${kind} ${off}+${len}`;
     this.totals.operations++;
+    // The content once this change is applied (a segment for room may commit it any time).
+    const next = Buffer.from(w.model);
+    if (kind === 'write') (data as Buffer).copy(next, off);
+    else if (kind === 'zero') next.fill(0, off, off + len);
+    else {
+      // A trim zeroes whole blocks only; partial edges keep their content.
+      const a = Math.ceil(off / BS) * BS;
+      const b = Math.floor((off + len) / BS) * BS;
+      if (b > a) next.fill(0, a, b);
+    }
+    const nextSha = digest(next);
+    this.chained.push(nextSha);
+    this.allow(nextSha);
     // A failed change may be partly applied (NBD semantics): repeat it until it succeeds,
     // or give the writer up.
     for (let attempt = 1; ; attempt++) {
@@ -1137,14 +1171,7 @@ class Run {
         }
       }
     }
-    if (kind === 'write') (data as Buffer).copy(w.model, off);
-    else if (kind === 'zero') w.model.fill(0, off, off + len);
-    else {
-      // A trim zeroes whole blocks only; partial edges keep their content.
-      const a = Math.ceil(off / BS) * BS;
-      const b = Math.floor((off + len) / BS) * BS;
-      if (b > a) w.model.fill(0, a, b);
-    }
+    next.copy(w.model);
     this.note(`${what} ok`);
   }
 
@@ -1191,6 +1218,8 @@ class Run {
         );
       this.learn(r.checkpoint, sha, what);
       w.committed = sha;
+      // Every segment landed: the chain is at this content, past every change before it.
+      this.chained = [];
     } catch (e) {
       this.failed(what, e);
       if (isHyperError(e, 'FENCED')) await this.dropWriter('fenced');
@@ -1669,10 +1698,11 @@ class Run {
     if (!cur.ok)
       this.violation(`(a) the head (checkpoint ${head.checkpoint}) is unreadable: ${cur.error}`);
     else {
-      if (!this.allowed.has(cur.sha))
+      if (!this.possible(cur.sha))
         this.violation(
-          `(a) the head (checkpoint ${head.checkpoint}) reads ${cur.sha}; possible contents: ${[...this.allowed].join(', ')}`,
+          `(a) the head (checkpoint ${head.checkpoint}) reads ${cur.sha}; possible contents: ${[...this.allowed, ...this.chained].join(', ')}`,
         );
+      this.seen(cur.sha);
       this.learn(head.checkpoint, cur.sha, 'head');
       const live = this.contributions.filter(
         (c) => c.active || (c.actor.dead && c.actor.pending > 0),

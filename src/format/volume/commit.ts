@@ -4,38 +4,40 @@
  * It owns the writer's lease (renewal and loss), the epoch it writes under, the create-only
  * PUT of each checkpoint segment (with the next free id), the compare-and-swap of the head,
  * fencing, bounded retries, and the "did my write land?" recovery:
- *   - a segment id that turns out to be taken is either our own commit whose head CAS
- *     landed although it reported failure (adopt it), or a flush that never committed
- *     (skip the id) — decided by re-reading the head, never by assumption;
+ *   - a segment id that turns out to be taken holds our own segment (its reply was lost:
+ *     same bytes), a newer writer's (fenced) or an older writer's leftover (this segment is
+ *     written again under another id) — decided by reading it, never by assumption; a
+ *     segment PUT that failed otherwise is retried with the same bytes, never replaced;
  *   - a head CAS that fails its precondition is compared with the stored bytes: ours landed,
  *     or another epoch owns the volume (fenced), or it is an older head of our own epoch
  *     whose reply was lost (ours supersedes it).
+ * A checkpoint is committed once its segment and every one before it have landed (the chain,
+ * FORMAT.md "Commit protocol"); the head CAS that names it may come later.
  * Taking a volume over (open for write) also commits here, and the head's epoch only ever
  * increases. See FORMAT.md "Commit protocol" and "Lease".
  */
-import { HyperError, dataError, isHyperError, toHyperError } from '../../errors.js';
+import { HyperError, isHyperError, toHyperError } from '../../errors.js';
 import { encodeHead, type HeadRecord } from '../codec/head.js';
-import { HEAD_KEY, SEGMENT_PREFIX, parseSegmentKey, segmentKey } from '../keys.js';
+import { HEAD_KEY, segmentKey } from '../keys.js';
 import type { ObjectStore } from '../store/types.js';
 import { sliceBody } from '../store/common.js';
-import { readHead } from './heads.js';
+import { continuesChain, readCheckpointHead, readStoredHead, rollForward } from './heads.js';
+import { buildEmptySegment } from './segment-builder.js';
 import { Lease, type LeaseOptions } from './lease.js';
 import type { BuiltCheckpoint } from './segment-builder.js';
 import { CONFLICT_RETRIES, type Logger } from './types.js';
 
-/**
- * Segment ids a takeover may find past the head (all recorded as skipped). Pipelined writers
- * leave a few; more means a stray object under `seg/`.
- */
-const MAX_SKIPPED_AT_TAKEOVER = 65_536;
-
 /** Renew the lease before a commit when less than this is left of it. */
 const LEASE_MARGIN_MS = 2000;
+
+/** Ids a takeover's fence tries past the chain before giving up (each one another writer's). */
+const FENCE_ATTEMPTS = 1000;
 
 export class Committer {
   /**
    * The newest checkpoint this writer wrote whose segment, and every segment before it, is
-   * durable (committed, or written with its CAS pending). Only this head is ever CASed.
+   * durable (committed: the chain continues there, FORMAT.md "Commit protocol"), its head
+   * CAS possibly pending. Only this head is ever CASed.
    */
   head: HeadRecord;
   /**
@@ -43,10 +45,12 @@ export class Committer {
    * the next segment id and the previous checkpoint of the next build come from here.
    */
   tip: HeadRecord;
-  /** A segment was written for room (no durability asked); its head CAS waits. */
+  /** The head object does not name `head` yet (its CAS waits, or runs in the background). */
   headPending = false;
   /** Set once this writer may commit nothing more; every later operation fails with it. */
   private fenced: HyperError | undefined;
+  /** Head CASes run one at a time, in order (see publishPending). */
+  private publishing: Promise<unknown> = Promise.resolve();
 
   private constructor(
     private readonly store: ObjectStore,
@@ -61,9 +65,11 @@ export class Committer {
   }
 
   /**
-   * Take the lease, then take the head over under the new epoch: a fenced writer's next CAS
-   * fails. Segments past the head's lastSegment are flushes that never committed: every id
-   * up to the highest one listed is recorded as skipped. `adjust` may change the head on the way (e.g. its WAL URL).
+   * Take the lease, then the volume over under the new epoch: roll forward along the chain
+   * of checkpoints committed past the head; unless the previous holder gave the lease back,
+   * fence it (an empty checkpoint, create-only, at the next id: a segment it still has in
+   * flight lands before the fence, and is adopted, or can never continue the chain); then
+   * CAS the head. `adjust` may change the head on the way (e.g. its WAL URL).
    */
   static async takeOver(
     store: ObjectStore,
@@ -72,69 +78,104 @@ export class Committer {
     adjust: (head: HeadRecord) => HeadRecord = (h) => h,
   ): Promise<Committer> {
     const held = await Lease.acquire(store, lease);
-    // A writer that lost the lease may still land a head CAS it had in flight (after a
-    // kill, a crash or a takeover): take the head over from that one too, a few times.
-    for (let attempt = 1; ; attempt++) {
-      try {
-        return await Committer.takeHead(store, held, log, adjust);
-      } catch (e) {
-        if (isHyperError(e, 'PRECONDITION_FAILED') && attempt < 4) continue;
-        await held.release().catch(() => undefined);
-        if (isHyperError(e, 'PRECONDITION_FAILED')) {
-          throw new HyperError(
-            'conflict',
-            'LEASE_HELD',
-            'The volume head changed while taking the lease; another writer is active',
-            { cause: e },
-          );
-        }
-        throw e;
-      }
+    try {
+      return await Committer.takeHead(store, held, log, adjust);
+    } catch (e) {
+      await held.release().catch(() => undefined);
+      throw e;
     }
   }
 
-  /** Take the head over under `held`'s epoch (one try: a head that moved is PRECONDITION_FAILED). */
   private static async takeHead(
     store: ObjectStore,
     held: Lease,
     log: Logger,
     adjust: (head: HeadRecord) => HeadRecord,
   ): Promise<Committer> {
-    const { head, etag } = await readHead(store);
-    if (head.epoch >= held.epoch) {
-      // Someone took the volume over between our reads: our epoch would not be newer.
-      throw new HyperError(
-        'conflict',
-        'LEASE_HELD',
-        `Another writer took the volume over meanwhile (head epoch ${head.epoch}, ours ${held.epoch})`,
-        { suggestion: 'Retry once the other writer is done.' },
-      );
+    let stored = await readStoredHead(store);
+    const rolled = await rollForward(store, stored.head);
+    // Something under seg/ this writer cannot place: it might be a commit it would overwrite.
+    if (rolled.strays[0]) throw rolled.strays[0];
+    let tip = rolled.tip;
+    if (tip.epoch >= held.epoch) throw takenMeanwhile(tip.epoch, held.epoch);
+    let next: HeadRecord;
+    if (held.previousDone) {
+      // Nobody has a PUT in flight: every id past the chain is a leftover, listed or not.
+      const skipped = [...tip.skipped];
+      for (let id = tip.lastSegment + 1; id <= rolled.highest; id++) skipped.push(id);
+      next = {
+        ...adjust(tip),
+        epoch: held.epoch,
+        lastSegment: Math.max(tip.lastSegment, rolled.highest),
+        skipped,
+      };
+    } else {
+      next = await Committer.placeFence(store, tip, held.epoch, adjust);
+      tip = next;
     }
-    let last = head.lastSegment;
-    for await (const page of store.list(SEGMENT_PREFIX, {
-      startAfter: segmentKey(head.lastSegment),
-    })) {
-      for (const o of page.objects) {
-        const id = parseSegmentKey(o.key);
-        if (id !== undefined && id > head.lastSegment) last = Math.max(last, id);
+    // The head object: an older writer's CAS may land first (it names a checkpoint of the
+    // chain we continue), so take it over from there too.
+    const bytes = encodeHead(next);
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const put = await store.put(HEAD_KEY, bytes, { ifMatch: stored.etag });
+        return new Committer(store, next, put.etag, held, log);
+      } catch (e) {
+        if (!isHyperError(e, 'PRECONDITION_FAILED') || attempt >= CONFLICT_RETRIES) throw e;
       }
+      stored = await readStoredHead(store);
+      if (stored.head.epoch >= held.epoch) throw takenMeanwhile(stored.head.epoch, held.epoch);
     }
-    // Every id past the head's lastSegment is uncommitted, listed or not: an old writer's
-    // pipelined PUT below the highest listed id may still land after this listing, and
-    // it must never pass for a checkpoint. Ids above `last` are claimed by create-only PUTs.
-    if (last - head.lastSegment > MAX_SKIPPED_AT_TAKEOVER) {
-      // No writer leaves that many segments past the head: an object that only looks like one.
-      throw dataError(
-        'CORRUPT_OBJECT',
-        segmentKey(last),
-        `${segmentKey(last)} is ${last - head.lastSegment} ids past the volume's last segment (${head.lastSegment}); it is not a segment this volume wrote`,
-      );
+  }
+
+  /**
+   * Commit an empty checkpoint under `epoch` at the first free id past `tip`: the fence. An
+   * id found taken holds either a segment that continues the chain (a previous writer's,
+   * landed late: adopted, the fence goes after it) or one that never can (skipped).
+   */
+  private static async placeFence(
+    store: ObjectStore,
+    chain: HeadRecord,
+    epoch: number,
+    adjust: (head: HeadRecord) => HeadRecord,
+  ): Promise<HeadRecord> {
+    let tip = chain;
+    let skipped: number[] = [];
+    for (let attempt = 0; attempt < FENCE_ATTEMPTS; attempt++) {
+      const id = tip.lastSegment + skipped.length + 1;
+      const now = Date.now();
+      const { restoredFrom: _restore, ...base } = adjust(tip);
+      const fence: HeadRecord = {
+        ...base,
+        epoch,
+        checkpoint: id,
+        checkpointMs: now,
+        prevCheckpoint: tip.checkpoint,
+        lastSegment: id,
+        skipped: [...tip.skipped, ...skipped],
+      };
+      try {
+        await store.put(segmentKey(id), buildEmptySegment(id, now, encodeHead(fence)), {
+          ifNoneMatch: true,
+        });
+        return fence;
+      } catch (e) {
+        if (!isHyperError(e, 'OBJECT_EXISTS')) throw e;
+      }
+      const occupant = await readCheckpointHead(store, id);
+      if (occupant.epoch >= epoch) throw takenMeanwhile(occupant.epoch, epoch);
+      if (continuesChain(tip, occupant)) {
+        // (It lists the ids it skipped itself.)
+        tip = occupant;
+        skipped = [];
+      } else skipped.push(id);
     }
-    const skipped = [...head.skipped];
-    for (let id = head.lastSegment + 1; id <= last; id++) skipped.push(id);
-    const next = { ...adjust(head), epoch: held.epoch, lastSegment: last, skipped };
-    const put = await store.put(HEAD_KEY, encodeHead(next), { ifMatch: etag });
-    return new Committer(store, next, put.etag, held, log);
+    throw new HyperError(
+      'conflict',
+      'LEASE_HELD',
+      `The previous writer kept committing while this one took the volume over (${FENCE_ATTEMPTS} segment ids past checkpoint ${chain.checkpoint})`,
+      { suggestion: 'Stop the other writer, then retry.' },
+    );
   }
 
   /** Throws when this writer can commit nothing more (fenced, or its lease was lost). */
@@ -166,7 +207,7 @@ export class Committer {
       if (this.lease.lost) throw this.fence(this.lease.lost);
       throw toHyperError(e);
     }
-    const cur = await readHead(this.store);
+    const cur = await readStoredHead(this.store);
     if (cur.head.epoch !== this.head.epoch) throw this.fencedBy(cur.head.epoch);
   }
 
@@ -181,57 +222,6 @@ export class Committer {
     }
     this.lease.stop();
     return this.fenced;
-  }
-
-  /**
-   * PUT the segment `build(id)` create-only under the next free id and return it. Nothing
-   * in memory changes unless the PUT lands (the builder is pure).
-   */
-  async writeSegment(build: (id: number) => BuiltCheckpoint): Promise<BuiltCheckpoint> {
-    for (let attempt = 0; ; attempt++) {
-      this.check();
-      if (!this.lease.validFor(LEASE_MARGIN_MS)) await this.lease.renew();
-      const id = this.head.lastSegment + 1;
-      const built = build(id);
-      try {
-        await this.store.put(segmentKey(id), built.parts, { ifNoneMatch: true });
-        return built;
-      } catch (e) {
-        if (!isHyperError(e, 'OBJECT_EXISTS') || attempt >= CONFLICT_RETRIES) throw e;
-        await this.idTaken(id);
-      }
-    }
-  }
-
-  /** Segment `id` exists already: learn from the head whose it is. */
-  private async idTaken(id: number): Promise<void> {
-    const cur = await readHead(this.store);
-    if (cur.head.epoch !== this.head.epoch) throw this.fencedBy(cur.head.epoch);
-    if (cur.head.checkpoint >= id) {
-      // Our own commit of `id` landed though its CAS reported failure: it is committed.
-      this.head = cur.head;
-      this.tip = cur.head;
-      this.etag = cur.etag;
-      this.headPending = false;
-      return;
-    }
-    // A flush that never committed (ours after a lost reply): skip its id.
-    this.head = { ...this.head, lastSegment: id, skipped: [...this.head.skipped, id] };
-    this.tip = this.head;
-  }
-
-  /** The segment of `built` is written; CAS the head to it: the commit point. */
-  async publish(built: BuiltCheckpoint): Promise<void> {
-    await this.cas(built.headBytes);
-    this.head = built.head;
-    this.tip = built.head;
-    this.headPending = false;
-  }
-
-  /** The segment of `built` is written; its head waits for the next publish. */
-  written(built: BuiltCheckpoint): void {
-    this.landed(built.head);
-    this.tip = built.head;
   }
 
   // ---------------------------------------------------------------- pipelined segments
@@ -260,24 +250,32 @@ export class Committer {
 
   /**
    * PUT a built segment create-only. The id was never used by this writer before; if it is
-   * taken all the same, it is either our own request that landed though its reply was lost
-   * (same bytes: done), or another writer's (fenced if the head moved to another epoch, else
-   * an old writer's leftover: this segment fails and its id is skipped).
+   * taken all the same, the segment there is either ours (the request landed though its
+   * reply was lost: same bytes, done), a newer writer's (fenced), or an older writer's
+   * leftover: then this segment can never land, and fails with OBJECT_EXISTS (the caller
+   * writes its changes again under another id). Any other failure leaves the outcome
+   * unknown: the caller PUTs the same bytes again, never another segment in its place.
    */
   async putSegment(built: BuiltCheckpoint): Promise<void> {
     const id = built.head.checkpoint;
     try {
       await this.store.put(segmentKey(id), built.parts, { ifNoneMatch: true });
+      return;
     } catch (e) {
       if (!isHyperError(e, 'OBJECT_EXISTS')) throw e;
-      const cur = await readHead(this.store);
-      if (cur.head.epoch !== this.head.epoch) throw this.fencedBy(cur.head.epoch);
-      // (The first 64 KiB: the header, which names this checkpoint's head, and what follows.)
-      const n = Math.min(built.length, 64 * 1024);
-      const got = await this.store.get(segmentKey(id), { range: { offset: 0, length: n } });
-      if (got.body.equals(sliceBody(built.parts, 0, n))) return;
-      throw e;
     }
+    // (The first 64 KiB: the header, which names this checkpoint's head, and what follows.)
+    const n = Math.min(built.length, 64 * 1024);
+    const got = await this.store.get(segmentKey(id), { range: { offset: 0, length: n } });
+    if (got.body.equals(sliceBody(built.parts, 0, n))) return;
+    const occupant = await readCheckpointHead(this.store, id);
+    if (occupant.epoch >= this.head.epoch) throw this.fencedBy(occupant.epoch);
+    throw new HyperError(
+      'conflict',
+      'OBJECT_EXISTS',
+      `${segmentKey(id)} holds an older writer's leftover (epoch ${occupant.epoch}); this segment is written again under another id`,
+      { key: segmentKey(id) },
+    );
   }
 
   /** The segment of checkpoint `head` and every one before it are durable. */
@@ -297,12 +295,22 @@ export class Committer {
     this.tip = this.head;
   }
 
-  /** CAS the head to the newest written checkpoint if that is still pending. */
-  async publishPending(): Promise<void> {
-    if (!this.headPending) return;
-    this.check();
-    await this.cas(encodeHead(this.head));
-    this.headPending = false;
+  /**
+   * CAS the head to the newest durable checkpoint if the head object does not name it yet;
+   * resolves to the head it published (undefined: nothing was pending). One CAS at a time:
+   * a call made while one runs waits for it, then publishes what is newest then.
+   */
+  publishPending(): Promise<HeadRecord | undefined> {
+    const run = this.publishing.then(async () => {
+      if (!this.headPending) return undefined;
+      this.check();
+      const head = this.head;
+      await this.cas(encodeHead(head));
+      if (this.head === head) this.headPending = false;
+      return head;
+    });
+    this.publishing = run.catch(() => undefined);
+    return run;
   }
 
   private async cas(bytes: Buffer): Promise<void> {
@@ -311,7 +319,7 @@ export class Committer {
     } catch (e) {
       if (!isHyperError(e, 'PRECONDITION_FAILED')) throw e;
       // A retried CAS whose first attempt landed looks like a conflict: compare the bytes.
-      const cur = await readHead(this.store);
+      const cur = await readStoredHead(this.store);
       if (cur.bytes.equals(bytes)) {
         this.etag = cur.etag;
         return;
@@ -334,22 +342,37 @@ export class Committer {
     );
   }
 
-  /** Stop renewing; give the lease back unless it was lost. */
-  async release(): Promise<void> {
-    if (this.isFenced) this.lease.stop();
+  /**
+   * Stop renewing; give the lease back unless it was lost, or unless `done` is false: a
+   * segment PUT of this writer failed and was never resolved (it may still land), so the
+   * next writer must fence it, which it does only when the lease was not given back.
+   */
+  async release(done = true): Promise<void> {
+    if (this.isFenced || !done) this.lease.stop();
     else await this.lease.release();
   }
 }
 
+/** Another writer took the volume over while this one was taking it. */
+function takenMeanwhile(theirs: number, ours: number): HyperError {
+  return new HyperError(
+    'conflict',
+    'LEASE_HELD',
+    `Another writer took the volume over meanwhile (epoch ${theirs}, ours ${ours})`,
+    { suggestion: 'Retry once the other writer is done.' },
+  );
+}
+
 /**
  * Runs jobs strictly one after another, in the order they were queued (flushes: never two
- * on one index). A shared job that is queued but not started is joined by later callers:
- * it will cover their writes too, since it freezes the buffer only when it starts.
+ * on one index). A shared job that is queued but not started is joined by later callers
+ * asking for the same kind of job: it will cover their writes too, since it freezes the
+ * buffer only when it starts.
  */
 export class SerialQueue<T> {
   private tail: Promise<unknown> = Promise.resolve();
   private pending = 0;
-  private queued: Promise<T> | undefined;
+  private readonly queued = new Map<string, Promise<T>>();
 
   /** `settled` runs after each job, before its caller resumes. */
   constructor(private readonly settled: () => void) {}
@@ -373,14 +396,15 @@ export class SerialQueue<T> {
     return p;
   }
 
-  /** Queue `job`, or join the shared job already queued and not yet started. */
-  runShared(job: () => Promise<T>): Promise<T> {
-    if (this.queued) return this.queued;
+  /** Queue `job`, or join the job of the same `kind` already queued and not yet started. */
+  runShared(kind: string, job: () => Promise<T>): Promise<T> {
+    const queued = this.queued.get(kind);
+    if (queued) return queued;
     const p: Promise<T> = this.run(() => {
-      if (this.queued === p) this.queued = undefined;
+      if (this.queued.get(kind) === p) this.queued.delete(kind);
       return job();
     });
-    this.queued = p;
+    this.queued.set(kind, p);
     return p;
   }
 }

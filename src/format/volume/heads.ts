@@ -40,8 +40,112 @@ export interface HeadObject {
 export const REPAIR_SUGGESTION =
   'Run `hyper file repair` on this volume: it rebuilds the head from the newest intact checkpoint (a dry run unless --apply).';
 
-/** Read and decode the head object; absence and damage become domain errors. */
-export async function readHead(store: ObjectStore): Promise<HeadObject> {
+/**
+ * The volume's current state: the head object, rolled forward along the chain of segments
+ * committed past it (FORMAT.md "Commit protocol"). Every reader of the current checkpoint
+ * goes through here; only the committer compares-and-swaps, on `stored`.
+ */
+export async function readHead(
+  store: ObjectStore,
+): Promise<{ head: HeadRecord; stored: HeadObject }> {
+  const stored = await readStoredHead(store);
+  return { head: (await rollForward(store, stored.head)).tip, stored };
+}
+
+/**
+ * Segment ids a roll-forward looks at past a head. A writer leaves a few (a chain not yet
+ * published, its pipelined PUTs); more means a stray object under `seg/`.
+ */
+export const MAX_PAST_HEAD = 65_536;
+
+/** Embedded heads read at once while rolling forward. */
+const ROLL_FORWARD_GETS = 8;
+
+/** Whether checkpoint `next` continues the chain at `tip` (FORMAT.md "Commit protocol"). */
+export function continuesChain(tip: HeadRecord, next: HeadRecord): boolean {
+  return (
+    next.uuid === tip.uuid &&
+    next.prevCheckpoint === tip.checkpoint &&
+    next.checkpoint > tip.lastSegment &&
+    next.epoch >= tip.epoch
+  );
+}
+
+/** What a roll-forward found past the head. */
+export interface RolledForward {
+  /** The newest checkpoint of the chain (the head itself when nothing continues it). */
+  tip: HeadRecord;
+  /** The highest segment id listed past the head that can be one of this volume's. */
+  highest: number;
+  /**
+   * Objects under `seg/` past the head that cannot be told apart from a chain segment: a
+   * header that does not decode, or an id too far past the head for any writer to have
+   * left. Readers go on without them; a writer refuses to take the volume over.
+   */
+  strays: HyperError[];
+}
+
+/**
+ * Follow the chain of checkpoints committed past `head`: every segment past its last
+ * segment, in id order, whose embedded head continues the newest one found so far. A writer
+ * acknowledges a flush once its segment has landed, before the head names it, so these are
+ * committed.
+ */
+export async function rollForward(store: ObjectStore, head: HeadRecord): Promise<RolledForward> {
+  const ids: number[] = [];
+  const strays: HyperError[] = [];
+  for await (const page of store.list(SEGMENT_PREFIX, {
+    startAfter: segmentKey(head.lastSegment),
+  })) {
+    for (const o of page.objects) {
+      const id = parseSegmentKey(o.key);
+      if (id === undefined || id <= head.lastSegment) continue;
+      if (id - head.lastSegment > MAX_PAST_HEAD) {
+        // No writer leaves that many segments past the head: an object that only looks like one.
+        strays.push(
+          dataError(
+            'CORRUPT_OBJECT',
+            o.key,
+            `${o.key} is ${id - head.lastSegment} ids past the volume's last segment (${head.lastSegment}); it is not a segment this volume wrote`,
+            STRAY_SUGGESTION,
+          ),
+        );
+      } else ids.push(id);
+    }
+  }
+  const highest = ids.length > 0 ? Math.max(...ids) : head.lastSegment;
+  ids.sort((a, b) => a - b);
+  const heads: (HeadRecord | undefined)[] = [];
+  let next = 0;
+  const worker = async (): Promise<void> => {
+    for (let k = next++; k < ids.length; k = next++) {
+      heads[k] = await readCheckpointHead(store, ids[k] as number).catch((e: unknown) => {
+        // Deleted since the listing: an orphan compaction removed (a chain is never deleted).
+        if (isHyperError(e, 'MISSING_OBJECT')) return undefined;
+        if (isHyperError(e) && e.kind === 'data') {
+          strays.push(
+            new HyperError('data', e.code, e.message, {
+              key: segmentKey(ids[k] as number),
+              suggestion: STRAY_SUGGESTION,
+            }),
+          );
+          return undefined;
+        }
+        throw e;
+      });
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(ROLL_FORWARD_GETS, ids.length) }, worker));
+  let tip = head;
+  for (const h of heads) if (h && continuesChain(tip, h)) tip = h;
+  return { tip, highest, strays };
+}
+
+const STRAY_SUGGESTION =
+  'Run `hyper file check` on the volume. An object under seg/ that is not one of its segments must be moved away before a writer opens the volume; if it was one, the writes it held are lost.';
+
+/** Read and decode the head object as stored; absence and damage become domain errors. */
+export async function readStoredHead(store: ObjectStore): Promise<HeadObject> {
   let got;
   try {
     got = await store.get(HEAD_KEY);

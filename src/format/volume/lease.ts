@@ -143,6 +143,12 @@ export class Lease {
     public record: LeaseRecord,
     private etag: string,
     private readonly ttlMs: number,
+    /**
+     * Whether the previous holder is known to be done: it gave the lease back (or there was
+     * none). Otherwise (expired, taken by force, its holder dead) it may still have segment
+     * PUTs in flight, and the new holder fences them (FORMAT.md "Lease and epochs").
+     */
+    readonly previousDone: boolean,
   ) {}
 
   get epoch(): number {
@@ -175,7 +181,8 @@ export class Lease {
           encodeLease(record),
           cur ? { ifMatch: cur.etag } : { ifNoneMatch: true },
         );
-        return new Lease(store, record, etag, o.ttlMs);
+        const done = cur === undefined || (cur.lease !== undefined && cur.lease.expiresMs === 0);
+        return new Lease(store, record, etag, o.ttlMs, done);
       } catch (e) {
         // Someone else moved first: look again.
         if (isHyperError(e, 'OBJECT_EXISTS') || isHyperError(e, 'PRECONDITION_FAILED')) continue;

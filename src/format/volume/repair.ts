@@ -7,13 +7,17 @@
  * skipped (and named); a flush that never committed is also a candidate: its data was
  * written completely, so adopting it loses nothing a reader ever saw.
  *
+ * Every segment id past the one adopted is recorded as skipped in the rebuilt head, so that
+ * readers rolling forward from it (FORMAT.md "Commit protocol") never reach the newer
+ * segments that failed.
+ *
  * The head is written by a create-only PUT when it is missing and by a compare-and-swap on
  * the damaged object's ETag when it is there: a writer that commits meanwhile wins, and the
  * repair fails rather than overwrite it. A live lease refuses the repair unless forced.
  */
 import { HyperError, isHyperError } from '../../errors.js';
 import { DecodeError, crc32c } from '../codec/binary.js';
-import { decodeHead, type HeadRecord } from '../codec/head.js';
+import { decodeHead, encodeHead, type HeadRecord } from '../codec/head.js';
 import { readLeaf } from '../codec/node.js';
 import { decodeSegmentHeader } from '../codec/segment.js';
 import { Miss, type Node } from '../index/btree.js';
@@ -22,7 +26,7 @@ import { HEAD_KEY, SEGMENT_PREFIX, parseSegmentKey, segmentKey } from '../keys.j
 import type { ObjectStore } from '../store/types.js';
 import { holderIsDeadLocal, leaseHeldError, readLease } from './lease.js';
 import { isHashKey } from '../codec/dedup.js';
-import { dedupRootOf, rootOf } from './heads.js';
+import { MAX_PAST_HEAD, dedupRootOf, rootOf } from './heads.js';
 import { SegmentSource, type OpenStoreFn } from './segments.js';
 
 export type HeadState = 'intact' | 'damaged' | 'missing';
@@ -142,9 +146,24 @@ export async function repairHead(
       skipped,
     };
     if (!options.apply) return result;
+    // The newer segments that did not verify are skipped: readers roll forward from the head
+    // along segments past its last one, and must not come back to them.
+    // (An id too far past it is no segment of this volume: readers ignore it anyway.)
+    const newest = Math.max(...ids.filter((x) => x - id <= MAX_PAST_HEAD));
+    const bytes =
+      newest === id
+        ? found.bytes
+        : encodeHead({
+            ...found.head,
+            lastSegment: newest,
+            skipped: [
+              ...found.head.skipped,
+              ...Array.from({ length: newest - id }, (_, k) => id + 1 + k),
+            ],
+          });
     try {
-      if (state === 'missing') await store.put(HEAD_KEY, found.bytes, { ifNoneMatch: true });
-      else await store.put(HEAD_KEY, found.bytes, { ifMatch: etag as string });
+      if (state === 'missing') await store.put(HEAD_KEY, bytes, { ifNoneMatch: true });
+      else await store.put(HEAD_KEY, bytes, { ifMatch: etag as string });
     } catch (e) {
       if (isHyperError(e, 'OBJECT_EXISTS') || isHyperError(e, 'PRECONDITION_FAILED')) {
         throw new HyperError(

@@ -74,8 +74,12 @@ export interface ZeroOptions extends WriteOptions {
   noHole?: boolean;
 }
 
-/** What a flush is asked to do: commit a checkpoint, or only write a segment for room. */
-type FlushKind = 'checkpoint' | 'segment';
+/**
+ * What a flush is asked to do: commit a checkpoint and name it in the head object; make
+ * everything written durable (committed once its segment lands: the head CAS follows in the
+ * background); or only write a segment for room.
+ */
+type FlushKind = 'checkpoint' | 'durable' | 'segment';
 
 /** Segment PUTs in flight at once by default (pipelined flushes). */
 export const DEFAULT_FLUSH_PIPELINE = 4;
@@ -156,7 +160,10 @@ export class Volume {
   private committedLast: number;
   private committedSkipped: Set<number>;
   private readonly observer: EngineObserver | undefined;
-  /** The checkpoint the head object names (a segment written for room is not one yet). */
+  /**
+   * The newest committed checkpoint: its segment and every one before it landed (the head
+   * object may name it later), for metrics.
+   */
   private committed: { checkpoint: number; ms: number };
 
   private constructor(
@@ -311,7 +318,7 @@ export class Volume {
       // Nothing is flushed on the way out: a failed replay must not commit half of the log.
       if (vol) await vol.discard();
       else await disk?.cache.close();
-      await committer.release().catch(() => undefined);
+      await committer.release(vol?.allLanded ?? true).catch(() => undefined);
       throw e;
     }
   }
@@ -407,8 +414,17 @@ export class Volume {
       await this.wal?.close();
       await this.segments.close().catch(() => undefined);
       await this.disk?.cache.close().catch(() => undefined);
-      await this.committer?.release();
+      await this.committer?.release(this.allLanded);
     }
+  }
+
+  /**
+   * Whether every segment this writer started has landed (or was abandoned, its id taken):
+   * only then may the lease be given back. A PUT whose outcome stayed unknown may still land,
+   * and the next writer fences it only when the lease was not given back.
+   */
+  private get allLanded(): boolean {
+    return this.stages.every((s) => s.state === 'landed');
   }
 
   /** Stop without flushing (a failed open); the caller releases the lease. */
@@ -573,7 +589,7 @@ export class Volume {
     // more; one that logs at FLUSH logs now.
     if (options.fua) {
       if (!this.wal) {
-        await this.flush();
+        await this.sync();
         return;
       }
       if (this.wal.writer.deferred) await this.sync();
@@ -595,7 +611,7 @@ export class Volume {
   async sync(): Promise<void> {
     const wal = this.wal;
     if (!wal) {
-      await this.flush();
+      if (this.committer) await this.flushes.runShared('durable', () => this.flushOnce('durable'));
       return;
     }
     this.committer?.check();
@@ -742,7 +758,7 @@ export class Volume {
    */
   flush(): Promise<CheckpointInfo> {
     if (!this.committer) return Promise.resolve(this.checkpointInfo());
-    return this.flushes.runShared(() => this.flushOnce('checkpoint'));
+    return this.flushes.runShared('checkpoint', () => this.flushOnce('checkpoint'));
   }
 
   /**
@@ -787,34 +803,46 @@ export class Volume {
       ok = true;
       return r;
     } finally {
-      notify(() => flushed({ kind, seconds: (performance.now() - t0) / 1000, ok }));
+      // (A durable flush commits a checkpoint too: the chain continues there.)
+      const k = kind === 'segment' ? 'segment' : 'checkpoint';
+      notify(() => flushed({ kind: k, seconds: (performance.now() - t0) / 1000, ok }));
     }
   }
 
-  /** The head CAS, timed for the observer. */
-  private async commit(publish: () => Promise<void>): Promise<void> {
+  /** The head CAS, timed for the observer; then what the head now names is committed. */
+  private async publish(): Promise<void> {
+    const committer = this.committer as Committer;
     const committed = this.observer?.committed;
-    if (committed === undefined) return publish();
     const t0 = performance.now();
     let ok = false;
     try {
-      await publish();
+      const head = await committer.publishPending();
       ok = true;
+      if (head) this.headCommitted(head);
     } finally {
-      notify(() => committed({ seconds: (performance.now() - t0) / 1000, ok }));
+      if (committed) notify(() => committed({ seconds: (performance.now() - t0) / 1000, ok }));
     }
+  }
+
+  /** A durable flush returned: name its checkpoint in the head object without holding it up. */
+  private publishInBackground(): void {
+    if (!this.committer?.headPending) return;
+    this.publish().catch((e: unknown) => {
+      // The next flush, the timer or close publishes again.
+      this.log.warn('head update failed', { error: errorText(e) });
+    });
   }
 
   private async flushOnceUnobserved(kind: FlushKind): Promise<CheckpointInfo> {
     this.checkWritable();
     const committer = this.committer as Committer;
-    // A segment that failed earlier: take its changes (and everything built on it) back,
-    // then write them again.
-    await this.recover();
+    // A segment that failed earlier: write it again (or, if its id turned out to be taken,
+    // its changes under a new one).
+    await this.resolveFailed();
     if (kind === 'segment') {
       while (this.stages.length >= this.pipeline) {
         await (this.stages[0] as Stage).done;
-        if (await this.recover()) throw this.lastFlushError;
+        await this.resolveFailed();
       }
       if (!this.buffer.active.empty || this.pendingMeta) await this.startSegment(committer);
       return this.checkpointInfo();
@@ -822,17 +850,15 @@ export class Volume {
     for (let attempt = 0; ; attempt++) {
       if (!this.buffer.active.empty || this.pendingMeta) await this.startSegment(committer);
       await this.settle();
-      if (!this.rollBackFailed()) break;
-      // A segment id taken by an old writer's leftover (its PUT landed after our takeover
-      // listed the segments): the ids are skipped now, write again under new ones.
-      if (!isHyperError(this.lastFlushError, 'OBJECT_EXISTS') || attempt >= CONFLICT_RETRIES)
-        throw this.lastFlushError;
+      if (!(await this.resolveFailed())) break;
+      // A segment id taken by an old writer's leftover (its PUT landed after our takeover):
+      // the ids are skipped now, write again under new ones.
+      if (attempt >= CONFLICT_RETRIES) throw this.lastFlushError;
     }
-    // Every segment is durable: one CAS commits them all (the commit point).
-    if (committer.headPending) {
-      await this.commit(() => committer.publishPending());
-      this.headCommitted();
-    }
+    // Every segment is durable, so committed: the chain continues there.
+    if (kind === 'durable') this.publishInBackground();
+    // One CAS names them all in the head object.
+    else if (committer.headPending) await this.publish();
     return this.checkpointInfo();
   }
 
@@ -899,7 +925,15 @@ export class Volume {
     const id = built.head.checkpoint;
     this.segments.hold(id, built.parts);
     const stage: Stage = { built, gen, patch, base, state: 'flying', done: Promise.resolve() };
-    stage.done = committer.putSegment(built).then(
+    this.stages.push(stage);
+    this.putStage(stage);
+  }
+
+  /** PUT a stage's segment (again, after a failure: the same bytes) in the background. */
+  private putStage(stage: Stage): void {
+    stage.state = 'flying';
+    stage.error = undefined;
+    stage.done = (this.committer as Committer).putSegment(stage.built).then(
       () => {
         stage.state = 'landed';
         this.advance();
@@ -907,11 +941,10 @@ export class Volume {
       (e: unknown) => {
         stage.state = 'failed';
         stage.error = e;
-        // Writers waiting for room learn of it (and start the flush that rolls back).
+        // Writers waiting for room learn of it (and start the flush that resolves it).
         this.buffer.roomMade();
       },
     );
-    this.stages.push(stage);
   }
 
   /** Segments landed in order become the committer's head; their buffers go. */
@@ -921,6 +954,7 @@ export class Volume {
     while (this.stages[0]?.state === 'landed') {
       const s = this.stages.shift() as Stage;
       committer.landed(s.built.head);
+      this.committed = { checkpoint: s.built.head.checkpoint, ms: s.built.head.checkpointMs };
       this.buffer.release(s.gen);
       // (Blocks of a volume with codecs stayed in the generation's slabs until now.)
       s.gen.recycleSlabs(s.built.gathered);
@@ -938,20 +972,20 @@ export class Volume {
   }
 
   /**
-   * If a segment PUT failed, and once every PUT in flight has settled: that segment and every
-   * later one are abandoned (their ids skipped; what landed of them is an orphan compaction
-   * removes), the index goes back to the state before the failed one, and their changes go
-   * back into the buffer under the newer ones. Returns whether it rolled back (the failure is
-   * in lastFlushError). Runs only inside the flush queue, with every stage settled.
+   * Once every PUT in flight has settled: the oldest segment not landed failed. If its id
+   * turned out to be an older writer's (OBJECT_EXISTS from putSegment), it and every later
+   * segment are abandoned (their ids skipped: each later one names it as its previous
+   * checkpoint, so none can ever continue the chain), the index goes back to the state
+   * before it, and their changes go back into the buffer under the newer ones. Returns
+   * whether it rolled back. Runs only inside the flush queue, with every stage settled.
    */
   private rollBackFailed(): boolean {
-    if (!this.stages.some((s) => s.state === 'failed')) return false;
-    if (this.stages.some((s) => s.state === 'flying')) return false;
     this.advance();
+    const first = this.stages[0];
+    if (first?.state !== 'failed' || !isHyperError(first.error, 'OBJECT_EXISTS')) return false;
     const failed = this.stages;
     this.stages = [];
     const committer = this.committer as Committer;
-    const first = failed[0] as Stage;
     committer.abandon(failed.map((s) => s.built.head.checkpoint));
     this.segments.abandoned(failed.map((s) => s.built.head.checkpoint));
     this.resetTrees(first.base);
@@ -960,20 +994,38 @@ export class Volume {
     for (const s of failed)
       if (Object.keys(s.patch).length > 0) patch = mergePatches(patch, s.patch);
     this.pendingMeta = mergePatches(patch, this.pendingMeta);
-    this.lastFlushError = failed.find((s) => s.state === 'failed')?.error;
-    this.log.warn('segment write failed; its changes are back in the write buffer', {
+    this.lastFlushError = first.error;
+    this.log.warn('segment id taken by an older writer; its changes are written again', {
       segments: failed.map((s) => s.built.head.checkpoint).join(','),
-      error: errorText(this.lastFlushError),
+      error: errorText(first.error),
     });
     this.buffer.roomMade();
     return true;
   }
 
-  /** When a segment PUT failed: wait for the others in flight, then roll back. */
-  private async recover(): Promise<boolean> {
+  /**
+   * When a segment PUT failed: wait for the others in flight, then PUT every failed one
+   * again with the same bytes (a PUT whose outcome is unknown may still land: another
+   * segment in its place could break the chain), and roll back if an id was taken. Returns
+   * whether it rolled back; throws the failure if a segment still could not be written
+   * (it stays, and the next flush tries again).
+   */
+  private async resolveFailed(): Promise<boolean> {
     if (!this.stages.some((s) => s.state === 'failed')) return false;
-    await this.settle();
-    return this.rollBackFailed();
+    for (let round = 0; ; round++) {
+      await this.settle();
+      if (this.rollBackFailed()) return true;
+      const failed = this.stages.filter((s) => s.state === 'failed');
+      if (failed.length === 0) return false;
+      const error = (failed[0] as Stage).error;
+      this.lastFlushError = error;
+      if (round > 0 || this.committer?.isFenced) throw error;
+      this.log.warn('segment write failed; writing it again', {
+        segments: failed.map((s) => s.built.head.checkpoint).join(','),
+        error: errorText(error),
+      });
+      for (const s of failed) this.putStage(s);
+    }
   }
 
   /** Wait until no segment PUT is in flight (close, discard). */
@@ -981,10 +1033,8 @@ export class Volume {
     await Promise.all(this.stages.map((s) => s.done));
   }
 
-  /** The head object names the newest checkpoint: WAL records it covers can go. */
-  private headCommitted(): void {
-    const head = this.headRecord;
-    this.committed = { checkpoint: head.checkpoint, ms: head.checkpointMs };
+  /** The head object names checkpoint `head`: WAL records it covers can go. */
+  private headCommitted(head: HeadRecord): void {
     this.committedLast = head.lastSegment;
     this.committedSkipped = new Set(head.skipped);
     const seq = head.walSeq;

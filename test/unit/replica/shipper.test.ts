@@ -114,9 +114,11 @@ describe('replica shipper worker', () => {
     await t.kill();
     await assert.rejects(t.write(0, Buffer.alloc(4096, 3)), (e) => isHyperError(e));
     await assert.rejects(t.flush(), (e) => isHyperError(e));
-    // Another writer takes over (as after kill -9): the last checkpoint is the flushed one.
+    // Another writer takes over (as after kill -9): the last checkpoint is the flushed one,
+    // and the new writer's fence (an empty checkpoint) follows it.
     const b = await Volume.open(await openStore(url), { holder: 'holder-b', force: true });
-    assert.equal(b.info.checkpoint, first.checkpoint);
+    assert.equal(b.headRecord.prevCheckpoint, first.checkpoint);
+    assert.equal(b.info.checkpoint, first.checkpoint + 1);
     assert.ok((await b.read(0, 64 * KiB)).equals(Buffer.alloc(64 * KiB, 1)));
     await b.close();
   });

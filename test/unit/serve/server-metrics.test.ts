@@ -84,8 +84,17 @@ describe('VolumeServer metrics', () => {
     c.send(req(CMD_READ, 4n, BigInt(8 * MiB), 4096));
     assert.equal((await c.simpleReply()).error, EINVAL);
 
-    e = await scrape(m.url);
     const vol = { export: 'vol' };
+    // FLUSH returned once the segment landed; the head CAS that names it follows on its own.
+    e = await scrape(m.url);
+    for (
+      let i = 0;
+      i < 200 && total(e, 'hyper_volume_commit_duration_seconds_count', vol) < 1;
+      i++
+    ) {
+      await new Promise((r) => setTimeout(r, 10));
+      e = await scrape(m.url);
+    }
     assert.equal(
       value(e, 'hyper_nbd_request_bytes_total', { ...vol, command: 'write' }),
       data.length,

@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { isHyperError } from '../../../../src/errors.js';
+import { HyperError, isHyperError } from '../../../../src/errors.js';
+import { encodeHead, type HeadRecord } from '../../../../src/format/codec/head.js';
 import { HEAD_KEY, segmentKey } from '../../../../src/format/keys.js';
 import { CountingStore } from '../../../../src/format/store/counting.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
@@ -8,9 +9,17 @@ import type { PutBody, PutOptions } from '../../../../src/format/store/types.js'
 import { Committer, SerialQueue } from '../../../../src/format/volume/commit.js';
 import { createVolume } from '../../../../src/format/volume/create.js';
 import { nextHead } from '../../../../src/format/volume/flush.js';
-import { readHead, rootOf } from '../../../../src/format/volume/heads.js';
+import {
+  readCheckpointHead,
+  readHead,
+  readStoredHead,
+  rootOf,
+} from '../../../../src/format/volume/heads.js';
 import { silentLogger } from '../../../../src/format/volume/types.js';
-import { buildCheckpoint } from '../../../../src/format/volume/segment-builder.js';
+import {
+  buildCheckpoint,
+  buildEmptySegment,
+} from '../../../../src/format/volume/segment-builder.js';
 
 /** A store whose next head PUT lands and then reports failure (a lost reply). */
 class LostReplyStore extends CountingStore {
@@ -32,14 +41,15 @@ const lease = (holder: string, minEpoch: number, force = false) => ({
   minEpoch,
 });
 
-/** An empty checkpoint on top of the committer's newest head. */
-const emptyCheckpoint = (c: Committer) => (id: number) => {
+/** An empty checkpoint built on the committer's tip, at the next id (not yet written). */
+const emptyCheckpoint = (c: Committer) => {
+  const id = c.nextId();
   const nowMs = Date.now();
-  return buildCheckpoint({
+  const built = buildCheckpoint({
     id,
     nowMs,
-    head: nextHead(c.head, { id, nowMs, size: c.head.size, patch: {}, walSeq: undefined }),
-    root: rootOf(c.head),
+    head: nextHead(c.tip, { id, nowMs, size: c.tip.size, patch: {}, walSeq: undefined }),
+    root: rootOf(c.tip),
     nodes: [],
     nodeSize: 4096,
     blockSize: 4096,
@@ -47,7 +57,24 @@ const emptyCheckpoint = (c: Committer) => (id: number) => {
     blocks: [],
     crcs: [],
   });
+  c.built(built);
+  return built;
 };
+
+/** Write an empty checkpoint: its segment lands (committed), the head CAS waits. */
+async function land(c: Committer): Promise<HeadRecord> {
+  const built = emptyCheckpoint(c);
+  await c.putSegment(built);
+  c.landed(built.head);
+  return built.head;
+}
+
+/** A segment at `id` that continues nothing (a leftover of some writer of this volume). */
+async function leftover(store: MemStore, id: number): Promise<void> {
+  const { head } = await readHead(store);
+  const h = { ...head, checkpoint: id, lastSegment: id, prevCheckpoint: id + 100 };
+  await store.put(segmentKey(id), buildEmptySegment(id, Date.now(), encodeHead(h)));
+}
 
 async function volume(store = MemStore.isolated()) {
   await createVolume(store, { size: 1 << 20 });
@@ -55,26 +82,26 @@ async function volume(store = MemStore.isolated()) {
 }
 
 describe('committer', () => {
-  it('takes over under a higher epoch and records stray segments as skipped', async () => {
+  it('takes over under a higher epoch and records leftover segments as skipped', async () => {
     const store = await volume();
-    await store.put(segmentKey(2), Buffer.from('a flush that never committed'));
+    await leftover(store, 2);
     const c = await Committer.takeOver(store, lease('a', 0), silentLogger);
     assert.equal(c.head.epoch, 1);
     assert.deepEqual(c.head.skipped, [2]);
     assert.equal(c.head.lastSegment, 2);
-    const stored = (await readHead(store)).head;
+    assert.equal(c.head.checkpoint, 1, 'no previous holder: no fence');
+    const stored = (await readStoredHead(store)).head;
     assert.equal(stored.epoch, 1, 'the head is rewritten under the new epoch');
-    const built = await c.writeSegment(emptyCheckpoint(c));
-    assert.equal(built.head.checkpoint, 3, 'the next free id');
-    await c.publish(built);
-    assert.equal((await readHead(store)).head.checkpoint, 3);
+    const h = await land(c);
+    assert.equal(h.checkpoint, 3, 'the next free id');
+    assert.equal((await c.publishPending())?.checkpoint, 3);
+    assert.equal((await readStoredHead(store)).head.checkpoint, 3);
     await c.release();
   });
 
-  it('skips every id up to the highest stray one, and refuses an object far past the head', async () => {
+  it('skips every id up to the highest leftover after a clean release, and refuses an object far past the head', async () => {
     const store = await volume();
-    // An old pipeline: ids 3 and 5 landed before the takeover listed, 2 and 4 may land later.
-    for (const id of [3, 5]) await store.put(segmentKey(id), Buffer.from('never committed'));
+    for (const id of [3, 5]) await leftover(store, id);
     const c = await Committer.takeOver(store, lease('a', 0), silentLogger);
     assert.deepEqual(c.head.skipped, [2, 3, 4, 5]);
     await c.release();
@@ -83,54 +110,135 @@ describe('committer', () => {
       Committer.takeOver(store, lease('b', 0), silentLogger),
       (e) => isHyperError(e, 'CORRUPT_OBJECT') && e.key === segmentKey(2 ** 40),
     );
-    const head = (await readHead(store)).head;
+    const head = (await readStoredHead(store)).head;
     assert.equal(head.skipped.length, 4, 'the head is unchanged');
   });
 
-  it('a takeover fences the old writer: its next commit fails and the epoch never goes down', async () => {
+  it('a checkpoint is committed once its segment lands: readers and the next writer roll forward to it', async () => {
+    const store = await volume();
+    const a = await Committer.takeOver(store, lease('a', 0), silentLogger);
+    const two = await land(a);
+    const three = await land(a);
+    assert.equal((await readStoredHead(store)).head.checkpoint, 1, 'the head object waits');
+    assert.equal((await readHead(store)).head.checkpoint, three.checkpoint, 'readers roll forward');
+    // a dies without a word; b takes over by force and continues the chain after a fence.
+    a.fence(new HyperError('conflict', 'FENCED', 'test: a is gone'));
+    const b = await Committer.takeOver(store, lease('b', a.head.epoch, true), silentLogger);
+    assert.equal(b.head.prevCheckpoint, three.checkpoint);
+    assert.equal(b.head.checkpoint, 4, 'the fence: an empty checkpoint at the next id');
+    assert.deepEqual(b.head.skipped, []);
+    const stored = (await readStoredHead(store)).head;
+    assert.equal(stored.checkpoint, 4);
+    assert.equal(stored.epoch, b.head.epoch);
+    assert.equal((await readCheckpointHead(store, 3)).prevCheckpoint, two.checkpoint);
+    await b.release();
+  });
+
+  it('a takeover fences the old writer: its next segment meets the fence and it commits nothing more', async () => {
     const store = await volume();
     const a = await Committer.takeOver(store, lease('a', 0), silentLogger);
     const b = await Committer.takeOver(store, lease('b', a.head.epoch, true), silentLogger);
     assert.ok(b.head.epoch > a.head.epoch);
-    // a writes a segment (create-only: id free) but its head CAS meets b's epoch.
-    const built = await a.writeSegment(emptyCheckpoint(a));
-    await assert.rejects(a.publish(built), (e) => isHyperError(e, 'FENCED'));
+    assert.equal(b.head.checkpoint, 2, 'the fence');
+    const built = emptyCheckpoint(a);
+    assert.equal(built.head.checkpoint, 2, 'a writes where the fence is');
+    await assert.rejects(a.putSegment(built), (e) => isHyperError(e, 'FENCED'));
     assert.throws(
       () => a.check(),
       (e) => isHyperError(e, 'FENCED'),
     );
+    assert.equal((await readHead(store)).head.checkpoint, 2);
     assert.equal((await readHead(store)).head.epoch, b.head.epoch);
-    // b's next commit skips the id a used (never committed).
-    const mine = await b.writeSegment(emptyCheckpoint(b));
-    await b.publish(mine);
-    const h = (await readHead(store)).head;
-    assert.equal(h.epoch, b.head.epoch);
-    assert.ok(h.skipped.includes(built.head.checkpoint));
     await b.release();
     await a.release();
   });
 
-  it('a head CAS that landed but reported failure is adopted, not demoted to skipped', async () => {
+  it('a pipelined old writer: its segment past the fence never continues the chain, and the new writer skips its id', async () => {
+    const store = await volume();
+    const a = await Committer.takeOver(store, lease('a', 0), silentLogger);
+    // a builds 2 and 3; only 3 lands before b takes over.
+    const two = emptyCheckpoint(a);
+    const three = emptyCheckpoint(a);
+    await a.putSegment(three);
+    const b = await Committer.takeOver(store, lease('b', a.head.epoch, true), silentLogger);
+    assert.equal(b.head.checkpoint, 2, 'the fence takes the id a has in flight');
+    await assert.rejects(a.putSegment(two), (e) => isHyperError(e, 'FENCED'));
+    assert.equal((await readHead(store)).head.checkpoint, 2, '3 names 2 but under an older epoch');
+    // b's next segment finds 3 taken by a's leftover: that id is skipped, not adopted.
+    const mine = emptyCheckpoint(b);
+    assert.equal(mine.head.checkpoint, 3);
+    await assert.rejects(b.putSegment(mine), (e) => isHyperError(e, 'OBJECT_EXISTS'));
+    b.abandon([3]);
+    const h = await land(b);
+    assert.equal(h.checkpoint, 4);
+    assert.equal(h.prevCheckpoint, 2);
+    assert.deepEqual(h.skipped, [3]);
+    assert.equal((await readHead(store)).head.checkpoint, 4);
+    await b.release();
+  });
+
+  it('a segment that lands just before the fence is adopted, and the fence goes after it', async () => {
+    const store = await volume();
+    const a = await Committer.takeOver(store, lease('a', 0), silentLogger);
+    const two = emptyCheckpoint(a);
+    // a's PUT lands while b is between its listing and its fence.
+    const racing = new RaceStore(store, segmentKey(2), () => a.putSegment(two));
+    const b = await Committer.takeOver(racing, lease('b', a.head.epoch, true), silentLogger);
+    assert.equal(b.head.prevCheckpoint, 2, 'a landed 2 first: it is committed');
+    assert.equal(b.head.checkpoint, 3);
+    await b.release();
+  });
+
+  it('a head CAS that landed but reported failure is adopted by the next one', async () => {
     const store = new LostReplyStore(MemStore.isolated());
     await volume(store as unknown as MemStore);
     const c = await Committer.takeOver(store, lease('a', 0), silentLogger);
-    const first = await c.writeSegment(emptyCheckpoint(c));
-    const n = first.head.checkpoint;
+    const first = await land(c);
+    const n = first.checkpoint;
     store.loseNextHeadReply = true;
-    // The flush reports failure; in memory the committer still stands at n - 1.
-    await assert.rejects(c.publish(first), /connection reset/);
-    assert.equal((await readHead(store)).head.checkpoint, n, 'but the head did land');
-    // The retried flush finds id n taken and reads the head: that is our own commit.
-    const next = await c.writeSegment(emptyCheckpoint(c));
-    assert.equal(next.head.checkpoint, n + 1);
-    assert.equal(next.head.prevCheckpoint, n);
-    await c.publish(next);
-    const h = (await readHead(store)).head;
+    await assert.rejects(c.publishPending(), /connection reset/);
+    assert.equal((await readStoredHead(store)).head.checkpoint, n, 'but the head did land');
+    const next = await land(c);
+    assert.equal(next.checkpoint, n + 1);
+    assert.equal(next.prevCheckpoint, n);
+    await c.publishPending();
+    const h = (await readStoredHead(store)).head;
     assert.equal(h.checkpoint, n + 1);
     assert.ok(!h.skipped.includes(n), `checkpoint ${n} stays committed (skipped: ${h.skipped})`);
     await c.release();
   });
+
+  it('a segment PUT whose reply was lost is found landed when PUT again with the same bytes', async () => {
+    const store = await volume();
+    const c = await Committer.takeOver(store, lease('a', 0), silentLogger);
+    const built = emptyCheckpoint(c);
+    await store.put(segmentKey(built.head.checkpoint), Buffer.concat(built.parts));
+    await c.putSegment(built);
+    c.landed(built.head);
+    await c.publishPending();
+    assert.equal((await readStoredHead(store)).head.checkpoint, built.head.checkpoint);
+    await c.release();
+  });
 });
+
+/** A store that runs `race` once, right before the first create-only PUT of `key`. */
+class RaceStore extends CountingStore {
+  private raced = false;
+  constructor(
+    inner: MemStore,
+    private readonly key: string,
+    private readonly race: () => Promise<void>,
+  ) {
+    super(inner);
+  }
+  override async put(key: string, body: PutBody, o?: PutOptions): Promise<{ etag: string }> {
+    if (key === this.key && !this.raced) {
+      this.raced = true;
+      await this.race();
+    }
+    return super.put(key, body, o);
+  }
+}
 
 describe('serial queue', () => {
   it('runs jobs one at a time in order; a queued shared job is joined, a started one is not', async () => {
@@ -148,15 +256,26 @@ describe('serial queue', () => {
       return v;
     };
     const a = q.run(job('a', 1));
-    const s1 = q.runShared(job('s1', 2));
-    const s2 = q.runShared(job('s2', 3)); // joins s1: queued, not started
+    const s1 = q.runShared('x', job('s1', 2));
+    const s2 = q.runShared('x', job('s2', 3)); // joins s1: queued, not started
+    const other = q.runShared('y', job('o', 5)); // another kind is queued on its own
     assert.equal(s1, s2);
+    assert.notEqual(s1, other);
     assert.ok(q.busy);
-    assert.deepEqual(await Promise.all([a, s1, s2]), [1, 2, 2]);
-    const s3 = q.runShared(job('s3', 4)); // s1 is done: a new one
+    assert.deepEqual(await Promise.all([a, s1, s2, other]), [1, 2, 2, 5]);
+    const s3 = q.runShared('x', job('s3', 4)); // s1 is done: a new one
     assert.equal(await s3, 4);
-    assert.deepEqual(log, ['start a', 'end a', 'start s1', 'end s1', 'start s3', 'end s3']);
-    assert.equal(settled, 3);
+    assert.deepEqual(log, [
+      'start a',
+      'end a',
+      'start s1',
+      'end s1',
+      'start o',
+      'end o',
+      'start s3',
+      'end s3',
+    ]);
+    assert.equal(settled, 4);
     assert.equal(q.busy, false);
   });
 });

@@ -6,6 +6,7 @@ import { HEAD_KEY, SEGMENT_PREFIX, segmentKey } from '../../../../src/format/key
 import { CountingStore } from '../../../../src/format/store/counting.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
 import type { ObjectStore, PutBody, PutOptions } from '../../../../src/format/store/types.js';
+import { readStoredHead } from '../../../../src/format/volume/heads.js';
 import { Volume } from '../../../../src/format/volume/volume.js';
 import { KiB, MiB } from '../../../../src/format/volume/types.js';
 import { rng } from '../../../helpers/rng.js';
@@ -21,9 +22,11 @@ async function listKeys(store: ObjectStore, prefix: string): Promise<string[]> {
 /** A store whose next matching put fails (after or instead of reaching the inner store). */
 class FaultyStore extends CountingStore {
   failNext: ((key: string, o?: PutOptions) => boolean) | undefined;
+  /** Keep failing the PUTs failNext picks, not only the next one. */
+  failAlways = false;
   override async put(key: string, body: PutBody, options?: PutOptions): Promise<{ etag: string }> {
     if (this.failNext?.(key, options)) {
-      this.failNext = undefined;
+      if (!this.failAlways) this.failNext = undefined;
       throw new Error(`injected failure on ${key}`);
     }
     return super.put(key, body, options);
@@ -170,7 +173,7 @@ describe('volume engine', () => {
     assert.equal(sha(await r.read(0, size)), sha(ref));
   });
 
-  it('a crash between the segment PUT and the head CAS loses nothing committed', async () => {
+  it('a crash between the segment PUT and the head CAS loses nothing: the landed segment is committed', async () => {
     const store = new FaultyStore(MemStore.isolated());
     await Volume.create(store, { size: 8 * MiB });
     const a = await Volume.open(store, { flushIntervalMs: 0, leaseTtlMs: 60_000 });
@@ -181,17 +184,43 @@ describe('volume engine', () => {
     await assert.rejects(a.flush(), /injected/);
     // The process "dies": no close, lease still live. A new writer must force it.
     await assert.rejects(Volume.open(store), (e) => isHyperError(e, 'LEASE_HELD'));
+    const reader = await Volume.open(store, { readOnly: true });
+    assert.equal(reader.info.checkpoint, committed.checkpoint + 1, 'readers roll forward');
+    assert.ok((await reader.read(0, 64 * KiB)).equals(Buffer.alloc(64 * KiB, 2)));
     const b = await Volume.open(store, { force: true, flushIntervalMs: 0 });
-    assert.equal(b.info.checkpoint, committed.checkpoint);
-    assert.ok((await b.read(0, 64 * KiB)).equals(Buffer.alloc(64 * KiB, 1)));
-    // The orphan segment's id is skipped; new flushes commit normally.
+    // The chain goes on from the landed segment, after b's fence (an empty checkpoint).
+    assert.equal(b.info.checkpoint, committed.checkpoint + 2);
+    assert.equal(b.headRecord.prevCheckpoint, committed.checkpoint + 1);
+    assert.ok((await b.read(0, 64 * KiB)).equals(Buffer.alloc(64 * KiB, 2)));
     await b.write(4096, Buffer.alloc(4096, 3));
     const next = await b.flush();
-    assert.ok(next.checkpoint > committed.checkpoint + 1);
+    assert.equal(next.checkpoint, committed.checkpoint + 3);
     await b.close();
     const c = await Volume.open(store, { readOnly: true });
     assert.equal((await c.read(4096, 1))[0], 3);
-    assert.equal((await c.read(0, 1))[0], 1);
+    assert.equal((await c.read(0, 1))[0], 2);
+    assert.deepEqual(c.headRecord.skipped, []);
+  });
+
+  it('sync() is durable once the segment lands (one round trip); the head CAS follows on its own', async () => {
+    const store = new FaultyStore(MemStore.isolated());
+    await Volume.create(store, { size: 8 * MiB });
+    const a = await Volume.open(store, { flushIntervalMs: 0, leaseTtlMs: 60_000 });
+    const before = (await readStoredHead(store)).head.checkpoint;
+    // Every head CAS fails from here: sync() must not wait for one.
+    store.failNext = (key) => key === HEAD_KEY;
+    store.failAlways = true;
+    await a.write(0, Buffer.alloc(8 * KiB, 5));
+    await a.sync();
+    await a.write(65536, Buffer.alloc(4096, 6), { fua: true });
+    assert.equal((await readStoredHead(store)).head.checkpoint, before, 'no head CAS landed');
+    // The writer dies. What sync() and FUA acknowledged is there for the next one.
+    store.failNext = undefined;
+    const b = await Volume.open(store, { force: true, flushIntervalMs: 0 });
+    assert.ok((await b.read(0, 8 * KiB)).equals(Buffer.alloc(8 * KiB, 5)));
+    assert.ok((await b.read(65536, 4096)).equals(Buffer.alloc(4096, 6)));
+    await b.close();
+    await assert.rejects(a.close(), (e) => isHyperError(e, 'FENCED'));
   });
 
   it('a fenced writer commits nothing after a forced takeover', async () => {
@@ -318,8 +347,10 @@ describe('volume engine', () => {
       await new Promise((r) => setTimeout(r, 10));
     await new Promise((r) => setTimeout(r, 50));
     assert.equal(store.stats().put, 1, 'one segment PUT, no head CAS');
+    assert.equal((await readStoredHead(store)).head.checkpoint, committed.checkpoint);
+    // The segment is committed all the same (the chain continues there): readers see it.
     const reader = await Volume.open(store, { readOnly: true });
-    assert.equal(reader.info.checkpoint, committed.checkpoint, 'readers see only committed heads');
+    assert.equal(reader.info.checkpoint, committed.checkpoint + 1);
     store.resetStats();
     const done = await v.flush();
     assert.ok(done.checkpoint > committed.checkpoint);
