@@ -243,13 +243,13 @@ export class HyperMetrics {
     });
     this.commitDuration = histogram(
       'hyper_volume_commit_duration_seconds',
-      'Commit time: the compare-and-swap of the head object that makes a checkpoint durable.',
+      'Head update time: the compare-and-swap that names the newest committed checkpoint in the head object.',
       ['export'],
       ENGINE_BUCKETS,
     );
     this.commitFailures = counter({
       name: 'hyper_volume_commit_failures_total',
-      help: 'Commits (head compare-and-swaps) that failed.',
+      help: 'Head updates (compare-and-swaps) that failed.',
       labelNames: ['export'],
     });
     this.segments = counter({
