@@ -81,6 +81,13 @@ export interface ZeroOptions extends WriteOptions {
  */
 type FlushKind = 'checkpoint' | 'durable' | 'segment';
 
+/**
+ * After a durable flush, the head object is CASed in the background once this many durable
+ * flushes wait, or this long after the first of them (FORMAT.md "Commit protocol").
+ */
+const PUBLISH_EVERY = 8;
+const PUBLISH_DELAY_MS = 100;
+
 /** Segment PUTs in flight at once by default (pipelined flushes). */
 export const DEFAULT_FLUSH_PIPELINE = 4;
 
@@ -165,6 +172,9 @@ export class Volume {
    * object may name it later), for metrics.
    */
   private committed: { checkpoint: number; ms: number };
+  /** Durable flushes whose checkpoint the head object does not name yet (publishInBackground). */
+  private unpublished = 0;
+  private publishTimer: NodeJS.Timeout | undefined;
 
   private constructor(
     private readonly store: ObjectStore,
@@ -410,6 +420,7 @@ export class Volume {
       this.closed = true;
       if (this.timer) clearInterval(this.timer);
       this.timer = undefined;
+      clearTimeout(this.publishTimer);
       await this.settle();
       await this.wal?.close();
       await this.segments.close().catch(() => undefined);
@@ -430,6 +441,7 @@ export class Volume {
   /** Stop without flushing (a failed open); the caller releases the lease. */
   private async discard(): Promise<void> {
     this.closed = true;
+    clearTimeout(this.publishTimer);
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
     await this.settle();
@@ -824,9 +836,27 @@ export class Volume {
     }
   }
 
-  /** A durable flush returned: name its checkpoint in the head object without holding it up. */
+  /**
+   * A durable flush returned: name its checkpoint in the head object without holding it up,
+   * once PUBLISH_EVERY of them wait or PUBLISH_DELAY_MS after the first. A head CAS per
+   * flush would double the requests of small synced writes; the chain past the head that
+   * readers roll forward stays short.
+   */
   private publishInBackground(): void {
     if (!this.committer?.headPending) return;
+    if (++this.unpublished < PUBLISH_EVERY) {
+      this.publishTimer ??= setTimeout(() => this.publishNow(), PUBLISH_DELAY_MS);
+      this.publishTimer.unref();
+      return;
+    }
+    this.publishNow();
+  }
+
+  private publishNow(): void {
+    clearTimeout(this.publishTimer);
+    this.publishTimer = undefined;
+    this.unpublished = 0;
+    if (this.closed || !this.committer?.headPending) return;
     this.publish().catch((e: unknown) => {
       // The next flush, the timer or close publishes again.
       this.log.warn('head update failed', { error: errorText(e) });
@@ -858,7 +888,12 @@ export class Volume {
     // Every segment is durable, so committed: the chain continues there.
     if (kind === 'durable') this.publishInBackground();
     // One CAS names them all in the head object.
-    else if (committer.headPending) await this.publish();
+    else {
+      clearTimeout(this.publishTimer);
+      this.publishTimer = undefined;
+      this.unpublished = 0;
+      if (committer.headPending) await this.publish();
+    }
     return this.checkpointInfo();
   }
 
