@@ -81,7 +81,9 @@ export class Committer {
     try {
       return await Committer.takeHead(store, held, log, adjust);
     } catch (e) {
-      await held.release().catch(() => undefined);
+      // Given back as it was found: if the previous holder may still have PUTs in flight
+      // (this takeover may not have fenced it), the next one must fence it.
+      await held.release(held.previousDone).catch(() => undefined);
       throw e;
     }
   }
@@ -343,13 +345,13 @@ export class Committer {
   }
 
   /**
-   * Stop renewing; give the lease back unless it was lost, or unless `done` is false: a
-   * segment PUT of this writer failed and was never resolved (it may still land), so the
-   * next writer must fence it, which it does only when the lease was not given back.
+   * Stop renewing; give the lease back unless it was lost. `done` is false when a segment
+   * PUT of this writer failed and was never resolved (it may still land): the lease is then
+   * given back expired rather than released, and the next writer fences this one.
    */
   async release(done = true): Promise<void> {
-    if (this.isFenced || !done) this.lease.stop();
-    else await this.lease.release();
+    if (this.isFenced) this.lease.stop();
+    else await this.lease.release(done);
   }
 }
 

@@ -247,13 +247,18 @@ export class Lease {
     }
   }
 
-  /** Stop renewing and mark the lease released (expiry 0) if it is still ours. */
-  async release(): Promise<void> {
+  /**
+   * Stop renewing and give the lease back if it is still ours. `done`: this holder, and the
+   * one it took the lease from, have nothing in flight; the lease is marked released (expiry
+   * 0) and the next holder need not fence anyone. Otherwise it is marked expired now: free to
+   * take without --force, and the next holder fences first (FORMAT.md "Lease and epochs").
+   */
+  async release(done = true): Promise<void> {
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
     if (this.lost) return;
     await this.renewing?.catch(() => undefined);
-    const released: LeaseRecord = { ...this.record, expiresMs: 0 };
+    const released: LeaseRecord = { ...this.record, expiresMs: done ? 0 : Date.now() };
     try {
       await this.store.put(LEASE_KEY, encodeLease(released), { ifMatch: this.etag });
     } catch (e) {

@@ -15,6 +15,7 @@ import {
   readStoredHead,
   rootOf,
 } from '../../../../src/format/volume/heads.js';
+import { readLease } from '../../../../src/format/volume/lease.js';
 import { silentLogger } from '../../../../src/format/volume/types.js';
 import {
   buildCheckpoint,
@@ -189,6 +190,24 @@ describe('committer', () => {
     await b.release();
   });
 
+  it('a takeover that fails before its fence gives the lease back expired, not released: the next one fences', async () => {
+    const mem = await volume();
+    const a = await Committer.takeOver(mem, lease('a', 0), silentLogger);
+    const failing = new FailingStore(mem, (key) => key.startsWith('seg/'));
+    await assert.rejects(
+      Committer.takeOver(failing, lease('b', a.head.epoch, true), silentLogger),
+      /injected/,
+    );
+    const l = (await readLease(mem))?.lease;
+    assert.ok(l && l.expiresMs > 0 && l.expiresMs <= Date.now(), `lease ${JSON.stringify(l)}`);
+    // Free to take without --force; a is still writing, so c fences it.
+    const c = await Committer.takeOver(mem, lease('c', a.head.epoch), silentLogger);
+    assert.equal(c.head.checkpoint, 2, 'the fence');
+    await assert.rejects(a.putSegment(emptyCheckpoint(a)), (e) => isHyperError(e, 'FENCED'));
+    await c.release();
+    assert.equal((await readLease(mem))?.lease.expiresMs, 0, 'c was done: released');
+  });
+
   it('a head CAS that landed but reported failure is adopted by the next one', async () => {
     const store = new LostReplyStore(MemStore.isolated());
     await volume(store as unknown as MemStore);
@@ -220,6 +239,20 @@ describe('committer', () => {
     await c.release();
   });
 });
+
+/** A store whose PUTs of the keys `fails` picks fail before they land. */
+class FailingStore extends CountingStore {
+  constructor(
+    inner: MemStore,
+    private readonly fails: (key: string) => boolean,
+  ) {
+    super(inner);
+  }
+  override async put(key: string, body: PutBody, o?: PutOptions): Promise<{ etag: string }> {
+    if (this.fails(key)) throw new Error(`injected failure on ${key}`);
+    return super.put(key, body, o);
+  }
+}
 
 /** A store that runs `race` once, right before the first create-only PUT of `key`. */
 class RaceStore extends CountingStore {
