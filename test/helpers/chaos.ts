@@ -1700,14 +1700,20 @@ class Run {
     else {
       if (!this.possible(cur.sha) && process.env.HYPER_CHAOS_DEBUG) {
         const { stored } = await readHead(raw);
-        const lines = [`stored head ${stored.head.checkpoint} last ${stored.head.lastSegment} epoch ${stored.head.epoch} skipped ${stored.head.skipped.join(',')}`];
+        const lines = [
+          `stored head ${stored.head.checkpoint} last ${stored.head.lastSegment} epoch ${stored.head.epoch} skipped ${stored.head.skipped.join(',')}`,
+        ];
         for await (const p of raw.list(SEGMENT_PREFIX))
           for (const o of p.objects) {
             const id = parseSegmentKey(o.key) as number;
             try {
               const h = await readCheckpointHead(raw, id);
-              lines.push(`seg ${id}: prev ${h.prevCheckpoint} epoch ${h.epoch} last ${h.lastSegment} skipped ${h.skipped.slice(-4).join(',')} ms ${h.checkpointMs}`);
-            } catch (e) { lines.push(`seg ${id}: ${errText(e)}`); }
+              lines.push(
+                `seg ${id}: prev ${h.prevCheckpoint} epoch ${h.epoch} last ${h.lastSegment} skipped ${h.skipped.slice(-4).join(',')} ms ${h.checkpointMs}`,
+              );
+            } catch (e) {
+              lines.push(`seg ${id}: ${errText(e)}`);
+            }
           }
         console.log(lines.join('\n'));
       }

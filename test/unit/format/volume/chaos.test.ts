@@ -9,6 +9,7 @@
  *   HYPER_CHAOS_KEEP_GOING=1  do not stop at the first failing seed (survey)
  *   HYPER_CHAOS_EXCLUDE=a,b   leave operations out (names: OPS in the helper)
  *   HYPER_CHAOS_STEPS=n       driver steps per seed
+ *   HYPER_CHAOS_DEBUG=1       on a wrong head content, print the stored head and every segment's embedded head
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
