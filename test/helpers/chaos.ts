@@ -72,6 +72,7 @@ import { checkVolume } from '../../src/format/volume/check.js';
 import { cloneVolume, flattenVolume } from '../../src/format/volume/clone.js';
 import { compactVolume, type CompactOptions } from '../../src/format/volume/compact.js';
 import { readCheckpointHead, readHead } from '../../src/format/volume/heads.js';
+import { readLease } from '../../src/format/volume/lease.js';
 import { createSnapshot, deleteSnapshot, restoreVolume } from '../../src/format/volume/history.js';
 import { KiB, MiB } from '../../src/format/volume/types.js';
 import { Volume } from '../../src/format/volume/volume.js';
@@ -824,6 +825,32 @@ class Run {
     this.log.push(`${String(this.step).padStart(4)} ${t.padStart(9)}s ${line}`);
   }
 
+  /** HYPER_CHAOS_DEBUG: print the stored head, the lease and every segment's embedded head. */
+  private async dumpChain(): Promise<void> {
+    if (!process.env.HYPER_CHAOS_DEBUG) return;
+    const raw = this.raw(this.mainUrl);
+    const { stored } = await readHead(raw);
+    const h0 = stored.head;
+    const lines = [
+      `stored head ${h0.checkpoint} last ${h0.lastSegment} epoch ${h0.epoch} skipped ${h0.skipped.join(',')}`,
+    ];
+    const lease = await readLease(raw).catch((e: unknown) => errText(e));
+    lines.push(`lease ${JSON.stringify(typeof lease === 'string' ? lease : lease?.lease)}`);
+    for await (const p of raw.list(SEGMENT_PREFIX))
+      for (const o of p.objects) {
+        const id = parseSegmentKey(o.key) as number;
+        try {
+          const h = await readCheckpointHead(raw, id);
+          lines.push(
+            `seg ${id}: prev ${h.prevCheckpoint} epoch ${h.epoch} last ${h.lastSegment} skipped ${h.skipped.slice(-4).join(',')} ms ${h.checkpointMs}`,
+          );
+        } catch (e) {
+          lines.push(`seg ${id}: ${errText(e)}`);
+        }
+      }
+    console.log(lines.join('\n'));
+  }
+
   private violation(msg: string): void {
     this.world.violation(msg);
   }
@@ -1211,11 +1238,26 @@ class Run {
       const { head: before } = await readHead(this.raw(this.mainUrl));
       const r = await this.sim.watch(w.vol.flush(), what);
       this.note(`${what} -> ok checkpoint ${r.checkpoint} content ${sha}`);
-      // (With nothing new to commit a flush succeeds without writing: that is fine.)
-      if (before.epoch > w.epoch && sha !== w.committed)
-        this.violation(
-          `${what} succeeded although the volume was taken over (head epoch ${before.epoch}, writer ${w.epoch})`,
-        );
+      // (With nothing new to commit a flush succeeds without writing: that is fine.) One
+      // that started after another writer began taking over succeeds only if every segment
+      // it waited for landed before the new writer's fence, which then adopted them: its
+      // checkpoint must be on the volume's chain and read what it acknowledged.
+      if (before.epoch > w.epoch && sha !== w.committed) {
+        const wrong = await this.atomically(async () => {
+          const { head } = await readHead(this.raw(this.mainUrl));
+          if (r.checkpoint > head.checkpoint || !isRetainedCheckpoint(head, r.checkpoint))
+            return `its checkpoint ${r.checkpoint} is not on the chain (head ${head.checkpoint})`;
+          const c = await this.content(this.mainUrl, r.checkpoint);
+          if (!c.ok) return `its checkpoint ${r.checkpoint} is unreadable: ${c.error}`;
+          return c.sha === sha ? undefined : `its checkpoint ${r.checkpoint} reads ${c.sha}`;
+        });
+        if (wrong) {
+          await this.dumpChain();
+          this.violation(
+            `${what} succeeded although the volume was being taken over (head epoch ${before.epoch}, writer ${w.epoch}), and ${wrong}`,
+          );
+        }
+      }
       this.learn(r.checkpoint, sha, what);
       w.committed = sha;
       // Every segment landed: the chain is at this content, past every change before it.
@@ -1698,25 +1740,7 @@ class Run {
     if (!cur.ok)
       this.violation(`(a) the head (checkpoint ${head.checkpoint}) is unreadable: ${cur.error}`);
     else {
-      if (!this.possible(cur.sha) && process.env.HYPER_CHAOS_DEBUG) {
-        const { stored } = await readHead(raw);
-        const lines = [
-          `stored head ${stored.head.checkpoint} last ${stored.head.lastSegment} epoch ${stored.head.epoch} skipped ${stored.head.skipped.join(',')}`,
-        ];
-        for await (const p of raw.list(SEGMENT_PREFIX))
-          for (const o of p.objects) {
-            const id = parseSegmentKey(o.key) as number;
-            try {
-              const h = await readCheckpointHead(raw, id);
-              lines.push(
-                `seg ${id}: prev ${h.prevCheckpoint} epoch ${h.epoch} last ${h.lastSegment} skipped ${h.skipped.slice(-4).join(',')} ms ${h.checkpointMs}`,
-              );
-            } catch (e) {
-              lines.push(`seg ${id}: ${errText(e)}`);
-            }
-          }
-        console.log(lines.join('\n'));
-      }
+      if (!this.possible(cur.sha)) await this.dumpChain();
       if (!this.possible(cur.sha))
         this.violation(
           `(a) the head (checkpoint ${head.checkpoint}) reads ${cur.sha}; possible contents: ${[...this.allowed, ...this.chained].join(', ')}`,

@@ -50,14 +50,15 @@ describe('hyper snapshot', () => {
     const ia = await hyperJson<ImportOut>(['file', 'import', join(dir, 'a.img'), url, '--create']);
     const cpA = ia.checkpoint;
 
-    // create: pins the current checkpoint in a handful of requests.
+    // create: pins the current checkpoint in a handful of requests (reading the head twice,
+    // each time with the LIST of the segments past it: FORMAT.md "Commit protocol").
     const snapA = await hyperJson<SnapshotCreateResult>(['snapshot', 'create', url, '--name', 'a']);
     assert.equal(snapA.name, 'a');
     assert.equal(snapA.checkpoint, cpA);
     assert.equal(snapA.url, url);
     assert.ok(!Number.isNaN(Date.parse(snapA.createdAt)));
     assert.ok(
-      snapA.requests.totalCount > 0 && snapA.requests.totalCount <= 3,
+      snapA.requests.totalCount > 0 && snapA.requests.totalCount <= 5,
       `requests: ${snapA.requests.totalCount}`,
     );
     // A second snapshot of the same checkpoint, made by number.

@@ -95,8 +95,17 @@ describe('serve --metrics-port', () => {
     assert.equal(x.code, 0, x.stderr);
     assert.match(x.stdout, /^refused (22|EINVAL)$/m, x.stdout + x.stderr);
 
-    const e = await scrape(m);
     const vol = { export: 'vol' };
+    // A FLUSH returns once its segment lands; the head update follows within 100 ms.
+    let e = await scrape(m);
+    for (
+      let i = 0;
+      i < 100 && total(e, 'hyper_volume_commit_duration_seconds_count', vol) < 1;
+      i++
+    ) {
+      await new Promise((r) => setTimeout(r, 20));
+      e = await scrape(m);
+    }
     assert.ok(
       value(e, 'hyper_nbd_request_bytes_total', { ...vol, command: 'write' }) >= data.length,
     );
