@@ -1,9 +1,9 @@
 /**
  * The single-writer lease (FORMAT.md "Lease"). Taken with a create-only write or, when the
  * previous holder's lease has expired (or --force), with a compare-and-swap; renewed with
- * CAS; released by a CAS that sets its expiry to 0. Each acquisition raises the epoch, and
- * the new holder immediately rewrites the head under that epoch, so a fenced holder's next
- * head CAS fails and it commits nothing further.
+ * CAS; released by a CAS that sets its expiry to 0 (or to now, when a PUT may still be in
+ * flight). Each acquisition raises the epoch; the new holder fences the previous one unless
+ * it released the lease (commit.ts), so the previous holder commits nothing further.
  */
 import { readFileSync, readlinkSync } from 'node:fs';
 import { hostname } from 'node:os';

@@ -12,7 +12,9 @@
  *   wal.ts             the write-ahead log session
  *
  * A flush freezes the write buffer, applies it to the copy-on-write index, builds one
- * segment, PUTs it create-only and CASes the head (the commit point); see FORMAT.md.
+ * segment and PUTs it create-only: once it and every segment before it have landed, the
+ * checkpoint is committed (the chain). The head CAS that names it follows: at once for
+ * flush(), in the background for sync(); see FORMAT.md "Commit protocol".
  */
 import { HyperError, isHyperError } from '../../errors.js';
 import { FEATURE_CODECS, isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
