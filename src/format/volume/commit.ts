@@ -126,6 +126,8 @@ export class Committer {
         if (!isHyperError(e, 'PRECONDITION_FAILED') || attempt >= CONFLICT_RETRIES) throw e;
       }
       stored = await readStoredHead(store);
+      // Our own CAS, whose reply was lost and whose retry found it there.
+      if (stored.bytes.equals(bytes)) return new Committer(store, next, stored.etag, held, log);
       if (stored.head.epoch >= held.epoch) throw takenMeanwhile(stored.head.epoch, held.epoch);
     }
   }

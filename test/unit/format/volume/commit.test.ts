@@ -208,6 +208,17 @@ describe('committer', () => {
     assert.equal((await readLease(mem))?.lease.expiresMs, 0, 'c was done: released');
   });
 
+  it('a takeover whose head CAS landed but was retried (and met its own write) takes the volume', async () => {
+    const mem = await volume();
+    const store = new RetriedCasStore(mem);
+    const c = await Committer.takeOver(store, lease('a', 0), silentLogger);
+    assert.equal(store.retried, 1);
+    assert.equal((await readStoredHead(mem)).head.epoch, c.head.epoch);
+    await land(c);
+    await c.publishPending();
+    await c.release();
+  });
+
   it('a head CAS that landed but reported failure is adopted by the next one', async () => {
     const store = new LostReplyStore(MemStore.isolated());
     await volume(store as unknown as MemStore);
@@ -239,6 +250,22 @@ describe('committer', () => {
     await c.release();
   });
 });
+
+/**
+ * A store whose first head CAS lands, then reports a precondition failure: what a retrying
+ * store answers when the reply of a CAS that landed was lost and its retry met it.
+ */
+class RetriedCasStore extends CountingStore {
+  retried = 0;
+  override async put(key: string, body: PutBody, o?: PutOptions): Promise<{ etag: string }> {
+    const r = await super.put(key, body, o);
+    if (key === HEAD_KEY && o?.ifMatch && this.retried === 0) {
+      this.retried++;
+      throw new HyperError('conflict', 'PRECONDITION_FAILED', 'injected: the retry met the CAS');
+    }
+    return r;
+  }
+}
 
 /** A store whose PUTs of the keys `fails` picks fail before they land. */
 class FailingStore extends CountingStore {
