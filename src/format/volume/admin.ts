@@ -15,7 +15,7 @@ import type { ObjectStore } from '../store/types.js';
 import { decodeSnapshot } from '../codec/snapshot.js';
 import { leaseHeldError, leaseInfo, readLease } from './lease.js';
 import type { LeaseInfo, VolumeInfo } from './types.js';
-import { headAt, infoOf, readHead } from './heads.js';
+import { headAt, infoOf, readHead, readStoredHead } from './heads.js';
 import { isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
 import { NodeLoader } from '../index/loader.js';
 import { SegmentSource, type OpenStoreFn } from './segments.js';
@@ -316,7 +316,7 @@ export async function checkDeletable(
 ): Promise<{ headFound: boolean }> {
   let headFound = true;
   try {
-    await readHead(store);
+    await readStoredHead(store);
   } catch (e) {
     if (isHyperError(e, 'VOLUME_NOT_FOUND')) throw e;
     // A damaged head, or a half-deleted volume (NOT_A_VOLUME): still deletable.

@@ -42,7 +42,7 @@ import type { HeadRecord } from '../codec/head.js';
 import { decodeSnapshot, encodeSnapshot } from '../codec/snapshot.js';
 import { SNAPSHOT_PREFIX, parseSnapshotKey, snapshotKey } from '../keys.js';
 import type { ObjectStore } from '../store/types.js';
-import { headAt, readHead, resolveCheckpoint, rootOf } from './heads.js';
+import { headAt, readHead, readStoredHead, resolveCheckpoint, rootOf } from './heads.js';
 import { confirmPinned, diffCheckpoints, type ChangedExtent } from './history.js';
 import { MAX_VOLUME_SIZE, MiB, type CheckpointRef, type OpenOptions } from './types.js';
 import { Volume } from './volume.js';
@@ -268,7 +268,7 @@ export async function exportDiffToFile(
     });
   }
   // The volume and checkpoints are resolved before anything is created on disk.
-  await readHead(store);
+  await readStoredHead(store);
   const temp = join(dirname(path), `.${basename(path)}.hyper-${process.pid}.partial`);
   const file = await open(temp, 'wx');
   let done = false;
@@ -721,7 +721,7 @@ export async function importDiff(
   progress?: DiffProgressFn,
 ): Promise<ImportDiffResult> {
   // No target volume: say so before reading anything.
-  await readHead(store);
+  await readStoredHead(store);
   if ('path' in input) {
     const st = await stat(input.path).catch((e: unknown) => {
       const code = (e as NodeJS.ErrnoException).code;

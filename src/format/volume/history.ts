@@ -18,7 +18,14 @@ import {
 } from '../keys.js';
 import type { ObjectStore } from '../store/types.js';
 import type { CheckpointRef, OpenOptions } from './types.js';
-import { headAt, readHead, readSnapshot, resolveCheckpoint, rootOf } from './heads.js';
+import {
+  headAt,
+  readHead,
+  readSnapshot,
+  readStoredHead,
+  resolveCheckpoint,
+  rootOf,
+} from './heads.js';
 import { Volume } from './volume.js';
 
 export interface SnapshotInfo {
@@ -117,7 +124,7 @@ export async function deleteSnapshot(store: ObjectStore, name: string): Promise<
     r = await readSnapshot(store, name);
   } catch (e) {
     // No such snapshot because there is no volume at all: say that (VOLUME_NOT_FOUND).
-    if (isHyperError(e, 'SNAPSHOT_NOT_FOUND')) await readHead(store);
+    if (isHyperError(e, 'SNAPSHOT_NOT_FOUND')) await readStoredHead(store);
     throw e;
   }
   await store.delete([snapshotKey(name)]);
