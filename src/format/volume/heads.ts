@@ -113,8 +113,8 @@ export async function rollForward(store: ObjectStore, head: HeadRecord): Promise
       } else ids.push(id);
     }
   }
-  const highest = ids.length > 0 ? Math.max(...ids) : head.lastSegment;
   ids.sort((a, b) => a - b);
+  const highest = ids.at(-1) ?? head.lastSegment;
   const heads: (HeadRecord | undefined)[] = [];
   let next = 0;
   const worker = async (): Promise<void> => {
