@@ -115,6 +115,17 @@ describe('committer', () => {
     assert.equal(head.skipped.length, 4, 'the head is unchanged');
   });
 
+  it('an object under seg/ past the head that does not decode: readers go on without it, a writer refuses to take over', async () => {
+    const store = await volume();
+    await store.put(segmentKey(2), Buffer.from('not a segment'));
+    assert.equal((await readHead(store)).head.checkpoint, 1);
+    await assert.rejects(
+      Committer.takeOver(store, lease('a', 0), silentLogger),
+      (e) => isHyperError(e) && e.kind === 'data' && e.key === segmentKey(2),
+    );
+    assert.equal((await readLease(store))?.lease.expiresMs, 0, 'the lease is given back');
+  });
+
   it('a checkpoint is committed once its segment lands: readers and the next writer roll forward to it', async () => {
     const store = await volume();
     const a = await Committer.takeOver(store, lease('a', 0), silentLogger);
