@@ -23,6 +23,7 @@ import type { ObjectStore } from '../store/types.js';
 import { sliceBody } from '../store/common.js';
 import { continuesChain, readCheckpointHead, readStoredHead, rollForward } from './heads.js';
 import { buildEmptySegment } from './segment-builder.js';
+import { decodeEmbeddedHead } from '../codec/segment.js';
 import { Lease, type LeaseOptions } from './lease.js';
 import type { BuiltCheckpoint } from './segment-builder.js';
 import { CONFLICT_RETRIES, type Logger } from './types.js';
@@ -272,7 +273,13 @@ export class Committer {
     const n = Math.min(built.length, 64 * 1024);
     const got = await this.store.get(segmentKey(id), { range: { offset: 0, length: n } });
     if (got.body.equals(sliceBody(built.parts, 0, n))) return;
-    const occupant = await readCheckpointHead(this.store, id);
+    // Whose it is: the embedded head is in what was just read (rarely longer: read it then).
+    let occupant: HeadRecord;
+    try {
+      occupant = decodeEmbeddedHead(got.body);
+    } catch {
+      occupant = await readCheckpointHead(this.store, id);
+    }
     if (occupant.epoch >= this.head.epoch) throw this.fencedBy(occupant.epoch);
     throw new HyperError(
       'conflict',

@@ -422,7 +422,7 @@ export class Volume {
       this.closed = true;
       if (this.timer) clearInterval(this.timer);
       this.timer = undefined;
-      clearTimeout(this.publishTimer);
+      this.cancelPublish();
       await this.settle();
       await this.wal?.close();
       await this.segments.close().catch(() => undefined);
@@ -443,7 +443,7 @@ export class Volume {
   /** Stop without flushing (a failed open); the caller releases the lease. */
   private async discard(): Promise<void> {
     this.closed = true;
-    clearTimeout(this.publishTimer);
+    this.cancelPublish();
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
     await this.settle();
@@ -854,10 +854,15 @@ export class Volume {
     this.publishNow();
   }
 
-  private publishNow(): void {
+  /** Forget a background head update that is due (one is about to run, or none is needed). */
+  private cancelPublish(): void {
     clearTimeout(this.publishTimer);
     this.publishTimer = undefined;
     this.unpublished = 0;
+  }
+
+  private publishNow(): void {
+    this.cancelPublish();
     if (this.closed || !this.committer?.headPending) return;
     this.publish().catch((e: unknown) => {
       // The next flush, the timer or close publishes again.
@@ -891,9 +896,7 @@ export class Volume {
     if (kind === 'durable') this.publishInBackground();
     // One CAS names them all in the head object.
     else {
-      clearTimeout(this.publishTimer);
-      this.publishTimer = undefined;
-      this.unpublished = 0;
+      this.cancelPublish();
       if (committer.headPending) await this.publish();
     }
     return this.checkpointInfo();
