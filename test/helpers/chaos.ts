@@ -1231,12 +1231,19 @@ class Run {
   private async flushOp(): Promise<void> {
     const w = this.writer as Writer;
     const sha = digest(w.model);
-    const what = `${w.actor.name} flush`;
+    // Half of them as NBD FLUSH does it: sync() returns once the segments landed, and the
+    // head object is updated later, in the background, racing whatever else runs.
+    const durable = this.rand() < 0.5;
+    const what = `${w.actor.name} ${durable ? 'sync' : 'flush'}`;
     this.totals.operations++;
     const c = this.contribute(sha, w.actor, what);
     try {
       const { head: before } = await readHead(this.raw(this.mainUrl));
-      const r = await this.sim.watch(w.vol.flush(), what);
+      const r = durable
+        ? await this.sim
+            .watch(w.vol.sync(), what)
+            .then(() => ({ checkpoint: w.vol.headRecord.checkpoint }))
+        : await this.sim.watch(w.vol.flush(), what);
       this.note(`${what} -> ok checkpoint ${r.checkpoint} content ${sha}`);
       // (With nothing new to commit a flush succeeds without writing: that is fine.) One
       // that started after another writer began taking over succeeds only if every segment
