@@ -232,7 +232,7 @@ export class HyperMetrics {
 
     this.flushDuration = histogram(
       'hyper_volume_flush_duration_seconds',
-      'Flush time: kind="checkpoint" writes a segment and names it in the head object, kind="segment" writes one for room.',
+      'Flush time: kind="checkpoint" commits a checkpoint (its segment lands; the head update too, except for FLUSH and FUA), kind="segment" writes one for room.',
       ['export', 'kind'],
       ENGINE_BUCKETS,
     );

@@ -36,6 +36,11 @@ export const EXT_CODECS = 0x8006;
 export const EXT_SEAL = 0x8007;
 /** Deduplication: hash u8 (1 BLAKE2b-256) | index root level u8 | 2 reserved | root length u32 | root. */
 export const EXT_DEDUP = 0x8008;
+/**
+ * Fences: count u32 | segment ids u64. Takeovers' fence segments, which compaction never
+ * deletes (FORMAT.md "Lease and epochs"). Readers may skip it; a writer keeps it.
+ */
+export const EXT_FENCES = 0x0009;
 
 /** The content-hash index of a deduplicating volume (FEATURE_DEDUP). */
 export interface DedupIndex {
@@ -97,6 +102,8 @@ export interface HeadRecord {
   seal?: SealParams;
   /** FEATURE_DEDUP volumes: the content-hash index. */
   dedup?: DedupIndex;
+  /** Fence segments placed by takeovers (ascending): never deleted. */
+  fences?: number[];
 }
 
 export function encodeHead(h: HeadRecord): Buffer {
@@ -152,6 +159,11 @@ export function encodeHead(h: HeadRecord): Buffer {
   if (h.dedup) {
     const dw = new Writer(8 + h.dedup.root.length).u8(h.dedup.hash).u8(h.dedup.rootLevel);
     exts.push([EXT_DEDUP, dw.zeros(2).u32(h.dedup.root.length).bytes(h.dedup.root).finish()]);
+  }
+  if (h.fences && h.fences.length > 0) {
+    const fw = new Writer(4 + h.fences.length * 8).u32(h.fences.length);
+    for (const id of h.fences) fw.u64(id);
+    exts.push([EXT_FENCES, fw.finish()]);
   }
   w.u16(exts.length);
   for (const [type, data] of exts) w.u16(type).u32(data.length).bytes(data);
@@ -244,6 +256,13 @@ export function decodeHead(buf: Buffer, start = 0): { head: HeadRecord; length: 
       const rootLevel = dr.u8();
       dr.skip(2);
       head.dedup = { hash, rootLevel, root: Buffer.from(dr.bytes(dr.u32())) };
+    } else if (type === EXT_FENCES) {
+      const fr = new Reader(data);
+      const n = fr.u32();
+      if (n > fr.remaining / 8) throw new DecodeError('fence list longer than extension');
+      const fences: number[] = [];
+      for (let k = 0; k < n; k++) fences.push(fr.u64());
+      head.fences = fences;
     } else if (type & EXT_REQUIRED)
       throw new DecodeError(`head needs unknown extension 0x${type.toString(16)}`);
   }

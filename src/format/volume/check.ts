@@ -361,8 +361,10 @@ export async function checkVolume(
   await source.close();
 
   // Segments nothing retained reaches: garbage for compaction, not damage.
+  const fences = new Set(head.fences);
   for (const id of segs.keys()) {
-    if (reached.has(id)) continue;
+    // (A takeover's fence stays when its checkpoint is dropped: kept on purpose.)
+    if (reached.has(id) || fences.has(id)) continue;
     const uncommitted = id > head.lastSegment || head.skipped.includes(id);
     problem(
       uncommitted ? 'uncommitted' : 'orphan',

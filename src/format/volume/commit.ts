@@ -158,6 +158,8 @@ export class Committer {
         prevCheckpoint: tip.checkpoint,
         lastSegment: id,
         skipped: [...tip.skipped, ...skipped],
+        // Compaction never deletes it: an old writer may retry a PUT at this id any time.
+        fences: [...(tip.fences ?? []), id],
       };
       try {
         await store.put(segmentKey(id), buildEmptySegment(id, now, encodeHead(fence)), {

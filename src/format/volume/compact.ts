@@ -248,7 +248,11 @@ export async function compactVolume(
     }
     const deletable: number[] = [];
     let deferred = 0;
+    // Takeovers' fences stay whatever the history says: a writer that was taken over may
+    // still retry a PUT at a fence's id, and must meet it there (FORMAT.md "Lease and epochs").
+    const fences = new Set([...(oldHead.fences ?? []), ...(head.fences ?? [])]);
     for (const [id, info] of segsNow) {
+      if (fences.has(id)) continue;
       const uncommitted = id > head.lastSegment || head.skipped.includes(id);
       // A segment above everything this run has seen may be a new writer's: off-limits.
       if (id > head.lastSegment && !segs.has(id)) continue;

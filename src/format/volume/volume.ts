@@ -13,8 +13,8 @@
  *
  * A flush freezes the write buffer, applies it to the copy-on-write index, builds one
  * segment and PUTs it create-only: once it and every segment before it have landed, the
- * checkpoint is committed (the chain); a flush returns once the head CAS names it too (see
- * FORMAT.md "Commit protocol").
+ * checkpoint is committed (the chain). The head CAS that names it follows: at once for
+ * flush(), in the background for sync(); see FORMAT.md "Commit protocol".
  */
 import { HyperError, isHyperError } from '../../errors.js';
 import { FEATURE_CODECS, isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
@@ -76,8 +76,19 @@ export interface ZeroOptions extends WriteOptions {
   noHole?: boolean;
 }
 
-/** What a flush is asked to do: commit a checkpoint, or only write a segment for room. */
-type FlushKind = 'checkpoint' | 'segment';
+/**
+ * What a flush is asked to do: commit a checkpoint and name it in the head object; make
+ * everything written durable (committed once its segment lands: the head CAS follows in the
+ * background); or only write a segment for room.
+ */
+type FlushKind = 'checkpoint' | 'durable' | 'segment';
+
+/**
+ * After a durable flush, the head object is CASed in the background once this many durable
+ * flushes wait, or this long after the first of them (FORMAT.md "Commit protocol").
+ */
+const PUBLISH_EVERY = 8;
+const PUBLISH_DELAY_MS = 100;
 
 /** Segment PUTs in flight at once by default (pipelined flushes). */
 export const DEFAULT_FLUSH_PIPELINE = 4;
@@ -163,6 +174,9 @@ export class Volume {
    * object may name it later), for metrics.
    */
   private committed: { checkpoint: number; ms: number };
+  /** Durable flushes whose checkpoint the head object does not name yet (publishInBackground). */
+  private unpublished = 0;
+  private publishTimer: NodeJS.Timeout | undefined;
 
   private constructor(
     private readonly store: ObjectStore,
@@ -408,6 +422,7 @@ export class Volume {
       this.closed = true;
       if (this.timer) clearInterval(this.timer);
       this.timer = undefined;
+      this.cancelPublish();
       await this.settle();
       await this.wal?.close();
       await this.segments.close().catch(() => undefined);
@@ -428,6 +443,7 @@ export class Volume {
   /** Stop without flushing (a failed open); the caller releases the lease. */
   private async discard(): Promise<void> {
     this.closed = true;
+    this.cancelPublish();
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
     await this.settle();
@@ -587,7 +603,7 @@ export class Volume {
     // more; one that logs at FLUSH logs now.
     if (options.fua) {
       if (!this.wal) {
-        await this.flush();
+        await this.sync();
         return;
       }
       if (this.wal.writer.deferred) await this.sync();
@@ -609,7 +625,7 @@ export class Volume {
   async sync(): Promise<void> {
     const wal = this.wal;
     if (!wal) {
-      await this.flush();
+      if (this.committer) await this.flushes.runShared('durable', () => this.flushOnce('durable'));
       return;
     }
     this.committer?.check();
@@ -801,7 +817,9 @@ export class Volume {
       ok = true;
       return r;
     } finally {
-      notify(() => flushed({ kind, seconds: (performance.now() - t0) / 1000, ok }));
+      // (A durable flush commits a checkpoint too: the chain continues there.)
+      const k = kind === 'segment' ? 'segment' : 'checkpoint';
+      notify(() => flushed({ kind: k, seconds: (performance.now() - t0) / 1000, ok }));
     }
   }
 
@@ -818,6 +836,38 @@ export class Volume {
     } finally {
       if (committed) notify(() => committed({ seconds: (performance.now() - t0) / 1000, ok }));
     }
+  }
+
+  /**
+   * A durable flush returned: name its checkpoint in the head object without holding it up,
+   * once PUBLISH_EVERY of them wait or PUBLISH_DELAY_MS after the first. A head CAS per
+   * flush would double the requests of small synced writes; the chain past the head that
+   * readers roll forward stays short.
+   */
+  private publishInBackground(): void {
+    if (!this.committer?.headPending) return;
+    if (++this.unpublished < PUBLISH_EVERY) {
+      this.publishTimer ??= setTimeout(() => this.publishNow(), PUBLISH_DELAY_MS);
+      this.publishTimer.unref();
+      return;
+    }
+    this.publishNow();
+  }
+
+  /** Forget a background head update that is due (one is about to run, or none is needed). */
+  private cancelPublish(): void {
+    clearTimeout(this.publishTimer);
+    this.publishTimer = undefined;
+    this.unpublished = 0;
+  }
+
+  private publishNow(): void {
+    this.cancelPublish();
+    if (this.closed || !this.committer?.headPending) return;
+    this.publish().catch((e: unknown) => {
+      // The next flush, the timer or close publishes again.
+      this.log.warn('head update failed', { error: errorText(e) });
+    });
   }
 
   private async flushOnceUnobserved(kind: FlushKind): Promise<CheckpointInfo> {
@@ -842,10 +892,13 @@ export class Volume {
       // the ids are skipped now, write again under new ones.
       if (attempt >= CONFLICT_RETRIES) throw this.lastFlushError;
     }
-    // Every segment is durable, so committed (the chain continues there); one CAS names
-    // them all in the head object before the flush returns. (Not later: FORMAT.md "Commit
-    // protocol" says why a FLUSH still waits for it.)
-    if (committer.headPending) await this.publish();
+    // Every segment is durable, so committed: the chain continues there.
+    if (kind === 'durable') this.publishInBackground();
+    // One CAS names them all in the head object.
+    else {
+      this.cancelPublish();
+      if (committer.headPending) await this.publish();
+    }
     return this.checkpointInfo();
   }
 

@@ -96,7 +96,7 @@ describe('serve --metrics-port', () => {
     assert.match(x.stdout, /^refused (22|EINVAL)$/m, x.stdout + x.stderr);
 
     const vol = { export: 'vol' };
-    // (The head update is timed once the FLUSH returns; the scrape may race its bookkeeping.)
+    // A FLUSH returns once its segment lands; the head update follows within 100 ms.
     let e = await scrape(m);
     for (
       let i = 0;

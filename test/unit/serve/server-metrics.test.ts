@@ -85,7 +85,7 @@ describe('VolumeServer metrics', () => {
     assert.equal((await c.simpleReply()).error, EINVAL);
 
     const vol = { export: 'vol' };
-    // (The head update is timed once the FLUSH returns; the scrape may race its bookkeeping.)
+    // FLUSH returned once the segment landed; the head CAS that names it follows on its own.
     e = await scrape(m.url);
     for (
       let i = 0;

@@ -112,6 +112,20 @@ describe('codecs', () => {
     assert.deepEqual({ ...back, root: hex(back.root) }, { ...h, root: hex(root) });
   });
 
+  it('head: the fence list is extension 0x0009 (skippable), absent when empty — pinned', () => {
+    const h = { ...head, fences: [5, 9] };
+    const b = encodeHead(h);
+    assert.equal(b.readUInt16LE(4), 1, 'no feature flag: still a version 1 record');
+    const ext = b.subarray(b.length - 4 - (6 + 4 + 16), b.length - 4);
+    assert.equal(
+      hex(ext),
+      '0900' + '14000000' + '02000000' + '0500000000000000' + '0900000000000000',
+    );
+    assert.deepEqual(decodeHead(b).head.fences, [5, 9]);
+    assert.ok(encodeHead({ ...head, fences: [] }).equals(encodeHead(head)));
+    assert.equal(decodeHead(encodeHead(head)).head.fences, undefined);
+  });
+
   it('head: unknown required extensions and feature flags are refused', () => {
     const b = encodeHead(head);
     const copy = Buffer.from(b);

@@ -6,6 +6,8 @@ import { HEAD_KEY, SEGMENT_PREFIX, segmentKey } from '../../../../src/format/key
 import { CountingStore } from '../../../../src/format/store/counting.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
 import type { ObjectStore, PutBody, PutOptions } from '../../../../src/format/store/types.js';
+import { isRetainedCheckpoint } from '../../../../src/format/codec/head.js';
+import { compactVolume } from '../../../../src/format/volume/compact.js';
 import { readStoredHead } from '../../../../src/format/volume/heads.js';
 import { Volume } from '../../../../src/format/volume/volume.js';
 import { KiB, MiB } from '../../../../src/format/volume/types.js';
@@ -22,9 +24,11 @@ async function listKeys(store: ObjectStore, prefix: string): Promise<string[]> {
 /** A store whose next matching put fails (after or instead of reaching the inner store). */
 class FaultyStore extends CountingStore {
   failNext: ((key: string, o?: PutOptions) => boolean) | undefined;
+  /** Keep failing the PUTs failNext picks, not only the next one. */
+  failAlways = false;
   override async put(key: string, body: PutBody, options?: PutOptions): Promise<{ etag: string }> {
     if (this.failNext?.(key, options)) {
-      this.failNext = undefined;
+      if (!this.failAlways) this.failNext = undefined;
       throw new Error(`injected failure on ${key}`);
     }
     return super.put(key, body, options);
@@ -198,6 +202,50 @@ describe('volume engine', () => {
     assert.equal((await c.read(4096, 1))[0], 3);
     assert.equal((await c.read(0, 1))[0], 2);
     assert.deepEqual(c.headRecord.skipped, []);
+  });
+
+  it('sync() is durable once the segment lands (one round trip); the head CAS follows on its own', async () => {
+    const store = new FaultyStore(MemStore.isolated());
+    await Volume.create(store, { size: 8 * MiB });
+    const a = await Volume.open(store, { flushIntervalMs: 0, leaseTtlMs: 60_000 });
+    const before = (await readStoredHead(store)).head.checkpoint;
+    // Every head CAS fails from here: sync() must not wait for one.
+    store.failNext = (key) => key === HEAD_KEY;
+    store.failAlways = true;
+    await a.write(0, Buffer.alloc(8 * KiB, 5));
+    await a.sync();
+    await a.write(65536, Buffer.alloc(4096, 6), { fua: true });
+    assert.equal((await readStoredHead(store)).head.checkpoint, before, 'no head CAS landed');
+    // The writer dies. What sync() and FUA acknowledged is there for the next one.
+    store.failNext = undefined;
+    const b = await Volume.open(store, { force: true, flushIntervalMs: 0 });
+    assert.ok((await b.read(0, 8 * KiB)).equals(Buffer.alloc(8 * KiB, 5)));
+    assert.ok((await b.read(65536, 4096)).equals(Buffer.alloc(4096, 6)));
+    await b.close();
+    await assert.rejects(a.close(), (e) => isHyperError(e, 'FENCED'));
+  });
+
+  it("a takeover's fence outlives compaction: the writer it fenced cannot acknowledge a sync() at that id later (chaos seed 700)", async () => {
+    const store = MemStore.isolated();
+    await Volume.create(store, { size: 4 * MiB });
+    const a = await Volume.open(store, { flushIntervalMs: 0, holder: 'a', leaseTtlMs: 60_000 });
+    await a.write(0, Buffer.alloc(4096, 1));
+    await a.sync();
+    // Compaction takes the volume over by force (its fence sits at a's next id), keeps only
+    // its own newest checkpoint and deletes with no grace period; a does not know yet.
+    const r = await compactVolume(store, { force: true, holder: 'c', keepLast: 1, graceMs: 0 });
+    assert.ok(r.segmentsDeleted > 0, 'compaction deleted the dropped checkpoints');
+    const { head } = await readStoredHead(store);
+    assert.equal(head.fences?.length, 1);
+    const fence = head.fences?.[0] as number;
+    assert.ok(!isRetainedCheckpoint(head, fence), 'its checkpoint was dropped');
+    assert.ok(await store.head(segmentKey(fence)), 'the fence stays');
+    await a.write(0, Buffer.alloc(4096, 2));
+    await assert.rejects(a.sync(), (e) => isHyperError(e, 'FENCED'));
+    const b = await Volume.open(store, { flushIntervalMs: 0, force: true });
+    assert.ok((await b.read(0, 4096)).equals(Buffer.alloc(4096, 1)));
+    await b.close();
+    await a.close().catch(() => undefined);
   });
 
   it('a fenced writer commits nothing after a forced takeover', async () => {
