@@ -7,6 +7,7 @@ import { CountingStore } from '../../../../src/format/store/counting.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
 import type { ObjectStore, PutBody, PutOptions } from '../../../../src/format/store/types.js';
 import { isRetainedCheckpoint } from '../../../../src/format/codec/head.js';
+import { checkVolume } from '../../../../src/format/volume/check.js';
 import { compactVolume } from '../../../../src/format/volume/compact.js';
 import { readStoredHead } from '../../../../src/format/volume/heads.js';
 import { Volume } from '../../../../src/format/volume/volume.js';
@@ -240,6 +241,13 @@ describe('volume engine', () => {
     const fence = head.fences?.[0] as number;
     assert.ok(!isRetainedCheckpoint(head, fence), 'its checkpoint was dropped');
     assert.ok(await store.head(segmentKey(fence)), 'the fence stays');
+    const checked = await checkVolume(store);
+    assert.ok(checked.clean);
+    assert.deepEqual(
+      checked.problems.filter((p) => p.key === segmentKey(fence)),
+      [],
+      'file check does not call the fence an orphan',
+    );
     await a.write(0, Buffer.alloc(4096, 2));
     await assert.rejects(a.sync(), (e) => isHyperError(e, 'FENCED'));
     const b = await Volume.open(store, { flushIntervalMs: 0, force: true });
