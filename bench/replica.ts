@@ -9,6 +9,8 @@
  * Workloads (medians of --reps):
  *   randwrite  fio 4k randwrite, iodepth 16, time-based (--runtime s), over the device    IOPS
  *   seqwrite   nbdcopy --flush of --size-mib MiB of random data over the device            MiB/s
+ *   synced     fio 4k randwrite with --fsync=1, iodepth 1 (every write then a FLUSH)       IOPS
+ *              (each FLUSH marks a replica checkpoint: what the commit lag rows show)
  * After each write workload on the replica: the backlog at the end (status lag), the time until
  * POST /v1/replica/settle returns ("drain"), lag p50/p99 of the commits (status after settle),
  * what was shipped, and RGW requests (RGW `perf dump`, as bench/s3.ts counts them) per GiB
@@ -25,7 +27,7 @@
  *
  *   node --import tsx bench/replica.ts [--reps 1] [--size-mib 512] [--runtime 10] [--restore-gib 4]
  *        [--latency-ms 0[,20]] [--region-size 8M] [--dir DIR]
- *        [--only replica,qemu-nbd,hyper-s3,put,restore]
+ *        [--only replica,qemu-nbd,hyper-s3,put,restore] [--workloads randwrite,seqwrite,synced]
  * --latency-ms adds that delay to every RGW reply (bench/delay-proxy.ts) for all S3 traffic;
  * a list runs the whole set once per delay. Needs `npm run build`, HYPER_TEST_S3_* and
  * HYPER_RGW_DIR (request counts; without it they are left out).
@@ -86,14 +88,21 @@ const bucket = process.env.HYPER_TEST_S3_BUCKET;
 const rgwDir = process.env.HYPER_RGW_DIR;
 
 type PeerName = 'replica' | 'qemu-nbd' | 'hyper-s3';
-type Workload = 'randwrite' | 'seqwrite';
+type Workload = 'randwrite' | 'seqwrite' | 'synced';
 const PEERS: PeerName[] = (['replica', 'qemu-nbd', 'hyper-s3'] as const).filter((p) =>
   only.includes(p),
 );
-const WORKLOADS: Workload[] = ['randwrite', 'seqwrite'];
+const ALL_WORKLOADS: Workload[] = ['randwrite', 'seqwrite', 'synced'];
+const WORKLOADS = arg('workloads', ALL_WORKLOADS.join(','))
+  .split(',')
+  .map((w) => {
+    if (!ALL_WORKLOADS.includes(w as Workload)) throw new Error(`--workloads: unknown ${w}`);
+    return w as Workload;
+  });
 const LABEL: Record<Workload, string> = {
   randwrite: `fio 4k randwrite QD16 ${runtime} s, IOPS`,
   seqwrite: `nbdcopy ${sizeMiB} MiB write+flush, MiB/s`,
+  synced: `fio 4k randwrite --fsync=1 QD1 ${runtime} s, IOPS`,
 };
 
 // --- facts about the machine ---------------------------------------------------------------
@@ -339,6 +348,24 @@ async function runWorkload(
   let s: WriteSample;
   if (w === 'randwrite') {
     const r = await fio(srv.uri, { rw: 'randwrite', bs: '4k', iodepth: 16, size, runtime });
+    s = {
+      value: r.iops,
+      iops: r.iops,
+      mibps: r.mibps,
+      p99Ms: r.p99Ms,
+      bytes: r.bytes,
+      seconds: 0,
+      cpuSeconds: 0,
+    };
+  } else if (w === 'synced') {
+    const r = await fio(srv.uri, {
+      rw: 'randwrite',
+      bs: '4k',
+      iodepth: 1,
+      size,
+      runtime,
+      fsync: 1,
+    });
     s = {
       value: r.iops,
       iops: r.iops,
@@ -708,7 +735,7 @@ async function main(): Promise<void> {
             ratio(v('replica', w), v('qemu-nbd', w)),
             ratio(v('replica', w), v('hyper-s3', w)),
           ],
-          ...(w === 'randwrite'
+          ...(w !== 'seqwrite'
             ? [
                 [
                   '  (MiB/s)',
@@ -761,7 +788,8 @@ async function main(): Promise<void> {
         ]),
       ),
     );
-    for (const w of WORKLOADS) {
+    // (The target is about throughput; the synced workload shows the commit lag.)
+    for (const w of WORKLOADS.filter((x) => x !== 'synced')) {
       const r = v('replica', w, 'mibps');
       const q = v('qemu-nbd', w, 'mibps');
       const shipped = v('replica', w, 'atRestMiBps');
