@@ -37,8 +37,9 @@ export const EXT_SEAL = 0x8007;
 /** Deduplication: hash u8 (1 BLAKE2b-256) | index root level u8 | 2 reserved | root length u32 | root. */
 export const EXT_DEDUP = 0x8008;
 /**
- * Fences: count u32 | segment ids u64. Takeovers' fence segments, which compaction never
- * deletes (FORMAT.md "Lease and epochs"). Readers may skip it; a writer keeps it.
+ * Fences: count u32 | segment ids u64. Takeovers' fence segments and the leftovers each
+ * skipped right before its fence: compaction never deletes them (FORMAT.md "Lease and
+ * epochs"). Readers may skip it; a writer keeps it.
  */
 export const EXT_FENCES = 0x0009;
 
@@ -102,7 +103,7 @@ export interface HeadRecord {
   seal?: SealParams;
   /** FEATURE_DEDUP volumes: the content-hash index. */
   dedup?: DedupIndex;
-  /** Fence segments placed by takeovers (ascending): never deleted. */
+  /** Segment ids compaction never deletes: takeovers' fences and the leftovers just before each. */
   fences?: number[];
 }
 

@@ -158,8 +158,10 @@ export class Committer {
         prevCheckpoint: tip.checkpoint,
         lastSegment: id,
         skipped: [...tip.skipped, ...skipped],
-        // Compaction never deletes it: an old writer may retry a PUT at this id any time.
-        fences: [...(tip.fences ?? []), id],
+        // Compaction never deletes these: the old writer's next PUT goes to the first of
+        // them, and at any later time; an id it finds taken by an older writer's leftover
+        // (skipped here) sends it to the next one, until it meets the fence.
+        fences: [...(tip.fences ?? []), ...skipped, id],
       };
       try {
         await store.put(segmentKey(id), buildEmptySegment(id, now, encodeHead(fence)), {

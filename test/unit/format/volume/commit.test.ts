@@ -7,6 +7,7 @@ import { CountingStore } from '../../../../src/format/store/counting.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
 import type { PutBody, PutOptions } from '../../../../src/format/store/types.js';
 import { Committer, SerialQueue } from '../../../../src/format/volume/commit.js';
+import { compactVolume } from '../../../../src/format/volume/compact.js';
 import { createVolume } from '../../../../src/format/volume/create.js';
 import { nextHead } from '../../../../src/format/volume/flush.js';
 import {
@@ -71,10 +72,22 @@ async function land(c: Committer): Promise<HeadRecord> {
 }
 
 /** A segment at `id` that continues nothing (a leftover of some writer of this volume). */
-async function leftover(store: MemStore, id: number): Promise<void> {
+async function leftover(store: MemStore, id: number, epoch?: number): Promise<void> {
   const { head } = await readHead(store);
-  const h = { ...head, checkpoint: id, lastSegment: id, prevCheckpoint: id + 100 };
+  const h = {
+    ...head,
+    checkpoint: id,
+    lastSegment: id,
+    prevCheckpoint: id + 100,
+    epoch: epoch ?? head.epoch,
+  };
   await store.put(segmentKey(id), buildEmptySegment(id, Date.now(), encodeHead(h)));
+}
+
+async function listKeys(store: MemStore): Promise<string[]> {
+  const keys: string[] = [];
+  for await (const page of store.list('seg/')) for (const o of page.objects) keys.push(o.key);
+  return keys;
 }
 
 async function volume(store = MemStore.isolated()) {
@@ -187,6 +200,28 @@ describe('committer', () => {
     assert.deepEqual(h.skipped, [3]);
     assert.equal((await readHead(store)).head.checkpoint, 4);
     await b.release();
+  });
+
+  it("the leftovers a fence skipped stay with it: compaction never frees an id the old writer's PUT may still reach", async () => {
+    const store = await volume();
+    const a = await Committer.takeOver(store, lease('a', 0), silentLogger);
+    await land(a);
+    // a's next segment is in flight; an older writer's leftover lands at its id first.
+    const mine = emptyCheckpoint(a);
+    const id = mine.head.checkpoint;
+    await leftover(store, id, a.head.epoch - 1);
+    const b = await Committer.takeOver(store, lease('b', a.head.epoch, true), silentLogger);
+    assert.equal(b.head.checkpoint, id + 1, 'the fence goes past the leftover');
+    assert.deepEqual(b.head.fences, [id, id + 1]);
+    await b.release(true);
+    // Compaction with no grace period keeps both (the leftover is skipped: uncommitted).
+    await compactVolume(store, { keepLast: 1, graceMs: 0 });
+    const keys = await listKeys(store);
+    assert.ok(keys.includes(segmentKey(id)), 'the leftover stays');
+    assert.ok(keys.includes(segmentKey(id + 1)), 'the fence stays');
+    // So a's PUT meets the leftover (its changes would go to the next id: the fence).
+    await assert.rejects(a.putSegment(mine), (e) => isHyperError(e, 'OBJECT_EXISTS'));
+    await a.release().catch(() => undefined);
   });
 
   it('a segment that lands just before the fence is adopted, and the fence goes after it', async () => {
