@@ -1252,12 +1252,25 @@ class Run {
       // checkpoint must be on the volume's chain and read what it acknowledged.
       if (before.epoch > w.epoch && sha !== w.committed) {
         const wrong = await this.atomically(async () => {
-          const { head } = await readHead(this.raw(this.mainUrl));
-          if (r.checkpoint > head.checkpoint || !isRetainedCheckpoint(head, r.checkpoint))
-            return `its checkpoint ${r.checkpoint} is not on the chain (head ${head.checkpoint})`;
-          const c = await this.content(this.mainUrl, r.checkpoint);
+          const raw = this.raw(this.mainUrl);
+          const { head } = await readHead(raw);
+          const id = r.checkpoint;
+          // Ids at or below the head's last segment are its chain's checkpoints, except the
+          // skipped ones; a fence (never deleted) holds the id, so a segment of this writer's
+          // cannot be there.
+          if (id > head.lastSegment || head.skipped.includes(id) || head.fences?.includes(id))
+            return `its checkpoint ${id} is not on the chain (head ${head.checkpoint})`;
+          if (!isRetainedCheckpoint(head, id)) {
+            // Adopted, then dropped by a compaction since (seed 3002): its content is gone
+            // from the history. The segment, if still there, must be this writer's.
+            const occupant = await readCheckpointHead(raw, id).catch(() => undefined);
+            return occupant === undefined || occupant.epoch === w.epoch
+              ? undefined
+              : `checkpoint ${id} is epoch ${occupant.epoch}'s, not this writer's`;
+          }
+          const c = await this.content(this.mainUrl, id);
           if (!c.ok) return `its checkpoint ${r.checkpoint} is unreadable: ${c.error}`;
-          return c.sha === sha ? undefined : `its checkpoint ${r.checkpoint} reads ${c.sha}`;
+          return c.sha === sha ? undefined : `its checkpoint ${id} reads ${c.sha}`;
         });
         if (wrong) {
           await this.dumpChain();
