@@ -1023,6 +1023,10 @@ export class Volume {
     this.advance();
     const first = this.stages[0];
     if (first?.state !== 'failed' || !isHyperError(first.error, 'OBJECT_EXISTS')) return false;
+    // Not while a later PUT failed without an answer: only its retry can tell whether a
+    // takeover's fence holds that id (then this writer is fenced; giving the segment up and
+    // writing its changes at a new id would land them past the new writer's chain).
+    if (this.stages.some(unanswered)) return false;
     const failed = this.stages;
     this.stages = [];
     const committer = this.committer as Committer;
@@ -1055,7 +1059,8 @@ export class Volume {
     for (let round = 0; ; round++) {
       await this.settle();
       if (this.rollBackFailed()) return true;
-      const failed = this.stages.filter((s) => s.state === 'failed');
+      // (A PUT that met an older writer's leftover gets the same answer again: not retried.)
+      const failed = this.stages.filter(unanswered);
       if (failed.length === 0) return false;
       const error = (failed[0] as Stage).error;
       this.lastFlushError = error;
@@ -1080,6 +1085,11 @@ export class Volume {
     const seq = head.walSeq;
     if (seq !== undefined) this.wal?.covered(seq);
   }
+}
+
+/** A segment PUT that failed without saying whether its id is taken (by an older writer's leftover). */
+function unanswered(s: Stage): boolean {
+  return s.state === 'failed' && !isHyperError(s.error, 'OBJECT_EXISTS');
 }
 
 /** The disk cache asked for by `options`, with the numbers of the stores segments come from. */

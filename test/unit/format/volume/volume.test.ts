@@ -6,10 +6,11 @@ import { HEAD_KEY, SEGMENT_PREFIX, segmentKey } from '../../../../src/format/key
 import { CountingStore } from '../../../../src/format/store/counting.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
 import type { ObjectStore, PutBody, PutOptions } from '../../../../src/format/store/types.js';
-import { isRetainedCheckpoint } from '../../../../src/format/codec/head.js';
+import { encodeHead, isRetainedCheckpoint } from '../../../../src/format/codec/head.js';
 import { checkVolume } from '../../../../src/format/volume/check.js';
 import { compactVolume } from '../../../../src/format/volume/compact.js';
 import { readStoredHead } from '../../../../src/format/volume/heads.js';
+import { buildEmptySegment } from '../../../../src/format/volume/segment-builder.js';
 import { Volume } from '../../../../src/format/volume/volume.js';
 import { KiB, MiB } from '../../../../src/format/volume/types.js';
 import { rng } from '../../../helpers/rng.js';
@@ -253,6 +254,63 @@ describe('volume engine', () => {
     const b = await Volume.open(store, { flushIntervalMs: 0, force: true });
     assert.ok((await b.read(0, 4096)).equals(Buffer.alloc(4096, 1)));
     await b.close();
+    await a.close().catch(() => undefined);
+  });
+
+  it("an id taken by a leftover does not make the writer give up a later segment whose PUT failed: its retry meets the takeover's fence", async () => {
+    // Segment PUTs wait at a gate; the one at `failKey` fails before reaching the store.
+    class GateStore extends CountingStore {
+      gate: Promise<void> | undefined;
+      held = 0;
+      failKey: string | undefined;
+      override async put(key: string, body: PutBody, o?: PutOptions): Promise<{ etag: string }> {
+        if (key.startsWith(SEGMENT_PREFIX) && this.gate) {
+          this.held++;
+          await this.gate;
+        }
+        if (key === this.failKey) {
+          this.failKey = undefined;
+          throw new Error('injected: connection reset before the request was sent');
+        }
+        return super.put(key, body, o);
+      }
+    }
+    const mem = MemStore.isolated();
+    await Volume.create(mem, { size: 8 * MiB, segmentSize: 1 * MiB });
+    const store = new GateStore(mem);
+    const a = await Volume.open(store, {
+      flushIntervalMs: 0,
+      leaseTtlMs: 60_000,
+      flushPipeline: 2,
+    });
+    const first = a.headRecord.lastSegment + 1;
+    let open!: () => void;
+    store.gate = new Promise<void>((r) => (open = r));
+    // Segment `first` is written for room, `first + 1` by the sync; both wait at the gate.
+    await a.write(0, Buffer.alloc(MiB + 64 * KiB, 3));
+    await a.write(4 * MiB, Buffer.alloc(4096, 4));
+    const synced = a.sync();
+    while (store.held < 2) await new Promise((r) => setImmediate(r));
+    // Meanwhile an older writer's leftover lands at `first`, and a forced takeover skips it
+    // and fences `first + 1`.
+    const { head } = await readStoredHead(mem);
+    const stray = {
+      ...head,
+      checkpoint: first,
+      lastSegment: first,
+      prevCheckpoint: first + 100,
+      epoch: 0,
+    };
+    await mem.put(segmentKey(first), buildEmptySegment(first, Date.now(), encodeHead(stray)));
+    const b = await Volume.open(mem, { force: true, flushIntervalMs: 0, holder: 'b' });
+    assert.equal(b.headRecord.checkpoint, first + 1, 'the fence');
+    await b.close();
+    // a's PUT at `first` meets the leftover; the one at `first + 1` fails without an answer.
+    store.failKey = segmentKey(first + 1);
+    open();
+    // Giving both up and writing their changes at `first + 2` would land past the chain; the
+    // retry of `first + 1` meets the fence instead.
+    await assert.rejects(synced, (e) => isHyperError(e, 'FENCED'));
     await a.close().catch(() => undefined);
   });
 
