@@ -1044,6 +1044,9 @@ class Run {
           holder: actor.name,
           force,
           flushIntervalMs: 0,
+          // No real-time timer: the background head update runs after 8 syncs, at a point
+          // the seed decides (a timer would fire in real time, and a seed would not replay).
+          headUpdateDelayMs: 0,
           leaseTtlMs: WRITER_LEASE_MS,
           flushBytes: this.flushBytes(),
           flushPipeline: this.pipeline,

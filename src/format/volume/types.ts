@@ -140,6 +140,12 @@ export interface OpenOptions {
   flushPipeline?: number;
   /** Flush dirty data at least this often (default 5000 ms; 0 disables the timer). */
   flushIntervalMs?: number;
+  /**
+   * After a durable flush (NBD FLUSH, FUA), the head object is updated in the background
+   * once 8 such flushes wait or this long after the first (default 100 ms; 0: only after 8,
+   * or at the next flush, timer or close). Readers roll forward past it either way.
+   */
+  headUpdateDelayMs?: number;
   logger?: Logger;
   /** Told about every flush and commit (for metrics). */
   observer?: EngineObserver;

@@ -163,6 +163,8 @@ export class Volume {
   /** close() is flushing: nothing is kept back any more. */
   private closing = false;
   private readonly flushBytes: number;
+  /** OpenOptions.headUpdateDelayMs. */
+  private readonly publishDelayMs: number;
   private readonly log: Logger;
   private readonly counters = { flushes: 0, segmentsWritten: 0, bytesWritten: 0, bytesRead: 0 };
   /** Own segments with ids up to this one, except `committedSkipped`, are committed. */
@@ -242,6 +244,7 @@ export class Volume {
       },
       tier?.data,
     );
+    this.publishDelayMs = opts.headUpdateDelayMs ?? PUBLISH_DELAY_MS;
     const interval = opts.flushIntervalMs ?? 5000;
     if (!readOnly && interval > 0) {
       this.timer = setInterval(() => {
@@ -840,14 +843,15 @@ export class Volume {
 
   /**
    * A durable flush returned: name its checkpoint in the head object without holding it up,
-   * once PUBLISH_EVERY of them wait or PUBLISH_DELAY_MS after the first. A head CAS per
+   * once PUBLISH_EVERY of them wait or publishDelayMs after the first. A head CAS per
    * flush would double the requests of small synced writes; the chain past the head that
    * readers roll forward stays short.
    */
   private publishInBackground(): void {
     if (!this.committer?.headPending) return;
     if (++this.unpublished < PUBLISH_EVERY) {
-      this.publishTimer ??= setTimeout(() => this.publishNow(), PUBLISH_DELAY_MS);
+      if (this.publishDelayMs === 0) return;
+      this.publishTimer ??= setTimeout(() => this.publishNow(), this.publishDelayMs);
       this.publishTimer.unref();
       return;
     }
