@@ -363,7 +363,7 @@ export async function checkVolume(
   // Segments nothing retained reaches: garbage for compaction, not damage.
   const fences = new Set(head.fences);
   for (const id of segs.keys()) {
-    // (A takeover's fence stays when its checkpoint is dropped: kept on purpose.)
+    // (A takeover's fence, and a leftover it skipped, stay for good: kept on purpose.)
     if (reached.has(id) || fences.has(id)) continue;
     const uncommitted = id > head.lastSegment || head.skipped.includes(id);
     problem(

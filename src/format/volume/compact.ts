@@ -248,8 +248,9 @@ export async function compactVolume(
     }
     const deletable: number[] = [];
     let deferred = 0;
-    // Takeovers' fences stay whatever the history says: a writer that was taken over may
-    // still retry a PUT at a fence's id, and must meet it there (FORMAT.md "Lease and epochs").
+    // Takeovers' fences (and the leftovers each skipped right before it) stay whatever the
+    // history says: a writer that was taken over may still retry a PUT at one of those ids,
+    // and must find it taken (FORMAT.md "Lease and epochs").
     const fences = new Set([...(oldHead.fences ?? []), ...(head.fences ?? [])]);
     for (const [id, info] of segsNow) {
       if (fences.has(id)) continue;
