@@ -346,25 +346,16 @@ async function runWorkload(
   const cpu0 = cpuSeconds(srv.pids);
   const t0 = performance.now();
   let s: WriteSample;
-  if (w === 'randwrite') {
-    const r = await fio(srv.uri, { rw: 'randwrite', bs: '4k', iodepth: 16, size, runtime });
-    s = {
-      value: r.iops,
-      iops: r.iops,
-      mibps: r.mibps,
-      p99Ms: r.p99Ms,
-      bytes: r.bytes,
-      seconds: 0,
-      cpuSeconds: 0,
-    };
-  } else if (w === 'synced') {
+  if (w !== 'seqwrite') {
+    // randwrite at QD16; synced at QD1 with a FLUSH after every write.
+    const synced = w === 'synced';
     const r = await fio(srv.uri, {
       rw: 'randwrite',
       bs: '4k',
-      iodepth: 1,
+      iodepth: synced ? 1 : 16,
       size,
       runtime,
-      fsync: 1,
+      ...(synced ? { fsync: 1 } : {}),
     });
     s = {
       value: r.iops,

@@ -1266,13 +1266,16 @@ class Run {
           if (!isRetainedCheckpoint(head, id)) {
             // Adopted, then dropped by a compaction since (seed 3002): its content is gone
             // from the history. The segment, if still there, must be this writer's.
-            const occupant = await readCheckpointHead(raw, id).catch(() => undefined);
+            const occupant = await readCheckpointHead(raw, id).catch((e: unknown) => {
+              if (isHyperError(e, 'MISSING_OBJECT')) return undefined;
+              throw e;
+            });
             return occupant === undefined || occupant.epoch === w.epoch
               ? undefined
               : `checkpoint ${id} is epoch ${occupant.epoch}'s, not this writer's`;
           }
           const c = await this.content(this.mainUrl, id);
-          if (!c.ok) return `its checkpoint ${r.checkpoint} is unreadable: ${c.error}`;
+          if (!c.ok) return `its checkpoint ${id} is unreadable: ${c.error}`;
           return c.sha === sha ? undefined : `its checkpoint ${id} reads ${c.sha}`;
         });
         if (wrong) {

@@ -1,5 +1,11 @@
 /** Fixtures for building checkpoint segments directly (segment builder and index tests). */
-import type { CheckpointInput } from '../../src/format/volume/segment-builder.js';
+import { encodeHead, type HeadRecord } from '../../src/format/codec/head.js';
+import { segmentKey } from '../../src/format/keys.js';
+import type { ObjectStore } from '../../src/format/store/types.js';
+import {
+  buildEmptySegment,
+  type CheckpointInput,
+} from '../../src/format/volume/segment-builder.js';
 
 /** The head of checkpoint `id` of a 1 GiB volume with 4 KiB blocks (its root filled in by the builder). */
 export function headFor(id: number): CheckpointInput['head'] {
@@ -18,4 +24,18 @@ export function headFor(id: number): CheckpointInput['head'] {
     epoch: 1,
     skipped: [],
   };
+}
+
+/**
+ * Put a segment at `id` that continues nothing (a leftover of some writer of the volume whose
+ * head is `head`), under `epoch` (default the head's).
+ */
+export async function putLeftover(
+  store: ObjectStore,
+  head: HeadRecord,
+  id: number,
+  epoch = head.epoch,
+): Promise<void> {
+  const h = { ...head, checkpoint: id, lastSegment: id, prevCheckpoint: id + 100, epoch };
+  await store.put(segmentKey(id), buildEmptySegment(id, Date.now(), encodeHead(h)));
 }

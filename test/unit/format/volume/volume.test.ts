@@ -6,13 +6,13 @@ import { HEAD_KEY, SEGMENT_PREFIX, segmentKey } from '../../../../src/format/key
 import { CountingStore } from '../../../../src/format/store/counting.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
 import type { ObjectStore, PutBody, PutOptions } from '../../../../src/format/store/types.js';
-import { encodeHead, isRetainedCheckpoint } from '../../../../src/format/codec/head.js';
+import { isRetainedCheckpoint } from '../../../../src/format/codec/head.js';
 import { checkVolume } from '../../../../src/format/volume/check.js';
 import { compactVolume } from '../../../../src/format/volume/compact.js';
 import { readStoredHead } from '../../../../src/format/volume/heads.js';
-import { buildEmptySegment } from '../../../../src/format/volume/segment-builder.js';
 import { Volume } from '../../../../src/format/volume/volume.js';
 import { KiB, MiB } from '../../../../src/format/volume/types.js';
+import { putLeftover } from '../../../helpers/checkpoint.js';
 import { rng } from '../../../helpers/rng.js';
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
@@ -293,15 +293,7 @@ describe('volume engine', () => {
     while (store.held < 2) await new Promise((r) => setImmediate(r));
     // Meanwhile an older writer's leftover lands at `first`, and a forced takeover skips it
     // and fences `first + 1`.
-    const { head } = await readStoredHead(mem);
-    const stray = {
-      ...head,
-      checkpoint: first,
-      lastSegment: first,
-      prevCheckpoint: first + 100,
-      epoch: 0,
-    };
-    await mem.put(segmentKey(first), buildEmptySegment(first, Date.now(), encodeHead(stray)));
+    await putLeftover(mem, (await readStoredHead(mem)).head, first, 0);
     const b = await Volume.open(mem, { force: true, flushIntervalMs: 0, holder: 'b' });
     assert.equal(b.headRecord.checkpoint, first + 1, 'the fence');
     await b.close();
