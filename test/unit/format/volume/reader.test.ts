@@ -54,6 +54,26 @@ class WatchedStore extends CountingStore {
   }
 }
 
+/**
+ * Reads segment bodies into the memory a caller offers (MemStore hands out its own bytes),
+ * and counts the GETs offered memory that an earlier GET was offered already.
+ */
+class IntoStore extends CountingStore {
+  reused = 0;
+  private readonly seen = new WeakSet<ArrayBufferLike>();
+  override async get(key: string, options?: GetOptions): Promise<GetResult> {
+    const mem = options?.into;
+    if (!mem) return super.get(key, options);
+    if (this.seen.has(mem.buffer)) this.reused++;
+    this.seen.add(mem.buffer);
+    const res = await super.get(key, { ...options, into: undefined });
+    const n = res.body.copy(mem);
+    // Scribble over the rest, so that a stale view of this memory would show.
+    mem.fill(0xa5, n);
+    return { ...res, body: mem.subarray(0, n) };
+  }
+}
+
 function pattern(len: number, seed: number): Buffer {
   const r = rng(seed);
   const b = Buffer.allocUnsafe(len);
@@ -225,6 +245,60 @@ describe('reader: read-ahead, parallel GETs, read-around', () => {
     const one = await v.readv(0, 8192);
     assert.equal(one.length, 1);
     assert.ok(one[0]!.subarray(0, 4096).every((b) => b === 1));
+    await v.close();
+  });
+
+  it('reuses the memory of read-ahead parts only once every piece of them was sent', async () => {
+    const size = 16 * MiB;
+    const { store, ref } = await filled(size);
+    // A store that reads bodies into the memory offered, as s3:// and file:// do.
+    const into = new IntoStore(store);
+    for (const seed of [1, 2, 3]) {
+      const v = await Volume.open(into, {
+        readOnly: true,
+        readAheadBytes: 2 * MiB,
+        readPartBytes: 256 * KiB,
+        readAroundBytes: 0,
+      });
+      into.reused = 0;
+      const r = rng(seed);
+      // Pieces not sent yet, each with what it must hold until it is.
+      const unsent: { piece: Buffer; want: Buffer }[] = [];
+      let reads = 0;
+      for (let pass = 0; pass < 2; pass++) {
+        for (let o = 0; o < size; o += 128 * KiB) {
+          const pieces = await v.readv(o, 128 * KiB);
+          reads++;
+          assert.ok(Buffer.concat(pieces).equals(ref.subarray(o, o + 128 * KiB)), `at ${o}`);
+          let at = o;
+          for (const piece of pieces) {
+            unsent.push({ piece, want: Buffer.from(ref.subarray(at, at + piece.length)) });
+            at += piece.length;
+          }
+          // Send some of the pieces, in any order, a while after they were handed out.
+          while (unsent.length > 0 && r() < 0.6) {
+            const [u] = unsent.splice(Math.floor(r() * unsent.length), 1);
+            assert.ok(u!.piece.equals(u!.want), `seed ${seed}: a piece changed before it was sent`);
+            v.release(u!.piece);
+          }
+        }
+      }
+      for (const u of unsent) assert.ok(u.piece.equals(u.want), `seed ${seed}: unsent piece`);
+      assert.ok(
+        reads > 0 && into.reused > 0,
+        `seed ${seed}: ${into.reused} GETs into reused memory`,
+      );
+      await v.close();
+    }
+    // Nothing released: every part's GET gets fresh memory.
+    const v = await Volume.open(into, {
+      readOnly: true,
+      readAheadBytes: 2 * MiB,
+      readPartBytes: 256 * KiB,
+    });
+    into.reused = 0;
+    for (let o = 0; o < size; o += 128 * KiB) await v.readv(o, 128 * KiB);
+    assert.equal(into.reused, 0);
     await v.close();
   });
 
