@@ -32,7 +32,9 @@
  *
  * Determinism: with the in-memory store and virtual time, a run is a pure function of its
  * seed. During a run Date.now, Math.random and crypto.randomBytes are replaced by seeded
- * versions (restored afterwards), and every actor only advances through the scheduler.
+ * versions, block codecs answer on this thread instead of the thread pool, and real-time
+ * intervals (lease renewals) do not fire (all restored afterwards); every actor only
+ * advances through the scheduler.
  * With a real S3 backend (`virtualTime: false`) the harness still works, but timing is real
  * and a seed does not replay exactly.
  */
@@ -43,6 +45,7 @@ import { writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { HyperError, isHyperError } from '../../src/errors.js';
+import { CODEC_LZ4, CODEC_ZSTD, encodeBlock } from '../../src/format/codec/block.js';
 import { decodeHead, isRetainedCheckpoint, type HeadRecord } from '../../src/format/codec/head.js';
 import { decodeEmbeddedHead } from '../../src/format/codec/segment.js';
 import { decodeSnapshot } from '../../src/format/codec/snapshot.js';
@@ -77,6 +80,7 @@ import { createSnapshot, deleteSnapshot, restoreVolume } from '../../src/format/
 import { KiB, MiB } from '../../src/format/volume/types.js';
 import { Volume } from '../../src/format/volume/volume.js';
 import { rng } from './rng.js';
+import { SyncZstd } from './sync-zstd.js';
 import { joinBody } from '../../src/format/store/common.js';
 
 // ------------------------------------------------------------------ small utilities
@@ -241,8 +245,7 @@ export class Sim {
           if (done) return;
           if (!this.idle) idleTicks = 0;
           else if (idleTicks++ === 0) idleSince = performance.now();
-          // Work on the thread pool (compression) runs in real time, outside the virtual
-          // clock: a stall is also a real second without progress.
+          // A stall is also a real second without progress.
           if (idleTicks > 20 && performance.now() - idleSince > 1000) {
             reject(new Error(`stalled: ${what} never completes and nothing else can run`));
             return;
@@ -569,13 +572,90 @@ export class ChaosStore implements ObjectStore {
 
 // ------------------------------------------------------------------ determinism patches
 
-const cjsCrypto = createRequire(import.meta.url)('node:crypto') as typeof nodeCrypto;
+const cjsRequire = createRequire(import.meta.url);
+const cjsCrypto = cjsRequire('node:crypto') as typeof nodeCrypto;
+
+/**
+ * Block codecs answer on the thread pool (zstd, and lz4 for whole blocks), in real time and
+ * in any order, so a run of a volume with codecs would depend on timing instead of its seed.
+ * During a virtual run their calls are answered on this thread instead (lz4's own synchronous
+ * calls; zstd through SyncZstd), with the same bytes; outside one they go straight through.
+ * Patched into the modules' CommonJS exports before the engine first imports them
+ * (codec/block.ts loads a codec on first use, and an ES import of a CommonJS module takes the
+ * exports as they are at that moment).
+ */
+let codecsInline = false;
+
+function inlineCodecs(): void {
+  type Fn = (...a: unknown[]) => unknown;
+  const gate = (mod: Record<string, Fn>, fn: string, inline: Fn): void => {
+    const real = mod[fn] as Fn;
+    mod[fn] = (...a: unknown[]) => {
+      if (!codecsInline) return real(...a);
+      try {
+        return Promise.resolve(inline(...a));
+      } catch (e) {
+        return Promise.reject(e as Error);
+      }
+    };
+  };
+  const zstd = cjsRequire('@mongodb-js/zstd') as Record<string, Fn>;
+  let sync: SyncZstd | undefined;
+  // A call to the worker costs a few thread switches, and runs (checks reading every
+  // checkpoint, deduplicated volumes) code the same few blocks over and over: answers are
+  // remembered by their input (the same bytes each time).
+  const memo = new Map<string, Buffer>();
+  const remembered = (key: string, f: () => Buffer): Buffer => {
+    let out = memo.get(key);
+    if (out === undefined) {
+      if (memo.size >= 16_384) memo.clear();
+      memo.set(key, (out = f()));
+    }
+    return Buffer.from(out);
+  };
+  const digest = (b: Buffer): string => createHash('sha256').update(b).digest('base64');
+  gate(zstd, 'compress', (b, level) =>
+    remembered(`c${String(level)}:${digest(b as Buffer)}`, () =>
+      (sync ??= new SyncZstd()).compress(b as Buffer, level as number),
+    ),
+  );
+  gate(zstd, 'decompress', (b) =>
+    remembered(`d:${digest(b as Buffer)}`, () => (sync ??= new SyncZstd()).decompress(b as Buffer)),
+  );
+  const lz4 = cjsRequire('lz4-napi') as Record<string, Fn>;
+  const compressSync = lz4.compressSync as Fn;
+  const uncompressSync = lz4.uncompressSync as Fn;
+  gate(lz4, 'compress', (b) => compressSync(b));
+  gate(lz4, 'uncompress', (b) => uncompressSync(b));
+}
+inlineCodecs();
+
+/** An interval that never fires (what setInterval gives during a virtual run). */
+const idleInterval = (): NodeJS.Timeout => {
+  const t = {
+    ref: () => t,
+    unref: () => t,
+    hasRef: () => false,
+    refresh: () => t,
+    close: () => t,
+    [Symbol.toPrimitive]: () => 0,
+    [Symbol.dispose]: () => undefined,
+  };
+  return t as unknown as NodeJS.Timeout;
+};
 
 /**
  * Replace Date.now (virtual clock), Math.random and crypto.randomBytes (seeded) while `fn`
- * runs, so that a run replays from its seed. Restored afterwards, even on failure.
+ * runs, so that a run replays from its seed; answer codec calls on this thread; and keep
+ * real-time intervals from firing: the engine's only ones are lease renewals, which would
+ * otherwise happen whenever a long run had taken a third of a lease's time in real seconds
+ * (leases instead lapse in virtual time, as those of a stalled holder do). Restored
+ * afterwards, even on failure.
  */
 async function deterministic<T>(seed: number, sim: Sim, fn: () => Promise<T>): Promise<T> {
+  // Both codecs loaded before the run: their first import takes real time.
+  await encodeBlock(Buffer.alloc(4 * KiB, 1), CODEC_ZSTD);
+  await encodeBlock(Buffer.alloc(4 * KiB, 1), CODEC_LZ4);
   const realNow = Date.now;
   const realRandom = Math.random;
   const realBytes = cjsCrypto.randomBytes;
@@ -590,9 +670,14 @@ async function deterministic<T>(seed: number, sim: Sim, fn: () => Promise<T>): P
   };
   (cjsCrypto as { randomBytes: unknown }).randomBytes = fakeBytes;
   syncBuiltinESMExports();
+  codecsInline = true;
+  const realSetInterval = globalThis.setInterval;
+  globalThis.setInterval = idleInterval as unknown as typeof setInterval;
   try {
     return await fn();
   } finally {
+    globalThis.setInterval = realSetInterval;
+    codecsInline = false;
     Date.now = realNow;
     Math.random = realRandom;
     (cjsCrypto as { randomBytes: unknown }).randomBytes = realBytes;

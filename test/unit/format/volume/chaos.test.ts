@@ -46,7 +46,9 @@ describe('chaos: concurrent writer, admin operations and store faults (mem://)',
         `chaos totals: seeds ${seeds[0]}..${seeds.at(-1)} (${totals.seeds}), steps ${totals.steps}, operations ${totals.operations} (${totals.opsFailed} failed cleanly), requests ${totals.requests}, faults injected ${totals.faultsBefore + totals.faultsAfter} (${totals.faultsBefore} before, ${totals.faultsAfter} after applying), takeovers ${totals.takeovers}, kills ${totals.kills}, invariant checks ${totals.checks}, violations ${totals.violations}, overlapped segment PUTs ${totals.overlappedSegmentPuts}`,
       );
       assert.ok(totals.checks > 0, 'no invariant was checked');
-      assert.ok(totals.overlappedSegmentPuts > 0, 'no segment PUTs were pipelined');
+      // (Over the whole budget; a replayed seed may not pipeline any.)
+      if (env.seed === undefined)
+        assert.ok(totals.overlappedSegmentPuts > 0, 'no segment PUTs were pipelined');
       assert.equal(
         failures.length,
         0,
