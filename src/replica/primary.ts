@@ -128,6 +128,12 @@ export class PrimaryFile {
     return buf;
   }
 
+  /** Fill `buf` with the exported device's bytes from `offset`. */
+  async readInto(buf: Buffer, offset: number): Promise<Buffer> {
+    await this.readFully(buf, PRIMARY_DATA_OFFSET + offset);
+    return buf;
+  }
+
   async write(offset: number, data: Buffer): Promise<void> {
     if (data.length <= SYNC_WRITE_MAX) {
       const at = PRIMARY_DATA_OFFSET + offset;
