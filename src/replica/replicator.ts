@@ -176,9 +176,9 @@ export class CopySlabs {
  * serving thread in a sequential write), a reused one only the copy.
  */
 const RECYCLED_MIN = 64 * 1024;
+const RECYCLED_BYTES = 64 * 1024 * 1024;
 /** Region buffers kept for reuse (regionBuffers). */
 const REGION_BUFFERS = 2;
-const RECYCLED_BYTES = 64 * 1024 * 1024;
 
 /** A latch that resolves waiters when `wake()` is called (or their timeout passes). */
 class Signal {
@@ -294,7 +294,7 @@ export class Replicator {
   /**
    * Region buffers of copies that were shipped or found to be zeros, for the next region
    * read: a first sync reads every region, and into fresh memory each 8 MiB read paid a page
-   * fault per 4 KiB on the serving thread (a fresh 1 GiB primary: 262,000 of them).
+   * fault per 4 KiB on the serving thread (262,000 for an existing 1 GiB device).
    */
   private readonly regionBuffers: Buffer[] = [];
   private readonly recycled = new RecycledBuffers(RECYCLED_MIN, RECYCLED_BYTES);
