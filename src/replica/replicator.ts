@@ -177,7 +177,7 @@ export class CopySlabs {
  */
 const RECYCLED_MIN = 64 * 1024;
 const RECYCLED_BYTES = 64 * 1024 * 1024;
-/** Region buffers kept for reuse (regionBuffers). */
+/** Whole-region buffers kept for reuse (regionBuffers). */
 const REGION_BUFFERS = 2;
 
 /** A latch that resolves waiters when `wake()` is called (or their timeout passes). */
@@ -296,7 +296,7 @@ export class Replicator {
    * read: a first sync reads every region, and into fresh memory each 8 MiB read paid a page
    * fault per 4 KiB on the serving thread (262,000 for an existing 1 GiB device).
    */
-  private readonly regionBuffers: Buffer[] = [];
+  private readonly regionBuffers: RecycledBuffers;
   private readonly recycled = new RecycledBuffers(RECYCLED_MIN, RECYCLED_BYTES);
   private readonly work = new Signal();
   private readonly drained = new Signal();
@@ -314,6 +314,7 @@ export class Replicator {
     this.header = { ...o.header };
     this.size = o.header.deviceSize;
     this.regionSize = o.header.regionSize;
+    this.regionBuffers = new RecycledBuffers(this.regionSize, REGION_BUFFERS * this.regionSize);
     this.regions = regionCount(this.size, this.regionSize);
     this.log = o.logger ?? silentLogger;
     this.poolLimit = Math.max(o.poolBytes ?? DEFAULT_POOL_BYTES, 2 * this.regionSize);
@@ -726,7 +727,7 @@ export class Replicator {
       if (copies && e.kind === 'write') {
         if (e.recycle) this.recycled.give(e.data);
         else this.copies.give(e.data);
-      } else if (copies && e.kind === 'copy') this.giveRegionBuffer(e.data);
+      } else if (copies && e.kind === 'copy') this.regionBuffers.give(e.data);
       // The entry may have been dropped meanwhile (an overflow empties the queue).
       if (this.queue[this.queueHead] === e) {
         this.queueHead++;
@@ -1189,21 +1190,16 @@ export class Replicator {
       if (this.busy[r]! > 0) await new Promise<void>((resolve) => this.idle.set(r, resolve));
       const start = r * this.regionSize;
       const length = Math.min(this.regionSize, this.size - start);
-      const data = await this.primary.readInto(
-        length === this.regionSize
-          ? (this.regionBuffers.pop() ?? Buffer.allocUnsafeSlow(length))
-          : Buffer.allocUnsafe(length),
-        start,
-      );
+      const data = await this.primary.readInto(this.regionBuffers.take(length), start);
       if (!this.passPending.has(r)) {
-        this.giveRegionBuffer(data);
+        this.regionBuffers.give(data);
         return 0; // an overflow handed it back to needCopy
       }
       const seq = this.nextSeq++;
       this.lastSeq[r] = seq;
       this.passPending.delete(r);
       if (isZero(data)) {
-        this.giveRegionBuffer(data);
+        this.regionBuffers.give(data);
         this.enqueue({
           kind: 'zero',
           seq,
@@ -1220,12 +1216,6 @@ export class Replicator {
       this.gates.delete(r);
       open();
     }
-  }
-
-  /** A region buffer nothing refers to any more (see regionBuffers). */
-  private giveRegionBuffer(b: Buffer): void {
-    if (b.length === this.regionSize && this.regionBuffers.length < REGION_BUFFERS)
-      this.regionBuffers.push(b);
   }
 
   // ------------------------------------------------------------------ reverse

@@ -53,8 +53,36 @@ export const DEFAULT_MAX_GETS = 16;
 export const BULK_READ = 64 * KiB;
 /** Bytes of sent reply buffers kept for reuse (bulk local reads), per volume. */
 const SPARE_BYTES = 8 * MiB;
-/** Bodies of sent read-ahead parts kept for reuse, per volume (of partBytes each). */
-const PART_POOL = 8;
+/** Bytes of bodies of sent read-ahead parts kept for reuse, per volume. */
+const PART_POOL_BYTES = 16 * MiB;
+
+/**
+ * Buffers kept for reuse by length, at most `maxBytes` in all: memory already faulted in,
+ * instead of fresh pages that fault on the first copy into them (costly in a VM).
+ */
+class SpareBuffers {
+  private readonly free = new Map<number, Buffer[]>();
+  private bytes = 0;
+
+  constructor(private readonly maxBytes: number) {}
+
+  take(length: number): Buffer | undefined {
+    const list = this.free.get(length);
+    const b = list?.pop();
+    if (!b) return undefined;
+    if (list?.length === 0) this.free.delete(length);
+    this.bytes -= length;
+    return b;
+  }
+
+  give(b: Buffer): void {
+    if (this.bytes + b.length > this.maxBytes) return;
+    let list = this.free.get(b.length);
+    if (!list) this.free.set(b.length, (list = []));
+    list.push(b);
+    this.bytes += b.length;
+  }
+}
 
 /** What the reader reads through: the engine's current index and write buffer. */
 export interface ReadView {
@@ -219,7 +247,7 @@ export class Reader {
    * reads a body into memory already faulted in, instead of fresh pages that fault on the
    * kernel's copy (a fifth of the CPU of a sequential read from RGW at loopback).
    */
-  private readonly partPool: Buffer[] = [];
+  private readonly partPool = new SpareBuffers(PART_POOL_BYTES);
   /** readv() pieces lent out of read-ahead parts, until release() says they were sent. */
   private readonly lentPieces = new WeakMap<Buffer, AheadPart>();
   private aheadBytes = 0;
@@ -241,8 +269,7 @@ export class Reader {
    * MiB of buffers allocated outside its heap). `lent` holds the buffers handed out that may
    * come back; nothing else keeps them (bulk local reads never cache the blocks they read).
    */
-  private readonly spare = new Map<number, Buffer[]>();
-  private spareBytes = 0;
+  private readonly spare = new SpareBuffers(SPARE_BYTES);
   private readonly lent = new WeakSet<Buffer>();
 
   constructor(
@@ -322,7 +349,7 @@ export class Reader {
       // A local store: the block is read into a reply buffer lent for reuse, not cached (a
       // pread costs less than the cache's bookkeeping, and into memory of a sent reply it
       // costs a third of a pread into fresh memory, whose pages fault on the copy).
-      const out = this.takeSpare(this.bs) ?? Buffer.allocUnsafeSlow(this.bs);
+      const out = this.spare.take(this.bs) ?? Buffer.allocUnsafeSlow(this.bs);
       r.transient = true;
       r.dest = out;
       return this.fetchRun(r).then(([b]) => {
@@ -407,12 +434,7 @@ export class Reader {
       this.recycleAhead(part);
       return;
     }
-    if (!this.lent.delete(buf)) return;
-    if (this.spareBytes + buf.length > SPARE_BYTES) return;
-    let list = this.spare.get(buf.length);
-    if (!list) this.spare.set(buf.length, (list = []));
-    list.push(buf);
-    this.spareBytes += buf.length;
+    if (this.lent.delete(buf)) this.spare.give(buf);
   }
 
   /** A bulk read: of a local store, BULK_READ or more (its blocks are not cached). */
@@ -420,20 +442,11 @@ export class Reader {
     return this.local && length >= BULK_READ;
   }
 
-  private takeSpare(length: number): Buffer | undefined {
-    const list = this.spare.get(length);
-    const b = list?.pop();
-    if (!b) return undefined;
-    if (list?.length === 0) this.spare.delete(length);
-    this.spareBytes -= length;
-    return b;
-  }
-
   private async fill(offset: number, length: number): Promise<Buffer> {
     // Bulk reads of a local store put none of their blocks in a cache (readFromIndex): their
     // buffer may be lent and come back. (A disk cache would write the blocks out later.)
     const lend = this.bulk(length) && this.disk === undefined;
-    const out = (lend ? this.takeSpare(length) : undefined) ?? Buffer.allocUnsafe(length);
+    const out = (lend ? this.spare.take(length) : undefined) ?? Buffer.allocUnsafe(length);
     if (length === 0) return out;
     const bs = this.bs;
     const first = Math.floor(offset / bs);
@@ -1014,7 +1027,7 @@ export class Reader {
     // than half of that memory).
     const mem =
       len <= this.partBytes && 2 * len >= this.partBytes
-        ? (this.partPool.pop() ?? Buffer.allocUnsafeSlow(this.partBytes))
+        ? (this.partPool.take(this.partBytes) ?? Buffer.allocUnsafeSlow(this.partBytes))
         : undefined;
     const into = mem?.subarray(0, len);
     try {
@@ -1046,7 +1059,7 @@ export class Reader {
         into !== undefined && body.buffer === into.buffer && body.byteOffset === into.byteOffset;
       // (A part dropped meanwhile to make room stays dropped; nothing saw its memory.)
       if (a.dropped) {
-        if (own && this.partPool.length < PART_POOL) this.partPool.push(mem as Buffer);
+        if (own) this.partPool.give(mem as Buffer);
         return;
       }
       a.body = body;
@@ -1126,7 +1139,7 @@ export class Reader {
     const mem = a.pooled;
     a.pooled = undefined;
     a.body = undefined;
-    if (this.partPool.length < PART_POOL) this.partPool.push(mem);
+    this.partPool.give(mem);
   }
 
   private trimSpeculative(): void {
