@@ -50,6 +50,11 @@ import type { PrimaryFile } from './primary.js';
 import type { ReplicaTarget } from './shipper.js';
 
 export const DEFAULT_POOL_BYTES = 512 * 1024 * 1024;
+/**
+ * How long close() waits, after its drain, for the last commit before giving the replica up
+ * (a 32 MiB segment takes well under this on any store that answers).
+ */
+export const STOP_GRACE_MS = 10_000;
 export const DEFAULT_RECOVER_CONCURRENCY = 4;
 const ZERO_CHUNK = 1024 * 1024;
 
@@ -88,6 +93,13 @@ export interface ReplicatorOptions {
    * (the regions they changed are copied again) instead of refused as a split brain.
    */
   takeOver?: boolean;
+  /**
+   * Aborted when close() stops waiting for the replica (its drain and then `STOP_GRACE_MS`
+   * have passed): the owner makes the opening of the replica and every request to its store
+   * end with it (`AbortableStore`), so that a replica that stopped answering cannot hold the
+   * stop. The replica target in use is killed then too.
+   */
+  giveUp?: AbortController;
   logger?: Logger;
 }
 
@@ -365,11 +377,33 @@ export class Replicator {
    * Stop: ship what is queued (for at most `drainMs`), commit it, clear what is clean and
    * release the primary and the replica's lease.
    */
-  async close(drainMs = 30_000): Promise<void> {
+  async close(drainMs = 30_000, graceMs = STOP_GRACE_MS): Promise<void> {
     if (this.closed) return;
     this.closing = true;
     this.stopping.wake();
     const deadline = Date.now() + drainMs;
+    // Past the drain and a grace for the last commit, the replica is given up: what was not
+    // committed stays dirty in the bitmap written below, and the next start copies it.
+    const giveUp = setTimeout(() => this.giveUp(drainMs + graceMs), drainMs + graceMs);
+    try {
+      await this.finishClose(deadline);
+    } finally {
+      clearTimeout(giveUp);
+    }
+  }
+
+  private giveUp(afterMs: number): void {
+    this.log.warn('the replica did not answer in time: stopping without its last commit', {
+      afterMs,
+      note: 'regions not committed stay dirty; the next start copies them',
+    });
+    this.o.giveUp?.abort(
+      new HyperError('unavailable', 'ABORTED', `The replica did not answer within ${afterMs} ms`),
+    );
+    void this.volume?.kill?.().catch(() => undefined);
+  }
+
+  private async finishClose(deadline: number): Promise<void> {
     while (
       this.volume !== undefined &&
       (this.queueBytes > 0 || this.queueHead < this.queue.length || this.passPending.size > 0) &&

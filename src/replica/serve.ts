@@ -11,7 +11,7 @@
  * primary and the lease.
  */
 import { HyperError } from '../errors.js';
-import type { OpenStoreOptions } from '../format/store/index.js';
+import { AbortableStore, type OpenStoreOptions } from '../format/store/index.js';
 import { processHolder } from '../format/volume/lease.js';
 import { silentLogger } from '../format/volume/types.js';
 import { Volume } from '../format/volume/volume.js';
@@ -21,7 +21,7 @@ import type { ServeLogger } from '../serve/logger.js';
 import { nbdUri, type ListenAddress } from '../serve/uri.js';
 import { openPrimary, openReplicaStore, type StoreOpener } from './admin.js';
 import { ReplicaDevice } from './device.js';
-import { DEFAULT_POOL_BYTES, Replicator, type ReplicaStatus } from './replicator.js';
+import { DEFAULT_POOL_BYTES, Replicator, STOP_GRACE_MS, type ReplicaStatus } from './replicator.js';
 import { WorkerTarget } from './shipper.js';
 
 export interface ReplicaServeOptions {
@@ -44,7 +44,10 @@ export interface ReplicaServeOptions {
   /** Open options of the replica volume (tuning). */
   flushPipeline?: number;
   logger?: ServeLogger;
+  /** How long a stop lets NBD clients finish their requests in flight (default 10 s). */
   drainMs?: number;
+  /** How long a stop keeps shipping what is queued (default 30 s; see Replicator.close). */
+  shipDrainMs?: number;
 }
 
 export const EXPORT_NAME = 'primary';
@@ -65,7 +68,10 @@ export class ReplicaServer {
     const { primary, header } = await openPrimary(o.file, o.uuid, { force: o.force === true });
     const holder = processHolder('hyper-replica');
     try {
-      const { store } = await openReplicaStore(header.replicaUrl, header.uuid, o.openStore);
+      const opened = await openReplicaStore(header.replicaUrl, header.uuid, o.openStore);
+      // Everything this process asks of the replica ends when a stop gives it up.
+      const giveUp = new AbortController();
+      const store = new AbortableStore(opened.store, giveUp.signal);
       let forceAtStart = o.force === true;
       const replicator = new Replicator({
         primary,
@@ -97,6 +103,7 @@ export class ReplicaServer {
                 64 * 1024 * 1024,
                 Math.max(1024 * 1024, (o.poolBytes ?? DEFAULT_POOL_BYTES) / 4),
               ),
+              giveUp.signal,
             );
           }
           return Volume.open(store, {
@@ -110,6 +117,7 @@ export class ReplicaServer {
         },
         openReplicaAt: (checkpoint) => Volume.open(store, { at: { checkpoint } }),
         takeOver: o.force === true,
+        giveUp,
         logger: this.logger,
         ...(o.poolBytes === undefined ? {} : { poolBytes: o.poolBytes }),
         ...(o.recoverConcurrency === undefined ? {} : { recoverConcurrency: o.recoverConcurrency }),
@@ -193,7 +201,8 @@ export class ReplicaServer {
     this.control = undefined;
     await this.nbd?.close(this.o.drainMs ?? 10_000);
     this.nbd = undefined;
-    await this.replicator?.close();
+    const ship = this.o.shipDrainMs ?? 30_000;
+    await this.replicator?.close(ship, Math.max(1000, Math.min(STOP_GRACE_MS, ship)));
   }
 }
 

@@ -158,11 +158,15 @@ export class WorkerTarget implements ReplicaTarget {
     });
   }
 
-  /** Start a worker and open the replica volume in it (taking its lease). */
+  /**
+   * Start a worker and open the replica volume in it (taking its lease). When `signal` fires
+   * first, the worker is stopped and the open fails with its reason.
+   */
   static async open(
     spec: WorkerTargetSpec,
     log: Logger,
     windowBytes = DEFAULT_WINDOW,
+    signal?: AbortSignal,
   ): Promise<WorkerTarget> {
     const worker = startWorker();
     const info = await new Promise<ReplicaTarget['info']>((resolve, reject) => {
@@ -176,15 +180,22 @@ export class WorkerTarget implements ReplicaTarget {
         done(() =>
           reject(new HyperError('internal', 'INTERNAL', 'The replica shipper worker stopped')),
         );
+      const onAbort = (): void => done(() => reject(toHyperError(signal?.reason)));
       const done = (f: () => void): void => {
         worker.off('message', onMessage);
         worker.off('error', onError);
         worker.off('exit', onExit);
+        signal?.removeEventListener('abort', onAbort);
         f();
       };
       worker.on('message', onMessage);
       worker.on('error', onError);
       worker.on('exit', onExit);
+      if (signal?.aborted) {
+        onAbort();
+        return;
+      }
+      signal?.addEventListener('abort', onAbort, { once: true });
       worker.postMessage({ t: 'open', spec } satisfies ToWorker);
     }).catch(async (e: unknown) => {
       await worker.terminate();

@@ -48,6 +48,8 @@ export interface FaultCounts {
   downRefused: number;
   /** Conditional PUTs forwarded without their If-None-Match / If-Match header. */
   conditionalStripped: number;
+  /** Requests held without an answer (`hang`). */
+  hung: number;
 }
 
 export interface SigningCredentials {
@@ -89,6 +91,12 @@ export class FaultProxy {
   /** When true every request gets a 503 (the store is "down"). */
   down = false;
   /**
+   * When true every request is held without an answer, as by a server that stopped
+   * responding; `unhang()` clears it and resets the connections of the requests held.
+   */
+  hang = false;
+  private held: (() => void)[] = [];
+  /**
    * When set, PUTs lose their If-None-Match / If-Match headers on the way (and are signed
    * again with these credentials, as the headers are part of the signature): the server
    * then overwrites unconditionally, like a store that ignores conditional writes.
@@ -107,6 +115,7 @@ export class FaultProxy {
     resetDuring: 0,
     downRefused: 0,
     conditionalStripped: 0,
+    hung: 0,
   };
   private seed: number;
   /** PUTs seen whose body came in more than one piece (resetDuringEvery). */
@@ -136,6 +145,12 @@ export class FaultProxy {
     await new Promise<void>((resolve) => this.server?.listen(0, '127.0.0.1', resolve));
     const { port } = this.server.address() as AddressInfo;
     return `http://127.0.0.1:${port}`;
+  }
+
+  /** Answer requests again; those held so far see their connection reset. */
+  unhang(): void {
+    this.hang = false;
+    for (const reset of this.held.splice(0)) reset();
   }
 
   async stop(): Promise<void> {
@@ -170,6 +185,12 @@ export class FaultProxy {
       }
     }
     const body = Buffer.concat(chunks);
+    if (this.hang) {
+      this.counts.hung++;
+      // Never forwarded: a request let through later would race the test's next steps.
+      this.held.push(() => req.socket.destroy());
+      return;
+    }
     if (this.down) {
       this.counts.downRefused++;
       this.s3Error(res, 503, 'ServiceUnavailable');

@@ -1,7 +1,7 @@
 import { Flags } from '@oclif/core';
 import { BaseCommand } from '../../base-command.js';
 import type { ReplicaServeListening, ReplicaServeResult } from '../../cli/vocabulary.js';
-import { size } from '../../flags.js';
+import { duration, size } from '../../flags.js';
 import { DEFAULT_POOL_BYTES, DEFAULT_RECOVER_CONCURRENCY } from '../../replica/replicator.js';
 import { primaryFile, primaryUuid, replicaControlSocket } from '../../replica/flags.js';
 import { ReplicaServer } from '../../replica/serve.js';
@@ -17,7 +17,7 @@ export default class ReplicaServe extends BaseCommand<typeof ReplicaServe> {
   static override summary =
     'Export a replication primary over NBD and ship every write to its replica.';
 
-  static override description = `Reads and writes go to the primary at local-disk speed; every write is also queued, in order, in a memory pool of --pool-size and shipped asynchronously to the replica volume, which commits a checkpoint at every client FLUSH it reaches (and at least every second while writes wait). A FLUSH is acknowledged once the primary is durable (fdatasync), not when the replica has it. When the pool overflows or the replica is unreachable, the changed regions are tracked in the dirty bitmap on the primary and copied once the replica is back; a restart after a crash copies the regions the bitmap names, nothing more. The replica volume's lease is held while serving: another writer of it is refused. Runs until SIGINT/SIGTERM, then ships what is queued and stops.`;
+  static override description = `Reads and writes go to the primary at local-disk speed; every write is also queued, in order, in a memory pool of --pool-size and shipped asynchronously to the replica volume, which commits a checkpoint at every client FLUSH it reaches (and at least every second while writes wait). A FLUSH is acknowledged once the primary is durable (fdatasync), not when the replica has it. When the pool overflows or the replica is unreachable, the changed regions are tracked in the dirty bitmap on the primary and copied once the replica is back; a restart after a crash copies the regions the bitmap names, nothing more. The replica volume's lease is held while serving: another writer of it is refused. Runs until SIGINT/SIGTERM, then ships what is queued (for at most --drain) and stops.`;
 
   static override examples = [
     {
@@ -67,6 +67,11 @@ export default class ReplicaServe extends BaseCommand<typeof ReplicaServe> {
       summary:
         "Serve even if the header names another live replicator, and take the replica's lease from its holder, overwriting what it shipped after this primary's last commit (at start only: once taken over, this replicator does not take it back).",
     }),
+    drain: duration({
+      summary:
+        'How long a stop keeps shipping what is queued to the replica. The last commit then gets as long again (at most 10s); a replica that has not answered by then is given up, and the next start copies what it lacks.',
+      default: 30_000,
+    }),
     'print-uri': Flags.boolean({ summary: 'Print the NBD URI on stdout once listening.' }),
     'log-level': Flags.string({
       summary: 'Least severe log lines written to stderr.',
@@ -103,6 +108,7 @@ export default class ReplicaServe extends BaseCommand<typeof ReplicaServe> {
       poolBytes: f['pool-size'],
       recoverConcurrency: f['recover-concurrency'],
       force: f.force,
+      shipDrainMs: f.drain,
       logger,
       ...(f['control-socket'] === undefined ? {} : { controlSocket: f['control-socket'] }),
     });

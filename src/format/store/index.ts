@@ -23,6 +23,7 @@ export {
   totalRequests,
 } from './counting.js';
 export { RetryingStore, type RetryOptions } from './retry.js';
+export { AbortableStore } from './abortable.js';
 export { probeConditionalWrites } from './probe.js';
 export {
   ObservedStore,

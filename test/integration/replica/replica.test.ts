@@ -689,6 +689,48 @@ describe('hyper replica on S3 (Ceph RGW) with real NBD clients', () => {
   );
 
   it(
+    'a stop while the replica hangs ends within --drain, and the next start copies what it lacks',
+    { timeout: TIMEOUT },
+    scenario('hang', ['nbdsh'], async (s, t) => {
+      const { proxy, endpoint } = faulty();
+      proxy.down = false;
+      proxy.rates = {};
+      t.after(() => proxy.unhang());
+      const file = join(s.dir, 'primary.img');
+      const uuid = await format(s, file);
+      const model = Buffer.alloc(DEVICE);
+      const drain = ['--drain', '1s'];
+      const r = await serveReplica(s, file, uuid, { endpoint, extra: drain });
+      await nbdWrite(s, r.uri, randomWrites(31, 6), model);
+      await settle(r);
+
+      // RGW stops answering (requests are taken and never answered, as by a stuck server).
+      proxy.hang = true;
+      const ms = await nbdWrite(s, r.uri, randomWrites(32, 6), model);
+      assert.ok(ms < 5000, `writes and a flush with the replica hanging took ${ms} ms`);
+      const t0 = Date.now();
+      await stop(r, 'SIGINT');
+      const took = Date.now() - t0;
+      // --drain 1s, then 1 s for the last commit; the rest is starting and stopping a worker.
+      assert.ok(took < 15_000, `the stop took ${took} ms`);
+      assert.ok(proxy.counts.hung > 0, 'requests hung');
+      assert.match(r.stderr(), /the replica did not answer in time/);
+      assert.equal(sha256(await primaryData(file)), sha256(model), 'the primary holds every write');
+
+      proxy.unhang();
+      const again = await serveReplica(s, file, uuid, { endpoint, extra: drain });
+      const st = await status(again);
+      assert.ok(
+        st.dirtyRegions > 0 && st.dirtyRegions < REGIONS,
+        `the next start copies some regions, not all: ${st.dirtyRegions}`,
+      );
+      await settle(again);
+      await stop(again, 'SIGINT');
+      await assertReplicated(s, file, uuid, model);
+    }),
+  );
+
+  it(
     'overflows a 1 MiB pool under fast copies to a slow replica and still converges',
     { timeout: TIMEOUT },
     scenario('pool', ['nbdcopy'], async (s, t) => {

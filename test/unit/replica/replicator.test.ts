@@ -14,6 +14,7 @@ import { after, afterEach, describe, it } from 'node:test';
 import { HyperError } from '../../../src/errors.js';
 import { PRIMARY_DATA_OFFSET } from '../../../src/format/codec/primary.js';
 import { SEGMENT_PREFIX } from '../../../src/format/keys.js';
+import { AbortableStore } from '../../../src/format/store/abortable.js';
 import { MemStore } from '../../../src/format/store/mem.js';
 import type { ObjectStore } from '../../../src/format/store/index.js';
 import { compactVolume } from '../../../src/format/volume/compact.js';
@@ -120,6 +121,9 @@ async function start(
   const { primary, header } = await openPrimary(s.file, s.uuid, { force: o.force === true });
   const inner = (await openReplicaStore(header.replicaUrl, s.uuid, open)).store;
   const store = new OutageStore(inner);
+  // What `replica serve` does: every request to the replica ends once a stop gives it up.
+  const giveUp = new AbortController();
+  const reach = new AbortableStore(store, giveUp.signal);
   const holder = o.holder ?? 'test-a';
   // 'once': the replica's lease is taken by force at start only, later reconnects wait for it
   // unless it is this replicator's own (what `replica serve` does).
@@ -128,16 +132,17 @@ async function start(
   const rep = new Replicator({
     primary,
     header,
-    replicaStore: store,
+    replicaStore: reach,
     owner: holder,
     openReplica: async () => {
       opens++;
       const force = o.takeReplica !== 'once' || forceAtStart;
       forceAtStart = false;
-      return Volume.open(store, { holder, force, reclaim: true, flushIntervalMs: 0 });
+      return Volume.open(reach, { holder, force, reclaim: true, flushIntervalMs: 0 });
     },
-    openReplicaAt: (checkpoint) => Volume.open(store, { at: { checkpoint } }),
+    openReplicaAt: (checkpoint) => Volume.open(reach, { at: { checkpoint } }),
     takeOver: o.force === true,
+    giveUp,
     poolBytes: o.poolBytes ?? 64 * MiB,
     commitIntervalMs: 20,
     clearDelayMs: 0,
@@ -412,6 +417,41 @@ describe('replicator', () => {
     await second.rep.close();
     assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(model.bytes));
     assert.equal(sha(await primaryContent(s.file)), sha(model.bytes));
+    const check = await checkPrimary({ file: s.file, uuid: s.uuid, openStore: open });
+    assert.equal(check.differing.length, 0);
+  });
+
+  it('a stop while the replica hangs ends in bounded time, and the next start copies only what was not committed', async () => {
+    const s = await setup();
+    const first = await start(s, { holder: 'test-hang-1' });
+    const model = new Model();
+    await randomOps(first.rep, model, 31, 80);
+    assert.ok(await first.rep.settle(10_000));
+    // The replica stops answering: every PUT hangs (no error, no answer, ever).
+    first.store.hold = new Promise(() => undefined);
+    const a = Buffer.alloc(8192, 0xbb);
+    for (const offset of [3 * REGION + 4096, 17 * REGION]) {
+      await first.rep.write(offset, a);
+      model.apply(offset, a, a.length);
+    }
+    await first.rep.flush();
+    const t0 = Date.now();
+    await first.rep.close(200, 300);
+    const took = Date.now() - t0;
+    assert.ok(took < 5000, `the stop took ${took} ms`);
+    assert.ok(first.store.heldPuts > 0, 'the replica was asked to commit and hung');
+    assert.equal(sha(await primaryContent(s.file)), sha(model.bytes));
+    // The header the stop wrote names the regions not committed, and only those (roughly).
+    const second = await start(s, { holder: 'test-hang-2', force: true });
+    const st = second.rep.status();
+    assert.notEqual(st.mode, 'forward-full');
+    assert.ok(
+      st.dirtyRegions >= 2 && st.dirtyRegions < DEVICE / REGION / 2,
+      `dirty ${st.dirtyRegions}`,
+    );
+    assert.ok(await second.rep.settle(10_000), JSON.stringify(second.rep.status()));
+    await second.rep.close();
+    assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(model.bytes));
     const check = await checkPrimary({ file: s.file, uuid: s.uuid, openStore: open });
     assert.equal(check.differing.length, 0);
   });
