@@ -47,6 +47,8 @@ const logger: Logger = {
 };
 
 let volume: Volume | undefined;
+/** The ring the written bytes come in (shipper.ts). */
+let ring: Buffer = Buffer.alloc(0);
 let failure: SerializedError | undefined;
 /** Messages are handled one at a time, in arrival order. */
 let chain: Promise<void> = Promise.resolve();
@@ -59,6 +61,7 @@ function fail(e: unknown, id?: number): void {
 async function handle(m: ToWorker): Promise<void> {
   switch (m.t) {
     case 'open': {
+      ring = Buffer.from(m.ring);
       try {
         const store = await openStore(m.spec.url, m.spec.storeOptions);
         volume = await Volume.open(store, {
@@ -88,10 +91,11 @@ async function handle(m: ToWorker): Promise<void> {
     case 'batch': {
       if (failure === undefined && volume !== undefined) {
         try {
-          const { ops, count, data } = m.batch;
-          const bytes = Buffer.from(data.buffer, data.byteOffset, data.byteLength);
-          let at = 0;
-          for (let i = 0; i < count; i++) {
+          const { ops, data } = m.batch;
+          const bytes =
+            data === undefined ? ring : Buffer.from(data.buffer, data.byteOffset, data.byteLength);
+          let at = data === undefined ? m.batch.ringAt : 0;
+          for (let i = 0; 3 * i < ops.length; i++) {
             const kind = ops[3 * i]!;
             const offset = ops[3 * i + 1]!;
             const length = ops[3 * i + 2]!;
@@ -107,10 +111,7 @@ async function handle(m: ToWorker): Promise<void> {
         }
       }
       // Applied or not, the bytes are no longer in flight (a failure poisons the sender).
-      const buffer = m.batch.data.buffer as ArrayBuffer;
-      port.postMessage({ t: 'applied', bytes: m.batch.bytes, buffer } satisfies FromWorker, [
-        buffer,
-      ]);
+      send({ t: 'applied', bytes: m.batch.bytes });
       return;
     }
     case 'flush': {

@@ -68,7 +68,8 @@ describe('replica shipper worker', () => {
     const checkpoints: { checkpoint: number; sha: string }[] = [];
     for (let i = 0; i < 600; i++) {
       const offset = Math.floor(r() * (SIZE / 512)) * 512;
-      const length = Math.min(SIZE - offset, (1 + Math.floor(r() * 64)) * 512);
+      // Up to 48 KiB: writes over half the window take a batch of their own.
+      const length = Math.min(SIZE - offset, (1 + Math.floor(r() * 96)) * 512);
       if (r() < 0.85) {
         const data = Buffer.alloc(length, (i % 250) + 1);
         data.writeUInt32LE(i, 0);
