@@ -87,9 +87,16 @@ function mergeDedupPatches(a?: DedupPatch, b?: DedupPatch): DedupPatch | undefin
  * write's CPU time). A segment's buffer comes back once its PUT has landed and nothing reads
  * from it any more (the frozen generation it served is released); a segment whose PUT failed
  * keeps its buffer (its blocks go back into the write buffer from there).
+ *
+ * Every buffer is made `largest` bytes long (pages never written cost nothing), so that any
+ * kept buffer fits any segment of the usual size: segments cut by flushes at arbitrary points
+ * (a replica commits every second) vary in size, and a pool that dropped the smaller buffers
+ * faulted in nearly every byte it shipped (80k faults per 312 MiB in the replica's worker).
+ * Kept buffers hold their pages: they are let go after `idleMs` without a segment built.
  */
 export class SegmentBuffers {
-  private readonly free: ArrayBuffer[] = [];
+  private free: ArrayBuffer[] = [];
+  private idle: NodeJS.Timeout | undefined;
 
   /**
    * At most `keep` buffers wait for reuse, none larger than `largest` bytes (an outsized
@@ -98,23 +105,38 @@ export class SegmentBuffers {
   constructor(
     private readonly keep: number,
     private readonly largest = Infinity,
+    private readonly idleMs = 10_000,
   ) {}
 
   take(bytes: number): Buffer {
-    // Any free buffer large enough; smaller ones are dropped (segments grow to a steady size).
-    while (this.free.length > 0) {
-      const ab = this.free.pop() as ArrayBuffer;
-      if (ab.byteLength >= bytes) return Buffer.from(ab, 0, bytes);
+    for (let i = this.free.length - 1; i >= 0; i--) {
+      const ab = this.free[i] as ArrayBuffer;
+      if (ab.byteLength < bytes) continue;
+      this.free.splice(i, 1);
+      return Buffer.from(ab, 0, bytes);
     }
-    // Room to grow a little, so that the next segment, slightly larger, fits too.
-    return Buffer.from(new ArrayBuffer(Math.ceil((bytes * 1.125) / 65536) * 65536), 0, bytes);
+    const size = Number.isFinite(this.largest) && bytes <= this.largest ? this.largest : bytes;
+    return Buffer.from(new ArrayBuffer(Math.ceil(size / 65536) * 65536), 0, bytes);
   }
 
   give(segment: Buffer): void {
     const ab = segment.buffer;
     if (!(ab instanceof ArrayBuffer) || segment.byteOffset !== 0) return;
-    if (ab.byteLength > this.largest) return;
-    if (this.free.length < this.keep && !this.free.includes(ab)) this.free.push(ab);
+    if (ab.byteLength > Math.ceil(this.largest / 65536) * 65536) return;
+    if (this.free.length >= this.keep || this.free.includes(ab)) return;
+    this.free.push(ab);
+    if (this.idle === undefined) {
+      this.idle = setTimeout(() => {
+        this.idle = undefined;
+        this.free = [];
+      }, this.idleMs);
+      this.idle.unref();
+    } else this.idle.refresh();
+  }
+
+  /** Buffers waiting for reuse (tests). */
+  get kept(): number {
+    return this.free.length;
   }
 }
 

@@ -215,7 +215,8 @@ export class Volume {
     this.cleanHead = head;
     this.flushBytes = opts.flushBytes ?? head.segmentSize;
     this.pipeline = Math.max(1, Math.floor(opts.flushPipeline ?? DEFAULT_FLUSH_PIPELINE));
-    this.segmentBuffers = new SegmentBuffers(1, 1.25 * this.flushBytes);
+    // One buffer per segment in flight, and one more for the segment being built.
+    this.segmentBuffers = new SegmentBuffers(this.pipeline + 1, 1.25 * this.flushBytes);
     this.buffer = new WriteBuffer({
       blockSize: this.bs,
       // Everything buffered counts, segments in flight included (with their index nodes).

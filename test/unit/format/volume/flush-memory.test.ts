@@ -133,4 +133,26 @@ describe('flush memory and index loads', () => {
     pool.give(next);
     assert.equal(pool.take(MiB).buffer, next.buffer, 'a buffer within the size is reused');
   });
+
+  it('reuses kept segment buffers for segments of any usual size, and lets them go when idle', async () => {
+    const pool = new SegmentBuffers(2, 2 * MiB, 50);
+    // Segments cut at flushes vary in size: a buffer made for a small one fits a larger one.
+    const small = pool.take(MiB / 4);
+    const other = pool.take(MiB);
+    const third = pool.take(MiB / 2);
+    pool.give(small);
+    pool.give(other);
+    pool.give(third);
+    assert.equal(pool.kept, 2, 'at most two are kept');
+    const a = pool.take(2 * MiB);
+    const b = pool.take((3 * MiB) / 2);
+    assert.deepEqual(new Set([a.buffer, b.buffer]), new Set([small.buffer, other.buffer]));
+    assert.equal(a.length, 2 * MiB);
+    pool.give(a);
+    pool.give(b);
+    assert.equal(pool.kept, 2);
+    await new Promise((r) => setTimeout(r, 120));
+    assert.equal(pool.kept, 0, 'idle buffers are let go');
+    assert.notEqual(pool.take(MiB).buffer, a.buffer);
+  });
 });
