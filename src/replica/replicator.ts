@@ -375,7 +375,9 @@ export class Replicator {
 
   /**
    * Stop: ship what is queued (for at most `drainMs`), commit it, clear what is clean and
-   * release the primary and the replica's lease.
+   * release the primary and the replica's lease. A replica still not done `graceMs` after the
+   * drain is given up (see `ReplicatorOptions.giveUp`); the stop then ends without waiting
+   * for it, and the regions it did not commit stay dirty.
    */
   async close(drainMs = 30_000, graceMs = STOP_GRACE_MS): Promise<void> {
     if (this.closed) return;
