@@ -447,6 +447,8 @@ export const replicaStatusSchema = z.strictObject({
     checkpoint: count,
     lastConsistentCheckpoint: count,
     lastConsistentTime: z.string().nullable(),
+    /** Seconds the replica commit in flight has been running (null: none). */
+    commitSeconds: z.number().min(0).nullable(),
   }),
   lag: z.strictObject({
     bytes: count,

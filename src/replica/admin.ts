@@ -62,6 +62,7 @@ export function offlineStatus(header: PrimaryHeader): ReplicaStatus {
       checkpoint: header.replicaCheckpoint,
       lastConsistentCheckpoint: header.lastConsistent,
       lastConsistentTime: null,
+      commitSeconds: null,
     },
     lag: { bytes: 0, ios: 0, seconds: 0, p50Seconds: 0, p99Seconds: 0 },
     pool: { bytes: 0, limit: 0, overflows: 0 },

@@ -116,6 +116,11 @@ export interface ReplicaStatus {
     checkpoint: number;
     lastConsistentCheckpoint: number;
     lastConsistentTime: string | null;
+    /**
+     * How long the replica commit in flight has been running, or null: a replica that
+     * stopped answering shows here (growing, while `connected` stays true).
+     */
+    commitSeconds: number | null;
   };
   lag: { bytes: number; ios: number; seconds: number; p50Seconds: number; p99Seconds: number };
   pool: { bytes: number; limit: number; overflows: number };
@@ -253,6 +258,8 @@ export class Replicator {
   private committedSeq = 0;
   private lastCommitMs = Date.now();
   private committing: Promise<unknown> | undefined;
+  /** When the commit in flight (`committing`) started. */
+  private commitStartedMs: number | undefined;
   private commitAgain = false;
   /** When the oldest change applied to the replica but not yet committed was made. */
   private pendingSince: number | undefined;
@@ -795,8 +802,10 @@ export class Replicator {
     const v = this.volume;
     if (v === undefined) return;
     this.lastCommitMs = Date.now();
+    this.commitStartedMs = this.lastCommitMs;
     this.committing = this.guard(() => this.commit(), v).then(() => {
       this.committing = undefined;
+      this.commitStartedMs = undefined;
       if (this.commitAgain) {
         this.commitAgain = false;
         if (this.volume !== undefined && this.appliedSeq > this.committedSeq) this.requestCommit();
@@ -1382,6 +1391,8 @@ export class Replicator {
         checkpoint: this.replicaCheckpoint,
         lastConsistentCheckpoint: this.lastConsistent,
         lastConsistentTime: this.lastConsistentTime?.toISOString() ?? null,
+        commitSeconds:
+          this.commitStartedMs === undefined ? null : (now - this.commitStartedMs) / 1000,
       },
       lag: {
         bytes: lagBytes,

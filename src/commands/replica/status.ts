@@ -58,6 +58,12 @@ export default class ReplicaStatus extends BaseCommand<typeof ReplicaStatus> {
           s.replica.connected ? 'yes' : `no${s.replica.error ? ` (${s.replica.error})` : ''}`,
         ],
         [
+          'Commit',
+          s.replica.commitSeconds === null
+            ? 'none in flight'
+            : `in flight for ${s.replica.commitSeconds.toFixed(1)} s`,
+        ],
+        [
           'Lag',
           `${formatBytes(s.lag.bytes)}, ${s.lag.ios} requests, ${s.lag.seconds.toFixed(1)} s (p50 ${s.lag.p50Seconds.toFixed(2)} s, p99 ${s.lag.p99Seconds.toFixed(2)} s)`,
         ],

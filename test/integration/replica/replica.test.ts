@@ -708,6 +708,13 @@ describe('hyper replica on S3 (Ceph RGW) with real NBD clients', () => {
       proxy.hang = true;
       const ms = await nbdWrite(s, r.uri, randomWrites(32, 6), model);
       assert.ok(ms < 5000, `writes and a flush with the replica hanging took ${ms} ms`);
+      // Status shows it: a commit in flight for ever longer, while still "connected".
+      const stuck = await waitStatus(
+        r,
+        'a replica commit hangs',
+        (x) => (x.replica.commitSeconds ?? 0) > 1,
+      );
+      assert.equal(stuck.replica.connected, true);
       const t0 = Date.now();
       await stop(r, 'SIGINT');
       const took = Date.now() - t0;

@@ -427,6 +427,15 @@ describe('replicator', () => {
     const model = new Model();
     await randomOps(first.rep, model, 31, 80);
     assert.ok(await first.rep.settle(10_000));
+    for (const until = Date.now() + 2000; Date.now() < until;) {
+      if (first.rep.status().replica.commitSeconds === null) break;
+      await sleep(10);
+    }
+    assert.equal(
+      first.rep.status().replica.commitSeconds,
+      null,
+      'no commit in flight once settled',
+    );
     // The replica stops answering: every PUT hangs (no error, no answer, ever).
     first.store.hold = new Promise(() => undefined);
     const a = Buffer.alloc(8192, 0xbb);
@@ -435,6 +444,12 @@ describe('replicator', () => {
       model.apply(offset, a, a.length);
     }
     await first.rep.flush();
+    // Status tells: the commit in flight grows older while the replica still looks connected.
+    const until = Date.now() + 5000;
+    while ((first.rep.status().replica.commitSeconds ?? 0) < 0.3 && Date.now() < until)
+      await sleep(20);
+    const hung = first.rep.status().replica;
+    assert.ok(hung.connected && (hung.commitSeconds ?? 0) >= 0.3, JSON.stringify(hung));
     const t0 = Date.now();
     await first.rep.close(200, 300);
     const took = Date.now() - t0;
