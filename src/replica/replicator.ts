@@ -393,7 +393,7 @@ export class Replicator {
     const deadline = Date.now() + drainMs;
     // Past the drain and a grace for the last commit, the replica is given up: what was not
     // committed stays dirty in the bitmap written below, and the next start copies it.
-    const giveUp = setTimeout(() => this.giveUp(drainMs + graceMs), drainMs + graceMs);
+    const giveUp = setTimeout(() => this.abandonReplica(drainMs + graceMs), drainMs + graceMs);
     try {
       await this.finishClose(deadline);
     } finally {
@@ -401,7 +401,7 @@ export class Replicator {
     }
   }
 
-  private giveUp(afterMs: number): void {
+  private abandonReplica(afterMs: number): void {
     this.log.warn('the replica did not answer in time: stopping without its last commit', {
       afterMs,
       note: 'regions not committed stay dirty; the next start copies them',

@@ -11,7 +11,7 @@
  *
  * The protocol (shipper-worker.ts answers it): changes go in batches, posted once per turn of
  * the event loop without waiting for an answer; the worker applies them in order and
- * reports the bytes applied, which bounds the bytes in flight (`windowBytes`). A change that
+ * reports the bytes applied, which bounds the bytes in flight (the window: the ring's size). A change that
  * fails poisons the worker: every later request fails with the same error, flush included,
  * so a checkpoint reported by flush() holds every change sent before it.
  *
@@ -152,7 +152,6 @@ export class WorkerTarget implements ReplicaTarget {
     private readonly ring: Buffer,
     info: ReplicaTarget['info'],
     private readonly log: Logger,
-    private readonly windowBytes: number,
   ) {
     this.info = info;
     worker.on('message', (m: FromWorker) => this.onMessage(m));
@@ -212,7 +211,7 @@ export class WorkerTarget implements ReplicaTarget {
       await worker.terminate();
       throw e;
     });
-    return new WorkerTarget(worker, Buffer.from(ring), info, log, windowBytes);
+    return new WorkerTarget(worker, Buffer.from(ring), info, log);
   }
 
   get heldBytes(): number {
@@ -259,7 +258,7 @@ export class WorkerTarget implements ReplicaTarget {
     if (bytes > size / 2) {
       // Too large for the ring: a batch of its own, with its own memory (it still counts
       // against the window, which it may exceed alone).
-      while (this.inFlight > 0 && this.inFlight + bytes > this.windowBytes) await this.room();
+      while (this.inFlight > 0 && this.inFlight + bytes > this.ring.length) await this.room();
       this.post();
       const own = Buffer.allocUnsafeSlow(bytes);
       data!.copy(own);
@@ -276,7 +275,7 @@ export class WorkerTarget implements ReplicaTarget {
     for (;;) {
       wrap = this.ringPos + bytes > size;
       skip = wrap ? size - this.ringPos : 0;
-      if (this.inFlight === 0 || this.inFlight + skip + bytes <= this.windowBytes) break;
+      if (this.inFlight === 0 || this.inFlight + skip + bytes <= size) break;
       await this.room();
     }
     if (wrap || this.batchBytes >= BATCH_BYTES) this.post();
