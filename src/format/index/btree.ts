@@ -436,28 +436,47 @@ export class BTree {
     return byLevel.flat();
   }
 
-  /** Logical block numbers mapped in [lo, hi), ascending (no pointer decoding). */
-  scanKeys(lo: number, hi: number): number[] | Miss {
+  /**
+   * The mapped blocks in [lo, hi) as runs, ascending and merged: [a0, b0, a1, b1, ...] with
+   * lo ≤ a < b ≤ hi. A subtree whose count of mapped blocks equals the width of its range is
+   * all mapped and is not descended into, so a densely written range costs a few nodes of the
+   * path to it, not every leaf (block status of a written volume loads no leaves).
+   */
+  mappedRuns(lo: number, hi: number): number[] | Miss {
     const out: number[] = [];
-    const rec = (nd: Node): Miss | undefined => {
+    const emit = (a: number, b: number): void => {
+      const n = out.length;
+      if (n > 0 && out[n - 1] === a) out[n - 1] = b;
+      else out.push(a, b);
+    };
+    const rec = (nd: Node, lower: number, upper: number): Miss | undefined => {
       if (nd.level === 0) {
         for (let i = nd.lowerBound(lo); i < nd.length; i++) {
           const lba = nd.key(i);
           if (lba >= hi) break;
-          out.push(lba);
+          emit(lba, lba + 1);
         }
         return undefined;
       }
       for (let i = Math.max(0, nd.lastLE(lo)); i < nd.length && nd.key(i) < hi; i++) {
-        if (nd.blocksBelow(i) === 0) continue;
+        const below = nd.blocksBelow(i);
+        if (below === 0) continue;
+        // Every lba of child i lies in [a, b) (the separator rule, within the parent's bounds).
+        const a = Math.max(nd.key(i), lower);
+        const b = i + 1 < nd.length ? Math.min(nd.key(i + 1), upper) : upper;
+        if (b <= lo) continue;
+        if (below === b - a) {
+          emit(Math.max(a, lo), Math.min(b, hi));
+          continue;
+        }
         const c = this.child(nd, i);
         if (c instanceof Miss) return c;
-        const m = rec(c);
+        const m = rec(c, a, b);
         if (m) return m;
       }
       return undefined;
     };
-    return rec(this.root) ?? out;
+    return rec(this.root, 0, Number.MAX_SAFE_INTEGER) ?? out;
   }
 }
 

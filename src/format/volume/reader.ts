@@ -51,20 +51,30 @@ export const DEFAULT_MAX_GETS = 16;
  * out the blocks random reads come back to.
  */
 export const BULK_READ = 64 * KiB;
-/** Bytes of sent reply buffers kept for reuse (bulk local reads), per volume. */
-const SPARE_BYTES = 8 * MiB;
+/**
+ * Bytes of sent reply buffers kept for reuse (bulk local reads), per volume. nbdcopy keeps
+ * up to 64 MiB of 256 KiB reads in flight over its four connections: with 8 MiB kept, most
+ * replies of a sequential read took fresh memory (7–14k page faults per GiB when warm);
+ * with 32 MiB, 2–6k, and 15% less CPU for the read.
+ */
+const SPARE_BYTES = 32 * MiB;
 /** Bytes of bodies of sent read-ahead parts kept for reuse, per volume. */
 const PART_POOL_BYTES = 16 * MiB;
 
 /**
  * Buffers kept for reuse by length, at most `maxBytes` in all: memory already faulted in,
- * instead of fresh pages that fault on the first copy into them (costly in a VM).
+ * instead of fresh pages that fault on the first copy into them (costly in a VM). They hold
+ * their pages while kept, so all are let go after `idleMs` without one given back.
  */
-class SpareBuffers {
-  private readonly free = new Map<number, Buffer[]>();
+export class SpareBuffers {
+  private free = new Map<number, Buffer[]>();
   private bytes = 0;
+  private idle: NodeJS.Timeout | undefined;
 
-  constructor(private readonly maxBytes: number) {}
+  constructor(
+    private readonly maxBytes: number,
+    private readonly idleMs = 10_000,
+  ) {}
 
   take(length: number): Buffer | undefined {
     const list = this.free.get(length);
@@ -81,6 +91,19 @@ class SpareBuffers {
     if (!list) this.free.set(b.length, (list = []));
     list.push(b);
     this.bytes += b.length;
+    if (this.idle === undefined) {
+      this.idle = setTimeout(() => {
+        this.idle = undefined;
+        this.free = new Map();
+        this.bytes = 0;
+      }, this.idleMs);
+      this.idle.unref();
+    } else this.idle.refresh();
+  }
+
+  /** Bytes kept (tests). */
+  get kept(): number {
+    return this.bytes;
   }
 }
 
@@ -90,6 +113,8 @@ export interface ReadView {
   tree(): BTree;
   /** The write buffer's word on a block. */
   buffered(lba: number): BufferedBlock;
+  /** The write buffer's word on every block of [lo, hi) it knows, ascending, if cheap (WriteBuffer.knownIn). */
+  knownIn?(lo: number, hi: number): [lba: number, zero: boolean][] | undefined;
 }
 
 /** The disk cache as the reader uses it: which blocks may go there, under which store. */
@@ -1156,22 +1181,57 @@ export class Reader {
   async extents(offset: number, length: number): Promise<Extent[]> {
     if (length === 0) return [];
     const bs = this.bs;
-    const tree = this.view.tree();
     const lo = Math.floor(offset / bs);
     const hi = Math.min(Math.ceil((offset + length) / bs), lo + MAX_EXTENT_BLOCKS);
-    const mapped = await this.loader.run(() => tree.scanKeys(lo, hi));
+    // The index and the write buffer at one moment (a block leaves the buffer only once the
+    // index has it); the buffer's word comes first. Asked block by block only when the
+    // buffer holds more than the range spans.
+    const [mapped, known] = await this.loader.run(() => {
+      const m = this.view.tree().mappedRuns(lo, hi);
+      if (m instanceof Miss) return m;
+      return [m, this.view.knownIn?.(lo, hi) ?? this.knownByBlock(lo, hi)] as const;
+    });
     const out: Extent[] = [];
     const end = Math.min(offset + length, hi * bs);
-    let k = 0;
-    for (let lba = lo; lba < hi; lba++) {
-      while (k < mapped.length && (mapped[k] as number) < lba) k++;
-      const d = this.view.buffered(lba);
-      const hole = d === undefined ? mapped[k] !== lba : d === null;
-      const a = Math.max(lba * bs, offset);
-      const b = Math.min((lba + 1) * bs, end);
+    const add = (a: number, b: number, hole: boolean): void => {
+      const from = Math.max(a * bs, offset);
+      const to = Math.min(b * bs, end);
       const prev = out[out.length - 1];
-      if (prev && prev.hole === hole) prev.length = b - prev.offset;
-      else out.push({ offset: a, length: b - a, hole });
+      if (prev && prev.hole === hole) prev.length = to - prev.offset;
+      else out.push({ offset: from, length: to - from, hole });
+    };
+    let r = 0; // mapped[r], mapped[r+1]: the first run not wholly before `at`
+    let k = 0; // known[k]: the next block the buffer knows
+    for (let at = lo; at < hi;) {
+      const next = known[k];
+      if (next !== undefined && next[0] === at) {
+        add(at, at + 1, next[1]);
+        k++;
+        at++;
+        continue;
+      }
+      const stop = next === undefined ? hi : next[0];
+      while (r < mapped.length && (mapped[r + 1] as number) <= at) r += 2;
+      const a = r < mapped.length ? (mapped[r] as number) : hi;
+      if (a <= at) {
+        const b = Math.min(mapped[r + 1] as number, stop);
+        add(at, b, false);
+        at = b;
+      } else {
+        const b = Math.min(a, stop);
+        add(at, b, true);
+        at = b;
+      }
+    }
+    return out;
+  }
+
+  /** knownIn() the slow way: every block of [lo, hi) asked. */
+  private knownByBlock(lo: number, hi: number): [number, boolean][] {
+    const out: [number, boolean][] = [];
+    for (let lba = lo; lba < hi; lba++) {
+      const d = this.view.buffered(lba);
+      if (d !== undefined) out.push([lba, d === null]);
     }
     return out;
   }

@@ -232,7 +232,11 @@ export class Volume {
     // The flush queue wakes writers waiting for room after every flush.
     this.flushes = new SerialQueue(() => this.buffer.roomMade());
     this.reader = new Reader(
-      { tree: () => this.tree, buffered: (lba) => this.buffer.lookup(lba) },
+      {
+        tree: () => this.tree,
+        buffered: (lba) => this.buffer.lookup(lba),
+        knownIn: (lo, hi) => this.buffer.knownIn(lo, hi),
+      },
       this.loader,
       segments,
       this.bs,

@@ -316,6 +316,26 @@ export class WriteBuffer {
   }
 
   /**
+   * Every block in [lo, hi) the un-flushed generations know, ascending, each with whether it
+   * now reads as zeros; or undefined when that list would cost more than asking block by
+   * block: a trimmed range crosses [lo, hi), or more blocks are held than [lo, hi) spans.
+   */
+  knownIn(lo: number, hi: number): [lba: number, zero: boolean][] | undefined {
+    const gens = [...this.frozen, this.active];
+    let held = 0;
+    for (const g of gens) {
+      held += g.blocks.size;
+      for (const [a, b] of g.ranges) if (a < hi && b > lo) return undefined;
+    }
+    if (held > hi - lo) return undefined;
+    const known = new Map<number, boolean>();
+    // Oldest first: a newer generation's word replaces an older one's.
+    for (const g of gens)
+      for (const [lba, v] of g.blocks) if (lba >= lo && lba < hi) known.set(lba, v === null);
+    return [...known].sort((x, y) => x[0] - y[0]);
+  }
+
+  /**
    * Bytes of index nodes a segment carries per byte of data, as the last full segment had
    * (random writes over a large volume change about one leaf per block, so their segments can
    * carry several times as many bytes of nodes as of data). Set by the flush.

@@ -68,6 +68,21 @@ function checkShape(t: BTree): number {
   return n;
 }
 
+/** The keys mappedRuns() names in [lo, hi), checking its runs are merged, clipped and ascending. */
+function runKeys(t: BTree, lo: number, hi: number): number[] {
+  const runs = t.mappedRuns(lo, hi);
+  assert.ok(!(runs instanceof Miss));
+  const keys: number[] = [];
+  for (let i = 0; i < runs.length; i += 2) {
+    const a = runs[i] as number;
+    const b = runs[i + 1] as number;
+    assert.ok(lo <= a && a < b && b <= hi, `run [${a}, ${b}) inside [${lo}, ${hi})`);
+    if (i > 0) assert.ok((runs[i - 1] as number) < a, 'runs ascend, touching ones merged');
+    for (let k = a; k < b; k++) keys.push(k);
+  }
+  return keys;
+}
+
 describe('B+tree', () => {
   it('matches a map model over random inserts and range deletes, keeping its shape', () => {
     const t = BTree.empty(CAP, noNodes);
@@ -94,7 +109,15 @@ describe('B+tree', () => {
     assert.equal(checkShape(t), model.size);
     assert.equal(t.mapped, model.size);
     const keys = [...model.keys()].sort((a, b) => a - b);
-    assert.deepEqual(t.scanKeys(0, Number.MAX_SAFE_INTEGER), keys);
+    assert.deepEqual(runKeys(t, 0, Number.MAX_SAFE_INTEGER), keys);
+    for (let i = 0; i < 300; i++) {
+      const lo = Math.floor(rand() * 200_000);
+      const hi = lo + 1 + Math.floor(rand() * 30_000);
+      assert.deepEqual(
+        runKeys(t, lo, hi),
+        keys.filter((k) => k >= lo && k < hi),
+      );
+    }
     for (let i = 0; i < 2000; i++) {
       const lba = Math.floor(rand() * 200_000);
       assert.deepEqual(t.lookup(lba), model.get(lba));
@@ -153,6 +176,43 @@ describe('B+tree', () => {
     if (before && snapshot) assert.deepEqual(before.entries, snapshot, 'clean node unchanged');
     assert.equal(reopened.mapped, model.size + 1);
     assert.ok(loader.gets > 0 && loader.gets < 20, `few ranged GETs: ${loader.gets}`);
+  });
+
+  it('names a densely mapped range from the counts above its leaves, loading none of them', async () => {
+    // Three levels, every lba in [0, n) mapped but a 10-block gap; written as a segment and
+    // reopened from the root alone, so every node visited is a counted GET.
+    const store = MemStore.isolated();
+    const t = BTree.empty(CAP, noNodes);
+    const n = 3 * CAP * CAP;
+    const gap = [CAP * 40 + 5, CAP * 40 + 15];
+    for (let lba = 0; lba < n; lba++) {
+      if (lba >= (gap[0] as number) && lba < (gap[1] as number)) continue;
+      t.insert(lba, { seg: 1, off: 0, len: 4096, crc: lba, codec: 0 });
+    }
+    assert.ok(t.root.level >= 2, 'three levels');
+    const built = buildCheckpoint({
+      id: 2,
+      nowMs: 1,
+      head: headFor(2),
+      root: t.root,
+      nodes: t.dirtyNodes(),
+      nodeSize: NODE,
+      blockSize: 4096,
+      lbas: [],
+      blocks: [],
+      crcs: [],
+    });
+    await store.put(segmentKey(2), built.parts);
+    const loader = new NodeLoader(SegmentSource.single(store), NODE, 1024 * NODE);
+    const { rootOf } = await import('../../../../src/format/volume/heads.js');
+    const reopened = new BTree(rootOf(built.head), CAP, loader);
+    const runs = await loader.run(() => reopened.mappedRuns(0, n + 100));
+    assert.deepEqual(runs, [0, gap[0], gap[1], n]);
+    // Only the path to the gap's leaf is loaded (one node per level below the root), and the
+    // node holding the last child of each level (its upper bound is the parent's).
+    assert.ok(loader.gets <= 2 * t.root.level, `GETs: ${loader.gets}`);
+    const inside = await loader.run(() => reopened.mappedRuns(100, 200));
+    assert.deepEqual(inside, [100, 200]);
   });
 });
 

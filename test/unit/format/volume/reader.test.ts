@@ -17,6 +17,7 @@ import type {
 } from '../../../../src/format/store/types.js';
 import { compactVolume } from '../../../../src/format/volume/compact.js';
 import { KiB, MiB, type OpenOptions } from '../../../../src/format/volume/types.js';
+import { SpareBuffers } from '../../../../src/format/volume/reader.js';
 import { Volume } from '../../../../src/format/volume/volume.js';
 import { rng } from '../../../helpers/rng.js';
 
@@ -450,6 +451,77 @@ describe('reader: read-ahead, parallel GETs, read-around', () => {
   });
 });
 
+describe('reader: block status', () => {
+  it('matches a model of mapped blocks under writes, trims, zeroes and flushes in flight', async () => {
+    for (const seed of [21, 22, 23]) {
+      const bs = 4 * KiB;
+      const blocks = 8192; // 32 MiB: trims past 1024 blocks are kept as ranges in the buffer
+      const size = blocks * bs;
+      const store = MemStore.isolated();
+      await Volume.create(store, { size, segmentSize: 1 * MiB });
+      const opts: OpenOptions = { flushIntervalMs: 0, nodeCacheBytes: 16 * KiB };
+      let v = await Volume.open(store, opts);
+      const mapped = new Uint8Array(blocks);
+      const r = rng(seed);
+      const span = (): [number, number] => {
+        const n = 1 + Math.floor(r() < 0.2 ? r() * 3000 : r() * 40);
+        const lo = Math.floor(r() * (blocks - n));
+        return [lo, lo + n];
+      };
+      const expected = (offset: number, length: number): [number, number, boolean][] => {
+        const out: [number, number, boolean][] = [];
+        for (let at = offset; at < offset + length;) {
+          const lba = Math.floor(at / bs);
+          const to = Math.min((lba + 1) * bs, offset + length);
+          const hole = mapped[lba] === 0;
+          const prev = out[out.length - 1];
+          if (prev && prev[2] === hole) prev[1] = to - prev[0];
+          else out.push([at, to - at, hole]);
+          at = to;
+        }
+        return out;
+      };
+      for (let batch = 0; batch < 50; batch++) {
+        for (let k = 0; k < 6; k++) {
+          const [lo, hi] = span();
+          const roll = r();
+          if (roll < 0.6) {
+            const data = pattern((hi - lo) * bs, seed * 1000 + batch * 8 + k);
+            for (let i = 0; i < data.length; i += bs) data[i] = 1; // no block of zeros
+            await v.write(lo * bs, data);
+            mapped.fill(1, lo, hi);
+          } else if (roll < 0.8) {
+            await v.trim(lo * bs, (hi - lo) * bs);
+            mapped.fill(0, lo, hi);
+          } else {
+            await v.writeZeroes(lo * bs, (hi - lo) * bs);
+            mapped.fill(0, lo, hi);
+          }
+        }
+        // Asked while a flush moves blocks from the buffer to the index, and after it.
+        const flushing = r() < 0.5 ? v.flush() : undefined;
+        for (let q = 0; q < 4; q++) {
+          const whole = q === 0;
+          const offset = whole ? 0 : Math.floor(r() * (size - 1));
+          const length = whole ? size : 1 + Math.floor(r() * Math.min(size - offset, 4 * MiB));
+          const got = await v.extents(offset, length);
+          assert.deepEqual(
+            got.map((e) => [e.offset, e.length, e.hole]),
+            expected(offset, length),
+            `seed ${seed} batch ${batch}: extents ${offset}+${length}`,
+          );
+        }
+        await flushing;
+        if (batch % 20 === 19) {
+          await v.close();
+          v = await Volume.open(store, opts);
+        }
+      }
+      await v.close();
+    }
+  });
+});
+
 describe('reader: bulk reads from a local store', () => {
   it('reads raw runs straight into the output, uncached, and matches a model under writes', async () => {
     for (const seed of [21, 22]) {
@@ -520,6 +592,24 @@ describe('reader: bulk reads from a local store', () => {
       assert.equal(ro.stats().dataCacheHits, 1, 'the small read was cached');
       await ro.close();
     }
+  });
+
+  it('keeps spare buffers up to its bound, by length, and lets them all go when idle', async () => {
+    const spare = new SpareBuffers(3 * 1024, 50);
+    const a = Buffer.alloc(1024);
+    const b = Buffer.alloc(1024);
+    const c = Buffer.alloc(2048);
+    spare.give(a);
+    spare.give(c);
+    spare.give(b); // over the bound: not kept
+    assert.equal(spare.kept, 3 * 1024);
+    assert.equal(spare.take(1024), a);
+    assert.equal(spare.take(1024), undefined, 'b was not kept');
+    assert.equal(spare.take(4096), undefined, 'no buffer of another length');
+    spare.give(b);
+    await new Promise((r) => setTimeout(r, 120));
+    assert.equal(spare.kept, 0, 'idle buffers are let go');
+    assert.equal(spare.take(2048), undefined);
   });
 
   it('lends the buffers of bulk reads and reuses one only once it is given back', async () => {
