@@ -26,6 +26,7 @@
 import { dataError } from '../../errors.js';
 import type { DiskCache } from '../cache/disk-cache.js';
 import { crc32c } from '../codec/binary.js';
+import { crc32cOfRun } from '../codec/crc-combine.js';
 import { CODEC_SEALED, openStoredBlock } from '../codec/seal.js';
 import { PENDING_SEG, type BlockPtr } from '../codec/node.js';
 import { Miss, type BTree, type ScanEntry } from '../index/btree.js';
@@ -829,11 +830,12 @@ export class Reader {
       // Sealed raw blocks read now or soon open into one buffer for the part (as raw blocks
       // share the part's body); read-around extras get buffers of their own.
       let slab: Buffer | undefined;
+      const whole = wholeRunVerified(r, from, to, body);
       for (let k = from; k < to; k++) {
         const p = r.ptrs[k] as BlockPtr;
         const at = p.off - off;
         const blk = body.subarray(at, at + p.len);
-        if (crc32c(blk) !== p.crc) {
+        if (!whole && crc32c(blk) !== p.crc) {
           // Name the volume range the block holds (read-around extras carry their lba).
           const lba = (r.lbas[k] ?? -1) >= 0 ? (r.lbas[k] as number) : (p as { lba?: number }).lba;
           const range =
@@ -1078,8 +1080,9 @@ export class Reader {
         this.gets.release();
       }
       if (body.length < len) throw new Error('short');
-      for (let k = 0; k < ptrs.length; k++)
-        if (crc32c(body.subarray(k * bs, (k + 1) * bs)) !== a.crcs[k]) throw new Error('crc');
+      // (A block that fails drops the part; the read that needs it fetches and names it.)
+      const want = crc32cOfRun(0, ptrs.length, bs, (k) => a.crcs[k] as number);
+      if (crc32c(body.subarray(0, ptrs.length * bs)) !== want) throw new Error('crc');
       const own =
         into !== undefined && body.buffer === into.buffer && body.byteOffset === into.byteOffset;
       // (A part dropped meanwhile to make room stays dropped; nothing saw its memory.)
@@ -1235,6 +1238,26 @@ export class Reader {
     }
     return out;
   }
+}
+
+/**
+ * Whether blocks [from, to) of run `r`, stored back to back at the start of `body` with one
+ * length, pass their checksums as a whole: one CRC over the part against the combination of
+ * theirs. False when they are not laid so, or when some block fails: the caller then checks
+ * each block (and names the one that failed).
+ */
+function wholeRunVerified(r: Run, from: number, to: number, body: Buffer): boolean {
+  if (to - from < 2) return false;
+  const first = r.ptrs[from] as BlockPtr;
+  const len = first.len;
+  for (let k = from + 1; k < to; k++) {
+    const p = r.ptrs[k] as BlockPtr;
+    if (p.len !== len || p.off !== first.off + (k - from) * len) return false;
+  }
+  const total = (to - from) * len;
+  if (body.length < total) return false;
+  const want = crc32cOfRun(from, to, len, (k) => (r.ptrs[k] as BlockPtr).crc);
+  return crc32c(body.subarray(0, total)) === want;
 }
 
 /** The address of block k of a run (read-around extras carry it in their entry). */
