@@ -302,27 +302,57 @@ describe('replicator', () => {
   }
 
   for (const seed of SEEDS) {
-    it(`mixed faults: outages, overflows, resyncs and a crash, against the model (seed ${seed})`, async () => {
+    it(`mixed faults: outages, hangs, overflows, resyncs, crashes and given-up stops, against the model (seed ${seed})`, async () => {
       const s = await setup();
       const r = rng(seed * 7919);
       let cur = await start(s, { poolBytes: 256 * KiB, holder: `mixed-${seed}-0` });
       const model = new Model();
       let restarts = 0;
       let fullAsked = false;
+      // A hang the replica recovers from: PUTs wait (no answer, no error) for a few ops.
+      let hangLeft = 0;
+      let endHang: (() => void) | undefined;
+      const unhang = (): void => {
+        endHang?.();
+        endHang = undefined;
+        cur.store.hold = undefined;
+      };
       await randomOps(
         () => cur.rep,
         model,
         seed + 100,
         120,
         async () => {
+          if (endHang && --hangLeft <= 0) unhang();
           const x = r();
           if (x < 0.05) cur.store.down = !cur.store.down;
           else if (x < 0.07) {
             const full = r() < 0.3;
             fullAsked ||= full;
             cur.rep.resync(full);
-          } else if (x < 0.08 && restarts < 2) {
-            // kill -9 of the replicator, then a new one from the header on disk.
+          } else if (x < 0.085 && !endHang && !cur.store.hold) {
+            cur.store.hold = new Promise((res) => (endHang = res));
+            hangLeft = 1 + Math.floor(r() * 15);
+          } else if (x < 0.095 && restarts < 3) {
+            // The replica stops answering for good and the replicator is stopped: the stop
+            // gives it up in bounded time; a new one starts from the header it wrote.
+            endHang = undefined;
+            cur.store.hold = new Promise(() => undefined);
+            await cur.rep.flush(); // (a commit point: the replica is asked to commit)
+            const t0 = Date.now();
+            await cur.rep.close(50, 100);
+            assert.ok(Date.now() - t0 < 5000, `the stop took ${Date.now() - t0} ms`);
+            restarts++;
+            cur = await start(s, {
+              poolBytes: 256 * KiB,
+              holder: `mixed-${seed}-${restarts}`,
+              force: true,
+            });
+            if (!fullAsked) assert.notEqual(cur.rep.mode, 'forward-full');
+          } else if (x < 0.105 && restarts < 3) {
+            // kill -9 of the replicator, then a new one from the header on disk (a PUT the
+            // dead one left hanging never answers).
+            endHang = undefined;
             cur.store.down = true;
             await cur.rep.crash();
             restarts++;
@@ -337,6 +367,7 @@ describe('replicator', () => {
         },
       );
       cur.store.down = false;
+      unhang();
       assert.ok(await cur.rep.settle(30_000), JSON.stringify(cur.rep.status()));
       assert.equal(cur.rep.status().mode, 'logging');
       await cur.rep.close();
