@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, afterEach, describe, it } from 'node:test';
@@ -40,7 +40,24 @@ const dir = mkdtempSync(join(tmpdir(), 'hyper-codecs-'));
 after(() => rmSync(dir, { recursive: true, force: true }));
 
 /** Text that compresses (this repository's source), random bytes that do not, and zeros. */
-const TEXT = readFileSync(new URL('../../../../src/format/volume/reader.ts', import.meta.url));
+/**
+ * Compressible text of fixed content: log lines drawn with a fixed seed. (Text read from a
+ * source file changed its size whenever that file was edited.)
+ */
+const TEXT = ((): Buffer => {
+  const words = ['read', 'write', 'flush', 'segment', 'lease', 'checkpoint', 'block', 'cache'];
+  const levels = ['INFO', 'WARN', 'DEBUG'];
+  const r = rng(4242);
+  const pick = <T>(xs: T[]): T => xs[Math.floor(r() * xs.length)] as T;
+  const lines: string[] = [];
+  for (let n = 0; n < 2000; n++) {
+    const w = `${pick(words)} ${pick(words)} ${pick(words)}`;
+    lines.push(
+      `2026-12-03T02:${String(n % 60).padStart(2, '0')} ${pick(levels)} volume: ${w} done in ${Math.floor(r() * 900)} ms\n`,
+    );
+  }
+  return Buffer.from(lines.join(''));
+})();
 function chunk(kind: number, len: number, seed: number): Buffer {
   const b = Buffer.alloc(len);
   if (kind === 0) {
