@@ -232,6 +232,8 @@ export interface EngineStats {
   /** Blocks fetched by read-around, and how many of them were read afterwards. */
   readAroundBlocks: number;
   readAroundHits: number;
+  /** Random misses fetched without neighbours while too few of those were being read. */
+  readAroundSkipped: number;
   /** Bytes written but not yet in a segment, and the level at which writers wait. */
   dirtyBytes: number;
   maxDirtyBytes: number;

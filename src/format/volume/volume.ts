@@ -374,6 +374,7 @@ export class Volume {
       prefetchHits: r.prefetchHits,
       readAroundBlocks: r.readAround,
       readAroundHits: r.readAroundHits,
+      readAroundSkipped: r.readAroundSkipped,
       // Everything buffered, segments in flight included: what maxDirtyBytes bounds.
       dirtyBytes: this.buffer.heldBytes,
       maxDirtyBytes: this.buffer.maxDirtyBytes,

@@ -28,6 +28,7 @@ function stats(over: Partial<EngineStats> = {}): EngineStats {
     prefetchHits: 0,
     readAroundBlocks: 0,
     readAroundHits: 0,
+    readAroundSkipped: 0,
     dirtyBytes: 0,
     maxDirtyBytes: 48 << 20,
     checkpoint: 1,

@@ -342,6 +342,52 @@ describe('reader: read-ahead, parallel GETs, read-around', () => {
     await v.close();
   });
 
+  it('stops fetching neighbours that are not read, and fetches them again once they are', async () => {
+    const size = 64 * MiB;
+    const bs = 4 * KiB;
+    const { store, ref } = await filled(size, 8 * MiB);
+    const v = await Volume.open(store, {
+      readOnly: true,
+      readAheadBytes: 0,
+      readAroundBytes: 64 * KiB,
+      dataCacheBytes: 1 * MiB,
+    });
+    await v.extents(0, size);
+    const r = rng(41);
+    const check = async (o: number): Promise<void> =>
+      assert.equal(sha(await v.read(o, bs)), sha(ref.subarray(o, o + bs)));
+    // Uniform random reads over 16,384 blocks with a 1 MiB cache: neighbours are hardly ever
+    // read, so after the first verdict only one miss in 16 fetches them.
+    store.reset();
+    for (let i = 0; i < 800; i++) await check(Math.floor(r() * (size / bs)) * bs);
+    const a = v.stats();
+    assert.ok(a.readAroundSkipped >= 600, JSON.stringify(a));
+    assert.ok(a.readAroundBlocks <= 2000, `neighbours fetched: ${a.readAroundBlocks}`);
+    assert.ok(store.segmentGets >= 760, `GETs: ${store.segmentGets}`);
+    // Then every block of a few 64 KiB windows, each in random order: the probes' neighbours
+    // are read, read-around pays again, and most reads need no GET of their own.
+    store.reset();
+    const skipped = a.readAroundSkipped;
+    let reads = 0;
+    for (let w = 0; w < 60; w++) {
+      const base = Math.floor(r() * (size / (64 * KiB))) * 64 * KiB;
+      const order = Array.from({ length: 16 }, (_, i) => i);
+      for (let i = order.length - 1; i > 0; i--) {
+        const j = Math.floor(r() * (i + 1));
+        [order[i], order[j]] = [order[j] as number, order[i] as number];
+      }
+      for (const i of order) {
+        await check(base + i * bs);
+        reads++;
+      }
+    }
+    const b = v.stats();
+    assert.ok(b.readAroundHits - a.readAroundHits > reads / 2, JSON.stringify(b));
+    assert.ok(store.segmentGets < reads / 3, `GETs: ${store.segmentGets} for ${reads} reads`);
+    assert.ok(b.readAroundSkipped - skipped < 100, JSON.stringify(b));
+    await v.close();
+  });
+
   it('reads a range that random writes spread over many segments with a GET per segment', async () => {
     const size = 4 * MiB;
     const { store, ref } = await filled(size);
