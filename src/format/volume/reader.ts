@@ -926,7 +926,7 @@ export class Reader {
           // to memory (a buffer of its own).
           const i = out.length;
           out.push(blk);
-          disk?.cache.put(store, seg, p.off, copyOf(blk));
+          disk?.cache.put(store, seg, p.off, copyOf(blk), p.crc);
           let into: Buffer | undefined;
           if (p.codec === CODEC_SEALED && !around) {
             slab ??= Buffer.allocUnsafeSlow((to - from) * this.bs);
@@ -947,7 +947,7 @@ export class Reader {
         const copy = single || !around ? blk : copyOf(blk);
         // Read-around neighbours wait in probation; read-ahead blocks are read soon: main.
         if (keep) this.dataCache.set(blockKey(seg, p.off), copy, copy.length, r.lbas[k] === -1);
-        disk?.cache.put(store, seg, p.off, copy);
+        disk?.cache.put(store, seg, p.off, copy, p.crc);
         out.push(copy);
       }
       if (decoding) await Promise.all(decoding);
@@ -1168,7 +1168,7 @@ export class Reader {
       if (disk) {
         const store = disk.storeOf(seg);
         for (let k = 0; k < ptrs.length; k++)
-          disk.cache.put(store, seg, off + k * bs, body.subarray(k * bs, (k + 1) * bs));
+          disk.cache.put(store, seg, off + k * bs, body.subarray(k * bs, (k + 1) * bs), a.crcs[k]);
       } else if (own) {
         // (Some stores hand out bytes of their own: mem://, a segment still in flight.)
         a.pooled = mem;
