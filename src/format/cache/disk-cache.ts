@@ -416,9 +416,9 @@ export class DiskCache {
 
   /**
    * Write the queue out. Entries in consecutive slots (what a sequential fill leaves) go as
-   * one positional writev of their bodies, then one of their headers: writing a 256 MiB cold
-   * read into the cache took two file writes per 4 KiB block, each a round trip through
-   * libuv's pool, and made the read a third slower than without a cache.
+   * one positional writev of their bodies, then one of their headers (at most 256 entries:
+   * within IOV_MAX). Caching a 256 MiB cold read took two file writes per 4 KiB block, each a
+   * round trip through libuv's pool: the read took half again as long as without a cache.
    */
   private async drain(): Promise<void> {
     try {
