@@ -428,6 +428,12 @@ export class DiskCache {
         const runs: Job[][] = [];
         let run: Job[] | undefined;
         for (const j of batch) {
+          if (this.gen[j.slot] !== j.gen) {
+            // Evicted before it was written: left out, and the run splits around it.
+            this.queuedBytes -= j.body.length;
+            run = undefined;
+            continue;
+          }
           const last = run?.[run.length - 1];
           if (run && last && last.slot + 1 === j.slot && last.body.length === ss) run.push(j);
           else runs.push((run = [j]));
@@ -441,40 +447,19 @@ export class DiskCache {
 
   /** Jobs for consecutive slots, each body filling its slot but the last's. */
   private async writeRun(jobs: Job[]): Promise<void> {
-    const live = (j: Job): boolean => this.gen[j.slot] === j.gen;
-    try {
-      // Entries evicted before they were written are left out (a run splits around them).
-      const parts: Job[][] = [];
-      let part: Job[] | undefined;
-      for (const j of jobs) {
-        if (!live(j)) part = undefined;
-        else if (part) part.push(j);
-        else parts.push((part = [j]));
-      }
-      await Promise.all(parts.map((p) => this.writeSlots(p)));
-    } finally {
-      for (const j of jobs) this.queuedBytes -= j.body.length;
-    }
-  }
-
-  private async writeSlots(jobs: Job[]): Promise<void> {
     const first = (jobs[0] as Job).slot;
-    const ss = this.manifest.slotSize;
+    const bodies = jobs.map((j) => j.body);
+    const total = bodies.reduce((n, b) => n + b.length, 0);
     try {
-      const bodies = jobs.map((j) => j.body);
-      const total = bodies.reduce((n, b) => n + b.length, 0);
-      const wrote =
-        jobs.length === 1
-          ? (await this.data.write(bodies[0] as Buffer, 0, total, first * ss)).bytesWritten
-          : (await this.data.writev(bodies, first * ss)).bytesWritten;
-      if (wrote !== total) throw new Error('short write');
+      const wrote = await this.data.writev(bodies, first * this.manifest.slotSize);
+      if (wrote.bytesWritten !== total) throw new Error('short write');
       // Headers after the bodies, as for one entry: a crash between leaves a header that
       // does not match its body, and every read checks the CRC (the entry is dropped).
-      const headers = jobs.length === 1 ? (jobs[0] as Job).header : jobs.map((j) => j.header);
-      const hw = Array.isArray(headers)
-        ? (await this.index.writev(headers, first * HEADER)).bytesWritten
-        : (await this.index.write(headers, 0, HEADER, first * HEADER)).bytesWritten;
-      if (hw !== jobs.length * HEADER) throw new Error('short write');
+      const headers = await this.index.writev(
+        jobs.map((j) => j.header),
+        first * HEADER,
+      );
+      if (headers.bytesWritten !== jobs.length * HEADER) throw new Error('short write');
       for (const j of jobs) {
         if (this.gen[j.slot] === j.gen) {
           this.pending[j.slot] = 0;
@@ -484,6 +469,8 @@ export class DiskCache {
     } catch {
       // A full or failing disk: the entries are simply not cached.
       for (const j of jobs) if (this.gen[j.slot] === j.gen) this.drop(j.slot);
+    } finally {
+      this.queuedBytes -= total;
     }
   }
 

@@ -356,16 +356,16 @@ describe('reader: read-ahead, parallel GETs, read-around', () => {
     const r = rng(41);
     const check = async (o: number): Promise<void> =>
       assert.equal(sha(await v.read(o, bs)), sha(ref.subarray(o, o + bs)));
-    // Uniform random reads over 16,384 blocks with a 1 MiB cache: neighbours are hardly ever
-    // read, so after the first verdict only one miss in 16 fetches them.
+    // Uniform random reads over 16,384 blocks with a 1 MiB cache: misses hardly ever land near
+    // an earlier one, so after the first 64 the neighbours are no longer fetched.
     store.reset();
     for (let i = 0; i < 800; i++) await check(Math.floor(r() * (size / bs)) * bs);
     const a = v.stats();
     assert.ok(a.readAroundSkipped >= 600, JSON.stringify(a));
     assert.ok(a.readAroundBlocks <= 2000, `neighbours fetched: ${a.readAroundBlocks}`);
     assert.ok(store.segmentGets >= 760, `GETs: ${store.segmentGets}`);
-    // Then every block of a few 64 KiB windows, each in random order: the probes' neighbours
-    // are read, read-around pays again, and most reads need no GET of their own.
+    // Then every block of a few 64 KiB windows, each in random order: misses land near earlier
+    // ones, read-around pays again, and most reads need no GET of their own.
     store.reset();
     const skipped = a.readAroundSkipped;
     let reads = 0;
