@@ -546,6 +546,10 @@ export class Reader {
     // Group the blocks of each segment into runs: one ranged GET each.
     const runs = new Runs();
     let waits: { promises: Set<Promise<void>>; blocks: { lba: number; p: BlockPtr }[] } | undefined;
+    // A bulk read with nothing read ahead reads every block from the store, even one the
+    // memory cache holds or another read is fetching: the same bytes (segments never
+    // change), and a pread of a local segment costs less than asking each block about.
+    const direct = this.bulk(length) && this.ahead.size === 0;
     let k = 0;
     for (const lba of lbas) {
       while (k < entries.length && (entries[k] as ScanEntry).lba < lba) k++;
@@ -558,6 +562,10 @@ export class Reader {
         continue;
       }
       if (p.seg === PENDING_SEG) return false;
+      if (direct) {
+        runs.add(lba, p);
+        continue;
+      }
       const a = this.findAhead(p);
       if (a) {
         if (a.body) this.copyAhead(a, p, out, offset, length, lba);
@@ -894,16 +902,27 @@ export class Reader {
           key,
           `Segment is truncated: blocks at ${off}+${total} not present`,
         );
-      const out: Buffer[] = [];
       const single = to - from === 1;
-      const around = r.lbas.includes(-1);
       const disk = toDisk && this.disk && this.disk.cacheable(seg) ? this.disk : undefined;
+      const whole = wholeRunVerified(r, from, to, body);
+      // A bulk read's dense run, verified whole, is in its place in the reply already: no
+      // block of it is cached, so no block needs a buffer object of its own.
+      if (
+        whole &&
+        !keep &&
+        disk === undefined &&
+        dest !== undefined &&
+        body.buffer === dest.buffer &&
+        body.byteOffset === dest.byteOffset
+      )
+        return new Array<Buffer>(to - from).fill(IN_PLACE);
+      const out: Buffer[] = [];
+      const around = r.lbas.includes(-1);
       const store = disk ? disk.storeOf(seg) : 0;
       let decoding: Promise<void>[] | undefined;
       // Sealed raw blocks read now or soon open into one buffer for the part (as raw blocks
       // share the part's body); read-around extras get buffers of their own.
       let slab: Buffer | undefined;
-      const whole = wholeRunVerified(r, from, to, body);
       for (let k = from; k < to; k++) {
         const p = r.ptrs[k] as BlockPtr;
         const at = p.off - off;
@@ -1369,6 +1388,7 @@ function copyBlock(
   bs: number,
   blk: Buffer | null,
 ): void {
+  if (blk === IN_PLACE) return;
   const bStart = lba * bs;
   const from = Math.max(offset, bStart);
   const to = Math.min(offset + length, bStart + bs);
@@ -1378,6 +1398,12 @@ function copyBlock(
   if (blk) blk.copy(out, from - offset, from - bStart, to - bStart);
   else out.fill(0, from - offset, to - offset);
 }
+
+/**
+ * What getPart gives for each block of a dense run it read into its place in the reply and
+ * verified whole (copyBlock skips it; nothing else sees it: such runs are bulk reads').
+ */
+const IN_PLACE = Buffer.alloc(0);
 
 /**
  * The part of a read's output `out` (of [offset, offset+length)) that run `r` fills on its
