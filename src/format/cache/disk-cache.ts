@@ -101,6 +101,8 @@ interface Job {
   gen: number;
   header: Buffer;
   body: Buffer;
+  /** Called once the cache is done with `body` (written, dropped or left out). */
+  done?: () => void;
 }
 
 export class DiskCache {
@@ -359,6 +361,47 @@ export class DiskCache {
    * checked them against it (else it is computed).
    */
   put(store: number, seg: number, off: number, bytes: Buffer, knownCrc?: number): void {
+    this.enqueue(store, seg, off, bytes, knownCrc);
+  }
+
+  /**
+   * put() of the blocks of a run: block k of `body` is (store, seg, off + k * blockSize),
+   * with CRC32C crcs[k] (checked by the caller). Settles once the cache is done with `body`
+   * (every block written, dropped or left out), so that the caller may reuse its memory.
+   */
+  putRun(
+    store: number,
+    seg: number,
+    off: number,
+    blockSize: number,
+    body: Buffer,
+    crcs: Uint32Array,
+  ): Promise<void> {
+    let left = 1;
+    let settle!: () => void;
+    const done = new Promise<void>((resolve) => (settle = resolve));
+    const finish = (): void => {
+      if (--left === 0) settle();
+    };
+    for (let k = 0; k < crcs.length && (k + 1) * blockSize <= body.length; k++) {
+      const at = k * blockSize;
+      const job = this.enqueue(store, seg, off + at, body.subarray(at, at + blockSize), crcs[k]);
+      if (job) {
+        left++;
+        job.done = finish;
+      }
+    }
+    finish();
+    return done;
+  }
+
+  private enqueue(
+    store: number,
+    seg: number,
+    off: number,
+    bytes: Buffer,
+    knownCrc?: number,
+  ): Job | undefined {
     if (this.closed || bytes.length > this.manifest.slotSize || bytes.length === 0) return;
     if (off / 512 > 0xffffffff) return;
     if (this.policy.find(store, seg, off) >= 0) return;
@@ -381,9 +424,11 @@ export class DiskCache {
     header.writeUInt32LE(bytes.length, 20);
     header.writeUInt32LE(crc, 24);
     header.writeUInt32LE(crc32c(header.subarray(0, 28)), 28);
-    this.queue.push({ slot: s, gen: g, header, body: bytes });
+    const job: Job = { slot: s, gen: g, header, body: bytes };
+    this.queue.push(job);
     this.queuedBytes += bytes.length;
     this.writing ??= this.drain();
+    return job;
   }
 
   /** Wait until every queued entry is written (tests, close). */
@@ -431,6 +476,7 @@ export class DiskCache {
           if (this.gen[j.slot] !== j.gen) {
             // Evicted before it was written: left out, and the run splits around it.
             this.queuedBytes -= j.body.length;
+            j.done?.();
             run = undefined;
             continue;
           }
@@ -471,6 +517,7 @@ export class DiskCache {
       for (const j of jobs) if (this.gen[j.slot] === j.gen) this.drop(j.slot);
     } finally {
       this.queuedBytes -= total;
+      for (const j of jobs) j.done?.();
     }
   }
 

@@ -235,11 +235,10 @@ interface AheadPart {
   crcs: Uint32Array;
   /** Blocks not read yet. */
   left: number;
-  /**
-   * The pooled memory the GET read the body into (`body` is it), while it may go back to
-   * the pool: not once the disk cache was handed its blocks (it writes them out later).
-   */
+  /** The pooled memory the GET read the body into (`body` is it), to give back later. */
   pooled?: Buffer | undefined;
+  /** The disk cache is writing the body's blocks out (the memory must stay as it is). */
+  caching?: boolean;
   /** readv() pieces of the body not yet sent (the memory is reused only after they are). */
   lent: number;
   /** Out of the read-ahead tables (read whole, or pushed out). */
@@ -1186,13 +1185,15 @@ export class Reader {
       }
       a.body = body;
       this.counters.prefetched += ptrs.length;
+      // (Some stores hand out bytes of their own: mem://, a segment still in flight.)
+      if (own) a.pooled = mem;
       if (disk) {
-        const store = disk.storeOf(seg);
-        for (let k = 0; k < ptrs.length; k++)
-          disk.cache.put(store, seg, off + k * bs, body.subarray(k * bs, (k + 1) * bs), a.crcs[k]);
-      } else if (own) {
-        // (Some stores hand out bytes of their own: mem://, a segment still in flight.)
-        a.pooled = mem;
+        // The memory goes back to the pool only once the disk cache wrote the blocks out.
+        a.caching = true;
+        void disk.cache.putRun(disk.storeOf(seg), seg, off, bs, body, a.crcs).then(() => {
+          a.caching = false;
+          this.recycleAhead(a);
+        });
       }
     } catch {
       this.dropAhead(a);
@@ -1257,7 +1258,7 @@ export class Reader {
    * and reads the blocks another way.
    */
   private recycleAhead(a: AheadPart): void {
-    if (!a.dropped || a.lent > 0 || a.pooled === undefined) return;
+    if (!a.dropped || a.lent > 0 || a.caching || a.pooled === undefined) return;
     const mem = a.pooled;
     a.pooled = undefined;
     a.body = undefined;
