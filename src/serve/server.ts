@@ -424,6 +424,8 @@ export class VolumeServer {
       ...(m === undefined ? {} : { observer: m.engineObserver(name) }),
       ...(o.memoryCacheBytes === undefined ? {} : { dataCacheBytes: o.memoryCacheBytes }),
       ...(o.readAheadBytes === undefined ? {} : { readAheadBytes: o.readAheadBytes }),
+      // On a remote store every index node a cold read misses is another round trip.
+      warmIndex: !/^(file|mem):/i.test(store.url),
       ...(cache === undefined
         ? {}
         : {

@@ -120,6 +120,12 @@ export interface OpenOptions {
   diskCache?: { dir: string; sizeBytes: number; mode?: 'reuse' | 'recreate' };
   /** Largest read-ahead window for sequential reads (default 16 MiB; 0 disables). */
   readAheadBytes?: number;
+  /**
+   * After opening, load the index into the node cache in the background (up to half of it),
+   * so that cold random reads pay one GET each instead of one more per index level they miss.
+   * `hyper serve` sets it for volumes on remote stores; short-lived tools leave it off.
+   */
+  warmIndex?: boolean;
   /** A random read's GET may take neighbouring blocks up to this many bytes (default 64 KiB; 0 disables). */
   readAroundBytes?: number;
   /** Large reads are split into GETs of this size, fetched in parallel (default 2 MiB). */

@@ -158,6 +158,8 @@ export class Volume {
   private cleanHead: HeadRecord;
   private lastFlushError: unknown;
   private timer: NodeJS.Timeout | undefined;
+  /** The background load of the index (OpenOptions.warmIndex): nodes visited. */
+  private warming: Promise<number> = Promise.resolve(0);
   private wal: WalSession | undefined;
   private closed = false;
   /** close() is flushing: nothing is kept back any more. */
@@ -250,6 +252,15 @@ export class Volume {
       tier?.data,
     );
     this.publishDelayMs = opts.headUpdateDelayMs ?? PUBLISH_DELAY_MS;
+    if (opts.warmIndex) {
+      // Up to half the node cache, so that the reads it serves keep room of their own.
+      this.warming = this.loader
+        .warm(this.tree.root, Math.floor(this.loader.cacheNodes / 2), () => this.closed)
+        .catch((e: unknown) => {
+          this.log.debug('index warm-up stopped', { error: errorText(e) });
+          return 0;
+        });
+    }
     const interval = opts.flushIntervalMs ?? 5000;
     if (!readOnly && interval > 0) {
       this.timer = setInterval(() => {
@@ -343,6 +354,11 @@ export class Volume {
     }
   }
 
+  /** Settles when the background load of the index is over (OpenOptions.warmIndex): nodes visited. */
+  indexWarmed(): Promise<number> {
+    return this.warming;
+  }
+
   /** The head of the newest checkpoint (for tools; do not modify). */
   get headRecord(): HeadRecord {
     return this.committer?.head ?? this.openedHead;
@@ -432,6 +448,7 @@ export class Volume {
       if (this.timer) clearInterval(this.timer);
       this.timer = undefined;
       this.cancelPublish();
+      await this.warming;
       await this.settle();
       await this.wal?.close();
       await this.segments.close().catch(() => undefined);
@@ -455,6 +472,7 @@ export class Volume {
     this.cancelPublish();
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
+    await this.warming;
     await this.settle();
     await this.wal?.close();
     await this.segments.close().catch(() => undefined);

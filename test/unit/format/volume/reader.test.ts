@@ -497,6 +497,57 @@ describe('reader: read-ahead, parallel GETs, read-around', () => {
   });
 });
 
+describe('reader: index warm-up', () => {
+  it('loads the index in the background, so cold random reads need one GET each', async () => {
+    // 32 MiB of 4 KiB blocks written 1 MiB at a time into 4 MiB segments: leaves and the
+    // nodes above them spread over the segments.
+    const size = 32 * MiB;
+    const { store, ref } = await filled(size);
+    const cold = { readOnly: true, readAroundBytes: 0, readAheadBytes: 0 } satisfies OpenOptions;
+    const reads = async (v: Volume, seed: number): Promise<number> => {
+      const r = rng(seed);
+      const lbas = new Set<number>();
+      for (let n = 0; n < 200; n++) lbas.add(Math.floor(r() * (size / (4 * KiB))));
+      await Promise.all(
+        [...lbas].map(async (lba) => {
+          const got = await v.read(lba * 4 * KiB, 4 * KiB);
+          assert.ok(got.equals(ref.subarray(lba * 4 * KiB, (lba + 1) * 4 * KiB)), `block ${lba}`);
+        }),
+      );
+      return lbas.size;
+    };
+    // Without the warm-up, reads miss index nodes and GET them on the way.
+    let v = await Volume.open(store, cold);
+    store.reset();
+    await reads(v, 1);
+    const without = { gets: store.segmentGets, stats: v.stats() };
+    await v.close();
+    assert.ok(without.stats.nodeCacheMisses > 0, JSON.stringify(without));
+    assert.ok(without.gets > without.stats.dataGets, JSON.stringify(without));
+    // With it: once it is over, every read's only GET is its data.
+    v = await Volume.open(store, { ...cold, warmIndex: true });
+    const visited = await v.indexWarmed();
+    assert.ok(visited > size / (4 * KiB) / 127, `visited ${visited}`);
+    store.reset();
+    const misses = v.stats().nodeCacheMisses;
+    const n = await reads(v, 1);
+    const st = v.stats();
+    assert.equal(st.nodeCacheMisses, misses, JSON.stringify(st));
+    assert.equal(store.segmentGets, st.dataGets);
+    assert.ok(st.dataGets > 0 && st.dataGets <= n);
+    await v.close();
+    // Closing at once stops it (no GET after close), and a read racing it is served right.
+    for (const seed of [2, 3]) {
+      v = await Volume.open(store, { ...cold, warmIndex: true });
+      await reads(v, seed);
+      await v.close();
+      const after = store.segmentGets;
+      await new Promise((res) => setTimeout(res, 20));
+      assert.equal(store.segmentGets, after, 'a GET after close');
+    }
+  });
+});
+
 describe('reader: block status', () => {
   it('matches a model of mapped blocks under writes, trims, zeroes and flushes in flight', async () => {
     for (const seed of [21, 22, 23]) {
