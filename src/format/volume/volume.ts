@@ -448,7 +448,8 @@ export class Volume {
       if (this.timer) clearInterval(this.timer);
       this.timer = undefined;
       this.cancelPublish();
-      await this.warming;
+      // (The index warm-up stops at its next step; a GET of it still in flight is not waited
+      // for: on a store that stopped answering it could hold the close through its retries.)
       await this.settle();
       await this.wal?.close();
       await this.segments.close().catch(() => undefined);
@@ -472,7 +473,6 @@ export class Volume {
     this.cancelPublish();
     if (this.timer) clearInterval(this.timer);
     this.timer = undefined;
-    await this.warming;
     await this.settle();
     await this.wal?.close();
     await this.segments.close().catch(() => undefined);
