@@ -92,6 +92,9 @@ function mergeDedupPatches(a?: DedupPatch, b?: DedupPatch): DedupPatch | undefin
  * kept buffer fits any segment of the usual size: segments cut by flushes at arbitrary points
  * (a replica commits every second) vary in size, and a pool that dropped the smaller buffers
  * faulted in nearly every byte it shipped (80k faults per 312 MiB in the replica's worker).
+ * A segment with more of its own than `largest` (a flush that took in more than a segment's
+ * worth while PUTs were in flight: 45-70 MiB segments in the replica's worker) takes several
+ * buffers (the builder's SegmentMemory) instead of a fresh outsized one that was never kept.
  * Kept buffers hold their pages: they are let go after `idleMs` without a segment built.
  */
 export class SegmentBuffers {
@@ -104,7 +107,7 @@ export class SegmentBuffers {
    */
   constructor(
     private readonly keep: number,
-    private readonly largest = Infinity,
+    readonly largest = Infinity,
     private readonly idleMs = 10_000,
   ) {}
 
@@ -347,7 +350,7 @@ export async function buildSegment(
     ...(crcs ? { crcs } : {}),
     ...(codecs ? { codecs } : {}),
     ...(sealer ? { sealer } : {}),
-    ...(f.buffers ? { alloc: (n: number) => (f.buffers as SegmentBuffers).take(n) } : {}),
+    ...(f.buffers ? { memory: f.buffers } : {}),
   });
   // A content index kept back: its new entries learn where their blocks went, in memory
   // (their paths are dirty, nothing to load).

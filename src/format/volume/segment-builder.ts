@@ -67,8 +67,20 @@ export interface CheckpointInput {
    * (block k under nonce counter k, nodes under the counters after the blocks).
    */
   sealer?: Sealer;
-  /** Where the segment's bytes go (a recycled buffer); a fresh one by default. */
-  alloc?: (bytes: number) => Buffer;
+  /** Where the segment's own bytes go (recycled memory); fresh buffers by default. */
+  memory?: SegmentMemory;
+}
+
+/**
+ * Memory for the bytes a segment holds of its own (header, nodes, copied blocks). Blocks
+ * copied past `largest` bytes go into further buffers, each part of the segment in turn, so
+ * that a segment larger than usual (a flush that took more than a segment's worth) still
+ * lands in recycled memory instead of a fresh outsized buffer.
+ */
+export interface SegmentMemory {
+  take(bytes: number): Buffer;
+  /** The most one buffer should hold (the header and nodes go in the first, whatever size). */
+  readonly largest: number;
 }
 
 export interface BuiltCheckpoint {
@@ -80,10 +92,14 @@ export interface BuiltCheckpoint {
   /** The segment's length. */
   length: number;
   /**
-   * The buffer from `alloc`: the header and nodes at their segment offsets (up to
-   * `dataOffset`), then the blocks that were copied.
+   * The first buffer from `memory`: the header and nodes at their segment offsets (up to
+   * `dataOffset`), then the blocks that were copied, as many as fit.
    */
   buffer: Buffer;
+  /** Every buffer taken from `memory`, `buffer` first: the rest hold copied blocks. */
+  buffers: Buffer[];
+  /** Bytes of the segment in `buffers` (the rest are the caller's runs, gathered). */
+  ownBytes: number;
   /** Where each stored block's bytes lie: in `buffer`, or the caller's own buffer. */
   stored: Buffer[];
   /** Whether some part is the caller's memory (else `buffer` holds the whole segment). */
@@ -193,8 +209,13 @@ export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
   const runs = sealer ? [] : blockRuns(c.blocks);
   let kept = 0;
   for (const r of runs) if (r.keep) kept += r.bytes.length;
-  const segment = c.alloc ? c.alloc(total - kept) : Buffer.allocUnsafe(total - kept);
+  const own = total - kept;
+  const take = (n: number): Buffer => (c.memory ? c.memory.take(n) : Buffer.allocUnsafe(n));
+  // (Sealed blocks are sealed at their offsets in one buffer.)
+  const largest = sealer ? Infinity : (c.memory?.largest ?? Infinity);
+  const segment = take(Math.max(dataOffset, Math.min(own, largest)));
   let parts: Buffer[] = [segment];
+  let buffers: Buffer[] = [segment];
   let stored: Buffer[];
   let crcs: number[];
   if (sealer) {
@@ -203,7 +224,9 @@ export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
   } else {
     if (!c.crcs) throw new HyperError('internal', 'INTERNAL', 'block CRCs missing');
     crcs = c.crcs;
-    ({ parts, stored } = layBlocks(c.blocks, runs, segment, dataOffset));
+    const more = (need: number, left: number): Buffer =>
+      take(Math.max(need, Math.min(left, largest)));
+    ({ parts, stored, buffers } = layBlocks(c.blocks, runs, segment, dataOffset, own, more));
   }
   const plainNodes: Buffer[] = [];
   nodes.forEach((nd, k) => {
@@ -259,6 +282,8 @@ export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
     parts,
     length: total,
     buffer: segment,
+    buffers,
+    ownBytes: own,
     stored,
     gathered: kept > 0,
     head,
@@ -313,36 +338,65 @@ function blockRuns(blocks: Buffer[]): Run[] {
 
 /**
  * Lay the blocks out after the nodes: short runs copied into `segment` (from `dataOffset`
- * on, in order), long ones left where they are. Returns the segment's parts in order and
- * where each block's stored bytes lie.
+ * on, in order), long ones left where they are. Copies that do not fit in `segment` go on in
+ * buffers from `more` (told the block's length and the bytes still to copy; a block never
+ * straddles two buffers).
+ * Returns the segment's parts in order, where each block's stored bytes lie, and the
+ * buffers used (`segment` first).
  */
 function layBlocks(
   blocks: Buffer[],
   runs: Run[],
   segment: Buffer,
   dataOffset: number,
-): { parts: Buffer[]; stored: Buffer[] } {
+  own: number,
+  more: (need: number, left: number) => Buffer,
+): { parts: Buffer[]; stored: Buffer[]; buffers: Buffer[] } {
   const parts: Buffer[] = [];
+  const buffers = [segment];
   const stored: Buffer[] = new Array<Buffer>(blocks.length);
-  let from = 0; // start of the segment buffer's current part
-  let at = dataOffset; // where the next copied byte goes in the segment buffer
+  let buf = segment;
+  let from = 0; // start of the current buffer's current part
+  let at = dataOffset; // where the next copied byte goes in the current buffer
+  let left = own - dataOffset; // bytes still to copy
+  const cut = (): void => {
+    if (at > from) parts.push(buf.subarray(from, at));
+    from = at;
+  };
   for (const r of runs) {
     if (r.keep) {
-      if (at > from) parts.push(segment.subarray(from, at));
+      cut();
       parts.push(r.bytes);
-      from = at;
       for (let k = r.first; k < r.first + r.count; k++) stored[k] = blocks[k] as Buffer;
       continue;
     }
-    r.bytes.copy(segment, at);
+    if (at + r.bytes.length <= buf.length) {
+      r.bytes.copy(buf, at);
+      for (let k = r.first; k < r.first + r.count; k++) {
+        const len = (blocks[k] as Buffer).length;
+        stored[k] = buf.subarray(at, at + len);
+        at += len;
+      }
+      left -= r.bytes.length;
+      continue;
+    }
     for (let k = r.first; k < r.first + r.count; k++) {
-      const len = (blocks[k] as Buffer).length;
-      stored[k] = segment.subarray(at, at + len);
-      at += len;
+      const b = blocks[k] as Buffer;
+      if (at + b.length > buf.length) {
+        cut();
+        buf = more(b.length, left);
+        buffers.push(buf);
+        from = 0;
+        at = 0;
+      }
+      b.copy(buf, at);
+      stored[k] = buf.subarray(at, at + b.length);
+      at += b.length;
+      left -= b.length;
     }
   }
-  if (at > from || parts.length === 0) parts.push(segment.subarray(from, at));
-  return { parts, stored };
+  if (at > from || parts.length === 0) parts.push(buf.subarray(from, at));
+  return { parts, stored, buffers };
 }
 
 /** Seal each block into its place in the segment, bound to its address and codec; their CRCs. */

@@ -981,7 +981,7 @@ export class Volume {
     }
     committer.built(built);
     // Compressed or sealed blocks stay in the generation next to the segment until it lands.
-    gen.segmentBytes = built.buffer.length + (built.keptPlain ? gen.bytes : 0);
+    gen.segmentBytes = built.ownBytes + (built.keptPlain ? gen.bytes : 0);
     // Bytes of header and nodes per byte of blocks buffered (what the estimate multiplies;
     // compressed or deduplicated blocks count whole). Learned from segments the estimate
     // expected to be at least half full, not from a small checkpoint whose nodes weigh more;
@@ -1027,8 +1027,8 @@ export class Volume {
       // (Blocks of a volume with codecs stayed in the generation's slabs until now.)
       s.gen.recycleSlabs(s.built.gathered);
       this.segments.landed(s.built.head.checkpoint);
-      // Nothing reads from the segment's buffer any more: the next segment may reuse it.
-      this.segmentBuffers.give(s.built.buffer);
+      // Nothing reads from the segment's buffers any more: the next segments may reuse them.
+      for (const b of s.built.buffers) this.segmentBuffers.give(b);
       this.counters.segmentsWritten++;
       this.counters.flushes++;
       moved = true;

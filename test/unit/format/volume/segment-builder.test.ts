@@ -160,6 +160,49 @@ describe('segment builder: gather layout', () => {
   });
 });
 
+describe('segment builder: memory past the largest buffer', () => {
+  for (const seed of [21, 22, 23, 24, 25, 26]) {
+    it(`seed ${seed}: copies past \`largest\` go on in further buffers, and the parts are the same segment`, () => {
+      const { lbas, blocks } = layout(seed, 300 + seed * 40);
+      const r = rng(seed);
+      // From a few blocks to less than the nodes: the first buffer holds at least those.
+      const largest = BS * (1 + Math.floor(r() * 24)) + (r() < 0.5 ? 0 : 1000);
+      const taken: Buffer[] = [];
+      const memory = {
+        largest,
+        take(n: number): Buffer {
+          const b = Buffer.alloc(n + 4096, 0xee).subarray(0, n);
+          taken.push(b);
+          return b;
+        },
+      };
+      const built = buildCheckpoint({ ...input(lbas, blocks), memory });
+      const plain = buildCheckpoint(input(lbas, blocks));
+      assert.ok(
+        Buffer.concat(built.parts).equals(Buffer.concat(plain.parts)),
+        'same segment bytes',
+      );
+      assert.deepEqual(built.blockOffsets, plain.blockOffsets);
+      assert.equal(built.ownBytes, plain.ownBytes);
+      assert.equal(plain.buffers.length, 1, 'without a bound, one buffer');
+      assert.deepEqual(built.buffers, taken, 'every buffer taken is named, in order');
+      assert.equal(built.buffer, taken[0]);
+      assert.ok(built.buffer.length >= built.dataOffset, 'the header and nodes in the first');
+      for (const b of taken.slice(1)) assert.ok(b.length <= largest, `${b.length} > ${largest}`);
+      assert.ok(taken.length > 1, `the layout spilled (${taken.length} buffers)`);
+      // Every part is a buffer's or a kept run of the caller's; the buffers' parts add up.
+      const mine = new Set(taken.map((b) => b.buffer));
+      let own = 0;
+      for (const p of built.parts) if (mine.has(p.buffer)) own += p.length;
+      assert.equal(own, built.ownBytes);
+      built.stored.forEach((b, k) => {
+        assert.ok(b.equals(content(lbas[k] as number)), `block ${k}`);
+        if (mine.has(b.buffer)) assert.ok(b.length === BS, 'a copied block in one piece');
+      });
+    });
+  }
+});
+
 describe('ascending: the order blocks are laid out in', () => {
   it('sorts numerically (large lbas included) and returns ordered keys as they are', () => {
     const r = rng(11);
