@@ -979,16 +979,19 @@ describe('volume with a disk cache', () => {
     }, /refused/);
   });
 
+  /** Read-ahead in 256 KiB parts over a fresh 16 MiB disk cache, read-around off. */
+  const aheadWithDiskCache = (): OpenOptions => ({
+    readOnly: true,
+    readAheadBytes: 1 * MiB,
+    readPartBytes: 256 * KiB,
+    readAroundBytes: 0,
+    diskCache: { dir: freshDir(), sizeBytes: 16 * MiB },
+  });
+
   it('reads ahead from the disk cache in whole runs when it holds them', async () => {
     const size = 4 * MiB;
     const { store, ref } = await filled(size);
-    const opts: OpenOptions = {
-      readOnly: true,
-      readAheadBytes: 1 * MiB,
-      readPartBytes: 256 * KiB,
-      readAroundBytes: 0,
-      diskCache: { dir: freshDir(), sizeBytes: 16 * MiB },
-    };
+    const opts = aheadWithDiskCache();
     const pass = async (): Promise<ReturnType<Volume['stats']>> => {
       const v = await Volume.open(store, opts);
       for (let o = 0; o < size; o += 64 * KiB) {
@@ -1015,13 +1018,7 @@ describe('volume with a disk cache', () => {
     // Bodies read into the memory offered (and the rest of it scribbled over), as s3:// does.
     const into = new IntoStore(store);
     for (const seed of [1, 2]) {
-      const opts: OpenOptions = {
-        readOnly: true,
-        readAheadBytes: 1 * MiB,
-        readPartBytes: 256 * KiB,
-        readAroundBytes: 0,
-        diskCache: { dir: freshDir(), sizeBytes: 16 * MiB },
-      };
+      const opts = aheadWithDiskCache();
       let v = await Volume.open(into, opts);
       into.reused = 0;
       const r = rng(seed);
