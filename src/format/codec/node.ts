@@ -159,14 +159,21 @@ export const leafOffset = (entries: Buffer, i: number): number =>
   entries.readUInt32LE(i * ENTRY_SIZE + 16) * SECTOR +
   (entries.readUInt16LE(i * ENTRY_SIZE + 30) & (SECTOR - 1));
 
+/** Leaf entries: CRC32C of the stored block. */
+export const leafCrc = (entries: Buffer, i: number): number =>
+  entries.readUInt32LE(i * ENTRY_SIZE + 24);
+
+/** Leaf entries: how the block is stored (0: raw). */
+export const leafCodec = (entries: Buffer, i: number): number =>
+  entries.readUInt16LE(i * ENTRY_SIZE + 28);
+
 export function readLeaf(entries: Buffer, i: number): BlockPtr {
-  const o = i * ENTRY_SIZE;
   return {
-    seg: readU64(entries, o + 8),
+    seg: entrySegment(entries, i),
     off: leafOffset(entries, i),
-    len: entries.readUInt32LE(o + 20),
-    crc: entries.readUInt32LE(o + 24),
-    codec: entries.readUInt16LE(o + 28),
+    len: leafLength(entries, i),
+    crc: leafCrc(entries, i),
+    codec: leafCodec(entries, i),
   };
 }
 

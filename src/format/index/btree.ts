@@ -163,18 +163,39 @@ export class BTree {
   /** Every mapped block with lo ≤ lba < hi, ascending. */
   scan(lo: number, hi: number): ScanEntry[] | Miss {
     const out: ScanEntry[] = [];
-    const miss = this.scanRec(this.root, lo, hi, out);
+    const miss = this.visit(lo, hi, (lba, entries, i) => {
+      const p = readLeaf(entries, i) as ScanEntry;
+      p.lba = lba;
+      out.push(p);
+    });
     return miss ?? out;
   }
 
-  private scanRec(nd: Node, lo: number, hi: number, out: ScanEntry[]): Miss | undefined {
+  /**
+   * Call `leaf` for every mapped block with lo ≤ lba < hi, ascending, with the leaf entries
+   * that hold it and its index there (read them with the codec's accessors, at once: a dirty
+   * leaf changes in place). No object per block. Returns the first node not in memory
+   * (blocks before it were visited: the caller starts over once it is loaded).
+   */
+  visit(
+    lo: number,
+    hi: number,
+    leaf: (lba: number, entries: Buffer, i: number) => void,
+  ): Miss | undefined {
+    return this.visitRec(this.root, lo, hi, leaf);
+  }
+
+  private visitRec(
+    nd: Node,
+    lo: number,
+    hi: number,
+    leaf: (lba: number, entries: Buffer, i: number) => void,
+  ): Miss | undefined {
     if (nd.level === 0) {
       for (let i = nd.lowerBound(lo); i < nd.length; i++) {
         const lba = nd.key(i);
         if (lba >= hi) break;
-        const p = readLeaf(nd.entries, i) as ScanEntry;
-        p.lba = lba;
-        out.push(p);
+        leaf(lba, nd.entries, i);
       }
       return undefined;
     }
@@ -182,7 +203,7 @@ export class BTree {
       if (nd.blocksBelow(i) === 0) continue;
       const c = this.child(nd, i);
       if (c instanceof Miss) return c;
-      const m = this.scanRec(c, lo, hi, out);
+      const m = this.visitRec(c, lo, hi, leaf);
       if (m) return m;
     }
     return undefined;

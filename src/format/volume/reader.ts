@@ -28,7 +28,17 @@ import type { DiskCache } from '../cache/disk-cache.js';
 import { crc32c } from '../codec/binary.js';
 import { crc32cOfRun } from '../codec/crc-combine.js';
 import { CODEC_SEALED, openStoredBlock } from '../codec/seal.js';
-import { PENDING_SEG, type BlockPtr } from '../codec/node.js';
+import {
+  PENDING_SEG,
+  entrySegment,
+  leafCodec,
+  leafCrc,
+  leafIsPending,
+  leafLength,
+  leafOffset,
+  readLeaf,
+  type BlockPtr,
+} from '../codec/node.js';
 import { Miss, type BTree, type ScanEntry } from '../index/btree.js';
 import { DataCache, OldestKey } from '../index/cache.js';
 import type { NodeLoader } from '../index/loader.js';
@@ -184,6 +194,24 @@ interface Run {
    * blocks of consecutive addresses, stored back to back): the store reads them there.
    */
   dest?: Buffer;
+}
+
+/**
+ * Bulk reads of a local store read stretches of raw blocks at least this long straight into
+ * their place in the reply; shorter ones go with the other blocks of their segment (one
+ * read for blocks scattered over a few KiB apart, gaps included, instead of one each).
+ */
+const DENSE_MIN = 64 * KiB;
+
+/**
+ * Raw blocks of a bulk read at consecutive addresses from `first`, stored back to back in
+ * segment `seg` from `off`: one pread into the reply. `crcs` holds each block's CRC32C.
+ */
+interface DenseRun {
+  seg: number;
+  off: number;
+  first: number;
+  crcs: number[];
 }
 
 /**
@@ -536,7 +564,16 @@ export class Reader {
     const lo = lbas[0] as number;
     const hi = (lbas[lbas.length - 1] as number) + 1;
     let entries: ScanEntry[];
-    if (lbas.length === 1) {
+    const jobs: Promise<void>[] = [];
+    if (this.bulk(length) && this.ahead.size === 0 && this.disk === undefined && lbas.length > 1) {
+      // A bulk read of a local store: its dense stretches straight into place, the rest
+      // (holes zeroed already) below.
+      const plan = await this.loader.run(() => this.planBulk(tree, lbas, out, offset, length));
+      if (plan === undefined) return false;
+      for (const r of plan.dense) jobs.push(this.readDense(r, out, offset));
+      entries = plan.rest;
+      lbas = plan.rest.map((p) => p.lba);
+    } else if (lbas.length === 1) {
       let p = tree.lookup(lo);
       if (p instanceof Miss) p = await this.loader.run(() => tree.lookup(lo));
       if (p) (p as ScanEntry).lba = lo;
@@ -547,10 +584,6 @@ export class Reader {
     // Group the blocks of each segment into runs: one ranged GET each.
     const runs = new Runs();
     let waits: { promises: Set<Promise<void>>; blocks: { lba: number; p: BlockPtr }[] } | undefined;
-    // A bulk read with nothing read ahead reads every block from the store, even one the
-    // memory cache holds or another read is fetching: the same bytes (segments never
-    // change), and a pread of a local segment costs less than asking each block about.
-    const direct = this.bulk(length) && this.ahead.size === 0;
     let k = 0;
     for (const lba of lbas) {
       while (k < entries.length && (entries[k] as ScanEntry).lba < lba) k++;
@@ -562,10 +595,9 @@ export class Reader {
         copyBlock(out, offset, length, lba, bs, null);
         continue;
       }
-      if (p.seg === PENDING_SEG) return false;
-      if (direct) {
-        runs.add(lba, p);
-        continue;
+      if (p.seg === PENDING_SEG) {
+        if (jobs.length > 0) await Promise.all(jobs);
+        return false;
       }
       const a = this.findAhead(p);
       if (a) {
@@ -592,7 +624,6 @@ export class Reader {
       }
       runs.add(lba, p);
     }
-    const jobs: Promise<void>[] = [];
     if (waits) jobs.push(this.afterInflight(waits.promises, waits.blocks, out, offset, length));
     const bulk = this.bulk(length);
     for (const r of runs.list) {
@@ -602,6 +633,132 @@ export class Reader {
     if (jobs.length === 1) await jobs[0];
     else if (jobs.length > 1) await Promise.all(jobs);
     return true;
+  }
+
+  /**
+   * The plan of a bulk read of `lbas` (ascending, not buffered) from the index leaves, read
+   * in place (no object per block): stretches of at least DENSE_MIN of raw blocks of
+   * consecutive addresses, whole inside the read and stored back to back in one segment (at
+   * most a part each), and the other blocks as entries for the general path (which groups
+   * scattered blocks of a segment into one GET). Holes are zeroed in `out` here. Undefined
+   * when a block is still being flushed (the caller looks at the write buffer again).
+   */
+  private planBulk(
+    tree: BTree,
+    lbas: number[],
+    out: Buffer,
+    offset: number,
+    length: number,
+  ): { dense: DenseRun[]; rest: ScanEntry[] } | undefined | Miss {
+    const bs = this.bs;
+    const most = Math.max(1, Math.floor(this.partBytes / bs));
+    const least = Math.max(2, Math.ceil(DENSE_MIN / bs));
+    const dense: DenseRun[] = [];
+    const rest: ScanEntry[] = [];
+    let run: DenseRun | undefined;
+    let pending = false;
+    let j = 0;
+    const holesBefore = (lba: number): void => {
+      for (; j < lbas.length && (lbas[j] as number) < lba; j++)
+        copyBlock(out, offset, length, lbas[j] as number, bs, null);
+    };
+    // A stretch too short for a pread of its own joins the rest (in address order).
+    const close = (): void => {
+      if (run === undefined) return;
+      if (run.crcs.length >= least) dense.push(run);
+      else
+        for (let k = 0; k < run.crcs.length; k++) {
+          const crc = run.crcs[k] as number;
+          rest.push({
+            lba: run.first + k,
+            seg: run.seg,
+            off: run.off + k * bs,
+            len: bs,
+            crc,
+            codec: 0,
+          });
+        }
+      run = undefined;
+    };
+    const miss = tree.visit(
+      lbas[0] as number,
+      (lbas[lbas.length - 1] as number) + 1,
+      (lba, e, i) => {
+        holesBefore(lba);
+        // (A block the write buffer holds is not the index's to read.)
+        if (lbas[j] !== lba) return;
+        j++;
+        if (leafIsPending(e, i)) {
+          pending = true;
+          return;
+        }
+        const inside = lba * bs >= offset && (lba + 1) * bs <= offset + length;
+        if (inside && leafCodec(e, i) === 0 && leafLength(e, i) === bs) {
+          const seg = entrySegment(e, i);
+          const off = leafOffset(e, i);
+          if (
+            run !== undefined &&
+            run.seg === seg &&
+            off === run.off + run.crcs.length * bs &&
+            lba === run.first + run.crcs.length &&
+            run.crcs.length < most
+          ) {
+            run.crcs.push(leafCrc(e, i));
+            return;
+          }
+          close();
+          run = { seg, off, first: lba, crcs: [leafCrc(e, i)] };
+          return;
+        }
+        close();
+        const p = readLeaf(e, i) as ScanEntry;
+        p.lba = lba;
+        rest.push(p);
+      },
+    );
+    if (miss) return miss;
+    close();
+    holesBefore(Number.MAX_SAFE_INTEGER);
+    return pending ? undefined : { dense, rest };
+  }
+
+  /**
+   * Read a dense stretch of a bulk read into its place in `out` (one pread of a local
+   * segment) and check it whole against the CRCs of its entries (combined); a mismatch names
+   * the first damaged block.
+   */
+  private async readDense(r: DenseRun, out: Buffer, offset: number): Promise<void> {
+    const bs = this.bs;
+    const total = r.crcs.length * bs;
+    const dest = out.subarray(r.first * bs - offset, r.first * bs - offset + total);
+    await this.gets.acquire();
+    let body: Buffer;
+    try {
+      this.counters.gets++;
+      body = await this.segments.get(r.seg, { offset: r.off, length: total }, 'volume data', dest);
+    } finally {
+      this.gets.release();
+    }
+    const key = this.segments.keyFor(r.seg);
+    if (body.length < total)
+      throw dataError(
+        'CORRUPT_OBJECT',
+        key,
+        `Segment is truncated: blocks at ${r.off}+${total} not present`,
+      );
+    // (mem:// and a segment still in flight hand out their own bytes.)
+    if (body.buffer !== dest.buffer || body.byteOffset !== dest.byteOffset)
+      body.copy(dest, 0, 0, total);
+    const crcs = r.crcs;
+    if (crc32c(dest) === crc32cOfRun(0, crcs.length, bs, (k) => crcs[k] as number)) return;
+    let k = 0;
+    while (k < crcs.length - 1 && crc32c(dest.subarray(k * bs, (k + 1) * bs)) === crcs[k]) k++;
+    const lba = r.first + k;
+    throw dataError(
+      'CHECKSUM_MISMATCH',
+      key,
+      `Data block of volume bytes ${lba * bs}..${(lba + 1) * bs} (block ${lba}) failed its checksum at segment offset ${r.off + k * bs}`,
+    );
   }
 
   /** Blocks other fetches are getting: copy them once there (fetch those that are gone). */
@@ -906,17 +1063,6 @@ export class Reader {
       const single = to - from === 1;
       const disk = toDisk && this.disk && this.disk.cacheable(seg) ? this.disk : undefined;
       const whole = wholeRunVerified(r, from, to, body);
-      // A bulk read's dense run, verified whole, is in its place in the reply already: no
-      // block of it is cached, so no block needs a buffer object of its own.
-      if (
-        whole &&
-        !keep &&
-        disk === undefined &&
-        dest !== undefined &&
-        body.buffer === dest.buffer &&
-        body.byteOffset === dest.byteOffset
-      )
-        return new Array<Buffer>(to - from).fill(IN_PLACE);
       const out: Buffer[] = [];
       const around = r.lbas.includes(-1);
       const store = disk ? disk.storeOf(seg) : 0;
@@ -1391,7 +1537,6 @@ function copyBlock(
   bs: number,
   blk: Buffer | null,
 ): void {
-  if (blk === IN_PLACE) return;
   const bStart = lba * bs;
   const from = Math.max(offset, bStart);
   const to = Math.min(offset + length, bStart + bs);
@@ -1401,12 +1546,6 @@ function copyBlock(
   if (blk) blk.copy(out, from - offset, from - bStart, to - bStart);
   else out.fill(0, from - offset, to - offset);
 }
-
-/**
- * What getPart gives for each block of a dense run it read into its place in the reply and
- * verified whole (copyBlock skips it; nothing else sees it: such runs are bulk reads').
- */
-const IN_PLACE = Buffer.alloc(0);
 
 /**
  * The part of a read's output `out` (of [offset, offset+length)) that run `r` fills on its

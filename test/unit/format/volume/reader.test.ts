@@ -788,6 +788,11 @@ describe('reader: bulk reads from a local store', () => {
     await assert.rejects(ro.read(0, 1 * MiB), (e: Error & { code?: string }) => {
       assert.equal(e.code, 'CHECKSUM_MISMATCH');
       assert.match(e.message, new RegExp(seg));
+      // The block named is the one the damaged byte (segment offset 512 KiB) lies in.
+      const m = /\(block (\d+)\) failed its checksum at segment offset (\d+)/.exec(e.message);
+      assert.ok(m, e.message);
+      const at = Number(m[2]);
+      assert.ok(at <= 512 * KiB && 512 * KiB < at + 4 * KiB, e.message);
       return true;
     });
     await ro.close();
