@@ -460,18 +460,32 @@ export class Reader {
     const n = length / bs;
     for (let i = 0; i < n; i++) if (this.view.buffered(lo + i) !== undefined) return undefined;
     const tree = this.view.tree();
-    const entries = await this.loader.run(() => tree.scan(lo, lo + n));
-    if (entries.length !== n) return undefined;
-    const parts: AheadPart[] = [];
+    // Parts are looked up a turn later: the read-ahead this read started (observe()) announces
+    // its parts once its own index walk has resolved, which it does first.
+    await undefined;
+    // The part holding each block, and where: from the leaf entries in place.
+    const found = await this.loader.run(() => {
+      const parts: AheadPart[] = [];
+      const offs: number[] = [];
+      const miss = tree.visit(lo, lo + n, (lba, e, i) => {
+        if (lba !== lo + parts.length || parts.length < offs.length || leafIsPending(e, i)) return;
+        const off = leafOffset(e, i);
+        const a = this.findAheadAt(
+          entrySegment(e, i),
+          off,
+          leafLength(e, i),
+          leafCodec(e, i),
+          leafCrc(e, i),
+        );
+        offs.push(off);
+        if (a) parts.push(a);
+      });
+      return miss ?? (parts.length === n ? { parts, offs } : undefined);
+    });
+    if (found === undefined) return undefined;
+    const { parts, offs } = found;
     let pending: Set<Promise<void>> | undefined;
-    for (let i = 0; i < n; i++) {
-      const p = entries[i] as ScanEntry;
-      if (p.lba !== lo + i || p.seg === PENDING_SEG) return undefined;
-      const a = this.findAhead(p);
-      if (!a) return undefined;
-      if (!a.body) (pending ??= new Set()).add(a.ready);
-      parts.push(a);
-    }
+    for (const a of parts) if (!a.body) (pending ??= new Set()).add(a.ready);
     // (A part dropped for room meanwhile still holds the right bytes: segments never change.)
     if (pending) {
       await Promise.all(pending);
@@ -491,7 +505,7 @@ export class Reader {
     const done: AheadPart[] = [];
     for (let i = 0; i < n; i++) {
       const a = parts[i] as AheadPart;
-      const at = (entries[i] as ScanEntry).off - a.off;
+      const at = (offs[i] as number) - a.off;
       if (a === part && at === to) to += bs;
       else {
         lend();
@@ -1350,12 +1364,22 @@ export class Reader {
 
   /** The read-ahead part holding block `p` as verified (raw, at a block boundary, same CRC). */
   private findAhead(p: BlockPtr): AheadPart | undefined {
-    const list = this.ahead.get(p.seg);
-    if (!list || p.codec !== 0 || p.len !== this.bs) return undefined;
+    return this.findAheadAt(p.seg, p.off, p.len, p.codec, p.crc);
+  }
+
+  private findAheadAt(
+    seg: number,
+    off: number,
+    len: number,
+    codec: number,
+    crc: number,
+  ): AheadPart | undefined {
+    const list = this.ahead.get(seg);
+    if (!list || codec !== 0 || len !== this.bs) return undefined;
     for (const a of list) {
-      if (p.off < a.off || p.off + p.len > a.end) continue;
-      const k = (p.off - a.off) / this.bs;
-      return Number.isInteger(k) && a.crcs[k] === p.crc ? a : undefined;
+      if (off < a.off || off + len > a.end) continue;
+      const k = (off - a.off) / this.bs;
+      return Number.isInteger(k) && a.crcs[k] === crc ? a : undefined;
     }
     return undefined;
   }
