@@ -11,7 +11,7 @@ import { join } from 'node:path';
 import { processHolder } from '../format/volume/lease.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { HyperError, isHyperError } from '../errors.js';
-import { observeStore, type ObjectStore } from '../format/store/index.js';
+import { isLocalStoreUrl, observeStore, type ObjectStore } from '../format/store/index.js';
 import type { HyperMetrics, MetricsServer } from '../metrics/index.js';
 import { listVolumes, statVolume } from '../format/volume/admin.js';
 import {
@@ -425,7 +425,7 @@ export class VolumeServer {
       ...(o.memoryCacheBytes === undefined ? {} : { dataCacheBytes: o.memoryCacheBytes }),
       ...(o.readAheadBytes === undefined ? {} : { readAheadBytes: o.readAheadBytes }),
       // On a remote store every index node a cold read misses is another round trip.
-      warmIndex: !/^(file|mem):/i.test(store.url),
+      warmIndex: !isLocalStoreUrl(store.url),
       ...(cache === undefined
         ? {}
         : {

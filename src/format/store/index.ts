@@ -13,7 +13,7 @@ import type { ObjectStore, StoreOptions } from './types.js';
 import { parseStoreUrl } from './url.js';
 
 export type { ObjectStore, StoreOptions, StoreStats } from './types.js';
-export { parseStoreUrl, ACCEPTED_URL_FORMS, type StoreUrl } from './url.js';
+export { parseStoreUrl, isLocalStoreUrl, ACCEPTED_URL_FORMS, type StoreUrl } from './url.js';
 export {
   CountingStore,
   storeStats,

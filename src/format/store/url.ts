@@ -76,3 +76,11 @@ export function parseStoreUrl(url: string): StoreUrl {
       );
   }
 }
+
+/**
+ * Whether a store URL names a store on this machine (`file://`, `mem://`): no latency to hide,
+ * so read-ahead, read-around and the index warm-up only cost CPU there.
+ */
+export function isLocalStoreUrl(url: string): boolean {
+  return /^(file|mem):/i.test(url);
+}

@@ -23,7 +23,7 @@
  *
  * Also answers block status (extents of data and holes).
  */
-import { dataError } from '../../errors.js';
+import { dataError, type HyperError } from '../../errors.js';
 import type { DiskCache } from '../cache/disk-cache.js';
 import { crc32c } from '../codec/binary.js';
 import { crc32cOfRun } from '../codec/crc-combine.js';
@@ -42,6 +42,7 @@ import {
 import { Miss, type BTree, type ScanEntry } from '../index/btree.js';
 import { DataCache, OldestKey } from '../index/cache.js';
 import type { NodeLoader } from '../index/loader.js';
+import { isLocalStoreUrl } from '../store/url.js';
 import type { SegmentSource } from './segments.js';
 import { KiB, MiB, type Extent } from './types.js';
 import type { BufferedBlock } from './write-buffer.js';
@@ -363,7 +364,7 @@ export class Reader {
     this.memoryBytes = tuning.memoryBytes;
     // On a local store there is no latency to hide: read-ahead and read-around only cost CPU
     // there (measured on tmpfs), so they are off unless asked for.
-    const local = /^(file|mem):/.test(segments.own.url);
+    const local = isLocalStoreUrl(segments.own.url);
     this.local = local;
     // Read-ahead only pays while its blocks stay in memory until they are read.
     this.readAhead = Math.min(
@@ -754,12 +755,7 @@ export class Reader {
       this.gets.release();
     }
     const key = this.segments.keyFor(r.seg);
-    if (body.length < total)
-      throw dataError(
-        'CORRUPT_OBJECT',
-        key,
-        `Segment is truncated: blocks at ${r.off}+${total} not present`,
-      );
+    if (body.length < total) throw truncated(key, r.off, total);
     // (mem:// and a segment still in flight hand out their own bytes.)
     if (body.buffer !== dest.buffer || body.byteOffset !== dest.byteOffset)
       body.copy(dest, 0, 0, total);
@@ -767,12 +763,7 @@ export class Reader {
     if (crc32c(dest) === crc32cOfRun(0, crcs.length, bs, (k) => crcs[k] as number)) return;
     let k = 0;
     while (k < crcs.length - 1 && crc32c(dest.subarray(k * bs, (k + 1) * bs)) === crcs[k]) k++;
-    const lba = r.first + k;
-    throw dataError(
-      'CHECKSUM_MISMATCH',
-      key,
-      `Data block of volume bytes ${lba * bs}..${(lba + 1) * bs} (block ${lba}) failed its checksum at segment offset ${r.off + k * bs}`,
-    );
+    throw damaged(key, bs, r.first + k, r.off + k * bs);
   }
 
   /** Blocks other fetches are getting: copy them once there (fetch those that are gone). */
@@ -1068,12 +1059,7 @@ export class Reader {
         this.gets.release();
       }
       const key = this.segments.keyFor(seg);
-      if (body.length < total)
-        throw dataError(
-          'CORRUPT_OBJECT',
-          key,
-          `Segment is truncated: blocks at ${off}+${total} not present`,
-        );
+      if (body.length < total) throw truncated(key, off, total);
       const single = to - from === 1;
       const disk = toDisk && this.disk && this.disk.cacheable(seg) ? this.disk : undefined;
       const whole = wholeRunVerified(r, from, to, body);
@@ -1091,15 +1077,7 @@ export class Reader {
         if (!whole && crc32c(blk) !== p.crc) {
           // Name the volume range the block holds (read-around extras carry their lba).
           const lba = (r.lbas[k] ?? -1) >= 0 ? (r.lbas[k] as number) : (p as { lba?: number }).lba;
-          const range =
-            lba === undefined
-              ? 'Data block'
-              : `Data block of volume bytes ${lba * this.bs}..${(lba + 1) * this.bs} (block ${lba})`;
-          throw dataError(
-            'CHECKSUM_MISMATCH',
-            key,
-            `${range} failed its checksum at segment offset ${off + at}`,
-          );
+          throw damaged(key, this.bs, lba, off + at);
         }
         if (p.codec !== 0) {
           // Stored bytes go to the disk cache; the plain block, decoded off the event loop,
@@ -1599,6 +1577,28 @@ function rawBackToBack(r: Run, bs: number): boolean {
     at += bs;
   }
   return true;
+}
+
+/** A segment shorter than the blocks the index places in it. */
+function truncated(key: string, off: number, length: number): HyperError {
+  return dataError(
+    'CORRUPT_OBJECT',
+    key,
+    `Segment is truncated: blocks at ${off}+${length} not present`,
+  );
+}
+
+/** A stored block that failed its CRC32C: the volume range it holds, when known, and where. */
+function damaged(key: string, bs: number, lba: number | undefined, segOffset: number): HyperError {
+  const range =
+    lba === undefined
+      ? 'Data block'
+      : `Data block of volume bytes ${lba * bs}..${(lba + 1) * bs} (block ${lba})`;
+  return dataError(
+    'CHECKSUM_MISMATCH',
+    key,
+    `${range} failed its checksum at segment offset ${segOffset}`,
+  );
 }
 
 /** A copy of `b` in memory of its own (Buffer.from(buffer) takes a slower generic path). */

@@ -100,9 +100,9 @@ export interface BuiltCheckpoint {
   buffers: Buffer[];
   /** Bytes of the segment in `buffers` (the rest are the caller's runs, gathered). */
   ownBytes: number;
-  /** Where each stored block's bytes lie: in `buffer`, or the caller's own buffer. */
+  /** Where each stored block's bytes lie: in `buffers`, or the caller's own buffer. */
   stored: Buffer[];
-  /** Whether some part is the caller's memory (else `buffer` holds the whole segment). */
+  /** Whether some part is the caller's memory (else `buffers` hold the whole segment). */
   gathered: boolean;
   head: HeadRecord;
   headBytes: Buffer;
