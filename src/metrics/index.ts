@@ -19,6 +19,7 @@ import {
   Registry,
   collectDefaultMetrics,
   type CounterConfiguration,
+  type LabelValues,
 } from 'prom-client';
 import type { NbdObserver, NbdRequestEvent } from '../nbd/observer.js';
 import type { StoreObserver } from '../format/store/observed.js';
@@ -53,6 +54,18 @@ export interface MetricsOptions {
   now?: () => number;
 }
 
+/** The engine counters the counters fed from the engine follow. */
+type FedFrom = {
+  [K in keyof EngineStats]-?: EngineStats[K] extends number ? K : never;
+}[keyof EngineStats];
+
+/** The `cache` label of the cache counters, and the engine counters behind it. */
+const CACHE_SERIES: readonly (readonly [string, FedFrom, FedFrom])[] = [
+  ['node', 'nodeCacheHits', 'nodeCacheMisses'],
+  ['data', 'dataCacheHits', 'dataCacheMisses'],
+  ['disk', 'diskCacheHits', 'diskCacheMisses'],
+];
+
 /** NBD command names as metric labels. */
 const COMMANDS: Record<string, string> = {
   READ: 'read',
@@ -83,14 +96,8 @@ interface Tracked {
     atMs: number;
     running: boolean;
   };
-  /** Counter values already added to the cache and segment counters. */
-  seen: {
-    nodeHits: number;
-    nodeMisses: number;
-    dataHits: number;
-    dataMisses: number;
-    segs: number;
-  };
+  /** The engine's counters as last added to the counters fed from them. */
+  seen: EngineStats;
 }
 
 export class HyperMetrics {
@@ -122,6 +129,7 @@ export class HyperMetrics {
   private readonly segments: Counter<'export'>;
   private readonly cacheHits: Counter<'export' | 'cache'>;
   private readonly cacheMisses: Counter<'export' | 'cache'>;
+  private readonly diskCacheDropped: Counter<'export'>;
 
   /** The NBD server's observer (pass it as `observer` to NbdServer). */
   readonly nbd: NbdObserver;
@@ -261,14 +269,20 @@ export class HyperMetrics {
     this.cacheHits = counter({
       ...fromEngine,
       name: 'hyper_volume_cache_hits_total',
-      help: 'Memory cache hits: cache="data" (clean data blocks) or "node" (index nodes).',
+      help: 'Cache hits: cache="data" (clean data blocks in memory), "node" (index nodes in memory) or "disk" (blocks and nodes in the --cache-dir disk cache).',
       labelNames: ['export', 'cache'],
     });
     this.cacheMisses = counter({
       ...fromEngine,
       name: 'hyper_volume_cache_misses_total',
-      help: 'Memory cache misses (each one a store GET, or part of one).',
+      help: 'Cache misses (for "data" and "disk", each one a store GET or part of one).',
       labelNames: ['export', 'cache'],
+    });
+    this.diskCacheDropped = counter({
+      ...fromEngine,
+      name: 'hyper_volume_disk_cache_dropped_total',
+      help: 'Disk cache entries that failed their checksum when read (refetched from the store; a failing or tampered cache disk).',
+      labelNames: ['export'],
     });
 
     // Read from the tracked volumes at each scrape. Every collect starts from reset(), so the
@@ -418,13 +432,7 @@ export class HyperMetrics {
       exportName,
       source,
       ...(space ? { space: { probe: space, atMs: 0, running: false } } : {}),
-      seen: {
-        nodeHits: s.nodeCacheHits,
-        nodeMisses: s.nodeCacheMisses,
-        dataHits: s.dataCacheHits,
-        dataMisses: s.dataCacheMisses,
-        segs: s.segmentsWritten,
-      },
+      seen: s,
     };
     this.volumes.add(t);
     return () => {
@@ -462,22 +470,17 @@ export class HyperMetrics {
   private catchUp(t: Tracked): void {
     const s = t.source.stats();
     const l = t.seen;
-    const add = (c: Counter<'export' | 'cache'>, cache: string, now: number, before: number) => {
-      if (now > before) c.inc({ export: t.exportName, cache }, now - before);
+    const e = t.exportName;
+    const add = <L extends string>(c: Counter<L>, labels: LabelValues<L>, key: FedFrom): void => {
+      if (s[key] > l[key]) c.inc(labels, s[key] - l[key]);
     };
-    add(this.cacheHits, 'node', s.nodeCacheHits, l.nodeHits);
-    add(this.cacheMisses, 'node', s.nodeCacheMisses, l.nodeMisses);
-    add(this.cacheHits, 'data', s.dataCacheHits, l.dataHits);
-    add(this.cacheMisses, 'data', s.dataCacheMisses, l.dataMisses);
-    if (s.segmentsWritten > l.segs)
-      this.segments.inc({ export: t.exportName }, s.segmentsWritten - l.segs);
-    t.seen = {
-      nodeHits: s.nodeCacheHits,
-      nodeMisses: s.nodeCacheMisses,
-      dataHits: s.dataCacheHits,
-      dataMisses: s.dataCacheMisses,
-      segs: s.segmentsWritten,
-    };
+    for (const [cache, hits, misses] of CACHE_SERIES) {
+      add(this.cacheHits, { export: e, cache }, hits);
+      add(this.cacheMisses, { export: e, cache }, misses);
+    }
+    add(this.diskCacheDropped, { export: e }, 'diskCacheDropped');
+    add(this.segments, { export: e }, 'segmentsWritten');
+    t.seen = s;
   }
 }
 

@@ -232,6 +232,8 @@ export interface EngineStats {
   diskCacheMisses: number;
   /** Disk cache entries dropped because their bytes failed a check. */
   diskCacheDropped: number;
+  /** Entries the disk cache wrote out (blocks fetched from the store, index nodes). */
+  diskCacheWrites: number;
   /** Blocks fetched by read-ahead, and how many of them were read afterwards. */
   prefetchedBlocks: number;
   prefetchHits: number;

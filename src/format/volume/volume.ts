@@ -386,6 +386,7 @@ export class Volume {
       diskCacheHits: d?.hits ?? 0,
       diskCacheMisses: d?.misses ?? 0,
       diskCacheDropped: d?.dropped ?? 0,
+      diskCacheWrites: d?.writes ?? 0,
       prefetchedBlocks: r.prefetched,
       prefetchHits: r.prefetchHits,
       readAroundBlocks: r.readAround,

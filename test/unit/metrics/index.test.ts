@@ -24,6 +24,7 @@ function stats(over: Partial<EngineStats> = {}): EngineStats {
     diskCacheHits: 0,
     diskCacheMisses: 0,
     diskCacheDropped: 0,
+    diskCacheWrites: 0,
     prefetchedBlocks: 0,
     prefetchHits: 0,
     readAroundBlocks: 0,
@@ -197,6 +198,8 @@ describe('metrics', () => {
       lease: { epoch: 3, expiresMs: now + 20_000, lost: false },
       dataCacheHits: 10,
       dataCacheMisses: 5,
+      diskCacheHits: 3,
+      diskCacheDropped: 1,
     });
     const untrack = m.trackVolume('vm1', { readOnly: false, stats: () => s });
     m.trackVolume('ro', { readOnly: true, stats: () => stats({ checkpointMs: 0 }) });
@@ -235,6 +238,9 @@ describe('metrics', () => {
       dataCacheHits: 25,
       dataCacheMisses: 6,
       nodeCacheHits: 4,
+      diskCacheHits: 11,
+      diskCacheMisses: 2,
+      diskCacheDropped: 3,
       segmentsWritten: 2,
       lease: { epoch: 3, expiresMs: now - 1000, lost: true },
     };
@@ -242,6 +248,9 @@ describe('metrics', () => {
     assert.equal(value(e, 'hyper_volume_cache_hits_total', { export: 'vm1', cache: 'data' }), 15);
     assert.equal(value(e, 'hyper_volume_cache_misses_total', { export: 'vm1', cache: 'data' }), 1);
     assert.equal(value(e, 'hyper_volume_cache_hits_total', { export: 'vm1', cache: 'node' }), 4);
+    assert.equal(value(e, 'hyper_volume_cache_hits_total', { export: 'vm1', cache: 'disk' }), 8);
+    assert.equal(value(e, 'hyper_volume_cache_misses_total', { export: 'vm1', cache: 'disk' }), 2);
+    assert.equal(value(e, 'hyper_volume_disk_cache_dropped_total', { export: 'vm1' }), 2);
     assert.equal(value(e, 'hyper_volume_segments_written_total', { export: 'vm1' }), 2);
     assert.equal(value(e, 'hyper_volume_lease_held', { export: 'vm1' }), 0);
     assert.equal(value(e, 'hyper_volume_lease_expiry_seconds', { export: 'vm1' }), -1);
