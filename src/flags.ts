@@ -19,7 +19,8 @@ import { URL_FORMS, normalizeVolumeUrl } from './cli/url.js';
 import { CHECKPOINT_REF_FORMS, parseCheckpointRef } from './cli/checkpoint-ref.js';
 import { COMPRESSIONS } from './format/codec/block.js';
 import { CIPHERS } from './format/codec/seal.js';
-import { DEFAULT_COMPRESSION, type CheckpointRef } from './format/volume/types.js';
+import { DEFAULT_COMPRESSION, GiB, MiB, type CheckpointRef } from './format/volume/types.js';
+import type { VolumeCaching } from './serve/server.js';
 import { defaultControlSocket } from './daemon/paths.js';
 
 /**
@@ -187,6 +188,67 @@ export const progress = Flags.boolean({
 });
 
 /** `--control-socket`: where the daemon's control API listens (`hyper daemon`, `map`, …). */
+/**
+ * The caches of served volumes: `serve` and `daemon` take the same flags (`cacheDirNote` says
+ * how the directory is divided between volumes).
+ */
+export function cacheFlags(cacheDirNote: string) {
+  return {
+    'cache-dir': Flags.string({
+      summary: `Keep data blocks and index nodes read from the store in a cache in this local directory (${cacheDirNote}); reused after a restart.`,
+      helpValue: '<dir>',
+    }),
+    'cache-size': size({
+      summary: 'Size of the disk cache of each volume (with --cache-dir).',
+      default: 10 * GiB,
+      min: 1 * MiB,
+    }),
+    'cache-mode': Flags.string({
+      summary:
+        '"reuse" (the default) keeps what a previous run of the same volume cached; "recreate" empties the cache first.',
+      options: ['reuse', 'recreate'],
+      default: 'reuse',
+    }),
+    'memory-cache': size({
+      summary: 'Bytes of clean data blocks each volume keeps in memory.',
+      default: 32 * MiB,
+      min: 0,
+    }),
+    'read-ahead': size({
+      summary:
+        'Largest read-ahead window for sequential reads (default 16M for S3 and 0 for file:// volumes; 0 turns it off; bounded by half of --memory-cache).',
+      min: 0,
+    }),
+  };
+}
+
+/** The serving library's cache settings from the flags of `cacheFlags`. */
+export function cachingOf(
+  flags: {
+    'cache-dir'?: string | undefined;
+    'cache-size': number;
+    'cache-mode': string;
+    'memory-cache': number;
+    'read-ahead'?: number | undefined;
+  },
+  perExport = false,
+): VolumeCaching {
+  return {
+    memoryCacheBytes: flags['memory-cache'],
+    ...(flags['read-ahead'] === undefined ? {} : { readAheadBytes: flags['read-ahead'] }),
+    ...(flags['cache-dir'] === undefined
+      ? {}
+      : {
+          diskCache: {
+            dir: flags['cache-dir'],
+            sizeBytes: flags['cache-size'],
+            mode: flags['cache-mode'] === 'recreate' ? 'recreate' : 'reuse',
+            ...(perExport ? { perExport: true } : {}),
+          },
+        }),
+  };
+}
+
 export const controlSocket = Flags.string({
   summary:
     'Control socket of the daemon (default: $HYPER_CONTROL_SOCKET, $RUNTIME_DIRECTORY/control.sock under systemd, /run/hyper/control.sock as root, else $XDG_RUNTIME_DIR/hyper/control.sock).',

@@ -6,10 +6,10 @@ import {
   parseCheckpointRef,
 } from '../cli/checkpoint-ref.js';
 import type { ServeListening, ServeResult } from '../cli/vocabulary.js';
-import { size, volumeUrl } from '../flags.js';
+import { cacheFlags, cachingOf, size, volumeUrl } from '../flags.js';
 import { COMPRESSIONS, type Compression } from '../format/codec/block.js';
 import { CIPHERS } from '../format/codec/seal.js';
-import { DEFAULT_COMPRESSION, GiB, MAX_VOLUME_SIZE, MiB } from '../format/volume/types.js';
+import { DEFAULT_COMPRESSION, MAX_VOLUME_SIZE } from '../format/volume/types.js';
 import {
   LOG_FORMATS,
   LOG_LEVELS,
@@ -146,32 +146,7 @@ export default class Serve extends BaseCommand<typeof Serve> {
       summary:
         'Stay in the foreground and log to stderr. This is what serve always does; the flag is accepted for nbdkit/qemu-nbd habits (run it under systemd or `&` to background it).',
     }),
-    'cache-dir': Flags.string({
-      summary:
-        'Keep data blocks and index nodes read from the store in a cache in this local directory (one subdirectory per volume when serving a prefix); reused after a restart.',
-      helpValue: '<dir>',
-    }),
-    'cache-size': size({
-      summary: 'Size of the disk cache of each volume (with --cache-dir).',
-      default: 10 * GiB,
-      min: 1 * MiB,
-    }),
-    'cache-mode': Flags.string({
-      summary:
-        '"reuse" (the default) keeps what a previous run of the same volume cached; "recreate" empties the cache first.',
-      options: ['reuse', 'recreate'],
-      default: 'reuse',
-    }),
-    'memory-cache': size({
-      summary: 'Bytes of clean data blocks each volume keeps in memory.',
-      default: 32 * MiB,
-      min: 0,
-    }),
-    'read-ahead': size({
-      summary:
-        'Largest read-ahead window for sequential reads (default 16M for S3 and 0 for file:// volumes; 0 turns it off; bounded by half of --memory-cache).',
-      min: 0,
-    }),
+    ...cacheFlags('one subdirectory per volume when serving a prefix'),
     verbose: Flags.boolean({
       char: 'v',
       summary:
@@ -237,17 +212,7 @@ export default class Serve extends BaseCommand<typeof Serve> {
             },
           }),
       signal,
-      memoryCacheBytes: flags['memory-cache'],
-      ...(flags['read-ahead'] === undefined ? {} : { readAheadBytes: flags['read-ahead'] }),
-      ...(flags['cache-dir'] === undefined
-        ? {}
-        : {
-            diskCache: {
-              dir: flags['cache-dir'],
-              sizeBytes: flags['cache-size'],
-              mode: flags['cache-mode'] === 'recreate' ? 'recreate' : 'reuse',
-            },
-          }),
+      ...cachingOf(flags),
       ...(at === undefined ? {} : { at }),
       ...(flags.create
         ? {

@@ -30,10 +30,26 @@ import { VolumeDevice } from './volume-device.js';
 
 export type { ListenTarget } from '../nbd/server.js';
 
+/** The caches of each served volume (`serve` and `daemon` flags). */
+export interface VolumeCaching {
+  /**
+   * Keep blocks read from the store in a cache on local disk: `dir` for a volume URL, one
+   * subdirectory per volume (its path below the prefix) when serving a prefix; `sizeBytes`
+   * per volume. `reuse` (default) keeps a cache of the same volume across restarts.
+   * `perExport`: one subdirectory per export name whatever was added (a daemon, whose
+   * exports of any volumes come and go in one server).
+   */
+  diskCache?: { dir: string; sizeBytes: number; mode?: 'reuse' | 'recreate'; perExport?: boolean };
+  /** Bytes of clean data blocks each volume keeps in memory (default 32 MiB). */
+  memoryCacheBytes?: number;
+  /** Largest read-ahead window of sequential reads (default 16 MiB; 0 turns it off). */
+  readAheadBytes?: number;
+}
+
 /** Opens the store at a URL; `mkdir` creates a file:// directory first. */
 export type StoreOpener = (url: string, options?: { mkdir?: boolean }) => Promise<ObjectStore>;
 
-export interface ServeOptions {
+export interface ServeOptions extends VolumeCaching {
   /**
    * A volume URL (one export, named by the last segment of its path) or a prefix URL (one
    * export per volume below it, named by its path below the prefix). Without it the server
@@ -73,16 +89,6 @@ export interface ServeOptions {
   signal?: AbortSignal;
   /** How long `close()` lets connections finish requests in flight (default 10 s). */
   drainMs?: number;
-  /**
-   * Keep blocks read from the store in a cache on local disk: `dir` for a volume URL, one
-   * subdirectory per volume (its path below the prefix) when serving a prefix; `sizeBytes`
-   * per volume. `reuse` (default) keeps a cache of the same volume across restarts.
-   */
-  diskCache?: { dir: string; sizeBytes: number; mode?: 'reuse' | 'recreate' };
-  /** Bytes of clean data blocks each volume keeps in memory (default 32 MiB). */
-  memoryCacheBytes?: number;
-  /** Largest read-ahead window of sequential reads (default 16 MiB; 0 turns it off). */
-  readAheadBytes?: number;
   /**
    * Record Prometheus metrics here: NBD requests, each export's store requests and volume
    * state (see src/metrics). A daemon passes one instance to all its servers.
@@ -316,7 +322,9 @@ export class VolumeServer {
           },
         );
       }
-      const device = await this.openDevice(store, name, settings, '');
+      // A daemon's exports share one directory: each has its own below it, by name.
+      const sub = o.diskCache?.perExport ? name : '';
+      const device = await this.openDevice(store, name, settings, sub);
       try {
         this.table.add(VolumeExport.opened(name, url, device));
       } catch (e) {
@@ -338,7 +346,7 @@ export class VolumeServer {
         new VolumeExport(
           name,
           v.url,
-          () => this.openDevice(sub, name, settings, v.name),
+          () => this.openDevice(sub, name, settings, o.diskCache?.perExport ? name : v.name),
           settings.readOnly,
         ),
       );
@@ -393,8 +401,9 @@ export class VolumeServer {
   }
 
   /**
-   * Open a volume exported as `name`; `cacheSub` is its path below a served prefix ('' for a
-   * volume URL): its disk cache directory below --cache-dir.
+   * Open a volume exported as `name`; `cacheSub` is its disk cache directory below
+   * --cache-dir: its path below a served prefix, '' for a volume URL, or the export's name
+   * (`diskCache.perExport`).
    */
   private async openDevice(
     unobserved: ObjectStore,

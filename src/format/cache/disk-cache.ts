@@ -267,7 +267,7 @@ export class DiskCache {
    * `into` back to back, if the cache has every one of them with the CRC given: entries in
    * consecutive slots are read with one pread (a sequential fill leaves them so). Returns
    * false, having served nothing, when one is missing, changes meanwhile or fails its check
-   * (that one is dropped).
+   * (that one is dropped); all of them then count as misses.
    */
   async readRun(
     store: number,
@@ -279,11 +279,16 @@ export class DiskCache {
   ): Promise<boolean> {
     const n = crcs.length;
     if (this.closed || into.length < n * length) return false;
+    // Served from the store instead: every block of the run counts as a miss.
+    const miss = (): false => {
+      this.counters.misses += n;
+      return false;
+    };
     const slots = new Int32Array(n);
     const gens = new Uint32Array(n);
     for (let k = 0; k < n; k++) {
       const sl = this.policy.find(store, seg, off + k * length);
-      if (sl < 0 || this.pending[sl] !== 0 || this.len[sl] !== length) return false;
+      if (sl < 0 || this.pending[sl] !== 0 || this.len[sl] !== length) return miss();
       slots[k] = sl;
       gens[k] = this.gen[sl] as number;
     }
@@ -309,8 +314,8 @@ export class DiskCache {
       k += m;
     }
     const ok = (await Promise.all(reads)).every(Boolean);
-    if (!ok) return false;
-    for (let k = 0; k < n; k++) if (this.gen[slots[k] as number] !== gens[k]) return false;
+    if (!ok) return miss();
+    for (let k = 0; k < n; k++) if (this.gen[slots[k] as number] !== gens[k]) return miss();
     // One CRC over the run when every entry's own CRC is the one asked for; block by block
     // (to drop the entries that fail) otherwise.
     let same = n > 1;
@@ -323,7 +328,7 @@ export class DiskCache {
       const got = crc32c(into.subarray(k * length, (k + 1) * length));
       if (got !== this.crc[sl] || got !== crcs[k]) {
         this.drop(sl);
-        return false;
+        return miss();
       }
     }
     for (let k = 0; k < n; k++) this.policy.touch(slots[k] as number);
