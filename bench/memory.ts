@@ -10,7 +10,9 @@
  * the allocator's free space, native modules). The metrics endpoint costs a little memory
  * itself, so the target is judged on runs without it.
  *
- *   node --import tsx bench/memory.ts [--write 4g] [--size 1t] [--breakdown]
+ * `--serve "--max-dirty 64M …"` adds flags to serve's (the target is for the defaults).
+ *
+ *   node --import tsx bench/memory.ts [--write 4g] [--size 1t] [--breakdown] [--serve FLAGS]
  */
 import { spawn } from 'node:child_process';
 import { existsSync } from 'node:fs';
@@ -21,6 +23,7 @@ import { arg, flag, fmt, table, writeResults } from './lib.js';
 const write = arg('write', '4g');
 const size = arg('size', '1t');
 const breakdown = flag('breakdown');
+const serveFlags = arg('serve', '').split(/\s+/).filter(Boolean);
 const TARGET_MIB = 300;
 const MiB = 1024 * 1024;
 
@@ -75,6 +78,7 @@ async function main(): Promise<void> {
       '0',
       '--print-uri',
       ...(breakdown ? ['--metrics-port', '0'] : []),
+      ...serveFlags,
     ],
     {
       stdio: ['ignore', 'pipe', 'inherit'],
@@ -152,7 +156,8 @@ async function main(): Promise<void> {
       ['after 256 MiB random reads', fmt(end.rss)],
       ['peak (VmHWM)', fmt(end.hwm)],
     ];
-    console.log(`hyper serve resident memory, ${size} volume on file:// (tmpfs), default caches`);
+    const setting = serveFlags.length > 0 ? serveFlags.join(' ') : 'default caches';
+    console.log(`hyper serve resident memory, ${size} volume on file:// (tmpfs), ${setting}`);
     console.log(table(['moment', 'RSS MiB'], rows));
     const parts = (rss: number, x: Split | undefined): string[] =>
       x ? [fmt(rss), fmt(x.heap), fmt(x.external), fmt(rss - x.heap - x.external)] : [];
@@ -176,11 +181,12 @@ async function main(): Promise<void> {
       peakMiB: Math.max(end.hwm, peakRss),
       writeSeconds: writeSecs,
       targetMiB: TARGET_MIB,
+      serveFlags,
       ...(breakdown ? { atPeak, atEnd: endSplit } : {}),
     });
     console.log(`wrote ${file}`);
-    if (breakdown) {
-      console.log('(the target is judged on runs without --breakdown)');
+    if (breakdown || serveFlags.length > 0) {
+      console.log('(the target is judged on runs with the defaults and without --breakdown)');
     } else if (Math.max(end.hwm, peakRss) > TARGET_MIB) {
       console.error(
         `target missed: peak ${fmt(Math.max(end.hwm, peakRss))} MiB > ${TARGET_MIB} MiB`,

@@ -20,7 +20,7 @@ import { CHECKPOINT_REF_FORMS, parseCheckpointRef } from './cli/checkpoint-ref.j
 import { COMPRESSIONS } from './format/codec/block.js';
 import { CIPHERS } from './format/codec/seal.js';
 import { DEFAULT_COMPRESSION, GiB, MiB, type CheckpointRef } from './format/volume/types.js';
-import type { VolumeCaching } from './serve/server.js';
+import type { VolumeTuning } from './serve/server.js';
 import { defaultControlSocket } from './daemon/paths.js';
 
 /**
@@ -189,10 +189,10 @@ export const progress = Flags.boolean({
 
 /** `--control-socket`: where the daemon's control API listens (`hyper daemon`, `map`, …). */
 /**
- * The caches of served volumes: `serve` and `daemon` take the same flags (`cacheDirNote` says
- * how the directory is divided between volumes).
+ * The caches and write buffer of served volumes: `serve` and `daemon` take the same flags
+ * (`cacheDirNote` says how the disk cache directory is divided between volumes).
  */
-export function cacheFlags(cacheDirNote: string) {
+export function tuningFlags(cacheDirNote: string) {
   return {
     'cache-dir': Flags.string({
       summary: `Keep data blocks and index nodes read from the store in a cache in this local directory (${cacheDirNote}); reused after a restart.`,
@@ -219,23 +219,36 @@ export function cacheFlags(cacheDirNote: string) {
         'Largest read-ahead window for sequential reads (default 16M for S3 and 0 for file:// volumes; 0 turns it off; bounded by half of --memory-cache).',
       min: 0,
     }),
+    'index-cache': size({
+      summary: 'Bytes of index nodes each volume keeps in memory (default 32M).',
+      min: 0,
+    }),
+    'max-dirty': size({
+      summary:
+        "Bytes written but not yet stored (segments being uploaded included) each writable volume holds before writers wait (default three segments, 96M with 32 MiB segments; raised to two segments if lower). Most of a writing volume's memory.",
+      min: 1 * MiB,
+    }),
   };
 }
 
-/** The serving library's cache settings from the flags of `cacheFlags`. */
-export function cachingOf(
+/** The serving library's settings from the flags of `tuningFlags`. */
+export function tuningOf(
   flags: {
     'cache-dir'?: string | undefined;
     'cache-size': number;
     'cache-mode': string;
     'memory-cache': number;
     'read-ahead'?: number | undefined;
+    'index-cache'?: number | undefined;
+    'max-dirty'?: number | undefined;
   },
   perExport = false,
-): VolumeCaching {
+): VolumeTuning {
   return {
     memoryCacheBytes: flags['memory-cache'],
     ...(flags['read-ahead'] === undefined ? {} : { readAheadBytes: flags['read-ahead'] }),
+    ...(flags['index-cache'] === undefined ? {} : { indexCacheBytes: flags['index-cache'] }),
+    ...(flags['max-dirty'] === undefined ? {} : { maxDirtyBytes: flags['max-dirty'] }),
     ...(flags['cache-dir'] === undefined
       ? {}
       : {

@@ -1,6 +1,6 @@
 import { Flags } from '@oclif/core';
 import { BaseCommand } from '../base-command.js';
-import { cacheFlags, cachingOf, controlSocket, duration } from '../flags.js';
+import { tuningFlags, tuningOf, controlSocket, duration } from '../flags.js';
 import type { DaemonListening, DaemonResult } from '../cli/vocabulary.js';
 import { defaultStateFile } from '../daemon/paths.js';
 import { runDaemon } from '../daemon/run.js';
@@ -71,7 +71,7 @@ export default class DaemonCommand extends BaseCommand<typeof DaemonCommand> {
       helpValue: '<address>',
       dependsOn: ['metrics-port'],
     }),
-    ...cacheFlags('one subdirectory per export, by name'),
+    ...tuningFlags('one subdirectory per export, by name'),
     drain: duration({
       summary: 'How long unmap and shutdown let clients finish their requests in flight.',
       default: 10_000,
@@ -105,7 +105,7 @@ export default class DaemonCommand extends BaseCommand<typeof DaemonCommand> {
         process.stdout.write(`${JSON.stringify(listening)}\n`);
       },
       drainMs: flags.drain,
-      caching: cachingOf(flags, true),
+      tuning: tuningOf(flags, true),
       version: this.config.version,
       ...(flags.config === undefined ? {} : { configFile: flags.config }),
       ...(flags['control-group'] === undefined ? {} : { controlGroup: flags['control-group'] }),

@@ -6,7 +6,7 @@ import {
   parseCheckpointRef,
 } from '../cli/checkpoint-ref.js';
 import type { ServeListening, ServeResult } from '../cli/vocabulary.js';
-import { cacheFlags, cachingOf, size, volumeUrl } from '../flags.js';
+import { tuningFlags, tuningOf, size, volumeUrl } from '../flags.js';
 import { COMPRESSIONS, type Compression } from '../format/codec/block.js';
 import { CIPHERS } from '../format/codec/seal.js';
 import { DEFAULT_COMPRESSION, MAX_VOLUME_SIZE } from '../format/volume/types.js';
@@ -146,7 +146,7 @@ export default class Serve extends BaseCommand<typeof Serve> {
       summary:
         'Stay in the foreground and log to stderr. This is what serve always does; the flag is accepted for nbdkit/qemu-nbd habits (run it under systemd or `&` to background it).',
     }),
-    ...cacheFlags('one subdirectory per volume when serving a prefix'),
+    ...tuningFlags('one subdirectory per volume when serving a prefix'),
     verbose: Flags.boolean({
       char: 'v',
       summary:
@@ -212,7 +212,7 @@ export default class Serve extends BaseCommand<typeof Serve> {
             },
           }),
       signal,
-      ...cachingOf(flags),
+      ...tuningOf(flags),
       ...(at === undefined ? {} : { at }),
       ...(flags.create
         ? {

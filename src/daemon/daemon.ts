@@ -20,7 +20,7 @@ import type { ObjectStore } from '../format/store/index.js';
 import { displayHolder, processHolder } from '../format/volume/lease.js';
 import { silentLogger, type CheckpointRef } from '../format/volume/types.js';
 import type { ServeLogger } from '../serve/logger.js';
-import { VolumeServer, type ListenTarget, type VolumeCaching } from '../serve/server.js';
+import { VolumeServer, type ListenTarget, type VolumeTuning } from '../serve/server.js';
 import { ControlServer, type ControlHandler } from './control.js';
 import { loadConfig } from './config.js';
 import { mapRequest, nameOfUrl, parseOr, type ExportSpec, type StateEntry } from './schema.js';
@@ -58,11 +58,11 @@ export interface DaemonOptions {
   /** Version reported on the control API. */
   version?: string;
   /**
-   * The caches of every export's volume; a disk cache directory holds one subdirectory per
-   * export name (a name mapped again to the same volume finds its cache; to another volume,
-   * the cache is recreated).
+   * The caches and write buffer of every export's volume; a disk cache directory holds one
+   * subdirectory per export name (a name mapped again to the same volume finds its cache; to
+   * another volume, the cache is recreated).
    */
-  caching?: VolumeCaching;
+  tuning?: VolumeTuning;
 }
 
 export type ExportState = 'mapping' | 'mapped' | 'unmapping' | 'failed';
@@ -128,10 +128,10 @@ export class Daemon implements ControlHandler {
       logger: this.logger,
       holder: this.holder,
       drainMs: o.drainMs ?? 10_000,
-      ...o.caching,
-      ...(o.caching?.diskCache === undefined
+      ...o.tuning,
+      ...(o.tuning?.diskCache === undefined
         ? {}
-        : { diskCache: { ...o.caching.diskCache, perExport: true } }),
+        : { diskCache: { ...o.tuning.diskCache, perExport: true } }),
       ...(o.metricsPort === undefined
         ? {}
         : {

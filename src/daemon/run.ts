@@ -8,7 +8,7 @@ import { HyperError } from '../errors.js';
 import { openStore, parseStoreUrl, type ObjectStore } from '../format/store/index.js';
 import type { PayloadSigning } from '../format/store/types.js';
 import type { ServeLogger } from '../serve/logger.js';
-import type { ListenTarget, VolumeCaching } from '../serve/server.js';
+import type { ListenTarget, VolumeTuning } from '../serve/server.js';
 import type { LsResult } from '../cli/vocabulary.js';
 import { Daemon, type DaemonOptions } from './daemon.js';
 import { inheritedSockets, systemdNotifier } from './systemd.js';
@@ -34,8 +34,8 @@ export interface RunDaemonOptions {
   signal: AbortSignal;
   /** Called once the daemon is ready (listening, remembered exports mapped). */
   onReady?: (status: LsResult) => void;
-  /** The caches of every export's volume (DaemonOptions.caching). */
-  caching?: VolumeCaching;
+  /** The caches and write buffer of every export's volume (DaemonOptions.tuning). */
+  tuning?: VolumeTuning;
 }
 
 /**
@@ -65,7 +65,7 @@ export async function runDaemon(o: RunDaemonOptions): Promise<LsResult> {
     ...(o.metricsHost === undefined ? {} : { metricsHost: o.metricsHost }),
     ...(o.drainMs === undefined ? {} : { drainMs: o.drainMs }),
     ...(o.version === undefined ? {} : { version: o.version }),
-    ...(o.caching === undefined ? {} : { caching: o.caching }),
+    ...(o.tuning === undefined ? {} : { tuning: o.tuning }),
   };
   if (inherited !== undefined) o.logger.info('socket activated', { ...inherited });
   const daemon = new Daemon(options);

@@ -30,8 +30,8 @@ import { VolumeDevice } from './volume-device.js';
 
 export type { ListenTarget } from '../nbd/server.js';
 
-/** The caches of each served volume (`serve` and `daemon` flags). */
-export interface VolumeCaching {
+/** The caches and write buffer of each served volume (`serve` and `daemon` flags). */
+export interface VolumeTuning {
   /**
    * Keep blocks read from the store in a cache on local disk: `dir` for a volume URL, one
    * subdirectory per volume (its path below the prefix) when serving a prefix; `sizeBytes`
@@ -44,12 +44,19 @@ export interface VolumeCaching {
   memoryCacheBytes?: number;
   /** Largest read-ahead window of sequential reads (default 16 MiB; 0 turns it off). */
   readAheadBytes?: number;
+  /** Bytes of index nodes each volume keeps in memory (default 32 MiB). */
+  indexCacheBytes?: number;
+  /**
+   * Bytes written and not yet stored, segments in flight included, at which a volume's
+   * writers wait (OpenOptions.maxDirtyBytes: default three segments, at least two).
+   */
+  maxDirtyBytes?: number;
 }
 
 /** Opens the store at a URL; `mkdir` creates a file:// directory first. */
 export type StoreOpener = (url: string, options?: { mkdir?: boolean }) => Promise<ObjectStore>;
 
-export interface ServeOptions extends VolumeCaching {
+export interface ServeOptions extends VolumeTuning {
   /**
    * A volume URL (one export, named by the last segment of its path) or a prefix URL (one
    * export per volume below it, named by its path below the prefix). Without it the server
@@ -433,6 +440,8 @@ export class VolumeServer {
       ...(m === undefined ? {} : { observer: m.engineObserver(name) }),
       ...(o.memoryCacheBytes === undefined ? {} : { dataCacheBytes: o.memoryCacheBytes }),
       ...(o.readAheadBytes === undefined ? {} : { readAheadBytes: o.readAheadBytes }),
+      ...(o.indexCacheBytes === undefined ? {} : { nodeCacheBytes: o.indexCacheBytes }),
+      ...(o.maxDirtyBytes === undefined ? {} : { maxDirtyBytes: o.maxDirtyBytes }),
       // On a remote store every index node a cold read misses is another round trip.
       warmIndex: !isLocalStoreUrl(store.url),
       ...(cache === undefined

@@ -2,7 +2,8 @@
  * `hyper daemon --cache-dir` on RGW with nbdcopy: each export's volume caches under its own
  * name (names with a slash included), a volume mapped again reads from its cache and not from
  * the store, and a name mapped again to another volume never serves the first one's blocks.
- * The disk cache's hits and misses are read from the daemon's metrics.
+ * The disk cache's hits and misses, and the write buffer's bound (--max-dirty), are read from
+ * the daemon's metrics.
  */
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
@@ -62,6 +63,7 @@ describe('hyper daemon with a disk cache', () => {
       [
         ...['--port', '0', '--state-file', join(dir, 'state.json'), '--endpoint', cfg.endpoint],
         ...['--cache-dir', cache, '--cache-size', '32M', '--metrics-port', '0'],
+        ...['--max-dirty', '80M'],
       ],
       { controlSocket: join(dir, 'control.sock') },
     );
@@ -102,6 +104,10 @@ describe('hyper daemon with a disk cache', () => {
     // One directory per export name, each naming its own volume.
     assert.equal(await manifest('vm/a'), a.uuid);
     assert.equal(await manifest('b'), b.uuid);
+    // The write buffer's bound is the one given, for every export.
+    const limits = await scrape(metricsUrl);
+    for (const name of ['vm/a', 'b'])
+      assert.equal(total(limits, 'hyper_volume_dirty_limit_bytes', { export: name }), 80 * MiB);
     const first = await disk('vm/a');
     assert.ok(first.misses > 0, `the first read missed the cache: ${JSON.stringify(first)}`);
 
