@@ -187,7 +187,6 @@ export const progress = Flags.boolean({
     'Print progress lines on stderr every few seconds even when it is not a terminal (CI logs).',
 });
 
-/** `--control-socket`: where the daemon's control API listens (`hyper daemon`, `map`, …). */
 /**
  * The caches and write buffer of served volumes: `serve` and `daemon` take the same flags
  * (`cacheDirNote` says how the disk cache directory is divided between volumes).
@@ -262,6 +261,7 @@ export function tuningOf(
   };
 }
 
+/** `--control-socket`: where the daemon's control API listens (`hyper daemon`, `map`, …). */
 export const controlSocket = Flags.string({
   summary:
     'Control socket of the daemon (default: $HYPER_CONTROL_SOCKET, $RUNTIME_DIRECTORY/control.sock under systemd, /run/hyper/control.sock as root, else $XDG_RUNTIME_DIR/hyper/control.sock).',
