@@ -580,7 +580,8 @@ export class Reader {
     const hi = (lbas[lbas.length - 1] as number) + 1;
     let entries: ScanEntry[];
     const jobs: Promise<void>[] = [];
-    if (this.bulk(length) && this.ahead.size === 0 && this.disk === undefined && lbas.length > 1) {
+    const bulk = this.bulk(length);
+    if (bulk && this.ahead.size === 0 && this.disk === undefined && lbas.length > 1) {
       // A bulk read of a local store: its dense stretches straight into place, the rest
       // (holes zeroed already) below.
       const plan = await this.loader.run(() => this.planBulk(tree, lbas, out, offset, length));
@@ -640,7 +641,6 @@ export class Reader {
       runs.add(lba, p);
     }
     if (waits) jobs.push(this.afterInflight(waits.promises, waits.blocks, out, offset, length));
-    const bulk = this.bulk(length);
     for (const r of runs.list) {
       if (bulk) r.transient = true;
       jobs.push(this.fetchInto(r, out, offset, length, tree));
@@ -738,6 +738,25 @@ export class Reader {
   }
 
   /**
+   * One ranged read of segment `seg`'s data (into `into` when the store can), within the
+   * volume's bound on data GETs in flight.
+   */
+  private async getData(
+    seg: number,
+    offset: number,
+    length: number,
+    into: Buffer | undefined,
+  ): Promise<Buffer> {
+    await this.gets.acquire();
+    try {
+      this.counters.gets++;
+      return await this.segments.get(seg, { offset, length }, 'volume data', into);
+    } finally {
+      this.gets.release();
+    }
+  }
+
+  /**
    * Read a dense stretch of a bulk read into its place in `out` (one pread of a local
    * segment) and check it whole against the CRCs of its entries (combined); a mismatch names
    * the first damaged block.
@@ -746,14 +765,7 @@ export class Reader {
     const bs = this.bs;
     const total = r.crcs.length * bs;
     const dest = out.subarray(r.first * bs - offset, r.first * bs - offset + total);
-    await this.gets.acquire();
-    let body: Buffer;
-    try {
-      this.counters.gets++;
-      body = await this.segments.get(r.seg, { offset: r.off, length: total }, 'volume data', dest);
-    } finally {
-      this.gets.release();
-    }
+    const body = await this.getData(r.seg, r.off, total, dest);
     const key = this.segments.keyFor(r.seg);
     if (body.length < total) throw truncated(key, r.off, total);
     // (mem:// and a segment still in flight hand out their own bytes.)
@@ -1050,14 +1062,7 @@ export class Reader {
       }
     }
     try {
-      await this.gets.acquire();
-      let body: Buffer;
-      try {
-        this.counters.gets++;
-        body = await this.segments.get(seg, { offset: off, length: total }, 'volume data', dest);
-      } finally {
-        this.gets.release();
-      }
+      const body = await this.getData(seg, off, total, dest);
       const key = this.segments.keyFor(seg);
       if (body.length < total) throw truncated(key, off, total);
       const single = to - from === 1;
@@ -1302,14 +1307,7 @@ export class Reader {
           return;
         }
       }
-      await this.gets.acquire();
-      let body: Buffer;
-      try {
-        this.counters.gets++;
-        body = await this.segments.get(seg, { offset: off, length: len }, 'volume data', into);
-      } finally {
-        this.gets.release();
-      }
+      const body = await this.getData(seg, off, len, into);
       if (body.length < len) throw new Error('short');
       // (A block that fails drops the part; the read that needs it fetches and names it.)
       const want = crc32cOfRun(0, ptrs.length, bs, (k) => a.crcs[k] as number);
