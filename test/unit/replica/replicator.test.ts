@@ -275,8 +275,15 @@ async function assertPrefixes(s: { prefix: string; uuid: string }, model: Model)
   return checked;
 }
 
-/** Seeds of the model tests: 1–3, or HYPER_REPLICA_SEEDS=N runs 1–N (a longer sweep). */
-const SEEDS = Array.from({ length: Number(process.env.HYPER_REPLICA_SEEDS ?? 3) }, (_, i) => i + 1);
+/**
+ * Seeds of the model tests: 1–3, or HYPER_REPLICA_SEEDS=N runs N of them (a longer sweep),
+ * from HYPER_REPLICA_FIRST_SEED (default 1) on.
+ */
+const FIRST_SEED = Number(process.env.HYPER_REPLICA_FIRST_SEED ?? 1);
+const SEEDS = Array.from(
+  { length: Number(process.env.HYPER_REPLICA_SEEDS ?? 3) },
+  (_, i) => FIRST_SEED + i,
+);
 
 describe('replicator', () => {
   for (const seed of SEEDS) {
