@@ -1,7 +1,9 @@
 /**
  * What a flush holds and loads: index nodes a batch of changes needs are loaded several at a
  * time (not one store round trip per missed leaf), the write buffer counts the index nodes
- * its blocks will bring when it bounds memory, and an outsized segment buffer is not kept.
+ * its blocks will bring when it bounds memory, the default bound follows the writes (two
+ * segments while they are scattered, three otherwise), and an outsized segment buffer is
+ * not kept.
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
