@@ -452,12 +452,16 @@ export class Replicator {
 
   /**
    * Stop at once, as a killed process would: no header write, no replica commit, nothing
-   * drained (fault injection in tests; the owner must also cut the replica's store off).
+   * drained (fault injection in tests). Requests to the replica's store end through
+   * `giveUp`; an owner without one must cut the store off itself.
    */
   async crash(): Promise<void> {
     this.closed = true;
     this.crashed = true;
     this.stopping.wake();
+    // Every request to the replica dies with the process: one that never answers (a hung
+    // store) would otherwise hold the open in flight, and this crash, for good.
+    this.o.giveUp?.abort(new HyperError('unavailable', 'ABORTED', 'The replicator was killed'));
     // An open in flight dies with the process too (it kills what it opened).
     await this.connectRun;
     await this.volume?.kill?.();
