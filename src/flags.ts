@@ -231,18 +231,15 @@ export function tuningFlags(cacheDirNote: string) {
 }
 
 /** The serving library's settings from the flags of `tuningFlags`. */
-export function tuningOf(
-  flags: {
-    'cache-dir'?: string | undefined;
-    'cache-size': number;
-    'cache-mode': string;
-    'memory-cache': number;
-    'read-ahead'?: number | undefined;
-    'index-cache'?: number | undefined;
-    'max-dirty'?: number | undefined;
-  },
-  perExport = false,
-): VolumeTuning {
+export function tuningOf(flags: {
+  'cache-dir'?: string | undefined;
+  'cache-size': number;
+  'cache-mode': string;
+  'memory-cache': number;
+  'read-ahead'?: number | undefined;
+  'index-cache'?: number | undefined;
+  'max-dirty'?: number | undefined;
+}): VolumeTuning {
   return {
     memoryCacheBytes: flags['memory-cache'],
     ...(flags['read-ahead'] === undefined ? {} : { readAheadBytes: flags['read-ahead'] }),
@@ -255,7 +252,6 @@ export function tuningOf(
             dir: flags['cache-dir'],
             sizeBytes: flags['cache-size'],
             mode: flags['cache-mode'] === 'recreate' ? 'recreate' : 'reuse',
-            ...(perExport ? { perExport: true } : {}),
           },
         }),
   };

@@ -105,7 +105,7 @@ export default class DaemonCommand extends BaseCommand<typeof DaemonCommand> {
         process.stdout.write(`${JSON.stringify(listening)}\n`);
       },
       drainMs: flags.drain,
-      tuning: tuningOf(flags, true),
+      tuning: tuningOf(flags),
       version: this.config.version,
       ...(flags.config === undefined ? {} : { configFile: flags.config }),
       ...(flags['control-group'] === undefined ? {} : { controlGroup: flags['control-group'] }),

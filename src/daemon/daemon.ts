@@ -129,6 +129,8 @@ export class Daemon implements ControlHandler {
       holder: this.holder,
       drainMs: o.drainMs ?? 10_000,
       ...o.tuning,
+      // Exports of any volumes come and go in one server: each caches below the directory
+      // by its export name (the one place this is decided).
       ...(o.tuning?.diskCache === undefined
         ? {}
         : { diskCache: { ...o.tuning.diskCache, perExport: true } }),
