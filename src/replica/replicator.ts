@@ -610,18 +610,34 @@ export class Replicator {
 
   /** Set the regions' bits and wait until they are durable in the primary header. */
   private async markDirty(first: number, last: number): Promise<void> {
-    let need = 0;
-    for (let r = first; r <= last; r++) {
-      if (!bitGet(this.dirty, r)) {
-        bitSet(this.dirty, r, true);
-        this.setVersion[r] = this.wanted + 1;
-        need = this.wanted + 1;
-      } else if (this.setVersion[r]! > this.durable) {
-        need = Math.max(need, this.setVersion[r]!);
-      }
-    }
-    if (need > this.wanted) this.wanted = need;
+    let need = this.setBits(first, last);
+    for (let r = first; r <= last; r++) need = Math.max(need, this.setVersion[r]!);
     if (need > this.durable) await this.persist(need);
+  }
+
+  /**
+   * Set bits in memory (regions [first, last], or those of `regions`), each with the header
+   * version that will carry it: a write to a region whose bit is set but not yet durable
+   * waits for that version (markDirty), whoever set the bit. (A bit set without its version
+   * let a write reach the primary while the header still said clean; a crash then lost the
+   * region from the next resync.) Returns that version, or 0 when every bit was set already.
+   */
+  private setBits(first: number, last: number): number;
+  private setBits(regions: Iterable<number>): number;
+  private setBits(a: number | Iterable<number>, last?: number): number {
+    const version = this.wanted + 1;
+    let set = false;
+    const one = (r: number): void => {
+      if (bitGet(this.dirty, r)) return;
+      bitSet(this.dirty, r, true);
+      this.setVersion[r] = version;
+      set = true;
+    };
+    if (typeof a === 'number') for (let r = a; r <= last!; r++) one(r);
+    else for (const r of a) one(r);
+    if (!set) return 0;
+    this.wanted = version;
+    return version;
   }
 
   /**
@@ -1048,10 +1064,8 @@ export class Replicator {
     else if (recopy !== undefined) {
       // From now on the checkpoints up to the head are accounted for: the next reconnect
       // judges only what comes after (under this replicator's epochs, or another's).
-      for (const r of recopy) {
-        this.needCopy.add(r);
-        bitSet(this.dirty, r, true);
-      }
+      this.setBits(recopy);
+      for (const r of recopy) this.needCopy.add(r);
       if (recopy.size > 0) this.consistentAfter = Infinity;
       this.replicaCheckpoint = head;
       moved = true;
@@ -1191,10 +1205,8 @@ export class Replicator {
       // A pass: switch the stream on, then append a copy of each region.
       const pass = [...this.needCopy].sort((a, b) => a - b);
       this.needCopy.clear();
-      for (const r of pass) {
-        bitSet(this.dirty, r, true);
-        this.passPending.add(r);
-      }
+      this.setBits(pass);
+      for (const r of pass) this.passPending.add(r);
       this.passAbort = false;
       this.passTotal = pass.length;
       this.passCopied = 0;
