@@ -224,7 +224,7 @@ export function tuningFlags(cacheDirNote: string) {
     }),
     'max-dirty': size({
       summary:
-        "Bytes written but not yet stored (segments being uploaded included) each writable volume holds before writers wait (default three segments, 96M with 32 MiB segments; raised to two segments if lower). Most of a writing volume's memory.",
+        "Bytes written but not yet stored (segments being uploaded included) each writable volume holds before writers wait (default three segments, 96M with 32 MiB segments, and two while the writes are small and scattered; raised to two segments if lower). Most of a writing volume's memory.",
       min: 1 * MiB,
     }),
   };

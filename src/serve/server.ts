@@ -48,7 +48,8 @@ export interface VolumeTuning {
   indexCacheBytes?: number;
   /**
    * Bytes written and not yet stored, segments in flight included, at which a volume's
-   * writers wait (OpenOptions.maxDirtyBytes: default three segments, at least two).
+   * writers wait (OpenOptions.maxDirtyBytes: default three segments, two while writes are
+   * scattered; at least two).
    */
   maxDirtyBytes?: number;
 }

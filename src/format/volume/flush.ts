@@ -275,12 +275,15 @@ const PENDING = { seg: PENDING_SEG, off: 0, len: 0, crc: 0, codec: 0 };
  */
 export async function buildSegment(
   f: FlushInput & { id: () => number },
-): Promise<BuiltCheckpoint & { nodes: Node[]; keptPlain: boolean }> {
+): Promise<BuiltCheckpoint & { nodes: Node[]; keptPlain: boolean; scattered: boolean }> {
   const { tree, loader, gen } = f;
   for (const [lo, hi] of gen.ranges) await loader.run(() => tree.deleteRange(lo, hi));
   const lbas: number[] = [];
   const blocks: Buffer[] = [];
   const sorted = ascending([...gen.blocks.keys()]);
+  let follow = 0;
+  for (let i = 1; i < sorted.length; i++)
+    if ((sorted[i] as number) === (sorted[i - 1] as number) + 1) follow++;
   const dd = f.dedup ? await dedupPlan(f.dedup, loader, gen, sorted) : undefined;
   const step = Math.max(
     INDEX_BATCH.min,
@@ -382,7 +385,13 @@ export async function buildSegment(
   }
   // Nothing refers to the generation's slabs any more (readers copy out synchronously).
   if (!kept) gen.recycleSlabs();
-  return { ...out, nodes: [...nodes, ...dedupNodes], keptPlain: kept };
+  return {
+    ...out,
+    nodes: [...nodes, ...dedupNodes],
+    keptPlain: kept,
+    // Most blocks do not follow the one before: small writes scattered over the volume.
+    scattered: follow * 2 < sorted.length - 1,
+  };
 }
 
 /**

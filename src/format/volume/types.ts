@@ -136,7 +136,9 @@ export interface OpenOptions {
   flushBytes?: number;
   /**
    * Buffered bytes, segments in flight included (data and index nodes), at which writers
-   * wait for a flush (default 3 × flushBytes; at least 2 × flushBytes).
+   * wait for a flush (at least 2 × flushBytes). By default 3 × flushBytes, and 2 × while
+   * writes are scattered (the last segment's blocks mostly did not follow one another:
+   * SCATTERED_MAX_DIRTY_SEGMENTS).
    */
   maxDirtyBytes?: number;
   /**

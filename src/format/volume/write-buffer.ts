@@ -257,7 +257,7 @@ export class BlockLocks {
 
 export interface WriteBufferOptions {
   blockSize: number;
-  /** Dirty bytes at which writers wait for a flush. */
+  /** Dirty bytes at which writers wait for a flush (the flush may lower it: setLimit). */
   maxDirtyBytes: number;
   /** Current content of one block (for read-modify-write of partial blocks). */
   readBlock(lba: number): Promise<Buffer>;
@@ -288,8 +288,12 @@ export class WriteBuffer {
   private roomWaiters: (() => void)[] = [];
   private readonly pool: SlabPool;
 
+  /** The bound writers wait at (maxDirtyBytes; see setLimit). */
+  private limit: number;
+
   constructor(private readonly o: WriteBufferOptions) {
     this.bs = o.blockSize;
+    this.limit = o.maxDirtyBytes;
     this.zeroBlock = Buffer.alloc(o.blockSize);
     // Up to one segment's worth of slabs (a third of the bound) waits for reuse, and up to the
     // bound's worth of slabs that landed segments gathered from (see SlabPool). (A pool as
@@ -369,7 +373,14 @@ export class WriteBuffer {
 
   /** Buffered bytes (segments in flight included) at which writers wait for room. */
   get maxDirtyBytes(): number {
-    return this.o.maxDirtyBytes;
+    return this.limit;
+  }
+
+  /** Change the bound (writers waiting for room are let go when it grows). */
+  setLimit(bytes: number): void {
+    const grew = bytes > this.limit;
+    this.limit = bytes;
+    if (grew) this.roomMade();
   }
 
   /** Write `data` at `offset` (any alignment). */
@@ -487,12 +498,12 @@ export class WriteBuffer {
 
   /** Back-pressure: wait while the buffer (segments in flight included) is full. */
   private async waitForRoom(): Promise<void> {
-    while (this.heldBytes >= this.o.maxDirtyBytes) {
+    while (this.heldBytes >= this.limit) {
       this.o.flushForRoom();
       await new Promise<void>((resolve) => this.roomWaiters.push(resolve));
       this.o.checkWritable();
       const failure = this.o.lastFlushError();
-      if (failure && this.heldBytes >= this.o.maxDirtyBytes) {
+      if (failure && this.heldBytes >= this.limit) {
         throw failure instanceof HyperError
           ? failure
           : new HyperError('unavailable', 'STORE_UNAVAILABLE', String(failure));

@@ -1,7 +1,9 @@
 /**
  * What a flush holds and loads: index nodes a batch of changes needs are loaded several at a
  * time (not one store round trip per missed leaf), the write buffer counts the index nodes
- * its blocks will bring when it bounds memory, and an outsized segment buffer is not kept.
+ * its blocks will bring when it bounds memory, the default bound follows the writes (two
+ * segments while they are scattered, three otherwise), and an outsized segment buffer is
+ * not kept.
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
@@ -122,6 +124,43 @@ describe('flush memory and index loads', () => {
     buf.roomMade();
     await fifth;
     assert.equal(buf.dirtyBytes, BS);
+  });
+
+  it('holds two segments of scattered writes and three of sequential ones by default; a bound given stays', async () => {
+    const store = MemStore.isolated('mem://flush-bound/');
+    const seg = 256 * KiB;
+    await Volume.create(store, { size: 1024 * 1024 * BS, segmentSize: MiB });
+    const opts = { flushIntervalMs: 0, leaseTtlMs: 60_000, flushBytes: seg };
+    const r = rng(5);
+    const scattered = async (v: Volume, n: number): Promise<void> => {
+      for (let i = 0; i < n; i++) {
+        const lba = Math.floor(r() * 1024 * 1024);
+        await v.write(lba * BS, block(lba, 3));
+      }
+      await v.flush();
+    };
+    const sequential = async (v: Volume, from: number, n: number): Promise<void> => {
+      for (let lba = from; lba < from + n; lba += 16)
+        await v.write(
+          lba * BS,
+          Buffer.concat(Array.from({ length: 16 }, (_, k) => block(lba + k, 3))),
+        );
+      await v.flush();
+    };
+    const v = await Volume.open(store, opts);
+    // Before any segment: three.
+    assert.equal(v.stats().maxDirtyBytes, 3 * seg);
+    await scattered(v, 40);
+    assert.equal(v.stats().maxDirtyBytes, 2 * seg, 'random 4 KiB writes: two segments');
+    await sequential(v, 5000, 64);
+    assert.equal(v.stats().maxDirtyBytes, 3 * seg, 'sequential writes: three again');
+    await scattered(v, 40);
+    assert.equal(v.stats().maxDirtyBytes, 2 * seg);
+    await v.close();
+    const v2 = await Volume.open(store, { ...opts, maxDirtyBytes: 5 * seg });
+    await scattered(v2, 40);
+    assert.equal(v2.stats().maxDirtyBytes, 5 * seg, 'a bound given is kept');
+    await v2.close();
   });
 
   it('keeps a segment buffer for reuse only up to its largest size', () => {
