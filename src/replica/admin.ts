@@ -579,8 +579,12 @@ async function copyBack(
   const view = await Volume.open(store, { at: { checkpoint: source } });
   let lastSave = Date.now();
   const save = async (): Promise<void> => {
+    // The bits as they were before the sync: every region they call restored was written
+    // before it, so the header never names a region whose data could still be lost with
+    // the page cache (a region finished during the sync waits for the next save).
+    const restored = Buffer.from(unrestored);
     await primary.sync();
-    header = { ...header, seq: header.seq + 1, unrestored: Buffer.from(unrestored) };
+    header = { ...header, seq: header.seq + 1, unrestored: restored };
     await primary.writeHeader(header);
     lastSave = Date.now();
   };

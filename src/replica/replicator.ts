@@ -477,7 +477,7 @@ export class Replicator {
 
   async read(offset: number, length: number): Promise<Buffer> {
     this.checkOpen();
-    if (this.unrestoredLeft() > 0) await this.ensureRestored(offset, length);
+    if (this.restorePending()) await this.ensureRestored(offset, length);
     return this.primary.read(offset, length);
   }
 
@@ -560,7 +560,7 @@ export class Replicator {
     this.checkOpen();
     const first = Math.floor(offset / this.regionSize);
     const last = Math.floor((offset + length - 1) / this.regionSize);
-    if (this.unrestoredLeft() > 0) await this.ensureRestored(offset, length);
+    if (this.restorePending()) await this.ensureRestored(offset, length);
     for (let r = first; r <= last; r++) {
       for (let g = this.gates.get(r); g !== undefined; g = this.gates.get(r)) await g;
       this.busy[r]!++;
@@ -1227,7 +1227,7 @@ export class Replicator {
           await this.drained.wait(100);
         }
         if (this.passAbort || this.closed) break;
-        if (this.unrestoredLeft() > 0) await this.ensureRestored(r * this.regionSize, 1);
+        if (this.restorePending()) await this.ensureRestored(r * this.regionSize, 1);
         lastSeq = await this.copyRegion(r);
         this.passCopied++;
       }
@@ -1285,12 +1285,21 @@ export class Replicator {
     return this.regions - this.restoredCount;
   }
 
+  /** Regions left to restore, or restores whose header is not yet durable. */
+  private restorePending(): boolean {
+    return this.unrestoredLeft() > 0 || this.restoring.size > 0;
+  }
+
   private async ensureRestored(offset: number, length: number): Promise<void> {
     const first = Math.floor(offset / this.regionSize);
     const last = Math.floor((offset + length - 1) / this.regionSize);
     const waits: Promise<void>[] = [];
+    // Also while a restore of the region is finishing: its bit is clear in memory before the
+    // header saying so is durable, and a change must not reach the primary before that (a
+    // crash would restore the region again over it).
     for (let r = first; r <= last; r++)
-      if (bitGet(this.unrestored, r)) waits.push(this.restoreRegion(r, true));
+      if (bitGet(this.unrestored, r) || this.restoring.has(r))
+        waits.push(this.restoreRegion(r, true));
     await Promise.all(waits);
   }
 
