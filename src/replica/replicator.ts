@@ -319,8 +319,8 @@ export class Replicator {
   private readonly recycled = new RecycledBuffers(RECYCLED_MIN, RECYCLED_BYTES);
   private readonly work = new Signal();
   private readonly drained = new Signal();
-  /** Woken only when closing (backoff waits). */
-  private readonly stopping = new Signal();
+  /** Ends backoff waits: when closing, and when a resync asks for the replica now. */
+  private readonly backoff = new Signal();
   private closing = false;
   private closed = false;
   private loops: Promise<void>[] = [];
@@ -389,7 +389,7 @@ export class Replicator {
   async close(drainMs = 30_000, graceMs = STOP_GRACE_MS): Promise<void> {
     if (this.closed) return;
     this.closing = true;
-    this.stopping.wake();
+    this.backoff.wake();
     const deadline = Date.now() + drainMs;
     // Past the drain and a grace for the last commit, the replica is given up: what was not
     // committed stays dirty in the bitmap written below, and the next start copies it.
@@ -458,7 +458,7 @@ export class Replicator {
   async crash(): Promise<void> {
     this.closed = true;
     this.crashed = true;
-    this.stopping.wake();
+    this.backoff.wake();
     // Every request to the replica dies with the process: one that never answers (a hung
     // store) would otherwise hold the open in flight, and this crash, for good.
     this.o.giveUp?.abort(new HyperError('unavailable', 'ABORTED', 'The replicator was killed'));
@@ -466,7 +466,7 @@ export class Replicator {
     await this.connectRun;
     await this.volume?.kill?.();
     this.persistError = new HyperError('unavailable', 'ABORTED', 'The replicator was stopped');
-    this.stopping.wake();
+    this.backoff.wake();
     this.work.wake();
     this.drained.wake();
     this.restoreSlotFree.wake();
@@ -1001,7 +1001,7 @@ export class Replicator {
         }
         if (this.closing || this.closed) return;
         this.log.warn('replica unavailable, retrying', { error: err.message, retryInMs: wait });
-        await this.stopping.wait(wait);
+        await this.backoff.wait(wait);
         if (this.closing || this.closed) return;
         wait = Math.min(wait * 2, 30_000);
       }
@@ -1190,8 +1190,10 @@ export class Replicator {
     // The operator keeps this primary's data over the other's (see the diverged error).
     if (full && this.diverged) this.overwriteOthers = true;
     this.consistentAfter = Infinity;
-    // A replica given up for good (FENCED, say) is tried again when asked to.
+    // A replica given up for good (FENCED, say) is tried again when asked to, and one being
+    // retried is tried now rather than after its backoff (up to 30 s).
     if (this.volume === undefined && !this.connecting && !this.closing) void this.connect(false);
+    else if (this.volume === undefined) this.backoff.wake();
     this.work.wake();
     return { regions: this.needCopy.size };
   }
@@ -1342,7 +1344,7 @@ export class Replicator {
           regions: this.unrestoredLeft(),
           retryInMs: wait,
         });
-        await this.stopping.wait(wait);
+        await this.backoff.wait(wait);
         if (this.closed) break;
         wait = Math.min(wait * 2, 30_000);
       }

@@ -116,7 +116,13 @@ afterEach(async () => {
 
 async function start(
   s: { file: string; uuid: string; prefix: string },
-  o: { poolBytes?: number; holder?: string; force?: boolean; takeReplica?: 'always' | 'once' } = {},
+  o: {
+    poolBytes?: number;
+    holder?: string;
+    force?: boolean;
+    takeReplica?: 'always' | 'once';
+    retryMs?: number;
+  } = {},
 ): Promise<{ rep: Replicator; store: OutageStore; opens: () => number; primary: PrimaryFile }> {
   const { primary, header } = await openPrimary(s.file, s.uuid, { force: o.force === true });
   const inner = (await openReplicaStore(header.replicaUrl, s.uuid, open)).store;
@@ -147,7 +153,7 @@ async function start(
     poolBytes: o.poolBytes ?? 64 * MiB,
     commitIntervalMs: 20,
     clearDelayMs: 0,
-    retryMs: 20,
+    retryMs: o.retryMs ?? 20,
   });
   started.push(rep);
   await rep.start();
@@ -342,7 +348,18 @@ describe('replicator', () => {
     it(`mixed faults: outages, hangs, overflows, resyncs, crashes and given-up stops, against the model (seed ${seed})`, async () => {
       const s = await setup();
       const r = rng(seed * 7919);
-      let cur = await start(s, { poolBytes: 256 * KiB, holder: `mixed-${seed}-0` });
+      // Some header writes are slow, as on a busy disk: a kill can come while the bitmap that
+      // a change depends on is still on its way.
+      const rh = rng(seed * 31);
+      const slowHeaders = (c: Awaited<ReturnType<typeof start>>): typeof c => {
+        const write = c.primary.writeHeader.bind(c.primary);
+        c.primary.writeHeader = async (h) => {
+          if (rh() < 0.3) await sleep(rh() * 15);
+          return write(h);
+        };
+        return c;
+      };
+      let cur = slowHeaders(await start(s, { poolBytes: 256 * KiB, holder: `mixed-${seed}-0` }));
       const model = new Model();
       let restarts = 0;
       let fullAsked = false;
@@ -387,11 +404,13 @@ describe('replicator', () => {
             await cur.rep.close(50, 100);
             assert.ok(Date.now() - t0 < 5000, `the stop took ${Date.now() - t0} ms`);
             restarts++;
-            cur = await start(s, {
-              poolBytes: 256 * KiB,
-              holder: `mixed-${seed}-${restarts}`,
-              force: true,
-            });
+            cur = slowHeaders(
+              await start(s, {
+                poolBytes: 256 * KiB,
+                holder: `mixed-${seed}-${restarts}`,
+                force: true,
+              }),
+            );
             if (!fullAsked) assert.notEqual(cur.rep.mode, 'forward-full');
           } else if (x < 0.105 && restarts < 3) {
             // kill -9 of the replicator, then a new one from the header on disk (a PUT the
@@ -400,11 +419,13 @@ describe('replicator', () => {
             cur.store.down = true;
             await cur.rep.crash();
             restarts++;
-            cur = await start(s, {
-              poolBytes: 256 * KiB,
-              holder: `mixed-${seed}-${restarts}`,
-              force: true,
-            });
+            cur = slowHeaders(
+              await start(s, {
+                poolBytes: 256 * KiB,
+                holder: `mixed-${seed}-${restarts}`,
+                force: true,
+              }),
+            );
             // Only an asked-for full resync survives a crash as one.
             if (!fullAsked) assert.notEqual(cur.rep.mode, 'forward-full');
           }
@@ -503,6 +524,25 @@ describe('replicator', () => {
     const second = await start(s, { holder: 'test-pass-2', force: true });
     assert.ok(await second.rep.settle(10_000));
     await second.rep.close();
+    assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(model.bytes));
+  });
+
+  it('resync asks for the replica now: a retry waiting out its backoff goes at once', async () => {
+    const s = await setup();
+    const { rep, store } = await start(s, { retryMs: 10_000 });
+    const model = new Model();
+    store.down = true;
+    await randomOps(rep, model, 41, 20);
+    await untilError(rep, /outage/);
+    assert.equal(rep.status().replica.connected, false);
+    await sleep(100); // (the first retry failed too: the next one is 10 s away)
+    store.down = false;
+    const t0 = Date.now();
+    rep.resync();
+    while (!rep.status().replica.connected && Date.now() - t0 < 5000) await sleep(10);
+    assert.ok(rep.status().replica.connected, 'still waiting for the backoff');
+    assert.ok(await rep.settle(10_000), JSON.stringify(rep.status()));
+    await rep.close();
     assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(model.bytes));
   });
 
