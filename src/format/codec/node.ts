@@ -44,17 +44,31 @@ export function encodeNode(
   segment: number,
   entries: Buffer,
 ): number {
-  const end = at + NODE_HEADER + count * ENTRY_SIZE;
+  entries.copy(out, at + NODE_HEADER, 0, count * ENTRY_SIZE);
+  encodeNodeHeader(out, at, level, count, segment, entries);
+  return at + NODE_HEADER + count * ENTRY_SIZE;
+}
+
+/**
+ * The 32-byte header of a node whose `count` entries are `entries` (wherever they lie: a
+ * segment written in pieces sends a node's entries from the node's own memory).
+ */
+export function encodeNodeHeader(
+  out: Buffer,
+  at: number,
+  level: number,
+  count: number,
+  segment: number,
+  entries: Buffer,
+): void {
   out.write(NODE_MAGIC, at, 'ascii');
   out.writeUInt8(NODE_VERSION, at + 4);
   out.writeUInt8(level, at + 5);
   out.writeUInt16LE(count, at + 6);
   writeU64(out, at + 8, segment);
   out.fill(0, at + 16, at + 32);
-  entries.copy(out, at + NODE_HEADER, 0, count * ENTRY_SIZE);
-  const crc = crc32c(out.subarray(at + NODE_HEADER, end), crc32c(out.subarray(at, at + 28)));
+  const crc = crc32c(entries.subarray(0, count * ENTRY_SIZE), crc32c(out.subarray(at, at + 28)));
   out.writeUInt32LE(crc, at + 28);
-  return end;
 }
 
 /** Encoded size (without padding) of a node with `count` entries. */

@@ -90,6 +90,10 @@ interface Shared {
  * The SDK's signer hashes only bodies held in one buffer, so a signed one carries its
  * SHA-256, hashed piece by piece, for the build step to put in the header.
  */
+/** Pieces shorter than this are joined with their neighbours into chunks of COALESCE_BYTES. */
+const SMALL_PIECE = 64 * 1024;
+const COALESCE_BYTES = 256 * 1024;
+
 class PiecesBody extends Readable {
   private next = 0;
 
@@ -101,9 +105,30 @@ class PiecesBody extends Readable {
   }
 
   override _read(): void {
-    // Everything at once: the pieces are in memory already; the pipe into the request
-    // honours the socket's backpressure from there.
-    while (this.next < this.pieces.length) this.push(this.pieces[this.next++]);
+    // As the request takes them. Runs of small pieces (a segment's index nodes go as a
+    // header, entries and padding each: thousands per segment) are joined into chunks of up
+    // to COALESCE_BYTES first: one socket write per piece made S3 random writes a quarter
+    // slower. Large pieces go as they lie.
+    const pieces = this.pieces;
+    while (this.next < pieces.length) {
+      let p = pieces[this.next++] as Buffer;
+      if (p.length < SMALL_PIECE && this.next < pieces.length) {
+        let end = this.next;
+        let n = p.length;
+        for (; end < pieces.length; end++) {
+          const len = (pieces[end] as Buffer).length;
+          if (len >= SMALL_PIECE || n + len > COALESCE_BYTES) break;
+          n += len;
+        }
+        if (end > this.next) {
+          const chunk = Buffer.allocUnsafe(n);
+          let at = p.copy(chunk, 0);
+          for (; this.next < end; this.next++) at += (pieces[this.next] as Buffer).copy(chunk, at);
+          p = chunk;
+        }
+      }
+      if (!this.push(p)) return;
+    }
     this.push(null);
   }
 }

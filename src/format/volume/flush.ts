@@ -97,29 +97,63 @@ function mergeDedupPatches(a?: DedupPatch, b?: DedupPatch): DedupPatch | undefin
  * buffers (the builder's SegmentMemory) instead of a fresh outsized one that was never kept.
  * Kept buffers hold their pages: they are let go after `idleMs` without a segment built.
  */
+/** Resident bytes past what recent segments need that a kept segment buffer may hold. */
+const STALE_SLACK = 4 * 1024 * 1024;
+
 export class SegmentBuffers {
   private free: ArrayBuffer[] = [];
   private idle: NodeJS.Timeout | undefined;
+  /** The most bytes each buffer has held: its pages up to there are resident for good. */
+  private readonly marks = new WeakMap<ArrayBuffer, number>();
+  /** Bytes asked per take, smoothed over the last few. */
+  private recent = 0;
 
   /**
    * At most `keep` buffers wait for reuse, none larger than `largest` bytes (an outsized
    * segment's buffer goes back to the allocator instead of staying resident).
    */
   constructor(
-    private readonly keep: number,
+    private keep: number,
     readonly largest = Infinity,
     private readonly idleMs = 10_000,
   ) {}
 
+  /**
+   * Keep at most `n` buffers from now on (the write buffer's bound, in segments, changed):
+   * every kept buffer stays resident up to the largest segment it ever held, so a pool
+   * larger than the segments the bound lets be in flight is memory held for nothing.
+   */
+  setKeep(n: number): void {
+    this.keep = n;
+    if (this.free.length > n) this.free.length = n;
+  }
+
   take(bytes: number): Buffer {
-    for (let i = this.free.length - 1; i >= 0; i--) {
+    this.recent = this.recent === 0 ? bytes : 0.75 * this.recent + 0.25 * bytes;
+    // The kept buffer that has held at least as much already, the least of them (no page to
+    // fault in, the fewest idle ones), else the one that has held the most.
+    let pick = -1;
+    let pickMark = 0;
+    for (let i = 0; i < this.free.length; i++) {
       const ab = this.free[i] as ArrayBuffer;
       if (ab.byteLength < bytes) continue;
-      this.free.splice(i, 1);
-      return Buffer.from(ab, 0, bytes);
+      const mark = this.marks.get(ab) ?? 0;
+      const better =
+        pick < 0 ||
+        (mark >= bytes ? pickMark < bytes || mark < pickMark : pickMark < bytes && mark > pickMark);
+      if (better) {
+        pick = i;
+        pickMark = mark;
+      }
     }
-    const size = Number.isFinite(this.largest) && bytes <= this.largest ? this.largest : bytes;
-    return Buffer.from(new ArrayBuffer(Math.ceil(size / 65536) * 65536), 0, bytes);
+    let ab: ArrayBuffer;
+    if (pick >= 0) ab = this.free.splice(pick, 1)[0] as ArrayBuffer;
+    else {
+      const size = Number.isFinite(this.largest) && bytes <= this.largest ? this.largest : bytes;
+      ab = new ArrayBuffer(Math.ceil(size / 65536) * 65536);
+    }
+    this.marks.set(ab, Math.max(this.marks.get(ab) ?? 0, bytes));
+    return Buffer.from(ab, 0, bytes);
   }
 
   give(segment: Buffer): void {
@@ -127,6 +161,10 @@ export class SegmentBuffers {
     if (!(ab instanceof ArrayBuffer) || segment.byteOffset !== 0) return;
     if (ab.byteLength > Math.ceil(this.largest / 65536) * 65536) return;
     if (this.free.length >= this.keep || this.free.includes(ab)) return;
+    // A buffer that once held far more than the segments now being built keeps those pages
+    // resident for nothing (random writes' segments shrink as their index nodes grow): let it
+    // go, and a fresh one is touched only as far as it is used.
+    if ((this.marks.get(ab) ?? 0) > 1.5 * this.recent + STALE_SLACK) return;
     this.free.push(ab);
     if (this.idle === undefined) {
       this.idle = setTimeout(() => {
@@ -575,11 +613,10 @@ export function adoptNodes(
   const id = built.head.checkpoint;
   built.nodes.forEach((node, k) => {
     const off = built.nodeOffsets[k] as number;
-    // (Sealed nodes: their plain encoding, kept by the builder.)
+    // Sealed nodes were located in their plain encoding (kept by the builder); the others'
+    // entries were located in place and are what the segment holds.
     const plain = built.plainNodes?.[k];
-    const src = plain ?? built.buffer;
-    const at = (plain ? 0 : off) + NODE_HEADER;
-    src.copy(node.entries, 0, at, at + node.length * ENTRY_SIZE);
+    if (plain) plain.copy(node.entries, 0, NODE_HEADER, NODE_HEADER + node.length * ENTRY_SIZE);
     node.dirty = false;
     node.children = undefined;
     loader.add(id, off, node);

@@ -15,6 +15,7 @@ import {
   NODE_HEADER,
   SECTOR,
   encodeNode,
+  encodeNodeHeader,
   encodedNodeSize,
   leafIsPending,
   setChildLocation,
@@ -92,14 +93,20 @@ export interface BuiltCheckpoint {
   /** The segment's length. */
   length: number;
   /**
-   * The first buffer from `memory`: the header and nodes at their segment offsets (up to
-   * `dataOffset`), then the blocks that were copied, as many as fit.
+   * The first buffer from `memory`: the header (up to the nodes' offset), then (sealed
+   * volumes) the nodes at their segment offsets, then the blocks that were copied, as many
+   * as fit.
    */
   buffer: Buffer;
   /** Every buffer taken from `memory`, `buffer` first: the rest hold copied blocks. */
   buffers: Buffer[];
-  /** Bytes of the segment in `buffers` (the rest are the caller's runs, gathered). */
+  /** Bytes of the segment in `buffers` (the rest are the caller's runs, gathered, and the nodes). */
   ownBytes: number;
+  /**
+   * Bytes of the segment that are index nodes sent from the nodes' own memory (their
+   * entries, with a header and padding each): held until the segment lands.
+   */
+  nodeBytes: number;
   /** Where each stored block's bytes lie: in `buffers`, or the caller's own buffer. */
   stored: Buffer[];
   /** Whether some part is the caller's memory (else `buffers` hold the whole segment). */
@@ -203,17 +210,25 @@ export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
     }
   };
 
-  // Nodes are encoded straight into the segment (entries copied, then located in place);
-  // the in-memory nodes change only once the commit has landed (see Volume's flush).
   // Data first: the entries located below name each block's CRC.
   const runs = sealer ? [] : blockRuns(c.blocks);
   let kept = 0;
   for (const r of runs) if (r.keep) kept += r.bytes.length;
-  const own = total - kept;
+  // Plain nodes are not copied: each is sent as a 32-byte header, its entries from the
+  // node's own memory (located in place: the dirty nodes are the tree's, and become its
+  // clean nodes as they are, which copy on write from then on) and zero padding. The
+  // buffer holds the segment's header and the copied blocks after it. (Random writes over a
+  // large volume carry nearly as many bytes of nodes as of blocks: a copy of each in every
+  // segment in flight, and another back into the nodes once built.) Sealed nodes are sealed
+  // into their places in the buffer, with the blocks.
+  const nodeBytes = sealer ? 0 : nodes.length * nodeSize;
+  const own = total - kept - nodeBytes;
+  // Where the blocks start in the buffer.
+  const blocksAt = dataOffset - nodeBytes;
   const take = (n: number): Buffer => (c.memory ? c.memory.take(n) : Buffer.allocUnsafe(n));
   // (Sealed blocks are sealed at their offsets in one buffer.)
   const largest = sealer ? Infinity : (c.memory?.largest ?? Infinity);
-  const segment = take(Math.max(dataOffset, Math.min(own, largest)));
+  const segment = take(Math.max(blocksAt, Math.min(own, largest)));
   let parts: Buffer[] = [segment];
   let buffers: Buffer[] = [segment];
   let stored: Buffer[];
@@ -226,25 +241,46 @@ export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
     crcs = c.crcs;
     const more = (need: number, left: number): Buffer =>
       take(Math.max(need, Math.min(left, largest)));
-    ({ parts, stored, buffers } = layBlocks(c.blocks, runs, segment, dataOffset, own, more));
+    ({ parts, stored, buffers } = layBlocks(c.blocks, runs, segment, blocksAt, own, more));
   }
   const plainNodes: Buffer[] = [];
+  const nodeParts: Buffer[] = [];
+  const heads = sealer ? Buffer.alloc(0) : Buffer.allocUnsafe(nodes.length * NODE_HEADER);
+  const zeros = sealer ? Buffer.alloc(0) : Buffer.alloc(nodeSize);
   nodes.forEach((nd, k) => {
     const at = nodeOffsets[k] as number;
-    // A sealed node is encoded on its own first, then sealed into its place.
-    const dst = sealer ? Buffer.alloc(nodeSize - sealer.overhead) : segment;
-    const base = sealer ? 0 : at;
-    if (!sealer) segment.fill(0, at, at + nodeSize);
-    nd.entries.copy(dst, base + NODE_HEADER, 0, nd.length * ENTRY_SIZE);
-    const e = dst.subarray(base + NODE_HEADER, base + NODE_HEADER + nd.length * ENTRY_SIZE);
-    locate(nd, e, isDedup(k));
-    encodeNode(dst, base, nd.level, nd.length, id, e);
-    if (sealer) {
-      const nonce = sealer.nonce(id, c.blocks.length + k);
-      sealer.seal(dst, nonce, sealer.nodeAd(id, at), segment, at);
-      plainNodes.push(dst);
+    const used = NODE_HEADER + nd.length * ENTRY_SIZE;
+    if (!sealer) {
+      const e = nd.entries.subarray(0, nd.length * ENTRY_SIZE);
+      locate(nd, e, isDedup(k));
+      encodeNodeHeader(heads, k * NODE_HEADER, nd.level, nd.length, id, e);
+      nodeParts.push(heads.subarray(k * NODE_HEADER, (k + 1) * NODE_HEADER));
+      if (e.length > 0) nodeParts.push(e);
+      if (used < nodeSize) nodeParts.push(zeros.subarray(0, nodeSize - used));
+      return;
     }
+    // A sealed node is encoded on its own first, then sealed into its place.
+    const dst = Buffer.alloc(nodeSize - sealer.overhead);
+    nd.entries.copy(dst, NODE_HEADER, 0, nd.length * ENTRY_SIZE);
+    const e = dst.subarray(NODE_HEADER, used);
+    locate(nd, e, isDedup(k));
+    encodeNode(dst, 0, nd.level, nd.length, id, e);
+    const nonce = sealer.nonce(id, c.blocks.length + k);
+    sealer.seal(dst, nonce, sealer.nodeAd(id, at), segment, at);
+    plainNodes.push(dst);
   });
+  if (!sealer) {
+    // The buffer's first part (header, then the first copied blocks) is split around them.
+    const first = parts[0] as Buffer;
+    if (
+      first.buffer !== segment.buffer ||
+      first.byteOffset !== segment.byteOffset ||
+      first.length < nodesOffset
+    )
+      throw new HyperError('internal', 'INTERNAL', 'segment buffer parts out of order');
+    const rest = first.length > nodesOffset ? [first.subarray(nodesOffset)] : [];
+    parts = [segment.subarray(0, nodesOffset), ...nodeParts, ...rest, ...parts.slice(1)];
+  }
   const encodeRoot = (r: Node, inDedup: boolean): [Buffer, Buffer] => {
     const entries = Buffer.from(r.entries.subarray(0, r.length * ENTRY_SIZE));
     locate(r, entries, inDedup);
@@ -284,6 +320,7 @@ export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
     buffer: segment,
     buffers,
     ownBytes: own,
+    nodeBytes,
     stored,
     gathered: kept > 0,
     head,

@@ -231,8 +231,12 @@ export class Volume {
     this.flushBytes = opts.flushBytes ?? head.segmentSize;
     this.defaultBound = opts.maxDirtyBytes === undefined;
     this.pipeline = Math.max(1, Math.floor(opts.flushPipeline ?? DEFAULT_FLUSH_PIPELINE));
-    // One buffer per segment in flight, and one more for the segment being built.
-    this.segmentBuffers = new SegmentBuffers(this.pipeline + 1, 1.25 * this.flushBytes);
+    // One buffer per segment in flight, and one more for the segment being built: as many
+    // as the write buffer's bound holds segments (see keptSegmentBuffers).
+    this.segmentBuffers = new SegmentBuffers(
+      this.keptSegmentBuffers(opts.maxDirtyBytes ?? DEFAULT_MAX_DIRTY_SEGMENTS * this.flushBytes),
+      1.25 * this.flushBytes,
+    );
     this.buffer = new WriteBuffer({
       blockSize: this.bs,
       // Everything buffered counts, segments in flight included (with their index nodes).
@@ -946,6 +950,17 @@ export class Volume {
   }
 
   /**
+   * Segment buffers kept for reuse under a write-buffer bound of `bound` bytes: the segments
+   * it holds (in flight or being built), at least two and at most one per PUT in flight plus
+   * the one being built. (Five were kept whatever the bound: with two segments' worth
+   * buffered, random writes still left three or four buffers resident, each touched up to a
+   * segment's size, ~30 MiB apiece of serve's memory.)
+   */
+  private keptSegmentBuffers(bound: number): number {
+    return Math.min(this.pipeline + 1, Math.max(2, Math.ceil(bound / this.flushBytes)));
+  }
+
+  /**
    * Freeze the buffer, build the next segment on the index and start its PUT in the
    * background. The index adopts the segment's nodes right away, so the next segment is
    * built on this one; the frozen generation keeps serving reads until the PUT lands.
@@ -995,13 +1010,15 @@ export class Volume {
       throw e;
     }
     committer.built(built);
-    if (this.defaultBound)
-      this.buffer.setLimit(
+    if (this.defaultBound) {
+      const bound =
         (built.scattered ? SCATTERED_MAX_DIRTY_SEGMENTS : DEFAULT_MAX_DIRTY_SEGMENTS) *
-          this.flushBytes,
-      );
+        this.flushBytes;
+      this.buffer.setLimit(bound);
+      this.segmentBuffers.setKeep(this.keptSegmentBuffers(bound));
+    }
     // Compressed or sealed blocks stay in the generation next to the segment until it lands.
-    gen.segmentBytes = built.ownBytes + (built.keptPlain ? gen.bytes : 0);
+    gen.segmentBytes = built.ownBytes + built.nodeBytes + (built.keptPlain ? gen.bytes : 0);
     // Bytes of header and nodes per byte of blocks buffered (what the estimate multiplies;
     // compressed or deduplicated blocks count whole). Learned from segments the estimate
     // expected to be at least half full, not from a small checkpoint whose nodes weigh more;

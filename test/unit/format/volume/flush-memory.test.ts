@@ -173,6 +173,28 @@ describe('flush memory and index loads', () => {
     assert.equal(pool.take(MiB).buffer, next.buffer, 'a buffer within the size is reused');
   });
 
+  it('lets go of a buffer that held far more than the segments now built, and keeps as many as asked', () => {
+    const pool = new SegmentBuffers(3, 64 * MiB);
+    // A segment of 30 MiB (its pages stay resident), then segments of 8 MiB for a while.
+    const big = pool.take(30 * MiB);
+    const small = pool.take(8 * MiB);
+    pool.give(small);
+    for (let i = 0; i < 6; i++) pool.give(pool.take(8 * MiB));
+    assert.equal(pool.take(8 * MiB).buffer, small.buffer, 'the buffer that held enough is reused');
+    pool.give(big);
+    assert.equal(pool.kept, 0, 'the 30 MiB buffer is not kept for 8 MiB segments');
+    // Near the recent size: kept, and the one that held at least as much is picked.
+    const a = pool.take(10 * MiB);
+    const b = pool.take(9 * MiB);
+    pool.give(a);
+    pool.give(b);
+    assert.equal(pool.kept, 2);
+    assert.equal(pool.take(9 * MiB).buffer, b.buffer);
+    pool.give(b);
+    pool.setKeep(1);
+    assert.equal(pool.kept, 1, 'a lower bound lets the extra buffers go');
+  });
+
   it('reuses kept segment buffers for segments of any usual size, and lets them go when idle', async () => {
     const pool = new SegmentBuffers(2, 2 * MiB, 50);
     // Segments cut at flushes vary in size: a buffer made for a small one fits a larger one.

@@ -1,5 +1,6 @@
 // The segment builder's gather layout: long runs of blocks stay in the caller's memory as
-// parts of the segment, short ones are copied after the nodes. Seeded layouts of blocks in
+// parts of the segment, short ones are copied after the header, and index nodes are sent
+// from the nodes' own memory. Seeded layouts of blocks in
 // slabs (runs of every length, scattered blocks); the parts stored back to back must be the
 // segment an all-copied build makes, byte for byte, and every block must be found through
 // the index at the offset, length and CRC it names.
@@ -105,23 +106,32 @@ describe('segment builder: gather layout', () => {
         ),
       );
       assert.equal(copied.gathered, false);
-      assert.equal(copied.parts.length, 1);
       const joined = Buffer.concat(built.parts);
       assert.equal(joined.length, built.length);
-      assert.ok(joined.equals(copied.parts[0] as Buffer), 'same segment bytes');
+      assert.ok(joined.equals(Buffer.concat(copied.parts)), 'same segment bytes');
+      // All copied: the buffer holds the header and the blocks, the nodes are sent from theirs.
+      assert.equal(copied.buffer.length, copied.length - copied.nodeBytes);
+      assert.ok(copied.nodeBytes > 0);
 
-      // Parts are either the segment buffer's, or runs of the caller's blocks long enough.
+      // Parts are the segment buffer's, runs of the caller's blocks long enough, or pieces of
+      // the nodes (a header, entries from the node's own memory, padding).
       const callers = new Set(blocks.map((b) => b.buffer));
       let kept = 0;
+      let nodePieces = 0;
       for (const p of built.parts) {
         if (p.buffer === built.buffer.buffer) continue;
-        assert.ok(callers.has(p.buffer), 'a part in memory of neither');
-        assert.ok(p.length >= GATHER_MIN, `kept run of ${p.length} bytes`);
-        kept += p.length;
+        if (callers.has(p.buffer)) {
+          assert.ok(p.length >= GATHER_MIN, `kept run of ${p.length} bytes`);
+          kept += p.length;
+        } else {
+          assert.ok(p.length <= NODE, `a node piece of ${p.length} bytes`);
+          nodePieces += p.length;
+        }
       }
+      assert.equal(nodePieces, built.nodeBytes);
       assert.equal(built.gathered, kept > 0);
       assert.ok(kept > 0, 'the layout has runs to gather');
-      assert.equal(built.buffer.length, built.length - kept);
+      assert.equal(built.buffer.length, built.length - kept - built.nodeBytes);
       // Each block as stored (what the write buffer serves until the segment lands).
       built.stored.forEach((b, k) => assert.ok(b.equals(content(lbas[k] as number)), `block ${k}`));
 
@@ -151,11 +161,12 @@ describe('segment builder: gather layout', () => {
       return b;
     });
     const built = buildCheckpoint(input(lbas, blocks));
-    assert.equal(built.parts.length, 2);
-    assert.equal(built.parts[0]?.length, built.dataOffset);
-    assert.equal(built.parts[1]?.buffer, slab.buffer);
-    assert.equal(built.parts[1]?.length, 64 * BS);
-    assert.equal(built.buffer.length, built.dataOffset);
+    const last = built.parts[built.parts.length - 1];
+    // The header, the nodes' pieces, the run.
+    assert.equal(built.parts[0]?.length, built.dataOffset - built.nodeBytes);
+    assert.equal(last?.buffer, slab.buffer);
+    assert.equal(last?.length, 64 * BS);
+    assert.equal(built.buffer.length, built.dataOffset - built.nodeBytes);
     assert.equal(built.stored[5], blocks[5], 'blocks stay where they were');
   });
 });
@@ -187,7 +198,10 @@ describe('segment builder: memory past the largest buffer', () => {
       assert.equal(plain.buffers.length, 1, 'without a bound, one buffer');
       assert.deepEqual(built.buffers, taken, 'every buffer taken is named, in order');
       assert.equal(built.buffer, taken[0]);
-      assert.ok(built.buffer.length >= built.dataOffset, 'the header and nodes in the first');
+      assert.ok(
+        built.buffer.length >= built.dataOffset - built.nodeBytes,
+        'the header in the first',
+      );
       for (const b of taken.slice(1)) assert.ok(b.length <= largest, `${b.length} > ${largest}`);
       assert.ok(taken.length > 1, `the layout spilled (${taken.length} buffers)`);
       // Every part is a buffer's or a kept run of the caller's; the buffers' parts add up.
