@@ -1,13 +1,17 @@
 /**
  * Laying out one checkpoint segment (FORMAT.md "Segments"): the header with the embedded
  * head, the dirty index nodes (leaves first, so siblings sit together), then the data
- * blocks. Pure: it reads the dirty tree and writes only into the new buffers, so a failed
- * PUT leaves the in-memory index exactly as it was and the flush can be retried.
+ * blocks. A failed PUT is retried with the same parts; a build that fails leaves the caller
+ * to go back to its last clean index (the dirty nodes' entries may be located by then).
  *
- * The segment comes out in pieces for a gather write: one buffer with the header, the nodes
- * and the blocks copied after them, and, between its parts, long runs of blocks that stay
- * where the caller holds them (a sequential write's blocks lie in order in the write
- * buffer's slabs; copying tens of MiB per segment was most of a local write's CPU time).
+ * The segment comes out in pieces for a gather write: one buffer with the header and the
+ * blocks copied after it; each index node as its header, its entries (from the node's own
+ * memory) and padding; and, between the buffer's parts, long runs of blocks that stay where
+ * the caller holds them (a sequential write's blocks lie in order in the write buffer's
+ * slabs; copying tens of MiB per segment was most of a local write's CPU time).
+ * Building locates the dirty nodes' entries in place (the caller adopts them as they are);
+ * the nodes must not change until the segment has landed, which copy-on-write guarantees
+ * once they are clean.
  */
 import { encodeHead, type HeadRecord } from '../codec/head.js';
 import {
