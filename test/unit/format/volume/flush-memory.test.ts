@@ -15,6 +15,8 @@ import { KiB, MiB } from '../../../../src/format/volume/types.js';
 import { Volume } from '../../../../src/format/volume/volume.js';
 import { WriteBuffer } from '../../../../src/format/volume/write-buffer.js';
 import { rng } from '../../../helpers/rng.js';
+import { putLeftover } from '../../../helpers/checkpoint.js';
+import { readHead } from '../../../../src/format/volume/heads.js';
 
 const BS = 4 * KiB;
 const tick = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
@@ -171,6 +173,39 @@ describe('flush memory and index loads', () => {
     assert.notEqual(next.buffer, big.buffer, 'an outsized buffer is not kept');
     pool.give(next);
     assert.equal(pool.take(MiB).buffer, next.buffer, 'a buffer within the size is reused');
+  });
+
+  it("writers waiting for room go on when a segment id turns out to be an older writer's leftover", async () => {
+    const store = MemStore.isolated();
+    await Volume.create(store, { size: 64 * MiB });
+    const v = await Volume.open(store, {
+      flushBytes: 64 * KiB,
+      maxDirtyBytes: 128 * KiB,
+      flushIntervalMs: 0,
+    });
+    // PUTs of a writer killed before this one took over land now, at its next ids.
+    const { head } = await readHead(store);
+    const epoch = Math.max(0, (v.info.writerEpoch ?? 1) - 1);
+    for (let id = head.lastSegment + 1; id <= head.lastSegment + 3; id++)
+      await putLeftover(store, head, id, epoch);
+    const want = new Map<number, number>();
+    let next = 0;
+    const worker = async (): Promise<void> => {
+      while (next < 400) {
+        const i = next++;
+        // Scattered, each block once (so the expected content does not depend on the order).
+        const lba = (i * 7919) % 16384;
+        want.set(lba, i);
+        await v.write(lba * 4096, Buffer.alloc(4096, (i % 250) + 1));
+      }
+    };
+    await Promise.all(Array.from({ length: 16 }, worker));
+    await v.flush();
+    for (const [lba, i] of want) {
+      const b = await v.read(lba * 4096, 4096);
+      assert.equal(b[0], (i % 250) + 1, `block ${lba}`);
+    }
+    await v.close();
   });
 
   it('lets go of a buffer that held far more than the segments now built, and keeps as many as asked', () => {
