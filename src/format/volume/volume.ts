@@ -934,10 +934,15 @@ export class Volume {
     for (let attempt = 0; ; attempt++) {
       if (!this.buffer.active.empty || this.pendingMeta) await this.startSegment(committer);
       await this.settle();
-      if (!(await this.resolveFailed())) break;
+      const taken = await this.resolveFailed();
+      if (taken === undefined) break;
       // A segment id taken by an old writer's leftover (its PUT landed after our takeover):
-      // the ids are skipped now, write again under new ones.
-      if (attempt >= CONFLICT_RETRIES) throw this.lastFlushError;
+      // the ids are skipped now, write again under new ones. An old writer leaves at most a
+      // pipeline's worth: ids taken this many times over are a failure the writers learn of.
+      if (attempt >= CONFLICT_RETRIES) {
+        this.lastFlushError = taken;
+        throw taken;
+      }
     }
     // Every segment is durable, so committed: the chain continues there.
     if (kind === 'durable') this.publishInBackground();
@@ -1081,17 +1086,19 @@ export class Volume {
    * turned out to be an older writer's (OBJECT_EXISTS from putSegment), it and every later
    * segment are abandoned (their ids skipped: each later one names it as its previous
    * checkpoint, so none can ever continue the chain), the index goes back to the state
-   * before it, and their changes go back into the buffer under the newer ones. Returns
-   * whether it rolled back. Runs only inside the flush queue, with every stage settled.
+   * before it, and their changes go back into the buffer under the newer ones. Returns the
+   * OBJECT_EXISTS error when it rolled back: no failure of the writes (they are buffered
+   * again), so not the last flush error the writers waiting for room would fail with. Runs
+   * only inside the flush queue, with every stage settled.
    */
-  private rollBackFailed(): boolean {
+  private rollBackFailed(): HyperError | undefined {
     this.advance();
     const first = this.stages[0];
-    if (first?.state !== 'failed' || !isHyperError(first.error, 'OBJECT_EXISTS')) return false;
+    if (first?.state !== 'failed' || !isHyperError(first.error, 'OBJECT_EXISTS')) return undefined;
     // Not while a later PUT failed without an answer: only its retry can tell whether a
     // takeover's fence holds that id (then this writer is fenced; giving the segment up and
     // writing its changes at a new id would land them past the new writer's chain).
-    if (this.stages.some(unanswered)) return false;
+    if (this.stages.some(unanswered)) return undefined;
     const failed = this.stages;
     this.stages = [];
     const committer = this.committer as Committer;
@@ -1103,30 +1110,31 @@ export class Volume {
     for (const s of failed)
       if (Object.keys(s.patch).length > 0) patch = mergePatches(patch, s.patch);
     this.pendingMeta = mergePatches(patch, this.pendingMeta);
-    this.lastFlushError = first.error;
+    this.lastFlushError = undefined;
     this.log.warn('segment id taken by an older writer; its changes are written again', {
       segments: failed.map((s) => s.built.head.checkpoint).join(','),
       error: errorText(first.error),
     });
     this.buffer.roomMade();
-    return true;
+    return first.error;
   }
 
   /**
    * When a segment PUT failed: wait for the others in flight, then PUT every failed one
    * again with the same bytes (a PUT whose outcome is unknown may still land: another
    * segment in its place could break the chain), and roll back if an id was taken. Returns
-   * whether it rolled back; throws the failure if a segment still could not be written
-   * (it stays, and the next flush tries again).
+   * the OBJECT_EXISTS error if it rolled back; throws the failure if a segment still could
+   * not be written (it stays, and the next flush tries again).
    */
-  private async resolveFailed(): Promise<boolean> {
-    if (!this.stages.some((s) => s.state === 'failed')) return false;
+  private async resolveFailed(): Promise<HyperError | undefined> {
+    if (!this.stages.some((s) => s.state === 'failed')) return undefined;
     for (let round = 0; ; round++) {
       await this.settle();
-      if (this.rollBackFailed()) return true;
+      const taken = this.rollBackFailed();
+      if (taken) return taken;
       // (A PUT that met an older writer's leftover gets the same answer again: not retried.)
       const failed = this.stages.filter(unanswered);
-      if (failed.length === 0) return false;
+      if (failed.length === 0) return undefined;
       const error = (failed[0] as Stage).error;
       this.lastFlushError = error;
       if (round > 0 || this.committer?.isFenced) throw error;

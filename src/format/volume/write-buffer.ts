@@ -6,7 +6,7 @@
  * under a per-block lock so overlapping writes apply in order. Writers wait while the
  * buffer is full (back-pressure) until a flush makes room.
  */
-import { HyperError, isHyperError } from '../../errors.js';
+import { HyperError } from '../../errors.js';
 
 /** Written bytes: one buffer, or the pieces of one (an NBD payload as it arrived). */
 export type Data = Buffer | readonly Buffer[];
@@ -502,10 +502,11 @@ export class WriteBuffer {
       this.o.flushForRoom();
       await new Promise<void>((resolve) => this.roomWaiters.push(resolve));
       this.o.checkWritable();
-      const failure = this.o.lastFlushError();
       // (A segment id taken by an older writer's leftover is no failure of the writes: the
-      // flush writes them again under new ids, which the next turn of this loop asks for.)
-      if (failure && !isHyperError(failure, 'OBJECT_EXISTS') && this.heldBytes >= this.limit) {
+      // flush rolls back without one and writes them again under new ids, which the next
+      // turn of this loop asks for.)
+      const failure = this.o.lastFlushError();
+      if (failure && this.heldBytes >= this.limit) {
         throw failure instanceof HyperError
           ? failure
           : new HyperError('unavailable', 'STORE_UNAVAILABLE', String(failure));
