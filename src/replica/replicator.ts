@@ -610,34 +610,30 @@ export class Replicator {
 
   /** Set the regions' bits and wait until they are durable in the primary header. */
   private async markDirty(first: number, last: number): Promise<void> {
-    let need = this.setBits(first, last);
-    for (let r = first; r <= last; r++) need = Math.max(need, this.setVersion[r]!);
+    const regions = Array.from({ length: last - first + 1 }, (_, k) => first + k);
+    this.setBits(regions);
+    let need = 0;
+    for (const r of regions) need = Math.max(need, this.setVersion[r]!);
     if (need > this.durable) await this.persist(need);
   }
 
   /**
-   * Set bits in memory (regions [first, last], or those of `regions`), each with the header
-   * version that will carry it: a write to a region whose bit is set but not yet durable
-   * waits for that version (markDirty), whoever set the bit. (A bit set without its version
-   * let a write reach the primary while the header still said clean; a crash then lost the
-   * region from the next resync.) Returns that version, or 0 when every bit was set already.
+   * Set the regions' bits in memory, each with the header version that will carry it: a
+   * write to a region whose bit is set but not yet durable waits for that version
+   * (markDirty), whoever set the bit. (A bit set without its version let a write reach the
+   * primary while the header still said clean; a crash then lost the region from the next
+   * resync.)
    */
-  private setBits(first: number, last: number): number;
-  private setBits(regions: Iterable<number>): number;
-  private setBits(a: number | Iterable<number>, last?: number): number {
+  private setBits(regions: Iterable<number>): void {
     const version = this.wanted + 1;
     let set = false;
-    const one = (r: number): void => {
-      if (bitGet(this.dirty, r)) return;
+    for (const r of regions) {
+      if (bitGet(this.dirty, r)) continue;
       bitSet(this.dirty, r, true);
       this.setVersion[r] = version;
       set = true;
-    };
-    if (typeof a === 'number') for (let r = a; r <= last!; r++) one(r);
-    else for (const r of a) one(r);
-    if (!set) return 0;
-    this.wanted = version;
-    return version;
+    }
+    if (set) this.wanted = version;
   }
 
   /**
