@@ -5,6 +5,7 @@
 #   Ceph RGW (the S3 server of the tests): ceph-mon ceph-osd radosgw ceph-common
 #   NBD tools: libnbd-bin python3-libnbd nbdkit qemu-utils fio nbdfuse fuse3 e2fsprogs
 #   Benchmark peers: nbdkit-plugin-python python3-boto3 (nbdkit's S3 plugin), s3backer
+#   Build tools: g++ make python3 (npm ci compiles the lz4 binding with node-gyp)
 set -euo pipefail
 
 PKGS=(
@@ -12,6 +13,7 @@ PKGS=(
   libnbd-bin python3-libnbd nbdkit qemu-utils fio nbdfuse fuse3 e2fsprogs
   nbdkit-plugin-python python3-boto3 s3backer
   curl uuid-runtime ca-certificates
+  g++ make python3
 )
 
 SUDO=()

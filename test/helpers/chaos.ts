@@ -576,13 +576,12 @@ const cjsRequire = createRequire(import.meta.url);
 const cjsCrypto = cjsRequire('node:crypto') as typeof nodeCrypto;
 
 /**
- * Block codecs answer on the thread pool (zstd, and lz4 for whole blocks), in real time and
- * in any order, so a run of a volume with codecs would depend on timing instead of its seed.
- * During a virtual run their calls are answered on this thread instead (lz4's own synchronous
- * calls; zstd through SyncZstd), with the same bytes; outside one they go straight through.
- * Patched into the modules' CommonJS exports before the engine first imports them
- * (codec/block.ts loads a codec on first use, and an ES import of a CommonJS module takes the
- * exports as they are at that moment).
+ * zstd answers on the thread pool, in real time and in any order, so a run of a volume with
+ * zstd would depend on timing instead of its seed. During a virtual run its calls are
+ * answered on this thread instead (through SyncZstd), with the same bytes; outside one they go
+ * straight through. (lz4 runs on this thread anyway.) Patched into the module's CommonJS
+ * exports before the engine first imports it (codec/block.ts loads a codec on first use, and
+ * an ES import of a CommonJS module takes the exports as they are at that moment).
  */
 let codecsInline = false;
 
@@ -622,11 +621,6 @@ function inlineCodecs(): void {
   gate(zstd, 'decompress', (b) =>
     remembered(`d:${digest(b as Buffer)}`, () => (sync ??= new SyncZstd()).decompress(b as Buffer)),
   );
-  const lz4 = cjsRequire('lz4-napi') as Record<string, Fn>;
-  const compressSync = lz4.compressSync as Fn;
-  const uncompressSync = lz4.uncompressSync as Fn;
-  gate(lz4, 'compress', (b) => compressSync(b));
-  gate(lz4, 'uncompress', (b) => uncompressSync(b));
 }
 inlineCodecs();
 

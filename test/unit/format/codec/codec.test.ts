@@ -298,11 +298,42 @@ describe('version 2 layouts: block codecs and sealing', () => {
     // Random bytes do not save a sector: stored raw.
     const random = randomBytes(4096);
     assert.equal((await encodeBlock(random, CODEC_ZSTD)).codec, CODEC_RAW);
+    assert.equal((await encodeBlock(random, CODEC_LZ4)).codec, CODEC_RAW);
     // A frame that decompresses to other bytes (its plain CRC differs) is refused.
     const bad = Buffer.from(z.bytes);
     bad.writeUInt32LE(crc32c(plain) ^ 1, 0);
     await assert.rejects(decodeBlock(bad, CODEC_ZSTD, 4096), /CRC/);
     await assert.rejects(decodeBlock(z.bytes, CODEC_ZSTD, 8192), /expected 8192/);
+  });
+
+  it('lz4 envelope: the plain length, then an LZ4 block; blocks stored by earlier builds read back', async () => {
+    const plain = Buffer.alloc(4096);
+    for (let i = 0; i < plain.length; i++) plain[i] = ((i * 7 + (i >> 5) * 13) % 61) + 32;
+    // Stored by hyper builds before 2026-12-03 (lz4-napi: lz4_flex's block with its length
+    // in front): the same layout, another encoder's choice of matches.
+    const earlier = Buffer.concat([
+      Buffer.from('b44870f1', 'hex'),
+      Buffer.from(LZ4_EARLIER_BUILD, 'base64'),
+    ]);
+    assert.equal(earlier.length, 4 + 404);
+    assert.ok((await decodeBlock(earlier, CODEC_LZ4, 4096)).equals(plain));
+    const now = await encodeBlock(plain, CODEC_LZ4);
+    assert.equal(now.codec, CODEC_LZ4);
+    assert.equal(now.bytes.readUInt32LE(0), crc32c(plain));
+    assert.equal(now.bytes.readUInt32LE(4), 4096, 'the plain length');
+    assert.ok(now.bytes.length <= 4096 - 512);
+    assert.ok((await decodeBlock(now.bytes, CODEC_LZ4, 4096)).equals(plain));
+    // Malformed input, a wrong length or a truncated block are refused, never returned.
+    const wrongLength = Buffer.from(now.bytes);
+    wrongLength.writeUInt32LE(8192, 4);
+    await assert.rejects(decodeBlock(wrongLength, CODEC_LZ4, 4096), /length says 8192/);
+    await assert.rejects(
+      decodeBlock(now.bytes.subarray(0, now.bytes.length - 9), CODEC_LZ4, 4096),
+      /does not decompress/,
+    );
+    const garbage = Buffer.concat([now.bytes.subarray(0, 8), Buffer.alloc(200, 0xff)]);
+    await assert.rejects(decodeBlock(garbage, CODEC_LZ4, 4096), /does not decompress/);
+    await assert.rejects(decodeBlock(now.bytes.subarray(0, 6), CODEC_LZ4, 4096), /no length/);
   });
 
   it('sealed object: nonce | AES-256-GCM ciphertext | tag, bound to its place — pinned', () => {
@@ -457,3 +488,7 @@ describe('version 2 layouts: block codecs and sealing', () => {
     );
   });
 });
+
+/** An lz4 block (with the plain length in front) as builds before 2026-12-03 stored it. */
+const LZ4_EARLIER_BUILD =
+  'ABAAAP8SICcuNTxDSlFYIikwNz5FTFNaJCsyOUBHTlVcJi00O0JWIQAMH08hAAwfSCEADB9BIQAMHzohAAwfMyEADB8sIQAMHyUhAAwfWyEADB9UIQAMH00hAAwfRiEADB8/IQAMHzghAAwfMSEADB8qIQAMHyMhAAwfWSEADB9SIQAMH0shAAwfRCEADB89IQAMHzYhAAwfLyEADB8oIQAMHyEhAAwfVyEADB9QIQAMH0khAAwfQiEADB87IQAMHzQhAAwABAQPYwAJASUEDyEACAJGBA8hAAcDZwQPIQAGBIgEDyEABR9HIQAMH0AhAAwH6wQPYwACCAwFDyEAAQktBQ8hAAAKTgUOIQALbwUNIQAMkAUMIQANsQULIQAO0gUKIQAP8wUACSEADxQGAQghAA81BgIHIQAPVgYDBiEAD3cGBAUhAA+YBgUEIQAPuQYGAyEAD9oGBwIhAA/7BggBIQAPHAcJACEADz0HCj9JUFdeBwsvSVB/BwwfSX8HDA+gB///////////MGA5QEdOVVw=';
