@@ -54,7 +54,8 @@ interface Compressor {
    * (lz4 gives up as soon as it passes the limit: incompressible data costs little).
    */
   compress(b: Buffer, limit: number): Buffer | undefined | Promise<Buffer | undefined>;
-  decompress(b: Buffer, size: number): Buffer | Promise<Buffer>;
+  /** The plain block, `size` bytes, decoded into `into` where the compressor can. */
+  decompress(b: Buffer, size: number, into?: Buffer): Buffer | Promise<Buffer>;
 }
 
 /** Bytes in front of an lz4 block: the plain block's length. */
@@ -76,11 +77,11 @@ async function lz4Compressor(): Promise<Compressor> {
       scratch.copy(out, LZ4_LENGTH, LZ4_LENGTH, LZ4_LENGTH + n);
       return out;
     },
-    decompress(b, size) {
+    decompress(b, size, into) {
       if (b.length < LZ4_LENGTH) throw new Error(`${b.length} bytes, no length`);
       const length = b.readUInt32LE(0);
       if (length !== size) throw new Error(`its length says ${length} bytes`);
-      const plain = Buffer.allocUnsafe(size);
+      const plain = into?.length === size ? into : Buffer.allocUnsafe(size);
       // (A negative count: the input is malformed at that offset; the output is bounded.)
       const n = size === 0 ? 0 : lz4.decodeBlock(b, plain, LZ4_LENGTH, b.length);
       if (n !== size) throw new Error(n < 0 ? `malformed at byte ${-n}` : `${n} bytes`);
@@ -145,13 +146,16 @@ export async function compressionProbe(): Promise<(plain: Buffer) => boolean> {
 }
 
 /**
- * The plain block (`blockSize` bytes) of stored bytes whose CRC the caller has checked.
- * Throws DecodeError when the codec is unknown or the decoded block is not the one stored.
+ * The plain block (`blockSize` bytes) of stored bytes whose CRC the caller has checked, in
+ * `into` (blockSize bytes) when given and the codec decodes in place (lz4), else a buffer of
+ * its own. Throws DecodeError when the codec is unknown or the decoded block is not the one
+ * stored (`into` may then hold anything).
  */
 export async function decodeBlock(
   stored: Buffer,
   codec: number,
   blockSize: number,
+  into?: Buffer,
 ): Promise<Buffer> {
   if (codec === CODEC_RAW) {
     if (stored.length !== blockSize)
@@ -163,7 +167,7 @@ export async function decodeBlock(
   const c = await compressor(codec);
   let plain: Buffer;
   try {
-    plain = await c.decompress(stored.subarray(COMPRESSED_HEADER), blockSize);
+    plain = await c.decompress(stored.subarray(COMPRESSED_HEADER), blockSize, into);
   } catch (e) {
     throw new DecodeError(
       `${compressionOf(codec)} block does not decompress: ${e instanceof Error ? e.message : String(e)}`,

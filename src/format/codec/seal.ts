@@ -92,7 +92,8 @@ export interface BlockPlace {
 
 /**
  * The plain block of stored bytes that passed their CRC: opened if sealed (bound to its
- * place; into `into` when given), then decompressed and checked. DecodeError when the codec
+ * place), then decompressed and checked; in `into` when given and the codec allows (sealed
+ * raw blocks, lz4 blocks), else in a buffer of its own. DecodeError when the codec
  * is unknown, a sealed block comes without a sealer, or any check fails.
  */
 export async function openStoredBlock(
@@ -105,12 +106,12 @@ export async function openStoredBlock(
 ): Promise<Buffer> {
   if (codec & ~(CODEC_SEALED | CODEC_COMPRESSION))
     throw new DecodeError(`unknown block codec 0x${codec.toString(16)}`);
-  let inner = stored;
-  if (codec & CODEC_SEALED) {
-    if (!sealer) throw new DecodeError('sealed block in a volume without a key');
-    inner = sealer.open(stored, sealer.blockAd(at, codec), into);
-  }
-  return decodeBlock(inner, codec & CODEC_COMPRESSION, blockSize);
+  const compression = codec & CODEC_COMPRESSION;
+  if (!(codec & CODEC_SEALED)) return decodeBlock(stored, compression, blockSize, into);
+  if (!sealer) throw new DecodeError('sealed block in a volume without a key');
+  // A sealed compressed block opens to its shorter stored form: not into the plain block's place.
+  const inner = sealer.open(stored, sealer.blockAd(at, codec), compression ? undefined : into);
+  return decodeBlock(inner, compression, blockSize);
 }
 
 /** Seals and opens the blocks and nodes of one volume (and its clones). */

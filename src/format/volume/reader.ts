@@ -28,6 +28,7 @@ import type { DiskCache } from '../cache/disk-cache.js';
 import { crc32c } from '../codec/binary.js';
 import { crc32cOfRun } from '../codec/crc-combine.js';
 import { CODEC_SEALED, openStoredBlock } from '../codec/seal.js';
+import { CODEC_LZ4 } from '../codec/block.js';
 import {
   PENDING_SEG,
   entrySegment,
@@ -1072,8 +1073,9 @@ export class Reader {
       const around = r.lbas.includes(-1);
       const store = disk ? disk.storeOf(seg) : 0;
       let decoding: Promise<void>[] | undefined;
-      // Sealed raw blocks read now or soon open into one buffer for the part (as raw blocks
-      // share the part's body); read-around extras get buffers of their own.
+      // Sealed raw blocks and lz4 blocks read now or soon open or decompress into one buffer
+      // for the part (as raw blocks share the part's body: no buffer per block to allocate
+      // and collect); read-around extras and the other codecs get buffers of their own.
       let slab: Buffer | undefined;
       for (let k = from; k < to; k++) {
         const p = r.ptrs[k] as BlockPtr;
@@ -1091,7 +1093,7 @@ export class Reader {
           out.push(blk);
           disk?.cache.put(store, seg, p.off, copyOf(blk), p.crc);
           let into: Buffer | undefined;
-          if (p.codec === CODEC_SEALED && !around) {
+          if ((p.codec === CODEC_SEALED || p.codec === CODEC_LZ4) && !around) {
             slab ??= Buffer.allocUnsafeSlow((to - from) * this.bs);
             into = slab.subarray((k - from) * this.bs, (k - from + 1) * this.bs);
           }
