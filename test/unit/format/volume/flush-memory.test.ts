@@ -65,15 +65,21 @@ describe('flush memory and index loads', () => {
     const model = new Map<number, number>();
     const r = rng(11);
     const opts = { flushIntervalMs: 0, nodeCacheBytes: 0, dataCacheBytes: 0, leaseTtlMs: 60_000 };
-    // Random blocks over the whole volume, in many small segments: the leaves end up spread
-    // over several segments.
-    let v = await Volume.open(store, opts);
-    for (let i = 0; i < 3000; i++) {
-      const lba = Math.floor(r() * 65_536);
-      model.set(lba, 1);
-      await v.write(lba * BS, block(lba, 1));
+    // Random blocks in two sessions, each over every other stripe of 4096 blocks (a leaf
+    // spans ~2,600 of them here): the leaves of a stripe end up in its session's segments,
+    // so any batch of a flush over the whole volume needs nodes from several segments,
+    // however each session's own flushes fell.
+    let v: Volume;
+    for (const parity of [0, 1]) {
+      v = await Volume.open(store, opts);
+      for (let i = 0; i < 1500; i++) {
+        const stripe = 2 * Math.floor(r() * 8) + parity;
+        const lba = stripe * 4096 + Math.floor(r() * 4096);
+        model.set(lba, 1);
+        await v.write(lba * BS, block(lba, 1));
+      }
+      await v.close();
     }
-    await v.close();
     // A fresh open knows only the root: a flush of random writes misses most leaves.
     v = await Volume.open(store, opts);
     store.watch();
