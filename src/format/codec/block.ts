@@ -91,6 +91,8 @@ async function lz4Compressor(): Promise<Compressor> {
 }
 
 const loaded = new Map<number, Promise<Compressor>>();
+/** The compressors loaded by now (decodeBlockNow uses them on this thread). */
+const ready = new Map<number, Compressor>();
 
 function compressor(codec: number): Promise<Compressor> {
   let c = loaded.get(codec);
@@ -105,6 +107,7 @@ function compressor(codec: number): Promise<Compressor> {
       }));
     } else if (codec === CODEC_LZ4) {
       c = lz4Compressor();
+      void c.then((x) => ready.set(codec, x));
     } else {
       return Promise.reject(new DecodeError(`unknown block codec ${codec}`));
     }
@@ -157,6 +160,29 @@ export async function decodeBlock(
   blockSize: number,
   into?: Buffer,
 ): Promise<Buffer> {
+  const now = decodeBlockNow(stored, codec, blockSize, into);
+  if (now !== undefined) return now;
+  const c = await compressor(codec);
+  let plain: Buffer;
+  try {
+    plain = await c.decompress(stored.subarray(COMPRESSED_HEADER), blockSize, into);
+  } catch (e) {
+    throw undecodable(codec, e);
+  }
+  return checked(plain, stored, codec, blockSize);
+}
+
+/**
+ * decodeBlock() on this thread, when the codec runs here and is loaded (raw blocks, lz4
+ * once a block was decoded or encoded with it): undefined otherwise. A read part's blocks
+ * then cost no promise each.
+ */
+export function decodeBlockNow(
+  stored: Buffer,
+  codec: number,
+  blockSize: number,
+  into?: Buffer,
+): Buffer | undefined {
   if (codec === CODEC_RAW) {
     if (stored.length !== blockSize)
       throw new DecodeError(`raw block is ${stored.length} bytes, expected ${blockSize}`);
@@ -164,15 +190,28 @@ export async function decodeBlock(
   }
   if (stored.length < COMPRESSED_HEADER)
     throw new DecodeError(`compressed block of ${stored.length} bytes`);
-  const c = await compressor(codec);
+  const c = ready.get(codec);
+  if (c === undefined) return undefined;
   let plain: Buffer;
   try {
-    plain = await c.decompress(stored.subarray(COMPRESSED_HEADER), blockSize, into);
+    plain = c.decompress(stored.subarray(COMPRESSED_HEADER), blockSize, into) as Buffer;
   } catch (e) {
-    throw new DecodeError(
-      `${compressionOf(codec)} block does not decompress: ${e instanceof Error ? e.message : String(e)}`,
-    );
+    throw undecodable(codec, e);
   }
+  return checked(plain, stored, codec, blockSize);
+}
+
+/** Whether decodeBlockNow() decodes blocks of compression `codec`. */
+export const decodesNow = (codec: number): boolean => codec === CODEC_RAW || ready.has(codec);
+
+function undecodable(codec: number, e: unknown): DecodeError {
+  return new DecodeError(
+    `${compressionOf(codec)} block does not decompress: ${e instanceof Error ? e.message : String(e)}`,
+  );
+}
+
+/** The decompressed block, once its length and its envelope's CRC say it is the one stored. */
+function checked(plain: Buffer, stored: Buffer, codec: number, blockSize: number): Buffer {
   if (plain.length !== blockSize)
     throw new DecodeError(
       `${compressionOf(codec)} block decompresses to ${plain.length} bytes, expected ${blockSize}`,

@@ -33,7 +33,7 @@
 import { createCipheriv, createDecipheriv, createHmac, hkdfSync, randomBytes } from 'node:crypto';
 import sodium from 'sodium-native';
 import { DecodeError } from './binary.js';
-import { CODEC_COMPRESSION, decodeBlock } from './block.js';
+import { CODEC_COMPRESSION, decodeBlock, decodeBlockNow, decodesNow } from './block.js';
 
 export const CIPHER_AES_256_GCM = 1;
 export const CIPHER_XCHACHA20_POLY1305 = 2;
@@ -104,14 +104,52 @@ export async function openStoredBlock(
   sealer: Sealer | undefined,
   into?: Buffer,
 ): Promise<Buffer> {
+  const inner = openSealed(stored, codec, at, sealer, into);
+  return decodeBlock(
+    inner,
+    codec & CODEC_COMPRESSION,
+    blockSize,
+    inner === stored ? into : undefined,
+  );
+}
+
+/**
+ * openStoredBlock() on this thread, when its codec runs here (decodeBlockNow): undefined
+ * otherwise (a sealed block is then opened again by openStoredBlock).
+ */
+export function openStoredBlockNow(
+  stored: Buffer,
+  codec: number,
+  at: BlockPlace,
+  blockSize: number,
+  sealer: Sealer | undefined,
+  into?: Buffer,
+): Buffer | undefined {
+  if (!decodesNow(codec & CODEC_COMPRESSION)) return undefined;
+  const inner = openSealed(stored, codec, at, sealer, into);
+  return decodeBlockNow(
+    inner,
+    codec & CODEC_COMPRESSION,
+    blockSize,
+    inner === stored ? into : undefined,
+  );
+}
+
+/** The stored bytes of a block with its seal opened (a sealed raw block opens into `into`). */
+function openSealed(
+  stored: Buffer,
+  codec: number,
+  at: BlockPlace,
+  sealer: Sealer | undefined,
+  into?: Buffer,
+): Buffer {
   if (codec & ~(CODEC_SEALED | CODEC_COMPRESSION))
     throw new DecodeError(`unknown block codec 0x${codec.toString(16)}`);
-  const compression = codec & CODEC_COMPRESSION;
-  if (!(codec & CODEC_SEALED)) return decodeBlock(stored, compression, blockSize, into);
+  if (!(codec & CODEC_SEALED)) return stored;
   if (!sealer) throw new DecodeError('sealed block in a volume without a key');
   // A sealed compressed block opens to its shorter stored form: not into the plain block's place.
-  const inner = sealer.open(stored, sealer.blockAd(at, codec), compression ? undefined : into);
-  return decodeBlock(inner, compression, blockSize);
+  const compression = codec & CODEC_COMPRESSION;
+  return sealer.open(stored, sealer.blockAd(at, codec), compression ? undefined : into);
 }
 
 /** Seals and opens the blocks and nodes of one volume (and its clones). */

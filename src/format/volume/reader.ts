@@ -27,7 +27,7 @@ import { dataError, type HyperError } from '../../errors.js';
 import type { DiskCache } from '../cache/disk-cache.js';
 import { crc32c } from '../codec/binary.js';
 import { crc32cOfRun } from '../codec/crc-combine.js';
-import { CODEC_SEALED, openStoredBlock } from '../codec/seal.js';
+import { CODEC_SEALED, openStoredBlock, openStoredBlockNow } from '../codec/seal.js';
 import { CODEC_LZ4 } from '../codec/block.js';
 import {
   PENDING_SEG,
@@ -196,6 +196,12 @@ interface Run {
    * blocks of consecutive addresses, stored back to back): the store reads them there.
    */
   dest?: Buffer;
+  /**
+   * Where the run's plain blocks go in the read's output when they are of consecutive
+   * addresses inside the read (block k at k * bs) but not raw back to back: compressed and
+   * sealed blocks open straight there.
+   */
+  plain?: Buffer;
 }
 
 /**
@@ -249,20 +255,26 @@ class Runs {
 }
 
 /**
- * A part of a read-ahead run: raw blocks of one segment, back to back, fetched with one GET
- * and verified whole. Reads copy their blocks out of it; it goes once each block was read
- * (or when newer parts need the room).
+ * A part of a read-ahead run: blocks of one segment stored back to back, fetched with one GET
+ * and verified. Reads copy their blocks out of it (plain block k at k * bs of its body); it
+ * goes once each block was read (or when newer parts need the room).
  */
 interface AheadPart {
   seg: number;
+  /** Stored bytes [off, end) of the segment. */
   off: number;
   end: number;
-  /** The verified bytes, once they arrived. */
+  /** The verified plain blocks, once they arrived (of raw blocks: the stored bytes). */
   body: Buffer | undefined;
   /** Settles when the GET is over (the part then has its body, or is gone). */
   ready: Promise<void>;
-  /** CRC32C of each block (block k at off + k * bs). */
+  /** CRC32C of each block's stored bytes. */
   crcs: Uint32Array;
+  /**
+   * Where each block is stored, when the part is not raw blocks (block k at off + k * bs):
+   * compressed or sealed blocks, block k at offs[k] (offs[n] is `end`).
+   */
+  offs?: Uint32Array | undefined;
   /** Blocks not read yet. */
   left: number;
   /** The pooled memory the GET read the body into (`body` is it), to give back later. */
@@ -507,7 +519,7 @@ export class Reader {
     const done: AheadPart[] = [];
     for (let i = 0; i < n; i++) {
       const a = parts[i] as AheadPart;
-      const at = (offs[i] as number) - a.off;
+      const at = this.slot(a, offs[i] as number) * bs;
       if (a === part && at === to) to += bs;
       else {
         lend();
@@ -874,8 +886,9 @@ export class Reader {
     tree: BTree,
   ): Promise<void> {
     if (r.transient) {
-      const dest = denseDest(r, out, offset, length, this.bs);
-      if (dest) r.dest = dest;
+      const place = inPlace(r, out, offset, length, this.bs);
+      if (place && rawBackToBack(r, this.bs)) r.dest = place;
+      else if (place) r.plain = place;
     } else if (this.readAround > r.len && r.lbas.length < 8 && this.aroundPays(r))
       this.extendAround(r, tree);
     const blocks = await this.fetchRun(r);
@@ -985,7 +998,12 @@ export class Reader {
         diskReads.push(
           disk.cache.get(store, p.seg, p.off, p.len, p.crc).then(async (hit) => {
             const lba = lbaOf(r, k);
-            const b = hit && (await this.decode(hit, p, lba).catch(() => undefined));
+            let b: Buffer | undefined;
+            try {
+              b = hit && (await this.decode(hit, p, lba));
+            } catch {
+              b = undefined;
+            }
             if (b) {
               this.counters.diskHits++;
               this.dataCache.set(blockKey(p.seg, p.off), b, b.length, r.lbas[k] === -1);
@@ -1093,17 +1111,19 @@ export class Reader {
           out.push(blk);
           disk?.cache.put(store, seg, p.off, copyOf(blk), p.crc);
           let into: Buffer | undefined;
-          if ((p.codec === CODEC_SEALED || p.codec === CODEC_LZ4) && !around) {
+          if (r.plain) into = r.plain.subarray(k * this.bs, (k + 1) * this.bs);
+          else if ((p.codec === CODEC_SEALED || p.codec === CODEC_LZ4) && !around) {
             slab ??= Buffer.allocUnsafeSlow((to - from) * this.bs);
             into = slab.subarray((k - from) * this.bs, (k - from + 1) * this.bs);
           }
-          (decoding ??= []).push(
-            this.decode(blk, p, lbaOf(r, k), key, into).then((plain) => {
-              out[i] = plain;
-              if (keep)
-                this.dataCache.set(blockKey(seg, p.off), plain, plain.length, r.lbas[k] === -1);
-            }),
-          );
+          const cache = (plain: Buffer): void => {
+            out[i] = plain;
+            if (keep)
+              this.dataCache.set(blockKey(seg, p.off), plain, plain.length, r.lbas[k] === -1);
+          };
+          const plain = this.decode(blk, p, lbaOf(r, k), key, into);
+          if (plain instanceof Promise) (decoding ??= []).push(plain.then(cache));
+          else cache(plain);
           continue;
         }
         // Blocks read now or soon (this read, read-ahead) share the part's body, which goes
@@ -1131,30 +1151,34 @@ export class Reader {
    * The plain block of stored bytes that passed their CRC (raw blocks are their own): opened
    * if sealed (bound to `lba`), then decompressed.
    */
-  private async decode(
+  private decode(
     stored: Buffer,
     p: BlockPtr,
     lba: number,
     key?: string,
     into?: Buffer,
-  ): Promise<Buffer> {
+  ): Buffer | Promise<Buffer> {
     if (p.codec === 0 && stored.length === this.bs) return stored;
+    const at = { lba, seg: p.seg, off: p.off };
+    const sealer = this.segments.sealer;
     try {
-      return await openStoredBlock(
-        stored,
-        p.codec,
-        { lba, seg: p.seg, off: p.off },
-        this.bs,
-        this.segments.sealer,
-        into,
-      );
+      // (lz4 and raw blocks on this thread: no promise per block.)
+      const now = openStoredBlockNow(stored, p.codec, at, this.bs, sealer, into);
+      if (now) return now;
     } catch (e) {
-      throw dataError(
-        'CORRUPT_OBJECT',
-        key ?? this.segments.keyFor(p.seg),
-        `Data block at segment offset ${p.off}: ${e instanceof Error ? e.message : String(e)}`,
-      );
+      throw this.undecodable(e, p, key);
     }
+    return openStoredBlock(stored, p.codec, at, this.bs, sealer, into).catch((e: unknown) => {
+      throw this.undecodable(e, p, key);
+    });
+  }
+
+  private undecodable(e: unknown, p: BlockPtr, key: string | undefined): HyperError {
+    return dataError(
+      'CORRUPT_OBJECT',
+      key ?? this.segments.keyFor(p.seg),
+      `Data block at segment offset ${p.off}: ${e instanceof Error ? e.message : String(e)}`,
+    );
   }
 
   // ------------------------------------------------------------------ read-ahead
@@ -1247,21 +1271,30 @@ export class Reader {
   }
 
   /**
-   * Whether a read-ahead run is kept as whole parts: raw blocks stored back to back. A part
-   * comes from the disk cache when it holds every block (in one pread per stretch of
-   * consecutive slots), else from the store: a few cached blocks are fetched again rather
-   * than cutting the run into a GET per gap between them.
+   * Whether a read-ahead run is kept as whole parts: blocks stored back to back. A part of
+   * raw blocks comes from the disk cache when it holds every block (in one pread per stretch
+   * of consecutive slots), else from the store: a few cached blocks are fetched again rather
+   * than cutting the run into a GET per gap between them. Compressed or sealed blocks go
+   * through the disk cache one by one (fetchRun) when there is one.
    */
   private keepsWhole(r: Run): boolean {
-    return rawBackToBack(r, this.bs);
+    const bs = this.bs;
+    if (rawBackToBack(r, bs)) return true;
+    if (this.disk !== undefined) return false;
+    let at = r.off;
+    for (const p of r.ptrs) {
+      if (p.off !== at) return false;
+      at += p.len;
+    }
+    return true;
   }
 
-  /** Fetch a dense raw run as parts of at most partBytes, GETs in parallel. */
+  /** Fetch a run stored back to back as parts of at most partBytes of data, GETs in parallel. */
   private async fetchAhead(r: Run): Promise<void> {
     const per = Math.max(1, Math.floor(this.partBytes / this.bs));
     const jobs: Promise<void>[] = [];
     for (let k = 0; k < r.ptrs.length; k += per)
-      jobs.push(this.fetchPart(r.seg, r.ptrs.slice(k, k + per)));
+      jobs.push(this.fetchPart(r.seg, r.ptrs.slice(k, k + per), r.lbas.slice(k, k + per)));
     await Promise.all(jobs);
   }
 
@@ -1270,15 +1303,26 @@ export class Reader {
    * whole when it lands. A failed or damaged part is dropped: reads then fetch the blocks
    * themselves, and report what they find.
    */
-  private async fetchPart(seg: number, ptrs: BlockPtr[]): Promise<void> {
+  private async fetchPart(seg: number, ptrs: BlockPtr[], lbas: number[]): Promise<void> {
     const bs = this.bs;
     const off = (ptrs[0] as BlockPtr).off;
     const len = ptrs.length * bs;
+    const last = ptrs[ptrs.length - 1] as BlockPtr;
+    const end = last.off + last.len;
+    // (Raw blocks back to back: block k at off + k * bs. Others: where each is stored.)
+    const raw = end - off === len && ptrs.every((p) => p.codec === 0 && p.len === bs);
+    let offs: Uint32Array | undefined;
+    if (!raw) {
+      offs = new Uint32Array(ptrs.length + 1);
+      for (let k = 0; k < ptrs.length; k++) offs[k] = (ptrs[k] as BlockPtr).off;
+      offs[ptrs.length] = end;
+    }
     let settle!: () => void;
     const a: AheadPart = {
       seg,
       off,
-      end: off + len,
+      end,
+      offs,
       body: undefined,
       ready: new Promise<void>((res) => (settle = res)),
       crcs: Uint32Array.from(ptrs, (p) => p.crc),
@@ -1296,6 +1340,18 @@ export class Reader {
         : undefined;
     const into = mem?.subarray(0, len);
     try {
+      if (offs !== undefined) {
+        const plain = await this.openPart(a, ptrs, lbas, offs, into ?? Buffer.allocUnsafe(len));
+        // (A part dropped meanwhile to make room stays dropped; nothing saw its memory.)
+        if (a.dropped) {
+          if (mem) this.partPool.give(mem);
+          return;
+        }
+        a.body = plain;
+        a.pooled = mem;
+        this.counters.prefetched += ptrs.length;
+        return;
+      }
       // Every block in the disk cache (checked there against these CRCs): read from it.
       const disk = this.disk && this.disk.cacheable(seg) ? this.disk : undefined;
       if (disk) {
@@ -1340,6 +1396,50 @@ export class Reader {
     }
   }
 
+  /**
+   * The plain blocks of read-ahead part `a` of compressed or sealed blocks, in `plain`: one
+   * GET of their stored bytes (into pooled memory), each block checked against its CRC and
+   * opened into its place (block k at k * bs).
+   */
+  private async openPart(
+    a: AheadPart,
+    ptrs: BlockPtr[],
+    lbas: number[],
+    offs: Uint32Array,
+    plain: Buffer,
+  ): Promise<Buffer> {
+    const bs = this.bs;
+    const stored = a.end - a.off;
+    // (Sealed blocks take more room than their data: up to partSpan for a part.)
+    const spare =
+      stored <= this.partSpan
+        ? (this.partPool.take(this.partSpan) ?? Buffer.allocUnsafeSlow(this.partSpan))
+        : undefined;
+    const key = this.segments.keyFor(a.seg);
+    try {
+      const body = await this.getData(a.seg, a.off, stored, spare?.subarray(0, stored));
+      if (body.length < stored) throw new Error('short');
+      let opening: Promise<void>[] | undefined;
+      for (let k = 0; k < ptrs.length; k++) {
+        const p = ptrs[k] as BlockPtr;
+        const blk = body.subarray((offs[k] as number) - a.off, (offs[k + 1] as number) - a.off);
+        if (crc32c(blk) !== p.crc) throw new Error('crc');
+        const into = plain.subarray(k * bs, (k + 1) * bs);
+        const b = this.decode(blk, p, lbas[k] as number, key, into);
+        if (b instanceof Promise) (opening ??= []).push(b.then((x) => placeBlock(x, into)));
+        else placeBlock(b, into);
+      }
+      // (Every decoding settles before the stored bytes' memory goes back to the pool.)
+      if (opening) {
+        const failed = (await Promise.allSettled(opening)).find((o) => o.status === 'rejected');
+        if (failed) throw failed.reason;
+      }
+      return plain;
+    } finally {
+      if (spare) this.partPool.give(spare);
+    }
+  }
+
   /** The read-ahead part holding block `p` as verified (raw, at a block boundary, same CRC). */
   private findAhead(p: BlockPtr): AheadPart | undefined {
     return this.findAheadAt(p.seg, p.off, p.len, p.codec, p.crc);
@@ -1353,13 +1453,34 @@ export class Reader {
     crc: number,
   ): AheadPart | undefined {
     const list = this.ahead.get(seg);
-    if (!list || codec !== 0 || len !== this.bs) return undefined;
+    if (!list) return undefined;
+    // (The same stored bytes, by place and CRC, hold the same block: segments are write-once.)
     for (const a of list) {
       if (off < a.off || off + len > a.end) continue;
-      const k = (off - a.off) / this.bs;
-      return Number.isInteger(k) && a.crcs[k] === crc ? a : undefined;
+      if (a.offs === undefined && (codec !== 0 || len !== this.bs)) return undefined;
+      const k = this.slot(a, off);
+      return k >= 0 && a.crcs[k] === crc ? a : undefined;
     }
     return undefined;
+  }
+
+  /** The index of the block stored at `off` in part `a` (-1: no block starts there). */
+  private slot(a: AheadPart, off: number): number {
+    const offs = a.offs;
+    if (offs === undefined) {
+      const k = (off - a.off) / this.bs;
+      return Number.isInteger(k) ? k : -1;
+    }
+    let lo = 0;
+    let hi = offs.length - 2;
+    while (lo <= hi) {
+      const mid = (lo + hi) >>> 1;
+      const at = offs[mid] as number;
+      if (at === off) return mid;
+      if (at < off) lo = mid + 1;
+      else hi = mid - 1;
+    }
+    return -1;
   }
 
   /** Copy block `p` out of read-ahead part `a`; the part goes once all its blocks were read. */
@@ -1371,8 +1492,8 @@ export class Reader {
     length: number,
     lba: number,
   ): void {
-    const at = p.off - a.off;
-    copyBlock(out, offset, length, lba, this.bs, (a.body as Buffer).subarray(at, at + p.len));
+    const at = this.slot(a, p.off) * this.bs;
+    copyBlock(out, offset, length, lba, this.bs, (a.body as Buffer).subarray(at, at + this.bs));
     this.counters.prefetchHits++;
     if (--a.left <= 0) this.dropAhead(a);
   }
@@ -1382,7 +1503,7 @@ export class Reader {
     if (list) list.push(a);
     else this.ahead.set(a.seg, [a]);
     this.aheadOrder.push(a);
-    this.aheadBytes += a.end - a.off;
+    this.aheadBytes += a.crcs.length * this.bs;
     // Oldest first (the budget leaves room for the parts in flight).
     while (this.aheadBytes > this.aheadBudget && this.aheadOrder.length > 1)
       this.dropAhead(this.aheadOrder[0] as AheadPart);
@@ -1393,7 +1514,7 @@ export class Reader {
     a.dropped = true;
     const i = this.aheadOrder.indexOf(a);
     this.aheadOrder.splice(i, 1);
-    this.aheadBytes -= a.end - a.off;
+    this.aheadBytes -= a.crcs.length * this.bs;
     const list = this.ahead.get(a.seg) as AheadPart[];
     list.splice(list.indexOf(a), 1);
     if (list.length === 0) this.ahead.delete(a.seg);
@@ -1551,10 +1672,10 @@ function copyBlock(
 
 /**
  * The part of a read's output `out` (of [offset, offset+length)) that run `r` fills on its
- * own, when its blocks are raw, of consecutive addresses inside the read, and stored back to
- * back: the store may then read them straight there.
+ * own, when its blocks are of consecutive addresses inside the read. Raw blocks stored back
+ * to back may then be read straight there by the store; other blocks open there.
  */
-function denseDest(
+function inPlace(
   r: Run,
   out: Buffer,
   offset: number,
@@ -1564,9 +1685,13 @@ function denseDest(
   const first = r.lbas[0] as number;
   const n = r.ptrs.length;
   if (first * bs < offset || (first + n) * bs > offset + length) return undefined;
-  if (!rawBackToBack(r, bs)) return undefined;
   for (let k = 0; k < n; k++) if (r.lbas[k] !== first + k) return undefined;
   return out.subarray(first * bs - offset, (first + n) * bs - offset);
+}
+
+/** Put plain block `b` at `into` (where it may already be: opened in place). */
+function placeBlock(b: Buffer, into: Buffer): void {
+  if (b.buffer !== into.buffer || b.byteOffset !== into.byteOffset) b.copy(into);
 }
 
 /** Whether a run's blocks are all raw, one block long each, stored back to back. */

@@ -303,6 +303,129 @@ describe('reader: read-ahead, parallel GETs, read-around', () => {
     await v.close();
   });
 
+  it('reads ahead compressed and sealed blocks in whole parts too, and reuses their memory only once sent', async () => {
+    const size = 8 * MiB;
+    // Blocks that compress (text-like) mixed with blocks that do not (random): parts of both.
+    const ref = Buffer.allocUnsafe(size);
+    const r0 = rng(31);
+    for (let o = 0; o < size; o += 4 * KiB) {
+      const b = pattern(4 * KiB, 1000 + o / (4 * KiB));
+      if (r0() < 0.7) b.fill(b.subarray(0, 64), 64);
+      b.copy(ref, o);
+    }
+    const combos: { compression: 'lz4' | 'zstd' | 'none'; encryption?: 'xchacha20-poly1305' }[] = [
+      { compression: 'lz4' },
+      { compression: 'zstd' },
+      { compression: 'none', encryption: 'xchacha20-poly1305' },
+      { compression: 'lz4', encryption: 'xchacha20-poly1305' },
+    ];
+    for (const c of combos) {
+      const name = `${c.compression}${c.encryption ? ` + ${c.encryption}` : ''}`;
+      const key = c.encryption ? { encryption: c.encryption, key: Buffer.alloc(32, 7) } : {};
+      const base = new WatchedStore(MemStore.isolated());
+      await Volume.create(base, { size, segmentSize: 4 * MiB, compression: c.compression, ...key });
+      const w = await Volume.open(base, { flushIntervalMs: 0, ...key });
+      for (let o = 0; o < size; o += 1 * MiB) await w.write(o, ref.subarray(o, o + 1 * MiB));
+      await w.close();
+      const into = new IntoStore(base);
+      const opts: OpenOptions = {
+        readOnly: true,
+        readPartBytes: 256 * KiB,
+        readAroundBytes: 0,
+        ...key,
+      };
+      // GETs without read-ahead (one per read) and with it (one per part of 256 KiB of data).
+      const gets: number[] = [];
+      for (const ahead of [0, 2 * MiB]) {
+        const v = await Volume.open(into, { ...opts, readAheadBytes: ahead });
+        base.reset();
+        const rs = rng(ahead + 5);
+        const unsent: { piece: Buffer; want: Buffer }[] = [];
+        let pieces = 0;
+        let reads = 0;
+        into.reused = 0;
+        for (let o = 0; o < size; o += 128 * KiB) {
+          const got = await v.readv(o, 128 * KiB);
+          reads++;
+          pieces += got.length;
+          assert.ok(Buffer.concat(got).equals(ref.subarray(o, o + 128 * KiB)), `${name} at ${o}`);
+          let at = o;
+          for (const piece of got) {
+            unsent.push({ piece, want: Buffer.from(ref.subarray(at, at + piece.length)) });
+            at += piece.length;
+          }
+          // Pieces are sent in any order, some a while after they were handed out.
+          while (unsent.length > 0 && rs() < 0.6) {
+            const [u] = unsent.splice(Math.floor(rs() * unsent.length), 1);
+            assert.ok(u!.piece.equals(u!.want), `${name}: a piece changed before it was sent`);
+            v.release(u!.piece);
+          }
+        }
+        for (const u of unsent) assert.ok(u.piece.equals(u.want), `${name}: unsent piece`);
+        gets.push(base.segmentGets);
+        if (ahead > 0) {
+          const s = v.stats();
+          assert.ok(s.prefetchHits > 0.8 * (size / (4 * KiB)), `${name}: ${JSON.stringify(s)}`);
+          assert.ok(pieces < 2 * reads, `${name}: ${pieces} pieces for ${reads} reads`);
+          assert.ok(into.reused > 0, `${name}: no GET into reused memory`);
+        }
+        await v.close();
+      }
+      assert.ok((gets[0] as number) >= 64, `${name}: ${gets[0]} GETs without read-ahead`);
+      assert.ok(
+        (gets[1] as number) <= 0.7 * (gets[0] as number),
+        `${name}: ${gets[1]} GETs with read-ahead, ${gets[0]} without`,
+      );
+    }
+  });
+
+  it('reports a damaged compressed block that was read ahead with its key, from the read that needs it', async () => {
+    const dir = freshDir();
+    mkdirSync(dir);
+    const store = new FileStore(dir);
+    const size = 4 * MiB;
+    await Volume.create(store, { size, segmentSize: 4 * MiB, compression: 'lz4' });
+    const w = await Volume.open(store, { flushIntervalMs: 0 });
+    const ref = pattern(size, 12);
+    for (let o = 0; o < size; o += 4 * KiB) ref.fill(ref.subarray(o, o + 32), o + 32, o + 4 * KiB);
+    await w.write(0, ref);
+    await w.close();
+    const segDir = join(dir, SEGMENT_PREFIX);
+    const seg = readdirSync(segDir).sort(
+      (a, b) => statSync(join(segDir, b)).size - statSync(join(segDir, a)).size,
+    )[0] as string;
+    const path = join(segDir, seg);
+    // Every block compressed: the segment is far smaller than the data.
+    assert.ok(statSync(path).size < size / 4, `segment of ${statSync(path).size} bytes`);
+    const h = await open(path, 'r+');
+    const b = Buffer.alloc(1);
+    await h.read(b, 0, 1, Math.floor(statSync(path).size / 2));
+    b[0] = (b[0] as number) ^ 0xff;
+    await h.write(b, 0, 1, Math.floor(statSync(path).size / 2));
+    await h.close();
+    const ro = await Volume.open(store, {
+      readOnly: true,
+      readAheadBytes: 1 * MiB,
+      readPartBytes: 256 * KiB,
+      readAroundBytes: 0,
+    });
+    let failed = -1;
+    for (let o = 0; o < size; o += 64 * KiB) {
+      try {
+        const got = await ro.read(o, 64 * KiB);
+        assert.ok(got.equals(ref.subarray(o, o + 64 * KiB)), `intact bytes at ${o}`);
+      } catch (e) {
+        assert.equal((e as { code?: string }).code, 'CHECKSUM_MISMATCH', String(e));
+        assert.match((e as Error).message, new RegExp(seg));
+        assert.equal(failed, -1, 'one read fails');
+        failed = o;
+      }
+    }
+    assert.ok(failed >= 0, 'the damaged block is reported');
+    assert.ok(ro.stats().prefetchHits > 0, JSON.stringify(ro.stats()));
+    await ro.close();
+  });
+
   it('splits a large read into parallel GETs, capped per volume', async () => {
     const size = 16 * MiB;
     const { store, ref } = await filled(size, 16 * MiB);
@@ -416,12 +539,23 @@ describe('reader: read-ahead, parallel GETs, read-around', () => {
   });
 
   it('matches a model under random reads, writes, trims and flushes running concurrently', async () => {
-    for (const seed of [11, 12, 13]) {
+    // Seeds 14-16: compressed volumes (16 sealed too) without a disk cache, whose read-ahead
+    // parts hold opened blocks.
+    for (const seed of [11, 12, 13, 14, 15, 16]) {
       const size = 4 * MiB;
       const bs = 4 * KiB;
+      const packed = seed >= 14;
       const store = new WatchedStore(MemStore.isolated());
-      await Volume.create(store, { size, segmentSize: 1 * MiB });
+      const key =
+        seed === 16 ? { encryption: 'xchacha20-poly1305' as const, key: Buffer.alloc(32, 3) } : {};
+      await Volume.create(store, {
+        size,
+        segmentSize: 1 * MiB,
+        ...(packed ? { compression: 'lz4' as const } : {}),
+        ...key,
+      });
       const opts: OpenOptions = {
+        ...key,
         flushIntervalMs: 0,
         dataCacheBytes: 256 * KiB,
         nodeCacheBytes: 16 * KiB,
@@ -429,11 +563,12 @@ describe('reader: read-ahead, parallel GETs, read-around', () => {
         readAroundBytes: 64 * KiB,
         readPartBytes: 64 * KiB,
         maxReadGets: 3,
-        diskCache: { dir: freshDir(), sizeBytes: 2 * MiB },
+        ...(packed ? {} : { diskCache: { dir: freshDir(), sizeBytes: 2 * MiB } }),
       };
       let v = await Volume.open(store, opts);
       const model = Buffer.alloc(size);
       const r = rng(seed);
+      let hits = 0;
       for (let batch = 0; batch < 60; batch++) {
         const busy: [number, number][] = [];
         const overlaps = (a: number, b: number): boolean => busy.some(([x, y]) => a < y && x < b);
@@ -445,6 +580,8 @@ describe('reader: read-ahead, parallel GETs, read-around', () => {
           const roll = r();
           if (roll < 0.35 && !overlaps(off, off + len)) {
             const data = pattern(len, seed * 1000 + batch * 16 + k);
+            // (Most writes of a compressed volume compress.)
+            if (packed && r() < 0.7) data.fill(data.subarray(0, 64), 64);
             data.copy(model, off);
             busy.push([off, off + len]);
             ops.push(v.write(off, data));
@@ -487,11 +624,13 @@ describe('reader: read-ahead, parallel GETs, read-around', () => {
         await Promise.all(ops);
         for (const c of checks) c();
         if (batch % 20 === 19) {
+          hits += v.stats().prefetchHits;
           await v.close();
           v = await Volume.open(store, opts);
         }
       }
       assert.equal(sha(await v.read(0, size)), sha(model), `seed ${seed}: final content`);
+      if (packed) assert.ok(hits > 0, `seed ${seed}: no block read ahead was read`);
       await v.close();
     }
   });
