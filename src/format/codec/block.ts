@@ -137,6 +137,50 @@ export async function encodeBlock(plain: Buffer, codec: number): Promise<StoredB
   return { bytes: out, codec };
 }
 
+/** Bytes of each slab a BlockPacker stores blocks in. */
+const PACK_SLAB = 1024 * 1024;
+
+/** Compresses the new blocks of one segment build with lz4, on this thread. */
+export interface BlockPacker {
+  /** The stored form of `plain`, as encodeBlock() gives it. */
+  pack(plain: Buffer): StoredBlock;
+}
+
+/**
+ * lz4 blocks packed back to back in slabs of PACK_SLAB, compressed in place: a slab
+ * allocation per MiB rather than two buffers and two copies per block. Blocks that sit back
+ * to back are sent by the segment builder as they are (GATHER_MIN), not copied again into
+ * the segment. Stores what encodeBlock(plain, CODEC_LZ4) stores.
+ */
+export async function lz4Packer(): Promise<BlockPacker> {
+  const lz4 = await import('lz4');
+  await compressor(CODEC_LZ4);
+  let slab = Buffer.alloc(0);
+  let at = 0;
+  return {
+    pack(plain) {
+      // At most this many bytes after the envelope's CRC: the length and the LZ4 block.
+      const limit = plain.length - MIN_SAVING - COMPRESSED_HEADER;
+      if (limit <= LZ4_LENGTH) return { bytes: plain, codec: CODEC_RAW };
+      const room = COMPRESSED_HEADER + limit;
+      if (at + room > slab.length) {
+        slab = Buffer.allocUnsafeSlow(Math.max(PACK_SLAB, room));
+        at = 0;
+      }
+      const from = at + COMPRESSED_HEADER + LZ4_LENGTH;
+      // (LZ4 writes only inside [from, at + room): the slab's bounds are not checked for it.)
+      const n = lz4.encodeBlock(plain, slab, from, at + room);
+      if (n <= 0) return { bytes: plain, codec: CODEC_RAW };
+      slab.writeUInt32LE(crc32c(plain), at);
+      slab.writeUInt32LE(plain.length, at + COMPRESSED_HEADER);
+      // (The next block right after it: blocks back to back are gathered as one run.)
+      const bytes = slab.subarray(at, from + n);
+      at = from + n;
+      return { bytes, codec: CODEC_LZ4 };
+    },
+  };
+}
+
 /**
  * A quick test, on this thread, of whether a block would compress: whether lz4 saves at least
  * MIN_SAVING bytes on it. Used to notice data that compresses again after a run that did not

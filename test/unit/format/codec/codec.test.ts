@@ -12,7 +12,9 @@ import {
   CODEC_RAW,
   CODEC_ZSTD,
   decodeBlock,
+  decodeBlockNow,
   encodeBlock,
+  lz4Packer,
 } from '../../../../src/format/codec/block.js';
 import {
   FEATURE_CODECS,
@@ -334,6 +336,44 @@ describe('version 2 layouts: block codecs and sealing', () => {
     const garbage = Buffer.concat([now.bytes.subarray(0, 8), Buffer.alloc(200, 0xff)]);
     await assert.rejects(decodeBlock(garbage, CODEC_LZ4, 4096), /does not decompress/);
     await assert.rejects(decodeBlock(now.bytes.subarray(0, 6), CODEC_LZ4, 4096), /no length/);
+  });
+
+  it('lz4 packer: the same stored bytes as encodeBlock, packed back to back across slabs', async () => {
+    const packer = await lz4Packer();
+    const text = (seed: number): Buffer => {
+      const b = Buffer.alloc(4096);
+      for (let i = 0; i < b.length; i++) b[i] = ((i * seed + (i >> 4) * 13) % 53) + 32;
+      return b;
+    };
+    let prev: Buffer | undefined;
+    let backToBack = 0;
+    let slabs = 0;
+    // ~1,000 blocks of 0.3-2 KiB stored and some that do not compress: over a slab of 1 MiB.
+    for (let k = 0; k < 1200; k++) {
+      const plain = k % 7 === 3 ? randomBytes(4096) : text(k);
+      if (k % 7 !== 3) randomBytes(1536).copy(plain);
+      const packed = packer.pack(plain);
+      const alone = await encodeBlock(plain, CODEC_LZ4);
+      assert.equal(packed.codec, alone.codec, `block ${k}`);
+      assert.ok(packed.bytes.equals(alone.bytes), `block ${k}: the same stored bytes`);
+      if (packed.codec === CODEC_RAW) {
+        assert.equal(packed.bytes, plain, 'a block that does not compress is stored as it is');
+        continue;
+      }
+      assert.ok((decodeBlockNow(packed.bytes, CODEC_LZ4, 4096) as Buffer).equals(plain));
+      if (prev && packed.bytes.buffer === prev.buffer) {
+        assert.equal(packed.bytes.byteOffset, prev.byteOffset + prev.length, 'back to back');
+        backToBack++;
+      } else slabs++;
+      prev = packed.bytes;
+    }
+    assert.ok(slabs >= 2, `${slabs} slabs`);
+    assert.ok(backToBack > 900, `${backToBack} blocks right after the one before`);
+    // A slab's blocks are not changed by later ones.
+    const first = packer.pack(text(5));
+    const copy = Buffer.from(first.bytes);
+    for (let k = 0; k < 600; k++) packer.pack(text(k + 11));
+    assert.ok(first.bytes.equals(copy));
   });
 
   it('sealed object: nonce | AES-256-GCM ciphertext | tag, bound to its place — pinned', () => {
