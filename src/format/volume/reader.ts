@@ -1274,13 +1274,18 @@ export class Reader {
    * Whether a read-ahead run is kept as whole parts: blocks stored back to back. A part of
    * raw blocks comes from the disk cache when it holds every block (in one pread per stretch
    * of consecutive slots), else from the store: a few cached blocks are fetched again rather
-   * than cutting the run into a GET per gap between them. Compressed or sealed blocks go
-   * through the disk cache one by one (fetchRun) when there is one.
+   * than cutting the run into a GET per gap between them. A run of compressed or sealed
+   * blocks is a whole part when the disk cache holds none of them (each goes to the cache as
+   * the part lands), else it goes block by block (fetchRun: the cache's, then the store's).
    */
   private keepsWhole(r: Run): boolean {
     const bs = this.bs;
     if (rawBackToBack(r, bs)) return true;
-    if (this.disk !== undefined) return false;
+    const disk = this.disk;
+    if (disk !== undefined) {
+      const store = disk.storeOf(r.seg);
+      if (r.ptrs.some((p) => disk.cache.has(store, p.seg, p.off))) return false;
+    }
     let at = r.off;
     for (const p of r.ptrs) {
       if (p.off !== at) return false;
@@ -1398,8 +1403,9 @@ export class Reader {
 
   /**
    * The plain blocks of read-ahead part `a` of compressed or sealed blocks, in `plain`: one
-   * GET of their stored bytes (into pooled memory), each block checked against its CRC and
-   * opened into its place (block k at k * bs).
+   * GET of their stored bytes (into pooled memory), each block checked against its CRC,
+   * given to the disk cache (of a committed segment) and opened into its place (block k at
+   * k * bs).
    */
   private async openPart(
     a: AheadPart,
@@ -1416,6 +1422,8 @@ export class Reader {
         ? (this.partPool.take(this.partSpan) ?? Buffer.allocUnsafeSlow(this.partSpan))
         : undefined;
     const key = this.segments.keyFor(a.seg);
+    const disk = this.disk && this.disk.cacheable(a.seg) ? this.disk : undefined;
+    const diskStore = disk ? disk.storeOf(a.seg) : 0;
     try {
       const body = await this.getData(a.seg, a.off, stored, spare?.subarray(0, stored));
       if (body.length < stored) throw new Error('short');
@@ -1424,6 +1432,8 @@ export class Reader {
         const p = ptrs[k] as BlockPtr;
         const blk = body.subarray((offs[k] as number) - a.off, (offs[k + 1] as number) - a.off);
         if (crc32c(blk) !== p.crc) throw new Error('crc');
+        // (Stored bytes to the disk cache, a copy: the pooled memory is reused.)
+        disk?.cache.put(diskStore, a.seg, p.off, copyOf(blk), p.crc);
         const into = plain.subarray(k * bs, (k + 1) * bs);
         const b = this.decode(blk, p, lbas[k] as number, key, into);
         if (b instanceof Promise) (opening ??= []).push(b.then((x) => placeBlock(x, into)));

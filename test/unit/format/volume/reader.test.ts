@@ -1156,6 +1156,39 @@ describe('volume with a disk cache', () => {
     assert.equal(second.dataGets, 0);
   });
 
+  it('reads compressed blocks ahead in whole parts while cold, into the disk cache, and from it after', async () => {
+    const size = 4 * MiB;
+    const store = new WatchedStore(MemStore.isolated());
+    await Volume.create(store, { size, segmentSize: 4 * MiB, compression: 'lz4' });
+    const ref = pattern(size, 21);
+    for (let o = 0; o < size; o += 4 * KiB) ref.fill(ref.subarray(o, o + 64), o + 64, o + 4 * KiB);
+    const w = await Volume.open(store, { flushIntervalMs: 0 });
+    await w.write(0, ref);
+    await w.close();
+    const opts = aheadWithDiskCache();
+    const pass = async (): Promise<ReturnType<Volume['stats']>> => {
+      const v = await Volume.open(store, opts);
+      store.reset();
+      for (let o = 0; o < size; o += 64 * KiB) {
+        const got = Buffer.concat(await v.readv(o, 64 * KiB));
+        assert.ok(got.equals(ref.subarray(o, o + 64 * KiB)), `at ${o}`);
+      }
+      const s = v.stats();
+      await v.close();
+      return s;
+    };
+    const first = await pass();
+    const blocks = size / (4 * KiB);
+    assert.ok(first.prefetchHits > 0.8 * blocks, JSON.stringify(first));
+    // Whole parts: a GET per 256 KiB of data or so, not one per 64 KiB read.
+    assert.ok(store.segmentGets <= 24, `${store.segmentGets} segment GETs`);
+    // Second pass with every segment GET refused: the blocks come from the disk cache.
+    store.failSegments = true;
+    const second = await pass();
+    assert.ok(second.diskCacheHits >= 0.9 * blocks, JSON.stringify(second));
+    assert.equal(second.dataGets, 0);
+  });
+
   it('reuses the memory of parts read ahead only once the disk cache wrote their blocks', async () => {
     const size = 8 * MiB;
     const { store, ref } = await filled(size);
