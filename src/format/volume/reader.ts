@@ -1450,7 +1450,7 @@ export class Reader {
     }
   }
 
-  /** The read-ahead part holding block `p` as verified (raw, at a block boundary, same CRC). */
+  /** The read-ahead part holding block `p` as verified (stored at the same place, same CRC). */
   private findAhead(p: BlockPtr): AheadPart | undefined {
     return this.findAheadAt(p.seg, p.off, p.len, p.codec, p.crc);
   }
@@ -1469,7 +1469,8 @@ export class Reader {
       if (off < a.off || off + len > a.end) continue;
       if (a.offs === undefined && (codec !== 0 || len !== this.bs)) return undefined;
       const k = this.slot(a, off);
-      return k >= 0 && a.crcs[k] === crc ? a : undefined;
+      if (k < 0 || a.crcs[k] !== crc) return undefined;
+      return a.offs === undefined || (a.offs[k + 1] as number) - off === len ? a : undefined;
     }
     return undefined;
   }
