@@ -519,7 +519,8 @@ export class Reader {
     const done: AheadPart[] = [];
     for (let i = 0; i < n; i++) {
       const a = parts[i] as AheadPart;
-      const at = this.slot(a, offs[i] as number) * bs;
+      const at =
+        a.offs === undefined ? (offs[i] as number) - a.off : this.slot(a, offs[i] as number) * bs;
       if (a === part && at === to) to += bs;
       else {
         lend();
