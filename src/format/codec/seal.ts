@@ -104,18 +104,12 @@ export async function openStoredBlock(
   sealer: Sealer | undefined,
   into?: Buffer,
 ): Promise<Buffer> {
-  const inner = openSealed(stored, codec, at, sealer, into);
-  return decodeBlock(
-    inner,
-    codec & CODEC_COMPRESSION,
-    blockSize,
-    inner === stored ? into : undefined,
-  );
+  return opened(decodeBlock, stored, codec, at, blockSize, sealer, into);
 }
 
 /**
  * openStoredBlock() on this thread, when its codec runs here (decodeBlockNow): undefined
- * otherwise (a sealed block is then opened again by openStoredBlock).
+ * otherwise, before anything is opened.
  */
 export function openStoredBlockNow(
   stored: Buffer,
@@ -126,30 +120,27 @@ export function openStoredBlockNow(
   into?: Buffer,
 ): Buffer | undefined {
   if (!decodesNow(codec & CODEC_COMPRESSION)) return undefined;
-  const inner = openSealed(stored, codec, at, sealer, into);
-  return decodeBlockNow(
-    inner,
-    codec & CODEC_COMPRESSION,
-    blockSize,
-    inner === stored ? into : undefined,
-  );
+  return opened(decodeBlockNow, stored, codec, at, blockSize, sealer, into);
 }
 
-/** The stored bytes of a block with its seal opened (a sealed raw block opens into `into`). */
-function openSealed(
+/** The block with its seal opened (a sealed raw block opens into `into`), then `decode`d. */
+function opened<T>(
+  decode: (inner: Buffer, compression: number, blockSize: number, into?: Buffer) => T,
   stored: Buffer,
   codec: number,
   at: BlockPlace,
+  blockSize: number,
   sealer: Sealer | undefined,
   into?: Buffer,
-): Buffer {
+): T {
   if (codec & ~(CODEC_SEALED | CODEC_COMPRESSION))
     throw new DecodeError(`unknown block codec 0x${codec.toString(16)}`);
-  if (!(codec & CODEC_SEALED)) return stored;
+  const compression = codec & CODEC_COMPRESSION;
+  if (!(codec & CODEC_SEALED)) return decode(stored, compression, blockSize, into);
   if (!sealer) throw new DecodeError('sealed block in a volume without a key');
   // A sealed compressed block opens to its shorter stored form: not into the plain block's place.
-  const compression = codec & CODEC_COMPRESSION;
-  return sealer.open(stored, sealer.blockAd(at, codec), compression ? undefined : into);
+  const inner = sealer.open(stored, sealer.blockAd(at, codec), compression ? undefined : into);
+  return decode(inner, compression, blockSize);
 }
 
 /** Seals and opens the blocks and nodes of one volume (and its clones). */

@@ -1007,7 +1007,13 @@ export class Reader {
             }
             if (b) {
               this.counters.diskHits++;
-              this.dataCache.set(blockKey(p.seg, p.off), b, b.length, r.lbas[k] === -1);
+              const key = blockKey(p.seg, p.off);
+              this.dataCache.set(key, b, b.length, r.lbas[k] === -1);
+              // (Read ahead from the disk cache: counted when read, as from the store.)
+              if (r.ahead) {
+                this.speculative.set(key, 1);
+                this.trimSpeculative();
+              }
               out[k] = b;
             } else {
               out[k] = (

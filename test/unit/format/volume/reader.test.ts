@@ -82,6 +82,34 @@ function pattern(len: number, seed: number): Buffer {
   return b;
 }
 
+/**
+ * Pieces readv() handed out and not sent yet, each with what it must hold until it is: a
+ * read's pieces are added, then some of those waiting are sent (released), in any order.
+ */
+class Unsent {
+  private readonly list: { piece: Buffer; want: Buffer }[] = [];
+  constructor(
+    private readonly v: Volume,
+    private readonly r: () => number,
+    private readonly what: string,
+  ) {}
+  handedOut(pieces: Buffer[], at: number, ref: Buffer): void {
+    for (const piece of pieces) {
+      this.list.push({ piece, want: Buffer.from(ref.subarray(at, at + piece.length)) });
+      at += piece.length;
+    }
+    while (this.list.length > 0 && this.r() < 0.6) {
+      const [u] = this.list.splice(Math.floor(this.r() * this.list.length), 1);
+      assert.ok(u!.piece.equals(u!.want), `${this.what}: a piece changed before it was sent`);
+      this.v.release(u!.piece);
+    }
+  }
+  /** Every piece not sent still holds what it held. */
+  check(): void {
+    for (const u of this.list) assert.ok(u.piece.equals(u.want), `${this.what}: unsent piece`);
+  }
+}
+
 async function filled(
   size: number,
   segmentSize = 4 * MiB,
@@ -93,6 +121,13 @@ async function filled(
   for (let o = 0; o < size; o += 1 * MiB) await v.write(o, ref.subarray(o, o + 1 * MiB));
   await v.close();
   return { store, ref };
+}
+
+/** The name of the largest segment file in `segDir` (the one holding the data written). */
+function largestSegment(segDir: string): string {
+  return readdirSync(segDir).sort(
+    (a, b) => statSync(join(segDir, b)).size - statSync(join(segDir, a)).size,
+  )[0] as string;
 }
 
 /**
@@ -108,9 +143,7 @@ async function damagedVolume(): Promise<{ store: FileStore; seg: string }> {
   await v.write(0, pattern(1 * MiB, 5));
   await v.close();
   const segDir = join(dir, SEGMENT_PREFIX);
-  const seg = readdirSync(segDir).sort(
-    (a, b) => statSync(join(segDir, b)).size - statSync(join(segDir, a)).size,
-  )[0] as string;
+  const seg = largestSegment(segDir);
   const h = await open(join(segDir, seg), 'r+');
   const b = Buffer.alloc(1);
   await h.read(b, 0, 1, 512 * KiB);
@@ -163,9 +196,7 @@ describe('reader: read-ahead, parallel GETs, read-around', () => {
     await w.write(0, ref);
     await w.close();
     const segDir = join(dir, SEGMENT_PREFIX);
-    const seg = readdirSync(segDir).sort(
-      (a, b) => statSync(join(segDir, b)).size - statSync(join(segDir, a)).size,
-    )[0] as string;
+    const seg = largestSegment(segDir);
     const opts: OpenOptions = {
       readOnly: true,
       readAheadBytes: 1 * MiB,
@@ -262,29 +293,18 @@ describe('reader: read-ahead, parallel GETs, read-around', () => {
         readAroundBytes: 0,
       });
       into.reused = 0;
-      const r = rng(seed);
-      // Pieces not sent yet, each with what it must hold until it is.
-      const unsent: { piece: Buffer; want: Buffer }[] = [];
+      const unsent = new Unsent(v, rng(seed), `seed ${seed}`);
       let reads = 0;
       for (let pass = 0; pass < 2; pass++) {
         for (let o = 0; o < size; o += 128 * KiB) {
           const pieces = await v.readv(o, 128 * KiB);
           reads++;
           assert.ok(Buffer.concat(pieces).equals(ref.subarray(o, o + 128 * KiB)), `at ${o}`);
-          let at = o;
-          for (const piece of pieces) {
-            unsent.push({ piece, want: Buffer.from(ref.subarray(at, at + piece.length)) });
-            at += piece.length;
-          }
           // Send some of the pieces, in any order, a while after they were handed out.
-          while (unsent.length > 0 && r() < 0.6) {
-            const [u] = unsent.splice(Math.floor(r() * unsent.length), 1);
-            assert.ok(u!.piece.equals(u!.want), `seed ${seed}: a piece changed before it was sent`);
-            v.release(u!.piece);
-          }
+          unsent.handedOut(pieces, o, ref);
         }
       }
-      for (const u of unsent) assert.ok(u.piece.equals(u.want), `seed ${seed}: unsent piece`);
+      unsent.check();
       assert.ok(
         reads > 0 && into.reused > 0,
         `seed ${seed}: ${into.reused} GETs into reused memory`,
@@ -339,8 +359,7 @@ describe('reader: read-ahead, parallel GETs, read-around', () => {
       for (const ahead of [0, 2 * MiB]) {
         const v = await Volume.open(into, { ...opts, readAheadBytes: ahead });
         base.reset();
-        const rs = rng(ahead + 5);
-        const unsent: { piece: Buffer; want: Buffer }[] = [];
+        const unsent = new Unsent(v, rng(ahead + 5), name);
         let pieces = 0;
         let reads = 0;
         into.reused = 0;
@@ -349,19 +368,10 @@ describe('reader: read-ahead, parallel GETs, read-around', () => {
           reads++;
           pieces += got.length;
           assert.ok(Buffer.concat(got).equals(ref.subarray(o, o + 128 * KiB)), `${name} at ${o}`);
-          let at = o;
-          for (const piece of got) {
-            unsent.push({ piece, want: Buffer.from(ref.subarray(at, at + piece.length)) });
-            at += piece.length;
-          }
           // Pieces are sent in any order, some a while after they were handed out.
-          while (unsent.length > 0 && rs() < 0.6) {
-            const [u] = unsent.splice(Math.floor(rs() * unsent.length), 1);
-            assert.ok(u!.piece.equals(u!.want), `${name}: a piece changed before it was sent`);
-            v.release(u!.piece);
-          }
+          unsent.handedOut(got, o, ref);
         }
-        for (const u of unsent) assert.ok(u.piece.equals(u.want), `${name}: unsent piece`);
+        unsent.check();
         gets.push(base.segmentGets);
         if (ahead > 0) {
           const s = v.stats();
@@ -391,9 +401,7 @@ describe('reader: read-ahead, parallel GETs, read-around', () => {
     await w.write(0, ref);
     await w.close();
     const segDir = join(dir, SEGMENT_PREFIX);
-    const seg = readdirSync(segDir).sort(
-      (a, b) => statSync(join(segDir, b)).size - statSync(join(segDir, a)).size,
-    )[0] as string;
+    const seg = largestSegment(segDir);
     const path = join(segDir, seg);
     // Every block compressed: the segment is far smaller than the data.
     assert.ok(statSync(path).size < size / 4, `segment of ${statSync(path).size} bytes`);
@@ -1132,61 +1140,44 @@ describe('volume with a disk cache', () => {
     diskCache: { dir: freshDir(), sizeBytes: 16 * MiB },
   });
 
-  it('reads ahead from the disk cache in whole runs when it holds them', async () => {
+  it('reads ahead from the disk cache in whole runs when it holds them (raw and lz4 blocks)', async () => {
     const size = 4 * MiB;
-    const { store, ref } = await filled(size);
-    const opts = aheadWithDiskCache();
-    const pass = async (): Promise<ReturnType<Volume['stats']>> => {
-      const v = await Volume.open(store, opts);
-      for (let o = 0; o < size; o += 64 * KiB) {
-        const got = Buffer.concat(await v.readv(o, 64 * KiB));
-        assert.ok(got.equals(ref.subarray(o, o + 64 * KiB)), `at ${o}`);
-      }
-      const s = v.stats();
-      await v.close();
-      return s;
-    };
-    const first = await pass();
-    assert.ok(first.prefetchHits > 0.8 * (size / (4 * KiB)), JSON.stringify(first));
-    // Second pass with every segment GET refused: the parts come from the disk cache.
-    store.failSegments = true;
-    const second = await pass();
-    assert.ok(second.prefetchHits > 0.8 * (size / (4 * KiB)), JSON.stringify(second));
-    assert.ok(second.diskCacheHits >= 0.9 * (size / (4 * KiB)), JSON.stringify(second));
-    assert.equal(second.dataGets, 0);
-  });
-
-  it('reads compressed blocks ahead in whole parts while cold, into the disk cache, and from it after', async () => {
-    const size = 4 * MiB;
-    const store = new WatchedStore(MemStore.isolated());
-    await Volume.create(store, { size, segmentSize: 4 * MiB, compression: 'lz4' });
-    const ref = pattern(size, 21);
-    for (let o = 0; o < size; o += 4 * KiB) ref.fill(ref.subarray(o, o + 64), o + 64, o + 4 * KiB);
-    const w = await Volume.open(store, { flushIntervalMs: 0 });
-    await w.write(0, ref);
-    await w.close();
-    const opts = aheadWithDiskCache();
-    const pass = async (): Promise<ReturnType<Volume['stats']>> => {
-      const v = await Volume.open(store, opts);
-      store.reset();
-      for (let o = 0; o < size; o += 64 * KiB) {
-        const got = Buffer.concat(await v.readv(o, 64 * KiB));
-        assert.ok(got.equals(ref.subarray(o, o + 64 * KiB)), `at ${o}`);
-      }
-      const s = v.stats();
-      await v.close();
-      return s;
-    };
-    const first = await pass();
     const blocks = size / (4 * KiB);
-    assert.ok(first.prefetchHits > 0.8 * blocks, JSON.stringify(first));
-    // Whole parts: a GET per 256 KiB of data or so, not one per 64 KiB read.
-    assert.ok(store.segmentGets <= 24, `${store.segmentGets} segment GETs`);
-    // Second pass with every segment GET refused: the blocks come from the disk cache.
-    store.failSegments = true;
-    const second = await pass();
-    assert.ok(second.diskCacheHits >= 0.9 * blocks, JSON.stringify(second));
-    assert.equal(second.dataGets, 0);
+    for (const compression of ['none', 'lz4'] as const) {
+      const store = new WatchedStore(MemStore.isolated());
+      await Volume.create(store, { size, segmentSize: 4 * MiB, compression });
+      // (lz4: every block compresses. A cold lz4 run is read ahead whole, each block given to
+      // the disk cache as the part lands; once cached, block by block from the cache.)
+      const ref = pattern(size, 21);
+      if (compression === 'lz4')
+        for (let o = 0; o < size; o += 4 * KiB)
+          ref.fill(ref.subarray(o, o + 64), o + 64, o + 4 * KiB);
+      const w = await Volume.open(store, { flushIntervalMs: 0 });
+      await w.write(0, ref);
+      await w.close();
+      const opts = aheadWithDiskCache();
+      const pass = async (): Promise<ReturnType<Volume['stats']>> => {
+        const v = await Volume.open(store, opts);
+        store.reset();
+        for (let o = 0; o < size; o += 64 * KiB) {
+          const got = Buffer.concat(await v.readv(o, 64 * KiB));
+          assert.ok(got.equals(ref.subarray(o, o + 64 * KiB)), `${compression} at ${o}`);
+        }
+        const s = v.stats();
+        await v.close();
+        return s;
+      };
+      const first = await pass();
+      assert.ok(first.prefetchHits > 0.8 * blocks, JSON.stringify(first));
+      // Whole parts: a GET per 256 KiB of data or so, not one per 64 KiB read.
+      assert.ok(store.segmentGets <= 24, `${compression}: ${store.segmentGets} segment GETs`);
+      // Second pass with every segment GET refused: the blocks come from the disk cache.
+      store.failSegments = true;
+      const second = await pass();
+      assert.ok(second.prefetchHits > 0.8 * blocks, JSON.stringify(second));
+      assert.ok(second.diskCacheHits >= 0.9 * blocks, JSON.stringify(second));
+      assert.equal(second.dataGets, 0);
+    }
   });
 
   it('reuses the memory of parts read ahead only once the disk cache wrote their blocks', async () => {
