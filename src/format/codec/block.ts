@@ -144,6 +144,8 @@ const PACK_SLAB = 1024 * 1024;
 export interface BlockPacker {
   /** The stored form of `plain`, as encodeBlock() gives it. */
   pack(plain: Buffer): StoredBlock;
+  /** Bytes of the slabs allocated so far (held while any block packed in them is). */
+  readonly slabBytes: number;
 }
 
 /**
@@ -157,7 +159,11 @@ export async function lz4Packer(): Promise<BlockPacker> {
   await compressor(CODEC_LZ4);
   let slab = Buffer.alloc(0);
   let at = 0;
+  let slabBytes = 0;
   return {
+    get slabBytes() {
+      return slabBytes;
+    },
     pack(plain) {
       // At most this many bytes after the envelope's CRC: the length and the LZ4 block.
       const limit = plain.length - MIN_SAVING - COMPRESSED_HEADER;
@@ -165,10 +171,11 @@ export async function lz4Packer(): Promise<BlockPacker> {
       const room = COMPRESSED_HEADER + limit;
       if (at + room > slab.length) {
         slab = Buffer.allocUnsafeSlow(Math.max(PACK_SLAB, room));
+        slabBytes += slab.length;
         at = 0;
       }
       const from = at + COMPRESSED_HEADER + LZ4_LENGTH;
-      // (LZ4 writes only inside [from, at + room): the slab's bounds are not checked for it.)
+      // (The binding does not check `at + room` against the slab's length: it fits, above.)
       const n = lz4.encodeBlock(plain, slab, from, at + room);
       if (n <= 0) return { bytes: plain, codec: CODEC_RAW };
       slab.writeUInt32LE(crc32c(plain), at);

@@ -239,6 +239,8 @@ async function compressAll(
   blocks: Buffer[],
   codec: number,
   c: Compressibility = new Compressibility(),
+  /** Told the bytes of memory the stored forms hold besides `blocks` (lz4's slabs). */
+  held: { bytes: number } = { bytes: 0 },
 ): Promise<StoredBlock[]> {
   const out: StoredBlock[] = [];
   if (codec === CODEC_RAW) {
@@ -259,6 +261,7 @@ async function compressAll(
       // (Counted, not timed: a seeded run must replay the same.)
       if (i % YIELD_BLOCKS === YIELD_BLOCKS - 1 && i + 1 < blocks.length) await nextTurn();
     }
+    held.bytes = packer.slabBytes;
     return out;
   }
   const probe = await compressionProbe();
@@ -361,7 +364,9 @@ const PENDING = { seg: PENDING_SEG, off: 0, len: 0, crc: 0, codec: 0 };
  */
 export async function buildSegment(
   f: FlushInput & { id: () => number },
-): Promise<BuiltCheckpoint & { nodes: Node[]; keptPlain: boolean; scattered: boolean }> {
+): Promise<
+  BuiltCheckpoint & { nodes: Node[]; keptPlain: boolean; scattered: boolean; packedBytes: number }
+> {
   const { tree, loader, gen } = f;
   for (const [lo, hi] of gen.ranges) await loader.run(() => tree.deleteRange(lo, hi));
   const lbas: number[] = [];
@@ -406,8 +411,9 @@ export async function buildSegment(
   }
   let codecs: number[] | undefined;
   let stored = blocks;
+  const packed = { bytes: 0 };
   if (f.compression !== undefined) {
-    const enc = await compressAll(blocks, f.compression, f.compressibility);
+    const enc = await compressAll(blocks, f.compression, f.compressibility, packed);
     stored = enc.map((e) => e.bytes);
     codecs = enc.map((e) => e.codec);
   }
@@ -485,6 +491,9 @@ export async function buildSegment(
     ...out,
     nodes: [...nodes, ...dedupNodes],
     keptPlain: kept,
+    // lz4 blocks stay in the packer's slabs until the segment lands (sent from there, or
+    // copied into its buffers).
+    packedBytes: packed.bytes,
     // Most blocks do not follow the one before: small writes scattered over the volume.
     scattered: follow * 2 < sorted.length - 1,
   };

@@ -1022,8 +1022,10 @@ export class Volume {
       this.buffer.setLimit(bound);
       this.segmentBuffers.setKeep(this.keptSegmentBuffers(bound));
     }
-    // Compressed or sealed blocks stay in the generation next to the segment until it lands.
-    gen.segmentBytes = built.ownBytes + built.nodeBytes + (built.keptPlain ? gen.bytes : 0);
+    // Compressed or sealed blocks stay in the generation next to the segment until it lands,
+    // and lz4 blocks in the slabs they were packed in.
+    gen.segmentBytes =
+      built.ownBytes + built.nodeBytes + (built.keptPlain ? gen.bytes : 0) + built.packedBytes;
     // Bytes of header and nodes per byte of blocks buffered (what the estimate multiplies;
     // compressed or deduplicated blocks count whole). Learned from segments the estimate
     // expected to be at least half full, not from a small checkpoint whose nodes weigh more;

@@ -181,6 +181,42 @@ describe('flush memory and index loads', () => {
     assert.equal(pool.take(MiB).buffer, next.buffer, 'a buffer within the size is reused');
   });
 
+  it('counts the slabs lz4 blocks were packed in as held until their segment lands', async () => {
+    let open!: () => void;
+    const gate = new Promise<void>((r) => (open = r));
+    let waiting = 0;
+    let gated = false;
+    const store = MemStore.isolated();
+    const put = store.put.bind(store);
+    store.put = async (key, body, options) => {
+      if (gated && parseSegmentKey(key) !== undefined) {
+        waiting++;
+        await gate;
+      }
+      return put(key, body, options);
+    };
+    await Volume.create(store, { size: 64 * MiB, compression: 'lz4' });
+    const v = await Volume.open(store, {
+      flushIntervalMs: 0,
+      flushBytes: 32 * MiB,
+      maxDirtyBytes: 64 * MiB,
+    });
+    gated = true;
+    // 8 MiB that compresses to a few dozen bytes a block: one slab of 1 MiB.
+    for (let lba = 0; lba < 2048; lba++) await v.write(lba * BS, block(lba, 1));
+    const flushed = v.flush();
+    while (waiting === 0) await tick(1);
+    const held = v.stats().dirtyBytes;
+    assert.ok(held >= 9 * MiB, `${held} bytes held: the plain blocks and the slab`);
+    assert.ok(held < 12 * MiB, `${held} bytes held`);
+    open();
+    await flushed;
+    assert.ok(v.stats().dirtyBytes < 64 * KiB, 'nothing held once the segment landed');
+    for (let lba = 0; lba < 2048; lba += 97)
+      assert.ok((await v.read(lba * BS, BS)).equals(block(lba, 1)), `block ${lba}`);
+    await v.close();
+  });
+
   it("writers waiting for room go on when a segment id turns out to be an older writer's leftover", async () => {
     const store = MemStore.isolated();
     await Volume.create(store, { size: 64 * MiB });
