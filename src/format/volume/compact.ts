@@ -143,8 +143,11 @@ export async function compactVolume(
     // 3. Record the new history (dropped checkpoints) in a new checkpoint.
     let head = vol ? vol.headRecord : oldHead;
     let historyCommitted = false;
+    // Segments as listed once this run holds the lease: checkpoints the writer it fenced
+    // made after the first listing are among them (a pin may name one).
+    let segsMid = segs;
     if (vol) {
-      const segsMid = await listSegments(store);
+      segsMid = await listSegments(store);
       const after = await applyPolicy(store, head, segsMid, options);
       // Commit a new history only if it drops something: rerunning with the same policy is a no-op.
       const drops = [...segsMid.keys()].some(
@@ -172,7 +175,7 @@ export async function compactVolume(
       if (vol && head.history) {
         const lost = [...referenced].filter(
           (id) =>
-            segs.has(id) &&
+            segsMid.has(id) &&
             id <= head.lastSegment &&
             !head.skipped.includes(id) &&
             !isRetainedCheckpoint(head, id),
