@@ -274,6 +274,12 @@ export class Replicator {
   private manifest: TaggedManifest | undefined;
   /** A connect (or its retry loop) is running. */
   private connecting = false;
+  /**
+   * A resync asked for the replica while an attempt to open it was under way: the next
+   * failure retries at once instead of backing off (a wake before the backoff's wait would
+   * be lost, and the retry come up to 30 s later).
+   */
+  private retryNow = false;
   private connectRun: Promise<void> = Promise.resolve();
   private crashed = false;
   /**
@@ -953,6 +959,7 @@ export class Replicator {
     let wait = this.retryMs;
     for (;;) {
       if (this.closed) return;
+      this.retryNow = false;
       try {
         const v = await this.o.openReplica();
         try {
@@ -997,7 +1004,7 @@ export class Replicator {
         }
         if (this.closing || this.closed) return;
         this.log.warn('replica unavailable, retrying', { error: err.message, retryInMs: wait });
-        await this.backoff.wait(wait);
+        if (!this.retryNow) await this.backoff.wait(wait);
         if (this.closing || this.closed) return;
         wait = Math.min(wait * 2, 30_000);
       }
@@ -1189,7 +1196,10 @@ export class Replicator {
     // A replica given up for good (FENCED, say) is tried again when asked to, and one being
     // retried is tried now rather than after its backoff (up to 30 s).
     if (this.volume === undefined && !this.connecting && !this.closing) void this.connect(false);
-    else if (this.volume === undefined) this.backoff.wake();
+    else if (this.volume === undefined) {
+      this.retryNow = true;
+      this.backoff.wake();
+    }
     this.work.wake();
     return { regions: this.needCopy.size };
   }

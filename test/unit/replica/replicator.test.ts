@@ -47,7 +47,15 @@ class OutageStore implements ObjectStore {
   private check(): void {
     if (this.down) throw new HyperError('unavailable', 'STORE_UNAVAILABLE', 'outage (test)');
   }
+  /** While set, every get waits for it, then fails (a request the outage answers late). */
+  holdGets: Promise<void> | undefined;
+  heldGets = 0;
   async get(...a: Parameters<ObjectStore['get']>) {
+    if (this.holdGets) {
+      this.heldGets++;
+      await this.holdGets;
+      throw new HyperError('unavailable', 'STORE_UNAVAILABLE', 'outage (test, late)');
+    }
     this.check();
     return this.inner.get(...a);
   }
@@ -541,6 +549,34 @@ describe('replicator', () => {
     rep.resync();
     while (!rep.status().replica.connected && Date.now() - t0 < 5000) await sleep(10);
     assert.ok(rep.status().replica.connected, 'still waiting for the backoff');
+    assert.ok(await rep.settle(10_000), JSON.stringify(rep.status()));
+    await rep.close();
+    assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(model.bytes));
+  });
+
+  it('resync asks for the replica now also while an attempt is under way: its failure retries at once', async () => {
+    const s = await setup();
+    const { rep, store } = await start(s, { retryMs: 10_000 });
+    const model = new Model();
+    store.down = true;
+    await randomOps(rep, model, 43, 20);
+    await untilError(rep, /outage/);
+    await sleep(100); // (the first retry failed too: the next one is 10 s away)
+    // The store is back, but the attempt a resync starts now hangs and then fails.
+    store.down = false;
+    let release!: () => void;
+    store.holdGets = new Promise<void>((r) => (release = r));
+    rep.resync();
+    const t0 = Date.now();
+    while (store.heldGets === 0 && Date.now() - t0 < 5000) await sleep(5);
+    assert.ok(store.heldGets > 0, 'the resync started no attempt');
+    // Asked again while that attempt is under way (no backoff is waiting to be woken).
+    store.holdGets = undefined;
+    rep.resync();
+    release();
+    const t1 = Date.now();
+    while (!rep.status().replica.connected && Date.now() - t1 < 3000) await sleep(10);
+    assert.ok(rep.status().replica.connected, `still waiting: ${rep.status().replica.error}`);
     assert.ok(await rep.settle(10_000), JSON.stringify(rep.status()));
     await rep.close();
     assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(model.bytes));
