@@ -947,67 +947,79 @@ export class Replicator {
 
   /** Open the replica, retrying with backoff unless `once` (start-up reports its error). */
   private connect(once: boolean): Promise<void> {
+    // One loop at a time: two would each open the replica, the later one fencing the
+    // earlier one's handle with changes applied to it but never committed.
+    if (this.connecting) {
+      this.retryNow = true;
+      this.backoff.wake();
+      return this.connectRun;
+    }
     this.connecting = true;
-    const run = this.connectLoop(once).finally(() => {
-      this.connecting = false;
-    });
+    const run = this.connectLoop(once);
     this.connectRun = run.catch(() => undefined);
     return run;
   }
 
   private async connectLoop(once: boolean): Promise<void> {
-    let wait = this.retryMs;
-    for (;;) {
-      if (this.closed) return;
-      this.retryNow = false;
-      try {
-        const v = await this.o.openReplica();
+    // (`connecting` is cleared as the loop returns, in the same turn as it sets `volume`: a
+    // failure of the replica just opened may start the next loop at once. Cleared a turn
+    // later, as it once was, it let two loops run.)
+    try {
+      let wait = this.retryMs;
+      for (;;) {
+        if (this.closed) return;
+        this.retryNow = false;
         try {
-          const moved = await this.checkReplica(v);
-          // The epoch is durable before anything commits under it: after a crash, the next
-          // replicator knows those checkpoints for this primary's own. So is a baseline moved
-          // past checkpoints whose regions are to be copied again (with their bits).
-          const epoch = v.info.writerEpoch ?? 0;
-          if (epoch !== this.replicaEpoch || moved) {
-            this.replicaEpoch = epoch;
-            await this.persist();
+          const v = await this.o.openReplica();
+          try {
+            const moved = await this.checkReplica(v);
+            // The epoch is durable before anything commits under it: after a crash, the next
+            // replicator knows those checkpoints for this primary's own. So is a baseline moved
+            // past checkpoints whose regions are to be copied again (with their bits).
+            const epoch = v.info.writerEpoch ?? 0;
+            if (epoch !== this.replicaEpoch || moved) {
+              this.replicaEpoch = epoch;
+              await this.persist();
+            }
+          } catch (e) {
+            await v.close().catch(() => undefined);
+            throw e;
           }
+          if (this.closed) {
+            // Stopped while opening: a crash leaves the replica as a killed process would.
+            await (this.crashed && v.kill ? v.kill() : v.close()).catch(() => undefined);
+            return;
+          }
+          this.volume = v;
+          this.overwriteOthers = false;
+          this.diverged = false;
+          this.replicaError = null;
+          this.lastCommitMs = Date.now();
+          this.work.wake();
+          return;
         } catch (e) {
-          await v.close().catch(() => undefined);
-          throw e;
+          const err = toHyperError(e);
+          const fatal = err.kind === 'invalid' || err.kind === 'data' || err.code === 'FENCED';
+          if (once) throw err;
+          this.replicaError = `${err.code}: ${err.message}`;
+          if (fatal) {
+            // Retrying cannot help (another replicator owns the replica, or it is not this
+            // primary's): the primary goes on alone, status shows why, resync tries again.
+            this.log.error('replica given up: primary continues, changes are tracked by region', {
+              error: err.message,
+              code: err.code,
+            });
+            return;
+          }
+          if (this.closing || this.closed) return;
+          this.log.warn('replica unavailable, retrying', { error: err.message, retryInMs: wait });
+          if (!this.retryNow) await this.backoff.wait(wait);
+          if (this.closing || this.closed) return;
+          wait = Math.min(wait * 2, 30_000);
         }
-        if (this.closed) {
-          // Stopped while opening: a crash leaves the replica as a killed process would.
-          await (this.crashed && v.kill ? v.kill() : v.close()).catch(() => undefined);
-          return;
-        }
-        this.volume = v;
-        this.overwriteOthers = false;
-        this.diverged = false;
-        this.replicaError = null;
-        this.lastCommitMs = Date.now();
-        this.work.wake();
-        return;
-      } catch (e) {
-        const err = toHyperError(e);
-        const fatal = err.kind === 'invalid' || err.kind === 'data' || err.code === 'FENCED';
-        if (once) throw err;
-        this.replicaError = `${err.code}: ${err.message}`;
-        if (fatal) {
-          // Retrying cannot help (another replicator owns the replica, or it is not this
-          // primary's): the primary goes on alone, status shows why, resync tries again.
-          this.log.error('replica given up: primary continues, changes are tracked by region', {
-            error: err.message,
-            code: err.code,
-          });
-          return;
-        }
-        if (this.closing || this.closed) return;
-        this.log.warn('replica unavailable, retrying', { error: err.message, retryInMs: wait });
-        if (!this.retryNow) await this.backoff.wait(wait);
-        if (this.closing || this.closed) return;
-        wait = Math.min(wait * 2, 30_000);
       }
+    } finally {
+      this.connecting = false;
     }
   }
 
