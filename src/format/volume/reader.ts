@@ -1293,12 +1293,7 @@ export class Reader {
       const store = disk.storeOf(r.seg);
       if (r.ptrs.some((p) => disk.cache.has(store, p.seg, p.off))) return false;
     }
-    let at = r.off;
-    for (const p of r.ptrs) {
-      if (p.off !== at) return false;
-      at += p.len;
-    }
-    return true;
+    return backToBack(r.ptrs);
   }
 
   /** Fetch a run stored back to back as parts of at most partBytes of data, GETs in parallel. */
@@ -1322,7 +1317,7 @@ export class Reader {
     const last = ptrs[ptrs.length - 1] as BlockPtr;
     const end = last.off + last.len;
     // (Raw blocks back to back: block k at off + k * bs. Others: where each is stored.)
-    const raw = end - off === len && ptrs.every((p) => p.codec === 0 && p.len === bs);
+    const raw = allRaw(ptrs, bs);
     let offs: Uint32Array | undefined;
     if (!raw) {
       offs = new Uint32Array(ptrs.length + 1);
@@ -1714,12 +1709,21 @@ function placeBlock(b: Buffer, into: Buffer): void {
 
 /** Whether a run's blocks are all raw, one block long each, stored back to back. */
 function rawBackToBack(r: Run, bs: number): boolean {
-  let at = r.off;
-  for (const p of r.ptrs) {
-    if (p.codec !== 0 || p.len !== bs || p.off !== at) return false;
-    at += bs;
+  return allRaw(r.ptrs, bs) && backToBack(r.ptrs);
+}
+
+/** Whether blocks are stored back to back, in order. */
+function backToBack(ptrs: BlockPtr[]): boolean {
+  for (let k = 1; k < ptrs.length; k++) {
+    const prev = ptrs[k - 1] as BlockPtr;
+    if ((ptrs[k] as BlockPtr).off !== prev.off + prev.len) return false;
   }
   return true;
+}
+
+/** Whether blocks are all raw, one block long each. */
+function allRaw(ptrs: BlockPtr[], bs: number): boolean {
+  return ptrs.every((p) => p.codec === 0 && p.len === bs);
 }
 
 /** A segment shorter than the blocks the index places in it. */
