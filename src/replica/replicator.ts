@@ -1204,7 +1204,10 @@ export class Replicator {
     if (full) this.fullPass = true;
     // The operator keeps this primary's data over the other's (see the diverged error).
     if (full && this.diverged) this.overwriteOthers = true;
-    this.consistentAfter = Infinity;
+    // Regions to copy make the replica inconsistent until their pass commits. With none (no
+    // dirty region), the stream stays in order: marking it inconsistent would leave the mode
+    // at forward-part for good, since no pass would ever end to make it consistent again.
+    if (this.needCopy.size > 0) this.consistentAfter = Infinity;
     // A replica given up for good (FENCED, say) is tried again when asked to, and one being
     // retried is tried now rather than after its backoff (up to 30 s).
     if (this.volume === undefined && !this.connecting && !this.closing) void this.connect(false);

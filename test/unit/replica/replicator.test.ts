@@ -181,8 +181,8 @@ async function failover(
 const T0 = Date.now();
 /**
  * HYPER_REPLICA_TRACE=1: the mixed-faults model records its operations, faults and the
- * replicators' log lines, and prints them with the differing sectors when the replica ends
- * unlike the model (the sectors carry the operation's tag and fill byte).
+ * replicators' log lines, and prints them when the replica does not settle, or with the
+ * differing sectors when it ends unlike the model (the sectors carry the operation's tag and fill byte).
  */
 const TRACING = process.env.HYPER_REPLICA_TRACE === '1';
 const TRACE: string[] = [];
@@ -448,7 +448,9 @@ describe('replicator', () => {
       );
       cur.store.down = false;
       unhang();
-      assert.ok(await cur.rep.settle(30_000), JSON.stringify(cur.rep.status()));
+      const settled = await cur.rep.settle(30_000);
+      if (!settled && TRACING) console.error(TRACE.join('\n'));
+      assert.ok(settled, JSON.stringify(cur.rep.status()));
       assert.equal(cur.rep.status().mode, 'logging');
       await cur.rep.close();
       assert.equal(sha(await primaryContent(s.file)), sha(model.bytes));
@@ -539,6 +541,27 @@ describe('replicator', () => {
     const second = await start(s, { holder: 'test-pass-2', force: true });
     assert.ok(await second.rep.settle(10_000));
     await second.rep.close();
+    assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(model.bytes));
+  });
+
+  it('a resync with nothing dirty leaves the replica consistent and logging', async () => {
+    const s = await setup();
+    const { rep } = await start(s);
+    const model = new Model();
+    await randomOps(rep, model, 47, 40);
+    await rep.flush();
+    assert.ok(await rep.settle(10_000), JSON.stringify(rep.status()));
+    assert.equal(rep.status().dirtyRegions, 0);
+    assert.deepEqual(rep.resync(), { regions: 0 });
+    assert.equal(rep.mode, 'logging');
+    // Later flushes are consistent checkpoints, as before the resync.
+    await randomOps(rep, model, 48, 20);
+    await rep.flush();
+    assert.ok(await rep.settle(10_000), JSON.stringify(rep.status()));
+    const st = rep.status();
+    assert.equal(st.mode, 'logging');
+    assert.equal(st.replica.lastConsistentCheckpoint, st.replica.checkpoint);
+    await rep.close();
     assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(model.bytes));
   });
 
