@@ -1234,7 +1234,10 @@ export class Reader {
     for (const c of this.streams) if (c.hits >= 2 && this.useClock - c.used < 64) active++;
     const cap = Math.max(this.partBytes, Math.floor(this.readAhead / Math.max(1, active)));
     s.window = Math.min(s.window * 2, cap);
-    const target = s.next + s.window;
+    // Prefetch whole parts of the address space: a sequential write stored them back to
+    // back, so each is one GET of partBytes (a window's edge would cut one in two).
+    const step = this.partBytes;
+    const target = Math.ceil((s.next + s.window) / step) * step;
     // Top up once a quarter of the window is used.
     if (target - s.prefetched < s.window / 4) return;
     const from = Math.max(s.prefetched, s.next);
@@ -1246,9 +1249,10 @@ export class Reader {
   private prefetch(from: number, to: number): void {
     const bs = this.bs;
     const step = this.partBytes;
-    for (let a = Math.floor(from / bs) * bs; a < to; a += step) {
-      const b = Math.min(to, a + step);
+    for (let a = Math.floor(from / bs) * bs; a < to;) {
+      const b = Math.min(to, (Math.floor(a / step) + 1) * step);
       this.prefetchRange(a, b).catch(() => undefined);
+      a = b;
     }
   }
 

@@ -30,20 +30,26 @@ const freshDir = (): string => join(root, `d${dirs++}`);
 /** Counts segment GETs, how many run at once, and fails them on demand. */
 class WatchedStore extends CountingStore {
   segmentGets = 0;
+  /** The length of each ranged segment GET, in order. */
+  readonly lengths: number[] = [];
   /** Segment GETs asked to read into the caller's memory. */
   intoGets = 0;
   inFlight = 0;
   maxInFlight = 0;
   failSegments = false;
+  /** Each segment GET takes this long (0: one turn of the event loop). */
+  delayMs = 0;
   override async get(key: string, options?: GetOptions): Promise<GetResult> {
     if (!key.startsWith(SEGMENT_PREFIX)) return super.get(key, options);
     if (this.failSegments) throw new Error(`segment GET refused in this test: ${key}`);
     this.segmentGets++;
+    if (options?.range) this.lengths.push(options.range.length);
     if (options?.into) this.intoGets++;
     this.inFlight++;
     this.maxInFlight = Math.max(this.maxInFlight, this.inFlight);
     try {
-      await new Promise((r) => setImmediate(r));
+      if (this.delayMs > 0) await new Promise((r) => setTimeout(r, this.delayMs));
+      else await new Promise((r) => setImmediate(r));
       return await super.get(key, options);
     } finally {
       this.inFlight--;
@@ -237,6 +243,45 @@ describe('reader: read-ahead, parallel GETs, read-around', () => {
     // The damaged byte is 1 MiB before the segment's end: in the last MiB of the volume.
     assert.ok(failed >= 3 * MiB - 64 * KiB && failed < 4 * MiB, `the read at ${failed} failed`);
     await ro.close();
+  });
+
+  it('reads ahead in whole parts of the address space: one GET of partBytes each', async () => {
+    // One segment holds the whole volume, written in order: its blocks are back to back.
+    const size = 24 * MiB;
+    const { store, ref } = await filled(size, 32 * MiB);
+    const v = await Volume.open(store, {
+      readOnly: true,
+      readAheadBytes: 4 * MiB,
+      readPartBytes: 1 * MiB,
+      readAroundBytes: 0,
+    });
+    store.reset();
+    store.delayMs = 5;
+    store.lengths.length = 0;
+    // Four streams, each over its own quarter with two reads in flight (nbdcopy's
+    // connections each copy their own stretch): they share the read-ahead budget.
+    const quarter = size / 4;
+    const stream = async (q: number): Promise<void> => {
+      let next = q * quarter;
+      const end = next + quarter;
+      const one = async (): Promise<void> => {
+        for (let o = next; o < end; o = next) {
+          next += 256 * KiB;
+          const got = await v.read(o, 256 * KiB);
+          assert.ok(got.equals(ref.subarray(o, o + 256 * KiB)), `at ${o}`);
+        }
+      };
+      await Promise.all([one(), one()]);
+    };
+    await Promise.all([0, 1, 2, 3].map(stream));
+    const whole = store.lengths.filter((n) => n === 1 * MiB).length;
+    // Reads before a stream is recognised, and those that catch up with its read-ahead,
+    // fetch their own 256 KiB; read-ahead fetches whole parts. When streams shared the budget
+    // (a window of 1 MiB each here), a window's edge cut nearly every part, and the streams'
+    // reads went to the store on their own: 84 GETs, 7 of them whole parts; now ~40, ~22.
+    assert.ok(whole >= 16, `${whole} whole parts in ${JSON.stringify(store.lengths)}`);
+    assert.ok(store.lengths.length <= 50, JSON.stringify(store.lengths));
+    await v.close();
   });
 
   it('hands out blocks read ahead as pieces that later writes do not change', async () => {
