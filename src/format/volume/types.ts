@@ -128,7 +128,7 @@ export interface OpenOptions {
   warmIndex?: boolean;
   /** A random read's GET may take neighbouring blocks up to this many bytes (default 64 KiB; 0 disables). */
   readAroundBytes?: number;
-  /** Large reads are split into GETs of this size, fetched in parallel (default 2 MiB). */
+  /** Large reads are split into GETs of this size, fetched in parallel (default 4 MiB). */
   readPartBytes?: number;
   /** Data GETs in flight at most per volume (default 16). */
   maxReadGets?: number;
