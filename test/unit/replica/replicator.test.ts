@@ -182,7 +182,8 @@ const T0 = Date.now();
 /**
  * HYPER_REPLICA_TRACE=1: the mixed-faults model records its operations, faults and the
  * replicators' log lines, and prints them when the replica does not settle, or with the
- * differing sectors when it ends unlike the model (the sectors carry the operation's tag and fill byte).
+ * differing sectors when it ends unlike the model (the sectors carry the operation's tag
+ * and fill byte).
  */
 const TRACING = process.env.HYPER_REPLICA_TRACE === '1';
 const TRACE: string[] = [];
