@@ -68,8 +68,8 @@ export function adopt(accepted: Socket, target: ReadTarget): Socket | undefined 
   return socket;
 }
 
-/** WRITE payloads shorter than this are not recycled (a fresh small buffer costs little). */
-export const RECYCLED_MIN = 64 * 1024;
+/** WRITE payloads shorter than this come from Node's shared pool and are not recycled. */
+export const RECYCLED_MIN = 4 * 1024;
 
 /**
  * Payload memory for devices that do not keep what they are given: a buffer goes back once

@@ -194,6 +194,35 @@ describe('transmission', () => {
     }
   });
 
+  it('reuses the memory of 4 KiB WRITE payloads once the device has them', async () => {
+    // A device that copies what it is given: each payload's memory is free once write() settles.
+    const seen = new Set<ArrayBufferLike>();
+    class Copying extends WrappedMemoryDevice {
+      override write(offset: number, data: Buffer, flags: WriteFlags): Promise<void> {
+        seen.add(data.buffer);
+        return this.inner.write(offset, Buffer.from(data), flags);
+      }
+    }
+    const dev = new Copying(16 * MiB);
+    const s = await startServer([deviceExport('d', dev)]);
+    const c = await RawClient.open(s.port!);
+    try {
+      await c.handshake();
+      await c.go();
+      for (let i = 0; i < 40; i++) {
+        c.send(req(1, BigInt(i), BigInt(i * 4096), 4096, 0, Buffer.alloc(4096, i + 1)));
+        assert.deepEqual(await c.simpleReply(), { error: 0, handle: BigInt(i) });
+      }
+      for (let i = 0; i < 40; i++)
+        assert.ok((await dev.inner.read(i * 4096, 4096)).equals(Buffer.alloc(4096, i + 1)));
+      // Written one after another: the same memory each time (one fresh buffer per write before).
+      assert.ok(seen.size <= 2, `${seen.size} payload buffers for 40 writes`);
+    } finally {
+      c.close();
+      await s.close();
+    }
+  });
+
   it('stops reading from a client that does not read its replies (bounded memory)', async () => {
     const dev = new TestDevice(64 * MiB);
     const s = await startServer([deviceExport('d', dev)], {
