@@ -26,7 +26,7 @@ import {
   pointerKey,
 } from '../codec/dedup.js';
 import type { NodeLoader } from '../index/loader.js';
-import { buildCheckpoint, type BuiltCheckpoint } from './segment-builder.js';
+import { buildCheckpoint, layAhead, type BuiltCheckpoint } from './segment-builder.js';
 import type { Generation } from './write-buffer.js';
 
 /** A checkpoint's head, except its index root (the segment builder fills that in). */
@@ -428,6 +428,8 @@ export async function buildSegment(
       if (k % CRC_TURN === CRC_TURN - 1 && k + 1 < stored.length) await nextTurn();
     }
   }
+  // Blocks the build would copy are copied now, a piece per turn (the build is one step).
+  const laid = sealer ? undefined : await layAhead(stored, f.buffers, nextTurn);
   const nodes = tree.dirtyNodes();
   const dirtyContent = f.dedup ? f.dedup.tree.dirtyNodes() : [];
   const writeContent =
@@ -451,7 +453,8 @@ export async function buildSegment(
     nodeSize: loader.nodeSize,
     blockSize: f.blockSize,
     lbas,
-    blocks: stored,
+    blocks: laid ? laid.blocks : stored,
+    ...(laid ? { laid: laid.laid } : {}),
     ...(crcs ? { crcs } : {}),
     ...(codecs ? { codecs } : {}),
     ...(sealer ? { sealer } : {}),

@@ -74,6 +74,17 @@ export interface CheckpointInput {
   sealer?: Sealer;
   /** Where the segment's own bytes go (recycled memory); fresh buffers by default. */
   memory?: SegmentMemory;
+  /**
+   * Blocks the caller already copied into the segment's memory (layAhead): `blocks` names
+   * them there. They are sent from those buffers as they are, and the segment's header gets
+   * a small buffer of its own (not one of `buffers`).
+   */
+  laid?: LaidBlocks;
+}
+
+/** Buffers from a segment's memory that layAhead filled with blocks, in order. */
+export interface LaidBlocks {
+  buffers: Buffer[];
 }
 
 /**
@@ -99,10 +110,13 @@ export interface BuiltCheckpoint {
   /**
    * The first buffer from `memory`: the header (up to the nodes' offset), then (sealed
    * volumes) the nodes at their segment offsets, then the blocks that were copied, as many
-   * as fit.
+   * as fit. With blocks laid ahead, a buffer of its own holding the header only.
    */
   buffer: Buffer;
-  /** Every buffer taken from `memory`, `buffer` first: the rest hold copied blocks. */
+  /**
+   * Every buffer from `memory` the segment holds: `buffer` first (unless the blocks were
+   * laid ahead: the laid buffers first then), the rest hold copied blocks.
+   */
   buffers: Buffer[];
   /** Bytes of the segment in `buffers` (the rest are the caller's runs, gathered, and the nodes). */
   ownBytes: number;
@@ -215,9 +229,15 @@ export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
   };
 
   // Data first: the entries located below name each block's CRC.
-  const runs = sealer ? [] : blockRuns(c.blocks);
+  const laid = c.laid ? new Set<ArrayBufferLike>(c.laid.buffers.map((b) => b.buffer)) : undefined;
+  const runs = sealer ? [] : blockRuns(c.blocks, laid);
+  // Bytes sent from the caller's memory, and from buffers laid ahead (the segment's own).
   let kept = 0;
-  for (const r of runs) if (r.keep) kept += r.bytes.length;
+  let laidBytes = 0;
+  for (const r of runs) {
+    if (r.laid) laidBytes += r.bytes.length;
+    else if (r.keep) kept += r.bytes.length;
+  }
   // Plain nodes are not copied: each is sent as a 32-byte header, its entries from the
   // node's own memory (located in place: the dirty nodes are the tree's, and become its
   // clean nodes as they are, which copy on write from then on) and zero padding. The
@@ -232,7 +252,11 @@ export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
   const take = (n: number): Buffer => (c.memory ? c.memory.take(n) : Buffer.allocUnsafe(n));
   // (Sealed blocks are sealed at their offsets in one buffer.)
   const largest = sealer ? Infinity : (c.memory?.largest ?? Infinity);
-  const segment = take(Math.max(blocksAt, Math.min(own, largest)));
+  // (With blocks laid ahead, nothing is left to copy: the header alone, in fresh memory, so
+  // that a recycled segment-sized buffer is not held for it.)
+  const segment = laid
+    ? Buffer.allocUnsafe(Math.max(blocksAt, own - laidBytes))
+    : take(Math.max(blocksAt, Math.min(own, largest)));
   let parts: Buffer[] = [segment];
   let buffers: Buffer[] = [segment];
   let stored: Buffer[];
@@ -245,7 +269,15 @@ export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
     crcs = c.crcs;
     const more = (need: number, left: number): Buffer =>
       take(Math.max(need, Math.min(left, largest)));
-    ({ parts, stored, buffers } = layBlocks(c.blocks, runs, segment, blocksAt, own, more));
+    ({ parts, stored, buffers } = layBlocks(
+      c.blocks,
+      runs,
+      segment,
+      blocksAt,
+      own - laidBytes,
+      more,
+    ));
+    if (c.laid) buffers = [...c.laid.buffers, ...buffers.slice(1)];
   }
   const plainNodes: Buffer[] = [];
   const nodeParts: Buffer[] = [];
@@ -354,12 +386,17 @@ interface Run {
   count: number;
   /** The run's bytes: the caller's memory. */
   bytes: Buffer;
-  /** Stored by reference (long enough), not copied. */
+  /** Stored by reference (long enough, or laid ahead), not copied. */
   keep: boolean;
+  /** In a buffer laid ahead (the segment's own memory, not the caller's). */
+  laid: boolean;
 }
 
-/** The blocks as runs that sit back to back in memory (sequential writes fill slabs in order). */
-function blockRuns(blocks: Buffer[]): Run[] {
+/**
+ * The blocks as runs that sit back to back in memory (sequential writes fill slabs in order).
+ * Runs in the buffers of `laid` are kept whatever their length.
+ */
+function blockRuns(blocks: Buffer[], laid?: Set<ArrayBufferLike>): Run[] {
   const runs: Run[] = [];
   for (let k = 0; k < blocks.length;) {
     const b = blocks[k] as Buffer;
@@ -371,10 +408,71 @@ function blockRuns(blocks: Buffer[]): Run[] {
       len += nb.length;
     }
     const bytes = n === 1 ? b : Buffer.from(b.buffer, b.byteOffset, len);
-    runs.push({ first: k, count: n, bytes, keep: len >= GATHER_MIN });
+    const inLaid = laid !== undefined && laid.has(b.buffer);
+    runs.push({ first: k, count: n, bytes, keep: inLaid || len >= GATHER_MIN, laid: inLaid });
     k += n;
   }
   return runs;
+}
+
+/** Bytes layAhead copies between two pauses. */
+export const LAY_PIECE = 2 * 1024 * 1024;
+
+/**
+ * Copy the blocks a build would copy (runs shorter than GATHER_MIN: random writes' blocks,
+ * scattered over the write buffer's slabs) into buffers from `memory` ahead of the build,
+ * calling `pause` after every LAY_PIECE bytes. The build (buildCheckpoint with `laid`) then
+ * copies nothing: a segment of random writes was ~30 MiB of copies in one synchronous step,
+ * which held every request arriving meanwhile for tens of milliseconds. Nothing here depends
+ * on the segment's id or header, so the pauses may come before the id is taken.
+ * Returns the blocks with the copied ones in their new places (the others as they were), or
+ * undefined when there is nothing to copy.
+ */
+export async function layAhead(
+  blocks: Buffer[],
+  memory: SegmentMemory | undefined,
+  pause: () => Promise<void>,
+): Promise<{ blocks: Buffer[]; laid: LaidBlocks } | undefined> {
+  const runs = blockRuns(blocks);
+  let left = 0;
+  for (const r of runs) if (!r.keep) left += r.bytes.length;
+  if (left === 0) return undefined;
+  const largest = memory?.largest ?? Infinity;
+  const take = (need: number): Buffer => {
+    const n = Math.max(need, Math.min(left, largest));
+    // (Never from Node's shared pool: a laid buffer is known by its memory.)
+    return memory ? memory.take(n) : Buffer.allocUnsafeSlow(n);
+  };
+  const out = blocks.slice();
+  const buffers: Buffer[] = [];
+  let buf: Buffer | undefined;
+  let at = 0;
+  let piece = 0;
+  for (const r of runs) {
+    if (r.keep) continue;
+    // A whole run at once where it fits; a block never straddles two buffers.
+    const whole = buf !== undefined && at + r.bytes.length <= buf.length;
+    if (whole) r.bytes.copy(buf as Buffer, at);
+    for (let k = r.first; k < r.first + r.count; k++) {
+      const b = blocks[k] as Buffer;
+      if (!whole && (buf === undefined || at + b.length > buf.length)) {
+        buf = take(b.length);
+        buffers.push(buf);
+        at = 0;
+      }
+      const into = buf as Buffer;
+      if (!whole) b.copy(into, at);
+      out[k] = into.subarray(at, at + b.length);
+      at += b.length;
+      left -= b.length;
+    }
+    piece += r.bytes.length;
+    if (piece >= LAY_PIECE && left > 0) {
+      piece = 0;
+      await pause();
+    }
+  }
+  return { blocks: out, laid: { buffers } };
 }
 
 /**

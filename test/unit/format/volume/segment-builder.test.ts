@@ -16,6 +16,8 @@ import { rootOf } from '../../../../src/format/volume/heads.js';
 import {
   buildCheckpoint,
   GATHER_MIN,
+  LAY_PIECE,
+  layAhead,
   type CheckpointInput,
 } from '../../../../src/format/volume/segment-builder.js';
 import { ascending } from '../../../../src/format/volume/flush.js';
@@ -215,6 +217,84 @@ describe('segment builder: memory past the largest buffer', () => {
       });
     });
   }
+});
+
+describe('segment builder: blocks laid ahead', () => {
+  for (const seed of [31, 32, 33, 34, 35, 36]) {
+    it(`seed ${seed}: the copies are made ahead with pauses, the build copies nothing, and the segment is the same`, async () => {
+      // Enough blocks that the copies take several pieces.
+      const { lbas, blocks } = layout(seed, 4000 + seed * 20);
+      const r = rng(seed);
+      const largest = r() < 0.5 ? Infinity : BS * (200 + Math.floor(r() * 400)) + 1000;
+      const taken: Buffer[] = [];
+      const memory = {
+        largest,
+        take(n: number): Buffer {
+          const b = Buffer.alloc(n + 4096, 0xee).subarray(0, n);
+          taken.push(b);
+          return b;
+        },
+      };
+      const before = blocks.map((b) => Buffer.from(b));
+      let pauses = 0;
+      const ahead = await layAhead(blocks, memory, async () => {
+        pauses++;
+      });
+      assert.ok(ahead, 'the layout has blocks to copy');
+      assert.deepEqual(ahead.laid.buffers, taken, 'every buffer taken is laid, in order');
+      // The blocks the plain build copies: runs shorter than GATHER_MIN.
+      const plain = buildCheckpoint(input(lbas, blocks));
+      const callers = new Set(blocks.map((b) => b.buffer));
+      const copiedBytes = plain.stored.reduce(
+        (n, b) => (callers.has(b.buffer) ? n : n + b.length),
+        0,
+      );
+      // A pause after each LAY_PIECE bytes (a piece ends with a whole run: up to GATHER_MIN more).
+      assert.ok(copiedBytes > 2 * LAY_PIECE, `${copiedBytes} bytes copied`);
+      assert.ok(
+        pauses >= Math.floor(copiedBytes / (LAY_PIECE + GATHER_MIN)) - 1,
+        `${pauses} pauses`,
+      );
+      assert.ok(pauses <= Math.floor(copiedBytes / LAY_PIECE), `${pauses} pauses`);
+      ahead.blocks.forEach((b, k) => {
+        assert.ok(b.equals(before[k] as Buffer), `block ${k} unchanged`);
+        const moved = !callers.has(b.buffer);
+        assert.equal(moved, !callers.has((plain.stored[k] as Buffer).buffer), `block ${k} laid`);
+      });
+
+      const taking = taken.length;
+      const built = buildCheckpoint({ ...input(lbas, ahead.blocks), memory, laid: ahead.laid });
+      assert.equal(taken.length, taking, 'the build takes no memory');
+      assert.ok(
+        Buffer.concat(built.parts).equals(Buffer.concat(plain.parts)),
+        'same segment bytes',
+      );
+      assert.deepEqual(built.blockOffsets, plain.blockOffsets);
+      assert.equal(built.ownBytes, plain.ownBytes);
+      assert.equal(built.gathered, plain.gathered);
+      // The header alone in a buffer of its own, not recycled with the laid ones.
+      assert.equal(built.buffer.length, built.dataOffset - built.nodeBytes);
+      assert.ok(!built.buffers.includes(built.buffer));
+      assert.deepEqual(built.buffers, taken);
+      const laid = new Set(taken.map((b) => b.buffer));
+      let own = built.buffer.length;
+      for (const p of built.parts) {
+        if (laid.has(p.buffer)) own += p.length;
+        else if (callers.has(p.buffer)) assert.ok(p.length >= GATHER_MIN);
+      }
+      assert.equal(own, built.ownBytes, 'header and laid parts are the segment own bytes');
+      built.stored.forEach((b, k) => {
+        assert.equal(b, ahead.blocks[k], `block ${k} stored where it was laid`);
+        assert.ok(b.equals(content(lbas[k] as number)));
+      });
+    });
+  }
+
+  it('lays nothing when every run is long enough to gather', async () => {
+    const slab = Buffer.alloc(SLAB);
+    const blocks = Array.from({ length: 64 }, (_, k) => slab.subarray(k * BS, (k + 1) * BS));
+    assert.equal(await layAhead(blocks, undefined, () => Promise.resolve()), undefined);
+  });
 });
 
 describe('ascending: the order blocks are laid out in', () => {
