@@ -160,6 +160,11 @@ export interface FormatOptions {
   create?: Omit<CreateOptions, 'size' | 'dataBlockSize'>;
   /** Format a primary that already has a header (its replica is left as it is). */
   force?: boolean;
+  /**
+   * The existing file or device reads as zeros (a new disk, or one cleared with `blkdiscard
+   * -z`): no first copy, as for a file this command creates. Taken on the operator's word.
+   */
+  assumeZeroed?: boolean;
   openStore: StoreOpener;
 }
 
@@ -169,7 +174,10 @@ export interface FormatResult {
   deviceSize: number;
   regionSize: number;
   replicaUrl: string;
-  /** logging: a new file (all zeros) needs no first sync; forward-full: it will be copied. */
+  /**
+   * logging: a new file, or one assumed zeroed, needs no first sync; forward-full: it will
+   * be copied.
+   */
   mode: 'logging' | 'forward-full';
 }
 
@@ -221,6 +229,17 @@ export async function formatPrimary(o: FormatOptions): Promise<FormatResult> {
   try {
     if (primary.dataCapacity < o.deviceSize) throw tooSmall(o.file, primary.capacity, o.deviceSize);
     const { header: old } = await primary.readHeader();
+    if (old !== undefined && o.assumeZeroed) {
+      // A device cleared since would have lost its header too: this one holds data.
+      throw new HyperError(
+        'invalid',
+        'INVALID_ARGUMENT',
+        `${o.file} is already a primary (uuid ${old.uuid}): it holds data, it cannot be assumed zeroed`,
+        {
+          suggestion: `Format it with --force and without --assume-zeroed (its data is copied to the new replica); to start empty, clear it first (a device: blkdiscard -z ${o.file}; a file: delete it, and format creates a new one).`,
+        },
+      );
+    }
     if (old !== undefined) {
       checkOwner(o.file, old, false);
       if (!o.force) {
@@ -253,8 +272,9 @@ export async function formatPrimary(o: FormatOptions): Promise<FormatResult> {
       inconsistent: [],
     };
     await createManifest(store, manifest);
-    // A file this command created reads as zeros, like the new replica: nothing to copy.
-    const fresh = !existed;
+    // A file this command created reads as zeros, like the new replica: nothing to copy
+    // (nor for a device the operator says reads as zeros).
+    const fresh = !existed || o.assumeZeroed === true;
     const first: PrimaryHeader = fresh
       ? {
           ...header,

@@ -12,7 +12,7 @@ export default class ReplicaFormat extends BaseCommand<typeof ReplicaFormat> {
   static override summary =
     'Make a file or block device a replication primary with a replica on S3.';
 
-  static override description = `Writes a small header (uuid, device size, region size, replica URL, state and the dirty-region bitmap) in the first 1 MiB of the primary, creates the replica volume at <replica prefix>/<uuid>/ and prints the uuid. The exported device is the --device-size bytes after the header. A file that does not exist is created (sparse) and needs no first copy; an existing file or device is copied to the replica region by region when "replica serve" first runs. A primary that already has a header is refused (PRIMARY_EXISTS) unless --force; one smaller than 1 MiB + --device-size is refused (OUT_OF_RANGE). Nothing is written when refused.`;
+  static override description = `Writes a small header (uuid, device size, region size, replica URL, state and the dirty-region bitmap) in the first 1 MiB of the primary, creates the replica volume at <replica prefix>/<uuid>/ and prints the uuid. The exported device is the --device-size bytes after the header. A file that does not exist is created (sparse) and needs no first copy; an existing file or device is copied to the replica region by region when "replica serve" first runs, unless --assume-zeroed says it reads as zeros. A primary that already has a header is refused (PRIMARY_EXISTS) unless --force; one smaller than 1 MiB + --device-size is refused (OUT_OF_RANGE). Nothing is written when refused.`;
 
   static override examples = [
     {
@@ -55,6 +55,12 @@ export default class ReplicaFormat extends BaseCommand<typeof ReplicaFormat> {
       summary:
         'Format a primary that already has a header (its data is kept and copied to a new replica).',
     }),
+    'assume-zeroed': Flags.boolean({
+      summary:
+        'The existing file or device reads as zeros (a new disk, or one cleared with blkdiscard -z): skip the first copy.',
+      description:
+        'Like a file format creates, it then starts in logging mode with nothing to copy. Taken on your word: where the device is not zero and never written later, the replica differs ("hyper replica check" lists those regions; "hyper replica resync --full" copies everything). Refused with a primary that already has a header.',
+    }),
   };
 
   public async run(): Promise<ReplicaFormatResult> {
@@ -66,6 +72,7 @@ export default class ReplicaFormat extends BaseCommand<typeof ReplicaFormat> {
       regionSize: f['region-size'],
       dataBlockSize: f['data-block-size'],
       force: f.force,
+      assumeZeroed: f['assume-zeroed'],
       ...(f.compression ? { create: { compression: f.compression as Compression } } : {}),
       openStore: (u, o) => this.openStore(u, o),
     });

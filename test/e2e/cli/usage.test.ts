@@ -4,6 +4,9 @@
  * object on stdout with --json), with exit code 2 and no stack trace.
  */
 import assert from 'node:assert/strict';
+import { mkdtemp, readFile, rm, truncate, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { hyper, hyperJson, show } from '../../helpers/cli.js';
 
@@ -53,6 +56,46 @@ describe('hyper CLI usage errors', () => {
     const missing = await hyper(['file', 'create-opt', 'file:///tmp/hyper-never/']);
     assert.equal(missing.code, 2, show(missing));
     assert.match(missing.stderr, /data-block-size/);
+  });
+
+  it('replica format --assume-zeroed: an existing file needs no first copy; a primary with a header is refused', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'hyper-assume-zeroed-'));
+    try {
+      const file = join(dir, 'primary.img');
+      await writeFile(file, '');
+      await truncate(file, 65 * 1024 * 1024);
+      const args = ['replica', 'format', '--file', file, '--device-size', '64M'];
+      const replica = ['--replica', `file://${dir}/replicas/`];
+      const plain = await hyperJson<{ mode: string }>([...args, ...replica]);
+      assert.equal(plain.mode, 'forward-full', 'an existing file is copied first');
+      const other = join(dir, 'other.img');
+      await writeFile(other, '');
+      await truncate(other, 65 * 1024 * 1024);
+      const zeroed = await hyperJson<{ mode: string }>([
+        ...['replica', 'format', '--file', other, '--device-size', '64M'],
+        ...replica,
+        '--assume-zeroed',
+      ]);
+      assert.equal(zeroed.mode, 'logging');
+      const before = await readFile(other);
+      const again = await hyper([
+        ...args.slice(0, 3),
+        other,
+        ...args.slice(4),
+        ...replica,
+        '--assume-zeroed',
+        '--force',
+      ]);
+      assert.equal(again.code, 2, show(again));
+      assert.match(
+        again.stderr,
+        /^Error \[INVALID_ARGUMENT\]: .*already a primary.*cannot be assumed zeroed/m,
+      );
+      assert.match(again.stderr, /^Suggestion: .*blkdiscard -z/m);
+      assert.ok((await readFile(other)).equals(before), 'nothing written');
+    } finally {
+      await rm(dir, { recursive: true, force: true });
+    }
   });
 
   it('rejects a bad URL, naming the accepted forms (exit 2)', async () => {

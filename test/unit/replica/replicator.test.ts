@@ -1080,6 +1080,74 @@ describe('replicator', () => {
     }
   });
 
+  it('--assume-zeroed: an existing zeroed file starts logging with nothing to copy; check finds a device that was not zero', async () => {
+    const format = (file: string, prefix: string, assumeZeroed?: boolean) =>
+      formatPrimary({
+        file,
+        deviceSize: DEVICE,
+        replicaPrefix: prefix,
+        regionSize: REGION,
+        openStore: open,
+        ...(assumeZeroed === undefined ? {} : { assumeZeroed }),
+      });
+    const existing = async (name: string, fill?: Buffer): Promise<string> => {
+      const file = join(dir, name);
+      const p = await PrimaryFile.open(file, { createSize: PRIMARY_DATA_OFFSET + DEVICE });
+      if (fill) await p.write(3 * REGION, fill);
+      await p.close();
+      return file;
+    };
+    // Without the flag an existing file is copied first.
+    const plain = await format(await existing(`z${++n}.img`), `mem://replica-test-${n}/r/`);
+    assert.equal(plain.mode, 'forward-full');
+
+    const zeroed = { file: await existing(`z${++n}.img`), prefix: `mem://replica-test-${n}/r/` };
+    const f = await format(zeroed.file, zeroed.prefix, true);
+    assert.equal(f.mode, 'logging');
+    const s = { ...zeroed, uuid: f.uuid };
+    const { rep } = await start(s);
+    const st = rep.status();
+    assert.equal(st.mode, 'logging');
+    assert.equal(st.resync, null, 'no first copy');
+    const model = new Model();
+    await randomOps(rep, model, 71, 40);
+    assert.ok(await rep.settle(10_000));
+    await rep.close();
+    assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(model.bytes));
+    assert.equal((await checkPrimary({ file: s.file, uuid: s.uuid, openStore: open })).diverged, 0);
+
+    // Taken on the operator's word: a device that held data differs where it was not written,
+    // and check names the region.
+    const wrongFill = Buffer.alloc(4096, 0x5a);
+    const wrong = {
+      file: await existing(`z${++n}.img`, wrongFill),
+      prefix: `mem://replica-test-${n}/r/`,
+    };
+    const w = await format(wrong.file, wrong.prefix, true);
+    const check = await checkPrimary({ file: wrong.file, uuid: w.uuid, openStore: open });
+    assert.deepEqual(
+      check.differing.map((d) => d.region),
+      [3],
+    );
+    assert.equal(check.diverged, 1);
+
+    // A primary that already has a header holds data: refused, nothing written.
+    const before = await readFile(s.file);
+    await assert.rejects(
+      formatPrimary({
+        file: s.file,
+        deviceSize: DEVICE,
+        replicaPrefix: s.prefix,
+        regionSize: REGION,
+        force: true,
+        assumeZeroed: true,
+        openStore: open,
+      }),
+      (e: HyperError) => e.code === 'INVALID_ARGUMENT' && /blkdiscard/.test(e.suggestion ?? ''),
+    );
+    assert.ok((await readFile(s.file)).equals(before));
+  });
+
   it('refuses bad input and loses nothing', async () => {
     const s = await setup();
     await assert.rejects(
