@@ -1081,14 +1081,18 @@ describe('replicator', () => {
   });
 
   it('--assume-zeroed: an existing zeroed file starts logging with nothing to copy; check finds a device that was not zero', async () => {
-    const format = (file: string, prefix: string, assumeZeroed?: boolean) =>
+    const format = (
+      file: string,
+      prefix: string,
+      o: { assumeZeroed?: boolean; force?: boolean } = {},
+    ) =>
       formatPrimary({
         file,
         deviceSize: DEVICE,
         replicaPrefix: prefix,
         regionSize: REGION,
         openStore: open,
-        ...(assumeZeroed === undefined ? {} : { assumeZeroed }),
+        ...o,
       });
     const existing = async (name: string, fill?: Buffer): Promise<string> => {
       const file = join(dir, name);
@@ -1102,7 +1106,7 @@ describe('replicator', () => {
     assert.equal(plain.mode, 'forward-full');
 
     const zeroed = { file: await existing(`z${++n}.img`), prefix: `mem://replica-test-${n}/r/` };
-    const f = await format(zeroed.file, zeroed.prefix, true);
+    const f = await format(zeroed.file, zeroed.prefix, { assumeZeroed: true });
     assert.equal(f.mode, 'logging');
     const s = { ...zeroed, uuid: f.uuid };
     const { rep } = await start(s);
@@ -1123,7 +1127,7 @@ describe('replicator', () => {
       file: await existing(`z${++n}.img`, wrongFill),
       prefix: `mem://replica-test-${n}/r/`,
     };
-    const w = await format(wrong.file, wrong.prefix, true);
+    const w = await format(wrong.file, wrong.prefix, { assumeZeroed: true });
     const check = await checkPrimary({ file: wrong.file, uuid: w.uuid, openStore: open });
     assert.deepEqual(
       check.differing.map((d) => d.region),
@@ -1134,15 +1138,7 @@ describe('replicator', () => {
     // A primary that already has a header holds data: refused, nothing written.
     const before = await readFile(s.file);
     await assert.rejects(
-      formatPrimary({
-        file: s.file,
-        deviceSize: DEVICE,
-        replicaPrefix: s.prefix,
-        regionSize: REGION,
-        force: true,
-        assumeZeroed: true,
-        openStore: open,
-      }),
+      format(s.file, s.prefix, { force: true, assumeZeroed: true }),
       (e: HyperError) => e.code === 'INVALID_ARGUMENT' && /blkdiscard/.test(e.suggestion ?? ''),
     );
     assert.ok((await readFile(s.file)).equals(before));

@@ -78,6 +78,23 @@ function layout(seed: number, count: number): { lbas: number[]; blocks: Buffer[]
   return { lbas, blocks };
 }
 
+/** Segment memory that hands out buffers with bytes past their end (so overruns show), named in `taken`. */
+function recordingMemory(largest: number): {
+  memory: { largest: number; take(n: number): Buffer };
+  taken: Buffer[];
+} {
+  const taken: Buffer[] = [];
+  const memory = {
+    largest,
+    take(n: number): Buffer {
+      const b = Buffer.alloc(n + 4096, 0xee).subarray(0, n);
+      taken.push(b);
+      return b;
+    },
+  };
+  return { memory, taken };
+}
+
 function input(lbas: number[], blocks: Buffer[]): CheckpointInput {
   const t = BTree.empty(CAP, noNodes);
   for (const lba of lbas) t.insert(lba, { seg: PENDING_SEG, off: 0, len: 0, crc: 0, codec: 0 });
@@ -180,15 +197,7 @@ describe('segment builder: memory past the largest buffer', () => {
       const r = rng(seed);
       // From a few blocks to less than the nodes: the first buffer holds at least those.
       const largest = BS * (1 + Math.floor(r() * 24)) + (r() < 0.5 ? 0 : 1000);
-      const taken: Buffer[] = [];
-      const memory = {
-        largest,
-        take(n: number): Buffer {
-          const b = Buffer.alloc(n + 4096, 0xee).subarray(0, n);
-          taken.push(b);
-          return b;
-        },
-      };
+      const { memory, taken } = recordingMemory(largest);
       const built = buildCheckpoint({ ...input(lbas, blocks), memory });
       const plain = buildCheckpoint(input(lbas, blocks));
       assert.ok(
@@ -226,15 +235,7 @@ describe('segment builder: blocks laid ahead', () => {
       const { lbas, blocks } = layout(seed, 4000 + seed * 20);
       const r = rng(seed);
       const largest = r() < 0.5 ? Infinity : BS * (200 + Math.floor(r() * 400)) + 1000;
-      const taken: Buffer[] = [];
-      const memory = {
-        largest,
-        take(n: number): Buffer {
-          const b = Buffer.alloc(n + 4096, 0xee).subarray(0, n);
-          taken.push(b);
-          return b;
-        },
-      };
+      const { memory, taken } = recordingMemory(largest);
       const before = blocks.map((b) => Buffer.from(b));
       let pauses = 0;
       const ahead = await layAhead(blocks, memory, async () => {
