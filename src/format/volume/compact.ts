@@ -169,17 +169,25 @@ export async function compactVolume(
     // creator checks the head after writing its record, so either it saw the drop and gave
     // up, or its record is here). Its segment is still there: only compaction deletes, and
     // it deletes nothing before this point.
+    // Only a checkpoint that is still whole comes back: one an earlier run dropped keeps its
+    // own segment while a later checkpoint reads from it, but what only it reached may be
+    // deleted (a clone whose pin landed although its PUT failed leaves such a record).
     let referenced = new Set<number>();
     try {
       referenced = await pinned(store);
       if (vol && head.history) {
-        const lost = [...referenced].filter(
-          (id) =>
-            segsMid.has(id) &&
-            id <= head.lastSegment &&
-            !head.skipped.includes(id) &&
-            !isRetainedCheckpoint(head, id),
-        );
+        const lost: number[] = [];
+        for (const id of referenced) {
+          if (
+            !segsMid.has(id) ||
+            id > head.lastSegment ||
+            head.skipped.includes(id) ||
+            isRetainedCheckpoint(head, id)
+          )
+            continue;
+          if (await wholeCheckpoint(store, loader, head, id, segsMid, signal)) lost.push(id);
+          else options.logger?.warn(notWhole(id));
+        }
         if (lost.length > 0) {
           const kept = [...new Set([...head.history.kept, ...lost])].sort((a, b) => a - b);
           await vol.setHistory(head.history.floor, kept);
@@ -234,7 +242,18 @@ export async function compactVolume(
     );
     if (segsNow.has(base.checkpoint) && !keepIds.includes(base.checkpoint))
       keepIds.push(base.checkpoint);
-    for (const id of referenced) if (segsNow.has(id) && !keepIds.includes(id)) keepIds.push(id);
+    // A record naming a checkpoint the head does not retain keeps what that checkpoint reaches
+    // while it is whole; one that is not can be read no more (its record is dangling, and
+    // `file check` says so): walking it would stop every compaction at what is missing.
+    for (const id of referenced) {
+      if (!segsNow.has(id) || keepIds.includes(id)) continue;
+      if (
+        isRetainedCheckpoint(base, id) ||
+        (await wholeCheckpoint(store, loader, head, id, segsNow, signal))
+      )
+        keepIds.push(id);
+      else options.logger?.warn(notWhole(id));
+    }
     const visited = new Set<string>();
     for (const id of keepIds) {
       reachAll.segments.add(id);
@@ -380,6 +399,32 @@ async function listSegments(store: ObjectStore): Promise<Map<number, SegInfo>> {
   }
   return out;
 }
+
+/**
+ * Whether every object checkpoint `id`'s index reaches is in `segs` (nodes and blocks): an
+ * earlier compaction that dropped it may have deleted what only it reached.
+ */
+async function wholeCheckpoint(
+  store: ObjectStore,
+  loader: NodeLoader,
+  head: HeadRecord,
+  id: number,
+  segs: Map<number, SegInfo>,
+  signal: AbortSignal | undefined,
+): Promise<boolean> {
+  const r = newReach();
+  try {
+    await walk(loader, await headAt(store, head, id), r, { signal });
+  } catch (e) {
+    if (isHyperError(e, 'MISSING_OBJECT') || isHyperError(e, 'OBJECT_NOT_FOUND')) return false;
+    throw e;
+  }
+  for (const s of r.segments) if (!segs.has(s)) return false;
+  return true;
+}
+
+const notWhole = (id: number): string =>
+  `a snapshot or clone pin names checkpoint ${id}, which an earlier compaction dropped and which is no longer whole: not kept (its record is dangling; "hyper file check" lists it)`;
 
 /**
  * Checkpoints pinned by name or by a clone. A record that cannot be read (damaged, access

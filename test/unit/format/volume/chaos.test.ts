@@ -60,19 +60,32 @@ describe('chaos: concurrent writer, admin operations and store faults (mem://)',
   );
 
   // Seeds that found a violation once, replayed every run.
-  it("replays seed 12079: a snapshot of the fenced writer's last checkpoint outlives the forced compaction that fenced it", async () => {
-    const { totals, failures } = await runChaosBudget({
-      ...chaosEnv(0),
-      seed: 12079,
-      makeBackend: memBackend,
-      onResult: (r) => {
-        if (r.violations.length > 0) console.log(describeFailure(r, 'HYPER_CHAOS_SEED=12079', 150));
-      },
+  const replayed: [number, string][] = [
+    [
+      12079,
+      "a snapshot of the fenced writer's last checkpoint outlives the forced compaction that fenced it",
+    ],
+    [
+      13428,
+      'a clone pin left by a failed clone does not bring back a checkpoint an earlier compaction dropped',
+    ],
+  ];
+  for (const [seed, what] of replayed) {
+    it(`replays seed ${seed}: ${what}`, async () => {
+      const { totals, failures } = await runChaosBudget({
+        ...chaosEnv(0),
+        seed,
+        makeBackend: memBackend,
+        onResult: (r) => {
+          if (r.violations.length > 0)
+            console.log(describeFailure(r, `HYPER_CHAOS_SEED=${seed}`, 150));
+        },
+      });
+      assert.ok(totals.checks > 0, 'no invariant was checked');
+      assert.deepEqual(
+        failures.flatMap((f) => f.violations),
+        [],
+      );
     });
-    assert.ok(totals.checks > 0, 'no invariant was checked');
-    assert.deepEqual(
-      failures.flatMap((f) => f.violations),
-      [],
-    );
-  });
+  }
 });
