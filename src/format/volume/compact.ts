@@ -185,7 +185,8 @@ export async function compactVolume(
             isRetainedCheckpoint(head, id)
           )
             continue;
-          if (await wholeCheckpoint(store, loader, head, id, segsMid, signal)) lost.push(id);
+          if (await wholeCheckpoint(store, loader, source, head, id, segsMid, signal))
+            lost.push(id);
           else options.logger?.warn(notWhole(id));
         }
         if (lost.length > 0) {
@@ -249,7 +250,7 @@ export async function compactVolume(
       if (!segsNow.has(id) || keepIds.includes(id)) continue;
       if (
         isRetainedCheckpoint(base, id) ||
-        (await wholeCheckpoint(store, loader, head, id, segsNow, signal))
+        (await wholeCheckpoint(store, loader, source, head, id, segsNow, signal))
       )
         keepIds.push(id);
       else options.logger?.warn(notWhole(id));
@@ -401,12 +402,14 @@ async function listSegments(store: ObjectStore): Promise<Map<number, SegInfo>> {
 }
 
 /**
- * Whether every object checkpoint `id`'s index reaches is in `segs` (nodes and blocks): an
- * earlier compaction that dropped it may have deleted what only it reached.
+ * Whether every object of this volume that checkpoint `id`'s index reaches is in `segs`
+ * (nodes and blocks; a clone's parents' segments are their own volumes'): an earlier
+ * compaction that dropped it may have deleted what only it reached.
  */
 async function wholeCheckpoint(
   store: ObjectStore,
   loader: NodeLoader,
+  source: SegmentSource,
   head: HeadRecord,
   id: number,
   segs: Map<number, SegInfo>,
@@ -419,7 +422,7 @@ async function wholeCheckpoint(
     if (isHyperError(e, 'MISSING_OBJECT') || isHyperError(e, 'OBJECT_NOT_FOUND')) return false;
     throw e;
   }
-  for (const s of r.segments) if (!segs.has(s)) return false;
+  for (const s of r.segments) if (!segs.has(s) && !source.inherited(s)) return false;
   return true;
 }
 

@@ -311,6 +311,51 @@ describe('compaction', () => {
     }
   });
 
+  it("a clone's pinned checkpoint that is whole comes back, blocks read from its parent included", async () => {
+    // With a long grace period a run drops checkpoints but deletes nothing: each stays whole.
+    // Those of a clone read most blocks from the parent's segments, which are not the
+    // clone's own objects and must not count as missing.
+    const root = MemStore.isolated('mem://whole/');
+    const parent = root.sub('parent/') as MemStore;
+    const child = root.sub('child/') as MemStore;
+    const byUrl = new Map([
+      [parent.url, parent],
+      [child.url, child],
+    ]);
+    const openStore = (url: string): Promise<MemStore> =>
+      Promise.resolve(byUrl.get(url) as MemStore);
+    const refs = await history(parent, 3, 11);
+    await cloneVolume(parent, { checkpoint: Math.max(...refs.keys()) }, child, { openStore });
+    const cv = await Volume.open(child, { flushIntervalMs: 0, openStore });
+    const made: number[] = [];
+    for (let r = 0; r < 6; r++) {
+      await cv.write(r * 64 * KiB, Buffer.alloc(64 * KiB, 1 + r));
+      made.push((await cv.flush()).checkpoint);
+    }
+    await cv.close();
+    const hour = 3_600_000;
+    await compactVolume(child, { keepLast: 1, graceMs: hour, minLive: 0, openStore });
+    const retained = new Set((await listCheckpoints(child)).map((c) => c.checkpoint));
+    const dropped = made.filter((id) => !retained.has(id));
+    assert.ok(dropped.length >= 4, `dropped ${dropped.join(',')}`);
+    for (const [k, id] of dropped.entries())
+      await child.put(
+        pinKey(k.toString(16).padStart(32, '0')),
+        encodeSnapshot({ checkpoint: id, createdMs: Date.now(), kind: 'clone-pin', note: '' }),
+      );
+    const warned: string[] = [];
+    const logger = {
+      debug: () => undefined,
+      info: () => undefined,
+      warn: (m: string) => void warned.push(m),
+      error: () => undefined,
+    };
+    await compactVolume(child, { keepLast: 1, graceMs: hour, minLive: 0, openStore, logger });
+    assert.deepEqual(warned, []);
+    const back = new Set((await listCheckpoints(child)).map((c) => c.checkpoint));
+    for (const id of dropped) assert.ok(back.has(id), `checkpoint ${id} is kept again`);
+  });
+
   it('respects the grace period and dry runs change nothing', async () => {
     const store = new CountingStore(MemStore.isolated());
     await history(store, 6);
