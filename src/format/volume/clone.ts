@@ -46,12 +46,19 @@ export async function cloneVolume(
   const base = ph.lastSegment;
   // Pin first: from here on the parent's compaction keeps the checkpoint (or, if one was
   // dropping it at this very moment, confirmPinned finds out and removes the pin).
-  await parent.put(
-    pinKey(uuid),
-    encodeSnapshot({ checkpoint, createdMs: Date.now(), kind: 'clone-pin', note: child.url }),
-    { ifNoneMatch: true },
-  );
-  await confirmPinned(parent, checkpoint, pinKey(uuid));
+  try {
+    await parent.put(
+      pinKey(uuid),
+      encodeSnapshot({ checkpoint, createdMs: Date.now(), kind: 'clone-pin', note: child.url }),
+      { ifNoneMatch: true },
+    );
+    await confirmPinned(parent, checkpoint, pinKey(uuid));
+  } catch (e) {
+    // A PUT that failed may have landed all the same: nothing reads through the pin yet, so
+    // take it back (best effort: one left behind is dangling, which file check lists).
+    await parent.delete([pinKey(uuid)]).catch(() => undefined);
+    throw e;
+  }
   let created = false;
   try {
     const now = Date.now();

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { describe, it } from 'node:test';
-import { isHyperError } from '../../../../src/errors.js';
+import { HyperError, isHyperError } from '../../../../src/errors.js';
 import { CountingStore } from '../../../../src/format/store/counting.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
 import { cloneVolume, flattenVolume } from '../../../../src/format/volume/clone.js';
@@ -489,6 +489,28 @@ describe('compaction', () => {
 });
 
 describe('clones', () => {
+  it('a clone whose pin PUT lands but fails leaves no pin behind', async () => {
+    const root = MemStore.isolated('mem://pinfail/');
+    const parent = root.sub('parent/') as MemStore;
+    const child = root.sub('child/') as MemStore;
+    await history(parent, 2, 3);
+    // The parent's store applies the pin, then reports a failure (a reply lost on the way).
+    const put = parent.put.bind(parent);
+    parent.put = async (key, body, options) => {
+      const r = await put(key, body, options);
+      if (key.startsWith('pin/'))
+        throw new HyperError('unavailable', 'STORE_UNAVAILABLE', 'reply lost');
+      return r;
+    };
+    await assert.rejects(
+      cloneVolume(parent, { checkpoint: 2 }, child),
+      (e: unknown) => isHyperError(e) && e.code === 'STORE_UNAVAILABLE',
+    );
+    const pins: string[] = [];
+    for await (const page of parent.list('pin/')) pins.push(...page.objects.map((o) => o.key));
+    assert.deepEqual(pins, []);
+  });
+
   it('share the parent copy-on-write, survive parent compaction, and flatten', async () => {
     const root = MemStore.isolated('mem://clones/');
     const parent = root.sub('parent/') as MemStore;
