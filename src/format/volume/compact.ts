@@ -173,6 +173,8 @@ export async function compactVolume(
     // own segment while a later checkpoint reads from it, but what only it reached may be
     // deleted (a clone whose pin landed although its PUT failed leaves such a record).
     let referenced = new Set<number>();
+    /** Checkpoints named by a record that are no longer whole (warned about once). */
+    const broken = new Set<number>();
     try {
       referenced = await pinned(store);
       if (vol && head.history) {
@@ -187,7 +189,10 @@ export async function compactVolume(
             continue;
           if (await wholeCheckpoint(store, loader, source, head, id, segsMid, signal))
             lost.push(id);
-          else options.logger?.warn(notWhole(id));
+          else {
+            broken.add(id);
+            options.logger?.warn(notWhole(id));
+          }
         }
         if (lost.length > 0) {
           const kept = [...new Set([...head.history.kept, ...lost])].sort((a, b) => a - b);
@@ -247,7 +252,7 @@ export async function compactVolume(
     // while it is whole; one that is not can be read no more (its record is dangling, and
     // `file check` says so): walking it would stop every compaction at what is missing.
     for (const id of referenced) {
-      if (!segsNow.has(id) || keepIds.includes(id)) continue;
+      if (!segsNow.has(id) || keepIds.includes(id) || broken.has(id)) continue;
       if (
         isRetainedCheckpoint(base, id) ||
         (await wholeCheckpoint(store, loader, source, head, id, segsNow, signal))
