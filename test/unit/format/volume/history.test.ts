@@ -63,6 +63,27 @@ async function history(
   return refs;
 }
 
+/** Clone pins naming `checkpoints`, as clones that failed after their pin landed leave them. */
+async function leavePins(store: MemStore, checkpoints: number[]): Promise<void> {
+  for (const [k, id] of checkpoints.entries())
+    await store.put(
+      pinKey(k.toString(16).padStart(32, '0')),
+      encodeSnapshot({ checkpoint: id, createdMs: Date.now(), kind: 'clone-pin', note: '' }),
+    );
+}
+
+/** A logger that keeps the warnings. */
+function warnings(): { warned: string[]; logger: CompactOptions['logger'] } {
+  const warned: string[] = [];
+  const logger = {
+    debug: () => undefined,
+    info: () => undefined,
+    warn: (m: string) => void warned.push(m),
+    error: () => undefined,
+  };
+  return { warned, logger };
+}
+
 describe('snapshots, restore, diff', () => {
   it('creates, lists and deletes named snapshots in O(1) requests', async () => {
     const store = new CountingStore(MemStore.isolated());
@@ -275,20 +296,8 @@ describe('compaction', () => {
       for (const o of page.objects) present.push(parseSegmentKey(o.key) as number);
     const dropped = present.filter((id) => refs.has(id) && !retained.has(id));
     assert.ok(dropped.length > 0, 'dropped checkpoints whose segments later ones still read');
-    for (const [k, id] of dropped.entries()) {
-      const uuid = k.toString(16).padStart(32, '0');
-      await store.put(
-        pinKey(uuid),
-        encodeSnapshot({ checkpoint: id, createdMs: Date.now(), kind: 'clone-pin', note: '' }),
-      );
-    }
-    const warned: string[] = [];
-    const logger = {
-      debug: () => undefined,
-      info: () => undefined,
-      warn: (m: string) => void warned.push(m),
-      error: () => undefined,
-    };
+    await leavePins(store, dropped);
+    const { warned, logger } = warnings();
     // A write, so that the run commits (and reads the pins after its commit).
     const v = await Volume.open(store, { flushIntervalMs: 0 });
     await v.write(0, Buffer.alloc(4096, 7));
@@ -338,18 +347,8 @@ describe('compaction', () => {
     const retained = new Set((await listCheckpoints(child)).map((c) => c.checkpoint));
     const dropped = made.filter((id) => !retained.has(id));
     assert.ok(dropped.length >= 4, `dropped ${dropped.join(',')}`);
-    for (const [k, id] of dropped.entries())
-      await child.put(
-        pinKey(k.toString(16).padStart(32, '0')),
-        encodeSnapshot({ checkpoint: id, createdMs: Date.now(), kind: 'clone-pin', note: '' }),
-      );
-    const warned: string[] = [];
-    const logger = {
-      debug: () => undefined,
-      info: () => undefined,
-      warn: (m: string) => void warned.push(m),
-      error: () => undefined,
-    };
+    await leavePins(child, dropped);
+    const { warned, logger } = warnings();
     await compactVolume(child, { keepLast: 1, graceMs: hour, minLive: 0, openStore, logger });
     assert.deepEqual(warned, []);
     const back = new Set((await listCheckpoints(child)).map((c) => c.checkpoint));
