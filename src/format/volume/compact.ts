@@ -167,11 +167,10 @@ export async function compactVolume(
     // while this run (or an earlier run that died right after its commit) decided its policy
     // may name a checkpoint the commit dropped: keep it after all, in one more commit (its
     // creator checks the head after writing its record, so either it saw the drop and gave
-    // up, or its record is here). Its segment is still there: only compaction deletes, and
-    // it deletes nothing before this point.
-    // Only a checkpoint that is still whole comes back: one an earlier run dropped keeps its
-    // own segment while a later checkpoint reads from it, but what only it reached may be
-    // deleted (a clone whose pin landed although its PUT failed leaves such a record).
+    // up, or its record is here). This run deletes nothing before this point, but a record
+    // may also name a checkpoint an earlier run dropped (a clone whose pin landed although
+    // its PUT failed): its own segment may remain for a later checkpoint while what only it
+    // reached is gone. Only a checkpoint that is still whole comes back.
     let referenced = new Set<number>();
     /** Checkpoints named by a record that are no longer whole (warned about once). */
     const broken = new Set<number>();

@@ -61,38 +61,28 @@ describe('hyper CLI usage errors', () => {
   it('replica format --assume-zeroed: an existing file needs no first copy; a primary with a header is refused', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'hyper-assume-zeroed-'));
     try {
-      const file = join(dir, 'primary.img');
-      await writeFile(file, '');
-      await truncate(file, 65 * 1024 * 1024);
-      const args = ['replica', 'format', '--file', file, '--device-size', '64M'];
-      const replica = ['--replica', `file://${dir}/replicas/`];
-      const plain = await hyperJson<{ mode: string }>([...args, ...replica]);
+      /** An existing 65 MiB file, and the `replica format` arguments for it. */
+      const existing = async (name: string): Promise<string[]> => {
+        const file = join(dir, name);
+        await writeFile(file, '');
+        await truncate(file, 65 * 1024 * 1024);
+        const replica = `file://${dir}/replicas/`;
+        return ['replica', 'format', '--file', file, '--device-size', '64M', '--replica', replica];
+      };
+      const plain = await hyperJson<{ mode: string }>(await existing('primary.img'));
       assert.equal(plain.mode, 'forward-full', 'an existing file is copied first');
-      const other = join(dir, 'other.img');
-      await writeFile(other, '');
-      await truncate(other, 65 * 1024 * 1024);
-      const zeroed = await hyperJson<{ mode: string }>([
-        ...['replica', 'format', '--file', other, '--device-size', '64M'],
-        ...replica,
-        '--assume-zeroed',
-      ]);
+      const other = await existing('other.img');
+      const zeroed = await hyperJson<{ mode: string }>([...other, '--assume-zeroed']);
       assert.equal(zeroed.mode, 'logging');
-      const before = await readFile(other);
-      const again = await hyper([
-        ...args.slice(0, 3),
-        other,
-        ...args.slice(4),
-        ...replica,
-        '--assume-zeroed',
-        '--force',
-      ]);
+      const before = await readFile(join(dir, 'other.img'));
+      const again = await hyper([...other, '--assume-zeroed', '--force']);
       assert.equal(again.code, 2, show(again));
       assert.match(
         again.stderr,
         /^Error \[INVALID_ARGUMENT\]: .*already a primary.*cannot be assumed zeroed/m,
       );
       assert.match(again.stderr, /^Suggestion: .*blkdiscard -z/m);
-      assert.ok((await readFile(other)).equals(before), 'nothing written');
+      assert.ok((await readFile(join(dir, 'other.img'))).equals(before), 'nothing written');
     } finally {
       await rm(dir, { recursive: true, force: true });
     }
