@@ -252,6 +252,13 @@ export const fileDeleteSchema = z.strictObject({
   /** False when there was no volume and --if-exists was given. */
   deleted: z.boolean(),
   deletedObjectCount: count,
+  /**
+   * A clone's pin on its parent: released, or (with --force, the parent out of reach) left
+   * there. Null for a volume that is no clone.
+   */
+  parent: z
+    .strictObject({ url: z.string(), pinKey: z.string(), pinReleased: z.boolean() })
+    .nullable(),
 });
 
 export const fileCheckSchema = z.strictObject({
@@ -303,6 +310,8 @@ export const snapshotListSchema = z.strictObject({
       writtenBytes: bytes,
       current: z.boolean(),
       restoredFrom: checkpointNumber.nullable(),
+      /** The clones that start from this checkpoint (the URLs their pins on it record). */
+      cloneUrls: z.array(z.string()),
     }),
   ),
 });
@@ -321,6 +330,20 @@ export const snapshotDeleteSchema = z.strictObject({
   name: z.string(),
   checkpoint: checkpointNumber,
   createdAt: isoTime,
+});
+
+const pinSchema = z.strictObject({
+  key: z.string(),
+  checkpoint: checkpointNumber,
+  cloneUrl: z.string(),
+});
+
+export const snapshotUnpinSchema = z.strictObject({
+  url: z.string(),
+  /** Pins released: their clones are gone. */
+  released: z.array(pinSchema),
+  /** Pins that named the clone and stay: it exists, or whether it does could not be told. */
+  kept: z.array(pinSchema.extend({ cloneExists: z.boolean(), reason: z.string() })),
 });
 
 export const snapshotDiffSchema = z.strictObject({
@@ -702,6 +725,7 @@ export const resultSchemas = {
   'snapshot:list': snapshotListSchema,
   'snapshot:create': snapshotCreateSchema,
   'snapshot:delete': snapshotDeleteSchema,
+  'snapshot:unpin': snapshotUnpinSchema,
   'snapshot:diff': snapshotDiffSchema,
   'snapshot:restore': snapshotRestoreSchema,
   'snapshot:clone': snapshotCloneSchema,
@@ -746,6 +770,7 @@ export type SnapshotListResult = z.infer<typeof snapshotListSchema>;
 export type SnapshotListItem = SnapshotListResult['checkpoints'][number];
 export type SnapshotCreateResult = z.infer<typeof snapshotCreateSchema>;
 export type SnapshotDeleteResult = z.infer<typeof snapshotDeleteSchema>;
+export type SnapshotUnpinResult = z.infer<typeof snapshotUnpinSchema>;
 export type SnapshotDiffResult = z.infer<typeof snapshotDiffSchema>;
 export type SnapshotRestoreResult = z.infer<typeof snapshotRestoreSchema>;
 export type SnapshotCloneResult = z.infer<typeof snapshotCloneSchema>;

@@ -31,6 +31,13 @@ export function pinKey(cloneUuid: string): string {
   return PIN_PREFIX + cloneUuid;
 }
 
+/** The clone uuid of a key under pin/, or undefined for anything else. */
+export function parsePinKey(key: string): string | undefined {
+  if (!key.startsWith(PIN_PREFIX)) return undefined;
+  const uuid = key.slice(PIN_PREFIX.length);
+  return /^[0-9a-f]{32}$/.test(uuid) ? uuid : undefined;
+}
+
 /** Segment ids are 16 lower-case hex digits so that a listing sorts them numerically. */
 const SEG_DIGITS = 16;
 

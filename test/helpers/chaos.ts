@@ -791,6 +791,8 @@ interface CloneModel {
   busy: number;
   /** The harness overwrote its pin with garbage (bit rot): compaction must still keep it. */
   pinDamaged?: boolean;
+  /** Its delete reported this pin on the parent released: it must be gone. */
+  pinReleased?: string;
 }
 
 interface Inflight {
@@ -1525,9 +1527,10 @@ class Run {
         actor,
         async () => {
           try {
-            await deleteVolume(store, { force: true });
+            const r = await deleteVolume(store, { force: true, openStore: this.opener(actor) });
             m.state = 'deleted';
-            return '';
+            if (r.pin?.released) m.pinReleased = r.pin.key;
+            return r.pin ? `pin ${r.pin.released ? 'released' : 'left'}` : '';
           } catch (e) {
             m.state = prev === 'ack' ? 'failed' : prev;
             throw e;
@@ -1909,6 +1912,10 @@ class Run {
 
     // (c) clones.
     for (const m of this.clones.values()) {
+      if (m.pinReleased !== undefined && records.has(m.pinReleased))
+        this.violation(
+          `(c) the delete of clone ${m.prefix} released its pin ${m.pinReleased}, which is still there`,
+        );
       const craw = this.raw(m.url);
       let ch: HeadRecord;
       try {

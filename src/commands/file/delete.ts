@@ -8,6 +8,7 @@ import {
   checkDeletable,
   deleteVolume,
   statVolume,
+  type DeleteResult,
   type VolumeStat,
 } from '../../format/volume/admin.js';
 
@@ -18,7 +19,7 @@ export default class FileDelete extends BaseCommand<typeof FileDelete> {
 
   static override summary = 'Delete a volume and every object it owns.';
 
-  static override description = `Removes all objects of the volume: segments, head, lease and snapshots, so every checkpoint is gone too. This cannot be undone.
+  static override description = `Removes all objects of the volume: segments, head, lease and snapshots, so every checkpoint is gone too. This cannot be undone. Deleting a clone also releases its pin on its parent (so the parent's compaction may drop that checkpoint); with --force, a parent that cannot be reached keeps the pin, and the command says how to release it later.
 
 On a terminal it asks for confirmation unless --yes is given; without a terminal (scripts, CI) --yes is required. It refuses while another process holds a live lease on the volume (for example a running "hyper serve") unless --force is given. A missing volume is an error (VOLUME_NOT_FOUND, exit code 3) unless --if-exists is given.`;
 
@@ -58,7 +59,7 @@ On a terminal it asks for confirmation unless --yes is given; without a terminal
     const ifExists = this.flags['if-exists'];
     const missing = (): FileDeleteResult => {
       this.log(`No volume at ${url}; nothing to delete.`);
-      return { url, deleted: false, deletedObjectCount: 0 };
+      return { url, deleted: false, deletedObjectCount: 0, parent: null };
     };
     let store;
     try {
@@ -110,11 +111,12 @@ On a terminal it asks for confirmation unless --yes is given; without a terminal
 
     const spinner = this.spinner(`Deleting ${url}`);
     const report = this.progress(spinner);
-    let objectsDeleted: number;
+    let deleted: DeleteResult;
     try {
-      ({ objectsDeleted } = await deleteVolume(store, {
+      deleted = await deleteVolume(store, {
         force,
         signal: this.interruptible(),
+        openStore: (u) => this.openStore(u),
         onProgress: (p) => {
           report.update(`Deleting ${url}`, {
             done: p.done,
@@ -122,7 +124,7 @@ On a terminal it asks for confirmation unless --yes is given; without a terminal
             unit: p.unit,
           });
         },
-      }));
+      });
     } catch (e) {
       if (isMissing(e) && ifExists) return missing();
       throw leaseHeld(e);
@@ -130,8 +132,21 @@ On a terminal it asks for confirmation unless --yes is given; without a terminal
       spinner.stop();
     }
     report.finish();
-    this.log(`Deleted ${url} (${objectsDeleted} objects).`);
-    return { url, deleted: true, deletedObjectCount: objectsDeleted };
+    const { objectsDeleted, pin } = deleted;
+    const lines = [`Deleted ${url} (${objectsDeleted} objects).`];
+    if (pin?.released) lines.push(`Released its pin ${pin.key} on the parent ${pin.parent}.`);
+    this.log(lines.join('\n'));
+    if (pin && !pin.released) {
+      this.note(
+        `Warning: ${pin.message}. It keeps the parent's checkpoint; release it with \`${this.config.bin} snapshot unpin ${pin.parent} ${url}\`.`,
+      );
+    }
+    return {
+      url,
+      deleted: true,
+      deletedObjectCount: objectsDeleted,
+      parent: pin ? { url: pin.parent, pinKey: pin.key, pinReleased: pin.released } : null,
+    };
   }
 }
 

@@ -67,6 +67,7 @@ export default class SnapshotList extends BaseCommand<typeof SnapshotList> {
         writtenBytes: e.bytes,
         current: e.current,
         restoredFrom: e.restoredFrom ?? null,
+        cloneUrls: e.clones,
       })),
     };
     if (result.checkpoints.length === 0) {
@@ -93,5 +94,6 @@ function noteOf(c: SnapshotListItem): string {
   const notes: string[] = [];
   if (c.current) notes.push('current');
   if (c.restoredFrom !== null) notes.push(`restored from ${c.restoredFrom}`);
+  for (const u of c.cloneUrls) notes.push(`pinned by clone ${u}`);
   return notes.join(', ');
 }

@@ -1,7 +1,7 @@
 /**
  * Volume-level operations that do not need an open engine: stat, list, delete.
  */
-import { HyperError, isHyperError } from '../../errors.js';
+import { HyperError, isHyperError, toHyperError } from '../../errors.js';
 import {
   HEAD_KEY,
   PIN_PREFIX,
@@ -10,15 +10,16 @@ import {
   WAL_PREFIX,
   parseSegmentKey,
   parseSnapshotKey,
+  pinKey,
 } from '../keys.js';
 import type { ObjectStore } from '../store/types.js';
 import { decodeSnapshot } from '../codec/snapshot.js';
 import { leaseHeldError, leaseInfo, readLease } from './lease.js';
 import type { LeaseInfo, VolumeInfo } from './types.js';
-import { headAt, infoOf, readHead, readStoredHead } from './heads.js';
+import { headAt, infoOf, readCheckpointHead, readHead, readStoredHead } from './heads.js';
 import { isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
 import { NodeLoader } from '../index/loader.js';
-import { SegmentSource, type OpenStoreFn } from './segments.js';
+import { SegmentSource, defaultOpenStore, type OpenStoreFn } from './segments.js';
 import { newReach, walk } from './walk.js';
 
 export interface VolumeStat extends VolumeInfo {
@@ -226,6 +227,25 @@ export interface DeleteOptions {
   signal?: AbortSignal;
   /** Also delete the WAL objects at this store (when the volume has a WAL elsewhere). */
   walStore?: ObjectStore;
+  /** Opens a clone's parent, whose pin on the clone's behalf the delete releases. */
+  openStore?: OpenStoreFn;
+}
+
+/** What became of a deleted clone's pin on its parent. */
+export interface PinRelease {
+  /** The parent's URL and the pin's key there. */
+  parent: string;
+  key: string;
+  /** False only with `force`, when the parent could not be reached: the pin stays. */
+  released: boolean;
+  /** Why it stays. */
+  message?: string;
+}
+
+export interface DeleteResult {
+  objectsDeleted: number;
+  /** For a clone: its pin on its parent. */
+  pin?: PinRelease;
 }
 
 const DELETE_BATCH = 1000;
@@ -233,15 +253,15 @@ const DELETE_BATCH = 1000;
 /**
  * Delete every object of the volume. The head goes first, so an interrupted delete leaves a
  * prefix that no longer opens as a volume (rerun with the same command to finish, it is
- * idempotent); then segments, snapshots, WAL and the lease.
+ * idempotent); then a clone's pin on its parent, then segments, snapshots, WAL and the lease.
  * Throws VOLUME_NOT_FOUND if there is neither a head nor any other object.
  */
 export async function deleteVolume(
   store: ObjectStore,
   options: DeleteOptions = {},
-): Promise<{ objectsDeleted: number }> {
+): Promise<DeleteResult> {
   const signal = options.signal;
-  const { headFound } = await checkDeletable(store, options);
+  const { headFound, head } = await checkDeletable(store, options);
 
   // Count first so progress has a total.
   const keys: string[] = [];
@@ -266,9 +286,11 @@ export async function deleteVolume(
   const total = keys.length + walKeys.length;
   let done = 0;
   options.onProgress?.({ done, total, unit: 'objects' });
+  // A clone's pin on its parent: known from the head or, when an interrupted delete took the
+  // head already, from the head its newest segment embeds.
+  const link = head ? pinLinkOf(head) : await pinLinkFromSegments(store, keys);
   // Head first (an interrupted delete is then visibly "not a volume"), lease last.
   const order = [
-    ...keys.filter((k) => k === HEAD_KEY),
     ...keys.filter((k) => k.startsWith(SNAPSHOT_PREFIX)),
     ...keys.filter((k) => k !== HEAD_KEY && !k.startsWith(SNAPSHOT_PREFIX) && k !== LEASE_KEY),
     ...keys.filter((k) => k === LEASE_KEY),
@@ -282,9 +304,78 @@ export async function deleteVolume(
       options.onProgress?.({ done, total, unit: 'objects' });
     }
   };
+  await run(
+    store,
+    keys.filter((k) => k === HEAD_KEY),
+  );
+  // The pin goes once nothing can open the clone, and before the segments that would tell a
+  // rerun which pin to release.
+  const pin = link ? await releasePin(store.url, link, options) : undefined;
   await run(store, order);
   if (options.walStore) await run(options.walStore, walKeys);
-  return { objectsDeleted: done };
+  return { objectsDeleted: done, ...(pin ? { pin } : {}) };
+}
+
+/** A clone's pin: its parent's URL and the key there (none for a volume that is no clone). */
+function pinLinkOf(head: HeadRecord): { parent: string; key: string } | undefined {
+  const parent = head.clone?.chain[0]?.url;
+  return parent === undefined ? undefined : { parent, key: pinKey(head.uuid) };
+}
+
+/** pinLinkOf the head the newest readable segment embeds (a few are tried). */
+async function pinLinkFromSegments(
+  store: ObjectStore,
+  keys: string[],
+): Promise<{ parent: string; key: string } | undefined> {
+  const ids = keys
+    .map(parseSegmentKey)
+    .filter((id): id is number => id !== undefined)
+    .sort((a, b) => b - a);
+  for (const id of ids.slice(0, 4)) {
+    try {
+      return pinLinkOf(await readCheckpointHead(store, id));
+    } catch (e) {
+      if (!(isHyperError(e) && e.kind === 'data')) throw e;
+    }
+  }
+  return undefined;
+}
+
+/**
+ * Delete a deleted clone's pin on its parent. A parent that is gone took its pins with it.
+ * Any other failure stops the delete (a rerun finishes it) unless `force`, which leaves the
+ * pin and says so: a pin kept costs the parent space, never data.
+ */
+async function releasePin(
+  url: string,
+  link: { parent: string; key: string },
+  options: DeleteOptions,
+): Promise<PinRelease> {
+  const open = options.openStore ?? defaultOpenStore;
+  try {
+    const parent = await open(link.parent);
+    try {
+      await parent.delete([link.key], options.signal ? { signal: options.signal } : {});
+    } finally {
+      await parent.close();
+    }
+    return { ...link, released: true };
+  } catch (e) {
+    const he = toHyperError(e);
+    if (he.kind === 'not-found') return { ...link, released: true };
+    if (he.code === 'ABORTED') throw he;
+    const message = `its pin ${link.key} on the parent ${link.parent} could not be released: ${he.message}`;
+    if (options.force) return { ...link, released: false, message };
+    throw new HyperError(
+      he.kind,
+      he.code,
+      `The head of the clone ${url} is deleted, but ${message}`,
+      {
+        cause: e,
+        suggestion: `Run the same delete again once ${link.parent} can be reached: it finishes the job. With --force the delete goes on and leaves the pin (release it later with \`hyper snapshot unpin ${link.parent} ${url}\`).`,
+      },
+    );
+  }
 }
 
 /** The clones that read from this volume: the URLs their pins record (or the pin keys). */
@@ -313,10 +404,11 @@ export async function listClones(store: ObjectStore): Promise<string[]> {
 export async function checkDeletable(
   store: ObjectStore,
   options: { force?: boolean } = {},
-): Promise<{ headFound: boolean }> {
+): Promise<{ headFound: boolean; head?: HeadRecord }> {
   let headFound = true;
+  let head: HeadRecord | undefined;
   try {
-    await readStoredHead(store);
+    ({ head } = await readStoredHead(store));
   } catch (e) {
     if (isHyperError(e, 'VOLUME_NOT_FOUND')) throw e;
     // A damaged head, or a half-deleted volume (NOT_A_VOLUME): still deletable.
@@ -334,13 +426,12 @@ export async function checkDeletable(
         'HAS_CLONES',
         `${store.url} has ${clones.length} clone${clones.length === 1 ? '' : 's'} that read${clones.length === 1 ? 's' : ''} data from it: ${clones.join(', ')}`,
         {
-          suggestion:
-            'Flatten the clones (`hyper snapshot flatten CLONE_URL`) or delete them first; --force deletes anyway and breaks them.',
+          suggestion: `Flatten the clones (\`hyper snapshot flatten CLONE_URL\`) or delete them (\`hyper file delete CLONE_URL\` releases its pin) first. A clone that is already gone left its pin behind: release it with \`hyper snapshot unpin ${store.url} CLONE_URL\`. --force deletes anyway and breaks the clones.`,
         },
       );
     }
   }
-  return { headFound };
+  return { headFound, ...(head ? { head } : {}) };
 }
 
 const isVolumeKey = (k: string): boolean =>

@@ -10,15 +10,15 @@ import { HyperError, isHyperError, toHyperError } from '../../errors.js';
 import { encodeHead, type HeadRecord } from '../codec/head.js';
 import { encodeSnapshot } from '../codec/snapshot.js';
 import { NodeLoader } from '../index/loader.js';
-import { HEAD_KEY, SNAPSHOT_PREFIX, pinKey, segmentKey } from '../keys.js';
+import { HEAD_KEY, PIN_PREFIX, SNAPSHOT_PREFIX, pinKey, segmentKey } from '../keys.js';
 import { probeConditionalWrites } from '../store/probe.js';
 import type { ObjectStore } from '../store/types.js';
 import { SegmentSource, type OpenStoreFn } from './segments.js';
 import type { CheckpointRef, OpenOptions, VolumeInfo } from './types.js';
-import { headAt, infoOf, readHead, resolveCheckpoint } from './heads.js';
+import { headAt, infoOf, readHead, readStoredHead, resolveCheckpoint } from './heads.js';
 import { buildEmptySegment } from './segment-builder.js';
 import { Volume } from './volume.js';
-import { confirmPinned } from './history.js';
+import { confirmPinned, listPins, type PinEntry } from './history.js';
 import { newReach, rewriteBlocks, walk } from './walk.js';
 
 export interface CloneResult {
@@ -161,7 +161,7 @@ export async function flattenVolume(
   const { head } = await readHead(store);
   if (!head.clone)
     throw new HyperError('invalid', 'INVALID_ARGUMENT', `${store.url} is not a clone`);
-  for await (const page of store.list('pin/')) {
+  for await (const page of store.list(PIN_PREFIX)) {
     if (page.objects.length > 0) {
       throw new HyperError(
         'conflict',
@@ -218,5 +218,111 @@ export async function flattenVolume(
     return { blocksCopied: copied.blocks, bytesCopied: copied.bytes, checkpoint };
   } finally {
     await vol.close();
+  }
+}
+
+export interface UnpinResult {
+  parent: string;
+  released: PinEntry[];
+  /** Pins that matched and stay, and why: their clone exists, or that could not be told. */
+  kept: (PinEntry & { cloneExists: boolean; reason: string })[];
+}
+
+/**
+ * Release the pins that a clone which no longer exists left on `parent` (`hyper snapshot
+ * unpin`): a clone deleted before deleting released pins, or one deleted with --force while
+ * its parent could not be reached. `clone` is the clone's URL as its pins record it, or its
+ * UUID. A pin stays while a volume with its UUID is at the URL it records (flatten or delete
+ * that clone instead), and while that URL cannot be read, unless `force`. A clone being
+ * created at that URL at this very moment has no head yet and loses its pin: name only clones
+ * you know are gone.
+ */
+export async function unpinClone(
+  parent: ObjectStore,
+  clone: string,
+  options: { openStore?: OpenStoreFn; force?: boolean } = {},
+): Promise<UnpinResult> {
+  await readHead(parent);
+  const open = options.openStore ?? SegmentSource.defaultOpen;
+  const byUuid = /^[0-9a-f]{32}$/.test(clone);
+  const wanted = byUuid ? clone : await canonicalUrl(clone, open);
+  const matches = (await listPins(parent)).filter((p) =>
+    byUuid ? p.uuid === wanted : p.cloneUrl === wanted,
+  );
+  if (matches.length === 0) {
+    throw new HyperError(
+      'not-found',
+      'SNAPSHOT_NOT_FOUND',
+      `No clone pin on ${parent.url} names ${byUuid ? `the clone ${clone}` : clone}`,
+      {
+        suggestion: `\`hyper file delete ${parent.url}\` (without --yes it only asks) names the clones its pins record; give one of those URLs exactly.`,
+      },
+    );
+  }
+  const released: PinEntry[] = [];
+  const kept: UnpinResult['kept'] = [];
+  for (const pin of matches) {
+    const why = await cloneHolds(pin.cloneUrl, pin.uuid, open);
+    if (why === undefined || (options.force && !why.live)) released.push(pin);
+    else kept.push({ ...pin, cloneExists: why.live, reason: why.reason });
+  }
+  if (released.length > 0) await parent.delete(released.map((p) => p.key));
+  if (released.length === 0) {
+    const k = kept[0] as UnpinResult['kept'][number];
+    const live = kept.some((p) => p.cloneExists);
+    throw new HyperError(
+      'conflict',
+      'HAS_CLONES',
+      `The pin ${k.key} on ${parent.url} stays: ${k.reason}`,
+      {
+        suggestion: live
+          ? `Flatten the clone (\`hyper snapshot flatten ${k.cloneUrl}\`) or delete it (\`hyper file delete ${k.cloneUrl}\`): either releases the pin.`
+          : "Check the clone's URL and credentials and run the unpin again; --force releases the pin anyway, breaking the clone if it still exists.",
+      },
+    );
+  }
+  return { parent: parent.url, released, kept };
+}
+
+/** The URL as a store names it (how pins record it); the input itself if it does not open. */
+async function canonicalUrl(url: string, open: OpenStoreFn): Promise<string> {
+  let store: ObjectStore;
+  try {
+    store = await open(url);
+  } catch (e) {
+    if (isHyperError(e) && e.kind !== 'internal') return url;
+    throw e;
+  }
+  try {
+    return store.url;
+  } finally {
+    await store.close();
+  }
+}
+
+/**
+ * Why a pin must stay: its clone (a volume with `uuid` at `url`) exists (`live`), or `url`
+ * cannot be read to tell. Undefined when the clone is gone.
+ */
+async function cloneHolds(
+  url: string,
+  uuid: string,
+  open: OpenStoreFn,
+): Promise<{ live: boolean; reason: string } | undefined> {
+  let store: ObjectStore | undefined;
+  try {
+    store = await open(url);
+    const { head } = await readStoredHead(store);
+    return head.uuid === uuid
+      ? { live: true, reason: `the clone exists at ${url} and reads from this volume` }
+      : undefined; // another volume took the URL over
+  } catch (e) {
+    const he = toHyperError(e);
+    if (he.kind === 'not-found') return undefined;
+    // No head but objects (an interrupted delete, whose rerun releases the pin itself, or a
+    // lost head that `file repair` brings back), a damaged head, a store that fails: unknown.
+    return { live: false, reason: `cannot tell whether the clone at ${url} exists: ${he.message}` };
+  } finally {
+    await store?.close();
   }
 }

@@ -2,16 +2,18 @@
  * A volume's history: checkpoints, named snapshots, restore and diff.
  * Every request count here is independent of the volume's size.
  */
-import { HyperError, isHyperError } from '../../errors.js';
+import { HyperError, dataError, isHyperError } from '../../errors.js';
+import { DecodeError } from '../codec/binary.js';
 import { isRetainedCheckpoint } from '../codec/head.js';
-
-import { encodeSnapshot } from '../codec/snapshot.js';
+import { decodeSnapshot, encodeSnapshot } from '../codec/snapshot.js';
 import { Miss, type Node, type ScanEntry } from '../index/btree.js';
 import { NodeLoader } from '../index/loader.js';
 import { SegmentSource } from './segments.js';
 import {
+  PIN_PREFIX,
   SEGMENT_PREFIX,
   SNAPSHOT_PREFIX,
+  parsePinKey,
   parseSegmentKey,
   parseSnapshotKey,
   snapshotKey,
@@ -43,6 +45,8 @@ export interface CheckpointEntry {
   current: boolean;
   /** Set when this checkpoint was made by a restore. */
   restoredFrom?: number;
+  /** The clones that start from it (the URLs their pins record). */
+  clones: string[];
 }
 
 export async function listSnapshots(store: ObjectStore): Promise<SnapshotInfo[]> {
@@ -60,6 +64,46 @@ export async function listSnapshots(store: ObjectStore): Promise<SnapshotInfo[]>
     }),
   );
   return out.sort((a, b) => b.checkpoint - a.checkpoint || a.name.localeCompare(b.name));
+}
+
+/** A clone's pin on this volume: its key, the checkpoint it holds, the clone URL it records. */
+export interface PinEntry {
+  key: string;
+  /** The clone's UUID. */
+  uuid: string;
+  checkpoint: number;
+  cloneUrl: string;
+}
+
+/** The clone pins on a volume (one GET each); a damaged one is a data error naming it. */
+export async function listPins(store: ObjectStore): Promise<PinEntry[]> {
+  const keys: { key: string; uuid: string }[] = [];
+  for await (const page of store.list(PIN_PREFIX)) {
+    for (const o of page.objects) {
+      const uuid = parsePinKey(o.key);
+      if (uuid !== undefined) keys.push({ key: o.key, uuid });
+    }
+  }
+  const out = await Promise.all(
+    keys.map(async ({ key, uuid }): Promise<PinEntry | undefined> => {
+      let body: Buffer;
+      try {
+        body = (await store.get(key)).body;
+      } catch (e) {
+        if (isHyperError(e, 'OBJECT_NOT_FOUND')) return undefined; // released meanwhile
+        throw e;
+      }
+      try {
+        const r = decodeSnapshot(body);
+        return { key, uuid, checkpoint: r.checkpoint, cloneUrl: r.note };
+      } catch (e) {
+        if (e instanceof DecodeError)
+          throw dataError('CORRUPT_OBJECT', key, `Clone pin record is damaged: ${e.message}`);
+        throw e;
+      }
+    }),
+  );
+  return out.filter((p): p is PinEntry => p !== undefined);
 }
 
 /** Pin a checkpoint under a name: one GET of the head (plus one to check an older checkpoint) and one create-only PUT. */
@@ -158,6 +202,9 @@ export async function listCheckpoints(
   const names = new Map<number, string[]>();
   for (const s of await listSnapshots(store))
     names.set(s.checkpoint, [...(names.get(s.checkpoint) ?? []), s.name]);
+  const clones = new Map<number, string[]>();
+  for (const p of await listPins(store))
+    clones.set(p.checkpoint, [...(clones.get(p.checkpoint) ?? []), p.cloneUrl].sort());
   let ids = [...sizes.keys()].sort((a, b) => b - a);
   if (options.named) ids = ids.filter((id) => names.has(id));
   const limit = options.limit ?? Number.MAX_SAFE_INTEGER;
@@ -180,6 +227,7 @@ export async function listCheckpoints(
         bytes: sizes.get(h.checkpoint) ?? 0,
         names: names.get(h.checkpoint) ?? [],
         current: h.checkpoint === head.checkpoint,
+        clones: clones.get(h.checkpoint) ?? [],
         ...(h.restoredFrom === undefined ? {} : { restoredFrom: h.restoredFrom }),
       });
       if (out.length >= limit) break;

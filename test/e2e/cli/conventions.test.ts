@@ -197,6 +197,16 @@ const INVOCATIONS: Record<string, Invocation> = {
     missing: (_f, url) => [url, 'snap1'],
     leased: null,
   },
+  'snapshot:unpin': {
+    // A clone whose directory was removed by hand left its pin on the parent.
+    ok: async (f) => {
+      const clone = await f.clone('unpin');
+      await rm(join(f.dir, 'unpin'), { recursive: true });
+      return [fileUrl(join(f.dir, 'unpin-parent')), clone];
+    },
+    missing: (f, url) => [url, fileUrl(join(f.dir, 'no-clone'))],
+    leased: null,
+  },
   'snapshot:diff': {
     ok: async (f) => [await f.volume('snapshot-diff'), '--from', 'snap1'],
     missing: (_f, url) => [url, '--from', '1'],

@@ -1,14 +1,17 @@
 /**
  * The CLI against a real S3-compatible store (the Ceph RGW that scripts/test.sh starts), with
- * the endpoint given both as --endpoint and as AWS_ENDPOINT_URL, and the store failures
- * mapped to their exit codes.
+ * the endpoint given both as --endpoint and as AWS_ENDPOINT_URL, the store failures mapped
+ * to their exit codes, and a clone's pin on an S3 parent released when the clone is deleted.
  */
 import assert from 'node:assert/strict';
 import { randomBytes, randomUUID } from 'node:crypto';
 import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { hyper, hyperJson, show, tempDir } from '../../helpers/cli.js';
+import type { FileDeleteResult } from '../../../src/commands/file/delete.js';
+import type { SnapshotListResult } from '../../../src/commands/snapshot/list.js';
+import type { SnapshotUnpinResult } from '../../../src/commands/snapshot/unpin.js';
+import { fileUrl, hyper, hyperJson, show, tempDir } from '../../helpers/cli.js';
 import { needS3 } from '../../helpers/env.js';
 
 const MiB = 1024 * 1024;
@@ -88,5 +91,59 @@ describe('hyper file on S3', () => {
     assert.equal(noServer.code, 5, show(noServer));
     assert.match(noServer.stderr, /^Error \[STORE_UNAVAILABLE\]/m);
     assert.doesNotMatch(noServer.stderr, /NodeVersionSupportWarning/);
+  });
+
+  it('deleting a clone releases its pin on an S3 parent, or with --force leaves it for unpin', async (t) => {
+    const s3 = needS3(t);
+    if (!s3) return;
+    const dir = await tempDir(t);
+    const parent = `s3://${s3.bucket}/cli-${randomUUID()}/base/`;
+    const endpoint = ['--endpoint', s3.endpoint];
+    const badKey = { env: { AWS_SECRET_ACCESS_KEY: 'not-the-secret' } };
+    await writeFile(join(dir, 'a.img'), randomBytes(2 * MiB));
+    const ia = await hyperJson<{ checkpoint: number }>([
+      ...['file', 'import', join(dir, 'a.img'), parent, '--create'],
+      ...endpoint,
+    ]);
+    const onS3 = `${parent.slice(0, -'base/'.length)}clone-s3/`;
+    const local = fileUrl(join(dir, 'clone-local'));
+    const forced = fileUrl(join(dir, 'clone-forced'));
+    for (const c of [onS3, local, forced])
+      await hyperJson(['snapshot', 'clone', parent, c, ...endpoint]);
+    const clonesOf = async (): Promise<string[]> => {
+      const l = await hyperJson<SnapshotListResult>(['snapshot', 'list', parent, ...endpoint]);
+      return l.checkpoints.find((c) => c.checkpoint === ia.checkpoint)?.cloneUrls ?? [];
+    };
+    assert.deepEqual(await clonesOf(), [forced, local, onS3].sort());
+
+    // The parent refuses the pin release (bad credentials): the delete stops after the clone's
+    // head, keeps the pin, and a rerun with good credentials finishes it.
+    const denied = await hyper(['file', 'delete', local, '--yes', ...endpoint], badKey);
+    assert.equal(denied.code, 5, show(denied));
+    assert.match(denied.stderr, /could not be released[\s\S]*Run the same delete again/);
+    assert.deepEqual(await clonesOf(), [forced, local, onS3].sort());
+    const done = await hyperJson<FileDeleteResult>(['file', 'delete', local, '--yes', ...endpoint]);
+    assert.equal(done.parent?.url, parent);
+    assert.match(done.parent?.pinKey ?? '', /^pin\/[0-9a-f]{32}$/);
+    assert.equal(done.parent?.pinReleased, true);
+    assert.deepEqual(await clonesOf(), [forced, onS3].sort());
+
+    // --force deletes the clone and leaves the pin, saying how to release it.
+    const f = await hyper(['file', 'delete', forced, '--yes', '--force', ...endpoint], badKey);
+    assert.equal(f.code, 0, show(f));
+    assert.match(f.stderr, /snapshot unpin/);
+    assert.deepEqual(await clonesOf(), [forced, onS3].sort());
+    const u = await hyperJson<SnapshotUnpinResult>([
+      ...['snapshot', 'unpin', parent, forced],
+      ...endpoint,
+    ]);
+    assert.equal(u.released.length, 1);
+    assert.deepEqual(await clonesOf(), [onS3]);
+
+    // A clone on S3 releases its pin on delete; then the parent deletes without --force.
+    const d = await hyperJson<FileDeleteResult>(['file', 'delete', onS3, '--yes', ...endpoint]);
+    assert.equal(d.parent?.pinReleased, true);
+    assert.deepEqual(await clonesOf(), []);
+    await hyperJson(['file', 'delete', parent, '--yes', ...endpoint]);
   });
 });

@@ -1,16 +1,19 @@
 /**
  * `hyper snapshot clone` and `hyper snapshot flatten` through the real CLI: a clone reads
  * the parent checkpoint's content, its writes stay its own, the parent's compaction keeps the
- * cloned checkpoint while the clone depends on it and drops it once the clone is flattened.
+ * cloned checkpoint while the clone depends on it and drops it once the clone is flattened,
+ * deleted, or (gone behind hyper's back) unpinned.
  */
 import assert from 'node:assert/strict';
-import { writeFile } from 'node:fs/promises';
+import { rm, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import type { CompactCommandResult } from '../../../src/commands/compact.js';
+import type { FileDeleteResult } from '../../../src/commands/file/delete.js';
 import type { SnapshotCloneResult } from '../../../src/commands/snapshot/clone.js';
 import type { SnapshotFlattenResult } from '../../../src/commands/snapshot/flatten.js';
 import type { SnapshotListResult } from '../../../src/commands/snapshot/list.js';
+import type { SnapshotUnpinResult } from '../../../src/commands/snapshot/unpin.js';
 import { openStore } from '../../../src/format/store/index.js';
 import { Volume } from '../../../src/format/volume/volume.js';
 import { fileUrl, hyper, hyperJson, show, tempDir } from '../../helpers/cli.js';
@@ -141,5 +144,91 @@ describe('hyper snapshot clone / flatten', () => {
     assert.equal(await exportSha(copy, out), sha256(b));
     const notClone = await hyperJson<ErrorOut>(['snapshot', 'flatten', copy], 2);
     assert.match(notClone.error.message, /is not a clone/);
+  });
+
+  it('deleting a clone releases its pin; unpin releases the pin of a clone that is gone', async (t) => {
+    const dir = await tempDir(t, 'hyper-unpin-');
+    const parent = fileUrl(join(dir, 'parent'));
+    const rand = rng(23);
+    await writeFile(join(dir, 'a.img'), randomBuffer(rand, SIZE));
+    await writeFile(join(dir, 'b.img'), randomBuffer(rand, SIZE));
+    const ia = await hyperJson<{ checkpoint: number }>([
+      'file',
+      'import',
+      join(dir, 'a.img'),
+      parent,
+      '--create',
+    ]);
+    const pins = async (): Promise<string[]> =>
+      [...(await objectsOnDisk(join(dir, 'parent'))).keys()].filter((k) => k.startsWith('pin/'));
+    const clonesOf = async (checkpoint: number): Promise<string[]> => {
+      const l = await hyperJson<SnapshotListResult>(['snapshot', 'list', parent]);
+      return l.checkpoints.find((c) => c.checkpoint === checkpoint)?.cloneUrls ?? [];
+    };
+    const clone = async (name: string): Promise<{ url: string; uuid: string }> => {
+      const url = fileUrl(join(dir, name));
+      const c = await hyperJson<SnapshotCloneResult>(['snapshot', 'clone', parent, url]);
+      return { url, uuid: c.clone.uuid };
+    };
+    const one = await clone('one');
+    const two = await clone('two');
+    const three = await clone('three');
+    await hyperJson(['file', 'import', join(dir, 'b.img'), parent]);
+    assert.deepEqual(await clonesOf(ia.checkpoint), [one.url, three.url, two.url].sort());
+    assert.equal((await pins()).length, 3);
+
+    // A delete releases the clone's pin on the parent.
+    const d1 = await hyperJson<FileDeleteResult>(['file', 'delete', one.url, '--yes']);
+    assert.deepEqual(d1.parent, { url: parent, pinKey: `pin/${one.uuid}`, pinReleased: true });
+    assert.deepEqual(await clonesOf(ia.checkpoint), [three.url, two.url].sort());
+
+    // A delete that stopped after the head: the rerun learns the pin from a segment's head.
+    await unlink(join(dir, 'two', 'head'));
+    const d2 = await hyperJson<FileDeleteResult>(['file', 'delete', two.url, '--yes']);
+    assert.equal(d2.parent?.pinReleased, true);
+    assert.deepEqual(await pins(), [`pin/${three.uuid}`]);
+
+    // A live clone keeps its pin; a name no pin records is not found.
+    const live = await hyperJson<ErrorOut>(['snapshot', 'unpin', parent, three.url], 4);
+    assert.equal(live.error.code, 'HAS_CLONES');
+    assert.match(live.error.message, /the clone exists/);
+    const none = await hyperJson<ErrorOut>(
+      ['snapshot', 'unpin', parent, fileUrl(join(dir, 'never'))],
+      3,
+    );
+    assert.equal(none.error.code, 'SNAPSHOT_NOT_FOUND');
+    assert.deepEqual(await pins(), [`pin/${three.uuid}`]);
+
+    // A clone removed behind hyper's back: its pin blocks the parent's delete, and unpin
+    // (by the clone's UUID) releases it.
+    await rm(join(dir, 'three'), { recursive: true });
+    const blocked = await hyperJson<ErrorOut>(['file', 'delete', parent, '--yes'], 4);
+    assert.equal(blocked.error.code, 'HAS_CLONES');
+    assert.match(blocked.error.message, /three/);
+    const u = await hyperJson<SnapshotUnpinResult>(['snapshot', 'unpin', parent, three.uuid]);
+    assert.deepEqual(u.released, [
+      { key: `pin/${three.uuid}`, checkpoint: ia.checkpoint, cloneUrl: three.url },
+    ]);
+    assert.deepEqual(u.kept, []);
+    assert.deepEqual(await pins(), []);
+
+    // With no pin left, compaction drops the checkpoint the clones started from.
+    const r = await hyperJson<CompactCommandResult>([
+      'compact',
+      parent,
+      '--keep-last',
+      '1',
+      '--grace',
+      '0s',
+      '--yes',
+    ]);
+    assert.ok(r.droppedCheckpointCount > 0, JSON.stringify(r));
+    const l = await hyperJson<SnapshotListResult>(['snapshot', 'list', parent]);
+    assert.deepEqual(
+      l.checkpoints.map((c) => c.checkpoint),
+      [r.checkpoint],
+    );
+    const gone = await hyperJson<FileDeleteResult>(['file', 'delete', parent, '--yes']);
+    assert.equal(gone.parent, null);
   });
 });
