@@ -289,7 +289,8 @@ export async function deleteVolume(
   // A clone's pin on its parent: known from the head or, when an interrupted delete took the
   // head already, from the head its newest segment embeds.
   const link = head ? pinLinkOf(head) : await pinLinkFromSegments(store, keys);
-  // Head first (an interrupted delete is then visibly "not a volume"), lease last.
+  // After the head (an interrupted delete is then visibly "not a volume") and the pin: the
+  // rest, lease last.
   const order = [
     ...keys.filter((k) => k.startsWith(SNAPSHOT_PREFIX)),
     ...keys.filter((k) => k !== HEAD_KEY && !k.startsWith(SNAPSHOT_PREFIX) && k !== LEASE_KEY),
