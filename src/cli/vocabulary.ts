@@ -273,7 +273,7 @@ export const fileCheckSchema = z.strictObject({
   verifiedBytes: bytes,
   problems: z.array(
     z.strictObject({
-      kind: z.enum(['missing', 'corrupt', 'dangling', 'orphan', 'uncommitted']),
+      kind: z.enum(['missing', 'corrupt', 'dangling', 'orphan', 'uncommitted', 'stale-pin']),
       key: z.string(),
       message: z.string(),
     }),

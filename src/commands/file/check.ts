@@ -41,7 +41,7 @@ export const EXIT_DAMAGED = 6;
 export default class FileCheck extends BaseCommand<typeof FileCheck> {
   static override summary = 'Verify a volume against its checksums, without changing anything.';
 
-  static override description = `Reads the head, the lease, snapshot and pin records, the segment header of every retained checkpoint and every index node those checkpoints reach, and checks each against its checksum. With --deep it also reads and verifies every data block. Missing and damaged objects are listed by key; segments no checkpoint reaches (garbage that compaction removes) and flushes that never committed are listed too but are not damage. Like \`qemu-img check\` or \`fsck -n\`, it never writes. Exit code 0: clean; 6: damaged.`;
+  static override description = `Reads the head, the lease, snapshot and pin records, the segment header of every retained checkpoint and every index node those checkpoints reach, and checks each against its checksum. With --deep it also reads and verifies every data block. Missing and damaged objects are listed by key; segments no checkpoint reaches (garbage that compaction removes), flushes that never committed and pins of clones that no longer exist ("hyper snapshot unpin" releases them) are listed too but are not damage. Like \`qemu-img check\` or \`fsck -n\`, it never writes. Exit code 0: clean; 6: damaged.`;
 
   static override examples = [
     {

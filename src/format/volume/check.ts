@@ -14,14 +14,16 @@ import { decodeSegmentHeader, segmentHeaderLength } from '../codec/segment.js';
 import { decodeSnapshot } from '../codec/snapshot.js';
 import { Miss, type Node } from '../index/btree.js';
 import { NodeLoader } from '../index/loader.js';
-import { PIN_PREFIX, SNAPSHOT_PREFIX, parseSegmentKey, segmentKey } from '../keys.js';
+import { PIN_PREFIX, SNAPSHOT_PREFIX, parsePinKey, parseSegmentKey, segmentKey } from '../keys.js';
 import type { ObjectStore } from '../store/types.js';
 import { readLease } from './lease.js';
-import { SegmentSource, type OpenStoreFn } from './segments.js';
+import { SegmentSource, defaultOpenStore, type OpenStoreFn } from './segments.js';
+import { cloneHolds } from './clone.js';
 import { dedupRootOf, readHead, rootOf } from './heads.js';
 import { newReach, walk } from './walk.js';
 
-export type ProblemKind = 'missing' | 'corrupt' | 'dangling' | 'orphan' | 'uncommitted';
+export type ProblemKind =
+  'missing' | 'corrupt' | 'dangling' | 'orphan' | 'uncommitted' | 'stale-pin';
 
 export interface CheckProblem {
   kind: ProblemKind;
@@ -110,11 +112,22 @@ export async function checkVolume(
   for (const key of records) {
     try {
       const r = decodeSnapshot((await store.get(key)).body);
+      const uuid = parsePinKey(key);
       if (!isRetainedCheckpoint(head, r.checkpoint) || !segs.has(r.checkpoint)) {
         problem(
           'dangling',
           key,
           `${key} names checkpoint ${r.checkpoint}, which is not a retained checkpoint`,
+        );
+      } else if (
+        uuid !== undefined &&
+        (await cloneHolds(r.note, uuid, options.openStore ?? defaultOpenStore)) === undefined
+      ) {
+        // Not damage: it only keeps the checkpoint longer than anything needs it.
+        problem(
+          'stale-pin',
+          key,
+          `${key} keeps checkpoint ${r.checkpoint} for the clone ${r.note}, which no longer exists (release it with \`hyper snapshot unpin ${store.url} ${r.note}\`)`,
         );
       }
     } catch (e) {

@@ -304,7 +304,7 @@ async function canonicalUrl(url: string, open: OpenStoreFn): Promise<string> {
  * Why a pin must stay: its clone (a volume with `uuid` at `url`) exists (`live`), or `url`
  * cannot be read to tell. Undefined when the clone is gone.
  */
-async function cloneHolds(
+export async function cloneHolds(
   url: string,
   uuid: string,
   open: OpenStoreFn,

@@ -9,6 +9,7 @@ import { rm, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import type { CompactCommandResult } from '../../../src/commands/compact.js';
+import type { FileCheckResult } from '../../../src/commands/file/check.js';
 import type { FileDeleteResult } from '../../../src/commands/file/delete.js';
 import type { SnapshotCloneResult } from '../../../src/commands/snapshot/clone.js';
 import type { SnapshotFlattenResult } from '../../../src/commands/snapshot/flatten.js';
@@ -199,9 +200,18 @@ describe('hyper snapshot clone / flatten', () => {
     assert.equal(none.error.code, 'SNAPSHOT_NOT_FOUND');
     assert.deepEqual(await pins(), [`pin/${three.uuid}`]);
 
-    // A clone removed behind hyper's back: its pin blocks the parent's delete, and unpin
-    // (by the clone's UUID) releases it.
+    // A clone removed behind hyper's back: file check names its pin (not damage), the pin
+    // blocks the parent's delete, and unpin (by the clone's UUID) releases it.
+    const fresh = await hyperJson<FileCheckResult>(['file', 'check', parent]);
+    assert.deepEqual(fresh.problems, []);
     await rm(join(dir, 'three'), { recursive: true });
+    const stale = await hyperJson<FileCheckResult>(['file', 'check', parent]);
+    assert.equal(stale.clean, true);
+    assert.deepEqual(
+      stale.problems.map((p) => [p.kind, p.key]),
+      [['stale-pin', `pin/${three.uuid}`]],
+    );
+    assert.match(stale.problems[0]?.message ?? '', /snapshot unpin/);
     const blocked = await hyperJson<ErrorOut>(['file', 'delete', parent, '--yes'], 4);
     assert.equal(blocked.error.code, 'HAS_CLONES');
     assert.match(blocked.error.message, /three/);
