@@ -85,12 +85,14 @@ describe('npm package', () => {
     assert.equal(stat.stderr, '');
 
     // The installed command runs Node with the flags of bin/run.js's first line: `serve`'s
-    // resident memory depends on the smaller young generation (README, "Memory").
+    // resident memory depends on the smaller young generation (README, "Memory"), its CPU
+    // after a start on the larger interrupt budget (README, "Start-up CPU").
     const served = await serve([vol], { bin, cwd: dir, env, cleanEnv: true });
     t.after(() => stopServe(served, 'SIGKILL'));
     assert.match(served.uri, /^nbd:\/\/127\.0\.0\.1:\d+\/demo$/);
     const argv = (await readFile(`/proc/${served.child.pid}/cmdline`, 'utf8')).split('\0');
     assert.ok(argv.includes('--max-semi-space-size=4'), `node runs as: ${argv.join(' ')}`);
+    assert.ok(argv.includes('--interrupt-budget=540672'), `node runs as: ${argv.join(' ')}`);
     assert.equal(await stopServe(served), 0);
 
     // The Node version this runs on is one the package declares.
