@@ -230,9 +230,9 @@ export interface UnpinResult {
 
 /**
  * Release the pins that a clone which no longer exists left on `parent` (`hyper snapshot
- * unpin`): a clone deleted before deleting released pins, or one deleted with --force while
- * its parent could not be reached. `clone` is the clone's URL as its pins record it, or its
- * UUID. A pin stays while a volume with its UUID is at the URL it records (flatten or delete
+ * unpin`): a clone deleted by a hyper that did not release pins yet, or one deleted with
+ * --force while its parent could not be reached. `clone` is the clone's URL as its pins
+ * record it, or its UUID. A pin stays while a volume with its UUID is at the URL it records (flatten or delete
  * that clone instead), and while that URL cannot be read, unless `force`. A clone being
  * created at that URL at this very moment has no head yet and loses its pin: name only clones
  * you know are gone.
@@ -255,7 +255,7 @@ export async function unpinClone(
       'SNAPSHOT_NOT_FOUND',
       `No clone pin on ${parent.url} names ${byUuid ? `the clone ${clone}` : clone}`,
       {
-        suggestion: `\`hyper file delete ${parent.url}\` (without --yes it only asks) names the clones its pins record; give one of those URLs exactly.`,
+        suggestion: `\`hyper snapshot list ${parent.url}\` names the clones that pin its checkpoints ("pinned by clone URL"): give one of those URLs exactly, or the clone's UUID.`,
       },
     );
   }

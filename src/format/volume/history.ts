@@ -75,8 +75,14 @@ export interface PinEntry {
   cloneUrl: string;
 }
 
-/** The clone pins on a volume (one GET each); a damaged one is a data error naming it. */
-export async function listPins(store: ObjectStore): Promise<PinEntry[]> {
+/**
+ * The clone pins on a volume (one GET each). A damaged one is a data error naming it, or left
+ * out with `skipDamaged` (`file check` reports it).
+ */
+export async function listPins(
+  store: ObjectStore,
+  options: { skipDamaged?: boolean } = {},
+): Promise<PinEntry[]> {
   const keys: { key: string; uuid: string }[] = [];
   for await (const page of store.list(PIN_PREFIX)) {
     for (const o of page.objects) {
@@ -97,9 +103,9 @@ export async function listPins(store: ObjectStore): Promise<PinEntry[]> {
         const r = decodeSnapshot(body);
         return { key, uuid, checkpoint: r.checkpoint, cloneUrl: r.note };
       } catch (e) {
-        if (e instanceof DecodeError)
-          throw dataError('CORRUPT_OBJECT', key, `Clone pin record is damaged: ${e.message}`);
-        throw e;
+        if (!(e instanceof DecodeError)) throw e;
+        if (options.skipDamaged) return undefined;
+        throw dataError('CORRUPT_OBJECT', key, `Clone pin record is damaged: ${e.message}`);
       }
     }),
   );
@@ -203,7 +209,7 @@ export async function listCheckpoints(
   for (const s of await listSnapshots(store))
     names.set(s.checkpoint, [...(names.get(s.checkpoint) ?? []), s.name]);
   const clones = new Map<number, string[]>();
-  for (const p of await listPins(store))
+  for (const p of await listPins(store, { skipDamaged: true }))
     clones.set(p.checkpoint, [...(clones.get(p.checkpoint) ?? []), p.cloneUrl].sort());
   let ids = [...sizes.keys()].sort((a, b) => b - a);
   if (options.named) ids = ids.filter((id) => names.has(id));
