@@ -36,6 +36,16 @@ interface ErrorOut {
   error: { code: string; message: string };
 }
 
+/** `hyper file import` of an image file, creating the volume if asked. */
+const importImage = (image: string, url: string, create = false): Promise<{ checkpoint: number }> =>
+  hyperJson<{ checkpoint: number }>([
+    'file',
+    'import',
+    image,
+    url,
+    ...(create ? ['--create'] : []),
+  ]);
+
 describe('hyper snapshot clone / flatten', () => {
   it('clones a checkpoint copy-on-write; compaction keeps it until the clone is flattened', async (t) => {
     const dir = await tempDir(t, 'hyper-clone-');
@@ -56,15 +66,9 @@ describe('hyper snapshot clone / flatten', () => {
     const b = randomBuffer(rand, SIZE);
     await writeFile(join(dir, 'a.img'), a);
     await writeFile(join(dir, 'b.img'), b);
-    const ia = await hyperJson<{ checkpoint: number }>([
-      'file',
-      'import',
-      join(dir, 'a.img'),
-      parent,
-      '--create',
-    ]);
+    const ia = await importImage(join(dir, 'a.img'), parent, true);
     await hyperJson(['snapshot', 'create', parent, '--name', 'gold']);
-    await hyperJson(['file', 'import', join(dir, 'b.img'), parent]);
+    await importImage(join(dir, 'b.img'), parent);
 
     const c = await hyperJson<SnapshotCloneResult>([
       'snapshot',
@@ -153,13 +157,7 @@ describe('hyper snapshot clone / flatten', () => {
     const rand = rng(23);
     await writeFile(join(dir, 'a.img'), randomBuffer(rand, SIZE));
     await writeFile(join(dir, 'b.img'), randomBuffer(rand, SIZE));
-    const ia = await hyperJson<{ checkpoint: number }>([
-      'file',
-      'import',
-      join(dir, 'a.img'),
-      parent,
-      '--create',
-    ]);
+    const ia = await importImage(join(dir, 'a.img'), parent, true);
     const pins = async (): Promise<string[]> =>
       [...(await objectsOnDisk(join(dir, 'parent'))).keys()].filter((k) => k.startsWith('pin/'));
     const clonesOf = async (checkpoint: number): Promise<string[]> => {
@@ -174,7 +172,7 @@ describe('hyper snapshot clone / flatten', () => {
     const one = await clone('one');
     const two = await clone('two');
     const three = await clone('three');
-    await hyperJson(['file', 'import', join(dir, 'b.img'), parent]);
+    await importImage(join(dir, 'b.img'), parent);
     assert.deepEqual(await clonesOf(ia.checkpoint), [one.url, three.url, two.url].sort());
     assert.equal((await pins()).length, 3);
 
