@@ -36,7 +36,7 @@ export default class SnapshotUnpin extends BaseCommand<typeof SnapshotUnpin> {
   static override flags = {
     force: Flags.boolean({
       summary:
-        'Release the pin even when the clone’s URL cannot be read (a clone that still exists breaks).',
+        'Release the pin also when the clone’s URL cannot be read (a clone still there breaks).',
     }),
   };
 
