@@ -13,7 +13,6 @@ import {
   pinKey,
 } from '../keys.js';
 import type { ObjectStore } from '../store/types.js';
-import { decodeSnapshot } from '../codec/snapshot.js';
 import { leaseHeldError, leaseInfo, readLease } from './lease.js';
 import type { LeaseInfo, VolumeInfo } from './types.js';
 import { headAt, infoOf, readCheckpointHead, readHead, readStoredHead } from './heads.js';
@@ -21,6 +20,7 @@ import { isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
 import { NodeLoader } from '../index/loader.js';
 import { SegmentSource, defaultOpenStore, type OpenStoreFn } from './segments.js';
 import { newReach, walk } from './walk.js';
+import { listPins } from './history.js';
 
 export interface VolumeStat extends VolumeInfo {
   /** Segment objects under seg/. */
@@ -231,11 +231,14 @@ export interface DeleteOptions {
   openStore?: OpenStoreFn;
 }
 
-/** What became of a deleted clone's pin on its parent. */
-export interface PinRelease {
-  /** The parent's URL and the pin's key there. */
+/** A clone's pin: its parent's URL and the pin's key there. */
+interface PinLink {
   parent: string;
   key: string;
+}
+
+/** What became of a deleted clone's pin on its parent. */
+export interface PinRelease extends PinLink {
   /** False only with `force`, when the parent could not be reached: the pin stays. */
   released: boolean;
   /** Why it stays. */
@@ -318,7 +321,7 @@ export async function deleteVolume(
 }
 
 /** A clone's pin: its parent's URL and the key there (none for a volume that is no clone). */
-function pinLinkOf(head: HeadRecord): { parent: string; key: string } | undefined {
+function pinLinkOf(head: HeadRecord): PinLink | undefined {
   const parent = head.clone?.chain[0]?.url;
   return parent === undefined ? undefined : { parent, key: pinKey(head.uuid) };
 }
@@ -327,7 +330,7 @@ function pinLinkOf(head: HeadRecord): { parent: string; key: string } | undefine
 async function pinLinkFromSegments(
   store: ObjectStore,
   keys: string[],
-): Promise<{ parent: string; key: string } | undefined> {
+): Promise<PinLink | undefined> {
   const ids = keys
     .map(parseSegmentKey)
     .filter((id): id is number => id !== undefined)
@@ -347,11 +350,7 @@ async function pinLinkFromSegments(
  * Any other failure stops the delete (a rerun finishes it) unless `force`, which leaves the
  * pin and says so: a pin kept costs the parent space, never data.
  */
-async function releasePin(
-  url: string,
-  link: { parent: string; key: string },
-  options: DeleteOptions,
-): Promise<PinRelease> {
+async function releasePin(url: string, link: PinLink, options: DeleteOptions): Promise<PinRelease> {
   const open = options.openStore ?? defaultOpenStore;
   try {
     const parent = await open(link.parent);
@@ -379,20 +378,13 @@ async function releasePin(
   }
 }
 
-/** The clones that read from this volume: the URLs their pins record (or the pin keys). */
+/**
+ * The clones that read from this volume: the URLs their pins record, and the keys of pins
+ * whose record is damaged (a pin in doubt counts as a clone).
+ */
 export async function listClones(store: ObjectStore): Promise<string[]> {
-  const out: string[] = [];
-  for await (const page of store.list(PIN_PREFIX)) {
-    for (const o of page.objects) {
-      try {
-        out.push(decodeSnapshot((await store.get(o.key)).body).note || o.key);
-      } catch (e) {
-        if (isHyperError(e, 'OBJECT_NOT_FOUND')) continue; // unpinned meanwhile
-        out.push(o.key);
-      }
-    }
-  }
-  return out;
+  const { pins, damaged } = await listPins(store);
+  return [...pins.map((p) => p.cloneUrl || p.key), ...damaged];
 }
 
 /**

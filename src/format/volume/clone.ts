@@ -6,7 +6,7 @@
  * (`pin/<clone uuid>`) so its compaction never removes what the clone reads.
  */
 import { randomBytes } from 'node:crypto';
-import { HyperError, isHyperError, toHyperError } from '../../errors.js';
+import { HyperError, dataError, isHyperError, toHyperError } from '../../errors.js';
 import { encodeHead, type HeadRecord } from '../codec/head.js';
 import { encodeSnapshot } from '../codec/snapshot.js';
 import { NodeLoader } from '../index/loader.js';
@@ -246,9 +246,10 @@ export async function unpinClone(
   const open = options.openStore ?? SegmentSource.defaultOpen;
   const byUuid = /^[0-9a-f]{32}$/.test(clone);
   const wanted = byUuid ? clone : await canonicalUrl(clone, open);
-  const matches = (await listPins(parent)).filter((p) =>
-    byUuid ? p.uuid === wanted : p.cloneUrl === wanted,
-  );
+  const { pins, damaged } = await listPins(parent);
+  if (damaged[0] !== undefined)
+    throw dataError('CORRUPT_OBJECT', damaged[0], `Clone pin record ${damaged[0]} is damaged`);
+  const matches = pins.filter((p) => (byUuid ? p.uuid === wanted : p.cloneUrl === wanted));
   if (matches.length === 0) {
     throw new HyperError(
       'not-found',

@@ -76,13 +76,12 @@ export interface PinEntry {
 }
 
 /**
- * The clone pins on a volume (one GET each). A damaged one is a data error naming it, or left
- * out with `skipDamaged` (`file check` reports it).
+ * The clone pins on a volume (one GET each), and the keys of those whose record is damaged
+ * (`file check` reports them). A pin released meanwhile is left out; a store failure throws.
  */
 export async function listPins(
   store: ObjectStore,
-  options: { skipDamaged?: boolean } = {},
-): Promise<PinEntry[]> {
+): Promise<{ pins: PinEntry[]; damaged: string[] }> {
   const keys: { key: string; uuid: string }[] = [];
   for await (const page of store.list(PIN_PREFIX)) {
     for (const o of page.objects) {
@@ -90,26 +89,27 @@ export async function listPins(
       if (uuid !== undefined) keys.push({ key: o.key, uuid });
     }
   }
-  const out = await Promise.all(
-    keys.map(async ({ key, uuid }): Promise<PinEntry | undefined> => {
+  const pins: PinEntry[] = [];
+  const damaged: string[] = [];
+  await Promise.all(
+    keys.map(async ({ key, uuid }) => {
       let body: Buffer;
       try {
         body = (await store.get(key)).body;
       } catch (e) {
-        if (isHyperError(e, 'OBJECT_NOT_FOUND')) return undefined; // released meanwhile
+        if (isHyperError(e, 'OBJECT_NOT_FOUND')) return; // released meanwhile
         throw e;
       }
       try {
         const r = decodeSnapshot(body);
-        return { key, uuid, checkpoint: r.checkpoint, cloneUrl: r.note };
+        pins.push({ key, uuid, checkpoint: r.checkpoint, cloneUrl: r.note });
       } catch (e) {
         if (!(e instanceof DecodeError)) throw e;
-        if (options.skipDamaged) return undefined;
-        throw dataError('CORRUPT_OBJECT', key, `Clone pin record is damaged: ${e.message}`);
+        damaged.push(key);
       }
     }),
   );
-  return out.filter((p): p is PinEntry => p !== undefined);
+  return { pins: pins.sort((a, b) => a.key.localeCompare(b.key)), damaged: damaged.sort() };
 }
 
 /** Pin a checkpoint under a name: one GET of the head (plus one to check an older checkpoint) and one create-only PUT. */
@@ -209,7 +209,7 @@ export async function listCheckpoints(
   for (const s of await listSnapshots(store))
     names.set(s.checkpoint, [...(names.get(s.checkpoint) ?? []), s.name]);
   const clones = new Map<number, string[]>();
-  for (const p of await listPins(store, { skipDamaged: true }))
+  for (const p of (await listPins(store)).pins)
     clones.set(p.checkpoint, [...(clones.get(p.checkpoint) ?? []), p.cloneUrl].sort());
   let ids = [...sizes.keys()].sort((a, b) => b - a);
   if (options.named) ids = ids.filter((id) => names.has(id));
