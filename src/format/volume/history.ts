@@ -2,7 +2,7 @@
  * A volume's history: checkpoints, named snapshots, restore and diff.
  * Every request count here is independent of the volume's size.
  */
-import { HyperError, dataError, isHyperError } from '../../errors.js';
+import { HyperError, isHyperError } from '../../errors.js';
 import { DecodeError } from '../codec/binary.js';
 import { isRetainedCheckpoint } from '../codec/head.js';
 import { decodeSnapshot, encodeSnapshot } from '../codec/snapshot.js';
