@@ -72,7 +72,7 @@ import type {
 } from '../../src/format/store/types.js';
 import { deleteVolume } from '../../src/format/volume/admin.js';
 import { checkVolume } from '../../src/format/volume/check.js';
-import { cloneVolume, flattenVolume } from '../../src/format/volume/clone.js';
+import { cloneVolume, flattenVolume, unpinClone } from '../../src/format/volume/clone.js';
 import { compactVolume, type CompactOptions } from '../../src/format/volume/compact.js';
 import { readCheckpointHead, readHead } from '../../src/format/volume/heads.js';
 import { readLease } from '../../src/format/volume/lease.js';
@@ -754,6 +754,7 @@ export const OPS: Record<string, number> = {
   settle: 3,
   deleteParent: 0.6,
   damagePin: 0.4,
+  unpin: 0.8,
 };
 
 const VOLUME_SIZE = 1 * MiB;
@@ -1718,6 +1719,38 @@ class Run {
     this.note(`damaged ${key} (pin of clone ${c.m.prefix} at checkpoint ${c.m.origin})`);
   }
 
+  /**
+   * `snapshot unpin` naming a clone by URL: often one being created right now (it has no head
+   * yet), else any. It may release only the pins of clones that do not exist; check (c)
+   * finds a clone that exists without its pin.
+   */
+  private async unpinOp(): Promise<void> {
+    const all = [...this.clones.values()];
+    const creating = all.filter((m) => m.state === 'creating');
+    const m = this.pickFrom(creating.length > 0 && this.rand() < 0.7 ? creating : all);
+    if (!m) return;
+    const actor = this.actor('unpin');
+    const before = m.state === 'creating' ? await this.pinKeys() : undefined;
+    this.launch(`unpin ${m.prefix}`, actor, async () => {
+      // A clone being created: start once its pin is there (and its head likely is not).
+      for (let i = 0; before && m.state === 'creating' && i < 50; i++) {
+        if ((await this.pinKeys()).some((k) => !before.includes(k))) break;
+        await this.sim.wait(actor, 1);
+      }
+      const r = await unpinClone(this.view(actor, this.mainUrl), m.url, {
+        openStore: this.opener(actor),
+      });
+      return `${r.released.length} released, ${r.kept.length} kept`;
+    });
+  }
+
+  private async pinKeys(): Promise<string[]> {
+    const keys: string[] = [];
+    for await (const p of this.raw(this.mainUrl).list(PIN_PREFIX))
+      keys.push(...p.objects.map((o) => o.key));
+    return keys;
+  }
+
   private async settle(): Promise<void> {
     const all = [...this.inflight.values()].map((i) => i.promise);
     if (all.length === 0) return;
@@ -1791,6 +1824,8 @@ class Run {
         return this.deleteParentOp();
       case 'damagePin':
         return this.damagePinOp();
+      case 'unpin':
+        return this.unpinOp();
     }
     if (admin >= 4) return;
     switch (op) {

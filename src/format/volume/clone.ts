@@ -59,61 +59,94 @@ export async function cloneVolume(
     await parent.delete([pinKey(uuid)]).catch(() => undefined);
     throw e;
   }
-  let created = false;
+  const now = Date.now();
+  const id = base + 1;
+  const head: HeadRecord = {
+    uuid,
+    createdMs: now,
+    size: at.size,
+    dataBlockShift: at.dataBlockShift,
+    metaBlockShift: at.metaBlockShift,
+    // Blocks are read from the parents' segments as stored there: the clone keeps their codecs.
+    flags: at.flags,
+    ...(at.compression === undefined ? {} : { compression: at.compression }),
+    // …and their seal: the same key and salt open the parent's blocks.
+    ...(at.seal ? { seal: at.seal } : {}),
+    // …and their content index: equal blocks written to the clone share the parent's.
+    ...(at.dedup ? { dedup: at.dedup } : {}),
+    segmentSize: at.segmentSize,
+    checkpoint: id,
+    checkpointMs: now,
+    prevCheckpoint: 0,
+    lastSegment: id,
+    epoch: 0,
+    rootLevel: at.rootLevel,
+    root: at.root,
+    skipped: [],
+    clone: {
+      checkpoint,
+      chain: [{ url: parent.url, base }, ...(at.clone?.chain ?? ph.clone?.chain ?? [])],
+    },
+  };
+  const headBytes = encodeHead(head);
   try {
-    const now = Date.now();
-    const id = base + 1;
-    const head: HeadRecord = {
-      uuid,
-      createdMs: now,
-      size: at.size,
-      dataBlockShift: at.dataBlockShift,
-      metaBlockShift: at.metaBlockShift,
-      // Blocks are read from the parents' segments as stored there: the clone keeps their codecs.
-      flags: at.flags,
-      ...(at.compression === undefined ? {} : { compression: at.compression }),
-      // …and their seal: the same key and salt open the parent's blocks.
-      ...(at.seal ? { seal: at.seal } : {}),
-      // …and their content index: equal blocks written to the clone share the parent's.
-      ...(at.dedup ? { dedup: at.dedup } : {}),
-      segmentSize: at.segmentSize,
-      checkpoint: id,
-      checkpointMs: now,
-      prevCheckpoint: 0,
-      lastSegment: id,
-      epoch: 0,
-      rootLevel: at.rootLevel,
-      root: at.root,
-      skipped: [],
-      clone: {
-        checkpoint,
-        chain: [{ url: parent.url, base }, ...(at.clone?.chain ?? ph.clone?.chain ?? [])],
-      },
-    };
-    const headBytes = encodeHead(head);
     await child.put(segmentKey(id), buildEmptySegment(id, now, headBytes), { ifNoneMatch: true });
     await child.put(HEAD_KEY, headBytes, { ifNoneMatch: true });
-    created = true;
-    const result: CloneResult = {
-      parent: parent.url,
-      checkpoint,
-      clone: infoOf(child.url, head, false),
-    };
-    if (options.flatten) {
-      result.flattened = await flattenVolume(child, {
-        ...(options.openStore ? { openStore: options.openStore } : {}),
-      });
-      result.clone = infoOf(child.url, (await readHead(child)).head, false);
+  } catch (e) {
+    // Before the clone's head exists nothing reads through the pin: take it back. A head
+    // that landed all the same reads from the parent: the pin must stay.
+    if (!(await cloneHeadIsOurs(child, uuid)))
+      await parent.delete([pinKey(uuid)]).catch(() => undefined);
+    throw e;
+  }
+  // An unpin that ran between our pin and our head found no clone at this URL and may have
+  // released the pin: from the head on, a pin missing is ours to put back (unpin looks for
+  // the clone again after its delete, so one of the two always sees the other).
+  try {
+    await repin(parent, uuid, checkpoint, child.url);
+  } catch (e) {
+    // Without its pin the clone may lose what it reads: take it back rather than leave it
+    // (the pin goes last, and only once the head is gone).
+    const undone = await child.delete([HEAD_KEY]).then(
+      () => true,
+      () => false,
+    );
+    if (undone) {
+      await child.delete([segmentKey(id)]).catch(() => undefined);
+      await parent.delete([pinKey(uuid)]).catch(() => undefined);
     }
+    const he = toHyperError(e);
+    const lost = isHyperError(e, 'CHECKPOINT_NOT_FOUND')
+      ? `an unpin released its pin on ${parent.url} while it was being created, and a compaction dropped checkpoint ${checkpoint} meanwhile`
+      : `confirming its pin on ${parent.url} failed: ${he.message}`;
+    throw new HyperError(
+      he.kind,
+      he.code,
+      undone
+        ? `The clone ${child.url} was not created: ${lost}`
+        : `The clone ${child.url} was created, but ${lost}, and taking the clone back failed`,
+      {
+        suggestion: undone
+          ? `Clone again; \`hyper file check ${child.url}\` lists anything left of this attempt.`
+          : `Delete the clone (\`hyper file delete ${child.url} --force\`) and clone again.`,
+        cause: e,
+      },
+    );
+  }
+  const result: CloneResult = {
+    parent: parent.url,
+    checkpoint,
+    clone: infoOf(child.url, head, false),
+  };
+  if (!options.flatten) return result;
+  try {
+    result.flattened = await flattenVolume(child, {
+      ...(options.openStore ? { openStore: options.openStore } : {}),
+    });
+    result.clone = infoOf(child.url, (await readHead(child)).head, false);
     return result;
   } catch (e) {
-    // Before the clone's head exists nothing reads through the pin: take it back. After, the
-    // clone exists and reads from the parent (a flatten that failed): the pin must stay.
-    if (!created && !(await cloneHeadIsOurs(child, uuid))) {
-      await parent.delete([pinKey(uuid)]).catch(() => undefined);
-      throw e;
-    }
-    if (!options.flatten) throw e;
+    // The clone exists and reads from the parent: the pin stays.
     const he = toHyperError(e);
     throw new HyperError(
       he.kind,
@@ -125,6 +158,32 @@ export async function cloneVolume(
       },
     );
   }
+}
+
+/**
+ * Put the pin of the clone `uuid` back on `parent` if it is missing: an unpin released it
+ * while the clone had no head yet, and one of the two saw the other (see unpinClone). Throws
+ * CHECKPOINT_NOT_FOUND (pin taken back) if a compaction dropped the checkpoint in that window.
+ */
+async function repin(
+  parent: ObjectStore,
+  uuid: string,
+  checkpoint: number,
+  cloneUrl: string,
+): Promise<void> {
+  const key = pinKey(uuid);
+  if (await parent.head(key)) return;
+  try {
+    await parent.put(
+      key,
+      encodeSnapshot({ checkpoint, createdMs: Date.now(), kind: 'clone-pin', note: cloneUrl }),
+      { ifNoneMatch: true },
+    );
+  } catch (e) {
+    // Put back by the other side at the same moment: it is there.
+    if (!isHyperError(e, 'PRECONDITION_FAILED')) throw e;
+  }
+  await confirmPinned(parent, checkpoint, key);
 }
 
 /**
@@ -234,8 +293,8 @@ export interface UnpinResult {
  * --force while its parent could not be reached. `clone` is the clone's URL as its pins
  * record it, or its UUID. A pin stays while a volume with its UUID is at the URL it records (flatten or delete
  * that clone instead), and while that URL cannot be read, unless `force`. A clone being
- * created at that URL at this very moment has no head yet and loses its pin: name only clones
- * you know are gone.
+ * created at that URL at this very moment gets its pin back: this looks for it again after
+ * the delete, and the clone checks its own pin once its head exists.
  */
 export async function unpinClone(
   parent: ObjectStore,
@@ -267,7 +326,32 @@ export async function unpinClone(
     if (why === undefined || (options.force && !why.live)) released.push(pin);
     else kept.push({ ...pin, cloneExists: why.live, reason: why.reason });
   }
-  if (released.length > 0) await parent.delete(released.map((p) => p.key));
+  if (released.length > 0) {
+    await parent.delete(released.map((p) => p.key));
+    // A clone created at that URL at this very moment had no head when we looked and may have
+    // one now: look again, and put its pin back (the clone checks its pin after its head, so
+    // one of the two sees the other).
+    for (const pin of [...released]) {
+      const why = await cloneHolds(pin.cloneUrl, pin.uuid, open);
+      if (why === undefined || (options.force && !why.live)) continue;
+      try {
+        await repin(parent, pin.uuid, pin.checkpoint, pin.cloneUrl);
+      } catch (e) {
+        const he = toHyperError(e);
+        throw new HyperError(
+          he.kind,
+          he.code,
+          `The clone at ${pin.cloneUrl} was created while its pin ${pin.key} was being released, and putting the pin back failed: ${he.message}`,
+          {
+            suggestion: `Run \`hyper file check ${pin.cloneUrl}\`: a clone that cannot read its parent must be deleted and cloned again.`,
+            cause: e,
+          },
+        );
+      }
+      released.splice(released.indexOf(pin), 1);
+      kept.push({ ...pin, cloneExists: why.live, reason: why.reason });
+    }
+  }
   if (released.length === 0) {
     const k = kept[0] as UnpinResult['kept'][number];
     const live = kept.some((p) => p.cloneExists);
@@ -314,9 +398,11 @@ export async function cloneHolds(
   try {
     store = await open(url);
     const { head } = await readStoredHead(store);
-    return head.uuid === uuid
+    // Another volume took the URL over, or the clone was flattened (a flatten stopped
+    // between its commit and its pin delete leaves the pin behind): it reads nothing here.
+    return head.uuid === uuid && head.clone
       ? { live: true, reason: `the clone exists at ${url} and reads from this volume` }
-      : undefined; // another volume took the URL over
+      : undefined;
   } catch (e) {
     const he = toHyperError(e);
     if (he.kind === 'not-found') return undefined;

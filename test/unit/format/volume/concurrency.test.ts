@@ -13,6 +13,7 @@
  *   3  a failed clone (--flatten) removes the pin of a clone that still reads from its parent
  *   4  a pin or snapshot created while compaction runs is ignored by it
  *   8  deleting a volume destroys the clones that read from it
+ *   9  an unpin releases the pin of a clone being created (no head yet when it looks)
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
@@ -32,7 +33,7 @@ import type {
 } from '../../../../src/format/store/types.js';
 import { deleteVolume } from '../../../../src/format/volume/admin.js';
 import { checkVolume } from '../../../../src/format/volume/check.js';
-import { cloneVolume } from '../../../../src/format/volume/clone.js';
+import { cloneVolume, flattenVolume, unpinClone } from '../../../../src/format/volume/clone.js';
 import { compactVolume } from '../../../../src/format/volume/compact.js';
 import { readHead } from '../../../../src/format/volume/heads.js';
 import { createSnapshot } from '../../../../src/format/volume/history.js';
@@ -559,6 +560,108 @@ describe('concurrency: deleting a volume that clones read from (scenario 8)', ()
     assert.equal(r.ok, false, 'deleteVolume deleted a volume that a clone reads from');
     assert.ok(await exists(w.parent), 'the parent is gone');
     same(await readAll(child, w), w.refs.get(2) as Buffer, 'the clone');
+    await assertClean(child, w);
+  });
+});
+
+describe('concurrency: unpin against a clone being created (scenario 9)', () => {
+  const at = 3;
+
+  /** The clone reads checkpoint `at` after the parent compacts everything else away. */
+  async function cloneSurvives(w: World, child: ObjectStore): Promise<void> {
+    assert.deepEqual(await pins(w.parent), [pinKey((await readHead(child)).head.uuid)]);
+    await compactVolume(w.parent, { keepLast: 1, graceMs: 0 });
+    same(await readAll(child, w), w.refs.get(at) as Buffer, 'the clone');
+    await assertClean(child, w);
+    await assertClean(w.parent, w);
+  }
+
+  it('an unpin between the clone’s pin and its first write: the clone puts its pin back', async () => {
+    const w = await world();
+    const child = w.root.sub('child/');
+    let unpinned: Awaited<ReturnType<typeof settle>> | undefined;
+    const script: Script = {
+      steps: [
+        step({
+          when: (r) => r.op === 'put' && r.key.startsWith(SEGMENT_PREFIX),
+          // The pin is there, nothing of the clone is: the unpin finds no clone, releases it.
+          run: async () => {
+            unpinned = await settle(unpinClone(w.parent, child.url, { openStore: w.openStore }));
+          },
+        }),
+      ],
+    };
+    await cloneVolume(w.parent, { checkpoint: at }, new ScriptedStore(child, script), {
+      openStore: w.openStore,
+    });
+    assert.ok(
+      unpinned?.ok,
+      `the unpin did not release the pin (schedule not reproduced): ${String(unpinned && !unpinned.ok ? unpinned.error : '')}`,
+    );
+    await cloneSurvives(w, child);
+  });
+
+  it('a clone that sees its pin before the unpin deletes it: the unpin puts it back', async () => {
+    const w = await world();
+    const child = w.root.sub('child/');
+    let reached!: () => void;
+    const atDelete = new Promise<void>((r) => (reached = r));
+    let proceed!: () => void;
+    const mayDelete = new Promise<void>((r) => (proceed = r));
+    // The unpin has found the pin and no clone head, and is about to delete the pin...
+    const unpinStore = new ScriptedStore(w.parent, {
+      steps: [
+        step({
+          when: (r) => r.op === 'delete' && r.key.startsWith(PIN_PREFIX),
+          run: async () => {
+            reached();
+            await mayDelete;
+          },
+        }),
+      ],
+    });
+    let unpinning: Promise<unknown> | undefined;
+    const cloneStore = new ScriptedStore(child, {
+      steps: [
+        step({
+          when: (r) => r.op === 'put' && r.key.startsWith(SEGMENT_PREFIX),
+          run: async () => {
+            unpinning = settle(unpinClone(unpinStore, child.url, { openStore: w.openStore }));
+            await atDelete;
+          },
+        }),
+      ],
+    });
+    // ...when the clone writes its segment and head and finds its pin still there.
+    await cloneVolume(w.parent, { checkpoint: at }, cloneStore, { openStore: w.openStore });
+    proceed();
+    const r = (await unpinning) as Awaited<ReturnType<typeof settle>>;
+    assert.equal(r.ok, false, 'the unpin reported the pin of a live clone released');
+    assert.match(String(r.error), /clone exists/);
+    await cloneSurvives(w, child);
+  });
+
+  it('a flatten stopped before releasing its pin: unpin releases it', async () => {
+    const w = await world();
+    const child = w.root.sub('child/');
+    await cloneVolume(w.parent, { checkpoint: at }, child, { openStore: w.openStore });
+    const failPinDelete: Script = {
+      steps: [
+        step({ when: (r) => r.op === 'delete' && r.key.startsWith(PIN_PREFIX), fail: 'before' }),
+      ],
+    };
+    const flattened = await settle(
+      flattenVolume(child, {
+        openStore: async (url) => new ScriptedStore(await w.openStore(url), failPinDelete),
+      }),
+    );
+    assert.equal(flattened.ok, false, 'the pin delete did not fail (schedule not reproduced)');
+    assert.equal((await readHead(child)).head.clone, undefined, 'the flatten did not commit');
+    const r = await unpinClone(w.parent, child.url, { openStore: w.openStore });
+    assert.equal(r.released.length, 1);
+    assert.deepEqual(await pins(w.parent), []);
+    await compactVolume(w.parent, { keepLast: 1, graceMs: 0 });
+    same(await readAll(child, w), w.refs.get(at) as Buffer, 'the flattened clone');
     await assertClean(child, w);
   });
 });
