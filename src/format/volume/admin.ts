@@ -264,7 +264,8 @@ export async function deleteVolume(
   options: DeleteOptions = {},
 ): Promise<DeleteResult> {
   const signal = options.signal;
-  const { headFound, head } = await checkDeletable(store, options);
+  const checked = await checkDeletable(store, options);
+  const { headFound, head } = checked;
 
   // Count first so progress has a total.
   const keys: string[] = [];
@@ -312,12 +313,58 @@ export async function deleteVolume(
     store,
     keys.filter((k) => k === HEAD_KEY),
   );
+  if (checked.headBytes && !options.force) await refuseLateClones(store, checked.headBytes);
   // The pin goes once nothing can open the clone, and before the segments that would tell a
   // rerun which pin to release.
   const pin = link ? await releasePin(store.url, link, options) : undefined;
   await run(store, order);
   if (options.walStore) await run(options.walStore, walKeys);
   return { objectsDeleted: done, ...(pin ? { pin } : {}) };
+}
+
+/**
+ * After the head's delete: a clone that pinned a checkpoint after `checkDeletable` looked,
+ * and read the head before it went (a clone reads it after pinning), exists and reads from
+ * this volume. Its pin is listed now: put the head back and stop, with nothing else deleted.
+ * A listing that fails puts the head back too (the delete cannot tell).
+ */
+async function refuseLateClones(store: ObjectStore, headBytes: Buffer): Promise<void> {
+  let late: string[];
+  try {
+    late = await listClones(store);
+  } catch (e) {
+    await putHeadBack(store, headBytes, e);
+    throw e;
+  }
+  if (late.length === 0) return;
+  const why = new HyperError(
+    'conflict',
+    'HAS_CLONES',
+    `A clone of ${store.url} was made while it was being deleted (${late.join(', ')}); the delete stopped and nothing was deleted`,
+    {
+      suggestion: `Flatten the clone (\`hyper snapshot flatten CLONE_URL\`) or delete it, then delete ${store.url} again.`,
+    },
+  );
+  await putHeadBack(store, headBytes, why);
+  throw why;
+}
+
+async function putHeadBack(store: ObjectStore, headBytes: Buffer, why: unknown): Promise<void> {
+  try {
+    await store.put(HEAD_KEY, headBytes, { ifNoneMatch: true });
+  } catch (e) {
+    if (isHyperError(e, 'PRECONDITION_FAILED')) return;
+    const he = toHyperError(why);
+    throw new HyperError(
+      he.kind,
+      he.code,
+      `${he.message}; putting the volume's head back failed too (${toHyperError(e).message}): ${store.url} has no head`,
+      {
+        suggestion: `Run \`hyper file repair ${store.url}\` to bring the head back from the newest segment, then decide again.`,
+        cause: e,
+      },
+    );
+  }
 }
 
 /** A clone's pin: its parent's URL and the key there (none for a volume that is no clone). */
@@ -397,11 +444,12 @@ export async function listClones(store: ObjectStore): Promise<string[]> {
 export async function checkDeletable(
   store: ObjectStore,
   options: { force?: boolean } = {},
-): Promise<{ headFound: boolean; head?: HeadRecord }> {
+): Promise<{ headFound: boolean; head?: HeadRecord; headBytes?: Buffer }> {
   let headFound = true;
   let head: HeadRecord | undefined;
+  let headBytes: Buffer | undefined;
   try {
-    ({ head } = await readStoredHead(store));
+    ({ head, bytes: headBytes } = await readStoredHead(store));
   } catch (e) {
     if (isHyperError(e, 'VOLUME_NOT_FOUND')) throw e;
     // A damaged head, or a half-deleted volume (NOT_A_VOLUME): still deletable.
@@ -424,7 +472,7 @@ export async function checkDeletable(
       );
     }
   }
-  return { headFound, ...(head ? { head } : {}) };
+  return { headFound, ...(head ? { head } : {}), ...(headBytes ? { headBytes } : {}) };
 }
 
 const isVolumeKey = (k: string): boolean =>

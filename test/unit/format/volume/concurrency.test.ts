@@ -12,7 +12,7 @@
  *   2  an unreadable clone pin (store error, damaged record) counts as absent
  *   3  a failed clone (--flatten) removes the pin of a clone that still reads from its parent
  *   4  a pin or snapshot created while compaction runs is ignored by it
- *   8  deleting a volume destroys the clones that read from it
+ *   8  deleting a volume destroys the clones that read from it (also one made while it runs)
  *   9  an unpin releases the pin of a clone being created (no head yet when it looks)
  */
 import assert from 'node:assert/strict';
@@ -561,6 +561,39 @@ describe('concurrency: deleting a volume that clones read from (scenario 8)', ()
     assert.ok(await exists(w.parent), 'the parent is gone');
     same(await readAll(child, w), w.refs.get(2) as Buffer, 'the clone');
     await assertClean(child, w);
+  });
+
+  it('a clone made after the delete checked for clones stops the delete, and keeps working', async () => {
+    const w = await world();
+    const child = w.root.sub('child/');
+    let made: Awaited<ReturnType<typeof settle>> | undefined;
+    // The delete found no clone; before it deletes the head, a clone pins a checkpoint and
+    // reads the head (still there): the clone is made.
+    const script: Script = {
+      steps: [
+        step({
+          when: (r) => r.op === 'delete' && r.key === HEAD_KEY,
+          run: async () => {
+            made = await settle(
+              cloneVolume(w.parent, { checkpoint: 2 }, child, { openStore: w.openStore }),
+            );
+          },
+        }),
+      ],
+    };
+    const r = await settle(deleteVolume(new ScriptedStore(w.parent, script)));
+    assert.ok(made?.ok, 'the clone was not made (schedule not reproduced)');
+    assert.equal(r.ok, false, 'deleteVolume deleted a volume that a clone reads from');
+    assert.match(String(r.error), /HAS_CLONES|while it was being deleted/);
+    assert.ok(await exists(w.parent), 'the parent is gone');
+    same(await readAll(child, w), w.refs.get(2) as Buffer, 'the clone');
+    same(
+      await readAll(w.parent, w),
+      w.refs.get(Math.max(...w.refs.keys())) as Buffer,
+      'the parent',
+    );
+    await assertClean(child, w);
+    await assertClean(w.parent, w);
   });
 });
 
