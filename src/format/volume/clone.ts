@@ -18,7 +18,7 @@ import type { CheckpointRef, OpenOptions, VolumeInfo } from './types.js';
 import { headAt, infoOf, readHead, readStoredHead, resolveCheckpoint } from './heads.js';
 import { buildEmptySegment } from './segment-builder.js';
 import { Volume } from './volume.js';
-import { confirmPinned, listPins, type PinEntry } from './history.js';
+import { confirmPinned, listPins, listSnapshots, type PinEntry } from './history.js';
 import { newReach, rewriteBlocks, walk } from './walk.js';
 
 export interface CloneResult {
@@ -266,6 +266,30 @@ export async function flattenVolume(
     await source.close();
     const copied = await rewriteBlocks(vol, lbas, options.signal, options.onProgress);
     const { checkpoint } = await vol.detachFromParent();
+    // A snapshot or a clone of this volume made while it was being flattened (after the check
+    // above, and before this commit dropped the checkpoint it names: its maker reads the head
+    // after writing its record) reads the parent through that checkpoint. Then the volume
+    // stays a clone (its blocks are its own now), keeps that checkpoint, and its pin.
+    const late = await recordsBefore(store, checkpoint);
+    if (late.length > 0) {
+      const ids = late.flatMap((r) => (r.checkpoint === undefined ? [] : [r.checkpoint]));
+      await vol.reattachToParent(cur.clone as NonNullable<HeadRecord['clone']>, [...new Set(ids)]);
+      // An unpin that saw the volume detached may have released the pin meanwhile.
+      const parent = await (options.openStore ?? SegmentSource.defaultOpen)(parentUrl);
+      try {
+        await repin(parent, cur.uuid, head.clone.checkpoint, store.url);
+      } finally {
+        await parent.close();
+      }
+      throw new HyperError(
+        'conflict',
+        late.every((r) => r.what.startsWith('snapshot')) ? 'PRECONDITION_FAILED' : 'HAS_CLONES',
+        `${late.map((r) => r.what).join(', ')} of ${store.url}, made while it was being flattened, read${late.length === 1 ? 's' : ''} ${parentUrl} through an older checkpoint: it stays a clone of ${parentUrl} (every block it reads now is its own)`,
+        {
+          suggestion: `Flatten or delete those clones and delete those snapshots, then run the flatten again.`,
+        },
+      );
+    }
     // The parent no longer needs to keep our checkpoint.
     const open = options.openStore ?? SegmentSource.defaultOpen;
     const parent = await open(parentUrl);
@@ -278,6 +302,26 @@ export async function flattenVolume(
   } finally {
     await vol.close();
   }
+}
+
+/**
+ * The snapshots and clone pins of `store` that name a checkpoint before `checkpoint` (a
+ * damaged pin counts; its checkpoint is unknown).
+ */
+async function recordsBefore(
+  store: ObjectStore,
+  checkpoint: number,
+): Promise<{ what: string; checkpoint?: number }[]> {
+  const out: { what: string; checkpoint?: number }[] = [];
+  for (const s of await listSnapshots(store))
+    if (s.checkpoint < checkpoint)
+      out.push({ what: `snapshot "${s.name}"`, checkpoint: s.checkpoint });
+  const { pins, damaged } = await listPins(store);
+  for (const p of pins)
+    if (p.checkpoint < checkpoint)
+      out.push({ what: `clone ${p.cloneUrl}`, checkpoint: p.checkpoint });
+  for (const key of damaged) out.push({ what: `damaged clone pin ${key}` });
+  return out;
 }
 
 export interface UnpinResult {

@@ -314,6 +314,8 @@ export interface MetadataPatch {
   restoredFrom?: number;
   /** The volume no longer reads from a parent (flatten). */
   detach?: true;
+  /** The volume is a clone again (a flatten that found a clone of it made meanwhile). */
+  attach?: NonNullable<HeadRecord['clone']>;
   /** Changes to the content-hash index (deduplicating volumes). */
   dedup?: DedupPatch;
 }
@@ -322,7 +324,11 @@ export interface MetadataPatch {
 export function mergePatches(a: MetadataPatch | undefined, b: MetadataPatch | undefined) {
   if (!a || !b) return a ?? b;
   const dedup = mergeDedupPatches(a.dedup, b.dedup);
-  return { ...a, ...b, ...(dedup ? { dedup } : {}) };
+  const out: MetadataPatch = { ...a, ...b, ...(dedup ? { dedup } : {}) };
+  // The later of detach and attach wins.
+  if (b.attach) delete out.detach;
+  if (b.detach) delete out.attach;
+  return out;
 }
 
 /** The head of checkpoint `id`, written after `prev` with `patch` applied. */
@@ -332,7 +338,7 @@ export function nextHead(
 ): NextHead {
   // A restore marks only its own checkpoint; history and everything else carry over.
   const { restoredFrom: _previousRestore, ...base } = prev;
-  const { history, restoredFrom, detach, dedup: _dedup } = c.patch;
+  const { history, restoredFrom, detach, attach, dedup: _dedup } = c.patch;
   return {
     ...base,
     ...(c.walSeq === undefined ? {} : { walSeq: c.walSeq }),
@@ -347,6 +353,7 @@ export function nextHead(
       : {}),
     ...(restoredFrom === undefined ? {} : { restoredFrom }),
     ...(detach ? { clone: undefined } : {}),
+    ...(attach ? { clone: attach } : {}),
     size: c.size,
     checkpoint: c.id,
     checkpointMs: c.nowMs,

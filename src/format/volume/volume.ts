@@ -770,6 +770,21 @@ export class Volume {
   }
 
   /**
+   * Undo detachFromParent in a new checkpoint: the volume reads from `link` again, and keeps
+   * `kept` (checkpoints from before the detach that records name) above the detach's floor.
+   */
+  reattachToParent(
+    link: NonNullable<HeadRecord['clone']>,
+    kept: number[],
+  ): Promise<CheckpointInfo> {
+    const floor = this.headRecord.history?.floor ?? this.headRecord.checkpoint;
+    return this.commitMetadata({
+      attach: link,
+      history: { floor, floorMs: Date.now(), kept: [...kept].sort((a, b) => a - b) },
+    });
+  }
+
+  /**
    * Deduplicating volumes: change the content-hash index at the next segment (compaction
    * and flatten, before they rewrite blocks; see flush.ts DedupPatch). Nothing is flushed.
    */

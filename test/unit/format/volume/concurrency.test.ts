@@ -14,10 +14,11 @@
  *   4  a pin or snapshot created while compaction runs is ignored by it
  *   8  deleting a volume destroys the clones that read from it (also one made while it runs)
  *   9  an unpin releases the pin of a clone being created (no head yet when it looks)
+ *  10  flatten releases the pin that a clone of the clone, made while it runs, reads through
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { HyperError } from '../../../../src/errors.js';
+import { HyperError, isHyperError } from '../../../../src/errors.js';
 import { decodeHead } from '../../../../src/format/codec/head.js';
 import { HEAD_KEY, PIN_PREFIX, SEGMENT_PREFIX, pinKey } from '../../../../src/format/keys.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
@@ -695,6 +696,59 @@ describe('concurrency: unpin against a clone being created (scenario 9)', () => 
     assert.deepEqual(await pins(w.parent), []);
     await compactVolume(w.parent, { keepLast: 1, graceMs: 0 });
     same(await readAll(child, w), w.refs.get(at) as Buffer, 'the flattened clone');
+    await assertClean(child, w);
+  });
+});
+
+describe('concurrency: a clone of a clone made while that clone is flattened (scenario 10)', () => {
+  it('the new clone keeps reading what it was made from', async () => {
+    const w = await world();
+    const child = w.root.sub('child/');
+    const grand = w.root.sub('grand/');
+    await cloneVolume(w.parent, { checkpoint: 3 }, child, { openStore: w.openStore });
+    const v = await Volume.open(child, { flushIntervalMs: 0, openStore: w.openStore });
+    await v.write(5 * CHUNK, Buffer.alloc(CHUNK, 0xc5));
+    const from = (await v.flush()).checkpoint;
+    await v.close();
+    const want = await readAll(child, w);
+    let made: Awaited<ReturnType<typeof settle>> | undefined;
+    // Flatten found no clone of the child; while it copies the parent's blocks, a clone of
+    // the child is made from the child's newest checkpoint.
+    const script: Script = {
+      steps: [
+        step({
+          when: (r) => r.op === 'put' && r.key.startsWith(SEGMENT_PREFIX),
+          run: async () => {
+            made = await settle(
+              cloneVolume(child, { checkpoint: from }, grand, { openStore: w.openStore }),
+            );
+          },
+        }),
+      ],
+    };
+    const flattened = await settle(
+      flattenVolume(new ScriptedStore(child, script), { openStore: w.openStore }),
+    );
+    assert.ok(made?.ok, `the clone was not made (schedule not reproduced): ${String(made)}`);
+    // The flatten says so, and the child stays a clone (its pin on the parent with it).
+    assert.equal(flattened.ok, false, 'the flatten released what the new clone reads');
+    assert.ok(isHyperError(flattened.error, 'HAS_CLONES'), String(flattened.error));
+    assert.ok((await readHead(child)).head.clone, 'the child is no clone any more');
+    // Both compact everything they may; the new clone still reads what it was made from.
+    await compactVolume(w.parent, { keepLast: 1, graceMs: 0 });
+    await compactVolume(child, { keepLast: 1, graceMs: 0, openStore: w.openStore });
+    same(await readAll(grand, w), want, 'the clone of the clone');
+    same(await readAll(child, w), want, 'the child');
+    await assertClean(grand, w);
+    await assertClean(child, w);
+    await assertClean(w.parent, w);
+    // Once that clone is gone, the flatten goes through and releases the parent's pin.
+    await deleteVolume(grand, { openStore: w.openStore });
+    const f = await flattenVolume(child, { openStore: w.openStore });
+    assert.equal(f.blocksCopied, 0);
+    assert.deepEqual(await pins(w.parent), []);
+    await compactVolume(w.parent, { keepLast: 1, graceMs: 0 });
+    same(await readAll(child, w), want, 'the flattened child');
     await assertClean(child, w);
   });
 });
