@@ -15,7 +15,14 @@ import { probeConditionalWrites } from '../store/probe.js';
 import type { ObjectStore } from '../store/types.js';
 import { SegmentSource, type OpenStoreFn } from './segments.js';
 import type { CheckpointRef, OpenOptions, VolumeInfo } from './types.js';
-import { headAt, infoOf, readHead, readStoredHead, resolveCheckpoint } from './heads.js';
+import {
+  headAt,
+  infoOf,
+  readCheckpointHead,
+  readHead,
+  readStoredHead,
+  resolveCheckpoint,
+} from './heads.js';
 import { buildEmptySegment } from './segment-builder.js';
 import { Volume } from './volume.js';
 import { confirmPinned, listPins, listSnapshots, type PinEntry } from './history.js';
@@ -44,21 +51,6 @@ export async function cloneVolume(
   await probeConditionalWrites(child, options.signal ? { signal: options.signal } : {});
   const uuid = randomBytes(16).toString('hex');
   const base = ph.lastSegment;
-  // Pin first: from here on the parent's compaction keeps the checkpoint (or, if one was
-  // dropping it at this very moment, confirmPinned finds out and removes the pin).
-  try {
-    await parent.put(
-      pinKey(uuid),
-      encodeSnapshot({ checkpoint, createdMs: Date.now(), kind: 'clone-pin', note: child.url }),
-      { ifNoneMatch: true },
-    );
-    await confirmPinned(parent, checkpoint, pinKey(uuid));
-  } catch (e) {
-    // A PUT that failed may have landed all the same: nothing reads through the pin yet, so
-    // take it back (best effort: one left behind is dangling, which file check lists).
-    await parent.delete([pinKey(uuid)]).catch(() => undefined);
-    throw e;
-  }
   const now = Date.now();
   const id = base + 1;
   const head: HeadRecord = {
@@ -89,49 +81,43 @@ export async function cloneVolume(
     },
   };
   const headBytes = encodeHead(head);
+  // The clone's first segment goes before its pin: while the pin exists, the clone's URL is
+  // never empty, so an unpin that looks there meanwhile cannot tell the clone is gone (it
+  // finds objects but no head) and keeps the pin. (Nothing reads through the segment alone.)
   try {
     await child.put(segmentKey(id), buildEmptySegment(id, now, headBytes), { ifNoneMatch: true });
-    await child.put(HEAD_KEY, headBytes, { ifNoneMatch: true });
   } catch (e) {
-    // Before the clone's head exists nothing reads through the pin: take it back. A head
-    // that landed all the same reads from the parent: the pin must stay.
-    if (!(await cloneHeadIsOurs(child, uuid)))
-      await parent.delete([pinKey(uuid)]).catch(() => undefined);
+    // A PUT that failed may have landed all the same.
+    await dropOurSegment(child, id, uuid);
     throw e;
   }
-  // An unpin that ran between our pin and our head found no clone at this URL and may have
-  // released the pin: from the head on, a pin missing is ours to put back (unpin looks for
-  // the clone again after its delete, so one of the two always sees the other).
+  // The pin: from here on the parent's compaction keeps the checkpoint (or, if one was
+  // dropping it at this very moment, confirmPinned finds out and removes the pin).
   try {
-    await repin(parent, uuid, checkpoint, child.url);
+    await parent.put(
+      pinKey(uuid),
+      encodeSnapshot({ checkpoint, createdMs: Date.now(), kind: 'clone-pin', note: child.url }),
+      { ifNoneMatch: true },
+    );
+    await confirmPinned(parent, checkpoint, pinKey(uuid));
   } catch (e) {
-    // Without its pin the clone may lose what it reads: take it back rather than leave it
-    // (the pin goes last, and only once the head is gone).
-    const undone = await child.delete([HEAD_KEY]).then(
-      () => true,
-      () => false,
-    );
-    if (undone) {
-      await child.delete([segmentKey(id)]).catch(() => undefined);
+    // A PUT that failed may have landed all the same: nothing reads through the pin yet, so
+    // take it back (best effort: one left behind is dangling, which file check lists), and
+    // the segment after it.
+    await parent.delete([pinKey(uuid)]).catch(() => undefined);
+    await dropOurSegment(child, id, uuid);
+    throw e;
+  }
+  try {
+    await child.put(HEAD_KEY, headBytes, { ifNoneMatch: true });
+  } catch (e) {
+    // Before the clone's head exists nothing reads through the pin: take it back, then the
+    // segment. A head that landed all the same reads from the parent: the pin must stay.
+    if (!(await cloneHeadIsOurs(child, uuid))) {
       await parent.delete([pinKey(uuid)]).catch(() => undefined);
+      await dropOurSegment(child, id, uuid);
     }
-    const he = toHyperError(e);
-    const lost = isHyperError(e, 'CHECKPOINT_NOT_FOUND')
-      ? `an unpin released its pin on ${parent.url} while it was being created, and a compaction dropped checkpoint ${checkpoint} meanwhile`
-      : `confirming its pin on ${parent.url} failed: ${he.message}`;
-    throw new HyperError(
-      he.kind,
-      he.code,
-      undone
-        ? `The clone ${child.url} was not created: ${lost}`
-        : `The clone ${child.url} was created, but ${lost}, and taking the clone back failed`,
-      {
-        suggestion: undone
-          ? `Clone again; \`hyper file check ${child.url}\` lists anything left of this attempt.`
-          : `Delete the clone (\`hyper file delete ${child.url} --force\`) and clone again.`,
-        cause: e,
-      },
-    );
+    throw e;
   }
   const result: CloneResult = {
     parent: parent.url,
@@ -162,8 +148,9 @@ export async function cloneVolume(
 
 /**
  * Put the pin of the clone `uuid` back on `parent` if it is missing: an unpin released it
- * while the clone had no head yet, and one of the two saw the other (see unpinClone). Throws
- * CHECKPOINT_NOT_FOUND (pin taken back) if a compaction dropped the checkpoint in that window.
+ * while the clone looked gone (a flatten between its detach and putting its link back; see
+ * flattenVolume and unpinClone, each of which looks again after its own step). Throws
+ * CHECKPOINT_NOT_FOUND (pin taken back) if a compaction dropped the checkpoint meanwhile.
  */
 async function repin(
   parent: ObjectStore,
@@ -184,6 +171,15 @@ async function repin(
     if (!isHyperError(e, 'PRECONDITION_FAILED')) throw e;
   }
   await confirmPinned(parent, checkpoint, key);
+}
+
+/** Delete the clone's first segment if it is ours (a failed PUT may have landed, or not). */
+async function dropOurSegment(child: ObjectStore, id: number, uuid: string): Promise<void> {
+  try {
+    if ((await readCheckpointHead(child, id)).uuid === uuid) await child.delete([segmentKey(id)]);
+  } catch {
+    // Not there, not ours, or unreadable: left for `file check` to list.
+  }
 }
 
 /**
@@ -337,8 +333,10 @@ export interface UnpinResult {
  * --force while its parent could not be reached. `clone` is the clone's URL as its pins
  * record it, or its UUID. A pin stays while a volume with its UUID is at the URL it records (flatten or delete
  * that clone instead), and while that URL cannot be read, unless `force`. A clone being
- * created at that URL at this very moment gets its pin back: this looks for it again after
- * the delete, and the clone checks its own pin once its head exists.
+ * created at that URL keeps its pin: it writes its first segment before its pin, so the URL
+ * is not empty (cannot tell: kept unless `force`). A clone being flattened at that moment
+ * (detached, its link not yet put back) gets its pin back: this looks for it again after the
+ * delete, and the flatten checks the pin after putting its link back.
  */
 export async function unpinClone(
   parent: ObjectStore,
@@ -372,9 +370,9 @@ export async function unpinClone(
   }
   if (released.length > 0) {
     await parent.delete(released.map((p) => p.key));
-    // A clone created at that URL at this very moment had no head when we looked and may have
-    // one now: look again, and put its pin back (the clone checks its pin after its head, so
-    // one of the two sees the other).
+    // A flatten of the clone that put its link back after we looked (a clone of it was made
+    // meanwhile): look again, and put its pin back (the flatten checks the pin after putting
+    // its link back, so one of the two sees the other).
     for (const pin of [...released]) {
       const why = await cloneHolds(pin.cloneUrl, pin.uuid, open);
       if (why === undefined || (options.force && !why.live)) continue;

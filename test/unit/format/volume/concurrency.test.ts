@@ -13,7 +13,8 @@
  *   3  a failed clone (--flatten) removes the pin of a clone that still reads from its parent
  *   4  a pin or snapshot created while compaction runs is ignored by it
  *   8  deleting a volume destroys the clones that read from it (also one made while it runs)
- *   9  an unpin releases the pin of a clone being created (no head yet when it looks)
+ *   9  an unpin releases the pin of a clone being created (no head yet when it looks), or of
+ *      one a flatten detached for a moment
  *  10  flatten releases the pin that a clone of the clone, made while it runs, reads through
  */
 import assert from 'node:assert/strict';
@@ -34,7 +35,12 @@ import type {
 } from '../../../../src/format/store/types.js';
 import { deleteVolume } from '../../../../src/format/volume/admin.js';
 import { checkVolume } from '../../../../src/format/volume/check.js';
-import { cloneVolume, flattenVolume, unpinClone } from '../../../../src/format/volume/clone.js';
+import {
+  cloneVolume,
+  flattenVolume,
+  unpinClone,
+  type UnpinResult,
+} from '../../../../src/format/volume/clone.js';
 import { compactVolume } from '../../../../src/format/volume/compact.js';
 import { readHead } from '../../../../src/format/volume/heads.js';
 import { createSnapshot } from '../../../../src/format/volume/history.js';
@@ -610,69 +616,39 @@ describe('concurrency: unpin against a clone being created (scenario 9)', () => 
     await assertClean(w.parent, w);
   }
 
-  it('an unpin between the clone’s pin and its first write: the clone puts its pin back', async () => {
-    const w = await world();
-    const child = w.root.sub('child/');
-    let unpinned: Awaited<ReturnType<typeof settle>> | undefined;
-    const script: Script = {
-      steps: [
-        step({
-          when: (r) => r.op === 'put' && r.key.startsWith(SEGMENT_PREFIX),
-          // The pin is there, nothing of the clone is: the unpin finds no clone, releases it.
-          run: async () => {
-            unpinned = await settle(unpinClone(w.parent, child.url, { openStore: w.openStore }));
-          },
-        }),
-      ],
-    };
-    await cloneVolume(w.parent, { checkpoint: at }, new ScriptedStore(child, script), {
-      openStore: w.openStore,
-    });
-    assert.ok(
-      unpinned?.ok,
-      `the unpin did not release the pin (schedule not reproduced): ${String(unpinned && !unpinned.ok ? unpinned.error : '')}`,
-    );
-    await cloneSurvives(w, child);
-  });
-
-  it('a clone that sees its pin before the unpin deletes it: the unpin puts it back', async () => {
-    const w = await world();
-    const child = w.root.sub('child/');
-    let reached!: () => void;
-    const atDelete = new Promise<void>((r) => (reached = r));
-    let proceed!: () => void;
-    const mayDelete = new Promise<void>((r) => (proceed = r));
-    // The unpin has found the pin and no clone head, and is about to delete the pin...
-    const unpinStore = new ScriptedStore(w.parent, {
-      steps: [
-        step({
-          when: (r) => r.op === 'delete' && r.key.startsWith(PIN_PREFIX),
-          run: async () => {
-            reached();
-            await mayDelete;
-          },
-        }),
-      ],
-    });
-    let unpinning: Promise<unknown> | undefined;
-    const cloneStore = new ScriptedStore(child, {
-      steps: [
-        step({
-          when: (r) => r.op === 'put' && r.key.startsWith(SEGMENT_PREFIX),
-          run: async () => {
-            unpinning = settle(unpinClone(unpinStore, child.url, { openStore: w.openStore }));
-            await atDelete;
-          },
-        }),
-      ],
-    });
-    // ...when the clone writes its segment and head and finds its pin still there.
-    await cloneVolume(w.parent, { checkpoint: at }, cloneStore, { openStore: w.openStore });
-    proceed();
-    const r = (await unpinning) as Awaited<ReturnType<typeof settle>>;
-    assert.equal(r.ok, false, 'the unpin reported the pin of a live clone released');
-    assert.match(String(r.error), /clone exists/);
-    await cloneSurvives(w, child);
+  it('an unpin before any request of a clone being created never takes its pin', async () => {
+    let schedules = 0;
+    for (let k = 1; ; k++) {
+      const w = await world(3);
+      const child = w.root.sub('child/');
+      let n = 0;
+      let unpinned: Awaited<ReturnType<typeof settle<UnpinResult>>> | undefined;
+      // Before the clone's k-th request (to either volume), an unpin names its URL.
+      const script: Script = {
+        steps: [
+          step({
+            when: () => ++n === k,
+            run: async () => {
+              unpinned = await settle(unpinClone(w.parent, child.url, { openStore: w.openStore }));
+            },
+          }),
+        ],
+      };
+      await cloneVolume(
+        new ScriptedStore(w.parent, script),
+        { checkpoint: at },
+        new ScriptedStore(child, script),
+        { openStore: w.openStore },
+      );
+      if (!unpinned) break; // past the clone's last request
+      schedules++;
+      assert.ok(
+        !unpinned.ok,
+        `the unpin before request ${k} released ${JSON.stringify(unpinned.ok && unpinned.value.released)}`,
+      );
+      await cloneSurvives(w, child);
+    }
+    assert.ok(schedules >= 8, `only ${schedules} schedules`);
   });
 
   it('a flatten stopped before releasing its pin: unpin releases it', async () => {
@@ -750,5 +726,49 @@ describe('concurrency: a clone of a clone made while that clone is flattened (sc
     await compactVolume(w.parent, { keepLast: 1, graceMs: 0 });
     same(await readAll(child, w), want, 'the flattened child');
     await assertClean(child, w);
+  });
+
+  it('an unpin while the flatten is detached: the flatten puts the pin back', async () => {
+    const w = await world();
+    const child = w.root.sub('child/');
+    const grand = w.root.sub('grand/');
+    await cloneVolume(w.parent, { checkpoint: 3 }, child, { openStore: w.openStore });
+    const want = await readAll(child, w);
+    const from = (await readHead(child)).head.checkpoint;
+    let made: Awaited<ReturnType<typeof settle>> | undefined;
+    let unpinned: Awaited<ReturnType<typeof settle<UnpinResult>>> | undefined;
+    let lists = 0;
+    const script: Script = {
+      steps: [
+        // A clone of the child is made while the flatten copies...
+        step({
+          when: (r) => r.op === 'put' && r.key.startsWith(SEGMENT_PREFIX),
+          run: async () => {
+            made = await settle(
+              cloneVolume(child, { checkpoint: from }, grand, { openStore: w.openStore }),
+            );
+          },
+        }),
+        // ...and when the flatten, detached, lists the child's pins again, an unpin of the
+        // child's pin on the parent finds the child no clone any more.
+        step({
+          when: (r) => r.op === 'list' && r.key === PIN_PREFIX && ++lists === 2,
+          run: async () => {
+            unpinned = await settle(unpinClone(w.parent, child.url, { openStore: w.openStore }));
+          },
+        }),
+      ],
+    };
+    const flattened = await settle(
+      flattenVolume(new ScriptedStore(child, script), { openStore: w.openStore }),
+    );
+    assert.ok(made?.ok, 'the clone was not made (schedule not reproduced)');
+    assert.ok(unpinned?.ok, `the unpin did not release the pin (schedule not reproduced)`);
+    assert.ok(isHyperError(flattened.ok ? undefined : flattened.error, 'HAS_CLONES'));
+    assert.equal((await pins(w.parent)).length, 1, 'the child lost its pin on the parent');
+    await compactVolume(w.parent, { keepLast: 1, graceMs: 0 });
+    same(await readAll(grand, w), want, 'the clone of the child');
+    await assertClean(grand, w);
+    await assertClean(w.parent, w);
   });
 });
