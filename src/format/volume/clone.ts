@@ -383,9 +383,9 @@ export async function unpinClone(
         throw new HyperError(
           he.kind,
           he.code,
-          `The clone at ${pin.cloneUrl} was created while its pin ${pin.key} was being released, and putting the pin back failed: ${he.message}`,
+          `The volume at ${pin.cloneUrl} became a clone again while its pin ${pin.key} was being released (a flatten found a clone of it made meanwhile), and putting the pin back failed: ${he.message}`,
           {
-            suggestion: `Run \`hyper file check ${pin.cloneUrl}\`: a clone that cannot read its parent must be deleted and cloned again.`,
+            suggestion: `Run \`hyper snapshot list ${parent.url}\`: if no clone pin names ${pin.cloneUrl}, check the clones of ${pin.cloneUrl} with \`hyper file check --deep\` before relying on them.`,
             cause: e,
           },
         );
