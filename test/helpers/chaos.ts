@@ -3,7 +3,7 @@
  *
  * One run ("seed") drives a live writer (an engine Volume open for write) with random writes,
  * write-zeroes, trims and flushes, and starts admin operations concurrently with it
- * (snapshots, clones with and without flatten, restores, compactions, forced takeovers,
+ * (snapshots, clones (of clones too) with and without flatten, restores, compactions, forced takeovers,
  * kills, clone deletes, ...). Every store request of every actor goes through a
  * `ChaosStore`: a wrapper that waits for its turn in a discrete-event scheduler (`Sim`: each
  * request takes a random virtual latency, heavy-tailed, so one actor may stall while others
@@ -786,6 +786,8 @@ interface SnapModel {
 interface CloneModel {
   prefix: string;
   url: string;
+  /** The volume it was cloned from: the main volume, or another clone (a clone of a clone). */
+  parentUrl: string;
   origin: number;
   sha: string;
   state: 'creating' | 'ack' | 'failed' | 'deleting' | 'deleted';
@@ -1457,22 +1459,34 @@ class Run {
   }
 
   private async cloneOp(): Promise<void> {
-    const from = this.pickFrom(await this.knownRetained());
+    // Now and then a clone of a clone, from its current checkpoint (clones are never written:
+    // every checkpoint of one reads what it was made from).
+    const of = this.rand() < 0.25 ? await this.existingClone() : undefined;
+    const from = of ? of.head.checkpoint : this.pickFrom(await this.knownRetained());
     if (from === undefined) return;
-    const sha = this.refs.get(from) as string;
+    const sha = of ? of.m.sha : (this.refs.get(from) as string);
+    const parentUrl = of ? of.m.url : this.mainUrl;
     const prefix = `c${++this.nClone}/`;
     const url = `${this.backend.checkRoot.url}${prefix}`;
     const flatten = this.rand() < 0.35;
-    const m: CloneModel = { prefix, url, origin: from, sha, state: 'creating', busy: 1 };
+    const m: CloneModel = {
+      prefix,
+      url,
+      parentUrl,
+      origin: from,
+      sha,
+      state: 'creating',
+      busy: 1,
+    };
     this.clones.set(url, m);
     const actor = this.actor('clone');
     this.launch(
-      `clone ${prefix} from ${from}${flatten ? ' --flatten' : ''}`,
+      `clone ${prefix} from ${of ? `clone ${of.m.prefix} at ` : ''}${from}${flatten ? ' --flatten' : ''}`,
       actor,
       async () => {
         try {
           const r = await cloneVolume(
-            this.view(actor, this.mainUrl),
+            this.view(actor, parentUrl),
             { checkpoint: from },
             this.view(actor, url),
             { flatten, openStore: this.opener(actor) },
@@ -1523,12 +1537,21 @@ class Run {
       }
       const prev = m.state;
       m.state = 'deleting';
+      // --force (past the lease of a flatten or compaction running on it) only while no clone
+      // of it may exist: a forced delete breaks those by design. Without it, a clone of it
+      // (even one being made right now) must stop the delete.
+      const children = [...this.clones.values()].some(
+        (c) => c.parentUrl === m.url && c.state !== 'deleted',
+      );
       this.launch(
-        `delete clone ${m.prefix}`,
+        `delete clone ${m.prefix}${children ? '' : ' --force'}`,
         actor,
         async () => {
           try {
-            const r = await deleteVolume(store, { force: true, openStore: this.opener(actor) });
+            const r = await deleteVolume(store, {
+              force: !children,
+              openStore: this.opener(actor),
+            });
             m.state = 'deleted';
             if (r.pin?.released) m.pinReleased = r.pin.key;
             return r.pin ? `pin ${r.pin.released ? 'released' : 'left'}` : '';
@@ -1730,23 +1753,39 @@ class Run {
     const m = this.pickFrom(creating.length > 0 && this.rand() < 0.7 ? creating : all);
     if (!m) return;
     const actor = this.actor('unpin');
-    const before = m.state === 'creating' ? await this.pinKeys() : undefined;
+    const before = m.state === 'creating' ? await this.pinKeys(m.parentUrl) : undefined;
     this.launch(`unpin ${m.prefix}`, actor, async () => {
       // A clone being created: start once its pin is there (and its head likely is not).
       for (let i = 0; before && m.state === 'creating' && i < 50; i++) {
-        if ((await this.pinKeys()).some((k) => !before.includes(k))) break;
+        if ((await this.pinKeys(m.parentUrl)).some((k) => !before.includes(k))) break;
         await this.sim.wait(actor, 1);
       }
-      const r = await unpinClone(this.view(actor, this.mainUrl), m.url, {
+      const r = await unpinClone(this.view(actor, m.parentUrl), m.url, {
         openStore: this.opener(actor),
       });
       return `${r.released.length} released, ${r.kept.length} kept`;
     });
   }
 
-  private async pinKeys(): Promise<string[]> {
+  /** The snapshot and pin records of a volume: key → checkpoint, or why it is unreadable. */
+  private async recordsOf(url: string): Promise<Map<string, number | string>> {
+    const raw = this.raw(url);
+    const records = new Map<string, number | string>();
+    for (const prefix of [SNAPSHOT_PREFIX, PIN_PREFIX])
+      for await (const p of raw.list(prefix))
+        for (const o of p.objects) {
+          try {
+            records.set(o.key, decodeSnapshot((await raw.get(o.key)).body).checkpoint);
+          } catch (e) {
+            records.set(o.key, errText(e));
+          }
+        }
+    return records;
+  }
+
+  private async pinKeys(url: string): Promise<string[]> {
     const keys: string[] = [];
-    for await (const p of this.raw(this.mainUrl).list(PIN_PREFIX))
+    for await (const p of this.raw(url).list(PIN_PREFIX))
       keys.push(...p.objects.map((o) => o.key));
     return keys;
   }
@@ -1899,16 +1938,7 @@ class Run {
     }
 
     // Records in the volume: snapshots and pins.
-    const records = new Map<string, number | string>();
-    for (const prefix of [SNAPSHOT_PREFIX, PIN_PREFIX])
-      for await (const p of raw.list(prefix))
-        for (const o of p.objects) {
-          try {
-            records.set(o.key, decodeSnapshot((await raw.get(o.key)).body).checkpoint);
-          } catch (e) {
-            records.set(o.key, errText(e));
-          }
-        }
+    const records = await this.recordsOf(this.mainUrl);
     const segs = new Set<number>();
     for await (const p of raw.list(SEGMENT_PREFIX))
       for (const o of p.objects) {
@@ -1947,7 +1977,11 @@ class Run {
 
     // (c) clones.
     for (const m of this.clones.values()) {
-      if (m.pinReleased !== undefined && records.has(m.pinReleased))
+      // A clone of a clone: its pin is on that clone (whose compaction must keep what it
+      // names; the content check below reads it).
+      const ofMain = m.parentUrl === this.mainUrl;
+      const precords = ofMain ? records : await this.recordsOf(m.parentUrl);
+      if (m.pinReleased !== undefined && precords.has(m.pinReleased))
         this.violation(
           `(c) the delete of clone ${m.prefix} released its pin ${m.pinReleased}, which is still there`,
         );
@@ -1962,8 +1996,8 @@ class Run {
       }
       if (ch.clone) {
         const pin = pinKey(ch.uuid);
-        const rec = records.get(pin);
-        if (ch.clone.chain[0]?.url !== this.mainUrl || ch.clone.checkpoint !== m.origin)
+        const rec = precords.get(pin);
+        if (ch.clone.chain[0]?.url !== m.parentUrl || ch.clone.checkpoint !== m.origin)
           this.violation(
             `(c) clone ${m.prefix} names parent ${ch.clone.chain[0]?.url} at ${ch.clone.checkpoint}`,
           );
@@ -1972,7 +2006,7 @@ class Run {
             `(c) clone ${m.prefix} (${m.state}) reads from checkpoint ${m.origin} of its parent but its pin ${pin} is gone`,
           );
         else if (typeof rec === 'string') {
-          if (m.pinDamaged)
+          if (m.pinDamaged && ofMain)
             required.set(pin, {
               checkpoint: m.origin,
               sha: m.sha,
@@ -1983,7 +2017,8 @@ class Run {
           this.violation(
             `(c) pin ${pin} names checkpoint ${rec}, the clone starts from ${m.origin}`,
           );
-        else required.set(pin, { checkpoint: rec, sha: m.sha, why: `pin of clone ${m.prefix}` });
+        else if (ofMain)
+          required.set(pin, { checkpoint: rec, sha: m.sha, why: `pin of clone ${m.prefix}` });
       }
       const cc = await this.content(m.url);
       if (!cc.ok) this.violation(`(c) clone ${m.prefix} (${m.state}) is unreadable: ${cc.error}`);
