@@ -1785,8 +1785,7 @@ class Run {
 
   private async pinKeys(url: string): Promise<string[]> {
     const keys: string[] = [];
-    for await (const p of this.raw(url).list(PIN_PREFIX))
-      keys.push(...p.objects.map((o) => o.key));
+    for await (const p of this.raw(url).list(PIN_PREFIX)) keys.push(...p.objects.map((o) => o.key));
     return keys;
   }
 
