@@ -87,6 +87,15 @@ export async function cloneVolume(
   try {
     await child.put(segmentKey(id), buildEmptySegment(id, now, headBytes), { ifNoneMatch: true });
   } catch (e) {
+    if (isHyperError(e, 'OBJECT_EXISTS'))
+      throw new HyperError(
+        'conflict',
+        'VOLUME_EXISTS',
+        `${child.url} already holds volume segments`,
+        {
+          suggestion: `Another clone or create may be running there, or an interrupted one left objects behind: use another URL, or remove them with \`hyper file delete ${child.url}\`.`,
+        },
+      );
     // A PUT that failed may have landed all the same.
     await dropOurSegment(child, id, uuid);
     throw e;

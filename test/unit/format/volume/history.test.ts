@@ -18,7 +18,7 @@ import {
   listSnapshots,
   restoreVolume,
 } from '../../../../src/format/volume/history.js';
-import { statVolume } from '../../../../src/format/volume/admin.js';
+import { deleteVolume, statVolume } from '../../../../src/format/volume/admin.js';
 import { checkVolume } from '../../../../src/format/volume/check.js';
 import { encodeSnapshot } from '../../../../src/format/codec/snapshot.js';
 import { SEGMENT_PREFIX, parseSegmentKey, pinKey } from '../../../../src/format/keys.js';
@@ -508,6 +508,44 @@ describe('clones', () => {
     const pins: string[] = [];
     for await (const page of parent.list('pin/')) pins.push(...page.objects.map((o) => o.key));
     assert.deepEqual(pins, []);
+  });
+
+  it('a clone into the remains of an interrupted one says so; file delete clears them', async () => {
+    const root = MemStore.isolated('mem://remains/');
+    const parent = root.sub('parent/') as MemStore;
+    const child = root.sub('child/') as MemStore;
+    const openStore = (url: string): Promise<MemStore> =>
+      Promise.resolve(root.sub(url.slice(root.url.length)) as MemStore);
+    await history(parent, 2, 3);
+    // A clone that dies after its first segment and its pin: its head never lands, and it
+    // cleans nothing up.
+    const dead = new HyperError('unavailable', 'STORE_UNAVAILABLE', 'the process died');
+    const { put, delete: del } = { put: child.put.bind(child), delete: child.delete.bind(child) };
+    const parentDelete = parent.delete.bind(parent);
+    let died = false;
+    child.put = (key, body, options) => {
+      if (key === 'head') died = true;
+      return died ? Promise.reject(dead) : put(key, body, options);
+    };
+    child.delete = (keys) => (died ? Promise.reject(dead) : del(keys));
+    parent.delete = (keys) => (died ? Promise.reject(dead) : parentDelete(keys));
+    await assert.rejects(cloneVolume(parent, { checkpoint: 2 }, child, { openStore }));
+    Object.assign(child, { put, delete: del });
+    parent.delete = parentDelete;
+    // Cloning there again names what is in the way and how to clear it.
+    await assert.rejects(
+      cloneVolume(parent, { checkpoint: 2 }, child, { openStore }),
+      (e: unknown) =>
+        isHyperError(e, 'VOLUME_EXISTS') &&
+        /hyper file delete mem:\/\/remains\/child\//.test(e.suggestion ?? ''),
+    );
+    const d = await deleteVolume(child, { openStore });
+    assert.equal(d.pin?.released, true, 'the delete did not release the dead clone’s pin');
+    let pins = 0;
+    for await (const page of parent.list('pin/')) pins += page.objects.length;
+    assert.equal(pins, 0);
+    const r = await cloneVolume(parent, { checkpoint: 2 }, child, { openStore });
+    assert.equal(r.checkpoint, 2);
   });
 
   it('share the parent copy-on-write, survive parent compaction, and flatten', async () => {
