@@ -273,12 +273,12 @@ export async function flattenVolume(
     const { checkpoint } = await vol.detachFromParent();
     // A snapshot or a clone of this volume made while it was being flattened (after the check
     // above, and before this commit dropped the checkpoint it names: its maker reads the head
-    // after writing its record) reads the parent through that checkpoint. Then the volume
-    // stays a clone (its blocks are its own now), keeps that checkpoint, and its pin.
-    const late = await recordsBefore(store, checkpoint);
-    if (late.length > 0) {
-      const ids = late.flatMap((r) => (r.checkpoint === undefined ? [] : [r.checkpoint]));
-      await vol.reattachToParent(cur.clone as NonNullable<HeadRecord['clone']>, [...new Set(ids)]);
+    // after writing its record) reads the parent through that checkpoint. Then, or when that
+    // cannot be told, the detach is undone: the volume stays a clone (every block it reads is
+    // its own by now) with the history it had, and keeps its pin.
+    const late = await recordsBefore(store, checkpoint).catch((e: unknown) => toHyperError(e));
+    if (!Array.isArray(late) || late.length > 0) {
+      await vol.reattachToParent(cur.clone as NonNullable<HeadRecord['clone']>, cur.history);
       // An unpin that saw the volume detached may have released the pin meanwhile.
       const parent = await (options.openStore ?? SegmentSource.defaultOpen)(parentUrl);
       try {
@@ -286,10 +286,17 @@ export async function flattenVolume(
       } finally {
         await parent.close();
       }
+      if (!Array.isArray(late))
+        throw new HyperError(
+          late.kind,
+          late.code,
+          `Flattening ${store.url} could not list its snapshots and clones afterwards (${late.message}): it stays a clone of ${parentUrl} (every block it reads is its own by now)`,
+          { suggestion: 'Run the flatten again once the store answers.', cause: late },
+        );
       throw new HyperError(
         'conflict',
         late.every((r) => r.what.startsWith('snapshot')) ? 'PRECONDITION_FAILED' : 'HAS_CLONES',
-        `${late.map((r) => r.what).join(', ')} of ${store.url}, made while it was being flattened, read${late.length === 1 ? 's' : ''} ${parentUrl} through an older checkpoint: it stays a clone of ${parentUrl} (every block it reads now is its own)`,
+        `${late.map((r) => r.what).join(', ')} of ${store.url}, made while it was being flattened, read${late.length === 1 ? 's' : ''} ${parentUrl} through an older checkpoint: it stays a clone of ${parentUrl} (every block it reads is its own by now)`,
         {
           suggestion: `Flatten or delete those clones and delete those snapshots, then run the flatten again.`,
         },

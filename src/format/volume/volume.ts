@@ -770,17 +770,19 @@ export class Volume {
   }
 
   /**
-   * Undo detachFromParent in a new checkpoint: the volume reads from `link` again, and keeps
-   * `kept` (checkpoints from before the detach that records name) above the detach's floor.
+   * Undo detachFromParent in a new checkpoint: the volume reads from `link` again and retains
+   * what `before` (the head before the detach) retained.
    */
   reattachToParent(
     link: NonNullable<HeadRecord['clone']>,
-    kept: number[],
+    before: HeadRecord['history'],
   ): Promise<CheckpointInfo> {
-    const floor = this.headRecord.history?.floor ?? this.headRecord.checkpoint;
     return this.commitMetadata({
       attach: link,
-      history: { floor, floorMs: Date.now(), kept: [...kept].sort((a, b) => a - b) },
+      // No history retained every checkpoint: floor 1 does the same.
+      history: before
+        ? { floor: before.floor, floorMs: before.floorMs, kept: before.kept }
+        : { floor: 1, floorMs: Date.now(), kept: [] },
     });
   }
 

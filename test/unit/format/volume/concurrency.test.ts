@@ -728,6 +728,36 @@ describe('concurrency: a clone of a clone made while that clone is flattened (sc
     await assertClean(child, w);
   });
 
+  it('a flatten that cannot list the clone’s records after detaching undoes the detach', async () => {
+    const w = await world();
+    const child = w.root.sub('child/');
+    await cloneVolume(w.parent, { checkpoint: 3 }, child, { openStore: w.openStore });
+    const want = await readAll(child, w);
+    let lists = 0;
+    const script: Script = {
+      steps: [
+        step({
+          when: (r) => r.op === 'list' && r.key === PIN_PREFIX && ++lists === 2,
+          fail: 'before',
+        }),
+      ],
+    };
+    const flattened = await settle(
+      flattenVolume(new ScriptedStore(child, script), { openStore: w.openStore }),
+    );
+    assert.ok(lists >= 2, 'the flatten did not list the pins again (schedule not reproduced)');
+    assert.ok(!flattened.ok && isHyperError(flattened.error, 'STORE_UNAVAILABLE'));
+    assert.ok((await readHead(child)).head.clone, 'the child is no clone any more');
+    assert.equal((await pins(w.parent)).length, 1, 'the child lost its pin on the parent');
+    same(await readAll(child, w), want, 'the child');
+    await assertClean(child, w);
+    // Run again, it completes.
+    await flattenVolume(child, { openStore: w.openStore });
+    assert.deepEqual(await pins(w.parent), []);
+    await compactVolume(w.parent, { keepLast: 1, graceMs: 0 });
+    same(await readAll(child, w), want, 'the flattened child');
+  });
+
   it('an unpin while the flatten is detached: the flatten puts the pin back', async () => {
     const w = await world();
     const child = w.root.sub('child/');
