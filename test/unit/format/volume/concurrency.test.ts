@@ -35,12 +35,7 @@ import type {
 } from '../../../../src/format/store/types.js';
 import { deleteVolume } from '../../../../src/format/volume/admin.js';
 import { checkVolume } from '../../../../src/format/volume/check.js';
-import {
-  cloneVolume,
-  flattenVolume,
-  unpinClone,
-  type UnpinResult,
-} from '../../../../src/format/volume/clone.js';
+import { cloneVolume, flattenVolume, unpinClone } from '../../../../src/format/volume/clone.js';
 import { compactVolume } from '../../../../src/format/volume/compact.js';
 import { readHead } from '../../../../src/format/volume/heads.js';
 import { createSnapshot } from '../../../../src/format/volume/history.js';
@@ -247,6 +242,28 @@ async function settle<T>(
   }
 }
 
+type Outcome<T> = Awaited<ReturnType<typeof settle<T>>>;
+
+/**
+ * A step that runs `op` before the first request matching `when` ("meanwhile"), and how it
+ * went (undefined: the schedule never reached it).
+ */
+function meanwhile<T>(
+  when: (r: Req) => boolean,
+  op: () => Promise<T>,
+): { step: Step; outcome: () => Outcome<T> | undefined } {
+  let out: Outcome<T> | undefined;
+  return {
+    step: step({
+      when,
+      run: async () => {
+        out = await settle(op());
+      },
+    }),
+    outcome: () => out,
+  };
+}
+
 const same = (got: Buffer, want: Buffer, what: string): void =>
   assert.ok(got.equals(want), `${what}: content differs`);
 
@@ -443,20 +460,12 @@ describe('concurrency: pins and snapshots made while compaction runs (scenario 4
   it('a clone made after compaction listed the pins keeps reading its checkpoint', async () => {
     const w = await world();
     const child = w.root.sub('child/');
-    let made: Awaited<ReturnType<typeof settle>> | undefined;
-    const script: Script = {
-      steps: [
-        step({
-          when: historyCommit,
-          run: async () => {
-            made = await settle(
-              cloneVolume(w.parent, { checkpoint: at }, child, { openStore: w.openStore }),
-            );
-          },
-        }),
-      ],
-    };
+    const clone = meanwhile(historyCommit, () =>
+      cloneVolume(w.parent, { checkpoint: at }, child, { openStore: w.openStore }),
+    );
+    const script: Script = { steps: [clone.step] };
     await settle(compactVolume(new ScriptedStore(w.parent, script), { keepLast: 1, graceMs: 0 }));
+    const made = clone.outcome();
     assert.ok(made, 'compaction committed no history (schedule not reproduced)');
     if (made.ok || (await exists(child))) {
       same(await readAll(child, w), w.refs.get(at) as Buffer, 'the clone');
@@ -573,23 +582,14 @@ describe('concurrency: deleting a volume that clones read from (scenario 8)', ()
   it('a clone made after the delete checked for clones stops the delete, and keeps working', async () => {
     const w = await world();
     const child = w.root.sub('child/');
-    let made: Awaited<ReturnType<typeof settle>> | undefined;
     // The delete found no clone; before it deletes the head, a clone pins a checkpoint and
     // reads the head (still there): the clone is made.
-    const script: Script = {
-      steps: [
-        step({
-          when: (r) => r.op === 'delete' && r.key === HEAD_KEY,
-          run: async () => {
-            made = await settle(
-              cloneVolume(w.parent, { checkpoint: 2 }, child, { openStore: w.openStore }),
-            );
-          },
-        }),
-      ],
-    };
-    const r = await settle(deleteVolume(new ScriptedStore(w.parent, script)));
-    assert.ok(made?.ok, 'the clone was not made (schedule not reproduced)');
+    const clone = meanwhile(
+      (r) => r.op === 'delete' && r.key === HEAD_KEY,
+      () => cloneVolume(w.parent, { checkpoint: 2 }, child, { openStore: w.openStore }),
+    );
+    const r = await settle(deleteVolume(new ScriptedStore(w.parent, { steps: [clone.step] })));
+    assert.ok(clone.outcome()?.ok, 'the clone was not made (schedule not reproduced)');
     assert.equal(r.ok, false, 'deleteVolume deleted a volume that a clone reads from');
     assert.match(String(r.error), /HAS_CLONES|while it was being deleted/);
     assert.ok(await exists(w.parent), 'the parent is gone');
@@ -622,24 +622,19 @@ describe('concurrency: unpin against a clone being created (scenario 9)', () => 
       const w = await world(3);
       const child = w.root.sub('child/');
       let n = 0;
-      let unpinned: Awaited<ReturnType<typeof settle<UnpinResult>>> | undefined;
       // Before the clone's k-th request (to either volume), an unpin names its URL.
-      const script: Script = {
-        steps: [
-          step({
-            when: () => ++n === k,
-            run: async () => {
-              unpinned = await settle(unpinClone(w.parent, child.url, { openStore: w.openStore }));
-            },
-          }),
-        ],
-      };
+      const unpin = meanwhile(
+        () => ++n === k,
+        () => unpinClone(w.parent, child.url, { openStore: w.openStore }),
+      );
+      const script: Script = { steps: [unpin.step] };
       await cloneVolume(
         new ScriptedStore(w.parent, script),
         { checkpoint: at },
         new ScriptedStore(child, script),
         { openStore: w.openStore },
       );
+      const unpinned = unpin.outcome();
       if (!unpinned) break; // past the clone's last request
       schedules++;
       assert.ok(
@@ -687,25 +682,18 @@ describe('concurrency: a clone of a clone made while that clone is flattened (sc
     const from = (await v.flush()).checkpoint;
     await v.close();
     const want = await readAll(child, w);
-    let made: Awaited<ReturnType<typeof settle>> | undefined;
     // Flatten found no clone of the child; while it copies the parent's blocks, a clone of
     // the child is made from the child's newest checkpoint.
-    const script: Script = {
-      steps: [
-        step({
-          when: (r) => r.op === 'put' && r.key.startsWith(SEGMENT_PREFIX),
-          run: async () => {
-            made = await settle(
-              cloneVolume(child, { checkpoint: from }, grand, { openStore: w.openStore }),
-            );
-          },
-        }),
-      ],
-    };
-    const flattened = await settle(
-      flattenVolume(new ScriptedStore(child, script), { openStore: w.openStore }),
+    const clone = meanwhile(
+      (r) => r.op === 'put' && r.key.startsWith(SEGMENT_PREFIX),
+      () => cloneVolume(child, { checkpoint: from }, grand, { openStore: w.openStore }),
     );
-    assert.ok(made?.ok, `the clone was not made (schedule not reproduced): ${String(made)}`);
+    const flattened = await settle(
+      flattenVolume(new ScriptedStore(child, { steps: [clone.step] }), {
+        openStore: w.openStore,
+      }),
+    );
+    assert.ok(clone.outcome()?.ok, 'the clone was not made (schedule not reproduced)');
     // The flatten says so, and the child stays a clone (its pin on the parent with it).
     assert.equal(flattened.ok, false, 'the flatten released what the new clone reads');
     assert.ok(isHyperError(flattened.error, 'HAS_CLONES'), String(flattened.error));
@@ -765,35 +753,25 @@ describe('concurrency: a clone of a clone made while that clone is flattened (sc
     await cloneVolume(w.parent, { checkpoint: 3 }, child, { openStore: w.openStore });
     const want = await readAll(child, w);
     const from = (await readHead(child)).head.checkpoint;
-    let made: Awaited<ReturnType<typeof settle>> | undefined;
-    let unpinned: Awaited<ReturnType<typeof settle<UnpinResult>>> | undefined;
     let lists = 0;
-    const script: Script = {
-      steps: [
-        // A clone of the child is made while the flatten copies...
-        step({
-          when: (r) => r.op === 'put' && r.key.startsWith(SEGMENT_PREFIX),
-          run: async () => {
-            made = await settle(
-              cloneVolume(child, { checkpoint: from }, grand, { openStore: w.openStore }),
-            );
-          },
-        }),
-        // ...and when the flatten, detached, lists the child's pins again, an unpin of the
-        // child's pin on the parent finds the child no clone any more.
-        step({
-          when: (r) => r.op === 'list' && r.key === PIN_PREFIX && ++lists === 2,
-          run: async () => {
-            unpinned = await settle(unpinClone(w.parent, child.url, { openStore: w.openStore }));
-          },
-        }),
-      ],
-    };
-    const flattened = await settle(
-      flattenVolume(new ScriptedStore(child, script), { openStore: w.openStore }),
+    // A clone of the child is made while the flatten copies...
+    const clone = meanwhile(
+      (r) => r.op === 'put' && r.key.startsWith(SEGMENT_PREFIX),
+      () => cloneVolume(child, { checkpoint: from }, grand, { openStore: w.openStore }),
     );
-    assert.ok(made?.ok, 'the clone was not made (schedule not reproduced)');
-    assert.ok(unpinned?.ok, `the unpin did not release the pin (schedule not reproduced)`);
+    // ...and when the flatten, detached, lists the child's pins again, an unpin of the
+    // child's pin on the parent finds the child no clone any more.
+    const unpin = meanwhile(
+      (r) => r.op === 'list' && r.key === PIN_PREFIX && ++lists === 2,
+      () => unpinClone(w.parent, child.url, { openStore: w.openStore }),
+    );
+    const flattened = await settle(
+      flattenVolume(new ScriptedStore(child, { steps: [clone.step, unpin.step] }), {
+        openStore: w.openStore,
+      }),
+    );
+    assert.ok(clone.outcome()?.ok, 'the clone was not made (schedule not reproduced)');
+    assert.ok(unpin.outcome()?.ok, 'the unpin did not release the pin (schedule not reproduced)');
     assert.ok(isHyperError(flattened.ok ? undefined : flattened.error, 'HAS_CLONES'));
     assert.equal((await pins(w.parent)).length, 1, 'the child lost its pin on the parent');
     await compactVolume(w.parent, { keepLast: 1, graceMs: 0 });
