@@ -304,7 +304,7 @@ export class World {
   private readonly mtimes = new Map<string, number>();
   private readonly heads = new Map<
     string,
-    { epoch: number; owners: Map<number, string>; checkpoint?: number }
+    { epoch: number; owners: Map<number, string>; checkpoint?: number; last?: Buffer }
   >();
   /**
    * Segment objects that exist (url + key), from the puts and deletes applied, with the
@@ -421,8 +421,12 @@ export class World {
       );
     st.epoch = Math.max(st.epoch, h.epoch);
     const owner = st.owners.get(h.epoch);
+    // A head put back byte for byte (a delete that a clone made meanwhile stopped) commits
+    // nothing: it is the owner's own.
+    const putBack = st.last !== undefined && st.last.equals(body);
+    st.last = Buffer.from(body);
     if (owner === undefined) st.owners.set(h.epoch, actor.name);
-    else if (owner !== actor.name)
+    else if (owner !== actor.name && !putBack)
       this.violation(
         `(f) ${actor.name} wrote a head of ${url} under epoch ${h.epoch}, which belongs to ${owner}`,
       );

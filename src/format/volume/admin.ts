@@ -309,11 +309,21 @@ export async function deleteVolume(
       options.onProgress?.({ done, total, unit: 'objects' });
     }
   };
+  // The head as it is right before it goes: what a clone made meanwhile has the delete put
+  // back (byte for byte: no new commit, no other epoch).
+  let last: Buffer | undefined;
+  if (checked.headBytes && !options.force) {
+    try {
+      last = (await store.get(HEAD_KEY, signal ? { signal } : {})).body;
+    } catch (e) {
+      if (!isHyperError(e, 'OBJECT_NOT_FOUND')) throw e;
+    }
+  }
   await run(
     store,
     keys.filter((k) => k === HEAD_KEY),
   );
-  if (checked.headBytes && !options.force) await refuseLateClones(store, checked.headBytes);
+  if (last) await refuseLateClones(store, last);
   // The pin goes once nothing can open the clone, and before the segments that would tell a
   // rerun which pin to release.
   const pin = link ? await releasePin(store.url, link, options) : undefined;

@@ -69,6 +69,10 @@ describe('chaos: concurrent writer, admin operations and store faults (mem://)',
       13428,
       'a clone pin left by a failed clone does not bring back a checkpoint an earlier compaction dropped',
     ],
+    [
+      31962,
+      'a delete stopped by a clone made meanwhile puts back the very head it deleted (no other epoch owner)',
+    ],
   ];
   for (const [seed, what] of replayed) {
     it(`replays seed ${seed}: ${what}`, async () => {
