@@ -3,9 +3,9 @@
  *
  * One run ("seed") drives a live writer (an engine Volume open for write) with random writes,
  * write-zeroes, trims and flushes, and starts admin operations concurrently with it
- * (snapshots, clones (of clones too) with and without flatten, restores, compactions, forced takeovers,
- * kills, clone deletes, ...). Every store request of every actor goes through a
- * `ChaosStore`: a wrapper that waits for its turn in a discrete-event scheduler (`Sim`: each
+ * (snapshots, clones of the volume and of its clones, with and without flatten, unpins,
+ * restores, compactions, forced takeovers, kills, clone deletes, ...). Every store request
+ * of every actor goes through a `ChaosStore`: a wrapper that waits for its turn in a discrete-event scheduler (`Sim`: each
  * request takes a random virtual latency, heavy-tailed, so one actor may stall while others
  * make many requests), then may fail before it is applied or after it was applied (the
  * request lands but the caller gets an error), on any key, at seeded rates.
