@@ -5,9 +5,9 @@
  * write-zeroes, trims and flushes, and starts admin operations concurrently with it
  * (snapshots, clones of the volume and of its clones, with and without flatten, unpins,
  * restores, compactions, forced takeovers, kills, clone deletes, ...). Every store request
- * of every actor goes through a `ChaosStore`: a wrapper that waits for its turn in a discrete-event scheduler (`Sim`: each
- * request takes a random virtual latency, heavy-tailed, so one actor may stall while others
- * make many requests), then may fail before it is applied or after it was applied (the
+ * of every actor goes through a `ChaosStore`: a wrapper that waits for its turn in a
+ * discrete-event scheduler (`Sim`: each request takes a random virtual latency, heavy-tailed,
+ * so one actor may stall while others make many requests), then may fail before it is applied or after it was applied (the
  * request lands but the caller gets an error), on any key, at seeded rates.
  *
  * A reference model tracks what must hold, and after every step that changed the store the
@@ -24,7 +24,8 @@
  *   (d) `checkVolume(deep)` finds nothing missing or corrupt in the volume and each clone
  *       (dangling records only count when the record is one the model requires);
  *   (e) the head epoch never decreases (checked on every head PUT and every observation);
- *   (f) at most one actor writes heads under any one epoch;
+ *   (f) at most one actor writes heads under any one epoch (a head put back byte for byte
+ *       commits nothing);
  *   (g) every head that lands names only segments that exist: its checkpoint and every
  *       checkpoint since the volume's previous head (pipelined segment PUTs).
  * Operations that fail are fine; unexpected errors (not a HyperError, or kind 'internal')
