@@ -7,8 +7,9 @@
  * restores, compactions, forced takeovers, kills, clone deletes, ...). Every store request
  * of every actor goes through a `ChaosStore`: a wrapper that waits for its turn in a
  * discrete-event scheduler (`Sim`: each request takes a random virtual latency, heavy-tailed,
- * so one actor may stall while others make many requests), then may fail before it is applied or after it was applied (the
- * request lands but the caller gets an error), on any key, at seeded rates.
+ * so one actor may stall while others make many requests), then may fail before it is
+ * applied or after it was applied (the request lands but the caller gets an error), on any
+ * key, at seeded rates.
  *
  * A reference model tracks what must hold, and after every step that changed the store the
  * harness checks, with the scheduler paused and through fault-free stores:
