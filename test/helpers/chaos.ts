@@ -696,6 +696,11 @@ export interface ChaosBackend {
   virtualTime: boolean;
   /** Release the backend (delete what the run left, close clients). */
   dispose?: () => Promise<void>;
+  /**
+   * Stop (true) and restart faults injected below the actors' stores (a fault proxy): the
+   * volume's creation, before the run, is setup and not under test.
+   */
+  pauseFaults?: (paused: boolean) => void;
 }
 
 export interface ChaosOptions {
@@ -2100,15 +2105,20 @@ class Run {
     this.dedup = this.o.seed % 4 === 1 || this.o.seed % 8 === 7;
     if (codecs) this.note('zstd + xchacha20-poly1305 volume');
     if (this.dedup) this.note('deduplicating volume');
-    await Volume.create(this.view(setup, this.mainUrl), {
-      size: VOLUME_SIZE,
-      dataBlockSize: BS,
-      segmentSize: 1 * MiB,
-      ...(codecs
-        ? { compression: 'zstd', encryption: 'xchacha20-poly1305', key: Buffer.alloc(32, 0x6b) }
-        : {}),
-      ...(this.dedup ? { dedup: true, ...(codecs ? {} : { compression: 'lz4' }) } : {}),
-    });
+    this.backend.pauseFaults?.(true);
+    try {
+      await Volume.create(this.view(setup, this.mainUrl), {
+        size: VOLUME_SIZE,
+        dataBlockSize: BS,
+        segmentSize: 1 * MiB,
+        ...(codecs
+          ? { compression: 'zstd', encryption: 'xchacha20-poly1305', key: Buffer.alloc(32, 0x6b) }
+          : {}),
+        ...(this.dedup ? { dedup: true, ...(codecs ? {} : { compression: 'lz4' }) } : {}),
+      });
+    } finally {
+      this.backend.pauseFaults?.(false);
+    }
     const zero = digest(Buffer.alloc(VOLUME_SIZE));
     this.allow(zero);
     this.refs.set(1, zero);
