@@ -716,6 +716,30 @@ describe('concurrency: a clone of a clone made while that clone is flattened (sc
     await assertClean(child, w);
   });
 
+  it('a snapshot of the clone made while it is flattened keeps reading what it names', async () => {
+    const w = await world();
+    const child = w.root.sub('child/');
+    await cloneVolume(w.parent, { checkpoint: 3 }, child, { openStore: w.openStore });
+    const want = await readAll(child, w);
+    const from = (await readHead(child)).head.checkpoint;
+    const snap = meanwhile(
+      (r) => r.op === 'put' && r.key.startsWith(SEGMENT_PREFIX),
+      () => createSnapshot(child, 'during', { checkpoint: from }),
+    );
+    const flattened = await settle(
+      flattenVolume(new ScriptedStore(child, { steps: [snap.step] }), { openStore: w.openStore }),
+    );
+    assert.ok(snap.outcome()?.ok, 'the snapshot was not made (schedule not reproduced)');
+    assert.ok(!flattened.ok && isHyperError(flattened.error, 'PRECONDITION_FAILED'));
+    assert.ok((await readHead(child)).head.clone, 'the child is no clone any more');
+    await compactVolume(w.parent, { keepLast: 1, graceMs: 0 });
+    await compactVolume(child, { keepLast: 1, graceMs: 0, openStore: w.openStore });
+    same(await readAll(child, w, { snapshot: 'during' }), want, 'snapshot "during"');
+    same(await readAll(child, w), want, 'the child');
+    await assertClean(child, w);
+    await assertClean(w.parent, w);
+  });
+
   it('a flatten that cannot list the clone’s records after detaching undoes the detach', async () => {
     const w = await world();
     const child = w.root.sub('child/');
