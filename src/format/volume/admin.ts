@@ -264,8 +264,7 @@ export async function deleteVolume(
   options: DeleteOptions = {},
 ): Promise<DeleteResult> {
   const signal = options.signal;
-  const checked = await checkDeletable(store, options);
-  const { headFound, head } = checked;
+  const { headFound, head } = await checkDeletable(store, options);
 
   // Count first so progress has a total.
   const keys: string[] = [];
@@ -312,7 +311,7 @@ export async function deleteVolume(
   // The head as it is right before it goes: what a clone made meanwhile has the delete put
   // back (byte for byte: no new commit, no other epoch).
   let last: Buffer | undefined;
-  if (checked.headBytes && !options.force) {
+  if (headFound && !options.force) {
     try {
       last = (await store.get(HEAD_KEY, signal ? { signal } : {})).body;
     } catch (e) {
@@ -454,12 +453,11 @@ export async function listClones(store: ObjectStore): Promise<string[]> {
 export async function checkDeletable(
   store: ObjectStore,
   options: { force?: boolean } = {},
-): Promise<{ headFound: boolean; head?: HeadRecord; headBytes?: Buffer }> {
+): Promise<{ headFound: boolean; head?: HeadRecord }> {
   let headFound = true;
   let head: HeadRecord | undefined;
-  let headBytes: Buffer | undefined;
   try {
-    ({ head, bytes: headBytes } = await readStoredHead(store));
+    ({ head } = await readStoredHead(store));
   } catch (e) {
     if (isHyperError(e, 'VOLUME_NOT_FOUND')) throw e;
     // A damaged head, or a half-deleted volume (NOT_A_VOLUME): still deletable.
@@ -482,7 +480,7 @@ export async function checkDeletable(
       );
     }
   }
-  return { headFound, ...(head ? { head } : {}), ...(headBytes ? { headBytes } : {}) };
+  return { headFound, ...(head ? { head } : {}) };
 }
 
 const isVolumeKey = (k: string): boolean =>
