@@ -250,6 +250,15 @@ export async function flattenVolume(
     }
   }
   const parentUrl = head.clone.chain[0]?.url as string;
+  const pinned = head.clone.checkpoint;
+  const onParent = async (fn: (parent: ObjectStore) => Promise<void>): Promise<void> => {
+    const parent = await (options.openStore ?? SegmentSource.defaultOpen)(parentUrl);
+    try {
+      await fn(parent);
+    } finally {
+      await parent.close();
+    }
+  };
   const vol = await Volume.open(store, { ...options, flushIntervalMs: 0 });
   try {
     const cur = vol.headRecord;
@@ -280,12 +289,7 @@ export async function flattenVolume(
     if (!Array.isArray(late) || late.length > 0) {
       await vol.reattachToParent(cur.clone as NonNullable<HeadRecord['clone']>, cur.history);
       // An unpin that saw the volume detached may have released the pin meanwhile.
-      const parent = await (options.openStore ?? SegmentSource.defaultOpen)(parentUrl);
-      try {
-        await repin(parent, cur.uuid, head.clone.checkpoint, store.url);
-      } finally {
-        await parent.close();
-      }
+      await onParent((parent) => repin(parent, cur.uuid, pinned, store.url));
       if (!Array.isArray(late))
         throw new HyperError(
           late.kind,
@@ -303,13 +307,7 @@ export async function flattenVolume(
       );
     }
     // The parent no longer needs to keep our checkpoint.
-    const open = options.openStore ?? SegmentSource.defaultOpen;
-    const parent = await open(parentUrl);
-    try {
-      await parent.delete([pinKey(cur.uuid)]);
-    } finally {
-      await parent.close();
-    }
+    await onParent((parent) => parent.delete([pinKey(cur.uuid)]));
     return { blocksCopied: copied.blocks, bytesCopied: copied.bytes, checkpoint };
   } finally {
     await vol.close();
