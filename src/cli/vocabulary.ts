@@ -273,7 +273,15 @@ export const fileCheckSchema = z.strictObject({
   verifiedBytes: bytes,
   problems: z.array(
     z.strictObject({
-      kind: z.enum(['missing', 'corrupt', 'dangling', 'orphan', 'uncommitted', 'stale-pin']),
+      kind: z.enum([
+        'missing',
+        'corrupt',
+        'dangling',
+        'orphan',
+        'uncommitted',
+        'stale-pin',
+        'unfinished-flatten',
+      ]),
       key: z.string(),
       message: z.string(),
     }),
@@ -389,6 +397,8 @@ export const snapshotFlattenSchema = z.strictObject({
   copiedBlockCount: count,
   copiedBytes: bytes,
   checkpoint: checkpointNumber,
+  /** This run finished a flatten that had stopped right after dropping the parent link. */
+  resumed: z.boolean(),
 });
 
 // compact, serve

@@ -21,6 +21,13 @@ export const PIN_PREFIX = 'pin/';
  * which of its checkpoints are not crash-consistent images.
  */
 export const REPLICA_KEY = 'replica';
+/**
+ * A flatten's copy of the head as it was before the flatten's detach commit. It exists from just
+ * before that commit until the flatten has found nothing that reads through the checkpoints
+ * the commit dropped (or has undone the detach): a volume with no clone link and this object
+ * is a flatten that stopped in between.
+ */
+export const FLATTEN_KEY = 'flatten';
 
 /** The replica volume of primary `uuid`, relative to the replica prefix. */
 export const replicaVolumePrefix = (uuid: string): string => `${uuid}/`;

@@ -76,7 +76,7 @@ import { deleteVolume } from '../../src/format/volume/admin.js';
 import { checkVolume } from '../../src/format/volume/check.js';
 import { cloneVolume, flattenVolume, unpinClone } from '../../src/format/volume/clone.js';
 import { compactVolume, type CompactOptions } from '../../src/format/volume/compact.js';
-import { readCheckpointHead, readHead } from '../../src/format/volume/heads.js';
+import { readCheckpointHead, readHead, unfinishedFlatten } from '../../src/format/volume/heads.js';
 import { readLease } from '../../src/format/volume/lease.js';
 import { createSnapshot, deleteSnapshot, restoreVolume } from '../../src/format/volume/history.js';
 import { KiB, MiB } from '../../src/format/volume/types.js';
@@ -1533,7 +1533,9 @@ class Run {
     const c = await this.existingClone();
     if (!c) return;
     const { m } = c;
-    if (kind === 'flatten' && !c.head.clone) return;
+    // A flattened clone: flatten again only to finish one that stopped after its commit.
+    if (kind === 'flatten' && !c.head.clone && !(await unfinishedFlatten(this.raw(m.url), c.head)))
+      return;
     const actor = this.actor(kind);
     const store = this.view(actor, m.url);
     const force = this.rand() < 0.5;

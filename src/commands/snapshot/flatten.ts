@@ -3,10 +3,8 @@ import { Flags } from '@oclif/core';
 import { BaseCommand } from '../../base-command.js';
 import { bytesWithExact } from '../../cli/results.js';
 import type { SnapshotFlattenResult } from '../../cli/vocabulary.js';
-import { HyperError } from '../../errors.js';
 import { progress, volumeUrl } from '../../flags.js';
 import { flattenVolume } from '../../format/volume/clone.js';
-import { readHead } from '../../format/volume/heads.js';
 
 export type { SnapshotFlattenResult };
 
@@ -15,7 +13,7 @@ export default class SnapshotFlatten extends BaseCommand<typeof SnapshotFlatten>
 
   static override description = `Copies every block the clone still reads from its parent (and the parent's parents) into the clone's own segments, commits a checkpoint that no longer names the parent, and releases the parent's pin, so that the parent's compaction can drop that checkpoint and the parent can be deleted. The clone's checkpoints from before the flatten are dropped (they read parent data).
 
-It takes the clone's lease: it refuses while another writer holds it (LEASE_HELD, exit code 4) unless --force. It refuses a volume that is not a clone (exit code 2), and a clone that has named snapshots or clones of its own (exit code 4): delete or flatten those first. Interrupted, the clone stays a valid clone; run it again.`;
+It takes the clone's lease: it refuses while another writer holds it (LEASE_HELD, exit code 4) unless --force. It refuses a volume that is not a clone (exit code 2), and a clone that has named snapshots or clones of its own (exit code 4): delete or flatten those first. Interrupted, the clone stays a valid clone; run it again. Interrupted right after it dropped the parent link, the volume is no clone any more but keeps its pin, and its compaction waits: run it again to finish (it then releases the pin, or, if a clone or snapshot of the volume was made meanwhile, puts the link back).`;
 
   static override examples = [
     {
@@ -43,13 +41,6 @@ It takes the clone's lease: it refuses while another writer holds it (LEASE_HELD
   public async run(): Promise<SnapshotFlattenResult> {
     const { url } = this.args;
     const store = await this.openStore(url);
-    const { head } = await readHead(store);
-    const parent = head.clone?.chain[0]?.url;
-    if (!head.clone || parent === undefined) {
-      throw new HyperError('invalid', 'INVALID_ARGUMENT', `${url} is not a clone`, {
-        suggestion: 'Only volumes made by "hyper snapshot clone" have a parent to detach from.',
-      });
-    }
     const spinner = this.spinner(`Flattening ${url}`);
     const report = this.progress(spinner);
     let r;
@@ -67,13 +58,21 @@ It takes the clone's lease: it refuses while another writer holds it (LEASE_HELD
       spinner.stop();
     }
     report.finish();
+    const parent = r.parent.url;
     const result: SnapshotFlattenResult = {
       url,
-      parent: { url: parent, checkpoint: head.clone.checkpoint },
+      parent: r.parent,
       copiedBlockCount: r.blocksCopied,
       copiedBytes: r.bytesCopied,
       checkpoint: r.checkpoint,
+      resumed: r.resumed,
     };
+    if (r.resumed) {
+      this.log(
+        `Finished the flatten of ${url} that stopped after dropping the link to ${parent}: nothing reads ${parent} through ${url}, and its checkpoint ${result.parent.checkpoint} is unpinned.`,
+      );
+      return result;
+    }
     this.log(
       `Flattened ${url}: copied ${bytesWithExact(result.copiedBytes)} (${result.copiedBlockCount} blocks) from ${parent}; ` +
         `checkpoint ${result.checkpoint} no longer reads from it, and its checkpoint ${result.parent.checkpoint} is unpinned.`,

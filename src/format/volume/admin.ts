@@ -3,6 +3,7 @@
  */
 import { HyperError, isHyperError, toHyperError } from '../../errors.js';
 import {
+  FLATTEN_KEY,
   HEAD_KEY,
   PIN_PREFIX,
   LEASE_KEY,
@@ -16,7 +17,8 @@ import type { ObjectStore } from '../store/types.js';
 import { leaseHeldError, leaseInfo, readLease } from './lease.js';
 import type { LeaseInfo, VolumeInfo } from './types.js';
 import { headAt, infoOf, readCheckpointHead, readHead, readStoredHead } from './heads.js';
-import { isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
+import { DecodeError } from '../codec/binary.js';
+import { decodeHead, isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
 import { NodeLoader } from '../index/loader.js';
 import { SegmentSource, defaultOpenStore, type OpenStoreFn } from './segments.js';
 import { newReach, walk } from './walk.js';
@@ -291,7 +293,10 @@ export async function deleteVolume(
   options.onProgress?.({ done, total, unit: 'objects' });
   // A clone's pin on its parent: known from the head or, when an interrupted delete took the
   // head already, from the head its newest segment embeds.
-  const link = head ? pinLinkOf(head) : await pinLinkFromSegments(store, keys);
+  // A flatten that stopped after its detach commit leaves the pin, and its record names it.
+  const link =
+    (head ? pinLinkOf(head) : await pinLinkFromSegments(store, keys)) ??
+    (keys.includes(FLATTEN_KEY) ? await pinLinkOfFlatten(store, head) : undefined);
   // After the head (an interrupted delete is then visibly "not a volume") and the pin: the
   // rest, lease last.
   const order = [
@@ -380,6 +385,20 @@ async function putHeadBack(store: ObjectStore, headBytes: Buffer, why: unknown):
 function pinLinkOf(head: HeadRecord): PinLink | undefined {
   const parent = head.clone?.chain[0]?.url;
   return parent === undefined ? undefined : { parent, key: pinKey(head.uuid) };
+}
+
+/** pinLinkOf the head an unfinished flatten recorded (none if damaged, or not this volume's). */
+async function pinLinkOfFlatten(
+  store: ObjectStore,
+  head: HeadRecord | undefined,
+): Promise<PinLink | undefined> {
+  try {
+    const before = decodeHead((await store.get(FLATTEN_KEY)).body).head;
+    return head === undefined || before.uuid === head.uuid ? pinLinkOf(before) : undefined;
+  } catch (e) {
+    if (e instanceof DecodeError || isHyperError(e, 'OBJECT_NOT_FOUND')) return undefined;
+    throw e;
+  }
 }
 
 /** pinLinkOf the head the newest readable segment embeds (a few are tried). */
@@ -485,6 +504,7 @@ export async function checkDeletable(
 
 const isVolumeKey = (k: string): boolean =>
   k === HEAD_KEY ||
+  k === FLATTEN_KEY ||
   k === LEASE_KEY ||
   parseSegmentKey(k) !== undefined ||
   parseSnapshotKey(k) !== undefined ||

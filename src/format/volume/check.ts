@@ -14,16 +14,29 @@ import { decodeSegmentHeader, segmentHeaderLength } from '../codec/segment.js';
 import { decodeSnapshot } from '../codec/snapshot.js';
 import { Miss, type Node } from '../index/btree.js';
 import { NodeLoader } from '../index/loader.js';
-import { PIN_PREFIX, SNAPSHOT_PREFIX, parsePinKey, parseSegmentKey, segmentKey } from '../keys.js';
+import {
+  FLATTEN_KEY,
+  PIN_PREFIX,
+  SNAPSHOT_PREFIX,
+  parsePinKey,
+  parseSegmentKey,
+  segmentKey,
+} from '../keys.js';
 import type { ObjectStore } from '../store/types.js';
 import { readLease } from './lease.js';
 import { SegmentSource, defaultOpenStore, type OpenStoreFn } from './segments.js';
 import { cloneHolds } from './clone.js';
-import { dedupRootOf, readHead, rootOf } from './heads.js';
+import { dedupRootOf, readHead, rootOf, unfinishedFlatten } from './heads.js';
 import { newReach, walk } from './walk.js';
 
 export type ProblemKind =
-  'missing' | 'corrupt' | 'dangling' | 'orphan' | 'uncommitted' | 'stale-pin';
+  | 'missing'
+  | 'corrupt'
+  | 'dangling'
+  | 'orphan'
+  | 'uncommitted'
+  | 'stale-pin'
+  | 'unfinished-flatten';
 
 export interface CheckProblem {
   kind: ProblemKind;
@@ -101,12 +114,29 @@ export async function checkVolume(
   // Objects present.
   const segs = new Map<number, number>();
   const records: string[] = [];
+  let flattenRecord = false;
   for await (const page of store.list('')) {
     for (const o of page.objects) {
       const id = parseSegmentKey(o.key);
       if (id !== undefined) segs.set(id, o.size);
       else if (o.key.startsWith(SNAPSHOT_PREFIX) || o.key.startsWith(PIN_PREFIX))
         records.push(o.key);
+      else if (o.key === FLATTEN_KEY) flattenRecord = true;
+    }
+  }
+  // Not damage: a step left to do, which compaction and an unpin of the pin wait for.
+  if (flattenRecord) {
+    try {
+      const before = await unfinishedFlatten(store, head);
+      if (before)
+        problem(
+          'unfinished-flatten',
+          FLATTEN_KEY,
+          `A flatten stopped after it dropped the link to ${before.clone?.chain[0]?.url ?? 'the parent'} and before it made sure nothing reads through the checkpoints it dropped: finish it with \`hyper snapshot flatten ${store.url}\` (until then compaction of this volume and the release of its pin wait)`,
+        );
+    } catch (e) {
+      if (!(isHyperError(e) && e.kind === 'data')) throw e;
+      problem('corrupt', FLATTEN_KEY, e.message);
     }
   }
   for (const key of records) {

@@ -10,7 +10,7 @@ import { HyperError, dataError, isHyperError, toHyperError } from '../../errors.
 import { encodeHead, type HeadRecord } from '../codec/head.js';
 import { encodeSnapshot } from '../codec/snapshot.js';
 import { NodeLoader } from '../index/loader.js';
-import { HEAD_KEY, PIN_PREFIX, SNAPSHOT_PREFIX, pinKey, segmentKey } from '../keys.js';
+import { FLATTEN_KEY, HEAD_KEY, PIN_PREFIX, SNAPSHOT_PREFIX, pinKey, segmentKey } from '../keys.js';
 import { probeConditionalWrites } from '../store/probe.js';
 import type { ObjectStore } from '../store/types.js';
 import { SegmentSource, type OpenStoreFn } from './segments.js';
@@ -21,6 +21,7 @@ import {
   readCheckpointHead,
   readHead,
   readStoredHead,
+  unfinishedFlatten,
   resolveCheckpoint,
 } from './heads.js';
 import { buildEmptySegment } from './segment-builder.js';
@@ -205,9 +206,13 @@ async function cloneHeadIsOurs(child: ObjectStore, uuid: string): Promise<boolea
 }
 
 export interface FlattenResult {
+  /** The parent the clone no longer reads from, and the checkpoint its pin kept there. */
+  parent: { url: string; checkpoint: number };
   blocksCopied: number;
   bytesCopied: number;
   checkpoint: number;
+  /** This run finished a flatten that had stopped after its detach commit. */
+  resumed: boolean;
 }
 
 /**
@@ -223,8 +228,12 @@ export async function flattenVolume(
   } = {},
 ): Promise<FlattenResult> {
   const { head } = await readHead(store);
+  // A flatten that stopped after its detach commit: finish it.
+  if (!head.clone && (await unfinishedFlatten(store, head))) return finishFlatten(store, options);
   if (!head.clone)
-    throw new HyperError('invalid', 'INVALID_ARGUMENT', `${store.url} is not a clone`);
+    throw new HyperError('invalid', 'INVALID_ARGUMENT', `${store.url} is not a clone`, {
+      suggestion: 'Only volumes made by "hyper snapshot clone" have a parent to detach from.',
+    });
   for await (const page of store.list(PIN_PREFIX)) {
     if (page.objects.length > 0) {
       throw new HyperError(
@@ -249,16 +258,6 @@ export async function flattenVolume(
       );
     }
   }
-  const parentUrl = head.clone.chain[0]?.url as string;
-  const pinned = head.clone.checkpoint;
-  const onParent = async (fn: (parent: ObjectStore) => Promise<void>): Promise<void> => {
-    const parent = await (options.openStore ?? SegmentSource.defaultOpen)(parentUrl);
-    try {
-      await fn(parent);
-    } finally {
-      await parent.close();
-    }
-  };
   const vol = await Volume.open(store, { ...options, flushIntervalMs: 0 });
   try {
     const cur = vol.headRecord;
@@ -279,39 +278,116 @@ export async function flattenVolume(
     });
     await source.close();
     const copied = await rewriteBlocks(vol, lbas, options.signal, options.onProgress);
+    // What to put back, and the sign of a flatten stopped after the commit below: an unpin
+    // of our pin and compaction of this volume wait for it to go (see afterDetach).
+    await store.put(FLATTEN_KEY, encodeHead(cur));
     const { checkpoint } = await vol.detachFromParent();
-    // A snapshot or a clone of this volume made while it was being flattened (after the check
-    // above, and before this commit dropped the checkpoint it names: its maker reads the head
-    // after writing its record) reads the parent through that checkpoint. Then, or when that
-    // cannot be told, the detach is undone: the volume stays a clone (every block it reads is
-    // its own by now) with the history it had, and keeps its pin.
-    const late = await recordsBefore(store, checkpoint).catch((e: unknown) => toHyperError(e));
-    if (!Array.isArray(late) || late.length > 0) {
-      await vol.reattachToParent(cur.clone as NonNullable<HeadRecord['clone']>, cur.history);
-      // An unpin that saw the volume detached may have released the pin meanwhile.
-      await onParent((parent) => repin(parent, cur.uuid, pinned, store.url));
-      if (!Array.isArray(late))
-        throw new HyperError(
-          late.kind,
-          late.code,
-          `Flattening ${store.url} could not list its snapshots and clones afterwards (${late.message}): it stays a clone of ${parentUrl} (every block it reads is its own by now)`,
-          { suggestion: 'Run the flatten again once the store answers.', cause: late },
-        );
-      throw new HyperError(
-        'conflict',
-        late.every((r) => r.what.startsWith('snapshot')) ? 'PRECONDITION_FAILED' : 'HAS_CLONES',
-        `${late.map((r) => r.what).join(', ')} of ${store.url}, made while it was being flattened, read${late.length === 1 ? 's' : ''} ${parentUrl} through an older checkpoint: it stays a clone of ${parentUrl} (every block it reads is its own by now)`,
-        {
-          suggestion: `Flatten or delete those clones and delete those snapshots, then run the flatten again.`,
-        },
-      );
-    }
-    // The parent no longer needs to keep our checkpoint.
-    await onParent((parent) => parent.delete([pinKey(cur.uuid)]));
-    return { blocksCopied: copied.blocks, bytesCopied: copied.bytes, checkpoint };
+    await afterDetach(store, vol, cur, checkpoint, options);
+    return {
+      parent: parentOf(cur),
+      blocksCopied: copied.blocks,
+      bytesCopied: copied.bytes,
+      checkpoint,
+      resumed: false,
+    };
   } finally {
     await vol.close();
   }
+}
+
+/**
+ * A flatten run again on a volume whose last flatten stopped after its detach commit: only
+ * the steps after that commit are left (the detach is the newest history floor; compaction
+ * waits for this, so the floor has not moved).
+ */
+async function finishFlatten(
+  store: ObjectStore,
+  options: Pick<OpenOptions, 'holder' | 'force' | 'logger' | 'openStore'>,
+): Promise<FlattenResult> {
+  const vol = await Volume.open(store, { ...options, flushIntervalMs: 0 });
+  try {
+    const head = vol.headRecord;
+    const before = await unfinishedFlatten(store, head);
+    if (!before) {
+      throw new HyperError(
+        'conflict',
+        'PRECONDITION_FAILED',
+        `${store.url} changed while the flatten opened it (another flatten finished or undid its work)`,
+        { suggestion: `Run \`hyper snapshot flatten ${store.url}\` again.` },
+      );
+    }
+    const detached = head.history?.floor ?? head.checkpoint;
+    await afterDetach(store, vol, before, detached, options);
+    return {
+      parent: parentOf(before),
+      blocksCopied: 0,
+      bytesCopied: 0,
+      checkpoint: vol.headRecord.checkpoint,
+      resumed: true,
+    };
+  } finally {
+    await vol.close();
+  }
+}
+
+const parentOf = (h: HeadRecord): FlattenResult['parent'] => ({
+  url: h.clone?.chain[0]?.url as string,
+  checkpoint: h.clone?.checkpoint as number,
+});
+
+/**
+ * The steps after a flatten's detach commit (checkpoint `detached`; `before` is the head it
+ * replaced, as FLATTEN_KEY holds it). A snapshot or a clone of this volume made while it was
+ * being flattened (after the flatten's first check, and before the commit dropped the
+ * checkpoint it names: its maker reads the head after writing its record) reads the parent
+ * through that checkpoint. Then, or when that cannot be told, the detach is undone: the
+ * volume stays a clone (every block it reads is its own by now) with the history it had, and
+ * keeps its pin, and then FLATTEN_KEY goes. Otherwise FLATTEN_KEY goes, then the parent's pin.
+ */
+async function afterDetach(
+  store: ObjectStore,
+  vol: Volume,
+  before: HeadRecord,
+  detached: number,
+  options: Pick<OpenOptions, 'openStore'>,
+): Promise<void> {
+  const link = before.clone as NonNullable<HeadRecord['clone']>;
+  const parentUrl = parentOf(before).url;
+  const onParent = async (fn: (parent: ObjectStore) => Promise<void>): Promise<void> => {
+    const parent = await (options.openStore ?? SegmentSource.defaultOpen)(parentUrl);
+    try {
+      await fn(parent);
+    } finally {
+      await parent.close();
+    }
+  };
+  const late = await recordsBefore(store, detached).catch((e: unknown) => toHyperError(e));
+  if (!Array.isArray(late) || late.length > 0) {
+    await vol.reattachToParent(link, before.history);
+    // An unpin (of an older hyper) that saw the volume detached may have released the pin.
+    await onParent((parent) => repin(parent, before.uuid, link.checkpoint, store.url));
+    await store.delete([FLATTEN_KEY]);
+    if (!Array.isArray(late))
+      throw new HyperError(
+        late.kind,
+        late.code,
+        `Flattening ${store.url} could not list its snapshots and clones afterwards (${late.message}): it stays a clone of ${parentUrl} (every block it reads is its own by now)`,
+        { suggestion: 'Run the flatten again once the store answers.', cause: late },
+      );
+    throw new HyperError(
+      'conflict',
+      late.every((r) => r.what.startsWith('snapshot')) ? 'PRECONDITION_FAILED' : 'HAS_CLONES',
+      `${late.map((r) => r.what).join(', ')} of ${store.url}, made while it was being flattened, read${late.length === 1 ? 's' : ''} ${parentUrl} through an older checkpoint: it stays a clone of ${parentUrl} (every block it reads is its own by now)`,
+      {
+        suggestion: `Flatten or delete those clones and delete those snapshots, then run the flatten again.`,
+      },
+    );
+  }
+  // Nothing reads through the dropped checkpoints: the record has done its work (a pin left
+  // behind after it is gone is stale, and `hyper snapshot unpin` releases it), and the parent
+  // no longer needs to keep our checkpoint.
+  await store.delete([FLATTEN_KEY]);
+  await onParent((parent) => parent.delete([pinKey(before.uuid)]));
 }
 
 /**
@@ -348,9 +424,12 @@ export interface UnpinResult {
  * record it, or its UUID. A pin stays while a volume with its UUID is at the URL it records (flatten or delete
  * that clone instead), and while that URL cannot be read, unless `force`. A clone being
  * created at that URL keeps its pin: it writes its first segment before its pin, so the URL
- * is not empty (cannot tell: kept unless `force`). A clone being flattened at that moment
- * (detached, its link not yet put back) gets its pin back: this looks for it again after the
- * delete, and the flatten checks the pin after putting its link back.
+ * is not empty (cannot tell: kept unless `force`). A clone being flattened keeps its pin
+ * until the flatten releases it: the flatten records the head it detaches from (FLATTEN_KEY)
+ * before its detach commit, and deletes that record only once it found nothing that reads
+ * through the checkpoints it dropped, or put its link back. (A flatten that records nothing,
+ * an older hyper's, may put its link back after this looked: this looks again after the
+ * delete, and that flatten checks the pin after putting its link back.)
  */
 export async function unpinClone(
   parent: ObjectStore,
@@ -384,9 +463,9 @@ export async function unpinClone(
   }
   if (released.length > 0) {
     await parent.delete(released.map((p) => p.key));
-    // A flatten of the clone that put its link back after we looked (a clone of it was made
-    // meanwhile): look again, and put its pin back (the flatten checks the pin after putting
-    // its link back, so one of the two sees the other).
+    // A flatten of the clone (an older hyper's, see above) that put its link back after we
+    // looked (a clone of it was made meanwhile): look again, and put its pin back (the
+    // flatten checks the pin after putting its link back, so one of the two sees the other).
     for (const pin of [...released]) {
       const why = await cloneHolds(pin.cloneUrl, pin.uuid, open);
       if (why === undefined || (options.force && !why.live)) continue;
@@ -454,10 +533,18 @@ export async function cloneHolds(
   try {
     store = await open(url);
     const { head } = await readStoredHead(store);
-    // Another volume took the URL over, or the clone was flattened (a flatten stopped
-    // between its commit and its pin delete leaves the pin behind): it reads nothing here.
-    return head.uuid === uuid && head.clone
-      ? { live: true, reason: `the clone exists at ${url} and reads from this volume` }
+    // Another volume took the URL over: it reads nothing here.
+    if (head.uuid !== uuid) return undefined;
+    if (head.clone)
+      return { live: true, reason: `the clone exists at ${url} and reads from this volume` };
+    // Flattened. A flatten that stopped after its detach commit has not yet made sure that
+    // nothing reads this volume through it (a clone of the clone made meanwhile); one that
+    // stopped after that (before or after its pin delete) leaves nothing to wait for.
+    return (await unfinishedFlatten(store, head))
+      ? {
+          live: true,
+          reason: `a flatten of the clone at ${url} stopped before it made sure nothing reads this volume through the clone (\`hyper snapshot flatten ${url}\` finishes it and releases the pin)`,
+        }
       : undefined;
   } catch (e) {
     const he = toHyperError(e);

@@ -18,7 +18,7 @@ import type { ObjectStore } from '../store/types.js';
 import { listSnapshots } from './history.js';
 import { decodeSnapshot } from '../codec/snapshot.js';
 import type { Logger } from './types.js';
-import { headAt, readHead } from './heads.js';
+import { headAt, readHead, unfinishedFlatten } from './heads.js';
 import { Volume } from './volume.js';
 import { newReach, rewriteBlocks, walk } from './walk.js';
 import { SegmentSource, type OpenStoreFn } from './segments.js';
@@ -91,6 +91,7 @@ export async function compactVolume(
       });
   try {
     const oldHead = vol ? vol.headRecord : (await readHead(store)).head;
+    if (vol) await refuseUnfinishedFlatten(store, oldHead);
     const nodeSize = 2 ** oldHead.metaBlockShift;
     const source = await SegmentSource.forHead(store, oldHead, options.openStore);
     const loader = new NodeLoader(source, nodeSize, 64 * 1024 * 1024);
@@ -432,6 +433,22 @@ async function wholeCheckpoint(
 
 const notWhole = (id: number): string =>
   `a snapshot or clone pin names checkpoint ${id}, which an earlier compaction dropped and which is no longer whole: not kept (its record is dangling; "hyper file check" lists it)`;
+
+/**
+ * A flatten that stopped after its detach commit has not yet made sure that nothing (a clone
+ * or snapshot of this volume made meanwhile) reads through the checkpoints it dropped:
+ * compaction would delete what those read. The flatten run again finishes or undoes it.
+ */
+async function refuseUnfinishedFlatten(store: ObjectStore, head: HeadRecord): Promise<void> {
+  const before = await unfinishedFlatten(store, head);
+  if (!before) return;
+  throw new HyperError(
+    'conflict',
+    'PRECONDITION_FAILED',
+    `A flatten of ${store.url} stopped before it made sure that nothing reads through the checkpoints it dropped; compaction stopped, nothing was deleted`,
+    { suggestion: `Run \`hyper snapshot flatten ${store.url}\` to finish it, then compact again.` },
+  );
+}
 
 /**
  * Checkpoints pinned by name or by a clone. A record that cannot be read (damaged, access

@@ -18,7 +18,14 @@ import { cipherName, sealOverhead } from '../codec/seal.js';
 import { decodeEmbeddedHead, embeddedHeadEnd } from '../codec/segment.js';
 import { decodeSnapshot, type SnapshotRecord } from '../codec/snapshot.js';
 import { Node } from '../index/btree.js';
-import { HEAD_KEY, SEGMENT_PREFIX, parseSegmentKey, segmentKey, snapshotKey } from '../keys.js';
+import {
+  FLATTEN_KEY,
+  HEAD_KEY,
+  SEGMENT_PREFIX,
+  parseSegmentKey,
+  segmentKey,
+  snapshotKey,
+} from '../keys.js';
 import type { ObjectStore } from '../store/types.js';
 import { MiB, type CheckpointRef, type VolumeInfo } from './types.js';
 
@@ -165,6 +172,40 @@ export async function readStoredHead(store: ObjectStore): Promise<HeadObject> {
       );
     throw e;
   }
+}
+
+/**
+ * The head a flatten recorded before its detach commit (FLATTEN_KEY), when `head` is that
+ * flatten's result and the flatten stopped before it made sure nothing reads the parent
+ * through the checkpoints it dropped (`hyper snapshot flatten` run again finishes it).
+ * Undefined when there is no such record, or it belongs to another state of the volume (the
+ * volume is a clone, or another volume holds the URL now).
+ */
+export async function unfinishedFlatten(
+  store: ObjectStore,
+  head: HeadRecord,
+): Promise<HeadRecord | undefined> {
+  if (head.clone) return undefined;
+  let body: Buffer;
+  try {
+    body = (await store.get(FLATTEN_KEY)).body;
+  } catch (e) {
+    if (isHyperError(e, 'OBJECT_NOT_FOUND')) return undefined;
+    throw e;
+  }
+  let before: HeadRecord;
+  try {
+    before = decodeHead(body).head;
+  } catch (e) {
+    if (!(e instanceof DecodeError)) throw e;
+    throw dataError(
+      'CORRUPT_OBJECT',
+      FLATTEN_KEY,
+      `The record of an unfinished flatten of ${store.url} is damaged: ${e.message}`,
+      `Run \`hyper file check ${store.url}\`: if it lists no dangling snapshot or clone pin, nothing reads through the checkpoints the flatten dropped; then delete the object ${FLATTEN_KEY} under the volume and release the parent's pin with \`hyper snapshot unpin\`.`,
+    );
+  }
+  return before.clone && before.uuid === head.uuid ? before : undefined;
 }
 
 /** No head: either nothing is there (VOLUME_NOT_FOUND) or something else is (NOT_A_VOLUME). */

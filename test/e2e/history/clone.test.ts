@@ -5,7 +5,7 @@
  * deleted, or (gone behind hyper's back) unpinned.
  */
 import assert from 'node:assert/strict';
-import { rm, unlink, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, readdir, rm, unlink, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import type { CompactCommandResult } from '../../../src/commands/compact.js';
@@ -118,10 +118,44 @@ describe('hyper snapshot clone / flatten', () => {
     assert.equal(await parentSha(), sha256(b));
 
     // Flatten: the clone copies what it read from the parent and releases the pin.
+    const headBefore = await readFile(join(dir, 'child', 'head'));
+    const [pinFile] = await readdir(join(dir, 'parent', 'pin'));
+    const pinBytes = await readFile(join(dir, 'parent', 'pin', pinFile as string));
     const f = await hyperJson<SnapshotFlattenResult>(['snapshot', 'flatten', child]);
     assert.equal(f.parent.url, parent);
     assert.equal(f.parent.checkpoint, ia.checkpoint);
     assert.equal(f.copiedBytes, SIZE - 64 * KiB);
+    assert.equal(f.resumed, false);
+
+    // As if that flatten had stopped right after its detach commit: its record of the head it
+    // detached from and its pin are still there. Check names it, compaction and unpin wait,
+    // and the flatten run again finishes it.
+    await writeFile(join(dir, 'child', 'flatten'), headBefore);
+    await mkdir(join(dir, 'parent', 'pin'), { recursive: true });
+    await writeFile(join(dir, 'parent', 'pin', pinFile as string), pinBytes);
+    const unfinished = await hyperJson<FileCheckResult>(['file', 'check', child]);
+    assert.equal(unfinished.clean, true);
+    assert.deepEqual(
+      unfinished.problems.filter((p) => p.kind !== 'orphan').map((p) => [p.kind, p.key]),
+      [['unfinished-flatten', 'flatten']],
+    );
+    assert.match(JSON.stringify(unfinished.problems), /snapshot flatten/);
+    const waits = await hyperJson<ErrorOut>(
+      ['compact', child, '--keep-last', '1', '--grace', '0s', '--yes'],
+      4,
+    );
+    assert.equal(waits.error.code, 'PRECONDITION_FAILED');
+    const kept = await hyperJson<ErrorOut>(['snapshot', 'unpin', parent, child], 4);
+    assert.equal(kept.error.code, 'HAS_CLONES');
+    assert.match(kept.error.message, /flatten/);
+    const resumed = await hyperJson<SnapshotFlattenResult>(['snapshot', 'flatten', child]);
+    assert.deepEqual(
+      [resumed.resumed, resumed.copiedBytes, resumed.parent],
+      [true, 0, { url: parent, checkpoint: ia.checkpoint }],
+    );
+    const left = await readdir(join(dir, 'parent', 'pin')).catch(() => []);
+    assert.deepEqual(left, []);
+    assert.ok(!(await readdir(join(dir, 'child'))).includes('flatten'));
     const again = await hyper(['snapshot', 'flatten', child]);
     assert.equal(again.code, 2, show(again));
     assert.match(again.stderr, /is not a clone/);

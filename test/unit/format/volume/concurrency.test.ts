@@ -21,7 +21,14 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { HyperError, isHyperError } from '../../../../src/errors.js';
 import { decodeHead } from '../../../../src/format/codec/head.js';
-import { HEAD_KEY, PIN_PREFIX, SEGMENT_PREFIX, pinKey } from '../../../../src/format/keys.js';
+import {
+  FLATTEN_KEY,
+  HEAD_KEY,
+  LEASE_KEY,
+  PIN_PREFIX,
+  SEGMENT_PREFIX,
+  pinKey,
+} from '../../../../src/format/keys.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
 import type {
   GetOptions,
@@ -223,6 +230,12 @@ async function assertClean(store: ObjectStore, w: World, damaged: string[] = [])
       !(p.kind === 'corrupt' && damaged.includes(p.key)),
   );
   assert.deepEqual(bad, [], `${store.url} is damaged: ${JSON.stringify(bad, null, 1)}`);
+}
+
+async function keysOf(store: ObjectStore): Promise<string[]> {
+  const keys: string[] = [];
+  for await (const p of store.list('')) for (const o of p.objects) keys.push(o.key);
+  return keys;
 }
 
 async function pins(store: ObjectStore): Promise<string[]> {
@@ -770,7 +783,7 @@ describe('concurrency: a clone of a clone made while that clone is flattened (sc
     same(await readAll(child, w), want, 'the flattened child');
   });
 
-  it('an unpin while the flatten is detached: the flatten puts the pin back', async () => {
+  it('an unpin while the flatten is detached keeps the pin', async () => {
     const w = await world();
     const child = w.root.sub('child/');
     const grand = w.root.sub('grand/');
@@ -795,12 +808,132 @@ describe('concurrency: a clone of a clone made while that clone is flattened (sc
       }),
     );
     assert.ok(clone.outcome()?.ok, 'the clone was not made (schedule not reproduced)');
-    assert.ok(unpin.outcome()?.ok, 'the unpin did not release the pin (schedule not reproduced)');
+    const u = unpin.outcome();
+    assert.ok(u && !u.ok, 'the unpin released the pin of a flatten in progress');
+    assert.ok(isHyperError(u.error, 'HAS_CLONES'), String(u.error));
     assert.ok(isHyperError(flattened.ok ? undefined : flattened.error, 'HAS_CLONES'));
     assert.equal((await pins(w.parent)).length, 1, 'the child lost its pin on the parent');
+    assert.equal(await w.root.head(`child/${FLATTEN_KEY}`), undefined);
     await compactVolume(w.parent, { keepLast: 1, graceMs: 0 });
     same(await readAll(grand, w), want, 'the clone of the child');
     await assertClean(grand, w);
     await assertClean(w.parent, w);
+  });
+});
+
+/** Fails every request after the flatten's detach commit, except the lease's (it died, and its lease ran out). */
+function killAfterDetach(): { script: Script; killed: () => boolean } {
+  let killed = false;
+  const script: Script = {
+    steps: [
+      step({
+        when: (r) => r.key !== LEASE_KEY && killed,
+        fail: 'before',
+        times: Number.POSITIVE_INFINITY,
+      }),
+    ],
+    seen: (r) => {
+      if (r.op === 'put' && r.key === HEAD_KEY && r.body && !decodeHead(r.body).head.clone)
+        killed = true;
+    },
+  };
+  return { script, killed: () => killed };
+}
+
+describe('concurrency: a flatten killed right after its detach commit (scenario 11)', () => {
+  it('with a clone of the clone made meanwhile: nothing releases what that clone reads, and the flatten run again undoes the detach', async () => {
+    const w = await world();
+    const child = w.root.sub('child/');
+    const grand = w.root.sub('grand/');
+    await cloneVolume(w.parent, { checkpoint: 3 }, child, { openStore: w.openStore });
+    const want = await readAll(child, w);
+    const from = (await readHead(child)).head.checkpoint;
+    const clone = meanwhile(
+      (r) => r.op === 'put' && r.key.startsWith(SEGMENT_PREFIX),
+      () => cloneVolume(child, { checkpoint: from }, grand, { openStore: w.openStore }),
+    );
+    const kill = killAfterDetach();
+    kill.script.steps.push(clone.step);
+    const flattened = await settle(
+      flattenVolume(new ScriptedStore(child, kill.script), { openStore: w.openStore }),
+    );
+    assert.ok(clone.outcome()?.ok, 'the clone was not made (schedule not reproduced)');
+    assert.ok(kill.killed() && !flattened.ok, 'the flatten was not killed after its commit');
+    assert.equal((await readHead(child)).head.clone, undefined, 'the detach did not commit');
+    // The pin stays, whoever asks; the child does not compact; check names what is left to do.
+    const unpinned = await settle(unpinClone(w.parent, child.url, { openStore: w.openStore }));
+    assert.ok(!unpinned.ok && isHyperError(unpinned.error, 'HAS_CLONES'), String(unpinned));
+    assert.equal((await pins(w.parent)).length, 1, 'the child lost its pin on the parent');
+    const compacted = await settle(compactVolume(child, { keepLast: 1, graceMs: 0 }));
+    assert.ok(!compacted.ok && isHyperError(compacted.error, 'PRECONDITION_FAILED'));
+    const r = await checkVolume(child, { openStore: w.openStore });
+    assert.deepEqual(
+      r.problems.filter((p) => p.kind === 'unfinished-flatten').map((p) => p.key),
+      [FLATTEN_KEY],
+    );
+    await compactVolume(w.parent, { keepLast: 1, graceMs: 0 });
+    same(await readAll(grand, w), want, 'the clone of the child');
+    // Run again, the flatten finds the clone and undoes the detach.
+    const again = await settle(flattenVolume(child, { openStore: w.openStore }));
+    assert.ok(!again.ok && isHyperError(again.error, 'HAS_CLONES'), String(again));
+    assert.ok((await readHead(child)).head.clone, 'the child is no clone any more');
+    assert.equal(await w.root.head(`child/${FLATTEN_KEY}`), undefined);
+    await compactVolume(w.parent, { keepLast: 1, graceMs: 0 });
+    await compactVolume(child, { keepLast: 1, graceMs: 0, openStore: w.openStore });
+    same(await readAll(grand, w), want, 'the clone of the child');
+    same(await readAll(child, w), want, 'the child');
+    await assertClean(grand, w);
+    await assertClean(child, w);
+    await assertClean(w.parent, w);
+    // Once that clone is gone, the flatten completes.
+    await deleteVolume(grand, { openStore: w.openStore });
+    await flattenVolume(child, { openStore: w.openStore });
+    assert.deepEqual(await pins(w.parent), []);
+    await compactVolume(w.parent, { keepLast: 1, graceMs: 0 });
+    same(await readAll(child, w), want, 'the flattened child');
+    await assertClean(child, w);
+  });
+
+  it('with nothing made meanwhile: the flatten run again releases the pin', async () => {
+    const w = await world();
+    const child = w.root.sub('child/');
+    await cloneVolume(w.parent, { checkpoint: 3 }, child, { openStore: w.openStore });
+    const want = await readAll(child, w);
+    const kill = killAfterDetach();
+    const flattened = await settle(
+      flattenVolume(new ScriptedStore(child, kill.script), { openStore: w.openStore }),
+    );
+    assert.ok(kill.killed() && !flattened.ok, 'the flatten was not killed after its commit');
+    // Written meanwhile by the volume's next writer: finishing keeps it.
+    const v = await Volume.open(child, { flushIntervalMs: 0, openStore: w.openStore });
+    await v.write(7 * CHUNK, Buffer.alloc(CHUNK, 0xd7));
+    await v.flush();
+    await v.close();
+    Buffer.alloc(CHUNK, 0xd7).copy(want, 7 * CHUNK);
+    const f = await flattenVolume(child, { openStore: w.openStore });
+    assert.equal(f.blocksCopied, 0);
+    assert.deepEqual(await pins(w.parent), []);
+    assert.equal(await w.root.head(`child/${FLATTEN_KEY}`), undefined);
+    await compactVolume(w.parent, { keepLast: 1, graceMs: 0 });
+    await compactVolume(child, { keepLast: 1, graceMs: 0 });
+    same(await readAll(child, w), want, 'the flattened child');
+    await assertClean(child, w);
+    // A second run: the volume is no clone.
+    const third = await settle(flattenVolume(child, { openStore: w.openStore }));
+    assert.ok(!third.ok && isHyperError(third.error, 'INVALID_ARGUMENT'));
+  });
+
+  it('deleting the volume instead releases the pin the flatten left', async () => {
+    const w = await world();
+    const child = w.root.sub('child/');
+    await cloneVolume(w.parent, { checkpoint: 3 }, child, { openStore: w.openStore });
+    const kill = killAfterDetach();
+    await settle(flattenVolume(new ScriptedStore(child, kill.script), { openStore: w.openStore }));
+    assert.ok(kill.killed(), 'the flatten was not killed after its commit');
+    const d = await deleteVolume(child, { openStore: w.openStore });
+    assert.ok(d.pin, 'the delete did not name the pin');
+    assert.deepEqual(await pins(w.parent), []);
+    assert.equal(await exists(child), false);
+    assert.deepEqual(await keysOf(child), []);
   });
 });
