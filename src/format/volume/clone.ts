@@ -227,40 +227,49 @@ export async function flattenVolume(
     onProgress?: (done: number, total: number) => void;
   } = {},
 ): Promise<FlattenResult> {
-  const { head } = await readHead(store);
-  // A flatten that stopped after its detach commit: finish it.
-  if (!head.clone && (await unfinishedFlatten(store, head))) return finishFlatten(store, options);
-  if (!head.clone)
-    throw new HyperError('invalid', 'INVALID_ARGUMENT', `${store.url} is not a clone`, {
-      suggestion: 'Only volumes made by "hyper snapshot clone" have a parent to detach from.',
-    });
-  for await (const page of store.list(PIN_PREFIX)) {
-    if (page.objects.length > 0) {
-      throw new HyperError(
-        'conflict',
-        'PRECONDITION_FAILED',
-        'Clones of this volume still read from it through its parent',
-        {
-          suggestion: 'Flatten or delete the clones of this clone first.',
-        },
-      );
-    }
-  }
-  for await (const page of store.list(SNAPSHOT_PREFIX)) {
-    if (page.objects.length > 0) {
-      throw new HyperError(
-        'conflict',
-        'PRECONDITION_FAILED',
-        'Flattening drops the clone’s history, and it has named snapshots',
-        {
-          suggestion: 'Delete the clone’s snapshots (`hyper snapshot delete`) first.',
-        },
-      );
-    }
-  }
+  // Before taking the lease: a volume that is no clone is refused as such, even while served.
+  await flattenable(store, (await readHead(store)).head);
   const vol = await Volume.open(store, { ...options, flushIntervalMs: 0 });
   try {
+    // The head as this run holds it (another flatten may have committed meanwhile).
     const cur = vol.headRecord;
+    const before = await flattenable(store, cur);
+    if (before) {
+      // A flatten that stopped after its detach commit: only the steps after it are left.
+      // The commit set the history floor; compaction waits for this, so it has not moved.
+      await afterDetach(store, vol, before, cur.history?.floor ?? cur.checkpoint, options);
+      return {
+        parent: parentOf(before),
+        blocksCopied: 0,
+        bytesCopied: 0,
+        checkpoint: vol.headRecord.checkpoint,
+        resumed: true,
+      };
+    }
+    for await (const page of store.list(PIN_PREFIX)) {
+      if (page.objects.length > 0) {
+        throw new HyperError(
+          'conflict',
+          'PRECONDITION_FAILED',
+          'Clones of this volume still read from it through its parent',
+          {
+            suggestion: 'Flatten or delete the clones of this clone first.',
+          },
+        );
+      }
+    }
+    for await (const page of store.list(SNAPSHOT_PREFIX)) {
+      if (page.objects.length > 0) {
+        throw new HyperError(
+          'conflict',
+          'PRECONDITION_FAILED',
+          'Flattening drops the clone’s history, and it has named snapshots',
+          {
+            suggestion: 'Delete the clone’s snapshots (`hyper snapshot delete`) first.',
+          },
+        );
+      }
+    }
     const source = await SegmentSource.forHead(store, cur, options.openStore);
     const nodeSize = 2 ** cur.metaBlockShift;
     const loader = new NodeLoader(source, nodeSize, 64 * 1024 * 1024);
@@ -296,38 +305,17 @@ export async function flattenVolume(
 }
 
 /**
- * A flatten run again on a volume whose last flatten stopped after its detach commit: only
- * the steps after that commit are left (the detach is the newest history floor; compaction
- * waits for this, so the floor has not moved).
+ * Whether `head` can be flattened: undefined for a clone; for a volume whose last flatten
+ * stopped after its detach commit, the head that flatten detached from. INVALID_ARGUMENT for
+ * any other volume.
  */
-async function finishFlatten(
-  store: ObjectStore,
-  options: Pick<OpenOptions, 'holder' | 'force' | 'logger' | 'openStore'>,
-): Promise<FlattenResult> {
-  const vol = await Volume.open(store, { ...options, flushIntervalMs: 0 });
-  try {
-    const head = vol.headRecord;
-    const before = await unfinishedFlatten(store, head);
-    if (!before) {
-      throw new HyperError(
-        'conflict',
-        'PRECONDITION_FAILED',
-        `${store.url} changed while the flatten opened it (another flatten finished or undid its work)`,
-        { suggestion: `Run \`hyper snapshot flatten ${store.url}\` again.` },
-      );
-    }
-    const detached = head.history?.floor ?? head.checkpoint;
-    await afterDetach(store, vol, before, detached, options);
-    return {
-      parent: parentOf(before),
-      blocksCopied: 0,
-      bytesCopied: 0,
-      checkpoint: vol.headRecord.checkpoint,
-      resumed: true,
-    };
-  } finally {
-    await vol.close();
-  }
+async function flattenable(store: ObjectStore, head: HeadRecord): Promise<HeadRecord | undefined> {
+  if (head.clone) return undefined;
+  const before = await unfinishedFlatten(store, head);
+  if (before) return before;
+  throw new HyperError('invalid', 'INVALID_ARGUMENT', `${store.url} is not a clone`, {
+    suggestion: 'Only volumes made by "hyper snapshot clone" have a parent to detach from.',
+  });
 }
 
 const parentOf = (h: HeadRecord): FlattenResult['parent'] => ({

@@ -923,6 +923,41 @@ describe('concurrency: a flatten killed right after its detach commit (scenario 
     assert.ok(!third.ok && isHyperError(third.error, 'INVALID_ARGUMENT'));
   });
 
+  it('a second flatten that opens the volume after the first one detached it', async () => {
+    for (const killed of [false, true]) {
+      const w = await world();
+      const child = w.root.sub('child/');
+      await cloneVolume(w.parent, { checkpoint: 3 }, child, { openStore: w.openStore });
+      const want = await readAll(child, w);
+      // The second flatten saw a clone; before it takes the lease, the first one runs (to
+      // the end, or until it is killed right after its detach commit).
+      const kill = killAfterDetach();
+      const first = meanwhile(
+        (r) => r.key === LEASE_KEY,
+        () =>
+          flattenVolume(killed ? new ScriptedStore(child, kill.script) : child, {
+            openStore: w.openStore,
+          }),
+      );
+      const second = await settle(
+        flattenVolume(new ScriptedStore(child, { steps: [first.step] }), {
+          openStore: w.openStore,
+        }),
+      );
+      assert.equal(first.outcome()?.ok, !killed, 'the first flatten did not run (schedule)');
+      if (killed) {
+        assert.ok(second.ok && second.value.resumed, String(!second.ok && second.error));
+      } else {
+        assert.ok(!second.ok && isHyperError(second.error, 'INVALID_ARGUMENT'), String(second));
+      }
+      assert.deepEqual(await pins(w.parent), []);
+      assert.equal(await w.root.head(`child/${FLATTEN_KEY}`), undefined);
+      await compactVolume(w.parent, { keepLast: 1, graceMs: 0 });
+      same(await readAll(child, w), want, 'the flattened child');
+      await assertClean(child, w);
+    }
+  });
+
   it('deleting the volume instead releases the pin the flatten left', async () => {
     const w = await world();
     const child = w.root.sub('child/');
