@@ -246,30 +246,7 @@ export async function flattenVolume(
         resumed: true,
       };
     }
-    for await (const page of store.list(PIN_PREFIX)) {
-      if (page.objects.length > 0) {
-        throw new HyperError(
-          'conflict',
-          'PRECONDITION_FAILED',
-          'Clones of this volume still read from it through its parent',
-          {
-            suggestion: 'Flatten or delete the clones of this clone first.',
-          },
-        );
-      }
-    }
-    for await (const page of store.list(SNAPSHOT_PREFIX)) {
-      if (page.objects.length > 0) {
-        throw new HyperError(
-          'conflict',
-          'PRECONDITION_FAILED',
-          'Flattening drops the clone’s history, and it has named snapshots',
-          {
-            suggestion: 'Delete the clone’s snapshots (`hyper snapshot delete`) first.',
-          },
-        );
-      }
-    }
+    await refuseOwnRecords(store);
     const source = await SegmentSource.forHead(store, cur, options.openStore);
     const nodeSize = 2 ** cur.metaBlockShift;
     const loader = new NodeLoader(source, nodeSize, 64 * 1024 * 1024);
@@ -302,6 +279,28 @@ export async function flattenVolume(
   } finally {
     await vol.close();
   }
+}
+
+/** A clone with clones or named snapshots of its own is not flattened (they would break). */
+async function refuseOwnRecords(store: ObjectStore): Promise<void> {
+  const refusals = [
+    {
+      prefix: PIN_PREFIX,
+      message: 'Clones of this volume still read from it through its parent',
+      suggestion: 'Flatten or delete the clones of this clone first.',
+    },
+    {
+      prefix: SNAPSHOT_PREFIX,
+      message: 'Flattening drops the clone’s history, and it has named snapshots',
+      suggestion: 'Delete the clone’s snapshots (`hyper snapshot delete`) first.',
+    },
+  ];
+  for (const r of refusals)
+    for await (const page of store.list(r.prefix))
+      if (page.objects.length > 0)
+        throw new HyperError('conflict', 'PRECONDITION_FAILED', r.message, {
+          suggestion: r.suggestion,
+        });
 }
 
 /**

@@ -684,6 +684,33 @@ describe('concurrency: unpin against a clone being created (scenario 9)', () => 
   });
 });
 
+/**
+ * After a flatten of `child` stopped by `grand` (a clone of it made meanwhile): the parent and
+ * the child compact everything they may, and both clones still read `want`; once `grand` is
+ * deleted, the flatten goes through and releases the parent's pin.
+ */
+async function stillReadsThenFlattens(
+  w: World,
+  child: ObjectStore,
+  grand: ObjectStore,
+  want: Buffer,
+): Promise<void> {
+  await compactVolume(w.parent, { keepLast: 1, graceMs: 0 });
+  await compactVolume(child, { keepLast: 1, graceMs: 0, openStore: w.openStore });
+  same(await readAll(grand, w), want, 'the clone of the clone');
+  same(await readAll(child, w), want, 'the child');
+  await assertClean(grand, w);
+  await assertClean(child, w);
+  await assertClean(w.parent, w);
+  await deleteVolume(grand, { openStore: w.openStore });
+  const f = await flattenVolume(child, { openStore: w.openStore });
+  assert.equal(f.blocksCopied, 0);
+  assert.deepEqual(await pins(w.parent), []);
+  await compactVolume(w.parent, { keepLast: 1, graceMs: 0 });
+  same(await readAll(child, w), want, 'the flattened child');
+  await assertClean(child, w);
+}
+
 describe('concurrency: a clone of a clone made while that clone is flattened (scenario 10)', () => {
   it('the new clone keeps reading what it was made from', async () => {
     const w = await world();
@@ -711,22 +738,7 @@ describe('concurrency: a clone of a clone made while that clone is flattened (sc
     assert.equal(flattened.ok, false, 'the flatten released what the new clone reads');
     assert.ok(isHyperError(flattened.error, 'HAS_CLONES'), String(flattened.error));
     assert.ok((await readHead(child)).head.clone, 'the child is no clone any more');
-    // Both compact everything they may; the new clone still reads what it was made from.
-    await compactVolume(w.parent, { keepLast: 1, graceMs: 0 });
-    await compactVolume(child, { keepLast: 1, graceMs: 0, openStore: w.openStore });
-    same(await readAll(grand, w), want, 'the clone of the clone');
-    same(await readAll(child, w), want, 'the child');
-    await assertClean(grand, w);
-    await assertClean(child, w);
-    await assertClean(w.parent, w);
-    // Once that clone is gone, the flatten goes through and releases the parent's pin.
-    await deleteVolume(grand, { openStore: w.openStore });
-    const f = await flattenVolume(child, { openStore: w.openStore });
-    assert.equal(f.blocksCopied, 0);
-    assert.deepEqual(await pins(w.parent), []);
-    await compactVolume(w.parent, { keepLast: 1, graceMs: 0 });
-    same(await readAll(child, w), want, 'the flattened child');
-    await assertClean(child, w);
+    await stillReadsThenFlattens(w, child, grand, want);
   });
 
   it('a snapshot of the clone made while it is flattened keeps reading what it names', async () => {
@@ -878,20 +890,7 @@ describe('concurrency: a flatten killed right after its detach commit (scenario 
     assert.ok(!again.ok && isHyperError(again.error, 'HAS_CLONES'), String(again));
     assert.ok((await readHead(child)).head.clone, 'the child is no clone any more');
     assert.equal(await w.root.head(`child/${FLATTEN_KEY}`), undefined);
-    await compactVolume(w.parent, { keepLast: 1, graceMs: 0 });
-    await compactVolume(child, { keepLast: 1, graceMs: 0, openStore: w.openStore });
-    same(await readAll(grand, w), want, 'the clone of the child');
-    same(await readAll(child, w), want, 'the child');
-    await assertClean(grand, w);
-    await assertClean(child, w);
-    await assertClean(w.parent, w);
-    // Once that clone is gone, the flatten completes.
-    await deleteVolume(grand, { openStore: w.openStore });
-    await flattenVolume(child, { openStore: w.openStore });
-    assert.deepEqual(await pins(w.parent), []);
-    await compactVolume(w.parent, { keepLast: 1, graceMs: 0 });
-    same(await readAll(child, w), want, 'the flattened child');
-    await assertClean(child, w);
+    await stillReadsThenFlattens(w, child, grand, want);
   });
 
   it('with nothing made meanwhile: the flatten run again releases the pin', async () => {
