@@ -16,6 +16,9 @@
  *   9  an unpin releases the pin of a clone being created (no head yet when it looks), or of
  *      one a flatten detached for a moment
  *  10  flatten releases the pin that a clone of the clone, made while it runs, reads through
+ *  11  a flatten killed right after its detach commit leaves a pin that unpin releases and a
+ *      volume that compacts, though a clone of it made meanwhile reads through both; a second
+ *      flatten takes the lease over a volume the first one detached
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
