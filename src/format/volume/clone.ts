@@ -218,7 +218,8 @@ export interface FlattenResult {
 /**
  * Copy everything the clone still reads from its parents into its own segments, then commit
  * a checkpoint without the parent link and release the parent's pin. The clone's older
- * checkpoints (which may read parent segments) are dropped.
+ * checkpoints (which may read parent segments) are dropped. On a volume whose flatten stopped
+ * right after that commit (FLATTEN_KEY), only the steps after it run (`resumed`).
  */
 export async function flattenVolume(
   store: ObjectStore,
