@@ -198,6 +198,14 @@ async function world(rounds = 6): Promise<World> {
   return { root, parent, openStore, refs };
 }
 
+/** A world whose parent has a clone at child/ made from checkpoint 3, and what it reads. */
+async function withClone(): Promise<{ w: World; child: ObjectStore; want: Buffer }> {
+  const w = await world();
+  const child = w.root.sub('child/');
+  await cloneVolume(w.parent, { checkpoint: 3 }, child, { openStore: w.openStore });
+  return { w, child, want: await readAll(child, w) };
+}
+
 async function readAll(
   store: ObjectStore,
   w: World,
@@ -745,10 +753,7 @@ describe('concurrency: a clone of a clone made while that clone is flattened (sc
   });
 
   it('a snapshot of the clone made while it is flattened keeps reading what it names', async () => {
-    const w = await world();
-    const child = w.root.sub('child/');
-    await cloneVolume(w.parent, { checkpoint: 3 }, child, { openStore: w.openStore });
-    const want = await readAll(child, w);
+    const { w, child, want } = await withClone();
     const from = (await readHead(child)).head.checkpoint;
     const snap = meanwhile(
       (r) => r.op === 'put' && r.key.startsWith(SEGMENT_PREFIX),
@@ -769,10 +774,7 @@ describe('concurrency: a clone of a clone made while that clone is flattened (sc
   });
 
   it('a flatten that cannot list the clone’s records after detaching undoes the detach', async () => {
-    const w = await world();
-    const child = w.root.sub('child/');
-    await cloneVolume(w.parent, { checkpoint: 3 }, child, { openStore: w.openStore });
-    const want = await readAll(child, w);
+    const { w, child, want } = await withClone();
     let lists = 0;
     const script: Script = {
       steps: [
@@ -799,11 +801,8 @@ describe('concurrency: a clone of a clone made while that clone is flattened (sc
   });
 
   it('an unpin while the flatten is detached keeps the pin', async () => {
-    const w = await world();
-    const child = w.root.sub('child/');
+    const { w, child, want } = await withClone();
     const grand = w.root.sub('grand/');
-    await cloneVolume(w.parent, { checkpoint: 3 }, child, { openStore: w.openStore });
-    const want = await readAll(child, w);
     const from = (await readHead(child)).head.checkpoint;
     let lists = 0;
     // A clone of the child is made while the flatten copies...
@@ -857,11 +856,8 @@ function killAfterDetach(): { script: Script; killed: () => boolean } {
 
 describe('concurrency: a flatten killed right after its detach commit (scenario 11)', () => {
   it('with a clone of the clone made meanwhile: nothing releases what that clone reads, and the flatten run again undoes the detach', async () => {
-    const w = await world();
-    const child = w.root.sub('child/');
+    const { w, child, want } = await withClone();
     const grand = w.root.sub('grand/');
-    await cloneVolume(w.parent, { checkpoint: 3 }, child, { openStore: w.openStore });
-    const want = await readAll(child, w);
     const from = (await readHead(child)).head.checkpoint;
     const clone = meanwhile(
       (r) => r.op === 'put' && r.key.startsWith(SEGMENT_PREFIX),
@@ -897,10 +893,7 @@ describe('concurrency: a flatten killed right after its detach commit (scenario 
   });
 
   it('with nothing made meanwhile: the flatten run again releases the pin', async () => {
-    const w = await world();
-    const child = w.root.sub('child/');
-    await cloneVolume(w.parent, { checkpoint: 3 }, child, { openStore: w.openStore });
-    const want = await readAll(child, w);
+    const { w, child, want } = await withClone();
     const kill = killAfterDetach();
     const flattened = await settle(
       flattenVolume(new ScriptedStore(child, kill.script), { openStore: w.openStore }),
