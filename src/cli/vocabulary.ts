@@ -143,6 +143,8 @@ export const fileStatSchema = volumeSummarySchema.extend({
   oldestCheckpoint: checkpointNumber.nullable(),
   clonePinCount: count,
   parent: z.strictObject({ url: z.string(), checkpoint: checkpointNumber }).nullable(),
+  /** A flatten stopped right after dropping the link: the parent checkpoint it still pins. */
+  unfinishedFlatten: z.strictObject({ url: z.string(), checkpoint: checkpointNumber }).nullable(),
   /** With --space, else null. */
   space: spaceUsageSchema.nullable(),
 });

@@ -26,6 +26,7 @@ export function toStatResult(st: VolumeStat, url: string): FileStatResult {
     oldestCheckpoint: st.oldestCheckpoint ?? null,
     clonePinCount: st.clonePins,
     parent: st.parent ? { url: st.parent.url, checkpoint: st.parent.checkpoint } : null,
+    unfinishedFlatten: st.unfinishedFlatten ?? null,
     space: st.space
       ? {
           liveBytes: st.space.liveBytes,
@@ -142,6 +143,11 @@ export function renderStat(r: FileStatResult, table: (rows: [string, string][]) 
   if (r.walUrl !== null) rows.push(['WAL', r.walUrl]);
   if (r.parent !== null)
     rows.push(['Clone of', `${r.parent.url} at checkpoint ${r.parent.checkpoint}`]);
+  if (r.unfinishedFlatten !== null)
+    rows.push([
+      'Unfinished flatten',
+      `stopped after dropping the link to ${r.unfinishedFlatten.url} (its checkpoint ${r.unfinishedFlatten.checkpoint} stays pinned): run \`hyper snapshot flatten ${r.url}\``,
+    ]);
   if (r.space !== null) {
     const sp = r.space;
     rows.push(['Live', bytesWithExact(sp.liveBytes)]);

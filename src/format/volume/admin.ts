@@ -16,7 +16,14 @@ import {
 import type { ObjectStore } from '../store/types.js';
 import { leaseHeldError, leaseInfo, readLease } from './lease.js';
 import type { LeaseInfo, VolumeInfo } from './types.js';
-import { headAt, infoOf, readCheckpointHead, readHead, readStoredHead } from './heads.js';
+import {
+  headAt,
+  infoOf,
+  readCheckpointHead,
+  readHead,
+  readStoredHead,
+  unfinishedFlatten,
+} from './heads.js';
 import { DecodeError } from '../codec/binary.js';
 import { decodeHead, isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
 import { NodeLoader } from '../index/loader.js';
@@ -44,6 +51,11 @@ export interface VolumeStat extends VolumeInfo {
   oldestCheckpoint?: number;
   /** Checkpoints of this volume that clones start from (pinned). */
   clonePins: number;
+  /**
+   * A flatten that stopped right after dropping the parent link (heads.ts unfinishedFlatten):
+   * the parent whose checkpoint it still pins. `hyper snapshot flatten` finishes it.
+   */
+  unfinishedFlatten?: { url: string; checkpoint: number };
   /** With `space`: where the stored bytes go (needs a walk of the retained indexes). */
   space?: SpaceUsage;
 }
@@ -77,6 +89,7 @@ export async function statVolume(
   let snapshots = 0;
   let uncommitted = 0;
   let clonePins = 0;
+  let flattenRecord = false;
   const retained: number[] = [];
   const segSizes = new Map<number, number>();
   const skipped = new Set(head.skipped);
@@ -91,8 +104,16 @@ export async function statVolume(
         else if (isRetainedCheckpoint(head, id)) retained.push(id);
       } else if (parseSnapshotKey(o.key) !== undefined) snapshots++;
       else if (o.key.startsWith(PIN_PREFIX)) clonePins++;
+      else if (o.key === FLATTEN_KEY) flattenRecord = true;
     }
   }
+  // A damaged record is for `file check` to report; stat shows what it can read.
+  const before = flattenRecord
+    ? await unfinishedFlatten(store, head).catch((e: unknown) => {
+        if (isHyperError(e) && e.kind === 'data') return undefined;
+        throw e;
+      })
+    : undefined;
   const info = infoOf(store.url, head, true);
   const bs = info.dataBlockSize;
   return {
@@ -107,6 +128,14 @@ export async function statVolume(
     checkpoints: retained.length,
     ...(retained.length > 0 ? { oldestCheckpoint: Math.min(...retained) } : {}),
     clonePins,
+    ...(before?.clone
+      ? {
+          unfinishedFlatten: {
+            url: before.clone.chain[0]?.url as string,
+            checkpoint: before.clone.checkpoint,
+          },
+        }
+      : {}),
     ...(options.space ? { space: await spaceUsage(store, head, retained, segSizes, options) } : {}),
   };
 }

@@ -10,6 +10,7 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import type { CompactCommandResult } from '../../../src/commands/compact.js';
 import type { FileCheckResult } from '../../../src/commands/file/check.js';
+import type { FileStatResult } from '../../../src/commands/file/stat.js';
 import type { FileDeleteResult } from '../../../src/commands/file/delete.js';
 import type { SnapshotCloneResult } from '../../../src/commands/snapshot/clone.js';
 import type { SnapshotFlattenResult } from '../../../src/commands/snapshot/flatten.js';
@@ -140,6 +141,13 @@ describe('hyper snapshot clone / flatten', () => {
       [['unfinished-flatten', 'flatten']],
     );
     assert.match(JSON.stringify(unfinished.problems), /snapshot flatten/);
+    const st = await hyperJson<FileStatResult>(['file', 'stat', child]);
+    assert.deepEqual(
+      [st.parent, st.unfinishedFlatten],
+      [null, { url: parent, checkpoint: ia.checkpoint }],
+    );
+    const stText = await hyper(['file', 'stat', child]);
+    assert.match(stText.stdout, /Unfinished flatten/);
     const waits = await hyperJson<ErrorOut>(
       ['compact', child, '--keep-last', '1', '--grace', '0s', '--yes'],
       4,
@@ -156,6 +164,8 @@ describe('hyper snapshot clone / flatten', () => {
     const left = await readdir(join(dir, 'parent', 'pin')).catch(() => []);
     assert.deepEqual(left, []);
     assert.ok(!(await readdir(join(dir, 'child'))).includes('flatten'));
+    const done = await hyperJson<FileStatResult>(['file', 'stat', child]);
+    assert.equal(done.unfinishedFlatten, null);
     const again = await hyper(['snapshot', 'flatten', child]);
     assert.equal(again.code, 2, show(again));
     assert.match(again.stderr, /is not a clone/);
