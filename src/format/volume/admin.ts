@@ -21,11 +21,12 @@ import {
   infoOf,
   readCheckpointHead,
   readHead,
+  parentOf,
+  readFlattenRecord,
   readStoredHead,
   unfinishedFlatten,
 } from './heads.js';
-import { DecodeError } from '../codec/binary.js';
-import { decodeHead, isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
+import { isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
 import { NodeLoader } from '../index/loader.js';
 import { SegmentSource, defaultOpenStore, type OpenStoreFn } from './segments.js';
 import { newReach, walk } from './walk.js';
@@ -109,11 +110,9 @@ export async function statVolume(
   }
   // A damaged record is for `file check` to report; stat shows what it can read.
   const before = flattenRecord
-    ? await unfinishedFlatten(store, head).catch((e: unknown) => {
-        if (isHyperError(e) && e.kind === 'data') return undefined;
-        throw e;
-      })
+    ? await unfinishedFlatten(store, head).catch(undefinedIfDamaged)
     : undefined;
+  const unfinished = before && parentOf(before);
   const info = infoOf(store.url, head, true);
   const bs = info.dataBlockSize;
   return {
@@ -128,14 +127,7 @@ export async function statVolume(
     checkpoints: retained.length,
     ...(retained.length > 0 ? { oldestCheckpoint: Math.min(...retained) } : {}),
     clonePins,
-    ...(before?.clone
-      ? {
-          unfinishedFlatten: {
-            url: before.clone.chain[0]?.url as string,
-            checkpoint: before.clone.checkpoint,
-          },
-        }
-      : {}),
+    ...(unfinished ? { unfinishedFlatten: unfinished } : {}),
     ...(options.space ? { space: await spaceUsage(store, head, retained, segSizes, options) } : {}),
   };
 }
@@ -412,7 +404,7 @@ async function putHeadBack(store: ObjectStore, headBytes: Buffer, why: unknown):
 
 /** A clone's pin: its parent's URL and the key there (none for a volume that is no clone). */
 function pinLinkOf(head: HeadRecord): PinLink | undefined {
-  const parent = head.clone?.chain[0]?.url;
+  const parent = parentOf(head)?.url;
   return parent === undefined ? undefined : { parent, key: pinKey(head.uuid) };
 }
 
@@ -421,14 +413,17 @@ async function pinLinkOfFlatten(
   store: ObjectStore,
   head: HeadRecord | undefined,
 ): Promise<PinLink | undefined> {
-  try {
-    const before = decodeHead((await store.get(FLATTEN_KEY)).body).head;
-    return head === undefined || before.uuid === head.uuid ? pinLinkOf(before) : undefined;
-  } catch (e) {
-    if (e instanceof DecodeError || isHyperError(e, 'OBJECT_NOT_FOUND')) return undefined;
-    throw e;
-  }
+  // Without a head (an interrupted delete run again), the record as stored.
+  const before = await (head ? unfinishedFlatten(store, head) : readFlattenRecord(store)).catch(
+    undefinedIfDamaged,
+  );
+  return before ? pinLinkOf(before) : undefined;
 }
+
+const undefinedIfDamaged = (e: unknown): undefined => {
+  if (isHyperError(e) && e.kind === 'data') return undefined;
+  throw e;
+};
 
 /** pinLinkOf the head the newest readable segment embeds (a few are tried). */
 async function pinLinkFromSegments(

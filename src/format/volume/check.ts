@@ -26,7 +26,7 @@ import type { ObjectStore } from '../store/types.js';
 import { readLease } from './lease.js';
 import { SegmentSource, defaultOpenStore, type OpenStoreFn } from './segments.js';
 import { cloneHolds } from './clone.js';
-import { dedupRootOf, readHead, rootOf, unfinishedFlatten } from './heads.js';
+import { dedupRootOf, parentOf, readHead, rootOf, unfinishedFlatten } from './heads.js';
 import { newReach, walk } from './walk.js';
 
 export type ProblemKind =
@@ -132,7 +132,7 @@ export async function checkVolume(
         problem(
           'unfinished-flatten',
           FLATTEN_KEY,
-          `A flatten stopped after it dropped the link to ${before.clone?.chain[0]?.url ?? 'the parent'} and before it made sure nothing reads through the checkpoints it dropped: finish it with \`hyper snapshot flatten ${store.url}\` (until then compaction of this volume and the release of its pin wait)`,
+          `A flatten stopped after it dropped the link to ${parentOf(before)?.url ?? 'the parent'} and before it made sure nothing reads through the checkpoints it dropped: finish it with \`hyper snapshot flatten ${store.url}\` (until then compaction of this volume and the release of its pin wait)`,
         );
     } catch (e) {
       if (!(isHyperError(e) && e.kind === 'data')) throw e;

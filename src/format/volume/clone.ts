@@ -21,8 +21,9 @@ import {
   readCheckpointHead,
   readHead,
   readStoredHead,
-  unfinishedFlatten,
+  parentOf,
   resolveCheckpoint,
+  unfinishedFlatten,
 } from './heads.js';
 import { buildEmptySegment } from './segment-builder.js';
 import { Volume } from './volume.js';
@@ -101,6 +102,12 @@ export async function cloneVolume(
     await dropOurSegment(child, id, uuid);
     throw e;
   }
+  // The pin (best effort: one left behind is dangling, which file check lists), then the
+  // segment after it.
+  const takeBack = async (): Promise<void> => {
+    await parent.delete([pinKey(uuid)]).catch(() => undefined);
+    await dropOurSegment(child, id, uuid);
+  };
   // The pin: from here on the parent's compaction keeps the checkpoint (or, if one was
   // dropping it at this very moment, confirmPinned finds out and removes the pin).
   try {
@@ -111,11 +118,8 @@ export async function cloneVolume(
     );
     await confirmPinned(parent, checkpoint, pinKey(uuid));
   } catch (e) {
-    // A PUT that failed may have landed all the same: nothing reads through the pin yet, so
-    // take it back (best effort: one left behind is dangling, which file check lists), and
-    // the segment after it.
-    await parent.delete([pinKey(uuid)]).catch(() => undefined);
-    await dropOurSegment(child, id, uuid);
+    // A PUT that failed may have landed all the same: nothing reads through the pin yet.
+    await takeBack();
     throw e;
   }
   try {
@@ -123,10 +127,7 @@ export async function cloneVolume(
   } catch (e) {
     // Before the clone's head exists nothing reads through the pin: take it back, then the
     // segment. A head that landed all the same reads from the parent: the pin must stay.
-    if (!(await cloneHeadIsOurs(child, uuid))) {
-      await parent.delete([pinKey(uuid)]).catch(() => undefined);
-      await dropOurSegment(child, id, uuid);
-    }
+    if (!(await cloneHeadIsOurs(child, uuid))) await takeBack();
     throw e;
   }
   const result: CloneResult = {
@@ -238,9 +239,15 @@ export async function flattenVolume(
     if (before) {
       // A flatten that stopped after its detach commit: only the steps after it are left.
       // The commit set the history floor; compaction waits for this, so it has not moved.
-      await afterDetach(store, vol, before, cur.history?.floor ?? cur.checkpoint, options);
+      const parent = await afterDetach(
+        store,
+        vol,
+        before,
+        cur.history?.floor ?? cur.checkpoint,
+        options,
+      );
       return {
-        parent: parentOf(before),
+        parent,
         blocksCopied: 0,
         bytesCopied: 0,
         checkpoint: vol.headRecord.checkpoint,
@@ -269,9 +276,9 @@ export async function flattenVolume(
     // of our pin and compaction of this volume wait for it to go (see afterDetach).
     await store.put(FLATTEN_KEY, encodeHead(cur));
     const { checkpoint } = await vol.detachFromParent();
-    await afterDetach(store, vol, cur, checkpoint, options);
+    const parent = await afterDetach(store, vol, cur, checkpoint, options);
     return {
-      parent: parentOf(cur),
+      parent,
       blocksCopied: copied.blocks,
       bytesCopied: copied.bytes,
       checkpoint,
@@ -318,11 +325,6 @@ async function flattenable(store: ObjectStore, head: HeadRecord): Promise<HeadRe
   });
 }
 
-const parentOf = (h: HeadRecord): FlattenResult['parent'] => ({
-  url: h.clone?.chain[0]?.url as string,
-  checkpoint: h.clone?.checkpoint as number,
-});
-
 /**
  * The steps after a flatten's detach commit (checkpoint `detached`; `before` is the head it
  * replaced, as FLATTEN_KEY holds it). A snapshot or a clone of this volume made while it was
@@ -331,6 +333,7 @@ const parentOf = (h: HeadRecord): FlattenResult['parent'] => ({
  * through that checkpoint. Then, or when that cannot be told, the detach is undone: the
  * volume stays a clone (every block it reads is its own by now) with the history it had, and
  * keeps its pin, and then FLATTEN_KEY goes. Otherwise FLATTEN_KEY goes, then the parent's pin.
+ * Returns the parent (the clone link of `before`).
  */
 async function afterDetach(
   store: ObjectStore,
@@ -338,9 +341,10 @@ async function afterDetach(
   before: HeadRecord,
   detached: number,
   options: Pick<OpenOptions, 'openStore'>,
-): Promise<void> {
+): Promise<FlattenResult['parent']> {
   const link = before.clone as NonNullable<HeadRecord['clone']>;
-  const parentUrl = parentOf(before).url;
+  const parent = parentOf(before) as FlattenResult['parent'];
+  const parentUrl = parent.url;
   const onParent = async (fn: (parent: ObjectStore) => Promise<void>): Promise<void> => {
     const parent = await (options.openStore ?? SegmentSource.defaultOpen)(parentUrl);
     try {
@@ -353,7 +357,7 @@ async function afterDetach(
   if (!Array.isArray(late) || late.length > 0) {
     await vol.reattachToParent(link, before.history);
     // An unpin (of an older hyper) that saw the volume detached may have released the pin.
-    await onParent((parent) => repin(parent, before.uuid, link.checkpoint, store.url));
+    await onParent((p) => repin(p, before.uuid, link.checkpoint, store.url));
     await store.delete([FLATTEN_KEY]);
     if (!Array.isArray(late))
       throw new HyperError(
@@ -375,7 +379,8 @@ async function afterDetach(
   // behind after it is gone is stale, and `hyper snapshot unpin` releases it), and the parent
   // no longer needs to keep our checkpoint.
   await store.delete([FLATTEN_KEY]);
-  await onParent((parent) => parent.delete([pinKey(before.uuid)]));
+  await onParent((p) => p.delete([pinKey(before.uuid)]));
+  return parent;
 }
 
 /**

@@ -175,17 +175,11 @@ export async function readStoredHead(store: ObjectStore): Promise<HeadObject> {
 }
 
 /**
- * The head a flatten recorded before its detach commit (FLATTEN_KEY), when `head` is that
- * flatten's result and the flatten stopped before it made sure nothing reads the parent
- * through the checkpoints it dropped (`hyper snapshot flatten` run again finishes it).
- * Undefined when there is no such record, or it belongs to another state of the volume (the
- * volume is a clone, or another volume holds the URL now).
+ * The head a flatten recorded before its detach commit (FLATTEN_KEY), as stored: undefined
+ * if there is none; CORRUPT_OBJECT if it is damaged. See unfinishedFlatten for whether it
+ * still matters.
  */
-export async function unfinishedFlatten(
-  store: ObjectStore,
-  head: HeadRecord,
-): Promise<HeadRecord | undefined> {
-  if (head.clone) return undefined;
+export async function readFlattenRecord(store: ObjectStore): Promise<HeadRecord | undefined> {
   let body: Buffer;
   try {
     body = (await store.get(FLATTEN_KEY)).body;
@@ -193,9 +187,8 @@ export async function unfinishedFlatten(
     if (isHyperError(e, 'OBJECT_NOT_FOUND')) return undefined;
     throw e;
   }
-  let before: HeadRecord;
   try {
-    before = decodeHead(body).head;
+    return decodeHead(body).head;
   } catch (e) {
     if (!(e instanceof DecodeError)) throw e;
     throw dataError(
@@ -205,7 +198,28 @@ export async function unfinishedFlatten(
       `Run \`hyper file check ${store.url}\`: if it lists no dangling snapshot or clone pin, nothing reads through the checkpoints the flatten dropped; then delete the object ${FLATTEN_KEY} under the volume and release the parent's pin with \`hyper snapshot unpin\`.`,
     );
   }
-  return before.clone && before.uuid === head.uuid ? before : undefined;
+}
+
+/**
+ * The head a flatten recorded before its detach commit, when `head` is that flatten's result
+ * and the flatten stopped before it made sure nothing reads the parent through the
+ * checkpoints it dropped (`hyper snapshot flatten` run again finishes it). Undefined when
+ * there is no such record, or it belongs to another state of the volume (the volume is a
+ * clone, or another volume holds the URL now).
+ */
+export async function unfinishedFlatten(
+  store: ObjectStore,
+  head: HeadRecord,
+): Promise<HeadRecord | undefined> {
+  if (head.clone) return undefined;
+  const before = await readFlattenRecord(store);
+  return before?.clone && before.uuid === head.uuid ? before : undefined;
+}
+
+/** A clone's parent (the first of its chain) and the checkpoint it started from. */
+export function parentOf(head: HeadRecord): { url: string; checkpoint: number } | undefined {
+  const first = head.clone?.chain[0];
+  return first && head.clone ? { url: first.url, checkpoint: head.clone.checkpoint } : undefined;
 }
 
 /** No head: either nothing is there (VOLUME_NOT_FOUND) or something else is (NOT_A_VOLUME). */
@@ -415,6 +429,7 @@ export async function retainedCheckpoints(store: ObjectStore, head: HeadRecord):
 
 /** What a head says about its volume, in the shape commands and `serve` show. */
 export function infoOf(url: string, head: HeadRecord, readOnly: boolean): VolumeInfo {
+  const parent = parentOf(head);
   let mapped = 0;
   let dedupBlocks = 0;
   try {
@@ -442,8 +457,6 @@ export function infoOf(url: string, head: HeadRecord, readOnly: boolean): Volume
     dedup: !!head.dedup,
     ...(head.dedup ? { dedupBlocks } : {}),
     ...(head.walUrl === undefined ? {} : { walUrl: head.walUrl }),
-    ...(head.clone?.chain[0]
-      ? { parent: { url: head.clone.chain[0].url, checkpoint: head.clone.checkpoint } }
-      : {}),
+    ...(parent ? { parent } : {}),
   };
 }
