@@ -21,7 +21,8 @@
  *       if the run failed in between, until the next compaction succeeds: meanwhile the
  *       segment must still be there);
  *   (c) every clone that exists reads exactly the parent checkpoint it was made from (clones
- *       are not written by the harness) and still has its pin while it reads from the parent;
+ *       are not written by the harness) and still has its pin while it reads from the parent,
+ *       or while a flatten of it is unfinished (stopped right after dropping the link);
  *   (d) `checkVolume(deep)` finds nothing missing or corrupt in the volume and each clone
  *       (dangling records only count when the record is one the model requires);
  *   (e) the head epoch never decreases (checked on every head PUT and every observation);
@@ -1585,7 +1586,7 @@ class Run {
             force,
             openStore: this.opener(actor),
           });
-          return `checkpoint ${r.checkpoint}, ${r.blocksCopied} blocks copied`;
+          return `checkpoint ${r.checkpoint}, ${r.blocksCopied} blocks copied${r.resumed ? ', resumed an unfinished flatten' : ''}`;
         },
         done,
       );
@@ -2032,6 +2033,12 @@ class Run {
         else if (ofMain)
           required.set(pin, { checkpoint: rec, sha: m.sha, why: `pin of clone ${m.prefix}` });
       }
+      // A flatten stopped right after dropping the link: until it is finished, its pin stays
+      // (a clone of it made meanwhile may read the parent through it).
+      else if ((await unfinishedFlatten(craw, ch)) && !precords.has(pinKey(ch.uuid)))
+        this.violation(
+          `(c) clone ${m.prefix} has an unfinished flatten, but its pin ${pinKey(ch.uuid)} is gone`,
+        );
       const cc = await this.content(m.url);
       if (!cc.ok) this.violation(`(c) clone ${m.prefix} (${m.state}) is unreadable: ${cc.error}`);
       else if (cc.sha !== m.sha)
