@@ -4,10 +4,11 @@
  * counts, `requests` as RequestStats), and small renderings for people. No zod here: the
  * schemas are for tests and are not loaded when a command runs.
  */
+import type { DiffHeader, DiffSummary } from '../format/codec/diff.js';
 import { storeStats, type ObjectStore } from '../format/store/index.js';
 import type { VolumeInfo } from '../format/volume/types.js';
 import { formatBytes } from './units.js';
-import type { RequestStats, VolumeSummary } from './vocabulary.js';
+import type { DiffStreamFields, RequestStats, VolumeSummary } from './vocabulary.js';
 
 export type { VolumeSummary } from './vocabulary.js';
 
@@ -88,4 +89,26 @@ export function percent(part: number, whole: number): string {
   if (whole <= 0) return '0%';
   const p = (part / whole) * 100;
   return `${p < 10 ? p.toFixed(1) : p.toFixed(0)}%`;
+}
+
+/** The header and counts of a diff stream, as export-diff and import-diff show them. */
+export function diffStreamFields(
+  r: DiffSummary & { header: DiffHeader; streamBytes: number },
+): DiffStreamFields {
+  const h = r.header;
+  return {
+    sourceUuid: h.sourceUuid,
+    fromCheckpoint: h.fromCheckpoint,
+    fromSize: h.fromSize,
+    fromTime: iso(new Date(h.fromTimeMs)),
+    toCheckpoint: h.toCheckpoint,
+    toSize: h.toSize,
+    toTime: iso(new Date(h.toTimeMs)),
+    dataBlockSize: h.dataBlockSize,
+    dataRecordCount: r.dataRecordCount,
+    zeroRecordCount: r.zeroRecordCount,
+    dataBytes: r.dataBytes,
+    zeroBytes: r.zeroBytes,
+    streamBytes: r.streamBytes,
+  };
 }

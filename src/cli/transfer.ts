@@ -19,6 +19,7 @@ import {
   type OpenOptions,
   type VolumeInfo,
 } from '../format/volume/types.js';
+import { streamSink } from '../format/volume/diff-stream.js';
 import { Volume } from '../format/volume/volume.js';
 import { bytesWithExact } from './results.js';
 
@@ -561,22 +562,7 @@ export async function exportStream(
       next += len;
     }
   };
-  const write = (buf: Buffer): Promise<void> =>
-    new Promise((resolve, reject) => {
-      const onError = (e: Error): void => reject(e);
-      output.once('error', onError);
-      const ok = output.write(buf, (e) => {
-        output.off('error', onError);
-        if (e) reject(e);
-        else if (ok) resolve();
-      });
-      if (!ok) {
-        output.once('drain', () => {
-          output.off('error', onError);
-          resolve();
-        });
-      }
-    });
+  const write = streamSink(output);
   fill();
   while (queue.length > 0) {
     if (options.signal?.aborted) {

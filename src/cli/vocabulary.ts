@@ -775,6 +775,8 @@ export type FileImportResult = z.infer<typeof fileImportSchema>;
 export type FileExportResult = z.infer<typeof fileExportSchema>;
 export type FileExportDiffResult = z.infer<typeof fileExportDiffSchema>;
 export type FileImportDiffResult = z.infer<typeof fileImportDiffSchema>;
+/** The fields export-diff and import-diff both show: the stream's header and its counts. */
+export type DiffStreamFields = Pick<FileExportDiffResult, keyof typeof diffHeaderFields>;
 export type FileDeleteResult = z.infer<typeof fileDeleteSchema>;
 export type FileCheckResult = z.infer<typeof fileCheckSchema>;
 export type FileRepairResult = z.infer<typeof fileRepairSchema>;

@@ -1,6 +1,6 @@
 import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../../base-command.js';
-import { bytesWithExact, iso, secondsSince } from '../../cli/results.js';
+import { bytesWithExact, diffStreamFields, secondsSince } from '../../cli/results.js';
 import type { FileExportDiffResult } from '../../cli/vocabulary.js';
 import { checkpointRefJson } from '../../cli/checkpoint-ref.js';
 import { formatBytes } from '../../cli/units.js';
@@ -14,43 +14,6 @@ import {
 } from '../../format/volume/diff-stream.js';
 
 export type { FileExportDiffResult };
-
-/** The header and counts of a diff, as the JSON results of export-diff and import-diff show them. */
-function diffFields(
-  r: Omit<ExportDiffResult, 'interrupted'>,
-): Pick<
-  FileExportDiffResult,
-  | 'sourceUuid'
-  | 'fromCheckpoint'
-  | 'fromSize'
-  | 'fromTime'
-  | 'toCheckpoint'
-  | 'toSize'
-  | 'toTime'
-  | 'dataBlockSize'
-  | 'dataRecordCount'
-  | 'zeroRecordCount'
-  | 'dataBytes'
-  | 'zeroBytes'
-  | 'streamBytes'
-> {
-  const h = r.header;
-  return {
-    sourceUuid: h.sourceUuid,
-    fromCheckpoint: h.fromCheckpoint,
-    fromSize: h.fromSize,
-    fromTime: iso(new Date(h.fromTimeMs)),
-    toCheckpoint: h.toCheckpoint,
-    toSize: h.toSize,
-    toTime: iso(new Date(h.toTimeMs)),
-    dataBlockSize: h.dataBlockSize,
-    dataRecordCount: r.dataRecordCount,
-    zeroRecordCount: r.zeroRecordCount,
-    dataBytes: r.dataBytes,
-    zeroBytes: r.zeroBytes,
-    streamBytes: r.streamBytes,
-  };
-}
 
 export default class FileExportDiff extends BaseCommand<typeof FileExportDiff> {
   static override summary =
@@ -174,7 +137,7 @@ The file is written under a temporary name and renamed when complete, so a faile
       file,
       from: from ? checkpointRefJson(from) : null,
       to: to ? checkpointRefJson(to) : { checkpoint: result.header.toCheckpoint },
-      ...diffFields(result),
+      ...diffStreamFields(result),
       elapsedSeconds: secondsSince(started),
     };
     (toStdout ? (m: string) => this.note(m) : (m: string) => this.log(m))(

@@ -1,54 +1,13 @@
 import { Args, Flags } from '@oclif/core';
 import { BaseCommand } from '../../base-command.js';
-import { bytesWithExact, iso, secondsSince } from '../../cli/results.js';
+import { bytesWithExact, diffStreamFields, iso, secondsSince } from '../../cli/results.js';
 import type { FileImportDiffResult } from '../../cli/vocabulary.js';
 import { formatBytes } from '../../cli/units.js';
 import { HyperError } from '../../errors.js';
 import { progress, volumeUrl } from '../../flags.js';
-import {
-  importDiff,
-  type DiffProgress,
-  type ImportDiffResult,
-} from '../../format/volume/diff-stream.js';
+import { importDiff, type DiffProgress } from '../../format/volume/diff-stream.js';
 
 export type { FileImportDiffResult };
-
-/** The header and counts of a diff, as the JSON result shows them (export-diff has the same fields). */
-function diffFields(
-  r: ImportDiffResult,
-): Pick<
-  FileImportDiffResult,
-  | 'sourceUuid'
-  | 'fromCheckpoint'
-  | 'fromSize'
-  | 'fromTime'
-  | 'toCheckpoint'
-  | 'toSize'
-  | 'toTime'
-  | 'dataBlockSize'
-  | 'dataRecordCount'
-  | 'zeroRecordCount'
-  | 'dataBytes'
-  | 'zeroBytes'
-  | 'streamBytes'
-> {
-  const h = r.header;
-  return {
-    sourceUuid: h.sourceUuid,
-    fromCheckpoint: h.fromCheckpoint,
-    fromSize: h.fromSize,
-    fromTime: iso(new Date(h.fromTimeMs)),
-    toCheckpoint: h.toCheckpoint,
-    toSize: h.toSize,
-    toTime: iso(new Date(h.toTimeMs)),
-    dataBlockSize: h.dataBlockSize,
-    dataRecordCount: r.dataRecordCount,
-    zeroRecordCount: r.zeroRecordCount,
-    dataBytes: r.dataBytes,
-    zeroBytes: r.zeroBytes,
-    streamBytes: r.streamBytes,
-  };
-}
 
 const PHASES: Record<DiffProgress['phase'], string> = {
   export: 'Exporting',
@@ -166,7 +125,7 @@ How the target proves its base: each import-diff names the checkpoint it commits
     const out: FileImportDiffResult = {
       file,
       url,
-      ...diffFields(r),
+      ...diffStreamFields(r),
       base: r.base.kind,
       baseSnapshot: r.base.marker?.name ?? null,
       previousCheckpoint: r.previousCheckpoint,
