@@ -7,7 +7,7 @@
  * result from `run()`; with `--json` oclif prints that result, otherwise the command renders
  * it with `this.log`. Progress and spinners go to stderr, results to stdout.
  */
-import { mkdir, stat } from 'node:fs/promises';
+import { stat } from 'node:fs/promises';
 import { createInterface } from 'node:readline/promises';
 import { Command, Errors, Flags as OclifFlags, type Interfaces } from '@oclif/core';
 import {
@@ -51,6 +51,7 @@ import {
   type ObjectStore,
   type OpenStoreOptions,
 } from './format/store/index.js';
+import { makeDirs } from './make-dirs.js';
 
 export type Flags<T extends typeof Command> = Interfaces.InferredFlags<
   (typeof BaseCommand)['baseFlags'] & T['flags']
@@ -231,7 +232,7 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
   ): Promise<ObjectStore> {
     const parsed = parseStoreUrl(url);
     if (parsed.scheme === 'file') {
-      if (options.mkdir) await mkdir(parsed.dir, { recursive: true });
+      if (options.mkdir) await makeDirs(parsed.dir);
       else if (!options.prefix && !(await isDirectory(parsed.dir))) {
         throw new HyperError('not-found', 'VOLUME_NOT_FOUND', `No volume at ${parsed.url}`, {
           suggestion: `Create it with \`hyper file create ${parsed.url} --size SIZE\` (the directory ${parsed.dir} does not exist yet), or check the URL.`,

@@ -160,16 +160,28 @@ function systemError(e: unknown): HyperError | undefined {
         'Pass --bind an address of this machine (127.0.0.1, 0.0.0.0, ::1 or an interface address).',
       );
     case 'ENOENT':
-    case 'ENOTDIR':
       return make(
         'invalid',
         'PATH_NOT_FOUND',
         `No such file or directory${on}`,
         'Check the path; create the missing directory first (mkdir -p).',
       );
+    case 'ENOTDIR':
+      return make(
+        'invalid',
+        'PATH_NOT_FOUND',
+        `A part of the path is a file, not a directory${on}`,
+        'Check the path: each part before the last must be a directory.',
+      );
+    case 'EROFS':
+      return make(
+        'invalid',
+        'PERMISSION_DENIED',
+        `Read-only file system${on}`,
+        'Pick a path on a writable file system, or remount it read-write.',
+      );
     case 'EACCES':
     case 'EPERM':
-    case 'EROFS':
       return make(
         'invalid',
         'PERMISSION_DENIED',

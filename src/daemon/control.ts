@@ -15,7 +15,7 @@
  * an HTTP status from its kind (400 invalid, 404 not found, 409 conflict, 503 unavailable,
  * 500 otherwise). Bodies over 64 KiB are refused with 413 before they are read whole.
  */
-import { chmod, chown, lstat, mkdir, unlink } from 'node:fs/promises';
+import { chmod, chown, lstat, unlink } from 'node:fs/promises';
 import {
   createServer,
   request,
@@ -28,6 +28,7 @@ import { dirname } from 'node:path';
 import { HyperError, toHyperError, type ErrorCode, type ErrorKind } from '../errors.js';
 import { silentLogger } from '../format/volume/types.js';
 import type { ServeLogger } from '../serve/logger.js';
+import { makeDirs } from '../make-dirs.js';
 
 /** Largest request body the daemon reads. */
 export const MAX_CONTROL_BODY = 64 * 1024;
@@ -86,7 +87,7 @@ export class ControlServer {
       await this.bind({ fd: o.fd });
       return;
     }
-    await mkdir(dirname(o.path), { recursive: true, mode: 0o700 }).catch((e: unknown) => {
+    await makeDirs(dirname(o.path), 0o700).catch((e: unknown) => {
       throw toHyperError(e);
     });
     try {

@@ -3,7 +3,7 @@
  * systemd notification, and the signals (SIGHUP reloads, SIGINT/SIGTERM stop). `hyper daemon`
  * is a thin shell around `runDaemon`.
  */
-import { mkdir, readFile } from 'node:fs/promises';
+import { readFile } from 'node:fs/promises';
 import { HyperError } from '../errors.js';
 import { openStore, parseStoreUrl, type ObjectStore } from '../format/store/index.js';
 import type { PayloadSigning } from '../format/store/types.js';
@@ -12,6 +12,7 @@ import type { ListenTarget, VolumeTuning } from '../serve/server.js';
 import type { LsResult } from '../cli/vocabulary.js';
 import { Daemon, type DaemonOptions } from './daemon.js';
 import { inheritedSockets, systemdNotifier } from './systemd.js';
+import { makeDirs } from '../make-dirs.js';
 
 export interface RunDaemonOptions {
   controlSocket: string;
@@ -114,7 +115,7 @@ export async function openDaemonStore(
 ): Promise<ObjectStore> {
   if (o.mkdir) {
     const parsed = parseStoreUrl(url);
-    if (parsed.scheme === 'file') await mkdir(parsed.dir, { recursive: true });
+    if (parsed.scheme === 'file') await makeDirs(parsed.dir);
   }
   return openStore(url, {
     ...(o.endpoint === undefined ? {} : { endpoint: o.endpoint }),

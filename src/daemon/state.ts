@@ -5,11 +5,12 @@
  * old or the new table, never a torn one.
  */
 import { randomBytes } from 'node:crypto';
-import { mkdir, open, rename, rm } from 'node:fs/promises';
+import { open, rename, rm } from 'node:fs/promises';
 import { dirname, join, basename } from 'node:path';
 import { HyperError, toHyperError } from '../errors.js';
 import { readJsonFile } from '../json-file.js';
 import { stateFile, type StateFile } from './schema.js';
+import { makeDirs } from '../make-dirs.js';
 
 export const EMPTY_STATE: StateFile = { version: 1, exports: [] };
 
@@ -30,7 +31,7 @@ export async function loadState(path: string): Promise<StateFile> {
 /** Replace the state in `path` atomically (the directory is created if missing). */
 export async function saveState(path: string, state: StateFile): Promise<void> {
   const dir = dirname(path);
-  await mkdir(dir, { recursive: true, mode: 0o700 });
+  await makeDirs(dir, 0o700);
   const tmp = join(dir, `.${basename(path)}.${randomBytes(6).toString('hex')}.tmp`);
   try {
     const f = await open(tmp, 'wx', 0o600);

@@ -130,6 +130,7 @@ export class HyperMetrics {
   private readonly cacheHits: Counter<'export' | 'cache'>;
   private readonly cacheMisses: Counter<'export' | 'cache'>;
   private readonly diskCacheDropped: Counter<'export'>;
+  private readonly diskCacheWriteFailures: Counter<'export'>;
 
   /** The NBD server's observer (pass it as `observer` to NbdServer). */
   readonly nbd: NbdObserver;
@@ -282,6 +283,12 @@ export class HyperMetrics {
       ...fromEngine,
       name: 'hyper_volume_disk_cache_dropped_total',
       help: 'Disk cache entries that failed their checksum when read (refetched from the store; a failing or tampered cache disk).',
+      labelNames: ['export'],
+    });
+    this.diskCacheWriteFailures = counter({
+      ...fromEngine,
+      name: 'hyper_volume_disk_cache_write_failures_total',
+      help: 'Blocks and index nodes the disk cache could not write (a full or failing cache disk): read from the store again next time.',
       labelNames: ['export'],
     });
 
@@ -479,6 +486,7 @@ export class HyperMetrics {
       add(this.cacheMisses, { export: e, cache }, misses);
     }
     add(this.diskCacheDropped, { export: e }, 'diskCacheDropped');
+    add(this.diskCacheWriteFailures, { export: e }, 'diskCacheWriteFailures');
     add(this.segments, { export: e }, 'segmentsWritten');
     t.seen = s;
   }

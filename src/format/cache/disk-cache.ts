@@ -38,13 +38,14 @@
  *
  * Memory: about 50 bytes per slot (130 MiB for 10 GiB of 4 KiB blocks) for the key table.
  */
-import { mkdir, open, readFile, rename, rm, writeFile, type FileHandle } from 'node:fs/promises';
+import { open, readFile, rename, rm, statfs, writeFile, type FileHandle } from 'node:fs/promises';
 import { join } from 'node:path';
 import { HyperError, toHyperError } from '../../errors.js';
 import { crc32c, readU64, writeU64 } from '../codec/binary.js';
 import { crc32cOfRun } from '../codec/crc-combine.js';
 import { SlotPolicy } from './s3fifo.js';
 import { Preader } from '../store/pread.js';
+import { makeDirs } from '../../make-dirs.js';
 
 export const CACHE_FORMAT = 1;
 const HEADER = 32;
@@ -55,6 +56,8 @@ const INDEX = 'slots.idx';
 const LOCK = 'lock';
 /** Room kept for the manifest and lock file in the size budget. */
 const RESERVED = 64 * 1024;
+/** At most one warning about failing cache writes per this long (a full disk fails often). */
+const WRITE_WARN_INTERVAL_MS = 10 * 60_000;
 /** Bytes of entries waiting to be written before new ones are dropped. */
 const MAX_QUEUED_BYTES = 64 * 1024 * 1024;
 const MIN_SLOTS = 16;
@@ -71,6 +74,12 @@ export interface DiskCacheOptions {
   identity: string;
   /** Bytes per slot: the largest entry (the data block or index node size). */
   slotSize: number;
+  /**
+   * Told when the file system cannot hold the whole cache, and when writing entries fails (a
+   * full or failing disk: reads go on, from the store, and the warning repeats at most every
+   * ten minutes).
+   */
+  log?: { warn(msg: string, fields?: Record<string, unknown>): void };
 }
 
 export interface DiskCacheStats {
@@ -82,6 +91,8 @@ export interface DiskCacheStats {
   writes: number;
   /** Entries not cached because the write queue was full. */
   skipped: number;
+  /** Entries not cached because writing them failed (a full or failing disk). */
+  writeFailures: number;
   entries: number;
   slots: number;
   /** Entries found valid when the cache was opened. */
@@ -120,14 +131,28 @@ export class DiskCache {
   private reads = 0;
   private readonly preader = new Preader();
   private readsDone: (() => void) | undefined;
-  private readonly counters = { hits: 0, misses: 0, dropped: 0, writes: 0, skipped: 0, reused: 0 };
+  private readonly counters = {
+    hits: 0,
+    misses: 0,
+    dropped: 0,
+    writes: 0,
+    skipped: 0,
+    writeFailures: 0,
+    reused: 0,
+  };
+  private readonly log: DiskCacheOptions['log'];
+  /** When failing writes were last reported, and how many failed since. */
+  private warnedAtMs = -Infinity;
+  private unreported = 0;
 
   private constructor(
     readonly dir: string,
     private readonly manifest: Manifest,
     private readonly data: FileHandle,
     private readonly index: FileHandle,
+    log?: DiskCacheOptions['log'],
   ) {
+    this.log = log;
     const n = manifest.slots;
     this.policy = new SlotPolicy(n);
     this.gen = new Uint32Array(n);
@@ -160,7 +185,7 @@ export class DiskCache {
     }
     let locked = false;
     try {
-      await mkdir(o.dir, { recursive: true });
+      await makeDirs(o.dir);
       await takeLock(o.dir);
       locked = true;
       const old = o.mode === 'recreate' ? undefined : await readManifest(o.dir);
@@ -180,13 +205,15 @@ export class DiskCache {
         slots,
         stores: keep ? old.stores : [],
       };
-      await writeManifest(o.dir, manifest);
+      // (Rewritten only when it changes: a full disk does not stop a cache from being reused.)
+      if (!keep || old.slots !== slots) await writeManifest(o.dir, manifest);
       const data = await openRw(join(o.dir, DATA));
       const index = await openRw(join(o.dir, INDEX));
       // A smaller cache than last time: drop the slots past the end.
       await data.truncate(Math.min((await data.stat()).size, slots * o.slotSize));
       await index.truncate(Math.min((await index.stat()).size, slots * HEADER));
-      const cache = new DiskCache(o.dir, manifest, data, index);
+      await warnIfNoRoom(o, [data, index]);
+      const cache = new DiskCache(o.dir, manifest, data, index, o.log);
       if (keep) await cache.load();
       return cache;
     } catch (e) {
@@ -459,6 +486,11 @@ export class DiskCache {
 
   private drop(slot: number): void {
     this.counters.dropped++;
+    this.forget(slot);
+  }
+
+  /** Make the slot free again (its entry, written or not, is gone). */
+  private forget(slot: number): void {
     this.gen[slot] = ((this.gen[slot] as number) + 1) >>> 0;
     this.pending[slot] = 0;
     this.policy.remove(slot);
@@ -502,28 +534,47 @@ export class DiskCache {
     const bodies = jobs.map((j) => j.body);
     const total = bodies.reduce((n, b) => n + b.length, 0);
     try {
-      const wrote = await this.data.writev(bodies, first * this.manifest.slotSize);
-      if (wrote.bytesWritten !== total) throw new Error('short write');
+      await writevAll(this.data, bodies, first * this.manifest.slotSize);
       // Headers after the bodies, as for one entry: a crash between leaves a header that
       // does not match its body, and every read checks the CRC (the entry is dropped).
-      const headers = await this.index.writev(
+      await writevAll(
+        this.index,
         jobs.map((j) => j.header),
         first * HEADER,
       );
-      if (headers.bytesWritten !== jobs.length * HEADER) throw new Error('short write');
       for (const j of jobs) {
         if (this.gen[j.slot] === j.gen) {
           this.pending[j.slot] = 0;
           this.counters.writes++;
         }
       }
-    } catch {
+    } catch (e) {
       // A full or failing disk: the entries are simply not cached.
-      for (const j of jobs) if (this.gen[j.slot] === j.gen) this.drop(j.slot);
+      for (const j of jobs) {
+        if (this.gen[j.slot] !== j.gen) continue;
+        this.forget(j.slot);
+        this.counters.writeFailures++;
+        this.unreported++;
+      }
+      this.reportWriteFailure(e);
     } finally {
       this.queuedBytes -= total;
       for (const j of jobs) j.done?.();
     }
+  }
+
+  /** Warn of failing writes: the first, then at most once per WRITE_WARN_INTERVAL_MS. */
+  private reportWriteFailure(e: unknown): void {
+    const now = Date.now();
+    if (!this.log || this.unreported === 0 || now - this.warnedAtMs < WRITE_WARN_INTERVAL_MS)
+      return;
+    this.warnedAtMs = now;
+    this.log.warn('disk cache: writing entries failed; blocks read meanwhile are not cached', {
+      dir: this.dir,
+      error: (e as NodeJS.ErrnoException).code ?? String(e),
+      entries: this.unreported,
+    });
+    this.unreported = 0;
   }
 
   /** Read every slot header and keep the entries whose header checks out. */
@@ -557,6 +608,48 @@ export class DiskCache {
       }
       if (bytesRead < want) break;
     }
+  }
+}
+
+/**
+ * Warn when the file system holding the cache has less room than the cache's size (the
+ * files are sparse and grow as entries are written; what does not fit is not cached).
+ */
+async function warnIfNoRoom(o: DiskCacheOptions, files: FileHandle[]): Promise<void> {
+  if (!o.log) return;
+  let room: number;
+  try {
+    const fs = await statfs(o.dir);
+    room = fs.bavail * fs.bsize;
+    for (const f of files) room += (await f.stat()).blocks * 512;
+  } catch {
+    return;
+  }
+  if (room < o.sizeBytes)
+    o.log.warn(
+      'disk cache: its file system has less room than the cache size; it holds what fits',
+      {
+        dir: o.dir,
+        cacheSizeBytes: o.sizeBytes,
+        roomBytes: room,
+      },
+    );
+}
+
+/**
+ * Write all of `bufs` at `position`: a short write (a disk filling up) goes on with the rest,
+ * so that what stops it is thrown with its errno (ENOSPC), not taken for success.
+ */
+async function writevAll(f: FileHandle, bufs: Buffer[], position: number): Promise<void> {
+  let rest = bufs;
+  let at = position;
+  while (rest.length > 0) {
+    let n = (await f.writev(rest, at)).bytesWritten;
+    if (n <= 0) throw new Error(`wrote nothing at ${at}`);
+    at += n;
+    let k = 0;
+    while (k < rest.length && n >= (rest[k] as Buffer).length) n -= (rest[k++] as Buffer).length;
+    rest = k < rest.length ? [(rest[k] as Buffer).subarray(n), ...rest.slice(k + 1)] : [];
   }
 }
 

@@ -236,6 +236,8 @@ export interface EngineStats {
   diskCacheDropped: number;
   /** Entries the disk cache wrote out (blocks fetched from the store, index nodes). */
   diskCacheWrites: number;
+  /** Entries the disk cache could not write (a full or failing disk): not cached. */
+  diskCacheWriteFailures: number;
   /** Blocks fetched by read-ahead, and how many of them were read afterwards. */
   prefetchedBlocks: number;
   prefetchHits: number;

@@ -405,6 +405,7 @@ export class Volume {
       diskCacheMisses: d?.misses ?? 0,
       diskCacheDropped: d?.dropped ?? 0,
       diskCacheWrites: d?.writes ?? 0,
+      diskCacheWriteFailures: d?.writeFailures ?? 0,
       prefetchedBlocks: r.prefetched,
       prefetchHits: r.prefetchHits,
       readAroundBlocks: r.readAround,
@@ -1192,12 +1193,32 @@ async function openDiskCache(
 ): Promise<{ cache: DiskCache; storeIds: number[] } | undefined> {
   const o = options.diskCache;
   if (!o) return undefined;
+  try {
+    return await openDiskCacheIn(o, options, head, source);
+  } catch (e) {
+    // The cache only saves requests: a full cache disk does not keep the volume from serving.
+    if (!isHyperError(e, 'NO_SPACE')) throw e;
+    (options.logger ?? silentLogger).warn('disk cache not used: its disk is full', {
+      dir: o.dir,
+      error: errorText(e),
+    });
+    return undefined;
+  }
+}
+
+async function openDiskCacheIn(
+  o: NonNullable<OpenOptions['diskCache']>,
+  options: OpenOptions,
+  head: HeadRecord,
+  source: SegmentSource,
+): Promise<{ cache: DiskCache; storeIds: number[] }> {
   const cache = await DiskCache.open({
     dir: o.dir,
     sizeBytes: o.sizeBytes,
     mode: o.mode ?? 'reuse',
     identity: head.uuid,
     slotSize: Math.max(2 ** head.dataBlockShift, 2 ** head.metaBlockShift),
+    ...(options.logger ? { log: options.logger } : {}),
   });
   try {
     const storeIds: number[] = [];

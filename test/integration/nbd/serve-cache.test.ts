@@ -2,16 +2,17 @@
  * `hyper serve --cache-dir`: the disk cache under a real server and real NBD clients
  * (nbdcopy), on file:// volumes. Reads after a restart come from the cache alone (the
  * segment objects moved away), a damaged cache is refetched, the cache stays within its size,
- * and restore, compaction and a takeover never make it serve stale bytes.
+ * restore, compaction and a takeover never make it serve stale bytes, and a full cache disk
+ * costs only the caching (said in the log and the metrics).
  */
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { readdirSync, statSync } from 'node:fs';
-import { open, readFile, rename, writeFile } from 'node:fs/promises';
+import { mkdir, open, readFile, rename, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { fileUrl, hyper, show, tempDir } from '../../helpers/cli.js';
-import { needTools } from '../../helpers/env.js';
+import { needPrerequisite, needTools } from '../../helpers/env.js';
 import { run } from '../../helpers/nbd.js';
 import { serve, stopServe } from '../../helpers/serve.js';
 
@@ -73,6 +74,36 @@ async function writeAt(
   }
 }
 
+/** Serve `url` with `args` and metrics, copy the export out; its bytes, metrics and log. */
+async function readWithMetrics(
+  dir: string,
+  url: string,
+  args: string[],
+): Promise<{ bytes: Buffer; metrics: string; stderr: string }> {
+  const s = await serve([url, ...args, '--metrics-port', '0']);
+  let metrics = '';
+  let bytes: Buffer;
+  try {
+    const out = join(dir, `out-${randomBytes(4).toString('hex')}.img`);
+    await nbdcopy(s.uri, out);
+    bytes = await readFile(out);
+    metrics = await (await fetch(s.metrics!)).text();
+  } finally {
+    assert.equal(await stopServe(s), 0, s.stderr());
+  }
+  return { bytes, metrics, stderr: s.stderr() };
+}
+
+/** The value of a counter in a Prometheus exposition (0 when absent), by `cache` label if given. */
+function metric(text: string, name: string, cache?: string): number {
+  for (const line of text.split('\n')) {
+    if (!line.startsWith(`${name}{`)) continue;
+    if (cache !== undefined && !line.includes(`cache="${cache}"`)) continue;
+    return Number(line.slice(line.lastIndexOf(' ') + 1));
+  }
+  return 0;
+}
+
 describe('hyper serve --cache-dir', () => {
   it('serves reads after a restart from the cache, refetches a damaged cache, stays within its size', async (t) => {
     if (!needTools(t, 'nbdcopy', 'nbdsh')) return;
@@ -119,6 +150,48 @@ describe('hyper serve --cache-dir', () => {
         sha(data),
       );
       assert.ok(dirBytes(small) <= 3 * MiB, `${dirBytes(small)} bytes`);
+    }
+  });
+
+  it('serves the right bytes from a full cache disk, and says so in the log and the metrics', async (t) => {
+    if (!needTools(t, 'nbdcopy', 'nbdsh', 'mount', 'umount')) return;
+    if (!needPrerequisite(t, process.getuid?.() === 0, 'needs root (mounts a 1 MiB tmpfs)')) return;
+    const dir = await tempDir(t, 'hyper-serve-cache-full-');
+    const url = fileUrl(join(dir, 'vol'));
+    const data = randomBytes(SIZE);
+    const c = await hyper(['file', 'create', url, '--size', String(SIZE)]);
+    assert.equal(c.code, 0, show(c));
+    await writeAt(dir, url, [], 0, data);
+
+    // A cache of 64 MiB on a file system of 1 MiB: most entries cannot be written.
+    const tiny = join(dir, 'tiny');
+    await mkdir(tiny);
+    const m = await run('mount', ['-t', 'tmpfs', '-o', 'size=1m', 'tmpfs', tiny]);
+    assert.equal(m.code, 0, m.stderr);
+    try {
+      const args = ['--read-only', '--cache-dir', join(tiny, 'c'), '--cache-size', '64M'];
+      const first = await readWithMetrics(dir, url, args);
+      assert.equal(sha(first.bytes), sha(data), 'bytes read with a full cache disk');
+      assert.ok(metric(first.metrics, 'hyper_volume_disk_cache_write_failures_total') > 0);
+      assert.match(first.stderr, /less room than the cache size/, first.stderr);
+      // Said once, not once per failed write (at most every ten minutes).
+      assert.equal(first.stderr.match(/writing entries failed/g)?.length, 1, first.stderr);
+      assert.match(first.stderr, /ENOSPC/, first.stderr);
+
+      // What did fit is reused after a restart, though the disk is still full.
+      const again = await readWithMetrics(dir, url, args);
+      assert.equal(sha(again.bytes), sha(data), 'read again through the cache');
+      assert.ok(metric(again.metrics, 'hyper_volume_cache_hits_total', 'disk') > 0, again.metrics);
+      assert.doesNotMatch(again.stderr, /not used/);
+
+      // No room even to start a new cache: the volume is served without one.
+      await writeFile(join(tiny, 'filler'), Buffer.alloc(2 * MiB)).catch(() => undefined);
+      const none = await readWithMetrics(dir, url, [...args.slice(0, 2), join(tiny, 'c2')]);
+      assert.equal(sha(none.bytes), sha(data), 'read without a cache');
+      assert.match(none.stderr, /disk cache not used: its disk is full/, none.stderr);
+    } finally {
+      const u = await run('umount', [tiny]);
+      assert.equal(u.code, 0, u.stderr);
     }
   });
 

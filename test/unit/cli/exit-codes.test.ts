@@ -56,3 +56,31 @@ describe('ordinary system errors', () => {
     assert.equal(toHyperError(new Error('boom')).code, 'INTERNAL');
   });
 });
+
+describe('makeDirs', () => {
+  it('makes missing directories, and names what stopped it rather than "no such file"', async (t) => {
+    const { makeDirs } = await import('../../../src/make-dirs.js');
+    const { toHyperError } = await import('../../../src/errors.js');
+    const { mkdtemp, rm, stat, writeFile } = await import('node:fs/promises');
+    const { tmpdir } = await import('node:os');
+    const { join } = await import('node:path');
+    const dir = await mkdtemp(join(tmpdir(), 'hyper-make-dirs-'));
+    t.after(() => rm(dir, { recursive: true, force: true }));
+    await makeDirs(join(dir, 'a', 'b', 'c'), 0o700);
+    assert.ok((await stat(join(dir, 'a', 'b', 'c'))).isDirectory());
+    assert.equal((await stat(join(dir, 'a'))).mode & 0o777, 0o700);
+    await makeDirs(join(dir, 'a', 'b', 'c')); // already there
+    // A file in the way: Node's own recursive mkdir says ENOENT; this says ENOTDIR.
+    await writeFile(join(dir, 'f'), 'x');
+    const e = await makeDirs(join(dir, 'f', 'sub', 'deeper')).catch((x: unknown) => x);
+    assert.equal((e as NodeJS.ErrnoException).code, 'ENOTDIR');
+    const h = toHyperError(e);
+    assert.equal(h.code, 'PATH_NOT_FOUND');
+    assert.match(h.message, /is a file, not a directory/);
+    // EROFS reads as what it is.
+    const ro = toHyperError(Object.assign(new Error('ro'), { code: 'EROFS', path: '/mnt/ro/x' }));
+    assert.equal(ro.code, 'PERMISSION_DENIED');
+    assert.match(ro.message, /Read-only file system \(\/mnt\/ro\/x\)/);
+    assert.equal(exitCodeFor(ro), 2);
+  });
+});

@@ -25,6 +25,7 @@ function stats(over: Partial<EngineStats> = {}): EngineStats {
     diskCacheMisses: 0,
     diskCacheDropped: 0,
     diskCacheWrites: 0,
+    diskCacheWriteFailures: 0,
     prefetchedBlocks: 0,
     prefetchHits: 0,
     readAroundBlocks: 0,
@@ -241,6 +242,7 @@ describe('metrics', () => {
       diskCacheHits: 11,
       diskCacheMisses: 2,
       diskCacheDropped: 3,
+      diskCacheWriteFailures: 5,
       segmentsWritten: 2,
       lease: { epoch: 3, expiresMs: now - 1000, lost: true },
     };
@@ -251,6 +253,7 @@ describe('metrics', () => {
     assert.equal(value(e, 'hyper_volume_cache_hits_total', { export: 'vm1', cache: 'disk' }), 8);
     assert.equal(value(e, 'hyper_volume_cache_misses_total', { export: 'vm1', cache: 'disk' }), 2);
     assert.equal(value(e, 'hyper_volume_disk_cache_dropped_total', { export: 'vm1' }), 2);
+    assert.equal(value(e, 'hyper_volume_disk_cache_write_failures_total', { export: 'vm1' }), 5);
     assert.equal(value(e, 'hyper_volume_segments_written_total', { export: 'vm1' }), 2);
     assert.equal(value(e, 'hyper_volume_lease_held', { export: 'vm1' }), 0);
     assert.equal(value(e, 'hyper_volume_lease_expiry_seconds', { export: 'vm1' }), -1);
