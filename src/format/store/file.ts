@@ -183,6 +183,19 @@ export class FileStore implements ObjectStore {
         },
       );
     }
+    if (code === 'ENOSPC' || code === 'EDQUOT') {
+      return new HyperError(
+        'unavailable',
+        'NO_SPACE',
+        `No space left in the file store ${this.base}${code === 'EDQUOT' ? ' (disk quota)' : ''}`,
+        {
+          cause: e,
+          ...(key === undefined ? {} : { key }),
+          suggestion:
+            'Free space on the file system holding it, or grow it, or compact volumes (hyper compact); a running serve stores what it holds at its next flush.',
+        },
+      );
+    }
     const message = e instanceof Error ? e.message : String(e);
     return new HyperError(
       'unavailable',

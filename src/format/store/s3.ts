@@ -7,6 +7,7 @@
  *   NoSuchBucket                             -> BUCKET_NOT_FOUND
  *   412 on create-only                       -> OBJECT_EXISTS
  *   412 on If-Match, 409 ConditionalRequestConflict, 404 on If-Match (AWS) -> PRECONDITION_FAILED
+ *   QuotaExceeded (RGW: 403), 507 / XMinioStorageFull (a full store) -> NO_SPACE
  *   403, InvalidAccessKeyId, SignatureDoesNotMatch -> ACCESS_DENIED
  *   5xx, SlowDown, timeouts, refused/reset connections, DNS -> STORE_UNAVAILABLE (retried by retry.ts)
  *   501 on a conditional PUT                 -> CONDITIONAL_WRITES_UNSUPPORTED
@@ -269,6 +270,19 @@ export function translateS3Error(e: unknown, ctx: TranslateContext): HyperError 
   if (name === 'NoSuchKey' || status === 404 || name === 'NotFound') {
     if (ctx.ifMatch) return preconditionFailed(ctx.url, ctx.key ?? '');
     return notFound(ctx.url, ctx.key ?? '');
+  }
+  if (name === 'QuotaExceeded' || name === 'XMinioStorageFull' || status === 507) {
+    return new HyperError(
+      'unavailable',
+      'NO_SPACE',
+      `The S3 store ${ctx.endpoint} is full or over quota for ${where} (${name || status})`,
+      {
+        cause: e,
+        ...keyOpt,
+        suggestion:
+          "Raise the bucket's or user's quota (RGW: radosgw-admin quota set), free space, or compact volumes (hyper compact); a running serve stores what it holds at its next flush.",
+      },
+    );
   }
   if (
     status === 403 ||

@@ -9,6 +9,7 @@
  *   If-Match with a stale/absent tag -> conflict   PRECONDITION_FAILED
  *   missing bucket / directory root  -> not-found  BUCKET_NOT_FOUND
  *   credentials / permissions        -> unavailable ACCESS_DENIED
+ *   full, or over quota              -> unavailable NO_SPACE
  *   network, 5xx, throttling (after retries) -> unavailable STORE_UNAVAILABLE
  *   store ignores conditional writes -> unavailable CONDITIONAL_WRITES_UNSUPPORTED
  */

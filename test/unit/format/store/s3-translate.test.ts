@@ -34,6 +34,9 @@ describe('S3 error translation', () => {
     ['403', sdk('AccessDenied', 403), {}, 'ACCESS_DENIED'],
     ['InvalidAccessKeyId', sdk('InvalidAccessKeyId', 403), {}, 'ACCESS_DENIED'],
     ['SignatureDoesNotMatch', sdk('SignatureDoesNotMatch', 403), {}, 'ACCESS_DENIED'],
+    ['RGW quota', sdk('QuotaExceeded', 403), { op: 'put' }, 'NO_SPACE'],
+    ['507 full', sdk('InsufficientStorage', 507), { op: 'put' }, 'NO_SPACE'],
+    ['MinIO full', sdk('XMinioStorageFull', 507), { op: 'put' }, 'NO_SPACE'],
     ['503 SlowDown', sdk('SlowDown', 503), {}, 'STORE_UNAVAILABLE'],
     ['500', sdk('InternalError', 500), {}, 'STORE_UNAVAILABLE'],
     [

@@ -1,0 +1,121 @@
+/**
+ * A store that runs out of room, under a real server and real NBD clients: an RGW bucket over
+ * its quota (set with radosgw-admin) and a `file://` volume on a full tmpfs. The client sees
+ * ENOSPC ("No space left on device", which qemu's default werror=enospc turns into a paused
+ * guest instead of an I/O error), not EIO or EPERM; the server keeps what it acknowledged, and
+ * stores it at the next flush once there is room; the volume then reads back byte for byte.
+ */
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { join } from 'node:path';
+import { describe, it, type TestContext } from 'node:test';
+import { fileUrl, hyper, show, tempDir } from '../../helpers/cli.js';
+import { needPrerequisite, needS3, needTools } from '../../helpers/env.js';
+import { run } from '../../helpers/nbd.js';
+import { ensureBucket } from '../../helpers/s3.js';
+import { serve, stopServe } from '../../helpers/serve.js';
+
+const MiB = 1024 * 1024;
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+/** nbdsh from the system (a Python without the nbd module may come first on PATH). */
+const nbdEnv = { ...process.env, PATH: `/usr/bin:${process.env.PATH ?? ''}` };
+
+/**
+ * Serve `url`, write `data` with `nbdcopy --flush` while `full` holds (it must fail with
+ * ENOSPC), make room with `room`, flush again (it must succeed), stop, and read the volume
+ * back with `hyper file export`.
+ */
+async function fillThenMakeRoom(
+  t: TestContext,
+  url: string,
+  store: string[],
+  data: Buffer,
+  room: () => Promise<void>,
+): Promise<void> {
+  const dir = await tempDir(t, 'hyper-full-store-');
+  const img = join(dir, 'data.img');
+  await writeFile(img, data);
+  const s = await serve([url, ...store]);
+  let stderr: string;
+  try {
+    const copy = await run('nbdcopy', ['--flush', img, s.uri], { timeoutMs: 120_000 });
+    assert.notEqual(copy.code, 0, 'the write to a full store fails');
+    assert.match(copy.stderr, /No space left on device/, copy.stderr);
+
+    await room();
+    const flush = await run('nbdsh', ['-u', s.uri, '-c', 'h.flush()'], {
+      timeoutMs: 120_000,
+      env: nbdEnv,
+    });
+    assert.equal(flush.code, 0, `flush once there is room: ${flush.stderr}`);
+  } finally {
+    assert.equal(await stopServe(s), 0, s.stderr());
+    stderr = s.stderr();
+  }
+  assert.match(stderr, /"code":"NO_SPACE"/, stderr);
+  assert.match(stderr, /"errno":"ENOSPC"/, stderr);
+
+  const out = join(dir, 'out.img');
+  const exp = await hyper(['file', 'export', url, out, ...store]);
+  assert.equal(exp.code, 0, show(exp));
+  assert.equal(sha((await readFile(out)).subarray(0, data.length)), sha(data));
+}
+
+describe('a full store', () => {
+  it('an RGW bucket over its quota: ENOSPC to the client, stored once the quota is lifted', async (t) => {
+    const cfg = needS3(t);
+    if (!cfg) return;
+    if (!needTools(t, 'nbdcopy', 'nbdsh', 'radosgw-admin')) return;
+    const rgwDir = process.env.HYPER_RGW_DIR;
+    if (
+      !needPrerequisite(
+        t,
+        rgwDir !== undefined,
+        'needs HYPER_RGW_DIR (the RGW scripts/rgw/start.sh started) for radosgw-admin',
+      )
+    )
+      return;
+    const conf = join(rgwDir!, 'ceph.conf');
+    const admin = async (...args: string[]): Promise<void> => {
+      const r = await run('radosgw-admin', ['-c', conf, ...args], { timeoutMs: 60_000 });
+      assert.equal(r.code, 0, `radosgw-admin ${args.join(' ')}: ${r.stderr}`);
+    };
+    const bucket = `hyper-quota-${randomBytes(4).toString('hex')}`;
+    await ensureBucket(cfg, bucket);
+    const url = `s3://${bucket}/v/`;
+    const store = ['--endpoint', cfg.endpoint];
+    const c = await hyper(['file', 'create', url, '--size', '64M', ...store]);
+    assert.equal(c.code, 0, show(c));
+    // 2 MiB: the volume's first objects fit, an 8 MiB segment does not.
+    await admin('quota', 'set', '--quota-scope=bucket', `--bucket=${bucket}`, '--max-size=2M');
+    await admin('quota', 'enable', '--quota-scope=bucket', `--bucket=${bucket}`);
+    await fillThenMakeRoom(t, url, store, randomBytes(8 * MiB), () =>
+      admin('quota', 'disable', '--quota-scope=bucket', `--bucket=${bucket}`),
+    );
+    const d = await hyper(['file', 'delete', url, '--yes', ...store]);
+    assert.equal(d.code, 0, show(d));
+  });
+
+  it('a file:// volume on a full file system: ENOSPC to the client, stored once it grows', async (t) => {
+    if (!needTools(t, 'nbdcopy', 'nbdsh', 'mount', 'umount')) return;
+    if (!needPrerequisite(t, process.getuid?.() === 0, 'needs root (mounts a small tmpfs)')) return;
+    const dir = await tempDir(t, 'hyper-full-fs-');
+    const mnt = join(dir, 'fs');
+    await mkdir(mnt);
+    const m = await run('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', mnt]);
+    assert.equal(m.code, 0, m.stderr);
+    try {
+      const url = fileUrl(join(mnt, 'v'));
+      const c = await hyper(['file', 'create', url, '--size', '64M']);
+      assert.equal(c.code, 0, show(c));
+      await fillThenMakeRoom(t, url, [], randomBytes(16 * MiB), async () => {
+        const r = await run('mount', ['-o', 'remount,size=64m', mnt]);
+        assert.equal(r.code, 0, r.stderr);
+      });
+    } finally {
+      const u = await run('umount', [mnt]);
+      assert.equal(u.code, 0, u.stderr);
+    }
+  });
+});
