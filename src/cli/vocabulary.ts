@@ -423,6 +423,8 @@ export const compactSchema = z.strictObject({
   storedBytesAfter: bytes,
   liveBytes: bytes,
   checkpoint: checkpointNumber,
+  /** The store had no room for the blocks to move: only checkpoints were dropped and segments deleted. */
+  rewriteSkipped: z.boolean(),
   keepLast: count.nullable(),
   keepWithinSeconds: seconds.nullable(),
   minLive: z.number().min(0).max(1),

@@ -152,6 +152,7 @@ Dropping checkpoints cannot be undone: with --keep-last or --keep-within the com
       storedBytesAfter: r.storedBytesAfter,
       liveBytes: r.liveBytes,
       checkpoint: r.checkpoint,
+      rewriteSkipped: r.rewriteSkipped,
       keepLast: keepLast ?? null,
       keepWithinSeconds: keepWithinMs === undefined ? null : toSeconds(keepWithinMs),
       minLive,
@@ -220,6 +221,9 @@ export function renderCompact(
   ];
   let out = table(rows);
   if (r.dryRun) out += '\nDry run: nothing was changed.';
+  if (r.rewriteSkipped)
+    out +=
+      '\nThe store has no room for the blocks to move: this run only dropped checkpoints and deleted what nothing reads. Run it again once more room is made (deferred segments are deleted after the grace period).';
   const deferred = r.deferredSegmentCount;
   if (deferred > 0) {
     const verb = r.dryRun ? ' would be' : deferred === 1 ? ' is' : ' are';

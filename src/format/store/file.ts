@@ -192,7 +192,7 @@ export class FileStore implements ObjectStore {
           cause: e,
           ...(key === undefined ? {} : { key }),
           suggestion:
-            'Free space on the file system holding it, or grow it, or compact volumes (hyper compact); a running serve stores what it holds at its next flush.',
+            'Free space on the file system holding it or grow it, or reclaim space with `hyper compact` (it needs a few KiB free to start). A running serve stores what it holds at its next flush.',
         },
       );
     }

@@ -280,7 +280,7 @@ export function translateS3Error(e: unknown, ctx: TranslateContext): HyperError 
         cause: e,
         ...keyOpt,
         suggestion:
-          "Raise the bucket's or user's quota (RGW: radosgw-admin quota set), free space, or compact volumes (hyper compact); a running serve stores what it holds at its next flush.",
+          "Raise the bucket's or user's quota (RGW: radosgw-admin quota set) or free space, or reclaim space with `hyper compact` (it needs a few KiB of room to start). A running serve stores what it holds at its next flush.",
       },
     );
   }

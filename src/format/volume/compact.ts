@@ -64,6 +64,12 @@ export interface CompactResult {
   liveBytes: number;
   /** The checkpoint after compaction. */
   checkpoint: number;
+  /**
+   * The store had no room for the blocks to move: this run only dropped checkpoints and
+   * deleted what nothing reads (none of which needs more than a few KiB), and made too little
+   * room to move them after that. A later run, once more is deleted, moves them.
+   */
+  rewriteSkipped: boolean;
 }
 
 interface SegInfo {
@@ -75,11 +81,47 @@ export async function compactVolume(
   store: ObjectStore,
   options: CompactOptions = {},
 ): Promise<CompactResult> {
+  try {
+    return await compactOnce(store, options);
+  } catch (e) {
+    if (!noRoomToRewrite.has(e as object)) throw e;
+    options.logger?.warn(
+      'compaction: the store has no room for the blocks it moves; dropping checkpoints and deleting what nothing reads first',
+      { error: toHyperError(e).message },
+    );
+  }
+  // A full store: what needs only a few KiB first (the history commit, the deletes), then the
+  // rewrite, if that made room. (The failed attempt committed nothing but copies of blocks.)
+  const first = await compactOnce(store, { ...options, minLive: 0 });
+  if (first.bytesReclaimed === 0) return { ...first, rewriteSkipped: true };
+  let second: CompactResult;
+  try {
+    second = await compactOnce(store, options);
+  } catch (e) {
+    if (!noRoomToRewrite.has(e as object)) throw e;
+    return { ...first, rewriteSkipped: true };
+  }
+  return {
+    ...second,
+    checkpointsBefore: first.checkpointsBefore,
+    checkpointsDropped: first.checkpointsDropped + second.checkpointsDropped,
+    segmentsBefore: first.segmentsBefore,
+    segmentsDeleted: first.segmentsDeleted + second.segmentsDeleted,
+    bytesReclaimed: first.bytesReclaimed + second.bytesReclaimed,
+    storedBytesBefore: first.storedBytesBefore,
+  };
+}
+
+/** Errors of a rewrite that failed for lack of room in the store (compactVolume retries). */
+const noRoomToRewrite = new WeakSet<object>();
+
+async function compactOnce(store: ObjectStore, options: CompactOptions): Promise<CompactResult> {
   const graceMs = options.graceMs ?? DEFAULT_GRACE_MS;
   const minLive = options.minLive ?? DEFAULT_MIN_LIVE;
   const signal = options.signal;
   const progress = options.onProgress ?? (() => undefined);
 
+  let failed = false;
   const vol = options.dryRun
     ? undefined
     : await Volume.open(store, {
@@ -136,7 +178,13 @@ export async function compactVolume(
         forget: candidates.flatMap((s) => cur.dedupKeys.get(s) ?? []),
         touch: candidates.flatMap((s) => cur.dedupNodeKeys.get(s) ?? []),
       });
-      const r = await rewriteBlocks(vol, lbas, signal, (d, t) => progress('rewrite', d, t));
+      let r: { blocks: number; bytes: number };
+      try {
+        r = await rewriteBlocks(vol, lbas, signal, (d, t) => progress('rewrite', d, t));
+      } catch (e) {
+        if (isHyperError(e, 'NO_SPACE')) noRoomToRewrite.add(e);
+        throw e;
+      }
       blocksRewritten = r.blocks;
       bytesRewritten = r.bytes;
     }
@@ -348,9 +396,17 @@ export async function compactVolume(
       storedBytesAfter: storedAfter,
       liveBytes: [...cur.live.values()].reduce((a, b) => a + b, 0),
       checkpoint: head.checkpoint,
+      rewriteSkipped: false,
     };
+  } catch (e) {
+    failed = true;
+    throw e;
   } finally {
-    await vol?.close();
+    // After a failure, closing may fail the same way (a full store: its flush of the copies
+    // the rewrite made); the first error is the one to report.
+    await vol?.close().catch((e: unknown) => {
+      if (!failed) throw e;
+    });
   }
 }
 

@@ -4,13 +4,15 @@
  * ENOSPC ("No space left on device", which qemu's default werror=enospc turns into a paused
  * guest instead of an I/O error), not EIO or EPERM; the server keeps what it acknowledged, and
  * stores it at the next flush once there is room; the volume then reads back byte for byte.
+ * Compaction, the way to make room, works on a nearly full store: it drops checkpoints and
+ * deletes first, then moves blocks.
  */
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
 import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
-import { fileUrl, hyper, show, tempDir } from '../../helpers/cli.js';
+import { fileUrl, hyper, hyperJson, show, tempDir } from '../../helpers/cli.js';
 import { needPrerequisite, needS3, needTools } from '../../helpers/env.js';
 import { run } from '../../helpers/nbd.js';
 import { ensureBucket } from '../../helpers/s3.js';
@@ -113,6 +115,60 @@ describe('a full store', () => {
         const r = await run('mount', ['-o', 'remount,size=64m', mnt]);
         assert.equal(r.code, 0, r.stderr);
       });
+    } finally {
+      const u = await run('umount', [mnt]);
+      assert.equal(u.code, 0, u.stderr);
+    }
+  });
+
+  it('compaction on a nearly full file system: drops and deletes first, then moves blocks', async (t) => {
+    if (!needTools(t, 'mount', 'umount')) return;
+    if (!needPrerequisite(t, process.getuid?.() === 0, 'needs root (mounts a small tmpfs)')) return;
+    const dir = await tempDir(t, 'hyper-full-compact-');
+    const mnt = join(dir, 'fs');
+    await mkdir(mnt);
+    const m = await run('mount', ['-t', 'tmpfs', '-o', 'size=16m', 'tmpfs', mnt]);
+    assert.equal(m.code, 0, m.stderr);
+    try {
+      const url = fileUrl(join(mnt, 'v'));
+      const c = await hyper(['file', 'create', url, '--size', '8M']);
+      assert.equal(c.code, 0, show(c));
+      // 4 MiB, then three overwrites of its first half: the first segment is half live, the
+      // next two are dead once only the newest checkpoint is kept.
+      const base = randomBytes(4 * MiB);
+      const want = Buffer.from(base);
+      for (const [i, data] of [base, ...[1, 2, 3].map(() => randomBytes(2 * MiB))].entries()) {
+        const img = join(dir, `in${i}.img`);
+        await writeFile(img, data);
+        const r = await hyper(['file', 'import', img, url]);
+        assert.equal(r.code, 0, show(r));
+        data.copy(want);
+      }
+      // Leave 200 KiB: room for heads and records, not for a segment of moved blocks.
+      const { stdout } = await run('df', ['-B1', '--output=avail', mnt]);
+      const avail = Number(stdout.trim().split('\n').at(-1));
+      await writeFile(join(mnt, 'filler'), Buffer.alloc(avail - 200 * 1024));
+
+      const policy = ['--keep-last', '1', '--yes'];
+      // With the default grace period nothing can be deleted yet, so nothing is moved either.
+      const held = await hyperJson(['compact', url, ...policy]);
+      assert.equal(held.rewriteSkipped, true, JSON.stringify(held));
+      assert.equal(held.rewrittenSegmentCount, 0);
+      assert.ok((held.droppedCheckpointCount as number) > 0);
+      assert.ok((held.deferredSegmentCount as number) > 0);
+
+      const r = await hyperJson(['compact', url, ...policy, '--grace', '0s']);
+      const said = JSON.stringify(r);
+      assert.equal(r.rewriteSkipped, false, said);
+      assert.ok((r.reclaimedBytes as number) > 0, said);
+      assert.ok((r.rewrittenSegmentCount as number) >= 1, said);
+      assert.ok((r.storedBytesAfter as number) <= 1.15 * (r.liveBytes as number), said);
+      const check = await hyper(['file', 'check', url, '--deep']);
+      assert.equal(check.code, 0, show(check));
+      const out = join(dir, 'out.img');
+      const exp = await hyper(['file', 'export', url, out]);
+      assert.equal(exp.code, 0, show(exp));
+      assert.equal(sha((await readFile(out)).subarray(0, want.length)), sha(want));
     } finally {
       const u = await run('umount', [mnt]);
       assert.equal(u.code, 0, u.stderr);
