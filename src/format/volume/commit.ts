@@ -62,7 +62,17 @@ export class Committer {
   ) {
     this.head = head;
     this.tip = head;
-    lease.startRenewal((e) => this.fence(e));
+    lease.startRenewal(
+      (e) => this.fence(e),
+      (why) => {
+        if (why)
+          this.log.warn(
+            'lease lapsed: the store refused or did not answer its renewal; nothing is committed until a renewal gets through (one fails for good if another writer took the volume over meanwhile)',
+            { error: why.message, code: why.code },
+          );
+        else this.log.info('lease renewed after a lapse: committing again');
+      },
+    );
   }
 
   /**

@@ -136,6 +136,14 @@ export class Lease {
   private timer: NodeJS.Timeout | undefined;
   /** Set once the lease is known lost; every later write fails with it. */
   lost: HyperError | undefined;
+  /**
+   * Why the lease expired without being renewed (the store refused or did not answer), until
+   * a renewal succeeds. Nothing is committed meanwhile (`validFor` is false); a renewal is a
+   * CAS on the record this holder last wrote, so it succeeds only if nobody took the lease in
+   * between, and a takeover meanwhile makes the lease lost for good.
+   */
+  lapsed: HyperError | undefined;
+  private onLapse: ((why: HyperError | undefined) => void) | undefined;
   private renewing: Promise<void> | undefined;
 
   private constructor(
@@ -194,19 +202,24 @@ export class Lease {
     throw new HyperError('conflict', 'LEASE_HELD', 'Could not take the lease: it keeps changing');
   }
 
-  /** Renew every third of the TTL; on loss, record it (the engine checks `lost`). */
-  startRenewal(onLost: (e: HyperError) => void): void {
+  /**
+   * Renew every third of the TTL; on loss, record it (the engine checks `lost`). A lease that
+   * expires because the store keeps failing its renewal has lapsed, not been lost: renewals
+   * go on, and `onLapse` is told when it lapses (with why) and when a renewal takes it back
+   * (undefined).
+   */
+  startRenewal(
+    onLost: (e: HyperError) => void,
+    onLapse: (why: HyperError | undefined) => void = () => undefined,
+  ): void {
     const every = Math.max(250, Math.floor(this.ttlMs / 3));
+    this.onLapse = onLapse;
     this.timer = setInterval(() => {
       this.renew().catch((e: unknown) => {
         if (this.lost) onLost(this.lost);
-        else if (e instanceof HyperError && Date.now() >= this.record.expiresMs) {
-          this.lost = new HyperError(
-            'conflict',
-            'FENCED',
-            `Lease expired and could not be renewed: ${e.message}`,
-          );
-          onLost(this.lost);
+        else if (!this.lapsed && e instanceof HyperError && Date.now() >= this.record.expiresMs) {
+          this.lapsed = e;
+          onLapse(e);
         }
       });
     }, every);
@@ -229,21 +242,43 @@ export class Lease {
     if (this.lost) throw this.lost;
     const now = Date.now();
     const next: LeaseRecord = { ...this.record, expiresMs: now + this.ttlMs };
-    try {
-      const { etag } = await this.store.put(LEASE_KEY, encodeLease(next), { ifMatch: this.etag });
-      this.record = next;
-      this.etag = etag;
-    } catch (e) {
-      if (isHyperError(e, 'PRECONDITION_FAILED')) {
-        const cur = await readLease(this.store).catch(() => undefined);
+    for (let attempt = 0; ; attempt++) {
+      try {
+        const { etag } = await this.store.put(LEASE_KEY, encodeLease(next), {
+          ifMatch: this.etag,
+        });
+        this.record = next;
+        this.etag = etag;
+        if (this.lapsed) {
+          this.lapsed = undefined;
+          this.onLapse?.(undefined);
+        }
+        return;
+      } catch (e) {
+        if (!isHyperError(e, 'PRECONDITION_FAILED')) throw e;
+        const cur = await readLeaseObject(this.store).catch(() => undefined);
+        // A renewal of ours whose answer was lost (a timeout) landed after all: the record is
+        // still this holder's, same epoch and acquisition. Renew on top of it.
+        const l = cur?.lease;
+        if (
+          attempt === 0 &&
+          cur &&
+          l &&
+          l.holder === this.record.holder &&
+          l.epoch === this.record.epoch &&
+          l.acquiredMs === this.record.acquiredMs
+        ) {
+          this.etag = cur.etag;
+          continue;
+        }
         this.lost = new HyperError(
           'conflict',
           'FENCED',
-          `This writer's lease was taken over${cur ? ` by ${displayHolder(cur.lease.holder)} (epoch ${cur.lease.epoch})` : ''}; no further writes are accepted`,
+          `This writer's lease was taken over${l ? ` by ${displayHolder(l.holder)} (epoch ${l.epoch})` : ''}; no further writes are accepted`,
           { suggestion: 'Re-open the volume once the other writer is done.' },
         );
+        throw this.lost;
       }
-      throw this.lost ?? e;
     }
   }
 

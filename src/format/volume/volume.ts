@@ -20,6 +20,7 @@ import { HyperError, isHyperError } from '../../errors.js';
 import { FEATURE_CODECS, isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
 import type { WalEntry } from '../codec/wal.js';
 import { DiskCache } from '../cache/disk-cache.js';
+import { RecurringWarning } from './recurring.js';
 import { BTree } from '../index/btree.js';
 import { NodeLoader, type NodeDiskTier } from '../index/loader.js';
 import type { ObjectStore } from '../store/types.js';
@@ -181,6 +182,8 @@ export class Volume {
   /** OpenOptions.headUpdateDelayMs. */
   private readonly publishDelayMs: number;
   private readonly log: Logger;
+  /** Failures to store (flushes, segment PUTs): said once a minute while they go on. */
+  private readonly storing: RecurringWarning;
   private readonly counters = { flushes: 0, segmentsWritten: 0, bytesWritten: 0, bytesRead: 0 };
   /** Own segments with ids up to this one, except `committedSkipped`, are committed. */
   private committedLast: number;
@@ -214,6 +217,7 @@ export class Volume {
     const nodeSize = 2 ** head.metaBlockShift;
     this.size = head.size;
     this.log = opts.logger ?? silentLogger;
+    this.storing = new RecurringWarning(this.log);
     this.observer = opts.observer;
     this.committed = { checkpoint: head.checkpoint, ms: head.checkpointMs };
     const tier = this.diskTier();
@@ -286,9 +290,7 @@ export class Volume {
           !this.buffer.active.empty || this.committer?.headPending || this.stages.length > 0;
         if (dirty && !this.flushes.busy) {
           this.flush().catch((e: unknown) =>
-            this.log.warn('timed flush failed', {
-              error: e instanceof Error ? e.message : String(e),
-            }),
+            this.storing.warn('timed flush failed', { error: errorText(e) }),
           );
         }
       }, interval);
@@ -854,9 +856,7 @@ export class Volume {
     this.flushes
       .run(() => this.flushOnce('segment'))
       .catch((e: unknown) => {
-        this.log.warn('background flush failed', {
-          error: e instanceof Error ? e.message : String(e),
-        });
+        this.storing.warn('background flush failed', { error: errorText(e) });
       });
   }
 
@@ -873,12 +873,17 @@ export class Volume {
       !this.pendingMeta &&
       !this.committer?.headPending &&
       this.stages.length === 0;
-    if (flushed === undefined || idle) return this.flushOnceUnobserved(kind);
+    if (flushed === undefined || idle) {
+      const r = await this.flushOnceUnobserved(kind);
+      this.storing.ok('flushes reach the store again');
+      return r;
+    }
     const t0 = performance.now();
     let ok = false;
     try {
       const r = await this.flushOnceUnobserved(kind);
       ok = true;
+      this.storing.ok('flushes reach the store again');
       return r;
     } finally {
       // (A durable flush commits a checkpoint too: the chain continues there.)
@@ -1158,7 +1163,7 @@ export class Volume {
       const error = (failed[0] as Stage).error;
       this.lastFlushError = error;
       if (round > 0 || this.committer?.isFenced) throw error;
-      this.log.warn('segment write failed; writing it again', {
+      this.storing.warn('segment write failed; writing it again', {
         segments: failed.map((s) => s.built.head.checkpoint).join(','),
         error: errorText(error),
       });

@@ -5,7 +5,8 @@
  * guest instead of an I/O error), not EIO or EPERM; the server keeps what it acknowledged, and
  * stores it at the next flush once there is room; the volume then reads back byte for byte.
  * Compaction, the way to make room, works on a nearly full store: it drops checkpoints and
- * deletes first, then moves blocks.
+ * deletes first, then moves blocks. A quota that outlasts the lease's TTL only lapses the
+ * lease (the engine on RGW with a short TTL): nothing held is lost.
  */
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
@@ -15,7 +16,10 @@ import { describe, it, type TestContext } from 'node:test';
 import { fileUrl, hyper, hyperJson, show, tempDir } from '../../helpers/cli.js';
 import { needPrerequisite, needS3, needTools } from '../../helpers/env.js';
 import { run } from '../../helpers/nbd.js';
-import { ensureBucket } from '../../helpers/s3.js';
+import { ensureBucket, s3Options } from '../../helpers/s3.js';
+import { openStore } from '../../../src/format/store/index.js';
+import { Volume } from '../../../src/format/volume/volume.js';
+import { isHyperError } from '../../../src/errors.js';
 import { serve, stopServe } from '../../helpers/serve.js';
 
 const MiB = 1024 * 1024;
@@ -97,6 +101,61 @@ describe('a full store', () => {
     );
     const d = await hyper(['file', 'delete', url, '--yes', ...store]);
     assert.equal(d.code, 0, show(d));
+  });
+
+  it('an RGW quota outlasting the lease: the lease lapses, and nothing held is lost', async (t) => {
+    const cfg = needS3(t);
+    if (!cfg) return;
+    if (!needTools(t, 'radosgw-admin')) return;
+    const rgwDir = process.env.HYPER_RGW_DIR;
+    if (!needPrerequisite(t, rgwDir !== undefined, 'needs HYPER_RGW_DIR for radosgw-admin')) return;
+    const admin = async (...args: string[]): Promise<void> => {
+      const r = await run('radosgw-admin', ['-c', join(rgwDir!, 'ceph.conf'), ...args], {
+        timeoutMs: 60_000,
+      });
+      assert.equal(r.code, 0, `radosgw-admin ${args.join(' ')}: ${r.stderr}`);
+    };
+    const bucket = `hyper-lapse-${randomBytes(4).toString('hex')}`;
+    await ensureBucket(cfg, bucket);
+    const store = await openStore(`s3://${bucket}/v/`, s3Options(cfg));
+    await Volume.create(store, { size: 16 * MiB });
+    const warnings: string[] = [];
+    const logger = {
+      debug: () => undefined,
+      info: (m: string) => warnings.push(m),
+      warn: (m: string) => warnings.push(m),
+      error: (m: string) => warnings.push(m),
+    };
+    const vol = await Volume.open(store, { leaseTtlMs: 1500, flushIntervalMs: 0, logger });
+    const data = randomBytes(4 * MiB);
+    try {
+      await admin('quota', 'set', '--quota-scope=bucket', `--bucket=${bucket}`, '--max-size=1K');
+      await admin('quota', 'enable', '--quota-scope=bucket', `--bucket=${bucket}`);
+      await vol.write(0, data);
+      await assert.rejects(vol.flush(), (e) => isHyperError(e, 'NO_SPACE'));
+      // Past the TTL: renewals refused, the lease lapses (not lost).
+      await new Promise((r) => setTimeout(r, 2500));
+      assert.ok(
+        warnings.some((w) => w.startsWith('lease lapsed')),
+        warnings.join(' | '),
+      );
+      await assert.rejects(vol.flush(), (e) => isHyperError(e, 'NO_SPACE'));
+      await admin('quota', 'disable', '--quota-scope=bucket', `--bucket=${bucket}`);
+      await vol.flush();
+      assert.ok(
+        warnings.includes('lease renewed after a lapse: committing again'),
+        warnings.join(' | '),
+      );
+    } finally {
+      await admin('quota', 'disable', '--quota-scope=bucket', `--bucket=${bucket}`);
+      await vol.close();
+    }
+    const ro = await Volume.open(store, { readOnly: true });
+    try {
+      assert.equal(sha(await ro.read(0, data.length)), sha(data));
+    } finally {
+      await ro.close();
+    }
   });
 
   it('a file:// volume on a full file system: ENOSPC to the client, stored once it grows', async (t) => {

@@ -110,6 +110,78 @@ describe('lease', () => {
     assert.equal(now?.lease.epoch, again.epoch + 1);
   });
 
+  it('a lease the store will not renew lapses; a renewal once it answers takes it back, unless another writer took it meanwhile', async () => {
+    const inner = MemStore.isolated();
+    let mode: 'ok' | 'full' | 'lands-unanswered' = 'ok';
+    const store = new Proxy(inner, {
+      get(target, prop, receiver) {
+        if (prop === 'put')
+          return async (...args: Parameters<ObjectStore['put']>) => {
+            if (args[0] === LEASE_KEY && mode === 'full')
+              throw new HyperError('unavailable', 'NO_SPACE', 'the store is over quota');
+            const r = await target.put(...args);
+            if (args[0] === LEASE_KEY && mode === 'lands-unanswered') {
+              mode = 'ok';
+              throw new HyperError('unavailable', 'STORE_UNAVAILABLE', 'timed out');
+            }
+            return r;
+          };
+        const v = Reflect.get(target, prop, receiver) as unknown;
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+      },
+    });
+    const wait = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms));
+    const a = await Lease.acquire(store, opts('a', { ttlMs: 600 }));
+    const lapses: (string | undefined)[] = [];
+    const lost: HyperError[] = [];
+    a.startRenewal(
+      (e) => lost.push(e),
+      (why) => lapses.push(why?.code),
+    );
+    try {
+      // The store refuses the renewals past the expiry: lapsed, not lost.
+      mode = 'full';
+      await wait(900);
+      assert.ok(a.lapsed && isHyperError(a.lapsed, 'NO_SPACE'));
+      assert.equal(a.lost, undefined);
+      assert.equal(a.validFor(0), false, 'nothing is committed while lapsed');
+      assert.deepEqual(lapses, ['NO_SPACE']);
+      // It answers again: the next renewal takes the lease back, same epoch.
+      mode = 'ok';
+      await wait(400);
+      assert.equal(a.lapsed, undefined);
+      assert.ok(a.validFor(0));
+      assert.deepEqual(lapses, ['NO_SPACE', undefined]);
+      const epoch = a.epoch;
+
+      // A renewal that lands but whose answer is lost: the next one finds its own record.
+      mode = 'lands-unanswered';
+      await a.renew().catch(() => undefined);
+      await a.renew();
+      assert.equal(a.lost, undefined);
+      assert.equal(a.epoch, epoch);
+
+      // Lapsed again, and another writer takes the expired lease: lost for good.
+      mode = 'full';
+      await wait(900);
+      assert.ok(a.lapsed);
+      const b = await Lease.acquire(inner, opts('b'));
+      assert.equal(b.epoch, epoch + 1);
+      mode = 'ok';
+      await assert.rejects(
+        a.renew(),
+        (e) => isHyperError(e, 'FENCED') && /taken over by b/.test(e.message),
+      );
+      await wait(300);
+      assert.equal(lost.length >= 1, true);
+      assert.equal(a.validFor(0), false);
+      assert.equal((await readLease(inner))?.lease.holder, 'b');
+      await b.release();
+    } finally {
+      a.stop();
+    }
+  });
+
   it('a damaged lease record is a data error naming its key', async () => {
     const store = MemStore.isolated();
     await store.put(LEASE_KEY, Buffer.from('not a lease'));
