@@ -92,11 +92,12 @@ export async function compactVolume(
   }
   // A full store: what needs only a few KiB first (the history commit, the deletes), then the
   // rewrite, if that made room. (The failed attempt committed nothing but copies of blocks.)
-  const first = await compactOnce(store, { ...options, minLive: 0 });
+  // (The failed attempt may not have given its lease back: take it again, being its holder.)
+  const first = await compactOnce(store, { ...options, minLive: 0 }, true);
   if (first.bytesReclaimed === 0) return { ...first, rewriteSkipped: true };
   let second: CompactResult;
   try {
-    second = await compactOnce(store, options);
+    second = await compactOnce(store, options, true);
   } catch (e) {
     if (!noRoomToRewrite.has(e as object)) throw e;
     return { ...first, rewriteSkipped: true };
@@ -115,7 +116,11 @@ export async function compactVolume(
 /** Errors of a rewrite that failed for lack of room in the store (compactVolume retries). */
 const noRoomToRewrite = new WeakSet<object>();
 
-async function compactOnce(store: ObjectStore, options: CompactOptions): Promise<CompactResult> {
+async function compactOnce(
+  store: ObjectStore,
+  options: CompactOptions,
+  again = false,
+): Promise<CompactResult> {
   const graceMs = options.graceMs ?? DEFAULT_GRACE_MS;
   const minLive = options.minLive ?? DEFAULT_MIN_LIVE;
   const signal = options.signal;
@@ -128,6 +133,7 @@ async function compactOnce(store: ObjectStore, options: CompactOptions): Promise
         flushIntervalMs: 0,
         ...(options.holder ? { holder: options.holder } : {}),
         ...(options.force ? { force: options.force } : {}),
+        ...(again ? { reclaim: true } : {}),
         ...(options.logger ? { logger: options.logger } : {}),
         ...(options.openStore ? { openStore: options.openStore } : {}),
       });
