@@ -68,25 +68,31 @@ async function fillThenMakeRoom(
   assert.equal(sha((await readFile(out)).subarray(0, data.length)), sha(data));
 }
 
+/**
+ * radosgw-admin against the RGW that scripts/rgw/start.sh started (HYPER_RGW_DIR), failing the
+ * test on a non-zero exit; undefined (test skipped, or failed in CI) without one.
+ */
+function radosgwAdmin(t: TestContext): ((...args: string[]) => Promise<void>) | undefined {
+  const dir = process.env.HYPER_RGW_DIR;
+  if (
+    !needPrerequisite(t, dir !== undefined, 'needs HYPER_RGW_DIR (the RGW of scripts/rgw/start.sh)')
+  )
+    return undefined;
+  return async (...args) => {
+    const r = await run('radosgw-admin', ['-c', join(dir!, 'ceph.conf'), ...args], {
+      timeoutMs: 60_000,
+    });
+    assert.equal(r.code, 0, `radosgw-admin ${args.join(' ')}: ${r.stderr}`);
+  };
+}
+
 describe('a full store', () => {
   it('an RGW bucket over its quota: ENOSPC to the client, stored once the quota is lifted', async (t) => {
     const cfg = needS3(t);
     if (!cfg) return;
     if (!needTools(t, 'nbdcopy', 'nbdsh', 'radosgw-admin')) return;
-    const rgwDir = process.env.HYPER_RGW_DIR;
-    if (
-      !needPrerequisite(
-        t,
-        rgwDir !== undefined,
-        'needs HYPER_RGW_DIR (the RGW scripts/rgw/start.sh started) for radosgw-admin',
-      )
-    )
-      return;
-    const conf = join(rgwDir!, 'ceph.conf');
-    const admin = async (...args: string[]): Promise<void> => {
-      const r = await run('radosgw-admin', ['-c', conf, ...args], { timeoutMs: 60_000 });
-      assert.equal(r.code, 0, `radosgw-admin ${args.join(' ')}: ${r.stderr}`);
-    };
+    const admin = radosgwAdmin(t);
+    if (!admin) return;
     const bucket = `hyper-quota-${randomBytes(4).toString('hex')}`;
     await ensureBucket(cfg, bucket);
     const url = `s3://${bucket}/v/`;
@@ -107,14 +113,8 @@ describe('a full store', () => {
     const cfg = needS3(t);
     if (!cfg) return;
     if (!needTools(t, 'radosgw-admin')) return;
-    const rgwDir = process.env.HYPER_RGW_DIR;
-    if (!needPrerequisite(t, rgwDir !== undefined, 'needs HYPER_RGW_DIR for radosgw-admin')) return;
-    const admin = async (...args: string[]): Promise<void> => {
-      const r = await run('radosgw-admin', ['-c', join(rgwDir!, 'ceph.conf'), ...args], {
-        timeoutMs: 60_000,
-      });
-      assert.equal(r.code, 0, `radosgw-admin ${args.join(' ')}: ${r.stderr}`);
-    };
+    const admin = radosgwAdmin(t);
+    if (!admin) return;
     const bucket = `hyper-lapse-${randomBytes(4).toString('hex')}`;
     await ensureBucket(cfg, bucket);
     const store = await openStore(`s3://${bucket}/v/`, s3Options(cfg));
