@@ -86,6 +86,24 @@ function radosgwAdmin(t: TestContext): ((...args: string[]) => Promise<void>) | 
   };
 }
 
+/** Run `body` with a tmpfs of `size` mounted in a fresh directory, unmounted afterwards. */
+async function withTmpfs(
+  t: TestContext,
+  size: string,
+  body: (mnt: string) => Promise<void>,
+): Promise<void> {
+  const mnt = join(await tempDir(t, 'hyper-full-fs-'), 'fs');
+  await mkdir(mnt);
+  const m = await run('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', mnt]);
+  assert.equal(m.code, 0, m.stderr);
+  try {
+    await body(mnt);
+  } finally {
+    const u = await run('umount', [mnt]);
+    assert.equal(u.code, 0, u.stderr);
+  }
+}
+
 describe('a full store', () => {
   it('an RGW bucket over its quota: ENOSPC to the client, stored once the quota is lifted', async (t) => {
     const cfg = needS3(t);
@@ -161,12 +179,7 @@ describe('a full store', () => {
   it('a file:// volume on a full file system: ENOSPC to the client, stored once it grows', async (t) => {
     if (!needTools(t, 'nbdcopy', 'nbdsh', 'mount', 'umount')) return;
     if (!needPrerequisite(t, process.getuid?.() === 0, 'needs root (mounts a small tmpfs)')) return;
-    const dir = await tempDir(t, 'hyper-full-fs-');
-    const mnt = join(dir, 'fs');
-    await mkdir(mnt);
-    const m = await run('mount', ['-t', 'tmpfs', '-o', 'size=4m', 'tmpfs', mnt]);
-    assert.equal(m.code, 0, m.stderr);
-    try {
+    await withTmpfs(t, '4m', async (mnt) => {
       const url = fileUrl(join(mnt, 'v'));
       const c = await hyper(['file', 'create', url, '--size', '64M']);
       assert.equal(c.code, 0, show(c));
@@ -174,21 +187,14 @@ describe('a full store', () => {
         const r = await run('mount', ['-o', 'remount,size=64m', mnt]);
         assert.equal(r.code, 0, r.stderr);
       });
-    } finally {
-      const u = await run('umount', [mnt]);
-      assert.equal(u.code, 0, u.stderr);
-    }
+    });
   });
 
   it('compaction on a nearly full file system: drops and deletes first, then moves blocks', async (t) => {
     if (!needTools(t, 'mount', 'umount')) return;
     if (!needPrerequisite(t, process.getuid?.() === 0, 'needs root (mounts a small tmpfs)')) return;
     const dir = await tempDir(t, 'hyper-full-compact-');
-    const mnt = join(dir, 'fs');
-    await mkdir(mnt);
-    const m = await run('mount', ['-t', 'tmpfs', '-o', 'size=16m', 'tmpfs', mnt]);
-    assert.equal(m.code, 0, m.stderr);
-    try {
+    await withTmpfs(t, '16m', async (mnt) => {
       const url = fileUrl(join(mnt, 'v'));
       const c = await hyper(['file', 'create', url, '--size', '8M']);
       assert.equal(c.code, 0, show(c));
@@ -228,9 +234,6 @@ describe('a full store', () => {
       const exp = await hyper(['file', 'export', url, out]);
       assert.equal(exp.code, 0, show(exp));
       assert.equal(sha((await readFile(out)).subarray(0, want.length)), sha(want));
-    } finally {
-      const u = await run('umount', [mnt]);
-      assert.equal(u.code, 0, u.stderr);
-    }
+    });
   });
 });
