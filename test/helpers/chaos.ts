@@ -507,11 +507,19 @@ export class ChaosStore implements ObjectStore {
       w.segmentPuts.set(this.actor, flying + 1);
     }
     try {
-      return await this.run(
+      const r = await this.run(
         `put ${key}`,
         () => this.inner.put(key, body, options),
         () => w.applied(this.actor, 'put', this.url, key, joinBody(body)),
       );
+      // Each segment PUT's outcome as its writer saw it: on a real store a PUT may land while
+      // its caller sees only errors (a reset after applying, retries used up), and the World
+      // then does not know the object exists.
+      if (seg) w.log(`  . ${this.actor.name} put ${key}: landed`);
+      return r;
+    } catch (e) {
+      if (seg) w.log(`  . ${this.actor.name} put ${key}: failed (${errText(e)})`);
+      throw e;
     } finally {
       if (seg) w.segmentPuts.set(this.actor, (w.segmentPuts.get(this.actor) ?? 1) - 1);
     }
