@@ -272,6 +272,10 @@ export async function flattenVolume(
     });
     await source.close();
     const copied = await rewriteBlocks(vol, lbas, options.signal, options.onProgress);
+    // Still the writer right before the record goes down: a flatten fenced meanwhile (by a
+    // forced one, which may have finished and released the pin) must leave no record that
+    // would claim a pin that is gone (chaos seed 36651).
+    await vol.confirmWriter();
     // What to put back, and the sign of a flatten stopped after the commit below: an unpin
     // of our pin and compaction of this volume wait for it to go (see afterDetach).
     await store.put(FLATTEN_KEY, encodeHead(cur));

@@ -953,6 +953,33 @@ describe('concurrency: a flatten killed right after its detach commit (scenario 
     }
   });
 
+  it('a flatten fenced by a forced one that finished leaves no record claiming the released pin (chaos seed 36651)', async () => {
+    const w = await world();
+    const child = w.root.sub('child/');
+    // Nothing inherited: the first flatten writes nothing before its record.
+    await cloneVolume(w.parent, { checkpoint: 1 }, child, { openStore: w.openStore });
+    const forced = meanwhile(
+      (r) => r.op === 'list' && r.key === PIN_PREFIX,
+      () => flattenVolume(child, { force: true, openStore: w.openStore }),
+    );
+    const first = await settle(
+      flattenVolume(new ScriptedStore(child, { steps: [forced.step] }), {
+        openStore: w.openStore,
+      }),
+    );
+    assert.ok(forced.outcome()?.ok, 'the forced flatten did not run (schedule)');
+    assert.ok(!first.ok && isHyperError(first.error, 'FENCED'), String(first));
+    assert.equal(await w.root.head(`child/${FLATTEN_KEY}`), undefined, 'a stale flatten record');
+    assert.deepEqual(await pins(w.parent), []);
+    const r = await checkVolume(child, { openStore: w.openStore });
+    assert.deepEqual(
+      r.problems.filter((p) => p.kind === 'unfinished-flatten'),
+      [],
+    );
+    await compactVolume(child, { keepLast: 1, graceMs: 0 });
+    await assertClean(child, w);
+  });
+
   it('deleting the volume instead releases the pin the flatten left', async () => {
     const w = await world();
     const child = w.root.sub('child/');
