@@ -46,6 +46,7 @@ import { crc32cOfRun } from '../codec/crc-combine.js';
 import { SlotPolicy } from './s3fifo.js';
 import { Preader } from '../store/pread.js';
 import { makeDirs } from '../../make-dirs.js';
+import { RecurringWarning } from '../recurring.js';
 
 export const CACHE_FORMAT = 1;
 const HEADER = 32;
@@ -56,7 +57,10 @@ const INDEX = 'slots.idx';
 const LOCK = 'lock';
 /** Room kept for the manifest and lock file in the size budget. */
 const RESERVED = 64 * 1024;
-/** At most one warning about failing cache writes per this long (a full disk fails often). */
+/**
+ * At most one warning about failing cache writes per this long. (No "works again" message:
+ * on a nearly full disk, writes to slots written before succeed between the failures.)
+ */
 const WRITE_WARN_INTERVAL_MS = 10 * 60_000;
 /** Bytes of entries waiting to be written before new ones are dropped. */
 const MAX_QUEUED_BYTES = 64 * 1024 * 1024;
@@ -79,7 +83,7 @@ export interface DiskCacheOptions {
    * full or failing disk: reads go on, from the store, and the warning repeats at most every
    * ten minutes).
    */
-  log?: { warn(msg: string, fields?: Record<string, unknown>): void };
+  log?: ConstructorParameters<typeof RecurringWarning>[0];
 }
 
 export interface DiskCacheStats {
@@ -140,10 +144,7 @@ export class DiskCache {
     writeFailures: 0,
     reused: 0,
   };
-  private readonly log: DiskCacheOptions['log'];
-  /** When failing writes were last reported, and how many failed since. */
-  private warnedAtMs = -Infinity;
-  private unreported = 0;
+  private readonly writeFailed: RecurringWarning | undefined;
 
   private constructor(
     readonly dir: string,
@@ -152,7 +153,7 @@ export class DiskCache {
     private readonly index: FileHandle,
     log?: DiskCacheOptions['log'],
   ) {
-    this.log = log;
+    this.writeFailed = log && new RecurringWarning(log, WRITE_WARN_INTERVAL_MS);
     const n = manifest.slots;
     this.policy = new SlotPolicy(n);
     this.gen = new Uint32Array(n);
@@ -550,31 +551,21 @@ export class DiskCache {
       }
     } catch (e) {
       // A full or failing disk: the entries are simply not cached.
+      let entries = 0;
       for (const j of jobs) {
         if (this.gen[j.slot] !== j.gen) continue;
         this.forget(j.slot);
-        this.counters.writeFailures++;
-        this.unreported++;
+        entries++;
       }
-      this.reportWriteFailure(e);
+      this.counters.writeFailures += entries;
+      this.writeFailed?.warn(
+        'disk cache: writing entries failed; blocks read meanwhile are not cached',
+        { dir: this.dir, error: (e as NodeJS.ErrnoException).code ?? String(e), entries },
+      );
     } finally {
       this.queuedBytes -= total;
       for (const j of jobs) j.done?.();
     }
-  }
-
-  /** Warn of failing writes: the first, then at most once per WRITE_WARN_INTERVAL_MS. */
-  private reportWriteFailure(e: unknown): void {
-    const now = Date.now();
-    if (!this.log || this.unreported === 0 || now - this.warnedAtMs < WRITE_WARN_INTERVAL_MS)
-      return;
-    this.warnedAtMs = now;
-    this.log.warn('disk cache: writing entries failed; blocks read meanwhile are not cached', {
-      dir: this.dir,
-      error: (e as NodeJS.ErrnoException).code ?? String(e),
-      entries: this.unreported,
-    });
-    this.unreported = 0;
   }
 
   /** Read every slot header and keep the entries whose header checks out. */

@@ -349,12 +349,12 @@ async function afterDetach(
   const link = before.clone as NonNullable<HeadRecord['clone']>;
   const parent = parentOf(before) as FlattenResult['parent'];
   const parentUrl = parent.url;
-  const onParent = async (fn: (parent: ObjectStore) => Promise<void>): Promise<void> => {
-    const parent = await (options.openStore ?? SegmentSource.defaultOpen)(parentUrl);
+  const onParent = async (fn: (p: ObjectStore) => Promise<void>): Promise<void> => {
+    const p = await (options.openStore ?? SegmentSource.defaultOpen)(parentUrl);
     try {
-      await fn(parent);
+      await fn(p);
     } finally {
-      await parent.close();
+      await p.close();
     }
   };
   const late = await recordsBefore(store, detached).catch((e: unknown) => toHyperError(e));

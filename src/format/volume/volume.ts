@@ -20,7 +20,7 @@ import { HyperError, isHyperError } from '../../errors.js';
 import { FEATURE_CODECS, isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
 import type { WalEntry } from '../codec/wal.js';
 import { DiskCache } from '../cache/disk-cache.js';
-import { RecurringWarning } from './recurring.js';
+import { RecurringWarning } from '../recurring.js';
 import { BTree } from '../index/btree.js';
 import { NodeLoader, type NodeDiskTier } from '../index/loader.js';
 import type { ObjectStore } from '../store/types.js';

@@ -1,10 +1,10 @@
 /**
- * Warnings that recur while the store stays down or full: a timed flush every few seconds
- * fails the same way each time. The first goes out at once; later ones at most every
- * `everyMs`, with how many failures there were and for how long; the first success after
- * them says so once (info).
+ * Warnings that recur while a store or disk stays down or full: a timed flush every few
+ * seconds, or every write of the disk cache, fails the same way each time. The first goes
+ * out at once; later ones at most every `everyMs`, with how many failures there were and for
+ * how long; the first success after them (`ok`) says so once (info).
  */
-import type { Logger } from './types.js';
+import type { Logger } from './volume/types.js';
 
 export class RecurringWarning {
   private firstMs: number | undefined;
@@ -12,7 +12,7 @@ export class RecurringWarning {
   private lastMs = -Infinity;
 
   constructor(
-    private readonly log: Logger,
+    private readonly log: Pick<Logger, 'warn' | 'info'>,
     private readonly everyMs = 60_000,
     private readonly now: () => number = Date.now,
   ) {}

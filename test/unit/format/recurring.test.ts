@@ -4,8 +4,8 @@
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { RecurringWarning } from '../../../../src/format/volume/recurring.js';
-import type { Logger } from '../../../../src/format/volume/types.js';
+import { RecurringWarning } from '../../../src/format/recurring.js';
+import type { Logger } from '../../../src/format/volume/types.js';
 
 function recorder(): { log: Logger; lines: [string, string, Record<string, unknown>][] } {
   const lines: [string, string, Record<string, unknown>][] = [];
