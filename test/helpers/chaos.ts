@@ -9,7 +9,11 @@
  * discrete-event scheduler (`Sim`: each request takes a random virtual latency, heavy-tailed,
  * so one actor may stall while others make many requests), then may fail before it is
  * applied or after it was applied (the request lands but the caller gets an error), on any
- * key, at seeded rates.
+ * key, at seeded rates. In half of the seeds the store also fills up now and then for a few
+ * steps (every PUT, or every PUT over 4 KiB, fails with NO_SPACE; deletes and reads work),
+ * and an operator's compaction often starts right then; writers' leases are drawn from
+ * 30 min down to 3 s and renewed by virtual-time intervals, so they lapse when renewals
+ * stall or the store is full, and may then be taken without --force.
  *
  * A reference model tracks what must hold, and after every step that changed the store the
  * harness checks, with the scheduler paused and through fault-free stores:
@@ -29,15 +33,17 @@
  *   (f) at most one actor writes heads under any one epoch (a head put back byte for byte
  *       commits nothing);
  *   (g) every head that lands names only segments that exist: its checkpoint and every
- *       checkpoint since the volume's previous head (pipelined segment PUTs).
+ *       checkpoint since the volume's previous head (pipelined segment PUTs);
+ *   (h) at the end, with faults stopped and room in the store, a writer that still holds the
+ *       volume commits what it holds (a full store or a lapsed lease costs it nothing).
  * Operations that fail are fine; unexpected errors (not a HyperError, or kind 'internal')
  * are violations.
  *
  * Determinism: with the in-memory store and virtual time, a run is a pure function of its
  * seed. During a run Date.now, Math.random and crypto.randomBytes are replaced by seeded
- * versions, block codecs answer on this thread instead of the thread pool, and real-time
- * intervals (lease renewals) do not fire (all restored afterwards); every actor only
- * advances through the scheduler.
+ * versions, block codecs answer on this thread instead of the thread pool, and intervals
+ * (lease renewals) fire in virtual time, from the scheduler (all restored afterwards); every
+ * actor only advances through the scheduler.
  * With a real S3 backend (`virtualTime: false`) the harness still works, but timing is real
  * and a seed does not replay exactly.
  */
@@ -80,7 +86,7 @@ import { compactVolume, type CompactOptions } from '../../src/format/volume/comp
 import { readCheckpointHead, readHead, unfinishedFlatten } from '../../src/format/volume/heads.js';
 import { readLease } from '../../src/format/volume/lease.js';
 import { createSnapshot, deleteSnapshot, restoreVolume } from '../../src/format/volume/history.js';
-import { KiB, MiB } from '../../src/format/volume/types.js';
+import { KiB, MiB, type Logger } from '../../src/format/volume/types.js';
 import { Volume } from '../../src/format/volume/volume.js';
 import { rng } from './rng.js';
 import { SyncZstd } from './sync-zstd.js';
@@ -104,6 +110,10 @@ const unexpected = (e: unknown): boolean => !isHyperError(e) || e.kind === 'inte
 const injected = (what: string): HyperError =>
   new HyperError('unavailable', 'STORE_UNAVAILABLE', `injected fault: ${what}`);
 
+/** What a full or over-quota store answers a PUT (the S3 and file stores map theirs to it). */
+const noSpace = (what: string): HyperError =>
+  new HyperError('unavailable', 'NO_SPACE', `injected: the store is full (${what})`);
+
 // ------------------------------------------------------------------ actors and the scheduler
 
 /** Anything that issues store requests: a writer, one admin operation, the setup. */
@@ -123,6 +133,14 @@ interface Waiter {
   release: () => void;
 }
 
+/** A setInterval of the engine (lease renewals) in virtual time. */
+interface VirtualInterval {
+  fn: () => void;
+  every: number;
+  next: number;
+  cleared: boolean;
+}
+
 /**
  * The scheduler. Virtual mode: a discrete-event simulation; every request (and every "think
  * time" of the driver) is an event at now + latency, and events are released one at a time,
@@ -140,6 +158,7 @@ export class Sim {
   private inflight = 0;
   private drained: (() => void)[] = [];
   private resumed: (() => void)[] = [];
+  private intervals: VirtualInterval[] = [];
 
   constructor(
     readonly virtual: boolean,
@@ -180,6 +199,34 @@ export class Sim {
     if (this.virtual) this.now += ms;
   }
 
+  /**
+   * An interval timer in virtual time: it fires between requests, when virtual time reaches
+   * it, and only while some request is queued (an idle run does not spin). After a jump in
+   * time it fires once, not once per period missed (like a process that was suspended).
+   */
+  addInterval(fn: () => void, every: number): VirtualInterval {
+    const t: VirtualInterval = {
+      fn,
+      every: Math.max(1, every),
+      next: this.now + every,
+      cleared: false,
+    };
+    this.intervals.push(t);
+    return t;
+  }
+
+  clearInterval(t: VirtualInterval): void {
+    t.cleared = true;
+    this.intervals = this.intervals.filter((x) => x !== t);
+  }
+
+  /** The interval due first, if it is due no later than `by`. */
+  private dueInterval(by: number): VirtualInterval | undefined {
+    let due: VirtualInterval | undefined;
+    for (const t of this.intervals) if (t.next <= by && (!due || t.next < due.next)) due = t;
+    return due;
+  }
+
   private schedule(): void {
     if (this.pumpQueued || this.paused) return;
     this.pumpQueued = true;
@@ -194,6 +241,14 @@ export class Sim {
       const a = this.queue[i] as Waiter;
       const b = this.queue[best] as Waiter;
       if (a.ready < b.ready || (a.ready === b.ready && a.seq < b.seq)) best = i;
+    }
+    const due = this.dueInterval((this.queue[best] as Waiter).ready);
+    if (due) {
+      this.now = Math.max(this.now, due.next);
+      due.next = this.now + due.every;
+      due.fn();
+      this.schedule();
+      return;
     }
     const w = this.queue.splice(best, 1)[0] as Waiter;
     this.now = Math.max(this.now, w.ready);
@@ -285,6 +340,8 @@ export interface ChaosCounters {
   killedRequests: number;
   /** Segment PUTs started while another of the same actor was in flight (pipelining). */
   overlappedSegmentPuts: number;
+  /** PUTs refused with NO_SPACE while the store was full. */
+  noSpace: number;
 }
 
 /**
@@ -298,7 +355,14 @@ export class World {
     faultsAfter: 0,
     killedRequests: 0,
     overlappedSegmentPuts: 0,
+    noSpace: 0,
   };
+  /**
+   * The store is full (an exhausted bucket quota, a full disk): every PUT of an actor under
+   * test larger than this many bytes (0: every PUT) fails with NO_SPACE, without being
+   * applied; reads, lists and deletes still work. Undefined: there is room.
+   */
+  full: number | undefined;
   /** Segment PUTs in flight per actor. */
   readonly segmentPuts = new Map<Actor, number>();
   /** Applied mutations (puts and deletes): the checks skip when nothing changed. */
@@ -469,9 +533,26 @@ export class ChaosStore implements ObjectStore {
     return w.fault(this.actor, what);
   }
 
-  private async run<T>(what: string, fn: () => Promise<T>, onApplied?: (r: T) => void): Promise<T> {
+  private async run<T>(
+    what: string,
+    fn: () => Promise<T>,
+    onApplied?: (r: T) => void,
+    putBytes?: number,
+  ): Promise<T> {
     const f = await this.turn(what);
     if (f === 'before') throw injected(`${what} (not applied)`);
+    const full = this.world.full;
+    if (
+      putBytes !== undefined &&
+      full !== undefined &&
+      putBytes > full &&
+      this.actor.faults &&
+      !this.actor.dead
+    ) {
+      this.world.counters.noSpace++;
+      this.world.log(`  ! ${this.actor.name} ${what}: no space`);
+      throw noSpace(what);
+    }
     this.world.sim.begin();
     let r: T;
     try {
@@ -506,11 +587,13 @@ export class ChaosStore implements ObjectStore {
       if (flying > 0) w.counters.overlappedSegmentPuts++;
       w.segmentPuts.set(this.actor, flying + 1);
     }
+    const bytes = joinBody(body);
     try {
       const r = await this.run(
         `put ${key}`,
         () => this.inner.put(key, body, options),
-        () => w.applied(this.actor, 'put', this.url, key, joinBody(body)),
+        () => w.applied(this.actor, 'put', this.url, key, bytes),
+        bytes.length,
       );
       // Each segment PUT's outcome as its writer saw it: on a real store a PUT may land while
       // its caller sees only errors (a reset after applying, retries used up), and the World
@@ -639,8 +722,12 @@ function inlineCodecs(): void {
 }
 inlineCodecs();
 
-/** An interval that never fires (what setInterval gives during a virtual run). */
-const idleInterval = (): NodeJS.Timeout => {
+/**
+ * The handle setInterval returns during a virtual run: an interval of the Sim (or, in the
+ * classic schedule, one that never fires).
+ */
+const virtualIntervals = new WeakMap<object, VirtualInterval>();
+const intervalHandle = (v?: VirtualInterval): NodeJS.Timeout => {
   const t = {
     ref: () => t,
     unref: () => t,
@@ -650,18 +737,24 @@ const idleInterval = (): NodeJS.Timeout => {
     [Symbol.toPrimitive]: () => 0,
     [Symbol.dispose]: () => undefined,
   };
+  if (v) virtualIntervals.set(t, v);
   return t as unknown as NodeJS.Timeout;
 };
 
 /**
  * Replace Date.now (virtual clock), Math.random and crypto.randomBytes (seeded) while `fn`
- * runs, so that a run replays from its seed; answer codec calls on this thread; and keep
- * real-time intervals from firing: the engine's only ones are lease renewals, which would
- * otherwise happen whenever a long run had taken a third of a lease's time in real seconds
- * (leases instead lapse in virtual time, as those of a stalled holder do). Restored
- * afterwards, even on failure.
+ * runs, so that a run replays from its seed; answer codec calls on this thread; and run the
+ * engine's intervals (lease renewals: the only ones with `flushIntervalMs: 0`) in virtual
+ * time, fired by the Sim between requests. (The classic schedule, `timers: false`, kept them
+ * from firing at all: leases then lapsed in virtual time as those of a stalled holder do.)
+ * Restored afterwards, even on failure.
  */
-async function deterministic<T>(seed: number, sim: Sim, fn: () => Promise<T>): Promise<T> {
+async function deterministic<T>(
+  seed: number,
+  sim: Sim,
+  timers: boolean,
+  fn: () => Promise<T>,
+): Promise<T> {
   // Both codecs loaded before the run: their first import takes real time.
   await encodeBlock(Buffer.alloc(4 * KiB, 1), CODEC_ZSTD);
   await encodeBlock(Buffer.alloc(4 * KiB, 1), CODEC_LZ4);
@@ -681,11 +774,19 @@ async function deterministic<T>(seed: number, sim: Sim, fn: () => Promise<T>): P
   syncBuiltinESMExports();
   codecsInline = true;
   const realSetInterval = globalThis.setInterval;
-  globalThis.setInterval = idleInterval as unknown as typeof setInterval;
+  const realClearInterval = globalThis.clearInterval;
+  globalThis.setInterval = ((cb: () => void, ms?: number) =>
+    intervalHandle(timers ? sim.addInterval(cb, ms ?? 1) : undefined)) as typeof setInterval;
+  globalThis.clearInterval = ((h: NodeJS.Timeout | string | number | undefined) => {
+    const v = typeof h === 'object' ? virtualIntervals.get(h) : undefined;
+    if (v) sim.clearInterval(v);
+    else realClearInterval(h);
+  }) as typeof clearInterval;
   try {
     return await fn();
   } finally {
     globalThis.setInterval = realSetInterval;
+    globalThis.clearInterval = realClearInterval;
     codecsInline = false;
     Date.now = realNow;
     Math.random = realRandom;
@@ -722,6 +823,11 @@ export interface ChaosOptions {
   exclude?: string[];
   /** Lines of the op log printed with a failure (the full log is written to a file). */
   tailLines?: number;
+  /**
+   * The schedule as it was before store-full episodes, short leases and virtual-time lease
+   * renewals: seeds found then replay as they were found.
+   */
+  classic?: boolean;
 }
 
 export interface ChaosTotals {
@@ -738,6 +844,13 @@ export interface ChaosTotals {
   violations: number;
   /** Segment PUTs that overlapped another of the same writer (pipelined flushes). */
   overlappedSegmentPuts: number;
+  /** PUTs refused with NO_SPACE during store-full episodes. */
+  noSpace: number;
+  /** Leases that lapsed (renewals refused past expiry), and lapses a renewal ended. */
+  lapses: number;
+  lapsesEnded: number;
+  /** Compactions that found no room to move blocks and deleted first. */
+  compactNoRoom: number;
 }
 
 export interface ChaosResult {
@@ -779,8 +892,13 @@ export const OPS: Record<string, number> = {
 
 const VOLUME_SIZE = 1 * MiB;
 const BS = 4 * KiB;
-/** Writers' leases: long enough that no renewal timer fires during a run. */
+/**
+ * Writers' leases: long enough that a renewal is rarely needed (the classic schedule, and
+ * real time); other virtual runs draw shorter ones, renewed by virtual-time intervals, that
+ * lapse when a renewal stalls or the store is full.
+ */
 const WRITER_LEASE_MS = 30 * 60_000;
+const SHORT_LEASES_MS = [WRITER_LEASE_MS, 30_000, 5_000, 3_000];
 
 interface Writer {
   vol: Volume;
@@ -877,6 +995,15 @@ class Run {
   private readonly maxDirty: number | undefined;
   private readonly weights: [string, number][];
   private readonly mainUrl: string;
+  /**
+   * Draws of what the classic schedule did not have (store-full episodes, lease lengths),
+   * from their own stream: the classic draws stay as they were.
+   */
+  private readonly extra: () => number;
+  private readonly leaseMs: number;
+  /** Chance per step that the store fills up (for 1 to 12 steps). */
+  private readonly fullRate: number;
+  private fullUntil = 0;
 
   constructor(
     readonly backend: ChaosBackend,
@@ -915,12 +1042,19 @@ class Run {
     this.pipeline = [1, 2, 4, 8][Math.floor(this.rand() * 4)] as number;
     this.maxDirty = this.rand() < 0.5 ? 2 * fb * KiB : undefined;
     this.mainUrl = `${backend.checkRoot.url}main/`;
+    this.extra = rng(seed ^ 0x85ebca6b);
+    const modern = !o.classic && backend.virtualTime;
+    const x = this.extra();
+    this.leaseMs = modern
+      ? (SHORT_LEASES_MS[Math.floor(x * SHORT_LEASES_MS.length)] as number)
+      : WRITER_LEASE_MS;
+    this.fullRate = !o.classic && this.extra() < 0.5 ? 0.03 : 0;
     const exclude = new Set(o.exclude ?? []);
     this.weights = Object.entries(OPS).filter(([n]) => !exclude.has(n));
     this.totals = { ...emptyTotals(), seeds: 1 };
     const hot = this.world.hot;
     this.note(
-      `seed ${seed}: faults before ${rates.before} after ${rates.after}${hot ? ` (x${hot.factor} on '${hot.prefix}')` : ''}, list page ${this.pageSize}, flushBytes ${fb} KiB, pipeline ${this.pipeline}${this.maxDirty ? `, maxDirty ${this.maxDirty / KiB} KiB` : ''}`,
+      `seed ${seed}: faults before ${rates.before} after ${rates.after}${hot ? ` (x${hot.factor} on '${hot.prefix}')` : ''}, list page ${this.pageSize}, flushBytes ${fb} KiB, pipeline ${this.pipeline}${this.maxDirty ? `, maxDirty ${this.maxDirty / KiB} KiB` : ''}, lease ${this.leaseMs / 1000} s, store full ${this.fullRate ? `${this.fullRate * 100}% of steps` : 'never'}${o.classic ? ' (classic schedule)' : ''}`,
     );
   }
 
@@ -968,6 +1102,19 @@ class Run {
   }
 
   private readonly allActors: Actor[] = [];
+
+  /** An actor's engine log, into the op log; lapses and full-store compactions counted. */
+  private logger(actor: Actor): Logger {
+    const say =
+      (level: string) =>
+      (msg: string, fields?: Record<string, unknown>): void => {
+        if (msg.startsWith('lease lapsed')) this.totals.lapses++;
+        else if (msg.startsWith('lease renewed after a lapse')) this.totals.lapsesEnded++;
+        else if (msg.startsWith('compaction: the store has no room')) this.totals.compactNoRoom++;
+        this.note(`${actor.name} ${level} ${msg} ${fields ? JSON.stringify(fields) : ''}`);
+      };
+    return { debug: say('debug'), info: say('info'), warn: say('warn'), error: say('error') };
+  }
 
   private rel(url: string): string {
     const root = this.backend.checkRoot.url;
@@ -1151,7 +1298,8 @@ class Run {
           // No real-time timer: the background head update runs after 8 syncs, at a point
           // the seed decides (a timer would fire in real time, and a seed would not replay).
           headUpdateDelayMs: 0,
-          leaseTtlMs: WRITER_LEASE_MS,
+          leaseTtlMs: this.leaseMs,
+          logger: this.logger(actor),
           flushBytes: this.flushBytes(),
           flushPipeline: this.pipeline,
           ...(this.maxDirty === undefined ? {} : { maxDirtyBytes: this.maxDirty }),
@@ -1336,7 +1484,8 @@ class Run {
     }
   }
 
-  private async flushOp(): Promise<void> {
+  /** Returns whether the flush succeeded. */
+  private async flushOp(): Promise<boolean> {
     const w = this.writer as Writer;
     const sha = digest(w.model);
     // Half of them as NBD FLUSH does it: sync() returns once the segments landed, and the
@@ -1393,9 +1542,11 @@ class Run {
       w.committed = sha;
       // Every segment landed: the chain is at this content, past every change before it.
       this.chained = [];
+      return true;
     } catch (e) {
       this.failed(what, e);
       if (isHyperError(e, 'FENCED')) await this.dropWriter('fenced');
+      return false;
     } finally {
       c.active = false;
     }
@@ -1610,6 +1761,7 @@ class Run {
             force,
             holder: actor.name,
             openStore: this.opener(actor),
+            logger: this.logger(actor),
           });
           return `checkpoint ${r.checkpoint}, ${r.segmentsDeleted} segments deleted`;
         },
@@ -1618,16 +1770,13 @@ class Run {
     }
   }
 
-  private compactOp(): void {
+  /** `makeRoom`: one that moves blocks (min-live above 0) and takes the lease if it must. */
+  private compactOp(makeRoom = false): void {
     const actor = this.actor('compact');
-    const say =
-      (level: string) =>
-      (msg: string, fields?: Record<string, unknown>): void =>
-        this.note(`${actor.name} ${level} ${msg} ${fields ? JSON.stringify(fields) : ''}`);
     const o: CompactOptions = {
       holder: actor.name,
       openStore: this.opener(actor),
-      logger: { debug: say('debug'), info: say('info'), warn: say('warn'), error: say('error') },
+      logger: this.logger(actor),
     };
     const p = this.rand();
     if (p < 0.6) o.keepLast = 1 + Math.floor(this.rand() * 4);
@@ -1635,6 +1784,10 @@ class Run {
     if (this.rand() < 0.6) o.graceMs = 0;
     o.minLive = this.rand() < 0.3 ? 0 : this.rand();
     o.force = this.rand() < 0.7;
+    if (makeRoom) {
+      o.minLive = Math.max(o.minLive, 0.5);
+      o.force = true;
+    }
     if (o.force) this.totals.takeovers++;
     const desc = [
       o.keepLast !== undefined ? `keep-last ${o.keepLast}` : '',
@@ -1658,7 +1811,7 @@ class Run {
         this.compactions--;
       }
       this.recordsOwed = false;
-      return `checkpoint ${r.checkpoint}, ${r.checkpointsDropped} dropped, ${r.segmentsDeleted} deleted, ${r.segmentsRewritten} rewritten`;
+      return `checkpoint ${r.checkpoint}, ${r.checkpointsDropped} dropped, ${r.segmentsDeleted} deleted, ${r.segmentsRewritten} rewritten${r.rewriteSkipped ? ' (no room to move blocks)' : ''}`;
     });
   }
 
@@ -1691,7 +1844,14 @@ class Run {
   private async takeoverOp(): Promise<void> {
     const old = this.writer as Writer;
     this.writer = undefined;
-    await this.openWriter(true);
+    // A lease that lapsed (a renewal stalled, the store was full) is free to take without
+    // --force, like any expired lease: the old writer must then find itself fenced.
+    const lease = this.o.classic
+      ? undefined
+      : await readLease(this.raw(this.mainUrl)).catch(() => undefined);
+    const lapsed = lease !== undefined && lease.lease.expiresMs <= Date.now();
+    if (lapsed) this.note(`${old.actor.name}'s lease has lapsed`);
+    await this.openWriter(!lapsed || this.extra() < 0.3);
     const fresh = this.writer as Writer | undefined;
     // Probe the old writer: a change and a flush.
     const { head } = await readHead(this.raw(this.mainUrl));
@@ -1828,7 +1988,28 @@ class Run {
     return 'write';
   }
 
+  /** The store fills up now and then, for a few steps (an exhausted quota, a full disk). */
+  private storeFullStep(): void {
+    if (this.world.full !== undefined) {
+      if (this.step < this.fullUntil) return;
+      this.world.full = undefined;
+      this.note('the store has room again');
+    } else if (this.fullRate > 0 && this.extra() < this.fullRate) {
+      const n = 1 + Math.floor(this.extra() * 12);
+      this.fullUntil = this.step + n;
+      // Full, or nearly: room for records and small segments, not for moving blocks.
+      this.world.full = this.extra() < 0.5 ? 0 : 4 * KiB;
+      this.note(
+        `the store is full for ${n} step(s): every PUT${this.world.full ? ` over ${this.world.full / KiB} KiB` : ''} fails with NO_SPACE`,
+      );
+      // What an operator does about a full bucket: compact (it must make room, or fail
+      // cleanly, beside the writer that keeps what it was acknowledged).
+      if (this.extra() < 0.5 && this.inflight.size < 4) this.compactOp(true);
+    }
+  }
+
   private async doStep(): Promise<void> {
+    this.storeFullStep();
     // Think time: other actors progress meanwhile.
     await this.sim.wait(this.driver, this.rand() * 30);
     const op = this.draw();
@@ -1858,7 +2039,8 @@ class Run {
       case 'read':
         return this.readOp();
       case 'flush':
-        return this.flushOp();
+        await this.flushOp();
+        return;
       case 'writerRestore':
         return this.writerRestoreOp();
       case 'takeover':
@@ -2104,6 +2286,21 @@ class Run {
     }
   }
 
+  /**
+   * Invariant (h): once the store answers again (no faults, room), a writer that nobody took
+   * the volume from commits what it holds: a full store, a lapsed lease or failed segment
+   * PUTs before cost it nothing for good.
+   */
+  private async stillOwner(w: Writer): Promise<void> {
+    const raw = this.raw(this.mainUrl);
+    const { head } = await readHead(raw);
+    const lease = await readLease(raw).catch(() => undefined);
+    if (head.epoch === w.epoch && lease?.lease.holder === w.actor.name && !w.actor.dead)
+      this.violation(
+        `(h) ${w.actor.name} could not commit once the store answered again, although it still holds the volume (epoch ${w.epoch})`,
+      );
+  }
+
   // -------------------------------------------------------------- the run
 
   async run(): Promise<ChaosResult> {
@@ -2152,9 +2349,10 @@ class Run {
         this.note('wind down');
         await this.settle();
         this.world.rates = { before: 0, after: 0 };
+        this.world.full = undefined;
         if (this.writer) {
           const w = this.writer;
-          await this.flushOp();
+          if (!(await this.flushOp())) await this.stillOwner(w);
           if (this.writer === w) await this.dropWriter('end of run');
         }
         await this.settle();
@@ -2179,6 +2377,7 @@ class Run {
     this.totals.faultsBefore = c.faultsBefore;
     this.totals.faultsAfter = c.faultsAfter;
     this.totals.overlappedSegmentPuts = c.overlappedSegmentPuts;
+    this.totals.noSpace = c.noSpace;
     this.totals.violations = this.world.violations.length;
     this.note(`end: ${JSON.stringify(this.totals)}`);
     return {
@@ -2194,7 +2393,7 @@ class Run {
 export async function runChaos(backend: ChaosBackend, o: ChaosOptions): Promise<ChaosResult> {
   const run = new Run(backend, o);
   const result = backend.virtualTime
-    ? await deterministic(o.seed, run.sim, () => run.run())
+    ? await deterministic(o.seed, run.sim, !o.classic, () => run.run())
     : await run.run();
   if (result.violations.length > 0 || process.env.HYPER_CHAOS_LOG === '1') {
     const file = join(tmpdir(), `hyper-chaos-seed-${o.seed}.log`);
@@ -2227,6 +2426,10 @@ export const emptyTotals = (): ChaosTotals => ({
   checks: 0,
   violations: 0,
   overlappedSegmentPuts: 0,
+  noSpace: 0,
+  lapses: 0,
+  lapsesEnded: 0,
+  compactNoRoom: 0,
 });
 
 /** The report of a failed run: seed, how to replay, the violations and the op log's tail. */
@@ -2250,6 +2453,8 @@ export interface BudgetOptions {
   exclude?: string[];
   steps?: number;
   rates?: FaultRates;
+  /** The classic schedule (ChaosOptions.classic). */
+  classic?: boolean;
   makeBackend: (seed: number) => Promise<ChaosBackend>;
   onResult?: (r: ChaosResult) => void;
 }
@@ -2271,6 +2476,7 @@ export async function runChaosBudget(
         ...(o.exclude ? { exclude: o.exclude } : {}),
         ...(o.steps ? { steps: o.steps } : {}),
         ...(o.rates ? { rates: o.rates } : {}),
+        ...(o.classic ? { classic: true } : {}),
       });
     } finally {
       await backend.dispose?.();

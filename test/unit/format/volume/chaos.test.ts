@@ -43,7 +43,7 @@ describe('chaos: concurrent writer, admin operations and store faults (mem://)',
         },
       });
       console.log(
-        `chaos totals: seeds ${seeds[0]}..${seeds.at(-1)} (${totals.seeds}), steps ${totals.steps}, operations ${totals.operations} (${totals.opsFailed} failed cleanly), requests ${totals.requests}, faults injected ${totals.faultsBefore + totals.faultsAfter} (${totals.faultsBefore} before, ${totals.faultsAfter} after applying), takeovers ${totals.takeovers}, kills ${totals.kills}, invariant checks ${totals.checks}, violations ${totals.violations}, overlapped segment PUTs ${totals.overlappedSegmentPuts}`,
+        `chaos totals: seeds ${seeds[0]}..${seeds.at(-1)} (${totals.seeds}), steps ${totals.steps}, operations ${totals.operations} (${totals.opsFailed} failed cleanly), requests ${totals.requests}, faults injected ${totals.faultsBefore + totals.faultsAfter} (${totals.faultsBefore} before, ${totals.faultsAfter} after applying), takeovers ${totals.takeovers}, kills ${totals.kills}, invariant checks ${totals.checks}, violations ${totals.violations}, overlapped segment PUTs ${totals.overlappedSegmentPuts}, NO_SPACE ${totals.noSpace}, leases lapsed ${totals.lapses} (${totals.lapsesEnded} renewed after), compactions short of room ${totals.compactNoRoom}`,
       );
       assert.ok(totals.checks > 0, 'no invariant was checked');
       // (Over the whole budget; a replayed seed may not pipeline any.)
@@ -79,6 +79,8 @@ describe('chaos: concurrent writer, admin operations and store faults (mem://)',
       const { totals, failures } = await runChaosBudget({
         ...chaosEnv(0),
         seed,
+        // As they were found: no store-full episodes, long leases, no renewals.
+        classic: true,
         makeBackend: memBackend,
         onResult: (r) => {
           if (r.violations.length > 0)
