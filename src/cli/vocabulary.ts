@@ -604,6 +604,11 @@ export const exportStatusSchema = z.strictObject({
   writeBytesPerSecond: int.min(0).nullable(),
   /** Why the mapping failed (state `failed`), else null. */
   error: exportErrorSchema.nullable(),
+  /**
+   * Why the open export cannot make writes durable now (lease lost or lapsed, flushes
+   * failing: what GET /healthz reports), else null.
+   */
+  health: z.string().nullable(),
 });
 
 /** The daemon itself (`GET /v1/daemon`, `daemon` of `hyper ls`). */

@@ -9,7 +9,7 @@ export type { LsResult };
 export default class Ls extends BaseCommand<typeof Ls> {
   static override summary = "List the running daemon's exports.";
 
-  static override description = `One row per export: name, state, URI, connected clients, the lease (holder and epoch) of a writable export, bytes written but not yet committed (dirty), the age of the last checkpoint, and read/write rates over the last 5-10 s. A mapping that failed at start or reload is listed with its error.`;
+  static override description = `One row per export: name, state, URI, connected clients, the lease (holder and epoch) of a writable export, bytes written but not yet committed (dirty), the age of the last checkpoint, and read/write rates over the last 5-10 s. A mapping that failed at start or reload is listed with its error. An export that cannot make writes durable now (lease lost or lapsed, flushes failing: what GET /healthz reports) is marked unhealthy, and the reason is printed below the table.`;
 
   static override examples = [
     { description: 'List the exports.', command: '<%= config.bin %> <%= command.id %>' },
@@ -37,9 +37,7 @@ export default class Ls extends BaseCommand<typeof Ls> {
             e.name,
             e.state === 'failed'
               ? `failed: ${e.error?.code ?? ''}`
-              : e.readOnly
-                ? `${e.state} (ro)`
-                : e.state,
+              : `${e.state}${e.readOnly ? ' (ro)' : ''}${e.health === null ? '' : ' (unhealthy)'}`,
             e.uri ?? e.url,
             String(e.clientCount),
             e.lease === null ? '-' : `${e.lease.holder} epoch ${e.lease.epoch}`,
@@ -50,6 +48,7 @@ export default class Ls extends BaseCommand<typeof Ls> {
           ]),
         ),
       );
+      for (const e of exports) if (e.health !== null) this.log(`${e.name}: ${e.health}`);
     }
     return { daemon, exports };
   }

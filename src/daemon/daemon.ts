@@ -21,6 +21,7 @@ import { displayHolder, processHolder } from '../format/volume/lease.js';
 import { silentLogger, type CheckpointRef } from '../format/volume/types.js';
 import type { ServeLogger } from '../serve/logger.js';
 import { VolumeServer, type ListenTarget, type VolumeTuning } from '../serve/server.js';
+import { exportProblem } from '../serve/health.js';
 import { ControlServer, type ControlHandler } from './control.js';
 import { loadConfig } from './config.js';
 import { mapRequest, nameOfUrl, parseOr, type ExportSpec, type StateEntry } from './schema.js';
@@ -506,6 +507,7 @@ export class Daemon implements ControlHandler {
       readBytesPerSecond: null,
       writeBytesPerSecond: null,
       error: e.error === undefined ? null : exportErrorJson(e.error),
+      health: null,
     };
     const device = server?.getExport(name)?.openedDevice;
     if (device !== undefined) {
@@ -520,6 +522,7 @@ export class Daemon implements ControlHandler {
       out.dirtyBytes = v.dirtyBytes;
       if (!readOnly) out.lease = { holder: displayHolder(this.holder), epoch: v.headRecord.epoch };
       const st = v.stats();
+      out.health = exportProblem(st, now) ?? null;
       const base = e.samples[0];
       if (base !== undefined && now - base.t >= 500) {
         const dt = (now - base.t) / 1000;

@@ -23,6 +23,7 @@ import {
 import { Volume } from '../format/volume/volume.js';
 import { NbdServer, type ListenTarget } from '../nbd/server.js';
 import { ExportTable, VolumeExport, type ExportDescription } from './exports.js';
+import { exportProblem } from './health.js';
 import type { ServeLogger } from './logger.js';
 import { loadTlsCertificates, type TlsCredentials } from './tls.js';
 import { nbdUri, type ListenAddress } from './uri.js';
@@ -230,15 +231,16 @@ export class VolumeServer {
 
   /**
    * Undefined when healthy; otherwise why not (GET /healthz answers 503 with it): the server
-   * is stopping, or a writable export lost its lease (its writes fail).
+   * is stopping, or an export cannot make writes durable now (a line each: lease lost or
+   * lapsed, flushes failing; see ./health.ts).
    */
   health(): string | undefined {
     if (this.closing !== undefined) return 'stopping';
-    const lost = [...this.opened]
-      .filter(([, v]) => v.stats().lease?.lost === true)
-      .map(([name]) => name);
-    if (lost.length > 0) return `lease lost (writes fail) on: ${lost.join(', ')}`;
-    return undefined;
+    const lines = [...this.opened].flatMap(([name, v]) => {
+      const p = exportProblem(v.stats());
+      return p === undefined ? [] : [`${name}: ${p}`];
+    });
+    return lines.length > 0 ? lines.join('\n') : undefined;
   }
 
   /** Open client connections. */

@@ -204,8 +204,13 @@ export class Committer {
   }
 
   /** The lease as last renewed (for metrics and status). */
-  get leaseState(): { epoch: number; expiresMs: number; lost: boolean } {
-    return { epoch: this.lease.epoch, expiresMs: this.lease.record.expiresMs, lost: this.isFenced };
+  get leaseState(): { epoch: number; expiresMs: number; lost: boolean; lapsed: boolean } {
+    return {
+      epoch: this.lease.epoch,
+      expiresMs: this.lease.record.expiresMs,
+      lost: this.isFenced,
+      lapsed: this.lease.lapsed !== undefined,
+    };
   }
 
   get isFenced(): boolean {

@@ -252,8 +252,16 @@ export interface EngineStats {
   /** The newest checkpoint the head names (committed), and its time. */
   checkpoint: number;
   checkpointMs: number;
-  /** Writers only: the lease (`lost`: taken over or fenced; writes fail). */
-  lease?: { epoch: number; expiresMs: number; lost: boolean };
+  /**
+   * Writers only: the lease (`lost`: taken over or fenced, writes fail; `lapsed`: expired
+   * while the store refused its renewals, nothing commits until one gets through).
+   */
+  lease?: { epoch: number; expiresMs: number; lost: boolean; lapsed: boolean };
+  /**
+   * Writers only, while flushes fail: since when (the first failure after the last success),
+   * how many failed, and the newest error. Undefined once a flush succeeds.
+   */
+  flushFailing?: { sinceMs: number; failures: number; error: string };
 }
 
 /**

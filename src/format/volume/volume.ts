@@ -169,6 +169,8 @@ export class Volume {
    */
   private cleanHead: HeadRecord;
   private lastFlushError: unknown;
+  /** Flushes failing since the last success (stats().flushFailing). */
+  private flushFailing: { sinceMs: number; failures: number; error: string } | undefined;
   private timer: NodeJS.Timeout | undefined;
   /** The background load of the index (OpenOptions.warmIndex): nodes visited. */
   private warming: Promise<number> = Promise.resolve(0);
@@ -419,6 +421,7 @@ export class Volume {
       checkpoint: this.committed.checkpoint,
       checkpointMs: this.committed.ms,
       ...(this.committer ? { lease: this.committer.leaseState } : {}),
+      ...(this.flushFailing ? { flushFailing: { ...this.flushFailing } } : {}),
     };
   }
 
@@ -865,7 +868,22 @@ export class Volume {
     return { checkpoint: head.checkpoint, time: new Date(head.checkpointMs) };
   }
 
+  /** Every flush, whoever asked: its outcome is what `stats().flushFailing` reports. */
   private async flushOnce(kind: FlushKind): Promise<CheckpointInfo> {
+    try {
+      const r = await this.flushOnceTimed(kind);
+      this.storing.ok('flushes reach the store again');
+      this.flushFailing = undefined;
+      return r;
+    } catch (e) {
+      const f = (this.flushFailing ??= { sinceMs: Date.now(), failures: 0, error: '' });
+      f.failures++;
+      f.error = errorText(e);
+      throw e;
+    }
+  }
+
+  private async flushOnceTimed(kind: FlushKind): Promise<CheckpointInfo> {
     const flushed = this.observer?.flushed;
     // Only flushes with something to write are timed (an idle FLUSH is not one).
     const idle =
@@ -873,17 +891,12 @@ export class Volume {
       !this.pendingMeta &&
       !this.committer?.headPending &&
       this.stages.length === 0;
-    if (flushed === undefined || idle) {
-      const r = await this.flushOnceUnobserved(kind);
-      this.storing.ok('flushes reach the store again');
-      return r;
-    }
+    if (flushed === undefined || idle) return this.flushOnceUnobserved(kind);
     const t0 = performance.now();
     let ok = false;
     try {
       const r = await this.flushOnceUnobserved(kind);
       ok = true;
-      this.storing.ok('flushes reach the store again');
       return r;
     } finally {
       // (A durable flush commits a checkpoint too: the chain continues there.)

@@ -29,8 +29,9 @@ const nbdEnv = { ...process.env, PATH: `/usr/bin:${process.env.PATH ?? ''}` };
 
 /**
  * Serve `url`, write `data` with `nbdcopy --flush` while `full` holds (it must fail with
- * ENOSPC), make room with `room`, flush again (it must succeed), stop, and read the volume
- * back with `hyper file export`.
+ * ENOSPC, and /healthz answer 503 naming the failing flushes), make room with `room`, flush
+ * again (it must succeed, and /healthz answer 200), stop, and read the volume back with
+ * `hyper file export`.
  */
 async function fillThenMakeRoom(
   t: TestContext,
@@ -42,12 +43,17 @@ async function fillThenMakeRoom(
   const dir = await tempDir(t, 'hyper-full-store-');
   const img = join(dir, 'data.img');
   await writeFile(img, data);
-  const s = await serve([url, ...store]);
+  const s = await serve([url, ...store, '--metrics-port', '0']);
+  const healthz = (s.metrics ?? '').replace(/metrics$/, 'healthz');
   let stderr: string;
   try {
     const copy = await run('nbdcopy', ['--flush', img, s.uri], { timeoutMs: 120_000 });
     assert.notEqual(copy.code, 0, 'the write to a full store fails');
     assert.match(copy.stderr, /No space left on device/, copy.stderr);
+    const sick = await fetch(healthz);
+    const why = await sick.text();
+    assert.equal(sick.status, 503, why);
+    assert.match(why, /^v: flushes failing for \d+ s \(\d+ failed; writes are held, not lost\): /m);
 
     await room();
     const flush = await run('nbdsh', ['-u', s.uri, '-c', 'h.flush()'], {
@@ -55,6 +61,8 @@ async function fillThenMakeRoom(
       env: nbdEnv,
     });
     assert.equal(flush.code, 0, `flush once there is room: ${flush.stderr}`);
+    const well = await fetch(healthz);
+    assert.equal(well.status, 200, await well.text());
   } finally {
     assert.equal(await stopServe(s), 0, s.stderr());
     stderr = s.stderr();

@@ -109,10 +109,10 @@ describe('hyper daemon (in-process)', () => {
     assert.equal(b.lease, null);
     const { exports } = await s.client.get<{ exports: ExportStatus[] }>('/v1/exports');
     assert.deepEqual(
-      exports.map((e) => [e.name, e.state, e.clientCount, e.dirtyBytes]),
+      exports.map((e) => [e.name, e.state, e.clientCount, e.dirtyBytes, e.health]),
       [
-        ['a', 'mapped', 0, 0],
-        ['bee', 'mapped', 0, 0],
+        ['a', 'mapped', 0, 0, null],
+        ['bee', 'mapped', 0, 0, null],
       ],
     );
     // Every field of the JSON vocabulary is present, a mapped export's too.

@@ -196,7 +196,7 @@ describe('metrics', () => {
       dirtyBytes: 12345,
       checkpoint: 7,
       checkpointMs: now - 30_000,
-      lease: { epoch: 3, expiresMs: now + 20_000, lost: false },
+      lease: { epoch: 3, expiresMs: now + 20_000, lost: false, lapsed: false },
       dataCacheHits: 10,
       dataCacheMisses: 5,
       diskCacheHits: 3,
@@ -244,7 +244,7 @@ describe('metrics', () => {
       diskCacheDropped: 3,
       diskCacheWriteFailures: 5,
       segmentsWritten: 2,
-      lease: { epoch: 3, expiresMs: now - 1000, lost: true },
+      lease: { epoch: 3, expiresMs: now - 1000, lost: true, lapsed: false },
     };
     e = parseExposition(await m.text());
     assert.equal(value(e, 'hyper_volume_cache_hits_total', { export: 'vm1', cache: 'data' }), 15);

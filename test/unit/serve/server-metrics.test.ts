@@ -1,8 +1,8 @@
 /**
  * VolumeServer with metrics (`metricsListen`), in-process on a file:// volume: a raw NBD
  * client's requests move the NBD, store and engine series by what it did; /healthz turns 503
- * once another writer takes the volume over (the export's lease is lost); close() stops the
- * endpoint.
+ * once another writer takes the volume over (the export's lease is lost), and while flushes
+ * fail on a full store (200 again once one stores the writes); close() stops the endpoint.
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
@@ -10,7 +10,10 @@ import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import { HyperError } from '../../../src/errors.js';
 import { openStore, parseStoreUrl, type ObjectStore } from '../../../src/format/store/index.js';
+import { MemStore } from '../../../src/format/store/mem.js';
+import type { PutBody, PutOptions } from '../../../src/format/store/types.js';
 import { Volume } from '../../../src/format/volume/volume.js';
 import { lineLogger } from '../../../src/serve/logger.js';
 import { VolumeServer, type StoreOpener } from '../../../src/serve/server.js';
@@ -18,6 +21,18 @@ import { scrape, select, total, value } from '../../helpers/prometheus.js';
 import { RawClient, req } from '../../helpers/raw-nbd-client.js';
 
 const MiB = 1024 * 1024;
+const ENOSPC = 28;
+
+/** A store that can fill up: every PUT then fails with NO_SPACE (an exhausted quota). */
+class FillableStore extends MemStore {
+  full = false;
+
+  override put(key: string, body: PutBody, options: PutOptions = {}): Promise<{ etag: string }> {
+    if (this.full)
+      return Promise.reject(new HyperError('unavailable', 'NO_SPACE', `test: full (${key})`));
+    return super.put(key, body, options);
+  }
+}
 const CMD_READ = 0;
 const CMD_WRITE = 1;
 const CMD_FLUSH = 3;
@@ -137,11 +152,50 @@ describe('VolumeServer metrics', () => {
     assert.ok(total(e, 'hyper_nbd_request_errors_total', { ...vol, command: 'flush' }) >= 1);
     const h = await fetch(healthz);
     assert.equal(h.status, 503);
-    assert.match(await h.text(), /lease lost .* vol/);
+    assert.match(await h.text(), /^vol: lease lost/m);
     c.close();
 
     await server.close().catch(() => undefined);
     await assert.rejects(fetch(m.url));
     assert.equal(select(e, 'hyper_volume_lease_epoch', vol).length, 1);
+  });
+
+  it('fails /healthz while flushes fail on a full store, and passes again once one stores the writes', async (t) => {
+    const store = new FillableStore('mem://health-full/vol/', new Map());
+    const server = new VolumeServer({
+      url: 'mem://health-full/vol/',
+      openStore: () => Promise.resolve(store),
+      create: { size: 8 * MiB },
+      listen: { port: 0, host: '127.0.0.1' },
+      metricsListen: { port: 0 },
+      logger: lineLogger({ format: 'json', write: () => undefined }),
+    });
+    t.after(() => server.close().catch(() => undefined));
+    await server.start();
+    const healthz = server.metricsAddress!.url.replace(/metrics$/, 'healthz');
+    assert.equal((await fetch(healthz)).status, 200);
+    const port = Number(/:(\d+)\//.exec(server.uris[0]!)![1]);
+    const c = await RawClient.open(port);
+    t.after(() => c.close());
+    await c.handshake();
+    await c.go('vol');
+    const data = randomBytes(64 * 1024);
+    store.full = true;
+    c.send(req(CMD_WRITE, 1n, 0n, data.length, 0, data));
+    assert.equal((await c.simpleReply()).error, 0, 'held in the buffer');
+    c.send(req(CMD_FLUSH, 2n, 0n, 0));
+    assert.equal((await c.simpleReply()).error, ENOSPC);
+    let h = await fetch(healthz);
+    assert.equal(h.status, 503);
+    assert.match(await h.text(), /^vol: flushes failing for \d+ s \(1 failed; .*test: full/m);
+
+    store.full = false;
+    c.send(req(CMD_FLUSH, 3n, 0n, 0));
+    assert.equal((await c.simpleReply()).error, 0);
+    h = await fetch(healthz);
+    assert.equal(h.status, 200, await h.text());
+    c.send(req(CMD_READ, 4n, 0n, data.length));
+    assert.equal((await c.simpleReply()).error, 0);
+    assert.deepEqual(await c.read(data.length), data);
   });
 });

@@ -1,0 +1,68 @@
+/**
+ * exportProblem (src/serve/health.ts) on a live engine: a writer whose store fills up reports
+ * failing flushes, then a lapsed lease once its renewals are refused past the TTL; both clear
+ * once the store has room and a flush gets through, and nothing held is lost.
+ */
+import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
+import { describe, it } from 'node:test';
+import { HyperError, isHyperError } from '../../../src/errors.js';
+import { MemStore } from '../../../src/format/store/mem.js';
+import type { PutBody, PutOptions } from '../../../src/format/store/types.js';
+import { Volume } from '../../../src/format/volume/volume.js';
+import { exportProblem } from '../../../src/serve/health.js';
+
+const MiB = 1024 * 1024;
+
+class FillableStore extends MemStore {
+  full = false;
+
+  override put(key: string, body: PutBody, options: PutOptions = {}): Promise<{ etag: string }> {
+    if (this.full)
+      return Promise.reject(new HyperError('unavailable', 'NO_SPACE', `test: full (${key})`));
+    return super.put(key, body, options);
+  }
+}
+
+describe('export health', () => {
+  it('reports failing flushes and a lapsed lease, and clears both once a flush stores the writes', async () => {
+    const store = new FillableStore('mem://health/vol/', new Map());
+    await Volume.create(store, { size: 8 * MiB });
+    const vol = await Volume.open(store, { leaseTtlMs: 600, flushIntervalMs: 0 });
+    try {
+      assert.equal(exportProblem(vol.stats()), undefined);
+      const data = randomBytes(128 * 1024);
+      await vol.write(0, data);
+      store.full = true;
+      await assert.rejects(vol.flush(), (e) => isHyperError(e, 'NO_SPACE'));
+      let s = vol.stats();
+      assert.equal(s.flushFailing?.failures, 1);
+      assert.match(exportProblem(s) ?? '', /^flushes failing for \d+ s \(1 failed; .*test: full/);
+      // Renewals (every 250 ms) are refused past the 600 ms TTL: the lease lapses.
+      for (let i = 0; i < 40 && !vol.stats().lease?.lapsed; i++)
+        await new Promise((r) => setTimeout(r, 50));
+      s = vol.stats();
+      assert.equal(s.lease?.lapsed, true);
+      assert.equal(s.lease?.lost, false);
+      assert.match(exportProblem(s) ?? '', /^lease lapsed: .*; flushes failing/);
+
+      store.full = false;
+      await vol.flush();
+      s = vol.stats();
+      assert.equal(s.lease?.lapsed, false);
+      assert.equal(s.flushFailing, undefined);
+      assert.equal(exportProblem(s), undefined);
+      assert.deepEqual(await vol.read(0, data.length), data);
+    } finally {
+      await vol.close();
+    }
+  });
+
+  it('a lost lease says so alone: nothing else matters then', () => {
+    const p = exportProblem({
+      lease: { epoch: 2, expiresMs: 0, lost: true, lapsed: true },
+      flushFailing: { sinceMs: 0, failures: 3, error: 'x' },
+    } as Parameters<typeof exportProblem>[0]);
+    assert.equal(p, 'lease lost: another writer took the volume over; writes fail');
+  });
+});
