@@ -7,7 +7,11 @@ import { randomBytes } from 'node:crypto';
 import { CreateBucketCommand, S3Client } from '@aws-sdk/client-s3';
 import { openStore, type OpenStoreOptions } from '../../src/format/store/index.js';
 import type { ObjectStore } from '../../src/format/store/types.js';
-import type { S3TestConfig } from './env.js';
+import { join } from 'node:path';
+import type { TestContext } from 'node:test';
+import assert from 'node:assert/strict';
+import { needPrerequisite, type S3TestConfig } from './env.js';
+import { run as runTool } from './nbd.js';
 
 const run = `${Date.now().toString(36)}-${randomBytes(3).toString('hex')}`;
 let counter = 0;
@@ -66,4 +70,22 @@ export async function ensureBucket(cfg: S3TestConfig, bucket = cfg.bucket): Prom
   } finally {
     client.destroy();
   }
+}
+
+/**
+ * radosgw-admin against the RGW that scripts/rgw/start.sh started (HYPER_RGW_DIR), failing the
+ * test on a non-zero exit; undefined (test skipped, or failed in CI) without one.
+ */
+export function radosgwAdmin(t: TestContext): ((...args: string[]) => Promise<void>) | undefined {
+  const dir = process.env.HYPER_RGW_DIR;
+  if (
+    !needPrerequisite(t, dir !== undefined, 'needs HYPER_RGW_DIR (the RGW of scripts/rgw/start.sh)')
+  )
+    return undefined;
+  return async (...args) => {
+    const r = await runTool('radosgw-admin', ['-c', join(dir!, 'ceph.conf'), ...args], {
+      timeoutMs: 60_000,
+    });
+    assert.equal(r.code, 0, `radosgw-admin ${args.join(' ')}: ${r.stderr}`);
+  };
 }

@@ -16,7 +16,7 @@ import { describe, it, type TestContext } from 'node:test';
 import { fileUrl, hyper, hyperJson, show, tempDir } from '../../helpers/cli.js';
 import { needPrerequisite, needS3, needTools } from '../../helpers/env.js';
 import { run } from '../../helpers/nbd.js';
-import { ensureBucket, s3Options } from '../../helpers/s3.js';
+import { ensureBucket, radosgwAdmin, s3Options } from '../../helpers/s3.js';
 import { openStore } from '../../../src/format/store/index.js';
 import { Volume } from '../../../src/format/volume/volume.js';
 import { isHyperError } from '../../../src/errors.js';
@@ -74,24 +74,6 @@ async function fillThenMakeRoom(
   const exp = await hyper(['file', 'export', url, out, ...store]);
   assert.equal(exp.code, 0, show(exp));
   assert.equal(sha((await readFile(out)).subarray(0, data.length)), sha(data));
-}
-
-/**
- * radosgw-admin against the RGW that scripts/rgw/start.sh started (HYPER_RGW_DIR), failing the
- * test on a non-zero exit; undefined (test skipped, or failed in CI) without one.
- */
-function radosgwAdmin(t: TestContext): ((...args: string[]) => Promise<void>) | undefined {
-  const dir = process.env.HYPER_RGW_DIR;
-  if (
-    !needPrerequisite(t, dir !== undefined, 'needs HYPER_RGW_DIR (the RGW of scripts/rgw/start.sh)')
-  )
-    return undefined;
-  return async (...args) => {
-    const r = await run('radosgw-admin', ['-c', join(dir!, 'ceph.conf'), ...args], {
-      timeoutMs: 60_000,
-    });
-    assert.equal(r.code, 0, `radosgw-admin ${args.join(' ')}: ${r.stderr}`);
-  };
 }
 
 /** Run `body` with a tmpfs of `size` mounted in a fresh directory, unmounted afterwards. */

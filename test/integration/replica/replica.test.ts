@@ -12,7 +12,8 @@
  *   2. kill -9 right after unflushed writes (logging mode: only the dirty regions are
  *      resynced) and during a full resync: the restarted replicator converges;
  *   3. the replica unreachable (the fault proxy down): writes stay fast, forward-part, then
- *      logging again and equal;
+ *      logging again and equal; likewise a replica bucket over its quota (NO_SPACE), until
+ *      the quota is lifted;
  *   4. a 1 MiB pool overflows under fast copies to a slowed-down replica, and converges;
  *   5. restore by time onto a fresh file, at once and lazily (reads and a write served while
  *      the background restore runs);
@@ -24,6 +25,7 @@
  */
 import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
+import { randomBytes } from 'node:crypto';
 import { open, readFile, rm, writeFile } from 'node:fs/promises';
 import { request } from 'node:http';
 import { join } from 'node:path';
@@ -36,7 +38,13 @@ import { hyper, hyperJson, runJs, show, tempDir } from '../../helpers/cli.js';
 import { needS3, needTools, type S3TestConfig } from '../../helpers/env.js';
 import { s3FaultProxy } from '../../helpers/fault-proxy.js';
 import { nbdsh, run } from '../../helpers/nbd.js';
-import { emptyStore, ensureBucket, s3Options, uniqueS3Url } from '../../helpers/s3.js';
+import {
+  emptyStore,
+  ensureBucket,
+  radosgwAdmin,
+  s3Options,
+  uniqueS3Url,
+} from '../../helpers/s3.js';
 import { randomBuffer, rng, sha256 } from '../../helpers/volume-content.js';
 
 const MiB = 1024 * 1024;
@@ -685,6 +693,55 @@ describe('hyper replica on S3 (Ceph RGW) with real NBD clients', () => {
       assert.match(r.stderr(), /replica failed/);
       assert.match(r.stderr(), /resync pass/);
       await assertReplicated(s, file, uuid, model);
+    }),
+  );
+
+  it(
+    'keeps serving while the replica bucket is over its quota, then resyncs once it is lifted',
+    { timeout: TIMEOUT },
+    scenario('quota', ['nbdsh', 'radosgw-admin'], async (s, t) => {
+      const admin = radosgwAdmin(t);
+      if (!admin) return;
+      // Quotas are per bucket: the replica gets a bucket of its own.
+      const bucket = `hyper-rquota-${randomBytes(4).toString('hex')}`;
+      await ensureBucket(s.cfg, bucket);
+      const q: Setup = { ...s, prefix: `s3://${bucket}/r/` };
+      const quota = (...a: string[]) =>
+        admin('quota', ...a, '--quota-scope=bucket', `--bucket=${bucket}`);
+      t.after(async () => {
+        await quota('disable');
+        await emptyStore(await openStore(q.prefix, s3Options(s.cfg)));
+      });
+      const file = join(s.dir, 'primary.img');
+      const uuid = await format(q, file);
+      const model = Buffer.alloc(DEVICE);
+      const r = await serveReplica(q, file, uuid);
+      await nbdWrite(q, r.uri, [[8 * MiB, randomBuffer(rng(16), 8 * MiB)]], model);
+      await settle(r);
+
+      // Smaller than what the bucket holds already: every PUT is refused (QuotaExceeded).
+      await quota('set', '--max-size=1K');
+      await quota('enable');
+      const ms1 = await nbdWrite(q, r.uri, randomWrites(17, 8), model);
+      assert.ok(ms1 < 5000, `writes and a flush with the replica full took ${ms1} ms`);
+      const full = await waitStatus(
+        r,
+        'the replicator notices the full bucket',
+        (x) => x.mode === 'forward-part' && !x.replica.connected,
+      );
+      assert.match(full.replica.error ?? '', /^NO_SPACE: /, JSON.stringify(full));
+      assert.ok(full.dirtyRegions > 0);
+      const ms2 = await nbdWrite(q, r.uri, randomWrites(18, 8), model);
+      assert.ok(ms2 < 5000, `writes and a flush with the replica full took ${ms2} ms`);
+      assert.equal(sha256(await nbdData(q, r.uri)), sha256(model), 'the primary serves reads');
+
+      await quota('disable');
+      const up = await settle(r);
+      assert.equal(up.replica.error, null);
+      assert.equal(up.replica.lastConsistentCheckpoint, up.replica.checkpoint);
+      await stop(r, 'SIGINT');
+      assert.match(r.stderr(), /replica failed/);
+      await assertReplicated(q, file, uuid, model);
     }),
   );
 
