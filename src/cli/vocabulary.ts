@@ -594,7 +594,10 @@ export const exportStatusSchema = z.strictObject({
   lease: z.strictObject({ holder: z.string(), epoch: int }).nullable(),
   /** The fields below are null while the volume is not open (mapping, failed). */
   size: bytes.nullable(),
-  /** Written but not yet committed in a checkpoint. */
+  /**
+   * Written but not yet stored: buffered, and segments in flight or waiting to be written
+   * again after a failure (hyper_volume_dirty_bytes).
+   */
   dirtyBytes: bytes.nullable(),
   checkpoint: checkpointNumber.nullable(),
   checkpointTime: isoTime.nullable(),

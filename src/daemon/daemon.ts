@@ -519,9 +519,10 @@ export class Daemon implements ControlHandler {
       out.checkpointTime = info.checkpointTime.toISOString();
       out.checkpointAgeSeconds =
         Math.max(0, Math.round(now - info.checkpointTime.getTime())) / 1000;
-      out.dirtyBytes = v.dirtyBytes;
-      if (!readOnly) out.lease = { holder: displayHolder(this.holder), epoch: v.headRecord.epoch };
       const st = v.stats();
+      // Held, segments in flight or to be written again included (like the metric).
+      out.dirtyBytes = st.dirtyBytes;
+      if (!readOnly) out.lease = { holder: displayHolder(this.holder), epoch: v.headRecord.epoch };
       out.health = exportProblem(st, now) ?? null;
       const base = e.samples[0];
       if (base !== undefined && now - base.t >= 500) {

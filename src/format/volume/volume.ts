@@ -688,11 +688,6 @@ export class Volume {
     if (wal.fenced) throw this.committer?.fence(wal.fenced) ?? wal.fenced;
   }
 
-  /** Bytes written but not yet committed in a checkpoint. */
-  get dirtyBytes(): number {
-    return this.buffer.dirtyBytes;
-  }
-
   /** Whether acknowledged writes are logged before their reply. */
   get hasWal(): boolean {
     return this.wal !== undefined && !this.wal.writer.deferred;

@@ -21,6 +21,8 @@ import { openStore } from '../../../src/format/store/index.js';
 import { Volume } from '../../../src/format/volume/volume.js';
 import { isHyperError } from '../../../src/errors.js';
 import { serve, stopServe } from '../../helpers/serve.js';
+import { startDaemon } from '../../helpers/daemon.js';
+import { lsSchema } from '../../../src/cli/vocabulary.js';
 
 const MiB = 1024 * 1024;
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
@@ -177,6 +179,54 @@ describe('a full store', () => {
         const r = await run('mount', ['-o', 'remount,size=64m', mnt]);
         assert.equal(r.code, 0, r.stderr);
       });
+    });
+  });
+
+  it('a daemon export on a full file system: hyper ls marks it unhealthy and says why, until a flush gets through', async (t) => {
+    if (!needTools(t, 'nbdcopy', 'nbdsh', 'mount', 'umount')) return;
+    if (!needPrerequisite(t, process.getuid?.() === 0, 'needs root (mounts a small tmpfs)')) return;
+    const dir = await tempDir(t, 'hyper-full-daemon-');
+    await withTmpfs(t, '4m', async (mnt) => {
+      const url = fileUrl(join(mnt, 'v'));
+      const c = await hyper(['file', 'create', url, '--size', '64M']);
+      assert.equal(c.code, 0, show(c));
+      const d = await startDaemon(['--port', '0', '--state-file', join(dir, 'state.json')], {
+        controlSocket: join(dir, 'control.sock'),
+      });
+      try {
+        const m = await d.ctl(['map', url, '--name', 'vm', '--json']);
+        assert.equal(m.code, 0, show(m));
+        const uri = (JSON.parse(m.stdout) as { uri: string }).uri;
+        const img = join(dir, 'data.img');
+        await writeFile(img, randomBytes(16 * MiB));
+        const copy = await run('nbdcopy', ['--flush', img, uri], { timeoutMs: 120_000 });
+        assert.notEqual(copy.code, 0, 'the write to a full file system fails');
+
+        const sick = lsSchema.parse(JSON.parse((await d.ctl(['ls', '--json'])).stdout));
+        const why = sick.exports[0]?.health ?? '';
+        assert.match(why, /^flushes failing for \d+ s \(\d+ failed; writes are held, not lost\): /);
+        assert.match(why, /No space left/);
+        assert.ok((sick.exports[0]?.dirtyBytes ?? 0) > 0, 'what is held counts as dirty');
+        const table = await d.ctl(['ls', '--format', 'plain']);
+        assert.match(table.stdout, /mapped \(unhealthy\)/, table.stdout);
+        assert.match(table.stdout, /^vm: flushes failing/m, table.stdout);
+
+        const r = await run('mount', ['-o', 'remount,size=64m', mnt]);
+        assert.equal(r.code, 0, r.stderr);
+        const flush = await run('nbdsh', ['-u', uri, '-c', 'h.flush()'], {
+          timeoutMs: 120_000,
+          env: nbdEnv,
+        });
+        assert.equal(flush.code, 0, flush.stderr);
+        const well = lsSchema.parse(JSON.parse((await d.ctl(['ls', '--json'])).stdout));
+        assert.equal(well.exports[0]?.health, null);
+        assert.equal(well.exports[0]?.dirtyBytes, 0);
+        assert.doesNotMatch((await d.ctl(['ls', '--format', 'plain'])).stdout, /unhealthy/);
+      } catch (e) {
+        await d.stop();
+        throw e;
+      }
+      assert.equal(await d.stop(), 0, d.stderr());
     });
   });
 
