@@ -107,6 +107,21 @@ export class LeanGet {
     signal?: AbortSignal,
     into?: Buffer,
   ): Promise<LeanGetResult> {
+    try {
+      return await this.getOnce(key, range, signal, into);
+    } catch (e) {
+      // Refused for this machine's clock: signed again with the store's time (once).
+      if (!correctClock(this.o.client, e)) throw e;
+      return this.getOnce(key, range, signal, into);
+    }
+  }
+
+  private async getOnce(
+    key: string,
+    range: ByteRange | undefined,
+    signal?: AbortSignal,
+    into?: Buffer,
+  ): Promise<LeanGetResult> {
     const { base, pathPrefix, signer } = await this.targetOf();
     const path = pathPrefix + key.split('/').map(uriEncode).join('/');
     const tls = base.protocol === 'https:';
@@ -115,15 +130,19 @@ export class LeanGet {
       'x-amz-content-sha256': EMPTY_SHA256,
     };
     if (range) headers.range = `bytes=${range.offset}-${range.offset + range.length - 1}`;
-    const signed = await signer.sign({
-      method: 'GET',
-      protocol: base.protocol,
-      hostname: base.hostname,
-      ...(base.port ? { port: Number(base.port) } : {}),
-      path,
-      query: {},
-      headers,
-    });
+    const signed = await signer.sign(
+      {
+        method: 'GET',
+        protocol: base.protocol,
+        hostname: base.hostname,
+        ...(base.port ? { port: Number(base.port) } : {}),
+        path,
+        query: {},
+        headers,
+      },
+      // The SDK's correction of this machine's clock (learned from the store's answers).
+      { signingDate: new Date(Date.now() + (this.o.client.config.systemClockOffset ?? 0)) },
+    );
     signal?.throwIfAborted();
     if (!tls) {
       this.wire ??= new WirePool({
@@ -238,12 +257,44 @@ function s3Error(
           ? 'InvalidRange'
           : `Http${status}`);
   const message = /<Message>([^<]*)<\/Message>/.exec(text)?.[1] ?? `HTTP ${status}`;
+  const date = headers.date;
   return Object.assign(new Error(message), {
     name: code,
     Code: code,
+    ...(typeof date === 'string' ? { ServerTime: date } : {}),
     $metadata: {
       httpStatusCode: status,
       requestId: headers['x-amz-request-id'],
     },
   });
+}
+
+/** What stores answer a request signed too far from their own time. */
+const CLOCK_SKEW_CODES = new Set([
+  'RequestTimeTooSkewed',
+  'RequestExpired',
+  'RequestInTheFuture',
+  'InvalidSignatureException',
+  'SignatureDoesNotMatch',
+  'AuthFailure',
+]);
+
+/** Offsets below this are not what a store refuses a signature for (S3 allows 15 min). */
+const SKEW_THRESHOLD_MS = 240_000;
+
+/**
+ * `e` is a refusal for this machine's clock, and the store's time it carries (its Date
+ * header) puts the clock at least 4 minutes off: the client's clock offset is set to it (the
+ * SDK's commands and this module's GETs sign with it from now on). Returns whether it was:
+ * the request can then be sent again, signed anew.
+ */
+export function correctClock(client: S3Client, e: unknown): boolean {
+  const err = e as { name?: string; ServerTime?: string };
+  if (!CLOCK_SKEW_CODES.has(err.name ?? '') || typeof err.ServerTime !== 'string') return false;
+  const server = Date.parse(err.ServerTime);
+  if (Number.isNaN(server)) return false;
+  const offset = server - Date.now();
+  if (Math.abs(offset) < SKEW_THRESHOLD_MS) return false;
+  client.config.systemClockOffset = offset;
+  return true;
 }

@@ -8,7 +8,9 @@
  *   412 on create-only                       -> OBJECT_EXISTS
  *   412 on If-Match, 409 ConditionalRequestConflict, 404 on If-Match (AWS) -> PRECONDITION_FAILED
  *   QuotaExceeded (RGW: 403), 507 / XMinioStorageFull (a full store) -> NO_SPACE
- *   403, InvalidAccessKeyId, SignatureDoesNotMatch -> ACCESS_DENIED
+ *   403, InvalidAccessKeyId, SignatureDoesNotMatch -> ACCESS_DENIED (a clock too far off and
+ *     expired temporary credentials say so; a refusal for the clock is first signed again with
+ *     the store's time, see S3Store.resigned and LeanGet)
  *   5xx, SlowDown, timeouts, refused/reset connections, DNS -> STORE_UNAVAILABLE (retried by retry.ts)
  *   501 on a conditional PUT                 -> CONDITIONAL_WRITES_UNSUPPORTED
  *
@@ -142,7 +144,7 @@ interface SdkError {
   code?: string;
   Code?: string;
   message?: string;
-  $metadata?: { httpStatusCode?: number };
+  $metadata?: { httpStatusCode?: number; clockSkewCorrected?: boolean };
   $response?: { statusCode?: number };
 }
 
@@ -281,6 +283,36 @@ export function translateS3Error(e: unknown, ctx: TranslateContext): HyperError 
         ...keyOpt,
         suggestion:
           "Raise the bucket's or user's quota (RGW: radosgw-admin quota set) or free space, or reclaim space with `hyper compact` (it needs a few KiB of room to start). A running serve stores what it holds at its next flush.",
+      },
+    );
+  }
+  if (
+    name === 'RequestTimeTooSkewed' ||
+    name === 'RequestExpired' ||
+    name === 'RequestInTheFuture'
+  ) {
+    return new HyperError(
+      'unavailable',
+      'ACCESS_DENIED',
+      `${ctx.endpoint} refused the request for ${where}: this machine's clock is too far from the store's (${name})`,
+      {
+        cause: e,
+        ...keyOpt,
+        suggestion:
+          "Set the clock right (timedatectl status; run chrony or systemd-timesyncd). hyper signs with the store's time once it has seen it, but leases compare clocks across hosts too.",
+      },
+    );
+  }
+  if (name === 'ExpiredToken' || name === 'TokenRefreshRequired') {
+    return new HyperError(
+      'unavailable',
+      'ACCESS_DENIED',
+      `The temporary credentials for ${ctx.endpoint} expired (${where})`,
+      {
+        cause: e,
+        ...keyOpt,
+        suggestion:
+          'Renew them (aws sso login, the instance or pod role, or new AWS_SESSION_TOKEN values), then run the command again.',
       },
     );
   }
@@ -508,6 +540,22 @@ export class S3Store implements ObjectStore {
     return this.shared.client;
   }
 
+  /**
+   * Run `send` again, once, when the store refused it for this machine's clock and the SDK
+   * corrected its clock offset from the answer (the retry is signed with the store's time;
+   * nothing was applied). Without this, a clock some minutes off failed every request with
+   * ACCESS_DENIED: the SDK corrects the offset, but retries are hyper's, and it does not
+   * retry a refusal.
+   */
+  private async resigned<T>(send: () => Promise<T>): Promise<T> {
+    try {
+      return await send();
+    } catch (e) {
+      if ((e as SdkError).$metadata?.clockSkewCorrected !== true) throw e;
+      return send();
+    }
+  }
+
   async get(key: string, options: GetOptions = {}): Promise<GetResult> {
     const range = options.range;
     if (range && range.length <= 0) {
@@ -537,11 +585,11 @@ export class S3Store implements ObjectStore {
 
   async head(key: string, options: { signal?: AbortSignal } = {}): Promise<ObjectMeta | undefined> {
     try {
-      const res = await this.client.send(
-        new HeadObjectCommand({ Bucket: this.shared.bucket, Key: this.root + key }),
-        {
-          abortSignal: options.signal,
-        },
+      const res = await this.resigned(() =>
+        this.client.send(
+          new HeadObjectCommand({ Bucket: this.shared.bucket, Key: this.root + key }),
+          { abortSignal: options.signal },
+        ),
       );
       return {
         key,
@@ -576,16 +624,18 @@ export class S3Store implements ObjectStore {
     ifMatch?: string,
   ): Promise<{ etag: string }> {
     // (A fresh stream per attempt: each try sends the pieces from the start.)
-    const res = await this.client.send(
-      new PutObjectCommand({
-        Bucket: this.shared.bucket,
-        Key: this.root + key,
-        Body: this.sdkBody(body),
-        ContentLength: bodyLength(body),
-        ...(options.ifNoneMatch ? { IfNoneMatch: '*' } : {}),
-        ...(ifMatch !== undefined ? { IfMatch: ifMatch } : {}),
-      }),
-      { abortSignal: options.signal },
+    const res = await this.resigned(() =>
+      this.client.send(
+        new PutObjectCommand({
+          Bucket: this.shared.bucket,
+          Key: this.root + key,
+          Body: this.sdkBody(body),
+          ContentLength: bodyLength(body),
+          ...(options.ifNoneMatch ? { IfNoneMatch: '*' } : {}),
+          ...(ifMatch !== undefined ? { IfMatch: ifMatch } : {}),
+        }),
+        { abortSignal: options.signal },
+      ),
     );
     return { etag: unquote(res.ETag) };
   }
@@ -629,18 +679,20 @@ export class S3Store implements ObjectStore {
     do {
       let res;
       try {
-        res = await this.client.send(
-          new ListObjectsV2Command({
-            Bucket: this.shared.bucket,
-            Prefix: this.root + prefix,
-            MaxKeys: this.shared.pageSize,
-            ...(token ? { ContinuationToken: token } : {}),
-            ...(options.startAfter !== undefined && !token
-              ? { StartAfter: this.root + options.startAfter }
-              : {}),
-            ...(options.delimiter ? { Delimiter: options.delimiter } : {}),
-          }),
-          { abortSignal: options.signal },
+        res = await this.resigned(() =>
+          this.client.send(
+            new ListObjectsV2Command({
+              Bucket: this.shared.bucket,
+              Prefix: this.root + prefix,
+              MaxKeys: this.shared.pageSize,
+              ...(token ? { ContinuationToken: token } : {}),
+              ...(options.startAfter !== undefined && !token
+                ? { StartAfter: this.root + options.startAfter }
+                : {}),
+              ...(options.delimiter ? { Delimiter: options.delimiter } : {}),
+            }),
+            { abortSignal: options.signal },
+          ),
         );
       } catch (e) {
         throw translateS3Error(e, this.ctx('list', prefix));
@@ -666,12 +718,14 @@ export class S3Store implements ObjectStore {
         const batch = batches[next++] as string[];
         let res;
         try {
-          res = await this.client.send(
-            new DeleteObjectsCommand({
-              Bucket: this.shared.bucket,
-              Delete: { Objects: batch.map((k) => ({ Key: this.root + k })), Quiet: true },
-            }),
-            { abortSignal: options.signal },
+          res = await this.resigned(() =>
+            this.client.send(
+              new DeleteObjectsCommand({
+                Bucket: this.shared.bucket,
+                Delete: { Objects: batch.map((k) => ({ Key: this.root + k })), Quiet: true },
+              }),
+              { abortSignal: options.signal },
+            ),
           );
         } catch (e) {
           throw translateS3Error(e, this.ctx('delete', batch[0]));

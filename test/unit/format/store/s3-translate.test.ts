@@ -6,6 +6,8 @@ import {
   unquote,
   type TranslateContext,
 } from '../../../../src/format/store/s3.js';
+import { correctClock } from '../../../../src/format/store/s3-get.js';
+import type { S3Client } from '@aws-sdk/client-s3';
 
 const ctx: TranslateContext = {
   op: 'put',
@@ -82,6 +84,32 @@ describe('S3 error translation', () => {
         assert.equal(e.key, 'k');
     });
   }
+
+  it('a clock too far off, and expired temporary credentials, say so instead of blaming the keys', () => {
+    const skew = translateS3Error(sdk('RequestTimeTooSkewed', 403), ctx);
+    assert.equal(skew.code, 'ACCESS_DENIED');
+    assert.match(skew.message, /this machine's clock is too far from the store's/);
+    assert.match(skew.suggestion ?? '', /timedatectl/);
+    const expired = translateS3Error(sdk('ExpiredToken', 400), ctx);
+    assert.equal(expired.code, 'ACCESS_DENIED');
+    assert.match(expired.message, /temporary credentials .* expired/);
+    assert.match(expired.suggestion ?? '', /aws sso login/);
+  });
+
+  it('a refusal for the clock sets the client offset from the store time it carries', () => {
+    const client = { config: { systemClockOffset: 0 } } as unknown as S3Client;
+    const now = Date.now();
+    const refused = (name: string, serverMs: number) =>
+      Object.assign(sdk(name, 403), { ServerTime: new Date(serverMs).toUTCString() });
+    // 20 minutes ahead of this machine: corrected (within the second the header carries).
+    assert.equal(correctClock(client, refused('RequestTimeTooSkewed', now + 20 * 60_000)), true);
+    assert.ok(Math.abs(client.config.systemClockOffset! - 20 * 60_000) < 2000);
+    // A signature mismatch with the clocks close is the keys' fault: nothing to correct.
+    assert.equal(correctClock(client, refused('SignatureDoesNotMatch', now)), false);
+    // Other refusals, or none carrying a time, are left alone.
+    assert.equal(correctClock(client, refused('AccessDenied', now - 3_600_000)), false);
+    assert.equal(correctClock(client, sdk('RequestTimeTooSkewed', 403)), false);
+  });
 
   it('etags are unquoted', () => {
     assert.equal(unquote('"abc"'), 'abc');
