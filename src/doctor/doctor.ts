@@ -9,6 +9,7 @@
  *   head: hyper's single-writer guarantee and its crash consistency depend on them;
  * - payload signing: whether PUT bodies are hashed into their signatures, and whether that
  *   leaves them unguarded (unsigned over plain HTTP);
+ * - clock: this machine's clock against the store's (leases compare times across hosts);
  * - latency and throughput of PUT and GET per object size;
  * - bucket settings that cost or lose data: versioning (deleted segments stay stored as
  *   noncurrent versions), lifecycle rules that expire or transition objects under the prefix
@@ -138,6 +139,7 @@ export async function runDoctor(url: string, options: DoctorOptions = {}): Promi
       checks.push(
         payloadSigningCheck(signsPayload(storeOptions, target.endpoint), target.endpoint),
       );
+      checks.push(await checkClock(store, runId, options.signal));
       const perf = await measure(store, runId, options);
       checks.push(perf.check);
       performanceRows.push(...perf.rows);
@@ -171,6 +173,7 @@ const LATER_CHECKS: [string, string][] = [
   ['conditional-create', 'Create-only writes (If-None-Match)'],
   ['conditional-cas', 'Compare-and-swap (If-Match)'],
   ['payload-signing', 'Payload signing'],
+  ['clock', 'Clock'],
   ['performance', 'Latency and throughput'],
   ['region', 'Region'],
   ['versioning', 'Versioning'],
@@ -433,6 +436,60 @@ const label = (n: number): string =>
  * this way, so a store refusing UNSIGNED-PAYLOAD failed them): unsigned over plain HTTP warns,
  * as nothing then guards a body in transit.
  */
+/** Clock offsets up to this are fine: a lease lives 30 s and is renewed every 10 s. */
+const CLOCK_WARN_MS = 5000;
+
+/**
+ * This machine's clock against the store's: the Last-Modified the store gives an object it
+ * just stored (whole seconds) against the local time around the PUT. Leases are judged by
+ * times other hosts wrote: a clock off by more than a few seconds makes this host take a live
+ * lease for expired (or wait on a dead one) that much sooner or later. Data stays safe
+ * (fencing does not depend on clocks): a warning, not a failure.
+ */
+async function checkClock(
+  store: ObjectStore,
+  runId: string,
+  signal?: AbortSignal,
+): Promise<DoctorCheck> {
+  const title = 'Clock';
+  const key = doctorKey(runId, 'clock');
+  const s = signal ? { signal } : {};
+  try {
+    const t0 = Date.now();
+    await store.put(key, Buffer.from('clock'), s);
+    const t1 = Date.now();
+    const meta = await store.head(key, s);
+    if (!meta) return check('clock', title, 'skip', 'the object just stored is not there');
+    // The store stamped it within [mtime, mtime + 1 s), sometime between t0 and t1 here.
+    const stored = meta.lastModified.getTime();
+    const lo = stored - t1;
+    const hi = stored + 1000 - t0;
+    const offset = lo > 0 ? lo : hi < 0 ? hi : 0;
+    const secs = (Math.abs(offset) / 1000).toFixed(1);
+    if (Math.abs(offset) <= CLOCK_WARN_MS) {
+      return check(
+        'clock',
+        title,
+        'ok',
+        offset === 0
+          ? "within a second of the store's"
+          : `${secs} s ${offset > 0 ? 'behind' : 'ahead of'} the store's`,
+      );
+    }
+    return check(
+      'clock',
+      title,
+      'warn',
+      `this machine's clock is ${secs} s ${offset > 0 ? 'behind' : 'ahead of'} the store's (leases compare times written by different hosts)`,
+      'Synchronize the clock (timedatectl status; run chrony or systemd-timesyncd) on every host that serves volumes.',
+    );
+  } catch (e) {
+    return check('clock', title, 'skip', `could not compare: ${toHyperError(e).message}`);
+  } finally {
+    await store.delete([key], s).catch(() => undefined);
+  }
+}
+
 function payloadSigningCheck(signs: boolean, endpoint: string): DoctorCheck {
   const title = 'Payload signing';
   const tls = /^https:/i.test(endpoint);

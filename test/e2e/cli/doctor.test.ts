@@ -17,7 +17,8 @@ import {
   S3Client,
 } from '@aws-sdk/client-s3';
 import { z } from 'zod';
-import { hyper, show } from '../../helpers/cli.js';
+import { resolve } from 'node:path';
+import { hyper, repoRoot, show } from '../../helpers/cli.js';
 import { needS3, type S3TestConfig } from '../../helpers/env.js';
 import { FaultProxy } from '../../helpers/fault-proxy.js';
 import { ensureBucket, uniquePrefix } from '../../helpers/s3.js';
@@ -61,11 +62,13 @@ const Report = z
 type Report = z.infer<typeof Report>;
 
 const EXIT = { ok: 0, warn: 7, fail: 8 } as const;
+const skewedClock = resolve(repoRoot, 'test/helpers/skewed-clock.mjs');
 const IDS = [
   'access',
   'conditional-create',
   'conditional-cas',
   'payload-signing',
+  'clock',
   'performance',
   'region',
   'versioning',
@@ -156,7 +159,7 @@ describe('hyper doctor', () => {
       report.checks.map((c) => c.id),
       IDS,
     );
-    for (const id of ['access', 'conditional-create', 'conditional-cas', 'versioning'])
+    for (const id of ['access', 'conditional-create', 'conditional-cas', 'clock', 'versioning'])
       assert.equal(byId(report, id).status, 'ok', JSON.stringify(byId(report, id)));
     assert.equal(byId(report, 'lifecycle').detail, 'none');
     // Plain HTTP: PUT bodies signed by default.
@@ -179,6 +182,36 @@ describe('hyper doctor', () => {
     // The temporary objects are gone and the SDK printed nothing.
     assert.deepEqual(await keysUnder(s3, s3.bucket, prefix), []);
     assert.equal(stderr, '');
+  });
+
+  it("warns of a clock off the store's, and works through one that S3 would refuse", async (t) => {
+    const s3 = needS3(t);
+    if (!s3) return;
+    await ensureBucket(s3);
+    // 2 minutes ahead: accepted by S3, but leases would be judged 2 minutes wrong. 20 minutes
+    // behind: refused (RequestTimeTooSkewed) until requests are signed with the store's time.
+    for (const [minutes, way] of [
+      [2, 'ahead of'],
+      [-20, 'behind'],
+    ] as const) {
+      const prefix = uniquePrefix('doctor-clock');
+      const { report } = await doctor(
+        [`s3://${s3.bucket}/${prefix}`, '--endpoint', s3.endpoint, '--samples', '0'],
+        {
+          NODE_OPTIONS: `--import ${skewedClock}`,
+          HYPER_TEST_CLOCK_SKEW_MS: String(minutes * 60_000),
+        },
+      );
+      for (const id of ['access', 'conditional-create', 'conditional-cas'])
+        assert.equal(byId(report, id).status, 'ok', JSON.stringify(byId(report, id)));
+      const clock = byId(report, 'clock');
+      assert.equal(clock.status, 'warn', JSON.stringify(clock));
+      const m = new RegExp(`clock is ([0-9.]+) s ${way} the store's`).exec(clock.detail);
+      assert.ok(m, clock.detail);
+      assert.ok(Math.abs(Number(m[1]) - Math.abs(minutes) * 60) < 5, clock.detail);
+      assert.match(clock.suggestion ?? '', /chrony/);
+      assert.deepEqual(await keysUnder(s3, s3.bucket, prefix), []);
+    }
   });
 
   it('warns when PUT bodies go unsigned over plain HTTP, and those PUTs still pass the checks', async (t) => {
