@@ -554,6 +554,8 @@ export const replicaServeListeningSchema = z.strictObject({
   uuid: z.string(),
   mode: replicaMode,
   controlSocket: z.string().nullable(),
+  /** With --metrics-port: where GET /metrics is served, else null. */
+  metricsUrl: z.string().nullable(),
 });
 
 export const replicaServeStoppedSchema = z.strictObject({

@@ -7,6 +7,10 @@
  *   GET  /v1/replica          ReplicaStatus
  *   POST /v1/replica/resync   { full?: boolean } → { regions }
  *
+ * With `metricsListen`, Prometheus metrics (GET /metrics: NBD requests and the replica series
+ * of src/metrics/replica.ts) and a health check (GET /healthz: 503 while the replica is not
+ * connected) are served over HTTP.
+ *
  * `close()` stops accepting, lets connections finish, ships what is queued and releases the
  * primary and the lease.
  */
@@ -19,6 +23,7 @@ import { ControlClient, ControlServer, type ControlRoutes } from '../daemon/cont
 import { NbdServer, type ListenTarget } from '../nbd/server.js';
 import type { ServeLogger } from '../serve/logger.js';
 import { nbdUri, type ListenAddress } from '../serve/uri.js';
+import type { MetricsServer } from '../metrics/index.js';
 import { openPrimary, openReplicaStore, type StoreOpener } from './admin.js';
 import { ReplicaDevice } from './device.js';
 import { DEFAULT_POOL_BYTES, Replicator, STOP_GRACE_MS, type ReplicaStatus } from './replicator.js';
@@ -48,6 +53,8 @@ export interface ReplicaServeOptions {
   drainMs?: number;
   /** How long a stop keeps shipping what is queued (default 30 s; see Replicator.close). */
   shipDrainMs?: number;
+  /** Serve metrics and a health check over HTTP on this address (port 0 picks a free one). */
+  metricsListen?: { port: number; host?: string };
 }
 
 export const EXPORT_NAME = 'primary';
@@ -56,6 +63,7 @@ export class ReplicaServer {
   private replicator: Replicator | undefined;
   private nbd: NbdServer | undefined;
   private control: ControlServer | undefined;
+  private metricsServer: MetricsServer | undefined;
   private address: ListenAddress | undefined;
   private readonly logger: ServeLogger;
 
@@ -126,6 +134,10 @@ export class ReplicaServer {
       this.replicator = replicator;
       await replicator.start();
       const device = new ReplicaDevice(replicator, header.dataBlockSize);
+      // (The metrics modules load prom-client: only when asked for.)
+      const m = o.metricsListen === undefined ? undefined : await import('../metrics/index.js');
+      const r = o.metricsListen === undefined ? undefined : await import('../metrics/replica.js');
+      const metrics = m?.createMetrics();
       this.nbd = new NbdServer({
         exports: [
           {
@@ -135,8 +147,21 @@ export class ReplicaServer {
           },
         ],
         logger: this.logger,
+        ...(metrics === undefined ? {} : { observer: metrics.nbd }),
       });
       this.address = await this.nbd.listen(o.listen);
+      if (m !== undefined && r !== undefined && metrics !== undefined && o.metricsListen) {
+        r.trackReplica(metrics.registry, () => this.replicator?.status());
+        this.metricsServer = await m.startMetricsServer({
+          ...o.metricsListen,
+          registry: metrics.registry,
+          health: () => {
+            const st = this.replicator?.status();
+            return st === undefined ? 'stopping' : r.replicaProblem(st);
+          },
+        });
+        this.logger.info('serving metrics', { url: this.metricsServer.url });
+      }
       if (o.controlSocket !== undefined) {
         this.control = new ControlServer(this.routes(), {
           logger: this.logger,
@@ -154,6 +179,11 @@ export class ReplicaServer {
       uuid: header.uuid,
       mode: this.replicator.mode,
     });
+  }
+
+  /** Where GET /metrics is served (`metricsListen`), once started. */
+  get metricsUrl(): string | undefined {
+    return this.metricsServer?.url;
   }
 
   get uri(): string {
@@ -199,6 +229,8 @@ export class ReplicaServer {
   async close(): Promise<void> {
     await this.control?.close();
     this.control = undefined;
+    await this.metricsServer?.close();
+    this.metricsServer = undefined;
     await this.nbd?.close(this.o.drainMs ?? 10_000);
     this.nbd = undefined;
     const ship = this.o.shipDrainMs ?? 30_000;

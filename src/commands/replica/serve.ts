@@ -72,7 +72,21 @@ export default class ReplicaServe extends BaseCommand<typeof ReplicaServe> {
         'How long a stop keeps shipping what is queued to the replica. The last commit then gets as long again (at most 10s); a replica that has not answered by then is given up, and the next start copies what it lacks.',
       default: 30_000,
     }),
-    'print-uri': Flags.boolean({ summary: 'Print the NBD URI on stdout once listening.' }),
+    'print-uri': Flags.boolean({
+      summary:
+        'Print the NBD URI on stdout once listening (and then the metrics URL, with --metrics-port).',
+    }),
+    'metrics-port': Flags.integer({
+      summary:
+        'Serve Prometheus metrics (GET /metrics: replication lag, mode, pool, NBD requests) and a health check (GET /healthz: 503 while the replica is not connected) on this TCP port (0 picks a free one).',
+      min: 0,
+      max: 65535,
+    }),
+    'metrics-bind': Flags.string({
+      summary: 'Address the metrics endpoint listens on (default 127.0.0.1).',
+      helpValue: '<address>',
+      dependsOn: ['metrics-port'],
+    }),
     'log-level': Flags.string({
       summary: 'Least severe log lines written to stderr.',
       options: [...LOG_LEVELS],
@@ -110,6 +124,9 @@ export default class ReplicaServe extends BaseCommand<typeof ReplicaServe> {
       force: f.force,
       shipDrainMs: f.drain,
       logger,
+      ...(f['metrics-port'] === undefined
+        ? {}
+        : { metricsListen: { port: f['metrics-port'], host: f['metrics-bind'] ?? '127.0.0.1' } }),
       ...(f['control-socket'] === undefined ? {} : { controlSocket: f['control-socket'] }),
     });
     await server.start();
@@ -121,10 +138,12 @@ export default class ReplicaServe extends BaseCommand<typeof ReplicaServe> {
         uuid,
         mode: server.status().mode,
         controlSocket: f['control-socket'] ?? null,
+        metricsUrl: server.metricsUrl ?? null,
       };
       process.stdout.write(`${JSON.stringify(listening)}\n`);
     } else if (f['print-uri']) {
       process.stdout.write(`${server.uri}\n`);
+      if (server.metricsUrl !== undefined) process.stdout.write(`${server.metricsUrl}\n`);
     }
     await new Promise<void>((resolve) => {
       if (signal.aborted) resolve();

@@ -13,7 +13,7 @@
  *      resynced) and during a full resync: the restarted replicator converges;
  *   3. the replica unreachable (the fault proxy down): writes stay fast, forward-part, then
  *      logging again and equal; likewise a replica bucket over its quota (NO_SPACE), until
- *      the quota is lifted;
+ *      the quota is lifted (with --metrics-port: the replica series and /healthz follow);
  *   4. a 1 MiB pool overflows under fast copies to a slowed-down replica, and converges;
  *   5. restore by time onto a fresh file, at once and lazily (reads and a write served while
  *      the background restore runs);
@@ -46,6 +46,7 @@ import {
   uniqueS3Url,
 } from '../../helpers/s3.js';
 import { randomBuffer, rng, sha256 } from '../../helpers/volume-content.js';
+import { scrape, total, value } from '../../helpers/prometheus.js';
 
 const MiB = 1024 * 1024;
 const DEVICE = 64 * MiB;
@@ -68,6 +69,8 @@ interface Setup {
 interface Served {
   child: ChildProcess;
   uri: string;
+  /** With --metrics-port: the metrics URL it printed after the NBD URI. */
+  metrics?: string;
   sock: string;
   client: Control;
   stderr: () => string;
@@ -240,10 +243,14 @@ function serveReplica(
     let out = '';
     child.stdout.setEncoding('utf8').on('data', (d: string) => {
       out += d;
-      const line = out.split('\n').find((l) => l.startsWith('nbd://'));
+      const lines = out.split('\n');
+      const line = lines.find((l) => l.startsWith('nbd://'));
+      const metrics = lines.find((l) => /^http:\/\/\S+\/metrics$/.test(l));
       if (line === undefined || served.uri !== '') return;
+      if (metrics === undefined && (options.extra ?? []).includes('--metrics-port')) return;
       clearTimeout(timer);
       served.uri = line.trim();
+      if (metrics !== undefined) served.metrics = metrics;
       resolve(served);
     });
     void exit.then((code) => {
@@ -715,9 +722,21 @@ describe('hyper replica on S3 (Ceph RGW) with real NBD clients', () => {
       const file = join(s.dir, 'primary.img');
       const uuid = await format(q, file);
       const model = Buffer.alloc(DEVICE);
-      const r = await serveReplica(q, file, uuid);
+      const r = await serveReplica(q, file, uuid, { extra: ['--metrics-port', '0'] });
+      const metrics = r.metrics!;
+      const healthz = metrics.replace(/metrics$/, 'healthz');
       await nbdWrite(q, r.uri, [[8 * MiB, randomBuffer(rng(16), 8 * MiB)]], model);
       await settle(r);
+      let e = await scrape(metrics);
+      assert.equal(value(e, 'hyper_replica_connected'), 1);
+      assert.equal(value(e, 'hyper_replica_mode', { mode: 'logging' }), 1);
+      assert.equal(value(e, 'hyper_replica_mode', { mode: 'forward-part' }), 0);
+      assert.equal(value(e, 'hyper_replica_lag_bytes'), 0);
+      assert.ok(value(e, 'hyper_replica_shipped_bytes_total') >= 8 * MiB);
+      assert.ok(value(e, 'hyper_replica_checkpoints_total') >= 1);
+      assert.equal(value(e, 'hyper_replica_regions'), REGIONS);
+      assert.ok(total(e, 'hyper_nbd_requests_total', { command: 'write' }) >= 1);
+      assert.equal((await fetch(healthz)).status, 200);
 
       // Smaller than what the bucket holds already: every PUT is refused (QuotaExceeded).
       await quota('set', '--max-size=1K');
@@ -731,6 +750,14 @@ describe('hyper replica on S3 (Ceph RGW) with real NBD clients', () => {
       );
       assert.match(full.replica.error ?? '', /^NO_SPACE: /, JSON.stringify(full));
       assert.ok(full.dirtyRegions > 0);
+      e = await scrape(metrics);
+      assert.equal(value(e, 'hyper_replica_connected'), 0);
+      assert.equal(value(e, 'hyper_replica_mode', { mode: 'forward-part' }), 1);
+      assert.ok(value(e, 'hyper_replica_dirty_regions') > 0);
+      const sick = await fetch(healthz);
+      const why = await sick.text();
+      assert.equal(sick.status, 503, why);
+      assert.match(why, /^replica not connected .*: NO_SPACE: /);
       const ms2 = await nbdWrite(q, r.uri, randomWrites(18, 8), model);
       assert.ok(ms2 < 5000, `writes and a flush with the replica full took ${ms2} ms`);
       assert.equal(sha256(await nbdData(q, r.uri)), sha256(model), 'the primary serves reads');
@@ -739,6 +766,12 @@ describe('hyper replica on S3 (Ceph RGW) with real NBD clients', () => {
       const up = await settle(r);
       assert.equal(up.replica.error, null);
       assert.equal(up.replica.lastConsistentCheckpoint, up.replica.checkpoint);
+      e = await scrape(metrics);
+      assert.equal(value(e, 'hyper_replica_connected'), 1);
+      assert.equal(value(e, 'hyper_replica_mode', { mode: 'logging' }), 1);
+      assert.equal(value(e, 'hyper_replica_lag_bytes'), 0);
+      assert.equal(value(e, 'hyper_replica_resync_pending_regions'), 0);
+      assert.equal((await fetch(healthz)).status, 200);
       await stop(r, 'SIGINT');
       assert.match(r.stderr(), /replica failed/);
       await assertReplicated(q, file, uuid, model);
