@@ -169,6 +169,8 @@ export class Volume {
    */
   private cleanHead: HeadRecord;
   private lastFlushError: unknown;
+  /** Set once the WAL's store was full (commitInstead), to throttle its warning. */
+  private walFull: RecurringWarning | undefined;
   /** Flushes failing since the last success (stats().flushFailing). */
   private flushFailing: { sinceMs: number; failures: number; error: string } | undefined;
   private timer: NodeJS.Timeout | undefined;
@@ -622,11 +624,31 @@ export class Volume {
     // record() copies the data: the caller may reuse its buffers once acknowledged.
     if (wal.writer.deferred) return () => wal.writer.record(entry, data);
     return () =>
-      wal.writer.append(
-        data === undefined
-          ? entry
-          : { ...entry, data: Buffer.isBuffer(data) ? data : Buffer.concat(data, entry.length) },
-      );
+      wal.writer
+        .append(
+          data === undefined
+            ? entry
+            : { ...entry, data: Buffer.isBuffer(data) ? data : Buffer.concat(data, entry.length) },
+        )
+        .then(
+          () => this.walFull?.ok('the WAL has room again: writes are logged'),
+          (e: unknown) => this.commitInstead(e),
+        );
+  }
+
+  /**
+   * The WAL's store is full (NO_SPACE): the change is already applied, so a checkpoint
+   * committed now holds it, and is as durable as the log would have made it. Committing also
+   * lets the log delete the records the checkpoint covers, which frees its room. Any other
+   * failure is the write's.
+   */
+  private async commitInstead(e: unknown): Promise<void> {
+    if (!isHyperError(e, 'NO_SPACE') || !this.committer || this.wal?.fenced) throw e;
+    (this.walFull ??= new RecurringWarning(this.log)).warn(
+      "the WAL's store is full: acknowledged writes are committed to the volume instead (a checkpoint each, slower) until it has room",
+      { error: errorText(e) },
+    );
+    await this.flushes.runShared('durable', () => this.flushOnce('durable'));
   }
 
   async resize(size: number, options: { allowShrink?: boolean } = {}): Promise<CheckpointInfo> {
@@ -683,7 +705,7 @@ export class Volume {
     this.committer?.check();
     // (Writes logged at FLUSH learn of a takeover here: the sync fails, fenced.)
     await wal.writer.sync().catch((e: unknown) => {
-      if (!wal.fenced) throw e;
+      if (!wal.fenced) return this.commitInstead(e);
     });
     if (wal.fenced) throw this.committer?.fence(wal.fenced) ?? wal.fenced;
   }

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { describe, it } from 'node:test';
-import { isHyperError } from '../../../../src/errors.js';
+import { HyperError, isHyperError } from '../../../../src/errors.js';
 import { CountingStore } from '../../../../src/format/store/counting.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
 import type { ObjectStore, PutBody, PutOptions } from '../../../../src/format/store/types.js';
@@ -14,8 +14,12 @@ const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
 class Flaky extends CountingStore {
   fail = false;
+  /** A full store: PUTs fail with NO_SPACE (deletes work). */
+  full = false;
   override put(key: string, body: PutBody, o?: PutOptions): Promise<{ etag: string }> {
     if (this.fail) return Promise.reject(new Error('store down'));
+    if (this.full)
+      return Promise.reject(new HyperError('unavailable', 'NO_SPACE', `test: full (${key})`));
     return super.put(key, body, o);
   }
 }
@@ -314,5 +318,60 @@ describe('write-ahead log replay', () => {
     const c = await Volume.open(vol, { readOnly: true });
     assert.deepEqual(await c.read(0, 3 * 4096), Buffer.alloc(3 * 4096));
     await c.close();
+  });
+
+  it("commits to the volume while the WAL's store is full, and logs again once it has room", async () => {
+    for (const walAck of ['write', 'flush'] as const) {
+      const { vol, wal, openStore } = setup();
+      await Volume.create(vol, { size: 4 * MiB });
+      const warnings: string[] = [];
+      const logger = {
+        debug: () => undefined,
+        info: (m: string) => warnings.push(m),
+        warn: (m: string) => warnings.push(m),
+        error: (m: string) => warnings.push(m),
+      };
+      const o = { walUrl: wal.url, walAck, openStore, flushIntervalMs: 0, logger };
+      const a = await Volume.open(vol, o);
+      const ref = Buffer.alloc(4 * MiB);
+      const put = async (i: number, off: number): Promise<void> => {
+        const data = Buffer.alloc(8 * KiB, i);
+        await a.write(off, data);
+        data.copy(ref, off);
+      };
+      await put(1, 0);
+      await a.sync();
+      const before = a.headRecord.checkpoint;
+      wal.full = true;
+      // Acknowledged (and durable: a checkpoint each, or at the FLUSH) though the log is full.
+      for (let i = 2; i < 6; i++) await put(i, i * 64 * KiB);
+      await a.sync();
+      assert.ok(a.headRecord.checkpoint > before, `${walAck}: committed to the volume instead`);
+      assert.ok(
+        warnings.some((w) => w.startsWith("the WAL's store is full")),
+        warnings.join(' | '),
+      );
+      // Crash now. A new writer must claim the log's next record (its fence): refused while
+      // the log's store is full, with the reason. Then the volume holds everything acknowledged.
+      const ob = { force: true, openStore, flushIntervalMs: 0, holder: 'b' };
+      await assert.rejects(Volume.open(vol, ob), (e) => isHyperError(e, 'NO_SPACE'));
+      wal.full = false;
+      const b = await Volume.open(vol, ob);
+      assert.equal(sha(await b.read(0, 4 * MiB)), sha(ref), walAck);
+      await b.close();
+    }
+    // Room again: writes are logged, not committed.
+    const { vol, wal, openStore } = setup();
+    await Volume.create(vol, { size: 4 * MiB });
+    const a = await Volume.open(vol, { walUrl: wal.url, openStore, flushIntervalMs: 0 });
+    wal.full = true;
+    await a.write(0, Buffer.alloc(4 * KiB, 1));
+    const committed = a.headRecord.checkpoint;
+    wal.full = false;
+    const logged = (await listWal(wal, a.info.uuid)).length;
+    await a.write(4 * KiB, Buffer.alloc(4 * KiB, 2));
+    assert.equal(a.headRecord.checkpoint, committed, 'no checkpoint for a logged write');
+    assert.equal((await listWal(wal, a.info.uuid)).length, logged + 1);
+    await a.close();
   });
 });
