@@ -10,7 +10,7 @@
  */
 import assert from 'node:assert/strict';
 import { createHash, randomBytes } from 'node:crypto';
-import { mkdir, readFile, writeFile } from 'node:fs/promises';
+import { readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
 import { fileUrl, hyper, hyperJson, show, tempDir } from '../../helpers/cli.js';
@@ -21,6 +21,7 @@ import { openStore } from '../../../src/format/store/index.js';
 import { Volume } from '../../../src/format/volume/volume.js';
 import { isHyperError } from '../../../src/errors.js';
 import { serve, stopServe } from '../../helpers/serve.js';
+import { withTmpfs } from '../../helpers/tmpfs.js';
 import { startDaemon } from '../../helpers/daemon.js';
 import { lsSchema } from '../../../src/cli/vocabulary.js';
 
@@ -76,24 +77,6 @@ async function fillThenMakeRoom(
   const exp = await hyper(['file', 'export', url, out, ...store]);
   assert.equal(exp.code, 0, show(exp));
   assert.equal(sha((await readFile(out)).subarray(0, data.length)), sha(data));
-}
-
-/** Run `body` with a tmpfs of `size` mounted in a fresh directory, unmounted afterwards. */
-async function withTmpfs(
-  t: TestContext,
-  size: string,
-  body: (mnt: string) => Promise<void>,
-): Promise<void> {
-  const mnt = join(await tempDir(t, 'hyper-full-fs-'), 'fs');
-  await mkdir(mnt);
-  const m = await run('mount', ['-t', 'tmpfs', '-o', `size=${size}`, 'tmpfs', mnt]);
-  assert.equal(m.code, 0, m.stderr);
-  try {
-    await body(mnt);
-  } finally {
-    const u = await run('umount', [mnt]);
-    assert.equal(u.code, 0, u.stderr);
-  }
 }
 
 describe('a full store', () => {

@@ -15,6 +15,8 @@
  *      logging again and equal; likewise a replica bucket over its quota (NO_SPACE), until
  *      the quota is lifted (with --metrics-port: the replica series and /healthz follow);
  *   4. a 1 MiB pool overflows under fast copies to a slowed-down replica, and converges;
+ *      a primary file on a full file system answers ENOSPC, and the replica ends equal to
+ *      what reached the primary;
  *   5. restore by time onto a fresh file, at once and lazily (reads and a write served while
  *      the background restore runs);
  *   6. kill -9 during a lazy restore, then serve again with the replica unreachable for a
@@ -35,7 +37,8 @@ import { openStore } from '../../../src/format/store/index.js';
 import type { CheckResult } from '../../../src/replica/admin.js';
 import type { ReplicaStatus } from '../../../src/replica/replicator.js';
 import { hyper, hyperJson, runJs, show, tempDir } from '../../helpers/cli.js';
-import { needS3, needTools, type S3TestConfig } from '../../helpers/env.js';
+import { needPrerequisite, needS3, needTools, type S3TestConfig } from '../../helpers/env.js';
+import { withTmpfs } from '../../helpers/tmpfs.js';
 import { s3FaultProxy } from '../../helpers/fault-proxy.js';
 import { nbdsh, run } from '../../helpers/nbd.js';
 import {
@@ -775,6 +778,46 @@ describe('hyper replica on S3 (Ceph RGW) with real NBD clients', () => {
       await stop(r, 'SIGINT');
       assert.match(r.stderr(), /replica failed/);
       await assertReplicated(q, file, uuid, model);
+    }),
+  );
+
+  it(
+    'a primary file on a full file system: ENOSPC to the client, and the replica gets nothing the primary refused',
+    { timeout: TIMEOUT },
+    scenario('primary-full', ['nbdcopy', 'nbdsh', 'mount', 'umount'], async (s, t) => {
+      if (!needPrerequisite(t, process.getuid?.() === 0, 'needs root (mounts a small tmpfs)'))
+        return;
+      await withTmpfs(t, '8m', async (mnt) => {
+        // A sparse 64 MiB device on 8 MiB: writes fail once the file system is full.
+        const file = join(mnt, 'primary.img');
+        const uuid = await format(s, file);
+        const r = await serveReplica(s, file, uuid);
+        const img = join(s.dir, 'data.img');
+        await writeFile(img, randomBuffer(rng(19), 16 * MiB));
+        const copy = await run('nbdcopy', ['--flush', img, r.uri], { timeoutMs: 120_000 });
+        assert.notEqual(copy.code, 0, 'the writes past the room fail');
+        assert.match(copy.stderr, /No space left on device/, copy.stderr);
+        // Room again: a FLUSH gets through, and whatever reached the primary reaches the
+        // replica, nothing more (a refused write shipped would differ from the primary).
+        const grow = await run('mount', ['-o', 'remount,size=128m', mnt]);
+        assert.equal(grow.code, 0, grow.stderr);
+        const flush = await nbdsh(
+          [
+            'h = nbd.NBD()',
+            `h.connect_uri(${JSON.stringify(r.uri)})`,
+            'h.flush()',
+            'h.shutdown()',
+          ].join('\n'),
+        );
+        assert.equal(flush.code, 0, flush.stderr);
+        await settle(r);
+        await stop(r, 'SIGINT');
+        assert.match(r.stderr(), /ENOSPC/);
+        const c = await check(s, file, uuid);
+        assert.deepEqual(c.differing, [], JSON.stringify(c));
+        assert.equal(c.matching, REGIONS);
+        assert.equal(c.diverged, 0);
+      });
     }),
   );
 
