@@ -199,8 +199,31 @@ export class Daemon implements ControlHandler {
       ...(wait === undefined ? {} : { wait }),
       ...(signal === undefined ? {} : { signal }),
     });
-    await this.persist();
+    try {
+      await this.persist();
+    } catch (e) {
+      // A mapping the state file does not hold would be gone after a restart without a word:
+      // it is undone, and the map fails saying why.
+      await this.unmap(spec.name, { force: true }).catch(() => undefined);
+      throw this.stateError(e, `The export "${spec.name}" was not mapped`);
+    }
     return this.status(spec.name);
+  }
+
+  /** A failed write of the state file, in the words of what it means for `what`. */
+  private stateError(e: unknown, what: string): HyperError {
+    const err = toHyperError(e);
+    return new HyperError(
+      err.kind,
+      err.code,
+      `${what}: the daemon could not write its state file ${this.options.stateFile} (${err.message})`,
+      {
+        suggestion:
+          err.suggestion ??
+          'Make the state file writable (room on its file system, its directory in place), then run the command again.',
+        cause: err,
+      },
+    );
   }
 
   /**
@@ -261,7 +284,14 @@ export class Daemon implements ControlHandler {
     }
     this.entries.delete(name);
     await this.closeStores(entry);
-    await this.persist();
+    try {
+      await this.persist();
+    } catch (e) {
+      throw this.stateError(
+        e,
+        `The export "${name}" was unmapped, but the state file still lists it: the daemon maps it again when it restarts`,
+      );
+    }
     this.logger.info('unmapped', { export: name, url: entry.spec.url });
     return { name, url: entry.spec.url, disconnectedClientCount: disconnected, wasMapped: true };
   }

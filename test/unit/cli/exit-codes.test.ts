@@ -77,6 +77,10 @@ describe('makeDirs', () => {
     const h = toHyperError(e);
     assert.equal(h.code, 'PATH_NOT_FOUND');
     assert.match(h.message, /is a file, not a directory/);
+    // The directory itself a file: EEXIST from mkdir, ENOTDIR here (not "unexpected").
+    const same = await makeDirs(join(dir, 'f')).catch((x: unknown) => x);
+    assert.equal((same as NodeJS.ErrnoException).code, 'ENOTDIR');
+    assert.equal(toHyperError(same).code, 'PATH_NOT_FOUND');
     // EROFS reads as what it is.
     const ro = toHyperError(Object.assign(new Error('ro'), { code: 'EROFS', path: '/mnt/ro/x' }));
     assert.equal(ro.code, 'PERMISSION_DENIED');

@@ -32,7 +32,11 @@ interface Setup {
   start: (extra?: { configFile?: string }) => Promise<Daemon>;
 }
 
-async function setup(t: TestContext, volumes: string[]): Promise<Setup> {
+async function setup(
+  t: TestContext,
+  volumes: string[],
+  o: { stateDir?: string } = {},
+): Promise<Setup> {
   const dir = await mkdtemp(join(tmpdir(), 'hyper-daemon-'));
   const daemons: Daemon[] = [];
   t.after(async () => {
@@ -47,7 +51,7 @@ async function setup(t: TestContext, volumes: string[]): Promise<Setup> {
     await s.close();
   }
   const sock = join(dir, 'run', 'control.sock');
-  const state = join(dir, 'state.json');
+  const state = join(dir, o.stateDir ?? '', 'state.json');
   const start = async (extra: { configFile?: string } = {}) => {
     const d = new Daemon({
       controlSocket: sock,
@@ -139,6 +143,42 @@ describe('hyper daemon (in-process)', () => {
     assert.deepEqual(
       st2.exports.map((e: { name: string }) => e.name),
       ['bee'],
+    );
+  });
+
+  it('a state file it cannot write: map is undone and says why, unmap says the export comes back', async (t) => {
+    const s = await setup(t, ['a', 'b'], { stateDir: 'st' });
+    await s.start();
+    await s.client.post<ExportStatus>('/v1/exports', { url: s.url('a') });
+    // The state file's directory becomes a file (its disk gone, a mistake): writes fail.
+    const stDir = join(s.dir, 'st');
+    await rm(stDir, { recursive: true });
+    await writeFile(stDir, 'not a directory');
+    await rejectsWith(
+      s.client.post('/v1/exports', { url: s.url('b') }),
+      'PATH_NOT_FOUND',
+      /^The export "b" was not mapped: the daemon could not write its state file .*st\/state\.json \(A part of the path is a file, not a directory/,
+    );
+    let { exports } = await s.client.get<{ exports: ExportStatus[] }>('/v1/exports');
+    assert.deepEqual(
+      exports.map((e) => e.name),
+      ['a'],
+      'the mapping that could not be recorded is undone',
+    );
+    await rejectsWith(
+      s.client.delete(`/v1/exports/a`),
+      'PATH_NOT_FOUND',
+      /^The export "a" was unmapped, but the state file still lists it: the daemon maps it again when it restarts/,
+    );
+    ({ exports } = await s.client.get<{ exports: ExportStatus[] }>('/v1/exports'));
+    assert.deepEqual(exports, []);
+    // Writable again: both work and are recorded.
+    await rm(stDir);
+    await s.client.post<ExportStatus>('/v1/exports', { url: s.url('b') });
+    const st = JSON.parse(await readFile(s.state, 'utf8')) as { exports: { name: string }[] };
+    assert.deepEqual(
+      st.exports.map((e) => e.name),
+      ['b'],
     );
   });
 
