@@ -61,6 +61,8 @@ export type ErrorCode =
   | 'CONDITIONAL_WRITES_UNSUPPORTED'
   | 'ABORTED'
   | 'NO_SPACE'
+  | 'IO_ERROR'
+  | 'TOO_MANY_OPEN_FILES'
   | 'DAEMON_NOT_RUNNING'
   // data
   | 'CHECKSUM_MISMATCH'
@@ -202,6 +204,49 @@ function systemError(e: unknown): HyperError | undefined {
         'NO_SPACE',
         `No space left on the device${on}`,
         'Free some space or pick another target, then run the command again.',
+      );
+    case 'EISDIR':
+      return make(
+        'invalid',
+        'INVALID_ARGUMENT',
+        `Is a directory${on}`,
+        'Give the path of a file (or a block device), not of a directory.',
+      );
+    case 'EEXIST':
+      return make(
+        'invalid',
+        'INVALID_ARGUMENT',
+        `Already exists${on}`,
+        'Pick another path, or remove what is there first.',
+      );
+    case 'ENAMETOOLONG':
+      return make(
+        'invalid',
+        'INVALID_ARGUMENT',
+        `File name too long${on}`,
+        'Use a shorter path (a file name is at most 255 bytes, a path 4096).',
+      );
+    case 'ELOOP':
+      return make(
+        'invalid',
+        'PATH_NOT_FOUND',
+        `Too many levels of symbolic links${on}`,
+        'Check the symbolic links on the path: one of them points back at itself.',
+      );
+    case 'EIO':
+      return make(
+        'unavailable',
+        'IO_ERROR',
+        `The device reported an I/O error${on}`,
+        'The disk (or network file system) under it is failing or gone: check the kernel log (dmesg) and the disk (smartctl); copy what matters elsewhere.',
+      );
+    case 'EMFILE':
+    case 'ENFILE':
+      return make(
+        'unavailable',
+        'TOO_MANY_OPEN_FILES',
+        `Too many open files${on}`,
+        'Raise the limit on open files (ulimit -n; LimitNOFILE= in a systemd unit), then run the command again.',
       );
     default:
       return undefined;

@@ -87,4 +87,26 @@ describe('makeDirs', () => {
     assert.match(ro.message, /Read-only file system \(\/mnt\/ro\/x\)/);
     assert.equal(exitCodeFor(ro), 2);
   });
+
+  it('ordinary system errors get a code and a suggestion, never "a bug in hyper"', async () => {
+    const { toHyperError } = await import('../../../src/errors.js');
+    const sys = (code: string) =>
+      toHyperError(Object.assign(new Error(code), { code, path: '/srv/x' }));
+    const cases: [string, string, number, RegExp][] = [
+      ['EIO', 'IO_ERROR', 5, /I\/O error \(\/srv\/x\)/],
+      ['EMFILE', 'TOO_MANY_OPEN_FILES', 5, /Too many open files/],
+      ['ENFILE', 'TOO_MANY_OPEN_FILES', 5, /Too many open files/],
+      ['EISDIR', 'INVALID_ARGUMENT', 2, /Is a directory/],
+      ['EEXIST', 'INVALID_ARGUMENT', 2, /Already exists/],
+      ['ENAMETOOLONG', 'INVALID_ARGUMENT', 2, /File name too long/],
+      ['ELOOP', 'PATH_NOT_FOUND', 2, /symbolic links/],
+    ];
+    for (const [errno, code, exit, re] of cases) {
+      const h = sys(errno);
+      assert.equal(h.code, code, errno);
+      assert.equal(exitCodeFor(h), exit, errno);
+      assert.match(h.message, re);
+      assert.ok(h.suggestion && !/bug/.test(h.suggestion), errno);
+    }
+  });
 });
