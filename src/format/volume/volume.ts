@@ -643,12 +643,17 @@ export class Volume {
    * failure is the write's.
    */
   private async commitInstead(e: unknown): Promise<void> {
-    if (!isHyperError(e, 'NO_SPACE') || !this.committer || this.wal?.fenced) throw e;
+    const wal = this.wal;
+    if (!isHyperError(e, 'NO_SPACE') || !this.committer || !wal || wal.fenced) throw e;
     (this.walFull ??= new RecurringWarning(this.log)).warn(
       "the WAL's store is full: acknowledged writes are committed to the volume instead (a checkpoint each, slower) until it has room",
       { error: errorText(e) },
     );
+    // (Logging at FLUSH: what waits for a record is applied already, so the checkpoint holds
+    // it, and it need not wait any more.)
+    const waiting = wal.writer.waiting();
     await this.flushes.runShared('durable', () => this.flushOnce('durable'));
+    wal.writer.dropCovered(waiting);
   }
 
   async resize(size: number, options: { allowShrink?: boolean } = {}): Promise<CheckpointInfo> {

@@ -192,6 +192,50 @@ export class WalWriter {
     return out;
   }
 
+  /** The entries recorded and not yet durable (deferred): see `dropCovered`. */
+  waiting(): ReadonlySet<WalEntry> {
+    return new Set(this.pending?.entries ?? []);
+  }
+
+  /**
+   * `covered` (entries `waiting` returned) are in a committed checkpoint now: the WAL's store
+   * was full and the volume took them. Those still at the front of the pending batch (in
+   * order; one that a batch stored meanwhile is gone from it already) need no record any
+   * more, and their memory goes with them: while the log stays full, it no longer holds
+   * every write since it filled.
+   */
+  dropCovered(covered: ReadonlySet<WalEntry>): void {
+    const p = this.pending;
+    if (!p) return;
+    let n = 0;
+    let bytes = 0;
+    for (; n < p.entries.length && covered.has(p.entries[n] as WalEntry); n++) {
+      const e = p.entries[n] as WalEntry;
+      if (e.data !== undefined) bytes += e.length;
+    }
+    if (n === 0) return;
+    p.entries.splice(0, n);
+    p.bytes -= bytes;
+    this.heldBytes -= bytes;
+    // Slabs are carved in order: those before the one the first kept entry uses are free.
+    const slabOf = (e: WalEntry): number =>
+      e.data === undefined ? -1 : p.slabs.findIndex((s) => s.buffer === e.data?.buffer);
+    let keepFrom = p.slabs.length;
+    for (const e of p.entries) {
+      const i = slabOf(e);
+      if (i >= 0) {
+        keepFrom = i;
+        break;
+      }
+    }
+    // (The slab being carved stays: the next entries go there.)
+    if (keepFrom === p.slabs.length && this.slab !== undefined && p.slabs.at(-1) === this.slab)
+      keepFrom--;
+    if (keepFrom > 0) p.slabs.splice(0, keepFrom);
+    if (p.entries.length === 0 && p.waiters.length === 0 && p.slabs.length === 0)
+      this.pending = undefined;
+  }
+
   /** Resolves once the entry is durable in the WAL. */
   append(entry: WalEntry): Promise<void> {
     if (this.fenced) return Promise.reject(this.fenced);
