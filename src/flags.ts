@@ -258,6 +258,35 @@ export function tuningOf(flags: {
 }
 
 /** `--control-socket`: where the daemon's control API listens (`hyper daemon`, `map`, …). */
+/**
+ * `--metrics-port` and `--metrics-bind` of serve, daemon and replica serve: `what` says what
+ * GET /metrics and GET /healthz report for that command.
+ */
+export function metricsFlags(what: string) {
+  return {
+    'metrics-port': Flags.integer({
+      summary: `Serve Prometheus metrics (GET /metrics) and a health check (GET /healthz) on this TCP port (0 picks a free one; the URL is logged, and printed with --print-uri where there is one). ${what}`,
+      min: 0,
+      max: 65535,
+    }),
+    'metrics-bind': Flags.string({
+      summary:
+        'Address the metrics endpoint listens on (default 127.0.0.1; it has no authentication).',
+      helpValue: '<address>',
+      dependsOn: ['metrics-port'],
+    }),
+  };
+}
+
+/** Where the metrics are served, from those flags (undefined without --metrics-port). */
+export function metricsListenOf(flags: {
+  'metrics-port'?: number | undefined;
+  'metrics-bind'?: string | undefined;
+}): { port: number; host: string } | undefined {
+  const port = flags['metrics-port'];
+  return port === undefined ? undefined : { port, host: flags['metrics-bind'] ?? '127.0.0.1' };
+}
+
 export const controlSocket = Flags.string({
   summary:
     'Control socket of the daemon (default: $HYPER_CONTROL_SOCKET, $RUNTIME_DIRECTORY/control.sock under systemd, /run/hyper/control.sock as root, else $XDG_RUNTIME_DIR/hyper/control.sock).',

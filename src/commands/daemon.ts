@@ -1,6 +1,6 @@
 import { Flags } from '@oclif/core';
 import { BaseCommand } from '../base-command.js';
-import { tuningFlags, tuningOf, controlSocket, duration } from '../flags.js';
+import { metricsFlags, tuningFlags, tuningOf, controlSocket, duration } from '../flags.js';
 import type { DaemonListening, DaemonResult } from '../cli/vocabulary.js';
 import { defaultStateFile } from '../daemon/paths.js';
 import { runDaemon } from '../daemon/run.js';
@@ -61,16 +61,9 @@ export default class DaemonCommand extends BaseCommand<typeof DaemonCommand> {
       helpValue: '<path>',
       exclusive: ['port', 'bind'],
     }),
-    'metrics-port': Flags.integer({
-      summary: 'Serve Prometheus metrics (GET /metrics) and GET /healthz over HTTP on this port.',
-      min: 0,
-      max: 65535,
-    }),
-    'metrics-bind': Flags.string({
-      summary: 'Address of the metrics endpoint (default 127.0.0.1; it has no authentication).',
-      helpValue: '<address>',
-      dependsOn: ['metrics-port'],
-    }),
+    ...metricsFlags(
+      'For every mapped export, as `hyper serve` reports them; 503 while one cannot make writes durable.',
+    ),
     ...tuningFlags('one subdirectory per export, by name'),
     drain: duration({
       summary: 'How long unmap and shutdown let clients finish their requests in flight.',

@@ -6,7 +6,7 @@ import {
   parseCheckpointRef,
 } from '../cli/checkpoint-ref.js';
 import type { ServeListening, ServeResult } from '../cli/vocabulary.js';
-import { tuningFlags, tuningOf, size, volumeUrl } from '../flags.js';
+import { metricsFlags, metricsListenOf, tuningFlags, tuningOf, size, volumeUrl } from '../flags.js';
 import { COMPRESSIONS, type Compression } from '../format/codec/block.js';
 import { CIPHERS } from '../format/codec/seal.js';
 import { DEFAULT_COMPRESSION, MAX_VOLUME_SIZE } from '../format/volume/types.js';
@@ -164,17 +164,9 @@ export default class Serve extends BaseCommand<typeof Serve> {
       options: [...LOG_FORMATS],
       default: 'text',
     }),
-    'metrics-port': Flags.integer({
-      summary:
-        'Serve Prometheus metrics (GET /metrics) and a health check (GET /healthz) on this TCP port (0 picks a free one; the URL is logged, and printed with --print-uri).',
-      min: 0,
-      max: 65535,
-    }),
-    'metrics-bind': Flags.string({
-      summary: 'Address the metrics endpoint listens on (default 127.0.0.1).',
-      helpValue: '<address>',
-      dependsOn: ['metrics-port'],
-    }),
+    ...metricsFlags(
+      'Per export: NBD requests, store requests, dirty bytes, lease, caches; 503 while an export cannot make writes durable.',
+    ),
   };
 
   public async run(): Promise<ServeResult> {
@@ -203,14 +195,7 @@ export default class Serve extends BaseCommand<typeof Serve> {
           ? { port: flags.port, host: flags.bind }
           : { path: flags.socket },
       logger,
-      ...(flags['metrics-port'] === undefined
-        ? {}
-        : {
-            metricsListen: {
-              port: flags['metrics-port'],
-              host: flags['metrics-bind'] ?? '127.0.0.1',
-            },
-          }),
+      ...(metricsListenOf(flags) === undefined ? {} : { metricsListen: metricsListenOf(flags) }),
       signal,
       ...tuningOf(flags),
       ...(at === undefined ? {} : { at }),

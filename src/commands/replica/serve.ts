@@ -1,7 +1,7 @@
 import { Flags } from '@oclif/core';
 import { BaseCommand } from '../../base-command.js';
 import type { ReplicaServeListening, ReplicaServeResult } from '../../cli/vocabulary.js';
-import { duration, size } from '../../flags.js';
+import { duration, metricsFlags, metricsListenOf, size } from '../../flags.js';
 import { DEFAULT_POOL_BYTES, DEFAULT_RECOVER_CONCURRENCY } from '../../replica/replicator.js';
 import { primaryFile, primaryUuid, replicaControlSocket } from '../../replica/flags.js';
 import { ReplicaServer } from '../../replica/serve.js';
@@ -76,17 +76,9 @@ export default class ReplicaServe extends BaseCommand<typeof ReplicaServe> {
       summary:
         'Print the NBD URI on stdout once listening (and then the metrics URL, with --metrics-port).',
     }),
-    'metrics-port': Flags.integer({
-      summary:
-        'Serve Prometheus metrics (GET /metrics: replication lag, mode, pool, NBD requests) and a health check (GET /healthz: 503 while the replica is not connected) on this TCP port (0 picks a free one).',
-      min: 0,
-      max: 65535,
-    }),
-    'metrics-bind': Flags.string({
-      summary: 'Address the metrics endpoint listens on (default 127.0.0.1).',
-      helpValue: '<address>',
-      dependsOn: ['metrics-port'],
-    }),
+    ...metricsFlags(
+      'Replication lag (the recovery point), mode, pool, dirty regions and NBD requests; 503 while the replica is not connected.',
+    ),
     'log-level': Flags.string({
       summary: 'Least severe log lines written to stderr.',
       options: [...LOG_LEVELS],
@@ -124,9 +116,7 @@ export default class ReplicaServe extends BaseCommand<typeof ReplicaServe> {
       force: f.force,
       shipDrainMs: f.drain,
       logger,
-      ...(f['metrics-port'] === undefined
-        ? {}
-        : { metricsListen: { port: f['metrics-port'], host: f['metrics-bind'] ?? '127.0.0.1' } }),
+      ...(metricsListenOf(f) === undefined ? {} : { metricsListen: metricsListenOf(f) }),
       ...(f['control-socket'] === undefined ? {} : { controlSocket: f['control-socket'] }),
     });
     await server.start();

@@ -22,6 +22,7 @@ import { Volume } from '../../../src/format/volume/volume.js';
 import { isHyperError } from '../../../src/errors.js';
 import { serve, stopServe } from '../../helpers/serve.js';
 import { withTmpfs } from '../../helpers/tmpfs.js';
+import { recordingLogger } from '../../helpers/fillable-store.js';
 import { startDaemon } from '../../helpers/daemon.js';
 import { lsSchema } from '../../../src/cli/vocabulary.js';
 
@@ -112,13 +113,7 @@ describe('a full store', () => {
     await ensureBucket(cfg, bucket);
     const store = await openStore(`s3://${bucket}/v/`, s3Options(cfg));
     await Volume.create(store, { size: 16 * MiB });
-    const warnings: string[] = [];
-    const logger = {
-      debug: () => undefined,
-      info: (m: string) => warnings.push(m),
-      warn: (m: string) => warnings.push(m),
-      error: (m: string) => warnings.push(m),
-    };
+    const { logger, lines: warnings } = recordingLogger();
     const vol = await Volume.open(store, { leaseTtlMs: 1500, flushIntervalMs: 0, logger });
     const data = randomBytes(4 * MiB);
     try {

@@ -6,23 +6,12 @@
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
 import { describe, it } from 'node:test';
-import { HyperError, isHyperError } from '../../../src/errors.js';
-import { MemStore } from '../../../src/format/store/mem.js';
-import type { PutBody, PutOptions } from '../../../src/format/store/types.js';
+import { isHyperError } from '../../../src/errors.js';
 import { Volume } from '../../../src/format/volume/volume.js';
 import { exportProblem } from '../../../src/serve/health.js';
+import { FillableStore } from '../../helpers/fillable-store.js';
 
 const MiB = 1024 * 1024;
-
-class FillableStore extends MemStore {
-  full = false;
-
-  override put(key: string, body: PutBody, options: PutOptions = {}): Promise<{ etag: string }> {
-    if (this.full)
-      return Promise.reject(new HyperError('unavailable', 'NO_SPACE', `test: full (${key})`));
-    return super.put(key, body, options);
-  }
-}
 
 describe('export health', () => {
   it('reports failing flushes and a lapsed lease, and clears both once a flush stores the writes', async () => {

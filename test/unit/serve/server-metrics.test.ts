@@ -10,29 +10,16 @@ import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { HyperError } from '../../../src/errors.js';
 import { openStore, parseStoreUrl, type ObjectStore } from '../../../src/format/store/index.js';
-import { MemStore } from '../../../src/format/store/mem.js';
-import type { PutBody, PutOptions } from '../../../src/format/store/types.js';
 import { Volume } from '../../../src/format/volume/volume.js';
 import { lineLogger } from '../../../src/serve/logger.js';
 import { VolumeServer, type StoreOpener } from '../../../src/serve/server.js';
 import { scrape, select, total, value } from '../../helpers/prometheus.js';
 import { RawClient, req } from '../../helpers/raw-nbd-client.js';
+import { FillableStore } from '../../helpers/fillable-store.js';
 
 const MiB = 1024 * 1024;
 const ENOSPC = 28;
-
-/** A store that can fill up: every PUT then fails with NO_SPACE (an exhausted quota). */
-class FillableStore extends MemStore {
-  full = false;
-
-  override put(key: string, body: PutBody, options: PutOptions = {}): Promise<{ etag: string }> {
-    if (this.full)
-      return Promise.reject(new HyperError('unavailable', 'NO_SPACE', `test: full (${key})`));
-    return super.put(key, body, options);
-  }
-}
 const CMD_READ = 0;
 const CMD_WRITE = 1;
 const CMD_FLUSH = 3;

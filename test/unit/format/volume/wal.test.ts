@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { describe, it } from 'node:test';
-import { HyperError, isHyperError } from '../../../../src/errors.js';
+import { isHyperError } from '../../../../src/errors.js';
 import { CountingStore } from '../../../../src/format/store/counting.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
 import type { ObjectStore, PutBody, PutOptions } from '../../../../src/format/store/types.js';
@@ -9,6 +9,7 @@ import { KiB, MiB } from '../../../../src/format/volume/types.js';
 import { Volume } from '../../../../src/format/volume/volume.js';
 import { listWal } from '../../../../src/format/volume/wal.js';
 import { rng } from '../../../helpers/rng.js';
+import { noSpace, recordingLogger } from '../../../helpers/fillable-store.js';
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
@@ -18,8 +19,7 @@ class Flaky extends CountingStore {
   full = false;
   override put(key: string, body: PutBody, o?: PutOptions): Promise<{ etag: string }> {
     if (this.fail) return Promise.reject(new Error('store down'));
-    if (this.full)
-      return Promise.reject(new HyperError('unavailable', 'NO_SPACE', `test: full (${key})`));
+    if (this.full) return Promise.reject(noSpace(key));
     return super.put(key, body, o);
   }
 }
@@ -329,13 +329,7 @@ describe('write-ahead log replay', () => {
     for (const walAck of ['write', 'flush'] as const) {
       const { vol, wal, openStore } = setup();
       await Volume.create(vol, { size: 4 * MiB });
-      const warnings: string[] = [];
-      const logger = {
-        debug: () => undefined,
-        info: (m: string) => warnings.push(m),
-        warn: (m: string) => warnings.push(m),
-        error: (m: string) => warnings.push(m),
-      };
+      const { logger, lines: warnings } = recordingLogger();
       const o = { walUrl: wal.url, walAck, openStore, flushIntervalMs: 0, logger };
       const a = await Volume.open(vol, o);
       const ref = Buffer.alloc(4 * MiB);
