@@ -1,7 +1,9 @@
 /**
- * The metrics endpoint: a small HTTP server with `GET /metrics` (Prometheus text format) and
- * `GET /healthz` (200 "ok", or 503 with the reason when the owner's health check fails).
- * Anything else is 404 (405 for other methods on those paths). It binds 127.0.0.1 unless told
+ * The metrics endpoint: a small HTTP server with `GET /metrics` (Prometheus text format),
+ * `GET /healthz` (200 "ok", or 503 with the reason when the owner's health check fails: for
+ * alerting) and `GET /livez` (200 while the owner runs, 503 once it stops: for liveness
+ * probes; a server that cannot store what it holds right now is unhealthy, but restarting it
+ * would drop those writes). Anything else is 404 (405 for other methods on those paths). It binds 127.0.0.1 unless told
  * otherwise: metrics name exports and buckets, so exposing them is the operator's choice.
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
@@ -17,6 +19,8 @@ export interface MetricsServerOptions {
   registry: Registry;
   /** Called by GET /healthz: a string is a failure reason (503), undefined is healthy. */
   health?: () => string | undefined | Promise<string | undefined>;
+  /** Called by GET /livez: a string (503) once the owner is stopping, undefined while it runs. */
+  live?: () => string | undefined;
 }
 
 export interface MetricsServer {
@@ -67,9 +71,9 @@ async function handle(
   options: MetricsServerOptions,
 ): Promise<void> {
   const path = (req.url ?? '/').split('?')[0];
-  if (path !== '/metrics' && path !== '/healthz') {
+  if (path !== '/metrics' && path !== '/healthz' && path !== '/livez') {
     res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8' });
-    res.end('not found: try /metrics or /healthz\n');
+    res.end('not found: try /metrics, /healthz or /livez\n');
     return;
   }
   if (req.method !== 'GET' && req.method !== 'HEAD') {
@@ -84,7 +88,7 @@ async function handle(
     body = await options.registry.metrics();
     type = options.registry.contentType;
   } else {
-    const problem = await options.health?.();
+    const problem = path === '/livez' ? options.live?.() : await options.health?.();
     if (problem === undefined) body = 'ok\n';
     else {
       status = 503;

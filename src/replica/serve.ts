@@ -64,6 +64,7 @@ export class ReplicaServer {
   private nbd: NbdServer | undefined;
   private control: ControlServer | undefined;
   private metricsServer: MetricsServer | undefined;
+  private stopping = false;
   private address: ListenAddress | undefined;
   private readonly logger: ServeLogger;
 
@@ -159,6 +160,7 @@ export class ReplicaServer {
             const st = this.replicator?.status();
             return st === undefined ? 'stopping' : r.replicaProblem(st);
           },
+          live: () => (this.stopping ? 'stopping' : undefined),
         });
         this.logger.info('serving metrics', { url: this.metricsServer.url });
       }
@@ -227,6 +229,7 @@ export class ReplicaServer {
   }
 
   async close(): Promise<void> {
+    this.stopping = true;
     await this.control?.close();
     this.control = undefined;
     await this.metricsServer?.close();

@@ -192,6 +192,7 @@ export class VolumeServer {
           ...o.metricsListen,
           registry: this.metrics!.registry,
           health: () => this.health(),
+          live: () => (this.closing === undefined ? undefined : 'stopping'),
         });
         this.logger.info('serving metrics', { url: this.metricsServer.url });
       }

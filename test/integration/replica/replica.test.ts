@@ -761,6 +761,7 @@ describe('hyper replica on S3 (Ceph RGW) with real NBD clients', () => {
       const why = await sick.text();
       assert.equal(sick.status, 503, why);
       assert.match(why, /^replica not connected .*: NO_SPACE: /);
+      assert.equal((await fetch(metrics.replace(/metrics$/, 'livez'))).status, 200);
       const ms2 = await nbdWrite(q, r.uri, randomWrites(18, 8), model);
       assert.ok(ms2 < 5000, `writes and a flush with the replica full took ${ms2} ms`);
       assert.equal(sha256(await nbdData(q, r.uri)), sha256(model), 'the primary serves reads');

@@ -175,6 +175,10 @@ describe('VolumeServer metrics', () => {
     let h = await fetch(healthz);
     assert.equal(h.status, 503);
     assert.match(await h.text(), /^vol: flushes failing for \d+ s \(1 failed; .*test: full/m);
+    // Alive all the same: a liveness probe must not restart it (the writes it holds would go).
+    const live = await fetch(healthz.replace(/healthz$/, 'livez'));
+    assert.equal(live.status, 200);
+    assert.equal(await live.text(), 'ok\n');
 
     store.full = false;
     c.send(req(CMD_FLUSH, 3n, 0n, 0));
