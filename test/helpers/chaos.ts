@@ -50,7 +50,7 @@
 import { createHash } from 'node:crypto';
 import type * as nodeCrypto from 'node:crypto';
 import { createRequire, syncBuiltinESMExports } from 'node:module';
-import { writeFileSync } from 'node:fs';
+import { appendFileSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { HyperError, isHyperError } from '../../src/errors.js';
@@ -2468,6 +2468,7 @@ export async function runChaosBudget(
   const seeds: number[] = [];
   const t0 = performance.now();
   for (let seed = o.seed ?? o.firstSeed ?? 1; ; seed++) {
+    const t1 = performance.now();
     const backend = await o.makeBackend(seed);
     let r: ChaosResult;
     try {
@@ -2482,6 +2483,13 @@ export async function runChaosBudget(
       await backend.dispose?.();
     }
     seeds.push(seed);
+    // HYPER_CHAOS_PROGRESS=FILE: a line per seed as it ends (long sweeps in the background).
+    const progress = process.env.HYPER_CHAOS_PROGRESS;
+    if (progress)
+      appendFileSync(
+        progress,
+        `${seed} ${((performance.now() - t1) / 1000).toFixed(1)}s ${r.totals.steps} steps ${r.violations.length} violations\n`,
+      );
     totals = addTotals(totals, r.totals);
     o.onResult?.(r);
     if (r.violations.length > 0) {
