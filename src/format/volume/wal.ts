@@ -217,6 +217,12 @@ export class WalWriter {
     p.entries.splice(0, n);
     p.bytes -= bytes;
     this.heldBytes -= bytes;
+    if (p.entries.length === 0 && p.waiters.length === 0) {
+      // Nothing left to send (an empty record would only take a sequence number).
+      this.pending = undefined;
+      this.slab = undefined;
+      return;
+    }
     // Slabs are carved in order: those before the one the first kept entry uses are free.
     const slabOf = (e: WalEntry): number =>
       e.data === undefined ? -1 : p.slabs.findIndex((s) => s.buffer === e.data?.buffer);
@@ -232,8 +238,6 @@ export class WalWriter {
     if (keepFrom === p.slabs.length && this.slab !== undefined && p.slabs.at(-1) === this.slab)
       keepFrom--;
     if (keepFrom > 0) p.slabs.splice(0, keepFrom);
-    if (p.entries.length === 0 && p.waiters.length === 0 && p.slabs.length === 0)
-      this.pending = undefined;
   }
 
   /** Resolves once the entry is durable in the WAL. */
