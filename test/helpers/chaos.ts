@@ -358,11 +358,22 @@ export class World {
     noSpace: 0,
   };
   /**
-   * The store is full (an exhausted bucket quota, a full disk): every PUT of an actor under
-   * test larger than this many bytes (0: every PUT) fails with NO_SPACE, without being
+   * The store is full (an exhausted bucket quota, a full disk) until `untilMs` (Date.now: the
+   * episode ends then even if the driver is stuck), or until the driver ends it: every PUT of
+   * an actor under test larger than `bytes` (0: every PUT) fails with NO_SPACE, without being
    * applied; reads, lists and deletes still work. Undefined: there is room.
    */
-  full: number | undefined;
+  full: { bytes: number; untilMs: number } | undefined;
+
+  /** A PUT of `bytes` by `actor` finds the store full. */
+  isFull(actor: Actor, bytes: number): boolean {
+    const f = this.full;
+    if (f === undefined || !actor.faults || actor.dead || bytes <= f.bytes) return false;
+    if (Date.now() < f.untilMs) return true;
+    this.full = undefined;
+    this.log('the store has room again (its time is up)');
+    return false;
+  }
   /** Segment PUTs in flight per actor. */
   readonly segmentPuts = new Map<Actor, number>();
   /** Applied mutations (puts and deletes): the checks skip when nothing changed. */
@@ -518,7 +529,10 @@ export class ChaosStore implements ObjectStore {
     this.url = inner.url;
   }
 
-  private async turn(what: string): Promise<'none' | 'before' | 'after'> {
+  private async turn(
+    what: string,
+    putBytes?: number,
+  ): Promise<'none' | 'before' | 'after' | 'full'> {
     const w = this.world;
     if (this.actor.dead) {
       w.counters.killedRequests++;
@@ -530,6 +544,7 @@ export class ChaosStore implements ObjectStore {
       w.counters.killedRequests++;
       return w.rand() < 0.5 ? 'before' : 'after';
     }
+    if (putBytes !== undefined && w.isFull(this.actor, putBytes)) return 'full';
     return w.fault(this.actor, what);
   }
 
@@ -539,16 +554,9 @@ export class ChaosStore implements ObjectStore {
     onApplied?: (r: T) => void,
     putBytes?: number,
   ): Promise<T> {
-    const f = await this.turn(what);
+    const f = await this.turn(what, putBytes);
     if (f === 'before') throw injected(`${what} (not applied)`);
-    const full = this.world.full;
-    if (
-      putBytes !== undefined &&
-      full !== undefined &&
-      putBytes > full &&
-      this.actor.faults &&
-      !this.actor.dead
-    ) {
+    if (f === 'full') {
       this.world.counters.noSpace++;
       this.world.log(`  ! ${this.actor.name} ${what}: no space`);
       throw noSpace(what);
@@ -1060,7 +1068,10 @@ class Run {
 
   private note(line: string): void {
     const t = ((this.sim.now - Date.UTC(2030, 0, 1)) / 1000).toFixed(3);
-    this.log.push(`${String(this.step).padStart(4)} ${t.padStart(9)}s ${line}`);
+    const l = `${String(this.step).padStart(4)} ${t.padStart(9)}s ${line}`;
+    this.log.push(l);
+    // HYPER_CHAOS_LIVE=1: the op log as it happens, on stderr (a seed that never ends).
+    if (process.env.HYPER_CHAOS_LIVE === '1') process.stderr.write(`${l}\n`);
   }
 
   /** HYPER_CHAOS_DEBUG: print the stored head, the lease and every segment's embedded head. */
@@ -1997,10 +2008,12 @@ class Run {
     } else if (this.fullRate > 0 && this.extra() < this.fullRate) {
       const n = 1 + Math.floor(this.extra() * 12);
       this.fullUntil = this.step + n;
-      // Full, or nearly: room for records and small segments, not for moving blocks.
-      this.world.full = this.extra() < 0.5 ? 0 : 4 * KiB;
+      // Full, or nearly: room for records and small segments, not for moving blocks. At most
+      // ten minutes (virtual, or real on S3), even if a step never ends meanwhile.
+      const bytes = this.extra() < 0.5 ? 0 : 4 * KiB;
+      this.world.full = { bytes, untilMs: Date.now() + 10 * 60_000 };
       this.note(
-        `the store is full for ${n} step(s): every PUT${this.world.full ? ` over ${this.world.full / KiB} KiB` : ''} fails with NO_SPACE`,
+        `the store is full for ${n} step(s): every PUT${bytes ? ` over ${bytes / KiB} KiB` : ''} fails with NO_SPACE`,
       );
       // What an operator does about a full bucket: compact (it must make room, or fail
       // cleanly, beside the writer that keeps what it was acknowledged).

@@ -13,9 +13,16 @@ export const noSpace = (key: string): HyperError =>
 
 export class FillableStore extends MemStore {
   full = false;
+  /** PUTs refused while full. */
+  refused = 0;
 
   override put(key: string, body: PutBody, options: PutOptions = {}): Promise<{ etag: string }> {
-    if (this.full) return Promise.reject(noSpace(key));
+    if (this.full) {
+      this.refused++;
+      // Answered on a later turn, as a store over the network does (a loop of refusals then
+      // leaves timers their turn).
+      return new Promise((_, reject) => setImmediate(() => reject(noSpace(key))));
+    }
     return super.put(key, body, options);
   }
 }

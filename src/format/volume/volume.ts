@@ -1029,7 +1029,14 @@ export class Volume {
    * built on this one; the frozen generation keeps serving reads until the PUT lands.
    */
   private async startSegment(committer: Committer): Promise<void> {
-    await committer.prepare();
+    try {
+      await committer.prepare();
+    } catch (e) {
+      // (The lease could not be renewed, e.g. a full store: writers waiting for room learn of
+      // it and fail, instead of asking for flush after flush that fail the same way at once.)
+      this.lastFlushError = e;
+      throw e;
+    }
     const gen = this.buffer.freeze();
     // Durable WAL batches hold only writes applied to `gen`: this checkpoint covers them.
     // (A batch still in flight is replayed after a crash; replaying a covered write is harmless.)

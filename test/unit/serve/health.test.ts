@@ -47,6 +47,37 @@ describe('export health', () => {
     }
   });
 
+  it('a full store that refuses the lease renewal fails writes waiting for room, instead of retrying at once forever', async () => {
+    const store = new FillableStore('mem://health-spin/vol/', new Map());
+    await Volume.create(store, { size: 64 * MiB, segmentSize: 1 * MiB });
+    // A lease shorter than the renewal margin: every segment renews it first.
+    const vol = await Volume.open(store, {
+      leaseTtlMs: 600,
+      flushIntervalMs: 0,
+      flushBytes: 256 * 1024,
+      maxDirtyBytes: 1 * MiB,
+    });
+    try {
+      store.full = true;
+      const writes = (async () => {
+        for (let i = 0; i < 64; i++) await vol.write(i * 256 * 1024, randomBytes(256 * 1024));
+      })();
+      const outcome = await Promise.race([
+        writes.then(
+          () => 'all written',
+          (e: unknown) => (isHyperError(e, 'NO_SPACE') ? 'NO_SPACE' : String(e)),
+        ),
+        new Promise((r) => setTimeout(() => r('still waiting after 10 s'), 10_000)),
+      ]);
+      assert.equal(outcome, 'NO_SPACE');
+      // A few attempts, not one after another for as long as the store stays full.
+      assert.ok(store.refused < 100, `${store.refused} PUTs refused`);
+    } finally {
+      store.full = false;
+      await vol.close().catch(() => undefined);
+    }
+  });
+
   it('a lost lease says so alone: nothing else matters then', () => {
     const p = exportProblem({
       lease: { epoch: 2, expiresMs: 0, lost: true, lapsed: true },
