@@ -8,8 +8,8 @@
  *   POST /v1/replica/resync   { full?: boolean } → { regions }
  *
  * With `metricsListen`, Prometheus metrics (GET /metrics: NBD requests and the replica series
- * of src/metrics/replica.ts) and a health check (GET /healthz: 503 while the replica is not
- * connected) are served over HTTP.
+ * of src/metrics/replica.ts), a health check (GET /healthz: 503 while the replica is not
+ * connected) and a liveness check (GET /livez: 503 once stopping) are served over HTTP.
  *
  * `close()` stops accepting, lets connections finish, ships what is queued and releases the
  * primary and the lease.
