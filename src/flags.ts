@@ -265,7 +265,7 @@ export function tuningOf(flags: {
 export function metricsFlags(what: string) {
   return {
     'metrics-port': Flags.integer({
-      summary: `Serve Prometheus metrics (GET /metrics) and a health check (GET /healthz) on this TCP port (0 picks a free one; the URL is logged, and printed with --print-uri where there is one). ${what}`,
+      summary: `Serve Prometheus metrics (GET /metrics), a health check (GET /healthz: for alerts) and a liveness check (GET /livez: for probes that restart) on this TCP port (0 picks a free one; the URL is logged, and printed with --print-uri where there is one). ${what}`,
       min: 0,
       max: 65535,
     }),

@@ -3,8 +3,9 @@
  * `GET /healthz` (200 "ok", or 503 with the reason when the owner's health check fails: for
  * alerting) and `GET /livez` (200 while the owner runs, 503 once it stops: for liveness
  * probes; a server that cannot store what it holds right now is unhealthy, but restarting it
- * would drop those writes). Anything else is 404 (405 for other methods on those paths). It binds 127.0.0.1 unless told
- * otherwise: metrics name exports and buckets, so exposing them is the operator's choice.
+ * would drop those writes). Anything else is 404 (405 for other methods on those paths). It
+ * binds 127.0.0.1 unless told otherwise: metrics name exports and buckets, so exposing them
+ * is the operator's choice.
  */
 import { createServer, type IncomingMessage, type ServerResponse } from 'node:http';
 import type { AddressInfo } from 'node:net';
