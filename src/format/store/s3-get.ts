@@ -110,9 +110,11 @@ export class LeanGet {
     try {
       return await this.getOnce(key, range, signal, into);
     } catch (e) {
-      // Refused for this machine's clock: signed again with the store's time (once).
-      if (!correctClock(this.o.client, e)) throw e;
-      return this.getOnce(key, range, signal, into);
+      // Refused for this machine's clock: the offset is learned, and the error says so, as
+      // the SDK's do (S3Store.resigned sends it again).
+      if (correctClock(this.o.client, e))
+        (e as { $metadata: { clockSkewCorrected?: boolean } }).$metadata.clockSkewCorrected = true;
+      throw e;
     }
   }
 

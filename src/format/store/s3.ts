@@ -542,7 +542,7 @@ export class S3Store implements ObjectStore {
 
   /**
    * Run `send` again, once, when the store refused it for this machine's clock and the SDK
-   * corrected its clock offset from the answer (the retry is signed with the store's time;
+   * (or LeanGet, for GETs) corrected the client's clock offset from the answer (the retry is signed with the store's time;
    * nothing was applied). Without this, a clock some minutes off failed every request with
    * ACCESS_DENIED: the SDK corrects the offset, but retries are hyper's, and it does not
    * retry a refusal.
@@ -564,7 +564,9 @@ export class S3Store implements ObjectStore {
       return { body: Buffer.alloc(0), etag: meta.etag, size: meta.size };
     }
     try {
-      const res = await this.shared.lean.get(this.root + key, range, options.signal, options.into);
+      const res = await this.resigned(() =>
+        this.shared.lean.get(this.root + key, range, options.signal, options.into),
+      );
       const body = res.body;
       let size = body.length;
       const total = /\/(\d+)$/.exec(res.contentRange ?? '');
