@@ -9,7 +9,7 @@
  *   head: hyper's single-writer guarantee and its crash consistency depend on them;
  * - payload signing: whether PUT bodies are hashed into their signatures, and whether that
  *   leaves them unguarded (unsigned over plain HTTP);
- * - clock: this machine's clock against the store's (leases compare times across hosts);
+ * - clock: this machine's clock against the store's (checkpoint times are the writer's);
  * - latency and throughput of PUT and GET per object size;
  * - bucket settings that cost or lose data: versioning (deleted segments stay stored as
  *   noncurrent versions), lifecycle rules that expire or transition objects under the prefix
@@ -436,15 +436,16 @@ const label = (n: number): string =>
  * this way, so a store refusing UNSIGNED-PAYLOAD failed them): unsigned over plain HTTP warns,
  * as nothing then guards a body in transit.
  */
-/** Clock offsets up to this are fine: a lease lives 30 s and is renewed every 10 s. */
+/** Clock offsets up to this are fine: checkpoint times are shown and picked in seconds. */
 const CLOCK_WARN_MS = 5000;
 
 /**
  * This machine's clock against the store's: the Last-Modified the store gives an object it
- * just stored (whole seconds) against the local time around the PUT. Leases are judged by
- * times other hosts wrote: a clock off by more than a few seconds makes this host take a live
- * lease for expired (or wait on a dead one) that much sooner or later. Data stays safe
- * (fencing does not depend on clocks): a warning, not a failure.
+ * just stored (whole seconds) against the local time around the PUT. Checkpoint times are
+ * the writer's clock (a restore or a serve `--at TIME`, compaction's keep-within go by
+ * them), and file:// leases compare the holder's clock with the reader's (S3 leases go by
+ * the store's clock, lease.ts `judgeLease`). Data stays safe (fencing does not depend on
+ * clocks): a warning, not a failure.
  */
 async function checkClock(
   store: ObjectStore,
@@ -480,7 +481,7 @@ async function checkClock(
       'clock',
       title,
       'warn',
-      `this machine's clock is ${secs} s ${offset > 0 ? 'behind' : 'ahead of'} the store's (leases compare times written by different hosts)`,
+      `this machine's clock is ${secs} s ${offset > 0 ? 'behind' : 'ahead of'} the store's (checkpoint times, which --at TIME and --keep-within go by, are the writer's clock)`,
       'Synchronize the clock (timedatectl status; run chrony or systemd-timesyncd) on every host that serves volumes.',
     );
   } catch (e) {

@@ -1860,7 +1860,7 @@ class Run {
     const lease = this.o.classic
       ? undefined
       : await readLease(this.raw(this.mainUrl)).catch(() => undefined);
-    const lapsed = lease !== undefined && lease.lease.expiresMs <= Date.now();
+    const lapsed = lease !== undefined && !lease.live;
     if (lapsed) this.note(`${old.actor.name}'s lease has lapsed`);
     await this.openWriter(!lapsed || this.extra() < 0.3);
     const fresh = this.writer as Writer | undefined;

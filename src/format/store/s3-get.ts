@@ -38,6 +38,9 @@ export interface LeanGetResult {
   body: Buffer;
   etag: string | undefined;
   contentRange: string | undefined;
+  /** The Last-Modified and Date headers (the store's clock). */
+  lastModified: string | undefined;
+  date: string | undefined;
 }
 
 interface Target {
@@ -160,6 +163,8 @@ export class LeanGet {
         body: res.body,
         etag: res.headers.etag,
         contentRange: res.headers['content-range'],
+        lastModified: res.headers['last-modified'],
+        date: res.headers.date,
       };
     }
     return new Promise<LeanGetResult>((resolve, reject) => {
@@ -220,9 +225,13 @@ export class LeanGet {
             reject(s3Error(status, body, res.headers));
             return;
           }
-          const etag = res.headers.etag;
-          const cr = res.headers['content-range'];
-          resolve({ body, etag, contentRange: cr });
+          resolve({
+            body,
+            etag: res.headers.etag,
+            contentRange: res.headers['content-range'],
+            lastModified: res.headers['last-modified'],
+            date: res.headers.date,
+          });
         });
       });
       req.end();

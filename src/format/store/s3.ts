@@ -299,7 +299,7 @@ export function translateS3Error(e: unknown, ctx: TranslateContext): HyperError 
         cause: e,
         ...keyOpt,
         suggestion:
-          "Set the clock right (timedatectl status; run chrony or systemd-timesyncd). hyper signs with the store's time once it has seen it, but leases compare clocks across hosts too.",
+          "Set the clock right (timedatectl status; run chrony or systemd-timesyncd). hyper signs with the store's time once it has seen it, but checkpoint times are this machine's clock.",
       },
     );
   }
@@ -572,7 +572,16 @@ export class S3Store implements ObjectStore {
       const total = /\/(\d+)$/.exec(res.contentRange ?? '');
       if (total?.[1]) size = Number(total[1]);
       else if (range) size = Math.max(size, range.offset + body.length);
-      return { body, etag: unquote(res.etag), size };
+      const modifiedMs = Date.parse(res.lastModified ?? '');
+      const nowMs = Date.parse(res.date ?? '');
+      return {
+        body,
+        etag: unquote(res.etag),
+        size,
+        ...(Number.isFinite(modifiedMs) && Number.isFinite(nowMs)
+          ? { storeClock: { modifiedMs, nowMs } }
+          : {}),
+      };
     } catch (e) {
       const status = (e as SdkError).$metadata?.httpStatusCode;
       if (range && (status === 416 || (e as SdkError).name === 'InvalidRange')) {

@@ -27,6 +27,12 @@ export interface GetResult {
   etag: string;
   /** Size of the whole object (not of the range returned). */
   size: number;
+  /**
+   * The store's own clock, when it tells it (S3: the Last-Modified and Date headers, whole
+   * seconds): when the object was last written and when the store answered, in ms. Leases
+   * are judged by it, so that hosts whose clocks disagree still agree on expiry.
+   */
+  storeClock?: { modifiedMs: number; nowMs: number };
 }
 
 export interface ByteRange {

@@ -121,7 +121,7 @@ export async function statVolume(
     storedBytes,
     provisionedBytes: Math.ceil(info.size / bs) * bs,
     usedBytes: info.mappedBlocks * bs,
-    ...(lease ? { lease: leaseInfo(lease.lease) } : {}),
+    ...(lease ? { lease: leaseInfo(lease) } : {}),
     snapshots,
     uncommittedSegments: uncommitted,
     checkpoints: retained.length,
@@ -508,8 +508,7 @@ export async function checkDeletable(
     headFound = false;
   }
   const lease = await readLease(store).catch(() => undefined);
-  if (headFound && lease && lease.lease.expiresMs > Date.now() && !options.force)
-    throw leaseHeldError(lease.lease);
+  if (headFound && lease?.live && !options.force) throw leaseHeldError(lease);
   if (!options.force) {
     const clones = await listClones(store);
     if (clones.length > 0) {

@@ -64,18 +64,26 @@ export function holderIsDeadLocal(holder: string): boolean {
   }
 }
 
-export async function readLease(
-  store: ObjectStore,
-): Promise<{ lease: LeaseRecord; etag: string } | undefined> {
-  const got = await readLeaseObject(store);
-  if (got?.damaged) throw got.damaged;
-  return got as { lease: LeaseRecord; etag: string } | undefined;
+/** A lease record as stored, judged (`judgeLease`) when it was read. */
+export interface StoredLease {
+  lease: LeaseRecord;
+  etag: string;
+  /** Still held (not released, not expired). */
+  live: boolean;
+  /** When it expires, by this machine's clock. */
+  expiresAt: Date;
 }
 
-/** The lease object as stored: decoded, or damaged (with the ETag to replace it by CAS). */
+export async function readLease(store: ObjectStore): Promise<StoredLease | undefined> {
+  const got = await readLeaseObject(store);
+  if (got?.damaged) throw got.damaged;
+  return got as StoredLease | undefined;
+}
+
+/** The lease object as stored: judged, or damaged (with the ETag to replace it by CAS). */
 async function readLeaseObject(
   store: ObjectStore,
-): Promise<{ lease?: LeaseRecord; etag: string; damaged?: HyperError } | undefined> {
+): Promise<(Partial<StoredLease> & { etag: string; damaged?: HyperError }) | undefined> {
   let got;
   try {
     got = await store.get(LEASE_KEY);
@@ -84,7 +92,8 @@ async function readLeaseObject(
     throw e;
   }
   try {
-    return { lease: decodeLease(got.body), etag: got.etag };
+    const lease = decodeLease(got.body);
+    return { lease, etag: got.etag, ...judgeLease(lease, got.storeClock) };
   } catch (e) {
     if (!(e instanceof DecodeError)) throw e;
     const damaged = new HyperError(
@@ -97,20 +106,51 @@ async function readLeaseObject(
   }
 }
 
-export function leaseInfo(l: LeaseRecord, now = Date.now()): LeaseInfo {
+/**
+ * The store clock's resolution: Last-Modified and Date are whole seconds (truncated), so a
+ * record may have been written up to this much later than its modification time says.
+ */
+const STORE_CLOCK_SLACK_MS = 1000;
+
+/**
+ * Whether a lease record still holds, and until when by this machine's clock (`now`).
+ *
+ * Hosts' clocks disagree (a VM after a suspend, NTP not running); the store's is one clock
+ * for all of them. So when the store tells its time (`clock`: S3's Last-Modified and Date)
+ * and the record says its TTL, the record holds for that TTL after the store wrote it,
+ * judged by the store's clock alone. The holder, for its part, counts the TTL from before it
+ * sent the record (its own clock), which is never later: it stops committing before anyone
+ * else judges its lease expired. Otherwise (a store without a clock, a record of a hyper
+ * before TTLs were recorded) the holder's expiry is compared with this machine's clock.
+ */
+export function judgeLease(
+  l: LeaseRecord,
+  clock?: { modifiedMs: number; nowMs: number },
+  now = Date.now(),
+): { live: boolean; expiresAt: Date } {
+  // Released (0), or given back with a PUT maybe in flight (TTL 0): free now.
+  if (l.expiresMs === 0 || l.ttlMs === 0) return { live: false, expiresAt: new Date(l.expiresMs) };
+  if (clock && l.ttlMs !== undefined) {
+    const left = clock.modifiedMs + STORE_CLOCK_SLACK_MS + l.ttlMs - clock.nowMs;
+    return { live: left > 0, expiresAt: new Date(now + left) };
+  }
+  return { live: l.expiresMs > now, expiresAt: new Date(l.expiresMs) };
+}
+
+export function leaseInfo(l: StoredLease): LeaseInfo {
   return {
-    holder: displayHolder(l.holder),
-    epoch: l.epoch,
-    expiresAt: new Date(l.expiresMs),
-    live: l.expiresMs > now,
+    holder: displayHolder(l.lease.holder),
+    epoch: l.lease.epoch,
+    expiresAt: l.expiresAt,
+    live: l.live,
   };
 }
 
-export function leaseHeldError(l: LeaseRecord): HyperError {
+export function leaseHeldError(l: StoredLease): HyperError {
   return new HyperError(
     'conflict',
     'LEASE_HELD',
-    `The volume is in use by ${displayHolder(l.holder)} (lease epoch ${l.epoch}, expires ${new Date(l.expiresMs).toISOString()})`,
+    `The volume is in use by ${displayHolder(l.lease.holder)} (lease epoch ${l.lease.epoch}, expires ${l.expiresAt.toISOString()})`,
     {
       suggestion:
         'Stop that writer, wait for its lease to expire, or take over with --force (the old writer is fenced and can commit nothing more).',
@@ -171,17 +211,16 @@ export class Lease {
       if (cur?.damaged && !o.force) throw cur.damaged;
       const now = Date.now();
       const live =
-        cur?.lease !== undefined &&
-        cur.lease.expiresMs > now &&
-        !holderIsDeadLocal(cur.lease.holder);
+        cur?.lease !== undefined && cur.live === true && !holderIsDeadLocal(cur.lease.holder);
       const own = o.reclaim === true && cur?.lease?.holder === o.holder;
-      if (live && !o.force && !own) throw leaseHeldError(cur.lease as LeaseRecord);
+      if (live && !o.force && !own) throw leaseHeldError(cur as StoredLease);
       const epoch = Math.max(cur?.lease?.epoch ?? 0, o.minEpoch) + 1;
       const record: LeaseRecord = {
         holder: o.holder,
         epoch,
         acquiredMs: now,
         expiresMs: now + o.ttlMs,
+        ttlMs: o.ttlMs,
       };
       try {
         const { etag } = await store.put(
@@ -198,7 +237,7 @@ export class Lease {
       }
     }
     const cur = await readLease(store);
-    if (cur) throw leaseHeldError(cur.lease);
+    if (cur) throw leaseHeldError(cur);
     throw new HyperError('conflict', 'LEASE_HELD', 'Could not take the lease: it keeps changing');
   }
 
@@ -241,7 +280,7 @@ export class Lease {
   private async doRenew(): Promise<void> {
     if (this.lost) throw this.lost;
     const now = Date.now();
-    const next: LeaseRecord = { ...this.record, expiresMs: now + this.ttlMs };
+    const next: LeaseRecord = { ...this.record, expiresMs: now + this.ttlMs, ttlMs: this.ttlMs };
     for (let attempt = 0; ; attempt++) {
       try {
         const { etag } = await this.store.put(LEASE_KEY, encodeLease(next), {
@@ -293,7 +332,7 @@ export class Lease {
     this.timer = undefined;
     if (this.lost) return;
     await this.renewing?.catch(() => undefined);
-    const released: LeaseRecord = { ...this.record, expiresMs: done ? 0 : Date.now() };
+    const released: LeaseRecord = { ...this.record, expiresMs: done ? 0 : Date.now(), ttlMs: 0 };
     try {
       await this.store.put(LEASE_KEY, encodeLease(released), { ifMatch: this.etag });
     } catch (e) {

@@ -52,14 +52,12 @@ export interface RepairOptions {
   force?: boolean;
   openStore?: OpenStoreFn;
   signal?: AbortSignal;
-  now?: () => number;
 }
 
 export async function repairHead(
   store: ObjectStore,
   options: RepairOptions = {},
 ): Promise<RepairResult> {
-  const now = options.now ?? Date.now;
   if (options.apply && !options.force) {
     let lease;
     try {
@@ -68,8 +66,7 @@ export async function repairHead(
       // A damaged lease holds nothing.
       if (!(isHyperError(e) && e.kind === 'data')) throw e;
     }
-    if (lease && lease.lease.expiresMs > now() && !holderIsDeadLocal(lease.lease.holder))
-      throw leaseHeldError(lease.lease);
+    if (lease?.live && !holderIsDeadLocal(lease.lease.holder)) throw leaseHeldError(lease);
   }
 
   // The head as it is.

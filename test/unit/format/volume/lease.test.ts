@@ -1,9 +1,10 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { HyperError, isHyperError } from '../../../../src/errors.js';
-import { decodeLease } from '../../../../src/format/codec/lease.js';
+import { decodeLease, encodeLease } from '../../../../src/format/codec/lease.js';
 import { LEASE_KEY } from '../../../../src/format/keys.js';
 import type { ObjectStore } from '../../../../src/format/store/index.js';
+import type { GetOptions, PutBody, PutOptions } from '../../../../src/format/store/types.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
 import { joinBody } from '../../../../src/format/store/common.js';
 import { Lease, readLease } from '../../../../src/format/volume/lease.js';
@@ -319,5 +320,119 @@ describe('lease holders on this machine', () => {
       // The store holds the last record that landed.
       assert.deepEqual((await readLease(inner))?.lease, landed.at(-1));
     }
+  });
+});
+
+/**
+ * A store that tells its own time like S3 does (Last-Modified and Date, whole seconds), from
+ * a clock of its own (`nowMs`), whatever the clocks of the hosts that use it say.
+ */
+class ClockedStore extends MemStore {
+  nowMs = Date.parse('2026-12-05T10:00:00.250Z');
+  private readonly modified = new Map<string, number>();
+  private readonly second = (ms: number): number => Math.floor(ms / 1000) * 1000;
+
+  override async put(key: string, body: PutBody, options: PutOptions = {}) {
+    const r = await super.put(key, body, options);
+    this.modified.set(key, this.nowMs);
+    return r;
+  }
+
+  override async get(key: string, options: GetOptions = {}) {
+    const r = await super.get(key, options);
+    const modifiedMs = this.second(this.modified.get(key) ?? 0);
+    return { ...r, storeClock: { modifiedMs, nowMs: this.second(this.nowMs) } };
+  }
+}
+
+describe('leases across clocks that disagree', () => {
+  const realNow = Date.now.bind(Date);
+  /** Run `fn` on a host whose clock is `ms` off. */
+  const onClock = async <T>(ms: number, fn: () => Promise<T>): Promise<T> => {
+    Date.now = () => realNow() + ms;
+    try {
+      return await fn();
+    } finally {
+      Date.now = realNow;
+    }
+  };
+  const MIN = 60_000;
+
+  it("with the store's clock: a live lease holds whoever's clock is off, and expires by the store's time", async () => {
+    for (const [holderSkew, takerSkew] of [
+      [-20 * MIN, 0],
+      [0, 20 * MIN],
+      [20 * MIN, -20 * MIN],
+    ] as const) {
+      const store = new ClockedStore();
+      const a = await onClock(holderSkew, () => Lease.acquire(store, opts('a', { ttlMs: 30_000 })));
+      a.stop();
+      // 25 s later by the store: still held, whatever the taker's clock says.
+      store.nowMs += 25_000;
+      await onClock(takerSkew, () =>
+        assert.rejects(Lease.acquire(store, opts('b')), (e) => {
+          assert.ok(isHyperError(e, 'LEASE_HELD'), String(e));
+          // The expiry is shown on the taker's clock: about 5 s (plus the store's rounding)
+          // from its now.
+          const left = Date.parse(/expires (\S+)\)/.exec(e.message)?.[1] ?? '') - Date.now();
+          assert.ok(left > 4_000 && left < 7_000, `expires in ${left} ms`);
+          return true;
+        }),
+      );
+      const stat = await onClock(takerSkew, () => readLease(store));
+      assert.equal(stat?.live, true);
+      // Past its TTL (and the store's whole seconds) by the store's clock: free without --force.
+      store.nowMs += 7_000;
+      const b = await onClock(takerSkew, () => Lease.acquire(store, opts('b')));
+      assert.equal(b.epoch, a.epoch + 1);
+      assert.equal(b.previousDone, false, 'an expired holder is fenced');
+      b.stop();
+    }
+  });
+
+  it('a lease given back is free at once; a record without a TTL (an older hyper) is judged by its expiry', async () => {
+    const store = new ClockedStore();
+    const a = await Lease.acquire(store, opts('a'));
+    await a.release(false);
+    assert.equal(decodeLease((await store.get(LEASE_KEY)).body).ttlMs, 0);
+    const b = await Lease.acquire(store, opts('b'));
+    assert.equal(b.previousDone, false, 'given back with a PUT maybe in flight: fenced');
+    await b.release();
+    const c = await Lease.acquire(store, opts('c'));
+    assert.equal(c.previousDone, true);
+    c.stop();
+
+    // Written by a hyper that did not record TTLs: the holder's expiry against this clock.
+    const old: LeaseRecord = { holder: 'old', epoch: 9, acquiredMs: 0, expiresMs: realNow() + MIN };
+    const { etag } = await store.get(LEASE_KEY);
+    await store.put(LEASE_KEY, encodeLease(old), { ifMatch: etag });
+    store.nowMs += 10 * MIN; // the store's clock does not matter for it
+    assert.equal((await readLease(store))?.live, true);
+    await assert.rejects(Lease.acquire(store, opts('d')), (e) => isHyperError(e, 'LEASE_HELD'));
+    const d = await onClock(2 * MIN, () => Lease.acquire(store, opts('d')));
+    assert.equal(d.epoch, 10);
+    d.stop();
+  });
+
+  it("without a store clock (file://, mem://) expiry is the holder's, against this clock", async () => {
+    const store = MemStore.isolated();
+    const a = await onClock(-20 * MIN, () => Lease.acquire(store, opts('a', { ttlMs: 30_000 })));
+    a.stop();
+    // The holder's clock is 20 minutes behind: its lease looks long expired here.
+    const b = await Lease.acquire(store, opts('b'));
+    assert.equal(b.epoch, a.epoch + 1);
+    b.stop();
+  });
+
+  it('the TTL is an optional field at the end: records without it keep their old bytes', () => {
+    const l: LeaseRecord = { holder: 'h', epoch: 3, acquiredMs: 5, expiresMs: 7 };
+    const bytes = encodeLease(l);
+    assert.equal(bytes.length, 16 + 2 + 1 + 24);
+    assert.deepEqual(decodeLease(bytes), l);
+    const withTtl = encodeLease({ ...l, ttlMs: 30_000 });
+    assert.equal(withTtl.length, bytes.length + 4);
+    assert.deepEqual(decodeLease(withTtl), { ...l, ttlMs: 30_000 });
+    // A reader that knows only the first fields finds them where they always were.
+    assert.deepEqual(withTtl.subarray(12, 12 + 27), bytes.subarray(12, 12 + 27));
   });
 });
