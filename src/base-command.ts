@@ -47,6 +47,7 @@ import { ProgressReporter } from './cli/progress.js';
 import { startSpinner, type Spinner } from './cli/spinner.js';
 import {
   openStore as openStoreAt,
+  setDefaultStoreOptions,
   parseStoreUrl,
   type ObjectStore,
   type OpenStoreOptions,
@@ -192,6 +193,8 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
       }),
       defaults: withDefaults.applied,
     };
+    // Stores the volumes name (a clone's parent, a WAL) open with the same settings.
+    setDefaultStoreOptions(this.storeOptions());
     this.args = args as Args<T>;
     // The key of encrypted volumes (flag > env), held for every volume this command opens.
     // Several keys (a daemon serving volumes of several keys): the flag repeated, or paths

@@ -63,6 +63,7 @@ The restore takes the volume's lease: it refuses while another writer (for examp
       dryRun,
       force: this.flags.force,
       holder: `hyper snapshot restore on ${hostname()}:${process.pid}`,
+      openStore: (u) => this.openStore(u),
     });
     const result: SnapshotRestoreResult = {
       url,

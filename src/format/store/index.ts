@@ -43,6 +43,21 @@ export interface OpenStoreOptions
   retry?: Omit<RetryOptions, 'maxAttempts'>;
 }
 
+let defaults: OpenStoreOptions = {};
+
+/**
+ * The options for stores a volume names and a caller opens without an opener of its own (a
+ * clone's parent, a WAL: volume/segments.ts `defaultOpenStore`). The CLI sets its endpoint,
+ * region and profile here (base-command.ts), so that a path that forgets to pass its opener
+ * still reaches the same store instead of AWS's default endpoint.
+ */
+export function setDefaultStoreOptions(options: OpenStoreOptions): void {
+  defaults = options;
+}
+
+/** What `setDefaultStoreOptions` set (nothing by default: the environment decides). */
+export const defaultStoreOptions = (): OpenStoreOptions => defaults;
+
 /**
  * Open the store rooted at `url`. Throws INVALID_URL / UNSUPPORTED_STORE for a bad URL;
  * a missing directory or bucket is reported by the first request (BUCKET_NOT_FOUND).

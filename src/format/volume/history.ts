@@ -260,7 +260,9 @@ export interface RestorePlan {
 export async function restoreVolume(
   store: ObjectStore,
   to: CheckpointRef,
-  options: Pick<OpenOptions, 'holder' | 'force' | 'logger'> & { dryRun?: boolean } = {},
+  options: Pick<OpenOptions, 'holder' | 'force' | 'logger' | 'openStore'> & {
+    dryRun?: boolean;
+  } = {},
 ): Promise<RestorePlan> {
   const { head } = await readHead(store);
   const target = await resolveCheckpoint(store, head, to);

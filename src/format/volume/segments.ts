@@ -9,13 +9,14 @@ import type { Sealer } from '../codec/seal.js';
 import { sealerFor } from '../keyring.js';
 import { segmentKey } from '../keys.js';
 import { sliceBody } from '../store/common.js';
-import { openStore } from '../store/index.js';
+import { defaultStoreOptions, openStore } from '../store/index.js';
 import type { ByteRange, ObjectStore } from '../store/types.js';
 
 export type OpenStoreFn = (url: string) => Promise<ObjectStore>;
 
 /** Parent stores opened with the environment's settings (the CLI passes its own opener). */
-export const defaultOpenStore: OpenStoreFn = (url) => openStore(url);
+/** How a volume's other stores are opened when the caller gives no opener (see store/index.ts). */
+export const defaultOpenStore: OpenStoreFn = (url) => openStore(url, defaultStoreOptions());
 
 export class SegmentSource {
   /**

@@ -13,6 +13,8 @@ import type { SnapshotListResult } from '../../../src/commands/snapshot/list.js'
 import type { SnapshotUnpinResult } from '../../../src/commands/snapshot/unpin.js';
 import { fileUrl, hyper, hyperJson, show, tempDir } from '../../helpers/cli.js';
 import { needS3 } from '../../helpers/env.js';
+import { nbdsh } from '../../helpers/nbd.js';
+import { serve, stopServe } from '../../helpers/serve.js';
 
 const MiB = 1024 * 1024;
 
@@ -145,5 +147,68 @@ describe('hyper file on S3', () => {
     assert.equal(d.parent?.pinReleased, true);
     assert.deepEqual(await clonesOf(), []);
     await hyperJson(['file', 'delete', parent, '--yes', ...endpoint]);
+  });
+
+  /**
+   * A volume names other stores: a clone its parent, a volume served with --wal-url its log.
+   * Every command that opens them must use the endpoint it was given (here only --endpoint:
+   * no AWS_ENDPOINT_URL). Before, export, import, restore and compact opened them with the
+   * SDK's defaults and went to AWS (STORE_UNAVAILABLE, exit 5).
+   */
+  it("opens a clone's parent and a volume's WAL at the endpoint it was given", async (t) => {
+    const s3 = needS3(t);
+    if (!s3) return;
+    const dir = await tempDir(t);
+    const root = `s3://${s3.bucket}/cli-${randomUUID()}`;
+    const endpoint = ['--endpoint', s3.endpoint];
+    const a = randomBytes(2 * MiB);
+    await writeFile(join(dir, 'a.img'), a);
+    await hyperJson([
+      'file',
+      'import',
+      join(dir, 'a.img'),
+      `${root}/base/`,
+      '--create',
+      ...endpoint,
+    ]);
+    const clone = `${root}/clone/`;
+    await hyperJson(['snapshot', 'clone', `${root}/base/`, clone, ...endpoint]);
+    const c = await hyperJson<{ checkpoint: number }>(['file', 'stat', clone, ...endpoint]);
+    const exported = async (url: string): Promise<Buffer> => {
+      const out = join(dir, 'out.img');
+      const e = await hyper(['file', 'export', url, out, '--overwrite', ...endpoint]);
+      assert.equal(e.code, 0, show(e));
+      return readFile(out);
+    };
+    // Reads blocks from the parent's segments.
+    assert.ok((await exported(clone)).subarray(0, 2 * MiB).equals(a));
+    // Writes into the clone (read-modify-write reads the parent), then undoes it.
+    await writeFile(join(dir, 'b.img'), Buffer.alloc(4096 + 100, 0x5b));
+    const i = await hyper(['file', 'import', join(dir, 'b.img'), clone, ...endpoint]);
+    assert.equal(i.code, 0, show(i));
+    const r = await hyper([
+      ...['snapshot', 'restore', clone, '--to', String(c.checkpoint)],
+      ...endpoint,
+    ]);
+    assert.equal(r.code, 0, show(r));
+    const k = await hyper(['compact', clone, '--keep-last', '1', '--yes', ...endpoint]);
+    assert.equal(k.code, 0, show(k));
+    assert.ok((await exported(clone)).subarray(0, 2 * MiB).equals(a));
+
+    // A writer with a WAL on the same store dies after a FLUSH: the write is only in the log.
+    const vol = `${root}/logged/`;
+    await hyperJson(['file', 'create', vol, '--size', '8M', ...endpoint]);
+    const served = await serve([vol, '--wal-url', `${root}/wal/`, ...endpoint]);
+    const w = await nbdsh(
+      `h.connect_uri(${JSON.stringify(served.uri)}); h.pwrite(b'\\xab' * 65536, 4 * 1024 * 1024); h.flush()`,
+    );
+    assert.equal(w.code, 0, w.stderr);
+    assert.equal(await stopServe(served, 'SIGKILL'), 137);
+    // The next writer (an import) replays the log before its own writes.
+    const j = await hyper(['file', 'import', join(dir, 'b.img'), vol, '--force', ...endpoint]);
+    assert.equal(j.code, 0, show(j));
+    const got = await exported(vol);
+    assert.ok(got.subarray(4 * MiB, 4 * MiB + 65536).equals(Buffer.alloc(65536, 0xab)));
+    assert.ok(got.subarray(0, 4196).equals(Buffer.alloc(4196, 0x5b)));
   });
 });
