@@ -19,6 +19,7 @@
  * LZ4's own C library takes 1-7 µs for a 4 KiB block, less than a hand-off to the pool.
  */
 import { DecodeError, crc32c } from './binary.js';
+import type * as Lz4 from 'lz4';
 
 export const CODEC_RAW = 0;
 export const CODEC_ZSTD = 1;
@@ -61,8 +62,16 @@ interface Compressor {
 /** Bytes in front of an lz4 block: the plain block's length. */
 const LZ4_LENGTH = 4;
 
+/**
+ * The lz4 binding, imported once: every later use awaits this settled promise. (An import()
+ * per use costs a trip through the module loader each time, a thread of its own under a
+ * loader hook, which also made seeded test runs depend on real time.)
+ */
+let lz4Module: Promise<typeof Lz4> | undefined;
+const loadLz4 = (): Promise<typeof Lz4> => (lz4Module ??= import('lz4'));
+
 async function lz4Compressor(): Promise<Compressor> {
-  const lz4 = await import('lz4');
+  const lz4 = await loadLz4();
   // One scratch buffer for every block compressed on this thread (each is copied out).
   let scratch = Buffer.alloc(0);
   return {
@@ -155,7 +164,7 @@ export interface BlockPacker {
  * the segment. Stores what encodeBlock(plain, CODEC_LZ4) stores.
  */
 export async function lz4Packer(): Promise<BlockPacker> {
-  const lz4 = await import('lz4');
+  const lz4 = await loadLz4();
   await compressor(CODEC_LZ4);
   let slab = Buffer.alloc(0);
   let at = 0;
