@@ -13,7 +13,9 @@
  * steps (every PUT, or every PUT over 4 KiB, fails with NO_SPACE; deletes and reads work),
  * and an operator's compaction often starts right then; writers' leases are drawn from
  * 30 min down to 3 s and renewed by virtual-time intervals, so they lapse when renewals
- * stall or the store is full, and may then be taken without --force.
+ * stall or the store is full, and may then be taken without --force. In about a fifth of the
+ * seeds the writer logs to a WAL beside the volume (every write, or at each sync), which every
+ * later opener, admin operations included, replays before its fence.
  *
  * A reference model tracks what must hold, and after every step that changed the store the
  * harness checks, with the scheduler paused and through fault-free stores:
@@ -35,7 +37,10 @@
  *   (g) every head that lands names only segments that exist: its checkpoint and every
  *       checkpoint since the volume's previous head (pipelined segment PUTs);
  *   (h) at the end, with faults stopped and room in the store, a writer that still holds the
- *       volume commits what it holds (a full store or a lapsed lease costs it nothing).
+ *       volume commits what it holds (a full store or a lapsed lease costs it nothing);
+ *   (i) with a WAL, a writer that takes the volume over directly from the previous one (the
+ *       next epoch) starts from a content at or past the newest that one acknowledged as
+ *       durable (a write logged before its reply, a sync, a flush).
  * Operations that fail are fine; unexpected errors (not a HyperError, or kind 'internal')
  * are violations.
  *
@@ -859,6 +864,9 @@ export interface ChaosTotals {
   lapsesEnded: number;
   /** Compactions that found no room to move blocks and deleted first. */
   compactNoRoom: number;
+  /** Seeds whose writers log to a WAL, and opens that replayed one (a writer's or an admin's). */
+  walSeeds: number;
+  walReplays: number;
 }
 
 export interface ChaosResult {
@@ -1012,6 +1020,22 @@ class Run {
   /** Chance per step that the store fills up (for 1 to 12 steps). */
   private readonly fullRate: number;
   private fullUntil = 0;
+  /**
+   * In some seeds (unencrypted volumes: a WAL holds data in the clear) the writer logs to a
+   * WAL beside the volume: every write before its reply ('write') or everything at each sync
+   * ('flush'). Every later writer of the volume, admin operations included, replays it first.
+   */
+  private readonly walAck: 'write' | 'flush' | undefined;
+  private readonly walUrl: string;
+  /**
+   * With a WAL: the current writer's contents in order since it opened (its start, then after
+   * each change), numbered, never trimmed (unlike `chained`); and the first of them a writer
+   * that takes over directly (the next epoch) must start from or past: the newest content the
+   * writer acknowledged as durable (a write with 'write' acks, a sync, a flush).
+   */
+  private timeline: { seq: number; sha: string }[] = [];
+  private nTimeline = 0;
+  private walFloor: { epoch: number; seq: number } | undefined;
 
   constructor(
     readonly backend: ChaosBackend,
@@ -1057,12 +1081,21 @@ class Run {
       ? (SHORT_LEASES_MS[Math.floor(x * SHORT_LEASES_MS.length)] as number)
       : WRITER_LEASE_MS;
     this.fullRate = !o.classic && this.extra() < 0.5 ? 0.03 : 0;
+    // (Its own stream: the draws above stay as they were.)
+    const walDraw = rng(seed ^ 0x165667b1);
+    this.walAck =
+      modern && seed % 4 !== 3 && walDraw() < 0.3
+        ? walDraw() < 0.5
+          ? 'write'
+          : 'flush'
+        : undefined;
+    this.walUrl = `${backend.checkRoot.url}wal/`;
     const exclude = new Set(o.exclude ?? []);
     this.weights = Object.entries(OPS).filter(([n]) => !exclude.has(n));
-    this.totals = { ...emptyTotals(), seeds: 1 };
+    this.totals = { ...emptyTotals(), seeds: 1, walSeeds: this.walAck ? 1 : 0 };
     const hot = this.world.hot;
     this.note(
-      `seed ${seed}: faults before ${rates.before} after ${rates.after}${hot ? ` (x${hot.factor} on '${hot.prefix}')` : ''}, list page ${this.pageSize}, flushBytes ${fb} KiB, pipeline ${this.pipeline}${this.maxDirty ? `, maxDirty ${this.maxDirty / KiB} KiB` : ''}, lease ${this.leaseMs / 1000} s, store full ${this.fullRate ? `${this.fullRate * 100}% of steps` : 'never'}${o.classic ? ' (classic schedule)' : ''}`,
+      `seed ${seed}: faults before ${rates.before} after ${rates.after}${hot ? ` (x${hot.factor} on '${hot.prefix}')` : ''}, list page ${this.pageSize}, flushBytes ${fb} KiB, pipeline ${this.pipeline}${this.maxDirty ? `, maxDirty ${this.maxDirty / KiB} KiB` : ''}, lease ${this.leaseMs / 1000} s, store full ${this.fullRate ? `${this.fullRate * 100}% of steps` : 'never'}${this.walAck ? `, WAL (acks at ${this.walAck})` : ''}${o.classic ? ' (classic schedule)' : ''}`,
     );
   }
 
@@ -1122,6 +1155,7 @@ class Run {
         if (msg.startsWith('lease lapsed')) this.totals.lapses++;
         else if (msg.startsWith('lease renewed after a lapse')) this.totals.lapsesEnded++;
         else if (msg.startsWith('compaction: the store has no room')) this.totals.compactNoRoom++;
+        else if (msg.startsWith('replayed WAL')) this.totals.walReplays++;
         this.note(`${actor.name} ${level} ${msg} ${fields ? JSON.stringify(fields) : ''}`);
       };
     return { debug: say('debug'), info: say('info'), warn: say('warn'), error: say('error') };
@@ -1317,6 +1351,7 @@ class Run {
           nodeCacheBytes: 64 * KiB,
           dataCacheBytes: this.rand() < 0.5 ? 0 : 256 * KiB,
           openStore: this.opener(actor),
+          ...(this.walAck ? { walUrl: this.walUrl, walAck: this.walAck } : {}),
         }),
         `${actor.name} open`,
       );
@@ -1349,6 +1384,21 @@ class Run {
         this.violation(
           `${actor.name} took over a head (checkpoint ${head.checkpoint}) reading ${c.sha}, not a content any commit produced (allowed ${[...this.allowed, ...this.chained].join(',')})`,
         );
+      // (i) With a WAL, a writer that takes over from the previous one directly (nobody
+      // else held the lease in between) starts from everything that one acknowledged as
+      // durable: the WAL records past the head are replayed before the fence is claimed.
+      const floor = this.walFloor;
+      if (floor && epoch === floor.epoch + 1) {
+        if (!this.timeline.some((e) => e.seq >= floor.seq && e.sha === c.sha))
+          this.violation(
+            `${actor.name} took over from epoch ${floor.epoch} (WAL acks at ${this.walAck}) reading ${c.sha}, without what that writer acknowledged as durable (${this.timeline
+              .filter((e) => e.seq >= floor.seq)
+              .map((e) => e.sha)
+              .join(',')})`,
+          );
+      }
+      this.walFloor = undefined;
+      this.timeline = [{ seq: ++this.nTimeline, sha: c.sha }];
       // Past its fence, nothing of an earlier writer can land on the chain any more.
       this.allow(c.sha);
       this.chained = [];
@@ -1443,6 +1493,9 @@ class Run {
     const nextSha = digest(next);
     this.chained.push(nextSha);
     this.allow(nextSha);
+    // (Before it is sent: a change that fails may still be in the log, whole.)
+    const seq = ++this.nTimeline;
+    this.timeline.push({ seq, sha: nextSha });
     // A failed change may be partly applied (NBD semantics): repeat it until it succeeds,
     // or give the writer up.
     for (let attempt = 1; ; attempt++) {
@@ -1466,6 +1519,7 @@ class Run {
       }
     }
     next.copy(w.model);
+    if (this.walAck === 'write') this.walFloor = { epoch: w.epoch, seq };
     this.note(`${what} ok`);
   }
 
@@ -1505,6 +1559,23 @@ class Run {
     const what = `${w.actor.name} ${durable ? 'sync' : 'flush'}`;
     this.totals.operations++;
     const c = this.contribute(sha, w.actor, what);
+    if (durable && this.walAck) {
+      // With a WAL, a sync commits nothing (unless the log is full): what was acknowledged
+      // is durable in the log, and the next writer replays it.
+      const upTo = this.nTimeline;
+      try {
+        await this.sim.watch(w.vol.sync(), what);
+        this.note(`${what} -> ok (WAL) content ${sha}`);
+        this.walFloor = { epoch: w.epoch, seq: upTo };
+        return true;
+      } catch (e) {
+        this.failed(what, e);
+        if (isHyperError(e, 'FENCED')) await this.dropWriter('fenced');
+        return false;
+      } finally {
+        c.active = false;
+      }
+    }
     try {
       const { head: before } = await readHead(this.raw(this.mainUrl));
       const r = durable
@@ -1553,6 +1624,7 @@ class Run {
       w.committed = sha;
       // Every segment landed: the chain is at this content, past every change before it.
       this.chained = [];
+      if (this.walAck) this.walFloor = { epoch: w.epoch, seq: this.nTimeline };
       return true;
     } catch (e) {
       this.failed(what, e);
@@ -1579,8 +1651,12 @@ class Run {
       w.model = t.buf;
       w.committed = t.sha;
       this.learn(r.checkpoint, t.sha, what);
+      this.timeline.push({ seq: ++this.nTimeline, sha: t.sha });
+      if (this.walAck) this.walFloor = { epoch: w.epoch, seq: this.nTimeline };
     } catch (e) {
       this.failed(what, e);
+      // Which content is durable is unknown.
+      this.walFloor = undefined;
       // Whether the writer's index was switched is unknown: give it up.
       if (isHyperError(e, 'FENCED')) await this.dropWriter('fenced');
       else {
@@ -1840,7 +1916,13 @@ class Run {
         const r = await restoreVolume(
           this.view(actor, this.mainUrl),
           { checkpoint: target },
-          { force: true, holder: actor.name },
+          // (Its store opener: the open replays the writer's WAL, which it must find.)
+          {
+            force: true,
+            holder: actor.name,
+            openStore: this.opener(actor),
+            logger: this.logger(actor),
+          },
         );
         if (r.checkpoint !== undefined) this.learn(r.checkpoint, sha, `restore ${target}`);
         return `checkpoint ${r.checkpoint} content ${sha}`;
@@ -1869,6 +1951,18 @@ class Run {
     const takenOver = head.epoch > old.epoch;
     const c = this.contribute(digest(old.model), old.actor, `${old.actor.name} probe`);
     let c2: Contribution | undefined;
+    if (this.walAck && !fresh) {
+      // With a WAL the takeover is final once the taker claims the log's next record (a
+      // writer that opened has): until then a change the old writer logs is replayed by
+      // whoever takes the volume over (an admin operation), like any other of its changes.
+      const probed = Buffer.from(old.model);
+      probed.fill(0xee, 0, BS);
+      const sha = digest(probed);
+      this.chained.push(sha);
+      this.allow(sha);
+      // (If the takeover failed, the probe is this writer's newest change, and it closes.)
+      this.timeline.push({ seq: ++this.nTimeline, sha });
+    }
     try {
       await this.sim.watch(old.vol.write(0, Buffer.alloc(BS, 0xee)), `${old.actor.name} probe`);
       Buffer.alloc(BS, 0xee).copy(old.model, 0);
@@ -2443,6 +2537,8 @@ export const emptyTotals = (): ChaosTotals => ({
   lapses: 0,
   lapsesEnded: 0,
   compactNoRoom: 0,
+  walSeeds: 0,
+  walReplays: 0,
 });
 
 /** The report of a failed run: seed, how to replay, the violations and the op log's tail. */

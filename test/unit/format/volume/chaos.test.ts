@@ -1,7 +1,8 @@
 /**
  * The chaos harness (test/helpers/chaos.ts) on in-memory stores: seeded runs of a live
- * writer with concurrent snapshots, clones, restores, compactions, takeovers and kills under
- * injected store faults, checking the volume against a reference model after every step.
+ * writer (in some seeds logging to a WAL) with concurrent snapshots, clones, restores,
+ * compactions, takeovers and kills under injected store faults, checking the volume against a
+ * reference model after every step.
  *
  *   HYPER_CHAOS_SECONDS=n     time budget (default 60): seeds 1, 2, 3, ... until it is spent
  *   HYPER_CHAOS_SEED=n        replay exactly one seed (printed with every failure)
@@ -44,12 +45,14 @@ describe('chaos: concurrent writer, admin operations and store faults (mem://)',
         },
       });
       console.log(
-        `chaos totals: seeds ${seeds[0]}..${seeds.at(-1)} (${totals.seeds}), steps ${totals.steps}, operations ${totals.operations} (${totals.opsFailed} failed cleanly), requests ${totals.requests}, faults injected ${totals.faultsBefore + totals.faultsAfter} (${totals.faultsBefore} before, ${totals.faultsAfter} after applying), takeovers ${totals.takeovers}, kills ${totals.kills}, invariant checks ${totals.checks}, violations ${totals.violations}, overlapped segment PUTs ${totals.overlappedSegmentPuts}, NO_SPACE ${totals.noSpace}, leases lapsed ${totals.lapses} (${totals.lapsesEnded} renewed after), compactions short of room ${totals.compactNoRoom}`,
+        `chaos totals: seeds ${seeds[0]}..${seeds.at(-1)} (${totals.seeds}), steps ${totals.steps}, operations ${totals.operations} (${totals.opsFailed} failed cleanly), requests ${totals.requests}, faults injected ${totals.faultsBefore + totals.faultsAfter} (${totals.faultsBefore} before, ${totals.faultsAfter} after applying), takeovers ${totals.takeovers}, kills ${totals.kills}, invariant checks ${totals.checks}, violations ${totals.violations}, overlapped segment PUTs ${totals.overlappedSegmentPuts}, NO_SPACE ${totals.noSpace}, leases lapsed ${totals.lapses} (${totals.lapsesEnded} renewed after), compactions short of room ${totals.compactNoRoom}, WAL seeds ${totals.walSeeds} (${totals.walReplays} opens replayed one)`,
       );
       assert.ok(totals.checks > 0, 'no invariant was checked');
       // (Over the whole budget; a replayed seed may not pipeline any.)
-      if (env.seed === undefined)
+      if (env.seed === undefined) {
         assert.ok(totals.overlappedSegmentPuts > 0, 'no segment PUTs were pipelined');
+        assert.ok(totals.walReplays > 0, 'no writer or admin operation replayed a WAL');
+      }
       assert.equal(
         failures.length,
         0,
