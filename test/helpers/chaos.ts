@@ -1084,7 +1084,7 @@ class Run {
     // (Its own stream: the draws above stay as they were.)
     const walDraw = rng(seed ^ 0x165667b1);
     this.walAck =
-      modern && seed % 4 !== 3 && walDraw() < 0.3
+      !o.classic && seed % 4 !== 3 && walDraw() < 0.3
         ? walDraw() < 0.5
           ? 'write'
           : 'flush'

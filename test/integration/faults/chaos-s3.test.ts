@@ -1,8 +1,8 @@
 /**
  * The chaos harness (test/helpers/chaos.ts) against Ceph RGW: the same seeded runs as
- * test/unit/format/volume/chaos.test.ts (a live writer, concurrent snapshots, clones,
- * restores, compactions, takeovers and kills, checked against a reference model after every
- * step), with the actors' requests going through the fault proxy (503s, 500s, connection
+ * test/unit/format/volume/chaos.test.ts (a live writer, in some seeds logging to a WAL on RGW
+ * too, concurrent snapshots, clones, restores, compactions, takeovers and kills, checked
+ * against a reference model after every step), with the actors' requests going through the fault proxy (503s, 500s, connection
  * resets before and after the request was applied, truncated bodies) and through the
  * harness's own fault-injecting wrapper, while the checks read RGW directly. Timing is real
  * here, so a seed does not replay exactly; a failing seed's op log is printed all the same.
@@ -85,7 +85,7 @@ describe('chaos against Ceph RGW behind the fault proxy', () => {
       });
       proxy.rates = {};
       console.log(
-        `chaos (RGW) totals: seeds ${seeds.join(',')}, steps ${totals.steps}, operations ${totals.operations} (${totals.opsFailed} failed cleanly), requests ${totals.requests}, faults injected by the wrapper ${totals.faultsBefore + totals.faultsAfter} and by the proxy ${JSON.stringify(proxy.counts)}, takeovers ${totals.takeovers}, kills ${totals.kills}, NO_SPACE ${totals.noSpace}, invariant checks ${totals.checks}, violations ${totals.violations}`,
+        `chaos (RGW) totals: seeds ${seeds.join(',')}, steps ${totals.steps}, operations ${totals.operations} (${totals.opsFailed} failed cleanly), requests ${totals.requests}, faults injected by the wrapper ${totals.faultsBefore + totals.faultsAfter} and by the proxy ${JSON.stringify(proxy.counts)}, takeovers ${totals.takeovers}, kills ${totals.kills}, NO_SPACE ${totals.noSpace}, WAL seeds ${totals.walSeeds} (${totals.walReplays} opens replayed one), invariant checks ${totals.checks}, violations ${totals.violations}`,
       );
       assert.ok(totals.checks > 0, 'no invariant was checked');
       assert.equal(
