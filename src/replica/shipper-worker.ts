@@ -6,7 +6,7 @@
 import { readlinkSync } from 'node:fs';
 import { setPriority } from 'node:os';
 import { parentPort, type MessagePort } from 'node:worker_threads';
-import { openStore } from '../format/store/index.js';
+import { openStore, setDefaultStoreOptions } from '../format/store/index.js';
 import type { Logger } from '../format/volume/types.js';
 import { Volume } from '../format/volume/volume.js';
 import {
@@ -63,6 +63,8 @@ async function handle(m: ToWorker): Promise<void> {
     case 'open': {
       ring = Buffer.from(m.ring);
       try {
+        // (Stores the replica volume names, like a WAL, open with the same options.)
+        setDefaultStoreOptions(m.spec.storeOptions);
         const store = await openStore(m.spec.url, m.spec.storeOptions);
         volume = await Volume.open(store, {
           holder: m.spec.holder,
