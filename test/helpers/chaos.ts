@@ -1559,24 +1559,16 @@ class Run {
     const what = `${w.actor.name} ${durable ? 'sync' : 'flush'}`;
     this.totals.operations++;
     const c = this.contribute(sha, w.actor, what);
-    if (durable && this.walAck) {
-      // With a WAL, a sync commits nothing (unless the log is full): what was acknowledged
-      // is durable in the log, and the next writer replays it.
-      const upTo = this.nTimeline;
-      try {
+    try {
+      if (durable && this.walAck) {
+        // With a WAL, a sync commits nothing (unless the log is full): what was acknowledged
+        // is durable in the log, and the next writer replays it.
+        const upTo = this.nTimeline;
         await this.sim.watch(w.vol.sync(), what);
         this.note(`${what} -> ok (WAL) content ${sha}`);
         this.walFloor = { epoch: w.epoch, seq: upTo };
         return true;
-      } catch (e) {
-        this.failed(what, e);
-        if (isHyperError(e, 'FENCED')) await this.dropWriter('fenced');
-        return false;
-      } finally {
-        c.active = false;
       }
-    }
-    try {
       const { head: before } = await readHead(this.raw(this.mainUrl));
       const r = durable
         ? await this.sim
