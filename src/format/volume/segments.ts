@@ -14,8 +14,10 @@ import type { ByteRange, ObjectStore } from '../store/types.js';
 
 export type OpenStoreFn = (url: string) => Promise<ObjectStore>;
 
-/** Parent stores opened with the environment's settings (the CLI passes its own opener). */
-/** How a volume's other stores are opened when the caller gives no opener (see store/index.ts). */
+/**
+ * How the stores a volume names (a clone's parent, a WAL) are opened when the caller gives no
+ * opener: with the options the CLI set (store/index.ts `setDefaultStoreOptions`).
+ */
 export const defaultOpenStore: OpenStoreFn = (url) => openStore(url, defaultStoreOptions());
 
 export class SegmentSource {
