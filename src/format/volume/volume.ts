@@ -177,6 +177,8 @@ export class Volume {
   /** The background load of the index (OpenOptions.warmIndex): nodes visited. */
   private warming: Promise<number> = Promise.resolve(0);
   private wal: WalSession | undefined;
+  /** A WAL is being replayed (startWal): nothing may commit meanwhile. */
+  private replaying = false;
   private closed = false;
   /** close() is flushing: nothing is kept back any more. */
   private closing = false;
@@ -292,7 +294,7 @@ export class Volume {
       this.timer = setInterval(() => {
         const dirty =
           !this.buffer.active.empty || this.committer?.headPending || this.stages.length > 0;
-        if (dirty && !this.flushes.busy) {
+        if (dirty && !this.flushes.busy && !this.replaying) {
           this.flush().catch((e: unknown) =>
             this.storing.warn('timed flush failed', { error: errorText(e) }),
           );
@@ -723,15 +725,28 @@ export class Volume {
   /** Replay what the WAL holds beyond the head, claim its fence, then log. Writers only. */
   private async startWal(walStore: ObjectStore, deferred: boolean): Promise<void> {
     const head = this.headRecord;
-    const { session, replayed } = await WalSession.start(
-      walStore,
-      head.uuid,
-      head.epoch,
-      head.walSeq ?? 0,
-      (e) => this.replay(e),
-      this.log,
-      deferred,
-    );
+    // Nothing commits until the whole log is applied: the log re-applies changes older than
+    // some the head holds, so a checkpoint of part of it (the buffer asking for room, the
+    // timed flush) would read a content no writer ever had. The buffer's bound waits.
+    const bound = this.buffer.maxDirtyBytes;
+    this.replaying = true;
+    this.buffer.setLimit(Number.MAX_SAFE_INTEGER);
+    let started;
+    try {
+      started = await WalSession.start(
+        walStore,
+        head.uuid,
+        head.epoch,
+        head.walSeq ?? 0,
+        (e) => this.replay(e),
+        this.log,
+        deferred,
+      );
+    } finally {
+      this.buffer.setLimit(bound);
+      this.replaying = false;
+    }
+    const { session, replayed } = started;
     this.wal = session;
     if (replayed > 0) {
       this.log.info('replayed WAL', { entries: replayed });
