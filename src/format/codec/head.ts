@@ -43,6 +43,14 @@ export const EXT_DEDUP = 0x8008;
  */
 export const EXT_FENCES = 0x0009;
 
+/**
+ * WAL change: u64, the number of the newest WAL-numbered change this checkpoint holds (every
+ * change up to it, none after it): a replay applies only the entries numbered above it.
+ * Readers may skip it; a writer that does not know it drops it, and replays go back to
+ * applying every record above the WAL sequence.
+ */
+export const EXT_WAL_CHANGE = 0x000a;
+
 /** The content-hash index of a deduplicating volume (FEATURE_DEDUP). */
 export interface DedupIndex {
   hash: number;
@@ -97,6 +105,8 @@ export interface HeadRecord {
   restoredFrom?: number;
   clone?: CloneOrigin;
   walSeq?: number;
+  /** The newest numbered WAL change this checkpoint holds (EXT_WAL_CHANGE). */
+  walChange?: number;
   /** The block codec new blocks are compressed with (FEATURE_CODECS volumes). */
   compression?: number;
   /** FEATURE_SEALED volumes: how blocks and nodes are sealed (never the key itself). */
@@ -149,6 +159,8 @@ export function encodeHead(h: HeadRecord): Buffer {
     exts.push([EXT_PARENTS, cw.finish()]);
   }
   if (h.walSeq !== undefined) exts.push([EXT_WAL_SEQ, new Writer(8).u64(h.walSeq).finish()]);
+  if (h.walChange !== undefined)
+    exts.push([EXT_WAL_CHANGE, new Writer(8).u64(h.walChange).finish()]);
   if (h.restoredFrom !== undefined)
     exts.push([EXT_RESTORED_FROM, new Writer(8).u64(h.restoredFrom).finish()]);
   if (h.compression !== undefined)
@@ -230,6 +242,7 @@ export function decodeHead(buf: Buffer, start = 0): { head: HeadRecord; length: 
       head.history = { floor, floorMs, kept };
     } else if (type === EXT_RESTORED_FROM) head.restoredFrom = new Reader(data).u64();
     else if (type === EXT_WAL_SEQ) head.walSeq = new Reader(data).u64();
+    else if (type === EXT_WAL_CHANGE) head.walChange = new Reader(data).u64();
     else if (type === EXT_PARENTS) {
       const cr = new Reader(data);
       const checkpoint = cr.u64();

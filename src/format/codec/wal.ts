@@ -1,8 +1,10 @@
 /**
  * Write-ahead log records (magic "HYWL"): one object per group commit.
  *   volume uuid 16 | epoch u64 | sequence u64 | entry count u32 |
- *   entries: op u8 (1 write, 2 write-zeroes, 3 trim, 4 resize) | 7 reserved |
+ *   entries: op u8 (1 write, 2 write-zeroes, 3 trim, 4 resize) | change u48 | 1 reserved |
  *            offset u64 | length u64 | data (length bytes, writes only)
+ * `change` numbers the volume's changes in the order they were applied (0: not numbered, a
+ * record of a hyper before 2026-12); a head's WAL change number says which it holds.
  * A record with no entries is a fence: the writer that takes a volume over claims the next
  * sequence number with it, so an older writer's next WAL write fails.
  */
@@ -21,6 +23,8 @@ export interface WalEntry {
   /** Bytes affected (for resize: the new size; offset unused). */
   length: number;
   data?: Buffer;
+  /** The change's number (see the header; 0 or absent: not numbered). */
+  change?: number;
 }
 
 export interface WalRecord {
@@ -35,8 +39,11 @@ export function encodeWal(r: WalRecord): Buffer {
   const w = new Writer(64 + r.entries.length * 24 + dataBytes);
   w.bytes(Buffer.from(r.uuid, 'hex')).u64(r.epoch).u64(r.seq).u32(r.entries.length);
   for (const e of r.entries) {
+    const change = e.change ?? 0;
     w.u8(OPS.indexOf(e.op) + 1)
-      .zeros(7)
+      .u32(change % 2 ** 32)
+      .u16(Math.floor(change / 2 ** 32))
+      .zeros(1)
       .u64(e.offset)
       .u64(e.length);
     if (e.op === 'write') w.bytes(e.data as Buffer);
@@ -54,14 +61,16 @@ export function decodeWal(buf: Buffer): WalRecord {
   for (let i = 0; i < n; i++) {
     const op = OPS[r.u8() - 1];
     if (!op) throw new DecodeError('unknown WAL operation');
-    r.skip(7);
+    const change = r.u32() + r.u16() * 2 ** 32;
+    r.skip(1);
     const offset = r.u64();
     const length = r.u64();
-    entries.push(
+    const e: WalEntry =
       op === 'write'
         ? { op, offset, length, data: Buffer.from(r.bytes(length)) }
-        : { op, offset, length },
-    );
+        : { op, offset, length };
+    if (change > 0) e.change = change;
+    entries.push(e);
   }
   return { uuid, epoch, seq, entries };
 }

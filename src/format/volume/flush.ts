@@ -334,7 +334,14 @@ export function mergePatches(a: MetadataPatch | undefined, b: MetadataPatch | un
 /** The head of checkpoint `id`, written after `prev` with `patch` applied. */
 export function nextHead(
   prev: HeadRecord,
-  c: { id: number; nowMs: number; size: number; patch: MetadataPatch; walSeq: number | undefined },
+  c: {
+    id: number;
+    nowMs: number;
+    size: number;
+    patch: MetadataPatch;
+    walSeq: number | undefined;
+    walChange?: number | undefined;
+  },
 ): NextHead {
   // A restore marks only its own checkpoint; history and everything else carry over.
   const { restoredFrom: _previousRestore, ...base } = prev;
@@ -342,6 +349,7 @@ export function nextHead(
   return {
     ...base,
     ...(c.walSeq === undefined ? {} : { walSeq: c.walSeq }),
+    ...(c.walChange === undefined ? {} : { walChange: c.walChange }),
     ...(history
       ? {
           history: {

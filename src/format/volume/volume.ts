@@ -179,6 +179,11 @@ export class Volume {
   private wal: WalSession | undefined;
   /** A WAL is being replayed (startWal): nothing may commit meanwhile. */
   private replaying = false;
+  /**
+   * The number of the newest change logged or replayed (WAL entries are numbered in the
+   * order they are applied, across writers); a segment records the number it was frozen at.
+   */
+  private walChange = 0;
   private closed = false;
   /** close() is flushing: nothing is kept back any more. */
   private closing = false;
@@ -623,14 +628,23 @@ export class Volume {
   private logged(entry: WalEntry, data?: Data): (() => Promise<void> | undefined) | undefined {
     const wal = this.wal;
     if (!wal) return undefined;
+    // Numbered in the step that applies it: a segment frozen before that step holds every
+    // change up to its number, and none after (startSegment, replay).
+    const numbered = (): WalEntry => {
+      entry.change = ++this.walChange;
+      return entry;
+    };
     // record() copies the data: the caller may reuse its buffers once acknowledged.
-    if (wal.writer.deferred) return () => wal.writer.record(entry, data);
+    if (wal.writer.deferred) return () => wal.writer.record(numbered(), data);
     return () =>
       wal.writer
         .append(
           data === undefined
-            ? entry
-            : { ...entry, data: Buffer.isBuffer(data) ? data : Buffer.concat(data, entry.length) },
+            ? numbered()
+            : {
+                ...numbered(),
+                data: Buffer.isBuffer(data) ? data : Buffer.concat(data, entry.length),
+              },
         )
         .then(
           () => this.walFull?.ok('the WAL has room again: writes are logged'),
@@ -729,6 +743,11 @@ export class Volume {
     // some the head holds, so a checkpoint of part of it (the buffer asking for room, the
     // timed flush) would read a content no writer ever had. The buffer's bound waits.
     const bound = this.buffer.maxDirtyBytes;
+    // Entries numbered up to the head's change number are in it already: replaying them
+    // would put older data over newer (a batch logged at FLUSH, or one whose PUT landed
+    // although it failed, carries changes a later segment holds).
+    const holds = head.walChange ?? 0;
+    this.walChange = holds;
     this.replaying = true;
     this.buffer.setLimit(Number.MAX_SAFE_INTEGER);
     let started;
@@ -738,7 +757,7 @@ export class Volume {
         head.uuid,
         head.epoch,
         head.walSeq ?? 0,
-        (e) => this.replay(e),
+        (e) => this.replay(e, holds),
         this.log,
         deferred,
       );
@@ -754,8 +773,12 @@ export class Volume {
     }
   }
 
-  /** Apply one WAL entry without logging it again. */
-  private async replay(e: WalEntry): Promise<void> {
+  /** Apply one WAL entry without logging it again, unless the head holds it (`holds`). */
+  private async replay(e: WalEntry, holds: number): Promise<void> {
+    if (e.change !== undefined) {
+      if (e.change <= holds) return;
+      this.walChange = Math.max(this.walChange, e.change);
+    }
     if (e.op === 'write') await this.buffer.write(e.offset, e.data as Buffer);
     else if (e.op === 'zero') await this.buffer.zero(e.offset, e.length, 'zero');
     else if (e.op === 'trim') await this.buffer.zero(e.offset, e.length, 'keep');
@@ -1058,9 +1081,11 @@ export class Volume {
       throw e;
     }
     const gen = this.buffer.freeze();
-    // Durable WAL batches hold only writes applied to `gen`: this checkpoint covers them.
-    // (A batch still in flight is replayed after a crash; replaying a covered write is harmless.)
+    // Durable WAL batches hold only writes applied to `gen`: this checkpoint covers them. It
+    // also holds every change numbered up to walChange: a batch still in flight (or whose
+    // PUT failed but landed) is replayed after a crash without those.
     const walSeq = this.wal?.writer.lastDurable;
+    const walChange = this.wal ? this.walChange : undefined;
     const patch = this.pendingMeta ?? {};
     this.pendingMeta = undefined;
     const base = this.cleanHead;
@@ -1071,7 +1096,8 @@ export class Volume {
         loader: this.loader,
         gen,
         id: () => committer.nextId(),
-        head: (id, nowMs) => nextHead(committer.tip, { id, nowMs, size: this.size, patch, walSeq }),
+        head: (id, nowMs) =>
+          nextHead(committer.tip, { id, nowMs, size: this.size, patch, walSeq, walChange }),
         blockSize: this.bs,
         ...(this.compression === undefined
           ? {}

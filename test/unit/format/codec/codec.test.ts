@@ -34,6 +34,7 @@ import {
   pointerKey,
 } from '../../../../src/format/codec/dedup.js';
 import { decodeLease, encodeLease } from '../../../../src/format/codec/lease.js';
+import { decodeWal, encodeWal } from '../../../../src/format/codec/wal.js';
 import {
   decodeNode,
   encodeNode,
@@ -182,6 +183,37 @@ describe('codecs', () => {
     assert.deepEqual(d.lbas, [3, 4]);
     assert.deepEqual(d.nodes, [{ firstLba: 3, level: 0 }]);
     assert.equal(d.dataOffset, 8192);
+  });
+
+  it('head: the WAL change number is extension 0x000a (skippable) — pinned', () => {
+    const b = encodeHead({ ...head, walChange: 2 ** 40 + 7 });
+    assert.equal(b.readUInt16LE(4), 1, 'no feature flag: still a version 1 record');
+    const ext = b.subarray(b.length - 4 - (6 + 8), b.length - 4);
+    assert.equal(hex(ext), '0a00' + '08000000' + '0700000000010000');
+    assert.equal(decodeHead(b).head.walChange, 2 ** 40 + 7);
+    assert.equal(decodeHead(encodeHead(head)).head.walChange, undefined);
+  });
+
+  it('WAL entries carry their change number where the reserved bytes were (0: none) — pinned', () => {
+    const r = {
+      uuid: '00112233445566778899aabbccddeeff',
+      epoch: 3,
+      seq: 9,
+      entries: [
+        {
+          op: 'write' as const,
+          offset: 4096,
+          length: 2,
+          data: Buffer.from([1, 2]),
+          change: 2 ** 33 + 1,
+        },
+        { op: 'trim' as const, offset: 0, length: 4096 },
+      ],
+    };
+    const b = encodeWal(r);
+    // After the envelope header (12), uuid (16), epoch, seq (8 each) and count (4): op, change.
+    assert.equal(hex(b.subarray(48, 56)), '01' + '01000000' + '0200' + '00');
+    assert.deepEqual(decodeWal(b), r);
   });
 
   it('lease record round-trips', () => {
