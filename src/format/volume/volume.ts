@@ -773,16 +773,20 @@ export class Volume {
     }
   }
 
-  /** Apply one WAL entry without logging it again, unless the head holds it (`holds`). */
-  private async replay(e: WalEntry, holds: number): Promise<void> {
+  /**
+   * Apply one WAL entry without logging it again, unless the head holds it (numbered at or
+   * below `holds`): false then.
+   */
+  private async replay(e: WalEntry, holds: number): Promise<boolean> {
     if (e.change !== undefined) {
-      if (e.change <= holds) return;
+      if (e.change <= holds) return false;
       this.walChange = Math.max(this.walChange, e.change);
     }
     if (e.op === 'write') await this.buffer.write(e.offset, e.data as Buffer);
     else if (e.op === 'zero') await this.buffer.zero(e.offset, e.length, 'zero');
     else if (e.op === 'trim') await this.buffer.zero(e.offset, e.length, 'keep');
     else if (e.op === 'resize') this.size = e.length;
+    return true;
   }
 
   // ------------------------------------------------------------------ history

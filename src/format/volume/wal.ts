@@ -328,8 +328,8 @@ export class WalWriter {
 
 const newBatch = (): Batch => ({ entries: [], waiters: [], bytes: 0, slabs: [] });
 
-/** Applies one replayed entry to the engine (without logging it again). */
-export type ReplayFn = (entry: WalEntry) => Promise<void>;
+/** Applies one replayed entry to the engine (without logging it again); false: it held it. */
+export type ReplayFn = (entry: WalEntry) => Promise<boolean>;
 
 export class WalSession {
   /** Records at or below this are deleted (or being deleted). */
@@ -375,8 +375,7 @@ export class WalSession {
         }
         const rec = await readWal(store, uuid, q);
         for (const e of rec.entries) {
-          await replay(e);
-          replayed++;
+          if (await replay(e)) replayed++;
         }
         applied = q;
       }
