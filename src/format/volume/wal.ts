@@ -374,6 +374,9 @@ export class WalSession {
           );
         }
         const rec = await readWal(store, uuid, q);
+        // A newer writer has the log already (its fence, or its writes): this opener was
+        // taken over while it opened. Claiming a fence after that writer's would fence it.
+        if (rec.epoch > epoch) throw walFenced();
         for (const e of rec.entries) {
           if (await replay(e)) replayed++;
         }

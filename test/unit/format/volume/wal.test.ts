@@ -5,10 +5,10 @@ import { isHyperError } from '../../../../src/errors.js';
 import { CountingStore } from '../../../../src/format/store/counting.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
 import type { ObjectStore, PutBody, PutOptions } from '../../../../src/format/store/types.js';
-import { KiB, MiB } from '../../../../src/format/volume/types.js';
+import { KiB, MiB, silentLogger } from '../../../../src/format/volume/types.js';
 import { readHead } from '../../../../src/format/volume/heads.js';
 import { Volume } from '../../../../src/format/volume/volume.js';
-import { listWal } from '../../../../src/format/volume/wal.js';
+import { WalSession, listWal } from '../../../../src/format/volume/wal.js';
 import { rng } from '../../../helpers/rng.js';
 import { noSpace, recordingLogger } from '../../../helpers/fillable-store.js';
 
@@ -217,6 +217,31 @@ describe('write-ahead log, writes logged at FLUSH (walAck flush)', () => {
     const b = await Volume.open(vol, { ...opts, force: true });
     assert.ok((await b.read(0, 64 * KiB)).equals(Buffer.alloc(64 * KiB, 2)));
     await b.close();
+  });
+
+  // Found by the chaos harness on RGW (seed 13326): a forced compaction still opening when a
+  // newer writer took the volume over replayed the log, saw that writer's fence, and claimed
+  // a fence after it: the newer writer, which held the lease, was fenced by an older one.
+  it('an opener taken over while it opens does not fence the newer writer', async () => {
+    const { vol, wal, openStore } = setup();
+    await Volume.create(vol, { size: 4 * MiB });
+    const opts = { walUrl: wal.url, openStore, flushIntervalMs: 0 };
+    const a = await Volume.open(vol, opts);
+    const { uuid } = a.info;
+    const older = a.headRecord.epoch;
+    const covered = a.headRecord.walSeq ?? 0;
+    const b = await Volume.open(vol, { ...opts, force: true });
+    const before = await listWal(wal, uuid);
+    // An opener of a's epoch, slower: it reaches the log after b's fence.
+    await assert.rejects(
+      WalSession.start(wal, uuid, older, covered, () => Promise.resolve(true), silentLogger),
+      (e) => isHyperError(e, 'FENCED'),
+    );
+    assert.deepEqual(await listWal(wal, uuid), before, 'it claimed nothing');
+    await b.write(0, Buffer.alloc(4 * KiB, 7));
+    await b.sync();
+    await b.close();
+    await a.close().catch(() => undefined);
   });
 
   it('refuses to log at FLUSH without a WAL, taking no lease', async () => {
