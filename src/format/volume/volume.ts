@@ -797,11 +797,8 @@ export class Volume {
    */
   async restore(id: number): Promise<CheckpointInfo> {
     this.checkWritable();
-    // With a WAL, every change made before the restore is logged and durable first, so that
-    // the restore's checkpoint covers its record: replayed after a crash on top of the
-    // restored content, it would bring back what the restore undid. (Logging at FLUSH holds
-    // changes back until a sync; a write's record may still be in flight.)
-    if (this.wal) await this.sync();
+    // (With a WAL, changes made before the restore are numbered at or below the change number
+    // its checkpoint records: a replay after a crash skips them, never undoing the restore.)
     await this.flush();
     const head = this.headRecord;
     if (!isRetainedCheckpoint(head, id)) {
