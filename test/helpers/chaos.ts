@@ -347,6 +347,8 @@ export interface ChaosCounters {
   overlappedSegmentPuts: number;
   /** PUTs refused with NO_SPACE while the store was full. */
   noSpace: number;
+  /** Requests the store itself failed (RGW: resets, 5xx), not the harness. */
+  storeErrors: number;
 }
 
 /**
@@ -361,6 +363,7 @@ export class World {
     killedRequests: 0,
     overlappedSegmentPuts: 0,
     noSpace: 0,
+    storeErrors: 0,
   };
   /**
    * The store is full (an exhausted bucket quota, a full disk) until `untilMs` (Date.now: the
@@ -394,6 +397,20 @@ export class World {
    * previous checkpoint their embedded head names.
    */
   private readonly segments = new Map<string, number>();
+  /**
+   * Segment objects (url + key) whose PUT the store failed and that were not there right
+   * after: the store may still apply it. A head naming one is checked once the store is
+   * asked again (`resolveDoubts`).
+   */
+  private readonly doubted = new Set<string>();
+  private readonly existedOnce = new Set<string>();
+  private readonly doubts: {
+    actor: Actor;
+    url: string;
+    h: HeadRecord;
+    since?: number;
+    id: number;
+  }[] = [];
 
   constructor(
     readonly sim: Sim,
@@ -445,6 +462,7 @@ export class World {
   applied(actor: Actor, op: 'put' | 'delete', url: string, key: string, body?: Buffer): void {
     this.mutations++;
     if (op === 'put') {
+      this.doubted.delete(url + key);
       if (this.sim.virtual) this.mtimes.set(url + key, this.sim.now);
       if (key.startsWith(SEGMENT_PREFIX) && body) {
         let prev = -1;
@@ -459,6 +477,8 @@ export class World {
     } else {
       this.mtimes.delete(url + key);
       this.segments.delete(url + key);
+      // Deleted after it was listed: it was there (what it named is unknown).
+      if (this.doubted.delete(url + key)) this.existedOnce.add(url + key);
       const st = key === HEAD_KEY ? this.heads.get(url) : undefined;
       if (st) st.checkpoint = undefined;
     }
@@ -470,10 +490,21 @@ export class World {
    * checkpoints (segments written for room, possibly several in flight at once, are
    * committed by one later head CAS).
    */
-  private namesOnlyDurable(actor: Actor, url: string, h: HeadRecord, since?: number): void {
+  private namesOnlyDurable(
+    actor: Actor,
+    url: string,
+    h: HeadRecord,
+    since?: number,
+    from = h.checkpoint,
+  ): void {
     const base = h.clone?.chain[0]?.base ?? 0;
-    for (let id = h.checkpoint; id > base && (since === undefined || id > since);) {
+    for (let id = from; id > base && (since === undefined || id > since);) {
       const prev = this.segments.get(url + segmentKey(id));
+      if (prev === undefined && this.existedOnce.has(url + segmentKey(id))) return;
+      if (prev === undefined && this.doubted.has(url + segmentKey(id))) {
+        this.doubts.push({ actor, url, h, ...(since === undefined ? {} : { since }), id });
+        return;
+      }
       if (prev === undefined) {
         this.violation(
           `(g) ${actor.name} wrote a head of ${url} (checkpoint ${h.checkpoint}, epoch ${h.epoch}) whose chain names segment ${id}, which does not exist`,
@@ -482,6 +513,30 @@ export class World {
       }
       if (since === undefined || prev < 0 || prev >= id) return;
       id = prev;
+    }
+  }
+
+  /** A segment PUT the store failed, and whose object was not there right after. */
+  inDoubt(url: string, key: string): void {
+    this.doubted.add(url + key);
+  }
+
+  /**
+   * Settle (g) for heads that named a segment in doubt: `read` gives what the store holds at
+   * a key now (undefined: nothing). A segment there now was there when the head was written
+   * (its PUT was answered before); one still missing is a violation.
+   */
+  async resolveDoubts(
+    read: (url: string, key: string) => Promise<Buffer | undefined>,
+  ): Promise<void> {
+    for (const d of this.doubts.splice(0)) {
+      const key = segmentKey(d.id);
+      const body = this.doubted.has(d.url + key) ? await read(d.url, key) : undefined;
+      if (body) {
+        this.log(`  . ${key} of ${d.url}, in doubt, is in the store`);
+        this.applied(d.actor, 'put', d.url, key, body);
+      }
+      this.namesOnlyDurable(d.actor, d.url, d.h, d.since, d.id);
     }
   }
 
@@ -558,6 +613,7 @@ export class ChaosStore implements ObjectStore {
     fn: () => Promise<T>,
     onApplied?: (r: T) => void,
     putBytes?: number,
+    onStoreError?: () => Promise<void>,
   ): Promise<T> {
     const f = await this.turn(what, putBytes);
     if (f === 'before') throw injected(`${what} (not applied)`);
@@ -570,6 +626,15 @@ export class ChaosStore implements ObjectStore {
     let r: T;
     try {
       r = await fn();
+    } catch (e) {
+      // The store itself failed the request (on RGW: the proxy's reset or 5xx), as opposed
+      // to answering it (OBJECT_EXISTS, PRECONDITION_FAILED...): it may have applied it.
+      if (!isHyperError(e) || (e.kind === 'unavailable' && e.code !== 'NO_SPACE')) {
+        this.world.counters.storeErrors++;
+        this.world.log(`  ! ${this.actor.name} ${what}: the store failed it (${errText(e)})`);
+        await onStoreError?.();
+      }
+      throw e;
     } finally {
       this.world.sim.end();
     }
@@ -607,6 +672,15 @@ export class ChaosStore implements ObjectStore {
         () => this.inner.put(key, body, options),
         () => w.applied(this.actor, 'put', this.url, key, bytes),
         bytes.length,
+        async () => {
+          // Did it land after all? The World learns what the store holds now; a PUT the store
+          // may still apply later leaves the key in doubt (the checks ask the store again).
+          const got = await this.inner.get(key).catch(() => undefined);
+          if (got?.body.equals(bytes)) {
+            w.log(`  . ${this.actor.name} put ${key}: landed despite the store's error`);
+            w.applied(this.actor, 'put', this.url, key, bytes);
+          } else if (!got) w.inDoubt(this.url, key);
+        },
       );
       // Each segment PUT's outcome as its writer saw it: on a real store a PUT may land while
       // its caller sees only errors (a reset after applying, retries used up), and the World
@@ -859,6 +933,8 @@ export interface ChaosTotals {
   overlappedSegmentPuts: number;
   /** PUTs refused with NO_SPACE during store-full episodes. */
   noSpace: number;
+  /** Requests the store failed itself (on RGW: the fault proxy's resets and 5xx). */
+  storeErrors: number;
   /** Leases that lapsed (renewals refused past expiry), and lapses a renewal ended. */
   lapses: number;
   lapsesEnded: number;
@@ -2206,6 +2282,14 @@ class Run {
   }
 
   private async checkNow(): Promise<void> {
+    await this.world.resolveDoubts(async (url, key) => {
+      try {
+        return (await this.raw(url).get(key)).body;
+      } catch (e) {
+        if (isHyperError(e, 'OBJECT_NOT_FOUND')) return undefined;
+        throw e;
+      }
+    });
     const raw = this.raw(this.mainUrl);
     let head: HeadRecord;
     try {
@@ -2477,6 +2561,7 @@ class Run {
     this.totals.faultsAfter = c.faultsAfter;
     this.totals.overlappedSegmentPuts = c.overlappedSegmentPuts;
     this.totals.noSpace = c.noSpace;
+    this.totals.storeErrors = c.storeErrors;
     this.totals.violations = this.world.violations.length;
     this.note(`end: ${JSON.stringify(this.totals)}`);
     return {
@@ -2526,6 +2611,7 @@ export const emptyTotals = (): ChaosTotals => ({
   violations: 0,
   overlappedSegmentPuts: 0,
   noSpace: 0,
+  storeErrors: 0,
   lapses: 0,
   lapsesEnded: 0,
   compactNoRoom: 0,
