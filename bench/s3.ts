@@ -27,6 +27,7 @@
  *   node --import tsx bench/s3.ts [--reps 3] [--delays 0,20] [--runtime 5] [--size-mib 256] [--randread-ios 2000]
  *                                 [--only hyper,hyper-cache,hyper-wal,hyper-walf,s3backer,nbdkit-64k,nbdkit-1m,raw]
  *                                 [--workloads seq-write,…,durable]   (default: all)
+ *                                 [--hyper-args "--read-ahead 32M"]   (more serve flags, every hyper peer)
  * Needs `npm run build`, HYPER_TEST_S3_* and HYPER_RGW_DIR (scripts/rgw/start.sh's env file).
  */
 import { spawnSync } from 'node:child_process';
@@ -87,6 +88,8 @@ const size = sizeMiB * MiB;
 const RANDREAD_IOS = Number(arg('randread-ios', '2000'));
 /** --workloads: the workloads to run (the raw peer's seq-write, seq-read and durable too). */
 const selectedArg = arg('workloads', '');
+/** --hyper-args: more `serve` flags for every hyper peer (tuning experiments). */
+const hyperArgs = arg('hyper-args', '').split(/\s+/).filter(Boolean);
 
 const endpoint = process.env.HYPER_TEST_S3_ENDPOINT;
 const bucket = process.env.HYPER_TEST_S3_BUCKET;
@@ -220,7 +223,7 @@ function hyperPeer(name: string, variant?: 'cache' | 'wal' | 'walf'): Peer {
       return startHyper(volumeUrl(ctx), {
         ...(first ? { createSize: size } : {}),
         store: ['--endpoint', ctx.endpoint],
-        extra,
+        extra: [...extra, ...hyperArgs],
       });
     },
   };
@@ -832,6 +835,7 @@ async function main(): Promise<void> {
     reps,
     delaysMs: delays,
     fioRuntimeSeconds: runtime,
+    hyperArgs,
     units: UNIT,
     unavailable,
     medians,
