@@ -1,5 +1,6 @@
 /**
- * Copying raw images into and out of volumes, for `file import` and `file export`.
+ * Copying raw images into and out of volumes, for `file import` and `file export` (and the
+ * chunked, zero-skipping writes of `file copy`, copy.ts).
  *
  * Both directions move large chunks (4 MiB by default) with several in flight, skip zeros at
  * data-block granularity (import writes no all-zero blocks; export leaves holes in a sparse
@@ -28,7 +29,7 @@ const execFileAsync = promisify(execFile);
 export const DEFAULT_CHUNK_SIZE = 4 * MiB;
 export const DEFAULT_CONCURRENCY = 4;
 /** Extents are asked for in windows of this many bytes, so a huge sparse volume streams. */
-const EXTENT_WINDOW = 16 * 1024 * MiB;
+export const EXTENT_WINDOW = 16 * 1024 * MiB;
 
 export interface TransferOptions {
   /** Bytes per read/write request (rounded up to a multiple of the block size). */
@@ -54,12 +55,20 @@ export interface TransferStats {
 }
 
 /** Open a volume, run `fn`, and close it; a close failure never hides an earlier error. */
-export async function withVolume<R>(
+export function withVolume<R>(
   store: ObjectStore,
   options: OpenOptions,
   fn: (volume: Volume) => Promise<R>,
 ): Promise<R> {
-  const volume = await Volume.open(store, options);
+  return usingVolume(Volume.open(store, options), fn);
+}
+
+/** Run `fn` on the volume `opening` gives, and close it (as withVolume). */
+export async function usingVolume<R>(
+  opening: Promise<Volume>,
+  fn: (volume: Volume) => Promise<R>,
+): Promise<R> {
+  const volume = await opening;
   let result: R;
   try {
     result = await fn(volume);
@@ -145,7 +154,7 @@ function zeroBuffer(n: number): Buffer {
   return zeroCache;
 }
 
-function chunkSizeFor(options: TransferOptions): number {
+export function chunkSizeFor(options: TransferOptions): number {
   const want = options.chunkSize ?? DEFAULT_CHUNK_SIZE;
   return Math.max(options.blockSize, Math.ceil(want / options.blockSize) * options.blockSize);
 }
@@ -194,7 +203,7 @@ export async function importImage(
  * Write one chunk of an image into the volume: runs of zero blocks are skipped (or written
  * as zeroes with `zeroFill`), the rest written as data; counted in `stats`.
  */
-async function writeChunk(
+export async function writeChunk(
   volume: Volume,
   off: number,
   buf: Buffer,

@@ -190,6 +190,22 @@ export const fileExportSchema = z.strictObject({
   elapsedSeconds: seconds,
 });
 
+export const fileCopySchema = z.strictObject({
+  source: z.string(),
+  target: z.string(),
+  size: bytes,
+  at: checkpointRefSchema.nullable(),
+  /** The source's checkpoint that was copied. */
+  sourceCheckpoint: checkpointNumber,
+  created: z.boolean(),
+  /** The target's checkpoint that holds the copy. */
+  checkpoint: checkpointNumber,
+  checkpointTime: isoTime,
+  dataBytes: bytes,
+  zeroBytes: bytes,
+  elapsedSeconds: seconds,
+});
+
 /** The identity of a diff stream (its header): the source volume and the two checkpoints. */
 const diffHeaderFields = {
   /** The uuid of the volume the diff was exported from. */
@@ -741,6 +757,7 @@ export const resultSchemas = {
   'file:list': fileListSchema,
   'file:import': fileImportSchema,
   'file:export': fileExportSchema,
+  'file:copy': fileCopySchema,
   'file:export-diff': fileExportDiffSchema,
   'file:import-diff': fileImportDiffSchema,
   'file:delete': fileDeleteSchema,
@@ -785,6 +802,7 @@ export type FileListResult = z.infer<typeof fileListSchema>;
 export type VolumeListItem = FileListResult['volumes'][number];
 export type FileImportResult = z.infer<typeof fileImportSchema>;
 export type FileExportResult = z.infer<typeof fileExportSchema>;
+export type FileCopyResult = z.infer<typeof fileCopySchema>;
 export type FileExportDiffResult = z.infer<typeof fileExportDiffSchema>;
 export type FileImportDiffResult = z.infer<typeof fileImportDiffSchema>;
 /** The fields export-diff and import-diff both show: the stream's header and its counts. */

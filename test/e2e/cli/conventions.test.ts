@@ -167,6 +167,18 @@ const INVOCATIONS: Record<string, Invocation> = {
     missing: (f, url) => [url, join(f.dir, 'missing.img')],
     leased: null,
   },
+  'file:copy': {
+    ok: async (f) => [
+      await f.volume('copy'),
+      fileUrl(join(f.dir, 'copy-target')),
+      '--at',
+      'snap1',
+      '--create',
+    ],
+    missing: (f, url) => [url, fileUrl(join(f.dir, 'copy-of-missing')), '--create'],
+    // (A leased target: test/e2e/cli/copy.test.ts.)
+    leased: null,
+  },
   'file:delete': {
     ok: async (f) => [await f.volume('delete'), '--yes'],
     missing: (_f, url) => [url, '--yes'],

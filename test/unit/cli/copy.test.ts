@@ -1,0 +1,190 @@
+import assert from 'node:assert/strict';
+import { createHash, randomBytes } from 'node:crypto';
+import { describe, it } from 'node:test';
+import { copyVolume } from '../../../src/cli/copy.js';
+import { isHyperError } from '../../../src/errors.js';
+import { addKey, clearKeys } from '../../../src/format/keyring.js';
+import { openStore } from '../../../src/format/store/index.js';
+import type { ObjectStore } from '../../../src/format/store/types.js';
+import { Volume } from '../../../src/format/volume/volume.js';
+
+const KiB = 1024;
+const MiB = 1024 * KiB;
+let n = 0;
+const fresh = (what: string): Promise<ObjectStore> =>
+  openStore(`mem://copy-${what}-${process.pid}-${++n}/`);
+
+/** The whole content of the volume at `store` (its current checkpoint, or `at`). */
+async function content(store: ObjectStore, at?: number): Promise<Buffer> {
+  const v = await Volume.open(store, { readOnly: true, ...(at ? { at: { checkpoint: at } } : {}) });
+  try {
+    return await v.read(0, v.info.size);
+  } finally {
+    await v.close();
+  }
+}
+
+const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+/**
+ * A 6 MiB source: random data in [0, 1 MiB), a hole to 3 MiB, written zeros in [3, 3.5 MiB),
+ * random data in [3.5, 4 MiB) and a partial block at 5 MiB + 100.
+ */
+async function source(options: Parameters<typeof Volume.create>[1] = {}): Promise<ObjectStore> {
+  const s = await fresh('src');
+  await Volume.create(s, { size: 6 * MiB, ...options });
+  const v = await Volume.open(s);
+  await v.write(0, randomBytes(MiB));
+  await v.write(3 * MiB, Buffer.alloc(MiB / 2));
+  await v.write(3 * MiB + MiB / 2, randomBytes(MiB / 2));
+  await v.write(5 * MiB + 100, randomBytes(3000));
+  await v.close();
+  return s;
+}
+
+describe('copyVolume', () => {
+  it('copies into a new volume laid out like the source, storing no holes or zeros', async () => {
+    const src = await source({ dataBlockSize: 8 * KiB, segmentSize: 2 * MiB, compression: 'zstd' });
+    const dst = await fresh('dst');
+    let last = 0;
+    const r = await copyVolume(src, dst, {
+      create: {},
+      chunkSize: 256 * KiB,
+      concurrency: 3,
+      onProgress: (done, total) => {
+        assert.ok(done >= last && done <= total);
+        last = done;
+      },
+    });
+    assert.equal(r.created, true);
+    assert.equal(last, 6 * MiB);
+    assert.equal(r.stats.bytesDone, 6 * MiB);
+    assert.ok(sha(await content(dst)) === sha(await content(src)), 'same bytes');
+    const info = r.target;
+    assert.deepEqual(
+      [info.size, info.dataBlockSize, info.segmentSize, info.compression, info.dedup],
+      [6 * MiB, 8 * KiB, 2 * MiB, 'zstd', false],
+    );
+    // Data: 1 MiB + 0.5 MiB + the block holding the partial write; no zeros stored.
+    assert.equal(info.mappedBlocks, (MiB + MiB / 2 + 8 * KiB) / (8 * KiB));
+    assert.equal(r.stats.dataBytes, info.mappedBlocks * 8 * KiB);
+    assert.equal(r.stats.dataBytes + r.stats.zeroBytes, 6 * MiB);
+  });
+
+  it('copies an older checkpoint (at) and leaves the source as it was', async () => {
+    const src = await source();
+    const before = await Volume.open(src, { readOnly: true });
+    const cp = before.info.checkpoint;
+    await before.close();
+    const old = await content(src);
+    const w = await Volume.open(src);
+    await w.write(0, randomBytes(2 * MiB));
+    await w.close();
+    const now = await content(src);
+    const dst = await fresh('dst');
+    const r = await copyVolume(src, dst, { at: { checkpoint: cp }, create: {} });
+    assert.equal(r.source.checkpoint, cp);
+    assert.ok((await content(dst)).equals(old));
+    assert.ok((await content(src)).equals(now), 'the source did not change');
+  });
+
+  it('zeroes what the source does not map in a target that holds data, and keeps its tail', async () => {
+    const src = await source();
+    const dst = await fresh('dst');
+    await Volume.create(dst, { size: 8 * MiB });
+    const t = await Volume.open(dst);
+    const junk = randomBytes(8 * MiB);
+    await t.write(0, junk);
+    await t.close();
+    const r = await copyVolume(src, dst);
+    assert.equal(r.created, false);
+    const got = await content(dst);
+    assert.ok(got.subarray(0, 6 * MiB).equals(await content(src)), 'the source, holes included');
+    assert.ok(got.subarray(6 * MiB).equals(junk.subarray(6 * MiB)), 'past it, what it held');
+  });
+
+  it('refuses a smaller target, the same volume, and a missing one without create', async () => {
+    const src = await source();
+    const small = await fresh('small');
+    await Volume.create(small, { size: MiB });
+    await assert.rejects(copyVolume(src, small), (e) => isHyperError(e, 'OUT_OF_RANGE'));
+    assert.equal((await content(small)).equals(Buffer.alloc(MiB)), true, 'nothing written');
+    await assert.rejects(copyVolume(src, src), (e) => isHyperError(e, 'INVALID_ARGUMENT'));
+    await assert.rejects(
+      copyVolume(src, await fresh('none')),
+      (e) => isHyperError(e, 'VOLUME_NOT_FOUND') && /--create/.test(e.suggestion ?? ''),
+    );
+    const exists = await fresh('exists');
+    await Volume.create(exists, { size: 6 * MiB });
+    await assert.rejects(copyVolume(src, exists, { create: {} }), (e) =>
+      isHyperError(e, 'VOLUME_EXISTS'),
+    );
+  });
+
+  it('interrupted, commits what it copied; the same copy again finishes it', async () => {
+    const src = await fresh('src');
+    await Volume.create(src, { size: 16 * MiB });
+    const w = await Volume.open(src);
+    await w.write(0, randomBytes(16 * MiB));
+    await w.close();
+    const dst = await fresh('dst');
+    const ac = new AbortController();
+    await assert.rejects(
+      copyVolume(src, dst, {
+        create: {},
+        chunkSize: 256 * KiB,
+        concurrency: 2,
+        signal: ac.signal,
+        onProgress: (done) => {
+          if (done >= 4 * MiB) ac.abort();
+        },
+      }),
+      (e) => isHyperError(e, 'ABORTED') && /without --create/.test(e.suggestion ?? ''),
+    );
+    const partial = await content(dst);
+    const want = await content(src);
+    assert.ok(!partial.equals(want), 'stopped part way');
+    // Whole chunks, in order of their offsets as far as they got: a prefix of the source, then zeros.
+    let k = 0;
+    while (k < want.length && partial[k] === want[k]) k++;
+    assert.ok(k >= 4 * MiB, `${k} bytes copied`);
+    assert.ok(partial.subarray(k + 256 * KiB).equals(Buffer.alloc(want.length - k - 256 * KiB)));
+    const r = await copyVolume(src, dst);
+    assert.equal(r.created, false);
+    assert.ok((await content(dst)).equals(want));
+  });
+
+  it('copies an encrypted volume with its key, or into a plain one', async () => {
+    const key = randomBytes(32);
+    clearKeys();
+    addKey(key);
+    try {
+      const src = await source({ encryption: 'xchacha20-poly1305', key });
+      const same = await fresh('enc');
+      const r = await copyVolume(src, same, { create: {} });
+      assert.equal(r.target.encryption, 'xchacha20-poly1305');
+      assert.equal(
+        r.target.keyId,
+        await Volume.open(src, { readOnly: true }).then(async (v) => {
+          const id = v.info.keyId;
+          await v.close();
+          return id;
+        }),
+      );
+      const plain = await fresh('plain');
+      const p = await copyVolume(src, plain, {
+        create: { encryption: 'none', compression: 'none' },
+      });
+      assert.equal(p.target.encryption, 'none');
+      const want = await content(src);
+      assert.ok((await content(same)).equals(want));
+      assert.ok((await content(plain)).equals(want));
+      await assert.rejects(
+        copyVolume(src, await fresh('nokey'), { create: { encryption: 'aes-256-gcm' } }),
+        (e) => isHyperError(e, 'INVALID_ARGUMENT') && /--key-file/.test(e.suggestion ?? ''),
+      );
+    } finally {
+      clearKeys();
+    }
+  });
+});
