@@ -206,6 +206,23 @@ export const fileCopySchema = z.strictObject({
   elapsedSeconds: seconds,
 });
 
+export const fileCompareSchema = z.strictObject({
+  first: z.string(),
+  /** A volume URL, or the path of an image. */
+  second: z.string(),
+  firstAt: checkpointRefSchema.nullable(),
+  secondAt: checkpointRefSchema.nullable(),
+  firstSize: bytes,
+  secondSize: bytes,
+  /** Every byte matched (the shorter side read as zeros past its end). */
+  identical: z.boolean(),
+  /** The first offset whose bytes differ (null when identical). */
+  firstDifference: bytes.nullable(),
+  /** Bytes read and compared (ranges both volumes hold as holes are not read). */
+  comparedBytes: bytes,
+  elapsedSeconds: seconds,
+});
+
 /** The identity of a diff stream (its header): the source volume and the two checkpoints. */
 const diffHeaderFields = {
   /** The uuid of the volume the diff was exported from. */
@@ -758,6 +775,7 @@ export const resultSchemas = {
   'file:import': fileImportSchema,
   'file:export': fileExportSchema,
   'file:copy': fileCopySchema,
+  'file:compare': fileCompareSchema,
   'file:export-diff': fileExportDiffSchema,
   'file:import-diff': fileImportDiffSchema,
   'file:delete': fileDeleteSchema,
@@ -803,6 +821,7 @@ export type VolumeListItem = FileListResult['volumes'][number];
 export type FileImportResult = z.infer<typeof fileImportSchema>;
 export type FileExportResult = z.infer<typeof fileExportSchema>;
 export type FileCopyResult = z.infer<typeof fileCopySchema>;
+export type FileCompareResult = z.infer<typeof fileCompareSchema>;
 export type FileExportDiffResult = z.infer<typeof fileExportDiffSchema>;
 export type FileImportDiffResult = z.infer<typeof fileImportDiffSchema>;
 /** The fields export-diff and import-diff both show: the stream's header and its counts. */

@@ -179,6 +179,11 @@ const INVOCATIONS: Record<string, Invocation> = {
     // (A leased target: test/e2e/cli/copy.test.ts.)
     leased: null,
   },
+  'file:compare': {
+    ok: async (f) => [await f.volume('compare-a'), await f.volume('compare-b')],
+    missing: (f, url) => [url, f.image],
+    leased: null,
+  },
   'file:delete': {
     ok: async (f) => [await f.volume('delete'), '--yes'],
     missing: (_f, url) => [url, '--yes'],

@@ -1,5 +1,5 @@
 /**
- * `hyper file copy` through the real CLI: file:// to file:// (a checkpoint by snapshot name,
+ * `hyper file copy` and `hyper file compare` through the real CLI: file:// to file:// (a checkpoint by snapshot name,
  * a refresh of an existing copy, a missing or leased target, SIGINT part way and a rerun that
  * finishes the copy), and file:// to S3 and back on
  * the RGW of the run while `serve` writes to the source. Contents are compared as sha256 of
@@ -11,7 +11,7 @@ import { mkdir, readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { setTimeout as sleep } from 'node:timers/promises';
-import { errorJsonSchema, fileCopySchema } from '../../../src/cli/vocabulary.js';
+import { errorJsonSchema, fileCompareSchema, fileCopySchema } from '../../../src/cli/vocabulary.js';
 import { openStore } from '../../../src/format/store/index.js';
 import { createSnapshot } from '../../../src/format/volume/history.js';
 import { Volume } from '../../../src/format/volume/volume.js';
@@ -29,7 +29,9 @@ async function makeSource(url: string): Promise<void> {
   try {
     await Volume.create(store, { size: 8 * MiB });
     const v = await Volume.open(store);
-    await v.write(0, randomBytes(2 * MiB));
+    const head = randomBytes(2 * MiB);
+    head[0] = 0xff; // (zeroed later: the snapshot and the volume then differ at offset 0)
+    await v.write(0, head);
     await v.write(5 * MiB + 512, randomBytes(100_000));
     await v.flush();
     await createSnapshot(store, 'first');
@@ -43,6 +45,12 @@ async function makeSource(url: string): Promise<void> {
 
 async function copy(args: string[], code = 0): Promise<unknown> {
   const r = await hyper(['file', 'copy', ...args, '--json']);
+  assert.equal(r.code, code, show(r));
+  return JSON.parse(r.stdout) as unknown;
+}
+
+async function compare(args: string[], code: number): Promise<unknown> {
+  const r = await hyper(['file', 'compare', ...args, '--json']);
   assert.equal(r.code, code, show(r));
   return JSON.parse(r.stdout) as unknown;
 }
@@ -63,12 +71,37 @@ describe('hyper file copy', () => {
     assert.ok(out.dataBytes > 0 && out.dataBytes + out.zeroBytes === 8 * MiB);
     assert.equal(await exportSha(dst, img), want);
 
+    const same = fileCompareSchema.parse(await compare([src, dst], 0));
+    assert.deepEqual([same.identical, same.firstDifference], [true, null]);
+
     // The snapshot's checkpoint over the copy: the ranges it does not map become zeros again.
     const again = fileCopySchema.parse(await copy([src, dst, '--at', 'first']));
     assert.equal(again.created, false);
     assert.deepEqual(again.at, { snapshot: 'first' });
     assert.ok(again.checkpoint > out.checkpoint);
     assert.equal(await exportSha(dst, img), wantFirst);
+    // Now it differs from the source (first at 0, which the source zeroed since) but not from
+    // the snapshot, nor from an export of it; text output and exit 9 without --json.
+    const differ = fileCompareSchema.parse(await compare([src, dst], 9));
+    assert.deepEqual([differ.identical, differ.firstDifference], [false, 0]);
+    const text = await hyper(['file', 'compare', src, dst]);
+    assert.equal(text.code, 9, show(text));
+    assert.match(text.stdout, /^Contents differ at offset 0 \(sector 0\)/m);
+    assert.equal(
+      fileCompareSchema.parse(await compare([src, dst, '--at', 'first'], 0)).identical,
+      true,
+    );
+    assert.equal(
+      fileCompareSchema.parse(await compare([dst, src, '--second-at', 'first'], 0)).identical,
+      true,
+    );
+    await exportSha(dst, img);
+    assert.equal(
+      fileCompareSchema.parse(await compare([src, img, '--at', 'first'], 0)).secondSize,
+      8 * MiB,
+    );
+    const notVolume = errorJsonSchema.parse(await compare([src, img, '--second-at', '1'], 2));
+    assert.equal(notVolume.error.code, 'INVALID_ARGUMENT');
 
     const zstd = fileUrl(join(dir, 'zstd'));
     await copy([src, zstd, '--create', '--compression', 'zstd', '--no-dedup']);
@@ -183,6 +216,16 @@ describe('hyper file copy', () => {
       const b = fileCopySchema.parse(await copy([local, back, '--create', ...endpoint]));
       assert.equal(b.dataBytes, r.dataBytes);
       assert.equal(await exportSha(back, img, endpoint), await exportSha(local, img));
+      const cmp = await hyper([
+        'file',
+        'compare',
+        back,
+        src,
+        '--second-at',
+        String(r.sourceCheckpoint),
+        ...endpoint,
+      ]);
+      assert.equal(cmp.code, 0, show(cmp));
     } finally {
       await stopServe(served);
     }
