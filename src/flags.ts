@@ -114,6 +114,13 @@ export const checkpointRef = Flags.custom<CheckpointRef>({
     keepMessage(() => parseCheckpointRef(input, { name: `--${opts.name}` })),
 });
 
+/** A checkpoint to read instead of the current one (`--at` and the like), with its help. */
+export const checkpointAt = (summary: string) =>
+  checkpointRef({
+    summary,
+    description: `Accepts ${CHECKPOINT_REF_FORMS}. A time means the last checkpoint made at or before it.`,
+  });
+
 /**
  * Flags every command takes: where the S3-compatible store is. The environment and the
  * configuration file are read by src/cli/config.ts (flag > environment > file), not by oclif,

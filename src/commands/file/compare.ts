@@ -6,7 +6,7 @@ import { bytesWithExact, secondsSince } from '../../cli/results.js';
 import { normalizeVolumeUrl } from '../../cli/url.js';
 import type { FileCompareResult } from '../../cli/vocabulary.js';
 import { HyperError } from '../../errors.js';
-import { CHECKPOINT_REF_FORMS, checkpointRef, progress, volumeUrl } from '../../flags.js';
+import { checkpointAt, progress, volumeUrl } from '../../flags.js';
 import type { CheckpointRef } from '../../format/volume/types.js';
 import { Volume } from '../../format/volume/volume.js';
 
@@ -52,14 +52,10 @@ Exits 0 when the contents are identical and ${EXIT_COMPARE_DIFFERENT} when they 
   };
 
   static override flags = {
-    at: checkpointRef({
-      summary: 'Compare this checkpoint of the first volume instead of its current one.',
-      description: `Accepts ${CHECKPOINT_REF_FORMS}. A time means the last checkpoint made at or before it.`,
-    }),
-    'second-at': checkpointRef({
-      summary: 'Compare this checkpoint of the second volume instead of its current one.',
-      description: `Accepts ${CHECKPOINT_REF_FORMS}.`,
-    }),
+    at: checkpointAt('Compare this checkpoint of the first volume instead of its current one.'),
+    'second-at': checkpointAt(
+      'Compare this checkpoint of the second volume instead of its current one.',
+    ),
     progress,
   };
 

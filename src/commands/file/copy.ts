@@ -6,7 +6,7 @@ import { iso, secondsSince } from '../../cli/results.js';
 import { isHyperError } from '../../errors.js';
 import { formatBytes } from '../../cli/units.js';
 import type { FileCopyResult } from '../../cli/vocabulary.js';
-import { CHECKPOINT_REF_FORMS, checkpointRef, progress, volumeUrl } from '../../flags.js';
+import { checkpointAt, progress, volumeUrl } from '../../flags.js';
 import { COMPRESSIONS, type Compression } from '../../format/codec/block.js';
 import { CIPHERS, type Cipher } from '../../format/codec/seal.js';
 
@@ -48,10 +48,7 @@ The target commits as it goes: Ctrl-C, or a failure of either store, leaves it a
   };
 
   static override flags = {
-    at: checkpointRef({
-      summary: 'Copy this checkpoint of the source instead of its current one.',
-      description: `Accepts ${CHECKPOINT_REF_FORMS}. A time means the last checkpoint made at or before it.`,
-    }),
+    at: checkpointAt('Copy this checkpoint of the source instead of its current one.'),
     create: Flags.boolean({
       summary: 'Create the target first (fails if a volume is there), laid out like the source.',
     }),

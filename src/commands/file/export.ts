@@ -5,7 +5,7 @@ import type { FileExportResult } from '../../cli/vocabulary.js';
 import { exportStream, exportToImageFile, withVolume } from '../../cli/transfer.js';
 import { HyperError } from '../../errors.js';
 import { formatBytes } from '../../cli/units.js';
-import { CHECKPOINT_REF_FORMS, checkpointRef, progress, volumeUrl } from '../../flags.js';
+import { checkpointAt, progress, volumeUrl } from '../../flags.js';
 import { checkpointRefJson } from '../../cli/checkpoint-ref.js';
 
 export type { FileExportResult };
@@ -57,10 +57,7 @@ By default the current checkpoint is exported; --at chooses an earlier one by nu
   };
 
   static override flags = {
-    at: checkpointRef({
-      summary: 'Export this checkpoint instead of the current one.',
-      description: `Accepts ${CHECKPOINT_REF_FORMS}. A time means the last checkpoint made at or before it.`,
-    }),
+    at: checkpointAt('Export this checkpoint instead of the current one.'),
     overwrite: Flags.boolean({
       summary: 'Replace the image file if it exists (required to write onto a block device).',
     }),
