@@ -13,6 +13,13 @@ import { HyperError, isHyperError } from '../errors.js';
 import type { Compression } from '../format/codec/block.js';
 import type { Cipher } from '../format/codec/seal.js';
 import { keyById } from '../format/keyring.js';
+import {
+  createSnapshot,
+  diffCheckpoints,
+  listSnapshots,
+  type ChangedExtent,
+  type SnapshotInfo,
+} from '../format/volume/history.js';
 import type { ObjectStore } from '../format/store/types.js';
 import type {
   CheckpointInfo,
@@ -47,6 +54,11 @@ export interface CopyOptions {
   at?: CheckpointRef;
   /** Create the target first (it must not exist). */
   create?: CopyCreateOptions;
+  /**
+   * Copy the source's named snapshots too (with `create`): each one's checkpoint, oldest
+   * first, as the changes from the one before, named the same in the target.
+   */
+  snapshots?: boolean;
   /** Take the target's lease from a live writer (it is fenced). */
   force?: boolean;
   /** Bytes per read/write (rounded up to whole data blocks; default 4 MiB). */
@@ -67,6 +79,8 @@ export interface CopyResult {
   stats: TransferStats;
   /** The target's checkpoint that holds the copy. */
   checkpoint: CheckpointInfo;
+  /** The snapshots copied (with `snapshots`), oldest first. */
+  snapshots: SnapshotInfo[];
 }
 
 /**
@@ -80,6 +94,14 @@ export async function copyVolume(
   to: ObjectStore,
   options: CopyOptions = {},
 ): Promise<CopyResult> {
+  if (options.snapshots && !options.create) {
+    throw new HyperError(
+      'invalid',
+      'INVALID_ARGUMENT',
+      'Copying the snapshots needs --create: they are copied into a new volume, oldest first',
+      { suggestion: `Add --create with a target URL that holds no volume.` },
+    );
+  }
   if (sameVolume(from.url, to.url)) {
     throw new HyperError(
       'invalid',
@@ -117,24 +139,137 @@ export async function copyVolume(
             },
           );
         }
-        const stats = await copyInto(source, target, {
-          ...options,
-          // A new or empty target reads as zeros: holes and zeros need no writes there.
-          zeroFill: !created && target.info.mappedBlocks > 0,
-        });
+        const snapshots: SnapshotInfo[] = [];
+        const stats = options.snapshots
+          ? await copyHistory(from, source, target, to, options, snapshots)
+          : await copyInto(source, target, {
+              ...options,
+              // A new or empty target reads as zeros: holes and zeros need no writes there.
+              zeroFill: !created && target.info.mappedBlocks > 0,
+            });
         const checkpoint = await target.flush();
         if (stats.interrupted) {
           throw new HyperError(
             'unavailable',
             'ABORTED',
             `Copy interrupted after ${bytesWithExact(stats.bytesDone)} of ${bytesWithExact(info.size)}; what was copied is committed in ${to.url} as checkpoint ${checkpoint.checkpoint}`,
-            { suggestion: 'Run the same copy again without --create to finish it.' },
+            {
+              suggestion: options.snapshots
+                ? `Delete the target (\`hyper file delete ${to.url} --yes\`) and run the same copy again: the snapshots are copied into a new volume only.`
+                : 'Run the same copy again without --create to finish it.',
+            },
           );
         }
-        return { source: info, target: target.info, created, stats, checkpoint };
+        return { source: info, target: target.info, created, stats, checkpoint, snapshots };
       });
     },
   );
+}
+
+/**
+ * Copy the source's named snapshots at or before `last`'s checkpoint into the new volume
+ * `target`, oldest first, then `last` itself: each step writes only what changed since the
+ * one before (diffCheckpoints, from the indexes) and commits, and the snapshots of that step
+ * are named after its checkpoint in the target. The target follows the source's size at
+ * each step. Stops early (interrupted) when the signal fires; the caller commits.
+ */
+async function copyHistory(
+  from: ObjectStore,
+  last: Volume,
+  target: Volume,
+  to: ObjectStore,
+  options: CopyOptions,
+  copied: SnapshotInfo[],
+): Promise<TransferStats> {
+  const end = last.info.checkpoint;
+  const byCheckpoint = new Map<number, string[]>();
+  for (const s of await listSnapshots(from)) {
+    if (s.checkpoint > end) continue;
+    byCheckpoint.set(s.checkpoint, [...(byCheckpoint.get(s.checkpoint) ?? []), s.name].sort());
+  }
+  const steps = [...byCheckpoint.keys(), end]
+    .filter((c, i, all) => all.indexOf(c) === i)
+    .sort((a, b) => a - b);
+  const plans: { checkpoint: number; changes: ChangedExtent[] }[] = [];
+  let prev: number | undefined;
+  for (const c of steps) {
+    plans.push({
+      checkpoint: c,
+      changes: await diffCheckpoints(from, prev === undefined ? null : { checkpoint: prev }, {
+        checkpoint: c,
+      }),
+    });
+    prev = c;
+  }
+  const total = plans.reduce((n, p) => n + p.changes.reduce((m, x) => m + x.length, 0), 0);
+  const stats: TransferStats = { bytesDone: 0, dataBytes: 0, zeroBytes: 0, interrupted: false };
+  for (const { checkpoint, changes } of plans) {
+    const source =
+      checkpoint === end ? last : await Volume.open(from, { readOnly: true, at: { checkpoint } });
+    try {
+      if (target.info.size !== source.info.size)
+        await target.resize(source.info.size, { allowShrink: true });
+      const step = await applyChanges(source, target, changes, {
+        ...options,
+        onProgress: (done) => options.onProgress?.(stats.bytesDone + done, total),
+      });
+      stats.bytesDone += step.bytesDone;
+      stats.dataBytes += step.dataBytes;
+      stats.zeroBytes += step.zeroBytes;
+      if (step.interrupted) return { ...stats, interrupted: true };
+    } finally {
+      if (source !== last) await source.close();
+    }
+    const cp = await target.flush();
+    for (const name of byCheckpoint.get(checkpoint) ?? [])
+      copied.push(await createSnapshot(to, name, { checkpoint: cp.checkpoint }));
+  }
+  return stats;
+}
+
+/**
+ * Write `changes` (ranges that differ from the target's content) of `source` into `target`:
+ * zeroed ranges with writeZeroes, the others read in chunks with several in flight (their
+ * blocks of zeros zeroed too).
+ */
+async function applyChanges(
+  source: Volume,
+  target: Volume,
+  changes: readonly ChangedExtent[],
+  options: CopyOptions,
+): Promise<TransferStats> {
+  const blockSize = source.info.dataBlockSize;
+  const chunk = chunkSizeFor({
+    blockSize,
+    ...(options.chunkSize ? { chunkSize: options.chunkSize } : {}),
+  });
+  const stats: TransferStats = { bytesDone: 0, dataBytes: 0, zeroBytes: 0, interrupted: false };
+  function* pieces(): Generator<{ offset: number; length: number; zero: boolean }> {
+    for (const c of changes) {
+      if (c.zero) yield c;
+      else
+        for (let off = c.offset; off < c.offset + c.length; off += chunk)
+          yield { offset: off, length: Math.min(chunk, c.offset + c.length - off), zero: false };
+    }
+  }
+  const complete = await pool(
+    pieces(),
+    options.concurrency ?? DEFAULT_CONCURRENCY,
+    async ({ offset, length, zero }) => {
+      if (zero) {
+        await target.writeZeroes(offset, length);
+        stats.zeroBytes += length;
+      } else {
+        const buf = await source.read(offset, length);
+        await writeChunk(target, offset, buf, { blockSize, zeroFill: true }, stats);
+      }
+      stats.bytesDone += length;
+      options.onProgress?.(stats.bytesDone, 0);
+    },
+    options.signal,
+  );
+  stats.interrupted = !complete;
+  return stats;
 }
 
 /** The target is no volume, and the copy was not asked to create it. */

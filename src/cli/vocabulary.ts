@@ -201,6 +201,8 @@ export const fileCopySchema = z.strictObject({
   /** The target's checkpoint that holds the copy. */
   checkpoint: checkpointNumber,
   checkpointTime: isoTime,
+  /** With --snapshots: the snapshots copied, oldest first, at their checkpoints in the target. */
+  snapshots: z.array(z.strictObject({ name: z.string(), checkpoint: checkpointNumber })),
   dataBytes: bytes,
   zeroBytes: bytes,
   elapsedSeconds: seconds,

@@ -20,11 +20,16 @@ export default class FileCopy extends BaseCommand<typeof FileCopy> {
 
 With --create the target is made first, as large as the source and with its block and segment sizes, compression, encryption (the same key) and deduplication; --compression, --encryption (with the key of --key-file) and --[no-]dedup choose otherwise. Without --create the target must exist and be at least as large; ranges the source does not map are zeroed in it, and past the source's size it keeps what it holds.
 
-The copy is the source's content only: its other checkpoints, snapshots and clone links are not copied (export-diff and import-diff carry a history across). A clone's copy holds what it reads through its parent and stands alone.
+The copy is the source's content only: its other checkpoints, snapshots and clone links are not copied, unless --snapshots (with --create) copies its named snapshots too: each one's checkpoint, oldest first, as the changes since the one before, then the checkpoint copied, with each snapshot named the same in the target. A clone's copy holds what it reads through its parent and stands alone.
 
 The target commits as it goes: Ctrl-C, or a failure of either store, leaves it at a valid checkpoint holding part of the copy. Run the same command again without --create to finish it.`;
 
   static override examples = [
+    {
+      description: 'Move a volume to another bucket with its named snapshots (like rbd deep cp).',
+      command:
+        '<%= config.bin %> <%= command.id %> s3://old-bucket/vols/db/ s3://new-bucket/vols/db/ --create --snapshots',
+    },
     {
       description: 'Copy a local volume to S3.',
       command:
@@ -68,6 +73,11 @@ The target commits as it goes: Ctrl-C, or a failure of either store, leaves it a
       allowNo: true,
       dependsOn: ['create'],
     }),
+    snapshots: Flags.boolean({
+      summary:
+        "With --create: copy the source's named snapshots too, oldest first, each as the changes since the one before.",
+      dependsOn: ['create'],
+    }),
     force: Flags.boolean({
       summary:
         "Take the target's lease even if another writer holds it (that writer is fenced and can commit nothing more).",
@@ -88,6 +98,7 @@ The target commits as it goes: Ctrl-C, or a failure of either store, leaves it a
     const result = await copyVolume(from, to, {
       ...(at ? { at } : {}),
       ...(this.flags.create ? { create: this.createOptions() } : {}),
+      ...(this.flags.snapshots ? { snapshots: true } : {}),
       force: this.flags.force,
       signal: this.interruptible(),
       onProgress: (done, total) => progress.update('Copying', { done, total, unit: 'bytes' }),
@@ -103,12 +114,17 @@ The target commits as it goes: Ctrl-C, or a failure of either store, leaves it a
       created: result.created,
       checkpoint: result.checkpoint.checkpoint,
       checkpointTime: iso(result.checkpoint.time),
+      snapshots: result.snapshots.map((s) => ({ name: s.name, checkpoint: s.checkpoint })),
       dataBytes: result.stats.dataBytes,
       zeroBytes: result.stats.zeroBytes,
       elapsedSeconds: secondsSince(started),
     };
+    const named =
+      out.snapshots.length === 0
+        ? ''
+        : ` with ${out.snapshots.length} snapshot${out.snapshots.length === 1 ? '' : 's'} (${out.snapshots.map((s) => s.name).join(', ')})`;
     this.log(
-      `Copied ${source} checkpoint ${out.sourceCheckpoint} (${formatBytes(out.size)}) to ${target}${out.created ? ', a new volume' : ''}: ` +
+      `Copied ${source} checkpoint ${out.sourceCheckpoint} (${formatBytes(out.size)}) to ${target}${out.created ? ', a new volume' : ''}${named}: ` +
         `${formatBytes(out.dataBytes)} of data written, ${formatBytes(out.zeroBytes)} of holes and zeros skipped, ` +
         `checkpoint ${out.checkpoint}, ${out.elapsedSeconds.toFixed(1)} s.`,
     );

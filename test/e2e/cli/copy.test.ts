@@ -109,6 +109,23 @@ describe('hyper file copy', () => {
     assert.equal((JSON.parse(st.stdout) as { compression: string }).compression, 'zstd');
     assert.equal(await exportSha(zstd, img), want);
 
+    // With its snapshot: the same name holds the same content in the copy.
+    const deep = fileUrl(join(dir, 'deep'));
+    const d = fileCopySchema.parse(await copy([src, deep, '--create', '--snapshots']));
+    assert.deepEqual(
+      d.snapshots.map((x) => x.name),
+      ['first'],
+    );
+    assert.equal(
+      fileCompareSchema.parse(
+        await compare([deep, src, '--at', 'first', '--second-at', 'first'], 0),
+      ).identical,
+      true,
+    );
+    assert.equal(await exportSha(deep, img), want);
+    const noCreate = errorJsonSchema.parse(await copy([src, deep, '--snapshots'], 2));
+    assert.match(noCreate.error.message, /--create/);
+
     // No target without --create; a target that exists with it; a smaller one; itself.
     const missing = errorJsonSchema.parse(await copy([src, fileUrl(join(dir, 'none'))], 3));
     assert.equal(missing.error.code, 'VOLUME_NOT_FOUND');
