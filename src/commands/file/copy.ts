@@ -22,7 +22,7 @@ With --create the target is made first, as large as the source and with its bloc
 
 The copy is the source's content only: its other checkpoints, snapshots and clone links are not copied, unless --snapshots (with --create) copies its named snapshots too: each one's checkpoint, oldest first, as the changes since the one before, then the checkpoint copied, with each snapshot named the same in the target. A clone's copy holds what it reads through its parent and stands alone.
 
-The target commits as it goes: Ctrl-C, or a failure of either store, leaves it at a valid checkpoint holding part of the copy. Run the same command again without --create to finish it.`;
+The target commits as it goes: Ctrl-C, or a failure of either store, leaves it at a valid checkpoint holding part of the copy. Run the same command again without --create to finish it (a copy with --snapshots starts over instead: delete the target first).`;
 
   static override examples = [
     {
@@ -125,7 +125,7 @@ The target commits as it goes: Ctrl-C, or a failure of either store, leaves it a
         : ` with ${out.snapshots.length} snapshot${out.snapshots.length === 1 ? '' : 's'} (${out.snapshots.map((s) => s.name).join(', ')})`;
     this.log(
       `Copied ${source} checkpoint ${out.sourceCheckpoint} (${formatBytes(out.size)}) to ${target}${out.created ? ', a new volume' : ''}${named}: ` +
-        `${formatBytes(out.dataBytes)} of data written, ${formatBytes(out.zeroBytes)} of holes and zeros skipped, ` +
+        `${formatBytes(out.dataBytes)} of data written, ${formatBytes(out.zeroBytes)} of zeros and holes (nothing stored), ` +
         `checkpoint ${out.checkpoint}, ${out.elapsedSeconds.toFixed(1)} s.`,
     );
     return out;
