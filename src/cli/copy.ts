@@ -209,8 +209,10 @@ async function copyHistory(
     try {
       if (target.info.size !== source.info.size)
         await target.resize(source.info.size, { allowShrink: true });
-      const step = await applyChanges(source, target, changes, {
+      // (The target may hold other data there: blocks of zeros are zeroed.)
+      const step = await copyRanges(source, target, changes, {
         ...options,
+        zeroFill: true,
         onProgress: (done) => options.onProgress?.(stats.bytesDone + done, total),
       });
       stats.bytesDone += step.bytesDone;
@@ -224,51 +226,6 @@ async function copyHistory(
     for (const name of byCheckpoint.get(checkpoint) ?? [])
       copied.push(await createSnapshot(to, name, { checkpoint: cp.checkpoint }));
   }
-  return stats;
-}
-
-/**
- * Write `changes` (ranges that differ from the target's content) of `source` into `target`:
- * zeroed ranges with writeZeroes, the others read in chunks with several in flight (their
- * blocks of zeros zeroed too).
- */
-async function applyChanges(
-  source: Volume,
-  target: Volume,
-  changes: readonly ChangedExtent[],
-  options: CopyOptions,
-): Promise<TransferStats> {
-  const blockSize = source.info.dataBlockSize;
-  const chunk = chunkSizeFor({
-    blockSize,
-    ...(options.chunkSize ? { chunkSize: options.chunkSize } : {}),
-  });
-  const stats: TransferStats = { bytesDone: 0, dataBytes: 0, zeroBytes: 0, interrupted: false };
-  function* pieces(): Generator<{ offset: number; length: number; zero: boolean }> {
-    for (const c of changes) {
-      if (c.zero) yield c;
-      else
-        for (let off = c.offset; off < c.offset + c.length; off += chunk)
-          yield { offset: off, length: Math.min(chunk, c.offset + c.length - off), zero: false };
-    }
-  }
-  const complete = await pool(
-    pieces(),
-    options.concurrency ?? DEFAULT_CONCURRENCY,
-    async ({ offset, length, zero }) => {
-      if (zero) {
-        await target.writeZeroes(offset, length);
-        stats.zeroBytes += length;
-      } else {
-        const buf = await source.read(offset, length);
-        await writeChunk(target, offset, buf, { blockSize, zeroFill: true }, stats);
-      }
-      stats.bytesDone += length;
-      options.onProgress?.(stats.bytesDone, 0);
-    },
-    options.signal,
-  );
-  stats.interrupted = !complete;
   return stats;
 }
 
@@ -326,45 +283,78 @@ async function copyInto(
   options: CopyOptions & { zeroFill: boolean },
 ): Promise<TransferStats> {
   const size = source.info.size;
+  // Progress: holes skipped (nothing to write) and the bytes of the ranges copied.
+  let skipped = 0;
+  let copied = 0;
+  async function* ranges(): AsyncGenerator<Range> {
+    for (let win = 0; win < size; win += EXTENT_WINDOW) {
+      for (const ext of await source.extents(win, Math.min(EXTENT_WINDOW, size - win))) {
+        if (!ext.hole) yield { offset: ext.offset, length: ext.length, zero: false };
+        else if (options.zeroFill) yield { offset: ext.offset, length: ext.length, zero: true };
+        else {
+          // Nothing to write: counted as done.
+          skipped += ext.length;
+          options.onProgress?.(skipped + copied, size);
+        }
+      }
+    }
+  }
+  const stats = await copyRanges(source, target, ranges(), {
+    ...options,
+    onProgress: (done) => {
+      copied = done;
+      options.onProgress?.(skipped + copied, size);
+    },
+  });
+  return { ...stats, bytesDone: stats.bytesDone + skipped, zeroBytes: stats.zeroBytes + skipped };
+}
+
+/** A range of the address space to copy: the source's bytes, or zeros. */
+interface Range {
+  offset: number;
+  length: number;
+  zero: boolean;
+}
+
+/**
+ * Write `ranges` (ascending) of `source` into `target`: zero ranges with writeZeroes, the
+ * others read in chunks with several in flight (blocks of zeros in them skipped, or zeroed
+ * with `zeroFill`). Stops taking chunks when the signal fires (those in flight complete);
+ * `onProgress` gets the bytes done of these ranges.
+ */
+async function copyRanges(
+  source: Volume,
+  target: Volume,
+  ranges: AsyncIterable<Range> | Iterable<Range>,
+  options: CopyOptions & { zeroFill: boolean },
+): Promise<TransferStats> {
   const blockSize = source.info.dataBlockSize;
   const chunk = chunkSizeFor({
     blockSize,
     ...(options.chunkSize ? { chunkSize: options.chunkSize } : {}),
   });
   const stats: TransferStats = { bytesDone: 0, dataBytes: 0, zeroBytes: 0, interrupted: false };
-  const report = (n: number): void => {
-    stats.bytesDone += n;
-    options.onProgress?.(stats.bytesDone, size);
-  };
-  async function* pieces(): AsyncGenerator<{ offset: number; length: number; hole: boolean }> {
-    for (let win = 0; win < size; win += EXTENT_WINDOW) {
-      for (const ext of await source.extents(win, Math.min(EXTENT_WINDOW, size - win))) {
-        if (ext.hole) {
-          if (options.zeroFill) yield { offset: ext.offset, length: ext.length, hole: true };
-          else {
-            stats.zeroBytes += ext.length;
-            report(ext.length);
-          }
-          continue;
-        }
-        const end = ext.offset + ext.length;
-        for (let off = ext.offset; off < end; off += chunk)
-          yield { offset: off, length: Math.min(chunk, end - off), hole: false };
-      }
+  async function* pieces(): AsyncGenerator<Range> {
+    for await (const r of ranges) {
+      if (r.zero) yield r;
+      else
+        for (let off = r.offset; off < r.offset + r.length; off += chunk)
+          yield { offset: off, length: Math.min(chunk, r.offset + r.length - off), zero: false };
     }
   }
   const complete = await pool(
     pieces(),
     options.concurrency ?? DEFAULT_CONCURRENCY,
-    async ({ offset, length, hole }) => {
-      if (hole) {
+    async ({ offset, length, zero }) => {
+      if (zero) {
         await target.writeZeroes(offset, length);
         stats.zeroBytes += length;
       } else {
         const buf = await source.read(offset, length);
         await writeChunk(target, offset, buf, { blockSize, zeroFill: options.zeroFill }, stats);
       }
-      report(length);
+      stats.bytesDone += length;
+      options.onProgress?.(stats.bytesDone, 0);
     },
     options.signal,
   );
