@@ -231,7 +231,7 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
    */
   protected async openStore(
     url: string,
-    options: { mkdir?: boolean; prefix?: boolean } = {},
+    options: { mkdir?: boolean; prefix?: boolean; with?: OpenStoreOptions } = {},
   ): Promise<ObjectStore> {
     const parsed = parseStoreUrl(url);
     if (parsed.scheme === 'file') {
@@ -242,23 +242,34 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
         });
       }
     }
-    const store = await openStoreAt(url, this.storeOptions());
+    const store = await openStoreAt(url, options.with ?? this.storeOptions());
     this.stores.push(store);
     return store;
   }
 
   /** The options openStore opens stores with (what a worker thread needs to open its own). */
   protected storeOptions(): OpenStoreOptions {
-    const { settings } = this.hyperConfig;
-    return {
-      ...(settings.endpoint.value === null ? {} : { endpoint: settings.endpoint.value }),
-      ...(settings.region.value === null ? {} : { region: settings.region.value }),
-      ...(settings.awsProfile.value === null ? {} : { profile: settings.awsProfile.value }),
-      payloadSigning: parsePayloadSigning(
-        settings.payloadSigning.value ?? 'auto',
-        settings.payloadSigning.from ?? 'payloadSigning',
-      ),
+    return storeOptionsOf(this.hyperConfig.settings);
+  }
+
+  /**
+   * Options for a second store a command reaches somewhere else (`file copy`'s target, `file
+   * compare`'s second volume), from its own flags and the configuration file only: the
+   * environment's endpoint and region are the first store's. Undefined when none is given:
+   * the second store is reached like the first.
+   */
+  protected otherStoreOptions(given: {
+    endpoint?: string | undefined;
+    region?: string | undefined;
+    profile?: string | undefined;
+  }): OpenStoreOptions | undefined {
+    const flags = Object.fromEntries(Object.entries(given).filter(([, v]) => v !== undefined)) as {
+      endpoint?: string;
+      region?: string;
+      profile?: string;
     };
+    if (Object.keys(flags).length === 0) return undefined;
+    return storeOptionsOf(resolveSettings(this.hyperConfig.loaded, flags, {}));
   }
 
   /** True with --json or --format json (also before the flags are parsed, for errors). */
@@ -551,4 +562,17 @@ function profileInArgv(argv: string[]): { profile?: string } {
     if (t.startsWith('--profile=')) return { profile: t.slice('--profile='.length) };
   }
   return {};
+}
+
+/** Store options from resolved settings (flags, environment, configuration file). */
+function storeOptionsOf(settings: ResolvedSettings): OpenStoreOptions {
+  return {
+    ...(settings.endpoint.value === null ? {} : { endpoint: settings.endpoint.value }),
+    ...(settings.region.value === null ? {} : { region: settings.region.value }),
+    ...(settings.awsProfile.value === null ? {} : { profile: settings.awsProfile.value }),
+    payloadSigning: parsePayloadSigning(
+      settings.payloadSigning.value ?? 'auto',
+      settings.payloadSigning.from ?? 'payloadSigning',
+    ),
+  };
 }

@@ -122,6 +122,29 @@ export const checkpointAt = (summary: string) =>
   });
 
 /**
+ * Where a command's second store is (`file copy --target-…`, `file compare --second-…`), when
+ * it is not where the first one is: the same three settings as the store flags, under
+ * `<prefix>-endpoint`, `<prefix>-region` and `<prefix>-profile`.
+ */
+export function otherStoreFlags<P extends string>(prefix: P, what: string) {
+  const one = (summary: string, helpValue: string) => Flags.string({ summary, helpValue });
+  return {
+    [`${prefix}-endpoint`]: one(
+      `S3 endpoint URL of ${what}, when it is not that of the first volume.`,
+      '<url>',
+    ),
+    [`${prefix}-region`]: one(
+      `S3 region of ${what}, when it is not that of the first volume.`,
+      '<region>',
+    ),
+    [`${prefix}-profile`]: one(
+      `Profile of ${what}: a section of the hyper config file, or else an AWS shared-config profile.`,
+      '<name>',
+    ),
+  } as Record<`${P}-endpoint` | `${P}-region` | `${P}-profile`, ReturnType<typeof one>>;
+}
+
+/**
  * Flags every command takes: where the S3-compatible store is. The environment and the
  * configuration file are read by src/cli/config.ts (flag > environment > file), not by oclif,
  * so that `hyper config show` can tell where each value came from.

@@ -6,7 +6,8 @@ import { bytesWithExact, secondsSince } from '../../cli/results.js';
 import { normalizeVolumeUrl } from '../../cli/url.js';
 import type { FileCompareResult } from '../../cli/vocabulary.js';
 import { HyperError } from '../../errors.js';
-import { checkpointAt, progress, volumeUrl } from '../../flags.js';
+import { checkpointAt, otherStoreFlags, progress, volumeUrl } from '../../flags.js';
+import type { OpenStoreOptions } from '../../format/store/index.js';
 import type { CheckpointRef } from '../../format/volume/types.js';
 import { Volume } from '../../format/volume/volume.js';
 
@@ -23,6 +24,8 @@ export default class FileCompare extends BaseCommand<typeof FileCompare> {
     'Compare a volume byte for byte with another volume or a raw image (exit 9 when they differ).';
 
   static override description = `Reads a checkpoint of the first volume (the current one, or --at) and the second volume (--second-at) or raw image file or block device, and compares their contents: to verify a copy, an import, an export or a backup. Both volumes are opened read-only; a running writer is not disturbed. Ranges that both volumes hold as holes are not read. Of different sizes, the shorter one must read as zeros to the end of the longer one.
+
+The second volume is reached like the first (--endpoint, --region, --profile, the environment and the config file) unless --second-endpoint, --second-region or --second-profile say otherwise.
 
 Exits 0 when the contents are identical and ${EXIT_COMPARE_DIFFERENT} when they differ, naming the first differing offset (what cmp and qemu-img compare report); errors keep their usual exit codes.`;
 
@@ -56,6 +59,7 @@ Exits 0 when the contents are identical and ${EXIT_COMPARE_DIFFERENT} when they 
     'second-at': checkpointAt(
       'Compare this checkpoint of the second volume instead of its current one.',
     ),
+    ...otherStoreFlags('second', 'the second volume'),
     progress,
   };
 
@@ -78,7 +82,17 @@ Exits 0 when the contents are identical and ${EXIT_COMPARE_DIFFERENT} when they 
     let b: CompareSide | undefined;
     try {
       b = secondIsVolume
-        ? volumeSide(await this.openVolume(second, this.flags['second-at']))
+        ? volumeSide(
+            await this.openVolume(
+              second,
+              this.flags['second-at'],
+              this.otherStoreOptions({
+                endpoint: this.flags['second-endpoint'],
+                region: this.flags['second-region'],
+                profile: this.flags['second-profile'],
+              }),
+            ),
+          )
         : await imageSide(second);
       const spinner = this.spinner(`Comparing ${first} with ${second}`);
       const progress = this.progress(spinner);
@@ -126,8 +140,12 @@ Exits 0 when the contents are identical and ${EXIT_COMPARE_DIFFERENT} when they 
     }
   }
 
-  private async openVolume(url: string, at: CheckpointRef | undefined): Promise<Volume> {
-    const store = await this.openStore(url);
+  private async openVolume(
+    url: string,
+    at: CheckpointRef | undefined,
+    elsewhere?: OpenStoreOptions,
+  ): Promise<Volume> {
+    const store = await this.openStore(url, elsewhere ? { with: elsewhere } : {});
     return Volume.open(store, { readOnly: true, ...(at ? { at } : {}) });
   }
 }

@@ -6,7 +6,7 @@ import { iso, secondsSince } from '../../cli/results.js';
 import { isHyperError } from '../../errors.js';
 import { formatBytes } from '../../cli/units.js';
 import type { FileCopyResult } from '../../cli/vocabulary.js';
-import { checkpointAt, progress, volumeUrl } from '../../flags.js';
+import { checkpointAt, otherStoreFlags, progress, volumeUrl } from '../../flags.js';
 import { COMPRESSIONS, type Compression } from '../../format/codec/block.js';
 import { CIPHERS, type Cipher } from '../../format/codec/seal.js';
 
@@ -21,6 +21,8 @@ export default class FileCopy extends BaseCommand<typeof FileCopy> {
 With --create the target is made first, as large as the source and with its block and segment sizes, compression, encryption (the same key) and deduplication; --compression, --encryption (with the key of --key-file) and --[no-]dedup choose otherwise. Without --create the target must exist and be at least as large; ranges the source does not map are zeroed in it, and past the source's size it keeps what it holds.
 
 The copy is the source's content only: its other checkpoints, snapshots and clone links are not copied, unless --snapshots (with --create) copies its named snapshots too: each one's checkpoint, oldest first, as the changes since the one before, then the checkpoint copied, with each snapshot named the same in the target. A clone's copy holds what it reads through its parent and stands alone.
+
+The target is reached like the source (--endpoint, --region, --profile, the environment and the config file) unless --target-endpoint, --target-region or --target-profile say otherwise; then its settings come from those flags and the config file only.
 
 The target commits as it goes: Ctrl-C, or a failure of either store, leaves it at a valid checkpoint holding part of the copy. Run the same command again without --create to finish it (a copy with --snapshots starts over instead: delete the target first).`;
 
@@ -39,6 +41,11 @@ The target commits as it goes: Ctrl-C, or a failure of either store, leaves it a
       description: 'Copy the checkpoint a snapshot names into a new zstd-compressed volume.',
       command:
         '<%= config.bin %> <%= command.id %> s3://my-bucket/vols/vm1/ s3://archive/vm1-2026-11/ --at before-upgrade --create --compression zstd',
+    },
+    {
+      description: 'Copy from an on-site Ceph RGW to AWS S3.',
+      command:
+        '<%= config.bin %> <%= command.id %> s3://vols/vm1/ s3://my-aws-bucket/vols/vm1/ --create --endpoint http://rgw.internal:7480 --target-region eu-west-1 --target-profile aws-backup',
     },
     {
       description: 'Refresh an existing copy and print the result as JSON.',
@@ -78,6 +85,7 @@ The target commits as it goes: Ctrl-C, or a failure of either store, leaves it a
         "With --create: copy the source's named snapshots too, oldest first, each as the changes since the one before.",
       dependsOn: ['create'],
     }),
+    ...otherStoreFlags('target', 'the target'),
     force: Flags.boolean({
       summary:
         "Take the target's lease even if another writer holds it (that writer is fenced and can commit nothing more).",
@@ -90,7 +98,15 @@ The target commits as it goes: Ctrl-C, or a failure of either store, leaves it a
     const { at } = this.flags;
     const started = performance.now();
     const from = await this.openStore(source);
-    const to = await this.openStore(target, { mkdir: this.flags.create }).catch((e: unknown) => {
+    const elsewhere = this.otherStoreOptions({
+      endpoint: this.flags['target-endpoint'],
+      region: this.flags['target-region'],
+      profile: this.flags['target-profile'],
+    });
+    const to = await this.openStore(target, {
+      mkdir: this.flags.create,
+      ...(elsewhere ? { with: elsewhere } : {}),
+    }).catch((e: unknown) => {
       throw this.noTarget(e, target);
     });
     const spinner = this.spinner(`Copying ${source} to ${target}`);

@@ -243,6 +243,40 @@ describe('hyper file copy', () => {
         ...endpoint,
       ]);
       assert.equal(cmp.code, 0, show(cmp));
+
+      // The target (and compare's second volume) on an endpoint of its own: no --endpoint
+      // here (the tests' environment has none), only --target-endpoint / --second-endpoint.
+      const own = `s3://${s3.bucket}/copy-${randomUUID()}/own/`;
+      const o = await hyper([
+        'file',
+        'copy',
+        local,
+        own,
+        '--create',
+        '--target-endpoint',
+        s3.endpoint,
+        '--json',
+      ]);
+      assert.equal(o.code, 0, show(o));
+      const sameOwn = await hyper([
+        'file',
+        'compare',
+        local,
+        own,
+        '--second-endpoint',
+        s3.endpoint,
+      ]);
+      assert.equal(sameOwn.code, 0, show(sameOwn));
+      // ...and the target's flags are what reach it: a closed port there fails the copy (exit 5).
+      const nowhere = await hyper([
+        ...['file', 'copy', src, `s3://${s3.bucket}/copy-${randomUUID()}/x/`, '--create'],
+        ...[...endpoint, '--target-endpoint', 'http://127.0.0.1:9', '--json'],
+      ]);
+      assert.equal(nowhere.code, 5, show(nowhere));
+      assert.equal(
+        errorJsonSchema.parse(JSON.parse(nowhere.stdout)).error.code,
+        'STORE_UNAVAILABLE',
+      );
     } finally {
       await stopServe(served);
     }
