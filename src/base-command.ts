@@ -28,7 +28,7 @@ import {
   type Style,
 } from './cli/output.js';
 import type { ErrorJson } from './cli/vocabulary.js';
-import { HyperError, toHyperError } from './errors.js';
+import { HyperError, isHyperError, toHyperError } from './errors.js';
 import {
   argvWithDefaults,
   defaultFlagsFor,
@@ -258,18 +258,29 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
    * environment's endpoint and region are the first store's. Undefined when none is given:
    * the second store is reached like the first.
    */
-  protected otherStoreOptions(given: {
-    endpoint?: string | undefined;
-    region?: string | undefined;
-    profile?: string | undefined;
-  }): OpenStoreOptions | undefined {
-    const flags = Object.fromEntries(Object.entries(given).filter(([, v]) => v !== undefined)) as {
-      endpoint?: string;
-      region?: string;
-      profile?: string;
-    };
+  protected otherStoreOptions(prefix: string): OpenStoreOptions | undefined {
+    const all = this.flags as Record<string, unknown>;
+    const flags: { endpoint?: string; region?: string; profile?: string } = {};
+    for (const key of ['endpoint', 'region', 'profile'] as const) {
+      const v = all[`${prefix}-${key}`];
+      if (typeof v === 'string') flags[key] = v;
+    }
     if (Object.keys(flags).length === 0) return undefined;
-    return storeOptionsOf(resolveSettings(this.hyperConfig.loaded, flags, {}));
+    try {
+      return storeOptionsOf(resolveSettings(this.hyperConfig.loaded, flags, {}));
+    } catch (e) {
+      // (A bad value is named by the flag it came from.)
+      if (!isHyperError(e, 'INVALID_ARGUMENT')) throw e;
+      throw new HyperError(
+        e.kind,
+        e.code,
+        e.message.replace(' for --endpoint:', ` for --${prefix}-endpoint:`),
+        {
+          suggestion: `Give the endpoint as a URL, e.g. --${prefix}-endpoint http://127.0.0.1:7480.`,
+          cause: e,
+        },
+      );
+    }
   }
 
   /** True with --json or --format json (also before the flags are parsed, for errors). */

@@ -86,11 +86,7 @@ Exits 0 when the contents are identical and ${EXIT_COMPARE_DIFFERENT} when they 
             await this.openVolume(
               second,
               this.flags['second-at'],
-              this.otherStoreOptions({
-                endpoint: this.flags['second-endpoint'],
-                region: this.flags['second-region'],
-                profile: this.flags['second-profile'],
-              }),
+              this.otherStoreOptions('second'),
             ),
           )
         : await imageSide(second);

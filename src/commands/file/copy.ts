@@ -98,11 +98,7 @@ The target commits as it goes: Ctrl-C, or a failure of either store, leaves it a
     const { at } = this.flags;
     const started = performance.now();
     const from = await this.openStore(source);
-    const elsewhere = this.otherStoreOptions({
-      endpoint: this.flags['target-endpoint'],
-      region: this.flags['target-region'],
-      profile: this.flags['target-profile'],
-    });
+    const elsewhere = this.otherStoreOptions('target');
     const to = await this.openStore(target, {
       mkdir: this.flags.create,
       ...(elsewhere ? { with: elsewhere } : {}),

@@ -137,6 +137,10 @@ describe('hyper file copy', () => {
     const tooSmall = errorJsonSchema.parse(await copy([src, small], 2));
     assert.equal(tooSmall.error.code, 'OUT_OF_RANGE');
     assert.match(tooSmall.error.suggestion ?? '', /set-len/);
+    const badEndpoint = errorJsonSchema.parse(
+      await copy([src, fileUrl(join(dir, 'x')), '--target-endpoint', 'nope'], 2),
+    );
+    assert.match(badEndpoint.error.message, /--target-endpoint/);
     const self = errorJsonSchema.parse(await copy([src, src], 2));
     assert.equal(self.error.code, 'INVALID_ARGUMENT');
     assert.equal(await exportSha(dst, img), wantFirst, 'refusals wrote nothing');
