@@ -187,9 +187,7 @@ async function copyHistory(
     if (s.checkpoint > end) continue;
     byCheckpoint.set(s.checkpoint, [...(byCheckpoint.get(s.checkpoint) ?? []), s.name].sort());
   }
-  const steps = [...byCheckpoint.keys(), end]
-    .filter((c, i, all) => all.indexOf(c) === i)
-    .sort((a, b) => a - b);
+  const steps = [...new Set([...byCheckpoint.keys(), end])].sort((a, b) => a - b);
   const plans: { checkpoint: number; changes: ChangedExtent[] }[] = [];
   let prev: number | undefined;
   for (const c of steps) {
