@@ -25,6 +25,7 @@ import type {
   CheckpointInfo,
   CheckpointRef,
   CreateOptions,
+  OpenOptions,
   VolumeInfo,
 } from '../format/volume/types.js';
 import { Volume } from '../format/volume/volume.js';
@@ -61,6 +62,14 @@ export interface CopyOptions {
   snapshots?: boolean;
   /** Take the target's lease from a live writer (it is fenced). */
   force?: boolean;
+  /**
+   * How both volumes are opened (how a clone's parents are reached, where the engine logs,
+   * the target's lease holder and timers); the copy's own settings win.
+   */
+  open?: Pick<
+    OpenOptions,
+    'openStore' | 'logger' | 'holder' | 'leaseTtlMs' | 'flushIntervalMs' | 'headUpdateDelayMs'
+  >;
   /** Bytes per read/write (rounded up to whole data blocks; default 4 MiB). */
   chunkSize?: number;
   /** Chunks in flight (default 4). */
@@ -114,7 +123,7 @@ export async function copyVolume(
   }
   return withVolume(
     from,
-    { readOnly: true, ...(options.at ? { at: options.at } : {}) },
+    { ...options.open, readOnly: true, ...(options.at ? { at: options.at } : {}) },
     async (source) => {
       const info = source.info;
       let created = false;
@@ -125,7 +134,10 @@ export async function copyVolume(
         });
         created = true;
       }
-      const open = Volume.open(to, options.force ? { force: true } : {}).catch((e: unknown) => {
+      const open = Volume.open(to, {
+        ...options.open,
+        ...(options.force ? { force: true } : {}),
+      }).catch((e: unknown) => {
         throw !created && isHyperError(e, 'VOLUME_NOT_FOUND') ? missingTarget(e, to.url) : e;
       });
       return usingVolume(open, async (target) => {
@@ -203,7 +215,9 @@ async function copyHistory(
   const stats: TransferStats = { bytesDone: 0, dataBytes: 0, zeroBytes: 0, interrupted: false };
   for (const { checkpoint, changes } of plans) {
     const source =
-      checkpoint === end ? last : await Volume.open(from, { readOnly: true, at: { checkpoint } });
+      checkpoint === end
+        ? last
+        : await Volume.open(from, { ...options.open, readOnly: true, at: { checkpoint } });
     try {
       if (target.info.size !== source.info.size)
         await target.resize(source.info.size, { allowShrink: true });

@@ -4,7 +4,7 @@
  * One run ("seed") drives a live writer (an engine Volume open for write) with random writes,
  * write-zeroes, trims and flushes, and starts admin operations concurrently with it
  * (snapshots, clones of the volume and of its clones, with and without flatten, unpins,
- * restores, compactions, forced takeovers, kills, clone deletes, ...). Every store request
+ * restores, compactions, copies to other volumes, forced takeovers, kills, clone deletes, ...). Every store request
  * of every actor goes through a `ChaosStore`: a wrapper that waits for its turn in a
  * discrete-event scheduler (`Sim`: each request takes a random virtual latency, heavy-tailed,
  * so one actor may stall while others make many requests), then may fail before it is
@@ -40,7 +40,12 @@
  *       volume commits what it holds (a full store or a lapsed lease costs it nothing);
  *   (i) with a WAL, a writer that takes the volume over directly from the previous one (the
  *       next epoch) starts from a content at or past the newest that one acknowledged as
- *       durable (a write logged before its reply, a sync, a flush).
+ *       durable (a write logged before its reply, a sync, a flush);
+ *   (k) every copy's target (`file copy` of a retained checkpoint of the volume or of a
+ *       clone, sometimes with its snapshots, stopped part way now and then, and run again to
+ *       finish) is a valid volume whatever happened to the copy; an acknowledged one reads
+ *       exactly the checkpoint it copied, and each snapshot it copied what that snapshot reads
+ *       in the source.
  * Operations that fail are fine; unexpected errors (not a HyperError, or kind 'internal')
  * are violations.
  *
@@ -96,6 +101,7 @@ import { Volume } from '../../src/format/volume/volume.js';
 import { rng } from './rng.js';
 import { SyncZstd } from './sync-zstd.js';
 import { joinBody } from '../../src/format/store/common.js';
+import { copyVolume, type CopyCreateOptions } from '../../src/cli/copy.js';
 
 // ------------------------------------------------------------------ small utilities
 
@@ -943,6 +949,9 @@ export interface ChaosTotals {
   /** Seeds whose writers log to a WAL, and opens that replayed one (a writer's or an admin's). */
   walSeeds: number;
   walReplays: number;
+  /** Volume copies acknowledged (`file copy`), and those that resumed an interrupted one. */
+  copies: number;
+  copiesResumed: number;
 }
 
 export interface ChaosResult {
@@ -980,7 +989,11 @@ export const OPS: Record<string, number> = {
   deleteParent: 0.6,
   damagePin: 0.4,
   unpin: 0.8,
+  copy: 1.5,
 };
+
+/** Operations the classic schedule did not have (its seeds replay as they were found). */
+const NOT_CLASSIC = ['copy'];
 
 const VOLUME_SIZE = 1 * MiB;
 const BS = 4 * KiB;
@@ -1028,6 +1041,27 @@ interface CloneModel {
   pinReleased?: string;
 }
 
+interface CopyModel {
+  prefix: string;
+  url: string;
+  /** What it copies: the main volume, or a clone. */
+  sourceUrl: string;
+  /** The source's checkpoint copied, and what it reads. */
+  origin: number;
+  sha: string;
+  /** With the named snapshots (a new target only; not resumed). */
+  snapshots: boolean;
+  /** 'partial': a copy stopped or failed; the target may exist, holding part of it. */
+  state: 'copying' | 'ack' | 'partial';
+  busy: boolean;
+  /** The actor of its last attempt (requests of a killed one may still land). */
+  actor?: Actor;
+  /** The target's snapshots the copy reported (their names in the source). */
+  snapNames: string[];
+  /** Checked since its last attempt settled, with nothing of it still queued. */
+  checked: boolean;
+}
+
 interface Inflight {
   id: number;
   name: string;
@@ -1061,6 +1095,7 @@ class Run {
   private readonly refs = new Map<number, string>();
   private readonly snaps = new Map<string, SnapModel>();
   private readonly clones = new Map<string, CloneModel>();
+  private readonly copies = new Map<string, CopyModel>();
   private readonly inflight = new Map<number, Inflight>();
   /** Records the harness damaged on purpose (check reports them; that is expected). */
   private readonly damaged = new Set<string>();
@@ -1079,6 +1114,7 @@ class Run {
   private checkedAt = { mutations: -1, model: -1 };
   private nSnap = 0;
   private nClone = 0;
+  private nCopy = 0;
   private nIds = 0;
   private stopped = false;
   private readonly pageSize: number;
@@ -1166,7 +1202,7 @@ class Run {
           : 'flush'
         : undefined;
     this.walUrl = `${backend.checkRoot.url}wal/`;
-    const exclude = new Set(o.exclude ?? []);
+    const exclude = new Set([...(o.exclude ?? []), ...(o.classic ? NOT_CLASSIC : [])]);
     this.weights = Object.entries(OPS).filter(([n]) => !exclude.has(n));
     this.totals = { ...emptyTotals(), seeds: 1, walSeeds: this.walAck ? 1 : 0 };
     const hot = this.world.hot;
@@ -1844,6 +1880,155 @@ class Run {
     return this.pickFrom(live);
   }
 
+  /**
+   * `file copy`: a retained checkpoint of the volume (or a clone's) into a new volume,
+   * sometimes with its snapshots, stopped part way now and then; or an interrupted copy run
+   * again to finish it. The source stays as it is; an acknowledged copy reads exactly what
+   * its checkpoint reads (invariant k).
+   */
+  private async copyOp(): Promise<void> {
+    const stopped = [...this.copies.values()].filter(
+      (m) => m.state === 'partial' && !m.busy && !m.snapshots,
+    );
+    const again = this.rand() < 0.4 ? this.pickFrom(stopped) : undefined;
+    if (again) {
+      this.runCopy(again, { resume: true, force: this.rand() < 0.5 });
+      return;
+    }
+    const of = this.rand() < 0.2 ? await this.existingClone() : undefined;
+    const from = of ? of.head.checkpoint : this.pickFrom(await this.knownRetained());
+    if (from === undefined) return;
+    const prefix = `k${++this.nCopy}/`;
+    const m: CopyModel = {
+      prefix,
+      url: `${this.backend.checkRoot.url}${prefix}`,
+      sourceUrl: of ? of.m.url : this.mainUrl,
+      origin: from,
+      sha: of ? of.m.sha : (this.refs.get(from) as string),
+      snapshots: this.rand() < 0.3,
+      state: 'copying',
+      busy: false,
+      snapNames: [],
+      checked: false,
+    };
+    this.copies.set(m.url, m);
+    const layout = this.rand();
+    const create: CopyCreateOptions =
+      layout < 0.15 ? { compression: 'none' } : layout < 0.3 ? { dedup: !this.dedup } : {};
+    this.runCopy(m, { create });
+  }
+
+  private runCopy(
+    m: CopyModel,
+    how: { create?: CopyCreateOptions; resume?: boolean; force?: boolean },
+  ): void {
+    const actor = this.actor('copy');
+    m.busy = true;
+    m.actor = actor;
+    m.checked = false;
+    const chunkSize = [4, 16, 64][Math.floor(this.rand() * 3)]! * KiB;
+    const concurrency = 1 + Math.floor(this.rand() * 4);
+    // Ctrl-C part way: at this fraction of the source.
+    const stopAt = this.rand() < 0.25 ? this.rand() : undefined;
+    const ac = new AbortController();
+    const source = m.sourceUrl === this.mainUrl ? '' : `clone ${this.rel(m.sourceUrl)} `;
+    const what = `${how.resume ? 'again ' : ''}${source}at ${m.origin} to ${m.prefix}${how.create ? ' --create' : ''}${m.snapshots ? ' --snapshots' : ''}${how.force ? ' --force' : ''} (${chunkSize / KiB} KiB x${concurrency}${stopAt === undefined ? '' : `, stop at ${Math.round(stopAt * 100)}%`})`;
+    this.launch(
+      `copy ${what}`,
+      actor,
+      async () => {
+        try {
+          const r = await copyVolume(this.view(actor, m.sourceUrl), this.view(actor, m.url), {
+            at: { checkpoint: m.origin },
+            ...(how.create ? { create: how.create } : {}),
+            ...(m.snapshots ? { snapshots: true } : {}),
+            ...(how.force ? { force: true } : {}),
+            chunkSize,
+            concurrency,
+            ...(stopAt === undefined
+              ? {}
+              : {
+                  signal: ac.signal,
+                  onProgress: (done: number, total: number) => {
+                    if (done >= stopAt * total) ac.abort();
+                  },
+                }),
+            open: {
+              openStore: this.opener(actor),
+              holder: actor.name,
+              logger: this.logger(actor),
+              leaseTtlMs: this.leaseMs,
+              flushIntervalMs: 0,
+              headUpdateDelayMs: 0,
+            },
+          });
+          m.state = 'ack';
+          m.snapNames = r.snapshots.map((s) => s.name);
+          this.totals.copies++;
+          if (how.resume) this.totals.copiesResumed++;
+          return `checkpoint ${r.checkpoint.checkpoint}${m.snapshots ? `, snapshots ${m.snapNames.join(',') || 'none'}` : ''}`;
+        } catch (e) {
+          m.state = 'partial';
+          throw e;
+        }
+      },
+      () => {
+        m.busy = false;
+      },
+    );
+  }
+
+  /**
+   * (k) A copy's target, once its attempt settled: a valid volume whatever happened (every
+   * object it names present and intact); an acknowledged one reads what the source's
+   * checkpoint read, and each snapshot it copied reads what that snapshot reads in the source.
+   */
+  private async checkCopy(m: CopyModel): Promise<void> {
+    if (m.busy || m.checked) return;
+    const settled = (m.actor?.pending ?? 0) === 0;
+    const craw = this.raw(m.url);
+    try {
+      await readHead(craw);
+    } catch (e) {
+      // (A copy that failed before its target was created.)
+      if (m.state === 'ack')
+        this.violation(`(k) copy ${m.prefix} (acknowledged) is gone: ${errText(e)}`);
+      m.checked = settled;
+      return;
+    }
+    const cc = await this.content(m.url);
+    if (!cc.ok) this.violation(`(k) copy ${m.prefix} (${m.state}) is unreadable: ${cc.error}`);
+    else if (m.state === 'ack' && cc.sha !== m.sha)
+      this.violation(
+        `(k) copy ${m.prefix} reads ${cc.sha}, but checkpoint ${m.origin} of ${this.rel(m.sourceUrl) || 'the volume'} it copied reads ${m.sha}`,
+      );
+    if (m.state === 'ack' && m.snapNames.length > 0) {
+      const records = await this.recordsOf(m.url);
+      for (const name of m.snapNames) {
+        const rec = records.get(snapshotKey(name));
+        if (typeof rec !== 'number') {
+          this.violation(`(k) copy ${m.prefix}: copied snapshot ${name} is ${rec ?? 'missing'}`);
+          continue;
+        }
+        const source = this.snaps.get(name)?.checkpoint;
+        const want = source === undefined ? undefined : this.refs.get(source);
+        if (want === undefined) continue;
+        const got = await this.content(m.url, rec);
+        if (!got.ok)
+          this.violation(`(k) copy ${m.prefix}: snapshot ${name} is unreadable: ${got.error}`);
+        else if (got.sha !== want)
+          this.violation(
+            `(k) copy ${m.prefix}: snapshot ${name} (checkpoint ${rec}) reads ${got.sha}, in the source (checkpoint ${source}) ${want}`,
+          );
+      }
+    }
+    const chk = await checkVolume(craw, { deep: true, openStore: this.rawOpen });
+    for (const p of chk.problems)
+      if (p.kind === 'missing' || p.kind === 'corrupt')
+        this.violation(`(k) copy ${m.prefix} (${m.state}): ${p.kind} ${p.key}: ${p.message}`);
+    m.checked = settled;
+  }
+
   private async cloneAdminOp(kind: 'cloneDelete' | 'flatten' | 'cloneCompact'): Promise<void> {
     const c = await this.existingClone();
     if (!c) return;
@@ -2260,6 +2445,8 @@ class Run {
         return this.compactOp();
       case 'restore':
         return this.restoreOp();
+      case 'copy':
+        return this.copyOp();
     }
   }
 
@@ -2423,6 +2610,9 @@ class Run {
         if (p.kind === 'missing' || p.kind === 'corrupt')
           this.violation(`(d) clone ${m.prefix} (${m.state}): ${p.kind} ${p.key}: ${p.message}`);
     }
+
+    // (k) copies.
+    for (const m of this.copies.values()) await this.checkCopy(m);
 
     // (b) required checkpoints are retained and exact.
     const verified = new Map<number, string>();
@@ -2617,6 +2807,8 @@ export const emptyTotals = (): ChaosTotals => ({
   compactNoRoom: 0,
   walSeeds: 0,
   walReplays: 0,
+  copies: 0,
+  copiesResumed: 0,
 });
 
 /** The report of a failed run: seed, how to replay, the violations and the op log's tail. */
