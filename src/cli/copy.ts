@@ -56,8 +56,10 @@ export interface CopyOptions {
   /** Create the target first (it must not exist). */
   create?: CopyCreateOptions;
   /**
-   * Copy the source's named snapshots too (with `create`): each one's checkpoint, oldest
-   * first, as the changes from the one before, named the same in the target.
+   * Copy the source's named snapshots too: each one's checkpoint, oldest first, as the
+   * changes from the one before, named the same in the target. Into a new volume (`create`),
+   * or, without it, to finish an interrupted copy of them: the target must hold the first of
+   * them already, as that copy left it.
    */
   snapshots?: boolean;
   /** Take the target's lease from a live writer (it is fenced). */
@@ -103,14 +105,6 @@ export async function copyVolume(
   to: ObjectStore,
   options: CopyOptions = {},
 ): Promise<CopyResult> {
-  if (options.snapshots && !options.create) {
-    throw new HyperError(
-      'invalid',
-      'INVALID_ARGUMENT',
-      'Copying the snapshots needs --create: they are copied into a new volume, oldest first',
-      { suggestion: `Add --create with a target URL that holds no volume.` },
-    );
-  }
   if (sameVolume(from.url, to.url)) {
     throw new HyperError(
       'invalid',
@@ -152,8 +146,10 @@ export async function copyVolume(
           );
         }
         const snapshots: SnapshotInfo[] = [];
+        // Snapshots the target held before (an interrupted copy of them being finished).
+        const held = { before: 0 };
         const stats = options.snapshots
-          ? await copyHistory(from, source, target, to, options, snapshots)
+          ? await copyHistory(from, source, target, to, { ...options, created }, snapshots, held)
           : await copyInto(source, target, {
               ...options,
               // A new or empty target reads as zeros: holes and zeros need no writes there.
@@ -166,9 +162,10 @@ export async function copyVolume(
             'ABORTED',
             `Copy interrupted after ${bytesWithExact(stats.bytesDone)} of ${bytesWithExact(info.size)}; what was copied is committed in ${to.url} as checkpoint ${checkpoint.checkpoint}`,
             {
-              suggestion: options.snapshots
-                ? `Delete the target (\`hyper file delete ${to.url} --yes\`) and run the same copy again: the snapshots are copied into a new volume only.`
-                : 'Run the same copy again without --create to finish it.',
+              suggestion:
+                options.snapshots && held.before + snapshots.length === 0
+                  ? `No snapshot was copied yet: delete the target (\`hyper file delete ${to.url} --yes\`) and run the same copy again.`
+                  : `Run the same copy again without --create${options.snapshots ? ' (with --snapshots)' : ''} to finish it.`,
             },
           );
         }
@@ -179,19 +176,26 @@ export async function copyVolume(
 }
 
 /**
- * Copy the source's named snapshots at or before `last`'s checkpoint into the new volume
- * `target`, oldest first, then `last` itself: each step writes only what changed since the
- * one before (diffCheckpoints, from the indexes) and commits, and the snapshots of that step
- * are named after its checkpoint in the target. The target follows the source's size at
- * each step. Stops early (interrupted) when the signal fires; the caller commits.
+ * Copy the source's named snapshots at or before `last`'s checkpoint into `target`, oldest
+ * first, then `last` itself: each step writes only what changed since the one before
+ * (diffCheckpoints, from the indexes) and commits, and the snapshots of that step are named
+ * after its checkpoint in the target. The target follows the source's size at each step.
+ * Stops early (interrupted) when the signal fires; the caller commits.
+ *
+ * Into a target that was not created now, it finishes an interrupted copy: the steps whose
+ * snapshots the target holds are done (a step cut short while naming its snapshots gets the
+ * rest at the same checkpoint), and the next one is written as the changes since the last
+ * step done, when everything the target changed since that step's checkpoint lies within
+ * them (what the interrupted step wrote); otherwise, as a whole copy of it.
  */
 async function copyHistory(
   from: ObjectStore,
   last: Volume,
   target: Volume,
   to: ObjectStore,
-  options: CopyOptions,
+  options: CopyOptions & { created: boolean },
   copied: SnapshotInfo[],
+  held: { before: number },
 ): Promise<TransferStats> {
   const end = last.info.checkpoint;
   const byCheckpoint = new Map<number, string[]>();
@@ -200,18 +204,29 @@ async function copyHistory(
     byCheckpoint.set(s.checkpoint, [...(byCheckpoint.get(s.checkpoint) ?? []), s.name].sort());
   }
   const steps = [...new Set([...byCheckpoint.keys(), end])].sort((a, b) => a - b);
-  const plans: { checkpoint: number; changes: ChangedExtent[] }[] = [];
-  let prev: number | undefined;
-  for (const c of steps) {
-    plans.push({
-      checkpoint: c,
-      changes: await diffCheckpoints(from, prev === undefined ? null : { checkpoint: prev }, {
-        checkpoint: c,
-      }),
-    });
+  const resume = options.created ? undefined : await resumePoint(from, to, steps, byCheckpoint);
+  const first = resume?.next ?? 0;
+  held.before = resume?.held ?? 0;
+  // The snapshots of a step cut short while they were named.
+  if (resume?.unnamed)
+    for (const name of resume.unnamed.names)
+      copied.push(await createSnapshot(to, name, { checkpoint: resume.unnamed.checkpoint }));
+  const plans: { checkpoint: number; changes: ChangedExtent[] | 'whole' }[] = [];
+  let prev = first > 0 ? steps[first - 1] : undefined;
+  for (const c of steps.slice(first)) {
+    let changes: ChangedExtent[] | 'whole' = await diffCheckpoints(
+      from,
+      prev === undefined ? null : { checkpoint: prev },
+      { checkpoint: c },
+    );
+    if (resume && c === steps[first] && !(await onlyWithin(to, resume.doneAt, changes)))
+      changes = 'whole';
+    plans.push({ checkpoint: c, changes });
     prev = c;
   }
-  const total = plans.reduce((n, p) => n + p.changes.reduce((m, x) => m + x.length, 0), 0);
+  const sizeOf = (p: (typeof plans)[number]): number =>
+    p.changes === 'whole' ? last.info.size : p.changes.reduce((m, x) => m + x.length, 0);
+  const total = plans.reduce((n, p) => n + sizeOf(p), 0);
   const stats: TransferStats = { bytesDone: 0, dataBytes: 0, zeroBytes: 0, interrupted: false };
   for (const { checkpoint, changes } of plans) {
     const source =
@@ -222,11 +237,18 @@ async function copyHistory(
       if (target.info.size !== source.info.size)
         await target.resize(source.info.size, { allowShrink: true });
       // (The target may hold other data there: blocks of zeros are zeroed.)
-      const step = await copyRanges(source, target, changes, {
-        ...options,
-        zeroFill: true,
-        onProgress: (done) => options.onProgress?.(stats.bytesDone + done, total),
-      });
+      const step =
+        changes === 'whole'
+          ? await copyInto(source, target, {
+              ...options,
+              zeroFill: true,
+              onProgress: (done) => options.onProgress?.(stats.bytesDone + done, total),
+            })
+          : await copyRanges(source, target, changes, {
+              ...options,
+              zeroFill: true,
+              onProgress: (done) => options.onProgress?.(stats.bytesDone + done, total),
+            });
       stats.bytesDone += step.bytesDone;
       stats.dataBytes += step.dataBytes;
       stats.zeroBytes += step.zeroBytes;
@@ -239,6 +261,86 @@ async function copyHistory(
       copied.push(await createSnapshot(to, name, { checkpoint: cp.checkpoint }));
   }
   return stats;
+}
+
+/**
+ * Where an interrupted copy of the snapshots stopped: the target's snapshots must be those
+ * of the first steps (the last of them maybe cut short), none other. `next` is the first
+ * step to write, `doneAt` the target's checkpoint of the step before it.
+ */
+async function resumePoint(
+  from: ObjectStore,
+  to: ObjectStore,
+  steps: number[],
+  byCheckpoint: Map<number, string[]>,
+): Promise<{
+  next: number;
+  doneAt: number;
+  held: number;
+  unnamed?: { checkpoint: number; names: string[] };
+}> {
+  const held = new Map((await listSnapshots(to)).map((s) => [s.name, s.checkpoint]));
+  const stepOf = new Map<string, number>();
+  steps.forEach((c, i) => {
+    for (const name of byCheckpoint.get(c) ?? []) stepOf.set(name, i);
+  });
+  const notAResume = (why: string): HyperError =>
+    new HyperError(
+      'invalid',
+      'INVALID_ARGUMENT',
+      `${to.url} is not an interrupted copy of the snapshots of ${from.url}: ${why}`,
+      {
+        suggestion: `Copy into a new volume with --create --snapshots, or copy only the checkpoint (without --snapshots).`,
+      },
+    );
+  if (held.size === 0) throw notAResume('it holds no snapshot');
+  let next = 0;
+  let newest = '';
+  for (const name of held.keys()) {
+    const i = stepOf.get(name);
+    if (i === undefined)
+      throw notAResume(`its snapshot ${name} is not one of the source's being copied`);
+    if (i + 1 > next) [next, newest] = [i + 1, name];
+  }
+  for (let i = 0; i < next - 1; i++) {
+    const missing = (byCheckpoint.get(steps[i] as number) ?? []).filter((n) => !held.has(n));
+    if (missing.length > 0)
+      throw notAResume(`it lacks snapshot ${missing[0]}, older than its ${newest}`);
+  }
+  const names = byCheckpoint.get(steps[next - 1] as number) ?? [];
+  const doneAt = held.get(names.find((n) => held.has(n)) as string) as number;
+  const unnamed = names.filter((n) => !held.has(n));
+  return {
+    next,
+    doneAt,
+    held: held.size,
+    ...(unnamed.length ? { unnamed: { checkpoint: doneAt, names: unnamed } } : {}),
+  };
+}
+
+/** Whether every range the volume at `to` changed since `checkpoint` lies within `ranges`. */
+async function onlyWithin(
+  to: ObjectStore,
+  checkpoint: number,
+  ranges: readonly ChangedExtent[],
+): Promise<boolean> {
+  const changed = await diffCheckpoints(to, { checkpoint });
+  let j = 0;
+  for (const c of changed) {
+    let pos = c.offset;
+    const stop = c.offset + c.length;
+    while (pos < stop) {
+      while (
+        j < ranges.length &&
+        (ranges[j] as ChangedExtent).offset + (ranges[j] as ChangedExtent).length <= pos
+      )
+        j++;
+      const r = ranges[j];
+      if (r === undefined || r.offset > pos) return false;
+      pos = r.offset + r.length;
+    }
+  }
+  return true;
 }
 
 /** The target is no volume, and the copy was not asked to create it. */

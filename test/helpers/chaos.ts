@@ -77,6 +77,7 @@ import {
   pinKey,
   segmentKey,
   snapshotKey,
+  parseSnapshotKey,
 } from '../../src/format/keys.js';
 import { RetryingStore } from '../../src/format/store/retry.js';
 import type {
@@ -1049,15 +1050,13 @@ interface CopyModel {
   /** The source's checkpoint copied, and what it reads. */
   origin: number;
   sha: string;
-  /** With the named snapshots (a new target only; not resumed). */
+  /** With the named snapshots (an interrupted one is finished with them too). */
   snapshots: boolean;
   /** 'partial': a copy stopped or failed; the target may exist, holding part of it. */
   state: 'copying' | 'ack' | 'partial';
   busy: boolean;
   /** The actor of its last attempt (requests of a killed one may still land). */
   actor?: Actor;
-  /** The target's snapshots the copy reported (their names in the source). */
-  snapNames: string[];
   /** Checked since its last attempt settled, with nothing of it still queued. */
   checked: boolean;
 }
@@ -1887,9 +1886,7 @@ class Run {
    * its checkpoint reads (invariant k).
    */
   private async copyOp(): Promise<void> {
-    const stopped = [...this.copies.values()].filter(
-      (m) => m.state === 'partial' && !m.busy && !m.snapshots,
-    );
+    const stopped = [...this.copies.values()].filter((m) => m.state === 'partial' && !m.busy);
     const again = this.rand() < 0.4 ? this.pickFrom(stopped) : undefined;
     if (again) {
       this.runCopy(again, { resume: true, force: this.rand() < 0.5 });
@@ -1908,7 +1905,6 @@ class Run {
       snapshots: this.rand() < 0.3,
       state: 'copying',
       busy: false,
-      snapNames: [],
       checked: false,
     };
     this.copies.set(m.url, m);
@@ -1963,10 +1959,9 @@ class Run {
             },
           });
           m.state = 'ack';
-          m.snapNames = r.snapshots.map((s) => s.name);
           this.totals.copies++;
           if (how.resume) this.totals.copiesResumed++;
-          return `checkpoint ${r.checkpoint.checkpoint}${m.snapshots ? `, snapshots ${m.snapNames.join(',') || 'none'}` : ''}`;
+          return `checkpoint ${r.checkpoint.checkpoint}${m.snapshots ? `, snapshots ${r.snapshots.map((x) => x.name).join(',') || 'none'}` : ''}`;
         } catch (e) {
           m.state = 'partial';
           throw e;
@@ -2002,12 +1997,12 @@ class Run {
       this.violation(
         `(k) copy ${m.prefix} reads ${cc.sha}, but checkpoint ${m.origin} of ${this.rel(m.sourceUrl) || 'the volume'} it copied reads ${m.sha}`,
       );
-    if (m.state === 'ack' && m.snapNames.length > 0) {
-      const records = await this.recordsOf(m.url);
-      for (const name of m.snapNames) {
-        const rec = records.get(snapshotKey(name));
+    if (m.state === 'ack' && m.snapshots) {
+      for (const [key, rec] of await this.recordsOf(m.url)) {
+        const name = parseSnapshotKey(key);
+        if (name === undefined) continue;
         if (typeof rec !== 'number') {
-          this.violation(`(k) copy ${m.prefix}: copied snapshot ${name} is ${rec ?? 'missing'}`);
+          this.violation(`(k) copy ${m.prefix}: copied snapshot ${name} is unreadable: ${rec}`);
           continue;
         }
         const source = this.snaps.get(name)?.checkpoint;

@@ -20,11 +20,11 @@ export default class FileCopy extends BaseCommand<typeof FileCopy> {
 
 With --create the target is made first, as large as the source and with its block and segment sizes, compression, encryption (the same key) and deduplication; --compression, --encryption (with the key of --key-file) and --[no-]dedup choose otherwise. Without --create the target must exist and be at least as large; ranges the source does not map are zeroed in it, and past the source's size it keeps what it holds.
 
-The copy is the source's content only: its other checkpoints, snapshots and clone links are not copied, unless --snapshots (with --create) copies its named snapshots too: each one's checkpoint, oldest first, as the changes since the one before, then the checkpoint copied, with each snapshot named the same in the target. A clone's copy holds what it reads through its parent and stands alone.
+The copy is the source's content only: its other checkpoints, snapshots and clone links are not copied, unless --snapshots copies its named snapshots too: each one's checkpoint, oldest first, as the changes since the one before, then the checkpoint copied, with each snapshot named the same in the target. A clone's copy holds what it reads through its parent and stands alone.
 
 The target is reached like the source (--endpoint, --region, --profile, the environment and the config file) unless --target-endpoint, --target-region or --target-profile say otherwise; then its settings come from those flags and the config file only.
 
-The target commits as it goes: Ctrl-C, or a failure of either store, leaves it at a valid checkpoint holding part of the copy. Run the same command again without --create to finish it (a copy with --snapshots starts over instead: delete the target first).`;
+The target commits as it goes: Ctrl-C, or a failure of either store, leaves it at a valid checkpoint holding part of the copy. Run the same command again without --create (and with --snapshots if it had it) to finish it.`;
 
   static override examples = [
     {
@@ -82,8 +82,7 @@ The target commits as it goes: Ctrl-C, or a failure of either store, leaves it a
     }),
     snapshots: Flags.boolean({
       summary:
-        "With --create: copy the source's named snapshots too, oldest first, each as the changes since the one before.",
-      dependsOn: ['create'],
+        "Copy the source's named snapshots too, oldest first, each as the changes since the one before (with --create; without it, finish such a copy that was interrupted).",
     }),
     ...otherStoreFlags('target', 'the target'),
     force: Flags.boolean({

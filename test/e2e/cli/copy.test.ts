@@ -123,8 +123,14 @@ describe('hyper file copy', () => {
       true,
     );
     assert.equal(await exportSha(deep, img), want);
-    const noCreate = errorJsonSchema.parse(await copy([src, deep, '--snapshots'], 2));
-    assert.match(noCreate.error.message, /--create/);
+    // Again without --create: a copy of the snapshots that has nothing left to do.
+    const done = fileCopySchema.parse(await copy([src, deep, '--snapshots']));
+    assert.equal(done.created, false);
+    assert.deepEqual(done.snapshots, []);
+    // Into a volume that is no interrupted copy of them: refused.
+    const notOne = errorJsonSchema.parse(await copy([src, dst, '--snapshots'], 2));
+    assert.equal(notOne.error.code, 'INVALID_ARGUMENT');
+    assert.match(notOne.error.message, /holds no snapshot/);
 
     // No target without --create; a target that exists with it; a smaller one; itself.
     const missing = errorJsonSchema.parse(await copy([src, fileUrl(join(dir, 'none'))], 3));

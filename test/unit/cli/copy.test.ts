@@ -4,7 +4,11 @@ import { describe, it } from 'node:test';
 import { copyVolume } from '../../../src/cli/copy.js';
 import { isHyperError } from '../../../src/errors.js';
 import { addKey, clearKeys } from '../../../src/format/keyring.js';
-import { createSnapshot, listSnapshots } from '../../../src/format/volume/history.js';
+import {
+  createSnapshot,
+  deleteSnapshot,
+  listSnapshots,
+} from '../../../src/format/volume/history.js';
 import { openStore } from '../../../src/format/store/index.js';
 import type { ObjectStore } from '../../../src/format/store/types.js';
 import { Volume } from '../../../src/format/volume/volume.js';
@@ -181,7 +185,7 @@ describe('copyVolume', () => {
 
     const dst = await fresh('dst');
     await assert.rejects(copyVolume(src, dst, { snapshots: true }), (e) =>
-      isHyperError(e, 'INVALID_ARGUMENT'),
+      isHyperError(e, 'VOLUME_NOT_FOUND'),
     );
     const r = await copyVolume(src, dst, { create: {}, snapshots: true, chunkSize: 256 * KiB });
     assert.deepEqual(
@@ -206,6 +210,145 @@ describe('copyVolume', () => {
       ['a', 'b', 'b2'],
     );
     assert.ok((await content(older)).equals(at.b as Buffer));
+  });
+
+  it('finishes an interrupted copy of the snapshots, and refuses a target that is not one', async () => {
+    const src = await fresh('src');
+    await Volume.create(src, { size: 4 * MiB });
+    const v = await Volume.open(src);
+    const at: Record<string, Buffer> = {};
+    const named = async (...names: string[]): Promise<void> => {
+      await v.flush();
+      for (const name of names) await createSnapshot(src, name);
+      for (const name of names) at[name] = await v.read(0, v.info.size);
+    };
+    await v.write(0, randomBytes(2 * MiB));
+    await named('a');
+    await v.write(MiB, randomBytes(2 * MiB));
+    await v.writeZeroes(0, 256 * KiB);
+    await named('b', 'b2');
+    await v.resize(3 * MiB, { allowShrink: true });
+    await v.write(512 * KiB, randomBytes(MiB));
+    await named('c');
+    await v.write(2 * MiB, randomBytes(MiB / 2));
+    at.current = await v.read(0, v.info.size);
+    await v.close();
+    const verify = async (dst: ObjectStore): Promise<void> => {
+      const byName = new Map((await listSnapshots(dst)).map((s) => [s.name, s.checkpoint]));
+      assert.deepEqual([...byName.keys()].sort(), ['a', 'b', 'b2', 'c']);
+      for (const name of ['a', 'b', 'b2', 'c'])
+        assert.ok((await content(dst, byName.get(name))).equals(at[name] as Buffer), name);
+      assert.ok((await content(dst)).equals(at.current as Buffer), 'the current checkpoint');
+    };
+    const whole = await fresh('whole');
+    let total = 0;
+    await copyVolume(src, whole, {
+      create: {},
+      snapshots: true,
+      onProgress: (_, t) => {
+        total = t;
+      },
+    });
+    await verify(whole);
+    // Stopped at points in each of the four steps.
+    for (const stop of [0.1, 0.4, 0.6, 0.8, 0.95].map((f) => f * total)) {
+      const dst = await fresh('dst');
+      const ac = new AbortController();
+      let suggestion = '';
+      await assert.rejects(
+        copyVolume(src, dst, {
+          create: {},
+          snapshots: true,
+          chunkSize: 256 * KiB,
+          concurrency: 1,
+          signal: ac.signal,
+          onProgress: (done) => {
+            if (done >= stop) ac.abort();
+          },
+        }),
+        (e) => {
+          suggestion = isHyperError(e, 'ABORTED') ? (e.suggestion ?? '') : '';
+          return isHyperError(e, 'ABORTED');
+        },
+      );
+      const had = (await listSnapshots(dst)).length;
+      if (had === 0) {
+        // Before the first snapshot was named: not resumable, and said so.
+        assert.match(suggestion, /delete the target/);
+        await assert.rejects(copyVolume(src, dst, { snapshots: true }), (e) =>
+          isHyperError(e, 'INVALID_ARGUMENT'),
+        );
+        continue;
+      }
+      assert.match(suggestion, /without --create \(with --snapshots\)/);
+      const r = await copyVolume(src, dst, { snapshots: true, chunkSize: 256 * KiB });
+      assert.equal(r.created, false);
+      assert.equal(had + r.snapshots.length, 4, `stopped at ${stop}`);
+      await verify(dst);
+    }
+
+    // Cut short while naming a step's snapshots: the rest are named at the same checkpoint.
+    const older = await fresh('older');
+    const cut = await copyVolume(src, older, {
+      create: {},
+      snapshots: true,
+      at: { snapshot: 'b' },
+    });
+    const b = cut.snapshots.find((s) => s.name === 'b');
+    await deleteSnapshot(older, 'b2');
+    const again = await copyVolume(src, older, { snapshots: true, at: { snapshot: 'b' } });
+    assert.deepEqual(
+      again.snapshots.map((s) => [s.name, s.checkpoint]),
+      [['b2', b?.checkpoint]],
+    );
+    assert.equal(again.stats.dataBytes, 0, 'nothing else to write');
+    assert.ok((await content(older, b?.checkpoint)).equals(at.b2 as Buffer));
+    assert.ok((await content(older)).equals(at.b2 as Buffer));
+
+    // Written since by someone else, outside what the next step changes: that step is copied
+    // whole, and the result is exact all the same.
+    const meddled = await fresh('meddled');
+    const ac = new AbortController();
+    await assert.rejects(
+      copyVolume(src, meddled, {
+        create: {},
+        snapshots: true,
+        chunkSize: 256 * KiB,
+        concurrency: 1,
+        signal: ac.signal,
+        onProgress: (done) => {
+          if (done >= 3 * MiB) ac.abort();
+        },
+      }),
+      (e) => isHyperError(e, 'ABORTED'),
+    );
+    const m = await Volume.open(meddled);
+    await m.write(3 * MiB + MiB / 2, randomBytes(64 * KiB));
+    await m.close();
+    await copyVolume(src, meddled, { snapshots: true });
+    await verify(meddled);
+
+    // Not an interrupted copy of these snapshots: refused, with nothing written.
+    const plain = await fresh('plain');
+    await copyVolume(src, plain, { create: {} });
+    const foreign = await fresh('foreign');
+    await copyVolume(src, foreign, { create: {}, snapshots: true });
+    await createSnapshot(foreign, 'elsewhere');
+    const gap = await fresh('gap');
+    await copyVolume(src, gap, { create: {}, snapshots: true });
+    await deleteSnapshot(gap, 'a');
+    for (const [dst, why] of [
+      [plain, /holds no snapshot/],
+      [foreign, /elsewhere is not one of the source's/],
+      [gap, /lacks snapshot a, older than its c/],
+    ] as const) {
+      const before = await content(dst);
+      await assert.rejects(
+        copyVolume(src, dst, { snapshots: true }),
+        (e) => isHyperError(e, 'INVALID_ARGUMENT') && why.test(e.message),
+      );
+      assert.ok((await content(dst)).equals(before));
+    }
   });
 
   it('copies an encrypted volume with its key, or into a plain one', async () => {
