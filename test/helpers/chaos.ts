@@ -4,8 +4,9 @@
  * One run ("seed") drives a live writer (an engine Volume open for write) with random writes,
  * write-zeroes, trims and flushes, and starts admin operations concurrently with it
  * (snapshots, clones of the volume and of its clones, with and without flatten, unpins,
- * restores, compactions, copies to other volumes, forced takeovers, kills, clone deletes, ...). Every store request
- * of every actor goes through a `ChaosStore`: a wrapper that waits for its turn in a
+ * restores, compactions, copies to other volumes, checks, forced takeovers, kills, clone
+ * deletes, ...). Every store request of every actor goes through a `ChaosStore`: a wrapper
+ * that waits for its turn in a
  * discrete-event scheduler (`Sim`: each request takes a random virtual latency, heavy-tailed,
  * so one actor may stall while others make many requests), then may fail before it is
  * applied or after it was applied (the request lands but the caller gets an error), on any
@@ -45,7 +46,10 @@
  *       clone, sometimes with its snapshots, stopped part way now and then, and run again to
  *       finish) is a valid volume whatever happened to the copy; an acknowledged one reads
  *       exactly the checkpoint it copied, and each snapshot it copied what that snapshot reads
- *       in the source.
+ *       in the source;
+ *   (l) `file check`, run beside everything else (often right beside a compaction), never
+ *       reports damage that is not there: a store error fails it, and whatever it reports
+ *       missing or corrupt must be damage the harness did on purpose.
  * Operations that fail are fine; unexpected errors (not a HyperError, or kind 'internal')
  * are violations.
  *
@@ -991,10 +995,11 @@ export const OPS: Record<string, number> = {
   damagePin: 0.4,
   unpin: 0.8,
   copy: 1.5,
+  check: 1,
 };
 
 /** Operations the classic schedule did not have (its seeds replay as they were found). */
-const NOT_CLASSIC = ['copy'];
+const NOT_CLASSIC = ['copy', 'check'];
 
 const VOLUME_SIZE = 1 * MiB;
 const BS = 4 * KiB;
@@ -1974,6 +1979,32 @@ class Run {
   }
 
   /**
+   * `file check` beside everything else: whatever the writer, compactions and restores do
+   * meanwhile, it may fail (a store error) but never report damage that is not there (l).
+   */
+  private checkOp(): void {
+    const actor = this.actor('check');
+    const deep = this.rand() < 0.5;
+    this.launch(`file check${deep ? ' --deep' : ''}`, actor, async () => {
+      const r = await checkVolume(this.view(actor, this.mainUrl), {
+        deep,
+        openStore: this.opener(actor),
+      });
+      const damage = r.problems.filter(
+        (p) => (p.kind === 'missing' || p.kind === 'corrupt') && !this.damaged.has(p.key),
+      );
+      if (damage.length > 0)
+        this.violation(
+          `(l) file check${deep ? ' --deep' : ''} (checkpoint ${r.checkpoint}) reported damage that is not there: ${damage
+            .slice(0, 3)
+            .map((p) => `${p.kind} ${p.key}: ${p.message}`)
+            .join(' | ')}`,
+        );
+      return `checkpoint ${r.checkpoint}, ${r.checkpointsChecked} checkpoints, ${r.problems.length} problem(s)`;
+    });
+  }
+
+  /**
    * (k) A copy's target, once its attempt settled: a valid volume whatever happened (every
    * object it names present and intact); an acknowledged one reads what the source's
    * checkpoint read, and each snapshot it copied reads what that snapshot reads in the source.
@@ -2437,11 +2468,16 @@ class Run {
       case 'cloneCompact':
         return this.cloneAdminOp(op);
       case 'compact':
-        return this.compactOp();
+        this.compactOp();
+        // Now and then a `file check` right beside it (what it deletes, the check may be reading).
+        if (!this.o.classic && this.extra() < 0.3) this.checkOp();
+        return;
       case 'restore':
         return this.restoreOp();
       case 'copy':
         return this.copyOp();
+      case 'check':
+        return this.checkOp();
     }
   }
 

@@ -73,10 +73,50 @@ export interface CheckOptions {
 
 const HEADER_PREFIX = 256 * 1024;
 
+/** Checks of a volume whose history kept changing under them, before the last is reported. */
+const CHECK_ATTEMPTS = 3;
+
+/**
+ * Check the volume at `store`. It may be in use meanwhile: a compaction (with a short grace
+ * period) or a restore may drop checkpoints and delete their segments while the check reads
+ * what its head retained. So a check that found objects missing reads the head again, and if
+ * the volume's history changed under it (another epoch, other retained checkpoints), checks
+ * again from the new head; after CHECK_ATTEMPTS, it reports what the last one found.
+ */
 export async function checkVolume(
   store: ObjectStore,
   options: CheckOptions = {},
 ): Promise<CheckResult> {
+  for (let attempt = 1; ; attempt++) {
+    const { result, head } = await checkOnce(store, options);
+    if (attempt >= CHECK_ATTEMPTS || !result.problems.some((p) => p.kind === 'missing'))
+      return result;
+    let now: HeadRecord;
+    try {
+      now = (await readHead(store)).head;
+    } catch {
+      return result;
+    }
+    if (head === undefined || sameHistory(head, now)) return result;
+  }
+}
+
+/** Whether two heads retain the same checkpoints up to the older one's (same epoch). */
+function sameHistory(a: HeadRecord, b: HeadRecord): boolean {
+  const ha = a.history;
+  const hb = b.history;
+  return (
+    a.epoch === b.epoch &&
+    a.skipped.join() === b.skipped.join() &&
+    ha?.floor === hb?.floor &&
+    (ha?.kept.join() ?? '') === (hb?.kept.join() ?? '')
+  );
+}
+
+async function checkOnce(
+  store: ObjectStore,
+  options: CheckOptions,
+): Promise<{ result: CheckResult; head?: HeadRecord }> {
   const problems: CheckProblem[] = [];
   const problem = (kind: ProblemKind, key: string, message: string): void => {
     problems.push({ kind, key, message });
@@ -89,17 +129,19 @@ export async function checkVolume(
     if (isHyperError(e) && e.kind === 'data') {
       problem('corrupt', 'head', e.message);
       return {
-        url: store.url,
-        clean: false,
-        deep: !!options.deep,
-        checkpoint: 0,
-        checkpointsChecked: 0,
-        segments: 0,
-        nodesChecked: 0,
-        blocksChecked: 0,
-        bytesVerified: 0,
-        problems,
-        restoreCheckpoint: null,
+        result: {
+          url: store.url,
+          clean: false,
+          deep: !!options.deep,
+          checkpoint: 0,
+          checkpointsChecked: 0,
+          segments: 0,
+          nodesChecked: 0,
+          blocksChecked: 0,
+          bytesVerified: 0,
+          problems,
+          restoreCheckpoint: null,
+        },
       };
     }
     throw e;
@@ -421,17 +463,20 @@ export async function checkVolume(
     (p) => p.kind === 'missing' || p.kind === 'corrupt' || p.kind === 'dangling',
   );
   return {
-    url: store.url,
-    clean,
-    deep: !!options.deep,
-    checkpoint: head.checkpoint,
-    checkpointsChecked: heads.size,
-    segments: segs.size,
-    nodesChecked,
-    blocksChecked,
-    bytesVerified,
-    problems,
-    restoreCheckpoint,
+    result: {
+      url: store.url,
+      clean,
+      deep: !!options.deep,
+      checkpoint: head.checkpoint,
+      checkpointsChecked: heads.size,
+      segments: segs.size,
+      nodesChecked,
+      blocksChecked,
+      bytesVerified,
+      problems,
+      restoreCheckpoint,
+    },
+    head,
   };
 }
 

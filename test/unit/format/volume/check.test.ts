@@ -2,6 +2,8 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { HEAD_KEY, segmentKey } from '../../../../src/format/keys.js';
 import { CountingStore } from '../../../../src/format/store/counting.js';
+import type { GetOptions, GetResult } from '../../../../src/format/store/types.js';
+import { compactVolume } from '../../../../src/format/volume/compact.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
 import { checkVolume } from '../../../../src/format/volume/check.js';
 import { createSnapshot } from '../../../../src/format/volume/history.js';
@@ -82,5 +84,63 @@ describe('file check', () => {
     const h = await checkVolume(mem);
     assert.equal(h.clean, false);
     assert.deepEqual(kinds(h), ['corrupt head']);
+  });
+
+  it('a compaction that deletes while the check reads is no damage: it checks again', async () => {
+    for (const deep of [false, true]) {
+      // Three checkpoints, each rewriting the same blocks: only the last one's are live.
+      const mem = MemStore.isolated();
+      await Volume.create(mem, { size: 64 * MiB });
+      const v = await Volume.open(mem, { flushIntervalMs: 0 });
+      const cps: number[] = [];
+      for (let round = 0; round < 3; round++) {
+        for (let i = 0; i < 1500; i++)
+          await v.write(((i * 7919) % 16384) * 4096, Buffer.alloc(4096, 1 + round));
+        cps.push((await v.flush()).checkpoint);
+      }
+      await v.close();
+      const first = cps[0] as number;
+      // The check stops at its first read of the oldest segment, after it read the head and
+      // listed the segments; a compaction keeping only the newest checkpoint runs meanwhile.
+      let gate: Promise<void> | undefined;
+      let release = (): void => undefined;
+      let paused = (): void => undefined;
+      const reached = new Promise<void>((r) => (paused = r));
+      class Gated extends CountingStore {
+        override async get(key: string, o?: GetOptions): Promise<GetResult> {
+          if (key === segmentKey(first) && gate === undefined) {
+            gate = new Promise((r) => (release = r));
+            paused();
+            await gate;
+          }
+          return super.get(key, o);
+        }
+      }
+      const checking = checkVolume(new Gated(mem), { deep });
+      await reached;
+      const c = await compactVolume(mem, { keepLast: 1, graceMs: 0 });
+      assert.ok(c.segmentsDeleted > 0, 'the compaction deleted segments');
+      assert.equal(await mem.head(segmentKey(first)), undefined);
+      release();
+      const r = await checking;
+      assert.deepEqual(kinds(r), [], `deep ${deep}`);
+      assert.equal(r.clean, true);
+      assert.equal(r.checkpointsChecked, 1);
+    }
+    // Real damage is still reported (after the one check, the history being the same).
+    const mem = MemStore.isolated();
+    const [, second] = (await build(mem)) as [number, number];
+    await mem.delete([segmentKey(second)]);
+    let headReads = 0;
+    class Counting extends CountingStore {
+      override get(key: string, o?: GetOptions): Promise<GetResult> {
+        if (key === HEAD_KEY) headReads++;
+        return super.get(key, o);
+      }
+    }
+    const gone = await checkVolume(new Counting(mem));
+    assert.ok(kinds(gone).includes(`missing ${segmentKey(second)}`));
+    // The head read by the check, and once more to see that the history did not change.
+    assert.equal(headReads, 2, 'checked once');
   });
 });
