@@ -218,6 +218,7 @@ async function copyHistory(
       from,
       prev === undefined ? null : { checkpoint: prev },
       { checkpoint: c },
+      { ...(options.open?.openStore ? { openStore: options.open.openStore } : {}) },
     );
     if (resume && c === steps[first] && !(await onlyWithin(to, resume.doneAt, changes)))
       changes = 'whole';

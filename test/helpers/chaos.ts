@@ -49,7 +49,9 @@
  *       in the source;
  *   (l) `file check`, run beside everything else (often right beside a compaction), never
  *       reports damage that is not there: a store error fails it, and whatever it reports
- *       missing or corrupt must be damage the harness did on purpose.
+ *       missing or corrupt must be damage the harness did on purpose;
+ *   (m) nor does a copy fail as if data were damaged (a checkpoint it reads that a compaction
+ *       drops meanwhile is CHECKPOINT_NOT_FOUND, not a missing object).
  * Operations that fail are fine; unexpected errors (not a HyperError, or kind 'internal')
  * are violations.
  *
@@ -1969,6 +1971,11 @@ class Run {
           return `checkpoint ${r.checkpoint.checkpoint}${m.snapshots ? `, snapshots ${r.snapshots.map((x) => x.name).join(',') || 'none'}` : ''}`;
         } catch (e) {
           m.state = 'partial';
+          // (m) A reader reports damage only where there is some.
+          if (isHyperError(e) && e.kind === 'data')
+            this.violation(
+              `(m) copy ${m.prefix} failed as if ${this.rel(m.sourceUrl)} or the target were damaged: ${errText(e)}`,
+            );
           throw e;
         }
       },
@@ -2469,8 +2476,13 @@ class Run {
         return this.cloneAdminOp(op);
       case 'compact':
         this.compactOp();
-        // Now and then a `file check` right beside it (what it deletes, the check may be reading).
-        if (!this.o.classic && this.extra() < 0.3) this.checkOp();
+        // Now and then a `file check` or a copy right beside it (what it deletes, they may be
+        // reading).
+        if (!this.o.classic) {
+          const beside = this.extra();
+          if (beside < 0.3) this.checkOp();
+          else if (beside < 0.5 && admin < 3) await this.copyOp();
+        }
         return;
       case 'restore':
         return this.restoreOp();

@@ -401,6 +401,30 @@ export async function resolveCheckpoint(
 }
 
 /** `the kept checkpoints are 12-40 (7 of them, from 2026-…Z)`, for messages. */
+/**
+ * For a reader of checkpoint `id` (opened read-only) that found a segment `key` missing: the
+ * error to report when the volume no longer retains that checkpoint (a compaction or restore
+ * dropped it and deleted its segments while it was being read), undefined when it still
+ * does (the object is missing for another reason: damage).
+ */
+export async function droppedWhileRead(
+  store: ObjectStore,
+  id: number,
+  key: string,
+): Promise<HyperError | undefined> {
+  const { head } = await readHead(store);
+  if (isRetainedCheckpoint(head, id)) return undefined;
+  return new HyperError(
+    'not-found',
+    'CHECKPOINT_NOT_FOUND',
+    `Checkpoint ${id} was dropped while it was being read (by a compaction or restore; ${key} is gone); ${await keptRange(store, head)}`,
+    {
+      suggestion:
+        'Read a kept checkpoint (`hyper snapshot list`). To keep one while it is read, name it with `hyper snapshot create`, or compact with a longer --grace (10 minutes by default).',
+    },
+  );
+}
+
 async function keptRange(store: ObjectStore, head: HeadRecord): Promise<string> {
   const ids = await retainedCheckpoints(store, head).catch(() => [head.checkpoint]);
   if (!ids.includes(head.checkpoint)) ids.push(head.checkpoint);

@@ -8,7 +8,7 @@ import { isRetainedCheckpoint } from '../codec/head.js';
 import { decodeSnapshot, encodeSnapshot } from '../codec/snapshot.js';
 import { Miss, type Node, type ScanEntry } from '../index/btree.js';
 import { NodeLoader } from '../index/loader.js';
-import { SegmentSource } from './segments.js';
+import { SegmentSource, type OpenStoreFn } from './segments.js';
 import {
   PIN_PREFIX,
   SEGMENT_PREFIX,
@@ -21,6 +21,7 @@ import {
 import type { ObjectStore } from '../store/types.js';
 import type { CheckpointRef, OpenOptions } from './types.js';
 import {
+  droppedWhileRead,
   headAt,
   readHead,
   readSnapshot,
@@ -299,12 +300,13 @@ export interface ChangedExtent {
  * The byte ranges whose content differs between two checkpoints (like `rbd diff`). Subtrees
  * the two indexes share (same node location) are skipped without being read, so the cost
  * follows the size of the change, not of the volume. `from` null: from an empty volume (every
- * mapped block of `to`).
+ * mapped block of `to`). A clone's parents are opened with `openStore` (as Volume.open does).
  */
 export async function diffCheckpoints(
   store: ObjectStore,
   from: CheckpointRef | null,
   to?: CheckpointRef,
+  options: { openStore?: OpenStoreFn } = {},
 ): Promise<ChangedExtent[]> {
   const { head } = await readHead(store);
   const b = to ? await resolveCheckpoint(store, head, to) : head.checkpoint;
@@ -312,7 +314,12 @@ export async function diffCheckpoints(
     from === null ? null : await headAt(store, head, await resolveCheckpoint(store, head, from));
   const hb = await headAt(store, head, b);
   const nodeSize = 2 ** head.metaBlockShift;
-  const loader = new NodeLoader(await SegmentSource.forHead(store, hb), nodeSize, 32 * 1024 * 1024);
+  const source = await SegmentSource.forHead(store, hb, options.openStore);
+  // Either checkpoint dropped by a compaction while its nodes are read: not damage.
+  source.explainMissing = async (_seg, key) =>
+    (ha ? await droppedWhileRead(store, ha.checkpoint, key) : undefined) ??
+    (await droppedWhileRead(store, hb.checkpoint, key));
+  const loader = new NodeLoader(source, nodeSize, 32 * 1024 * 1024);
   // lba → location in `from` (ex) and in `to` (ey), for blocks under subtrees that differ.
   const ex = new Map<number, string>();
   const ey = new Map<number, string>();

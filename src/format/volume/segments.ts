@@ -26,6 +26,11 @@ export class SegmentSource {
    * evicted from the cache) are served from memory until the store has them.
    */
   private readonly inFlight = new Map<number, readonly Buffer[]>();
+  /**
+   * Asked when a segment is missing, before that is reported as damage: the error to report
+   * instead (a reader's checkpoint dropped under it), or undefined.
+   */
+  explainMissing?: (seg: number, key: string) => Promise<Error | undefined>;
 
   private constructor(
     readonly own: ObjectStore,
@@ -117,11 +122,10 @@ export class SegmentSource {
       ).body;
     } catch (e) {
       if (isHyperError(e, 'OBJECT_NOT_FOUND')) {
-        throw dataError(
-          'MISSING_OBJECT',
-          store === this.own ? key : `${store.url}${key}`,
-          `A segment holding ${what} is missing`,
-        );
+        const named = store === this.own ? key : `${store.url}${key}`;
+        const why = await this.explainMissing?.(seg, named).catch(() => undefined);
+        if (why) throw why;
+        throw dataError('MISSING_OBJECT', named, `A segment holding ${what} is missing`);
       }
       throw e;
     }

@@ -29,6 +29,7 @@ import { checkVolumeSize, createVolume } from './create.js';
 import { sealerFor } from '../keyring.js';
 import {
   dedupRootOf,
+  droppedWhileRead,
   headAt,
   infoOf,
   nodeCapacityOf,
@@ -334,6 +335,8 @@ export class Volume {
         ? await headAt(store, cur.head, await resolveCheckpoint(store, cur.head, options.at))
         : cur.head;
       const src = await source(head);
+      // What a compaction or restore deletes under a reader is no damage: say so.
+      src.explainMissing = (_seg, key) => droppedWhileRead(store, head.checkpoint, key);
       const disk = await openDiskCache(options, head, src);
       try {
         return new Volume(store, head, true, undefined, options, src, disk);

@@ -21,7 +21,12 @@ import {
 import { deleteVolume, statVolume } from '../../../../src/format/volume/admin.js';
 import { checkVolume } from '../../../../src/format/volume/check.js';
 import { encodeSnapshot } from '../../../../src/format/codec/snapshot.js';
-import { SEGMENT_PREFIX, parseSegmentKey, pinKey } from '../../../../src/format/keys.js';
+import {
+  SEGMENT_PREFIX,
+  parseSegmentKey,
+  pinKey,
+  segmentKey,
+} from '../../../../src/format/keys.js';
 import { KiB, MiB } from '../../../../src/format/volume/types.js';
 import { Volume } from '../../../../src/format/volume/volume.js';
 import { rng } from '../../../helpers/rng.js';
@@ -484,6 +489,58 @@ describe('compaction', () => {
     refs.set(last.checkpoint, sha(ref));
     await vol.close();
     await verifyRetained();
+  });
+});
+
+describe('readers of a checkpoint a compaction drops', () => {
+  it('fail with CHECKPOINT_NOT_FOUND, not as damage; a segment lost from a kept one still is', async () => {
+    const mem = MemStore.isolated();
+    await Volume.create(mem, { size: 64 * MiB });
+    const v = await Volume.open(mem, { flushIntervalMs: 0 });
+    const cps: number[] = [];
+    for (let round = 0; round < 3; round++) {
+      for (let i = 0; i < 1500; i++)
+        await v.write(((i * 7919) % 16384) * 4096, Buffer.alloc(4096, 1 + round));
+      cps.push((await v.flush()).checkpoint);
+    }
+    await v.close();
+    const [first, , third] = cps as [number, number, number];
+    // Opened before the compaction (its head read): the segments go while it reads.
+    const old = await Volume.open(mem, {
+      readOnly: true,
+      at: { checkpoint: first },
+      dataCacheBytes: 0,
+      nodeCacheBytes: 0,
+    });
+    const current = await Volume.open(mem, { readOnly: true, dataCacheBytes: 0 });
+    const c = await compactVolume(mem, { keepLast: 1, graceMs: 0 });
+    assert.ok(c.segmentsDeleted >= 2);
+    await assert.rejects(
+      old.read(0, 4 * MiB),
+      (e) =>
+        isHyperError(e, 'CHECKPOINT_NOT_FOUND') &&
+        e.kind === 'not-found' &&
+        /dropped while it was being read/.test(e.message) &&
+        /--grace/.test(e.suggestion ?? ''),
+    );
+    // The current checkpoint is kept: it reads on.
+    assert.equal((await current.read(0, 4096))[0], 3);
+    await old.close();
+    await current.close();
+
+    // A segment gone from a checkpoint the volume still keeps is damage, named by key.
+    await mem.delete([segmentKey(third)]);
+    await assert.rejects(
+      (async () => {
+        const x = await Volume.open(mem, { readOnly: true, dataCacheBytes: 0 });
+        try {
+          await x.read(0, 4 * MiB);
+        } finally {
+          await x.close();
+        }
+      })(),
+      (e) => isHyperError(e, 'MISSING_OBJECT') && /seg\/0+4/.test(e.message),
+    );
   });
 });
 
