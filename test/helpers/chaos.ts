@@ -50,8 +50,10 @@
  *   (l) `file check`, run beside everything else (often right beside a compaction), never
  *       reports damage that is not there: a store error fails it, and whatever it reports
  *       missing or corrupt must be damage the harness did on purpose;
- *   (m) nor does a copy fail as if data were damaged (a checkpoint it reads that a compaction
- *       drops meanwhile is CHECKPOINT_NOT_FOUND, not a missing object).
+ *   (m) nor does any operation fail as if the store were damaged (MISSING_OBJECT,
+ *       CORRUPT_OBJECT, CHECKSUM_MISMATCH) unless it met what the harness damaged: a
+ *       checkpoint a compaction drops under a reader is CHECKPOINT_NOT_FOUND, a log a newer
+ *       writer trimmed under an opener is FENCED.
  * Operations that fail are fine; unexpected errors (not a HyperError, or kind 'internal')
  * are violations.
  *
@@ -1410,6 +1412,11 @@ class Run {
     if (unexpected(e)) {
       const stack = e instanceof Error ? (e.stack ?? '').split('\n').slice(0, 6).join(' | ') : '';
       this.violation(`${name} failed with an unexpected error: ${errText(e)} ${stack}`);
+    } else if (isHyperError(e) && e.kind === 'data') {
+      // (m) Damage is reported only where the harness did some.
+      const key = e.key ?? '';
+      if (![...this.damaged].some((k) => key === k || key.endsWith(`/${k}`)))
+        this.violation(`(m) ${name} failed as if the store were damaged: ${errText(e)}`);
     }
   }
 
@@ -1971,11 +1978,6 @@ class Run {
           return `checkpoint ${r.checkpoint.checkpoint}${m.snapshots ? `, snapshots ${r.snapshots.map((x) => x.name).join(',') || 'none'}` : ''}`;
         } catch (e) {
           m.state = 'partial';
-          // (m) A reader reports damage only where there is some.
-          if (isHyperError(e) && e.kind === 'data')
-            this.violation(
-              `(m) copy ${m.prefix} failed as if ${this.rel(m.sourceUrl)} or the target were damaged: ${errText(e)}`,
-            );
           throw e;
         }
       },

@@ -18,7 +18,13 @@ import type { ObjectStore } from '../store/types.js';
 import { listSnapshots } from './history.js';
 import { decodeSnapshot } from '../codec/snapshot.js';
 import type { Logger } from './types.js';
-import { headAt, readHead, unfinishedFlatten } from './heads.js';
+import {
+  droppedWhileRead,
+  headAt,
+  readHead,
+  takenOverWhileRead,
+  unfinishedFlatten,
+} from './heads.js';
 import { Volume } from './volume.js';
 import { newReach, rewriteBlocks, walk } from './walk.js';
 import { SegmentSource, type OpenStoreFn } from './segments.js';
@@ -142,6 +148,12 @@ async function compactOnce(
     if (vol) await refuseUnfinishedFlatten(store, oldHead);
     const nodeSize = 2 ** oldHead.metaBlockShift;
     const source = await SegmentSource.forHead(store, oldHead, options.openStore);
+    // Segments a newer run or writer deleted after taking the volume from this one: fenced.
+    // (A dry run reads as any reader: its checkpoints dropped under it.)
+    source.explainMissing = (_seg, key) =>
+      vol
+        ? takenOverWhileRead(store, oldHead.epoch)
+        : droppedWhileRead(store, oldHead.checkpoint, key);
     const loader = new NodeLoader(source, nodeSize, 64 * 1024 * 1024);
     const segs = await listSegments(store);
     const storedBytesBefore = [...segs.values()].reduce((s, x) => s + x.size, 0);

@@ -279,9 +279,23 @@ export async function readCheckpointHead(store: ObjectStore, id: number): Promis
   }
 }
 
-/** The head of checkpoint `id`: `current` itself when it is that checkpoint, else its segment's. */
-export function headAt(store: ObjectStore, current: HeadRecord, id: number): Promise<HeadRecord> {
-  return id === current.checkpoint ? Promise.resolve(current) : readCheckpointHead(store, id);
+/**
+ * The head of checkpoint `id`: `current` itself when it is that checkpoint, else its
+ * segment's. A segment gone because a compaction or restore dropped the checkpoint since
+ * `current` was read is CHECKPOINT_NOT_FOUND, not damage.
+ */
+export async function headAt(
+  store: ObjectStore,
+  current: HeadRecord,
+  id: number,
+): Promise<HeadRecord> {
+  if (id === current.checkpoint) return current;
+  try {
+    return await readCheckpointHead(store, id);
+  } catch (e) {
+    if (!isHyperError(e, 'MISSING_OBJECT')) throw e;
+    throw (await droppedWhileRead(store, id, e.key ?? segmentKey(id)).catch(() => undefined)) ?? e;
+  }
 }
 
 /** Entries per index node of this volume (a sealed node gives room to its nonce and tag). */
@@ -422,6 +436,25 @@ export async function droppedWhileRead(
       suggestion:
         'Read a kept checkpoint (`hyper snapshot list`). To keep one while it is read, name it with `hyper snapshot create`, or compact with a longer --grace (10 minutes by default).',
     },
+  );
+}
+
+/**
+ * For a writer (epoch `epoch`) that found a segment missing: FENCED when another writer, a
+ * forced compaction or restore, has taken the volume over since (and may have deleted what
+ * this one still read); undefined when not (the object is missing for another reason).
+ */
+export async function takenOverWhileRead(
+  store: ObjectStore,
+  epoch: number,
+): Promise<HyperError | undefined> {
+  const { head } = await readHead(store);
+  if (head.epoch <= epoch) return undefined;
+  return new HyperError(
+    'conflict',
+    'FENCED',
+    `Another writer took the volume over (epoch ${head.epoch}, ours ${epoch}) while this one was reading it`,
+    { suggestion: 'Re-open the volume once the other writer is done.' },
   );
 }
 

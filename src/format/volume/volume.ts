@@ -36,6 +36,7 @@ import {
   readHead,
   resolveCheckpoint,
   rootOf,
+  takenOverWhileRead,
 } from './heads.js';
 import { ContentHasher, contentsIndexed } from '../codec/dedup.js';
 import { DEFAULT_LEASE_TTL_MS, defaultHolder } from './lease.js';
@@ -370,6 +371,9 @@ export class Volume {
     let disk: { cache: DiskCache; storeIds: number[] } | undefined;
     try {
       const src = await source(committer.head);
+      // What a takeover (a forced compaction) deletes under this writer: it was fenced.
+      const epoch = committer.head.epoch;
+      src.explainMissing = () => takenOverWhileRead(store, epoch);
       disk = await openDiskCache(options, committer.head, src);
       vol = new Volume(store, committer.head, false, committer, options, src, disk);
       const walUrl = committer.head.walUrl;
@@ -763,6 +767,7 @@ export class Volume {
         (e) => this.replay(e, holds),
         this.log,
         deferred,
+        async () => (await readHead(this.store)).head.epoch > head.epoch,
       );
     } finally {
       this.buffer.setLimit(bound);

@@ -358,22 +358,34 @@ export class WalSession {
     replay: ReplayFn,
     log: Logger,
     deferred = false,
+    takenOver?: () => Promise<boolean>,
   ): Promise<{ session: WalSession; replayed: number }> {
     let applied = covered;
     let replayed = 0;
     let stale: number[] = [];
+    // A record gone from the log: a newer writer that took the volume over while this one
+    // opened may have applied and trimmed it. That is this opener fenced, not a lost write.
+    const missing = async (e: HyperError): Promise<HyperError> =>
+      (await (takenOver?.() ?? Promise.resolve(false)).catch(() => false)) ? walFenced() : e;
     const replayNew = async (): Promise<void> => {
       const all = await listWal(store, uuid);
       stale = all.filter((q) => q <= covered);
       for (const q of all.filter((s) => s > applied)) {
         if (q !== applied + 1) {
-          throw dataError(
-            'MISSING_OBJECT',
-            `${store.url}${walKey(uuid, applied + 1)}`,
-            `WAL record ${applied + 1} is missing (the log jumps from ${applied} to ${q}): acknowledged writes would be lost`,
+          throw await missing(
+            dataError(
+              'MISSING_OBJECT',
+              `${store.url}${walKey(uuid, applied + 1)}`,
+              `WAL record ${applied + 1} is missing (the log jumps from ${applied} to ${q}): acknowledged writes would be lost`,
+            ),
           );
         }
-        const rec = await readWal(store, uuid, q);
+        let rec: WalRecord;
+        try {
+          rec = await readWal(store, uuid, q);
+        } catch (e) {
+          throw isHyperError(e, 'MISSING_OBJECT') ? await missing(e) : e;
+        }
         // A newer writer has the log already (its fence, or its writes): this opener was
         // taken over while it opened. Claiming a fence after that writer's would fence it.
         if (rec.epoch > epoch) throw walFenced();

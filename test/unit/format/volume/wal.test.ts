@@ -4,7 +4,13 @@ import { describe, it } from 'node:test';
 import { isHyperError } from '../../../../src/errors.js';
 import { CountingStore } from '../../../../src/format/store/counting.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
-import type { ObjectStore, PutBody, PutOptions } from '../../../../src/format/store/types.js';
+import type {
+  GetOptions,
+  GetResult,
+  ObjectStore,
+  PutBody,
+  PutOptions,
+} from '../../../../src/format/store/types.js';
 import { KiB, MiB, silentLogger } from '../../../../src/format/volume/types.js';
 import { readHead } from '../../../../src/format/volume/heads.js';
 import { Volume } from '../../../../src/format/volume/volume.js';
@@ -241,6 +247,72 @@ describe('write-ahead log, writes logged at FLUSH (walAck flush)', () => {
     await b.write(0, Buffer.alloc(4 * KiB, 7));
     await b.sync();
     await b.close();
+    await a.close().catch(() => undefined);
+  });
+
+  it('an opener whose log a newer writer applied and trimmed meanwhile is fenced, not told of damage', async () => {
+    const { vol, wal, openStore } = setup();
+    await Volume.create(vol, { size: 4 * MiB });
+    const opts = { walUrl: wal.url, openStore, flushIntervalMs: 0 };
+    const a = await Volume.open(vol, opts);
+    const { uuid } = a.info;
+    const epoch = a.headRecord.epoch;
+    const covered = a.headRecord.walSeq ?? 0;
+    for (let i = 0; i < 4; i++) {
+      await a.write(i * 64 * KiB, Buffer.alloc(4 * KiB, i + 1));
+      await a.sync();
+    }
+    // (a crashes: nothing committed, its records wait in the log.)
+    // A slow opener lists the log, then stops before its first read; meanwhile b takes the
+    // volume over, replays and commits the log, and trims it.
+    let release = (): void => undefined;
+    let reached = (): void => undefined;
+    const paused = new Promise<void>((r) => (reached = r));
+    class Slow extends CountingStore {
+      private held = false;
+      override async get(key: string, o?: GetOptions): Promise<GetResult> {
+        if (!this.held && key.includes(uuid)) {
+          this.held = true;
+          reached();
+          await new Promise<void>((r) => (release = r));
+        }
+        return super.get(key, o);
+      }
+    }
+    const slow = new Slow(wal);
+    const takenOver = async (): Promise<boolean> => (await readHead(vol)).head.epoch > epoch;
+    const opening = WalSession.start(
+      slow,
+      uuid,
+      epoch,
+      covered,
+      () => Promise.resolve(true),
+      silentLogger,
+      false,
+      takenOver,
+    );
+    await paused;
+    const b = await Volume.open(vol, { ...opts, force: true });
+    await b.close();
+    assert.ok((await listWal(wal, uuid)).length <= 1, 'b trimmed the log');
+    release();
+    await assert.rejects(opening, (e) => isHyperError(e, 'FENCED'));
+    // The same gap with the volume not taken over is reported as the damage it is.
+    const gone = await listWal(wal, uuid);
+    assert.ok(gone.length === 1 && (gone[0] ?? 0) > 1, `left: ${gone.join(',')}`);
+    await assert.rejects(
+      WalSession.start(
+        wal,
+        uuid,
+        b.headRecord.epoch + 1,
+        0,
+        () => Promise.resolve(true),
+        silentLogger,
+        false,
+        () => Promise.resolve(false),
+      ),
+      (e) => isHyperError(e, 'MISSING_OBJECT'),
+    );
     await a.close().catch(() => undefined);
   });
 
