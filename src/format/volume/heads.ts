@@ -414,7 +414,6 @@ export async function resolveCheckpoint(
   return best;
 }
 
-/** `the kept checkpoints are 12-40 (7 of them, from 2026-…Z)`, for messages. */
 /**
  * For a reader of checkpoint `id` (opened read-only) that found a segment `key` missing: the
  * error to report when the volume no longer retains that checkpoint (a compaction or restore
@@ -458,6 +457,7 @@ export async function takenOverWhileRead(
   );
 }
 
+/** `the kept checkpoints are 12-40 (7 of them, from 2026-…Z)`, for messages. */
 async function keptRange(store: ObjectStore, head: HeadRecord): Promise<string> {
   const ids = await retainedCheckpoints(store, head).catch(() => [head.checkpoint]);
   if (!ids.includes(head.checkpoint)) ids.push(head.checkpoint);
