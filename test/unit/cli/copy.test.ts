@@ -29,6 +29,56 @@ async function content(store: ObjectStore, at?: number): Promise<Buffer> {
   }
 }
 
+/**
+ * A 4 MiB source open for writing, and `named(...names)`: flush it, name its checkpoint
+ * `names`, and note in `at` what each of them reads.
+ */
+async function withHistory(): Promise<{
+  src: ObjectStore;
+  v: Volume;
+  at: Record<string, Buffer>;
+  named: (...names: string[]) => Promise<void>;
+}> {
+  const src = await fresh('src');
+  await Volume.create(src, { size: 4 * MiB });
+  const v = await Volume.open(src);
+  const at: Record<string, Buffer> = {};
+  const named = async (...names: string[]): Promise<void> => {
+    await v.flush();
+    for (const name of names) await createSnapshot(src, name);
+    const now = await v.read(0, v.info.size);
+    for (const name of names) at[name] = now;
+  };
+  return { src, v, at, named };
+}
+
+/** A copy of `src` with its snapshots into a new `dst`, stopped once `stop` bytes are done: its ABORTED suggestion. */
+async function stoppedSnapshotCopy(
+  src: ObjectStore,
+  dst: ObjectStore,
+  stop: number,
+): Promise<string> {
+  const ac = new AbortController();
+  let suggestion: string | undefined;
+  await assert.rejects(
+    copyVolume(src, dst, {
+      create: {},
+      snapshots: true,
+      chunkSize: 256 * KiB,
+      concurrency: 1,
+      signal: ac.signal,
+      onProgress: (done) => {
+        if (done >= stop) ac.abort();
+      },
+    }),
+    (e) => {
+      suggestion = isHyperError(e, 'ABORTED') ? (e.suggestion ?? '') : undefined;
+      return suggestion !== undefined;
+    },
+  );
+  return suggestion ?? '';
+}
+
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 
 /**
@@ -160,15 +210,7 @@ describe('copyVolume', () => {
   });
 
   it('copies the named snapshots oldest first, each as the changes since the one before', async () => {
-    const src = await fresh('src');
-    await Volume.create(src, { size: 4 * MiB });
-    const v = await Volume.open(src);
-    const at: Record<string, Buffer> = {};
-    const named = async (...names: string[]): Promise<void> => {
-      await v.flush();
-      for (const name of names) await createSnapshot(src, name);
-      at[names[0] as string] = await v.read(0, v.info.size);
-    };
+    const { src, v, at, named } = await withHistory();
     await v.write(0, randomBytes(MiB));
     await named('a');
     await v.write(MiB / 2, randomBytes(MiB));
@@ -213,15 +255,7 @@ describe('copyVolume', () => {
   });
 
   it('finishes an interrupted copy of the snapshots, and refuses a target that is not one', async () => {
-    const src = await fresh('src');
-    await Volume.create(src, { size: 4 * MiB });
-    const v = await Volume.open(src);
-    const at: Record<string, Buffer> = {};
-    const named = async (...names: string[]): Promise<void> => {
-      await v.flush();
-      for (const name of names) await createSnapshot(src, name);
-      for (const name of names) at[name] = await v.read(0, v.info.size);
-    };
+    const { src, v, at, named } = await withHistory();
     await v.write(0, randomBytes(2 * MiB));
     await named('a');
     await v.write(MiB, randomBytes(2 * MiB));
@@ -253,24 +287,7 @@ describe('copyVolume', () => {
     // Stopped at points in each of the four steps.
     for (const stop of [0.1, 0.4, 0.6, 0.8, 0.95].map((f) => f * total)) {
       const dst = await fresh('dst');
-      const ac = new AbortController();
-      let suggestion = '';
-      await assert.rejects(
-        copyVolume(src, dst, {
-          create: {},
-          snapshots: true,
-          chunkSize: 256 * KiB,
-          concurrency: 1,
-          signal: ac.signal,
-          onProgress: (done) => {
-            if (done >= stop) ac.abort();
-          },
-        }),
-        (e) => {
-          suggestion = isHyperError(e, 'ABORTED') ? (e.suggestion ?? '') : '';
-          return isHyperError(e, 'ABORTED');
-        },
-      );
+      const suggestion = await stoppedSnapshotCopy(src, dst, stop);
       const had = (await listSnapshots(dst)).length;
       if (had === 0) {
         // Before the first snapshot was named: not resumable, and said so.
@@ -308,20 +325,7 @@ describe('copyVolume', () => {
     // Written since by someone else, outside what the next step changes: that step is copied
     // whole, and the result is exact all the same.
     const meddled = await fresh('meddled');
-    const ac = new AbortController();
-    await assert.rejects(
-      copyVolume(src, meddled, {
-        create: {},
-        snapshots: true,
-        chunkSize: 256 * KiB,
-        concurrency: 1,
-        signal: ac.signal,
-        onProgress: (done) => {
-          if (done >= 3 * MiB) ac.abort();
-        },
-      }),
-      (e) => isHyperError(e, 'ABORTED'),
-    );
+    await stoppedSnapshotCopy(src, meddled, 3 * MiB);
     const m = await Volume.open(meddled);
     await m.write(3 * MiB + MiB / 2, randomBytes(64 * KiB));
     await m.close();

@@ -4,6 +4,7 @@ import { HEAD_KEY, segmentKey } from '../../../../src/format/keys.js';
 import { CountingStore } from '../../../../src/format/store/counting.js';
 import type { GetOptions, GetResult } from '../../../../src/format/store/types.js';
 import { compactVolume } from '../../../../src/format/volume/compact.js';
+import { overwrittenThrice } from '../../../helpers/checkpoint.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
 import { checkVolume } from '../../../../src/format/volume/check.js';
 import { createSnapshot } from '../../../../src/format/volume/history.js';
@@ -90,16 +91,7 @@ describe('file check', () => {
     for (const deep of [false, true]) {
       // Three checkpoints, each rewriting the same blocks: only the last one's are live.
       const mem = MemStore.isolated();
-      await Volume.create(mem, { size: 64 * MiB });
-      const v = await Volume.open(mem, { flushIntervalMs: 0 });
-      const cps: number[] = [];
-      for (let round = 0; round < 3; round++) {
-        for (let i = 0; i < 1500; i++)
-          await v.write(((i * 7919) % 16384) * 4096, Buffer.alloc(4096, 1 + round));
-        cps.push((await v.flush()).checkpoint);
-      }
-      await v.close();
-      const first = cps[0] as number;
+      const [first] = await overwrittenThrice(mem);
       // The check stops at its first read of the oldest segment, after it read the head and
       // listed the segments; a compaction keeping only the newest checkpoint runs meanwhile.
       let gate: Promise<void> | undefined;

@@ -30,6 +30,7 @@ import {
 import { KiB, MiB } from '../../../../src/format/volume/types.js';
 import { Volume } from '../../../../src/format/volume/volume.js';
 import { rng } from '../../../helpers/rng.js';
+import { overwrittenThrice } from '../../../helpers/checkpoint.js';
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 const SIZE = 4 * MiB;
@@ -495,16 +496,7 @@ describe('compaction', () => {
 describe('readers of a checkpoint a compaction drops', () => {
   it('fail with CHECKPOINT_NOT_FOUND, not as damage; a segment lost from a kept one still is', async () => {
     const mem = MemStore.isolated();
-    await Volume.create(mem, { size: 64 * MiB });
-    const v = await Volume.open(mem, { flushIntervalMs: 0 });
-    const cps: number[] = [];
-    for (let round = 0; round < 3; round++) {
-      for (let i = 0; i < 1500; i++)
-        await v.write(((i * 7919) % 16384) * 4096, Buffer.alloc(4096, 1 + round));
-      cps.push((await v.flush()).checkpoint);
-    }
-    await v.close();
-    const [first, , third] = cps as [number, number, number];
+    const [first, , third] = await overwrittenThrice(mem);
     // Opened before the compaction (its head read): the segments go while it reads.
     const old = await Volume.open(mem, {
       readOnly: true,
