@@ -219,9 +219,18 @@ export async function listCheckpoints(
   // Walk newest → oldest in small parallel batches until the limit or the `since` bound.
   for (let i = 0; i < ids.length && out.length < limit; i += 16) {
     const batch = ids.slice(i, i + 16);
-    const heads = await Promise.all(batch.map((id) => headAt(store, head, id)));
+    // A checkpoint a compaction drops while this lists is not listed (it is no longer kept).
+    const heads = await Promise.all(
+      batch.map((id) =>
+        headAt(store, head, id).catch((e: unknown) => {
+          if (isHyperError(e, 'CHECKPOINT_NOT_FOUND')) return undefined;
+          throw e;
+        }),
+      ),
+    );
     let older = false;
     for (const h of heads) {
+      if (h === undefined) continue;
       const time = new Date(h.checkpointMs);
       if (options.until && time > options.until) continue;
       if (options.since && time < options.since) {

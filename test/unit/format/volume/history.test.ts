@@ -3,6 +3,7 @@ import { createHash } from 'node:crypto';
 import { describe, it } from 'node:test';
 import { HyperError, isHyperError } from '../../../../src/errors.js';
 import { CountingStore } from '../../../../src/format/store/counting.js';
+import type { GetOptions, GetResult } from '../../../../src/format/store/types.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
 import { cloneVolume, flattenVolume } from '../../../../src/format/volume/clone.js';
 import {
@@ -533,6 +534,37 @@ describe('readers of a checkpoint a compaction drops', () => {
       })(),
       (e) => isHyperError(e, 'MISSING_OBJECT') && /seg\/0+4/.test(e.message),
     );
+  });
+});
+
+describe('listing checkpoints while a compaction drops some', () => {
+  it('leaves out those dropped meanwhile instead of failing', async () => {
+    const mem = MemStore.isolated();
+    const [, second, third] = await overwrittenThrice(mem);
+    // The listing (newest first) stops at its read of the second checkpoint's head, after
+    // its LIST of seg/; the compaction deletes that segment meanwhile.
+    let release = (): void => undefined;
+    let reached = (): void => undefined;
+    const paused = new Promise<void>((r) => (reached = r));
+    let held = false;
+    class Gated extends CountingStore {
+      override async get(key: string, o?: GetOptions): Promise<GetResult> {
+        if (!held && key === segmentKey(second)) {
+          held = true;
+          reached();
+          await new Promise<void>((r) => (release = r));
+        }
+        return super.get(key, o);
+      }
+    }
+    const listing = listCheckpoints(new Gated(mem));
+    await paused;
+    await compactVolume(mem, { keepLast: 1, graceMs: 0 });
+    release();
+    const ids = (await listing).map((c) => c.checkpoint);
+    assert.ok(held, 'the listing read the second checkpoint');
+    assert.ok(!ids.includes(second), ids.join(','));
+    assert.ok(ids.includes(third), ids.join(','));
   });
 });
 
