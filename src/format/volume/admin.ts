@@ -17,6 +17,7 @@ import type { ObjectStore } from '../store/types.js';
 import { leaseHeldError, leaseInfo, readLease } from './lease.js';
 import type { LeaseInfo, VolumeInfo } from './types.js';
 import {
+  droppedWhileRead,
   headAt,
   infoOf,
   readCheckpointHead,
@@ -141,6 +142,9 @@ async function spaceUsage(
   options: { signal?: AbortSignal; openStore?: OpenStoreFn },
 ): Promise<SpaceUsage> {
   const source = await SegmentSource.forHead(store, head, options.openStore);
+  // A checkpoint a compaction drops while this walks it: said so, not reported as damage.
+  source.explainMissing = (_seg, key) =>
+    droppedWhileRead(store, [head.checkpoint, ...retained], key);
   const nodeSize = 2 ** head.metaBlockShift;
   const loader = new NodeLoader(source, nodeSize, 32 * 1024 * 1024);
   try {

@@ -415,18 +415,19 @@ export async function resolveCheckpoint(
 }
 
 /**
- * For a reader of checkpoint `id` (opened read-only) that found a segment `key` missing: the
- * error to report when the volume no longer retains that checkpoint (a compaction or restore
- * dropped it and deleted its segments while it was being read), undefined when it still
- * does (the object is missing for another reason: damage).
+ * For a reader of checkpoint `id` (opened read-only; or of several) that found a segment
+ * `key` missing: the error to report when the volume no longer retains that checkpoint (a
+ * compaction or restore dropped it and deleted its segments while it was being read),
+ * undefined when it still does (the object is missing for another reason: damage).
  */
 export async function droppedWhileRead(
   store: ObjectStore,
-  id: number,
+  ids: number | readonly number[],
   key: string,
 ): Promise<HyperError | undefined> {
   const { head } = await readHead(store);
-  if (isRetainedCheckpoint(head, id)) return undefined;
+  const id = (typeof ids === 'number' ? [ids] : ids).find((c) => !isRetainedCheckpoint(head, c));
+  if (id === undefined) return undefined;
   return new HyperError(
     'not-found',
     'CHECKPOINT_NOT_FOUND',

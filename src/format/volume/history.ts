@@ -325,9 +325,8 @@ export async function diffCheckpoints(
   const nodeSize = 2 ** head.metaBlockShift;
   const source = await SegmentSource.forHead(store, hb, options.openStore);
   // Either checkpoint dropped by a compaction while its nodes are read: not damage.
-  source.explainMissing = async (_seg, key) =>
-    (ha ? await droppedWhileRead(store, ha.checkpoint, key) : undefined) ??
-    (await droppedWhileRead(store, hb.checkpoint, key));
+  source.explainMissing = (_seg, key) =>
+    droppedWhileRead(store, ha ? [ha.checkpoint, hb.checkpoint] : hb.checkpoint, key);
   const loader = new NodeLoader(source, nodeSize, 32 * 1024 * 1024);
   // lba → location in `from` (ex) and in `to` (ey), for blocks under subtrees that differ.
   const ex = new Map<number, string>();

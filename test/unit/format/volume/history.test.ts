@@ -566,6 +566,32 @@ describe('listing checkpoints while a compaction drops some', () => {
     assert.ok(!ids.includes(second), ids.join(','));
     assert.ok(ids.includes(third), ids.join(','));
   });
+
+  it('file stat --space says a checkpoint was dropped under it, not that the volume is damaged', async () => {
+    const mem = MemStore.isolated();
+    const [first] = await overwrittenThrice(mem);
+    let release = (): void => undefined;
+    let reached = (): void => undefined;
+    const paused = new Promise<void>((r) => (reached = r));
+    let held = false;
+    class Gated extends CountingStore {
+      override async get(key: string, o?: GetOptions): Promise<GetResult> {
+        if (!held && key === segmentKey(first)) {
+          held = true;
+          reached();
+          await new Promise<void>((r) => (release = r));
+        }
+        return super.get(key, o);
+      }
+    }
+    const stat = statVolume(new Gated(mem), { space: true });
+    await paused;
+    await compactVolume(mem, { keepLast: 1, graceMs: 0 });
+    release();
+    await assert.rejects(stat, (e) => isHyperError(e, 'CHECKPOINT_NOT_FOUND'));
+    // Run again, it sees the volume as it is now.
+    assert.ok((await statVolume(mem, { space: true })).space);
+  });
 });
 
 describe('clones', () => {
