@@ -1,7 +1,8 @@
 /** Fixtures for building checkpoint segments directly (segment builder and index tests), and volumes with a given history. */
 import { encodeHead, type HeadRecord } from '../../src/format/codec/head.js';
 import { segmentKey } from '../../src/format/keys.js';
-import type { ObjectStore } from '../../src/format/store/types.js';
+import { CountingStore } from '../../src/format/store/counting.js';
+import type { GetOptions, GetResult, ObjectStore } from '../../src/format/store/types.js';
 import {
   buildEmptySegment,
   type CheckpointInput,
@@ -58,4 +59,45 @@ export async function overwrittenThrice(store: ObjectStore): Promise<[number, nu
   }
   await v.close();
   return cps as [number, number, number];
+}
+
+/**
+ * Run `reader` on a view of `store` that holds its first GET of `key` until `meanwhile` (run
+ * on the store itself) is done: a reader racing, say, a compaction that deletes what it is
+ * about to read. Fails if the reader never asks for `key`. Resolves to the reader's result.
+ */
+export async function whileHeldAt<T>(
+  store: ObjectStore,
+  key: string,
+  reader: (view: ObjectStore) => Promise<T>,
+  meanwhile: () => Promise<unknown>,
+): Promise<T> {
+  let reached = (): void => undefined;
+  const paused = new Promise<void>((r) => (reached = r));
+  let release = (): void => undefined;
+  const gate = new Promise<void>((r) => (release = r));
+  let held = false;
+  class Held extends CountingStore {
+    override async get(k: string, o?: GetOptions): Promise<GetResult> {
+      if (!held && k === key) {
+        held = true;
+        reached();
+        await gate;
+      }
+      return super.get(k, o);
+    }
+  }
+  const result = reader(new Held(store));
+  const settled = result.then(
+    () => undefined,
+    () => undefined,
+  );
+  await Promise.race([paused, settled]);
+  if (!held) throw new Error(`the reader finished without reading ${key}`);
+  try {
+    await meanwhile();
+  } finally {
+    release();
+  }
+  return result;
 }

@@ -4,7 +4,7 @@ import { HEAD_KEY, segmentKey } from '../../../../src/format/keys.js';
 import { CountingStore } from '../../../../src/format/store/counting.js';
 import type { GetOptions, GetResult } from '../../../../src/format/store/types.js';
 import { compactVolume } from '../../../../src/format/volume/compact.js';
-import { overwrittenThrice } from '../../../helpers/checkpoint.js';
+import { overwrittenThrice, whileHeldAt } from '../../../helpers/checkpoint.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
 import { checkVolume } from '../../../../src/format/volume/check.js';
 import { createSnapshot } from '../../../../src/format/volume/history.js';
@@ -94,27 +94,16 @@ describe('file check', () => {
       const [first] = await overwrittenThrice(mem);
       // The check stops at its first read of the oldest segment, after it read the head and
       // listed the segments; a compaction keeping only the newest checkpoint runs meanwhile.
-      let gate: Promise<void> | undefined;
-      let release = (): void => undefined;
-      let paused = (): void => undefined;
-      const reached = new Promise<void>((r) => (paused = r));
-      class Gated extends CountingStore {
-        override async get(key: string, o?: GetOptions): Promise<GetResult> {
-          if (key === segmentKey(first) && gate === undefined) {
-            gate = new Promise((r) => (release = r));
-            paused();
-            await gate;
-          }
-          return super.get(key, o);
-        }
-      }
-      const checking = checkVolume(new Gated(mem), { deep });
-      await reached;
-      const c = await compactVolume(mem, { keepLast: 1, graceMs: 0 });
-      assert.ok(c.segmentsDeleted > 0, 'the compaction deleted segments');
-      assert.equal(await mem.head(segmentKey(first)), undefined);
-      release();
-      const r = await checking;
+      const r = await whileHeldAt(
+        mem,
+        segmentKey(first),
+        (view) => checkVolume(view, { deep }),
+        async () => {
+          const c = await compactVolume(mem, { keepLast: 1, graceMs: 0 });
+          assert.ok(c.segmentsDeleted > 0, 'the compaction deleted segments');
+          assert.equal(await mem.head(segmentKey(first)), undefined);
+        },
+      );
       assert.deepEqual(kinds(r), [], `deep ${deep}`);
       assert.equal(r.clean, true);
       assert.equal(r.checkpointsChecked, 1);

@@ -3,7 +3,6 @@ import { createHash } from 'node:crypto';
 import { describe, it } from 'node:test';
 import { HyperError, isHyperError } from '../../../../src/errors.js';
 import { CountingStore } from '../../../../src/format/store/counting.js';
-import type { GetOptions, GetResult } from '../../../../src/format/store/types.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
 import { cloneVolume, flattenVolume } from '../../../../src/format/volume/clone.js';
 import {
@@ -31,7 +30,7 @@ import {
 import { KiB, MiB } from '../../../../src/format/volume/types.js';
 import { Volume } from '../../../../src/format/volume/volume.js';
 import { rng } from '../../../helpers/rng.js';
-import { overwrittenThrice } from '../../../helpers/checkpoint.js';
+import { overwrittenThrice, whileHeldAt } from '../../../helpers/checkpoint.js';
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
 const SIZE = 4 * MiB;
@@ -543,26 +542,10 @@ describe('listing checkpoints while a compaction drops some', () => {
     const [, second, third] = await overwrittenThrice(mem);
     // The listing (newest first) stops at its read of the second checkpoint's head, after
     // its LIST of seg/; the compaction deletes that segment meanwhile.
-    let release = (): void => undefined;
-    let reached = (): void => undefined;
-    const paused = new Promise<void>((r) => (reached = r));
-    let held = false;
-    class Gated extends CountingStore {
-      override async get(key: string, o?: GetOptions): Promise<GetResult> {
-        if (!held && key === segmentKey(second)) {
-          held = true;
-          reached();
-          await new Promise<void>((r) => (release = r));
-        }
-        return super.get(key, o);
-      }
-    }
-    const listing = listCheckpoints(new Gated(mem));
-    await paused;
-    await compactVolume(mem, { keepLast: 1, graceMs: 0 });
-    release();
-    const ids = (await listing).map((c) => c.checkpoint);
-    assert.ok(held, 'the listing read the second checkpoint');
+    const listing = await whileHeldAt(mem, segmentKey(second), listCheckpoints, () =>
+      compactVolume(mem, { keepLast: 1, graceMs: 0 }),
+    );
+    const ids = listing.map((c) => c.checkpoint);
     assert.ok(!ids.includes(second), ids.join(','));
     assert.ok(ids.includes(third), ids.join(','));
   });
@@ -570,24 +553,12 @@ describe('listing checkpoints while a compaction drops some', () => {
   it('file stat --space says a checkpoint was dropped under it, not that the volume is damaged', async () => {
     const mem = MemStore.isolated();
     const [first] = await overwrittenThrice(mem);
-    let release = (): void => undefined;
-    let reached = (): void => undefined;
-    const paused = new Promise<void>((r) => (reached = r));
-    let held = false;
-    class Gated extends CountingStore {
-      override async get(key: string, o?: GetOptions): Promise<GetResult> {
-        if (!held && key === segmentKey(first)) {
-          held = true;
-          reached();
-          await new Promise<void>((r) => (release = r));
-        }
-        return super.get(key, o);
-      }
-    }
-    const stat = statVolume(new Gated(mem), { space: true });
-    await paused;
-    await compactVolume(mem, { keepLast: 1, graceMs: 0 });
-    release();
+    const stat = whileHeldAt(
+      mem,
+      segmentKey(first),
+      (view) => statVolume(view, { space: true }),
+      () => compactVolume(mem, { keepLast: 1, graceMs: 0 }),
+    );
     await assert.rejects(stat, (e) => isHyperError(e, 'CHECKPOINT_NOT_FOUND'));
     // Run again, it sees the volume as it is now.
     assert.ok((await statVolume(mem, { space: true })).space);
