@@ -238,18 +238,15 @@ async function copyHistory(
       if (target.info.size !== source.info.size)
         await target.resize(source.info.size, { allowShrink: true });
       // (The target may hold other data there: blocks of zeros are zeroed.)
+      const how = {
+        ...options,
+        zeroFill: true,
+        onProgress: (done: number) => options.onProgress?.(stats.bytesDone + done, total),
+      };
       const step =
         changes === 'whole'
-          ? await copyInto(source, target, {
-              ...options,
-              zeroFill: true,
-              onProgress: (done) => options.onProgress?.(stats.bytesDone + done, total),
-            })
-          : await copyRanges(source, target, changes, {
-              ...options,
-              zeroFill: true,
-              onProgress: (done) => options.onProgress?.(stats.bytesDone + done, total),
-            });
+          ? await copyInto(source, target, how)
+          : await copyRanges(source, target, changes, how);
       stats.bytesDone += step.bytesDone;
       stats.dataBytes += step.dataBytes;
       stats.zeroBytes += step.zeroBytes;
