@@ -44,7 +44,8 @@
  *       durable (a write logged before its reply, a sync, a flush);
  *   (k) every copy's target (`file copy` of a retained checkpoint of the volume or of a
  *       clone, sometimes with its snapshots, stopped part way now and then, and run again to
- *       finish) is a valid volume whatever happened to the copy; an acknowledged one reads
+ *       finish, now and then while its first attempt still runs) is a valid volume whatever
+ *       happened to the copy; an acknowledged one reads
  *       exactly the checkpoint it copied, and each snapshot it copied what that snapshot reads
  *       in the source;
  *   (l) `file check`, run beside everything else (often right beside a compaction), never
@@ -961,6 +962,9 @@ export interface ChaosTotals {
   /** Volume copies acknowledged (`file copy`), and those that resumed an interrupted one. */
   copies: number;
   copiesResumed: number;
+  /** Attempts started while another attempt of the same copy ran, and those acknowledged. */
+  copyTwins: number;
+  copyTwinsAcked: number;
 }
 
 export interface ChaosResult {
@@ -1063,9 +1067,12 @@ interface CopyModel {
   snapshots: boolean;
   /** 'partial': a copy stopped or failed; the target may exist, holding part of it. */
   state: 'copying' | 'ack' | 'partial';
-  busy: boolean;
-  /** The actor of its last attempt (requests of a killed one may still land). */
-  actor?: Actor;
+  /** Attempts running (two at once now and then: a twin, see copyOp). */
+  running: number;
+  /** The actors of its attempts (requests of a killed one may still land). */
+  actors: Actor[];
+  /** How its first attempt created the target (a twin may try the same). */
+  create?: CopyCreateOptions;
   /** Checked since its last attempt settled, with nothing of it still queued. */
   checked: boolean;
 }
@@ -1900,16 +1907,30 @@ class Run {
    * its checkpoint reads (invariant k).
    */
   private async copyOp(): Promise<void> {
-    const stopped = [...this.copies.values()].filter((m) => m.state === 'partial' && !m.busy);
+    // Now and then a second attempt of a copy that is running: the same copy started twice
+    // by mistake, or run again to finish it while the first is still at it (with --force,
+    // fencing it). The target's lease decides; whichever attempt is acknowledged, the
+    // target reads what the source's checkpoint read.
+    const running = [...this.copies.values()].filter((m) => m.running > 0 && m.state !== 'ack');
+    const twin = this.rand() < 0.2 ? this.pickFrom(running) : undefined;
+    if (twin) {
+      this.twinCopy(twin);
+      return;
+    }
+    const stopped = [...this.copies.values()].filter((m) => m.state === 'partial' && !m.running);
     const again = this.rand() < 0.4 ? this.pickFrom(stopped) : undefined;
     if (again) {
       this.runCopy(again, { resume: true, force: this.rand() < 0.5 });
+      if (this.rand() < 0.2) this.twinCopy(again);
       return;
     }
     const of = this.rand() < 0.2 ? await this.existingClone() : undefined;
     const from = of ? of.head.checkpoint : this.pickFrom(await this.knownRetained());
     if (from === undefined) return;
     const prefix = `k${++this.nCopy}/`;
+    const layout = this.rand();
+    const create: CopyCreateOptions =
+      layout < 0.15 ? { compression: 'none' } : layout < 0.3 ? { dedup: !this.dedup } : {};
     const m: CopyModel = {
       prefix,
       url: `${this.backend.checkRoot.url}${prefix}`,
@@ -1918,36 +1939,55 @@ class Run {
       sha: of ? of.m.sha : (this.refs.get(from) as string),
       snapshots: this.rand() < 0.3,
       state: 'copying',
-      busy: false,
+      running: 0,
+      actors: [],
+      create,
       checked: false,
     };
     this.copies.set(m.url, m);
-    const layout = this.rand();
-    const create: CopyCreateOptions =
-      layout < 0.15 ? { compression: 'none' } : layout < 0.3 ? { dedup: !this.dedup } : {};
     this.runCopy(m, { create });
+    if (this.rand() < 0.2) this.twinCopy(m);
+  }
+
+  /**
+   * A second attempt of copy `m` while one runs, started a moment later: `--create` again,
+   * or a resume (maybe forced).
+   */
+  private twinCopy(m: CopyModel): void {
+    const r = this.rand();
+    const delayMs = Math.floor(this.rand() * 400);
+    if (m.create && r < 0.25) this.runCopy(m, { create: m.create, twin: true, delayMs });
+    else this.runCopy(m, { resume: true, force: r < 0.7, twin: true, delayMs });
   }
 
   private runCopy(
     m: CopyModel,
-    how: { create?: CopyCreateOptions; resume?: boolean; force?: boolean },
+    how: {
+      create?: CopyCreateOptions;
+      resume?: boolean;
+      force?: boolean;
+      twin?: boolean;
+      delayMs?: number;
+    },
   ): void {
     const actor = this.actor('copy');
-    m.busy = true;
-    m.actor = actor;
+    m.running++;
+    m.actors = [...m.actors.filter((a) => a.pending > 0), actor];
     m.checked = false;
+    if (how.twin) this.totals.copyTwins++;
     const chunkSize = [4, 16, 64][Math.floor(this.rand() * 3)]! * KiB;
     const concurrency = 1 + Math.floor(this.rand() * 4);
     // Ctrl-C part way: at this fraction of the source.
     const stopAt = this.rand() < 0.25 ? this.rand() : undefined;
     const ac = new AbortController();
     const source = m.sourceUrl === this.mainUrl ? '' : `clone ${this.rel(m.sourceUrl)} `;
-    const what = `${how.resume ? 'again ' : ''}${source}at ${m.origin} to ${m.prefix}${how.create ? ' --create' : ''}${m.snapshots ? ' --snapshots' : ''}${how.force ? ' --force' : ''} (${chunkSize / KiB} KiB x${concurrency}${stopAt === undefined ? '' : `, stop at ${Math.round(stopAt * 100)}%`})`;
+    const what = `${how.twin ? `twin (+${how.delayMs ?? 0} ms) ` : how.resume ? 'again ' : ''}${source}at ${m.origin} to ${m.prefix}${how.create ? ' --create' : ''}${m.snapshots ? ' --snapshots' : ''}${how.force ? ' --force' : ''} (${chunkSize / KiB} KiB x${concurrency}${stopAt === undefined ? '' : `, stop at ${Math.round(stopAt * 100)}%`})`;
     this.launch(
       `copy ${what}`,
       actor,
       async () => {
         try {
+          if (how.delayMs) await this.sim.wait(actor, how.delayMs);
           const r = await copyVolume(this.view(actor, m.sourceUrl), this.view(actor, m.url), {
             at: { checkpoint: m.origin },
             ...(how.create ? { create: how.create } : {}),
@@ -1975,14 +2015,17 @@ class Run {
           m.state = 'ack';
           this.totals.copies++;
           if (how.resume) this.totals.copiesResumed++;
+          if (how.twin) this.totals.copyTwinsAcked++;
           return `checkpoint ${r.checkpoint.checkpoint}${m.snapshots ? `, snapshots ${r.snapshots.map((x) => x.name).join(',') || 'none'}` : ''}`;
         } catch (e) {
-          m.state = 'partial';
+          // (An attempt of a copy another one finished leaves it acknowledged: what it may
+          // still have written is the same data, which (k) checks.)
+          if (m.state !== 'ack') m.state = 'partial';
           throw e;
         }
       },
       () => {
-        m.busy = false;
+        m.running--;
       },
     );
   }
@@ -2019,8 +2062,8 @@ class Run {
    * checkpoint read, and each snapshot it copied reads what that snapshot reads in the source.
    */
   private async checkCopy(m: CopyModel): Promise<void> {
-    if (m.busy || m.checked) return;
-    const settled = (m.actor?.pending ?? 0) === 0;
+    if (m.running > 0 || m.checked) return;
+    const settled = m.actors.every((a) => a.pending === 0);
     const craw = this.raw(m.url);
     try {
       await readHead(craw);
@@ -2854,6 +2897,8 @@ export const emptyTotals = (): ChaosTotals => ({
   walReplays: 0,
   copies: 0,
   copiesResumed: 0,
+  copyTwins: 0,
+  copyTwinsAcked: 0,
 });
 
 /** The report of a failed run: seed, how to replay, the violations and the op log's tail. */
