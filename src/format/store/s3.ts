@@ -243,10 +243,12 @@ export function translateS3Error(e: unknown, ctx: TranslateContext): HyperError 
     return new HyperError(
       'unavailable',
       'STORE_UNAVAILABLE',
-      `S3 request to ${ctx.endpoint} timed out (${where})`,
+      `S3 request to ${ctx.endpoint} timed out (${where}): the connection was silent too long`,
       {
         cause: e,
         ...keyOpt,
+        suggestion:
+          'Check that the store is healthy and has room: a store that is full or overloaded can take requests and not answer them (on Ceph, `ceph health` names a full OSD, which pauses writes). hyper retries such requests a few times before it gives up.',
       },
     );
   }
@@ -443,7 +445,11 @@ export function createS3Client(options: S3StoreOptions): {
       httpAgent: agents.http,
       httpsAgent: agents.https,
       connectionTimeout: options.connectionTimeoutMs ?? 5000,
-      requestTimeout: options.requestTimeoutMs ?? 60_000,
+      // An idle timeout, not a whole-request one: a segment PUT on a slow link may take
+      // minutes while bytes flow. (The handler's `requestTimeout` only logs a warning
+      // unless told to throw; a store that took a request and went silent, such as a Ceph
+      // cluster that is full and pauses writes, held the request for good.)
+      socketTimeout: options.requestTimeoutMs ?? 60_000,
     }),
   };
   if (endpoint) {

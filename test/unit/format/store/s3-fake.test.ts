@@ -3,7 +3,9 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net';
 import { after, before, describe, it } from 'node:test';
+import { isHyperError } from '../../../../src/errors.js';
 import { openStore } from '../../../../src/format/store/index.js';
 import { rejectsWith } from '../../../helpers/store-conformance.js';
 
@@ -157,4 +159,69 @@ describe('S3 store against a scripted server', () => {
     script = [];
     await s.close();
   });
+});
+
+describe('S3 store against a server that takes requests and never answers', () => {
+  // (What a Ceph cluster with a full OSD does: RGW reads the request and waits for the
+  // paused write.) Every request must fail once its connection has been silent for the
+  // request timeout, through the SDK (PUT, LIST, DELETE, HEAD) and the plain-HTTP GETs alike.
+  let silent: NetServer;
+  let silentEndpoint = '';
+  const sockets = new Set<Socket>();
+  before(async () => {
+    silent = createNetServer((sock) => {
+      sockets.add(sock);
+      sock.on('data', () => undefined);
+      sock.on('error', () => undefined);
+      sock.on('close', () => sockets.delete(sock));
+    });
+    await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+    silentEndpoint = `http://127.0.0.1:${(silent.address() as { port: number }).port}`;
+  });
+  after(async () => {
+    for (const s of sockets) s.destroy();
+    await new Promise<void>((r) => silent.close(() => r()));
+  });
+
+  // (Without the timeout the first request waits for good: the test's own timeout fails it.)
+  it(
+    'fails each kind of request with STORE_UNAVAILABLE after the idle timeout',
+    { timeout: 30_000 },
+    async () => {
+      const s = await openStore('s3://fake-bucket/p/', {
+        endpoint: silentEndpoint,
+        region: 'us-east-1',
+        credentials: { accessKeyId: 'k', secretAccessKey: 's' },
+        requestTimeoutMs: 300,
+        maxAttempts: 2,
+        retry: { baseDelayMs: 1 },
+      });
+      try {
+        const ops: Array<[string, () => Promise<unknown>]> = [
+          ['put', () => s.put('seg/1', Buffer.alloc(64 * 1024, 1), { ifNoneMatch: true })],
+          [
+            'list',
+            async () => {
+              for await (const page of s.list('seg/')) void page;
+            },
+          ],
+          ['delete', () => s.delete(['seg/1'])],
+          ['head', () => s.head('seg/1')],
+          ['get', () => s.get('seg/1')],
+        ];
+        for (const [name, op] of ops) {
+          const t0 = Date.now();
+          await assert.rejects(op(), (e: unknown) => {
+            assert.ok(isHyperError(e, 'STORE_UNAVAILABLE'), `${name}: ${String(e)}`);
+            return true;
+          });
+          const ms = Date.now() - t0;
+          // Two attempts of 300 ms each, and a little more: well under the 10 s a hang would take.
+          assert.ok(ms >= 500 && ms < 10_000, `${name} failed after ${ms} ms`);
+        }
+      } finally {
+        await s.close();
+      }
+    },
+  );
 });
