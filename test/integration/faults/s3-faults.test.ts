@@ -124,4 +124,51 @@ describe('S3 fault injection (Ceph RGW behind a faulty proxy)', () => {
     assert.equal((await r.read(0, 1))[0], 1);
     await emptyStore(store);
   });
+
+  // (Without a working timeout the flush waits for good: the test's own timeout fails it.)
+  it(
+    'with the store silent (requests taken, never answered), a flush fails after the idle timeout and the writes wait for it to answer again',
+    { timeout: 60_000 },
+    async (t) => {
+      const c = needS3(t);
+      if (!c) return;
+      const { proxy } = faulty();
+      t.after(() => proxy.unhang());
+      const url = uniqueS3Url(c, 'silent');
+      const store = await openStore(url, {
+        ...s3Options(c, { endpoint: faulty().endpoint }),
+        retry: { baseDelayMs: 5, maxDelayMs: 50 },
+        maxAttempts: 2,
+        requestTimeoutMs: 400,
+      });
+      proxy.rates = {};
+      proxy.down = false;
+      await Volume.create(store, { size: 8 * MiB });
+      const vol = await Volume.open(store, { flushIntervalMs: 0, dataCacheBytes: 0 });
+      await vol.write(0, Buffer.alloc(1 * MiB, 1));
+      await vol.flush();
+      await vol.write(1 * MiB, Buffer.alloc(1 * MiB, 2));
+      // What RGW does when its Ceph cluster is full: it takes the request and waits.
+      proxy.hang = true;
+      const t0 = Date.now();
+      await assert.rejects(vol.flush(), (e) => isHyperError(e, 'STORE_UNAVAILABLE'));
+      const ms = Date.now() - t0;
+      assert.ok(proxy.counts.hung >= 2, `requests held: ${proxy.counts.hung}`);
+      assert.ok(ms >= 700 && ms < 20_000, `the flush failed after ${ms} ms`);
+      // The acknowledged write is still there; once the store answers, the flush commits it.
+      assert.equal((await vol.read(1 * MiB, 1))[0], 2);
+      proxy.unhang();
+      await vol.flush();
+      await vol.close();
+      const r = await Volume.open(store, { readOnly: true });
+      assert.equal(
+        sha(await r.read(0, 2 * MiB)),
+        sha(Buffer.concat([Buffer.alloc(MiB, 1), Buffer.alloc(MiB, 2)])),
+      );
+      await r.close();
+      const chk = await checkVolume(store, { deep: true });
+      assert.deepEqual(chk.problems, []);
+      await emptyStore(store);
+    },
+  );
 });
