@@ -9,6 +9,7 @@ import { createHash } from 'node:crypto';
 import { describe, it } from 'node:test';
 import { isHyperError } from '../../../src/errors.js';
 import { openStore } from '../../../src/format/store/index.js';
+import type { ObjectStore } from '../../../src/format/store/types.js';
 import { MiB } from '../../../src/format/volume/types.js';
 import { checkVolume } from '../../../src/format/volume/check.js';
 import { Volume } from '../../../src/format/volume/volume.js';
@@ -18,6 +19,19 @@ import { emptyStore, s3Options, uniqueS3Url } from '../../helpers/s3.js';
 import { rng } from '../../helpers/rng.js';
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
+
+/**
+ * A writer of a new 8 MiB volume that committed 1 MiB of 1s at offset 0 and holds 1 MiB of 2s
+ * after it, acknowledged and not yet flushed.
+ */
+async function writerHoldingAWrite(store: ObjectStore): Promise<Volume> {
+  await Volume.create(store, { size: 8 * MiB });
+  const vol = await Volume.open(store, { flushIntervalMs: 0, dataCacheBytes: 0 });
+  await vol.write(0, Buffer.alloc(1 * MiB, 1));
+  await vol.flush();
+  await vol.write(1 * MiB, Buffer.alloc(1 * MiB, 2));
+  return vol;
+}
 
 describe('S3 fault injection (Ceph RGW behind a faulty proxy)', () => {
   const faulty = s3FaultProxy(7);
@@ -101,11 +115,7 @@ describe('S3 fault injection (Ceph RGW behind a faulty proxy)', () => {
     const store = await open(c, url);
     proxy.rates = {};
     proxy.down = false;
-    await Volume.create(store, { size: 8 * MiB });
-    const vol = await Volume.open(store, { flushIntervalMs: 0, dataCacheBytes: 0 });
-    await vol.write(0, Buffer.alloc(1 * MiB, 1));
-    await vol.flush();
-    await vol.write(1 * MiB, Buffer.alloc(1 * MiB, 2));
+    const vol = await writerHoldingAWrite(store);
     proxy.down = true;
     const t0 = Date.now();
     await assert.rejects(vol.flush(), (e) => isHyperError(e) && e.kind === 'unavailable');
@@ -143,11 +153,7 @@ describe('S3 fault injection (Ceph RGW behind a faulty proxy)', () => {
       });
       proxy.rates = {};
       proxy.down = false;
-      await Volume.create(store, { size: 8 * MiB });
-      const vol = await Volume.open(store, { flushIntervalMs: 0, dataCacheBytes: 0 });
-      await vol.write(0, Buffer.alloc(1 * MiB, 1));
-      await vol.flush();
-      await vol.write(1 * MiB, Buffer.alloc(1 * MiB, 2));
+      const vol = await writerHoldingAWrite(store);
       // What RGW does when its Ceph cluster is full: it takes the request and waits.
       proxy.hang = true;
       const t0 = Date.now();
