@@ -162,6 +162,9 @@ const NETWORK_CODES = new Set([
   'UND_ERR_SOCKET',
 ]);
 
+const UNREACHABLE_SUGGESTION =
+  'Check that the endpoint URL (--endpoint or AWS_ENDPOINT_URL) is right and the server is running.';
+
 function causeCode(e: unknown): string | undefined {
   let cur: unknown = e;
   for (let i = 0; i < 5 && cur && typeof cur === 'object'; i++) {
@@ -234,12 +237,20 @@ export function translateS3Error(e: unknown, ctx: TranslateContext): HyperError 
       {
         cause: e,
         ...keyOpt,
-        suggestion:
-          'Check that the endpoint URL (--endpoint or AWS_ENDPOINT_URL) is right and the server is running.',
+        suggestion: UNREACHABLE_SUGGESTION,
       },
     );
   }
   if (name === 'TimeoutError' || name === 'RequestTimeout' || name === 'RequestTimeoutException') {
+    // (The HTTP handler's two timeouts share the name; its message tells them apart.)
+    if (/establish a connection/i.test(err.message ?? '')) {
+      return new HyperError(
+        'unavailable',
+        'STORE_UNAVAILABLE',
+        `Cannot reach the S3 endpoint ${ctx.endpoint}: no connection within the timeout (${where})`,
+        { cause: e, ...keyOpt, suggestion: UNREACHABLE_SUGGESTION },
+      );
+    }
     return new HyperError(
       'unavailable',
       'STORE_UNAVAILABLE',

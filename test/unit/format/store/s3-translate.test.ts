@@ -55,6 +55,17 @@ describe('S3 error translation', () => {
     ],
     ['timeout', sdk('TimeoutError'), {}, 'STORE_UNAVAILABLE'],
     [
+      'connect timeout',
+      Object.assign(
+        new Error(
+          '@smithy/node-http-handler - the request socket did not establish a connection with the server within the configured timeout of 5000 ms.',
+        ),
+        { name: 'TimeoutError' },
+      ),
+      {},
+      'STORE_UNAVAILABLE',
+    ],
+    [
       'no credentials',
       Object.assign(sdk('CredentialsProviderError'), { cause: { code: 'ECONNREFUSED' } }),
       {},
@@ -84,6 +95,33 @@ describe('S3 error translation', () => {
         assert.equal(e.key, 'k');
     });
   }
+
+  it('tells a connection that never opened from one that went silent', () => {
+    const timeout = (message: string) =>
+      Object.assign(new Error(message), { name: 'TimeoutError' });
+    const connect = translateS3Error(
+      timeout(
+        '@smithy/node-http-handler - the request socket did not establish a connection with the server within the configured timeout of 5000 ms.',
+      ),
+      ctx,
+    );
+    assert.match(
+      connect.message,
+      /Cannot reach the S3 endpoint .*no connection within the timeout/,
+    );
+    assert.match(connect.suggestion ?? '', /endpoint URL/);
+    const silent = translateS3Error(
+      timeout(
+        '@smithy/node-http-handler - the request socket timed out after 60000 ms of inactivity (configured by client requestHandler).',
+      ),
+      ctx,
+    );
+    assert.match(
+      silent.message,
+      /timed out \(s3:\/\/b\/p\/k\): the connection was silent too long/,
+    );
+    assert.match(silent.suggestion ?? '', /ceph health/);
+  });
 
   it('a clock too far off, and expired temporary credentials, say so instead of blaming the keys', () => {
     const skew = translateS3Error(sdk('RequestTimeTooSkewed', 403), ctx);
