@@ -45,9 +45,8 @@
  *   (k) every copy's target (`file copy` of a retained checkpoint of the volume or of a
  *       clone, sometimes with its snapshots, stopped part way now and then, and run again to
  *       finish, now and then while its first attempt still runs) is a valid volume whatever
- *       happened to the copy; an acknowledged one reads
- *       exactly the checkpoint it copied, and each snapshot it copied what that snapshot reads
- *       in the source;
+ *       happened to the copy; an acknowledged one reads exactly the checkpoint it copied,
+ *       and each snapshot it copied what that snapshot reads in the source;
  *   (l) `file check`, run beside everything else (often right beside a compaction), never
  *       reports damage that is not there: a store error fails it, and whatever it reports
  *       missing or corrupt must be damage the harness did on purpose;
