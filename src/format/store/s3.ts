@@ -223,6 +223,34 @@ export function translateS3Error(e: unknown, ctx: TranslateContext): HyperError 
       },
     );
   }
+  // A connection that went silent: the SDK's socket timeout, or the plain-HTTP GETs' own
+  // (s3-wire.ts and s3-get.ts fail with ETIMEDOUT "request timed out").
+  const silent =
+    ((name === 'TimeoutError' || name === 'RequestTimeout' || name === 'RequestTimeoutException') &&
+      // (The HTTP handler's two timeouts share the name; its message tells them apart.)
+      !/establish a connection/i.test(err.message ?? '')) ||
+    (causeCode(e) === 'ETIMEDOUT' && /^request timed out$/.test(err.message ?? ''));
+  if (name === 'TimeoutError' && !silent) {
+    return new HyperError(
+      'unavailable',
+      'STORE_UNAVAILABLE',
+      `Cannot reach the S3 endpoint ${ctx.endpoint}: no connection within the timeout (${where})`,
+      { cause: e, ...keyOpt, suggestion: UNREACHABLE_SUGGESTION },
+    );
+  }
+  if (silent) {
+    return new HyperError(
+      'unavailable',
+      'STORE_UNAVAILABLE',
+      `S3 request to ${ctx.endpoint} timed out (${where}): the connection was silent too long`,
+      {
+        cause: e,
+        ...keyOpt,
+        suggestion:
+          'Check that the store is healthy and has room: a store that is full or overloaded can take requests and not answer them (on Ceph, `ceph health` names a full OSD, which pauses writes). hyper retries such requests a few times before it gives up.',
+      },
+    );
+  }
   const netCode = causeCode(e);
   if (
     status === undefined &&
@@ -238,28 +266,6 @@ export function translateS3Error(e: unknown, ctx: TranslateContext): HyperError 
         cause: e,
         ...keyOpt,
         suggestion: UNREACHABLE_SUGGESTION,
-      },
-    );
-  }
-  if (name === 'TimeoutError' || name === 'RequestTimeout' || name === 'RequestTimeoutException') {
-    // (The HTTP handler's two timeouts share the name; its message tells them apart.)
-    if (/establish a connection/i.test(err.message ?? '')) {
-      return new HyperError(
-        'unavailable',
-        'STORE_UNAVAILABLE',
-        `Cannot reach the S3 endpoint ${ctx.endpoint}: no connection within the timeout (${where})`,
-        { cause: e, ...keyOpt, suggestion: UNREACHABLE_SUGGESTION },
-      );
-    }
-    return new HyperError(
-      'unavailable',
-      'STORE_UNAVAILABLE',
-      `S3 request to ${ctx.endpoint} timed out (${where}): the connection was silent too long`,
-      {
-        cause: e,
-        ...keyOpt,
-        suggestion:
-          'Check that the store is healthy and has room: a store that is full or overloaded can take requests and not answer them (on Ceph, `ceph health` names a full OSD, which pauses writes). hyper retries such requests a few times before it gives up.',
       },
     );
   }

@@ -213,6 +213,7 @@ describe('S3 store against a server that takes requests and never answers', () =
           const t0 = Date.now();
           await assert.rejects(op(), (e: unknown) => {
             assert.ok(isHyperError(e, 'STORE_UNAVAILABLE'), `${name}: ${String(e)}`);
+            assert.match(e.message, /the connection was silent too long/, name);
             return true;
           });
           const ms = Date.now() - t0;

@@ -121,6 +121,17 @@ describe('S3 error translation', () => {
       /timed out \(s3:\/\/b\/p\/k\): the connection was silent too long/,
     );
     assert.match(silent.suggestion ?? '', /ceph health/);
+    // The plain-HTTP GETs' own idle timeout says the same.
+    const wire = translateS3Error(
+      Object.assign(new Error('request timed out'), { code: 'ETIMEDOUT' }),
+      { ...ctx, op: 'get' },
+    );
+    assert.match(wire.message, /the connection was silent too long/);
+    const wireConnect = translateS3Error(
+      Object.assign(new Error('connection timed out'), { code: 'ETIMEDOUT' }),
+      { ...ctx, op: 'get' },
+    );
+    assert.match(wireConnect.message, /Cannot reach the S3 endpoint/);
   });
 
   it('a clock too far off, and expired temporary credentials, say so instead of blaming the keys', () => {
