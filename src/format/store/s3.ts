@@ -226,7 +226,7 @@ export function translateS3Error(e: unknown, ctx: TranslateContext): HyperError 
   // A connection that went silent: the SDK's socket timeout, or the plain-HTTP GETs' own
   // (s3-wire.ts and s3-get.ts fail with ETIMEDOUT "request timed out").
   const silent =
-    ((name === 'TimeoutError' || name === 'RequestTimeout' || name === 'RequestTimeoutException') &&
+    (name === 'TimeoutError' &&
       // (The HTTP handler's two timeouts share the name; its message tells them apart.)
       !/establish a connection/i.test(err.message ?? '')) ||
     (causeCode(e) === 'ETIMEDOUT' && /^request timed out$/.test(err.message ?? ''));
@@ -249,6 +249,15 @@ export function translateS3Error(e: unknown, ctx: TranslateContext): HyperError 
         suggestion:
           'Check that the store is healthy and has room: a store that is full or overloaded can take requests and not answer them (on Ceph, `ceph health` names a full OSD, which pauses writes). hyper retries such requests a few times before it gives up.',
       },
+    );
+  }
+  // (The store's own: S3 answers 400 RequestTimeout when a request body stops arriving.)
+  if (name === 'RequestTimeout' || name === 'RequestTimeoutException') {
+    return new HyperError(
+      'unavailable',
+      'STORE_UNAVAILABLE',
+      `S3 request to ${ctx.endpoint} timed out (${where})`,
+      { cause: e, ...keyOpt },
     );
   }
   const netCode = causeCode(e);

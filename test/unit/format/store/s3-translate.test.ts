@@ -55,6 +55,12 @@ describe('S3 error translation', () => {
     ],
     ['timeout', sdk('TimeoutError'), {}, 'STORE_UNAVAILABLE'],
     [
+      '400 RequestTimeout (a body that stopped arriving)',
+      sdk('RequestTimeout', 400),
+      {},
+      'STORE_UNAVAILABLE',
+    ],
+    [
       'connect timeout',
       Object.assign(
         new Error(
