@@ -26,6 +26,7 @@ import {
   quietSdkNodeVersionNotice,
   resolveEndpoint,
   resolveRegion,
+  sdkTimeouts,
   translateS3Error,
   type S3StoreOptions,
 } from './s3.js';
@@ -325,9 +326,8 @@ async function readAccountPublicAccessBlock(
   const client = new S3ControlClient({
     region,
     maxAttempts: 3,
-    // (Idle and connect timeouts as the S3 store's: without them a silent endpoint holds
-    // the request for good.)
-    requestHandler: { connectionTimeout: 5000, socketTimeout: 60_000 },
+    // (The S3 store's timeouts: without them a silent endpoint holds the request for good.)
+    requestHandler: sdkTimeouts({}),
     // S3 Control's endpoint rules put the account id in front of the host name, which a
     // custom endpoint (an IP address, a single host) cannot take: send requests to it as is.
     ...(endpoint === undefined ? {} : { endpointProvider: () => ({ url: new URL(endpoint) }) }),

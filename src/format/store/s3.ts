@@ -64,10 +64,32 @@ export interface S3StoreOptions extends StoreOptions {
   pageSize?: number;
   /** Sockets per host (default 64). */
   maxSockets?: number;
-  /** Fail a connection attempt after this long (default 5000 ms). */
+  /** Fail a connection attempt after this long (default DEFAULT_CONNECT_TIMEOUT_MS). */
   connectionTimeoutMs?: number;
-  /** Fail a request whose socket is idle this long (default 60000 ms). */
+  /** Fail a request whose socket is idle this long (default DEFAULT_IDLE_TIMEOUT_MS). */
   requestTimeoutMs?: number;
+}
+
+export const DEFAULT_CONNECT_TIMEOUT_MS = 5000;
+export const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
+
+/**
+ * The SDK HTTP handler's timeouts for these options. The idle one is its socketTimeout, not
+ * its requestTimeout: a segment PUT on a slow link may take minutes while bytes flow, and the
+ * handler's requestTimeout only logs a warning unless told to throw (a store that took a
+ * request and went silent, such as a Ceph cluster that is full and pauses writes, held the
+ * request for good).
+ */
+export function sdkTimeouts(
+  options: Pick<S3StoreOptions, 'connectionTimeoutMs' | 'requestTimeoutMs'>,
+): {
+  connectionTimeout: number;
+  socketTimeout: number;
+} {
+  return {
+    connectionTimeout: options.connectionTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
+    socketTimeout: options.requestTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS,
+  };
 }
 
 type IfMatchForm = 'quoted' | 'unquoted' | 'unknown';
@@ -470,12 +492,7 @@ export function createS3Client(options: S3StoreOptions): {
     requestHandler: new NodeHttpHandler({
       httpAgent: agents.http,
       httpsAgent: agents.https,
-      connectionTimeout: options.connectionTimeoutMs ?? 5000,
-      // An idle timeout, not a whole-request one: a segment PUT on a slow link may take
-      // minutes while bytes flow. (The handler's `requestTimeout` only logs a warning
-      // unless told to throw; a store that took a request and went silent, such as a Ceph
-      // cluster that is full and pauses writes, held the request for good.)
-      socketTimeout: options.requestTimeoutMs ?? 60_000,
+      ...sdkTimeouts(options),
     }),
   };
   if (endpoint) {
@@ -532,8 +549,8 @@ export class S3Store implements ObjectStore {
           endpoint: resolveEndpoint(options),
           agents,
           maxSockets: options.maxSockets ?? 64,
-          connectionTimeoutMs: options.connectionTimeoutMs ?? 5000,
-          requestTimeoutMs: options.requestTimeoutMs ?? 60_000,
+          connectionTimeoutMs: options.connectionTimeoutMs ?? DEFAULT_CONNECT_TIMEOUT_MS,
+          requestTimeoutMs: options.requestTimeoutMs ?? DEFAULT_IDLE_TIMEOUT_MS,
         }),
         bucket,
         endpoint,
