@@ -31,9 +31,11 @@ import type { ErrorJson } from './cli/vocabulary.js';
 import { HyperError, isHyperError, toHyperError } from './errors.js';
 import {
   argvWithDefaults,
+  attemptsOf,
   defaultFlagsFor,
   loadConfig,
   resolveSettings,
+  timeoutMs,
   type DefaultFlag,
   type FlagShape,
   type LoadedConfig,
@@ -43,6 +45,7 @@ import { originalFlagMessage, storeFlags } from './flags.js';
 import type { Cipher } from './format/codec/seal.js';
 import { keyById, loadKeyFile } from './format/keyring.js';
 import { parsePayloadSigning } from './format/store/common.js';
+import { storeTuningOf, type StoreTuning } from './format/store/types.js';
 import { ProgressReporter } from './cli/progress.js';
 import { startSpinner, type Spinner } from './cli/spinner.js';
 import {
@@ -252,6 +255,11 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     return storeOptionsOf(this.hyperConfig.settings);
   }
 
+  /** How stores are reached (payload signing, timeouts, attempts), for library calls. */
+  protected storeTuning(): StoreTuning {
+    return storeTuningOf(this.storeOptions());
+  }
+
   /**
    * Options for a second store a command reaches somewhere else (`file copy`'s target, `file
    * compare`'s second volume), from its own flags and the configuration file only: the
@@ -267,7 +275,11 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     }
     if (Object.keys(flags).length === 0) return undefined;
     try {
-      return storeOptionsOf(resolveSettings(this.hyperConfig.loaded, flags, {}));
+      // The environment's HYPER_S3_* settings (signing, timeouts, attempts) apply to both.
+      const env = Object.fromEntries(
+        Object.entries(process.env).filter(([k]) => k.startsWith('HYPER_S3_')),
+      );
+      return storeOptionsOf(resolveSettings(this.hyperConfig.loaded, flags, env));
     } catch (e) {
       // (A bad value is named by the flag it came from.)
       if (!isHyperError(e, 'INVALID_ARGUMENT')) throw e;
@@ -585,5 +597,8 @@ function storeOptionsOf(settings: ResolvedSettings): OpenStoreOptions {
       settings.payloadSigning.value ?? 'auto',
       settings.payloadSigning.from ?? 'payloadSigning',
     ),
+    connectionTimeoutMs: timeoutMs(settings.connectTimeout, 'connectTimeout'),
+    requestTimeoutMs: timeoutMs(settings.idleTimeout, 'idleTimeout'),
+    maxAttempts: attemptsOf(settings.maxAttempts, 'maxAttempts'),
   };
 }

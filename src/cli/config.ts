@@ -18,12 +18,26 @@ import { join, resolve } from 'node:path';
 import { HyperError } from '../errors.js';
 import { readJsonFile } from '../json-file.js';
 import { PAYLOAD_SIGNING_ENV, parsePayloadSigning } from '../format/store/common.js';
+import {
+  DEFAULT_CONNECT_TIMEOUT_MS,
+  DEFAULT_IDLE_TIMEOUT_MS,
+  DEFAULT_MAX_ATTEMPTS,
+} from '../format/store/types.js';
+import { formatDuration, parseDuration } from './units.js';
 import type { ConfigFile, ProfileSection } from './config-schema.js';
 
 export type { ConfigFile, ProfileSection };
 
 /** An S3 endpoint URL (the schema checks the file's with it too). */
 export const ENDPOINT_RE = /^https?:\/\/[^/\s]+/i;
+
+/** The most attempts a store request may be given (the first included). */
+export const MAX_ATTEMPTS_LIMIT = 20;
+
+/** Environment variables of the store's timeouts and attempts (README "Configuration"). */
+export const CONNECT_TIMEOUT_ENV = 'HYPER_S3_CONNECT_TIMEOUT';
+export const IDLE_TIMEOUT_ENV = 'HYPER_S3_IDLE_TIMEOUT';
+export const MAX_ATTEMPTS_ENV = 'HYPER_S3_MAX_ATTEMPTS';
 
 /** Where a setting's value came from. */
 export type SettingSource = 'flag' | 'env' | 'profile' | 'file' | 'default';
@@ -87,7 +101,15 @@ export async function loadConfig(env: NodeJS.ProcessEnv = process.env): Promise<
 }
 
 /** Settings that are not default flags (they have their own place in the file). */
-const RESERVED_FLAGS = new Set(['endpoint', 'region', 'profile', 'payloadSigning']);
+const RESERVED_FLAGS = new Set([
+  'endpoint',
+  'region',
+  'profile',
+  'payloadSigning',
+  'connectTimeout',
+  'idleTimeout',
+  'maxAttempts',
+]);
 
 function defaultSections(c: ConfigFile): [string, NonNullable<ConfigFile['defaults']>][] {
   const out: [string, NonNullable<ConfigFile['defaults']>][] = [];
@@ -111,6 +133,48 @@ export interface ResolvedSettings {
   region: Setting;
   /** Whether S3 PUT bodies are signed: auto, on or off (see StoreOptions.payloadSigning). */
   payloadSigning: Setting;
+  /** How long a connection to the store may take to open (a duration, e.g. `5s`). */
+  connectTimeout: Setting;
+  /** How long a request may go without a byte moving either way (a duration, e.g. `60s`). */
+  idleTimeout: Setting;
+  /** Attempts per store request that fails in a retryable way, the first included. */
+  maxAttempts: Setting;
+}
+
+/** A bad value read from the file is the file's error (INVALID_CONFIG), else the argument's. */
+function asSettingError(s: Setting, e: HyperError): HyperError {
+  if (s.source !== 'file' && s.source !== 'profile') return e;
+  return new HyperError('invalid', 'INVALID_CONFIG', e.message, {
+    ...(e.suggestion === undefined ? {} : { suggestion: e.suggestion }),
+    cause: e,
+  });
+}
+
+/** A store timeout setting in milliseconds, checked (100 ms to 1 h). */
+export function timeoutMs(s: Setting, key: string): number {
+  try {
+    return parseDuration(s.value ?? '', { name: s.from ?? key, minMs: 100, maxMs: 3_600_000 });
+  } catch (e) {
+    throw e instanceof HyperError ? asSettingError(s, e) : e;
+  }
+}
+
+/** The attempts setting as a number, checked (1 to MAX_ATTEMPTS_LIMIT). */
+export function attemptsOf(s: Setting, key: string): number {
+  const v = s.value ?? '';
+  const n = /^\d+$/.test(v.trim()) ? Number(v) : Number.NaN;
+  if (!(n >= 1 && n <= MAX_ATTEMPTS_LIMIT)) {
+    throw asSettingError(
+      s,
+      new HyperError(
+        'invalid',
+        'INVALID_ARGUMENT',
+        `Invalid value ${JSON.stringify(v)} for ${s.from ?? key}: expected a whole number from 1 to ${MAX_ATTEMPTS_LIMIT}`,
+        { suggestion: `Set ${s.from ?? key} to the attempts per request, e.g. 3 (1: no retries).` },
+      ),
+    );
+  }
+  return n;
 }
 
 const none = (source: SettingSource = 'default'): Setting => ({
@@ -147,7 +211,8 @@ export function resolveSettings(
   const sectionKey = (key: string): string => file(`profiles.${profile.value}.${key}`);
 
   const pick = (
-    key: 'endpoint' | 'region' | 'payloadSigning',
+    key:
+      'endpoint' | 'region' | 'payloadSigning' | 'connectTimeout' | 'idleTimeout' | 'maxAttempts',
     flagValue: string | undefined,
     envNames: string[],
   ): Setting => {
@@ -158,11 +223,14 @@ export function resolveSettings(
     }
     const fromSection = section?.[key];
     if (fromSection !== undefined)
-      return { value: fromSection, source: 'profile', from: sectionKey(key) };
+      return { value: String(fromSection), source: 'profile', from: sectionKey(key) };
     const top = c[key];
-    if (top !== undefined) return { value: top, source: 'file', from: file(key) };
+    if (top !== undefined) return { value: String(top), source: 'file', from: file(key) };
     return none();
   };
+  /** A setting that has a built-in default (shown as such). */
+  const withDefault = (s: Setting, value: string): Setting =>
+    s.value === null ? { value, source: 'default', from: null } : s;
 
   const endpointSetting = pick('endpoint', flags.endpoint, [
     'AWS_ENDPOINT_URL_S3',
@@ -180,6 +248,21 @@ export function resolveSettings(
   if (payloadSigning.value === null)
     payloadSigning = { value: 'auto', source: 'default', from: null };
   else parsePayloadSigning(payloadSigning.value, payloadSigning.from ?? 'payloadSigning');
+  const connectTimeout = withDefault(
+    pick('connectTimeout', undefined, [CONNECT_TIMEOUT_ENV]),
+    formatDuration(DEFAULT_CONNECT_TIMEOUT_MS),
+  );
+  timeoutMs(connectTimeout, 'connectTimeout');
+  const idleTimeout = withDefault(
+    pick('idleTimeout', undefined, [IDLE_TIMEOUT_ENV]),
+    formatDuration(DEFAULT_IDLE_TIMEOUT_MS),
+  );
+  timeoutMs(idleTimeout, 'idleTimeout');
+  const maxAttempts = withDefault(
+    pick('maxAttempts', undefined, [MAX_ATTEMPTS_ENV]),
+    String(DEFAULT_MAX_ATTEMPTS),
+  );
+  attemptsOf(maxAttempts, 'maxAttempts');
   let regionSetting = pick('region', flags.region, ['AWS_REGION', 'AWS_DEFAULT_REGION']);
   if (regionSetting.value === null)
     regionSetting = { value: 'us-east-1', source: 'default', from: null };
@@ -205,6 +288,9 @@ export function resolveSettings(
     endpoint: endpointSetting,
     region: regionSetting,
     payloadSigning,
+    connectTimeout,
+    idleTimeout,
+    maxAttempts,
   };
 }
 

@@ -716,6 +716,12 @@ export const configShowSchema = z.strictObject({
   region: settingSchema,
   /** Whether S3 PUT bodies are signed: auto (over http only), on, off. */
   payloadSigning: settingSchema,
+  /** How long opening a connection to the store may take (a duration). */
+  connectTimeout: settingSchema,
+  /** How long a store request may go without a byte moving (a duration). */
+  idleTimeout: settingSchema,
+  /** Attempts per store request that fails in a retryable way, the first included. */
+  maxAttempts: settingSchema,
   /** Default flags the file sets, per command. */
   defaults: z.array(
     z.strictObject({

@@ -110,7 +110,7 @@ export default class DaemonCommand extends BaseCommand<typeof DaemonCommand> {
           }),
       ...(flags.endpoint === undefined ? {} : { endpoint: flags.endpoint }),
       ...(flags.region === undefined ? {} : { region: flags.region }),
-      payloadSigning: this.storeOptions().payloadSigning ?? 'auto',
+      storeTuning: this.storeTuning(),
     });
     const result: DaemonResult = { event: 'stopped', ...last, reason: 'interrupted' };
     if (json) process.stdout.write(`${JSON.stringify(result)}\n`);

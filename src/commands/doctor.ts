@@ -84,7 +84,7 @@ Exit code 0: every check passed (or was skipped); 7: warnings; 8: failures, do n
       ...(flags.endpoint === undefined ? {} : { endpoint: flags.endpoint }),
       ...(flags.region === undefined ? {} : { region: flags.region }),
       ...(flags['account-id'] === undefined ? {} : { accountId: flags['account-id'] }),
-      payloadSigning: this.storeOptions().payloadSigning ?? 'auto',
+      ...this.storeTuning(),
       samples: flags.samples,
       signal: this.interruptible(),
     });

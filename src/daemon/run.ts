@@ -6,7 +6,7 @@
 import { readFile } from 'node:fs/promises';
 import { HyperError } from '../errors.js';
 import { openStore, parseStoreUrl, type ObjectStore } from '../format/store/index.js';
-import type { PayloadSigning } from '../format/store/types.js';
+import { storeTuningOf, type StoreTuning } from '../format/store/types.js';
 import type { ServeLogger } from '../serve/logger.js';
 import type { ListenTarget, VolumeTuning } from '../serve/server.js';
 import type { LsResult } from '../cli/vocabulary.js';
@@ -24,8 +24,8 @@ export interface RunDaemonOptions {
   /** Store settings for mappings that name none. */
   endpoint?: string;
   region?: string;
-  /** S3 payload signing for every mapping (StoreOptions.payloadSigning). */
-  payloadSigning?: PayloadSigning;
+  /** How every mapping's store is reached (payload signing, timeouts, attempts). */
+  storeTuning?: StoreTuning;
   metricsPort?: number;
   metricsHost?: string;
   drainMs?: number;
@@ -55,7 +55,7 @@ export async function runDaemon(o: RunDaemonOptions): Promise<LsResult> {
         ...((s.endpoint ?? o.endpoint) ? { endpoint: s.endpoint ?? o.endpoint } : {}),
         ...((s.region ?? o.region) ? { region: s.region ?? o.region } : {}),
         ...(s.mkdir ? { mkdir: true } : {}),
-        ...(o.payloadSigning === undefined ? {} : { payloadSigning: o.payloadSigning }),
+        ...(o.storeTuning === undefined ? {} : storeTuningOf(o.storeTuning)),
       }),
     logger: o.logger,
     notifier: systemdNotifier(process.env, (m) => o.logger.warn(m)),
@@ -111,7 +111,7 @@ export async function runDaemon(o: RunDaemonOptions): Promise<LsResult> {
 /** Open a store for the daemon; a file:// directory is created when `mkdir`. */
 export async function openDaemonStore(
   url: string,
-  o: { endpoint?: string; region?: string; mkdir?: boolean; payloadSigning?: PayloadSigning },
+  o: { endpoint?: string; region?: string; mkdir?: boolean } & StoreTuning,
 ): Promise<ObjectStore> {
   if (o.mkdir) {
     const parsed = parseStoreUrl(url);
@@ -120,7 +120,7 @@ export async function openDaemonStore(
   return openStore(url, {
     ...(o.endpoint === undefined ? {} : { endpoint: o.endpoint }),
     ...(o.region === undefined ? {} : { region: o.region }),
-    ...(o.payloadSigning === undefined ? {} : { payloadSigning: o.payloadSigning }),
+    ...storeTuningOf(o),
   });
 }
 

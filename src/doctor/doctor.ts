@@ -25,7 +25,7 @@ import { performance } from 'node:perf_hooks';
 import { HyperError, toHyperError } from '../errors.js';
 import { doctorKey } from '../format/keys.js';
 import { openStore, parseStoreUrl, type ObjectStore } from '../format/store/index.js';
-import type { PayloadSigning } from '../format/store/types.js';
+import { storeTuningOf, type StoreTuning } from '../format/store/types.js';
 import type {
   BucketSettings,
   LifecycleRule,
@@ -70,12 +70,11 @@ export interface DoctorReport {
   skipCount: number;
 }
 
-export interface DoctorOptions {
+/** Payload signing defaults to the environment, else auto; the rest as StoreOptions say. */
+export interface DoctorOptions extends StoreTuning {
   endpoint?: string;
   region?: string;
   credentials?: { accessKeyId: string; secretAccessKey: string; sessionToken?: string };
-  /** S3 payload signing (StoreOptions.payloadSigning; default: the environment, else auto). */
-  payloadSigning?: PayloadSigning;
   /** AWS account id, for the account-level Block Public Access check. */
   accountId?: string;
   /** Requests per operation and size in the latency test (0 skips it; default 3). */
@@ -121,7 +120,7 @@ export async function runDoctor(url: string, options: DoctorOptions = {}): Promi
     ...(options.endpoint === undefined ? {} : { endpoint: options.endpoint }),
     ...(options.region === undefined ? {} : { region: options.region }),
     ...(options.credentials === undefined ? {} : { credentials: options.credentials }),
-    ...(options.payloadSigning === undefined ? {} : { payloadSigning: options.payloadSigning }),
+    ...storeTuningOf(options),
   };
   const store = await openStore(url, storeOptions);
   const checks: DoctorCheck[] = [];

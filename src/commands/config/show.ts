@@ -9,7 +9,7 @@ type ConfigSettingJson = ConfigShowResult['profile'];
 export default class ConfigShow extends BaseCommand<typeof ConfigShow> {
   static override summary = 'Show the store settings in effect and where each comes from.';
 
-  static override description = `Prints the configuration file in use, the profile, the AWS profile used for credentials, the endpoint and the region, each with its source: a command-line flag, an environment variable, the selected profile's section of the file, the top of the file, or the built-in default. Precedence: flag > environment > profile > file > default.
+  static override description = `Prints the configuration file in use, the profile, the AWS profile used for credentials, the endpoint, the region, payload signing, and the store's timeouts and attempts per request, each with its source: a command-line flag, an environment variable, the selected profile's section of the file, the top of the file, or the built-in default. Precedence: flag > environment > profile > file > default.
 
 The file is ~/.config/hyper/config.json ($XDG_CONFIG_HOME/hyper/config.json), or the one HYPER_CONFIG names. Example:
 
@@ -17,7 +17,7 @@ The file is ~/.config/hyper/config.json ($XDG_CONFIG_HOME/hyper/config.json), or
     "profile": "lab",
     "region": "us-east-1",
     "profiles": {
-      "lab": { "endpoint": "http://127.0.0.1:7480", "awsProfile": "rgw" },
+      "lab": { "endpoint": "http://127.0.0.1:7480", "awsProfile": "rgw", "idleTimeout": "20s" },
       "aws": { "region": "eu-west-1" }
     },
     "defaults": {
@@ -25,6 +25,8 @@ The file is ~/.config/hyper/config.json ($XDG_CONFIG_HOME/hyper/config.json), or
       "*": { "force": false }
     }
   }
+
+"connectTimeout" (default 5s), "idleTimeout" (how long a request may go without a byte moving, default 1m) and "maxAttempts" (per request, the first included, default 6) decide how long a command waits on a store that does not answer; HYPER_S3_CONNECT_TIMEOUT, HYPER_S3_IDLE_TIMEOUT and HYPER_S3_MAX_ATTEMPTS override them.
 
 --profile NAME selects "profiles.NAME"; a name that is no section of the file is an AWS shared-config profile (~/.aws/config), as with "aws --profile". "defaults" gives flags per command ("file import", "compact", "*" for all); a flag on the command line always wins, and a profile's defaults override the top-level ones.`;
 
@@ -78,6 +80,9 @@ The file is ~/.config/hyper/config.json ($XDG_CONFIG_HOME/hyper/config.json), or
       endpoint: json(settings.endpoint),
       region: json(settings.region),
       payloadSigning: json(settings.payloadSigning),
+      connectTimeout: json(settings.connectTimeout),
+      idleTimeout: json(settings.idleTimeout),
+      maxAttempts: json(settings.maxAttempts),
       defaults,
     };
     const show = (s: ConfigSettingJson): string => (s.value === null ? '(none)' : s.value);
@@ -94,6 +99,9 @@ The file is ~/.config/hyper/config.json ($XDG_CONFIG_HOME/hyper/config.json), or
       ['endpoint', show(result.endpoint), src(result.endpoint)],
       ['region', show(result.region), src(result.region)],
       ['payload signing', show(result.payloadSigning), src(result.payloadSigning)],
+      ['connect timeout', show(result.connectTimeout), src(result.connectTimeout)],
+      ['idle timeout', show(result.idleTimeout), src(result.idleTimeout)],
+      ['max attempts', show(result.maxAttempts), src(result.maxAttempts)],
     ];
     const lines = rows.map(([k, v, s]) => `${k}: ${v}${s ? `  [${s}]` : ''}`);
     for (const d of defaults) {

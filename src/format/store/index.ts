@@ -36,12 +36,7 @@ export {
 } from './observed.js';
 
 export interface OpenStoreOptions
-  extends
-    StoreOptions,
-    Pick<
-      S3StoreOptions,
-      'credentials' | 'maxSockets' | 'profile' | 'connectionTimeoutMs' | 'requestTimeoutMs'
-    > {
+  extends StoreOptions, Pick<S3StoreOptions, 'credentials' | 'maxSockets' | 'profile'> {
   /** Keys per list page (tests use small pages to exercise pagination). */
   pageSize?: number;
   /** Retry policy details for S3 (maxAttempts comes from StoreOptions). */

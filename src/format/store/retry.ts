@@ -17,20 +17,21 @@
 import { createHash } from 'node:crypto';
 import { isHyperError, type HyperError } from '../../errors.js';
 import { reportRetry } from './observed.js';
-import type {
-  GetOptions,
-  GetResult,
-  ListOptions,
-  ListPage,
-  ObjectMeta,
-  ObjectStore,
-  PutBody,
-  PutOptions,
+import {
+  DEFAULT_MAX_ATTEMPTS,
+  type GetOptions,
+  type GetResult,
+  type ListOptions,
+  type ListPage,
+  type ObjectMeta,
+  type ObjectStore,
+  type PutBody,
+  type PutOptions,
 } from './types.js';
 import { bodyLength, bodyParts, joinBody } from './common.js';
 
 export interface RetryOptions {
-  /** Total attempts, first included (default 6). */
+  /** Total attempts, first included (default DEFAULT_MAX_ATTEMPTS). */
   maxAttempts?: number;
   /** First backoff ceiling in ms (default 50). */
   baseDelayMs?: number;
@@ -81,7 +82,7 @@ export class RetryingStore implements ObjectStore {
     private readonly options: RetryOptions = {},
   ) {
     this.url = inner.url;
-    this.maxAttempts = Math.max(1, options.maxAttempts ?? 6);
+    this.maxAttempts = Math.max(1, options.maxAttempts ?? DEFAULT_MAX_ATTEMPTS);
     this.baseDelayMs = options.baseDelayMs ?? 50;
     this.maxDelayMs = options.maxDelayMs ?? 5000;
     this.sleep = options.sleep ?? defaultSleep;

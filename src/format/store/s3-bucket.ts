@@ -200,7 +200,7 @@ export function s3Target(options: Pick<S3StoreOptions, 'endpoint' | 'region'>): 
 
 export interface BucketSettingsOptions extends Pick<
   S3StoreOptions,
-  'endpoint' | 'region' | 'credentials'
+  'endpoint' | 'region' | 'credentials' | 'connectionTimeoutMs' | 'requestTimeoutMs'
 > {
   /** The AWS account id, for the account-level Block Public Access (S3 Control). */
   accountId?: string;
@@ -327,7 +327,7 @@ async function readAccountPublicAccessBlock(
     region,
     maxAttempts: 3,
     // (The S3 store's timeouts: without them a silent endpoint holds the request for good.)
-    requestHandler: sdkTimeouts({}),
+    requestHandler: sdkTimeouts(options),
     // S3 Control's endpoint rules put the account id in front of the host name, which a
     // custom endpoint (an IP address, a single host) cannot take: send requests to it as is.
     ...(endpoint === undefined ? {} : { endpointProvider: () => ({ url: new URL(endpoint) }) }),

@@ -43,16 +43,18 @@ import {
   parsePayloadSigning,
   preconditionFailed,
 } from './common.js';
-import type {
-  GetOptions,
-  GetResult,
-  ListOptions,
-  ListPage,
-  ObjectMeta,
-  ObjectStore,
-  PutBody,
-  PutOptions,
-  StoreOptions,
+import {
+  type GetOptions,
+  type GetResult,
+  type ListOptions,
+  type ListPage,
+  type ObjectMeta,
+  type ObjectStore,
+  type PutBody,
+  type PutOptions,
+  type StoreOptions,
+  DEFAULT_CONNECT_TIMEOUT_MS,
+  DEFAULT_IDLE_TIMEOUT_MS,
 } from './types.js';
 
 export interface S3StoreOptions extends StoreOptions {
@@ -64,14 +66,7 @@ export interface S3StoreOptions extends StoreOptions {
   pageSize?: number;
   /** Sockets per host (default 64). */
   maxSockets?: number;
-  /** Fail a connection attempt after this long (default DEFAULT_CONNECT_TIMEOUT_MS). */
-  connectionTimeoutMs?: number;
-  /** Fail a request whose socket is idle this long (default DEFAULT_IDLE_TIMEOUT_MS). */
-  requestTimeoutMs?: number;
 }
-
-export const DEFAULT_CONNECT_TIMEOUT_MS = 5000;
-export const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
 
 /**
  * The SDK HTTP handler's timeouts for these options. The idle one is its socketTimeout, not

@@ -128,6 +128,34 @@ export interface StoreOptions {
   region?: string;
   /** S3 payload signing (also HYPER_S3_PAYLOAD_SIGNING; default auto). */
   payloadSigning?: PayloadSigning;
-  /** Max attempts for retryable failures (S3). */
+  /** Attempts per request that fails in a retryable way, the first included (S3; default DEFAULT_MAX_ATTEMPTS). */
   maxAttempts?: number;
+  /** Fail a connection attempt after this long (S3; default DEFAULT_CONNECT_TIMEOUT_MS). */
+  connectionTimeoutMs?: number;
+  /** Fail a request whose socket is idle this long (S3; default DEFAULT_IDLE_TIMEOUT_MS). */
+  requestTimeoutMs?: number;
 }
+
+/**
+ * How hyper talks to a store, apart from where it is: the settings the CLI resolves from the
+ * environment and the configuration file and hands to every store it opens.
+ */
+export type StoreTuning = Pick<
+  StoreOptions,
+  'payloadSigning' | 'maxAttempts' | 'connectionTimeoutMs' | 'requestTimeoutMs'
+>;
+
+/** `options`' StoreTuning fields, without the absent ones. */
+export function storeTuningOf(options: StoreTuning): StoreTuning {
+  const out: StoreTuning = {};
+  if (options.payloadSigning !== undefined) out.payloadSigning = options.payloadSigning;
+  if (options.maxAttempts !== undefined) out.maxAttempts = options.maxAttempts;
+  if (options.connectionTimeoutMs !== undefined)
+    out.connectionTimeoutMs = options.connectionTimeoutMs;
+  if (options.requestTimeoutMs !== undefined) out.requestTimeoutMs = options.requestTimeoutMs;
+  return out;
+}
+
+export const DEFAULT_CONNECT_TIMEOUT_MS = 5000;
+export const DEFAULT_IDLE_TIMEOUT_MS = 60_000;
+export const DEFAULT_MAX_ATTEMPTS = 6;

@@ -7,6 +7,7 @@
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
 import { writeFile } from 'node:fs/promises';
+import { createServer as createNetServer, type Socket } from 'node:net';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { fileUrl, hyper, hyperJson, show, tempDir } from '../../helpers/cli.js';
@@ -276,6 +277,13 @@ describe('configuration file', () => {
       ['{ "endpoint": "localhost:7480" }', /endpoint: expected http\(s\):\/\/host/],
       ['{ "regoin": "x" }', /regoin/],
       ['{ "payloadSigning": "sometimes" }', /payloadSigning/],
+      ['{ "idleTimeout": "soon" }', /"soon" for .*: idleTimeout/],
+      [
+        '{ "profile": "p", "profiles": { "p": { "connectTimeout": "10ms" } } }',
+        /profiles\.p\.connectTimeout.*at least 100ms/,
+      ],
+      ['{ "maxAttempts": 0 }', /maxAttempts/],
+      ['{ "maxAttempts": "3" }', /maxAttempts/],
       ['{ "defaults": { "file stat": { "bogus": 1 } } }', /"hyper file stat" has no flag --bogus/],
       ['{ "defaults": { "file stat": { "endpoint": "http://x:1" } } }', /store setting/],
     ];
@@ -295,6 +303,131 @@ describe('configuration file', () => {
     const star = await hyper(['file', 'delete', url], { env: { HYPER_CONFIG: cfg } });
     assert.equal(star.code, 0, show(star));
   });
+});
+
+describe('store timeouts and attempts', () => {
+  type Shown = Record<
+    'connectTimeout' | 'idleTimeout' | 'maxAttempts',
+    { value: string; source: string; from: string | null }
+  >;
+  const pick = (s: Shown): string[][] =>
+    (['connectTimeout', 'idleTimeout', 'maxAttempts'] as const).map((k) => [
+      s[k].value,
+      s[k].source,
+    ]);
+
+  it('come from env > profile > file > default, shown by config show; bad values refused', async (t) => {
+    const dir = await tempDir(t);
+    const cfg = join(dir, 'config.json');
+    await writeFile(
+      cfg,
+      JSON.stringify({
+        idleTimeout: '2m',
+        maxAttempts: 3,
+        profiles: { slow: { idleTimeout: '5m', connectTimeout: '20s' } },
+      }),
+    );
+    await writeFile(join(dir, 'empty.json'), '{}');
+    const none = await hyperJson<Shown>(['config', 'show'], 0, {
+      env: { HYPER_CONFIG: join(dir, 'empty.json') },
+    });
+    assert.deepEqual(pick(none), [
+      ['5s', 'default'],
+      ['1m', 'default'],
+      ['6', 'default'],
+    ]);
+    const file = await hyperJson<Shown>(['config', 'show'], 0, { env: { HYPER_CONFIG: cfg } });
+    assert.deepEqual(pick(file), [
+      ['5s', 'default'],
+      ['2m', 'file'],
+      ['3', 'file'],
+    ]);
+    assert.equal(file.idleTimeout.from, `${cfg}: idleTimeout`);
+    const profile = await hyperJson<Shown>(['config', 'show', '--profile', 'slow'], 0, {
+      env: { HYPER_CONFIG: cfg },
+    });
+    assert.deepEqual(pick(profile), [
+      ['20s', 'profile'],
+      ['5m', 'profile'],
+      ['3', 'file'],
+    ]);
+    const env = await hyperJson<Shown>(['config', 'show', '--profile', 'slow'], 0, {
+      env: {
+        HYPER_CONFIG: cfg,
+        HYPER_S3_CONNECT_TIMEOUT: '750ms',
+        HYPER_S3_IDLE_TIMEOUT: '10s',
+        HYPER_S3_MAX_ATTEMPTS: '1',
+      },
+    });
+    assert.deepEqual(pick(env), [
+      ['750ms', 'env'],
+      ['10s', 'env'],
+      ['1', 'env'],
+    ]);
+    assert.equal(env.idleTimeout.from, 'HYPER_S3_IDLE_TIMEOUT');
+    const text = await hyper(['config', 'show'], { env: { HYPER_CONFIG: cfg } });
+    assert.match(text.stdout, /^idle timeout: 2m {2}\[file \(.*: idleTimeout\)\]$/m);
+    assert.match(text.stdout, /^max attempts: 3 {2}\[file/m);
+
+    for (const [name, value, why] of [
+      ['HYPER_S3_IDLE_TIMEOUT', 'forever', /"forever" for HYPER_S3_IDLE_TIMEOUT$/],
+      ['HYPER_S3_IDLE_TIMEOUT', '2h', /at most 1h/],
+      ['HYPER_S3_CONNECT_TIMEOUT', '0', /at least 100ms/],
+      ['HYPER_S3_MAX_ATTEMPTS', '0', /whole number from 1 to 20/],
+      ['HYPER_S3_MAX_ATTEMPTS', '2.5', /whole number from 1 to 20/],
+    ] as const) {
+      const r = await hyperJson<ErrorOut>(['config', 'show'], 2, {
+        env: { HYPER_CONFIG: cfg, [name]: value },
+      });
+      assert.equal(r.error.code, 'INVALID_ARGUMENT', `${name}=${value}`);
+      assert.match(r.error.message, why);
+    }
+  });
+
+  it(
+    'bound how long a command waits on a store that never answers',
+    { timeout: 60_000 },
+    async (t) => {
+      // A TCP server that reads requests and never answers: a store that took the request and
+      // went silent (a Ceph cluster with a full OSD pauses writes that way).
+      const sockets = new Set<Socket>();
+      let requests = 0;
+      const silent = createNetServer((sock) => {
+        sockets.add(sock);
+        sock.on('data', (d) => {
+          if (/^(GET|PUT|HEAD|POST|DELETE) /.test(d.toString('latin1'))) requests++;
+        });
+        sock.on('error', () => undefined);
+        sock.on('close', () => sockets.delete(sock));
+      });
+      await new Promise<void>((r) => silent.listen(0, '127.0.0.1', r));
+      t.after(async () => {
+        for (const s of sockets) s.destroy();
+        await new Promise<void>((r) => silent.close(() => r()));
+      });
+      const endpoint = `http://127.0.0.1:${(silent.address() as { port: number }).port}`;
+      const env = {
+        AWS_ACCESS_KEY_ID: 'k',
+        AWS_SECRET_ACCESS_KEY: 's',
+        HYPER_S3_IDLE_TIMEOUT: '500ms',
+      };
+      for (const attempts of [1, 2]) {
+        requests = 0;
+        const t0 = Date.now();
+        const r = await hyperJson<ErrorOut>(
+          ['file', 'stat', 's3://silent-bucket/v/', '--endpoint', endpoint],
+          5,
+          { env: { ...env, HYPER_S3_MAX_ATTEMPTS: String(attempts) } },
+        );
+        const ms = Date.now() - t0;
+        assert.equal(r.error.code, 'STORE_UNAVAILABLE');
+        assert.match(r.error.message, /silent too long/);
+        // One request per attempt, each given up after the idle timeout (and the CLI's start-up).
+        assert.equal(requests, attempts, `requests with ${attempts} attempt(s)`);
+        assert.ok(ms >= attempts * 500 && ms < 15_000, `gave up after ${ms} ms`);
+      }
+    },
+  );
 });
 
 describe('--profile on S3', () => {
