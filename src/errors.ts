@@ -266,3 +266,11 @@ export const dataError = (
 /** Where a damaged object leads: the deep check names every damaged object and a checkpoint to restore. */
 export const CHECK_DEEP_SUGGESTION =
   'Run `hyper file check --deep` on this volume: it lists every damaged object and names the newest checkpoint that does not use them, to restore with `hyper snapshot restore --to N`.';
+
+/**
+ * For a lookup that explains a missing object: a store that failed it (kind `unavailable`:
+ * down, timed out, throttled) is the answer to report; any other failure explains nothing.
+ */
+export function unlessUnavailable(e: unknown): Error | undefined {
+  return isHyperError(e) && e.kind === 'unavailable' ? e : undefined;
+}

@@ -3,7 +3,7 @@
  * checkpoint's segment, named snapshots, and which checkpoint a reference names. Every
  * admin operation, the engine and the commands read heads through this file.
  */
-import { HyperError, dataError, isHyperError } from '../../errors.js';
+import { HyperError, dataError, isHyperError, unlessUnavailable } from '../../errors.js';
 import { DecodeError } from '../codec/binary.js';
 import { compressionOf } from '../codec/block.js';
 import {
@@ -294,7 +294,9 @@ export async function headAt(
     return await readCheckpointHead(store, id);
   } catch (e) {
     if (!isHyperError(e, 'MISSING_OBJECT')) throw e;
-    throw (await droppedWhileRead(store, id, e.key ?? segmentKey(id)).catch(() => undefined)) ?? e;
+    throw (
+      (await droppedWhileRead(store, id, e.key ?? segmentKey(id)).catch(unlessUnavailable)) ?? e
+    );
   }
 }
 

@@ -3,7 +3,7 @@
  * ids at or below its nearest parent's base belong to that parent (or, below the next base,
  * to the grandparent, and so on — FORMAT.md "Clones").
  */
-import { dataError, isHyperError } from '../../errors.js';
+import { dataError, isHyperError, unlessUnavailable } from '../../errors.js';
 import type { HeadRecord } from '../codec/head.js';
 import type { Sealer } from '../codec/seal.js';
 import { sealerFor } from '../keyring.js';
@@ -28,7 +28,9 @@ export class SegmentSource {
   private readonly inFlight = new Map<number, readonly Buffer[]>();
   /**
    * Asked when a segment is missing, before that is reported as damage: the error to report
-   * instead (a reader's checkpoint dropped under it), or undefined.
+   * instead (a reader's checkpoint dropped under it, a writer taken over), or undefined. When
+   * it cannot tell (the store failed the lookup), the store's error is reported: an honest
+   * "try again", never damage that a takeover or compaction may explain.
    */
   explainMissing?: (seg: number, key: string) => Promise<Error | undefined>;
 
@@ -123,7 +125,7 @@ export class SegmentSource {
     } catch (e) {
       if (isHyperError(e, 'OBJECT_NOT_FOUND')) {
         const named = store === this.own ? key : `${store.url}${key}`;
-        const why = await this.explainMissing?.(seg, named).catch(() => undefined);
+        const why = await this.explainMissing?.(seg, named).catch(unlessUnavailable);
         if (why) throw why;
         throw dataError('MISSING_OBJECT', named, `A segment holding ${what} is missing`);
       }

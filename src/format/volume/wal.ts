@@ -10,7 +10,13 @@
  * order, refusing gaps), claim the fence, append, and delete records once a committed
  * checkpoint covers them.
  */
-import { HyperError, dataError, isHyperError } from '../../errors.js';
+import {
+  HyperError,
+  dataError,
+  isHyperError,
+  toHyperError,
+  unlessUnavailable,
+} from '../../errors.js';
 import { DecodeError } from '../codec/binary.js';
 import type { HeadRecord } from '../codec/head.js';
 import { decodeWal, encodeWal, type WalEntry, type WalRecord } from '../codec/wal.js';
@@ -365,8 +371,14 @@ export class WalSession {
     let stale: number[] = [];
     // A record gone from the log: a newer writer that took the volume over while this one
     // opened may have applied and trimmed it. That is this opener fenced, not a lost write.
-    const missing = async (e: HyperError): Promise<HyperError> =>
-      (await (takenOver?.() ?? Promise.resolve(false)).catch(() => false)) ? walFenced() : e;
+    // (A store that fails the look is reported as it is: it may be that takeover.)
+    const missing = async (e: HyperError): Promise<HyperError> => {
+      const fenced = await (takenOver?.() ?? Promise.resolve(false)).catch(
+        (err: unknown) => unlessUnavailable(err) ?? false,
+      );
+      if (fenced instanceof Error) return toHyperError(fenced);
+      return fenced ? walFenced() : e;
+    };
     const replayNew = async (): Promise<void> => {
       const all = await listWal(store, uuid);
       stale = all.filter((q) => q <= covered);

@@ -19,6 +19,8 @@
  *  11  a flatten killed right after its detach commit leaves a pin that unpin releases and a
  *      volume that compacts, though a clone of it made meanwhile reads through both; a second
  *      flatten takes the lease over a volume the first one detached
+ *  12  a writer reads a segment a forced compaction deleted: FENCED, or the store's error
+ *      while the store fails the look at the head (never damage)
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
@@ -992,5 +994,60 @@ describe('concurrency: a flatten killed right after its detach commit (scenario 
     assert.deepEqual(await pins(w.parent), []);
     assert.equal(await exists(child), false);
     assert.deepEqual(await keysOf(child), []);
+  });
+});
+
+describe('concurrency: a writer reading what a forced compaction deleted (scenario 12)', () => {
+  it('is FENCED; while the store fails the look at the head, the store error (never damage) (chaos seed 16153, RGW)', async () => {
+    const inner = MemStore.isolated('mem://fenced-read/');
+    await Volume.create(inner, { size: SIZE, segmentSize: 1 * MiB });
+    // Once `down`, every request but segment reads fails as a store that is down would.
+    let down = false;
+    const store = new Proxy(inner, {
+      get(target, prop, receiver) {
+        const v = Reflect.get(target, prop, receiver) as unknown;
+        if (
+          typeof v !== 'function' ||
+          !['get', 'head', 'list', 'put', 'delete'].includes(String(prop))
+        )
+          return v;
+        return (key: string, ...rest: unknown[]) => {
+          const segmentRead = prop === 'get' && key.startsWith(SEGMENT_PREFIX);
+          if (down && !segmentRead)
+            throw new HyperError(
+              'unavailable',
+              'STORE_UNAVAILABLE',
+              `injected: ${String(prop)} ${key}`,
+            );
+          return (v as (...a: unknown[]) => unknown).call(target, key, ...rest);
+        };
+      },
+    });
+    const w = await Volume.open(store, { flushIntervalMs: 0, dataCacheBytes: 0 });
+    await w.write(0, Buffer.alloc(2 * CHUNK, 7));
+    await w.flush();
+    // Half of that segment is overwritten: compaction will rewrite the other half and delete it.
+    await w.write(0, Buffer.alloc(CHUNK, 9));
+    await w.flush();
+    const before = (await keysOf(inner)).filter((k) => k.startsWith(SEGMENT_PREFIX));
+    await compactVolume(inner, { keepLast: 1, graceMs: 0, minLive: 0.9, force: true });
+    const after = (await keysOf(inner)).filter((k) => k.startsWith(SEGMENT_PREFIX));
+    assert.ok(
+      before.some((k) => !after.includes(k)),
+      `the compaction deleted no segment (schedule not reproduced): ${before} -> ${after}`,
+    );
+    down = true;
+    await assert.rejects(w.read(CHUNK, CHUNK), (e) => {
+      assert.ok(isHyperError(e, 'STORE_UNAVAILABLE'), String(e));
+      return true;
+    });
+    down = false;
+    await assert.rejects(w.read(CHUNK, CHUNK), (e) => {
+      assert.ok(isHyperError(e, 'FENCED'), String(e));
+      return true;
+    });
+    await w.close().catch(() => undefined);
+    const c = await checkVolume(inner, { deep: true });
+    assert.deepEqual(c.problems, []);
   });
 });

@@ -1,7 +1,7 @@
 import assert from 'node:assert/strict';
 import { createHash } from 'node:crypto';
 import { describe, it } from 'node:test';
-import { isHyperError } from '../../../../src/errors.js';
+import { HyperError, isHyperError } from '../../../../src/errors.js';
 import { CountingStore } from '../../../../src/format/store/counting.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
 import type {
@@ -312,6 +312,20 @@ describe('write-ahead log, writes logged at FLUSH (walAck flush)', () => {
         () => Promise.resolve(false),
       ),
       (e) => isHyperError(e, 'MISSING_OBJECT'),
+    );
+    // A store that fails the look at the head cannot tell: its error, not damage.
+    await assert.rejects(
+      WalSession.start(
+        wal,
+        uuid,
+        b.headRecord.epoch + 1,
+        0,
+        () => Promise.resolve(true),
+        silentLogger,
+        false,
+        () => Promise.reject(new HyperError('unavailable', 'STORE_UNAVAILABLE', 'injected')),
+      ),
+      (e) => isHyperError(e, 'STORE_UNAVAILABLE'),
     );
     await a.close().catch(() => undefined);
   });
