@@ -274,3 +274,12 @@ export const CHECK_DEEP_SUGGESTION =
 export function unlessUnavailable(e: unknown): Error | undefined {
   return isHyperError(e) && e.kind === 'unavailable' ? e : undefined;
 }
+
+/**
+ * For a look whose failure is taken to mean "nothing usable there" (a damaged record): a
+ * failure of the store itself (kind `unavailable`) says nothing either way, so it is thrown on.
+ */
+export function rethrowUnavailable(e: unknown): undefined {
+  if (isHyperError(e) && e.kind === 'unavailable') throw e;
+  return undefined;
+}

@@ -1,7 +1,7 @@
 /**
  * Volume-level operations that do not need an open engine: stat, list, delete.
  */
-import { HyperError, isHyperError, toHyperError } from '../../errors.js';
+import { HyperError, isHyperError, rethrowUnavailable, toHyperError } from '../../errors.js';
 import {
   FLATTEN_KEY,
   HEAD_KEY,
@@ -511,7 +511,8 @@ export async function checkDeletable(
     if (!isHyperError(e, 'NOT_A_VOLUME') && !isHyperError(e, 'CORRUPT_OBJECT')) throw e;
     headFound = false;
   }
-  const lease = await readLease(store).catch(() => undefined);
+  // A damaged lease record holds nothing; a store that fails the read may hide a live one.
+  const lease = await readLease(store).catch(rethrowUnavailable);
   if (headFound && lease?.live && !options.force) throw leaseHeldError(lease);
   if (!options.force) {
     const clones = await listClones(store);

@@ -7,7 +7,7 @@
  */
 import { readFileSync, readlinkSync } from 'node:fs';
 import { hostname } from 'node:os';
-import { HyperError, isHyperError } from '../../errors.js';
+import { HyperError, isHyperError, rethrowUnavailable } from '../../errors.js';
 import { DecodeError } from '../codec/binary.js';
 import { decodeLease, encodeLease, type LeaseRecord } from '../codec/lease.js';
 import { LEASE_KEY } from '../keys.js';
@@ -295,7 +295,8 @@ export class Lease {
         return;
       } catch (e) {
         if (!isHyperError(e, 'PRECONDITION_FAILED')) throw e;
-        const cur = await readLeaseObject(this.store).catch(() => undefined);
+        // (A store that fails this read leaves the renewal failed, not the lease lost.)
+        const cur = await readLeaseObject(this.store).catch(rethrowUnavailable);
         // A renewal of ours whose answer was lost (a timeout) landed after all: the record is
         // still this holder's, same epoch and acquisition. Renew on top of it.
         const l = cur?.lease;

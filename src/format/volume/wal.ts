@@ -15,6 +15,7 @@ import {
   dataError,
   isHyperError,
   toHyperError,
+  rethrowUnavailable,
   unlessUnavailable,
 } from '../../errors.js';
 import { DecodeError } from '../codec/binary.js';
@@ -319,7 +320,8 @@ export class WalWriter {
         return;
       } catch (e) {
         if (!isHyperError(e, 'OBJECT_EXISTS') || attempt >= CONFLICT_RETRIES) throw e;
-        const there = await readWal(this.store, this.uuid, seq).catch(() => undefined);
+        // (A store that fails the read says nothing: its error, not a fence, which is for good.)
+        const there = await readWal(this.store, this.uuid, seq).catch(rethrowUnavailable);
         if (there && there.epoch === this.epoch) {
           // Our own earlier batch landed although its PUT reported failure: move past it.
           this.lastDurable = seq;

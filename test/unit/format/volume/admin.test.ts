@@ -1,6 +1,7 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { isHyperError } from '../../../../src/errors.js';
+import { HyperError, isHyperError } from '../../../../src/errors.js';
+import { LEASE_KEY } from '../../../../src/format/keys.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
 import { deleteVolume, listVolumes, statVolume } from '../../../../src/format/volume/admin.js';
 import { compactVolume } from '../../../../src/format/volume/compact.js';
@@ -83,6 +84,21 @@ describe('volume admin', () => {
     await v.write(0, Buffer.alloc(4096, 1));
     await v.flush();
     await assert.rejects(deleteVolume(store), (e) => isHyperError(e, 'LEASE_HELD'));
+    // A store that fails the read of the lease may hide a live one: refused, nothing deleted.
+    const leaseDown = new Proxy(store, {
+      get(target, prop, receiver) {
+        if (prop === 'get')
+          return async (key: string, ...rest: unknown[]): Promise<unknown> => {
+            if (key === LEASE_KEY)
+              throw new HyperError('unavailable', 'STORE_UNAVAILABLE', 'injected: get lease');
+            return (target.get as (...a: unknown[]) => Promise<unknown>).call(target, key, ...rest);
+          };
+        const f = Reflect.get(target, prop, receiver) as unknown;
+        return typeof f === 'function' ? (f as (...a: unknown[]) => unknown).bind(target) : f;
+      },
+    });
+    await assert.rejects(deleteVolume(leaseDown), (e) => isHyperError(e, 'STORE_UNAVAILABLE'));
+    assert.equal(await count(store), 4);
     const events: number[] = [];
     const r = await deleteVolume(store, { force: true, onProgress: (e) => events.push(e.done) });
     assert.equal(r.objectsDeleted, 4); // head, lease, 2 segments

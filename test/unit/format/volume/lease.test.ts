@@ -111,6 +111,55 @@ describe('lease', () => {
     assert.equal(now?.lease.epoch, again.epoch + 1);
   });
 
+  it('a renewal that landed unanswered, with the store failing the read that would show it, is no takeover', async () => {
+    const inner = MemStore.isolated();
+    let landsUnanswered = false;
+    let failReads = 0;
+    const store = new Proxy(inner, {
+      get(target, prop, receiver) {
+        if (prop === 'put')
+          return async (...args: Parameters<ObjectStore['put']>) => {
+            const r = await target.put(...args);
+            if (args[0] === LEASE_KEY && landsUnanswered) {
+              landsUnanswered = false;
+              throw new HyperError('unavailable', 'STORE_UNAVAILABLE', 'timed out');
+            }
+            return r;
+          };
+        if (prop === 'get')
+          return async (...args: Parameters<ObjectStore['get']>) => {
+            if (args[0] === LEASE_KEY && failReads > 0) {
+              failReads--;
+              throw new HyperError('unavailable', 'STORE_UNAVAILABLE', 'injected: get lease');
+            }
+            return target.get(...args);
+          };
+        const v = Reflect.get(target, prop, receiver) as unknown;
+        return typeof v === 'function' ? (v as (...a: unknown[]) => unknown).bind(target) : v;
+      },
+    });
+    const a = await Lease.acquire(store, opts('a'));
+    const epoch = a.epoch;
+    // (Each renewal a later millisecond than the last: the records differ, so do their ETags.)
+    const tick = (): Promise<void> => new Promise((r) => setTimeout(r, 5));
+    await tick();
+    landsUnanswered = true;
+    await assert.rejects(a.renew(), (e) => isHyperError(e, 'STORE_UNAVAILABLE'));
+    // The next renewal's compare-and-swap fails (the record moved on: our own renewal), and
+    // the read that would show whose record it is fails too: that renewal fails with the
+    // store's error, the lease is not given up, and the one after finds its record.
+    await tick();
+    failReads = 1;
+    await assert.rejects(a.renew(), (e) => isHyperError(e, 'STORE_UNAVAILABLE'));
+    assert.equal(a.lost, undefined);
+    await tick();
+    await a.renew();
+    assert.equal(a.lost, undefined);
+    assert.equal(a.epoch, epoch);
+    assert.ok(a.validFor(1000));
+    await a.release();
+  });
+
   it('a lease the store will not renew lapses; a renewal once it answers takes it back, unless another writer took it meanwhile', async () => {
     const inner = MemStore.isolated();
     let mode: 'ok' | 'full' | 'lands-unanswered' = 'ok';
