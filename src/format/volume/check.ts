@@ -4,7 +4,7 @@
  * of every retained checkpoint's segment and every index node those checkpoints reach; with
  * `deep`, every data block too. Damage is reported per object key and the walk goes on.
  */
-import { isHyperError } from '../../errors.js';
+import { isHyperError, rethrowUnavailable } from '../../errors.js';
 import { DecodeError, crc32c } from '../codec/binary.js';
 import { isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
 import { openStoredBlock, type BlockPlace, type Sealer } from '../codec/seal.js';
@@ -94,7 +94,9 @@ export async function checkVolume(
     let now: HeadRecord;
     try {
       now = (await readHead(store)).head;
-    } catch {
+    } catch (e) {
+      // A store that fails this look cannot tell a compaction from damage: its error, then.
+      rethrowUnavailable(e);
       return result;
     }
     if (head === undefined || sameHistory(head, now)) return result;

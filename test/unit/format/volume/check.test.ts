@@ -1,5 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
+import { HyperError, isHyperError } from '../../../../src/errors.js';
 import { HEAD_KEY, segmentKey } from '../../../../src/format/keys.js';
 import { CountingStore } from '../../../../src/format/store/counting.js';
 import type { GetOptions, GetResult } from '../../../../src/format/store/types.js';
@@ -65,6 +66,20 @@ describe('file check', () => {
     await mem.delete([segmentKey(second)]);
     const gone = await checkVolume(mem);
     assert.ok(kinds(gone).includes(`missing ${segmentKey(second)}`), kinds(gone).join('\n'));
+    // A check that found something missing reads the head again (a compaction may have moved
+    // on); a store that fails that read cannot tell damage from a compaction: its error.
+    let headReads = 0;
+    class SecondHeadFails extends CountingStore {
+      override async get(key: string, o?: GetOptions): Promise<GetResult> {
+        if (key === HEAD_KEY && ++headReads === 2)
+          throw new HyperError('unavailable', 'STORE_UNAVAILABLE', 'injected: get head');
+        return super.get(key, o);
+      }
+    }
+    await assert.rejects(checkVolume(new SecondHeadFails(mem)), (e) =>
+      isHyperError(e, 'STORE_UNAVAILABLE'),
+    );
+    assert.equal(headReads, 2);
   });
 
   it('reports a damaged head, dangling snapshots and uncommitted segments', async () => {
