@@ -1106,8 +1106,9 @@ export class Replicator {
    * takeover at start, or a full resync asked for after this refusal), and then its regions
    * are copied again like the others. One that changed nothing (a compaction run while the
    * replicator was away) is fine.
-   * A replica older than `known`, a history that does not lead back to it or cannot be read:
-   * a full resync. Returns the regions to copy again, or 'full'; the caller acts on it once
+   * A replica older than `known`, a history that does not lead back to it or cannot be read
+   * (damaged; a store that fails a read throws instead, and the connect is tried again): a
+   * full resync. Returns the regions to copy again, or 'full'; the caller acts on it once
    * the manifest carries this replicator's epoch.
    */
   private async reconcile(known: number, head: number): Promise<Set<number> | 'full'> {
@@ -1141,7 +1142,8 @@ export class Replicator {
         ? []
         : await diffCheckpoints(store, { checkpoint: known }, { checkpoint: head });
     } catch (e) {
-      if (isHyperError(e, 'FENCED')) throw e;
+      // (A store that failed a read says nothing about the history: the connect is retried.)
+      if (isHyperError(e, 'FENCED') || (isHyperError(e) && e.kind === 'unavailable')) throw e;
       this.log.warn('the replica changed behind the replicator: full resync', {
         recorded: known,
         found: head,

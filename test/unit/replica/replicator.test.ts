@@ -11,7 +11,7 @@ import { copyFile as copyFile_, mkdtemp, readFile, rm, stat, writeFile } from 'n
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, afterEach, describe, it } from 'node:test';
-import { HyperError } from '../../../src/errors.js';
+import { HyperError, isHyperError } from '../../../src/errors.js';
 import { PRIMARY_DATA_OFFSET } from '../../../src/format/codec/primary.js';
 import { SEGMENT_PREFIX } from '../../../src/format/keys.js';
 import { AbortableStore } from '../../../src/format/store/abortable.js';
@@ -47,6 +47,8 @@ class OutageStore implements ObjectStore {
   private check(): void {
     if (this.down) throw new HyperError('unavailable', 'STORE_UNAVAILABLE', 'outage (test)');
   }
+  /** Segment GETs to fail, as a store failing for a moment would (one at a time). */
+  failSegmentGets = 0;
   /** While set, every get waits for it, then fails (a request the outage answers late). */
   holdGets: Promise<void> | undefined;
   heldGets = 0;
@@ -57,6 +59,10 @@ class OutageStore implements ObjectStore {
       throw new HyperError('unavailable', 'STORE_UNAVAILABLE', 'outage (test, late)');
     }
     this.check();
+    if (this.failSegmentGets > 0 && a[0].startsWith(SEGMENT_PREFIX)) {
+      this.failSegmentGets--;
+      throw new HyperError('unavailable', 'STORE_UNAVAILABLE', 'segment GET failed (test)');
+    }
     return this.inner.get(...a);
   }
   async head(...a: Parameters<ObjectStore['head']>) {
@@ -130,11 +136,14 @@ async function start(
     force?: boolean;
     takeReplica?: 'always' | 'once';
     retryMs?: number;
+    /** OutageStore.failSegmentGets from the start. */
+    failSegmentGets?: number;
   } = {},
 ): Promise<{ rep: Replicator; store: OutageStore; opens: () => number; primary: PrimaryFile }> {
   const { primary, header } = await openPrimary(s.file, s.uuid, { force: o.force === true });
   const inner = (await openReplicaStore(header.replicaUrl, s.uuid, open)).store;
   const store = new OutageStore(inner);
+  store.failSegmentGets = o.failSegmentGets ?? 0;
   // What `replica serve` does: every request to the replica ends once a stop gives it up.
   const giveUp = new AbortController();
   const reach = new AbortableStore(store, giveUp.signal);
@@ -932,6 +941,12 @@ describe('replicator', () => {
     const file = await readFile(s.file);
     headerAtConnect.copy(file, 0);
     await writeFile(s.file, file);
+    // The store fails a read of the replica's checkpoints as the next one starts: a store
+    // that failed a read says nothing of the history, so that start fails with the store's
+    // error (a reconnect later on would be tried again), not with a full resync.
+    await assert.rejects(start(s, { holder: 'own-3', force: true, failSegmentGets: 1 }), (e) =>
+      isHyperError(e, 'STORE_UNAVAILABLE'),
+    );
     const third = await start(s, { holder: 'own-3', force: true });
     const st = third.rep.status();
     assert.equal(st.replica.error, null, JSON.stringify(st));
