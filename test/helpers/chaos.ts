@@ -54,6 +54,8 @@
  *       CORRUPT_OBJECT, CHECKSUM_MISMATCH) unless it met what the harness damaged: a
  *       checkpoint a compaction drops under a reader is CHECKPOINT_NOT_FOUND, a log a newer
  *       writer trimmed under an opener is FENCED.
+ *   (n) a writer told FENCED was taken over: the lease or the head holds a newer epoch than
+ *       its own (a store that failed a look is its error, never a fence).
  * Operations that fail are fine; unexpected errors (not a HyperError, or kind 'internal')
  * are violations.
  *
@@ -964,6 +966,8 @@ export interface ChaosTotals {
   /** Attempts started while another attempt of the same copy ran, and those acknowledged. */
   copyTwins: number;
   copyTwinsAcked: number;
+  /** Writers told FENCED (each checked against (n)). */
+  fencedWriters: number;
 }
 
 export interface ChaosResult {
@@ -1549,6 +1553,10 @@ class Run {
     const w = this.writer;
     if (!w) return;
     this.writer = undefined;
+    if (why === 'fenced') {
+      this.totals.fencedWriters++;
+      await this.checkFenced(w);
+    }
     // If it is not fenced, close() commits its writes: allow that content.
     const c = this.contribute(digest(w.model), w.actor, `${w.actor.name} close`);
     try {
@@ -1560,6 +1568,29 @@ class Run {
     } finally {
       c.active = false;
     }
+  }
+
+  /** (n) A writer told FENCED was taken over: something holds a newer epoch than its own. */
+  private async checkFenced(w: Writer): Promise<void> {
+    const raw = this.raw(this.mainUrl);
+    let lease: number | undefined;
+    let head: number | undefined;
+    try {
+      lease = (await readLease(raw))?.lease.epoch;
+    } catch {
+      lease = undefined;
+    }
+    try {
+      head = (await readHead(raw)).head.epoch;
+    } catch {
+      head = undefined;
+    }
+    // (Unreadable records tell nothing either way.)
+    if (lease === undefined && head === undefined) return;
+    if ((lease ?? 0) > w.epoch || (head ?? 0) > w.epoch) return;
+    this.violation(
+      `(n) ${w.actor.name} was told FENCED, but nothing holds a newer epoch than its ${w.epoch} (lease ${lease ?? 'unreadable'}, head ${head ?? 'unreadable'})`,
+    );
   }
 
   /** Kill the writer: no flush, no release; its requests stop (some in flight may land). */
@@ -2898,6 +2929,7 @@ export const emptyTotals = (): ChaosTotals => ({
   copiesResumed: 0,
   copyTwins: 0,
   copyTwinsAcked: 0,
+  fencedWriters: 0,
 });
 
 /** The report of a failed run: seed, how to replay, the violations and the op log's tail. */
