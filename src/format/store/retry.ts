@@ -17,17 +17,17 @@
 import { createHash } from 'node:crypto';
 import { isHyperError, type HyperError } from '../../errors.js';
 import { reportRetry } from './observed.js';
-import {
-  DEFAULT_MAX_ATTEMPTS,
-  type GetOptions,
-  type GetResult,
-  type ListOptions,
-  type ListPage,
-  type ObjectMeta,
-  type ObjectStore,
-  type PutBody,
-  type PutOptions,
+import type {
+  GetOptions,
+  GetResult,
+  ListOptions,
+  ListPage,
+  ObjectMeta,
+  ObjectStore,
+  PutBody,
+  PutOptions,
 } from './types.js';
+import { DEFAULT_MAX_ATTEMPTS } from './types.js';
 import { bodyLength, bodyParts, joinBody } from './common.js';
 
 export interface RetryOptions {

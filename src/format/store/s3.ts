@@ -43,19 +43,18 @@ import {
   parsePayloadSigning,
   preconditionFailed,
 } from './common.js';
-import {
-  type GetOptions,
-  type GetResult,
-  type ListOptions,
-  type ListPage,
-  type ObjectMeta,
-  type ObjectStore,
-  type PutBody,
-  type PutOptions,
-  type StoreOptions,
-  DEFAULT_CONNECT_TIMEOUT_MS,
-  DEFAULT_IDLE_TIMEOUT_MS,
+import type {
+  GetOptions,
+  GetResult,
+  ListOptions,
+  ListPage,
+  ObjectMeta,
+  ObjectStore,
+  PutBody,
+  PutOptions,
+  StoreOptions,
 } from './types.js';
+import { DEFAULT_CONNECT_TIMEOUT_MS, DEFAULT_IDLE_TIMEOUT_MS } from './types.js';
 
 export interface S3StoreOptions extends StoreOptions {
   /** Explicit credentials (default: the SDK's standard provider chain). */

@@ -54,6 +54,37 @@ function setup(): {
   return { vol, wal, openStore: (url) => Promise.resolve(url === wal.url ? wal : vol) };
 }
 
+/**
+ * A writer logging at FLUSH whose first sync (64 KiB of 1s at 0) landed in the log although
+ * its PUT failed (the answer was lost).
+ */
+async function landedUnanswered(): Promise<
+  ReturnType<typeof setup> & {
+    opts: {
+      walUrl: string;
+      walAck: 'flush';
+      openStore: (u: string) => Promise<ObjectStore>;
+      flushIntervalMs: number;
+    };
+    a: Volume;
+  }
+> {
+  const w = setup();
+  await Volume.create(w.vol, { size: 4 * MiB });
+  const opts = {
+    walUrl: w.wal.url,
+    walAck: 'flush' as const,
+    openStore: w.openStore,
+    flushIntervalMs: 0,
+  };
+  const a = await Volume.open(w.vol, opts);
+  await a.write(0, Buffer.alloc(64 * KiB, 1));
+  w.wal.lostAnswers = true;
+  await assert.rejects(a.sync());
+  w.wal.lostAnswers = false;
+  return { ...w, opts, a };
+}
+
 describe('write-ahead log', () => {
   it('acknowledged writes survive a crash with no flush, and FUA costs no segment', async () => {
     const { vol, wal, openStore } = setup();
@@ -217,14 +248,7 @@ describe('write-ahead log, writes logged at FLUSH (walAck flush)', () => {
   // stays in the log, holding older changes than a segment committed after it. A replay put
   // them back over the newer data. Entries are numbered; a head says up to which it holds.
   it('a batch that landed although it failed is not replayed over newer data', async () => {
-    const { vol, wal, openStore } = setup();
-    await Volume.create(vol, { size: 4 * MiB });
-    const opts = { walUrl: wal.url, walAck: 'flush' as const, openStore, flushIntervalMs: 0 };
-    const a = await Volume.open(vol, opts);
-    await a.write(0, Buffer.alloc(64 * KiB, 1));
-    wal.lostAnswers = true;
-    await assert.rejects(a.sync());
-    wal.lostAnswers = false;
+    const { vol, wal, opts, a } = await landedUnanswered();
     await a.write(0, Buffer.alloc(64 * KiB, 2));
     await a.flush();
     // Crash: no close. The record of the first write is in the log, past the head's sequence.
@@ -235,14 +259,7 @@ describe('write-ahead log, writes logged at FLUSH (walAck flush)', () => {
   });
 
   it('a WAL PUT that meets its own landed record while the store fails the read that would show it is not fenced', async () => {
-    const { vol, wal, openStore } = setup();
-    await Volume.create(vol, { size: 4 * MiB });
-    const opts = { walUrl: wal.url, walAck: 'flush' as const, openStore, flushIntervalMs: 0 };
-    const a = await Volume.open(vol, opts);
-    await a.write(0, Buffer.alloc(64 * KiB, 1));
-    wal.lostAnswers = true;
-    await assert.rejects(a.sync());
-    wal.lostAnswers = false;
+    const { vol, wal, opts, a } = await landedUnanswered();
     // The next PUT finds the record in place (OBJECT_EXISTS) and reads it to see whose it
     // is; the store fails that read. Not knowing is no fence: the store's error, for now.
     wal.failGets = 1;
@@ -338,7 +355,7 @@ describe('write-ahead log, writes logged at FLUSH (walAck flush)', () => {
     // The same gap with the volume not taken over is reported as the damage it is.
     const gone = await listWal(wal, uuid);
     assert.ok(gone.length === 1 && (gone[0] ?? 0) > 1, `left: ${gone.join(',')}`);
-    await assert.rejects(
+    const reopen = (takenOver: () => Promise<boolean>): Promise<unknown> =>
       WalSession.start(
         wal,
         uuid,
@@ -347,22 +364,15 @@ describe('write-ahead log, writes logged at FLUSH (walAck flush)', () => {
         () => Promise.resolve(true),
         silentLogger,
         false,
-        () => Promise.resolve(false),
-      ),
+        takenOver,
+      );
+    await assert.rejects(
+      reopen(() => Promise.resolve(false)),
       (e) => isHyperError(e, 'MISSING_OBJECT'),
     );
     // A store that fails the look at the head cannot tell: its error, not damage.
     await assert.rejects(
-      WalSession.start(
-        wal,
-        uuid,
-        b.headRecord.epoch + 1,
-        0,
-        () => Promise.resolve(true),
-        silentLogger,
-        false,
-        () => Promise.reject(new HyperError('unavailable', 'STORE_UNAVAILABLE', 'injected')),
-      ),
+      reopen(() => Promise.reject(new HyperError('unavailable', 'STORE_UNAVAILABLE', 'injected'))),
       (e) => isHyperError(e, 'STORE_UNAVAILABLE'),
     );
     await a.close().catch(() => undefined);
