@@ -320,7 +320,8 @@ export class WalWriter {
         return;
       } catch (e) {
         if (!isHyperError(e, 'OBJECT_EXISTS') || attempt >= CONFLICT_RETRIES) throw e;
-        // (A store that fails the read says nothing: its error, not a fence, which is for good.)
+        // (A store that fails the read says nothing either way: its error, not a fence, which
+        // would stop this writer for good.)
         const there = await readWal(this.store, this.uuid, seq).catch(rethrowUnavailable);
         if (there && there.epoch === this.epoch) {
           // Our own earlier batch landed although its PUT reported failure: move past it.
