@@ -152,7 +152,7 @@ async function compactOnce(
     // (A dry run reads as any reader: its checkpoints dropped under it.)
     source.explainMissing = (_seg, key) =>
       vol
-        ? takenOverWhileRead(store, oldHead.epoch)
+        ? takenOverWhileRead(store, oldHead.epoch, key)
         : droppedWhileRead(store, oldHead.checkpoint, key);
     const loader = new NodeLoader(source, nodeSize, 64 * 1024 * 1024);
     const segs = await listSegments(store);

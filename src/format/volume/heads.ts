@@ -427,7 +427,8 @@ export async function droppedWhileRead(
   ids: number | readonly number[],
   key: string,
 ): Promise<HyperError | undefined> {
-  const { head } = await readHead(store);
+  const head = await headOrDeleted(store, key);
+  if (head instanceof HyperError) return head;
   const id = (typeof ids === 'number' ? [ids] : ids).find((c) => !isRetainedCheckpoint(head, c));
   if (id === undefined) return undefined;
   return new HyperError(
@@ -449,8 +450,10 @@ export async function droppedWhileRead(
 export async function takenOverWhileRead(
   store: ObjectStore,
   epoch: number,
+  key = 'an object',
 ): Promise<HyperError | undefined> {
-  const { head } = await readHead(store);
+  const head = await headOrDeleted(store, key);
+  if (head instanceof HyperError) return head;
   if (head.epoch <= epoch) return undefined;
   return new HyperError(
     'conflict',
@@ -458,6 +461,24 @@ export async function takenOverWhileRead(
     `Another writer took the volume over (epoch ${head.epoch}, ours ${epoch}) while this one was reading it`,
     { suggestion: 'Re-open the volume once the other writer is done.' },
   );
+}
+
+/**
+ * The head, for explaining an object found missing; a volume deleted meanwhile (no head, or
+ * only what a delete in progress left) is that explanation: VOLUME_NOT_FOUND, not damage.
+ */
+async function headOrDeleted(store: ObjectStore, key: string): Promise<HeadRecord | HyperError> {
+  try {
+    return (await readHead(store)).head;
+  } catch (e) {
+    if (!isHyperError(e, 'VOLUME_NOT_FOUND') && !isHyperError(e, 'NOT_A_VOLUME')) throw e;
+    return new HyperError(
+      'not-found',
+      'VOLUME_NOT_FOUND',
+      `The volume at ${store.url} was deleted while it was being read (${key} is gone)`,
+      { suggestion: 'Check with `hyper file list` whether it still exists.', cause: e },
+    );
+  }
 }
 
 /** `the kept checkpoints are 12-40 (7 of them, from 2026-…Z)`, for messages. */

@@ -373,7 +373,7 @@ export class Volume {
       const src = await source(committer.head);
       // What a takeover (a forced compaction) deletes under this writer: it was fenced.
       const epoch = committer.head.epoch;
-      src.explainMissing = () => takenOverWhileRead(store, epoch);
+      src.explainMissing = (_seg, key) => takenOverWhileRead(store, epoch, key);
       disk = await openDiskCache(options, committer.head, src);
       vol = new Volume(store, committer.head, false, committer, options, src, disk);
       const walUrl = committer.head.walUrl;

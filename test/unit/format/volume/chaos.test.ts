@@ -88,6 +88,7 @@ describe('chaos: concurrent writer, admin operations and store faults (mem://)',
       44935,
       'a forced compaction that cannot look at the head after a missing segment reports the store error',
     ],
+    [46066, 'a copy whose source is deleted under it reports the volume gone, not damage'],
   ];
   for (const [seed, what, classic] of [
     ...replayed.map(([s, w]) => [s, w, true] as const),

@@ -21,6 +21,7 @@
  *      flatten takes the lease over a volume the first one detached
  *  12  a writer reads a segment a forced compaction deleted: FENCED, or the store's error
  *      while the store fails the look at the head (never damage)
+ *  13  a reader of a volume deleted under it: VOLUME_NOT_FOUND (never damage)
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
@@ -1049,5 +1050,24 @@ describe('concurrency: a writer reading what a forced compaction deleted (scenar
     await w.close().catch(() => undefined);
     const c = await checkVolume(inner, { deep: true });
     assert.deepEqual(c.problems, []);
+  });
+});
+
+describe('concurrency: a volume deleted while it is read (scenario 13)', () => {
+  it('a reader of a volume deleted under it gets VOLUME_NOT_FOUND, not damage (chaos seed 46066)', async () => {
+    const store = MemStore.isolated('mem://deleted-read/');
+    await Volume.create(store, { size: SIZE, segmentSize: 1 * MiB });
+    const w = await Volume.open(store, { flushIntervalMs: 0 });
+    await w.write(0, Buffer.alloc(2 * CHUNK, 5));
+    await w.flush();
+    await w.close();
+    const v = await Volume.open(store, { readOnly: true, dataCacheBytes: 0 });
+    await deleteVolume(store, { force: true });
+    await assert.rejects(v.read(0, CHUNK), (e) => {
+      assert.ok(isHyperError(e, 'VOLUME_NOT_FOUND'), String(e));
+      assert.match((e as Error).message, /deleted while it was being read/);
+      return true;
+    });
+    await v.close();
   });
 });
