@@ -450,7 +450,7 @@ export async function droppedWhileRead(
 export async function takenOverWhileRead(
   store: ObjectStore,
   epoch: number,
-  key = 'an object',
+  key: string,
 ): Promise<HyperError | undefined> {
   const head = await headOrDeleted(store, key);
   if (head instanceof HyperError) return head;
