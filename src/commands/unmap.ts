@@ -7,7 +7,7 @@ import type { UnmapResult } from '../cli/vocabulary.js';
 export default class Unmap extends BaseCommand<typeof Unmap> {
   static override summary = 'Remove an export from the running daemon.';
 
-  static override description = `Flushes the export's volume while it is still served (if that fails the export stays mapped), stops offering it, lets each connected client finish the requests it has in flight and then closes the connection, flushes again, closes the volume and releases its lease. --force skips the first flush and drops connected clients at once. A mapping that failed (listed by "hyper ls" as failed) is forgotten.`;
+  static override description = `Flushes the export's volume while it is still served (if that fails the export stays mapped), stops offering it, lets each connected client finish the requests it has in flight and then closes the connection, flushes again, closes the volume and releases its lease. --force skips the first flush and drops connected clients at once. If the last flush fails, the export is listed as failed and its volume stays open in the daemon with the writes it could not store: unmap it again once the store answers, or with --force to close it and lose them. A mapping that failed (listed by "hyper ls" as failed) is forgotten.`;
 
   static override examples = [
     { description: 'Unmap an export.', command: '<%= config.bin %> <%= command.id %> vm1' },

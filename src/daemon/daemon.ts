@@ -21,6 +21,7 @@ import { displayHolder, processHolder } from '../format/volume/lease.js';
 import { silentLogger, type CheckpointRef } from '../format/volume/types.js';
 import type { ServeLogger } from '../serve/logger.js';
 import { VolumeServer, type ListenTarget, type VolumeTuning } from '../serve/server.js';
+import type { VolumeExport } from '../serve/exports.js';
 import { exportProblem } from '../serve/health.js';
 import { ControlServer, type ControlHandler } from './control.js';
 import { loadConfig } from './config.js';
@@ -84,6 +85,13 @@ interface Entry {
   error?: HyperError;
   stores: ObjectStore[];
   samples: Sample[];
+  /**
+   * An unmapped export whose volume could not be flushed after its clients were gone: still
+   * open here (its lease held, its writes kept) until an unmap closes it.
+   */
+  leftOpen?: VolumeExport;
+  /** While mapping: the failed mapping of the same name this one replaces (if it fails, kept). */
+  previous?: Entry;
 }
 
 const SAMPLE_MS = 5000;
@@ -245,6 +253,8 @@ export class Daemon implements ControlHandler {
     }
     const server = this.server!;
     const exp = server.getExport(name);
+    if (entry.leftOpen !== undefined)
+      return this.closeLeftOpen(name, entry, options.force === true);
     if (entry.state === 'failed' || exp === undefined) {
       this.entries.delete(name);
       await this.closeStores(entry);
@@ -273,13 +283,9 @@ export class Daemon implements ControlHandler {
     try {
       await server.removeExport(name, options.force ? { drainMs: 0 } : {});
     } catch (e) {
-      // Gone from clients, but the last flush failed: keep it listed as failed.
-      entry.state = 'failed';
-      entry.error = toHyperError(e);
-      this.logger.error('unmap: the final flush failed', {
-        export: name,
-        error: entry.error.message,
-      });
+      // Gone from clients, but the last flush failed: the volume stays open with the writes
+      // it could not store, listed as failed until an unmap closes it.
+      this.keepLeftOpen(name, entry, exp, e);
       throw entry.error;
     }
     this.entries.delete(name);
@@ -294,6 +300,63 @@ export class Daemon implements ControlHandler {
     }
     this.logger.info('unmapped', { export: name, url: entry.spec.url });
     return { name, url: entry.spec.url, disconnectedClientCount: disconnected, wasMapped: true };
+  }
+
+  /** A failed last flush: `exp` stays open, the entry failed with an error that says so. */
+  private keepLeftOpen(name: string, entry: Entry, exp: VolumeExport, e: unknown): void {
+    const err = toHyperError(e);
+    entry.state = 'failed';
+    entry.leftOpen = exp.openedDevice === undefined ? undefined : exp;
+    entry.error =
+      entry.leftOpen === undefined
+        ? err
+        : new HyperError(
+            err.kind,
+            err.code,
+            `Could not flush ${name} after its clients were disconnected: ${err.message}. Its volume stays open in the daemon, holding its lease and the writes not yet stored`,
+            {
+              suggestion: `Run "hyper unmap ${name}" again once the store answers; "hyper unmap --force ${name}" closes the volume and loses those writes.`,
+              cause: err,
+            },
+          );
+    this.logger.error('unmap: the final flush failed', {
+      export: name,
+      error: entry.error.message,
+    });
+  }
+
+  /**
+   * Unmap an export whose volume was left open by a failed last flush: flush and close it
+   * now (a failure keeps it as it was), or with `force` close it whatever the flush does.
+   */
+  private async closeLeftOpen(name: string, entry: Entry, force: boolean): Promise<UnmapResult> {
+    const open = entry.leftOpen!;
+    entry.state = 'unmapping';
+    try {
+      await (force ? open.discard() : open.close());
+    } catch (e) {
+      if (!force) {
+        this.keepLeftOpen(name, entry, open, e);
+        throw entry.error;
+      }
+      this.logger.error('unmap --force: closed the volume without storing its last writes', {
+        export: name,
+        error: toHyperError(e).message,
+      });
+    }
+    delete entry.leftOpen;
+    this.entries.delete(name);
+    await this.closeStores(entry);
+    try {
+      await this.persist();
+    } catch (e) {
+      throw this.stateError(
+        e,
+        `The export "${name}" was unmapped, but the state file still lists it: the daemon maps it again when it restarts`,
+      );
+    }
+    this.logger.info('unmapped', { export: name, url: entry.spec.url });
+    return { name, url: entry.spec.url, disconnectedClientCount: 0, wasMapped: true };
   }
 
   /** Every export, in name order (GET /v1/exports). */
@@ -372,6 +435,20 @@ export class Daemon implements ControlHandler {
     } catch (e) {
       failure = e;
     }
+    // Volumes left open by a failed last flush: one more try, then closed all the same (the
+    // process is ending; their writes would be lost with it).
+    for (const [name, e] of this.entries) {
+      const open = e.leftOpen;
+      if (open === undefined) continue;
+      delete e.leftOpen;
+      await open.close().catch(async (err: unknown) => {
+        this.logger.error('stopping: closed a volume without storing its last writes', {
+          export: name,
+          error: toHyperError(err).message,
+        });
+        await open.abandon().catch(() => undefined);
+      });
+    }
     await Promise.allSettled([...this.entries.values()].map((e) => this.closeStores(e)));
     await this.control?.close();
     await this.saving;
@@ -389,6 +466,14 @@ export class Daemon implements ControlHandler {
       throw new HyperError('unavailable', 'ABORTED', 'The daemon is stopping');
     }
     const existing = this.entries.get(spec.name);
+    if (existing?.leftOpen !== undefined) {
+      throw new HyperError(
+        'conflict',
+        'EXPORT_EXISTS',
+        `The export ${JSON.stringify(spec.name)} is still open in the daemon (its last flush failed)`,
+        { suggestion: `Unmap it first ("hyper unmap ${spec.name}").` },
+      );
+    }
     if (existing !== undefined && existing.state !== 'failed') {
       throw new HyperError(
         'conflict',
@@ -397,12 +482,18 @@ export class Daemon implements ControlHandler {
         { suggestion: 'Pick another name with --name, or unmap it first ("hyper unmap NAME").' },
       );
     }
-    const writable = !(spec.readOnly === true || spec.at !== undefined);
-    if (writable) {
+    if (writable(spec)) {
       for (const [name, e] of this.entries) {
-        if (name === spec.name || e.state === 'failed') continue;
-        const other = !(e.spec.readOnly === true || e.spec.at !== undefined);
-        if (other && sameVolume(e.spec, spec)) {
+        if (name === spec.name || !sameVolume(e.spec, spec)) continue;
+        if (e.leftOpen !== undefined) {
+          throw new HyperError(
+            'conflict',
+            'EXPORT_EXISTS',
+            `${spec.url} is still open in the daemon as ${JSON.stringify(name)} (its last flush failed)`,
+            { suggestion: `Unmap ${JSON.stringify(name)} first ("hyper unmap ${name}").` },
+          );
+        }
+        if (e.state !== 'failed' && writable(e.spec)) {
           throw new HyperError(
             'conflict',
             'EXPORT_EXISTS',
@@ -412,9 +503,17 @@ export class Daemon implements ControlHandler {
         }
       }
     }
-    if (existing !== undefined) await this.closeStores(existing);
-    const entry: Entry = { spec, source, state: 'mapping', stores: [], samples: [] };
+    // In the table before anything is awaited: a request arriving meanwhile sees this one.
+    const entry: Entry = {
+      spec,
+      source,
+      state: 'mapping',
+      stores: [],
+      samples: [],
+      ...(existing === undefined ? {} : { previous: existing }),
+    };
     this.entries.set(spec.name, entry);
+    if (existing !== undefined) await this.closeStores(existing);
     const opener = async (u: string, o?: { mkdir?: boolean }): Promise<ObjectStore> => {
       const store = await this.options.openStore(u, {
         ...(spec.endpoint === undefined ? {} : { endpoint: spec.endpoint }),
@@ -435,18 +534,25 @@ export class Daemon implements ControlHandler {
         ...(spec.walAck === undefined ? {} : { walAck: spec.walAck }),
         force: how.force === true,
         waitForLease: how.wait === true,
+        // No volume open here is this one (see above): a lease of this daemon's own is left
+        // from an open or close that failed half-way, and is taken back at once.
+        reclaim: true,
         ...(how.signal === undefined ? {} : { signal: how.signal }),
       });
       entry.state = 'mapped';
       delete entry.error;
+      delete entry.previous;
       this.sampleEntry(entry);
       this.logger.info('mapped', { export: spec.name, url: spec.url, source });
     } catch (e) {
       const err = toHyperError(e);
       await this.closeStores(entry);
+      delete entry.previous;
       if (!how.keepOnFailure) {
-        // A request's mapping that failed leaves nothing behind.
-        this.entries.delete(spec.name);
+        // A request's mapping that failed leaves nothing behind (a failed mapping it was to
+        // replace is kept).
+        if (existing === undefined) this.entries.delete(spec.name);
+        else this.entries.set(spec.name, existing);
       } else {
         // At start or reload: keep it (listed as failed, retried on reload).
         entry.state = 'failed';
@@ -593,9 +699,13 @@ export class Daemon implements ControlHandler {
 
   /** Write the state file; writes are queued so that the last one wins. */
   private persist(): Promise<void> {
-    const exports: StateEntry[] = [...this.entries.values()]
-      .filter((e) => e.state !== 'unmapping')
-      .map((e) => ({ ...e.spec, source: e.source }));
+    // What each name was when its last request ended: a mapping in progress is not there yet
+    // (or is still the failed mapping it replaces), an unmapping in progress still is.
+    const exports: StateEntry[] = [];
+    for (const e of this.entries.values()) {
+      const settled = e.state === 'mapping' ? e.previous : e;
+      if (settled !== undefined) exports.push({ ...settled.spec, source: settled.source });
+    }
     const next = this.saving
       .catch(() => undefined)
       .then(() => saveState(this.options.stateFile, { version: 1, exports }));
@@ -618,6 +728,11 @@ function exportNotFound(name: string): HyperError {
       suggestion: 'List the exports with "hyper ls".',
     },
   );
+}
+
+/** Whether an export writes to its volume (and so holds its lease). */
+function writable(spec: ExportSpec): boolean {
+  return !(spec.readOnly === true || spec.at !== undefined);
 }
 
 function sameVolume(a: ExportSpec, b: ExportSpec): boolean {

@@ -89,16 +89,46 @@ export class VolumeExport implements NbdExport {
   /**
    * Flush and close the device if it was opened (waiting for an open in progress), releasing
    * the volume's lease. Later `open()` calls fail. True if a device was opened.
+   *
+   * When the flush fails the device stays open, its lease held and its writes kept
+   * (`openedDevice` still names it), and the error is thrown: a later `close()` tries again,
+   * `discard()` or `abandon()` gives up on those writes.
    */
   async close(): Promise<boolean> {
     this.closed = true;
     const device = this.device ?? (await this.pending?.catch(() => undefined));
+    if (device === undefined) return false;
+    this.device = device;
+    await device.flush();
+    this.device = undefined;
+    await device.close();
+    return true;
+  }
+
+  /**
+   * Close the device even if its writes cannot be flushed: the volume tries once more, then
+   * stops and gives its lease back (unless a segment it sent may still land: then the lease
+   * lapses). Throws the flush's failure after closing. True if a device was open.
+   */
+  async discard(): Promise<boolean> {
+    this.closed = true;
+    const device = this.device ?? (await this.pending?.catch(() => undefined));
     this.device = undefined;
     if (device === undefined) return false;
-    // After a failed flush the volume is left open, its writes uncommitted; its lease lapses
-    // once the process ends.
-    await device.flush();
     await device.close();
+    return true;
+  }
+
+  /**
+   * Stop the device without flushing (VolumeDevice.abandon): for a server that stops after
+   * a close failed. True if a device was open.
+   */
+  async abandon(): Promise<boolean> {
+    this.closed = true;
+    const device = this.device ?? (await this.pending?.catch(() => undefined));
+    this.device = undefined;
+    if (device === undefined) return false;
+    await device.abandon();
     return true;
   }
 }
@@ -144,8 +174,8 @@ export class ExportTable {
   }
 
   /**
-   * Close every export that was opened, each even if another fails; logs each outcome and
-   * returns the failures.
+   * Close every export that was opened, each even if another fails (one whose flush fails is
+   * abandoned: its unstored writes lost); logs each outcome and returns the failures.
    */
   async closeAll(logger: ServeLogger): Promise<CloseFailure[]> {
     const failures: CloseFailure[] = [];
@@ -159,6 +189,8 @@ export class ExportTable {
           error: error.message,
         });
         failures.push({ name: e.name, error });
+        // Stopped all the same, as the process ending would: its lease is given back.
+        await e.abandon().catch(() => undefined);
       }
     }
     return failures;

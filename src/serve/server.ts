@@ -129,6 +129,12 @@ export interface AddExportOptions {
   walAck?: 'write' | 'flush';
   force?: boolean;
   waitForLease?: boolean;
+  /**
+   * Take a live lease back when its holder is this server's own (left behind by an open or a
+   * close of this process that failed half-way). Only for a caller that knows none of the
+   * volumes it has open is this one (the daemon).
+   */
+  reclaim?: boolean;
   openStore?: StoreOpener;
   signal?: AbortSignal;
 }
@@ -289,6 +295,7 @@ export class VolumeServer {
       ...(pick('walAck') === undefined ? {} : { walAck: pick('walAck') }),
       ...(pick('force') === undefined ? {} : { force: pick('force') }),
       ...(pick('waitForLease') === undefined ? {} : { waitForLease: pick('waitForLease') }),
+      ...(options.reclaim === undefined ? {} : { reclaim: options.reclaim }),
       ...(pick('signal') === undefined ? {} : { signal: pick('signal') }),
     };
     this.checkCreate(create, settings.readOnly);
@@ -337,6 +344,10 @@ export class VolumeServer {
       const sub = o.diskCache?.perExport ? name : '';
       const device = await this.openDevice(store, name, settings, sub);
       try {
+        // Stopped meanwhile: its exports are closed already, so this one is too.
+        if (this.closing !== undefined) {
+          throw new HyperError('unavailable', 'ABORTED', 'The server is stopping');
+        }
         this.table.add(VolumeExport.opened(name, url, device));
       } catch (e) {
         await device.close().catch(() => undefined);
@@ -368,8 +379,9 @@ export class VolumeServer {
    * Stop offering an export, end the connections using it (each answers the requests it has
    * in flight, then closes; those still open after `drainMs`, default the server's, are
    * dropped), then close its volume if it was opened (flushed, lease released). False if
-   * there was no such export. If the final flush fails the export stays removed and the
-   * error is thrown.
+   * there was no such export. If the final flush fails the export stays removed, its volume
+   * open (the caller may close or discard it through the export, see VolumeExport.close), and
+   * the error is thrown.
    */
   async removeExport(name: string, options: { drainMs?: number } = {}): Promise<boolean> {
     const e = this.table.remove(name);
@@ -435,6 +447,7 @@ export class VolumeServer {
       holder: o.holder ?? processHolder('hyper-serve'),
       logger: this.logger,
       force: s.force === true,
+      ...(s.reclaim === undefined ? {} : { reclaim: s.reclaim }),
       ...(s.signal === undefined ? {} : { signal: s.signal }),
       ...(s.at === undefined ? {} : { at: s.at }),
       ...(s.walUrl === undefined ? {} : { walUrl: s.walUrl }),

@@ -95,4 +95,13 @@ export class VolumeDevice implements BlockDevice {
       this.options.onClose?.();
     }
   }
+
+  /** Stop without flushing (Volume.abandon): what the last commit holds is what stays. */
+  async abandon(): Promise<void> {
+    try {
+      await this.volume.abandon();
+    } finally {
+      this.options.onClose?.();
+    }
+  }
 }

@@ -508,6 +508,18 @@ export class Volume {
     return this.stages.every((s) => s.state === 'landed');
   }
 
+  /**
+   * Stop without flushing, as a process that ends does: writes not yet committed are lost,
+   * the volume stays as its last commit left it, and the lease is given back (unless a
+   * segment sent may still land: then it lapses). For a close whose flush failed, when the
+   * caller will not try again. Idempotent.
+   */
+  async abandon(): Promise<void> {
+    if (this.closed) return;
+    await this.discard();
+    await this.committer?.release(this.allLanded);
+  }
+
   /** Stop without flushing (a failed open); the caller releases the lease. */
   private async discard(): Promise<void> {
     this.closed = true;

@@ -22,6 +22,8 @@ import { openDaemonStore } from '../../../src/daemon/run.js';
 import { isHyperError, type ErrorCode } from '../../../src/errors.js';
 import { openStore } from '../../../src/format/store/index.js';
 import { Volume } from '../../../src/format/volume/volume.js';
+import { FlakyStore, type Faults } from '../../helpers/flaky-store.js';
+import { RawClient, req } from '../../helpers/raw-nbd-client.js';
 
 interface Setup {
   dir: string;
@@ -35,7 +37,7 @@ interface Setup {
 async function setup(
   t: TestContext,
   volumes: string[],
-  o: { stateDir?: string } = {},
+  o: { stateDir?: string; faults?: Faults } = {},
 ): Promise<Setup> {
   const dir = await mkdtemp(join(tmpdir(), 'hyper-daemon-'));
   const daemons: Daemon[] = [];
@@ -57,7 +59,9 @@ async function setup(
       controlSocket: sock,
       listen: { port: 0, host: '127.0.0.1' },
       stateFile: state,
-      openStore: openDaemonStore,
+      openStore: o.faults
+        ? async (u, opts) => new FlakyStore(await openDaemonStore(u, opts), o.faults!)
+        : openDaemonStore,
       drainMs: 2000,
       ...extra,
     });
@@ -403,6 +407,51 @@ describe('hyper daemon (in-process)', () => {
     assert.equal(
       (await s.client.get<{ exports: ExportStatus[] }>('/v1/exports')).exports.length,
       3,
+    );
+  });
+
+  it('an unmap whose last flush failed keeps the volume open until an unmap closes it', async (t) => {
+    const faults: Faults = { rate: 0, rand: Math.random, injected: 0 };
+    const s = await setup(t, ['a'], { faults });
+    const d = await s.start();
+    await s.client.post('/v1/exports', { url: s.url('a') });
+    // A write acknowledged and not yet flushed, then the store stops taking PUTs.
+    const c = await RawClient.open(d.info().listen.port!);
+    t.after(() => c.close());
+    await c.handshake();
+    await c.go('a');
+    const block = Buffer.alloc(4096, 0x5a);
+    c.send(req(1, 1n, 8192n, block.length, 0, block));
+    assert.equal((await c.simpleReply()).error, 0);
+    faults.down = new Set(['put']);
+    await rejectsWith(s.client.delete('/v1/exports/a?force=true'), 'STORE_UNAVAILABLE');
+    const failed = (await s.client.get<{ exports: ExportStatus[] }>('/v1/exports')).exports;
+    assert.deepEqual(
+      failed.map((e) => [e.name, e.state, e.error?.code]),
+      [['a', 'failed', 'STORE_UNAVAILABLE']],
+    );
+    // Mapping the volume again, under any name, is refused while it is still open here.
+    await rejectsWith(
+      s.client.post('/v1/exports', { url: s.url('a'), name: 'again' }),
+      'EXPORT_EXISTS',
+      /still open/,
+    );
+    // Unmapping again with the store still down fails the same way and keeps it.
+    await rejectsWith(s.client.delete('/v1/exports/a'), 'STORE_UNAVAILABLE');
+    // The store is back: the next unmap flushes the write, closes the volume, releases the lease.
+    faults.down = undefined;
+    const r = await s.client.delete<UnmapResult>('/v1/exports/a');
+    assert.equal(r.name, 'a');
+    assert.deepEqual((await s.client.get<{ exports: ExportStatus[] }>('/v1/exports')).exports, []);
+    const store = await openStore(s.url('a'));
+    const v = await Volume.open(store, { holder: 'other' });
+    assert.ok((await v.read(8192, 4096)).equals(block), 'the acknowledged write was kept');
+    await v.close();
+    await store.close();
+    // And it maps again.
+    assert.equal(
+      (await s.client.post<ExportStatus>('/v1/exports', { url: s.url('a') })).state,
+      'mapped',
     );
   });
 });
