@@ -482,26 +482,28 @@ export class Daemon implements ControlHandler {
         { suggestion: 'Pick another name with --name, or unmap it first ("hyper unmap NAME").' },
       );
     }
-    if (writable(spec)) {
-      for (const [name, e] of this.entries) {
-        if (name === spec.name || !sameVolume(e.spec, spec)) continue;
-        if (e.leftOpen !== undefined) {
-          throw new HyperError(
-            'conflict',
-            'EXPORT_EXISTS',
-            `${spec.url} is still open in the daemon as ${JSON.stringify(name)} (its last flush failed)`,
-            { suggestion: `Unmap ${JSON.stringify(name)} first ("hyper unmap ${name}").` },
-          );
-        }
-        if (e.state !== 'failed' && writable(e.spec)) {
-          throw new HyperError(
-            'conflict',
-            'EXPORT_EXISTS',
-            `${spec.url} is already mapped read-write as ${JSON.stringify(name)}`,
-            { suggestion: 'Use that export, or map this one with --read-only or --at.' },
-          );
-        }
+    const conflict = this.volumeConflict(spec);
+    if (conflict !== undefined) {
+      // At start or reload the mapping is kept as failed, like one the store refused: a
+      // restart keeps the state file's exports whichever of them gets the volume.
+      if (how.keepOnFailure) {
+        const failed: Entry = existing ?? {
+          spec,
+          source,
+          state: 'failed',
+          stores: [],
+          samples: [],
+        };
+        failed.error = conflict;
+        this.entries.set(spec.name, failed);
+        this.logger.error('could not map an export', {
+          export: spec.name,
+          url: spec.url,
+          code: conflict.code,
+          error: conflict.message,
+        });
       }
+      throw conflict;
     }
     // In the table before anything is awaited: a request arriving meanwhile sees this one.
     const entry: Entry = {
@@ -566,6 +568,31 @@ export class Daemon implements ControlHandler {
       }
       throw err;
     }
+  }
+
+  /** Why `spec` may not be mapped now: its volume is open here read-write under another name. */
+  private volumeConflict(spec: ExportSpec): HyperError | undefined {
+    if (!writable(spec)) return undefined;
+    for (const [name, e] of this.entries) {
+      if (name === spec.name || !sameVolume(e.spec, spec)) continue;
+      if (e.leftOpen !== undefined) {
+        return new HyperError(
+          'conflict',
+          'EXPORT_EXISTS',
+          `${spec.url} is still open in the daemon as ${JSON.stringify(name)} (its last flush failed)`,
+          { suggestion: `Unmap ${JSON.stringify(name)} first ("hyper unmap ${name}").` },
+        );
+      }
+      if (e.state !== 'failed' && writable(e.spec)) {
+        return new HyperError(
+          'conflict',
+          'EXPORT_EXISTS',
+          `${spec.url} is already mapped read-write as ${JSON.stringify(name)}`,
+          { suggestion: 'Use that export, or map this one with --read-only or --at.' },
+        );
+      }
+    }
+    return undefined;
   }
 
   private async reconcile(
@@ -701,11 +728,19 @@ export class Daemon implements ControlHandler {
   private persist(): Promise<void> {
     // What each name was when its last request ended: a mapping in progress is not there yet
     // (or is still the failed mapping it replaces), an unmapping in progress still is.
-    const exports: StateEntry[] = [];
+    // Failed mappings last: a restart maps the file in order, so the exports that were live
+    // get their volumes first (a failed one of the same volume then fails again).
+    const live: StateEntry[] = [];
+    const failed: StateEntry[] = [];
     for (const e of this.entries.values()) {
       const settled = e.state === 'mapping' ? e.previous : e;
-      if (settled !== undefined) exports.push({ ...settled.spec, source: settled.source });
+      if (settled === undefined) continue;
+      (settled.state === 'failed' ? failed : live).push({
+        ...settled.spec,
+        source: settled.source,
+      });
     }
+    const exports = [...live, ...failed];
     const next = this.saving
       .catch(() => undefined)
       .then(() => saveState(this.options.stateFile, { version: 1, exports }));

@@ -25,6 +25,8 @@ export interface Faults {
   rand: () => number;
   /** Counts of injected failures. */
   injected: number;
+  /** Counts of requests (each view's, failed ones included). */
+  requests?: number;
 }
 
 export class FlakyStore implements ObjectStore {
@@ -54,6 +56,7 @@ export class FlakyStore implements ObjectStore {
     key: string,
     fn: () => Promise<T>,
   ): Promise<T> {
+    this.faults.requests = (this.faults.requests ?? 0) + 1;
     const f = this.fails(op);
     if (f === 'before') throw this.failure(op, key);
     const out = await fn();
