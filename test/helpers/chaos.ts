@@ -46,7 +46,10 @@
  *       clone, sometimes with its snapshots, stopped part way now and then, and run again to
  *       finish, now and then while its first attempt still runs) is a valid volume whatever
  *       happened to the copy; an acknowledged one reads exactly the checkpoint it copied,
- *       and each snapshot it copied what that snapshot reads in the source;
+ *       and each snapshot it copied what that snapshot reads in the source; a copy brought
+ *       forward by diffs (`file export-diff` between two retained checkpoints of the volume,
+ *       `file import-diff` into the copy) reads exactly the checkpoint its last applied diff
+ *       ended at (or, after an import that failed, that one or the one it was going to);
  *   (l) `file check`, run beside everything else (often right beside a compaction), never
  *       reports damage that is not there: a store error fails it, and whatever it reports
  *       missing or corrupt must be damage the harness did on purpose;
@@ -113,6 +116,7 @@ import { rng } from './rng.js';
 import { SyncZstd } from './sync-zstd.js';
 import { joinBody } from '../../src/format/store/common.js';
 import { copyVolume, type CopyCreateOptions } from '../../src/cli/copy.js';
+import { exportDiff, importDiff } from '../../src/format/volume/diff-stream.js';
 
 // ------------------------------------------------------------------ small utilities
 
@@ -968,6 +972,8 @@ export interface ChaosTotals {
   copyTwinsAcked: number;
   /** Writers told FENCED (each checked against (n)). */
   fencedWriters: number;
+  /** Diffs between two checkpoints exported and applied to a copy (`export-diff`/`import-diff`). */
+  diffs: number;
 }
 
 export interface ChaosResult {
@@ -1007,10 +1013,13 @@ export const OPS: Record<string, number> = {
   unpin: 0.8,
   copy: 1.5,
   check: 1,
+  diff: 1.2,
 };
 
 /** Operations the classic schedule did not have (its seeds replay as they were found). */
-const NOT_CLASSIC = ['copy', 'check'];
+const NOT_CLASSIC = ['copy', 'check', 'diff'];
+/** Operations added since the seeds of `replayedNow` (chaos.test.ts) were found. */
+export const SINCE_REPLAYED = ['diff'];
 
 const VOLUME_SIZE = 1 * MiB;
 const BS = 4 * KiB;
@@ -1078,6 +1087,10 @@ interface CopyModel {
   create?: CopyCreateOptions;
   /** Checked since its last attempt settled, with nothing of it still queued. */
   checked: boolean;
+  /** The source's checkpoint it holds since diffs were applied to it (see diffOp). */
+  at?: number;
+  /** A diff whose import failed may have landed all the same: it reads `sha` or this. */
+  maybe?: string;
 }
 
 interface Inflight {
@@ -2061,6 +2074,78 @@ class Run {
   }
 
   /**
+   * `file export-diff` of the volume between a copy's checkpoint and a later retained one,
+   * applied with `file import-diff` to that copy (the first diff of its chain with
+   * --assume-base), while the writer, compactions and restores go on. The export may fail
+   * (a checkpoint dropped meanwhile) but never as damage; an applied diff leaves the copy
+   * reading exactly the later checkpoint, a failed import either checkpoint (invariant k).
+   */
+  private async diffOp(): Promise<void> {
+    const ready = [...this.copies.values()].filter(
+      (m) =>
+        m.state === 'ack' &&
+        m.running === 0 &&
+        m.sourceUrl === this.mainUrl &&
+        m.maybe === undefined,
+    );
+    const m = this.pickFrom(ready);
+    if (!m) return;
+    const from = m.at ?? m.origin;
+    const to = this.pickFrom((await this.knownRetained()).filter((c) => c > from));
+    if (to === undefined) return;
+    const want = this.refs.get(to) as string;
+    const actor = this.actor('diff');
+    m.running++;
+    m.actors = [...m.actors.filter((a) => a.pending > 0), actor];
+    m.checked = false;
+    const first = m.at === undefined;
+    this.launch(
+      `export-diff ${from}..${to} | import-diff ${m.prefix}${first ? ' --assume-base' : ''}`,
+      actor,
+      async () => {
+        const chunks: Buffer[] = [];
+        await exportDiff(
+          this.view(actor, this.mainUrl),
+          { from: { checkpoint: from }, to: { checkpoint: to } },
+          (c) => {
+            chunks.push(Buffer.from(c));
+            return Promise.resolve();
+          },
+        );
+        try {
+          const r = await importDiff(
+            {
+              stream: (async function* () {
+                yield* chunks;
+              })(),
+              name: 'chaos diff',
+            },
+            this.view(actor, m.url),
+            {
+              ...(first ? { assumeBase: true } : {}),
+              holder: actor.name,
+              logger: this.logger(actor),
+              openStore: this.opener(actor),
+              leaseTtlMs: this.leaseMs,
+            },
+          );
+          m.at = to;
+          m.sha = want;
+          this.totals.diffs++;
+          return `checkpoint ${r.checkpoint} (${r.base.kind})`;
+        } catch (e) {
+          // Its commit may have landed before the failure: the copy reads one or the other.
+          m.maybe = want;
+          throw e;
+        }
+      },
+      () => {
+        m.running--;
+      },
+    );
+  }
+
+  /**
    * `file check` beside everything else: whatever the writer, compactions and restores do
    * meanwhile, it may fail (a store error) but never report damage that is not there (l).
    */
@@ -2106,9 +2191,9 @@ class Run {
     }
     const cc = await this.content(m.url);
     if (!cc.ok) this.violation(`(k) copy ${m.prefix} (${m.state}) is unreadable: ${cc.error}`);
-    else if (m.state === 'ack' && cc.sha !== m.sha)
+    else if (m.state === 'ack' && cc.sha !== m.sha && cc.sha !== m.maybe)
       this.violation(
-        `(k) copy ${m.prefix} reads ${cc.sha}, but checkpoint ${m.origin} of ${this.rel(m.sourceUrl) || 'the volume'} it copied reads ${m.sha}`,
+        `(k) copy ${m.prefix} reads ${cc.sha}, but checkpoint ${m.at ?? m.origin} of ${this.rel(m.sourceUrl) || 'the volume'} it ${m.at === undefined ? 'copied' : 'was brought to by diffs'} reads ${m.sha}${m.maybe ? ` (or ${m.maybe}, a diff in doubt)` : ''}`,
       );
     if (m.state === 'ack' && m.snapshots) {
       for (const [key, rec] of await this.recordsOf(m.url)) {
@@ -2565,6 +2650,8 @@ class Run {
         return this.copyOp();
       case 'check':
         return this.checkOp();
+      case 'diff':
+        return this.diffOp();
     }
   }
 
@@ -2930,6 +3017,7 @@ export const emptyTotals = (): ChaosTotals => ({
   copyTwins: 0,
   copyTwinsAcked: 0,
   fencedWriters: 0,
+  diffs: 0,
 });
 
 /** The report of a failed run: seed, how to replay, the violations and the op log's tail. */

@@ -85,7 +85,7 @@ describe('chaos against Ceph RGW behind the fault proxy', () => {
       });
       proxy.rates = {};
       console.log(
-        `chaos (RGW) totals: seeds ${seeds.join(',')}, steps ${totals.steps}, operations ${totals.operations} (${totals.opsFailed} failed cleanly), requests ${totals.requests}, faults injected by the wrapper ${totals.faultsBefore + totals.faultsAfter} and by the proxy ${JSON.stringify(proxy.counts)} (${totals.storeErrors} requests failed at the store), takeovers ${totals.takeovers}, kills ${totals.kills}, NO_SPACE ${totals.noSpace}, WAL seeds ${totals.walSeeds} (${totals.walReplays} opens replayed one), copies ${totals.copies} (${totals.copiesResumed} resumed, ${totals.copyTwins} beside a running twin), writers told FENCED ${totals.fencedWriters}, invariant checks ${totals.checks}, violations ${totals.violations}`,
+        `chaos (RGW) totals: seeds ${seeds.join(',')}, steps ${totals.steps}, operations ${totals.operations} (${totals.opsFailed} failed cleanly), requests ${totals.requests}, faults injected by the wrapper ${totals.faultsBefore + totals.faultsAfter} and by the proxy ${JSON.stringify(proxy.counts)} (${totals.storeErrors} requests failed at the store), takeovers ${totals.takeovers}, kills ${totals.kills}, NO_SPACE ${totals.noSpace}, WAL seeds ${totals.walSeeds} (${totals.walReplays} opens replayed one), copies ${totals.copies} (${totals.copiesResumed} resumed, ${totals.copyTwins} beside a running twin), writers told FENCED ${totals.fencedWriters}, diffs applied ${totals.diffs}, invariant checks ${totals.checks}, violations ${totals.violations}`,
       );
       assert.ok(totals.checks > 0, 'no invariant was checked');
       assert.equal(
