@@ -288,6 +288,11 @@ export class Daemon implements ControlHandler {
       this.keepLeftOpen(name, entry, exp, e);
       throw entry.error;
     }
+    return this.forget(name, entry, disconnected);
+  }
+
+  /** The end of an unmap: the export is gone from the table and from the state file. */
+  private async forget(name: string, entry: Entry, disconnected: number): Promise<UnmapResult> {
     this.entries.delete(name);
     await this.closeStores(entry);
     try {
@@ -345,18 +350,7 @@ export class Daemon implements ControlHandler {
       });
     }
     delete entry.leftOpen;
-    this.entries.delete(name);
-    await this.closeStores(entry);
-    try {
-      await this.persist();
-    } catch (e) {
-      throw this.stateError(
-        e,
-        `The export "${name}" was unmapped, but the state file still lists it: the daemon maps it again when it restarts`,
-      );
-    }
-    this.logger.info('unmapped', { export: name, url: entry.spec.url });
-    return { name, url: entry.spec.url, disconnectedClientCount: 0, wasMapped: true };
+    return this.forget(name, entry, 0);
   }
 
   /** Every export, in name order (GET /v1/exports). */
