@@ -666,7 +666,8 @@ export class Daemon implements ControlHandler {
       error: e.error === undefined ? null : exportErrorJson(e.error),
       health: null,
     };
-    const device = server?.getExport(name)?.openedDevice;
+    // (A volume left open by a failed unmap is shown too: its dirty bytes are what is at stake.)
+    const device = server?.getExport(name)?.openedDevice ?? e.leftOpen?.openedDevice;
     if (device !== undefined) {
       const v = device.volume;
       const info = v.info;

@@ -62,7 +62,7 @@ export class VolumeExport implements NbdExport {
   }
 
   open(): VolumeDevice | Promise<VolumeDevice> {
-    if (this.device !== undefined) return this.device;
+    // (Closed first: a device a failed close kept is not handed out again.)
     if (this.closed) {
       return Promise.reject(
         new HyperError(
@@ -72,6 +72,7 @@ export class VolumeExport implements NbdExport {
         ),
       );
     }
+    if (this.device !== undefined) return this.device;
     this.pending ??= this.opener().then(
       (d) => {
         this.device = d;

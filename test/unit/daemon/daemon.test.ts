@@ -430,6 +430,10 @@ describe('hyper daemon (in-process)', () => {
       failed.map((e) => [e.name, e.state, e.error?.code]),
       [['a', 'failed', 'STORE_UNAVAILABLE']],
     );
+    // What is at stake is shown: the volume is open, its lease held, the write not stored.
+    assert.ok((failed[0]!.dirtyBytes ?? 0) >= 4096, String(failed[0]!.dirtyBytes));
+    assert.notEqual(failed[0]!.lease, null);
+    assert.match(failed[0]!.error?.message ?? '', /stays open in the daemon/);
     // Mapping the volume again, under any name, is refused while it is still open here.
     await rejectsWith(
       s.client.post('/v1/exports', { url: s.url('a'), name: 'again' }),
