@@ -1,6 +1,6 @@
 /**
  * The daemon's control operations at random, several at once, against a store that fails
- * requests: map (read-write or read-only, two names per volume), unmap (plain or forced),
+ * requests: map (read-write, read-only or at a checkpoint, two names per volume), unmap (plain or forced),
  * reload of a rewritten config, writes through NBD with a FLUSH, and restarts racing the
  * rest. After each round, with the store answering again, the daemon must agree with itself,
  * its state file, its NBD server and the store:
@@ -106,9 +106,11 @@ async function runSeed(seed: number): Promise<{ log: string[]; injected: number 
   const ops: Record<string, () => Promise<string>> = {
     map: async () => {
       const name = pick(NAMES);
-      const readOnly = r() < 0.25;
-      await d.map({ url: url(volumeOf(name)), name, ...(readOnly ? { readOnly } : {}) });
-      return `map ${name}${readOnly ? ' ro' : ''}`;
+      // Read-only now and then, or at the volume's first checkpoint (read-only too).
+      const how = r();
+      const extra = how < 0.2 ? { readOnly: true } : how < 0.3 ? { at: { checkpoint: 1 } } : {};
+      await d.map({ url: url(volumeOf(name)), name, ...extra });
+      return `map ${name}${how < 0.2 ? ' ro' : how < 0.3 ? ' --at 1' : ''}`;
     },
     unmap: async () => {
       const name = pick(NAMES);
@@ -188,10 +190,10 @@ async function runSeed(seed: number): Promise<{ log: string[]; injected: number 
     }
     // (b)
     const file = JSON.parse(await readFile(stateFile, 'utf8')) as {
-      exports: { name: string; url: string; source: string; readOnly?: boolean }[];
+      exports: { name: string; url: string; source: string; readOnly?: boolean; at?: unknown }[];
     };
     const fromFile = file.exports
-      .map((e) => `${e.name} ${e.url} ${e.source} ${e.readOnly === true}`)
+      .map((e) => `${e.name} ${e.url} ${e.source} ${e.readOnly === true || e.at !== undefined}`)
       .sort();
     const fromList = exports.map((e) => `${e.name} ${e.url} ${e.source} ${e.readOnly}`).sort();
     check(
