@@ -27,6 +27,16 @@ after(() => rmSync(root, { recursive: true, force: true }));
 let dirs = 0;
 const freshDir = (): string => join(root, `d${dirs++}`);
 
+/** Caches small enough that the model tests keep filling and evicting them. */
+const SMALL_CACHES: OpenOptions = {
+  flushIntervalMs: 0,
+  dataCacheBytes: 256 * KiB,
+  nodeCacheBytes: 16 * KiB,
+  readAheadBytes: 128 * KiB,
+  readAroundBytes: 64 * KiB,
+  readPartBytes: 64 * KiB,
+};
+
 /** Counts segment GETs, how many run at once, and fails them on demand. */
 class WatchedStore extends CountingStore {
   segmentGets = 0;
@@ -609,12 +619,7 @@ describe('reader: read-ahead, parallel GETs, read-around', () => {
       });
       const opts: OpenOptions = {
         ...key,
-        flushIntervalMs: 0,
-        dataCacheBytes: 256 * KiB,
-        nodeCacheBytes: 16 * KiB,
-        readAheadBytes: 128 * KiB,
-        readAroundBytes: 64 * KiB,
-        readPartBytes: 64 * KiB,
+        ...SMALL_CACHES,
         maxReadGets: 3,
         ...(packed ? {} : { diskCache: { dir: freshDir(), sizeBytes: 2 * MiB } }),
       };
@@ -711,12 +716,7 @@ describe('reader: resizes', () => {
       });
       const opts: OpenOptions = {
         ...key,
-        flushIntervalMs: 0,
-        dataCacheBytes: 256 * KiB,
-        nodeCacheBytes: 16 * KiB,
-        readAheadBytes: 128 * KiB,
-        readAroundBytes: 64 * KiB,
-        readPartBytes: 64 * KiB,
+        ...SMALL_CACHES,
         diskCache: { dir: freshDir(), sizeBytes: 4 * MiB },
       };
       let v = await Volume.open(store, opts);
