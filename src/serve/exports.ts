@@ -111,25 +111,25 @@ export class VolumeExport implements NbdExport {
    * stops and gives its lease back (unless a segment it sent may still land: then the lease
    * lapses). Throws the flush's failure after closing. True if a device was open.
    */
-  async discard(): Promise<boolean> {
-    this.closed = true;
-    const device = this.device ?? (await this.pending?.catch(() => undefined));
-    this.device = undefined;
-    if (device === undefined) return false;
-    await device.close();
-    return true;
+  discard(): Promise<boolean> {
+    return this.end((d) => d.close());
   }
 
   /**
    * Stop the device without flushing (VolumeDevice.abandon): for a server that stops after
    * a close failed. True if a device was open.
    */
-  async abandon(): Promise<boolean> {
+  abandon(): Promise<boolean> {
+    return this.end((d) => d.abandon());
+  }
+
+  /** Close for good, whatever becomes of the device's writes (`how` ends the device). */
+  private async end(how: (d: VolumeDevice) => Promise<void>): Promise<boolean> {
     this.closed = true;
     const device = this.device ?? (await this.pending?.catch(() => undefined));
     this.device = undefined;
     if (device === undefined) return false;
-    await device.abandon();
+    await how(device);
     return true;
   }
 }
