@@ -2,8 +2,10 @@
  * `hyper daemon` as a child process (the real bin/run.js) on a free port with its own control
  * socket and state file: `startDaemon` resolves once it logs "daemon ready" (with the NBD
  * port it listens on), and `ctl` runs `hyper map|unmap|ls … --control-socket` against it.
+ * `controlCall` speaks to the control socket directly, without the CLI.
  */
 import { spawn, type ChildProcess } from 'node:child_process';
+import { request } from 'node:http';
 import { hyper, runJs, type CliOptions, type CliResult } from './cli.js';
 
 export interface RunningDaemon {
@@ -70,5 +72,31 @@ export function startDaemon(
       clearTimeout(timer);
       reject(Object.assign(new Error(`daemon exited ${code}: ${err}`), { code, stderr: err }));
     });
+  });
+}
+
+/** One request to a daemon's control socket: the status and the JSON body it answered. */
+export function controlCall(
+  socketPath: string,
+  method: string,
+  path: string,
+  body?: Buffer | string,
+): Promise<{ status: number; body: unknown }> {
+  return new Promise((resolve, reject) => {
+    const req = request({ socketPath, method, path }, (res) => {
+      let text = '';
+      res.setEncoding('utf8').on('data', (d: string) => (text += d));
+      res.on('end', () => {
+        try {
+          resolve({ status: res.statusCode ?? 0, body: JSON.parse(text) as unknown });
+        } catch (e) {
+          reject(e as Error);
+        }
+      });
+      res.on('error', reject);
+    });
+    req.on('error', reject);
+    if (body !== undefined) req.setHeader('content-type', 'application/json');
+    req.end(body);
   });
 }

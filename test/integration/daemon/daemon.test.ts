@@ -7,7 +7,6 @@
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { request } from 'node:http';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
@@ -15,7 +14,7 @@ import { lsSchema } from '../../../src/cli/vocabulary.js';
 import { openStore } from '../../../src/format/store/index.js';
 import { Volume } from '../../../src/format/volume/volume.js';
 import { fileUrl, show, tempDir } from '../../helpers/cli.js';
-import { startDaemon, type RunningDaemon } from '../../helpers/daemon.js';
+import { controlCall, startDaemon, type RunningDaemon } from '../../helpers/daemon.js';
 import { needS3, needTools } from '../../helpers/env.js';
 import { nbdsh, run, type RunResult } from '../../helpers/nbd.js';
 import { s3Options, uniqueS3Url } from '../../helpers/s3.js';
@@ -55,21 +54,12 @@ function fioArgs(uri: string): string[] {
 const fioJob = (r: RunResult): FioJob =>
   (JSON.parse(r.stdout.slice(r.stdout.indexOf('{'))) as { jobs: FioJob[] }).jobs[0]!;
 
-function rawPost(sock: string, body: Buffer | string): Promise<{ status: number; code: string }> {
-  return new Promise((resolve, reject) => {
-    const req = request({ socketPath: sock, method: 'POST', path: '/v1/exports' }, (res) => {
-      let text = '';
-      res.setEncoding('utf8').on('data', (d: string) => (text += d));
-      res.on('end', () =>
-        resolve({
-          status: res.statusCode ?? 0,
-          code: (JSON.parse(text) as { error: { code: string } }).error.code,
-        }),
-      );
-    });
-    req.on('error', reject);
-    req.end(body);
-  });
+async function rawPost(
+  sock: string,
+  body: Buffer | string,
+): Promise<{ status: number; code: string }> {
+  const res = await controlCall(sock, 'POST', '/v1/exports', body);
+  return { status: res.status, code: (res.body as { error: { code: string } }).error.code };
 }
 
 describe('hyper daemon on RGW', () => {
