@@ -140,7 +140,9 @@ describe('codecs', () => {
   it('index node: header layout, crc over header and entries, key order', () => {
     const entries = Buffer.alloc(3 * 32);
     writeU64(entries, 0, 5);
+    writeU64(entries, 8, 42);
     writeU64(entries, 32, 9);
+    writeU64(entries, 40, 42);
     const out = Buffer.alloc(4096);
     const end = encodeNode(out, 0, 0, 2, 42, entries);
     assert.equal(end, 96);
@@ -152,6 +154,17 @@ describe('codecs', () => {
     const flipped = Buffer.from(out);
     flipped.writeUInt8((flipped[40] ?? 0) ^ 1, 40);
     assert.throws(() => decodeNode(flipped, 0, 127), /checksum/);
+    // Fields read later are checked now, so that a bad one is a damaged node: an entry
+    // pointing to no segment, a 64-bit field above 2^53 (an internal node's block count).
+    writeU64(entries, 40, 0);
+    encodeNode(out, 0, 0, 2, 42, entries);
+    assert.throws(() => decodeNode(out, 0, 127), /entry 1 points to no segment/);
+    writeU64(entries, 40, 42);
+    entries.writeUInt32LE(0x00200000, 60);
+    encodeNode(out, 0, 1, 2, 42, entries);
+    assert.throws(() => decodeNode(out, 0, 127), /exceeds 2\^53/);
+    encodeNode(out, 0, 0, 2, 42, entries);
+    assert.equal(decodeNode(out, 0, 127).count, 2, 'a leaf has no 64-bit field there');
     writeU64(entries, 32, 5);
     encodeNode(out, 0, 0, 2, 42, entries);
     assert.throws(() => decodeNode(out, 0, 127), /order/);
