@@ -4,13 +4,15 @@
  * rewritten around nonsense with a valid checksum (what a broken or hostile writer could
  * leave: the head, snapshot records, the lease, a segment's header or one of its index nodes).
  * On each damaged copy of one healthy volume: open it and read every block, check it (deep),
- * list its snapshots, open it for writing, write and flush. Must hold:
+ * list its snapshots and checkpoints, stat it, diff two checkpoints, repair it (dry run),
+ * compact it and read every block again, open it for writing, write and flush. Must hold:
  *  (a) no operation fails as a bug (INTERNAL): it succeeds, or reports the damage as damage,
  *      naming the object;
- *  (b) a read that succeeds returns the bytes written, unless the damage forged a checksum;
+ *  (b) a read that succeeds returns the bytes written, unless the damage forged a checksum,
+ *      also after a compaction (which must not copy a damaged block under a fresh checksum);
  *  (c) a deep check that finds the volume clean means every block reads back as written
  *      (again unless a checksum was forged).
- * HYPER_DAMAGE_TRIALS sets the number of trials (default 150), HYPER_DAMAGE_SEED replays one,
+ * HYPER_DAMAGE_TRIALS sets the number of trials (default 100), HYPER_DAMAGE_SEED replays one,
  * HYPER_DAMAGE_KEEP_GOING=1 runs every trial and reports all that failed.
  */
 import assert from 'node:assert/strict';
@@ -22,7 +24,15 @@ import { NODE_HEADER, ENTRY_SIZE } from '../../../../src/format/codec/node.js';
 import { LEASE_KEY } from '../../../../src/format/keys.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
 import { checkVolume } from '../../../../src/format/volume/check.js';
-import { createSnapshot, listSnapshots } from '../../../../src/format/volume/history.js';
+import { compactVolume } from '../../../../src/format/volume/compact.js';
+import { statVolume } from '../../../../src/format/volume/admin.js';
+import {
+  createSnapshot,
+  diffCheckpoints,
+  listCheckpoints,
+  listSnapshots,
+} from '../../../../src/format/volume/history.js';
+import { repairHead } from '../../../../src/format/volume/repair.js';
 import { addKey, clearKeys } from '../../../../src/format/keyring.js';
 import { KiB, MiB, type CreateOptions } from '../../../../src/format/volume/types.js';
 import { Volume } from '../../../../src/format/volume/volume.js';
@@ -249,32 +259,44 @@ async function trial(seed: number, base: Healthy): Promise<string> {
       throw new Violation(`(a) ${op} reported damage without naming the object: ${e.message}`);
     log.push(`${op}: ${e.code} ${e.message}`);
   };
-  let readable = false;
-  try {
-    const v = await within('open', Volume.open(store, { readOnly: true }));
+  /** Open read-only and read every block: true when all of it reads back as written. */
+  const readAll = async (when: string): Promise<boolean> => {
+    let readable = true;
     try {
-      readable = true;
-      for (let at = 0; at < SIZE; at += 256 * KiB) {
-        let got: Buffer;
-        try {
-          got = await within('read', v.read(at, 256 * KiB));
-        } catch (e) {
-          readable = false;
-          failed(`read @${at}`, e);
-          continue;
+      const v = await within('open', Volume.open(store, { readOnly: true }));
+      try {
+        for (let at = 0; at < SIZE; at += 256 * KiB) {
+          let got: Buffer;
+          try {
+            got = await within('read', v.read(at, 256 * KiB));
+          } catch (e) {
+            readable = false;
+            failed(`read @${at}${when}`, e);
+            continue;
+          }
+          if (!got.equals(base.content.subarray(at, at + 256 * KiB))) {
+            readable = false;
+            if (!forged)
+              throw new Violation(`(b) read @${at}${when} returned wrong bytes after ${what}`);
+          }
         }
-        const want = base.content.subarray(at, at + 256 * KiB);
-        if (!got.equals(want)) {
-          readable = false;
-          if (!forged) throw new Violation(`(b) read @${at} returned wrong bytes after ${what}`);
-        }
+      } finally {
+        await v.close();
       }
-    } finally {
-      await v.close();
+    } catch (e) {
+      readable = false;
+      failed(`open read-only${when}`, e);
     }
-  } catch (e) {
-    failed('open read-only', e);
-  }
+    return readable;
+  };
+  const attempt = async (op: string, run: () => Promise<unknown>): Promise<void> => {
+    try {
+      await within(op, run());
+    } catch (e) {
+      failed(op, e);
+    }
+  };
+  const readable = await readAll('');
   try {
     const c = await within('check', checkVolume(store, { deep: true }));
     log.push(
@@ -285,11 +307,17 @@ async function trial(seed: number, base: Healthy): Promise<string> {
   } catch (e) {
     failed('check', e);
   }
-  try {
-    await within('list snapshots', listSnapshots(store));
-  } catch (e) {
-    failed('list snapshots', e);
-  }
+  await attempt('list snapshots', () => listSnapshots(store));
+  await attempt('stat', () => statVolume(store, { space: true }));
+  await attempt('list checkpoints', () => listCheckpoints(store));
+  await attempt('diff', () => diffCheckpoints(store, { checkpoint: 2 }));
+  await attempt('repair (dry run)', () => repairHead(store));
+  // Compaction copies the blocks it keeps: a damaged one must stop it, never be copied
+  // under a fresh checksum (the reads after it would then return wrong bytes).
+  await attempt('compact', () =>
+    compactVolume(store, { keepLast: 1, graceMs: 0, minLive: 0.95, holder: 'damage-test' }),
+  );
+  await readAll(' after compact');
   try {
     const v = await within(
       'open',
@@ -310,7 +338,7 @@ async function trial(seed: number, base: Healthy): Promise<string> {
 describe('damaged volumes', () => {
   it('report damage as damage, never as a bug, and never return wrong bytes (seeded)', async (t) => {
     const one = process.env['HYPER_DAMAGE_SEED'];
-    const trials = Number(process.env['HYPER_DAMAGE_TRIALS'] ?? 150);
+    const trials = Number(process.env['HYPER_DAMAGE_TRIALS'] ?? 100);
     const seeds =
       one !== undefined ? [Number(one)] : Array.from({ length: trials }, (_, i) => i + 1);
     const keepGoing = process.env['HYPER_DAMAGE_KEEP_GOING'] === '1';
