@@ -12,7 +12,8 @@
  *      also after a compaction (which must not copy a damaged block under a fresh checksum);
  *  (c) a deep check that finds the volume clean means every block reads back as written
  *      (again unless a checksum was forged).
- * HYPER_DAMAGE_TRIALS sets the number of trials (default 100), HYPER_DAMAGE_SEED replays one,
+ * HYPER_DAMAGE_TRIALS sets the number of trials (default 100, seeds from
+ * HYPER_DAMAGE_FIRST_SEED, default 1), HYPER_DAMAGE_SEED replays one,
  * HYPER_DAMAGE_KEEP_GOING=1 runs every trial and reports all that failed.
  */
 import assert from 'node:assert/strict';
@@ -339,8 +340,9 @@ describe('damaged volumes', () => {
   it('report damage as damage, never as a bug, and never return wrong bytes (seeded)', async (t) => {
     const one = process.env['HYPER_DAMAGE_SEED'];
     const trials = Number(process.env['HYPER_DAMAGE_TRIALS'] ?? 100);
+    const first = Number(process.env['HYPER_DAMAGE_FIRST_SEED'] ?? 1);
     const seeds =
-      one !== undefined ? [Number(one)] : Array.from({ length: trials }, (_, i) => i + 1);
+      one !== undefined ? [Number(one)] : Array.from({ length: trials }, (_, i) => first + i);
     const keepGoing = process.env['HYPER_DAMAGE_KEEP_GOING'] === '1';
     const failures: string[] = [];
     const bases = new Map<Variant, Healthy>();
