@@ -26,23 +26,17 @@ import { Volume } from '../../../src/format/volume/volume.js';
 import { fileUrl, tempDir } from '../../helpers/cli.js';
 import { controlCall, startDaemon, type RunningDaemon } from '../../helpers/daemon.js';
 import { needS3 } from '../../helpers/env.js';
-import { RawClient, req } from '../../helpers/raw-nbd-client.js';
+import { RawClient } from '../../helpers/raw-nbd-client.js';
 import { rng } from '../../helpers/rng.js';
 import { s3Options, uniqueS3Url } from '../../helpers/s3.js';
+import { WriteLog } from '../../helpers/write-log.js';
 
 const VOLUMES = ['v0', 'v1', 's3'];
 /** Two export names per volume, so that one volume can be mapped twice. */
 const NAMES = VOLUMES.flatMap((v) => [v, `${v}b`]);
 const volumeOf = (name: string): string => name.replace(/b$/, '');
 const SIZE = 4 * 1024 * 1024;
-const BLOCK = 4096;
 const ROUNDS = 24;
-
-interface Written {
-  volume: string;
-  offset: number;
-  data: Buffer;
-}
 
 interface Listed {
   name: string;
@@ -119,9 +113,7 @@ async function runSeed(
 
   /** What the daemon acknowledged: name → read-only. */
   const mapped = new Map<string, boolean>();
-  const acked: Written[] = [];
-  const unsure: Written[] = [];
-  let nextBlock = 0;
+  const writes = new WriteLog(seed, SIZE);
   let kills = 0;
   let cut = 0;
   let writesCut = 0;
@@ -176,33 +168,12 @@ async function runSeed(
       const writable = [...mapped].filter(([, ro]) => !ro).map(([n]) => n);
       if (writable.length === 0) return 'write: nothing writable';
       const name = pick(writable);
-      const n = nextBlock++;
-      const w: Written = {
-        volume: volumeOf(name),
-        offset: (n % (SIZE / BLOCK)) * BLOCK,
-        data: Buffer.alloc(BLOCK, (n % 250) + 1),
-      };
-      w.data.writeUInt32BE(seed, 0);
-      unsure.push(w);
       // An unmap in the same round may end the connection: that is no failure of the test.
-      let c: RawClient | undefined;
       try {
-        c = await nbd(name);
-        c.send(req(1, 1n, BigInt(w.offset), BLOCK, 0, w.data));
-        const wr = await c.simpleReply();
-        c.send(req(3, 2n, 0n, 0));
-        const fl = await c.simpleReply();
-        if (wr.error === 0 && fl.error === 0) {
-          unsure.splice(unsure.indexOf(w), 1);
-          acked.push(w);
-          return `write ${name} @${w.offset}: flushed`;
-        }
-        return `write ${name} @${w.offset}: errors ${wr.error}/${fl.error}`;
+        return await writes.writeAndFlush(() => nbd(name), volumeOf(name), name);
       } catch (e) {
         writesCut++;
-        return `write ${name} @${w.offset}: ${String(e)}`;
-      } finally {
-        c?.close();
+        return `write ${name}: ${String(e)}`;
       }
     },
   };
@@ -223,18 +194,8 @@ async function runSeed(
       const store = await openStore(url(v), storeOptions(v));
       const vol = await Volume.open(store, { readOnly: true });
       try {
-        for (const w of acked.filter((x) => x.volume === v)) {
-          const got = await vol.read(w.offset, BLOCK);
-          check(got.equals(w.data), `(e) ${v} @${w.offset}: a flushed write is not there`);
-        }
-        for (const w of unsure.filter((x) => x.volume === v)) {
-          if (acked.some((x) => x.volume === v && x.offset === w.offset)) continue;
-          const got = await vol.read(w.offset, BLOCK);
-          check(
-            got.equals(w.data) || got.equals(Buffer.alloc(BLOCK)),
-            `(e) ${v} @${w.offset}: neither the write nor zeroes`,
-          );
-        }
+        const bad = await writes.mismatch(v, (o, n) => vol.read(o, n));
+        check(bad === undefined, `(e) ${bad}`);
       } finally {
         await vol.close();
         await store.close();
@@ -358,7 +319,7 @@ async function runSeed(
     });
   }
   log.push(`${cut} control requests and ${writesCut} writes cut short`);
-  return { log, kills, cut, flushed: acked.length };
+  return { log, kills, cut, flushed: writes.acked.length };
 }
 
 function errorCode(body: unknown): string {

@@ -29,22 +29,16 @@ import { openStore } from '../../../src/format/store/index.js';
 import { displayHolder, readLease } from '../../../src/format/volume/lease.js';
 import { Volume } from '../../../src/format/volume/volume.js';
 import { FlakyStore, type Faults } from '../../helpers/flaky-store.js';
-import { RawClient, req } from '../../helpers/raw-nbd-client.js';
+import { RawClient } from '../../helpers/raw-nbd-client.js';
 import { rng } from '../../helpers/rng.js';
+import { WriteLog } from '../../helpers/write-log.js';
 
 const VOLUMES = ['v0', 'v1', 'v2'];
 /** Two export names per volume, so that one volume can be mapped twice. */
 const NAMES = VOLUMES.flatMap((v) => [v, `${v}b`]);
 const volumeOf = (name: string): string => name.replace(/b$/, '');
 const SIZE = 1024 * 1024;
-const BLOCK = 4096;
 const ROUNDS = 24;
-
-interface Written {
-  volume: string;
-  offset: number;
-  data: Buffer;
-}
 
 class Violation extends Error {}
 
@@ -87,9 +81,7 @@ async function runSeed(seed: number): Promise<{ log: string[]; injected: number 
   };
   let d = await start();
   let stopped = false;
-  const acked: Written[] = [];
-  const unsure: Written[] = [];
-  const nextBlock = new Map<string, number>(VOLUMES.map((v) => [v, 0]));
+  const writes = new WriteLog(seed, SIZE);
 
   const nbd = async (name: string): Promise<RawClient> => {
     const c = await RawClient.open(d.info().listen.port!);
@@ -134,31 +126,7 @@ async function runSeed(seed: number): Promise<{ log: string[]; injected: number 
       const writable = d.list().filter((e) => e.state === 'mapped' && !e.readOnly);
       if (writable.length === 0) return 'write: nothing writable';
       const name = pick(writable).name;
-      const volume = volumeOf(name);
-      const n = nextBlock.get(volume)!;
-      nextBlock.set(volume, n + 1);
-      const w: Written = {
-        volume,
-        offset: (n % (SIZE / BLOCK)) * BLOCK,
-        data: Buffer.alloc(BLOCK, (n % 250) + 1),
-      };
-      w.data.writeUInt32BE(seed, 0);
-      const c = await nbd(name);
-      unsure.push(w);
-      try {
-        c.send(req(1, 1n, BigInt(w.offset), BLOCK, 0, w.data));
-        const wr = await c.simpleReply();
-        c.send(req(3, 2n, 0n, 0));
-        const fl = await c.simpleReply();
-        if (wr.error === 0 && fl.error === 0) {
-          unsure.splice(unsure.indexOf(w), 1);
-          acked.push(w);
-          return `write ${name} @${w.offset}: flushed`;
-        }
-        return `write ${name} @${w.offset}: errors ${wr.error}/${fl.error}`;
-      } finally {
-        c.close();
-      }
+      return writes.writeAndFlush(() => nbd(name), volumeOf(name), name);
     },
     restart: async () => {
       stopped = true;
@@ -255,18 +223,8 @@ async function runSeed(seed: number): Promise<{ log: string[]; injected: number 
       const store = await openStore(url(v));
       const vol = await Volume.open(store, { readOnly: true });
       try {
-        for (const w of acked.filter((x) => x.volume === v)) {
-          const got = await vol.read(w.offset, BLOCK);
-          check(got.equals(w.data), `(g) ${v} @${w.offset}: a flushed write is not there`);
-        }
-        for (const w of unsure.filter((x) => x.volume === v)) {
-          if (acked.some((x) => x.volume === v && x.offset === w.offset)) continue;
-          const got = await vol.read(w.offset, BLOCK);
-          check(
-            got.equals(w.data) || got.equals(Buffer.alloc(BLOCK)),
-            `(g) ${v} @${w.offset}: neither the write nor zeroes`,
-          );
-        }
+        const bad = await writes.mismatch(v, (o, n) => vol.read(o, n));
+        check(bad === undefined, `(g) ${bad}`);
       } finally {
         await vol.close();
         await store.close();
