@@ -325,6 +325,11 @@ export const fileCheckSchema = z.strictObject({
   ),
   /** With damage: the newest retained checkpoint that uses none of the damaged objects. */
   restoreCheckpoint: checkpointNumber.nullable(),
+  /**
+   * Records of the write-ahead log past the head that no writer can replay (from the first
+   * damaged or missing one on), which `file repair --apply` drops; 0 when the log is whole.
+   */
+  unreplayableWalRecordCount: count,
 });
 
 export const fileRepairSchema = z.strictObject({
@@ -340,6 +345,27 @@ export const fileRepairSchema = z.strictObject({
   segmentKey: z.string().nullable(),
   /** Newer segments that did not verify, newest first. */
   skippedSegments: z.array(z.strictObject({ key: z.string(), message: z.string() })),
+  /** The write-ahead log past the head (volumes with a WAL), else null. */
+  wal: z
+    .strictObject({
+      url: z.string(),
+      /** Records the next writer replays (before the first one it cannot). */
+      replayableRecordCount: count,
+      /** The first record no writer can replay, or null when the log replays whole. */
+      damaged: z
+        .strictObject({
+          seq: int.min(1),
+          key: z.string(),
+          kind: z.enum(['corrupt', 'missing']),
+          message: z.string(),
+        })
+        .nullable(),
+      /** Sequence numbers of the records from that one on: what --apply drops. */
+      droppedRecords: z.array(int.min(1)),
+      /** They were dropped (--apply). */
+      applied: z.boolean(),
+    })
+    .nullable(),
 });
 
 // snapshot …

@@ -21,18 +21,42 @@ export function toCheckResult(r: CheckResult): FileCheckResult {
     verifiedBytes: r.bytesVerified,
     problems: r.problems.map((p) => ({ kind: p.kind, key: p.key, message: p.message })),
     restoreCheckpoint: r.restoreCheckpoint,
+    unreplayableWalRecordCount: r.unreplayableWalRecords,
   };
 }
 
-/** What to do about damage: the checkpoint to restore, if a retained one is intact. */
+/**
+ * What to do about damage: cut the write-ahead log where it breaks, and restore the newest
+ * retained checkpoint that uses no damaged object, if one does.
+ */
 export function restoreAdvice(r: CheckResult): string {
   if (r.problems.some((p) => p.key === 'head' && (p.kind === 'corrupt' || p.kind === 'missing')))
     return `The head is damaged: rebuild it with \`hyper file repair ${r.url}\` (a dry run; add --apply).`;
-  if (r.restoreCheckpoint === null)
-    return 'No retained checkpoint is free of the damaged objects: restore the data from a backup, or export what still reads.';
-  if (r.restoreCheckpoint === r.checkpoint)
-    return `The current checkpoint ${r.checkpoint} does not use the damaged objects: only older checkpoints are affected.`;
-  return `Checkpoint ${r.restoreCheckpoint} is the newest that does not use the damaged objects: restore it with \`hyper snapshot restore ${r.url} --to ${r.restoreCheckpoint}\`.`;
+  const lines: string[] = [];
+  const n = r.unreplayableWalRecords;
+  if (n > 0)
+    lines.push(
+      `The write-ahead log cannot be replayed whole, so the volume does not open for writing: \`hyper file repair ${r.url}\` shows the ${n} record${n === 1 ? '' : 's'} that --apply drops (their writes are lost).`,
+    );
+  // The log's damage is one problem (its first record that cannot be replayed).
+  const damage = r.problems.filter(
+    (p) => p.kind === 'missing' || p.kind === 'corrupt' || p.kind === 'dangling',
+  ).length;
+  if (damage > (n > 0 ? 1 : 0)) {
+    if (r.restoreCheckpoint === null)
+      lines.push(
+        'No retained checkpoint is free of the damaged objects: restore the data from a backup, or export what still reads.',
+      );
+    else if (r.restoreCheckpoint === r.checkpoint)
+      lines.push(
+        `The current checkpoint ${r.checkpoint} does not use the damaged objects: only older checkpoints are affected.`,
+      );
+    else
+      lines.push(
+        `Checkpoint ${r.restoreCheckpoint} is the newest that does not use the damaged objects: restore it with \`hyper snapshot restore ${r.url} --to ${r.restoreCheckpoint}\`.`,
+      );
+  }
+  return lines.join('\n');
 }
 
 /** Exit code of `file check` on a damaged volume: the "data" code of the exit-code table. */
@@ -41,7 +65,7 @@ export const EXIT_DAMAGED = 6;
 export default class FileCheck extends BaseCommand<typeof FileCheck> {
   static override summary = 'Verify a volume against its checksums, without changing anything.';
 
-  static override description = `Reads the head, the lease, snapshot and pin records, the segment header of every retained checkpoint and every index node those checkpoints reach, and checks each against its checksum. With --deep it also reads and verifies every data block. Missing and damaged objects are listed by key; segments no checkpoint reaches (garbage that compaction removes), flushes that never committed and pins of clones that no longer exist ("hyper snapshot unpin" releases them) are listed too but are not damage. Like \`qemu-img check\` or \`fsck -n\`, it never writes. Exit code 0: clean; 6: damaged.`;
+  static override description = `Reads the head, the lease, snapshot and pin records, the write-ahead log past the head (every record the next writer replays), the segment header of every retained checkpoint and every index node those checkpoints reach, and checks each against its checksum. With --deep it also reads and verifies every data block. Missing and damaged objects are listed by key; segments no checkpoint reaches (garbage that compaction removes), flushes that never committed and pins of clones that no longer exist ("hyper snapshot unpin" releases them) are listed too but are not damage. Like \`qemu-img check\` or \`fsck -n\`, it never writes. Exit code 0: clean; 6: damaged.`;
 
   static override examples = [
     {

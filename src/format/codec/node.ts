@@ -83,6 +83,7 @@ export function decodeNode(
   at: number,
   capacity: number,
   expectSegment?: number,
+  pointerLeaves = false,
 ): DecodedNode {
   if (buf.length - at < NODE_HEADER) throw new DecodeError('truncated index node');
   if (buf.toString('ascii', at, at + 4) !== NODE_MAGIC)
@@ -103,21 +104,21 @@ export function decodeNode(
   }
   const entries = Buffer.alloc((capacity + 1) * ENTRY_SIZE);
   buf.copy(entries, 0, at + NODE_HEADER, end);
-  // Keys must be strictly ascending and safe integers. An internal entry's other 64-bit fields
-  // must be too (read later, where a bad one would not be reported as a damaged node), and it
-  // points to a stored node (segment ids start at 1; PENDING_SEG lives only in memory).
-  // (Leaf entries are not checked here: in the dedup index, half of them hold hash bytes
-  // where a block index leaf has its pointer.)
+  // Keys must be strictly ascending and safe integers. An entry's other 64-bit fields must be
+  // too (read later, where a bad one would not be reported as a damaged node), and it points
+  // into a stored segment (ids start at 1; PENDING_SEG lives only in memory). Leaf entries
+  // are checked only with `pointerLeaves` (every leaf holds block pointers: a volume without
+  // a dedup index, whose leaves hold hash bytes there in half of their entries).
   let prev = -1;
   for (let i = 0; i < count; i++) {
     const e = i * ENTRY_SIZE;
     const k = readU64(entries, e);
     if (k <= prev) throw new DecodeError('index node keys out of order');
     prev = k;
-    if (level === 0) continue;
+    if (level === 0 && !pointerLeaves) continue;
     if (readU64(entries, e + 8) === PENDING_SEG)
       throw new DecodeError(`index node entry ${i} points to no segment`);
-    readU64(entries, e + 24);
+    if (level > 0) readU64(entries, e + 24);
   }
   return { level, count, segment, entries };
 }

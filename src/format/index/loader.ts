@@ -33,6 +33,11 @@ export interface SegmentReader {
   keyFor(seg: number): string;
   /** Encrypted volumes: nodes are sealed (codec/seal.ts). */
   readonly sealer?: Sealer | undefined;
+  /**
+   * Every leaf holds block pointers (a volume without a dedup index), so that decoding checks
+   * them too (codec/node.ts decodeNode).
+   */
+  readonly pointerLeaves?: boolean;
 }
 
 /** A node's cache key: the node at byte `off` of segment `seg`. */
@@ -66,6 +71,10 @@ export class NodeLoader implements NodeSource {
     // Always room for a few full root-to-leaf paths, whatever the budget says.
     this.cacheNodes = Math.floor(Math.max(budgetBytes, 256 * nodeSize) / nodeSize);
     this.cache = new LruCache(this.cacheNodes * nodeSize);
+  }
+
+  private get pointerLeaves(): boolean {
+    return this.segments.pointerLeaves === true;
   }
 
   get hits(): number {
@@ -204,7 +213,7 @@ export class NodeLoader implements NodeSource {
     const b = await disk.get(seg, off, this.nodeSize);
     if (!b) return false;
     try {
-      const d = decodeNode(this.unseal(b, seg, off), 0, this.capacity, seg);
+      const d = decodeNode(this.unseal(b, seg, off), 0, this.capacity, seg, this.pointerLeaves);
       if (d.level !== level) throw new DecodeError('level');
       if (this.cache.peek(nodeKey(seg, off)) === undefined)
         this.add(seg, off, new Node(d.level, d.count, d.entries, false));
@@ -245,8 +254,9 @@ export class NodeLoader implements NodeSource {
               0,
               this.capacity,
               seg,
+              this.pointerLeaves,
             )
-          : decodeNode(body, at, this.capacity, seg);
+          : decodeNode(body, at, this.capacity, seg, this.pointerLeaves);
         if (d.level !== level)
           throw new DecodeError(`index node level ${d.level}, expected ${level}`);
         node = new Node(d.level, d.count, d.entries, false);

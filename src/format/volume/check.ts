@@ -1,8 +1,9 @@
 /**
  * `file check`: verify a volume against its checksums without modifying anything (like
- * `qemu-img check` or `fsck -n`). Reads the head, lease, snapshot and pin records, the header
- * of every retained checkpoint's segment and every index node those checkpoints reach; with
- * `deep`, every data block too. Damage is reported per object key and the walk goes on.
+ * `qemu-img check` or `fsck -n`). Reads the head, lease, snapshot and pin records, the
+ * write-ahead log past the head (every record the next writer replays), the header of every
+ * retained checkpoint's segment and every index node those checkpoints reach; with `deep`,
+ * every data block too. Damage is reported per object key and the walk goes on.
  */
 import { isHyperError, rethrowUnavailable } from '../../errors.js';
 import { DecodeError, crc32c } from '../codec/binary.js';
@@ -26,6 +27,7 @@ import type { ObjectStore } from '../store/types.js';
 import { readLease } from './lease.js';
 import { SegmentSource, defaultOpenStore, type OpenStoreFn } from './segments.js';
 import { cloneHolds } from './clone.js';
+import { inspectWal, type WalTail } from './wal.js';
 import { dedupRootOf, parentOf, readHead, rootOf, unfinishedFlatten } from './heads.js';
 import { newReach, walk } from './walk.js';
 
@@ -62,6 +64,11 @@ export interface CheckResult {
    * (or the head itself is damaged). Null on a clean volume.
    */
   restoreCheckpoint: number | null;
+  /**
+   * Records of the write-ahead log past the head that no writer can replay (from the first
+   * damaged or missing one on): `file repair --apply` drops them. 0 when the log is whole.
+   */
+  unreplayableWalRecords: number;
 }
 
 export interface CheckOptions {
@@ -100,6 +107,41 @@ export async function checkVolume(
       return result;
     }
     if (head === undefined || sameHistory(head, now)) return result;
+  }
+}
+
+/**
+ * The write-ahead log past the head, as the next writer would replay it. A live writer trims
+ * records once a checkpoint covers them: a record found damaged or gone is damage only if the
+ * head, read again, is the one the log was read from; if the head moved, the log is read again
+ * from the new one. A head that moves every time is a writer committing (and covering the
+ * log) as the check reads: nothing is reported then.
+ */
+async function checkWal(
+  store: ObjectStore,
+  head: HeadRecord,
+  options: CheckOptions,
+): Promise<WalTail> {
+  if (head.walUrl === undefined) return { replayable: [], dropped: [] };
+  const walStore = await (options.openStore ?? defaultOpenStore)(head.walUrl);
+  try {
+    let h = head;
+    for (let attempt = 1; attempt <= CHECK_ATTEMPTS; attempt++) {
+      const tail = await inspectWal(walStore, h.uuid, h.walSeq ?? 0, options.signal);
+      if (tail.bad === undefined) return tail;
+      let now: HeadRecord;
+      try {
+        now = (await readHead(store)).head;
+      } catch (e) {
+        rethrowUnavailable(e);
+        return tail;
+      }
+      if (now.epoch === h.epoch && (now.walSeq ?? 0) === (h.walSeq ?? 0)) return tail;
+      h = now;
+    }
+    return { replayable: [], dropped: [] };
+  } finally {
+    await walStore.close().catch(() => undefined);
   }
 }
 
@@ -143,6 +185,7 @@ async function checkOnce(
           bytesVerified: 0,
           problems,
           restoreCheckpoint: null,
+          unreplayableWalRecords: 0,
         },
       };
     }
@@ -153,6 +196,15 @@ async function checkOnce(
   } catch (e) {
     if (!(isHyperError(e) && e.kind === 'data')) throw e;
     problem('corrupt', 'lease', e.message);
+  }
+  const wal = await checkWal(store, head, options);
+  if (wal.bad) {
+    const n = wal.dropped.length;
+    problem(
+      wal.bad.kind,
+      wal.bad.key,
+      `${wal.bad.message}. No writer can open the volume until the log is cut there: \`hyper file repair --apply\` drops ${n} record${n === 1 ? '' : 's'} (${wal.dropped[0]}–${wal.dropped[n - 1]}) and their writes`,
+    );
   }
 
   // Objects present.
@@ -477,6 +529,7 @@ async function checkOnce(
       bytesVerified,
       problems,
       restoreCheckpoint,
+      unreplayableWalRecords: wal.dropped.length,
     },
     head,
   };

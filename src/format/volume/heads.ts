@@ -306,18 +306,24 @@ export const nodeCapacityOf = (head: HeadRecord): number =>
 
 /** The index root stored inline in a head, verified. */
 export function rootOf(head: HeadRecord): Node {
-  return inlineRoot(head, head.root, head.rootLevel, 'Index root');
+  return inlineRoot(head, head.root, head.rootLevel, 'Index root', head.dedup === undefined);
 }
 
 /** The content-hash index's root of a deduplicating volume (codec/dedup.ts), verified. */
 export function dedupRootOf(head: HeadRecord): Node | undefined {
   const d = head.dedup;
-  return d ? inlineRoot(head, d.root, d.rootLevel, 'Dedup index root') : undefined;
+  return d ? inlineRoot(head, d.root, d.rootLevel, 'Dedup index root', false) : undefined;
 }
 
-function inlineRoot(head: HeadRecord, bytes: Buffer, level: number, what: string): Node {
+function inlineRoot(
+  head: HeadRecord,
+  bytes: Buffer,
+  level: number,
+  what: string,
+  pointerLeaves: boolean,
+): Node {
   try {
-    const d = decodeNode(bytes, 0, nodeCapacityOf(head));
+    const d = decodeNode(bytes, 0, nodeCapacityOf(head), undefined, pointerLeaves);
     if (d.level !== level) throw new DecodeError('root level does not match head');
     return new Node(d.level, d.count, d.entries, false);
   } catch (e) {

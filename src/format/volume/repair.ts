@@ -14,6 +14,10 @@
  * The head is written by a create-only PUT when it is missing and by a compare-and-swap on
  * the damaged object's ETag when it is there: a writer that commits meanwhile wins, and the
  * repair fails rather than overwrite it. A live lease refuses the repair unless forced.
+ *
+ * A volume with a write-ahead log: the records past the head (intact or rebuilt) must replay
+ * in order for a writer to open. Where one is damaged or missing, the repair cuts the log
+ * there, dropping it and every record after it (see repairWal).
  */
 import { HyperError, isHyperError } from '../../errors.js';
 import { DecodeError, crc32c } from '../codec/binary.js';
@@ -27,7 +31,8 @@ import type { ObjectStore } from '../store/types.js';
 import { holderIsDeadLocal, leaseHeldError, readLease } from './lease.js';
 import { isHashKey } from '../codec/dedup.js';
 import { MAX_PAST_HEAD, dedupRootOf, rootOf } from './heads.js';
-import { SegmentSource, type OpenStoreFn } from './segments.js';
+import { SegmentSource, defaultOpenStore, type OpenStoreFn } from './segments.js';
+import { dropWalTail, inspectWal, type WalTail } from './wal.js';
 
 export type HeadState = 'intact' | 'damaged' | 'missing';
 
@@ -44,6 +49,20 @@ export interface RepairResult {
   segmentKey: string | null;
   /** Newer segments that did not verify, newest first, and why. */
   skipped: { key: string; message: string }[];
+  /** The write-ahead log past the head (volumes with a WAL), else null. */
+  wal: WalRepair | null;
+}
+
+export interface WalRepair {
+  url: string;
+  /** Records the next writer replays, before the first one it cannot. */
+  replayable: number;
+  /** The first record no writer can replay (damaged, or missing from the sequence). */
+  bad: NonNullable<WalTail['bad']> | null;
+  /** The records from that one on, in order: what `apply` drops (their writes are lost). */
+  dropped: number[];
+  /** They were dropped. */
+  applied: boolean;
 }
 
 export interface RepairOptions {
@@ -85,6 +104,7 @@ export async function repairHead(
         checkpointTime: new Date(head.checkpointMs),
         segmentKey: null,
         skipped: [],
+        wal: await repairWal(head, options),
       };
     } catch (e) {
       if (!(e instanceof DecodeError)) throw e;
@@ -141,8 +161,9 @@ export async function repairHead(
       checkpointTime: new Date(found.head.checkpointMs),
       segmentKey: key,
       skipped,
+      wal: null,
     };
-    if (!options.apply) return result;
+    if (!options.apply) return { ...result, wal: await repairWal(found.head, options) };
     // The newer segments that did not verify are skipped: readers roll forward from the head
     // along segments past its last one, and must not come back to them.
     // (An id too far past it is no segment of this volume: readers ignore it anyway.)
@@ -175,9 +196,35 @@ export async function repairHead(
       }
       throw e;
     }
-    return { ...result, applied: true };
+    return { ...result, applied: true, wal: await repairWal(found.head, options) };
   }
   throw noIntactSegment(store.url, skipped.length);
+}
+
+/**
+ * The log past `head`, as the next writer would replay it; with `apply`, cut where it breaks
+ * (the records from the first damaged or missing one on are dropped): a writer replays the
+ * rest and opens. A log that cannot be replayed whole keeps every writer out, and the writes
+ * past the break cannot be applied in order without the ones it lost.
+ */
+async function repairWal(head: HeadRecord, options: RepairOptions): Promise<WalRepair | null> {
+  if (head.walUrl === undefined) return null;
+  const walStore = await (options.openStore ?? defaultOpenStore)(head.walUrl);
+  try {
+    const tail = await inspectWal(walStore, head.uuid, head.walSeq ?? 0, options.signal);
+    const found: WalRepair = {
+      url: walStore.url,
+      replayable: tail.replayable.length,
+      bad: tail.bad ?? null,
+      dropped: tail.dropped,
+      applied: false,
+    };
+    if (!options.apply || tail.bad === undefined) return found;
+    await dropWalTail(walStore, head.uuid, tail);
+    return { ...found, applied: true };
+  } finally {
+    await walStore.close().catch(() => undefined);
+  }
 }
 
 function noIntactSegment(url: string, tried = 0): HyperError {

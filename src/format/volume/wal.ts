@@ -74,6 +74,13 @@ export async function listWal(store: ObjectStore, uuid: string): Promise<number[
   return seqs.sort((a, b) => a - b);
 }
 
+/**
+ * Where a damaged or missing WAL record leads: a writer cannot replay past it, so until the
+ * log is cut there, the volume does not open for writing.
+ */
+export const WAL_REPAIR_SUGGESTION =
+  'Run `hyper file repair` on the volume: it names the records of its write-ahead log that cannot be replayed, and with --apply drops them and every record after them (their acknowledged writes are lost), so that the volume opens again with the writes logged before them.';
+
 export async function readWal(store: ObjectStore, uuid: string, seq: number): Promise<WalRecord> {
   const key = walKey(uuid, seq);
   let body: Buffer;
@@ -81,7 +88,12 @@ export async function readWal(store: ObjectStore, uuid: string, seq: number): Pr
     body = (await store.get(key)).body;
   } catch (e) {
     if (isHyperError(e, 'OBJECT_NOT_FOUND'))
-      throw dataError('MISSING_OBJECT', `${store.url}${key}`, `WAL record ${seq} is missing`);
+      throw dataError(
+        'MISSING_OBJECT',
+        `${store.url}${key}`,
+        `WAL record ${seq} is missing`,
+        WAL_REPAIR_SUGGESTION,
+      );
     throw e;
   }
   try {
@@ -95,9 +107,80 @@ export async function readWal(store: ObjectStore, uuid: string, seq: number): Pr
         'CORRUPT_OBJECT',
         `${store.url}${key}`,
         `WAL record is damaged: ${e.message}`,
+        WAL_REPAIR_SUGGESTION,
       );
     throw e;
   }
+}
+
+/** The log beyond a head, as the next writer would replay it. */
+export interface WalTail {
+  /** Records past the head's, in order, that read whole up to the first bad one. */
+  replayable: number[];
+  /**
+   * The first record a writer cannot replay: damaged, or missing from the sequence (the log
+   * jumps over it). Undefined when the whole tail replays.
+   */
+  bad?: { seq: number; key: string; kind: 'corrupt' | 'missing'; message: string };
+  /** The records from the bad one on, in order: what cutting the log there drops. */
+  dropped: number[];
+}
+
+/**
+ * Read every record past `covered` (the head's WAL sequence) as a replay would, and say where
+ * the first one that cannot be replayed is. Only the store failing is an error; damage is
+ * the answer.
+ */
+export async function inspectWal(
+  store: ObjectStore,
+  uuid: string,
+  covered: number,
+  signal?: AbortSignal,
+): Promise<WalTail> {
+  const all = (await listWal(store, uuid)).filter((q) => q > covered);
+  const replayable: number[] = [];
+  for (let i = 0; i < all.length; i++) {
+    signal?.throwIfAborted();
+    const q = all[i] as number;
+    const want = covered + 1 + i;
+    if (q !== want) {
+      return {
+        replayable,
+        bad: {
+          seq: want,
+          key: `${store.url}${walKey(uuid, want)}`,
+          kind: 'missing',
+          message: `WAL record ${want} is missing (the log jumps from ${want - 1} to ${q}): the writes logged from there on cannot be replayed`,
+        },
+        dropped: all.slice(i),
+      };
+    }
+    try {
+      await readWal(store, uuid, q);
+    } catch (e) {
+      if (!(isHyperError(e) && e.kind === 'data')) throw e;
+      return {
+        replayable,
+        bad: {
+          seq: q,
+          key: e.key ?? `${store.url}${walKey(uuid, q)}`,
+          kind: isHyperError(e, 'MISSING_OBJECT') ? 'missing' : 'corrupt',
+          message: e.message,
+        },
+        dropped: all.slice(i),
+      };
+    }
+    replayable.push(q);
+  }
+  return { replayable, dropped: [] };
+}
+
+/**
+ * Cut the log where `tail` says it breaks: delete the records it drops, newest first, so that
+ * an interrupted cut never leaves a gap below a record still there (run again, it goes on).
+ */
+export async function dropWalTail(store: ObjectStore, uuid: string, tail: WalTail): Promise<void> {
+  for (const q of [...tail.dropped].reverse()) await store.delete([walKey(uuid, q)]);
 }
 
 const walFenced = (): HyperError =>
@@ -392,6 +475,7 @@ export class WalSession {
               'MISSING_OBJECT',
               `${store.url}${walKey(uuid, applied + 1)}`,
               `WAL record ${applied + 1} is missing (the log jumps from ${applied} to ${q}): acknowledged writes would be lost`,
+              WAL_REPAIR_SUGGESTION,
             ),
           );
         }

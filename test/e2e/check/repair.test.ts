@@ -5,7 +5,7 @@
  */
 import assert from 'node:assert/strict';
 import { randomBytes } from 'node:crypto';
-import { readdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { isHyperError } from '../../../src/errors.js';
@@ -213,5 +213,75 @@ describe('errors that lead somewhere', () => {
     // The damaged newer segment is now an uncommitted flush, not damage.
     const ck = await hyper(['file', 'check', v.url, '--json']);
     assert.equal(ck.code, 0, show(ck));
+  });
+
+  it('file repair cuts a write-ahead log at a damaged record, after which the volume opens again', async (t) => {
+    const dir = await tempDir(t);
+    const url = `file://${dir}/vol/`;
+    const walUrl = `file://${dir}/wal/`;
+    assert.equal((await hyper(['file', 'create', url, '--size', '4M'])).code, 0);
+    await mkdir(join(dir, 'wal'));
+    // Four acknowledged writes, logged one record each, then a crash (nothing flushed).
+    const store = await openStore(url);
+    const a = await Volume.open(store, { walUrl, flushIntervalMs: 0 });
+    for (let i = 0; i < 4; i++) await a.write(i * 4096, Buffer.alloc(4096, i + 1));
+    const uuid = a.info.uuid;
+    await a.abandon();
+    await store.close();
+    const logDir = join(dir, 'wal', uuid);
+    const records = (await readdir(logDir)).sort();
+    assert.equal(records.length, 5, `the record claimed at open and four writes: ${records}`);
+    // The third write's record is damaged.
+    const third = join(logDir, records[3] as string);
+    const bytes = await readFile(third);
+    bytes[bytes.length - 9] = (bytes[bytes.length - 9] as number) ^ 1;
+    await writeFile(third, bytes);
+
+    // A writer cannot open the volume; the error names the record and leads to the repair.
+    const grow = await hyper(['file', 'set-len', url, '--size', '8M']);
+    assert.equal(grow.code, 6, show(grow));
+    assert.match(grow.stderr, new RegExp(`${records[3]}`));
+    assert.match(grow.stderr, /hyper file repair/);
+    // file check says the same.
+    const ck = await hyper(['file', 'check', url]);
+    assert.equal(ck.code, 6, show(ck));
+    assert.match(ck.stdout, /write-ahead log cannot be replayed whole/);
+    assert.match(ck.stdout, /shows the 2 records that --apply drops/);
+    // A dry run names what --apply drops, and drops nothing.
+    const dry = await hyper(['file', 'repair', url]);
+    assert.equal(dry.code, 0, show(dry));
+    assert.match(dry.stdout, /--apply drops 2 records \(4–5\)/);
+    assert.equal((await readdir(logDir)).length, 5);
+    const ap = await hyper(['file', 'repair', url, '--apply', '--json']);
+    assert.equal(ap.code, 0, show(ap));
+    const r = JSON.parse(ap.stdout) as {
+      head: string;
+      wal: {
+        replayableRecordCount: number;
+        damaged: { seq: number; kind: string };
+        droppedRecords: number[];
+        applied: boolean;
+      };
+    };
+    assert.deepEqual(
+      [
+        r.head,
+        r.wal.replayableRecordCount,
+        r.wal.damaged.seq,
+        r.wal.damaged.kind,
+        r.wal.droppedRecords,
+        r.wal.applied,
+      ],
+      ['intact', 3, 4, 'corrupt', [4, 5], true],
+    );
+    // Now it opens, with the writes logged before the damaged record.
+    const again = await hyper(['file', 'set-len', url, '--size', '8M']);
+    assert.equal(again.code, 0, show(again));
+    const want = Buffer.alloc(4 * 4096);
+    want.fill(1, 0, 4096);
+    want.fill(2, 4096, 8192);
+    assert.ok((await readAll(url, 4 * 4096)).equals(want));
+    const clean = await hyper(['file', 'check', url, '--deep']);
+    assert.equal(clean.code, 0, show(clean));
   });
 });

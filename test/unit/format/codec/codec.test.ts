@@ -163,10 +163,16 @@ describe('codecs', () => {
     entries.writeUInt32LE(0x00200000, 60);
     encodeNode(out, 0, 1, 2, 42, entries);
     assert.throws(() => decodeNode(out, 0, 127), /exceeds 2\^53/);
-    // A leaf's are not (a dedup index leaf holds hash bytes there).
+    // A leaf's only when every leaf holds block pointers (a dedup index leaf holds hash bytes
+    // there).
     writeU64(entries, 40, 0);
     encodeNode(out, 0, 0, 2, 42, entries);
     assert.equal(decodeNode(out, 0, 127).count, 2);
+    assert.throws(() => decodeNode(out, 0, 127, 42, true), /entry 1 points to no segment/);
+    entries.writeUInt32LE(0x00200000, 44);
+    encodeNode(out, 0, 0, 2, 42, entries);
+    assert.equal(decodeNode(out, 0, 127).count, 2);
+    assert.throws(() => decodeNode(out, 0, 127, 42, true), /exceeds 2\^53/);
     writeU64(entries, 40, 42);
     writeU64(entries, 32, 5);
     encodeNode(out, 0, 0, 2, 42, entries);

@@ -15,6 +15,9 @@ import { KiB, MiB, silentLogger } from '../../../../src/format/volume/types.js';
 import { readHead } from '../../../../src/format/volume/heads.js';
 import { Volume } from '../../../../src/format/volume/volume.js';
 import { WalSession, listWal } from '../../../../src/format/volume/wal.js';
+import { checkVolume } from '../../../../src/format/volume/check.js';
+import { repairHead } from '../../../../src/format/volume/repair.js';
+import { walKey } from '../../../../src/format/keys.js';
 import { rng } from '../../../helpers/rng.js';
 import { noSpace, recordingLogger } from '../../../helpers/fillable-store.js';
 
@@ -566,6 +569,109 @@ describe('write-ahead log replay', () => {
     const c = await Volume.open(vol, { readOnly: true });
     assert.deepEqual(await c.read(0, 3 * 4096), Buffer.alloc(3 * 4096));
     await c.close();
+  });
+
+  it('a damaged or missing record: check names it, repair cuts the log there (resumably), and a writer opens with the writes before it', async () => {
+    for (const damage of ['corrupt', 'missing'] as const) {
+      const { vol, wal, openStore } = setup();
+      await Volume.create(vol, { size: 4 * MiB });
+      const a = await Volume.open(vol, { walUrl: wal.url, openStore, flushIntervalMs: 0 });
+      // Five acknowledged writes, one record each, after the record the writer claimed.
+      for (let i = 0; i < 5; i++) await a.write(i * 4096, Buffer.alloc(4096, i + 1));
+      const uuid = a.info.uuid;
+      const seqs = await listWal(wal, uuid);
+      assert.equal(seqs.length, 6, `the claimed record and five writes: ${seqs}`);
+      // The writer stops (a crash: nothing flushed); then the third write's record is damaged
+      // or lost.
+      await a.abandon();
+      const bad = seqs[3] as number;
+      const key = walKey(uuid, bad);
+      if (damage === 'corrupt') {
+        const b = (await wal.get(key)).body;
+        b[b.length - 9] = (b[b.length - 9] as number) ^ 1;
+        await wal.put(key, b);
+      } else await wal.delete([key]);
+      const after = seqs.filter((q) => q >= bad && (damage === 'corrupt' || q > bad));
+
+      // No writer opens, and the error names the record and leads to the repair.
+      await assert.rejects(Volume.open(vol, { openStore, flushIntervalMs: 0 }), (e) => {
+        assert.ok(
+          isHyperError(e, damage === 'corrupt' ? 'CORRUPT_OBJECT' : 'MISSING_OBJECT'),
+          String(e),
+        );
+        assert.ok(e.key?.endsWith(key), e.key);
+        assert.match(e.suggestion ?? '', /hyper file repair/);
+        return true;
+      });
+      // file check names it, and what the repair would drop.
+      const c = await checkVolume(vol, { openStore });
+      assert.equal(c.clean, false);
+      assert.deepEqual(
+        c.problems.map((p) => [p.kind, p.key]),
+        [[damage, `${wal.url}${key}`]],
+      );
+      assert.equal(c.unreplayableWalRecords, after.length);
+      // A dry run says the same and changes nothing.
+      const dry = await repairHead(vol, { openStore });
+      assert.equal(dry.head, 'intact');
+      assert.deepEqual(
+        [dry.wal?.bad?.seq, dry.wal?.bad?.kind, dry.wal?.replayable, dry.wal?.dropped],
+        // (The record the writer claimed at open, empty, and the first two writes.)
+        [bad, damage, 3, after],
+      );
+      assert.equal(dry.wal?.applied, false);
+      assert.equal((await listWal(wal, uuid)).length, damage === 'corrupt' ? 6 : 5);
+      // A cut interrupted after its first delete (the newest record goes first), then the
+      // repair again: it goes on from there.
+      await wal.delete([walKey(uuid, after.at(-1) as number)]);
+      const ap = await repairHead(vol, { openStore, apply: true });
+      assert.deepEqual([ap.wal?.applied, ap.wal?.dropped], [true, after.slice(0, -1)]);
+      assert.deepEqual(await listWal(wal, uuid), seqs.slice(0, 3));
+      assert.equal((await checkVolume(vol, { openStore })).clean, true);
+      // The writer opens with the two writes logged before the break; the rest are gone.
+      const b = await Volume.open(vol, { openStore, flushIntervalMs: 0 });
+      const want = Buffer.alloc(5 * 4096);
+      want.fill(1, 0, 4096);
+      want.fill(2, 4096, 8192);
+      assert.ok((await b.read(0, 5 * 4096)).equals(want));
+      await b.close();
+    }
+  });
+
+  it('file check beside a writer that commits and trims its log reports no damage', async () => {
+    const { vol, wal, openStore } = setup();
+    // The log's reads are slow, so that the writer's trims land in the middle of a check.
+    const slow = new (class extends CountingStore {
+      override async get(key: string, o?: GetOptions): Promise<GetResult> {
+        await new Promise((res) => setTimeout(res, 2));
+        return super.get(key, o);
+      }
+    })(wal);
+    const checkOpen = (url: string): Promise<ObjectStore> =>
+      Promise.resolve(url === wal.url ? slow : vol);
+    await Volume.create(vol, { size: 4 * MiB });
+    const a = await Volume.open(vol, { walUrl: wal.url, openStore, flushIntervalMs: 0 });
+    let writing = true;
+    const writer = (async () => {
+      for (let i = 0; writing; i++) {
+        // (An in-memory store answers at once: let the check's timers run too.)
+        await new Promise((res) => setImmediate(res));
+        await a.write((i % 64) * 4096, Buffer.alloc(4096, (i % 250) + 1));
+        if (i % 3 === 2) await a.flush();
+      }
+    })();
+    try {
+      for (let k = 0; k < 30; k++) {
+        const c = await checkVolume(vol, { openStore: checkOpen });
+        // (A flush in flight shows as an uncommitted segment: not damage.)
+        assert.equal(c.clean, true, `check ${k}: ${JSON.stringify(c.problems)}`);
+        assert.equal(c.unreplayableWalRecords, 0);
+      }
+    } finally {
+      writing = false;
+      await writer;
+      await a.close();
+    }
   });
 
   it("commits to the volume while the WAL's store is full, and logs again once it has room", async () => {
