@@ -21,7 +21,13 @@ import { encodeHead, type HeadRecord } from '../codec/head.js';
 import { HEAD_KEY, segmentKey } from '../keys.js';
 import type { ObjectStore } from '../store/types.js';
 import { sliceBody } from '../store/common.js';
-import { continuesChain, readCheckpointHead, readStoredHead, rollForward } from './heads.js';
+import {
+  continuesChain,
+  readCheckpointHead,
+  readStoredHead,
+  rollForward,
+  takenOverWhileRead,
+} from './heads.js';
 import { buildEmptySegment } from './segment-builder.js';
 import { decodeEmbeddedHead } from '../codec/segment.js';
 import { Lease, type LeaseOptions } from './lease.js';
@@ -181,7 +187,9 @@ export class Committer {
       } catch (e) {
         if (!isHyperError(e, 'OBJECT_EXISTS')) throw e;
       }
-      const occupant = await readCheckpointHead(store, id);
+      const occupant = await readCheckpointHead(store, id).catch((e: unknown) =>
+        goneMeanwhile(store, id, epoch, e),
+      );
       if (occupant.epoch >= epoch) throw takenMeanwhile(occupant.epoch, epoch);
       if (continuesChain(tip, occupant)) {
         // (It lists the ids it skipped itself.)
@@ -290,14 +298,19 @@ export class Committer {
     }
     // (The first 64 KiB: the header, which names this checkpoint's head, and what follows.)
     const n = Math.min(built.length, 64 * 1024);
-    const got = await this.store.get(segmentKey(id), { range: { offset: 0, length: n } });
+    const epoch = this.head.epoch;
+    const got = await this.store
+      .get(segmentKey(id), { range: { offset: 0, length: n } })
+      .catch((e: unknown) => goneMeanwhile(this.store, id, epoch, e));
     if (got.body.equals(sliceBody(built.parts, 0, n))) return;
     // Whose it is: the embedded head is in what was just read (rarely longer: read it then).
     let occupant: HeadRecord;
     try {
       occupant = decodeEmbeddedHead(got.body);
     } catch {
-      occupant = await readCheckpointHead(this.store, id);
+      occupant = await readCheckpointHead(this.store, id).catch((e: unknown) =>
+        goneMeanwhile(this.store, id, epoch, e),
+      );
     }
     if (occupant.epoch >= this.head.epoch) throw this.fencedBy(occupant.epoch);
     throw new HyperError(
@@ -384,6 +397,22 @@ export class Committer {
 }
 
 /** Another writer took the volume over while this one was taking it. */
+/**
+ * Segment `id` was there when a create-only PUT found its id taken, and reading it now failed
+ * (`e`). If it is gone, only a writer that took the volume over after this one deleted it (its
+ * compaction), or the volume was deleted: that is the error, not a missing segment. Never
+ * returns.
+ */
+async function goneMeanwhile(
+  store: ObjectStore,
+  id: number,
+  epoch: number,
+  e: unknown,
+): Promise<never> {
+  if (!isHyperError(e, 'MISSING_OBJECT') && !isHyperError(e, 'OBJECT_NOT_FOUND')) throw e;
+  throw (await takenOverWhileRead(store, epoch, segmentKey(id))) ?? e;
+}
+
 function takenMeanwhile(theirs: number, ours: number): HyperError {
   return new HyperError(
     'conflict',

@@ -22,6 +22,8 @@
  *  12  a writer reads a segment a forced compaction deleted: FENCED, or the store's error
  *      while the store fails the look at the head (never damage)
  *  13  a reader of a volume deleted under it: VOLUME_NOT_FOUND (never damage)
+ *  14  a takeover finds its fence's id taken, and a newer takeover deletes that segment before
+ *      it looks at it: FENCED (never damage)
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
@@ -34,6 +36,7 @@ import {
   PIN_PREFIX,
   SEGMENT_PREFIX,
   pinKey,
+  segmentKey,
 } from '../../../../src/format/keys.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
 import type {
@@ -1069,5 +1072,55 @@ describe('concurrency: a volume deleted while it is read (scenario 13)', () => {
       return true;
     });
     await v.close();
+  });
+});
+
+describe('concurrency: a takeover whose fence id is taken by a segment a newer takeover deletes (scenario 14)', () => {
+  it('is FENCED, not a missing segment (chaos seed 48153)', async () => {
+    const inner = MemStore.isolated('mem://fence-gone/');
+    await Volume.create(inner, { size: SIZE, segmentSize: 1 * MiB });
+    // A live writer (the takeover places a fence against it).
+    const w = await Volume.open(inner, { flushIntervalMs: 0 });
+    await w.write(0, Buffer.alloc(CHUNK, 3));
+    const last = (await w.flush()).checkpoint;
+    // An older writer's leftover where the takeover puts its fence.
+    const next = segmentKey(last + 1);
+    await inner.put(next, (await inner.get(segmentKey(last))).body);
+    let fenceRefused = false;
+    const store = new ScriptedStore(inner, {
+      steps: [
+        step({
+          when: (r) => {
+            if (r.op === 'put' && r.key === next) fenceRefused = true;
+            return false;
+          },
+        }),
+        step({
+          // The takeover reads the occupant of its fence's id; before that, a newer forced
+          // writer takes the volume over, and its compaction deletes the leftover.
+          when: (r) => fenceRefused && r.op === 'get' && r.key === next,
+          run: async () => {
+            const b = await Volume.open(inner, {
+              force: true,
+              holder: 'newer',
+              flushIntervalMs: 0,
+            });
+            await b.close();
+            await inner.delete([next]);
+          },
+        }),
+      ],
+    });
+    await assert.rejects(
+      Volume.open(store, { force: true, holder: 'taker', flushIntervalMs: 0 }),
+      (e) => {
+        assert.ok(isHyperError(e, 'FENCED'), String(e));
+        return true;
+      },
+    );
+    assert.equal(fenceRefused, true, 'the schedule was reproduced');
+    await w.close().catch(() => undefined);
+    const c = await checkVolume(inner, { deep: true });
+    assert.equal(c.clean, true, JSON.stringify(c.problems));
   });
 });
