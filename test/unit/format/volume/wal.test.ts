@@ -19,6 +19,7 @@ import { checkVolume } from '../../../../src/format/volume/check.js';
 import { repairHead } from '../../../../src/format/volume/repair.js';
 import { walKey } from '../../../../src/format/keys.js';
 import { rng } from '../../../helpers/rng.js';
+import { FlakyStore, type Faults } from '../../../helpers/flaky-store.js';
 import { noSpace, recordingLogger } from '../../../helpers/fillable-store.js';
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
@@ -636,6 +637,67 @@ describe('write-ahead log replay', () => {
       assert.ok((await b.read(0, 5 * 4096)).equals(want));
       await b.close();
     }
+  });
+
+  it('cutting a damaged log under store faults, run until it succeeds, keeps exactly the writes before the break (seeded)', async () => {
+    let injected = 0;
+    for (let seed = 1; seed <= 24; seed++) {
+      const r = rng(seed);
+      const { vol, wal, openStore } = setup();
+      await Volume.create(vol, { size: 4 * MiB });
+      const a = await Volume.open(vol, { walUrl: wal.url, openStore, flushIntervalMs: 0 });
+      const writes = 3 + Math.floor(r() * 6);
+      for (let i = 0; i < writes; i++) await a.write(i * 4096, Buffer.alloc(4096, i + 1));
+      const uuid = a.info.uuid;
+      await a.abandon();
+      const seqs = await listWal(wal, uuid);
+      // Write i is in record seqs[i + 1] (seqs[0]: the record claimed at open).
+      const k = 1 + Math.floor(r() * writes);
+      const bad = seqs[k] as number;
+      const damage = r() < 0.5 ? 'corrupt' : 'missing';
+      if (damage === 'corrupt') {
+        const b = (await wal.get(walKey(uuid, bad))).body;
+        b[20] = (b[20] as number) ^ 0x10;
+        await wal.put(walKey(uuid, bad), b);
+      } else await wal.delete([walKey(uuid, bad)]);
+      // The repair runs against a store that fails 15% of its requests, before or after
+      // applying them, until it succeeds; a check between tries never reports less than the
+      // break or anything but it.
+      const faults: Faults = { rate: 0.15, rand: rng(seed * 7919), injected: 0 };
+      const flaky = (url: string): Promise<ObjectStore> =>
+        openStore(url).then((st) => new FlakyStore(st, faults));
+      let done = false;
+      for (let attempt = 0; attempt < 100 && !done; attempt++) {
+        try {
+          const out = await repairHead(await flaky(vol.url), { openStore: flaky, apply: true });
+          done = true;
+          assert.equal(out.wal?.bad === null || out.wal?.applied === true, true);
+        } catch (e) {
+          assert.ok(isHyperError(e, 'STORE_UNAVAILABLE'), `seed ${seed}: ${String(e)}`);
+        }
+        const c = await checkVolume(vol, { openStore });
+        if (c.unreplayableWalRecords > 0) {
+          assert.deepEqual(
+            c.problems.map((p) => p.key),
+            [`${wal.url}${walKey(uuid, bad)}`],
+            `seed ${seed}: the break stays where it was`,
+          );
+        }
+      }
+      injected += faults.injected;
+      assert.ok(done, `seed ${seed}: the repair never succeeded`);
+      assert.deepEqual(await listWal(wal, uuid), seqs.slice(0, k), `seed ${seed}`);
+      const b = await Volume.open(vol, { openStore, flushIntervalMs: 0 });
+      const want = Buffer.alloc(writes * 4096);
+      for (let i = 0; i < k - 1; i++) want.fill(i + 1, i * 4096, (i + 1) * 4096);
+      assert.ok(
+        (await b.read(0, writes * 4096)).equals(want),
+        `seed ${seed}: the writes before the break`,
+      );
+      await b.close();
+      assert.equal((await checkVolume(vol, { openStore })).clean, true, `seed ${seed}`);
+    }
+    assert.ok(injected > 20, `${injected} faults injected`);
   });
 
   it('file check beside a writer that commits and trims its log reports no damage', async () => {
