@@ -5,7 +5,7 @@
  * retained checkpoint's segment and every index node those checkpoints reach; with `deep`,
  * every data block too. Damage is reported per object key and the walk goes on.
  */
-import { isHyperError, rethrowUnavailable } from '../../errors.js';
+import { isHyperError } from '../../errors.js';
 import { DecodeError, crc32c } from '../codec/binary.js';
 import { isRetainedCheckpoint, type HeadRecord } from '../codec/head.js';
 import { openStoredBlock, type BlockPlace, type Sealer } from '../codec/seal.js';
@@ -27,8 +27,15 @@ import type { ObjectStore } from '../store/types.js';
 import { readLease } from './lease.js';
 import { SegmentSource, defaultOpenStore, type OpenStoreFn } from './segments.js';
 import { cloneHolds } from './clone.js';
-import { inspectWal, type WalTail } from './wal.js';
-import { dedupRootOf, parentOf, readHead, rootOf, unfinishedFlatten } from './heads.js';
+import { settledWalTail, type WalTail } from './wal.js';
+import {
+  currentHead,
+  dedupRootOf,
+  parentOf,
+  readHead,
+  rootOf,
+  unfinishedFlatten,
+} from './heads.js';
 import { newReach, walk } from './walk.js';
 
 export type ProblemKind =
@@ -98,25 +105,13 @@ export async function checkVolume(
     const { result, head } = await checkOnce(store, options);
     if (attempt >= CHECK_ATTEMPTS || !result.problems.some((p) => p.kind === 'missing'))
       return result;
-    let now: HeadRecord;
-    try {
-      now = (await readHead(store)).head;
-    } catch (e) {
-      // A store that fails this look cannot tell a compaction from damage: its error, then.
-      rethrowUnavailable(e);
-      return result;
-    }
-    if (head === undefined || sameHistory(head, now)) return result;
+    // (A store that fails this look cannot tell a compaction from damage: its error, then.)
+    const now = await currentHead(store);
+    if (head === undefined || now === undefined || sameHistory(head, now)) return result;
   }
 }
 
-/**
- * The write-ahead log past the head, as the next writer would replay it. A live writer trims
- * records once a checkpoint covers them: a record found damaged or gone is damage only if the
- * head, read again, is the one the log was read from; if the head moved, the log is read again
- * from the new one. A head that moves every time is a writer committing (and covering the
- * log) as the check reads: nothing is reported then.
- */
+/** The write-ahead log past the head, as the next writer would replay it (wal.ts). */
 async function checkWal(
   store: ObjectStore,
   head: HeadRecord,
@@ -125,21 +120,13 @@ async function checkWal(
   if (head.walUrl === undefined) return { replayable: [], dropped: [] };
   const walStore = await (options.openStore ?? defaultOpenStore)(head.walUrl);
   try {
-    let h = head;
-    for (let attempt = 1; attempt <= CHECK_ATTEMPTS; attempt++) {
-      const tail = await inspectWal(walStore, h.uuid, h.walSeq ?? 0, options.signal);
-      if (tail.bad === undefined) return tail;
-      let now: HeadRecord;
-      try {
-        now = (await readHead(store)).head;
-      } catch (e) {
-        rethrowUnavailable(e);
-        return tail;
-      }
-      if (now.epoch === h.epoch && (now.walSeq ?? 0) === (h.walSeq ?? 0)) return tail;
-      h = now;
-    }
-    return { replayable: [], dropped: [] };
+    return await settledWalTail(
+      walStore,
+      head,
+      () => currentHead(store),
+      CHECK_ATTEMPTS,
+      options.signal,
+    );
   } finally {
     await walStore.close().catch(() => undefined);
   }

@@ -3,7 +3,13 @@
  * checkpoint's segment, named snapshots, and which checkpoint a reference names. Every
  * admin operation, the engine and the commands read heads through this file.
  */
-import { HyperError, dataError, isHyperError, unlessUnavailable } from '../../errors.js';
+import {
+  HyperError,
+  dataError,
+  isHyperError,
+  rethrowUnavailable,
+  unlessUnavailable,
+} from '../../errors.js';
 import { DecodeError } from '../codec/binary.js';
 import { compressionOf } from '../codec/block.js';
 import {
@@ -57,6 +63,18 @@ export async function readHead(
 ): Promise<{ head: HeadRecord; stored: HeadObject }> {
   const stored = await readStoredHead(store);
   return { head: (await rollForward(store, stored.head)).tip, stored };
+}
+
+/**
+ * The head as it is now, for a second look: undefined when it cannot be read as a head
+ * (damaged or gone); a store that fails the look is its error.
+ */
+export async function currentHead(store: ObjectStore): Promise<HeadRecord | undefined> {
+  try {
+    return (await readHead(store)).head;
+  } catch (e) {
+    return rethrowUnavailable(e);
+  }
 }
 
 /**

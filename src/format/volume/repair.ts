@@ -30,9 +30,9 @@ import { HEAD_KEY, SEGMENT_PREFIX, parseSegmentKey, segmentKey } from '../keys.j
 import type { ObjectStore } from '../store/types.js';
 import { holderIsDeadLocal, leaseHeldError, readLease } from './lease.js';
 import { isHashKey } from '../codec/dedup.js';
-import { MAX_PAST_HEAD, dedupRootOf, rootOf } from './heads.js';
+import { MAX_PAST_HEAD, currentHead, dedupRootOf, rootOf } from './heads.js';
 import { SegmentSource, defaultOpenStore, type OpenStoreFn } from './segments.js';
-import { dropWalTail, inspectWal, type WalTail } from './wal.js';
+import { dropWalTail, settledWalTail, type WalTail } from './wal.js';
 
 export type HeadState = 'intact' | 'damaged' | 'missing';
 
@@ -104,7 +104,7 @@ export async function repairHead(
         checkpointTime: new Date(head.checkpointMs),
         segmentKey: null,
         skipped: [],
-        wal: await repairWal(head, options),
+        wal: await repairWal(store, head, options),
       };
     } catch (e) {
       if (!(e instanceof DecodeError)) throw e;
@@ -163,7 +163,7 @@ export async function repairHead(
       skipped,
       wal: null,
     };
-    if (!options.apply) return { ...result, wal: await repairWal(found.head, options) };
+    if (!options.apply) return { ...result, wal: await repairWal(store, found.head, options) };
     // The newer segments that did not verify are skipped: readers roll forward from the head
     // along segments past its last one, and must not come back to them.
     // (An id too far past it is no segment of this volume: readers ignore it anyway.)
@@ -196,7 +196,7 @@ export async function repairHead(
       }
       throw e;
     }
-    return { ...result, applied: true, wal: await repairWal(found.head, options) };
+    return { ...result, applied: true, wal: await repairWal(store, found.head, options) };
   }
   throw noIntactSegment(store.url, skipped.length);
 }
@@ -207,11 +207,15 @@ export async function repairHead(
  * rest and opens. A log that cannot be replayed whole keeps every writer out, and the writes
  * past the break cannot be applied in order without the ones it lost.
  */
-async function repairWal(head: HeadRecord, options: RepairOptions): Promise<WalRepair | null> {
+async function repairWal(
+  store: ObjectStore,
+  head: HeadRecord,
+  options: RepairOptions,
+): Promise<WalRepair | null> {
   if (head.walUrl === undefined) return null;
   const walStore = await (options.openStore ?? defaultOpenStore)(head.walUrl);
   try {
-    const tail = await inspectWal(walStore, head.uuid, head.walSeq ?? 0, options.signal);
+    const tail = await settledWalTail(walStore, head, () => currentHead(store), 3, options.signal);
     const found: WalRepair = {
       url: walStore.url,
       replayable: tail.replayable.length,

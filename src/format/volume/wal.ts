@@ -176,6 +176,32 @@ export async function inspectWal(
 }
 
 /**
+ * inspectWal from `head`, confirmed. A live writer trims records once a checkpoint covers
+ * them, so a record found damaged or gone counts only if the head, read again (`reread`:
+ * undefined when it cannot be read as a head), is the one the log was read from; if it moved,
+ * the log is read again from the new one, up to `attempts` times. A head that moved every
+ * time is a writer committing (and covering the log) as it is read: nothing is reported then.
+ */
+export async function settledWalTail(
+  walStore: ObjectStore,
+  head: HeadRecord,
+  reread: () => Promise<HeadRecord | undefined>,
+  attempts: number,
+  signal?: AbortSignal,
+): Promise<WalTail> {
+  let h = head;
+  for (let attempt = 1; attempt <= attempts; attempt++) {
+    const tail = await inspectWal(walStore, h.uuid, h.walSeq ?? 0, signal);
+    if (tail.bad === undefined) return tail;
+    const now = await reread();
+    if (now === undefined || (now.epoch === h.epoch && (now.walSeq ?? 0) === (h.walSeq ?? 0)))
+      return tail;
+    h = now;
+  }
+  return { replayable: [], dropped: [] };
+}
+
+/**
  * Cut the log where `tail` says it breaks: delete the records it drops, newest first, so that
  * an interrupted cut never leaves a gap below a record still there (run again, it goes on).
  */
