@@ -121,3 +121,18 @@ export function req(
   b.writeUInt32BE(length, 24);
   return payload === undefined ? b : Buffer.concat([b, payload]);
 }
+
+/** Which of `names` an NBD server lets a client GO to (`connect` does the handshake and GO). */
+export async function offeredExports(
+  names: readonly string[],
+  connect: (name: string) => Promise<RawClient>,
+): Promise<Set<string>> {
+  const offered = new Set<string>();
+  for (const name of names) {
+    const c = await connect(name).catch(() => undefined);
+    if (c === undefined) continue;
+    c.close();
+    offered.add(name);
+  }
+  return offered;
+}

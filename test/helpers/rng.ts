@@ -9,3 +9,16 @@ export function rng(seed: number): () => number {
     return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
   };
 }
+
+/** A chooser of one of `weights`' names, each as likely as its weight (draws from `r`). */
+export function weighted<T extends string>(
+  r: () => number,
+  weights: readonly (readonly [T, number])[],
+): () => T {
+  const total = weights.reduce((a, [, w]) => a + w, 0);
+  return () => {
+    let x = r() * total;
+    for (const [name, w] of weights) if ((x -= w) < 0) return name;
+    return (weights[weights.length - 1] as readonly [T, number])[0];
+  };
+}
