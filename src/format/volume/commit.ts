@@ -396,7 +396,6 @@ export class Committer {
   }
 }
 
-/** Another writer took the volume over while this one was taking it. */
 /**
  * Segment `id` was there when a create-only PUT found its id taken, and reading it now failed
  * (`e`). If it is gone, only a writer that took the volume over after this one deleted it (its
@@ -413,6 +412,7 @@ async function goneMeanwhile(
   throw (await takenOverWhileRead(store, epoch, segmentKey(id))) ?? e;
 }
 
+/** Another writer took the volume over while this one was taking it. */
 function takenMeanwhile(theirs: number, ours: number): HyperError {
   return new HyperError(
     'conflict',
