@@ -20,7 +20,7 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { isHyperError } from '../../../../src/errors.js';
 import { crc32c } from '../../../../src/format/codec/binary.js';
-import { ENVELOPE_OVERHEAD } from '../../../../src/format/codec/envelope.js';
+import { ENVELOPE_OVERHEAD, encodeEnvelope } from '../../../../src/format/codec/envelope.js';
 import { NODE_HEADER, ENTRY_SIZE } from '../../../../src/format/codec/node.js';
 import { LEASE_KEY } from '../../../../src/format/keys.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
@@ -94,23 +94,19 @@ async function healthy(seed: number, variant: Variant): Promise<Healthy> {
   const objects = new Map<string, Buffer>();
   for await (const page of mem.list(''))
     for (const o of page.objects) objects.set(o.key, (await mem.get(o.key)).body);
-  if (!objects.has(LEASE_KEY)) objects.set(LEASE_KEY, Buffer.alloc(0));
+  assert.ok(objects.has(LEASE_KEY), 'the lease object is there to damage');
   return { objects, content };
+}
+
+/** A fresh store holding `objects`. */
+async function storeOf(url: string, objects: Map<string, Buffer>): Promise<MemStore> {
+  const store = new MemStore(url, new Map());
+  for (const [k, b] of objects) await store.put(k, b);
+  return store;
 }
 
 type Damage = 'flip' | 'zero' | 'cut' | 'delete' | 'swap' | 'forge-record' | 'forge-node';
 const DAMAGES: Damage[] = ['flip', 'zero', 'cut', 'delete', 'swap', 'forge-record', 'forge-node'];
-
-/** Rewrite the envelope at `at` of `buf` around `body`, with a valid length and checksum. */
-function reframe(buf: Buffer, at: number, body: Buffer): Buffer {
-  const length = ENVELOPE_OVERHEAD + body.length;
-  const out = Buffer.alloc(length);
-  buf.copy(out, 0, at, at + 8);
-  out.writeUInt32LE(length, 8);
-  body.copy(out, 12);
-  out.writeUInt32LE(crc32c(out.subarray(0, length - 4)), length - 4);
-  return out;
-}
 
 /** Nonsense with the shape of data: bits flipped, fields set to extremes, cut or extended. */
 function scramble(r: () => number, body: Buffer): Buffer {
@@ -196,7 +192,11 @@ async function damage(
       // The envelope at the start of the object (a segment's is its header).
       if (body.length < ENVELOPE_OVERHEAD) break;
       const length = Math.min(body.readUInt32LE(8), body.length);
-      const forged = reframe(body, 0, scramble(r, body.subarray(12, Math.max(12, length - 4))));
+      const forged = encodeEnvelope(
+        body.toString('ascii', 0, 4),
+        body.readUInt16LE(4),
+        scramble(r, body.subarray(12, Math.max(12, length - 4))),
+      );
       body = Buffer.concat([forged, body.subarray(length)]);
       break;
     }
@@ -225,9 +225,7 @@ async function damage(
     }
   }
   if (kind !== 'delete') copy.set(key, body);
-  const store = new MemStore('mem://damaged/', new Map());
-  for (const [k, b] of copy) if (!(k === LEASE_KEY && b.length === 0)) await store.put(k, b);
-  return { store, what, forged: kind.startsWith('forge') };
+  return { store: await storeOf('mem://damaged/', copy), what, forged: kind.startsWith('forge') };
 }
 
 class Violation extends Error {}
@@ -343,9 +341,7 @@ async function trial(seed: number, base: Healthy, variant: Variant): Promise<str
 
 /** Undamaged, the volume opens, reads back whole and checks clean (else nothing above means much). */
 async function baseline(variant: Variant, base: Healthy): Promise<void> {
-  const store = new MemStore('mem://healthy/', new Map());
-  for (const [k, b] of base.objects)
-    if (!(k === LEASE_KEY && b.length === 0)) await store.put(k, b);
+  const store = await storeOf('mem://healthy/', base.objects);
   const v = await Volume.open(store, { readOnly: true });
   assert.ok(
     (await v.read(0, SIZE)).equals(base.content),
