@@ -76,14 +76,16 @@ export const encodedNodeSize = (count: number): number => NODE_HEADER + count * 
 
 /**
  * Decode and verify a node. `capacity` entries are allocated so the node can be mutated
- * in memory (one spare slot lets an insert overflow before a split).
+ * in memory (one spare slot lets an insert overflow before a split). `content`: the node
+ * belongs to a content-hash index (codec/dedup.ts), whose leaves hold a hash entry after
+ * each pointer entry.
  */
 export function decodeNode(
   buf: Buffer,
   at: number,
   capacity: number,
   expectSegment?: number,
-  pointerLeaves = false,
+  content = false,
 ): DecodedNode {
   if (buf.length - at < NODE_HEADER) throw new DecodeError('truncated index node');
   if (buf.toString('ascii', at, at + 4) !== NODE_MAGIC)
@@ -106,16 +108,15 @@ export function decodeNode(
   buf.copy(entries, 0, at + NODE_HEADER, end);
   // Keys must be strictly ascending and safe integers. An entry's other 64-bit fields must be
   // too (read later, where a bad one would not be reported as a damaged node), and it points
-  // into a stored segment (ids start at 1; PENDING_SEG lives only in memory). Leaf entries
-  // are checked only with `pointerLeaves` (every leaf holds block pointers: a volume without
-  // a dedup index, whose leaves hold hash bytes there in half of their entries).
+  // into a stored segment (ids start at 1; PENDING_SEG lives only in memory). A content
+  // index's hash entries (odd keys) hold hash bytes there instead: they are not pointers.
   let prev = -1;
   for (let i = 0; i < count; i++) {
     const e = i * ENTRY_SIZE;
     const k = readU64(entries, e);
     if (k <= prev) throw new DecodeError('index node keys out of order');
     prev = k;
-    if (level === 0 && !pointerLeaves) continue;
+    if (level === 0 && content && k % 2 === 1) continue; // (dedup.ts isHashKey)
     if (readU64(entries, e + 8) === PENDING_SEG)
       throw new DecodeError(`index node entry ${i} points to no segment`);
     if (level > 0) readU64(entries, e + 24);

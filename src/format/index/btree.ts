@@ -44,6 +44,11 @@ export class Node {
     public readonly entries: Buffer,
     /** Owned by this tree until the next flush writes it (clean nodes are shared and never modified). */
     public dirty: boolean,
+    /**
+     * A node of a content-hash index (codec/dedup.ts), not of a block index: its children are
+     * decoded as such (codec/node.ts decodeNode).
+     */
+    readonly content = false,
   ) {
     this.children = level > 0 && dirty ? [] : undefined;
     this.words = entryWords(entries);
@@ -123,8 +128,9 @@ export class BTree {
     private readonly source: NodeSource,
   ) {}
 
-  static empty(capacity: number, source: NodeSource): BTree {
-    return new BTree(new Node(0, 0, newEntries(capacity), true), capacity, source);
+  /** An empty tree (`content`: of a content-hash index). */
+  static empty(capacity: number, source: NodeSource, content = false): BTree {
+    return new BTree(new Node(0, 0, newEntries(capacity), true, content), capacity, source);
   }
 
   /** Mapped blocks in the whole tree. */
@@ -325,7 +331,7 @@ export class BTree {
     for (;;) {
       const r = this.root;
       if (r.level > 0 && r.length === 0) {
-        this.root = new Node(0, 0, newEntries(this.capacity), true);
+        this.root = new Node(0, 0, newEntries(this.capacity), true, r.content);
       } else if (r.level > 0 && r.length === 1) {
         const c = this.child(r, 0);
         if (c instanceof Miss) break;
@@ -404,7 +410,7 @@ export class BTree {
       if (nd.length <= this.capacity) return;
       // Appends keep the left node full (sequential writes pack nodes densely).
       const at = append ? this.capacity : nd.length >>> 1;
-      const right = new Node(nd.level, nd.length - at, newEntries(this.capacity), true);
+      const right = new Node(nd.level, nd.length - at, newEntries(this.capacity), true, nd.content);
       nd.entries.copy(right.entries, 0, at * ENTRY_SIZE, nd.length * ENTRY_SIZE);
       if (nd.level > 0) {
         const children = nd.children as (Node | undefined)[];
@@ -413,7 +419,7 @@ export class BTree {
       }
       nd.length = at;
       if (d === 0) {
-        const root = new Node(nd.level + 1, 2, newEntries(this.capacity), true);
+        const root = new Node(nd.level + 1, 2, newEntries(this.capacity), true, nd.content);
         writeChild(root.entries, 0, nd.key(0), nd.total());
         writeChild(root.entries, 1, right.key(0), right.total());
         root.children = [nd, right];
@@ -514,7 +520,7 @@ function removeEntry(nd: Node, i: number): void {
 export function cloneNode(nd: Node, capacity: number): Node {
   const e = newEntries(capacity);
   nd.entries.copy(e, 0, 0, nd.length * ENTRY_SIZE);
-  const c = new Node(nd.level, nd.length, e, true);
+  const c = new Node(nd.level, nd.length, e, true, nd.content);
   if (nd.level > 0) c.children = nd.children ? nd.children.slice() : [];
   return c;
 }

@@ -33,11 +33,6 @@ export interface SegmentReader {
   keyFor(seg: number): string;
   /** Encrypted volumes: nodes are sealed (codec/seal.ts). */
   readonly sealer?: Sealer | undefined;
-  /**
-   * Every leaf holds block pointers (a volume without a dedup index), so that decoding checks
-   * them too (codec/node.ts decodeNode).
-   */
-  readonly pointerLeaves?: boolean;
 }
 
 /** A node's cache key: the node at byte `off` of segment `seg`. */
@@ -71,10 +66,6 @@ export class NodeLoader implements NodeSource {
     // Always room for a few full root-to-leaf paths, whatever the budget says.
     this.cacheNodes = Math.floor(Math.max(budgetBytes, 256 * nodeSize) / nodeSize);
     this.cache = new LruCache(this.cacheNodes * nodeSize);
-  }
-
-  private get pointerLeaves(): boolean {
-    return this.segments.pointerLeaves === true;
   }
 
   get hits(): number {
@@ -165,7 +156,7 @@ export class NodeLoader implements NodeSource {
         Array.from({ length: run.count }, (_, k) => {
           const at = run.start + k * this.nodeSize;
           return k === i - run.first || this.disk?.has(seg, at) === true
-            ? this.fromDisk(seg, at, p.level - 1)
+            ? this.fromDisk(seg, at, p.level - 1, p.content)
             : false;
         }),
       );
@@ -173,7 +164,7 @@ export class NodeLoader implements NodeSource {
     }
     const { start, count } = this.siblingRun(p, i);
     const level = p.level - 1;
-    const promise = this.fetch(seg, start, count, level);
+    const promise = this.fetch(seg, start, count, level, p.content);
     for (let k = 0; k < count; k++)
       this.inflight.set(nodeKey(seg, start + k * this.nodeSize), promise);
     try {
@@ -208,15 +199,20 @@ export class NodeLoader implements NodeSource {
   }
 
   /** The node from the disk cache, decoded and checked; false if it is not there or bad. */
-  private async fromDisk(seg: number, off: number, level: number): Promise<boolean> {
+  private async fromDisk(
+    seg: number,
+    off: number,
+    level: number,
+    content: boolean,
+  ): Promise<boolean> {
     const disk = this.disk as NodeDiskTier;
     const b = await disk.get(seg, off, this.nodeSize);
     if (!b) return false;
     try {
-      const d = decodeNode(this.unseal(b, seg, off), 0, this.capacity, seg, this.pointerLeaves);
+      const d = decodeNode(this.unseal(b, seg, off), 0, this.capacity, seg, content);
       if (d.level !== level) throw new DecodeError('level');
       if (this.cache.peek(nodeKey(seg, off)) === undefined)
-        this.add(seg, off, new Node(d.level, d.count, d.entries, false));
+        this.add(seg, off, new Node(d.level, d.count, d.entries, false, content));
       this.diskHits++;
       return true;
     } catch (e) {
@@ -232,7 +228,13 @@ export class NodeLoader implements NodeSource {
     return sealer ? sealer.open(bytes, sealer.nodeAd(seg, off)) : bytes;
   }
 
-  private async fetch(seg: number, start: number, count: number, level: number): Promise<void> {
+  private async fetch(
+    seg: number,
+    start: number,
+    count: number,
+    level: number,
+    content: boolean,
+  ): Promise<void> {
     const key = this.segments.keyFor(seg);
     const length = count * this.nodeSize;
     this.gets++;
@@ -254,12 +256,12 @@ export class NodeLoader implements NodeSource {
               0,
               this.capacity,
               seg,
-              this.pointerLeaves,
+              content,
             )
-          : decodeNode(body, at, this.capacity, seg, this.pointerLeaves);
+          : decodeNode(body, at, this.capacity, seg, content);
         if (d.level !== level)
           throw new DecodeError(`index node level ${d.level}, expected ${level}`);
-        node = new Node(d.level, d.count, d.entries, false);
+        node = new Node(d.level, d.count, d.entries, false, content);
       } catch (e) {
         if (e instanceof DecodeError) {
           throw dataError(

@@ -324,13 +324,13 @@ export const nodeCapacityOf = (head: HeadRecord): number =>
 
 /** The index root stored inline in a head, verified. */
 export function rootOf(head: HeadRecord): Node {
-  return inlineRoot(head, head.root, head.rootLevel, 'Index root', head.dedup === undefined);
+  return inlineRoot(head, head.root, head.rootLevel, 'Index root', false);
 }
 
 /** The content-hash index's root of a deduplicating volume (codec/dedup.ts), verified. */
 export function dedupRootOf(head: HeadRecord): Node | undefined {
   const d = head.dedup;
-  return d ? inlineRoot(head, d.root, d.rootLevel, 'Dedup index root', false) : undefined;
+  return d ? inlineRoot(head, d.root, d.rootLevel, 'Dedup index root', true) : undefined;
 }
 
 function inlineRoot(
@@ -338,12 +338,12 @@ function inlineRoot(
   bytes: Buffer,
   level: number,
   what: string,
-  pointerLeaves: boolean,
+  content: boolean,
 ): Node {
   try {
-    const d = decodeNode(bytes, 0, nodeCapacityOf(head), undefined, pointerLeaves);
+    const d = decodeNode(bytes, 0, nodeCapacityOf(head), undefined, content);
     if (d.level !== level) throw new DecodeError('root level does not match head');
-    return new Node(d.level, d.count, d.entries, false);
+    return new Node(d.level, d.count, d.entries, false, content);
   } catch (e) {
     if (e instanceof DecodeError)
       throw dataError('CORRUPT_OBJECT', HEAD_KEY, `${what} is damaged: ${e.message}`);

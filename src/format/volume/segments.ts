@@ -40,8 +40,6 @@ export class SegmentSource {
     private readonly chain: { base: number; store: ObjectStore }[],
     /** Encrypted volumes: seals and opens blocks and nodes (one writer session each). */
     readonly sealer?: Sealer,
-    /** Every index leaf holds block pointers (no dedup index): decoding checks them. */
-    readonly pointerLeaves = false,
   ) {}
 
   static readonly defaultOpen: OpenStoreFn = defaultOpenStore;
@@ -60,7 +58,7 @@ export class SegmentSource {
     const chain = await Promise.all(
       (head.clone?.chain ?? []).map(async (l) => ({ base: l.base, store: await open(l.url) })),
     );
-    return new SegmentSource(own, chain, sealer, head.dedup === undefined);
+    return new SegmentSource(own, chain, sealer);
   }
 
   storeFor(seg: number): ObjectStore {

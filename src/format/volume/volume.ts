@@ -892,7 +892,12 @@ export class Volume {
   private resetTrees(head: HeadRecord): void {
     this.tree = new BTree(rootOf(head), this.tree.capacity, this.loader);
     const d = this.dedup;
-    if (d) d.tree = new BTree(dedupRootOf(head) ?? rootOf(head), d.tree.capacity, this.loader);
+    if (d) {
+      const root = dedupRootOf(head);
+      d.tree = root
+        ? new BTree(root, d.tree.capacity, this.loader)
+        : BTree.empty(d.tree.capacity, this.loader, true);
+    }
     this.cleanHead = head;
   }
 
