@@ -33,6 +33,8 @@ export interface SegmentReader {
   keyFor(seg: number): string;
   /** Encrypted volumes: nodes are sealed (codec/seal.ts). */
   readonly sealer?: Sealer | undefined;
+  /** `e`, met reading segment `seg`: the explanation to report instead, if any, else `e`. */
+  explainDamage?(seg: number, e: unknown): Promise<unknown>;
 }
 
 /** A node's cache key: the node at byte `off` of segment `seg`. */
@@ -164,7 +166,9 @@ export class NodeLoader implements NodeSource {
     }
     const { start, count } = this.siblingRun(p, i);
     const level = p.level - 1;
-    const promise = this.fetch(seg, start, count, level, p.content);
+    const promise = this.fetch(seg, start, count, level, p.content).catch(async (e: unknown) => {
+      throw (await this.segments.explainDamage?.(seg, e)) ?? e;
+    });
     for (let k = 0; k < count; k++)
       this.inflight.set(nodeKey(seg, start + k * this.nodeSize), promise);
     try {

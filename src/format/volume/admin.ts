@@ -143,8 +143,7 @@ async function spaceUsage(
 ): Promise<SpaceUsage> {
   const source = await SegmentSource.forHead(store, head, options.openStore);
   // A checkpoint a compaction drops while this walks it: said so, not reported as damage.
-  source.explainMissing = (_seg, key) =>
-    droppedWhileRead(store, [head.checkpoint, ...retained], key);
+  source.explain = (_seg, key) => droppedWhileRead(store, [head.checkpoint, ...retained], key);
   const nodeSize = 2 ** head.metaBlockShift;
   const loader = new NodeLoader(source, nodeSize, 32 * 1024 * 1024);
   try {

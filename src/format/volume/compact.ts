@@ -150,7 +150,7 @@ async function compactOnce(
     const source = await SegmentSource.forHead(store, oldHead, options.openStore);
     // Segments a newer run or writer deleted after taking the volume from this one: fenced.
     // (A dry run reads as any reader: its checkpoints dropped under it.)
-    source.explainMissing = (_seg, key) =>
+    source.explain = (_seg, key) =>
       vol
         ? takenOverWhileRead(store, oldHead.epoch, key)
         : droppedWhileRead(store, oldHead.checkpoint, key);

@@ -325,7 +325,7 @@ export async function diffCheckpoints(
   const nodeSize = 2 ** head.metaBlockShift;
   const source = await SegmentSource.forHead(store, hb, options.openStore);
   // Either checkpoint dropped by a compaction while its nodes are read: not damage.
-  source.explainMissing = (_seg, key) =>
+  source.explain = (_seg, key) =>
     droppedWhileRead(store, ha ? [ha.checkpoint, hb.checkpoint] : hb.checkpoint, key);
   const loader = new NodeLoader(source, nodeSize, 32 * 1024 * 1024);
   // lba → location in `from` (ex) and in `to` (ey), for blocks under subtrees that differ.

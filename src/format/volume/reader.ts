@@ -787,7 +787,8 @@ export class Reader {
     const dest = out.subarray(r.first * bs - offset, r.first * bs - offset + total);
     const body = await this.getData(r.seg, r.off, total, dest);
     const key = this.segments.keyFor(r.seg);
-    if (body.length < total) throw truncated(key, r.off, total);
+    if (body.length < total)
+      throw await this.segments.explainDamage(r.seg, truncated(key, r.off, total));
     // (mem:// and a segment still in flight hand out their own bytes.)
     if (body.buffer !== dest.buffer || body.byteOffset !== dest.byteOffset)
       body.copy(dest, 0, 0, total);
@@ -795,7 +796,7 @@ export class Reader {
     if (crc32c(dest) === crc32cOfRun(0, crcs.length, bs, (k) => crcs[k] as number)) return;
     let k = 0;
     while (k < crcs.length - 1 && crc32c(dest.subarray(k * bs, (k + 1) * bs)) === crcs[k]) k++;
-    throw damaged(key, bs, r.first + k, r.off + k * bs);
+    throw await this.segments.explainDamage(r.seg, damaged(key, bs, r.first + k, r.off + k * bs));
   }
 
   /** Blocks other fetches are getting: copy them once there (fetch those that are gone). */
@@ -1150,6 +1151,8 @@ export class Reader {
       }
       if (decoding) await Promise.all(decoding);
       return out;
+    } catch (e) {
+      throw await this.segments.explainDamage(seg, e);
     } finally {
       for (const k of keys) this.inflight.delete(k);
       if (r.ahead) {

@@ -27,12 +27,15 @@ export class SegmentSource {
    */
   private readonly inFlight = new Map<number, readonly Buffer[]>();
   /**
-   * Asked when a segment is missing, before that is reported as damage: the error to report
-   * instead (a reader's checkpoint dropped under it, a writer taken over), or undefined. When
-   * it cannot tell (the store failed the lookup), the store's error is reported: an honest
-   * "try again", never damage that a takeover or compaction may explain.
+   * Asked when a segment is missing, or holds other bytes than the index says, before that
+   * is reported as damage: the error to report instead (a reader's checkpoint dropped under
+   * it, a writer taken over), or undefined. A segment a compaction deleted may be missing,
+   * or hold what a stale takeover placed at its id later (a create-only PUT of a fence at an
+   * id that was free again). When it cannot tell (the store failed the lookup), the store's
+   * error is reported: an honest "try again", never damage that a takeover or compaction may
+   * explain.
    */
-  explainMissing?: (seg: number, key: string) => Promise<Error | undefined>;
+  explain?: (seg: number, key: string) => Promise<Error | undefined>;
 
   private constructor(
     readonly own: ObjectStore,
@@ -125,12 +128,22 @@ export class SegmentSource {
     } catch (e) {
       if (isHyperError(e, 'OBJECT_NOT_FOUND')) {
         const named = store === this.own ? key : `${store.url}${key}`;
-        const why = await this.explainMissing?.(seg, named).catch(unlessUnavailable);
+        const why = await this.explain?.(seg, named).catch(unlessUnavailable);
         if (why) throw why;
         throw dataError('MISSING_OBJECT', named, `A segment holding ${what} is missing`);
       }
       throw e;
     }
+  }
+
+  /**
+   * `e`, met reading segment `seg`: when it reports the segment damaged, the explanation
+   * instead if there is one (see `explain`). A missing segment was explained by `get`.
+   */
+  async explainDamage(seg: number, e: unknown): Promise<unknown> {
+    if (!this.explain || !(isHyperError(e) && e.kind === 'data') || e.code === 'MISSING_OBJECT')
+      return e;
+    return (await this.explain(seg, e.key ?? this.keyFor(seg)).catch(unlessUnavailable)) ?? e;
   }
 
   /** Whether the segment object exists (one HEAD request). */

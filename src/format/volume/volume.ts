@@ -337,7 +337,7 @@ export class Volume {
         : cur.head;
       const src = await source(head);
       // What a compaction or restore deletes under a reader is no damage: say so.
-      src.explainMissing = (_seg, key) => droppedWhileRead(store, head.checkpoint, key);
+      src.explain = (_seg, key) => droppedWhileRead(store, head.checkpoint, key);
       const disk = await openDiskCache(options, head, src);
       try {
         return new Volume(store, head, true, undefined, options, src, disk);
@@ -373,7 +373,7 @@ export class Volume {
       const src = await source(committer.head);
       // What a takeover (a forced compaction) deletes under this writer: it was fenced.
       const epoch = committer.head.epoch;
-      src.explainMissing = (_seg, key) => takenOverWhileRead(store, epoch, key);
+      src.explain = (_seg, key) => takenOverWhileRead(store, epoch, key);
       disk = await openDiskCache(options, committer.head, src);
       vol = new Volume(store, committer.head, false, committer, options, src, disk);
       const walUrl = committer.head.walUrl;

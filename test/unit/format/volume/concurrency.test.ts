@@ -24,6 +24,9 @@
  *  13  a reader of a volume deleted under it: VOLUME_NOT_FOUND (never damage)
  *  14  a takeover finds its fence's id taken, and a newer takeover deletes that segment before
  *      it looks at it: FENCED (never damage)
+ *  15  a segment a forced compaction deleted holds other bytes later (a stale takeover's fence
+ *      landed at its free id): a writer reading it is FENCED, a reader of a checkpoint the
+ *      compaction dropped gets CHECKPOINT_NOT_FOUND (never damage)
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
@@ -1122,5 +1125,45 @@ describe('concurrency: a takeover whose fence id is taken by a segment a newer t
     await w.close().catch(() => undefined);
     const c = await checkVolume(inner, { deep: true });
     assert.equal(c.clean, true, JSON.stringify(c.problems));
+  });
+});
+
+describe('concurrency: a segment a forced compaction deleted holds other bytes later (scenario 15)', () => {
+  it('a writer reading it is FENCED and a reader of a dropped checkpoint is told so, not of damage (chaos seed 48870)', async () => {
+    // The reader meets it in a data block, or (a tree of 512 blocks) in an index node first.
+    for (const occupant of ['short', 'same size', 'short, under index nodes'] as const) {
+      const half = occupant.endsWith('nodes') ? SIZE / 2 : CHUNK;
+      const inner = MemStore.isolated(`mem://id-reused-${occupant.replace(/\W+/g, '-')}/`);
+      await Volume.create(inner, { size: SIZE, segmentSize: 4 * MiB });
+      const w = await Volume.open(inner, { flushIntervalMs: 0, dataCacheBytes: 0 });
+      await w.write(0, Buffer.alloc(2 * half, 7));
+      const old = (await w.flush()).checkpoint;
+      // Half of that segment is overwritten: compaction rewrites the other half and deletes it.
+      await w.write(0, Buffer.alloc(half, 9));
+      const newer = (await w.flush()).checkpoint;
+      const r = await Volume.open(inner, { at: { checkpoint: old }, dataCacheBytes: 0 });
+      await compactVolume(inner, { keepLast: 1, graceMs: 0, minLive: 0.9, force: true });
+      assert.equal(await inner.head(segmentKey(old)), undefined, 'the compaction deleted it');
+      // What lands at the free id: as short as an empty fence segment, or as long as the one
+      // that was there.
+      const other = (await inner.get(segmentKey(newer))).body;
+      const body = occupant === 'same size' ? other : other.subarray(0, 4 * KiB);
+      await inner.put(segmentKey(old), body, { ifNoneMatch: true });
+      await assert.rejects(w.read(half, CHUNK), (e) => {
+        assert.ok(isHyperError(e, 'FENCED'), `${occupant}: ${String(e)}`);
+        return true;
+      });
+      await assert.rejects(r.read(half, CHUNK), (e) => {
+        assert.ok(isHyperError(e, 'CHECKPOINT_NOT_FOUND'), `${occupant}: ${String(e)}`);
+        return true;
+      });
+      await w.close().catch(() => undefined);
+      await r.close();
+      // The volume reads as written; the object at the free id is a leftover, not damage.
+      const v = await Volume.open(inner, { readOnly: true });
+      const want = Buffer.concat([Buffer.alloc(half, 9), Buffer.alloc(half, 7)]);
+      assert.ok((await v.read(0, 2 * half)).equals(want), occupant);
+      await v.close();
+    }
   });
 });

@@ -739,7 +739,7 @@ describe('write-ahead log replay', () => {
       await turns(5 + Math.floor(r() * 40));
       // An operator damages (or loses) a record past the head, then forces the cut while the
       // writer goes on: the writer still holds those writes and commits them itself.
-      const head = await readHead(vol);
+      const { head } = await readHead(vol);
       const past = (await listWal(wal, uuid)).filter((q) => q > (head.walSeq ?? 0));
       const victim = past[Math.floor(r() * past.length)];
       if (victim !== undefined) {
