@@ -318,6 +318,23 @@ export async function headAt(
   }
 }
 
+/**
+ * headAt for a reader that goes on to use what the head names: a checkpoint dropped since
+ * `current` was read is CHECKPOINT_NOT_FOUND (one more GET of the head). Its segment may have
+ * been deleted and its id taken by a stale takeover's fence, whose head headAt would return.
+ */
+export async function keptHeadAt(
+  store: ObjectStore,
+  current: HeadRecord,
+  id: number,
+): Promise<HeadRecord> {
+  const head = await headAt(store, current, id);
+  if (id === current.checkpoint) return head;
+  const dropped = await droppedWhileRead(store, id);
+  if (dropped) throw dropped;
+  return head;
+}
+
 /** Entries per index node of this volume (a sealed node gives room to its nonce and tag). */
 export const nodeCapacityOf = (head: HeadRecord): number =>
   nodeCapacity(2 ** head.metaBlockShift - (head.seal ? sealOverhead(head.seal.cipher) : 0));
@@ -442,14 +459,15 @@ export async function resolveCheckpoint(
 
 /**
  * For a reader of checkpoint `id` (opened read-only; or of several) that found a segment
- * `key` missing: the error to report when the volume no longer retains that checkpoint (a
- * compaction or restore dropped it and deleted its segments while it was being read),
- * undefined when it still does (the object is missing for another reason: damage).
+ * `key` missing or not what the index says (or that asks before it reads, no key): the error
+ * to report when the volume no longer retains that checkpoint (a compaction or restore
+ * dropped it and deleted its segments while it was being read), undefined when it still does
+ * (the object is missing or damaged for another reason: damage).
  */
 export async function droppedWhileRead(
   store: ObjectStore,
   ids: number | readonly number[],
-  key: string,
+  key?: string,
 ): Promise<HyperError | undefined> {
   const head = await headOrDeleted(store, key);
   if (head instanceof HyperError) return head;
@@ -458,7 +476,7 @@ export async function droppedWhileRead(
   return new HyperError(
     'not-found',
     'CHECKPOINT_NOT_FOUND',
-    `Checkpoint ${id} was dropped while it was being read (by a compaction or restore; ${key} is gone); ${await keptRange(store, head)}`,
+    `Checkpoint ${id} was dropped while it was being read (by a compaction or restore${key ? `; ${key} is gone` : ''}); ${await keptRange(store, head)}`,
     {
       suggestion:
         'Read a kept checkpoint (`hyper snapshot list`). To keep one while it is read, name it with `hyper snapshot create`, or compact with a longer --grace (10 minutes by default).',
@@ -491,7 +509,7 @@ export async function takenOverWhileRead(
  * The head, for explaining an object found missing; a volume deleted meanwhile (no head, or
  * only what a delete in progress left) is that explanation: VOLUME_NOT_FOUND, not damage.
  */
-async function headOrDeleted(store: ObjectStore, key: string): Promise<HeadRecord | HyperError> {
+async function headOrDeleted(store: ObjectStore, key?: string): Promise<HeadRecord | HyperError> {
   try {
     return (await readHead(store)).head;
   } catch (e) {
@@ -499,7 +517,7 @@ async function headOrDeleted(store: ObjectStore, key: string): Promise<HeadRecor
     return new HyperError(
       'not-found',
       'VOLUME_NOT_FOUND',
-      `The volume at ${store.url} was deleted while it was being read (${key} is gone)`,
+      `The volume at ${store.url} was deleted while it was being read${key ? ` (${key} is gone)` : ''}`,
       { suggestion: 'Check with `hyper file list` whether it still exists.', cause: e },
     );
   }

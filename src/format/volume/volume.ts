@@ -31,6 +31,7 @@ import {
   dedupRootOf,
   droppedWhileRead,
   headAt,
+  keptHeadAt,
   infoOf,
   nodeCapacityOf,
   readHead,
@@ -333,7 +334,7 @@ export class Volume {
       SegmentSource.forHead(store, h, options.openStore);
     if (options.at || options.readOnly) {
       const head = options.at
-        ? await headAt(store, cur.head, await resolveCheckpoint(store, cur.head, options.at))
+        ? await keptHeadAt(store, cur.head, await resolveCheckpoint(store, cur.head, options.at))
         : cur.head;
       const src = await source(head);
       // What a compaction or restore deletes under a reader is no damage: say so.

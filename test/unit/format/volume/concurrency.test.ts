@@ -26,12 +26,13 @@
  *      it looks at it: FENCED (never damage)
  *  15  a segment a forced compaction deleted holds other bytes later (a stale takeover's fence
  *      landed at its free id): a writer reading it is FENCED, a reader of a checkpoint the
- *      compaction dropped gets CHECKPOINT_NOT_FOUND (never damage)
+ *      compaction dropped gets CHECKPOINT_NOT_FOUND (never damage), also when it opens that
+ *      checkpoint and finds the fence's head at its id (never the wrong tree)
  */
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { HyperError, isHyperError } from '../../../../src/errors.js';
-import { decodeHead } from '../../../../src/format/codec/head.js';
+import { decodeHead, encodeHead } from '../../../../src/format/codec/head.js';
 import {
   FLATTEN_KEY,
   HEAD_KEY,
@@ -56,7 +57,8 @@ import { deleteVolume } from '../../../../src/format/volume/admin.js';
 import { checkVolume } from '../../../../src/format/volume/check.js';
 import { cloneVolume, flattenVolume, unpinClone } from '../../../../src/format/volume/clone.js';
 import { compactVolume } from '../../../../src/format/volume/compact.js';
-import { readHead } from '../../../../src/format/volume/heads.js';
+import { readCheckpointHead, readHead } from '../../../../src/format/volume/heads.js';
+import { buildEmptySegment } from '../../../../src/format/volume/segment-builder.js';
 import { createSnapshot } from '../../../../src/format/volume/history.js';
 import { KiB, MiB } from '../../../../src/format/volume/types.js';
 import { Volume } from '../../../../src/format/volume/volume.js';
@@ -1165,5 +1167,53 @@ describe('concurrency: a segment a forced compaction deleted holds other bytes l
       assert.ok((await v.read(0, 2 * half)).equals(want), occupant);
       await v.close();
     }
+  });
+
+  it('a reader opening a checkpoint dropped meanwhile never takes a stale fence at its id for it', async () => {
+    const inner = MemStore.isolated('mem://id-reused-open/');
+    await Volume.create(inner, { size: SIZE, segmentSize: 4 * MiB });
+    const w = await Volume.open(inner, { flushIntervalMs: 0 });
+    await w.write(0, Buffer.alloc(2 * CHUNK, 7));
+    const older = (await w.flush()).checkpoint;
+    await w.write(0, Buffer.alloc(CHUNK, 9));
+    const old = (await w.flush()).checkpoint;
+    await w.write(0, Buffer.alloc(CHUNK, 5));
+    await w.flush();
+    await w.close();
+    // A stale takeover's fence at id `old`: the head of `older`'s tree, as checkpoint `old`.
+    const { head: cur } = await readHead(inner);
+    const { root, rootLevel } = await readCheckpointHead(inner, older);
+    const stale = {
+      ...cur,
+      root,
+      rootLevel,
+      checkpoint: old,
+      prevCheckpoint: older,
+      lastSegment: old,
+    };
+    const reader = new ScriptedStore(inner, {
+      steps: [
+        step({
+          // The reader resolved `old` as kept and reads its head: meanwhile a compaction drops
+          // it and deletes its segment, and the stale fence lands at the free id.
+          when: (r) => r.op === 'get' && r.key === segmentKey(old),
+          run: async () => {
+            await compactVolume(inner, { keepLast: 1, graceMs: 0, minLive: 0, force: true });
+            assert.equal(await inner.head(segmentKey(old)), undefined, 'compaction deleted it');
+            await inner.put(
+              segmentKey(old),
+              buildEmptySegment(old, Date.now(), encodeHead(stale)),
+              {
+                ifNoneMatch: true,
+              },
+            );
+          },
+        }),
+      ],
+    });
+    await assert.rejects(Volume.open(reader, { at: { checkpoint: old } }), (e) => {
+      assert.ok(isHyperError(e, 'CHECKPOINT_NOT_FOUND'), String(e));
+      return true;
+    });
   });
 });
