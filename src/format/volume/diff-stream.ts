@@ -42,14 +42,7 @@ import type { HeadRecord } from '../codec/head.js';
 import { decodeSnapshot, encodeSnapshot } from '../codec/snapshot.js';
 import { SNAPSHOT_PREFIX, parseSnapshotKey, snapshotKey } from '../keys.js';
 import type { ObjectStore } from '../store/types.js';
-import {
-  headAt,
-  keptHeadAt,
-  readHead,
-  readStoredHead,
-  resolveCheckpoint,
-  rootOf,
-} from './heads.js';
+import { headAt, readHead, readStoredHead, resolveCheckpoint, rootOf } from './heads.js';
 import { confirmPinned, diffCheckpoints, type ChangedExtent } from './history.js';
 import { MAX_VOLUME_SIZE, MiB, type CheckpointRef, type OpenOptions } from './types.js';
 import { Volume } from './volume.js';
@@ -107,9 +100,10 @@ export async function exportDiff(
   const a = options.from ? await resolveCheckpoint(store, head, options.from) : 0;
   const b = options.to ? await resolveCheckpoint(store, head, options.to) : head.checkpoint;
   const [ha, hb] = await Promise.all([
-    a === 0 ? undefined : keptHeadAt(store, head, a),
-    keptHeadAt(store, head, b),
+    a === 0 ? undefined : headAt(store, head, a),
+    headAt(store, head, b),
   ]);
+  // (diffCheckpoints confirms, after these reads, that both are still kept.)
   const extents = await diffCheckpoints(store, a === 0 ? null : { checkpoint: a }, {
     checkpoint: b,
   });

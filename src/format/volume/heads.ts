@@ -319,19 +319,30 @@ export async function headAt(
 }
 
 /**
- * headAt for a reader that goes on to use what the head names: a checkpoint dropped since
- * `current` was read is CHECKPOINT_NOT_FOUND (one more GET of the head). Its segment may have
- * been deleted and its id taken by a stale takeover's fence, whose head headAt would return.
+ * After reading the heads of checkpoints `ids` with headAt, for a reader that goes on to use
+ * what they name: CHECKPOINT_NOT_FOUND if one was dropped since `current` was read (one more
+ * look at the head). Its segment may have been deleted and its id taken by a stale
+ * takeover's fence, whose head headAt would have returned.
  */
+export async function confirmKept(
+  store: ObjectStore,
+  current: HeadRecord,
+  ids: readonly number[],
+): Promise<void> {
+  const older = ids.filter((id) => id !== current.checkpoint);
+  if (older.length === 0) return;
+  const dropped = await droppedWhileRead(store, older);
+  if (dropped) throw dropped;
+}
+
+/** headAt, then confirmKept. */
 export async function keptHeadAt(
   store: ObjectStore,
   current: HeadRecord,
   id: number,
 ): Promise<HeadRecord> {
   const head = await headAt(store, current, id);
-  if (id === current.checkpoint) return head;
-  const dropped = await droppedWhileRead(store, id);
-  if (dropped) throw dropped;
+  await confirmKept(store, current, [id]);
   return head;
 }
 

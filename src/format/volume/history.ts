@@ -21,9 +21,9 @@ import {
 import type { ObjectStore } from '../store/types.js';
 import type { CheckpointRef, OpenOptions } from './types.js';
 import {
+  confirmKept,
   droppedWhileRead,
   headAt,
-  keptHeadAt,
   readHead,
   readSnapshot,
   readStoredHead,
@@ -321,10 +321,9 @@ export async function diffCheckpoints(
   const { head } = await readHead(store);
   const b = to ? await resolveCheckpoint(store, head, to) : head.checkpoint;
   const ha =
-    from === null
-      ? null
-      : await keptHeadAt(store, head, await resolveCheckpoint(store, head, from));
-  const hb = await keptHeadAt(store, head, b);
+    from === null ? null : await headAt(store, head, await resolveCheckpoint(store, head, from));
+  const hb = await headAt(store, head, b);
+  await confirmKept(store, head, ha ? [ha.checkpoint, b] : [b]);
   const nodeSize = 2 ** head.metaBlockShift;
   const source = await SegmentSource.forHead(store, hb, options.openStore);
   // Either checkpoint dropped by a compaction while its nodes are read: not damage.
