@@ -16,7 +16,9 @@
  * 30 min down to 3 s and renewed by virtual-time intervals, so they lapse when renewals
  * stall or the store is full, and may then be taken without --force. In about a fifth of the
  * seeds the writer logs to a WAL beside the volume (every write, or at each sync), which every
- * later opener, admin operations included, replays before its fence.
+ * later opener, admin operations included, replays before its fence. In those seeds the harness
+ * also damages the log now and then (a record past the head corrupted, or deleted below a
+ * later one) and runs `file repair --apply` (with --force beside a live writer).
  *
  * A reference model tracks what must hold, and after every step that changed the store the
  * harness checks, with the scheduler paused and through fault-free stores:
@@ -59,6 +61,11 @@
  *       writer trimmed under an opener is FENCED.
  *   (n) a writer told FENCED was taken over: the lease or the head holds a newer epoch than
  *       its own (a store that failed a look is its error, never a fence).
+ *   (o) a damaged WAL record stops every opener that would replay it, naming its key ((m),
+ *       and (i) for the opens that pass); `file repair --apply` cuts the log only where the
+ *       harness damaged it, never at a record a live writer trimmed or appended meanwhile,
+ *       and at the end of the run, with the store answering, it leaves a log that replays and
+ *       a volume that opens for writing again.
  * Operations that fail are fine; unexpected errors (not a HyperError, or kind 'internal')
  * are violations.
  *
@@ -91,6 +98,7 @@ import {
   segmentKey,
   snapshotKey,
   parseSnapshotKey,
+  walKey,
 } from '../../src/format/keys.js';
 import { RetryingStore } from '../../src/format/store/retry.js';
 import type {
@@ -111,6 +119,8 @@ import { readCheckpointHead, readHead, unfinishedFlatten } from '../../src/forma
 import { readLease } from '../../src/format/volume/lease.js';
 import { createSnapshot, deleteSnapshot, restoreVolume } from '../../src/format/volume/history.js';
 import { KiB, MiB, type Logger } from '../../src/format/volume/types.js';
+import { repairHead } from '../../src/format/volume/repair.js';
+import { listWal } from '../../src/format/volume/wal.js';
 import { Volume } from '../../src/format/volume/volume.js';
 import { rng } from './rng.js';
 import { SyncZstd } from './sync-zstd.js';
@@ -964,6 +974,13 @@ export interface ChaosTotals {
   /** Seeds whose writers log to a WAL, and opens that replayed one (a writer's or an admin's). */
   walSeeds: number;
   walReplays: number;
+  /**
+   * WAL records the harness damaged (deleted or corrupted past the head), opens that such
+   * damage refused, and `file repair --apply` runs that cut the log.
+   */
+  walDamages: number;
+  walRefusals: number;
+  walCuts: number;
   /** Volume copies acknowledged (`file copy`), and those that resumed an interrupted one. */
   copies: number;
   copiesResumed: number;
@@ -1010,6 +1027,8 @@ export const OPS: Record<string, number> = {
   settle: 3,
   deleteParent: 0.6,
   damagePin: 0.4,
+  damageWal: 0.6,
+  repairWal: 0.5,
   unpin: 0.8,
   copy: 1.5,
   check: 1,
@@ -1017,9 +1036,9 @@ export const OPS: Record<string, number> = {
 };
 
 /** Operations the classic schedule did not have (its seeds replay as they were found). */
-const NOT_CLASSIC = ['copy', 'check', 'diff'];
+const NOT_CLASSIC = ['copy', 'check', 'diff', 'damageWal', 'repairWal'];
 /** Operations added since the seeds of `replayedNow` (chaos.test.ts) were found. */
-export const SINCE_REPLAYED = ['diff'];
+export const SINCE_REPLAYED = ['diff', 'damageWal', 'repairWal'];
 
 const VOLUME_SIZE = 1 * MiB;
 const BS = 4 * KiB;
@@ -1128,8 +1147,15 @@ class Run {
   private readonly clones = new Map<string, CloneModel>();
   private readonly copies = new Map<string, CopyModel>();
   private readonly inflight = new Map<number, Inflight>();
-  /** Records the harness damaged on purpose (check reports them; that is expected). */
+  /**
+   * Records the harness damaged on purpose (check reports them; that is expected): keys
+   * relative to the run's volume (pins) or to the run's root (`wal/…`).
+   */
   private readonly damaged = new Set<string>();
+  /** WAL records damaged on purpose: sequence → how. */
+  private readonly walDamage = new Map<number, 'deleted' | 'corrupted'>();
+  /** `file repair --apply` runs in flight: a takeover meanwhile may start from a cut log. */
+  private walRepairs = 0;
   private maxEpoch = 0;
   /** Checkpoint → "time/root digest" of the head that committed it. */
   private readonly stamps = new Map<number, string>();
@@ -1437,10 +1463,15 @@ class Run {
       this.violation(`${name} failed with an unexpected error: ${errText(e)} ${stack}`);
     } else if (isHyperError(e) && e.kind === 'data') {
       // (m) Damage is reported only where the harness did some.
-      const key = e.key ?? '';
-      if (![...this.damaged].some((k) => key === k || key.endsWith(`/${k}`)))
+      if (!this.isDamaged(e.key ?? ''))
         this.violation(`(m) ${name} failed as if the store were damaged: ${errText(e)}`);
+      else if (this.walDamage.size > 0 && /\/wal\//.test(e.key ?? '')) this.totals.walRefusals++;
     }
+  }
+
+  /** Whether `key` (as an error or `file check` names it: often a URL) is damage done on purpose. */
+  private isDamaged(key: string): boolean {
+    return [...this.damaged].some((k) => key === k || key.endsWith(`/${k}`));
   }
 
   /** Start an admin operation concurrently with the writer. */
@@ -1535,8 +1566,10 @@ class Run {
       // (i) With a WAL, a writer that takes over from the previous one directly (nobody
       // else held the lease in between) starts from everything that one acknowledged as
       // durable: the WAL records past the head are replayed before the fence is claimed.
+      // (A repair in flight may have cut the log: what it dropped is lost by the operator's
+      // choice, and the floor is dropped when it ends.)
       const floor = this.walFloor;
-      if (floor && epoch === floor.epoch + 1) {
+      if (floor && epoch === floor.epoch + 1 && this.walRepairs === 0) {
         if (!this.timeline.some((e) => e.seq >= floor.seq && e.sha === c.sha))
           this.violation(
             `${actor.name} took over from epoch ${floor.epoch} (WAL acks at ${this.walAck}) reading ${c.sha}, without what that writer acknowledged as durable (${this.timeline
@@ -2158,7 +2191,7 @@ class Run {
         openStore: this.opener(actor),
       });
       const damage = r.problems.filter(
-        (p) => (p.kind === 'missing' || p.kind === 'corrupt') && !this.damaged.has(p.key),
+        (p) => (p.kind === 'missing' || p.kind === 'corrupt') && !this.isDamaged(p.key),
       );
       if (damage.length > 0)
         this.violation(
@@ -2476,6 +2509,104 @@ class Run {
   }
 
   /**
+   * Bit rot or a lost object in the write-ahead log: a record past the head is corrupted (a
+   * byte flipped, cut short, or replaced), or deleted when a later record exists (a gap; the
+   * newest record deleted would leave no trace, and is not done). Until `file repair --apply`
+   * cuts the log there, every opener that would replay it must refuse, naming that record,
+   * and never start from a content without the writes logged in it (i); the live writer,
+   * which never reads its log back, goes on, and its next commit covers the record.
+   */
+  private async damageWalOp(): Promise<void> {
+    if (!this.walAck) return;
+    await this.atomically(async () => {
+      const { head } = await readHead(this.raw(this.mainUrl));
+      const wal = this.raw(this.walUrl);
+      const past = (await listWal(wal, head.uuid)).filter((q) => q > (head.walSeq ?? 0));
+      const seq = this.pickFrom(past);
+      if (seq === undefined) return;
+      const key = walKey(head.uuid, seq);
+      const how = seq < (past.at(-1) as number) && this.rand() < 0.4 ? 'deleted' : 'corrupted';
+      let what: string;
+      if (how === 'deleted') {
+        await wal.delete([key]);
+        what = 'deleted';
+      } else {
+        const body = Buffer.from((await wal.get(key)).body);
+        const kind = Math.floor(this.rand() * 3);
+        const at = Math.floor(this.rand() * body.length);
+        if (kind === 0) {
+          body[at] = (body[at] as number) ^ 0x20;
+          what = `byte ${at} of ${body.length} flipped`;
+        } else if (kind === 1) {
+          what = `cut to ${at} of ${body.length} bytes`;
+        } else {
+          what = 'replaced';
+        }
+        await wal.put(
+          key,
+          kind === 1 ? body.subarray(0, at) : kind === 2 ? Buffer.from('not a WAL record') : body,
+        );
+      }
+      this.damaged.add(`wal/${key}`);
+      this.walDamage.set(seq, how);
+      this.totals.walDamages++;
+      this.world.mutations++;
+      this.note(
+        `damaged WAL record ${seq} (${what}; head covers up to ${head.walSeq ?? 0}, log holds ${past[0]}..${past.at(-1)})`,
+      );
+    });
+  }
+
+  /**
+   * `file repair --apply` (with --force beside a live writer, as an operator would, or when
+   * the lease is held): it cuts the log at the first record that cannot be replayed. Where
+   * nothing past the head was damaged it must find nothing to cut (a record a live writer
+   * trimmed meanwhile is no damage); where it cut, the writes in the records it dropped are
+   * lost by the operator's choice, so no floor (i) holds across it.
+   */
+  private repairWalOp(): void {
+    if (!this.walAck) return;
+    const actor = this.actor('repair');
+    const force = this.writer !== undefined || this.rand() < 0.5;
+    const damagesBefore = this.totals.walDamages;
+    this.walRepairs++;
+    this.walFloor = undefined;
+    this.launch(
+      `file repair --apply${force ? ' --force' : ''}`,
+      actor,
+      async () => {
+        // (The head only moves forward: records it covers now it covers at the repair's look.)
+        const { head } = await readHead(this.raw(this.mainUrl));
+        const clean = [...this.walDamage.keys()].every((q) => q <= (head.walSeq ?? 0));
+        const r = await repairHead(this.view(actor, this.mainUrl), {
+          apply: true,
+          force,
+          openStore: this.opener(actor),
+        });
+        const w = r.wal;
+        if (w?.bad && w.applied) this.totals.walCuts++;
+        if (w?.bad && clean && this.totals.walDamages === damagesBefore)
+          this.violation(
+            `(o) file repair cut the log at ${w.bad.key} (${w.bad.message}), though no record past the head (${head.walSeq ?? 0}) was damaged`,
+          );
+        if (w?.bad && !this.isDamaged(w.bad.key))
+          this.violation(
+            `(o) file repair found ${w.bad.key} bad (${w.bad.message}), which the harness did not damage`,
+          );
+        return w === null
+          ? 'no WAL'
+          : w.bad
+            ? `cut at ${w.bad.seq} (${w.bad.kind}): ${w.dropped.length} record(s) dropped, ${w.replayable} replayable`
+            : `nothing to cut (${w.replayable} replayable)`;
+      },
+      () => {
+        this.walRepairs--;
+        this.walFloor = undefined;
+      },
+    );
+  }
+
+  /**
    * `snapshot unpin` naming a clone by URL: often one being created right now (it has no head
    * yet), else any. It may release only the pins of clones that do not exist; check (c)
    * finds a clone that exists without its pin.
@@ -2619,6 +2750,10 @@ class Run {
         return this.deleteParentOp();
       case 'damagePin':
         return this.damagePinOp();
+      case 'damageWal':
+        return this.damageWalOp();
+      case 'repairWal':
+        return this.repairWalOp();
       case 'unpin':
         return this.unpinOp();
     }
@@ -2851,7 +2986,9 @@ class Run {
     // (d) the volume itself.
     const chk = await checkVolume(raw, { deep: true, openStore: this.rawOpen });
     for (const p of chk.problems) {
-      if (p.kind === 'corrupt' && this.damaged.has(p.key)) continue;
+      if (p.kind === 'corrupt' && this.isDamaged(p.key)) continue;
+      // A WAL record the harness deleted is a gap: missing.
+      if (p.kind === 'missing' && /\/wal\//.test(p.key) && this.isDamaged(p.key)) continue;
       if (p.kind === 'missing' || p.kind === 'corrupt')
         this.violation(`(d) ${p.kind} ${p.key}: ${p.message}`);
       else if (
@@ -2877,6 +3014,48 @@ class Run {
       this.violation(
         `(h) ${w.actor.name} could not commit once the store answered again, although it still holds the volume (epoch ${w.epoch})`,
       );
+  }
+
+  /**
+   * Invariant (o), at the end of a run that damaged its WAL: `file repair --apply` (the store
+   * answering) leaves a log the next writer replays, and the volume opens for writing again
+   * (--force: a killed writer's lease may still be live), reading a content some commit or
+   * logged change produced.
+   */
+  private async cutAndReopen(): Promise<void> {
+    const actor = this.actor('repair', false);
+    this.walFloor = undefined;
+    try {
+      const r = await this.sim.watch(
+        repairHead(this.view(actor, this.mainUrl), {
+          apply: true,
+          force: true,
+          openStore: this.opener(actor),
+        }),
+        'final repair',
+      );
+      const w = r.wal;
+      if (w?.bad) this.totals.walCuts++;
+      this.note(
+        `${actor.name} final file repair --apply --force -> ${w?.bad ? `cut at ${w.bad.seq} (${w.bad.kind}), ${w.dropped.length} dropped` : 'nothing to cut'}`,
+      );
+      const again = await repairHead(this.raw(this.mainUrl), { openStore: this.rawOpen });
+      if (again.wal?.bad)
+        this.violation(
+          `(o) after file repair --apply the log still breaks at ${again.wal.bad.key}`,
+        );
+    } catch (e) {
+      this.violation(`(o) the final file repair failed with the store answering: ${errText(e)}`);
+      return;
+    }
+    await this.openWriter(true);
+    const w = this.writer as Writer | undefined;
+    if (!w) {
+      this.violation('(o) after file repair --apply the volume does not open for writing');
+      return;
+    }
+    await this.dropWriter('end of run, after the repair');
+    await this.settle();
   }
 
   // -------------------------------------------------------------- the run
@@ -2934,6 +3113,7 @@ class Run {
           if (this.writer === w) await this.dropWriter('end of run');
         }
         await this.settle();
+        if (this.totals.walDamages > 0) await this.cutAndReopen();
         await this.check(true);
       }
     } catch (e) {
@@ -3012,6 +3192,9 @@ export const emptyTotals = (): ChaosTotals => ({
   compactNoRoom: 0,
   walSeeds: 0,
   walReplays: 0,
+  walDamages: 0,
+  walRefusals: 0,
+  walCuts: 0,
   copies: 0,
   copiesResumed: 0,
   copyTwins: 0,

@@ -17,11 +17,14 @@ import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { MemStore } from '../../../../src/format/store/mem.js';
 import {
+  addTotals,
   chaosEnv,
   describeFailure,
+  emptyTotals,
   runChaosBudget,
   SINCE_REPLAYED,
   type ChaosBackend,
+  type ChaosResult,
 } from '../../../helpers/chaos.js';
 
 const memBackend = (seed: number): Promise<ChaosBackend> => {
@@ -46,7 +49,7 @@ describe('chaos: concurrent writer, admin operations and store faults (mem://)',
         },
       });
       console.log(
-        `chaos totals: seeds ${seeds[0]}..${seeds.at(-1)} (${totals.seeds}), steps ${totals.steps}, operations ${totals.operations} (${totals.opsFailed} failed cleanly), requests ${totals.requests}, faults injected ${totals.faultsBefore + totals.faultsAfter} (${totals.faultsBefore} before, ${totals.faultsAfter} after applying), takeovers ${totals.takeovers}, kills ${totals.kills}, invariant checks ${totals.checks}, violations ${totals.violations}, overlapped segment PUTs ${totals.overlappedSegmentPuts}, NO_SPACE ${totals.noSpace}, leases lapsed ${totals.lapses} (${totals.lapsesEnded} renewed after), compactions short of room ${totals.compactNoRoom}, WAL seeds ${totals.walSeeds} (${totals.walReplays} opens replayed one), copies ${totals.copies} (${totals.copiesResumed} finishing an interrupted one; ${totals.copyTwins} started beside a running attempt of the same copy, ${totals.copyTwinsAcked} of them acknowledged), writers told FENCED ${totals.fencedWriters}, diffs applied ${totals.diffs}`,
+        `chaos totals: seeds ${seeds[0]}..${seeds.at(-1)} (${totals.seeds}), steps ${totals.steps}, operations ${totals.operations} (${totals.opsFailed} failed cleanly), requests ${totals.requests}, faults injected ${totals.faultsBefore + totals.faultsAfter} (${totals.faultsBefore} before, ${totals.faultsAfter} after applying), takeovers ${totals.takeovers}, kills ${totals.kills}, invariant checks ${totals.checks}, violations ${totals.violations}, overlapped segment PUTs ${totals.overlappedSegmentPuts}, NO_SPACE ${totals.noSpace}, leases lapsed ${totals.lapses} (${totals.lapsesEnded} renewed after), compactions short of room ${totals.compactNoRoom}, WAL seeds ${totals.walSeeds} (${totals.walReplays} opens replayed one; ${totals.walDamages} records damaged, ${totals.walRefusals} operations refused for it, ${totals.walCuts} cuts by file repair), copies ${totals.copies} (${totals.copiesResumed} finishing an interrupted one; ${totals.copyTwins} started beside a running attempt of the same copy, ${totals.copyTwinsAcked} of them acknowledged), writers told FENCED ${totals.fencedWriters}, diffs applied ${totals.diffs}`,
       );
       assert.ok(totals.checks > 0, 'no invariant was checked');
       // (Over the whole budget; a replayed seed may not pipeline any.)
@@ -63,6 +66,35 @@ describe('chaos: concurrent writer, admin operations and store faults (mem://)',
       );
     },
   );
+
+  it('refuses opens at a damaged WAL record and opens again after file repair cuts the log', async () => {
+    // WAL seeds (their WAL is damaged and cut in the first ones), until the damage has been
+    // refused and cut: the budget run above may stop before it reaches one on a busy machine.
+    let totals = emptyTotals();
+    const failures: ChaosResult[] = [];
+    for (const seed of [18, 26, 28, 34, 36, 40, 42, 49]) {
+      const r = await runChaosBudget({
+        ...chaosEnv(0),
+        seed,
+        makeBackend: memBackend,
+        onResult: (res) => {
+          if (res.violations.length > 0)
+            console.log(describeFailure(res, `HYPER_CHAOS_SEED=${seed}`, 150));
+        },
+      });
+      totals = addTotals(totals, r.totals);
+      failures.push(...r.failures);
+      if (totals.walDamages >= 2 && totals.walRefusals > 0 && totals.walCuts >= 2) break;
+    }
+    assert.deepEqual(
+      failures.flatMap((f) => f.violations),
+      [],
+    );
+    assert.ok(totals.walDamages >= 2, `${totals.walDamages} WAL records damaged`);
+    assert.ok(totals.walRefusals > 0, 'no open was refused at a damaged record');
+    assert.ok(totals.walCuts >= 2, `${totals.walCuts} cuts by file repair`);
+    assert.ok(totals.walReplays > 0, 'no open replayed the log');
+  });
 
   // Seeds that found a violation once, replayed every run.
   const replayed: [number, string][] = [
