@@ -119,6 +119,8 @@ export function isHyperError(e: unknown, code?: ErrorCode): e is HyperError {
 export function toHyperError(e: unknown): HyperError {
   if (e instanceof HyperError) return e;
   if (e instanceof Error && e.name === 'AbortError') {
+    // An abort that says why (the signal's reason, which Node carries as the cause) keeps it.
+    if (e.cause instanceof HyperError) return e.cause;
     return new HyperError('unavailable', 'ABORTED', 'The operation was interrupted.', { cause: e });
   }
   const system = systemError(e);

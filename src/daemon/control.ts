@@ -387,6 +387,19 @@ export class ControlClient {
         },
       );
     }
+    if (code === 'ECONNRESET' || code === 'EPIPE') {
+      // ("socket hang up": the daemon closed the connection before it answered.)
+      return new HyperError(
+        'unavailable',
+        'DAEMON_NOT_RUNNING',
+        `The hyper daemon on ${this.socketPath} closed the connection before it answered (it stopped or was killed)`,
+        {
+          cause: e,
+          suggestion:
+            'See whether it runs ("hyper ls", "systemctl status hyper-daemon"), and what it did ("journalctl -u hyper-daemon"); then run the command again.',
+        },
+      );
+    }
     return toHyperError(e);
   }
 }

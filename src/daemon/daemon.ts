@@ -105,6 +105,8 @@ export class Daemon implements ControlHandler {
   private sampler: NodeJS.Timeout | undefined;
   private startedAt = new Date();
   private stopping: Promise<void> | undefined;
+  /** Aborted when the daemon starts stopping (maps waiting for a lease end with it). */
+  private readonly stopped = new AbortController();
   private saving: Promise<void> = Promise.resolve();
   private reloading: Promise<unknown> | undefined;
 
@@ -420,6 +422,8 @@ export class Daemon implements ControlHandler {
   }
 
   private async shutdown(): Promise<void> {
+    // Maps still waiting for a lease (--wait) end now, each answered with why.
+    this.stopped.abort(daemonStopping());
     await this.options.notifier?.notify('STOPPING=1', '--status=stopping: draining connections');
     clearInterval(this.sampler);
     this.logger.info('stopping the daemon', { exports: this.mappedCount() });
@@ -457,7 +461,7 @@ export class Daemon implements ControlHandler {
     how: { keepOnFailure: boolean; force?: boolean; wait?: boolean; signal?: AbortSignal },
   ): Promise<void> {
     if (this.stopping !== undefined) {
-      throw new HyperError('unavailable', 'ABORTED', 'The daemon is stopping');
+      throw daemonStopping();
     }
     const existing = this.entries.get(spec.name);
     if (existing?.leftOpen !== undefined) {
@@ -530,10 +534,13 @@ export class Daemon implements ControlHandler {
         ...(spec.walAck === undefined ? {} : { walAck: spec.walAck }),
         force: how.force === true,
         waitForLease: how.wait === true,
+        signal:
+          how.signal === undefined
+            ? this.stopped.signal
+            : AbortSignal.any([how.signal, this.stopped.signal]),
         // No volume open here is this one (see above): a lease of this daemon's own is left
         // from an open or close that failed half-way, and is taken back at once.
         reclaim: true,
-        ...(how.signal === undefined ? {} : { signal: how.signal }),
       });
       entry.state = 'mapped';
       delete entry.error;
@@ -747,6 +754,19 @@ export class Daemon implements ControlHandler {
     );
     return next;
   }
+}
+
+/** Why a map fails once the daemon is stopping: not an interruption by the user. */
+function daemonStopping(): HyperError {
+  return new HyperError(
+    'unavailable',
+    'DAEMON_NOT_RUNNING',
+    'The daemon is stopping: the volume was not mapped',
+    {
+      suggestion:
+        'Map it again once the daemon is back ("systemctl start hyper-daemon" or "hyper daemon"); a mapping made before the stop is mapped again at start from the state file.',
+    },
+  );
 }
 
 function exportNotFound(name: string): HyperError {

@@ -1,12 +1,14 @@
 /**
  * The daemon in-process on file:// volumes: the control API (map, unmap, ls, reload), its
  * refusals (each leaves the daemon and its other exports serving), the control socket's
- * mode and takeover rules, the state file across restarts, and config reconciliation.
+ * mode and takeover rules, the state file across restarts, config reconciliation, and a map
+ * that waits for another holder's lease.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { request } from 'node:http';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it, type TestContext } from 'node:test';
@@ -328,6 +330,17 @@ describe('hyper daemon (in-process)', () => {
       new ControlClient(join(s.dir, 'none.sock')).get('/v1/daemon'),
       'DAEMON_NOT_RUNNING',
     );
+
+    // A daemon that dies while a request waits for its answer (kill -9): no bug, a daemon gone.
+    const dying = join(s.dir, 'dying.sock');
+    const hangUp = createServer((c) => c.once('data', () => c.destroy()));
+    await new Promise<void>((resolve) => hangUp.listen(dying, resolve));
+    t.after(() => new Promise<void>((resolve) => hangUp.close(() => resolve())));
+    await rejectsWith(
+      new ControlClient(dying).post('/v1/exports', { url: s.url('x'), wait: true }),
+      'DAEMON_NOT_RUNNING',
+      /closed the connection before it answered/,
+    );
   });
 
   it('maps the same exports again after a restart; a mapping that fails is kept as failed', async (t) => {
@@ -457,5 +470,79 @@ describe('hyper daemon (in-process)', () => {
       (await s.client.post<ExportStatus>('/v1/exports', { url: s.url('a') })).state,
       'mapped',
     );
+  });
+
+  it('map --wait: listed while it waits, ends with its client, maps once the holder lets go, and does not hold up a stop', async (t) => {
+    const s = await setup(t, ['a', 'b']);
+    const d = await s.start();
+    const holders: Volume[] = [];
+    const hold = async (name: string): Promise<Volume> => {
+      const v = await Volume.open(await openStore(s.url(name)), { holder: 'other' });
+      holders.push(v);
+      return v;
+    };
+    t.after(async () => {
+      for (const v of holders) await v.close().catch(() => undefined);
+    });
+    const listed = async () =>
+      (await s.client.get<{ exports: ExportStatus[] }>('/v1/exports')).exports.map((e) => [
+        e.name,
+        e.state,
+      ]);
+    const until = async (what: string, ok: () => Promise<boolean>) => {
+      for (let i = 0; i < 100; i++) {
+        if (await ok()) return;
+        await new Promise((r) => setTimeout(r, 50));
+      }
+      assert.fail(`timed out waiting until ${what}`);
+    };
+    const a = await hold('a');
+    // Without --wait the held volume is refused at once.
+    await rejectsWith(s.client.post('/v1/exports', { url: s.url('a') }), 'LEASE_HELD');
+    // With it, the request waits, and the export is listed as being mapped.
+    const ac = new AbortController();
+    const first = s.client.post('/v1/exports', { url: s.url('a'), wait: true }, ac.signal);
+    first.catch(() => undefined);
+    await until('the waiting map is listed', async () =>
+      (await listed()).some(([n, st]) => n === 'a' && st === 'mapping'),
+    );
+    // Meanwhile the name is taken, and an unmap says it is being mapped.
+    await rejectsWith(s.client.post('/v1/exports', { url: s.url('a') }), 'EXPORT_EXISTS');
+    await rejectsWith(s.client.delete('/v1/exports/a'), 'PRECONDITION_FAILED', /being mapped/);
+    // Its client goes (Ctrl-C): the wait ends, nothing is left mapped, the holder keeps the lease.
+    ac.abort();
+    await rejectsWith(first, 'ABORTED');
+    await until('the abandoned map is gone', async () => (await listed()).length === 0);
+    await a.write(0, Buffer.alloc(4096, 0x11));
+    await a.flush();
+    // Waiting again: it maps once the holder closes, and serves what the holder wrote.
+    const second = s.client.post<ExportStatus>('/v1/exports', { url: s.url('a'), wait: true });
+    await new Promise((r) => setTimeout(r, 300));
+    await a.close();
+    const mapped = await second;
+    assert.equal(mapped.state, 'mapped');
+    assert.notEqual(mapped.lease, null);
+    const c = await RawClient.open(d.info().listen.port!);
+    t.after(() => c.close());
+    await c.handshake();
+    await c.go('a');
+    c.send(req(0, 1n, 0n, 4096));
+    assert.equal((await c.simpleReply()).error, 0);
+    assert.ok(
+      (await c.read(4096)).equals(Buffer.alloc(4096, 0x11)),
+      "the holder's write is served",
+    );
+    // A map waiting for another holder does not hold up the daemon's stop.
+    await hold('b');
+    const third = s.client.post('/v1/exports', { url: s.url('b'), wait: true });
+    third.catch(() => undefined);
+    await until('the third map waits', async () =>
+      (await listed()).some(([n, st]) => n === 'b' && st === 'mapping'),
+    );
+    const t0 = Date.now();
+    await d.stop();
+    assert.ok(Date.now() - t0 < 5000, `the stop took ${Date.now() - t0} ms`);
+    // Answered with why (exit 5), not a hang-up taken for a bug.
+    await rejectsWith(third, 'DAEMON_NOT_RUNNING', /daemon is stopping/);
   });
 });
