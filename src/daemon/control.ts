@@ -392,11 +392,11 @@ export class ControlClient {
       return new HyperError(
         'unavailable',
         'DAEMON_NOT_RUNNING',
-        `The hyper daemon on ${this.socketPath} closed the connection before it answered (it stopped or was killed)`,
+        `The process on the control socket ${this.socketPath} closed the connection before it answered (it stopped or was killed)`,
         {
           cause: e,
           suggestion:
-            'See whether it runs ("hyper ls", "systemctl status hyper-daemon"), and what it did ("journalctl -u hyper-daemon"); then run the command again.',
+            'See whether it still runs ("hyper ls" for the daemon, "hyper replica status" for replica serve, or "systemctl status"), then run the command again.',
         },
       );
     }
