@@ -54,6 +54,7 @@ export type ErrorCode =
   | 'DAEMON_RUNNING'
   | 'PRIMARY_EXISTS'
   | 'PRIMARY_IN_USE'
+  | 'DEVICE_HAS_DATA'
   | 'REPLICA_MISMATCH'
   // unavailable
   | 'STORE_UNAVAILABLE'

@@ -33,6 +33,7 @@ import {
   type ReplicaManifest,
 } from './manifest.js';
 import { PrimaryFile } from './primary.js';
+import { describeSignature } from './signatures.js';
 import { writeUnlessZeroAlready, type ReplicaStatus } from './replicator.js';
 
 export type StoreOpener = (url: string, options?: { mkdir?: boolean }) => Promise<ObjectStore>;
@@ -138,6 +139,26 @@ function checkOwner(path: string, header: PrimaryHeader, force: boolean): void {
   }
 }
 
+function hasData(path: string, held: string, assumeZeroed: boolean): HyperError {
+  return assumeZeroed
+    ? new HyperError(
+        'invalid',
+        'INVALID_ARGUMENT',
+        `${path} holds ${held} in its first MiB: it cannot be assumed zeroed`,
+        {
+          suggestion: `Format it without --assume-zeroed (its data is copied to the new replica), or clear it first (a device: blkdiscard -z ${path}; a file: delete it, and format creates a new one).`,
+        },
+      )
+    : new HyperError(
+        'conflict',
+        'DEVICE_HAS_DATA',
+        `${path} holds ${held} in its first MiB, which format overwrites with the primary's metadata`,
+        {
+          suggestion: `If it is not needed, erase the signatures first (wipefs -a ${path}) or pass --force; the rest of it is then copied to the replica as the device's content, starting 1 MiB in.`,
+        },
+      );
+}
+
 function tooSmall(path: string, capacity: number, deviceSize: number): HyperError {
   return new HyperError(
     'invalid',
@@ -239,6 +260,13 @@ export async function formatPrimary(o: FormatOptions): Promise<FormatResult> {
           suggestion: `Format it with --force and without --assume-zeroed (its data is copied to the new replica); to start empty, clear it first (a device: blkdiscard -z ${o.file}; a file: delete it, and format creates a new one).`,
         },
       );
+    }
+    if (old === undefined && existed) {
+      // What format overwrites (the first MiB) must not be somebody's file system, partition
+      // table or RAID/LVM label (by their signatures, as mkfs asks), unless the operator says so.
+      const held = describeSignature(await primary.readRaw(0, PRIMARY_DATA_OFFSET));
+      if (held !== undefined && (!o.force || o.assumeZeroed))
+        throw hasData(o.file, held, o.assumeZeroed === true);
     }
     if (old !== undefined) {
       checkOwner(o.file, old, false);

@@ -73,11 +73,17 @@ export class PrimaryFile {
         suggestion: 'Pass a regular file or a block device as --file.',
       });
     }
+    // A block device written to is opened exclusively (O_EXCL on a device: Linux refuses it
+    // while the device is mounted, part of a RAID, LVM or device-mapper volume, or opened so
+    // by another program), as mkfs and DRBD do: a primary is nobody else's to write.
     const flags = options.readOnly
       ? constants.O_RDONLY
-      : constants.O_RDWR | (st === undefined ? constants.O_CREAT | constants.O_EXCL : 0);
+      : constants.O_RDWR |
+        (st === undefined ? constants.O_CREAT | constants.O_EXCL : 0) |
+        (st?.isBlockDevice() ? constants.O_EXCL : 0);
     const created = st === undefined;
     const fh = await open(path, flags, 0o600).catch((e: unknown) => {
+      if ((e as NodeJS.ErrnoException).code === 'EBUSY') throw deviceBusy(path, e);
       throw toHyperError(e);
     });
     try {
@@ -119,6 +125,13 @@ export class PrimaryFile {
   async wipeHeader(): Promise<void> {
     await this.writeFully(Buffer.alloc(PRIMARY_DATA_OFFSET), 0);
     await this.sync();
+  }
+
+  /** `length` bytes at `position` of the file or device itself (metadata included). */
+  async readRaw(position: number, length: number): Promise<Buffer> {
+    const buf = Buffer.alloc(Math.max(0, Math.min(length, this.capacity - position)));
+    await this.readFully(buf, position);
+    return buf;
   }
 
   /** Read `length` bytes of the exported device at `offset`. */
@@ -194,4 +207,16 @@ export class PrimaryFile {
       write(this.fh.fd, buf, done, buf.length - done, position + done, cb);
     });
   }
+}
+
+function deviceBusy(path: string, cause: unknown): HyperError {
+  return new HyperError(
+    'conflict',
+    'PRIMARY_IN_USE',
+    `The device ${path} is in use: mounted, part of a RAID, LVM or device-mapper volume, or held by another program (a "hyper replica serve" of it, qemu, …)`,
+    {
+      cause,
+      suggestion: `See what holds it (findmnt ${path}; lsblk ${path}; fuser -v ${path}), stop or unmount that, then run the command again.`,
+    },
+  );
 }

@@ -1188,6 +1188,37 @@ describe('replicator', () => {
       }),
       (e: HyperError) => e.code === 'OUT_OF_RANGE',
     );
+    // A file that holds somebody's file system where the metadata goes: refused, unchanged,
+    // unless --force (and never "assumed zeroed").
+    const ext4 = join(dir, 'ext4.img');
+    const image = Buffer.alloc(PRIMARY_DATA_OFFSET + DEVICE);
+    image.writeUInt16LE(0xef53, 1080);
+    image.fill(0x7e, 4096, 8192);
+    await writeFile(ext4, image);
+    const formatExt4 = (o: { force?: boolean; assumeZeroed?: boolean } = {}) =>
+      formatPrimary({
+        file: ext4,
+        deviceSize: DEVICE,
+        replicaPrefix: `mem://replica-test-${++n}/r/`,
+        regionSize: REGION,
+        openStore: open,
+        ...o,
+      });
+    await assert.rejects(
+      formatExt4(),
+      (e: HyperError) =>
+        e.code === 'DEVICE_HAS_DATA' &&
+        /ext2\/ext3\/ext4 file system in its first MiB/.test(e.message) &&
+        /wipefs -a/.test(e.suggestion ?? ''),
+    );
+    await assert.rejects(
+      formatExt4({ force: true, assumeZeroed: true }),
+      (e: HyperError) =>
+        e.code === 'INVALID_ARGUMENT' && /cannot be assumed zeroed/.test(e.message),
+    );
+    assert.ok((await readFile(ext4)).equals(image), 'the refusals wrote nothing');
+    assert.equal((await formatExt4({ force: true })).mode, 'forward-full');
+
     const { rep } = await start(s);
     await assert.rejects(
       openPrimary(s.file, s.uuid),
