@@ -55,6 +55,7 @@ export type ErrorCode =
   | 'PRIMARY_EXISTS'
   | 'PRIMARY_IN_USE'
   | 'DEVICE_HAS_DATA'
+  | 'DEVICE_BUSY'
   | 'REPLICA_MISMATCH'
   // unavailable
   | 'STORE_UNAVAILABLE'
@@ -242,6 +243,13 @@ function systemError(e: unknown): HyperError | undefined {
         'IO_ERROR',
         `The device reported an I/O error${on}`,
         'The disk (or network file system) under it is failing or gone: check the kernel log (dmesg) and the disk (smartctl); copy what matters elsewhere.',
+      );
+    case 'EBUSY':
+      return make(
+        'conflict',
+        'DEVICE_BUSY',
+        `The device is in use${on}: mounted, part of a RAID, LVM or device-mapper volume, or held by another program`,
+        'See what holds it (findmnt, lsblk, fuser -v on the device), unmount or stop that, then run the command again.',
       );
     case 'EMFILE':
     case 'ENFILE':

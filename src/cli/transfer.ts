@@ -9,10 +9,11 @@
  * `exportToImageFile` is a whole export: the image appears complete and synced, or not at all.
  */
 import { execFile } from 'node:child_process';
+import { constants } from 'node:fs';
 import { lstat, open, readFile, rename, stat, unlink, type FileHandle } from 'node:fs/promises';
 import { promisify } from 'node:util';
 import { basename, dirname, join } from 'node:path';
-import { HyperError } from '../errors.js';
+import { HyperError, toHyperError } from '../errors.js';
 import type { ObjectStore } from '../format/store/types.js';
 import {
   MiB,
@@ -362,7 +363,11 @@ export async function exportToImageFile(
           { suggestion: 'Export to a device at least as large as the volume, or to a file.' },
         );
       }
-      const dev = await open(path, 'r+');
+      // Exclusively (O_EXCL on a device, as mkfs opens one): the kernel refuses a device that
+      // is mounted or held by another program, which this would write under (DEVICE_BUSY).
+      const dev = await open(path, constants.O_RDWR | constants.O_EXCL).catch((e: unknown) => {
+        throw toHyperError(e);
+      });
       try {
         const stats = await exportImage(volume, dev, {
           ...transfer,

@@ -134,8 +134,8 @@ describe('block devices', () => {
     if (
       !needPrerequisite(
         t,
-        process.getuid?.() === 0 && haveTool('losetup'),
-        'needs root and losetup',
+        process.getuid?.() === 0 && haveTool('losetup') && haveTool('mkfs.ext4'),
+        'needs root, losetup and mkfs.ext4',
       )
     )
       return;
@@ -163,6 +163,26 @@ describe('block devices', () => {
     await hyperJson(['file', 'create', other, '--size', '6M']);
     const refused = await hyperJson<{ error: { code: string } }>(['file', 'export', other, dev], 4);
     assert.equal(refused.error.code, 'OBJECT_EXISTS');
+    // Not under a mounted file system, even with --overwrite: the device is opened exclusively.
+    {
+      // (Inode tables and journal written now: a lazy init would write under the mount.)
+      execFileSync('mkfs.ext4', ['-q', '-F', '-E', 'lazy_itable_init=0,lazy_journal_init=0', dev]);
+      const mnt = join(dir, 'mnt');
+      execFileSync('mkdir', [mnt]);
+      execFileSync('mount', [dev, mnt]);
+      try {
+        const before = sha(await readFile(backing));
+        const busy = await hyperJson<{ error: { code: string; message: string } }>(
+          ['file', 'export', other, dev, '--overwrite'],
+          4,
+        );
+        assert.equal(busy.error.code, 'DEVICE_BUSY');
+        assert.match(busy.error.message, /in use .*mounted/);
+        assert.equal(sha(await readFile(backing)), before, 'nothing was written');
+      } finally {
+        execFileSync('umount', [mnt]);
+      }
+    }
     await hyperJson(['file', 'export', other, dev, '--overwrite']);
     execFileSync('sync');
     const after = execFileSync('dd', [`if=${dev}`, 'bs=1M', 'iflag=direct', 'status=none'], {
