@@ -2,8 +2,8 @@
  * The NBD server: accepts connections on TCP or a unix socket and runs one Session per
  * connection over a table of named exports.
  */
-import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
-import { unlink } from 'node:fs/promises';
+import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { lstat, unlink } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { createSecureContext } from 'node:tls';
 import { quietLogger, type NbdLogger } from './device.js';
@@ -109,18 +109,34 @@ export class NbdServer {
       this.accept(s),
     );
     this.server = server;
+    const listenOnce = (): Promise<void> =>
+      new Promise<void>((resolve, reject) => {
+        const onError = (e: Error): void => reject(e);
+        server.once('error', onError);
+        const done = (): void => {
+          server.off('error', onError);
+          resolve();
+        };
+        if ('path' in target) server.listen(target.path, done);
+        else if ('fd' in target) server.listen({ fd: target.fd }, done);
+        else server.listen(target.port ?? 10809, target.host ?? '127.0.0.1', done);
+      });
+    try {
+      await listenOnce();
+    } catch (e) {
+      // A socket file left by a server that was killed (nothing accepts on it) is replaced,
+      // as a restart after kill -9 expects; a live server's socket, or any other file, is not.
+      if (
+        !('path' in target) ||
+        (e as NodeJS.ErrnoException).code !== 'EADDRINUSE' ||
+        !(await staleSocket(target.path))
+      )
+        throw e;
+      this.logger.info('replacing a stale socket', { path: target.path });
+      await unlink(target.path).catch(() => undefined);
+      await listenOnce();
+    }
     server.on('error', (e) => this.logger.error('nbd server error', describeError(e)));
-    await new Promise<void>((resolve, reject) => {
-      const onError = (e: Error): void => reject(e);
-      server.once('error', onError);
-      const done = (): void => {
-        server.off('error', onError);
-        resolve();
-      };
-      if ('path' in target) server.listen(target.path, done);
-      else if ('fd' in target) server.listen({ fd: target.fd }, done);
-      else server.listen(target.port ?? 10809, target.host ?? '127.0.0.1', done);
-    });
     if ('path' in target) {
       this.socketPath = target.path;
       return { path: target.path };
@@ -214,4 +230,18 @@ export class NbdServer {
     await stopped;
     if (this.socketPath !== undefined) await unlink(this.socketPath).catch(() => undefined);
   }
+}
+
+/** Whether `path` is a socket file that nothing accepts connections on (refused). */
+async function staleSocket(path: string): Promise<boolean> {
+  const st = await lstat(path).catch(() => undefined);
+  if (st === undefined || !st.isSocket()) return false;
+  return new Promise<boolean>((resolve) => {
+    const s = connect(path);
+    s.once('connect', () => {
+      s.destroy();
+      resolve(false);
+    });
+    s.once('error', (e: NodeJS.ErrnoException) => resolve(e.code === 'ECONNREFUSED'));
+  });
 }

@@ -1,0 +1,63 @@
+/**
+ * NbdServer.listen on a unix socket path: a socket file left by a server that was killed
+ * (kill -9 leaves it, and nothing accepts on it) is replaced, so a restart needs no manual
+ * cleanup; a live server's socket and any other file at the path are left alone.
+ */
+import assert from 'node:assert/strict';
+import { spawn } from 'node:child_process';
+import { lstat, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { describe, it } from 'node:test';
+import { NbdServer } from '../../../src/nbd/server.js';
+import { MemoryDevice } from '../../../src/nbd/testing/memory-device.js';
+
+const exports = () => {
+  const device = new MemoryDevice({ size: 1024 * 1024 });
+  return [{ name: '', open: () => device }];
+};
+
+/** The first bytes a server sends on `path`. */
+const greeting = (path: string): Promise<string> =>
+  new Promise((resolve, reject) => {
+    const c = connect(path);
+    c.once('data', (d: Buffer) => {
+      c.destroy();
+      resolve(d.subarray(0, 8).toString('latin1'));
+    });
+    c.once('error', reject);
+  });
+
+describe('NbdServer.listen on a unix socket path', () => {
+  it('replaces a socket a killed server left, never a live one or another file', async (t) => {
+    const dir = await mkdtemp(join(tmpdir(), 'hyper-nbd-listen-'));
+    t.after(() => rm(dir, { recursive: true, force: true }));
+    const path = join(dir, 'nbd.sock');
+    const child = spawn(process.execPath, [
+      '-e',
+      `require('net').createServer().listen(${JSON.stringify(path)}, () => console.log('up'))`,
+    ]);
+    await new Promise<void>((resolve) => child.stdout.once('data', () => resolve()));
+    child.kill('SIGKILL');
+    await new Promise((r) => child.once('exit', r));
+    assert.ok((await lstat(path)).isSocket(), 'the killed server left its socket');
+
+    const server = new NbdServer({ exports: exports() });
+    t.after(() => server.close(0));
+    assert.deepEqual(await server.listen({ path }), { path });
+    assert.equal(await greeting(path), 'NBDMAGIC');
+
+    // A live server's socket is not taken over, and it keeps serving.
+    const second = new NbdServer({ exports: exports() });
+    await assert.rejects(second.listen({ path }), { code: 'EADDRINUSE' });
+    assert.equal(await greeting(path), 'NBDMAGIC');
+
+    // Nor is a file that is not a socket removed.
+    const file = join(dir, 'file.sock');
+    await writeFile(file, 'keep me');
+    const third = new NbdServer({ exports: exports() });
+    await assert.rejects(third.listen({ path: file }), { code: 'EADDRINUSE' });
+    assert.equal(await readFile(file, 'utf8'), 'keep me');
+  });
+});
