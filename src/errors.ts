@@ -140,7 +140,7 @@ export function toHyperError(e: unknown): HyperError {
  */
 function systemError(e: unknown): HyperError | undefined {
   if (!(e instanceof Error)) return undefined;
-  const err = e as NodeJS.ErrnoException & { address?: string; port?: number };
+  const err = e as NodeJS.ErrnoException & { address?: string; port?: number; hostname?: string };
   const port = err.port !== undefined && err.port > 0 ? `:${err.port}` : '';
   const where = err.path ?? (err.address ? `${err.address}${port}` : '');
   const on = where ? ` (${where})` : '';
@@ -228,7 +228,7 @@ function systemError(e: unknown): HyperError | undefined {
         'invalid',
         'INVALID_ARGUMENT',
         `File name too long${on}`,
-        'Use a shorter path (a file name is at most 255 bytes, a path 4096).',
+        'Use a shorter path (a file name is at most 255 bytes, a path 4096, a unix socket path 107).',
       );
     case 'ELOOP':
       return make(
@@ -250,6 +250,13 @@ function systemError(e: unknown): HyperError | undefined {
         'DEVICE_BUSY',
         `The device is in use${on}: mounted, part of a RAID, LVM or device-mapper volume, or held by another program`,
         'See what holds it (findmnt, lsblk, fuser -v on the device), unmount or stop that, then run the command again.',
+      );
+    case 'ENOTFOUND':
+      return make(
+        'invalid',
+        'ADDRESS_NOT_AVAILABLE',
+        `The host name does not resolve${err.hostname ? ` (${err.hostname})` : on}`,
+        'Check the name (or give an IP address); with --bind, an address of this machine (127.0.0.1, 0.0.0.0, ::1 or an interface address).',
       );
     case 'EMFILE':
     case 'ENFILE':

@@ -29,6 +29,7 @@ import { HyperError, toHyperError, type ErrorCode, type ErrorKind } from '../err
 import { silentLogger } from '../format/volume/types.js';
 import type { ServeLogger } from '../serve/logger.js';
 import { makeDirs } from '../make-dirs.js';
+import { socketPathTooLong } from '../nbd/server.js';
 
 /** Largest request body the daemon reads. */
 export const MAX_CONTROL_BODY = 64 * 1024;
@@ -87,6 +88,8 @@ export class ControlServer {
       await this.bind({ fd: o.fd });
       return;
     }
+    const tooLong = socketPathTooLong(o.path);
+    if (tooLong) throw toHyperError(tooLong);
     await makeDirs(dirname(o.path), 0o700).catch((e: unknown) => {
       throw toHyperError(e);
     });

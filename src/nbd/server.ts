@@ -104,6 +104,10 @@ export class NbdServer {
     target: ListenTarget = {},
   ): Promise<{ port?: number; host?: string; path?: string }> {
     if (this.server !== undefined) throw new Error('server already listening');
+    if ('path' in target) {
+      const tooLong = socketPathTooLong(target.path);
+      if (tooLong) throw tooLong;
+    }
     // Accepted paused: a session moves the socket's handle before anything is read (input.ts).
     const server = createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: true }, (s) =>
       this.accept(s),
@@ -230,6 +234,22 @@ export class NbdServer {
     await stopped;
     if (this.socketPath !== undefined) await unlink(this.socketPath).catch(() => undefined);
   }
+}
+
+/** Bytes of a unix socket's path the kernel keeps (sun_path: 108, with its terminating NUL). */
+export const MAX_SOCKET_PATH = 107;
+
+/**
+ * An ENAMETOOLONG error for a unix socket path longer than the kernel keeps, else undefined.
+ * (Node would bind the path cut short, somewhere nobody looks for it.)
+ */
+export function socketPathTooLong(path: string): Error | undefined {
+  const n = Buffer.byteLength(path);
+  if (n <= MAX_SOCKET_PATH) return undefined;
+  return Object.assign(
+    new Error(`The unix socket path is ${n} bytes; the kernel keeps at most ${MAX_SOCKET_PATH}`),
+    { code: 'ENAMETOOLONG', path },
+  );
 }
 
 /** Whether `path` is a socket file that nothing accepts connections on (refused). */

@@ -21,6 +21,31 @@ describe('exitCodeFor', () => {
   it('gives 130 for an interrupted operation', () => {
     assert.equal(exitCodeFor(new HyperError('unavailable', 'ABORTED', 'x')), 130);
   });
+
+  it('an abort that says why keeps its reason (what a daemon stopping answers a waiting map)', async () => {
+    const { toHyperError } = await import('../../../src/errors.js');
+    const { setTimeout: sleep } = await import('node:timers/promises');
+    const why = new HyperError('unavailable', 'DAEMON_NOT_RUNNING', 'The daemon is stopping');
+    const ac = new AbortController();
+    const slept = sleep(60_000, undefined, { signal: ac.signal });
+    ac.abort(why);
+    const got = await slept.then(
+      () => undefined,
+      (e: unknown) => toHyperError(e),
+    );
+    assert.equal(got, why);
+    assert.equal(exitCodeFor(got), 5);
+    // Without a reason of its own it is an interruption (130).
+    const plain = new AbortController();
+    const p2 = sleep(60_000, undefined, { signal: plain.signal });
+    plain.abort();
+    const got2 = await p2.then(
+      () => undefined,
+      (e: unknown) => toHyperError(e),
+    );
+    assert.equal(got2?.code, 'ABORTED');
+    assert.equal(exitCodeFor(got2 as HyperError), 130);
+  });
 });
 
 describe('ordinary system errors', () => {
@@ -100,6 +125,8 @@ describe('makeDirs', () => {
       ['EEXIST', 'INVALID_ARGUMENT', 2, /Already exists/],
       ['ENAMETOOLONG', 'INVALID_ARGUMENT', 2, /File name too long/],
       ['ELOOP', 'PATH_NOT_FOUND', 2, /symbolic links/],
+      ['EBUSY', 'DEVICE_BUSY', 4, /in use \(\/srv\/x\): mounted/],
+      ['ENOTFOUND', 'ADDRESS_NOT_AVAILABLE', 2, /does not resolve/],
     ];
     for (const [errno, code, exit, re] of cases) {
       const h = sys(errno);

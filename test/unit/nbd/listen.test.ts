@@ -1,11 +1,12 @@
 /**
  * NbdServer.listen on a unix socket path: a socket file left by a server that was killed
  * (kill -9 leaves it, and nothing accepts on it) is replaced, so a restart needs no manual
- * cleanup; a live server's socket and any other file at the path are left alone.
+ * cleanup; a live server's socket and any other file at the path are left alone; a path
+ * longer than the kernel keeps is refused.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
-import { lstat, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { lstat, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -59,5 +60,15 @@ describe('NbdServer.listen on a unix socket path', () => {
     const third = new NbdServer({ exports: exports() });
     await assert.rejects(third.listen({ path: file }), { code: 'EADDRINUSE' });
     assert.equal(await readFile(file, 'utf8'), 'keep me');
+
+    // A path longer than the kernel keeps is refused, not bound cut short elsewhere.
+    const long = join(dir, 'x'.repeat(120));
+    const fourth = new NbdServer({ exports: exports() });
+    await assert.rejects(fourth.listen({ path: long }), { code: 'ENAMETOOLONG' });
+    assert.deepEqual(
+      (await readdir(dir)).sort(),
+      ['file.sock', 'nbd.sock'],
+      'no socket was bound under a shortened name',
+    );
   });
 });
