@@ -524,6 +524,8 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
         cause: err,
       });
     }
+    const missing = this.missingArgs(err, help);
+    if (missing) return missing;
     if (err instanceof Errors.CLIError || !this.parsed) {
       const message = err.message
         .replace(/^Parsing (--\S+) \n\t/, '$1: ')
@@ -538,6 +540,38 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
       });
     }
     return toHyperError(err);
+  }
+
+  /**
+   * Required arguments not given (oclif's RequiredArgsError): each named with what it is.
+   * oclif's note on flags taking several values (arguments must come before them) is kept
+   * only when such a flag was actually given.
+   */
+  private missingArgs(err: Error, help: string): HyperError | undefined {
+    const args = (err as { args?: { name?: string; description?: string }[] }).args;
+    if (!Array.isArray(args) || !/^Missing \d+ required args?/.test(err.message)) return undefined;
+    const named = args.map((a) =>
+      a.description
+        ? `${(a.name ?? '').toUpperCase()} (${a.description.replace(/\.$/, '')})`
+        : (a.name ?? '').toUpperCase(),
+    );
+    const ctor = this.ctor as typeof BaseCommand;
+    const defs = { ...ctor.baseFlags, ...ctor.flags } as Record<string, { multiple?: boolean }>;
+    const given = Object.keys(defs).filter(
+      (n) =>
+        defs[n]?.multiple === true &&
+        this.argv.some((a) => a === `--${n}` || a.startsWith(`--${n}=`)),
+    );
+    const note =
+      given.length === 0
+        ? ''
+        : ` (${given.map((n) => `--${n}`).join(', ')} takes several values: give the arguments before it, or end the flags with "--")`;
+    return new HyperError(
+      'invalid',
+      'INVALID_ARGUMENT',
+      `Missing the required argument${named.length === 1 ? '' : 's'} ${named.join(', ')}${note}`,
+      { suggestion: help, cause: err },
+    );
   }
 
   /** An unknown flag (oclif's "Nonexistent flag"): UNKNOWN_FLAG, with the closest flags. */

@@ -27,6 +27,24 @@ const hook: Hook<'command_not_found'> = async function (opts) {
   // oclif joins the words it was given into `id` (`file:creat:file:///x/`): keep the known
   // topics and the first unknown word after them.
   const words = id.split(':');
+  // A command followed by arguments it does not take (`hyper ls s3://bkt/`): oclif looks for
+  // a longer command. Said as the command itself says an unexpected argument.
+  for (let k = words.length - 1; k >= 1; k--) {
+    const cmd = words.slice(0, k).join(':');
+    if (config.findCommand(cmd) === undefined) continue;
+    const extra = [words.slice(k).join(':'), ...argv.filter((a) => !a.startsWith('-'))][0] ?? '';
+    const name = cmd.replaceAll(':', config.topicSeparator);
+    const url = /^[a-z][a-z0-9+.-]*:\/\//i.test(extra);
+    return report(
+      new HyperError('invalid', 'INVALID_ARGUMENT', `Unexpected argument: ${extra}`, {
+        suggestion:
+          cmd === 'ls' && url
+            ? `"${config.bin} ls" lists the daemon's exports and takes no URL; to list the volumes under a URL, run "${config.bin} file list ${extra}".`
+            : `Run "${config.bin} ${name} --help" for usage.`,
+      }),
+      [id, ...argv],
+    );
+  }
   let known = 0;
   while (known < words.length - 1 && config.findTopic(words.slice(0, known + 1).join(':'))) known++;
   const topic = words.slice(0, known).join(':');
@@ -57,14 +75,20 @@ const hook: Hook<'command_not_found'> = async function (opts) {
   const err = new HyperError('invalid', 'UNKNOWN_COMMAND', `Unknown command "${bin} ${typed}"`, {
     suggestion: hint ? `${hint} ${help}` : help,
   });
+  return report(err, [id, ...argv]);
+};
+
+/** The error on stderr (or as JSON with --json), with its exit code. */
+function report(err: HyperError, argv: string[]): undefined {
   const exitCode = exitCodeFor(err);
   process.exitCode = exitCode;
-  if (jsonInArgv([id, ...argv])) {
+  // (oclif leaves the flags out of `argv` when a word it joined into `id` held a colon.)
+  if (jsonInArgv(argv) || jsonInArgv(process.argv.slice(2))) {
     process.stdout.write(`${JSON.stringify(errorJson(err, exitCode), null, 2)}\n`);
   } else {
     process.stderr.write(`${errorText(err, colorEnabled(process.stderr.isTTY))}\n`);
   }
   return undefined;
-};
+}
 
 export default hook;

@@ -650,6 +650,30 @@ describe('unknown commands, help', () => {
     assert.match(s.stderr, /Did you mean "hyper snapshot list"/);
   });
 
+  it('a command given an argument it does not take, or missing one it needs, says which', async () => {
+    // `hyper ls` lists the daemon's exports (rbd users type a pool after it).
+    const ls = await hyper(['ls', 's3://bkt/vols/', '--json']);
+    assert.equal(ls.code, 2, show(ls));
+    const e = parseWith(errorJsonSchema, ls.stdout, 'ls with a URL');
+    assert.equal(e.error.code, 'INVALID_ARGUMENT');
+    assert.equal(e.error.message, 'Unexpected argument: s3://bkt/vols/');
+    assert.match(e.error.suggestion ?? '', /"hyper file list s3:\/\/bkt\/vols\/"/);
+    const d = await hyper(['daemon', 'extra']);
+    assert.equal(d.code, 2, show(d));
+    assert.match(d.stderr, /^Error \[INVALID_ARGUMENT\]: Unexpected argument: extra$/m);
+    assert.match(d.stderr, /^Suggestion: Run "hyper daemon --help" for usage\.$/m);
+    // A missing argument is named, without oclif's note on flags nobody gave.
+    const c = await hyper(['compact']);
+    assert.equal(c.code, 2, show(c));
+    assert.match(
+      c.stderr,
+      /^Error \[INVALID_ARGUMENT\]: Missing the required argument URL \(Volume URL: /m,
+    );
+    assert.doesNotMatch(c.stderr, /multiple values|several values/);
+    const k = await hyper(['compact', '--key-file', '/nonexistent/key']);
+    assert.match(k.stderr, /--key-file takes several values: give the arguments before it/);
+  });
+
   it('hyper help, hyper help <command>, -h', async () => {
     const root = await hyper(['help']);
     assert.equal(root.code, 0, show(root));
