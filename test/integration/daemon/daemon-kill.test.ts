@@ -136,31 +136,41 @@ async function runSeed(
   };
 
   /** One operation; resolves to what it did, or rejects if the kill cut it (outcome unknown). */
-  const ops: Record<string, (inFlight: Set<string>) => Promise<string>> = {
+  // Names with control requests sent and not answered, counted: two requests for one name
+  // may run in one round, and the first answered must not hide the second (seed 69).
+  const begin = (inFlight: Map<string, number>, name: string): void => {
+    inFlight.set(name, (inFlight.get(name) ?? 0) + 1);
+  };
+  const end = (inFlight: Map<string, number>, name: string): void => {
+    const n = (inFlight.get(name) ?? 1) - 1;
+    if (n === 0) inFlight.delete(name);
+    else inFlight.set(name, n);
+  };
+  const ops: Record<string, (inFlight: Map<string, number>) => Promise<string>> = {
     map: async (inFlight) => {
       const name = pick(NAMES);
       const readOnly = r() < 0.25;
-      inFlight.add(name);
+      begin(inFlight, name);
       const res = await controlCall(
         controlSocket,
         'POST',
         '/v1/exports',
         JSON.stringify({ url: url(volumeOf(name)), name, ...(readOnly ? { readOnly } : {}) }),
       );
-      inFlight.delete(name);
+      end(inFlight, name);
       if (res.status === 201) mapped.set(name, readOnly);
       return `map ${name}${readOnly ? ' ro' : ''}: ${res.status} ${errorCode(res.body)}`;
     },
     unmap: async (inFlight) => {
       const name = pick(NAMES);
       const force = r() < 0.3;
-      inFlight.add(name);
+      begin(inFlight, name);
       const res = await controlCall(
         controlSocket,
         'DELETE',
         `/v1/exports/${name}${force ? '?force=true' : ''}`,
       );
-      inFlight.delete(name);
+      end(inFlight, name);
       if (res.status === 200) mapped.delete(name);
       return `unmap ${name}${force ? ' --force' : ''}: ${res.status} ${errorCode(res.body)}`;
     },
@@ -269,7 +279,7 @@ async function runSeed(
       );
       // Names with a control request sent and not answered: if the kill cuts it, it may
       // have taken effect or not.
-      const inFlight = new Set<string>();
+      const inFlight = new Map<string, number>();
       const running = chosen.map(async (op) => {
         await new Promise((res) => setTimeout(res, Math.floor(r() * 30)));
         return ops[op]!(inFlight);
@@ -297,7 +307,7 @@ async function runSeed(
           'a request failed without a kill',
         );
       }
-      await checkRound(round, inFlight);
+      await checkRound(round, new Set(inFlight.keys()));
       if (killed !== undefined) await checkData();
     }
     await d.stop('SIGKILL');
