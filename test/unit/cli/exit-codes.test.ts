@@ -113,6 +113,20 @@ describe('makeDirs', () => {
     assert.equal(exitCodeFor(ro), 2);
   });
 
+  it(
+    'gives up on a file system that answers ENOENT under an existing directory (/proc)',
+    { timeout: 10_000 },
+    async () => {
+      // Node's recursive mkdir retries this for ever on a pool thread (`serve --cache-dir
+      // /proc/x` hung, and could not stop).
+      const { makeDirs } = await import('../../../src/make-dirs.js');
+      const { toHyperError } = await import('../../../src/errors.js');
+      const e = await makeDirs('/proc/hyper-no-such-dir/sub').catch((x: unknown) => x);
+      assert.ok(e instanceof Error, 'refused');
+      assert.equal(toHyperError(e).code, 'PATH_NOT_FOUND');
+    },
+  );
+
   it('ordinary system errors get a code and a suggestion, never "a bug in hyper"', async () => {
     const { toHyperError } = await import('../../../src/errors.js');
     const sys = (code: string) =>
