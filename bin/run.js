@@ -6,4 +6,11 @@
 // far less CPU compiling (README, "Start-up CPU"). `node bin/run.js` runs without either.
 import { execute } from '@oclif/core';
 
+// A reader of stdout that went away (`hyper help | head -1`): what is still written is
+// dropped, never reported as a bug. A command whose own write failed so exits 141, as one
+// killed by SIGPIPE (src/base-command.ts).
+process.stdout.on('error', (e) => {
+  if (e.code !== 'EPIPE') throw e;
+});
+
 await execute({ dir: import.meta.url });

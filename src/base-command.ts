@@ -68,6 +68,17 @@ export type Args<T extends typeof Command> = Interfaces.InferredArgs<T['args']>;
  */
 export const EXIT_INTERRUPTED = 130;
 
+/** Exit code when the reader of stdout went away (128 + SIGPIPE, as for `cat | head`). */
+export const EXIT_READER_GONE = 141;
+
+/**
+ * A write to a pipe whose reader has gone (EPIPE), as it reaches the command: not a
+ * HyperError (a store's EPIPE is one, STORE_UNAVAILABLE, and reported as such).
+ */
+function readerGone(err: unknown): boolean {
+  return !(err instanceof HyperError) && (err as NodeJS.ErrnoException).code === 'EPIPE';
+}
+
 /**
  * The exit code for an error — the only place it is decided (the README documents the table):
  * 0 ok, 1 internal, 2 invalid usage/flags/arguments, 3 not found, 4 conflict,
@@ -478,6 +489,12 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
     // this.exit() and --help/--version use ExitError: not a failure to report.
     if (err instanceof Errors.ExitError) throw err;
     for (const s of this.spinners) s.stop();
+    if (readerGone(err)) {
+      // What reads our output stopped reading (`hyper file export URL - | head -c 10`): the
+      // command stops as one killed by SIGPIPE does, without a word (nobody reads them).
+      process.exitCode = EXIT_READER_GONE;
+      return;
+    }
     const hyper = this.toHyper(err);
     const exitCode = exitCodeFor(hyper);
     process.exitCode = exitCode;

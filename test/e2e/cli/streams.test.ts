@@ -94,6 +94,29 @@ describe('stdin and stdout', () => {
     assert.equal(json.stdout.length > 0, true); // the error document, not image bytes
     assert.match(json.stdout.toString(), /stdout carries the image/);
 
+    // A reader that stops early (`| head -c 10`): exit 141 as for SIGPIPE, nothing on stderr
+    // but the summary's absence (not "a bug in hyper").
+    const early = await new Promise<{ code: number | null; stderr: string; got: number }>(
+      (resolve, reject) => {
+        const child = spawn(process.execPath, [runJs, 'file', 'export', url, '-'], {
+          env: { ...process.env, NO_COLOR: '1' },
+          stdio: ['ignore', 'pipe', 'pipe'],
+        });
+        let stderr = '';
+        let got = 0;
+        child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+        child.stdout.once('data', (d: Buffer) => {
+          got = d.length;
+          child.stdout.destroy();
+        });
+        child.on('error', reject);
+        child.on('close', (code) => resolve({ code, stderr, got }));
+      },
+    );
+    assert.ok(early.got > 0);
+    assert.equal(early.code, 141, early.stderr);
+    assert.doesNotMatch(early.stderr, /Error|bug/);
+
     // An input larger than the volume is refused.
     const big = join(dir, 'big.img');
     await writeFile(big, randomBytes(9 * MiB));
