@@ -5,7 +5,6 @@
  * that waits for another holder's lease.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { mkdir, mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
 import { request } from 'node:http';
 import { createServer } from 'node:net';
@@ -26,6 +25,7 @@ import { openStore } from '../../../src/format/store/index.js';
 import { Volume } from '../../../src/format/volume/volume.js';
 import { FlakyStore, type Faults } from '../../helpers/flaky-store.js';
 import { RawClient, req } from '../../helpers/raw-nbd-client.js';
+import { leaveStaleSocket } from '../../helpers/stale-socket.js';
 
 interface Setup {
   dir: string;
@@ -307,13 +307,7 @@ describe('hyper daemon (in-process)', () => {
 
     // A stale socket: its listener was killed, the file stayed.
     const stale = join(s.dir, 'stale.sock');
-    const child = spawn(process.execPath, [
-      '-e',
-      `require('net').createServer().listen(${JSON.stringify(stale)}, () => console.log('up'))`,
-    ]);
-    await new Promise<void>((resolve) => child.stdout.once('data', () => resolve()));
-    child.kill('SIGKILL');
-    await new Promise((r) => child.once('exit', r));
+    await leaveStaleSocket(stale);
     assert.equal((await stat(stale)).isSocket(), true);
     const d2 = new Daemon({
       controlSocket: stale,

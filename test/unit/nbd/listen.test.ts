@@ -5,7 +5,6 @@
  * longer than the kernel keeps is refused.
  */
 import assert from 'node:assert/strict';
-import { spawn } from 'node:child_process';
 import { lstat, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
@@ -13,6 +12,7 @@ import { join } from 'node:path';
 import { describe, it } from 'node:test';
 import { NbdServer } from '../../../src/nbd/server.js';
 import { MemoryDevice } from '../../../src/nbd/testing/memory-device.js';
+import { leaveStaleSocket } from '../../helpers/stale-socket.js';
 
 const exports = () => {
   const device = new MemoryDevice({ size: 1024 * 1024 });
@@ -35,13 +35,7 @@ describe('NbdServer.listen on a unix socket path', () => {
     const dir = await mkdtemp(join(tmpdir(), 'hyper-nbd-listen-'));
     t.after(() => rm(dir, { recursive: true, force: true }));
     const path = join(dir, 'nbd.sock');
-    const child = spawn(process.execPath, [
-      '-e',
-      `require('net').createServer().listen(${JSON.stringify(path)}, () => console.log('up'))`,
-    ]);
-    await new Promise<void>((resolve) => child.stdout.once('data', () => resolve()));
-    child.kill('SIGKILL');
-    await new Promise((r) => child.once('exit', r));
+    await leaveStaleSocket(path);
     assert.ok((await lstat(path)).isSocket(), 'the killed server left its socket');
 
     const server = new NbdServer({ exports: exports() });
