@@ -59,7 +59,7 @@ Creating a snapshot copies no data and takes a fixed, small number of requests w
       creating: true,
     });
     const store = await this.openStore(url);
-    const snap = await createSnapshot(store, name, at);
+    const snap = await createSnapshot(store, name, at, { lookForWriter: true });
     const result: SnapshotCreateResult = {
       url,
       name: snap.name,
@@ -72,6 +72,12 @@ Creating a snapshot copies no data and takes a fixed, small number of requests w
       `Created snapshot "${result.name}" of ${url} at checkpoint ${result.checkpoint}` +
         `${at ? ` (${describeCheckpointRef(at)})` : ''}.`,
     );
+    if (snap.writer) {
+      const ago = `${(Math.max(0, snap.createdAt.getTime() - snap.writer.checkpointAt.getTime()) / 1000).toFixed(1)} s`;
+      this.note(
+        `Note: ${snap.writer.holder} is writing to this volume. The snapshot holds checkpoint ${result.checkpoint}, committed ${ago} before it: what that writer acknowledged since is not in it (it commits every 5 s, and at each client flush unless it logs to a WAL). For a consistent snapshot of a running guest, sync or freeze its file system first (fsfreeze -f), wait for a newer checkpoint ("hyper snapshot list"), then create the snapshot.`,
+      );
+    }
     return result;
   }
 }

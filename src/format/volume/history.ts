@@ -31,11 +31,18 @@ import {
   rootOf,
 } from './heads.js';
 import { Volume } from './volume.js';
+import { liveWriter } from './lease.js';
 
 export interface SnapshotInfo {
   name: string;
   checkpoint: number;
   createdAt: Date;
+  /**
+   * With `lookForWriter` and without `at`: who was writing the volume (a live lease, as people
+   * read it), and when the pinned checkpoint was committed. What that writer acknowledged
+   * since is not in the snapshot.
+   */
+  writer?: { holder: string; checkpointAt: Date };
 }
 
 export interface CheckpointEntry {
@@ -119,6 +126,7 @@ export async function createSnapshot(
   store: ObjectStore,
   name: string,
   at?: CheckpointRef,
+  options: { lookForWriter?: boolean } = {},
 ): Promise<SnapshotInfo> {
   const key = snapshotKey(name);
   const { head } = await readHead(store);
@@ -142,7 +150,13 @@ export async function createSnapshot(
     throw e;
   }
   await confirmPinned(store, checkpoint, key);
-  return { name, checkpoint, createdAt: new Date(createdMs) };
+  const info: SnapshotInfo = { name, checkpoint, createdAt: new Date(createdMs) };
+  if (!at && options.lookForWriter) {
+    // (One more GET, for the person at the command line only.)
+    const holder = await liveWriter(store);
+    if (holder !== undefined) info.writer = { holder, checkpointAt: new Date(head.checkpointMs) };
+  }
+  return info;
 }
 
 /**

@@ -46,6 +46,21 @@ export const displayHolder = (holder: string): string =>
   holder.replace(/#[0-9]+\.[0-9a-f]{8}$/, '');
 
 /**
+ * Who holds the volume's lease for writing now, as people read it: undefined when nobody
+ * live does, or when the lease cannot be read (this only informs, it decides nothing).
+ */
+export async function liveWriter(store: ObjectStore): Promise<string | undefined> {
+  try {
+    const l = await readLease(store);
+    return l?.live && !holderIsDeadLocal(l.lease.holder)
+      ? displayHolder(l.lease.holder)
+      : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+/**
  * True only when the holder is provably a process of this machine (same host name, PID
  * namespace and boot) that no longer exists: its lease is free although not expired, so a
  * restart after a crash needs neither --force nor a wait. Anything unsure is false.

@@ -1,8 +1,8 @@
 /**
  * The CLI next to a live writer, and on a terminal: a volume held open by another process
  * (here the test process itself) can be read and exported but not resized, imported into or
- * deleted without --force (exit 4, LEASE_HELD); on a pseudo-terminal `file delete` asks and
- * honours the answer.
+ * deleted without --force (exit 4, LEASE_HELD), and a snapshot of it says what it leaves out;
+ * on a pseudo-terminal `file delete` asks and honours the answer.
  */
 import assert from 'node:assert/strict';
 import { spawn } from 'node:child_process';
@@ -80,6 +80,41 @@ describe('hyper file next to a live writer', () => {
     assert.match(del.stderr, /--force/);
     const forced = await hyperJson(['file', 'delete', url, '--yes', '--force']);
     assert.equal(forced.deleted, true);
+  });
+
+  it('snapshot create beside a live writer says what the snapshot leaves out', async (t) => {
+    const dir = await tempDir(t);
+    const url = fileUrl(join(dir, 'vol'));
+    await hyperJson(['file', 'create', url, '--size', '4M']);
+    const store = await openStore(url);
+    const writer = await Volume.open(store, {
+      holder: 'test-writer',
+      leaseTtlMs: 60_000,
+      flushIntervalMs: 0,
+    });
+    t.after(async () => {
+      await writer.close().catch(() => undefined);
+      await store.close();
+    });
+    // Acknowledged, not yet committed: the snapshot pins the checkpoint before it, and says so.
+    await writer.write(0, Buffer.alloc(4096, 7));
+    const first = await hyper(['snapshot', 'create', url, 'before']);
+    assert.equal(first.code, 0, show(first));
+    assert.match(first.stdout, /at checkpoint 1\./);
+    assert.match(first.stderr, /test-writer is writing to this volume/);
+    assert.match(first.stderr, /holds checkpoint 1, committed [\d.]+ s before it/);
+    assert.match(first.stderr, /fsfreeze/);
+    // Nothing but the result in --json (the note is for people).
+    const json = await hyper(['snapshot', 'create', url, 'quiet', '--json']);
+    assert.equal(json.code, 0, show(json));
+    assert.equal(json.stderr, '');
+    await writer.flush();
+    await writer.close();
+    // No writer: no note.
+    const after = await hyper(['snapshot', 'create', url, 'after']);
+    assert.equal(after.code, 0, show(after));
+    assert.match(after.stdout, /at checkpoint 2\./);
+    assert.equal(after.stderr, '');
   });
 });
 
