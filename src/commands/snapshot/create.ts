@@ -59,7 +59,10 @@ Creating a snapshot copies no data and takes a fixed, small number of requests w
       creating: true,
     });
     const store = await this.openStore(url);
-    const snap = await createSnapshot(store, name, at, { lookForWriter: true });
+    // (Who is writing is only said to people: no lease GET for --json or --quiet.)
+    const snap = await createSnapshot(store, name, at, {
+      lookForWriter: !this.jsonEnabled() && !this.quiet,
+    });
     const result: SnapshotCreateResult = {
       url,
       name: snap.name,
