@@ -15,7 +15,7 @@
  * an HTTP status from its kind (400 invalid, 404 not found, 409 conflict, 503 unavailable,
  * 500 otherwise). Bodies over 64 KiB are refused with 413 before they are read whole.
  */
-import { chmod, chown, lstat, unlink } from 'node:fs/promises';
+import { chmod, chown, unlink } from 'node:fs/promises';
 import {
   createServer,
   request,
@@ -23,13 +23,12 @@ import {
   type Server,
   type ServerResponse,
 } from 'node:http';
-import { connect } from 'node:net';
 import { dirname } from 'node:path';
 import { HyperError, toHyperError, type ErrorCode, type ErrorKind } from '../errors.js';
 import { silentLogger } from '../format/volume/types.js';
 import type { ServeLogger } from '../serve/logger.js';
 import { makeDirs } from '../make-dirs.js';
-import { socketPathTooLong } from '../nbd/server.js';
+import { socketAt, socketPathTooLong } from '../nbd/socket-path.js';
 
 /** Largest request body the daemon reads. */
 export const MAX_CONTROL_BODY = 64 * 1024;
@@ -270,21 +269,13 @@ async function readJson(req: IncomingMessage): Promise<unknown> {
 
 /** EADDRINUSE on `path`: a live daemon is an error; a socket file nobody listens on goes. */
 async function replaceStale(path: string, what: string): Promise<void> {
-  const st = await lstat(path).catch(() => undefined);
-  if (st !== undefined && !st.isSocket()) {
+  const at = await socketAt(path);
+  if (at === 'not-socket') {
     throw new HyperError('invalid', 'ADDRESS_IN_USE', `${path} exists and is not a socket`, {
       suggestion: 'Remove it or pass another --control-socket.',
     });
   }
-  const live = await new Promise<boolean>((resolve) => {
-    const s = connect(path);
-    s.once('connect', () => {
-      s.destroy();
-      resolve(true);
-    });
-    s.once('error', () => resolve(false));
-  });
-  if (live) {
+  if (at === 'live') {
     throw new HyperError(
       'conflict',
       'DAEMON_RUNNING',

@@ -2,8 +2,8 @@
  * The NBD server: accepts connections on TCP or a unix socket and runs one Session per
  * connection over a table of named exports.
  */
-import { connect, createServer, type AddressInfo, type Server, type Socket } from 'node:net';
-import { lstat, unlink } from 'node:fs/promises';
+import { createServer, type AddressInfo, type Server, type Socket } from 'node:net';
+import { unlink } from 'node:fs/promises';
 import { randomBytes } from 'node:crypto';
 import { createSecureContext } from 'node:tls';
 import { quietLogger, type NbdLogger } from './device.js';
@@ -13,6 +13,7 @@ import { RECYCLED_MIN, RecycledBuffers } from './input.js';
 import type { NbdObserver } from './observer.js';
 import { DEFAULT_MAX_REQUEST } from './protocol.js';
 import { Session, type SessionLimits, type SessionTls } from './session.js';
+import { socketAt, socketPathTooLong } from './socket-path.js';
 
 export { ExportTable, type NbdExport } from './exports.js';
 export type { NbdObserver, NbdRequestEvent } from './observer.js';
@@ -133,7 +134,7 @@ export class NbdServer {
       if (
         !('path' in target) ||
         (e as NodeJS.ErrnoException).code !== 'EADDRINUSE' ||
-        !(await staleSocket(target.path))
+        (await socketAt(target.path)) !== 'stale'
       )
         throw e;
       this.logger.info('replacing a stale socket', { path: target.path });
@@ -234,34 +235,4 @@ export class NbdServer {
     await stopped;
     if (this.socketPath !== undefined) await unlink(this.socketPath).catch(() => undefined);
   }
-}
-
-/** Bytes of a unix socket's path the kernel keeps (sun_path: 108, with its terminating NUL). */
-export const MAX_SOCKET_PATH = 107;
-
-/**
- * An ENAMETOOLONG error for a unix socket path longer than the kernel keeps, else undefined.
- * (Node would bind the path cut short, somewhere nobody looks for it.)
- */
-export function socketPathTooLong(path: string): Error | undefined {
-  const n = Buffer.byteLength(path);
-  if (n <= MAX_SOCKET_PATH) return undefined;
-  return Object.assign(
-    new Error(`The unix socket path is ${n} bytes; the kernel keeps at most ${MAX_SOCKET_PATH}`),
-    { code: 'ENAMETOOLONG', path },
-  );
-}
-
-/** Whether `path` is a socket file that nothing accepts connections on (refused). */
-async function staleSocket(path: string): Promise<boolean> {
-  const st = await lstat(path).catch(() => undefined);
-  if (st === undefined || !st.isSocket()) return false;
-  return new Promise<boolean>((resolve) => {
-    const s = connect(path);
-    s.once('connect', () => {
-      s.destroy();
-      resolve(false);
-    });
-    s.once('error', (e: NodeJS.ErrnoException) => resolve(e.code === 'ECONNREFUSED'));
-  });
 }

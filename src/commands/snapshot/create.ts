@@ -9,6 +9,7 @@ import { iso, requestStats } from '../../cli/results.js';
 import type { SnapshotCreateResult } from '../../cli/vocabulary.js';
 import { checkpointRef, snapshotNameArg, volumeUrl } from '../../flags.js';
 import { createSnapshot } from '../../format/volume/history.js';
+import { FLUSH_INTERVAL_MS } from '../../format/volume/types.js';
 
 export type { SnapshotCreateResult };
 
@@ -78,7 +79,7 @@ Creating a snapshot copies no data and takes a fixed, small number of requests w
     if (snap.writer) {
       const ago = `${(Math.max(0, snap.createdAt.getTime() - snap.writer.checkpointAt.getTime()) / 1000).toFixed(1)} s`;
       this.note(
-        `Note: ${snap.writer.holder} is writing to this volume. The snapshot holds checkpoint ${result.checkpoint}, committed ${ago} before it: what that writer acknowledged since is not in it (it commits every 5 s, and at each client flush unless it logs to a WAL). For a consistent snapshot of a running guest, sync or freeze its file system first (fsfreeze -f), wait for a newer checkpoint ("hyper snapshot list"), then create the snapshot.`,
+        `Note: ${snap.writer.holder} is writing to this volume. The snapshot holds checkpoint ${result.checkpoint}, committed ${ago} before it: what that writer acknowledged since is not in it (it commits every ${FLUSH_INTERVAL_MS / 1000} s, and at each client flush unless it logs to a WAL). For a consistent snapshot of a running guest, sync or freeze its file system first (fsfreeze -f), wait for a newer checkpoint ("hyper snapshot list"), then create the snapshot.`,
       );
     }
     return result;

@@ -146,7 +146,7 @@ export interface OpenOptions {
    * still committed in order and name only durable segments.
    */
   flushPipeline?: number;
-  /** Flush dirty data at least this often (default 5000 ms; 0 disables the timer). */
+  /** Flush dirty data at least this often (default FLUSH_INTERVAL_MS; 0 disables the timer). */
   flushIntervalMs?: number;
   /**
    * After a durable flush (NBD FLUSH, FUA), the head object is updated in the background
@@ -273,3 +273,6 @@ export interface EngineObserver {
   flushed?(event: { kind: 'checkpoint' | 'segment'; seconds: number; ok: boolean }): void;
   committed?(event: { seconds: number; ok: boolean }): void;
 }
+
+/** How often a writer commits what it holds, by default (OpenOptions.flushIntervalMs). */
+export const FLUSH_INTERVAL_MS = 5000;

@@ -66,6 +66,7 @@ import {
   type Logger,
   type OpenOptions,
   type VolumeInfo,
+  FLUSH_INTERVAL_MS,
 } from './types.js';
 import { WalSession, withWalUrl } from './wal.js';
 import { WriteBuffer, dataLength, type Data, type Generation } from './write-buffer.js';
@@ -297,7 +298,7 @@ export class Volume {
           return 0;
         });
     }
-    const interval = opts.flushIntervalMs ?? 5000;
+    const interval = opts.flushIntervalMs ?? FLUSH_INTERVAL_MS;
     if (!readOnly && interval > 0) {
       this.timer = setInterval(() => {
         const dirty =
