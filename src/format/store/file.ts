@@ -171,7 +171,20 @@ export class FileStore implements ObjectStore {
       if (!(await this.baseExists())) return this.bucketMissing(e);
       if (key !== undefined) return notFound(this.url, key);
     }
-    if (code === 'EACCES' || code === 'EPERM' || code === 'EROFS') {
+    if (code === 'EROFS') {
+      return new HyperError(
+        'unavailable',
+        'ACCESS_DENIED',
+        `The file store ${this.base} is on a read-only file system`,
+        {
+          cause: e,
+          ...(key === undefined ? {} : { key }),
+          suggestion:
+            'Remount it read-write, or only read the volume there (`hyper serve --read-only`, `hyper file export`, `hyper file stat`).',
+        },
+      );
+    }
+    if (code === 'EACCES' || code === 'EPERM') {
       return new HyperError(
         'unavailable',
         'ACCESS_DENIED',
@@ -192,7 +205,7 @@ export class FileStore implements ObjectStore {
           cause: e,
           ...(key === undefined ? {} : { key }),
           suggestion:
-            'Free space on the file system holding it or grow it, or reclaim space with `hyper compact` (it needs a few KiB free to start). A running serve stores what it holds at its next flush.',
+            'Free space on the file system holding it or grow it: `hyper file delete` of a volume you can spare works even when it is full, `hyper compact` needs a few KiB free to start. A running serve stores what it holds at its next flush.',
         },
       );
     }
@@ -403,7 +416,19 @@ export class FileStore implements ObjectStore {
     // The lock appears with its owner already in it (written to a temp file, then linked into
     // place), so a process killed while taking it never leaves an ownerless lock behind.
     const draft = `${path}.${nonce}`;
-    await fsp.writeFile(draft, content);
+    // On a full file system the owner cannot be written, yet deletions (which free space) take
+    // locks too: the lock is then an empty file (an inode, no data), known as this one's by
+    // its inode, and judged stale by its age alone.
+    let owner = content;
+    try {
+      await fsp.writeFile(draft, content);
+    } catch (e) {
+      await fsp.unlink(draft).catch(() => undefined);
+      if (errCode(e) !== 'ENOSPC' && errCode(e) !== 'EDQUOT') throw e;
+      owner = '';
+      await fsp.writeFile(draft, owner);
+    }
+    const ino = (await fsp.stat(draft, { bigint: true })).ino;
     for (let attempt = 0; ; attempt++) {
       if (signal?.aborted) {
         await fsp.unlink(draft).catch(() => undefined);
@@ -446,7 +471,8 @@ export class FileStore implements ObjectStore {
       // Release only our own lock (a lock broken as stale may have been retaken meanwhile).
       try {
         const cur = await fsp.readFile(path, 'utf8');
-        if (cur === content) await fsp.unlink(path);
+        if (cur === owner && (await fsp.stat(path, { bigint: true })).ino === ino)
+          await fsp.unlink(path);
       } catch {
         // already gone
       }
@@ -489,8 +515,13 @@ export class FileStore implements ObjectStore {
     } catch {
       return true;
     }
-    const moved = await fsp.readFile(aside, 'utf8').catch(() => '');
-    if (moved !== text) {
+    const moved = await fsp.readFile(aside, 'utf8').catch(() => undefined);
+    const movedIno = await fsp.stat(aside).then(
+      (s) => s.ino,
+      () => undefined,
+    );
+    // (Empty locks, taken on a full file system, differ only by their inode.)
+    if (moved !== text || movedIno !== st.ino) {
       await fsp.link(aside, path).catch(() => undefined);
     }
     await fsp.rm(aside, { force: true });

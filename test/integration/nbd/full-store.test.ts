@@ -208,6 +208,61 @@ describe('a full store', () => {
     });
   });
 
+  it('a file system without a free byte: deleting a volume still makes room, and a failed write leaves nothing behind', async (t) => {
+    if (!needTools(t, 'mount', 'umount')) return;
+    if (!needPrerequisite(t, process.getuid?.() === 0, 'needs root (mounts a small tmpfs)')) return;
+    const dir = await tempDir(t, 'hyper-full-delete-');
+    await withTmpfs(t, '8m', async (mnt) => {
+      const keep = fileUrl(join(mnt, 'keep'));
+      const gone = fileUrl(join(mnt, 'gone'));
+      const data = randomBytes(2 * MiB);
+      const img = join(dir, 'in.img');
+      await writeFile(img, data);
+      for (const url of [keep, gone]) {
+        assert.equal((await hyper(['file', 'create', url, '--size', '4M'])).code, 0);
+        const r = await hyper(['file', 'import', img, url]);
+        assert.equal(r.code, 0, show(r));
+      }
+      const { stdout } = await run('df', ['-B1', '--output=avail', mnt]);
+      const avail = Number(stdout.trim().split('\n').at(-1));
+      await writeFile(join(mnt, 'filler'), Buffer.alloc(avail));
+      const files = async (): Promise<string[]> =>
+        (await run('find', [mnt, '-type', 'f'])).stdout.trim().split('\n').sort();
+      const before = await files();
+
+      const write = await hyper(['file', 'import', img, keep]);
+      assert.equal(write.code, 5, show(write));
+      assert.match(write.stderr, /NO_SPACE/);
+      assert.deepEqual(await files(), before, 'a refused write leaves no file behind');
+
+      const del = await hyper(['file', 'delete', gone, '--yes']);
+      assert.equal(del.code, 0, show(del));
+      const after = await run('df', ['-B1', '--output=avail', mnt]);
+      assert.ok(Number(after.stdout.trim().split('\n').at(-1)) >= 2 * MiB, after.stdout);
+      assert.deepEqual(
+        await files(),
+        before.filter((f) => !f.startsWith(join(mnt, 'gone'))),
+      );
+      const exp = await hyper(['file', 'export', keep, join(dir, 'out.img')]);
+      assert.equal(exp.code, 0, show(exp));
+      assert.equal(sha((await readFile(join(dir, 'out.img'))).subarray(0, data.length)), sha(data));
+
+      // Read-only: said so (not "permission denied"), and reading still works.
+      const ro = await run('mount', ['-o', 'remount,ro', mnt]);
+      assert.equal(ro.code, 0, ro.stderr);
+      try {
+        const refused = await hyper(['file', 'import', img, keep]);
+        assert.equal(refused.code, 5, show(refused));
+        assert.match(refused.stderr, /ACCESS_DENIED.*is on a read-only file system/);
+        assert.match(refused.stderr, /Remount it read-write/);
+        const stat = await hyper(['file', 'stat', keep]);
+        assert.equal(stat.code, 0, show(stat));
+      } finally {
+        await run('mount', ['-o', 'remount,rw', mnt]);
+      }
+    });
+  });
+
   it('compaction on a nearly full file system: drops and deletes first, then moves blocks', async (t) => {
     if (!needTools(t, 'mount', 'umount')) return;
     if (!needPrerequisite(t, process.getuid?.() === 0, 'needs root (mounts a small tmpfs)')) return;
