@@ -4,6 +4,7 @@
 // "Memory"). The interrupt budget is 8x V8's default: a function runs 8x longer before the
 // optimizing compiler takes it, with riper type feedback, so a freshly started server spends
 // far less CPU compiling (README, "Start-up CPU"). `node bin/run.js` runs without either.
+import { fileURLToPath } from 'node:url';
 import { execute } from '@oclif/core';
 
 // A reader of stdout that went away (`hyper help | head -1`): what is still written is
@@ -13,4 +14,8 @@ process.stdout.on('error', (e) => {
   if (e.code !== 'EPIPE') throw e;
 });
 
-await execute({ dir: import.meta.url });
+// No user plugins (hyper installs none): oclif would otherwise read ~/.local/share/hyper/
+// on every run, and warn when another user's HOME is not readable (`sudo -u`, a service).
+await execute({
+  loadOptions: { root: fileURLToPath(new URL('..', import.meta.url)), userPlugins: false },
+});

@@ -207,6 +207,10 @@ export abstract class BaseCommand<T extends typeof Command> extends Command {
       }),
       defaults: withDefaults.applied,
     };
+    if (loaded.unreadable)
+      this.note(
+        `Note: ${loaded.path} is not readable by this user (${loaded.unreadable}): going on without it. Set HOME to this user's home, or HYPER_CONFIG to a file it may read.`,
+      );
     // Stores the volumes name (a clone's parent, a WAL) open with the same settings.
     setDefaultStoreOptions(this.storeOptions());
     this.args = args as Args<T>;

@@ -188,6 +188,15 @@ function systemError(e: unknown): HyperError | undefined {
       );
     case 'EACCES':
     case 'EPERM':
+      if (err.syscall === 'listen' || err.syscall === 'bind')
+        return make(
+          'invalid',
+          'PERMISSION_DENIED',
+          `Permission denied${on}`,
+          err.port !== undefined && err.port > 0 && err.port < 1024
+            ? 'Ports below 1024 need root (or CAP_NET_BIND_SERVICE): pick a port of 1024 or more (--port 0 picks a free one; NBD is 10809).'
+            : 'Pick another --port or --socket, or a directory this user may write to for the socket.',
+        );
       return make(
         'invalid',
         'PERMISSION_DENIED',

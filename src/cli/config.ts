@@ -55,6 +55,11 @@ export interface LoadedConfig {
   /** True when the file exists (an absent file is an empty configuration). */
   exists: boolean;
   config: ConfigFile;
+  /**
+   * Why the file at the default location could not be read (permission denied: another
+   * user's home, as `sudo -u` or a service's User= leave HOME), when it was gone on without.
+   */
+  unreadable?: string;
 }
 
 /** The path of the configuration file: HYPER_CONFIG, else the XDG location. */
@@ -78,9 +83,28 @@ function invalid(path: string, why: string): HyperError {
 export async function loadConfig(env: NodeJS.ProcessEnv = process.env): Promise<LoadedConfig> {
   const path = configPath(env);
   const schema = async () => (await import('./config-schema.js')).configSchema;
-  const config = await readJsonFile(path, schema, (problem) => invalid(path, problem), {
-    missingOk: true,
-  });
+  let config: ConfigFile | undefined;
+  try {
+    config = await readJsonFile(path, schema, (problem) => invalid(path, problem), {
+      missingOk: true,
+    });
+  } catch (e) {
+    const code = (e as { cause?: NodeJS.ErrnoException }).cause?.code;
+    if (code !== 'EACCES' && code !== 'EPERM') throw e;
+    // As git does with a configuration it may not read: the default location is passed over
+    // with a note; a file named on purpose must be readable.
+    if (!env.HYPER_CONFIG)
+      return { path, exists: false, config: {}, unreadable: 'permission denied' };
+    throw new HyperError(
+      'invalid',
+      'PERMISSION_DENIED',
+      `Cannot read the configuration file ${path}: permission denied`,
+      {
+        cause: e,
+        suggestion: `Make it readable by this user (chmod, chown), or point HYPER_CONFIG at a file this user can read.`,
+      },
+    );
+  }
   if (!config) {
     if (env.HYPER_CONFIG) throw invalid(path, 'no such file (named by HYPER_CONFIG)');
     return { path, exists: false, config: {} };

@@ -6,12 +6,22 @@
  */
 import assert from 'node:assert/strict';
 import { randomUUID } from 'node:crypto';
-import { writeFile } from 'node:fs/promises';
+import { spawn, spawnSync } from 'node:child_process';
+import { chmod, mkdir, mkdtemp, rmdir, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
 import { createServer as createNetServer, type Socket } from 'node:net';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { describe, it } from 'node:test';
-import { fileUrl, hyper, hyperJson, show, tempDir } from '../../helpers/cli.js';
-import { needS3 } from '../../helpers/env.js';
+import {
+  fileUrl,
+  hyper,
+  hyperJson,
+  runJs,
+  show,
+  tempDir,
+  type CliResult,
+} from '../../helpers/cli.js';
+import { needPrerequisite, needS3 } from '../../helpers/env.js';
 
 const MiB = 1024 * 1024;
 
@@ -302,6 +312,70 @@ describe('configuration file', () => {
     await writeFile(cfg, JSON.stringify({ defaults: { '*': { yes: true } } }));
     const star = await hyper(['file', 'delete', url], { env: { HYPER_CONFIG: cfg } });
     assert.equal(star.code, 0, show(star));
+  });
+});
+
+describe('another user', () => {
+  it('passes over a default configuration file it may not read, with a note; refuses one HYPER_CONFIG names; a port below 1024 is about ports', async (t) => {
+    if (!needPrerequisite(t, process.getuid?.() === 0, 'needs root (runs hyper as nobody)')) return;
+    const dir = await tempDir(t);
+    await chmod(dir, 0o755);
+    const url = fileUrl(join(dir, 'v'));
+    await hyperJson(['file', 'create', url, '--size', '1M']);
+    // Root's configuration, as `sudo -u nobody` or a service without its own HOME finds it.
+    const home = join(dir, 'home');
+    await mkdir(join(home, '.config', 'hyper'), { recursive: true });
+    await chmod(home, 0o700);
+    const cfg = join(home, '.config', 'hyper', 'config.json');
+    await writeFile(cfg, '{ "region": "eu-west-1" }', { mode: 0o600 });
+    // The checkout may sit where nobody cannot reach it (under /root): it is bind-mounted,
+    // read-only, on a directory of its own in /tmp (never under a directory a test removes
+    // with its content), and unmounted before that directory goes.
+    const repo = await mkdtemp(join(tmpdir(), 'hyper-repo-'));
+    await chmod(repo, 0o755);
+    const bound = spawnSync('mount', ['--bind', '-o', 'ro', dirname(dirname(runJs)), repo]);
+    assert.equal(bound.status, 0, String(bound.stderr));
+    t.after(async () => {
+      assert.equal(spawnSync('umount', [repo]).status, 0, `umount ${repo}`);
+      await rmdir(repo);
+    });
+    const asNobody = (args: string[], env: NodeJS.ProcessEnv): Promise<CliResult> =>
+      new Promise((resolve, reject) => {
+        const child = spawn(process.execPath, [join(repo, 'bin', 'run.js'), ...args], {
+          cwd: dir,
+          uid: 65534,
+          gid: 65534,
+          env: { PATH: process.env.PATH ?? '', HOME: home, NO_COLOR: '1', ...env },
+        });
+        let stdout = '';
+        let stderr = '';
+        child.stdout.setEncoding('utf8').on('data', (d: string) => (stdout += d));
+        child.stderr.setEncoding('utf8').on('data', (d: string) => (stderr += d));
+        child.on('error', reject);
+        child.on('close', (code) => resolve({ code: code ?? -1, stdout, stderr }));
+      });
+    const passed = await asNobody(['file', 'stat', url, '--format', 'plain'], {});
+    assert.equal(passed.code, 0, show(passed));
+    assert.match(passed.stdout, /Size: 1 MiB/);
+    assert.match(passed.stderr, /config\.json is not readable by this user .*going on without it/);
+    assert.doesNotMatch(passed.stderr, /EACCES|Warning/, 'no warning of oclif about its data dir');
+    const json = await asNobody(['file', 'stat', url, '--json'], {
+      XDG_CONFIG_HOME: join(dir, 'cfg'),
+    });
+    assert.equal(json.code, 0, show(json));
+    assert.equal(json.stderr, '', '--json keeps stderr for errors');
+    const named = await asNobody(['file', 'stat', url, '--json'], { HYPER_CONFIG: cfg });
+    assert.equal(named.code, 2, show(named));
+    const e = (JSON.parse(named.stdout) as ErrorOut).error;
+    assert.equal(e.code, 'PERMISSION_DENIED');
+    assert.match(e.message, /Cannot read the configuration file .*config\.json: permission denied/);
+    assert.match(e.suggestion ?? '', /readable by this user/);
+    const low = await asNobody(['serve', url, '--read-only', '--port', '80', '--json'], {});
+    assert.equal(low.code, 2, show(low));
+    assert.match(
+      (JSON.parse(low.stdout) as ErrorOut).error.suggestion ?? '',
+      /below 1024 need root/,
+    );
   });
 });
 

@@ -77,6 +77,19 @@ describe('ordinary system errors', () => {
     // ENOSPC is the store or disk being unavailable.
     const full = Object.assign(new Error('no space'), { code: 'ENOSPC', path: '/mnt/full/x' });
     assert.equal(exitCodeFor(toHyperError(full)), 5);
+    // A port below 1024 without root: about ports, not directories.
+    const low = toHyperError(
+      Object.assign(new Error('listen EACCES'), {
+        code: 'EACCES',
+        syscall: 'listen',
+        address: '0.0.0.0',
+        port: 80,
+      }),
+    );
+    assert.equal(low.code, 'PERMISSION_DENIED');
+    assert.equal(exitCodeFor(low), 2);
+    assert.match(low.message, /0\.0\.0\.0:80/);
+    assert.match(low.suggestion ?? '', /below 1024 need root/);
     // Anything else is still reported as a bug.
     assert.equal(toHyperError(new Error('boom')).code, 'INTERNAL');
   });
