@@ -4,7 +4,7 @@
 // "Memory"). The interrupt budget is 8x V8's default: a function runs 8x longer before the
 // optimizing compiler takes it, with riper type feedback, so a freshly started server spends
 // far less CPU compiling (README, "Start-up CPU"). `node bin/run.js` runs without either.
-import { fileURLToPath } from 'node:url';
+import { fileURLToPath, URL } from 'node:url';
 import { execute } from '@oclif/core';
 
 // A reader of stdout that went away (`hyper help | head -1`): what is still written is
