@@ -181,6 +181,51 @@ const NETWORK_CODES = new Set([
 const UNREACHABLE_SUGGESTION =
   'Check that the endpoint URL (--endpoint or AWS_ENDPOINT_URL) is right and the server is running.';
 
+/** Node's codes for a certificate it does not trust (OpenSSL's verify results). */
+const UNTRUSTED_CERT = new Set([
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'CERT_UNTRUSTED',
+]);
+
+/** What went wrong with TLS to the endpoint, in words an operator acts on. */
+function tlsProblem(
+  code: string,
+  endpoint: string,
+): { message: string; suggestion: string } | undefined {
+  let host = endpoint;
+  try {
+    host = new URL(endpoint).hostname;
+  } catch {
+    // (the endpoint as given)
+  }
+  if (UNTRUSTED_CERT.has(code))
+    return {
+      message: `The TLS certificate of ${endpoint} is not trusted (self-signed, or signed by an unknown CA)`,
+      suggestion:
+        "Give Node the CA that signed it: NODE_EXTRA_CA_CERTS=/path/to/ca.pem (a PEM file; for a service, in its environment), or use the store's http:// endpoint on a trusted network.",
+    };
+  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID')
+    return {
+      message: `The TLS certificate of ${endpoint} is not for the host "${host}"`,
+      suggestion: `Use the host name the certificate names in --endpoint, or give the store a certificate with "${host}" in its subjectAltName.`,
+    };
+  if (code === 'CERT_HAS_EXPIRED' || code === 'CERT_NOT_YET_VALID')
+    return {
+      message: `The TLS certificate of ${endpoint} is ${code === 'CERT_HAS_EXPIRED' ? 'expired' : 'not valid yet'}`,
+      suggestion: "Renew the store's certificate, or check this machine's clock (`timedatectl`).",
+    };
+  if (code === 'EPROTO' || code === 'ERR_SSL_WRONG_VERSION_NUMBER')
+    return {
+      message: `No TLS answer from ${endpoint}`,
+      suggestion: `Check the scheme and port of --endpoint (AWS_ENDPOINT_URL): a store that speaks plain HTTP there takes http://${host}…, not https://.`,
+    };
+  return undefined;
+}
+
 function causeCode(e: unknown): string | undefined {
   let cur: unknown = e;
   for (let i = 0; i < 5 && cur && typeof cur === 'object'; i++) {
@@ -277,6 +322,15 @@ export function translateS3Error(e: unknown, ctx: TranslateContext): HyperError 
     );
   }
   const netCode = causeCode(e);
+  const tls =
+    status === undefined && netCode !== undefined ? tlsProblem(netCode, ctx.endpoint) : undefined;
+  if (tls) {
+    return new HyperError('unavailable', 'STORE_UNAVAILABLE', `${tls.message} (${netCode})`, {
+      cause: e,
+      ...keyOpt,
+      suggestion: tls.suggestion,
+    });
+  }
   if (
     status === undefined &&
     netCode !== undefined &&
