@@ -278,7 +278,7 @@ export async function flattenVolume(
     await vol.confirmWriter();
     // What to put back, and the sign of a flatten stopped after the commit below: an unpin
     // of our pin and compaction of this volume wait for it to go (see afterDetach).
-    await store.put(FLATTEN_KEY, encodeHead(cur));
+    await putFlattenRecord(store, vol, cur);
     const { checkpoint } = await vol.detachFromParent();
     const parent = await afterDetach(store, vol, cur, checkpoint, options);
     return {
@@ -290,6 +290,37 @@ export async function flattenVolume(
     };
   } finally {
     await vol.close();
+  }
+}
+
+/**
+ * Record `head` as the one a flatten detaches from, by conditional PUTs only. The PUT of a
+ * flatten fenced right after its last check can arrive late (chaos seed 50858): it must
+ * never replace the record of the flatten that took over, which may have stopped after its
+ * detach commit with that record as the only sign of it. So the record is created; one found
+ * there (a late PUT landed while the volume was still a clone, or the leftover of a flatten
+ * that undid its detach) is replaced only by its version, after this run proved once more
+ * that it holds the lease. (A late PUT that lands where no record is, after the flatten that
+ * took over finished, is told from a real one by its epoch: heads.ts unfinishedFlatten.)
+ */
+async function putFlattenRecord(store: ObjectStore, vol: Volume, head: HeadRecord): Promise<void> {
+  const body = encodeHead(head);
+  for (let attempt = 1; ; attempt++) {
+    try {
+      await store.put(FLATTEN_KEY, body, { ifNoneMatch: true });
+      return;
+    } catch (e) {
+      if (!isHyperError(e, 'OBJECT_EXISTS') || attempt >= 4) throw e;
+    }
+    const found = await store.head(FLATTEN_KEY);
+    if (!found) continue;
+    await vol.confirmWriter();
+    try {
+      await store.put(FLATTEN_KEY, body, { ifMatch: found.etag });
+      return;
+    } catch (e) {
+      if (!isHyperError(e, 'PRECONDITION_FAILED') || attempt >= 4) throw e;
+    }
   }
 }
 

@@ -231,7 +231,32 @@ export async function unfinishedFlatten(
 ): Promise<HeadRecord | undefined> {
   if (head.clone) return undefined;
   const before = await readFlattenRecord(store);
-  return before?.clone && before.uuid === head.uuid ? before : undefined;
+  if (!before?.clone || before.uuid !== head.uuid) return undefined;
+  return (await madeTheDetach(store, head, before)) ? before : undefined;
+}
+
+/**
+ * Whether the writer that recorded `before` made the detach commit: the record's PUT of a
+ * flatten fenced right after its last check can land late, after the flatten that took over
+ * finished and deleted its own record (chaos seed 50858); it names a pin that is gone. The
+ * detach commit puts the history floor at itself, nothing moves that floor while a record
+ * stands (compaction waits), and the commit carries its writer's epoch, the one the record's
+ * head has. When that cannot be told (the floor's segment unreadable), it did: a record kept
+ * in doubt holds a pin and a compaction back, one dropped in error could cost a clone its
+ * parent's blocks.
+ */
+async function madeTheDetach(
+  store: ObjectStore,
+  head: HeadRecord,
+  before: HeadRecord,
+): Promise<boolean> {
+  const floor = head.history?.floor;
+  if (floor === undefined || floor > head.checkpoint) return true;
+  try {
+    return (await readCheckpointHead(store, floor)).epoch === before.epoch;
+  } catch {
+    return true;
+  }
 }
 
 /** A clone's parent (the first of its chain) and the checkpoint it started from. */

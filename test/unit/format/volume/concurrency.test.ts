@@ -991,6 +991,65 @@ describe('concurrency: a flatten killed right after its detach commit (scenario 
     await assertClean(child, w);
   });
 
+  it('the record of a flatten fenced after its last check lands late: it never stands for the forced flatten that finished, nor replaces the record of one killed after its detach (chaos seed 50858)', async () => {
+    for (const killed of [false, true]) {
+      const w = await world();
+      const child = w.root.sub('child/');
+      await cloneVolume(w.parent, { checkpoint: 3 }, child, { openStore: w.openStore });
+      const want = await readAll(child, w);
+      // The first flatten has checked it still holds the lease and sent its record; before the
+      // record lands, a forced flatten runs (to the end, or until killed after its detach).
+      const kill = killAfterDetach();
+      const forced = meanwhile(
+        (r) => r.op === 'put' && r.key === FLATTEN_KEY,
+        () =>
+          flattenVolume(killed ? new ScriptedStore(child, kill.script) : child, {
+            force: true,
+            openStore: w.openStore,
+          }),
+      );
+      const first = await settle(
+        flattenVolume(new ScriptedStore(child, { steps: [forced.step] }), {
+          openStore: w.openStore,
+        }),
+      );
+      assert.equal(forced.outcome()?.ok, !killed, 'the forced flatten did not run (schedule)');
+      assert.ok(!first.ok && isHyperError(first.error, 'FENCED'), String(first));
+      const head = (await readHead(child)).head;
+      assert.equal(head.clone, undefined, 'the forced flatten did not detach');
+      const record = await child.get(FLATTEN_KEY);
+      const recorded = decodeHead(record.body).head;
+      const checked = await checkVolume(child, { openStore: w.openStore });
+      const unfinished = checked.problems.filter((p) => p.kind === 'unfinished-flatten');
+      if (!killed) {
+        // The late record landed where the finished flatten had deleted its own: it names
+        // the first flatten's epoch, not the detach commit's, and nothing takes it for one.
+        assert.notEqual(recorded.epoch, head.epoch);
+        assert.deepEqual(await pins(w.parent), []);
+        assert.deepEqual(unfinished, []);
+        await compactVolume(child, { keepLast: 1, graceMs: 0 });
+      } else {
+        // The killed flatten's record stands: the pin stays until a flatten finishes.
+        assert.equal(
+          recorded.epoch,
+          (await readCheckpointHead(child, head.history?.floor ?? 0)).epoch,
+          'the late record replaced the one of the flatten that detached',
+        );
+        assert.equal((await pins(w.parent)).length, 1);
+        assert.deepEqual(
+          unfinished.map((p) => p.key),
+          [FLATTEN_KEY],
+        );
+        const again = await flattenVolume(child, { openStore: w.openStore });
+        assert.ok(again.resumed);
+        assert.deepEqual(await pins(w.parent), []);
+      }
+      await compactVolume(w.parent, { keepLast: 1, graceMs: 0 });
+      same(await readAll(child, w), want, 'the flattened child');
+      await assertClean(child, w);
+    }
+  });
+
   it('deleting the volume instead releases the pin the flatten left', async () => {
     const w = await world();
     const child = w.root.sub('child/');
