@@ -16,6 +16,7 @@ import type { SnapshotCloneResult } from '../../../src/commands/snapshot/clone.j
 import type { SnapshotFlattenResult } from '../../../src/commands/snapshot/flatten.js';
 import type { SnapshotListResult } from '../../../src/commands/snapshot/list.js';
 import type { SnapshotUnpinResult } from '../../../src/commands/snapshot/unpin.js';
+import { decodeHead, encodeHead } from '../../../src/format/codec/head.js';
 import { openStore } from '../../../src/format/store/index.js';
 import { Volume } from '../../../src/format/volume/volume.js';
 import { fileUrl, hyper, hyperJson, show, tempDir } from '../../helpers/cli.js';
@@ -130,8 +131,11 @@ describe('hyper snapshot clone / flatten', () => {
 
     // As if that flatten had stopped right after its detach commit: its record of the head it
     // detached from and its pin are still there. Check names it, compaction and unpin wait,
-    // and the flatten run again finishes it.
-    await writeFile(join(dir, 'child', 'flatten'), headBefore);
+    // and the flatten run again finishes it. (The record holds the head as the flatten held
+    // it: under the flatten's epoch, which its detach commit carries too.)
+    const detached = decodeHead(await readFile(join(dir, 'child', 'head'))).head;
+    const recorded = { ...decodeHead(headBefore).head, epoch: detached.epoch };
+    await writeFile(join(dir, 'child', 'flatten'), encodeHead(recorded));
     await mkdir(join(dir, 'parent', 'pin'), { recursive: true });
     await writeFile(join(dir, 'parent', 'pin', pinFile as string), pinBytes);
     const unfinished = await hyperJson<FileCheckResult>(['file', 'check', child]);
