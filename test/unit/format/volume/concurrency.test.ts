@@ -55,7 +55,12 @@ import type {
 } from '../../../../src/format/store/types.js';
 import { deleteVolume } from '../../../../src/format/volume/admin.js';
 import { checkVolume } from '../../../../src/format/volume/check.js';
-import { cloneVolume, flattenVolume, unpinClone } from '../../../../src/format/volume/clone.js';
+import {
+  cloneVolume,
+  flattenVolume,
+  unpinClone,
+  type FlattenResult,
+} from '../../../../src/format/volume/clone.js';
 import { compactVolume } from '../../../../src/format/volume/compact.js';
 import { readCheckpointHead, readHead } from '../../../../src/format/volume/heads.js';
 import { buildEmptySegment } from '../../../../src/format/volume/segment-builder.js';
@@ -865,6 +870,35 @@ function killAfterDetach(): { script: Script; killed: () => boolean } {
   return { script, killed: () => killed };
 }
 
+/**
+ * A clone of the parent at checkpoint 3 (`want`: what it reads), and a flatten of it that
+ * runs "meanwhile", at the first request matching `when`: to the end, or until it is killed
+ * right after its detach commit.
+ */
+async function cloneWithFlattenMeanwhile(
+  killed: boolean,
+  when: (r: Req) => boolean,
+  force = false,
+): Promise<{
+  w: World;
+  child: ObjectStore;
+  want: Buffer;
+  other: ReturnType<typeof meanwhile<FlattenResult>>;
+}> {
+  const w = await world();
+  const child = w.root.sub('child/');
+  await cloneVolume(w.parent, { checkpoint: 3 }, child, { openStore: w.openStore });
+  const want = await readAll(child, w);
+  const kill = killAfterDetach();
+  const other = meanwhile(when, () =>
+    flattenVolume(killed ? new ScriptedStore(child, kill.script) : child, {
+      ...(force ? { force } : {}),
+      openStore: w.openStore,
+    }),
+  );
+  return { w, child, want, other };
+}
+
 describe('concurrency: a flatten killed right after its detach commit (scenario 11)', () => {
   it('with a clone of the clone made meanwhile: nothing releases what that clone reads, and the flatten run again undoes the detach', async () => {
     const { w, child, want } = await withClone();
@@ -931,20 +965,14 @@ describe('concurrency: a flatten killed right after its detach commit (scenario 
 
   it('a second flatten that opens the volume after the first one detached it', async () => {
     for (const killed of [false, true]) {
-      const w = await world();
-      const child = w.root.sub('child/');
-      await cloneVolume(w.parent, { checkpoint: 3 }, child, { openStore: w.openStore });
-      const want = await readAll(child, w);
       // The second flatten saw a clone; before it takes the lease, the first one runs (to
       // the end, or until it is killed right after its detach commit).
-      const kill = killAfterDetach();
-      const first = meanwhile(
-        (r) => r.key === LEASE_KEY,
-        () =>
-          flattenVolume(killed ? new ScriptedStore(child, kill.script) : child, {
-            openStore: w.openStore,
-          }),
-      );
+      const {
+        w,
+        child,
+        want,
+        other: first,
+      } = await cloneWithFlattenMeanwhile(killed, (r) => r.key === LEASE_KEY);
       const second = await settle(
         flattenVolume(new ScriptedStore(child, { steps: [first.step] }), {
           openStore: w.openStore,
@@ -993,20 +1021,17 @@ describe('concurrency: a flatten killed right after its detach commit (scenario 
 
   it('the record of a flatten fenced after its last check lands late: it never stands for the forced flatten that finished, nor replaces the record of one killed after its detach (chaos seed 50858)', async () => {
     for (const killed of [false, true]) {
-      const w = await world();
-      const child = w.root.sub('child/');
-      await cloneVolume(w.parent, { checkpoint: 3 }, child, { openStore: w.openStore });
-      const want = await readAll(child, w);
       // The first flatten has checked it still holds the lease and sent its record; before the
       // record lands, a forced flatten runs (to the end, or until killed after its detach).
-      const kill = killAfterDetach();
-      const forced = meanwhile(
+      const {
+        w,
+        child,
+        want,
+        other: forced,
+      } = await cloneWithFlattenMeanwhile(
+        killed,
         (r) => r.op === 'put' && r.key === FLATTEN_KEY,
-        () =>
-          flattenVolume(killed ? new ScriptedStore(child, kill.script) : child, {
-            force: true,
-            openStore: w.openStore,
-          }),
+        true,
       );
       const first = await settle(
         flattenVolume(new ScriptedStore(child, { steps: [forced.step] }), {
