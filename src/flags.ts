@@ -8,6 +8,7 @@ import { HyperError } from './errors.js';
 import {
   DURATION_FORMS,
   SIZE_FORMS,
+  formatDuration,
   TIME_FORMS,
   parseDuration,
   parseSize,
@@ -19,8 +20,16 @@ import { URL_FORMS, normalizeVolumeUrl } from './cli/url.js';
 import { CHECKPOINT_REF_FORMS, parseCheckpointRef } from './cli/checkpoint-ref.js';
 import { COMPRESSIONS } from './format/codec/block.js';
 import { CIPHERS } from './format/codec/seal.js';
-import { DEFAULT_COMPRESSION, GiB, MiB, type CheckpointRef } from './format/volume/types.js';
+import {
+  DEFAULT_COMPRESSION,
+  DEFAULT_GRACE_MS,
+  DEFAULT_MIN_LIVE,
+  GiB,
+  MiB,
+  type CheckpointRef,
+} from './format/volume/types.js';
 import type { VolumeTuning } from './serve/server.js';
+import type { CompactionPolicy } from './serve/compaction.js';
 import { defaultControlSocket } from './daemon/paths.js';
 
 /**
@@ -284,6 +293,89 @@ export function tuningOf(flags: {
             mode: flags['cache-mode'] === 'recreate' ? 'recreate' : 'reuse',
           },
         }),
+  };
+}
+
+/** A fraction from 0 to 1 (`0.9`, `.5`, `1`). */
+export const fraction = Flags.custom<number>({
+  helpValue: '<fraction>',
+  parse: async (input, _ctx, opts) => {
+    const v = /^\s*(?:\d+(?:\.\d*)?|\.\d+)\s*$/.test(input) ? Number(input) : NaN;
+    if (!(v >= 0 && v <= 1))
+      throw new HyperError(
+        'invalid',
+        'INVALID_ARGUMENT',
+        `Invalid value ${JSON.stringify(input)} for --${opts.name}: expected a fraction between 0 and 1`,
+        {
+          suggestion: 'Use e.g. 0.9 (rewrite segments less than 90% live) or 0 (rewrite nothing).',
+        },
+      );
+    return v;
+  },
+});
+
+/**
+ * Online compaction of the volumes `serve` and `daemon` write (serve/compaction.ts): how often,
+ * and the retention policy of `hyper compact`.
+ */
+export function compactionFlags() {
+  const group = { helpGroup: 'COMPACTION' };
+  return {
+    'compact-every': duration({
+      summary:
+        'Compact each writable volume online this often (e.g. 1h), beside its clients: drop checkpoints outside the policy below, move live blocks out of mostly dead segments, delete what nothing reads. Off by default.',
+      minMs: 1000,
+      ...group,
+    }),
+    'compact-keep-last': Flags.integer({
+      summary:
+        'With --compact-every: keep the newest N checkpoints (as hyper compact --keep-last).',
+      min: 1,
+      helpValue: '<n>',
+      dependsOn: ['compact-every'],
+      ...group,
+    }),
+    'compact-keep-within': duration({
+      summary:
+        'With --compact-every: keep the checkpoints made within this duration (as hyper compact --keep-within). Without either, no checkpoint is dropped.',
+      minMs: 0,
+      dependsOn: ['compact-every'],
+      ...group,
+    }),
+    'compact-min-live': fraction({
+      summary: `With --compact-every: move the live blocks of segments less live than this (default ${DEFAULT_MIN_LIVE}; 0 moves nothing).`,
+      dependsOn: ['compact-every'],
+      ...group,
+    }),
+    'compact-grace': duration({
+      summary: `With --compact-every: delete only what nothing has read for this long (default ${formatDuration(DEFAULT_GRACE_MS)}).`,
+      minMs: 0,
+      dependsOn: ['compact-every'],
+      ...group,
+    }),
+  };
+}
+
+/** The serving library's compaction schedule from the flags of `compactionFlags`. */
+export function compactionOf(flags: {
+  'compact-every'?: number | undefined;
+  'compact-keep-last'?: number | undefined;
+  'compact-keep-within'?: number | undefined;
+  'compact-min-live'?: number | undefined;
+  'compact-grace'?: number | undefined;
+}): { compaction?: CompactionPolicy } {
+  const every = flags['compact-every'];
+  if (every === undefined) return {};
+  return {
+    compaction: {
+      everyMs: every,
+      ...(flags['compact-keep-last'] === undefined ? {} : { keepLast: flags['compact-keep-last'] }),
+      ...(flags['compact-keep-within'] === undefined
+        ? {}
+        : { keepWithinMs: flags['compact-keep-within'] }),
+      ...(flags['compact-min-live'] === undefined ? {} : { minLive: flags['compact-min-live'] }),
+      ...(flags['compact-grace'] === undefined ? {} : { graceMs: flags['compact-grace'] }),
+    },
   };
 }
 

@@ -1,6 +1,14 @@
 import { Flags } from '@oclif/core';
 import { BaseCommand } from '../base-command.js';
-import { metricsFlags, tuningFlags, tuningOf, controlSocket, duration } from '../flags.js';
+import {
+  compactionFlags,
+  compactionOf,
+  metricsFlags,
+  tuningFlags,
+  tuningOf,
+  controlSocket,
+  duration,
+} from '../flags.js';
 import type { DaemonListening, DaemonResult } from '../cli/vocabulary.js';
 import { defaultStateFile } from '../daemon/paths.js';
 import { runDaemon } from '../daemon/run.js';
@@ -65,6 +73,7 @@ export default class DaemonCommand extends BaseCommand<typeof DaemonCommand> {
       'For every mapped export, as `hyper serve` reports them; 503 while one cannot make writes durable.',
     ),
     ...tuningFlags('one subdirectory per export, by name'),
+    ...compactionFlags(),
     drain: duration({
       summary: 'How long unmap and shutdown let clients finish their requests in flight.',
       default: 10_000,
@@ -98,7 +107,7 @@ export default class DaemonCommand extends BaseCommand<typeof DaemonCommand> {
         process.stdout.write(`${JSON.stringify(listening)}\n`);
       },
       drainMs: flags.drain,
-      tuning: tuningOf(flags),
+      tuning: { ...tuningOf(flags), ...compactionOf(flags) },
       version: this.config.version,
       ...(flags.config === undefined ? {} : { configFile: flags.config }),
       ...(flags['control-group'] === undefined ? {} : { controlGroup: flags['control-group'] }),

@@ -6,7 +6,16 @@ import {
   parseCheckpointRef,
 } from '../cli/checkpoint-ref.js';
 import type { ServeListening, ServeResult } from '../cli/vocabulary.js';
-import { metricsFlags, metricsListenOf, tuningFlags, tuningOf, size, volumeUrl } from '../flags.js';
+import {
+  compactionFlags,
+  compactionOf,
+  metricsFlags,
+  metricsListenOf,
+  tuningFlags,
+  tuningOf,
+  size,
+  volumeUrl,
+} from '../flags.js';
 import { COMPRESSIONS, type Compression } from '../format/codec/block.js';
 import { CIPHERS } from '../format/codec/seal.js';
 import { DEFAULT_COMPRESSION, MAX_VOLUME_SIZE } from '../format/volume/types.js';
@@ -147,6 +156,7 @@ export default class Serve extends BaseCommand<typeof Serve> {
         'Stay in the foreground and log to stderr. This is what serve always does; the flag is accepted for nbdkit/qemu-nbd habits (run it under systemd or `&` to background it).',
     }),
     ...tuningFlags('one subdirectory per volume when serving a prefix'),
+    ...compactionFlags(),
     verbose: Flags.boolean({
       char: 'v',
       summary:
@@ -198,6 +208,7 @@ export default class Serve extends BaseCommand<typeof Serve> {
       ...(metricsListenOf(flags) === undefined ? {} : { metricsListen: metricsListenOf(flags) }),
       signal,
       ...tuningOf(flags),
+      ...compactionOf(flags),
       ...(at === undefined ? {} : { at }),
       ...(flags.create
         ? {

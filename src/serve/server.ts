@@ -28,6 +28,8 @@ import type { ServeLogger } from './logger.js';
 import { loadTlsCertificates, type TlsCredentials } from './tls.js';
 import { nbdUri, type ListenAddress } from './uri.js';
 import { VolumeDevice } from './volume-device.js';
+import { AutoCompaction, type CompactionPolicy } from './compaction.js';
+import type { OpenStoreFn } from '../format/volume/segments.js';
 
 export type { ListenTarget } from '../nbd/server.js';
 
@@ -53,6 +55,8 @@ export interface VolumeTuning {
    * scattered; at least two).
    */
   maxDirtyBytes?: number;
+  /** Compact each writable volume online, beside its clients, on this schedule (compaction.ts). */
+  compaction?: CompactionPolicy;
 }
 
 /** Opens the store at a URL; `mkdir` creates a file:// directory first. */
@@ -483,8 +487,17 @@ export class VolumeServer {
           };
         });
         this.opened.set(name, volume);
+        const compaction =
+          o.compaction && !s.readOnly && !volume.info.readOnly
+            ? new AutoCompaction(volume, store, o.compaction, {
+                name,
+                logger: this.logger,
+                openStore: options.openStore as OpenStoreFn,
+              })
+            : undefined;
         return new VolumeDevice(volume, {
           readOnly: s.readOnly,
+          ...(compaction ? { beforeClose: () => compaction.stop() } : {}),
           onClose: () => {
             untrack?.();
             if (this.opened.get(name) === volume) this.opened.delete(name);

@@ -23,7 +23,12 @@ export class VolumeDevice implements BlockDevice {
 
   constructor(
     readonly volume: Volume,
-    private readonly options: { readOnly?: boolean; onClose?: () => void } = {},
+    private readonly options: {
+      readOnly?: boolean;
+      /** Runs before the volume closes (what works on the open volume stops first). */
+      beforeClose?: () => Promise<void>;
+      onClose?: () => void;
+    } = {},
   ) {
     const info = volume.info;
     const readOnly = options.readOnly === true || info.readOnly;
@@ -90,6 +95,7 @@ export class VolumeDevice implements BlockDevice {
 
   async close(): Promise<void> {
     try {
+      await this.options.beforeClose?.();
       await this.volume.close();
     } finally {
       this.options.onClose?.();
@@ -99,6 +105,7 @@ export class VolumeDevice implements BlockDevice {
   /** Stop without flushing (Volume.abandon): what the last commit holds is what stays. */
   async abandon(): Promise<void> {
     try {
+      await this.options.beforeClose?.();
       await this.volume.abandon();
     } finally {
       this.options.onClose?.();

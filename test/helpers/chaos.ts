@@ -991,6 +991,9 @@ export interface ChaosTotals {
   fencedWriters: number;
   /** Diffs between two checkpoints exported and applied to a copy (`export-diff`/`import-diff`). */
   diffs: number;
+  /** Compactions the writer ran on its own volume, online (beside its writes), and the blocks they moved. */
+  onlineCompactions: number;
+  onlineBlocksMoved: number;
 }
 
 export interface ChaosResult {
@@ -2381,6 +2384,47 @@ class Run {
     });
   }
 
+  /**
+   * The writer compacts its own volume while it goes on writing (CompactOptions.volume): no
+   * lease changes hands, and a block it copies must never land over a newer write of its own.
+   */
+  private onlineCompactOp(w: Writer): void {
+    const o: CompactOptions = {
+      volume: w.vol,
+      openStore: this.opener(w.actor),
+      logger: this.logger(w.actor),
+    };
+    const p = this.extra();
+    if (p < 0.6) o.keepLast = 1 + Math.floor(this.extra() * 4);
+    else if (p < 0.85) o.keepWithinMs = Math.floor(this.extra() * 120_000);
+    if (this.extra() < 0.6) o.graceMs = 0;
+    o.minLive = this.extra() < 0.3 ? 0 : this.extra();
+    const desc = [
+      o.keepLast !== undefined ? `keep-last ${o.keepLast}` : '',
+      o.keepWithinMs !== undefined ? `keep-within ${o.keepWithinMs}ms` : '',
+      `grace ${o.graceMs ?? 'default'}`,
+      `min-live ${o.minLive.toFixed(2)}`,
+    ]
+      .filter(Boolean)
+      .join(' ');
+    this.totals.onlineCompactions++;
+    this.launch(`compact online ${desc}`, w.actor, async () => {
+      let r: Awaited<ReturnType<typeof compactVolume>>;
+      this.compactions++;
+      try {
+        r = await compactVolume(this.view(w.actor, this.mainUrl), o);
+      } catch (e) {
+        this.recordsOwed = true;
+        throw e;
+      } finally {
+        this.compactions--;
+      }
+      this.recordsOwed = false;
+      this.totals.onlineBlocksMoved += r.blocksRewritten;
+      return `checkpoint ${r.checkpoint}, ${r.checkpointsDropped} dropped, ${r.segmentsDeleted} deleted, ${r.segmentsRewritten} rewritten (${r.blocksRewritten} blocks)`;
+    });
+  }
+
   private async restoreOp(): Promise<void> {
     const target = this.pickFrom(await this.knownRetained());
     if (target === undefined) return;
@@ -2770,6 +2814,11 @@ class Run {
       case 'cloneCompact':
         return this.cloneAdminOp(op);
       case 'compact':
+        // Now and then by the writer itself, online, beside its own writes.
+        if (!this.o.classic && this.writer && this.extra() < 0.35) {
+          this.onlineCompactOp(this.writer);
+          return;
+        }
         this.compactOp();
         // Now and then a `file check` or a copy right beside it (what it deletes, they may be
         // reading).
@@ -3201,6 +3250,8 @@ export const emptyTotals = (): ChaosTotals => ({
   copyTwinsAcked: 0,
   fencedWriters: 0,
   diffs: 0,
+  onlineCompactions: 0,
+  onlineBlocksMoved: 0,
 });
 
 /** The report of a failed run: seed, how to replay, the violations and the op log's tail. */

@@ -27,6 +27,8 @@ export interface Faults {
   injected: number;
   /** Counts of requests (each view's, failed ones included). */
   requests?: number;
+  /** Milliseconds each request waits before it reaches the store (a store far away). */
+  delayMs?: () => number;
 }
 
 export class FlakyStore implements ObjectStore {
@@ -57,6 +59,8 @@ export class FlakyStore implements ObjectStore {
     fn: () => Promise<T>,
   ): Promise<T> {
     this.faults.requests = (this.faults.requests ?? 0) + 1;
+    const ms = this.faults.delayMs?.() ?? 0;
+    if (ms > 0) await new Promise((resolve) => setTimeout(resolve, ms));
     const f = this.fails(op);
     if (f === 'before') throw this.failure(op, key);
     const out = await fn();

@@ -25,13 +25,12 @@ import {
   takenOverWhileRead,
   unfinishedFlatten,
 } from './heads.js';
+import { DEFAULT_GRACE_MS, DEFAULT_MIN_LIVE } from './types.js';
 import { Volume } from './volume.js';
 import { newReach, rewriteBlocks, walk } from './walk.js';
 import { SegmentSource, type OpenStoreFn } from './segments.js';
 
-export const DEFAULT_GRACE_MS = 10 * 60 * 1000;
-/** Segments less live than this are rewritten: keeps stored bytes within ~1.1x of live bytes. */
-export const DEFAULT_MIN_LIVE = 0.9;
+export { DEFAULT_GRACE_MS, DEFAULT_MIN_LIVE };
 
 export interface CompactOptions {
   /** Keep the newest N checkpoints (the new checkpoint compaction makes counts). */
@@ -49,6 +48,14 @@ export interface CompactOptions {
   signal?: AbortSignal;
   onProgress?: (phase: 'scan' | 'rewrite' | 'delete', done: number, total?: number) => void;
   openStore?: OpenStoreFn;
+  /**
+   * Online compaction: the volume as its live writer holds it open (`store` is that
+   * volume's), which this run uses instead of taking the lease, beside the writer's clients.
+   * Blocks they change while it runs keep their changes (Volume.rewrite); segments the
+   * writer has not committed yet are never deleted. Deduplicating volumes only drop
+   * checkpoints and delete (no blocks are moved beside a live writer).
+   */
+  volume?: Volume;
 }
 
 export interface CompactResult {
@@ -133,16 +140,18 @@ async function compactOnce(
   const progress = options.onProgress ?? (() => undefined);
 
   let failed = false;
+  const live = options.dryRun ? undefined : options.volume;
   const vol = options.dryRun
     ? undefined
-    : await Volume.open(store, {
+    : (live ??
+      (await Volume.open(store, {
         flushIntervalMs: 0,
         ...(options.holder ? { holder: options.holder } : {}),
         ...(options.force ? { force: options.force } : {}),
         ...(again ? { reclaim: true } : {}),
         ...(options.logger ? { logger: options.logger } : {}),
         ...(options.openStore ? { openStore: options.openStore } : {}),
-      });
+      })));
   try {
     const oldHead = vol ? vol.headRecord : (await readHead(store)).head;
     if (vol) await refuseUnfinishedFlatten(store, oldHead);
@@ -185,6 +194,9 @@ async function compactOnce(
     });
     let blocksRewritten = 0;
     let bytesRewritten = 0;
+    // (Beside a live writer, a deduplicating volume's clients may dedup onto the blocks being
+    // moved while its content index lets go of them: nothing is moved there.)
+    if (live && oldHead.dedup) candidates.length = 0;
     if (vol && candidates.length > 0) {
       const lbas: number[] = [];
       for (const s of candidates)
@@ -349,8 +361,10 @@ async function compactOnce(
     for (const [id, info] of segsNow) {
       if (fences.has(id)) continue;
       const uncommitted = id > head.lastSegment || head.skipped.includes(id);
-      // A segment above everything this run has seen may be a new writer's: off-limits.
-      if (id > head.lastSegment && !segs.has(id)) continue;
+      // A segment above everything this run has seen may be a new writer's: off-limits. So
+      // is any above the head beside a live writer: it may be that writer's, landed and
+      // waiting for its commit (however long the store refuses that commit).
+      if (id > head.lastSegment && (live || !segs.has(id))) continue;
       if (uncommitted) {
         if (now - info.lastModified.getTime() >= graceMs) deletable.push(id);
         else deferred++;
@@ -422,9 +436,10 @@ async function compactOnce(
   } finally {
     // After a failure, closing may fail the same way (a full store: its flush of the copies
     // the rewrite made); the first error is the one to report.
-    await vol?.close().catch((e: unknown) => {
-      if (!failed) throw e;
-    });
+    if (!live)
+      await vol?.close().catch((e: unknown) => {
+        if (!failed) throw e;
+      });
   }
 }
 

@@ -276,3 +276,8 @@ export interface EngineObserver {
 
 /** How often a writer commits what it holds, by default (OpenOptions.flushIntervalMs). */
 export const FLUSH_INTERVAL_MS = 5000;
+
+/** Compaction deletes only what has been unreachable this long (readers of dropped checkpoints finish). */
+export const DEFAULT_GRACE_MS = 10 * 60 * 1000;
+/** Segments less live than this are rewritten: keeps stored bytes within ~1.1x of live bytes. */
+export const DEFAULT_MIN_LIVE = 0.9;

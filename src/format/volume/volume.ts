@@ -624,6 +624,40 @@ export class Volume {
     await this.afterWrite(options);
   }
 
+  /**
+   * Compaction's copy of whole blocks out of old segments, at block-aligned `offset`: only the
+   * blocks that no write, zero or trim changed since trackChanges(true) (WriteBuffer.rewrite).
+   * Not logged in the WAL: the blocks are committed already. Returns the blocks copied.
+   */
+  async rewrite(offset: number, data: Buffer): Promise<number> {
+    this.checkWritable();
+    this.checkRange(offset, data.length);
+    if (offset % this.bs !== 0) throw new RangeError(`rewrite at ${offset}: not block-aligned`);
+    const copied = await this.buffer.rewrite(offset / this.bs, data);
+    await this.afterWrite({});
+    return copied;
+  }
+
+  /**
+   * Record which blocks changes touch from now on (a compaction running beside this writer's
+   * clients), or stop. One compaction at a time: a second one is refused.
+   */
+  trackChanges(on: boolean): void {
+    if (on && this.tracking)
+      throw new HyperError(
+        'conflict',
+        'LEASE_HELD',
+        `${this.store.url} is being compacted already`,
+        {
+          suggestion: 'Wait for the compaction that runs to end.',
+        },
+      );
+    this.tracking = on;
+    this.buffer.trackChanges(on);
+  }
+
+  private tracking = false;
+
   /** Zero a range: whole blocks become holes; partial edges are written with zeros. */
   async writeZeroes(offset: number, length: number, options: ZeroOptions = {}): Promise<void> {
     this.checkWritable();

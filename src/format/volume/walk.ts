@@ -167,9 +167,11 @@ export async function rewriteBlocks(
   }
   let blocks = 0;
   let bytes = 0;
+  let done = 0;
   let next = 0;
   // Several runs in flight: on an object store each read is a round trip. Runs are disjoint,
-  // so their order does not matter.
+  // so their order does not matter. Beside a live writer's clients (online compaction), a
+  // block changed after the copy began keeps its change: the copy skips it (Volume.rewrite).
   const worker = async (): Promise<void> => {
     while (next < runs.length) {
       signal?.throwIfAborted();
@@ -177,13 +179,19 @@ export async function rewriteBlocks(
       const len = Math.min(count * bs, vol.info.size - lo * bs);
       if (len <= 0) continue;
       const data = await vol.read(lo * bs, len);
-      await vol.write(lo * bs, data);
-      bytes += len;
-      blocks += count;
-      onProgress?.(blocks, sorted.length);
+      const copied = await vol.rewrite(lo * bs, data);
+      bytes += copied === count ? len : copied * bs;
+      blocks += copied;
+      done += count;
+      onProgress?.(done, sorted.length);
     }
   };
-  await Promise.all(Array.from({ length: Math.max(1, concurrency) }, worker));
+  vol.trackChanges(true);
+  try {
+    await Promise.all(Array.from({ length: Math.max(1, concurrency) }, worker));
+  } finally {
+    vol.trackChanges(false);
+  }
   await vol.flush();
   return { blocks, bytes };
 }

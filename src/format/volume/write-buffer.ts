@@ -413,7 +413,10 @@ export class WriteBuffer {
     const lo = Math.ceil(offset / bs);
     const hi = Math.floor(end / bs);
     const trimWhole = (): void => {
-      if (hi > lo) this.active.trim(lo, hi);
+      if (hi > lo) {
+        this.active.trim(lo, hi);
+        this.touch(lo, hi);
+      }
     };
     if (edges === 'keep' || (offset % bs === 0 && end % bs === 0)) {
       for (let busy = hi > lo ? this.locks.untilFree(lo, hi - 1) : undefined; busy;) {
@@ -443,6 +446,58 @@ export class WriteBuffer {
       }
       trimWhole();
     });
+  }
+
+  /**
+   * Blocks changed since tracking began (trackChanges): an online compaction's copy of a
+   * block out of an old segment must never land over a change made after it read the block.
+   * Single blocks, and the ranges of large trims.
+   */
+  private touched: { blocks: Set<number>; ranges: [number, number][] } | undefined;
+
+  /** Start (or stop) recording the blocks that writes, zeroes and trims change. */
+  trackChanges(on: boolean): void {
+    this.touched = on ? { blocks: new Set(), ranges: [] } : undefined;
+  }
+
+  /** Blocks [lo, hi) changed (in the step that applies the change). */
+  private touch(lo: number, hi: number): void {
+    const t = this.touched;
+    if (!t) return;
+    if (hi - lo <= SMALL_TRIM) for (let lba = lo; lba < hi; lba++) t.blocks.add(lba);
+    else t.ranges.push([lo, hi]);
+  }
+
+  private isTouched(lba: number): boolean {
+    const t = this.touched;
+    if (!t) return false;
+    if (t.blocks.has(lba)) return true;
+    for (const [lo, hi] of t.ranges) if (lba >= lo && lba < hi) return true;
+    return false;
+  }
+
+  /**
+   * Compaction's copy of blocks `first`, `first + 1`, … (`data`, as read since tracking began;
+   * a short last block reads as zeros past its end) into the active generation, in one
+   * synchronous step once there is room. A block a change touched since tracking began is
+   * left as that change made it: the copy is older. Not logged: the blocks are committed
+   * already. Returns how many blocks were copied.
+   */
+  async rewrite(first: number, data: Buffer): Promise<number> {
+    await this.waitForRoom();
+    this.o.checkWritable();
+    const bs = this.bs;
+    let copied = 0;
+    for (let k = 0; k * bs < data.length; k++) {
+      const lba = first + k;
+      if (this.isTouched(lba)) continue;
+      const blk = this.active.blocks.get(lba) ?? this.active.alloc();
+      const n = data.copy(blk, 0, k * bs, Math.min(data.length, (k + 1) * bs));
+      if (n < bs) blk.fill(0, n);
+      this.active.set(lba, blk.equals(this.zeroBlock) ? null : blk);
+      copied++;
+    }
+    return copied;
   }
 
   /**
@@ -623,6 +678,7 @@ export class WriteBuffer {
       this.active.set(lba, blk.equals(this.zeroBlock) ? null : blk);
     }
     flushRun();
+    this.touch(first, last + 1);
     // Whole blocks are set once copied: the first whole block is `first` or the one after it.
     const firstWhole = offset % bs === 0 ? first : first + 1;
     for (let k = 0; k < whole.length; k++) {
