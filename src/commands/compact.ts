@@ -4,7 +4,7 @@ import { BaseCommand } from '../base-command.js';
 import { bytesWithExact, requestStats, secondsSince, toSeconds } from '../cli/results.js';
 import type { CompactCommandResult } from '../cli/vocabulary.js';
 import { formatBytes, formatDuration } from '../cli/units.js';
-import { HyperError } from '../errors.js';
+import { HyperError, isHyperError } from '../errors.js';
 import { duration, progress, volumeUrl, yes } from '../flags.js';
 import {
   DEFAULT_GRACE_MS,
@@ -131,6 +131,12 @@ Dropping checkpoints cannot be undone: with --keep-last or --keep-within the com
       });
     } catch (e) {
       spinner.stop();
+      // A volume served read-write compacts itself, online, when its server is told to.
+      if (isHyperError(e, 'LEASE_HELD'))
+        throw new HyperError(e.kind, e.code, e.message, {
+          cause: e,
+          suggestion: `A served volume is compacted by its server, online: run it with --compact-every (hyper serve or hyper daemon) and the same policy. Or stop that writer, wait for its lease to expire, or take over with --force (it is fenced and can commit nothing more).`,
+        });
       throw e;
     }
     report.finish();

@@ -141,6 +141,7 @@ async function compactOnce(
 
   let failed = false;
   const live = options.dryRun ? undefined : options.volume;
+  const release = live?.claimExclusive('compaction');
   const vol = options.dryRun
     ? undefined
     : (live ??
@@ -388,6 +389,9 @@ async function compactOnce(
         // the listing fences this run (FENCED) and nothing more is deleted.
         await vol.confirmWriter();
         const batch = deletable.slice(k, k + 1000);
+        // Beside a live writer, a read of its that found a block before it was moved may ask
+        // for the old segment after this: it is done again (Volume.deletingSegments).
+        live?.deletingSegments(batch.map((id) => segmentKey(id)));
         await store.delete(
           batch.map((id) => segmentKey(id)),
           signal ? { signal } : {},
@@ -436,6 +440,7 @@ async function compactOnce(
   } finally {
     // After a failure, closing may fail the same way (a full store: its flush of the copies
     // the rewrite made); the first error is the one to report.
+    release?.();
     if (!live)
       await vol?.close().catch((e: unknown) => {
         if (!failed) throw e;

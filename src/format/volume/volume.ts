@@ -570,9 +570,46 @@ export class Volume {
   async read(offset: number, length: number): Promise<Buffer> {
     this.checkRange(offset, length);
     this.checkOpen();
-    const out = await this.reader.read(offset, length);
+    const out = await this.again(() => this.reader.read(offset, length));
     this.counters.bytesRead += length;
     return out;
+  }
+
+  /**
+   * Segments this writer's own online compaction deleted (their keys, the newest few
+   * thousand): a read that found where a block was before compaction moved it, and asked
+   * for it after the old segment went, finds it missing. Such a read is done again: it finds
+   * the block where it is now. Any other missing segment is damage, reported as before.
+   */
+  private readonly compactedAway = new Set<string>();
+
+  /** Online compaction is about to delete these segments (compact.ts). */
+  deletingSegments(keys: readonly string[]): void {
+    for (const k of keys) {
+      this.compactedAway.delete(k);
+      this.compactedAway.add(k);
+    }
+    for (const k of this.compactedAway) {
+      if (this.compactedAway.size <= 4096) break;
+      this.compactedAway.delete(k);
+    }
+  }
+
+  /** `op` (a read), done again while it meets a segment compaction deleted under it. */
+  private async again<T>(op: () => Promise<T>): Promise<T> {
+    for (let attempt = 1; ; attempt++) {
+      try {
+        return await op();
+      } catch (e) {
+        if (
+          attempt >= 4 ||
+          !isHyperError(e, 'MISSING_OBJECT') ||
+          e.key === undefined ||
+          !this.compactedAway.has(e.key)
+        )
+          throw e;
+      }
+    }
   }
 
   /**
@@ -582,7 +619,7 @@ export class Volume {
   async readv(offset: number, length: number): Promise<Buffer[]> {
     this.checkRange(offset, length);
     this.checkOpen();
-    const out = await this.reader.readv(offset, length);
+    const out = await this.again(() => this.reader.readv(offset, length));
     this.counters.bytesRead += length;
     return out;
   }
@@ -607,7 +644,7 @@ export class Volume {
   /** Runs of data and holes, for NBD block status and sparse export. */
   extents(offset: number, length: number): Promise<Extent[]> {
     this.checkRange(offset, length);
-    return this.reader.extents(offset, length);
+    return this.again(() => this.reader.extents(offset, length));
   }
 
   // ------------------------------------------------------------------ writes
@@ -639,24 +676,40 @@ export class Volume {
   }
 
   /**
-   * Record which blocks changes touch from now on (a compaction running beside this writer's
-   * clients), or stop. One compaction at a time: a second one is refused.
+   * Record which blocks changes touch from now on (while blocks are moved beside this
+   * writer's clients), or stop. Tracking is one at a time.
    */
   trackChanges(on: boolean): void {
-    if (on && this.tracking)
-      throw new HyperError(
-        'conflict',
-        'LEASE_HELD',
-        `${this.store.url} is being compacted already`,
-        {
-          suggestion: 'Wait for the compaction that runs to end.',
-        },
-      );
+    if (on && this.tracking) throw new Error('Volume.trackChanges: already tracking');
     this.tracking = on;
     this.buffer.trackChanges(on);
   }
 
   private tracking = false;
+
+  /**
+   * Online compaction takes the volume for its whole run (compact.ts), and a restore for
+   * its own: two compactions at once would each decide what to delete under its own history
+   * while the other commits another (the later commit could keep checkpoints the earlier run
+   * deleted; chaos seed 49), and a restore could bring back a checkpoint whose segments a
+   * compaction is deleting. Returns the release; a second claim is refused.
+   */
+  claimExclusive(what: 'compaction' | 'restore'): () => void {
+    const running = this.exclusive;
+    if (running !== undefined)
+      throw new HyperError(
+        'conflict',
+        'LEASE_HELD',
+        `A ${running} of ${this.store.url} runs in its writer; the ${what} did not start`,
+        { suggestion: `Run the ${what} again once the ${running} has ended.` },
+      );
+    this.exclusive = what;
+    return () => {
+      if (this.exclusive === what) this.exclusive = undefined;
+    };
+  }
+
+  private exclusive: 'compaction' | 'restore' | undefined;
 
   /** Zero a range: whole blocks become holes; partial edges are written with zeros. */
   async writeZeroes(offset: number, length: number, options: ZeroOptions = {}): Promise<void> {
@@ -853,6 +906,15 @@ export class Volume {
    */
   async restore(id: number): Promise<CheckpointInfo> {
     this.checkWritable();
+    const release = this.claimExclusive('restore');
+    try {
+      return await this.restoreClaimed(id);
+    } finally {
+      release();
+    }
+  }
+
+  private async restoreClaimed(id: number): Promise<CheckpointInfo> {
     // (With a WAL, changes made before the restore are numbered at or below the change number
     // its checkpoint records: a replay after a crash skips them, never undoing the restore.)
     await this.flush();

@@ -54,6 +54,13 @@ async function onlineCompaction(t: TestContext, url: string, store: string[]): P
   ]);
   let stderr = '';
   try {
+    // `hyper compact` beside the server is refused, and says how the server does it instead.
+    const refused = await hyperJson<{ error: { code: string; suggestion: string } }>(
+      ['compact', url, '--keep-last', '1', '--yes', ...store],
+      4,
+    );
+    assert.equal(refused.error.code, 'LEASE_HELD');
+    assert.match(refused.error.suggestion, /--compact-every/);
     // Overwrite the same 16 MiB again and again (loops of writes, each verified in the
     // background a moment after it was written), for several compaction periods.
     for (let round = 0; round < 8; round++) {

@@ -72,7 +72,7 @@ describe('chaos: concurrent writer, admin operations and store faults (mem://)',
     // refused and cut: the budget run above may stop before it reaches one on a busy machine.
     let totals = emptyTotals();
     const failures: ChaosResult[] = [];
-    for (const seed of [18, 26, 28, 34, 36, 40, 42, 49]) {
+    for (const seed of [18, 26, 28, 34, 36, 40, 42, 49, 53, 54, 58, 62, 68, 69, 74, 78]) {
       const r = await runChaosBudget({
         ...chaosEnv(0),
         seed,

@@ -25,6 +25,12 @@ import { rng } from '../../../helpers/rng.js';
 const SIZE = 4 * MiB;
 const BS = 4 * KiB;
 
+async function listKeys(store: ObjectStore): Promise<string[]> {
+  const keys: string[] = [];
+  for await (const p of store.list('')) for (const o of p.objects) keys.push(o.key);
+  return keys.sort();
+}
+
 async function storedBytes(store: ObjectStore): Promise<number> {
   let n = 0;
   for await (const p of store.list(SEGMENT_PREFIX)) for (const o of p.objects) n += o.size;
@@ -155,7 +161,51 @@ describe('online compaction beside a live writer', () => {
     );
   });
 
-  it('refuses a second compaction while one moves blocks', async () => {
+  it('a read that found a block where it was before compaction deleted that segment is done again', async () => {
+    const inner = MemStore.isolated('mem://online-moved/');
+    await Volume.create(inner, { size: SIZE, segmentSize: 1 * MiB });
+    // The first GET of the gated segment is held until released (the client's read).
+    let gated: string | undefined;
+    let arrived: () => void = () => undefined;
+    const arrival = new Promise<void>((r) => (arrived = r));
+    let release: () => void = () => undefined;
+    const released = new Promise<void>((r) => (release = r));
+    const store: ObjectStore = Object.assign(Object.create(inner) as ObjectStore, {
+      get: async (key: string, o?: Parameters<ObjectStore['get']>[1]) => {
+        if (key === gated) {
+          gated = undefined;
+          arrived();
+          await released;
+        }
+        return inner.get(key, o);
+      },
+    });
+    const vol = await Volume.open(store, { flushIntervalMs: 0 });
+    await vol.write(0, Buffer.alloc(256 * KiB, 0xa1));
+    await vol.flush();
+    const first = [...(await listKeys(inner))].filter((k) => k.startsWith(SEGMENT_PREFIX)).pop();
+    // Half of it written again: the first segment is half live.
+    for (let off = 0; off < 256 * KiB; off += 2 * BS) await vol.write(off, Buffer.alloc(BS, 0xb2));
+    await vol.close();
+    // A fresh writer: nothing cached, the read goes to the store.
+    const live = await Volume.open(store, { flushIntervalMs: 0 });
+    gated = first;
+    const read = live.read(BS, BS); // a block only the first segment holds
+    await arrival;
+    // Meanwhile the rest of that segment is written again, and compaction deletes it.
+    for (let off = BS; off < 256 * KiB; off += 2 * BS)
+      await live.write(off, Buffer.alloc(BS, 0xc3));
+    await live.flush();
+    const r = await compactVolume(store, { volume: live, graceMs: 0, keepLast: 1, minLive: 0 });
+    assert.ok(r.segmentsDeleted > 0, JSON.stringify(r));
+    assert.equal(await inner.head(first as string), undefined, 'the old segment was not deleted');
+    release();
+    // The read overlapped the write of its block: it reads the new content, not an error.
+    assert.ok((await read).equals(Buffer.alloc(BS, 0xc3)));
+    await live.close();
+  });
+
+  it('refuses a second compaction while one runs', async () => {
     const store = MemStore.isolated('mem://online-twice/');
     await Volume.create(store, { size: SIZE, segmentSize: 1 * MiB });
     const vol = await Volume.open(store, { flushIntervalMs: 0 });
@@ -165,8 +215,8 @@ describe('online compaction beside a live writer', () => {
         await vol.write(off, Buffer.alloc(BS, round + 1));
       await vol.flush();
     }
-    // As while another compaction moves blocks.
-    vol.trackChanges(true);
+    // As while another compaction runs on it.
+    const held = vol.claimExclusive('compaction');
     const second = await compactVolume(store, {
       volume: vol,
       graceMs: 0,
@@ -177,7 +227,7 @@ describe('online compaction beside a live writer', () => {
       (e: unknown) => e,
     );
     assert.ok(isHyperError(second, 'LEASE_HELD'), String(second));
-    vol.trackChanges(false);
+    held();
     const r = await compactVolume(store, { volume: vol, graceMs: 0, keepLast: 1, minLive: 1 });
     assert.ok(r.blocksRewritten > 0, JSON.stringify(r));
     await vol.close();
