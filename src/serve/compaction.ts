@@ -7,6 +7,7 @@
  * logged, and the next one tries again. `stop()` (before the volume closes) aborts a run in
  * progress, which stops cleanly, and waits for it.
  */
+import { isHyperError } from '../errors.js';
 import type { Logger } from '../format/volume/types.js';
 import type { ObjectStore } from '../format/store/types.js';
 import { compactVolume, type CompactResult } from '../format/volume/compact.js';
@@ -84,17 +85,35 @@ export class AutoCompaction {
       if (this.abort.signal.aborted) return;
       this.runs++;
       this.failures++;
-      this.o.logger.warn('compaction failed; the next run tries again', {
-        export: this.o.name,
-        error: e instanceof Error ? e.message : String(e),
-      });
+      // Fenced: another writer has the volume now, and this server writes nothing more.
+      const fenced = isHyperError(e, 'FENCED');
+      if (fenced) this.abort.abort();
+      this.o.logger.warn(
+        fenced
+          ? 'compaction stopped: another writer took the volume over'
+          : 'compaction failed; the next run tries again',
+        { export: this.o.name, error: e instanceof Error ? e.message : String(e) },
+      );
     }
   }
 
-  /** No more runs; the one in progress stops (cleanly) and is waited for. */
-  async stop(): Promise<void> {
+  /**
+   * No more runs; the one in progress stops (cleanly) and is waited for, up to `waitMs`: one
+   * waiting for room in a write buffer that a failing store keeps full ends when the volume
+   * closes under it (it then fails, and is not reported).
+   */
+  async stop(waitMs = 10_000): Promise<void> {
     this.abort.abort();
     if (this.timer) clearTimeout(this.timer);
-    await this.running;
+    const running = this.running;
+    if (!running) return;
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      running,
+      new Promise<void>((resolve) => {
+        timer = setTimeout(resolve, waitMs);
+      }),
+    ]);
+    clearTimeout(timer);
   }
 }

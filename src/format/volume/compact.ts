@@ -154,6 +154,8 @@ async function compactOnce(
         ...(options.openStore ? { openStore: options.openStore } : {}),
       })));
   try {
+    // Beside a live writer: still that writer (a takeover since its last commit fences it).
+    if (live) await live.confirmWriter();
     const oldHead = vol ? vol.headRecord : (await readHead(store)).head;
     if (vol) await refuseUnfinishedFlatten(store, oldHead);
     const nodeSize = 2 ** oldHead.metaBlockShift;
