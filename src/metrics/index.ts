@@ -100,6 +100,11 @@ interface Tracked {
   seen: EngineStats;
 }
 
+/** What an online compaction run reports (serve/compaction.ts). */
+export interface CompactionObserver {
+  ran(e: { ok: boolean; seconds: number; reclaimedBytes: number; movedBytes: number }): void;
+}
+
 export class HyperMetrics {
   readonly registry = new Registry();
   private readonly now: () => number;
@@ -131,6 +136,12 @@ export class HyperMetrics {
   private readonly cacheMisses: Counter<'export' | 'cache'>;
   private readonly diskCacheDropped: Counter<'export'>;
   private readonly diskCacheWriteFailures: Counter<'export'>;
+
+  // ---- online compaction (serve/compaction.ts)
+  private readonly compactionRuns: Counter<'export' | 'result'>;
+  private readonly compactionReclaimed: Counter<'export'>;
+  private readonly compactionMoved: Counter<'export'>;
+  private readonly compactionDuration: Histogram<'export'>;
 
   /** The NBD server's observer (pass it as `observer` to NbdServer). */
   readonly nbd: NbdObserver;
@@ -292,6 +303,28 @@ export class HyperMetrics {
       labelNames: ['export'],
     });
 
+    this.compactionRuns = counter({
+      name: 'hyper_volume_compactions_total',
+      help: 'Online compaction runs of the volume by its server (--compact-every), by result (ok, failed).',
+      labelNames: ['export', 'result'],
+    });
+    this.compactionReclaimed = counter({
+      name: 'hyper_volume_compaction_reclaimed_bytes_total',
+      help: 'Bytes of segments online compaction deleted.',
+      labelNames: ['export'],
+    });
+    this.compactionMoved = counter({
+      name: 'hyper_volume_compaction_moved_bytes_total',
+      help: 'Bytes of live blocks online compaction moved out of mostly dead segments.',
+      labelNames: ['export'],
+    });
+    this.compactionDuration = histogram(
+      'hyper_volume_compaction_duration_seconds',
+      'Time an online compaction run took (successful runs).',
+      ['export'],
+      ENGINE_BUCKETS,
+    );
+
     // Read from the tracked volumes at each scrape. Every collect starts from reset(), so the
     // series of an export that is gone disappear with it.
     const perVolume = (
@@ -421,6 +454,20 @@ export class HyperMetrics {
       committed: (e) => {
         if (e.ok) this.commitDuration.observe({ export: exportName }, e.seconds);
         else this.commitFailures.inc({ export: exportName });
+      },
+    };
+  }
+
+  /** The observer of one export's online compaction runs (serve/compaction.ts). */
+  compactionObserver(exportName: string): CompactionObserver {
+    const labels = { export: exportName };
+    return {
+      ran: (e) => {
+        this.compactionRuns.inc({ ...labels, result: e.ok ? 'ok' : 'failed' });
+        if (!e.ok) return;
+        this.compactionDuration.observe(labels, e.seconds);
+        if (e.reclaimedBytes > 0) this.compactionReclaimed.inc(labels, e.reclaimedBytes);
+        if (e.movedBytes > 0) this.compactionMoved.inc(labels, e.movedBytes);
       },
     };
   }

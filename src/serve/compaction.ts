@@ -13,6 +13,7 @@ import type { ObjectStore } from '../format/store/types.js';
 import { compactVolume, type CompactResult } from '../format/volume/compact.js';
 import type { OpenStoreFn } from '../format/volume/segments.js';
 import type { Volume } from '../format/volume/volume.js';
+import type { CompactionObserver } from '../metrics/index.js';
 
 export interface CompactionPolicy {
   /** How often a run starts (after the previous one ended). */
@@ -37,7 +38,12 @@ export class AutoCompaction {
     private readonly volume: Volume,
     private readonly store: ObjectStore,
     private readonly policy: CompactionPolicy,
-    private readonly o: { name: string; logger: Logger; openStore?: OpenStoreFn },
+    private readonly o: {
+      name: string;
+      logger: Logger;
+      openStore?: OpenStoreFn;
+      observer?: CompactionObserver;
+    },
   ) {
     this.schedule();
   }
@@ -69,6 +75,12 @@ export class AutoCompaction {
       });
       this.runs++;
       this.last = r;
+      this.o.observer?.ran({
+        ok: true,
+        seconds: (Date.now() - started) / 1000,
+        reclaimedBytes: r.bytesReclaimed,
+        movedBytes: r.bytesRewritten,
+      });
       const did = r.checkpointsDropped + r.segmentsDeleted + r.segmentsRewritten > 0;
       this.o.logger[did ? 'info' : 'debug']('compacted', {
         export: this.o.name,
@@ -85,6 +97,7 @@ export class AutoCompaction {
       if (this.abort.signal.aborted) return;
       this.runs++;
       this.failures++;
+      this.o.observer?.ran({ ok: false, seconds: 0, reclaimedBytes: 0, movedBytes: 0 });
       // Fenced: another writer has the volume now, and this server writes nothing more.
       const fenced = isHyperError(e, 'FENCED');
       if (fenced) this.abort.abort();

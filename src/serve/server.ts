@@ -493,6 +493,7 @@ export class VolumeServer {
                 name,
                 logger: this.logger,
                 openStore: options.openStore as OpenStoreFn,
+                ...(m === undefined ? {} : { observer: m.compactionObserver(name) }),
               })
             : undefined;
         return new VolumeDevice(volume, {

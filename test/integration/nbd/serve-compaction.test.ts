@@ -51,6 +51,8 @@ async function onlineCompaction(t: TestContext, url: string, store: string[]): P
     '1',
     '--compact-grace',
     '0s',
+    '--metrics-port',
+    '0',
   ]);
   let stderr = '';
   try {
@@ -72,6 +74,14 @@ async function onlineCompaction(t: TestContext, url: string, store: string[]): P
     assert.equal(v.code, 0, v.stdout + v.stderr);
     // Give the next run a moment to find the writes done.
     await new Promise((r) => setTimeout(r, 2500));
+    // What the runs did, as Prometheus sees it.
+    const text = await (await fetch(s.metrics as string)).text();
+    const value = (name: string): number =>
+      Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1] ?? 0);
+    assert.ok(value('hyper_volume_compactions_total\\{export="[^"]*",result="ok"\\}') >= 3, text);
+    assert.equal(value('hyper_volume_compactions_total\\{export="[^"]*",result="failed"\\}'), 0);
+    assert.ok(value('hyper_volume_compaction_reclaimed_bytes_total\\{export="[^"]*"\\}') > 0, text);
+    assert.ok(value('hyper_volume_compaction_moved_bytes_total\\{export="[^"]*"\\}') > 0, text);
   } finally {
     assert.equal(await stopServe(s), 0, s.stderr());
     stderr = s.stderr();
