@@ -487,8 +487,14 @@ export class VolumeServer {
           };
         });
         this.opened.set(name, volume);
+        const online = o.compaction && !s.readOnly && !volume.info.readOnly;
+        if (online && volume.headRecord.dedup)
+          this.logger.warn('not compacted online: the volume deduplicates its blocks', {
+            export: name,
+            suggestion: 'compact it with hyper compact while it is not served read-write',
+          });
         const compaction =
-          o.compaction && !s.readOnly && !volume.info.readOnly
+          o.compaction && online && !volume.headRecord.dedup
             ? new AutoCompaction(volume, store, o.compaction, {
                 name,
                 logger: this.logger,

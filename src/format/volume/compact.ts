@@ -52,8 +52,8 @@ export interface CompactOptions {
    * Online compaction: the volume as its live writer holds it open (`store` is that
    * volume's), which this run uses instead of taking the lease, beside the writer's clients.
    * Blocks they change while it runs keep their changes (Volume.rewrite); segments the
-   * writer has not committed yet are never deleted. Deduplicating volumes only drop
-   * checkpoints and delete (no blocks are moved beside a live writer).
+   * writer has not committed yet are never deleted. Deduplicating volumes are refused
+   * (INVALID_ARGUMENT): they are compacted offline.
    */
   volume?: Volume;
 }
@@ -154,6 +154,20 @@ async function compactOnce(
         ...(options.openStore ? { openStore: options.openStore } : {}),
       })));
   try {
+    // A deduplicating volume's writer points new blocks at stored ones through its content
+    // index, whose newest entries stay in memory until 16 MiB of its nodes are dirty: blocks
+    // its committed checkpoints do not reach (chaos seed 52345 deleted such a segment beside
+    // it, and the writer's next commit read from it). Its compaction stays offline.
+    if (live?.headRecord.dedup)
+      throw new HyperError(
+        'invalid',
+        'INVALID_ARGUMENT',
+        `${store.url} deduplicates its blocks: it is not compacted beside its writer`,
+        {
+          suggestion:
+            'Compact it with `hyper compact` while it is not served read-write (served read-only, or stopped).',
+        },
+      );
     // Beside a live writer: still that writer (a takeover since its last commit fences it).
     if (live) await live.confirmWriter();
     const oldHead = vol ? vol.headRecord : (await readHead(store)).head;
@@ -197,9 +211,6 @@ async function compactOnce(
     });
     let blocksRewritten = 0;
     let bytesRewritten = 0;
-    // (Beside a live writer, a deduplicating volume's clients may dedup onto the blocks being
-    // moved while its content index lets go of them: nothing is moved there.)
-    if (live && oldHead.dedup) candidates.length = 0;
     if (vol && candidates.length > 0) {
       const lbas: number[] = [];
       for (const s of candidates)

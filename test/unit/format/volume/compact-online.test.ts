@@ -205,6 +205,24 @@ describe('online compaction beside a live writer', () => {
     await live.close();
   });
 
+  it('refuses a deduplicating volume (its writer dedups onto blocks its checkpoints may no longer reach)', async () => {
+    const store = MemStore.isolated('mem://online-dedup/');
+    await Volume.create(store, { size: SIZE, segmentSize: 1 * MiB, dedup: true });
+    const vol = await Volume.open(store, { flushIntervalMs: 0 });
+    await vol.write(0, Buffer.alloc(64 * KiB, 7));
+    await vol.flush();
+    const refused = await compactVolume(store, { volume: vol, graceMs: 0, keepLast: 1 }).then(
+      () => undefined,
+      (e: unknown) => e,
+    );
+    assert.ok(isHyperError(refused, 'INVALID_ARGUMENT'), String(refused));
+    assert.match((refused as Error).message, /deduplicates its blocks/);
+    await vol.close();
+    // Offline, as ever.
+    const r = await compactVolume(store, { graceMs: 0, keepLast: 1 });
+    assert.ok(r.checkpoint > 0);
+  });
+
   it('refuses a second compaction while one runs', async () => {
     const store = MemStore.isolated('mem://online-twice/');
     await Volume.create(store, { size: SIZE, segmentSize: 1 * MiB });
