@@ -2347,41 +2347,14 @@ class Run {
       openStore: this.opener(actor),
       logger: this.logger(actor),
     };
-    const p = this.rand();
-    if (p < 0.6) o.keepLast = 1 + Math.floor(this.rand() * 4);
-    else if (p < 0.85) o.keepWithinMs = Math.floor(this.rand() * 120_000);
-    if (this.rand() < 0.6) o.graceMs = 0;
-    o.minLive = this.rand() < 0.3 ? 0 : this.rand();
+    drawCompaction(o, this.rand);
     o.force = this.rand() < 0.7;
     if (makeRoom) {
-      o.minLive = Math.max(o.minLive, 0.5);
+      o.minLive = Math.max(o.minLive ?? 0, 0.5);
       o.force = true;
     }
     if (o.force) this.totals.takeovers++;
-    const desc = [
-      o.keepLast !== undefined ? `keep-last ${o.keepLast}` : '',
-      o.keepWithinMs !== undefined ? `keep-within ${o.keepWithinMs}ms` : '',
-      `grace ${o.graceMs ?? 'default'}`,
-      `min-live ${o.minLive.toFixed(2)}`,
-      o.force ? '--force' : '',
-    ]
-      .filter(Boolean)
-      .join(' ');
-    this.launch(`compact ${desc}`, actor, async () => {
-      let r: Awaited<ReturnType<typeof compactVolume>>;
-      this.compactions++;
-      try {
-        r = await compactVolume(this.view(actor, this.mainUrl), o);
-      } catch (e) {
-        // Failed or killed, perhaps after its history commit.
-        this.recordsOwed = true;
-        throw e;
-      } finally {
-        this.compactions--;
-      }
-      this.recordsOwed = false;
-      return `checkpoint ${r.checkpoint}, ${r.checkpointsDropped} dropped, ${r.segmentsDeleted} deleted, ${r.segmentsRewritten} rewritten${r.rewriteSkipped ? ' (no room to move blocks)' : ''}`;
-    });
+    this.launchCompaction(`compact ${describeCompaction(o)}`, actor, o);
   }
 
   /**
@@ -2394,34 +2367,27 @@ class Run {
       openStore: this.opener(w.actor),
       logger: this.logger(w.actor),
     };
-    const p = this.extra();
-    if (p < 0.6) o.keepLast = 1 + Math.floor(this.extra() * 4);
-    else if (p < 0.85) o.keepWithinMs = Math.floor(this.extra() * 120_000);
-    if (this.extra() < 0.6) o.graceMs = 0;
-    o.minLive = this.extra() < 0.3 ? 0 : this.extra();
-    const desc = [
-      o.keepLast !== undefined ? `keep-last ${o.keepLast}` : '',
-      o.keepWithinMs !== undefined ? `keep-within ${o.keepWithinMs}ms` : '',
-      `grace ${o.graceMs ?? 'default'}`,
-      `min-live ${o.minLive.toFixed(2)}`,
-    ]
-      .filter(Boolean)
-      .join(' ');
+    drawCompaction(o, this.extra);
     this.totals.onlineCompactions++;
-    this.launch(`compact online ${desc}`, w.actor, async () => {
+    this.launchCompaction(`compact online ${describeCompaction(o)}`, w.actor, o);
+  }
+
+  private launchCompaction(what: string, actor: Actor, o: CompactOptions): void {
+    this.launch(what, actor, async () => {
       let r: Awaited<ReturnType<typeof compactVolume>>;
       this.compactions++;
       try {
-        r = await compactVolume(this.view(w.actor, this.mainUrl), o);
+        r = await compactVolume(this.view(actor, this.mainUrl), o);
       } catch (e) {
+        // Failed or killed, perhaps after its history commit.
         this.recordsOwed = true;
         throw e;
       } finally {
         this.compactions--;
       }
       this.recordsOwed = false;
-      this.totals.onlineBlocksMoved += r.blocksRewritten;
-      return `checkpoint ${r.checkpoint}, ${r.checkpointsDropped} dropped, ${r.segmentsDeleted} deleted, ${r.segmentsRewritten} rewritten (${r.blocksRewritten} blocks)`;
+      if (o.volume) this.totals.onlineBlocksMoved += r.blocksRewritten;
+      return `checkpoint ${r.checkpoint}, ${r.checkpointsDropped} dropped, ${r.segmentsDeleted} deleted, ${r.segmentsRewritten} rewritten${o.volume ? ` (${r.blocksRewritten} blocks)` : ''}${r.rewriteSkipped ? ' (no room to move blocks)' : ''}`;
     });
   }
 
@@ -3213,6 +3179,27 @@ export async function runChaos(backend: ChaosBackend, o: ChaosOptions): Promise<
     }
   }
   return result;
+}
+
+/** A compaction's retention policy, grace period and min-live, drawn from `r` in this order. */
+function drawCompaction(o: CompactOptions, r: () => number): void {
+  const p = r();
+  if (p < 0.6) o.keepLast = 1 + Math.floor(r() * 4);
+  else if (p < 0.85) o.keepWithinMs = Math.floor(r() * 120_000);
+  if (r() < 0.6) o.graceMs = 0;
+  o.minLive = r() < 0.3 ? 0 : r();
+}
+
+function describeCompaction(o: CompactOptions): string {
+  return [
+    o.keepLast !== undefined ? `keep-last ${o.keepLast}` : '',
+    o.keepWithinMs !== undefined ? `keep-within ${o.keepWithinMs}ms` : '',
+    `grace ${o.graceMs ?? 'default'}`,
+    `min-live ${(o.minLive ?? 0).toFixed(2)}`,
+    o.force ? '--force' : '',
+  ]
+    .filter(Boolean)
+    .join(' ');
 }
 
 export function addTotals(a: ChaosTotals, b: ChaosTotals): ChaosTotals {
