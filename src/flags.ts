@@ -296,22 +296,22 @@ export function tuningOf(flags: {
   };
 }
 
-/** A fraction from 0 to 1 (`0.9`, `.5`, `1`). */
+/** A fraction from 0 to 1 (`0.9`, `.5`, `1`): compaction's min-live. */
+function parseFraction(input: string, name: string): number {
+  const v = /^\s*(?:\d+(?:\.\d*)?|\.\d+)\s*$/.test(input) ? Number(input) : NaN;
+  if (!(v >= 0 && v <= 1))
+    throw new HyperError(
+      'invalid',
+      'INVALID_ARGUMENT',
+      `Invalid value ${JSON.stringify(input)} for ${name}: expected a fraction between 0 and 1`,
+      { suggestion: 'Use e.g. 0.9 (rewrite segments less than 90% live) or 0 (rewrite nothing).' },
+    );
+  return v;
+}
+
 export const fraction = Flags.custom<number>({
   helpValue: '<fraction>',
-  parse: async (input, _ctx, opts) => {
-    const v = /^\s*(?:\d+(?:\.\d*)?|\.\d+)\s*$/.test(input) ? Number(input) : NaN;
-    if (!(v >= 0 && v <= 1))
-      throw new HyperError(
-        'invalid',
-        'INVALID_ARGUMENT',
-        `Invalid value ${JSON.stringify(input)} for --${opts.name}: expected a fraction between 0 and 1`,
-        {
-          suggestion: 'Use e.g. 0.9 (rewrite segments less than 90% live) or 0 (rewrite nothing).',
-        },
-      );
-    return v;
-  },
+  parse: async (input, _ctx, opts) => keepMessage(() => parseFraction(input, `--${opts.name}`)),
 });
 
 /**

@@ -5,7 +5,7 @@ import { bytesWithExact, requestStats, secondsSince, toSeconds } from '../cli/re
 import type { CompactCommandResult } from '../cli/vocabulary.js';
 import { formatBytes, formatDuration } from '../cli/units.js';
 import { HyperError, isHyperError } from '../errors.js';
-import { duration, progress, volumeUrl, yes } from '../flags.js';
+import { duration, fraction, progress, volumeUrl, yes } from '../flags.js';
 import {
   DEFAULT_GRACE_MS,
   DEFAULT_MIN_LIVE,
@@ -61,9 +61,8 @@ Dropping checkpoints cannot be undone: with --keep-last or --keep-within the com
       summary: 'Keep the checkpoints made within this duration (e.g. 7d, 12h).',
       minMs: 0,
     }),
-    'min-live': Flags.string({
+    'min-live': fraction({
       summary: `Rewrite segments whose live fraction is below this (0 to 1, default ${DEFAULT_MIN_LIVE}; 0 rewrites nothing).`,
-      helpValue: '<fraction>',
     }),
     grace: duration({
       summary: `Delete only data unreachable for at least this long (default ${formatDuration(DEFAULT_GRACE_MS)}).`,
@@ -83,7 +82,7 @@ Dropping checkpoints cannot be undone: with --keep-last or --keep-within the com
     const keepLast = this.flags['keep-last'];
     const keepWithinMs = this.flags['keep-within'];
     const graceMs = this.flags.grace ?? DEFAULT_GRACE_MS;
-    const minLive = parseFraction(this.flags['min-live']);
+    const minLive = this.flags['min-live'] ?? DEFAULT_MIN_LIVE;
     const dryRun = this.flags['dry-run'];
     const policy = keepLast !== undefined || keepWithinMs !== undefined;
 
@@ -169,20 +168,6 @@ Dropping checkpoints cannot be undone: with --keep-last or --keep-within the com
     this.log(renderCompact(result, (rows) => this.keyValueTable(rows)));
     return result;
   }
-}
-
-function parseFraction(input: string | undefined): number {
-  if (input === undefined) return DEFAULT_MIN_LIVE;
-  const v = /^\s*(?:\d+(?:\.\d*)?|\.\d+)\s*$/.test(input) ? Number(input) : NaN;
-  if (!(v >= 0 && v <= 1)) {
-    throw new HyperError(
-      'invalid',
-      'INVALID_ARGUMENT',
-      `Invalid value ${JSON.stringify(input)} for --min-live: expected a fraction between 0 and 1`,
-      { suggestion: 'Use e.g. 0.9 (rewrite segments less than 90% live) or 0 (rewrite nothing).' },
-    );
-  }
-  return v;
 }
 
 function describePolicy(keepLast: number | undefined, keepWithinMs: number | undefined): string {
