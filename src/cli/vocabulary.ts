@@ -490,6 +490,12 @@ export const compactSchema = z.strictObject({
   keepWithinSeconds: seconds.nullable(),
   minLive: z.number().min(0).max(1),
   graceSeconds: seconds,
+  /**
+   * The volume was served read-write by a daemon on this host, which compacted it online on
+   * this command's behalf (its control socket and export name); null when this command
+   * compacted it itself.
+   */
+  online: z.strictObject({ controlSocket: z.string(), export: z.string() }).nullable(),
   requests: requestStatsSchema,
   elapsedSeconds: seconds,
 });

@@ -5,7 +5,8 @@ import { bytesWithExact, requestStats, secondsSince, toSeconds } from '../cli/re
 import type { CompactCommandResult } from '../cli/vocabulary.js';
 import { formatBytes, formatDuration } from '../cli/units.js';
 import { HyperError, isHyperError } from '../errors.js';
-import { duration, fraction, progress, volumeUrl, yes } from '../flags.js';
+import { controlSocket, duration, fraction, progress, volumeUrl, yes } from '../flags.js';
+import { compactOnlineInDaemon, type OnlineCompaction } from '../daemon/online.js';
 import {
   DEFAULT_GRACE_MS,
   DEFAULT_MIN_LIVE,
@@ -24,7 +25,7 @@ export default class Compact extends BaseCommand<typeof Compact> {
 2. The retention policy is recorded: --keep-last N keeps the newest N checkpoints (the one compaction commits counts), --keep-within keeps the checkpoints made within that duration; with both, a checkpoint either rule keeps is kept. Named snapshots and checkpoints clones start from are always kept. Without a policy no checkpoint is dropped and only unreachable data (for example from interrupted writers) is deleted.
 3. Segments that no kept checkpoint reaches are deleted, but only once they have been unreachable for the --grace period, so that readers that opened an older checkpoint (an export, a "serve --at") can finish; the rest is left for a later run and counted as deferred.
 
-Compaction takes the volume's lease like a writer: it refuses while another writer holds it (LEASE_HELD, exit code 4). A compaction killed without a chance to clean up (SIGKILL, power loss) leaves its lease until it expires (30 s): wait, or rerun with --force. Ctrl-C stops cleanly (exit code 130) and releases the lease.
+Compaction takes the volume's lease like a writer. A volume that "hyper daemon" on this host serves read-write (mapped without --read-only or --at) is compacted by that daemon, online, beside its clients: the command asks it through its control socket (--control-socket) and prints what it did. Any other writer makes it refuse (LEASE_HELD, exit code 4). A compaction killed without a chance to clean up (SIGKILL, power loss) leaves its lease until it expires (30 s): wait, or rerun with --force. Ctrl-C stops cleanly (exit code 130) and releases the lease.
 
 Dropping checkpoints cannot be undone: with --keep-last or --keep-within the command asks for confirmation on a terminal and needs --yes otherwise. --dry-run changes nothing and reports what a run would do.`;
 
@@ -75,6 +76,7 @@ Dropping checkpoints cannot be undone: with --keep-last or --keep-within the com
     }),
     yes,
     progress,
+    'control-socket': controlSocket,
   };
 
   public async run(): Promise<CompactCommandResult> {
@@ -106,6 +108,7 @@ Dropping checkpoints cannot be undone: with --keep-last or --keep-within the com
     const spinner = this.spinner(`Compacting ${url}: scanning`);
     const report = this.progress(spinner);
     let r: CompactResult;
+    let online: OnlineCompaction | undefined;
     try {
       r = await compactVolume(store, {
         ...(keepLast === undefined ? {} : { keepLast }),
@@ -129,14 +132,32 @@ Dropping checkpoints cannot be undone: with --keep-last or --keep-within the com
         },
       });
     } catch (e) {
-      spinner.stop();
-      // A volume served read-write compacts itself, online, when its server is told to.
-      if (isHyperError(e, 'LEASE_HELD'))
+      if (!isHyperError(e, 'LEASE_HELD') || this.flags.force) {
+        spinner.stop();
+        throw e;
+      }
+      // Served read-write by a daemon here: it compacts the volume online, as asked.
+      online = await compactOnlineInDaemon(store, url, {
+        controlSocket: this.flags['control-socket'],
+        policy: {
+          ...(keepLast === undefined ? {} : { keepLast }),
+          ...(keepWithinMs === undefined ? {} : { keepWithinMs }),
+          minLive,
+          graceMs,
+        },
+        signal,
+        onAsked: (name) =>
+          report.status(`Compacting ${url}: online, in the daemon that serves it as ${name}`),
+      });
+      if (online === undefined) {
+        spinner.stop();
+        // A volume served read-write compacts itself, online, when its server is told to.
         throw new HyperError(e.kind, e.code, e.message, {
           cause: e,
-          suggestion: `A served volume is compacted by its server, online: run it with --compact-every (hyper serve or hyper daemon) and the same policy. Or stop that writer, wait for its lease to expire, or take over with --force (it is fenced and can commit nothing more).`,
+          suggestion: `A served volume is compacted by its server, online: run it with --compact-every (hyper serve or hyper daemon) and the same policy; "hyper compact" asks a daemon on this host that serves it (--control-socket). Or stop that writer, wait for its lease to expire, or take over with --force (it is fenced and can commit nothing more).`,
         });
-      throw e;
+      }
+      r = online.result;
     }
     report.finish();
     spinner.stop();
@@ -162,6 +183,8 @@ Dropping checkpoints cannot be undone: with --keep-last or --keep-within the com
       keepWithinSeconds: keepWithinMs === undefined ? null : toSeconds(keepWithinMs),
       minLive,
       graceSeconds: toSeconds(graceMs),
+      online:
+        online === undefined ? null : { controlSocket: online.controlSocket, export: online.name },
       requests: requestStats(store),
       elapsedSeconds: secondsSince(started),
     };
@@ -186,6 +209,14 @@ export function renderCompact(
   const would = r.dryRun ? ' (would be)' : '';
   const rows: [string, string][] = [
     ['Volume', r.url],
+    ...(r.online === null
+      ? []
+      : ([
+          [
+            'Compacted by',
+            `the daemon on ${r.online.controlSocket}, online (export ${r.online.export})`,
+          ],
+        ] satisfies [string, string][])),
     ['Checkpoint', String(r.checkpoint)],
     [
       `Checkpoints${would}`,

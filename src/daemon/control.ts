@@ -9,6 +9,9 @@
  *   POST   /v1/exports              map: { url, name?, readOnly?, at?, walUrl?, walAck?,
  *                                   endpoint?, region?, force?, wait? } → 201 ExportStatus
  *   DELETE /v1/exports/NAME[?force=true]   unmap → UnmapResult
+ *   POST   /v1/exports/NAME/compact  compact its volume now, online: { keepLast?,
+ *                                   keepWithinMs?, minLive?, graceMs?, dryRun? } →
+ *                                   CompactResult (when the run has ended)
  *   POST   /v1/reload               re-read the config file (as SIGHUP)
  *
  * NAME is URI-encoded. A failure is `{ "error": { kind, code, message, suggestion? } }` with
@@ -39,6 +42,7 @@ export interface ControlHandler {
   list(): unknown[];
   map(request: unknown, signal?: AbortSignal): Promise<unknown>;
   unmap(name: string, options: { force?: boolean }): Promise<unknown>;
+  compact(name: string, request: unknown, signal?: AbortSignal): Promise<unknown>;
   reload(): Promise<unknown>;
 }
 
@@ -186,13 +190,17 @@ export class ControlServer {
       return { status: 201, body: await h.map(body, signal) };
     }
     if (p === '/v1/reload' && method === 'POST') return ok(await h.reload());
+    if (
+      method === 'POST' &&
+      p.startsWith('/v1/exports/') &&
+      p.endsWith('/compact') &&
+      p.length > '/v1/exports//compact'.length
+    ) {
+      const name = exportNameIn(p.slice('/v1/exports/'.length, -'/compact'.length), p);
+      return ok(await h.compact(name, await readJson(req), signal));
+    }
     if (p.startsWith('/v1/exports/')) {
-      let name: string;
-      try {
-        name = decodeURIComponent(p.slice('/v1/exports/'.length));
-      } catch {
-        throw badRequest(`Bad export name in ${p}`);
-      }
+      const name = exportNameIn(p.slice('/v1/exports/'.length), p);
       if (method === 'GET') {
         const found = h.list().find((e) => (e as { name: string }).name === name);
         if (found === undefined) {
@@ -226,6 +234,15 @@ const tooLargeErrors = new WeakSet<HyperError>();
 const ok = (body: unknown) => ({ status: 200, body });
 
 const badRequest = (message: string) => new HyperError('invalid', 'INVALID_ARGUMENT', message);
+
+/** The export name of a path (URI-encoded there). */
+function exportNameIn(encoded: string, path: string): string {
+  try {
+    return decodeURIComponent(encoded);
+  } catch {
+    throw badRequest(`Bad export name in ${path}`);
+  }
+}
 
 function send(res: ServerResponse, status: number, body: unknown, close = false): void {
   if (res.headersSent || res.destroyed) return;

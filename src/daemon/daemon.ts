@@ -25,7 +25,15 @@ import type { VolumeExport } from '../serve/exports.js';
 import { exportProblem } from '../serve/health.js';
 import { ControlServer, type ControlHandler } from './control.js';
 import { loadConfig } from './config.js';
-import { mapRequest, nameOfUrl, parseOr, type ExportSpec, type StateEntry } from './schema.js';
+import {
+  compactRequest,
+  mapRequest,
+  nameOfUrl,
+  parseOr,
+  type ExportSpec,
+  type StateEntry,
+} from './schema.js';
+import type { CompactResult } from '../format/volume/compact.js';
 import { loadState, saveState } from './state.js';
 import type { Notifier } from './systemd.js';
 
@@ -218,6 +226,33 @@ export class Daemon implements ControlHandler {
       throw this.stateError(e, `The export "${spec.name}" was not mapped`);
     }
     return this.status(spec.name);
+  }
+
+  /**
+   * Compact a mapped export's volume now, beside its clients (POST /v1/exports/NAME/compact):
+   * what `hyper compact` of a volume this daemon holds asks for. The answer comes when the run
+   * has ended; an aborted request stops the run (cleanly).
+   */
+  async compact(name: string, request: unknown, signal?: AbortSignal): Promise<CompactResult> {
+    const r = parseOr(compactRequest, request, 'compact request');
+    const entry = this.entries.get(name);
+    if (entry === undefined) throw exportNotFound(name);
+    if (entry.state !== 'mapped' || entry.leftOpen !== undefined) {
+      throw new HyperError(
+        'conflict',
+        'PRECONDITION_FAILED',
+        `The export ${JSON.stringify(name)} is ${entry.leftOpen ? 'unmapped but left open' : entry.state}, not mapped`,
+        {
+          suggestion: 'See "hyper ls"; compact it once it is mapped, or directly while it is not.',
+        },
+      );
+    }
+    const { dryRun, volumeUuid, ...policy } = r;
+    return this.server!.compactNow(name, policy, {
+      ...(signal === undefined ? {} : { signal }),
+      ...(dryRun === undefined ? {} : { dryRun }),
+      ...(volumeUuid === undefined ? {} : { volumeUuid }),
+    });
   }
 
   /** A failed write of the state file, in the words of what it means for `what`. */

@@ -47,6 +47,24 @@ export const mapRequest = z.strictObject({
 });
 export type MapRequest = z.infer<typeof mapRequest>;
 
+/**
+ * Compact a mapped export's volume now, online (POST /v1/exports/NAME/compact): the policy of
+ * `hyper compact`, in milliseconds and a fraction.
+ */
+export const compactRequest = z.strictObject({
+  keepLast: z.number().int().min(1).optional(),
+  keepWithinMs: z.number().int().min(0).optional(),
+  minLive: z.number().min(0).max(1).optional(),
+  graceMs: z.number().int().min(0).optional(),
+  dryRun: z.boolean().optional(),
+  /** The volume the caller means (its uuid): refused if the export serves another one. */
+  volumeUuid: z
+    .string()
+    .regex(/^[0-9a-f]{32}$/)
+    .optional(),
+});
+export type CompactRequest = z.infer<typeof compactRequest>;
+
 /** The state file: the exports to map again at start, and where each came from. */
 export const stateFile = z.strictObject({
   version: z.literal(1),

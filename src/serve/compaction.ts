@@ -1,13 +1,17 @@
 /**
- * Online compaction of a served volume: every `everyMs`, compaction runs on the volume the
- * server holds open, beside its clients (CompactOptions.volume), under the retention policy
- * given. No lease changes hands and no client waits: blocks a client changes while a run
- * copies them keep the client's change, and segments the server has not committed yet are
- * never deleted. One run at a time; a run that fails (the store down, the lease lost) is
- * logged, and the next one tries again. `stop()` (before the volume closes) aborts a run in
- * progress, which stops cleanly, and waits for it.
+ * Online compaction of a served volume: compaction runs on the volume the server holds open,
+ * beside its clients (CompactOptions.volume), under a retention policy. No lease changes
+ * hands and no client waits: blocks a client changes while a run copies them keep the
+ * client's change, and segments the server has not committed yet are never deleted.
+ *
+ * Runs come from a schedule (`everyMs`: serve and daemon --compact-every) and on demand
+ * (`runNow`: `hyper compact` of a volume a daemon serves, through its control socket). One
+ * run at a time: one asked for while another runs waits for it. A scheduled run that fails
+ * (the store down, the lease lost) is logged, and the next one tries again; a fenced one
+ * stops the schedule. `stop()` (before the volume closes) aborts a run in progress, which
+ * stops cleanly, and waits for it.
  */
-import { isHyperError } from '../errors.js';
+import { HyperError, isHyperError } from '../errors.js';
 import type { Logger } from '../format/volume/types.js';
 import type { ObjectStore } from '../format/store/types.js';
 import { compactVolume, type CompactResult } from '../format/volume/compact.js';
@@ -15,19 +19,23 @@ import type { OpenStoreFn } from '../format/volume/segments.js';
 import type { Volume } from '../format/volume/volume.js';
 import type { CompactionObserver } from '../metrics/index.js';
 
-export interface CompactionPolicy {
-  /** How often a run starts (after the previous one ended). */
-  everyMs: number;
-  /** CompactOptions.keepLast, keepWithinMs, minLive and graceMs (their defaults otherwise). */
+/** CompactOptions.keepLast, keepWithinMs, minLive and graceMs (their defaults otherwise). */
+export interface RetentionPolicy {
   keepLast?: number;
   keepWithinMs?: number;
   minLive?: number;
   graceMs?: number;
 }
 
+export interface CompactionPolicy extends RetentionPolicy {
+  /** How often a run starts (after the previous one ended). */
+  everyMs: number;
+}
+
 export class AutoCompaction {
   private timer: NodeJS.Timeout | undefined;
-  private running: Promise<void> | undefined;
+  /** The run in progress (scheduled or asked for), settled when it ends either way. */
+  private running: Promise<unknown> | undefined;
   private readonly abort = new AbortController();
   /** Runs that ended, and of them those that failed. */
   runs = 0;
@@ -37,7 +45,8 @@ export class AutoCompaction {
   constructor(
     private readonly volume: Volume,
     private readonly store: ObjectStore,
-    private readonly policy: CompactionPolicy,
+    /** The schedule and its policy; undefined: runs only when asked (runNow). */
+    private readonly policy: CompactionPolicy | undefined,
     private readonly o: {
       name: string;
       logger: Logger;
@@ -49,30 +58,46 @@ export class AutoCompaction {
   }
 
   private schedule(): void {
-    if (this.abort.signal.aborted) return;
+    const p = this.policy;
+    if (p === undefined || this.abort.signal.aborted) return;
     this.timer = setTimeout(() => {
-      this.running = this.once().finally(() => {
-        this.running = undefined;
-        this.schedule();
-      });
-    }, this.policy.everyMs);
+      void this.exclusive(() => this.scheduled(p)).finally(() => this.schedule());
+    }, p.everyMs);
     this.timer.unref();
   }
 
-  private async once(): Promise<void> {
-    const p = this.policy;
+  /** Run `f` once no other run is in progress (one run at a time). */
+  private async exclusive<T>(f: () => Promise<T>): Promise<T> {
+    while (this.running !== undefined) await this.running.catch(() => undefined);
+    const run = f();
+    this.running = run;
+    try {
+      return await run;
+    } finally {
+      if (this.running === run) this.running = undefined;
+    }
+  }
+
+  /** One run with `policy`: its result, or its failure (counted, observed, thrown). */
+  private async run(
+    policy: RetentionPolicy,
+    signal: AbortSignal,
+    dryRun = false,
+  ): Promise<CompactResult> {
     const started = Date.now();
     try {
       const r = await compactVolume(this.store, {
         volume: this.volume,
-        signal: this.abort.signal,
+        signal,
         logger: this.o.logger,
-        ...(p.keepLast === undefined ? {} : { keepLast: p.keepLast }),
-        ...(p.keepWithinMs === undefined ? {} : { keepWithinMs: p.keepWithinMs }),
-        ...(p.minLive === undefined ? {} : { minLive: p.minLive }),
-        ...(p.graceMs === undefined ? {} : { graceMs: p.graceMs }),
+        dryRun,
+        ...(policy.keepLast === undefined ? {} : { keepLast: policy.keepLast }),
+        ...(policy.keepWithinMs === undefined ? {} : { keepWithinMs: policy.keepWithinMs }),
+        ...(policy.minLive === undefined ? {} : { minLive: policy.minLive }),
+        ...(policy.graceMs === undefined ? {} : { graceMs: policy.graceMs }),
         ...(this.o.openStore ? { openStore: this.o.openStore } : {}),
       });
+      if (dryRun) return r;
       this.runs++;
       this.last = r;
       this.o.observer?.ran({
@@ -93,11 +118,22 @@ export class AutoCompaction {
         storedBytes: r.storedBytesAfter,
         seconds: (Date.now() - started) / 1000,
       });
+      return r;
+    } catch (e) {
+      if (!signal.aborted && !dryRun) {
+        this.runs++;
+        this.failures++;
+        this.o.observer?.ran({ ok: false, seconds: 0, reclaimedBytes: 0, movedBytes: 0 });
+      }
+      throw e;
+    }
+  }
+
+  private async scheduled(policy: CompactionPolicy): Promise<void> {
+    try {
+      await this.run(policy, this.abort.signal);
     } catch (e) {
       if (this.abort.signal.aborted) return;
-      this.runs++;
-      this.failures++;
-      this.o.observer?.ran({ ok: false, seconds: 0, reclaimedBytes: 0, movedBytes: 0 });
       // Fenced: another writer has the volume now, and this server writes nothing more.
       const fenced = isHyperError(e, 'FENCED');
       if (fenced) this.abort.abort();
@@ -108,6 +144,35 @@ export class AutoCompaction {
         { export: this.o.name, error: e instanceof Error ? e.message : String(e) },
       );
     }
+  }
+
+  /**
+   * One run now, with its own policy (none: only what no checkpoint reaches goes), after the
+   * run in progress if there is one; `signal` aborts it (it stops cleanly), and so does
+   * stop(). A dry run reports what a run would do and changes nothing.
+   */
+  async runNow(
+    policy: RetentionPolicy,
+    options: { signal?: AbortSignal; dryRun?: boolean } = {},
+  ): Promise<CompactResult> {
+    const signal =
+      options.signal === undefined
+        ? this.abort.signal
+        : AbortSignal.any([this.abort.signal, options.signal]);
+    const stopped = (): HyperError =>
+      new HyperError('unavailable', 'ABORTED', `The server of ${this.o.name} is stopping`, {
+        suggestion: 'Run the compaction again once the volume is served again, or while it is not.',
+      });
+    if (this.abort.signal.aborted) throw stopped();
+    return this.exclusive(async () => {
+      signal.throwIfAborted();
+      if (this.abort.signal.aborted) throw stopped();
+      this.o.logger.info('compacting on request', {
+        export: this.o.name,
+        ...(options.dryRun ? { dryRun: true } : {}),
+      });
+      return this.run(policy, signal, options.dryRun === true);
+    });
   }
 
   /**
@@ -122,7 +187,7 @@ export class AutoCompaction {
     if (!running) return;
     let timer: NodeJS.Timeout | undefined;
     await Promise.race([
-      running,
+      running.catch(() => undefined),
       new Promise<void>((resolve) => {
         timer = setTimeout(resolve, waitMs);
       }),

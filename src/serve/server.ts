@@ -28,7 +28,8 @@ import type { ServeLogger } from './logger.js';
 import { loadTlsCertificates, type TlsCredentials } from './tls.js';
 import { nbdUri, type ListenAddress } from './uri.js';
 import { VolumeDevice } from './volume-device.js';
-import { AutoCompaction, type CompactionPolicy } from './compaction.js';
+import { AutoCompaction, type CompactionPolicy, type RetentionPolicy } from './compaction.js';
+import type { CompactResult } from '../format/volume/compact.js';
 import type { OpenStoreFn } from '../format/volume/segments.js';
 
 export type { ListenTarget } from '../nbd/server.js';
@@ -161,6 +162,8 @@ export class VolumeServer {
   private metricsServer: MetricsServer | undefined;
   /** Opened volumes by export name (for the health check). */
   private readonly opened = new Map<string, Volume>();
+  /** Online compaction of each volume open read-write here (none for dedup volumes). */
+  private readonly compactors = new Map<string, AutoCompaction>();
 
   constructor(private readonly options: ServeOptions) {
     this.logger = options.logger ?? silentLogger;
@@ -238,6 +241,46 @@ export class VolumeServer {
   get metricsAddress(): { host: string; port: number; url: string } | undefined {
     const s = this.metricsServer;
     return s === undefined ? undefined : { host: s.host, port: s.port, url: s.url };
+  }
+
+  /**
+   * Compact the volume of export `name` now, beside its clients (compaction.ts runNow), with
+   * `policy`: what `hyper compact` of a volume this server holds asks for. Refused when the
+   * export's volume is not open read-write here (its lease is then not held here: compact it
+   * directly) or deduplicates its blocks.
+   */
+  async compactNow(
+    name: string,
+    policy: RetentionPolicy,
+    options: { signal?: AbortSignal; dryRun?: boolean; volumeUuid?: string } = {},
+  ): Promise<CompactResult> {
+    const volume = this.opened.get(name);
+    const { volumeUuid, ...run } = options;
+    if (volume !== undefined && volumeUuid !== undefined && volume.info.uuid !== volumeUuid)
+      throw new HyperError(
+        'conflict',
+        'PRECONDITION_FAILED',
+        `Export ${JSON.stringify(name)} serves volume ${volume.info.uuid} (${volume.info.url}), not ${volumeUuid}`,
+        { suggestion: 'See "hyper ls" for what each export serves.' },
+      );
+    const c = this.compactors.get(name);
+    if (c !== undefined) return c.runNow(policy, run);
+    if (volume?.headRecord.dedup)
+      throw new HyperError(
+        'invalid',
+        'INVALID_ARGUMENT',
+        `The volume of export ${JSON.stringify(name)} deduplicates its blocks: it is not compacted beside its writer`,
+        {
+          suggestion:
+            'Compact it with `hyper compact` while it is not served read-write (unmap it, or map it read-only).',
+        },
+      );
+    throw new HyperError(
+      'invalid',
+      'INVALID_ARGUMENT',
+      `Export ${JSON.stringify(name)} is not open read-write here, so it holds no lease on its volume`,
+      { suggestion: 'Compact the volume directly with `hyper compact URL`.' },
+    );
   }
 
   /**
@@ -493,8 +536,10 @@ export class VolumeServer {
             export: name,
             suggestion: 'compact it with hyper compact while it is not served read-write',
           });
+        // Every volume open read-write here can be compacted online: on the schedule of
+        // --compact-every, and when asked (compactNow).
         const compaction =
-          o.compaction && online && !volume.headRecord.dedup
+          !s.readOnly && !volume.info.readOnly && !volume.headRecord.dedup
             ? new AutoCompaction(volume, store, o.compaction, {
                 name,
                 logger: this.logger,
@@ -502,12 +547,15 @@ export class VolumeServer {
                 ...(m === undefined ? {} : { observer: m.compactionObserver(name) }),
               })
             : undefined;
+        if (compaction) this.compactors.set(name, compaction);
         return new VolumeDevice(volume, {
           readOnly: s.readOnly,
           ...(compaction ? { beforeClose: () => compaction.stop() } : {}),
           onClose: () => {
             untrack?.();
             if (this.opened.get(name) === volume) this.opened.delete(name);
+            if (compaction && this.compactors.get(name) === compaction)
+              this.compactors.delete(name);
           },
         });
       } catch (e) {

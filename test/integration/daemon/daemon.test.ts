@@ -1,7 +1,8 @@
 /**
  * `hyper daemon` on RGW with real NBD clients: exports mapped, listed and unmapped, and every
  * refused request (missing volume, name taken, a volume another daemon holds, a malformed or
- * oversized control request, a second daemon on the same control socket), all while fio
+ * oversized control request, a second daemon on the same control socket), and `hyper compact`
+ * of the served volume (done online by the daemon, or refused through another), all while fio
  * writes and verifies another export without interruption; then a restart (SIGTERM, and a
  * crash) maps the same export again with its data intact.
  */
@@ -10,7 +11,7 @@ import { spawn } from 'node:child_process';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { lsSchema } from '../../../src/cli/vocabulary.js';
+import { compactSchema, lsSchema } from '../../../src/cli/vocabulary.js';
 import { openStore } from '../../../src/format/store/index.js';
 import { Volume } from '../../../src/format/volume/volume.js';
 import { fileUrl, show, tempDir } from '../../helpers/cli.js';
@@ -145,6 +146,19 @@ describe('hyper daemon on RGW', () => {
     const table = await d1.ctl(['ls', '--format', 'table']);
     assert.match(table.stdout, /│ a +│ mapped/);
 
+    // `hyper compact` of a volume the daemon serves read-write: the daemon compacts it online,
+    // beside fio, and the command prints what it did.
+    const compactArgs = ['compact', urlA, '--keep-last', '1', '--grace', '0s', '--yes'];
+    const compacted = await d1.ctl([...compactArgs, '--json', '--endpoint', cfg.endpoint]);
+    assert.equal(compacted.code, 0, show(compacted));
+    const cr = compactSchema.parse(JSON.parse(compacted.stdout));
+    assert.deepEqual(cr.online, { controlSocket: sock, export: 'a' });
+    assert.equal(cr.checkpointCountAfter, 1, compacted.stdout);
+    assert.equal(cr.keepLast, 1);
+    const shown = await d1.ctl([...compactArgs, '--endpoint', cfg.endpoint, '--format', 'plain']);
+    assert.equal(shown.code, 0, show(shown));
+    assert.match(shown.stdout, /Compacted by.*the daemon on .*control\.sock, online \(export a\)/);
+    assert.match(d1.stderr(), /compacting on request.*"export":"a"/);
     // Refusals: each a code and exit code; the daemon keeps serving.
     const missing = await d1.ctl(['map', uniqueS3Url(cfg, 'daemon-missing'), '--json']);
     assert.equal(missing.code, 3, show(missing));
@@ -176,6 +190,16 @@ describe('hyper daemon on RGW', () => {
     const heldErr = (JSON.parse(held.stdout) as { error: { code: string; message: string } }).error;
     assert.equal(heldErr.code, 'LEASE_HELD');
     assert.match(heldErr.message, /hyper-daemon@/);
+    // Asked through a daemon that does not serve it, compaction is refused as before, and the
+    // suggestion says where it would have gone.
+    const notThere = await d2.ctl([...compactArgs, '--json', '--endpoint', cfg.endpoint]);
+    assert.equal(notThere.code, 4, show(notThere));
+    const notThereErr = (
+      JSON.parse(notThere.stdout) as { error: { code: string; suggestion: string } }
+    ).error;
+    assert.equal(notThereErr.code, 'LEASE_HELD');
+    assert.match(notThereErr.suggestion, /--control-socket/);
+
     assert.equal(await d2.stop(), 0, d2.stderr());
 
     // A file:// export too, then unmap what was mapped meanwhile.

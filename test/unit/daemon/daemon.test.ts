@@ -23,6 +23,9 @@ import { openDaemonStore } from '../../../src/daemon/run.js';
 import { isHyperError, type ErrorCode } from '../../../src/errors.js';
 import { openStore } from '../../../src/format/store/index.js';
 import { Volume } from '../../../src/format/volume/volume.js';
+import type { CompactResult } from '../../../src/format/volume/compact.js';
+import { checkVolume } from '../../../src/format/volume/check.js';
+import { compactOnlineInDaemon } from '../../../src/daemon/online.js';
 import { FlakyStore, type Faults } from '../../helpers/flaky-store.js';
 import { RawClient, req } from '../../helpers/raw-nbd-client.js';
 import { leaveStaleSocket } from '../../helpers/stale-socket.js';
@@ -538,5 +541,103 @@ describe('hyper daemon (in-process)', () => {
     assert.ok(Date.now() - t0 < 5000, `the stop took ${Date.now() - t0} ms`);
     // Answered with why (exit 5), not a hang-up taken for a bug.
     await rejectsWith(third, 'DAEMON_NOT_RUNNING', /daemon is stopping/);
+  });
+
+  it('compacts a mapped volume online when asked, beside a client, and refuses what it cannot', async (t) => {
+    const s = await setup(t, ['a', 'b', 'c']);
+    const d = await s.start();
+    const a = await s.client.post<ExportStatus>('/v1/exports', { url: s.url('a') });
+    await s.client.post('/v1/exports', { url: s.url('b'), readOnly: true });
+    const c = await RawClient.open(d.info().listen.port!);
+    t.after(() => c.close());
+    await c.handshake();
+    await c.go('a');
+    // Rounds of overwrites, each flushed: checkpoints whose blocks the next round replaces.
+    let handle = 1n;
+    const expected = Buffer.alloc(256 * 1024);
+    for (let round = 1; round <= 6; round++) {
+      for (let off = 0; off < expected.length; off += 32 * 1024) {
+        const data = Buffer.alloc(32 * 1024, round * 16 + off / 32768);
+        c.send(req(1, handle++, BigInt(off), data.length, 0, data));
+        assert.equal((await c.simpleReply()).error, 0);
+        data.copy(expected, off);
+      }
+      c.send(req(3, handle++, 0n, 0));
+      assert.equal((await c.simpleReply()).error, 0);
+    }
+    const store = await openStore(s.url('a'));
+    t.after(() => store.close());
+    const ro = await Volume.open(store, { readOnly: true });
+    const uuid = ro.info.uuid;
+    await ro.close();
+    const path = '/v1/exports/a/compact';
+    // Asked for the wrong volume, or with a bad policy: refused, nothing done.
+    await rejectsWith(
+      s.client.post(path, { keepLast: 1, volumeUuid: '0'.repeat(32) }),
+      'PRECONDITION_FAILED',
+      /serves volume/,
+    );
+    await rejectsWith(s.client.post(path, { keepLast: 0 }), 'INVALID_ARGUMENT');
+    await rejectsWith(s.client.post(path, { keep: 1 }), 'INVALID_ARGUMENT');
+    const r = await s.client.post<CompactResult>(path, {
+      keepLast: 1,
+      graceMs: 0,
+      minLive: 0.9,
+      volumeUuid: uuid,
+    });
+    assert.equal(r.dryRun, false);
+    assert.ok(r.checkpointsDropped >= 5, JSON.stringify(r));
+    assert.ok(r.segmentsDeleted >= 5, JSON.stringify(r));
+    assert.ok(r.storedBytesAfter < r.storedBytesBefore, JSON.stringify(r));
+    // Still mapped, same lease; the client reads what it wrote, and writes on.
+    const after = await s.client.get<ExportStatus>('/v1/exports/a');
+    assert.equal(after.state, 'mapped');
+    assert.deepEqual(after.lease, a.lease);
+    c.send(req(0, handle++, 0n, expected.length));
+    assert.equal((await c.simpleReply()).error, 0);
+    assert.ok((await c.read(expected.length)).equals(expected), 'data changed by compaction');
+    const more = Buffer.alloc(4096, 0xee);
+    c.send(req(1, handle++, 4096n, more.length, 0, more));
+    assert.equal((await c.simpleReply()).error, 0);
+    more.copy(expected, 4096);
+    // A dry run changes nothing; a read-only export, an unknown one and a volume not open
+    // read-write here are refused.
+    const dry = await s.client.post<CompactResult>(path, { keepLast: 1, graceMs: 0, dryRun: true });
+    assert.equal(dry.dryRun, true);
+    await rejectsWith(
+      s.client.post('/v1/exports/b/compact', { keepLast: 1 }),
+      'INVALID_ARGUMENT',
+      /not open read-write/,
+    );
+    await rejectsWith(s.client.post('/v1/exports/nope/compact', {}), 'EXPORT_NOT_FOUND');
+    // The library call `hyper compact` makes: finds the export by URL and asks it.
+    const viaCli = await compactOnlineInDaemon(store, s.url('a'), {
+      controlSocket: s.sock,
+      policy: { keepLast: 1, graceMs: 0 },
+    });
+    assert.equal(viaCli?.name, 'a');
+    assert.equal(viaCli?.controlSocket, s.sock);
+    assert.equal(viaCli?.result.dryRun, false);
+    // Not served by this daemon, or no daemon there: nothing asked.
+    const storeC = await openStore(s.url('c'));
+    t.after(() => storeC.close());
+    assert.equal(
+      await compactOnlineInDaemon(storeC, s.url('c'), { controlSocket: s.sock, policy: {} }),
+      undefined,
+    );
+    assert.equal(
+      await compactOnlineInDaemon(store, s.url('a'), {
+        controlSocket: join(s.dir, 'none.sock'),
+        policy: {},
+      }),
+      undefined,
+    );
+    // After the unmap the volume holds every write, and a deep check is clean.
+    await s.client.delete('/v1/exports/a');
+    const v = await Volume.open(store, { readOnly: true });
+    assert.ok((await v.read(0, expected.length)).equals(expected));
+    await v.close();
+    const report = await checkVolume(store, { deep: true });
+    assert.deepEqual(report.problems, []);
   });
 });
