@@ -393,6 +393,14 @@ export const snapshotCreateSchema = z.strictObject({
   checkpoint: checkpointNumber,
   createdAt: isoTime,
   at: checkpointRefSchema.nullable(),
+  /**
+   * A daemon on this host served the volume read-write and committed what it had acknowledged
+   * first (its control socket, export name, and that checkpoint), so the snapshot holds every
+   * write made before the command; null otherwise.
+   */
+  flushedBy: z
+    .strictObject({ controlSocket: z.string(), export: z.string(), checkpoint: checkpointNumber })
+    .nullable(),
   requests: requestStatsSchema,
 });
 

@@ -12,6 +12,8 @@
  *   POST   /v1/exports/NAME/compact  compact its volume now, online: { keepLast?,
  *                                   keepWithinMs?, minLive?, graceMs?, dryRun? } →
  *                                   CompactResult (when the run has ended)
+ *   POST   /v1/exports/NAME/flush    commit what it acknowledged: { volumeUuid? } →
+ *                                   { checkpoint, time }
  *   POST   /v1/reload               re-read the config file (as SIGHUP)
  *
  * NAME is URI-encoded. A failure is `{ "error": { kind, code, message, suggestion? } }` with
@@ -43,6 +45,7 @@ export interface ControlHandler {
   map(request: unknown, signal?: AbortSignal): Promise<unknown>;
   unmap(name: string, options: { force?: boolean }): Promise<unknown>;
   compact(name: string, request: unknown, signal?: AbortSignal): Promise<unknown>;
+  flush(name: string, request: unknown): Promise<unknown>;
   reload(): Promise<unknown>;
 }
 
@@ -190,14 +193,14 @@ export class ControlServer {
       return { status: 201, body: await h.map(body, signal) };
     }
     if (p === '/v1/reload' && method === 'POST') return ok(await h.reload());
-    if (
-      method === 'POST' &&
-      p.startsWith('/v1/exports/') &&
-      p.endsWith('/compact') &&
-      p.length > '/v1/exports//compact'.length
-    ) {
-      const name = exportNameIn(p.slice('/v1/exports/'.length, -'/compact'.length), p);
-      return ok(await h.compact(name, await readJson(req), signal));
+    // POST /v1/exports/NAME/ACTION
+    const action = method === 'POST' ? /^\/v1\/exports\/([^/]+)\/(compact|flush)$/.exec(p) : null;
+    if (action !== null) {
+      const name = exportNameIn(action[1] as string, p);
+      const body = await readJson(req);
+      return ok(
+        action[2] === 'compact' ? await h.compact(name, body, signal) : await h.flush(name, body),
+      );
     }
     if (p.startsWith('/v1/exports/')) {
       const name = exportNameIn(p.slice('/v1/exports/'.length), p);

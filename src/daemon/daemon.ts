@@ -27,6 +27,7 @@ import { ControlServer, type ControlHandler } from './control.js';
 import { loadConfig } from './config.js';
 import {
   compactRequest,
+  flushRequest,
   mapRequest,
   nameOfUrl,
   parseOr,
@@ -235,6 +236,32 @@ export class Daemon implements ControlHandler {
    */
   async compact(name: string, request: unknown, signal?: AbortSignal): Promise<CompactResult> {
     const r = parseOr(compactRequest, request, 'compact request');
+    this.mapped(name, 'compact it once it is mapped, or directly while it is not');
+    const { dryRun, volumeUuid, ...policy } = r;
+    return this.server!.compactNow(name, policy, {
+      ...(signal === undefined ? {} : { signal }),
+      ...(dryRun === undefined ? {} : { dryRun }),
+      ...(volumeUuid === undefined ? {} : { volumeUuid }),
+    });
+  }
+
+  /**
+   * Commit what a mapped export acknowledged (POST /v1/exports/NAME/flush), as a client's
+   * FLUSH does: `hyper snapshot create` asks for it first, so that its snapshot holds every
+   * write acknowledged before it ran.
+   */
+  async flush(name: string, request: unknown): Promise<{ checkpoint: number; time: string }> {
+    const r = parseOr(flushRequest, request, 'flush request');
+    this.mapped(name, 'snapshot it once it is mapped, or directly while it is not');
+    const info = await this.server!.flushNow(
+      name,
+      r.volumeUuid === undefined ? {} : { volumeUuid: r.volumeUuid },
+    );
+    return { checkpoint: info.checkpoint, time: info.time.toISOString() };
+  }
+
+  /** The entry of export `name`, refused unless it is mapped (`then`: what to do instead). */
+  private mapped(name: string, then: string): Entry {
     const entry = this.entries.get(name);
     if (entry === undefined) throw exportNotFound(name);
     if (entry.state !== 'mapped' || entry.leftOpen !== undefined) {
@@ -242,17 +269,10 @@ export class Daemon implements ControlHandler {
         'conflict',
         'PRECONDITION_FAILED',
         `The export ${JSON.stringify(name)} is ${entry.leftOpen ? 'unmapped but left open' : entry.state}, not mapped`,
-        {
-          suggestion: 'See "hyper ls"; compact it once it is mapped, or directly while it is not.',
-        },
+        { suggestion: `See "hyper ls"; ${then}.` },
       );
     }
-    const { dryRun, volumeUuid, ...policy } = r;
-    return this.server!.compactNow(name, policy, {
-      ...(signal === undefined ? {} : { signal }),
-      ...(dryRun === undefined ? {} : { dryRun }),
-      ...(volumeUuid === undefined ? {} : { volumeUuid }),
-    });
+    return entry;
   }
 
   /** A failed write of the state file, in the words of what it means for `what`. */

@@ -1,9 +1,12 @@
 /**
- * Maintenance of a volume a daemon serves, done by that daemon: `hyper compact` of a volume
- * whose lease a daemon on this host holds asks it, through its control socket, to compact the
- * volume online (POST /v1/exports/NAME/compact), rather than failing with LEASE_HELD or
- * fencing the daemon with --force. The writer runs the compaction beside its clients, as its
- * --compact-every schedule does.
+ * Maintenance of a volume a daemon serves, done by that daemon (as rbd hands maintenance of a
+ * locked image to the lock's owner), through its control socket:
+ * - `hyper compact` of a volume whose lease a daemon on this host holds asks it to compact the
+ *   volume online (POST /v1/exports/NAME/compact), rather than failing with LEASE_HELD or
+ *   fencing the daemon with --force; the writer runs it beside its clients, as its
+ *   --compact-every schedule does;
+ * - `hyper snapshot create` first asks it to commit what it acknowledged
+ *   (POST /v1/exports/NAME/flush), so that the snapshot holds every write made before.
  *
  * The daemon is found on the control socket given (the default one unless told otherwise);
  * the export must be mapped read-write with its lease held, at the same URL, and serve the
@@ -27,22 +30,30 @@ export interface OnlineCompaction {
   name: string;
 }
 
+export interface OnlineFlush {
+  /** The checkpoint the daemon committed (every write it acknowledged before is in it). */
+  checkpoint: number;
+  controlSocket: string;
+  name: string;
+}
+
+/** What a daemon answers to POST /v1/exports/NAME/flush. */
+export interface FlushAnswer {
+  checkpoint: number;
+  time: string;
+}
+
 /**
- * Compact the volume at `url` (opened as `store`) in the daemon on `controlSocket` that serves
- * it read-write; undefined when no daemon listens there (or may not be used by this user) or
- * none of its exports holds this volume.
+ * Ask the daemon on `controlSocket` that serves the volume at `url` (opened as `store`)
+ * read-write to `call` its export; undefined when no daemon listens there (or may not be used
+ * by this user) or none of its exports holds this volume.
  */
-export async function compactOnlineInDaemon(
+async function inServingDaemon<T>(
   store: ObjectStore,
   url: string,
-  o: {
-    controlSocket: string;
-    policy: RetentionPolicy;
-    signal?: AbortSignal;
-    /** Called once the daemon was asked, with the export's name. */
-    onAsked?: (name: string) => void;
-  },
-): Promise<OnlineCompaction | undefined> {
+  o: { controlSocket: string; signal?: AbortSignal; onAsked?: (name: string) => void },
+  call: (client: ControlClient, path: string, volumeUuid: string) => Promise<T>,
+): Promise<{ answer: T; name: string } | undefined> {
   const client = new ControlClient(o.controlSocket);
   let exports: ExportStatus[];
   try {
@@ -58,15 +69,10 @@ export async function compactOnlineInDaemon(
   if (serving.length === 0) return undefined;
   const { head } = await readHead(store);
   for (const e of serving) {
-    const request: CompactRequest = { ...o.policy, volumeUuid: head.uuid };
     o.onAsked?.(e.name);
     try {
-      const result = await client.post<CompactResult>(
-        `/v1/exports/${encodeURIComponent(e.name)}/compact`,
-        request,
-        o.signal,
-      );
-      return { result, controlSocket: o.controlSocket, name: e.name };
+      const answer = await call(client, `/v1/exports/${encodeURIComponent(e.name)}`, head.uuid);
+      return { answer, name: e.name };
     } catch (err) {
       // Another volume under the same URL (another endpoint): not this one.
       if (isHyperError(err, 'PRECONDITION_FAILED') && /serves volume/.test(err.message)) continue;
@@ -74,6 +80,44 @@ export async function compactOnlineInDaemon(
     }
   }
   return undefined;
+}
+
+/**
+ * Compact the volume at `url` (opened as `store`) in the daemon on `controlSocket` that serves
+ * it read-write; undefined when there is none (see inServingDaemon).
+ */
+export async function compactOnlineInDaemon(
+  store: ObjectStore,
+  url: string,
+  o: {
+    controlSocket: string;
+    policy: RetentionPolicy;
+    signal?: AbortSignal;
+    /** Called once the daemon was asked, with the export's name. */
+    onAsked?: (name: string) => void;
+  },
+): Promise<OnlineCompaction | undefined> {
+  const r = await inServingDaemon(store, url, o, (client, path, volumeUuid) => {
+    const request: CompactRequest = { ...o.policy, volumeUuid };
+    return client.post<CompactResult>(`${path}/compact`, request, o.signal);
+  });
+  return r && { result: r.answer, controlSocket: o.controlSocket, name: r.name };
+}
+
+/**
+ * Have the daemon on `controlSocket` that serves the volume at `url` read-write commit what it
+ * acknowledged (a client's FLUSH, asked from outside): `hyper snapshot create` then pins a
+ * checkpoint holding every write acknowledged before it ran. Undefined when there is none.
+ */
+export async function flushInDaemon(
+  store: ObjectStore,
+  url: string,
+  o: { controlSocket: string; signal?: AbortSignal },
+): Promise<OnlineFlush | undefined> {
+  const r = await inServingDaemon(store, url, o, (client, path, volumeUuid) =>
+    client.post<FlushAnswer>(`${path}/flush`, { volumeUuid }, o.signal),
+  );
+  return r && { checkpoint: r.answer.checkpoint, controlSocket: o.controlSocket, name: r.name };
 }
 
 function sameUrl(a: string, b: string): boolean {

@@ -65,6 +65,11 @@ export const compactRequest = z.strictObject({
 });
 export type CompactRequest = z.infer<typeof compactRequest>;
 
+/** Commit what a mapped export acknowledged (POST /v1/exports/NAME/flush). */
+export const flushRequest = z.strictObject({
+  volumeUuid: compactRequest.shape.volumeUuid,
+});
+
 /** The state file: the exports to map again at start, and where each came from. */
 export const stateFile = z.strictObject({
   version: z.literal(1),

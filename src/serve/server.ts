@@ -16,6 +16,7 @@ import type { HyperMetrics, MetricsServer } from '../metrics/index.js';
 import { listVolumes, statVolume } from '../format/volume/admin.js';
 import {
   silentLogger,
+  type CheckpointInfo,
   type CheckpointRef,
   type CreateOptions,
   type OpenOptions,
@@ -256,13 +257,7 @@ export class VolumeServer {
   ): Promise<CompactResult> {
     const volume = this.opened.get(name);
     const { volumeUuid, ...run } = options;
-    if (volume !== undefined && volumeUuid !== undefined && volume.info.uuid !== volumeUuid)
-      throw new HyperError(
-        'conflict',
-        'PRECONDITION_FAILED',
-        `Export ${JSON.stringify(name)} serves volume ${volume.info.uuid} (${volume.info.url}), not ${volumeUuid}`,
-        { suggestion: 'See "hyper ls" for what each export serves.' },
-      );
+    if (volume !== undefined) sameVolume(name, volume, volumeUuid);
     const c = this.compactors.get(name);
     if (c !== undefined) return c.runNow(policy, run);
     if (volume?.headRecord.dedup)
@@ -281,6 +276,24 @@ export class VolumeServer {
       `Export ${JSON.stringify(name)} is not open read-write here, so it holds no lease on its volume`,
       { suggestion: 'Compact the volume directly with `hyper compact URL`.' },
     );
+  }
+
+  /**
+   * Commit what export `name`'s volume acknowledged (as a client's FLUSH does), for a snapshot
+   * made from outside: the checkpoint that holds it. Refused when the volume is not open
+   * read-write here.
+   */
+  async flushNow(name: string, options: { volumeUuid?: string } = {}): Promise<CheckpointInfo> {
+    const volume = this.opened.get(name);
+    if (volume === undefined || volume.info.readOnly)
+      throw new HyperError(
+        'invalid',
+        'INVALID_ARGUMENT',
+        `Export ${JSON.stringify(name)} is not open read-write here: it has nothing to flush`,
+        { suggestion: 'Make the snapshot directly: it holds everything committed.' },
+      );
+    sameVolume(name, volume, options.volumeUuid);
+    return volume.flush();
   }
 
   /**
@@ -566,4 +579,15 @@ export class VolumeServer {
       }
     }
   }
+}
+
+/** Refuse a request meant for another volume than the one the export serves. */
+function sameVolume(name: string, volume: Volume, volumeUuid: string | undefined): void {
+  if (volumeUuid === undefined || volume.info.uuid === volumeUuid) return;
+  throw new HyperError(
+    'conflict',
+    'PRECONDITION_FAILED',
+    `Export ${JSON.stringify(name)} serves volume ${volume.info.uuid} (${volume.info.url}), not ${volumeUuid}`,
+    { suggestion: 'See "hyper ls" for what each export serves.' },
+  );
 }

@@ -7,7 +7,8 @@ import {
 } from '../../cli/checkpoint-ref.js';
 import { iso, requestStats } from '../../cli/results.js';
 import type { SnapshotCreateResult } from '../../cli/vocabulary.js';
-import { checkpointRef, snapshotNameArg, volumeUrl } from '../../flags.js';
+import { checkpointRef, controlSocket, snapshotNameArg, volumeUrl } from '../../flags.js';
+import { flushInDaemon } from '../../daemon/online.js';
 import { createSnapshot } from '../../format/volume/history.js';
 import { FLUSH_INTERVAL_MS } from '../../format/volume/types.js';
 
@@ -18,7 +19,7 @@ export default class SnapshotCreate extends BaseCommand<typeof SnapshotCreate> {
 
   static override description = `Every checkpoint of a volume can be restored or read as long as compaction keeps it; a named snapshot pins one so that compaction always keeps it, whatever the retention policy. By default the current checkpoint is pinned; --at pins an earlier one.
 
-Creating a snapshot copies no data and takes a fixed, small number of requests whatever the size of the volume. It does not take the lease, so it is safe while the volume is served: the snapshot pins the last committed checkpoint (data not yet flushed by a running writer is not in it). Names are 1-64 letters, digits, ".", "_" or "-"; a name that would read as a checkpoint number or a time (\`42\`, \`2h\`) is refused, and so is an existing name (exit code 4). The name is the second argument, as in "snapshot delete"; the older form --name NAME still works but is deprecated.`;
+Creating a snapshot copies no data and takes a fixed, small number of requests whatever the size of the volume. It does not take the lease, so it is safe while the volume is served. A volume that "hyper daemon" on this host has mapped read-write is flushed by the daemon first (asked through its control socket, --control-socket), so the snapshot holds every write acknowledged before the command; beside any other writer it pins the last committed checkpoint (what that writer acknowledged since is not in it). Names are 1-64 letters, digits, ".", "_" or "-"; a name that would read as a checkpoint number or a time (\`42\`, \`2h\`) is refused, and so is an existing name (exit code 4). The name is the second argument, as in "snapshot delete"; the older form --name NAME still works but is deprecated.`;
 
   static override examples = [
     {
@@ -51,6 +52,7 @@ Creating a snapshot copies no data and takes a fixed, small number of requests w
       summary: 'Pin this checkpoint instead of the current one.',
       description: `Accepts ${CHECKPOINT_REF_FORMS}.`,
     }),
+    'control-socket': controlSocket,
   };
 
   public async run(): Promise<SnapshotCreateResult> {
@@ -60,9 +62,17 @@ Creating a snapshot copies no data and takes a fixed, small number of requests w
       creating: true,
     });
     const store = await this.openStore(url);
+    // A daemon here that serves the volume commits what it acknowledged first.
+    const flushed =
+      at === undefined
+        ? await flushInDaemon(store, url, {
+            controlSocket: this.flags['control-socket'],
+            signal: this.interruptible(),
+          })
+        : undefined;
     // (Who is writing is only said to people: no lease GET for --json or --quiet.)
     const snap = await createSnapshot(store, name, at, {
-      lookForWriter: !this.jsonEnabled() && !this.quiet,
+      lookForWriter: flushed === undefined && !this.jsonEnabled() && !this.quiet,
     });
     const result: SnapshotCreateResult = {
       url,
@@ -70,12 +80,24 @@ Creating a snapshot copies no data and takes a fixed, small number of requests w
       checkpoint: snap.checkpoint,
       createdAt: iso(snap.createdAt),
       at: at ? checkpointRefJson(at) : null,
+      flushedBy:
+        flushed === undefined
+          ? null
+          : {
+              controlSocket: flushed.controlSocket,
+              export: flushed.name,
+              checkpoint: flushed.checkpoint,
+            },
       requests: requestStats(store),
     };
     this.log(
       `Created snapshot "${result.name}" of ${url} at checkpoint ${result.checkpoint}` +
         `${at ? ` (${describeCheckpointRef(at)})` : ''}.`,
     );
+    if (flushed)
+      this.note(
+        `The daemon on ${flushed.controlSocket} serves it (export ${flushed.name}) and committed what it had acknowledged first (checkpoint ${flushed.checkpoint}): the snapshot holds every write made before this command.`,
+      );
     if (snap.writer) {
       const ago = `${(Math.max(0, snap.createdAt.getTime() - snap.writer.checkpointAt.getTime()) / 1000).toFixed(1)} s`;
       this.note(

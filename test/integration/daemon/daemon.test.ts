@@ -1,8 +1,9 @@
 /**
  * `hyper daemon` on RGW with real NBD clients: exports mapped, listed and unmapped, and every
  * refused request (missing volume, name taken, a volume another daemon holds, a malformed or
- * oversized control request, a second daemon on the same control socket), and `hyper compact`
- * of the served volume (done online by the daemon, or refused through another), all while fio
+ * oversized control request, a second daemon on the same control socket), `hyper compact` of
+ * the served volume (done online by the daemon, or refused through another) and `hyper
+ * snapshot create` of it (the daemon commits first), all while fio
  * writes and verifies another export without interruption; then a restart (SIGTERM, and a
  * crash) maps the same export again with its data intact.
  */
@@ -11,7 +12,7 @@ import { spawn } from 'node:child_process';
 import { mkdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { compactSchema, lsSchema } from '../../../src/cli/vocabulary.js';
+import { compactSchema, lsSchema, snapshotCreateSchema } from '../../../src/cli/vocabulary.js';
 import { openStore } from '../../../src/format/store/index.js';
 import { Volume } from '../../../src/format/volume/volume.js';
 import { fileUrl, show, tempDir } from '../../helpers/cli.js';
@@ -159,6 +160,21 @@ describe('hyper daemon on RGW', () => {
     assert.equal(shown.code, 0, show(shown));
     assert.match(shown.stdout, /Compacted by.*the daemon on .*control\.sock, online \(export a\)/);
     assert.match(d1.stderr(), /compacting on request.*"export":"a"/);
+    // `hyper snapshot create` of it: the daemon commits what it acknowledged first.
+    const snapped = await d1.ctl([
+      'snapshot',
+      'create',
+      urlA,
+      'live',
+      '--json',
+      '--endpoint',
+      cfg.endpoint,
+    ]);
+    assert.equal(snapped.code, 0, show(snapped));
+    const sr = snapshotCreateSchema.parse(JSON.parse(snapped.stdout));
+    assert.equal(sr.flushedBy?.export, 'a');
+    assert.equal(sr.flushedBy?.controlSocket, sock);
+    assert.ok(sr.checkpoint >= sr.flushedBy!.checkpoint, snapped.stdout);
     // Refusals: each a code and exit code; the daemon keeps serving.
     const missing = await d1.ctl(['map', uniqueS3Url(cfg, 'daemon-missing'), '--json']);
     assert.equal(missing.code, 3, show(missing));

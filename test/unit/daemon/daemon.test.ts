@@ -25,7 +25,8 @@ import { openStore } from '../../../src/format/store/index.js';
 import { Volume } from '../../../src/format/volume/volume.js';
 import type { CompactResult } from '../../../src/format/volume/compact.js';
 import { checkVolume } from '../../../src/format/volume/check.js';
-import { compactOnlineInDaemon } from '../../../src/daemon/online.js';
+import { compactOnlineInDaemon, flushInDaemon } from '../../../src/daemon/online.js';
+import { createSnapshot } from '../../../src/format/volume/history.js';
 import { FlakyStore, type Faults } from '../../helpers/flaky-store.js';
 import { RawClient, req } from '../../helpers/raw-nbd-client.js';
 import { leaveStaleSocket } from '../../helpers/stale-socket.js';
@@ -631,6 +632,34 @@ describe('hyper daemon (in-process)', () => {
         policy: {},
       }),
       undefined,
+    );
+    // A snapshot made from outside holds what the daemon acknowledged: it commits it first.
+    const late = Buffer.alloc(4096, 0x77);
+    c.send(req(1, handle++, 8192n, late.length, 0, late));
+    assert.equal((await c.simpleReply()).error, 0);
+    late.copy(expected, 8192);
+    const before = await Volume.open(store, { readOnly: true });
+    assert.ok(!(await before.read(8192, 4096)).equals(late), 'committed before the flush');
+    await before.close();
+    const flushed = await flushInDaemon(store, s.url('a'), { controlSocket: s.sock });
+    assert.equal(flushed?.name, 'a');
+    const snap = await createSnapshot(store, 'outside');
+    assert.ok(snap.checkpoint >= flushed!.checkpoint);
+    const atSnap = await Volume.open(store, { readOnly: true, at: { snapshot: 'outside' } });
+    assert.ok(
+      (await atSnap.read(0, expected.length)).equals(expected),
+      'the snapshot misses writes',
+    );
+    await atSnap.close();
+    await rejectsWith(
+      s.client.post('/v1/exports/a/flush', { volumeUuid: 'f'.repeat(32) }),
+      'PRECONDITION_FAILED',
+    );
+    await rejectsWith(s.client.post('/v1/exports/b/flush', {}), 'INVALID_ARGUMENT');
+    assert.equal(
+      await flushInDaemon(storeC, s.url('c'), { controlSocket: s.sock }),
+      undefined,
+      'not served: nothing asked',
     );
     // After the unmap the volume holds every write, and a deep check is clean.
     await s.client.delete('/v1/exports/a');
