@@ -52,6 +52,8 @@ export class AutoCompaction {
       logger: Logger;
       openStore?: OpenStoreFn;
       observer?: CompactionObserver;
+      /** Checkpoints of this volume the server's read-only exports serve (kept). */
+      keeps?: () => Iterable<number>;
     },
   ) {
     this.schedule();
@@ -96,6 +98,7 @@ export class AutoCompaction {
         ...(policy.minLive === undefined ? {} : { minLive: policy.minLive }),
         ...(policy.graceMs === undefined ? {} : { graceMs: policy.graceMs }),
         ...(this.o.openStore ? { openStore: this.o.openStore } : {}),
+        ...(this.o.keeps ? { keepCheckpoints: this.o.keeps } : {}),
       });
       if (dryRun) return r;
       this.runs++;

@@ -22,6 +22,7 @@ import {
   type OpenOptions,
 } from '../format/volume/types.js';
 import { Volume } from '../format/volume/volume.js';
+import { confirmKept, readHead } from '../format/volume/heads.js';
 import { NbdServer, type ListenTarget } from '../nbd/server.js';
 import { ExportTable, VolumeExport, type ExportDescription } from './exports.js';
 import { exportProblem } from './health.js';
@@ -297,6 +298,43 @@ export class VolumeServer {
   }
 
   /**
+   * The checkpoints of volume `uuid` that read-only exports here serve: this server's online
+   * compaction keeps them, as if snapshots named them.
+   */
+  private servedCheckpoints(uuid: string): number[] {
+    return [...this.opened.values()]
+      .filter((v) => v.info.readOnly && v.info.uuid === uuid)
+      .map((v) => v.info.checkpoint);
+  }
+
+  /**
+   * A read-only export just registered (servedCheckpoints now names its checkpoint): if this
+   * server compacts the same volume, a run may have taken its last look at those checkpoints
+   * before, and dropped this one. One more look at the head says (CHECKPOINT_NOT_FOUND, and
+   * the export is not opened); a run that looks after the registration keeps it.
+   */
+  private async confirmServed(
+    name: string,
+    volume: Volume,
+    store: ObjectStore,
+    untrack: (() => void) | undefined,
+  ): Promise<void> {
+    const uuid = volume.info.uuid;
+    const compacted = [...this.compactors.keys()].some(
+      (n) => this.opened.get(n)?.info.uuid === uuid,
+    );
+    if (!compacted) return;
+    try {
+      await confirmKept(store, (await readHead(store)).head, [volume.info.checkpoint]);
+    } catch (e) {
+      if (this.opened.get(name) === volume) this.opened.delete(name);
+      untrack?.();
+      await volume.close().catch(() => undefined);
+      throw e;
+    }
+  }
+
+  /**
    * Undefined when healthy; otherwise why not (GET /healthz answers 503 with it): the server
    * is stopping, or an export cannot make writes durable now (a line each: lease lost or
    * lapsed, flushes failing; see ./health.ts).
@@ -543,6 +581,7 @@ export class VolumeServer {
           };
         });
         this.opened.set(name, volume);
+        if (volume.info.readOnly) await this.confirmServed(name, volume, store, untrack);
         const online = o.compaction && !s.readOnly && !volume.info.readOnly;
         if (online && volume.headRecord.dedup)
           this.logger.warn('not compacted online: the volume deduplicates its blocks', {
@@ -558,6 +597,7 @@ export class VolumeServer {
                 logger: this.logger,
                 openStore: options.openStore as OpenStoreFn,
                 ...(m === undefined ? {} : { observer: m.compactionObserver(name) }),
+                keeps: () => this.servedCheckpoints(volume.info.uuid),
               })
             : undefined;
         if (compaction) this.compactors.set(name, compaction);

@@ -56,6 +56,14 @@ export interface CompactOptions {
    * (INVALID_ARGUMENT): they are compacted offline.
    */
   volume?: Volume;
+  /**
+   * Checkpoints kept as if a snapshot named them: those the caller's own readers serve (a
+   * daemon's `--at` exports of this volume). Asked when the policy is decided and again after
+   * the history commit, like the snapshot records: a reader that registers before that second
+   * look keeps its checkpoint, and one registering after it sees the drop when it confirms
+   * its checkpoint (confirmKept).
+   */
+  keepCheckpoints?: () => Iterable<number>;
 }
 
 export interface CompactResult {
@@ -269,6 +277,7 @@ async function compactOnce(
     const broken = new Set<number>();
     try {
       referenced = await pinned(store);
+      for (const id of options.keepCheckpoints?.() ?? []) referenced.add(id);
       if (vol && head.history) {
         const lost: number[] = [];
         for (const id of referenced) {
@@ -617,6 +626,7 @@ async function applyPolicy(
 ): Promise<Policy> {
   const ids = [...segs.keys()].filter((id) => isRetainedCheckpoint(head, id)).sort((a, b) => b - a);
   const pins = await pinned(store);
+  for (const id of o.keepCheckpoints?.() ?? []) pins.add(id);
   if (policyIsNoop(o)) {
     return {
       policyGiven: false,

@@ -1,7 +1,8 @@
 /**
  * The daemon's control operations at random, several at once, against a store that fails
  * requests: map (read-write, read-only or at a checkpoint, two names per volume), unmap (plain or forced),
- * reload of a rewritten config, writes through NBD with a FLUSH, and restarts racing the
+ * reload of a rewritten config, writes through NBD with a FLUSH, online compactions and flushes
+ * asked through the control API (what `hyper compact` and `snapshot create` ask), and restarts racing the
  * rest. After each round, with the store answering again, the daemon must agree with itself,
  * its state file, its NBD server and the store:
  *  (a) no export is left half-mapped or half-unmapped;
@@ -128,6 +129,28 @@ async function runSeed(seed: number): Promise<{ log: string[]; injected: number 
       const name = pick(writable).name;
       return writes.writeAndFlush(() => nbd(name), volumeOf(name), name);
     },
+    // `hyper compact` and `hyper snapshot create` of a mapped volume: done by the daemon.
+    compact: async () => {
+      const writable = d.list().filter((e) => e.state === 'mapped' && !e.readOnly);
+      if (writable.length === 0) return 'compact: nothing writable';
+      const name = pick(writable).name;
+      const keepLast = r() < 0.6 ? 1 + Math.floor(r() * 2) : undefined;
+      const graceMs = r() < 0.7 ? 0 : 600_000;
+      const minLive = pick([0, 0.5, 0.9, 1]);
+      const res = await d.compact(name, {
+        ...(keepLast === undefined ? {} : { keepLast }),
+        graceMs,
+        minLive,
+      });
+      return `compact ${name} keep-last ${keepLast ?? '-'} grace ${graceMs} min-live ${minLive}: dropped ${res.checkpointsDropped}, deleted ${res.segmentsDeleted}, moved ${res.blocksRewritten}`;
+    },
+    flush: async () => {
+      const writable = d.list().filter((e) => e.state === 'mapped' && !e.readOnly);
+      if (writable.length === 0) return 'flush: nothing writable';
+      const name = pick(writable).name;
+      const res = await d.flush(name, {});
+      return `flush ${name} -> checkpoint ${res.checkpoint}`;
+    },
     restart: async () => {
       stopped = true;
       await d.stop();
@@ -139,6 +162,8 @@ async function runSeed(seed: number): Promise<{ log: string[]; injected: number 
     ['unmap', 4],
     ['reload', 1.5],
     ['write', 4],
+    ['compact', 1.5],
+    ['flush', 0.8],
     ['restart', 0.7],
   ] as const);
 

@@ -669,4 +669,54 @@ describe('hyper daemon (in-process)', () => {
     const report = await checkVolume(store, { deep: true });
     assert.deepEqual(report.problems, []);
   });
+
+  it('its online compaction keeps the checkpoints its own read-only exports serve', async (t) => {
+    const s = await setup(t, ['a']);
+    const d = await s.start();
+    await s.client.post('/v1/exports', { url: s.url('a') });
+    const c = await RawClient.open(d.info().listen.port!);
+    t.after(() => c.close());
+    await c.handshake();
+    await c.go('a');
+    const write = async (h: bigint, fill: number): Promise<void> => {
+      c.send(req(1, h, 0n, 65536, 0, Buffer.alloc(65536, fill)));
+      assert.equal((await c.simpleReply()).error, 0);
+      c.send(req(3, h + 1000n, 0n, 0));
+      assert.equal((await c.simpleReply()).error, 0);
+    };
+    await write(1n, 0x01);
+    const old = (await s.client.get<ExportStatus>('/v1/exports/a')).checkpoint!;
+    for (let i = 2; i <= 5; i++) await write(BigInt(i), i);
+    await s.client.post('/v1/exports', {
+      url: s.url('a'),
+      name: 'a-old',
+      at: { checkpoint: old },
+    });
+    const r = await s.client.post<CompactResult>('/v1/exports/a/compact', {
+      keepLast: 1,
+      graceMs: 0,
+    });
+    assert.ok(r.checkpointsDropped >= 3, JSON.stringify(r));
+    assert.ok(r.segmentsDeleted >= 3, JSON.stringify(r));
+    // The export at the old checkpoint still reads it (its checkpoint was kept)...
+    const o = await RawClient.open(d.info().listen.port!);
+    t.after(() => o.close());
+    await o.handshake();
+    await o.go('a-old');
+    o.send(req(0, 1n, 0n, 65536));
+    assert.equal((await o.simpleReply()).error, 0);
+    assert.ok((await o.read(65536)).equals(Buffer.alloc(65536, 0x01)));
+    o.close();
+    // ...and once it is unmapped, the next run drops it.
+    await s.client.delete('/v1/exports/a-old');
+    const again = await s.client.post<CompactResult>('/v1/exports/a/compact', {
+      keepLast: 1,
+      graceMs: 0,
+    });
+    assert.ok(again.checkpointsDropped >= 1, JSON.stringify(again));
+    await rejectsWith(
+      s.client.post('/v1/exports', { url: s.url('a'), name: 'a-old', at: { checkpoint: old } }),
+      'CHECKPOINT_NOT_FOUND',
+    );
+  });
 });
