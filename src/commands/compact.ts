@@ -148,6 +148,9 @@ Dropping checkpoints cannot be undone: with --keep-last or --keep-within the com
         signal,
         onAsked: (name) =>
           report.status(`Compacting ${url}: online, in the daemon that serves it as ${name}`),
+      }).catch((err: unknown) => {
+        spinner.stop();
+        throw err;
       });
       if (online === undefined) {
         spinner.stop();
