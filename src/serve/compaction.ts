@@ -37,6 +37,8 @@ export class AutoCompaction {
   /** The run in progress (scheduled or asked for), settled when it ends either way. */
   private running: Promise<unknown> | undefined;
   private readonly abort = new AbortController();
+  /** Why runs stopped before stop() was called: another writer fenced this one. */
+  private fenced: unknown;
   /** Runs that ended, and of them those that failed. */
   runs = 0;
   failures = 0;
@@ -139,7 +141,10 @@ export class AutoCompaction {
       if (this.abort.signal.aborted) return;
       // Fenced: another writer has the volume now, and this server writes nothing more.
       const fenced = isHyperError(e, 'FENCED');
-      if (fenced) this.abort.abort();
+      if (fenced) {
+        this.fenced = e;
+        this.abort.abort();
+      }
       this.o.logger.warn(
         fenced
           ? 'compaction stopped: another writer took the volume over'
@@ -162,7 +167,9 @@ export class AutoCompaction {
       options.signal === undefined
         ? this.abort.signal
         : AbortSignal.any([this.abort.signal, options.signal]);
-    const stopped = (): HyperError =>
+    // Fenced (another writer took the volume over): that says why; else the server stops.
+    const stopped = (): unknown =>
+      this.fenced ??
       new HyperError('unavailable', 'ABORTED', `The server of ${this.o.name} is stopping`, {
         suggestion: 'Run the compaction again once the volume is served again, or while it is not.',
       });
