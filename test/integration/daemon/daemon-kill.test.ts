@@ -2,7 +2,8 @@
  * `hyper daemon` killed (SIGKILL) at random moments while control requests and NBD writes are
  * in flight, then started again on the same state file. Volumes on `file://` and on RGW.
  * Each round starts one to four operations at once, with seeded choices (map read-write or
- * read-only, unmap plain or forced, a 4 KiB write and a FLUSH over NBD), and in about half
+ * read-only, unmap plain or forced, a 4 KiB write and a FLUSH over NBD, an online compaction
+ * asked through the control API as `hyper compact` does), and in about half
  * of the rounds kills the daemon part-way through them. After every round:
  *  (a) the restarted daemon maps every export whose map it had acknowledged and whose unmap
  *      nobody asked for, and nothing whose map it never received or whose unmap it acknowledged
@@ -186,11 +187,26 @@ async function runSeed(
         return `write ${name}: ${String(e)}`;
       }
     },
+    // What `hyper compact` of a mapped volume asks for: an online run the kill may cut.
+    compact: async () => {
+      const writable = [...mapped].filter(([, ro]) => !ro).map(([n]) => n);
+      if (writable.length === 0) return 'compact: nothing writable';
+      const name = pick(writable);
+      const keepLast = r() < 0.7 ? 1 : undefined;
+      const res = await controlCall(
+        controlSocket,
+        'POST',
+        `/v1/exports/${name}/compact`,
+        JSON.stringify({ ...(keepLast ? { keepLast } : {}), graceMs: 0, minLive: 0.9 }),
+      );
+      return `compact ${name}${keepLast ? ' keep-last 1' : ''}: ${res.status} ${errorCode(res.body)}`;
+    },
   };
   const chooseOp = weighted(r, [
     ['map', 5],
     ['unmap', 3.5],
     ['write', 5],
+    ['compact', 2],
   ] as const);
 
   const checkData = async (): Promise<void> => {
