@@ -15,7 +15,7 @@
  */
 import type { ExportStatus } from '../cli/vocabulary.js';
 import { normalizeVolumeUrl } from '../cli/url.js';
-import { isHyperError } from '../errors.js';
+import { isHyperError, type HyperError } from '../errors.js';
 import type { ObjectStore } from '../format/store/types.js';
 import type { CompactResult } from '../format/volume/compact.js';
 import { readHead } from '../format/volume/heads.js';
@@ -43,6 +43,14 @@ export interface FlushAnswer {
   time: string;
 }
 
+/** Where to look for the daemon, and what to tell when its socket is there but not ours. */
+export interface DaemonLookup {
+  controlSocket: string;
+  signal?: AbortSignal;
+  /** The socket exists but this user may not use it (PERMISSION_DENIED): nothing was asked. */
+  unusable?: (e: HyperError) => void;
+}
+
 /**
  * Ask the daemon on `controlSocket` that serves the volume at `url` (opened as `store`)
  * read-write to `call` its export; undefined when no daemon listens there (or may not be used
@@ -51,7 +59,7 @@ export interface FlushAnswer {
 async function inServingDaemon<T>(
   store: ObjectStore,
   url: string,
-  o: { controlSocket: string; signal?: AbortSignal; onAsked?: (name: string) => void },
+  o: DaemonLookup & { onAsked?: (name: string) => void },
   call: (client: ControlClient, path: string, volumeUuid: string) => Promise<T>,
 ): Promise<{ answer: T; name: string } | undefined> {
   const client = new ControlClient(o.controlSocket);
@@ -59,8 +67,11 @@ async function inServingDaemon<T>(
   try {
     exports = (await client.get<{ exports: ExportStatus[] }>('/v1/exports', o.signal)).exports;
   } catch (e) {
-    if (isHyperError(e, 'DAEMON_NOT_RUNNING') || isHyperError(e, 'PERMISSION_DENIED'))
+    if (isHyperError(e, 'DAEMON_NOT_RUNNING')) return undefined;
+    if (isHyperError(e, 'PERMISSION_DENIED')) {
+      o.unusable?.(e);
       return undefined;
+    }
     throw e;
   }
   const serving = exports.filter(
@@ -89,10 +100,8 @@ async function inServingDaemon<T>(
 export async function compactOnlineInDaemon(
   store: ObjectStore,
   url: string,
-  o: {
-    controlSocket: string;
+  o: DaemonLookup & {
     policy: RetentionPolicy;
-    signal?: AbortSignal;
     /** Called once the daemon was asked, with the export's name. */
     onAsked?: (name: string) => void;
   },
@@ -112,7 +121,7 @@ export async function compactOnlineInDaemon(
 export async function flushInDaemon(
   store: ObjectStore,
   url: string,
-  o: { controlSocket: string; signal?: AbortSignal },
+  o: DaemonLookup,
 ): Promise<OnlineFlush | undefined> {
   const r = await inServingDaemon(store, url, o, (client, path, volumeUuid) =>
     client.post<FlushAnswer>(`${path}/flush`, { volumeUuid }, o.signal),

@@ -68,6 +68,10 @@ Creating a snapshot copies no data and takes a fixed, small number of requests w
         ? await flushInDaemon(store, url, {
             controlSocket: this.flags['control-socket'],
             signal: this.interruptible(),
+            unusable: () =>
+              this.note(
+                `Note: the daemon's control socket ${this.flags['control-socket']} cannot be used by this user, so no daemon was asked to commit its writes first.`,
+              ),
           })
         : undefined;
     // (Who is writing is only said to people: no lease GET for --json or --quiet.)
