@@ -137,10 +137,10 @@ Dropping checkpoints cannot be undone: with --keep-last or --keep-within the com
         throw e;
       }
       // Served read-write by a daemon here: it compacts the volume online, as asked.
-      let unusable: HyperError | undefined;
+      const seen: { unusable?: HyperError } = {};
       online = await compactOnlineInDaemon(store, url, {
         controlSocket: this.flags['control-socket'],
-        unusable: (err) => (unusable = err),
+        unusable: (err) => (seen.unusable = err),
         policy: {
           ...(keepLast === undefined ? {} : { keepLast }),
           ...(keepWithinMs === undefined ? {} : { keepWithinMs }),
@@ -157,10 +157,13 @@ Dropping checkpoints cannot be undone: with --keep-last or --keep-within the com
       if (online === undefined) {
         spinner.stop();
         // A volume served read-write compacts itself, online, when its server is told to.
+        const unusable = seen.unusable;
         const daemon =
           unusable === undefined
             ? '"hyper compact" asks a daemon on this host that serves it (--control-socket)'
-            : `"hyper compact" could not ask the daemon on ${this.flags['control-socket']}: this user may not use its control socket (run as the daemon's user, or join its --control-group)`;
+            : unusable.code === 'PERMISSION_DENIED'
+              ? `"hyper compact" could not ask the daemon on ${this.flags['control-socket']}: this user may not use its control socket (run as the daemon's user, or join its --control-group)`
+              : `"hyper compact" could not ask the daemon on ${this.flags['control-socket']}: ${unusable.message}`;
         throw new HyperError(e.kind, e.code, e.message, {
           cause: e,
           suggestion: `A served volume is compacted by its server, online: run it with --compact-every (hyper serve or hyper daemon) and the same policy; ${daemon}. Or stop that writer, wait for its lease to expire, or take over with --force (it is fenced and can commit nothing more).`,

@@ -15,7 +15,7 @@
  */
 import type { ExportStatus } from '../cli/vocabulary.js';
 import { normalizeVolumeUrl } from '../cli/url.js';
-import { isHyperError, type HyperError } from '../errors.js';
+import { HyperError, isHyperError } from '../errors.js';
 import type { ObjectStore } from '../format/store/types.js';
 import type { CompactResult } from '../format/volume/compact.js';
 import { readHead } from '../format/volume/heads.js';
@@ -43,11 +43,19 @@ export interface FlushAnswer {
   time: string;
 }
 
+/** How long the lookup waits for the daemon's list of exports. */
+const LOOKUP_TIMEOUT_MS = 10_000;
+
 /** Where to look for the daemon, and what to tell when its socket is there but not ours. */
 export interface DaemonLookup {
   controlSocket: string;
   signal?: AbortSignal;
-  /** The socket exists but this user may not use it (PERMISSION_DENIED): nothing was asked. */
+  /** How long the lookup waits for the daemon's list of exports (default 10 s). */
+  timeoutMs?: number;
+  /**
+   * A daemon is there but could not be asked: this user may not use its socket
+   * (PERMISSION_DENIED), or it did not answer the lookup in time. Nothing was asked.
+   */
   unusable?: (e: HyperError) => void;
 }
 
@@ -64,12 +72,30 @@ async function inServingDaemon<T>(
 ): Promise<{ answer: T; name: string } | undefined> {
   const client = new ControlClient(o.controlSocket);
   let exports: ExportStatus[];
+  // The lookup is implicit: a daemon that does not answer it soon is passed over, not waited for.
+  const timeoutMs = o.timeoutMs ?? LOOKUP_TIMEOUT_MS;
+  const listing = AbortSignal.timeout(timeoutMs);
   try {
-    exports = (await client.get<{ exports: ExportStatus[] }>('/v1/exports', o.signal)).exports;
+    exports = (
+      await client.get<{ exports: ExportStatus[] }>(
+        '/v1/exports',
+        o.signal ? AbortSignal.any([o.signal, listing]) : listing,
+      )
+    ).exports;
   } catch (e) {
     if (isHyperError(e, 'DAEMON_NOT_RUNNING')) return undefined;
     if (isHyperError(e, 'PERMISSION_DENIED')) {
       o.unusable?.(e);
+      return undefined;
+    }
+    if (listing.aborted && !o.signal?.aborted) {
+      o.unusable?.(
+        new HyperError(
+          'unavailable',
+          'DAEMON_NOT_RUNNING',
+          `The daemon on ${o.controlSocket} did not answer within ${timeoutMs / 1000} s`,
+        ),
+      );
       return undefined;
     }
     throw e;

@@ -68,9 +68,9 @@ Creating a snapshot copies no data and takes a fixed, small number of requests w
         ? await flushInDaemon(store, url, {
             controlSocket: this.flags['control-socket'],
             signal: this.interruptible(),
-            unusable: () =>
+            unusable: (e) =>
               this.note(
-                `Note: the daemon's control socket ${this.flags['control-socket']} cannot be used by this user, so no daemon was asked to commit its writes first.`,
+                `Note: ${e.code === 'PERMISSION_DENIED' ? `the daemon's control socket ${this.flags['control-socket']} cannot be used by this user` : e.message}, so no daemon was asked to commit its writes first.`,
               ),
           })
         : undefined;

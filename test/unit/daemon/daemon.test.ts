@@ -661,6 +661,21 @@ describe('hyper daemon (in-process)', () => {
       undefined,
       'not served: nothing asked',
     );
+    // A process on the socket that never answers is passed over after the lookup's timeout.
+    const silentPath = join(s.dir, 'silent.sock');
+    const silent = createServer(() => undefined);
+    await new Promise<void>((res) => silent.listen(silentPath, res));
+    t.after(() => silent.close());
+    let why = '';
+    assert.equal(
+      await flushInDaemon(store, s.url('a'), {
+        controlSocket: silentPath,
+        timeoutMs: 200,
+        unusable: (e) => (why = e.message),
+      }),
+      undefined,
+    );
+    assert.match(why, /did not answer within 0\.2 s/);
     // After the unmap the volume holds every write, and a deep check is clean.
     await s.client.delete('/v1/exports/a');
     const v = await Volume.open(store, { readOnly: true });
