@@ -280,15 +280,24 @@ async function compactOnce(
       for (const id of options.keepCheckpoints?.() ?? []) referenced.add(id);
       if (vol && head.history) {
         const lost: number[] = [];
+        // Beside a live writer, checkpoints it committed after segsMid was listed may be
+        // pinned by now, and the history commit dropped them too (chaos seed 54108: a clone
+        // of one, its pin read here, skipped as unlisted): list again to see them.
+        const h = head;
+        const segsPinned = [...referenced].some(
+          (id) => !segsMid.has(id) && id <= h.lastSegment && !isRetainedCheckpoint(h, id),
+        )
+          ? await listSegments(store)
+          : segsMid;
         for (const id of referenced) {
           if (
-            !segsMid.has(id) ||
+            !segsPinned.has(id) ||
             id > head.lastSegment ||
             head.skipped.includes(id) ||
             isRetainedCheckpoint(head, id)
           )
             continue;
-          if (await wholeCheckpoint(store, loader, source, head, id, segsMid, signal))
+          if (await wholeCheckpoint(store, loader, source, head, id, segsPinned, signal))
             lost.push(id);
           else {
             broken.add(id);

@@ -12,10 +12,11 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
 import { isHyperError } from '../../../../src/errors.js';
-import { SEGMENT_PREFIX } from '../../../../src/format/keys.js';
+import { PIN_PREFIX, SEGMENT_PREFIX } from '../../../../src/format/keys.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
 import type { ObjectStore } from '../../../../src/format/store/types.js';
 import { checkVolume } from '../../../../src/format/volume/check.js';
+import { createSnapshot } from '../../../../src/format/volume/history.js';
 import { compactVolume, type CompactResult } from '../../../../src/format/volume/compact.js';
 import { KiB, MiB } from '../../../../src/format/volume/types.js';
 import { Volume } from '../../../../src/format/volume/volume.js';
@@ -248,6 +249,45 @@ describe('online compaction beside a live writer', () => {
     held();
     const r = await compactVolume(store, { volume: vol, graceMs: 0, keepLast: 1, minLive: 1 });
     assert.ok(r.blocksRewritten > 0, JSON.stringify(r));
+    await vol.close();
+  });
+
+  it('keeps a checkpoint the writer committed during the run and a snapshot pinned meanwhile (chaos seed 54108)', async () => {
+    const mem = MemStore.isolated('mem://online-late-pin/');
+    await Volume.create(mem, { size: SIZE, segmentSize: 1 * MiB });
+    const vol = await Volume.open(mem, { flushIntervalMs: 0 });
+    for (let round = 0; round < 3; round++) {
+      await vol.write(0, Buffer.alloc(64 * KiB, round + 1));
+      await vol.flush();
+    }
+    // Once the run has listed its segments for its history commit and read the snapshots,
+    // as it reads the clone pins (its second look at them; the first is its scan): the writer
+    // commits a new checkpoint, and a snapshot pins it (its creator sees it retained: the run
+    // has not committed its history yet).
+    const late = Buffer.alloc(64 * KiB, 0x5e);
+    let pinnedAt: number | undefined;
+    let pinLists = 0;
+    const store: ObjectStore = Object.create(mem) as ObjectStore;
+    store.list = (prefix, options) => {
+      const inner = mem.list(prefix, options);
+      if (prefix !== PIN_PREFIX || ++pinLists !== 2) return inner;
+      return (async function* () {
+        await vol.write(0, late);
+        pinnedAt = (await vol.flush()).checkpoint;
+        await createSnapshot(mem, 'late');
+        yield* inner;
+      })();
+    };
+    const r = await compactVolume(store, { volume: vol, keepLast: 1, graceMs: 0, minLive: 0 });
+    assert.ok(pinnedAt !== undefined, 'the hook ran');
+    assert.ok(r.checkpointsDropped >= 3, JSON.stringify(r));
+    // The snapshot's checkpoint is kept, and reads what was written then.
+    const atLate = await Volume.open(mem, { readOnly: true, at: { snapshot: 'late' } });
+    assert.equal(atLate.info.checkpoint, pinnedAt);
+    assert.ok((await atLate.read(0, late.length)).equals(late));
+    await atLate.close();
+    const check = await checkVolume(mem);
+    assert.deepEqual(check.problems, []);
     await vol.close();
   });
 });
