@@ -78,6 +78,15 @@ async function setup(
   return { dir, sock, state, url, client: new ControlClient(sock), start };
 }
 
+/** An NBD client of the daemon's export `name`, past the handshake; closed after the test. */
+async function nbdClient(t: TestContext, d: Daemon, name: string): Promise<RawClient> {
+  const c = await RawClient.open(d.info().listen.port!);
+  t.after(() => c.close());
+  await c.handshake();
+  await c.go(name);
+  return c;
+}
+
 const rejectsWith = (p: Promise<unknown>, code: ErrorCode, re?: RegExp) =>
   assert.rejects(p, (e) => {
     assert.ok(isHyperError(e), String(e));
@@ -427,10 +436,7 @@ describe('hyper daemon (in-process)', () => {
     const d = await s.start();
     await s.client.post('/v1/exports', { url: s.url('a') });
     // A write acknowledged and not yet flushed, then the store stops taking PUTs.
-    const c = await RawClient.open(d.info().listen.port!);
-    t.after(() => c.close());
-    await c.handshake();
-    await c.go('a');
+    const c = await nbdClient(t, d, 'a');
     const block = Buffer.alloc(4096, 0x5a);
     c.send(req(1, 1n, 8192n, block.length, 0, block));
     assert.equal((await c.simpleReply()).error, 0);
@@ -520,10 +526,7 @@ describe('hyper daemon (in-process)', () => {
     const mapped = await second;
     assert.equal(mapped.state, 'mapped');
     assert.notEqual(mapped.lease, null);
-    const c = await RawClient.open(d.info().listen.port!);
-    t.after(() => c.close());
-    await c.handshake();
-    await c.go('a');
+    const c = await nbdClient(t, d, 'a');
     c.send(req(0, 1n, 0n, 4096));
     assert.equal((await c.simpleReply()).error, 0);
     assert.ok(
@@ -549,10 +552,7 @@ describe('hyper daemon (in-process)', () => {
     const d = await s.start();
     const a = await s.client.post<ExportStatus>('/v1/exports', { url: s.url('a') });
     await s.client.post('/v1/exports', { url: s.url('b'), readOnly: true });
-    const c = await RawClient.open(d.info().listen.port!);
-    t.after(() => c.close());
-    await c.handshake();
-    await c.go('a');
+    const c = await nbdClient(t, d, 'a');
     // Rounds of overwrites, each flushed: checkpoints whose blocks the next round replaces.
     let handle = 1n;
     const expected = Buffer.alloc(256 * 1024);
@@ -689,10 +689,7 @@ describe('hyper daemon (in-process)', () => {
     const s = await setup(t, ['a']);
     const d = await s.start();
     await s.client.post('/v1/exports', { url: s.url('a') });
-    const c = await RawClient.open(d.info().listen.port!);
-    t.after(() => c.close());
-    await c.handshake();
-    await c.go('a');
+    const c = await nbdClient(t, d, 'a');
     const write = async (h: bigint, fill: number): Promise<void> => {
       c.send(req(1, h, 0n, 65536, 0, Buffer.alloc(65536, fill)));
       assert.equal((await c.simpleReply()).error, 0);
@@ -714,10 +711,7 @@ describe('hyper daemon (in-process)', () => {
     assert.ok(r.checkpointsDropped >= 3, JSON.stringify(r));
     assert.ok(r.segmentsDeleted >= 3, JSON.stringify(r));
     // The export at the old checkpoint still reads it (its checkpoint was kept)...
-    const o = await RawClient.open(d.info().listen.port!);
-    t.after(() => o.close());
-    await o.handshake();
-    await o.go('a-old');
+    const o = await nbdClient(t, d, 'a-old');
     o.send(req(0, 1n, 0n, 65536));
     assert.equal((await o.simpleReply()).error, 0);
     assert.ok((await o.read(65536)).equals(Buffer.alloc(65536, 0x01)));

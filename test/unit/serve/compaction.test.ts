@@ -25,16 +25,22 @@ const until = async (cond: () => boolean, what: string): Promise<void> => {
   assert.ok(cond(), what);
 };
 
+/** A writer on a new volume with four checkpoints, each overwriting the one before. */
+async function withHistory(store: MemStore): Promise<Volume> {
+  await Volume.create(store, { size: 4 * MiB, segmentSize: 1 * MiB });
+  const vol = await Volume.open(store, { flushIntervalMs: 0 });
+  for (let round = 0; round < 4; round++) {
+    for (let off = 0; off < 2 * MiB; off += 16 * KiB)
+      await vol.write(off, Buffer.alloc(4096, round + 1));
+    await vol.flush();
+  }
+  return vol;
+}
+
 describe('AutoCompaction', () => {
   it('compacts on schedule, stops once fenced, and stop() ends it', async () => {
     const store = MemStore.isolated('mem://auto-compaction/');
-    await Volume.create(store, { size: 4 * MiB, segmentSize: 1 * MiB });
-    const vol = await Volume.open(store, { flushIntervalMs: 0 });
-    for (let round = 0; round < 4; round++) {
-      for (let off = 0; off < 2 * MiB; off += 16 * KiB)
-        await vol.write(off, Buffer.alloc(4096, round + 1));
-      await vol.flush();
-    }
+    const vol = await withHistory(store);
     const auto = new AutoCompaction(
       vol,
       store,
@@ -63,13 +69,7 @@ describe('AutoCompaction', () => {
 
   it('runs when asked: one at a time, a dry run changes nothing, and stop() refuses more', async () => {
     const store = MemStore.isolated('mem://auto-compaction-now/');
-    await Volume.create(store, { size: 4 * MiB, segmentSize: 1 * MiB });
-    const vol = await Volume.open(store, { flushIntervalMs: 0 });
-    for (let round = 0; round < 4; round++) {
-      for (let off = 0; off < 2 * MiB; off += 16 * KiB)
-        await vol.write(off, Buffer.alloc(4096, round + 1));
-      await vol.flush();
-    }
+    const vol = await withHistory(store);
     const auto = new AutoCompaction(vol, store, undefined, { name: 'v', logger });
     const dry = await auto.runNow({ keepLast: 1, graceMs: 0 }, { dryRun: true });
     assert.equal(dry.dryRun, true);
