@@ -10,8 +10,8 @@
  *                                   endpoint?, region?, force?, wait? } → 201 ExportStatus
  *   DELETE /v1/exports/NAME[?force=true]   unmap → UnmapResult
  *   POST   /v1/exports/NAME/compact  compact its volume now, online: { keepLast?,
- *                                   keepWithinMs?, minLive?, graceMs?, dryRun? } →
- *                                   CompactResult (when the run has ended)
+ *                                   keepWithinMs?, minLive?, graceMs?, dryRun?,
+ *                                   volumeUuid? } → CompactResult (when the run has ended)
  *   POST   /v1/exports/NAME/flush    commit what it acknowledged: { volumeUuid? } →
  *                                   { checkpoint, time }
  *   POST   /v1/reload               re-read the config file (as SIGHUP)
