@@ -670,6 +670,8 @@ export const exportStatusSchema = z.strictObject({
   /** The daemon's lease on the volume (writable, open exports), else null. */
   lease: z.strictObject({ holder: z.string(), epoch: int }).nullable(),
   /** The fields below are null while the volume is not open (mapping, failed). */
+  /** The uuid of the volume the export serves (the volume at `url` when it was opened). */
+  volumeUuid: z.string().nullable(),
   size: bytes.nullable(),
   /**
    * Written but not yet stored: buffered, and segments in flight or waiting to be written

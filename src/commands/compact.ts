@@ -7,6 +7,7 @@ import { formatBytes, formatDuration } from '../cli/units.js';
 import { HyperError, isHyperError } from '../errors.js';
 import { controlSocket, duration, fraction, progress, volumeUrl, yes } from '../flags.js';
 import { compactOnlineInDaemon, type OnlineCompaction } from '../daemon/online.js';
+import type { RetentionPolicy } from '../serve/compaction.js';
 import {
   DEFAULT_GRACE_MS,
   DEFAULT_MIN_LIVE,
@@ -87,6 +88,13 @@ Dropping checkpoints cannot be undone: with --keep-last or --keep-within the com
     const minLive = this.flags['min-live'] ?? DEFAULT_MIN_LIVE;
     const dryRun = this.flags['dry-run'];
     const policy = keepLast !== undefined || keepWithinMs !== undefined;
+    // One policy, whether this command runs it or the daemon serving the volume does.
+    const retention: RetentionPolicy = {
+      ...(keepLast === undefined ? {} : { keepLast }),
+      ...(keepWithinMs === undefined ? {} : { keepWithinMs }),
+      minLive,
+      graceMs,
+    };
 
     if (policy && !dryRun && !this.flags.yes) {
       if (!this.isInteractive()) {
@@ -111,10 +119,7 @@ Dropping checkpoints cannot be undone: with --keep-last or --keep-within the com
     let online: OnlineCompaction | undefined;
     try {
       r = await compactVolume(store, {
-        ...(keepLast === undefined ? {} : { keepLast }),
-        ...(keepWithinMs === undefined ? {} : { keepWithinMs }),
-        minLive,
-        graceMs,
+        ...retention,
         dryRun,
         force: this.flags.force,
         holder: `hyper compact on ${hostname()}:${process.pid}`,
@@ -141,12 +146,7 @@ Dropping checkpoints cannot be undone: with --keep-last or --keep-within the com
       online = await compactOnlineInDaemon(store, url, {
         controlSocket: this.flags['control-socket'],
         unusable: (err) => (seen.unusable = err),
-        policy: {
-          ...(keepLast === undefined ? {} : { keepLast }),
-          ...(keepWithinMs === undefined ? {} : { keepWithinMs }),
-          minLive,
-          graceMs,
-        },
+        policy: retention,
         signal,
         onAsked: (name) =>
           report.status(`Compacting ${url}: online, in the daemon that serves it as ${name}`),

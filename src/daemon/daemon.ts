@@ -718,6 +718,7 @@ export class Daemon implements ControlHandler {
       walUrl: s.walUrl ?? null,
       clientCount: server?.connectionsTo(name) ?? 0,
       lease: null,
+      volumeUuid: null,
       size: null,
       dirtyBytes: null,
       checkpoint: null,
@@ -734,6 +735,7 @@ export class Daemon implements ControlHandler {
       const v = device.volume;
       const info = v.info;
       const now = Date.now();
+      out.volumeUuid = info.uuid;
       out.size = info.size;
       out.checkpoint = info.checkpoint;
       out.checkpointTime = info.checkpointTime.toISOString();

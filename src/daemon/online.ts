@@ -104,19 +104,14 @@ async function inServingDaemon<T>(
     (e) => e.state === 'mapped' && !e.readOnly && e.lease !== null && sameUrl(e.url, url),
   );
   if (serving.length === 0) return undefined;
+  // The same volume, not another one under the same URL (another endpoint); the daemon
+  // checks the uuid again when asked.
   const { head } = await readHead(store);
-  for (const e of serving) {
-    o.onAsked?.(e.name);
-    try {
-      const answer = await call(client, `/v1/exports/${encodeURIComponent(e.name)}`, head.uuid);
-      return { answer, name: e.name };
-    } catch (err) {
-      // Another volume under the same URL (another endpoint): not this one.
-      if (isHyperError(err, 'PRECONDITION_FAILED') && /serves volume/.test(err.message)) continue;
-      throw err;
-    }
-  }
-  return undefined;
+  const e = serving.find((x) => x.volumeUuid === head.uuid);
+  if (e === undefined) return undefined;
+  o.onAsked?.(e.name);
+  const answer = await call(client, `/v1/exports/${encodeURIComponent(e.name)}`, head.uuid);
+  return { answer, name: e.name };
 }
 
 /**

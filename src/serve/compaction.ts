@@ -27,6 +27,17 @@ export interface RetentionPolicy {
   graceMs?: number;
 }
 
+/** The retention fields of `p` (a CompactionPolicy carries its schedule too). */
+function retentionOf(p: RetentionPolicy): RetentionPolicy {
+  const { keepLast, keepWithinMs, minLive, graceMs } = p;
+  return {
+    ...(keepLast === undefined ? {} : { keepLast }),
+    ...(keepWithinMs === undefined ? {} : { keepWithinMs }),
+    ...(minLive === undefined ? {} : { minLive }),
+    ...(graceMs === undefined ? {} : { graceMs }),
+  };
+}
+
 export interface CompactionPolicy extends RetentionPolicy {
   /** How often a run starts (after the previous one ended). */
   everyMs: number;
@@ -95,10 +106,7 @@ export class AutoCompaction {
         signal,
         logger: this.o.logger,
         dryRun,
-        ...(policy.keepLast === undefined ? {} : { keepLast: policy.keepLast }),
-        ...(policy.keepWithinMs === undefined ? {} : { keepWithinMs: policy.keepWithinMs }),
-        ...(policy.minLive === undefined ? {} : { minLive: policy.minLive }),
-        ...(policy.graceMs === undefined ? {} : { graceMs: policy.graceMs }),
+        ...retentionOf(policy),
         ...(this.o.openStore ? { openStore: this.o.openStore } : {}),
         ...(this.o.keeps ? { keepCheckpoints: this.o.keeps } : {}),
       });
@@ -125,7 +133,8 @@ export class AutoCompaction {
       });
       return r;
     } catch (e) {
-      if (!signal.aborted && !dryRun) {
+      // A refusal (a deduplicating volume, an unfinished flatten) is no failed run.
+      if (!signal.aborted && !dryRun && !isHyperError(e, 'INVALID_ARGUMENT')) {
         this.runs++;
         this.failures++;
         this.o.observer?.ran({ ok: false, seconds: 0, reclaimedBytes: 0, movedBytes: 0 });

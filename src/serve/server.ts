@@ -249,7 +249,7 @@ export class VolumeServer {
    * Compact the volume of export `name` now, beside its clients (compaction.ts runNow), with
    * `policy`: what `hyper compact` of a volume this server holds asks for. Refused when the
    * export's volume is not open read-write here (its lease is then not held here: compact it
-   * directly) or deduplicates its blocks.
+   * directly); a deduplicating volume's compaction refuses (compactVolume).
    */
   async compactNow(
     name: string,
@@ -261,16 +261,6 @@ export class VolumeServer {
     if (volume !== undefined) sameVolume(name, volume, volumeUuid);
     const c = this.compactors.get(name);
     if (c !== undefined) return c.runNow(policy, run);
-    if (volume?.headRecord.dedup)
-      throw new HyperError(
-        'invalid',
-        'INVALID_ARGUMENT',
-        `The volume of export ${JSON.stringify(name)} deduplicates its blocks: it is not compacted beside its writer`,
-        {
-          suggestion:
-            'Compact it with `hyper compact` while it is not served read-write (unmap it, or map it read-only).',
-        },
-      );
     throw new HyperError(
       'invalid',
       'INVALID_ARGUMENT',
@@ -589,16 +579,21 @@ export class VolumeServer {
             suggestion: 'compact it with hyper compact while it is not served read-write',
           });
         // Every volume open read-write here can be compacted online: on the schedule of
-        // --compact-every, and when asked (compactNow).
+        // --compact-every, and when asked (compactNow; a deduplicating one refuses then).
         const compaction =
-          !s.readOnly && !volume.info.readOnly && !volume.headRecord.dedup
-            ? new AutoCompaction(volume, store, o.compaction, {
-                name,
-                logger: this.logger,
-                openStore: options.openStore as OpenStoreFn,
-                ...(m === undefined ? {} : { observer: m.compactionObserver(name) }),
-                keeps: () => this.servedCheckpoints(volume.info.uuid),
-              })
+          !s.readOnly && !volume.info.readOnly
+            ? new AutoCompaction(
+                volume,
+                store,
+                volume.headRecord.dedup ? undefined : o.compaction,
+                {
+                  name,
+                  logger: this.logger,
+                  openStore: options.openStore as OpenStoreFn,
+                  ...(m === undefined ? {} : { observer: m.compactionObserver(name) }),
+                  keeps: () => this.servedCheckpoints(volume.info.uuid),
+                },
+              )
             : undefined;
         if (compaction) this.compactors.set(name, compaction);
         return new VolumeDevice(volume, {

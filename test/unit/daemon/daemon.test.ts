@@ -571,6 +571,8 @@ describe('hyper daemon (in-process)', () => {
     const ro = await Volume.open(store, { readOnly: true });
     const uuid = ro.info.uuid;
     await ro.close();
+    // The export names the volume it serves (what the lookup below matches).
+    assert.equal((await s.client.get<ExportStatus>('/v1/exports/a')).volumeUuid, uuid);
     const path = '/v1/exports/a/compact';
     // Asked for the wrong volume, or with a bad policy: refused, nothing done.
     await rejectsWith(
@@ -611,6 +613,18 @@ describe('hyper daemon (in-process)', () => {
       /not open read-write/,
     );
     await rejectsWith(s.client.post('/v1/exports/nope/compact', {}), 'EXPORT_NOT_FOUND');
+    // A deduplicating volume mapped read-write: its compaction refuses, saying why.
+    const dedupUrl = `file://${s.dir}/vols/dedup/`;
+    await mkdir(join(s.dir, 'vols', 'dedup'), { recursive: true });
+    const dedupStore = await openStore(dedupUrl);
+    await Volume.create(dedupStore, { size: 1024 * 1024, dedup: true });
+    await dedupStore.close();
+    await s.client.post('/v1/exports', { name: 'dd', url: dedupUrl });
+    await rejectsWith(
+      s.client.post('/v1/exports/dd/compact', { keepLast: 1 }),
+      'INVALID_ARGUMENT',
+      /deduplicates its blocks/,
+    );
     // The library call `hyper compact` makes: finds the export by URL and asks it.
     const viaCli = await compactOnlineInDaemon(store, s.url('a'), {
       controlSocket: s.sock,
