@@ -434,6 +434,13 @@ export class World {
    * asked again (`resolveDoubts`).
    */
   private readonly doubted = new Set<string>();
+  /**
+   * Segment PUTs sent and not yet answered (url + key → how many): a real store may show the
+   * object to other clients before its PUT's answer arrives (RGW seed 20080: a writer's
+   * create-only PUT of the same key got OBJECT_EXISTS, and it chained its head onto it). A
+   * head naming one is checked like one in doubt.
+   */
+  private readonly putting = new Map<string, number>();
   private readonly existedOnce = new Set<string>();
   private readonly doubts: {
     actor: Actor;
@@ -509,7 +516,8 @@ export class World {
       this.mtimes.delete(url + key);
       this.segments.delete(url + key);
       // Deleted after it was listed: it was there (what it named is unknown).
-      if (this.doubted.delete(url + key)) this.existedOnce.add(url + key);
+      if (this.doubted.delete(url + key) || this.putting.has(url + key))
+        this.existedOnce.add(url + key);
       const st = key === HEAD_KEY ? this.heads.get(url) : undefined;
       if (st) st.checkpoint = undefined;
     }
@@ -532,7 +540,8 @@ export class World {
     for (let id = from; id > base && (since === undefined || id > since);) {
       const prev = this.segments.get(url + segmentKey(id));
       if (prev === undefined && this.existedOnce.has(url + segmentKey(id))) return;
-      if (prev === undefined && this.doubted.has(url + segmentKey(id))) {
+      const key = url + segmentKey(id);
+      if (prev === undefined && (this.doubted.has(key) || this.putting.has(key))) {
         this.doubts.push({ actor, url, h, ...(since === undefined ? {} : { since }), id });
         return;
       }
@@ -552,6 +561,14 @@ export class World {
     this.doubted.add(url + key);
   }
 
+  /** A segment PUT is sent (`sent`), or answered either way. */
+  putInFlight(url: string, key: string, sent: boolean): void {
+    const k = url + key;
+    const n = (this.putting.get(k) ?? 0) + (sent ? 1 : -1);
+    if (n > 0) this.putting.set(k, n);
+    else this.putting.delete(k);
+  }
+
   /**
    * Settle (g) for heads that named a segment in doubt: `read` gives what the store holds at
    * a key now (undefined: nothing). A segment there now was there when the head was written
@@ -562,7 +579,8 @@ export class World {
   ): Promise<void> {
     for (const d of this.doubts.splice(0)) {
       const key = segmentKey(d.id);
-      const body = this.doubted.has(d.url + key) ? await read(d.url, key) : undefined;
+      const unknown = this.doubted.has(d.url + key) || this.putting.has(d.url + key);
+      const body = unknown ? await read(d.url, key) : undefined;
       if (body) {
         this.log(`  . ${key} of ${d.url}, in doubt, is in the store`);
         this.applied(d.actor, 'put', d.url, key, body);
@@ -697,10 +715,18 @@ export class ChaosStore implements ObjectStore {
       w.segmentPuts.set(this.actor, flying + 1);
     }
     const bytes = joinBody(body);
+    let sent = false;
     try {
       const r = await this.run(
         `put ${key}`,
-        () => this.inner.put(key, body, options),
+        () => {
+          // Sent: in flight until its outcome is known to the World (the finally below).
+          if (seg) {
+            sent = true;
+            w.putInFlight(this.url, key, true);
+          }
+          return this.inner.put(key, body, options);
+        },
         () => w.applied(this.actor, 'put', this.url, key, bytes),
         bytes.length,
         async () => {
@@ -723,6 +749,7 @@ export class ChaosStore implements ObjectStore {
       throw e;
     } finally {
       if (seg) w.segmentPuts.set(this.actor, (w.segmentPuts.get(this.actor) ?? 1) - 1);
+      if (sent) w.putInFlight(this.url, key, false);
     }
   }
 
