@@ -33,7 +33,12 @@ import { HyperError, toHyperError, type ErrorCode, type ErrorKind } from '../err
 import { silentLogger } from '../format/volume/types.js';
 import type { ServeLogger } from '../serve/logger.js';
 import { makeDirs } from '../make-dirs.js';
-import { socketAt, socketPathTooLong } from '../nbd/socket-path.js';
+import {
+  claimSocketPath,
+  socketAt,
+  socketPathTooLong,
+  type SocketPathClaim,
+} from '../nbd/socket-path.js';
 
 /** Largest request body the daemon reads. */
 export const MAX_CONTROL_BODY = 64 * 1024;
@@ -73,6 +78,8 @@ export class ControlServer {
   private readonly server: Server;
   private readonly logger: ServeLogger;
   private path: string | undefined;
+  /** This process's claim on `path` (socket-path.ts), held while it listens there. */
+  private claim: SocketPathClaim | undefined;
   private readonly what: string;
 
   constructor(
@@ -99,15 +106,25 @@ export class ControlServer {
     await makeDirs(dirname(o.path), 0o700).catch((e: unknown) => {
       throw toHyperError(e);
     });
+    // Claimed first: a daemon starting at the same moment finds the claim, not a stale file
+    // it would replace too.
+    const claim = await claimSocketPath(o.path);
+    if (claim === undefined) throw running(o.path, this.what);
     try {
       await this.bindPath(o.path);
     } catch (e) {
-      if ((e as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw toHyperError(e);
-      await replaceStale(o.path, this.what);
-      await this.bindPath(o.path).catch((err: unknown) => {
-        throw toHyperError(err);
-      });
+      try {
+        if ((e as NodeJS.ErrnoException).code !== 'EADDRINUSE') throw toHyperError(e);
+        await replaceStale(o.path, this.what);
+        await this.bindPath(o.path).catch((err: unknown) => {
+          throw toHyperError(err);
+        });
+      } catch (err) {
+        claim.release();
+        throw err;
+      }
     }
+    this.claim = claim;
     this.path = o.path;
     try {
       if (o.gid !== undefined) await chown(o.path, -1, o.gid);
@@ -148,6 +165,8 @@ export class ControlServer {
     await new Promise<void>((resolve) => this.server.close(() => resolve()));
     // Node removes the socket file of a path it bound; an inherited one is systemd's.
     this.path = undefined;
+    this.claim?.release();
+    this.claim = undefined;
   }
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
@@ -287,6 +306,21 @@ async function readJson(req: IncomingMessage): Promise<unknown> {
   }
 }
 
+/** A daemon (`what`) serves the control socket `path`, or is starting there. */
+function running(path: string, what: string): HyperError {
+  return new HyperError(
+    'conflict',
+    'DAEMON_RUNNING',
+    `A ${what} is already running on the control socket ${path}`,
+    {
+      suggestion:
+        what === 'hyper daemon'
+          ? 'Use that daemon ("hyper ls", "hyper map"), stop it first, or pass another --control-socket.'
+          : 'Stop it first, or pass another --control-socket.',
+    },
+  );
+}
+
 /** EADDRINUSE on `path`: a live daemon is an error; a socket file nobody listens on goes. */
 async function replaceStale(path: string, what: string): Promise<void> {
   const at = await socketAt(path);
@@ -295,19 +329,7 @@ async function replaceStale(path: string, what: string): Promise<void> {
       suggestion: 'Remove it or pass another --control-socket.',
     });
   }
-  if (at === 'live') {
-    throw new HyperError(
-      'conflict',
-      'DAEMON_RUNNING',
-      `A ${what} is already running on the control socket ${path}`,
-      {
-        suggestion:
-          what === 'hyper daemon'
-            ? 'Use that daemon ("hyper ls", "hyper map"), stop it first, or pass another --control-socket.'
-            : 'Stop it first, or pass another --control-socket.',
-      },
-    );
-  }
+  if (at === 'live') throw running(path, what);
   await unlink(path).catch(() => undefined);
 }
 

@@ -13,7 +13,12 @@ import { RECYCLED_MIN, RecycledBuffers } from './input.js';
 import type { NbdObserver } from './observer.js';
 import { DEFAULT_MAX_REQUEST } from './protocol.js';
 import { Session, type SessionLimits, type SessionTls } from './session.js';
-import { socketAt, socketPathTooLong } from './socket-path.js';
+import {
+  claimSocketPath,
+  socketAt,
+  socketPathTooLong,
+  type SocketPathClaim,
+} from './socket-path.js';
 
 export { ExportTable, type NbdExport } from './exports.js';
 export type { NbdObserver, NbdRequestEvent } from './observer.js';
@@ -67,6 +72,8 @@ export class NbdServer {
   private readonly idPrefix = randomBytes(3).toString('hex');
   private readonly observer: NbdObserver | undefined;
   private socketPath: string | undefined;
+  /** The claim on `socketPath` (socket-path.ts), held until its file is removed on close. */
+  private claim: SocketPathClaim | undefined;
   private readonly tls: SessionTls | undefined;
 
   constructor(options: NbdServerOptions) {
@@ -105,9 +112,17 @@ export class NbdServer {
     target: ListenTarget = {},
   ): Promise<{ port?: number; host?: string; path?: string }> {
     if (this.server !== undefined) throw new Error('server already listening');
+    let claim: SocketPathClaim | undefined;
     if ('path' in target) {
       const tooLong = socketPathTooLong(target.path);
       if (tooLong) throw tooLong;
+      // Another server binding or serving this path: in use, whatever the file looks like now.
+      claim = await claimSocketPath(target.path);
+      if (claim === undefined)
+        throw Object.assign(new Error(`listen EADDRINUSE: address already in use ${target.path}`), {
+          code: 'EADDRINUSE',
+          path: target.path,
+        });
     }
     // Accepted paused: a session moves the socket's handle before anything is read (input.ts).
     const server = createServer({ allowHalfOpen: true, noDelay: true, pauseOnConnect: true }, (s) =>
@@ -129,18 +144,25 @@ export class NbdServer {
     try {
       await listenOnce();
     } catch (e) {
-      // A socket file left by a server that was killed (nothing accepts on it) is replaced,
-      // as a restart after kill -9 expects; a live server's socket, or any other file, is not.
-      if (
-        !('path' in target) ||
-        (e as NodeJS.ErrnoException).code !== 'EADDRINUSE' ||
-        (await socketAt(target.path)) !== 'stale'
-      )
-        throw e;
-      this.logger.info('replacing a stale socket', { path: target.path });
-      await unlink(target.path).catch(() => undefined);
-      await listenOnce();
+      try {
+        // A socket file left by a server that was killed (nothing accepts on it) is replaced,
+        // as a restart after kill -9 expects; a live server's socket, or any other file, is not.
+        if (
+          !('path' in target) ||
+          (e as NodeJS.ErrnoException).code !== 'EADDRINUSE' ||
+          (await socketAt(target.path)) !== 'stale'
+        )
+          throw e;
+        this.logger.info('replacing a stale socket', { path: target.path });
+        await unlink(target.path).catch(() => undefined);
+        await listenOnce();
+      } catch (err) {
+        this.server = undefined;
+        claim?.release();
+        throw err;
+      }
     }
+    this.claim = claim;
     server.on('error', (e) => this.logger.error('nbd server error', describeError(e)));
     if ('path' in target) {
       this.socketPath = target.path;
@@ -234,5 +256,7 @@ export class NbdServer {
     await this.endSessions([...this.sessions], graceMs, 'server shutting down');
     await stopped;
     if (this.socketPath !== undefined) await unlink(this.socketPath).catch(() => undefined);
+    this.claim?.release();
+    this.claim = undefined;
   }
 }

@@ -30,6 +30,7 @@ import { createSnapshot } from '../../../src/format/volume/history.js';
 import { FlakyStore, type Faults } from '../../helpers/flaky-store.js';
 import { RawClient, req } from '../../helpers/raw-nbd-client.js';
 import { leaveStaleSocket } from '../../helpers/stale-socket.js';
+import { claimSocketPath } from '../../../src/nbd/socket-path.js';
 
 interface Setup {
   dir: string;
@@ -331,6 +332,22 @@ describe('hyper daemon (in-process)', () => {
     await d2.start();
     t.after(() => d2.stop());
     assert.equal((await new ControlClient(stale).get<DaemonStatus>('/v1/daemon')).exportCount, 0);
+
+    // Another daemon starting on the same stale socket right now (it holds the path's claim):
+    // refused, and the file it is replacing is left to it.
+    const racing = join(s.dir, 'racing.sock');
+    await leaveStaleSocket(racing);
+    const claim = await claimSocketPath(racing);
+    assert.ok(claim !== undefined);
+    const d3 = new Daemon({
+      controlSocket: racing,
+      listen: { port: 0 },
+      stateFile: join(s.dir, 'state3.json'),
+      openStore: openDaemonStore,
+    });
+    await rejectsWith(d3.start(), 'DAEMON_RUNNING', /already running/);
+    assert.equal((await stat(racing)).isSocket(), true);
+    claim.release();
 
     // A client with no daemon.
     await rejectsWith(
