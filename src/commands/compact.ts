@@ -26,7 +26,7 @@ export default class Compact extends BaseCommand<typeof Compact> {
 2. The retention policy is recorded: --keep-last N keeps the newest N checkpoints (the one compaction commits counts), --keep-within keeps the checkpoints made within that duration; with both, a checkpoint either rule keeps is kept. Named snapshots and checkpoints clones start from are always kept. Without a policy no checkpoint is dropped and only unreachable data (for example from interrupted writers) is deleted.
 3. Segments that no kept checkpoint reaches are deleted, but only once they have been unreachable for the --grace period, so that readers that opened an older checkpoint (an export, a "serve --at") can finish; the rest is left for a later run and counted as deferred.
 
-Compaction takes the volume's lease like a writer. A volume that "hyper daemon" on this host serves read-write (mapped without --read-only or --at) is compacted by that daemon, online, beside its clients: the command asks it through its control socket (--control-socket) and prints what it did. Any other writer makes it refuse (LEASE_HELD, exit code 4). A compaction killed without a chance to clean up (SIGKILL, power loss) leaves its lease until it expires (30 s): wait, or rerun with --force. Ctrl-C stops cleanly (exit code 130) and releases the lease.
+Compaction takes the volume's lease like a writer. A volume that "hyper daemon" on this host serves read-write (mapped without --read-only or --at), or that "hyper serve --control-socket PATH" serves, is compacted by that server, online, beside its clients: the command asks it through its control socket (--control-socket) and prints what it did. Any other writer makes it refuse (LEASE_HELD, exit code 4). A compaction killed without a chance to clean up (SIGKILL, power loss) leaves its lease until it expires (30 s): wait, or rerun with --force. Ctrl-C stops cleanly (exit code 130) and releases the lease.
 
 Dropping checkpoints cannot be undone: with --keep-last or --keep-within the command asks for confirmation on a terminal and needs --yes otherwise. --dry-run changes nothing and reports what a run would do.`;
 
@@ -160,10 +160,10 @@ Dropping checkpoints cannot be undone: with --keep-last or --keep-within the com
         const unusable = seen.unusable;
         const daemon =
           unusable === undefined
-            ? '"hyper compact" asks a daemon on this host that serves it (--control-socket)'
+            ? '"hyper compact" asks a daemon on this host that serves it, or a "hyper serve --control-socket", on --control-socket'
             : unusable.code === 'PERMISSION_DENIED'
-              ? `"hyper compact" could not ask the daemon on ${this.flags['control-socket']}: this user may not use its control socket (run as the daemon's user, or join its --control-group)`
-              : `"hyper compact" could not ask the daemon on ${this.flags['control-socket']}: ${unusable.message}`;
+              ? `"hyper compact" could not ask the server on ${this.flags['control-socket']}: this user may not use its control socket (run as that server's user, or join the daemon's --control-group)`
+              : `"hyper compact" could not ask the server on ${this.flags['control-socket']}: ${unusable.message}`;
         throw new HyperError(e.kind, e.code, e.message, {
           cause: e,
           suggestion: `A served volume is compacted by its server, online: run it with --compact-every (hyper serve or hyper daemon) and the same policy; ${daemon}. Or stop that writer, wait for its lease to expire, or take over with --force (it is fenced and can commit nothing more).`,
@@ -226,7 +226,7 @@ export function renderCompact(
       : ([
           [
             'Compacted by',
-            `the daemon on ${r.online.controlSocket}, online (export ${r.online.export})`,
+            `the server on ${r.online.controlSocket}, online (export ${r.online.export})`,
           ],
         ] satisfies [string, string][])),
     ['Checkpoint', String(r.checkpoint)],

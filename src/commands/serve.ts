@@ -151,6 +151,12 @@ export default class Serve extends BaseCommand<typeof Serve> {
       summary:
         'Take the lease even if another writer holds it (that writer is fenced and can commit nothing more).',
     }),
+    'control-socket': Flags.string({
+      summary:
+        'Answer "hyper compact" and "hyper snapshot create" of the served volume on this unix socket (mode 0600): they then compact it online and commit what it acknowledged, without stopping or fencing this server.',
+      helpValue: '<path>',
+      exclusive: ['read-only', 'at'],
+    }),
     foreground: Flags.boolean({
       summary:
         'Stay in the foreground and log to stderr. This is what serve always does; the flag is accepted for nbdkit/qemu-nbd habits (run it under systemd or `&` to background it).',
@@ -206,6 +212,7 @@ export default class Serve extends BaseCommand<typeof Serve> {
           : { path: flags.socket },
       logger,
       ...(metricsListenOf(flags) === undefined ? {} : { metricsListen: metricsListenOf(flags) }),
+      ...(flags['control-socket'] === undefined ? {} : { controlSocket: flags['control-socket'] }),
       signal,
       ...tuningOf(flags),
       ...compactionOf(flags),

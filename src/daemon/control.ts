@@ -43,14 +43,23 @@ import {
 /** Largest request body the daemon reads. */
 export const MAX_CONTROL_BODY = 64 * 1024;
 
-/** What the control server calls; the daemon implements it. */
-export interface ControlHandler {
-  info(): unknown;
+/**
+ * What maintenance from outside needs of a server that holds volumes (the daemon, and
+ * `hyper serve --control-socket`): its exports, and a compaction or a flush of one of them
+ * (maintenanceRoutes).
+ */
+export interface MaintenanceHandler {
+  /** Every export, each with at least `name` (GET /v1/exports). */
   list(): unknown[];
-  map(request: unknown, signal?: AbortSignal): Promise<unknown>;
-  unmap(name: string, options: { force?: boolean }): Promise<unknown>;
   compact(name: string, request: unknown, signal?: AbortSignal): Promise<unknown>;
   flush(name: string, request: unknown): Promise<unknown>;
+}
+
+/** What the control server calls; the daemon implements it. */
+export interface ControlHandler extends MaintenanceHandler {
+  info(): unknown;
+  map(request: unknown, signal?: AbortSignal): Promise<unknown>;
+  unmap(name: string, options: { force?: boolean }): Promise<unknown>;
   reload(): Promise<unknown>;
 }
 
@@ -206,48 +215,66 @@ export class ControlServer {
       throw new HyperError('invalid', 'INVALID_ARGUMENT', `No route ${method} ${p}`);
     }
     if (p === '/v1/daemon' && method === 'GET') return ok(h.info());
-    if (p === '/v1/exports' && method === 'GET') return ok({ exports: h.list() });
     if (p === '/v1/exports' && method === 'POST') {
       const body = await readJson(req);
       return { status: 201, body: await h.map(body, signal) };
     }
     if (p === '/v1/reload' && method === 'POST') return ok(await h.reload());
-    // POST /v1/exports/NAME/ACTION
-    const action = method === 'POST' ? /^\/v1\/exports\/([^/]+)\/(compact|flush)$/.exec(p) : null;
-    if (action !== null) {
-      const name = exportNameIn(action[1] as string, p);
-      const body = await readJson(req);
-      return ok(
-        action[2] === 'compact' ? await h.compact(name, body, signal) : await h.flush(name, body),
-      );
-    }
-    if (p.startsWith('/v1/exports/')) {
+    if (p.startsWith('/v1/exports/') && method === 'DELETE') {
       const name = exportNameIn(p.slice('/v1/exports/'.length), p);
-      if (method === 'GET') {
-        const found = h.list().find((e) => (e as { name: string }).name === name);
-        if (found === undefined) {
-          throw new HyperError(
-            'not-found',
-            'EXPORT_NOT_FOUND',
-            `No export named ${JSON.stringify(name)}`,
-            {
-              suggestion: 'List the exports with "hyper ls".',
-            },
-          );
-        }
-        return ok(found);
-      }
-      if (method === 'DELETE') {
-        const force = url.searchParams.get('force');
-        if (force !== null && force !== 'true' && force !== 'false')
-          throw badRequest('force must be true or false');
-        return ok(await h.unmap(name, { force: force === 'true' }));
-      }
+      const force = url.searchParams.get('force');
+      if (force !== null && force !== 'true' && force !== 'false')
+        throw badRequest('force must be true or false');
+      return ok(await h.unmap(name, { force: force === 'true' }));
     }
+    const answer = await maintenanceRoutes(h)(method, url, () => readJson(req), signal);
+    if (answer !== undefined) return answer;
     throw new HyperError('invalid', 'INVALID_ARGUMENT', `No route ${method} ${p}`, {
       suggestion: 'See README "Running hyper as a service" for the control API.',
     });
   }
+}
+
+/**
+ * GET /v1/exports, GET /v1/exports/NAME, POST /v1/exports/NAME/compact and
+ * POST /v1/exports/NAME/flush, answered by `h`: the routes every server holding volumes
+ * serves on its control socket (what `hyper compact` and `hyper snapshot create` ask).
+ */
+export function maintenanceRoutes(h: MaintenanceHandler): ControlRoutes {
+  return async (method, url, body, signal) => {
+    const p = url.pathname;
+    if (p === '/v1/exports' && method === 'GET') return ok({ exports: h.list() });
+    // POST /v1/exports/NAME/ACTION
+    const action = method === 'POST' ? /^\/v1\/exports\/([^/]+)\/(compact|flush)$/.exec(p) : null;
+    if (action !== null) {
+      const name = exportNameIn(action[1] as string, p);
+      const request = await body();
+      return ok(
+        action[2] === 'compact'
+          ? await h.compact(name, request, signal)
+          : await h.flush(name, request),
+      );
+    }
+    if (p.startsWith('/v1/exports/') && method === 'GET') {
+      const name = exportNameIn(p.slice('/v1/exports/'.length), p);
+      const found = h.list().find((e) => (e as { name: string }).name === name);
+      if (found === undefined) throw exportNotFound(name);
+      return ok(found);
+    }
+    return undefined;
+  };
+}
+
+/** No export `name` on this server. */
+export function exportNotFound(name: string): HyperError {
+  return new HyperError(
+    'not-found',
+    'EXPORT_NOT_FOUND',
+    `No export named ${JSON.stringify(name)}`,
+    {
+      suggestion: 'List the exports with "hyper ls".',
+    },
+  );
 }
 
 /** Errors answered with 413 (and a closed connection) rather than by their kind. */

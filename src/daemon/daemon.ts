@@ -23,17 +23,11 @@ import type { ServeLogger } from '../serve/logger.js';
 import { VolumeServer, type ListenTarget, type VolumeTuning } from '../serve/server.js';
 import type { VolumeExport } from '../serve/exports.js';
 import { exportProblem } from '../serve/health.js';
-import { ControlServer, type ControlHandler } from './control.js';
+import { compactAsked, flushAsked } from '../serve/maintenance.js';
+import type { FlushAnswer } from './online.js';
+import { ControlServer, exportNotFound, type ControlHandler } from './control.js';
 import { loadConfig } from './config.js';
-import {
-  compactRequest,
-  flushRequest,
-  mapRequest,
-  nameOfUrl,
-  parseOr,
-  type ExportSpec,
-  type StateEntry,
-} from './schema.js';
+import { mapRequest, nameOfUrl, parseOr, type ExportSpec, type StateEntry } from './schema.js';
 import type { CompactResult } from '../format/volume/compact.js';
 import { loadState, saveState } from './state.js';
 import type { Notifier } from './systemd.js';
@@ -235,14 +229,8 @@ export class Daemon implements ControlHandler {
    * has ended; an aborted request stops the run (cleanly).
    */
   async compact(name: string, request: unknown, signal?: AbortSignal): Promise<CompactResult> {
-    const r = parseOr(compactRequest, request, 'compact request');
     this.mapped(name, 'compact it once it is mapped, or directly while it is not');
-    const { dryRun, volumeUuid, ...policy } = r;
-    return this.server!.compactNow(name, policy, {
-      ...(signal === undefined ? {} : { signal }),
-      ...(dryRun === undefined ? {} : { dryRun }),
-      ...(volumeUuid === undefined ? {} : { volumeUuid }),
-    });
+    return compactAsked(this.server!, name, request, signal);
   }
 
   /**
@@ -250,14 +238,9 @@ export class Daemon implements ControlHandler {
    * FLUSH does: `hyper snapshot create` asks for it first, so that its snapshot holds every
    * write acknowledged before it ran.
    */
-  async flush(name: string, request: unknown): Promise<{ checkpoint: number; time: string }> {
-    const r = parseOr(flushRequest, request, 'flush request');
+  async flush(name: string, request: unknown): Promise<FlushAnswer> {
     this.mapped(name, 'snapshot it once it is mapped, or directly while it is not');
-    const info = await this.server!.flushNow(
-      name,
-      r.volumeUuid === undefined ? {} : { volumeUuid: r.volumeUuid },
-    );
-    return { checkpoint: info.checkpoint, time: info.time.toISOString() };
+    return flushAsked(this.server!, name, request);
   }
 
   /** The entry of export `name`, refused unless it is mapped (`then`: what to do instead). */
@@ -822,17 +805,6 @@ function daemonStopping(): HyperError {
     {
       suggestion:
         'Map it again once the daemon is back ("systemctl start hyper-daemon" or "hyper daemon"); a mapping made before the stop is mapped again at start from the state file.',
-    },
-  );
-}
-
-function exportNotFound(name: string): HyperError {
-  return new HyperError(
-    'not-found',
-    'EXPORT_NOT_FOUND',
-    `No export named ${JSON.stringify(name)}`,
-    {
-      suggestion: 'List the exports with "hyper ls".',
     },
   );
 }

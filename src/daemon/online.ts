@@ -1,18 +1,18 @@
 /**
- * Maintenance of a volume a daemon serves, done by that daemon (as rbd hands maintenance of a
- * locked image to the lock's owner), through its control socket:
- * - `hyper compact` of a volume whose lease a daemon on this host holds asks it to compact the
+ * Maintenance of a volume a server on this host holds, done by that server (as rbd hands
+ * maintenance of a locked image to the lock's owner), through its control socket: the
+ * daemon's, or that of `hyper serve --control-socket` (serve/maintenance.ts):
+ * - `hyper compact` of a volume whose lease such a server holds asks it to compact the
  *   volume online (POST /v1/exports/NAME/compact), rather than failing with LEASE_HELD or
- *   fencing the daemon with --force; the writer runs it beside its clients, as its
+ *   fencing the server with --force; the writer runs it beside its clients, as its
  *   --compact-every schedule does;
  * - `hyper snapshot create` first asks it to commit what it acknowledged
  *   (POST /v1/exports/NAME/flush), so that the snapshot holds every write made before.
  *
- * The daemon is found on the control socket given (the default one unless told otherwise);
- * the export must be mapped read-write with its lease held, at the same URL, and serve the
- * same volume (its uuid, which the daemon checks): a same-named volume at another endpoint is
- * never compacted by mistake.
- */
+ * The server is found on the control socket given (the daemon's default one unless told
+ * otherwise); the export must be open read-write with its lease held, at the same URL, and
+ * serve the same volume (its uuid, listed and checked again by the server): a same-named
+ * volume at another endpoint is never compacted by mistake. */
 import type { ExportStatus } from '../cli/vocabulary.js';
 import { normalizeVolumeUrl } from '../cli/url.js';
 import { HyperError, isHyperError } from '../errors.js';
@@ -22,6 +22,15 @@ import { readHead } from '../format/volume/heads.js';
 import type { RetentionPolicy } from '../serve/compaction.js';
 import { ControlClient } from './control.js';
 import type { CompactRequest } from './schema.js';
+
+/**
+ * An export as GET /v1/exports lists it, as far as this lookup reads it: the daemon lists
+ * full ExportStatus objects, `hyper serve --control-socket` these fields of its open exports.
+ */
+export type MaintainedExport = Pick<
+  ExportStatus,
+  'name' | 'url' | 'state' | 'readOnly' | 'lease' | 'volumeUuid'
+>;
 
 export interface OnlineCompaction {
   result: CompactResult;
@@ -71,13 +80,13 @@ async function inServingDaemon<T>(
   call: (client: ControlClient, path: string, volumeUuid: string) => Promise<T>,
 ): Promise<{ answer: T; name: string } | undefined> {
   const client = new ControlClient(o.controlSocket);
-  let exports: ExportStatus[];
+  let exports: MaintainedExport[];
   // The lookup is implicit: a daemon that does not answer it soon is passed over, not waited for.
   const timeoutMs = o.timeoutMs ?? LOOKUP_TIMEOUT_MS;
   const listing = AbortSignal.timeout(timeoutMs);
   try {
     exports = (
-      await client.get<{ exports: ExportStatus[] }>(
+      await client.get<{ exports: MaintainedExport[] }>(
         '/v1/exports',
         o.signal ? AbortSignal.any([o.signal, listing]) : listing,
       )
@@ -93,7 +102,7 @@ async function inServingDaemon<T>(
         new HyperError(
           'unavailable',
           'DAEMON_NOT_RUNNING',
-          `The daemon on ${o.controlSocket} did not answer within ${timeoutMs / 1000} s`,
+          `The server on ${o.controlSocket} did not answer within ${timeoutMs / 1000} s`,
         ),
       );
       return undefined;

@@ -8,7 +8,7 @@
  * lease is lost while served stays exported, but its writes fail (EPERM to the client).
  */
 import { join } from 'node:path';
-import { processHolder } from '../format/volume/lease.js';
+import { displayHolder, processHolder } from '../format/volume/lease.js';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { HyperError, isHyperError } from '../errors.js';
 import { isLocalStoreUrl, observeStore, type ObjectStore } from '../format/store/index.js';
@@ -33,6 +33,9 @@ import { VolumeDevice } from './volume-device.js';
 import { AutoCompaction, type CompactionPolicy, type RetentionPolicy } from './compaction.js';
 import type { CompactResult } from '../format/volume/compact.js';
 import type { OpenStoreFn } from '../format/volume/segments.js';
+import { ControlServer, maintenanceRoutes } from '../daemon/control.js';
+import type { MaintainedExport } from '../daemon/online.js';
+import { serveMaintenance } from './maintenance.js';
 
 export type { ListenTarget } from '../nbd/server.js';
 
@@ -116,6 +119,12 @@ export interface ServeOptions extends VolumeTuning {
    * none is given.
    */
   metricsListen?: { port: number; host?: string };
+  /**
+   * Answer `hyper compact` and `hyper snapshot create` of the volumes open read-write here on
+   * this unix socket (the daemon's maintenance routes: GET /v1/exports, POST
+   * /v1/exports/NAME/compact and /flush; mode 0600), from `start()` until `close()`.
+   */
+  controlSocket?: string;
 }
 
 /**
@@ -162,6 +171,9 @@ export class VolumeServer {
   private closing: Promise<void> | undefined;
   private metrics: HyperMetrics | undefined;
   private metricsServer: MetricsServer | undefined;
+  private control: ControlServer | undefined;
+  /** The holder named in the leases this server takes. */
+  private readonly holder: string;
   /** Opened volumes by export name (for the health check). */
   private readonly opened = new Map<string, Volume>();
   /** Online compaction of each volume open read-write here (none for dedup volumes). */
@@ -171,6 +183,7 @@ export class VolumeServer {
     this.logger = options.logger ?? silentLogger;
     this.metrics = options.metrics;
     this.readOnly = options.readOnly === true || options.at !== undefined;
+    this.holder = options.holder ?? processHolder('hyper-serve');
     this.checkCreate(options.create);
   }
 
@@ -211,6 +224,15 @@ export class VolumeServer {
         });
         this.logger.info('serving metrics', { url: this.metricsServer.url });
       }
+      if (o.controlSocket !== undefined) {
+        const control = new ControlServer(maintenanceRoutes(serveMaintenance(this)), {
+          logger: this.logger,
+          what: 'hyper serve',
+        });
+        await control.listen({ path: o.controlSocket });
+        this.control = control;
+        this.logger.info('answering maintenance requests', { controlSocket: o.controlSocket });
+      }
     } catch (e) {
       await this.metricsServer?.close();
       this.metricsServer = undefined;
@@ -224,6 +246,30 @@ export class VolumeServer {
       `serving ${n} export${n === 1 ? '' : 's'} ${this.readOnly ? 'read-only' : 'read-write'}`,
       { uris: this.uris },
     );
+  }
+
+  /**
+   * The exports whose volume is open here, as the control socket lists them: a writer's lease
+   * and the volume's uuid are what `hyper compact` and `hyper snapshot create` look for.
+   */
+  maintained(): MaintainedExport[] {
+    return this.table.list().flatMap((e) => {
+      const v = this.opened.get(e.name);
+      if (v === undefined) return [];
+      const readOnly = v.info.readOnly;
+      return [
+        {
+          name: e.name,
+          url: e.describe().url,
+          state: 'mapped' as const,
+          readOnly,
+          lease: readOnly
+            ? null
+            : { holder: displayHolder(this.holder), epoch: v.headRecord.epoch },
+          volumeUuid: v.info.uuid,
+        },
+      ];
+    });
   }
 
   /** The exports, as described to clients and people. */
@@ -354,6 +400,8 @@ export class VolumeServer {
   }
 
   private async shutdown(): Promise<void> {
+    // No maintenance asked for from now on; a run in progress stops with its volume.
+    await this.control?.close();
     const nbd = this.nbd;
     if (nbd !== undefined) {
       this.logger.info('stopping: finishing requests in flight', { connections: nbd.connections });
@@ -532,7 +580,7 @@ export class VolumeServer {
     const store = observed(unobserved);
     const options: OpenOptions = {
       readOnly: s.readOnly,
-      holder: o.holder ?? processHolder('hyper-serve'),
+      holder: this.holder,
       logger: this.logger,
       force: s.force === true,
       ...(s.reclaim === undefined ? {} : { reclaim: s.reclaim }),

@@ -19,7 +19,7 @@ export default class SnapshotCreate extends BaseCommand<typeof SnapshotCreate> {
 
   static override description = `Every checkpoint of a volume can be restored or read as long as compaction keeps it; a named snapshot pins one so that compaction always keeps it, whatever the retention policy. By default the current checkpoint is pinned; --at pins an earlier one.
 
-Creating a snapshot copies no data and takes a fixed, small number of requests whatever the size of the volume. It does not take the lease, so it is safe while the volume is served. A volume that "hyper daemon" on this host has mapped read-write is flushed by the daemon first (asked through its control socket, --control-socket), so the snapshot holds every write acknowledged before the command; beside any other writer it pins the last committed checkpoint (what that writer acknowledged since is not in it). Names are 1-64 letters, digits, ".", "_" or "-"; a name that would read as a checkpoint number or a time (\`42\`, \`2h\`) is refused, and so is an existing name (exit code 4). The name is the second argument, as in "snapshot delete"; the older form --name NAME still works but is deprecated.`;
+Creating a snapshot copies no data and takes a fixed, small number of requests whatever the size of the volume. It does not take the lease, so it is safe while the volume is served. A volume that "hyper daemon" on this host has mapped read-write, or that "hyper serve --control-socket PATH" serves, is flushed by that server first (asked through its control socket, --control-socket), so the snapshot holds every write acknowledged before the command; beside any other writer it pins the last committed checkpoint (what that writer acknowledged since is not in it). Names are 1-64 letters, digits, ".", "_" or "-"; a name that would read as a checkpoint number or a time (\`42\`, \`2h\`) is refused, and so is an existing name (exit code 4). The name is the second argument, as in "snapshot delete"; the older form --name NAME still works but is deprecated.`;
 
   static override examples = [
     {
@@ -62,7 +62,8 @@ Creating a snapshot copies no data and takes a fixed, small number of requests w
       creating: true,
     });
     const store = await this.openStore(url);
-    // A daemon here that serves the volume commits what it acknowledged first.
+    // A server here that holds the volume (daemon, serve --control-socket) commits what it
+    // acknowledged first.
     const flushed =
       at === undefined
         ? await flushInDaemon(store, url, {
@@ -70,7 +71,7 @@ Creating a snapshot copies no data and takes a fixed, small number of requests w
             signal: this.interruptible(),
             unusable: (e) =>
               this.note(
-                `Note: ${e.code === 'PERMISSION_DENIED' ? `the daemon's control socket ${this.flags['control-socket']} cannot be used by this user` : e.message}, so no daemon was asked to commit its writes first.`,
+                `Note: ${e.code === 'PERMISSION_DENIED' ? `the control socket ${this.flags['control-socket']} cannot be used by this user` : e.message}, so no server was asked to commit its writes first.`,
               ),
           })
         : undefined;
@@ -100,7 +101,7 @@ Creating a snapshot copies no data and takes a fixed, small number of requests w
     );
     if (flushed)
       this.note(
-        `The daemon on ${flushed.controlSocket} serves it (export ${flushed.name}) and committed what it had acknowledged first (checkpoint ${flushed.checkpoint}): the snapshot holds every write made before this command.`,
+        `The server on ${flushed.controlSocket} serves it (export ${flushed.name}) and committed what it had acknowledged first (checkpoint ${flushed.checkpoint}): the snapshot holds every write made before this command.`,
       );
     if (snap.writer) {
       const ago = `${(Math.max(0, snap.createdAt.getTime() - snap.writer.checkpointAt.getTime()) / 1000).toFixed(1)} s`;

@@ -158,7 +158,7 @@ describe('hyper daemon on RGW', () => {
     assert.equal(cr.keepLast, 1);
     const shown = await d1.ctl([...compactArgs, '--endpoint', cfg.endpoint, '--format', 'plain']);
     assert.equal(shown.code, 0, show(shown));
-    assert.match(shown.stdout, /Compacted by.*the daemon on .*control\.sock, online \(export a\)/);
+    assert.match(shown.stdout, /Compacted by.*the server on .*control\.sock, online \(export a\)/);
     assert.match(d1.stderr(), /compacting on request.*"export":"a"/);
     // `hyper snapshot create` of it: the daemon commits what it acknowledged first.
     const snapped = await d1.ctl([

@@ -125,4 +125,67 @@ describe('serve --compact-every', () => {
     await ensureBucket(cfg);
     await onlineCompaction(t, uniqueS3Url(cfg, 'online-compact'), ['--endpoint', cfg.endpoint]);
   });
+
+  it('hands `hyper compact` and `hyper snapshot create` to a `serve --control-socket` beside fio', async (t) => {
+    const dir = await tempDir(t);
+    const url = fileUrl(join(dir, 'vol'));
+    const wal = fileUrl(join(dir, 'wal'));
+    const sock = join(dir, 'control.sock');
+    const c = await hyper(['file', 'create', url, '--size', '64M']);
+    assert.equal(c.code, 0, show(c));
+    // fio's verification of round `seed` against the snapshot, served read-only.
+    const snapshotHoldsRound = async (seed: number): Promise<void> => {
+      const at = await serve([url, '--at', 'after-3', '--read-only']);
+      try {
+        const v = await fio(at.uri, [`--randseed=${seed}`, '--verify_only=1']);
+        assert.equal(v.code, 0, v.stdout + v.stderr);
+      } finally {
+        await stopServe(at);
+      }
+    };
+    // With a WAL, a client's FLUSH commits no checkpoint: only the server knows the writes.
+    const s = await serve([url, '--wal-url', wal, '--control-socket', sock]);
+    try {
+      for (let round = 1; round <= 3; round++) {
+        const w = await fio(s.uri, [`--randseed=${round}`]);
+        assert.equal(w.code, 0, w.stdout + w.stderr);
+      }
+      // The snapshot holds every write fio had acknowledged: the server committed them first.
+      const snap = await hyperJson<{
+        checkpoint: number;
+        flushedBy: { controlSocket: string; export: string; checkpoint: number } | null;
+      }>(['snapshot', 'create', url, 'after-3', '--control-socket', sock]);
+      assert.deepEqual(
+        { socket: snap.flushedBy?.controlSocket, export: snap.flushedBy?.export },
+        { socket: sock, export: 'vol' },
+      );
+      await snapshotHoldsRound(3);
+      // Compaction by the server, online, while fio writes on.
+      const writing = fio(s.uri, ['--randseed=4']);
+      const compacted = await hyperJson<{
+        online: { controlSocket: string; export: string } | null;
+        droppedCheckpointCount: number;
+      }>(['compact', url, '--keep-last', '1', '--grace', '0s', '--yes', '--control-socket', sock]);
+      assert.deepEqual(compacted.online, { controlSocket: sock, export: 'vol' });
+      assert.ok(compacted.droppedCheckpointCount >= 1, JSON.stringify(compacted));
+      const w = await writing;
+      assert.equal(w.code, 0, w.stdout + w.stderr);
+      const v = await fio(s.uri, ['--randseed=4', '--verify_only=1']);
+      assert.equal(v.code, 0, v.stdout + v.stderr);
+      // Without the socket it is refused as before, and told where to ask.
+      const refused = await hyperJson<{ error: { code: string; suggestion: string } }>(
+        ['compact', url, '--yes', '--control-socket', join(dir, 'none.sock')],
+        4,
+      );
+      assert.equal(refused.error.code, 'LEASE_HELD');
+      assert.match(refused.error.suggestion, /serve --control-socket/);
+    } finally {
+      assert.equal(await stopServe(s), 0, s.stderr());
+    }
+    assert.match(s.stderr(), /compacting on request/);
+    const check = await hyper(['file', 'check', url, '--deep']);
+    assert.equal(check.code, 0, show(check));
+    // The snapshot survived the compaction whole.
+    await snapshotHoldsRound(3);
+  });
 });

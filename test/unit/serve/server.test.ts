@@ -19,10 +19,19 @@ import { Volume } from '../../../src/format/volume/volume.js';
 import { lineLogger } from '../../../src/serve/logger.js';
 import { VolumeServer, type ServeOptions, type StoreOpener } from '../../../src/serve/server.js';
 import { RawClient, req } from '../../helpers/raw-nbd-client.js';
+import { ControlClient } from '../../../src/daemon/control.js';
+import {
+  compactOnlineInDaemon,
+  flushInDaemon,
+  type MaintainedExport,
+} from '../../../src/daemon/online.js';
+import { readHead } from '../../../src/format/volume/heads.js';
+import { checkVolume } from '../../../src/format/volume/check.js';
 
 const MiB = 1024 * 1024;
 const NBD_CMD_READ = 0;
 const NBD_CMD_WRITE = 1;
+const NBD_CMD_FLUSH = 3;
 const NBD_REP_ERR_UNKNOWN = 0x80000006;
 
 /** Opens stores like the CLI does (a file:// directory made on request), closed after the test. */
@@ -247,5 +256,90 @@ describe('VolumeServer', () => {
       ['a'],
     );
     await s.close();
+  });
+
+  it('answers compact and flush of its volume on its control socket (serve --control-socket)', async (t) => {
+    const dir = await tempDir(t);
+    const url = fileUrl(join(dir, 'vol'));
+    const sock = join(dir, 'run', 'control.sock');
+    const stores = storeOpener(t);
+    const { server: s } = server(t, {
+      url,
+      openStore: stores.open,
+      create: { size: 4 * MiB },
+      holder: 'library-test',
+      controlSocket: sock,
+    });
+    await s.start();
+    const store = await stores.at(url);
+    const control = new ControlClient(sock);
+    const listed = await control.get<{ exports: MaintainedExport[] }>('/v1/exports');
+    const uuid = (await readHead(store)).head.uuid;
+    assert.deepEqual(listed.exports, [
+      {
+        name: 'vol',
+        url,
+        state: 'mapped',
+        readOnly: false,
+        lease: { holder: 'library-test', epoch: listed.exports[0]!.lease!.epoch },
+        volumeUuid: uuid,
+      },
+    ]);
+    // Rounds of overwrites, each flushed: checkpoints the compaction drops.
+    const { client } = await connect(s.uris[0]!, 'vol');
+    let handle = 1n;
+    const expected = Buffer.alloc(256 * 1024);
+    for (let round = 1; round <= 4; round++) {
+      const data = randomBytes(expected.length);
+      client.send(req(NBD_CMD_WRITE, handle++, 0n, data.length, 0, data));
+      assert.equal((await client.simpleReply()).error, 0);
+      client.send(req(NBD_CMD_FLUSH, handle++, 0n, 0));
+      assert.equal((await client.simpleReply()).error, 0);
+      data.copy(expected);
+    }
+    // An acknowledged write not yet committed: `snapshot create`'s flush commits it.
+    const late = randomBytes(4096);
+    client.send(req(NBD_CMD_WRITE, handle++, BigInt(MiB), late.length, 0, late));
+    assert.equal((await client.simpleReply()).error, 0);
+    const flushed = await flushInDaemon(store, url, { controlSocket: sock });
+    assert.equal(flushed?.name, 'vol');
+    const after = await Volume.open(store, { readOnly: true });
+    assert.deepEqual(await after.read(MiB, late.length), late, 'committed by the flush');
+    assert.equal(after.info.checkpoint, flushed!.checkpoint);
+    await after.close();
+    // `hyper compact`'s call: the server compacts its volume online; the client reads on.
+    const online = await compactOnlineInDaemon(store, url, {
+      controlSocket: sock,
+      policy: { keepLast: 1, graceMs: 0 },
+    });
+    assert.equal(online?.name, 'vol');
+    assert.ok(online!.result.checkpointsDropped >= 3, JSON.stringify(online!.result));
+    assert.ok(online!.result.segmentsDeleted >= 3, JSON.stringify(online!.result));
+    client.send(req(NBD_CMD_READ, handle++, 0n, expected.length));
+    assert.equal((await client.simpleReply()).error, 0);
+    assert.deepEqual(await client.read(expected.length), expected);
+    // Refused: an unknown export, a bad request, another volume's uuid.
+    await assert.rejects(control.post('/v1/exports/nope/flush', {}), { code: 'EXPORT_NOT_FOUND' });
+    await assert.rejects(control.post('/v1/exports/vol/compact', { keepLast: 0 }), {
+      code: 'INVALID_ARGUMENT',
+    });
+    await assert.rejects(control.post('/v1/exports/vol/flush', { volumeUuid: '0'.repeat(32) }), {
+      code: 'PRECONDITION_FAILED',
+    });
+    // A second server on the same socket is refused; the first keeps answering.
+    const { server: second } = server(t, {
+      url: fileUrl(join(dir, 'other')),
+      openStore: stores.open,
+      create: { size: MiB },
+      controlSocket: sock,
+    });
+    await assert.rejects(second.start(), { code: 'DAEMON_RUNNING' });
+    assert.equal((await control.get<{ exports: unknown[] }>('/v1/exports')).exports.length, 1);
+    // Closed with the server: the socket goes, and nothing answers there.
+    await s.close();
+    assert.equal(existsSync(sock), false);
+    assert.equal(await flushInDaemon(store, url, { controlSocket: sock }), undefined);
+    const report = await checkVolume(store, { deep: true });
+    assert.deepEqual(report.problems, []);
   });
 });
