@@ -6,7 +6,7 @@ import type { CompactCommandResult } from '../cli/vocabulary.js';
 import { formatBytes, formatDuration } from '../cli/units.js';
 import { HyperError, isHyperError } from '../errors.js';
 import { controlSocket, duration, fraction, progress, volumeUrl, yes } from '../flags.js';
-import { compactOnlineInDaemon, type OnlineCompaction } from '../daemon/online.js';
+import { compactOnlineInServer, type OnlineCompaction } from '../daemon/online.js';
 import type { RetentionPolicy } from '../serve/compaction.js';
 import {
   DEFAULT_GRACE_MS,
@@ -88,7 +88,7 @@ Dropping checkpoints cannot be undone: with --keep-last or --keep-within the com
     const minLive = this.flags['min-live'] ?? DEFAULT_MIN_LIVE;
     const dryRun = this.flags['dry-run'];
     const policy = keepLast !== undefined || keepWithinMs !== undefined;
-    // One policy, whether this command runs it or the daemon serving the volume does.
+    // One policy, whether this command runs it or the server holding the volume does.
     const retention: RetentionPolicy = {
       ...(keepLast === undefined ? {} : { keepLast }),
       ...(keepWithinMs === undefined ? {} : { keepWithinMs }),
@@ -141,15 +141,16 @@ Dropping checkpoints cannot be undone: with --keep-last or --keep-within the com
         spinner.stop();
         throw e;
       }
-      // Served read-write by a daemon here: it compacts the volume online, as asked.
+      // Served read-write by a server here with a control socket: it compacts the volume
+      // online, as asked.
       const seen: { unusable?: HyperError } = {};
-      online = await compactOnlineInDaemon(store, url, {
+      online = await compactOnlineInServer(store, url, {
         controlSocket: this.flags['control-socket'],
         unusable: (err) => (seen.unusable = err),
         policy: retention,
         signal,
         onAsked: (name) =>
-          report.status(`Compacting ${url}: online, in the daemon that serves it as ${name}`),
+          report.status(`Compacting ${url}: online, in the server that holds it (export ${name})`),
       }).catch((err: unknown) => {
         spinner.stop();
         throw err;
@@ -158,7 +159,7 @@ Dropping checkpoints cannot be undone: with --keep-last or --keep-within the com
         spinner.stop();
         // A volume served read-write compacts itself, online, when its server is told to.
         const unusable = seen.unusable;
-        const daemon =
+        const asked =
           unusable === undefined
             ? '"hyper compact" asks a daemon on this host that serves it, or a "hyper serve --control-socket", on --control-socket'
             : unusable.code === 'PERMISSION_DENIED'
@@ -166,7 +167,7 @@ Dropping checkpoints cannot be undone: with --keep-last or --keep-within the com
               : `"hyper compact" could not ask the server on ${this.flags['control-socket']}: ${unusable.message}`;
         throw new HyperError(e.kind, e.code, e.message, {
           cause: e,
-          suggestion: `A served volume is compacted by its server, online: run it with --compact-every (hyper serve or hyper daemon) and the same policy; ${daemon}. Or stop that writer, wait for its lease to expire, or take over with --force (it is fenced and can commit nothing more).`,
+          suggestion: `A served volume is compacted by its server, online: run it with --compact-every (hyper serve or hyper daemon) and the same policy; ${asked}. Or stop that writer, wait for its lease to expire, or take over with --force (it is fenced and can commit nothing more).`,
         });
       }
       r = online.result;

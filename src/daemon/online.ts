@@ -12,7 +12,8 @@
  * The server is found on the control socket given (the daemon's default one unless told
  * otherwise); the export must be open read-write with its lease held, at the same URL, and
  * serve the same volume (its uuid, listed and checked again by the server): a same-named
- * volume at another endpoint is never compacted by mistake. */
+ * volume at another endpoint is never compacted by mistake.
+ */
 import type { ExportStatus } from '../cli/vocabulary.js';
 import { normalizeVolumeUrl } from '../cli/url.js';
 import { HyperError, isHyperError } from '../errors.js';
@@ -40,40 +41,40 @@ export interface OnlineCompaction {
 }
 
 export interface OnlineFlush {
-  /** The checkpoint the daemon committed (every write it acknowledged before is in it). */
+  /** The checkpoint the server committed (every write it acknowledged before is in it). */
   checkpoint: number;
   controlSocket: string;
   name: string;
 }
 
-/** What a daemon answers to POST /v1/exports/NAME/flush. */
+/** What a server answers to POST /v1/exports/NAME/flush. */
 export interface FlushAnswer {
   checkpoint: number;
   time: string;
 }
 
-/** How long the lookup waits for the daemon's list of exports. */
+/** How long the lookup waits for the server's list of exports. */
 const LOOKUP_TIMEOUT_MS = 10_000;
 
-/** Where to look for the daemon, and what to tell when its socket is there but not ours. */
+/** Where to look for the server, and what to tell when its socket is there but not ours. */
 export interface DaemonLookup {
   controlSocket: string;
   signal?: AbortSignal;
-  /** How long the lookup waits for the daemon's list of exports (default 10 s). */
+  /** How long the lookup waits for the server's list of exports (default 10 s). */
   timeoutMs?: number;
   /**
-   * A daemon is there but could not be asked: this user may not use its socket
+   * A server is there but could not be asked: this user may not use its socket
    * (PERMISSION_DENIED), or it did not answer the lookup in time. Nothing was asked.
    */
   unusable?: (e: HyperError) => void;
 }
 
 /**
- * Ask the daemon on `controlSocket` that serves the volume at `url` (opened as `store`)
- * read-write to `call` its export; undefined when no daemon listens there (or may not be used
+ * Ask the server on `controlSocket` that serves the volume at `url` (opened as `store`)
+ * read-write to `call` its export; undefined when no server listens there (or may not be used
  * by this user) or none of its exports holds this volume.
  */
-async function inServingDaemon<T>(
+async function inHoldingServer<T>(
   store: ObjectStore,
   url: string,
   o: DaemonLookup & { onAsked?: (name: string) => void },
@@ -81,7 +82,7 @@ async function inServingDaemon<T>(
 ): Promise<{ answer: T; name: string } | undefined> {
   const client = new ControlClient(o.controlSocket);
   let exports: MaintainedExport[];
-  // The lookup is implicit: a daemon that does not answer it soon is passed over, not waited for.
+  // The lookup is implicit: a server that does not answer it soon is passed over, not waited for.
   const timeoutMs = o.timeoutMs ?? LOOKUP_TIMEOUT_MS;
   const listing = AbortSignal.timeout(timeoutMs);
   try {
@@ -113,7 +114,7 @@ async function inServingDaemon<T>(
     (e) => e.state === 'mapped' && !e.readOnly && e.lease !== null && sameUrl(e.url, url),
   );
   if (serving.length === 0) return undefined;
-  // The same volume, not another one under the same URL (another endpoint); the daemon
+  // The same volume, not another one under the same URL (another endpoint); the server
   // checks the uuid again when asked.
   const { head } = await readHead(store);
   const e = serving.find((x) => x.volumeUuid === head.uuid);
@@ -124,19 +125,19 @@ async function inServingDaemon<T>(
 }
 
 /**
- * Compact the volume at `url` (opened as `store`) in the daemon on `controlSocket` that serves
- * it read-write; undefined when there is none (see inServingDaemon).
+ * Compact the volume at `url` (opened as `store`) in the server on `controlSocket` that serves
+ * it read-write; undefined when there is none (see inHoldingServer).
  */
-export async function compactOnlineInDaemon(
+export async function compactOnlineInServer(
   store: ObjectStore,
   url: string,
   o: DaemonLookup & {
     policy: RetentionPolicy;
-    /** Called once the daemon was asked, with the export's name. */
+    /** Called once the server was asked, with the export's name. */
     onAsked?: (name: string) => void;
   },
 ): Promise<OnlineCompaction | undefined> {
-  const r = await inServingDaemon(store, url, o, (client, path, volumeUuid) => {
+  const r = await inHoldingServer(store, url, o, (client, path, volumeUuid) => {
     const request: CompactRequest = { ...o.policy, volumeUuid };
     return client.post<CompactResult>(`${path}/compact`, request, o.signal);
   });
@@ -144,16 +145,16 @@ export async function compactOnlineInDaemon(
 }
 
 /**
- * Have the daemon on `controlSocket` that serves the volume at `url` read-write commit what it
+ * Have the server on `controlSocket` that serves the volume at `url` read-write commit what it
  * acknowledged (a client's FLUSH, asked from outside): `hyper snapshot create` then pins a
  * checkpoint holding every write acknowledged before it ran. Undefined when there is none.
  */
-export async function flushInDaemon(
+export async function flushInServer(
   store: ObjectStore,
   url: string,
   o: DaemonLookup,
 ): Promise<OnlineFlush | undefined> {
-  const r = await inServingDaemon(store, url, o, (client, path, volumeUuid) =>
+  const r = await inHoldingServer(store, url, o, (client, path, volumeUuid) =>
     client.post<FlushAnswer>(`${path}/flush`, { volumeUuid }, o.signal),
   );
   return r && { checkpoint: r.answer.checkpoint, controlSocket: o.controlSocket, name: r.name };

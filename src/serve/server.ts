@@ -176,7 +176,10 @@ export class VolumeServer {
   private readonly holder: string;
   /** Opened volumes by export name (for the health check). */
   private readonly opened = new Map<string, Volume>();
-  /** Online compaction of each volume open read-write here (none for dedup volumes). */
+  /**
+   * Online compaction of each volume open read-write here (unscheduled for a deduplicating
+   * one, whose compaction refuses when asked).
+   */
   private readonly compactors = new Map<string, AutoCompaction>();
 
   constructor(private readonly options: ServeOptions) {

@@ -8,7 +8,7 @@ import {
 import { iso, requestStats } from '../../cli/results.js';
 import type { SnapshotCreateResult } from '../../cli/vocabulary.js';
 import { checkpointRef, controlSocket, snapshotNameArg, volumeUrl } from '../../flags.js';
-import { flushInDaemon } from '../../daemon/online.js';
+import { flushInServer } from '../../daemon/online.js';
 import { createSnapshot } from '../../format/volume/history.js';
 import { FLUSH_INTERVAL_MS } from '../../format/volume/types.js';
 
@@ -66,7 +66,7 @@ Creating a snapshot copies no data and takes a fixed, small number of requests w
     // acknowledged first.
     const flushed =
       at === undefined
-        ? await flushInDaemon(store, url, {
+        ? await flushInServer(store, url, {
             controlSocket: this.flags['control-socket'],
             signal: this.interruptible(),
             unusable: (e) =>

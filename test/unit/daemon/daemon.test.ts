@@ -25,7 +25,7 @@ import { openStore } from '../../../src/format/store/index.js';
 import { Volume } from '../../../src/format/volume/volume.js';
 import type { CompactResult } from '../../../src/format/volume/compact.js';
 import { checkVolume } from '../../../src/format/volume/check.js';
-import { compactOnlineInDaemon, flushInDaemon } from '../../../src/daemon/online.js';
+import { compactOnlineInServer, flushInServer } from '../../../src/daemon/online.js';
 import { createSnapshot } from '../../../src/format/volume/history.js';
 import { FlakyStore, type Faults } from '../../helpers/flaky-store.js';
 import { RawClient, req } from '../../helpers/raw-nbd-client.js';
@@ -643,7 +643,7 @@ describe('hyper daemon (in-process)', () => {
       /deduplicates its blocks/,
     );
     // The library call `hyper compact` makes: finds the export by URL and asks it.
-    const viaCli = await compactOnlineInDaemon(store, s.url('a'), {
+    const viaCli = await compactOnlineInServer(store, s.url('a'), {
       controlSocket: s.sock,
       policy: { keepLast: 1, graceMs: 0 },
     });
@@ -654,11 +654,11 @@ describe('hyper daemon (in-process)', () => {
     const storeC = await openStore(s.url('c'));
     t.after(() => storeC.close());
     assert.equal(
-      await compactOnlineInDaemon(storeC, s.url('c'), { controlSocket: s.sock, policy: {} }),
+      await compactOnlineInServer(storeC, s.url('c'), { controlSocket: s.sock, policy: {} }),
       undefined,
     );
     assert.equal(
-      await compactOnlineInDaemon(store, s.url('a'), {
+      await compactOnlineInServer(store, s.url('a'), {
         controlSocket: join(s.dir, 'none.sock'),
         policy: {},
       }),
@@ -673,7 +673,7 @@ describe('hyper daemon (in-process)', () => {
     const before = await Volume.open(store, { readOnly: true });
     const committedAlready = (await before.read(8192, 4096)).equals(late);
     await before.close();
-    const flushed = await flushInDaemon(store, s.url('a'), { controlSocket: s.sock });
+    const flushed = await flushInServer(store, s.url('a'), { controlSocket: s.sock });
     assert.equal(flushed?.name, 'a');
     if (!committedAlready) assert.ok(flushed!.checkpoint > before.info.checkpoint);
     const snap = await createSnapshot(store, 'outside');
@@ -690,7 +690,7 @@ describe('hyper daemon (in-process)', () => {
     );
     await rejectsWith(s.client.post('/v1/exports/b/flush', {}), 'INVALID_ARGUMENT');
     assert.equal(
-      await flushInDaemon(storeC, s.url('c'), { controlSocket: s.sock }),
+      await flushInServer(storeC, s.url('c'), { controlSocket: s.sock }),
       undefined,
       'not served: nothing asked',
     );
@@ -701,7 +701,7 @@ describe('hyper daemon (in-process)', () => {
     t.after(() => silent.close());
     let why = '';
     assert.equal(
-      await flushInDaemon(store, s.url('a'), {
+      await flushInServer(store, s.url('a'), {
         controlSocket: silentPath,
         timeoutMs: 200,
         unusable: (e) => (why = e.message),

@@ -21,8 +21,8 @@ import { VolumeServer, type ServeOptions, type StoreOpener } from '../../../src/
 import { RawClient, req } from '../../helpers/raw-nbd-client.js';
 import { ControlClient } from '../../../src/daemon/control.js';
 import {
-  compactOnlineInDaemon,
-  flushInDaemon,
+  compactOnlineInServer,
+  flushInServer,
   type MaintainedExport,
 } from '../../../src/daemon/online.js';
 import { readHead } from '../../../src/format/volume/heads.js';
@@ -301,14 +301,14 @@ describe('VolumeServer', () => {
     const late = randomBytes(4096);
     client.send(req(NBD_CMD_WRITE, handle++, BigInt(MiB), late.length, 0, late));
     assert.equal((await client.simpleReply()).error, 0);
-    const flushed = await flushInDaemon(store, url, { controlSocket: sock });
+    const flushed = await flushInServer(store, url, { controlSocket: sock });
     assert.equal(flushed?.name, 'vol');
     const after = await Volume.open(store, { readOnly: true });
     assert.deepEqual(await after.read(MiB, late.length), late, 'committed by the flush');
     assert.equal(after.info.checkpoint, flushed!.checkpoint);
     await after.close();
     // `hyper compact`'s call: the server compacts its volume online; the client reads on.
-    const online = await compactOnlineInDaemon(store, url, {
+    const online = await compactOnlineInServer(store, url, {
       controlSocket: sock,
       policy: { keepLast: 1, graceMs: 0 },
     });
@@ -338,7 +338,7 @@ describe('VolumeServer', () => {
     // Closed with the server: the socket goes, and nothing answers there.
     await s.close();
     assert.equal(existsSync(sock), false);
-    assert.equal(await flushInDaemon(store, url, { controlSocket: sock }), undefined);
+    assert.equal(await flushInServer(store, url, { controlSocket: sock }), undefined);
     const report = await checkVolume(store, { deep: true });
     assert.deepEqual(report.problems, []);
   });
