@@ -2177,12 +2177,9 @@ class Run {
         );
         try {
           const r = await importDiff(
-            {
-              stream: (async function* () {
-                yield* chunks;
-              })(),
-              name: 'chaos diff',
-            },
+            // In memory, not spooled: a temporary file's real I/O would finish at real
+            // moments, and the run would no longer replay from its seed.
+            { bytes: Buffer.concat(chunks), name: 'chaos diff' },
             this.view(actor, m.url),
             {
               ...(first ? { assumeBase: true } : {}),

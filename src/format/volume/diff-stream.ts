@@ -10,8 +10,8 @@
  * Import changes nothing until the whole stream has been read and verified (every record's
  * checksum, the order of the records, the end record's counts and SHA-256) and the target is
  * shown to hold the diff's from-state. A stream that cannot be read twice (stdin, a pipe) is
- * spooled to a temporary file during that first pass; a regular file is read twice (and
- * verified again while it is applied). Only then is the target opened for writing, resized
+ * spooled to a temporary file during that first pass; a regular file (or a diff already in
+ * memory) is read twice (and verified again while it is applied). Only then is the target opened for writing, resized
  * if the to-size differs, written, and committed with one flush.
  *
  * The base check. After applying a diff, import names the new checkpoint of the target with a
@@ -656,7 +656,14 @@ export async function checkBase(
 // ------------------------------------------------------------------ import
 
 /** A diff stream to import: a file (read twice), or a stream (spooled to a temporary file). */
-export type DiffInput = { path: string } | { stream: AsyncIterable<Buffer | string>; name: string };
+/**
+ * A diff to import: a file (read twice: verified, then applied), a stream (spooled to a
+ * temporary file while it is verified), or bytes already in memory (read twice, no spool).
+ */
+export type DiffInput =
+  | { path: string }
+  | { stream: AsyncIterable<Buffer | string>; name: string }
+  | { bytes: Buffer; name: string };
 
 export interface ImportDiffOptions extends Pick<
   OpenOptions,
@@ -754,7 +761,30 @@ export async function importDiff(
       options,
       progress,
     );
-    return await applyPass(input.path, input.path, verified, store, options, progress);
+    return await applyPass(
+      () => createReadStream(input.path, { highWaterMark: 1 * MiB }),
+      input.path,
+      verified,
+      store,
+      options,
+      progress,
+    );
+  }
+  if ('bytes' in input) {
+    const { bytes } = input;
+    const once = async function* (): AsyncGenerator<Buffer> {
+      yield bytes;
+    };
+    const verified = await verifyPass(
+      once(),
+      input.name,
+      bytes.length,
+      undefined,
+      store,
+      options,
+      progress,
+    );
+    return await applyPass(once, input.name, verified, store, options, progress);
   }
   const dir = await mkdtemp(join(options.spoolDir ?? tmpdir(), 'hyper-diff-'));
   try {
@@ -775,7 +805,14 @@ export async function importDiff(
       await spool.close();
     }
     verified.spooled = true;
-    return await applyPass(path, input.name, verified, store, options, progress);
+    return await applyPass(
+      () => createReadStream(path, { highWaterMark: 1 * MiB }),
+      input.name,
+      verified,
+      store,
+      options,
+      progress,
+    );
   } finally {
     await rm(dir, { recursive: true, force: true });
   }
@@ -844,11 +881,12 @@ async function verifyPass(
 
 /**
  * Pass 2: take the lease, check the base again if the target moved meanwhile, apply the stream
- * read from `path` (checked again as it goes), commit, then name the new checkpoint with its
+ * read again (`reread`, checked again as it goes), commit, then name the new checkpoint with its
  * marker and delete the marker it started from.
  */
 async function applyPass(
-  path: string,
+  /** The diff again, from its start (the file, the spool or the bytes verified). */
+  reread: () => AsyncIterable<Buffer | string>,
   name: string,
   v: Verified,
   store: ObjectStore,
@@ -910,8 +948,7 @@ async function applyPass(
         .finally(() => inFlight.delete(tracked));
       inFlight.add(tracked);
     };
-    const stream = createReadStream(path, { highWaterMark: 1 * MiB });
-    for await (const ev of readDiff(stream, name)) {
+    for await (const ev of readDiff(reread(), name)) {
       if (signal?.aborted) throw aborted('while applying the diff');
       if (failure !== undefined) throw failure;
       if (ev.kind === 'header' && !sameHeader(ev.header, header))
