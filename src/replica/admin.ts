@@ -571,6 +571,9 @@ export async function restorePrimary(o: RestoreOptions): Promise<RestoreResult> 
         restoreFrom: source,
         lastConsistent: source,
         replicaCheckpoint: source,
+        // The replica as the last replicator to ship stamped it is this primary's now: its
+        // replicator is not taken for one fenced by that stamp.
+        replicaEpoch: manifest.writerEpoch ?? 0,
         dirty: Buffer.alloc(bitmapBytes(regions)),
         unrestored: fullBitmap(regions),
       };

@@ -36,6 +36,7 @@ import {
 } from '../format/codec/primary.js';
 import type { ObjectStore } from '../format/store/index.js';
 import { readCheckpointHead } from '../format/volume/heads.js';
+import { REPLICA_KEY } from '../format/keys.js';
 import { diffCheckpoints, type ChangedExtent } from '../format/volume/history.js';
 import { silentLogger, type CheckpointInfo, type Logger } from '../format/volume/types.js';
 import type { Volume } from '../format/volume/volume.js';
@@ -972,15 +973,9 @@ export class Replicator {
         try {
           const v = await this.o.openReplica();
           try {
-            const moved = await this.checkReplica(v);
-            // The epoch is durable before anything commits under it: after a crash, the next
-            // replicator knows those checkpoints for this primary's own. So is a baseline moved
-            // past checkpoints whose regions are to be copied again (with their bits).
-            const epoch = v.info.writerEpoch ?? 0;
-            if (epoch !== this.replicaEpoch || moved) {
-              this.replicaEpoch = epoch;
-              await this.persist();
-            }
+            // A baseline moved past checkpoints whose regions are to be copied again is
+            // durable (with their bits) before anything commits (the epoch already is).
+            if (await this.checkReplica(v)) await this.persist();
           } catch (e) {
             await v.close().catch(() => undefined);
             throw e;
@@ -1054,6 +1049,21 @@ export class Replicator {
         },
       );
     }
+    // Another replicator stamped the manifest since this primary last did (a failover took
+    // the replica over): this one is fenced, even when the other has committed nothing yet
+    // and its lease lapsed, which is how this one could open the replica again (its new
+    // lease epoch is above the stamp, so the stamp alone would not stop it). Unless the
+    // operator chose this primary (a takeover, a full resync after this refusal).
+    const stamped = m.writerEpoch ?? 0;
+    if (stamped > this.replicaEpoch && !this.overwriteOthers) {
+      this.diverged = true;
+      throw new HyperError(
+        'conflict',
+        'FENCED',
+        `Another replicator (lease epoch ${stamped}) took the replica ${v.info.url} over after this primary last shipped to it (epoch ${this.replicaEpoch}): the two primaries diverged`,
+        { key: REPLICA_KEY, suggestion: DIVERGED_SUGGESTION },
+      );
+    }
     // What the replica holds beyond this primary's last commit is judged first: a replicator
     // refused as diverged must not stamp the manifest either. (A full pass that overwrites
     // the others copies every region: nothing to judge, but the baseline moves all the same,
@@ -1064,6 +1074,14 @@ export class Replicator {
     if (known > 0 && head !== known) {
       recopy =
         this.fullPass && this.overwriteOthers ? new Set() : await this.reconcile(known, head);
+    }
+    // The epoch is durable on the primary before the manifest carries it: after a crash
+    // between the two, the stamp is still one this primary recorded (not taken for another
+    // replicator's), and the checkpoints committed under it are known for its own.
+    const epoch = v.info.writerEpoch ?? 0;
+    if (epoch !== this.replicaEpoch) {
+      this.replicaEpoch = epoch;
+      await this.persist();
     }
     // Stamp the manifest with this lease's epoch: a replicator it took over from can no
     // longer change it (its next write is FENCED).
@@ -1534,9 +1552,9 @@ function diverged(url: string, known: number, ours: number, c: number, theirs: n
     'conflict',
     'FENCED',
     `Another replicator shipped to the replica ${url} after this primary's last commit (checkpoint ${known}, lease epoch ${ours}; checkpoint ${c}, epoch ${theirs}): the two primaries diverged`,
-    {
-      suggestion:
-        'Keep the primary whose data is wanted. To make this one the source again, run "hyper replica resync --full" against its running replicator, or start it with "hyper replica serve --force" (the other\'s changes are copied over); otherwise stop this replicator.',
-    },
+    { suggestion: DIVERGED_SUGGESTION },
   );
 }
+
+const DIVERGED_SUGGESTION =
+  'Keep the primary whose data is wanted. To make this one the source again, run "hyper replica resync --full" against its running replicator, or start it with "hyper replica serve --force" (the other\'s changes are copied over); otherwise stop this replicator.';

@@ -758,6 +758,42 @@ describe('replicator', () => {
     assert.equal((await readManifest(store))!.writerEpoch, epochB);
   });
 
+  it('a primary failed over from stays fenced when its successor shipped nothing and let the replica go', async () => {
+    const s = await setup();
+    const a = await start(s, { holder: 'quiet-a', takeReplica: 'once' });
+    const model = new Model();
+    await randomOps(a.rep, model, 41, 40);
+    assert.ok(await a.rep.settle(10_000));
+    const { store } = await openReplicaStore(s.prefix, s.uuid, open);
+    const epochA = (await readManifest(store))!.writerEpoch!;
+    // B takes over from a copy of A's primary, stamps the manifest, ships nothing, and stops:
+    // the replica's lease is free again, and the replica still holds A's last commit.
+    const b = await failover(s, 'quiet-b');
+    const epochB = (await readManifest(store))!.writerEpoch!;
+    assert.ok(epochB > epochA, `B stamped epoch ${epochB}, A had ${epochA}`);
+    await b.rep.close();
+    const replicaBefore = sha(await replicaContent(s.prefix, s.uuid));
+    assert.equal(replicaBefore, sha(model.bytes));
+    // A goes on writing and reconnects (a normal open: its new lease epoch is above B's
+    // stamp). It must find the stamp and refuse, not ship its writes over B's takeover.
+    const lost = new Model();
+    model.bytes.copy(lost.bytes);
+    await randomOps(a.rep, lost, 42, 20);
+    a.rep.resync(false);
+    await untilError(a.rep, /diverged/);
+    const st = a.rep.status();
+    assert.equal(st.replica.connected, false, JSON.stringify(st));
+    assert.match(st.replica.error ?? '', /FENCED.*took the replica .* over.*diverged/);
+    assert.equal((await readManifest(store))!.writerEpoch, epochB, 'A stamped the manifest');
+    assert.equal(sha(await replicaContent(s.prefix, s.uuid)), replicaBefore, 'A shipped');
+    assert.equal(sha(await primaryContent(s.file)), sha(lost.bytes));
+    // The operator keeps A: a full resync makes the replica A's image.
+    a.rep.resync(true);
+    assert.ok(await a.rep.settle(20_000), JSON.stringify(a.rep.status()));
+    await a.rep.close();
+    assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(lost.bytes));
+  });
+
   for (const seed of SEEDS) {
     it(`failover and split brain under faults: the replica is always one primary's image (seed ${seed})`, async () => {
       const s = await setup();
