@@ -538,9 +538,9 @@ export class World {
   ): void {
     const base = h.clone?.chain[0]?.base ?? 0;
     for (let id = from; id > base && (since === undefined || id > since);) {
-      const prev = this.segments.get(url + segmentKey(id));
-      if (prev === undefined && this.existedOnce.has(url + segmentKey(id))) return;
       const key = url + segmentKey(id);
+      const prev = this.segments.get(key);
+      if (prev === undefined && this.existedOnce.has(key)) return;
       if (prev === undefined && (this.doubted.has(key) || this.putting.has(key))) {
         this.doubts.push({ actor, url, h, ...(since === undefined ? {} : { since }), id });
         return;

@@ -11,8 +11,8 @@
  * checksum, the order of the records, the end record's counts and SHA-256) and the target is
  * shown to hold the diff's from-state. A stream that cannot be read twice (stdin, a pipe) is
  * spooled to a temporary file during that first pass; a regular file (or a diff already in
- * memory) is read twice (and verified again while it is applied). Only then is the target opened for writing, resized
- * if the to-size differs, written, and committed with one flush.
+ * memory) is read twice (and verified again while it is applied). Only then is the target
+ * opened for writing, resized if the to-size differs, written, and committed with one flush.
  *
  * The base check. After applying a diff, import names the new checkpoint of the target with a
  * marker snapshot `diff-<first 8 hex digits of the source uuid>-<source to-checkpoint>` whose
@@ -655,7 +655,6 @@ export async function checkBase(
 
 // ------------------------------------------------------------------ import
 
-/** A diff stream to import: a file (read twice), or a stream (spooled to a temporary file). */
 /**
  * A diff to import: a file (read twice: verified, then applied), a stream (spooled to a
  * temporary file while it is verified), or bytes already in memory (read twice, no spool).
