@@ -133,7 +133,7 @@ export class AutoCompaction {
       });
       return r;
     } catch (e) {
-      // A refusal (a deduplicating volume, an unfinished flatten) is no failed run.
+      // A refusal (an unfinished flatten) is no failed run.
       if (!signal.aborted && !dryRun && !isHyperError(e, 'INVALID_ARGUMENT')) {
         this.runs++;
         this.failures++;

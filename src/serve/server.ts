@@ -176,10 +176,7 @@ export class VolumeServer {
   private readonly holder: string;
   /** Opened volumes by export name (for the health check). */
   private readonly opened = new Map<string, Volume>();
-  /**
-   * Online compaction of each volume open read-write here (unscheduled for a deduplicating
-   * one, whose compaction refuses when asked).
-   */
+  /** Online compaction of each volume open read-write here. */
   private readonly compactors = new Map<string, AutoCompaction>();
 
   constructor(private readonly options: ServeOptions) {
@@ -298,7 +295,7 @@ export class VolumeServer {
    * Compact the volume of export `name` now, beside its clients (compaction.ts runNow), with
    * `policy`: what `hyper compact` of a volume this server holds asks for. Refused when the
    * export's volume is not open read-write here (its lease is then not held here: compact it
-   * directly); a deduplicating volume's compaction refuses (compactVolume).
+   * directly).
    */
   async compactNow(
     name: string,
@@ -623,28 +620,17 @@ export class VolumeServer {
         });
         this.opened.set(name, volume);
         if (volume.info.readOnly) await this.confirmServed(name, volume, store, untrack);
-        const online = o.compaction && !s.readOnly && !volume.info.readOnly;
-        if (online && volume.headRecord.dedup)
-          this.logger.warn('not compacted online: the volume deduplicates its blocks', {
-            export: name,
-            suggestion: 'compact it with hyper compact while it is not served read-write',
-          });
         // Every volume open read-write here can be compacted online: on the schedule of
-        // --compact-every, and when asked (compactNow; a deduplicating one refuses then).
+        // --compact-every, and when asked (compactNow).
         const compaction =
           !s.readOnly && !volume.info.readOnly
-            ? new AutoCompaction(
-                volume,
-                store,
-                volume.headRecord.dedup ? undefined : o.compaction,
-                {
-                  name,
-                  logger: this.logger,
-                  openStore: options.openStore as OpenStoreFn,
-                  ...(m === undefined ? {} : { observer: m.compactionObserver(name) }),
-                  keeps: () => this.servedCheckpoints(volume.info.uuid),
-                },
-              )
+            ? new AutoCompaction(volume, store, o.compaction, {
+                name,
+                logger: this.logger,
+                openStore: options.openStore as OpenStoreFn,
+                ...(m === undefined ? {} : { observer: m.compactionObserver(name) }),
+                keeps: () => this.servedCheckpoints(volume.info.uuid),
+              })
             : undefined;
         if (compaction) this.compactors.set(name, compaction);
         return new VolumeDevice(volume, {

@@ -162,22 +162,17 @@ async function compactOnce(
         ...(options.openStore ? { openStore: options.openStore } : {}),
       })));
   try {
-    // A deduplicating volume's writer points new blocks at stored ones through its content
-    // index, whose newest entries stay in memory until 16 MiB of its nodes are dirty: blocks
-    // its committed checkpoints do not reach (chaos seed 52345 deleted such a segment beside
-    // it, and the writer's next commit read from it). Its compaction stays offline.
-    if (live?.headRecord.dedup)
-      throw new HyperError(
-        'invalid',
-        'INVALID_ARGUMENT',
-        `${store.url} deduplicates its blocks: it is not compacted beside its writer`,
-        {
-          suggestion:
-            'Compact it with `hyper compact` while it is not served read-write (served read-only, or stopped).',
-        },
-      );
-    // Beside a live writer: still that writer (a takeover since its last commit fences it).
-    if (live) await live.confirmWriter();
+    if (live) {
+      // Beside a live writer: still that writer (a takeover since its last commit fences it).
+      await live.confirmWriter();
+      // A deduplicating writer points new blocks at stored ones through its content index,
+      // whose newest entries it keeps in memory: a segment only such an entry names is in
+      // use though no committed checkpoint reaches it (chaos seed 52345 deleted one). Commit
+      // them first; the claim above makes the writer's later segments carry theirs, so every
+      // head this run walks names all it may dedup onto, and a newer entry names a block
+      // above that head (never deleted here). (Volume.commitContentIndex.)
+      if (live.headRecord.dedup) await live.commitContentIndex();
+    }
     const oldHead = vol ? vol.headRecord : (await readHead(store)).head;
     if (vol) await refuseUnfinishedFlatten(store, oldHead);
     const nodeSize = 2 ** oldHead.metaBlockShift;

@@ -480,11 +480,7 @@ export class Volume {
         // Content-index changes kept back (flush.ts) are written now, for the next session:
         // the last segments carry every change, and one more is made if none is left to.
         this.closing = true;
-        await this.flush();
-        if (this.dedup?.tree.root.dirty) {
-          this.pendingMeta = mergePatches(this.pendingMeta, { dedup: {} });
-          await this.flush();
-        }
+        await this.commitContentIndex();
       }
     } finally {
       this.closed = true;
@@ -693,6 +689,10 @@ export class Volume {
    * while the other commits another (the later commit could keep checkpoints the earlier run
    * deleted; chaos seed 49), and a restore could bring back a checkpoint whose segments a
    * compaction is deleting. Returns the release; a second claim is refused.
+   *
+   * While a compaction holds it, every segment of a deduplicating volume carries all of its
+   * content index's changes (none are kept back, flush.ts `deferBytes`): see
+   * commitContentIndex.
    */
   claimExclusive(what: 'compaction' | 'restore'): () => void {
     const running = this.exclusive;
@@ -986,6 +986,23 @@ export class Volume {
     this.pendingMeta = mergePatches(this.pendingMeta, { dedup: change });
   }
 
+  /**
+   * Flush, and on a deduplicating volume commit every content-index change kept back in
+   * memory (flush.ts `deferBytes`; one more checkpoint if no segment is left to carry them).
+   * Online compaction needs it: the writer dedups new blocks onto whatever its content index
+   * names, so a segment only an entry kept back names is still in use, though no committed
+   * checkpoint reaches it (chaos seed 52345). After this, and while the compaction's claim
+   * makes every segment carry its changes, each committed head names every stored block the
+   * writer can point at; an entry added later names a block in a segment above that head.
+   */
+  async commitContentIndex(): Promise<void> {
+    await this.flush();
+    if (this.dedup?.tree.root.dirty) {
+      this.pendingMeta = mergePatches(this.pendingMeta, { dedup: {} });
+      await this.flush();
+    }
+  }
+
   /** The trees as `head` has them (a rollback, a restore). */
   private resetTrees(head: HeadRecord): void {
     this.tree = new BTree(rootOf(head), this.tree.capacity, this.loader);
@@ -1232,7 +1249,8 @@ export class Volume {
               dedup: {
                 ...this.dedup,
                 patch: patch.dedup,
-                deferBytes: this.closing ? 0 : this.dedupDeferBytes,
+                deferBytes:
+                  this.closing || this.exclusive === 'compaction' ? 0 : this.dedupDeferBytes,
               },
             }
           : {}),
