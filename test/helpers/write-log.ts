@@ -17,11 +17,16 @@ export class WriteLog {
   readonly unsure: Written[] = [];
   private readonly next = new Map<string, number>();
 
-  /** `seed` marks every block written (so that a block from another run never matches). */
+  /**
+   * `seed` marks every block written (so that a block from another run never matches);
+   * `contents(volume)` is how many distinct blocks go to that volume in turn (few: blocks
+   * repeat, for deduplicating volumes).
+   */
   constructor(
     private readonly seed: number,
     private readonly volumeSize: number,
     readonly block = 4096,
+    private readonly contents: (volume: string) => number = () => 250,
   ) {}
 
   /**
@@ -39,7 +44,7 @@ export class WriteLog {
     const w: Written = {
       volume,
       offset: (n % (this.volumeSize / this.block)) * this.block,
-      data: Buffer.alloc(this.block, (n % 250) + 1),
+      data: Buffer.alloc(this.block, (n % this.contents(volume)) + 1),
     };
     w.data.writeUInt32BE(this.seed, 0);
     this.unsure.push(w);

@@ -1,10 +1,11 @@
 /**
  * The daemon's control operations at random, several at once, against a store that fails
- * requests: map (read-write, read-only or at a checkpoint, two names per volume), unmap (plain or forced),
- * reload of a rewritten config, writes through NBD with a FLUSH, online compactions and flushes
- * asked through the control API (what `hyper compact` and `snapshot create` ask), and restarts racing the
- * rest. After each round, with the store answering again, the daemon must agree with itself,
- * its state file, its NBD server and the store:
+ * requests: map (read-write, read-only or at a checkpoint, two names per volume), unmap
+ * (plain or forced), reload of a rewritten config, writes through NBD with a FLUSH, online
+ * compactions and flushes asked through the control API (what `hyper compact` and `snapshot
+ * create` ask), and restarts racing the rest (one of the volumes deduplicates, and its writes
+ * repeat a few contents). After each round, with the store answering again, the daemon must
+ * agree with itself, its state file, its NBD server and the store:
  *  (a) no export is left half-mapped or half-unmapped;
  *  (b) the state file lists exactly the exports the daemon lists;
  *  (c) a restart maps every export of its state file again;
@@ -39,6 +40,8 @@ const VOLUMES = ['v0', 'v1', 'v2'];
 const NAMES = VOLUMES.flatMap((v) => [v, `${v}b`]);
 const volumeOf = (name: string): string => name.replace(/b$/, '');
 const SIZE = 1024 * 1024;
+/** This one deduplicates, and its writes repeat three contents (compactions move them). */
+const DEDUP = 'v2';
 const ROUNDS = 24;
 
 class Violation extends Error {}
@@ -62,7 +65,7 @@ async function runSeed(seed: number): Promise<{ log: string[]; injected: number 
   for (const v of VOLUMES) {
     await mkdir(join(dir, 'vols', v), { recursive: true });
     const s = await openStore(url(v));
-    await Volume.create(s, { size: SIZE });
+    await Volume.create(s, { size: SIZE, ...(v === DEDUP ? { dedup: true } : {}) });
     await s.close();
   }
   const config = join(dir, 'daemon.json');
@@ -82,7 +85,7 @@ async function runSeed(seed: number): Promise<{ log: string[]; injected: number 
   };
   let d = await start();
   let stopped = false;
-  const writes = new WriteLog(seed, SIZE);
+  const writes = new WriteLog(seed, SIZE, 4096, (v) => (v === DEDUP ? 3 : 250));
 
   const nbd = async (name: string): Promise<RawClient> => {
     const c = await RawClient.open(d.info().listen.port!);
