@@ -1169,6 +1169,12 @@ class Run {
    * before it; a dead writer's PUTs in flight may still land, until the next writer's fence.
    */
   private chained: string[] = [];
+  /**
+   * The content the chain starts from (the writer's last acknowledged flush, or its open).
+   * A change may bring a range back to what it held there (deduplicating seeds write one of
+   * four fills): a head still reading the base then says nothing about the chain (seed 55601).
+   */
+  private chainBase: string | undefined;
   /** Every content the head could ever have had (learned checkpoints must be one of them). */
   private readonly everAllowed = new Set<string>();
   /** Checkpoint of the main volume → its content. */
@@ -1404,6 +1410,7 @@ class Run {
 
   /** The volume was seen reading `sha`: the chain has moved past every change before it. */
   private seen(sha: string): void {
+    if (sha === this.chainBase) return;
     const k = this.chained.indexOf(sha);
     if (k > 0) this.chained.splice(0, k);
   }
@@ -1613,6 +1620,7 @@ class Run {
       // Past its fence, nothing of an earlier writer can land on the chain any more.
       this.allow(c.sha);
       this.chained = [];
+      this.chainBase = c.sha;
       this.learn(head.checkpoint, c.sha, `head taken over by ${actor.name}`);
       this.writer = { vol, actor, model: c.buf, epoch, committed: c.sha };
       this.note(
@@ -1854,6 +1862,7 @@ class Run {
       w.committed = sha;
       // Every segment landed: the chain is at this content, past every change before it.
       this.chained = [];
+      this.chainBase = sha;
       if (this.walAck) this.walFloor = { epoch: w.epoch, seq: this.nTimeline };
       return true;
     } catch (e) {
