@@ -168,9 +168,9 @@ async function compactOnce(
       // A deduplicating writer points new blocks at stored ones through its content index,
       // whose newest entries it keeps in memory: a segment only such an entry names is in
       // use though no committed checkpoint reaches it (chaos seed 52345 deleted one). Commit
-      // them first; the claim above makes the writer's later segments carry theirs, so every
-      // head this run walks names all it may dedup onto, and a newer entry names a block
-      // above that head (never deleted here). (Volume.commitContentIndex.)
+      // them first: the head this run starts from then names all it may dedup onto, and an
+      // entry added later names a block in a segment above that head, which this run keeps
+      // (step 4). (Volume.commitContentIndex.)
       if (live.headRecord.dedup) await live.commitContentIndex();
     }
     const oldHead = vol ? vol.headRecord : (await readHead(store)).head;
@@ -392,6 +392,10 @@ async function compactOnce(
       // is any above the head beside a live writer: it may be that writer's, landed and
       // waiting for its commit (however long the store refuses that commit).
       if (id > head.lastSegment && (live || !segs.has(id))) continue;
+      // Beside a deduplicating writer, any it wrote during this run: its content index may
+      // name their blocks in memory only (the next run, starting from a head that names
+      // them, reclaims what is dead there).
+      if (live && oldHead.dedup && id > oldHead.lastSegment) continue;
       if (uncommitted) {
         if (now - info.lastModified.getTime() >= graceMs) deletable.push(id);
         else deferred++;

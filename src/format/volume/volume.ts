@@ -689,10 +689,6 @@ export class Volume {
    * while the other commits another (the later commit could keep checkpoints the earlier run
    * deleted; chaos seed 49), and a restore could bring back a checkpoint whose segments a
    * compaction is deleting. Returns the release; a second claim is refused.
-   *
-   * While a compaction holds it, every segment of a deduplicating volume carries all of its
-   * content index's changes (none are kept back, flush.ts `deferBytes`): see
-   * commitContentIndex.
    */
   claimExclusive(what: 'compaction' | 'restore'): () => void {
     const running = this.exclusive;
@@ -991,9 +987,8 @@ export class Volume {
    * memory (flush.ts `deferBytes`; one more checkpoint if no segment is left to carry them).
    * Online compaction needs it: the writer dedups new blocks onto whatever its content index
    * names, so a segment only an entry kept back names is still in use, though no committed
-   * checkpoint reaches it (chaos seed 52345). After this, and while the compaction's claim
-   * makes every segment carry its changes, each committed head names every stored block the
-   * writer can point at; an entry added later names a block in a segment above that head.
+   * checkpoint reaches it (chaos seed 52345). After this the head names every stored block
+   * the writer can point at; an entry added later names a block in a segment above it.
    */
   async commitContentIndex(): Promise<void> {
     await this.flush();
@@ -1249,8 +1244,7 @@ export class Volume {
               dedup: {
                 ...this.dedup,
                 patch: patch.dedup,
-                deferBytes:
-                  this.closing || this.exclusive === 'compaction' ? 0 : this.dedupDeferBytes,
+                deferBytes: this.closing ? 0 : this.dedupDeferBytes,
               },
             }
           : {}),
