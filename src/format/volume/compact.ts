@@ -162,16 +162,19 @@ async function compactOnce(
         ...(options.openStore ? { openStore: options.openStore } : {}),
       })));
   try {
+    /** Beside a deduplicating writer: no segment above this one is deleted (step 4). */
+    let keepAbove: number | undefined;
     if (live) {
       // Beside a live writer: still that writer (a takeover since its last commit fences it).
       await live.confirmWriter();
       // A deduplicating writer points new blocks at stored ones through its content index,
       // whose newest entries it keeps in memory: a segment only such an entry names is in
-      // use though no committed checkpoint reaches it (chaos seed 52345 deleted one). Commit
-      // them first: the head this run starts from then names all it may dedup onto, and an
-      // entry added later names a block in a segment above that head, which this run keeps
-      // (step 4). (Volume.commitContentIndex.)
-      if (live.headRecord.dedup) await live.commitContentIndex();
+      // use though no committed checkpoint reaches it (chaos seed 52345 deleted one). They
+      // are committed first, at checkpoint P: every head from P on names all the writer may
+      // dedup onto in segments up to P (this run walks no older one), and an entry added
+      // later names a block above P, in a segment this run keeps (the next run, starting
+      // from a later P, reclaims what is dead there). (Volume.commitContentIndex.)
+      if (live.headRecord.dedup) keepAbove = await live.commitContentIndex();
     }
     const oldHead = vol ? vol.headRecord : (await readHead(store)).head;
     if (vol) await refuseUnfinishedFlatten(store, oldHead);
@@ -392,10 +395,9 @@ async function compactOnce(
       // is any above the head beside a live writer: it may be that writer's, landed and
       // waiting for its commit (however long the store refuses that commit).
       if (id > head.lastSegment && (live || !segs.has(id))) continue;
-      // Beside a deduplicating writer, any it wrote during this run: its content index may
-      // name their blocks in memory only (the next run, starting from a head that names
-      // them, reclaims what is dead there).
-      if (live && oldHead.dedup && id > oldHead.lastSegment) continue;
+      // Beside a deduplicating writer, any above P: its content index may name their blocks
+      // in memory only.
+      if (keepAbove !== undefined && id > keepAbove) continue;
       if (uncommitted) {
         if (now - info.lastModified.getTime() >= graceMs) deletable.push(id);
         else deferred++;

@@ -480,7 +480,11 @@ export class Volume {
         // Content-index changes kept back (flush.ts) are written now, for the next session:
         // the last segments carry every change, and one more is made if none is left to.
         this.closing = true;
-        await this.commitContentIndex();
+        await this.flush();
+        if (this.dedup?.tree.root.dirty) {
+          this.pendingMeta = mergePatches(this.pendingMeta, { dedup: {} });
+          await this.flush();
+        }
       }
     } finally {
       this.closed = true;
@@ -983,20 +987,22 @@ export class Volume {
   }
 
   /**
-   * Flush, and on a deduplicating volume commit every content-index change kept back in
-   * memory (flush.ts `deferBytes`; one more checkpoint if no segment is left to carry them).
-   * Online compaction needs it: the writer dedups new blocks onto whatever its content index
-   * names, so a segment only an entry kept back names is still in use, though no committed
-   * checkpoint reaches it (chaos seed 52345). After this the head names every stored block
-   * the writer can point at; an entry added later names a block in a segment above it.
+   * Deduplicating volumes: commit a checkpoint that writes every content-index change kept
+   * back in memory (flush.ts `deferBytes`), and return its id, P. Online compaction needs it:
+   * the writer dedups new blocks onto whatever its content index names, so a segment only an
+   * entry kept back names is still in use, though no committed checkpoint reaches it (chaos
+   * seed 52345). Every entry naming a block in a segment up to P is in P's content index
+   * and in every later one (but those a compaction forgets); entries added after P's build
+   * name blocks in segments above P. Segments build one at a time, in id order.
    */
-  async commitContentIndex(): Promise<void> {
+  async commitContentIndex(): Promise<number> {
+    this.pendingMeta = mergePatches(this.pendingMeta, { dedup: {} });
     await this.flush();
-    if (this.dedup?.tree.root.dirty) {
-      this.pendingMeta = mergePatches(this.pendingMeta, { dedup: {} });
-      await this.flush();
-    }
+    return this.contentCommittedAt;
   }
+
+  /** The last segment built with a content-index patch (commitContentIndex). */
+  private contentCommittedAt = 0;
 
   /** The trees as `head` has them (a rollback, a restore). */
   private resetTrees(head: HeadRecord): void {
@@ -1281,6 +1287,7 @@ export class Volume {
       this.buffer.nodeRatio = Math.min(MAX_NODE_RATIO, built.dataOffset / gen.bytes);
     adoptNodes(built, this.tree, this.loader, this.dedup?.tree);
     this.cleanHead = built.head;
+    if (patch.dedup) this.contentCommittedAt = built.head.checkpoint;
     const id = built.head.checkpoint;
     this.segments.hold(id, built.parts);
     const stage: Stage = { built, gen, patch, base, state: 'flying', done: Promise.resolve() };
