@@ -44,21 +44,22 @@ const fio = (uri: string, extra: string[]): Promise<RunResult> =>
 const metric = (text: string, name: string): number =>
   Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(text)?.[1] ?? 0);
 
+/** Compact every second, keeping the last checkpoint only, no grace; metrics on. */
+const COMPACT_OFTEN = [
+  '--compact-every',
+  '1s',
+  '--compact-keep-last',
+  '1',
+  '--compact-grace',
+  '0s',
+  '--metrics-port',
+  '0',
+];
+
 async function onlineCompaction(t: TestContext, url: string, store: string[]): Promise<void> {
   const c = await hyper(['file', 'create', url, '--size', '64M', ...store]);
   assert.equal(c.code, 0, show(c));
-  const s = await serve([
-    url,
-    ...store,
-    '--compact-every',
-    '1s',
-    '--compact-keep-last',
-    '1',
-    '--compact-grace',
-    '0s',
-    '--metrics-port',
-    '0',
-  ]);
+  const s = await serve([url, ...store, ...COMPACT_OFTEN]);
   let stderr = '';
   try {
     // `hyper compact` beside the server is refused, and says how the server does it instead.
@@ -199,17 +200,7 @@ describe('serve --compact-every', () => {
     const url = fileUrl(join(dir, 'v'));
     const c = await hyper(['file', 'create', url, '--size', '64M', '--dedup']);
     assert.equal(c.code, 0, show(c));
-    const s = await serve([
-      url,
-      '--compact-every',
-      '1s',
-      '--compact-keep-last',
-      '1',
-      '--compact-grace',
-      '0s',
-      '--metrics-port',
-      '0',
-    ]);
+    const s = await serve([url, ...COMPACT_OFTEN]);
     // 4 MiB in 64 KiB chunks, each written with one byte pattern, mostly from a window that
     // slides round by round: contents repeat (new writes point at stored blocks), new ones
     // keep coming, and old ones are overwritten everywhere (their blocks become garbage that

@@ -38,6 +38,17 @@ async function storedBytes(store: ObjectStore): Promise<number> {
   return n;
 }
 
+/** A deep check finds nothing wrong (garbage the next compaction removes is no problem). */
+async function assertClean(
+  store: ObjectStore,
+  what = '',
+  openStore?: (url: string) => Promise<ObjectStore>,
+): Promise<void> {
+  const report = await checkVolume(store, { deep: true, ...(openStore ? { openStore } : {}) });
+  const bad = report.problems.filter((p) => p.kind !== 'orphan');
+  assert.deepEqual(bad, [], `${what}: ${JSON.stringify(bad)}`);
+}
+
 async function trial(seed: number): Promise<{ compactions: number; rewritten: number }> {
   const r = rng(seed);
   // A store a moment away: the clients' changes land while compaction's reads are out.
@@ -143,9 +154,7 @@ async function trial(seed: number): Promise<{ compactions: number; rewritten: nu
   const again = await Volume.open(store, { readOnly: true, openStore });
   assert.ok((await again.read(0, SIZE)).equals(model), `seed ${seed}: reopened volume differs`);
   await again.close();
-  const report = await checkVolume(store, { deep: true, openStore });
-  const bad = report.problems.filter((p) => p.kind !== 'orphan');
-  assert.deepEqual(bad, [], `seed ${seed}: ${JSON.stringify(bad)}`);
+  await assertClean(store, `seed ${seed}`, openStore);
   // Compaction kept the store near what the volume holds (2 MiB of data at most, index nodes
   // and the last few segments beside it), not every overwrite ever made.
   const stored = await storedBytes(store);
@@ -247,12 +256,7 @@ describe('online compaction beside a live writer', () => {
     assert.ok((await again.read(1 * MiB, a.length)).equals(a), 'reopened volume differs');
     assert.ok((await again.read(0, a.length)).equals(Buffer.alloc(64 * KiB, 0x22)));
     await again.close();
-    // (Garbage the next compaction removes is no problem.)
-    const report = await checkVolume(store, { deep: true });
-    assert.deepEqual(
-      report.problems.filter((p) => p.kind !== 'orphan'),
-      [],
-    );
+    await assertClean(store);
   });
 
   it('contents a deduplicating writer stores while compaction runs keep their segments', async () => {
@@ -300,12 +304,7 @@ describe('online compaction beside a live writer', () => {
     const again = await Volume.open(inner, { readOnly: true });
     assert.ok((await again.read(2 * MiB, c.length)).equals(c), 'reopened volume differs');
     await again.close();
-    // (Garbage the next compaction removes is no problem.)
-    const report = await checkVolume(inner, { deep: true });
-    assert.deepEqual(
-      report.problems.filter((p) => p.kind !== 'orphan'),
-      [],
-    );
+    await assertClean(inner);
   });
 
   it('refuses a second compaction while one runs', async () => {
