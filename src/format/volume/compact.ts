@@ -170,8 +170,8 @@ async function compactOnce(
       // A deduplicating writer points new blocks at stored ones through its content index,
       // whose newest entries it keeps in memory: a segment only such an entry names is in
       // use though no committed checkpoint reaches it (chaos seed 52345 deleted one). They
-      // are committed first, at checkpoint P: every head from P on names all the writer may
-      // dedup onto in segments up to P (this run walks no older one), and an entry added
+      // are committed first, at checkpoint P: every head from P on (this run starts from
+      // one) names all the writer may dedup onto in segments up to P, and an entry added
       // later names a block above P, in a segment this run keeps (the next run, starting
       // from a later P, reclaims what is dead there). (Volume.commitContentIndex.)
       if (live.headRecord.dedup) keepAbove = await live.commitContentIndex();
