@@ -57,8 +57,9 @@ export interface SocketPathClaim {
  * listens there, so two processes that find the same stale socket file cannot both replace
  * it (the second would unlink the first's fresh socket and leave it listening where nobody
  * finds it). Undefined when another listener (of this process or another) holds the claim:
- * it is serving there, or about to. Elsewhere than Linux, or in another network namespace (abstract sockets belong to one),
- * nothing is claimed and the check on the file alone remains.
+ * it is serving there, or about to. Elsewhere than Linux, or in another network namespace
+ * (abstract sockets belong to one), nothing is claimed and the check on the file alone
+ * remains.
  */
 export async function claimSocketPath(path: string): Promise<SocketPathClaim | undefined> {
   if (process.platform !== 'linux') return { release: () => undefined };
