@@ -25,7 +25,7 @@
  * shipped bytes / (workload + drain seconds) >= 0.8x min(primary MiB/s, RGW PUT MiB/s), no
  * pool overflow. Exit status 1 when missed. Writes bench-results/replica.json.
  *
- *   node --import tsx bench/replica.ts [--reps 1] [--size-mib 512] [--runtime 10] [--restore-gib 4]
+ *   node --import tsx bench/replica.ts [--reps 3] [--size-mib 512] [--runtime 10] [--restore-gib 4]
  *        [--latency-ms 0[,20]] [--region-size 8M] [--dir DIR]
  *        [--only replica,qemu-nbd,hyper-s3,put,restore] [--workloads randwrite,seqwrite,synced]
  * --latency-ms adds that delay to every RGW reply (bench/delay-proxy.ts) for all S3 traffic;
@@ -68,7 +68,7 @@ import {
   writeResults,
 } from './lib.js';
 
-const reps = Number(arg('reps', '1'));
+const reps = Number(arg('reps', '3'));
 const sizeMiB = Number(arg('size-mib', '512'));
 const runtime = Number(arg('runtime', '10'));
 const restoreGiB = Number(arg('restore-gib', '4'));
