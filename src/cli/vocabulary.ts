@@ -120,6 +120,7 @@ export const leaseSchema = z.strictObject({
 
 export const spaceUsageSchema = z.strictObject({
   liveBytes: bytes,
+  deadBytes: bytes,
   historyBytes: bytes,
   garbageBytes: bytes,
   inheritedBytes: bytes,

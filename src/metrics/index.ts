@@ -38,6 +38,7 @@ export interface VolumeSource {
 export interface SpaceSample {
   storedBytes: number;
   liveBytes: number;
+  deadBytes: number;
   historyBytes: number;
   garbageBytes: number;
 }
@@ -363,8 +364,13 @@ export class HyperMetrics {
       (x) => x.liveBytes,
     );
     perSpace(
+      'hyper_volume_dead_bytes',
+      'Bytes of the segments the current checkpoint reads from that it does not read (replaced blocks and index nodes, segment headers): what compaction rewrites away once a segment is mostly dead.',
+      (x) => x.deadBytes,
+    );
+    perSpace(
       'hyper_volume_history_bytes',
-      'Bytes only older retained checkpoints (history, snapshots, clone origins) need.',
+      'Bytes of the segments only older retained checkpoints (history, snapshots, clone origins) need.',
       (x) => x.historyBytes,
     );
     perVolume(

@@ -614,6 +614,7 @@ export class VolumeServer {
           return {
             storedBytes: st.storedBytes,
             liveBytes: sp.liveBytes,
+            deadBytes: sp.deadBytes,
             historyBytes: sp.historyBytes,
             garbageBytes: sp.garbageBytes,
           };

@@ -30,6 +30,7 @@ export function toStatResult(st: VolumeStat, url: string): FileStatResult {
     space: st.space
       ? {
           liveBytes: st.space.liveBytes,
+          deadBytes: st.space.deadBytes,
           historyBytes: st.space.historyBytes,
           garbageBytes: st.space.garbageBytes,
           inheritedBytes: st.space.inheritedBytes,
@@ -74,7 +75,7 @@ export default class FileStat extends BaseCommand<typeof FileStat> {
   static override flags = {
     space: Flags.boolean({
       summary:
-        'Also split stored bytes into live (the current checkpoint), history (only older checkpoints) and garbage (what compaction reclaims); reads the retained indexes.',
+        'Also split stored bytes into live (the current checkpoint), dead in live segments (what it replaced in the segments it reads from), history (segments only older checkpoints need) and garbage (what compaction deletes); reads the retained indexes.',
     }),
   };
 
@@ -151,6 +152,7 @@ export function renderStat(r: FileStatResult, table: (rows: [string, string][]) 
   if (r.space !== null) {
     const sp = r.space;
     rows.push(['Live', bytesWithExact(sp.liveBytes)]);
+    rows.push(['Dead in live segments', bytesWithExact(sp.deadBytes)]);
     rows.push(['History only', bytesWithExact(sp.historyBytes)]);
     rows.push([
       'Garbage',

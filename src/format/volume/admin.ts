@@ -65,7 +65,13 @@ export interface VolumeStat extends VolumeInfo {
 export interface SpaceUsage {
   /** Bytes the current checkpoint references: its data blocks and index nodes. */
   liveBytes: number;
-  /** Bytes of segments only older retained checkpoints need (history). */
+  /**
+   * Bytes of the segments the current checkpoint reads from that it does not read: blocks
+   * and index nodes it replaced (older checkpoints may still read them), and each segment's
+   * header. Compaction rewrites a segment once its live share falls below `minLive`.
+   */
+  deadBytes: number;
+  /** Bytes of segments only older retained checkpoints need (history), whole. */
   historyBytes: number;
   /** Bytes of segments no retained checkpoint reaches (compaction reclaims them). */
   garbageBytes: number;
@@ -162,15 +168,20 @@ async function spaceUsage(
       if (source.inherited(seg)) inheritedBytes += bytes;
       else liveBytes += bytes;
     }
+    // Whole segments: those the current checkpoint reads from, those only older retained
+    // checkpoints reach, and the rest.
+    let current = 0;
     let reachable = 0;
     let stored = 0;
     for (const [id, size] of segSizes) {
       stored += size;
+      if (cur.segments.has(id) || id === head.checkpoint) current += size;
       if (all.segments.has(id) || id === head.checkpoint) reachable += size;
     }
     return {
       liveBytes,
-      historyBytes: Math.max(0, reachable - liveBytes),
+      deadBytes: Math.max(0, current - liveBytes),
+      historyBytes: Math.max(0, reachable - current),
       garbageBytes: stored - reachable,
       inheritedBytes,
     };

@@ -154,6 +154,7 @@ describe('serve --metrics-port', () => {
     assert.ok(stored > 0, `stored ${stored}`);
     assert.equal(
       value(space, 'hyper_volume_live_bytes', vol) +
+        value(space, 'hyper_volume_dead_bytes', vol) +
         value(space, 'hyper_volume_history_bytes', vol) +
         value(space, 'hyper_volume_garbage_bytes', vol) <=
         stored,

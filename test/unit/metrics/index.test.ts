@@ -281,7 +281,8 @@ describe('metrics', () => {
       probes++;
       return {
         storedBytes: 10 * garbage,
-        liveBytes: 6 * garbage,
+        liveBytes: 5 * garbage,
+        deadBytes: garbage,
         historyBytes: 3 * garbage,
         garbageBytes: garbage,
       };
@@ -296,7 +297,8 @@ describe('metrics', () => {
     e = parseExposition(await m.text());
     assert.equal(value(e, 'hyper_volume_garbage_bytes', vm1), 4096);
     assert.equal(value(e, 'hyper_volume_stored_bytes', vm1), 40960);
-    assert.equal(value(e, 'hyper_volume_live_bytes', vm1), 24576);
+    assert.equal(value(e, 'hyper_volume_live_bytes', vm1), 20480);
+    assert.equal(value(e, 'hyper_volume_dead_bytes', vm1), 4096);
     assert.equal(value(e, 'hyper_volume_history_bytes', vm1), 12288);
     assert.equal(select(e, 'hyper_volume_garbage_bytes', { export: 'nodebt' }).length, 0);
     assert.equal(probes, 1, 'one sample within the interval');

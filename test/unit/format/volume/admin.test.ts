@@ -1,4 +1,5 @@
 import assert from 'node:assert/strict';
+import { randomBytes } from 'node:crypto';
 import { describe, it } from 'node:test';
 import { HyperError, isHyperError } from '../../../../src/errors.js';
 import { LEASE_KEY } from '../../../../src/format/keys.js';
@@ -33,7 +34,7 @@ describe('volume admin', () => {
     assert.equal((await statVolume(store)).lease?.live, false);
   });
 
-  it('stat --space splits stored bytes into live, history and garbage', async () => {
+  it('stat --space splits stored bytes into live, dead in live segments, history and garbage', async () => {
     const store = MemStore.isolated();
     await Volume.create(store, { size: 8 * MiB });
     const v = await Volume.open(store, { flushIntervalMs: 0 });
@@ -53,12 +54,38 @@ describe('volume admin', () => {
     const g = await statVolume(store, { space: true });
     const gs = g.space as NonNullable<typeof g.space>;
     assert.ok(gs.garbageBytes >= 1 * MiB, `garbage ${gs.garbageBytes}`);
-    // The three parts are the segments; the rest of the stored bytes is the small head and lease.
-    const parts = gs.liveBytes + gs.historyBytes + gs.garbageBytes;
+    // The four parts are the segments; the rest of the stored bytes is the small head and lease.
+    const parts = gs.liveBytes + gs.deadBytes + gs.historyBytes + gs.garbageBytes;
     assert.ok(
       parts <= g.storedBytes && parts > g.storedBytes - 64 * 1024,
       `${parts} vs ${g.storedBytes}`,
     );
+  });
+
+  it('stat --space counts replaced blocks of a segment still in use as dead, not history', async () => {
+    const store = MemStore.isolated();
+    await Volume.create(store, { size: 8 * MiB });
+    const v = await Volume.open(store, { flushIntervalMs: 0 });
+    await v.write(0, randomBytes(4 * MiB));
+    await v.flush();
+    await v.write(0, randomBytes(128 * 1024)); // 1/32 of the first segment replaced
+    await v.flush();
+    await v.close();
+    const before = (await statVolume(store, { space: true })).space;
+    assert.ok(before, 'space');
+    // The first segment is still read from: what it holds that is replaced is dead there.
+    assert.ok(before.deadBytes >= 128 * 1024, `dead ${before.deadBytes}`);
+    assert.ok(before.historyBytes < 64 * 1024, `history ${before.historyBytes}`);
+    // One checkpoint kept, nothing deferred: no history at all. The first segment is 97% live,
+    // so it stays as it is, its replaced blocks with it.
+    await compactVolume(store, { keepLast: 1, graceMs: 0 });
+    const s = await statVolume(store, { space: true });
+    assert.equal(s.checkpoints, 1);
+    const sp = s.space as NonNullable<typeof s.space>;
+    assert.equal(sp.historyBytes, 0);
+    assert.equal(sp.garbageBytes, 0);
+    assert.ok(sp.deadBytes >= 128 * 1024 && sp.deadBytes < 256 * 1024, `dead ${sp.deadBytes}`);
+    assert.ok(sp.liveBytes >= 4 * MiB, `live ${sp.liveBytes}`);
   });
 
   it('lists volumes below a prefix, at any depth', async () => {
