@@ -481,10 +481,7 @@ export class Volume {
         // the last segments carry every change, and one more is made if none is left to.
         this.closing = true;
         await this.flush();
-        if (this.dedup?.tree.root.dirty) {
-          this.pendingMeta = mergePatches(this.pendingMeta, { dedup: {} });
-          await this.flush();
-        }
+        if (this.dedup?.tree.root.dirty) await this.commitContentIndex();
       }
     } finally {
       this.closed = true;
