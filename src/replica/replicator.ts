@@ -66,6 +66,10 @@ type Entry =
   | { kind: 'copy'; seq: number; at: number; region: number; data: Buffer }
   | { kind: 'flush'; seq: number; at: number };
 
+/** The shipping rate in status: over this window, sampled at most this often. */
+const RATE_WINDOW_MS = 10_000;
+const RATE_SAMPLE_MS = 100;
+
 const entryBytes = (e: Entry): number =>
   e.kind === 'write' || e.kind === 'copy' ? e.data.length + 64 : 64;
 
@@ -214,6 +218,7 @@ class Signal {
     });
   }
   wake(): void {
+    if (this.waiters.size === 0) return;
     const w = [...this.waiters];
     this.waiters.clear();
     for (const f of w) f();
@@ -307,6 +312,12 @@ export class Replicator {
   private shippedIos = 0;
   private commits = 0;
   private readonly lagSamples: number[] = [];
+  /**
+   * Shipped bytes so far (`bytes`, before the entry that took the sample) at most every
+   * RATE_SAMPLE_MS over the last RATE_WINDOW_MS: the shipping rate in status. (An object
+   * per shipped write lived long enough to be promoted, and made most of the old-space
+   * garbage at tens of thousands of writes a second.)
+   */
   private readonly rate: { t: number; bytes: number }[] = [];
 
   // Reverse.
@@ -324,7 +335,13 @@ export class Replicator {
    */
   private readonly regionBuffers: RecycledBuffers;
   private readonly recycled = new RecycledBuffers(RECYCLED_MIN, RECYCLED_BYTES);
+  /** Wakes the ship loop (wakeWork). */
   private readonly work = new Signal();
+  /**
+   * Wakes the resync loop: only when it has regions to copy or is to stop (wakeWork), not for
+   * every queued write, each of which cost a promise and a timer there.
+   */
+  private readonly resyncWork = new Signal();
   private readonly drained = new Signal();
   /** Ends backoff waits: when closing, and when a resync asks for the replica now. */
   private readonly backoff = new Signal();
@@ -425,11 +442,11 @@ export class Replicator {
       (this.queueBytes > 0 || this.queueHead < this.queue.length || this.passPending.size > 0) &&
       Date.now() < deadline
     ) {
-      this.work.wake();
+      this.wakeWork();
       await sleep(25);
     }
     this.closed = true;
-    this.work.wake();
+    this.wakeWork();
     this.restoreSlotFree.wake();
     await Promise.allSettled(this.loops);
     // A replica being opened is closed by the connect itself once it sees `closed`.
@@ -474,7 +491,7 @@ export class Replicator {
     await this.volume?.kill?.();
     this.persistError = new HyperError('unavailable', 'ABORTED', 'The replicator was stopped');
     this.backoff.wake();
-    this.work.wake();
+    this.wakeWork();
     this.drained.wake();
     this.restoreSlotFree.wake();
     await this.primary.close();
@@ -573,7 +590,8 @@ export class Replicator {
       this.busy[r]!++;
     }
     try {
-      await this.markDirty(first, last);
+      const header = this.markDirty(first, last);
+      if (header !== undefined) await header;
       await apply();
     } catch (e) {
       this.release(first, last);
@@ -587,7 +605,7 @@ export class Replicator {
       this.enqueue(e);
     } else {
       for (let r = first; r <= last; r++) this.needCopy.add(r);
-      this.work.wake();
+      this.wakeWork();
     }
     for (let r = first; r <= last; r++) this.lastWriteMs[r] = now;
     this.release(first, last);
@@ -615,13 +633,21 @@ export class Replicator {
 
   // ------------------------------------------------------------------ the dirty bitmap
 
-  /** Set the regions' bits and wait until they are durable in the primary header. */
-  private async markDirty(first: number, last: number): Promise<void> {
-    const regions = Array.from({ length: last - first + 1 }, (_, k) => first + k);
-    this.setBits(regions);
+  /**
+   * Set the bits of regions first..last; what to wait for until they are durable in the
+   * primary header. Undefined when they already are (a write to a region it dirtied before):
+   * the write then goes on to the primary without yielding.
+   */
+  private markDirty(first: number, last: number): Promise<void> | undefined {
+    const version = this.wanted + 1;
+    let set = false;
     let need = 0;
-    for (const r of regions) need = Math.max(need, this.setVersion[r]!);
-    if (need > this.durable) await this.persist(need);
+    for (let r = first; r <= last; r++) {
+      if (this.setBit(r, version)) set = true;
+      need = Math.max(need, this.setVersion[r]!);
+    }
+    if (set) this.wanted = version;
+    return need > this.durable ? this.persist(need) : undefined;
   }
 
   /**
@@ -634,13 +660,16 @@ export class Replicator {
   private setBits(regions: Iterable<number>): void {
     const version = this.wanted + 1;
     let set = false;
-    for (const r of regions) {
-      if (bitGet(this.dirty, r)) continue;
-      bitSet(this.dirty, r, true);
-      this.setVersion[r] = version;
-      set = true;
-    }
+    for (const r of regions) if (this.setBit(r, version)) set = true;
     if (set) this.wanted = version;
+  }
+
+  /** Set region `r`'s bit unless it is set, for header `version`; whether it was unset. */
+  private setBit(r: number, version: number): boolean {
+    if (bitGet(this.dirty, r)) return false;
+    bitSet(this.dirty, r, true);
+    this.setVersion[r] = version;
+    return true;
   }
 
   /**
@@ -717,6 +746,12 @@ export class Replicator {
     return this.queueBytes + (this.volume?.heldBytes ?? 0);
   }
 
+  /** Wake the ship loop, and the resync loop when there are regions to copy or it is stopping. */
+  private wakeWork(): void {
+    this.work.wake();
+    if (this.needCopy.size > 0 || this.closing || this.closed) this.resyncWork.wake();
+  }
+
   private enqueue(e: Entry): void {
     this.queue.push(e);
     this.queueBytes += entryBytes(e);
@@ -727,7 +762,7 @@ export class Replicator {
       });
       this.dropStream();
     }
-    this.work.wake();
+    this.wakeWork();
   }
 
   /**
@@ -747,7 +782,7 @@ export class Replicator {
     this.queueBytes = 0;
     this.queueing = false;
     this.consistentAfter = Infinity;
-    this.work.wake();
+    this.wakeWork();
   }
 
   private regionsOf(e: Entry): number[] {
@@ -788,8 +823,14 @@ export class Replicator {
       const e = this.queue[this.queueHead]!;
       // A target that copies what it is given frees a recycled buffer once write() resolves.
       const copies = this.volume.copiesData === true;
-      const ok = await this.guard(() => this.apply(e));
-      if (!ok) continue;
+      // (guard() inlined: a closure and a promise less per shipped write.)
+      const v = this.volume;
+      try {
+        await this.apply(e);
+      } catch (err) {
+        await this.failedOp(err, v);
+        continue;
+      }
       if (copies && e.kind === 'write') {
         if (e.recycle) this.recycled.give(e.data);
         else this.copies.give(e.data);
@@ -876,11 +917,13 @@ export class Replicator {
     }
     this.shippedIos++;
     this.appliedSeq = e.seq;
-    this.rate.push({
-      t: Date.now(),
-      bytes: e.kind === 'write' || e.kind === 'copy' ? e.data.length : 0,
-    });
-    if (this.rate.length > 20000) this.rate.splice(0, 10000);
+    const now = Date.now();
+    const last = this.rate.at(-1);
+    if (last === undefined || now - last.t >= RATE_SAMPLE_MS) {
+      const bytes = e.kind === 'write' || e.kind === 'copy' ? e.data.length : 0;
+      this.rate.push({ t: now, bytes: this.shippedBytes - bytes });
+      while (now - this.rate[0]!.t > RATE_WINDOW_MS) this.rate.shift();
+    }
   }
 
   /** Commit what the replica volume holds; everything applied so far is then durable there. */
@@ -916,11 +959,16 @@ export class Replicator {
       await op();
       return true;
     } catch (e) {
-      // A failure of a replica already given up (or of none) was handled then.
-      if (v === undefined || this.volume !== v) return false;
-      await this.fail(toHyperError(e));
+      await this.failedOp(e, v);
       return false;
     }
+  }
+
+  /** An operation on replica `v` failed with `e`: give the replica up (once). */
+  private async failedOp(e: unknown, v: ReplicaTarget | undefined): Promise<void> {
+    // A failure of a replica already given up (or of none) was handled then.
+    if (v === undefined || this.volume !== v) return;
+    await this.fail(toHyperError(e));
   }
 
   private async fail(err: HyperError): Promise<void> {
@@ -990,7 +1038,7 @@ export class Replicator {
           this.diverged = false;
           this.replicaError = null;
           this.lastCommitMs = Date.now();
-          this.work.wake();
+          this.wakeWork();
           return;
         } catch (e) {
           const err = toHyperError(e);
@@ -1102,7 +1150,7 @@ export class Replicator {
       if (recopy.size > 0) this.consistentAfter = Infinity;
       this.replicaCheckpoint = head;
       moved = true;
-      this.work.wake();
+      this.wakeWork();
     }
     if (this.lastConsistent === 0 && !this.manifestOpen && this.needCopy.size === 0) {
       this.lastConsistent = head;
@@ -1235,14 +1283,14 @@ export class Replicator {
       this.retryNow = true;
       this.backoff.wake();
     }
-    this.work.wake();
+    this.wakeWork();
     return { regions: this.needCopy.size };
   }
 
   private async resyncLoop(): Promise<void> {
     while (!this.closed) {
       if (this.needCopy.size === 0 || this.volume === undefined || this.closing) {
-        await this.work.wait(1000);
+        await this.resyncWork.wait(1000);
         continue;
       }
       // A pass: switch the stream on, then append a copy of each region.
@@ -1280,7 +1328,7 @@ export class Replicator {
           this.log.warn('resync pass left regions', { regions: this.passPending.size });
         this.log.info('resync pass queued', { regions: pass.length });
       }
-      this.work.wake();
+      this.wakeWork();
     }
   }
 
@@ -1443,8 +1491,11 @@ export class Replicator {
     const sorted = [...this.lagSamples].sort((a, b) => a - b);
     const pct = (p: number): number =>
       sorted.length === 0 ? 0 : sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))]!;
-    const recent = this.rate.filter((x) => now - x.t <= 10_000);
-    const span = recent.length > 0 ? Math.max(1, now - recent[0]!.t) / 1000 : 1;
+    const since = this.rate.find((x) => now - x.t <= RATE_WINDOW_MS);
+    const bytesPerSecond =
+      since === undefined
+        ? 0
+        : (this.shippedBytes - since.bytes) / (Math.max(1, now - since.t) / 1000);
     const pendingCopy = this.needCopy.size + this.passPending.size;
     return {
       uuid: this.header.uuid,
@@ -1489,7 +1540,7 @@ export class Replicator {
         bytes: this.shippedBytes,
         ios: this.shippedIos,
         checkpoints: this.commits,
-        bytesPerSecond: recent.reduce((s, x) => s + x.bytes, 0) / span,
+        bytesPerSecond,
       },
     };
   }
@@ -1501,7 +1552,7 @@ export class Replicator {
     while (Date.now() < deadline) {
       if (this.mode === 'logging' && this.committedSeq >= target && this.needCopy.size === 0)
         return true;
-      this.work.wake();
+      this.wakeWork();
       // A timer, not the drained signal: two loops waking each other would starve I/O.
       await sleep(25);
       if (this.volume !== undefined && this.queueHead >= this.queue.length) await this.commitNow();
