@@ -40,6 +40,11 @@ export interface ReplicaTarget {
     writerEpoch?: number;
   };
   write(offset: number, data: Buffer): Promise<void>;
+  /**
+   * write() when it can be done at once (copied, like copiesData's write()): true if it was,
+   * false if write() would have to wait or fail, which is then the caller's to call.
+   */
+  tryWrite?(offset: number, data: Buffer): boolean;
   writeZeroes(offset: number, length: number): Promise<void>;
   flush(): Promise<CheckpointInfo>;
   close(): Promise<void>;
@@ -139,6 +144,8 @@ export class WorkerTarget implements ReplicaTarget {
   /** Window bytes posted or batched and not yet reported applied. */
   private inFlight = 0;
   private readonly roomWaiters: (() => void)[] = [];
+  /** Changes waiting for room (tryWrite() must not overtake them). */
+  private waiting = 0;
   private nextId = 1;
   private readonly pending = new Map<
     number,
@@ -222,6 +229,17 @@ export class WorkerTarget implements ReplicaTarget {
     return this.add(OP_WRITE, offset, data.length, data);
   }
 
+  /**
+   * write() without a promise when the ring has room for `data` now (and no change waits for
+   * room: it would overtake that one).
+   */
+  tryWrite(offset: number, data: Buffer): boolean {
+    if (this.error !== undefined || this.waiting > 0) return false;
+    if (data.length > this.ring.length / 2 || !this.fits(data.length)) return false;
+    this.place(OP_WRITE, offset, data.length, data);
+    return true;
+  }
+
   writeZeroes(offset: number, length: number): Promise<void> {
     return this.add(OP_ZERO, offset, length, undefined);
   }
@@ -258,7 +276,12 @@ export class WorkerTarget implements ReplicaTarget {
     if (bytes > size / 2) {
       // Too large for the ring: a batch of its own, with its own memory (it still counts
       // against the window, which it may exceed alone).
-      while (this.inFlight > 0 && this.inFlight + bytes > this.ring.length) await this.room();
+      this.waiting++;
+      try {
+        while (this.inFlight > 0 && this.inFlight + bytes > this.ring.length) await this.room();
+      } finally {
+        this.waiting--;
+      }
       this.post();
       const own = Buffer.allocUnsafeSlow(bytes);
       data!.copy(own);
@@ -267,17 +290,34 @@ export class WorkerTarget implements ReplicaTarget {
       this.worker.postMessage({ t: 'batch', batch } satisfies ToWorker, [own.buffer]);
       return;
     }
-    // The bytes of a batch are in one piece: a write that would wrap starts the ring again,
-    // and the space skipped is held until the worker reports this batch. Counted from the
-    // moment it is queued, so the window (the ring's size) bounds what is held here as well.
-    let wrap: boolean;
-    let skip: number;
-    for (;;) {
-      wrap = this.ringPos + bytes > size;
-      skip = wrap ? size - this.ringPos : 0;
-      if (this.inFlight === 0 || this.inFlight + skip + bytes <= size) break;
-      await this.room();
+    // (Counted in `waiting` up to the same turn as place(): tryWrite() cannot come between.)
+    this.waiting++;
+    try {
+      while (!this.fits(bytes)) await this.room();
+    } finally {
+      this.waiting--;
     }
+    this.place(kind, offset, length, data);
+  }
+
+  /**
+   * Whether `bytes` fit in the ring now. The bytes of a batch are in one piece: a write that
+   * would wrap starts the ring again, and the space skipped is held until the worker reports
+   * this batch. Counted from the moment it is queued, so the window (the ring's size) bounds
+   * what is held here as well.
+   */
+  private fits(bytes: number): boolean {
+    const size = this.ring.length;
+    const skip = this.ringPos + bytes > size ? size - this.ringPos : 0;
+    return this.inFlight === 0 || this.inFlight + skip + bytes <= size;
+  }
+
+  /** Add a change to the batch and its bytes to the ring, which fits() said has room. */
+  private place(kind: number, offset: number, length: number, data: Buffer | undefined): void {
+    const bytes = data?.length ?? 0;
+    const size = this.ring.length;
+    const wrap = this.ringPos + bytes > size;
+    const skip = wrap ? size - this.ringPos : 0;
     if (wrap || this.batchBytes >= BATCH_BYTES) this.post();
     if (wrap) {
       this.ringPos = 0;
