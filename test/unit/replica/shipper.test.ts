@@ -10,6 +10,7 @@ import { mkdir, mkdtemp, rm } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
+import type { Worker } from 'node:worker_threads';
 import { isHyperError } from '../../../src/errors.js';
 import { openStore, type ObjectStore } from '../../../src/format/store/index.js';
 import { createVolume } from '../../../src/format/volume/create.js';
@@ -93,6 +94,72 @@ describe('replica shipper worker', () => {
     for (const c of checkpoints) assert.equal(sha(await content(url, c.checkpoint)), c.sha);
   });
 
+  it('tryWrite takes a write only when the ring has room now, and never ahead of a waiting one', async () => {
+    const url = await volumeUrl();
+    const window = 64 * KiB;
+    const t = await WorkerTarget.open(spec(url), silentLogger, window);
+    const model = Buffer.alloc(SIZE);
+    const fill = (i: number, length: number): Buffer => {
+      const b = Buffer.alloc(length, (i % 250) + 1);
+      b.writeUInt32LE(i, 0);
+      return b;
+    };
+    const apply = (i: number, offset: number, length: number): void => {
+      model.fill((i % 250) + 1, offset, offset + length);
+      model.writeUInt32LE(i, offset);
+    };
+    // Half the window twice fills the ring before the worker can report anything: the next
+    // write waits, and a tryWrite behind it (room or not) is refused.
+    assert.equal(t.tryWrite(0, fill(0, window / 2)), true);
+    apply(0, 0, window / 2);
+    assert.equal(t.tryWrite(0, fill(1, window / 2)), true);
+    apply(1, 0, window / 2);
+    assert.equal(t.heldBytes, window);
+    const waiting = t.write(0, fill(2, 4 * KiB));
+    apply(2, 0, 4 * KiB);
+    assert.equal(t.tryWrite(0, fill(3, 4 * KiB)), false);
+    // The moment the worker reports the ring applied, before the waiting write has resumed:
+    // there is room now, and still the tryWrite is refused. (A listener after the target's
+    // own runs in that moment.)
+    const worker = (t as unknown as { worker: Worker }).worker;
+    let atReport: boolean | undefined;
+    const onReport = (m: { t: string }): void => {
+      if (m.t === 'applied') atReport ??= t.tryWrite(0, fill(3, 4 * KiB));
+    };
+    worker.on('message', onReport);
+    await waiting;
+    worker.off('message', onReport);
+    assert.equal(atReport, false);
+
+    // Then a seeded run on 64 overlapping 4 KiB slots (an overtaking write would show in the
+    // bytes), used as the replicator's ship loop uses it: a tryWrite first, and when refused,
+    // a write() that the next tryWrites must not overtake while it waits for room.
+    const r = rng(11);
+    let pending: Promise<void> = Promise.resolve();
+    let taken = 0;
+    let refused = 0;
+    for (let i = 4; i < 1500; i++) {
+      const offset = Math.floor(r() * 64) * 4 * KiB;
+      const length = (1 + Math.floor(r() * 6)) * 4 * KiB;
+      const data = fill(i, length);
+      apply(i, offset, length);
+      if (t.tryWrite(offset, data)) {
+        taken++;
+        // Taken is copied: the caller may reuse its buffer at once.
+        data.fill(0xee);
+      } else {
+        refused++;
+        await pending;
+        pending = t.write(offset, data);
+      }
+      if (r() < 0.1) await new Promise<void>((resolve) => setImmediate(resolve));
+    }
+    await pending;
+    const info = await t.flush();
+    await t.close();
+    assert.equal(sha(await content(url, info.checkpoint)), sha(model));
+    assert.ok(taken > 50 && refused > 50, `taken ${taken}, refused ${refused}`);
+  });
   it('holds the lease, reports open failures with their codes, and writes nothing after a kill', async () => {
     const url = await volumeUrl();
     await assert.rejects(WorkerTarget.open(spec(join(dir, 'nothing-here')), silentLogger), (e) => {
