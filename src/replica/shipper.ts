@@ -273,31 +273,28 @@ export class WorkerTarget implements ReplicaTarget {
     if (this.error) throw this.error;
     const bytes = data?.length ?? 0;
     const size = this.ring.length;
-    if (bytes > size / 2) {
-      // Too large for the ring: a batch of its own, with its own memory (it still counts
-      // against the window, which it may exceed alone).
-      this.waiting++;
-      try {
-        while (this.inFlight > 0 && this.inFlight + bytes > this.ring.length) await this.room();
-      } finally {
-        this.waiting--;
-      }
-      this.post();
-      const own = Buffer.allocUnsafeSlow(bytes);
-      data!.copy(own);
-      this.inFlight += bytes;
-      const batch: Batch = { ops: [kind, offset, length], ringAt: -1, data: own, bytes };
-      this.worker.postMessage({ t: 'batch', batch } satisfies ToWorker, [own.buffer]);
-      return;
-    }
-    // (Counted in `waiting` up to the same turn as place(): tryWrite() cannot come between.)
+    // Too large for the ring: a batch of its own, with its own memory (it still counts
+    // against the window, which it may exceed alone).
+    const own = bytes > size / 2;
+    // (Counted in `waiting` up to the same turn as the change is queued: tryWrite() cannot
+    // come between.)
     this.waiting++;
     try {
-      while (!this.fits(bytes)) await this.room();
+      while (own ? this.inFlight > 0 && this.inFlight + bytes > size : !this.fits(bytes))
+        await this.room();
     } finally {
       this.waiting--;
     }
-    this.place(kind, offset, length, data);
+    if (!own) {
+      this.place(kind, offset, length, data);
+      return;
+    }
+    this.post();
+    const copy = Buffer.allocUnsafeSlow(bytes);
+    data!.copy(copy);
+    this.inFlight += bytes;
+    const batch: Batch = { ops: [kind, offset, length], ringAt: -1, data: copy, bytes };
+    this.worker.postMessage({ t: 'batch', batch } satisfies ToWorker, [copy.buffer]);
   }
 
   /**
