@@ -30,6 +30,8 @@ import {
 import { readManifest, isInconsistent } from '../../../src/replica/manifest.js';
 import { PrimaryFile } from '../../../src/replica/primary.js';
 import { Replicator } from '../../../src/replica/replicator.js';
+import type { ReplicaTarget } from '../../../src/replica/shipper.js';
+import type { CheckpointInfo } from '../../../src/format/volume/types.js';
 import { rng } from '../../helpers/rng.js';
 
 const KiB = 1024;
@@ -100,6 +102,88 @@ class OutageStore implements ObjectStore {
   }
 }
 
+/**
+ * The replica volume behind a ring, as the shipper worker holds it (WorkerTarget): write()
+ * and writeZeroes() resolve once the change is copied and queued, tryWrite() takes a write
+ * at once unless a seeded coin says the ring is full or a change waits for room, and the
+ * changes reach the volume later, in order. A failure is kept: it refuses every tryWrite()
+ * and fails the next call. A kill drops what was queued. It copies what it is given
+ * (copiesData), so the replicator recycles its buffers as it does with the worker.
+ */
+class RingTarget implements ReplicaTarget {
+  readonly copiesData = true;
+  heldBytes = 0;
+  /** Writes tryWrite() took. */
+  taken = 0;
+  private tail: Promise<void> = Promise.resolve();
+  private waiting = 0;
+  private error: unknown;
+  constructor(
+    private readonly v: Volume,
+    private readonly r: () => number,
+  ) {}
+  get info(): ReplicaTarget['info'] {
+    return this.v.info;
+  }
+  /** Run `op` after everything queued before it; a failure sticks. */
+  private after<T>(op: () => Promise<T>): Promise<T> {
+    const p = this.tail.then(async () => {
+      if (this.error !== undefined) throw this.error;
+      if (this.r() < 0.2) await new Promise((res) => setImmediate(res));
+      if (this.error !== undefined) throw this.error;
+      return op();
+    });
+    this.tail = p.then(
+      () => undefined,
+      (e: unknown) => void (this.error ??= e),
+    );
+    return p;
+  }
+  private queue(op: () => Promise<void>, bytes: number): void {
+    this.heldBytes += bytes;
+    void this.after(op)
+      .finally(() => (this.heldBytes -= bytes))
+      .catch(() => undefined);
+  }
+  tryWrite(offset: number, data: Buffer): boolean {
+    if (this.error !== undefined || this.waiting > 0 || this.r() < 0.3) return false;
+    const copy = Buffer.from(data);
+    this.queue(() => this.v.write(offset, copy), copy.length);
+    this.taken++;
+    return true;
+  }
+  private async room(): Promise<void> {
+    if (this.error !== undefined) throw this.error;
+    this.waiting++;
+    try {
+      while (this.r() < 0.3) await new Promise((res) => setImmediate(res));
+    } finally {
+      this.waiting--;
+    }
+    if (this.error !== undefined) throw this.error;
+  }
+  async write(offset: number, data: Buffer): Promise<void> {
+    const copy = Buffer.from(data);
+    await this.room();
+    this.queue(() => this.v.write(offset, copy), copy.length);
+  }
+  async writeZeroes(offset: number, length: number): Promise<void> {
+    await this.room();
+    this.queue(() => this.v.writeZeroes(offset, length), 0);
+  }
+  flush(): Promise<CheckpointInfo> {
+    return this.after(() => this.v.flush());
+  }
+  async close(): Promise<void> {
+    await this.tail;
+    await this.v.close();
+  }
+  kill(): Promise<void> {
+    this.error ??= new HyperError('unavailable', 'ABORTED', 'killed');
+    return Promise.resolve();
+  }
+}
+
 const dir = await mkdtemp(join(tmpdir(), 'hyper-replica-'));
 after(() => rm(dir, { recursive: true, force: true }));
 
@@ -138,8 +222,20 @@ async function start(
     retryMs?: number;
     /** OutageStore.failSegmentGets from the start. */
     failSegmentGets?: number;
+    /**
+     * A seeded coin: each replica opened is behind a RingTarget three times in four (the
+     * shipper worker's way: tryWrite, writes applied later, buffers recycled).
+     */
+    ring?: () => number;
   } = {},
-): Promise<{ rep: Replicator; store: OutageStore; opens: () => number; primary: PrimaryFile }> {
+): Promise<{
+  rep: Replicator;
+  store: OutageStore;
+  opens: () => number;
+  primary: PrimaryFile;
+  /** The RingTargets opened so far. */
+  rings: RingTarget[];
+}> {
   const { primary, header } = await openPrimary(s.file, s.uuid, { force: o.force === true });
   const inner = (await openReplicaStore(header.replicaUrl, s.uuid, open)).store;
   const store = new OutageStore(inner);
@@ -152,6 +248,7 @@ async function start(
   // unless it is this replicator's own (what `replica serve` does).
   let forceAtStart = true;
   let opens = 0;
+  const rings: RingTarget[] = [];
   const rep = new Replicator({
     primary,
     header,
@@ -161,7 +258,11 @@ async function start(
       opens++;
       const force = o.takeReplica !== 'once' || forceAtStart;
       forceAtStart = false;
-      return Volume.open(reach, { holder, force, reclaim: true, flushIntervalMs: 0 });
+      const v = await Volume.open(reach, { holder, force, reclaim: true, flushIntervalMs: 0 });
+      if (o.ring === undefined || o.ring() >= 0.75) return v;
+      const t = new RingTarget(v, o.ring);
+      rings.push(t);
+      return t;
     },
     openReplicaAt: (checkpoint) => Volume.open(reach, { at: { checkpoint } }),
     takeOver: o.force === true,
@@ -174,7 +275,7 @@ async function start(
   });
   started.push(rep);
   await rep.start();
-  return { rep, store, opens: () => opens, primary };
+  return { rep, store, opens: () => opens, primary, rings };
 }
 
 /** A failover: a copy of the primary (taken now, while its replicator may run) served by force. */
@@ -350,12 +451,14 @@ describe('replicator', () => {
   for (const seed of SEEDS) {
     it(`logging: the replica follows the write order and settles equal (seed ${seed})`, async () => {
       const s = await setup();
-      const { rep } = await start(s);
+      const { rep, rings } = await start(s, { ring: rng(seed * 17) });
       assert.equal(rep.mode, 'logging');
       const model = new Model();
       await randomOps(rep, model, seed, 200);
       assert.ok(await rep.settle(10_000));
       assert.equal(rep.status().mode, 'logging');
+      // Behind a ring, writes were handed over at once as well as waited for.
+      for (const t of rings) assert.ok(t.taken > 0, 'no write went through tryWrite()');
       await rep.close();
       assert.equal(sha(await primaryContent(s.file)), sha(model.bytes));
       assert.equal(sha(await replicaContent(s.prefix, s.uuid)), sha(model.bytes));
@@ -384,7 +487,10 @@ describe('replicator', () => {
         };
         return c;
       };
-      let cur = slowHeaders(await start(s, { poolBytes: 256 * KiB, holder: `mixed-${seed}-0` }));
+      const ring = rng(seed * 17);
+      let cur = slowHeaders(
+        await start(s, { poolBytes: 256 * KiB, holder: `mixed-${seed}-0`, ring }),
+      );
       const model = new Model();
       let restarts = 0;
       let fullAsked = false;
@@ -434,6 +540,7 @@ describe('replicator', () => {
                 poolBytes: 256 * KiB,
                 holder: `mixed-${seed}-${restarts}`,
                 force: true,
+                ring,
               }),
             );
             if (!fullAsked) assert.notEqual(cur.rep.mode, 'forward-full');
@@ -449,6 +556,7 @@ describe('replicator', () => {
                 poolBytes: 256 * KiB,
                 holder: `mixed-${seed}-${restarts}`,
                 force: true,
+                ring,
               }),
             );
             // Only an asked-for full resync survives a crash as one.
