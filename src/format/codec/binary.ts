@@ -3,14 +3,47 @@
  * JavaScript numbers only when they are safe integers: decoding a larger value is a
  * corruption error, encoding one is a bug — no bits above 2^53 are ever lost silently.
  */
-import { crc32c as nativeCrc32c } from '@node-rs/crc32';
+import { createRequire } from 'node:module';
+import { crc32c as tableCrc32c } from '@node-rs/crc32';
 
 export class DecodeError extends Error {
   override readonly name = 'DecodeError';
 }
 
-export function crc32c(data: Uint8Array, initial?: number): number {
-  return nativeCrc32c(data, initial) >>> 0;
+/**
+ * CRC-32C with the processor's CRC32 instruction (SSE 4.2) when there is one: sse4_crc32, a
+ * small binding compiled at install, which does it in half the time of @node-rs/crc32 (whose
+ * CRC-32C is a table walk: 1 GiB in 4 KiB blocks took 330–370 ms there against 190 ms, and
+ * 280–360 ms against 135 ms in 1 MiB pieces; a local 1 GiB write through `serve` ran 15%
+ * faster). Where the binding did not build, or the processor lacks the instruction (ARM),
+ * the table walk of @node-rs/crc32. Both give the same values, also when continued from an
+ * `initial` CRC.
+ */
+function hardwareCrc32c(): ((data: Uint8Array, initial?: number) => number) | undefined {
+  try {
+    const m = createRequire(import.meta.url)('sse4_crc32') as {
+      hardware_support?: boolean;
+      sse42_crc?: (data: Uint8Array, initial?: number) => number;
+    };
+    return m.hardware_support === true ? m.sse42_crc : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
+const hardware = hardwareCrc32c();
+
+/** Which implementation computes CRC-32C here (shown by `hyper doctor`). */
+export const CRC32C_IMPLEMENTATION: 'sse4.2' | 'table' = hardware ? 'sse4.2' : 'table';
+
+export const crc32c: (data: Uint8Array, initial?: number) => number =
+  hardware !== undefined
+    ? (data, initial) => (initial === undefined ? hardware(data) : hardware(data, initial >>> 0))
+    : (data, initial) => tableCrc32c(data, initial) >>> 0;
+
+/** CRC-32C by the table walk whatever the processor has (tests compare the two). */
+export function tableCrc32cOf(data: Uint8Array, initial?: number): number {
+  return tableCrc32c(data, initial) >>> 0;
 }
 
 const TWO32 = 2 ** 32;

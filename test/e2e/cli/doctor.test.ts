@@ -77,6 +77,7 @@ const IDS = [
   'bucket-public-access-block',
   'bucket-policy-public',
   'account-public-access-block',
+  'checksums',
 ];
 
 function client(cfg: S3TestConfig): S3Client {
@@ -166,6 +167,7 @@ describe('hyper doctor', () => {
     assert.equal(byId(report, 'payload-signing').status, 'ok');
     assert.match(byId(report, 'payload-signing').detail, /are signed/);
     assert.equal(byId(report, 'object-lock').status, 'ok');
+    assert.equal(byId(report, 'checksums').status, 'ok');
     assert.notEqual(byId(report, 'bucket-policy-public').status, 'fail');
     // RGW has no S3 Control API: reported, not failed.
     const account = byId(report, 'account-public-access-block');
