@@ -150,11 +150,11 @@ export async function runDoctor(url: string, options: DoctorOptions = {}): Promi
         ...(options.signal === undefined ? {} : { signal: options.signal }),
       });
       checks.push(...bucketChecks(settings, parsed.prefix, target, options.accountId));
+      checks.push(checksumCheck());
     }
   } finally {
     await store.close();
   }
-  checks.push(checksumCheck());
   const counts: Record<CheckStatus, number> = { ok: 0, warn: 0, fail: 0, skip: 0 };
   for (const c of checks) counts[c.status]++;
   return {
@@ -171,6 +171,8 @@ export async function runDoctor(url: string, options: DoctorOptions = {}): Promi
   };
 }
 
+const CHECKSUMS_TITLE = 'Block checksums (CRC-32C)';
+
 const LATER_CHECKS: [string, string][] = [
   ['conditional-create', 'Create-only writes (If-None-Match)'],
   ['conditional-cas', 'Compare-and-swap (If-Match)'],
@@ -184,6 +186,7 @@ const LATER_CHECKS: [string, string][] = [
   ['bucket-public-access-block', 'Block Public Access (bucket)'],
   ['bucket-policy-public', 'Bucket policy'],
   ['account-public-access-block', 'Block Public Access (account)'],
+  ['checksums', CHECKSUMS_TITLE],
 ];
 
 async function checkAccess(
@@ -495,7 +498,7 @@ async function checkClock(
 
 /** This host: how the CRC-32C of every block written and read is computed. */
 function checksumCheck(): DoctorCheck {
-  const title = 'Block checksums (CRC-32C)';
+  const title = CHECKSUMS_TITLE;
   if (CRC32C_IMPLEMENTATION === 'sse4.2')
     return check('checksums', title, 'ok', "the processor's CRC32 instruction (SSE 4.2)");
   if (process.arch !== 'x64')
