@@ -70,6 +70,18 @@ export class VolumeDevice implements BlockDevice {
     return this.volume.write(offset, data, { fua: flags.fua });
   }
 
+  /**
+   * Memory for a WRITE payload: the volume's, which keeps a large block-aligned write's
+   * payload as its blocks instead of copying it (writeOwned).
+   */
+  payloadBuffer(length: number): Buffer {
+    return this.volume.payloadBuffer(length);
+  }
+
+  writeOwned(offset: number, data: Buffer, flags: WriteFlags): Promise<void> {
+    return this.volume.writeOwned(offset, data, { fua: flags.fua });
+  }
+
   /** A payload that arrived in pieces is copied into the write buffer once, not joined first. */
   writev(offset: number, parts: Buffer[], flags: WriteFlags): Promise<void> {
     return this.volume.write(offset, parts, { fua: flags.fua });

@@ -828,6 +828,16 @@ const cjsCrypto = cjsRequire('node:crypto') as typeof nodeCrypto;
  */
 let codecsInline = false;
 
+/**
+ * `data` in memory the volume hands out for a write it may keep (each attempt gets its own:
+ * what was handed over is the volume's).
+ */
+function ownedCopy(vol: Volume, data: Buffer): Buffer {
+  const b = vol.payloadBuffer(data.length);
+  data.copy(b);
+  return b;
+}
+
 function inlineCodecs(): void {
   type Fn = (...a: unknown[]) => unknown;
   const gate = (mod: Record<string, Fn>, fn: string, inline: Fn): void => {
@@ -1724,7 +1734,20 @@ class Run {
       if (!this.dedup || this.rand() < 0.25)
         for (let i = 0; i + 4 <= len; i += 509) data.writeUInt32LE((this.step * 7919 + i) >>> 0, i);
     }
-    const what = `${w.actor.name} ${kind} ${off}+${len}`;
+    // Half the writes hand their data over as the NBD server does (payloadBuffer, then
+    // writeOwned): large block-aligned ones become blocks without a copy, and their memory
+    // is recycled for later writes once flushed; a block still pointing into recycled memory
+    // would read back another write's bytes.
+    const owned = kind === 'write' && this.rand() < 0.5;
+    // (Mostly of a few lengths at a block boundary, as clients send: memory recycled too early
+    // would be handed out again for a later write of the same length.)
+    if (owned && !at && this.rand() < 0.5) {
+      len = [64, 128][Math.floor(this.rand() * 2)]! * KiB;
+      off = Math.min(Math.floor(off / BS) * BS, VOLUME_SIZE - len);
+      data = Buffer.alloc(len, 1 + Math.floor(this.rand() * 255));
+      for (let i = 0; i + 4 <= len; i += 509) data.writeUInt32LE((this.step * 7919 + i) >>> 0, i);
+    }
+    const what = `${w.actor.name} ${kind}${owned ? ' (owned)' : ''} ${off}+${len}`;
     this.totals.operations++;
     // The content once this change is applied (a segment for room may commit it any time).
     const next = Buffer.from(w.model);
@@ -1748,7 +1771,9 @@ class Run {
       try {
         const p =
           kind === 'write'
-            ? w.vol.write(off, data as Buffer)
+            ? owned
+              ? w.vol.writeOwned(off, ownedCopy(w.vol, data as Buffer))
+              : w.vol.write(off, data as Buffer)
             : kind === 'zero'
               ? w.vol.writeZeroes(off, len)
               : w.vol.trim(off, len);

@@ -209,13 +209,26 @@ export function writeLeaf(entries: Buffer, i: number, lba: number, p: BlockPtr):
 
 /** Fill in where a leaf's block is stored (a flush does this for pending entries). */
 export function setLeafLocation(entries: Buffer, i: number, p: BlockPtr): void {
+  setLeafFields(entries, i, p.seg, p.off, p.len, p.crc, p.codec);
+}
+
+/** setLeafLocation from the fields themselves (a flush locates every block: no object each). */
+export function setLeafFields(
+  entries: Buffer,
+  i: number,
+  seg: number,
+  off: number,
+  len: number,
+  crc: number,
+  codec: number,
+): void {
   const o = i * ENTRY_SIZE;
-  const within = p.off % SECTOR;
-  writeU64(entries, o + 8, p.seg);
-  entries.writeUInt32LE((p.off - within) / SECTOR, o + 16);
-  entries.writeUInt32LE(p.len, o + 20);
-  entries.writeUInt32LE(p.crc >>> 0, o + 24);
-  entries.writeUInt16LE(p.codec, o + 28);
+  const within = off % SECTOR;
+  writeU64(entries, o + 8, seg);
+  entries.writeUInt32LE((off - within) / SECTOR, o + 16);
+  entries.writeUInt32LE(len, o + 20);
+  entries.writeUInt32LE(crc >>> 0, o + 24);
+  entries.writeUInt16LE(codec, o + 28);
   entries.writeUInt16LE(within, o + 30);
 }
 

@@ -250,7 +250,7 @@ export class BTree {
 
   /** Map `lba` to `p`. Returns 1 if the block was unmapped before, 0 if replaced. */
   insert(lba: number, p: BlockPtr): number | Miss {
-    return this.put(lba, (e, i) => writeLeaf(e, i, lba, p));
+    return this.put(lba, p, undefined);
   }
 
   /**
@@ -279,43 +279,56 @@ export class BTree {
 
   /** Set the leaf entry under `key` to `entry` (32 bytes starting with the key). */
   putEntry(key: number, entry: Buffer): number | Miss {
-    return this.put(key, (e, i) => entry.copy(e, i * ENTRY_SIZE, 0, ENTRY_SIZE));
+    return this.put(key, undefined, entry);
   }
 
-  /** Insert or replace the leaf entry under `lba`, written by `write`. */
-  private put(lba: number, write: (entries: Buffer, i: number) => void): number | Miss {
+  /**
+   * The path of the insert in progress, its first `depth` places (kept from one insert to
+   * the next, never shortened: a flush inserts every block of a segment, and two arrays per
+   * insert were most of its garbage).
+   */
+  private readonly path: Node[] = [];
+  private readonly idx: number[] = [];
+
+  /** Insert or replace the leaf entry under `lba`: pointer `p`, or the raw `entry`. */
+  private put(lba: number, p: BlockPtr | undefined, entry: Buffer | undefined): number | Miss {
     // Find the whole path before changing anything.
-    const path: Node[] = [];
-    const idx: number[] = [];
+    const path = this.path;
+    const idx = this.idx;
+    let depth = 0;
     let nd = this.root;
     while (nd.level > 0) {
       const i = Math.max(0, nd.lastLE(lba));
       const c = this.child(nd, i);
-      if (c instanceof Miss) return c;
-      path.push(nd);
-      idx.push(i);
+      if (c instanceof Miss) {
+        path.fill(undefined as unknown as Node, 0, depth);
+        return c;
+      }
+      path[depth] = nd;
+      idx[depth++] = i;
       nd = c;
     }
-    path.push(nd);
-    this.makeWritable(path, idx);
-    const leaf = path[path.length - 1] as Node;
+    path[depth++] = nd;
+    this.makeWritable(path, idx, depth);
+    const leaf = path[depth - 1] as Node;
     const pos = leaf.lowerBound(lba);
     let delta = 0;
-    if (pos < leaf.length && leaf.key(pos) === lba) {
-      write(leaf.entries, pos);
-    } else {
+    if (pos >= leaf.length || leaf.key(pos) !== lba) {
       leaf.entries.copyWithin((pos + 1) * ENTRY_SIZE, pos * ENTRY_SIZE, leaf.length * ENTRY_SIZE);
-      write(leaf.entries, pos);
       leaf.length++;
       delta = 1;
     }
-    for (let d = path.length - 2; d >= 0; d--) {
+    if (p) writeLeaf(leaf.entries, pos, lba, p);
+    else (entry as Buffer).copy(leaf.entries, pos * ENTRY_SIZE, 0, ENTRY_SIZE);
+    for (let d = depth - 2; d >= 0; d--) {
       const parent = path[d] as Node;
       const i = idx[d] as number;
       if (delta) addBlocks(parent, i, delta);
       if (lba < parent.key(i)) setEntryKey(parent.entries, i, lba);
     }
-    if (leaf.length > this.capacity) this.splitUp(path, idx, pos === leaf.length - 1);
+    if (leaf.length > this.capacity) this.splitUp(path, idx, depth, pos === leaf.length - 1);
+    // (No node stays reachable from here once the insert is done.)
+    path.fill(undefined as unknown as Node, 0, depth);
     return delta;
   }
 
@@ -388,12 +401,12 @@ export class BTree {
   }
 
   /** Clone every clean node on the path (root first) and link the clones. */
-  private makeWritable(path: Node[], idx: number[]): void {
+  private makeWritable(path: Node[], idx: number[], depth: number): void {
     if (!this.root.dirty) {
       this.root = cloneNode(this.root, this.capacity);
     }
     path[0] = this.root;
-    for (let d = 1; d < path.length; d++) {
+    for (let d = 1; d < depth; d++) {
       const nd = path[d] as Node;
       if (nd.dirty) continue;
       const w = cloneNode(nd, this.capacity);
@@ -403,9 +416,9 @@ export class BTree {
     }
   }
 
-  /** Split overflowing nodes from the bottom of `path` upwards. */
-  private splitUp(path: Node[], idx: number[], append: boolean): void {
-    for (let d = path.length - 1; d >= 0; d--) {
+  /** Split overflowing nodes from the bottom of `path` (its first `depth` places) upwards. */
+  private splitUp(path: Node[], idx: number[], depth: number, append: boolean): void {
+    for (let d = depth - 1; d >= 0; d--) {
       const nd = path[d] as Node;
       if (nd.length <= this.capacity) return;
       // Appends keep the left node full (sequential writes pack nodes densely).

@@ -403,9 +403,11 @@ export async function buildSegment(
       const v = gen.blocks.get(lba) as Buffer | null;
       // A block whose content is stored already points there, and stores nothing.
       const found = dd?.found.get(lba);
-      const change = (): number | Miss =>
-        v ? tree.insert(lba, found ?? PENDING) : tree.deleteRange(lba, lba + 1);
-      if (change() instanceof Miss) {
+      // (No closure per block unless a node is missing: a flush does this for every block.)
+      const p = found ?? PENDING;
+      if ((v ? tree.insert(lba, p) : tree.deleteRange(lba, lba + 1)) instanceof Miss) {
+        const change = (): number | Miss =>
+          v ? tree.insert(lba, p) : tree.deleteRange(lba, lba + 1);
         // The first miss of a batch loads the leaves (and nodes above them) the rest of it
         // changes, many at once: random writes over a large volume miss a leaf for most
         // blocks, and one load at a time costs a store round trip each. (A batch whose nodes

@@ -23,7 +23,7 @@ import {
   encodedNodeSize,
   leafIsPending,
   setChildLocation,
-  setLeafLocation,
+  setLeafFields,
 } from '../codec/node.js';
 import { crc32c } from '../codec/binary.js';
 import { CODEC_SEALED, type Sealer } from '../codec/seal.js';
@@ -194,9 +194,7 @@ export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
     lens.push(b.length + extra);
     total += b.length + extra;
   }
-  const slot = new Map<number, number>();
-  c.lbas.forEach((lba, k) => slot.set(lba, k));
-  for (const [a, b] of c.aliases ?? []) slot.set(a, slot.get(b) as number);
+  const slot = slotFinder(c.lbas, c.aliases);
 
   /** Fill in the locations this segment assigns (pending blocks, dirty children) in `e`. */
   const locate = (nd: Node, e: Buffer, inDedup: boolean): void => {
@@ -207,20 +205,22 @@ export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
         const key = nd.key(i);
         // (Dedup index: only pointer entries, at even keys, are block pointers.)
         if (inDedup && isHashKey(key)) continue;
-        const k = inDedup ? dedup?.slots.get(key) : slot.get(key);
+        const k = inDedup ? dedup?.slots.get(key) : slot(key);
         if (k === undefined)
           throw new HyperError(
             'internal',
             'INTERNAL',
             `${inDedup ? 'dedup index' : 'index'} entry ${key} has no data`,
           );
-        setLeafLocation(e, i, {
-          seg: id,
-          off: blockOffsets[k] as number,
-          len: lens[k] as number,
-          crc: crcs[k] as number,
-          codec: codecs ? (codecs[k] as number) : 0,
-        });
+        setLeafFields(
+          e,
+          i,
+          id,
+          blockOffsets[k] as number,
+          lens[k] as number,
+          crcs[k] as number,
+          codecs ? (codecs[k] as number) : 0,
+        );
       } else {
         const child = nd.children?.[i];
         if (child) setChildLocation(e, i, id, offsetOf.get(child) as number);
@@ -370,6 +370,46 @@ export function buildCheckpoint(c: CheckpointInput): BuiltCheckpoint {
     blockLengths: lens,
     blockCrcs: crcs,
     ...(codecs ? { codecs } : {}),
+  };
+}
+
+/**
+ * The position in `lbas` of each key's block (an alias: of the block it shares). The nodes
+ * are located in key order, so with `lbas` ascending (as a flush lists them) the next key is
+ * mostly the one after the last found, else a binary search finds it: no map of a segment's
+ * every block. A list that is not ascending gets the map.
+ */
+function slotFinder(
+  lbas: readonly number[],
+  aliases: ReadonlyMap<number, number> | undefined,
+): (key: number) => number | undefined {
+  let ascending = true;
+  for (let i = 1; i < lbas.length && ascending; i++)
+    ascending = (lbas[i] as number) > (lbas[i - 1] as number);
+  if (!ascending) {
+    const m = new Map<number, number>();
+    lbas.forEach((lba, k) => m.set(lba, k));
+    for (const [a, b] of aliases ?? []) m.set(a, m.get(b) as number);
+    return (key) => m.get(key);
+  }
+  let next = 0;
+  const find = (key: number): number | undefined => {
+    if (lbas[next] === key) return next++;
+    let lo = 0;
+    let hi = lbas.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if ((lbas[mid] as number) < key) lo = mid + 1;
+      else hi = mid;
+    }
+    if (lbas[lo] !== key) return undefined;
+    next = lo + 1;
+    return lo;
+  };
+  if (!aliases || aliases.size === 0) return find;
+  return (key) => {
+    const b = aliases.get(key);
+    return find(b ?? key);
   };
 }
 

@@ -659,6 +659,37 @@ export class Volume {
   }
 
   /**
+   * Memory for the data of a write that writeOwned() will be handed (recycled; the NBD server
+   * reads a WRITE's payload straight into it).
+   */
+  payloadBuffer(length: number): Buffer {
+    return this.buffer.payloads.take(length);
+  }
+
+  /**
+   * write(), with `data` from payloadBuffer(), which the volume owns from here on: a large
+   * write of whole blocks keeps it as its blocks, no copy (WriteBuffer.writeOwned). With a
+   * WAL, which logs the data by reference, it is copied like any write.
+   */
+  async writeOwned(offset: number, data: Buffer, options: WriteOptions = {}): Promise<void> {
+    if (this.wal) {
+      try {
+        await this.write(offset, data, options);
+      } finally {
+        this.buffer.payloads.give(data);
+      }
+      return;
+    }
+    this.checkWritable();
+    const length = data.length;
+    this.checkRange(offset, length);
+    if (length === 0) return;
+    await this.buffer.writeOwned(offset, data);
+    this.counters.bytesWritten += length;
+    await this.afterWrite(options);
+  }
+
+  /**
    * Compaction's copy of whole blocks out of old segments, at block-aligned `offset`: only the
    * blocks that no write, zero or trim changed since trackChanges(true) (WriteBuffer.rewrite).
    * Not logged in the WAL: the blocks are committed already. Returns the blocks copied.

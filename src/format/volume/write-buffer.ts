@@ -92,11 +92,19 @@ export class Generation {
   private slab: Buffer | undefined;
   private slabUsed = 0;
   private readonly slabs: Buffer[] = [];
+  /** Payloads whose blocks this generation took as they are (WriteBuffer.writeOwned). */
+  private readonly adopted: Buffer[] = [];
 
   constructor(
     private readonly blockSize: number,
     private readonly pool: SlabPool = new SlabPool(blockSize, 0),
+    private readonly payloads?: PayloadPool,
   ) {}
+
+  /** `b` (from `payloads`) holds blocks of this generation now: it lives as the slabs do. */
+  adopt(b: Buffer): void {
+    this.adopted.push(b);
+  }
 
   /** A fresh, uninitialised block buffer for this generation. */
   alloc(): Buffer {
@@ -123,6 +131,8 @@ export class Generation {
     for (const b of this.slabs) this.pool.give(b, gathered);
     this.slabs.length = 0;
     this.slab = undefined;
+    for (const b of this.adopted) this.payloads?.give(b);
+    this.adopted.length = 0;
   }
 
   lookup(lba: number): BufferedBlock {
@@ -203,6 +213,56 @@ export class SlabPool {
     return this.free.length;
   }
 }
+
+/**
+ * Payloads of at least this many bytes, starting and ending on block boundaries, become the
+ * blocks they carry (WriteBuffer.writeOwned): no copy into a slab. Smaller ones are copied
+ * (a buffer per 4 KiB block would be a buffer object for the GC per block).
+ */
+export const ADOPT_MIN = 64 * 1024;
+
+/**
+ * Memory for payloads the buffer may keep (writeOwned), reused by length. Kept payloads come
+ * back with the slabs of their generation (recycleSlabs): once their blocks were copied into
+ * a segment, or the segment that gathered them has landed, often a segment's worth at once;
+ * up to `maxBytes` of those wait (fresh memory instead would fault in every page on the
+ * socket's first write into it). Payloads too small to keep come back as soon as they are
+ * copied, so a few of them are enough: up to SMALL_PAYLOADS bytes.
+ */
+export class PayloadPool {
+  private readonly free = new Map<number, Buffer[]>();
+  private bytes = 0;
+  private smallBytes = 0;
+
+  constructor(private readonly maxBytes: number) {}
+
+  take(length: number): Buffer {
+    const b = this.free.get(length)?.pop();
+    if (b === undefined) return Buffer.allocUnsafeSlow(length);
+    if (length < ADOPT_MIN) this.smallBytes -= length;
+    else this.bytes -= length;
+    return b;
+  }
+
+  give(b: Buffer): void {
+    const small = b.length < ADOPT_MIN;
+    if (small ? this.smallBytes + b.length > SMALL_PAYLOADS : this.bytes + b.length > this.maxBytes)
+      return;
+    let list = this.free.get(b.length);
+    if (list === undefined) this.free.set(b.length, (list = []));
+    list.push(b);
+    if (small) this.smallBytes += b.length;
+    else this.bytes += b.length;
+  }
+
+  /** Bytes waiting for reuse. */
+  get held(): number {
+    return this.bytes + this.smallBytes;
+  }
+}
+
+/** Bytes of payloads too small to keep that wait for reuse (PayloadPool). */
+const SMALL_PAYLOADS = 4 * 1024 * 1024;
 
 /** Blocks with a read-modify-write in progress, so later overlapping changes wait for it. */
 export class BlockLocks {
@@ -287,6 +347,8 @@ export class WriteBuffer {
   private readonly zeroBlock: Buffer;
   private roomWaiters: (() => void)[] = [];
   private readonly pool: SlabPool;
+  /** Memory for payloads that writeOwned may keep. */
+  readonly payloads: PayloadPool;
 
   /** The bound writers wait at (maxDirtyBytes; see setLimit). */
   private limit: number;
@@ -305,7 +367,10 @@ export class WriteBuffer {
       Math.ceil(o.maxDirtyBytes / 3 / pool.slabSize),
       Math.ceil(o.maxDirtyBytes / pool.slabSize),
     );
-    this.active = new Generation(o.blockSize, this.pool);
+    // Kept payloads come back when a segment lands, like gathered slabs: up to half the bound
+    // waits (a sequential write's segments in flight hold the rest).
+    this.payloads = new PayloadPool(Math.ceil(o.maxDirtyBytes / 2));
+    this.active = new Generation(o.blockSize, this.pool, this.payloads);
   }
 
   /** What the un-flushed generations say about a block (active first, then frozen, newest first). */
@@ -396,6 +461,33 @@ export class WriteBuffer {
     await this.apply(first, last, this.edgesToRead(offset, length), log, (old) =>
       this.copyIn(offset, data, old),
     );
+  }
+
+  /**
+   * write(), with `data` from `payloads` handed over: when it is ADOPT_MIN or more of whole
+   * blocks at a block boundary, its blocks are kept as they are (the active generation owns
+   * the buffer from the step that applies the write); otherwise it is copied like any write
+   * and goes back to the pool once applied. Not with a log that keeps the data by reference
+   * (the WAL's): a later write updates a kept block in place.
+   */
+  async writeOwned(offset: number, data: Buffer, log?: ApplyLog): Promise<void> {
+    const bs = this.bs;
+    if (data.length < ADOPT_MIN || offset % bs !== 0 || data.length % bs !== 0) {
+      try {
+        await this.write(offset, data, log);
+      } finally {
+        this.payloads.give(data);
+      }
+      return;
+    }
+    await this.waitForRoom();
+    const first = offset / bs;
+    const last = first + data.length / bs - 1;
+    for (let busy = this.locks.untilFree(first, last); busy;) {
+      await busy;
+      busy = this.locks.untilFree(first, last);
+    }
+    await this.apply(first, last, [], log, () => this.adoptIn(first, data));
   }
 
   /**
@@ -515,7 +607,7 @@ export class WriteBuffer {
   /** Move the active generation to frozen (a flush writes it); writes go to a new one. */
   freeze(): Generation {
     const gen = this.active;
-    this.active = new Generation(this.bs, this.pool);
+    this.active = new Generation(this.bs, this.pool, this.payloads);
     this.frozen.push(gen);
     return gen;
   }
@@ -617,6 +709,19 @@ export class WriteBuffer {
       durable = log?.();
     });
     await durable;
+  }
+
+  /** The whole blocks of `data` become blocks `first`… of the active generation (synchronous). */
+  private adoptIn(first: number, data: Buffer): void {
+    const bs = this.bs;
+    const n = data.length / bs;
+    const gen = this.active;
+    for (let k = 0; k < n; k++) {
+      const blk = data.subarray(k * bs, (k + 1) * bs);
+      gen.set(first + k, blk.equals(this.zeroBlock) ? null : blk);
+    }
+    gen.adopt(data);
+    this.touch(first, first + n);
   }
 
   /**

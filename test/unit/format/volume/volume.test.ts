@@ -63,14 +63,26 @@ describe('volume engine', () => {
       const zone = Math.floor(rand() * 4) * (size / 4);
       const off = Math.min(size - 1, zone + Math.floor(rand() * (size / 4)));
       if (r < 0.6) {
-        const len = Math.min(
+        let len = Math.min(
           size - off,
           rand() < 0.8 ? 1 + Math.floor(rand() * 9000) : Math.floor(rand() * 600 * KiB) + 1,
         );
-        const data = Buffer.alloc(len, Math.floor(rand() * 255) + 1);
+        // Half the writes hand their data over as the NBD server does (writeOwned): large
+        // block-aligned ones become blocks without a copy, their memory reused once flushed.
+        // (Of a few lengths, as clients send: memory recycled too early would be handed out
+        // again for a later write, whose bytes would then show in the earlier one's blocks.)
+        const owned = rand() < 0.5;
+        let at = off;
+        if (owned && rand() < 0.5) {
+          at = Math.min(Math.floor(off / 4096) * 4096, size - 256 * KiB);
+          len = [64, 128, 256][Math.floor(rand() * 3)]! * KiB;
+        }
+        const data = owned ? vol.payloadBuffer(len) : Buffer.alloc(len);
+        data.fill(Math.floor(rand() * 255) + 1);
         if (rand() < 0.3) data.fill(0, 0, Math.floor(len / 2)); // partly zero
-        await vol.write(off, data);
-        data.copy(ref, off);
+        data.copy(ref, at);
+        if (owned) await vol.writeOwned(at, data);
+        else await vol.write(at, data);
       } else if (r < 0.7) {
         const len = Math.min(size - off, Math.floor(rand() * 300 * KiB));
         await vol.writeZeroes(off, len);

@@ -1,6 +1,6 @@
 import assert from 'node:assert/strict';
 import { describe, it } from 'node:test';
-import { SlabPool, WriteBuffer } from '../../../../src/format/volume/write-buffer.js';
+import { ADOPT_MIN, SlabPool, WriteBuffer } from '../../../../src/format/volume/write-buffer.js';
 import { rng } from '../../../helpers/rng.js';
 
 const BS = 4096;
@@ -188,6 +188,47 @@ describe('write buffer', () => {
       buf.freeze();
       buf.putBack([a]);
     }, /suffix/);
+  });
+
+  it('keeps a large block-aligned payload handed over as its blocks, copies others, and recycles kept memory only with its generation', async () => {
+    const { buf, image } = setup(256);
+    const model = Buffer.alloc(256 * BS);
+    const fill = (b: Buffer, seed: number): Buffer => {
+      for (let i = 0; i < b.length; i++) b[i] = (i * 31 + seed) & 0xff;
+      return b;
+    };
+    // 64 KiB at a block boundary: kept, no copy.
+    const kept = fill(buf.payloads.take(ADOPT_MIN), 1);
+    kept.copy(model, 8 * BS);
+    await buf.writeOwned(8 * BS, kept);
+    assert.equal((buf.lookup(8) as Buffer).buffer, kept.buffer, 'the payload is the block');
+    assert.equal(buf.payloads.held, 0);
+    // Too small, or not on a block boundary: copied, and the memory goes back to the pool.
+    const small = fill(buf.payloads.take(4 * BS), 2);
+    small.copy(model, 100 * BS);
+    await buf.writeOwned(100 * BS, small);
+    assert.notEqual((buf.lookup(100) as Buffer).buffer, small.buffer);
+    const odd = fill(buf.payloads.take(ADOPT_MIN), 3);
+    odd.copy(model, 120 * BS + 512);
+    await buf.writeOwned(120 * BS + 512, odd);
+    assert.notEqual((buf.lookup(121) as Buffer).buffer, odd.buffer);
+    assert.equal(buf.payloads.held, 4 * BS + ADOPT_MIN);
+    assert.equal(buf.payloads.take(4 * BS), small, 'a copied payload is reused');
+    // A later partial write to a kept block updates it; a kept block of zeros is a hole.
+    await buf.write(9 * BS + 100, Buffer.from('later'));
+    Buffer.from('later').copy(model, 9 * BS + 100);
+    const zeros = buf.payloads.take(ADOPT_MIN).fill(0);
+    await buf.writeOwned(40 * BS, zeros);
+    assert.equal(buf.lookup(40), null);
+    assert.ok(image().equals(model));
+    // Kept payloads come back only when their generation gives its slabs back.
+    const gen = buf.freeze();
+    assert.notEqual(buf.payloads.take(ADOPT_MIN), kept, 'still in use: not handed out again');
+    assert.ok(image().equals(model), 'a frozen generation serves the kept blocks');
+    buf.release(gen);
+    gen.recycleSlabs();
+    const again = [buf.payloads.take(ADOPT_MIN), buf.payloads.take(ADOPT_MIN)];
+    assert.ok(again.includes(kept), 'recycled with the generation');
   });
 });
 
