@@ -172,13 +172,19 @@ export async function rewriteBlocks(
   // Several runs in flight: on an object store each read is a round trip. Runs are disjoint,
   // so their order does not matter. Beside a live writer's clients (online compaction), a
   // block changed after the copy began keeps its change: the copy skips it (Volume.rewrite).
+  // That holds only while changes are tracked, so tracking ends once every worker has
+  // stopped: after a failure the others finish the read they are in and copy nothing more.
+  // (Ending it at the first failure let a read still in flight copy its blocks afterwards,
+  // over writes made since it began: chaos seed 58615.)
+  let failed = false;
   const worker = async (): Promise<void> => {
-    while (next < runs.length) {
+    while (next < runs.length && !failed) {
       signal?.throwIfAborted();
       const [lo, count] = runs[next++] as [number, number];
       const len = Math.min(count * bs, vol.info.size - lo * bs);
       if (len <= 0) continue;
       const data = await vol.read(lo * bs, len);
+      if (failed) return;
       const copied = await vol.rewrite(lo * bs, data);
       bytes += copied === count ? len : copied * bs;
       blocks += copied;
@@ -188,7 +194,15 @@ export async function rewriteBlocks(
   };
   vol.trackChanges(true);
   try {
-    await Promise.all(Array.from({ length: Math.max(1, concurrency) }, worker));
+    const settled = await Promise.allSettled(
+      Array.from({ length: Math.max(1, concurrency) }, () =>
+        worker().catch((e: unknown) => {
+          failed = true;
+          throw e;
+        }),
+      ),
+    );
+    for (const r of settled) if (r.status === 'rejected') throw r.reason;
   } finally {
     vol.trackChanges(false);
   }

@@ -578,6 +578,13 @@ export class WriteBuffer {
   async rewrite(first: number, data: Buffer): Promise<number> {
     await this.waitForRoom();
     this.o.checkWritable();
+    // Without tracking nothing tells which blocks changed since the copy was read: refused.
+    if (!this.touched)
+      throw new HyperError(
+        'internal',
+        'INTERNAL',
+        'a block copy arrived after change tracking ended',
+      );
     const bs = this.bs;
     let copied = 0;
     for (let k = 0; k * bs < data.length; k++) {

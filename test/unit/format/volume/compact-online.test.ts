@@ -20,6 +20,7 @@ import { createSnapshot } from '../../../../src/format/volume/history.js';
 import { compactVolume, type CompactResult } from '../../../../src/format/volume/compact.js';
 import { KiB, MiB } from '../../../../src/format/volume/types.js';
 import { Volume } from '../../../../src/format/volume/volume.js';
+import { rewriteBlocks } from '../../../../src/format/volume/walk.js';
 import { FlakyStore } from '../../../helpers/flaky-store.js';
 import { rng } from '../../../helpers/rng.js';
 
@@ -372,5 +373,38 @@ describe('online compaction beside a live writer', () => {
     const check = await checkVolume(mem);
     assert.deepEqual(check.problems, []);
     await vol.close();
+  });
+
+  it('copies nothing once change tracking has ended: a failed read stops the copy only after every read in flight (chaos seed 58615)', async () => {
+    // A stand-in for the live volume: the read of the first run fails at once, the second's
+    // answers only later; the copy of what it read must not arrive after tracking ended.
+    let tracking = false;
+    const events: string[] = [];
+    let answer!: (b: Buffer) => void;
+    const late = new Promise<Buffer>((resolve) => (answer = resolve));
+    const vol = {
+      info: { dataBlockSize: BS, size: SIZE },
+      read: (offset: number, length: number): Promise<Buffer> => {
+        if (offset === 0) return Promise.reject(new Error('injected read failure'));
+        if (offset === 16 * BS) return late;
+        return Promise.resolve(Buffer.alloc(length));
+      },
+      rewrite: (offset: number): Promise<number> => {
+        events.push(`rewrite ${offset / BS}${tracking ? '' : ' untracked'}`);
+        return Promise.resolve(1);
+      },
+      trackChanges: (on: boolean): void => {
+        tracking = on;
+        events.push(`tracking ${on}`);
+      },
+      flush: (): Promise<void> => Promise.resolve(),
+    } as unknown as Volume;
+    // Two runs: blocks 0 and 16 (not contiguous).
+    const copying = rewriteBlocks(vol, [0, 16]);
+    await new Promise((r) => setImmediate(r));
+    assert.deepEqual(events, ['tracking true'], 'still tracking while a read is out');
+    answer(Buffer.alloc(BS));
+    await assert.rejects(copying, /injected read failure/);
+    assert.deepEqual(events, ['tracking true', 'tracking false'], 'no copy after the failure');
   });
 });
