@@ -503,7 +503,9 @@ export async function buildSegment(
       kept = true;
       continue;
     }
-    gen.blocks.set(lbas[k] as number, out.stored[k] as Buffer);
+    // (A block the segment's PUT gathers from where it is stays as it is.)
+    const st = out.stored[k] as Buffer;
+    if (st !== blocks[k]) gen.blocks.set(lbas[k] as number, st);
   }
   // Nothing refers to the generation's slabs any more (readers copy out synchronously).
   if (!kept) gen.recycleSlabs();
