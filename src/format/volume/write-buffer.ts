@@ -718,11 +718,23 @@ export class WriteBuffer {
     await durable;
   }
 
-  /** The whole blocks of `data` become blocks `first`… of the active generation (synchronous). */
+  /**
+   * The whole blocks of `data` become blocks `first`… of the active generation (synchronous).
+   * Only when the generation holds none of them yet: a block it holds is updated in place (a
+   * kept payload replaced block by block would stay held for nothing, a client rewriting one
+   * range could make it hold any amount), so then `data` is copied and goes back at once.
+   */
   private adoptIn(first: number, data: Buffer): void {
     const bs = this.bs;
     const n = data.length / bs;
     const gen = this.active;
+    for (let k = 0; k < n; k++) {
+      if (gen.blocks.has(first + k)) {
+        this.copyIn(first * bs, data, new Map());
+        this.payloads.give(data);
+        return;
+      }
+    }
     for (let k = 0; k < n; k++) {
       const blk = data.subarray(k * bs, (k + 1) * bs);
       gen.set(first + k, blk.equals(this.zeroBlock) ? null : blk);

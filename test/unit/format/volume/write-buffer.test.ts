@@ -217,6 +217,12 @@ describe('write buffer', () => {
     // A later partial write to a kept block updates it; a kept block of zeros is a hole.
     await buf.write(9 * BS + 100, Buffer.from('later'));
     Buffer.from('later').copy(model, 9 * BS + 100);
+    // A payload over blocks the generation holds updates them in place and goes back at once.
+    const over = fill(buf.payloads.take(ADOPT_MIN), 4);
+    over.copy(model, 8 * BS);
+    await buf.writeOwned(8 * BS, over);
+    assert.equal((buf.lookup(8) as Buffer).buffer, kept.buffer, 'updated in place');
+    assert.equal(buf.payloads.take(ADOPT_MIN), over, 'copied, and handed out again');
     const zeros = buf.payloads.take(ADOPT_MIN).fill(0);
     await buf.writeOwned(40 * BS, zeros);
     assert.equal(buf.lookup(40), null);
