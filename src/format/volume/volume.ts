@@ -69,7 +69,13 @@ import {
   FLUSH_INTERVAL_MS,
 } from './types.js';
 import { WalSession, withWalUrl } from './wal.js';
-import { WriteBuffer, dataLength, type Data, type Generation } from './write-buffer.js';
+import {
+  WriteBuffer,
+  dataLength,
+  type ApplyLog,
+  type Data,
+  type Generation,
+} from './write-buffer.js';
 
 export interface WriteOptions {
   /** Force Unit Access: durable (committed) before the promise resolves. */
@@ -648,12 +654,21 @@ export class Volume {
 
   /** Write `data` (one buffer, or the pieces of one, e.g. an NBD payload as it arrived). */
   async write(offset: number, data: Data, options: WriteOptions = {}): Promise<void> {
+    await this.applyWrite(offset, data, options, (log) => this.buffer.write(offset, data, log));
+  }
+
+  /** A write's checks, log, counters and durability around `apply` (the write buffer's step). */
+  private async applyWrite(
+    offset: number,
+    data: Data,
+    options: WriteOptions,
+    apply: (log: ApplyLog | undefined) => Promise<void>,
+  ): Promise<void> {
     this.checkWritable();
     const length = dataLength(data);
     this.checkRange(offset, length);
     if (length === 0) return;
-    const log = this.logged({ op: 'write', offset, length }, data);
-    await this.buffer.write(offset, data, log);
+    await apply(this.logged({ op: 'write', offset, length }, data));
     this.counters.bytesWritten += length;
     await this.afterWrite(options);
   }
@@ -672,21 +687,9 @@ export class Volume {
    * WAL, which logs the data by reference, it is copied like any write.
    */
   async writeOwned(offset: number, data: Buffer, options: WriteOptions = {}): Promise<void> {
-    if (this.wal) {
-      try {
-        await this.write(offset, data, options);
-      } finally {
-        this.buffer.payloads.give(data);
-      }
-      return;
-    }
-    this.checkWritable();
-    const length = data.length;
-    this.checkRange(offset, length);
-    if (length === 0) return;
-    await this.buffer.writeOwned(offset, data);
-    this.counters.bytesWritten += length;
-    await this.afterWrite(options);
+    await this.applyWrite(offset, data, options, (log) =>
+      this.buffer.writeOwned(offset, data, log, !this.wal),
+    );
   }
 
   /**

@@ -467,12 +467,12 @@ export class WriteBuffer {
    * write(), with `data` from `payloads` handed over: when it is ADOPT_MIN or more of whole
    * blocks at a block boundary, its blocks are kept as they are (the active generation owns
    * the buffer from the step that applies the write); otherwise it is copied like any write
-   * and goes back to the pool once applied. Not with a log that keeps the data by reference
-   * (the WAL's): a later write updates a kept block in place.
+   * and goes back to the pool once applied. `keep` false (a log that keeps the data by
+   * reference, the WAL's: a later write updates a kept block in place) copies it always.
    */
-  async writeOwned(offset: number, data: Buffer, log?: ApplyLog): Promise<void> {
+  async writeOwned(offset: number, data: Buffer, log?: ApplyLog, keep = true): Promise<void> {
     const bs = this.bs;
-    if (data.length < ADOPT_MIN || offset % bs !== 0 || data.length % bs !== 0) {
+    if (!keep || data.length < ADOPT_MIN || offset % bs !== 0 || data.length % bs !== 0) {
       try {
         await this.write(offset, data, log);
       } finally {
