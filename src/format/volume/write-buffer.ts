@@ -54,6 +54,27 @@ function copier(d: Data): (dst: Buffer, at: number, from: number, to: number) =>
   };
 }
 
+/**
+ * zero(from, to): whether bytes [from, to) of `d` are all zeros (`zeros` is at least that
+ * long). Calls must come with increasing `from`, like copier's.
+ */
+function zeroTester(d: Data, zeros: Buffer): (from: number, to: number) => boolean {
+  if (Buffer.isBuffer(d)) return (from, to) => zeros.compare(d, from, to, 0, to - from) === 0;
+  let k = 0;
+  let base = 0;
+  return (from, to) => {
+    while (k < d.length && base + (d[k] as Buffer).length <= from)
+      base += (d[k++] as Buffer).length;
+    for (let i = k, b = base; i < d.length && b < to; b += (d[i++] as Buffer).length) {
+      const p = d[i] as Buffer;
+      const s = Math.max(from, b);
+      const e = Math.min(to, b + p.length);
+      if (e > s && zeros.compare(p, s - b, e - b, 0, e - s) !== 0) return false;
+    }
+    return true;
+  };
+}
+
 /** Trims of at most this many blocks are kept per block; larger ones as ranges. */
 const SMALL_TRIM = 1024;
 
@@ -94,6 +115,12 @@ export class Generation {
   private readonly slabs: Buffer[] = [];
   /** Payloads whose blocks this generation took as they are (WriteBuffer.writeOwned). */
   private readonly adopted: Buffer[] = [];
+  /**
+   * Bytes of memory taken for blocks (slabs and kept payloads) until they are recycled. More
+   * than `bytes` once blocks were dropped (trimmed, or replaced by zeros): their memory stays
+   * until the generation's slabs are recycled (see `waste`).
+   */
+  memory = 0;
 
   constructor(
     private readonly blockSize: number,
@@ -104,6 +131,16 @@ export class Generation {
   /** `b` (from `payloads`) holds blocks of this generation now: it lives as the slabs do. */
   adopt(b: Buffer): void {
     this.adopted.push(b);
+    this.memory += b.length;
+  }
+
+  /**
+   * Memory held for blocks no longer in the generation (beyond the slab being filled): a
+   * client that writes, trims and writes a range again takes new memory each time while
+   * `bytes` stays the same, so the bound on buffered bytes counts this too.
+   */
+  get waste(): number {
+    return Math.max(0, this.memory - this.bytes - this.pool.slabSize);
   }
 
   /** A fresh, uninitialised block buffer for this generation. */
@@ -112,6 +149,7 @@ export class Generation {
       this.slab = this.pool.take();
       this.slabs.push(this.slab);
       this.slabUsed = 0;
+      this.memory += this.slab.length;
     }
     const b = this.slab.subarray(this.slabUsed, this.slabUsed + this.blockSize);
     this.slabUsed += this.blockSize;
@@ -133,6 +171,7 @@ export class Generation {
     this.slab = undefined;
     for (const b of this.adopted) this.payloads?.give(b);
     this.adopted.length = 0;
+    this.memory = 0;
   }
 
   lookup(lba: number): BufferedBlock {
@@ -169,10 +208,20 @@ export class Generation {
     this.ranges.push([lo, hi]);
   }
 
-  /** Replay `newer` on top of this generation (used to put back a failed flush). */
+  /**
+   * Replay `newer` on top of this generation (used to put back a failed flush); its memory
+   * (slabs, kept payloads) is this generation's from now on.
+   */
   absorb(newer: Generation): void {
     for (const [lo, hi] of newer.ranges) this.trim(lo, hi);
     for (const [lba, v] of newer.blocks) this.set(lba, v);
+    this.slabs.push(...newer.slabs);
+    this.adopted.push(...newer.adopted);
+    this.memory += newer.memory;
+    newer.slabs.length = 0;
+    newer.adopted.length = 0;
+    newer.slab = undefined;
+    newer.memory = 0;
   }
 }
 
@@ -416,15 +465,18 @@ export class WriteBuffer {
     return this.active.bytes;
   }
 
-  /** The size the active generation would take as a segment: data plus index nodes. */
+  /**
+   * The size the active generation would take as a segment (data plus index nodes), and the
+   * memory it holds for blocks it no longer has: a flush recycles that.
+   */
   get activeEstimate(): number {
-    return this.active.bytes * (1 + this.nodeRatio);
+    return this.active.bytes * (1 + this.nodeRatio) + this.active.waste;
   }
 
   /** Bytes held by generations whose segments are still in flight. */
   get frozenBytes(): number {
     let n = 0;
-    for (const g of this.frozen) n += Math.max(g.bytes, g.segmentBytes);
+    for (const g of this.frozen) n += Math.max(g.bytes, g.segmentBytes) + g.waste;
     return n;
   }
 
@@ -735,11 +787,15 @@ export class WriteBuffer {
         return;
       }
     }
+    let kept = false;
     for (let k = 0; k < n; k++) {
-      const blk = data.subarray(k * bs, (k + 1) * bs);
-      gen.set(first + k, blk.equals(this.zeroBlock) ? null : blk);
+      const zero = this.zeroBlock.compare(data, k * bs, (k + 1) * bs) === 0;
+      gen.set(first + k, zero ? null : data.subarray(k * bs, (k + 1) * bs));
+      kept ||= !zero;
     }
-    gen.adopt(data);
+    // (Zeros only: nothing of the payload is kept.)
+    if (kept) gen.adopt(data);
+    else this.payloads.give(data);
     this.touch(first, first + n);
   }
 
@@ -747,10 +803,13 @@ export class WriteBuffer {
    * Copy `data` into whole blocks of the active generation (synchronous). Whole blocks that
    * sit next to each other in memory (new blocks are carved from a slab in order) take one
    * copy per run, not one per block: a copy call costs ~2 µs whatever its length, more
-   * than copying the 4 KiB itself.
+   * than copying the 4 KiB itself. A whole block of zeros becomes a hole without taking
+   * memory (a client writing zeros over a large range would otherwise fill slabs with blocks
+   * that are dropped as soon as they are copied).
    */
   private copyIn(offset: number, data: Data, old: Map<number, Buffer>): void {
     const copy = copier(data);
+    const isZero = zeroTester(data, this.zeroBlock);
     const bs = this.bs;
     const end = offset + dataLength(data);
     const first = Math.floor(offset / bs);
@@ -760,6 +819,7 @@ export class WriteBuffer {
     let runFrom = 0;
     let runLen = 0;
     const whole: Buffer[] = [];
+    const wholeLbas: number[] = [];
     const flushRun = (): void => {
       if (run === undefined) return;
       const dst = runLen === bs ? run : Buffer.from(run.buffer, run.byteOffset, runLen);
@@ -773,8 +833,14 @@ export class WriteBuffer {
       // A block already in the active generation is updated in place (reads copy out of it).
       const cur = this.active.blocks.get(lba);
       if (to - from === bs) {
+        if (isZero(from - offset, to - offset)) {
+          flushRun();
+          this.active.set(lba, null);
+          continue;
+        }
         const blk = cur ?? this.active.alloc();
         whole.push(blk);
+        wholeLbas.push(lba);
         if (
           run !== undefined &&
           blk.buffer === run.buffer &&
@@ -803,11 +869,8 @@ export class WriteBuffer {
     }
     flushRun();
     this.touch(first, last + 1);
-    // Whole blocks are set once copied: the first whole block is `first` or the one after it.
-    const firstWhole = offset % bs === 0 ? first : first + 1;
-    for (let k = 0; k < whole.length; k++) {
-      const blk = whole[k] as Buffer;
-      this.active.set(firstWhole + k, blk.equals(this.zeroBlock) ? null : blk);
-    }
+    // Whole blocks are set once copied (none of them is zeros).
+    for (let k = 0; k < whole.length; k++)
+      this.active.set(wholeLbas[k] as number, whole[k] as Buffer);
   }
 }

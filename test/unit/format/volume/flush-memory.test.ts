@@ -106,6 +106,58 @@ describe('flush memory and index loads', () => {
     await v.close();
   });
 
+  it('holds no more memory than its bound when a client writes, trims and writes again, or writes zeros', async () => {
+    const store = MemStore.isolated('mem://flush-waste/');
+    const maxDirtyBytes = 4 * MiB;
+    await Volume.create(store, { size: 64 * MiB, segmentSize: MiB });
+    const v = await Volume.open(store, {
+      flushIntervalMs: 0,
+      leaseTtlMs: 60_000,
+      maxDirtyBytes,
+    });
+    const buf = (v as unknown as { buffer: WriteBuffer }).buffer;
+    const held = (): number => buf.active.memory + buf.frozen.reduce((n, g) => n + g.memory, 0);
+    let most = 0;
+    const chunk = 256 * KiB;
+    let last = Buffer.alloc(0);
+    // The same range written (copied, or a payload kept as its blocks) and trimmed, over and
+    // over: each write takes new memory while the bytes buffered stay at one chunk.
+    for (let i = 0; i < 400; i++) {
+      last = Buffer.alloc(chunk, (i % 250) + 1);
+      last.writeUInt32LE(i, 0);
+      if (i % 2 === 0) await v.write(0, last);
+      else {
+        const owned = v.payloadBuffer(chunk);
+        last.copy(owned);
+        await v.writeOwned(0, owned);
+      }
+      most = Math.max(most, held());
+      if (i < 399) await v.trim(0, chunk);
+    }
+    // (The bound, plus a slab being filled and the segment being built.)
+    assert.ok(
+      most <= maxDirtyBytes + 3 * MiB,
+      `held ${most} bytes for blocks, bound ${maxDirtyBytes}`,
+    );
+    // Zeros written over the whole volume take no memory for blocks: they are holes.
+    const before = buf.active.memory;
+    const zeros = Buffer.alloc(MiB);
+    for (let off = MiB; off < 64 * MiB; off += MiB) {
+      if (off % (4 * MiB) === 0) {
+        const owned = v.payloadBuffer(MiB).fill(0);
+        await v.writeOwned(off, owned);
+      } else await v.write(off, zeros);
+    }
+    assert.ok(buf.active.memory <= before, `zeros took ${buf.active.memory - before} bytes`);
+    assert.ok((await v.read(0, chunk)).equals(last));
+    assert.ok((await v.read(MiB, 8 * MiB)).equals(Buffer.alloc(8 * MiB)));
+    await v.close();
+    const again = await Volume.open(store, { readOnly: true });
+    assert.ok((await again.read(0, chunk)).equals(last));
+    assert.ok((await again.read(chunk, 63 * MiB)).equals(Buffer.alloc(63 * MiB)));
+    await again.close();
+  });
+
   it('counts the index nodes the active blocks will bring when it bounds what the buffer holds', async () => {
     let asked = 0;
     const buf = new WriteBuffer({
