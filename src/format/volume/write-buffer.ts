@@ -7,6 +7,7 @@
  * buffer is full (back-pressure) until a flush makes room.
  */
 import { HyperError } from '../../errors.js';
+import { BlockRanges } from './block-ranges.js';
 
 /** Written bytes: one buffer, or the pieces of one (an NBD payload as it arrived). */
 export type Data = Buffer | readonly Buffer[];
@@ -77,6 +78,12 @@ function zeroTester(d: Data, zeros: Buffer): (from: number, to: number) => boole
 
 /** Trims of at most this many blocks are kept per block; larger ones as ranges. */
 const SMALL_TRIM = 1024;
+/**
+ * What a hole (a null entry of a generation's map) and a trimmed range count for in the
+ * bound on what the buffer holds: about what a map entry and a range take in memory.
+ */
+const HOLE_BYTES = 64;
+const RANGE_BYTES = 64;
 
 /**
  * What the buffer says about one block: the new content, `null` for a block that now reads
@@ -95,9 +102,11 @@ export class Generation {
   /** lba → the whole new block, or null for a block that now reads as zeros. */
   readonly blocks = new Map<number, Buffer | null>();
   /** Block ranges [lo, hi) unmapped by large trims / write-zeroes / shrinks. */
-  readonly ranges: [number, number][] = [];
+  readonly ranges = new BlockRanges();
   /** Bytes of block data held. */
   bytes = 0;
+  /** Entries of `blocks` that are null (blocks trimmed or zeroed one by one). */
+  holes = 0;
   /**
    * Once frozen and laid out as a segment: the segment's size (its blocks now live in it,
    * with the index nodes), which is what it holds until the segment is durable.
@@ -157,7 +166,7 @@ export class Generation {
   }
 
   get empty(): boolean {
-    return this.blocks.size === 0 && this.ranges.length === 0;
+    return this.blocks.size === 0 && this.ranges.size === 0;
   }
 
   /**
@@ -177,15 +186,25 @@ export class Generation {
   lookup(lba: number): BufferedBlock {
     const v = this.blocks.get(lba);
     if (v !== undefined) return v;
-    for (const [lo, hi] of this.ranges) if (lba >= lo && lba < hi) return null;
-    return undefined;
+    return this.ranges.has(lba) ? null : undefined;
   }
 
   set(lba: number, v: Buffer | null): void {
     const old = this.blocks.get(lba);
     if (old) this.bytes -= this.blockSize;
+    else if (old === null) this.holes--;
     if (v) this.bytes += this.blockSize;
+    else this.holes++;
     this.blocks.set(lba, v);
+  }
+
+  /**
+   * Memory the generation's entries take besides block data: the map's entries for holes
+   * and the trimmed ranges. A client trimming block after block (a guest deleting files with
+   * online discard) holds no data, yet each trimmed block is an entry until the flush.
+   */
+  get entryBytes(): number {
+    return this.holes * HOLE_BYTES + this.ranges.size * RANGE_BYTES;
   }
 
   trim(lo: number, hi: number): void {
@@ -195,6 +214,7 @@ export class Generation {
     }
     const drop = (lba: number, v: Buffer | null): void => {
       if (v) this.bytes -= this.blockSize;
+      else this.holes--;
       this.blocks.delete(lba);
     };
     if (this.blocks.size < hi - lo) {
@@ -205,7 +225,7 @@ export class Generation {
         if (v !== undefined) drop(lba, v);
       }
     }
-    this.ranges.push([lo, hi]);
+    this.ranges.add(lo, hi);
   }
 
   /**
@@ -443,7 +463,7 @@ export class WriteBuffer {
     let held = 0;
     for (const g of gens) {
       held += g.blocks.size;
-      for (const [a, b] of g.ranges) if (a < hi && b > lo) return undefined;
+      if (g.ranges.overlaps(lo, hi)) return undefined;
     }
     if (held > hi - lo) return undefined;
     const known = new Map<number, boolean>();
@@ -470,13 +490,14 @@ export class WriteBuffer {
    * memory it holds for blocks it no longer has: a flush recycles that.
    */
   get activeEstimate(): number {
-    return this.active.bytes * (1 + this.nodeRatio) + this.active.waste;
+    const a = this.active;
+    return a.bytes * (1 + this.nodeRatio) + a.waste + a.entryBytes;
   }
 
   /** Bytes held by generations whose segments are still in flight. */
   get frozenBytes(): number {
     let n = 0;
-    for (const g of this.frozen) n += Math.max(g.bytes, g.segmentBytes) + g.waste;
+    for (const g of this.frozen) n += Math.max(g.bytes, g.segmentBytes) + g.waste + g.entryBytes;
     return n;
   }
 
@@ -563,6 +584,8 @@ export class WriteBuffer {
       }
     };
     if (edges === 'keep' || (offset % bs === 0 && end % bs === 0)) {
+      // (Holes and ranges take memory too: see Generation.entryBytes.)
+      await this.waitForRoom();
       for (let busy = hi > lo ? this.locks.untilFree(lo, hi - 1) : undefined; busy;) {
         await busy;
         busy = this.locks.untilFree(lo, hi - 1);
@@ -597,11 +620,11 @@ export class WriteBuffer {
    * block out of an old segment must never land over a change made after it read the block.
    * Single blocks, and the ranges of large trims.
    */
-  private touched: { blocks: Set<number>; ranges: [number, number][] } | undefined;
+  private touched: { blocks: Set<number>; ranges: BlockRanges } | undefined;
 
   /** Start (or stop) recording the blocks that writes, zeroes and trims change. */
   trackChanges(on: boolean): void {
-    this.touched = on ? { blocks: new Set(), ranges: [] } : undefined;
+    this.touched = on ? { blocks: new Set(), ranges: new BlockRanges() } : undefined;
   }
 
   /** Blocks [lo, hi) changed (in the step that applies the change). */
@@ -609,15 +632,14 @@ export class WriteBuffer {
     const t = this.touched;
     if (!t) return;
     if (hi - lo <= SMALL_TRIM) for (let lba = lo; lba < hi; lba++) t.blocks.add(lba);
-    else t.ranges.push([lo, hi]);
+    else t.ranges.add(lo, hi);
   }
 
   private isTouched(lba: number): boolean {
     const t = this.touched;
     if (!t) return false;
     if (t.blocks.has(lba)) return true;
-    for (const [lo, hi] of t.ranges) if (lba >= lo && lba < hi) return true;
-    return false;
+    return t.ranges.has(lba);
   }
 
   /**

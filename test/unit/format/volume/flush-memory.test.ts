@@ -158,6 +158,35 @@ describe('flush memory and index loads', () => {
     await again.close();
   });
 
+  it('counts trimmed blocks and ranges in what it holds: trims one block at a time are flushed and wait at the bound', async () => {
+    const store = MemStore.isolated('mem://flush-holes/');
+    const maxDirtyBytes = 2 * MiB;
+    const size = 64 * 1024 * 1024 * BS; // 256 GiB
+    await Volume.create(store, { size, segmentSize: MiB });
+    const v = await Volume.open(store, { flushIntervalMs: 0, leaseTtlMs: 60_000, maxDirtyBytes });
+    const buf = (v as unknown as { buffer: WriteBuffer }).buffer;
+    await v.write(0, Buffer.alloc(64 * KiB, 7));
+    await v.flush();
+    const before = v.stats().segmentsWritten;
+    // 100,000 single blocks trimmed, then 20,000 ranges of 5 MiB apart from each other: no
+    // data, but an entry or a range each until a flush.
+    let most = 0;
+    for (let i = 0; i < 100_000; i++) {
+      await v.trim((i * 7 + 16) * BS, BS);
+      most = Math.max(most, buf.heldBytes);
+    }
+    for (let i = 0; i < 20_000; i++) {
+      await v.trim(MiB + i * 8 * MiB, 5 * MiB);
+      if (i % 100 === 0) most = Math.max(most, buf.heldBytes);
+    }
+    assert.ok(v.stats().segmentsWritten > before, 'the trims started flushes by themselves');
+    assert.ok(most <= maxDirtyBytes + MiB, `held ${most} bytes for trims, bound ${maxDirtyBytes}`);
+    // A block between the trims still reads as written; trimmed ones as zeros.
+    assert.ok((await v.read(0, 16 * BS)).equals(Buffer.alloc(16 * BS, 7)));
+    assert.ok((await v.read(16 * BS, BS)).equals(Buffer.alloc(BS)));
+    await v.close();
+  });
+
   it('counts the index nodes the active blocks will bring when it bounds what the buffer holds', async () => {
     let asked = 0;
     const buf = new WriteBuffer({
