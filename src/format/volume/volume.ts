@@ -71,6 +71,7 @@ import {
 import { WalSession, withWalUrl } from './wal.js';
 import {
   WriteBuffer,
+  type ChangeWatch,
   dataLength,
   type ApplyLog,
   type Data,
@@ -693,30 +694,32 @@ export class Volume {
   }
 
   /**
-   * Compaction's copy of whole blocks out of old segments, at block-aligned `offset`: only the
-   * blocks that no write, zero or trim changed since trackChanges(true) (WriteBuffer.rewrite).
-   * Not logged in the WAL: the blocks are committed already. Returns the blocks copied.
+   * Compaction's copy of whole blocks out of old segments, at block-aligned `offset`, read
+   * after `watch` began: only the blocks that no write, zero or trim changed since
+   * (WriteBuffer.rewrite). Not logged in the WAL: the blocks are committed already. Returns
+   * the blocks copied.
    */
-  async rewrite(offset: number, data: Buffer): Promise<number> {
+  async rewrite(offset: number, data: Buffer, watch: ChangeWatch): Promise<number> {
     this.checkWritable();
     this.checkRange(offset, data.length);
     if (offset % this.bs !== 0) throw new RangeError(`rewrite at ${offset}: not block-aligned`);
-    const copied = await this.buffer.rewrite(offset / this.bs, data);
+    const copied = await this.buffer.rewrite(offset / this.bs, data, watch);
     await this.afterWrite({});
     return copied;
   }
 
   /**
-   * Record which blocks changes touch from now on (while blocks are moved beside this
-   * writer's clients), or stop. Tracking is one at a time.
+   * Record which blocks of [offset, offset+length) changes touch from now on, until
+   * unwatchChanges(): begun before blocks are read to be moved beside this writer's clients,
+   * ended once their copy is in (rewrite).
    */
-  trackChanges(on: boolean): void {
-    if (on && this.tracking) throw new Error('Volume.trackChanges: already tracking');
-    this.tracking = on;
-    this.buffer.trackChanges(on);
+  watchChanges(offset: number, length: number): ChangeWatch {
+    return this.buffer.watch(Math.floor(offset / this.bs), Math.ceil((offset + length) / this.bs));
   }
 
-  private tracking = false;
+  unwatchChanges(watch: ChangeWatch): void {
+    this.buffer.unwatch(watch);
+  }
 
   /**
    * Online compaction takes the volume for its whole run (compact.ts), and a restore for

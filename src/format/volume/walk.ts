@@ -172,10 +172,11 @@ export async function rewriteBlocks(
   // Several runs in flight: on an object store each read is a round trip. Runs are disjoint,
   // so their order does not matter. Beside a live writer's clients (online compaction), a
   // block changed after the copy began keeps its change: the copy skips it (Volume.rewrite).
-  // That holds only while changes are tracked, so tracking ends once every worker has
-  // stopped: after a failure the others finish the read they are in and copy nothing more.
-  // (Ending it at the first failure let a read still in flight copy its blocks afterwards,
-  // over writes made since it began: chaos seed 58615.)
+  // Each run is watched for changes from before its read until its copy is in, so a copy
+  // never arrives unwatched (ending one watch for all at the first failure let a read still
+  // in flight copy its blocks over writes made since: chaos seed 58615), and what is
+  // recorded is bounded by the runs in flight. After a failure the other workers finish the
+  // read they are in and copy nothing more.
   let failed = false;
   const worker = async (): Promise<void> => {
     while (next < runs.length && !failed) {
@@ -183,29 +184,29 @@ export async function rewriteBlocks(
       const [lo, count] = runs[next++] as [number, number];
       const len = Math.min(count * bs, vol.info.size - lo * bs);
       if (len <= 0) continue;
-      const data = await vol.read(lo * bs, len);
-      if (failed) return;
-      const copied = await vol.rewrite(lo * bs, data);
-      bytes += copied === count ? len : copied * bs;
-      blocks += copied;
+      const watch = vol.watchChanges(lo * bs, len);
+      try {
+        const data = await vol.read(lo * bs, len);
+        if (failed) return;
+        const copied = await vol.rewrite(lo * bs, data, watch);
+        bytes += copied === count ? len : copied * bs;
+        blocks += copied;
+      } finally {
+        vol.unwatchChanges(watch);
+      }
       done += count;
       onProgress?.(done, sorted.length);
     }
   };
-  vol.trackChanges(true);
-  try {
-    const settled = await Promise.allSettled(
-      Array.from({ length: Math.max(1, concurrency) }, () =>
-        worker().catch((e: unknown) => {
-          failed = true;
-          throw e;
-        }),
-      ),
-    );
-    for (const r of settled) if (r.status === 'rejected') throw r.reason;
-  } finally {
-    vol.trackChanges(false);
-  }
+  const settled = await Promise.allSettled(
+    Array.from({ length: Math.max(1, concurrency) }, () =>
+      worker().catch((e: unknown) => {
+        failed = true;
+        throw e;
+      }),
+    ),
+  );
+  for (const r of settled) if (r.status === 'rejected') throw r.reason;
   await vol.flush();
   return { blocks, bytes };
 }

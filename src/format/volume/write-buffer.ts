@@ -333,6 +333,17 @@ export class PayloadPool {
 /** Bytes of payloads too small to keep that wait for reuse (PayloadPool). */
 const SMALL_PAYLOADS = 4 * 1024 * 1024;
 
+/** Blocks [lo, hi) changed since a watch began (WriteBuffer.watch). */
+export class ChangeWatch {
+  readonly touched = new Set<number>();
+  ended = false;
+
+  constructor(
+    readonly lo: number,
+    readonly hi: number,
+  ) {}
+}
+
 /** Blocks with a read-modify-write in progress, so later overlapping changes wait for it. */
 export class BlockLocks {
   private readonly held = new Map<number, Promise<void>>();
@@ -615,55 +626,56 @@ export class WriteBuffer {
     });
   }
 
-  /**
-   * Blocks changed since tracking began (trackChanges): an online compaction's copy of a
-   * block out of an old segment must never land over a change made after it read the block.
-   * Single blocks, and the ranges of large trims.
-   */
-  private touched: { blocks: Set<number>; ranges: BlockRanges } | undefined;
+  /** The watches in force (see watch()). */
+  private readonly watches = new Set<ChangeWatch>();
 
-  /** Start (or stop) recording the blocks that writes, zeroes and trims change. */
-  trackChanges(on: boolean): void {
-    this.touched = on ? { blocks: new Set(), ranges: new BlockRanges() } : undefined;
+  /**
+   * Record which of blocks [lo, hi) writes, zeroes and trims change from now on, until
+   * unwatch(): an online compaction's copy of blocks out of an old segment must never land
+   * over a change made after it began reading them. One watch per copy in flight, so what
+   * is recorded is bounded by the blocks being copied, however long the compaction runs.
+   */
+  watch(lo: number, hi: number): ChangeWatch {
+    const w = new ChangeWatch(lo, hi);
+    this.watches.add(w);
+    return w;
+  }
+
+  unwatch(w: ChangeWatch): void {
+    w.ended = true;
+    this.watches.delete(w);
   }
 
   /** Blocks [lo, hi) changed (in the step that applies the change). */
   private touch(lo: number, hi: number): void {
-    const t = this.touched;
-    if (!t) return;
-    if (hi - lo <= SMALL_TRIM) for (let lba = lo; lba < hi; lba++) t.blocks.add(lba);
-    else t.ranges.add(lo, hi);
-  }
-
-  private isTouched(lba: number): boolean {
-    const t = this.touched;
-    if (!t) return false;
-    if (t.blocks.has(lba)) return true;
-    return t.ranges.has(lba);
+    if (this.watches.size === 0) return;
+    for (const w of this.watches)
+      for (let lba = Math.max(lo, w.lo), end = Math.min(hi, w.hi); lba < end; lba++)
+        w.touched.add(lba);
   }
 
   /**
-   * Compaction's copy of blocks `first`, `first + 1`, … (`data`, as read since tracking began;
-   * a short last block reads as zeros past its end) into the active generation, in one
-   * synchronous step once there is room. A block a change touched since tracking began is
-   * left as that change made it: the copy is older. Not logged: the blocks are committed
-   * already. Returns how many blocks were copied.
+   * Compaction's copy of blocks `first`, `first + 1`, … (`data`, read after `w` began; a
+   * short last block reads as zeros past its end) into the active generation, in one
+   * synchronous step once there is room. A block a change touched since `w` began is left as
+   * that change made it: the copy is older. Not logged: the blocks are committed already.
+   * Returns how many blocks were copied.
    */
-  async rewrite(first: number, data: Buffer): Promise<number> {
+  async rewrite(first: number, data: Buffer, w: ChangeWatch): Promise<number> {
     await this.waitForRoom();
     this.o.checkWritable();
-    // Without tracking nothing tells which blocks changed since the copy was read: refused.
-    if (!this.touched)
+    const bs = this.bs;
+    // Outside a watch nothing tells which blocks changed since the copy was read: refused.
+    if (w.ended || first < w.lo || first + Math.ceil(data.length / bs) > w.hi)
       throw new HyperError(
         'internal',
         'INTERNAL',
-        'a block copy arrived after change tracking ended',
+        `a copy of blocks ${first}+${Math.ceil(data.length / bs)} arrived outside its change watch`,
       );
-    const bs = this.bs;
     let copied = 0;
     for (let k = 0; k * bs < data.length; k++) {
       const lba = first + k;
-      if (this.isTouched(lba)) continue;
+      if (w.touched.has(lba)) continue;
       const blk = this.active.blocks.get(lba) ?? this.active.alloc();
       const n = data.copy(blk, 0, k * bs, Math.min(data.length, (k + 1) * bs));
       if (n < bs) blk.fill(0, n);

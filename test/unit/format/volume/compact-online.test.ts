@@ -375,11 +375,11 @@ describe('online compaction beside a live writer', () => {
     await vol.close();
   });
 
-  it('copies nothing once change tracking has ended: a failed read stops the copy only after every read in flight (chaos seed 58615)', async () => {
+  it('watches each run from before its read until its copy is in, and copies nothing after a failure (chaos seed 58615)', async () => {
     // A stand-in for the live volume: the read of the first run fails at once, the second's
-    // answers only later; the copy of what it read must not arrive after tracking ended.
-    let tracking = false;
+    // answers only later; it must not be copied, and every watch must end.
     const events: string[] = [];
+    const watching = new Set<number>();
     let answer!: (b: Buffer) => void;
     const late = new Promise<Buffer>((resolve) => (answer = resolve));
     const vol = {
@@ -389,22 +389,31 @@ describe('online compaction beside a live writer', () => {
         if (offset === 16 * BS) return late;
         return Promise.resolve(Buffer.alloc(length));
       },
-      rewrite: (offset: number): Promise<number> => {
-        events.push(`rewrite ${offset / BS}${tracking ? '' : ' untracked'}`);
+      rewrite: (offset: number, _data: Buffer, w: number): Promise<number> => {
+        events.push(`rewrite ${offset / BS}${watching.has(w) ? '' : ' unwatched'}`);
         return Promise.resolve(1);
       },
-      trackChanges: (on: boolean): void => {
-        tracking = on;
-        events.push(`tracking ${on}`);
+      watchChanges: (offset: number): number => {
+        watching.add(offset / BS);
+        events.push(`watch ${offset / BS}`);
+        return offset / BS;
+      },
+      unwatchChanges: (w: number): void => {
+        watching.delete(w);
+        events.push(`unwatch ${w}`);
       },
       flush: (): Promise<void> => Promise.resolve(),
     } as unknown as Volume;
     // Two runs: blocks 0 and 16 (not contiguous).
     const copying = rewriteBlocks(vol, [0, 16]);
     await new Promise((r) => setImmediate(r));
-    assert.deepEqual(events, ['tracking true'], 'still tracking while a read is out');
+    assert.deepEqual(events, ['watch 0', 'watch 16', 'unwatch 0'], 'the run out is watched');
     answer(Buffer.alloc(BS));
     await assert.rejects(copying, /injected read failure/);
-    assert.deepEqual(events, ['tracking true', 'tracking false'], 'no copy after the failure');
+    assert.deepEqual(
+      events,
+      ['watch 0', 'watch 16', 'unwatch 0', 'unwatch 16'],
+      'no copy after the failure, every watch ended',
+    );
   });
 });

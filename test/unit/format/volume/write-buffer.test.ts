@@ -239,6 +239,30 @@ describe('write buffer', () => {
   });
 });
 
+describe('change watches (online compaction)', () => {
+  it('copies a run over the blocks no change touched since its watch began, and refuses a copy outside a watch', async () => {
+    const { buf } = setup(64);
+    const w = buf.watch(10, 20);
+    await buf.write(12 * BS, Buffer.alloc(BS, 2));
+    await buf.zero(15 * BS, 2 * BS, 'keep');
+    await buf.write(25 * BS, Buffer.alloc(BS, 2)); // outside the watch
+    assert.deepEqual(
+      [...w.touched].sort((x, y) => x - y),
+      [12, 15, 16],
+    );
+    const copy = Buffer.alloc(10 * BS, 9);
+    assert.equal(await buf.rewrite(10, copy, w), 7);
+    assert.equal((buf.lookup(12) as Buffer)[0], 2, 'the write made after the watch began stays');
+    assert.equal(buf.lookup(15), null, 'so does the trim');
+    assert.equal((buf.lookup(10) as Buffer)[0], 9, 'untouched blocks take the copy');
+    await assert.rejects(buf.rewrite(18, Buffer.alloc(4 * BS), w), /outside its change watch/);
+    buf.unwatch(w);
+    await assert.rejects(buf.rewrite(10, copy, w), /outside its change watch/);
+    await buf.write(11 * BS, Buffer.alloc(BS, 3));
+    assert.equal(w.touched.has(11), false, 'an ended watch records nothing');
+  });
+});
+
 describe('SlabPool', () => {
   it('keeps slabs up to its limit, and those of landed gathered segments up to the larger one', () => {
     const pool = new SlabPool(4096, 2, 5);
