@@ -79,11 +79,13 @@ function zeroTester(d: Data, zeros: Buffer): (from: number, to: number) => boole
 /** Trims of at most this many blocks are kept per block; larger ones as ranges. */
 const SMALL_TRIM = 1024;
 /**
- * What a hole (a null entry of a generation's map) and a trimmed range count for in the
- * bound on what the buffer holds: about what a map entry and a range take in memory.
+ * What a hole (a null entry of a generation's map) counts for in the bound on what the
+ * buffer holds: about what a map entry takes in memory. A trimmed range counts more than its
+ * memory, so that a generation holds at most some tens of thousands of separate ranges (a
+ * range added amid them moves those after it: BlockRanges).
  */
 const HOLE_BYTES = 64;
-const RANGE_BYTES = 64;
+const RANGE_BYTES = 1024;
 
 /**
  * What the buffer says about one block: the new content, `null` for a block that now reads
