@@ -36,44 +36,55 @@ export function dataLength(d: Data): number {
 }
 
 /**
- * copy(dst, at, from, to): bytes [from, to) of `d` into dst[at..]. Calls must come with
- * increasing `from` (a cursor walks the pieces once).
+ * walk(from, to, part): part(piece, start, end, at) for each piece of `d` holding bytes of
+ * [from, to), with the bytes' [start, end) in the piece and their offset `at` from `from`;
+ * stops early, returning false, once part returns false. Calls must come with increasing
+ * `from` (a cursor walks the pieces once).
  */
-function copier(d: Data): (dst: Buffer, at: number, from: number, to: number) => void {
-  if (Buffer.isBuffer(d)) return (dst, at, from, to) => void d.copy(dst, at, from, to);
+function pieceWalker(
+  d: readonly Buffer[],
+): (
+  from: number,
+  to: number,
+  part: (p: Buffer, start: number, end: number, at: number) => boolean,
+) => boolean {
   let k = 0;
   let base = 0;
-  return (dst, at, from, to) => {
+  return (from, to, part) => {
     while (k < d.length && base + (d[k] as Buffer).length <= from)
       base += (d[k++] as Buffer).length;
     for (let i = k, b = base; i < d.length && b < to; b += (d[i++] as Buffer).length) {
       const p = d[i] as Buffer;
       const s = Math.max(from, b);
       const e = Math.min(to, b + p.length);
-      if (e > s) p.copy(dst, at + (s - from), s - b, e - b);
+      if (e > s && !part(p, s - b, e - b, s - from)) return false;
     }
+    return true;
   };
 }
 
 /**
+ * copy(dst, at, from, to): bytes [from, to) of `d` into dst[at..]. Calls must come with
+ * increasing `from`.
+ */
+function copier(d: Data): (dst: Buffer, at: number, from: number, to: number) => void {
+  if (Buffer.isBuffer(d)) return (dst, at, from, to) => void d.copy(dst, at, from, to);
+  const walk = pieceWalker(d);
+  return (dst, at, from, to) =>
+    void walk(from, to, (p, s, e, off) => {
+      p.copy(dst, at + off, s, e);
+      return true;
+    });
+}
+
+/**
  * zero(from, to): whether bytes [from, to) of `d` are all zeros (`zeros` is at least that
- * long). Calls must come with increasing `from`, like copier's.
+ * long). Calls must come with increasing `from`.
  */
 function zeroTester(d: Data, zeros: Buffer): (from: number, to: number) => boolean {
   if (Buffer.isBuffer(d)) return (from, to) => zeros.compare(d, from, to, 0, to - from) === 0;
-  let k = 0;
-  let base = 0;
-  return (from, to) => {
-    while (k < d.length && base + (d[k] as Buffer).length <= from)
-      base += (d[k++] as Buffer).length;
-    for (let i = k, b = base; i < d.length && b < to; b += (d[i++] as Buffer).length) {
-      const p = d[i] as Buffer;
-      const s = Math.max(from, b);
-      const e = Math.min(to, b + p.length);
-      if (e > s && zeros.compare(p, s - b, e - b, 0, e - s) !== 0) return false;
-    }
-    return true;
-  };
+  const walk = pieceWalker(d);
+  return (from, to) => walk(from, to, (p, s, e) => zeros.compare(p, s, e, 0, e - s) === 0);
 }
 
 /** Trims of at most this many blocks are kept per block; larger ones as ranges. */

@@ -52,6 +52,9 @@ describe('write buffer', () => {
       const len = 1 + Math.floor(rand() * Math.min(64 * BS - off, 20 * BS));
       const data = Buffer.alloc(len);
       for (let k = 0; k < len; k++) data[k] = Math.floor(rand() * 256);
+      // Some writes hold blocks of zeros (holes, tested in place), or all but one byte zeros.
+      if (rand() < 0.3) data.fill(0, 0, Math.floor(rand() * len));
+      if (rand() < 0.2) data.fill(0)[Math.floor(rand() * len)] = 1;
       // Cut it at random points (pieces of any size, some empty).
       const parts: Buffer[] = [];
       for (let at = 0; at < len;) {
