@@ -53,14 +53,18 @@ export class BlockRanges {
 
   /** Index of the first range whose end is >= x (size when none). */
   private firstEndingAtOrAfter(x: number): number {
-    const his = this.his;
-    let a = 0;
-    let b = his.length;
-    while (a < b) {
-      const m = (a + b) >>> 1;
-      if ((his[m] as number) < x) a = m + 1;
-      else b = m;
-    }
-    return a;
+    return lowerBound(this.his, x);
   }
+}
+
+/** Index of the first element >= x in ascending `sorted` (its length when none). */
+export function lowerBound(sorted: readonly number[], x: number): number {
+  let a = 0;
+  let b = sorted.length;
+  while (a < b) {
+    const m = (a + b) >>> 1;
+    if ((sorted[m] as number) < x) a = m + 1;
+    else b = m;
+  }
+  return a;
 }

@@ -31,6 +31,7 @@ import { isHashKey } from '../codec/dedup.js';
 import { encodeSegmentHeader, segmentHeaderSize } from '../codec/segment.js';
 import { HyperError } from '../../errors.js';
 import type { Node } from '../index/btree.js';
+import { lowerBound } from './block-ranges.js';
 
 /** What goes into a checkpoint segment. */
 export interface CheckpointInput {
@@ -395,13 +396,7 @@ function slotFinder(
   let next = 0;
   const find = (key: number): number | undefined => {
     if (lbas[next] === key) return next++;
-    let lo = 0;
-    let hi = lbas.length;
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1;
-      if ((lbas[mid] as number) < key) lo = mid + 1;
-      else hi = mid;
-    }
+    const lo = lowerBound(lbas, key);
     if (lbas[lo] !== key) return undefined;
     next = lo + 1;
     return lo;

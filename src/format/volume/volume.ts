@@ -688,9 +688,16 @@ export class Volume {
    * WAL, which logs the data by reference, it is copied like any write.
    */
   async writeOwned(offset: number, data: Buffer, options: WriteOptions = {}): Promise<void> {
-    await this.applyWrite(offset, data, options, (log) =>
-      this.buffer.writeOwned(offset, data, log, !this.wal),
-    );
+    let handed = false;
+    try {
+      await this.applyWrite(offset, data, options, (log) => {
+        handed = true;
+        return this.buffer.writeOwned(offset, data, log, !this.wal);
+      });
+    } finally {
+      // Refused before the buffer took it (read-only, out of range, empty): back to the pool.
+      if (!handed) this.buffer.payloads.give(data);
+    }
   }
 
   /**

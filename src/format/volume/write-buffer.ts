@@ -220,6 +220,11 @@ export class Generation {
     return this.holes * HOLE_BYTES + this.ranges.size * RANGE_BYTES;
   }
 
+  /** What the generation holds besides its blocks' bytes: `waste` and `entryBytes`. */
+  get overhead(): number {
+    return this.waste + this.entryBytes;
+  }
+
   trim(lo: number, hi: number): void {
     if (hi - lo <= SMALL_TRIM) {
       for (let lba = lo; lba < hi; lba++) this.set(lba, null);
@@ -515,13 +520,13 @@ export class WriteBuffer {
    */
   get activeEstimate(): number {
     const a = this.active;
-    return a.bytes * (1 + this.nodeRatio) + a.waste + a.entryBytes;
+    return a.bytes * (1 + this.nodeRatio) + a.overhead;
   }
 
   /** Bytes held by generations whose segments are still in flight. */
   get frozenBytes(): number {
     let n = 0;
-    for (const g of this.frozen) n += Math.max(g.bytes, g.segmentBytes) + g.waste + g.entryBytes;
+    for (const g of this.frozen) n += Math.max(g.bytes, g.segmentBytes) + g.overhead;
     return n;
   }
 
@@ -577,12 +582,18 @@ export class WriteBuffer {
       }
       return;
     }
-    await this.waitForRoom();
     const first = offset / bs;
     const last = first + data.length / bs - 1;
-    for (let busy = this.locks.untilFree(first, last); busy;) {
-      await busy;
-      busy = this.locks.untilFree(first, last);
+    try {
+      await this.waitForRoom();
+      for (let busy = this.locks.untilFree(first, last); busy;) {
+        await busy;
+        busy = this.locks.untilFree(first, last);
+      }
+    } catch (e) {
+      // (A failed flush while waiting for room: the payload was never taken.)
+      this.payloads.give(data);
+      throw e;
     }
     await this.apply(first, last, [], log, () => this.adoptIn(first, data));
   }

@@ -471,4 +471,18 @@ describe('volume engine', () => {
     const segs = await listKeys(store, SEGMENT_PREFIX);
     assert.ok(segs.length >= 4);
   });
+
+  it('a handed-over payload the volume refuses goes back to the pool, and its write changes nothing', async () => {
+    const store = MemStore.isolated();
+    await Volume.create(store, { size: 1 * MiB });
+    const v = await Volume.open(store, { flushIntervalMs: 0 });
+    const p = v.payloadBuffer(128 * KiB).fill(0x5a);
+    await assert.rejects(v.writeOwned(1 * MiB - 64 * KiB, p), (e) =>
+      isHyperError(e, 'OUT_OF_RANGE'),
+    );
+    const again = v.payloadBuffer(128 * KiB);
+    assert.equal(again.buffer, p.buffer, 'the refused payload is reused');
+    assert.ok((await v.read(0, 1 * MiB)).equals(Buffer.alloc(1 * MiB)));
+    await v.close();
+  });
 });
