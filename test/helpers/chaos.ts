@@ -1700,11 +1700,15 @@ class Run {
    * A sequential stream: several segments' worth of consecutive writes, one after another
    * without a flush, so that segment PUTs pile up in the pipeline (and writers wait for room).
    */
+  /** The range the last streamOp wrote (online compaction on RGW writes half of it again). */
+  private lastStream: { off: number; end: number } | undefined;
+
   private async streamOp(): Promise<void> {
     const chunk = 64 * KiB;
     const total = Math.min(VOLUME_SIZE, (2 + Math.floor(this.rand() * 5)) * this.flushBytes());
     let off = Math.floor((this.rand() * (VOLUME_SIZE - total)) / BS) * BS;
     const end = off + total;
+    this.lastStream = { off, end };
     for (; off < end && this.writer; off += chunk)
       await this.writerOp('write', { off, len: Math.min(chunk, end - off) });
   }
@@ -2405,7 +2409,7 @@ class Run {
       openStore: this.opener(actor),
       logger: this.logger(actor),
     };
-    drawCompaction(o, this.rand);
+    drawCompaction(o, this.rand, !this.backend.virtualTime);
     o.force = this.rand() < 0.7;
     if (makeRoom) {
       o.minLive = Math.max(o.minLive ?? 0, 0.5);
@@ -2419,13 +2423,30 @@ class Run {
    * The writer compacts its own volume while it goes on writing (CompactOptions.volume): no
    * lease changes hands, and a block it copies must never land over a newer write of its own.
    */
-  private onlineCompactOp(w: Writer): void {
-    const o: CompactOptions = {
-      volume: w.vol,
-      openStore: this.opener(w.actor),
-      logger: this.logger(w.actor),
-    };
-    drawCompaction(o, this.extra);
+  private async onlineCompactOp(): Promise<void> {
+    const o: CompactOptions = {};
+    drawCompaction(o, this.extra, !this.backend.virtualTime);
+    if (!this.backend.virtualTime && this.extra() < 0.7) {
+      // On a real store a seed's 40 steps leave little history to drop and few blocks written
+      // twice: now and then every other chunk of the last stream is written again and only
+      // the newest checkpoint kept, so the stream's segments fall under min-live and their
+      // blocks are copied beside the writer's own writes, under RGW's faults.
+      o.keepLast = 1;
+      delete o.keepWithinMs;
+      o.graceMs = 0;
+      o.minLive = Math.max(o.minLive ?? 0, 0.6);
+      const s = this.lastStream;
+      const chunk = 64 * KiB;
+      if (s) {
+        for (let off = s.off; off < s.end && this.writer; off += 2 * chunk)
+          await this.writerOp('write', { off, len: Math.min(chunk, s.end - off) });
+      }
+    }
+    const w = this.writer;
+    if (!w) return;
+    o.volume = w.vol;
+    o.openStore = this.opener(w.actor);
+    o.logger = this.logger(w.actor);
     this.totals.onlineCompactions++;
     this.launchCompaction(`compact online ${describeCompaction(o)}`, w.actor, o);
   }
@@ -2840,7 +2861,7 @@ class Run {
       case 'compact':
         // Now and then by the writer itself, online, beside its own writes.
         if (!this.o.classic && this.writer && this.extra() < 0.35) {
-          this.onlineCompactOp(this.writer);
+          await this.onlineCompactOp();
           return;
         }
         this.compactOp();
@@ -3239,11 +3260,15 @@ export async function runChaos(backend: ChaosBackend, o: ChaosOptions): Promise<
   return result;
 }
 
-/** A compaction's retention policy, grace period and min-live, drawn from `r` in this order. */
-function drawCompaction(o: CompactOptions, r: () => number): void {
+/**
+ * A compaction's retention policy, grace period and min-live, drawn from `r` in this order.
+ * On real time (RGW) a seed lasts seconds, not the minutes virtual time covers, so a window
+ * to keep is drawn within seconds there.
+ */
+function drawCompaction(o: CompactOptions, r: () => number, realTime = false): void {
   const p = r();
   if (p < 0.6) o.keepLast = 1 + Math.floor(r() * 4);
-  else if (p < 0.85) o.keepWithinMs = Math.floor(r() * 120_000);
+  else if (p < 0.85) o.keepWithinMs = Math.floor(r() * (realTime ? 5_000 : 120_000));
   if (r() < 0.6) o.graceMs = 0;
   o.minLive = r() < 0.3 ? 0 : r();
 }
