@@ -6,6 +6,9 @@
  * resets before and after the request was applied, truncated bodies) and through the
  * harness's own fault-injecting wrapper, while the checks read RGW directly. Timing is real
  * here, so a seed does not replay exactly; a failing seed's op log is printed all the same.
+ * A seed lasts seconds here, not the minutes of virtual time: retention windows are drawn in
+ * seconds, and most of the writer's own (online) compactions first write half of its last
+ * stream again and keep only the newest checkpoint, so that they copy blocks beside its writes.
  *
  *   HYPER_CHAOS_SECONDS=n   time budget (default 30; at least one seed runs)
  *   HYPER_CHAOS_SEED=n, HYPER_CHAOS_FIRST_SEED, HYPER_CHAOS_KEEP_GOING, HYPER_CHAOS_EXCLUDE,
