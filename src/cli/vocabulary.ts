@@ -107,6 +107,11 @@ export const fileSetLenSchema = z.strictObject({
   /** The checkpoint recording the new size (the current one when nothing changed). */
   checkpoint: checkpointNumber,
   checkpointTime: isoTime,
+  /**
+   * A server on this host served the volume read-write and grew it itself (its control socket
+   * and export name); null when the command resized the volume directly.
+   */
+  resizedBy: z.strictObject({ controlSocket: z.string(), export: z.string() }).nullable(),
 });
 
 export const leaseSchema = z.strictObject({

@@ -14,6 +14,8 @@
  *                                   volumeUuid? } → CompactResult (when the run has ended)
  *   POST   /v1/exports/NAME/flush    commit what it acknowledged: { volumeUuid? } →
  *                                   { checkpoint, time }
+ *   POST   /v1/exports/NAME/resize   grow its volume: { size, volumeUuid? } →
+ *                                   { previousSize, size, checkpoint, time }
  *   POST   /v1/reload               re-read the config file (as SIGHUP)
  *
  * NAME is URI-encoded. A failure is `{ "error": { kind, code, message, suggestion? } }` with
@@ -45,14 +47,15 @@ export const MAX_CONTROL_BODY = 64 * 1024;
 
 /**
  * What maintenance from outside needs of a server that holds volumes (the daemon, and
- * `hyper serve --control-socket`): its exports, and a compaction or a flush of one of them
- * (maintenanceRoutes).
+ * `hyper serve --control-socket`): its exports, and a compaction, a flush or a grow of one of
+ * them (maintenanceRoutes).
  */
 export interface MaintenanceHandler {
   /** Every export, each with at least `name` (GET /v1/exports). */
   list(): unknown[];
   compact(name: string, request: unknown, signal?: AbortSignal): Promise<unknown>;
   flush(name: string, request: unknown): Promise<unknown>;
+  resize(name: string, request: unknown): Promise<unknown>;
 }
 
 /** What the control server calls; the daemon implements it. */
@@ -236,24 +239,23 @@ export class ControlServer {
 }
 
 /**
- * GET /v1/exports, GET /v1/exports/NAME, POST /v1/exports/NAME/compact and
- * POST /v1/exports/NAME/flush, answered by `h`: the routes every server holding volumes
- * serves on its control socket (what `hyper compact` and `hyper snapshot create` ask).
+ * GET /v1/exports, GET /v1/exports/NAME, POST /v1/exports/NAME/compact, …/flush and
+ * …/resize, answered by `h`: the routes every server holding volumes serves on its control
+ * socket (what `hyper compact`, `hyper snapshot create` and `hyper file set-len` ask).
  */
 export function maintenanceRoutes(h: MaintenanceHandler): ControlRoutes {
   return async (method, url, body, signal) => {
     const p = url.pathname;
     if (p === '/v1/exports' && method === 'GET') return ok({ exports: h.list() });
     // POST /v1/exports/NAME/ACTION
-    const action = method === 'POST' ? /^\/v1\/exports\/([^/]+)\/(compact|flush)$/.exec(p) : null;
+    const action =
+      method === 'POST' ? /^\/v1\/exports\/([^/]+)\/(compact|flush|resize)$/.exec(p) : null;
     if (action !== null) {
       const name = exportNameIn(action[1] as string, p);
       const request = await body();
-      return ok(
-        action[2] === 'compact'
-          ? await h.compact(name, request, signal)
-          : await h.flush(name, request),
-      );
+      if (action[2] === 'compact') return ok(await h.compact(name, request, signal));
+      if (action[2] === 'flush') return ok(await h.flush(name, request));
+      return ok(await h.resize(name, request));
     }
     if (p.startsWith('/v1/exports/') && method === 'GET') {
       const name = exportNameIn(p.slice('/v1/exports/'.length), p);

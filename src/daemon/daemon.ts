@@ -23,8 +23,8 @@ import type { ServeLogger } from '../serve/logger.js';
 import { VolumeServer, type ListenTarget, type VolumeTuning } from '../serve/server.js';
 import type { VolumeExport } from '../serve/exports.js';
 import { exportProblem } from '../serve/health.js';
-import { compactAsked, flushAsked } from '../serve/maintenance.js';
-import type { FlushAnswer } from './online.js';
+import { compactAsked, flushAsked, resizeAsked } from '../serve/maintenance.js';
+import type { FlushAnswer, ResizeAnswer } from './online.js';
 import { ControlServer, exportNotFound, type ControlHandler } from './control.js';
 import { loadConfig } from './config.js';
 import { mapRequest, nameOfUrl, parseOr, type ExportSpec, type StateEntry } from './schema.js';
@@ -241,6 +241,15 @@ export class Daemon implements ControlHandler {
   async flush(name: string, request: unknown): Promise<FlushAnswer> {
     this.mapped(name, 'snapshot it once it is mapped, or directly while it is not');
     return flushAsked(this.server!, name, request);
+  }
+
+  /**
+   * Grow a mapped export's volume (POST /v1/exports/NAME/resize): what `hyper file set-len`
+   * of a volume this daemon holds asks for. Connections made from then on see the new size.
+   */
+  async resize(name: string, request: unknown): Promise<ResizeAnswer> {
+    this.mapped(name, 'resize it once it is mapped, or directly while it is not');
+    return resizeAsked(this.server!, name, request);
   }
 
   /** The entry of export `name`, refused unless it is mapped (`then`: what to do instead). */

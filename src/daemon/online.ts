@@ -7,7 +7,9 @@
  *   fencing the server with --force; the writer runs it beside its clients, as its
  *   --compact-every schedule does;
  * - `hyper snapshot create` first asks it to commit what it acknowledged
- *   (POST /v1/exports/NAME/flush), so that the snapshot holds every write made before.
+ *   (POST /v1/exports/NAME/flush), so that the snapshot holds every write made before;
+ * - `hyper file set-len` asks it to grow the volume (POST /v1/exports/NAME/resize) instead
+ *   of failing with LEASE_HELD: its new connections see the new size.
  *
  * The server is found on the control socket given (the daemon's default one unless told
  * otherwise); the export must be open read-write with its lease held, at the same URL, and
@@ -20,6 +22,7 @@ import { HyperError, isHyperError } from '../errors.js';
 import type { ObjectStore } from '../format/store/types.js';
 import type { CompactResult } from '../format/volume/compact.js';
 import { readHead } from '../format/volume/heads.js';
+import type { HeadRecord } from '../format/codec/head.js';
 import type { RetentionPolicy } from '../serve/compaction.js';
 import { ControlClient } from './control.js';
 import type { CompactRequest } from './schema.js';
@@ -53,6 +56,17 @@ export interface FlushAnswer {
   time: string;
 }
 
+/** What a server answers to POST /v1/exports/NAME/resize. */
+export interface ResizeAnswer extends FlushAnswer {
+  previousSize: number;
+  size: number;
+}
+
+export interface OnlineResize extends ResizeAnswer {
+  controlSocket: string;
+  name: string;
+}
+
 /** How long the lookup waits for the server's list of exports. */
 const LOOKUP_TIMEOUT_MS = 10_000;
 
@@ -78,7 +92,7 @@ async function inHoldingServer<T>(
   store: ObjectStore,
   url: string,
   o: DaemonLookup & { onAsked?: (name: string) => void },
-  call: (client: ControlClient, path: string, volumeUuid: string) => Promise<T>,
+  call: (client: ControlClient, path: string, head: HeadRecord) => Promise<T>,
 ): Promise<{ answer: T; name: string } | undefined> {
   const client = new ControlClient(o.controlSocket);
   let exports: MaintainedExport[];
@@ -120,7 +134,7 @@ async function inHoldingServer<T>(
   const e = serving.find((x) => x.volumeUuid === head.uuid);
   if (e === undefined) return undefined;
   o.onAsked?.(e.name);
-  const answer = await call(client, `/v1/exports/${encodeURIComponent(e.name)}`, head.uuid);
+  const answer = await call(client, `/v1/exports/${encodeURIComponent(e.name)}`, head);
   return { answer, name: e.name };
 }
 
@@ -137,8 +151,8 @@ export async function compactOnlineInServer(
     onAsked?: (name: string) => void;
   },
 ): Promise<OnlineCompaction | undefined> {
-  const r = await inHoldingServer(store, url, o, (client, path, volumeUuid) => {
-    const request: CompactRequest = { ...o.policy, volumeUuid };
+  const r = await inHoldingServer(store, url, o, (client, path, head) => {
+    const request: CompactRequest = { ...o.policy, volumeUuid: head.uuid };
     return client.post<CompactResult>(`${path}/compact`, request, o.signal);
   });
   return r && { result: r.answer, controlSocket: o.controlSocket, name: r.name };
@@ -154,10 +168,30 @@ export async function flushInServer(
   url: string,
   o: DaemonLookup,
 ): Promise<OnlineFlush | undefined> {
-  const r = await inHoldingServer(store, url, o, (client, path, volumeUuid) =>
-    client.post<FlushAnswer>(`${path}/flush`, { volumeUuid }, o.signal),
+  const r = await inHoldingServer(store, url, o, (client, path, head) =>
+    client.post<FlushAnswer>(`${path}/flush`, { volumeUuid: head.uuid }, o.signal),
   );
   return r && { checkpoint: r.answer.checkpoint, controlSocket: o.controlSocket, name: r.name };
+}
+
+/**
+ * Have the server on `controlSocket` that serves the volume at `url` read-write grow it to
+ * `size(current)` bytes (`current`: the size its head records; `size` may refuse by throwing);
+ * a shrink the server refuses (DEVICE_BUSY). Undefined when there is none.
+ */
+export async function resizeInServer(
+  store: ObjectStore,
+  url: string,
+  o: DaemonLookup & { size: (current: number) => number },
+): Promise<OnlineResize | undefined> {
+  const r = await inHoldingServer(store, url, o, (client, path, head) =>
+    client.post<ResizeAnswer>(
+      `${path}/resize`,
+      { size: o.size(head.size), volumeUuid: head.uuid },
+      o.signal,
+    ),
+  );
+  return r && { ...r.answer, controlSocket: o.controlSocket, name: r.name };
 }
 
 function sameUrl(a: string, b: string): boolean {

@@ -70,6 +70,12 @@ export const flushRequest = z.strictObject({
   volumeUuid: compactRequest.shape.volumeUuid,
 });
 
+/** Grow a mapped export's volume (POST /v1/exports/NAME/resize). */
+export const resizeRequest = z.strictObject({
+  size: z.number().int().min(0),
+  volumeUuid: compactRequest.shape.volumeUuid,
+});
+
 /** The state file: the exports to map again at start, and where each came from. */
 export const stateFile = z.strictObject({
   version: z.literal(1),

@@ -1,12 +1,12 @@
 /**
- * Maintenance asked for through a control socket by `hyper compact` and `hyper snapshot
- * create` (daemon/online.ts) of a volume this process holds: the request is checked, then the
- * server runs its own online compaction or flush. The daemon answers these for its mapped
+ * Maintenance asked for through a control socket by `hyper compact`, `hyper snapshot create`
+ * and `hyper file set-len` (daemon/online.ts) of a volume this process holds: the request is
+ * checked, then the server runs its own online compaction, flush or grow. The daemon answers these for its mapped
  * exports; `hyper serve --control-socket` for its own (serveMaintenance).
  */
 import { exportNotFound, type MaintenanceHandler } from '../daemon/control.js';
-import type { FlushAnswer, MaintainedExport } from '../daemon/online.js';
-import { compactRequest, flushRequest, parseOr } from '../daemon/schema.js';
+import type { FlushAnswer, MaintainedExport, ResizeAnswer } from '../daemon/online.js';
+import { compactRequest, flushRequest, parseOr, resizeRequest } from '../daemon/schema.js';
 import type { CompactResult } from '../format/volume/compact.js';
 import type { VolumeServer } from './server.js';
 
@@ -36,7 +36,23 @@ export async function flushAsked(
   return { checkpoint: info.checkpoint, time: info.time.toISOString() };
 }
 
-/** The control socket of `hyper serve`: its open exports, their compaction and flush. */
+/** POST /v1/exports/NAME/resize: grow the export's volume, committed before the answer. */
+export async function resizeAsked(
+  server: VolumeServer,
+  name: string,
+  request: unknown,
+): Promise<ResizeAnswer> {
+  const { size, volumeUuid } = parseOr(resizeRequest, request, 'resize request');
+  const r = await server.resizeNow(name, size, volumeUuid === undefined ? {} : { volumeUuid });
+  return {
+    previousSize: r.previousSize,
+    size,
+    checkpoint: r.info.checkpoint,
+    time: r.info.time.toISOString(),
+  };
+}
+
+/** The control socket of `hyper serve`: its open exports, their compaction, flush and grow. */
 export function serveMaintenance(server: VolumeServer): MaintenanceHandler {
   const known = (name: string): void => {
     if (!server.exports.some((e) => e.name === name)) throw exportNotFound(name);
@@ -50,6 +66,10 @@ export function serveMaintenance(server: VolumeServer): MaintenanceHandler {
     flush: async (name, request) => {
       known(name);
       return flushAsked(server, name, request);
+    },
+    resize: async (name, request) => {
+      known(name);
+      return resizeAsked(server, name, request);
     },
   };
 }

@@ -334,6 +334,44 @@ export class VolumeServer {
   }
 
   /**
+   * Grow export `name`'s volume to `size` bytes while it is served (`hyper file set-len` of a
+   * volume this server holds): committed as a checkpoint before the answer; connections made
+   * from then on see the new size, those already open keep the size they were told (NBD has no
+   * way to tell them). A shrink is refused: it would cut the device under its clients.
+   */
+  async resizeNow(
+    name: string,
+    size: number,
+    options: { volumeUuid?: string } = {},
+  ): Promise<{ previousSize: number; info: CheckpointInfo }> {
+    const volume = this.opened.get(name);
+    if (volume === undefined || volume.info.readOnly)
+      throw new HyperError(
+        'invalid',
+        'INVALID_ARGUMENT',
+        `Export ${JSON.stringify(name)} is not open read-write here, so it holds no lease on its volume`,
+        { suggestion: 'Resize the volume directly with `hyper file set-len URL --size SIZE`.' },
+      );
+    sameVolume(name, volume, options.volumeUuid);
+    const previousSize = volume.info.size;
+    if (size < previousSize)
+      throw new HyperError(
+        'conflict',
+        'DEVICE_BUSY',
+        `Export ${JSON.stringify(name)} is served: shrinking its volume from ${previousSize} to ${size} bytes would cut the device under its clients`,
+        {
+          suggestion:
+            'Stop serving it first (hyper unmap NAME, or stop hyper serve), then run hyper file set-len --allow-shrink.',
+        },
+      );
+    // (The same size commits what is pending, a grow whose checkpoint failed before included.)
+    const info = await volume.resize(size);
+    if (size > previousSize)
+      this.logger.info('grew export', { export: name, from: previousSize, to: size });
+    return { previousSize, info };
+  }
+
+  /**
    * The checkpoints of volume `uuid` that read-only exports here serve: this server's online
    * compaction keeps them, as if snapshots named them.
    */

@@ -836,8 +836,15 @@ export class Volume {
       await this.buffer.truncate(this.size, size);
     }
     if (size !== this.size) {
+      // With a WAL the new size is logged, numbered in the step that makes it the size: a
+      // write past the old end acknowledged after it (a server grown online, whose new
+      // connections see the new size at once) replays onto a volume that has the room, even
+      // if this resize's checkpoint never landed.
+      const log = this.logged({ op: 'resize', offset: 0, length: size });
+      const durable = log?.();
       this.size = size;
       this.pendingMeta ??= {};
+      await durable;
     }
     return this.flush();
   }
@@ -935,7 +942,11 @@ export class Volume {
     if (e.op === 'write') await this.buffer.write(e.offset, e.data as Buffer);
     else if (e.op === 'zero') await this.buffer.zero(e.offset, e.length, 'zero');
     else if (e.op === 'trim') await this.buffer.zero(e.offset, e.length, 'keep');
-    else if (e.op === 'resize') this.size = e.length;
+    else if (e.op === 'resize') {
+      if (e.length < this.size) await this.buffer.truncate(this.size, e.length);
+      this.size = e.length;
+      this.pendingMeta ??= {};
+    }
     return true;
   }
 

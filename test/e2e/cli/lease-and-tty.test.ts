@@ -46,6 +46,8 @@ describe('hyper file next to a live writer', () => {
 
     const setLen = await hyperJson<ErrorOut>(['file', 'set-len', url, '--size', '2M'], 4);
     assert.equal(setLen.error.code, 'LEASE_HELD');
+    // (No server on this host holds it: where one would have been asked, and the way out.)
+    assert.match(setLen.error.suggestion ?? '', /--control-socket.*--force/);
     const imported = await hyper(['file', 'import', imagePath, url]);
     assert.equal(imported.code, 4, show(imported));
     assert.match(imported.stderr, /--force/, 'the suggestion names a flag the command has');

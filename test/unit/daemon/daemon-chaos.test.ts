@@ -2,8 +2,8 @@
  * The daemon's control operations at random, several at once, against a store that fails
  * requests: map (read-write, read-only or at a checkpoint, two names per volume), unmap
  * (plain or forced), reload of a rewritten config, writes through NBD with a FLUSH, online
- * compactions and flushes asked through the control API (what `hyper compact` and `snapshot
- * create` ask), and restarts racing the rest (one of the volumes deduplicates, and its writes
+ * compactions, flushes and grows asked through the control API (what `hyper compact`, `snapshot
+ * create` and `file set-len` ask), and restarts racing the rest (one of the volumes deduplicates, and its writes
  * repeat a few contents). After each round, with the store answering again, the daemon must
  * agree with itself, its state file, its NBD server and the store:
  *  (a) no export is left half-mapped or half-unmapped;
@@ -14,6 +14,8 @@
  *  (f) any volume not held can be mapped read-write at once (no lease of the daemon's own
  *      left in the way);
  *  (g) every write whose FLUSH was acknowledged is in its volume, and nothing else appears;
+ *  (i) every grow the daemon acknowledged is in its volume (never smaller), and what it
+ *      added reads as zeros;
  *  (h) once every daemon has stopped, nothing of theirs touches the store (no volume left
  *      open behind the daemon's back, renewing its lease).
  * Seeded: HYPER_DAEMON_CHAOS_SEED=N replays one seed, HYPER_DAEMON_CHAOS_SEEDS=K runs K
@@ -99,6 +101,8 @@ async function runSeed(seed: number): Promise<{ log: string[]; injected: number 
     }
   };
 
+  /** Per volume: the largest size a grow the daemon acknowledged asked for. */
+  const grownTo = new Map<string, number>();
   const ops: Record<string, () => Promise<string>> = {
     map: async () => {
       const name = pick(NAMES);
@@ -147,6 +151,17 @@ async function runSeed(seed: number): Promise<{ log: string[]; injected: number 
       });
       return `compact ${name} keep-last ${keepLast ?? '-'} grace ${graceMs} min-live ${minLive}: dropped ${res.checkpointsDropped}, deleted ${res.segmentsDeleted}, moved ${res.blocksRewritten}`;
     },
+    // `hyper file set-len` of a mapped volume: grown by the daemon (a smaller size is refused).
+    grow: async () => {
+      const writable = d.list().filter((e) => e.state === 'mapped' && !e.readOnly);
+      if (writable.length === 0) return 'grow: nothing writable';
+      const e = pick(writable);
+      const v = volumeOf(e.name);
+      const size = (e.size ?? SIZE) + 4096 * (1 + Math.floor(r() * 16));
+      const res = await d.resize(e.name, { size });
+      grownTo.set(v, Math.max(grownTo.get(v) ?? SIZE, res.size));
+      return `grow ${e.name} ${res.previousSize} -> ${res.size}: checkpoint ${res.checkpoint}`;
+    },
     flush: async () => {
       const writable = d.list().filter((e) => e.state === 'mapped' && !e.readOnly);
       if (writable.length === 0) return 'flush: nothing writable';
@@ -168,6 +183,7 @@ async function runSeed(seed: number): Promise<{ log: string[]; injected: number 
     ['compact', 1.5],
     ['flush', 0.8],
     ['restart', 0.7],
+    ['grow', 0.6],
   ] as const);
 
   const listed = (): ExportStatus[] => d.list();
@@ -244,6 +260,15 @@ async function runSeed(seed: number): Promise<{ log: string[]; injected: number 
       try {
         const bad = await writes.mismatch(v, (o, n) => vol.read(o, n));
         check(bad === undefined, `(g) ${bad}`);
+        const size = vol.info.size;
+        check(
+          size >= (grownTo.get(v) ?? SIZE),
+          `(i) ${v} is ${size} bytes, grown to ${grownTo.get(v)}`,
+        );
+        if (size > SIZE) {
+          const added = await vol.read(SIZE, size - SIZE);
+          check(!added.some((x) => x !== 0), `(i) ${v}: the grown range is not zeros`);
+        }
       } finally {
         await vol.close();
         await store.close();

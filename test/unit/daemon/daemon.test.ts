@@ -23,9 +23,14 @@ import { openDaemonStore } from '../../../src/daemon/run.js';
 import { isHyperError, type ErrorCode } from '../../../src/errors.js';
 import { openStore } from '../../../src/format/store/index.js';
 import { Volume } from '../../../src/format/volume/volume.js';
+import { readHead } from '../../../src/format/volume/heads.js';
 import type { CompactResult } from '../../../src/format/volume/compact.js';
 import { checkVolume } from '../../../src/format/volume/check.js';
-import { compactOnlineInServer, flushInServer } from '../../../src/daemon/online.js';
+import {
+  compactOnlineInServer,
+  flushInServer,
+  resizeInServer,
+} from '../../../src/daemon/online.js';
 import { createSnapshot } from '../../../src/format/volume/history.js';
 import { FlakyStore, type Faults } from '../../helpers/flaky-store.js';
 import { RawClient, req } from '../../helpers/raw-nbd-client.js';
@@ -564,7 +569,7 @@ describe('hyper daemon (in-process)', () => {
     await rejectsWith(third, 'DAEMON_NOT_RUNNING', /daemon is stopping/);
   });
 
-  it('compacts a mapped volume online when asked, beside a client, and refuses what it cannot', async (t) => {
+  it('compacts, flushes and grows a mapped volume when asked, beside a client, and refuses what it cannot', async (t) => {
     const s = await setup(t, ['a', 'b', 'c']);
     const d = await s.start();
     const a = await s.client.post<ExportStatus>('/v1/exports', { url: s.url('a') });
@@ -716,6 +721,28 @@ describe('hyper daemon (in-process)', () => {
       undefined,
     );
     assert.match(why, /did not answer within 0\.2 s/);
+    // Grown from outside (hyper file set-len): by the daemon, committed before the answer; the
+    // connection made before keeps writing within the size it was told.
+    const grown = await resizeInServer(store, s.url('a'), {
+      controlSocket: s.sock,
+      size: (current) => current + 1024 * 1024,
+    });
+    assert.equal(grown?.name, 'a');
+    assert.equal(grown.size, grown.previousSize + 1024 * 1024);
+    const { head: grownHead } = await readHead(store);
+    assert.equal(grownHead.size, grown.size, 'committed before the answer');
+    assert.ok(grownHead.checkpoint >= grown.checkpoint);
+    const grownWrite = Buffer.alloc(4096, 0x78);
+    c.send(req(1, handle++, 12288n, grownWrite.length, 0, grownWrite));
+    assert.equal((await c.simpleReply()).error, 0);
+    grownWrite.copy(expected, 12288);
+    await rejectsWith(s.client.post('/v1/exports/a/resize', { size: 4096 }), 'DEVICE_BUSY');
+    await rejectsWith(s.client.post('/v1/exports/b/resize', { size: 1 << 30 }), 'INVALID_ARGUMENT');
+    await rejectsWith(
+      s.client.post('/v1/exports/a/resize', { size: grown.size, volumeUuid: 'f'.repeat(32) }),
+      'PRECONDITION_FAILED',
+    );
+    assert.equal((await readHead(store)).head.size, grown.size, 'refusals change nothing');
     // After the unmap the volume holds every write, and a deep check is clean.
     await s.client.delete('/v1/exports/a');
     const v = await Volume.open(store, { readOnly: true });

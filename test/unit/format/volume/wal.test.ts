@@ -120,6 +120,52 @@ describe('write-ahead log', () => {
     assert.equal(sha(await c.read(0, 16 * MiB)), sha(ref));
   });
 
+  it('a resize is logged: writes past the old end acknowledged after it survive a crash, even when its checkpoint failed', async () => {
+    for (const walAck of ['write', 'flush'] as const) {
+      const vol = new Flaky(MemStore.isolated('mem://vol/'));
+      const wal = new Flaky(MemStore.isolated('mem://wal/'));
+      const openStore = (url: string): Promise<ObjectStore> =>
+        Promise.resolve(url === wal.url ? wal : vol);
+      await Volume.create(vol, { size: 1 * MiB });
+      const a = await Volume.open(vol, { walUrl: wal.url, walAck, openStore, flushIntervalMs: 0 });
+      await a.write(0, Buffer.alloc(64 * KiB, 1));
+      await a.sync();
+      // The volume's store fails: the grow is logged, its checkpoint does not land.
+      vol.fail = true;
+      await assert.rejects(a.resize(4 * MiB));
+      assert.equal(a.info.size, 4 * MiB, 'the writer serves the new size');
+      await a.write(3 * MiB, Buffer.alloc(64 * KiB, 2));
+      await a.sync().catch(() => undefined); // (logs at FLUSH; its checkpoint fails)
+      vol.fail = false;
+      // Crash: no close. The next writer replays the grow, then the write past the old end.
+      const b = await Volume.open(vol, { force: true, openStore, flushIntervalMs: 0 });
+      assert.equal(b.info.size, 4 * MiB, `${walAck}: the replayed grow`);
+      const got = await b.read(0, 4 * MiB);
+      assert.ok(got.subarray(0, 64 * KiB).equals(Buffer.alloc(64 * KiB, 1)));
+      assert.ok(got.subarray(3 * MiB, 3 * MiB + 64 * KiB).equals(Buffer.alloc(64 * KiB, 2)));
+      assert.equal(
+        got.subarray(64 * KiB, 3 * MiB).some((x) => x !== 0),
+        false,
+      );
+      // A logged shrink replays as one: the data past the new end is gone.
+      await b.close();
+      const c = await Volume.open(vol, { walUrl: wal.url, walAck, openStore, flushIntervalMs: 0 });
+      vol.fail = true;
+      await assert.rejects(c.resize(2 * MiB, { allowShrink: true }));
+      await c.sync().catch(() => undefined); // (a FLUSH after it logs it at FLUSH)
+      vol.fail = false;
+      const d = await Volume.open(vol, { force: true, openStore, flushIntervalMs: 0 });
+      assert.equal(d.info.size, 2 * MiB, `${walAck}: the replayed shrink`);
+      await d.resize(4 * MiB);
+      assert.equal(
+        (await d.read(2 * MiB, 2 * MiB)).some((x) => x !== 0),
+        false,
+        'grown again: zeros',
+      );
+      await d.close();
+    }
+  });
+
   it('groups concurrent writes into few WAL objects', async () => {
     const { vol, wal, openStore } = setup();
     await Volume.create(vol, { size: 16 * MiB });
