@@ -3,8 +3,11 @@
  * --print-uri: resolves once it prints its URI, rejects (with its exit code and stderr) if it
  * exits first or does not start in time.
  */
+import assert from 'node:assert/strict';
 import { spawn, type ChildProcess } from 'node:child_process';
-import { runJs } from './cli.js';
+import { join } from 'node:path';
+import type { TestContext } from 'node:test';
+import { fileUrl, hyper, runJs, show, tempDir } from './cli.js';
 
 export interface Served {
   child: ChildProcess;
@@ -83,4 +86,19 @@ export async function stopServe(
 ): Promise<number> {
   if (s.child.exitCode === null && s.child.signalCode === null) s.child.kill(signal);
   return s.exit;
+}
+
+/**
+ * A 64 MiB file:// volume created in a fresh temporary directory, with the URL of a WAL and
+ * the path of a control socket beside it: what a test of `serve --wal-url --control-socket`
+ * and the commands it answers starts from.
+ */
+export async function volumeToServe(
+  t: TestContext,
+): Promise<{ dir: string; url: string; wal: string; sock: string }> {
+  const dir = await tempDir(t);
+  const url = fileUrl(join(dir, 'vol'));
+  const c = await hyper(['file', 'create', url, '--size', '64M']);
+  assert.equal(c.code, 0, show(c));
+  return { dir, url, wal: fileUrl(join(dir, 'wal')), sock: join(dir, 'control.sock') };
 }

@@ -15,7 +15,7 @@ import { needS3, needTools } from '../../helpers/env.js';
 import { run, type RunResult } from '../../helpers/nbd.js';
 import { ensureBucket, uniqueS3Url } from '../../helpers/s3.js';
 import { rng } from '../../helpers/rng.js';
-import { serve, stopServe } from '../../helpers/serve.js';
+import { serve, stopServe, volumeToServe } from '../../helpers/serve.js';
 
 const MiB = 1024 * 1024;
 
@@ -132,12 +132,7 @@ describe('serve --compact-every', () => {
   });
 
   it('hands `hyper compact` and `hyper snapshot create` to a `serve --control-socket` beside fio', async (t) => {
-    const dir = await tempDir(t);
-    const url = fileUrl(join(dir, 'vol'));
-    const wal = fileUrl(join(dir, 'wal'));
-    const sock = join(dir, 'control.sock');
-    const c = await hyper(['file', 'create', url, '--size', '64M']);
-    assert.equal(c.code, 0, show(c));
+    const { dir, url, wal, sock } = await volumeToServe(t);
     // fio's verification of round `seed` against the snapshot, served read-only.
     const snapshotHoldsRound = async (seed: number): Promise<void> => {
       const at = await serve([url, '--at', 'after-3', '--read-only']);

@@ -11,10 +11,10 @@
 import assert from 'node:assert/strict';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { fileUrl, hyper, hyperJson, show, tempDir } from '../../helpers/cli.js';
+import { hyper, hyperJson, show } from '../../helpers/cli.js';
 import { needTools } from '../../helpers/env.js';
 import { nbdsh, run } from '../../helpers/nbd.js';
-import { serve, stopServe } from '../../helpers/serve.js';
+import { serve, stopServe, volumeToServe } from '../../helpers/serve.js';
 
 const MiB = 1024 * 1024;
 
@@ -38,12 +38,7 @@ const sizeOf = async (uri: string): Promise<number> => {
 describe('hyper file set-len of a served volume', () => {
   it('is grown by `serve --control-socket` beside fio; new connections see the new size', async (t) => {
     if (!needTools(t, 'fio', 'nbdinfo', 'nbdsh')) return;
-    const dir = await tempDir(t);
-    const url = fileUrl(join(dir, 'vol'));
-    const wal = fileUrl(join(dir, 'wal'));
-    const sock = join(dir, 'control.sock');
-    const c = await hyper(['file', 'create', url, '--size', '64M']);
-    assert.equal(c.code, 0, show(c));
+    const { dir, url, wal, sock } = await volumeToServe(t);
     const s = await serve([url, '--wal-url', wal, '--control-socket', sock]);
     try {
       assert.equal(await sizeOf(s.uri), 64 * MiB);
