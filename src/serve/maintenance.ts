@@ -1,8 +1,8 @@
 /**
  * Maintenance asked for through a control socket by `hyper compact`, `hyper snapshot create`
  * and `hyper file set-len` (daemon/online.ts) of a volume this process holds: the request is
- * checked, then the server runs its own online compaction, flush or grow. The daemon answers these for its mapped
- * exports; `hyper serve --control-socket` for its own (serveMaintenance).
+ * checked, then the server runs its own online compaction, flush or grow. The daemon answers
+ * these for its mapped exports; `hyper serve --control-socket` for its own (serveMaintenance).
  */
 import { exportNotFound, type MaintenanceHandler } from '../daemon/control.js';
 import type { FlushAnswer, MaintainedExport, ResizeAnswer } from '../daemon/online.js';

@@ -360,8 +360,7 @@ export class VolumeServer {
         'DEVICE_BUSY',
         `Export ${JSON.stringify(name)} is served: shrinking its volume from ${previousSize} to ${size} bytes would cut the device under its clients`,
         {
-          suggestion:
-            'Stop serving it first (hyper unmap NAME, or stop hyper serve), then run hyper file set-len --allow-shrink.',
+          suggestion: `Stop serving it first (hyper unmap ${name}, or stop hyper serve), then run hyper file set-len --allow-shrink.`,
         },
       );
     // (The same size commits what is pending, a grow whose checkpoint failed before included.)

@@ -836,15 +836,13 @@ export class Volume {
       await this.buffer.truncate(this.size, size);
     }
     if (size !== this.size) {
-      // With a WAL the new size is logged, numbered in the step that makes it the size: a
-      // write past the old end acknowledged after it (a server grown online, whose new
-      // connections see the new size at once) replays onto a volume that has the room, even
-      // if this resize's checkpoint never landed.
-      const log = this.logged({ op: 'resize', offset: 0, length: size });
-      const durable = log?.();
+      // With a WAL the new size is logged before it takes effect: a write past the old end
+      // acknowledged after it (a server grown online, whose new connections see the new size
+      // at once) replays onto a volume that has the room, even if this resize's checkpoint
+      // never landed. A log that fails leaves the size as it was.
+      await this.logged({ op: 'resize', offset: 0, length: size })?.();
       this.size = size;
       this.pendingMeta ??= {};
-      await durable;
     }
     return this.flush();
   }
