@@ -1696,13 +1696,13 @@ class Run {
     void w.vol.close().catch(() => undefined);
   }
 
+  /** The range the last streamOp wrote (online compaction on RGW writes half of it again). */
+  private lastStream: { off: number; end: number } | undefined;
+
   /**
    * A sequential stream: several segments' worth of consecutive writes, one after another
    * without a flush, so that segment PUTs pile up in the pipeline (and writers wait for room).
    */
-  /** The range the last streamOp wrote (online compaction on RGW writes half of it again). */
-  private lastStream: { off: number; end: number } | undefined;
-
   private async streamOp(): Promise<void> {
     const chunk = 64 * KiB;
     const total = Math.min(VOLUME_SIZE, (2 + Math.floor(this.rand() * 5)) * this.flushBytes());
@@ -2423,7 +2423,7 @@ class Run {
    * The writer compacts its own volume while it goes on writing (CompactOptions.volume): no
    * lease changes hands, and a block it copies must never land over a newer write of its own.
    */
-  private async onlineCompactOp(): Promise<void> {
+  private onlineCompactOp(): Promise<void> | undefined {
     const o: CompactOptions = {};
     drawCompaction(o, this.extra, !this.backend.virtualTime);
     if (!this.backend.virtualTime && this.extra() < 0.7) {
@@ -2436,12 +2436,21 @@ class Run {
       o.graceMs = 0;
       o.minLive = Math.max(o.minLive ?? 0, 0.6);
       const s = this.lastStream;
-      const chunk = 64 * KiB;
-      if (s) {
-        for (let off = s.off; off < s.end && this.writer; off += 2 * chunk)
-          await this.writerOp('write', { off, len: Math.min(chunk, s.end - off) });
-      }
+      if (s) return this.writeHalf(s).then(() => this.launchOnline(o));
     }
+    // (In virtual time it starts in this step, as it always did: seeds replay as found.)
+    this.launchOnline(o);
+    return undefined;
+  }
+
+  /** Every other 64 KiB chunk of [s.off, s.end) written again, while there is a writer. */
+  private async writeHalf(s: { off: number; end: number }): Promise<void> {
+    const chunk = 64 * KiB;
+    for (let off = s.off; off < s.end && this.writer; off += 2 * chunk)
+      await this.writerOp('write', { off, len: Math.min(chunk, s.end - off) });
+  }
+
+  private launchOnline(o: CompactOptions): void {
     const w = this.writer;
     if (!w) return;
     o.volume = w.vol;
@@ -2861,7 +2870,8 @@ class Run {
       case 'compact':
         // Now and then by the writer itself, online, beside its own writes.
         if (!this.o.classic && this.writer && this.extra() < 0.35) {
-          await this.onlineCompactOp();
+          const rewriting = this.onlineCompactOp();
+          if (rewriting) await rewriting;
           return;
         }
         this.compactOp();
