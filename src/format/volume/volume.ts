@@ -824,23 +824,21 @@ export class Volume {
   async resize(size: number, options: { allowShrink?: boolean } = {}): Promise<CheckpointInfo> {
     this.checkWritable();
     checkVolumeSize(size);
-    if (size < this.size) {
-      if (!options.allowShrink) {
-        throw new HyperError(
-          'invalid',
-          'INVALID_ARGUMENT',
-          `Shrinking from ${this.size} to ${size} bytes drops data`,
-          { suggestion: 'Pass --allow-shrink to confirm.' },
-        );
-      }
-      await this.buffer.truncate(this.size, size);
+    if (size < this.size && !options.allowShrink) {
+      throw new HyperError(
+        'invalid',
+        'INVALID_ARGUMENT',
+        `Shrinking from ${this.size} to ${size} bytes drops data`,
+        { suggestion: 'Pass --allow-shrink to confirm.' },
+      );
     }
     if (size !== this.size) {
-      // With a WAL the new size is logged before it takes effect: a write past the old end
+      // With a WAL the new size is logged before anything changes: a write past the old end
       // acknowledged after it (a server grown online, whose new connections see the new size
       // at once) replays onto a volume that has the room, even if this resize's checkpoint
-      // never landed. A log that fails leaves the size as it was.
+      // never landed, and a log that fails leaves the volume as it was (a shrink's tail too).
       await this.logged({ op: 'resize', offset: 0, length: size })?.();
+      if (size < this.size) await this.buffer.truncate(this.size, size);
       this.size = size;
       this.pendingMeta ??= {};
     }
