@@ -118,6 +118,8 @@ export class Session implements ParserHandler {
   // payload buffers written to devices that copy what they are given.
   private borrowed = false;
   private scratch: Buffer | undefined;
+  /** The start of `scratch`, as long as the parser asked for (NbdParser.headerBytes). */
+  private headerScratch: Buffer | undefined;
   private recycled: RecycledBuffers | undefined;
   private destroyTimer: NodeJS.Timeout | undefined;
 
@@ -204,10 +206,17 @@ export class Session implements ParserHandler {
   }
 
   private readonly readTarget: ReadTarget = {
-    next: () =>
-      this.parser.readTarget() ?? (this.scratch ??= Buffer.allocUnsafeSlow(SCRATCH_BYTES)),
+    next: () => {
+      const direct = this.parser.readTarget();
+      if (direct !== undefined) return direct;
+      const scratch = (this.scratch ??= Buffer.allocUnsafeSlow(SCRATCH_BYTES));
+      const limit = this.parser.headerBytes();
+      if (limit === 0) return scratch;
+      if (this.headerScratch?.length !== limit) this.headerScratch = scratch.subarray(0, limit);
+      return this.headerScratch;
+    },
     read: (n, buf) => {
-      if (buf === this.scratch) this.onData(buf.subarray(0, n));
+      if (buf === this.scratch || buf === this.headerScratch) this.onData(buf.subarray(0, n));
       else this.parser.filled(n);
     },
   };

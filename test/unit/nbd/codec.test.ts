@@ -244,8 +244,13 @@ describe('NbdParser with borrowed chunks', () => {
     let at = 0;
     while (at < stream.length) {
       const direct = parser.readTarget();
-      const into = direct ?? scratch;
-      const n = Math.min(stream.length - at, 1 + rand(rand(2) === 0 ? 64 : into.length));
+      const limit = parser.headerBytes();
+      const into = direct ?? (limit > 0 ? scratch.subarray(0, limit) : scratch);
+      const n = Math.min(
+        stream.length - at,
+        into.length,
+        1 + rand(rand(2) === 0 ? 64 : into.length),
+      );
       stream.copy(into, 0, at, at + n);
       at += n;
       if (direct !== undefined) {
@@ -296,6 +301,54 @@ describe('NbdParser with borrowed chunks', () => {
     parser.filled(99_000 - 20_000);
     assert.equal(parser.readTarget(), undefined, 'under 32 KiB left: read into scratch');
     parser.push(Buffer.alloc(20_000, 2));
+    assert.ok(parser.idle);
+  });
+
+  it('after a large WRITE reads only up to the next header, so its payload is read into place', () => {
+    const got: number[] = [];
+    const handler = {
+      ...recorder({}).handler,
+      onRequest: (r: { type: number; payload?: Buffer | Buffer[] }) => {
+        got.push(r.type);
+        if (Buffer.isBuffer(r.payload)) assert.ok(r.payload.every((x) => x === 7));
+      },
+      payloadBuffer: (n: number) => Buffer.alloc(n),
+    };
+    const parser = new NbdParser(handler, 1 << 20);
+    parser.borrowed = true;
+    parser.mode = ParserMode.Requests;
+    const write = (handle: bigint): Buffer =>
+      Buffer.concat([Buffer.from(request(0, 1, handle, 0n, 65536)), Buffer.alloc(65536, 7)]);
+    // A client writing sequentially, then a READ, a small WRITE and a large one.
+    const stream = Buffer.concat([
+      write(1n),
+      write(2n),
+      write(3n),
+      Buffer.from(request(0, 0, 4n, 0n, 4096)),
+      Buffer.from(request(0, 1, 5n, 0n, 4)),
+      Buffer.alloc(4, 7),
+      write(6n),
+    ]);
+    const scratch = Buffer.alloc(64 * 1024);
+    const limits: number[] = [];
+    for (let at = 0; at < stream.length;) {
+      const direct = parser.readTarget();
+      const limit = parser.headerBytes();
+      if (direct === undefined) limits.push(limit);
+      // (The third read into scratch stops inside a header: the next one asks for the rest.)
+      const room = direct?.length ?? (limits.length === 3 ? 10 : limit || scratch.length);
+      const n = Math.min(room, stream.length - at);
+      stream.copy(direct ?? scratch, 0, at, at + n);
+      at += n;
+      if (direct !== undefined) parser.filled(n);
+      else assert.equal(parser.push(scratch.subarray(0, n)), n);
+      scratch.fill(0);
+    }
+    assert.deepEqual(got, [1, 1, 1, 0, 1, 1]);
+    // 1st WRITE: read as much as fits (nothing large seen yet); its last 28 bytes with the
+    // 2nd's header; the 3rd's header in two reads; the READ's header; the small WRITE and
+    // most of the large one as much as fits; the large one's rest.
+    assert.deepEqual(limits, [0, 56, 28, 18, 28, 0, 88]);
     assert.ok(parser.idle);
   });
 });
