@@ -1031,6 +1031,13 @@ export interface ChaosTotals {
   /** Compactions the writer ran on its own volume, online (beside its writes), and the blocks they moved. */
   onlineCompactions: number;
   onlineBlocksMoved: number;
+  /**
+   * Resizes the writer asked for (grows, shrinks), those acknowledged, and those whose commit
+   * failed after the size changed (the writer went on at the new size).
+   */
+  resizes: number;
+  resizesAcked: number;
+  resizesPending: number;
 }
 
 export interface ChaosResult {
@@ -1073,14 +1080,19 @@ export const OPS: Record<string, number> = {
   copy: 1.5,
   check: 1,
   diff: 1.2,
+  resize: 1.2,
 };
 
 /** Operations the classic schedule did not have (its seeds replay as they were found). */
-const NOT_CLASSIC = ['copy', 'check', 'diff', 'damageWal', 'repairWal'];
+const NOT_CLASSIC = ['copy', 'check', 'diff', 'damageWal', 'repairWal', 'resize'];
 /** Operations added since the seeds of `replayedNow` (chaos.test.ts) were found. */
-export const SINCE_REPLAYED = ['diff', 'damageWal', 'repairWal'];
+export const SINCE_REPLAYED = ['diff', 'damageWal', 'repairWal', 'resize'];
 
+/** The main volume's size at creation, and the sizes the writer's resizes keep it between. */
 const VOLUME_SIZE = 1 * MiB;
+const MIN_SIZE = 256 * KiB;
+const MAX_SIZE = 2 * MiB;
+const SECTOR_BYTES = 512;
 const BS = 4 * KiB;
 /**
  * Writers' leases: long enough that a renewal is rarely needed (the classic schedule, and
@@ -1705,8 +1717,9 @@ class Run {
    */
   private async streamOp(): Promise<void> {
     const chunk = 64 * KiB;
-    const total = Math.min(VOLUME_SIZE, (2 + Math.floor(this.rand() * 5)) * this.flushBytes());
-    let off = Math.floor((this.rand() * (VOLUME_SIZE - total)) / BS) * BS;
+    const size = (this.writer as Writer).model.length;
+    const total = Math.min(size, (2 + Math.floor(this.rand() * 5)) * this.flushBytes());
+    let off = Math.floor((this.rand() * (size - total)) / BS) * BS;
     const end = off + total;
     this.lastStream = { off, end };
     for (; off < end && this.writer; off += chunk)
@@ -1720,7 +1733,8 @@ class Run {
     const w = this.writer as Writer;
     const r = this.rand();
     const aligned = this.rand() < 0.5;
-    let off = Math.floor(this.rand() * VOLUME_SIZE);
+    const size = w.model.length;
+    let off = Math.floor(this.rand() * size);
     let len =
       r < 0.7 ? 1 + Math.floor(this.rand() * 16 * KiB) : 1 + Math.floor(this.rand() * 160 * KiB);
     if (aligned) {
@@ -1728,7 +1742,7 @@ class Run {
       len = Math.max(BS, Math.ceil(len / BS) * BS);
     }
     if (at) ({ off, len } = at);
-    len = Math.min(len, VOLUME_SIZE - off);
+    len = Math.min(len, size - off);
     if (len <= 0) return;
     let data: Buffer | undefined;
     if (kind === 'write') {
@@ -1747,7 +1761,7 @@ class Run {
     // would be handed out again for a later write of the same length.)
     if (owned && !at && this.rand() < 0.5) {
       len = [64, 128][Math.floor(this.rand() * 2)]! * KiB;
-      off = Math.min(Math.floor(off / BS) * BS, VOLUME_SIZE - len);
+      off = Math.min(Math.floor(off / BS) * BS, size - len);
       data = Buffer.alloc(len, 1 + Math.floor(this.rand() * 255));
       for (let i = 0; i + 4 <= len; i += 509) data.writeUInt32LE((this.step * 7919 + i) >>> 0, i);
     }
@@ -1800,8 +1814,9 @@ class Run {
 
   private async readOp(): Promise<void> {
     const w = this.writer as Writer;
-    const off = Math.floor(this.rand() * VOLUME_SIZE);
-    const len = Math.min(VOLUME_SIZE - off, 1 + Math.floor(this.rand() * 128 * KiB));
+    const size = w.model.length;
+    const off = Math.floor(this.rand() * size);
+    const len = Math.min(size - off, 1 + Math.floor(this.rand() * 128 * KiB));
     const what = `${w.actor.name} read ${off}+${len}`;
     this.totals.operations++;
     try {
@@ -1822,6 +1837,61 @@ class Run {
           this.violation(`${what}: data error while this writer still owns the volume`);
       }
     }
+  }
+
+  /**
+   * A commit of the writer's content `sha` (a flush, a sync without a WAL, a resize)
+   * succeeded as checkpoint `checkpoint`; `epochBefore` is the head's epoch before it began.
+   */
+  private async committed(
+    w: Writer,
+    sha: string,
+    what: string,
+    epochBefore: number,
+    checkpoint: number,
+  ): Promise<void> {
+    // (With nothing new to commit a flush succeeds without writing: that is fine.) One
+    // that started after another writer began taking over succeeds only if every segment
+    // it waited for landed before the new writer's fence, which then adopted them: its
+    // checkpoint must be on the volume's chain and read what it acknowledged.
+    if (epochBefore > w.epoch && sha !== w.committed) {
+      const wrong = await this.atomically(async () => {
+        const raw = this.raw(this.mainUrl);
+        const { head } = await readHead(raw);
+        const id = checkpoint;
+        // Ids at or below the head's last segment are its chain's checkpoints, except the
+        // skipped ones; a fence (never deleted) holds the id, so a segment of this writer's
+        // cannot be there.
+        if (id > head.lastSegment || head.skipped.includes(id) || head.fences?.includes(id))
+          return `its checkpoint ${id} is not on the chain (head ${head.checkpoint})`;
+        if (!isRetainedCheckpoint(head, id)) {
+          // Adopted, then dropped by a compaction since (seed 3002): its content is gone
+          // from the history. The segment, if still there, must be this writer's.
+          const occupant = await readCheckpointHead(raw, id).catch((e: unknown) => {
+            if (isHyperError(e, 'MISSING_OBJECT')) return undefined;
+            throw e;
+          });
+          return occupant === undefined || occupant.epoch === w.epoch
+            ? undefined
+            : `checkpoint ${id} is epoch ${occupant.epoch}'s, not this writer's`;
+        }
+        const c = await this.content(this.mainUrl, id);
+        if (!c.ok) return `its checkpoint ${id} is unreadable: ${c.error}`;
+        return c.sha === sha ? undefined : `its checkpoint ${id} reads ${c.sha}`;
+      });
+      if (wrong) {
+        await this.dumpChain();
+        this.violation(
+          `${what} succeeded although the volume was being taken over (head epoch ${epochBefore}, writer ${w.epoch}), and ${wrong}`,
+        );
+      }
+    }
+    this.learn(checkpoint, sha, what);
+    w.committed = sha;
+    // Every segment landed: the chain is at this content, past every change before it.
+    this.chained = [];
+    this.chainBase = sha;
+    if (this.walAck) this.walFloor = { epoch: w.epoch, seq: this.nTimeline };
   }
 
   /** Returns whether the flush succeeded. */
@@ -1851,53 +1921,86 @@ class Run {
             .then(() => ({ checkpoint: w.vol.headRecord.checkpoint }))
         : await this.sim.watch(w.vol.flush(), what);
       this.note(`${what} -> ok checkpoint ${r.checkpoint} content ${sha}`);
-      // (With nothing new to commit a flush succeeds without writing: that is fine.) One
-      // that started after another writer began taking over succeeds only if every segment
-      // it waited for landed before the new writer's fence, which then adopted them: its
-      // checkpoint must be on the volume's chain and read what it acknowledged.
-      if (before.epoch > w.epoch && sha !== w.committed) {
-        const wrong = await this.atomically(async () => {
-          const raw = this.raw(this.mainUrl);
-          const { head } = await readHead(raw);
-          const id = r.checkpoint;
-          // Ids at or below the head's last segment are its chain's checkpoints, except the
-          // skipped ones; a fence (never deleted) holds the id, so a segment of this writer's
-          // cannot be there.
-          if (id > head.lastSegment || head.skipped.includes(id) || head.fences?.includes(id))
-            return `its checkpoint ${id} is not on the chain (head ${head.checkpoint})`;
-          if (!isRetainedCheckpoint(head, id)) {
-            // Adopted, then dropped by a compaction since (seed 3002): its content is gone
-            // from the history. The segment, if still there, must be this writer's.
-            const occupant = await readCheckpointHead(raw, id).catch((e: unknown) => {
-              if (isHyperError(e, 'MISSING_OBJECT')) return undefined;
-              throw e;
-            });
-            return occupant === undefined || occupant.epoch === w.epoch
-              ? undefined
-              : `checkpoint ${id} is epoch ${occupant.epoch}'s, not this writer's`;
-          }
-          const c = await this.content(this.mainUrl, id);
-          if (!c.ok) return `its checkpoint ${id} is unreadable: ${c.error}`;
-          return c.sha === sha ? undefined : `its checkpoint ${id} reads ${c.sha}`;
-        });
-        if (wrong) {
-          await this.dumpChain();
-          this.violation(
-            `${what} succeeded although the volume was being taken over (head epoch ${before.epoch}, writer ${w.epoch}), and ${wrong}`,
-          );
-        }
-      }
-      this.learn(r.checkpoint, sha, what);
-      w.committed = sha;
-      // Every segment landed: the chain is at this content, past every change before it.
-      this.chained = [];
-      this.chainBase = sha;
-      if (this.walAck) this.walFloor = { epoch: w.epoch, seq: this.nTimeline };
+      await this.committed(w, sha, what, before.epoch, r.checkpoint);
       return true;
     } catch (e) {
       this.failed(what, e);
       if (isHyperError(e, 'FENCED')) await this.dropWriter('fenced');
       return false;
+    } finally {
+      c.active = false;
+    }
+  }
+
+  /**
+   * The writer changes the volume's size, as `hyper file set-len` does through the server that
+   * holds a volume (a grow, beside its clients) or on a volume held alone (a shrink with
+   * --allow-shrink): mostly grows, now and then a shrink, by any number of sectors, so that the
+   * end falls inside a block as often as not. Volume.resize commits like a flush. One that
+   * fails after changing the size leaves its commit pending, and the writer goes on at the new
+   * size; one that fails before may still have logged it (a WAL append that landed but
+   * failed): it is asked again until it succeeds, as set-len run again would, or the writer
+   * is given up. What a shrink cut off must read zeros when a grow brings the range back.
+   */
+  private async resizeOp(): Promise<void> {
+    const from = (this.writer as Writer).model.length;
+    await this.resize();
+    // Half the time a client of the grown volume writes past the old end at once (whether
+    // the grow's commit landed or is pending).
+    const w = this.writer;
+    if (w && w.model.length > from && this.rand() < 0.5)
+      await this.writerOp('write', { off: from, len: Math.min(w.model.length - from, 16 * KiB) });
+  }
+
+  private async resize(): Promise<void> {
+    const w = this.writer as Writer;
+    const from = w.model.length;
+    const shrink = from > MIN_SIZE && (from >= MAX_SIZE || this.rand() < 0.3);
+    const by = SECTOR_BYTES * (1 + Math.floor(this.rand() * (this.rand() < 0.5 ? 16 : 512)));
+    const to = shrink ? Math.max(MIN_SIZE, from - by) : Math.min(MAX_SIZE, from + by);
+    if (to === from) return;
+    const next = Buffer.alloc(to);
+    w.model.copy(next, 0, 0, Math.min(from, to));
+    const sha = digest(next);
+    const what = `${w.actor.name} resize ${from} -> ${to}`;
+    this.totals.operations++;
+    this.totals.resizes++;
+    this.chained.push(sha);
+    this.allow(sha);
+    this.timeline.push({ seq: ++this.nTimeline, sha });
+    const c = this.contribute(sha, w.actor, what);
+    try {
+      for (let attempt = 1; ; attempt++) {
+        try {
+          const { head: before } = await readHead(this.raw(this.mainUrl));
+          const r = await this.sim.watch(w.vol.resize(to, { allowShrink: true }), what);
+          w.model = next;
+          this.totals.resizesAcked++;
+          this.note(`${what} -> ok checkpoint ${r.checkpoint} content ${sha}`);
+          await this.committed(w, sha, what, before.epoch, r.checkpoint);
+          return;
+        } catch (e) {
+          this.failed(what, e);
+          if (isHyperError(e, 'FENCED')) {
+            await this.dropWriter('fenced');
+            return;
+          }
+          if (w.vol.info.size === to) {
+            // The size changed, its commit failed (it is pending, like a failed flush's
+            // changes): the writer goes on at the new size, as a server grown online does,
+            // whose clients may write past the old end at once.
+            w.model = next;
+            this.totals.resizesPending++;
+            this.note(`${what}: the size changed, its commit is pending`);
+            return;
+          }
+          if (attempt >= 4) {
+            this.kill(w);
+            this.writer = undefined;
+            return;
+          }
+        }
+      }
     } finally {
       c.active = false;
     }
@@ -2528,12 +2631,18 @@ class Run {
     const takenOver = head.epoch > old.epoch;
     const c = this.contribute(digest(old.model), old.actor, `${old.actor.name} probe`);
     let c2: Contribution | undefined;
+    // The probe: a write then a flush, or (now and then) a grow, which commits at once: a
+    // server asked to grow its export just as another host took the volume over.
+    const size = old.model.length;
+    const grow =
+      this.weights.some(([n]) => n === 'resize') && size < MAX_SIZE && this.extra() < 0.3;
+    const probed = Buffer.alloc(grow ? Math.min(MAX_SIZE, size + 64 * KiB) : size);
+    old.model.copy(probed);
+    if (!grow) probed.fill(0xee, 0, BS);
     if (this.walAck && !fresh) {
       // With a WAL the takeover is final once the taker claims the log's next record (a
       // writer that opened has): until then a change the old writer logs is replayed by
       // whoever takes the volume over (an admin operation), like any other of its changes.
-      const probed = Buffer.from(old.model);
-      probed.fill(0xee, 0, BS);
       const sha = digest(probed);
       this.chained.push(sha);
       this.allow(sha);
@@ -2541,11 +2650,19 @@ class Run {
       this.timeline.push({ seq: ++this.nTimeline, sha });
     }
     try {
-      await this.sim.watch(old.vol.write(0, Buffer.alloc(BS, 0xee)), `${old.actor.name} probe`);
-      Buffer.alloc(BS, 0xee).copy(old.model, 0);
-      c2 = this.contribute(digest(old.model), old.actor, `${old.actor.name} probe`);
-      await this.sim.watch(old.vol.flush(), `${old.actor.name} probe flush`);
-      this.note(`${old.actor.name} probe flush -> ok`);
+      if (grow) {
+        // (The size changes in memory before the commit is tried: the content is allowed first.)
+        c2 = this.contribute(digest(probed), old.actor, `${old.actor.name} probe`);
+        await this.sim.watch(old.vol.resize(probed.length), `${old.actor.name} probe grow`);
+        old.model = probed;
+        this.note(`${old.actor.name} probe grow to ${probed.length} -> ok`);
+      } else {
+        await this.sim.watch(old.vol.write(0, Buffer.alloc(BS, 0xee)), `${old.actor.name} probe`);
+        Buffer.alloc(BS, 0xee).copy(old.model, 0);
+        c2 = this.contribute(digest(old.model), old.actor, `${old.actor.name} probe`);
+        await this.sim.watch(old.vol.flush(), `${old.actor.name} probe flush`);
+        this.note(`${old.actor.name} probe flush -> ok`);
+      }
       if (takenOver && digest(old.model) !== old.committed)
         this.violation(
           `${old.actor.name} committed after ${fresh?.actor.name ?? 'a new writer'} took the volume over (head epoch ${head.epoch} > ${old.epoch})`,
@@ -2805,6 +2922,7 @@ class Run {
       'writerRestore',
       'takeover',
       'kill',
+      'resize',
     ];
     if (!this.writer && writerOps.includes(op)) {
       await this.openWriter(this.rand() < 0.4);
@@ -2825,6 +2943,8 @@ class Run {
         return;
       case 'writerRestore':
         return this.writerRestoreOp();
+      case 'resize':
+        return this.resizeOp();
       case 'takeover':
         return this.takeoverOp();
       case 'kill': {
@@ -3332,6 +3452,9 @@ export const emptyTotals = (): ChaosTotals => ({
   diffs: 0,
   onlineCompactions: 0,
   onlineBlocksMoved: 0,
+  resizes: 0,
+  resizesAcked: 0,
+  resizesPending: 0,
 });
 
 /** The report of a failed run: seed, how to replay, the violations and the op log's tail. */
