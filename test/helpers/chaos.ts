@@ -1812,11 +1812,12 @@ class Run {
     this.note(`${what} ok`);
   }
 
-  private async readOp(): Promise<void> {
+  private async readOp(at?: { off: number; len: number }): Promise<void> {
     const w = this.writer as Writer;
     const size = w.model.length;
-    const off = Math.floor(this.rand() * size);
-    const len = Math.min(size - off, 1 + Math.floor(this.rand() * 128 * KiB));
+    let off = Math.floor(this.rand() * size);
+    let len = Math.min(size - off, 1 + Math.floor(this.rand() * 128 * KiB));
+    if (at) ({ off, len } = at);
     const what = `${w.actor.name} read ${off}+${len}`;
     this.totals.operations++;
     try {
@@ -1946,10 +1947,14 @@ class Run {
     const from = (this.writer as Writer).model.length;
     await this.resize();
     // Half the time a client of the grown volume writes past the old end at once (whether
-    // the grow's commit landed or is pending).
+    // the grow's commit landed or is pending), else reads there: zeros, also where a shrink
+    // cut blocks the writer had read or written before (they must not come back from a
+    // cache or the buffer).
     const w = this.writer;
-    if (w && w.model.length > from && this.rand() < 0.5)
-      await this.writerOp('write', { off: from, len: Math.min(w.model.length - from, 16 * KiB) });
+    if (!w || w.model.length <= from) return;
+    const range = { off: from, len: Math.min(w.model.length - from, 16 * KiB) };
+    if (this.rand() < 0.5) await this.writerOp('write', range);
+    else await this.readOp(range);
   }
 
   private async resize(): Promise<void> {
