@@ -1162,6 +1162,12 @@ interface CopyModel {
   at?: number;
   /** A diff whose import failed may have landed all the same: it reads `sha` or this. */
   maybe?: string;
+  /**
+   * A diff's import began changing it and could not put it back (killed, or the store failed
+   * the restore too; its error says the target may hold part of the diff): it may read any
+   * mix of the two checkpoints until restored. Still checked for validity, not for content.
+   */
+  torn?: boolean;
 }
 
 interface Inflight {
@@ -2342,6 +2348,7 @@ class Run {
         } catch (e) {
           // Its commit may have landed before the failure: the copy reads one or the other.
           m.maybe = want;
+          if (e instanceof Error && /may hold part of the diff/.test(e.message)) m.torn = true;
           throw e;
         }
       },
@@ -2397,7 +2404,7 @@ class Run {
     }
     const cc = await this.content(m.url);
     if (!cc.ok) this.violation(`(k) copy ${m.prefix} (${m.state}) is unreadable: ${cc.error}`);
-    else if (m.state === 'ack' && cc.sha !== m.sha && cc.sha !== m.maybe)
+    else if (m.state === 'ack' && !m.torn && cc.sha !== m.sha && cc.sha !== m.maybe)
       this.violation(
         `(k) copy ${m.prefix} reads ${cc.sha}, but checkpoint ${m.at ?? m.origin} of ${this.rel(m.sourceUrl) || 'the volume'} it ${m.at === undefined ? 'copied' : 'was brought to by diffs'} reads ${m.sha}${m.maybe ? ` (or ${m.maybe}, a diff in doubt)` : ''}`,
       );
