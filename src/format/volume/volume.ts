@@ -1410,9 +1410,11 @@ export class Volume {
     this.segments.abandoned(failed.map((s) => s.built.head.checkpoint));
     this.resetTrees(first.base);
     this.buffer.putBack(failed.map((s) => s.gen));
-    let patch: MetadataPatch | undefined;
-    for (const s of failed)
-      if (Object.keys(s.patch).length > 0) patch = mergePatches(patch, s.patch);
+    // Their metadata goes back too, even an empty patch: a resize changes nothing but the
+    // size the next head is built with, and its patch is empty. Dropped, a grow that met a
+    // leftover was acknowledged without a commit (no block went back to start a segment).
+    let patch: MetadataPatch = {};
+    for (const s of failed) patch = mergePatches(patch, s.patch) ?? patch;
     this.pendingMeta = mergePatches(patch, this.pendingMeta);
     this.lastFlushError = undefined;
     this.log.warn('segment id taken by an older writer; its changes are written again', {

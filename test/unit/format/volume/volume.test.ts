@@ -318,6 +318,40 @@ describe('volume engine', () => {
     await a.close().catch(() => undefined);
   });
 
+  it("a grow whose segment id is an older writer's leftover is committed under the next id, or fenced", async () => {
+    for (const fenced of [false, true]) {
+      const store = MemStore.isolated();
+      await Volume.create(store, { size: MiB });
+      const a = await Volume.open(store, { flushIntervalMs: 0, holder: 'a' });
+      await a.write(0, Buffer.alloc(4096, 5));
+      await a.flush();
+      // An older writer's PUT lands late at the id a's next segment takes.
+      const next = a.headRecord.lastSegment + 1;
+      await putLeftover(store, (await readStoredHead(store)).head, next, a.headRecord.epoch - 1);
+      if (fenced) {
+        // And another host takes the volume over: the grow must not be acknowledged.
+        const b = await Volume.open(store, { force: true, flushIntervalMs: 0, holder: 'b' });
+        await assert.rejects(a.resize(2 * MiB), (e) => isHyperError(e, 'FENCED'));
+        assert.equal((await readStoredHead(store)).head.size, MiB);
+        await b.close();
+        await a.close().catch(() => undefined);
+        continue;
+      }
+      // A grow changes no block: only the new size goes into the segment written again.
+      const r = await a.resize(2 * MiB);
+      const { head } = await readStoredHead(store);
+      assert.equal(head.size, 2 * MiB, 'the acknowledged grow is in the head');
+      assert.equal(head.checkpoint, r.checkpoint);
+      assert.ok(r.checkpoint > next, 'committed past the leftover');
+      assert.ok(head.skipped.includes(next));
+      await a.close();
+      const again = await Volume.open(store, { readOnly: true });
+      assert.equal(again.info.size, 2 * MiB);
+      assert.ok((await again.read(0, 4096)).equals(Buffer.alloc(4096, 5)));
+      await again.close();
+    }
+  });
+
   it('a fenced writer commits nothing after a forced takeover', async () => {
     const store = MemStore.isolated();
     await Volume.create(store, { size: 4 * MiB });
