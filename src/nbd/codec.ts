@@ -107,8 +107,9 @@ export class NbdParser {
   private destHave = 0;
   /**
    * The last request was a WRITE with a payload worth reading straight into place: the
-   * next read takes only a request header (headerBytes()), so that a following large
-   * payload lands in its own memory instead of partly in the caller's buffer to be copied.
+   * next read into the caller's buffer stops at the next request header (headerBytes()), so
+   * that a following large payload lands in its own memory instead of partly in the caller's
+   * buffer, to be copied.
    */
   private largeWrites = false;
   private skipRemaining = 0;

@@ -6,9 +6,10 @@
  * a sequential write in: receiving 2 GiB over loopback and copying each chunk once (the
  * sender in the same process) took 1.2–1.3 s of CPU per GiB that way, 0.37–0.49 s with
  * `onread` into reused memory. With `onread`, the memory of each read is chosen just before
- * it: a reused scratch buffer while request headers and small payloads arrive, or the rest of
- * a large WRITE payload itself, so that the kernel copies the payload into place and nothing
- * else does.
+ * it: a reused scratch buffer while request headers and small payloads arrive (after a large
+ * WRITE, only up to the next request header: NbdParser.headerBytes), or the rest of a large
+ * WRITE payload itself, so that the kernel copies the payload into place and nothing else
+ * does.
  *
  * Node gives `onread` only to sockets constructed with it, never to the sockets a server
  * accepts. So the server accepts paused (nothing read yet) and adopt() moves the accepted
