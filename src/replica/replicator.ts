@@ -26,6 +26,7 @@
  */
 import { setTimeout as sleep } from 'node:timers/promises';
 import { HyperError, isHyperError, toHyperError } from '../errors.js';
+import { isZero } from '../format/codec/binary.js';
 import {
   bitCount,
   bitGet,
@@ -1615,15 +1616,6 @@ export async function writeUnlessZeroAlready(
       await primary.write(offset + i, run);
     i = j;
   }
-}
-
-const ZEROS = Buffer.alloc(64 * 1024);
-export function isZero(b: Buffer): boolean {
-  for (let i = 0; i < b.length; i += ZEROS.length) {
-    const n = Math.min(ZEROS.length, b.length - i);
-    if (!b.subarray(i, i + n).equals(ZEROS.subarray(0, n))) return false;
-  }
-  return true;
 }
 
 /** Another replicator changed the replica after this primary's last commit (split brain). */

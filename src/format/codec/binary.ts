@@ -46,6 +46,24 @@ export const crc32c: (data: Uint8Array, initial?: number) => number =
     ? (data, initial) => (initial === undefined ? hardware(data) : hardware(data, initial >>> 0))
     : tableCrc32cOf;
 
+/** Zeros that isZero compares against, 64 KiB at a time. */
+const ZEROS = Buffer.alloc(64 * 1024);
+
+/**
+ * Whether bytes [from, to) of `b` are all zeros. A byte set at either end or in the middle,
+ * as nearly every block of data has, tells without the native compare (whose call costs more
+ * than looking at three bytes).
+ */
+export function isZero(b: Buffer, from = 0, to = b.length): boolean {
+  if (to <= from) return true;
+  if (b[from] !== 0 || b[to - 1] !== 0 || b[(from + to) >>> 1] !== 0) return false;
+  for (let i = from; i < to; i += ZEROS.length) {
+    const n = Math.min(ZEROS.length, to - i);
+    if (ZEROS.compare(b, i, i + n, 0, n) !== 0) return false;
+  }
+  return true;
+}
+
 const TWO32 = 2 ** 32;
 
 export function readU64(buf: Buffer, off: number): number {

@@ -7,6 +7,7 @@
  * buffer is full (back-pressure) until a flush makes room.
  */
 import { HyperError } from '../../errors.js';
+import { isZero } from '../codec/binary.js';
 import { BlockRanges } from './block-ranges.js';
 
 /** Written bytes: one buffer, or the pieces of one (an NBD payload as it arrived). */
@@ -78,23 +79,13 @@ function copier(d: Data): (dst: Buffer, at: number, from: number, to: number) =>
 }
 
 /**
- * zero(from, to): whether bytes [from, to) of `d` are all zeros (`zeros` is at least that
- * long). Calls must come with increasing `from`.
+ * zero(from, to): whether bytes [from, to) of `d` are all zeros. Calls must come with
+ * increasing `from`.
  */
-function zeroTester(d: Data, zeros: Buffer): (from: number, to: number) => boolean {
-  if (Buffer.isBuffer(d)) return (from, to) => allZero(d, from, to, zeros);
+function zeroTester(d: Data): (from: number, to: number) => boolean {
+  if (Buffer.isBuffer(d)) return (from, to) => isZero(d, from, to);
   const walk = pieceWalker(d);
-  return (from, to) => walk(from, to, (p, s, e) => allZero(p, s, e, zeros));
-}
-
-/**
- * Whether bytes [from, to) of `b` are all zeros (`zeros` is at least that long). A block
- * with a byte set at either end or in the middle, as nearly every block of data has, is told
- * apart without the native compare.
- */
-function allZero(b: Buffer, from: number, to: number, zeros: Buffer): boolean {
-  if (b[from] !== 0 || b[to - 1] !== 0 || b[(from + to) >>> 1] !== 0) return false;
-  return zeros.compare(b, from, to, 0, to - from) === 0;
+  return (from, to) => walk(from, to, (p, s, e) => isZero(p, s, e));
 }
 
 /** Trims of at most this many blocks are kept per block; larger ones as ranges. */
@@ -452,7 +443,6 @@ export class WriteBuffer {
   frozen: Generation[] = [];
   readonly locks = new BlockLocks();
   private readonly bs: number;
-  private readonly zeroBlock: Buffer;
   private roomWaiters: (() => void)[] = [];
   private readonly pool: SlabPool;
   /** Memory for payloads that writeOwned may keep. */
@@ -464,7 +454,6 @@ export class WriteBuffer {
   constructor(private readonly o: WriteBufferOptions) {
     this.bs = o.blockSize;
     this.limit = o.maxDirtyBytes;
-    this.zeroBlock = Buffer.alloc(o.blockSize);
     // Up to one segment's worth of slabs (a third of the bound) waits for reuse, and up to the
     // bound's worth of slabs that landed segments gathered from (see SlabPool). (A pool as
     // large as the bound for every slab kept the peak of random writes resident: 357 MiB
@@ -713,7 +702,7 @@ export class WriteBuffer {
       const blk = this.active.blocks.get(lba) ?? this.active.alloc();
       const n = data.copy(blk, 0, k * bs, Math.min(data.length, (k + 1) * bs));
       if (n < bs) blk.fill(0, n);
-      this.active.set(lba, blk.equals(this.zeroBlock) ? null : blk);
+      this.active.set(lba, isZero(blk) ? null : blk);
       copied++;
     }
     return copied;
@@ -857,7 +846,7 @@ export class WriteBuffer {
     }
     let kept = false;
     for (let k = 0; k < n; k++) {
-      const zero = allZero(data, k * bs, (k + 1) * bs, this.zeroBlock);
+      const zero = isZero(data, k * bs, (k + 1) * bs);
       gen.set(first + k, zero ? null : data.subarray(k * bs, (k + 1) * bs));
       kept ||= !zero;
     }
@@ -877,7 +866,7 @@ export class WriteBuffer {
    */
   private copyIn(offset: number, data: Data, old: Map<number, Buffer>): void {
     const copy = copier(data);
-    const isZero = zeroTester(data, this.zeroBlock);
+    const zeroAt = zeroTester(data);
     const bs = this.bs;
     const end = offset + dataLength(data);
     const first = Math.floor(offset / bs);
@@ -901,7 +890,7 @@ export class WriteBuffer {
       // A block already in the active generation is updated in place (reads copy out of it).
       const cur = this.active.blocks.get(lba);
       if (to - from === bs) {
-        if (isZero(from - offset, to - offset)) {
+        if (zeroAt(from - offset, to - offset)) {
           flushRun();
           this.active.set(lba, null);
           continue;
@@ -933,7 +922,7 @@ export class WriteBuffer {
         else blk.fill(0);
       }
       copy(blk, from - bStart, from - offset, to - offset);
-      this.active.set(lba, blk.equals(this.zeroBlock) ? null : blk);
+      this.active.set(lba, isZero(blk) ? null : blk);
     }
     flushRun();
     this.touch(first, last + 1);
