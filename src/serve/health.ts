@@ -6,6 +6,7 @@
 import type { EngineStats } from '../format/volume/types.js';
 
 export function exportProblem(s: EngineStats, now = Date.now()): string | undefined {
+  if (s.lease?.stopped) return `writes fail: ${s.lease.stopped}`;
   if (s.lease?.lost) return 'lease lost: another writer took the volume over; writes fail';
   const problems: string[] = [];
   if (s.lease?.lapsed)

@@ -32,7 +32,7 @@ import { buildEmptySegment } from './segment-builder.js';
 import { decodeEmbeddedHead } from '../codec/segment.js';
 import { Lease, type LeaseOptions } from './lease.js';
 import type { BuiltCheckpoint } from './segment-builder.js';
-import { CONFLICT_RETRIES, type Logger } from './types.js';
+import { CONFLICT_RETRIES, type EngineStats, type Logger } from './types.js';
 
 /** Renew the lease before a commit when less than this is left of it. */
 const LEASE_MARGIN_MS = 2000;
@@ -212,12 +212,14 @@ export class Committer {
   }
 
   /** The lease as last renewed (for metrics and status). */
-  get leaseState(): { epoch: number; expiresMs: number; lost: boolean; lapsed: boolean } {
+  get leaseState(): NonNullable<EngineStats['lease']> {
+    const f = this.fenced;
     return {
       epoch: this.lease.epoch,
       expiresMs: this.lease.record.expiresMs,
       lost: this.isFenced,
       lapsed: this.lease.lapsed !== undefined,
+      ...(f && f.code !== 'FENCED' ? { stopped: f.message } : {}),
     };
   }
 
@@ -247,10 +249,14 @@ export class Committer {
   fence(e: HyperError): HyperError {
     if (!this.fenced) {
       this.fenced = e;
-      // Once: from here on the volume is read-only for this writer.
-      this.log.error('lease lost: another writer took the volume over; writes now fail', {
-        error: e.message,
-      });
+      // Once: from here on the volume is read-only for this writer. (Its WAL found damaged
+      // under it stops it the same way: see WalWriter.)
+      this.log.error(
+        e.code === 'FENCED'
+          ? 'lease lost: another writer took the volume over; writes now fail'
+          : 'the write-ahead log is damaged; writes now fail',
+        { error: e.message },
+      );
     }
     this.lease.stop();
     return this.fenced;

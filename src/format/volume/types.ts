@@ -254,9 +254,10 @@ export interface EngineStats {
   checkpointMs: number;
   /**
    * Writers only: the lease (`lost`: taken over or fenced, writes fail; `lapsed`: expired
-   * while the store refused its renewals, nothing commits until one gets through).
+   * while the store refused its renewals, nothing commits until one gets through;
+   * `stopped`: why writes fail when `lost` is not a takeover, e.g. the WAL found damaged).
    */
-  lease?: { epoch: number; expiresMs: number; lost: boolean; lapsed: boolean };
+  lease?: { epoch: number; expiresMs: number; lost: boolean; lapsed: boolean; stopped?: string };
   /**
    * Writers only, while flushes fail: since when (the first failure after the last success),
    * how many failed, and the newest error. Undefined once a flush succeeds.

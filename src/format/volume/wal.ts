@@ -113,6 +113,28 @@ export async function readWal(store: ObjectStore, uuid: string, seq: number): Pr
   }
 }
 
+/**
+ * Writers append in epoch order: a newer writer claims the next sequence number before it
+ * logs anything, and an older one can append only up to there (its next PUT finds the number
+ * taken). A record of an older writer after a newer one's therefore means the record before
+ * it is not the one that writer appended after: that record was lost, and its number taken
+ * since (a takeover's claim landing in the hole). The writes logged from there on cannot be
+ * replayed in order. The error names the record before (`prev`), the one to cut the log at.
+ */
+function epochWentBack(
+  store: ObjectStore,
+  uuid: string,
+  prev: WalRecord,
+  rec: WalRecord,
+): HyperError {
+  return dataError(
+    'CORRUPT_OBJECT',
+    `${store.url}${walKey(uuid, prev.seq)}`,
+    `WAL record ${prev.seq} (epoch ${prev.epoch}) is followed by record ${rec.seq} of an older writer (epoch ${rec.epoch}): the record that writer logged at ${prev.seq} was lost and its number taken since, so the writes logged from ${prev.seq} on cannot be replayed`,
+    WAL_REPAIR_SUGGESTION,
+  );
+}
+
 /** The log beyond a head, as the next writer would replay it. */
 export interface WalTail {
   /** Records past the head's, in order, that read whole up to the first bad one. */
@@ -139,6 +161,7 @@ export async function inspectWal(
 ): Promise<WalTail> {
   const all = (await listWal(store, uuid)).filter((q) => q > covered);
   const replayable: number[] = [];
+  let prev: WalRecord | undefined;
   for (let i = 0; i < all.length; i++) {
     signal?.throwIfAborted();
     const q = all[i] as number;
@@ -155,8 +178,9 @@ export async function inspectWal(
         dropped: all.slice(i),
       };
     }
+    let rec: WalRecord;
     try {
-      await readWal(store, uuid, q);
+      rec = await readWal(store, uuid, q);
     } catch (e) {
       if (!(isHyperError(e) && e.kind === 'data')) throw e;
       return {
@@ -170,6 +194,16 @@ export async function inspectWal(
         dropped: all.slice(i),
       };
     }
+    if (prev && rec.epoch < prev.epoch) {
+      const e = epochWentBack(store, uuid, prev, rec);
+      replayable.pop();
+      return {
+        replayable,
+        bad: { seq: prev.seq, key: e.key as string, kind: 'corrupt', message: e.message },
+        dropped: all.slice(i - 1),
+      };
+    }
+    prev = rec;
     replayable.push(q);
   }
   return { replayable, dropped: [] };
@@ -437,7 +471,13 @@ export class WalWriter {
           this.lastDurable = seq;
           continue;
         }
-        this.fenced ??= walFenced();
+        // An older writer's record after ours: ours took the number of one of its records
+        // that was lost (see epochWentBack). No newer writer; the log is damaged from ours on.
+        const prev = { uuid: this.uuid, epoch: this.epoch, seq: seq - 1, entries: [] };
+        this.fenced ??=
+          there && there.epoch < this.epoch
+            ? epochWentBack(this.store, this.uuid, prev, there)
+            : walFenced();
         throw this.fenced;
       }
     }
@@ -479,6 +519,7 @@ export class WalSession {
     takenOver?: () => Promise<boolean>,
   ): Promise<{ session: WalSession; replayed: number }> {
     let applied = covered;
+    let last: WalRecord | undefined;
     let replayed = 0;
     let stale: number[] = [];
     // A record gone from the log: a newer writer that took the volume over while this one
@@ -514,10 +555,12 @@ export class WalSession {
         // A newer writer has the log already (its fence, or its writes): this opener was
         // taken over while it opened. Claiming a fence after that writer's would fence it.
         if (rec.epoch > epoch) throw walFenced();
+        if (last && rec.epoch < last.epoch) throw epochWentBack(store, uuid, last, rec);
         for (const e of rec.entries) {
           if (await replay(e)) replayed++;
         }
         applied = q;
+        last = rec;
       }
     };
     await replayNew();

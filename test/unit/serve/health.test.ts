@@ -10,6 +10,11 @@ import { isHyperError } from '../../../src/errors.js';
 import { Volume } from '../../../src/format/volume/volume.js';
 import { exportProblem } from '../../../src/serve/health.js';
 import { FillableStore } from '../../helpers/fillable-store.js';
+import { encodeWal } from '../../../src/format/codec/wal.js';
+import { walKey } from '../../../src/format/keys.js';
+import { MemStore } from '../../../src/format/store/mem.js';
+import type { ObjectStore } from '../../../src/format/store/types.js';
+import { listWal, readWal } from '../../../src/format/volume/wal.js';
 
 const MiB = 1024 * 1024;
 
@@ -44,6 +49,43 @@ describe('export health', () => {
       assert.deepEqual(await vol.read(0, data.length), data);
     } finally {
       await vol.close();
+    }
+  });
+
+  it('a writer stopped by a damaged WAL says so, not that the lease was taken over', async () => {
+    const store = MemStore.isolated('mem://health-wal/vol/');
+    const wal = MemStore.isolated('mem://health-wal/wal/');
+    const openStore = (u: string): Promise<ObjectStore> =>
+      Promise.resolve(u === wal.url ? wal : store);
+    await Volume.create(store, { size: 8 * MiB });
+    const vol = await Volume.open(store, { walUrl: wal.url, openStore, flushIntervalMs: 0 });
+    try {
+      const uuid = vol.info.uuid;
+      const [fence] = await listWal(wal, uuid);
+      assert.ok(fence !== undefined);
+      // The number after this writer's claim holds an older writer's record (this writer's
+      // claim took the number of one of that writer's records, which had been lost).
+      const { epoch } = await readWal(wal, uuid, fence);
+      const next = fence + 1;
+      await wal.put(
+        walKey(uuid, next),
+        encodeWal({ uuid, epoch: epoch - 1, seq: next, entries: [] }),
+      );
+      await assert.rejects(vol.write(0, Buffer.alloc(4096, 1)), (e) =>
+        isHyperError(e, 'CORRUPT_OBJECT'),
+      );
+      // (The next FLUSH stops the writer: nothing more commits.)
+      await assert.rejects(vol.sync(), (e) => isHyperError(e, 'CORRUPT_OBJECT'));
+      const s = vol.stats();
+      assert.equal(s.lease?.lost, true);
+      assert.match(
+        exportProblem(s) ?? '',
+        new RegExp(
+          `^writes fail: WAL record ${fence} \\(epoch ${epoch}\\) is followed by record ${next} of an older writer`,
+        ),
+      );
+    } finally {
+      await vol.close().catch(() => undefined);
     }
   });
 

@@ -14,10 +14,11 @@ import type {
 import { KiB, MiB, silentLogger } from '../../../../src/format/volume/types.js';
 import { readHead } from '../../../../src/format/volume/heads.js';
 import { Volume } from '../../../../src/format/volume/volume.js';
-import { WalSession, listWal } from '../../../../src/format/volume/wal.js';
+import { WalSession, WalWriter, listWal, readWal } from '../../../../src/format/volume/wal.js';
 import { checkVolume } from '../../../../src/format/volume/check.js';
 import { repairHead } from '../../../../src/format/volume/repair.js';
 import { walKey } from '../../../../src/format/keys.js';
+import { encodeWal } from '../../../../src/format/codec/wal.js';
 import { rng } from '../../../helpers/rng.js';
 import { FlakyStore, type Faults } from '../../../helpers/flaky-store.js';
 import { noSpace, recordingLogger } from '../../../helpers/fillable-store.js';
@@ -683,6 +684,89 @@ describe('write-ahead log replay', () => {
       assert.ok((await b.read(0, 5 * 4096)).equals(want));
       await b.close();
     }
+  });
+
+  it("a lost record whose number a takeover's late claim took is refused as damage (an older writer's record follows it), and repair cuts there", async () => {
+    const { vol, wal, openStore } = setup();
+    await Volume.create(vol, { size: 4 * MiB });
+    const a = await Volume.open(vol, { walUrl: wal.url, openStore, flushIntervalMs: 0 });
+    // Four acknowledged writes, one record each, after the record the writer claimed.
+    for (let i = 0; i < 4; i++) await a.write(i * 4096, Buffer.alloc(4096, i + 1));
+    const uuid = a.info.uuid;
+    await a.abandon();
+    const seqs = await listWal(wal, uuid);
+    const { epoch } = await readWal(wal, uuid, seqs[1] as number);
+    assert.equal(seqs.length, 5, `the claimed record and four writes: ${seqs}`);
+    // The second write's record is lost, and a takeover (the next epoch) whose claim of that
+    // number was on its way all along lands it in the hole: the log has no gap, but an older
+    // writer's records follow the newer one's claim.
+    const bad = seqs[2] as number;
+    const key = walKey(uuid, bad);
+    await wal.delete([key]);
+    await wal.put(key, encodeWal({ uuid, epoch: epoch + 1, seq: bad, entries: [] }), {
+      ifNoneMatch: true,
+    });
+    const after = seqs.slice(2);
+    for (const force of [false, true]) {
+      await assert.rejects(Volume.open(vol, { force, openStore, flushIntervalMs: 0 }), (e) => {
+        assert.ok(isHyperError(e, 'CORRUPT_OBJECT'), String(e));
+        assert.ok(e.key?.endsWith(key), e.key);
+        assert.match(
+          e.message,
+          new RegExp(
+            `record ${bad} \\(epoch ${epoch + 1}\\) is followed by record ${bad + 1} of an older writer \\(epoch ${epoch}\\)`,
+          ),
+        );
+        assert.match(e.suggestion ?? '', /hyper file repair/);
+        return true;
+      });
+    }
+    const c = await checkVolume(vol, { openStore });
+    assert.deepEqual(
+      c.problems.map((p) => [p.kind, p.key]),
+      [['corrupt', `${wal.url}${key}`]],
+    );
+    assert.equal(c.unreplayableWalRecords, after.length);
+    const ap = await repairHead(vol, { openStore, apply: true });
+    assert.deepEqual(
+      [ap.wal?.bad?.seq, ap.wal?.replayable, ap.wal?.dropped, ap.wal?.applied],
+      [bad, 2, after, true],
+    );
+    assert.deepEqual(await listWal(wal, uuid), seqs.slice(0, 2));
+    // The writer opens with the first write, logged before the break.
+    const b = await Volume.open(vol, { openStore, flushIntervalMs: 0 });
+    const want = Buffer.alloc(4 * 4096);
+    want.fill(1, 0, 4096);
+    assert.ok((await b.read(0, 4 * 4096)).equals(want));
+    await b.close();
+  });
+
+  it("a writer whose claim took a lost record's number stops at the older record after it, naming the damage, not as fenced", async () => {
+    const wal = MemStore.isolated('mem://wal/');
+    const uuid = '0123456789abcdef0123456789abcdef';
+    // Record 8 of an older writer (epoch 3) is there; this writer (epoch 4) claimed 7, where
+    // that writer's record 7 was before it was lost.
+    await wal.put(
+      walKey(uuid, 8),
+      encodeWal({ uuid, epoch: 3, seq: 8, entries: [{ op: 'trim', offset: 0, length: 4096 }] }),
+    );
+    const w = new WalWriter(wal, uuid, 4, 7);
+    const stopped = (e: unknown): boolean => {
+      assert.ok(isHyperError(e, 'CORRUPT_OBJECT'), String(e));
+      assert.ok(e.key?.endsWith(walKey(uuid, 7)), e.key);
+      assert.match(
+        e.message,
+        /record 7 \(epoch 4\) is followed by record 8 of an older writer \(epoch 3\)/,
+      );
+      return true;
+    };
+    await assert.rejects(
+      w.append({ op: 'write', offset: 0, length: 4096, data: Buffer.alloc(4096, 9) }),
+      stopped,
+    );
+    // Nothing more is accepted, and nothing was written past the older record.
+    await assert.rejects(w.append({ op: 'trim', offset: 0, length: 4096 }), stopped);
+    assert.deepEqual(await listWal(wal, uuid), [8]);
   });
 
   it('cutting a damaged log under store faults, run until it succeeds, keeps exactly the writes before the break (seeded)', async () => {
