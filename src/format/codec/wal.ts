@@ -7,6 +7,10 @@
  * record of a hyper before 2026-12); a head's WAL change number says which it holds.
  * A record with no entries is a fence: the writer that takes a volume over claims the next
  * sequence number with it, so an older writer's next WAL write fails.
+ * After the entries, since 2026-12-07: prev epoch u64, the epoch of the record numbered one
+ * below as this record's writer knew it (absent when it did not know it; older hypers ignore
+ * it, readers take a record without it as before). A record whose predecessor has another
+ * epoch than it says is not the one it was appended after: see volume/wal.ts linkBroken.
  */
 import { DecodeError, Writer } from './binary.js';
 import { decodeEnvelope, encodeEnvelope } from './envelope.js';
@@ -32,6 +36,13 @@ export interface WalRecord {
   epoch: number;
   seq: number;
   entries: WalEntry[];
+  /**
+   * The epoch of record `seq - 1` as this record's writer knew it: its own record (a writer
+   * appends after its fence and its earlier records), or the one an opener replayed last
+   * before claiming `seq` as its fence. Undefined when unknown: a fence right after the record
+   * the head covers (not read), or a record written before hyper kept this.
+   */
+  prevEpoch?: number;
 }
 
 export function encodeWal(r: WalRecord): Buffer {
@@ -48,6 +59,7 @@ export function encodeWal(r: WalRecord): Buffer {
       .u64(e.length);
     if (e.op === 'write') w.bytes(e.data as Buffer);
   }
+  if (r.prevEpoch !== undefined) w.u64(r.prevEpoch);
   return encodeEnvelope(WAL_MAGIC, WAL_VERSION, w.finish());
 }
 
@@ -72,5 +84,7 @@ export function decodeWal(buf: Buffer): WalRecord {
     if (change > 0) e.change = change;
     entries.push(e);
   }
-  return { uuid, epoch, seq, entries };
+  // (Bytes past the trailer are left for fields to come, as older hypers leave the trailer.)
+  if (r.remaining === 0) return { uuid, epoch, seq, entries };
+  return { uuid, epoch, seq, entries, prevEpoch: r.u64() };
 }

@@ -114,23 +114,31 @@ export async function readWal(store: ObjectStore, uuid: string, seq: number): Pr
 }
 
 /**
- * Writers append in epoch order: a newer writer claims the next sequence number before it
- * logs anything, and an older one can append only up to there (its next PUT finds the number
- * taken). A record of an older writer after a newer one's therefore means the record before
- * it is not the one that writer appended after: that record was lost, and its number taken
- * since (a takeover's claim landing in the hole). The writes logged from there on cannot be
- * replayed in order. The error names the record before (`prev`), the one to cut the log at.
+ * Whether `rec` was appended right after `prev` (the record numbered one below it, as read
+ * in this replay): an error naming `prev` when it was not. Each record says which epoch its
+ * predecessor had when it was written (`prevEpoch`); for records without it, writers append
+ * in epoch order (a newer one claims a number before it logs, an older one cannot append past
+ * the claim), so an older epoch after a newer one tells the same. Either way `prev` is not
+ * the record that was there: that one was lost and its number taken since (a takeover's
+ * claim, or an older writer's append, that landed late in the hole), and the writes logged
+ * from `prev` on cannot be replayed in order. `prev` is where to cut the log.
  */
-function epochWentBack(
+export function linkBroken(
   store: ObjectStore,
   uuid: string,
   prev: WalRecord,
   rec: WalRecord,
-): HyperError {
+): HyperError | undefined {
+  const said = rec.prevEpoch;
+  if (said === undefined ? rec.epoch >= prev.epoch : said === prev.epoch) return undefined;
+  const why =
+    said === undefined
+      ? `is followed by record ${rec.seq} of an older writer (epoch ${rec.epoch})`
+      : `is not the record that record ${rec.seq} (epoch ${rec.epoch}) was appended after (one of epoch ${said})`;
   return dataError(
     'CORRUPT_OBJECT',
     `${store.url}${walKey(uuid, prev.seq)}`,
-    `WAL record ${prev.seq} (epoch ${prev.epoch}) is followed by record ${rec.seq} of an older writer (epoch ${rec.epoch}): the record that writer logged at ${prev.seq} was lost and its number taken since, so the writes logged from ${prev.seq} on cannot be replayed`,
+    `WAL record ${prev.seq} (epoch ${prev.epoch}) ${why}: the record logged at ${prev.seq} was lost and its number taken since, so the writes logged from ${prev.seq} on cannot be replayed`,
     WAL_REPAIR_SUGGESTION,
   );
 }
@@ -194,12 +202,17 @@ export async function inspectWal(
         dropped: all.slice(i),
       };
     }
-    if (prev && rec.epoch < prev.epoch) {
-      const e = epochWentBack(store, uuid, prev, rec);
+    const e = prev && linkBroken(store, uuid, prev, rec);
+    if (e) {
       replayable.pop();
       return {
         replayable,
-        bad: { seq: prev.seq, key: e.key as string, kind: 'corrupt', message: e.message },
+        bad: {
+          seq: all[i - 1] as number,
+          key: e.key as string,
+          kind: 'corrupt',
+          message: e.message,
+        },
         dropped: all.slice(i - 1),
       };
     }
@@ -456,7 +469,14 @@ export class WalWriter {
     if (this.fenced) throw this.fenced;
     for (let attempt = 0; ; attempt++) {
       const seq = this.lastDurable + 1;
-      const record = { uuid: this.uuid, epoch: this.epoch, seq, entries: batch.entries };
+      // (The record before it is this writer's own: its fence or an earlier batch.)
+      const record = {
+        uuid: this.uuid,
+        epoch: this.epoch,
+        seq,
+        entries: batch.entries,
+        prevEpoch: this.epoch,
+      };
       try {
         await this.store.put(walKey(this.uuid, seq), encodeWal(record), { ifNoneMatch: true });
         this.lastDurable = seq;
@@ -472,12 +492,11 @@ export class WalWriter {
           continue;
         }
         // An older writer's record after ours: ours took the number of one of its records
-        // that was lost (see epochWentBack). No newer writer; the log is damaged from ours on.
+        // that was lost (see linkBroken). No newer writer; the log is damaged from ours on.
         const prev = { uuid: this.uuid, epoch: this.epoch, seq: seq - 1, entries: [] };
         this.fenced ??=
-          there && there.epoch < this.epoch
-            ? epochWentBack(this.store, this.uuid, prev, there)
-            : walFenced();
+          (there && there.epoch < this.epoch && linkBroken(this.store, this.uuid, prev, there)) ||
+          walFenced();
         throw this.fenced;
       }
     }
@@ -555,7 +574,8 @@ export class WalSession {
         // A newer writer has the log already (its fence, or its writes): this opener was
         // taken over while it opened. Claiming a fence after that writer's would fence it.
         if (rec.epoch > epoch) throw walFenced();
-        if (last && rec.epoch < last.epoch) throw epochWentBack(store, uuid, last, rec);
+        const broken = last && linkBroken(store, uuid, last, rec);
+        if (broken) throw broken;
         for (const e of rec.entries) {
           if (await replay(e)) replayed++;
         }
@@ -567,9 +587,15 @@ export class WalSession {
     for (let attempt = 0; ; attempt++) {
       const fence = applied + 1;
       try {
-        await store.put(walKey(uuid, fence), encodeWal({ uuid, epoch, seq: fence, entries: [] }), {
-          ifNoneMatch: true,
-        });
+        // (Its predecessor: the record replayed last, if any; the covered one is not read.)
+        const claim = {
+          uuid,
+          epoch,
+          seq: fence,
+          entries: [],
+          ...(last ? { prevEpoch: last.epoch } : {}),
+        };
+        await store.put(walKey(uuid, fence), encodeWal(claim), { ifNoneMatch: true });
         const session = new WalSession(
           new WalWriter(store, uuid, epoch, fence, deferred),
           covered,

@@ -241,6 +241,26 @@ describe('codecs', () => {
     assert.deepEqual(decodeWal(b), r);
   });
 
+  it("a WAL record's trailer says its predecessor's epoch; a record without one reads as before — pinned", () => {
+    const r = {
+      uuid: '00112233445566778899aabbccddeeff',
+      epoch: 5,
+      seq: 10,
+      entries: [{ op: 'zero' as const, offset: 0, length: 4096, change: 7 }],
+    };
+    const plain = encodeWal(r);
+    const linked = encodeWal({ ...r, prevEpoch: 4 });
+    // Eight bytes more, right before the envelope's checksum; everything before them the same.
+    assert.equal(linked.length, plain.length + 8);
+    assert.equal(hex(linked.subarray(linked.length - 12, linked.length - 4)), '0400000000000000');
+    assert.deepEqual(linked.subarray(12, plain.length - 4), plain.subarray(12, plain.length - 4));
+    assert.deepEqual(decodeWal(plain), r);
+    assert.deepEqual(decodeWal(linked), { ...r, prevEpoch: 4 });
+    // A fence (no entries) carries it too.
+    const fence = { uuid: r.uuid, epoch: 6, seq: 11, entries: [], prevEpoch: 5 };
+    assert.deepEqual(decodeWal(encodeWal(fence)), fence);
+  });
+
   it('lease record round-trips', () => {
     const l = { holder: 'host:123', epoch: 4, acquiredMs: 10, expiresMs: 20 };
     assert.deepEqual(decodeLease(encodeLease(l)), l);

@@ -703,9 +703,14 @@ describe('write-ahead log replay', () => {
     const bad = seqs[2] as number;
     const key = walKey(uuid, bad);
     await wal.delete([key]);
-    await wal.put(key, encodeWal({ uuid, epoch: epoch + 1, seq: bad, entries: [] }), {
-      ifNoneMatch: true,
-    });
+    // (The opener had replayed the record before it: its claim says so.)
+    await wal.put(
+      key,
+      encodeWal({ uuid, epoch: epoch + 1, seq: bad, entries: [], prevEpoch: epoch }),
+      {
+        ifNoneMatch: true,
+      },
+    );
     const after = seqs.slice(2);
     for (const force of [false, true]) {
       await assert.rejects(Volume.open(vol, { force, openStore, flushIntervalMs: 0 }), (e) => {
@@ -714,7 +719,7 @@ describe('write-ahead log replay', () => {
         assert.match(
           e.message,
           new RegExp(
-            `record ${bad} \\(epoch ${epoch + 1}\\) is followed by record ${bad + 1} of an older writer \\(epoch ${epoch}\\)`,
+            `record ${bad} \\(epoch ${epoch + 1}\\) is not the record that record ${bad + 1} \\(epoch ${epoch}\\) was appended after \\(one of epoch ${epoch}\\)`,
           ),
         );
         assert.match(e.suggestion ?? '', /hyper file repair/);
@@ -739,6 +744,58 @@ describe('write-ahead log replay', () => {
     want.fill(1, 0, 4096);
     assert.ok((await b.read(0, 4 * 4096)).equals(want));
     await b.close();
+  });
+
+  it("a newer writer's lost claim whose number an older writer's late append took is refused as damage (the newer writer's records follow it)", async () => {
+    const { vol, wal, openStore } = setup();
+    await Volume.create(vol, { size: 4 * MiB });
+    const a = await Volume.open(vol, { walUrl: wal.url, openStore, flushIntervalMs: 0 });
+    await a.write(0, Buffer.alloc(4096, 1));
+    await a.flush();
+    const uuid = a.info.uuid;
+    const seqA = await listWal(wal, uuid);
+    const { epoch: epochA } = await readWal(wal, uuid, seqA.at(-1) as number);
+    await a.abandon();
+    // A takeover with nothing to replay claims the next number and logs two writes (no
+    // commit: its claim and writes stay above the head's covered record).
+    const b = await Volume.open(vol, { force: true, openStore, flushIntervalMs: 0 });
+    await b.write(4096, Buffer.alloc(4096, 2));
+    await b.write(8192, Buffer.alloc(4096, 3));
+    await b.abandon();
+    const { head } = await readHead(vol);
+    const claim = (head.walSeq ?? 0) + 1;
+    const c = await readWal(wal, uuid, claim);
+    assert.deepEqual([c.entries.length, c.epoch > epochA], [0, true]);
+    assert.deepEqual(await listWal(wal, uuid), [claim, claim + 1, claim + 2]);
+    // The claim is lost, and the old writer's append of that number, on its way all along,
+    // lands in the hole. Epochs go up along the log, but the next record says it followed a
+    // record of its own writer's epoch.
+    const key = walKey(uuid, claim);
+    await wal.delete([key]);
+    const late = { op: 'write' as const, offset: 12288, length: 4096, data: Buffer.alloc(4096, 7) };
+    await wal.put(
+      key,
+      encodeWal({ uuid, epoch: epochA, seq: claim, entries: [late], prevEpoch: epochA }),
+    );
+    await assert.rejects(Volume.open(vol, { force: true, openStore, flushIntervalMs: 0 }), (e) => {
+      assert.ok(isHyperError(e, 'CORRUPT_OBJECT'), String(e));
+      assert.ok(e.key?.endsWith(key), e.key);
+      assert.match(
+        e.message,
+        new RegExp(
+          `record ${claim} \\(epoch ${epochA}\\) is not the record that record ${claim + 1} \\(epoch ${c.epoch}\\) was appended after \\(one of epoch ${c.epoch}\\)`,
+        ),
+      );
+      return true;
+    });
+    // The repair cuts there; the volume opens with what the head holds, without the late write.
+    const ap = await repairHead(vol, { openStore, apply: true });
+    assert.deepEqual([ap.wal?.bad?.seq, ap.wal?.dropped], [claim, [claim, claim + 1, claim + 2]]);
+    const d = await Volume.open(vol, { openStore, flushIntervalMs: 0 });
+    const want = Buffer.alloc(4 * 4096);
+    want.fill(1, 0, 4096);
+    assert.ok((await d.read(0, 4 * 4096)).equals(want));
+    await d.close();
   });
 
   it("a writer whose claim took a lost record's number stops at the older record after it, naming the damage, not as fenced", async () => {
