@@ -123,7 +123,7 @@ export async function readWal(store: ObjectStore, uuid: string, seq: number): Pr
  * claim, or an older writer's append, that landed late in the hole), and the writes logged
  * from `prev` on cannot be replayed in order. `prev` is where to cut the log.
  */
-export function linkBroken(
+function linkBroken(
   store: ObjectStore,
   uuid: string,
   prev: WalRecord,
