@@ -452,6 +452,31 @@ async function fixture(dir: string): Promise<Fixture> {
   return f;
 }
 
+/**
+ * `check(item)` for every item, at most `width` at once; rejects with the first failure once
+ * the checks under way have settled.
+ */
+async function inTurns<T>(
+  items: readonly T[],
+  width: number,
+  check: (item: T) => Promise<void>,
+): Promise<void> {
+  let next = 0;
+  let failure: { error: unknown } | undefined;
+  const lane = async (): Promise<void> => {
+    while (failure === undefined && next < items.length) {
+      const item = items[next++] as T;
+      try {
+        await check(item);
+      } catch (error) {
+        failure ??= { error };
+      }
+    }
+  };
+  await Promise.all(Array.from({ length: Math.min(width, items.length) }, lane));
+  if (failure !== undefined) throw failure.error;
+}
+
 /** A flag name one letter off (`--size` → `--sizq`). */
 const misspell = (name: string): string => `${name.slice(0, -1)}${name.endsWith('q') ? 'z' : 'q'}`;
 
@@ -520,7 +545,9 @@ describe('every command follows the conventions', () => {
     const commands = await ownCommands();
     const dir = await tempDir(t, 'hyper-conv-');
     const f = await fixture(dir);
-    for (const c of commands) {
+    // Commands are checked a few at a time: each check is three runs of the CLI, and one at a
+    // time they took over a minute of the suite.
+    await inTurns(commands, 4, async (c) => {
       const words = c.id.split(':');
       const help = await hyper([...words, '--help']);
       assert.equal(help.code, 0, `${c.id} --help: ${show(help)}`);
@@ -528,7 +555,7 @@ describe('every command follows the conventions', () => {
       assert.match(help.stdout, /\$ hyper /, `${c.id} examples`);
 
       const inv = INVOCATIONS[c.id];
-      if (!inv) continue; // reported by the test above
+      if (!inv) return; // reported by the test above
       const own = Object.keys(c.flags).filter((n) => !['json', 'help'].includes(n));
       const flag = own.find((n) => n.length >= 4) ?? 'region';
       const wrong = misspell(flag);
@@ -542,7 +569,7 @@ describe('every command follows the conventions', () => {
       assert.equal(text.code, 2);
       assert.match(text.stderr, /^Error \[UNKNOWN_FLAG\]: /m, `${c.id}: ${show(text)}`);
       assert.match(text.stderr, new RegExp(`^Suggestion: Did you mean --${flag}\\b`, 'm'));
-    }
+    });
   });
 
   it('--json output matches the schema of each command', async (t) => {
