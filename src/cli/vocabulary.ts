@@ -269,8 +269,8 @@ export const fileImportDiffSchema = z.strictObject({
   file: z.string(),
   url: z.string(),
   ...diffHeaderFields,
-  /** What showed the target holds the from-checkpoint: its marker snapshot, --assume-base, or (a full stream) a target without data. */
-  base: z.enum(['marker', 'assumed', 'empty']),
+  /** What showed the target holds the from-checkpoint: its marker snapshot (`resumed`: changed since only where this diff writes, as an import of it cut short leaves it), --assume-base, or (a full stream) a target without data. */
+  base: z.enum(['marker', 'resumed', 'assumed', 'empty']),
   /** The marker snapshot that proved the base, else null. */
   baseSnapshot: z.string().nullable(),
   /** The target's checkpoint and size before the import. */

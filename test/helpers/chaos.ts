@@ -1028,6 +1028,9 @@ export interface ChaosTotals {
   fencedWriters: number;
   /** Diffs between two checkpoints exported and applied to a copy (`export-diff`/`import-diff`). */
   diffs: number;
+  /** Of those, imports run again after one failed, and those that found part of it applied. */
+  diffRetries: number;
+  diffsResumed: number;
   /** Compactions the writer ran on its own volume, online (beside its writes), and the blocks they moved. */
   onlineCompactions: number;
   onlineBlocksMoved: number;
@@ -1168,6 +1171,8 @@ interface CopyModel {
    * mix of the two checkpoints until restored. Still checked for validity, not for content.
    */
   torn?: boolean;
+  /** The diff whose import failed (`maybe`): the next diff op runs the same one again. */
+  retry?: { to: number; first: boolean };
 }
 
 interface Inflight {
@@ -2294,6 +2299,9 @@ class Run {
    * --assume-base), while the writer, compactions and restores go on. The export may fail
    * (a checkpoint dropped meanwhile) but never as damage; an applied diff leaves the copy
    * reading exactly the later checkpoint, a failed import either checkpoint (invariant k).
+   * After a failed import the next diff op on that copy runs the same diff again, which must
+   * finish it whatever part of it landed (k): only a first diff (--assume-base) whose failed
+   * import had grown the copy may be refused.
    */
   private async diffOp(): Promise<void> {
     const ready = [...this.copies.values()].filter(
@@ -2301,12 +2309,14 @@ class Run {
         m.state === 'ack' &&
         m.running === 0 &&
         m.sourceUrl === this.mainUrl &&
-        m.maybe === undefined,
+        (m.maybe === undefined || m.retry !== undefined),
     );
     const m = this.pickFrom(ready);
     if (!m) return;
     const from = m.at ?? m.origin;
-    const to = this.pickFrom((await this.knownRetained()).filter((c) => c > from));
+    const picked = this.pickFrom((await this.knownRetained()).filter((c) => c > from));
+    const retry = m.retry;
+    const to = retry?.to ?? picked;
     if (to === undefined) return;
     const want = this.refs.get(to) as string;
     const actor = this.actor('diff');
@@ -2314,8 +2324,15 @@ class Run {
     m.actors = [...m.actors.filter((a) => a.pending > 0), actor];
     m.checked = false;
     const first = m.at === undefined;
+    const landed = (): void => {
+      m.at = to;
+      m.sha = want;
+      delete m.maybe;
+      delete m.torn;
+      delete m.retry;
+    };
     this.launch(
-      `export-diff ${from}..${to} | import-diff ${m.prefix}${first ? ' --assume-base' : ''}`,
+      `export-diff ${from}..${to} | import-diff ${m.prefix}${first ? ' --assume-base' : ''}${retry ? ' (again)' : ''}`,
       actor,
       async () => {
         const chunks: Buffer[] = [];
@@ -2341,13 +2358,27 @@ class Run {
               leaseTtlMs: this.leaseMs,
             },
           );
-          m.at = to;
-          m.sha = want;
+          landed();
           this.totals.diffs++;
+          if (retry) this.totals.diffRetries++;
+          if (r.base.kind === 'resumed') this.totals.diffsResumed++;
           return `checkpoint ${r.checkpoint} (${r.base.kind})`;
         } catch (e) {
+          if (retry && isHyperError(e, 'PRECONDITION_FAILED')) {
+            // The failed import had landed whole, its marker too.
+            if (/already holds checkpoint \d+ .*where this diff ends/.test(e.message)) {
+              landed();
+              this.totals.diffRetries++;
+              return 'applied before';
+            }
+            if (!(retry.first && /cannot be a copy/.test(e.message)))
+              this.violation(
+                `(k) import-diff ${from}..${to} into ${m.prefix}, run again after a failed import, was refused: ${e.message}`,
+              );
+          }
           // Its commit may have landed before the failure: the copy reads one or the other.
           m.maybe = want;
+          m.retry = { to, first };
           if (e instanceof Error && /may hold part of the diff/.test(e.message)) m.torn = true;
           throw e;
         }
@@ -3462,6 +3493,8 @@ export const emptyTotals = (): ChaosTotals => ({
   copyTwinsAcked: 0,
   fencedWriters: 0,
   diffs: 0,
+  diffRetries: 0,
+  diffsResumed: 0,
   onlineCompactions: 0,
   onlineBlocksMoved: 0,
   resizes: 0,

@@ -21,9 +21,9 @@ export default class FileImportDiff extends BaseCommand<typeof FileImportDiff> {
 
   static override description = `Reads the whole stream first and checks it (every record's checksum, their order, the end record's counts and SHA-256), and checks that the target holds the diff's from-checkpoint; only then is the target written, resized to the to-checkpoint's size if that differs, and committed as one checkpoint. A damaged, truncated or unknown stream, or a target that does not hold the from-checkpoint, is refused and nothing is written. A stream from stdin (or a pipe) is first copied to a temporary file ($TMPDIR), since it cannot be read twice.
 
-How the target proves its base: each import-diff names the checkpoint it commits with a snapshot diff-<first 8 hex digits of the source's uuid>-<to-checkpoint>, recording the source's uuid, and deletes the one it started from. The next diff (whose --from is that checkpoint) applies only if the target still holds that snapshot's content. The first diff of a chain is either a full stream (export-diff without --from) imported into a volume that holds no data (a new one: file create), or a diff onto a target you made from the from-checkpoint yourself (file export --at + file import, or snapshot clone) with --assume-base; its size must be the from-checkpoint's.
+How the target proves its base: each import-diff names the checkpoint it commits with a snapshot diff-<first 8 hex digits of the source's uuid>-<to-checkpoint>, recording the source's uuid, and deletes the one it started from. The next diff (whose --from is that checkpoint) applies only if the target still holds that snapshot's content, or differs from it only where this diff writes anyway (what an import of the same diff that was killed half way leaves: run it again). The first diff of a chain is either a full stream (export-diff without --from) imported into a volume that holds no data (a new one: file create), or a diff onto a target you made from the from-checkpoint yourself (file export --at + file import, or snapshot clone) with --assume-base; its size must be the from-checkpoint's.
 
---dry-run does every check and writes nothing. If applying fails half way (the store, Ctrl-C), the target is restored to the checkpoint it started from.`;
+--dry-run does every check and writes nothing. If applying fails half way (the store, Ctrl-C), the target is restored to the checkpoint it started from; if the import is killed instead, running it again finishes it.`;
 
   static override examples = [
     {
@@ -146,9 +146,11 @@ How the target proves its base: each import-diff names the checkpoint it commits
     const base =
       out.base === 'marker'
         ? `snapshot ${out.baseSnapshot ?? ''}`
-        : out.base === 'empty'
-          ? 'an empty volume (full stream)'
-          : 'assumed (--assume-base)';
+        : out.base === 'resumed'
+          ? `snapshot ${out.baseSnapshot ?? ''}, changed since only where this diff writes (an import of it cut short)`
+          : out.base === 'empty'
+            ? 'an empty volume (full stream)'
+            : 'assumed (--assume-base)';
     const body =
       `${out.dataRecordCount} data record${out.dataRecordCount === 1 ? '' : 's'} (${formatBytes(out.dataBytes)}), ` +
       `${out.zeroRecordCount} zero record${out.zeroRecordCount === 1 ? '' : 's'} (${formatBytes(out.zeroBytes)})`;

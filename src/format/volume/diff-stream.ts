@@ -38,6 +38,7 @@ import {
   type DiffHeader,
   type DiffSummary,
 } from '../codec/diff.js';
+import { isZero } from '../codec/binary.js';
 import type { HeadRecord } from '../codec/head.js';
 import { decodeSnapshot, encodeSnapshot } from '../codec/snapshot.js';
 import { SNAPSHOT_PREFIX, parseSnapshotKey, snapshotKey } from '../keys.js';
@@ -508,14 +509,27 @@ async function putMarker(
 
 export type BaseProof =
   | { kind: 'marker'; marker: DiffMarker }
+  /**
+   * The marker's checkpoint, changed since only where this diff rewrites (an import of it cut
+   * short): applying it gives its to-checkpoint all the same.
+   */
+  | { kind: 'resumed'; marker: DiffMarker }
   | { kind: 'assumed'; marker?: undefined }
   /** A full stream (from checkpoint 0) onto a volume that maps no block. */
   | { kind: 'empty'; marker?: undefined };
+
+/** What findBase establishes before the diff's records are known. */
+type BaseFinding = BaseProof | { kind: 'changed'; marker: DiffMarker };
 
 interface BaseCheck {
   assumeBase?: boolean;
   progress?: DiffProgressFn;
   signal?: AbortSignal;
+  /**
+   * What the diff rewrites: a target changed since its marker only there is taken as the
+   * diff's base (`resumed`). Without it, such a target is refused.
+   */
+  rewritten?: Rewritten;
 }
 
 /**
@@ -539,33 +553,129 @@ export async function sameContent(
   if (other.size !== head.size) return false;
   if (other.rootLevel === head.rootLevel && other.root.equals(head.root)) return true;
   const extents = await diffCheckpoints(store, { checkpoint: id }, { checkpoint: head.checkpoint });
-  if (extents.length === 0) return true;
-  const total = extents.reduce((s, e) => s + e.length, 0);
-  const x = await Volume.open(store, { at: { checkpoint: id }, readOnly: true });
+  return readsSame(store, id, other.size, head.checkpoint, extents, options);
+}
+
+/**
+ * Do checkpoints `x` (of `xSize` bytes) and `y` read the same in `ranges` (within `y`'s size)?
+ * What lies past `xSize` compares with zeros.
+ */
+async function readsSame(
+  store: ObjectStore,
+  x: number,
+  xSize: number,
+  y: number,
+  ranges: readonly { offset: number; length: number }[],
+  options: BaseCheck,
+): Promise<boolean> {
+  if (ranges.length === 0) return true;
+  const total = ranges.reduce((s, e) => s + e.length, 0);
+  const vx = await Volume.open(store, { at: { checkpoint: x }, readOnly: true });
   try {
-    const y = await Volume.open(store, { at: { checkpoint: head.checkpoint }, readOnly: true });
+    const vy = await Volume.open(store, { at: { checkpoint: y }, readOnly: true });
     try {
       let done = 0;
       for (const piece of splitExtents(
-        extents.map((e) => ({ ...e, zero: false })),
+        ranges.map((e) => ({ ...e, zero: false })),
         DIFF_CHUNK_SIZE,
       )) {
         options.signal?.throwIfAborted();
+        const within = Math.max(0, Math.min(piece.length, xSize - piece.offset));
         const [p, q] = await Promise.all([
-          x.read(piece.offset, piece.length),
-          y.read(piece.offset, piece.length),
+          within > 0 ? vx.read(piece.offset, within) : Buffer.alloc(0),
+          vy.read(piece.offset, piece.length),
         ]);
-        if (!p.equals(q)) return false;
+        if (!p.equals(q.subarray(0, within)) || !isZero(q, within)) return false;
         done += piece.length;
         options.progress?.({ phase: 'compare', done, total });
       }
       return true;
     } finally {
-      await y.close();
+      await vy.close();
     }
   } finally {
-    await x.close();
+    await vx.close();
   }
+}
+
+/**
+ * The byte ranges a diff's records rewrite whole (data and zero records alike), merged. The
+ * records come in address order without overlap (the decoder checks), so ranges are appended.
+ */
+export class Rewritten {
+  private readonly starts: number[] = [];
+  private readonly ends: number[] = [];
+
+  add(offset: number, length: number): void {
+    if (length <= 0) return;
+    const n = this.ends.length;
+    if (n > 0 && this.ends[n - 1] === offset) this.ends[n - 1] = offset + length;
+    else {
+      this.starts.push(offset);
+      this.ends.push(offset + length);
+    }
+  }
+
+  /** The parts of [offset, offset + length) that no range covers, in order. */
+  outside(offset: number, length: number): { offset: number; length: number }[] {
+    const end = offset + length;
+    // The first range that ends after `offset`.
+    let lo = 0;
+    let hi = this.ends.length;
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1;
+      if ((this.ends[mid] as number) <= offset) lo = mid + 1;
+      else hi = mid;
+    }
+    const out: { offset: number; length: number }[] = [];
+    let at = offset;
+    for (let i = lo; i < this.starts.length && at < end; i++) {
+      const s = this.starts[i] as number;
+      if (s >= end) break;
+      if (s > at) out.push({ offset: at, length: s - at });
+      at = Math.max(at, this.ends[i] as number);
+    }
+    if (at < end) out.push({ offset: at, length: end - at });
+    return out;
+  }
+}
+
+/**
+ * Has the target (`head`) changed since it received the diff's from-checkpoint (`marker`) only
+ * where the diff rewrites anyway (what an import of this diff that was cut short leaves), or
+ * at and past the diff's to-size (which the import cuts off)? Then applying the diff gives
+ * exactly its to-checkpoint. Its size must be the from-size or the to-size (the import grows
+ * the volume first, and shrinks it last).
+ */
+async function changedOnlyWithin(
+  store: ObjectStore,
+  head: HeadRecord,
+  header: DiffHeader,
+  marker: DiffMarker,
+  rewritten: Rewritten,
+  options: BaseCheck,
+): Promise<boolean> {
+  if (head.size !== header.fromSize && head.size !== header.toSize) return false;
+  let extents: ChangedExtent[];
+  try {
+    extents = await diffCheckpoints(
+      store,
+      { checkpoint: marker.checkpoint },
+      { checkpoint: head.checkpoint },
+    );
+  } catch (e) {
+    if (isHyperError(e) && (e.kind === 'not-found' || e.kind === 'data')) return false;
+    throw e;
+  }
+  const limit = Math.min(header.toSize, head.size);
+  const rest: { offset: number; length: number }[] = [];
+  for (const e of extents)
+    for (const p of rewritten.outside(e.offset, e.length)) {
+      const length = Math.min(p.length, limit - p.offset);
+      if (length > 0) rest.push({ offset: p.offset, length });
+    }
+  // A compaction moves blocks without changing them: what differs in the indexes is read.
+  return readsSame(store, marker.checkpoint, header.fromSize, head.checkpoint, rest, options);
 }
 
 const FIRST_DIFF_SUGGESTION = (from: number): string =>
@@ -582,6 +692,43 @@ export async function checkBase(
   header: DiffHeader,
   options: BaseCheck = {},
 ): Promise<BaseProof> {
+  const found = await findBase(store, head, header, options);
+  if (found.kind !== 'changed') return found;
+  return settleChanged(store, head, header, found.marker, options);
+}
+
+/**
+ * The target holds the diff's from-checkpoint's marker but reads otherwise now: resumed if it
+ * changed only where the diff rewrites (`options.rewritten`), else refused.
+ */
+async function settleChanged(
+  store: ObjectStore,
+  head: HeadRecord,
+  header: DiffHeader,
+  marker: DiffMarker,
+  options: BaseCheck,
+): Promise<BaseProof> {
+  const { rewritten } = options;
+  if (rewritten && (await changedOnlyWithin(store, head, header, marker, rewritten, options)))
+    return { kind: 'resumed', marker };
+  const url = store.url;
+  throw new HyperError(
+    'conflict',
+    'PRECONDITION_FAILED',
+    `Wrong base: ${url} was changed after it received checkpoint ${header.fromCheckpoint} of source volume ${header.sourceUuid}: its current checkpoint ${head.checkpoint} no longer holds the content of snapshot ${marker.name} (checkpoint ${marker.checkpoint})${rewritten ? ', and not only where this diff writes' : ''}`,
+    {
+      suggestion: `Bring it back with hyper snapshot restore ${url} --to ${marker.name}, then import the diff again.`,
+    },
+  );
+}
+
+/** checkBase's findings from the markers and the head alone (not the diff's records). */
+async function findBase(
+  store: ObjectStore,
+  head: HeadRecord,
+  header: DiffHeader,
+  options: BaseCheck,
+): Promise<BaseFinding> {
   const url = store.url;
   const src = header.sourceUuid;
   const from = header.fromCheckpoint;
@@ -640,12 +787,7 @@ export async function checkBase(
     }
     return { kind: 'assumed' };
   }
-  if (exact) {
-    throw refuse(
-      `Wrong base: ${url} was changed after it received checkpoint ${from} of source volume ${src}: its current checkpoint ${head.checkpoint} no longer holds the content of snapshot ${exact.name} (checkpoint ${exact.checkpoint})`,
-      `Bring it back with hyper snapshot restore ${url} --to ${exact.name}, then import the diff again.`,
-    );
-  }
+  if (exact) return { kind: 'changed', marker: exact };
   const others = markers.map((m) => `${m.name}: checkpoint ${m.sourceCheckpoint}`).join(', ');
   throw refuse(
     `Wrong base: nothing shows that ${url} holds checkpoint ${from} of source volume ${src}: it has no import-diff snapshot for that checkpoint${others ? ` (it has ${others}, and has been changed since)` : ''}`,
@@ -825,6 +967,8 @@ interface Verified {
   /** The target's head when its base was checked, and what proved the base. */
   head: HeadRecord;
   base: BaseProof;
+  /** What the diff's records rewrite (for the base check of a target that moved meanwhile). */
+  rewritten: Rewritten;
   spooled: boolean;
 }
 
@@ -850,14 +994,19 @@ async function verifyPass(
     },
     spool,
   );
-  let found: Omit<Verified, 'summary' | 'streamBytes'> | undefined;
+  let found:
+    (Omit<Verified, 'summary' | 'streamBytes' | 'base'> & { base: BaseFinding }) | undefined;
+  const rewritten = new Rewritten();
   for await (const ev of readDiff(counted, name)) {
     if (options.signal?.aborted) throw aborted('while reading the diff; nothing was changed');
-    if (ev.kind === 'header') {
+    if (ev.kind === 'data') rewritten.add(ev.offset, ev.data.length);
+    else if (ev.kind === 'zero') rewritten.add(ev.offset, ev.length);
+    else if (ev.kind === 'header') {
       const header = ev.header;
       checkHeader(header, name);
       const { head } = await readHead(store);
-      const base = await checkBase(store, head, header, { ...options, progress });
+      // A target changed since its marker is judged once the records say where the diff writes.
+      const base = await findBase(store, head, header, { ...options, progress });
       const marker = markerName(header.sourceUuid, header.toCheckpoint);
       if (await foreignSnapshot(store, marker, header.sourceUuid)) {
         throw new HyperError(
@@ -869,9 +1018,17 @@ async function verifyPass(
           },
         );
       }
-      found = { header, head, base, spooled: false };
+      found = { header, head, base, rewritten, spooled: false };
     } else if (ev.kind === 'end' && found) {
-      return { ...found, summary: ev.summary, streamBytes: ev.streamBytes };
+      const base =
+        found.base.kind === 'changed'
+          ? await settleChanged(store, found.head, found.header, found.base.marker, {
+              ...options,
+              progress,
+              rewritten,
+            })
+          : found.base;
+      return { ...found, base, summary: ev.summary, streamBytes: ev.streamBytes };
     }
   }
   // (readDiff throws on a stream without a header or an end record.)
@@ -921,7 +1078,11 @@ async function applyPass(
   let committed: { checkpoint: number; time: Date } | undefined;
   try {
     if (now.checkpoint !== head.checkpoint || !now.root.equals(head.root) || now.size !== head.size)
-      result.base = await checkBase(store, now, header, { ...options, progress });
+      result.base = await checkBase(store, now, header, {
+        ...options,
+        progress,
+        rewritten: v.rewritten,
+      });
     result.previousCheckpoint = now.checkpoint;
     result.previousSize = now.size;
     if (header.toSize > now.size) {

@@ -6,10 +6,11 @@
  * are refused with their exit codes and leave the target as it was.
  */
 import assert from 'node:assert/strict';
-import { execFile } from 'node:child_process';
-import { readFile, writeFile } from 'node:fs/promises';
+import { execFile, spawn } from 'node:child_process';
+import { readdir, readFile, writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
+import { setTimeout as sleep } from 'node:timers/promises';
 import { promisify } from 'node:util';
 import {
   fileExportDiffSchema,
@@ -327,5 +328,65 @@ describe('hyper file export-diff / import-diff', () => {
     const refused = await hyper(['file', 'import-diff', full, dst, '--json']);
     assert.equal(refused.code, 4, show(refused));
     assert.match(refused.stdout, /holds no data/);
+  });
+
+  it('an import killed with -9 half way is finished by running it again (--force)', async (t) => {
+    const dir = await tempDir(t, 'hyper-diff-kill-');
+    const src = fileUrl(join(dir, 'src'));
+    const rand = rng(91);
+    assert.equal((await hyper(['file', 'create', src, '--size', '16M'])).code, 0);
+    const cp1 = await changeRound(src, rand, 0);
+    let cp2 = cp1;
+    for (let k = 0; k < 10; k++) cp2 = await changeRound(src, rand, 2);
+    const full = join(dir, 'full.diff');
+    const d = join(dir, 'd.diff');
+    for (const args of [
+      [src, '--to', String(cp1), full],
+      [src, '--from', String(cp1), '--to', String(cp2), d],
+    ]) {
+      const r = await hyper(['file', 'export-diff', ...args]);
+      assert.equal(r.code, 0, show(r));
+    }
+    const want = await exportSha(src, join(dir, 'want.img'), ['--at', String(cp2)]);
+    const kinds: string[] = [];
+    for (let trial = 0; trial < 3; trial++) {
+      // Segments of 1 MiB: the import of the diff (~7 MiB) commits several as it goes.
+      const path = join(dir, `dst-${trial}`);
+      const dst = fileUrl(path);
+      for (const args of [
+        ['create-opt', dst, '--data-block-size', '4K', '--segment-size', '1M', '--size', '16M'],
+        ['import-diff', full, dst],
+      ]) {
+        const r = await hyper(['file', ...args]);
+        assert.equal(r.code, 0, show(r));
+      }
+      const segments = async (): Promise<number> => (await readdir(join(path, 'seg'))).length;
+      const before = await segments();
+      // Killed once `trial + 1` of its segments are written.
+      const child = spawn(process.execPath, [runJs, 'file', 'import-diff', d, dst], {
+        stdio: 'ignore',
+      });
+      const exited = new Promise<NodeJS.Signals | null>((resolve) =>
+        child.on('exit', (_code, signal) => resolve(signal)),
+      );
+      let done = false;
+      void exited.then(() => (done = true));
+      while (!done && (await segments()) < before + trial + 1) await sleep(2);
+      child.kill('SIGKILL');
+      assert.equal(await exited, 'SIGKILL', `trial ${trial}: the import was still running`);
+      const landed = (await segments()) - before;
+      // Its lease is still held: --force, as the README says.
+      const r = fileImportDiffSchema.parse(
+        await hyperJson(['file', 'import-diff', d, dst, '--force']),
+      );
+      kinds.push(r.base);
+      t.diagnostic(
+        `trial ${trial}: killed after ${landed} of its segments; run again: base ${r.base}`,
+      );
+      assert.equal(r.toCheckpoint, cp2);
+      assert.equal(await exportSha(dst, join(dir, `dst-${trial}.img`)), want, `trial ${trial}`);
+    }
+    // Each kill left part of the diff (a plain marker base would mean nothing had landed).
+    assert.ok(kinds.includes('resumed'), kinds.join(', '));
   });
 });

@@ -4,16 +4,18 @@ import { mkdtemp, readdir, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, it } from 'node:test';
-import { isHyperError } from '../../../../src/errors.js';
+import { HyperError, isHyperError } from '../../../../src/errors.js';
 import { CountingStore } from '../../../../src/format/store/counting.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
-import type { ObjectStore } from '../../../../src/format/store/types.js';
+import type { ObjectStore, PutBody, PutOptions } from '../../../../src/format/store/types.js';
+import { SEGMENT_PREFIX, SNAPSHOT_PREFIX } from '../../../../src/format/keys.js';
 import { compactVolume } from '../../../../src/format/volume/compact.js';
 import {
   exportDiff,
   importDiff,
   listMarkers,
   markerName,
+  readDiff,
   type DiffInput,
 } from '../../../../src/format/volume/diff-stream.js';
 import { readHead } from '../../../../src/format/volume/heads.js';
@@ -76,7 +78,12 @@ function streamOf(bytes: Buffer, seed = 1): DiffInput {
  * A source volume whose history has random writes, zeroed and trimmed ranges and resizes
  * (grow and shrink); returns its checkpoints, oldest first.
  */
-async function sourceHistory(store: ObjectStore, rounds: number, seed: number): Promise<number[]> {
+async function sourceHistory(
+  store: ObjectStore,
+  rounds: number,
+  seed: number,
+  writesPerRound = 12,
+): Promise<number[]> {
   await Volume.create(store, { size: 4 * MiB, segmentSize: 1 * MiB });
   const v = await Volume.open(store, { flushIntervalMs: 0 });
   const rand = rng(seed);
@@ -84,7 +91,7 @@ async function sourceHistory(store: ObjectStore, rounds: number, seed: number): 
   try {
     for (let r = 0; r < rounds; r++) {
       const size = v.info.size;
-      for (let k = 0; k < 12; k++) {
+      for (let k = 0; k < writesPerRound; k++) {
         const off = Math.floor(rand() * (size - 256 * KiB));
         const len = 1 + Math.floor(rand() * 200 * KiB);
         const pick = rand();
@@ -113,6 +120,75 @@ async function copyOf(store: ObjectStore, content: Buffer): Promise<void> {
   const v = await Volume.open(store, { flushIntervalMs: 0 });
   await v.write(0, content);
   await v.close();
+}
+
+/** The 4 KiB blocks of a volume of `size` bytes that no record of diff `d` writes. */
+async function untouchedBlocks(d: Buffer, size: number): Promise<number[]> {
+  const touched = new Set<number>();
+  async function* whole(): AsyncGenerator<Buffer> {
+    yield d;
+  }
+  for await (const ev of readDiff(whole(), 'diff')) {
+    const span =
+      ev.kind === 'data'
+        ? { offset: ev.offset, length: ev.data.length }
+        : ev.kind === 'zero'
+          ? ev
+          : undefined;
+    if (!span) continue;
+    for (let b = Math.floor(span.offset / 4096); b * 4096 < span.offset + span.length; b++)
+      touched.add(b);
+  }
+  const out: number[] = [];
+  for (let b = 0; b < size / 4096; b++) if (!touched.has(b)) out.push(b * 4096);
+  return out;
+}
+
+/**
+ * A view of a store that stops answering when it is asked to write an object under `prefix`
+ * after `n` such objects were written: what a process killed half way through an import
+ * leaves (what it wrote, nothing after; not even the rollback's restore gets through).
+ */
+class DyingStore {
+  dead = false;
+  private left = Infinity;
+  private prefix = '';
+  readonly store: ObjectStore;
+
+  constructor(inner: ObjectStore) {
+    const check = (): void => {
+      if (this.dead) throw new HyperError('unavailable', 'STORE_UNAVAILABLE', 'the process died');
+    };
+    this.store = new Proxy(inner, {
+      get: (target, prop, receiver) => {
+        const v = Reflect.get(target, prop, receiver) as unknown;
+        if (typeof v !== 'function') return v;
+        const f = v as (...a: unknown[]) => unknown;
+        if (prop === 'put')
+          return (key: string, body: PutBody, options?: PutOptions) => {
+            if (key.startsWith(this.prefix) && this.left-- <= 0) this.dead = true;
+            check();
+            return target.put(key, body, options);
+          };
+        if (prop === 'sub' || prop === 'close') return f.bind(target);
+        return (...args: unknown[]) => {
+          check();
+          return f.apply(target, args);
+        };
+      },
+    });
+  }
+
+  /** Die when asked to write an object under `prefix` after `n` more such writes. */
+  dieAfter(n: number, prefix: string): void {
+    this.left = n;
+    this.prefix = prefix;
+  }
+
+  revive(): void {
+    this.dead = false;
+    this.left = Infinity;
+  }
 }
 
 /** Objects in a store and their bodies' hashes, to show nothing changed. */
@@ -284,13 +360,19 @@ describe('export-diff / import-diff (library)', () => {
       isHyperError(e, 'INVALID_ARGUMENT'),
     );
 
-    // Apply the first diff, then change the target: the next diff is refused until it is
-    // restored to its marker.
+    // Apply the first diff, then change the target where the next diff does not write: the
+    // next diff is refused until the target is restored to its marker.
     const first = await importDiff(streamOf(d01), dst, { assumeBase: true });
+    const [spot] = await untouchedBlocks(d12, (await readHead(dst)).head.size);
+    assert.ok(spot !== undefined, 'the next diff leaves a block alone');
     const v = await Volume.open(dst, { flushIntervalMs: 0 });
-    await v.write(0, Buffer.alloc(4096, 0xee));
+    await v.write(spot, Buffer.alloc(4096, 0xee));
     await v.close();
-    await refused(streamOf(d12), 'PRECONDITION_FAILED', /was changed after it received/);
+    await refused(
+      streamOf(d12),
+      'PRECONDITION_FAILED',
+      /was changed after it received .*, and not only where this diff writes/,
+    );
     // A marker showing another checkpoint beats --assume-base.
     await restoreVolume(dst, { snapshot: first.snapshot as string });
     await refused(streamOf(d01), 'PRECONDITION_FAILED', /already holds checkpoint/, true);
@@ -348,6 +430,182 @@ describe('export-diff / import-diff (library)', () => {
     );
     await importDiff(streamOf(d), dst);
     assert.equal(sha(await contentAt(dst)), sha(await contentAt(src, cps[2])));
+  });
+
+  it('an import killed half way finishes when run again; a change beside it is still refused', async () => {
+    // sourceHistory's checkpoints: 1 grows the volume, 3 shrinks it, 4 grows it again.
+    const cases = [
+      { to: 2, n: 1, prefix: SEGMENT_PREFIX, what: 'same size' },
+      { to: 3, n: 1, prefix: SEGMENT_PREFIX, what: 'a shrink' },
+      { to: 4, n: 1, prefix: SEGMENT_PREFIX, what: 'a grow' },
+      { to: 2, n: 0, prefix: SNAPSHOT_PREFIX, what: 'killed before its marker' },
+    ];
+    for (const [i, c] of cases.entries()) {
+      const src = MemStore.isolated(`mem://diff-src7-${i}/`);
+      const mem = MemStore.isolated(`mem://diff-dst7-${i}/`);
+      const cps = await sourceHistory(src, 5, 21 + i, 48);
+      const uuid = (await readHead(src)).head.uuid;
+      const markers = async (): Promise<string[]> =>
+        (await listMarkers(mem, uuid)).map((m) => m.name);
+      // Small segments: an import writes several, each continuing the volume's chain.
+      const first = await contentAt(src, cps[0]);
+      await Volume.create(mem, { size: first.length, segmentSize: 1 * MiB });
+      const w = await Volume.open(mem, { flushIntervalMs: 0 });
+      await w.write(0, first);
+      await w.close();
+      for (let k = 0; k + 1 < c.to; k++)
+        await importDiff(streamOf(await diffBytes(src, cps[k]!, cps[k + 1]!)), mem, {
+          assumeBase: k === 0,
+        });
+      const d = await diffBytes(src, cps[c.to - 1]!, cps[c.to]!);
+      const before = await contentAt(mem);
+      const want = await contentAt(src, cps[c.to]);
+      const markersBefore = await markers();
+
+      const dying = new DyingStore(mem);
+      dying.dieAfter(c.n, c.prefix);
+      await assert.rejects(importDiff(streamOf(d), dying.store), (e) => {
+        assert.ok(isHyperError(e), String(e));
+        assert.match(
+          e.message,
+          /may hold part of the diff|marker snapshot .* could not be written/,
+        );
+        return true;
+      });
+      dying.revive();
+      // What the next writer sees (rolled forward past the head): part of the diff, or (killed
+      // before its marker) all of it.
+      const partial = await contentAt(mem);
+      assert.notEqual(sha(partial), sha(before), `${c.what}: part of the diff landed`);
+      if (c.prefix === SEGMENT_PREFIX) assert.notEqual(sha(partial), sha(want), c.what);
+      else assert.equal(sha(partial), sha(want), c.what);
+      assert.deepEqual(await markers(), markersBefore, `${c.what}: markers as before`);
+
+      // A change beside it, where the diff does not write: refused.
+      const size = (await readHead(mem)).head.size;
+      const [spot] = await untouchedBlocks(d, Math.min(size, want.length));
+      assert.ok(spot !== undefined, c.what);
+      const v = await Volume.open(mem, { flushIntervalMs: 0, force: true });
+      const old = await v.read(spot, 4096);
+      await v.write(spot, Buffer.alloc(4096, 0xee));
+      await v.flush();
+      await assert.rejects(importDiff(streamOf(d), mem, { force: true }), (e) => {
+        assert.ok(isHyperError(e, 'PRECONDITION_FAILED'), String(e));
+        assert.match(e.message, /not only where this diff writes/);
+        return true;
+      });
+      // Put back (another change, the same content): run again, the import finishes.
+      await v.write(spot, old);
+      await v.close();
+      const r = await importDiff(streamOf(d, 5), mem, { force: true });
+      assert.equal(r.base.kind, 'resumed', c.what);
+      assert.equal(sha(await contentAt(mem)), sha(want), `${c.what}: byte for byte`);
+      assert.equal((await readHead(mem)).head.size, want.length, c.what);
+      assert.deepEqual(await markers(), [markerName(uuid, cps[c.to]!)], c.what);
+      // And the chain goes on from there.
+      if (c.to < 4) {
+        await importDiff(streamOf(await diffBytes(src, cps[c.to]!, cps[c.to + 1]!)), mem);
+        assert.equal(sha(await contentAt(mem)), sha(await contentAt(src, cps[c.to + 1])));
+      }
+    }
+  });
+
+  it('randomized: whatever part of a diff a killed import left, running it again gives its to-checkpoint', async (t) => {
+    // HYPER_DIFF_KILL_FIRST_SEED / HYPER_DIFF_KILL_SEEDS sweep more seeds.
+    const firstSeed = Number(process.env.HYPER_DIFF_KILL_FIRST_SEED ?? 1);
+    const seeds = Number(process.env.HYPER_DIFF_KILL_SEEDS ?? 10);
+    const seen = { resumed: 0, marker: 0, refused: 0, landed: 0 };
+    for (let seed = firstSeed; seed < firstSeed + seeds; seed++) {
+      const rand = rng(seed);
+      const tag = `seed ${seed}`;
+      const src = MemStore.isolated(`mem://diff-src8-${seed}/`);
+      const mem = MemStore.isolated(`mem://diff-dst8-${seed}/`);
+      const cps = await sourceHistory(src, 5, 100 + seed, 16 + Math.floor(rand() * 40));
+      const uuid = (await readHead(src)).head.uuid;
+      const markers = async (): Promise<string[]> =>
+        (await listMarkers(mem, uuid)).map((m) => m.name);
+      const first = await contentAt(src, cps[0]);
+      await Volume.create(mem, { size: first.length, segmentSize: 1 * MiB });
+      const w = await Volume.open(mem, { flushIntervalMs: 0 });
+      await w.write(0, first);
+      await w.close();
+      // The diff cut short ends at checkpoint `to` (2..4: one with a marker to start from).
+      const to = 2 + Math.floor(rand() * 3);
+      for (let k = 0; k + 1 < to; k++)
+        await importDiff(streamOf(await diffBytes(src, cps[k]!, cps[k + 1]!)), mem, {
+          assumeBase: k === 0,
+        });
+      const d = await diffBytes(src, cps[to - 1]!, cps[to]!);
+      const want = await contentAt(src, cps[to]);
+
+      const dying = new DyingStore(mem);
+      const n = Math.floor(rand() * 3);
+      dying.dieAfter(n, rand() < 0.2 ? SNAPSHOT_PREFIX : SEGMENT_PREFIX);
+      const ok = await importDiff(streamOf(d, seed), dying.store).then(
+        () => true,
+        (e: unknown) => {
+          assert.ok(isHyperError(e, 'STORE_UNAVAILABLE'), `${tag}: ${String(e)}`);
+          return false;
+        },
+      );
+      dying.revive();
+      if (ok) {
+        // Nothing cut it short: it is done, and running it again is refused as done.
+        seen.landed++;
+        assert.equal(sha(await contentAt(mem)), sha(want), tag);
+        await assert.rejects(importDiff(streamOf(d), mem, { force: true }), (e) => {
+          assert.ok(isHyperError(e, 'PRECONDITION_FAILED'), `${tag}: ${String(e)}`);
+          assert.match(e.message, /already holds checkpoint/);
+          return true;
+        });
+        continue;
+      }
+      // Now and then the dead import's lease taken over (it rolls the volume forward), a
+      // compaction of the target, and a write where the diff does not write.
+      if (rand() < 0.5) await (await Volume.open(mem, { force: true })).close();
+      if (rand() < 0.3) {
+        await (await Volume.open(mem, { force: true })).close();
+        await compactVolume(mem, { keepLast: 1, minLive: 1, graceMs: 0 });
+      }
+      let putBack: (() => Promise<void>) | undefined;
+      if (rand() < 0.3) {
+        const size = (await readHead(mem)).head.size;
+        const free = await untouchedBlocks(d, Math.min(size, want.length));
+        const spot = free[Math.floor(rand() * free.length)];
+        if (spot !== undefined) {
+          const v = await Volume.open(mem, { flushIntervalMs: 0, force: true });
+          const old = await v.read(spot, 4096);
+          await v.write(spot, Buffer.alloc(4096, 0xee));
+          await v.close();
+          if (!old.equals(Buffer.alloc(4096, 0xee)))
+            putBack = async () => {
+              const u = await Volume.open(mem, { flushIntervalMs: 0 });
+              await u.write(spot, old);
+              await u.close();
+            };
+        }
+      }
+      if (putBack) {
+        const before = await snapshotOf(mem);
+        await assert.rejects(importDiff(streamOf(d), mem, { force: true }), (e) => {
+          assert.ok(isHyperError(e, 'PRECONDITION_FAILED'), `${tag}: ${String(e)}`);
+          assert.match(e.message, /not only where this diff writes/, tag);
+          return true;
+        });
+        assert.deepEqual(await snapshotOf(mem), before, `${tag}: the refusal wrote nothing`);
+        seen.refused++;
+        await putBack();
+      }
+      const r = await importDiff(streamOf(d, seed + 1), mem, { force: true });
+      seen[r.base.kind === 'resumed' ? 'resumed' : 'marker']++;
+      assert.ok(r.base.kind === 'resumed' || r.base.kind === 'marker', `${tag}: ${r.base.kind}`);
+      assert.equal(sha(await contentAt(mem)), sha(want), `${tag}: byte for byte`);
+      assert.equal((await readHead(mem)).head.size, want.length, tag);
+      assert.deepEqual(await markers(), [markerName(uuid, cps[to]!)], tag);
+    }
+    t.diagnostic(`seeds ${firstSeed}..${firstSeed + seeds - 1}: ${JSON.stringify(seen)}`);
+    // The seeds cover each way it can go (with the default seeds).
+    if (seeds >= 10) assert.ok(seen.resumed > 0 && seen.refused > 0, JSON.stringify(seen));
   });
 
   it('refuses to take a snapshot name it did not make, before writing', async () => {
