@@ -191,6 +191,32 @@ class DyingStore {
   }
 }
 
+const uuidOf = async (store: ObjectStore): Promise<string> => (await readHead(store)).head.uuid;
+
+/**
+ * `target` made a copy of checkpoint `cps[0]` of `src` with segments of 1 MiB (an import then
+ * writes several, each continuing the volume's chain), brought to `cps[upTo]` by diffs (the
+ * first with --assume-base). Returns a reader of its marker names.
+ */
+async function chainTo(
+  src: ObjectStore,
+  target: ObjectStore,
+  cps: readonly number[],
+  upTo: number,
+): Promise<() => Promise<string[]>> {
+  const first = await contentAt(src, cps[0]);
+  await Volume.create(target, { size: first.length, segmentSize: 1 * MiB });
+  const w = await Volume.open(target, { flushIntervalMs: 0 });
+  await w.write(0, first);
+  await w.close();
+  for (let k = 0; k < upTo; k++)
+    await importDiff(streamOf(await diffBytes(src, cps[k]!, cps[k + 1]!)), target, {
+      assumeBase: k === 0,
+    });
+  const uuid = await uuidOf(src);
+  return async () => (await listMarkers(target, uuid)).map((m) => m.name);
+}
+
 /** Objects in a store and their bodies' hashes, to show nothing changed. */
 async function snapshotOf(store: ObjectStore): Promise<Map<string, string>> {
   const out = new Map<string, string>();
@@ -444,19 +470,7 @@ describe('export-diff / import-diff (library)', () => {
       const src = MemStore.isolated(`mem://diff-src7-${i}/`);
       const mem = MemStore.isolated(`mem://diff-dst7-${i}/`);
       const cps = await sourceHistory(src, 5, 21 + i, 48);
-      const uuid = (await readHead(src)).head.uuid;
-      const markers = async (): Promise<string[]> =>
-        (await listMarkers(mem, uuid)).map((m) => m.name);
-      // Small segments: an import writes several, each continuing the volume's chain.
-      const first = await contentAt(src, cps[0]);
-      await Volume.create(mem, { size: first.length, segmentSize: 1 * MiB });
-      const w = await Volume.open(mem, { flushIntervalMs: 0 });
-      await w.write(0, first);
-      await w.close();
-      for (let k = 0; k + 1 < c.to; k++)
-        await importDiff(streamOf(await diffBytes(src, cps[k]!, cps[k + 1]!)), mem, {
-          assumeBase: k === 0,
-        });
+      const markers = await chainTo(src, mem, cps, c.to - 1);
       const d = await diffBytes(src, cps[c.to - 1]!, cps[c.to]!);
       const before = await contentAt(mem);
       const want = await contentAt(src, cps[c.to]);
@@ -501,7 +515,7 @@ describe('export-diff / import-diff (library)', () => {
       assert.equal(r.base.kind, 'resumed', c.what);
       assert.equal(sha(await contentAt(mem)), sha(want), `${c.what}: byte for byte`);
       assert.equal((await readHead(mem)).head.size, want.length, c.what);
-      assert.deepEqual(await markers(), [markerName(uuid, cps[c.to]!)], c.what);
+      assert.deepEqual(await markers(), [markerName(await uuidOf(src), cps[c.to]!)], c.what);
       // And the chain goes on from there.
       if (c.to < 4) {
         await importDiff(streamOf(await diffBytes(src, cps[c.to]!, cps[c.to + 1]!)), mem);
@@ -521,20 +535,9 @@ describe('export-diff / import-diff (library)', () => {
       const src = MemStore.isolated(`mem://diff-src8-${seed}/`);
       const mem = MemStore.isolated(`mem://diff-dst8-${seed}/`);
       const cps = await sourceHistory(src, 5, 100 + seed, 16 + Math.floor(rand() * 40));
-      const uuid = (await readHead(src)).head.uuid;
-      const markers = async (): Promise<string[]> =>
-        (await listMarkers(mem, uuid)).map((m) => m.name);
-      const first = await contentAt(src, cps[0]);
-      await Volume.create(mem, { size: first.length, segmentSize: 1 * MiB });
-      const w = await Volume.open(mem, { flushIntervalMs: 0 });
-      await w.write(0, first);
-      await w.close();
       // The diff cut short ends at checkpoint `to` (2..4: one with a marker to start from).
       const to = 2 + Math.floor(rand() * 3);
-      for (let k = 0; k + 1 < to; k++)
-        await importDiff(streamOf(await diffBytes(src, cps[k]!, cps[k + 1]!)), mem, {
-          assumeBase: k === 0,
-        });
+      const markers = await chainTo(src, mem, cps, to - 1);
       const d = await diffBytes(src, cps[to - 1]!, cps[to]!);
       const want = await contentAt(src, cps[to]);
 
@@ -601,7 +604,7 @@ describe('export-diff / import-diff (library)', () => {
       assert.ok(r.base.kind === 'resumed' || r.base.kind === 'marker', `${tag}: ${r.base.kind}`);
       assert.equal(sha(await contentAt(mem)), sha(want), `${tag}: byte for byte`);
       assert.equal((await readHead(mem)).head.size, want.length, tag);
-      assert.deepEqual(await markers(), [markerName(uuid, cps[to]!)], tag);
+      assert.deepEqual(await markers(), [markerName(await uuidOf(src), cps[to]!)], tag);
     }
     t.diagnostic(`seeds ${firstSeed}..${firstSeed + seeds - 1}: ${JSON.stringify(seen)}`);
     // The seeds cover each way it can go (with the default seeds).
