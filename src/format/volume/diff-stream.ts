@@ -658,6 +658,8 @@ async function changedOnlyWithin(
   if (head.size !== header.fromSize && head.size !== header.toSize) return false;
   let extents: ChangedExtent[];
   try {
+    // (The marker's checkpoint holds the from-checkpoint, so it has its size.)
+    if ((await headAt(store, head, marker.checkpoint)).size !== header.fromSize) return false;
     extents = await diffCheckpoints(
       store,
       { checkpoint: marker.checkpoint },
