@@ -2311,7 +2311,10 @@ class Run {
         m.sourceUrl === this.mainUrl &&
         (m.maybe === undefined || m.retry !== undefined),
     );
-    const m = this.pickFrom(ready);
+    // Mostly the rerun of a failed import, when there is one (no draw when there is none, so
+    // that seeds without one replay as before).
+    const again = ready.filter((c) => c.retry !== undefined);
+    const m = this.pickFrom(again.length > 0 && this.rand() < 0.7 ? again : ready);
     if (!m) return;
     const from = m.at ?? m.origin;
     const picked = this.pickFrom((await this.knownRetained()).filter((c) => c > from));
