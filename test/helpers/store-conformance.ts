@@ -9,6 +9,7 @@ import { describe, it } from 'node:test';
 import { isHyperError, type ErrorCode } from '../../src/errors.js';
 import { probeConditionalWrites } from '../../src/format/store/probe.js';
 import type { ListOptions, ObjectMeta, ObjectStore } from '../../src/format/store/types.js';
+import { inTurns } from './in-turns.js';
 
 export interface ConformanceTarget {
   name: string;
@@ -57,19 +58,6 @@ export async function rejectsWith(
 }
 
 const bytesOrder = (a: string, b: string): number => Buffer.compare(Buffer.from(a), Buffer.from(b));
-
-async function pool<T>(
-  items: readonly T[],
-  n: number,
-  fn: (x: T) => Promise<unknown>,
-): Promise<void> {
-  let i = 0;
-  await Promise.all(
-    Array.from({ length: Math.min(n, items.length) }, async () => {
-      while (i < items.length) await fn(items[i++] as T);
-    }),
-  );
-}
 
 export function storeConformance(target: ConformanceTarget): void {
   const timeout = target.timeout ?? 60_000;
@@ -164,7 +152,7 @@ export function storeConformance(target: ConformanceTarget): void {
     test('list paginates in order', async (s) => {
       const n = target.pageSize * 2 + 3;
       const keys = Array.from({ length: n }, (_, i) => `p/${String(i).padStart(4, '0')}`);
-      await pool(keys, 16, (k) => s.put(k, Buffer.from(k)));
+      await inTurns(keys, 16, (k) => s.put(k, Buffer.from(k)));
       const r = await collect(s, 'p/');
       assert.deepEqual(r.keys, keys);
       assert.ok(r.pages >= 3, `expected at least 3 pages, got ${r.pages}`);
@@ -216,7 +204,7 @@ export function storeConformance(target: ConformanceTarget): void {
     test(`a batch of ${target.manyKeys ?? 1100} keys: list all, delete all`, async (s) => {
       const n = target.manyKeys ?? 1100;
       const keys = Array.from({ length: n }, (_, i) => `m/${String(i).padStart(5, '0')}`);
-      await pool(keys, 32, (k) => s.put(k, Buffer.alloc(1)));
+      await inTurns(keys, 32, (k) => s.put(k, Buffer.alloc(1)));
       const r = await collect(s, 'm/');
       assert.equal(r.keys.length, n);
       assert.deepEqual(r.keys, keys);

@@ -34,6 +34,7 @@ import { Volume } from '../../../src/format/volume/volume.js';
 import { needTools, s3Config } from '../../helpers/env.js';
 import { fileUrl, hyper, repoRoot, runJs, show, tempDir } from '../../helpers/cli.js';
 import { startDaemon, type RunningDaemon } from '../../helpers/daemon.js';
+import { inTurns } from '../../helpers/in-turns.js';
 
 const MiB = 1024 * 1024;
 
@@ -450,31 +451,6 @@ async function fixture(dir: string): Promise<Fixture> {
     },
   };
   return f;
-}
-
-/**
- * `check(item)` for every item, at most `width` at once; rejects with the first failure once
- * the checks under way have settled.
- */
-async function inTurns<T>(
-  items: readonly T[],
-  width: number,
-  check: (item: T) => Promise<void>,
-): Promise<void> {
-  let next = 0;
-  let failure: { error: unknown } | undefined;
-  const lane = async (): Promise<void> => {
-    while (failure === undefined && next < items.length) {
-      const item = items[next++] as T;
-      try {
-        await check(item);
-      } catch (error) {
-        failure ??= { error };
-      }
-    }
-  };
-  await Promise.all(Array.from({ length: Math.min(width, items.length) }, lane));
-  if (failure !== undefined) throw failure.error;
 }
 
 /** A flag name one letter off (`--size` → `--sizq`). */
