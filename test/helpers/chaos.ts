@@ -1172,7 +1172,7 @@ interface CopyModel {
    */
   torn?: boolean;
   /** The diff whose import failed (`maybe`): the next diff op runs the same one again. */
-  retry?: { to: number; first: boolean };
+  retry?: { to: number };
 }
 
 interface Inflight {
@@ -2300,8 +2300,7 @@ class Run {
    * (a checkpoint dropped meanwhile) but never as damage; an applied diff leaves the copy
    * reading exactly the later checkpoint, a failed import either checkpoint (invariant k).
    * After a failed import the next diff op on that copy runs the same diff again, which must
-   * finish it whatever part of it landed (k): only a first diff (--assume-base) whose failed
-   * import had grown the copy may be refused.
+   * finish it whatever part of it landed (k).
    */
   private async diffOp(): Promise<void> {
     const ready = [...this.copies.values()].filter(
@@ -2374,14 +2373,13 @@ class Run {
               this.totals.diffRetries++;
               return 'applied before';
             }
-            if (!(retry.first && /cannot be a copy/.test(e.message)))
-              this.violation(
-                `(k) import-diff ${from}..${to} into ${m.prefix}, run again after a failed import, was refused: ${e.message}`,
-              );
+            this.violation(
+              `(k) import-diff ${from}..${to} into ${m.prefix}, run again after a failed import, was refused: ${e.message}`,
+            );
           }
           // Its commit may have landed before the failure: the copy reads one or the other.
           m.maybe = want;
-          m.retry = { to, first };
+          m.retry = { to };
           if (e instanceof Error && /may hold part of the diff/.test(e.message)) m.torn = true;
           throw e;
         }

@@ -23,7 +23,7 @@ export default class FileImportDiff extends BaseCommand<typeof FileImportDiff> {
 
 How the target proves its base: each import-diff names the checkpoint it commits with a snapshot diff-<first 8 hex digits of the source's uuid>-<to-checkpoint>, recording the source's uuid, and deletes the one it started from. The next diff (whose --from is that checkpoint) applies only if the target still holds that snapshot's content, or differs from it only where this diff writes anyway (what an import of the same diff that was killed half way leaves: run it again). The first diff of a chain is either a full stream (export-diff without --from) imported into a volume that holds no data (a new one: file create), or a diff onto a target you made from the from-checkpoint yourself (file export --at + file import, or snapshot clone) with --assume-base; its size must be the from-checkpoint's.
 
---dry-run does every check and writes nothing. If applying fails half way (the store, Ctrl-C), the target is restored to the checkpoint it started from; if the import is killed instead, running it again finishes it.`;
+--dry-run does every check and writes nothing. If applying fails half way (the store, Ctrl-C), the target is restored to the checkpoint it started from; if the import is killed instead, running it again finishes it (--force while the killed one's lease has not lapsed). A first import (a full stream, or --assume-base) pins the checkpoint it starts from as a marker for that, and deletes it when done.`;
 
   static override examples = [
     {

@@ -483,19 +483,23 @@ async function foreignSnapshot(
   return m?.sourceUuid !== sourceUuid;
 }
 
-/** Pin `checkpoint` under marker `name` (replacing an older marker of the same name). */
+/**
+ * Pin `checkpoint` as holding `sourceCheckpoint` of `sourceUuid`, under that marker's name
+ * (replacing an older marker of the same name). Returns the name.
+ */
 async function putMarker(
   store: ObjectStore,
-  name: string,
   checkpoint: number,
-  header: DiffHeader,
-): Promise<void> {
+  sourceUuid: string,
+  sourceCheckpoint: number,
+): Promise<string> {
+  const name = markerName(sourceUuid, sourceCheckpoint);
   const key = snapshotKey(name);
   const body = encodeSnapshot({
     checkpoint,
     createdMs: Date.now(),
     kind: 'snapshot',
-    note: markerNote(header.sourceUuid, header.toCheckpoint),
+    note: markerNote(sourceUuid, sourceCheckpoint),
   });
   try {
     await store.put(key, body, { ifNoneMatch: true });
@@ -505,6 +509,7 @@ async function putMarker(
     await store.put(key, body);
   }
   await confirmPinned(store, checkpoint, key);
+  return name;
 }
 
 export type BaseProof =
@@ -655,11 +660,16 @@ async function changedOnlyWithin(
   rewritten: Rewritten,
   options: BaseCheck,
 ): Promise<boolean> {
-  if (head.size !== header.fromSize && head.size !== header.toSize) return false;
+  // A full stream's base is a volume that maps no block, of any size (the import pinned the
+  // one it started from); another diff's is the from-checkpoint, of its size.
+  const full = header.fromCheckpoint === 0;
+  let baseSize: number;
   let extents: ChangedExtent[];
   try {
-    // (The marker's checkpoint holds the from-checkpoint, so it has its size.)
-    if ((await headAt(store, head, marker.checkpoint)).size !== header.fromSize) return false;
+    const base = await headAt(store, head, marker.checkpoint);
+    if (full ? rootOf(base).total() !== 0 : base.size !== header.fromSize) return false;
+    baseSize = base.size;
+    if (head.size !== baseSize && head.size !== header.toSize) return false;
     extents = await diffCheckpoints(
       store,
       { checkpoint: marker.checkpoint },
@@ -677,7 +687,7 @@ async function changedOnlyWithin(
       if (length > 0) rest.push({ offset: p.offset, length });
     }
   // A compaction moves blocks without changing them: what differs in the indexes is read.
-  return readsSame(store, marker.checkpoint, header.fromSize, head.checkpoint, rest, options);
+  return readsSame(store, marker.checkpoint, full ? 0 : baseSize, head.checkpoint, rest, options);
 }
 
 const FIRST_DIFF_SUGGESTION = (from: number): string =>
@@ -751,6 +761,15 @@ async function findBase(
     // A full stream: its base is a volume of zeros, whatever its size (import resizes it).
     const mapped = rootOf(head).total();
     if (mapped === 0) return { kind: 'empty' };
+    // An import of it that was cut short pinned the empty volume it started from; unless the
+    // target holds a state a marker names (its pin outlived a finished import), that is the
+    // base, settled by where the stream writes.
+    const markers = await listMarkers(store, src);
+    const pin = markers.find((m) => m.sourceCheckpoint === 0);
+    let later = false;
+    for (const m of markers)
+      if (m !== pin && !later) later = await sameContent(store, head, m.checkpoint, options);
+    if (pin && !later) return { kind: 'changed', marker: pin };
     throw refuse(
       `Wrong base: this diff holds all of checkpoint ${header.toCheckpoint} of source volume ${src} (exported without --from) and applies only to a volume that holds no data, but ${url} maps ${mapped} block${mapped === 1 ? '' : 's'}`,
       `Import it into a new volume (hyper file create TARGET --size ${header.toSize}; import-diff sets the size), or export the diff --from the checkpoint that ${url} holds.`,
@@ -780,6 +799,9 @@ async function findBase(
       );
     }
   }
+  // A marker of the from-checkpoint, even one an --assume-base import pinned as it began,
+  // settles the base rather than the assumption.
+  if (exact) return { kind: 'changed', marker: exact };
   if (options.assumeBase) {
     if (head.size !== header.fromSize) {
       throw refuse(
@@ -789,7 +811,6 @@ async function findBase(
     }
     return { kind: 'assumed' };
   }
-  if (exact) return { kind: 'changed', marker: exact };
   const others = markers.map((m) => `${m.name}: checkpoint ${m.sourceCheckpoint}`).join(', ');
   throw refuse(
     `Wrong base: nothing shows that ${url} holds checkpoint ${from} of source volume ${src}: it has no import-diff snapshot for that checkpoint${others ? ` (it has ${others}, and has been changed since)` : ''}`,
@@ -1078,6 +1099,8 @@ async function applyPass(
   const now = volume.headRecord;
   let touched = false;
   let committed: { checkpoint: number; time: Date } | undefined;
+  /** The marker pinned for the start (see below), deleted once the import is done. */
+  let pinned: string | undefined;
   try {
     if (now.checkpoint !== head.checkpoint || !now.root.equals(head.root) || now.size !== head.size)
       result.base = await checkBase(store, now, header, {
@@ -1087,6 +1110,15 @@ async function applyPass(
       });
     result.previousCheckpoint = now.checkpoint;
     result.previousSize = now.size;
+    if (result.base.marker === undefined) {
+      // No marker shows the base (an empty volume, or --assume-base): pin the checkpoint the
+      // import starts from as the from-checkpoint's marker before the first write, so that an
+      // import killed half way is finished by running it again, like any other. (A snapshot of
+      // that name that is not a marker is left alone.)
+      const name = markerName(header.sourceUuid, header.fromCheckpoint);
+      if (!(await foreignSnapshot(store, name, header.sourceUuid)))
+        pinned = await putMarker(store, now.checkpoint, header.sourceUuid, header.fromCheckpoint);
+    }
     if (header.toSize > now.size) {
       touched = true;
       await volume.resize(header.toSize);
@@ -1141,7 +1173,7 @@ async function applyPass(
   // Name the new state; forget the one it came from.
   const marker = markerName(header.sourceUuid, header.toCheckpoint);
   try {
-    await putMarker(store, marker, cp.checkpoint, header);
+    await putMarker(store, cp.checkpoint, header.sourceUuid, header.toCheckpoint);
   } catch (e) {
     const h = toHyperError(e);
     throw new HyperError(
@@ -1164,6 +1196,9 @@ async function applyPass(
     );
     if (removed) result.removedSnapshot = old;
   }
+  // (Its own pin of the start: the same, not reported.)
+  if (pinned !== undefined && pinned !== marker && pinned !== old)
+    await store.delete([snapshotKey(pinned)]).catch(() => undefined);
   return result;
 }
 

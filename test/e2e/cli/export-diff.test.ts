@@ -335,7 +335,8 @@ describe('hyper file export-diff / import-diff', () => {
     const src = fileUrl(join(dir, 'src'));
     const rand = rng(91);
     assert.equal((await hyper(['file', 'create', src, '--size', '16M'])).code, 0);
-    const cp1 = await changeRound(src, rand, 0);
+    let cp1 = 0;
+    for (let k = 0; k < 5; k++) cp1 = await changeRound(src, rand, 0);
     let cp2 = cp1;
     for (let k = 0; k < 10; k++) cp2 = await changeRound(src, rand, 2);
     const full = join(dir, 'full.diff');
@@ -347,23 +348,44 @@ describe('hyper file export-diff / import-diff', () => {
       const r = await hyper(['file', 'export-diff', ...args]);
       assert.equal(r.code, 0, show(r));
     }
-    const want = await exportSha(src, join(dir, 'want.img'), ['--at', String(cp2)]);
-    const kinds: string[] = [];
-    for (let trial = 0; trial < 3; trial++) {
-      // Segments of 1 MiB: the import of the diff (~7 MiB) commits several as it goes.
-      const path = join(dir, `dst-${trial}`);
+    const want1 = await exportSha(src, join(dir, 'want1.img'), ['--at', String(cp1)]);
+    const want2 = await exportSha(src, join(dir, 'want2.img'), ['--at', String(cp2)]);
+
+    /**
+     * A new target (segments of 1 MiB: an import commits several as it goes), given `first`
+     * if set; then `diff` imported and killed with -9 once `after` of its segments are
+     * written, and imported again with --force (the dead process's lease is still held, as
+     * the README says). Returns the second import's base, having checked the target reads
+     * `want`.
+     */
+    const killed = async (
+      name: string,
+      first: string | undefined,
+      diff: string,
+      after: number,
+      want: string,
+    ): Promise<string> => {
+      const path = join(dir, name);
       const dst = fileUrl(path);
-      for (const args of [
-        ['create-opt', dst, '--data-block-size', '4K', '--segment-size', '1M', '--size', '16M'],
-        ['import-diff', full, dst],
-      ]) {
-        const r = await hyper(['file', ...args]);
+      const made = await hyper([
+        'file',
+        'create-opt',
+        dst,
+        '--data-block-size',
+        '4K',
+        '--segment-size',
+        '1M',
+        '--size',
+        '16M',
+      ]);
+      assert.equal(made.code, 0, show(made));
+      if (first) {
+        const r = await hyper(['file', 'import-diff', first, dst]);
         assert.equal(r.code, 0, show(r));
       }
       const segments = async (): Promise<number> => (await readdir(join(path, 'seg'))).length;
       const before = await segments();
-      // Killed once `trial + 1` of its segments are written.
-      const child = spawn(process.execPath, [runJs, 'file', 'import-diff', d, dst], {
+      const child = spawn(process.execPath, [runJs, 'file', 'import-diff', diff, dst], {
         stdio: 'ignore',
       });
       const exited = new Promise<NodeJS.Signals | null>((resolve) =>
@@ -371,22 +393,25 @@ describe('hyper file export-diff / import-diff', () => {
       );
       let done = false;
       void exited.then(() => (done = true));
-      while (!done && (await segments()) < before + trial + 1) await sleep(2);
+      while (!done && (await segments()) < before + after) await sleep(2);
       child.kill('SIGKILL');
-      assert.equal(await exited, 'SIGKILL', `trial ${trial}: the import was still running`);
+      assert.equal(await exited, 'SIGKILL', `${name}: the import was still running`);
       const landed = (await segments()) - before;
-      // Its lease is still held: --force, as the README says.
       const r = fileImportDiffSchema.parse(
-        await hyperJson(['file', 'import-diff', d, dst, '--force']),
+        await hyperJson(['file', 'import-diff', diff, dst, '--force']),
       );
-      kinds.push(r.base);
-      t.diagnostic(
-        `trial ${trial}: killed after ${landed} of its segments; run again: base ${r.base}`,
-      );
-      assert.equal(r.toCheckpoint, cp2);
-      assert.equal(await exportSha(dst, join(dir, `dst-${trial}.img`)), want, `trial ${trial}`);
-    }
-    // Each kill left part of the diff (a plain marker base would mean nothing had landed).
+      t.diagnostic(`${name}: killed after ${landed} of its segments; run again: base ${r.base}`);
+      assert.equal(await exportSha(dst, join(dir, `${name}.img`)), want, name);
+      return r.base;
+    };
+
+    // A diff onto a target that received cp1, killed after 1, 2 and 3 of its segments; and
+    // the full stream that starts a chain, into an empty volume.
+    const kinds: string[] = [];
+    for (const after of [1, 2, 3]) kinds.push(await killed(`dst-${after}`, full, d, after, want2));
+    kinds.push(await killed('dst-full', undefined, full, 2, want1));
+    // The kills left part of the diff (a plain marker base would mean nothing had landed).
     assert.ok(kinds.includes('resumed'), kinds.join(', '));
+    assert.equal(kinds.at(-1), 'resumed', `the full stream: ${kinds.join(', ')}`);
   });
 });

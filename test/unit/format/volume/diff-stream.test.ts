@@ -465,20 +465,37 @@ describe('export-diff / import-diff (library)', () => {
       { to: 3, n: 1, prefix: SEGMENT_PREFIX, what: 'a shrink' },
       { to: 4, n: 1, prefix: SEGMENT_PREFIX, what: 'a grow' },
       { to: 2, n: 0, prefix: SNAPSHOT_PREFIX, what: 'killed before its marker' },
+      { to: 1, n: 1, prefix: SEGMENT_PREFIX, what: 'the first diff (--assume-base), a grow' },
+      {
+        to: 2,
+        n: 2,
+        prefix: SEGMENT_PREFIX,
+        what: 'a full stream (its grow and a segment)',
+        full: true,
+      },
     ];
     for (const [i, c] of cases.entries()) {
       const src = MemStore.isolated(`mem://diff-src7-${i}/`);
       const mem = MemStore.isolated(`mem://diff-dst7-${i}/`);
       const cps = await sourceHistory(src, 5, 21 + i, 48);
-      const markers = await chainTo(src, mem, cps, c.to - 1);
-      const d = await diffBytes(src, cps[c.to - 1]!, cps[c.to]!);
+      const uuid = await uuidOf(src);
+      let markers: () => Promise<string[]>;
+      if (c.full) {
+        await Volume.create(mem, { size: 1 * MiB, segmentSize: 1 * MiB });
+        markers = async () => (await listMarkers(mem, uuid)).map((m) => m.name);
+      } else markers = await chainTo(src, mem, cps, c.to - 1);
+      const d = await diffBytes(src, c.full ? null : cps[c.to - 1]!, cps[c.to]!);
       const before = await contentAt(mem);
       const want = await contentAt(src, cps[c.to]);
+      // Without a marker to start from, the import pins its start as one (then deleted).
+      const first = c.to === 1 && !c.full;
       const markersBefore = await markers();
+      const pinned = first || c.full ? [markerName(uuid, c.full ? 0 : cps[0]!)] : markersBefore;
+      const opts = { assumeBase: first };
 
       const dying = new DyingStore(mem);
       dying.dieAfter(c.n, c.prefix);
-      await assert.rejects(importDiff(streamOf(d), dying.store), (e) => {
+      await assert.rejects(importDiff(streamOf(d), dying.store, opts), (e) => {
         assert.ok(isHyperError(e), String(e));
         assert.match(
           e.message,
@@ -493,7 +510,7 @@ describe('export-diff / import-diff (library)', () => {
       assert.notEqual(sha(partial), sha(before), `${c.what}: part of the diff landed`);
       if (c.prefix === SEGMENT_PREFIX) assert.notEqual(sha(partial), sha(want), c.what);
       else assert.equal(sha(partial), sha(want), c.what);
-      assert.deepEqual(await markers(), markersBefore, `${c.what}: markers as before`);
+      assert.deepEqual(await markers(), pinned, `${c.what}: markers as before, or its pin`);
 
       // A change beside it, where the diff does not write: refused.
       const size = (await readHead(mem)).head.size;
@@ -503,19 +520,19 @@ describe('export-diff / import-diff (library)', () => {
       const old = await v.read(spot, 4096);
       await v.write(spot, Buffer.alloc(4096, 0xee));
       await v.flush();
-      await assert.rejects(importDiff(streamOf(d), mem, { force: true }), (e) => {
+      await assert.rejects(importDiff(streamOf(d), mem, { ...opts, force: true }), (e) => {
         assert.ok(isHyperError(e, 'PRECONDITION_FAILED'), String(e));
-        assert.match(e.message, /not only where this diff writes/);
+        assert.match(e.message, /not only where this diff writes/, c.what);
         return true;
       });
       // Put back (another change, the same content): run again, the import finishes.
       await v.write(spot, old);
       await v.close();
-      const r = await importDiff(streamOf(d, 5), mem, { force: true });
+      const r = await importDiff(streamOf(d, 5), mem, { ...opts, force: true });
       assert.equal(r.base.kind, 'resumed', c.what);
       assert.equal(sha(await contentAt(mem)), sha(want), `${c.what}: byte for byte`);
       assert.equal((await readHead(mem)).head.size, want.length, c.what);
-      assert.deepEqual(await markers(), [markerName(await uuidOf(src), cps[c.to]!)], c.what);
+      assert.deepEqual(await markers(), [markerName(uuid, cps[c.to]!)], c.what);
       // And the chain goes on from there.
       if (c.to < 4) {
         await importDiff(streamOf(await diffBytes(src, cps[c.to]!, cps[c.to + 1]!)), mem);
@@ -535,16 +552,25 @@ describe('export-diff / import-diff (library)', () => {
       const src = MemStore.isolated(`mem://diff-src8-${seed}/`);
       const mem = MemStore.isolated(`mem://diff-dst8-${seed}/`);
       const cps = await sourceHistory(src, 5, 100 + seed, 16 + Math.floor(rand() * 40));
-      // The diff cut short ends at checkpoint `to` (2..4: one with a marker to start from).
-      const to = 2 + Math.floor(rand() * 3);
-      const markers = await chainTo(src, mem, cps, to - 1);
-      const d = await diffBytes(src, cps[to - 1]!, cps[to]!);
+      const uuid = await uuidOf(src);
+      // The diff cut short ends at checkpoint `to` (1: the first of the chain, --assume-base;
+      // or a full stream into an empty volume).
+      const to = 1 + Math.floor(rand() * 4);
+      const full = rand() < 0.2;
+      const first = to === 1 && !full;
+      let markers: () => Promise<string[]>;
+      if (full) {
+        await Volume.create(mem, { size: 1 * MiB, segmentSize: 1 * MiB });
+        markers = async () => (await listMarkers(mem, uuid)).map((m) => m.name);
+      } else markers = await chainTo(src, mem, cps, to - 1);
+      const d = await diffBytes(src, full ? null : cps[to - 1]!, cps[to]!);
       const want = await contentAt(src, cps[to]);
 
       const dying = new DyingStore(mem);
       const n = Math.floor(rand() * 3);
       dying.dieAfter(n, rand() < 0.2 ? SNAPSHOT_PREFIX : SEGMENT_PREFIX);
-      const ok = await importDiff(streamOf(d, seed), dying.store).then(
+      const opts = { assumeBase: first };
+      const ok = await importDiff(streamOf(d, seed), dying.store, opts).then(
         () => true,
         (e: unknown) => {
           assert.ok(isHyperError(e, 'STORE_UNAVAILABLE'), `${tag}: ${String(e)}`);
@@ -556,9 +582,9 @@ describe('export-diff / import-diff (library)', () => {
         // Nothing cut it short: it is done, and running it again is refused as done.
         seen.landed++;
         assert.equal(sha(await contentAt(mem)), sha(want), tag);
-        await assert.rejects(importDiff(streamOf(d), mem, { force: true }), (e) => {
+        await assert.rejects(importDiff(streamOf(d), mem, { ...opts, force: true }), (e) => {
           assert.ok(isHyperError(e, 'PRECONDITION_FAILED'), `${tag}: ${String(e)}`);
-          assert.match(e.message, /already holds checkpoint/);
+          assert.match(e.message, full ? /holds no data/ : /already holds checkpoint/, tag);
           return true;
         });
         continue;
@@ -571,7 +597,10 @@ describe('export-diff / import-diff (library)', () => {
         await compactVolume(mem, { keepLast: 1, minLive: 1, graceMs: 0 });
       }
       let putBack: (() => Promise<void>) | undefined;
-      if (rand() < 0.3) {
+      // (Only where a marker shows the base: one that died writing its pin left the target as
+      // it was, a matter of --assume-base or of an empty volume again.)
+      const based = (await markers()).includes(markerName(uuid, full ? 0 : cps[to - 1]!));
+      if (rand() < 0.3 && based) {
         const size = (await readHead(mem)).head.size;
         const free = await untouchedBlocks(d, Math.min(size, want.length));
         const spot = free[Math.floor(rand() * free.length)];
@@ -590,7 +619,7 @@ describe('export-diff / import-diff (library)', () => {
       }
       if (putBack) {
         const before = await snapshotOf(mem);
-        await assert.rejects(importDiff(streamOf(d), mem, { force: true }), (e) => {
+        await assert.rejects(importDiff(streamOf(d), mem, { ...opts, force: true }), (e) => {
           assert.ok(isHyperError(e, 'PRECONDITION_FAILED'), `${tag}: ${String(e)}`);
           assert.match(e.message, /not only where this diff writes/, tag);
           return true;
@@ -599,12 +628,17 @@ describe('export-diff / import-diff (library)', () => {
         seen.refused++;
         await putBack();
       }
-      const r = await importDiff(streamOf(d, seed + 1), mem, { force: true });
+      const r = await importDiff(streamOf(d, seed + 1), mem, { ...opts, force: true });
+      // (Nothing landed: its start, by the marker it pinned, or as before it: an empty volume,
+      // or --assume-base when it died writing its pin.)
       seen[r.base.kind === 'resumed' ? 'resumed' : 'marker']++;
-      assert.ok(r.base.kind === 'resumed' || r.base.kind === 'marker', `${tag}: ${r.base.kind}`);
+      assert.ok(
+        ['resumed', 'marker', 'empty', 'assumed'].includes(r.base.kind),
+        `${tag}: ${r.base.kind}`,
+      );
       assert.equal(sha(await contentAt(mem)), sha(want), `${tag}: byte for byte`);
       assert.equal((await readHead(mem)).head.size, want.length, tag);
-      assert.deepEqual(await markers(), [markerName(await uuidOf(src), cps[to]!)], tag);
+      assert.deepEqual(await markers(), [markerName(uuid, cps[to]!)], tag);
     }
     t.diagnostic(`seeds ${firstSeed}..${firstSeed + seeds - 1}: ${JSON.stringify(seen)}`);
     // The seeds cover each way it can go (with the default seeds).
