@@ -405,10 +405,10 @@ describe('hyper file export-diff / import-diff', () => {
       return r.base;
     };
 
-    // A diff onto a target that received cp1, killed after 1, 2 and 3 of its segments; and
-    // the full stream that starts a chain, into an empty volume.
+    // A diff onto a target that received cp1, killed after 1 and 3 of its segments; and the
+    // full stream that starts a chain, into an empty volume.
     const kinds: string[] = [];
-    for (const after of [1, 2, 3]) kinds.push(await killed(`dst-${after}`, full, d, after, want2));
+    for (const after of [1, 3]) kinds.push(await killed(`dst-${after}`, full, d, after, want2));
     kinds.push(await killed('dst-full', undefined, full, 2, want1));
     // The kills left part of the diff (a plain marker base would mean nothing had landed).
     assert.ok(kinds.includes('resumed'), kinds.join(', '));
