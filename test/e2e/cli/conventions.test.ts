@@ -70,6 +70,12 @@ interface Fixture {
   dir: string;
   /** A fresh volume (see makeVolume) for this use. */
   volume(name: string): Promise<string>;
+  /**
+   * The same in the shared daemon's directory, for volumes that daemon serves: it keeps
+   * writing to them (its lease) until it stops after the tests, so they must outlive the
+   * test's own directory.
+   */
+  daemonVolume(name: string): Promise<string>;
   /** A fresh clone of a fresh volume. */
   clone(name: string): Promise<string>;
   /** A raw image of 256 KiB. */
@@ -293,7 +299,7 @@ const INVOCATIONS: Record<string, Invocation> = {
   map: {
     ok: async (f) => {
       const name = exportName('map');
-      return [await f.volume(name), '--name', name, '--control-socket', f.controlSocket];
+      return [await f.daemonVolume(name), '--name', name, '--control-socket', f.controlSocket];
     },
     missing: (f, url) => [
       url,
@@ -307,7 +313,7 @@ const INVOCATIONS: Record<string, Invocation> = {
   unmap: {
     ok: async (f) => {
       const name = exportName('unmap');
-      await mapInDaemon(f, await f.volume(name), name);
+      await mapInDaemon(f, await f.daemonVolume(name), name);
       return [name, '--control-socket', f.controlSocket];
     },
     missing: null, // takes an export name, not a volume URL (EXPORT_NOT_FOUND)
@@ -384,7 +390,7 @@ const INVOCATIONS: Record<string, Invocation> = {
     ok: async (f) => {
       // At least one mapped export, so that its fields are checked too.
       const name = exportName('ls');
-      await mapInDaemon(f, await f.volume(name), name);
+      await mapInDaemon(f, await f.daemonVolume(name), name);
       return ['--control-socket', f.controlSocket];
     },
     missing: null,
@@ -439,6 +445,13 @@ async function fixture(dir: string): Promise<Fixture> {
     async volume(name) {
       await mkdir(join(dir, name));
       const url = fileUrl(join(dir, name));
+      await makeVolume(url);
+      return url;
+    },
+    async daemonVolume(name) {
+      const path = join(shared!.dir, name);
+      await mkdir(path);
+      const url = fileUrl(path);
       await makeVolume(url);
       return url;
     },
