@@ -17,7 +17,7 @@ const commandsAreNotLibraries = {
 };
 
 export default tseslint.config(
-  { ignores: ['dist/**', 'node_modules/**', '.tmp/**', 'bench-results/**'] },
+  { ignores: ['dist/**', 'node_modules/**', '.tmp/**', 'bench-results/**', 'native/build/**'] },
   js.configs.recommended,
   ...tseslint.configs.recommended,
   {

@@ -5,7 +5,7 @@
 #   Ceph RGW (the S3 server of the tests): ceph-mon ceph-osd radosgw ceph-common
 #   NBD tools: libnbd-bin python3-libnbd nbdkit qemu-utils fio nbdfuse fuse3 e2fsprogs
 #   Benchmark peers: nbdkit-plugin-python python3-boto3 (nbdkit's S3 plugin), s3backer
-#   Build tools: g++ make python3 (npm ci compiles the lz4 and sse4_crc32 bindings with node-gyp)
+#   Build tools: g++ make python3 (npm ci compiles the lz4 binding and hyper's native addon with node-gyp)
 set -euo pipefail
 
 PKGS=(

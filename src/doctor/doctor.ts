@@ -512,8 +512,8 @@ function checksumCheck(): DoctorCheck {
     'checksums',
     title,
     'warn',
-    'a table walk: the sse4_crc32 binding is not built, or this processor lacks SSE 4.2; every block written and read costs about twice the CPU',
-    'Rebuild the binding where hyper is installed: "npm rebuild sse4_crc32" (needs g++, make and python3).',
+    "a table walk: hyper's native addon is not built, or this processor lacks SSE 4.2; every block written and read costs about twice the CPU",
+    'Build the addon where hyper is installed: "npm run build:native" in its directory (needs g++, make and python3).',
   );
 }
 

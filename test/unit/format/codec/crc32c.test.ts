@@ -49,9 +49,9 @@ describe('CRC-32C', () => {
     }
   });
 
-  it('uses the CRC32 instruction where the processor has one (the binding is built)', () => {
-    // Without it every block written and read costs twice the CPU: a missing build of the
-    // sse4_crc32 binding must not pass unnoticed where the tests require their tools.
+  it('uses the CRC32 instruction where the processor has one (the addon is built)', () => {
+    // Without it every block written and read costs twice the CPU: a failed build of the
+    // native addon (which does not fail the install) must not pass unnoticed.
     assert.equal(CRC32C_IMPLEMENTATION, hasSse42() ? 'sse4.2' : 'table');
   });
 });

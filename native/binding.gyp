@@ -1,0 +1,9 @@
+{
+  "targets": [
+    {
+      "target_name": "hyper_native",
+      "sources": ["crc32c.c"],
+      "cflags": ["-O3"]
+    }
+  ]
+}
