@@ -17,6 +17,7 @@
  * hardware = false and crc32c throws: the caller uses another implementation.
  */
 #include <node_api.h>
+#include <pthread.h>
 #include <stddef.h>
 #include <stdint.h>
 #include <string.h>
@@ -113,7 +114,7 @@ __attribute__((target("sse4.2"))) static uint32_t crc32c_hw(uint32_t initial, co
   return ~crc;
 }
 
-static void init_hw(void) {
+static void build_all(void) {
   __builtin_cpu_init();
   if (!__builtin_cpu_supports("sse4.2")) return;
   build_shift(long_shift, LONG_PART);
@@ -121,6 +122,11 @@ static void init_hw(void) {
   build_shift(short_shift, SHORT_PART);
   hardware = 1;
 }
+
+/* Once per process: worker threads load the module again, and must not rebuild the tables
+   another thread is reading. */
+static pthread_once_t built = PTHREAD_ONCE_INIT;
+static void init_hw(void) { pthread_once(&built, build_all); }
 
 #else
 static int hardware = 0;
