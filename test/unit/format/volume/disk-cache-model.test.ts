@@ -174,16 +174,23 @@ describe('disk cache across restarts, takeovers, restores and compaction (random
         try {
           if (op === 'write' && holder) {
             const writes: Promise<void>[] = [];
+            const taken: [number, number][] = [];
             for (let k = 0; k < 3; k++) {
               const len = (1 + Math.floor(r() * 24)) * 512;
               const off = Math.floor(r() * ((SIZE - len) / 512)) * 512;
+              // (Writes in flight together do not overlap: their order would be the client's.)
+              if (taken.some(([a, b]) => off < b && a < off + len)) continue;
+              taken.push([off, off + len]);
               const data = Buffer.alloc(len);
               for (let i = 0; i < len; i += 4)
                 data.writeUInt32LE((seed * 7919 + step * 31 + k + i) >>> 0, i);
               data.copy(model, off);
               writes.push(holder.vol.write(off, data));
             }
-            await Promise.all(writes);
+            // A write that fails leaves its bytes unknown: the holder ends, and the model
+            // starts again from what the next holder opens on.
+            if ((await Promise.allSettled(writes)).some((w) => w.status === 'rejected'))
+              await kill();
           } else if (op === 'flush' && holder) {
             await holder.vol.flush().catch(() => undefined);
           } else if (op === 'read' && holder) {
