@@ -1276,11 +1276,6 @@ export class Volume {
     // PUT failed but landed) is replayed after a crash without those.
     const walSeq = this.wal?.writer.lastDurable;
     const walChange = this.wal ? this.walChange : undefined;
-    // The size as `gen` was frozen: a resize while the build awaits (it sets the size at once,
-    // then flushes) belongs to a later segment. Taken when the head is built instead, a
-    // checkpoint of writes acknowledged before a grow claimed the grown size without the
-    // writes of the segments after it: a content no order of the changes gives.
-    const size = this.size;
     const patch = this.pendingMeta ?? {};
     this.pendingMeta = undefined;
     const base = this.cleanHead;
@@ -1291,7 +1286,8 @@ export class Volume {
         loader: this.loader,
         gen,
         id: () => committer.nextId(),
-        head: (id, nowMs) => nextHead(committer.tip, { id, nowMs, size, patch, walSeq, walChange }),
+        head: (id, nowMs) =>
+          nextHead(committer.tip, { id, nowMs, size: this.size, patch, walSeq, walChange }),
         blockSize: this.bs,
         ...(this.compression === undefined
           ? {}
