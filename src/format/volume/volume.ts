@@ -195,6 +195,13 @@ export class Volume {
    * order they are applied, across writers); a segment records the number it was frozen at.
    */
   private walChange = 0;
+  /**
+   * A resize logged and not yet applied (its record is not durable yet): its change number.
+   * A segment frozen meanwhile holds the changes before it only (commitResize).
+   */
+  private resizeChange: number | undefined;
+  /** The resize in progress (one at a time). */
+  private resizing: Promise<void> = Promise.resolve();
   private closed = false;
   /** close() is flushing: nothing is kept back any more. */
   private closing = false;
@@ -824,6 +831,20 @@ export class Volume {
   async resize(size: number, options: { allowShrink?: boolean } = {}): Promise<CheckpointInfo> {
     this.checkWritable();
     checkVolumeSize(size);
+    // One at a time: each changes the blocks between the size the one before left and its own.
+    const run = this.resizing.then(() => this.resizeNext(size, options));
+    this.resizing = run.then(
+      () => undefined,
+      () => undefined,
+    );
+    return run;
+  }
+
+  private async resizeNext(
+    size: number,
+    options: { allowShrink?: boolean },
+  ): Promise<CheckpointInfo> {
+    this.checkWritable();
     if (size < this.size && !options.allowShrink) {
       throw new HyperError(
         'invalid',
@@ -833,16 +854,54 @@ export class Volume {
       );
     }
     if (size !== this.size) {
-      // With a WAL the new size is logged before anything changes: a write past the old end
-      // acknowledged after it (a server grown online, whose new connections see the new size
-      // at once) replays onto a volume that has the room, even if this resize's checkpoint
-      // never landed, and a log that fails leaves the volume as it was (a shrink's tail too).
-      await this.logged({ op: 'resize', offset: 0, length: size })?.();
-      if (size < this.size) await this.buffer.truncate(this.size, size);
-      this.size = size;
-      this.pendingMeta ??= {};
+      await this.buffer.resize(this.size, size, (apply) =>
+        this.commitResize(size, () => {
+          apply();
+          this.size = size;
+          this.pendingMeta ??= {};
+        }),
+      );
     }
     return this.flush();
+  }
+
+  /**
+   * Apply a resize (`apply`: its blocks and the size, one synchronous step) and log it. The
+   * size, the blocks and the change number a segment frozen meanwhile records must agree
+   * (startSegment takes them in one step): with a WAL that logs each change, the resize is
+   * numbered as it is logged and applied in the step its record becomes durable (until then a
+   * segment records the number before it: resizeChange); logged at FLUSH, it is numbered and
+   * applied in one step. Logged first, so a log that fails leaves the volume as it was, and a
+   * write past the old end (possible only once applied) is logged after it: it replays onto a
+   * volume that has the room, even if this resize's checkpoint never landed.
+   */
+  private commitResize(size: number, apply: () => void): Promise<void> | undefined {
+    const wal = this.wal;
+    if (!wal) {
+      apply();
+      return undefined;
+    }
+    const entry: WalEntry = { op: 'resize', offset: 0, length: size, change: ++this.walChange };
+    if (wal.writer.deferred) {
+      apply();
+      return wal.writer.record(entry);
+    }
+    const change = entry.change as number;
+    this.resizeChange = change;
+    const applied = (): void => {
+      if (this.resizeChange === change) this.resizeChange = undefined;
+      apply();
+    };
+    return wal.writer.append(entry, applied).then(
+      () => this.walFull?.ok('the WAL has room again: writes are logged'),
+      (e: unknown) => {
+        if (this.resizeChange === change) this.resizeChange = undefined;
+        // The WAL's store is full: committed to the volume instead (commitInstead).
+        if (!isHyperError(e, 'NO_SPACE') || !this.committer || wal.fenced) throw e;
+        applied();
+        return this.commitInstead(e);
+      },
+    );
   }
 
   private async afterWrite(options: WriteOptions): Promise<void> {
@@ -939,9 +998,13 @@ export class Volume {
     else if (e.op === 'zero') await this.buffer.zero(e.offset, e.length, 'zero');
     else if (e.op === 'trim') await this.buffer.zero(e.offset, e.length, 'keep');
     else if (e.op === 'resize') {
-      if (e.length < this.size) await this.buffer.truncate(this.size, e.length);
-      this.size = e.length;
-      this.pendingMeta ??= {};
+      const size = e.length;
+      await this.buffer.resize(this.size, size, (apply) => {
+        apply();
+        this.size = size;
+        this.pendingMeta ??= {};
+        return undefined;
+      });
     }
     return true;
   }
@@ -1275,7 +1338,15 @@ export class Volume {
     // also holds every change numbered up to walChange: a batch still in flight (or whose
     // PUT failed but landed) is replayed after a crash without those.
     const walSeq = this.wal?.writer.lastDurable;
-    const walChange = this.wal ? this.walChange : undefined;
+    // (A resize logged and not yet applied is not in `gen`: the number before it.)
+    const walChange = !this.wal
+      ? undefined
+      : this.resizeChange !== undefined
+        ? this.resizeChange - 1
+        : this.walChange;
+    // The size the frozen changes were made at: a resize during the build is the next
+    // checkpoint's (it is applied in one step with its blocks and change number: resize).
+    const size = this.size;
     const patch = this.pendingMeta ?? {};
     this.pendingMeta = undefined;
     const base = this.cleanHead;
@@ -1286,8 +1357,7 @@ export class Volume {
         loader: this.loader,
         gen,
         id: () => committer.nextId(),
-        head: (id, nowMs) =>
-          nextHead(committer.tip, { id, nowMs, size: this.size, patch, walSeq, walChange }),
+        head: (id, nowMs) => nextHead(committer.tip, { id, nowMs, size, patch, walSeq, walChange }),
         blockSize: this.bs,
         ...(this.compression === undefined
           ? {}

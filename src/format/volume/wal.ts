@@ -266,7 +266,7 @@ const walFenced = (): HyperError =>
 
 interface Batch {
   entries: WalEntry[];
-  waiters: { resolve: () => void; reject: (e: unknown) => void }[];
+  waiters: { resolve: () => void; reject: (e: unknown) => void; durable?: () => void }[];
   /** Bytes of written data the entries carry. */
   bytes: number;
   /** Slabs the entries' data was copied into (recorded entries): reused once it landed. */
@@ -403,13 +403,17 @@ export class WalWriter {
     if (keepFrom > 0) p.slabs.splice(0, keepFrom);
   }
 
-  /** Resolves once the entry is durable in the WAL. */
-  append(entry: WalEntry): Promise<void> {
+  /**
+   * Resolves once the entry is durable in the WAL. `durable` (synchronous, not throwing) runs
+   * in the step that raises `lastDurable` past the entry's record: a change applied there is
+   * in every checkpoint whose `walSeq` covers its record, and in none that does not.
+   */
+  append(entry: WalEntry, durable?: () => void): Promise<void> {
     if (this.fenced) return Promise.reject(this.fenced);
     return new Promise((resolve, reject) => {
       const p = (this.pending ??= newBatch());
       p.entries.push(entry);
-      p.waiters.push({ resolve, reject });
+      p.waiters.push(durable ? { resolve, reject, durable } : { resolve, reject });
       if (!this.inFlight) this.send();
     });
   }
@@ -480,6 +484,7 @@ export class WalWriter {
       try {
         await this.store.put(walKey(this.uuid, seq), encodeWal(record), { ifNoneMatch: true });
         this.lastDurable = seq;
+        for (const w of batch.waiters) w.durable?.();
         return;
       } catch (e) {
         if (!isHyperError(e, 'OBJECT_EXISTS') || attempt >= CONFLICT_RETRIES) throw e;

@@ -709,15 +709,47 @@ export class WriteBuffer {
   }
 
   /**
-   * Shrinking a volume of `from` bytes to `to`: zero the rest of the new last block (a later
-   * grow reads zeros there) and unmap the blocks past it.
+   * A resize from `from` bytes to `to`: from the step that applies it, the bytes between the
+   * two ends read as zeros (a shrink drops them; a grow shows zeros there even where a write
+   * racing an earlier shrink left something past its end). `commit` is handed that step
+   * (`apply`, synchronous, which the caller extends with the size change) and calls it once:
+   * at once, or when the change's WAL record is durable. The partial edge block, read before,
+   * is held until `commit` settles, so no change to it can slip in between.
    */
-  async truncate(from: number, to: number): Promise<void> {
+  async resize(
+    from: number,
+    to: number,
+    commit: (apply: () => void) => Promise<void> | undefined,
+  ): Promise<void> {
     const bs = this.bs;
-    const blockEnd = Math.ceil(to / bs) * bs;
-    if (blockEnd > to) await this.write(to, Buffer.alloc(Math.min(blockEnd, from) - to));
-    const end = Math.ceil(from / bs) * bs;
-    if (end > blockEnd) await this.zero(blockEnd, end - blockEnd, 'keep');
+    const lo = Math.min(from, to);
+    const hi = Math.max(from, to);
+    const edge = Math.floor(lo / bs);
+    const edgeEnd = Math.min(hi, Math.ceil(lo / bs) * bs);
+    const wholeLo = Math.ceil(lo / bs);
+    const wholeHi = Math.ceil(hi / bs);
+    const apply = (old: Map<number, Buffer>): void => {
+      if (edgeEnd > lo) this.copyIn(lo, Buffer.alloc(edgeEnd - lo), old);
+      if (wholeHi > wholeLo) {
+        this.active.trim(wholeLo, wholeHi);
+        this.touch(wholeLo, wholeHi);
+      }
+    };
+    await this.waitForRoom();
+    if (edgeEnd <= lo) {
+      this.o.checkWritable();
+      await commit(() => apply(new Map()));
+      return;
+    }
+    for (let busy = this.locks.untilFree(edge, edge); busy;) {
+      await busy;
+      busy = this.locks.untilFree(edge, edge);
+    }
+    await this.locks.hold(edge, edge, async () => {
+      const old = new Map([[edge, await this.o.readBlock(edge)]]);
+      this.o.checkWritable();
+      await commit(() => apply(old));
+    });
   }
 
   /** Move the active generation to frozen (a flush writes it); writes go to a new one. */

@@ -49,6 +49,35 @@ class Flaky extends CountingStore {
   }
 }
 
+/** A store whose PUTs wait while held (hold/release); held() resolves once one waits. */
+class Gated extends CountingStore {
+  private gate: Promise<void> | undefined;
+  private open: (() => void) | undefined;
+  private blocked = 0;
+  private waiting: (() => void) | undefined;
+  hold(): void {
+    this.gate = new Promise((r) => (this.open = r));
+  }
+  release(): void {
+    this.gate = undefined;
+    this.open?.();
+  }
+  held(): Promise<void> {
+    if (this.blocked > 0) return Promise.resolve();
+    return new Promise((r) => (this.waiting = r));
+  }
+  override async put(key: string, body: PutBody, o?: PutOptions): Promise<{ etag: string }> {
+    const gate = this.gate;
+    if (gate) {
+      this.blocked++;
+      this.waiting?.();
+      await gate;
+      this.blocked--;
+    }
+    return super.put(key, body, o);
+  }
+}
+
 function setup(): {
   vol: CountingStore;
   wal: Flaky;
@@ -164,6 +193,54 @@ describe('write-ahead log', () => {
         'grown again: zeros',
       );
       await d.close();
+    }
+  });
+
+  it('a segment frozen while a resize is being logged holds neither its size nor its change number', async () => {
+    // A resize is numbered when it is logged and applied when its record is durable. A flush
+    // between the two commits the old size: its checkpoint must not claim the resize either,
+    // or a replay after a crash skips it, and the writes past the old end acknowledged after
+    // it cannot be applied.
+    for (const grow of [true, false]) {
+      const vol = new Flaky(MemStore.isolated('mem://vol/'));
+      const wal = new Gated(MemStore.isolated('mem://wal/'));
+      const openStore = (url: string): Promise<ObjectStore> =>
+        Promise.resolve(url === wal.url ? wal : vol);
+      const from = 1 * MiB + 1536;
+      const to = grow ? 4 * MiB : 512 * KiB + 512;
+      await Volume.create(vol, { size: from });
+      const a = await Volume.open(vol, { walUrl: wal.url, openStore, flushIntervalMs: 0 });
+      const before = Buffer.alloc(from, 7);
+      await a.write(0, before);
+      await a.sync();
+      await a.write(0, Buffer.alloc(4 * KiB, 8));
+      before.fill(8, 0, 4 * KiB);
+      wal.hold();
+      const resized = a.resize(to, { allowShrink: true }).then(
+        () => undefined,
+        (e: unknown) => e,
+      );
+      await wal.held();
+      const frozen = await a.flush();
+      const at = await Volume.open(vol, { at: { checkpoint: frozen.checkpoint }, readOnly: true });
+      assert.equal(at.info.size, from, `grow ${grow}: the checkpoint frozen before it`);
+      assert.ok((await at.read(0, from)).equals(before), `grow ${grow}: its content`);
+      await at.close();
+      // The resize's record lands; its checkpoint does not (the volume's store is down).
+      vol.fail = true;
+      wal.release();
+      while (a.info.size !== to) await new Promise((r) => setImmediate(r));
+      if (grow) await a.write(3 * MiB, Buffer.alloc(4 * KiB, 9));
+      assert.ok((await resized) instanceof Error, `grow ${grow}: the resize's checkpoint failed`);
+      vol.fail = false;
+      // Crash: no close. The next writer replays the resize, then the write past the old end.
+      const b = await Volume.open(vol, { force: true, openStore, flushIntervalMs: 0 });
+      assert.equal(b.info.size, to, `grow ${grow}: the replayed resize`);
+      const want = Buffer.alloc(to);
+      before.copy(want, 0, 0, Math.min(from, to));
+      if (grow) want.fill(9, 3 * MiB, 3 * MiB + 4 * KiB);
+      assert.ok((await b.read(0, to)).equals(want), `grow ${grow}: the content after replay`);
+      await b.close();
     }
   });
 
