@@ -200,8 +200,9 @@ export class Volume {
    * A segment frozen meanwhile holds the changes before it only (commitResize).
    */
   private resizeChange: number | undefined;
-  /** The resize in progress (one at a time). */
+  /** The resizes asked for, run one at a time; resizeRunning while one changes the buffer. */
   private resizing: Promise<void> = Promise.resolve();
+  private resizeRunning = false;
   private closed = false;
   /** close() is flushing: nothing is kept back any more. */
   private closing = false;
@@ -854,13 +855,18 @@ export class Volume {
       );
     }
     if (size !== this.size) {
-      await this.buffer.resize(this.size, size, (apply) =>
-        this.commitResize(size, () => {
-          apply();
-          this.size = size;
-          this.pendingMeta ??= {};
-        }),
-      );
+      this.resizeRunning = true;
+      try {
+        await this.buffer.resize(this.size, size, (apply) =>
+          this.commitResize(size, () => {
+            apply();
+            this.size = size;
+            this.pendingMeta ??= {};
+          }),
+        );
+      } finally {
+        this.resizeRunning = false;
+      }
     }
     return this.flush();
   }
@@ -1038,7 +1044,15 @@ export class Volume {
       );
     }
     const target = await headAt(this.store, head, id);
-    if (!this.buffer.active.empty || this.flushes.busy || this.stages.length > 0) {
+    // (A change that read its partial blocks, or a resize that took the size, before the
+    // restore would apply them after it: what it read is not the restored content.)
+    if (
+      !this.buffer.active.empty ||
+      this.flushes.busy ||
+      this.stages.length > 0 ||
+      this.buffer.locks.size > 0 ||
+      this.resizeRunning
+    ) {
       throw new HyperError(
         'conflict',
         'PRECONDITION_FAILED',
