@@ -49,11 +49,15 @@ import { makeDirs } from '../../make-dirs.js';
 import { RecurringWarning } from '../recurring.js';
 
 export const CACHE_FORMAT = 1;
-const HEADER = 32;
+/** Bytes of one slot's entry header in slots.idx. */
+export const ENTRY_HEADER_BYTES = 32;
+const HEADER = ENTRY_HEADER_BYTES;
 const MAGIC = 0x45435948; // "HYCE" little-endian
-const MANIFEST = 'manifest.json';
-const DATA = 'slots.dat';
-const INDEX = 'slots.idx';
+/** The cache directory's files (see above). */
+export const CACHE_FILES = { manifest: 'manifest.json', data: 'slots.dat', index: 'slots.idx' };
+const MANIFEST = CACHE_FILES.manifest;
+const DATA = CACHE_FILES.data;
+const INDEX = CACHE_FILES.index;
 const LOCK = 'lock';
 /** Room kept for the manifest and lock file in the size budget. */
 const RESERVED = 64 * 1024;
@@ -448,15 +452,13 @@ export class DiskCache {
     this.crc[s] = crc;
     this.len[s] = bytes.length;
     this.pending[s] = 1;
-    const header = Buffer.alloc(HEADER);
-    header.writeUInt32LE(MAGIC, 0);
-    header.writeUInt16LE(store, 4);
-    header.writeUInt16LE(off % 512, 6);
-    writeU64(header, 8, seg);
-    header.writeUInt32LE(Math.floor(off / 512), 16);
-    header.writeUInt32LE(bytes.length, 20);
-    header.writeUInt32LE(crc, 24);
-    header.writeUInt32LE(crc32c(header.subarray(0, 28)), 28);
+    const header = encodeEntryHeader({
+      store,
+      segment: seg,
+      offset: off,
+      length: bytes.length,
+      crc,
+    });
     const job: Job = { slot: s, gen: g, header, body: bytes };
     this.queue.push(job);
     this.queuedBytes += bytes.length;
@@ -579,27 +581,60 @@ export class DiskCache {
       const { bytesRead } = await this.index.read(buf, 0, want, first * HEADER);
       if (bytesRead <= 0) break;
       for (let k = 0; k + HEADER <= bytesRead; k += HEADER) {
-        if (buf.readUInt32LE(k) !== MAGIC) continue;
-        if (crc32c(buf.subarray(k, k + 28)) !== buf.readUInt32LE(k + 28)) continue;
-        const store = buf.readUInt16LE(k + 4);
-        const length = buf.readUInt32LE(k + 20);
-        if (store >= stores || length === 0 || length > this.manifest.slotSize) continue;
-        let seg: number;
-        try {
-          seg = readU64(buf, k + 8);
-        } catch {
-          continue;
-        }
+        const e = decodeEntryHeader(buf.subarray(k, k + HEADER));
+        if (!e || e.store >= stores || e.length > this.manifest.slotSize) continue;
         const slot = first + k / HEADER;
-        const off = buf.readUInt32LE(k + 16) * 512 + (buf.readUInt16LE(k + 6) & 511);
-        if (!this.policy.restore(slot, store, seg, off)) continue;
-        this.crc[slot] = buf.readUInt32LE(k + 24);
-        this.len[slot] = length;
+        if (!this.policy.restore(slot, e.store, e.segment, e.offset)) continue;
+        this.crc[slot] = e.crc;
+        this.len[slot] = e.length;
         this.counters.reused++;
       }
       if (bytesRead < want) break;
     }
   }
+}
+
+/** One slot's entry header (slots.idx): the key, and the length and CRC32C of the bytes. */
+export interface EntryHeader {
+  store: number;
+  segment: number;
+  offset: number;
+  length: number;
+  crc: number;
+}
+
+export function encodeEntryHeader(e: EntryHeader): Buffer {
+  const header = Buffer.alloc(HEADER);
+  header.writeUInt32LE(MAGIC, 0);
+  header.writeUInt16LE(e.store, 4);
+  header.writeUInt16LE(e.offset % 512, 6);
+  writeU64(header, 8, e.segment);
+  header.writeUInt32LE(Math.floor(e.offset / 512), 16);
+  header.writeUInt32LE(e.length, 20);
+  header.writeUInt32LE(e.crc, 24);
+  header.writeUInt32LE(crc32c(header.subarray(0, 28)), 28);
+  return header;
+}
+
+/** The entry a slot header holds, or undefined (never written, torn, or not an entry). */
+export function decodeEntryHeader(h: Buffer): EntryHeader | undefined {
+  if (h.length < HEADER || h.readUInt32LE(0) !== MAGIC) return undefined;
+  if (crc32c(h.subarray(0, 28)) !== h.readUInt32LE(28)) return undefined;
+  const length = h.readUInt32LE(20);
+  if (length === 0) return undefined;
+  let segment: number;
+  try {
+    segment = readU64(h, 8);
+  } catch {
+    return undefined;
+  }
+  return {
+    store: h.readUInt16LE(4),
+    segment,
+    offset: h.readUInt32LE(16) * 512 + (h.readUInt16LE(6) & 511),
+    length,
+    crc: h.readUInt32LE(24),
+  };
 }
 
 /**

@@ -23,6 +23,11 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { after, describe, it } from 'node:test';
 import { crc32c } from '../../../../src/format/codec/binary.js';
+import {
+  CACHE_FILES,
+  decodeEntryHeader,
+  ENTRY_HEADER_BYTES,
+} from '../../../../src/format/cache/disk-cache.js';
 import { parseSegmentKey, SEGMENT_PREFIX, segmentKey } from '../../../../src/format/keys.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
 import type { ObjectStore } from '../../../../src/format/store/types.js';
@@ -51,27 +56,21 @@ function cacheEntries(
   let slotSize: number;
   try {
     slotSize = (
-      JSON.parse(readFileSync(join(dir, 'manifest.json'), 'utf8')) as { slotSize: number }
+      JSON.parse(readFileSync(join(dir, CACHE_FILES.manifest), 'utf8')) as { slotSize: number }
     ).slotSize;
-    idx = readFileSync(join(dir, 'slots.idx'));
-    dat = readFileSync(join(dir, 'slots.dat'));
+    idx = readFileSync(join(dir, CACHE_FILES.index));
+    dat = readFileSync(join(dir, CACHE_FILES.data));
   } catch {
     return [];
   }
   const out: { store: number; segment: number; offset: number; bytes: Buffer }[] = [];
-  for (let s = 0; (s + 1) * 32 <= idx.length; s++) {
-    const h = idx.subarray(s * 32, (s + 1) * 32);
-    if (h.readUInt32LE(0) !== 0x45435948 || crc32c(h.subarray(0, 28)) !== h.readUInt32LE(28))
-      continue;
-    const length = h.readUInt32LE(20);
-    const bytes = dat.subarray(s * slotSize, s * slotSize + length);
-    if (bytes.length !== length || crc32c(bytes) !== h.readUInt32LE(24)) continue;
-    out.push({
-      store: h.readUInt16LE(4),
-      segment: Number(h.readBigUInt64LE(8)),
-      offset: h.readUInt32LE(16) * 512 + h.readUInt16LE(6),
-      bytes,
-    });
+  const n = ENTRY_HEADER_BYTES;
+  for (let s = 0; (s + 1) * n <= idx.length; s++) {
+    const e = decodeEntryHeader(idx.subarray(s * n, (s + 1) * n));
+    if (!e) continue;
+    const bytes = dat.subarray(s * slotSize, s * slotSize + e.length);
+    if (bytes.length !== e.length || crc32c(bytes) !== e.crc) continue;
+    out.push({ store: e.store, segment: e.segment, offset: e.offset, bytes });
   }
   return out;
 }
