@@ -483,9 +483,6 @@ export class WalWriter {
       };
       try {
         await this.store.put(walKey(this.uuid, seq), encodeWal(record), { ifNoneMatch: true });
-        this.lastDurable = seq;
-        for (const w of batch.waiters) w.durable?.();
-        return;
       } catch (e) {
         if (!isHyperError(e, 'OBJECT_EXISTS') || attempt >= CONFLICT_RETRIES) throw e;
         // (A store that fails the read says nothing either way: its error, not a fence, which
@@ -504,6 +501,10 @@ export class WalWriter {
           walFenced();
         throw this.fenced;
       }
+      // (Outside the try: the record landed, whatever a callback does.)
+      this.lastDurable = seq;
+      for (const w of batch.waiters) w.durable?.();
+      return;
     }
   }
 }
