@@ -876,8 +876,8 @@ export class Volume {
    * size, the blocks and the change number a segment frozen meanwhile records must agree
    * (startSegment takes them in one step): with a WAL that logs each change, the resize is
    * numbered as it is logged and applied in the step its record becomes durable (until then a
-   * segment records the number before it: resizeChange); logged at FLUSH, it is numbered and
-   * applied in one step. Logged first, so a log that fails leaves the volume as it was, and a
+   * segment records the number before it: resizeChange), so a log that fails leaves the
+   * volume as it was; logged at FLUSH, it is numbered and applied in one step. Either way a
    * write past the old end (possible only once applied) is logged after it: it replays onto a
    * volume that has the room, even if this resize's checkpoint never landed.
    */
