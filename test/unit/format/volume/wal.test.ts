@@ -875,6 +875,41 @@ describe('write-ahead log replay', () => {
     await d.close();
   });
 
+  it("an append's durable callback runs in the step that raises lastDurable, before any waiter resumes, and never for a failed batch", async () => {
+    const wal = new Flaky(MemStore.isolated('mem://wal/'));
+    const uuid = '0123456789abcdef0123456789abcdef';
+    const w = new WalWriter(wal, uuid, 4, 7);
+    const seen: string[] = [];
+    const a = w
+      .append({ op: 'trim', offset: 0, length: 4096 }, () => seen.push(`a@${w.lastDurable}`))
+      .then(() => seen.push('a resumed'));
+    const b = w
+      .append({ op: 'trim', offset: 4096, length: 4096 }, () => seen.push(`b@${w.lastDurable}`))
+      .then(() => seen.push('b resumed'));
+    await Promise.all([a, b]);
+    // The first append went alone (record 8), the second waited for it (record 9).
+    assert.deepEqual(seen, ['a@8', 'a resumed', 'b@9', 'b resumed']);
+    // A batch that fails calls nothing; its number is taken by the next one.
+    wal.fail = true;
+    let called = false;
+    await assert.rejects(
+      w.append({ op: 'trim', offset: 0, length: 4096 }, () => {
+        called = true;
+      }),
+    );
+    wal.fail = false;
+    assert.equal(called, false);
+    // One that landed although its PUT failed: the callback of the batch after it runs once
+    // the writer has moved past it.
+    wal.lostAnswers = true;
+    await assert.rejects(w.append({ op: 'trim', offset: 0, length: 4096 }, () => undefined));
+    wal.lostAnswers = false;
+    const at: number[] = [];
+    await w.append({ op: 'trim', offset: 0, length: 4096 }, () => at.push(w.lastDurable));
+    assert.deepEqual(at, [11]);
+    assert.deepEqual(await listWal(wal, uuid), [8, 9, 10, 11]);
+  });
+
   it("a writer whose claim took a lost record's number stops at the older record after it, naming the damage, not as fenced", async () => {
     const wal = MemStore.isolated('mem://wal/');
     const uuid = '0123456789abcdef0123456789abcdef';
