@@ -803,21 +803,25 @@ export class Volume {
                 data: Buffer.isBuffer(data) ? data : Buffer.concat(data, entry.length),
               },
         )
-        .then(
-          () => this.walFull?.ok('the WAL has room again: writes are logged'),
-          (e: unknown) => this.commitInstead(e),
-        );
+        .then(this.walRoom, (e: unknown) => this.commitInstead(e));
   }
+
+  /** A WAL append landed: the log has room (again). */
+  private readonly walRoom = (): void => {
+    this.walFull?.ok('the WAL has room again: writes are logged');
+  };
 
   /**
    * The WAL's store is full (NO_SPACE): the change is already applied, so a checkpoint
    * committed now holds it, and is as durable as the log would have made it. Committing also
    * lets the log delete the records the checkpoint covers, which frees its room. Any other
-   * failure is the write's.
+   * failure is the write's. `apply`: a change applied only once logged (a resize), applied
+   * now, before the checkpoint.
    */
-  private async commitInstead(e: unknown): Promise<void> {
+  private async commitInstead(e: unknown, apply?: () => void): Promise<void> {
     const wal = this.wal;
     if (!isHyperError(e, 'NO_SPACE') || !this.committer || !wal || wal.fenced) throw e;
+    apply?.();
     (this.walFull ??= new RecurringWarning(this.log)).warn(
       "the WAL's store is full: acknowledged writes are committed to the volume instead (a checkpoint each, slower) until it has room",
       { error: errorText(e) },
@@ -858,17 +862,22 @@ export class Volume {
       this.resizeRunning = true;
       try {
         await this.buffer.resize(this.size, size, (apply) =>
-          this.commitResize(size, () => {
-            apply();
-            this.size = size;
-            this.pendingMeta ??= {};
-          }),
+          this.commitResize(size, this.sizing(size, apply)),
         );
       } finally {
         this.resizeRunning = false;
       }
     }
     return this.flush();
+  }
+
+  /** A resize's step: its change to the blocks (`blocks`, from the buffer), then the size. */
+  private sizing(size: number, blocks: () => void): () => void {
+    return () => {
+      blocks();
+      this.size = size;
+      this.pendingMeta ??= {};
+    };
   }
 
   /**
@@ -898,16 +907,11 @@ export class Volume {
       if (this.resizeChange === change) this.resizeChange = undefined;
       apply();
     };
-    return wal.writer.append(entry, applied).then(
-      () => this.walFull?.ok('the WAL has room again: writes are logged'),
-      (e: unknown) => {
-        if (this.resizeChange === change) this.resizeChange = undefined;
-        // The WAL's store is full: committed to the volume instead (commitInstead).
-        if (!isHyperError(e, 'NO_SPACE') || !this.committer || wal.fenced) throw e;
-        applied();
-        return this.commitInstead(e);
-      },
-    );
+    return wal.writer.append(entry, applied).then(this.walRoom, (e: unknown) => {
+      if (this.resizeChange === change) this.resizeChange = undefined;
+      // (The WAL's store is full: applied and committed to the volume instead.)
+      return this.commitInstead(e, applied);
+    });
   }
 
   private async afterWrite(options: WriteOptions): Promise<void> {
@@ -1004,11 +1008,8 @@ export class Volume {
     else if (e.op === 'zero') await this.buffer.zero(e.offset, e.length, 'zero');
     else if (e.op === 'trim') await this.buffer.zero(e.offset, e.length, 'keep');
     else if (e.op === 'resize') {
-      const size = e.length;
-      await this.buffer.resize(this.size, size, (apply) => {
-        apply();
-        this.size = size;
-        this.pendingMeta ??= {};
+      await this.buffer.resize(this.size, e.length, (apply) => {
+        this.sizing(e.length, apply)();
         return undefined;
       });
     }

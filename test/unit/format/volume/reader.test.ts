@@ -9,16 +9,12 @@ import { SEGMENT_PREFIX } from '../../../../src/format/keys.js';
 import { CountingStore } from '../../../../src/format/store/counting.js';
 import { FileStore } from '../../../../src/format/store/file.js';
 import { MemStore } from '../../../../src/format/store/mem.js';
-import type {
-  GetOptions,
-  GetResult,
-  PutBody,
-  PutOptions,
-} from '../../../../src/format/store/types.js';
+import type { GetOptions, GetResult } from '../../../../src/format/store/types.js';
 import { compactVolume } from '../../../../src/format/volume/compact.js';
 import { KiB, MiB, type OpenOptions } from '../../../../src/format/volume/types.js';
 import { SpareBuffers } from '../../../../src/format/volume/reader.js';
 import { Volume } from '../../../../src/format/volume/volume.js';
+import { HeldStore } from '../../../helpers/held-store.js';
 import { rng } from '../../../helpers/rng.js';
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
@@ -1108,27 +1104,6 @@ describe('reader: bulk reads from a local store', () => {
 });
 
 describe('reader: lone blocks of readv', () => {
-  /** A store whose segment PUTs wait until `open()` (a segment then stays in flight). */
-  class GatedStore extends CountingStore {
-    private gate: Promise<void> | undefined;
-    private opener: (() => void) | undefined;
-    close_(): void {
-      this.gate = new Promise((r) => (this.opener = r));
-    }
-    open(): void {
-      this.opener?.();
-      this.gate = undefined;
-    }
-    override async put(
-      key: string,
-      body: PutBody,
-      options?: PutOptions,
-    ): Promise<{ etag: string }> {
-      if (key.startsWith(SEGMENT_PREFIX) && this.gate) await this.gate;
-      return super.put(key, body, options);
-    }
-  }
-
   it('reads a local block into a lent buffer, uncached, and matches a model under writes', async () => {
     // file:// reads into the lent buffer; mem:// hands out its own bytes, which are copied.
     for (const [seed, kind] of [
@@ -1141,7 +1116,7 @@ describe('reader: lone blocks of readv', () => {
       const size = 4 * MiB;
       const dir = freshDir();
       mkdirSync(dir);
-      const store = new GatedStore(kind === 'file' ? new FileStore(dir) : MemStore.isolated());
+      const store = new HeldStore(kind === 'file' ? new FileStore(dir) : MemStore.isolated());
       await Volume.create(store, { size, segmentSize: 1 * MiB, compression: 'none' });
       const v = await Volume.open(store, { flushIntervalMs: 0, dataCacheBytes: 1 * MiB });
       const model = Buffer.alloc(size);
@@ -1160,7 +1135,7 @@ describe('reader: lone blocks of readv', () => {
         const gated = batch % 5 === 4;
         let flushing: Promise<unknown> | undefined;
         if (gated) {
-          store.close_();
+          store.hold((key) => key.startsWith(SEGMENT_PREFIX));
           flushing = v.flush();
           await new Promise((res) => setImmediate(res));
         }
@@ -1196,7 +1171,7 @@ describe('reader: lone blocks of readv', () => {
         }
         await Promise.all(ops);
         if (flushing) {
-          store.open();
+          store.release();
           await flushing;
         }
         for (let i = held.length - 1; i >= 0; i--) if (r() < 0.6) giveBack(i);

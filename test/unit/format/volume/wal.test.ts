@@ -21,6 +21,7 @@ import { walKey } from '../../../../src/format/keys.js';
 import { encodeWal } from '../../../../src/format/codec/wal.js';
 import { rng } from '../../../helpers/rng.js';
 import { FlakyStore, type Faults } from '../../../helpers/flaky-store.js';
+import { HeldStore } from '../../../helpers/held-store.js';
 import { noSpace, recordingLogger } from '../../../helpers/fillable-store.js';
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
@@ -46,35 +47,6 @@ class Flaky extends CountingStore {
     const r = await super.put(key, body, o);
     if (this.lostAnswers) throw new Error('connection reset after the PUT landed');
     return r;
-  }
-}
-
-/** A store whose PUTs wait while held (hold/release); held() resolves once one waits. */
-class Gated extends CountingStore {
-  private gate: Promise<void> | undefined;
-  private open: (() => void) | undefined;
-  private blocked = 0;
-  private waiting: (() => void) | undefined;
-  hold(): void {
-    this.gate = new Promise((r) => (this.open = r));
-  }
-  release(): void {
-    this.gate = undefined;
-    this.open?.();
-  }
-  held(): Promise<void> {
-    if (this.blocked > 0) return Promise.resolve();
-    return new Promise((r) => (this.waiting = r));
-  }
-  override async put(key: string, body: PutBody, o?: PutOptions): Promise<{ etag: string }> {
-    const gate = this.gate;
-    if (gate) {
-      this.blocked++;
-      this.waiting?.();
-      await gate;
-      this.blocked--;
-    }
-    return super.put(key, body, o);
   }
 }
 
@@ -203,7 +175,7 @@ describe('write-ahead log', () => {
     // it cannot be applied.
     for (const grow of [true, false]) {
       const vol = new Flaky(MemStore.isolated('mem://vol/'));
-      const wal = new Gated(MemStore.isolated('mem://wal/'));
+      const wal = new HeldStore(MemStore.isolated('mem://wal/'));
       const openStore = (url: string): Promise<ObjectStore> =>
         Promise.resolve(url === wal.url ? wal : vol);
       const from = 1 * MiB + 1536;
